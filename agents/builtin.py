@@ -1,0 +1,1 @@
+"""Built-in demo agents (placeholder until the agent API lands)."""

@@ -1,0 +1,37 @@
+"""Wall-clock dates for day budgets, injected so tests can pick the day.
+
+Elapsed time and deadlines always come from the event loop
+(``anyio.current_time``); only the calendar day a charge belongs to needs
+the wall clock, and it is read through a :class:`WallClock`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+
+
+class WallClock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemWallClock:
+    """The machine's local time (a user's "day" is their local day)."""
+
+    def now(self) -> datetime:
+        return datetime.now().astimezone()
+
+
+class FixedWallClock:
+    """A settable wall clock for tests and replays."""
+
+    def __init__(self, at: datetime | date) -> None:
+        if not isinstance(at, datetime):
+            at = datetime(at.year, at.month, at.day, 12, 0, tzinfo=UTC)
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at = self.at + timedelta(seconds=seconds)

@@ -1,0 +1,38 @@
+"""Resolve the ``store`` config value to a store instance (R7.4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._errors import ConfigError
+from .._resolve import resolve_object
+from ._base import Store
+from ._memory import MemoryStore
+from ._sqlite import SqliteStore
+
+
+def open_store(name: str, state_dir: Path) -> Store:
+    """Build (not yet open) the store named ``name``.
+
+    ``"sqlite"`` (default: ``<state_dir>/vibe.db``), ``"sqlite:///path.db"``,
+    ``"memory"``, ``"redis://host:port/db"``, or ``"module:Class"`` (called
+    with no arguments).
+    """
+    if name == "memory":
+        return MemoryStore()
+    if name == "sqlite":
+        return SqliteStore(state_dir / "vibe.db")
+    if name.startswith("sqlite:///"):
+        return SqliteStore(Path(name.removeprefix("sqlite:///")))
+    if name.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            from ._redis import RedisStore  # type: ignore[import-not-found, unused-ignore]
+        except ImportError as exc:  # pragma: no cover - only before the Redis backend lands
+            raise ConfigError("store", name, f"Redis backend unavailable: {exc}") from exc
+        store: Store = RedisStore(name)
+        return store
+    factory = resolve_object(name, field="store", builtins={}, group="vibe_engine.stores")
+    obj = factory()
+    if not isinstance(obj, Store):
+        raise ConfigError("store", name, "does not implement the Store protocol")
+    return obj
