@@ -178,7 +178,7 @@ class TokenCounter:
         error = abs(estimate.calibrated - actual) / actual if actual else 0.0
         logged = error > DISCREPANCY_THRESHOLD
         if logged:
-            _log.warning(
+            _log.info(
                 "token_estimate_discrepancy",
                 model=estimate.model,
                 estimated=estimate.calibrated,

@@ -1,0 +1,90 @@
+"""A deterministic stand-in for a model provider (the embedded default).
+
+Given the same seed and the same calls it returns the same usage, latency,
+failures and quality, so the demo and the benchmarks are reproducible:
+
+* input tokens: about one token per 3.6 characters of everything sent (Claude's
+  tokenizer counts a little more than tiktoken's ``cl100k_base``);
+* a system prompt of 1,024+ tokens is written to the cache on first use per
+  task and read from it after (R2.4);
+* output tokens: uniform in ``output_tokens``, capped by ``max_tokens``;
+* latency per tier (``latency_s`` × ``time_scale``), waited through anyio;
+* failures (529 overloaded) with ``failure_rate`` per tier, or forced by
+  :meth:`set_down`;
+* quality in [0, 1]: tier capability minus task difficulty (``hints['difficulty']``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import anyio
+
+from scheduler import Completion, CompletionRequest, OverloadedError, Usage
+from scheduler._config import SimulatedProviderConfig
+
+CAPABILITY = {"haiku": 0.55, "sonnet": 0.8, "opus": 0.95}
+CHARS_PER_TOKEN = 3.6
+MIN_CACHEABLE = 1024
+
+
+class SimulatedProvider:
+    """Deterministic simulated provider."""
+
+    def __init__(self, config: SimulatedProviderConfig | None = None) -> None:
+        self.config = config or SimulatedProviderConfig()
+        self._calls: dict[str, int] = {}
+        self._cached: set[tuple[str, str]] = set()
+        self._down: set[str] = set()
+        self.reported: list[Usage] = []
+
+    def set_down(self, model: str, down: bool = True) -> None:
+        """Force every call to ``model`` to fail with 529 (outage drills)."""
+        (self._down.add if down else self._down.discard)(model)
+
+    def _rng(self, request: CompletionRequest) -> random.Random:
+        n = self._calls.get(request.task_id, 0)
+        self._calls[request.task_id] = n + 1
+        key = f"{self.config.seed}:{request.task_id}:{request.model}:{n}".encode()
+        return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big"))
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        rng = self._rng(request)
+        model = request.model
+        latency = self.config.latency_s.get(model, 1.0) * self.config.time_scale  # type: ignore[call-overload]
+        latency *= 0.75 + rng.random() / 2
+        await anyio.sleep(latency)
+        if model in self._down or rng.random() < self.config.failure_rate.get(model, 0.0):  # type: ignore[call-overload]
+            raise OverloadedError(model, "overloaded_error (simulated)", status=529)
+        system_tokens = round(len(request.system) / CHARS_PER_TOKEN)
+        rest = sum(len(json.dumps(m.get("content", ""))) for m in request.messages)
+        rest += len(json.dumps(list(request.tools))) if request.tools else 0
+        rest_tokens = round(rest / CHARS_PER_TOKEN) + 4 * len(request.messages)
+        cache_read = cache_write = 0
+        prompt = rest_tokens
+        if system_tokens >= MIN_CACHEABLE:
+            key = (request.task_id, hashlib.blake2b(request.system.encode()).hexdigest())
+            if key in self._cached:
+                cache_read = system_tokens
+            else:
+                self._cached.add(key)
+                cache_write = system_tokens
+        else:
+            prompt += system_tokens
+        lo, hi = self.config.output_tokens
+        output = min(rng.randint(lo, hi), request.max_tokens)
+        difficulty = float(request.hints.get("difficulty", 0.3))
+        quality = max(0.0, min(1.0, CAPABILITY.get(model, 0.7) - difficulty / 2
+                               + rng.uniform(-0.1, 0.1)))
+        usage = Usage(prompt, output, cache_read, cache_write, 0)
+        self.reported.append(usage)
+        stop = "max_tokens" if output >= request.max_tokens else "end_turn"
+        return Completion(
+            text=f"[{model}] simulated answer ({output} tokens)",
+            usage=usage, model=model, stop_reason=stop, latency_s=latency, quality=quality,
+        )
+
+    async def aclose(self) -> None:
+        return None

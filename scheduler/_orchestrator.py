@@ -1,0 +1,297 @@
+"""The orchestrator: runs many agent coroutines in one anyio task group (R7.1).
+
+It resolves each task's profile and budget, starts its agent with a governed
+context, waits for dependencies, and records how each task ended.  Parts that
+need a background loop (allocator expiry, deadlock checks, health checks)
+register a *service*; parts that hold per-task resources register a
+*release hook* so a crashed, cancelled or aborted task always returns them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+
+from ._budget import resolve_task
+from ._clock import SystemWallClock, WallClock
+from ._config import TaskSpec, VibeConfig
+from ._errors import BudgetExceededError, ConfigError, TaskAbortedError, VibeEngineError
+from ._events import EventBus
+from ._gateway import Gateway
+from ._provider import Provider
+from ._task import TaskHandle
+from ._tokens import TokenCounter
+from ._tracker import Tracker
+from ._usage import Totals
+from .store import Store, open_store
+
+_log = structlog.get_logger("vibe_engine.orchestrator")
+
+AgentFactory = Callable[[], Any]
+Service = Callable[[], Coroutine[Any, Any, None]]
+ReleaseHook = Callable[[TaskHandle], Awaitable[None]]
+ContextFactory = Callable[["Orchestrator", TaskHandle], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """How one task ended."""
+
+    task_id: str
+    agent: str
+    status: str
+    reason: str
+    attempts: int
+    task_type: str
+    complexity: str
+    model: str
+    usage: Totals
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """Outcomes of a run, plus per-model totals of the run's usage."""
+
+    session_id: str
+    outcomes: dict[str, TaskOutcome]
+    by_model: dict[str, Totals] = field(default_factory=dict)
+
+    @property
+    def total(self) -> Totals:
+        t = Totals()
+        for o in self.outcomes.values():
+            u = o.usage
+            t.prompt_tokens += u.prompt_tokens
+            t.completion_tokens += u.completion_tokens
+            t.cache_read_tokens += u.cache_read_tokens
+            t.cache_write_tokens += u.cache_write_tokens
+            t.cost_usd += u.cost_usd
+            t.calls += u.calls
+            t.file_edits += u.file_edits
+            t.shell_commands += u.shell_commands
+            t.dangerous_commands += u.dangerous_commands
+        return t
+
+
+def _default_context_factory(orch: Orchestrator, handle: TaskHandle) -> Any:
+    from agents._context import AgentContext  # the one place scheduler reaches into agents
+
+    return AgentContext(
+        task=handle,
+        gateway=orch.gateway,
+        store=orch.store,
+        workspace=orch.workspace / handle.id,
+        wait_for=orch.wait_for,
+    )
+
+
+class Orchestrator:
+    """Runs tasks under budgets; one instance per process."""
+
+    def __init__(
+        self,
+        config: VibeConfig,
+        *,
+        provider: Provider,
+        agents: Mapping[str, AgentFactory],
+        store: Store | None = None,
+        wall: WallClock | None = None,
+        bus: EventBus | None = None,
+        counter: TokenCounter | None = None,
+        context_factory: ContextFactory = _default_context_factory,
+    ) -> None:
+        self.config = config
+        self.provider = provider
+        self.agents = dict(agents)
+        self.store = store if store is not None else open_store(config.store, config.state_dir)
+        self.wall = wall or SystemWallClock()
+        self.bus = bus or EventBus(anyio.current_time)
+        self.session_id = config.session_id or (
+            f"s-{self.wall.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+        )
+        self.workspace = config.state_dir / "workspace"
+        self.tracker = Tracker(
+            self.store, config, session_id=self.session_id, wall=self.wall,
+            state_dir=config.state_dir,
+        )
+        self.counter = counter or TokenCounter()
+        self.gateway = Gateway(
+            config=config, tracker=self.tracker, counter=self.counter, provider=provider,
+            bus=self.bus,
+        )
+        self.handles: dict[str, TaskHandle] = {}
+        self.services: list[Service] = []
+        self.release_hooks: list[ReleaseHook] = []
+        self._context_factory = context_factory
+        self._opened = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if not self._opened:
+            await self.store.open()
+            await self.tracker.open()
+            self._opened = True
+
+    async def aclose(self) -> None:
+        if self._opened:
+            self._opened = False
+            await self.provider.aclose()
+            await self.store.aclose()
+
+    async def run(self, specs: Sequence[TaskSpec] | None = None) -> RunReport:
+        """Run ``specs`` (default: the config's tasks) to completion and report."""
+        specs = list(self.config.tasks if specs is None else specs)
+        async with AsyncExitStack() as stack:
+            await self.open()
+            stack.push_async_callback(self.aclose)
+            self.add_tasks(specs)
+            async with anyio.create_task_group() as tg:
+                for service in self.services:
+                    tg.start_soon(service)
+                async with anyio.create_task_group() as tasks_tg:
+                    for handle in list(self.handles.values()):
+                        if handle.status == "pending":
+                            tasks_tg.start_soon(self._run_task, handle)
+                tg.cancel_scope.cancel()
+            return await self._report()
+
+    def add_tasks(self, specs: Sequence[TaskSpec]) -> list[TaskHandle]:
+        out = []
+        for spec in specs:
+            if spec.id in self.handles:
+                raise ConfigError("tasks", spec.id, "duplicate task id")
+            if spec.agent not in self.agents:
+                raise ConfigError(
+                    f"tasks.{spec.id}.agent", spec.agent,
+                    f"unknown agent; available: {', '.join(sorted(self.agents))}",
+                )
+            handle = TaskHandle(spec, resolve_task(spec, self.config))
+            self.handles[spec.id] = handle
+            out.append(handle)
+        return out
+
+    # -- one task ----------------------------------------------------------------------
+
+    async def wait_for(self, waiter: str, target: str) -> Any:
+        """Wait until ``target`` ends; its result, or TaskAbortedError if it did not complete."""
+        handle = self.handles.get(target)
+        if handle is None:
+            raise TaskAbortedError(waiter, f"waits for unknown task {target!r}")
+        await handle.done.wait()
+        if handle.status != "completed":
+            raise TaskAbortedError(waiter, f"dependency {target} {handle.status}: {handle.reason}")
+        return handle.result
+
+    def abort(self, task_id: str, reason: str, *, requeue: bool = True) -> bool:
+        """Cancel a running task's attempt; requeue it (keeping its attempt count) or fail it."""
+        handle = self.handles.get(task_id)
+        if handle is None or handle.cancel_scope is None:
+            return False
+        handle.flags["abort"] = (reason, requeue)
+        handle.cancel_scope.cancel()
+        return True
+
+    async def _run_task(self, handle: TaskHandle) -> None:
+        spec = handle.spec
+        try:
+            for dep in spec.depends_on:
+                await self.wait_for(spec.id, dep)
+            await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent)
+            await self._attempts(handle)
+        except VibeEngineError as exc:
+            handle.status, handle.reason = "failed", str(exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finish(handle)
+
+    async def _attempts(self, handle: TaskHandle) -> None:
+        factory = self.agents[handle.spec.agent]
+        while True:
+            handle.status = "running"
+            handle.started_at = anyio.current_time()
+            handle.flags.pop("abort", None)
+            with anyio.CancelScope() as scope:
+                handle.cancel_scope = scope
+                await self._attempt(handle, factory)
+            handle.cancel_scope = None
+            with anyio.CancelScope(shield=True):
+                for hook in self.release_hooks:
+                    await hook(handle)
+            abort = handle.flags.pop("abort", None)
+            if not scope.cancelled_caught or abort is None:
+                return
+            reason, requeue = abort
+            if not requeue or handle.attempt > self.config.deadlock.max_requeues:
+                handle.status = "failed"
+                handle.reason = f"{reason} (attempt {handle.attempt}; no requeue left)"
+                return
+            handle.attempt += 1
+            handle.status = "requeued"
+            self.bus.emit("task_requeued", f"task {handle.id} requeued: {reason}",
+                          task_id=handle.id, attempt=handle.attempt)
+
+    async def _attempt(self, handle: TaskHandle, factory: AgentFactory) -> None:
+        try:
+            agent = factory()
+            ctx = self._context_factory(self, handle)
+            handle.result = await agent.run(ctx)
+            handle.status = "completed"
+        except BudgetExceededError as exc:
+            handle.status, handle.reason = "failed", str(exc)
+        except VibeEngineError as exc:
+            handle.status, handle.reason = "failed", str(exc)
+        except Exception as exc:
+            _log.exception("agent_crashed", task_id=handle.id, agent=handle.spec.agent)
+            handle.status, handle.reason = "failed", f"agent crashed: {type(exc).__name__}: {exc}"
+
+    async def _finish(self, handle: TaskHandle) -> None:
+        handle.finished_at = anyio.current_time()
+        if not handle.finished:
+            handle.status = "failed"
+            handle.reason = handle.reason or "cancelled"
+        if handle.spec.id in self.tracker.tasks():
+            self.tracker.finish_task(handle.id, handle.status)
+        await self.store.put_state("task", handle.id, self._task_record(handle))
+        self.bus.emit(
+            f"task_{handle.status}",
+            handle.reason or f"task {handle.id} {handle.status}",
+            task_id=handle.id, agent=handle.spec.agent,
+            level="info" if handle.status == "completed" else "warning",
+        )
+        handle.done.set()
+
+    def _task_record(self, handle: TaskHandle) -> dict[str, Any]:
+        return {
+            "task_id": handle.id,
+            "session_id": self.session_id,
+            "agent": handle.spec.agent,
+            "status": handle.status,
+            "reason": handle.reason,
+            "attempts": handle.attempt,
+            "priority": handle.spec.priority,
+            "task_type": handle.profile.task_type,
+            "complexity": handle.profile.complexity,
+            "model": handle.model,
+            "calls": handle.calls,
+        }
+
+    async def _report(self) -> RunReport:
+        outcomes: dict[str, TaskOutcome] = {}
+        by_model: dict[str, Totals] = {}
+        for handle in self.handles.values():
+            usage = await self.store.totals(f"task:{handle.id}")
+            outcomes[handle.id] = TaskOutcome(
+                handle.id, handle.spec.agent, handle.status, handle.reason, handle.attempt,
+                handle.profile.task_type, handle.profile.complexity, handle.model, usage,
+            )
+            for event in await self.store.events(task_id=handle.id):
+                if event.model and event.session_id == self.session_id:
+                    by_model.setdefault(event.model, Totals()).add(event)
+        return RunReport(self.session_id, outcomes, by_model)

@@ -1,0 +1,153 @@
+"""``vibe-engine`` command line: run, demo, status, plugins (R7.2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._config import VibeConfig, load_config
+from ._demo import demo_config
+from ._errors import VibeEngineError
+from ._logging import configure_logging
+from ._orchestrator import Orchestrator, RunReport
+from .store import open_store
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Govern what LLM agents spend: budgets, leases, fairness, routing.")
+_out = Console(width=None if Console().is_terminal else 140)
+_err = Console(stderr=True)
+
+StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the store and task files live.")]
+
+
+def _fail(exc: VibeEngineError) -> typer.Exit:
+    _err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=2)
+
+
+def _run(config: VibeConfig) -> RunReport:
+    from agents import discover_agents, make_provider
+
+    orch = Orchestrator(config, provider=make_provider(config), agents=discover_agents())
+
+    async def main() -> RunReport:
+        return await orch.run()
+
+    return anyio.run(main)
+
+
+def render_report(report: RunReport, console: Console) -> None:
+    """Per-task and per-model usage tables."""
+    tasks = Table(title=f"Tasks — session {report.session_id}")
+    for col in ("task", "agent", "type", "complexity", "model", "status", "tokens", "cost $",
+                "calls", "edits", "shell"):
+        tasks.add_column(col, justify="right" if col in ("tokens", "cost $", "calls") else "left")
+    for o in sorted(report.outcomes.values(), key=lambda o: o.task_id):
+        u = o.usage
+        status = o.status if not o.reason else f"{o.status}: {o.reason[:40]}"
+        tasks.add_row(o.task_id, o.agent, o.task_type, o.complexity, o.model or "-", status,
+                      f"{u.tokens:,}", f"{u.cost_usd:.4f}", str(u.calls), str(u.file_edits),
+                      str(u.shell_commands))
+    console.print(tasks)
+    models = Table(title="Models")
+    for col in ("model", "calls", "prompt", "completion", "cache read", "cache write", "cost $"):
+        models.add_column(col, justify="left" if col == "model" else "right")
+    for name, t in sorted(report.by_model.items()):
+        models.add_row(name, str(t.calls), f"{t.prompt_tokens:,}", f"{t.completion_tokens:,}",
+                       f"{t.cache_read_tokens:,}", f"{t.cache_write_tokens:,}",
+                       f"{t.cost_usd:.4f}")
+    total = report.total
+    models.add_row("total", str(total.calls), f"{total.prompt_tokens:,}",
+                   f"{total.completion_tokens:,}", f"{total.cache_read_tokens:,}",
+                   f"{total.cache_write_tokens:,}", f"{total.cost_usd:.4f}")
+    console.print(models)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="TOML or YAML config file.")],
+    log_level: str = "info",
+) -> None:
+    """Run the tasks of CONFIG with the orchestrator."""
+    configure_logging(level=log_level)
+    try:
+        cfg = load_config(config)
+        report = _run(cfg)
+    except VibeEngineError as exc:
+        raise _fail(exc) from None
+    render_report(report, _out)
+
+
+@app.command()
+def demo(
+    state_dir: StateDir = Path(".vibe-engine"),
+    tasks: int = 24,
+    seed: int = 0,
+    time_scale: float = 0.25,
+    log_level: str = "warning",
+) -> None:
+    """Run the built-in workload (simulated provider, SQLite store, no API key)."""
+    configure_logging(level=log_level)
+    try:
+        report = _run(demo_config(state_dir, tasks=tasks, seed=seed, time_scale=time_scale))
+    except VibeEngineError as exc:
+        raise _fail(exc) from None
+    render_report(report, _out)
+
+
+@app.command()
+def status(
+    state_dir: StateDir = Path(".vibe-engine"),
+    store: str = "sqlite",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show recorded tasks and today's totals from the store."""
+
+    async def main() -> dict[str, Any]:
+        st = open_store(store, state_dir)
+        await st.open()
+        try:
+            tasks = await st.list_state("task")
+            for tid, rec in tasks.items():
+                rec["usage"] = (await st.totals(f"task:{tid}")).to_dict()
+            return {"tasks": tasks}
+        finally:
+            await st.aclose()
+
+    try:
+        data = anyio.run(main)
+    except VibeEngineError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _out.print_json(json.dumps(data))
+        return
+    table = Table(title="Tasks")
+    for col in ("task", "agent", "status", "attempts", "tokens", "cost $"):
+        table.add_column(col)
+    for tid, rec in data["tasks"].items():
+        table.add_row(tid, rec.get("agent", ""), rec.get("status", ""), str(rec.get("attempts")),
+                      f"{rec['usage']['tokens']:,}", f"{rec['usage']['cost_usd']:.4f}")
+    _out.print(table)
+
+
+@app.command()
+def plugins() -> None:
+    """List registered agent plugins with their distribution and version."""
+    from agents import plugin_infos
+
+    table = Table(title="Agent plugins (entry point group vibe_engine.agents)")
+    for col in ("name", "target", "distribution", "version"):
+        table.add_column(col)
+    for p in plugin_infos():
+        table.add_row(p.name, p.target, p.distribution, p.version)
+    _out.print(table)
+
+
+def main() -> None:
+    app()
