@@ -1,0 +1,196 @@
+"""The orchestrator and the governed agent context (R7.1, R1.1, R2.1, R2.6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from agents import AgentContext, is_dangerous
+from agents.builtin import CoderAgent, QuestionAnswerAgent
+from scheduler import (
+    BudgetExceededError,
+    ConfigError,
+    FixedWallClock,
+    Limits,
+    ProviderTimeoutError,
+    TaskSpec,
+    VibeConfig,
+)
+from scheduler._orchestrator import Orchestrator
+
+from ._fakes import ScriptedProvider
+from ._helpers import FRIDAY, run_virtual
+
+pytestmark = pytest.mark.anyio
+
+
+def _orch(tmp_path: Path, provider: Any, agents: dict[str, Any] | None = None,
+          **cfg: Any) -> Orchestrator:
+    config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1", **cfg)
+    return Orchestrator(
+        config, provider=provider,
+        agents=agents or {"qa": QuestionAnswerAgent, "coder": CoderAgent},
+        wall=FixedWallClock(FRIDAY),
+    )
+
+
+async def test_r7_1_many_agents_share_one_event_loop(tmp_path: Path) -> None:
+    """R7.1: 50 agent coroutines run concurrently in one task group."""
+    provider = ScriptedProvider(latency_s=0.05)
+    orch = _orch(tmp_path, provider)
+    specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?") for i in range(50)]
+    report = await orch.run(specs)
+    assert all(o.status == "completed" for o in report.outcomes.values())
+    assert provider.max_in_flight == 50
+    assert report.total.calls == 50
+    assert report.total.tokens == 50 * 150
+
+
+async def test_r2_1_every_call_recorded_and_usage_json_written(tmp_path: Path) -> None:
+    """R2.1/R2.6: each call's usage is charged and usage.json written per task."""
+    orch = _orch(tmp_path, ScriptedProvider())
+    spec = TaskSpec(id="c1", agent="coder", prompt="Fix the crash", params={"steps": 2})
+    report = await orch.run([spec])
+    out = report.outcomes["c1"]
+    assert out.status == "completed", out.reason
+    assert (out.usage.calls, out.usage.file_edits, out.usage.shell_commands) == (2, 2, 1)
+    doc = json.loads((tmp_path / "tasks" / "c1" / "usage.json").read_text())
+    assert doc["usage"]["calls"] == 2 and doc["status"] == "completed"
+    assert (tmp_path / "workspace" / "c1" / "step_2.py").exists()
+
+
+async def test_dependencies_wait_for_results(tmp_path: Path) -> None:
+    order: list[str] = []
+
+    class Recorder:
+        async def run(self, ctx: AgentContext) -> str:
+            for dep in ctx.task.depends_on:
+                assert await ctx.wait_for(dep) == dep
+            order.append(ctx.task.id)
+            return ctx.task.id
+
+    orch = _orch(tmp_path, ScriptedProvider(), agents={"r": Recorder})
+    report = await orch.run([
+        TaskSpec(id="b", agent="r", depends_on=("a",)),
+        TaskSpec(id="a", agent="r"),
+        TaskSpec(id="c", agent="r", depends_on=("b",)),
+    ])
+    assert order == ["a", "b", "c"]
+    assert {o.status for o in report.outcomes.values()} == {"completed"}
+
+
+async def test_crashed_agent_fails_alone_with_reason(tmp_path: Path) -> None:
+    class Crasher:
+        async def run(self, ctx: AgentContext) -> None:
+            await ctx.llm.complete([{"role": "user", "content": "hi"}])
+            raise RuntimeError("boom")
+
+    orch = _orch(tmp_path, ScriptedProvider(), agents={"x": Crasher, "qa": QuestionAnswerAgent})
+    report = await orch.run([TaskSpec(id="x1", agent="x"), TaskSpec(id="q1", agent="qa")])
+    assert report.outcomes["x1"].status == "failed"
+    assert "RuntimeError: boom" in report.outcomes["x1"].reason
+    assert report.outcomes["x1"].usage.calls == 1  # the usage it spent is kept
+    assert report.outcomes["q1"].status == "completed"
+
+
+async def test_dependency_failure_propagates(tmp_path: Path) -> None:
+    class Crasher:
+        async def run(self, ctx: AgentContext) -> None:
+            raise RuntimeError("boom")
+
+    orch = _orch(tmp_path, ScriptedProvider(),
+                 agents={"x": Crasher, "qa": QuestionAnswerAgent})
+    report = await orch.run([TaskSpec(id="x1", agent="x"),
+                             TaskSpec(id="q1", agent="qa", depends_on=("x1",))])
+    assert report.outcomes["q1"].status == "failed"
+    assert "dependency x1 failed" in report.outcomes["q1"].reason
+
+
+async def test_unknown_agent_is_a_config_error(tmp_path: Path) -> None:
+    orch = _orch(tmp_path, ScriptedProvider())
+    with pytest.raises(ConfigError, match="available: coder, qa"):
+        await orch.run([TaskSpec(id="z", agent="nope")])
+
+
+async def test_abort_requeues_and_keeps_attempt_count(tmp_path: Path) -> None:
+    attempts: list[int] = []
+
+    class Slow:
+        async def run(self, ctx: AgentContext) -> int:
+            attempts.append(ctx.attempt)
+            if ctx.attempt == 1:
+                await anyio.sleep(10)
+            return ctx.attempt
+
+    orch = _orch(tmp_path, ScriptedProvider(), agents={"s": Slow})
+
+    async def abort_soon() -> None:
+        await anyio.sleep(0.05)
+        assert orch.abort("s1", "test abort")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(abort_soon)
+        report = await orch.run([TaskSpec(id="s1", agent="s")])
+    assert attempts == [1, 2]
+    assert report.outcomes["s1"].status == "completed"
+    assert report.outcomes["s1"].attempts == 2
+
+
+async def test_r1_1_file_edit_and_shell_budgets(tmp_path: Path) -> None:
+    """R1.1: file edits and (dangerous) shell commands are counted and stopped at the limit."""
+    seen: dict[str, Any] = {}
+
+    class Ops:
+        async def run(self, ctx: AgentContext) -> None:
+            await ctx.files.write("a.txt", "1")
+            safe = await ctx.shell.run("ls")
+            risky = await ctx.shell.run("rm -f a.txt")
+            seen["flags"] = (safe.dangerous, risky.dangerous)
+            with pytest.raises(BudgetExceededError) as info:
+                await ctx.files.write("b.txt", "2")
+            seen["dim"] = info.value.dimension
+
+    orch = _orch(tmp_path, ScriptedProvider(), agents={"o": Ops})
+    report = await orch.run([TaskSpec(id="o1", agent="o", budget=Limits(file_edits=1))])
+    u = report.outcomes["o1"].usage
+    assert (u.file_edits, u.shell_commands, u.dangerous_commands) == (1, 2, 1)
+    assert seen == {"flags": (False, True), "dim": "file_edits"}
+
+
+@pytest.mark.parametrize(
+    ("command", "dangerous"),
+    [("ls -la", False), ("git status", False), ("cat a | grep x", False),
+     ("rm -rf build", True), ("echo hi > f", True), ("git commit -m x", True),
+     ("curl x | sh", True), ("pip install foo", True), ("find . -delete", True)],
+)
+def test_r1_1_dangerous_commands_recognised(command: str, dangerous: bool) -> None:
+    """R1.1: commands with side effects are dangerous."""
+    assert is_dangerous(command) is dangerous
+
+
+def test_r1_3_per_call_time_limit_stops_a_stuck_call(tmp_path: Path) -> None:
+    """R1.3: a single call longer than 5 minutes is stopped (virtual clock)."""
+
+    async def main() -> str:
+        orch = _orch(tmp_path, ScriptedProvider(latency_s=301))
+        spec = TaskSpec(id="q", agent="qa", prompt="What?", budget=Limits(time_s=3600))
+        report = await orch.run([spec])
+        return report.outcomes["q"].reason
+
+    reason = run_virtual(main)
+    assert "per-call limit of 300 s" in reason
+    assert ProviderTimeoutError.__name__  # the error type raised through the agent
+
+
+async def test_gateway_falls_back_when_model_overloaded(tmp_path: Path) -> None:
+    """R6.1 (basic): an overloaded model's call is retried on the task type's fallback."""
+    provider = ScriptedProvider(down={"haiku"})
+    orch = _orch(tmp_path, provider)
+    report = await orch.run([TaskSpec(id="q", agent="qa", prompt="What is this?")])
+    assert report.outcomes["q"].status == "completed"
+    assert [c.model for c in provider.calls] == ["haiku", "sonnet"]
+    assert report.outcomes["q"].usage.tokens_by_model == {"sonnet": 150}
