@@ -66,16 +66,7 @@ class RunReport:
     def total(self) -> Totals:
         t = Totals()
         for o in self.outcomes.values():
-            u = o.usage
-            t.prompt_tokens += u.prompt_tokens
-            t.completion_tokens += u.completion_tokens
-            t.cache_read_tokens += u.cache_read_tokens
-            t.cache_write_tokens += u.cache_write_tokens
-            t.cost_usd += u.cost_usd
-            t.calls += u.calls
-            t.file_edits += u.file_edits
-            t.shell_commands += u.shell_commands
-            t.dangerous_commands += u.dangerous_commands
+            t.merge(o.usage)
         return t
 
 

@@ -173,6 +173,20 @@ class Totals:
                 self.tokens_by_model.get(event.model, 0) + u.total_tokens
             )
 
+    def merge(self, other: Totals) -> None:
+        """Add another scope's totals to these."""
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cache_read_tokens += other.cache_read_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.cost_usd += other.cost_usd
+        self.file_edits += other.file_edits
+        self.shell_commands += other.shell_commands
+        self.dangerous_commands += other.dangerous_commands
+        self.calls += other.calls
+        for model, n in other.tokens_by_model.items():
+            self.tokens_by_model[model] = self.tokens_by_model.get(model, 0) + n
+
     def copy(self) -> Totals:
         return replace(self, tokens_by_model=dict(self.tokens_by_model))
 
