@@ -72,7 +72,7 @@ _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _ADD_TOTALS = """
-INSERT INTO totals VALUES (?,?,?,?,?,?,?,?,?,?)
+INSERT INTO totals VALUES (?,?,?,?,?,?,?,?,?,?), (?,?,?,?,?,?,?,?,?,?), (?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(scope) DO UPDATE SET
     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
     completion_tokens = completion_tokens + excluded.completion_tokens,
@@ -85,7 +85,7 @@ ON CONFLICT(scope) DO UPDATE SET
     calls = calls + excluded.calls
 """
 _ADD_MODEL = """
-INSERT INTO model_totals VALUES (?,?,?)
+INSERT INTO model_totals VALUES (?,?,?), (?,?,?), (?,?,?)
 ON CONFLICT(scope, model) DO UPDATE SET tokens = tokens + excluded.tokens
 """
 _EVENT_COLUMNS = (
@@ -146,20 +146,16 @@ class SqliteStore:
                 db.execute("ROLLBACK")
                 return False
             calls = 1 if event.model else 0
-            rows = [
-                (
-                    scope, u.prompt_tokens, u.completion_tokens, u.cache_read_tokens,
-                    u.cache_write_tokens, event.cost_usd, event.file_edits,
-                    event.shell_commands, event.dangerous_commands, calls,
-                )
-                for scope in scopes_of(event)
-            ]
-            db.executemany(_ADD_TOTALS, rows)
+            scopes = scopes_of(event)
+            amounts = (
+                u.prompt_tokens, u.completion_tokens, u.cache_read_tokens,
+                u.cache_write_tokens, event.cost_usd, event.file_edits,
+                event.shell_commands, event.dangerous_commands, calls,
+            )
+            db.execute(_ADD_TOTALS, [v for scope in scopes for v in (scope, *amounts)])
             if event.model:
-                db.executemany(
-                    _ADD_MODEL,
-                    [(scope, event.model, u.total_tokens) for scope in scopes_of(event)],
-                )
+                total = u.total_tokens
+                db.execute(_ADD_MODEL, [v for sc in scopes for v in (sc, event.model, total)])
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
