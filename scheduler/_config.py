@@ -236,6 +236,11 @@ class AllocatorConfig(_Model):
     aging_after_s: float = Field(default=30.0, gt=0)
     demotion_at: float = Field(default=0.50, gt=0, le=1)
     output_weight: float = Field(default=2.0, ge=0)
+    #: How far (in service tokens) the policy's choice may run ahead of the
+    #: least-served waiter before the allocator serves that waiter instead.
+    fairness_slack_tokens: float = Field(default=20_000, ge=0)
+    #: Time constant of the decayed window over which class shares are measured.
+    share_window_s: float = Field(default=60.0, gt=0)
 
 
 class DeadlockConfig(_Model):

@@ -1,0 +1,170 @@
+"""Allocation order policies (R5.1–R5.3, R5.5).
+
+A policy decides *who goes next* among the requests waiting on a pool.  It is
+pure and synchronous: it gets plain :class:`WaiterView` data and ``now`` and
+returns a decision; it never awaits and never reads a clock.
+
+The allocator (``scheduler._allocator``) keeps its waiters indexed so that the
+next grant is found in O(log n).  For that it asks the policy three things per
+waiter: its effective :meth:`~AllocationPolicy.priority` (an int level, higher
+first), its :meth:`~AllocationPolicy.rank` inside a level (lower first; ties go
+to the earlier request, ``seq``), and when its priority will change next by
+itself (:meth:`~AllocationPolicy.priority_changes_at`, e.g. aging), so the
+allocator re-indexes it then.  :meth:`~AllocationPolicy.order` is the reference
+ordering in O(n log n): the allocator's index must agree with it, and tests
+check that it does.
+
+Whatever the policy says, the allocator enforces the invariants itself
+(capacity, max share, min share, background share, no starvation); see
+``docs/allocator.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AllocationPolicy",
+    "FairnessParams",
+    "Fifo",
+    "PriorityWithFairness",
+    "WaiterView",
+]
+
+W = TypeVar("W", bound="WaiterView")
+
+
+@dataclass(slots=True, eq=False)
+class WaiterView:
+    """What a policy may know about one waiting request (plain data).
+
+    ``counter`` is the holder's virtual service counter in the pool (VTC);
+    ``token_fraction`` its task's tokens used ÷ task budget; ``blocking``
+    whether other tasks wait on it (from the wait-for graph).
+    """
+
+    holder: str
+    seq: int
+    enqueued_at: float
+    base_priority: int
+    tokens: int = 0
+    token_fraction: float = 0.0
+    blocking: bool = False
+    counter: float = 0.0
+
+
+@runtime_checkable
+class AllocationPolicy(Protocol):
+    """Orders waiters: higher :meth:`priority` first, then lower :meth:`rank`, then ``seq``."""
+
+    def priority(self, waiter: WaiterView, now: float) -> int:
+        """The effective priority level of ``waiter`` at ``now`` (higher goes first)."""
+        ...
+
+    def priority_changes_at(self, waiter: WaiterView, now: float) -> float | None:
+        """When :meth:`priority` changes next on its own (``None``: never)."""
+        ...
+
+    def rank(self, waiter: WaiterView) -> float:
+        """Order inside a priority level (lower goes first)."""
+        ...
+
+    def service(self, input_tokens: int, output_tokens: int) -> float:
+        """The service a call of this size counts for (the VTC cost function)."""
+        ...
+
+    def order(self, waiters: Sequence[W], now: float) -> list[W]:
+        """Reference order of ``waiters`` at ``now`` (the first is served first)."""
+        ...
+
+
+class FairnessParams(BaseModel):
+    """Parameters of :class:`PriorityWithFairness` (defaults from SPEC.md R5.2)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    aging_after_s: float = Field(default=30.0, gt=0)
+    demotion_at: float = Field(default=0.50, gt=0, le=1)
+    blocking_priority: int = 3
+    output_weight: float = Field(default=2.0, ge=0)
+
+
+class _OrderMixin:
+    """The reference order shared by the built-in policies."""
+
+    def priority(self, waiter: WaiterView, now: float) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def rank(self, waiter: WaiterView) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def order(self, waiters: Sequence[W], now: float) -> list[W]:
+        return sorted(waiters, key=lambda w: (-self.priority(w, now), self.rank(w), w.seq))
+
+    def pick(self, waiters: Sequence[W], now: float) -> W | None:
+        """The waiter served next, or ``None`` when there is none."""
+        if not waiters:
+            return None
+        return min(waiters, key=lambda w: (-self.priority(w, now), self.rank(w), w.seq))
+
+
+class PriorityWithFairness(_OrderMixin):
+    """R5.2 effective priority, then least service first (VTC, Sheng et al., OSDI 2024).
+
+    Effective priority = base (R5.1) + 1 for every full ``aging_after_s`` waited
+    (repeatable) − 1 while the task's token use is above ``demotion_at`` of its
+    budget; a task that others wait on is raised to at least
+    ``blocking_priority``.  Inside a level the holder with the smallest virtual
+    counter goes first, where a call counts ``input + output_weight × output``.
+    """
+
+    def __init__(self, params: FairnessParams | None = None) -> None:
+        self.params = params or FairnessParams()
+        self._aging = self.params.aging_after_s
+        self._demotion = self.params.demotion_at
+        self._boost = self.params.blocking_priority
+        self._weight = self.params.output_weight
+
+    def priority(self, waiter: WaiterView, now: float) -> int:
+        level = waiter.base_priority
+        waited = now - waiter.enqueued_at
+        if waited >= self._aging:
+            level += int(waited // self._aging)
+        if waiter.token_fraction > self._demotion:
+            level -= 1
+        if waiter.blocking and level < self._boost:
+            level = self._boost
+        return level
+
+    def priority_changes_at(self, waiter: WaiterView, now: float) -> float | None:
+        steps = int(max(0.0, now - waiter.enqueued_at) // self._aging) + 1
+        return waiter.enqueued_at + steps * self._aging
+
+    def rank(self, waiter: WaiterView) -> float:
+        return waiter.counter
+
+    def service(self, input_tokens: int, output_tokens: int) -> float:
+        return input_tokens + self._weight * output_tokens
+
+
+class Fifo(_OrderMixin):
+    """First come, first served: one level, ordered by arrival (a baseline)."""
+
+    def __init__(self, params: FairnessParams | None = None) -> None:
+        self.params = params or FairnessParams()
+
+    def priority(self, waiter: WaiterView, now: float) -> int:
+        return 0
+
+    def priority_changes_at(self, waiter: WaiterView, now: float) -> float | None:
+        return None
+
+    def rank(self, waiter: WaiterView) -> float:
+        return 0.0
+
+    def service(self, input_tokens: int, output_tokens: int) -> float:
+        return input_tokens + self.params.output_weight * output_tokens

@@ -1,0 +1,711 @@
+"""The allocator: expiring leases on provider pools, granted in priority-with-fairness order.
+
+R5.3–R5.5.  Every model call waits here (``acquire`` before the call,
+``settle`` after it), so this is the hot path: no pydantic models and no log
+calls per acquire, O(log n) heap operations, and no per-lease tasks — one
+servicing coroutine (:meth:`Allocator.run`, or :func:`open_allocator`) wakes
+for lease expiry, aging and bucket refill.
+
+Order: the :class:`~policies.fairness.AllocationPolicy` ranks waiters.  The
+allocator enforces its invariants whatever the policy says:
+
+* capacity is never exceeded (concurrent slots; per-minute token and request
+  buckets);
+* a request above the max share is granted at most the max share, and no
+  grant takes a holder past the max share of a pool while others wait (its
+  request is *parked* until one of its own leases ends);
+* the least-served waiter is served first when the policy's choice is more
+  than ``fairness_slack_tokens`` of service ahead of it, which bounds every
+  backlogged holder's lag, so each gets its min share (an equal split under
+  saturation) and nobody starves;
+* the background class gets at least ``min_share`` of the pool's recent
+  service whenever it waits;
+* a chosen request that does not fit blocks the ones behind it (no bypass,
+  so large requests are not starved by small ones).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from enum import Enum
+from typing import Any, Final
+
+import anyio
+import structlog
+
+from policies.fairness import AllocationPolicy, FairnessParams, Fifo, PriorityWithFairness
+
+from ._allocator_stats import (
+    AllocatorStatistics,
+    PoolStatistics,
+    WaiterStatistics,
+    pool_statistics,
+    waiter_statistics,
+)
+from ._config import PRIORITY_VALUES, AllocatorConfig, PoolConfig, PriorityClass
+from ._errors import AllocationError, LeaseError, WouldBlockError
+from ._events import EventBus
+from ._leases import Lease, LeaseTable, new_lease_id
+from ._pools import GONE, GRANTED, PARKED, QUEUED, Holder, Pool, Waiter
+from ._provider import RateLimitInfo
+from ._resolve import resolve_object
+
+__all__ = [
+    "ALLOCATION_POLICIES",
+    "UNSET",
+    "Allocator",
+    "fairness_params",
+    "make_allocation_policy",
+    "open_allocator",
+]
+
+_log = structlog.get_logger("vibe_engine.allocator")
+_BACKGROUND = PRIORITY_VALUES["background"]
+_HOLD_EWMA = 0.1
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+#: "Leave this capacity as it is" for :meth:`Allocator.set_capacity`.
+UNSET: Final = _Unset.UNSET
+
+ALLOCATION_POLICIES: dict[str, type[Any]] = {
+    "priority_fairness": PriorityWithFairness,
+    "fifo": Fifo,
+}
+
+
+def fairness_params(config: AllocatorConfig) -> FairnessParams:
+    """The policy parameters that live in :class:`AllocatorConfig`."""
+    return FairnessParams(
+        aging_after_s=config.aging_after_s,
+        demotion_at=config.demotion_at,
+        output_weight=config.output_weight,
+    )
+
+
+def make_allocation_policy(name: str, config: AllocatorConfig) -> AllocationPolicy:
+    """Resolve ``name`` (built-in, entry point or ``module:Class``) and build it."""
+    cls = resolve_object(
+        name, field="policies.allocation", builtins=ALLOCATION_POLICIES,
+        group="vibe_engine.policies",
+    )
+    policy: AllocationPolicy = cls(fairness_params(config))
+    return policy
+
+
+def _backend_clock() -> Callable[[], float]:
+    """The running backend's clock, looked up once (``anyio.current_time`` does it per call)."""
+    try:
+        from anyio._core._eventloop import get_async_backend
+
+        clock: Callable[[], float] = get_async_backend().current_time
+    except Exception:  # pragma: no cover - anyio internals moved
+        return anyio.current_time
+    return clock
+
+
+class Allocator:
+    """Pools of provider capacity lent out as expiring leases (see module docstring).
+
+    Use inside a running event loop, with :meth:`run` serviced by one task
+    (or use :func:`open_allocator`).  Without :meth:`run` grants, settling and
+    refills still work, but leases never expire and nobody is woken when a
+    bucket refills on its own or a waiter ages.
+    """
+
+    def __init__(
+        self,
+        config: AllocatorConfig | None = None,
+        *,
+        policy: AllocationPolicy | None = None,
+        clock: Callable[[], float] | None = None,
+        events: EventBus | None = None,
+    ) -> None:
+        cfg = config or AllocatorConfig()
+        self.config = cfg
+        self.policy: AllocationPolicy = policy or PriorityWithFairness(fairness_params(cfg))
+        self._pools = {name: Pool(name, pc, cfg.max_share) for name, pc in cfg.pools.items()}
+        self._default_pool = next(iter(self._pools), None)
+        self._holders: dict[str, Holder] = {}
+        self._leases = LeaseTable()
+        self._ttl = cfg.lease_ttl_s
+        self._slack = cfg.fairness_slack_tokens
+        self._min_share = cfg.min_share
+        self._window = cfg.share_window_s
+        self._events = events
+        self._clock: Callable[[], float] = clock or anyio.current_time
+        self._clock_injected = clock is not None
+        self._event_cls: Callable[[], Any] = anyio.Event
+        self._bound = False
+        self._seq = 0
+        self._kick: Any = None
+        #: The servicing task's wake-up deadline; -inf when not running or already kicked.
+        self._sleep_until = -math.inf
+        self._running = False
+
+    # -- holders ----------------------------------------------------------------------------
+    def register(self, holder: str, priority: PriorityClass | int = "normal") -> None:
+        """Declare ``holder`` (a task id) with its R5.1 class or an int base priority."""
+        if isinstance(priority, int):
+            base = priority
+        else:
+            try:
+                base = PRIORITY_VALUES[priority]
+            except KeyError:
+                raise AllocationError(f"unknown priority class {priority!r}") from None
+        h = self._holders.get(holder)
+        if h is None:
+            self._holders[holder] = Holder(holder, base, base <= _BACKGROUND)
+            return
+        h.base_priority, h.background = base, base <= _BACKGROUND
+        self._reindex_holder(h)
+
+    def set_token_fraction(self, holder: str, fraction: float) -> None:
+        """Feed the task's tokens used ÷ task budget (above ``demotion_at`` → −1, R5.2)."""
+        h = self._holder(holder)
+        if h.token_fraction != fraction:
+            h.token_fraction = fraction
+            self._reindex_holder(h)
+
+    def set_blocking(self, holder: str, blocking: bool) -> None:
+        """Mark whether other tasks wait on ``holder`` (→ priority at least 3, R5.2)."""
+        h = self._holder(holder)
+        if h.blocking != blocking:
+            h.blocking = blocking
+            self._reindex_holder(h)
+
+    def unregister(self, holder: str) -> None:
+        """Forget ``holder``: release its leases, withdraw its waits, drop its counters."""
+        if holder not in self._holders:
+            return
+        self.release_holder(holder)
+        del self._holders[holder]
+        for p in self._pools.values():
+            p.counters.pop(holder, None)
+
+    # -- pools ------------------------------------------------------------------------------
+    def set_capacity(
+        self,
+        pool: str,
+        *,
+        tokens_per_minute: int | _Unset | None = UNSET,
+        requests_per_minute: int | _Unset | None = UNSET,
+        concurrent: int | _Unset | None = UNSET,
+    ) -> None:
+        """Change a pool's capacities at run time (``None`` = unlimited); creates new pools."""
+        p = self._pools.get(pool)
+        if p is None:
+            p = self._pools[pool] = Pool(pool, PoolConfig(), self.config.max_share)
+            if self._default_pool is None:
+                self._default_pool = pool
+        tpm = _pick(tokens_per_minute, p.tpm.capacity if p.tpm else None)
+        rpm = _pick(requests_per_minute, p.rpm.capacity if p.rpm else None)
+        conc = _pick(concurrent, p.concurrent)
+        for value in (tpm, rpm, conc):
+            if value is not None and value <= 0:
+                raise AllocationError(f"pool {pool!r}: capacities must be > 0, got {value}")
+        p.set_capacity(tpm, rpm, conc)
+        if self._bound:
+            self._dispatch(p, self._clock())
+
+    def update_from_rate_limits(self, pool: str, info: RateLimitInfo) -> None:
+        """Adopt the per-minute limits a provider reported in its response headers."""
+        self.set_capacity(
+            pool,
+            tokens_per_minute=UNSET if info.tokens_limit is None else info.tokens_limit,
+            requests_per_minute=UNSET if info.requests_limit is None else info.requests_limit,
+        )
+
+    # -- acquiring --------------------------------------------------------------------------
+    async def acquire(
+        self, holder: str, *, tokens: int = 0, calls: int = 1, pool: str | None = None
+    ) -> Lease:
+        """Wait for a lease of ``tokens`` and ``calls`` from ``pool`` (R5.4, R5.5).
+
+        A request above the pool's max share is granted the max share (see
+        :attr:`Lease.tokens`).  Returns at once, without yielding, when the
+        request can be granted and nobody is waiting.  Cancellation while
+        waiting (or right after the grant) gives everything back.
+        """
+        if not self._bound:
+            self._bind()
+        p, h, tokens, calls, requested = self._prepare(holder, tokens, calls, pool)
+        now = self._clock()
+        if not (p.n_queued or p.n_parked) and p.fits(tokens, calls, now):
+            return self._grant(p, h, tokens, calls, requested, now)
+        w = self._enqueue(p, h, tokens, calls, requested, now)
+        self._dispatch(p, now)
+        try:
+            await w.event.wait()
+        except BaseException:
+            self._abandon(w)
+            raise
+        if w.lease is None:
+            raise w.error or LeaseError("request withdrawn")
+        return w.lease
+
+    def acquire_nowait(
+        self, holder: str, *, tokens: int = 0, calls: int = 1, pool: str | None = None
+    ) -> Lease:
+        """Grant now or raise :class:`WouldBlockError` (never jumps the queue)."""
+        if not self._bound:
+            self._bind()
+        p, h, tokens, calls, requested = self._prepare(holder, tokens, calls, pool)
+        now = self._clock()
+        if p.n_queued or p.n_parked or not p.fits(tokens, calls, now):
+            raise WouldBlockError(f"pool {p.name!r} cannot grant {tokens} tokens now")
+        return self._grant(p, h, tokens, calls, requested, now)
+
+    @asynccontextmanager
+    async def open_lease(
+        self, holder: str, *, tokens: int = 0, calls: int = 1, pool: str | None = None
+    ) -> AsyncIterator[Lease]:
+        """Acquire a lease; release it on exit unless it was settled inside."""
+        lease = await self.acquire(holder, tokens=tokens, calls=calls, pool=pool)
+        try:
+            yield lease
+        finally:
+            if lease.active:
+                self.release(lease.id)
+
+    # -- holding ----------------------------------------------------------------------------
+    def renew(self, lease_id: str, *, holder: str | None = None) -> float:
+        """Extend the lease by the TTL from now; returns the new ``expires_at``."""
+        lease = self._lookup(lease_id, holder)
+        expires_at = self._clock() + self._ttl
+        self._leases.renew(lease, expires_at)
+        return expires_at
+
+    def settle(
+        self, lease_id: str, used_tokens: int, *, output_tokens: int = 0,
+        holder: str | None = None,
+    ) -> int:
+        """End the lease with the call's actual usage; returns the tokens given back.
+
+        ``used_tokens`` is the call's total (input + output); ``output_tokens``
+        the part that was output, weighted by ``output_weight`` in the holder's
+        service counter.  Using more than leased is charged to the pool's bucket.
+        """
+        lease = self._lookup(lease_id, holder)
+        now = self._clock()
+        used = max(0, int(used_tokens))
+        out = min(max(0, int(output_tokens)), used)
+        p = self._pools[lease.pool]
+        self._add_service(p, lease.holder, self.policy.service(used - out, out) - lease.charged,
+                          now)
+        back = lease.tokens - used
+        self._end(lease, now, back, calls_back=False)
+        return max(0, back)
+
+    def release(self, lease_id: str, *, holder: str | None = None) -> None:
+        """End the lease unused: tokens, the call and the service charge come back."""
+        lease = self._lookup(lease_id, holder)
+        now = self._clock()
+        self._add_service(self._pools[lease.pool], lease.holder, -lease.charged, now)
+        self._end(lease, now, lease.tokens, calls_back=True)
+
+    def release_holder(self, holder: str) -> int:
+        """Withdraw every wait of ``holder`` and release its leases (crash, deadlock victim).
+
+        Returns the number of leases released.  Withdrawn waits raise
+        :class:`LeaseError` in their ``acquire``.
+        """
+        h = self._holders.get(holder)
+        touched: set[Pool] = set()
+        if h is not None:
+            error = LeaseError(f"holder {holder!r} released")
+            for w in list(h.waiting):
+                p = self._pools[w.pool]
+                self._unlink(p, w)
+                w.state, w.error = GONE, error
+                w.event.set()
+                touched.add(p)
+        leases = self._leases.of_holder(holder)
+        for lease in leases:
+            self.release(lease.id)
+        if touched:
+            now = self._clock()
+            for p in touched:
+                self._dispatch(p, now)
+        return len(leases)
+
+    # -- servicing --------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Service lease expiry, aging and bucket refill forever (one task per allocator)."""
+        if self._running:
+            raise AllocationError("allocator is already being serviced")
+        if not self._bound:
+            self._bind()
+        self._running = True
+        try:
+            while True:
+                self._service(self._clock())
+                deadline = self._next_deadline()
+                self._kick = self._event_cls()
+                self._sleep_until = deadline
+                with anyio.CancelScope(deadline=deadline):
+                    await self._kick.wait()
+        finally:
+            self._running = False
+            self._sleep_until = -math.inf
+
+    def statistics(self) -> AllocatorStatistics:
+        """Pools, leases and every waiter's queue position and estimated wait (R5.5)."""
+        now = self._clock()
+        pools: dict[str, PoolStatistics] = {}
+        waiters: list[WaiterStatistics] = []
+        for p in self._pools.values():
+            queued = [w for h in self._holders.values() for w in h.waiting if w.pool == p.name]
+            first = self._select(p, now) if p.n_queued else None
+            waiters.extend(waiter_statistics(p, queued, first, self.policy, now, self._ttl))
+            pools[p.name] = pool_statistics(p, len(queued), now)
+        return AllocatorStatistics(
+            pools=pools, waiters=tuple(waiters), leases=len(self._leases),
+            holders=len(self._holders),
+        )
+
+    # -- internals: binding and lookup -------------------------------------------------------
+    def _bind(self) -> None:
+        self._event_cls = type(anyio.Event())
+        if not self._clock_injected:
+            self._clock = _backend_clock()
+        self._bound = True
+
+    def _holder(self, holder: str) -> Holder:
+        h = self._holders.get(holder)
+        if h is None:
+            base = PRIORITY_VALUES["normal"]
+            h = self._holders[holder] = Holder(holder, base, False)
+        return h
+
+    def _prepare(
+        self, holder: str, tokens: int, calls: int, pool: str | None
+    ) -> tuple[Pool, Holder, int, int, int]:
+        name = pool if pool is not None else self._default_pool
+        p = self._pools.get(name) if name is not None else None
+        if p is None:
+            raise AllocationError(f"unknown pool {name!r}; known: {sorted(self._pools)}")
+        if tokens < 0 or calls < 1:
+            raise AllocationError(f"need tokens >= 0 and calls >= 1, got {tokens}, {calls}")
+        h = self._holders.get(holder) or self._holder(holder)
+        granted, calls = p.clamp(tokens, calls)
+        return p, h, granted, calls, tokens
+
+    def _lookup(self, lease_id: str, holder: str | None) -> Lease:
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise LeaseError("unknown, ended or expired lease")
+        if holder is not None and lease.holder != holder:
+            raise LeaseError(f"lease is not held by {holder!r}")
+        return lease
+
+    def _kick_servicer(self) -> None:
+        self._sleep_until = -math.inf
+        self._kick.set()
+
+    # -- internals: queue ---------------------------------------------------------------------
+    def _enqueue(
+        self, p: Pool, h: Holder, tokens: int, calls: int, requested: int, now: float
+    ) -> Waiter:
+        self._seq += 1
+        hid = h.id
+        n = p.waiting_by_holder.get(hid, 0)
+        counter = p.counters.get(hid, 0.0)
+        if n == 0:
+            # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
+            # so an idle holder cannot bank credit.
+            least = p.head(p.fair)
+            if least is not None and least.counter > counter:
+                counter = p.counters[hid] = least.counter
+        p.waiting_by_holder[hid] = n + 1
+        w = Waiter(
+            hid, self._seq, now, h.base_priority, tokens, h.token_fraction, h.blocking, counter,
+            pool=p.name, calls=calls, requested=requested,
+            background=h.background, event=self._event_cls(),
+        )
+        h.waiting.add(w)
+        p.n_queued += 1
+        if w.background:
+            p.n_bg_queued += 1
+        self._index(p, w, now)
+        p.maybe_compact()
+        return w
+
+    def _index(self, p: Pool, w: Waiter, now: float) -> None:
+        """(Re)insert ``w`` in the pool's heaps at its current priority and counter."""
+        w.epoch += 1
+        policy = self.policy
+        level = w.level = policy.priority(w, now)
+        p.push(p.level_heap(level), policy.rank(w), w)
+        p.push(p.fair, w.counter, w)
+        if w.background:
+            p.push(p.bg, w.counter, w)
+        at = policy.priority_changes_at(w, now)
+        if at is not None:
+            if at <= now:
+                at = math.nextafter(now, math.inf)
+            p.push(p.aging, at, w)
+            if at < self._sleep_until:
+                self._kick_servicer()
+
+    def _reindex_holder(self, h: Holder) -> None:
+        touched = set()
+        now = self._clock() if h.waiting else 0.0
+        for w in h.waiting:
+            w.base_priority, w.token_fraction, w.blocking = (
+                h.base_priority, h.token_fraction, h.blocking)
+            w.background = h.background
+            if w.state == QUEUED:
+                p = self._pools[w.pool]
+                self._index(p, w, now)
+                touched.add(p)
+        for p in touched:
+            self._dispatch(p, now)
+
+    def _add_service(self, p: Pool, hid: str, delta: float, now: float) -> None:
+        if hid not in p.counters or not delta:
+            return
+        counter = p.counters[hid] = p.counters[hid] + delta
+        if p.waiting_by_holder.get(hid):
+            for w in self._holders[hid].waiting:
+                if w.pool == p.name and w.state == QUEUED:
+                    w.counter = counter
+                    self._index(p, w, now)
+
+    def _select(self, p: Pool, now: float) -> Waiter | None:
+        """The next waiter to serve: the policy's choice unless a share guard applies."""
+        if p.n_bg_queued and self._min_share > 0:
+            p.decay(now, self._window)
+            if p.recent_bg < self._min_share * p.recent_all:
+                w = p.head(p.bg)
+                if w is not None:
+                    return w
+        top = p.top()
+        if top is None:
+            return None
+        least = p.head(p.fair)
+        if least is not None and top.counter - least.counter > self._slack:
+            return least
+        return top
+
+    def _dispatch(self, p: Pool, now: float) -> None:
+        """Grant waiters in order while the chosen one fits (the one scheduling loop)."""
+        if p.aging and p.aging[0][0] <= now:
+            self._age(p, now)
+        while p.n_queued:
+            w = self._select(p, now)
+            if w is None:  # pragma: no cover - n_queued says there is one
+                break
+            hid = w.holder
+            if p.over_share(hid, w.tokens, w.calls) and p.others_waiting(hid):
+                self._park(p, w)
+                continue
+            if not p.fits(w.tokens, w.calls, now):
+                at = p.refill_at = p.refill_time(w.tokens, w.calls, now)
+                if at is not None and at < self._sleep_until:
+                    self._kick_servicer()
+                return
+            self._grant_waiter(p, w, now)
+        if p.n_parked and len(p.parked) == 1:
+            # Only one holder is left waiting: the max share no longer applies to it.
+            self._unpark(p, next(iter(p.parked)), now)
+            self._dispatch(p, now)
+
+    def _age(self, p: Pool, now: float) -> None:
+        heap = p.aging
+        while heap and heap[0][0] <= now:
+            _, _, epoch, w = heapq.heappop(heap)
+            p.entries -= 1
+            if w.state == QUEUED and epoch == w.epoch:
+                self._index(p, w, now)
+
+    def _park(self, p: Pool, w: Waiter) -> None:
+        w.state = PARKED
+        p.n_queued -= 1
+        if w.background:
+            p.n_bg_queued -= 1
+        p.parked.setdefault(w.holder, []).append(w)
+        p.n_parked += 1
+
+    def _unpark(self, p: Pool, hid: str, now: float) -> None:
+        for w in p.parked.pop(hid, ()):
+            w.state = QUEUED
+            p.n_parked -= 1
+            p.n_queued += 1
+            if w.background:
+                p.n_bg_queued += 1
+            self._index(p, w, now)
+
+    def _unlink(self, p: Pool, w: Waiter) -> None:
+        """Take a queued or parked waiter out of the pool's counts."""
+        hid = w.holder
+        if w.state == PARKED:
+            ws = p.parked[hid]
+            ws.remove(w)
+            if not ws:
+                del p.parked[hid]
+            p.n_parked -= 1
+        else:
+            p.n_queued -= 1
+            if w.background:
+                p.n_bg_queued -= 1
+        n = p.waiting_by_holder[hid] - 1
+        if n:
+            p.waiting_by_holder[hid] = n
+        else:
+            del p.waiting_by_holder[hid]
+        h = self._holders.get(hid)
+        if h is not None:
+            h.waiting.discard(w)
+
+    def _abandon(self, w: Waiter) -> None:
+        """The waiting coroutine was cancelled: give back whatever it holds or waits for."""
+        if w.state == GRANTED:
+            lease = w.lease
+            if lease is not None and lease.active:
+                self.release(lease.id)
+        elif w.state in (QUEUED, PARKED):
+            p = self._pools[w.pool]
+            self._unlink(p, w)
+            w.state = GONE
+            self._dispatch(p, self._clock())
+
+    # -- internals: grants and returns ----------------------------------------------------------
+    def _grant_waiter(self, p: Pool, w: Waiter, now: float) -> None:
+        self._unlink(p, w)
+        w.state = GRANTED
+        w.lease = self._grant(p, self._holders[w.holder], w.tokens, w.calls, w.requested, now)
+        w.event.set()
+
+    def _grant(
+        self, p: Pool, h: Holder, tokens: int, calls: int, requested: int, now: float
+    ) -> Lease:
+        p.in_use += calls
+        if p.tpm is not None:
+            p.tpm.level -= tokens
+        if p.rpm is not None:
+            p.rpm.level -= calls
+        hid = h.id
+        p.held_tokens[hid] = p.held_tokens.get(hid, 0) + tokens
+        p.held_calls[hid] = p.held_calls.get(hid, 0) + calls
+        charge = self.policy.service(tokens, 0)
+        self._charge(p, h, charge, now)
+        lease = Lease(new_lease_id(), hid, p.name, tokens, calls, requested, now,
+                      now + self._ttl, charge)
+        self._leases.add(lease)
+        p.grants += 1
+        p.n_leases += 1
+        if lease.expires_at < self._sleep_until:
+            self._kick_servicer()
+        return lease
+
+    def _charge(self, p: Pool, h: Holder, charge: float, now: float) -> None:
+        hid = h.id
+        counter = p.counters.get(hid, 0.0) + charge
+        p.counters[hid] = counter
+        if p.waiting_by_holder.get(hid):
+            for w in h.waiting:
+                if w.pool == p.name and w.state == QUEUED:
+                    w.counter = counter
+                    self._index(p, w, now)
+        p.decay(now, self._window)
+        weight = charge if charge > 0 else 1.0
+        p.recent_all += weight
+        if h.background:
+            p.recent_bg += weight
+
+    def _end(self, lease: Lease, now: float, tokens_back: int, *, calls_back: bool) -> None:
+        if lease.active:
+            self._leases.remove(lease)
+        p = self._pools[lease.pool]
+        hid = lease.holder
+        p.in_use -= lease.calls
+        p.n_leases -= 1
+        if p.tpm is not None and tokens_back:
+            p.tpm.refill(now)
+            p.tpm.give(tokens_back)
+        if p.rpm is not None and calls_back:
+            p.rpm.refill(now)
+            p.rpm.give(lease.calls)
+        _decrement(p.held_tokens, hid, lease.tokens)
+        _decrement(p.held_calls, hid, lease.calls)
+        held_for = now - lease.granted_at
+        p.avg_hold_s = held_for if p.ended == 0 else (
+            p.avg_hold_s + _HOLD_EWMA * (held_for - p.avg_hold_s))
+        p.ended += 1
+        if hid in p.parked:
+            self._unpark(p, hid, now)
+        self._dispatch(p, now)
+
+    def _service(self, now: float) -> None:
+        for lease in self._leases.pop_expired(now):
+            self._expire(lease, now)
+        for p in self._pools.values():
+            refill = p.refill_at
+            if (p.aging and p.aging[0][0] <= now) or (refill is not None and refill <= now):
+                p.refill_at = None
+                self._dispatch(p, now)
+
+    def _expire(self, lease: Lease, now: float) -> None:
+        p = self._pools[lease.pool]
+        p.expired += 1
+        data: dict[str, Any] = {"holder": lease.holder, "pool": lease.pool, "tokens": lease.tokens,
+                "held_s": round(now - lease.granted_at, 3)}
+        message = f"lease of {lease.holder} on {lease.pool} expired; capacity returned"
+        if self._events is not None:
+            self._events.emit("lease_expired", message, task_id=lease.holder, level="warning",
+                              **data)
+        else:
+            _log.warning("lease_expired", message=message, **data)
+        self._end(lease, now, lease.tokens, calls_back=True)
+
+    def _next_deadline(self) -> float:
+        deadline = self._leases.next_expiry() or math.inf
+        for p in self._pools.values():
+            heap = p.aging
+            while heap and not (heap[0][3].state == QUEUED and heap[0][2] == heap[0][3].epoch):
+                heapq.heappop(heap)
+                p.entries -= 1
+            if heap:
+                deadline = min(deadline, heap[0][0])
+            if p.refill_at is not None:
+                deadline = min(deadline, p.refill_at)
+        return deadline
+
+
+def _pick(value: int | _Unset | None, current: float | int | None) -> int | None:
+    if value is UNSET:
+        return None if current is None else int(current)
+    return value
+
+
+def _decrement(table: dict[str, int], key: str, amount: int) -> None:
+    left = table.get(key, 0) - amount
+    if left > 0:
+        table[key] = left
+    else:
+        table.pop(key, None)
+
+
+@asynccontextmanager
+async def open_allocator(
+    config: AllocatorConfig | None = None,
+    *,
+    policy: AllocationPolicy | None = None,
+    clock: Callable[[], float] | None = None,
+    events: EventBus | None = None,
+) -> AsyncIterator[Allocator]:
+    """An :class:`Allocator` whose servicing task runs for the duration of the block."""
+    allocator = Allocator(config, policy=policy, clock=clock, events=events)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(allocator.run)
+        try:
+            yield allocator
+        finally:
+            tg.cancel_scope.cancel()

@@ -1,0 +1,237 @@
+"""Pool internals of the allocator: capacities, waiter records and queue indexes.
+
+Private to :mod:`scheduler._allocator`.  A pool has up to three capacities:
+tokens per minute and requests per minute (refilling buckets) and concurrent
+calls (slots held until a lease ends).  Its waiters are indexed by several
+binary heaps with lazy deletion: an entry ``(key, seq, epoch, waiter)`` is
+live only while the waiter is queued and its ``epoch`` matches, so moving a
+waiter (aging, demotion) just pushes new entries and bumps the epoch.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.fairness import WaiterView
+
+from ._config import PoolConfig
+from ._leases import Lease
+
+QUEUED, PARKED, GRANTED, GONE = 0, 1, 2, 3
+
+#: A heap entry: (key, seq, epoch, waiter).
+Entry = tuple[float, int, int, "Waiter"]
+
+
+@dataclass(slots=True, eq=False)
+class Waiter(WaiterView):
+    """One waiting request: what the policy sees, plus the allocator's bookkeeping."""
+
+    pool: str = ""
+    calls: int = 1
+    requested: int = 0
+    background: bool = False
+    state: int = QUEUED
+    epoch: int = 0
+    level: int = 0
+    event: Any = None
+    lease: Lease | None = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class Holder:
+    """Per-holder (task) state shared by all pools."""
+
+    id: str
+    base_priority: int
+    background: bool
+    token_fraction: float = 0.0
+    blocking: bool = False
+    waiting: set[Waiter] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Bucket:
+    """A per-minute capacity refilling continuously; the level may go negative (debt)."""
+
+    capacity: float
+    level: float
+    last: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.capacity / 60.0
+
+    def refill(self, now: float) -> float:
+        last = self.last
+        if last is not None and now > last and self.level < self.capacity:
+            self.level = min(self.capacity, self.level + (now - last) * self.capacity / 60.0)
+        self.last = now
+        return self.level
+
+    def give(self, amount: float) -> None:
+        self.level = min(self.capacity, self.level + amount)
+
+    def time_to(self, amount: float) -> float:
+        """Seconds until the level reaches ``amount`` (0 when it already has)."""
+        short = amount - self.level
+        return short / self.rate if short > 0 else 0.0
+
+
+def _share(capacity: float | None, max_share: float) -> int | None:
+    if capacity is None:
+        return None
+    return max(1, math.floor(capacity * max_share))
+
+
+class Pool:
+    """Capacities, holdings and the waiting queue of one provider / model group."""
+
+    def __init__(self, name: str, config: PoolConfig, max_share: float) -> None:
+        self.name = name
+        self.max_share_fraction = max_share
+        self.tpm: Bucket | None = None
+        self.rpm: Bucket | None = None
+        self.concurrent: int | None = None
+        self.max_tokens: int | None = None
+        self.max_calls: int | None = None
+        self.in_use = 0
+        self.set_capacity(config.tokens_per_minute, config.requests_per_minute, config.concurrent)
+        # Holdings and service per holder.
+        self.held_tokens: dict[str, int] = {}
+        self.held_calls: dict[str, int] = {}
+        self.counters: dict[str, float] = {}
+        # Waiting queue.
+        self.levels: dict[int, list[Entry]] = {}
+        self.level_order: list[int] = []
+        self.fair: list[Entry] = []
+        self.bg: list[Entry] = []
+        self.aging: list[Entry] = []
+        self.entries = 0
+        self.n_queued = 0
+        self.n_bg_queued = 0
+        self.waiting_by_holder: dict[str, int] = {}
+        self.parked: dict[str, list[Waiter]] = {}
+        self.n_parked = 0
+        self.refill_at: float | None = None
+        # Decayed service window for class shares, and statistics.
+        self.recent_all = 0.0
+        self.recent_bg = 0.0
+        self.recent_at: float | None = None
+        self.avg_hold_s = 0.0
+        self.ended = 0
+        self.n_leases = 0
+        self.grants = 0
+        self.expired = 0
+        self.share_guard_grants = 0
+
+    # -- capacity ---------------------------------------------------------------------------
+    def set_capacity(self, tpm: int | None, rpm: int | None, concurrent: int | None) -> None:
+        self.tpm = _resize(self.tpm, tpm)
+        self.rpm = _resize(self.rpm, rpm)
+        self.concurrent = concurrent
+        self.max_tokens = _share(tpm, self.max_share_fraction)
+        self.max_calls = _share(concurrent, self.max_share_fraction)
+
+    def clamp(self, tokens: int, calls: int) -> tuple[int, int]:
+        """A request above the max share is cut to the max share (R5.5)."""
+        if self.max_tokens is not None and tokens > self.max_tokens:
+            tokens = self.max_tokens
+        if self.max_calls is not None and calls > self.max_calls:
+            calls = self.max_calls
+        return tokens, calls
+
+    def fits(self, tokens: int, calls: int, now: float) -> bool:
+        if self.concurrent is not None and self.in_use + calls > self.concurrent:
+            return False
+        tpm = self.tpm
+        if tpm is not None and tpm.refill(now) < tokens:
+            return False
+        rpm = self.rpm
+        return rpm is None or rpm.refill(now) >= calls
+
+    def refill_time(self, tokens: int, calls: int, now: float) -> float | None:
+        """When the buckets will hold ``tokens``/``calls`` (``None``: they already do)."""
+        wait = 0.0
+        if self.tpm is not None:
+            wait = max(wait, self.tpm.time_to(tokens))
+        if self.rpm is not None:
+            wait = max(wait, self.rpm.time_to(calls))
+        return now + wait if wait > 0 else None
+
+    def over_share(self, holder: str, tokens: int, calls: int) -> bool:
+        """Would this grant take ``holder`` past the max share of some dimension?"""
+        mt = self.max_tokens
+        if mt is not None and self.held_tokens.get(holder, 0) + tokens > mt:
+            return True
+        mc = self.max_calls
+        return mc is not None and self.held_calls.get(holder, 0) + calls > mc
+
+    def others_waiting(self, holder: str) -> bool:
+        return self.n_queued + self.n_parked - self.waiting_by_holder.get(holder, 0) > 0
+
+    # -- class share window -----------------------------------------------------------------
+    def decay(self, now: float, window_s: float) -> None:
+        last = self.recent_at
+        if last is not None and now > last:
+            f = math.exp((last - now) / window_s)
+            self.recent_all *= f
+            self.recent_bg *= f
+        self.recent_at = now
+
+    # -- heaps ------------------------------------------------------------------------------
+    def push(self, heap: list[Entry], key: float, w: Waiter) -> None:
+        heapq.heappush(heap, (key, w.seq, w.epoch, w))
+        self.entries += 1
+
+    def level_heap(self, level: int) -> list[Entry]:
+        heap = self.levels.get(level)
+        if heap is None:
+            heap = self.levels[level] = []
+            self.level_order = sorted(self.levels, reverse=True)
+        return heap
+
+    def head(self, heap: list[Entry]) -> Waiter | None:
+        """The first live waiter of ``heap`` (stale entries are dropped)."""
+        while heap:
+            entry = heap[0]
+            w = entry[3]
+            if w.state == QUEUED and entry[2] == w.epoch:
+                return w
+            heapq.heappop(heap)
+            self.entries -= 1
+        return None
+
+    def top(self) -> Waiter | None:
+        """The policy's first choice: the head of the highest non-empty level."""
+        for level in self.level_order:
+            w = self.head(self.levels[level])
+            if w is not None:
+                return w
+        return None
+
+    def maybe_compact(self) -> None:
+        """Rebuild the heaps when stale entries dominate (amortised O(1) per push)."""
+        if self.entries <= 64 or self.entries <= 5 * (self.n_queued + 1):
+            return
+        total = 0
+        for heap in (*self.levels.values(), self.fair, self.bg, self.aging):
+            live = [e for e in heap if e[3].state == QUEUED and e[2] == e[3].epoch]
+            heapq.heapify(live)
+            heap[:] = live
+            total += len(live)
+        self.entries = total
+
+
+def _resize(bucket: Bucket | None, capacity: int | None) -> Bucket | None:
+    if capacity is None:
+        return None
+    if bucket is None:
+        return Bucket(float(capacity), float(capacity))
+    bucket.capacity = float(capacity)
+    bucket.level = min(bucket.level, bucket.capacity)
+    return bucket
