@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 W = TypeVar("W", bound="WaiterView")
+#: Tolerance for float rounding at aging boundaries (``enqueued_at + k × aging``).
+_EPSILON_S = 1e-9
 
 
 @dataclass(slots=True, eq=False)
@@ -131,7 +133,7 @@ class PriorityWithFairness(_OrderMixin):
 
     def priority(self, waiter: WaiterView, now: float) -> int:
         level = waiter.base_priority
-        waited = now - waiter.enqueued_at
+        waited = now - waiter.enqueued_at + _EPSILON_S
         if waited >= self._aging:
             level += int(waited // self._aging)
         if waiter.token_fraction > self._demotion:
@@ -141,7 +143,7 @@ class PriorityWithFairness(_OrderMixin):
         return level
 
     def priority_changes_at(self, waiter: WaiterView, now: float) -> float | None:
-        steps = int(max(0.0, now - waiter.enqueued_at) // self._aging) + 1
+        steps = int(max(0.0, now - waiter.enqueued_at + _EPSILON_S) // self._aging) + 1
         return waiter.enqueued_at + steps * self._aging
 
     def rank(self, waiter: WaiterView) -> float:

@@ -67,11 +67,11 @@ def test_r5_4_renewal_postpones_expiry() -> None:
 
 def test_r5_4_settle_returns_unused_tokens_to_the_bucket() -> None:
     async def main() -> None:
-        async with open_allocator(pool_config(concurrent=None, tpm=6000)) as alloc:
+        async with open_allocator(pool_config(concurrent=None, tpm=12_000)) as alloc:
             lease = await alloc.acquire("a", tokens=5000)
-            assert alloc.statistics().pools["p"].tokens_available == pytest.approx(1000)
+            assert alloc.statistics().pools["p"].tokens_available == pytest.approx(7000)
             assert alloc.settle(lease.id, 1200, output_tokens=200) == 3800
-            assert alloc.statistics().pools["p"].tokens_available == pytest.approx(4800)
+            assert alloc.statistics().pools["p"].tokens_available == pytest.approx(10_800)
             with pytest.raises(LeaseError):
                 alloc.settle(lease.id, 1)  # a settled lease is gone
 
@@ -166,12 +166,12 @@ def test_r5_3_no_holder_above_max_share_while_others_wait() -> None:
                 assert [w.over_share for w in stats.waiting("greedy")] == [True]
                 # A slot frees up: "third" gets it although "greedy" asked first,
                 # because greedy holds 3 of 4 slots (max share 2) while others wait.
+                # Once third is done nobody else waits, and greedy gets the slot.
                 alloc.settle(other.id, 0)
                 await anyio.sleep(1)
-                assert order == ["third"]
+                assert order == ["third", "greedy"]
                 for lease in greedy:
                     alloc.settle(lease.id, 0)
-            assert order == ["third", "greedy"]
 
     run_virtual(main)
 
