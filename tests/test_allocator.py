@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from scheduler._allocator import Allocator, open_allocator
@@ -192,7 +193,8 @@ def test_r5_5_queue_position_and_estimated_wait() -> None:
                 stats = alloc.statistics()
                 positions = {w.holder: w.position for w in stats.waiters}
                 assert positions == {"w1": 1, "w2": 2, "w3": 3}
-                waits = [w.estimated_wait_s for w in sorted(stats.waiters, key=lambda w: w.position)]
+                ordered = sorted(stats.waiters, key=lambda w: w.position)
+                waits = [w.estimated_wait_s for w in ordered]
                 # 2 slots held 10 s on average: one slot frees every 5 s.
                 assert waits == pytest.approx([5.0, 10.0, 15.0])
                 assert stats.pools["p"].waiting == 3
@@ -282,7 +284,7 @@ def test_r5_3_set_capacity_at_run_time_wakes_waiters() -> None:
                 await anyio.sleep(1)
                 assert len(alloc.statistics().waiters) == 1
                 alloc.set_capacity("p", concurrent=2)
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
             assert alloc.statistics().pools["p"].concurrent == 2
             with pytest.raises(AllocationError):
                 alloc.set_capacity("p", concurrent=0)

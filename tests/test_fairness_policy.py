@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.fairness import AllocationPolicy, FairnessParams, Fifo, PriorityWithFairness, WaiterView
+from policies.fairness import (
+    AllocationPolicy,
+    FairnessParams,
+    Fifo,
+    PriorityWithFairness,
+    WaiterView,
+)
 
 
 def waiter(
