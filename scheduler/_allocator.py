@@ -26,7 +26,6 @@ allocator enforces its invariants whatever the policy says:
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -130,7 +129,17 @@ class Allocator:
         cfg = config or AllocatorConfig()
         self.config = cfg
         self.policy: AllocationPolicy = policy or PriorityWithFairness(fairness_params(cfg))
-        self._pools = {name: Pool(name, pc, cfg.max_share) for name, pc in cfg.pools.items()}
+        # Bound once: the hot path calls them per request.
+        self._priority = self.policy.priority
+        self._rank = self.policy.rank
+        self._changes_at = self.policy.priority_changes_at
+        self._cost = self.policy.service
+        #: A policy whose rank *is* the service counter needs no separate least-served heap.
+        self._track_fair = not getattr(self.policy, "ranks_by_counter", False)
+        self._pools = {
+            name: Pool(name, pc, cfg.max_share, track_fair=self._track_fair)
+            for name, pc in cfg.pools.items()
+        }
         self._default_pool = next(iter(self._pools), None)
         self._holders: dict[str, Holder] = {}
         self._leases = LeaseTable()
@@ -201,7 +210,8 @@ class Allocator:
         """Change a pool's capacities at run time (``None`` = unlimited); creates new pools."""
         p = self._pools.get(pool)
         if p is None:
-            p = self._pools[pool] = Pool(pool, PoolConfig(), self.config.max_share)
+            p = self._pools[pool] = Pool(
+                pool, PoolConfig(), self.config.max_share, track_fair=self._track_fair)
             if self._default_pool is None:
                 self._default_pool = pool
         tpm = _pick(tokens_per_minute, p.tpm.capacity if p.tpm else None)
@@ -240,7 +250,8 @@ class Allocator:
         if not (p.n_queued or p.n_parked) and p.fits(tokens, calls, now):
             return self._grant(p, h, tokens, calls, requested, now)
         w = self._enqueue(p, h, tokens, calls, requested, now)
-        self._dispatch(p, now)
+        if p.concurrent is None or p.in_use < p.concurrent:
+            self._dispatch(p, now)
         try:
             await w.event.wait()
         except BaseException:
@@ -322,7 +333,7 @@ class Allocator:
             error = LeaseError(f"holder {holder!r} released")
             for w in list(h.waiting):
                 p = self._pools[w.pool]
-                self._unlink(p, w)
+                p.unlink(w)
                 w.state, w.error = GONE, error
                 w.event.set()
                 touched.add(p)
@@ -420,14 +431,14 @@ class Allocator:
         if n == 0:
             # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
             # so an idle holder cannot bank credit.
-            least = p.head(p.fair)
+            least = p.least()
             if least is not None and least.counter > counter:
                 counter = p.counters[hid] = least.counter
         p.waiting_by_holder[hid] = n + 1
         w = Waiter(
             hid, self._seq, now, h.base_priority, tokens, h.token_fraction, h.blocking, counter,
             pool=p.name, calls=calls, requested=requested,
-            background=h.background, event=self._event_cls(),
+            background=h.background, event=self._event_cls(), owner=h,
         )
         h.waiting.add(w)
         p.n_queued += 1
@@ -440,17 +451,18 @@ class Allocator:
     def _index(self, p: Pool, w: Waiter, now: float) -> None:
         """(Re)insert ``w`` in the pool's heaps at its current priority and counter."""
         w.epoch += 1
-        policy = self.policy
-        level = w.level = policy.priority(w, now)
-        p.push(p.level_heap(level), policy.rank(w), w)
-        p.push(p.fair, w.counter, w)
+        level = w.level = self._priority(w, now)
+        heap = p.levels.get(level)
+        p.push(p.level_heap(level) if heap is None else heap, self._rank(w), w)
+        if p.track_fair:
+            p.push(p.fair, w.counter, w)
         if w.background:
             p.push(p.bg, w.counter, w)
-        at = policy.priority_changes_at(w, now)
+        at = self._changes_at(w, now)
         if at is not None:
             if at <= now:
                 at = math.nextafter(now, math.inf)
-            p.push(p.aging, at, w)
+            p.push_aging(at, w)
             if at < self._sleep_until:
                 self._kick_servicer()
 
@@ -489,22 +501,24 @@ class Allocator:
         top = p.top()
         if top is None:
             return None
-        least = p.head(p.fair)
-        if least is not None and top.counter - least.counter > self._slack:
-            return least
+        if p.track_fair or len(p.level_order) > 1:
+            least = p.least()
+            if least is not None and top.counter - least.counter > self._slack:
+                return least
         return top
 
     def _dispatch(self, p: Pool, now: float) -> None:
         """Grant waiters in order while the chosen one fits (the one scheduling loop)."""
-        if p.aging and p.aging[0][0] <= now:
-            self._age(p, now)
-        while p.n_queued:
+        if p.aging_due(now):
+            for aged in p.pop_aged(now):
+                self._index(p, aged, now)
+        while p.n_queued and (p.concurrent is None or p.in_use < p.concurrent):
             w = self._select(p, now)
             if w is None:  # pragma: no cover - n_queued says there is one
                 break
             hid = w.holder
             if p.over_share(hid, w.tokens, w.calls) and p.others_waiting(hid):
-                self._park(p, w)
+                p.park(w)
                 continue
             if not p.fits(w.tokens, w.calls, now):
                 at = p.refill_at = p.refill_time(w.tokens, w.calls, now)
@@ -517,52 +531,9 @@ class Allocator:
             self._unpark(p, next(iter(p.parked)), now)
             self._dispatch(p, now)
 
-    def _age(self, p: Pool, now: float) -> None:
-        heap = p.aging
-        while heap and heap[0][0] <= now:
-            _, _, epoch, w = heapq.heappop(heap)
-            p.entries -= 1
-            if w.state == QUEUED and epoch == w.epoch:
-                self._index(p, w, now)
-
-    def _park(self, p: Pool, w: Waiter) -> None:
-        w.state = PARKED
-        p.n_queued -= 1
-        if w.background:
-            p.n_bg_queued -= 1
-        p.parked.setdefault(w.holder, []).append(w)
-        p.n_parked += 1
-
     def _unpark(self, p: Pool, hid: str, now: float) -> None:
-        for w in p.parked.pop(hid, ()):
-            w.state = QUEUED
-            p.n_parked -= 1
-            p.n_queued += 1
-            if w.background:
-                p.n_bg_queued += 1
+        for w in p.unpark(hid):
             self._index(p, w, now)
-
-    def _unlink(self, p: Pool, w: Waiter) -> None:
-        """Take a queued or parked waiter out of the pool's counts."""
-        hid = w.holder
-        if w.state == PARKED:
-            ws = p.parked[hid]
-            ws.remove(w)
-            if not ws:
-                del p.parked[hid]
-            p.n_parked -= 1
-        else:
-            p.n_queued -= 1
-            if w.background:
-                p.n_bg_queued -= 1
-        n = p.waiting_by_holder[hid] - 1
-        if n:
-            p.waiting_by_holder[hid] = n
-        else:
-            del p.waiting_by_holder[hid]
-        h = self._holders.get(hid)
-        if h is not None:
-            h.waiting.discard(w)
 
     def _abandon(self, w: Waiter) -> None:
         """The waiting coroutine was cancelled: give back whatever it holds or waits for."""
@@ -572,15 +543,16 @@ class Allocator:
                 self.release(lease.id)
         elif w.state in (QUEUED, PARKED):
             p = self._pools[w.pool]
-            self._unlink(p, w)
+            p.unlink(w)
             w.state = GONE
             self._dispatch(p, self._clock())
 
     # -- internals: grants and returns ----------------------------------------------------------
     def _grant_waiter(self, p: Pool, w: Waiter, now: float) -> None:
-        self._unlink(p, w)
+        p.unlink(w)
         w.state = GRANTED
-        w.lease = self._grant(p, self._holders[w.holder], w.tokens, w.calls, w.requested, now)
+        h = w.owner if w.owner is not None else self._holder(w.holder)
+        w.lease = self._grant(p, h, w.tokens, w.calls, w.requested, now)
         w.event.set()
 
     def _grant(
@@ -592,9 +564,11 @@ class Allocator:
         if p.rpm is not None:
             p.rpm.level -= calls
         hid = h.id
-        p.held_tokens[hid] = p.held_tokens.get(hid, 0) + tokens
-        p.held_calls[hid] = p.held_calls.get(hid, 0) + calls
-        charge = self.policy.service(tokens, 0)
+        held = p.held_tokens
+        held[hid] = held.get(hid, 0) + tokens
+        held = p.held_calls
+        held[hid] = held.get(hid, 0) + calls
+        charge = self._cost(tokens, 0)
         self._charge(p, h, charge, now)
         lease = Lease(new_lease_id(), hid, p.name, tokens, calls, requested, now,
                       now + self._ttl, charge)
@@ -633,8 +607,18 @@ class Allocator:
         if p.rpm is not None and calls_back:
             p.rpm.refill(now)
             p.rpm.give(lease.calls)
-        _decrement(p.held_tokens, hid, lease.tokens)
-        _decrement(p.held_calls, hid, lease.calls)
+        held = p.held_tokens
+        left = held.get(hid, 0) - lease.tokens
+        if left > 0:
+            held[hid] = left
+        else:
+            held.pop(hid, None)
+        held = p.held_calls
+        left = held.get(hid, 0) - lease.calls
+        if left > 0:
+            held[hid] = left
+        else:
+            held.pop(hid, None)
         held_for = now - lease.granted_at
         p.avg_hold_s = held_for if p.ended == 0 else (
             p.avg_hold_s + _HOLD_EWMA * (held_for - p.avg_hold_s))
@@ -648,7 +632,7 @@ class Allocator:
             self._expire(lease, now)
         for p in self._pools.values():
             refill = p.refill_at
-            if (p.aging and p.aging[0][0] <= now) or (refill is not None and refill <= now):
+            if p.aging_due(now) or (refill is not None and refill <= now):
                 p.refill_at = None
                 self._dispatch(p, now)
 
@@ -668,12 +652,9 @@ class Allocator:
     def _next_deadline(self) -> float:
         deadline = self._leases.next_expiry() or math.inf
         for p in self._pools.values():
-            heap = p.aging
-            while heap and not (heap[0][3].state == QUEUED and heap[0][2] == heap[0][3].epoch):
-                heapq.heappop(heap)
-                p.entries -= 1
-            if heap:
-                deadline = min(deadline, heap[0][0])
+            aging = p.next_aging()
+            if aging is not None:
+                deadline = min(deadline, aging)
             if p.refill_at is not None:
                 deadline = min(deadline, p.refill_at)
         return deadline
@@ -683,14 +664,6 @@ def _pick(value: int | _Unset | None, current: float | int | None) -> int | None
     if value is UNSET:
         return None if current is None else int(current)
     return value
-
-
-def _decrement(table: dict[str, int], key: str, amount: int) -> None:
-    left = table.get(key, 0) - amount
-    if left > 0:
-        table[key] = left
-    else:
-        table.pop(key, None)
 
 
 @asynccontextmanager

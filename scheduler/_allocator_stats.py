@@ -122,7 +122,8 @@ def waiter_statistics(
             effective_priority=policy.priority(w, now),
             waited_s=now - w.enqueued_at,
             estimated_wait_s=_estimate(p, calls_ahead, tokens_ahead, hold, now),
-            over_share=w.state == PARKED,
+            over_share=w.state == PARKED or (
+                p.over_share(w.holder, w.tokens, w.calls) and p.others_waiting(w.holder)),
         )
 
 

@@ -1,18 +1,18 @@
-"""Leases: what one grant holds, and the one expiry heap for all of them (R5.4).
+"""Leases: what one grant holds, and the one expiry queue for all of them (R5.4).
 
 A :class:`Lease` is ``(id, holder, pool, amounts, expires_at)``.  Its id is an
 unguessable random string (``secrets.token_urlsafe``): holding the id is what
 lets a caller renew, settle or release it.  :class:`LeaseTable` indexes the
-live leases by id and by holder and keeps one heap of expiry deadlines with
-lazy deletion (a renewed or ended lease leaves a stale heap entry that is
-skipped later; the heap is rebuilt when stale entries dominate).  There are
+live leases by id and keeps one queue of expiry deadlines with lazy deletion
+(a renewed or ended lease leaves a stale entry that is skipped later; the
+queue is purged when stale entries dominate).  There are
 no per-lease timers: the allocator's one servicing coroutine pops what is due.
 """
 
 from __future__ import annotations
 
-import heapq
 import secrets
+from collections import deque
 from dataclasses import dataclass
 
 __all__ = ["Lease", "LeaseTable", "new_lease_id"]
@@ -64,14 +64,20 @@ class Lease:
 
 
 class LeaseTable:
-    """Live leases by id and by holder, with one lazily cleaned expiry heap."""
+    """Live leases by id, with one lazily cleaned expiry queue.
 
-    __slots__ = ("_by_holder", "_heap", "_leases")
+    Every lease lives for the same TTL from its grant or last renewal, so
+    deadlines arrive in the order leases were granted or renewed: the expiry
+    "heap" is a FIFO (a renewal appends a new entry; the old one turns stale).
+    That makes adding O(1); stale entries are skipped when they reach the
+    front and purged when they outnumber live leases.
+    """
+
+    __slots__ = ("_leases", "_queue")
 
     def __init__(self) -> None:
         self._leases: dict[str, Lease] = {}
-        self._by_holder: dict[str, dict[str, Lease]] = {}
-        self._heap: list[tuple[float, str]] = []
+        self._queue: deque[tuple[float, Lease]] = deque()
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -83,47 +89,33 @@ class LeaseTable:
         return self._leases.get(lease_id)
 
     def of_holder(self, holder: str) -> list[Lease]:
-        """The holder's live leases (a copy)."""
-        return list(self._by_holder.get(holder, {}).values())
-
-    def count_of(self, holder: str) -> int:
-        return len(self._by_holder.get(holder, ()))
+        """The holder's live leases (a scan: crashes and victims are rare)."""
+        return [lease for lease in self._leases.values() if lease.holder == holder]
 
     def all(self) -> list[Lease]:
         return list(self._leases.values())
 
     def add(self, lease: Lease) -> None:
         self._leases[lease.id] = lease
-        held = self._by_holder.get(lease.holder)
-        if held is None:
-            held = self._by_holder[lease.holder] = {}
-        held[lease.id] = lease
-        heapq.heappush(self._heap, (lease.expires_at, lease.id))
-        self._maybe_compact()
+        self._push(lease)
 
     def remove(self, lease: Lease) -> None:
-        """Forget ``lease`` (its heap entry turns stale)."""
+        """Forget ``lease`` (its queue entry turns stale)."""
         lease.active = False
         del self._leases[lease.id]
-        held = self._by_holder[lease.holder]
-        del held[lease.id]
-        if not held:
-            del self._by_holder[lease.holder]
 
     def renew(self, lease: Lease, expires_at: float) -> None:
         lease.expires_at = expires_at
-        heapq.heappush(self._heap, (expires_at, lease.id))
-        self._maybe_compact()
+        self._push(lease)
 
     def next_expiry(self) -> float | None:
-        """The earliest live deadline (stale heap entries are dropped on the way)."""
-        heap = self._heap
-        while heap:
-            at, lease_id = heap[0]
-            lease = self._leases.get(lease_id)
-            if lease is not None and lease.expires_at == at:
+        """The earliest live deadline (stale entries are dropped on the way)."""
+        queue = self._queue
+        while queue:
+            at, lease = queue[0]
+            if lease.active and lease.expires_at == at:
                 return at
-            heapq.heappop(heap)
+            queue.popleft()
         return None
 
     def pop_expired(self, now: float) -> list[Lease]:
@@ -133,15 +125,19 @@ class LeaseTable:
             at = self.next_expiry()
             if at is None or at > now:
                 return due
-            _, lease_id = heapq.heappop(self._heap)
-            lease = self._leases[lease_id]
+            _, lease = self._queue.popleft()
             self.remove(lease)
             due.append(lease)
 
-    def _maybe_compact(self) -> None:
-        # Rebuild when stale entries outnumber live ones 2:1 (amortised O(1)).
-        if len(self._heap) > 64 and len(self._heap) > 3 * len(self._leases):
-            self._heap = [
-                (lease.expires_at, lease.id) for lease in self._leases.values()
-            ]
-            heapq.heapify(self._heap)
+    def _push(self, lease: Lease) -> None:
+        queue = self._queue
+        if queue and lease.expires_at < queue[-1][0]:
+            # Out of order (a shorter TTL): rebuild sorted, rare by construction.
+            entries = [*queue, (lease.expires_at, lease)]
+            entries.sort(key=lambda e: e[0])
+            self._queue = deque(entries)
+            return
+        queue.append((lease.expires_at, lease))
+        if len(queue) > 64 and len(queue) > 3 * len(self._leases):
+            self._queue = deque(
+                e for e in queue if e[1].active and e[1].expires_at == e[0])

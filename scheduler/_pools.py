@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ class Waiter(WaiterView):
     event: Any = None
     lease: Lease | None = None
     error: BaseException | None = None
+    owner: Holder | None = None
 
 
 @dataclass(slots=True)
@@ -91,8 +93,13 @@ def _share(capacity: float | None, max_share: float) -> int | None:
 class Pool:
     """Capacities, holdings and the waiting queue of one provider / model group."""
 
-    def __init__(self, name: str, config: PoolConfig, max_share: float) -> None:
+    def __init__(
+        self, name: str, config: PoolConfig, max_share: float, *, track_fair: bool = True
+    ) -> None:
         self.name = name
+        #: Keep a heap by service counter (needed unless the policy ranks by the counter,
+        #: in which case the level heads already are the least served of each level).
+        self.track_fair = track_fair
         self.max_share_fraction = max_share
         self.tpm: Bucket | None = None
         self.rpm: Bucket | None = None
@@ -111,6 +118,7 @@ class Pool:
         self.fair: list[Entry] = []
         self.bg: list[Entry] = []
         self.aging: list[Entry] = []
+        self.aging_q: deque[Entry] = deque()
         self.entries = 0
         self.n_queued = 0
         self.n_bg_queued = 0
@@ -176,12 +184,15 @@ class Pool:
 
     # -- class share window -----------------------------------------------------------------
     def decay(self, now: float, window_s: float) -> None:
+        """Age the class-share window, in steps of 1/16 of it (cheap on the hot path)."""
         last = self.recent_at
-        if last is not None and now > last:
+        if last is None:
+            self.recent_at = now
+        elif now - last >= window_s * 0.0625:
             f = math.exp((last - now) / window_s)
             self.recent_all *= f
             self.recent_bg *= f
-        self.recent_at = now
+            self.recent_at = now
 
     # -- heaps ------------------------------------------------------------------------------
     def push(self, heap: list[Entry], key: float, w: Waiter) -> None:
@@ -214,17 +225,118 @@ class Pool:
                 return w
         return None
 
+    def least(self) -> Waiter | None:
+        """The queued waiter with the smallest service counter."""
+        if self.track_fair:
+            return self.head(self.fair)
+        best: Waiter | None = None
+        for level in self.level_order:
+            w = self.head(self.levels[level])
+            if w is not None and (best is None or w.counter < best.counter):
+                best = w
+        return best
+
+    # -- aging deadlines: a FIFO while they arrive in order, a heap otherwise -----------------
+    def push_aging(self, at: float, w: Waiter) -> None:
+        q = self.aging_q
+        if not q or at >= q[-1][0]:
+            q.append((at, w.seq, w.epoch, w))
+            self.entries += 1
+        else:
+            self.push(self.aging, at, w)
+
+    def next_aging(self) -> float | None:
+        """The earliest live aging deadline (stale entries are dropped)."""
+        q, heap = self.aging_q, self.aging
+        while q and not _live(q[0]):
+            q.popleft()
+            self.entries -= 1
+        while heap and not _live(heap[0]):
+            heapq.heappop(heap)
+            self.entries -= 1
+        if q and heap:
+            return min(q[0][0], heap[0][0])
+        return q[0][0] if q else heap[0][0] if heap else None
+
+    def pop_aged(self, now: float) -> list[Waiter]:
+        """Live waiters whose aging deadline is ``<= now`` (their entries are consumed)."""
+        due: list[Waiter] = []
+        q, heap = self.aging_q, self.aging
+        while q and q[0][0] <= now:
+            entry = q.popleft()
+            self.entries -= 1
+            if _live(entry):
+                due.append(entry[3])
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            self.entries -= 1
+            if _live(entry):
+                due.append(entry[3])
+        return due
+
+    def aging_due(self, now: float) -> bool:
+        q, heap = self.aging_q, self.aging
+        return bool((q and q[0][0] <= now) or (heap and heap[0][0] <= now))
+
+    # -- waiter bookkeeping -------------------------------------------------------------------
+    def park(self, w: Waiter) -> None:
+        """Set a request of an over-share holder aside until one of its leases ends."""
+        w.state = PARKED
+        self.n_queued -= 1
+        if w.background:
+            self.n_bg_queued -= 1
+        self.parked.setdefault(w.holder, []).append(w)
+        self.n_parked += 1
+
+    def unpark(self, hid: str) -> list[Waiter]:
+        """Put a holder's parked requests back in the queue (the caller re-indexes them)."""
+        ws = self.parked.pop(hid, [])
+        for w in ws:
+            w.state = QUEUED
+            self.n_parked -= 1
+            self.n_queued += 1
+            if w.background:
+                self.n_bg_queued += 1
+        return ws
+
+    def unlink(self, w: Waiter) -> None:
+        """Take a queued or parked waiter out of the pool's counts."""
+        hid = w.holder
+        if w.state == PARKED:
+            ws = self.parked[hid]
+            ws.remove(w)
+            if not ws:
+                del self.parked[hid]
+            self.n_parked -= 1
+        else:
+            self.n_queued -= 1
+            if w.background:
+                self.n_bg_queued -= 1
+        n = self.waiting_by_holder[hid] - 1
+        if n:
+            self.waiting_by_holder[hid] = n
+        else:
+            del self.waiting_by_holder[hid]
+        if w.owner is not None:
+            w.owner.waiting.discard(w)
+
     def maybe_compact(self) -> None:
         """Rebuild the heaps when stale entries dominate (amortised O(1) per push)."""
         if self.entries <= 64 or self.entries <= 5 * (self.n_queued + 1):
             return
         total = 0
         for heap in (*self.levels.values(), self.fair, self.bg, self.aging):
-            live = [e for e in heap if e[3].state == QUEUED and e[2] == e[3].epoch]
+            live = [e for e in heap if _live(e)]
             heapq.heapify(live)
             heap[:] = live
             total += len(live)
-        self.entries = total
+        self.aging_q = deque(e for e in self.aging_q if _live(e))
+        self.entries = total + len(self.aging_q)
+
+
+def _live(entry: Entry) -> bool:
+    w = entry[3]
+    return w.state == QUEUED and entry[2] == w.epoch
 
 
 def _resize(bucket: Bucket | None, capacity: int | None) -> Bucket | None:
