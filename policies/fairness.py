@@ -124,9 +124,6 @@ class PriorityWithFairness(_OrderMixin):
     counter goes first, where a call counts ``input + output_weight × output``.
     """
 
-    #: Hint for the allocator: :meth:`rank` is the service counter itself.
-    ranks_by_counter = True
-
     def __init__(self, params: FairnessParams | None = None) -> None:
         self.params = params or FairnessParams()
         self._aging = self.params.aging_after_s

@@ -33,6 +33,7 @@ from enum import Enum
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 import structlog
 
 from policies.fairness import AllocationPolicy, FairnessParams, Fifo, PriorityWithFairness
@@ -98,6 +99,40 @@ def make_allocation_policy(name: str, config: AllocatorConfig) -> AllocationPoli
     return policy
 
 
+def _parker_class() -> Callable[[], Any]:
+    """What a waiting request parks on: an object with ``set()`` and awaitable ``wait()``.
+
+    On any backend an :class:`anyio.Event` does.  When the running loop can make a
+    bare future (asyncio and uvloop loops can, found by duck typing through
+    :func:`anyio.lowlevel.current_token`, no asyncio import), one future per wait
+    replaces the three objects and two coroutine layers of an Event: this is the
+    hot path of every model call.  Cancellation behaves the same: the task is
+    cancelled while awaiting the future.
+    """
+    event_cls: Callable[[], Any] = type(anyio.Event())
+    current_token: Callable[[], Any] | None = getattr(anyio.lowlevel, "current_token", None)
+    token = current_token() if current_token is not None else None
+    native = getattr(token, "native_token", None)
+    create_future = getattr(native, "create_future", None)
+    if create_future is None:
+        return event_cls
+
+    class FutureParker:
+        __slots__ = ("_future",)
+
+        def __init__(self) -> None:
+            self._future = create_future()
+
+        def set(self) -> None:
+            if not self._future.done():
+                self._future.set_result(None)
+
+        def wait(self) -> Any:
+            return self._future
+
+    return FutureParker
+
+
 def _backend_clock() -> Callable[[], float]:
     """The running backend's clock, looked up once (``anyio.current_time`` does it per call)."""
     try:
@@ -134,12 +169,7 @@ class Allocator:
         self._rank = self.policy.rank
         self._changes_at = self.policy.priority_changes_at
         self._cost = self.policy.service
-        #: A policy whose rank *is* the service counter needs no separate least-served heap.
-        self._track_fair = not getattr(self.policy, "ranks_by_counter", False)
-        self._pools = {
-            name: Pool(name, pc, cfg.max_share, track_fair=self._track_fair)
-            for name, pc in cfg.pools.items()
-        }
+        self._pools = {name: Pool(name, pc, cfg.max_share) for name, pc in cfg.pools.items()}
         self._default_pool = next(iter(self._pools), None)
         self._holders: dict[str, Holder] = {}
         self._leases = LeaseTable()
@@ -210,8 +240,7 @@ class Allocator:
         """Change a pool's capacities at run time (``None`` = unlimited); creates new pools."""
         p = self._pools.get(pool)
         if p is None:
-            p = self._pools[pool] = Pool(
-                pool, PoolConfig(), self.config.max_share, track_fair=self._track_fair)
+            p = self._pools[pool] = Pool(pool, PoolConfig(), self.config.max_share)
             if self._default_pool is None:
                 self._default_pool = pool
         tpm = _pick(tokens_per_minute, p.tpm.capacity if p.tpm else None)
@@ -257,9 +286,10 @@ class Allocator:
         except BaseException:
             self._abandon(w)
             raise
-        if w.lease is None:
+        lease = w.lease
+        if lease is None:
             raise w.error or LeaseError("request withdrawn")
-        return w.lease
+        return lease
 
     def acquire_nowait(
         self, holder: str, *, tokens: int = 0, calls: int = 1, pool: str | None = None
@@ -303,16 +333,19 @@ class Allocator:
         the part that was output, weighted by ``output_weight`` in the holder's
         service counter.  Using more than leased is charged to the pool's bucket.
         """
-        lease = self._lookup(lease_id, holder)
+        lease = self._leases.get(lease_id)
+        if lease is None or (holder is not None and lease.holder != holder):
+            lease = self._lookup(lease_id, holder)  # raises the precise LeaseError
         now = self._clock()
-        used = max(0, int(used_tokens))
-        out = min(max(0, int(output_tokens)), used)
+        used = used_tokens if used_tokens > 0 else 0
+        out = output_tokens if 0 < output_tokens <= used else (used if output_tokens > 0 else 0)
         p = self._pools[lease.pool]
-        self._add_service(p, lease.holder, self.policy.service(used - out, out) - lease.charged,
-                          now)
+        delta = self._cost(used - out, out) - lease.charged
+        if delta:
+            self._add_service(p, lease.holder, delta, now)
         back = lease.tokens - used
         self._end(lease, now, back, calls_back=False)
-        return max(0, back)
+        return back if back > 0 else 0
 
     def release(self, lease_id: str, *, holder: str | None = None) -> None:
         """End the lease unused: tokens, the call and the service charge come back."""
@@ -383,7 +416,7 @@ class Allocator:
 
     # -- internals: binding and lookup -------------------------------------------------------
     def _bind(self) -> None:
-        self._event_cls = type(anyio.Event())
+        self._event_cls = _parker_class()
         if not self._clock_injected:
             self._clock = _backend_clock()
         self._bound = True
@@ -424,47 +457,48 @@ class Allocator:
     def _enqueue(
         self, p: Pool, h: Holder, tokens: int, calls: int, requested: int, now: float
     ) -> Waiter:
-        self._seq += 1
+        seq = self._seq = self._seq + 1
         hid = h.id
-        n = p.waiting_by_holder.get(hid, 0)
+        by_holder = p.waiting_by_holder
+        n = by_holder.get(hid, 0)
         counter = p.counters.get(hid, 0.0)
         if n == 0:
             # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
             # so an idle holder cannot bank credit.
-            least = p.least()
+            least = p.head(p.fair)
             if least is not None and least.counter > counter:
                 counter = p.counters[hid] = least.counter
-        p.waiting_by_holder[hid] = n + 1
-        w = Waiter(
-            hid, self._seq, now, h.base_priority, tokens, h.token_fraction, h.blocking, counter,
-            pool=p.name, calls=calls, requested=requested,
-            background=h.background, event=self._event_cls(), owner=h,
-        )
+        by_holder[hid] = n + 1
+        w = Waiter(hid, seq, now, h.base_priority, tokens, h.token_fraction, h.blocking, counter,
+                   p.name, calls, requested, h.background, QUEUED, 0, 0, self._event_cls(),
+                   None, None, h)
         h.waiting.add(w)
         p.n_queued += 1
         if w.background:
             p.n_bg_queued += 1
-        self._index(p, w, now)
-        p.maybe_compact()
+        self._index(p, w, now, fresh=True)
+        if p.entries > 64 + 8 * p.n_queued:
+            p.maybe_compact()
         return w
 
-    def _index(self, p: Pool, w: Waiter, now: float) -> None:
+    def _index(self, p: Pool, w: Waiter, now: float, fresh: bool = False) -> None:
         """(Re)insert ``w`` in the pool's heaps at its current priority and counter."""
         w.epoch += 1
         level = w.level = self._priority(w, now)
-        heap = p.levels.get(level)
-        p.push(p.level_heap(level) if heap is None else heap, self._rank(w), w)
-        if p.track_fair:
-            p.push(p.fair, w.counter, w)
-        if w.background:
-            p.push(p.bg, w.counter, w)
+        p.index(w, level, self._rank(w))
         at = self._changes_at(w, now)
-        if at is not None:
-            if at <= now:
-                at = math.nextafter(now, math.inf)
-            p.push_aging(at, w)
-            if at < self._sleep_until:
-                self._kick_servicer()
+        if at is None:
+            return
+        if at <= now:
+            at = math.nextafter(now, math.inf)
+        if fresh:
+            w.next_change = at
+            if not p.add_arrival(w):
+                return  # an earlier arrival changes first; the servicer already knows
+        else:
+            p.push_change(at, w)
+        if at < self._sleep_until:
+            self._kick_servicer()
 
     def _reindex_holder(self, h: Holder) -> None:
         touched = set()
@@ -484,11 +518,9 @@ class Allocator:
         if hid not in p.counters or not delta:
             return
         counter = p.counters[hid] = p.counters[hid] + delta
-        if p.waiting_by_holder.get(hid):
-            for w in self._holders[hid].waiting:
-                if w.pool == p.name and w.state == QUEUED:
-                    w.counter = counter
-                    self._index(p, w, now)
+        h = self._holders.get(hid)
+        if h is not None and hid in p.waiting_by_holder:
+            self._refresh_counter(p, h, counter, now)
 
     def _select(self, p: Pool, now: float) -> Waiter | None:
         """The next waiter to serve: the policy's choice unless a share guard applies."""
@@ -498,34 +530,47 @@ class Allocator:
                 w = p.head(p.bg)
                 if w is not None:
                     return w
-        top = p.top()
+        head = p.head
+        top = head(p.order)
         if top is None:
             return None
-        if p.track_fair or len(p.level_order) > 1:
-            least = p.least()
-            if least is not None and top.counter - least.counter > self._slack:
-                return least
+        least = head(p.fair)
+        if least is not None and top.counter - least.counter > self._slack:
+            return least
         return top
 
     def _dispatch(self, p: Pool, now: float) -> None:
-        """Grant waiters in order while the chosen one fits (the one scheduling loop)."""
-        if p.aging_due(now):
-            for aged in p.pop_aged(now):
+        """Grant waiters in order while the chosen one fits: the one scheduling loop.
+
+        Per pass: apply due priority changes (aging), pick the next waiter
+        (:meth:`_select`), park it if its holder is over the max share while
+        others wait, stop if it does not fit (no bypass; a bucket refill wakes
+        the servicer), else grant it.
+        """
+        if p.changes_due(now):
+            for aged in p.pop_changed(now):
                 self._index(p, aged, now)
-        while p.n_queued and (p.concurrent is None or p.in_use < p.concurrent):
+        conc = p.concurrent
+        while p.n_queued and (conc is None or p.in_use < conc):
             w = self._select(p, now)
             if w is None:  # pragma: no cover - n_queued says there is one
                 break
-            hid = w.holder
-            if p.over_share(hid, w.tokens, w.calls) and p.others_waiting(hid):
+            hid, tokens, calls = w.holder, w.tokens, w.calls
+            if (p.max_tokens is not None or p.max_calls is not None) and p.over_share(
+                    hid, tokens, calls) and p.others_waiting(hid):
                 p.park(w)
                 continue
-            if not p.fits(w.tokens, w.calls, now):
-                at = p.refill_at = p.refill_time(w.tokens, w.calls, now)
+            if (p.tpm is not None or p.rpm is not None) and not p.fits(tokens, calls, now):
+                at = p.refill_at = p.refill_time(tokens, calls, now)
                 if at is not None and at < self._sleep_until:
                     self._kick_servicer()
                 return
-            self._grant_waiter(p, w, now)
+            # Grant: the waiter leaves the queue and its parked task is woken.
+            p.unlink(w)
+            w.state = GRANTED
+            owner = w.owner if w.owner is not None else self._holder(hid)
+            w.lease = self._grant(p, owner, tokens, calls, w.requested, now)
+            w.event.set()
         if p.n_parked and len(p.parked) == 1:
             # Only one holder is left waiting: the max share no longer applies to it.
             self._unpark(p, next(iter(p.parked)), now)
@@ -548,13 +593,6 @@ class Allocator:
             self._dispatch(p, self._clock())
 
     # -- internals: grants and returns ----------------------------------------------------------
-    def _grant_waiter(self, p: Pool, w: Waiter, now: float) -> None:
-        p.unlink(w)
-        w.state = GRANTED
-        h = w.owner if w.owner is not None else self._holder(w.holder)
-        w.lease = self._grant(p, h, w.tokens, w.calls, w.requested, now)
-        w.event.set()
-
     def _grant(
         self, p: Pool, h: Holder, tokens: int, calls: int, requested: int, now: float
     ) -> Lease:
@@ -568,31 +606,33 @@ class Allocator:
         held[hid] = held.get(hid, 0) + tokens
         held = p.held_calls
         held[hid] = held.get(hid, 0) + calls
+        # Charge the grant to the holder's service counter now (VTC); settle corrects it.
         charge = self._cost(tokens, 0)
-        self._charge(p, h, charge, now)
-        lease = Lease(new_lease_id(), hid, p.name, tokens, calls, requested, now,
-                      now + self._ttl, charge)
-        self._leases.add(lease)
-        p.grants += 1
-        p.n_leases += 1
-        if lease.expires_at < self._sleep_until:
-            self._kick_servicer()
-        return lease
-
-    def _charge(self, p: Pool, h: Holder, charge: float, now: float) -> None:
-        hid = h.id
-        counter = p.counters.get(hid, 0.0) + charge
-        p.counters[hid] = counter
-        if p.waiting_by_holder.get(hid):
-            for w in h.waiting:
-                if w.pool == p.name and w.state == QUEUED:
-                    w.counter = counter
-                    self._index(p, w, now)
+        counters = p.counters
+        counter = counters[hid] = counters.get(hid, 0.0) + charge
+        if hid in p.waiting_by_holder:
+            self._refresh_counter(p, h, counter, now)
         p.decay(now, self._window)
         weight = charge if charge > 0 else 1.0
         p.recent_all += weight
         if h.background:
             p.recent_bg += weight
+        expires_at = now + self._ttl
+        lease = Lease(new_lease_id(), hid, p.name, tokens, calls, requested, now, expires_at,
+                      charge)
+        self._leases.add(lease)
+        p.grants += 1
+        p.n_leases += 1
+        if expires_at < self._sleep_until:
+            self._kick_servicer()
+        return lease
+
+    def _refresh_counter(self, p: Pool, h: Holder, counter: float, now: float) -> None:
+        """The holder's other queued requests move with its counter."""
+        for w in list(h.waiting):
+            if w.pool == p.name and w.state == QUEUED:
+                w.counter = counter
+                self._index(p, w, now)
 
     def _end(self, lease: Lease, now: float, tokens_back: int, *, calls_back: bool) -> None:
         if lease.active:
@@ -601,10 +641,10 @@ class Allocator:
         hid = lease.holder
         p.in_use -= lease.calls
         p.n_leases -= 1
-        if p.tpm is not None and tokens_back:
+        if tokens_back and p.tpm is not None:
             p.tpm.refill(now)
             p.tpm.give(tokens_back)
-        if p.rpm is not None and calls_back:
+        if calls_back and p.rpm is not None:
             p.rpm.refill(now)
             p.rpm.give(lease.calls)
         held = p.held_tokens
@@ -623,16 +663,17 @@ class Allocator:
         p.avg_hold_s = held_for if p.ended == 0 else (
             p.avg_hold_s + _HOLD_EWMA * (held_for - p.avg_hold_s))
         p.ended += 1
-        if hid in p.parked:
+        if p.n_parked and hid in p.parked:
             self._unpark(p, hid, now)
-        self._dispatch(p, now)
+        if p.n_queued or p.n_parked:
+            self._dispatch(p, now)
 
     def _service(self, now: float) -> None:
         for lease in self._leases.pop_expired(now):
             self._expire(lease, now)
         for p in self._pools.values():
             refill = p.refill_at
-            if p.aging_due(now) or (refill is not None and refill <= now):
+            if p.changes_due(now) or (refill is not None and refill <= now):
                 p.refill_at = None
                 self._dispatch(p, now)
 
@@ -652,7 +693,7 @@ class Allocator:
     def _next_deadline(self) -> float:
         deadline = self._leases.next_expiry() or math.inf
         for p in self._pools.values():
-            aging = p.next_aging()
+            aging = p.next_change()
             if aging is not None:
                 deadline = min(deadline, aging)
             if p.refill_at is not None:

@@ -23,8 +23,9 @@ from ._leases import Lease
 
 QUEUED, PARKED, GRANTED, GONE = 0, 1, 2, 3
 
-#: A heap entry: (key, seq, epoch, waiter).
+#: A heap entry: (key, seq, epoch, waiter); the order heap's key is two fields.
 Entry = tuple[float, int, int, "Waiter"]
+OrderEntry = tuple[int, float, int, int, "Waiter"]
 
 
 @dataclass(slots=True, eq=False)
@@ -42,6 +43,7 @@ class Waiter(WaiterView):
     lease: Lease | None = None
     error: BaseException | None = None
     owner: Holder | None = None
+    next_change: float = math.inf
 
 
 @dataclass(slots=True)
@@ -93,13 +95,8 @@ def _share(capacity: float | None, max_share: float) -> int | None:
 class Pool:
     """Capacities, holdings and the waiting queue of one provider / model group."""
 
-    def __init__(
-        self, name: str, config: PoolConfig, max_share: float, *, track_fair: bool = True
-    ) -> None:
+    def __init__(self, name: str, config: PoolConfig, max_share: float) -> None:
         self.name = name
-        #: Keep a heap by service counter (needed unless the policy ranks by the counter,
-        #: in which case the level heads already are the least served of each level).
-        self.track_fair = track_fair
         self.max_share_fraction = max_share
         self.tpm: Bucket | None = None
         self.rpm: Bucket | None = None
@@ -113,12 +110,13 @@ class Pool:
         self.held_calls: dict[str, int] = {}
         self.counters: dict[str, float] = {}
         # Waiting queue.
-        self.levels: dict[int, list[Entry]] = {}
-        self.level_order: list[int] = []
+        #: The policy's order: (-priority, rank, seq, epoch, waiter).
+        self.order: list[OrderEntry] = []
+        #: Least service first: (counter, seq, epoch, waiter); ``bg`` the same for background.
         self.fair: list[Entry] = []
         self.bg: list[Entry] = []
         self.aging: list[Entry] = []
-        self.aging_q: deque[Entry] = deque()
+        self.arrivals: deque[Waiter] = deque()
         self.entries = 0
         self.n_queued = 0
         self.n_bg_queued = 0
@@ -195,88 +193,84 @@ class Pool:
             self.recent_at = now
 
     # -- heaps ------------------------------------------------------------------------------
-    def push(self, heap: list[Entry], key: float, w: Waiter) -> None:
-        heapq.heappush(heap, (key, w.seq, w.epoch, w))
-        self.entries += 1
+    def index(self, w: Waiter, level: int, rank: float) -> None:
+        """Push fresh entries for ``w`` (its older entries turn stale by epoch)."""
+        seq, epoch, counter = w.seq, w.epoch, w.counter
+        heapq.heappush(self.order, (-level, rank, seq, epoch, w))
+        heapq.heappush(self.fair, (counter, seq, epoch, w))
+        if w.background:
+            heapq.heappush(self.bg, (counter, seq, epoch, w))
+            self.entries += 3
+        else:
+            self.entries += 2
 
-    def level_heap(self, level: int) -> list[Entry]:
-        heap = self.levels.get(level)
-        if heap is None:
-            heap = self.levels[level] = []
-            self.level_order = sorted(self.levels, reverse=True)
-        return heap
-
-    def head(self, heap: list[Entry]) -> Waiter | None:
+    def head(self, heap: list[Any]) -> Waiter | None:
         """The first live waiter of ``heap`` (stale entries are dropped)."""
         while heap:
             entry = heap[0]
-            w = entry[3]
-            if w.state == QUEUED and entry[2] == w.epoch:
+            w: Waiter = entry[-1]
+            if w.state == QUEUED and entry[-2] == w.epoch:
                 return w
             heapq.heappop(heap)
             self.entries -= 1
         return None
 
     def top(self) -> Waiter | None:
-        """The policy's first choice: the head of the highest non-empty level."""
-        for level in self.level_order:
-            w = self.head(self.levels[level])
-            if w is not None:
-                return w
-        return None
+        """The policy's first choice."""
+        return self.head(self.order)
 
     def least(self) -> Waiter | None:
         """The queued waiter with the smallest service counter."""
-        if self.track_fair:
-            return self.head(self.fair)
-        best: Waiter | None = None
-        for level in self.level_order:
-            w = self.head(self.levels[level])
-            if w is not None and (best is None or w.counter < best.counter):
-                best = w
-        return best
+        return self.head(self.fair)
 
-    # -- aging deadlines: a FIFO while they arrive in order, a heap otherwise -----------------
-    def push_aging(self, at: float, w: Waiter) -> None:
-        q = self.aging_q
-        if not q or at >= q[-1][0]:
-            q.append((at, w.seq, w.epoch, w))
-            self.entries += 1
-        else:
-            self.push(self.aging, at, w)
-
-    def next_aging(self) -> float | None:
-        """The earliest live aging deadline (stale entries are dropped)."""
-        q, heap = self.aging_q, self.aging
-        while q and not _live(q[0]):
+    # -- priority changes (aging) ----------------------------------------------------------
+    # A fresh waiter's first change (``next_change``) comes in arrival order for aging, so
+    # fresh waiters sit in a FIFO; any later change of a re-indexed waiter goes to a heap.
+    def add_arrival(self, w: Waiter) -> bool:
+        """Track ``w``'s first priority change; True when it is now the earliest one."""
+        q = self.arrivals
+        while q and not _fresh(q[0]):
             q.popleft()
-            self.entries -= 1
+        q.append(w)
+        if len(q) > 2 * self.n_queued + 64:
+            self.arrivals = deque(x for x in q if _fresh(x))
+        return len(self.arrivals) == 1
+
+    def push_change(self, at: float, w: Waiter) -> None:
+        heapq.heappush(self.aging, (at, w.seq, w.epoch, w))
+        self.entries += 1
+
+    def next_change(self) -> float | None:
+        """The earliest pending priority change (stale entries are dropped)."""
+        q, heap = self.arrivals, self.aging
+        while q and not _fresh(q[0]):
+            q.popleft()
         while heap and not _live(heap[0]):
             heapq.heappop(heap)
             self.entries -= 1
-        if q and heap:
-            return min(q[0][0], heap[0][0])
-        return q[0][0] if q else heap[0][0] if heap else None
+        first = q[0].next_change if q else None
+        if heap and (first is None or heap[0][0] < first):
+            return heap[0][0]
+        return first
 
-    def pop_aged(self, now: float) -> list[Waiter]:
-        """Live waiters whose aging deadline is ``<= now`` (their entries are consumed)."""
+    def changes_due(self, now: float) -> bool:
+        q, heap = self.arrivals, self.aging
+        return bool((q and q[0].next_change <= now) or (heap and heap[0][0] <= now))
+
+    def pop_changed(self, now: float) -> list[Waiter]:
+        """Live waiters whose priority changes by ``now`` (their entries are consumed)."""
         due: list[Waiter] = []
-        q, heap = self.aging_q, self.aging
-        while q and q[0][0] <= now:
-            entry = q.popleft()
-            self.entries -= 1
-            if _live(entry):
-                due.append(entry[3])
+        q, heap = self.arrivals, self.aging
+        while q and q[0].next_change <= now:
+            w = q.popleft()
+            if _fresh(w):
+                due.append(w)
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
             self.entries -= 1
             if _live(entry):
                 due.append(entry[3])
         return due
-
-    def aging_due(self, now: float) -> bool:
-        q, heap = self.aging_q, self.aging
-        return bool((q and q[0][0] <= now) or (heap and heap[0][0] <= now))
 
     # -- waiter bookkeeping -------------------------------------------------------------------
     def park(self, w: Waiter) -> None:
@@ -322,21 +316,26 @@ class Pool:
 
     def maybe_compact(self) -> None:
         """Rebuild the heaps when stale entries dominate (amortised O(1) per push)."""
-        if self.entries <= 64 or self.entries <= 5 * (self.n_queued + 1):
+        if self.entries <= 64 + 8 * self.n_queued:
             return
         total = 0
-        for heap in (*self.levels.values(), self.fair, self.bg, self.aging):
-            live = [e for e in heap if _live(e)]
+        heaps: tuple[list[Any], ...] = (self.order, self.fair, self.bg, self.aging)
+        for heap in heaps:
+            live = [e for e in heap if e[-1].state == QUEUED and e[-2] == e[-1].epoch]
             heapq.heapify(live)
             heap[:] = live
             total += len(live)
-        self.aging_q = deque(e for e in self.aging_q if _live(e))
-        self.entries = total + len(self.aging_q)
+        self.entries = total
 
 
-def _live(entry: Entry) -> bool:
-    w = entry[3]
-    return w.state == QUEUED and entry[2] == w.epoch
+def _fresh(w: Waiter) -> bool:
+    """Still queued and never re-indexed: its first change is tracked in the FIFO."""
+    return w.state == QUEUED and w.epoch == 1
+
+
+def _live(entry: Any) -> bool:
+    w: Waiter = entry[-1]
+    return w.state == QUEUED and entry[-2] == w.epoch
 
 
 def _resize(bucket: Bucket | None, capacity: int | None) -> Bucket | None:

@@ -303,3 +303,34 @@ def test_acquire_validates_pool_and_amounts() -> None:
             alloc.register("a", "urgent")  # type: ignore[arg-type]
 
     run_virtual(main)
+
+
+def test_r5_5_cancellation_leaks_nothing_on_asyncio() -> None:
+    """R5.5 on asyncio, where waiters park on a bare loop future: cancel a waiter,
+    and cancel a task right after its grant; nothing leaks, nobody is left waiting."""
+    async def main() -> None:
+        alloc = Allocator(pool_config(concurrent=1))
+        lease = await alloc.acquire("a")
+        granted: list[str] = []
+
+        async def wait(holder: str, scope: anyio.CancelScope) -> None:
+            with scope:
+                got = await alloc.acquire(holder)
+                granted.append(holder)
+                alloc.settle(got.id, 0)
+
+        scopes = [anyio.CancelScope() for _ in range(3)]
+        async with anyio.create_task_group() as tg:
+            for i, scope in enumerate(scopes):
+                tg.start_soon(wait, f"w{i}", scope)
+            await anyio.wait_all_tasks_blocked()
+            scopes[0].cancel()  # cancelled while waiting
+            await anyio.wait_all_tasks_blocked()
+            alloc.settle(lease.id, 0)  # grants w1 ...
+            scopes[1].cancel()  # ... and is cancelled before or right after it runs
+        assert "w0" not in granted and "w2" in granted
+        stats = alloc.statistics()
+        assert stats.leases == 0 and stats.waiters == ()
+        assert stats.pools["p"].calls_in_use == 0
+
+    anyio.run(main)
