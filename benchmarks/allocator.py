@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -33,7 +33,7 @@ from aiolimiter import AsyncLimiter
 
 from benchmarks._common import emit, median_of, parse_args, progress
 from policies.fairness import Fifo, PriorityWithFairness
-from scheduler._allocator import Allocator, fairness_params, open_allocator
+from scheduler._allocator import fairness_params, open_allocator
 from scheduler._config import AllocatorConfig, PoolConfig
 
 SLOTS = 50
@@ -158,7 +158,7 @@ def _jain(xs: list[int]) -> float:
 
 
 # -- driver -----------------------------------------------------------------------------
-def _measure(fn: Callable[[], Awaitable[float]], calls: int, repeat: int) -> float:
+def _measure(fn: Callable[[], Coroutine[Any, Any, float]], calls: int, repeat: int) -> float:
     def once() -> float:
         return asyncio.run(fn()) / calls * 1e6
 
@@ -167,7 +167,7 @@ def _measure(fn: Callable[[], Awaitable[float]], calls: int, repeat: int) -> flo
 
 def _size(agents: int, cycles: int, repeat: int) -> dict[str, Any]:
     calls = agents * cycles
-    runners: dict[str, Callable[[], Awaitable[float]]] = {
+    runners: dict[str, Callable[[], Coroutine[Any, Any, float]]] = {
         "priority_fairness": lambda: _run_allocator(agents, cycles, "priority_fairness"),
         "fifo": lambda: _run_allocator(agents, cycles, "fifo"),
         "asyncio_semaphore": lambda: _run_semaphore(agents, cycles),

@@ -113,9 +113,10 @@ def _parker_class() -> Callable[[], Any]:
     current_token: Callable[[], Any] | None = getattr(anyio.lowlevel, "current_token", None)
     token = current_token() if current_token is not None else None
     native = getattr(token, "native_token", None)
-    create_future = getattr(native, "create_future", None)
-    if create_future is None:
+    maybe_create: Callable[[], Any] | None = getattr(native, "create_future", None)
+    if maybe_create is None:
         return event_cls
+    create_future: Callable[[], Any] = maybe_create
 
     class FutureParker:
         __slots__ = ("_future",)
@@ -169,7 +170,8 @@ class Allocator:
         self._rank = self.policy.rank
         self._changes_at = self.policy.priority_changes_at
         self._cost = self.policy.service
-        self._pools = {name: Pool(name, pc, cfg.max_share) for name, pc in cfg.pools.items()}
+        self._pools = {name: Pool(name, pc, cfg.max_share, cfg.share_window_s)
+                       for name, pc in cfg.pools.items()}
         self._default_pool = next(iter(self._pools), None)
         self._holders: dict[str, Holder] = {}
         self._leases = LeaseTable()
@@ -240,7 +242,8 @@ class Allocator:
         """Change a pool's capacities at run time (``None`` = unlimited); creates new pools."""
         p = self._pools.get(pool)
         if p is None:
-            p = self._pools[pool] = Pool(pool, PoolConfig(), self.config.max_share)
+            p = self._pools[pool] = Pool(pool, PoolConfig(), self.config.max_share,
+                                         self.config.share_window_s)
             if self._default_pool is None:
                 self._default_pool = pool
         tpm = _pick(tokens_per_minute, p.tpm.capacity if p.tpm else None)
@@ -525,7 +528,8 @@ class Allocator:
     def _select(self, p: Pool, now: float) -> Waiter | None:
         """The next waiter to serve: the policy's choice unless a share guard applies."""
         if p.n_bg_queued and self._min_share > 0:
-            p.decay(now, self._window)
+            if now - p.recent_at >= p.decay_step:
+                p.decay(now, self._window)
             if p.recent_bg < self._min_share * p.recent_all:
                 w = p.head(p.bg)
                 if w is not None:
@@ -612,7 +616,8 @@ class Allocator:
         counter = counters[hid] = counters.get(hid, 0.0) + charge
         if hid in p.waiting_by_holder:
             self._refresh_counter(p, h, counter, now)
-        p.decay(now, self._window)
+        if now - p.recent_at >= p.decay_step:
+            p.decay(now, self._window)
         weight = charge if charge > 0 else 1.0
         p.recent_all += weight
         if h.background:

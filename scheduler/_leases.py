@@ -97,7 +97,17 @@ class LeaseTable:
 
     def add(self, lease: Lease) -> None:
         self._leases[lease.id] = lease
-        self._push(lease)
+        queue = self._queue
+        if queue and lease.expires_at >= queue[-1][0]:
+            queue.append((lease.expires_at, lease))
+            # Leases mostly end in grant order: drop ended ones from the front as we go.
+            while not queue[0][1].active:
+                queue.popleft()
+            if len(queue) > 64 and len(queue) > 3 * len(self._leases):
+                self._queue = deque(
+                    e for e in queue if e[1].active and e[1].expires_at == e[0])
+        else:
+            self._push(lease)
 
     def remove(self, lease: Lease) -> None:
         """Forget ``lease`` (its queue entry turns stale)."""

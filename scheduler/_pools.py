@@ -95,7 +95,9 @@ def _share(capacity: float | None, max_share: float) -> int | None:
 class Pool:
     """Capacities, holdings and the waiting queue of one provider / model group."""
 
-    def __init__(self, name: str, config: PoolConfig, max_share: float) -> None:
+    def __init__(
+        self, name: str, config: PoolConfig, max_share: float, window_s: float = 60.0
+    ) -> None:
         self.name = name
         self.max_share_fraction = max_share
         self.tpm: Bucket | None = None
@@ -127,7 +129,9 @@ class Pool:
         # Decayed service window for class shares, and statistics.
         self.recent_all = 0.0
         self.recent_bg = 0.0
-        self.recent_at: float | None = None
+        self.recent_at = -math.inf
+        #: Decay the share window in steps of 1/16 of it (cheap on the hot path).
+        self.decay_step = window_s * 0.0625
         self.avg_hold_s = 0.0
         self.ended = 0
         self.n_leases = 0
@@ -182,15 +186,11 @@ class Pool:
 
     # -- class share window -----------------------------------------------------------------
     def decay(self, now: float, window_s: float) -> None:
-        """Age the class-share window, in steps of 1/16 of it (cheap on the hot path)."""
-        last = self.recent_at
-        if last is None:
-            self.recent_at = now
-        elif now - last >= window_s * 0.0625:
-            f = math.exp((last - now) / window_s)
-            self.recent_all *= f
-            self.recent_bg *= f
-            self.recent_at = now
+        """Age the class-share window (callers do it once per ``decay_step``)."""
+        f = math.exp((self.recent_at - now) / window_s)
+        self.recent_all *= f
+        self.recent_bg *= f
+        self.recent_at = now
 
     # -- heaps ------------------------------------------------------------------------------
     def index(self, w: Waiter, level: int, rank: float) -> None:
