@@ -5,9 +5,10 @@
     1 route     → model tier, reason, fallback                  R4, R6
     2 estimate  → TokenCounter (tiktoken, calibrated per model)   R2.2
     3 admit     → Tracker.reserve(task, estimate)  may pause      R1, R3
-    4 lease     → allocator (when configured)                     R5.3–5.5
+    4 lease     → Allocator.acquire (when configured)             R5.3–5.5
     5 call      → Provider.complete, bounded by call_time_s       R1.3
-    6 settle    → actual usage → store, tracker, calibration      R2.1–2.4
+    6 settle    → actual usage → store, tracker, calibration,
+                  Allocator.settle (unused tokens back to the pool) R2.1–2.4, R5.4
     7 signal    → events: alerts, routing, health                 R3, R6.6
 
 Each step is a small method so the parts that own it can be swapped.
@@ -21,6 +22,7 @@ from typing import Any
 
 import anyio
 
+from ._allocator import Allocator
 from ._config import TIERS, VibeConfig
 from ._errors import OverloadedError, ProviderTimeoutError
 from ._events import EventBus
@@ -52,8 +54,10 @@ class Gateway:
         provider: Provider,
         bus: EventBus,
         clock: Callable[[], float] = anyio.current_time,
+        allocator: Allocator | None = None,
     ) -> None:
         self.config = config
+        self.allocator = allocator
         self.tracker = tracker
         self.counter = counter
         self.provider = provider
@@ -185,7 +189,10 @@ class Gateway:
         est = self.estimate(route.model, messages, system, context, tools)
         cost = self.estimated_cost(route.model, est.calibrated, max_tokens)
         reservation = await self.admit(task, route.model, est.calibrated + max_tokens, cost)
+        lease = None
         try:
+            if self.allocator is not None:
+                lease = await self.allocator.acquire(task.id, tokens=est.calibrated + max_tokens)
             request = CompletionRequest(
                 model=route.model,
                 model_id=self.config.model_spec(route.model).model_id,
@@ -198,8 +205,14 @@ class Gateway:
                 hints=dict(hints or {}),
             )
             completion = await self.call(task, request)
+            if lease is not None and self.allocator is not None:
+                u = completion.usage
+                self.allocator.settle(lease.id, u.prompt_tokens + u.completion_tokens,
+                                      output_tokens=u.completion_tokens)
             crossings = await self.settle(task, route.model, completion, est, reservation)
         finally:
+            if lease is not None and lease.active and self.allocator is not None:
+                self.allocator.release(lease.id)  # the call failed or was cancelled
             if reservation.active:
                 self.tracker.cancel(reservation)
         self.signal(task, crossings)

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import structlog
 
+from ._allocator import Allocator, make_allocation_policy
 from ._budget import resolve_task
 from ._clock import SystemWallClock, WallClock
 from ._config import TaskSpec, VibeConfig
@@ -112,12 +113,16 @@ class Orchestrator:
             state_dir=config.state_dir,
         )
         self.counter = counter or TokenCounter()
+        self.allocator = Allocator(
+            config.allocator, events=self.bus,
+            policy=make_allocation_policy(config.policies.allocation, config.allocator),
+        )
         self.gateway = Gateway(
             config=config, tracker=self.tracker, counter=self.counter, provider=provider,
-            bus=self.bus,
+            bus=self.bus, allocator=self.allocator,
         )
         self.handles: dict[str, TaskHandle] = {}
-        self.services: list[Service] = []
+        self.services: list[Service] = [self.allocator.run]
         self.release_hooks: list[ReleaseHook] = []
         self._context_factory = context_factory
         self._opened = False
@@ -165,6 +170,7 @@ class Orchestrator:
                 )
             handle = TaskHandle(spec, resolve_task(spec, self.config))
             self.handles[spec.id] = handle
+            self.allocator.register(spec.id, spec.priority)
             out.append(handle)
         return out
 
@@ -244,6 +250,7 @@ class Orchestrator:
 
     async def _finish(self, handle: TaskHandle) -> None:
         handle.finished_at = anyio.current_time()
+        self.allocator.unregister(handle.id)  # its leases and waits go back to the pool
         if not handle.finished:
             handle.status = "failed"
             handle.reason = handle.reason or "cancelled"
