@@ -33,10 +33,9 @@ from enum import Enum
 from typing import Any, Final
 
 import anyio
-import anyio.lowlevel
 import structlog
 
-from policies.fairness import AllocationPolicy, FairnessParams, Fifo, PriorityWithFairness
+from policies.fairness import AllocationPolicy, PriorityWithFairness
 
 from ._allocator_stats import (
     AllocatorStatistics,
@@ -49,9 +48,10 @@ from ._config import PRIORITY_VALUES, AllocatorConfig, PoolConfig, PriorityClass
 from ._errors import AllocationError, LeaseError, WouldBlockError
 from ._events import EventBus
 from ._leases import Lease, LeaseTable, new_lease_id
+from ._park import backend_clock, parker_class
+from ._policy import ALLOCATION_POLICIES, fairness_params, make_allocation_policy
 from ._pools import GONE, GRANTED, PARKED, QUEUED, Holder, Pool, Waiter
 from ._provider import RateLimitInfo
-from ._resolve import resolve_object
 
 __all__ = [
     "ALLOCATION_POLICIES",
@@ -73,77 +73,6 @@ class _Unset(Enum):
 
 #: "Leave this capacity as it is" for :meth:`Allocator.set_capacity`.
 UNSET: Final = _Unset.UNSET
-
-ALLOCATION_POLICIES: dict[str, type[Any]] = {
-    "priority_fairness": PriorityWithFairness,
-    "fifo": Fifo,
-}
-
-
-def fairness_params(config: AllocatorConfig) -> FairnessParams:
-    """The policy parameters that live in :class:`AllocatorConfig`."""
-    return FairnessParams(
-        aging_after_s=config.aging_after_s,
-        demotion_at=config.demotion_at,
-        output_weight=config.output_weight,
-    )
-
-
-def make_allocation_policy(name: str, config: AllocatorConfig) -> AllocationPolicy:
-    """Resolve ``name`` (built-in, entry point or ``module:Class``) and build it."""
-    cls = resolve_object(
-        name, field="policies.allocation", builtins=ALLOCATION_POLICIES,
-        group="vibe_engine.policies",
-    )
-    policy: AllocationPolicy = cls(fairness_params(config))
-    return policy
-
-
-def _parker_class() -> Callable[[], Any]:
-    """What a waiting request parks on: an object with ``set()`` and awaitable ``wait()``.
-
-    On any backend an :class:`anyio.Event` does.  When the running loop can make a
-    bare future (asyncio and uvloop loops can, found by duck typing through
-    :func:`anyio.lowlevel.current_token`, no asyncio import), one future per wait
-    replaces the three objects and two coroutine layers of an Event: this is the
-    hot path of every model call.  Cancellation behaves the same: the task is
-    cancelled while awaiting the future.
-    """
-    event_cls: Callable[[], Any] = type(anyio.Event())
-    current_token: Callable[[], Any] | None = getattr(anyio.lowlevel, "current_token", None)
-    token = current_token() if current_token is not None else None
-    native = getattr(token, "native_token", None)
-    maybe_create: Callable[[], Any] | None = getattr(native, "create_future", None)
-    if maybe_create is None:
-        return event_cls
-    create_future: Callable[[], Any] = maybe_create
-
-    class FutureParker:
-        __slots__ = ("_future",)
-
-        def __init__(self) -> None:
-            self._future = create_future()
-
-        def set(self) -> None:
-            if not self._future.done():
-                self._future.set_result(None)
-
-        def wait(self) -> Any:
-            return self._future
-
-    return FutureParker
-
-
-def _backend_clock() -> Callable[[], float]:
-    """The running backend's clock, looked up once (``anyio.current_time`` does it per call)."""
-    try:
-        from anyio._core._eventloop import get_async_backend
-
-        clock: Callable[[], float] = get_async_backend().current_time
-    except Exception:  # pragma: no cover - anyio internals moved
-        return anyio.current_time
-    return clock
-
 
 class Allocator:
     """Pools of provider capacity lent out as expiring leases (see module docstring).
@@ -419,9 +348,9 @@ class Allocator:
 
     # -- internals: binding and lookup -------------------------------------------------------
     def _bind(self) -> None:
-        self._event_cls = _parker_class()
+        self._event_cls = parker_class()
         if not self._clock_injected:
-            self._clock = _backend_clock()
+            self._clock = backend_clock()
         self._bound = True
 
     def _holder(self, holder: str) -> Holder:
