@@ -124,6 +124,10 @@ class PriorityWithFairness(_OrderMixin):
     counter goes first, where a call counts ``input + output_weight × output``.
     """
 
+    #: Hint for the allocator: :meth:`rank` is the service counter itself, so the
+    #: head of each priority level is that level's least-served waiter.
+    ranks_by_counter = True
+
     def __init__(self, params: FairnessParams | None = None) -> None:
         self.params = params or FairnessParams()
         self._aging = self.params.aging_after_s

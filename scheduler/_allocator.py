@@ -99,8 +99,9 @@ class Allocator:
         self._rank = self.policy.rank
         self._changes_at = self.policy.priority_changes_at
         self._cost = self.policy.service
-        self._pools = {name: Pool(name, pc, cfg.max_share, cfg.share_window_s)
-                       for name, pc in cfg.pools.items()}
+        #: A policy whose rank *is* the service counter needs no separate least-served heap.
+        self._track_fair = not getattr(self.policy, "ranks_by_counter", False)
+        self._pools = {name: self._new_pool(name, pc) for name, pc in cfg.pools.items()}
         self._default_pool = next(iter(self._pools), None)
         self._holders: dict[str, Holder] = {}
         self._leases = LeaseTable()
@@ -171,8 +172,7 @@ class Allocator:
         """Change a pool's capacities at run time (``None`` = unlimited); creates new pools."""
         p = self._pools.get(pool)
         if p is None:
-            p = self._pools[pool] = Pool(pool, PoolConfig(), self.config.max_share,
-                                         self.config.share_window_s)
+            p = self._pools[pool] = self._new_pool(pool, PoolConfig())
             if self._default_pool is None:
                 self._default_pool = pool
         tpm = _pick(tokens_per_minute, p.tpm.capacity if p.tpm else None)
@@ -353,6 +353,10 @@ class Allocator:
             self._clock = backend_clock()
         self._bound = True
 
+    def _new_pool(self, name: str, config: PoolConfig) -> Pool:
+        cfg = self.config
+        return Pool(name, config, cfg.max_share, cfg.share_window_s, track_fair=self._track_fair)
+
     def _holder(self, holder: str) -> Holder:
         h = self._holders.get(holder)
         if h is None:
@@ -397,7 +401,7 @@ class Allocator:
         if n == 0:
             # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
             # so an idle holder cannot bank credit.
-            least = p.head(p.fair)
+            least = p.least()
             if least is not None and least.counter > counter:
                 counter = p.counters[hid] = least.counter
         by_holder[hid] = n + 1
@@ -463,11 +467,10 @@ class Allocator:
                 w = p.head(p.bg)
                 if w is not None:
                     return w
-        head = p.head
-        top = head(p.order)
+        top = p.top()
         if top is None:
             return None
-        least = head(p.fair)
+        least = p.least() if p.track_fair or len(p.level_order) > 1 else top
         if least is not None and top.counter - least.counter > self._slack:
             return least
         return top

@@ -23,9 +23,8 @@ from ._leases import Lease
 
 QUEUED, PARKED, GRANTED, GONE = 0, 1, 2, 3
 
-#: A heap entry: (key, seq, epoch, waiter); the order heap's key is two fields.
+#: A heap entry: (key, seq, epoch, waiter).
 Entry = tuple[float, int, int, "Waiter"]
-OrderEntry = tuple[int, float, int, int, "Waiter"]
 
 
 @dataclass(slots=True, eq=False)
@@ -96,9 +95,13 @@ class Pool:
     """Capacities, holdings and the waiting queue of one provider / model group."""
 
     def __init__(
-        self, name: str, config: PoolConfig, max_share: float, window_s: float = 60.0
+        self, name: str, config: PoolConfig, max_share: float, window_s: float = 60.0,
+        *, track_fair: bool = True,
     ) -> None:
         self.name = name
+        #: Keep a heap by service counter.  Not needed when the policy ranks by the counter:
+        #: then the head of each priority level is already that level's least served.
+        self.track_fair = track_fair
         self.max_share_fraction = max_share
         self.tpm: Bucket | None = None
         self.rpm: Bucket | None = None
@@ -112,8 +115,9 @@ class Pool:
         self.held_calls: dict[str, int] = {}
         self.counters: dict[str, float] = {}
         # Waiting queue.
-        #: The policy's order: (-priority, rank, seq, epoch, waiter).
-        self.order: list[OrderEntry] = []
+        #: The policy's order: one heap per priority level of (rank, seq, epoch, waiter).
+        self.levels: dict[int, list[Entry]] = {}
+        self.level_order: list[int] = []
         #: Least service first: (counter, seq, epoch, waiter); ``bg`` the same for background.
         self.fair: list[Entry] = []
         self.bg: list[Entry] = []
@@ -196,13 +200,18 @@ class Pool:
     def index(self, w: Waiter, level: int, rank: float) -> None:
         """Push fresh entries for ``w`` (its older entries turn stale by epoch)."""
         seq, epoch, counter = w.seq, w.epoch, w.counter
-        heapq.heappush(self.order, (-level, rank, seq, epoch, w))
-        heapq.heappush(self.fair, (counter, seq, epoch, w))
+        heap = self.levels.get(level)
+        if heap is None:
+            heap = self.levels[level] = []
+            self.level_order = sorted(self.levels, reverse=True)
+        heapq.heappush(heap, (rank, seq, epoch, w))
+        self.entries += 1
+        if self.track_fair:
+            heapq.heappush(self.fair, (counter, seq, epoch, w))
+            self.entries += 1
         if w.background:
             heapq.heappush(self.bg, (counter, seq, epoch, w))
-            self.entries += 3
-        else:
-            self.entries += 2
+            self.entries += 1
 
     def head(self, heap: list[Any]) -> Waiter | None:
         """The first live waiter of ``heap`` (stale entries are dropped)."""
@@ -216,12 +225,25 @@ class Pool:
         return None
 
     def top(self) -> Waiter | None:
-        """The policy's first choice."""
-        return self.head(self.order)
+        """The policy's first choice: the head of the highest non-empty level."""
+        levels = self.levels
+        for level in self.level_order:
+            w = self.head(levels[level])
+            if w is not None:
+                return w
+        return None
 
     def least(self) -> Waiter | None:
         """The queued waiter with the smallest service counter."""
-        return self.head(self.fair)
+        if self.track_fair:
+            return self.head(self.fair)
+        best: Waiter | None = None
+        levels = self.levels
+        for level in self.level_order:
+            w = self.head(levels[level])
+            if w is not None and (best is None or w.counter < best.counter):
+                best = w
+        return best
 
     # -- priority changes (aging) ----------------------------------------------------------
     # A fresh waiter's first change (``next_change``) comes in arrival order for aging, so
@@ -319,7 +341,7 @@ class Pool:
         if self.entries <= 64 + 8 * self.n_queued:
             return
         total = 0
-        heaps: tuple[list[Any], ...] = (self.order, self.fair, self.bg, self.aging)
+        heaps: tuple[list[Any], ...] = (*self.levels.values(), self.fair, self.bg, self.aging)
         for heap in heaps:
             live = [e for e in heap if e[-1].state == QUEUED and e[-2] == e[-1].epoch]
             heapq.heapify(live)
