@@ -496,7 +496,8 @@ class Allocator:
                     hid, tokens, calls) and p.others_waiting(hid):
                 p.park(w)
                 continue
-            if (p.tpm is not None or p.rpm is not None) and not p.fits(tokens, calls, now):
+            if (conc is not None and p.in_use + calls > conc) or (
+                    (p.tpm is not None or p.rpm is not None) and not p.fits(tokens, calls, now)):
                 at = p.refill_at = p.refill_time(tokens, calls, now)
                 if at is not None and at < self._sleep_until:
                     self._kick_servicer()

@@ -41,13 +41,15 @@ class Request:
 
 
 class AllocatorMachine(RuleBasedStateMachine):
+    config = CONFIG
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = trio.testing.MockClock()
         self._portal_cm = anyio.from_thread.start_blocking_portal(
             "trio", backend_options={"clock": self.clock})
         self.portal = self._portal_cm.__enter__()
-        self.alloc = Allocator(CONFIG)
+        self.alloc = Allocator(self.config)
         self.alloc.register("bg", "background")
         self.service = self.portal.start_task_soon(self.alloc.run)
         self.requests: list[Request] = []
@@ -80,15 +82,15 @@ class AllocatorMachine(RuleBasedStateMachine):
         self._portal_cm.__exit__(None, None, None)
 
     # -- rules -----------------------------------------------------------------------------
-    @rule(holder=st.sampled_from(HOLDERS), tokens=st.integers(0, 1500))
-    def acquire(self, holder: str, tokens: int) -> None:
+    @rule(holder=st.sampled_from(HOLDERS), tokens=st.integers(0, 1500), calls=st.integers(1, 3))
+    def acquire(self, holder: str, tokens: int, calls: int) -> None:
         req = Request(holder, tokens)
 
         async def go() -> None:
             try:
                 with anyio.CancelScope() as scope:
                     req.scope = scope
-                    req.lease = await self.alloc.acquire(holder, tokens=tokens)
+                    req.lease = await self.alloc.acquire(holder, tokens=tokens, calls=calls)
             except LeaseError as exc:
                 req.error = exc
             req.done = True
@@ -186,9 +188,9 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert p.n_leases == len(leases)
         if self.new_grants:
             assert p.concurrent is None or p.in_use <= p.concurrent
-        assert p.tpm is not None and p.rpm is not None
-        assert -1e-6 <= p.tpm.refill(now) <= p.tpm.capacity
-        assert -1e-6 <= p.rpm.refill(now) <= p.rpm.capacity
+        for bucket in (p.tpm, p.rpm):
+            if bucket is not None:
+                assert -1e-6 <= bucket.refill(now) <= bucket.capacity
         for holder in HOLDERS:
             mine = [lease for lease in leases if lease.holder == holder]
             assert p.held_tokens.get(holder, 0) == sum(lease.tokens for lease in mine)
@@ -214,8 +216,17 @@ class AllocatorMachine(RuleBasedStateMachine):
                 assert not p.others_waiting(lease.holder)
 
 
-TestAllocatorMachine = AllocatorMachine.TestCase
-TestAllocatorMachine.settings = settings(
+class SlotsOnlyMachine(AllocatorMachine):
+    """The same on a pool limited by concurrent calls only (no buckets)."""
+
+    config = pool_config(concurrent=4, fairness_slack_tokens=1500)
+
+
+MACHINE_SETTINGS = settings(
     max_examples=60, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+TestAllocatorMachine = AllocatorMachine.TestCase
+TestAllocatorMachine.settings = MACHINE_SETTINGS
+TestSlotsOnlyMachine = SlotsOnlyMachine.TestCase
+TestSlotsOnlyMachine.settings = MACHINE_SETTINGS
