@@ -27,7 +27,7 @@ allocator enforces its invariants whatever the policy says:
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
 from typing import Any, Final
@@ -48,7 +48,7 @@ from ._config import PRIORITY_VALUES, AllocatorConfig, PoolConfig, PriorityClass
 from ._errors import AllocationError, LeaseError, WouldBlockError
 from ._events import EventBus
 from ._leases import Lease, LeaseTable, new_lease_id
-from ._park import backend_clock, parker_class
+from ._park import backend_clock, parking
 from ._policy import ALLOCATION_POLICIES, fairness_params, make_allocation_policy
 from ._pools import GONE, GRANTED, PARKED, QUEUED, Holder, Pool, Waiter
 from ._provider import RateLimitInfo
@@ -113,6 +113,10 @@ class Allocator:
         self._clock: Callable[[], float] = clock or anyio.current_time
         self._clock_injected = clock is not None
         self._event_cls: Callable[[], Any] = anyio.Event
+        # How waiters park; bound to the running loop's cheapest primitive by _bind().
+        self._park_new: Callable[[], Any] = anyio.Event
+        self._wake: Callable[[Any], None] = anyio.Event.set
+        self._wait_on: Callable[[Any], Awaitable[Any]] = anyio.Event.wait
         self._bound = False
         self._seq = 0
         self._kick: Any = None
@@ -214,7 +218,7 @@ class Allocator:
         if p.concurrent is None or p.in_use < p.concurrent:
             self._dispatch(p, now)
         try:
-            await w.event.wait()
+            await self._wait_on(w.event)
         except BaseException:
             self._abandon(w)
             raise
@@ -300,7 +304,7 @@ class Allocator:
                 p = self._pools[w.pool]
                 p.unlink(w)
                 w.state, w.error = GONE, error
-                w.event.set()
+                self._wake(w.event)
                 touched.add(p)
         leases = self._leases.of_holder(holder)
         for lease in leases:
@@ -348,7 +352,8 @@ class Allocator:
 
     # -- internals: binding and lookup -------------------------------------------------------
     def _bind(self) -> None:
-        self._event_cls = parker_class()
+        self._event_cls = type(anyio.Event())
+        self._park_new, self._wake, self._wait_on = parking()
         if not self._clock_injected:
             self._clock = backend_clock()
         self._bound = True
@@ -406,7 +411,7 @@ class Allocator:
                 counter = p.counters[hid] = least.counter
         by_holder[hid] = n + 1
         w = Waiter(hid, seq, now, h.base_priority, tokens, h.token_fraction, h.blocking, counter,
-                   p.name, calls, requested, h.background, QUEUED, 0, 0, self._event_cls(),
+                   p.name, calls, requested, h.background, QUEUED, 0, 0, self._park_new(),
                    None, None, h)
         h.waiting.add(w)
         p.n_queued += 1
@@ -507,7 +512,7 @@ class Allocator:
             w.state = GRANTED
             owner = w.owner if w.owner is not None else self._holder(hid)
             w.lease = self._grant(p, owner, tokens, calls, w.requested, now)
-            w.event.set()
+            self._wake(w.event)
         if p.n_parked and len(p.parked) == 1:
             # Only one holder is left waiting: the max share no longer applies to it.
             self._unpark(p, next(iter(p.parked)), now)

@@ -7,48 +7,50 @@ each find the backend again on every call).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["backend_clock", "parker_class"]
+__all__ = ["Parking", "backend_clock", "parking"]
 
 
-def parker_class() -> Callable[[], Any]:
-    """What a waiting request parks on: an object with ``set()`` and awaitable ``wait()``.
+class Parking(NamedTuple):
+    """How a waiting request parks: ``new()`` a token, ``await wait(token)``, ``wake(token)``."""
+
+    new: Callable[[], Any]
+    wake: Callable[[Any], None]
+    wait: Callable[[Any], Awaitable[Any]]
+
+
+def parking() -> Parking:
+    """The parking primitive of the running loop, chosen once per allocator.
 
     On any backend an :class:`anyio.Event` does.  When the running loop can make a
     bare future (asyncio and uvloop loops can, found by duck typing through
-    :func:`anyio.lowlevel.current_token`, no asyncio import), one future per wait
-    replaces the three objects and two coroutine layers of an Event: this is the
-    hot path of every model call.  Cancellation behaves the same: the task is
-    cancelled while awaiting the future.
+    :func:`anyio.lowlevel.current_token`, no asyncio import), the future itself is
+    the token: one object per wait instead of an Event's three, and no coroutine
+    layers.  This is the hot path of every model call.  Cancellation behaves the
+    same: the task is cancelled while awaiting the future.
     """
-    event_cls: Callable[[], Any] = type(anyio.Event())
+    event_cls: Any = type(anyio.Event())
     current_token: Callable[[], Any] | None = getattr(anyio.lowlevel, "current_token", None)
     token = current_token() if current_token is not None else None
     native = getattr(token, "native_token", None)
-    maybe_create: Callable[[], Any] | None = getattr(native, "create_future", None)
-    if maybe_create is None:
-        return event_cls
-    create_future: Callable[[], Any] = maybe_create
+    create_future: Callable[[], Any] | None = getattr(native, "create_future", None)
+    if create_future is None:
+        return Parking(event_cls, event_cls.set, event_cls.wait)
+    return Parking(create_future, _wake_future, _same)
 
-    class FutureParker:
-        __slots__ = ("_future",)
 
-        def __init__(self) -> None:
-            self._future = create_future()
+def _wake_future(future: Any) -> None:
+    if not future.done():
+        future.set_result(None)
 
-        def set(self) -> None:
-            if not self._future.done():
-                self._future.set_result(None)
 
-        def wait(self) -> Any:
-            return self._future
-
-    return FutureParker
+def _same(future: Any) -> Any:
+    return future
 
 
 def backend_clock() -> Callable[[], float]:
