@@ -6,10 +6,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from scheduler._allocator import Allocator, open_allocator
-from scheduler._errors import AllocationError, LeaseError, WouldBlockError
+from policies.fairness import Fifo, PriorityWithFairness
+from scheduler._allocator import Allocator, make_allocation_policy, open_allocator
+from scheduler._errors import AllocationError, ConfigError, LeaseError, WouldBlockError
 from scheduler._events import EventBus
 from scheduler._leases import new_lease_id
+from scheduler._provider import RateLimitInfo
 from tests._allocator_helpers import pool_config, run_virtual
 
 
@@ -334,3 +336,27 @@ def test_r5_5_cancellation_leaks_nothing_on_asyncio() -> None:
         assert stats.pools["p"].calls_in_use == 0
 
     anyio.run(main)
+
+
+def test_r5_4_capacities_learned_from_rate_limit_headers() -> None:
+    async def main() -> None:
+        alloc = Allocator(pool_config(concurrent=2, tpm=1000, rpm=10))
+        alloc.update_from_rate_limits("p", RateLimitInfo(tokens_limit=80_000, requests_limit=50))
+        stats = alloc.statistics().pools["p"]
+        assert (stats.tokens_per_minute, stats.requests_per_minute, stats.concurrent) == (
+            80_000, 50, 2)
+        assert stats.max_share_tokens == 40_000
+        alloc.set_capacity("other", concurrent=3)  # a new pool learned at run time
+        lease = await alloc.acquire("a", pool="other")
+        assert lease.pool == "other"
+
+    run_virtual(main)
+
+
+def test_r7_4_allocation_policy_named_in_config() -> None:
+    cfg = pool_config()
+    assert isinstance(make_allocation_policy("fifo", cfg), Fifo)
+    named = make_allocation_policy("policies.fairness:PriorityWithFairness", cfg)
+    assert isinstance(named, PriorityWithFairness)
+    with pytest.raises(ConfigError):
+        make_allocation_policy("no_such_policy", cfg)
