@@ -21,9 +21,12 @@ import structlog
 from ._budget import resolve_task
 from ._clock import SystemWallClock, WallClock
 from ._config import TaskSpec, VibeConfig
+from ._deadlock import WaitForGraph
+from ._deadlock_resolve import install_deadlock_handling
 from ._errors import BudgetExceededError, ConfigError, TaskAbortedError, VibeEngineError
 from ._events import EventBus
 from ._gateway import Gateway
+from ._locks import LockManager
 from ._provider import Provider
 from ._task import TaskHandle
 from ._tokens import TokenCounter
@@ -79,6 +82,7 @@ def _default_context_factory(orch: Orchestrator, handle: TaskHandle) -> Any:
         store=orch.store,
         workspace=orch.workspace / handle.id,
         wait_for=orch.wait_for,
+        locks=orch.locks,
     )
 
 
@@ -120,6 +124,9 @@ class Orchestrator:
         self.services: list[Service] = []
         self.release_hooks: list[ReleaseHook] = []
         self._context_factory = context_factory
+        self.waits = WaitForGraph()  # R5.6: who waits for whom
+        self.locks = LockManager(self.waits)
+        self.deadlocks = install_deadlock_handling(self)
         self._opened = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -175,7 +182,8 @@ class Orchestrator:
         handle = self.handles.get(target)
         if handle is None:
             raise TaskAbortedError(waiter, f"waits for unknown task {target!r}")
-        await handle.done.wait()
+        with self.waits.waiting(waiter, target):
+            await handle.done.wait()
         if handle.status != "completed":
             raise TaskAbortedError(waiter, f"dependency {target} {handle.status}: {handle.reason}")
         return handle.result
