@@ -202,7 +202,9 @@ class LockManager:
 
     def _grantable(self, res: _Resource, holder: str, exclusive: bool) -> bool:
         """Compatible with the holders, ignoring the queue (callers check it)."""
-        return self._covered(res, holder, exclusive) or not self._blockers(res, _Waiter(holder, exclusive), [])
+        if self._covered(res, holder, exclusive):
+            return True
+        return not self._blockers(res, _Waiter(holder, exclusive), [])
 
     @staticmethod
     def _covered(res: _Resource, holder: str, exclusive: bool) -> bool:
