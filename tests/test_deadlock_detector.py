@@ -66,7 +66,7 @@ def test_r5_6_searches_only_changed_nodes() -> None:
         g = WaitForGraph()
         for i in range(1000):
             g.add_edge(f"n{i}", f"n{i + 1}")  # a long chain: no cycle
-        det, rec = _detector(g)
+        det, _ = _detector(g)
         assert await det.check() == []
         assert det.statistics().last_check_searched == 1000
         g.add_edge("m0", "m1")
@@ -131,7 +131,7 @@ def test_r5_6_unresolved_cycle_is_searched_again() -> None:
     async def main() -> None:
         g = WaitForGraph()
         _ring(g, ["a", "b"])
-        det, rec = _detector(g, prio={"a": 0})
+        det, _ = _detector(g, prio={"a": 0})
         assert [v for v, _ in await det.check()] == ["a"]
         assert [v for v, _ in await det.check()] == ["a"]  # nothing was removed
         g.remove_edge("a", "b")
@@ -244,9 +244,12 @@ def test_r5_7_resolver_aborts_releases_requeues_then_fails() -> None:
         async def release_leases(holder: str) -> None:
             leases.append(holder)
 
+        def abort(victim: str, reason: str, requeue: bool) -> bool:
+            aborts.append((victim, reason, requeue))
+            return True
+
         resolver = DeadlockResolver(
-            locks=locks, bus=bus, release_leases=release_leases,
-            abort=lambda v, r, q: aborts.append((v, r, q)) is None,
+            locks=locks, bus=bus, release_leases=release_leases, abort=abort,
             config=DeadlockConfig(max_requeues=2),
         )
         for _ in range(3):
