@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from agents import AgentContext
-from scheduler import Event, FixedWallClock, TaskSpec, VibeConfig
+from scheduler import Event, FixedWallClock, Limits, TaskSpec, VibeConfig
 from scheduler._config import PriorityClass
 from scheduler._orchestrator import Orchestrator, RunReport
 
@@ -66,10 +66,10 @@ class Sleeper:
 
 
 def spec(task_id: str, *, priority: PriorityClass = "normal", depends_on: tuple[str, ...] = (),
-         **params: Any) -> TaskSpec:
+         budget: Limits | None = None, **params: Any) -> TaskSpec:
     return TaskSpec(id=task_id, agent="locker", prompt="Fix the lock order",
                     task_type="bug_fix", complexity="simple", priority=priority,
-                    depends_on=depends_on, params=params)
+                    depends_on=depends_on, budget=budget, params=params)
 
 
 def make_orch(tmp_path: Path, **cfg: Any) -> Orchestrator:
