@@ -10,7 +10,8 @@ every agent, while a search from one node costs microseconds.  A new cycle
 always contains a newly added edge, so each check searches only from the
 *sources of edges added since the last check* (plus the nodes of cycles it
 found last time, in case their resolution did not take), and yields to the
-event loop every ``step_budget`` node expansions.  Nodes fully explored
+event loop every ``step_budget`` units of work (a source taken, an edge
+looked at).  Nodes fully explored
 without finding a cycle are remembered for the rest of the check, so a check
 visits each node at most once.
 
@@ -47,7 +48,7 @@ class WaitForGraph:
         self.graph: nx.DiGraph[str] = nx.DiGraph()
         self._refs: dict[tuple[str, str], int] = {}
         self._keyed: dict[str, tuple[str, frozenset[str]]] = {}
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, None] = {}  # insertion-ordered: deterministic, no sort
 
     # -- edges -------------------------------------------------------------------------
 
@@ -57,7 +58,7 @@ class WaitForGraph:
         self._refs[pair] = n + 1
         if n == 0:
             self.graph.add_edge(waiter, target)
-            self._dirty.add(waiter)
+            self._dirty[waiter] = None
 
     def remove_edge(self, waiter: str, target: str) -> None:
         pair = (waiter, target)
@@ -115,13 +116,13 @@ class WaitForGraph:
     def waits_of(self, waiter: str) -> list[str]:
         return sorted(self.graph.successors(waiter)) if waiter in self.graph else []
 
-    def take_dirty(self) -> set[str]:
-        """Nodes that gained an out-edge since the last call (and reset the set)."""
-        dirty, self._dirty = self._dirty, set()
-        return dirty
+    def take_dirty(self) -> list[str]:
+        """Nodes that gained an out-edge since the last call, oldest change first (and reset)."""
+        dirty, self._dirty = self._dirty, {}
+        return list(dirty)
 
     def mark_dirty(self, nodes: Sequence[str]) -> None:
-        self._dirty.update(nodes)
+        self._dirty.update(dict.fromkeys(nodes))
 
     def __len__(self) -> int:
         return int(self.graph.number_of_nodes())
@@ -195,12 +196,15 @@ class DeadlockDetector:
 
     async def find_cycles(self) -> list[tuple[str, tuple[str, ...]]]:
         """Every cycle through a changed node, each with the victim the policy chose."""
-        sources = sorted(self.graph.take_dirty())
+        sources = self.graph.take_dirty()
         self._searched, self._expanded = len(sources), 0
         done: set[str] = set()  # explored: reaches no cycle avoiding the victims
         victims: set[str] = set()
         found: list[tuple[str, tuple[str, ...]]] = []
         for source in sources:
+            self._steps += 1
+            if self._steps >= self.step_budget:
+                await self._yield()
             while True:
                 cycle = await self._search(source, done, victims)
                 if cycle is None:
@@ -226,7 +230,11 @@ class DeadlockDetector:
         path: list[str] = [source]
         on_path: dict[str, int] = {source: 0}
         stack: list[Iterator[str]] = [iter(list(g.successors(source)))]
+        budget = self.step_budget
         while stack:
+            self._steps += 1
+            if self._steps >= budget:
+                await self._yield()
             nxt = next(stack[-1], None)
             if nxt is None:
                 node = path.pop()
@@ -246,15 +254,15 @@ class DeadlockDetector:
             path.append(nxt)
             on_path[nxt] = len(path) - 1
             stack.append(iter(list(g.successors(nxt))))
-            await self._tick()
+            self._expanded += 1
         return None
 
-    async def _tick(self) -> None:
-        self._expanded += 1
-        self._steps += 1
-        if self._steps >= self.step_budget:
-            self._steps = 0
-            await anyio.lowlevel.checkpoint()
+    async def _yield(self) -> None:
+        """Let the other coroutines run: every ``step_budget`` units of work (a source
+        taken, an edge looked at); the counter is inlined in the loops because it runs
+        once per edge."""
+        self._steps = 0
+        await anyio.lowlevel.checkpoint()
 
     def _present(self, cycle: tuple[str, ...]) -> bool:
         g = self.graph.graph
