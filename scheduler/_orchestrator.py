@@ -200,8 +200,7 @@ class Orchestrator:
     async def _run_task(self, handle: TaskHandle) -> None:
         spec = handle.spec
         try:
-            for dep in spec.depends_on:
-                await self.wait_for(spec.id, dep)
+            await self._wait_dependencies(handle)
             await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent)
             await self._attempts(handle)
         except VibeEngineError as exc:
@@ -209,6 +208,17 @@ class Orchestrator:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish(handle)
+
+    async def _wait_dependencies(self, handle: TaskHandle) -> None:
+        """Wait for ``depends_on``; a deadlock victim here fails (a cycle would recur)."""
+        with anyio.CancelScope() as scope:
+            handle.cancel_scope = scope
+            for dep in handle.spec.depends_on:
+                await self.wait_for(handle.id, dep)
+        handle.cancel_scope = None
+        abort = handle.flags.pop("abort", None)
+        if scope.cancelled_caught and abort is not None:
+            raise TaskAbortedError(handle.id, f"{abort[0]} while waiting for its dependencies")
 
     async def _attempts(self, handle: TaskHandle) -> None:
         factory = self.agents[handle.spec.agent]

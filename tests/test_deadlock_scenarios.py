@@ -187,3 +187,19 @@ def test_r5_6_files_write_waits_are_edges(tmp_path: Path) -> None:
         return seen
 
     assert run_virtual(main) == [("w", "h")]
+
+
+def test_r5_7_dependency_cycle_fails_instead_of_hanging(tmp_path: Path) -> None:
+    """R5.6/R5.7: a depends_on cycle (a ↔ b) is found; the victim fails (a requeue would
+    deadlock again) and so does the task that needed it — the run terminates."""
+    orch, report, observed = _run(tmp_path, [
+        spec("a", depends_on=("b",)),
+        spec("b", priority="background", depends_on=("a",)),
+    ])
+    assert observed.victims == ["b"]
+    assert report.outcomes["b"].status == "failed"
+    assert "yielded due to deadlock" in report.outcomes["b"].reason
+    assert "while waiting for its dependencies" in report.outcomes["b"].reason
+    assert report.outcomes["a"].status == "failed"
+    assert "dependency b failed" in report.outcomes["a"].reason
+    assert_clean(orch)
