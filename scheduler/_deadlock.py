@@ -186,8 +186,8 @@ class DeadlockDetector:
     async def check(self) -> list[tuple[str, tuple[str, ...]]]:
         """One check: find the cycles, resolve each; returns ``(victim, cycle)`` pairs."""
         self._checks += 1
-        found = await self.find_cycles()
-        for victim, cycle in found:
+        found = [fc for fc in await self.find_cycles() if self._present(fc[1])]
+        for victim, cycle in found:  # (re-verified: the search yielded to the loop)
             _log.info("deadlock_found", victim=victim, cycle=list(cycle))
             await self._resolve(victim, cycle)
         # Re-search these next time in case a resolution did not take.
