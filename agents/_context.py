@@ -21,6 +21,7 @@ import structlog
 
 from scheduler import Completion, TaskSpec, Tracker, VibeEngineError
 from scheduler._gateway import Gateway
+from scheduler._locks import LockManager, TaskLocks
 from scheduler._provider import Message
 from scheduler._task import TaskHandle
 from scheduler.store import Store
@@ -157,6 +158,7 @@ class AgentContext:
         store: Store,
         workspace: Path,
         wait_for: Callable[[str, str], Awaitable[Any]],
+        locks: LockManager | None = None,
     ) -> None:
         self.handle = task
         self.task: TaskSpec = task.spec
@@ -172,6 +174,7 @@ class AgentContext:
         self.files = FileOps(self, workspace)
         self.shell = ShellOps(self, workspace)
         self._wait_for = wait_for
+        self.locks = TaskLocks(locks if locks is not None else LockManager(), task.id)
 
     @property
     def simplify(self) -> bool:
@@ -193,8 +196,9 @@ class AgentContext:
 
     @asynccontextmanager
     async def open_resource(self, name: str) -> AsyncIterator[None]:
-        """Hold a named resource exclusively (replaced by the lock manager when wired)."""
-        yield
+        """Hold a named resource exclusively; waiting for it is a wait-for edge (R5.6)."""
+        async with self.locks.open_lock(name):
+            yield
 
     @asynccontextmanager
     async def critical(self, name: str) -> AsyncIterator[None]:

@@ -22,9 +22,12 @@ from ._allocator import Allocator, make_allocation_policy
 from ._budget import resolve_task
 from ._clock import SystemWallClock, WallClock
 from ._config import TaskSpec, VibeConfig
+from ._deadlock import WaitForGraph
+from ._deadlock_resolve import install_deadlock_handling
 from ._errors import BudgetExceededError, ConfigError, TaskAbortedError, VibeEngineError
 from ._events import EventBus
 from ._gateway import Gateway
+from ._locks import LockManager
 from ._provider import Provider
 from ._task import TaskHandle
 from ._tokens import TokenCounter
@@ -80,6 +83,7 @@ def _default_context_factory(orch: Orchestrator, handle: TaskHandle) -> Any:
         store=orch.store,
         workspace=orch.workspace / handle.id,
         wait_for=orch.wait_for,
+        locks=orch.locks,
     )
 
 
@@ -125,6 +129,9 @@ class Orchestrator:
         self.services: list[Service] = [self.allocator.run]
         self.release_hooks: list[ReleaseHook] = []
         self._context_factory = context_factory
+        self.waits = WaitForGraph()  # R5.6: who waits for whom
+        self.locks = LockManager(self.waits)
+        self.deadlocks = install_deadlock_handling(self)
         self._opened = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -181,7 +188,8 @@ class Orchestrator:
         handle = self.handles.get(target)
         if handle is None:
             raise TaskAbortedError(waiter, f"waits for unknown task {target!r}")
-        await handle.done.wait()
+        with self.waits.waiting(waiter, target):
+            await handle.done.wait()
         if handle.status != "completed":
             raise TaskAbortedError(waiter, f"dependency {target} {handle.status}: {handle.reason}")
         return handle.result
@@ -198,8 +206,7 @@ class Orchestrator:
     async def _run_task(self, handle: TaskHandle) -> None:
         spec = handle.spec
         try:
-            for dep in spec.depends_on:
-                await self.wait_for(spec.id, dep)
+            await self._wait_dependencies(handle)
             await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent)
             await self._attempts(handle)
         except VibeEngineError as exc:
@@ -207,6 +214,17 @@ class Orchestrator:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish(handle)
+
+    async def _wait_dependencies(self, handle: TaskHandle) -> None:
+        """Wait for ``depends_on``; a deadlock victim here fails (a cycle would recur)."""
+        with anyio.CancelScope() as scope:
+            handle.cancel_scope = scope
+            for dep in handle.spec.depends_on:
+                await self.wait_for(handle.id, dep)
+        handle.cancel_scope = None
+        abort = handle.flags.pop("abort", None)
+        if scope.cancelled_caught and abort is not None:
+            raise TaskAbortedError(handle.id, f"{abort[0]} while waiting for its dependencies")
 
     async def _attempts(self, handle: TaskHandle) -> None:
         factory = self.agents[handle.spec.agent]
