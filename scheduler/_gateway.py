@@ -21,10 +21,12 @@ from typing import Any
 
 import anyio
 
-from ._config import TIERS, VibeConfig
-from ._errors import OverloadedError, ProviderTimeoutError
+from ._config import VibeConfig
+from ._errors import OverloadedError, ProviderError, ProviderTimeoutError
 from ._events import EventBus
+from ._health import error_kind_of
 from ._provider import Completion, CompletionRequest, Message, Provider
+from ._routing import Router, task_info
 from ._task import TaskHandle
 from ._tokens import Estimate, TokenCounter
 from ._tracker import Crossing, Reservation, Tracker
@@ -52,6 +54,7 @@ class Gateway:
         provider: Provider,
         bus: EventBus,
         clock: Callable[[], float] = anyio.current_time,
+        router: Router | None = None,
     ) -> None:
         self.config = config
         self.tracker = tracker
@@ -59,25 +62,30 @@ class Gateway:
         self.provider = provider
         self.bus = bus
         self._clock = clock
+        self.router = router or Router(config, bus=bus, clock=clock)
+        self.health = self.router.health
+        if self.health.ping is None:
+            self.health.ping = self.ping
+
+    async def ping(self, model: str) -> Completion:
+        """R6.4: the cheap health-check completion (not charged to any task)."""
+        return await self.provider.complete(CompletionRequest(
+            model=model, model_id=self.config.model_spec(model).model_id,
+            messages=[{"role": "user", "content": "ping"}], max_tokens=1, task_id="health-check",
+        ))
 
     # 1 route -------------------------------------------------------------------------
-    def route(self, task: TaskHandle, requested: str | None = None) -> Route:
-        """Preferred model of the task type, one tier down above 70 % of the budget."""
+    def route(
+        self, task: TaskHandle, requested: str | None = None,
+        hints: Mapping[str, Any] | None = None,
+    ) -> Route:
+        """R4.2/R6.1 through the router: complexity, budget pressure, health, capability floor."""
         if requested:
             return Route(requested, "requested by agent")
-        row = self.config.task_types.get(task.profile.task_type)
-        model = row.preferred_model if row else "sonnet"
-        used = self.tracker.fraction_used(task.id)
-        reason = f"complexity: {task.profile.complexity}, budget: {used:.0%}"
-        if (used > self.config.routing.downgrade_above or task.flags.get("prefer_cheaper")) and (
-            model != TIERS[0]
-        ):
-            model = TIERS[TIERS.index(model) - 1]
-            reason += " (one tier down under budget pressure)"
-        if task.spec.requires_high_capability and TIERS.index(model) < 1:
-            model = "sonnet"
-            reason += " (capability floor: sonnet)"
-        return Route(model, reason, row.fallback_model if row else None)
+        decision = self.router.choose(
+            task_info(task, hints), self.tracker.fraction_used(task.id), task.priority
+        )
+        return Route(decision.model, decision.reason, decision.fallback)
 
     # 2 estimate ----------------------------------------------------------------------
     def estimate(
@@ -152,9 +160,9 @@ class Gateway:
         stream: bool = False,
         hints: Mapping[str, Any] | None = None,
     ) -> Completion:
-        route = self.route(task, model)
+        route = self.route(task, model, hints)
         try:
-            return await self._complete_on(
+            completion = await self._complete_on(
                 task, route, messages, system, context, tools, max_tokens, stream, hints
             )
         except (OverloadedError, ProviderTimeoutError) as exc:
@@ -165,10 +173,23 @@ class Gateway:
                 f"{route.model} failed ({type(exc).__name__}); retrying on {route.fallback}",
                 task_id=task.id, level="warning", model=route.model, fallback=route.fallback,
             )
-            fallback = Route(route.fallback, f"fallback after {type(exc).__name__}")
-            return await self._complete_on(
-                task, fallback, messages, system, context, tools, max_tokens, stream, hints
+            route = Route(route.fallback, f"fallback after {type(exc).__name__}")
+            completion = await self._complete_on(
+                task, route, messages, system, context, tools, max_tokens, stream, hints
             )
+        # R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier
+        while model is None:
+            upgrade = self.router.report_outcome(
+                task_info(task, hints), route.model, success=True, quality=completion.quality,
+                complete=completion.stop_reason != "max_tokens",
+            )
+            if upgrade is None:
+                break
+            route = Route(upgrade.to_model, f"correction: {upgrade.reason}")
+            completion = await self._complete_on(
+                task, route, messages, system, context, tools, max_tokens, stream, hints
+            )
+        return completion
 
     async def _complete_on(
         self,
@@ -197,7 +218,15 @@ class Gateway:
                 task_id=task.id,
                 hints=dict(hints or {}),
             )
-            completion = await self.call(task, request)
+            started = self._clock()
+            try:
+                completion = await self.call(task, request)
+            except ProviderError as exc:
+                self.health.record_call(route.model, False, self._clock() - started,
+                                        error_kind_of(exc))
+                raise
+            self.health.record_call(route.model, True, self._clock() - started,
+                                    retries=completion.attempts - 1)
             crossings = await self.settle(task, route.model, completion, est, reservation)
         finally:
             if reservation.active:

@@ -30,9 +30,9 @@ def info(
     return TaskInfo(task_id, task_type, complexity, prompt, tokens, depth, high, priority)
 
 
-SIMPLE = dict(complexity="simple", tokens=1_000, depth="direct")
-MODERATE = dict(complexity="moderate", tokens=10_000, depth="multi_step")
-COMPLEX = dict(complexity="complex", tokens=30_000, depth="architecture")
+SIMPLE: dict[str, Any] = {"complexity": "simple", "tokens": 1_000, "depth": "direct"}
+MODERATE: dict[str, Any] = {"complexity": "moderate", "tokens": 10_000, "depth": "multi_step"}
+COMPLEX: dict[str, Any] = {"complexity": "complex", "tokens": 30_000, "depth": "architecture"}
 
 
 class Recorder:
