@@ -14,8 +14,13 @@ every feature scores 0, moderate on every feature 6, complex on every feature
 
 Learning: when a task had to be upgraded to a stronger tier, later *similar*
 tasks (same task type, and the same feature levels or mostly the same
-keywords) score at least the lowest score of that tier.  The policy is pure:
-no clock, no I/O, only what :meth:`learn` was told.
+keywords) score at least the lowest score of that tier.  The raise fades when
+similar tasks keep succeeding: each correction adds one unit of *pressure*,
+each confirmed success of a similar task removes ``1 / forget_after_successes``
+of one, and the raise holds while any pressure is left — so one unlucky
+failure does not send a whole class of tasks to a dearer model for ever, and
+repeated failures keep it there longer.  The policy is pure: no clock, no I/O,
+only what :meth:`learn` and :meth:`confirm` were told.
 """
 
 from __future__ import annotations
@@ -69,7 +74,9 @@ class ComplexityParams(BaseModel):
     tier_floors: dict[str, int] = Field(default_factory=lambda: {"sonnet": 4, "opus": 7})
     #: keyword overlap (Jaccard) that makes two tasks of one type similar.
     similar_keywords: float = Field(default=0.5, ge=0, le=1)
-    #: corrections remembered (oldest forgotten first).
+    #: similar successes that undo one correction.
+    forget_after_successes: int = Field(default=3, gt=0)
+    #: learned task classes remembered per task type (oldest forgotten first).
     memory: int = Field(default=1_000, gt=0)
 
 
@@ -128,13 +135,15 @@ class ComplexityPolicy(Protocol):
 
     def learn(self, task: TaskInfo, upgraded_to: str) -> None: ...
 
+    def confirm(self, task: TaskInfo, model: str) -> None: ...
+
 
 class ScoredComplexity:
     """The default :class:`ComplexityPolicy` (see the module docstring)."""
 
     def __init__(self, params: ComplexityParams | None = None) -> None:
         self.params = params or ComplexityParams()
-        self._corrections: dict[str, deque[tuple[Features, int]]] = {}
+        self._learned: dict[str, deque[_Learned]] = {}
 
     # -- features ----------------------------------------------------------------------
     def features(self, task: TaskInfo) -> Features:
@@ -194,12 +203,32 @@ class ScoredComplexity:
         return len(a.keywords & b.keywords) / len(union) >= self.params.similar_keywords
 
     def _learned_floor(self, f: Features) -> int:
-        seen = self._corrections.get(f.task_type, ())
-        floors = [low for past, low in seen if self.similar(f, past)]
-        return max(floors, default=0)
+        seen = self._learned.get(f.task_type, ())
+        return max((e.floor for e in seen if e.pressure > 1e-9 and self.similar(f, e.features)),
+                   default=0)
 
     def learn(self, task: TaskInfo, upgraded_to: str) -> None:
         """Similar later tasks score at least the lowest score of ``upgraded_to``."""
+        f = self.features(task)
         low = self.params.tier_floors.get(upgraded_to, 0)
-        bucket = self._corrections.setdefault(task.task_type, deque(maxlen=self.params.memory))
-        bucket.append((self.features(task), low))
+        bucket = self._learned.setdefault(task.task_type, deque(maxlen=self.params.memory))
+        entry = next((e for e in bucket if e.floor == low and self.similar(f, e.features)), None)
+        if entry is None:
+            bucket.append(_Learned(f, low, 1.0))
+        else:
+            entry.pressure += 1.0
+
+    def confirm(self, task: TaskInfo, model: str) -> None:
+        """A similar task succeeded on ``model``: learned raises fade a little."""
+        f = self.features(task)
+        step = 1.0 / self.params.forget_after_successes
+        for e in self._learned.get(task.task_type, ()):
+            if e.pressure > 0 and self.similar(f, e.features):
+                e.pressure = max(0.0, e.pressure - step)
+
+
+@dataclass(slots=True)
+class _Learned:
+    features: Features
+    floor: int
+    pressure: float

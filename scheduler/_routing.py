@@ -157,6 +157,8 @@ class Router:
             if n >= params.haiku_failures_before_upgrade:
                 reason = f"{model} failed {n} times" + ("" if complete else " (incomplete output)")
         if not reason:
+            if not failed:
+                self.complexity.confirm(task, model)
             return None
         return self._upgrade(task, model, reason)
 

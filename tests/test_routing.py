@@ -293,3 +293,37 @@ def test_task_info_from_handle_uses_profile_params_and_hints() -> None:
         "bug_fix", 9000, "architecture")
     assert ti.priority == 1 and ti.requires_high_capability
     assert isinstance(Router(cfg, bus=make_router()[0].bus).choose(ti, 0.0).model, str)
+
+
+def test_r4_3_learned_raise_fades_after_similar_successes() -> None:
+    """R4.3: a raise holds for 3 similar successes per correction, then fades."""
+    router, _ = make_router()
+    first = info("a", prompt="format the parser module", **SIMPLE)
+    later = info("b", prompt="format the lexer module", **SIMPLE)
+    router.report_outcome(first, "haiku", success=True, quality=0.2)
+    for _ in range(3):
+        assert router.choose(later, 0.0).model == "sonnet"
+        router.report_outcome(later, "sonnet", success=True, quality=0.9)
+    assert router.choose(later, 0.0).model == "haiku"
+    # two corrections keep similar tasks up for six successes
+    router.report_outcome(first, "haiku", success=True, quality=0.2)
+    router.report_outcome(info("c", prompt="format x", **SIMPLE), "haiku", success=False)
+    router.report_outcome(info("c", prompt="format x", **SIMPLE), "haiku", success=False)
+    for _ in range(6):
+        assert router.choose(later, 0.0).model == "sonnet"
+        router.report_outcome(later, "sonnet", success=True)
+    assert router.choose(later, 0.0).model == "haiku"
+
+
+def test_r4_3_failures_do_not_confirm() -> None:
+    """R4.3: failed or incomplete outcomes never weaken a learned raise; successes do."""
+    router, _ = make_router()
+    t = info(prompt="format", **SIMPLE)
+    router.report_outcome(t, "haiku", success=True, quality=0.1)
+    for _ in range(5):
+        router.report_outcome(t, "sonnet", success=False, quality=0.7)
+        router.report_outcome(t, "sonnet", success=True, quality=0.7, complete=False)
+    assert router.complexity.assess(t).tier == "sonnet"
+    for _ in range(3):
+        router.report_outcome(t, "sonnet", success=True, quality=0.7)
+    assert router.complexity.assess(t).tier == "haiku"
