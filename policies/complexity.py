@@ -14,13 +14,15 @@ every feature scores 0, moderate on every feature 6, complex on every feature
 
 Learning: when a task had to be upgraded to a stronger tier, later *similar*
 tasks (same task type, and the same feature levels or mostly the same
-keywords) score at least the lowest score of that tier.  The raise fades when
-similar tasks keep succeeding: each correction adds one unit of *pressure*,
-each confirmed success of a similar task removes ``1 / forget_after_successes``
-of one, and the raise holds while any pressure is left — so one unlucky
-failure does not send a whole class of tasks to a dearer model for ever, and
-repeated failures keep it there longer.  The policy is pure: no clock, no I/O,
-only what :meth:`learn` and :meth:`confirm` were told.
+keywords) get a raised score: each correction adds ``correction_points`` (one
+feature level), each confirmed success of a similar task takes back
+``correction_points / forget_after_successes``, and the raise never lifts a
+task past the lowest score of the tier it was upgraded to.  So a task class
+near a band edge moves up after one correction; a class that is mostly fine
+on its tier moves up only when corrections come faster than successes (more
+than one in four with the defaults) — one unlucky failure does not send a
+whole class of tasks to a dearer model for ever.  The policy is pure: no
+clock, no I/O, only what :meth:`learn` and :meth:`confirm` were told.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class ComplexityParams(BaseModel):
     tier_floors: dict[str, int] = Field(default_factory=lambda: {"sonnet": 4, "opus": 7})
     #: keyword overlap (Jaccard) that makes two tasks of one type similar.
     similar_keywords: float = Field(default=0.5, ge=0, le=1)
+    #: points one correction adds to similar tasks' scores.
+    correction_points: int = Field(default=2, ge=0)
     #: similar successes that undo one correction.
     forget_after_successes: int = Field(default=3, gt=0)
     #: learned task classes remembered per task type (oldest forgotten first).
@@ -186,9 +190,8 @@ class ScoredComplexity:
         f = self.features(task)
         pts = self.params.points
         raw = sum(pts[level] for level in f.levels)
-        learned = self._learned_floor(f)
-        score = max(raw, learned)
-        return Assessment(score, self.tier_of(score), f, raw, learned > raw)
+        score = max(raw, self._learned_score(f, raw))
+        return Assessment(score, self.tier_of(score), f, raw, score > raw)
 
     # -- learning (R4.3) ---------------------------------------------------------------
     def similar(self, a: Features, b: Features) -> bool:
@@ -202,17 +205,20 @@ class ScoredComplexity:
             return False
         return len(a.keywords & b.keywords) / len(union) >= self.params.similar_keywords
 
-    def _learned_floor(self, f: Features) -> int:
-        seen = self._learned.get(f.task_type, ())
-        return max((e.floor for e in seen if e.pressure > 1e-9 and self.similar(f, e.features)),
-                   default=0)
+    def _learned_score(self, f: Features, raw: int) -> int:
+        best = raw
+        for e in self._learned.get(f.task_type, ()):
+            if e.pressure > 1e-9 and raw < e.cap and self.similar(f, e.features):
+                raised = raw + int(e.pressure * self.params.correction_points + 0.5)
+                best = max(best, min(raised, e.cap))
+        return best
 
     def learn(self, task: TaskInfo, upgraded_to: str) -> None:
-        """Similar later tasks score at least the lowest score of ``upgraded_to``."""
+        """Raise the score of tasks similar to ``task`` (at most to ``upgraded_to``'s band)."""
         f = self.features(task)
         low = self.params.tier_floors.get(upgraded_to, 0)
         bucket = self._learned.setdefault(task.task_type, deque(maxlen=self.params.memory))
-        entry = next((e for e in bucket if e.floor == low and self.similar(f, e.features)), None)
+        entry = next((e for e in bucket if e.cap == low and self.similar(f, e.features)), None)
         if entry is None:
             bucket.append(_Learned(f, low, 1.0))
         else:
@@ -230,5 +236,7 @@ class ScoredComplexity:
 @dataclass(slots=True)
 class _Learned:
     features: Features
-    floor: int
+    #: the lowest score of the tier the class was upgraded to: raises stop there.
+    cap: int
+    #: corrections not yet taken back by similar successes.
     pressure: float
