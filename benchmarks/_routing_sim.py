@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from policies.complexity import Depth, TaskInfo
+from policies.complexity import ComplexityPolicy, Depth, TaskInfo
 from scheduler import EventBus, VibeConfig
 from scheduler._catalog import ModelCatalog
 from scheduler._routing import Router
@@ -154,11 +154,14 @@ def call_cost(catalog: ModelCatalog, tier: str, output_tokens: int) -> float:
     return (prompt * e.input_usd_per_mtok + output_tokens * e.output_usd_per_mtok) / 1e6
 
 
-def run_arm(seed: int, tasks: list[SimTask], config: VibeConfig, routed: bool) -> ArmResult:
+def run_arm(
+    seed: int, tasks: list[SimTask], config: VibeConfig, routed: bool,
+    complexity: ComplexityPolicy | None = None,
+) -> ArmResult:
     """Run every task; ``routed`` uses the real Router, else every attempt goes to opus."""
     catalog = ModelCatalog(config)
     bus = EventBus(lambda: 0.0, history=1)
-    router = Router(config, bus=bus, catalog=catalog, clock=lambda: 0.0)
+    router = Router(config, bus=bus, catalog=catalog, clock=lambda: 0.0, complexity=complexity)
     res = ArmResult()
     for task in tasks:
         spent = 0.0

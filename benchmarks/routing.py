@@ -14,7 +14,10 @@ opus.
 * ``success_rate`` / ``baseline_success_rate``: tasks whose final attempt succeeded;
 * ``quality_retained_pct``: routed mean delivered quality ÷ baseline's (a failed
   task delivers 0);
-* ``success_retained_pct``: success_rate ÷ baseline_success_rate.
+* ``success_retained_pct``: success_rate ÷ baseline_success_rate;
+* ``sensitivity``: the cost reduction of the same workload (a) without R4.3
+  learning (``correction_points=0``), and (b) priced with the previous opus
+  generation ($15/$75 per Mtok, when opus cost 5× sonnet rather than 1.67×).
 
 Each figure is the median over the seeds.  The simulation's assumptions are in
 ``docs/routing.md``.
@@ -29,7 +32,8 @@ from typing import Any
 
 import structlog
 
-from scheduler import VibeConfig
+from policies.complexity import ComplexityParams, ScoredComplexity
+from scheduler import ModelSpec, VibeConfig
 
 from ._common import emit, parse_args, progress
 from ._routing_sim import TEMPLATES, run_arm, workload
@@ -43,10 +47,22 @@ def _quiet_logs() -> None:
     )
 
 
+OLD_OPUS = ModelSpec(model_id="claude-opus-4-1", input_usd_per_mtok=15.0,
+                     output_usd_per_mtok=75.0)
+
+
+def _reduction(seed: int, tasks: Any, config: VibeConfig, **kw: Any) -> float:
+    routed = run_arm(seed, tasks, config, routed=True, **kw)
+    base = run_arm(seed, tasks, config, routed=False)
+    return 100 * (1 - routed.cost_usd / base.cost_usd)
+
+
 def one_seed(seed: int, n: int, config: VibeConfig) -> dict[str, Any]:
     tasks = workload(seed, n, config)
     routed = run_arm(seed, tasks, config, routed=True)
     base = run_arm(seed, tasks, config, routed=False)
+    no_learning = ScoredComplexity(ComplexityParams(correction_points=0))
+    old_prices = config.model_copy(update={"models": {**config.models, "opus": OLD_OPUS}})
     return {
         "cost_reduction_pct": 100 * (1 - routed.cost_usd / base.cost_usd),
         "success_rate": routed.success_rate,
@@ -60,6 +76,9 @@ def one_seed(seed: int, n: int, config: VibeConfig) -> dict[str, Any]:
         "upgrades_per_100_tasks": 100 * routed.upgrades / routed.tasks,
         "calls_by_model_pct": {m: round(100 * c / routed.attempts, 1)
                                for m, c in sorted(routed.by_model.items())},
+        "sensitivity_no_learning_cost_reduction_pct": _reduction(
+            seed, tasks, config, complexity=no_learning),
+        "sensitivity_opus_15_75_cost_reduction_pct": _reduction(seed, tasks, old_prices),
     }
 
 

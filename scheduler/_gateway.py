@@ -178,14 +178,17 @@ class Gateway:
                 task, route, messages, system, context, tools, max_tokens, stream, hints
             )
         # R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier
-        while model is None:
+        for _ in range(len(self.router.catalog.tiers) - 1 if model is None else 0):
             upgrade = self.router.report_outcome(
                 task_info(task, hints), route.model, success=True, quality=completion.quality,
                 complete=completion.stop_reason != "max_tokens",
             )
             if upgrade is None:
                 break
-            route = Route(upgrade.to_model, f"correction: {upgrade.reason}")
+            retry = self.route(task, None, hints)  # now at least the upgraded tier, if usable
+            if retry.model == route.model:
+                break
+            route = retry
             completion = await self._complete_on(
                 task, route, messages, system, context, tools, max_tokens, stream, hints
             )
