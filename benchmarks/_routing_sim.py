@@ -156,9 +156,13 @@ def call_cost(catalog: ModelCatalog, tier: str, output_tokens: int) -> float:
 
 def run_arm(
     seed: int, tasks: list[SimTask], config: VibeConfig, routed: bool,
-    complexity: ComplexityPolicy | None = None,
+    complexity: ComplexityPolicy | None = None, oracle: bool = False,
 ) -> ArmResult:
-    """Run every task; ``routed`` uses the real Router, else every attempt goes to opus."""
+    """Run every task; ``routed`` uses the real Router, else every attempt goes to opus.
+
+    ``oracle`` (a ceiling, not a router): each task goes to the tier of its hidden
+    difficulty (simple → haiku, moderate → sonnet, complex → opus), one tier up per retry.
+    """
     catalog = ModelCatalog(config)
     bus = EventBus(lambda: 0.0, history=1)
     router = Router(config, bus=bus, catalog=catalog, clock=lambda: 0.0, complexity=complexity)
@@ -168,7 +172,11 @@ def run_arm(
         ok, quality = False, 0.0
         for k in range(MAX_ATTEMPTS):
             fraction = spent / task.cost_limit_usd if task.cost_limit_usd else 0.0
-            tier = router.choose(task.info, fraction).model if routed else catalog.strongest
+            if oracle:
+                rank = ("simple", "moderate", "complex").index(task.difficulty) + k
+                tier = catalog.tiers[min(rank, len(catalog.tiers) - 1)]
+            else:
+                tier = router.choose(task.info, fraction).model if routed else catalog.strongest
             ok, quality, tokens = attempt(seed, task, k, tier)
             cost = call_cost(catalog, tier, tokens)
             spent += cost

@@ -17,7 +17,9 @@ opus.
 * ``success_retained_pct``: success_rate ÷ baseline_success_rate;
 * ``sensitivity``: the cost reduction of the same workload (a) without R4.3
   learning (``correction_points=0``), and (b) priced with the previous opus
-  generation ($15/$75 per Mtok, when opus cost 5× sonnet rather than 1.67×).
+  generation ($15/$75 per Mtok, when opus cost 5× sonnet rather than 1.67×);
+* ``oracle_cost_reduction_pct``: the ceiling of this workload — each task sent to
+  the tier of its hidden difficulty (one tier up per retry), which no router can know.
 
 Each figure is the median over the seeds.  The simulation's assumptions are in
 ``docs/routing.md``.
@@ -79,6 +81,7 @@ def one_seed(seed: int, n: int, config: VibeConfig) -> dict[str, Any]:
         "sensitivity_no_learning_cost_reduction_pct": _reduction(
             seed, tasks, config, complexity=no_learning),
         "sensitivity_opus_15_75_cost_reduction_pct": _reduction(seed, tasks, old_prices),
+        "oracle_cost_reduction_pct": _reduction(seed, tasks, config, oracle=True),
     }
 
 
