@@ -101,6 +101,7 @@ def test_r4_1_score_bands(features: dict[str, Any], task_type: str, prompt: str,
     """R4.1: score 0–3 → haiku, 4–6 → sonnet, 7+ → opus."""
     a = ScoredComplexity().assess(info(task_type=task_type, prompt=prompt, **features))
     assert (a.tier, a.score) == (tier, score)
+    assert a.reason.startswith(f"{tier} (score {score}: output ")
 
 
 def test_r4_1_band_edges() -> None:
