@@ -55,6 +55,8 @@ class RoutingInput:
     substitutes: Mapping[str, Sequence[str]] = field(default_factory=dict)
     #: at least this tier (a correction already upgraded the task).
     min_tier: str | None = None
+    #: tiers left out of ``usable`` because their per-model budget cannot cover the call.
+    over_budget: frozenset[str] = frozenset()
 
 
 @runtime_checkable
@@ -89,8 +91,9 @@ class CheapestCapableRouting:
             notes.append(f"upgraded after correction → {model}")
         if model not in data.usable:
             sub = next((t for t in data.substitutes.get(model, ()) if t in data.usable), None)
+            why = "budget cannot cover it" if model in data.over_budget else "unavailable"
             if sub is not None:
-                notes.append(f"{model} unavailable → {sub}")
+                notes.append(f"{model} {why} → {sub}")
                 model, substituted = sub, True
             else:
                 notes.append(f"{model} unavailable and no substitute")

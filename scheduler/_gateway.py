@@ -77,15 +77,27 @@ class Gateway:
     # 1 route -------------------------------------------------------------------------
     def route(
         self, task: TaskHandle, requested: str | None = None,
-        hints: Mapping[str, Any] | None = None,
+        hints: Mapping[str, Any] | None = None, need_tokens: int = 0,
     ) -> Route:
         """R4.2/R6.1 through the router: complexity, budget pressure, health, capability floor."""
         if requested:
             return Route(requested, "requested by agent")
         decision = self.router.choose(
-            task_info(task, hints), self.tracker.fraction_used(task.id), task.priority
+            task_info(task, hints), self.tracker.fraction_used(task.id), task.priority,
+            over_budget=self.over_budget(task, need_tokens),
         )
         return Route(decision.model, decision.reason, decision.fallback)
+
+    def over_budget(self, task: TaskHandle, tokens: int) -> frozenset[str]:
+        """Tiers whose per-model token budget (any scope of the task) cannot take ``tokens``."""
+        out = set()
+        for tier in self.router.catalog.tiers:
+            for scope in self.tracker.scopes(task.id):
+                cap = scope.limits.tokens_by_model.get(tier)  # type: ignore[call-overload]
+                held = scope.used(f"tokens:{tier}") + scope.reserved_by_model.get(tier, 0)
+                if cap is not None and held + tokens > cap:
+                    out.add(tier)
+        return frozenset(out)
 
     # 2 estimate ----------------------------------------------------------------------
     def estimate(
@@ -160,7 +172,10 @@ class Gateway:
         stream: bool = False,
         hints: Mapping[str, Any] | None = None,
     ) -> Completion:
-        route = self.route(task, model, hints)
+        need = max_tokens + self.estimate(
+            self.router.catalog.strongest, messages, system, context, tools
+        ).calibrated
+        route = self.route(task, model, hints, need)
         try:
             completion = await self._complete_on(
                 task, route, messages, system, context, tools, max_tokens, stream, hints
@@ -185,7 +200,7 @@ class Gateway:
             )
             if upgrade is None:
                 break
-            retry = self.route(task, None, hints)  # now at least the upgraded tier, if usable
+            retry = self.route(task, None, hints, need)  # at least the upgraded tier, if usable
             if retry.model == route.model:
                 break
             route = retry

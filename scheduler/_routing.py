@@ -107,21 +107,30 @@ class Router:
         self._decisions = self._downgrades = self._substitutions = self._upgrades = 0
 
     # -- choosing (R4.1, R4.2, R6.1) ---------------------------------------------------
-    def choose(self, task: TaskInfo, budget_fraction: float, priority: int | None = None) -> (
-        RouteDecision
-    ):
-        """The model of the next call of ``task`` when ``budget_fraction`` of its budget is used."""
+    def choose(
+        self, task: TaskInfo, budget_fraction: float, priority: int | None = None, *,
+        over_budget: frozenset[str] = frozenset(),
+    ) -> RouteDecision:
+        """The model of the next call of ``task`` when ``budget_fraction`` of its budget is used.
+
+        ``over_budget``: tiers whose per-model budget cannot cover the call (R6.7); they are
+        routed around like unavailable ones unless nothing else is left.
+        """
         prio = task.priority if priority is None else priority
+        usable = self.health.usable(prio)
+        if usable - over_budget:
+            usable -= over_budget
         data = RoutingInput(
             task=task,
             assessment=self.complexity.assess(task),
             budget_fraction=budget_fraction,
             tiers=self.catalog.tiers,
-            usable=self.health.usable(prio),
+            usable=usable,
             substitutes={
                 t: self.catalog.substitutes(t, task.task_type) for t in self.catalog.tiers
             },
             min_tier=self._min_tier.get(task.task_id),
+            over_budget=over_budget,
         )
         decision = self.policy.select(data)
         self._decisions += 1

@@ -89,3 +89,25 @@ async def test_r6_6_gateway_feeds_health_and_routes_around(tmp_path: Path) -> No
     health = orch.gateway.health
     assert health.state("haiku") == "unavailable"
     assert health.statistics().models["haiku"].errors == 3
+
+
+async def test_r6_7_model_whose_budget_cannot_cover_the_call_is_routed_around(
+    tmp_path: Path,
+) -> None:
+    """R6.7/R1.3: opus's per-model session budget is too small → the call goes to sonnet."""
+    provider = QualityProvider({})
+    config = VibeConfig(
+        state_dir=tmp_path, store="memory", session_id="s1",
+        budgets={"session": {"tokens_by_model": {"opus": 500}}},
+    )
+    orch = Orchestrator(config, provider=provider, agents={"qa": QuestionAnswerAgent},
+                        wall=FixedWallClock(FRIDAY))
+    events: list[str] = []
+    orch.bus.subscribe(lambda e: events.append(e.name))
+    report = await orch.run(
+        [TaskSpec(id="a", agent="qa", prompt="Design the architecture and its trade-offs")])
+    assert report.outcomes["a"].status == "completed", report.outcomes["a"].reason
+    assert provider.calls == ["sonnet"]
+    task = orch.handles["a"]
+    decision = orch.gateway.route(task, None, None, need_tokens=10_000)
+    assert decision.model == "sonnet" and "opus budget cannot cover it" in decision.reason
