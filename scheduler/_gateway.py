@@ -88,6 +88,12 @@ class Gateway:
         )
         return Route(decision.model, decision.reason, decision.fallback)
 
+    def _next_fallback(self, task: TaskHandle, model: str, skip: list[str]) -> str | None:
+        """R6.1: where a failed call goes next — a usable substitute not skipped."""
+        usable = self.health.usable(task.priority)
+        subs = self.router.catalog.substitutes(model, task.profile.task_type)
+        return next((t for t in subs if t in usable and t not in skip and t != model), None)
+
     def over_budget(self, task: TaskHandle, tokens: int) -> frozenset[str]:
         """Tiers whose per-model token budget (any scope of the task) cannot take ``tokens``."""
         out = set()
@@ -176,22 +182,27 @@ class Gateway:
             self.router.catalog.strongest, messages, system, context, tools
         ).calibrated
         route = self.route(task, model, hints, need)
-        try:
-            completion = await self._complete_on(
-                task, route, messages, system, context, tools, max_tokens, stream, hints
-            )
-        except (OverloadedError, ProviderTimeoutError) as exc:
-            if not route.fallback or route.fallback == route.model:
-                raise
-            self.bus.emit(
-                "model_fallback",
-                f"{route.model} failed ({type(exc).__name__}); retrying on {route.fallback}",
-                task_id=task.id, level="warning", model=route.model, fallback=route.fallback,
-            )
-            route = Route(route.fallback, f"fallback after {type(exc).__name__}")
-            completion = await self._complete_on(
-                task, route, messages, system, context, tools, max_tokens, stream, hints
-            )
+        tried: list[str] = []
+        while True:
+            try:
+                completion = await self._complete_on(
+                    task, route, messages, system, context, tools, max_tokens, stream, hints
+                )
+                break
+            except (OverloadedError, ProviderTimeoutError) as exc:
+                tried.append(route.model)
+                skip = [*tried, *self.over_budget(task, need)]
+                nxt = route.fallback if route.fallback not in skip else None
+                nxt = nxt or self._next_fallback(task, route.model, skip)
+                if nxt is None:
+                    raise
+                self.bus.emit(
+                    "model_fallback",
+                    f"{route.model} failed ({type(exc).__name__}); retrying on {nxt}",
+                    task_id=task.id, level="warning", model=route.model, fallback=nxt,
+                )
+                route = Route(nxt, f"fallback after {type(exc).__name__}",
+                              self._next_fallback(task, nxt, [*skip, nxt]))
         # R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier
         for _ in range(len(self.router.catalog.tiers) - 1 if model is None else 0):
             upgrade = self.router.report_outcome(
@@ -203,10 +214,20 @@ class Gateway:
             retry = self.route(task, None, hints, need)  # at least the upgraded tier, if usable
             if retry.model == route.model:
                 break
+            try:
+                completion = await self._complete_on(
+                    task, retry, messages, system, context, tools, max_tokens, stream, hints
+                )
+            except (OverloadedError, ProviderTimeoutError) as exc:
+                # the answer we have stands; the failure is recorded in model health
+                self.bus.emit(
+                    "routing_upgrade_failed",
+                    f"retry on {retry.model} failed ({type(exc).__name__}); keeping the "
+                    f"{route.model} answer", task_id=task.id, level="warning",
+                    model=retry.model,
+                )
+                break
             route = retry
-            completion = await self._complete_on(
-                task, route, messages, system, context, tools, max_tokens, stream, hints
-            )
         return completion
 
     async def _complete_on(

@@ -111,3 +111,27 @@ async def test_r6_7_model_whose_budget_cannot_cover_the_call_is_routed_around(
     task = orch.handles["a"]
     decision = orch.gateway.route(task, None, None, need_tokens=10_000)
     assert decision.model == "sonnet" and "opus budget cannot cover it" in decision.reason
+
+
+async def test_r6_1_fallback_chain_reaches_the_last_usable_tier(tmp_path: Path) -> None:
+    """R6.1: when the first fallback fails too, the next usable substitute is tried."""
+    provider = QualityProvider({}, down={"haiku", "sonnet"})
+    orch = _orch(tmp_path, provider)
+    events: list[str] = []
+    orch.bus.subscribe(lambda e: events.append(e.name))
+    report = await orch.run([TaskSpec(id="q", agent="qa", prompt="What is this?")])
+    assert report.outcomes["q"].status == "completed", report.outcomes["q"].reason
+    assert provider.calls == ["haiku", "sonnet", "opus"]
+    assert events.count("model_fallback") == 2
+
+
+async def test_r4_3_failed_correction_keeps_the_first_answer(tmp_path: Path) -> None:
+    """R4.3: if the upgrade's retry hits a 529, the call returns the answer it already has."""
+    provider = QualityProvider({"haiku": 0.2}, down={"sonnet"})
+    orch = _orch(tmp_path, provider)
+    events: list[str] = []
+    orch.bus.subscribe(lambda e: events.append(e.name))
+    report = await orch.run([TaskSpec(id="q", agent="qa", prompt="What is this?")])
+    assert report.outcomes["q"].status == "completed", report.outcomes["q"].reason
+    assert provider.calls == ["haiku", "sonnet"]
+    assert events.count("routing_upgrade") == 1 and events.count("routing_upgrade_failed") == 1
