@@ -15,7 +15,7 @@ Each step is a small method so the parts that own it can be swapped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,9 @@ class Route:
     model: str
     reason: str
     fallback: str | None = None
+
+
+_CallOn = Callable[[Route], Awaitable[Completion]]
 
 
 class Gateway:
@@ -181,14 +184,27 @@ class Gateway:
         need = max_tokens + self.estimate(
             self.router.catalog.strongest, messages, system, context, tools
         ).calibrated
-        route = self.route(task, model, hints, need)
+
+        async def on(route: Route) -> Completion:
+            return await self._complete_on(
+                task, route, messages, system, context, tools, max_tokens, stream, hints
+            )
+
+        route, completion = await self._with_fallbacks(
+            task, self.route(task, model, hints, need), need, on
+        )
+        if model is None:  # R4.3 corrections apply to routed calls only
+            completion = await self._corrected(task, route, completion, hints, need, on)
+        return completion
+
+    async def _with_fallbacks(
+        self, task: TaskHandle, route: Route, need: int, on: _CallOn
+    ) -> tuple[Route, Completion]:
+        """R6.1: a 529 or timeout moves the call to the next usable, in-budget substitute."""
         tried: list[str] = []
         while True:
             try:
-                completion = await self._complete_on(
-                    task, route, messages, system, context, tools, max_tokens, stream, hints
-                )
-                break
+                return route, await on(route)
             except (OverloadedError, ProviderTimeoutError) as exc:
                 tried.append(route.model)
                 skip = [*tried, *self.over_budget(task, need)]
@@ -203,8 +219,13 @@ class Gateway:
                 )
                 route = Route(nxt, f"fallback after {type(exc).__name__}",
                               self._next_fallback(task, nxt, [*skip, nxt]))
-        # R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier
-        for _ in range(len(self.router.catalog.tiers) - 1 if model is None else 0):
+
+    async def _corrected(
+        self, task: TaskHandle, route: Route, completion: Completion,
+        hints: Mapping[str, Any] | None, need: int, on: _CallOn,
+    ) -> Completion:
+        """R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier."""
+        for _ in range(len(self.router.catalog.tiers) - 1):
             upgrade = self.router.report_outcome(
                 task_info(task, hints), route.model, success=True, quality=completion.quality,
                 complete=completion.stop_reason != "max_tokens",
@@ -215,9 +236,7 @@ class Gateway:
             if retry.model == route.model:
                 break
             try:
-                completion = await self._complete_on(
-                    task, retry, messages, system, context, tools, max_tokens, stream, hints
-                )
+                completion = await on(retry)
             except (OverloadedError, ProviderTimeoutError) as exc:
                 # the answer we have stands; the failure is recorded in model health
                 self.bus.emit(
