@@ -121,13 +121,18 @@ class Replanner:
             "task_deferred", f"task {handle.id} deferred: {decision.reason}",
             task_id=handle.id, model=decision.until_model, max_wait_s=decision.max_wait_s,
         )
-        handle.status = "deferred"
-        with anyio.move_on_after(decision.max_wait_s):
-            await self.router.health.wait_usable(decision.until_model, handle.priority)
-            self.bus.emit("task_resumed", f"task {handle.id} resumed on {decision.until_model}",
-                          task_id=handle.id, model=decision.until_model)
-            return True
-        return False
+        previous, handle.status = handle.status, "deferred"
+        try:
+            with anyio.move_on_after(decision.max_wait_s):
+                await self.router.health.wait_usable(decision.until_model, handle.priority)
+                self.bus.emit(
+                    "task_resumed", f"task {handle.id} resumed on {decision.until_model}",
+                    task_id=handle.id, model=decision.until_model,
+                )
+                return True
+            return False
+        finally:
+            handle.status = previous
 
     # -- simplify (R6.7) ---------------------------------------------------------------
     def simplify(self, handle: TaskHandle, decision: Simplify) -> None:

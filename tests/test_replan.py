@@ -181,7 +181,7 @@ async def test_r6_7_defer_waits_until_opus_recovers_and_notifies() -> None:
         assert resumed == []  # recovering serves background tasks only; this one is normal
         for _ in range(3):
             router.health.record_call("opus", True, 0.2)
-    assert resumed == [True]
+    assert resumed == [True] and h.status == "pending"  # the status from before
     assert rec.names().count("task_deferred") == 1
     assert rec.names().count("model_unavailable") == 1
     assert rec.names()[-1] == "task_resumed"

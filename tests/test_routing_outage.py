@@ -63,7 +63,6 @@ def make_worker(replanners: dict[str, Replanner]) -> type:
                 d = rp.plan(ctx.handle, budget_fraction=ctx.tracker.fraction_used(ctx.task.id))
                 if isinstance(d, Defer):
                     await rp.wait_deferred(ctx.handle, d)
-                    ctx.handle.status = "running"
                 await ctx.llm.complete([{"role": "user", "content": ctx.task.prompt}])
                 await anyio.sleep(5.0)
             return 0
