@@ -258,6 +258,13 @@ class HealthConfig(_Model):
     max_error_rate: float = Field(default=0.10, ge=0, le=1)
     window: int = Field(default=20, gt=0)
     restore_after_successes: int = Field(default=3, gt=0)
+    #: consecutive 529 overloaded / timeout errors that mark a model unavailable (R6.6).
+    unavailable_after_errors: int = Field(default=3, gt=0)
+    #: a 429 storm: this many rate-limit errors within ``rate_limit_storm_window_s``.
+    rate_limit_storm: int = Field(default=5, gt=0)
+    rate_limit_storm_window_s: float = Field(default=10.0, gt=0)
+    #: a recovering model serves only tasks of at most this priority (R6.5; background = 1).
+    probe_max_priority: int = Field(default=1, ge=0)
 
 
 class RoutingConfig(_Model):

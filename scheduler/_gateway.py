@@ -16,17 +16,19 @@ Each step is a small method so the parts that own it can be swapped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from ._allocator import Allocator
-from ._config import TIERS, VibeConfig
-from ._errors import OverloadedError, ProviderTimeoutError
+from ._config import VibeConfig
+from ._errors import OverloadedError, ProviderError, ProviderTimeoutError
 from ._events import EventBus
+from ._health import error_kind_of
 from ._provider import Completion, CompletionRequest, Message, Provider
+from ._routing import Router, task_info
 from ._task import TaskHandle
 from ._tokens import Estimate, TokenCounter
 from ._tracker import Crossing, Reservation, Tracker
@@ -42,6 +44,9 @@ class Route:
     fallback: str | None = None
 
 
+_CallOn = Callable[[Route], Awaitable[Completion]]
+
+
 class Gateway:
     """Routes, estimates, admits, calls, settles and signals every model call."""
 
@@ -55,6 +60,7 @@ class Gateway:
         bus: EventBus,
         clock: Callable[[], float] = anyio.current_time,
         allocator: Allocator | None = None,
+        router: Router | None = None,
     ) -> None:
         self.config = config
         self.allocator = allocator
@@ -63,25 +69,48 @@ class Gateway:
         self.provider = provider
         self.bus = bus
         self._clock = clock
+        self.router = router or Router(config, bus=bus, clock=clock)
+        self.health = self.router.health
+        if self.health.ping is None:
+            self.health.ping = self.ping
+
+    async def ping(self, model: str) -> Completion:
+        """R6.4: the cheap health-check completion (not charged to any task)."""
+        return await self.provider.complete(CompletionRequest(
+            model=model, model_id=self.config.model_spec(model).model_id,
+            messages=[{"role": "user", "content": "ping"}], max_tokens=1, task_id="health-check",
+        ))
 
     # 1 route -------------------------------------------------------------------------
-    def route(self, task: TaskHandle, requested: str | None = None) -> Route:
-        """Preferred model of the task type, one tier down above 70 % of the budget."""
+    def route(
+        self, task: TaskHandle, requested: str | None = None,
+        hints: Mapping[str, Any] | None = None, need_tokens: int = 0,
+    ) -> Route:
+        """R4.2/R6.1 through the router: complexity, budget pressure, health, capability floor."""
         if requested:
             return Route(requested, "requested by agent")
-        row = self.config.task_types.get(task.profile.task_type)
-        model = row.preferred_model if row else "sonnet"
-        used = self.tracker.fraction_used(task.id)
-        reason = f"complexity: {task.profile.complexity}, budget: {used:.0%}"
-        if (used > self.config.routing.downgrade_above or task.flags.get("prefer_cheaper")) and (
-            model != TIERS[0]
-        ):
-            model = TIERS[TIERS.index(model) - 1]
-            reason += " (one tier down under budget pressure)"
-        if task.spec.requires_high_capability and TIERS.index(model) < 1:
-            model = "sonnet"
-            reason += " (capability floor: sonnet)"
-        return Route(model, reason, row.fallback_model if row else None)
+        decision = self.router.choose(
+            task_info(task, hints), self.tracker.fraction_used(task.id), task.priority,
+            over_budget=self.over_budget(task, need_tokens),
+        )
+        return Route(decision.model, decision.reason, decision.fallback)
+
+    def _next_fallback(self, task: TaskHandle, model: str, skip: list[str]) -> str | None:
+        """R6.1: where a failed call goes next — a usable substitute not skipped."""
+        usable = self.health.usable(task.priority)
+        subs = self.router.catalog.substitutes(model, task.profile.task_type)
+        return next((t for t in subs if t in usable and t not in skip and t != model), None)
+
+    def over_budget(self, task: TaskHandle, tokens: int) -> frozenset[str]:
+        """Tiers whose per-model token budget (any scope of the task) cannot take ``tokens``."""
+        out = set()
+        for tier in self.router.catalog.tiers:
+            for scope in self.tracker.scopes(task.id):
+                cap = scope.limits.tokens_by_model.get(tier)  # type: ignore[call-overload]
+                held = scope.used(f"tokens:{tier}") + scope.reserved_by_model.get(tier, 0)
+                if cap is not None and held + tokens > cap:
+                    out.add(tier)
+        return frozenset(out)
 
     # 2 estimate ----------------------------------------------------------------------
     def estimate(
@@ -156,23 +185,73 @@ class Gateway:
         stream: bool = False,
         hints: Mapping[str, Any] | None = None,
     ) -> Completion:
-        route = self.route(task, model)
-        try:
+        need = max_tokens + self.estimate(
+            self.router.catalog.strongest, messages, system, context, tools
+        ).calibrated
+
+        async def on(route: Route) -> Completion:
             return await self._complete_on(
                 task, route, messages, system, context, tools, max_tokens, stream, hints
             )
-        except (OverloadedError, ProviderTimeoutError) as exc:
-            if not route.fallback or route.fallback == route.model:
-                raise
-            self.bus.emit(
-                "model_fallback",
-                f"{route.model} failed ({type(exc).__name__}); retrying on {route.fallback}",
-                task_id=task.id, level="warning", model=route.model, fallback=route.fallback,
+
+        route, completion = await self._with_fallbacks(
+            task, self.route(task, model, hints, need), need, on
+        )
+        if model is None:  # R4.3 corrections apply to routed calls only
+            completion = await self._corrected(task, route, completion, hints, need, on)
+        return completion
+
+    async def _with_fallbacks(
+        self, task: TaskHandle, route: Route, need: int, on: _CallOn
+    ) -> tuple[Route, Completion]:
+        """R6.1: a 529 or timeout moves the call to the next usable, in-budget substitute."""
+        tried: list[str] = []
+        while True:
+            try:
+                return route, await on(route)
+            except (OverloadedError, ProviderTimeoutError) as exc:
+                tried.append(route.model)
+                skip = [*tried, *self.over_budget(task, need)]
+                nxt = route.fallback if route.fallback not in skip else None
+                nxt = nxt or self._next_fallback(task, route.model, skip)
+                if nxt is None:
+                    raise
+                self.bus.emit(
+                    "model_fallback",
+                    f"{route.model} failed ({type(exc).__name__}); retrying on {nxt}",
+                    task_id=task.id, level="warning", model=route.model, fallback=nxt,
+                )
+                route = Route(nxt, f"fallback after {type(exc).__name__}",
+                              self._next_fallback(task, nxt, [*skip, nxt]))
+
+    async def _corrected(
+        self, task: TaskHandle, route: Route, completion: Completion,
+        hints: Mapping[str, Any] | None, need: int, on: _CallOn,
+    ) -> Completion:
+        """R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier."""
+        for _ in range(len(self.router.catalog.tiers) - 1):
+            upgrade = self.router.report_outcome(
+                task_info(task, hints), route.model, success=True, quality=completion.quality,
+                complete=completion.stop_reason != "max_tokens",
             )
-            fallback = Route(route.fallback, f"fallback after {type(exc).__name__}")
-            return await self._complete_on(
-                task, fallback, messages, system, context, tools, max_tokens, stream, hints
-            )
+            if upgrade is None:
+                break
+            retry = self.route(task, None, hints, need)  # at least the upgraded tier, if usable
+            if retry.model == route.model:
+                break
+            try:
+                completion = await on(retry)
+            except (OverloadedError, ProviderTimeoutError) as exc:
+                # the answer we have stands; the failure is recorded in model health
+                self.bus.emit(
+                    "routing_upgrade_failed",
+                    f"retry on {retry.model} failed ({type(exc).__name__}); keeping the "
+                    f"{route.model} answer", task_id=task.id, level="warning",
+                    model=retry.model,
+                )
+                break
+            route = retry
+        return completion
 
     async def _complete_on(
         self,
@@ -204,7 +283,15 @@ class Gateway:
                 task_id=task.id,
                 hints=dict(hints or {}),
             )
-            completion = await self.call(task, request)
+            started = self._clock()
+            try:
+                completion = await self.call(task, request)
+            except ProviderError as exc:
+                self.health.record_call(route.model, False, self._clock() - started,
+                                        error_kind_of(exc))
+                raise
+            self.health.record_call(route.model, True, self._clock() - started,
+                                    retries=completion.attempts - 1)
             if lease is not None and self.allocator is not None:
                 u = completion.usage
                 self.allocator.settle(lease.id, u.prompt_tokens + u.completion_tokens,
