@@ -1,0 +1,116 @@
+"""``vibe-engine decide`` and the budget lines of ``vibe-engine status`` (R3.4).
+
+:func:`decide` sends a decision to the running orchestrator over its control
+socket; when none is running it writes the decision to the store, and the
+next orchestrator applies it when it starts.  The lead's typer CLI mounts
+these functions; they print nothing themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ._alerts import StatusRow, status_rows
+from ._budget import resolve_task
+from ._config import VibeConfig
+from ._control import control_paths, send_request
+from ._errors import DecisionError
+from ._events import EventBus
+from ._pause import Decision, PauseController, submit_to_store, validate_decision
+from ._tracker import Tracker
+from .store import open_store
+
+_ACTION_ALIASES = {"add": "add_budget", "add-budget": "add_budget", "continue": "add_budget",
+                   "save": "finish", "stop": "finish"}
+
+
+def normalize_action(action: str) -> str:
+    """Accept ``add``/``add-budget``/``continue`` and ``save``/``stop`` as aliases."""
+    return _ACTION_ALIASES.get(action, action)
+
+
+async def decide_async(
+    task_id: str, action: str, *, tokens: int | None = None, cost: float | None = None,
+    time_s: float | None = None, file_edits: int | None = None,
+    shell_commands: int | None = None, state_dir: Path = Path(".vibe-engine"),
+    store: str = "sqlite",
+) -> dict[str, Any]:
+    """Decide about a paused task: via the running orchestrator, else via the store.
+
+    Returns the reply: ``{"accepted": True, "action": …, "via": "socket"|"store"}``
+    plus ``summary`` for ``review``.  Raises :class:`DecisionError` when refused.
+    """
+    action = normalize_action(action)
+    decision = Decision(task_id, action, tokens, cost, time_s, file_edits,  # type: ignore[arg-type]
+                        shell_commands, source="cli")
+    validate_decision(decision)
+    state_dir = Path(state_dir)
+    if control_paths(state_dir).socket.exists():
+        request = {"op": "decide", "task_id": task_id, "action": action, "tokens": tokens,
+                   "cost_usd": cost, "time_s": time_s, "file_edits": file_edits,
+                   "shell_commands": shell_commands}
+        try:
+            reply = await send_request(state_dir, request)
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass  # a stale socket: nobody is listening
+        else:
+            if not reply.get("ok"):
+                raise DecisionError(str(reply.get("error", "refused")))
+            return {**reply["result"], "via": "socket"}
+    backend = open_store(store, state_dir)
+    await backend.open()
+    try:
+        result = await submit_to_store(backend, decision)
+    finally:
+        await backend.aclose()
+    return {**result, "via": "store"}
+
+
+def decide(
+    task_id: str, action: str, *, tokens: int | None = None, cost: float | None = None,
+    time_s: float | None = None, file_edits: int | None = None,
+    shell_commands: int | None = None, state_dir: Path = Path(".vibe-engine"),
+    store: str = "sqlite",
+) -> dict[str, Any]:
+    """Synchronous :func:`decide_async` for the CLI (runs its own event loop)."""
+
+    async def run() -> dict[str, Any]:
+        return await decide_async(
+            task_id, action, tokens=tokens, cost=cost, time_s=time_s, file_edits=file_edits,
+            shell_commands=shell_commands, state_dir=state_dir, store=store,
+        )
+
+    return anyio.run(run)
+
+
+async def load_status_rows(config: VibeConfig, *, session_id: str = "status") -> list[StatusRow]:
+    """Status rows of ``config``'s tasks read from its store (no orchestrator needed).
+
+    Budget people added (kind ``budget``) is included; session rows describe
+    ``session_id`` (the configured one if set).
+    """
+    backend = open_store(config.store, config.state_dir)
+    await backend.open()
+    try:
+        tracker = Tracker(backend, config, session_id=config.session_id or session_id)
+        await tracker.open()
+        controller = PauseController(backend, tracker, EventBus(anyio.current_time), poll_s=None)
+        await controller.open()
+        for spec in config.tasks:
+            await tracker.start_task(spec.id, resolve_task(spec, config), agent=spec.agent)
+            await controller.restore_task(spec.id)
+        return status_rows(tracker, controller, shared=False)
+    finally:
+        await backend.aclose()
+
+
+def format_status_row(row: StatusRow) -> str:
+    """One plain-text line: ``task  dimension  used/limit  pct  LEVEL [paused]``."""
+    used = f"{row.used:.4f}" if row.dimension == "cost_usd" else f"{row.used:,.0f}"
+    limit = f"{row.limit:.4f}" if row.dimension == "cost_usd" else f"{row.limit:,.0f}"
+    paused = " paused" if row.paused else ""
+    return (f"{row.task_id:<20} {row.dimension:<16} {used:>12}/{limit:<12} "
+            f"{row.fraction * 100:5.1f}% {row.level.upper()}{paused}")
