@@ -123,12 +123,19 @@ class ControlServer:
 
     async def _handle(self, stream: SocketStream) -> None:
         async with stream:
-            reply = await self._answer(stream)
-            await stream.send((json.dumps(reply) + "\n").encode())
+            try:
+                reply = await self._answer(stream)
+                if reply is None:
+                    return  # a liveness probe: connected and closed without a request
+                await stream.send((json.dumps(reply) + "\n").encode())
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                _log.info("control_client_gone", error=str(exc))
 
-    async def _answer(self, stream: SocketStream) -> dict[str, Any]:
+    async def _answer(self, stream: SocketStream) -> dict[str, Any] | None:
         try:
             raw = await _read_line(stream)
+            if not raw:
+                return None
             request = json.loads(raw)
             if not isinstance(request, dict):
                 raise ValueError("request must be a JSON object")
@@ -201,13 +208,22 @@ async def _remove_stale(path: Path) -> None:
     apath = anyio.Path(path)
     if not await apath.exists():
         return
+    if _is_listening(path):
+        raise VibeEngineError(f"another orchestrator is listening on {path}")
+    await apath.unlink(missing_ok=True)
+
+
+def _is_listening(path: Path) -> bool:
+    """A local Unix-socket connect never blocks: it succeeds or fails at once."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
     try:
-        stream = await anyio.connect_unix(path)
+        probe.connect(str(path))
     except OSError:
-        await apath.unlink(missing_ok=True)
-        return
-    await stream.aclose()
-    raise VibeEngineError(f"another orchestrator is listening on {path}")
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 async def send_request(state_dir: Path, request: dict[str, Any]) -> dict[str, Any]:

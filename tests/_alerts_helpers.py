@@ -97,4 +97,4 @@ async def open_harness(
 
 
 def sqlite_store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "state" / "vibe.db")
+    return SqliteStore(tmp_path / "vibe.db")

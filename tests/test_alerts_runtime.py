@@ -10,6 +10,7 @@ import pytest
 import structlog.testing
 
 from scheduler._alerts import status_rows
+
 from ._alerts_helpers import Harness, make_config, open_harness, profile, run_virtual
 
 LEVELS = ("warning", "critical", "exceeded")

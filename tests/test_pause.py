@@ -181,7 +181,7 @@ def test_r3_4_pause_and_decision_survive_a_restart(tmp_path: Path) -> None:
 
     async def second() -> tuple[list[str], int | None]:
         h = await open_harness(store=sqlite_store(tmp_path), tasks={"t": profile(tokens=1000)})
-        paused = [p.state for p in h.controller.paused_tasks()]
+        paused: list[str] = [p.state for p in h.controller.paused_tasks()]
 
         async def person() -> None:
             await anyio.sleep(1)
