@@ -15,20 +15,33 @@ Each step is a small method so the parts that own it can be swapped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._config import TIERS, VibeConfig
-from ._errors import OverloadedError, ProviderTimeoutError
+from ._errors import (
+    BudgetExceededError,
+    FinishRequestedError,
+    OverdraftDeniedError,
+    OverloadedError,
+    ProviderTimeoutError,
+)
 from ._events import EventBus
 from ._provider import Completion, CompletionRequest, Message, Provider
 from ._task import TaskHandle
 from ._tokens import Estimate, TokenCounter
 from ._tracker import Crossing, Reservation, Tracker
 from ._usage import Usage, cost_usd
+
+if TYPE_CHECKING:
+    from ._alerts import AlertRuntime
+    from ._pause import Decision, PauseController
+
+#: Called before a paused task waits for a decision: give back every lease it holds.
+PauseHook = Callable[[TaskHandle], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +65,8 @@ class Gateway:
         provider: Provider,
         bus: EventBus,
         clock: Callable[[], float] = anyio.current_time,
+        controller: PauseController | None = None,
+        alerts: AlertRuntime | None = None,
     ) -> None:
         self.config = config
         self.tracker = tracker
@@ -59,6 +74,10 @@ class Gateway:
         self.provider = provider
         self.bus = bus
         self._clock = clock
+        self.controller = controller
+        self.alerts = alerts
+        #: R3.4: a paused task holds no leases; the allocator registers its release here.
+        self.on_pause: list[PauseHook] = []
 
     # 1 route -------------------------------------------------------------------------
     def route(self, task: TaskHandle, requested: str | None = None) -> Route:
@@ -69,7 +88,10 @@ class Gateway:
         model = row.preferred_model if row else "sonnet"
         used = self.tracker.fraction_used(task.id)
         reason = f"complexity: {task.profile.complexity}, budget: {used:.0%}"
-        if (used > self.config.routing.downgrade_above or task.flags.get("prefer_cheaper")) and (
+        if task.flags.get("aggressive") and model != TIERS[0]:
+            model = TIERS[0]
+            reason += " (cheapest tier: aggressive cost reduction, R3.3)"
+        elif (used > self.config.routing.downgrade_above or task.flags.get("prefer_cheaper")) and (
             model != TIERS[0]
         ):
             model = TIERS[TIERS.index(model) - 1]
@@ -95,7 +117,46 @@ class Gateway:
 
     # 3 admit -------------------------------------------------------------------------
     async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float) -> Reservation:
-        return self.tracker.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
+        """Reserve the estimate; at the limit pause for a decision (R3.4) and try again.
+
+        A pending pause takes effect here (outside critical sections, R3.6);
+        inside a critical section the overdraft grace may cover the call (R3.5).
+        """
+        ctl = self.controller
+        if ctl is None:
+            return self.tracker.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
+        while True:
+            if self.alerts is not None:
+                await self.signal(task, self.tracker.time_crossings(task.id))
+            release = self._releaser(task)
+            self._decided(task, await ctl.wait_if_paused(task.id, release=release))
+            try:
+                return await ctl.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
+            except BudgetExceededError as exc:
+                await ctl.request_pause(task.id, error=exc)
+            except OverdraftDeniedError as exc:
+                cause = exc.__cause__
+                await ctl.request_pause(
+                    task.id, exc.reason,
+                    error=cause if isinstance(cause, BudgetExceededError) else None,
+                )
+            await self._release(task)
+            self._decided(task, await ctl.wait_decision(task.id))
+
+    def _releaser(self, task: TaskHandle) -> Callable[[], Awaitable[None]]:
+        async def release() -> None:
+            await self._release(task)
+
+        return release
+
+    async def _release(self, task: TaskHandle) -> None:
+        for hook in list(self.on_pause):
+            await hook(task)
+
+    def _decided(self, task: TaskHandle, decision: Decision | None) -> None:
+        """Continue after ``add_budget``; unwind the agent after ``finish``."""
+        if decision is not None and decision.action == "finish":
+            raise FinishRequestedError(task.id, decision.source)
 
     # 5 call --------------------------------------------------------------------------
     async def call(self, task: TaskHandle, request: CompletionRequest) -> Completion:
@@ -126,7 +187,18 @@ class Gateway:
         return crossings
 
     # 7 signal ------------------------------------------------------------------------
-    def signal(self, task: TaskHandle, crossings: Sequence[Crossing]) -> None:
+    async def signal(self, task: TaskHandle, crossings: Sequence[Crossing]) -> None:
+        """Apply the alert policy (R3) and mirror its flags onto the task handle."""
+        if self.alerts is not None:
+            if crossings:
+                await self.alerts.apply(task.id, crossings)
+            flags = self.alerts.flags(task.id)
+            task.flags["prefer_cheaper"] = flags.prefer_cheaper
+            task.flags["aggressive"] = flags.aggressive
+            task.flags["alert_level"] = flags.indicator
+            if self.alerts.consume_checkpoint_request(task.id):
+                task.flags["checkpoint_requested"] = True
+            return
         for c in crossings:
             self.bus.emit(
                 f"budget_{c.level}",
@@ -202,5 +274,5 @@ class Gateway:
         finally:
             if reservation.active:
                 self.tracker.cancel(reservation)
-        self.signal(task, crossings)
+        await self.signal(task, crossings)
         return completion

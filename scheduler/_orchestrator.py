@@ -18,12 +18,22 @@ from typing import Any
 import anyio
 import structlog
 
+from ._alerts import AlertRuntime
 from ._budget import resolve_task
 from ._clock import SystemWallClock, WallClock
 from ._config import TaskSpec, VibeConfig
-from ._errors import BudgetExceededError, ConfigError, TaskAbortedError, VibeEngineError
+from ._control import ControlServer
+from ._errors import (
+    BudgetExceededError,
+    ConfigError,
+    FinishRequestedError,
+    TaskAbortedError,
+    VibeEngineError,
+)
 from ._events import EventBus
 from ._gateway import Gateway
+from ._overdraft import OverdraftLedger
+from ._pause import PauseController
 from ._provider import Provider
 from ._task import TaskHandle
 from ._tokens import TokenCounter
@@ -112,15 +122,23 @@ class Orchestrator:
             state_dir=config.state_dir,
         )
         self.counter = counter or TokenCounter()
+        # R3: overdraft grace, pause and decide, alert actions
+        self.overdraft = OverdraftLedger(self.tracker, self.store, config.overdraft, self.bus)
+        self.controller = PauseController(
+            self.store, self.tracker, self.bus, overdraft=self.overdraft,
+            decision_timeout_s=config.alerts.decision_timeout_s,
+        )
+        self.alerts = AlertRuntime(self.tracker, self.bus, controller=self.controller)
         self.gateway = Gateway(
             config=config, tracker=self.tracker, counter=self.counter, provider=provider,
-            bus=self.bus,
+            bus=self.bus, controller=self.controller, alerts=self.alerts,
         )
         self.handles: dict[str, TaskHandle] = {}
         self.services: list[Service] = []
         self.release_hooks: list[ReleaseHook] = []
         self._context_factory = context_factory
         self._opened = False
+        self.services.append(self._serve_control)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -128,7 +146,20 @@ class Orchestrator:
         if not self._opened:
             await self.store.open()
             await self.tracker.open()
+            await self.controller.open()
             self._opened = True
+
+    async def _serve_control(self) -> None:
+        """R3.4: take decisions from ``vibe-engine decide`` in another terminal."""
+        try:
+            await ControlServer(self.controller, self.config.state_dir).serve()
+        except (OSError, VibeEngineError) as exc:
+            # decisions still arrive through the store (the controller polls it)
+            _log.warning("control_unavailable", error=str(exc))
+
+    async def decide(self, task_id: str, action: str, **amounts: Any) -> dict[str, Any]:
+        """Decide about a paused task from Python (R3.4): add_budget, finish or review."""
+        return await self.controller.decide(task_id, action, **amounts)
 
     async def aclose(self) -> None:
         if self._opened:
@@ -195,6 +226,7 @@ class Orchestrator:
             for dep in spec.depends_on:
                 await self.wait_for(spec.id, dep)
             await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent)
+            await self.controller.restore_task(spec.id)
             await self._attempts(handle)
         except VibeEngineError as exc:
             handle.status, handle.reason = "failed", str(exc)
@@ -234,6 +266,8 @@ class Orchestrator:
             ctx = self._context_factory(self, handle)
             handle.result = await agent.run(ctx)
             handle.status = "completed"
+        except FinishRequestedError as exc:
+            handle.status, handle.reason = "finished", f"saved and finished ({exc.source})"
         except BudgetExceededError as exc:
             handle.status, handle.reason = "failed", str(exc)
         except VibeEngineError as exc:
@@ -249,6 +283,8 @@ class Orchestrator:
             handle.reason = handle.reason or "cancelled"
         if handle.spec.id in self.tracker.tasks():
             self.tracker.finish_task(handle.id, handle.status)
+        if handle.status in ("completed", "finished"):
+            await self.controller.discard(handle.id)  # a pause that never took effect
         await self.store.put_state("task", handle.id, self._task_record(handle))
         self.bus.emit(
             f"task_{handle.status}",

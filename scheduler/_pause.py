@@ -158,6 +158,7 @@ class PauseController:
     def __init__(
         self, store: Store, tracker: Tracker, events: EventBus, *,
         overdraft: OverdraftLedger | None = None, poll_s: float | None = 1.0,
+        decision_timeout_s: float | None = None,
     ) -> None:
         self.store = store
         self.tracker = tracker
@@ -168,6 +169,8 @@ class PauseController:
         self._decisions: dict[str, Decision] = {}
         self._tasks: dict[str, _TaskControl] = {}
         self._applied = 0
+        self._last: dict[str, Decision] = {}
+        self.decision_timeout_s = decision_timeout_s
         #: Called with each applied decision (the alert runtime clears its flags).
         self.on_decision: list[Callable[[Decision], None]] = []
 
@@ -290,6 +293,14 @@ class PauseController:
                          scope=info.scope, dimension=info.dimension)
         return info
 
+    async def discard(self, task_id: str) -> None:
+        """Forget a pause that never took effect because the task ended (completed)."""
+        self._pauses.pop(task_id, None)
+        self._decisions.pop(task_id, None)
+        await self.store.delete_state("pause", task_id)
+        await self.store.delete_state("decision", task_id)
+        self._ctl(task_id).notify()
+
     async def wait_if_paused(
         self, task_id: str, *, release: Callable[[], Awaitable[None]] | None = None,
     ) -> Decision | None:
@@ -305,37 +316,67 @@ class PauseController:
         return await self.wait_decision(task_id)
 
     async def wait_decision(self, task_id: str) -> Decision:
-        """Block until a person decides ``add_budget`` or ``finish`` (review keeps waiting)."""
+        """Block until a person decides ``add_budget`` or ``finish`` (review keeps waiting).
+
+        Several coroutines of one task may wait on the same pause: the first
+        applies the decision, the others return it too.  With
+        ``decision_timeout_s`` set, no decision in time means ``finish``.
+        """
         info = self._pauses.get(task_id)
         if info is None:
             info = await self.request_pause(task_id, "paused")
-        await self._wait_critical_done(task_id)
-        if info.state != "paused":
-            info.state = "paused"
-            await self.store.put_state("pause", task_id, info.to_dict())
-            self.events.emit(
-                "task_paused", f"task {task_id} paused: {info.reason}", task_id=task_id,
-                level="warning", usage=self.tracker.task_scope(task_id).totals.to_dict()
-                if task_id in self.tracker.tasks() else {},
-                choices=["add_budget", "finish", "review"],
-            )
+        if not await self._wait_critical_done(task_id, info):
+            return self._last[task_id]
+        await self._mark_paused(info)
+        with anyio.move_on_after(
+            self.decision_timeout_s if self.decision_timeout_s is not None else float("inf")
+        ):
+            return await self._wait_for_decision(task_id, info)
+        if self._pauses.get(task_id) is not info:
+            return self._last[task_id]
+        timeout = Decision(task_id, "finish", source="timeout", at=self._now())
+        await self._apply(timeout)
+        return timeout
+
+    async def _wait_for_decision(self, task_id: str, info: PauseInfo) -> Decision:
+        ctl = self._ctl(task_id)
         while True:
+            if self._pauses.get(task_id) is not info:
+                return self._last[task_id]  # another waiter applied it
             decision = self._decisions.pop(task_id, None)
             if decision is None and self.poll_s is not None:
                 stored = await self.store.get_state("decision", task_id)
+                if self._pauses.get(task_id) is not info:
+                    continue
                 decision = Decision.from_dict(stored) if stored else None
             if decision is not None:
                 await self._apply(decision)
                 return decision
-            ctl = self._ctl(task_id)
             with anyio.move_on_after(self.poll_s if self.poll_s is not None else float("inf")):
                 await ctl.changed().wait()
 
-    async def _wait_critical_done(self, task_id: str) -> None:
+    async def _mark_paused(self, info: PauseInfo) -> None:
+        if info.state == "paused":
+            return
+        info.state = "paused"
+        task_id = info.task_id
+        await self.store.put_state("pause", task_id, info.to_dict())
+        usage = (self.tracker.task_scope(task_id).totals.to_dict()
+                 if task_id in self.tracker.tasks() else {})
+        self.events.emit(
+            "task_paused", f"task {task_id} paused: {info.reason}", task_id=task_id,
+            level="warning", usage=usage, choices=["add_budget", "finish", "review"],
+        )
+
+    async def _wait_critical_done(self, task_id: str, info: PauseInfo) -> bool:
+        """Wait for other coroutines' critical sections; False if the pause was resolved."""
         ctl = self._ctl(task_id)
         own = sum(1 for t, _ in _inside.get() if t == task_id)
         while ctl.critical > own:
+            if self._pauses.get(task_id) is not info:
+                return False
             await ctl.changed().wait()
+        return self._pauses.get(task_id) is info
 
     # -- deciding ------------------------------------------------------------------
 
@@ -366,6 +407,7 @@ class PauseController:
     async def _apply(self, decision: Decision) -> None:
         task_id = decision.task_id
         info = self._pauses.pop(task_id, None)
+        self._last[task_id] = decision
         if decision.action == "add_budget":
             await self._add_budget(decision, info)
         await self.store.delete_state("decision", task_id)
@@ -375,6 +417,7 @@ class PauseController:
                          task_id=task_id, action=decision.action, amounts=decision.amounts())
         for hook in list(self.on_decision):
             hook(decision)
+        self._ctl(task_id).notify()
 
     async def _add_budget(self, decision: Decision, info: PauseInfo | None) -> None:
         task_id = decision.task_id
