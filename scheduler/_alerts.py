@@ -20,7 +20,8 @@ that ``vibe-engine status`` renders.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import anyio
 import structlog
@@ -81,6 +82,9 @@ class StatusRow:
     fraction: float
     level: str
     paused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def level_of(fraction: float, thresholds: AlertsConfig, warning: float | None = None) -> str:
@@ -238,15 +242,19 @@ def _as_error(c: Crossing) -> BudgetExceededError:
 def scope_level(tracker: Tracker, scope: ScopeState) -> str:
     """The worst alert level over every limited dimension of ``scope``."""
     level = "ok"
-    for row in scope_rows(tracker, "", scope):
+    for row in scope_rows(scope, "", tracker.config.alerts):
         level = worse(level, row.level)
     return level
 
 
-def scope_rows(tracker: Tracker, task_id: str, scope: ScopeState, *,
-               paused: bool = False) -> list[StatusRow]:
-    """Status rows of one scope: each limited dimension with used, limit and level."""
-    thresholds = tracker.config.alerts
+def scope_rows(
+    scope: ScopeState, task_id: str, thresholds: AlertsConfig, *,
+    elapsed_s: float | None = None, paused: bool = False,
+) -> list[StatusRow]:
+    """Status rows of one scope: each limited dimension with used, limit and level.
+
+    ``elapsed_s`` (a task's running time) adds a ``time_s`` row when limited.
+    """
     rows: list[StatusRow] = []
     for dim in scope.dimensions():
         lim = scope.limit(dim)
@@ -259,26 +267,31 @@ def scope_rows(tracker: Tracker, task_id: str, scope: ScopeState, *,
         frac = used / lim
         rows.append(StatusRow(task_id, scope.name, dim, used, lim, frac,
                               level_of(frac, thresholds, warn), paused))
-    if scope.name.startswith("task:") and scope.limits.time_s:
+    if elapsed_s is not None and scope.limits.time_s:
         lim = scope.limits.time_s
-        used = tracker._clock() - scope.started_at
-        rows.append(StatusRow(task_id, scope.name, "time_s", used, lim, used / lim,
-                              level_of(used / lim, thresholds), paused))
+        rows.append(StatusRow(task_id, scope.name, "time_s", elapsed_s, lim, elapsed_s / lim,
+                              level_of(elapsed_s / lim, thresholds), paused))
     return rows
 
 
 def status_rows(
     tracker: Tracker, controller: PauseController | None = None, *, shared: bool = True,
+    now: float | None = None,
 ) -> list[StatusRow]:
     """Every task's budget use per dimension with its alert level (``vibe-engine status``).
 
     With ``shared`` the session's and today's rows follow, with ``task_id`` ``"*"``.
+    ``now`` is the loop clock (default: read through ``anyio.current_time``).
     """
+    thresholds = tracker.config.alerts
+    clock_now = anyio.current_time() if now is None else now
     rows: list[StatusRow] = []
     for task_id in tracker.tasks():
+        scope = tracker.task_scope(task_id)
         paused = controller is not None and controller.is_paused(task_id)
-        rows.extend(scope_rows(tracker, task_id, tracker.task_scope(task_id), paused=paused))
+        rows.extend(scope_rows(scope, task_id, thresholds,
+                               elapsed_s=clock_now - scope.started_at, paused=paused))
     if shared:
-        rows.extend(scope_rows(tracker, "*", tracker.session))
-        rows.extend(scope_rows(tracker, "*", tracker.day_scope()))
+        rows.extend(scope_rows(tracker.session, "*", thresholds))
+        rows.extend(scope_rows(tracker.day_scope(), "*", thresholds))
     return rows

@@ -8,20 +8,19 @@ these functions; they print nothing themselves.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from ._alerts import StatusRow, status_rows
-from ._budget import resolve_task
-from ._config import VibeConfig
+from ._alerts import StatusRow, scope_rows
+from ._config import AlertsConfig, Limits
 from ._control import control_paths, send_request
 from ._errors import DecisionError
-from ._events import EventBus
-from ._pause import Decision, PauseController, submit_to_store, validate_decision
-from ._tracker import Tracker
-from .store import open_store
+from ._pause import Decision, submit_to_store, validate_decision
+from ._tracker import ScopeState
+from .store import Store, open_store
 
 _ACTION_ALIASES = {"add": "add_budget", "add-budget": "add_budget", "continue": "add_budget",
                    "save": "finish", "stop": "finish"}
@@ -86,25 +85,32 @@ def decide(
     return anyio.run(run)
 
 
-async def load_status_rows(config: VibeConfig, *, session_id: str = "status") -> list[StatusRow]:
-    """Status rows of ``config``'s tasks read from its store (no orchestrator needed).
+async def stored_status_rows(
+    store: Store, state_dir: Path, thresholds: AlertsConfig | None = None,
+) -> list[StatusRow]:
+    """Budget rows of every task with a ``usage.json`` under ``state_dir`` (no orchestrator).
 
-    Budget people added (kind ``budget``) is included; session rows describe
-    ``session_id`` (the configured one if set).
+    Limits come from the task's ``usage.json`` (including budget people added),
+    usage from the store's totals, ``paused`` from the pending pause records.
     """
-    backend = open_store(config.store, config.state_dir)
-    await backend.open()
-    try:
-        tracker = Tracker(backend, config, session_id=config.session_id or session_id)
-        await tracker.open()
-        controller = PauseController(backend, tracker, EventBus(anyio.current_time), poll_s=None)
-        await controller.open()
-        for spec in config.tasks:
-            await tracker.start_task(spec.id, resolve_task(spec, config), agent=spec.agent)
-            await controller.restore_task(spec.id)
-        return status_rows(tracker, controller, shared=False)
-    finally:
-        await backend.aclose()
+    thresholds = thresholds or AlertsConfig()
+    paused = await store.list_state("pause")
+    rows: list[StatusRow] = []
+    tasks_dir = anyio.Path(state_dir) / "tasks"
+    if not await tasks_dir.is_dir():
+        return rows
+    docs = sorted([p async for p in tasks_dir.glob("*/usage.json")])
+    for path in docs:
+        try:
+            doc = json.loads(await path.read_text(encoding="utf-8"))
+            limits = Limits.model_validate(doc.get("budget", {}))
+        except (OSError, ValueError):
+            continue
+        task_id = str(doc.get("task_id", path.parent.name))
+        scope = ScopeState(f"task:{task_id}", limits,
+                           totals=await store.totals(f"task:{task_id}"))
+        rows.extend(scope_rows(scope, task_id, thresholds, paused=task_id in paused))
+    return rows
 
 
 def format_status_row(row: StatusRow) -> str:

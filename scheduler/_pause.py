@@ -170,6 +170,7 @@ class PauseController:
         self._tasks: dict[str, _TaskControl] = {}
         self._applied = 0
         self._last: dict[str, Decision] = {}
+        self._announced: set[str] = set()
         self.decision_timeout_s = decision_timeout_s
         #: Called with each applied decision (the alert runtime clears its flags).
         self.on_decision: list[Callable[[Decision], None]] = []
@@ -297,6 +298,7 @@ class PauseController:
         """Forget a pause that never took effect because the task ended (completed)."""
         self._pauses.pop(task_id, None)
         self._decisions.pop(task_id, None)
+        self._announced.discard(task_id)
         await self.store.delete_state("pause", task_id)
         await self.store.delete_state("decision", task_id)
         self._ctl(task_id).notify()
@@ -356,11 +358,14 @@ class PauseController:
                 await ctl.changed().wait()
 
     async def _mark_paused(self, info: PauseInfo) -> None:
-        if info.state == "paused":
-            return
-        info.state = "paused"
+        """Persist that the pause is in effect and tell people (again after a restart)."""
         task_id = info.task_id
-        await self.store.put_state("pause", task_id, info.to_dict())
+        if task_id in self._announced:
+            return
+        self._announced.add(task_id)
+        if info.state != "paused":
+            info.state = "paused"
+            await self.store.put_state("pause", task_id, info.to_dict())
         usage = (self.tracker.task_scope(task_id).totals.to_dict()
                  if task_id in self.tracker.tasks() else {})
         self.events.emit(
@@ -407,6 +412,7 @@ class PauseController:
     async def _apply(self, decision: Decision) -> None:
         task_id = decision.task_id
         info = self._pauses.pop(task_id, None)
+        self._announced.discard(task_id)
         self._last[task_id] = decision
         if decision.action == "add_budget":
             await self._add_budget(decision, info)

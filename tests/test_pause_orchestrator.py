@@ -1,0 +1,182 @@
+"""R3.3/R3.4/R3.6 through the orchestrator: pause at 100 %, restart, decide from the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from agents import AgentContext
+from agents.builtin import CoderAgent
+from scheduler import Event, FixedWallClock, Limits, TaskSpec, VibeConfig
+from scheduler._control import control_paths
+from scheduler._orchestrator import Orchestrator, RunReport
+
+from ._fakes import ScriptedProvider
+from ._helpers import FRIDAY
+
+pytestmark = pytest.mark.anyio
+CLI = str(Path(sys.executable).parent / "vibe-engine")
+
+
+def _orch(state: Path, provider: ScriptedProvider, agents: dict[str, Any] | None = None,
+          session: str = "s1", **alerts: Any) -> Orchestrator:
+    config = VibeConfig(state_dir=state, store="sqlite", session_id=session,
+                        alerts=alerts or {})
+    return Orchestrator(config, provider=provider, agents=agents or {"coder": CoderAgent},
+                        wall=FixedWallClock(FRIDAY))
+
+
+def _spec(tokens: int = 5_000) -> TaskSpec:
+    # each call spends 3,500 tokens; the estimate is far lower, so call 2 crosses 100 %
+    return TaskSpec(id="c1", agent="coder", prompt="Fix the crash",
+                    params={"steps": 4, "max_tokens": 100}, budget=Limits(tokens=tokens))
+
+
+async def _until(orch: Orchestrator, name: str) -> Event:
+    got: list[Event] = []
+    ready = anyio.Event()
+
+    def seen(event: Event) -> None:
+        if event.name == name and not got:
+            got.append(event)
+            ready.set()
+
+    orch.bus.subscribe(seen)
+    with anyio.fail_after(30):
+        await ready.wait()
+    return got[0]
+
+
+async def _socket_ready(state: Path) -> None:
+    with anyio.fail_after(30):
+        while not await anyio.Path(control_paths(state).socket).exists():
+            await anyio.sleep(0.01)
+
+
+async def test_r3_4_pause_restart_decide_from_cli_continue_from_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """R3.4 acceptance: paused at 100 %, orchestrator restarted, CLI adds budget, task resumes."""
+    state = tmp_path / "st"
+    first = _orch(state, ScriptedProvider(latency_s=0, prompt=3_000, completion=500))
+    paused: list[Event] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first.run, [_spec()])
+        paused.append(await _until(first, "task_paused"))
+        tg.cancel_scope.cancel()  # the orchestrator stops while the task waits
+    assert paused[0].data["usage"]["tokens"] == 7_000
+
+    provider = ScriptedProvider(latency_s=0, prompt=3_000, completion=500)
+    second = _orch(state, provider, session="s2")  # a new session on the same store
+    report: list[RunReport] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            report.append(await second.run([_spec()]))
+
+        tg.start_soon(run)
+        await _until(second, "task_paused")  # still paused after the restart
+        await _socket_ready(state)
+        review = await anyio.run_process([CLI, "decide", "c1", "review", "--state-dir",
+                                          str(state)])
+        added = await anyio.run_process([CLI, "decide", "c1", "add", "--tokens", "50000",
+                                         "--state-dir", str(state)])
+    assert json.loads(review.stdout)["checkpoint"] == {"step": 2,
+                                                      "files": ["step_1.py", "step_2.py"]}
+    assert b"sent to the running orchestrator" in added.stdout
+    outcome = report[0].outcomes["c1"]
+    assert outcome.status == "completed", outcome.reason
+    assert len(provider.calls) == 2  # steps 3 and 4 only: continued from the checkpoint
+    assert outcome.usage.tokens == 4 * 3_500
+    assert (state / "workspace" / "c1" / "step_4.py").exists()
+    assert second.tracker.task_scope("c1").limits.tokens == 55_000
+
+
+async def test_r3_4_finish_decision_ends_the_task_as_finished(tmp_path: Path) -> None:
+    orch = _orch(tmp_path / "st", ScriptedProvider(latency_s=0, prompt=3_000, completion=500))
+    report: list[RunReport] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            report.append(await orch.run([_spec()]))
+
+        tg.start_soon(run)
+        await _until(orch, "task_paused")
+        assert (await orch.decide("c1", "review"))["summary"]["usage"]["calls"] == 2
+        await orch.decide("c1", "finish")
+    outcome = report[0].outcomes["c1"]
+    assert outcome.status == "finished"
+    assert "saved and finished (python)" in outcome.reason
+    assert outcome.usage.calls == 2
+
+
+async def test_r3_4_unattended_run_finishes_after_the_decision_timeout(tmp_path: Path) -> None:
+    orch = _orch(tmp_path / "st", ScriptedProvider(latency_s=0, prompt=3_000, completion=500),
+                 decision_timeout_s=0.05)
+    report = await orch.run([_spec()])
+    assert report.outcomes["c1"].status == "finished"
+    assert "timeout" in report.outcomes["c1"].reason
+
+
+async def test_r3_3_critical_alert_forces_a_checkpoint_and_cheapest_model(
+    tmp_path: Path,
+) -> None:
+    """R3.3: after a critical crossing the context saves the agent's state; routing goes cheap."""
+    saved: list[dict[str, Any]] = []
+
+    class Stepper:
+        async def run(self, ctx: AgentContext) -> None:
+            state = {"done": 0}
+            ctx.checkpoint_source(lambda: dict(state))
+            for _ in range(3):
+                await ctx.llm.complete([{"role": "user", "content": "go"}], max_tokens=10)
+                state["done"] += 1
+                saved.append(await ctx.load_checkpoint() or {})
+
+    provider = ScriptedProvider(latency_s=0, prompt=460, completion=0)
+    orch = _orch(tmp_path / "st", provider, agents={"s": Stepper})
+    spec = TaskSpec(id="s1", agent="s", prompt="Design the architecture",
+                    task_type="architecture_design", budget=Limits(tokens=1_000))
+    report = await orch.run([spec])
+    assert report.outcomes["s1"].status == "completed", report.outcomes["s1"].reason
+    # call 2 reaches 920 tokens (critical): a checkpoint is forced right after it
+    assert saved[1] == {"done": 1}
+    # opus is preferred; aggressive cost reduction skips sonnet and goes to the cheapest tier
+    assert [c.model for c in provider.calls] == ["opus", "opus", "haiku"]
+
+
+async def test_r3_6_file_write_in_flight_uses_the_grace_then_pauses(tmp_path: Path) -> None:
+    """R3.6 via the agent context: a model call inside ctx.critical may overdraw once."""
+    provider = ScriptedProvider(latency_s=0, prompt=900, completion=0)
+
+    class Writer:
+        async def run(self, ctx: AgentContext) -> str:
+            async with ctx.critical("file_write"):
+                await ctx.llm.complete([{"role": "user", "content": "a"}], max_tokens=200)
+                await ctx.llm.complete([{"role": "user", "content": "b"}], max_tokens=200)
+                await ctx.files.write("out.txt", "done")
+            await ctx.llm.complete([{"role": "user", "content": "c"}], max_tokens=10)
+            return "ok"
+
+    orch = _orch(tmp_path / "st", provider, agents={"w": Writer})
+    spec = TaskSpec(id="w1", agent="w", prompt="Fix it", budget=Limits(tokens=1_000))
+    report: list[RunReport] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            report.append(await orch.run([spec]))
+
+        tg.start_soon(run)
+        paused = await _until(orch, "task_paused")
+        assert (tmp_path / "st" / "workspace" / "w1" / "out.txt").read_text() == "done"
+        await orch.decide("w1", "add_budget", tokens=5_000)
+    assert paused.data["usage"]["tokens"] == 1_800
+    granted = [e for e in orch.bus.history if e.name == "overdraft_granted"]
+    assert len(granted) == 1 and granted[0].data["operation"] == "file_write"
+    assert report[0].outcomes["w1"].status == "completed"
+    assert report[0].outcomes["w1"].usage.tokens == 2_700
