@@ -113,7 +113,8 @@ class ControlServer:
         """Listen until cancelled; ``task_status.started`` gets the socket path."""
         await _remove_stale(self.paths.socket)
         listener = await anyio.create_unix_listener(self.paths.socket, mode=0o600)
-        _log.info("control_listening", path=str(self.paths.socket))
+        self.events.emit("control_listening", "decisions accepted on the control socket",
+                         path=str(self.paths.socket))
         try:
             async with listener, anyio.create_task_group() as tg:
                 task_status.started(self.paths.socket)

@@ -52,12 +52,6 @@ async def _until(orch: Orchestrator, name: str) -> Event:
     return got[0]
 
 
-async def _socket_ready(state: Path) -> None:
-    with anyio.fail_after(30):
-        while not await anyio.Path(control_paths(state).socket).exists():
-            await anyio.sleep(0.01)
-
-
 async def test_r3_4_pause_restart_decide_from_cli_continue_from_checkpoint(
     tmp_path: Path,
 ) -> None:
@@ -79,9 +73,13 @@ async def test_r3_4_pause_restart_decide_from_cli_continue_from_checkpoint(
         async def run() -> None:
             report.append(await second.run([_spec()]))
 
+        listening = anyio.Event()
+        second.bus.subscribe(lambda e: listening.set() if e.name == "control_listening" else None)
         tg.start_soon(run)
         await _until(second, "task_paused")  # still paused after the restart
-        await _socket_ready(state)
+        with anyio.fail_after(30):
+            await listening.wait()
+        assert control_paths(state).socket.exists()
         review = await anyio.run_process([CLI, "decide", "c1", "review", "--state-dir",
                                           str(state)])
         added = await anyio.run_process([CLI, "decide", "c1", "add", "--tokens", "50000",
