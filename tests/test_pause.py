@@ -292,6 +292,39 @@ def test_r3_6_pause_takes_effect_only_after_the_critical_section() -> None:
     ]
 
 
+def test_r3_4_every_waiter_of_one_pause_gets_the_decision() -> None:
+    async def main() -> list[str]:
+        h = await open_harness(tasks={"t": profile(tokens=1000)})
+        await _exceed(h)
+        got: list[str] = []
+
+        async def waiter() -> None:
+            got.append((await h.controller.wait_decision("t")).action)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(waiter)
+            await anyio.sleep(5)
+            await h.controller.decide("t", "add_budget", tokens=100)
+        assert h.controller.statistics().decisions_applied == 1
+        assert h.tracker.task_scope("t").limits.tokens == 1100  # applied once, not thrice
+        return got
+
+    assert run_virtual(main) == ["add_budget"] * 3
+
+
+def test_r3_4_decision_timeout_saves_and_finishes() -> None:
+    async def main() -> tuple[str, str, float]:
+        h = await open_harness(tasks={"t": profile(tokens=1000)})
+        h.controller.decision_timeout_s = 120
+        await _exceed(h)
+        start = anyio.current_time()
+        decision = await h.controller.wait_decision("t")
+        return decision.action, decision.source, anyio.current_time() - start
+
+    assert run_virtual(main) == ("finish", "timeout", 120)
+
+
 def test_r3_6_critical_sections_nest_and_are_reported() -> None:
     async def main() -> list[Any]:
         h = await open_harness(tasks={"t": profile()})

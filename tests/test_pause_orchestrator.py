@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,14 @@ import pytest
 from agents import AgentContext
 from agents.builtin import CoderAgent
 from scheduler import Event, FixedWallClock, Limits, TaskSpec, VibeConfig
+from scheduler._alerts import StatusRow
 from scheduler._control import control_paths
+from scheduler._decide_cli import stored_status_rows
 from scheduler._orchestrator import Orchestrator, RunReport
+from scheduler.store import SqliteStore
 
 from ._fakes import ScriptedProvider
-from ._helpers import FRIDAY
+from ._helpers import FRIDAY, run_virtual
 
 pytestmark = pytest.mark.anyio
 CLI = str(Path(sys.executable).parent / "vibe-engine")
@@ -113,12 +117,49 @@ async def test_r3_4_finish_decision_ends_the_task_as_finished(tmp_path: Path) ->
     assert outcome.usage.calls == 2
 
 
-async def test_r3_4_unattended_run_finishes_after_the_decision_timeout(tmp_path: Path) -> None:
-    orch = _orch(tmp_path / "st", ScriptedProvider(latency_s=0, prompt=3_000, completion=500),
-                 decision_timeout_s=0.05)
-    report = await orch.run([_spec()])
+def test_r3_4_unattended_run_finishes_after_the_decision_timeout(tmp_path: Path) -> None:
+    """R3.4: with ``alerts.decision_timeout_s`` nobody deciding means save and finish."""
+
+    async def main() -> tuple[RunReport, float]:
+        orch = _orch(tmp_path / "st", ScriptedProvider(latency_s=1, prompt=3_000, completion=500),
+                     decision_timeout_s=600)
+        report = await orch.run([_spec()])
+        applied = [e for e in orch.bus.history if e.name == "decision_applied"]
+        paused = [e for e in orch.bus.history if e.name == "task_paused"]
+        return report, applied[0].at - paused[0].at
+
+    report, waited = run_virtual(main)
     assert report.outcomes["c1"].status == "finished"
     assert "timeout" in report.outcomes["c1"].reason
+    assert waited == pytest.approx(600)
+
+
+async def test_r3_status_budget_rows_from_the_store_and_cli(tmp_path: Path) -> None:
+    """``vibe-engine status`` shows each task's budget use per dimension with its level."""
+    state = tmp_path / "st"
+    orch = _orch(state, ScriptedProvider(latency_s=0, prompt=3_000, completion=500))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(orch.run, [_spec()])
+        await _until(orch, "task_paused")
+        tg.cancel_scope.cancel()
+    store = SqliteStore(state / "vibe.db")
+    await store.open()
+    try:
+        found: list[StatusRow] = await stored_status_rows(store, state)
+    finally:
+        await store.aclose()
+    rows = {r.dimension: r for r in found}
+    assert rows["tokens"].used == 7_000 and rows["tokens"].limit == 5_000
+    assert rows["tokens"].level == "exceeded" and rows["tokens"].paused
+    assert rows["file_edits"].level == "ok"
+    env = {**os.environ, "COLUMNS": "200"}
+    out = (await anyio.run_process([CLI, "status", "--state-dir", str(state)], env=env)).stdout
+    assert b"Budgets" in out and b"exceeded (paused)" in out
+    decided = await anyio.run_process([CLI, "decide", "c1", "finish", "--state-dir", str(state)])
+    assert b"stored; applied when the orchestrator starts" in decided.stdout
+    refused = await anyio.run_process([CLI, "decide", "zz", "finish", "--state-dir", str(state)],
+                                      check=False)
+    assert refused.returncode == 2 and b"not paused" in refused.stderr
 
 
 async def test_r3_3_critical_alert_forces_a_checkpoint_and_cheapest_model(
