@@ -28,10 +28,11 @@ import structlog
 
 from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, DefaultAlertPolicy
 
-from ._config import AlertsConfig
-from ._errors import BudgetExceededError
+from ._config import AlertsConfig, VibeConfig
+from ._errors import BudgetExceededError, ConfigError
 from ._events import EventBus
 from ._pause import Decision, PauseController
+from ._resolve import resolve_object
 from ._tracker import Crossing, ScopeState, Tracker
 
 _log = structlog.get_logger("vibe_engine.alerts")
@@ -85,6 +86,19 @@ class StatusRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def load_alert_policy(config: VibeConfig) -> AlertPolicy:
+    """The policy named by ``policies.alerts`` (built-in name, entry point, module:Class)."""
+    factory = resolve_object(
+        config.policies.alerts, field="policies.alerts",
+        builtins={"default": DefaultAlertPolicy}, group="vibe_engine.policies",
+    )
+    policy = factory()
+    if not isinstance(policy, AlertPolicy):
+        raise ConfigError("policies.alerts", config.policies.alerts,
+                          "does not implement the AlertPolicy protocol (actions(alert))")
+    return policy
 
 
 def level_of(fraction: float, thresholds: AlertsConfig, warning: float | None = None) -> str:

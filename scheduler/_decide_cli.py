@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -18,7 +18,7 @@ from ._alerts import StatusRow, scope_rows
 from ._config import AlertsConfig, Limits
 from ._control import control_paths, send_request
 from ._errors import DecisionError
-from ._pause import Decision, submit_to_store, validate_decision
+from ._pause import Decision, DecisionAction, submit_to_store, validate_decision
 from ._tracker import ScopeState
 from .store import Store, open_store
 
@@ -43,8 +43,8 @@ async def decide_async(
     plus ``summary`` for ``review``.  Raises :class:`DecisionError` when refused.
     """
     action = normalize_action(action)
-    decision = Decision(task_id, action, tokens, cost, time_s, file_edits,  # type: ignore[arg-type]
-                        shell_commands, source="cli")
+    decision = Decision(task_id, cast(DecisionAction, action), tokens, cost, time_s,
+                        file_edits, shell_commands, source="cli")
     validate_decision(decision)
     state_dir = Path(state_dir)
     if control_paths(state_dir).socket.exists():

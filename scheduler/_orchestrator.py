@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import structlog
 
-from ._alerts import AlertRuntime
+from ._alerts import AlertRuntime, load_alert_policy
 from ._budget import resolve_task
 from ._clock import SystemWallClock, WallClock
 from ._config import TaskSpec, VibeConfig
@@ -128,7 +128,8 @@ class Orchestrator:
             self.store, self.tracker, self.bus, overdraft=self.overdraft,
             decision_timeout_s=config.alerts.decision_timeout_s,
         )
-        self.alerts = AlertRuntime(self.tracker, self.bus, controller=self.controller)
+        self.alerts = AlertRuntime(self.tracker, self.bus, policy=load_alert_policy(config),
+                                   controller=self.controller)
         self.gateway = Gateway(
             config=config, tracker=self.tracker, counter=self.counter, provider=provider,
             bus=self.bus, controller=self.controller, alerts=self.alerts,

@@ -82,3 +82,15 @@ def test_r3_policy_matches_protocol_and_ignores_unknown_level() -> None:
     policy = DefaultAlertPolicy()
     assert isinstance(policy, AlertPolicy)
     assert policy.actions(_alert("ok", 0.1)) == ()
+
+
+def test_r3_alert_policy_is_resolved_from_config() -> None:
+    """R7.4: ``policies.alerts`` names the policy; a non-policy is a config error."""
+    from scheduler import ConfigError, VibeConfig
+    from scheduler._alerts import load_alert_policy
+
+    assert isinstance(load_alert_policy(VibeConfig()), DefaultAlertPolicy)
+    assert isinstance(load_alert_policy(VibeConfig(policies={"alerts": "default"})),
+                      DefaultAlertPolicy)
+    with pytest.raises(ConfigError, match="AlertPolicy protocol"):
+        load_alert_policy(VibeConfig(policies={"alerts": "policies.alerts:AlertPolicyParams"}))
