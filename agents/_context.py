@@ -207,8 +207,9 @@ class AgentContext:
     async def critical(self, name: str) -> AsyncIterator[None]:
         """A critical operation that completes before a pause takes effect (R3.6).
 
-        A model call inside it that would cross the budget may use the
-        overdraft grace instead of pausing (R3.5).
+        A model call inside it that would cross the budget may use the overdraft grace
+        instead of pausing (R3.5) -- unless the operation started while a pause was
+        already pending: it was not in progress when the limit was reached.
         """
         if self._pause is None:
             yield

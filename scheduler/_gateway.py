@@ -128,8 +128,7 @@ class Gateway:
         while True:
             if self.alerts is not None:
                 await self.signal(task, self.tracker.time_crossings(task.id))
-            release = self._releaser(task)
-            self._decided(task, await ctl.wait_if_paused(task.id, release=release))
+            await self.pause_point(task)
             try:
                 return await ctl.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
             except BudgetExceededError as exc:
@@ -142,6 +141,13 @@ class Gateway:
                 )
             await self._release(task)
             self._decided(task, await ctl.wait_decision(task.id))
+
+    async def pause_point(self, task: TaskHandle) -> None:
+        """A safe point: a pending pause takes effect here, after the task's leases are given
+        back (no-op inside a critical section of the task, R3.6)."""
+        if self.controller is not None:
+            release = self._releaser(task)
+            self._decided(task, await self.controller.wait_if_paused(task.id, release=release))
 
     def _releaser(self, task: TaskHandle) -> Callable[[], Awaitable[None]]:
         async def release() -> None:

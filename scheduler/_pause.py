@@ -45,8 +45,9 @@ DecisionAction = Literal["add_budget", "finish", "review"]
 ACTIONS: tuple[DecisionAction, ...] = ("add_budget", "finish", "review")
 #: Dimensions a person may add to with ``add_budget``.
 ADDABLE = ("tokens", "cost_usd", "time_s", "file_edits", "shell_commands")
-#: (task_id, critical-section name) pairs the current context is inside.
-_inside: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("vibe_critical", default=())
+#: Critical sections the current context is inside: (task_id, name, serial of the pause
+#: already pending when the section was opened, or 0).
+_inside: ContextVar[tuple[tuple[str, str, int], ...]] = ContextVar("vibe_critical", default=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ class PauseInfo:
     limit: float = 0.0
     state: Literal["requested", "paused"] = "requested"
     at: float = 0.0
+    serial: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,6 +173,7 @@ class PauseController:
         self._applied = 0
         self._last: dict[str, Decision] = {}
         self._announced: set[str] = set()
+        self._serial = 0
         self.decision_timeout_s = decision_timeout_s
         #: Called with each applied decision (the alert runtime clears its flags).
         self.on_decision: list[Callable[[Decision], None]] = []
@@ -178,7 +181,8 @@ class PauseController:
     async def open(self) -> None:
         """Load pending pauses and decisions (R3.4: they survive a restart)."""
         for key, value in (await self.store.list_state("pause")).items():
-            self._pauses[key] = PauseInfo(**value)
+            self._serial += 1
+            self._pauses[key] = PauseInfo(**{**value, "serial": self._serial})
         for key, value in (await self.store.list_state("decision")).items():
             self._decisions[key] = Decision.from_dict(value)
         if self.overdraft is not None:
@@ -222,8 +226,21 @@ class PauseController:
 
     def current_critical(self, task_id: str) -> str | None:
         """The innermost critical section of ``task_id`` the *calling* context is inside."""
-        names = [n for t, n in _inside.get() if t == task_id]
+        names = [n for t, n, _ in _inside.get() if t == task_id]
         return names[-1] if names else None
+
+    def in_progress_operation(self, task_id: str) -> str | None:
+        """The operation (outermost critical section of the calling context) that was
+        already in progress when the task's pending pause was requested; None if the
+        context is in no critical section or opened it while the pause was pending."""
+        mine = [(n, serial) for t, n, serial in _inside.get() if t == task_id]
+        if not mine:
+            return None
+        name, serial = mine[0]
+        pending = self._pauses.get(task_id)
+        if serial and pending is not None and pending.serial == serial:
+            return None
+        return name
 
     def pause_due(self, task_id: str) -> bool:
         """A pause is pending and no critical section of the task is in flight (R3.6)."""
@@ -244,7 +261,8 @@ class PauseController:
         """Run a file write / git commit / external call to completion before any pause."""
         ctl = self._ctl(task_id)
         ctl.critical += 1
-        token = _inside.set((*_inside.get(), (task_id, name)))
+        pending = self._pauses.get(task_id)
+        token = _inside.set((*_inside.get(), (task_id, name, pending.serial if pending else 0)))
         _log.debug("critical_section_entered", task_id=task_id, name=name)
         try:
             yield
@@ -267,7 +285,7 @@ class PauseController:
         try:
             return self.tracker.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
         except BudgetExceededError as exc:
-            operation = self.current_critical(task_id)
+            operation = self.in_progress_operation(task_id)
             if operation is None or self.overdraft is None:
                 raise
             return await self.overdraft.reserve(
@@ -284,7 +302,9 @@ class PauseController:
         info = self._pauses.get(task_id)
         if info is not None:
             return info
-        info = PauseInfo(task_id, reason or (str(error) if error else "paused"), at=self._now())
+        self._serial += 1
+        info = PauseInfo(task_id, reason or (str(error) if error else "paused"), at=self._now(),
+                         serial=self._serial)
         if error is not None:
             info.scope, info.dimension = error.scope, error.dimension
             info.used, info.limit = float(error.used), float(error.limit)
@@ -376,7 +396,7 @@ class PauseController:
     async def _wait_critical_done(self, task_id: str, info: PauseInfo) -> bool:
         """Wait for other coroutines' critical sections; False if the pause was resolved."""
         ctl = self._ctl(task_id)
-        own = sum(1 for t, _ in _inside.get() if t == task_id)
+        own = sum(1 for t, _, _ in _inside.get() if t == task_id)
         while ctl.critical > own:
             if self._pauses.get(task_id) is not info:
                 return False

@@ -44,9 +44,13 @@ def test_r3_5_file_write_and_git_commit_in_flight_complete_then_second_overdraft
         h = await open_harness(tasks={"w": profile(tokens=10_000), "g": profile(tokens=10_000)})
         await h.charge("w", tokens=9_000)
         await h.charge("g", tokens=9_500)
+        denied: list[str] = []
         async with h.controller.open_critical("w", "file_write"):
             await _llm(h, "w", 3_000)  # 2,000 over the limit: within the grace
             await anyio.Path(repo / "a.txt").write_text("content\n")
+            with pytest.raises(OverdraftDeniedError) as info:
+                await _llm(h, "w", 100)  # a second overdraft
+            denied.append(info.value.reason)
         async with h.controller.open_critical("g", "git_commit"):
             await _llm(h, "g", 4_000)  # 3,500 over: within the grace
             await anyio.run_process(["git", "add", "a.txt"], cwd=repo)
@@ -54,12 +58,13 @@ def test_r3_5_file_write_and_git_commit_in_flight_complete_then_second_overdraft
                 ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q",
                  "-m", "in flight at the limit"], cwd=repo,
             )
-        denied: list[str] = []
-        for task in ("w", "g"):
-            async with h.controller.open_critical(task, "git_commit"):
-                with pytest.raises(OverdraftDeniedError) as info:
-                    await _llm(h, task, 100)
-                denied.append(info.value.reason)
+            with pytest.raises(OverdraftDeniedError) as info:
+                await _llm(h, "g", 100)
+            denied.append(info.value.reason)
+        # an operation opened while the pause is pending was not in progress: no grace
+        async with h.controller.open_critical("w", "file_write"):
+            with pytest.raises(BudgetExceededError):
+                await _llm(h, "w", 1)
         return {
             "granted": [(e.task_id, e.data["tokens"], e.data["operation"])
                         for e in h.named("overdraft_granted")],
@@ -160,11 +165,11 @@ def test_r3_5_overdraft_repaid_from_the_next_budget_added() -> None:
 def test_r3_5_unpaid_overdraft_blocks_the_next_one() -> None:
     async def main() -> list[str]:
         h = await open_harness(tasks={"t": profile(tokens=10_000)})
-        await h.charge("t", tokens=10_000)
+        await h.charge("t", tokens=9_999)
         async with h.controller.open_critical("t", "file_write"):
-            await _llm(h, "t", 3_000)  # 3,000 overdraft
+            await _llm(h, "t", 3_000)  # 2,999 overdraft
         out: list[str] = []
-        await h.controller.decide("t", "add_budget", tokens=1_000)  # repays 1,000 of 3,000
+        await h.controller.decide("t", "add_budget", tokens=1_000)  # repays 1,000 of 2,999
         await h.controller.wait_decision("t")
         async with h.controller.open_critical("t", "file_write"):
             with pytest.raises(OverdraftDeniedError) as info:
@@ -174,7 +179,7 @@ def test_r3_5_unpaid_overdraft_blocks_the_next_one() -> None:
         await h.controller.decide("t", "add_budget", tokens=10_000)  # repays the rest
         await h.controller.wait_decision("t")
         async with h.controller.open_critical("t", "file_write"):
-            await _llm(h, "t", 9_000)  # 1,000 over the 24,000 limit: allowed again
+            await _llm(h, "t", 9_000)  # 999 over the 21,000 limit: allowed again
         out.append(f"granted {h.ledger.statistics().granted}")
         return out
 
@@ -184,9 +189,10 @@ def test_r3_5_unpaid_overdraft_blocks_the_next_one() -> None:
 def test_r3_5_used_grace_survives_a_restart(tmp_path: Path) -> None:
     async def first() -> None:
         h = await open_harness(store=sqlite_store(tmp_path), tasks={"t": profile(tokens=1000)})
-        await h.charge("t", tokens=1000)
+        await h.charge("t", tokens=999)
         async with h.controller.open_critical("t", "file_write"):
             await _llm(h, "t", 500)
+        await h.controller.discard("t")  # the task ended without the pause taking effect
         await h.store.aclose()
 
     async def second() -> str:

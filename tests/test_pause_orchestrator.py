@@ -41,14 +41,18 @@ def _spec(tokens: int = 5_000) -> TaskSpec:
                     params={"steps": 4, "max_tokens": 100}, budget=Limits(tokens=tokens))
 
 
-async def _until(orch: Orchestrator, name: str) -> Event:
-    got: list[Event] = []
+async def _until(orch: Orchestrator, name: str, count: int = 1) -> Event:
+    """The ``count``-th event called ``name`` (waits for it)."""
+    got = [e for e in orch.bus.history if e.name == name]
     ready = anyio.Event()
+    if len(got) >= count:
+        return got[count - 1]
 
     def seen(event: Event) -> None:
-        if event.name == name and not got:
+        if event.name == name:
             got.append(event)
-            ready.set()
+            if len(got) == count:
+                ready.set()
 
     orch.bus.subscribe(seen)
     with anyio.fail_after(30):
@@ -219,3 +223,51 @@ async def test_r3_6_file_write_in_flight_uses_the_grace_then_pauses(tmp_path: Pa
     assert len(granted) == 1 and granted[0].data["operation"] == "file_write"
     assert report[0].outcomes["w1"].status == "completed"
     assert report[0].outcomes["w1"].usage.tokens == 2_700
+
+
+async def test_r3_5_second_overdraft_in_an_operation_pauses_inside_it_then_completes(
+    tmp_path: Path,
+) -> None:
+    """R3.5/R3.6: a denied overdraft pauses the task inside its operation; added budget lets
+    the operation finish.  An operation started while a pause was pending gets no grace."""
+    provider = ScriptedProvider(latency_s=0, prompt=900, completion=0)
+    order: list[str] = []
+
+    class Committer:
+        async def run(self, ctx: AgentContext) -> str:
+            async with ctx.critical("git_commit"):
+                for name in ("a", "b", "c"):  # a crosses 100 %, b overdraws, c is denied
+                    await ctx.llm.complete([{"role": "user", "content": name}], max_tokens=200)
+                    order.append(name)
+                await ctx.files.write("commit.txt", "abc")
+            async with ctx.critical("file_write"):  # a pause is pending: not in progress
+                order.append("second operation")
+                await ctx.llm.complete([{"role": "user", "content": "d"}], max_tokens=200)
+                order.append("d")
+            return "ok"
+
+    orch = _orch(tmp_path / "st", provider, agents={"g": Committer})
+    spec = TaskSpec(id="g1", agent="g", prompt="Fix it", budget=Limits(tokens=800))
+    report: list[RunReport] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            report.append(await orch.run([spec]))
+
+        tg.start_soon(run)
+        await _until(orch, "task_paused")
+        assert order == ["a", "b"] and orch.controller.in_critical("g1")
+        await orch.decide("g1", "add_budget", tokens=1_500)  # c fits, then crosses 100 % again
+        await _until(orch, "task_paused", count=2)
+        assert order == ["a", "b", "c", "second operation"]
+        assert (tmp_path / "st" / "workspace" / "g1" / "commit.txt").read_text() == "abc"
+        await orch.decide("g1", "finish")
+    overdrafts = [e for e in orch.bus.history if e.name.startswith("overdraft_")]
+    # b overdraws, c is denied (grace used); after the budget was added c, now estimated
+    # higher by the calibrated counter, gets the new period's grace; d gets none
+    assert [e.name for e in overdrafts] == [
+        "overdraft_granted", "overdraft_denied", "overdraft_granted"]
+    assert [e.data.get("operation") for e in overdrafts] == ["git_commit"] * 3
+    assert "already used" in overdrafts[1].message
+    assert report[0].outcomes["g1"].status == "finished"
+    assert report[0].outcomes["g1"].usage.tokens == 2_700
