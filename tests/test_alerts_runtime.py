@@ -202,22 +202,21 @@ def test_r3_1_per_model_session_cap_fires_for_that_model_only() -> None:
 
 
 def test_r3_status_rows_show_use_and_level_per_dimension() -> None:
-    async def main() -> Harness:
-        h = await open_harness(tasks={"t": profile(tokens=1000, file_edits=10, time_s=100.0)})
+    async def main() -> dict[str, tuple[float, str, bool]]:
+        h = await open_harness(make_config(session={"tokens": 10_000}),
+                               tasks={"t": profile(tokens=1000, file_edits=10, time_s=100.0)})
         await h.charge("t", tokens=950, file_edits=7)
         await anyio.sleep(20)
-        return h
+        await h.controller.request_pause("t", "a person asked")
+        return {f"{r.task_id} {r.dimension}": (round(r.used, 6), r.level, r.paused)
+                for r in status_rows(h.tracker, h.controller)}
 
-    h = run_virtual(main)
-
-    async def rows() -> dict[str, tuple[float, str]]:
-        return {r.dimension: (r.used, r.level) for r in status_rows(h.tracker, h.controller)
-                if r.task_id == "t"}
-
-    got = run_virtual(rows)
-    assert got["tokens"] == (950, "critical")
-    assert got["file_edits"] == (7, "warning")
-    assert got["time_s"][1] in ("ok", "warning", "critical", "exceeded")
+    assert run_virtual(main) == {
+        "t tokens": (950, "critical", True),
+        "t file_edits": (7, "warning", True),
+        "t time_s": (20, "ok", True),
+        "* tokens": (950, "ok", False),
+    }
 
 
 def test_r3_alert_statistics_count_levels() -> None:
