@@ -18,6 +18,7 @@ from scheduler._alerts import StatusRow
 from scheduler._control import control_paths
 from scheduler._decide_cli import stored_status_rows
 from scheduler._orchestrator import Orchestrator, RunReport
+from scheduler._task import TaskHandle
 from scheduler.store import SqliteStore
 
 from ._fakes import ScriptedProvider
@@ -105,6 +106,12 @@ async def test_r3_4_pause_restart_decide_from_cli_continue_from_checkpoint(
 
 async def test_r3_4_finish_decision_ends_the_task_as_finished(tmp_path: Path) -> None:
     orch = _orch(tmp_path / "st", ScriptedProvider(latency_s=0, prompt=3_000, completion=500))
+    released: list[str] = []
+
+    async def release_leases(handle: TaskHandle) -> None:
+        released.append(handle.id)
+
+    orch.gateway.on_pause.append(release_leases)
     report: list[RunReport] = []
     async with anyio.create_task_group() as tg:
 
@@ -113,6 +120,7 @@ async def test_r3_4_finish_decision_ends_the_task_as_finished(tmp_path: Path) ->
 
         tg.start_soon(run)
         await _until(orch, "task_paused")
+        assert released == ["c1"]  # a paused task holds no leases
         assert (await orch.decide("c1", "review"))["summary"]["usage"]["calls"] == 2
         await orch.decide("c1", "finish")
     outcome = report[0].outcomes["c1"]
