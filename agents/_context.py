@@ -75,9 +75,11 @@ class ShellResult:
 class LlmClient:
     """``ctx.llm``: model calls through the gateway."""
 
-    def __init__(self, gateway: Gateway, task: TaskHandle) -> None:
+    def __init__(self, gateway: Gateway, task: TaskHandle,
+                 ctx: AgentContext | None = None) -> None:
         self._gateway = gateway
         self._task = task
+        self._ctx = ctx
 
     async def complete(
         self,
@@ -91,10 +93,13 @@ class LlmClient:
         stream: bool = False,
         hints: Mapping[str, Any] | None = None,
     ) -> Completion:
-        return await self._gateway.complete(
+        reply = await self._gateway.complete(
             self._task, messages, system=system, context=context, tools=tools,
             max_tokens=max_tokens, model=model, stream=stream, hints=hints,
         )
+        if self._ctx is not None:
+            await self._ctx.checkpoint_if_requested()
+        return reply
 
 
 class FileOps:
@@ -169,7 +174,9 @@ class AgentContext:
         self.log = structlog.get_logger("vibe_engine.agent").bind(
             task_id=task.id, agent=task.spec.agent, attempt=task.attempt
         )
-        self.llm = LlmClient(gateway, task)
+        self._pause = gateway.controller
+        self._checkpoint_source: Callable[[], Mapping[str, Any]] | None = None
+        self.llm = LlmClient(gateway, task, self)
         self.workspace = workspace
         self.files = FileOps(self, workspace)
         self.shell = ShellOps(self, workspace)
@@ -202,12 +209,39 @@ class AgentContext:
 
     @asynccontextmanager
     async def critical(self, name: str) -> AsyncIterator[None]:
-        """A critical operation that completes before a pause takes effect (R3.6)."""
-        yield
+        """A critical operation that completes before a pause takes effect (R3.6).
+
+        A model call inside it that would cross the budget may use the overdraft grace
+        instead of pausing (R3.5) -- unless the operation started while a pause was
+        already pending: it was not in progress when the limit was reached.
+        """
+        if self._pause is None:
+            yield
+            return
+        async with self._pause.open_critical(self.task.id, name):
+            yield
+
+    @property
+    def checkpoint_requested(self) -> bool:
+        """A critical budget alert asked for a checkpoint (R3.3); cleared by :meth:`checkpoint`."""
+        return bool(self.handle.flags.get("checkpoint_requested"))
+
+    def checkpoint_source(self, state: Callable[[], Mapping[str, Any]]) -> None:
+        """Register what to save when the runtime forces a checkpoint (R3.3)."""
+        self._checkpoint_source = state
+
+    async def checkpoint_if_requested(self) -> bool:
+        """Save the registered state if a checkpoint was requested; True if saved."""
+        if not self.checkpoint_requested or self._checkpoint_source is None:
+            return False
+        await self.checkpoint(self._checkpoint_source())
+        self.log.info("checkpoint_forced")
+        return True
 
     async def checkpoint(self, state: Mapping[str, Any]) -> None:
         """Save progress durably; a resumed or requeued attempt reads it back."""
         await self.store.put_state("checkpoint", self.task.id, dict(state))
+        self.handle.flags.pop("checkpoint_requested", None)
 
     async def load_checkpoint(self) -> dict[str, Any] | None:
         return await self.store.get_state("checkpoint", self.task.id)

@@ -41,6 +41,7 @@ class CoderAgent:
         steps = int(ctx.task.params.get("steps", 3))
         difficulty = float(ctx.task.params.get("difficulty", 0.4))
         state = await ctx.load_checkpoint() or {"step": 0, "files": []}
+        ctx.checkpoint_source(lambda: state)  # what a forced checkpoint saves (R3.3)
         messages: list[dict[str, Any]] = [{"role": "user", "content": ctx.task.prompt}]
         while state["step"] < steps:
             if ctx.simplify and state["step"] >= 1:

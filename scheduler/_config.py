@@ -203,6 +203,9 @@ class AlertsConfig(_Model):
     warning: float = Field(default=0.70, gt=0, le=1)
     critical: float = Field(default=0.90, gt=0, le=1)
     exceeded: float = Field(default=1.00, gt=0, le=1)
+    #: R3.4: how long a paused task waits for a person; then it saves and finishes.
+    #: ``None`` waits forever (set it for unattended runs such as the demo).
+    decision_timeout_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> AlertsConfig:

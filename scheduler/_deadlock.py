@@ -49,6 +49,9 @@ class WaitForGraph:
         self._refs: dict[tuple[str, str], int] = {}
         self._keyed: dict[str, tuple[str, frozenset[str]]] = {}
         self._dirty: dict[str, None] = {}  # insertion-ordered: deterministic, no sort
+        #: Called with (holder, True) when someone starts waiting on ``holder`` and with
+        #: (holder, False) when nobody does any more (the allocator's R5.2 boost).
+        self.on_blocking: Callable[[str, bool], None] | None = None
 
     # -- edges -------------------------------------------------------------------------
 
@@ -59,6 +62,8 @@ class WaitForGraph:
         if n == 0:
             self.graph.add_edge(waiter, target)
             self._dirty[waiter] = None
+            if self.on_blocking is not None and self.graph.in_degree(target) == 1:
+                self.on_blocking(target, True)
 
     def remove_edge(self, waiter: str, target: str) -> None:
         pair = (waiter, target)
@@ -66,6 +71,8 @@ class WaitForGraph:
         if n <= 1:
             if self._refs.pop(pair, None) is not None:
                 self.graph.remove_edge(waiter, target)
+                if self.on_blocking is not None and self.graph.in_degree(target) == 0:
+                    self.on_blocking(target, False)
                 self._drop_if_isolated(waiter)
                 self._drop_if_isolated(target)
         else:

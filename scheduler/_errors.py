@@ -14,6 +14,7 @@
     │   ├── WouldBlockError      a ``*_nowait`` request cannot be granted now
     │   └── LeaseError           unknown, expired or foreign lease id
     ├── TaskAbortedError         a task was aborted (deadlock victim, retry limit)
+    ├── FinishRequestedError     a paused task was told to save progress and finish
     ├── DecisionError            an invalid or unauthorised pause decision
     └── ProviderError            a model provider failed (carries the model)
         ├── RateLimitedError     429 rate_limit_error: our quota, retry after a delay
@@ -117,6 +118,19 @@ class TaskAbortedError(VibeEngineError):
         self.task_id = task_id
         self.reason = reason
         super().__init__(f"task {task_id} aborted: {reason}")
+
+
+class FinishRequestedError(VibeEngineError):
+    """A person decided "save and finish" for a paused task (R3.4).
+
+    Raised out of the paused call so the agent unwinds; the orchestrator
+    records the task as ``finished`` (not failed).
+    """
+
+    def __init__(self, task_id: str, source: str = "") -> None:
+        self.task_id = task_id
+        self.source = source
+        super().__init__(f"task {task_id}: save and finish decided ({source or 'unknown'})")
 
 
 class DecisionError(VibeEngineError):

@@ -18,13 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._allocator import Allocator
 from ._config import VibeConfig
-from ._errors import OverloadedError, ProviderError, ProviderTimeoutError
+from ._errors import (
+    BudgetExceededError,
+    FinishRequestedError,
+    OverdraftDeniedError,
+    OverloadedError,
+    ProviderError,
+    ProviderTimeoutError,
+)
 from ._events import EventBus
 from ._health import error_kind_of
 from ._provider import Completion, CompletionRequest, Message, Provider
@@ -33,6 +40,13 @@ from ._task import TaskHandle
 from ._tokens import Estimate, TokenCounter
 from ._tracker import Crossing, Reservation, Tracker
 from ._usage import Usage, cost_usd
+
+if TYPE_CHECKING:
+    from ._alerts import AlertRuntime
+    from ._pause import Decision, PauseController
+
+#: Called before a paused task waits for a decision: give back every lease it holds.
+PauseHook = Callable[[TaskHandle], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,8 @@ class Gateway:
         clock: Callable[[], float] = anyio.current_time,
         allocator: Allocator | None = None,
         router: Router | None = None,
+        controller: PauseController | None = None,
+        alerts: AlertRuntime | None = None,
     ) -> None:
         self.config = config
         self.allocator = allocator
@@ -70,6 +86,10 @@ class Gateway:
         self.bus = bus
         self._clock = clock
         self.router = router or Router(config, bus=bus, clock=clock)
+        self.controller = controller
+        self.alerts = alerts
+        #: R3.4: a paused task holds no leases; the allocator registers its release here.
+        self.on_pause: list[PauseHook] = []
         self.health = self.router.health
         if self.health.ping is None:
             self.health.ping = self.ping
@@ -93,7 +113,31 @@ class Gateway:
             task_info(task, hints), self.tracker.fraction_used(task.id), task.priority,
             over_budget=self.over_budget(task, need_tokens),
         )
-        return Route(decision.model, decision.reason, decision.fallback)
+        model, reason = decision.model, decision.reason
+        cheaper = self._cheaper(task, model, need_tokens, decision.downgraded)
+        if cheaper is not None:
+            model, reason = cheaper
+            reason = f"{decision.reason} {reason}"
+        return Route(model, reason, decision.fallback)
+
+    def _cheaper(
+        self, task: TaskHandle, model: str, need: int, downgraded: bool
+    ) -> tuple[str, str] | None:
+        """R3.2/R3.3: one tier down after a warning; the cheapest tier when aggressive."""
+        tiers = list(self.router.catalog.tiers)
+        usable = self.health.usable(task.priority) - self.over_budget(task, need)
+        floor = 1 if task.spec.requires_high_capability else 0
+        idx = tiers.index(model) if model in tiers else 0
+        if task.flags.get("aggressive"):
+            target, why = floor, "(cheapest tier: aggressive cost reduction, R3.3)"
+        elif task.flags.get("prefer_cheaper") and not downgraded:
+            target, why = max(idx - 1, floor), "(one tier down after a budget warning, R3.2)"
+        else:
+            return None
+        for i in range(target, idx):
+            if tiers[i] in usable:
+                return tiers[i], why
+        return None
 
     def _next_fallback(self, task: TaskHandle, model: str, skip: list[str]) -> str | None:
         """R6.1: where a failed call goes next — a usable substitute not skipped."""
@@ -128,7 +172,52 @@ class Gateway:
 
     # 3 admit -------------------------------------------------------------------------
     async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float) -> Reservation:
-        return self.tracker.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
+        """Reserve the estimate; at the limit pause for a decision (R3.4) and try again.
+
+        A pending pause takes effect here (outside critical sections, R3.6);
+        inside a critical section the overdraft grace may cover the call (R3.5).
+        """
+        ctl = self.controller
+        if ctl is None:
+            return self.tracker.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
+        while True:
+            if self.alerts is not None:
+                await self.signal(task, self.tracker.time_crossings(task.id))
+            await self.pause_point(task)
+            try:
+                return await ctl.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
+            except BudgetExceededError as exc:
+                await ctl.request_pause(task.id, error=exc)
+            except OverdraftDeniedError as exc:
+                cause = exc.__cause__
+                await ctl.request_pause(
+                    task.id, exc.reason,
+                    error=cause if isinstance(cause, BudgetExceededError) else None,
+                )
+            await self._release(task)
+            self._decided(task, await ctl.wait_decision(task.id))
+
+    async def pause_point(self, task: TaskHandle) -> None:
+        """A safe point: a pending pause takes effect here, after the task's leases are given
+        back (no-op inside a critical section of the task, R3.6)."""
+        if self.controller is not None:
+            release = self._releaser(task)
+            self._decided(task, await self.controller.wait_if_paused(task.id, release=release))
+
+    def _releaser(self, task: TaskHandle) -> Callable[[], Awaitable[None]]:
+        async def release() -> None:
+            await self._release(task)
+
+        return release
+
+    async def _release(self, task: TaskHandle) -> None:
+        for hook in list(self.on_pause):
+            await hook(task)
+
+    def _decided(self, task: TaskHandle, decision: Decision | None) -> None:
+        """Continue after ``add_budget``; unwind the agent after ``finish``."""
+        if decision is not None and decision.action == "finish":
+            raise FinishRequestedError(task.id, decision.source)
 
     # 5 call --------------------------------------------------------------------------
     async def call(self, task: TaskHandle, request: CompletionRequest) -> Completion:
@@ -152,6 +241,8 @@ class Gateway:
             cost_usd=cost_usd(usage, self.config.model_spec(model)),
         )
         crossings = await self.tracker.charge(event, reservation)
+        if self.allocator is not None:  # R5.2: demotion above 50 % of the task's tokens
+            self.allocator.set_token_fraction(task.id, self.tracker.token_fraction(task.id))
         actual_input = usage.prompt_tokens + usage.cache_read_tokens + usage.cache_write_tokens
         self.counter.reconcile(estimate, actual_input)
         task.calls += 1
@@ -159,7 +250,18 @@ class Gateway:
         return crossings
 
     # 7 signal ------------------------------------------------------------------------
-    def signal(self, task: TaskHandle, crossings: Sequence[Crossing]) -> None:
+    async def signal(self, task: TaskHandle, crossings: Sequence[Crossing]) -> None:
+        """Apply the alert policy (R3) and mirror its flags onto the task handle."""
+        if self.alerts is not None:
+            if crossings:
+                await self.alerts.apply(task.id, crossings)
+            flags = self.alerts.flags(task.id)
+            task.flags["prefer_cheaper"] = flags.prefer_cheaper
+            task.flags["aggressive"] = flags.aggressive
+            task.flags["alert_level"] = flags.indicator
+            if self.alerts.consume_checkpoint_request(task.id):
+                task.flags["checkpoint_requested"] = True
+            return
         for c in crossings:
             self.bus.emit(
                 f"budget_{c.level}",
@@ -302,5 +404,5 @@ class Gateway:
                 self.allocator.release(lease.id)  # the call failed or was cancelled
             if reservation.active:
                 self.tracker.cancel(reservation)
-        self.signal(task, crossings)
+        await self.signal(task, crossings)
         return completion

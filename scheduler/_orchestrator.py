@@ -18,16 +18,26 @@ from typing import Any
 import anyio
 import structlog
 
+from ._alerts import AlertRuntime, load_alert_policy
 from ._allocator import Allocator, make_allocation_policy
 from ._budget import resolve_task
 from ._clock import SystemWallClock, WallClock
 from ._config import TaskSpec, VibeConfig
+from ._control import ControlServer
 from ._deadlock import WaitForGraph
 from ._deadlock_resolve import install_deadlock_handling
-from ._errors import BudgetExceededError, ConfigError, TaskAbortedError, VibeEngineError
+from ._errors import (
+    BudgetExceededError,
+    ConfigError,
+    FinishRequestedError,
+    TaskAbortedError,
+    VibeEngineError,
+)
 from ._events import EventBus
 from ._gateway import Gateway
 from ._locks import LockManager
+from ._overdraft import OverdraftLedger
+from ._pause import PauseController
 from ._provider import Provider
 from ._task import TaskHandle
 from ._tokens import TokenCounter
@@ -121,9 +131,18 @@ class Orchestrator:
             config.allocator, events=self.bus,
             policy=make_allocation_policy(config.policies.allocation, config.allocator),
         )
+        # R3: overdraft grace, pause and decide, alert actions
+        self.overdraft = OverdraftLedger(self.tracker, self.store, config.overdraft, self.bus)
+        self.controller = PauseController(
+            self.store, self.tracker, self.bus, overdraft=self.overdraft,
+            decision_timeout_s=config.alerts.decision_timeout_s,
+        )
+        self.alerts = AlertRuntime(self.tracker, self.bus, policy=load_alert_policy(config),
+                                   controller=self.controller)
         self.gateway = Gateway(
             config=config, tracker=self.tracker, counter=self.counter, provider=provider,
-            bus=self.bus, allocator=self.allocator,
+            bus=self.bus, allocator=self.allocator, controller=self.controller,
+            alerts=self.alerts,
         )
         self.handles: dict[str, TaskHandle] = {}
         self.services: list[Service] = [self.allocator.run]
@@ -133,6 +152,11 @@ class Orchestrator:
         self.locks = LockManager(self.waits)
         self.deadlocks = install_deadlock_handling(self)
         self._opened = False
+        self.services.append(self._serve_control)
+        self.services.append(self.gateway.health.run)  # R6.4: 60 s health checks
+        self.waits.on_blocking = self._blocking_changed  # R5.2: boost tasks others wait on
+        self.gateway.on_pause.append(self._release_leases)  # R3.4: paused holds no lease
+        self.release_hooks.append(self._release_leases)  # crashed / aborted attempts
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -140,7 +164,28 @@ class Orchestrator:
         if not self._opened:
             await self.store.open()
             await self.tracker.open()
+            await self.controller.open()
             self._opened = True
+
+    async def _release_leases(self, handle: TaskHandle) -> None:
+        self.allocator.release_holder(handle.id)
+
+    def _blocking_changed(self, task_id: str, blocking: bool) -> None:
+        handle = self.handles.get(task_id)
+        if handle is not None and handle.status == "running":
+            self.allocator.set_blocking(task_id, blocking)
+
+    async def _serve_control(self) -> None:
+        """R3.4: take decisions from ``vibe-engine decide`` in another terminal."""
+        try:
+            await ControlServer(self.controller, self.config.state_dir).serve()
+        except (OSError, VibeEngineError) as exc:
+            # decisions still arrive through the store (the controller polls it)
+            _log.warning("control_unavailable", error=str(exc))
+
+    async def decide(self, task_id: str, action: str, **amounts: Any) -> dict[str, Any]:
+        """Decide about a paused task from Python (R3.4): add_budget, finish or review."""
+        return await self.controller.decide(task_id, action, **amounts)
 
     async def aclose(self) -> None:
         if self._opened:
@@ -208,6 +253,7 @@ class Orchestrator:
         try:
             await self._wait_dependencies(handle)
             await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent)
+            await self.controller.restore_task(spec.id)
             await self._attempts(handle)
         except VibeEngineError as exc:
             handle.status, handle.reason = "failed", str(exc)
@@ -258,6 +304,8 @@ class Orchestrator:
             ctx = self._context_factory(self, handle)
             handle.result = await agent.run(ctx)
             handle.status = "completed"
+        except FinishRequestedError as exc:
+            handle.status, handle.reason = "finished", f"saved and finished ({exc.source})"
         except BudgetExceededError as exc:
             handle.status, handle.reason = "failed", str(exc)
         except VibeEngineError as exc:
@@ -274,6 +322,8 @@ class Orchestrator:
             handle.reason = handle.reason or "cancelled"
         if handle.spec.id in self.tracker.tasks():
             self.tracker.finish_task(handle.id, handle.status)
+        if handle.status in ("completed", "finished"):
+            await self.controller.discard(handle.id)  # a pause that never took effect
         await self.store.put_state("task", handle.id, self._task_record(handle))
         self.bus.emit(
             f"task_{handle.status}",

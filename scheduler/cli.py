@@ -11,7 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ._alerts import StatusRow
 from ._config import VibeConfig, load_config
+from ._decide_cli import decide as decide_paused
+from ._decide_cli import stored_status_rows
 from ._demo import demo_config
 from ._errors import VibeEngineError
 from ._logging import configure_logging
@@ -116,7 +119,8 @@ def status(
             tasks = await st.list_state("task")
             for tid, rec in tasks.items():
                 rec["usage"] = (await st.totals(f"task:{tid}")).to_dict()
-            return {"tasks": tasks}
+            rows = await stored_status_rows(st, state_dir)
+            return {"tasks": tasks, "budgets": [r.to_dict() for r in rows]}
         finally:
             await st.aclose()
 
@@ -134,6 +138,57 @@ def status(
         table.add_row(tid, rec.get("agent", ""), rec.get("status", ""), str(rec.get("attempts")),
                       f"{rec['usage']['tokens']:,}", f"{rec['usage']['cost_usd']:.4f}")
     _out.print(table)
+    if data["budgets"]:
+        _out.print(budget_table([StatusRow(**r) for r in data["budgets"]]))
+
+
+_LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "exceeded": "bold red"}
+
+
+def budget_table(rows: list[StatusRow]) -> Table:
+    """R3: each task's budget use per dimension with its alert level."""
+    table = Table(title="Budgets")
+    for col in ("task", "dimension", "used", "limit", "%", "level"):
+        table.add_column(col, justify="right" if col in ("used", "limit", "%") else "left")
+    for r in rows:
+        money = r.dimension == "cost_usd"
+        level = f"[{_LEVEL_STYLE[r.level]}]{r.level}[/]" + (" (paused)" if r.paused else "")
+        table.add_row(r.task_id, r.dimension, f"{r.used:.4f}" if money else f"{r.used:,.0f}",
+                      f"{r.limit:.4f}" if money else f"{r.limit:,.0f}",
+                      f"{r.fraction:.0%}", level)
+    return table
+
+
+@app.command()
+def decide(
+    task: Annotated[str, typer.Argument(help="The paused task's id.")],
+    action: Annotated[str, typer.Argument(help="add_budget (add), finish (save) or review.")],
+    tokens: Annotated[int | None, typer.Option(help="Tokens to add.")] = None,
+    cost: Annotated[float | None, typer.Option(help="Dollars to add.")] = None,
+    time_s: Annotated[float | None, typer.Option("--time-s", help="Seconds to add.")] = None,
+    file_edits: Annotated[int | None, typer.Option(help="File edits to add.")] = None,
+    shell_commands: Annotated[int | None, typer.Option(help="Shell commands to add.")] = None,
+    state_dir: StateDir = Path(".vibe-engine"),
+    store: str = "sqlite",
+) -> None:
+    """Decide about a paused task: add budget and continue, save and finish, or review (R3.4).
+
+    Talks to the running orchestrator over its owner-only socket; when none
+    runs, the decision is stored and applied when the orchestrator restarts.
+    """
+    try:
+        reply = decide_paused(
+            task, action, tokens=tokens, cost=cost, time_s=time_s, file_edits=file_edits,
+            shell_commands=shell_commands, state_dir=state_dir, store=store,
+        )
+    except VibeEngineError as exc:
+        raise _fail(exc) from None
+    if reply.get("action") == "review":
+        _out.print_json(json.dumps(reply["summary"]))
+        return
+    how = "sent to the running orchestrator" if reply["via"] == "socket" else (
+        "stored; applied when the orchestrator starts or polls")
+    _out.print(f"{reply['action']} for {task}: {how}")
 
 
 @app.command()

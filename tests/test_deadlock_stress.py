@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from scheduler import Limits, TaskSpec
+from scheduler._config import AlertsConfig
 
 from ._deadlock_helpers import assert_clean, make_orch, run_scenario, spec
 from ._helpers import run_virtual
@@ -60,11 +61,16 @@ def test_r5_7_stress_random_file_locks_always_terminate_clean(tmp_path: Path, se
 
 def test_r5_7_stress_heavy_contention_with_default_budgets(tmp_path: Path) -> None:
     """R5.6/R5.7: 300 agents on 25 files under the default budgets: every task ends,
-    completed or failed with a reason (deadlock retry limit or time budget), nothing held."""
-    orch = make_orch(tmp_path)
+    completed or failed with a reason (deadlock retry limit or time budget), nothing held.
+
+    Nobody answers the pauses of tasks past their time budget (R3.4), so an unanswered
+    pause saves and finishes the task after ``decision_timeout_s``."""
+    orch = make_orch(tmp_path, alerts=AlertsConfig(decision_timeout_s=60.0))
     report, observed = run_virtual(run_scenario, orch, _random_specs(7, 300, 25), 100_000.0)
     assert observed.victims
     for tid, out in report.outcomes.items():
-        assert out.status == "completed" or (out.status == "failed" and out.reason), tid
-    assert {o.status for o in report.outcomes.values()} == {"completed", "failed"}
+        assert out.status == "completed" or (
+            out.status in ("failed", "finished") and out.reason
+        ), tid
+    assert {o.status for o in report.outcomes.values()} >= {"completed", "failed"}
     assert_clean(orch)

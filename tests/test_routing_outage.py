@@ -87,8 +87,9 @@ async def scenario(tmp_path: Path) -> tuple[OutageProvider, list[Event], dict[st
         await anyio.sleep(UP_AT - DOWN_AT)
         provider.down.discard("opus")
 
-    # the orchestrator's services: the outage drill and the 60 s health loop (R6.4)
-    orch.services += [outage, orch.gateway.health.run]
+    # the outage drill beside the orchestrator's own services (incl. the 60 s health loop, R6.4)
+    assert orch.gateway.health.run in orch.services
+    orch.services.append(outage)
     specs = [
         TaskSpec(id="urgent", agent="w", prompt=PROMPT, priority="user_waiting",
                  params={"steps": 12}),

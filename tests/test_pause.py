@@ -1,0 +1,365 @@
+"""R3.4 pause and decide, R3.6 critical sections: in one process, virtual time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from scheduler import DecisionError
+from scheduler._pause import Decision, PauseController, submit_to_store
+
+from ._alerts_helpers import Harness, open_harness, profile, run_virtual, sqlite_store
+
+
+async def _exceed(h: Harness, task: str = "t", tokens: int = 1000) -> None:
+    await h.charge(task, tokens=tokens)
+    assert h.controller.is_paused(task)
+
+
+def test_r3_4_pause_add_budget_continue_with_added_budget() -> None:
+    """R3.4: exceeded → paused (leases released) → +50,000 tokens → continues."""
+
+    async def main() -> dict[str, Any]:
+        h = await open_harness(tasks={"t": profile(tokens=1000)})
+        await _exceed(h)
+        log: list[str] = []
+
+        async def release() -> None:
+            log.append("released")
+
+        async def person() -> None:
+            await anyio.sleep(30)
+            assert h.controller.statistics().paused == ("t",)
+            log.append("decide")
+            await h.controller.decide("t", "add_budget", tokens=50_000)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(person)
+            decision = await h.controller.wait_if_paused("t", release=release)
+        assert decision is not None and decision.action == "add_budget"
+        log.append("resumed")
+        h.tracker.reserve("t", model="sonnet", tokens=40_000, cost_usd=0.0)
+        (paused,) = h.named("task_paused")
+        return {"log": log, "limit": h.tracker.task_scope("t").limits.tokens,
+                "choices": paused.data["choices"], "paused": h.controller.is_paused("t"),
+                "budget": await h.store.get_state("budget", "t")}
+
+    out = run_virtual(main)
+    assert out["log"] == ["released", "decide", "resumed"]
+    assert out["limit"] == 51_000
+    assert out["choices"] == ["add_budget", "finish", "review"]
+    assert out["paused"] is False
+    assert out["budget"] == {"scopes": {"task:t": {"tokens": 50_000}}}
+
+
+def test_r3_4_thresholds_rearmed_after_budget_added_fire_once_again() -> None:
+    async def main() -> list[str]:
+        h = await open_harness(tasks={"t": profile(tokens=1000)})
+        await _exceed(h)
+        await h.controller.decide("t", "add_budget", tokens=1000)
+        await h.controller.wait_decision("t")
+        for _ in range(12):
+            await h.charge("t", tokens=100)
+        return h.names("budget_")
+
+    assert run_virtual(main) == [
+        "budget_warning", "budget_critical", "budget_exceeded",
+        "budget_warning", "budget_critical", "budget_exceeded",
+    ]
+
+
+def test_r3_4_add_cost_budget_to_a_cost_pause() -> None:
+    async def main() -> tuple[float | None, int | None]:
+        h = await open_harness(tasks={"t": profile(cost_usd=1.0, tokens=10_000)})
+        await h.charge("t", cost=1.0)
+        await h.controller.decide("t", "add", cost_usd=0.5)  # alias is CLI-only
+        return None, None
+
+    with pytest.raises(DecisionError, match="unknown decision"):
+        run_virtual(main)
+
+    async def main2() -> tuple[float | None, int | None]:
+        h = await open_harness(tasks={"t": profile(cost_usd=1.0, tokens=10_000)})
+        await h.charge("t", cost=1.0)
+        await h.controller.decide("t", "add_budget", cost_usd=0.5)
+        await h.controller.wait_decision("t")
+        lim = h.tracker.task_scope("t").limits
+        return lim.cost_usd, lim.tokens
+
+    assert run_virtual(main2) == (1.5, 10_000)
+
+
+def test_r3_4_add_budget_never_caps_an_unlimited_dimension() -> None:
+    async def main() -> tuple[int | None, float | None]:
+        h = await open_harness(tasks={"t": profile(tokens=1000)})
+        await _exceed(h)
+        await h.controller.decide("t", "add_budget", tokens=500, cost_usd=0.5)
+        await h.controller.wait_decision("t")
+        lim = h.tracker.task_scope("t").limits
+        return lim.tokens, lim.cost_usd
+
+    assert run_virtual(main) == (1500, None)
+
+
+def test_r3_4_finish_returns_finish_and_clears_the_pause() -> None:
+    async def main() -> tuple[str, bool, Any]:
+        h = await open_harness(tasks={"t": profile(tokens=1000)})
+        await _exceed(h)
+
+        async def person() -> None:
+            await anyio.sleep(5)
+            await h.controller.decide("t", "finish")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(person)
+            decision = await h.controller.wait_decision("t")
+        return decision.action, h.controller.is_paused("t"), await h.store.get_state("pause", "t")
+
+    assert run_virtual(main) == ("finish", False, None)
+
+
+def test_r3_4_review_shows_work_and_keeps_the_task_paused() -> None:
+    async def main() -> tuple[dict[str, Any], list[str]]:
+        h = await open_harness(tasks={"t": profile(tokens=1000)})
+        await h.store.put_state("checkpoint", "t", {"step": 3})
+        await h.charge("t", tokens=400, file_edits=2)
+        await _exceed(h, tokens=600)
+        order: list[str] = []
+        reply: dict[str, Any] = {}
+
+        async def person() -> None:
+            await anyio.sleep(5)
+            reply.update(await h.controller.decide("t", "review"))
+            order.append("reviewed")
+            await anyio.sleep(5)
+            assert h.controller.is_paused("t")
+            order.append("still paused")
+            await h.controller.decide("t", "finish")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(person)
+            await h.controller.wait_decision("t")
+            order.append("decided")
+        return reply, order
+
+    reply, order = run_virtual(main)
+    assert order == ["reviewed", "still paused", "decided"]
+    summary = reply["summary"]
+    assert summary["usage"]["tokens"] == 1000 and summary["usage"]["file_edits"] == 2
+    assert summary["checkpoint"] == {"step": 3}
+    assert summary["pause"]["dimension"] == "tokens"
+
+
+def test_r3_4_invalid_decisions_are_refused() -> None:
+    async def main() -> None:
+        h = await open_harness(tasks={"t": profile(tokens=1000), "u": profile()})
+        await _exceed(h)
+        with pytest.raises(DecisionError, match="not paused"):
+            await h.controller.decide("u", "finish")
+        with pytest.raises(DecisionError, match="positive amount"):
+            await h.controller.decide("t", "add_budget")
+        with pytest.raises(DecisionError, match="positive amount"):
+            await h.controller.decide("t", "add_budget", tokens=-5)
+        with pytest.raises(DecisionError, match="unknown decision"):
+            await h.controller.decide("t", "explode")
+
+    run_virtual(main)
+
+
+def test_r3_4_pause_and_decision_survive_a_restart(tmp_path: Path) -> None:
+    """R3.4: a paused task is still paused after a restart; the decision is applied then."""
+
+    async def first() -> None:
+        h = await open_harness(store=sqlite_store(tmp_path), tasks={"t": profile(tokens=1000)})
+        await _exceed(h)
+        with anyio.move_on_after(60):  # the orchestrator dies while the task waits
+            await h.controller.wait_decision("t")
+        await h.store.aclose()
+
+    async def second() -> tuple[list[str], int | None]:
+        h = await open_harness(store=sqlite_store(tmp_path), tasks={"t": profile(tokens=1000)})
+        paused: list[str] = [p.state for p in h.controller.paused_tasks()]
+
+        async def person() -> None:
+            await anyio.sleep(1)
+            await h.controller.decide("t", "add_budget", tokens=50_000)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(person)
+            await h.controller.wait_decision("t")
+        await h.store.aclose()
+        return paused, h.tracker.task_scope("t").limits.tokens
+
+    async def third() -> int | None:
+        h = await open_harness(store=sqlite_store(tmp_path), tasks={"t": profile(tokens=1000)})
+        await h.store.aclose()
+        return h.tracker.task_scope("t").limits.tokens
+
+    run_virtual(first)
+    assert run_virtual(second) == (["paused"], 51_000)
+    assert run_virtual(third) == 51_000  # the budget added is re-applied after a restart
+
+
+def test_r3_4_decision_written_while_no_orchestrator_runs_is_applied_at_start(
+    tmp_path: Path,
+) -> None:
+    async def first() -> None:
+        h = await open_harness(store=sqlite_store(tmp_path), tasks={"t": profile(tokens=1000)})
+        await _exceed(h)
+        await h.store.aclose()
+
+    async def offline() -> dict[str, Any]:
+        store = sqlite_store(tmp_path)
+        await store.open()
+        try:
+            return await submit_to_store(store, Decision("t", "add_budget", tokens=2000,
+                                                         source="cli"))
+        finally:
+            await store.aclose()
+
+    async def restart() -> tuple[str, int | None]:
+        h = await open_harness(store=sqlite_store(tmp_path), tasks={"t": profile(tokens=1000)})
+        with anyio.fail_after(1):
+            decision = await h.controller.wait_decision("t")
+        await h.store.aclose()
+        return decision.action, h.tracker.task_scope("t").limits.tokens
+
+    run_virtual(first)
+    assert run_virtual(offline) == {"accepted": True, "action": "add_budget", "stored": True}
+    assert run_virtual(restart) == ("add_budget", 3000)
+
+
+def test_r3_4_running_controller_picks_up_a_decision_written_to_the_store() -> None:
+    async def main() -> str:
+        h = await open_harness(tasks={"t": profile(tokens=1000)}, poll_s=2.0)
+        await _exceed(h)
+
+        async def other_process() -> None:
+            await anyio.sleep(7)
+            await submit_to_store(h.store, Decision("t", "finish", source="cli"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other_process)
+            with anyio.fail_after(10):
+                decision = await h.controller.wait_decision("t")
+        return decision.source
+
+    assert run_virtual(main) == "cli"
+
+
+def test_r3_6_pause_takes_effect_only_after_the_critical_section() -> None:
+    """R3.6: a pause arriving during a file write waits until the write completes."""
+
+    async def main() -> list[str]:
+        h = await open_harness(tasks={"t": profile(tokens=1000)})
+        order: list[str] = []
+
+        async def writer() -> None:
+            async with h.controller.open_critical("t", "file_write"):
+                order.append("write started")
+                await h.charge("t", tokens=1000)  # the limit is hit mid-operation
+                assert h.controller.is_paused("t") and not h.controller.pause_due("t")
+                assert await h.controller.wait_if_paused("t") is None  # not inside its own op
+                await anyio.sleep(10)
+                order.append("write done")
+            assert h.controller.pause_due("t")
+
+        async def sibling() -> None:
+            await anyio.sleep(1)
+            order.append("sibling waits")
+            decision = await h.controller.wait_if_paused("t")
+            assert decision is not None
+            order.append("sibling resumed")
+
+        async def person() -> None:
+            await anyio.sleep(2)
+            await h.controller.decide("t", "finish")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer)
+            tg.start_soon(sibling)
+            tg.start_soon(person)
+        (paused,) = h.named("task_paused")
+        order.append(f"paused event after write: {paused.at >= 10}")
+        return order
+
+    assert run_virtual(main) == [
+        "write started", "sibling waits", "write done", "sibling resumed",
+        "paused event after write: True",
+    ]
+
+
+def test_r3_4_every_waiter_of_one_pause_gets_the_decision() -> None:
+    async def main() -> list[str]:
+        h = await open_harness(tasks={"t": profile(tokens=1000)})
+        await _exceed(h)
+        got: list[str] = []
+
+        async def waiter() -> None:
+            got.append((await h.controller.wait_decision("t")).action)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(waiter)
+            await anyio.sleep(5)
+            await h.controller.decide("t", "add_budget", tokens=100)
+        assert h.controller.statistics().decisions_applied == 1
+        assert h.tracker.task_scope("t").limits.tokens == 1100  # applied once, not thrice
+        return got
+
+    assert run_virtual(main) == ["add_budget"] * 3
+
+
+def test_r3_4_decision_timeout_saves_and_finishes() -> None:
+    async def main() -> tuple[str, str, float]:
+        h = await open_harness(tasks={"t": profile(tokens=1000)})
+        h.controller.decision_timeout_s = 120
+        await _exceed(h)
+        start = anyio.current_time()
+        decision = await h.controller.wait_decision("t")
+        return decision.action, decision.source, anyio.current_time() - start
+
+    assert run_virtual(main) == ("finish", "timeout", 120)
+
+
+def test_r3_6_critical_sections_nest_and_are_reported() -> None:
+    async def main() -> list[Any]:
+        h = await open_harness(tasks={"t": profile()})
+        seen: list[Any] = [h.controller.in_critical("t")]
+        async with h.controller.open_critical("t", "git_commit"):
+            async with h.controller.open_critical("t", "external_api"):
+                seen.append(h.controller.current_critical("t"))
+                seen.append(h.controller.statistics().in_critical)
+            seen.append(h.controller.current_critical("t"))
+        seen.append(h.controller.in_critical("t"))
+        seen.append(h.controller.current_critical("t"))
+        return seen
+
+    assert run_virtual(main) == [False, "external_api", {"t": 2}, "git_commit", False, None]
+
+
+def test_r3_6_critical_section_closes_on_error_and_cancellation() -> None:
+    async def main() -> bool:
+        h = await open_harness(tasks={"t": profile()})
+        with pytest.raises(RuntimeError):
+            async with h.controller.open_critical("t", "file_write"):
+                raise RuntimeError("disk full")
+        with anyio.move_on_after(1):
+            async with h.controller.open_critical("t", "external_api"):
+                await anyio.sleep(5)
+        return h.controller.in_critical("t")
+
+    assert run_virtual(main) is False
+
+
+def test_r3_4_controller_without_store_records_is_empty() -> None:
+    async def main() -> int:
+        h = await open_harness()
+        c2 = PauseController(h.store, h.tracker, h.events)
+        await c2.open()
+        return len(c2.paused_tasks())
+
+    assert run_virtual(main) == 0
