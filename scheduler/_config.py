@@ -190,9 +190,9 @@ def _default_models() -> dict[Tier, ModelSpec]:
     return {
         "haiku": ModelSpec(model_id="claude-haiku-4-5", input_usd_per_mtok=1.0,
                            output_usd_per_mtok=5.0),
-        "sonnet": ModelSpec(model_id="claude-sonnet-4-5", input_usd_per_mtok=3.0,
+        "sonnet": ModelSpec(model_id="claude-sonnet-4-6", input_usd_per_mtok=3.0,
                             output_usd_per_mtok=15.0),
-        "opus": ModelSpec(model_id="claude-opus-4-5", input_usd_per_mtok=5.0,
+        "opus": ModelSpec(model_id="claude-opus-4-7", input_usd_per_mtok=5.0,
                           output_usd_per_mtok=25.0),
     }
 
