@@ -101,6 +101,7 @@ class Plan:
     cache_read: int
     cache_5m: int
     cache_1h: int
+    max_tokens: int
 
 
 def _split_system(system: Any) -> tuple[str, list[tuple[str, str]]]:
@@ -135,6 +136,7 @@ class FakeState:
     used_requests: int = 0
     used_input: int = 0
     used_output: int = 0
+    window: datetime | None = None
     counter: TokenCounter = field(default_factory=lambda: TokenCounter(use_cache=False))
 
     def take_fault(self, model: str) -> Fault | None:
@@ -167,15 +169,27 @@ class FakeState:
                         w1 += n
                     else:
                         w5 += n
-        out = max(1, min(self.config.output_tokens, int(body.get("max_tokens", 1024))))
-        return Plan(n_input, out, read, w5, w1)
+        max_tokens = int(body.get("max_tokens", 1024))
+        out = max(1, min(self.config.output_tokens, max_tokens))
+        return Plan(n_input, out, read, w5, w1, max_tokens)
 
-    def record(self, rec: Reported) -> None:
+    def admit(self, plan: Plan, max_tokens: int, now: datetime) -> None:
+        """Count a request as the API does when it starts: input + cache writes (not
+        reads) toward input tokens, ``max_tokens`` reserved toward output tokens."""
+        with self.lock:
+            window = now.replace(second=0, microsecond=0)
+            if window != self.window:
+                self.window = window
+                self.used_requests = self.used_input = self.used_output = 0
+            self.used_requests += 1
+            self.used_input += plan.input_tokens + plan.cache_5m + plan.cache_1h
+            self.used_output += max_tokens
+
+    def record(self, rec: Reported, max_tokens: int) -> None:
+        """Record what was reported and give back the unused output reservation."""
         with self.lock:
             self.reported.append(rec)
-            self.used_requests += 1
-            self.used_input += rec.input_tokens + rec.cache_creation_input_tokens
-            self.used_output += rec.output_tokens
+            self.used_output -= max_tokens - rec.output_tokens
 
     def rate_limit_headers(self, now: datetime) -> dict[str, str]:
         """``anthropic-ratelimit-*`` headers; the window resets every minute."""

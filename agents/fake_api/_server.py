@@ -79,9 +79,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         key = self.server.state.config.api_key
-        if key is None or self.headers.get("x-api-key") == key:
+        bearer = (self.headers.get("authorization") or "").removeprefix("Bearer ")
+        if key is None or key in (self.headers.get("x-api-key"), bearer):
             return True
-        self._send(401, error_body("authentication_error", "invalid x-api-key"))
+        self._send(401, error_body("authentication_error", "invalid API key"))
         return False
 
     # routes ----------------------------------------------------------------------------
@@ -130,6 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind in FAULT_STATUS:
             return self._fault_status(fault)
         plan = state.plan(body)
+        state.admit(plan, plan.max_tokens, now_utc())
         rid = f"msg_{uuid.uuid4().hex[:20]}"
         if body.get("stream"):
             after = fault.after_events if fault and fault.kind == "drop_stream" else None
@@ -163,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": usage_json(plan, output_tokens=plan.output_tokens),
         }
         state.record(Reported(rid, model, False, plan.input_tokens, plan.output_tokens,
-                              plan.cache_read, plan.cache_5m, plan.cache_1h))
+                              plan.cache_read, plan.cache_5m, plan.cache_1h), plan.max_tokens)
         self._send(200, json.dumps(message).encode(), state.rate_limit_headers(now_utc()))
 
     def _events(self, rid: str, model: str, plan: Plan) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -201,12 +203,12 @@ class _Handler(BaseHTTPRequestHandler):
             if drop_after is not None and i >= drop_after:
                 # what the client saw: message_start's usage (input, cache, 1 output token)
                 state.record(Reported(rid, model, True, plan.input_tokens, 1, plan.cache_read,
-                                      plan.cache_5m, plan.cache_1h, complete=False))
+                                      plan.cache_5m, plan.cache_1h, complete=False), plan.max_tokens)
                 return self._drop()
             self._chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
         self._chunk(b"")
         state.record(Reported(rid, model, True, plan.input_tokens, plan.output_tokens,
-                              plan.cache_read, plan.cache_5m, plan.cache_1h))
+                              plan.cache_read, plan.cache_5m, plan.cache_1h), plan.max_tokens)
 
 
 class FakeAnthropicServer:
