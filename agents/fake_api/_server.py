@@ -36,6 +36,7 @@ from ._model import (
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # 100+ agents connect at once; the default backlog is 5
 
     def __init__(self, addr: tuple[str, int], state: FakeState, stop: threading.Event) -> None:
         super().__init__(addr, _Handler)

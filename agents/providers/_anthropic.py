@@ -95,9 +95,6 @@ class AnthropicProvider:
         sleep: Sleep = anyio.sleep,
         clock: Callable[[], float] = anyio.current_time,
         wall: Callable[[], float] = _wall_now,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 8.0,
-        cache_min_chars: int = 4096,
     ) -> None:
         self.config = config or ProviderConfig(kind="anthropic")
         key = api_key if api_key is not None else os.environ.get(self.config.api_key_env)
@@ -111,8 +108,9 @@ class AnthropicProvider:
         self.on_attempt = on_attempt
         self.on_rate_limits = on_rate_limits
         self._sleep, self._clock, self._wall = sleep, clock, wall
-        self._backoff, self._max_backoff = backoff_s, max_backoff_s
-        self._cache_min_chars = cache_min_chars
+        self._backoff = self.config.retry_backoff_s
+        self._max_backoff = self.config.retry_backoff_max_s
+        self._cache_min_chars = self.config.cache_system_min_chars
         self._calls = self._attempts = 0
         self._failures: dict[str, int] = {}
         self._usage = Usage()
