@@ -203,8 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
         for i, (name, data) in enumerate(self._events(rid, model, plan)):
             if drop_after is not None and i >= drop_after:
                 # what the client saw: message_start's usage (input, cache, 1 output token)
-                state.record(Reported(rid, model, True, plan.input_tokens, 1, plan.cache_read,
-                                      plan.cache_5m, plan.cache_1h, complete=False), plan.max_tokens)
+                seen = Reported(rid, model, True, plan.input_tokens, 1, plan.cache_read,
+                                plan.cache_5m, plan.cache_1h, complete=False)
+                state.record(seen, plan.max_tokens)
                 return self._drop()
             self._chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
         self._chunk(b"")
