@@ -12,7 +12,7 @@ import pytest
 from agents.fake_api import FakeAnthropicServer, Fault, open_fake_api
 from scheduler import TokenCounter
 
-BODY = {"model": "claude-haiku-4-5", "max_tokens": 20,
+BODY: dict[str, Any] = {"model": "claude-haiku-4-5", "max_tokens": 20,
         "messages": [{"role": "user", "content": "Hello, fake Claude."}]}
 
 
