@@ -115,3 +115,33 @@ async def test_r2_1_hundred_agents_store_total_equals_server_reports(
     assert total.cache_read_tokens == server.cache_read_tokens > 0
     assert total.cache_write_tokens == server.cache_write_tokens > 0
     assert total.tokens == server.total_tokens
+
+
+class _OneStreamAgent:
+    async def run(self, ctx: AgentContext) -> str:
+        reply = await ctx.llm.complete([{"role": "user", "content": ctx.task.prompt}],
+                                       max_tokens=100, stream=True)
+        return reply.text
+
+
+async def test_r2_1_failed_call_that_consumed_tokens_is_charged(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """R2.1: a stream dropped after message_start on every attempt fails the task, and
+    the input the provider consumed is still charged to it."""
+    fake_api.inject(Fault("drop_stream", after_events=2), times=2)
+    config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1",
+                        provider=ProviderConfig(kind="anthropic", base_url=fake_api.base_url,
+                                                max_retries=1, retry_backoff_s=0.0))
+    from agents.providers import AnthropicProvider
+
+    provider = AnthropicProvider(config.provider, api_key=SECRET_KEY)
+    orch = Orchestrator(config, provider=provider, agents={"one": _OneStreamAgent},
+                        wall=FixedWallClock(FRIDAY))
+    report = await orch.run([TaskSpec(id="d1", agent="one", prompt="stream this")])
+    assert report.outcomes["d1"].status == "failed"
+    server = reported_sum(fake_api)
+    assert len(fake_api.reported) == 2 and server.prompt_tokens > 0
+    usage = report.outcomes["d1"].usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        server.prompt_tokens, server.completion_tokens)
