@@ -295,3 +295,19 @@ def test_provider_runs_on_trio_too(fake_api: FakeAnthropicServer) -> None:
 
     usage = anyio.run(main, backend="trio")
     assert usage == reported_sum(fake_api) and rec.kinds == ["rate_limited", None]
+
+
+async def test_overloaded_error_event_mid_stream(fake_api: FakeAnthropicServer) -> None:
+    """An ``error`` event (overloaded_error) inside a 200 stream is a 529 for health; the
+    input message_start reported is charged, and the retry succeeds."""
+    fake_api.inject(Fault("stream_error", after_events=3))
+    rec = Recorder()
+    provider = provider_for(fake_api, rec)
+    try:
+        c = await provider.complete(request(stream=True))
+    finally:
+        await provider.aclose()
+    assert rec.kinds == ["overloaded", None]
+    partial, _ = fake_api.reported
+    assert not partial.complete
+    assert c.usage == reported_sum(fake_api)

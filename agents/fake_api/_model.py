@@ -17,7 +17,8 @@ from typing import Any, Literal
 from scheduler import TokenCounter
 
 FaultKind = Literal[
-    "rate_limit", "overloaded", "server_error", "slow", "drop_stream", "spend_limit"
+    "rate_limit", "overloaded", "server_error", "slow", "drop_stream", "stream_error",
+    "spend_limit",
 ]
 
 #: The Anthropic error ``type`` and HTTP status of each status fault.
@@ -39,7 +40,10 @@ class Fault:
     * ``overloaded``: 529 ``overloaded_error``; ``server_error``: 500 ``api_error``;
     * ``slow``: wait ``delay_s`` before answering (then answer normally);
     * ``drop_stream``: a streamed answer whose connection closes after
-      ``after_events`` events (non-streamed requests: closed before any byte).
+      ``after_events`` events (non-streamed requests: closed before any byte);
+    * ``stream_error``: a streamed answer that sends an ``error`` event
+      (``overloaded_error``) after ``after_events`` events, as the API does when
+      a model is overloaded mid-answer (non-streamed requests: a 529).
     """
 
     kind: FaultKind

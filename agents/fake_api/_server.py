@@ -134,10 +134,13 @@ class _Handler(BaseHTTPRequestHandler):
         plan = state.plan(body)
         state.admit(plan, plan.max_tokens, now_utc())
         rid = f"msg_{uuid.uuid4().hex[:20]}"
+        cut = fault.kind if fault and fault.kind in ("drop_stream", "stream_error") else None
         if body.get("stream"):
-            after = fault.after_events if fault and fault.kind == "drop_stream" else None
-            return self._stream(rid, model, plan, after)
-        if fault is not None and fault.kind == "drop_stream":
+            after = fault.after_events if fault and cut else None
+            return self._stream(rid, model, plan, after, error=cut == "stream_error")
+        if cut == "stream_error":
+            return self._fault_status(Fault("overloaded"))
+        if cut == "drop_stream":
             return self._drop()
         self._plain(rid, model, plan)
 
@@ -190,7 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
                                 "usage": delta_usage}
         yield "message_stop", {"type": "message_stop"}
 
-    def _stream(self, rid: str, model: str, plan: Plan, drop_after: int | None) -> None:
+    def _stream(self, rid: str, model: str, plan: Plan, drop_after: int | None,
+                *, error: bool = False) -> None:
         state = self.server.state
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
@@ -206,7 +210,12 @@ class _Handler(BaseHTTPRequestHandler):
                 seen = Reported(rid, model, True, plan.input_tokens, 1, plan.cache_read,
                                 plan.cache_5m, plan.cache_1h, complete=False)
                 state.record(seen, plan.max_tokens)
-                return self._drop()
+                if not error:
+                    return self._drop()
+                err = error_body("overloaded_error", "Overloaded").decode()
+                self._chunk(f"event: error\ndata: {err}\n\n".encode())
+                self._chunk(b"")
+                return None
             self._chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
         self._chunk(b"")
         state.record(Reported(rid, model, True, plan.input_tokens, plan.output_tokens,
