@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from scheduler import ConfigError, Provider, VibeConfig
 
-from .providers import SimulatedProvider
+from .providers import AnthropicProvider, SimulatedProvider
 
 
 def make_provider(config: VibeConfig) -> Provider:
-    """The provider named by ``config.provider.kind``."""
+    """The provider named by ``config.provider.kind``.
+
+    ``anthropic`` needs the API key in the environment variable named by
+    ``provider.api_key_env`` (``ANTHROPIC_API_KEY``); ``provider.base_url`` may
+    point it at the fake API (``vibe-engine fake-api``).
+    """
     kind = config.provider.kind
     if kind == "simulated":
         return SimulatedProvider(config.provider.simulated)
+    if kind == "anthropic":
+        return AnthropicProvider(config.provider)
     raise ConfigError("provider.kind", kind, "provider not available in this build")

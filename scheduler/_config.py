@@ -190,9 +190,9 @@ def _default_models() -> dict[Tier, ModelSpec]:
     return {
         "haiku": ModelSpec(model_id="claude-haiku-4-5", input_usd_per_mtok=1.0,
                            output_usd_per_mtok=5.0),
-        "sonnet": ModelSpec(model_id="claude-sonnet-4-5", input_usd_per_mtok=3.0,
+        "sonnet": ModelSpec(model_id="claude-sonnet-4-6", input_usd_per_mtok=3.0,
                             output_usd_per_mtok=15.0),
-        "opus": ModelSpec(model_id="claude-opus-4-5", input_usd_per_mtok=5.0,
+        "opus": ModelSpec(model_id="claude-opus-4-7", input_usd_per_mtok=5.0,
                           output_usd_per_mtok=25.0),
     }
 
@@ -307,6 +307,12 @@ class ProviderConfig(_Model):
     api_key_env: str = "ANTHROPIC_API_KEY"
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
+    #: Backoff before retrying a 529/500/timeout/dropped connection: base × 2^(n-1), capped.
+    #: A 429 waits its ``retry-after`` instead.
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    retry_backoff_max_s: float = Field(default=8.0, ge=0)
+    #: System prompts at least this long are sent with ``cache_control`` (5-minute TTL).
+    cache_system_min_chars: int = Field(default=4096, ge=0)
     count_tokens: Literal["tiktoken", "api"] = "tiktoken"
     simulated: SimulatedProviderConfig = Field(default_factory=SimulatedProviderConfig)
 

@@ -29,7 +29,10 @@ Cancellation is never wrapped or swallowed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._usage import Usage
 
 
 class VibeEngineError(Exception):
@@ -138,11 +141,16 @@ class DecisionError(VibeEngineError):
 
 
 class ProviderError(VibeEngineError):
-    """A model provider call failed."""
+    """A model provider call failed.
+
+    ``usage`` is what the provider billed for the failed call's attempts (a
+    stream dropped after ``message_start`` still consumed its input), or None.
+    """
 
     def __init__(self, model: str, message: str, *, status: int | None = None) -> None:
         self.model = model
         self.status = status
+        self.usage: Usage | None = None
         super().__init__(f"{model}: {message}")
 
 

@@ -167,6 +167,14 @@ class Gateway:
     ) -> Estimate:
         return self.counter.estimate(model, messages, system=system, context=context, tools=tools)
 
+    async def count_api(self, request: CompletionRequest, est: Estimate) -> Estimate:
+        """With ``provider.count_tokens = "api"``, the provider's own count replaces the
+        calibrated tiktoken one (the raw count still feeds calibration)."""
+        count = getattr(self.provider, "count_tokens", None)
+        if self.config.provider.count_tokens != "api" or count is None:
+            return est
+        return Estimate(est.raw, int(await count(request)), est.model)
+
     def estimated_cost(self, model: str, prompt_tokens: int, max_tokens: int) -> float:
         return cost_usd(Usage(prompt_tokens, max_tokens), self.config.model_spec(model))
 
@@ -367,30 +375,36 @@ class Gateway:
         stream: bool,
         hints: Mapping[str, Any] | None,
     ) -> Completion:
-        est = self.estimate(route.model, messages, system, context, tools)
+        request = CompletionRequest(
+            model=route.model,
+            model_id=self.config.model_spec(route.model).model_id,
+            messages=messages,
+            system=(system + ("\n\n" + context if context else "")),
+            tools=tools,
+            max_tokens=max_tokens,
+            stream=stream,
+            task_id=task.id,
+            hints=dict(hints or {}),
+        )
+        est = await self.count_api(
+            request, self.estimate(route.model, messages, system, context, tools)
+        )
         cost = self.estimated_cost(route.model, est.calibrated, max_tokens)
         reservation = await self.admit(task, route.model, est.calibrated + max_tokens, cost)
         lease = None
         try:
             if self.allocator is not None:
                 lease = await self.allocator.acquire(task.id, tokens=est.calibrated + max_tokens)
-            request = CompletionRequest(
-                model=route.model,
-                model_id=self.config.model_spec(route.model).model_id,
-                messages=messages,
-                system=(system + ("\n\n" + context if context else "")),
-                tools=tools,
-                max_tokens=max_tokens,
-                stream=stream,
-                task_id=task.id,
-                hints=dict(hints or {}),
-            )
             started = self._clock()
             try:
                 completion = await self.call(task, request)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))
+                if exc.usage is not None:  # failed, but consumed tokens (a dropped stream)
+                    partial = Completion("", exc.usage, route.model, stop_reason="error")
+                    await self.signal(task, await self.settle(task, route.model, partial, est,
+                                                              reservation))
                 raise
             self.health.record_call(route.model, True, self._clock() - started,
                                     retries=completion.attempts - 1)

@@ -1,7 +1,8 @@
-"""``vibe-engine`` command line: run, demo, status, plugins (R7.2)."""
+"""``vibe-engine`` command line: run, demo, status, fake-api, plugins (R7.2)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -189,6 +190,24 @@ def decide(
     how = "sent to the running orchestrator" if reply["via"] == "socket" else (
         "stored; applied when the orchestrator starts or polls")
     _out.print(f"{reply['action']} for {task}: {how}")
+
+
+@app.command("fake-api")
+def fake_api(
+    port: int = 8765,
+    input_ratio: Annotated[float, typer.Option(help="Server input count ÷ tiktoken's.")] = 1.2,
+    output_tokens: int = 40,
+) -> None:
+    """Serve a fake Anthropic API on 127.0.0.1 (try provider.kind="anthropic" without a key)."""
+    from agents.fake_api import FakeAnthropicServer, FakeApiConfig
+
+    server = FakeAnthropicServer(
+        FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port
+    )
+    _out.print(f"fake Anthropic API on {server.base_url} — set provider.base_url to it and "
+               "ANTHROPIC_API_KEY to any value; Ctrl-C stops")
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
 
 
 @app.command()

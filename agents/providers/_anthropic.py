@@ -1,0 +1,281 @@
+"""The real provider: Claude through the official ``anthropic`` SDK (R2.1–R2.4).
+
+* The SDK's own retries are off (``max_retries=0``); this class retries
+  instead, so every attempt is timed, reported to ``on_attempt`` (the health
+  monitor) and — when a dropped stream had already consumed input — charged.
+* ``usage`` is read from plain responses and from streamed ones
+  (``message_start`` + ``message_delta``), cache reads and the 5-minute /
+  1-hour cache-write split included.
+* ``anthropic-ratelimit-*`` headers of every response (errors included) go to
+  ``on_rate_limits(pool, info)``; a 429 reports its ``retry-after`` there too,
+  so the allocator can shrink the pool.
+* Errors are classified as the provider means them (see
+  :func:`agents.providers._anthropic_wire.classify`): 429 waits
+  ``retry-after``; a spend limit is never retried.
+* The API key comes from ``api_key`` or the environment variable named by
+  ``ProviderConfig.api_key_env``; it lives only inside the SDK client and is
+  never logged or shown in ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import anthropic
+import anyio
+import structlog
+from anthropic import omit
+
+from scheduler import (
+    Completion,
+    CompletionRequest,
+    ConfigError,
+    ProviderError,
+    RateLimitInfo,
+    Usage,
+)
+from scheduler._config import ProviderConfig
+
+from ._anthropic_wire import (
+    Classified,
+    StreamUsage,
+    classify,
+    rate_limits_from_headers,
+    usage_from_api,
+)
+
+_log = structlog.get_logger("vibe_engine.providers.anthropic")
+
+#: ``on_attempt(model, ok, latency_s, error_kind)`` — one call per HTTP attempt.
+AttemptHook = Callable[[str, bool, float, str | None], None]
+#: ``on_rate_limits(pool, info)`` — limits learned from a response's headers.
+RateLimitHook = Callable[[str, RateLimitInfo], None]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def _wall_now() -> float:
+    return datetime.now(tz=UTC).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class AnthropicStatistics:
+    """Counters of one provider instance."""
+
+    calls: int
+    attempts: int
+    failures: Mapping[str, int]
+    usage: Usage
+    last_rate_limits: RateLimitInfo | None
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one HTTP attempt produced."""
+
+    text: str = ""
+    stop_reason: str = "end_turn"
+    usage: Usage | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class AnthropicProvider:
+    """:class:`scheduler.Provider` on :class:`anthropic.AsyncAnthropic`."""
+
+    def __init__(
+        self,
+        config: ProviderConfig | None = None,
+        *,
+        api_key: str | None = None,
+        on_attempt: AttemptHook | None = None,
+        on_rate_limits: RateLimitHook | None = None,
+        sleep: Sleep = anyio.sleep,
+        clock: Callable[[], float] = anyio.current_time,
+        wall: Callable[[], float] = _wall_now,
+    ) -> None:
+        self.config = config or ProviderConfig(kind="anthropic")
+        key = api_key if api_key is not None else os.environ.get(self.config.api_key_env)
+        if not key:
+            raise ConfigError("provider.api_key_env", self.config.api_key_env,
+                              "no API key: the environment variable is not set")
+        self._client = anthropic.AsyncAnthropic(
+            api_key=key, base_url=self.config.base_url, max_retries=0,
+            timeout=self.config.timeout_s,
+        )
+        self.on_attempt = on_attempt
+        self.on_rate_limits = on_rate_limits
+        self._sleep, self._clock, self._wall = sleep, clock, wall
+        self._backoff = self.config.retry_backoff_s
+        self._max_backoff = self.config.retry_backoff_max_s
+        self._cache_min_chars = self.config.cache_system_min_chars
+        self._calls = self._attempts = 0
+        self._failures: dict[str, int] = {}
+        self._usage = Usage()
+        self._last_limits: RateLimitInfo | None = None
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(base_url={str(self._client.base_url)!r}, api_key=<redacted>)"
+
+    # the Provider protocol -------------------------------------------------------------
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """One call with our own retries; usage summed over every attempt that consumed any."""
+        self._calls += 1
+        spent = Usage()
+        started = self._clock()
+        attempts = self.config.max_retries + 1
+        for n in range(1, attempts + 1):
+            t0 = self._clock()
+            try:
+                got = await self._attempt(request)
+            except Exception as exc:
+                failed = self._failed(request, exc, self._clock() - t0)
+                spent += failed.error.usage or Usage()
+                if not failed.retryable or n == attempts:
+                    failed.error.usage = spent if spent.total_tokens else None
+                    raise failed.error from exc
+                await self._wait_before_retry(request.model, n, failed)
+                continue
+            self._succeeded(request, got, self._clock() - t0)
+            usage = spent + (got.usage or Usage())
+            return Completion(
+                text=got.text, usage=usage, model=request.model, stop_reason=got.stop_reason,
+                latency_s=self._clock() - started, rate_limits=self._last_limits, attempts=n,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    # optional pre-call counting (ProviderConfig.count_tokens == "api") -----------------
+    async def count_tokens(self, request: CompletionRequest) -> int:
+        """Input tokens of ``request`` as the provider counts them (``messages.count_tokens``)."""
+        try:
+            result = await self._client.messages.count_tokens(
+                model=request.model_id, messages=cast(Any, list(request.messages)),
+                system=self._system(request), tools=cast(Any, list(request.tools)) or omit,
+            )
+        except Exception as exc:
+            raise classify(request.model, exc).error from exc
+        return int(result.input_tokens)
+
+    def statistics(self) -> AnthropicStatistics:
+        return AnthropicStatistics(self._calls, self._attempts, dict(self._failures),
+                                   self._usage, self._last_limits)
+
+    # one attempt -----------------------------------------------------------------------
+    def _system(self, request: CompletionRequest) -> Any:
+        if not request.system:
+            return omit
+        ttl = request.hints.get("cache_ttl")
+        if ttl is None and len(request.system) >= self._cache_min_chars:
+            ttl = "5m"
+        if ttl not in ("5m", "1h"):
+            return request.system
+        return [{"type": "text", "text": request.system,
+                 "cache_control": {"type": "ephemeral", "ttl": ttl}}]
+
+    def _params(self, request: CompletionRequest) -> dict[str, Any]:
+        return {
+            "model": request.model_id,
+            "max_tokens": request.max_tokens,
+            "messages": [dict(m) for m in request.messages],
+            "system": self._system(request),
+            "tools": [dict(t) for t in request.tools] or omit,
+        }
+
+    async def _attempt(self, request: CompletionRequest) -> _Attempt:
+        self._attempts += 1
+        if request.stream:
+            return await self._attempt_stream(request)
+        raw = await self._client.messages.with_raw_response.create(**self._params(request))
+        message = await raw.parse()
+        text = "".join(b.text for b in message.content if getattr(b, "type", "") == "text")
+        return _Attempt(text, message.stop_reason or "end_turn", usage_from_api(message.usage),
+                        raw.headers)
+
+    async def _attempt_stream(self, request: CompletionRequest) -> _Attempt:
+        raw = await self._client.messages.with_raw_response.create(
+            **self._params(request), stream=True
+        )
+        got = _Attempt(headers=raw.headers)
+        acc = StreamUsage()
+        pieces: list[str] = []
+        finished = False
+        try:
+            stream = await raw.parse()
+            async for event in stream:
+                if event.type == "message_start":
+                    acc.start(event.message.usage)
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    pieces.append(event.delta.text)
+                elif event.type == "message_delta":
+                    acc.delta(event.usage)
+                    got.stop_reason = event.delta.stop_reason or got.stop_reason
+                elif event.type == "message_stop":
+                    finished = True
+        except Exception as exc:
+            _PartialUsage.attach(exc, acc.usage)
+            raise
+        if not finished:
+            exc2 = ProviderError(request.model, "stream ended before message_stop")
+            _PartialUsage.attach(exc2, acc.usage)
+            raise exc2
+        got.text, got.usage = "".join(pieces), acc.usage or Usage()
+        return got
+
+    # bookkeeping -----------------------------------------------------------------------
+    def _learn_limits(self, model: str, headers: Mapping[str, str] | None,
+                      retry_after: float | None = None) -> None:
+        if headers is None:
+            return
+        info = rate_limits_from_headers(headers, now=self._wall(), retry_after=retry_after)
+        if info is None:
+            return
+        self._last_limits = info
+        if self.on_rate_limits is not None:
+            self.on_rate_limits(model, info)
+
+    def _succeeded(self, request: CompletionRequest, got: _Attempt, latency: float) -> None:
+        self._usage += got.usage or Usage()
+        self._learn_limits(request.model, got.headers)
+        if self.on_attempt is not None:
+            self.on_attempt(request.model, True, latency, None)
+
+    def _failed(self, request: CompletionRequest, exc: Exception, latency: float) -> Classified:
+        failed = classify(request.model, exc)
+        partial = _PartialUsage.of(exc)
+        failed.error.usage = partial
+        self._usage += partial or Usage()
+        self._failures[failed.kind] = self._failures.get(failed.kind, 0) + 1
+        retry_after = getattr(failed.error, "retry_after", None)
+        self._learn_limits(request.model, failed.headers, retry_after)
+        if self.on_attempt is not None:
+            self.on_attempt(request.model, False, latency, failed.kind)
+        return failed
+
+    async def _wait_before_retry(self, model: str, n: int, failed: Classified) -> None:
+        delay = getattr(failed.error, "retry_after", None)
+        if delay is None:
+            delay = min(self._backoff * 2 ** (n - 1), self._max_backoff)
+        _log.warning("anthropic_attempt_failed", model=model, attempt=n, error_kind=failed.kind,
+                     status=failed.error.status, retry_in_s=round(delay, 3))
+        await self._sleep(delay)
+
+
+class _PartialUsage:
+    """Carries the usage a failed stream had reported on the exception that ended it."""
+
+    _ATTR = "_vibe_partial_usage"
+
+    @classmethod
+    def attach(cls, exc: BaseException, usage: Usage | None) -> None:
+        if usage is not None:
+            setattr(exc, cls._ATTR, usage)
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Usage | None:
+        value = getattr(exc, cls._ATTR, None)
+        return value if isinstance(value, Usage) else None

@@ -1,0 +1,196 @@
+"""Translating between the Anthropic SDK and vibe-engine's types (pure functions).
+
+* ``usage`` of a message (plain) or of ``message_start`` + ``message_delta``
+  events (streamed) → :class:`scheduler.Usage` (R2.1, R2.4);
+* ``anthropic-ratelimit-*`` headers → :class:`scheduler.RateLimitInfo`;
+* SDK / transport exceptions → the :mod:`scheduler._errors` tree plus a short
+  ``error_kind`` the health monitor understands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import anthropic
+import httpx2
+
+from scheduler import (
+    OverloadedError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    RateLimitInfo,
+    SpendLimitError,
+    Usage,
+)
+
+ErrorKind = Literal[
+    "rate_limited", "overloaded", "timeout", "spend_limit", "server_error", "connection",
+    "client_error",
+]
+#: Kinds worth another attempt; a spend limit or a bad request never is.
+RETRYABLE: frozenset[str] = frozenset(
+    {"rate_limited", "overloaded", "timeout", "server_error", "connection"}
+)
+_DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
+
+
+def usage_from_api(u: Any) -> Usage:
+    """A message's ``usage`` (SDK model) → :class:`Usage`; the cache write split kept."""
+    written = int(getattr(u, "cache_creation_input_tokens", None) or 0)
+    split = getattr(u, "cache_creation", None)
+    w1h = int(getattr(split, "ephemeral_1h_input_tokens", 0) or 0) if split else 0
+    w5m = int(getattr(split, "ephemeral_5m_input_tokens", 0) or 0) if split else 0
+    # without a split (older API versions) every write is a 5-minute write, the default TTL
+    w5m += max(written - w5m - w1h, 0)
+    return Usage(
+        prompt_tokens=int(getattr(u, "input_tokens", 0) or 0),
+        completion_tokens=int(getattr(u, "output_tokens", 0) or 0),
+        cache_read_tokens=int(getattr(u, "cache_read_input_tokens", None) or 0),
+        cache_write_5m_tokens=w5m,
+        cache_write_1h_tokens=w1h,
+    )
+
+
+@dataclass(slots=True)
+class StreamUsage:
+    """Usage of a streamed message: ``message_start`` then cumulative ``message_delta``s."""
+
+    usage: Usage | None = None
+
+    def start(self, u: Any) -> None:
+        self.usage = usage_from_api(u)
+
+    def delta(self, d: Any) -> None:
+        """Apply a ``message_delta`` usage (its counts are cumulative, None = unchanged)."""
+        cur = self.usage or Usage()
+        written = getattr(d, "cache_creation_input_tokens", None)
+        w5m = cur.cache_write_5m_tokens
+        if written is not None:
+            w5m = max(int(written) - cur.cache_write_1h_tokens, 0)
+        self.usage = Usage(
+            prompt_tokens=_or(getattr(d, "input_tokens", None), cur.prompt_tokens),
+            completion_tokens=_or(getattr(d, "output_tokens", None), cur.completion_tokens),
+            cache_read_tokens=_or(getattr(d, "cache_read_input_tokens", None),
+                                  cur.cache_read_tokens),
+            cache_write_5m_tokens=w5m,
+            cache_write_1h_tokens=cur.cache_write_1h_tokens,
+        )
+
+
+def _or(value: Any, default: int) -> int:
+    return default if value is None else int(value)
+
+
+def input_pool_tokens(usage: Usage) -> int:
+    """What the provider counts toward its input-tokens limit: input + cache writes.
+
+    Cache reads do not count toward ``anthropic-ratelimit-input-tokens``; output
+    tokens are reserved from ``max_tokens`` when a request starts.
+    """
+    return usage.prompt_tokens + usage.cache_write_tokens
+
+
+def _int(headers: Mapping[str, str], name: str) -> int | None:
+    raw = headers.get(name)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _reset_in(raw: str | None, now: float) -> float | None:
+    if not raw:
+        return None
+    try:
+        at = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    return max(at - now, 0.0)
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms`` or ``retry-after`` (seconds) when present."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return max(float(raw) * scale, 0.0)
+        except ValueError:
+            continue
+    return None
+
+
+def rate_limits_from_headers(
+    headers: Mapping[str, str], *, now: float, retry_after: float | None = None
+) -> RateLimitInfo | None:
+    """The ``anthropic-ratelimit-*`` headers as a :class:`RateLimitInfo` (None when absent).
+
+    ``reset_s`` is the soonest reset among the dimensions, in seconds from
+    ``now`` (wall clock, seconds since the epoch); a ``retry-after`` lengthens it.
+    """
+    values: dict[str, int | None] = {}
+    resets: list[float] = []
+    for dim in _DIMENSIONS:
+        key = dim.replace("-", "_")
+        values[f"{key}_limit"] = _int(headers, f"anthropic-ratelimit-{dim}-limit")
+        values[f"{key}_remaining"] = _int(headers, f"anthropic-ratelimit-{dim}-remaining")
+        r = _reset_in(headers.get(f"anthropic-ratelimit-{dim}-reset"), now)
+        if r is not None:
+            resets.append(r)
+    if all(v is None for v in values.values()) and not resets and retry_after is None:
+        return None
+    reset = min(resets) if resets else None
+    if retry_after is not None:
+        reset = max(reset or 0.0, retry_after)
+    return RateLimitInfo(reset_s=reset, **values)
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """A provider failure in our terms."""
+
+    error: ProviderError
+    kind: ErrorKind
+    headers: Mapping[str, str] | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+
+def _status_error(model: str, exc: anthropic.APIStatusError) -> Classified:
+    status = exc.status_code
+    etype = exc.type or ""
+    code = exc.error_code or ""
+    headers = exc.response.headers
+    msg = f"{status} {etype or 'error'}: {exc.api_message or 'no message'}"
+    if "spend_limit" in code or status == 402 or etype == "billing_error":
+        return Classified(SpendLimitError(model, msg, status=status), "spend_limit", headers)
+    if status == 429 or etype == "rate_limit_error":
+        err = RateLimitedError(model, msg, retry_after=retry_after_s(headers))
+        return Classified(err, "rate_limited", headers)
+    if status == 529 or etype == "overloaded_error":
+        return Classified(OverloadedError(model, msg, status=529), "overloaded", headers)
+    if status in (408, 504) or etype == "timeout_error":
+        return Classified(ProviderTimeoutError(model, msg, status=status), "timeout", headers)
+    if status >= 500 or etype == "api_error":
+        return Classified(ProviderError(model, msg, status=status), "server_error", headers)
+    return Classified(ProviderError(model, msg, status=status), "client_error", headers)
+
+
+def classify(model: str, exc: Exception) -> Classified:
+    """Map an SDK or transport exception to our error tree and a health ``error_kind``."""
+    if isinstance(exc, anthropic.APIStatusError):
+        return _status_error(model, exc)
+    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
+        return Classified(ProviderTimeoutError(model, "request timed out"), "timeout")
+    if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
+        return Classified(ProviderError(model, f"connection failed: {type(exc).__name__}"),
+                          "connection")
+    return Classified(ProviderError(model, f"unexpected response: {type(exc).__name__}"),
+                      "server_error")
