@@ -35,7 +35,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -77,7 +77,9 @@ def totals_from_hash(h: dict[str, str] | Sequence[str]) -> Totals:
     """Parse a ``tot:<scope>`` hash (dict or flat HGETALL list) into :class:`Totals`."""
     if not isinstance(h, dict):
         h = dict(zip(h[::2], h[1::2], strict=True))
-    t = Totals(**{f: int(h.get(f, 0)) for f in _INT_FIELDS})
+    t = Totals()
+    for f in _INT_FIELDS:
+        setattr(t, f, int(h.get(f, 0)))
     t.cost_usd = float(h.get("cost_usd", 0.0))
     t.tokens_by_model = {k[2:]: int(v) for k, v in h.items() if k.startswith("m:")}
     return t
@@ -158,10 +160,15 @@ class RedisStore:
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         conn = self._conn
         try:
-            return await conn.evalsha(self._shas[name], len(keys), *keys, *args)
-        except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load again, once
-            self._shas[name] = await conn.script_load(SCRIPTS[name])
-            return await conn.evalsha(self._shas[name], len(keys), *keys, *args)
+            try:
+                return await conn.evalsha(self._shas[name], len(keys), *keys, *args)
+            except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load again, once
+                self._shas[name] = await conn.script_load(SCRIPTS[name])
+                return await conn.evalsha(self._shas[name], len(keys), *keys, *args)
+        except _DOWN:
+            raise
+        except RedisError as exc:
+            raise StoreError(f"Redis script {name} failed: {exc}") from exc
 
     def _mark(self, up: bool, exc: BaseException | None = None) -> None:
         if up and not self._connected:
@@ -274,7 +281,7 @@ class RedisStore:
             h = await self._conn.hgetall(self.key("tot", scope))
         except _DOWN as exc:
             raise self._unavailable("totals", exc) from exc
-        return totals_from_hash(h)
+        return totals_from_hash(cast(dict[str, str], h))
 
     async def events(
         self,
@@ -290,10 +297,11 @@ class RedisStore:
         else:
             index = self.key("ev", "all")
         try:
-            ids = await self._conn.zrange(index, 0, -1)
+            ids = cast(list[str], await self._conn.zrange(index, 0, -1))
             rows: list[str | None] = []
             for i in range(0, len(ids), 1000):
-                rows += await self._conn.hmget(self.key("events"), ids[i:i + 1000])
+                rows += cast(list[str | None],
+                             await self._conn.hmget(self.key("events"), ids[i:i + 1000]))
         except _DOWN as exc:
             raise self._unavailable("events", exc) from exc
         out: list[tuple[float, int, UsageEvent]] = []
@@ -325,7 +333,7 @@ class RedisStore:
 
     async def list_state(self, kind: str) -> dict[str, dict[str, Any]]:
         try:
-            h = await self._conn.hgetall(self.key("state", kind))
+            h = cast(dict[str, str], await self._conn.hgetall(self.key("state", kind)))
         except _DOWN as exc:
             raise self._unavailable("list_state", exc) from exc
         return {k: json.loads(h[k]) for k in sorted(h)}
@@ -433,7 +441,7 @@ class RedisStore:
     async def slices(self, pool: str) -> dict[str, int]:
         """Current grants of ``pool`` by holder (expired ones included until the next lease)."""
         try:
-            h = await self._conn.hgetall(self.key("pool", pool, "grant"))
+            h = cast(dict[str, str], await self._conn.hgetall(self.key("pool", pool, "grant")))
         except _DOWN as exc:
             raise self._unavailable("slices", exc) from exc
         return {k: int(v) for k, v in h.items()}
