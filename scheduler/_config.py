@@ -256,6 +256,8 @@ class DistributedConfig(_Model):
     slice_ttl_s: float = Field(default=15.0, gt=0)
     renew_s: float = Field(default=5.0, gt=0)
     socket_timeout_s: float = Field(default=2.0, gt=0)
+    #: Fail-closed: how long a new call waits for Redis to come back before failing.
+    unavailable_wait_s: float = Field(default=60.0, ge=0)
     #: Where usage is spooled while Redis is down (default ``<state_dir>/redis-spool.jsonl``).
     spool_path: Path | None = None
 

@@ -95,7 +95,8 @@ class Gateway:
 
     # 3 admit -------------------------------------------------------------------------
     async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float) -> Reservation:
-        return self.tracker.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
+        # with a shared store (Redis) this also holds the amounts atomically across processes
+        return await self.tracker.reserve_shared(task.id, model=model, tokens=tokens, cost_usd=cost)
 
     # 5 call --------------------------------------------------------------------------
     async def call(self, task: TaskHandle, request: CompletionRequest) -> Completion:
@@ -201,6 +202,7 @@ class Gateway:
             crossings = await self.settle(task, route.model, completion, est, reservation)
         finally:
             if reservation.active:
-                self.tracker.cancel(reservation)
+                with anyio.CancelScope(shield=True):
+                    await self.tracker.release(reservation)
         self.signal(task, crossings)
         return completion

@@ -24,7 +24,7 @@ import structlog
 from ._budget import TaskProfile, day_limits
 from ._clock import SystemWallClock, WallClock
 from ._config import AlertsConfig, Limits, VibeConfig
-from ._errors import BudgetExceededError, VibeEngineError
+from ._errors import BudgetExceededError, StoreUnavailableError, VibeEngineError
 from ._usage import Totals, UsageEvent
 from .store import Store
 from .store._ledger import BudgetLedger, Hold, ScopeLimit
@@ -275,9 +275,8 @@ class Tracker:
             for s in shared
         )
         try:
-            hold = await self.store.try_reserve(
-                f"{self.next_event_id(task_id)}:hold", limits, model=model, tokens=tokens,
-                cost_usd=cost_usd,
+            hold = await self._hold_shared(
+                self.store, f"{self.next_event_id(task_id)}:hold", limits, model, tokens, cost_usd
             )
         except BaseException:
             self.cancel(reservation)
@@ -287,6 +286,25 @@ class Tracker:
             if s.name in hold.totals:
                 s.totals = hold.totals[s.name]
         return reservation
+
+    async def _hold_shared(
+        self, ledger: BudgetLedger, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
+        tokens: int, cost_usd: float,
+    ) -> Hold:
+        """Fail-closed: while the ledger is unreachable, wait (backing off) up to
+        ``distributed.unavailable_wait_s`` for it to come back, then raise."""
+        deadline = self._clock() + self.config.distributed.unavailable_wait_s
+        delay = 0.05
+        while True:
+            try:
+                return await ledger.try_reserve(
+                    hold_id, limits, model=model, tokens=tokens, cost_usd=cost_usd
+                )
+            except StoreUnavailableError:
+                if self._clock() + delay > deadline:
+                    raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def release(self, reservation: Reservation) -> None:
         """:meth:`cancel`, also releasing the shared hold (a dropped hold expires anyway)."""
