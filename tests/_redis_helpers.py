@@ -7,6 +7,7 @@ When it is unreachable they skip with the reason, unless ``VIBE_REQUIRE_REDIS=1`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
@@ -116,10 +117,8 @@ class TcpProxy:
             if x is None:
                 continue
             self._peers.pop(x, None)
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(x)
-            except (KeyError, ValueError):
-                pass
             x.close()
 
     def _accept(self) -> None:

@@ -69,11 +69,13 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
 
 
 def ev(n: int, *, task: str = "t1", session: str = "s1", day: str = DAY, model: str = "sonnet",
-       prompt: int = 100, completion: int = 50, cost: float = 0.01, **ops: int) -> UsageEvent:
+       prompt: int = 100, completion: int = 50, cost: float = 0.01, file_edits: int = 0,
+       shell_commands: int = 0, dangerous_commands: int = 0) -> UsageEvent:
     return UsageEvent(
         event_id=f"e{n}", task_id=task, session_id=session, day=day, at=1_700_000_000.0 + n,
         agent="coder", model=model, usage=Usage(prompt, completion, 7, 3, 2), cost_usd=cost,
-        **ops,
+        file_edits=file_edits, shell_commands=shell_commands,
+        dangerous_commands=dangerous_commands,
     )
 
 
@@ -189,7 +191,8 @@ def test_r1_2_shared_hold_is_all_or_nothing_and_settles(redis_ns: str, tmp_path:
         await s.record(ev(1))  # 162 tokens, $0.01
         h1 = await s.try_reserve("h1", _session(500), model="sonnet", tokens=300, cost_usd=0.5)
         assert h1.totals["session:s1"].tokens == 162
-        assert h1.held["session:s1"] == (300, pytest.approx(0.5))
+        assert h1.held["session:s1"][0] == 300
+        assert h1.held["session:s1"][1] == pytest.approx(0.5)
         with pytest.raises(BudgetExceededError) as err:
             await s.try_reserve("h2", _session(500), model="sonnet", tokens=100, cost_usd=0.0)
         assert (err.value.scope, err.value.dimension) == ("session:s1", "tokens")
