@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 import redis
+import trio.testing
 
 T = TypeVar("T")
 
@@ -63,6 +64,14 @@ def redis_ns() -> Iterator[str]:
     finally:
         delete_namespace(client, ns)
         client.close()
+
+
+def run_virtual(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Backend-neutral code on trio with a MockClock that jumps when all tasks block."""
+    return anyio.run(
+        fn, *args, backend="trio",
+        backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)},
+    )
 
 
 def run_asyncio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
