@@ -7,6 +7,7 @@ failure modes is tested on a virtual clock in test_quota_slices.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -51,10 +52,8 @@ def read_log(path: Path) -> list[dict[str, Any]]:
         return []
     out = []
     for line in path.read_text().splitlines():
-        try:
+        with contextlib.suppress(json.JSONDecodeError):  # a line torn by SIGKILL
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line torn by SIGKILL
     return out
 
 
@@ -75,20 +74,20 @@ class Fleet:
         for k, v in self.opts.items():
             cmd += [f"--{k.replace('_', '-')}", str(v)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        err = open(self.tmp / f"{name}.err", "wb")  # noqa: SIM115 - closed in kill_all
+        err = (self.tmp / f"{name}.err").open("wb")  # closed in kill_all
         self.files.append(err)
         self.procs[name] = await anyio.open_process(cmd, env=env, stdout=err, stderr=err)
 
-    async def wait_for(self, name: str, kind: str, timeout: float = 15.0) -> dict[str, Any]:
-        with anyio.fail_after(timeout):
+    async def wait_for(self, name: str, kind: str) -> dict[str, Any]:
+        with anyio.fail_after(15.0):
             while True:
                 recs = [r for r in read_log(self.log(name)) if r["kind"] == kind]
                 if recs:
                     return recs[0]
                 await anyio.sleep(0.02)
 
-    async def wait_exit(self, name: str, timeout: float = 20.0) -> int:
-        with anyio.fail_after(timeout):
+    async def wait_exit(self, name: str) -> int:
+        with anyio.fail_after(20.0):
             return await self.procs[name].wait()
 
     async def kill_all(self) -> None:
@@ -145,7 +144,7 @@ def test_r1_2_r5_3_three_orchestrators_share_budget_and_pool(
     t0, t1 = t_all + 1.0, t_kill
     shares = {n: window_share(logs[n], t0, t1) for n in names}
     total = sum(shares.values())
-    for n, got in shares.items():
+    for got in shares.values():
         assert abs(got / total - 1 / 3) <= 0.1 / 3, shares
 
     # the killed orchestrator's slice returned to the others after expiry
