@@ -112,7 +112,7 @@ class Run:
             used = (await self.store.totals("session:shared")).tokens
         except StoreUnavailableError:
             return False
-        return used + est > self.args.budget
+        return bool(used + est > self.args.budget)
 
     async def agent(self, i: int) -> None:
         task = f"{self.args.name}-a{i}"
