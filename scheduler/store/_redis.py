@@ -374,10 +374,9 @@ class RedisStore:
             )
         totals: dict[str, Totals] = {}
         held_by: dict[str, tuple[int, float]] = {}
-        for j, scope in enumerate(scopes):
-            totals[scope] = totals_from_hash(reply[2 + 2 * j])
-            s, c = reply[3 + 2 * j]
-            held_by[scope] = (int(s or 0), float(c or 0.0))
+        for scope, (tot, s, c) in zip(scopes, json.loads(reply[2]), strict=True):
+            totals[scope] = totals_from_hash(tot if isinstance(tot, dict) else {})
+            held_by[scope] = (int(s), float(c))
         return Hold(hold_id, scopes, model, tokens, cost_usd, totals, held_by)
 
     def _reserve_locally(

@@ -79,8 +79,8 @@ return fresh
 #: KEYS: per scope (totals, holds, amts).
 #: ARGV: hold id, tokens, cost, model, ttl_ms, now_ms ('' = server time), then per
 #:       scope (limit tokens, limit model tokens, limit cost), '' = unlimited.
-#: Returns {1, now, totals1, amts1, totals2, amts2, ...} or {0, scope index, dimension,
-#: used, held, limit}.
+#: Returns {1, now, JSON [[totals, held tokens, held cost], ...]} (one JSON string: cheap to
+#: parse) or {0, scope index, dimension, used, held, limit}.
 TRY_RESERVE = _NOW + _RELEASE_HOLD + """
 local id, tokens, cost, model = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local ttl, now = tonumber(ARGV[5]), now_ms(ARGV[6])
@@ -126,12 +126,15 @@ if fresh then
     if model ~= '' then redis.call('HINCRBY', amts, '__m:' .. model, tokens) end
   end
 end
-local out = {1, now}
+local scopes = {}
 for j = 0, n - 1 do
-  out[#out + 1] = redis.call('HGETALL', KEYS[3 * j + 1])
-  out[#out + 1] = redis.call('HMGET', KEYS[3 * j + 3], '__sum', '__cost')
+  local flat = redis.call('HGETALL', KEYS[3 * j + 1])
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  local held = redis.call('HMGET', KEYS[3 * j + 3], '__sum', '__cost')
+  scopes[j + 1] = {t, held[1] or '0', held[2] or '0'}
 end
-return out
+return {1, now, cjson.encode(scopes)}
 """
 
 #: Release a hold without charging. KEYS: (holds, amts) pairs. ARGV: hold id.
