@@ -131,7 +131,7 @@ class Run:
                 await anyio.sleep(0.05)  # held by calls in flight (or a dead process)
                 continue
             self.emit("grant", tokens=est)
-            await anyio.sleep(rng.uniform(0.01, 0.03))  # the model call
+            await anyio.sleep(rng.uniform(self.args.call_min, self.args.call_max))  # the call
             actual = rng.randint(est // 2, est)
             event = self.tracker.make_event(
                 task, model="sonnet", usage=Usage(actual // 2, actual - actual // 2)
@@ -154,6 +154,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--renew", type=float, default=0.25)
     p.add_argument("--hold-ttl", type=float, default=2.0)
     p.add_argument("--failure-mode", default="closed")
+    p.add_argument("--call-min", type=float, default=0.01)
+    p.add_argument("--call-max", type=float, default=0.03)
     return p.parse_args(argv)
 
 

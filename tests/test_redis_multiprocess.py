@@ -173,7 +173,7 @@ def test_connection_drop_mid_run_fail_closed_loses_no_usage(
     client, ns = client_ns
     proxy = TcpProxy()
     fleet = Fleet(tmp_path, proxy.url, ns, agents=30, budget=40_000, capacity=600_000,
-                  ttl=1.0, renew=0.25, hold_ttl=5.0)
+                  ttl=1.0, renew=0.25, hold_ttl=5.0, call_min=0.2, call_max=0.4)
 
     async def main() -> tuple[float, float]:
         try:
@@ -201,7 +201,10 @@ def test_connection_drop_mid_run_fail_closed_loses_no_usage(
     assert zero and zero[0]["t"] <= t_cut + 1.0 + 0.5
     # nothing lost: every recorded event id is in Redis, totals are their sum
     events = [r for r in log if r["kind"] == "event"]
-    assert events and any(t_cut < r["t"] < t_back for r in events)  # spooled in flight
+    in_flight = [r for r in events if t_cut < r["t"] < t_back]
+    assert in_flight  # calls in flight at the cut completed (their usage was spooled)
+    err = (tmp_path / "o1.err").read_text()
+    assert "redis_usage_spooled" in err and "redis_spool_replayed" in err
     ids = [r["id"] for r in events]
     assert all(v is not None for v in client.hmget(f"vibe:{{{ns}}}:events", ids))
     spent = int(client.hget(f"vibe:{{{ns}}}:tot:session:shared", "tokens") or 0)
