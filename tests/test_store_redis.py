@@ -419,3 +419,57 @@ def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
         run_asyncio(main)
     finally:
         proxy.close()
+
+
+# -- the real orchestrator ---------------------------------------------------------------
+
+
+def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
+    redis_ns: str, tmp_path: Path
+) -> None:
+    """Two real Orchestrators (gateway → reserve_shared → settle) with one session id on
+    one Redis: together they never spend past the session budget, and every hold is
+    settled or released at the end."""
+    from agents.builtin import QuestionAnswerAgent
+    from scheduler._orchestrator import Orchestrator
+    from tests._fakes import ScriptedProvider
+
+    limit = 30_000
+
+    async def main() -> list[str]:
+        statuses: list[str] = []
+
+        async def run(i: int) -> None:
+            cfg = VibeConfig.model_validate({
+                "state_dir": str(tmp_path / f"o{i}"),
+                "store": f"{REDIS_URL}?namespace={redis_ns}",
+                "session_id": "shared",
+                "budgets": {"session": {"tokens": limit}, "day": {},
+                            "weekend_day_cost_usd": None},
+            })
+            orch = Orchestrator(cfg, provider=ScriptedProvider(latency_s=0.02),
+                                agents={"qa": QuestionAnswerAgent},
+                                wall=FixedWallClock(date(2026, 11, 27)))
+            specs = [TaskSpec(id=f"o{i}-q{j}", agent="qa", prompt="What is this?")
+                     for j in range(40)]
+            report = await orch.run(specs)
+            statuses.extend(o.status for o in report.outcomes.values())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, 0)
+            tg.start_soon(run, 1)
+        return statuses
+
+    statuses = run_asyncio(main)
+    client = redis_or_skip()
+    try:
+        spent = int(client.hget(f"vibe:{{{redis_ns}}}:tot:session:shared", "tokens") or 0)
+        held = int(client.hget(f"vibe:{{{redis_ns}}}:amts:session:shared", "__sum") or 0)
+    finally:
+        client.close()
+    assert 0 < spent <= limit
+    assert held == 0
+    # each call holds its estimate (≈ 800 max_tokens + prompt) on the shared session: about
+    # limit / 800 tasks fit at once in total, not that many per orchestrator (≈ 72 unshared)
+    completed = statuses.count("completed")
+    assert 0 < completed <= limit // 800 + 10, completed
