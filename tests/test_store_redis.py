@@ -353,11 +353,11 @@ def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) 
             await s.try_reserve("h2", _session(1_000), model="sonnet", tokens=1, cost_usd=0.0)
         assert await s.settle(ev(2), h) is True  # the call in flight completes
         assert await s.record(ev(3)) is True
-        assert s.statistics().spooled_events == 2 and not s.connected
+        assert s.statistics().spooled_writes == 2 and not s.connected
         # a second process (or a restarted one) replays the same spool: still no loss
         proxy.restore()
         assert await s.flush() == 0
-        assert s.statistics().replayed_events == 2 and s.connected
+        assert s.statistics().replayed_writes == 2 and s.connected
         direct = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "d")
         await direct.open()
         assert [e.event_id for e in await direct.events()] == ["e1", "e2", "e3"]
@@ -473,3 +473,31 @@ def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
     # limit / 800 tasks fit at once in total, not that many per orchestrator (≈ 72 unshared)
     completed = statuses.count("completed")
     assert 0 < completed <= limit // 800 + 10, completed
+
+
+def test_state_writes_during_an_outage_are_replayed_in_order(
+    redis_ns: str, tmp_path: Path
+) -> None:
+    """A task finishing while Redis is down still records its state; writes are replayed
+    in their original order (the delete after the put wins)."""
+    proxy = TcpProxy()
+
+    async def main() -> None:
+        s = RedisStore(proxy.url, namespace=redis_ns, spool_path=tmp_path / "sp",
+                       config=DistributedConfig(socket_timeout_s=0.5))
+        await s.open()
+        proxy.cut()
+        await s.put_state("task", "t1", {"status": "completed"})
+        await s.record(ev(1))
+        await s.put_state("task", "t2", {"status": "running"})
+        await s.delete_state("task", "t2")
+        assert s.statistics().spooled_writes == 4
+        proxy.restore()
+        assert await s.flush() == 0
+        assert await s.list_state("task") == {"t1": {"status": "completed"}}
+        assert (await s.totals("task:t1")).tokens == 162
+        await s.aclose()
+    try:
+        run_asyncio(main)
+    finally:
+        proxy.close()

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import anyio
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -50,10 +51,12 @@ from .._usage import Totals, UsageEvent
 from ._base import scopes_of
 from ._ledger import Hold, ScopeLimit, SliceGrant
 from ._redis_lua import SCRIPTS
-from ._spool import Spool
+from ._spool import Spool, SpooledEvent, SpooledState
 
 _log = structlog.get_logger("vibe_engine.store.redis")
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+#: After a failed attempt, writes go straight to the spool for this long (no reconnect storm).
+_RETRY_AFTER_S = 0.25
 _INT_FIELDS = (
     "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
     "file_edits", "shell_commands", "dangerous_commands", "calls",
@@ -67,8 +70,8 @@ class RedisStoreStatistics:
     namespace: str
     connected: bool
     failure_mode: str
-    spooled_events: int
-    replayed_events: int
+    spooled_writes: int
+    replayed_writes: int
     fail_open_tokens_used: int
     fail_open_cost_used: float
 
@@ -124,6 +127,7 @@ class RedisStore:
         self._replayed = 0
         self._local_tokens = 0
         self._local_cost = 0.0
+        self._retry_at = float("-inf")
 
     # -- connection ----------------------------------------------------------------
 
@@ -171,6 +175,8 @@ class RedisStore:
             raise StoreError(f"Redis script {name} failed: {exc}") from exc
 
     def _mark(self, up: bool, exc: BaseException | None = None) -> None:
+        if not up:
+            self._retry_at = anyio.current_time() + _RETRY_AFTER_S
         if up and not self._connected:
             _log.info("redis_reconnected", namespace=self.namespace)
             self._local_tokens, self._local_cost = 0, 0.0
@@ -228,16 +234,22 @@ class RedisStore:
         fresh = await self._script("record", self._record_keys(event, scopes), args)
         return bool(fresh)
 
+    def _backing_off(self) -> bool:
+        return not self._connected and anyio.current_time() < self._retry_at
+
     async def _drain(self) -> None:
-        """Replay spooled events (idempotent) until the spool is empty or Redis fails."""
+        """Replay spooled writes in order until the spool is empty or Redis fails."""
         if not len(self.spool):
             return
         entries = self.spool.read()
         done = 0
         try:
-            for event, hold_id in entries:
-                scopes = scopes_of(event) if hold_id else ()
-                await self._record_now(event, hold_id, scopes)
+            for entry in entries:
+                if isinstance(entry, SpooledEvent):
+                    ev, hold_id = entry.event, entry.hold_id
+                    await self._record_now(ev, hold_id, scopes_of(ev) if hold_id else ())
+                else:
+                    await self._write_state_now(entry.kind, entry.key, entry.value)
                 done += 1
         except _DOWN as exc:
             self._mark(False, exc)
@@ -245,16 +257,16 @@ class RedisStore:
             if done:
                 self.spool.drop_first(done)
                 self._replayed += done
-                _log.info("redis_spool_replayed", namespace=self.namespace, events=done,
+                _log.info("redis_spool_replayed", namespace=self.namespace, writes=done,
                           pending=len(self.spool))
         if done == len(entries):
             self._mark(True)
 
     async def _record_or_spool(self, event: UsageEvent, hold_id: str,
                                scopes: Sequence[str]) -> bool:
-        if len(self.spool):
+        if len(self.spool) and not self._backing_off():
             await self._drain()
-        if not len(self.spool):
+        if not len(self.spool) and not self._backing_off():
             try:
                 fresh = await self._record_now(event, hold_id, scopes)
             except _DOWN as exc:
@@ -262,8 +274,8 @@ class RedisStore:
             else:
                 self._mark(True)
                 return fresh
-        # Redis unreachable (or older events still queued): keep order, never lose usage
-        self.spool.append(event, hold_id)
+        # Redis unreachable (or older writes still queued): keep order, never lose usage
+        self.spool.append(SpooledEvent(event, hold_id))
         _log.warning("redis_usage_spooled", namespace=self.namespace, event_id=event.event_id,
                      pending=len(self.spool))
         return True
@@ -318,11 +330,29 @@ class RedisStore:
 
     # -- state ---------------------------------------------------------------------
 
-    async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
-        try:
+    async def _write_state_now(self, kind: str, key: str, value: dict[str, Any] | None) -> None:
+        if value is None:
+            await self._conn.hdel(self.key("state", kind), key)
+        else:
             await self._conn.hset(self.key("state", kind), key, json.dumps(value, sort_keys=True))
-        except _DOWN as exc:
-            raise self._unavailable("put_state", exc) from exc
+
+    async def _write_state(self, kind: str, key: str, value: dict[str, Any] | None) -> None:
+        """Write through, or spool while Redis is down (a task finishing mid-outage)."""
+        if len(self.spool) and not self._backing_off():
+            await self._drain()
+        if not len(self.spool) and not self._backing_off():
+            try:
+                await self._write_state_now(kind, key, value)
+            except _DOWN as exc:
+                self._mark(False, exc)
+            else:
+                self._mark(True)
+                return
+        self.spool.append(SpooledState(kind, key, value))
+        _log.warning("redis_state_spooled", namespace=self.namespace, kind=kind, key=key)
+
+    async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        await self._write_state(kind, key, value)
 
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
         try:
@@ -339,10 +369,7 @@ class RedisStore:
         return {k: json.loads(h[k]) for k in sorted(h)}
 
     async def delete_state(self, kind: str, key: str) -> None:
-        try:
-            await self._conn.hdel(self.key("state", kind), key)
-        except _DOWN as exc:
-            raise self._unavailable("delete_state", exc) from exc
+        await self._write_state(kind, key, None)
 
     # -- BudgetLedger --------------------------------------------------------------
 
@@ -350,7 +377,7 @@ class RedisStore:
         self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
         cost_usd: float,
     ) -> Hold:
-        if len(self.spool):
+        if len(self.spool) and not self._backing_off():
             await self._drain()
         keys: list[str] = []
         args: list[Any] = [hold_id, tokens, repr(cost_usd), model,
@@ -359,6 +386,9 @@ class RedisStore:
             keys += [self.key("tot", lim.scope), self.key("holds", lim.scope),
                      self.key("amts", lim.scope)]
             args += [_opt(lim.tokens), _opt(lim.model_tokens), _opt(lim.cost_usd)]
+        if self._backing_off():
+            down = StoreUnavailableError("Redis unreachable moments ago; retrying shortly")
+            return self._reserve_locally(down, hold_id, limits, model, tokens, cost_usd)
         try:
             reply = await self._script("try_reserve", keys, args)
         except _DOWN as exc:
