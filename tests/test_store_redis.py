@@ -27,7 +27,7 @@ from scheduler import (
 )
 from scheduler._config import DistributedConfig
 from scheduler.store import MemoryStore, SqliteStore, Store, open_store
-from scheduler.store._ledger import BudgetLedger, ScopeLimit, SliceBackend
+from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit, SliceBackend
 from scheduler.store._redis import RedisStore, split_namespace
 from tests._redis_helpers import (
     REDIS_URL,
@@ -36,6 +36,7 @@ from tests._redis_helpers import (
     new_namespace,
     redis_or_skip,
     run_asyncio,
+    run_virtual,
 )
 
 KINDS = ["memory", "sqlite", "redis"]
@@ -501,3 +502,55 @@ def test_state_writes_during_an_outage_are_replayed_in_order(
         run_asyncio(main)
     finally:
         proxy.close()
+
+
+class FlakyLedger(MemoryStore):
+    """A MemoryStore that is also a BudgetLedger, unreachable for the first ``down`` tries."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__()
+        self.down = down
+        self.tries = 0
+
+    async def try_reserve(
+        self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
+        cost_usd: float,
+    ) -> Hold:
+        self.tries += 1
+        if self.tries <= self.down:
+            raise StoreUnavailableError("down")
+        return Hold(hold_id, tuple(lim.scope for lim in limits), model, tokens, cost_usd, {}, {})
+
+    async def settle(self, event: UsageEvent, hold: Hold) -> bool:
+        return await self.record(event)
+
+    async def release(self, hold: Hold) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("down", "granted"), [(4, True), (100, False)])
+def test_fail_closed_new_calls_wait_for_the_ledger_then_fail(down: int, granted: bool) -> None:
+    """Fail-closed: reserve_shared waits (backing off) for the ledger up to
+    unavailable_wait_s, then raises StoreUnavailableError and undoes its local hold."""
+    cfg = _config(10_000).model_copy(
+        update={"distributed": DistributedConfig(unavailable_wait_s=10.0)}
+    )
+
+    async def main() -> float:
+        ledger = FlakyLedger(down)
+        tr = await _tracker(ledger, cfg, "t")
+        t0 = anyio.current_time()
+        if granted:
+            r = await tr.reserve_shared("t", model="sonnet", tokens=100, cost_usd=0.0)
+            assert r.hold is not None
+        else:
+            with pytest.raises(StoreUnavailableError):
+                await tr.reserve_shared("t", model="sonnet", tokens=100, cost_usd=0.0)
+            assert tr.session.reserved_tokens == 0
+        return anyio.current_time() - t0
+
+    waited = run_virtual(main)
+    if granted:
+        assert waited == pytest.approx(0.05 + 0.1 + 0.2 + 0.4)
+    else:
+        assert 9.0 <= waited <= 10.0
