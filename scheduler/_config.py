@@ -246,6 +246,36 @@ class AllocatorConfig(_Model):
     share_window_s: float = Field(default=60.0, gt=0)
 
 
+class DistributedConfig(_Model):
+    """Several orchestrators on one Redis (``store = "redis://…"``): see docs/scale-out.md."""
+
+    #: Key prefix ``vibe:{namespace}:`` — one per deployment sharing budgets and quota.
+    namespace: str = Field(default="default", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    #: ``closed``: no new holds or slices while Redis is unreachable (calls in flight
+    #: finish; their usage is spooled locally and replayed).  ``open``: keep granting
+    #: from the small local allowances below until Redis is back.
+    failure_mode: Literal["closed", "open"] = "closed"
+    fail_open_tokens: int = Field(default=20_000, ge=0)
+    fail_open_cost_usd: float = Field(default=0.20, ge=0)
+    fail_open_tokens_per_minute: int = Field(default=10_000, ge=0)
+    #: A shared hold whose process died is released after this long.
+    hold_ttl_s: float = Field(default=600.0, gt=0)
+    #: A quota slice expires this long after its last renewal; renewed every ``renew_s``.
+    slice_ttl_s: float = Field(default=15.0, gt=0)
+    renew_s: float = Field(default=5.0, gt=0)
+    socket_timeout_s: float = Field(default=2.0, gt=0)
+    #: Fail-closed: how long a new call waits for Redis to come back before failing.
+    unavailable_wait_s: float = Field(default=60.0, ge=0)
+    #: Where usage is spooled while Redis is down (default ``<state_dir>/redis-spool.jsonl``).
+    spool_path: Path | None = None
+
+    @model_validator(mode="after")
+    def _renew_before_expiry(self) -> DistributedConfig:
+        if self.renew_s >= self.slice_ttl_s:
+            raise ValueError("renew_s must be shorter than slice_ttl_s")
+        return self
+
+
 class DeadlockConfig(_Model):
     """R5.6/R5.7 parameters."""
 
@@ -350,6 +380,7 @@ class VibeConfig(_Model):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     provider: ProviderConfig = Field(default_factory=ProviderConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     tasks: tuple[TaskSpec, ...] = ()
 
     @model_validator(mode="after")

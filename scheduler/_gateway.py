@@ -187,7 +187,10 @@ class Gateway:
         """
         ctl = self.controller
         if ctl is None:
-            return self.tracker.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
+            # with a shared store (Redis) this also holds the amounts atomically across processes
+            return await self.tracker.reserve_shared(
+                task.id, model=model, tokens=tokens, cost_usd=cost
+            )
         while True:
             if self.alerts is not None:
                 await self.signal(task, self.tracker.time_crossings(task.id))
@@ -417,6 +420,7 @@ class Gateway:
             if lease is not None and lease.active and self.allocator is not None:
                 self.allocator.release(lease.id)  # the call failed or was cancelled
             if reservation.active:
-                self.tracker.cancel(reservation)
+                with anyio.CancelScope(shield=True):
+                    await self.tracker.release(reservation)
         await self.signal(task, crossings)
         return completion

@@ -115,7 +115,9 @@ class Orchestrator:
         self.config = config
         self.provider = provider
         self.agents = dict(agents)
-        self.store = store if store is not None else open_store(config.store, config.state_dir)
+        self.store = store if store is not None else open_store(
+            config.store, config.state_dir, distributed=config.distributed
+        )
         self.wall = wall or SystemWallClock()
         self.bus = bus or EventBus(anyio.current_time)
         self.session_id = config.session_id or (

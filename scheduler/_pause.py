@@ -283,7 +283,9 @@ class PauseController:
         :class:`OverdraftDeniedError`.
         """
         try:
-            return self.tracker.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
+            return await self.tracker.reserve_shared(
+                task_id, model=model, tokens=tokens, cost_usd=cost_usd
+            )
         except BudgetExceededError as exc:
             operation = self.in_progress_operation(task_id)
             if operation is None or self.overdraft is None:

@@ -24,9 +24,10 @@ import structlog
 from ._budget import TaskProfile, day_limits
 from ._clock import SystemWallClock, WallClock
 from ._config import AlertsConfig, Limits, VibeConfig
-from ._errors import BudgetExceededError, VibeEngineError
+from ._errors import BudgetExceededError, StoreUnavailableError, VibeEngineError
 from ._usage import Totals, UsageEvent
 from .store import Store
+from .store._ledger import BudgetLedger, Hold, ScopeLimit
 
 _log = structlog.get_logger("vibe_engine.tracker")
 
@@ -75,6 +76,8 @@ class Reservation:
     cost_usd: float
     scopes: tuple[str, ...]
     active: bool = True
+    #: The shared hold on the session and day scopes when the store is a BudgetLedger.
+    hold: Hold | None = None
 
 
 @dataclass(slots=True)
@@ -250,6 +253,66 @@ class Tracker:
             s.reserved_by_model[model] = s.reserved_by_model.get(model, 0) + tokens
         return Reservation(task_id, model, tokens, cost_usd, tuple(s.name for s in scopes))
 
+    async def reserve_shared(
+        self, task_id: str, *, model: str, tokens: int, cost_usd: float
+    ) -> Reservation:
+        """:meth:`reserve`, and across processes when the store is a :class:`BudgetLedger`.
+
+        With a shared store (Redis) the same amounts are also held atomically
+        against the session and day scopes of *every* orchestrator sharing
+        them ("charge if within budget"), and the local session/day totals are
+        refreshed from the shared ones.  Raises :class:`BudgetExceededError`,
+        or :class:`StoreUnavailableError` while the ledger is unreachable and
+        fail-closed.  With any other store this is exactly :meth:`reserve`.
+        """
+        reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
+        if not isinstance(self.store, BudgetLedger):
+            return reservation
+        shared = (self.session, self.day_scope())
+        limits = tuple(
+            ScopeLimit(s.name, s.limits.tokens, s.limits.tokens_by_model.get(model),  # type: ignore[call-overload]
+                       s.limits.cost_usd)
+            for s in shared
+        )
+        try:
+            hold = await self._hold_shared(
+                self.store, f"{self.next_event_id(task_id)}:hold", limits, model, tokens, cost_usd
+            )
+        except BaseException:
+            self.cancel(reservation)
+            raise
+        reservation.hold = hold
+        for s in shared:
+            if s.name in hold.totals:
+                s.totals = hold.totals[s.name]
+        return reservation
+
+    async def _hold_shared(
+        self, ledger: BudgetLedger, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
+        tokens: int, cost_usd: float,
+    ) -> Hold:
+        """Fail-closed: while the ledger is unreachable, wait (backing off) up to
+        ``distributed.unavailable_wait_s`` for it to come back, then raise."""
+        deadline = self._clock() + self.config.distributed.unavailable_wait_s
+        delay = 0.05
+        while True:
+            try:
+                return await ledger.try_reserve(
+                    hold_id, limits, model=model, tokens=tokens, cost_usd=cost_usd
+                )
+            except StoreUnavailableError:
+                if self._clock() + delay > deadline:
+                    raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def release(self, reservation: Reservation) -> None:
+        """:meth:`cancel`, also releasing the shared hold (a dropped hold expires anyway)."""
+        self.cancel(reservation)
+        hold, reservation.hold = reservation.hold, None
+        if hold is not None and isinstance(self.store, BudgetLedger):
+            await self.store.release(hold)
+
     def cancel(self, reservation: Reservation) -> None:
         """Return a reservation that will not be charged (call failed before usage)."""
         if not reservation.active:
@@ -307,9 +370,14 @@ class Tracker:
         self, event: UsageEvent, reservation: Reservation | None = None
     ) -> list[Crossing]:
         """Record ``event`` durably, add it to every scope, return new threshold crossings."""
+        hold = None
         if reservation is not None:
             self.cancel(reservation)
-        fresh = await self.store.record(event)
+            hold, reservation.hold = reservation.hold, None
+        if hold is not None and isinstance(self.store, BudgetLedger):
+            fresh = await self.store.settle(event, hold)  # record + release, atomically
+        else:
+            fresh = await self.store.record(event)
         if not fresh:
             return []
         entry = self._tasks.get(event.task_id)

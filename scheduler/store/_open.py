@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._config import DistributedConfig
 from .._errors import ConfigError
 from .._resolve import resolve_object
 from ._base import Store
@@ -11,12 +12,15 @@ from ._memory import MemoryStore
 from ._sqlite import SqliteStore
 
 
-def open_store(name: str, state_dir: Path) -> Store:
+def open_store(
+    name: str, state_dir: Path, *, distributed: DistributedConfig | None = None
+) -> Store:
     """Build (not yet open) the store named ``name``.
 
     ``"sqlite"`` (default: ``<state_dir>/vibe.db``), ``"sqlite:///path.db"``,
-    ``"memory"``, ``"redis://host:port/db"``, or ``"module:Class"`` (called
-    with no arguments).
+    ``"memory"``, ``"redis://host:port/db[?namespace=name]"`` (configured by
+    ``distributed``, spooling to ``<state_dir>/redis-spool.jsonl`` while Redis is
+    down), or ``"module:Class"`` (called with no arguments).
     """
     if name == "memory":
         return MemoryStore()
@@ -26,10 +30,12 @@ def open_store(name: str, state_dir: Path) -> Store:
         return SqliteStore(Path(name.removeprefix("sqlite:///")))
     if name.startswith(("redis://", "rediss://", "unix://")):
         try:
-            from ._redis import RedisStore  # type: ignore[import-not-found, unused-ignore]
+            from ._redis import RedisStore
         except ImportError as exc:  # pragma: no cover - only before the Redis backend lands
             raise ConfigError("store", name, f"Redis backend unavailable: {exc}") from exc
-        store: Store = RedisStore(name)
+        cfg = distributed or DistributedConfig()
+        spool = cfg.spool_path or state_dir / "redis-spool.jsonl"
+        store: Store = RedisStore(name, config=cfg, spool_path=spool)
         return store
     factory = resolve_object(name, field="store", builtins={}, group="vibe_engine.stores")
     obj = factory()

@@ -1,0 +1,98 @@
+"""Optional store extensions for several orchestrators sharing one budget and one quota.
+
+A store that is shared between processes (``RedisStore``) can offer two more
+capabilities, checked with ``isinstance`` because the protocols are
+``runtime_checkable``:
+
+* :class:`BudgetLedger` — an atomic *charge if within budget*: a hold of a
+  call's estimate is placed against every shared scope at once, or against
+  none, so N processes cannot all pass the same check and overspend together.
+  The hold is settled (released in the same atomic step that records the
+  event) or released; a hold whose process died expires after its TTL.
+* :class:`SliceBackend` — leases on slices of a global pool (tokens per
+  minute …) shared fairly between orchestrators; see :mod:`scheduler._quota`.
+
+``MemoryStore`` and ``SqliteStore`` offer neither: a single process's tracker
+reservations already prevent overspend there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .._usage import Totals, UsageEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeLimit:
+    """The limits a shared hold is checked against in one scope (``None`` = unlimited)."""
+
+    scope: str
+    tokens: int | None = None
+    model_tokens: int | None = None
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A granted hold of ``tokens``/``cost_usd`` against ``scopes`` (settle or release it)."""
+
+    hold_id: str
+    scopes: tuple[str, ...]
+    model: str
+    tokens: int
+    cost_usd: float
+    #: Shared totals of each scope as of the grant (every process's usage).
+    totals: dict[str, Totals]
+    #: Tokens and cost held in flight by every process, per scope, as of the grant.
+    held: dict[str, tuple[int, float]]
+    #: True when granted from the local fail-open allowance while the store was down.
+    local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SliceGrant:
+    """One lease (grant or renewal) of a slice of a global pool."""
+
+    pool: str
+    holder: str
+    amount: int
+    fair_share: int
+    holders: int
+    ttl_s: float
+
+
+@runtime_checkable
+class BudgetLedger(Protocol):
+    """Atomic shared holds (R1.2 across processes)."""
+
+    async def try_reserve(
+        self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
+        cost_usd: float,
+    ) -> Hold:
+        """Hold the amounts in every scope or raise :class:`BudgetExceededError`.
+
+        Raises :class:`StoreUnavailableError` when the ledger cannot be reached
+        and no local allowance applies (fail-closed).
+        """
+        ...
+
+    async def settle(self, event: UsageEvent, hold: Hold) -> bool:
+        """Record ``event`` and release ``hold`` in one atomic step; ``False`` if a duplicate."""
+        ...
+
+    async def release(self, hold: Hold) -> None:
+        """Release ``hold`` without charging (the call failed before any usage)."""
+        ...
+
+
+@runtime_checkable
+class SliceBackend(Protocol):
+    """Leases on slices of global pools, max-min fair between holders."""
+
+    async def lease_slice(
+        self, pool: str, holder: str, *, demand: int, capacity: int, ttl_s: float
+    ) -> SliceGrant: ...
+
+    async def release_slice(self, pool: str, holder: str) -> None: ...

@@ -1,0 +1,488 @@
+"""The distributed store: several orchestrator processes share one Redis.
+
+``RedisStore`` implements :class:`~scheduler.store.Store` plus the two shared
+extensions of :mod:`scheduler.store._ledger`: atomic budget holds
+(:class:`BudgetLedger`) and fair slices of global pools (:class:`SliceBackend`).
+Every mutation is one Lua script (see :mod:`._redis_lua`), loaded once and
+called by SHA.
+
+**asyncio only.** It is built on ``redis.asyncio`` and therefore runs on
+anyio's asyncio backend only (the production backend); it is the one module of
+``scheduler/`` allowed to depend on an asyncio-specific library.  Code using it
+stays backend-neutral.
+
+Keys (all with the hash tag ``{namespace}`` so a Cluster keeps them together)::
+
+    vibe:{ns}:events            hash   event_id -> event JSON (HSETNX: idempotent)
+    vibe:{ns}:ev:seq            string insertion counter
+    vibe:{ns}:ev:all|task:<id>|day:<d>   zsets of event ids by insertion order
+    vibe:{ns}:tot:<scope>       hash   running totals, ``tokens``, ``m:<model>``
+    vibe:{ns}:holds:<scope>     zset   hold id -> expiry (ms)
+    vibe:{ns}:amts:<scope>      hash   hold amounts and their sums (``__sum`` …)
+    vibe:{ns}:state:<kind>      hash   key -> JSON
+    vibe:{ns}:pool:<name>:grant|demand|exp   slice leases of a global pool
+
+Connection loss: a usage event that cannot reach Redis is appended to a local
+fsync-ed :class:`~._spool.Spool` and replayed (idempotently) as soon as Redis
+answers again, so no usage is lost.  New holds are refused while Redis is down
+(``failure_mode="closed"``, the default) or granted from a small local
+allowance (``"open"``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._config import DistributedConfig
+from .._errors import BudgetExceededError, StoreError, StoreUnavailableError
+from .._usage import Totals, UsageEvent
+from ._base import scopes_of
+from ._ledger import Hold, ScopeLimit, SliceGrant
+from ._redis_lua import SCRIPTS
+from ._spool import Spool, SpooledEvent, SpooledState
+
+_log = structlog.get_logger("vibe_engine.store.redis")
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+#: After a failed attempt, writes go straight to the spool for this long (no reconnect storm).
+_RETRY_AFTER_S = 0.25
+_INT_FIELDS = (
+    "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
+    "file_edits", "shell_commands", "dangerous_commands", "calls",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStoreStatistics:
+    """What :meth:`RedisStore.statistics` reports."""
+
+    namespace: str
+    connected: bool
+    failure_mode: str
+    spooled_writes: int
+    replayed_writes: int
+    fail_open_tokens_used: int
+    fail_open_cost_used: float
+
+
+def totals_from_hash(h: dict[str, str] | Sequence[str]) -> Totals:
+    """Parse a ``tot:<scope>`` hash (dict or flat HGETALL list) into :class:`Totals`."""
+    if not isinstance(h, dict):
+        h = dict(zip(h[::2], h[1::2], strict=True))
+    t = Totals()
+    for f in _INT_FIELDS:
+        setattr(t, f, int(h.get(f, 0)))
+    t.cost_usd = float(h.get("cost_usd", 0.0))
+    t.tokens_by_model = {k[2:]: int(v) for k, v in h.items() if k.startswith("m:")}
+    return t
+
+
+def split_namespace(url: str) -> tuple[str, str | None]:
+    """Remove a ``namespace=`` query parameter from a Redis URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    ns = next((v for k, v in query if k == "namespace"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "namespace"])
+    return urlunsplit(parts._replace(query=rest)), ns
+
+
+class RedisStore:
+    """:class:`~scheduler.store.Store`, :class:`BudgetLedger` and :class:`SliceBackend` on Redis.
+
+    ``url`` is ``redis://host:port/db`` (optionally ``?namespace=name``);
+    ``namespace`` overrides it, else ``config.namespace``.  ``now_ms`` replaces
+    the Redis server's clock in the scripts (tests with a virtual clock).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str | None = None,
+        config: DistributedConfig | None = None,
+        spool_path: str | Path | None = None,
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.url, url_ns = split_namespace(url)
+        self.config = config or DistributedConfig()
+        self.namespace = namespace or url_ns or self.config.namespace
+        self.prefix = f"vibe:{{{self.namespace}}}:"
+        path = spool_path or self.config.spool_path or Path(".vibe-engine/redis-spool.jsonl")
+        self.spool = Spool(Path(path))
+        self._now_ms = now_ms
+        self._client: aioredis.Redis | None = None
+        self._shas: dict[str, str] = {}
+        self._connected = False
+        self._replayed = 0
+        self._local_tokens = 0
+        self._local_cost = 0.0
+        self._retry_at = float("-inf")
+
+    # -- connection ----------------------------------------------------------------
+
+    @property
+    def _conn(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StoreError(f"RedisStore({self.namespace}) is not open; call open() first")
+        return self._client
+
+    async def open(self) -> None:
+        """Connect, load the scripts and replay any spooled usage (raises if unreachable)."""
+        if self._client is None:
+            timeout = self.config.socket_timeout_s
+            self._client = aioredis.Redis.from_url(
+                self.url, decode_responses=True, socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+        try:
+            await self._load_scripts()
+        except _DOWN as exc:
+            raise StoreUnavailableError(f"cannot reach Redis at {self.url}: {exc}") from exc
+        self._connected = True
+        await self._drain()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _load_scripts(self) -> None:
+        for name, src in SCRIPTS.items():
+            self._shas[name] = await self._conn.script_load(src)
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        conn = self._conn
+        try:
+            try:
+                return await conn.evalsha(self._shas[name], len(keys), *keys, *args)
+            except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load again, once
+                self._shas[name] = await conn.script_load(SCRIPTS[name])
+                return await conn.evalsha(self._shas[name], len(keys), *keys, *args)
+        except _DOWN:
+            raise
+        except RedisError as exc:
+            raise StoreError(f"Redis script {name} failed: {exc}") from exc
+
+    def _mark(self, up: bool, exc: BaseException | None = None) -> None:
+        if not up:
+            self._retry_at = anyio.current_time() + _RETRY_AFTER_S
+        if up and not self._connected:
+            _log.info("redis_reconnected", namespace=self.namespace)
+            self._local_tokens, self._local_cost = 0, 0.0
+        elif not up and self._connected:
+            _log.warning("redis_unavailable", namespace=self.namespace, error=str(exc),
+                         failure_mode=self.config.failure_mode)
+        self._connected = up
+
+    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
+        self._mark(False, exc)
+        return StoreUnavailableError(f"Redis unreachable ({what}): {exc}")
+
+    def _now_arg(self) -> str:
+        return str(self._now_ms()) if self._now_ms is not None else ""
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def statistics(self) -> RedisStoreStatistics:
+        return RedisStoreStatistics(
+            self.namespace, self._connected, self.config.failure_mode, len(self.spool),
+            self._replayed, self._local_tokens, self._local_cost,
+        )
+
+    # -- keys ----------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def _hold_keys(self, scopes: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for s in scopes:
+            out += [self.key("holds", s), self.key("amts", s)]
+        return out
+
+    def _record_keys(self, event: UsageEvent, hold_scopes: Sequence[str]) -> list[str]:
+        return [
+            self.key("events"), self.key("ev", "all"), self.key("ev", "seq"),
+            self.key("ev", "task", event.task_id), self.key("ev", "day", event.day),
+            *(self.key("tot", s) for s in scopes_of(event)),
+            *self._hold_keys(hold_scopes),
+        ]
+
+    # -- usage ---------------------------------------------------------------------
+
+    async def _record_now(self, event: UsageEvent, hold_id: str, scopes: Sequence[str]) -> bool:
+        u = event.usage
+        args = (
+            event.event_id, json.dumps(event.to_dict(), sort_keys=True), event.model,
+            u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_write_tokens,
+            repr(event.cost_usd), event.file_edits, event.shell_commands,
+            event.dangerous_commands, hold_id,
+        )
+        fresh = await self._script("record", self._record_keys(event, scopes), args)
+        return bool(fresh)
+
+    def _backing_off(self) -> bool:
+        return not self._connected and anyio.current_time() < self._retry_at
+
+    async def _drain(self) -> None:
+        """Replay spooled writes in order until the spool is empty or Redis fails."""
+        if not len(self.spool):
+            return
+        entries = self.spool.read()
+        done = 0
+        try:
+            for entry in entries:
+                if isinstance(entry, SpooledEvent):
+                    ev, hold_id = entry.event, entry.hold_id
+                    await self._record_now(ev, hold_id, scopes_of(ev) if hold_id else ())
+                else:
+                    await self._write_state_now(entry.kind, entry.key, entry.value)
+                done += 1
+        except _DOWN as exc:
+            self._mark(False, exc)
+        finally:
+            if done:
+                self.spool.drop_first(done)
+                self._replayed += done
+                _log.info("redis_spool_replayed", namespace=self.namespace, writes=done,
+                          pending=len(self.spool))
+        if done == len(entries):
+            self._mark(True)
+
+    async def _record_or_spool(self, event: UsageEvent, hold_id: str,
+                               scopes: Sequence[str]) -> bool:
+        if len(self.spool) and not self._backing_off():
+            await self._drain()
+        if not len(self.spool) and not self._backing_off():
+            try:
+                fresh = await self._record_now(event, hold_id, scopes)
+            except _DOWN as exc:
+                self._mark(False, exc)
+            else:
+                self._mark(True)
+                return fresh
+        # Redis unreachable (or older writes still queued): keep order, never lose usage
+        self.spool.append(SpooledEvent(event, hold_id))
+        _log.warning("redis_usage_spooled", namespace=self.namespace, event_id=event.event_id,
+                     pending=len(self.spool))
+        return True
+
+    async def record(self, event: UsageEvent) -> bool:
+        return await self._record_or_spool(event, "", ())
+
+    async def flush(self) -> int:
+        """Replay the spool now; return how many events are still pending."""
+        await self._drain()
+        return len(self.spool)
+
+    async def totals(self, scope: str) -> Totals:
+        try:
+            h = await self._conn.hgetall(self.key("tot", scope))
+        except _DOWN as exc:
+            raise self._unavailable("totals", exc) from exc
+        return totals_from_hash(cast(dict[str, str], h))
+
+    async def events(
+        self,
+        *,
+        task_id: str | None = None,
+        day_from: str | None = None,
+        day_to: str | None = None,
+    ) -> list[UsageEvent]:
+        if task_id is not None:
+            index = self.key("ev", "task", task_id)
+        elif day_from is not None and day_from == day_to:
+            index = self.key("ev", "day", day_from)
+        else:
+            index = self.key("ev", "all")
+        try:
+            ids = cast(list[str], await self._conn.zrange(index, 0, -1))
+            rows: list[str | None] = []
+            for i in range(0, len(ids), 1000):
+                rows += cast(list[str | None],
+                             await self._conn.hmget(self.key("events"), ids[i:i + 1000]))
+        except _DOWN as exc:
+            raise self._unavailable("events", exc) from exc
+        out: list[tuple[float, int, UsageEvent]] = []
+        for seq, row in enumerate(rows):
+            if row is None:
+                continue
+            e = UsageEvent.from_dict(json.loads(row))
+            if (task_id is None or e.task_id == task_id) and (
+                day_from is None or e.day >= day_from
+            ) and (day_to is None or e.day <= day_to):
+                out.append((e.at, seq, e))
+        out.sort(key=lambda t: (t[0], t[1]))
+        return [e for _, _, e in out]
+
+    # -- state ---------------------------------------------------------------------
+
+    async def _write_state_now(self, kind: str, key: str, value: dict[str, Any] | None) -> None:
+        if value is None:
+            await self._conn.hdel(self.key("state", kind), key)
+        else:
+            await self._conn.hset(self.key("state", kind), key, json.dumps(value, sort_keys=True))
+
+    async def _write_state(self, kind: str, key: str, value: dict[str, Any] | None) -> None:
+        """Write through, or spool while Redis is down (a task finishing mid-outage)."""
+        if len(self.spool) and not self._backing_off():
+            await self._drain()
+        if not len(self.spool) and not self._backing_off():
+            try:
+                await self._write_state_now(kind, key, value)
+            except _DOWN as exc:
+                self._mark(False, exc)
+            else:
+                self._mark(True)
+                return
+        self.spool.append(SpooledState(kind, key, value))
+        _log.warning("redis_state_spooled", namespace=self.namespace, kind=kind, key=key)
+
+    async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        await self._write_state(kind, key, value)
+
+    async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
+        try:
+            raw = await self._conn.hget(self.key("state", kind), key)
+        except _DOWN as exc:
+            raise self._unavailable("get_state", exc) from exc
+        return json.loads(raw) if raw is not None else None
+
+    async def list_state(self, kind: str) -> dict[str, dict[str, Any]]:
+        try:
+            h = cast(dict[str, str], await self._conn.hgetall(self.key("state", kind)))
+        except _DOWN as exc:
+            raise self._unavailable("list_state", exc) from exc
+        return {k: json.loads(h[k]) for k in sorted(h)}
+
+    async def delete_state(self, kind: str, key: str) -> None:
+        await self._write_state(kind, key, None)
+
+    # -- BudgetLedger --------------------------------------------------------------
+
+    async def try_reserve(
+        self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
+        cost_usd: float,
+    ) -> Hold:
+        if len(self.spool) and not self._backing_off():
+            await self._drain()
+        keys: list[str] = []
+        args: list[Any] = [hold_id, tokens, repr(cost_usd), model,
+                           int(self.config.hold_ttl_s * 1000), self._now_arg()]
+        for lim in limits:
+            keys += [self.key("tot", lim.scope), self.key("holds", lim.scope),
+                     self.key("amts", lim.scope)]
+            args += [_opt(lim.tokens), _opt(lim.model_tokens), _opt(lim.cost_usd)]
+        if self._backing_off():
+            down = StoreUnavailableError("Redis unreachable moments ago; retrying shortly")
+            return self._reserve_locally(down, hold_id, limits, model, tokens, cost_usd)
+        try:
+            reply = await self._script("try_reserve", keys, args)
+        except _DOWN as exc:
+            self._mark(False, exc)
+            return self._reserve_locally(exc, hold_id, limits, model, tokens, cost_usd)
+        self._mark(True)
+        scopes = tuple(lim.scope for lim in limits)
+        if int(reply[0]) == 0:
+            _, j, dim, used, held, limit = reply
+            raise BudgetExceededError(
+                scopes[int(j)], str(dim), float(used) + float(held), float(limit),
+                cost_usd if dim == "cost_usd" else tokens,
+            )
+        totals: dict[str, Totals] = {}
+        held_by: dict[str, tuple[int, float]] = {}
+        for scope, (tot, s, c) in zip(scopes, json.loads(reply[2]), strict=True):
+            totals[scope] = totals_from_hash(tot if isinstance(tot, dict) else {})
+            held_by[scope] = (int(s), float(c))
+        return Hold(hold_id, scopes, model, tokens, cost_usd, totals, held_by)
+
+    def _reserve_locally(
+        self, exc: BaseException, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
+        tokens: int, cost_usd: float,
+    ) -> Hold:
+        cfg = self.config
+        if cfg.failure_mode == "closed":
+            raise StoreUnavailableError(
+                f"Redis unreachable, no new holds while fail-closed: {exc}"
+            ) from exc
+        if (self._local_tokens + tokens > cfg.fail_open_tokens
+                or self._local_cost + cost_usd > cfg.fail_open_cost_usd):
+            raise StoreUnavailableError(
+                f"Redis unreachable and the fail-open allowance is used up: {exc}"
+            ) from exc
+        self._local_tokens += tokens
+        self._local_cost += cost_usd
+        _log.warning("redis_fail_open_hold", namespace=self.namespace, tokens=tokens,
+                     allowance_used=self._local_tokens)
+        scopes = tuple(lim.scope for lim in limits)
+        return Hold(hold_id, scopes, model, tokens, cost_usd, {}, {}, local=True)
+
+    async def settle(self, event: UsageEvent, hold: Hold) -> bool:
+        if hold.local:
+            return await self.record(event)
+        return await self._record_or_spool(event, hold.hold_id, hold.scopes)
+
+    async def release(self, hold: Hold) -> None:
+        if hold.local:
+            return
+        try:
+            await self._script("release", self._hold_keys(hold.scopes), [hold.hold_id])
+        except _DOWN as exc:  # the hold expires on its own after hold_ttl_s
+            self._mark(False, exc)
+
+    # -- SliceBackend --------------------------------------------------------------
+
+    def _pool_keys(self, pool: str) -> list[str]:
+        return [self.key("pool", pool, "grant"), self.key("pool", pool, "demand"),
+                self.key("pool", pool, "exp")]
+
+    async def lease_slice(
+        self, pool: str, holder: str, *, demand: int, capacity: int, ttl_s: float
+    ) -> SliceGrant:
+        """Grant or renew ``holder``'s slice (raises StoreUnavailableError when down)."""
+        args = [holder, max(int(demand), 0), int(capacity), int(ttl_s * 1000), self._now_arg()]
+        try:
+            grant, fair, n, _ = await self._script("lease_slice", self._pool_keys(pool), args)
+        except _DOWN as exc:
+            raise self._unavailable("lease_slice", exc) from exc
+        self._mark(True)
+        return SliceGrant(pool, holder, int(grant), int(fair), int(n), ttl_s)
+
+    async def release_slice(self, pool: str, holder: str) -> None:
+        try:
+            await self._script("release_slice", self._pool_keys(pool), [holder])
+        except _DOWN as exc:
+            raise self._unavailable("release_slice", exc) from exc
+
+    async def slices(self, pool: str) -> dict[str, int]:
+        """Current grants of ``pool`` by holder (expired ones included until the next lease)."""
+        try:
+            h = cast(dict[str, str], await self._conn.hgetall(self.key("pool", pool, "grant")))
+        except _DOWN as exc:
+            raise self._unavailable("slices", exc) from exc
+        return {k: int(v) for k, v in h.items()}
+
+    async def delete_namespace(self) -> int:
+        """Delete every key of this namespace (tests, ``vibe-engine`` resets)."""
+        n = 0
+        async for k in self._conn.scan_iter(match=self.prefix.replace("{", "\\{").replace(
+                "}", "\\}") + "*", count=500):
+            n += await self._conn.delete(k)
+        return n
+
+
+def _opt(v: float | None) -> str:
+    return "" if v is None else repr(v)

@@ -1,0 +1,198 @@
+"""Lua scripts of :class:`~scheduler.store._redis.RedisStore`.
+
+Each script runs atomically inside Redis.  They are loaded once per
+connection pool (``SCRIPT LOAD``) and called by SHA (``EVALSHA``); a
+``NOSCRIPT`` reply (Redis restarted or ``SCRIPT FLUSH``) reloads them.
+
+Times are milliseconds.  A script uses the Redis server's clock (``TIME``)
+unless the caller passes ``now_ms`` (tests with a virtual clock), so several
+machines with skewed clocks still agree on when a hold or a slice expires.
+Every key a script touches is passed in ``KEYS`` and carries the deployment's
+hash tag (``vibe:{namespace}:…``), so the scripts also work on a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+_NOW = """
+local function now_ms(arg)
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+_RELEASE_HOLD = """
+local function release_hold(holds, amts, id)
+  local tok = redis.call('HGET', amts, id)
+  if not tok then return 0 end
+  local cost = redis.call('HGET', amts, id .. '|c') or '0'
+  local model = redis.call('HGET', amts, id .. '|m') or ''
+  redis.call('HDEL', amts, id, id .. '|c', id .. '|m')
+  redis.call('ZREM', holds, id)
+  redis.call('HINCRBY', amts, '__sum', -tonumber(tok))
+  redis.call('HINCRBYFLOAT', amts, '__cost', -tonumber(cost))
+  if model ~= '' then redis.call('HINCRBY', amts, '__m:' .. model, -tonumber(tok)) end
+  return 1
+end
+"""
+
+#: Record one usage event (idempotent on its id) and optionally settle a hold.
+#: KEYS: events, all, seq, task index, day index, 3 totals, then (holds, amts) pairs.
+#: ARGV: id, json, model, prompt, completion, cache_read, cache_write, cost,
+#:       file_edits, shell, dangerous, hold id ('' for none).
+RECORD = _RELEASE_HOLD + """
+local fresh = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+if fresh == 1 then
+  local seq = redis.call('INCR', KEYS[3])
+  redis.call('ZADD', KEYS[2], seq, ARGV[1])
+  redis.call('ZADD', KEYS[4], seq, ARGV[1])
+  redis.call('ZADD', KEYS[5], seq, ARGV[1])
+  local names = {'prompt_tokens', 'completion_tokens', 'cache_read_tokens',
+                 'cache_write_tokens'}
+  local total = 0
+  for i = 1, 4 do total = total + tonumber(ARGV[3 + i]) end
+  local ops = {'file_edits', 'shell_commands', 'dangerous_commands'}
+  for k = 6, 8 do
+    for i = 1, 4 do
+      local v = tonumber(ARGV[3 + i])
+      if v ~= 0 then redis.call('HINCRBY', KEYS[k], names[i], v) end
+    end
+    redis.call('HINCRBY', KEYS[k], 'tokens', total)
+    if tonumber(ARGV[8]) ~= 0 then redis.call('HINCRBYFLOAT', KEYS[k], 'cost_usd', ARGV[8]) end
+    for i = 1, 3 do
+      local v = tonumber(ARGV[8 + i])
+      if v ~= 0 then redis.call('HINCRBY', KEYS[k], ops[i], v) end
+    end
+    if ARGV[3] ~= '' then
+      redis.call('HINCRBY', KEYS[k], 'calls', 1)
+      redis.call('HINCRBY', KEYS[k], 'm:' .. ARGV[3], total)
+    end
+  end
+end
+if ARGV[12] ~= '' then
+  for i = 9, #KEYS, 2 do release_hold(KEYS[i], KEYS[i + 1], ARGV[12]) end
+end
+return fresh
+"""
+
+#: Charge-if-within-budget: hold ``tokens``/``cost`` against every scope, or nothing.
+#: KEYS: per scope (totals, holds, amts).
+#: ARGV: hold id, tokens, cost, model, ttl_ms, now_ms ('' = server time), then per
+#:       scope (limit tokens, limit model tokens, limit cost), '' = unlimited.
+#: Returns {1, now, JSON [[totals, held tokens, held cost], ...]} (one JSON string: cheap to
+#: parse) or {0, scope index, dimension, used, held, limit}.
+TRY_RESERVE = _NOW + _RELEASE_HOLD + """
+local id, tokens, cost, model = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local ttl, now = tonumber(ARGV[5]), now_ms(ARGV[6])
+local n = #KEYS / 3
+for j = 0, n - 1 do
+  local holds, amts = KEYS[3 * j + 2], KEYS[3 * j + 3]
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  for _, old in ipairs(expired) do release_hold(holds, amts, old) end
+end
+local fresh = redis.call('HEXISTS', KEYS[3], id) == 0
+if fresh then
+  for j = 0, n - 1 do
+    local tot, amts = KEYS[3 * j + 1], KEYS[3 * j + 3]
+    local lt, lm, lc = ARGV[7 + 3 * j], ARGV[8 + 3 * j], ARGV[9 + 3 * j]
+    if lt ~= '' and tokens > 0 then
+      local used = tonumber(redis.call('HGET', tot, 'tokens') or '0')
+      local held = tonumber(redis.call('HGET', amts, '__sum') or '0')
+      if used + held + tokens > tonumber(lt) then
+        return {0, j, 'tokens', tostring(used), tostring(held), lt}
+      end
+    end
+    if lm ~= '' and model ~= '' and tokens > 0 then
+      local used = tonumber(redis.call('HGET', tot, 'm:' .. model) or '0')
+      local held = tonumber(redis.call('HGET', amts, '__m:' .. model) or '0')
+      if used + held + tokens > tonumber(lm) then
+        return {0, j, 'tokens:' .. model, tostring(used), tostring(held), lm}
+      end
+    end
+    if lc ~= '' and cost > 0 then
+      local used = tonumber(redis.call('HGET', tot, 'cost_usd') or '0')
+      local held = tonumber(redis.call('HGET', amts, '__cost') or '0')
+      if used + held + cost > tonumber(lc) then
+        return {0, j, 'cost_usd', tostring(used), tostring(held), lc}
+      end
+    end
+  end
+  for j = 0, n - 1 do
+    local holds, amts = KEYS[3 * j + 2], KEYS[3 * j + 3]
+    redis.call('ZADD', holds, now + ttl, id)
+    redis.call('HSET', amts, id, tokens, id .. '|c', ARGV[3], id .. '|m', model)
+    redis.call('HINCRBY', amts, '__sum', tokens)
+    redis.call('HINCRBYFLOAT', amts, '__cost', ARGV[3])
+    if model ~= '' then redis.call('HINCRBY', amts, '__m:' .. model, tokens) end
+  end
+end
+local scopes = {}
+for j = 0, n - 1 do
+  local flat = redis.call('HGETALL', KEYS[3 * j + 1])
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  local held = redis.call('HMGET', KEYS[3 * j + 3], '__sum', '__cost')
+  scopes[j + 1] = {t, held[1] or '0', held[2] or '0'}
+end
+return {1, now, cjson.encode(scopes)}
+"""
+
+#: Release a hold without charging. KEYS: (holds, amts) pairs. ARGV: hold id.
+RELEASE = _RELEASE_HOLD + """
+local n = 0
+for i = 1, #KEYS, 2 do n = n + release_hold(KEYS[i], KEYS[i + 1], ARGV[1]) end
+return n
+"""
+
+#: Lease (grant or renew) a slice of a global pool, max-min fair between holders.
+#: KEYS: grants hash, demands hash, expiries zset.
+#: ARGV: holder, demand, capacity, ttl_ms, now_ms ('' = server time).
+#: Returns {granted, fair share, live holders, expires_at_ms}.
+LEASE_SLICE = _NOW + """
+local grants, demands, exp = KEYS[1], KEYS[2], KEYS[3]
+local holder, demand, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, now = tonumber(ARGV[4]), now_ms(ARGV[5])
+local dead = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
+for _, h in ipairs(dead) do
+  redis.call('HDEL', grants, h)
+  redis.call('HDEL', demands, h)
+  redis.call('ZREM', exp, h)
+end
+redis.call('HSET', demands, holder, demand)
+redis.call('ZADD', exp, now + ttl, holder)
+local all = redis.call('HVALS', demands)
+local ds = {}
+for i, v in ipairs(all) do ds[i] = tonumber(v) end
+table.sort(ds)
+local left, level, n = cap, nil, #ds
+for i, d in ipairs(ds) do
+  local share = left / (n - i + 1)
+  if d > share then level = share; break end
+  left = left - d
+end
+if level == nil then level = demand end
+local fair = math.floor(math.min(demand, level))
+local others = 0
+local gs = redis.call('HGETALL', grants)
+for i = 1, #gs, 2 do
+  if gs[i] ~= holder then others = others + tonumber(gs[i + 1]) end
+end
+local grant = math.max(0, math.min(fair, cap - others))
+redis.call('HSET', grants, holder, grant)
+return {grant, fair, n, now + ttl}
+"""
+
+#: Give a slice back. KEYS: grants, demands, expiries. ARGV: holder.
+RELEASE_SLICE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('ZREM', KEYS[3], ARGV[1])
+"""
+
+SCRIPTS: dict[str, str] = {
+    "record": RECORD,
+    "try_reserve": TRY_RESERVE,
+    "release": RELEASE,
+    "lease_slice": LEASE_SLICE,
+    "release_slice": RELEASE_SLICE,
+}

@@ -1,0 +1,178 @@
+"""Global quota slices: fair leases of a shared pool between orchestrators (R5.3, R5.4
+across processes), their expiry, and the configured failure mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from scheduler._config import DistributedConfig
+from scheduler._errors import StoreUnavailableError
+from scheduler._quota import GlobalQuota, open_global_quota
+from scheduler.store._ledger import SliceGrant
+from scheduler.store._redis import RedisStore
+from tests._redis_helpers import (
+    REDIS_URL,
+    delete_namespace,
+    new_namespace,
+    redis_or_skip,
+    run_asyncio,
+    run_virtual,
+)
+
+
+@pytest.fixture
+def redis_ns() -> Iterator[str]:
+    client = redis_or_skip()
+    ns = new_namespace()
+    try:
+        yield ns
+    finally:
+        delete_namespace(client, ns)
+        client.close()
+
+
+class FlakyBackend:
+    """A SliceBackend that grants ``share`` while up and raises while down."""
+
+    def __init__(self, share: int) -> None:
+        self.share = share
+        self.up = True
+        self.leases: list[tuple[str, int]] = []
+        self.released: list[str] = []
+
+    async def lease_slice(
+        self, pool: str, holder: str, *, demand: int, capacity: int, ttl_s: float
+    ) -> SliceGrant:
+        await anyio.lowlevel.checkpoint()
+        if not self.up:
+            raise StoreUnavailableError("down")
+        self.leases.append((holder, demand))
+        amount = min(self.share, demand)
+        return SliceGrant(pool, holder, amount, amount, 1, ttl_s)
+
+    async def release_slice(self, pool: str, holder: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.released.append(holder)
+
+
+CFG = DistributedConfig(slice_ttl_s=15.0, renew_s=5.0, fail_open_tokens_per_minute=1_000)
+
+
+def test_slice_reported_renewed_and_released() -> None:
+    """The slice size reaches the local allocator through on_slice; demand is sent on
+    each renewal; the slice is given back on exit."""
+    seen: list[tuple[str, int]] = []
+    backend = FlakyBackend(share=40_000)
+
+    async def main() -> None:
+        async with open_global_quota(backend, {"tpm": 100_000}, holder="o1", config=CFG,
+                                     on_slice=lambda p, n: seen.append((p, n))) as q:
+            assert q.slice("tpm") == 40_000
+            q.set_demand("tpm", 10_000)
+            await anyio.sleep(5.5)
+            assert q.slice("tpm") == 10_000
+            assert q.statistics().pools["tpm"].renewals == 2
+        assert backend.released == ["o1"]
+
+    run_virtual(main)
+    assert seen == [("tpm", 40_000), ("tpm", 10_000), ("tpm", 0)]
+    assert backend.leases == [("o1", 100_000), ("o1", 10_000)]
+
+
+@pytest.mark.parametrize(("mode", "fallback"), [("closed", 0), ("open", 1_000)])
+def test_backend_down_keeps_slice_until_expiry_then_failure_mode(mode: str, fallback: int) -> None:
+    """Redis down: the held slice is used until it would expire on the server, then it
+    drops to 0 (fail-closed: no new grants) or to the small local allowance (fail-open);
+    when Redis is back the fair slice returns."""
+    cfg = CFG.model_copy(update={"failure_mode": mode})
+    backend = FlakyBackend(share=40_000)
+    sizes: list[tuple[float, int]] = []
+
+    async def main() -> None:
+        q = GlobalQuota(backend, {"tpm": 100_000}, holder="o1", config=cfg,
+                        on_slice=lambda p, n: sizes.append((anyio.current_time(), n)))
+        async with anyio.create_task_group() as tg:
+            t0 = anyio.current_time()
+            await tg.start(q.run)
+            await anyio.sleep(1.0)
+            backend.up = False
+            await anyio.sleep(13.0)  # renewals at 5 and 10 fail; lease still valid
+            assert q.slice("tpm") == 40_000
+            await anyio.sleep(2.5)  # expired at t0 + 15 (from the last good renewal at t0)
+            assert q.slice("tpm") == fallback
+            assert q.statistics().pools["tpm"].degraded
+            backend.up = True
+            await anyio.sleep(5.0)
+            assert q.slice("tpm") == 40_000
+            tg.cancel_scope.cancel()
+        expiry = [t - t0 for t, n in sizes if n == fallback and n != 40_000]
+        assert expiry and expiry[0] == pytest.approx(15.0, abs=0.01)
+
+    run_virtual(main)
+
+
+# -- the Lua grant on the real Redis ---------------------------------------------------------
+
+
+def test_r5_3_slices_are_max_min_fair_and_never_overcommitted(
+    redis_ns: str, tmp_path: Path
+) -> None:
+    """Demands 100/1000/1000 of 900: the small one gets its 100, the others 400 each; a
+    newcomer only gets what is free until the others renew down to their fair share."""
+    now = [0]
+
+    async def main() -> None:
+        s = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "sp",
+                       now_ms=lambda: now[0])
+        await s.open()
+
+        async def lease(h: str, demand: int) -> SliceGrant:
+            return await s.lease_slice("tpm", h, demand=demand, capacity=900, ttl_s=10)
+
+        assert (await lease("a", 1000)).amount == 900
+        b = await lease("b", 1000)
+        assert (b.amount, b.fair_share, b.holders) == (0, 450, 2)  # nothing free yet
+        assert (await lease("a", 1000)).amount == 450
+        assert (await lease("b", 1000)).amount == 450
+        assert (await lease("c", 100)).amount == 0
+        assert (await lease("a", 1000)).amount == 400
+        assert (await lease("b", 1000)).amount == 400
+        assert (await lease("c", 100)).amount == 100
+        assert sum((await s.slices("tpm")).values()) <= 900
+        await s.aclose()
+
+    run_asyncio(main)
+
+
+def test_r5_4_dead_orchestrators_slice_expires_and_returns(redis_ns: str, tmp_path: Path) -> None:
+    """A holder that stops renewing loses its slice after the TTL; the others get it."""
+    now = [0]
+
+    async def main() -> None:
+        s = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "sp",
+                       now_ms=lambda: now[0])
+        await s.open()
+        for _ in range(2):
+            for h in ("a", "b", "c"):
+                await s.lease_slice("tpm", h, demand=900, capacity=900, ttl_s=3)
+        assert await s.slices("tpm") == {"a": 300, "b": 300, "c": 300}
+        for _ in range(2):  # c died: a and b keep renewing every second
+            now[0] += 1_000
+            for h in ("a", "b"):
+                await s.lease_slice("tpm", h, demand=900, capacity=900, ttl_s=3)
+        assert (await s.slices("tpm"))["a"] == 300  # c's lease is still valid
+        now[0] += 1_500
+        for _ in range(2):
+            for h in ("a", "b"):
+                g = await s.lease_slice("tpm", h, demand=900, capacity=900, ttl_s=3)
+        assert await s.slices("tpm") == {"a": 450, "b": 450}
+        assert g.holders == 2
+        await s.release_slice("tpm", "a")
+        assert (await s.lease_slice("tpm", "b", demand=900, capacity=900, ttl_s=3)).amount == 900
+        await s.aclose()
+
+    run_asyncio(main)

@@ -1,0 +1,558 @@
+"""RedisStore: the store contract on memory, SQLite and Redis, plus the shared extensions.
+
+Redis cases use the real server on 127.0.0.1:6379 with a fresh namespace each;
+they skip when it is unreachable unless VIBE_REQUIRE_REDIS=1 (then they fail).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import date
+from pathlib import Path
+
+import anyio
+import pytest
+
+from scheduler import (
+    BudgetExceededError,
+    FixedWallClock,
+    Limits,
+    StoreUnavailableError,
+    TaskSpec,
+    Tracker,
+    Usage,
+    UsageEvent,
+    VibeConfig,
+    resolve_task,
+)
+from scheduler._config import DistributedConfig
+from scheduler.store import MemoryStore, SqliteStore, Store, open_store
+from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit, SliceBackend
+from scheduler.store._redis import RedisStore, split_namespace
+from tests._redis_helpers import (
+    REDIS_URL,
+    TcpProxy,
+    delete_namespace,
+    new_namespace,
+    redis_or_skip,
+    run_asyncio,
+    run_virtual,
+)
+
+KINDS = ["memory", "sqlite", "redis"]
+DAY = "2026-11-27"
+
+
+@pytest.fixture
+def redis_ns() -> Iterator[str]:
+    client = redis_or_skip()
+    ns = new_namespace()
+    try:
+        yield ns
+    finally:
+        delete_namespace(client, ns)
+        client.close()
+
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=KINDS)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """A factory of (unopened) stores of one kind that all see the same data."""
+    if request.param == "memory":
+        shared = MemoryStore()
+        return lambda: shared
+    if request.param == "sqlite":
+        return lambda: SqliteStore(tmp_path / "vibe.db")
+    ns: str = request.getfixturevalue("redis_ns")
+    return lambda: RedisStore(REDIS_URL, namespace=ns, spool_path=tmp_path / "spool.jsonl")
+
+
+def ev(n: int, *, task: str = "t1", session: str = "s1", day: str = DAY, model: str = "sonnet",
+       prompt: int = 100, completion: int = 50, cost: float = 0.01, file_edits: int = 0,
+       shell_commands: int = 0, dangerous_commands: int = 0) -> UsageEvent:
+    return UsageEvent(
+        event_id=f"e{n}", task_id=task, session_id=session, day=day, at=1_700_000_000.0 + n,
+        agent="coder", model=model, usage=Usage(prompt, completion, 7, 3, 2), cost_usd=cost,
+        file_edits=file_edits, shell_commands=shell_commands,
+        dangerous_commands=dangerous_commands,
+    )
+
+
+def with_store(make: StoreFactory, body: Callable[[Store], Awaitable[None]]) -> None:
+    async def main() -> None:
+        s = make()
+        await s.open()
+        try:
+            await body(s)
+        finally:
+            await s.aclose()
+    run_asyncio(main)
+
+
+# -- the store contract ------------------------------------------------------------------
+
+
+def test_r2_1_record_is_idempotent_and_charges_every_scope(make_store: StoreFactory) -> None:
+    """R2.1/R1.2: one event charges task, session and day once; a retry charges nothing."""
+    async def body(s: Store) -> None:
+        assert await s.record(ev(1)) is True
+        assert await s.record(ev(1)) is False
+        assert await s.record(ev(2, model="haiku", file_edits=2, shell_commands=1,
+                                    dangerous_commands=1)) is True
+        assert await s.record(ev(3, model="", prompt=0, completion=0, cost=0.0, file_edits=1))
+        for scope in ("task:t1", "session:s1", f"day:{DAY}"):
+            t = await s.totals(scope)
+            assert (t.prompt_tokens, t.completion_tokens) == (200, 100)
+            assert (t.cache_read_tokens, t.cache_write_tokens) == (21, 15)
+            assert t.tokens == 336
+            assert t.cost_usd == pytest.approx(0.02)
+            assert (t.file_edits, t.shell_commands, t.dangerous_commands) == (3, 1, 1)
+            assert t.calls == 2
+            assert t.tokens_by_model == {"sonnet": 162, "haiku": 162}
+        assert (await s.totals("task:nope")).tokens == 0
+    with_store(make_store, body)
+
+
+def test_r2_6_events_filter_by_task_and_day_in_order(make_store: StoreFactory) -> None:
+    """R2.6: the usage log answers per task and per day range."""
+    async def body(s: Store) -> None:
+        await s.record(ev(3, task="t2", day="2026-11-28"))
+        await s.record(ev(1))
+        await s.record(ev(2, task="t2"))
+        def ids(events: list[UsageEvent]) -> list[str]:
+            return sorted(e.event_id for e in events)
+        assert ids(await s.events()) == ["e1", "e2", "e3"]
+        assert ids(await s.events(task_id="t2")) == ["e2", "e3"]
+        assert ids(await s.events(day_from="2026-11-28")) == ["e3"]
+        assert ids(await s.events(day_from=DAY, day_to=DAY)) == ["e1", "e2"]
+        got = (await s.events(task_id="t1"))[0]
+        assert got == ev(1)
+    with_store(make_store, body)
+
+
+def test_state_records_round_trip(make_store: StoreFactory) -> None:
+    async def body(s: Store) -> None:
+        await s.put_state("pause", "t1", {"reason": "budget", "n": [1, 2]})
+        await s.put_state("pause", "t0", {"reason": "x"})
+        assert await s.get_state("pause", "t1") == {"reason": "budget", "n": [1, 2]}
+        assert sorted(await s.list_state("pause")) == ["t0", "t1"]
+        await s.delete_state("pause", "t1")
+        assert await s.get_state("pause", "t1") is None
+        assert await s.list_state("nothing") == {}
+    with_store(make_store, body)
+
+
+def test_r1_5_day_totals_survive_reopening(make_store: StoreFactory) -> None:
+    """R1.5: a new store instance (a restarted process) sees what the day already spent."""
+    async def first(s: Store) -> None:
+        await s.record(ev(1))
+
+    async def second(s: Store) -> None:
+        assert (await s.totals(f"day:{DAY}")).tokens == 162
+        assert await s.record(ev(1)) is False
+    with_store(make_store, first)
+    with_store(make_store, second)
+
+
+def test_only_redis_offers_the_shared_extensions(tmp_path: Path) -> None:
+    """MemoryStore and SqliteStore keep their behaviour: no shared ledger, no slices."""
+    for s in (MemoryStore(), SqliteStore(tmp_path / "x.db")):
+        assert not isinstance(s, BudgetLedger)
+        assert not isinstance(s, SliceBackend)
+    r = RedisStore(REDIS_URL)
+    assert isinstance(r, BudgetLedger) and isinstance(r, SliceBackend) and isinstance(r, Store)
+
+
+def test_open_store_routes_redis_urls_with_namespace(tmp_path: Path) -> None:
+    cfg = DistributedConfig(namespace="dep1", failure_mode="open")
+    s = open_store("redis://127.0.0.1:6379/0?namespace=blue", tmp_path, distributed=cfg)
+    assert isinstance(s, RedisStore)
+    assert s.namespace == "blue" and s.prefix == "vibe:{blue}:"
+    assert s.url == "redis://127.0.0.1:6379/0"
+    assert s.config.failure_mode == "open"
+    assert s.spool.path == tmp_path / "redis-spool.jsonl"
+    assert split_namespace("redis://h:1/2?a=b") == ("redis://h:1/2?a=b", None)
+
+
+# -- atomic shared holds -----------------------------------------------------------------
+
+
+def _session(limit: int, *, model_limit: int | None = None) -> tuple[ScopeLimit, ...]:
+    return (ScopeLimit("session:s1", tokens=limit, model_tokens=model_limit),
+            ScopeLimit(f"day:{DAY}", cost_usd=1.0))
+
+
+def test_r1_2_shared_hold_is_all_or_nothing_and_settles(redis_ns: str, tmp_path: Path) -> None:
+    """R1.2 across processes: a hold is granted only if every scope has room."""
+    async def main() -> None:
+        s = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "sp")
+        await s.open()
+        await s.record(ev(1))  # 162 tokens, $0.01
+        h1 = await s.try_reserve("h1", _session(500), model="sonnet", tokens=300, cost_usd=0.5)
+        assert h1.totals["session:s1"].tokens == 162
+        assert h1.held["session:s1"][0] == 300
+        assert h1.held["session:s1"][1] == pytest.approx(0.5)
+        with pytest.raises(BudgetExceededError) as err:
+            await s.try_reserve("h2", _session(500), model="sonnet", tokens=100, cost_usd=0.0)
+        assert (err.value.scope, err.value.dimension) == ("session:s1", "tokens")
+        assert err.value.used == 462 and err.value.limit == 500
+        with pytest.raises(BudgetExceededError) as err:  # day cost: 0.01 + 0.5 + 0.6 > 1.0
+            await s.try_reserve("h3", _session(10_000), model="haiku", tokens=1, cost_usd=0.6)
+        assert err.value.dimension == "cost_usd" and err.value.scope == f"day:{DAY}"
+        # nothing of the refused holds was kept: settling h1 frees its 300 tokens
+        assert await s.settle(ev(2, prompt=10, completion=10), h1) is True
+        h4 = await s.try_reserve("h4", _session(500), model="sonnet", tokens=300, cost_usd=0.0)
+        assert h4.totals["session:s1"].tokens == 162 + 32
+        await s.release(h4)
+        h5 = await s.try_reserve("h5", _session(500, model_limit=250), model="sonnet",
+                                 tokens=40, cost_usd=0.0)
+        with pytest.raises(BudgetExceededError) as err:
+            await s.try_reserve("h6", _session(500, model_limit=250), model="sonnet",
+                                tokens=20, cost_usd=0.0)
+        assert err.value.dimension == "tokens:sonnet"
+        assert h5.tokens == 40
+        await s.aclose()
+    run_asyncio(main)
+
+
+def test_hold_of_a_dead_process_expires(redis_ns: str, tmp_path: Path) -> None:
+    """A hold never settled (its process died) is released after hold_ttl_s (server time
+    replaced by an injected clock here)."""
+    now = [1_000_000]
+    cfg = DistributedConfig(hold_ttl_s=5.0)
+
+    async def main() -> None:
+        s = RedisStore(REDIS_URL, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp",
+                       now_ms=lambda: now[0])
+        await s.open()
+        await s.try_reserve("dead", _session(100), model="sonnet", tokens=100, cost_usd=0.0)
+        with pytest.raises(BudgetExceededError):
+            await s.try_reserve("h", _session(100), model="sonnet", tokens=1, cost_usd=0.0)
+        now[0] += 5_001
+        h = await s.try_reserve("h", _session(100), model="sonnet", tokens=100, cost_usd=0.0)
+        assert h.held["session:s1"][0] == 100
+        await s.aclose()
+    run_asyncio(main)
+
+
+def test_r1_2_concurrent_holds_from_three_clients_never_overspend(
+    redis_ns: str, tmp_path: Path
+) -> None:
+    """Three clients racing 60 holds at one 10,000-token budget: at most 10 granted."""
+    async def main() -> None:
+        stores = [RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / f"s{i}")
+                  for i in range(3)]
+        for s in stores:
+            await s.open()
+        granted: list[str] = []
+
+        async def one(i: int) -> None:
+            try:
+                h = await stores[i % 3].try_reserve(f"h{i}", _session(10_000), model="sonnet",
+                                                    tokens=1_000, cost_usd=0.0)
+            except BudgetExceededError:
+                return
+            granted.append(h.hold_id)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(60):
+                tg.start_soon(one, i)
+        assert len(granted) == 10
+        for s in stores:
+            await s.aclose()
+    run_asyncio(main)
+
+
+def test_scripts_reload_after_script_flush(redis_ns: str, tmp_path: Path) -> None:
+    """Scripts are called by SHA; a NOSCRIPT (Redis restarted) reloads them once."""
+    async def main() -> None:
+        s = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "sp")
+        await s.open()
+        client = redis_or_skip()
+        client.script_flush()
+        client.close()
+        assert await s.record(ev(1)) is True
+        assert (await s.totals("session:s1")).tokens == 162
+        await s.aclose()
+    run_asyncio(main)
+
+
+# -- tracker integration -----------------------------------------------------------------
+
+
+def _config(session_tokens: int) -> VibeConfig:
+    return VibeConfig.model_validate({
+        "budgets": {"session": Limits(tokens=session_tokens).model_dump(), "day": {}},
+    })
+
+
+async def _tracker(store: Store, cfg: VibeConfig, task: str) -> Tracker:
+    tr = Tracker(store, cfg, session_id="shared", wall=FixedWallClock(date(2026, 11, 27)))
+    await tr.open()
+    spec = TaskSpec(id=task, agent="coder", prompt="Fix the bug in parser")
+    await tr.start_task(task, resolve_task(spec, cfg), agent="coder")
+    return tr
+
+
+def test_r1_2_two_trackers_share_one_session_budget(redis_ns: str, tmp_path: Path) -> None:
+    """Two orchestrators' trackers on one Redis cannot both pass the same session check."""
+    cfg = _config(3_000)
+
+    async def main() -> None:
+        a = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "a")
+        b = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "b")
+        await a.open()
+        await b.open()
+        ta, tb = await _tracker(a, cfg, "ta"), await _tracker(b, cfg, "tb")
+        ra = await ta.reserve_shared("ta", model="sonnet", tokens=2_000, cost_usd=0.0)
+        assert ra.hold is not None
+        with pytest.raises(BudgetExceededError):  # locally tb sees nothing spent
+            await tb.reserve_shared("tb", model="sonnet", tokens=2_000, cost_usd=0.0)
+        assert tb.session.reserved_tokens == 0  # the local reservation was undone
+        await ta.charge(ta.make_event("ta", model="sonnet", usage=Usage(500, 500)), ra)
+        rb = await tb.reserve_shared("tb", model="sonnet", tokens=2_000, cost_usd=0.0)
+        assert tb.session.totals.tokens == 1_000  # refreshed from the shared totals
+        await tb.release(rb)
+        assert (await b.try_reserve("x", (ScopeLimit("session:shared", tokens=3_000),),
+                                    model="", tokens=2_000, cost_usd=0.0)).tokens == 2_000
+        await a.aclose()
+        await b.aclose()
+    run_asyncio(main)
+
+
+def test_reserve_shared_is_plain_reserve_on_local_stores() -> None:
+    """MemoryStore: reserve_shared behaves exactly like reserve (no hold)."""
+    async def main() -> None:
+        tr = await _tracker(MemoryStore(), _config(3_000), "t")
+        r = await tr.reserve_shared("t", model="sonnet", tokens=2_000, cost_usd=0.0)
+        assert r.hold is None and tr.session.reserved_tokens == 2_000
+        with pytest.raises(BudgetExceededError):
+            await tr.reserve_shared("t", model="sonnet", tokens=2_000, cost_usd=0.0)
+        await tr.release(r)
+        assert tr.session.reserved_tokens == 0
+    run_asyncio(main)
+
+
+# -- connection loss ---------------------------------------------------------------------
+
+
+def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) -> None:
+    """Redis down (connection cut): no new holds; usage of calls in flight is spooled
+    to disk and reaches Redis after reconnection; nothing is lost or double-charged."""
+    proxy = TcpProxy()
+    cfg = DistributedConfig(socket_timeout_s=0.5)
+
+    async def main() -> None:
+        s = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp")
+        await s.open()
+        h = await s.try_reserve("h1", _session(1_000), model="sonnet", tokens=300, cost_usd=0.0)
+        assert await s.record(ev(1)) is True
+        proxy.cut()
+        with pytest.raises(StoreUnavailableError):
+            await s.try_reserve("h2", _session(1_000), model="sonnet", tokens=1, cost_usd=0.0)
+        assert await s.settle(ev(2), h) is True  # the call in flight completes
+        assert await s.record(ev(3)) is True
+        assert s.statistics().spooled_writes == 2 and not s.connected
+        # a second process (or a restarted one) replays the same spool: still no loss
+        proxy.restore()
+        assert await s.flush() == 0
+        assert s.statistics().replayed_writes == 2 and s.connected
+        direct = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "d")
+        await direct.open()
+        assert [e.event_id for e in await direct.events()] == ["e1", "e2", "e3"]
+        assert (await direct.totals("session:s1")).tokens == 3 * 162
+        h3 = await direct.try_reserve("h3", _session(1_000), model="sonnet", tokens=514,
+                                      cost_usd=0.0)  # h1 was released by the replayed settle
+        assert h3.held["session:s1"][0] == 514
+        await direct.aclose()
+        await s.aclose()
+    try:
+        run_asyncio(main)
+    finally:
+        proxy.close()
+
+
+def test_fail_open_grants_only_the_local_allowance(redis_ns: str, tmp_path: Path) -> None:
+    proxy = TcpProxy()
+    cfg = DistributedConfig(failure_mode="open", fail_open_tokens=1_000, socket_timeout_s=0.5)
+
+    async def main() -> None:
+        s = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp")
+        await s.open()
+        proxy.cut()
+        h = await s.try_reserve("h1", _session(10), model="sonnet", tokens=600, cost_usd=0.0)
+        assert h.local
+        with pytest.raises(StoreUnavailableError, match="allowance"):
+            await s.try_reserve("h2", _session(10), model="sonnet", tokens=600, cost_usd=0.0)
+        assert await s.settle(ev(1), h)
+        proxy.restore()
+        assert await s.flush() == 0
+        assert (await s.totals("session:s1")).tokens == 162
+        assert s.statistics().fail_open_tokens_used == 0  # reset once Redis is back
+        await s.aclose()
+    try:
+        run_asyncio(main)
+    finally:
+        proxy.close()
+
+
+def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
+    """Usage spooled by a process that then died is replayed by the next one's open()."""
+    proxy = TcpProxy()
+    spool = tmp_path / "sp"
+
+    async def main() -> None:
+        s = RedisStore(proxy.url, namespace=redis_ns, spool_path=spool,
+                       config=DistributedConfig(socket_timeout_s=0.5))
+        await s.open()
+        proxy.cut()
+        await s.record(ev(1))
+        await s.aclose()  # "dies" with one event spooled
+        assert spool.read_text().count("\n") == 1
+        s2 = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=spool)
+        await s2.open()
+        assert [e.event_id for e in await s2.events()] == ["e1"]
+        assert spool.read_text() == ""
+        await s2.aclose()
+    try:
+        run_asyncio(main)
+    finally:
+        proxy.close()
+
+
+# -- the real orchestrator ---------------------------------------------------------------
+
+
+def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
+    redis_ns: str, tmp_path: Path
+) -> None:
+    """Two real Orchestrators (gateway → reserve_shared → settle) with one session id on
+    one Redis: together they never spend past the session budget, and every hold is
+    settled or released at the end."""
+    from agents.builtin import QuestionAnswerAgent
+    from scheduler._orchestrator import Orchestrator
+    from tests._fakes import ScriptedProvider
+
+    limit = 30_000
+
+    async def main() -> list[str]:
+        statuses: list[str] = []
+
+        async def run(i: int) -> None:
+            cfg = VibeConfig.model_validate({
+                "state_dir": str(tmp_path / f"o{i}"),
+                "store": f"{REDIS_URL}?namespace={redis_ns}",
+                "session_id": "shared",
+                "budgets": {"session": {"tokens": limit}, "day": {},
+                            "weekend_day_cost_usd": None},
+                # nobody answers the pauses at the limit (R3.4): save and finish quickly
+                "alerts": {"decision_timeout_s": 0.2},
+            })
+            orch = Orchestrator(cfg, provider=ScriptedProvider(latency_s=0.02),
+                                agents={"qa": QuestionAnswerAgent},
+                                wall=FixedWallClock(date(2026, 11, 27)))
+            specs = [TaskSpec(id=f"o{i}-q{j}", agent="qa", prompt="What is this?")
+                     for j in range(40)]
+            report = await orch.run(specs)
+            statuses.extend(o.status for o in report.outcomes.values())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, 0)
+            tg.start_soon(run, 1)
+        return statuses
+
+    statuses = run_asyncio(main)
+    client = redis_or_skip()
+    try:
+        spent = int(client.hget(f"vibe:{{{redis_ns}}}:tot:session:shared", "tokens") or 0)
+        held = int(client.hget(f"vibe:{{{redis_ns}}}:amts:session:shared", "__sum") or 0)
+    finally:
+        client.close()
+    assert 0 < spent <= limit
+    assert held == 0
+    # each call holds its estimate (≈ 800 max_tokens + prompt) on the shared session: about
+    # limit / 800 tasks fit at once in total, not that many per orchestrator (≈ 72 unshared)
+    completed = statuses.count("completed")
+    assert 0 < completed <= limit // 800 + 10, completed
+
+
+def test_state_writes_during_an_outage_are_replayed_in_order(
+    redis_ns: str, tmp_path: Path
+) -> None:
+    """A task finishing while Redis is down still records its state; writes are replayed
+    in their original order (the delete after the put wins)."""
+    proxy = TcpProxy()
+
+    async def main() -> None:
+        s = RedisStore(proxy.url, namespace=redis_ns, spool_path=tmp_path / "sp",
+                       config=DistributedConfig(socket_timeout_s=0.5))
+        await s.open()
+        proxy.cut()
+        await s.put_state("task", "t1", {"status": "completed"})
+        await s.record(ev(1))
+        await s.put_state("task", "t2", {"status": "running"})
+        await s.delete_state("task", "t2")
+        assert s.statistics().spooled_writes == 4
+        proxy.restore()
+        assert await s.flush() == 0
+        assert await s.list_state("task") == {"t1": {"status": "completed"}}
+        assert (await s.totals("task:t1")).tokens == 162
+        await s.aclose()
+    try:
+        run_asyncio(main)
+    finally:
+        proxy.close()
+
+
+class FlakyLedger(MemoryStore):
+    """A MemoryStore that is also a BudgetLedger, unreachable for the first ``down`` tries."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__()
+        self.down = down
+        self.tries = 0
+
+    async def try_reserve(
+        self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
+        cost_usd: float,
+    ) -> Hold:
+        self.tries += 1
+        if self.tries <= self.down:
+            raise StoreUnavailableError("down")
+        return Hold(hold_id, tuple(lim.scope for lim in limits), model, tokens, cost_usd, {}, {})
+
+    async def settle(self, event: UsageEvent, hold: Hold) -> bool:
+        return await self.record(event)
+
+    async def release(self, hold: Hold) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("down", "granted"), [(4, True), (100, False)])
+def test_fail_closed_new_calls_wait_for_the_ledger_then_fail(down: int, granted: bool) -> None:
+    """Fail-closed: reserve_shared waits (backing off) for the ledger up to
+    unavailable_wait_s, then raises StoreUnavailableError and undoes its local hold."""
+    cfg = _config(10_000).model_copy(
+        update={"distributed": DistributedConfig(unavailable_wait_s=10.0)}
+    )
+
+    async def main() -> float:
+        ledger = FlakyLedger(down)
+        tr = await _tracker(ledger, cfg, "t")
+        t0 = anyio.current_time()
+        if granted:
+            r = await tr.reserve_shared("t", model="sonnet", tokens=100, cost_usd=0.0)
+            assert r.hold is not None
+        else:
+            with pytest.raises(StoreUnavailableError):
+                await tr.reserve_shared("t", model="sonnet", tokens=100, cost_usd=0.0)
+            assert tr.session.reserved_tokens == 0
+        return anyio.current_time() - t0
+
+    waited = run_virtual(main)
+    if granted:
+        assert waited == pytest.approx(0.05 + 0.1 + 0.2 + 0.4)
+    else:
+        assert 9.0 <= waited <= 10.0
