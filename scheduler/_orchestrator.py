@@ -28,6 +28,7 @@ from ._errors import BudgetExceededError, ConfigError, TaskAbortedError, VibeEng
 from ._events import EventBus
 from ._gateway import Gateway
 from ._locks import LockManager
+from ._observe import install_observers
 from ._provider import Provider
 from ._task import TaskHandle
 from ._tokens import TokenCounter
@@ -133,6 +134,7 @@ class Orchestrator:
         self.locks = LockManager(self.waits)
         self.deadlocks = install_deadlock_handling(self)
         self._opened = False
+        self.observers = install_observers(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
-"""``vibe-engine`` command line: run, demo, status, plugins (R7.2)."""
+"""``vibe-engine`` command line: run, demo, status, report, plugins (R7.2)."""
 
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,8 +15,11 @@ from rich.table import Table
 from ._config import VibeConfig, load_config
 from ._demo import demo_config
 from ._errors import VibeEngineError
+from ._live import attach_live, render_snapshot
 from ._logging import configure_logging
 from ._orchestrator import Orchestrator, RunReport
+from ._report import gather_report, render_report_tables, write_html_report
+from ._status import read_status
 from .store import open_store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -24,6 +28,8 @@ _out = Console(width=None if Console().is_terminal else 140)
 _err = Console(stderr=True)
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the store and task files live.")]
+LiveOpt = Annotated[bool | None, typer.Option(
+    "--live/--no-live", help="Live view (default: on a terminal; log lines otherwise).")]
 
 
 def _fail(exc: VibeEngineError) -> typer.Exit:
@@ -31,10 +37,12 @@ def _fail(exc: VibeEngineError) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _run(config: VibeConfig) -> RunReport:
+def _run(config: VibeConfig, live: bool | None = None) -> RunReport:
     from agents import discover_agents, make_provider
 
     orch = Orchestrator(config, provider=make_provider(config), agents=discover_agents())
+    if live or (live is None and _out.is_terminal):
+        attach_live(orch, _out)
 
     async def main() -> RunReport:
         return await orch.run()
@@ -73,12 +81,13 @@ def render_report(report: RunReport, console: Console) -> None:
 def run(
     config: Annotated[Path, typer.Argument(help="TOML or YAML config file.")],
     log_level: str = "info",
+    live: LiveOpt = None,
 ) -> None:
     """Run the tasks of CONFIG with the orchestrator."""
     configure_logging(level=log_level)
     try:
         cfg = load_config(config)
-        report = _run(cfg)
+        report = _run(cfg, live)
     except VibeEngineError as exc:
         raise _fail(exc) from None
     render_report(report, _out)
@@ -91,11 +100,13 @@ def demo(
     seed: int = 0,
     time_scale: float = 0.25,
     log_level: str = "warning",
+    live: LiveOpt = None,
 ) -> None:
     """Run the built-in workload (simulated provider, SQLite store, no API key)."""
     configure_logging(level=log_level)
     try:
-        report = _run(demo_config(state_dir, tasks=tasks, seed=seed, time_scale=time_scale))
+        report = _run(demo_config(state_dir, tasks=tasks, seed=seed, time_scale=time_scale),
+                      live)
     except VibeEngineError as exc:
         raise _fail(exc) from None
     render_report(report, _out)
@@ -107,16 +118,13 @@ def status(
     store: str = "sqlite",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Show recorded tasks and today's totals from the store."""
+    """Show the running orchestrator's state, or what the store recorded when none runs."""
 
     async def main() -> dict[str, Any]:
         st = open_store(store, state_dir)
         await st.open()
         try:
-            tasks = await st.list_state("task")
-            for tid, rec in tasks.items():
-                rec["usage"] = (await st.totals(f"task:{tid}")).to_dict()
-            return {"tasks": tasks}
+            return (await read_status(st, state_dir, today=date.today())).to_dict()
         finally:
             await st.aclose()
 
@@ -127,13 +135,38 @@ def status(
     if as_json:
         _out.print_json(json.dumps(data))
         return
-    table = Table(title="Tasks")
-    for col in ("task", "agent", "status", "attempts", "tokens", "cost $"):
-        table.add_column(col)
-    for tid, rec in data["tasks"].items():
-        table.add_row(tid, rec.get("agent", ""), rec.get("status", ""), str(rec.get("attempts")),
-                      f"{rec['usage']['tokens']:,}", f"{rec['usage']['cost_usd']:.4f}")
-    _out.print(table)
+    from ._snapshot import Snapshot
+
+    _out.print(render_snapshot(Snapshot.from_dict(data)))
+
+
+@app.command()
+def report(
+    state_dir: StateDir = Path(".vibe-engine"),
+    store: str = "sqlite",
+    day_from: Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD.")] = None,
+    day_to: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML.")] = None,
+) -> None:
+    """Cost and tokens per day, model, task type and agent; alert and deadlock history."""
+
+    async def main() -> Any:
+        st = open_store(store, state_dir)
+        await st.open()
+        try:
+            return await gather_report(st, day_from=day_from, day_to=day_to,
+                                       state_dir=state_dir)
+        finally:
+            await st.aclose()
+
+    try:
+        data = anyio.run(main)
+    except VibeEngineError as exc:
+        raise _fail(exc) from None
+    render_report_tables(data, _out)
+    if html is not None:
+        write_html_report(data, html)
+        _out.print(f"HTML report written to {html}")
 
 
 @app.command()
