@@ -85,7 +85,7 @@ def _is_deadlock_resolution(event: Event) -> bool:
 class Metrics:
     """Counters and gauges of one orchestrator, and the loopback HTTP endpoint."""
 
-    def __init__(self, orch: Orchestrator, *, refresh_s: float = 0.5) -> None:
+    def __init__(self, orch: Orchestrator, *, refresh_s: float = 0.25) -> None:
         self.orch = orch
         self.refresh_s = refresh_s
         self.registry = CollectorRegistry()
