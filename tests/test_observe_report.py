@@ -65,17 +65,19 @@ def two_days(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return state
 
 
-def _report(state: Path, **kw: str | None) -> tuple[ReportData, Totals, dict[str, Totals]]:
+def _report(state: Path, day_from: str | None = None,
+            day_to: str | None = None) -> tuple[ReportData, Totals, dict[str, Totals]]:
     async def main() -> tuple[ReportData, Totals, dict[str, Totals]]:
         store = SqliteStore(state / "vibe.db")
         await store.open()
         try:
-            data = await gather_report(store, state_dir=state, **kw)
+            data = await gather_report(store, state_dir=state, day_from=day_from,
+                                       day_to=day_to)
             days = {d: await store.totals(f"day:{d}")
                     for d in (FRIDAY.isoformat(), SATURDAY.isoformat())}
             total = Totals()
             for d, t in days.items():
-                if (kw.get("day_from") or d) <= d <= (kw.get("day_to") or d):
+                if (day_from or d) <= d <= (day_to or d):
                     total.merge(t)
             return data, total, days
         finally:
