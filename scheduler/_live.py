@@ -144,7 +144,7 @@ def events_panel(snap: Snapshot, limit: int = 8) -> Panel:
 def render_snapshot(snap: Snapshot) -> RenderableType:
     """The whole screen for one snapshot."""
     total = snap.totals
-    where = "from the store (no orchestrator running)" if snap.source == "store" else (
+    where = "from the store, no orchestrator running" if snap.source == "store" else (
         "running" if snap.running else "ended")
     head = Text(
         f"vibe-engine — session {snap.session_id or '-'} ({where})  "

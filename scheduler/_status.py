@@ -21,6 +21,7 @@ from ._config import Limits, VibeConfig
 from ._observe import status_path
 from ._snapshot import BudgetBar, Snapshot, TaskView, alert_level, event_views
 from ._tracker import ScopeState
+from ._usage import Totals
 from .store import Store
 
 __all__ = ["pid_alive", "read_status", "snapshot_from_store"]
@@ -38,16 +39,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _live_file(state_dir: Path) -> Snapshot | None:
-    path = status_path(state_dir)
+def _status_file(state_dir: Path) -> Snapshot | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return Snapshot.from_dict(json.loads(status_path(state_dir).read_text("utf-8")))
+    except (OSError, ValueError, TypeError):
         return None
-    snap = Snapshot.from_dict(data)
-    if snap.running and pid_alive(snap.pid):
-        return snap
-    return None
+
+
+def _rebar(bar: BudgetBar, totals: Totals, config: VibeConfig) -> BudgetBar:
+    """``bar``'s limit (as the last run configured it) with the store's current use."""
+    used = float(ScopeState(bar.scope, Limits(), totals=totals).used(bar.dimension))
+    frac = used / bar.limit if bar.limit else 0.0
+    return BudgetBar(bar.scope, bar.dimension, used, bar.limit, frac,
+                     alert_level(frac, config.alerts))
 
 
 def _bars(scope: ScopeState, config: VibeConfig) -> list[BudgetBar]:
@@ -85,6 +89,25 @@ def _task_limits(state_dir: Path, task_id: str) -> Limits | None:
         return None
 
 
+async def _budgets(store: Store, session: str, today: date, config: VibeConfig,
+                   last: Snapshot | None) -> tuple[list[BudgetBar], Totals]:
+    """Session and day bars: limits of the last run's ``status.json`` when it was that
+    session, else the default config's; use always from the store."""
+    day_name = f"day:{today.isoformat()}"
+    day_totals = await store.totals(day_name)
+    sess_totals = await store.totals(f"session:{session}") if session else day_totals
+    if last is not None and last.session_id == session and last.budgets:
+        scopes = {f"session:{session}": sess_totals, day_name: day_totals}
+        bars = [_rebar(b, scopes[b.scope], config) for b in last.budgets if b.scope in scopes]
+        if bars:
+            return bars, sess_totals
+    bars = _bars(ScopeState(day_name, day_limits(config, today), totals=day_totals), config)
+    if session:
+        bars = [*_bars(ScopeState(f"session:{session}", config.budgets.session,
+                                  totals=sess_totals), config), *bars]
+    return bars, sess_totals
+
+
 async def snapshot_from_store(
     store: Store, state_dir: Path, *, today: date, config: VibeConfig | None = None,
     events: int = 20,
@@ -104,13 +127,7 @@ async def snapshot_from_store(
                      key=lambda r: (float(r.get("wall", 0.0)), int(r.get("seq", 0))))
     session = str(history[-1]["session_id"]) if history else (
         max(sessions, key=lambda s: sessions[s]) if sessions else "")
-    day = ScopeState(f"day:{today.isoformat()}", day_limits(config, today),
-                     totals=await store.totals(f"day:{today.isoformat()}"))
-    budgets = _bars(day, config)
-    totals = await store.totals(f"session:{session}") if session else day.totals
-    if session:
-        budgets = [*_bars(ScopeState(f"session:{session}", config.budgets.session,
-                                     totals=totals), config), *budgets]
+    budgets, totals = await _budgets(store, session, today, config, _status_file(state_dir))
     return Snapshot(
         session_id=session, at=0.0, running=False, source="store", tasks=tuple(tasks),
         budgets=tuple(budgets), events=event_views(history, events), totals=totals.to_dict(),
@@ -119,7 +136,7 @@ async def snapshot_from_store(
 
 async def read_status(store: Store, state_dir: Path, *, today: date) -> Snapshot:
     """The running orchestrator's snapshot when one runs, else the store's (see module doc)."""
-    live = _live_file(Path(state_dir))
-    if live is not None:
+    live = _status_file(Path(state_dir))
+    if live is not None and live.running and pid_alive(live.pid):
         return live
     return await snapshot_from_store(store, Path(state_dir), today=today)

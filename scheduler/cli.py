@@ -28,8 +28,8 @@ _out = Console(width=None if Console().is_terminal else 140)
 _err = Console(stderr=True)
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the store and task files live.")]
-LiveOpt = Annotated[bool | None, typer.Option(
-    "--live/--no-live", help="Live view (default: on a terminal; log lines otherwise).")]
+LiveOpt = Annotated[bool, typer.Option(
+    "--live/--no-live", help="Live view on a terminal; live_status log lines otherwise.")]
 
 
 def _fail(exc: VibeEngineError) -> typer.Exit:
@@ -37,11 +37,11 @@ def _fail(exc: VibeEngineError) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _run(config: VibeConfig, live: bool | None = None) -> RunReport:
+def _run(config: VibeConfig, live: bool = True) -> RunReport:
     from agents import discover_agents, make_provider
 
     orch = Orchestrator(config, provider=make_provider(config), agents=discover_agents())
-    if live or (live is None and _out.is_terminal):
+    if live:
         attach_live(orch, _out)
 
     async def main() -> RunReport:
@@ -81,7 +81,7 @@ def render_report(report: RunReport, console: Console) -> None:
 def run(
     config: Annotated[Path, typer.Argument(help="TOML or YAML config file.")],
     log_level: str = "info",
-    live: LiveOpt = None,
+    live: LiveOpt = True,
 ) -> None:
     """Run the tasks of CONFIG with the orchestrator."""
     configure_logging(level=log_level)
@@ -100,7 +100,7 @@ def demo(
     seed: int = 0,
     time_scale: float = 0.25,
     log_level: str = "warning",
-    live: LiveOpt = None,
+    live: LiveOpt = True,
 ) -> None:
     """Run the built-in workload (simulated provider, SQLite store, no API key)."""
     configure_logging(level=log_level)
