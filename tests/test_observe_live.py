@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -207,3 +208,65 @@ def test_snapshot_of_orchestrator_reads_optional_parts(tmp_path: Path) -> None:
     assert s.counts() == {"completed": 2}
     assert s.totals["calls"] >= 2 and s.events
     assert {b.scope.split(":")[0] for b in s.budgets} == {"session", "day"}
+
+
+def test_history_persisted_with_unique_keys_across_sessions(tmp_path: Path) -> None:
+    """Every bus event is persisted as a ``history`` record; two sessions never collide."""
+    first = demo_orchestrator(tmp_path, tasks=3, time_scale=0.01)
+    run_virtual(first.run)
+    second = demo_orchestrator(tmp_path, tasks=2, time_scale=0.01)
+    run_virtual(second.run)
+
+    async def records() -> dict[str, dict[str, object]]:
+        store = SqliteStore(second.config.state_dir / "vibe.db")
+        await store.open()
+        try:
+            return await store.list_state("history")
+        finally:
+            await store.aclose()
+
+    history = run_virtual(records)
+    emitted = len(first.bus.history) + len(second.bus.history)
+    assert len(history) == emitted
+    sessions = {str(r["session_id"]) for r in history.values()}
+    assert sessions == {first.session_id, second.session_id}
+    completed = [r for r in history.values() if r["name"] == "task_completed"]
+    assert len(completed) == 5
+    assert all(k.startswith(str(r["session_id"]) + ":") for k, r in history.items())
+
+
+class StatusProbe:
+    """An agent that runs `vibe-engine status --json` in another process, mid-run."""
+
+    seen: dict[str, object] = {}
+
+    async def run(self, ctx: object) -> None:
+        import anyio
+
+        state = Path(str(StatusProbe.seen["state"]))
+        proc = await anyio.run_process(
+            [str(Path(sys.executable).parent / "vibe-engine"), "status", "--state-dir",
+             str(state), "--json"], check=False)
+        StatusProbe.seen["rc"] = proc.returncode
+        StatusProbe.seen["out"] = proc.stdout.decode()
+
+
+def test_status_command_reads_the_running_orchestrator(tmp_path: Path) -> None:
+    """`vibe-engine status` in another process shows the running orchestrator's snapshot."""
+    import anyio
+
+    from scheduler import TaskSpec
+
+    orch = demo_orchestrator(tmp_path, tasks=2, time_scale=0.01)
+    orch.agents["probe"] = StatusProbe
+    StatusProbe.seen = {"state": str(orch.config.state_dir)}
+
+    async def main() -> None:
+        await orch.run([*orch.config.tasks, TaskSpec(id="probe", agent="probe")])
+
+    anyio.run(main)
+    assert StatusProbe.seen["rc"] == 0
+    data = json.loads(str(StatusProbe.seen["out"]))
+    assert data["source"] == "orchestrator" and data["running"] is True
+    assert data["session_id"] == orch.session_id
+    assert {t["task_id"] for t in data["tasks"]} == {"t01", "t02", "probe"}
