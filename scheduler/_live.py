@@ -67,7 +67,8 @@ def _state_text(t: Any) -> Text:
     return Text(label, style=STATE_STYLE.get(t.status, "white"))
 
 
-def agents_table(snap: Snapshot) -> Table:
+def agents_table(snap: Snapshot, max_rows: int = 40) -> Table:
+    """Tasks, active ones first; at most ``max_rows`` rows plus a "… more" line."""
     counts = snap.counts()
     summary = "  ".join(f"{s} {counts[s]}" for s in STATES if counts.get(s))
     table = Table(title=f"Agents — {summary}", expand=True, title_justify="left")
@@ -76,7 +77,8 @@ def agents_table(snap: Snapshot) -> Table:
                       ("budget", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     order = {s: i for i, s in enumerate(STATES)}
-    for t in sorted(snap.tasks, key=lambda t: (order.get(t.status, 99), t.task_id)):
+    ranked = sorted(snap.tasks, key=lambda t: (order.get(t.status, 99), t.task_id))
+    for t in ranked[:max_rows]:
         level = "ok" if t.budget_fraction < 0.7 else "warning" if t.budget_fraction < 0.9 else (
             "critical")
         table.add_row(
@@ -85,6 +87,8 @@ def agents_table(snap: Snapshot) -> Table:
             Text(f"{bar(t.budget_fraction, 10)} {t.budget_fraction:4.0%}",
                  style=LEVEL_STYLE[level]),
         )
+    if len(ranked) > max_rows:
+        table.add_row("…", f"{len(ranked) - max_rows} more", "", "", "", "", "", "")
     return table
 
 

@@ -76,6 +76,19 @@ def test_live_view_shows_waiting_paused_deferred_from_snapshot_data() -> None:
     assert "3 / 50" in screen  # calls in use of the pool
 
 
+def test_agents_table_caps_rows_active_first() -> None:
+    """A large run shows the active tasks first and a count of the rest."""
+    from scheduler._live import agents_table
+    from scheduler._snapshot import TaskView
+
+    tasks = tuple(TaskView(f"c{i:03d}", "qa", "completed") for i in range(100))
+    snap = Snapshot("s", 0.0, tasks=(*tasks, TaskView("w1", "qa", "waiting", queue_position=1)))
+    console, buf = terminal_console()
+    console.print(agents_table(snap, max_rows=5))
+    screen = strip_ansi(buf.getvalue())
+    assert "w1" in screen and "96 more" in screen and "c004" not in screen
+
+
 def _style_of(console: Console, renderable: object, needle: str) -> str:
     for seg in console.render(renderable):  # type: ignore[arg-type]
         if isinstance(seg, Segment) and needle in seg.text and seg.style is not None:
