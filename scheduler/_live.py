@@ -207,10 +207,14 @@ class LiveView:
         with Live(render_snapshot(self.snapshot()), console=self.console, auto_refresh=False,
                   transient=False, redirect_stderr=False, redirect_stdout=False) as live:
             try:
+                pause = self.refresh_s
                 while True:
-                    await anyio.sleep(self.refresh_s)
+                    await anyio.sleep(pause)
+                    start = self._clock()
                     live.update(render_snapshot(self.snapshot()), refresh=True)
                     self.frames += 1
+                    # keep drawing under ~10 % of the loop, however many tasks there are
+                    pause = max(self.refresh_s, 9 * (self._clock() - start))
             finally:
                 # the last frame shows how every task ended
                 live.update(render_snapshot(self.snapshot()), refresh=True)

@@ -191,8 +191,9 @@ class Metrics:
                            host=cfg.host, port=self.port)
         try:
             while True:
+                start = anyio.current_time()
                 self.refresh()
-                await anyio.sleep(self.refresh_s)
+                await anyio.sleep(max(self.refresh_s, 20 * (anyio.current_time() - start)))
         finally:
             self.refresh()
             with anyio.CancelScope(shield=True):

@@ -92,7 +92,7 @@ class StatusWriter:
         snap = snapshot_of(self.orch, now=anyio.current_time(), running=running)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(_jsonable(snap.to_dict()), indent=1), encoding="utf-8")
+        tmp.write_text(json.dumps(snap.to_dict(), default=str), encoding="utf-8")
         os.replace(tmp, self.path)
         self.writes += 1
         return self.path
@@ -100,8 +100,10 @@ class StatusWriter:
     async def run(self) -> None:
         try:
             while True:
+                start = anyio.current_time()
                 self.write()
-                await anyio.sleep(self.interval_s)
+                # never spend more than ~5 % of the loop on status.json (huge runs)
+                await anyio.sleep(max(self.interval_s, 20 * (anyio.current_time() - start)))
         finally:
             try:
                 self.write(running=False)
