@@ -283,3 +283,33 @@ def test_status_command_reads_the_running_orchestrator(tmp_path: Path) -> None:
     assert data["source"] == "orchestrator" and data["running"] is True
     assert data["session_id"] == orch.session_id
     assert {t["task_id"] for t in data["tasks"]} == {"t01", "t02", "probe"}
+
+
+def test_demo_command_draws_the_live_view_on_a_pseudo_terminal(tmp_path: Path) -> None:
+    """`vibe-engine demo` on a pseudo-terminal draws the live view (the CLI wiring)."""
+    import pty
+    import subprocess
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "LINES": "60", "TERM": "xterm-256color"}
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "vibe-engine"), "demo", "--tasks", "6",
+         "--time-scale", "0.05", "--state-dir", str(tmp_path / "st")],
+        stdin=follower, stdout=follower, stderr=subprocess.DEVNULL, env=env)
+    os.close(follower)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    screen = strip_ansi(b"".join(chunks).decode(errors="replace"))
+    assert "Agents —" in screen and "Recent events" in screen and "Leases and pools" in screen
+    assert "completed 6" in screen
+    assert "Models" in screen and "total" in screen  # the final report tables follow
