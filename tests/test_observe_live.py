@@ -313,3 +313,48 @@ def test_demo_command_draws_the_live_view_on_a_pseudo_terminal(tmp_path: Path) -
     assert "Agents —" in screen and "Recent events" in screen and "Leases and pools" in screen
     assert "completed 6" in screen
     assert "Models" in screen and "total" in screen  # the final report tables follow
+
+
+def test_snapshot_plugs_in_allocator_controller_and_health(tmp_path: Path) -> None:
+    """R5.5/R3.4/R6.3: snapshot_of reads the parts' statistics() when they are wired.
+
+    Fakes with the field names of the allocator's, pause controller's and health
+    monitor's statistics stand in for parts landing separately.
+    """
+    from types import SimpleNamespace
+
+    orch = demo_orchestrator(tmp_path, tasks=3, time_scale=0.01)
+    orch.add_tasks(orch.config.tasks)
+    for h in orch.handles.values():
+        h.status = "running"
+    waiter = SimpleNamespace(holder="t01", pool="anthropic", position=1, estimated_wait_s=2.5,
+                             waited_s=4.0)
+    pool = SimpleNamespace(name="anthropic", leases=2, waiting=1, calls_in_use=2, concurrent=50,
+                           tokens_available=1000.0, tokens_per_minute=400_000, grants=9,
+                           expired=1)
+    stats = SimpleNamespace(waiters=(waiter,), pools={"anthropic": pool})
+    # setattr: these attributes are typed differently once the real parts are wired
+    setattr(orch, "allocator", SimpleNamespace(statistics=lambda: stats))  # noqa: B010
+    setattr(orch, "controller", SimpleNamespace(  # noqa: B010
+        is_paused=lambda task_id: task_id == "t02"))
+    model = SimpleNamespace(model="opus", state="unavailable", calls=4, success_rate=0.25,
+                            error_rate=0.75, mean_latency_s=3.0)
+    setattr(orch, "health", SimpleNamespace(  # noqa: B010
+        statistics=lambda: SimpleNamespace(models={"opus": model})))
+    orch.handles["t03"].status = "deferred"
+
+    async def take() -> Snapshot:
+        await orch.open()
+        try:
+            for h in orch.handles.values():
+                await orch.tracker.start_task(h.id, h.profile, agent=h.spec.agent)
+            return snapshot_of(orch, now=0.0)
+        finally:
+            await orch.aclose()
+
+    snap = run_virtual(take)
+    by_id = {t.task_id: t for t in snap.tasks}
+    assert (by_id["t01"].status, by_id["t01"].queue_position,
+            by_id["t01"].estimated_wait_s) == ("waiting", 1, 2.5)
+    assert by_id["t02"].status == "paused" and by_id["t03"].status == "deferred"
+    assert snap.pools[0].leases == 2 and snap.models[0].state == "unavailable"
