@@ -74,7 +74,7 @@ def agents_table(snap: Snapshot, max_rows: int = 40) -> Table:
     table = Table(title=f"Agents — {summary}", expand=True, title_justify="left")
     for col, just in (("task", "left"), ("agent", "left"), ("prio", "left"), ("state", "left"),
                       ("model", "left"), ("tokens", "right"), ("cost $", "right"),
-                      ("budget", "left")):
+                      ("budget", "left"), ("note", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     order = {s: i for i, s in enumerate(STATES)}
     ranked = sorted(snap.tasks, key=lambda t: (order.get(t.status, 99), t.task_id))
@@ -86,9 +86,10 @@ def agents_table(snap: Snapshot, max_rows: int = 40) -> Table:
             f"{t.cost_usd:.4f}",
             Text(f"{bar(t.budget_fraction, 10)} {t.budget_fraction:4.0%}",
                  style=LEVEL_STYLE[level]),
+            Text(t.reason[:40], style="dim") if t.status != "completed" else "",
         )
     if len(ranked) > max_rows:
-        table.add_row("…", f"{len(ranked) - max_rows} more", "", "", "", "", "", "")
+        table.add_row("…", f"{len(ranked) - max_rows} more", "", "", "", "", "", "", "")
     return table
 
 

@@ -240,10 +240,16 @@ def _is_paused(orch: Orchestrator, task_id: str) -> bool:
     return bool(fn(task_id)) if callable(fn) else False
 
 
+def _pause_reason(orch: Orchestrator, task_id: str) -> str:
+    fn = getattr(getattr(orch, "controller", None), "pause_info", None)
+    info = fn(task_id) if callable(fn) else None
+    return str(getattr(info, "reason", "") or "")
+
+
 def _task_view(orch: Orchestrator, h: TaskHandle, wait: Any, tracked: set[str]) -> TaskView:
-    status = h.status
+    status, reason = h.status, h.reason
     if status == "running" and _is_paused(orch, h.id):
-        status = "paused"
+        status, reason = "paused", _pause_reason(orch, h.id) or reason
     elif status == "running" and wait is not None:
         status = "waiting"
     tokens, cost, frac = 0, 0.0, 0.0
@@ -255,7 +261,7 @@ def _task_view(orch: Orchestrator, h: TaskHandle, wait: Any, tracked: set[str]) 
         task_id=h.id, agent=h.spec.agent, status=status, priority=h.spec.priority,
         task_type=h.profile.task_type, complexity=h.profile.complexity, model=h.model,
         attempt=h.attempt, calls=h.calls, tokens=tokens, cost_usd=cost, budget_fraction=frac,
-        reason=h.reason,
+        reason=reason,
         queue_position=None if wait is None else int(wait.position),
         estimated_wait_s=None if wait is None else float(wait.estimated_wait_s),
         pool=None if wait is None else str(wait.pool),

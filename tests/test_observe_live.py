@@ -71,6 +71,7 @@ def test_live_view_shows_waiting_paused_deferred_from_snapshot_data() -> None:
     screen = strip_ansi(buf.getvalue())
     assert {"running", "waiting", "paused", "deferred", "completed"} <= _states_on_screen(screen)
     assert "waiting #2, ~3.5s" in screen
+    assert "task:p1 tokens exceeded" in screen and "opus unavailable" in screen
     assert "unavailable" in screen and "recovering" in screen
     assert "agent w2 yielded due to deadlock" in screen
     assert "3 / 50" in screen  # calls in use of the pool
