@@ -206,7 +206,7 @@ class LiveView:
 
     async def _run_live(self) -> None:
         with Live(render_snapshot(self.snapshot()), console=self.console, auto_refresh=False,
-                  transient=False, redirect_stderr=False, redirect_stdout=False) as live:
+                  transient=False, redirect_stderr=True, redirect_stdout=False) as live:
             try:
                 pause = self.refresh_s
                 while True:

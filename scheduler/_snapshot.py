@@ -288,6 +288,10 @@ def snapshot_of(orch: Orchestrator, *, now: float, events: int = 50,
     alerts = orch.config.alerts
     budgets = [*budget_bars(orch.tracker.session, alerts),
                *budget_bars(orch.tracker.day_scope(), alerts)]
+    for h in orch.handles.values():  # task scopes: only the hot dimensions of live tasks
+        if h.id in tracked and not h.finished:
+            budgets.extend(b for b in budget_bars(orch.tracker.task_scope(h.id), alerts)
+                           if b.level != "ok")
     return Snapshot(
         session_id=orch.session_id, at=now, running=running, pid=os.getpid(),
         written_at=orch.wall.now().isoformat(), source="orchestrator", tasks=tasks,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
+import structlog
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -37,11 +39,24 @@ def _fail(exc: VibeEngineError) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now: log lines go above the live view."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _run(config: VibeConfig, live: bool = True) -> RunReport:
     from agents import discover_agents, make_provider
 
     orch = Orchestrator(config, provider=make_provider(config), agents=discover_agents())
     if live:
+        if _out.is_terminal:
+            structlog.configure(logger_factory=structlog.PrintLoggerFactory(
+                file=_CurrentStderr()))  # type: ignore[arg-type]
         attach_live(orch, _out)
 
     async def main() -> RunReport:

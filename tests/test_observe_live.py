@@ -359,3 +359,35 @@ def test_snapshot_plugs_in_allocator_controller_and_health(tmp_path: Path) -> No
             by_id["t01"].estimated_wait_s) == ("waiting", 1, 2.5)
     assert by_id["t02"].status == "paused" and by_id["t03"].status == "deferred"
     assert snap.pools[0].leases == 2 and snap.models[0].state == "unavailable"
+
+
+def test_r3_1_hot_task_budgets_appear_in_the_snapshot(tmp_path: Path) -> None:
+    """R3.1: a live task's dimensions at or above 70 % join the session and day bars."""
+    from scheduler import TaskSpec, Usage
+
+    orch = demo_orchestrator(tmp_path, tasks=0)
+    orch.add_tasks([TaskSpec(id="hot", agent="qa", prompt="What is this?",
+                             budget={"tokens": 1000}),
+                    TaskSpec(id="done", agent="qa", prompt="What is this?",
+                             budget={"tokens": 1000})])
+
+    async def take() -> Snapshot:
+        await orch.open()
+        try:
+            for tid in ("hot", "done"):
+                h = orch.handles[tid]
+                h.status = "running"
+                await orch.tracker.start_task(tid, h.profile, agent="qa")
+                await orch.tracker.charge(orch.tracker.make_event(
+                    tid, model="haiku", usage=Usage(500, 300), cost_usd=0.001))
+            orch.handles["done"].status = "completed"
+            return snapshot_of(orch, now=0.0)
+        finally:
+            await orch.aclose()
+
+    snap = run_virtual(take)
+    task_bars = [b for b in snap.budgets if b.scope.startswith("task:")]
+    assert [(b.scope, b.dimension, b.level) for b in task_bars] == [
+        ("task:hot", "tokens", "warning")]
+    assert {t.task_id: round(t.budget_fraction, 2) for t in snap.tasks} == {
+        "hot": 0.8, "done": 0.8}
