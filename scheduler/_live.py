@@ -135,9 +135,16 @@ def models_table(snap: Snapshot) -> Table:
     return table
 
 
+#: Routine events the panel leaves out, so alerts, deadlock victims and routing changes stay
+#: visible (they are all in the structured log and in ``status --json``).
+QUIET_EVENTS = frozenset({"task_completed", "control_listening", "metrics_listening"})
+
+
 def events_panel(snap: Snapshot, limit: int = 8) -> Panel:
+    """The last notable events (see :data:`QUIET_EVENTS`)."""
     lines = Text()
-    for e in snap.events[-limit:]:
+    notable = [e for e in snap.events if e.name not in QUIET_EVENTS]
+    for e in notable[-limit:]:
         when = (datetime.fromtimestamp(e.wall).strftime("%H:%M:%S") if snap.source == "store"
                 else f"{e.at - snap.at:+7.1f}s")
         lines.append(f"{when} ", style="dim")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+from ._errors import VibeEngineError
 from ._events import Event
 from ._snapshot import snapshot_of
 
@@ -76,7 +77,10 @@ class HistoryRecorder:
                 await self.flush()
         finally:
             with anyio.CancelScope(shield=True):
-                await self.flush()
+                try:
+                    await self.flush()
+                except (VibeEngineError, OSError) as exc:
+                    _log.warning("history_flush_failed", error=str(exc))
 
 
 class StatusWriter:

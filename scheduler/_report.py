@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -131,8 +131,6 @@ def _in_range(day: str, day_from: str | None, day_to: str | None) -> bool:
 def _check_day(name: str, value: str | None) -> None:
     if value is None:
         return
-    from datetime import date
-
     try:
         date.fromisoformat(value)
     except ValueError:
@@ -253,9 +251,3 @@ def write_html_report(data: ReportData, path: Path) -> Path:
     path.write_text(report_html(data), encoding="utf-8")
     return path
 
-
-def report_json(data: ReportData) -> dict[str, Any]:
-    """The report as JSON-ready data."""
-    from dataclasses import asdict
-
-    return asdict(data)
