@@ -23,8 +23,9 @@ metric                                         source
 ``vibe_budget_fraction{scope,dimension}``      session and day budget use
 =============================================  ===========================================
 
-Counters change in the event loop's thread; gauges are refreshed there every
-``refresh_s``; the HTTP server thread only reads prometheus' own locked values.
+Counters change in the event loop's thread; gauges are refreshed there after a
+change (an event or a settled call), at most every ``refresh_s``; the HTTP
+server thread only reads prometheus' own locked values.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import start_http_server
 
 from ._events import Event
+from ._observe import watch_changes
 from ._provider import Completion, CompletionRequest, Provider
 from ._snapshot import HEALTH_VALUE, Snapshot, snapshot_of
 from ._task import TaskHandle
@@ -118,6 +120,7 @@ class Metrics:
         orch.gateway.settle_hooks.append(self.on_settle)
         orch.gateway.provider = MeteredProvider(orch.gateway.provider, self.on_failure)
         orch.bus.subscribe(self.on_event)
+        self._changes = watch_changes(orch)
 
     # -- feeds ------------------------------------------------------------------------
 
@@ -191,6 +194,7 @@ class Metrics:
                            host=cfg.host, port=self.port)
         try:
             while True:
+                await self._changes.wait()
                 start = anyio.current_time()
                 self.refresh()
                 await anyio.sleep(max(self.refresh_s, 20 * (anyio.current_time() - start)))

@@ -5,10 +5,11 @@
   ``<session>:<seq>``, so several sessions never collide) — the alert and
   deadlock history of ``vibe-engine report``.
 * :class:`StatusWriter` writes the orchestrator's
-  :class:`~scheduler._snapshot.Snapshot` to ``<state_dir>/status.json`` every
-  ``status.interval_s`` (atomically: write a temporary file, then rename),
-  and a last one with ``running: false`` when the run ends, so
-  ``vibe-engine status`` in another terminal sees the running orchestrator.
+  :class:`~scheduler._snapshot.Snapshot` to ``<state_dir>/status.json``
+  whenever something changed, at most once per ``observe.status_interval_s``
+  (atomically: write a temporary file, then rename), and a last one with
+  ``running: false`` when the run ends, so ``vibe-engine status`` in another
+  terminal sees the running orchestrator.
 * :class:`~scheduler._metrics.Metrics` (when ``metrics.enabled``) serves
   Prometheus metrics on a loopback port.
 """
@@ -46,14 +47,46 @@ def _jsonable(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-class HistoryRecorder:
-    """Buffers bus events and flushes them to the store as ``history`` records."""
+class Changes:
+    """Wakes a service when something it shows changed; no timer runs while idle.
 
-    def __init__(self, orch: Orchestrator, *, flush_every_s: float = 1.0) -> None:
+    Periodic timers would keep a virtual clock (trio's ``MockClock``) jumping
+    forward whenever the other tasks wait for a worker thread; waiting on a
+    change instead leaves virtual time to the workload.
+    """
+
+    def __init__(self) -> None:
+        self.pending = True
+        self._event: anyio.Event | None = None
+
+    def set(self, *_: Any) -> None:
+        self.pending = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        while not self.pending:
+            self._event = anyio.Event()
+            await self._event.wait()
+        self.pending = False
+
+
+def watch_changes(orch: Orchestrator) -> Changes:
+    """A :class:`Changes` set by every bus event and every settled model call."""
+    changes = Changes()
+    orch.bus.subscribe(changes.set)
+    orch.gateway.settle_hooks.append(changes.set)
+    return changes
+
+
+class HistoryRecorder:
+    """Buffers bus events and writes them to the store as ``history`` records."""
+
+    def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
-        self.flush_every_s = flush_every_s
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._seq = 0
+        self._changes = Changes()
         orch.bus.subscribe(self.on_event)
 
     def on_event(self, event: Event) -> None:
@@ -63,6 +96,7 @@ class HistoryRecorder:
         record.update(session_id=self.orch.session_id, wall=wall.timestamp(),
                       day=wall.date().isoformat(), seq=self._seq)
         self._pending.append((f"{self.orch.session_id}:{self._seq:08d}", record))
+        self._changes.set()
 
     async def flush(self) -> int:
         pending, self._pending = self._pending, []
@@ -73,7 +107,7 @@ class HistoryRecorder:
     async def run(self) -> None:
         try:
             while True:
-                await anyio.sleep(self.flush_every_s)
+                await self._changes.wait()
                 await self.flush()
         finally:
             with anyio.CancelScope(shield=True):
@@ -84,13 +118,14 @@ class HistoryRecorder:
 
 
 class StatusWriter:
-    """Writes ``status.json`` every interval while the orchestrator runs."""
+    """Rewrites ``status.json`` when something changed, at most once per interval."""
 
     def __init__(self, orch: Orchestrator, *, interval_s: float = 1.0) -> None:
         self.orch = orch
         self.interval_s = interval_s
         self.path = status_path(orch.config.state_dir)
         self.writes = 0
+        self._changes = watch_changes(orch)
 
     def write(self, *, running: bool = True) -> Path:
         snap = snapshot_of(self.orch, now=anyio.current_time(), running=running)
@@ -104,6 +139,7 @@ class StatusWriter:
     async def run(self) -> None:
         try:
             while True:
+                await self._changes.wait()
                 start = anyio.current_time()
                 self.write()
                 # never spend more than ~5 % of the loop on status.json (huge runs)

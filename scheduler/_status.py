@@ -1,11 +1,11 @@
 """``vibe-engine status``: the running orchestrator's snapshot, or the store's record.
 
-A running orchestrator rewrites ``<state_dir>/status.json`` every second
-(:class:`~scheduler._observe.StatusWriter`).  :func:`read_status` uses it when
-it says ``running`` and its process is alive; otherwise it rebuilds the same
-:class:`~scheduler._snapshot.Snapshot` from the store: task records with their
-totals, today's and the last session's budget use, and the last events of
-the ``history`` records.
+A running orchestrator rewrites ``<state_dir>/status.json`` when something
+changed, at most once a second (:class:`~scheduler._observe.StatusWriter`).
+:func:`read_status` uses it when it says ``running`` and its process is
+alive; otherwise it rebuilds the same :class:`~scheduler._snapshot.Snapshot`
+from the store: task records with their totals, today's and the last
+session's budget use, and the last events of the ``history`` records.
 """
 
 from __future__ import annotations

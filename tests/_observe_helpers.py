@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from agents import discover_agents, make_provider
+from agents import AgentContext, ShellResult, discover_agents, is_dangerous, make_provider
 from scheduler import VibeConfig
 from scheduler._demo import demo_config
-from scheduler._orchestrator import Orchestrator
+from scheduler._orchestrator import Orchestrator, _default_context_factory
 from scheduler._snapshot import BudgetBar, EventView, ModelView, PoolView, Snapshot, TaskView
+from scheduler._task import TaskHandle
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CHROMIUM_FLAGS = (
@@ -37,13 +38,68 @@ def terminal_console(width: int = 160) -> tuple[Console, StringIO]:
     return Console(file=buf, force_terminal=True, width=width, color_system="standard"), buf
 
 
+class _InstantShell:
+    """``ctx.shell`` without a subprocess: counted and charged like the real one.
+
+    A real subprocess lets trio's MockClock jump (every task looks blocked) past
+    the command's timeout; tests on virtual time use this instead.
+    """
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self._ctx = ctx
+
+    async def run(self, command: str, *, timeout_s: float = 60.0) -> ShellResult:
+        dangerous = is_dangerous(command)
+        self._ctx.tracker.check(self._ctx.task.id, shell_commands=1,
+                                dangerous_commands=int(dangerous))
+        await self._ctx.charge_ops(shell_commands=1, dangerous_commands=int(dangerous))
+        return ShellResult(command, 0, "", "", dangerous)
+
+
+class _SyncFiles:
+    """``ctx.files`` writing in the event loop's thread: counted like the real one.
+
+    The real one writes in a worker thread; while it waits, trio's MockClock
+    sees every task blocked and jumps.  Tests on virtual time use this instead.
+    """
+
+    def __init__(self, ctx: AgentContext, root: Path) -> None:
+        self._ctx = ctx
+        self.root = root
+
+    async def read(self, path: str | Path) -> str:
+        return (self.root / path).read_text(encoding="utf-8")
+
+    async def write(self, path: str | Path, content: str) -> Path:
+        self._ctx.tracker.check(self._ctx.task.id, file_edits=1)
+        full = self.root / path
+        full.parent.mkdir(parents=True, exist_ok=True)
+        full.write_text(content, encoding="utf-8")
+        await self._ctx.charge_ops(file_edits=1)
+        return full
+
+
+def instant_shell_context(orch: Orchestrator, handle: TaskHandle) -> Any:
+    """The real agent context with thread-free files and process-free shell (virtual time)."""
+    ctx = _default_context_factory(orch, handle)
+    ctx.shell = _InstantShell(ctx)
+    ctx.files = _SyncFiles(ctx, ctx.workspace)
+    return ctx
+
+
 def demo_orchestrator(tmp_path: Path, *, tasks: int = 8, time_scale: float = 0.05,
-                      **overrides: Any) -> Orchestrator:
-    """The demo workload on a real SQLite store under ``tmp_path``."""
+                      real_shell: bool = False, **overrides: Any) -> Orchestrator:
+    """The demo workload on a real SQLite store under ``tmp_path``.
+
+    Shell commands do not start processes unless ``real_shell`` (see
+    :class:`_InstantShell`), so the run is exact on a virtual clock.
+    """
     config = demo_config(tmp_path / "state", tasks=tasks, time_scale=time_scale)
     if overrides:
         config = VibeConfig.model_validate({**config.model_dump(), **overrides})
-    return Orchestrator(config, provider=make_provider(config), agents=discover_agents())
+    return Orchestrator(
+        config, provider=make_provider(config), agents=discover_agents(),
+        context_factory=_default_context_factory if real_shell else instant_shell_context)
 
 
 def crafted_snapshot() -> Snapshot:

@@ -219,7 +219,7 @@ def test_snapshot_of_orchestrator_reads_optional_parts(tmp_path: Path) -> None:
         return snapshot_of(orch, now=0.0)
 
     s = run_virtual(snap)
-    assert s.counts() == {"completed": 2}
+    assert s.counts() == {"completed": 2}, [t.reason for t in s.tasks]
     assert s.totals["calls"] >= 2 and s.events
     assert {b.scope.split(":")[0] for b in s.budgets} == {"session", "day"}
 

@@ -26,7 +26,7 @@ from scheduler._report import (
 from scheduler.store import SqliteStore
 
 from ._helpers import FRIDAY, SATURDAY, run_virtual
-from ._observe_helpers import page_errors, require_chromium, screenshot
+from ._observe_helpers import instant_shell_context, page_errors, require_chromium, screenshot
 
 BIN = Path(sys.executable).parent / "vibe-engine"
 
@@ -37,7 +37,7 @@ def _run_day(state: Path, day: date, tasks: int) -> str:
             update={"session": demo_config(state).budgets.session.model_copy(
                 update={"tokens": 40_000})})})
     orch = Orchestrator(config, provider=make_provider(config), agents=discover_agents(),
-                        wall=FixedWallClock(day))
+                        wall=FixedWallClock(day), context_factory=instant_shell_context)
     run_virtual(orch.run)
     return orch.session_id
 
