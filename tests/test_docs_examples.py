@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from agents import discover_agents, plugin_infos
@@ -58,7 +59,7 @@ def test_r7_3_plugin_guide_example_registered_by_entry_point(
     orch = Orchestrator(config, provider=ScriptedProvider(), agents=agents)
     spec = TaskSpec(id="wc", agent="wordcount", prompt="Summarise this",
                     params={"text": "one two three four five"})
-    report = run_virtual(orch.run, [spec])
+    report = anyio.run(orch.run, [spec])  # real time: the agent runs `wc` in a process
     out = report.outcomes["wc"]
     assert out.status == "completed", out.reason
     assert orch.handles["wc"].result["words"] == 5
@@ -72,7 +73,7 @@ def test_plugin_guide_example_passed_as_a_factory(examples_path: Path, tmp_path:
     config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1")
     orch = Orchestrator(config, provider=ScriptedProvider(),
                         agents={"wordcount": module.WordCountAgent})
-    report = run_virtual(orch.run, [TaskSpec(id="a", agent="wordcount", prompt="a b c")])
+    report = anyio.run(orch.run, [TaskSpec(id="a", agent="wordcount", prompt="a b c")])
     assert report.outcomes["a"].status == "completed"
     assert orch.handles["a"].result["words"] == 3
 
