@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from datetime import date
@@ -162,6 +163,7 @@ def report(
     day_from: Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD.")] = None,
     day_to: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD.")] = None,
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Cost and tokens per day, model, task type and agent; alert and deadlock history."""
 
@@ -178,7 +180,10 @@ def report(
         data = anyio.run(main)
     except VibeEngineError as exc:
         raise _fail(exc) from None
-    render_report_tables(data, _out)
+    if as_json:
+        _out.print_json(json.dumps(dataclasses.asdict(data)))
+    else:
+        render_report_tables(data, _out)
     if html is not None:
         write_html_report(data, html)
         _out.print(f"HTML report written to {html}")

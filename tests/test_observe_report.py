@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -190,6 +191,11 @@ def test_report_command_line(two_days: Path, tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "Cost and tokens per day" in out.stdout and (tmp_path / "r.html").exists()
+    as_json = subprocess.run([str(BIN), "report", "--state-dir", str(two_days), "--json"],
+                             capture_output=True, text=True, timeout=60)
+    data, total, _ = _report(two_days)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["total"]["tokens"] == total.tokens == data.total.tokens
     bad = subprocess.run([str(BIN), "report", "--state-dir", str(two_days), "--from", "friday"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
