@@ -43,7 +43,7 @@ def test_live_view_shows_running_and_completed_during_a_real_demo(tmp_path: Path
     """
     orch = demo_orchestrator(tmp_path, tasks=8, time_scale=1.0)
     console, buf = terminal_console()
-    view = attach_live(orch, console, refresh_s=0.05)
+    view = attach_live(orch, console, refresh_s=0.2)
 
     async def main() -> None:
         await orch.run()
