@@ -7,7 +7,7 @@ through a few small, optional doors so parts can land independently:
 * ``orch.allocator.statistics()`` (when wired): pools, leases, queue
   position and estimated wait of every waiting request (R5.5);
 * ``orch.controller.is_paused(task_id)`` (when wired): paused tasks (R3.4);
-* ``orch.health.statistics()`` (when wired): per-model health (R6.3–R6.5);
+* ``orch.gateway.health.statistics()`` (when wired): per-model health (R6.3–R6.5);
 * ``orch.bus.history``: recent notable events.
 
 Every figure is plain data and :meth:`Snapshot.to_dict` / :meth:`Snapshot.from_dict`
@@ -224,7 +224,7 @@ def _waits(orch: Orchestrator) -> tuple[dict[str, Any], tuple[PoolView, ...]]:
 
 
 def _models(orch: Orchestrator) -> tuple[ModelView, ...]:
-    monitor = getattr(orch, "health", None) or getattr(orch, "health_monitor", None)
+    monitor = getattr(orch, "health", None) or getattr(orch.gateway, "health", None)
     stats = _statistics(monitor)
     if stats is None:
         return ()

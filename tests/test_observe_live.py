@@ -34,14 +34,17 @@ def _states_on_screen(text: str) -> set[str]:
     return found
 
 
-def test_live_view_shows_running_and_completed_during_a_real_demo(tmp_path: Path) -> None:
-    """Observability: the live view, driven by a real demo run, shows running then completed.
+def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: Path) -> None:
+    """Observability, R5.5: during a real demo run the live view shows running, waiting
+    (with queue position and estimated wait, from the allocator) and completed tasks,
+    the pool's leases and the models' health.
 
-    Waiting (R5.5), paused (R3.4) and deferred (R6.7) come from the allocator,
-    alerts and routing parts; until they are wired into the demo the next test
-    crafts them as snapshot data and checks the same screen code shows them.
+    Paused (R3.4, alerts) and deferred (R6.7, replanning while a model is down)
+    need an exceeded budget or an outage; the next test crafts them as snapshot
+    data and checks the same screen code shows them.
     """
-    orch = demo_orchestrator(tmp_path, tasks=8, time_scale=1.0)
+    orch = demo_orchestrator(tmp_path, tasks=8, time_scale=1.0,
+                             allocator={"pools": {"anthropic": {"concurrent": 2}}})
     console, buf = terminal_console()
     view = attach_live(orch, console, refresh_s=0.2)
 
@@ -52,7 +55,10 @@ def test_live_view_shows_running_and_completed_during_a_real_demo(tmp_path: Path
     screen = strip_ansi(buf.getvalue())
     assert view.frames > 10
     states = _states_on_screen(screen)
-    assert {"running", "completed"} <= states, states
+    assert {"running", "waiting", "completed"} <= states, states
+    assert re.search(r"waiting #\d+, ~\d+\.\ds", screen)
+    assert re.search(r"│\s*anthropic\s*│[^│]*│[^│]*│\s*[0-2] / 2", screen)  # calls in use
+    assert re.search(r"│\s*(haiku|sonnet|opus)\s*│\s*available", screen)  # model health
     assert "Budgets" in screen and "session:" in screen and "Recent events" in screen
     assert "task_completed" not in screen  # routine events stay out of the panel
     # the last frame shows every task completed
