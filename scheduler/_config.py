@@ -308,6 +308,27 @@ class RoutingConfig(_Model):
     haiku_failures_before_upgrade: int = Field(default=2, gt=0)
 
 
+class MetricsConfig(_Model):
+    """Prometheus metrics, served on a loopback port while the orchestrator runs."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> MetricsConfig:
+        if not (self.host in ("localhost", "::1") or self.host.startswith("127.")):
+            raise ValueError(f"metrics are served on loopback only, not {self.host!r}")
+        return self
+
+
+class ObserveConfig(_Model):
+    """What every orchestrator records for ``status`` and ``report``."""
+
+    status_interval_s: float | None = Field(default=1.0, gt=0)
+    history: bool = True
+
+
 class PoliciesConfig(_Model):
     """R7.4: each decision names a policy class (built-in name, entry point or module:Class)."""
 
@@ -379,6 +400,8 @@ class VibeConfig(_Model):
     health: HealthConfig = Field(default_factory=HealthConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    observe: ObserveConfig = Field(default_factory=ObserveConfig)
     provider: ProviderConfig = Field(default_factory=ProviderConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     tasks: tuple[TaskSpec, ...] = ()

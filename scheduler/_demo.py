@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._config import SimulatedProviderConfig, TaskSpec, VibeConfig
+from ._config import AlertsConfig, SimulatedProviderConfig, TaskSpec, VibeConfig
 
 _QUESTIONS = [
     "What does the retry decorator in utils do?",
@@ -59,6 +59,8 @@ def demo_config(state_dir: Path, *, tasks: int = 24, seed: int = 0,
         store="sqlite",
         seed=seed,
         tasks=tuple(demo_tasks(tasks)),
+        # unattended: a pause nobody answers saves and finishes the task (R3.4)
+        alerts=AlertsConfig(decision_timeout_s=30.0),
         provider={
             "kind": "simulated",
             "simulated": SimulatedProviderConfig(seed=seed, time_scale=time_scale),

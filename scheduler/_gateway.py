@@ -39,7 +39,10 @@ from ._routing import Router, task_info
 from ._task import TaskHandle
 from ._tokens import Estimate, TokenCounter
 from ._tracker import Crossing, Reservation, Tracker
-from ._usage import Usage, cost_usd
+from ._usage import Usage, UsageEvent, cost_usd
+
+#: Called with every settled model call's usage event (metrics, tests).
+SettleHook = Callable[[TaskHandle, UsageEvent], None]
 
 if TYPE_CHECKING:
     from ._alerts import AlertRuntime
@@ -93,6 +96,7 @@ class Gateway:
         self.health = self.router.health
         if self.health.ping is None:
             self.health.ping = self.ping
+        self.settle_hooks: list[SettleHook] = []
 
     async def ping(self, model: str) -> Completion:
         """R6.4: the cheap health-check completion (not charged to any task)."""
@@ -258,6 +262,8 @@ class Gateway:
         self.counter.reconcile(estimate, actual_input)
         task.calls += 1
         task.model = model
+        for hook in self.settle_hooks:
+            hook(task, event)
         return crossings
 
     # 7 signal ------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from ._errors import (
 from ._events import EventBus
 from ._gateway import Gateway
 from ._locks import LockManager
+from ._observe import install_observers
 from ._overdraft import OverdraftLedger
 from ._pause import PauseController
 from ._provider import Provider
@@ -159,6 +160,7 @@ class Orchestrator:
         self.waits.on_blocking = self._blocking_changed  # R5.2: boost tasks others wait on
         self.gateway.on_pause.append(self._release_leases)  # R3.4: paused holds no lease
         self.release_hooks.append(self._release_leases)  # crashed / aborted attempts
+        self.observers = install_observers(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 

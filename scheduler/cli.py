@@ -1,13 +1,17 @@
-"""``vibe-engine`` command line: run, demo, status, fake-api, plugins (R7.2)."""
+"""``vibe-engine`` command line: run, demo, status, decide, report, fake-api, plugins (R7.2)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import sys
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
+import structlog
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -18,8 +22,11 @@ from ._decide_cli import decide as decide_paused
 from ._decide_cli import stored_status_rows
 from ._demo import demo_config
 from ._errors import VibeEngineError
+from ._live import attach_live, render_snapshot
 from ._logging import configure_logging
 from ._orchestrator import Orchestrator, RunReport
+from ._report import gather_report, render_report_tables, write_html_report
+from ._status import read_status
 from .store import open_store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -28,6 +35,8 @@ _out = Console(width=None if Console().is_terminal else 140)
 _err = Console(stderr=True)
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the store and task files live.")]
+LiveOpt = Annotated[bool, typer.Option(
+    "--live/--no-live", help="Live view on a terminal; live_status log lines otherwise.")]
 
 
 def _fail(exc: VibeEngineError) -> typer.Exit:
@@ -35,10 +44,25 @@ def _fail(exc: VibeEngineError) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _run(config: VibeConfig) -> RunReport:
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now: log lines go above the live view."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _run(config: VibeConfig, live: bool = True) -> RunReport:
     from agents import discover_agents, make_provider
 
     orch = Orchestrator(config, provider=make_provider(config), agents=discover_agents())
+    if live:
+        if _out.is_terminal:
+            structlog.configure(logger_factory=structlog.PrintLoggerFactory(
+                file=_CurrentStderr()))  # type: ignore[arg-type]
+        attach_live(orch, _out)
 
     async def main() -> RunReport:
         return await orch.run()
@@ -77,12 +101,13 @@ def render_report(report: RunReport, console: Console) -> None:
 def run(
     config: Annotated[Path, typer.Argument(help="TOML or YAML config file.")],
     log_level: str = "info",
+    live: LiveOpt = True,
 ) -> None:
     """Run the tasks of CONFIG with the orchestrator."""
     configure_logging(level=log_level)
     try:
         cfg = load_config(config)
-        report = _run(cfg)
+        report = _run(cfg, live)
     except VibeEngineError as exc:
         raise _fail(exc) from None
     render_report(report, _out)
@@ -95,11 +120,13 @@ def demo(
     seed: int = 0,
     time_scale: float = 0.25,
     log_level: str = "warning",
+    live: LiveOpt = True,
 ) -> None:
     """Run the built-in workload (simulated provider, SQLite store, no API key)."""
     configure_logging(level=log_level)
     try:
-        report = _run(demo_config(state_dir, tasks=tasks, seed=seed, time_scale=time_scale))
+        report = _run(demo_config(state_dir, tasks=tasks, seed=seed, time_scale=time_scale),
+                      live)
     except VibeEngineError as exc:
         raise _fail(exc) from None
     render_report(report, _out)
@@ -111,17 +138,18 @@ def status(
     store: str = "sqlite",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Show recorded tasks and today's totals from the store."""
+    """Show the running orchestrator's state, or what the store recorded when none runs."""
 
     async def main() -> dict[str, Any]:
         st = open_store(store, state_dir)
         await st.open()
         try:
-            tasks = await st.list_state("task")
-            for tid, rec in tasks.items():
-                rec["usage"] = (await st.totals(f"task:{tid}")).to_dict()
+            data: dict[str, Any] = (
+                await read_status(st, state_dir, today=date.today())
+            ).to_dict()
             rows = await stored_status_rows(st, state_dir)
-            return {"tasks": tasks, "budgets": [r.to_dict() for r in rows]}
+            data["budgets"] = [r.to_dict() for r in rows]
+            return data
         finally:
             await st.aclose()
 
@@ -132,15 +160,12 @@ def status(
     if as_json:
         _out.print_json(json.dumps(data))
         return
-    table = Table(title="Tasks")
-    for col in ("task", "agent", "status", "attempts", "tokens", "cost $"):
-        table.add_column(col)
-    for tid, rec in data["tasks"].items():
-        table.add_row(tid, rec.get("agent", ""), rec.get("status", ""), str(rec.get("attempts")),
-                      f"{rec['usage']['tokens']:,}", f"{rec['usage']['cost_usd']:.4f}")
-    _out.print(table)
-    if data["budgets"]:
-        _out.print(budget_table([StatusRow(**r) for r in data["budgets"]]))
+    from ._snapshot import Snapshot
+
+    budgets = data.pop("budgets", [])
+    _out.print(render_snapshot(Snapshot.from_dict(data)))
+    if budgets:
+        _out.print(budget_table([StatusRow(**r) for r in budgets]))
 
 
 _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "exceeded": "bold red"}
@@ -208,6 +233,39 @@ def fake_api(
                "ANTHROPIC_API_KEY to any value; Ctrl-C stops")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
+
+
+@app.command()
+def report(
+    state_dir: StateDir = Path(".vibe-engine"),
+    store: str = "sqlite",
+    day_from: Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD.")] = None,
+    day_to: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Cost and tokens per day, model, task type and agent; alert and deadlock history."""
+
+    async def main() -> Any:
+        st = open_store(store, state_dir)
+        await st.open()
+        try:
+            return await gather_report(st, day_from=day_from, day_to=day_to,
+                                       state_dir=state_dir)
+        finally:
+            await st.aclose()
+
+    try:
+        data = anyio.run(main)
+    except VibeEngineError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _out.print_json(json.dumps(dataclasses.asdict(data)))
+    else:
+        render_report_tables(data, _out)
+    if html is not None:
+        write_html_report(data, html)
+        _out.print(f"HTML report written to {html}")
 
 
 @app.command()
