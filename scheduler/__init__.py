@@ -3,6 +3,8 @@
 The public API is re-exported here; implementation modules are private.
 """
 
+from ._allocator import Allocator as Allocator
+from ._allocator import open_allocator as open_allocator
 from ._budget import TaskProfile as TaskProfile
 from ._budget import day_limits as day_limits
 from ._budget import detect_complexity as detect_complexity
@@ -20,6 +22,8 @@ from ._config import TaskSpec as TaskSpec
 from ._config import VibeConfig as VibeConfig
 from ._config import config_from_dict as config_from_dict
 from ._config import load_config as load_config
+from ._deadlock import DeadlockDetector as DeadlockDetector
+from ._deadlock import WaitForGraph as WaitForGraph
 from ._errors import AllocationError as AllocationError
 from ._errors import BudgetError as BudgetError
 from ._errors import BudgetExceededError as BudgetExceededError
@@ -41,11 +45,19 @@ from ._errors import VibeEngineError as VibeEngineError
 from ._errors import WouldBlockError as WouldBlockError
 from ._events import Event as Event
 from ._events import EventBus as EventBus
+from ._health import HealthMonitor as HealthMonitor
+from ._leases import Lease as Lease
+from ._locks import LockManager as LockManager
+from ._orchestrator import Orchestrator as Orchestrator
+from ._orchestrator import RunReport as RunReport
+from ._pause import PauseController as PauseController
 from ._provider import Completion as Completion
 from ._provider import CompletionRequest as CompletionRequest
 from ._provider import Provider as Provider
 from ._provider import RateLimitInfo as RateLimitInfo
+from ._quota import GlobalQuota as GlobalQuota
 from ._resolve import resolve_object as resolve_object
+from ._routing import Router as Router
 from ._tokens import Estimate as Estimate
 from ._tokens import TokenCounter as TokenCounter
 from ._tracker import Crossing as Crossing
@@ -58,14 +70,69 @@ from ._usage import UsageEvent as UsageEvent
 from ._usage import cost_usd as cost_usd
 
 __all__ = [
-    "PRIORITY_VALUES", "TASK_TYPES", "TIERS", "AllocationError", "BudgetError",
-    "BudgetExceededError", "Completion", "CompletionRequest", "ConfigError", "Crossing",
-    "DecisionError", "Estimate", "Event", "EventBus", "FixedWallClock", "LeaseError", "Limits",
-    "ModelSpec", "ModelUnavailableError", "OverdraftDeniedError", "OverloadedError",
-    "PluginError", "Provider", "ProviderError", "ProviderTimeoutError", "RateLimitInfo",
-    "RateLimitedError", "Remaining", "Reservation", "SpendLimitError", "StoreError",
-    "StoreUnavailableError", "SystemWallClock", "TaskAbortedError", "TaskProfile", "TaskSpec",
-    "TokenCounter", "Totals", "Tracker", "Usage", "UsageEvent", "VibeConfig", "VibeEngineError",
-    "WallClock", "WouldBlockError", "config_from_dict", "cost_usd", "day_limits",
-    "detect_complexity", "detect_task_type", "load_config", "resolve_object", "resolve_task",
+    "PRIORITY_VALUES",
+    "TASK_TYPES",
+    "TIERS",
+    "AllocationError",
+    "Allocator",
+    "BudgetError",
+    "BudgetExceededError",
+    "Completion",
+    "CompletionRequest",
+    "ConfigError",
+    "Crossing",
+    "DeadlockDetector",
+    "DecisionError",
+    "Estimate",
+    "Event",
+    "EventBus",
+    "FixedWallClock",
+    "GlobalQuota",
+    "HealthMonitor",
+    "Lease",
+    "LeaseError",
+    "Limits",
+    "LockManager",
+    "ModelSpec",
+    "ModelUnavailableError",
+    "Orchestrator",
+    "OverdraftDeniedError",
+    "OverloadedError",
+    "PauseController",
+    "PluginError",
+    "Provider",
+    "ProviderError",
+    "ProviderTimeoutError",
+    "RateLimitInfo",
+    "RateLimitedError",
+    "Remaining",
+    "Reservation",
+    "Router",
+    "RunReport",
+    "SpendLimitError",
+    "StoreError",
+    "StoreUnavailableError",
+    "SystemWallClock",
+    "TaskAbortedError",
+    "TaskProfile",
+    "TaskSpec",
+    "TokenCounter",
+    "Totals",
+    "Tracker",
+    "Usage",
+    "UsageEvent",
+    "VibeConfig",
+    "VibeEngineError",
+    "WaitForGraph",
+    "WallClock",
+    "WouldBlockError",
+    "config_from_dict",
+    "cost_usd",
+    "day_limits",
+    "detect_complexity",
+    "detect_task_type",
+    "load_config",
+    "open_allocator",
+    "resolve_object",
+    "resolve_task",
 ]
