@@ -25,7 +25,7 @@ import anyio
 from scheduler import Completion, CompletionRequest, OverloadedError, Usage
 from scheduler._config import SimulatedProviderConfig
 
-CAPABILITY = {"haiku": 0.55, "sonnet": 0.8, "opus": 0.95}
+CAPABILITY = {"haiku": 0.72, "sonnet": 0.85, "opus": 0.95}
 CHARS_PER_TOKEN = 3.6
 MIN_CACHEABLE = 1024
 
