@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -149,6 +150,9 @@ class Tracker:
         self._days: dict[str, ScopeState] = {}
         self._tasks: dict[str, _TaskEntry] = {}
         self._seq = 0
+        # a restarted orchestrator reusing a session id must not collide with the ids it
+        # recorded before (they would be dropped as duplicates): ids carry a per-run nonce
+        self._run = secrets.token_hex(4)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -338,7 +342,7 @@ class Tracker:
 
     def next_event_id(self, task_id: str) -> str:
         self._seq += 1
-        return f"{self.session_id}:{task_id}:{self._seq}"
+        return f"{self.session_id}:{self._run}:{task_id}:{self._seq}"
 
     def make_event(
         self, task_id: str, *, model: str = "", usage: Any = None, cost_usd: float = 0.0,

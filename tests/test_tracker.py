@@ -205,3 +205,16 @@ async def test_r2_1_idempotent_charge_counts_once(store: Store) -> None:
     await tr.charge(ev)
     assert tr.task_scope("t1").totals.tokens == 110
     assert (await store.totals("task:t1")).tokens == 110
+
+
+async def test_r1_5_restart_with_the_same_session_id_keeps_charging(tmp_path: Path) -> None:
+    """R1.5: a restarted orchestrator reusing its session id is not mistaken for a retry."""
+    totals = []
+    for _ in range(2):
+        store = SqliteStore(tmp_path / "v.db")
+        await store.open()
+        tr = await tracker_with_task(store, session="fixed")
+        await _charge(tr, prompt=100)
+        totals.append(tr.session.totals.tokens)
+        await store.aclose()
+    assert totals == [100, 200]
