@@ -13,7 +13,7 @@ import selectors
 import socket
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -53,17 +53,6 @@ def delete_namespace(client: redis.Redis, namespace: str) -> None:
     if keys:
         client.delete(*keys)
 
-
-@pytest.fixture
-def redis_ns() -> Iterator[str]:
-    """A fresh namespace on the test Redis, deleted afterwards."""
-    client = redis_or_skip()
-    ns = new_namespace()
-    try:
-        yield ns
-    finally:
-        delete_namespace(client, ns)
-        client.close()
 
 
 def run_virtual(fn: Callable[..., Awaitable[T]], *args: Any) -> T:

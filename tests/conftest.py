@@ -41,3 +41,17 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
     finally:
         await s.aclose()
+
+
+@pytest.fixture
+def redis_ns() -> Iterator[str]:
+    """A fresh namespace on the test Redis, deleted afterwards (skips or fails without Redis)."""
+    from ._redis_helpers import delete_namespace, new_namespace, redis_or_skip
+
+    client = redis_or_skip()
+    ns = new_namespace()
+    try:
+        yield ns
+    finally:
+        delete_namespace(client, ns)
+        client.close()

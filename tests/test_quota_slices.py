@@ -3,7 +3,6 @@ across processes), their expiry, and the configured failure mode."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -16,23 +15,9 @@ from scheduler.store._ledger import SliceGrant
 from scheduler.store._redis import RedisStore
 from tests._redis_helpers import (
     REDIS_URL,
-    delete_namespace,
-    new_namespace,
-    redis_or_skip,
     run_asyncio,
     run_virtual,
 )
-
-
-@pytest.fixture
-def redis_ns() -> Iterator[str]:
-    client = redis_or_skip()
-    ns = new_namespace()
-    try:
-        yield ns
-    finally:
-        delete_namespace(client, ns)
-        client.close()
 
 
 class FlakyBackend:

@@ -7,14 +7,14 @@ namespace (skipped when unreachable, failed under VIBE_REQUIRE_REDIS=1).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from scheduler.store import Store
 from scheduler.store._redis import RedisStore
-from tests._redis_helpers import REDIS_URL, delete_namespace, new_namespace, redis_or_skip
+from tests._redis_helpers import REDIS_URL
 from tests.test_store_contract import (  # noqa: F401 - collected again with the Redis store
     test_cache_write_split_survives,
     test_events_filter_by_task_and_day_range,
@@ -28,16 +28,6 @@ from tests.test_store_contract import (  # noqa: F401 - collected again with the
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-
-@pytest.fixture
-def redis_ns() -> Iterator[str]:
-    client = redis_or_skip()
-    ns = new_namespace()
-    try:
-        yield ns
-    finally:
-        delete_namespace(client, ns)
-        client.close()
 
 
 @pytest.fixture

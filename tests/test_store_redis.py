@@ -6,7 +6,7 @@ they skip when it is unreachable unless VIBE_REQUIRE_REDIS=1 (then they fail).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
 
@@ -32,8 +32,6 @@ from scheduler.store._redis import RedisStore, split_namespace
 from tests._redis_helpers import (
     REDIS_URL,
     TcpProxy,
-    delete_namespace,
-    new_namespace,
     redis_or_skip,
     run_asyncio,
     run_virtual,
@@ -42,16 +40,6 @@ from tests._redis_helpers import (
 KINDS = ["memory", "sqlite", "redis"]
 DAY = "2026-11-27"
 
-
-@pytest.fixture
-def redis_ns() -> Iterator[str]:
-    client = redis_or_skip()
-    ns = new_namespace()
-    try:
-        yield ns
-    finally:
-        delete_namespace(client, ns)
-        client.close()
 
 
 StoreFactory = Callable[[], Store]
