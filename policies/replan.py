@@ -2,8 +2,9 @@
 
 :class:`DefaultReplanPolicy` decides, in this order:
 
-1. **simplify** — the budget is critical (≥ 90 % used): the agent is told to do
-   only the key part of the task;
+1. **simplify** — the budget is critical (≥ 90 % and < 100 % used): the agent is
+   told to do only the key part of the task (at 100 % the task pauses for a
+   person's decision instead, R3.4);
 2. **proceed** — the model the task wants is usable now;
 3. **defer** — the wanted model is the strongest tier, temporarily unavailable
    (down or still recovering), the task is complex and not urgent (priority ≤
@@ -115,7 +116,7 @@ class DefaultReplanPolicy:
     def plan(self, data: ReplanInput) -> ReplanDecision:
         p = self.params
         tiers = list(data.tiers)
-        if data.budget_fraction >= p.simplify_at:
+        if p.simplify_at <= data.budget_fraction < 1.0:  # at 100 % the task pauses (R3.4)
             return Simplify(p.simplify_instruction,
                             f"budget critical: {data.budget_fraction:.0%} used")
         if data.wanted in data.usable:

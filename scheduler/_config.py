@@ -306,6 +306,11 @@ class RoutingConfig(_Model):
     downgrade_above: float = Field(default=0.70, gt=0, le=1)
     quality_floor: float = Field(default=0.5, ge=0, le=1)
     haiku_failures_before_upgrade: int = Field(default=2, gt=0)
+    #: R4.3: retry an attempt that failed after its model finished while the failures are on
+    #: the cheapest tier, and once on the tier the router upgrades the task to.
+    retry_failed_attempts: bool = True
+    #: at most this many attempts of one task in all (R4.3 retries; deadlock requeues count).
+    max_attempts: int = Field(default=3, gt=0)
 
 
 class MetricsConfig(_Model):

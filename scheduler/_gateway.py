@@ -35,6 +35,7 @@ from ._errors import (
 from ._events import EventBus
 from ._health import error_kind_of
 from ._provider import Completion, CompletionRequest, Message, Provider
+from ._replan import Replanner
 from ._routing import Router, task_info
 from ._task import TaskHandle
 from ._tokens import Estimate, TokenCounter
@@ -94,6 +95,8 @@ class Gateway:
         #: R3.4: a paused task holds no leases; the allocator registers its release here.
         self.on_pause: list[PauseHook] = []
         self.health = self.router.health
+        #: R6.2/R6.7: simplify, defer (or, at an attempt's start, break down) a task.
+        self.replanner = Replanner(config, self.router, bus=bus, clock=clock)
         if self.health.ping is None:
             self.health.ping = self.ping
         self.settle_hooks: list[SettleHook] = []
@@ -304,6 +307,8 @@ class Gateway:
         stream: bool = False,
         hints: Mapping[str, Any] | None = None,
     ) -> Completion:
+        if model is None:  # R6.7: a routed call may wait for its model or be simplified
+            await self.replanner.before_call(task, lambda: self.tracker.fraction_used(task.id))
         need = max_tokens + self.estimate(
             self.router.catalog.strongest, messages, system, context, tools
         ).calibrated

@@ -35,8 +35,8 @@ _log = structlog.get_logger("vibe_engine.live")
 
 STATE_STYLE = {
     "running": "cyan", "waiting": "yellow", "paused": "magenta", "deferred": "blue",
-    "pending": "dim", "requeued": "yellow", "completed": "green", "finished": "green",
-    "failed": "red",
+    "broken_down": "cyan", "pending": "dim", "requeued": "yellow", "completed": "green",
+    "finished": "green", "failed": "red",
 }
 LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "exceeded": "bold red"}
 EVENT_STYLE = {"info": "white", "warning": "yellow", "error": "red", "critical": "bold red"}

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import structlog
+
+from policies.replan import BreakDown
 
 from ._alerts import AlertRuntime, load_alert_policy
 from ._allocator import Allocator, make_allocation_policy
@@ -40,6 +43,7 @@ from ._observe import install_observers
 from ._overdraft import OverdraftLedger
 from ._pause import PauseController
 from ._provider import Provider
+from ._routing import task_info
 from ._task import TaskHandle
 from ._tokens import TokenCounter
 from ._tracker import Tracker
@@ -148,6 +152,7 @@ class Orchestrator:
             alerts=self.alerts,
         )
         self.handles: dict[str, TaskHandle] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
         self.services: list[Service] = [self.allocator.run]
         self.release_hooks: list[ReleaseHook] = []
         self._context_factory = context_factory
@@ -208,9 +213,11 @@ class Orchestrator:
                 for service in self.services:
                     tg.start_soon(service)
                 async with anyio.create_task_group() as tasks_tg:
+                    self._task_group = tasks_tg
                     for handle in list(self.handles.values()):
                         if handle.status == "pending":
                             tasks_tg.start_soon(self._run_task, handle)
+                self._task_group = None
                 tg.cancel_scope.cancel()
             return await self._report()
 
@@ -290,6 +297,13 @@ class Orchestrator:
                 for hook in self.release_hooks:
                     await hook(handle)
             abort = handle.flags.pop("abort", None)
+            retry = handle.flags.pop("retry", None)
+            if retry is not None and abort is None:
+                handle.attempt += 1
+                handle.status, handle.reason = "requeued", ""
+                self.bus.emit("task_retried", f"task {handle.id} retried: {retry}",
+                              task_id=handle.id, attempt=handle.attempt, level="warning")
+                continue
             if not scope.cancelled_caught or abort is None:
                 return
             reason, requeue = abort
@@ -305,8 +319,15 @@ class Orchestrator:
     async def _attempt(self, handle: TaskHandle, factory: AgentFactory) -> None:
         try:
             agent = factory()
-            ctx = self._context_factory(self, handle)
-            handle.result = await agent.run(ctx)
+            split = await self.gateway.replanner.before_call(  # R6.2/R6.7
+                handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
+                allow_break_down="split_from" not in handle.flags,  # parts are not split again
+            )
+            if split is not None:
+                handle.result = await self._run_parts(handle, split, agent)
+            else:
+                ctx = self._context_factory(self, handle)
+                handle.result = await agent.run(ctx)
             handle.status = "completed"
         except FinishRequestedError as exc:
             handle.status, handle.reason = "finished", f"saved and finished ({exc.source})"
@@ -314,13 +335,52 @@ class Orchestrator:
             handle.status, handle.reason = "failed", str(exc)
         except VibeEngineError as exc:
             handle.status, handle.reason = "failed", str(exc)
+            self._report_failure(handle)
         except Exception as exc:
             _log.exception("agent_crashed", task_id=handle.id, agent=handle.spec.agent)
             handle.status, handle.reason = "failed", f"agent crashed: {type(exc).__name__}: {exc}"
+            self._report_failure(handle)
+
+    def _report_failure(self, handle: TaskHandle) -> None:
+        """R4.3: a task that failed after its model finished is a signal of a wrong choice.
+
+        With ``routing.retry_failed_attempts`` the attempt is retried while the failures are
+        on the cheapest tier, and once more after the router upgrades the task: haiku
+        failing twice moves the task (and similar later ones) to the next tier.
+        """
+        if not (handle.model and handle.calls):
+            return
+        router = self.gateway.router
+        upgrade = router.report_outcome(task_info(handle), handle.model, success=False)
+        params = self.config.routing
+        if params.retry_failed_attempts and handle.attempt < params.max_attempts and (
+            upgrade is not None or handle.model == router.catalog.cheapest
+        ):
+            handle.flags["retry"] = (f"failed on {handle.model}: {handle.reason}"
+                                     + (f"; next attempt on {upgrade.to_model}" if upgrade else ""))
+
+    async def _run_parts(self, handle: TaskHandle, split: BreakDown, agent: object) -> Any:
+        """R6.2: run the smaller tasks (and the verification step) in place of ``handle``."""
+        specs = [s for s in self.gateway.replanner.break_down(handle.spec, split, agent)
+                 if s.id not in self.handles]
+        tg = self._task_group
+        if tg is None:
+            raise VibeEngineError(f"task {handle.id} was broken down outside Orchestrator.run")
+        for part in self.add_tasks(specs):
+            part.flags["split_from"] = handle.id
+            tg.start_soon(self._run_task, part)
+        handle.status = "broken_down"
+        ids = [s.id for s in specs] or [
+            t for t in self.handles if t.startswith(f"{handle.id}.")  # a requeued attempt
+        ]
+        if split.add_verification and ids:
+            return await self.wait_for(handle.id, ids[-1])  # it depends on every part
+        return [await self.wait_for(handle.id, t) for t in ids]
 
     async def _finish(self, handle: TaskHandle) -> None:
         handle.finished_at = anyio.current_time()
         self.allocator.unregister(handle.id)  # its leases and waits go back to the pool
+        self.gateway.router.forget(handle.id)
         if not handle.finished:
             handle.status = "failed"
             handle.reason = handle.reason or "cancelled"

@@ -78,6 +78,33 @@ class Replanner:
         )
         return self.policy.plan(data)
 
+    async def before_call(
+        self, handle: TaskHandle, budget_fraction: Callable[[], float], *,
+        agent: object | None = None, allow_break_down: bool = False,
+    ) -> BreakDown | None:
+        """Apply the policy before a routed call (or an attempt): simplify, defer or proceed.
+
+        A deferred task waits here — holding no lease — until its model serves it or the
+        policy's ``max_defer_s`` is used up, then is planned again.  A break-down is only
+        returned when ``allow_break_down`` (at the start of an attempt, where the
+        orchestrator can split the task); mid-task the gateway's fallbacks cover it.
+        """
+        deferred_s = 0.0
+        while True:
+            decision = self.plan(handle, budget_fraction=budget_fraction(), agent=agent,
+                                 deferred_s=deferred_s)
+            if isinstance(decision, Simplify):
+                self.simplify(handle, decision)
+                return None
+            if isinstance(decision, Defer):
+                started = self._clock()
+                await self.wait_deferred(handle, decision)
+                deferred_s += max(self._clock() - started, 1e-9)
+                continue
+            if isinstance(decision, BreakDown) and allow_break_down:
+                return decision
+            return None
+
     # -- break down (R6.2) -------------------------------------------------------------
     def break_down(self, spec: TaskSpec, decision: BreakDown, agent: object | None = None) -> (
         list[TaskSpec]

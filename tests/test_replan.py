@@ -52,6 +52,8 @@ def test_r6_7_simplify_when_budget_critical() -> None:
     d = DefaultReplanPolicy().plan(data(fraction=0.9))
     assert isinstance(d, Simplify) and "only the key part" in d.instruction
     assert isinstance(DefaultReplanPolicy().plan(data(fraction=0.89)), Proceed)
+    # at 100 % the task pauses for a person's decision (R3.4) instead of simplifying itself
+    assert isinstance(DefaultReplanPolicy().plan(data(fraction=1.4)), Proceed)
 
 
 def test_r6_7_defer_complex_task_while_opus_is_down() -> None:

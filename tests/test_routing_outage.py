@@ -14,7 +14,6 @@ from pathlib import Path
 import anyio
 
 from agents import AgentContext
-from policies.replan import Defer
 from scheduler import (
     Completion,
     CompletionRequest,
@@ -26,7 +25,6 @@ from scheduler import (
     VibeConfig,
 )
 from scheduler._orchestrator import Orchestrator
-from scheduler._replan import Replanner
 
 from ._helpers import FRIDAY, run_virtual
 
@@ -53,30 +51,21 @@ class OutageProvider:
         return None
 
 
-def make_worker(replanners: dict[str, Replanner]) -> type:
-    class Worker:
-        """Makes ``steps`` calls 5 s apart, replanning before each (as the orchestrator will)."""
+class Worker:
+    """Makes ``steps`` calls 5 s apart; the runtime replans before each routed call."""
 
-        async def run(self, ctx: AgentContext) -> int:
-            rp = replanners["rp"]
-            for _ in range(int(ctx.task.params.get("steps", 10))):
-                d = rp.plan(ctx.handle, budget_fraction=ctx.tracker.fraction_used(ctx.task.id))
-                if isinstance(d, Defer):
-                    await rp.wait_deferred(ctx.handle, d)
-                await ctx.llm.complete([{"role": "user", "content": ctx.task.prompt}])
-                await anyio.sleep(5.0)
-            return 0
-
-    return Worker
+    async def run(self, ctx: AgentContext) -> int:
+        for _ in range(int(ctx.task.params.get("steps", 10))):
+            await ctx.llm.complete([{"role": "user", "content": ctx.task.prompt}])
+            await anyio.sleep(5.0)
+        return 0
 
 
 async def scenario(tmp_path: Path) -> tuple[OutageProvider, list[Event], dict[str, str], float]:
     provider = OutageProvider()
-    replanners: dict[str, Replanner] = {}
     config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1")
-    orch = Orchestrator(config, provider=provider, agents={"w": make_worker(replanners)},
+    orch = Orchestrator(config, provider=provider, agents={"w": Worker},
                         wall=FixedWallClock(FRIDAY))
-    replanners["rp"] = Replanner(config, orch.gateway.router, bus=orch.bus)
     events: list[Event] = []
     orch.bus.subscribe(events.append)
     t0 = anyio.current_time()
