@@ -345,6 +345,21 @@ class PoliciesConfig(_Model):
     replan: str = "policies.replan:DefaultReplanPolicy"
 
 
+class OutageWindow(_Model):
+    """A scripted outage of the simulated provider: ``model`` answers 529 in the window."""
+
+    model: Tier
+    #: seconds after the provider's first call (anyio time, not scaled by ``time_scale``).
+    start_s: float = Field(ge=0)
+    end_s: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OutageWindow:
+        if self.end_s <= self.start_s:
+            raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
+        return self
+
+
 class SimulatedProviderConfig(_Model):
     """Knobs of the deterministic simulated provider."""
 
@@ -353,6 +368,11 @@ class SimulatedProviderConfig(_Model):
     failure_rate: dict[Tier, float] = Field(default_factory=lambda: _by_tier(0.05, 0.02, 0.01))
     output_tokens: tuple[int, int] = (200, 1500)
     time_scale: float = Field(default=1.0, ge=0)
+    #: a failed attempt is retried this many times before the 529 is raised (the SDK's
+    #: ``max_retries``).
+    retries: int = Field(default=2, ge=0)
+    #: scripted outages (outage drills, the demo's opus outage).
+    outages: tuple[OutageWindow, ...] = ()
 
 
 class ProviderConfig(_Model):

@@ -67,8 +67,14 @@ def _state_text(t: Any) -> Text:
     return Text(label, style=STATE_STYLE.get(t.status, "white"))
 
 
+#: Row order: what needs a person's attention first, then active work, then the ended.
+_ROW_ORDER = {s: i for i, s in enumerate((
+    "paused", "deferred", "running", "waiting", "broken_down", "requeued", "pending",
+    "failed", "finished", "completed"))}
+
+
 def agents_table(snap: Snapshot, max_rows: int = 40) -> Table:
-    """Tasks, active ones first; at most ``max_rows`` rows plus a "… more" line."""
+    """Tasks, those needing attention first; at most ``max_rows`` rows plus a "… more" line."""
     counts = snap.counts()
     summary = "  ".join(f"{s} {counts[s]}" for s in STATES if counts.get(s))
     table = Table(title=f"Agents — {summary}", expand=True, title_justify="left")
@@ -76,8 +82,7 @@ def agents_table(snap: Snapshot, max_rows: int = 40) -> Table:
                       ("model", "left"), ("tokens", "right"), ("cost $", "right"),
                       ("budget", "left"), ("note", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
-    order = {s: i for i, s in enumerate(STATES)}
-    ranked = sorted(snap.tasks, key=lambda t: (order.get(t.status, 99), t.task_id))
+    ranked = sorted(snap.tasks, key=lambda t: (_ROW_ORDER.get(t.status, 99), t.task_id))
     for t in ranked[:max_rows]:
         level = "ok" if t.budget_fraction < 0.7 else "warning" if t.budget_fraction < 0.9 else (
             "critical")
@@ -153,8 +158,18 @@ def events_panel(snap: Snapshot, limit: int = 8) -> Panel:
     return Panel(lines or Text("no events yet", style="dim"), title="Recent events")
 
 
-def render_snapshot(snap: Snapshot) -> RenderableType:
-    """The whole screen for one snapshot."""
+def agent_rows_fitting(snap: Snapshot, height: int | None, events: int = 8) -> int:
+    """How many task rows fit a screen of ``height`` lines beside the other panels."""
+    if height is None:
+        return 40
+    notable = sum(1 for e in snap.events if e.name not in QUIET_EVENTS)
+    others = (1 + (len(snap.budgets) + 4) + (max(1, len(snap.pools)) + 4)
+              + (max(1, len(snap.models)) + 4) + (max(1, min(events, notable)) + 2) + 6)
+    return max(3, height - others)
+
+
+def render_snapshot(snap: Snapshot, height: int | None = None) -> RenderableType:
+    """The whole screen for one snapshot; with ``height`` the task rows are cut to fit."""
     total = snap.totals
     where = "from the store, no orchestrator running" if snap.source == "store" else (
         "running" if snap.running else "ended")
@@ -162,8 +177,8 @@ def render_snapshot(snap: Snapshot) -> RenderableType:
         f"vibe-engine — session {snap.session_id or '-'} ({where})  "
         f"tokens {int(total.get('tokens', 0)):,}  cost ${float(total.get('cost_usd', 0)):.4f}  "
         f"calls {int(total.get('calls', 0))}", style="bold")
-    return Group(head, agents_table(snap), budgets_table(snap), pools_table(snap),
-                 models_table(snap), events_panel(snap))
+    return Group(head, agents_table(snap, agent_rows_fitting(snap, height)), budgets_table(snap),
+                 pools_table(snap), models_table(snap), events_panel(snap))
 
 
 def summary_fields(snap: Snapshot) -> dict[str, Any]:
@@ -205,6 +220,9 @@ class LiveView:
     def snapshot(self) -> Snapshot:
         return snapshot_of(self.orch, now=self._clock())
 
+    def render(self) -> RenderableType:
+        return render_snapshot(self.snapshot(), height=self.console.size.height)
+
     async def run(self) -> None:
         if self.console.is_terminal:
             await self._run_live()
@@ -212,20 +230,20 @@ class LiveView:
             await self._run_logs()
 
     async def _run_live(self) -> None:
-        with Live(render_snapshot(self.snapshot()), console=self.console, auto_refresh=False,
+        with Live(self.render(), console=self.console, auto_refresh=False,
                   transient=False, redirect_stderr=True, redirect_stdout=False) as live:
             try:
                 pause = self.refresh_s
                 while True:
                     await anyio.sleep(pause)
                     start = self._clock()
-                    live.update(render_snapshot(self.snapshot()), refresh=True)
+                    live.update(self.render(), refresh=True)
                     self.frames += 1
                     # keep drawing under ~10 % of the loop, however many tasks there are
                     pause = max(self.refresh_s, 9 * (self._clock() - start))
             finally:
                 # the last frame shows how every task ended
-                live.update(render_snapshot(self.snapshot()), refresh=True)
+                live.update(self.render(), refresh=True)
                 self.frames += 1
 
     async def _run_logs(self) -> None:

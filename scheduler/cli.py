@@ -121,12 +121,15 @@ def demo(
     time_scale: float = 0.25,
     log_level: str = "warning",
     live: LiveOpt = True,
+    staged: Annotated[bool, typer.Option(
+        help="Also stage an opus outage (a task is deferred) and a tight budget (a task "
+             "pauses for a decision).")] = True,
 ) -> None:
     """Run the built-in workload (simulated provider, SQLite store, no API key)."""
     configure_logging(level=log_level)
     try:
-        report = _run(demo_config(state_dir, tasks=tasks, seed=seed, time_scale=time_scale),
-                      live)
+        report = _run(demo_config(state_dir, tasks=tasks, seed=seed, time_scale=time_scale,
+                                  staged=staged), live)
     except VibeEngineError as exc:
         raise _fail(exc) from None
     render_report(report, _out)

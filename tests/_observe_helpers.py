@@ -32,10 +32,12 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
-def terminal_console(width: int = 160) -> tuple[Console, StringIO]:
-    """A console that believes it is a terminal and writes into a StringIO."""
+def terminal_console(width: int = 160, height: int = 60) -> tuple[Console, StringIO]:
+    """A console that believes it is a terminal (``width`` × ``height``), writing into a
+    StringIO."""
     buf = StringIO()
-    return Console(file=buf, force_terminal=True, width=width, color_system="standard"), buf
+    return Console(file=buf, force_terminal=True, width=width, height=height,
+                   color_system="standard"), buf
 
 
 class _InstantShell:
@@ -88,13 +90,16 @@ def instant_shell_context(orch: Orchestrator, handle: TaskHandle) -> Any:
 
 
 def demo_orchestrator(tmp_path: Path, *, tasks: int = 8, time_scale: float = 0.05,
-                      real_shell: bool = False, **overrides: Any) -> Orchestrator:
+                      real_shell: bool = False, staged: bool = False,
+                      **overrides: Any) -> Orchestrator:
     """The demo workload on a real SQLite store under ``tmp_path``.
 
     Shell commands do not start processes unless ``real_shell`` (see
-    :class:`_InstantShell`), so the run is exact on a virtual clock.
+    :class:`_InstantShell`), so the run is exact on a virtual clock.  ``staged`` adds the
+    demo's opus outage, deferred task and paused task (as ``vibe-engine demo`` runs it).
     """
-    config = demo_config(tmp_path / "state", tasks=tasks, time_scale=time_scale)
+    config = demo_config(tmp_path / "state", tasks=tasks, time_scale=time_scale,
+                         staged=staged)
     if overrides:
         config = VibeConfig.model_validate({**config.model_dump(), **overrides})
     return Orchestrator(

@@ -66,6 +66,29 @@ def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: 
     assert "completed 8" in last
 
 
+def test_live_view_shows_every_state_during_the_staged_demo(tmp_path: Path) -> None:
+    """Observability acceptance, R3.4, R5.5, R6.7: the demo as ``vibe-engine demo`` runs it
+    (24 tasks, the opus outage, the tight-budget task) shows each state on the live screen
+    at least once — running, waiting with queue position and estimated wait, paused (with
+    its reason), deferred (while opus is down) and completed — and the paused task ends
+    saved and finished when nobody decides."""
+    orch = demo_orchestrator(tmp_path, tasks=24, time_scale=0.25, staged=True)
+    console, buf = terminal_console()
+    attach_live(orch, console, refresh_s=0.1)
+    report = run_virtual(orch.run)
+    screen = strip_ansi(buf.getvalue())
+    states = _states_on_screen(screen)
+    assert {"running", "waiting", "paused", "deferred", "completed"} <= states, states
+    assert re.search(r"waiting #\d+, ~\d+\.\ds", screen)
+    assert re.search(ROW.format(task="t26", state="paused"), screen)
+    assert re.search(ROW.format(task="t25", state="deferred"), screen)
+    assert re.search(r"│\s*opus\s*│\s*unavailable", screen)  # the outage in model health
+    assert report.outcomes["t26"].status == "finished"
+    assert report.outcomes["t25"].status == "completed"
+    names = [e.name for e in orch.bus.history]
+    assert names.count("model_unavailable") == names.count("model_restored") == 1
+
+
 def test_live_view_shows_waiting_paused_deferred_from_snapshot_data() -> None:
     """R5.5/R3.4/R6.7 states on screen: queue position and estimated wait, paused, deferred.
 

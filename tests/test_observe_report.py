@@ -33,7 +33,7 @@ BIN = Path(sys.executable).parent / "vibe-engine"
 
 
 def _run_day(state: Path, day: date, tasks: int) -> str:
-    config = demo_config(state, tasks=tasks, time_scale=0.01).model_copy(
+    config = demo_config(state, tasks=tasks, time_scale=0.01, staged=False).model_copy(
         update={"budgets": demo_config(state).budgets.model_copy(
             update={"session": demo_config(state).budgets.session.model_copy(
                 update={"tokens": 40_000})})})

@@ -9,8 +9,9 @@ failures and quality, so the demo and the benchmarks are reproducible:
   task and read from it after (R2.4);
 * output tokens: uniform in ``output_tokens``, capped by ``max_tokens``;
 * latency per tier (``latency_s`` × ``time_scale``), waited through anyio;
-* failures (529 overloaded) with ``failure_rate`` per tier, or forced by
-  :meth:`set_down`;
+* failures (529 overloaded) with ``failure_rate`` per attempt and tier, forced by
+  :meth:`set_down`, or scripted as ``outages`` (windows in seconds after the first call);
+  like the SDK, a failed attempt is retried ``retries`` times before the 529 is raised;
 * quality in [0, 1]: tier capability minus task difficulty (``hints['difficulty']``).
 """
 
@@ -38,6 +39,7 @@ class SimulatedProvider:
         self._calls: dict[str, int] = {}
         self._cached: set[tuple[str, str]] = set()
         self._down: set[str] = set()
+        self._started: float | None = None
         self.reported: list[Usage] = []
 
     def set_down(self, model: str, down: bool = True) -> None:
@@ -50,14 +52,33 @@ class SimulatedProvider:
         key = f"{self.config.seed}:{request.task_id}:{request.model}:{n}".encode()
         return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big"))
 
+    def in_outage(self, model: str) -> bool:
+        """Whether a scripted outage window of ``model`` is open now."""
+        if not self.config.outages:
+            return False
+        now = anyio.current_time()
+        if self._started is None:
+            self._started = now
+        t = now - self._started
+        return any(w.model == model and w.start_s <= t < w.end_s for w in self.config.outages)
+
     async def complete(self, request: CompletionRequest) -> Completion:
         rng = self._rng(request)
         model = request.model
-        latency = self.config.latency_s.get(model, 1.0) * self.config.time_scale  # type: ignore[call-overload]
-        latency *= 0.75 + rng.random() / 2
-        await anyio.sleep(latency)
-        if model in self._down or rng.random() < self.config.failure_rate.get(model, 0.0):  # type: ignore[call-overload]
-            raise OverloadedError(model, "overloaded_error (simulated)", status=529)
+        self.in_outage(model)  # the first call starts the outage clock
+        base = self.config.latency_s.get(model, 1.0) * self.config.time_scale  # type: ignore[call-overload]
+        rate = self.config.failure_rate.get(model, 0.0)  # type: ignore[call-overload]
+        latency = 0.0
+        attempts = 0
+        while True:  # like the SDK: a 529 is retried ``retries`` times before it is raised
+            attempts += 1
+            step = base * (0.75 + rng.random() / 2)
+            latency += step
+            await anyio.sleep(step)
+            if not (model in self._down or self.in_outage(model) or rng.random() < rate):
+                break
+            if attempts > self.config.retries:
+                raise OverloadedError(model, "overloaded_error (simulated)", status=529)
         system_tokens = round(len(request.system) / CHARS_PER_TOKEN)
         rest = sum(len(json.dumps(m.get("content", ""))) for m in request.messages)
         rest += len(json.dumps(list(request.tools))) if request.tools else 0
@@ -84,6 +105,7 @@ class SimulatedProvider:
         return Completion(
             text=f"[{model}] simulated answer ({output} tokens)",
             usage=usage, model=model, stop_reason=stop, latency_s=latency, quality=quality,
+            attempts=attempts,
         )
 
     async def aclose(self) -> None:
