@@ -3,8 +3,10 @@
 ``python -m benchmarks.routing --json [--quick]``
 
 Both arms run the same tasks with the same per-attempt luck (common random
-numbers, see ``benchmarks/_routing_sim.py``); each task gets up to 3 attempts,
-retried when the task failed or the judge scored it below 0.5.  The routed arm
+numbers, see ``benchmarks/_routing_sim.py``).  A task is its exploration calls
+(read and summarise code) then its main call, each routed on its own as the
+gateway does; each call gets up to 3 attempts, retried when it failed or the
+judge scored it below 0.5.  The routed arm
 uses the real :class:`scheduler._routing.Router` with the default policies —
 complexity scoring, budget pressure, and R4.3 upgrades and learning, whose
 retries cost money like any other call.  The baseline sends every attempt to
@@ -16,8 +18,9 @@ opus.
   task delivers 0);
 * ``success_retained_pct``: success_rate ÷ baseline_success_rate;
 * ``sensitivity``: the cost reduction of the same workload (a) without R4.3
-  learning (``correction_points=0``), and (b) priced with the previous opus
-  generation ($15/$75 per Mtok, when opus cost 5× sonnet rather than 1.67×);
+  learning (``correction_points=0``), (b) priced with the previous opus
+  generation ($15/$75 per Mtok, when opus cost 5× sonnet rather than 1.67×),
+  and (c) with every task reduced to its main call (no exploration calls);
 * ``oracle_cost_reduction_pct``: the ceiling of this workload — each task sent to
   the tier of its hidden difficulty (one tier up per retry), which no router can know.
 
@@ -53,9 +56,10 @@ OLD_OPUS = ModelSpec(model_id="claude-opus-4-1", input_usd_per_mtok=15.0,
                      output_usd_per_mtok=75.0)
 
 
-def _reduction(seed: int, tasks: Any, config: VibeConfig, **kw: Any) -> float:
-    routed = run_arm(seed, tasks, config, routed=True, **kw)
-    base = run_arm(seed, tasks, config, routed=False)
+def _reduction(seed: int, tasks: Any, config: VibeConfig, single_call: bool = False,
+               **kw: Any) -> float:
+    routed = run_arm(seed, tasks, config, routed=True, single_call=single_call, **kw)
+    base = run_arm(seed, tasks, config, routed=False, single_call=single_call)
     return 100 * (1 - routed.cost_usd / base.cost_usd)
 
 
@@ -81,6 +85,8 @@ def one_seed(seed: int, n: int, config: VibeConfig) -> dict[str, Any]:
         "sensitivity_no_learning_cost_reduction_pct": _reduction(
             seed, tasks, config, complexity=no_learning),
         "sensitivity_opus_15_75_cost_reduction_pct": _reduction(seed, tasks, old_prices),
+        "sensitivity_single_call_tasks_cost_reduction_pct": _reduction(
+            seed, tasks, config, single_call=True),
         "oracle_cost_reduction_pct": _reduction(seed, tasks, config, oracle=True),
     }
 

@@ -45,7 +45,8 @@ KIND_KEYWORDS: dict[Level, tuple[str, ...]] = {
                 "tradeoff", "performance", "scalab", "migrat"),
     "moderate": ("bug", "fix", "feature", "implement", "add ", "test", "endpoint", "crash",
                  "error"),
-    "simple": ("format", "rename", "typo", "doc", "readme", "comment", "lint", "simple refactor"),
+    "simple": ("format", "rename", "typo", "doc", "readme", "comment", "lint", "simple refactor",
+               "summar", "look up", "lookup"),
 }
 DEPTH_KEYWORDS: dict[Depth, tuple[str, ...]] = {
     "architecture": ("architecture", "trade-off", "tradeoff", "design", "compare", "strategy",

@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from scheduler._config import RoutingConfig
 
 from .complexity import Assessment, TaskInfo
 
@@ -70,7 +69,11 @@ class CheapestCapableRouting:
     """The default :class:`RoutingPolicy` (see the module docstring)."""
 
     def __init__(self, params: RoutingConfig | None = None, floor: str = "sonnet") -> None:
-        self.params = params or RoutingConfig()
+        if params is None:
+            from scheduler._config import RoutingConfig  # at call time: policies import first
+
+            params = RoutingConfig()
+        self.params = params
         self.floor = floor
 
     def select(self, data: RoutingInput) -> RouteDecision:

@@ -32,3 +32,18 @@ def test_public_api_is_exactly_what_we_export() -> None:
     public = {n for n in dir(scheduler) if not n.startswith("_")}
     modules = {"store", "cli"}
     assert public - set(scheduler.__all__) - modules == set()
+
+
+def test_every_package_imports_first_in_a_fresh_interpreter() -> None:
+    """Each top-level package (and each benchmark) imports on its own, in any order: no
+    import cycle hides behind a test session that happened to import ``scheduler`` first."""
+    import subprocess
+    import sys
+
+    modules = ["scheduler", "agents", "policies", "policies.complexity", "policies.routing",
+               "agents.providers", "benchmarks.routing", "benchmarks.allocator",
+               "benchmarks.deadlock", "benchmarks.tracker", "benchmarks.redis_store"]
+    for module in modules:
+        out = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"import {module} first fails:\n{out.stderr[-2000:]}"
