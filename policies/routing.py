@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
-
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .complexity import Assessment, TaskInfo
+
+if TYPE_CHECKING:
+    from scheduler._config import RoutingConfig
 
 
 @dataclass(frozen=True, slots=True)
