@@ -121,7 +121,7 @@ class FileOps:
     async def write(self, path: str | Path, content: str) -> Path:
         full = self._resolve(path)
         ctx = self._ctx
-        ctx.tracker.check(ctx.task.id, file_edits=1)
+        await ctx.gateway.admit_ops(ctx.handle, file_edits=1)  # pauses at the limit (R3.4)
         async with ctx.open_resource(f"file:{full}"), ctx.critical("file_write"):
             await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
             await anyio.Path(full).write_text(content, encoding="utf-8")
@@ -139,7 +139,8 @@ class ShellOps:
     async def run(self, command: str, *, timeout_s: float = 60.0) -> ShellResult:
         ctx = self._ctx
         dangerous = is_dangerous(command)
-        ctx.tracker.check(ctx.task.id, shell_commands=1, dangerous_commands=int(dangerous))
+        await ctx.gateway.admit_ops(ctx.handle, shell_commands=1,
+                                    dangerous_commands=int(dangerous))
         await anyio.Path(self.cwd).mkdir(parents=True, exist_ok=True)
         name = "git_commit" if command.lstrip().startswith("git commit") else "shell"
         async with ctx.critical(name):
@@ -169,6 +170,7 @@ class AgentContext:
         self.task: TaskSpec = task.spec
         self.profile = task.profile
         self.attempt = task.attempt
+        self.gateway = gateway
         self.tracker: Tracker = gateway.tracker
         self.store = store
         self.log = structlog.get_logger("vibe_engine.agent").bind(

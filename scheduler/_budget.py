@@ -100,9 +100,11 @@ def is_weekend(day: date) -> bool:
 
 
 def day_limits(config: VibeConfig, day: date) -> Limits:
-    """R1.3: the day budget, lowered automatically on Saturday and Sunday."""
+    """R1.3: the day budget, lowered automatically on Saturday and Sunday (never raised: a
+    weekday limit below the weekend one stays)."""
     limits = config.budgets.day
     weekend = config.budgets.weekend_day_cost_usd
     if weekend is not None and is_weekend(day):
-        limits = limits.merged(Limits(cost_usd=weekend))
+        lowered = weekend if limits.cost_usd is None else min(weekend, limits.cost_usd)
+        limits = limits.merged(Limits(cost_usd=lowered))
     return limits

@@ -215,6 +215,25 @@ class Gateway:
             await self._release(task)
             self._decided(task, await ctl.wait_decision(task.id))
 
+    async def admit_ops(
+        self, task: TaskHandle, *, file_edits: int = 0, shell_commands: int = 0,
+        dangerous_commands: int = 0,
+    ) -> None:
+        """R3.4 for operation budgets: at a file-edit or shell-command limit the task pauses
+        for a decision (add budget, finish, review) instead of failing, then checks again."""
+        ctl = self.controller
+        while True:  # a pending token/cost pause waits for the next model call: the agent
+            try:     # first saves what the last (paid) call produced
+                self.tracker.check(task.id, file_edits=file_edits, shell_commands=shell_commands,
+                                   dangerous_commands=dangerous_commands)
+                return
+            except BudgetExceededError as exc:
+                if ctl is None:
+                    raise
+                await ctl.request_pause(task.id, error=exc)
+            await self._release(task)
+            self._decided(task, await ctl.wait_decision(task.id))
+
     async def pause_point(self, task: TaskHandle) -> None:
         """A safe point: a pending pause takes effect here, after the task's leases are given
         back (no-op inside a critical section of the task, R3.6)."""

@@ -480,6 +480,10 @@ class PauseController:
                 extra[name] = amount
         if decision.tokens and dimension.startswith("tokens:"):
             extra["tokens_by_model"] = {dimension[7:]: decision.tokens}
+        if (decision.shell_commands and dimension == "dangerous_commands"
+                and scope.limits.dangerous_commands is not None):
+            # paused on the dangerous-command limit: the shell commands granted may be dangerous
+            extra["dangerous_commands"] = decision.shell_commands
         return extra
 
     def _scope(self, task_id: str, scope_name: str) -> ScopeState | None:

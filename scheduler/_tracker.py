@@ -159,6 +159,7 @@ class Tracker:
     async def open(self) -> None:
         """Load the session's and today's totals from the store (R1.5)."""
         self.session.totals = await self.store.totals(self.session.name)
+        self._crossings(self.session)  # thresholds passed before a restart fired then (R3.1)
         await self._ensure_day(self.today())
 
     def today(self) -> date:
@@ -170,6 +171,7 @@ class Tracker:
         if state is None:
             state = ScopeState(f"day:{key}", day_limits(self.config, day))
             state.totals = await self.store.totals(state.name)
+            self._crossings(state)  # already passed: fired by an earlier process
             self._days[key] = state
         return state
 
@@ -186,6 +188,7 @@ class Tracker:
         """Register a task; a task seen before resumes from its recorded totals."""
         scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock())
         scope.totals = await self.store.totals(scope.name)
+        self._crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
         self._tasks[task_id] = _TaskEntry(profile, agent, scope, actions=scope.totals.calls)
         await self._ensure_day(self.today())
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-import trio.testing
 
 from scheduler import Event, EventBus, FixedWallClock, Limits, TaskProfile, Tracker, Usage
 from scheduler._alerts import AlertRuntime
@@ -19,14 +17,10 @@ from scheduler._pause import PauseController
 from scheduler._tracker import Crossing, Reservation
 from scheduler.store import MemoryStore, SqliteStore, Store
 
+from ._helpers import run_virtual as run_virtual
+
 T = TypeVar("T")
 DAY = date(2026, 11, 25)  # a Wednesday: weekday day budget
-
-
-def run_virtual(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``fn`` on trio with a MockClock that jumps when everything is blocked."""
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    return anyio.run(fn, backend="trio", backend_options={"clock": clock})
 
 
 def make_config(session: dict[str, Any] | None = None, **extra: Any) -> VibeConfig:

@@ -73,7 +73,7 @@ class _SyncFiles:
         return (self.root / path).read_text(encoding="utf-8")
 
     async def write(self, path: str | Path, content: str) -> Path:
-        self._ctx.tracker.check(self._ctx.task.id, file_edits=1)
+        await self._ctx.gateway.admit_ops(self._ctx.handle, file_edits=1)
         full = self.root / path
         full.parent.mkdir(parents=True, exist_ok=True)
         full.write_text(content, encoding="utf-8")

@@ -227,3 +227,36 @@ def test_r3_alert_statistics_count_levels() -> None:
 
     h = run_virtual(main)
     assert h.alerts.statistics().fired == {"warning": 1, "critical": 1, "exceeded": 1}
+
+
+def test_r3_1_thresholds_passed_before_a_restart_do_not_fire_again(tmp_path: Any) -> None:
+    """R3.1 across restarts: a task resumed at 75 % of its tokens (and a day at 75 % of its
+    cost) does not announce the warning again; the next threshold still fires once."""
+    from scheduler import Limits, TaskSpec, Usage, VibeConfig, resolve_task
+    from scheduler.store import SqliteStore
+
+    from ._helpers import tracker_with_task
+
+    config = VibeConfig.model_validate({"budgets": {"day": {"cost_usd": 1.0}}})
+    spec = TaskSpec(id="t1", agent="coder", prompt="Fix it",
+                    budget=Limits(tokens=1000, cost_usd=100.0))
+
+    async def run(charge_tokens: int, cost: float) -> list[tuple[str, str, str]]:
+        store = SqliteStore(tmp_path / "vibe.db")
+        await store.open()
+        try:
+            tr = await tracker_with_task(store, config, task=spec, session="s1")
+            assert resolve_task(spec, config).limits.tokens == 1000
+            event = tr.make_event("t1", model="haiku", usage=Usage(charge_tokens, 0),
+                                  cost_usd=cost)
+            return [(c.scope.split(":")[0], c.dimension, c.level)
+                    for c in await tr.charge(event)]
+        finally:
+            await store.aclose()
+
+    first = run_virtual(run, 750, 0.75)
+    assert ("task", "tokens", "warning") in first and ("day", "cost_usd", "warning") in first
+    second = run_virtual(run, 200, 0.20)  # a new process: same store, same task
+    assert ("task", "tokens", "warning") not in second
+    assert ("day", "cost_usd", "warning") not in second
+    assert ("task", "tokens", "critical") in second and ("day", "cost_usd", "critical") in second

@@ -45,6 +45,14 @@ def test_r1_3_weekend_day_budget_on_saturday_and_sunday() -> None:
     assert day_limits(cfg, date(2026, 11, 30)).cost_usd == 20.0  # Monday
 
 
+def test_r1_3_weekend_lowers_never_raises_the_day_budget() -> None:
+    """R1.3: the weekend limit lowers the day budget; a weekday limit already below it stays."""
+    cfg = VibeConfig.model_validate({"budgets": {"day": {"cost_usd": 3.0}}})
+    assert day_limits(cfg, SATURDAY).cost_usd == 3.0
+    unlimited = VibeConfig.model_validate({"budgets": {"day": {"cost_usd": None}}})
+    assert day_limits(unlimited, SATURDAY).cost_usd == 5.0
+
+
 def test_r1_4_task_type_table() -> None:
     """R1.4: the task-type table's tokens, time and cost; architecture prefers opus."""
     t = VibeConfig().task_types

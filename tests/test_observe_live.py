@@ -81,7 +81,9 @@ def test_live_view_shows_every_state_during_the_staged_demo(tmp_path: Path) -> N
     assert {"running", "waiting", "paused", "deferred", "completed"} <= states, states
     assert re.search(r"waiting #\d+, ~\d+\.\ds", screen)
     assert re.search(ROW.format(task="t26", state="paused"), screen)
-    assert re.search(ROW.format(task="t25", state="deferred"), screen)
+    deferred = {e.task_id for e in orch.bus.history if e.name == "task_deferred"}
+    assert deferred and any(re.search(ROW.format(task=t, state="deferred"), screen)
+                            for t in deferred)
     assert re.search(r"│\s*opus\s*│\s*unavailable", screen)  # the outage in model health
     assert report.outcomes["t26"].status == "finished"
     assert report.outcomes["t25"].status == "completed"
@@ -325,7 +327,7 @@ def test_demo_command_draws_the_live_view_on_a_pseudo_terminal(tmp_path: Path) -
     env.pop("ANTHROPIC_API_KEY", None)
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "vibe-engine"), "demo", "--tasks", "6",
-         "--time-scale", "0.05", "--state-dir", str(tmp_path / "st")],
+         "--time-scale", "0.05", "--no-staged", "--state-dir", str(tmp_path / "st")],
         stdin=follower, stdout=follower, stderr=subprocess.DEVNULL, env=env)
     os.close(follower)
     chunks: list[bytes] = []

@@ -12,7 +12,6 @@ import pytest
 from agents import AgentContext, is_dangerous
 from agents.builtin import CoderAgent, QuestionAnswerAgent
 from scheduler import (
-    BudgetExceededError,
     ConfigError,
     FixedWallClock,
     Limits,
@@ -20,7 +19,7 @@ from scheduler import (
     TaskSpec,
     VibeConfig,
 )
-from scheduler._orchestrator import Orchestrator
+from scheduler._orchestrator import Orchestrator, RunReport
 
 from ._fakes import ScriptedProvider
 from ._helpers import FRIDAY, run_virtual
@@ -141,7 +140,8 @@ async def test_abort_requeues_and_keeps_attempt_count(tmp_path: Path) -> None:
 
 
 async def test_r1_1_file_edit_and_shell_budgets(tmp_path: Path) -> None:
-    """R1.1: file edits and (dangerous) shell commands are counted and stopped at the limit."""
+    """R1.1: file edits and (dangerous) shell commands are counted; R3.4: at the file-edit
+    limit the task pauses for a decision instead of failing — adding edits lets it go on."""
     seen: dict[str, Any] = {}
 
     class Ops:
@@ -150,15 +150,62 @@ async def test_r1_1_file_edit_and_shell_budgets(tmp_path: Path) -> None:
             safe = await ctx.shell.run("ls")
             risky = await ctx.shell.run("rm -f a.txt")
             seen["flags"] = (safe.dangerous, risky.dangerous)
-            with pytest.raises(BudgetExceededError) as info:
-                await ctx.files.write("b.txt", "2")
-            seen["dim"] = info.value.dimension
+            await ctx.files.write("b.txt", "2")  # over the limit of 1: pauses
 
     orch = _orch(tmp_path, ScriptedProvider(), agents={"o": Ops})
-    report = await orch.run([TaskSpec(id="o1", agent="o", budget=Limits(file_edits=1))])
-    u = report.outcomes["o1"].usage
-    assert (u.file_edits, u.shell_commands, u.dangerous_commands) == (1, 2, 1)
-    assert seen == {"flags": (False, True), "dim": "file_edits"}
+    paused = anyio.Event()
+    orch.bus.subscribe(lambda e: paused.set() if e.name == "task_paused" else None)
+    reports: list[RunReport] = []
+
+    async def run() -> None:
+        reports.append(await orch.run([TaskSpec(id="o1", agent="o",
+                                                budget=Limits(file_edits=1))]))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        with anyio.fail_after(30):
+            await paused.wait()
+        info = orch.controller.pause_info("o1")
+        assert info is not None and info.dimension == "file_edits"
+        assert not (orch.workspace / "o1" / "b.txt").exists()
+        await orch.decide("o1", "add_budget", file_edits=1)
+    outcome = reports[0].outcomes["o1"]
+    assert outcome.status == "completed", outcome.reason
+    u = outcome.usage
+    assert (u.file_edits, u.shell_commands, u.dangerous_commands) == (2, 2, 1)
+    assert seen == {"flags": (False, True)}
+    assert (orch.workspace / "o1" / "b.txt").read_text() == "2"
+
+
+async def test_r3_4_dangerous_command_limit_pauses_and_finish_ends_the_task(
+    tmp_path: Path,
+) -> None:
+    """R1.1/R3.4: past the dangerous-command limit the task pauses; ``finish`` ends it saved
+    (status finished) and the command never runs."""
+
+    class Risky:
+        async def run(self, ctx: AgentContext) -> None:
+            await ctx.shell.run("touch one")
+            await ctx.shell.run("touch two")  # the 2nd dangerous command: over the limit
+
+    orch = _orch(tmp_path, ScriptedProvider(), agents={"r": Risky})
+    paused = anyio.Event()
+    orch.bus.subscribe(lambda e: paused.set() if e.name == "task_paused" else None)
+    reports: list[RunReport] = []
+
+    async def run() -> None:
+        reports.append(await orch.run([TaskSpec(id="r1", agent="r",
+                                                budget=Limits(dangerous_commands=1))]))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        with anyio.fail_after(30):
+            await paused.wait()
+        await orch.decide("r1", "finish")
+    assert reports[0].outcomes["r1"].status == "finished"
+    assert (orch.workspace / "r1" / "one").exists()
+    assert not (orch.workspace / "r1" / "two").exists()
+    assert reports[0].outcomes["r1"].usage.dangerous_commands == 1
 
 
 @pytest.mark.parametrize(
