@@ -39,6 +39,7 @@ from policies.fairness import AllocationPolicy, PriorityWithFairness
 
 from ._allocator_stats import (
     AllocatorStatistics,
+    PoolDemand,
     PoolStatistics,
     WaiterStatistics,
     pool_statistics,
@@ -348,6 +349,23 @@ class Allocator:
         return AllocatorStatistics(
             pools=pools, waiters=tuple(waiters), leases=len(self._leases),
             holders=len(self._holders),
+        )
+
+    def demand(self, pool: str | None = None) -> PoolDemand:
+        """What ``pool`` is asked for now: tokens held in leases and requested by waiters.
+
+        Cheap (no ordering); a global quota slice is sized from it.  Waiters count
+        with the tokens they *requested*, before any max-share cut.
+        """
+        name = pool if pool is not None else self._default_pool
+        p = self._pools.get(name) if name is not None else None
+        if p is None:
+            raise AllocationError(f"unknown pool {name!r}; known: {sorted(self._pools)}")
+        waiting = [w for h in self._holders.values() for w in h.waiting if w.pool == p.name]
+        return PoolDemand(
+            pool=p.name, held_tokens=sum(p.held_tokens.values()),
+            waiting_tokens=sum(w.requested for w in waiting), waiting=len(waiting),
+            avg_hold_s=p.avg_hold_s,
         )
 
     # -- internals: binding and lookup -------------------------------------------------------
