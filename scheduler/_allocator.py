@@ -174,7 +174,11 @@ class Allocator:
         requests_per_minute: int | _Unset | None = UNSET,
         concurrent: int | _Unset | None = UNSET,
     ) -> None:
-        """Change a pool's capacities at run time (``None`` = unlimited); creates new pools."""
+        """Change a pool's capacities at run time (``None`` = unlimited); creates new pools.
+
+        ``tokens_per_minute=0`` closes the pool: requests that need tokens wait (at
+        their full size) until a later call gives it capacity again.
+        """
         p = self._pools.get(pool)
         if p is None:
             p = self._pools[pool] = self._new_pool(pool, PoolConfig())
@@ -183,7 +187,9 @@ class Allocator:
         tpm = _pick(tokens_per_minute, p.tpm.capacity if p.tpm else None)
         rpm = _pick(requests_per_minute, p.rpm.capacity if p.rpm else None)
         conc = _pick(concurrent, p.concurrent)
-        for value in (tpm, rpm, conc):
+        if tpm is not None and tpm < 0:
+            raise AllocationError(f"pool {pool!r}: tokens_per_minute must be >= 0, got {tpm}")
+        for value in (rpm, conc):
             if value is not None and value <= 0:
                 raise AllocationError(f"pool {pool!r}: capacities must be > 0, got {value}")
         p.set_capacity(tpm, rpm, conc)

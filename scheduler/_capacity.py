@@ -23,10 +23,8 @@ minute — what the orchestrator would use if nothing made it wait.
 
 A slice of 0 (a newcomer before the others have shrunk, an idle
 orchestrator, or Redis gone past the slice's expiry with ``failure_mode =
-"closed"``) closes the pool as far as the allocator allows: it cannot hold a
-capacity of 0, so it gets 1 token per minute.  At most one request then goes
-ahead on credit; its usage is charged to the pool's bucket as a debt that the
-next slice pays back.
+"closed"``) closes the pool: the allocator's ``tokens_per_minute=0`` makes
+every request that needs tokens wait until a slice arrives.
 """
 
 from __future__ import annotations
@@ -49,8 +47,8 @@ _log = structlog.get_logger("vibe_engine.capacity")
 
 #: The hold assumed before any lease of a pool has ended (LLM calls take seconds).
 UNKNOWN_HOLD_S = 1.0
-#: The smallest capacity the allocator accepts: "closed" for a slice of 0.
-CLOSED_TOKENS_PER_MINUTE = 1
+#: The allocator's "closed" capacity, for a slice of 0.
+CLOSED_TOKENS_PER_MINUTE = 0
 
 
 def default_orchestrator_id() -> str:

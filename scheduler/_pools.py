@@ -84,11 +84,13 @@ class Bucket:
     def time_to(self, amount: float) -> float:
         """Seconds until the level reaches ``amount`` (0 when it already has)."""
         short = amount - self.level
-        return short / self.rate if short > 0 else 0.0
+        if short <= 0:
+            return 0.0
+        return short / self.rate if self.rate > 0 else math.inf  # a closed pool never refills
 
 
 def _share(capacity: float | None, max_share: float) -> int | None:
-    if capacity is None:
+    if capacity is None or capacity == 0:  # unlimited, or closed: requests keep their size
         return None
     return max(1, math.floor(capacity * max_share))
 

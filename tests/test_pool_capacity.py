@@ -15,7 +15,7 @@ from agents.builtin import QuestionAnswerAgent
 from scheduler import FixedWallClock, RateLimitInfo, TaskSpec, VibeConfig
 from scheduler._allocator import Allocator
 from scheduler._capacity import CLOSED_TOKENS_PER_MINUTE, UNKNOWN_HOLD_S, PoolCapacity
-from scheduler._config import AllocatorConfig, PoolConfig
+from scheduler._config import AllocatorConfig, GlobalPoolConfig, PoolConfig
 from scheduler._errors import ConfigError
 from scheduler._orchestrator import Orchestrator
 from scheduler.store import MemoryStore, Store
@@ -162,3 +162,33 @@ def test_demand_is_outstanding_tokens_as_a_rate() -> None:
 
     got, want = run_virtual(main)
     assert got == want
+
+
+def test_closed_pool_holds_requests_at_full_size_until_a_slice_arrives() -> None:
+    """A slice of 0 closes the pool (tokens_per_minute=0): requests wait instead of going
+    ahead cut to a tiny max share on credit; the next slice grants them in full."""
+    cfg = VibeConfig(allocator=AllocatorConfig(pools={"anthropic": PoolConfig(
+        tokens_per_minute=60_000, requests_per_minute=None, concurrent=None)}))
+
+    async def main() -> None:
+        alloc = Allocator(cfg.allocator)
+        cap = PoolCapacity(alloc, cfg.model_copy(update={"distributed": cfg.distributed.model_copy(
+            update={"global_pools": {"anthropic": GlobalPoolConfig(tokens_per_minute=60_000)}})}))
+        assert cap.global_quota(SlicedMemoryStore(share=0)) is not None
+        granted: list[int] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(alloc.run)
+            alloc.register("a")
+
+            async def ask() -> None:
+                granted.append((await alloc.acquire("a", tokens=2_400)).tokens)
+
+            tg.start_soon(ask)
+            await anyio.sleep(30)
+            assert granted == [] and alloc.demand().waiting_tokens == 2_400
+            cap.on_slice("anthropic", 60_000)
+            await anyio.sleep(3)  # the bucket refills at 1,000 tokens/s from empty
+            assert granted == [2_400]
+            tg.cancel_scope.cancel()
+
+    run_virtual(main)
