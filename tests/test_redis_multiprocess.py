@@ -1,8 +1,10 @@
 """Three orchestrator processes on one Redis: one session budget, one global pool.
 
-Real processes and a real Redis, so these tests run in real time (a few
-seconds, with short slice and hold TTLs); everything else about leases and
-failure modes is tested on a virtual clock in test_quota_slices.py.
+Real processes and a real Redis, so these tests run in real time (seconds,
+with short slice TTLs); everything else about leases and failure modes is
+tested on a virtual clock in test_quota_slices.py and test_pool_capacity.py.
+The acceptance test runs the real ``vibe-engine run`` CLI; the connection-drop
+test still drives the smaller tests/_redis_orchestrator.py.
 """
 
 from __future__ import annotations
