@@ -39,6 +39,7 @@ from policies.fairness import AllocationPolicy, PriorityWithFairness
 
 from ._allocator_stats import (
     AllocatorStatistics,
+    PoolDemand,
     PoolStatistics,
     WaiterStatistics,
     pool_statistics,
@@ -173,7 +174,11 @@ class Allocator:
         requests_per_minute: int | _Unset | None = UNSET,
         concurrent: int | _Unset | None = UNSET,
     ) -> None:
-        """Change a pool's capacities at run time (``None`` = unlimited); creates new pools."""
+        """Change a pool's capacities at run time (``None`` = unlimited); creates new pools.
+
+        ``tokens_per_minute=0`` closes the pool: requests that need tokens wait (at
+        their full size) until a later call gives it capacity again.
+        """
         p = self._pools.get(pool)
         if p is None:
             p = self._pools[pool] = self._new_pool(pool, PoolConfig())
@@ -182,7 +187,9 @@ class Allocator:
         tpm = _pick(tokens_per_minute, p.tpm.capacity if p.tpm else None)
         rpm = _pick(requests_per_minute, p.rpm.capacity if p.rpm else None)
         conc = _pick(concurrent, p.concurrent)
-        for value in (tpm, rpm, conc):
+        if tpm is not None and tpm < 0:
+            raise AllocationError(f"pool {pool!r}: tokens_per_minute must be >= 0, got {tpm}")
+        for value in (rpm, conc):
             if value is not None and value <= 0:
                 raise AllocationError(f"pool {pool!r}: capacities must be > 0, got {value}")
         p.set_capacity(tpm, rpm, conc)
@@ -348,6 +355,23 @@ class Allocator:
         return AllocatorStatistics(
             pools=pools, waiters=tuple(waiters), leases=len(self._leases),
             holders=len(self._holders),
+        )
+
+    def demand(self, pool: str | None = None) -> PoolDemand:
+        """What ``pool`` is asked for now: tokens held in leases and requested by waiters.
+
+        Cheap (no ordering); a global quota slice is sized from it.  Waiters count
+        with the tokens they *requested*, before any max-share cut.
+        """
+        name = pool if pool is not None else self._default_pool
+        p = self._pools.get(name) if name is not None else None
+        if p is None:
+            raise AllocationError(f"unknown pool {name!r}; known: {sorted(self._pools)}")
+        waiting = [w for h in self._holders.values() for w in h.waiting if w.pool == p.name]
+        return PoolDemand(
+            pool=p.name, held_tokens=sum(p.held_tokens.values()),
+            waiting_tokens=sum(w.requested for w in waiting), waiting=len(waiting),
+            avg_hold_s=p.avg_hold_s,
         )
 
     # -- internals: binding and lookup -------------------------------------------------------

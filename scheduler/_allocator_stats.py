@@ -9,7 +9,7 @@ from policies.fairness import AllocationPolicy
 
 from ._pools import PARKED, Pool, Waiter
 
-__all__ = ["AllocatorStatistics", "PoolStatistics", "WaiterStatistics"]
+__all__ = ["AllocatorStatistics", "PoolDemand", "PoolStatistics", "WaiterStatistics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,17 @@ class PoolStatistics:
     max_share_tokens: int | None
     max_share_calls: int | None
     background_share: float
+    avg_hold_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDemand:
+    """What :meth:`Allocator.demand` reports: tokens lent out and asked for in one pool."""
+
+    pool: str
+    held_tokens: int
+    waiting_tokens: int
+    waiting: int
     avg_hold_s: float
 
 

@@ -246,6 +246,13 @@ class AllocatorConfig(_Model):
     share_window_s: float = Field(default=60.0, gt=0)
 
 
+class GlobalPoolConfig(_Model):
+    """A provider quota shared by every orchestrator on the store (one slice each)."""
+
+    #: The whole quota; each orchestrator's allocator gets a max-min fair slice of it.
+    tokens_per_minute: int = Field(gt=0)
+
+
 class DistributedConfig(_Model):
     """Several orchestrators on one Redis (``store = "redis://…"``): see docs/scale-out.md."""
 
@@ -268,6 +275,15 @@ class DistributedConfig(_Model):
     unavailable_wait_s: float = Field(default=60.0, ge=0)
     #: Where usage is spooled while Redis is down (default ``<state_dir>/redis-spool.jsonl``).
     spool_path: Path | None = None
+    #: Allocator pools whose tokens per minute are shared by all orchestrators of the
+    #: namespace: each one leases a slice and its allocator subdivides only that slice
+    #: (ignored unless the store is ``redis://…``; the pool's own ``tokens_per_minute``
+    #: is then replaced by the slice).
+    global_pools: dict[str, GlobalPoolConfig] = Field(default_factory=dict)
+    #: This orchestrator's name as a slice holder (default ``<host>-<pid>-<random>``);
+    #: unique among the orchestrators sharing the namespace.
+    orchestrator_id: str | None = Field(default=None, min_length=1,
+                                        pattern=r"^[A-Za-z0-9_.:\-]+$")
 
     @model_validator(mode="after")
     def _renew_before_expiry(self) -> DistributedConfig:
@@ -440,6 +456,10 @@ class VibeConfig(_Model):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"duplicate task ids {dupes}")
+        unknown = sorted(set(self.distributed.global_pools) - set(self.allocator.pools))
+        if unknown:
+            raise ValueError(f"distributed.global_pools {unknown} are not allocator pools; "
+                             f"known: {sorted(self.allocator.pools)}")
         return self
 
     def model_spec(self, tier: str) -> ModelSpec:

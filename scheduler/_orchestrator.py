@@ -24,6 +24,7 @@ from policies.replan import BreakDown
 from ._alerts import AlertRuntime, load_alert_policy
 from ._allocator import Allocator, make_allocation_policy
 from ._budget import resolve_task
+from ._capacity import PoolCapacity
 from ._clock import SystemWallClock, WallClock
 from ._config import TaskSpec, VibeConfig
 from ._control import ControlServer
@@ -42,7 +43,7 @@ from ._locks import LockManager
 from ._observe import install_observers
 from ._overdraft import OverdraftLedger
 from ._pause import PauseController
-from ._provider import Provider
+from ._provider import Provider, connect_rate_limits
 from ._routing import task_info
 from ._task import TaskHandle
 from ._tokens import TokenCounter
@@ -138,6 +139,10 @@ class Orchestrator:
             config.allocator, events=self.bus,
             policy=make_allocation_policy(config.policies.allocation, config.allocator),
         )
+        # pool capacities: learned provider limits, and slices of global pools (Redis)
+        self.capacity = PoolCapacity(self.allocator, config)
+        self.quota = self.capacity.global_quota(self.store)
+        connect_rate_limits(provider, self.capacity.on_rate_limits)
         # R3: overdraft grace, pause and decide, alert actions
         self.overdraft = OverdraftLedger(self.tracker, self.store, config.overdraft, self.bus)
         self.controller = PauseController(
@@ -210,6 +215,8 @@ class Orchestrator:
             stack.push_async_callback(self.aclose)
             self.add_tasks(specs)
             async with anyio.create_task_group() as tg:
+                if self.quota is not None:  # the first slices before any task leases
+                    await tg.start(self.quota.run)
                 for service in self.services:
                     tg.start_soon(service)
                 async with anyio.create_task_group() as tasks_tg:

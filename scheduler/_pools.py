@@ -22,6 +22,8 @@ from ._config import PoolConfig
 from ._leases import Lease
 
 QUEUED, PARKED, GRANTED, GONE = 0, 1, 2, 3
+#: The shortest wait for a bucket refill (see :meth:`Pool.refill_time`).
+_MIN_REFILL_WAIT_S = 1e-6
 
 #: A heap entry: (key, seq, epoch, waiter).
 Entry = tuple[float, int, int, "Waiter"]
@@ -82,11 +84,13 @@ class Bucket:
     def time_to(self, amount: float) -> float:
         """Seconds until the level reaches ``amount`` (0 when it already has)."""
         short = amount - self.level
-        return short / self.rate if short > 0 else 0.0
+        if short <= 0:
+            return 0.0
+        return short / self.rate if self.rate > 0 else math.inf  # a closed pool never refills
 
 
 def _share(capacity: float | None, max_share: float) -> int | None:
-    if capacity is None:
+    if capacity is None or capacity == 0:  # unlimited, or closed: requests keep their size
         return None
     return max(1, math.floor(capacity * max_share))
 
@@ -175,7 +179,11 @@ class Pool:
             wait = max(wait, self.tpm.time_to(tokens))
         if self.rpm is not None:
             wait = max(wait, self.rpm.time_to(calls))
-        return now + wait if wait > 0 else None
+        if wait <= 0:
+            return None
+        # never "now" again: a level short by a rounding error (1010.9999… of 1011) would
+        # otherwise wake the servicing task at the same instant forever
+        return now + max(wait, _MIN_REFILL_WAIT_S)
 
     def over_share(self, holder: str, tokens: int, calls: int) -> bool:
         """Would this grant take ``holder`` past the max share of some dimension?"""

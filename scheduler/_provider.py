@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -64,3 +64,33 @@ class Provider(Protocol):
     async def complete(self, request: CompletionRequest) -> Completion: ...
 
     async def aclose(self) -> None: ...
+
+
+#: ``on_rate_limits(pool_or_model, info)``: limits a provider learned from a response.
+RateLimitHook = Callable[[str, RateLimitInfo], None]
+
+
+@runtime_checkable
+class ReportsRateLimits(Protocol):
+    """A provider that reports the limits it learns; the orchestrator sets the hook."""
+
+    on_rate_limits: RateLimitHook | None
+
+
+def connect_rate_limits(provider: object, hook: RateLimitHook) -> bool:
+    """Make ``provider`` report learned limits to ``hook`` too (keeping a hook already set).
+
+    Returns False when the provider does not report limits.
+    """
+    if not isinstance(provider, ReportsRateLimits):
+        return False
+    before = provider.on_rate_limits
+    if before is None:
+        provider.on_rate_limits = hook
+    else:
+        def both(source: str, info: RateLimitInfo) -> None:
+            before(source, info)
+            hook(source, info)
+
+        provider.on_rate_limits = both
+    return True

@@ -8,7 +8,9 @@ holders and never grants more than is free, and the lease expires unless it is
 renewed.  The local allocator then subdivides the slice among the
 orchestrator's own agents: :class:`GlobalQuota` reports every change of slice
 size through ``on_slice(pool, tokens_per_minute)`` (wire it to the
-allocator's ``set_capacity``).
+allocator's ``set_capacity``), and asks ``demand(pool)`` before every renewal
+how much this orchestrator could use (the orchestrator wires both, see
+:mod:`scheduler._capacity`).
 
 A dead orchestrator stops renewing; its slice expires after ``slice_ttl_s``
 and the others receive it at their next renewal.
@@ -44,6 +46,8 @@ from .store._ledger import SliceBackend
 _log = structlog.get_logger("vibe_engine.quota")
 
 SliceCallback = Callable[[str, int], None]
+#: ``demand(pool)``: tokens per minute this orchestrator could use of ``pool`` now.
+DemandSource = Callable[[str], int]
 
 
 @dataclass(slots=True)
@@ -90,18 +94,25 @@ class GlobalQuota:
         holder: str,
         config: DistributedConfig | None = None,
         on_slice: SliceCallback | None = None,
+        demand: DemandSource | None = None,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         self.backend = backend
         self.holder = holder
         self.config = config or DistributedConfig()
         self._on_slice = on_slice
+        self._demand = demand
         self._clock = clock
         self._pools = {p: _PoolState(c, c) for p, c in capacities.items()}
 
     def set_demand(self, pool: str, tokens_per_minute: int) -> None:
         """How much of ``pool`` this orchestrator could use now (sent at the next renewal)."""
         self._pools[pool].demand = max(int(tokens_per_minute), 0)
+
+    def set_capacity(self, pool: str, tokens_per_minute: int) -> None:
+        """Change a pool's global capacity (sent at the next renewal), e.g. to a lower
+        limit the provider reported."""
+        self._pools[pool].capacity = max(int(tokens_per_minute), 1)
 
     def slice(self, pool: str) -> int:
         return self._pools[pool].amount
@@ -124,6 +135,8 @@ class GlobalQuota:
         """Lease (or renew) every pool's slice once; apply the failure mode on errors."""
         cfg = self.config
         for pool, state in self._pools.items():
+            if self._demand is not None and state.renewals:  # the first lease asks for all
+                self.set_demand(pool, self._demand(pool))
             started = self._clock()
             try:
                 grant = await self.backend.lease_slice(
@@ -192,11 +205,12 @@ async def open_global_quota(
     holder: str,
     config: DistributedConfig | None = None,
     on_slice: SliceCallback | None = None,
+    demand: DemandSource | None = None,
     clock: Callable[[], float] = anyio.current_time,
 ) -> AsyncIterator[GlobalQuota]:
     """Lease the slices once, keep renewing them in the background, release them on exit."""
     quota = GlobalQuota(backend, capacities, holder=holder, config=config, on_slice=on_slice,
-                        clock=clock)
+                        demand=demand, clock=clock)
     async with anyio.create_task_group() as tg:
         await tg.start(quota.run)
         try:

@@ -360,3 +360,17 @@ def test_r7_4_allocation_policy_named_in_config() -> None:
     assert isinstance(named, PriorityWithFairness)
     with pytest.raises(ConfigError):
         make_allocation_policy("no_such_policy", cfg)
+
+
+def test_refill_short_by_a_rounding_error_waits_a_little_not_zero() -> None:
+    """A bucket level short of a request by a float rounding error (1010.9999… of 1011)
+    schedules the refill strictly after now; at "now" the servicing task would wake at
+    the same virtual instant forever (seen with a global slice after a closed pool)."""
+    from scheduler._config import PoolConfig
+    from scheduler._pools import Pool
+
+    p = Pool("p", PoolConfig(tokens_per_minute=60_000), max_share=0.5)
+    assert p.tpm is not None
+    p.tpm.level, p.tpm.last = 1011 - 1e-13, 2.021
+    at = p.refill_time(1011, 1, 2.021)
+    assert at is not None and at > 2.021
