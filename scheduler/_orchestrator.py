@@ -340,9 +340,8 @@ class Orchestrator:
             handle.status, handle.reason = "finished", f"saved and finished ({exc.source})"
         except BudgetExceededError as exc:
             handle.status, handle.reason = "failed", str(exc)
-        except VibeEngineError as exc:
+        except VibeEngineError as exc:  # the runtime's own stops are not the model's fault
             handle.status, handle.reason = "failed", str(exc)
-            self._report_failure(handle)
         except Exception as exc:
             _log.exception("agent_crashed", task_id=handle.id, agent=handle.spec.agent)
             handle.status, handle.reason = "failed", f"agent crashed: {type(exc).__name__}: {exc}"

@@ -15,6 +15,7 @@ from scheduler._orchestrator import Orchestrator, RunReport
 
 from ._fakes import ScriptedProvider
 from ._helpers import FRIDAY
+from ._observe_helpers import instant_shell_context
 
 
 class LockingAgent:
@@ -73,10 +74,13 @@ def spec(task_id: str, *, priority: PriorityClass = "normal", depends_on: tuple[
 
 
 def make_orch(tmp_path: Path, **cfg: Any) -> Orchestrator:
+    """File writes without worker threads: on trio's MockClock a thread wait lets the clock
+    jump to the next deadline, which would make the virtual timeline depend on the load."""
     config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1", **cfg)
     return Orchestrator(
         config, provider=ScriptedProvider(latency_s=0.01),
         agents={"locker": LockingAgent, "sleeper": Sleeper}, wall=FixedWallClock(FRIDAY),
+        context_factory=instant_shell_context,
     )
 
 
