@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from agents import AgentContext, ShellResult, discover_agents, is_dangerous, make_provider
+from agents._context import FileOps
 from scheduler import VibeConfig
 from scheduler._demo import demo_config
 from scheduler._orchestrator import Orchestrator, _default_context_factory
@@ -58,26 +59,25 @@ class _InstantShell:
         return ShellResult(command, 0, "", "", dangerous)
 
 
-class _SyncFiles:
-    """``ctx.files`` writing in the event loop's thread: counted like the real one.
+class _SyncFiles(FileOps):
+    """``ctx.files`` writing in the event loop's thread, with the real one's file lock,
+    critical section and counting.
 
     The real one writes in a worker thread; while it waits, trio's MockClock
     sees every task blocked and jumps.  Tests on virtual time use this instead.
     """
 
-    def __init__(self, ctx: AgentContext, root: Path) -> None:
-        self._ctx = ctx
-        self.root = root
-
     async def read(self, path: str | Path) -> str:
-        return (self.root / path).read_text(encoding="utf-8")
+        return self._resolve(path).read_text(encoding="utf-8")
 
     async def write(self, path: str | Path, content: str) -> Path:
-        await self._ctx.gateway.admit_ops(self._ctx.handle, file_edits=1)
-        full = self.root / path
-        full.parent.mkdir(parents=True, exist_ok=True)
-        full.write_text(content, encoding="utf-8")
-        await self._ctx.charge_ops(file_edits=1)
+        full = self._resolve(path)
+        ctx = self._ctx
+        await ctx.gateway.admit_ops(ctx.handle, file_edits=1)
+        async with ctx.open_resource(f"file:{full}"), ctx.critical("file_write"):
+            full.parent.mkdir(parents=True, exist_ok=True)
+            full.write_text(content, encoding="utf-8")
+        await ctx.charge_ops(file_edits=1)
         return full
 
 
