@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,25 @@ async def test_abort_requeues_and_keeps_attempt_count(tmp_path: Path) -> None:
     assert report.outcomes["s1"].attempts == 2
 
 
+async def _run_deciding(
+    orch: Orchestrator, spec: TaskSpec, decide: Callable[[], Awaitable[Any]],
+) -> RunReport:
+    """Run ``spec``; when it pauses, call ``decide`` (R3.4); the run's report."""
+    paused = anyio.Event()
+    orch.bus.subscribe(lambda e: paused.set() if e.name == "task_paused" else None)
+    reports: list[RunReport] = []
+
+    async def run() -> None:
+        reports.append(await orch.run([spec]))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        with anyio.fail_after(30):
+            await paused.wait()
+        await decide()
+    return reports[0]
+
+
 async def test_r1_1_file_edit_and_shell_budgets(tmp_path: Path) -> None:
     """R1.1: file edits and (dangerous) shell commands are counted; R3.4: at the file-edit
     limit the task pauses for a decision instead of failing — adding edits lets it go on."""
@@ -153,23 +173,16 @@ async def test_r1_1_file_edit_and_shell_budgets(tmp_path: Path) -> None:
             await ctx.files.write("b.txt", "2")  # over the limit of 1: pauses
 
     orch = _orch(tmp_path, ScriptedProvider(), agents={"o": Ops})
-    paused = anyio.Event()
-    orch.bus.subscribe(lambda e: paused.set() if e.name == "task_paused" else None)
-    reports: list[RunReport] = []
 
-    async def run() -> None:
-        reports.append(await orch.run([TaskSpec(id="o1", agent="o",
-                                                budget=Limits(file_edits=1))]))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
-        with anyio.fail_after(30):
-            await paused.wait()
+    async def decide() -> None:
         info = orch.controller.pause_info("o1")
         assert info is not None and info.dimension == "file_edits"
         assert not (orch.workspace / "o1" / "b.txt").exists()
         await orch.decide("o1", "add_budget", file_edits=1)
-    outcome = reports[0].outcomes["o1"]
+
+    report = await _run_deciding(
+        orch, TaskSpec(id="o1", agent="o", budget=Limits(file_edits=1)), decide)
+    outcome = report.outcomes["o1"]
     assert outcome.status == "completed", outcome.reason
     u = outcome.usage
     assert (u.file_edits, u.shell_commands, u.dangerous_commands) == (2, 2, 1)
@@ -189,23 +202,13 @@ async def test_r3_4_dangerous_command_limit_pauses_and_finish_ends_the_task(
             await ctx.shell.run("touch two")  # the 2nd dangerous command: over the limit
 
     orch = _orch(tmp_path, ScriptedProvider(), agents={"r": Risky})
-    paused = anyio.Event()
-    orch.bus.subscribe(lambda e: paused.set() if e.name == "task_paused" else None)
-    reports: list[RunReport] = []
-
-    async def run() -> None:
-        reports.append(await orch.run([TaskSpec(id="r1", agent="r",
-                                                budget=Limits(dangerous_commands=1))]))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
-        with anyio.fail_after(30):
-            await paused.wait()
-        await orch.decide("r1", "finish")
-    assert reports[0].outcomes["r1"].status == "finished"
+    report = await _run_deciding(
+        orch, TaskSpec(id="r1", agent="r", budget=Limits(dangerous_commands=1)),
+        lambda: orch.decide("r1", "finish"))
+    assert report.outcomes["r1"].status == "finished"
     assert (orch.workspace / "r1" / "one").exists()
     assert not (orch.workspace / "r1" / "two").exists()
-    assert reports[0].outcomes["r1"].usage.dangerous_commands == 1
+    assert report.outcomes["r1"].usage.dangerous_commands == 1
 
 
 @pytest.mark.parametrize(
