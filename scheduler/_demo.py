@@ -87,7 +87,8 @@ def staged_tasks(after: str, first: int = 25) -> list[TaskSpec]:
 
 
 def demo_config(state_dir: Path, *, tasks: int = 24, seed: int = 0,
-                time_scale: float = 0.25, staged: bool = True) -> VibeConfig:
+                time_scale: float = 0.25, staged: bool = True,
+                decision_timeout_s: float = 3.0) -> VibeConfig:
     """The demo's config: SQLite under ``state_dir``, simulated provider, no API key.
 
     ``staged``: add the opus outage, the deferred and the paused task.
@@ -103,7 +104,7 @@ def demo_config(state_dir: Path, *, tasks: int = 24, seed: int = 0,
         seed=seed,
         tasks=tuple(specs),
         # unattended: a pause nobody answers saves and finishes the task (R3.4)
-        alerts=AlertsConfig(decision_timeout_s=3.0),
+        alerts=AlertsConfig(decision_timeout_s=decision_timeout_s),
         health=HealthConfig(interval_s=1.0),
         # a small account: 6 concurrent calls, so agents queue for leases (R5)
         allocator=AllocatorConfig(pools={"anthropic": PoolConfig(concurrent=6)}),

@@ -124,12 +124,15 @@ def demo(
     staged: Annotated[bool, typer.Option(
         help="Also stage an opus outage (a task is deferred) and a tight budget (a task "
              "pauses for a decision).")] = True,
+    decision_timeout: Annotated[float, typer.Option(
+        help="Seconds a paused task waits for `vibe-engine decide` before it is saved and "
+             "finished.")] = 3.0,
 ) -> None:
     """Run the built-in workload (simulated provider, SQLite store, no API key)."""
     configure_logging(level=log_level)
     try:
         report = _run(demo_config(state_dir, tasks=tasks, seed=seed, time_scale=time_scale,
-                                  staged=staged), live)
+                                  staged=staged, decision_timeout_s=decision_timeout), live)
     except VibeEngineError as exc:
         raise _fail(exc) from None
     render_report(report, _out)
