@@ -149,6 +149,7 @@ class Replanner:
             task_id=handle.id, model=decision.until_model, max_wait_s=decision.max_wait_s,
         )
         previous, handle.status = handle.status, "deferred"
+        reason, handle.reason = handle.reason, decision.reason  # the live view's note
         try:
             with anyio.move_on_after(decision.max_wait_s):
                 await self.router.health.wait_usable(decision.until_model, handle.priority)
@@ -159,7 +160,7 @@ class Replanner:
                 return True
             return False
         finally:
-            handle.status = previous
+            handle.status, handle.reason = previous, reason
 
     # -- simplify (R6.7) ---------------------------------------------------------------
     def simplify(self, handle: TaskHandle, decision: Simplify) -> None:
