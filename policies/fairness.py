@@ -14,6 +14,10 @@ allocator re-indexes it then.  :meth:`~AllocationPolicy.order` is the reference
 ordering in O(n log n): the allocator's index must agree with it, and tests
 check that it does.
 
+A policy may also declare :class:`PolicyHints` (both built-ins do): shortcuts
+that let the allocator skip the policy calls per request on its hot path.  They
+must agree with the methods; a test checks that they do for the built-ins.
+
 Whatever the policy says, the allocator enforces the invariants itself
 (capacity, max share, min share, background share, no starvation); see
 ``docs/allocator.md``.
@@ -31,6 +35,7 @@ __all__ = [
     "AllocationPolicy",
     "FairnessParams",
     "Fifo",
+    "PolicyHints",
     "PriorityWithFairness",
     "WaiterView",
 ]
@@ -84,6 +89,30 @@ class AllocationPolicy(Protocol):
         ...
 
 
+@runtime_checkable
+class PolicyHints(Protocol):
+    """Optional shortcuts an :class:`AllocationPolicy` may declare (all or none).
+
+    The allocator then computes a new request's place without calling the
+    policy per request, and calls :meth:`~AllocationPolicy.priority` and
+    :meth:`~AllocationPolicy.priority_changes_at` only when a waiter's inputs
+    change (aging deadline, ``set_token_fraction``, ``set_blocking``,
+    ``register``).
+    """
+
+    #: ``rank(w) == w.counter`` (so each priority level's head is its least served).
+    ranks_by_counter: bool
+    #: A request's priority first changes exactly this long after it was enqueued
+    #: (``None``: it never changes on its own).
+    aging_step_s: float | None
+    #: ``service(i, o) == service_weights[0] * i + service_weights[1] * o``.
+    service_weights: tuple[float, float]
+
+    def enqueue_priority(self, base_priority: int, token_fraction: float, blocking: bool) -> int:
+        """``priority(w, now)`` of a request enqueued at ``now`` with these holder inputs."""
+        ...
+
+
 class FairnessParams(BaseModel):
     """Parameters of :class:`PriorityWithFairness` (defaults from SPEC.md R5.2)."""
 
@@ -134,6 +163,17 @@ class PriorityWithFairness(_OrderMixin):
         self._demotion = self.params.demotion_at
         self._boost = self.params.blocking_priority
         self._weight = self.params.output_weight
+        # PolicyHints
+        self.aging_step_s: float | None = self._aging
+        self.service_weights = (1.0, self._weight)
+
+    def enqueue_priority(self, base_priority: int, token_fraction: float, blocking: bool) -> int:
+        level = base_priority
+        if token_fraction > self._demotion:
+            level -= 1
+        if blocking and level < self._boost:
+            level = self._boost
+        return level
 
     def priority(self, waiter: WaiterView, now: float) -> int:
         level = waiter.base_priority
@@ -160,8 +200,16 @@ class PriorityWithFairness(_OrderMixin):
 class Fifo(_OrderMixin):
     """First come, first served: one level, ordered by arrival (a baseline)."""
 
+    #: PolicyHints: the rank is constant, priorities never change.
+    ranks_by_counter = False
+    aging_step_s: float | None = None
+
     def __init__(self, params: FairnessParams | None = None) -> None:
         self.params = params or FairnessParams()
+        self.service_weights = (1.0, self.params.output_weight)
+
+    def enqueue_priority(self, base_priority: int, token_fraction: float, blocking: bool) -> int:
+        return 0
 
     def priority(self, waiter: WaiterView, now: float) -> int:
         return 0

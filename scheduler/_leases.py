@@ -15,13 +15,13 @@ import secrets
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["Lease", "LeaseTable", "new_lease_id"]
+__all__ = ["LEASE_IDS", "Lease", "LeaseTable", "new_lease_id"]
 
 #: Characters per lease id: 22 url-safe base64 characters carry 132 random bits.
 _ID_CHARS = 22
 _BATCH_BYTES = 16 * 256
-_id_buffer = ""
-_id_pos = 0
+#: Ready-made ids, cut from one batch of random bytes; the allocator pops from it inline.
+LEASE_IDS: list[str] = []
 
 
 def new_lease_id() -> str:
@@ -30,14 +30,11 @@ def new_lease_id() -> str:
     Random bytes are drawn in batches (one system call per ~250 ids) and cut
     into ids; each id is still uniformly random and never reused.
     """
-    global _id_buffer, _id_pos
-    end = _id_pos + _ID_CHARS
-    if end > len(_id_buffer):
-        _id_buffer = secrets.token_urlsafe(_BATCH_BYTES)
-        _id_pos, end = 0, _ID_CHARS
-    lease_id = _id_buffer[_id_pos:end]
-    _id_pos = end
-    return lease_id
+    if not LEASE_IDS:
+        batch = secrets.token_urlsafe(_BATCH_BYTES)
+        LEASE_IDS.extend(
+            batch[i:i + _ID_CHARS] for i in range(0, len(batch) - _ID_CHARS + 1, _ID_CHARS))
+    return LEASE_IDS.pop()
 
 
 @dataclass(slots=True, eq=False)

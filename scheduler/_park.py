@@ -17,11 +17,15 @@ __all__ = ["Parking", "backend_clock", "parking"]
 
 
 class Parking(NamedTuple):
-    """How a waiting request parks: ``new()`` a token, ``await wait(token)``, ``wake(token)``."""
+    """How a waiting request parks: ``new()`` a token, ``await wait(token)``, ``wake(token)``.
+
+    ``native``: the token is a loop future, awaitable itself (``wait`` is the identity).
+    """
 
     new: Callable[[], Any]
     wake: Callable[[Any], None]
     wait: Callable[[Any], Awaitable[Any]]
+    native: bool = False
 
 
 def parking() -> Parking:
@@ -35,13 +39,17 @@ def parking() -> Parking:
     same: the task is cancelled while awaiting the future.
     """
     event_cls: Any = type(anyio.Event())
-    current_token: Callable[[], Any] | None = getattr(anyio.lowlevel, "current_token", None)
-    token = current_token() if current_token is not None else None
-    native = getattr(token, "native_token", None)
-    create_future: Callable[[], Any] | None = getattr(native, "create_future", None)
+    create_future: Callable[[], Any] | None = getattr(_native_loop(), "create_future", None)
     if create_future is None:
         return Parking(event_cls, event_cls.set, event_cls.wait)
-    return Parking(create_future, _wake_future, _same)
+    return Parking(create_future, _wake_future, _same, native=True)
+
+
+def _native_loop() -> Any:
+    """The running loop object when the backend exposes one (asyncio, uvloop), else None."""
+    current_token: Callable[[], Any] | None = getattr(anyio.lowlevel, "current_token", None)
+    token = current_token() if current_token is not None else None
+    return getattr(token, "native_token", None)
 
 
 def _wake_future(future: Any) -> None:
@@ -54,7 +62,15 @@ def _same(future: Any) -> Any:
 
 
 def backend_clock() -> Callable[[], float]:
-    """The running backend's clock, looked up once (``anyio.current_time`` does it per call)."""
+    """The running backend's clock, looked up once (``anyio.current_time`` does it per call).
+
+    On a loop with ``create_future`` and ``time`` (asyncio, uvloop) that is the loop's
+    own ``time`` method, which is what ``anyio.current_time`` returns there.
+    """
+    loop = _native_loop()
+    loop_time: Callable[[], float] | None = getattr(loop, "time", None)
+    if loop_time is not None and hasattr(loop, "create_future"):
+        return loop_time
     try:
         from anyio._core._eventloop import get_async_backend
 

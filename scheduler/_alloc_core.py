@@ -1,0 +1,455 @@
+"""The allocator's scheduling core: who is served next, grants, and what comes back.
+
+Private to :mod:`scheduler._allocator`, whose :class:`~scheduler._allocator.Allocator`
+extends :class:`AllocatorCore` with the public methods.  Every model call passes
+through here twice (a grant, then a settle), so this is the hot path: no
+pydantic and no logging per request, O(log n) heap operations, no per-lease
+tasks, and as few allocations as possible (each request reuses its holder's
+waiter record; a grant allocates only its :class:`Lease`).
+
+When a lease ends and requests wait, the freed capacity goes straight to the
+next one (:meth:`AllocatorCore._dispatch` runs inside ``settle`` / ``release``):
+there is no separate scheduling pass.  The policy is asked per request only
+when it does not declare :class:`~policies.fairness.PolicyHints`; otherwise a
+request's level and key come from its holder's cached ``level0`` and service
+counter, and the policy is consulted again only when a waiter's inputs change.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import structlog
+
+from policies.fairness import AllocationPolicy, PriorityWithFairness
+
+from ._alloc_records import GONE, GRANTED, PARKED, QUEUED, Account, Holder, Waiter
+from ._config import PRIORITY_VALUES, AllocatorConfig, PoolConfig
+from ._events import EventBus
+from ._leases import LEASE_IDS, Lease, LeaseTable, new_lease_id
+from ._park import backend_clock, parking
+from ._policy import fairness_params
+from ._pools import Pool
+
+__all__ = ["AllocatorCore"]
+
+_log = structlog.get_logger("vibe_engine.allocator")
+_BACKGROUND = PRIORITY_VALUES["background"]
+_HOLD_EWMA = 0.1
+_NO_HINT: Any = object()
+
+
+class AllocatorCore:
+    """State and scheduling loop shared by the public :class:`Allocator` methods."""
+
+    def __init__(
+        self,
+        config: AllocatorConfig | None = None,
+        *,
+        policy: AllocationPolicy | None = None,
+        clock: Callable[[], float] | None = None,
+        events: EventBus | None = None,
+    ) -> None:
+        cfg = config or AllocatorConfig()
+        self.config = cfg
+        self.policy: AllocationPolicy = policy or PriorityWithFairness(fairness_params(cfg))
+        self._bind_policy(self.policy)
+        self._pools = {name: self._new_pool(name, pc) for name, pc in cfg.pools.items()}
+        self._default_pool = next(iter(self._pools), None)
+        self._holders: dict[str, Holder] = {}
+        self._leases = LeaseTable()
+        self._ttl = cfg.lease_ttl_s
+        self._slack = cfg.fairness_slack_tokens
+        self._min_share = cfg.min_share
+        self._window = cfg.share_window_s
+        self._events = events
+        self._clock: Callable[[], float] = clock or anyio.current_time
+        self._clock_injected = clock is not None
+        self._event_cls: Callable[[], Any] = anyio.Event
+        # How waiters park; bound to the running loop's cheapest primitive by _bind().
+        self._park_new: Callable[[], Any] = anyio.Event
+        self._wake: Callable[[Any], None] = anyio.Event.set
+        #: Waiters park on a loop future (awaitable itself) rather than an anyio Event.
+        self._native = False
+        self._bound = False
+        self._seq = 0
+        self._kick: Any = None
+        #: The servicing task's wake-up deadline; -inf when not running or already kicked.
+        self._sleep_until = -math.inf
+
+    def _bind_policy(self, policy: AllocationPolicy) -> None:
+        """Bind the policy's methods once and read its optional PolicyHints."""
+        self._priority = policy.priority
+        self._rank = policy.rank
+        self._changes_at = policy.priority_changes_at
+        self._cost = policy.service
+        self._by_counter = bool(getattr(policy, "ranks_by_counter", False))
+        hint = getattr(policy, "enqueue_priority", None)
+        step = getattr(policy, "aging_step_s", _NO_HINT)
+        weights: tuple[float, float] | None = getattr(policy, "service_weights", None)
+        hinted = callable(hint) and step is not _NO_HINT and weights is not None
+        self._enqueue_priority: Callable[[int, float, bool], int] | None = (
+            hint if hinted else None)
+        #: Constant first-change offset (FIFO-tracked); inf: never; None: ask the policy.
+        self._aging_step: float | None = None
+        self._charge_per_token: float | None = None
+        if hinted and weights is not None:
+            self._aging_step = math.inf if step is None else float(step)
+            self._charge_per_token = float(weights[0])
+
+    # -- binding and records ------------------------------------------------------------------
+    def _bind(self) -> None:
+        self._event_cls = type(anyio.Event())
+        park = parking()
+        self._park_new, self._wake, self._native = park.new, park.wake, park.native
+        if not self._clock_injected:
+            self._clock = backend_clock()
+        self._bound = True
+
+    def _new_pool(self, name: str, config: PoolConfig) -> Pool:
+        cfg = self.config
+        return Pool(name, config, cfg.max_share, cfg.share_window_s,
+                    track_fair=not self._by_counter)
+
+    def _holder(self, holder: str) -> Holder:
+        h = self._holders.get(holder)
+        if h is None:
+            base = PRIORITY_VALUES["normal"]
+            h = self._holders[holder] = Holder(holder, base, base <= _BACKGROUND)
+            self._holder_changed(h)
+        return h
+
+    def _holder_changed(self, h: Holder) -> None:
+        hint = self._enqueue_priority
+        h.level0 = None if hint is None else hint(h.base_priority, h.token_fraction, h.blocking)
+
+    def _account(self, p: Pool, holder: str) -> Account:
+        a = p.accounts.get(holder)
+        if a is None:
+            h = self._holder(holder)
+            a = p.accounts[holder] = h.accounts[p.name] = Account(h)
+        return a
+
+    def _kick_servicer(self) -> None:
+        self._sleep_until = -math.inf
+        self._kick.set()
+
+    # -- queue --------------------------------------------------------------------------------
+    def _enqueue(
+        self, p: Pool, a: Account, tokens: int, calls: int, requested: int, now: float
+    ) -> Waiter:
+        """Queue a request; its level and key come from cached holder data when hinted."""
+        seq = self._seq = self._seq + 1
+        h = a.holder
+        if not a.waiting:
+            # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
+            # so an idle holder cannot bank credit.
+            least = p.least()
+            if least is not None and least.counter > a.counter:
+                a.counter = least.counter
+        a.waiting += 1
+        counter = a.counter
+        w = a.spare
+        if w is None:
+            w = Waiter(h.id, seq, now, h.base_priority, tokens, h.token_fraction, h.blocking,
+                       counter, p.name, calls, requested, h.background, QUEUED, 0, 0,
+                       self._park_new(), None, None, a)
+        else:
+            a.spare = None
+            w.seq, w.enqueued_at, w.base_priority, w.tokens = seq, now, h.base_priority, tokens
+            w.token_fraction, w.blocking, w.counter = h.token_fraction, h.blocking, counter
+            w.calls, w.requested, w.background, w.state = calls, requested, h.background, QUEUED
+            w.event, w.lease, w.error, w.fresh = self._park_new(), None, None, False
+        a.waiters.append(w)
+        p.n_queued += 1
+        if w.background:
+            p.n_bg_queued += 1
+        step = self._aging_step
+        if step is None:
+            self._index(p, w, now)
+        else:
+            epoch = w.epoch = w.epoch + 1
+            level = w.level = h.level0 if h.level0 is not None else self._priority(w, now)
+            heap = p.levels.get(level)
+            if heap is None:
+                heap = p.new_level(level)
+            heapq.heappush(heap, (counter if self._by_counter else self._rank(w), seq, epoch, w))
+            p.entries += 1
+            if p.track_fair:
+                heapq.heappush(p.fair, (counter, seq, epoch, w))
+                p.entries += 1
+            if w.background:
+                heapq.heappush(p.bg, (counter, seq, epoch, w))
+                p.entries += 1
+            if step != math.inf:
+                at = now + step
+                if p.add_arrival(w, at) and at < self._sleep_until:
+                    self._kick_servicer()
+        if p.entries > 64 + 8 * p.n_queued:
+            p.maybe_compact()
+        return w
+
+    def _index(self, p: Pool, w: Waiter, now: float) -> None:
+        """(Re)insert ``w`` at the priority and rank the policy gives it now."""
+        w.epoch += 1
+        w.fresh = False
+        level = w.level = self._priority(w, now)
+        p.index(w, level, w.counter if self._by_counter else self._rank(w))
+        at = self._changes_at(w, now)
+        if at is None:
+            return
+        if at <= now:
+            at = math.nextafter(now, math.inf)
+        p.push_change(at, w)
+        if at < self._sleep_until:
+            self._kick_servicer()
+
+    def _reindex_holder(self, h: Holder) -> None:
+        """The holder's class, demotion or blocking changed: move its queued requests."""
+        self._holder_changed(h)
+        touched = []
+        now = self._clock() if h.accounts else 0.0
+        for a in h.accounts.values():
+            if not a.waiters:
+                continue
+            p = self._pools[a.waiters[0].pool]
+            for w in a.waiters:
+                w.base_priority, w.token_fraction, w.blocking = (
+                    h.base_priority, h.token_fraction, h.blocking)
+                if w.state == QUEUED:
+                    if w.background != h.background:
+                        p.n_bg_queued += 1 if h.background else -1
+                    w.background = h.background
+                    self._index(p, w, now)
+                else:
+                    w.background = h.background
+            touched.append(p)
+        for p in touched:
+            self._dispatch(p, now)
+
+    def _refresh_counter(self, p: Pool, a: Account, now: float) -> None:
+        """The holder's other queued requests move with its counter."""
+        for w in list(a.waiters):
+            if w.state == QUEUED:
+                w.counter = a.counter
+                self._index(p, w, now)
+
+    # -- the scheduling loop ------------------------------------------------------------------
+    def _select(self, p: Pool, now: float) -> Waiter | None:
+        """The next waiter to serve: the policy's choice unless a share guard applies."""
+        if p.n_bg_queued and self._min_share > 0:
+            if now - p.recent_at >= p.decay_step:
+                p.decay(now, self._window)
+            if p.recent_bg < self._min_share * p.recent_all:
+                first = p.head(p.bg)
+                if first is not None:
+                    return first
+        # The head of the highest non-empty level is the policy's choice; when the rank is
+        # the service counter, the smallest head counter is the least-served waiter.
+        top: Waiter | None = None
+        least: Waiter | None = None
+        heappop = heapq.heappop
+        for heap in p.heaps:
+            while heap:
+                entry = heap[0]
+                w = entry[3]
+                if entry[2] == w.epoch and w.state == QUEUED:
+                    break
+                heappop(heap)
+                p.entries -= 1
+            else:
+                continue
+            if top is None:
+                top = least = w
+                if p.track_fair:
+                    break
+            elif least is not None and w.counter < least.counter:
+                least = w
+        if top is None:
+            return None
+        if p.track_fair:
+            least = p.head(p.fair)
+        if least is not None and top.counter - least.counter > self._slack:
+            return least
+        return top
+
+    def _dispatch(self, p: Pool, now: float) -> None:
+        """Grant waiters in order while the chosen one fits: the one scheduling loop.
+
+        Per pass: apply due priority changes (aging), pick the next waiter
+        (:meth:`_select`), park it if its holder is over the max share while
+        others wait, stop if it does not fit (no bypass; a bucket refill wakes
+        the servicer), else grant it and wake its task.
+        """
+        q = p.arrivals
+        if (q and q[0] <= now) or (p.aging and p.aging[0][0] <= now):
+            for aged in p.pop_changed(now):
+                self._index(p, aged, now)
+        conc = p.concurrent
+        while p.n_queued and (conc is None or p.in_use < conc):
+            w = self._select(p, now)
+            if w is None:  # pragma: no cover - n_queued says there is one
+                break
+            a = w.account
+            assert a is not None
+            tokens, calls = w.tokens, w.calls
+            mt, mc = p.max_tokens, p.max_calls
+            if ((mc is not None and a.held_calls + calls > mc)
+                    or (mt is not None and a.held_tokens + tokens > mt)) and (
+                    p.n_queued + p.n_parked > a.waiting):
+                p.park(w)
+                continue
+            if conc is not None and p.in_use + calls > conc:
+                return
+            if not p.slots_only and not p.fits(tokens, calls, now):
+                at = p.refill_at = p.refill_time(tokens, calls, now)
+                if at is not None and at < self._sleep_until:
+                    self._kick_servicer()
+                return
+            # Grant: the waiter leaves the queue (its heap entry is dropped lazily).
+            w.state = GRANTED
+            p.n_queued -= 1
+            if w.background:
+                p.n_bg_queued -= 1
+            a.waiting -= 1
+            a.waiters.remove(w)
+            w.lease = lease = self._grant(p, a, tokens, calls, w.requested, now)
+            event = w.event
+            if self._native:
+                if not event.done():
+                    event.set_result(lease)
+            else:
+                self._wake(event)
+        if p.n_parked and len(p.parked) == 1:
+            # Only one holder is left waiting: the max share no longer applies to it.
+            self._unpark(p, next(iter(p.parked)), now)
+            self._dispatch(p, now)
+
+    def _unpark(self, p: Pool, hid: str, now: float) -> None:
+        for w in p.unpark(hid):
+            self._index(p, w, now)
+
+    # -- grants and returns ---------------------------------------------------------------------
+    def _grant(
+        self, p: Pool, a: Account, tokens: int, calls: int, requested: int, now: float
+    ) -> Lease:
+        p.in_use += calls
+        if not p.slots_only:
+            if p.tpm is not None:
+                p.tpm.level -= tokens
+            if p.rpm is not None:
+                p.rpm.level -= calls
+        a.held_tokens += tokens
+        a.held_calls += calls
+        # Charge the grant to the holder's service counter now (VTC); settle corrects it.
+        per_token = self._charge_per_token
+        charge = tokens * per_token if per_token is not None else self._cost(tokens, 0)
+        if charge:
+            a.counter += charge
+            if a.waiting:
+                self._refresh_counter(p, a, now)
+        if now - p.recent_at >= p.decay_step:
+            p.decay(now, self._window)
+        weight = charge if charge > 0 else 1.0
+        p.recent_all += weight
+        h = a.holder
+        if h.background:
+            p.recent_bg += weight
+        expires_at = now + self._ttl
+        lease = Lease(LEASE_IDS.pop() if LEASE_IDS else new_lease_id(), h.id, p.name, tokens,
+                      calls, requested, now, expires_at, charge)
+        self._leases.add(lease)
+        p.grants += 1
+        p.n_leases += 1
+        if expires_at < self._sleep_until:
+            self._kick_servicer()
+        return lease
+
+    def _add_service(self, p: Pool, hid: str, delta: float, now: float) -> None:
+        a = p.accounts.get(hid)
+        if a is None or not delta:
+            return
+        a.counter += delta
+        if a.waiting:
+            self._refresh_counter(p, a, now)
+
+    def _end(self, lease: Lease, now: float, tokens_back: int, *, calls_back: bool) -> None:
+        """The lease is over: capacity and holdings come back, waiters are served."""
+        if lease.active:
+            self._leases.remove(lease)
+        p = self._pools[lease.pool]
+        hid = lease.holder
+        calls = lease.calls
+        p.in_use -= calls
+        p.n_leases -= 1
+        if not p.slots_only:
+            if tokens_back and p.tpm is not None:
+                p.tpm.refill(now)
+                p.tpm.give(tokens_back)
+            if calls_back and p.rpm is not None:
+                p.rpm.refill(now)
+                p.rpm.give(calls)
+        a = p.accounts.get(hid)
+        if a is not None:
+            a.held_tokens -= lease.tokens
+            a.held_calls -= calls
+        held_for = now - lease.granted_at
+        p.avg_hold_s = held_for if p.ended == 0 else (
+            p.avg_hold_s + _HOLD_EWMA * (held_for - p.avg_hold_s))
+        p.ended += 1
+        if p.n_parked and hid in p.parked:
+            self._unpark(p, hid, now)
+        if p.n_queued or p.n_parked:
+            self._dispatch(p, now)
+
+    def _abandon(self, w: Waiter) -> None:
+        """The waiting coroutine was cancelled: give back whatever it holds or waits for."""
+        if w.state == GRANTED:
+            lease = w.lease
+            if lease is not None and lease.active:
+                now = self._clock()
+                p = self._pools[lease.pool]
+                self._add_service(p, lease.holder, -lease.charged, now)
+                self._end(lease, now, lease.tokens, calls_back=True)
+        elif w.state == QUEUED or w.state == PARKED:
+            p = self._pools[w.pool]
+            p.unlink(w)
+            w.state = GONE
+            self._dispatch(p, self._clock())
+
+    # -- servicing ----------------------------------------------------------------------------
+    def _service(self, now: float) -> None:
+        for lease in self._leases.pop_expired(now):
+            self._expire(lease, now)
+        for p in self._pools.values():
+            refill = p.refill_at
+            if p.changes_due(now) or (refill is not None and refill <= now):
+                p.refill_at = None
+                self._dispatch(p, now)
+
+    def _expire(self, lease: Lease, now: float) -> None:
+        p = self._pools[lease.pool]
+        p.expired += 1
+        data: dict[str, Any] = {"holder": lease.holder, "pool": lease.pool,
+                                "tokens": lease.tokens, "held_s": round(now - lease.granted_at, 3)}
+        message = f"lease of {lease.holder} on {lease.pool} expired; capacity returned"
+        if self._events is not None:
+            self._events.emit("lease_expired", message, task_id=lease.holder, level="warning",
+                              **data)
+        else:
+            _log.warning("lease_expired", message=message, **data)
+        self._end(lease, now, lease.tokens, calls_back=True)
+
+    def _next_deadline(self) -> float:
+        deadline = self._leases.next_expiry() or math.inf
+        for p in self._pools.values():
+            aging = p.next_change()
+            if aging is not None:
+                deadline = min(deadline, aging)
+            if p.refill_at is not None:
+                deadline = min(deadline, p.refill_at)
+        return deadline

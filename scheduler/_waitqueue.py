@@ -1,0 +1,234 @@
+"""The waiting queue of one pool: heaps per priority level, aging deadlines, parking.
+
+Private to the allocator.  Waiters are indexed by binary heaps with lazy
+deletion: an entry ``(key, seq, epoch, waiter)`` is live only while the waiter
+is queued and its ``epoch`` matches, so moving a waiter (aging, demotion, a new
+service counter) just pushes a new entry and bumps the epoch; stale entries are
+dropped when they reach the top and purged when they dominate.
+
+* one heap per effective priority level, keyed by the policy's rank (for
+  ``PriorityWithFairness`` the service counter, so each level's head is also its
+  least-served waiter);
+* ``fair``: least service first over all levels, kept only for policies whose
+  rank is not the counter;
+* ``bg``: least service first among background-class waiters (R5.3 floor).
+
+Priority changes over time (aging) are tracked in two structures: a fresh
+waiter's first change comes ``aging_step`` after its arrival, so those
+deadlines arrive in order and sit in a FIFO (``arrivals``, flat
+``at, waiter, seq`` triples: no object per entry); any later change goes to the
+``aging`` heap.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Any
+
+from ._alloc_records import PARKED, QUEUED, Account, Waiter
+
+__all__ = ["Entry", "WaitQueue"]
+
+#: A heap entry: (key, seq, epoch, waiter).
+Entry = tuple[float, int, int, Waiter]
+
+
+class WaitQueue:
+    """Queued and parked waiters of one pool, indexed for O(log n) selection."""
+
+    def __init__(self, *, track_fair: bool) -> None:
+        #: Keep the ``fair`` heap (policies whose rank is not the service counter).
+        self.track_fair = track_fair
+        self.levels: dict[int, list[Entry]] = {}
+        #: The level heaps, highest level first (parallel to ``level_order``).
+        self.heaps: list[list[Entry]] = []
+        self.level_order: list[int] = []
+        self.fair: list[Entry] = []
+        self.bg: list[Entry] = []
+        self.aging: list[tuple[float, int, int, Waiter]] = []
+        self.arrivals: deque[Any] = deque()
+        self.entries = 0
+        self.n_queued = 0
+        self.n_bg_queued = 0
+        #: Parked requests of over-share holders, by holder id.
+        self.parked: dict[str, list[Waiter]] = {}
+        self.n_parked = 0
+
+    # -- heaps ------------------------------------------------------------------------------
+    def index(self, w: Waiter, level: int, rank: float) -> None:
+        """Push fresh entries for ``w`` (bump ``w.epoch`` first: older entries turn stale)."""
+        seq, epoch = w.seq, w.epoch
+        heap = self.levels.get(level)
+        if heap is None:
+            heap = self.new_level(level)
+        heapq.heappush(heap, (rank, seq, epoch, w))
+        self.entries += 1
+        if self.track_fair:
+            heapq.heappush(self.fair, (w.counter, seq, epoch, w))
+            self.entries += 1
+        if w.background:
+            heapq.heappush(self.bg, (w.counter, seq, epoch, w))
+            self.entries += 1
+
+    def new_level(self, level: int) -> list[Entry]:
+        heap: list[Entry] = []
+        self.levels[level] = heap
+        self.level_order = sorted(self.levels, reverse=True)
+        self.heaps = [self.levels[x] for x in self.level_order]
+        return heap
+
+    def head(self, heap: list[Any]) -> Waiter | None:
+        """The first live waiter of ``heap`` (stale entries are dropped)."""
+        while heap:
+            entry = heap[0]
+            w: Waiter = entry[3]
+            if entry[2] == w.epoch and w.state == QUEUED:
+                return w
+            heapq.heappop(heap)
+            self.entries -= 1
+        return None
+
+    def top(self) -> Waiter | None:
+        """The policy's first choice: the head of the highest non-empty level."""
+        for heap in self.heaps:
+            w = self.head(heap)
+            if w is not None:
+                return w
+        return None
+
+    def least(self) -> Waiter | None:
+        """The queued waiter with the smallest service counter."""
+        if self.track_fair:
+            return self.head(self.fair)
+        best: Waiter | None = None
+        for heap in self.heaps:
+            w = self.head(heap)
+            if w is not None and (best is None or w.counter < best.counter):
+                best = w
+        return best
+
+    # -- priority changes (aging) ----------------------------------------------------------
+    def add_arrival(self, w: Waiter, at: float) -> bool:
+        """Track ``w``'s first priority change at ``at``; True when it is now the earliest."""
+        q = self.arrivals
+        while q and not _fresh(q[1], q[2]):
+            q.popleft()
+            q.popleft()
+            q.popleft()
+        w.fresh = True
+        q.append(at)
+        q.append(w)
+        q.append(w.seq)
+        if len(q) > 6 * self.n_queued + 192:
+            self._compact_arrivals()
+        return len(self.arrivals) == 3
+
+    def _compact_arrivals(self) -> None:
+        q = self.arrivals
+        keep: deque[Any] = deque()
+        for i in range(0, len(q), 3):
+            if _fresh(q[i + 1], q[i + 2]):
+                keep.extend((q[i], q[i + 1], q[i + 2]))
+        self.arrivals = keep
+
+    def push_change(self, at: float, w: Waiter) -> None:
+        heapq.heappush(self.aging, (at, w.seq, w.epoch, w))
+        self.entries += 1
+
+    def next_change(self) -> float | None:
+        """The earliest pending priority change (stale entries are dropped)."""
+        q, heap = self.arrivals, self.aging
+        while q and not _fresh(q[1], q[2]):
+            q.popleft()
+            q.popleft()
+            q.popleft()
+        while heap and not _live(heap[0]):
+            heapq.heappop(heap)
+            self.entries -= 1
+        first: float | None = q[0] if q else None
+        if heap and (first is None or heap[0][0] < first):
+            return heap[0][0]
+        return first
+
+    def changes_due(self, now: float) -> bool:
+        q, heap = self.arrivals, self.aging
+        return bool((q and q[0] <= now) or (heap and heap[0][0] <= now))
+
+    def pop_changed(self, now: float) -> list[Waiter]:
+        """Live waiters whose priority changes by ``now`` (their entries are consumed)."""
+        due: list[Waiter] = []
+        q, heap = self.arrivals, self.aging
+        while q and q[0] <= now:
+            q.popleft()
+            w, seq = q.popleft(), q.popleft()
+            if _fresh(w, seq):
+                due.append(w)
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            self.entries -= 1
+            if _live(entry):
+                due.append(entry[3])
+        return due
+
+    # -- waiter bookkeeping -------------------------------------------------------------------
+    def park(self, w: Waiter) -> None:
+        """Set a request of an over-share holder aside until one of its leases ends."""
+        w.state = PARKED
+        w.fresh = False
+        self.n_queued -= 1
+        if w.background:
+            self.n_bg_queued -= 1
+        self.parked.setdefault(w.holder, []).append(w)
+        self.n_parked += 1
+
+    def unpark(self, hid: str) -> list[Waiter]:
+        """Put a holder's parked requests back in the queue (the caller re-indexes them)."""
+        ws = self.parked.pop(hid, [])
+        for w in ws:
+            w.state = QUEUED
+            self.n_parked -= 1
+            self.n_queued += 1
+            if w.background:
+                self.n_bg_queued += 1
+        return ws
+
+    def unlink(self, w: Waiter) -> None:
+        """Take a queued or parked waiter out of the counts (its entries turn stale)."""
+        if w.state == PARKED:
+            ws = self.parked[w.holder]
+            ws.remove(w)
+            if not ws:
+                del self.parked[w.holder]
+            self.n_parked -= 1
+        else:
+            self.n_queued -= 1
+            if w.background:
+                self.n_bg_queued -= 1
+        a: Account | None = w.account
+        if a is not None:
+            a.waiting -= 1
+            a.waiters.remove(w)
+
+    def maybe_compact(self) -> None:
+        """Rebuild the heaps when stale entries dominate (amortised O(1) per push)."""
+        if self.entries <= 64 + 8 * self.n_queued:
+            return
+        total = 0
+        heaps: tuple[list[Any], ...] = (*self.levels.values(), self.fair, self.bg, self.aging)
+        for heap in heaps:
+            live = [e for e in heap if _live(e)]
+            heapq.heapify(live)
+            heap[:] = live
+            total += len(live)
+        self.entries = total
+
+
+def _fresh(w: Waiter, seq: int) -> bool:
+    """The arrival entry made for ``seq`` is still the waiter's first priority change."""
+    return w.seq == seq and w.fresh and w.state == QUEUED
+
+
+def _live(entry: Any) -> bool:
+    w: Waiter = entry[3]
+    return entry[2] == w.epoch and w.state == QUEUED
