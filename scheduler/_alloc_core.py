@@ -62,6 +62,7 @@ class AllocatorCore:
         self._default_pool = next(iter(self._pools), None)
         self._holders: dict[str, Holder] = {}
         self._leases = LeaseTable()
+        self._by_id = self._leases.by_id
         self._ttl = cfg.lease_ttl_s
         self._slack = cfg.fairness_slack_tokens
         self._min_share = cfg.min_share
@@ -96,10 +97,11 @@ class AllocatorCore:
             hint if hinted else None)
         #: Constant first-change offset (FIFO-tracked); inf: never; None: ask the policy.
         self._aging_step: float | None = None
-        self._charge_per_token: float | None = None
+        #: Service per input and output token (``None``: ask the policy).
+        self._weights: tuple[float, float] | None = None
         if hinted and weights is not None:
             self._aging_step = math.inf if step is None else float(step)
-            self._charge_per_token = float(weights[0])
+            self._weights = (float(weights[0]), float(weights[1]))
 
     # -- binding and records ------------------------------------------------------------------
     def _bind(self) -> None:
@@ -148,9 +150,9 @@ class AllocatorCore:
         if not a.waiting:
             # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
             # so an idle holder cannot bank credit.
-            least = p.least()
-            if least is not None and least.counter > a.counter:
-                a.counter = least.counter
+            least = p.least_counter()
+            if least is not None and least > a.counter:
+                a.counter = least
         a.waiting += 1
         counter = a.counter
         w = a.spare
@@ -186,8 +188,16 @@ class AllocatorCore:
                 heapq.heappush(p.bg, (counter, seq, epoch, w))
                 p.entries += 1
             if step != math.inf:
+                # First aging step: arrivals come in deadline order, so a FIFO suffices.
                 at = now + step
-                if p.add_arrival(w, at) and at < self._sleep_until:
+                w.fresh = True
+                q = p.arrivals
+                q.append(at)
+                q.append(w)
+                q.append(seq)
+                if len(q) > 24 * p.n_queued + 3072:
+                    p.compact_arrivals()
+                if at < self._sleep_until:
                     self._kick_servicer()
         if p.entries > 64 + 8 * p.n_queued:
             p.maybe_compact()
@@ -346,8 +356,8 @@ class AllocatorCore:
         a.held_tokens += tokens
         a.held_calls += calls
         # Charge the grant to the holder's service counter now (VTC); settle corrects it.
-        per_token = self._charge_per_token
-        charge = tokens * per_token if per_token is not None else self._cost(tokens, 0)
+        weights = self._weights
+        charge = tokens * weights[0] if weights is not None else self._cost(tokens, 0)
         if charge:
             a.counter += charge
             if a.waiting:
@@ -380,7 +390,8 @@ class AllocatorCore:
     def _end(self, lease: Lease, now: float, tokens_back: int, *, calls_back: bool) -> None:
         """The lease is over: capacity and holdings come back, waiters are served."""
         if lease.active:
-            self._leases.remove(lease)
+            lease.active = False
+            del self._by_id[lease.id]
         p = self._pools[lease.pool]
         hid = lease.holder
         calls = lease.calls

@@ -252,15 +252,22 @@ class Allocator(AllocatorCore):
         the part that was output, weighted by ``output_weight`` in the holder's
         service counter.  Using more than leased is charged to the pool's bucket.
         """
-        lease = self._leases.get(lease_id)
+        lease = self._by_id.get(lease_id)
         if lease is None or (holder is not None and lease.holder != holder):
             lease = self._lookup(lease_id, holder)  # raises the precise LeaseError
         now = self._clock()
         used = used_tokens if used_tokens > 0 else 0
         out = output_tokens if 0 < output_tokens <= used else (used if output_tokens > 0 else 0)
-        delta = self._cost(used - out, out) - lease.charged
+        weights = self._weights
+        cost = ((used - out) * weights[0] + out * weights[1] if weights is not None
+                else self._cost(used - out, out))
+        delta = cost - lease.charged
         if delta:
-            self._add_service(self._pools[lease.pool], lease.holder, delta, now)
+            a = self._pools[lease.pool].accounts.get(lease.holder)
+            if a is not None:
+                a.counter += delta
+                if a.waiting:
+                    self._refresh_counter(self._pools[lease.pool], a, now)
         back = lease.tokens - used
         self._end(lease, now, back, calls_back=False)
         return back if back > 0 else 0

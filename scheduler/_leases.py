@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["LEASE_IDS", "Lease", "LeaseTable", "new_lease_id"]
 
@@ -58,6 +58,8 @@ class Lease:
     #: Service charged to the holder's counter at grant (adjusted at settle).
     charged: float = 0.0
     active: bool = True
+    #: Older copies of this lease in the expiry queue (one more per renewal; internal).
+    _stale_copies: int = field(default=0, init=False, repr=False, compare=False)
 
 
 class LeaseTable:
@@ -65,64 +67,75 @@ class LeaseTable:
 
     Every lease lives for the same TTL from its grant or last renewal, so
     deadlines arrive in the order leases were granted or renewed: the expiry
-    "heap" is a FIFO (a renewal appends a new entry; the old one turns stale).
-    That makes adding O(1); stale entries are skipped when they reach the
-    front and purged when they outnumber live leases.
+    "heap" is a FIFO of the leases themselves (no entry objects).  A renewal
+    appends the lease again and counts the older copy as stale; ended leases
+    and stale copies are dropped when they reach the front, and purged when
+    they outnumber live leases.
     """
 
-    __slots__ = ("_leases", "_queue")
+    __slots__ = ("by_id", "queue")
 
     def __init__(self) -> None:
-        self._leases: dict[str, Lease] = {}
-        self._queue: deque[tuple[float, Lease]] = deque()
+        #: Live leases by id.  The allocator's hot path reads it directly; never replaced.
+        self.by_id: dict[str, Lease] = {}
+        self.queue: deque[Lease] = deque()
 
     def __len__(self) -> int:
-        return len(self._leases)
+        return len(self.by_id)
 
     def __contains__(self, lease_id: object) -> bool:
-        return lease_id in self._leases
+        return lease_id in self.by_id
 
     def get(self, lease_id: str) -> Lease | None:
-        return self._leases.get(lease_id)
+        return self.by_id.get(lease_id)
 
     def of_holder(self, holder: str) -> list[Lease]:
         """The holder's live leases (a scan: crashes and victims are rare)."""
-        return [lease for lease in self._leases.values() if lease.holder == holder]
+        return [lease for lease in self.by_id.values() if lease.holder == holder]
 
     def all(self) -> list[Lease]:
-        return list(self._leases.values())
+        return list(self.by_id.values())
 
     def add(self, lease: Lease) -> None:
-        self._leases[lease.id] = lease
-        queue = self._queue
-        if queue and lease.expires_at >= queue[-1][0]:
-            queue.append((lease.expires_at, lease))
-            # Leases mostly end in grant order: drop ended ones from the front as we go.
-            while not queue[0][1].active:
-                queue.popleft()
-            if len(queue) > 64 and len(queue) > 3 * len(self._leases):
-                self._queue = deque(
-                    e for e in queue if e[1].active and e[1].expires_at == e[0])
-        else:
-            self._push(lease)
+        """Index a new lease and queue its deadline."""
+        self.by_id[lease.id] = lease
+        queue = self.queue
+        if queue and lease.expires_at < queue[-1].expires_at:
+            self._rebuild(lease)
+            return
+        queue.append(lease)
+        # Leases mostly end in grant order: drop ended ones from the front as we go.
+        while not queue[0].active:
+            queue.popleft()
+        if len(queue) > 64 and len(queue) > 3 * len(self.by_id):
+            self._rebuild(None)
 
     def remove(self, lease: Lease) -> None:
-        """Forget ``lease`` (its queue entry turns stale)."""
+        """Forget ``lease`` (its queue entries turn stale)."""
         lease.active = False
-        del self._leases[lease.id]
+        del self.by_id[lease.id]
 
     def renew(self, lease: Lease, expires_at: float) -> None:
         lease.expires_at = expires_at
-        self._push(lease)
+        queue = self.queue
+        if queue and expires_at < queue[-1].expires_at:
+            self._rebuild(None)  # out of order (the clock went back): rare by construction
+            return
+        lease._stale_copies += 1
+        queue.append(lease)
+        if len(queue) > 64 and len(queue) > 3 * len(self.by_id):
+            self._rebuild(None)
 
     def next_expiry(self) -> float | None:
-        """The earliest live deadline (stale entries are dropped on the way)."""
-        queue = self._queue
+        """The earliest live deadline (ended leases and stale copies are dropped)."""
+        queue = self.queue
         while queue:
-            at, lease = queue[0]
-            if lease.active and lease.expires_at == at:
-                return at
+            lease = queue[0]
+            if lease.active and not lease._stale_copies:
+                return lease.expires_at
             queue.popleft()
+            if lease._stale_copies:
+                lease._stale_copies -= 1
         return None
 
     def pop_expired(self, now: float) -> list[Lease]:
@@ -132,19 +145,13 @@ class LeaseTable:
             at = self.next_expiry()
             if at is None or at > now:
                 return due
-            _, lease = self._queue.popleft()
+            lease = self.queue.popleft()
             self.remove(lease)
             due.append(lease)
 
-    def _push(self, lease: Lease) -> None:
-        queue = self._queue
-        if queue and lease.expires_at < queue[-1][0]:
-            # Out of order (a shorter TTL): rebuild sorted, rare by construction.
-            entries = [*queue, (lease.expires_at, lease)]
-            entries.sort(key=lambda e: e[0])
-            self._queue = deque(entries)
-            return
-        queue.append((lease.expires_at, lease))
-        if len(queue) > 64 and len(queue) > 3 * len(self._leases):
-            self._queue = deque(
-                e for e in queue if e[1].active and e[1].expires_at == e[0])
+    def _rebuild(self, extra: Lease | None) -> None:
+        """One copy of every live lease, in deadline order."""
+        live = sorted(self.by_id.values(), key=lambda lease: lease.expires_at)
+        for lease in live:
+            lease._stale_copies = 0
+        self.queue = deque(live)

@@ -97,6 +97,25 @@ class WaitQueue:
                 return w
         return None
 
+    def least_counter(self) -> float | None:
+        """The smallest service counter among queued waiters (one call on the hot path)."""
+        if self.track_fair:
+            w = self.head(self.fair)
+            return None if w is None else w.counter
+        best: float | None = None
+        heappop = heapq.heappop
+        for heap in self.heaps:
+            while heap:
+                entry = heap[0]
+                w = entry[3]
+                if entry[2] == w.epoch and w.state == QUEUED:
+                    if best is None or w.counter < best:
+                        best = w.counter
+                    break
+                heappop(heap)
+                self.entries -= 1
+        return best
+
     def least(self) -> Waiter | None:
         """The queued waiter with the smallest service counter."""
         if self.track_fair:
@@ -109,27 +128,13 @@ class WaitQueue:
         return best
 
     # -- priority changes (aging) ----------------------------------------------------------
-    def add_arrival(self, w: Waiter, at: float) -> bool:
-        """Track ``w``'s first priority change at ``at``; True when it is now the earliest."""
-        q = self.arrivals
-        while q and not _fresh(q[1], q[2]):
-            q.popleft()
-            q.popleft()
-            q.popleft()
-        w.fresh = True
-        q.append(at)
-        q.append(w)
-        q.append(w.seq)
-        if len(q) > 6 * self.n_queued + 192:
-            self._compact_arrivals()
-        return len(self.arrivals) == 3
-
-    def _compact_arrivals(self) -> None:
-        q = self.arrivals
+    def compact_arrivals(self) -> None:
+        """Drop stale arrival entries (they go when due anyway; this bounds the memory)."""
+        items = list(self.arrivals)
         keep: deque[Any] = deque()
-        for i in range(0, len(q), 3):
-            if _fresh(q[i + 1], q[i + 2]):
-                keep.extend((q[i], q[i + 1], q[i + 2]))
+        for at, w, seq in zip(items[0::3], items[1::3], items[2::3], strict=True):
+            if w.seq == seq and w.fresh and w.state == QUEUED:
+                keep.extend((at, w, seq))
         self.arrivals = keep
 
     def push_change(self, at: float, w: Waiter) -> None:
