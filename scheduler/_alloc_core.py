@@ -325,6 +325,9 @@ class AllocatorCore:
             p.n_queued -= 1
             if w.background:
                 p.n_bg_queued -= 1
+                # Drop stale tops of the background heap now: left to the rare floor check
+                # they would pile up (and keep their waiters' objects) until compaction.
+                p.head(p.bg)
             a.waiting -= 1
             a.waiters.remove(w)
             w.lease = lease = self._grant(p, a, tokens, calls, w.requested, now)
