@@ -149,10 +149,13 @@ class AllocatorCore:
         h = a.holder
         if not a.waiting:
             # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
-            # so an idle holder cannot bank credit.
-            least = p.least_counter()
-            if least is not None and least > a.counter:
-                a.counter = least
+            # so an idle holder cannot bank credit.  Any queued waiter's counter bounds the
+            # least one from above: at or past the last arrival's, there is nothing to lift.
+            probe = p.last_arrival
+            if probe is None or probe.state != QUEUED or a.counter < probe.counter:
+                least = p.least_counter()
+                if least is not None and least > a.counter:
+                    a.counter = least
         a.waiting += 1
         counter = a.counter
         w = a.spare
@@ -167,6 +170,7 @@ class AllocatorCore:
             w.calls, w.requested, w.background, w.state = calls, requested, h.background, QUEUED
             w.event, w.lease, w.error, w.fresh = self._park_new(), None, None, False
         a.waiters.append(w)
+        p.last_arrival = w
         p.n_queued += 1
         if w.background:
             p.n_bg_queued += 1
@@ -375,7 +379,16 @@ class AllocatorCore:
         expires_at = now + self._ttl
         lease = Lease(LEASE_IDS.pop() if LEASE_IDS else new_lease_id(), h.id, p.name, tokens,
                       calls, requested, now, expires_at, charge)
-        self._leases.add(lease)
+        table = self._leases
+        queue = table.queue
+        by_id = self._by_id
+        if (queue and queue[0].active and expires_at >= queue[-1].expires_at
+                and len(queue) < 3 * len(by_id) + 64):
+            # The common case of LeaseTable.add, inline: a later deadline, a live front.
+            by_id[lease.id] = lease
+            queue.append(lease)
+        else:
+            table.add(lease)
         p.grants += 1
         p.n_leases += 1
         if expires_at < self._sleep_until:

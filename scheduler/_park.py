@@ -7,6 +7,7 @@ each find the backend again on every call).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -39,9 +40,14 @@ def parking() -> Parking:
     same: the task is cancelled while awaiting the future.
     """
     event_cls: Any = type(anyio.Event())
-    create_future: Callable[[], Any] | None = getattr(_native_loop(), "create_future", None)
+    loop = _native_loop()
+    create_future: Callable[[], Any] | None = getattr(loop, "create_future", None)
     if create_future is None:
         return Parking(event_cls, event_cls.set, event_cls.wait)
+    if getattr(type(loop).create_future, "__qualname__", "") == "BaseEventLoop.create_future":
+        # The stock method is ``Future(loop=self)``: call the future type directly.
+        future_type: Any = type(create_future())
+        create_future = functools.partial(future_type, loop=loop)
     return Parking(create_future, _wake_future, _same, native=True)
 
 

@@ -51,6 +51,8 @@ class WaitQueue:
         self.entries = 0
         self.n_queued = 0
         self.n_bg_queued = 0
+        #: The most recently queued waiter (its counter bounds the least one from above).
+        self.last_arrival: Waiter | None = None
         #: Parked requests of over-share holders, by holder id.
         self.parked: dict[str, list[Waiter]] = {}
         self.n_parked = 0
