@@ -379,16 +379,19 @@ class AllocatorCore:
         expires_at = now + self._ttl
         lease = Lease(LEASE_IDS.pop() if LEASE_IDS else new_lease_id(), h.id, p.name, tokens,
                       calls, requested, now, expires_at, charge)
+        # LeaseTable.add, inline: deadlines mostly arrive in order, leases end in grant order.
         table = self._leases
         queue = table.queue
         by_id = self._by_id
-        if (queue and queue[0].active and expires_at >= queue[-1].expires_at
-                and len(queue) < 3 * len(by_id) + 64):
-            # The common case of LeaseTable.add, inline: a later deadline, a live front.
+        if queue and expires_at < queue[-1].expires_at:
+            table.add(lease)
+        else:
             by_id[lease.id] = lease
             queue.append(lease)
-        else:
-            table.add(lease)
+            while not queue[0].active:
+                queue.popleft()
+            if len(queue) > 3 * len(by_id) + 64:
+                table.compact()
         p.grants += 1
         p.n_leases += 1
         if expires_at < self._sleep_until:

@@ -101,14 +101,14 @@ class LeaseTable:
         self.by_id[lease.id] = lease
         queue = self.queue
         if queue and lease.expires_at < queue[-1].expires_at:
-            self._rebuild(lease)
+            self.compact()
             return
         queue.append(lease)
         # Leases mostly end in grant order: drop ended ones from the front as we go.
         while not queue[0].active:
             queue.popleft()
         if len(queue) > 64 and len(queue) > 3 * len(self.by_id):
-            self._rebuild(None)
+            self.compact()
 
     def remove(self, lease: Lease) -> None:
         """Forget ``lease`` (its queue entries turn stale)."""
@@ -119,12 +119,12 @@ class LeaseTable:
         lease.expires_at = expires_at
         queue = self.queue
         if queue and expires_at < queue[-1].expires_at:
-            self._rebuild(None)  # out of order (the clock went back): rare by construction
+            self.compact()  # out of order (the clock went back): rare by construction
             return
         lease._stale_copies += 1
         queue.append(lease)
         if len(queue) > 64 and len(queue) > 3 * len(self.by_id):
-            self._rebuild(None)
+            self.compact()
 
     def next_expiry(self) -> float | None:
         """The earliest live deadline (ended leases and stale copies are dropped)."""
@@ -149,8 +149,8 @@ class LeaseTable:
             self.remove(lease)
             due.append(lease)
 
-    def _rebuild(self, extra: Lease | None) -> None:
-        """One copy of every live lease, in deadline order."""
+    def compact(self) -> None:
+        """Rebuild the queue: one copy of every live lease, in deadline order."""
         live = sorted(self.by_id.values(), key=lambda lease: lease.expires_at)
         for lease in live:
             lease._stale_copies = 0
