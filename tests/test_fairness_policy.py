@@ -11,6 +11,7 @@ from policies.fairness import (
     AllocationPolicy,
     FairnessParams,
     Fifo,
+    PolicyHints,
     PriorityWithFairness,
     WaiterView,
 )
@@ -123,3 +124,26 @@ def test_r5_5_order_is_a_total_order_consistent_with_priority(
         assert nxt is not None and nxt > now
         if not w.blocking:  # blocking clamps the level at 3 for a while
             assert POLICY.priority(w, nxt) == POLICY.priority(w, now) + 1
+
+
+@given(
+    base=st.integers(0, 4), fraction=st.floats(0, 1), blocking=st.booleans(),
+    at=st.floats(0, 1e6), counter=st.floats(0, 1e9), i=st.integers(0, 10**6),
+    o=st.integers(0, 10**6), weight=st.sampled_from([0.0, 1.0, 2.0, 2.5]),
+)
+def test_r5_2_policy_hints_agree_with_the_policy_methods(
+    base: int, fraction: float, blocking: bool, at: float, counter: float, i: int, o: int,
+    weight: float,
+) -> None:
+    """The allocator's shortcuts (PolicyHints) give what the methods give, for the built-ins."""
+    params = FairnessParams(output_weight=weight)
+    for policy in (PriorityWithFairness(params), Fifo(params)):
+        assert isinstance(policy, PolicyHints)
+        w = waiter(at=at, base=base, fraction=fraction, blocking=blocking, counter=counter)
+        assert policy.enqueue_priority(base, fraction, blocking) == policy.priority(w, at)
+        step = policy.aging_step_s
+        assert policy.priority_changes_at(w, at) == (None if step is None else at + step)
+        if policy.ranks_by_counter:
+            assert policy.rank(w) == counter
+        wi, wo = policy.service_weights
+        assert policy.service(i, o) == wi * i + wo * o
