@@ -342,6 +342,23 @@ class Allocator(AllocatorCore):
             holders=len(self._holders),
         )
 
+    def demand(self, pool: str | None = None) -> PoolDemand:
+        """What ``pool`` is asked for now: tokens held in leases and requested by waiters.
+
+        Cheap (no ordering); a global quota slice is sized from it.  Waiters count
+        with the tokens they *requested*, before any max-share cut.
+        """
+        name = pool if pool is not None else self._default_pool
+        p = self._pools.get(name) if name is not None else None
+        if p is None:
+            raise AllocationError(f"unknown pool {name!r}; known: {sorted(self._pools)}")
+        waiting = [w for a in p.accounts.values() for w in a.waiters]
+        return PoolDemand(
+            pool=p.name, held_tokens=sum(a.held_tokens for a in p.accounts.values()),
+            waiting_tokens=sum(w.requested for w in waiting), waiting=len(waiting),
+            avg_hold_s=p.avg_hold_s,
+        )
+
     # -- lookup ---------------------------------------------------------------------------------
     def _admit(
         self, holder: str, tokens: int, calls: int, pool: str | None

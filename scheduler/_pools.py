@@ -15,6 +15,9 @@ from ._alloc_records import GONE, GRANTED, PARKED, QUEUED, Account, Holder, Wait
 from ._config import PoolConfig
 from ._waitqueue import WaitQueue
 
+#: The shortest wait for a bucket refill (see :meth:`Pool.refill_time`).
+_MIN_REFILL_WAIT_S = 1e-6
+
 __all__ = ["GONE", "GRANTED", "PARKED", "QUEUED", "Account", "Bucket", "Holder", "Pool",
            "Waiter"]
 
