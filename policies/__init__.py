@@ -11,6 +11,7 @@ from .complexity import ComplexityPolicy as ComplexityPolicy
 from .complexity import ScoredComplexity as ScoredComplexity
 from .fairness import AllocationPolicy as AllocationPolicy
 from .fairness import Fifo as Fifo
+from .fairness import PolicyHints as PolicyHints
 from .fairness import PriorityWithFairness as PriorityWithFairness
 from .replan import DefaultReplanPolicy as DefaultReplanPolicy
 from .replan import ReplanPolicy as ReplanPolicy
@@ -23,6 +24,6 @@ from .victim import VictimPolicy as VictimPolicy
 __all__ = [
     "AlertPolicy", "AllocationPolicy", "CheapestCapableRouting", "ComplexityPolicy",
     "DefaultAlertPolicy", "DefaultReplanPolicy", "Fifo", "LowestPriorityVictim",
-    "PriorityWithFairness", "ReplanPolicy", "RouteDecision", "RoutingPolicy",
+    "PolicyHints", "PriorityWithFairness", "ReplanPolicy", "RouteDecision", "RoutingPolicy",
     "ScoredComplexity", "VictimPolicy",
 ]
