@@ -270,6 +270,9 @@ class DistributedConfig(_Model):
     #: A quota slice expires this long after its last renewal; renewed every ``renew_s``.
     slice_ttl_s: float = Field(default=15.0, gt=0)
     renew_s: float = Field(default=5.0, gt=0)
+    #: A pool whose slice is 0 while this orchestrator has work for it is asked for again
+    #: this often, instead of waiting for the next ``renew_s`` (an idle orchestrator waking).
+    starved_poll_s: float = Field(default=0.25, gt=0)
     socket_timeout_s: float = Field(default=2.0, gt=0)
     #: Fail-closed: how long a new call waits for Redis to come back before failing.
     unavailable_wait_s: float = Field(default=60.0, ge=0)

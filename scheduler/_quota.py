@@ -175,11 +175,29 @@ class GlobalQuota:
             await self.renew_once()
             task_status.started()
             while True:
-                await anyio.sleep(self._next_wait())
+                await self._wait_next_renewal()
                 await self.renew_once()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.socket_timeout_s):
                 await self.release_all()
+
+    async def _wait_next_renewal(self) -> None:
+        """Until the next renewal: ``renew_s`` (or a degraded slice's expiry), but soon after
+        a pool without a slice finds local work — an idle orchestrator that wakes up does not
+        wait a whole ``renew_s`` for its share."""
+        deadline = self._clock() + self._next_wait()
+        poll = self.config.starved_poll_s
+        while (now := self._clock()) < deadline:
+            await anyio.sleep(min(deadline - now, poll) if self._demand else deadline - now)
+            if self._starved():
+                return  # at most one early renewal per poll
+
+    def _starved(self) -> bool:
+        demand = self._demand
+        return demand is not None and any(
+            state.amount == 0 and not state.degraded and demand(pool) > 0
+            for pool, state in self._pools.items()
+        )
 
     def _next_wait(self) -> float:
         wait = self.config.renew_s

@@ -161,3 +161,35 @@ def test_r5_4_dead_orchestrators_slice_expires_and_returns(redis_ns: str, tmp_pa
         await s.aclose()
 
     run_asyncio(main)
+
+
+def test_an_idle_orchestrator_waking_up_asks_for_its_slice_at_once() -> None:
+    """A pool whose slice dropped to 0 (nothing to do) is asked for again within
+    ``starved_poll_s`` once local work appears, not at the next ``renew_s``; while it stays
+    starved it asks at most once per poll."""
+    backend = FlakyBackend(share=40_000)
+    demand = {"tpm": 0}
+
+    async def main() -> tuple[float, int]:
+        granted = anyio.Event()
+        q = GlobalQuota(backend, {"tpm": 100_000}, holder="o1", config=CFG,
+                        demand=lambda pool: demand[pool],
+                        on_slice=lambda p, n: granted.set() if n == 30_000 else None)
+        async with anyio.create_task_group() as tg:
+            await tg.start(q.run)
+            await anyio.sleep(5.5)  # the first renewal with no demand: slice 0
+            assert q.slice("tpm") == 0
+            demand["tpm"] = 30_000
+            woke = anyio.current_time()
+            await granted.wait()
+            waited = anyio.current_time() - woke
+            leases_before = len(backend.leases)
+            backend.share = 0  # the others hold everything: it stays starved
+            demand["tpm"] = 50_000
+            await anyio.sleep(5.0)
+            tg.cancel_scope.cancel()
+        return waited, len(backend.leases) - leases_before
+
+    waited, asks = run_virtual(main)
+    assert waited <= CFG.starved_poll_s + 0.02
+    assert asks <= 5.0 / CFG.starved_poll_s + 2  # polled, not spinning
