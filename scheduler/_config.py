@@ -330,6 +330,10 @@ class RoutingConfig(_Model):
     retry_failed_attempts: bool = True
     #: at most this many attempts of one task in all (R4.3 retries; deadlock requeues count).
     max_attempts: int = Field(default=3, gt=0)
+    #: R4.3 quality signal for answers the provider does not score: ``"none"``,
+    #: ``"llm_judge"`` (the cheapest tier rates each routed answer, charged to the task) or
+    #: ``"module:Class"`` (built with the gateway).
+    quality_scorer: str = "none"
 
 
 class MetricsConfig(_Model):

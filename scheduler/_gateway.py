@@ -17,7 +17,7 @@ Each step is a small method so the parts that own it can be swapped.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -35,6 +35,7 @@ from ._errors import (
 from ._events import EventBus
 from ._health import error_kind_of
 from ._provider import Completion, CompletionRequest, Message, Provider
+from ._quality import make_quality_scorer
 from ._replan import Replanner
 from ._routing import Router, task_info
 from ._task import TaskHandle
@@ -100,6 +101,8 @@ class Gateway:
         if self.health.ping is None:
             self.health.ping = self.ping
         self.settle_hooks: list[SettleHook] = []
+        #: R4.3: scores answers the provider did not score (``routing.quality_scorer``).
+        self.scorer = make_quality_scorer(config, self)
 
     async def ping(self, model: str) -> Completion:
         """R6.4: the cheap health-check completion (not charged to any task)."""
@@ -341,8 +344,17 @@ class Gateway:
             task, self.route(task, model, hints, need), need, on
         )
         if model is None:  # R4.3 corrections apply to routed calls only
-            completion = await self._corrected(task, route, completion, hints, need, on)
+            completion = await self._corrected(task, route, messages, completion, hints, need, on)
         return completion
+
+    async def _scored(
+        self, task: TaskHandle, messages: Sequence[Message], completion: Completion
+    ) -> Completion:
+        """R4.3: an answer the provider did not score gets the configured scorer's score."""
+        if completion.quality is not None or self.scorer is None:
+            return completion
+        quality = await self.scorer.score(task, list(messages), completion)
+        return completion if quality is None else replace(completion, quality=quality)
 
     async def _with_fallbacks(
         self, task: TaskHandle, route: Route, need: int, on: _CallOn
@@ -368,10 +380,11 @@ class Gateway:
                               self._next_fallback(task, nxt, [*skip, nxt]))
 
     async def _corrected(
-        self, task: TaskHandle, route: Route, completion: Completion,
-        hints: Mapping[str, Any] | None, need: int, on: _CallOn,
+        self, task: TaskHandle, route: Route, messages: Sequence[Message],
+        completion: Completion, hints: Mapping[str, Any] | None, need: int, on: _CallOn,
     ) -> Completion:
         """R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier."""
+        completion = await self._scored(task, messages, completion)
         for _ in range(len(self.router.catalog.tiers) - 1):
             upgrade = self.router.report_outcome(
                 task_info(task, hints), route.model, success=True, quality=completion.quality,
@@ -383,7 +396,7 @@ class Gateway:
             if retry.model == route.model:
                 break
             try:
-                completion = await on(retry)
+                completion = await self._scored(task, messages, await on(retry))
             except (OverloadedError, ProviderTimeoutError) as exc:
                 # the answer we have stands; the failure is recorded in model health
                 self.bus.emit(
