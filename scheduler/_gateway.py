@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import structlog
 
 from ._allocator import Allocator
 from ._config import VibeConfig
@@ -31,9 +32,11 @@ from ._errors import (
     OverloadedError,
     ProviderError,
     ProviderTimeoutError,
+    WouldBlockError,
 )
 from ._events import EventBus
 from ._health import error_kind_of
+from ._leases import Lease
 from ._provider import Completion, CompletionRequest, Message, Provider
 from ._quality import make_quality_scorer
 from ._replan import Replanner
@@ -42,6 +45,8 @@ from ._task import TaskHandle
 from ._tokens import Estimate, TokenCounter
 from ._tracker import Crossing, Reservation, Tracker
 from ._usage import Usage, UsageEvent, cost_usd
+
+_log = structlog.get_logger("vibe_engine.gateway")
 
 #: Called with every settled model call's usage event (metrics, tests).
 SettleHook = Callable[[TaskHandle, UsageEvent], None]
@@ -259,6 +264,31 @@ class Gateway:
         if decision is not None and decision.action == "finish":
             raise FinishRequestedError(task.id, decision.source)
 
+    # 4 lease -----------------------------------------------------------------------------
+    async def _lease(self, task: TaskHandle, tokens: int, reservation: Reservation) -> Lease:
+        """The provider lease; a shared budget hold (Redis) is kept alive while it waits, so
+        a long queue cannot let the hold lapse and the budget be spent twice."""
+        assert self.allocator is not None
+        if reservation.hold is None or reservation.hold.local:
+            return await self.allocator.acquire(task.id, tokens=tokens)
+        try:
+            return self.allocator.acquire_nowait(task.id, tokens=tokens)
+        except WouldBlockError:
+            pass
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_hold, reservation)
+            lease = await self.allocator.acquire(task.id, tokens=tokens)
+            tg.cancel_scope.cancel()
+        return lease
+
+    async def _keep_hold(self, reservation: Reservation) -> None:
+        every = self.config.distributed.hold_ttl_s / 3
+        while True:
+            await anyio.sleep(every)
+            if not await self.tracker.renew_hold(reservation):
+                _log.warning("budget_hold_lapsed", task_id=reservation.task_id,
+                             tokens=reservation.tokens)
+
     # 5 call --------------------------------------------------------------------------
     async def call(self, task: TaskHandle, request: CompletionRequest) -> Completion:
         limit = task.profile.limits.call_time_s
@@ -440,7 +470,7 @@ class Gateway:
         lease = None
         try:
             if self.allocator is not None:
-                lease = await self.allocator.acquire(task.id, tokens=est.calibrated + max_tokens)
+                lease = await self._lease(task, est.calibrated + max_tokens, reservation)
             started = self._clock()
             try:
                 completion = await self.call(task, request)

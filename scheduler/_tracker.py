@@ -313,6 +313,14 @@ class Tracker:
             await anyio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    async def renew_hold(self, reservation: Reservation) -> bool:
+        """Keep the reservation's shared hold alive while its call waits (``True`` without
+        one); ``False`` when the hold already expired."""
+        hold = reservation.hold
+        if hold is None or not reservation.active or not isinstance(self.store, BudgetLedger):
+            return True
+        return await self.store.renew(hold)
+
     async def release(self, reservation: Reservation) -> None:
         """:meth:`cancel`, also releasing the shared hold (a dropped hold expires anyway)."""
         self.cancel(reservation)

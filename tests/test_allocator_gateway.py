@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+
+import anyio
+import pytest
 
 from agents.builtin import CoderAgent, QuestionAnswerAgent
 from scheduler import FixedWallClock, TaskSpec, VibeConfig
 from scheduler._config import AllocatorConfig, PoolConfig
 from scheduler._orchestrator import Orchestrator
+from scheduler._usage import UsageEvent
+from scheduler.store import MemoryStore
+from scheduler.store._ledger import Hold, ScopeLimit
 
 from ._fakes import ScriptedProvider
 from ._helpers import FRIDAY, run_virtual
@@ -53,3 +60,50 @@ def test_r5_4_tokens_per_minute_bound_spreads_calls(tmp_path: Path) -> None:
         assert stats.tokens_available is not None and stats.tokens_available >= 3000 - 6 * 150
 
     run_virtual(main)
+
+
+class _LedgerStore(MemoryStore):
+    """A MemoryStore that is also a BudgetLedger: holds always granted, renewals counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewed: list[tuple[float, str]] = []
+
+    async def try_reserve(self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str,
+                          tokens: int, cost_usd: float) -> Hold:
+        scopes = tuple(lim.scope for lim in limits)
+        return Hold(hold_id, scopes, model, tokens, cost_usd, {}, {})
+
+    async def settle(self, event: UsageEvent, hold: Hold) -> bool:
+        return await self.record(event)
+
+    async def release(self, hold: Hold) -> None:
+        return None
+
+    async def renew(self, hold: Hold) -> bool:
+        self.renewed.append((anyio.current_time(), hold.hold_id))
+        return True
+
+
+def test_r1_2_budget_hold_is_kept_alive_while_its_call_waits_for_a_lease(
+    tmp_path: Path,
+) -> None:
+    """R1.2 across processes, R5.4: a call that holds shared budget (Redis) and then queues
+    for a provider lease renews its hold every hold_ttl_s / 3 while it waits, so a long
+    queue cannot let the hold lapse; a call leased at once never renews."""
+    store = _LedgerStore()
+    config = VibeConfig(
+        state_dir=tmp_path, store="memory", session_id="s1",
+        distributed={"hold_ttl_s": 30.0},
+        allocator=AllocatorConfig(pools={"anthropic": PoolConfig(concurrent=1)}),
+    )
+    orch = Orchestrator(config, provider=ScriptedProvider(latency_s=100.0), store=store,
+                        agents={"qa": QuestionAnswerAgent}, wall=FixedWallClock(FRIDAY))
+    specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?") for i in range(2)]
+    report = run_virtual(orch.run, specs)
+    assert {o.status for o in report.outcomes.values()} == {"completed"}
+    holds = {h for _, h in store.renewed}
+    assert len(holds) == 1  # only the call that waited ~100 s for the single slot
+    times = [t for t, _ in store.renewed]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) >= 3 and gaps == pytest.approx([10.0] * len(gaps))

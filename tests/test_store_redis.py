@@ -544,3 +544,29 @@ def test_fail_closed_new_calls_wait_for_the_ledger_then_fail(down: int, granted:
         assert waited == pytest.approx(0.05 + 0.1 + 0.2 + 0.4)
     else:
         assert 9.0 <= waited <= 10.0
+
+
+def test_r1_2_renewed_hold_outlives_its_ttl(redis_ns: str, tmp_path: Path) -> None:
+    """A hold renewed before its TTL stays (its call still waits for a lease); once the
+    renewals stop it expires a TTL after the last one; renewing an expired hold says so."""
+    now = [1_000_000]
+    cfg = DistributedConfig(hold_ttl_s=5.0)
+
+    async def main() -> None:
+        s = RedisStore(REDIS_URL, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp",
+                       now_ms=lambda: now[0])
+        await s.open()
+        held = await s.try_reserve("w", _session(100), model="sonnet", tokens=100,
+                                   cost_usd=0.0)
+        for _ in range(3):  # 12 s in all, renewed every 4 s
+            now[0] += 4_000
+            assert await s.renew(held)
+        with pytest.raises(BudgetExceededError):  # still held: nothing else fits
+            await s.try_reserve("x", _session(100), model="sonnet", tokens=1, cost_usd=0.0)
+        now[0] += 5_001
+        other = await s.try_reserve("x", _session(100), model="sonnet", tokens=100,
+                                    cost_usd=0.0)
+        assert other.held["session:s1"][0] == 100
+        assert not await s.renew(held)  # it had expired
+        await s.aclose()
+    run_asyncio(main)

@@ -86,6 +86,10 @@ class BudgetLedger(Protocol):
         """Release ``hold`` without charging (the call failed before any usage)."""
         ...
 
+    async def renew(self, hold: Hold) -> bool:
+        """Keep ``hold`` alive another TTL (its call still waits); ``False`` if it expired."""
+        ...
+
 
 @runtime_checkable
 class SliceBackend(Protocol):

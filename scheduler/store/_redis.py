@@ -435,6 +435,20 @@ class RedisStore:
             return await self.record(event)
         return await self._record_or_spool(event, hold.hold_id, hold.scopes)
 
+    async def renew(self, hold: Hold) -> bool:
+        """Extend ``hold`` by ``hold_ttl_s`` from now; ``False`` when it had already expired
+        (or Redis is unreachable: the hold then expires on its own)."""
+        if hold.local:
+            return True
+        try:
+            n = await self._script("renew_hold", self._hold_keys(hold.scopes),
+                                   [hold.hold_id, int(self.config.hold_ttl_s * 1000),
+                                    self._now_arg()])
+        except _DOWN as exc:
+            self._mark(False, exc)
+            return False
+        return int(n) > 0
+
     async def release(self, hold: Hold) -> None:
         if hold.local:
             return

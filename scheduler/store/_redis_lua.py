@@ -189,8 +189,24 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 return redis.call('ZREM', KEYS[3], ARGV[1])
 """
 
+#: Keep a hold alive (its call still waits for a provider lease).
+#: KEYS: (holds, amts) pairs. ARGV: hold id, ttl_ms, now_ms ('' = server time).
+#: Returns how many scopes still had the hold (0: it had already expired).
+RENEW_HOLD = _NOW + """
+local id, ttl, now = ARGV[1], tonumber(ARGV[2]), now_ms(ARGV[3])
+local n = 0
+for i = 1, #KEYS, 2 do
+  if redis.call('ZSCORE', KEYS[i], id) then
+    redis.call('ZADD', KEYS[i], 'XX', now + ttl, id)
+    n = n + 1
+  end
+end
+return n
+"""
+
 SCRIPTS: dict[str, str] = {
     "record": RECORD,
+    "renew_hold": RENEW_HOLD,
     "try_reserve": TRY_RESERVE,
     "release": RELEASE,
     "lease_slice": LEASE_SLICE,
