@@ -317,9 +317,10 @@ class Tracker:
         """Keep the reservation's shared hold alive while its call waits (``True`` without
         one); ``False`` when the hold already expired."""
         hold = reservation.hold
-        if hold is None or not reservation.active or not isinstance(self.store, BudgetLedger):
+        renew = getattr(self.store, "renew", None)  # optional in the BudgetLedger protocol
+        if hold is None or not reservation.active or renew is None:
             return True
-        return await self.store.renew(hold)
+        return bool(await renew(hold))
 
     async def release(self, reservation: Reservation) -> None:
         """:meth:`cancel`, also releasing the shared hold (a dropped hold expires anyway)."""

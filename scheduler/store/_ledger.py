@@ -65,7 +65,12 @@ class SliceGrant:
 
 @runtime_checkable
 class BudgetLedger(Protocol):
-    """Atomic shared holds (R1.2 across processes)."""
+    """Atomic shared holds (R1.2 across processes).
+
+    A ledger whose holds expire may also offer ``async renew(hold) -> bool`` (keep it
+    alive another TTL while its call waits; ``False`` if it had expired): the gateway
+    uses it when present.
+    """
 
     async def try_reserve(
         self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
@@ -84,10 +89,6 @@ class BudgetLedger(Protocol):
 
     async def release(self, hold: Hold) -> None:
         """Release ``hold`` without charging (the call failed before any usage)."""
-        ...
-
-    async def renew(self, hold: Hold) -> bool:
-        """Keep ``hold`` alive another TTL (its call still waits); ``False`` if it expired."""
         ...
 
 
