@@ -169,9 +169,11 @@ def test_r5_3_background_class_keeps_10_percent_under_saturation() -> None:
     classes = {f"c{i}": "critical_path" for i in range(9)} | {"bg": "background"}
     guarded = _grant_shares({"fairness_slack_tokens": 1e12}, classes, 300)
     assert guarded["bg"] / 300 >= 0.09
-    # Without the floor (min_share 0) strict priority starves it for these 3 s.
+    # Without the floor (min_share 0) strict priority starves it for these 3 s. (Trio runs
+    # newly started tasks in a random order: when the background loop happens to ask first,
+    # the free pool grants it at once, since nobody waits yet; after that, nothing.)
     unguarded = _grant_shares(NO_GUARDS, classes, 300)
-    assert unguarded["bg"] == 0
+    assert unguarded["bg"] <= 1
 
 
 def test_r5_3_min_share_equal_split_and_bounded_lead() -> None:
