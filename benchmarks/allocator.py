@@ -24,6 +24,7 @@ Run: ``python -m benchmarks.allocator --json [--quick] [--repeat N]``.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import anyio
 from aiolimiter import AsyncLimiter
 
-from benchmarks._common import emit, median_of, parse_args, progress
+from benchmarks._common import emit, parse_args, progress
 from policies.fairness import Fifo, PriorityWithFairness
 from scheduler._allocator import fairness_params, open_allocator
 from scheduler._config import AllocatorConfig, PoolConfig
@@ -158,13 +159,6 @@ def _jain(xs: list[int]) -> float:
 
 
 # -- driver -----------------------------------------------------------------------------
-def _measure(fn: Callable[[], Coroutine[Any, Any, float]], calls: int, repeat: int) -> float:
-    def once() -> float:
-        return asyncio.run(fn()) / calls * 1e6
-
-    return median_of(once, repeat)
-
-
 def _size(agents: int, cycles: int, repeat: int) -> dict[str, Any]:
     calls = agents * cycles
     runners: dict[str, Callable[[], Coroutine[Any, Any, float]]] = {
@@ -174,10 +168,17 @@ def _size(agents: int, cycles: int, repeat: int) -> dict[str, Any]:
         "anyio_capacity_limiter": lambda: _run_capacity_limiter(agents, cycles),
         "aiolimiter": lambda: _run_aiolimiter(agents, cycles),
     }
+    # Round-robin repetitions: a slow spell of this shared machine hits every variant
+    # alike instead of one variant's whole series, so the same-run ratios stay honest.
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeat):
+        for name, fn in runners.items():
+            samples[name].append(asyncio.run(fn()) / calls * 1e6)
     us: dict[str, float] = {}
-    for name, fn in runners.items():
-        us[name] = round(_measure(fn, calls, repeat), 3)
-        progress(f"agents={agents} {name}: {us[name]} us/cycle")
+    for name, values in samples.items():
+        us[name] = round(statistics.median(values), 3)
+        progress(f"agents={agents} {name}: {us[name]} us/cycle (runs: "
+                 f"{', '.join(f'{v:.2f}' for v in values)})")
     fair = asyncio.run(_fairness(agents, cycles, "priority_fairness"))
     fifo = asyncio.run(_fairness(agents, cycles, "fifo"))
     progress(f"agents={agents} fairness: {fair} (fifo: {fifo})")

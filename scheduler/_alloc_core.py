@@ -39,7 +39,6 @@ __all__ = ["AllocatorCore"]
 
 _log = structlog.get_logger("vibe_engine.allocator")
 _BACKGROUND = PRIORITY_VALUES["background"]
-_HOLD_EWMA = 0.1
 _NO_HINT: Any = object()
 
 
@@ -63,6 +62,7 @@ class AllocatorCore:
         self._holders: dict[str, Holder] = {}
         self._leases = LeaseTable()
         self._by_id = self._leases.by_id
+        self._lease_queue = self._leases.queue
         self._ttl = cfg.lease_ttl_s
         self._slack = cfg.fairness_slack_tokens
         self._min_share = cfg.min_share
@@ -99,9 +99,11 @@ class AllocatorCore:
         self._aging_step: float | None = None
         #: Service per input and output token (``None``: ask the policy).
         self._weights: tuple[float, float] | None = None
+        self._w_in: float | None = None
         if hinted and weights is not None:
             self._aging_step = math.inf if step is None else float(step)
             self._weights = (float(weights[0]), float(weights[1]))
+            self._w_in = self._weights[0]
 
     # -- binding and records ------------------------------------------------------------------
     def _bind(self) -> None:
@@ -114,8 +116,11 @@ class AllocatorCore:
 
     def _new_pool(self, name: str, config: PoolConfig) -> Pool:
         cfg = self.config
-        return Pool(name, config, cfg.max_share, cfg.share_window_s,
-                    track_fair=not self._by_counter)
+        p = Pool(name, config, cfg.max_share, cfg.share_window_s,
+                 track_fair=not self._by_counter)
+        if self._aging_step is not None:
+            p.first_step = self._aging_step
+        return p
 
     def _holder(self, holder: str) -> Holder:
         h = self._holders.get(holder)
@@ -134,6 +139,7 @@ class AllocatorCore:
         if a is None:
             h = self._holder(holder)
             a = p.accounts[holder] = h.accounts[p.name] = Account(h)
+            a.pool = p
         return a
 
     def _kick_servicer(self) -> None:
@@ -147,16 +153,16 @@ class AllocatorCore:
         """Queue a request; its level and key come from cached holder data when hinted."""
         seq = self._seq = self._seq + 1
         h = a.holder
-        if not a.waiting:
+        waiters = a.waiters
+        if not waiters:
             # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
             # so an idle holder cannot bank credit.  Any queued waiter's counter bounds the
             # least one from above: at or past the last arrival's, there is nothing to lift.
             probe = p.last_arrival
-            if probe is None or probe.state != QUEUED or a.counter < probe.counter:
+            if probe is None or probe.state or a.counter < probe.counter:  # state: QUEUED is 0
                 least = p.least_counter()
                 if least is not None and least > a.counter:
                     a.counter = least
-        a.waiting += 1
         counter = a.counter
         w = a.spare
         if w is None:
@@ -164,55 +170,63 @@ class AllocatorCore:
                        counter, p.name, calls, requested, h.background, QUEUED, 0, 0,
                        self._park_new(), None, None, a)
         else:
+            # The holder's fields (class, demotion, blocking) are already current on a spare
+            # record: _reindex_holder keeps them so.  A reused record never carries an error.
             a.spare = None
-            w.seq, w.enqueued_at, w.base_priority, w.tokens = seq, now, h.base_priority, tokens
-            w.token_fraction, w.blocking, w.counter = h.token_fraction, h.blocking, counter
-            w.calls, w.requested, w.background, w.state = calls, requested, h.background, QUEUED
-            w.event, w.lease, w.error, w.fresh = self._park_new(), None, None, False
-        a.waiters.append(w)
+            w.seq = seq
+            w.enqueued_at = now
+            w.tokens = tokens
+            w.counter = counter
+            w.calls = calls
+            w.requested = requested
+            w.state = QUEUED
+            w.event = self._park_new()
+            w.lease = None
+        waiters.append(w)
         p.last_arrival = w
         p.n_queued += 1
-        if w.background:
-            p.n_bg_queued += 1
         step = self._aging_step
         if step is None:
-            self._index(p, w, now)
-        else:
-            epoch = w.epoch = w.epoch + 1
-            level = w.level = h.level0 if h.level0 is not None else self._priority(w, now)
-            heap = p.levels.get(level)
-            if heap is None:
-                heap = p.new_level(level)
-            heapq.heappush(heap, (counter if self._by_counter else self._rank(w), seq, epoch, w))
-            p.entries += 1
-            if p.track_fair:
-                heapq.heappush(p.fair, (counter, seq, epoch, w))
-                p.entries += 1
             if w.background:
-                heapq.heappush(p.bg, (counter, seq, epoch, w))
-                p.entries += 1
-            if step != math.inf:
-                # First aging step: arrivals come in deadline order, so a FIFO suffices.
-                at = now + step
-                w.fresh = True
-                q = p.arrivals
-                q.append(at)
-                q.append(w)
-                q.append(seq)
-                if len(q) > 24 * p.n_queued + 3072:
-                    p.compact_arrivals()
-                if at < self._sleep_until:
-                    self._kick_servicer()
-        if p.entries > 64 + 8 * p.n_queued:
-            p.maybe_compact()
+                p.n_bg_queued += 1
+            self._index(p, w, now)
+            return w
+        # Hinted policy: the level is the holder's cached one, the key its counter (or the
+        # policy's constant rank); stale entries go when they reach a top (see WaitQueue).
+        epoch = w.epoch = w.epoch + 1
+        level: int = h.level0  # type: ignore[assignment] # never None when hints are
+        w.level = level
+        heap = p.levels.get(level)
+        if heap is None:
+            heap = p.new_level(level)
+        heapq.heappush(heap, (counter if self._by_counter else self._rank(w), seq, epoch, w))
+        if p.track_fair:
+            heapq.heappush(p.fair, (counter, seq, epoch, w))
+        if w.background:
+            p.n_bg_queued += 1
+            heapq.heappush(p.bg, (counter, seq, epoch, w))
+        if step != math.inf:
+            # First aging step: arrivals come in deadline order, so a list in arrival
+            # order suffices (a spare record is unlinked: its neighbours are None).
+            w.fresh = True
+            last = w.older = p.newest
+            if last is None:
+                p.oldest = w
+            else:
+                last.newer = w
+            p.newest = w
+            if now + step < self._sleep_until:
+                self._kick_servicer()
         return w
 
     def _index(self, p: Pool, w: Waiter, now: float) -> None:
         """(Re)insert ``w`` at the priority and rank the policy gives it now."""
         w.epoch += 1
-        w.fresh = False
+        if w.fresh:
+            p.unlink_fresh(w)
         level = w.level = self._priority(w, now)
         p.index(w, level, w.counter if self._by_counter else self._rank(w))
+        p.maybe_compact()
         at = self._changes_at(w, now)
         if at is None:
             return
@@ -228,6 +242,10 @@ class AllocatorCore:
         touched = []
         now = self._clock() if h.accounts else 0.0
         for a in h.accounts.values():
+            spare = a.spare
+            if spare is not None:
+                spare.base_priority, spare.token_fraction = h.base_priority, h.token_fraction
+                spare.blocking, spare.background = h.blocking, h.background
             if not a.waiters:
                 continue
             p = self._pools[a.waiters[0].pool]
@@ -253,15 +271,14 @@ class AllocatorCore:
                 self._index(p, w, now)
 
     # -- the scheduling loop ------------------------------------------------------------------
-    def _select(self, p: Pool, now: float) -> Waiter | None:
+    def _select(self, p: Pool) -> Waiter | None:
         """The next waiter to serve: the policy's choice unless a share guard applies."""
-        if p.n_bg_queued and self._min_share > 0:
-            if now - p.recent_at >= p.decay_step:
-                p.decay(now, self._window)
-            if p.recent_bg < self._min_share * p.recent_all:
-                first = p.head(p.bg)
-                if first is not None:
-                    return first
+        # The background floor compares shares of the decayed window; a common decay factor
+        # does not change the comparison, so the window need not be decayed here.
+        if p.n_bg_queued and p.recent_bg < self._min_share * p.recent_all:
+            first = p.head(p.bg)
+            if first is not None:
+                return first
         # The head of the highest non-empty level is the policy's choice; when the rank is
         # the service counter, the smallest head counter is the least-served waiter.
         top: Waiter | None = None
@@ -271,17 +288,16 @@ class AllocatorCore:
             while heap:
                 entry = heap[0]
                 w = entry[3]
-                if entry[2] == w.epoch and w.state == QUEUED:
+                if entry[2] == w.epoch and not w.state:  # live: this entry, still QUEUED
                     break
                 heappop(heap)
-                p.entries -= 1
             else:
                 continue
             if top is None:
                 top = least = w
                 if p.track_fair:
                     break
-            elif least is not None and w.counter < least.counter:
+            elif w.counter < least.counter:  # type: ignore[union-attr] # set with top
                 least = w
         if top is None:
             return None
@@ -299,22 +315,24 @@ class AllocatorCore:
         others wait, stop if it does not fit (no bypass; a bucket refill wakes
         the servicer), else grant it and wake its task.
         """
-        q = p.arrivals
-        if (q and q[0] <= now) or (p.aging and p.aging[0][0] <= now):
+        oldest = p.oldest
+        if ((oldest is not None and oldest.enqueued_at + p.first_step <= now)
+                or (p.aging and p.aging[0][0] <= now)):
             for aged in p.pop_changed(now):
                 self._index(p, aged, now)
         conc = p.concurrent
         while p.n_queued and (conc is None or p.in_use < conc):
-            w = self._select(p, now)
+            w = self._select(p)
             if w is None:  # pragma: no cover - n_queued says there is one
                 break
-            a = w.account
-            assert a is not None
+            a: Account = w.account  # type: ignore[assignment] # always set on a queued waiter
             tokens, calls = w.tokens, w.calls
+            # (A request was cut to the max share when it came, but capacities can shrink
+            # while it waits, so even a holder that holds nothing is checked.)
             mt, mc = p.max_tokens, p.max_calls
             if ((mc is not None and a.held_calls + calls > mc)
                     or (mt is not None and a.held_tokens + tokens > mt)) and (
-                    p.n_queued + p.n_parked > a.waiting):
+                    p.n_queued + p.n_parked > len(a.waiters)):
                 p.park(w)
                 continue
             if conc is not None and p.in_use + calls > conc:
@@ -324,15 +342,18 @@ class AllocatorCore:
                 if at is not None and at < self._sleep_until:
                     self._kick_servicer()
                 return
-            # Grant: the waiter leaves the queue (its heap entry is dropped lazily).
+            # Grant: the waiter leaves the queue (its heap entries are dropped lazily).
             w.state = GRANTED
             p.n_queued -= 1
+            if w.fresh:
+                p.unlink_fresh(w)
             if w.background:
                 p.n_bg_queued -= 1
                 # Drop stale tops of the background heap now: left to the rare floor check
                 # they would pile up (and keep their waiters' objects) until compaction.
                 p.head(p.bg)
-            a.waiting -= 1
+                if len(p.bg) > 64 + 8 * p.n_bg_queued:
+                    p.maybe_compact()
             a.waiters.remove(w)
             w.lease = lease = self._grant(p, a, tokens, calls, w.requested, now)
             event = w.event
@@ -363,37 +384,38 @@ class AllocatorCore:
         a.held_tokens += tokens
         a.held_calls += calls
         # Charge the grant to the holder's service counter now (VTC); settle corrects it.
-        weights = self._weights
-        charge = tokens * weights[0] if weights is not None else self._cost(tokens, 0)
+        w_in = self._w_in
+        charge = tokens * w_in if w_in is not None else self._cost(tokens, 0)
         if charge:
             a.counter += charge
-            if a.waiting:
+            if a.waiters:
                 self._refresh_counter(p, a, now)
         if now - p.recent_at >= p.decay_step:
             p.decay(now, self._window)
-        weight = charge if charge > 0 else 1.0
+        weight = charge or 1.0  # charge >= 0; a grant without tokens counts as one
         p.recent_all += weight
         h = a.holder
         if h.background:
             p.recent_bg += weight
         expires_at = now + self._ttl
         lease = Lease(LEASE_IDS.pop() if LEASE_IDS else new_lease_id(), h.id, p.name, tokens,
-                      calls, requested, now, expires_at, charge)
+                      calls, requested, now, expires_at, charge, True, a)
         # LeaseTable.add, inline: deadlines mostly arrive in order, leases end in grant order.
-        table = self._leases
-        queue = table.queue
+        queue = self._lease_queue
         by_id = self._by_id
         if queue and expires_at < queue[-1].expires_at:
-            table.add(lease)
+            self._leases.add(lease)
         else:
             by_id[lease.id] = lease
             queue.append(lease)
             while not queue[0].active:
                 queue.popleft()
+        grants = p.grants = p.grants + 1
+        if not grants & 255:
+            # Now and then, purge what lazy deletion left behind (amortised O(1) per grant).
+            p.maybe_compact()
             if len(queue) > 3 * len(by_id) + 64:
-                table.compact()
-        p.grants += 1
-        p.n_leases += 1
+                self._leases.compact()
         if expires_at < self._sleep_until:
             self._kick_servicer()
         return lease
@@ -403,7 +425,7 @@ class AllocatorCore:
         if a is None or not delta:
             return
         a.counter += delta
-        if a.waiting:
+        if a.waiters:
             self._refresh_counter(p, a, now)
 
     def _end(self, lease: Lease, now: float, tokens_back: int, *, calls_back: bool) -> None:
@@ -411,11 +433,10 @@ class AllocatorCore:
         if lease.active:
             lease.active = False
             del self._by_id[lease.id]
-        p = self._pools[lease.pool]
-        hid = lease.holder
+        a: Account = lease._account
+        p: Pool = a.pool
         calls = lease.calls
         p.in_use -= calls
-        p.n_leases -= 1
         if not p.slots_only:
             if tokens_back and p.tpm is not None:
                 p.tpm.refill(now)
@@ -423,16 +444,12 @@ class AllocatorCore:
             if calls_back and p.rpm is not None:
                 p.rpm.refill(now)
                 p.rpm.give(calls)
-        a = p.accounts.get(hid)
-        if a is not None:
-            a.held_tokens -= lease.tokens
-            a.held_calls -= calls
-        held_for = now - lease.granted_at
-        p.avg_hold_s = held_for if p.ended == 0 else (
-            p.avg_hold_s + _HOLD_EWMA * (held_for - p.avg_hold_s))
+        a.held_tokens -= lease.tokens
+        a.held_calls -= calls
+        p.hold_total += now - lease.granted_at
         p.ended += 1
-        if p.n_parked and hid in p.parked:
-            self._unpark(p, hid, now)
+        if p.n_parked and lease.holder in p.parked:
+            self._unpark(p, lease.holder, now)
         if p.n_queued or p.n_parked:
             self._dispatch(p, now)
 

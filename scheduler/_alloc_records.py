@@ -46,8 +46,11 @@ class Waiter(WaiterView):
     lease: Lease | None = None
     error: BaseException | None = None
     account: Account | None = None
-    #: Tracked in the pool's arrival FIFO until its first priority change.
+    #: Linked in the pool's arrival list until its first priority change (or its grant).
     fresh: bool = False
+    #: Neighbours in the arrival list (``None`` whenever the record is not linked).
+    older: Waiter | None = field(default=None, repr=False)
+    newer: Waiter | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True, eq=False)
@@ -59,15 +62,21 @@ class Account:
     counter: float = 0.0
     held_tokens: int = 0
     held_calls: int = 0
-    #: Queued plus parked requests (== ``len(waiters)``).
-    waiting: int = 0
+    #: Queued plus parked requests.
     waiters: list[Waiter] = field(default_factory=list)
     #: A finished waiter record, ready for the holder's next wait here.
     spare: Waiter | None = None
+    #: The pool this account is in (a ``Pool``; typed loosely to keep this module leaf).
+    pool: Any = None
 
     @property
     def id(self) -> str:
         return self.holder.id
+
+    @property
+    def waiting(self) -> int:
+        """How many requests of this holder wait here (queued or parked)."""
+        return len(self.waiters)
 
 
 @dataclass(slots=True, eq=False)

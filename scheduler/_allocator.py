@@ -181,10 +181,13 @@ class Allocator(AllocatorCore):
         request can be granted and nobody is waiting.  Cancellation while
         waiting (or right after the grant) gives everything back.
         """
-        p = self._pools.get(self._default_pool if pool is None else pool)  # type: ignore[arg-type]
-        a = None if p is None else p.accounts.get(holder)
-        if a is None or p is None or tokens < 0 or calls < 1 or not self._bound:
+        try:
+            p = self._pools[self._default_pool if pool is None else pool]  # type: ignore[index]
+            a = p.accounts[holder]  # an account exists only once the allocator is bound
+        except KeyError:
             p, a = self._admit(holder, tokens, calls, pool)
+        if tokens < 0 or calls < 1:
+            p, a = self._admit(holder, tokens, calls, pool)  # raises the precise error
         requested = tokens
         if p.max_tokens is not None and tokens > p.max_tokens:
             tokens = p.max_tokens
@@ -196,15 +199,16 @@ class Allocator(AllocatorCore):
         w = self._enqueue(p, a, tokens, calls, requested, now)
         if p.concurrent is None or p.in_use < p.concurrent:
             self._dispatch(p, now)
+        lease: Lease | None
         try:
             if self._native:
-                await w.event
+                lease = await w.event  # the grant sets the lease as the future's result
             else:
                 await w.event.wait()
+                lease = w.lease
         except BaseException:
             self._abandon(w)
             raise
-        lease = w.lease
         if lease is None:
             raise w.error or LeaseError("request withdrawn")
         a.spare = w  # the record serves the holder's next wait here
@@ -257,17 +261,20 @@ class Allocator(AllocatorCore):
             lease = self._lookup(lease_id, holder)  # raises the precise LeaseError
         now = self._clock()
         used = used_tokens if used_tokens > 0 else 0
-        out = output_tokens if 0 < output_tokens <= used else (used if output_tokens > 0 else 0)
-        weights = self._weights
-        cost = ((used - out) * weights[0] + out * weights[1] if weights is not None
-                else self._cost(used - out, out))
+        if output_tokens > 0:
+            out = output_tokens if output_tokens <= used else used
+            weights = self._weights
+            cost = ((used - out) * weights[0] + out * weights[1] if weights is not None
+                    else self._cost(used - out, out))
+        else:
+            w_in = self._w_in
+            cost = used * w_in if w_in is not None else self._cost(used, 0)
         delta = cost - lease.charged
         if delta:
-            a = self._pools[lease.pool].accounts.get(lease.holder)
-            if a is not None:
-                a.counter += delta
-                if a.waiting:
-                    self._refresh_counter(self._pools[lease.pool], a, now)
+            a: Account = lease._account
+            a.counter += delta
+            if a.waiters:
+                self._refresh_counter(a.pool, a, now)
         back = lease.tokens - used
         self._end(lease, now, back, calls_back=False)
         return back if back > 0 else 0
@@ -334,7 +341,7 @@ class Allocator(AllocatorCore):
         waiters: list[WaiterStatistics] = []
         for p in self._pools.values():
             queued = [w for a in p.accounts.values() for w in a.waiters]
-            first = self._select(p, now) if p.n_queued else None
+            first = self._select(p) if p.n_queued else None
             waiters.extend(waiter_statistics(p, queued, first, self.policy, now, self._ttl))
             pools[p.name] = pool_statistics(p, len(queued), now)
         return AllocatorStatistics(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["LEASE_IDS", "Lease", "LeaseTable", "new_lease_id"]
 
@@ -58,6 +59,8 @@ class Lease:
     #: Service charged to the holder's counter at grant (adjusted at settle).
     charged: float = 0.0
     active: bool = True
+    #: The allocator's account of the holder in the pool (internal: saves two lookups per end).
+    _account: Any = field(default=None, repr=False, compare=False)
     #: Older copies of this lease in the expiry queue (one more per renewal; internal).
     _stale_copies: int = field(default=0, init=False, repr=False, compare=False)
 
@@ -78,6 +81,7 @@ class LeaseTable:
     def __init__(self) -> None:
         #: Live leases by id.  The allocator's hot path reads it directly; never replaced.
         self.by_id: dict[str, Lease] = {}
+        #: Expiry order (never replaced: the allocator's hot path holds it).
         self.queue: deque[Lease] = deque()
 
     def __len__(self) -> int:
@@ -154,4 +158,5 @@ class LeaseTable:
         live = sorted(self.by_id.values(), key=lambda lease: lease.expires_at)
         for lease in live:
             lease._stale_copies = 0
-        self.queue = deque(live)
+        self.queue.clear()  # in place: the allocator's hot path holds this deque
+        self.queue.extend(live)

@@ -15,6 +15,8 @@ from ._alloc_records import GONE, GRANTED, PARKED, QUEUED, Account, Holder, Wait
 from ._config import PoolConfig
 from ._waitqueue import WaitQueue
 
+#: Weight of one ended lease in the average hold time (see :attr:`Pool.avg_hold_s`).
+_HOLD_EWMA = 0.1
 #: The shortest wait for a bucket refill (see :meth:`Pool.refill_time`).
 _MIN_REFILL_WAIT_S = 1e-6
 
@@ -85,9 +87,11 @@ class Pool(WaitQueue):
         self.recent_at = -math.inf
         #: Decay the share window in steps of 1/16 of it (cheap on the hot path).
         self.decay_step = window_s * 0.0625
-        self.avg_hold_s = 0.0
+        #: Seconds held, summed over every ended lease (see :attr:`avg_hold_s`).
+        self.hold_total = 0.0
+        self._hold_seen: tuple[int, float] = (0, 0.0)
+        self._avg_hold = 0.0
         self.ended = 0
-        self.n_leases = 0
         self.grants = 0
         self.expired = 0
 
@@ -143,6 +147,28 @@ class Pool(WaitQueue):
     def others_waiting(self, holder: str) -> bool:
         a = self.accounts.get(holder)
         return self.n_queued + self.n_parked - (0 if a is None else a.waiting) > 0
+
+    @property
+    def avg_hold_s(self) -> float:
+        """How long recent leases were held, on average (0 before the first one ends).
+
+        The hot path only sums hold times; this folds the leases ended since the
+        last read into an exponentially weighted average (each ended lease
+        weighs ``_HOLD_EWMA``, so ten or more replace the old value).
+        """
+        seen_n, seen_total = self._hold_seen
+        n = self.ended - seen_n
+        if n > 0:
+            mean = (self.hold_total - seen_total) / n
+            self._avg_hold = mean if seen_n == 0 else (
+                self._avg_hold + min(1.0, n * _HOLD_EWMA) * (mean - self._avg_hold))
+            self._hold_seen = (self.ended, self.hold_total)
+        return self._avg_hold
+
+    @property
+    def n_leases(self) -> int:
+        """Live leases on this pool (every grant ends once: settled, released or expired)."""
+        return self.grants - self.ended
 
     # -- views by holder (statistics and tests; the hot path reads the accounts) -------------
     @property

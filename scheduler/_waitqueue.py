@@ -14,16 +14,17 @@ dropped when they reach the top and purged when they dominate.
 * ``bg``: least service first among background-class waiters (R5.3 floor).
 
 Priority changes over time (aging) are tracked in two structures: a fresh
-waiter's first change comes ``aging_step`` after its arrival, so those
-deadlines arrive in order and sit in a FIFO (``arrivals``, flat
-``at, waiter, seq`` triples: no object per entry); any later change goes to the
-``aging`` heap.
+waiter's first change comes ``first_step`` after its arrival, so those
+deadlines arrive in order: fresh waiters form a doubly linked arrival list
+through their own records (``oldest`` … ``newest``; O(1) to append and to
+unlink at a grant, no entry objects, nothing to compact); any later change
+goes to the ``aging`` heap.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import deque
+import math
 from typing import Any
 
 from ._alloc_records import PARKED, QUEUED, Account, Waiter
@@ -47,8 +48,12 @@ class WaitQueue:
         self.fair: list[Entry] = []
         self.bg: list[Entry] = []
         self.aging: list[tuple[float, int, int, Waiter]] = []
-        self.arrivals: deque[Any] = deque()
-        self.entries = 0
+        #: The arrival list: fresh waiters (before their first priority change) in
+        #: arrival order, linked through the records themselves (no entry objects).
+        self.oldest: Waiter | None = None
+        self.newest: Waiter | None = None
+        #: How long after its arrival a fresh waiter's priority first changes.
+        self.first_step = math.inf
         self.n_queued = 0
         self.n_bg_queued = 0
         #: The most recently queued waiter (its counter bounds the least one from above).
@@ -65,13 +70,10 @@ class WaitQueue:
         if heap is None:
             heap = self.new_level(level)
         heapq.heappush(heap, (rank, seq, epoch, w))
-        self.entries += 1
         if self.track_fair:
             heapq.heappush(self.fair, (w.counter, seq, epoch, w))
-            self.entries += 1
         if w.background:
             heapq.heappush(self.bg, (w.counter, seq, epoch, w))
-            self.entries += 1
 
     def new_level(self, level: int) -> list[Entry]:
         heap: list[Entry] = []
@@ -88,7 +90,6 @@ class WaitQueue:
             if entry[2] == w.epoch and w.state == QUEUED:
                 return w
             heapq.heappop(heap)
-            self.entries -= 1
         return None
 
     def top(self) -> Waiter | None:
@@ -115,7 +116,6 @@ class WaitQueue:
                         best = w.counter
                     break
                 heappop(heap)
-                self.entries -= 1
         return best
 
     def least(self) -> Waiter | None:
@@ -130,50 +130,51 @@ class WaitQueue:
         return best
 
     # -- priority changes (aging) ----------------------------------------------------------
-    def compact_arrivals(self) -> None:
-        """Drop stale arrival entries (they go when due anyway; this bounds the memory)."""
-        items = list(self.arrivals)
-        keep: deque[Any] = deque()
-        for at, w, seq in zip(items[0::3], items[1::3], items[2::3], strict=True):
-            if w.seq == seq and w.fresh and w.state == QUEUED:
-                keep.extend((at, w, seq))
-        self.arrivals = keep
+    def unlink_fresh(self, w: Waiter) -> None:
+        """Take ``w`` out of the arrival list (its first priority change is moot)."""
+        w.fresh = False
+        older, newer = w.older, w.newer
+        if older is None:
+            self.oldest = newer
+        else:
+            older.newer = newer
+            w.older = None
+        if newer is None:
+            self.newest = older
+        else:
+            newer.older = older
+            w.newer = None
 
     def push_change(self, at: float, w: Waiter) -> None:
         heapq.heappush(self.aging, (at, w.seq, w.epoch, w))
-        self.entries += 1
 
     def next_change(self) -> float | None:
         """The earliest pending priority change (stale entries are dropped)."""
-        q, heap = self.arrivals, self.aging
-        while q and not _fresh(q[1], q[2]):
-            q.popleft()
-            q.popleft()
-            q.popleft()
+        heap = self.aging
         while heap and not _live(heap[0]):
             heapq.heappop(heap)
-            self.entries -= 1
-        first: float | None = q[0] if q else None
+        oldest = self.oldest
+        first: float | None = None if oldest is None else oldest.enqueued_at + self.first_step
         if heap and (first is None or heap[0][0] < first):
             return heap[0][0]
         return first
 
     def changes_due(self, now: float) -> bool:
-        q, heap = self.arrivals, self.aging
-        return bool((q and q[0] <= now) or (heap and heap[0][0] <= now))
+        oldest, heap = self.oldest, self.aging
+        return bool((oldest is not None and oldest.enqueued_at + self.first_step <= now)
+                    or (heap and heap[0][0] <= now))
 
     def pop_changed(self, now: float) -> list[Waiter]:
         """Live waiters whose priority changes by ``now`` (their entries are consumed)."""
         due: list[Waiter] = []
-        q, heap = self.arrivals, self.aging
-        while q and q[0] <= now:
-            q.popleft()
-            w, seq = q.popleft(), q.popleft()
-            if _fresh(w, seq):
-                due.append(w)
+        heap, step = self.aging, self.first_step
+        oldest = self.oldest
+        while oldest is not None and oldest.enqueued_at + step <= now:
+            self.unlink_fresh(oldest)
+            due.append(oldest)
+            oldest = self.oldest
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
-            self.entries -= 1
             if _live(entry):
                 due.append(entry[3])
         return due
@@ -182,7 +183,8 @@ class WaitQueue:
     def park(self, w: Waiter) -> None:
         """Set a request of an over-share holder aside until one of its leases ends."""
         w.state = PARKED
-        w.fresh = False
+        if w.fresh:
+            self.unlink_fresh(w)
         self.n_queued -= 1
         if w.background:
             self.n_bg_queued -= 1
@@ -202,6 +204,8 @@ class WaitQueue:
 
     def unlink(self, w: Waiter) -> None:
         """Take a queued or parked waiter out of the counts (its entries turn stale)."""
+        if w.fresh:
+            self.unlink_fresh(w)
         if w.state == PARKED:
             ws = self.parked[w.holder]
             ws.remove(w)
@@ -214,26 +218,28 @@ class WaitQueue:
                 self.n_bg_queued -= 1
         a: Account | None = w.account
         if a is not None:
-            a.waiting -= 1
             a.waiters.remove(w)
 
+    @property
+    def entries(self) -> int:
+        """Heap entries, live and stale (stale ones are dropped lazily)."""
+        return (sum(len(heap) for heap in self.levels.values()) + len(self.fair) + len(self.bg)
+                + len(self.aging))
+
     def maybe_compact(self) -> None:
-        """Rebuild the heaps when stale entries dominate (amortised O(1) per push)."""
+        """Rebuild the heaps when stale entries dominate.
+
+        Called after every re-indexing and every 256th grant, so stale entries
+        stay within a constant factor of the live ones plus what 256 grants
+        leave (amortised O(1) per push).
+        """
         if self.entries <= 64 + 8 * self.n_queued:
             return
-        total = 0
         heaps: tuple[list[Any], ...] = (*self.levels.values(), self.fair, self.bg, self.aging)
         for heap in heaps:
             live = [e for e in heap if _live(e)]
             heapq.heapify(live)
             heap[:] = live
-            total += len(live)
-        self.entries = total
-
-
-def _fresh(w: Waiter, seq: int) -> bool:
-    """The arrival entry made for ``seq`` is still the waiter's first priority change."""
-    return w.seq == seq and w.fresh and w.state == QUEUED
 
 
 def _live(entry: Any) -> bool:
