@@ -164,6 +164,8 @@ class AllocatorCore:
                 if least is not None and least > a.counter:
                     a.counter = least
         counter = a.counter
+        if counter < p.floor:
+            p.floor = counter
         w = a.spare
         if w is None:
             w = Waiter(h.id, seq, now, h.base_priority, tokens, h.token_fraction, h.blocking,
@@ -225,6 +227,8 @@ class AllocatorCore:
         if w.fresh:
             p.unlink_fresh(w)
         level = w.level = self._priority(w, now)
+        if w.counter < p.floor:
+            p.floor = w.counter
         p.index(w, level, w.counter if self._by_counter else self._rank(w))
         p.maybe_compact()
         at = self._changes_at(w, now)
@@ -281,9 +285,13 @@ class AllocatorCore:
                 return first
         # The head of the highest non-empty level is the policy's choice; when the rank is
         # the service counter, the smallest head counter is the least-served waiter.
+        # ``p.floor`` bounds every queued counter from below: while the top is within the
+        # slack of it, the top is within the slack of the least served too, and the other
+        # levels' heads need not be looked at.
         top: Waiter | None = None
         least: Waiter | None = None
         heappop = heapq.heappop
+        slack = self._slack
         for heap in p.heaps:
             while heap:
                 entry = heap[0]
@@ -295,15 +303,18 @@ class AllocatorCore:
                 continue
             if top is None:
                 top = least = w
-                if p.track_fair:
+                if p.track_fair or w.counter - p.floor <= slack:
                     break
             elif w.counter < least.counter:  # type: ignore[union-attr] # set with top
                 least = w
+        else:
+            if least is not None:
+                p.floor = least.counter  # the scan saw every level's head: exact
         if top is None:
             return None
         if p.track_fair:
             least = p.head(p.fair)
-        if least is not None and top.counter - least.counter > self._slack:
+        if least is not None and top.counter - least.counter > slack:
             return least
         return top
 

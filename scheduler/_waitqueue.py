@@ -56,6 +56,9 @@ class WaitQueue:
         self.first_step = math.inf
         self.n_queued = 0
         self.n_bg_queued = 0
+        #: At most the smallest service counter of any queued waiter (exact after a full
+        #: scan in ``_select``; lowered whenever a waiter is queued or re-indexed below it).
+        self.floor = -math.inf
         #: The most recently queued waiter (its counter bounds the least one from above).
         self.last_arrival: Waiter | None = None
         #: Parked requests of over-share holders, by holder id.
