@@ -363,8 +363,6 @@ class AllocatorCore:
                 # Drop stale tops of the background heap now: left to the rare floor check
                 # they would pile up (and keep their waiters' objects) until compaction.
                 p.head(p.bg)
-                if len(p.bg) > 64 + 8 * p.n_bg_queued:
-                    p.maybe_compact()
             a.waiters.remove(w)
             w.lease = lease = self._grant(p, a, tokens, calls, w.requested, now)
             event = w.event
@@ -431,13 +429,14 @@ class AllocatorCore:
             self._kick_servicer()
         return lease
 
-    def _add_service(self, p: Pool, hid: str, delta: float, now: float) -> None:
-        a = p.accounts.get(hid)
-        if a is None or not delta:
+    def _add_service(self, lease: Lease, delta: float, now: float) -> None:
+        """Correct the holder's service counter for ``lease`` (its queued requests follow)."""
+        if not delta:
             return
+        a: Account = lease._account
         a.counter += delta
         if a.waiters:
-            self._refresh_counter(p, a, now)
+            self._refresh_counter(a.pool, a, now)
 
     def _end(self, lease: Lease, now: float, tokens_back: int, *, calls_back: bool) -> None:
         """The lease is over: capacity and holdings come back, waiters are served."""
@@ -470,8 +469,7 @@ class AllocatorCore:
             lease = w.lease
             if lease is not None and lease.active:
                 now = self._clock()
-                p = self._pools[lease.pool]
-                self._add_service(p, lease.holder, -lease.charged, now)
+                self._add_service(lease, -lease.charged, now)
                 self._end(lease, now, lease.tokens, calls_back=True)
         elif w.state == QUEUED or w.state == PARKED:
             p = self._pools[w.pool]

@@ -182,12 +182,12 @@ class Allocator(AllocatorCore):
         waiting (or right after the grant) gives everything back.
         """
         try:
+            if tokens < 0 or calls < 1:
+                raise KeyError  # _admit raises the precise error
             p = self._pools[self._default_pool if pool is None else pool]  # type: ignore[index]
             a = p.accounts[holder]  # an account exists only once the allocator is bound
         except KeyError:
             p, a = self._admit(holder, tokens, calls, pool)
-        if tokens < 0 or calls < 1:
-            p, a = self._admit(holder, tokens, calls, pool)  # raises the precise error
         requested = tokens
         if p.max_tokens is not None and tokens > p.max_tokens:
             tokens = p.max_tokens
@@ -269,12 +269,7 @@ class Allocator(AllocatorCore):
         else:
             w_in = self._w_in
             cost = used * w_in if w_in is not None else self._cost(used, 0)
-        delta = cost - lease.charged
-        if delta:
-            a: Account = lease._account
-            a.counter += delta
-            if a.waiters:
-                self._refresh_counter(a.pool, a, now)
+        self._add_service(lease, cost - lease.charged, now)
         back = lease.tokens - used
         self._end(lease, now, back, calls_back=False)
         return back if back > 0 else 0
@@ -283,7 +278,7 @@ class Allocator(AllocatorCore):
         """End the lease unused: tokens, the call and the service charge come back."""
         lease = self._lookup(lease_id, holder)
         now = self._clock()
-        self._add_service(self._pools[lease.pool], lease.holder, -lease.charged, now)
+        self._add_service(lease, -lease.charged, now)
         self._end(lease, now, lease.tokens, calls_back=True)
 
     def release_holder(self, holder: str) -> int:
