@@ -34,6 +34,7 @@ from ._leases import LEASE_IDS, Lease, LeaseTable, new_lease_id
 from ._park import backend_clock, parking
 from ._policy import fairness_params
 from ._pools import Pool
+from ._waitqueue import TIE, Key, key
 
 __all__ = ["AllocatorCore"]
 
@@ -62,9 +63,8 @@ class AllocatorCore:
         self._holders: dict[str, Holder] = {}
         self._leases = LeaseTable()
         self._by_id = self._leases.by_id
-        self._lease_queue = self._leases.queue
         self._ttl = cfg.lease_ttl_s
-        self._slack = cfg.fairness_slack_tokens
+        self._slack = float(cfg.fairness_slack_tokens)
         self._min_share = cfg.min_share
         self._window = cfg.share_window_s
         self._events = events
@@ -133,6 +133,19 @@ class AllocatorCore:
     def _holder_changed(self, h: Holder) -> None:
         hint = self._enqueue_priority
         h.level0 = None if hint is None else hint(h.base_priority, h.token_fraction, h.blocking)
+        for a in h.accounts.values():
+            self._copy_holder(a)
+
+    def _copy_holder(self, a: Account) -> None:
+        """Refresh the account's copies of its holder's class and starting level."""
+        h, p = a.holder, a.pool
+        a.background = h.background
+        level = h.level0
+        if level is None:
+            a.heap = None
+        else:
+            heap = p.levels.get(level)
+            a.heap = heap if heap is not None else p.new_level(level)
 
     def _account(self, p: Pool, holder: str) -> Account:
         a = p.accounts.get(holder)
@@ -140,6 +153,7 @@ class AllocatorCore:
             h = self._holder(holder)
             a = p.accounts[holder] = h.accounts[p.name] = Account(h)
             a.pool = p
+            self._copy_holder(a)
         return a
 
     def _kick_servicer(self) -> None:
@@ -152,14 +166,13 @@ class AllocatorCore:
     ) -> Waiter:
         """Queue a request; its level and key come from cached holder data when hinted."""
         seq = self._seq = self._seq + 1
-        h = a.holder
         waiters = a.waiters
         if not waiters:
             # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
             # so an idle holder cannot bank credit.  Any queued waiter's counter bounds the
             # least one from above: at or past the last arrival's, there is nothing to lift.
             probe = p.last_arrival
-            if probe is None or probe.state or a.counter < probe.counter:  # state: QUEUED is 0
+            if probe is None or probe.entry is None or a.counter < probe.counter:
                 least = p.least_counter()
                 if least is not None and least > a.counter:
                     a.counter = least
@@ -168,12 +181,14 @@ class AllocatorCore:
             p.floor = counter
         w = a.spare
         if w is None:
+            h = a.holder
             w = Waiter(h.id, seq, now, h.base_priority, tokens, h.token_fraction, h.blocking,
-                       counter, p.name, calls, requested, h.background, QUEUED, 0, 0,
-                       self._park_new(), None, None, a)
+                       counter, p.name, calls, requested, h.background, QUEUED, 0, None,
+                       None, None, a)
         else:
             # The holder's fields (class, demotion, blocking) are already current on a spare
-            # record: _reindex_holder keeps them so.  A reused record never carries an error.
+            # record: _reindex_holder keeps them so.  Its lease and error are read only in
+            # the states that set them.
             a.spare = None
             w.seq = seq
             w.enqueued_at = now
@@ -182,51 +197,43 @@ class AllocatorCore:
             w.calls = calls
             w.requested = requested
             w.state = QUEUED
-            w.event = self._park_new()
-            w.lease = None
+        w.event = self._park_new()
         waiters.append(w)
         p.last_arrival = w
         p.n_queued += 1
-        step = self._aging_step
-        if step is None:
+        heap = a.heap
+        if heap is None:
             if w.background:
                 p.n_bg_queued += 1
             self._index(p, w, now)
             return w
         # Hinted policy: the level is the holder's cached one, the key its counter (or the
         # policy's constant rank); stale entries go when they reach a top (see WaitQueue).
-        epoch = w.epoch = w.epoch + 1
-        level: int = h.level0  # type: ignore[assignment] # never None when hints are
-        w.level = level
-        heap = p.levels.get(level)
-        if heap is None:
-            heap = p.new_level(level)
-        heapq.heappush(heap, (counter if self._by_counter else self._rank(w), seq, epoch, w))
-        if p.track_fair:
-            heapq.heappush(p.fair, (counter, seq, epoch, w))
+        if self._by_counter:
+            entry = w.entry = w.centry = Key(counter + seq * TIE)  # WaitQueue.key, inline
+            entry.w = w
+            heapq.heappush(heap, entry)
+        else:
+            entry = w.entry = key(self._rank(w), w)
+            heapq.heappush(heap, entry)
+            w.centry = key(counter, w)
+            heapq.heappush(p.fair, w.centry)
         if w.background:
             p.n_bg_queued += 1
-            heapq.heappush(p.bg, (counter, seq, epoch, w))
-        if step != math.inf:
-            # First aging step: arrivals come in deadline order, so a list in arrival
-            # order suffices (a spare record is unlinked: its neighbours are None).
-            w.fresh = True
-            last = w.older = p.newest
-            if last is None:
-                p.oldest = w
-            else:
-                last.newer = w
-            p.newest = w
-            if now + step < self._sleep_until:
+            heapq.heappush(p.bg, w.centry)
+        # The first aging step is queued by a sweep at least half a step before it is due
+        # (see WaitQueue); the sweep itself must be due by then.
+        step: float = self._aging_step  # type: ignore[assignment] # set whenever hinted
+        if p.next_age > now + step:
+            at = p.next_age = p.aged_upto + step
+            if at < self._sleep_until:
                 self._kick_servicer()
         return w
 
     def _index(self, p: Pool, w: Waiter, now: float) -> None:
         """(Re)insert ``w`` at the priority and rank the policy gives it now."""
         w.epoch += 1
-        if w.fresh:
-            p.unlink_fresh(w)
-        level = w.level = self._priority(w, now)
+        level = self._priority(w, now)
         if w.counter < p.floor:
             p.floor = w.counter
         p.index(w, level, w.counter if self._by_counter else self._rank(w))
@@ -236,7 +243,7 @@ class AllocatorCore:
             return
         if at <= now:
             at = math.nextafter(now, math.inf)
-        p.push_change(at, w)
+        p.push_change(at, w)  # lowers p.next_age
         if at < self._sleep_until:
             self._kick_servicer()
 
@@ -280,7 +287,7 @@ class AllocatorCore:
         # The background floor compares shares of the decayed window; a common decay factor
         # does not change the comparison, so the window need not be decayed here.
         if p.n_bg_queued and p.recent_bg < self._min_share * p.recent_all:
-            first = p.head(p.bg)
+            first = p.chead(p.bg)
             if first is not None:
                 return first
         # The head of the highest non-empty level is the policy's choice; when the rank is
@@ -295,8 +302,8 @@ class AllocatorCore:
         for heap in p.heaps:
             while heap:
                 entry = heap[0]
-                w = entry[3]
-                if entry[2] == w.epoch and not w.state:  # live: this entry, still QUEUED
+                w = entry.w
+                if w.entry is entry:  # live: the waiter's current entry
                     break
                 heappop(heap)
             else:
@@ -313,7 +320,7 @@ class AllocatorCore:
         if top is None:
             return None
         if p.track_fair:
-            least = p.head(p.fair)
+            least = p.chead(p.fair)
         if least is not None and top.counter - least.counter > slack:
             return least
         return top
@@ -326,9 +333,7 @@ class AllocatorCore:
         others wait, stop if it does not fit (no bypass; a bucket refill wakes
         the servicer), else grant it and wake its task.
         """
-        oldest = p.oldest
-        if ((oldest is not None and oldest.enqueued_at + p.first_step <= now)
-                or (p.aging and p.aging[0][0] <= now)):
+        if p.next_age <= now:
             for aged in p.pop_changed(now):
                 self._index(p, aged, now)
         conc = p.concurrent
@@ -338,12 +343,9 @@ class AllocatorCore:
                 break
             a: Account = w.account  # type: ignore[assignment] # always set on a queued waiter
             tokens, calls = w.tokens, w.calls
-            # (A request was cut to the max share when it came, but capacities can shrink
-            # while it waits, so even a holder that holds nothing is checked.)
-            mt, mc = p.max_tokens, p.max_calls
-            if ((mc is not None and a.held_calls + calls > mc)
-                    or (mt is not None and a.held_tokens + tokens > mt)) and (
-                    p.n_queued + p.n_parked > len(a.waiters)):
+            # Requests are cut to the max share (when they come, and again when a capacity
+            # shrinks), so a holder that holds nothing cannot go over it.
+            if a.held_calls and self._over_share(p, a, tokens, calls):
                 p.park(w)
                 continue
             if conc is not None and p.in_use + calls > conc:
@@ -355,14 +357,13 @@ class AllocatorCore:
                 return
             # Grant: the waiter leaves the queue (its heap entries are dropped lazily).
             w.state = GRANTED
+            w.entry = w.centry = None
             p.n_queued -= 1
-            if w.fresh:
-                p.unlink_fresh(w)
             if w.background:
                 p.n_bg_queued -= 1
                 # Drop stale tops of the background heap now: left to the rare floor check
                 # they would pile up (and keep their waiters' objects) until compaction.
-                p.head(p.bg)
+                p.chead(p.bg)
             a.waiters.remove(w)
             w.lease = lease = self._grant(p, a, tokens, calls, w.requested, now)
             event = w.event
@@ -375,6 +376,13 @@ class AllocatorCore:
             # Only one holder is left waiting: the max share no longer applies to it.
             self._unpark(p, next(iter(p.parked)), now)
             self._dispatch(p, now)
+
+    def _over_share(self, p: Pool, a: Account, tokens: int, calls: int) -> bool:
+        """Would granting this take the holder past the max share while others wait?"""
+        mt, mc = p.max_tokens, p.max_calls
+        return ((mc is not None and a.held_calls + calls > mc)
+                or (mt is not None and a.held_tokens + tokens > mt)) and (
+                p.n_queued + p.n_parked > len(a.waiters))
 
     def _unpark(self, p: Pool, hid: str, now: float) -> None:
         for w in p.unpark(hid):
@@ -399,32 +407,19 @@ class AllocatorCore:
             a.counter += charge
             if a.waiters:
                 self._refresh_counter(p, a, now)
-        if now - p.recent_at >= p.decay_step:
+        if now >= p.decay_at:
             p.decay(now, self._window)
         weight = charge or 1.0  # charge >= 0; a grant without tokens counts as one
         p.recent_all += weight
-        h = a.holder
-        if h.background:
+        if a.background:
             p.recent_bg += weight
         expires_at = now + self._ttl
-        lease = Lease(LEASE_IDS.pop() if LEASE_IDS else new_lease_id(), h.id, p.name, tokens,
-                      calls, requested, now, expires_at, charge, True, a)
-        # LeaseTable.add, inline: deadlines mostly arrive in order, leases end in grant order.
-        queue = self._lease_queue
-        by_id = self._by_id
-        if queue and expires_at < queue[-1].expires_at:
-            self._leases.add(lease)
-        else:
-            by_id[lease.id] = lease
-            queue.append(lease)
-            while not queue[0].active:
-                queue.popleft()
+        lease = Lease(LEASE_IDS.pop() if LEASE_IDS else new_lease_id(), tokens, calls, requested,
+                      now, expires_at, charge, True, a)
+        self._by_id[lease.id] = lease  # LeaseTable.add, inline
         grants = p.grants = p.grants + 1
         if not grants & 255:
-            # Now and then, purge what lazy deletion left behind (amortised O(1) per grant).
-            p.maybe_compact()
-            if len(queue) > 3 * len(by_id) + 64:
-                self._leases.compact()
+            p.maybe_compact()  # now and then, purge what lazy deletion left (amortised O(1))
         if expires_at < self._sleep_until:
             self._kick_servicer()
         return lease
@@ -438,7 +433,7 @@ class AllocatorCore:
         if a.waiters:
             self._refresh_counter(a.pool, a, now)
 
-    def _end(self, lease: Lease, now: float, tokens_back: int, *, calls_back: bool) -> None:
+    def _end(self, lease: Lease, now: float, tokens_back: int, calls_back: bool) -> None:
         """The lease is over: capacity and holdings come back, waiters are served."""
         if lease.active:
             lease.active = False
@@ -458,8 +453,8 @@ class AllocatorCore:
         a.held_calls -= calls
         p.hold_total += now - lease.granted_at
         p.ended += 1
-        if p.n_parked and lease.holder in p.parked:
-            self._unpark(p, lease.holder, now)
+        if p.n_parked and a.holder.id in p.parked:
+            self._unpark(p, a.holder.id, now)
         if p.n_queued or p.n_parked:
             self._dispatch(p, now)
 
@@ -470,7 +465,7 @@ class AllocatorCore:
             if lease is not None and lease.active:
                 now = self._clock()
                 self._add_service(lease, -lease.charged, now)
-                self._end(lease, now, lease.tokens, calls_back=True)
+                self._end(lease, now, lease.tokens, True)
         elif w.state == QUEUED or w.state == PARKED:
             p = self._pools[w.pool]
             p.unlink(w)
@@ -483,7 +478,7 @@ class AllocatorCore:
             self._expire(lease, now)
         for p in self._pools.values():
             refill = p.refill_at
-            if p.changes_due(now) or (refill is not None and refill <= now):
+            if (refill is not None and refill <= now) or p.changes_due(now):
                 p.refill_at = None
                 self._dispatch(p, now)
 
@@ -498,10 +493,11 @@ class AllocatorCore:
                               **data)
         else:
             _log.warning("lease_expired", message=message, **data)
-        self._end(lease, now, lease.tokens, calls_back=True)
+        self._end(lease, now, lease.tokens, True)
 
     def _next_deadline(self) -> float:
-        deadline = self._leases.next_expiry() or math.inf
+        first = self._leases.next_expiry()
+        deadline = math.inf if first is None else first
         for p in self._pools.values():
             aging = p.next_change()
             if aging is not None:

@@ -10,8 +10,9 @@ policy sees plus the allocator's queue state.
 A waiter record is reused for the holder's next wait in the same pool (see
 :attr:`Account.spare`): fewer allocations per request means fewer objects for
 the garbage collector to promote, the main cost at 10 000 waiters.  Reuse is
-safe because every index entry carries the ``epoch`` (or ``seq``) it was made
-for, and both only grow.
+safe because an index entry is live only while the record points at it
+(``entry`` / ``centry``), and an aging entry carries the ``seq`` and ``epoch``
+it was made for, which only grow.
 """
 
 from __future__ import annotations
@@ -38,19 +39,18 @@ class Waiter(WaiterView):
     requested: int = 0
     background: bool = False
     state: int = QUEUED
-    #: Bumped at every (re)indexing; an index entry is live only while it matches.
+    #: Bumped at every re-indexing; an aging entry is live only while it matches.
     epoch: int = 0
-    level: int = 0
     #: What the waiting coroutine parks on (a loop future or an anyio Event).
     event: Any = None
     lease: Lease | None = None
     error: BaseException | None = None
     account: Account | None = None
-    #: Linked in the pool's arrival list until its first priority change (or its grant).
-    fresh: bool = False
-    #: Neighbours in the arrival list (``None`` whenever the record is not linked).
-    older: Waiter | None = field(default=None, repr=False)
-    newer: Waiter | None = field(default=None, repr=False)
+    #: The live entry (a ``_waitqueue.Key``) in its level heap, and in the heaps by
+    #: service (``fair``, ``bg``); ``None`` unless queued.  (The same entry when the
+    #: rank is the service counter.)
+    entry: Any = field(default=None, repr=False)
+    centry: Any = field(default=None, repr=False)
 
 
 @dataclass(slots=True, eq=False)
@@ -68,6 +68,11 @@ class Account:
     spare: Waiter | None = None
     #: The pool this account is in (a ``Pool``; typed loosely to keep this module leaf).
     pool: Any = None
+    #: Copies of the holder's data the hot path reads (kept current by the allocator):
+    #: its class, and with policy hints the heap of the level a new request starts at
+    #: in this pool (``None`` without hints).
+    background: bool = False
+    heap: list[Any] | None = None
 
     @property
     def id(self) -> str:

@@ -37,7 +37,7 @@ import anyio
 from policies.fairness import AllocationPolicy
 
 from ._alloc_core import AllocatorCore
-from ._alloc_records import GONE, Account
+from ._alloc_records import GONE, GRANTED, Account
 from ._allocator_stats import (
     AllocatorStatistics,
     PoolDemand,
@@ -159,8 +159,15 @@ class Allocator(AllocatorCore):
             if value is not None and value <= 0:
                 raise AllocationError(f"pool {pool!r}: capacities must be > 0, got {value}")
         p.set_capacity(tpm, rpm, conc)
+        self._clamp_waiting(p)
         if self._bound:
             self._dispatch(p, self._clock())
+
+    def _clamp_waiting(self, p: Pool) -> None:
+        """Cut waiting requests to a shrunk max share (a grant checks only holders that hold)."""
+        for a in p.accounts.values():
+            for w in a.waiters:
+                w.tokens, w.calls = p.clamp(w.tokens, w.calls)
 
     def update_from_rate_limits(self, pool: str, info: RateLimitInfo) -> None:
         """Adopt the per-minute limits a provider reported in its response headers."""
@@ -205,7 +212,7 @@ class Allocator(AllocatorCore):
                 lease = await w.event  # the grant sets the lease as the future's result
             else:
                 await w.event.wait()
-                lease = w.lease
+                lease = w.lease if w.state == GRANTED else None
         except BaseException:
             self._abandon(w)
             raise
@@ -269,9 +276,11 @@ class Allocator(AllocatorCore):
         else:
             w_in = self._w_in
             cost = used * w_in if w_in is not None else self._cost(used, 0)
-        self._add_service(lease, cost - lease.charged, now)
+        delta = cost - lease.charged
+        if delta:
+            self._add_service(lease, delta, now)
         back = lease.tokens - used
-        self._end(lease, now, back, calls_back=False)
+        self._end(lease, now, back, False)
         return back if back > 0 else 0
 
     def release(self, lease_id: str, *, holder: str | None = None) -> None:
@@ -279,7 +288,7 @@ class Allocator(AllocatorCore):
         lease = self._lookup(lease_id, holder)
         now = self._clock()
         self._add_service(lease, -lease.charged, now)
-        self._end(lease, now, lease.tokens, calls_back=True)
+        self._end(lease, now, lease.tokens, True)
 
     def release_holder(self, holder: str) -> int:
         """Withdraw every wait of ``holder`` and release its leases (crash, deadlock victim).

@@ -8,6 +8,7 @@ each find the backend again on every call).
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -71,12 +72,16 @@ def backend_clock() -> Callable[[], float]:
     """The running backend's clock, looked up once (``anyio.current_time`` does it per call).
 
     On a loop with ``create_future`` and ``time`` (asyncio, uvloop) that is the loop's
-    own ``time`` method, which is what ``anyio.current_time`` returns there.
+    own ``time`` method, which is what ``anyio.current_time`` returns there; when that
+    method is asyncio's stock one (``return time.monotonic()``), :func:`time.monotonic`
+    itself, which saves a Python frame per reading on the hot path.
     """
     loop = _native_loop()
     loop_time: Callable[[], float] | None = getattr(loop, "time", None)
     if loop_time is not None and hasattr(loop, "create_future"):
-        return loop_time
+        stock = getattr(type(loop).time, "__qualname__", "") == "BaseEventLoop.time"
+        # The same reading anyio.current_time() gives on this loop, one frame cheaper.
+        return time.monotonic if stock else loop_time  # noqa: TID251
     try:
         from anyio._core._eventloop import get_async_backend
 

@@ -78,15 +78,15 @@ class Pool(WaitQueue):
         self.slots_only = False
         self.in_use = 0
         self.set_capacity(config.tokens_per_minute, config.requests_per_minute, config.concurrent)
-        #: Per holder: service counter, holdings and waits in this pool.
-        self.accounts: dict[str, Account] = {}
         self.refill_at: float | None = None
         # Decayed service window for class shares, and statistics.
         self.recent_all = 0.0
         self.recent_bg = 0.0
         self.recent_at = -math.inf
-        #: Decay the share window in steps of 1/16 of it (cheap on the hot path).
+        #: Decay the share window in steps of 1/16 of it (cheap on the hot path), next at
+        #: ``decay_at``.
         self.decay_step = window_s * 0.0625
+        self.decay_at = -math.inf
         #: Seconds held, summed over every ended lease (see :attr:`avg_hold_s`).
         self.hold_total = 0.0
         self._hold_seen: tuple[int, float] = (0, 0.0)
@@ -194,6 +194,7 @@ class Pool(WaitQueue):
         self.recent_all *= f
         self.recent_bg *= f
         self.recent_at = now
+        self.decay_at = now + self.decay_step
 
 
 def _resize(bucket: Bucket | None, capacity: int | None) -> Bucket | None:

@@ -1,10 +1,15 @@
 """The waiting queue of one pool: heaps per priority level, aging deadlines, parking.
 
 Private to the allocator.  Waiters are indexed by binary heaps with lazy
-deletion: an entry ``(key, seq, epoch, waiter)`` is live only while the waiter
-is queued and its ``epoch`` matches, so moving a waiter (aging, demotion, a new
-service counter) just pushes a new entry and bumps the epoch; stale entries are
-dropped when they reach the top and purged when they dominate.
+deletion.  An entry is a :class:`Key`: a float (the rank, plus the arrival
+number as a tie-break) that carries its waiter, so heap comparisons are plain
+float comparisons (no tuples, one object per comparison).  An entry is live only
+while it is the one its waiter points at (``waiter.entry`` in a level heap,
+``waiter.centry`` in the heaps ordered by service), so moving a waiter (aging,
+demotion, a new service counter) just pushes a new entry, and a grant just
+clears the pointers; stale entries are dropped when they reach the top and
+purged when they dominate.  For a policy that ranks by the service counter one
+entry serves both roles.
 
 * one heap per effective priority level, keyed by the policy's rank (for
   ``PriorityWithFairness`` the service counter, so each level's head is also its
@@ -13,26 +18,45 @@ dropped when they reach the top and purged when they dominate.
   rank is not the counter;
 * ``bg``: least service first among background-class waiters (R5.3 floor).
 
-Priority changes over time (aging) are tracked in two structures: a fresh
-waiter's first change comes ``first_step`` after its arrival, so those
-deadlines arrive in order: fresh waiters form a doubly linked arrival list
-through their own records (``oldest`` … ``newest``; O(1) to append and to
-unlink at a grant, no entry objects, nothing to compact); any later change
-goes to the ``aging`` heap.
+Priority changes over time (aging) go to the ``aging`` heap, as ``(at, seq,
+epoch, waiter)``, live while the waiter is queued in the same wait (``seq``) and
+not re-indexed since (``epoch``).  With policy hints a request's first change
+comes exactly ``first_step`` after its arrival, so the hot path does nothing for
+it at all: every ``first_step / 2`` a *sweep* over the waiting requests pushes
+the first change of those that arrived in the half-step since the previous
+sweep (``aged_upto``), which is at least half a step before any of them is due.
+``next_age`` bounds every pending change (and the next sweep) from below, so the
+hot path checks for due changes with one comparison.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from typing import Any
 
 from ._alloc_records import PARKED, QUEUED, Account, Waiter
 
-__all__ = ["Entry", "WaitQueue"]
+__all__ = ["TIE", "Key", "WaitQueue"]
 
-#: A heap entry: (key, seq, epoch, waiter).
-Entry = tuple[float, int, int, Waiter]
+#: Weight of the arrival number (``seq``) in a heap key: among equal ranks the earlier
+#: request goes first; a request 2**20 arrivals older counts as one unit of rank ahead
+#: (one token of service for ``PriorityWithFairness``).  Exact while the rank's integer
+#: part stays below 2**32 and ``seq`` below 2**20 times that headroom.
+TIE = 2.0 ** -20
+
+
+class Key(float):
+    """A heap entry: its key as a float, carrying the waiter it was made for."""
+
+    __slots__ = ("w",)
+    w: Waiter
+
+
+def key(rank: float, w: Waiter) -> Key:
+    """A new entry for ``w`` ranked ``rank`` (ties broken by arrival)."""
+    k = Key(rank + w.seq * TIE)
+    k.w = w
+    return k
 
 
 class WaitQueue:
@@ -41,19 +65,21 @@ class WaitQueue:
     def __init__(self, *, track_fair: bool) -> None:
         #: Keep the ``fair`` heap (policies whose rank is not the service counter).
         self.track_fair = track_fair
-        self.levels: dict[int, list[Entry]] = {}
+        self.levels: dict[int, list[Key]] = {}
         #: The level heaps, highest level first (parallel to ``level_order``).
-        self.heaps: list[list[Entry]] = []
+        self.heaps: list[list[Key]] = []
         self.level_order: list[int] = []
-        self.fair: list[Entry] = []
-        self.bg: list[Entry] = []
+        self.fair: list[Key] = []
+        self.bg: list[Key] = []
         self.aging: list[tuple[float, int, int, Waiter]] = []
-        #: The arrival list: fresh waiters (before their first priority change) in
-        #: arrival order, linked through the records themselves (no entry objects).
-        self.oldest: Waiter | None = None
-        self.newest: Waiter | None = None
+        #: Per holder: service counter, holdings and waits in this pool.
+        self.accounts: dict[str, Account] = {}
+        #: Requests that arrived by this time have their first priority change queued.
+        self.aged_upto = -math.inf
         #: How long after its arrival a fresh waiter's priority first changes.
         self.first_step = math.inf
+        #: No priority change is due before this (a lower bound; exact after ``age``).
+        self.next_age = math.inf
         self.n_queued = 0
         self.n_bg_queued = 0
         #: At most the smallest service counter of any queued waiter (exact after a full
@@ -67,30 +93,43 @@ class WaitQueue:
 
     # -- heaps ------------------------------------------------------------------------------
     def index(self, w: Waiter, level: int, rank: float) -> None:
-        """Push fresh entries for ``w`` (bump ``w.epoch`` first: older entries turn stale)."""
-        seq, epoch = w.seq, w.epoch
+        """Push fresh entries for ``w`` (its older entries turn stale)."""
         heap = self.levels.get(level)
         if heap is None:
             heap = self.new_level(level)
-        heapq.heappush(heap, (rank, seq, epoch, w))
+        entry = w.entry = key(rank, w)
+        heapq.heappush(heap, entry)
         if self.track_fair:
-            heapq.heappush(self.fair, (w.counter, seq, epoch, w))
+            centry = w.centry = key(w.counter, w)
+            heapq.heappush(self.fair, centry)
+        else:
+            centry = w.centry = entry  # the rank is the service counter
         if w.background:
-            heapq.heappush(self.bg, (w.counter, seq, epoch, w))
+            heapq.heappush(self.bg, centry)
 
-    def new_level(self, level: int) -> list[Entry]:
-        heap: list[Entry] = []
+    def new_level(self, level: int) -> list[Key]:
+        heap: list[Key] = []
         self.levels[level] = heap
         self.level_order = sorted(self.levels, reverse=True)
         self.heaps = [self.levels[x] for x in self.level_order]
         return heap
 
-    def head(self, heap: list[Any]) -> Waiter | None:
-        """The first live waiter of ``heap`` (stale entries are dropped)."""
+    def head(self, heap: list[Key]) -> Waiter | None:
+        """The first live waiter of a level heap (stale entries are dropped)."""
         while heap:
             entry = heap[0]
-            w: Waiter = entry[3]
-            if entry[2] == w.epoch and w.state == QUEUED:
+            w = entry.w
+            if w.entry is entry:
+                return w
+            heapq.heappop(heap)
+        return None
+
+    def chead(self, heap: list[Key]) -> Waiter | None:
+        """The first live waiter of a heap by service (``fair``, ``bg``)."""
+        while heap:
+            entry = heap[0]
+            w = entry.w
+            if w.centry is entry:
                 return w
             heapq.heappop(heap)
         return None
@@ -106,15 +145,15 @@ class WaitQueue:
     def least_counter(self) -> float | None:
         """The smallest service counter among queued waiters (one call on the hot path)."""
         if self.track_fair:
-            w = self.head(self.fair)
+            w = self.chead(self.fair)
             return None if w is None else w.counter
         best: float | None = None
         heappop = heapq.heappop
         for heap in self.heaps:
             while heap:
                 entry = heap[0]
-                w = entry[3]
-                if entry[2] == w.epoch and w.state == QUEUED:
+                w = entry.w
+                if w.entry is entry:
                     if best is None or w.counter < best:
                         best = w.counter
                     break
@@ -124,7 +163,7 @@ class WaitQueue:
     def least(self) -> Waiter | None:
         """The queued waiter with the smallest service counter."""
         if self.track_fair:
-            return self.head(self.fair)
+            return self.chead(self.fair)
         best: Waiter | None = None
         for heap in self.heaps:
             w = self.head(heap)
@@ -133,61 +172,72 @@ class WaitQueue:
         return best
 
     # -- priority changes (aging) ----------------------------------------------------------
-    def unlink_fresh(self, w: Waiter) -> None:
-        """Take ``w`` out of the arrival list (its first priority change is moot)."""
-        w.fresh = False
-        older, newer = w.older, w.newer
-        if older is None:
-            self.oldest = newer
-        else:
-            older.newer = newer
-            w.older = None
-        if newer is None:
-            self.newest = older
-        else:
-            newer.older = older
-            w.newer = None
-
     def push_change(self, at: float, w: Waiter) -> None:
         heapq.heappush(self.aging, (at, w.seq, w.epoch, w))
+        if at < self.next_age:
+            self.next_age = at
 
     def next_change(self) -> float | None:
-        """The earliest pending priority change (stale entries are dropped)."""
+        """The earliest pending priority change or sweep (stale entries are dropped)."""
         heap = self.aging
         while heap and not _live(heap[0]):
             heapq.heappop(heap)
-        oldest = self.oldest
-        first: float | None = None if oldest is None else oldest.enqueued_at + self.first_step
-        if heap and (first is None or heap[0][0] < first):
-            return heap[0][0]
+        first = heap[0][0] if heap else None
+        if self.n_queued and self.first_step != math.inf:
+            sweep = self.aged_upto + self.first_step
+            if first is None or sweep < first:
+                return sweep
         return first
 
     def changes_due(self, now: float) -> bool:
-        oldest, heap = self.oldest, self.aging
-        return bool((oldest is not None and oldest.enqueued_at + self.first_step <= now)
-                    or (heap and heap[0][0] <= now))
+        if self.next_age > now:
+            return False
+        at = self.next_change()
+        self.next_age = math.inf if at is None else at
+        return at is not None and at <= now
 
     def pop_changed(self, now: float) -> list[Waiter]:
-        """Live waiters whose priority changes by ``now`` (their entries are consumed)."""
+        """Live waiters whose priority changes by ``now`` (their entries are consumed).
+
+        Sweeps first when one is due.  The caller re-indexes the waiters, which
+        pushes their next changes (lowering ``next_age``); ``next_age`` is set to
+        what remains first.
+        """
+        step = self.first_step
+        if step != math.inf and self.aged_upto + step <= now:
+            self._sweep(now, step)
         due: list[Waiter] = []
-        heap, step = self.aging, self.first_step
-        oldest = self.oldest
-        while oldest is not None and oldest.enqueued_at + step <= now:
-            self.unlink_fresh(oldest)
-            due.append(oldest)
-            oldest = self.oldest
+        heap = self.aging
         while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            if _live(entry):
-                due.append(entry[3])
+            aged = heapq.heappop(heap)
+            if _live(aged):
+                due.append(aged[3])
+        at = self.next_change()
+        self.next_age = math.inf if at is None else at
         return due
+
+    def _sweep(self, now: float, step: float) -> None:
+        """Queue the first change of requests that arrived since the last sweep.
+
+        Covers arrivals up to ``now - step / 2``; the next sweep is due half a step
+        from now, before any later arrival's first change.  (A request re-indexed
+        in between has its own entry too: the first to come re-indexes it, which
+        makes the other stale.)
+        """
+        since, upto = self.aged_upto, now - step / 2
+        heap = self.aging
+        for a in self.accounts.values():
+            for w in a.waiters:
+                at = w.enqueued_at
+                if since < at <= upto and w.state == QUEUED:
+                    heapq.heappush(heap, (at + step, w.seq, w.epoch, w))
+        self.aged_upto = upto
 
     # -- waiter bookkeeping -------------------------------------------------------------------
     def park(self, w: Waiter) -> None:
         """Set a request of an over-share holder aside until one of its leases ends."""
         w.state = PARKED
-        if w.fresh:
-            self.unlink_fresh(w)
+        w.entry = w.centry = None
         self.n_queued -= 1
         if w.background:
             self.n_bg_queued -= 1
@@ -207,8 +257,7 @@ class WaitQueue:
 
     def unlink(self, w: Waiter) -> None:
         """Take a queued or parked waiter out of the counts (its entries turn stale)."""
-        if w.fresh:
-            self.unlink_fresh(w)
+        w.entry = w.centry = None
         if w.state == PARKED:
             ws = self.parked[w.holder]
             ws.remove(w)
@@ -238,13 +287,17 @@ class WaitQueue:
         """
         if self.entries <= 64 + 8 * self.n_queued:
             return
-        heaps: tuple[list[Any], ...] = (*self.levels.values(), self.fair, self.bg, self.aging)
-        for heap in heaps:
-            live = [e for e in heap if _live(e)]
-            heapq.heapify(live)
-            heap[:] = live
+        for heap in self.levels.values():
+            heap[:] = [e for e in heap if e.w.entry is e]
+            heapq.heapify(heap)
+        for heap in (self.fair, self.bg):
+            heap[:] = [e for e in heap if e.w.centry is e]
+            heapq.heapify(heap)
+        self.aging[:] = [e for e in self.aging if _live(e)]
+        heapq.heapify(self.aging)
 
 
-def _live(entry: Any) -> bool:
-    w: Waiter = entry[3]
-    return entry[2] == w.epoch and w.state == QUEUED
+def _live(entry: tuple[float, int, int, Waiter]) -> bool:
+    """An aging entry is live while its waiter is queued in that wait, not re-indexed since."""
+    w = entry[3]
+    return entry[2] == w.epoch and entry[1] == w.seq and w.state == QUEUED

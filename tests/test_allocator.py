@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -104,9 +106,11 @@ def test_r5_4_only_the_holder_can_renew_settle_or_release() -> None:
 def test_r5_4_lease_ids_are_unguessable() -> None:
     ids = {new_lease_id() for _ in range(5000)}
     assert len(ids) == 5000
-    assert all(len(i) == 22 for i in ids)
-    # 132 random bits: every url-safe base64 character shows up across 5000 ids.
-    assert len(set("".join(ids))) == 64
+    assert all(len(i) == 32 for i in ids)
+    # 128 random bits: every hex digit shows up, each about equally often.
+    counts = collections.Counter("".join(ids))
+    assert set(counts) == set("0123456789abcdef")
+    assert max(counts.values()) < 1.1 * min(counts.values())
 
 
 def test_r5_5_tokens_per_minute_refill_wakes_the_waiter() -> None:
