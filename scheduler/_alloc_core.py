@@ -46,6 +46,16 @@ _NO_HINT: Any = object()
 class AllocatorCore:
     """State and scheduling loop shared by the public :class:`Allocator` methods."""
 
+    #: Slots: the hot path reads these attributes on every request.
+    __slots__ = (
+        "_aging_step", "_bound", "_by_counter", "_by_id", "_changes_at", "_clock",
+        "_clock_injected", "_cost", "_default_pool", "_enqueue_priority", "_event_cls",
+        "_events", "_holders", "_invalid_state", "_kick", "_leases", "_min_share",
+        "_native", "_park_new", "_pools", "_priority", "_rank", "_seq", "_slack",
+        "_sleep_until", "_ttl", "_w_in", "_wake", "_weights", "_window", "config",
+        "policy",
+    )
+
     def __init__(
         self,
         config: AllocatorConfig | None = None,
@@ -76,6 +86,8 @@ class AllocatorCore:
         self._wake: Callable[[Any], None] = anyio.Event.set
         #: Waiters park on a loop future (awaitable itself) rather than an anyio Event.
         self._native = False
+        #: What setting a done future's result raises (native parking only).
+        self._invalid_state: type[BaseException] = RuntimeError
         self._bound = False
         self._seq = 0
         self._kick: Any = None
@@ -110,6 +122,7 @@ class AllocatorCore:
         self._event_cls = type(anyio.Event())
         park = parking()
         self._park_new, self._wake, self._native = park.new, park.wake, park.native
+        self._invalid_state = park.invalid_state
         if not self._clock_injected:
             self._clock = backend_clock()
         self._bound = True
@@ -366,12 +379,13 @@ class AllocatorCore:
                 p.chead(p.bg)
             a.waiters.remove(w)
             w.lease = lease = self._grant(p, a, tokens, calls, w.requested, now)
-            event = w.event
             if self._native:
-                if not event.done():
-                    event.set_result(lease)
+                try:  # noqa: SIM105 - suppress() would cost a context manager per grant
+                    w.event.set_result(lease)
+                except self._invalid_state:  # cancelled meanwhile: _abandon returns the lease
+                    pass
             else:
-                self._wake(event)
+                self._wake(w.event)
         if p.n_parked and len(p.parked) == 1:
             # Only one holder is left waiting: the max share no longer applies to it.
             self._unpark(p, next(iter(p.parked)), now)
@@ -434,10 +448,8 @@ class AllocatorCore:
             self._refresh_counter(a.pool, a, now)
 
     def _end(self, lease: Lease, now: float, tokens_back: int, calls_back: bool) -> None:
-        """The lease is over: capacity and holdings come back, waiters are served."""
-        if lease.active:
-            lease.active = False
-            del self._by_id[lease.id]
+        """The lease is over (already out of the table): capacity and holdings come back,
+        and waiters are served."""
         a: Account = lease._account
         p: Pool = a.pool
         calls = lease.calls
@@ -463,6 +475,7 @@ class AllocatorCore:
         if w.state == GRANTED:
             lease = w.lease
             if lease is not None and lease.active:
+                self._leases.remove(lease)
                 now = self._clock()
                 self._add_service(lease, -lease.charged, now)
                 self._end(lease, now, lease.tokens, True)

@@ -82,6 +82,8 @@ class Allocator(AllocatorCore):
     bucket refills on its own or a waiter ages.
     """
 
+    __slots__ = ("_running",)
+
     def __init__(
         self,
         config: AllocatorConfig | None = None,
@@ -263,9 +265,16 @@ class Allocator(AllocatorCore):
         the part that was output, weighted by ``output_weight`` in the holder's
         service counter.  Using more than leased is charged to the pool's bucket.
         """
-        lease = self._by_id.get(lease_id)
-        if lease is None or (holder is not None and lease.holder != holder):
-            lease = self._lookup(lease_id, holder)  # raises the precise LeaseError
+        # The lease leaves the table here (LeaseTable.remove, inline), once it is known to
+        # be the caller's: a foreign settle must leave it where it is.
+        if holder is None:
+            lease = self._by_id.pop(lease_id, None)
+            if lease is None:
+                raise LeaseError("unknown, ended or expired lease")
+        else:
+            lease = self._lookup(lease_id, holder)
+            del self._by_id[lease_id]
+        lease.active = False
         now = self._clock()
         used = used_tokens if used_tokens > 0 else 0
         if output_tokens > 0:
@@ -286,6 +295,7 @@ class Allocator(AllocatorCore):
     def release(self, lease_id: str, *, holder: str | None = None) -> None:
         """End the lease unused: tokens, the call and the service charge come back."""
         lease = self._lookup(lease_id, holder)
+        self._leases.remove(lease)
         now = self._clock()
         self._add_service(lease, -lease.charged, now)
         self._end(lease, now, lease.tokens, True)

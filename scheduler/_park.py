@@ -28,6 +28,8 @@ class Parking(NamedTuple):
     wake: Callable[[Any], None]
     wait: Callable[[Any], Awaitable[Any]]
     native: bool = False
+    #: What ``set_result`` on a future that is already done raises (native only).
+    invalid_state: type[BaseException] = RuntimeError
 
 
 def parking() -> Parking:
@@ -49,7 +51,10 @@ def parking() -> Parking:
         # The stock method is ``Future(loop=self)``: call the future type directly.
         future_type: Any = type(create_future())
         create_future = functools.partial(future_type, loop=loop)
-    return Parking(create_future, _wake_future, _same, native=True)
+    from asyncio import InvalidStateError  # what asyncio and uvloop futures raise
+
+    return Parking(create_future, _wake_future, _same, native=True,
+                   invalid_state=InvalidStateError)
 
 
 def _native_loop() -> Any:

@@ -62,6 +62,13 @@ def _share(capacity: float | None, max_share: float) -> int | None:
 class Pool(WaitQueue):
     """Capacities, accounts and the waiting queue of one provider / model group."""
 
+    __slots__ = (
+        "_avg_hold", "_hold_seen", "concurrent", "decay_at", "decay_step", "ended",
+        "expired", "grants", "hold_total", "in_use", "max_calls", "max_share_fraction",
+        "max_tokens", "name", "recent_all", "recent_at", "recent_bg", "refill_at", "rpm",
+        "slots_only", "tpm",
+    )
+
     def __init__(
         self, name: str, config: PoolConfig, max_share: float, window_s: float = 60.0,
         *, track_fair: bool = True,

@@ -62,6 +62,13 @@ def key(rank: float, w: Waiter) -> Key:
 class WaitQueue:
     """Queued and parked waiters of one pool, indexed for O(log n) selection."""
 
+    #: Slots: the hot path reads these attributes on every request.
+    __slots__ = (
+        "accounts", "aged_upto", "aging", "bg", "fair", "first_step", "floor", "heaps",
+        "last_arrival", "level_order", "levels", "n_bg_queued", "n_parked", "n_queued",
+        "next_age", "parked", "track_fair",
+    )
+
     def __init__(self, *, track_fair: bool) -> None:
         #: Keep the ``fair`` heap (policies whose rank is not the service counter).
         self.track_fair = track_fair

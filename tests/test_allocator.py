@@ -342,6 +342,34 @@ def test_r5_5_cancellation_leaks_nothing_on_asyncio() -> None:
     anyio.run(main)
 
 
+def test_r5_5_grant_to_a_waiter_cancelled_in_the_same_tick_comes_back() -> None:
+    """R5.5 on asyncio: a waiter's task is cancelled (its future with it), and before
+    the task runs again the freed slot is granted to it; the grant comes back when
+    the task unwinds, and the next request gets the slot."""
+    async def main() -> None:
+        alloc = Allocator(pool_config(concurrent=1))
+        lease = await alloc.acquire("a")
+        scope = anyio.CancelScope()
+        got: list[object] = []
+
+        async def wait() -> None:
+            with scope:
+                got.append(await alloc.acquire("b"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()  # b's future is cancelled now; its task has not run yet
+            alloc.settle(lease.id, 0)  # the slot goes to b, whose future is already done
+        assert got == []
+        stats = alloc.statistics()
+        assert stats.leases == 0 and stats.pools["p"].calls_in_use == 0
+        again = alloc.acquire_nowait("c")
+        alloc.settle(again.id, 0)
+
+    anyio.run(main)
+
+
 def test_r5_4_capacities_learned_from_rate_limit_headers() -> None:
     async def main() -> None:
         alloc = Allocator(pool_config(concurrent=2, tpm=1000, rpm=10))
