@@ -29,6 +29,7 @@ from policies.fairness import AllocationPolicy, PriorityWithFairness
 
 from ._alloc_records import GONE, GRANTED, PARKED, QUEUED, Account, Holder, Waiter
 from ._config import PRIORITY_VALUES, AllocatorConfig, PoolConfig
+from ._errors import AllocationError, LeaseError
 from ._events import EventBus
 from ._leases import LEASE_IDS, Lease, LeaseTable, new_lease_id
 from ._park import backend_clock, parking
@@ -39,6 +40,7 @@ from ._waitqueue import TIE, Key, key
 __all__ = ["AllocatorCore"]
 
 _log = structlog.get_logger("vibe_engine.allocator")
+_new_lease = object.__new__
 _BACKGROUND = PRIORITY_VALUES["background"]
 _NO_HINT: Any = object()
 
@@ -174,13 +176,36 @@ class AllocatorCore:
         self._kick.set()
 
     # -- queue --------------------------------------------------------------------------------
-    def _enqueue(
-        self, p: Pool, a: Account, tokens: int, calls: int, requested: int, now: float
-    ) -> Waiter:
-        """Queue a request; its level and key come from cached holder data when hinted."""
+    async def acquire(
+        self, holder: str, *, tokens: int = 0, calls: int = 1, pool: str | None = None
+    ) -> Lease:
+        """Wait for a lease of ``tokens`` and ``calls`` from ``pool`` (R5.4, R5.5).
+
+        A request above the pool's max share is granted the max share (see
+        :attr:`Lease.tokens`).  Returns at once, without yielding, when the
+        request can be granted and nobody is waiting.  Cancellation while
+        waiting (or right after the grant) gives everything back.
+        """
+        try:
+            if tokens < 0 or calls < 1:
+                raise KeyError  # _admit raises the precise error
+            p = self._pools[self._default_pool if pool is None else pool]  # type: ignore[index]
+            a = p.accounts[holder]  # an account exists only once the allocator is bound
+        except KeyError:
+            p, a = self._admit(holder, tokens, calls, pool)
+        requested = tokens
+        if p.max_tokens is not None and tokens > p.max_tokens:
+            tokens = p.max_tokens
+        if p.max_calls is not None and calls > p.max_calls:
+            calls = p.max_calls
+        now = self._clock()
+        if not (p.n_queued or p.n_parked) and p.fits(tokens, calls, now):
+            return self._grant(p, a, tokens, calls, requested, now)
+
+        # -- queue the request ------------------------------------------------------------
         seq = self._seq = self._seq + 1
-        waiters = a.waiters
-        if not waiters:
+        alone = a.waiter is None
+        if alone:
             # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
             # so an idle holder cannot bank credit.  Any queued waiter's counter bounds the
             # least one from above: at or past the last arrival's, there is nothing to lift.
@@ -210,8 +235,11 @@ class AllocatorCore:
             w.calls = calls
             w.requested = requested
             w.state = QUEUED
-        w.event = self._park_new()
-        waiters.append(w)
+        event = w.event = self._park_new()
+        if alone:
+            a.waiter = w
+        else:
+            a.add_waiter(w)
         p.last_arrival = w
         p.n_queued += 1
         heap = a.heap
@@ -219,29 +247,60 @@ class AllocatorCore:
             if w.background:
                 p.n_bg_queued += 1
             self._index(p, w, now)
-            return w
-        # Hinted policy: the level is the holder's cached one, the key its counter (or the
-        # policy's constant rank); stale entries go when they reach a top (see WaitQueue).
-        if self._by_counter:
-            entry = w.entry = w.centry = Key(counter + seq * TIE)  # WaitQueue.key, inline
-            entry.w = w
-            heapq.heappush(heap, entry)
         else:
-            entry = w.entry = key(self._rank(w), w)
-            heapq.heappush(heap, entry)
-            w.centry = key(counter, w)
-            heapq.heappush(p.fair, w.centry)
-        if w.background:
-            p.n_bg_queued += 1
-            heapq.heappush(p.bg, w.centry)
-        # The first aging step is queued by a sweep at least half a step before it is due
-        # (see WaitQueue); the sweep itself must be due by then.
-        step: float = self._aging_step  # type: ignore[assignment] # set whenever hinted
-        if p.next_age > now + step:
-            at = p.next_age = p.aged_upto + step
-            if at < self._sleep_until:
-                self._kick_servicer()
-        return w
+            # Hinted policy: the level is the holder's cached one, the key its counter (or
+            # the policy's constant rank); stale entries go when they reach a top.
+            if self._by_counter:
+                entry = w.entry = w.centry = Key(counter + seq * TIE)  # WaitQueue.key, inline
+                entry.w = w
+                heapq.heappush(heap, entry)
+            else:
+                w.entry = key(self._rank(w), w)
+                heapq.heappush(heap, w.entry)
+                w.centry = key(counter, w)
+                heapq.heappush(p.fair, w.centry)
+            if w.background:
+                p.n_bg_queued += 1
+                heapq.heappush(p.bg, w.centry)
+            # The first aging step is queued by a sweep at least half a step before it is
+            # due (see WaitQueue); the sweep itself must be due by then.
+            step: float = self._aging_step  # type: ignore[assignment] # set when hinted
+            if p.next_age > now + step:
+                at = p.next_age = p.aged_upto + step
+                if at < self._sleep_until:
+                    self._kick_servicer()
+        if p.in_use < p.slot_cap:
+            self._dispatch(p, now)
+
+        # -- wait for the grant -----------------------------------------------------------
+        lease: Lease | None
+        try:
+            if self._native:
+                lease = await event  # the grant sets the lease as the future's result
+            else:
+                await event.wait()
+                lease = w.lease if w.state == GRANTED else None
+        except BaseException:
+            self._abandon(w)
+            raise
+        if lease is None:
+            raise w.error or LeaseError("request withdrawn")
+        a.spare = w  # the record serves the holder's next wait here
+        return lease
+
+    def _admit(
+        self, holder: str, tokens: int, calls: int, pool: str | None
+    ) -> tuple[Pool, Account]:
+        """Validate a request (binding to the running loop on first use); its pool and account."""
+        if not self._bound:
+            self._bind()
+        name = pool if pool is not None else self._default_pool
+        p = self._pools.get(name) if name is not None else None
+        if p is None:
+            raise AllocationError(f"unknown pool {name!r}; known: {sorted(self._pools)}")
+        if tokens < 0 or calls < 1:
+            raise AllocationError(f"need tokens >= 0 and calls >= 1, got {tokens}, {calls}")
+        return p, self._account(p, holder)
 
     def _index(self, p: Pool, w: Waiter, now: float) -> None:
         """(Re)insert ``w`` at the priority and rank the policy gives it now."""
@@ -270,9 +329,9 @@ class AllocatorCore:
             if spare is not None:
                 spare.base_priority, spare.token_fraction = h.base_priority, h.token_fraction
                 spare.blocking, spare.background = h.blocking, h.background
-            if not a.waiters:
+            if a.waiter is None:
                 continue
-            p = self._pools[a.waiters[0].pool]
+            p = a.pool
             for w in a.waiters:
                 w.base_priority, w.token_fraction, w.blocking = (
                     h.base_priority, h.token_fraction, h.blocking)
@@ -289,7 +348,7 @@ class AllocatorCore:
 
     def _refresh_counter(self, p: Pool, a: Account, now: float) -> None:
         """The holder's other queued requests move with its counter."""
-        for w in list(a.waiters):
+        for w in a.waiters:  # a copy
             if w.state == QUEUED:
                 w.counter = a.counter
                 self._index(p, w, now)
@@ -322,9 +381,12 @@ class AllocatorCore:
             else:
                 continue
             if top is None:
-                top = least = w
-                if p.track_fair or w.counter - p.floor <= slack:
+                if p.track_fair:
+                    top = w
                     break
+                if w.counter - p.floor <= slack:
+                    return w  # within the slack of every queued counter
+                top = least = w
             elif w.counter < least.counter:  # type: ignore[union-attr] # set with top
                 least = w
         else:
@@ -349,8 +411,8 @@ class AllocatorCore:
         if p.next_age <= now:
             for aged in p.pop_changed(now):
                 self._index(p, aged, now)
-        conc = p.concurrent
-        while p.n_queued and (conc is None or p.in_use < conc):
+        cap = p.slot_cap
+        while p.n_queued and p.in_use < cap:
             w = self._select(p)
             if w is None:  # pragma: no cover - n_queued says there is one
                 break
@@ -361,7 +423,7 @@ class AllocatorCore:
             if a.held_calls and self._over_share(p, a, tokens, calls):
                 p.park(w)
                 continue
-            if conc is not None and p.in_use + calls > conc:
+            if p.in_use + calls > cap:
                 return
             if not p.slots_only and not p.fits(tokens, calls, now):
                 at = p.refill_at = p.refill_time(tokens, calls, now)
@@ -377,7 +439,10 @@ class AllocatorCore:
                 # Drop stale tops of the background heap now: left to the rare floor check
                 # they would pile up (and keep their waiters' objects) until compaction.
                 p.chead(p.bg)
-            a.waiters.remove(w)
+            if a.waiter is w and a.more is None:
+                a.waiter = None
+            else:
+                a.remove_waiter(w)
             w.lease = lease = self._grant(p, a, tokens, calls, w.requested, now)
             if self._native:
                 try:  # noqa: SIM105 - suppress() would cost a context manager per grant
@@ -396,7 +461,7 @@ class AllocatorCore:
         mt, mc = p.max_tokens, p.max_calls
         return ((mc is not None and a.held_calls + calls > mc)
                 or (mt is not None and a.held_tokens + tokens > mt)) and (
-                p.n_queued + p.n_parked > len(a.waiters))
+                p.n_queued + p.n_parked > a.waiting)
 
     def _unpark(self, p: Pool, hid: str, now: float) -> None:
         for w in p.unpark(hid):
@@ -419,7 +484,7 @@ class AllocatorCore:
         charge = tokens * w_in if w_in is not None else self._cost(tokens, 0)
         if charge:
             a.counter += charge
-            if a.waiters:
+            if a.waiter is not None:
                 self._refresh_counter(p, a, now)
         if now >= p.decay_at:
             p.decay(now, self._window)
@@ -428,9 +493,18 @@ class AllocatorCore:
         if a.background:
             p.recent_bg += weight
         expires_at = now + self._ttl
-        lease = Lease(LEASE_IDS.pop() if LEASE_IDS else new_lease_id(), tokens, calls, requested,
-                      now, expires_at, charge, True, a)
-        self._by_id[lease.id] = lease  # LeaseTable.add, inline
+        # Lease(...) without its __init__ frame: one Python call less per grant.
+        lease = _new_lease(Lease)
+        lease.id = lease_id = LEASE_IDS.pop() if LEASE_IDS else new_lease_id()
+        lease.tokens = tokens
+        lease.calls = calls
+        lease.requested_tokens = requested
+        lease.granted_at = now
+        lease.expires_at = expires_at
+        lease.charged = charge
+        lease.active = True
+        lease._account = a
+        self._by_id[lease_id] = lease  # LeaseTable.add, inline
         grants = p.grants = p.grants + 1
         if not grants & 255:
             p.maybe_compact()  # now and then, purge what lazy deletion left (amortised O(1))
@@ -444,7 +518,7 @@ class AllocatorCore:
             return
         a: Account = lease._account
         a.counter += delta
-        if a.waiters:
+        if a.waiter is not None:
             self._refresh_counter(a.pool, a, now)
 
     def _end(self, lease: Lease, now: float, tokens_back: int, calls_back: bool) -> None:

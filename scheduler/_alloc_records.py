@@ -62,8 +62,10 @@ class Account:
     counter: float = 0.0
     held_tokens: int = 0
     held_calls: int = 0
-    #: Queued plus parked requests.
-    waiters: list[Waiter] = field(default_factory=list)
+    #: A queued or parked request here (usually the only one), and any others: held
+    #: inline so the hot path touches no list (see :attr:`waiters`).
+    waiter: Waiter | None = None
+    more: list[Waiter] | None = None
     #: A finished waiter record, ready for the holder's next wait here.
     spare: Waiter | None = None
     #: The pool this account is in (a ``Pool``; typed loosely to keep this module leaf).
@@ -79,9 +81,34 @@ class Account:
         return self.holder.id
 
     @property
+    def waiters(self) -> list[Waiter]:
+        """The holder's queued and parked requests here (a new list)."""
+        w = self.waiter
+        if w is None:
+            return []
+        return [w] if self.more is None else [w, *self.more]
+
+    @property
     def waiting(self) -> int:
         """How many requests of this holder wait here (queued or parked)."""
-        return len(self.waiters)
+        return 0 if self.waiter is None else 1 + len(self.more or ())
+
+    def add_waiter(self, w: Waiter) -> None:
+        if self.waiter is None:
+            self.waiter = w
+        elif self.more is None:
+            self.more = [w]
+        else:
+            self.more.append(w)
+
+    def remove_waiter(self, w: Waiter) -> None:
+        more = self.more
+        if self.waiter is w:
+            self.waiter = more.pop() if more else None
+        else:
+            more.remove(w)  # type: ignore[union-attr] # w is one of them
+        if not more:
+            self.more = None
 
 
 @dataclass(slots=True, eq=False)

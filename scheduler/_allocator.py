@@ -37,7 +37,7 @@ import anyio
 from policies.fairness import AllocationPolicy
 
 from ._alloc_core import AllocatorCore
-from ._alloc_records import GONE, GRANTED, Account
+from ._alloc_records import GONE
 from ._allocator_stats import (
     AllocatorStatistics,
     PoolDemand,
@@ -180,49 +180,6 @@ class Allocator(AllocatorCore):
         )
 
     # -- acquiring --------------------------------------------------------------------------
-    async def acquire(
-        self, holder: str, *, tokens: int = 0, calls: int = 1, pool: str | None = None
-    ) -> Lease:
-        """Wait for a lease of ``tokens`` and ``calls`` from ``pool`` (R5.4, R5.5).
-
-        A request above the pool's max share is granted the max share (see
-        :attr:`Lease.tokens`).  Returns at once, without yielding, when the
-        request can be granted and nobody is waiting.  Cancellation while
-        waiting (or right after the grant) gives everything back.
-        """
-        try:
-            if tokens < 0 or calls < 1:
-                raise KeyError  # _admit raises the precise error
-            p = self._pools[self._default_pool if pool is None else pool]  # type: ignore[index]
-            a = p.accounts[holder]  # an account exists only once the allocator is bound
-        except KeyError:
-            p, a = self._admit(holder, tokens, calls, pool)
-        requested = tokens
-        if p.max_tokens is not None and tokens > p.max_tokens:
-            tokens = p.max_tokens
-        if p.max_calls is not None and calls > p.max_calls:
-            calls = p.max_calls
-        now = self._clock()
-        if not (p.n_queued or p.n_parked) and p.fits(tokens, calls, now):
-            return self._grant(p, a, tokens, calls, requested, now)
-        w = self._enqueue(p, a, tokens, calls, requested, now)
-        if p.concurrent is None or p.in_use < p.concurrent:
-            self._dispatch(p, now)
-        lease: Lease | None
-        try:
-            if self._native:
-                lease = await w.event  # the grant sets the lease as the future's result
-            else:
-                await w.event.wait()
-                lease = w.lease if w.state == GRANTED else None
-        except BaseException:
-            self._abandon(w)
-            raise
-        if lease is None:
-            raise w.error or LeaseError("request withdrawn")
-        a.spare = w  # the record serves the holder's next wait here
-        return lease
-
     def acquire_nowait(
         self, holder: str, *, tokens: int = 0, calls: int = 1, pool: str | None = None
     ) -> Lease:
@@ -311,10 +268,10 @@ class Allocator(AllocatorCore):
         if h is not None:
             error = LeaseError(f"holder {holder!r} released")
             for a in h.accounts.values():
-                if not a.waiters:
+                if a.waiter is None:
                     continue
-                p = self._pools[a.waiters[0].pool]
-                for w in list(a.waiters):
+                p = a.pool
+                for w in a.waiters:
                     p.unlink(w)
                     w.state, w.error = GONE, error
                     self._wake(w.event)
@@ -381,20 +338,6 @@ class Allocator(AllocatorCore):
         )
 
     # -- lookup ---------------------------------------------------------------------------------
-    def _admit(
-        self, holder: str, tokens: int, calls: int, pool: str | None
-    ) -> tuple[Pool, Account]:
-        """Validate a request (binding to the running loop on first use); its pool and account."""
-        if not self._bound:
-            self._bind()
-        name = pool if pool is not None else self._default_pool
-        p = self._pools.get(name) if name is not None else None
-        if p is None:
-            raise AllocationError(f"unknown pool {name!r}; known: {sorted(self._pools)}")
-        if tokens < 0 or calls < 1:
-            raise AllocationError(f"need tokens >= 0 and calls >= 1, got {tokens}, {calls}")
-        return p, self._account(p, holder)
-
     def _lookup(self, lease_id: str, holder: str | None) -> Lease:
         lease = self._leases.get(lease_id)
         if lease is None:

@@ -9,6 +9,7 @@ extends; what each holder has in it is an :class:`Account`.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 from ._alloc_records import GONE, GRANTED, PARKED, QUEUED, Account, Holder, Waiter
@@ -66,7 +67,7 @@ class Pool(WaitQueue):
         "_avg_hold", "_hold_seen", "concurrent", "decay_at", "decay_step", "ended",
         "expired", "grants", "hold_total", "in_use", "max_calls", "max_share_fraction",
         "max_tokens", "name", "recent_all", "recent_at", "recent_bg", "refill_at", "rpm",
-        "slots_only", "tpm",
+        "slot_cap", "slots_only", "tpm",
     )
 
     def __init__(
@@ -79,6 +80,8 @@ class Pool(WaitQueue):
         self.tpm: Bucket | None = None
         self.rpm: Bucket | None = None
         self.concurrent: int | None = None
+        #: ``concurrent`` as an int for the hot path (``sys.maxsize``: unlimited).
+        self.slot_cap = sys.maxsize
         self.max_tokens: int | None = None
         self.max_calls: int | None = None
         #: True when only ``concurrent`` limits the pool (no buckets, no max share on tokens).
@@ -107,6 +110,7 @@ class Pool(WaitQueue):
         self.tpm = _resize(self.tpm, tpm)
         self.rpm = _resize(self.rpm, rpm)
         self.concurrent = concurrent
+        self.slot_cap = sys.maxsize if concurrent is None else concurrent
         self.max_tokens = _share(tpm, self.max_share_fraction)
         self.max_calls = _share(concurrent, self.max_share_fraction)
         self.slots_only = self.tpm is None and self.rpm is None

@@ -277,7 +277,7 @@ class WaitQueue:
                 self.n_bg_queued -= 1
         a: Account | None = w.account
         if a is not None:
-            a.waiters.remove(w)
+            a.remove_waiter(w)
 
     @property
     def entries(self) -> int:

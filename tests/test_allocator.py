@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import anyio
 import anyio.lowlevel
@@ -12,7 +13,7 @@ from policies.fairness import Fifo, PriorityWithFairness
 from scheduler._allocator import Allocator, make_allocation_policy, open_allocator
 from scheduler._errors import AllocationError, ConfigError, LeaseError, WouldBlockError
 from scheduler._events import EventBus
-from scheduler._leases import new_lease_id
+from scheduler._leases import Lease, new_lease_id
 from scheduler._provider import RateLimitInfo
 from tests._allocator_helpers import pool_config, run_virtual
 
@@ -99,6 +100,19 @@ def test_r5_4_only_the_holder_can_renew_settle_or_release() -> None:
             assert lease.active
             alloc.release(lease.id, holder="owner")
             assert not lease.active
+
+    run_virtual(main)
+
+
+def test_r5_4_a_grant_sets_every_lease_field() -> None:
+    """R5.4: the hot path builds a Lease without its __init__; every field is set."""
+    async def main() -> None:
+        async with open_allocator(pool_config(concurrent=2)) as alloc:
+            lease = await alloc.acquire("a", tokens=7)
+            values = {f.name: getattr(lease, f.name) for f in dataclasses.fields(Lease)}
+            assert values["tokens"] == values["requested_tokens"] == 7 and values["active"]
+            assert (lease.holder, lease.pool) == ("a", "p")
+            assert "holder='a'" in repr(lease)
 
     run_virtual(main)
 
