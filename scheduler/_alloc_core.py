@@ -1,11 +1,13 @@
-"""The allocator's scheduling core: who is served next, grants, and what comes back.
+"""The allocator's scheduling core: queueing, who is served next, grants, returns.
 
 Private to :mod:`scheduler._allocator`, whose :class:`~scheduler._allocator.Allocator`
-extends :class:`AllocatorCore` with the public methods.  Every model call passes
-through here twice (a grant, then a settle), so this is the hot path: no
-pydantic and no logging per request, O(log n) heap operations, no per-lease
-tasks, and as few allocations as possible (each request reuses its holder's
-waiter record; a grant allocates only its :class:`Lease`).
+extends :class:`AllocatorCore` with the other public methods (``acquire`` lives
+here, with the queueing inline).  Every model call passes through here twice
+(``acquire``, then ``settle``), so this is the hot path: no pydantic and no
+logging per request, O(log n) heap operations, no per-lease tasks, few Python
+calls, and as few allocations as possible (each request reuses its holder's
+waiter record; a wait allocates its heap entry and future, a grant its
+:class:`Lease`).
 
 When a lease ends and requests wait, the freed capacity goes straight to the
 next one (:meth:`AllocatorCore._dispatch` runs inside ``settle`` / ``release``):

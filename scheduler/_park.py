@@ -7,7 +7,6 @@ each find the backend again on every call).
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -47,10 +46,8 @@ def parking() -> Parking:
     create_future: Callable[[], Any] | None = getattr(loop, "create_future", None)
     if create_future is None:
         return Parking(event_cls, event_cls.set, event_cls.wait)
-    if getattr(type(loop).create_future, "__qualname__", "") == "BaseEventLoop.create_future":
-        # The stock method is ``Future(loop=self)``: call the future type directly.
-        future_type: Any = type(create_future())
-        create_future = functools.partial(future_type, loop=loop)
+    # The loop's own bound method: measured faster than ``partial(Future, loop=loop)``,
+    # whose keyword argument costs a dictionary per call.
     from asyncio import InvalidStateError  # what asyncio and uvloop futures raise
 
     return Parking(create_future, _wake_future, _same, native=True,
