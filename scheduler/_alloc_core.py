@@ -43,6 +43,7 @@ __all__ = ["AllocatorCore"]
 
 _log = structlog.get_logger("vibe_engine.allocator")
 _new_lease = object.__new__
+_take_id = LEASE_IDS.pop  # a ready-made lease id (new_lease_id refills the list)
 _BACKGROUND = PRIORITY_VALUES["background"]
 _NO_HINT: Any = object()
 
@@ -497,7 +498,11 @@ class AllocatorCore:
         expires_at = now + self._ttl
         # Lease(...) without its __init__ frame: one Python call less per grant.
         lease = _new_lease(Lease)
-        lease.id = lease_id = LEASE_IDS.pop() if LEASE_IDS else new_lease_id()
+        try:
+            lease_id = _take_id()
+        except IndexError:
+            lease_id = new_lease_id()
+        lease.id = lease_id
         lease.tokens = tokens
         lease.calls = calls
         lease.requested_tokens = requested
