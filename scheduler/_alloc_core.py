@@ -288,6 +288,7 @@ class AllocatorCore:
             raise
         if lease is None:
             raise w.error or LeaseError("request withdrawn")
+        w.event = None  # freed now, while its memory is still in the CPU caches
         a.spare = w  # the record serves the holder's next wait here
         return lease
 
