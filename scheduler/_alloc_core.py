@@ -224,8 +224,8 @@ class AllocatorCore:
         if w is None:
             h = a.holder
             w = Waiter(h.id, seq, now, h.base_priority, tokens, h.token_fraction, h.blocking,
-                       counter, p.name, calls, requested, h.background, QUEUED, 0, None,
-                       None, None, a)
+                       counter, account=a, calls=calls, requested=requested,
+                       background=h.background, pool=p.name)
         else:
             # The holder's fields (class, demotion, blocking) are already current on a spare
             # record: _reindex_holder keeps them so.  Its lease and error are read only in
@@ -436,9 +436,9 @@ class AllocatorCore:
                 return
             # Grant: the waiter leaves the queue (its heap entries are dropped lazily).
             w.state = GRANTED
-            w.entry = w.centry = None
+            w.entry = None  # (which also makes ``centry`` stale)
             p.n_queued -= 1
-            if w.background:
+            if a.background:  # the same as the waiter's while it is queued
                 p.n_bg_queued -= 1
                 # Drop stale tops of the background heap now: left to the rare floor check
                 # they would pile up (and keep their waiters' objects) until compaction.
@@ -447,13 +447,14 @@ class AllocatorCore:
                 a.waiter = None
             else:
                 a.remove_waiter(w)
-            w.lease = lease = self._grant(p, a, tokens, calls, w.requested, now)
+            lease = self._grant(p, a, tokens, calls, w.requested, now)
             if self._native:
-                try:  # noqa: SIM105 - suppress() would cost a context manager per grant
+                try:
                     w.event.set_result(lease)
                 except self._invalid_state:  # cancelled meanwhile: _abandon returns the lease
-                    pass
+                    w.lease = lease
             else:
+                w.lease = lease
                 self._wake(w.event)
         if p.n_parked and len(p.parked) == 1:
             # Only one holder is left waiting: the max share no longer applies to it.
@@ -555,7 +556,10 @@ class AllocatorCore:
     def _abandon(self, w: Waiter) -> None:
         """The waiting coroutine was cancelled: give back whatever it holds or waits for."""
         if w.state == GRANTED:
-            lease = w.lease
+            lease = w.lease  # (see Waiter.lease)
+            event = w.event
+            if self._native and not event.cancelled():
+                lease = event.result()
             if lease is not None and lease.active:
                 self._leases.remove(lease)
                 now = self._clock()

@@ -136,7 +136,7 @@ class WaitQueue:
         while heap:
             entry = heap[0]
             w = entry.w
-            if w.centry is entry:
+            if w.centry is entry and w.entry is not None:
                 return w
             heapq.heappop(heap)
         return None
@@ -298,7 +298,7 @@ class WaitQueue:
             heap[:] = [e for e in heap if e.w.entry is e]
             heapq.heapify(heap)
         for heap in (self.fair, self.bg):
-            heap[:] = [e for e in heap if e.w.centry is e]
+            heap[:] = [e for e in heap if e.w.centry is e and e.w.entry is not None]
             heapq.heapify(heap)
         self.aging[:] = [e for e in self.aging if _live(e)]
         heapq.heapify(self.aging)
