@@ -211,8 +211,11 @@ class AllocatorCore:
         if alone:
             # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
             # so an idle holder cannot bank credit.  Any queued waiter's counter bounds the
-            # least one from above: at or past the last arrival's, there is nothing to lift.
-            probe = p.last_arrival
+            # least one from above; at or past it, there is nothing to lift.  The probe: the
+            # head of the holder's own level (a grant pops its entry from there, so the head
+            # is usually queued, and it is that level's least served), else the last arrival.
+            level = a.heap
+            probe = level[0].w if level else p.last_arrival
             if probe is None or probe.entry is None or a.counter < probe.counter:
                 least = p.least_counter()
                 if least is not None and least > a.counter:
@@ -436,7 +439,11 @@ class AllocatorCore:
                 return
             # Grant: the waiter leaves the queue (its heap entries are dropped lazily).
             w.state = GRANTED
+            entry = w.entry
             w.entry = None  # (which also makes ``centry`` stale)
+            level = a.heap
+            if level and level[0] is entry:
+                heapq.heappop(level)  # now rather than at the next select (see acquire)
             p.n_queued -= 1
             if a.background:  # the same as the waiter's while it is queued
                 p.n_bg_queued -= 1
