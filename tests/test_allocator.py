@@ -384,6 +384,30 @@ def test_r5_5_grant_to_a_waiter_cancelled_in_the_same_tick_comes_back() -> None:
     anyio.run(main)
 
 
+def test_r5_5_a_shrunk_capacity_cuts_waiting_requests_to_the_new_max_share() -> None:
+    """R5.5: a request waits while the pool's capacity shrinks below twice its size;
+    it is granted the new max share instead of waiting for tokens that can never be
+    there."""
+    async def main() -> None:
+        async with open_allocator(pool_config(concurrent=None, tpm=10_000)) as alloc:
+            held = [await alloc.acquire(h, tokens=5_000) for h in ("a", "c")]  # bucket empty
+            got: list[Lease] = []
+
+            async def wait() -> None:
+                got.append(await alloc.acquire("b", tokens=4_000))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                alloc.set_capacity("p", tokens_per_minute=2_000)  # max share now 1 000
+                for lease in held:
+                    alloc.settle(lease.id, lease.tokens)
+            (lease,) = got
+            assert (lease.tokens, lease.requested_tokens) == (1_000, 4_000)
+
+    run_virtual(main)
+
+
 def test_r5_4_capacities_learned_from_rate_limit_headers() -> None:
     async def main() -> None:
         alloc = Allocator(pool_config(concurrent=2, tpm=1000, rpm=10))

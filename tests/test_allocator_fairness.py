@@ -74,6 +74,32 @@ def test_r5_2_aging_after_30s() -> None:
     assert run_virtual(main) == ["bg", "normal"]
 
 
+def test_r5_2_a_request_arriving_behind_others_ages_30s_after_its_own_arrival() -> None:
+    """R5.2: the first aging step of a request that arrives while others already wait
+    (queued by the allocator's periodic sweep, not per request) comes exactly 30 s
+    after that request's arrival: not earlier, not later."""
+    async def main(release_at: float) -> list[str]:
+        trace: list[str] = []
+        async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
+            for holder in ("bg_early", "bg_late"):
+                alloc.register(holder, "background")
+            first = await alloc.acquire("occupier")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_serve, alloc, "bg_early", trace)
+                await anyio.sleep(20)
+                tg.start_soon(_serve, alloc, "bg_late", trace)  # 20 s behind bg_early
+                await anyio.sleep(release_at - 21)
+                tg.start_soon(_serve, alloc, "normal", trace)
+                await anyio.sleep(1)
+                alloc.settle(first.id, 0)  # at release_at
+        return trace
+
+    # bg_late (background, 1) reaches level 2 at 50 s and then goes before the later
+    # normal request (2) by arrival; a moment before 50 s it still comes last.
+    assert run_virtual(lambda: main(50.01)) == ["bg_early", "bg_late", "normal"]
+    assert run_virtual(lambda: main(49.99)) == ["bg_early", "normal", "bg_late"]
+
+
 def test_r5_2_demotion_above_half_of_budget() -> None:
     async def main() -> list[str]:
         trace: list[str] = []
