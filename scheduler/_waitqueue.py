@@ -7,9 +7,10 @@ float comparisons (no tuples, one object per comparison).  An entry is live only
 while it is the one its waiter points at (``waiter.entry`` in a level heap,
 ``waiter.centry`` in the heaps ordered by service), so moving a waiter (aging,
 demotion, a new service counter) just pushes a new entry, and a grant just
-clears the pointers; stale entries are dropped when they reach the top and
-purged when they dominate.  For a policy that ranks by the service counter one
-entry serves both roles.
+clears ``waiter.entry`` (an entry by service is live only while that is set);
+stale entries are dropped when they reach the top and purged when they
+dominate.  For a policy that ranks by the service counter one entry serves both
+roles.
 
 * one heap per effective priority level, keyed by the policy's rank (for
   ``PriorityWithFairness`` the service counter, so each level's head is also its
@@ -40,8 +41,9 @@ __all__ = ["TIE", "Key", "WaitQueue"]
 
 #: Weight of the arrival number (``seq``) in a heap key: among equal ranks the earlier
 #: request goes first; a request 2**20 arrivals older counts as one unit of rank ahead
-#: (one token of service for ``PriorityWithFairness``).  Exact while the rank's integer
-#: part stays below 2**32 and ``seq`` below 2**20 times that headroom.
+#: (one token of service for ``PriorityWithFairness``).  Ties break exactly while keys
+#: stay below 2**33 (a float keeps 20 bits of fraction there); above, near ties may go
+#: either way.
 TIE = 2.0 ** -20
 
 
@@ -85,7 +87,8 @@ class WaitQueue:
         self.aged_upto = -math.inf
         #: How long after its arrival a fresh waiter's priority first changes.
         self.first_step = math.inf
-        #: No priority change is due before this (a lower bound; exact after ``age``).
+        #: No priority change (or sweep) is due before this: a lower bound, made exact by
+        #: ``pop_changed`` and ``changes_due``.
         self.next_age = math.inf
         self.n_queued = 0
         self.n_bg_queued = 0
