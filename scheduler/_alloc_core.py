@@ -242,7 +242,7 @@ class AllocatorCore:
             w.requested = requested
             w.state = QUEUED
         event = w.event = self._park_new()
-        if alone:
+        if alone:  # Account.add_waiter, inline
             a.waiter = w
         else:
             a.add_waiter(w)
@@ -427,7 +427,7 @@ class AllocatorCore:
             tokens, calls = w.tokens, w.calls
             # Requests are cut to the max share (when they come, and again when a capacity
             # shrinks), so a holder that holds nothing cannot go over it.
-            if a.held_calls and self._over_share(p, a, tokens, calls):
+            if a.held_calls and p.exceeds_share(a, tokens, calls) and p.waits_besides(a):
                 p.park(w)
                 continue
             if p.in_use + calls > cap:
@@ -450,7 +450,7 @@ class AllocatorCore:
                 # Drop stale tops of the background heap now: left to the rare floor check
                 # they would pile up (and keep their waiters' objects) until compaction.
                 p.chead(p.bg)
-            if a.waiter is w and a.more is None:
+            if a.waiter is w and a.more is None:  # Account.remove_waiter, inline
                 a.waiter = None
             else:
                 a.remove_waiter(w)
@@ -467,13 +467,6 @@ class AllocatorCore:
             # Only one holder is left waiting: the max share no longer applies to it.
             self._unpark(p, next(iter(p.parked)), now)
             self._dispatch(p, now)
-
-    def _over_share(self, p: Pool, a: Account, tokens: int, calls: int) -> bool:
-        """Would granting this take the holder past the max share while others wait?"""
-        mt, mc = p.max_tokens, p.max_calls
-        return ((mc is not None and a.held_calls + calls > mc)
-                or (mt is not None and a.held_tokens + tokens > mt)) and (
-                p.n_queued + p.n_parked > a.waiting)
 
     def _unpark(self, p: Pool, hid: str, now: float) -> None:
         for w in p.unpark(hid):
@@ -520,7 +513,7 @@ class AllocatorCore:
         lease.charged = charge
         lease.active = True
         lease._account = a
-        self._by_id[lease_id] = lease  # LeaseTable.add, inline
+        self._by_id[lease_id] = lease  # the latest deadline: at the end (see LeaseTable)
         grants = p.grants = p.grants + 1
         if not grants & 255:
             p.maybe_compact()  # now and then, purge what lazy deletion left (amortised O(1))

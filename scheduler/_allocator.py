@@ -227,7 +227,7 @@ class Allocator(AllocatorCore):
         if holder is None:
             lease = self._by_id.pop(lease_id, None)
             if lease is None:
-                raise LeaseError("unknown, ended or expired lease")
+                lease = self._lookup(lease_id, None)  # raises the precise LeaseError
         else:
             lease = self._lookup(lease_id, holder)
             del self._by_id[lease_id]

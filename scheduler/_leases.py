@@ -109,10 +109,6 @@ class LeaseTable:
     def all(self) -> list[Lease]:
         return list(self.by_id.values())
 
-    def add(self, lease: Lease) -> None:
-        """Index a new lease (its deadline is the latest so far)."""
-        self.by_id[lease.id] = lease
-
     def remove(self, lease: Lease) -> None:
         """Forget ``lease``."""
         lease.active = False

@@ -147,7 +147,10 @@ class Pool(WaitQueue):
 
     def over_share(self, holder: str, tokens: int, calls: int) -> bool:
         """Would this grant take ``holder`` past the max share of some dimension?"""
-        a = self.accounts.get(holder)
+        return self.exceeds_share(self.accounts.get(holder), tokens, calls)
+
+    def exceeds_share(self, a: Account | None, tokens: int, calls: int) -> bool:
+        """:meth:`over_share` for an account (``None``: a holder that holds nothing)."""
         held_tokens, held_calls = (0, 0) if a is None else (a.held_tokens, a.held_calls)
         mt = self.max_tokens
         if mt is not None and held_tokens + tokens > mt:
@@ -156,8 +159,11 @@ class Pool(WaitQueue):
         return mc is not None and held_calls + calls > mc
 
     def others_waiting(self, holder: str) -> bool:
-        a = self.accounts.get(holder)
-        return self.n_queued + self.n_parked - (0 if a is None else a.waiting) > 0
+        return self.waits_besides(self.accounts.get(holder))
+
+    def waits_besides(self, a: Account | None) -> bool:
+        """Do requests of other holders than ``a``'s wait here?"""
+        return self.n_queued + self.n_parked > (0 if a is None else a.waiting)
 
     @property
     def avg_hold_s(self) -> float:

@@ -202,9 +202,14 @@ class WaitQueue:
     def changes_due(self, now: float) -> bool:
         if self.next_age > now:
             return False
+        at = self._reset_next_age()
+        return at is not None and at <= now
+
+    def _reset_next_age(self) -> float | None:
+        """Make ``next_age`` exact again; returns the next change (``None``: none)."""
         at = self.next_change()
         self.next_age = math.inf if at is None else at
-        return at is not None and at <= now
+        return at
 
     def pop_changed(self, now: float) -> list[Waiter]:
         """Live waiters whose priority changes by ``now`` (their entries are consumed).
@@ -222,8 +227,7 @@ class WaitQueue:
             aged = heapq.heappop(heap)
             if _live(aged):
                 due.append(aged[3])
-        at = self.next_change()
-        self.next_age = math.inf if at is None else at
+        self._reset_next_age()
         return due
 
     def _sweep(self, now: float, step: float) -> None:
