@@ -72,11 +72,10 @@ async def _run_allocator(agents: int, cycles: int, policy_name: str) -> float:
 
         async def agent(i: int) -> None:
             holder, size = f"a{i}", _size_of(i)
-            acquire, settle = alloc.acquire, alloc.settle
             for _ in range(cycles):
-                lease = await acquire(holder, tokens=size, pool=POOL)
+                lease = await alloc.acquire(holder, tokens=size, pool=POOL)
                 await _yield()
-                settle(lease.id, size)
+                alloc.settle(lease.id, size)
 
         return await _timed(agents, agent)
 

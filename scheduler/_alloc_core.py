@@ -497,7 +497,6 @@ class AllocatorCore:
         p.recent_all += weight
         if a.background:
             p.recent_bg += weight
-        expires_at = now + self._ttl
         # Lease(...) without its __init__ frame: one Python call less per grant.
         lease = _new_lease(Lease)
         try:
@@ -509,15 +508,16 @@ class AllocatorCore:
         lease.calls = calls
         lease.requested_tokens = requested
         lease.granted_at = now
-        lease.expires_at = expires_at
+        ttl = lease._ttl = self._ttl
         lease.charged = charge
         lease.active = True
         lease._account = a
+        lease._deadline = None
         self._by_id[lease_id] = lease  # the latest deadline: at the end (see LeaseTable)
         grants = p.grants = p.grants + 1
         if not grants & 255:
             p.maybe_compact()  # now and then, purge what lazy deletion left (amortised O(1))
-        if expires_at < self._sleep_until:
+        if now + ttl < self._sleep_until:
             self._kick_servicer()
         return lease
 

@@ -53,12 +53,22 @@ class Lease:
     calls: int
     requested_tokens: int
     granted_at: float
-    expires_at: float
+    #: The lease's lifetime from its grant, until a renewal sets ``_deadline`` (one float
+    #: object less per grant: the allocator's TTL is shared by every lease).
+    _ttl: float
     #: Service charged to the holder's counter at grant (adjusted at settle).
     charged: float = 0.0
     active: bool = True
     #: The allocator's account of the holder in the pool (internal): it knows both.
     _account: Any = field(default=None, repr=False, compare=False)
+    #: The deadline set by the latest renewal (``None``: ``granted_at + _ttl``).
+    _deadline: float | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def expires_at(self) -> float:
+        """When the lease expires, on the event loop's clock (moves on renewal)."""
+        deadline = self._deadline
+        return self.granted_at + self._ttl if deadline is None else deadline
 
     @property
     def holder(self) -> str:
@@ -116,7 +126,7 @@ class LeaseTable:
 
     def renew(self, lease: Lease, expires_at: float) -> None:
         """Move the lease's deadline to ``expires_at`` (the latest so far): to the end."""
-        lease.expires_at = expires_at
+        lease._deadline = expires_at
         by_id = self.by_id
         del by_id[lease.id]
         by_id[lease.id] = lease
