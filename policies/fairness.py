@@ -5,12 +5,13 @@ pure and synchronous: it gets plain :class:`WaiterView` data and ``now`` and
 returns a decision; it never awaits and never reads a clock.
 
 The allocator (``scheduler._allocator``) keeps its waiters indexed so that the
-next grant is found in O(log n).  For that it asks the policy three things per
+next grant is found in O(1).  For that it asks the policy three things per
 waiter: its effective :meth:`~AllocationPolicy.priority` (an int level, higher
-first), its :meth:`~AllocationPolicy.rank` inside a level (lower first; ties go
-to the earlier request, ``seq``), and when its priority will change next by
-itself (:meth:`~AllocationPolicy.priority_changes_at`, e.g. aging), so the
-allocator re-indexes it then.  :meth:`~AllocationPolicy.order` is the reference
+first), its :meth:`~AllocationPolicy.rank` inside a level (lower first; ranks
+in one band of the policy's optional ``rank_quantum`` tie, see :func:`rank_band`,
+and ties go to the earlier request, ``seq``), and when its priority will change
+next by itself (:meth:`~AllocationPolicy.priority_changes_at`, e.g. aging), so
+the allocator re-indexes it then.  :meth:`~AllocationPolicy.order` is the reference
 ordering in O(n log n): the allocator's index must agree with it, and tests
 check that it does.
 
@@ -25,6 +26,7 @@ Whatever the policy says, the allocator enforces the invariants itself
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
@@ -64,9 +66,23 @@ class WaiterView:
     counter: float = 0.0
 
 
+def rank_band(rank: float, quantum: float) -> float:
+    """The band of ``rank`` for a policy's ``rank_quantum``: ranks in one band tie.
+
+    ``rank // quantum``; a quantum of 0 (the default for a policy that declares
+    none) keeps every rank apart.
+    """
+    return rank // quantum if quantum else rank
+
+
 @runtime_checkable
 class AllocationPolicy(Protocol):
-    """Orders waiters: higher :meth:`priority` first, then lower :meth:`rank`, then ``seq``."""
+    """Orders waiters: higher :meth:`priority` first, then lower :meth:`rank`, then ``seq``.
+
+    A policy may set ``rank_quantum`` (a float attribute, default 0): ranks in
+    the same :func:`rank_band` then tie, and the earlier request goes first.
+    The allocator serves such bands from O(1) queues in arrival order.
+    """
 
     def priority(self, waiter: WaiterView, now: float) -> int:
         """The effective priority level of ``waiter`` at ``now`` (higher goes first)."""
@@ -122,6 +138,9 @@ class FairnessParams(BaseModel):
     demotion_at: float = Field(default=0.50, gt=0, le=1)
     blocking_priority: int = 3
     output_weight: float = Field(default=2.0, ge=0)
+    #: Service counters in one band of this many tokens tie (the earlier request goes
+    #: first); 0 orders by the exact counter, at the cost of a heap-like index.
+    rank_quantum: float = Field(default=100.0, ge=0)
 
 
 class _OrderMixin:
@@ -133,14 +152,20 @@ class _OrderMixin:
     def rank(self, waiter: WaiterView) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    rank_quantum: float = 0.0
+
     def order(self, waiters: Sequence[W], now: float) -> list[W]:
-        return sorted(waiters, key=lambda w: (-self.priority(w, now), self.rank(w), w.seq))
+        q = self.rank_quantum
+        return sorted(waiters, key=lambda w: (
+            -self.priority(w, now), rank_band(self.rank(w), q), w.seq))
 
     def pick(self, waiters: Sequence[W], now: float) -> W | None:
         """The waiter served next, or ``None`` when there is none."""
         if not waiters:
             return None
-        return min(waiters, key=lambda w: (-self.priority(w, now), self.rank(w), w.seq))
+        q = self.rank_quantum
+        return min(waiters, key=lambda w: (
+            -self.priority(w, now), rank_band(self.rank(w), q), w.seq))
 
 
 class PriorityWithFairness(_OrderMixin):
@@ -150,7 +175,9 @@ class PriorityWithFairness(_OrderMixin):
     (repeatable) − 1 while the task's token use is above ``demotion_at`` of its
     budget; a task that others wait on is raised to at least
     ``blocking_priority``.  Inside a level the holder with the smallest virtual
-    counter goes first, where a call counts ``input + output_weight × output``.
+    counter goes first, where a call counts ``input + output_weight × output``;
+    counters in one band of ``rank_quantum`` tokens (100) tie, and then the
+    earlier request goes first.
     """
 
     #: Hint for the allocator: :meth:`rank` is the service counter itself, so the
@@ -163,6 +190,7 @@ class PriorityWithFairness(_OrderMixin):
         self._demotion = self.params.demotion_at
         self._boost = self.params.blocking_priority
         self._weight = self.params.output_weight
+        self.rank_quantum = self.params.rank_quantum
         # PolicyHints
         self.aging_step_s: float | None = self._aging
         self.service_weights = (1.0, self._weight)
@@ -203,6 +231,9 @@ class Fifo(_OrderMixin):
     #: PolicyHints: the rank is constant, priorities never change.
     ranks_by_counter = False
     aging_step_s: float | None = None
+    #: The allocator serves ranks within this of each other in arrival order: with a
+    #: constant rank, one queue in arrival order.
+    rank_quantum = math.inf
 
     def __init__(self, params: FairnessParams | None = None) -> None:
         self.params = params or FairnessParams()

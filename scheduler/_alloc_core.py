@@ -4,9 +4,9 @@ Private to :mod:`scheduler._allocator`, whose :class:`~scheduler._allocator.Allo
 extends :class:`AllocatorCore` with the other public methods (``acquire`` lives
 here, with the queueing inline).  Every model call passes through here twice
 (``acquire``, then ``settle``), so this is the hot path: no pydantic and no
-logging per request, O(log n) heap operations, no per-lease tasks, few Python
+logging per request, O(1) queue operations, no per-lease tasks, few Python
 calls, and as few allocations as possible (each request reuses its holder's
-waiter record; a wait allocates its heap entry and future, a grant its
+waiter record; a wait allocates its queue entry and future, a grant its
 :class:`Lease`).
 
 When a lease ends and requests wait, the freed capacity goes straight to the
@@ -19,7 +19,6 @@ counter, and the policy is consulted again only when a waiter's inputs change.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +36,7 @@ from ._leases import LEASE_IDS, Lease, LeaseTable, new_lease_id
 from ._park import backend_clock, parking
 from ._policy import fairness_params
 from ._pools import Pool
-from ._waitqueue import TIE, Key, key
+from ._waitqueue import Key, key
 
 __all__ = ["AllocatorCore"]
 
@@ -56,7 +55,8 @@ class AllocatorCore:
         "_aging_step", "_bound", "_by_counter", "_by_id", "_changes_at", "_clock",
         "_clock_injected", "_cost", "_default_pool", "_enqueue_priority", "_event_cls",
         "_events", "_holders", "_invalid_state", "_kick", "_leases", "_min_share",
-        "_native", "_park_new", "_pools", "_priority", "_rank", "_seq", "_slack",
+        "_native", "_park_new", "_pools", "_priority", "_rank", "_rank_quantum", "_seq",
+        "_slack",
         "_sleep_until", "_ttl", "_w_in", "_wake", "_weights", "_window", "config",
         "policy",
     )
@@ -105,7 +105,11 @@ class AllocatorCore:
         self._rank = policy.rank
         self._changes_at = policy.priority_changes_at
         self._cost = policy.service
-        self._by_counter = bool(getattr(policy, "ranks_by_counter", False))
+        #: The level queues' band width: the policy's ``rank_quantum`` (0: exact ranks).
+        self._rank_quantum = float(getattr(policy, "rank_quantum", 0.0))
+        # The inline push keys the level queues by counter bands (needs a quantum).
+        self._by_counter = (bool(getattr(policy, "ranks_by_counter", False))
+                            and self._rank_quantum > 0)
         hint = getattr(policy, "enqueue_priority", None)
         step = getattr(policy, "aging_step_s", _NO_HINT)
         weights: tuple[float, float] | None = getattr(policy, "service_weights", None)
@@ -135,7 +139,8 @@ class AllocatorCore:
     def _new_pool(self, name: str, config: PoolConfig) -> Pool:
         cfg = self.config
         p = Pool(name, config, cfg.max_share, cfg.share_window_s,
-                 track_fair=not self._by_counter)
+                 track_fair=not self._by_counter, quantum=cfg.fairness_quantum_tokens,
+                 level_quantum=self._rank_quantum)
         if self._aging_step is not None:
             p.first_step = self._aging_step
         return p
@@ -160,10 +165,10 @@ class AllocatorCore:
         a.background = h.background
         level = h.level0
         if level is None:
-            a.heap = None
+            a.level = None
         else:
-            heap = p.levels.get(level)
-            a.heap = heap if heap is not None else p.new_level(level)
+            lq = p.levels.get(level)
+            a.level = lq if lq is not None else p.new_level(level)
 
     def _account(self, p: Pool, holder: str) -> Account:
         a = p.accounts.get(holder)
@@ -214,12 +219,14 @@ class AllocatorCore:
             # least one from above; at or past it, there is nothing to lift.  The probe: the
             # head of the holder's own level (a grant pops its entry from there, so the head
             # is usually queued, and it is that level's least served), else the last arrival.
-            level = a.heap
-            probe = level[0].w if level else p.last_arrival
+            lq = a.level
+            first = lq.first if lq is not None else None
+            probe = first[0].w if first else p.last_arrival
             if probe is None or probe.entry is None or a.counter < probe.counter:
                 least = p.least_counter()
                 if least is not None and least > a.counter:
                     a.counter = least
+            del probe  # (see below: what only queueing needed goes before the wait)
         counter = a.counter
         if counter < p.floor:
             p.floor = counter
@@ -248,26 +255,31 @@ class AllocatorCore:
             a.add_waiter(w)
         p.last_arrival = w
         p.n_queued += 1
-        heap = a.heap
-        if heap is None:
+        lq = a.level
+        if lq is None:
             if w.background:
                 p.n_bg_queued += 1
             self._index(p, w, now)
         else:
             # Hinted policy: the level is the holder's cached one, the key its counter (or
-            # the policy's constant rank); stale entries go when they reach a top.
+            # the policy's constant rank); dead entries go when they reach a front.
             if self._by_counter:
-                entry = w.entry = w.centry = Key(counter + seq * TIE)  # WaitQueue.key, inline
+                entry = w.entry = w.centry = Key(counter)  # WaitQueue.key, inline
                 entry.w = w
-                heapq.heappush(heap, entry)
+                band = counter // lq.quantum  # BandQueue.push, inline
+                d = lq.bands.get(band)
+                if d is None:
+                    d = lq.new_band(band)
+                d.append(entry)
+                del band
             else:
                 w.entry = key(self._rank(w), w)
-                heapq.heappush(heap, w.entry)
+                lq.push(w.entry)
                 w.centry = key(counter, w)
-                heapq.heappush(p.fair, w.centry)
+                p.fair.push(w.centry)
             if w.background:
                 p.n_bg_queued += 1
-                heapq.heappush(p.bg, w.centry)
+                p.bg.push(w.centry)
             # The first aging step is queued by a sweep at least half a step before it is
             # due (see WaitQueue); the sweep itself must be due by then.
             step: float = self._aging_step  # type: ignore[assignment] # set when hinted
@@ -277,6 +289,9 @@ class AllocatorCore:
                     self._kick_servicer()
         if p.in_use < p.slot_cap:
             self._dispatch(p, now)
+        # What only queueing needed goes now, while it is in the CPU caches: after the wait
+        # this frame's end would drop the last references to these objects, by then cold.
+        del now, seq, counter
 
         # -- wait for the grant -----------------------------------------------------------
         lease: Lease | None
@@ -366,27 +381,29 @@ class AllocatorCore:
         # The background floor compares shares of the decayed window; a common decay factor
         # does not change the comparison, so the window need not be decayed here.
         if p.n_bg_queued and p.recent_bg < self._min_share * p.recent_all:
-            first = p.chead(p.bg)
+            first = p.bg.head()
             if first is not None:
                 return first
         # The head of the highest non-empty level is the policy's choice; when the rank is
-        # the service counter, the smallest head counter is the least-served waiter.
-        # ``p.floor`` bounds every queued counter from below: while the top is within the
-        # slack of it, the top is within the slack of the least served too, and the other
-        # levels' heads need not be looked at.
+        # the service counter, the smallest head counter is (within a band) the least-served
+        # waiter.  ``p.floor`` bounds every queued counter from below: while the top is
+        # within the slack of it, the top is within the slack of the least served too, and
+        # the other levels' heads need not be looked at.
         top: Waiter | None = None
         least: Waiter | None = None
-        heappop = heapq.heappop
         slack = self._slack
-        for heap in p.heaps:
-            while heap:
-                entry = heap[0]
-                w = entry.w
-                if w.entry is entry:  # live: the waiter's current entry
-                    break
-                heappop(heap)
+        edge = math.inf
+        for lq in p.queues:
+            d = lq.first
+            if d is None:
+                continue  # an empty level
+            if d and d[0].w.entry is d[0] and not lq.first_late:  # live, nothing late
+                w: Waiter = d[0].w
             else:
-                continue
+                head = lq.head()  # drops dead entries and empty bands in front
+                if head is None:
+                    continue
+                w = head
             if top is None:
                 if p.track_fair:
                     top = w
@@ -396,13 +413,17 @@ class AllocatorCore:
                 top = least = w
             elif w.counter < least.counter:  # type: ignore[union-attr] # set with top
                 least = w
+            # This level's lowest band edge (quantum > 0: levels keyed by counter bands).
+            low = lq.order[0] * lq.quantum
+            if low < edge:
+                edge = low
         else:
             if least is not None:
-                p.floor = least.counter  # the scan saw every level's head: exact
+                p.floor = edge  # the scan saw every level: the highest bound it can know
         if top is None:
             return None
         if p.track_fair:
-            least = p.chead(p.fair)
+            least = p.fair.head()
         if least is not None and top.counter - least.counter > slack:
             return least
         return top
@@ -437,19 +458,24 @@ class AllocatorCore:
                 if at is not None and at < self._sleep_until:
                     self._kick_servicer()
                 return
-            # Grant: the waiter leaves the queue (its heap entries are dropped lazily).
+            # Grant: the waiter leaves the queue (its entries are dropped lazily).
             w.state = GRANTED
             entry = w.entry
             w.entry = None  # (which also makes ``centry`` stale)
-            level = a.heap
-            if level and level[0] is entry:
-                heapq.heappop(level)  # now rather than at the next select (see acquire)
+            lq = a.level
+            if lq is not None:
+                d = lq.first
+                if d and d[0] is entry:
+                    d.popleft()  # now rather than at the next select (see acquire)
             p.n_queued -= 1
             if a.background:  # the same as the waiter's while it is queued
                 p.n_bg_queued -= 1
-                # Drop stale tops of the background heap now: left to the rare floor check
-                # they would pile up (and keep their waiters' objects) until compaction.
-                p.chead(p.bg)
+                # Its entry in the background queue is usually that queue's head: drop it
+                # now (left to the rare floor check, dead heads would pile up until
+                # compaction).
+                bd = p.bg.first
+                if bd and bd[0] is w.centry:
+                    bd.popleft()
             if a.waiter is w and a.more is None:  # Account.remove_waiter, inline
                 a.waiter = None
             else:

@@ -78,10 +78,10 @@ class Account:
     #: The pool this account is in (a ``Pool``; typed loosely to keep this module leaf).
     pool: Any = None
     #: Copies of the holder's data the hot path reads (kept current by the allocator):
-    #: its class, and with policy hints the heap of the level a new request starts at
-    #: in this pool (``None`` without hints).
+    #: its class, and with policy hints the queue of the level a new request starts at
+    #: in this pool (a ``BandQueue``; ``None`` without hints).
     background: bool = False
-    heap: list[Any] | None = None
+    level: Any = None
 
     @property
     def id(self) -> str:

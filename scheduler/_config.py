@@ -242,6 +242,10 @@ class AllocatorConfig(_Model):
     #: How far (in service tokens) the policy's choice may run ahead of the
     #: least-served waiter before the allocator serves that waiter instead.
     fairness_slack_tokens: float = Field(default=20_000, ge=0)
+    #: Service counters within this many tokens of each other count as equal: within a
+    #: priority level the least served goes first in bands of this width, and arrival
+    #: order decides inside a band (O(1) queueing instead of a heap over every waiter).
+    fairness_quantum_tokens: float = Field(default=100, gt=0)
     #: Time constant of the decayed window over which class shares are measured.
     share_window_s: float = Field(default=60.0, gt=0)
 

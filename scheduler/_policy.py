@@ -24,6 +24,7 @@ def fairness_params(config: AllocatorConfig) -> FairnessParams:
         aging_after_s=config.aging_after_s,
         demotion_at=config.demotion_at,
         output_weight=config.output_weight,
+        rank_quantum=config.fairness_quantum_tokens,
     )
 
 

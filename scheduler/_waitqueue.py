@@ -1,19 +1,19 @@
-"""The waiting queue of one pool: heaps per priority level, aging deadlines, parking.
+"""The waiting queue of one pool: band queues per priority level, aging deadlines, parking.
 
-Private to the allocator.  Waiters are indexed by binary heaps with lazy
-deletion.  An entry is a :class:`Key`: a float (the rank, plus the arrival
-number as a tie-break) that carries its waiter, so heap comparisons are plain
-float comparisons (no tuples, one object per comparison).  An entry is live only
-while it is the one its waiter points at (``waiter.entry`` in a level heap,
-``waiter.centry`` in the heaps ordered by service), so moving a waiter (aging,
-demotion, a new service counter) just pushes a new entry, and a grant just
-clears ``waiter.entry`` (an entry by service is live only while that is set);
-stale entries are dropped when they reach the top and purged when they
+Private to the allocator.  Waiters are indexed by :class:`~scheduler._bands.BandQueue`
+queues (lowest band first, arrival order within a band) with lazy deletion.  An
+entry is a :class:`Key`: a float (the rank) that carries its waiter.  An entry
+is live only while it is the one its waiter points at (``waiter.entry`` in a
+level queue, ``waiter.centry`` in the queues by service), so moving a waiter
+(aging, demotion, a new service counter) just pushes a new entry, and a grant
+just clears ``waiter.entry`` (an entry by service is live only while that is
+set); dead entries are dropped when they reach the front and purged when they
 dominate.  For a policy that ranks by the service counter one entry serves both
 roles.
 
-* one heap per effective priority level, keyed by the policy's rank (for
-  ``PriorityWithFairness`` the service counter, so each level's head is also its
+* one queue per effective priority level, by the policy's rank in bands of
+  ``level_quantum`` (for ``PriorityWithFairness`` the service counter in bands
+  of ``fairness_quantum_tokens``, so each level's head is within a band of its
   least-served waiter);
 * ``fair``: least service first over all levels, kept only for policies whose
   rank is not the counter;
@@ -36,50 +36,46 @@ import heapq
 import math
 
 from ._alloc_records import PARKED, QUEUED, Account, Waiter
+from ._bands import BandQueue
 
-__all__ = ["TIE", "Key", "WaitQueue"]
-
-#: Weight of the arrival number (``seq``) in a heap key: among equal ranks the earlier
-#: request goes first; a request 2**20 arrivals older counts as one unit of rank ahead
-#: (one token of service for ``PriorityWithFairness``).  Ties break exactly while keys
-#: stay below 2**33 (a float keeps 20 bits of fraction there); above, near ties may go
-#: either way.
-TIE = 2.0 ** -20
+__all__ = ["Key", "WaitQueue", "key"]
 
 
 class Key(float):
-    """A heap entry: its key as a float, carrying the waiter it was made for."""
+    """A queue entry: its key as a float, carrying the waiter it was made for."""
 
     __slots__ = ("w",)
     w: Waiter
 
 
 def key(rank: float, w: Waiter) -> Key:
-    """A new entry for ``w`` ranked ``rank`` (ties broken by arrival)."""
-    k = Key(rank + w.seq * TIE)
+    """A new entry for ``w`` ranked ``rank``."""
+    k = Key(rank)
     k.w = w
     return k
 
 
 class WaitQueue:
-    """Queued and parked waiters of one pool, indexed for O(log n) selection."""
+    """Queued and parked waiters of one pool, indexed for O(1) selection."""
 
     #: Slots: the hot path reads these attributes on every request.
     __slots__ = (
-        "accounts", "aged_upto", "aging", "bg", "fair", "first_step", "floor", "heaps",
-        "last_arrival", "level_order", "levels", "n_bg_queued", "n_parked", "n_queued",
-        "next_age", "parked", "track_fair",
+        "accounts", "aged_upto", "aging", "bg", "fair", "first_step", "floor", "last_arrival",
+        "level_order", "level_quantum", "levels", "n_bg_queued", "n_parked", "n_queued",
+        "next_age", "parked", "queues", "track_fair",
     )
 
-    def __init__(self, *, track_fair: bool) -> None:
-        #: Keep the ``fair`` heap (policies whose rank is not the service counter).
+    def __init__(self, *, track_fair: bool, quantum: float, level_quantum: float) -> None:
+        #: Keep the ``fair`` queue (policies whose rank is not the service counter).
         self.track_fair = track_fair
-        self.levels: dict[int, list[Key]] = {}
-        #: The level heaps, highest level first (parallel to ``level_order``).
-        self.heaps: list[list[Key]] = []
+        #: Band width of the level queues (in the policy's rank units).
+        self.level_quantum = level_quantum
+        self.levels: dict[int, BandQueue] = {}
+        #: The level queues, highest level first (parallel to ``level_order``).
+        self.queues: list[BandQueue] = []
         self.level_order: list[int] = []
-        self.fair: list[Key] = []
-        self.bg: list[Key] = []
+        self.fair = BandQueue(quantum, by_service=True)
+        self.bg = BandQueue(quantum, by_service=True)
         self.aging: list[tuple[float, int, int, Waiter]] = []
         #: Per holder: service counter, holdings and waits in this pool.
         self.accounts: dict[str, Account] = {}
@@ -92,8 +88,8 @@ class WaitQueue:
         self.next_age = math.inf
         self.n_queued = 0
         self.n_bg_queued = 0
-        #: At most the smallest service counter of any queued waiter (exact after a full
-        #: scan in ``_select``; lowered whenever a waiter is queued or re-indexed below it).
+        #: At most the smallest service counter of any queued waiter (lowered whenever a
+        #: waiter is queued or re-indexed below it; raised by a full scan in ``_select``).
         self.floor = -math.inf
         #: The most recently queued waiter (its counter bounds the least one from above).
         self.last_arrival: Waiter | None = None
@@ -101,85 +97,52 @@ class WaitQueue:
         self.parked: dict[str, list[Waiter]] = {}
         self.n_parked = 0
 
-    # -- heaps ------------------------------------------------------------------------------
+    # -- queues -----------------------------------------------------------------------------
     def index(self, w: Waiter, level: int, rank: float) -> None:
-        """Push fresh entries for ``w`` (its older entries turn stale)."""
-        heap = self.levels.get(level)
-        if heap is None:
-            heap = self.new_level(level)
+        """Push fresh entries for ``w`` (its older entries turn dead)."""
+        lq = self.levels.get(level)
+        if lq is None:
+            lq = self.new_level(level)
         entry = w.entry = key(rank, w)
-        heapq.heappush(heap, entry)
+        lq.push(entry)
         if self.track_fair:
             centry = w.centry = key(w.counter, w)
-            heapq.heappush(self.fair, centry)
+            self.fair.push(centry)
         else:
             centry = w.centry = entry  # the rank is the service counter
         if w.background:
-            heapq.heappush(self.bg, centry)
+            self.bg.push(centry)
 
-    def new_level(self, level: int) -> list[Key]:
-        heap: list[Key] = []
-        self.levels[level] = heap
+    def new_level(self, level: int) -> BandQueue:
+        lq = BandQueue(self.level_quantum)
+        self.levels[level] = lq
         self.level_order = sorted(self.levels, reverse=True)
-        self.heaps = [self.levels[x] for x in self.level_order]
-        return heap
-
-    def head(self, heap: list[Key]) -> Waiter | None:
-        """The first live waiter of a level heap (stale entries are dropped)."""
-        while heap:
-            entry = heap[0]
-            w = entry.w
-            if w.entry is entry:
-                return w
-            heapq.heappop(heap)
-        return None
-
-    def chead(self, heap: list[Key]) -> Waiter | None:
-        """The first live waiter of a heap by service (``fair``, ``bg``)."""
-        while heap:
-            entry = heap[0]
-            w = entry.w
-            if w.centry is entry and w.entry is not None:
-                return w
-            heapq.heappop(heap)
-        return None
+        self.queues = [self.levels[x] for x in self.level_order]
+        return lq
 
     def top(self) -> Waiter | None:
         """The policy's first choice: the head of the highest non-empty level."""
-        for heap in self.heaps:
-            w = self.head(heap)
+        for lq in self.queues:
+            w = lq.head()
             if w is not None:
                 return w
         return None
 
-    def least_counter(self) -> float | None:
-        """The smallest service counter among queued waiters (one call on the hot path)."""
-        if self.track_fair:
-            w = self.chead(self.fair)
-            return None if w is None else w.counter
-        best: float | None = None
-        heappop = heapq.heappop
-        for heap in self.heaps:
-            while heap:
-                entry = heap[0]
-                w = entry.w
-                if w.entry is entry:
-                    if best is None or w.counter < best:
-                        best = w.counter
-                    break
-                heappop(heap)
-        return best
-
     def least(self) -> Waiter | None:
-        """The queued waiter with the smallest service counter."""
+        """The queued waiter served first by service (within a band of the least)."""
         if self.track_fair:
-            return self.chead(self.fair)
+            return self.fair.head()
         best: Waiter | None = None
-        for heap in self.heaps:
-            w = self.head(heap)
+        for lq in self.queues:
+            w = lq.head()
             if w is not None and (best is None or w.counter < best.counter):
                 best = w
         return best
+
+    def least_counter(self) -> float | None:
+        """The service counter of :meth:`least` (one call on the hot path)."""
+        w = self.least()
+        return None if w is None else w.counter
 
     # -- priority changes (aging) ----------------------------------------------------------
     def push_change(self, at: float, w: Waiter) -> None:
@@ -288,25 +251,23 @@ class WaitQueue:
 
     @property
     def entries(self) -> int:
-        """Heap entries, live and stale (stale ones are dropped lazily)."""
-        return (sum(len(heap) for heap in self.levels.values()) + len(self.fair) + len(self.bg)
-                + len(self.aging))
+        """Queue entries, live and dead (dead ones are dropped lazily)."""
+        return (sum(lq.entries for lq in self.levels.values()) + self.fair.entries
+                + self.bg.entries + len(self.aging))
 
     def maybe_compact(self) -> None:
-        """Rebuild the heaps when stale entries dominate.
+        """Purge dead entries when they dominate.
 
-        Called after every re-indexing and every 256th grant, so stale entries
+        Called after every re-indexing and every 256th grant, so dead entries
         stay within a constant factor of the live ones plus what 256 grants
         leave (amortised O(1) per push).
         """
         if self.entries <= 64 + 8 * self.n_queued:
             return
-        for heap in self.levels.values():
-            heap[:] = [e for e in heap if e.w.entry is e]
-            heapq.heapify(heap)
-        for heap in (self.fair, self.bg):
-            heap[:] = [e for e in heap if e.w.centry is e and e.w.entry is not None]
-            heapq.heapify(heap)
+        for lq in self.levels.values():
+            lq.compact()
+        self.fair.compact()
+        self.bg.compact()
         self.aging[:] = [e for e in self.aging if _live(e)]
         heapq.heapify(self.aging)
 

@@ -110,12 +110,15 @@ def test_params_are_frozen_and_validated() -> None:
 def test_r5_5_order_is_a_total_order_consistent_with_priority(
     rows: list[tuple[int, float, float, bool, float]], now: float
 ) -> None:
-    """R5.5: the served-first waiter has the highest effective priority, least service."""
+    """R5.5: the served-first waiter has the highest effective priority, least service
+    (counters in one band of ``rank_quantum`` tokens tie, then the earlier goes first)."""
     ws = [waiter(f"h{i}", i, base=b, at=at, fraction=f, blocking=bl, counter=c)
           for i, (b, at, f, bl, c) in enumerate(rows)]
     ordered = POLICY.order(ws, now)
     assert sorted(w.seq for w in ordered) == list(range(len(ws)))
-    keys = [(-POLICY.priority(w, now), w.counter, w.seq) for w in ordered]
+    q = POLICY.rank_quantum
+    assert q == 100
+    keys = [(-POLICY.priority(w, now), w.counter // q, w.seq) for w in ordered]
     assert keys == sorted(keys)
     # Waiting longer never lowers a waiter's priority (aging is monotone).
     for w in ws:
