@@ -471,11 +471,13 @@ class AllocatorCore:
             if a.background:  # the same as the waiter's while it is queued
                 p.n_bg_queued -= 1
                 # Its entry in the background queue is usually that queue's head: drop it
-                # now (left to the rare floor check, dead heads would pile up until
-                # compaction).
+                # now, with any dead heads (left to the rare floor check, they would pile
+                # up, and keep their waiters' objects, until compaction).
                 bd = p.bg.first
                 if bd and bd[0] is w.centry:
                     bd.popleft()
+                else:
+                    p.bg.head()
             if a.waiter is w and a.more is None:  # Account.remove_waiter, inline
                 a.waiter = None
             else:
