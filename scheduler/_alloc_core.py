@@ -397,9 +397,10 @@ class AllocatorCore:
             d = lq.first
             if d is None:
                 continue  # an empty level
-            if d and d[0].w.entry is d[0] and not lq.first_late:  # live, nothing late
-                w: Waiter = d[0].w
-            else:
+            if d:
+                entry = d[0]
+                w: Waiter = entry.w
+            if not d or w.entry is not entry or lq.first_late:  # dead, or late ones first
                 head = lq.head()  # drops dead entries and empty bands in front
                 if head is None:
                     continue

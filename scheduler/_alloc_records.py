@@ -43,11 +43,11 @@ class Waiter(WaiterView):
     calls: int = 1
     requested: int = 0
     state: int = QUEUED
-    #: The live entry (a ``_waitqueue.Key``) in its level heap; ``None`` unless queued.
+    #: The live entry (a ``_waitqueue.Key``) in its level queue; ``None`` unless queued.
     entry: Any = field(default=None, repr=False)
     #: What the waiting coroutine parks on (a loop future or an anyio Event).
     event: Any = None
-    #: The live entry in the heaps by service (``fair``, ``bg``), while ``entry`` is
+    #: The live entry in the queues by service (``fair``, ``bg``), while ``entry`` is
     #: set.  (The same entry when the rank is the service counter.)
     centry: Any = field(default=None, repr=False)
     #: The grant (set on the anyio Event path, or when the future was cancelled first;

@@ -2,7 +2,7 @@
 
 R5.3–R5.5.  Every model call waits here (``acquire`` before the call,
 ``settle`` after it), so this is the hot path: no pydantic models and no log
-calls per acquire, O(log n) heap operations, and no per-lease tasks — one
+calls per acquire, O(1) queue operations, and no per-lease tasks — one
 servicing coroutine (:meth:`Allocator.run`, or :func:`open_allocator`) wakes
 for lease expiry, aging and bucket refill.
 
