@@ -414,8 +414,7 @@ class AllocatorCore:
                 top = least = w
             elif w.counter < least.counter:  # type: ignore[union-attr] # set with top
                 least = w
-            # This level's lowest band edge (quantum > 0: levels keyed by counter bands).
-            low = lq.order[0] * lq.quantum
+            low = lq.low()  # the level's keys, its counters, are at least this
             if low < edge:
                 edge = low
         else:

@@ -31,6 +31,7 @@ it (``by_service``: ``waiter.centry``, while the waiter is queued; otherwise
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -131,6 +132,13 @@ class BandQueue:
             self.first_late = self.late.get(b)
         else:
             self.first = self.first_late = None
+
+    def low(self) -> float:
+        """The lowest band's lower edge: every key here is at least this (``inf``: empty)."""
+        if not self.order:
+            return math.inf
+        b = self.order[0]
+        return b * self.quantum if self.quantum else b
 
     @property
     def entries(self) -> int:

@@ -72,7 +72,7 @@ class Pool(WaitQueue):
 
     def __init__(
         self, name: str, config: PoolConfig, max_share: float, window_s: float = 60.0,
-        *, track_fair: bool = True, quantum: float = 100.0, level_quantum: float = 100.0,
+        *, track_fair: bool = True, quantum: float, level_quantum: float,
     ) -> None:
         super().__init__(track_fair=track_fair, quantum=quantum, level_quantum=level_quantum)
         self.name = name

@@ -140,7 +140,7 @@ class WaitQueue:
         return best
 
     def least_counter(self) -> float | None:
-        """The service counter of :meth:`least` (one call on the hot path)."""
+        """The service counter of :meth:`least` (the VTC lift, when its probe cannot decide)."""
         w = self.least()
         return None if w is None else w.counter
 

@@ -439,7 +439,8 @@ def test_refill_short_by_a_rounding_error_waits_a_little_not_zero() -> None:
     from scheduler._config import PoolConfig
     from scheduler._pools import Pool
 
-    p = Pool("p", PoolConfig(tokens_per_minute=60_000), max_share=0.5)
+    p = Pool("p", PoolConfig(tokens_per_minute=60_000), max_share=0.5, quantum=100,
+             level_quantum=100)
     assert p.tpm is not None
     p.tpm.level, p.tpm.last = 1011 - 1e-13, 2.021
     at = p.refill_time(1011, 1, 2.021)

@@ -34,8 +34,10 @@ def test_r5_5_lower_band_first_then_arrival_order() -> None:
     q = BandQueue(100)
     for seq, rank in [(1, 150.0), (2, 120.0), (3, 99.0), (4, 199.0), (5, 0.0), (6, 200.0)]:
         q.push(_entry(seq, rank))
+    assert q.low() == 0.0  # every key is at least the lowest band's edge
     assert _drain(q) == [3, 5, 1, 2, 4, 6]
     assert q.first is None and not q.bands and not q.order
+    assert q.low() == math.inf
 
 
 def test_r5_5_a_late_push_keeps_its_arrival_place() -> None:
@@ -69,6 +71,7 @@ def test_quantum_zero_is_exact_and_inf_is_one_fifo() -> None:
     exact = BandQueue(0)
     for seq, rank in [(1, 2.5), (2, 2.25), (3, 2.5)]:
         exact.push(_entry(seq, rank))
+    assert exact.low() == 2.25
     assert _drain(exact) == [2, 1, 3]
     fifo = BandQueue(math.inf)
     for seq, rank in [(1, 9.0), (2, 1.0), (3, 5.0)]:
