@@ -6,8 +6,8 @@ here, with the queueing inline).  Every model call passes through here twice
 (``acquire``, then ``settle``), so this is the hot path: no pydantic and no
 logging per request, O(1) queue operations, no per-lease tasks, few Python
 calls, and as few allocations as possible (each request reuses its holder's
-waiter record; a wait allocates its queue entry and future, a grant its
-:class:`Lease`).
+waiter record, queued as its own entry; a wait allocates its future, a grant
+its :class:`Lease`).
 
 When a lease ends and requests wait, the freed capacity goes straight to the
 next one (:meth:`AllocatorCore._dispatch` runs inside ``settle`` / ``release``):
@@ -36,7 +36,7 @@ from ._leases import LEASE_IDS, Lease, LeaseTable, new_lease_id
 from ._park import backend_clock, parking
 from ._policy import fairness_params
 from ._pools import Pool
-from ._waitqueue import Key, key
+from ._waitqueue import key
 
 __all__ = ["AllocatorCore"]
 
@@ -264,13 +264,15 @@ class AllocatorCore:
             # Hinted policy: the level is the holder's cached one, the key its counter (or
             # the policy's constant rank); dead entries go when they reach a front.
             if self._by_counter:
-                entry = w.entry = w.centry = Key(counter)  # WaitQueue.key, inline
-                entry.w = w
+                # The record is its own entry, keyed by its counter: no entry object, and
+                # none to free, out of the caches, when the grant pops it.
+                w.entry = w.centry = w
+                w.self_queued = True
                 band = counter // lq.quantum  # BandQueue.push, inline
                 d = lq.bands.get(band)
                 if d is None:
                     d = lq.new_band(band)
-                d.append(entry)
+                d.append(w)
                 del band
             else:
                 w.entry = key(self._rank(w), w)
@@ -307,7 +309,8 @@ class AllocatorCore:
         if lease is None:
             raise w.error or LeaseError("request withdrawn")
         w.event = None  # freed now, while its memory is still in the CPU caches
-        a.spare = w  # the record serves the holder's next wait here
+        if not w.self_queued:
+            a.spare = w  # the record serves the holder's next wait here
         return lease
 
     def _admit(
@@ -462,11 +465,15 @@ class AllocatorCore:
             w.state = GRANTED
             entry = w.entry
             w.entry = None  # (which also makes ``centry`` stale)
+            # Whether the record, queued as its own entry, leaves every queue it is in now.
+            out = entry is w
             lq = a.level
             if lq is not None:
                 d = lq.first
                 if d and d[0] is entry:
                     d.popleft()  # now rather than at the next select (see acquire)
+                else:
+                    out = False
             p.n_queued -= 1
             if a.background:  # the same as the waiter's while it is queued
                 p.n_bg_queued -= 1
@@ -478,6 +485,9 @@ class AllocatorCore:
                     bd.popleft()
                 else:
                     p.bg.head()
+                    out = False
+            if out:
+                w.self_queued = False  # the record can serve the holder's next wait
             if a.waiter is w and a.more is None:  # Account.remove_waiter, inline
                 a.waiter = None
             else:

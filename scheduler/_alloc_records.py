@@ -12,7 +12,10 @@ A waiter record is reused for the holder's next wait in the same pool (see
 the garbage collector to promote, the main cost at 10 000 waiters.  Reuse is
 safe because an index entry is live only while the record points at it
 (``entry`` / ``centry``), and an aging entry carries the ``seq`` and ``epoch``
-it was made for, which only grow.
+it was made for, which only grow.  A record queued as its own entry (see
+:attr:`Waiter.w`) would come back to life in a queue that still holds it, so
+it is reused only when its grant took it out of every queue it was in
+(:attr:`Waiter.self_queued`).
 """
 
 from __future__ import annotations
@@ -40,10 +43,17 @@ class Waiter(WaiterView):
     """
 
     account: Account | None = None
+    #: The record itself: a queue entry's ``w`` is its waiter, and a waiter queued in its
+    #: first place needs no separate entry object (the allocator's inline push queues the
+    #: record; a re-indexed waiter gets ``Key`` entries).
+    w: Waiter = field(init=False, repr=False, compare=False)
+    #: The record is (or may still be, dead) in a queue as its own entry: not reusable.
+    self_queued: bool = False
     calls: int = 1
     requested: int = 0
     state: int = QUEUED
-    #: The live entry (a ``_waitqueue.Key``) in its level queue; ``None`` unless queued.
+    #: The live entry (a ``_waitqueue.Key``, or the record itself) in its level queue;
+    #: ``None`` unless queued.
     entry: Any = field(default=None, repr=False)
     #: What the waiting coroutine parks on (a loop future or an anyio Event).
     event: Any = None
@@ -58,6 +68,9 @@ class Waiter(WaiterView):
     #: Bumped at every re-indexing; an aging entry is live only while it matches.
     epoch: int = 0
     error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.w = self
 
 
 @dataclass(slots=True, eq=False)

@@ -1,7 +1,9 @@
 """A queue in bands: lowest band first, first come first served within a band.
 
 Private to the allocator's wait queue.  Entries are keys (floats carrying
-their waiter, see ``_waitqueue.Key``); an entry's band is ``key // quantum``,
+their waiter, see ``_waitqueue.Key``), or a waiter record queued as its own
+entry, keyed by its service counter (the allocator's common case: no entry
+object per request; see ``Waiter.w``); an entry's band is ``key // quantum``,
 so entries whose keys lie within one quantum of each other are served in
 arrival order, and a lower band always goes before a higher one.  This is the
 bucketed fair queue of deficit round robin and calendar queues rather than an
@@ -36,8 +38,13 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from ._alloc_records import Waiter
     from ._waitqueue import Key
+
+    #: A queue entry: a ``Key``, or a waiter that is its own entry (keyed by its counter).
+    Entry: TypeAlias = Key | Waiter
 
 __all__ = ["BandQueue"]
 
@@ -55,27 +62,28 @@ class BandQueue:
         #: Liveness by ``waiter.centry`` (the queues by service) or ``waiter.entry``.
         self.by_service = by_service
         #: Entries of each band in arrival order, by band number.
-        self.bands: dict[float, deque[Key]] = {}
+        self.bands: dict[float, deque[Entry]] = {}
         #: Entries pushed behind a later arrival, per band: heaps of ``(seq, entry)``.
-        self.late: dict[float, list[tuple[int, Key]]] = {}
+        self.late: dict[float, list[tuple[int, Entry]]] = {}
         #: Band numbers (a binary heap): ``order[0]`` is the lowest band.
         self.order: list[float] = []
         #: The lowest band's entries (``None`` when there is no band), and its late heap.
-        self.first: deque[Key] | None = None
-        self.first_late: list[tuple[int, Key]] | None = None
+        self.first: deque[Entry] | None = None
+        self.first_late: list[tuple[int, Entry]] | None = None
 
     def band(self, key: float) -> float:
         """The band number of ``key``."""
         q = self.quantum
         return key // q if q else float(key)
 
-    def push(self, entry: Key) -> None:
+    def push(self, entry: Entry) -> None:
         """Add ``entry`` to its band, in arrival order (``entry.w.seq``)."""
-        b = self.band(entry)
+        w = entry.w
+        b = self.band(w.counter if entry is w else entry)  # type: ignore[arg-type]
         d = self.bands.get(b)
         if d is None:
             d = self.new_band(b)
-        seq = entry.w.seq
+        seq = w.seq
         if not d or d[-1].w.seq < seq:
             d.append(entry)  # the latest arrival: the allocator's inline push does just this
             return
@@ -86,9 +94,9 @@ class BandQueue:
                 self.first_late = late
         heapq.heappush(late, (seq, entry))
 
-    def new_band(self, b: float) -> deque[Key]:
+    def new_band(self, b: float) -> deque[Entry]:
         """Open band ``b`` (the allocator's inline push calls this for a missing band)."""
-        d: deque[Key] = deque()
+        d: deque[Entry] = deque()
         self.bands[b] = d
         order = self.order
         heapq.heappush(order, b)
@@ -97,7 +105,7 @@ class BandQueue:
             self.first_late = None
         return d
 
-    def _live(self, entry: Key) -> bool:
+    def _live(self, entry: Entry) -> bool:
         w = entry.w
         if self.by_service:
             return w.centry is entry and w.entry is not None

@@ -261,6 +261,28 @@ def test_fifo_policy_serves_in_arrival_order() -> None:
     assert run_virtual(main) == ["n", "crit", "bg"]
 
 
+def test_r5_5_a_moved_request_is_never_served_from_its_old_place() -> None:
+    """R5.5: a request queued in its arrival place and then moved (here: boosted) leaves
+    that place dead for good; the holder's next request waits behind later arrivals."""
+    async def main() -> list[str]:
+        trace: list[str] = []
+        async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
+            first = await alloc.acquire("occupier")
+            async with anyio.create_task_group() as tg:
+                for holder in ("x", "z", "a", "y"):  # one band of level 2: x, z, a, y
+                    tg.start_soon(_serve, alloc, holder, trace, 0, 1.0 if holder == "x" else 0)
+                    await anyio.sleep(0.001)
+                alloc.set_blocking("a", True)  # a moves to level 3; its old place is dead
+                alloc.settle(first.id, 0)  # a, then x (holding for 1 s); z is next
+                await anyio.sleep(0.5)
+                assert trace == ["a", "x"]
+                alloc.set_blocking("a", False)
+                tg.start_soon(_serve, alloc, "a", trace, 0)  # queued behind y
+        return trace
+
+    assert run_virtual(main) == ["a", "x", "z", "y", "a"]
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(
     st.tuples(st.sampled_from(["critical_path", "normal", "background"]),

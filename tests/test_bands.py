@@ -98,3 +98,20 @@ def test_r5_5_serves_in_band_then_arrival_order(
             q.push(e)
     expected = sorted(entries, key=lambda e: (rank_band(float(e), quantum), e.w.seq))
     assert _drain(q) == [e.w.seq for e in expected]
+
+
+def test_r5_5_a_waiter_is_its_own_entry_keyed_by_its_counter() -> None:
+    """R5.5: a waiter record queued as its own entry (no Key object) bands by its counter,
+    before and after compaction."""
+    q = BandQueue(100)
+    waiters = []
+    for seq, counter in [(1, 250.0), (2, 30.0), (3, 120.0), (4, 60.0)]:
+        w = Waiter(f"h{seq}", seq, 0.0, 2, counter=counter)
+        w.entry = w
+        q.push(w)
+        waiters.append(w)
+    assert waiters[0].w is waiters[0]
+    waiters[2].entry = None  # withdrawn: dead
+    q.compact()
+    assert q.entries == 3
+    assert _drain(q) == [2, 4, 1]
