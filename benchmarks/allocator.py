@@ -79,7 +79,7 @@ async def _run_allocator(agents: int, cycles: int, policy_name: str) -> float:
                 # A settled lease is dropped, as the gateway's call scope drops it and as
                 # ``async with`` drops the baselines' per-cycle objects.  Kept until the next
                 # grant, 10 000 cycles later at 10 000 agents, it would be freed out of the
-                # CPU caches (about 10 L2-model misses per cycle; benchmarks/allocator.md).
+                # CPU caches (about 13 L2-model misses per cycle; benchmarks/allocator.md).
                 del lease
 
         return await _timed(agents, agent)
