@@ -1,8 +1,9 @@
 """The real provider: Claude through the official ``anthropic`` SDK (R2.1–R2.4).
 
 * The SDK's own retries are off (``max_retries=0``); this class retries
-  instead, so every attempt is timed, reported to ``on_attempt`` (the health
-  monitor) and — when a dropped stream had already consumed input — charged.
+  instead, so every attempt is timed, reported to ``on_attempt`` (optional;
+  the gateway records whole calls, retries counted, in the health monitor) and
+  — when a dropped stream had already consumed input — charged.
 * ``usage`` is read from plain responses and from streamed ones
   (``message_start`` + ``message_delta``), cache reads and the 5-minute /
   1-hour cache-write split included.
