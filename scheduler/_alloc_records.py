@@ -45,7 +45,8 @@ class Waiter(WaiterView):
     account: Account | None = None
     #: The record itself: a queue entry's ``w`` is its waiter, and a waiter queued in its
     #: first place needs no separate entry object (the allocator's inline push queues the
-    #: record; a re-indexed waiter gets ``Key`` entries).
+    #: record; a re-indexed waiter gets ``Key`` entries).  Stored, not a property: the
+    #: grant path reads ``entry.w`` as a plain slot whichever kind the entry is.
     w: Waiter = field(init=False, repr=False, compare=False)
     #: The record is (or may still be, dead) in a queue as its own entry: not reusable.
     self_queued: bool = False
