@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from agents.providers import AnthropicProvider, SimulatedProvider
 from scheduler import ConfigError, Provider, VibeConfig
-
-from .providers import AnthropicProvider, SimulatedProvider
 
 
 def make_provider(config: VibeConfig) -> Provider:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from scheduler import TaskSpec
-
-from ._context import AgentContext
+from scheduler.runtime._context import AgentContext
 
 #: A long, stable system prompt: counted once by the estimator, cached by the provider.
 SYSTEM_PROMPT = (

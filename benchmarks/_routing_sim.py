@@ -35,8 +35,8 @@ from typing import Literal
 
 from policies.complexity import ComplexityPolicy, Depth, TaskInfo
 from scheduler import EventBus, VibeConfig
-from scheduler._catalog import ModelCatalog
-from scheduler._routing import Router
+from scheduler.routing._catalog import ModelCatalog
+from scheduler.routing._router import Router
 
 Difficulty = Literal["simple", "moderate", "complex"]
 MAX_ATTEMPTS = 3

@@ -4,7 +4,7 @@ N agents (1 000 and 10 000) each do ``cycles`` acquire → hold (one yield) →
 settle cycles against one pool of 50 concurrent slots, on asyncio.  Timed in
 the same run, with the same loop shape:
 
-* ``priority_fairness`` / ``fifo`` — our :class:`~scheduler._allocator.Allocator`
+* ``priority_fairness`` / ``fifo`` — our :class:`~scheduler.allocator._allocator.Allocator`
   (serviced by :func:`open_allocator`) with each policy; agents are 10 %
   critical_path, 70 % normal, 20 % background, asking 500–2 000 tokens;
 * ``asyncio_semaphore`` — ``asyncio.Semaphore(50)``;
@@ -34,8 +34,8 @@ from aiolimiter import AsyncLimiter
 
 from benchmarks._common import emit, parse_args, progress
 from policies.fairness import Fifo, PriorityWithFairness
-from scheduler._allocator import fairness_params, open_allocator
-from scheduler._config import AllocatorConfig, PoolConfig
+from scheduler.allocator._allocator import fairness_params, open_allocator
+from scheduler.config._config import AllocatorConfig, PoolConfig
 
 SLOTS = 50
 SIZES = (500, 1000, 1500, 2000)

@@ -32,10 +32,9 @@ import anyio
 import anyio.lowlevel
 import networkx as nx
 
+from benchmarks._common import emit, median_of, parse_args, progress
 from policies.victim import VictimCandidate
-from scheduler._deadlock import DeadlockDetector, WaitForGraph
-
-from ._common import emit, median_of, parse_args, progress
+from scheduler.deadlock._graph import DeadlockDetector, WaitForGraph
 
 
 def build(n: int, seed: int = 0, *, with_rings: bool = True) -> tuple[WaitForGraph, int]:

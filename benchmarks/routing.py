@@ -7,7 +7,7 @@ numbers, see ``benchmarks/_routing_sim.py``).  A task is its exploration calls
 (read and summarise code) then its main call, each routed on its own as the
 gateway does; each call gets up to 3 attempts, retried when it failed or the
 judge scored it below 0.5.  The routed arm
-uses the real :class:`scheduler._routing.Router` with the default policies —
+uses the real :class:`scheduler.routing._router.Router` with the default policies —
 complexity scoring, budget pressure, and R4.3 upgrades and learning, whose
 retries cost money like any other call.  The baseline sends every attempt to
 opus.
@@ -37,11 +37,10 @@ from typing import Any
 
 import structlog
 
+from benchmarks._common import emit, parse_args, progress
+from benchmarks._routing_sim import TEMPLATES, run_arm, workload
 from policies.complexity import ComplexityParams, ScoredComplexity
 from scheduler import ModelSpec, VibeConfig
-
-from ._common import emit, parse_args, progress
-from ._routing_sim import TEMPLATES, run_arm, workload
 
 
 def _quiet_logs() -> None:

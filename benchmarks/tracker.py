@@ -21,11 +21,10 @@ from timeit import default_timer
 
 import anyio
 
+from benchmarks._common import emit, median_of, parse_args, progress
 from scheduler import FixedWallClock, Limits, TaskSpec, TokenCounter, Tracker, Usage, VibeConfig
 from scheduler import resolve_task as resolve_task
 from scheduler.store import MemoryStore, SqliteStore, Store
-
-from ._common import emit, median_of, parse_args, progress
 
 CONFIG = VibeConfig(
     budgets={"session": Limits(), "day": Limits()},

@@ -5,21 +5,21 @@ Each module holds one decision: ``fairness`` (allocation order), ``victim``
 (threshold actions) and ``replan`` (break down / defer / simplify).
 """
 
-from .alerts import AlertPolicy as AlertPolicy
-from .alerts import DefaultAlertPolicy as DefaultAlertPolicy
-from .complexity import ComplexityPolicy as ComplexityPolicy
-from .complexity import ScoredComplexity as ScoredComplexity
-from .fairness import AllocationPolicy as AllocationPolicy
-from .fairness import Fifo as Fifo
-from .fairness import PolicyHints as PolicyHints
-from .fairness import PriorityWithFairness as PriorityWithFairness
-from .replan import DefaultReplanPolicy as DefaultReplanPolicy
-from .replan import ReplanPolicy as ReplanPolicy
-from .routing import CheapestCapableRouting as CheapestCapableRouting
-from .routing import RouteDecision as RouteDecision
-from .routing import RoutingPolicy as RoutingPolicy
-from .victim import LowestPriorityVictim as LowestPriorityVictim
-from .victim import VictimPolicy as VictimPolicy
+from policies.alerts import AlertPolicy as AlertPolicy
+from policies.alerts import DefaultAlertPolicy as DefaultAlertPolicy
+from policies.complexity import ComplexityPolicy as ComplexityPolicy
+from policies.complexity import ScoredComplexity as ScoredComplexity
+from policies.fairness import AllocationPolicy as AllocationPolicy
+from policies.fairness import Fifo as Fifo
+from policies.fairness import PolicyHints as PolicyHints
+from policies.fairness import PriorityWithFairness as PriorityWithFairness
+from policies.replan import DefaultReplanPolicy as DefaultReplanPolicy
+from policies.replan import ReplanPolicy as ReplanPolicy
+from policies.routing import CheapestCapableRouting as CheapestCapableRouting
+from policies.routing import RouteDecision as RouteDecision
+from policies.routing import RoutingPolicy as RoutingPolicy
+from policies.victim import LowestPriorityVictim as LowestPriorityVictim
+from policies.victim import VictimPolicy as VictimPolicy
 
 __all__ = [
     "AlertPolicy", "AllocationPolicy", "CheapestCapableRouting", "ComplexityPolicy",

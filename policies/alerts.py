@@ -2,7 +2,7 @@
 
 The tracker reports each :class:`~scheduler.Crossing` once per crossing; an
 alert policy maps it to a list of plain-data :class:`AlertAction`s that the
-runtime (``scheduler._alerts``) applies.  The policy is pure: it never awaits,
+runtime (``scheduler.control._alerts``) applies.  The policy is pure: it never awaits,
 never reads a clock and performs no I/O, so it is unit-tested without an
 event loop.
 

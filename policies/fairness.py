@@ -4,7 +4,7 @@ A policy decides *who goes next* among the requests waiting on a pool.  It is
 pure and synchronous: it gets plain :class:`WaiterView` data and ``now`` and
 returns a decision; it never awaits and never reads a clock.
 
-The allocator (``scheduler._allocator``) keeps its waiters indexed so that the
+The allocator (``scheduler.allocator._allocator``) keeps its waiters indexed so that the
 next grant is found in O(1).  For that it asks the policy three things per
 waiter: its effective :meth:`~AllocationPolicy.priority` (an int level, higher
 first), its :meth:`~AllocationPolicy.rank` inside a level (lower first; ranks

@@ -27,7 +27,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .complexity import TaskInfo
+from policies.complexity import TaskInfo
 
 
 class ReplanParams(BaseModel):

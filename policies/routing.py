@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from .complexity import Assessment, TaskInfo
+from policies.complexity import Assessment, TaskInfo
 
 if TYPE_CHECKING:
-    from scheduler._config import RoutingConfig
+    from scheduler.config._config import RoutingConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,9 @@ class CheapestCapableRouting:
 
     def __init__(self, params: RoutingConfig | None = None, floor: str = "sonnet") -> None:
         if params is None:
-            from scheduler._config import RoutingConfig  # at call time: policies import first
+            from scheduler.config._config import (
+                RoutingConfig,  # at call time: policies import first
+            )
 
             params = RoutingConfig()
         self.params = params

@@ -10,14 +10,13 @@ from typing import Any, TypeVar
 import anyio
 
 from scheduler import Event, EventBus, FixedWallClock, Limits, TaskProfile, Tracker, Usage
-from scheduler._alerts import AlertRuntime
-from scheduler._config import VibeConfig, config_from_dict
-from scheduler._overdraft import OverdraftLedger
-from scheduler._pause import PauseController
-from scheduler._tracker import Crossing, Reservation
+from scheduler.budget._tracker import Crossing, Reservation
+from scheduler.config._config import VibeConfig, config_from_dict
+from scheduler.control._alerts import AlertRuntime
+from scheduler.control._overdraft import OverdraftLedger
+from scheduler.control._pause import PauseController
 from scheduler.store import MemoryStore, SqliteStore, Store
-
-from ._helpers import run_virtual as run_virtual
+from tests._helpers import run_virtual as run_virtual
 
 T = TypeVar("T")
 DAY = date(2026, 11, 25)  # a Wednesday: weekday day budget

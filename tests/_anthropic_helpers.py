@@ -11,7 +11,7 @@ import pytest
 from agents.fake_api import FakeAnthropicServer, Reported, open_fake_api
 from agents.providers import AnthropicProvider
 from scheduler import CompletionRequest, RateLimitInfo, Usage
-from scheduler._config import ProviderConfig
+from scheduler.config._config import ProviderConfig
 
 #: A key that must never show up in logs, reprs or error messages.
 SECRET_KEY = "sk-ant-api03-TESTSECRET-5f2b9c1e7d"

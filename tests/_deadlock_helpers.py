@@ -10,12 +10,11 @@ import anyio
 
 from agents import AgentContext
 from scheduler import Event, FixedWallClock, Limits, TaskSpec, VibeConfig
-from scheduler._config import PriorityClass
-from scheduler._orchestrator import Orchestrator, RunReport
-
-from ._fakes import ScriptedProvider
-from ._helpers import FRIDAY
-from ._observe_helpers import instant_shell_context
+from scheduler.config._config import PriorityClass
+from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from tests._fakes import ScriptedProvider
+from tests._helpers import FRIDAY
+from tests._observe_helpers import instant_shell_context
 
 
 class LockingAgent:

@@ -14,12 +14,19 @@ import pytest
 from rich.console import Console
 
 from agents import AgentContext, ShellResult, discover_agents, is_dangerous, make_provider
-from agents._context import FileOps
 from scheduler import VibeConfig
-from scheduler._demo import demo_config
-from scheduler._orchestrator import Orchestrator, _default_context_factory
-from scheduler._snapshot import BudgetBar, EventView, ModelView, PoolView, Snapshot, TaskView
-from scheduler._task import TaskHandle
+from scheduler.cli._demo import demo_config
+from scheduler.observe._snapshot import (
+    BudgetBar,
+    EventView,
+    ModelView,
+    PoolView,
+    Snapshot,
+    TaskView,
+)
+from scheduler.runtime._context import FileOps
+from scheduler.runtime._orchestrator import Orchestrator, _default_context_factory
+from scheduler.tasks._state import TaskHandle
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CHROMIUM_FLAGS = (

@@ -3,7 +3,7 @@
 ``N`` agents share this process's slice of a global tokens-per-minute pool and
 one session budget with the other processes:
 
-* the slice comes from :class:`~scheduler._quota.GlobalQuota` leases on Redis;
+* the slice comes from :class:`~scheduler.allocator._quota.GlobalQuota` leases on Redis;
   ``on_slice`` sets the refill rate of a small token bucket that stands in for
   the local allocator's ``set_capacity`` (the allocator lands separately);
 * every call is admitted through ``Tracker.reserve_shared`` (the atomic Redis
@@ -34,7 +34,7 @@ from scheduler import (
     VibeConfig,
     resolve_task,
 )
-from scheduler._quota import open_global_quota
+from scheduler.allocator._quota import open_global_quota
 from scheduler.store._redis import RedisStore
 
 

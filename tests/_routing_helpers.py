@@ -7,9 +7,9 @@ from typing import Any
 
 from policies.complexity import Depth, Level, TaskInfo
 from scheduler import Event, EventBus, VibeConfig
-from scheduler._catalog import ModelCatalog
-from scheduler._health import HealthMonitor
-from scheduler._routing import Router
+from scheduler.routing._catalog import ModelCatalog
+from scheduler.routing._health import HealthMonitor
+from scheduler.routing._router import Router
 
 
 class ManualClock:

@@ -46,7 +46,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 @pytest.fixture
 def redis_ns() -> Iterator[str]:
     """A fresh namespace on the test Redis, deleted afterwards (skips or fails without Redis)."""
-    from ._redis_helpers import delete_namespace, new_namespace, redis_or_skip
+    from tests._redis_helpers import delete_namespace, new_namespace, redis_or_skip
 
     client = redis_or_skip()
     ns = new_namespace()

@@ -9,9 +9,8 @@ import anyio
 import pytest
 import structlog.testing
 
-from scheduler._alerts import status_rows
-
-from ._alerts_helpers import Harness, make_config, open_harness, profile, run_virtual
+from scheduler.control._alerts import status_rows
+from tests._alerts_helpers import Harness, make_config, open_harness, profile, run_virtual
 
 LEVELS = ("warning", "critical", "exceeded")
 Step = Callable[[Harness], Awaitable[None]]
@@ -234,8 +233,7 @@ def test_r3_1_thresholds_passed_before_a_restart_do_not_fire_again(tmp_path: Any
     cost) does not announce the warning again; the next threshold still fires once."""
     from scheduler import Limits, TaskSpec, Usage, VibeConfig, resolve_task
     from scheduler.store import SqliteStore
-
-    from ._helpers import tracker_with_task
+    from tests._helpers import tracker_with_task
 
     config = VibeConfig.model_validate({"budgets": {"day": {"cost_usd": 1.0}}})
     spec = TaskSpec(id="t1", agent="coder", prompt="Fix it",

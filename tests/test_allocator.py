@@ -10,11 +10,11 @@ import anyio.lowlevel
 import pytest
 
 from policies.fairness import Fifo, PriorityWithFairness
-from scheduler._allocator import Allocator, make_allocation_policy, open_allocator
-from scheduler._errors import AllocationError, ConfigError, LeaseError, WouldBlockError
-from scheduler._events import EventBus
-from scheduler._leases import Lease, new_lease_id
-from scheduler._provider import RateLimitInfo
+from scheduler.allocator._allocator import Allocator, make_allocation_policy, open_allocator
+from scheduler.allocator._leases import Lease, new_lease_id
+from scheduler.core._errors import AllocationError, ConfigError, LeaseError, WouldBlockError
+from scheduler.core._events import EventBus
+from scheduler.core._provider import RateLimitInfo
 from tests._allocator_helpers import pool_config, run_virtual
 
 
@@ -436,8 +436,8 @@ def test_refill_short_by_a_rounding_error_waits_a_little_not_zero() -> None:
     """A bucket level short of a request by a float rounding error (1010.9999… of 1011)
     schedules the refill strictly after now; at "now" the servicing task would wake at
     the same virtual instant forever (seen with a global slice after a closed pool)."""
-    from scheduler._config import PoolConfig
-    from scheduler._pools import Pool
+    from scheduler.allocator._pools import Pool
+    from scheduler.config._config import PoolConfig
 
     p = Pool("p", PoolConfig(tokens_per_minute=60_000), max_share=0.5, quantum=100,
              level_quantum=100)

@@ -10,14 +10,13 @@ import pytest
 
 from agents.builtin import CoderAgent, QuestionAnswerAgent
 from scheduler import FixedWallClock, TaskSpec, VibeConfig
-from scheduler._config import AllocatorConfig, PoolConfig
-from scheduler._orchestrator import Orchestrator
-from scheduler._usage import UsageEvent
+from scheduler.config._config import AllocatorConfig, PoolConfig
+from scheduler.core._usage import UsageEvent
+from scheduler.runtime._orchestrator import Orchestrator
 from scheduler.store import MemoryStore
 from scheduler.store._ledger import Hold, ScopeLimit
-
-from ._fakes import ScriptedProvider
-from ._helpers import FRIDAY, run_virtual
+from tests._fakes import ScriptedProvider
+from tests._helpers import FRIDAY, run_virtual
 
 
 def test_r5_3_gateway_calls_are_leased_from_the_pool(tmp_path: Path) -> None:

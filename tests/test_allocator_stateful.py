@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from scheduler._allocator import Allocator
-from scheduler._errors import LeaseError
-from scheduler._leases import Lease
-from scheduler._pools import QUEUED
+from scheduler.allocator._allocator import Allocator
+from scheduler.allocator._leases import Lease
+from scheduler.allocator._pools import QUEUED
+from scheduler.core._errors import LeaseError
 from tests._allocator_helpers import pool_config
 
 HOLDERS = ["a", "b", "c", "d", "bg"]

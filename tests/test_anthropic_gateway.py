@@ -12,11 +12,10 @@ from agents.builtin import QuestionAnswerAgent
 from agents.fake_api import FakeAnthropicServer
 from agents.providers import AnthropicProvider
 from scheduler import FixedWallClock, TaskSpec, TokenCounter, VibeConfig
-from scheduler._config import ProviderConfig
-from scheduler._orchestrator import Orchestrator
-
-from ._anthropic_helpers import SECRET_KEY, fake_api
-from ._helpers import FRIDAY
+from scheduler.config._config import ProviderConfig
+from scheduler.runtime._orchestrator import Orchestrator
+from tests._anthropic_helpers import SECRET_KEY, fake_api
+from tests._helpers import FRIDAY
 
 pytestmark = pytest.mark.anyio
 __all__ = ["fake_api"]

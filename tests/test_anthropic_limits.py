@@ -12,13 +12,12 @@ from agents.builtin import QuestionAnswerAgent
 from agents.fake_api import FakeAnthropicServer, Fault
 from agents.providers import AnthropicProvider
 from scheduler import FixedWallClock, TaskSpec, VibeConfig
-from scheduler._config import ProviderConfig
-from scheduler._orchestrator import Orchestrator
+from scheduler.config._config import ProviderConfig
+from scheduler.runtime._orchestrator import Orchestrator
 from scheduler.store import MemoryStore, Store
-
-from ._anthropic_helpers import SECRET_KEY, fake_api
-from ._fakes import SlicedMemoryStore
-from ._helpers import FRIDAY
+from tests._anthropic_helpers import SECRET_KEY, fake_api
+from tests._fakes import SlicedMemoryStore
+from tests._helpers import FRIDAY
 
 pytestmark = pytest.mark.anyio
 __all__ = ["fake_api"]

@@ -21,8 +21,7 @@ from scheduler import (
     TokenCounter,
     Usage,
 )
-
-from ._anthropic_helpers import (
+from tests._anthropic_helpers import (
     Recorder,
     as_usage,
     fake_api,

@@ -15,11 +15,17 @@ import pytest
 from agents import AgentContext
 from agents.fake_api import FakeAnthropicServer, Fault
 from scheduler import FixedWallClock, TaskSpec, Usage, VibeConfig
-from scheduler._config import ProviderConfig
-from scheduler._orchestrator import Orchestrator
-
-from ._anthropic_helpers import SECRET_KEY, Recorder, fake_api, provider_for, reported_sum, request
-from ._helpers import FRIDAY
+from scheduler.config._config import ProviderConfig
+from scheduler.runtime._orchestrator import Orchestrator
+from tests._anthropic_helpers import (
+    SECRET_KEY,
+    Recorder,
+    fake_api,
+    provider_for,
+    reported_sum,
+    request,
+)
+from tests._helpers import FRIDAY
 
 pytestmark = pytest.mark.anyio
 __all__ = ["fake_api"]

@@ -9,10 +9,9 @@ import pytest
 from agents.fake_api import FakeAnthropicServer, Fault
 from agents.providers import AnthropicProvider
 from scheduler import ConfigError, ProviderError
-from scheduler._config import ProviderConfig
-from scheduler._logging import configure_logging
-
-from ._anthropic_helpers import SECRET_KEY, fake_api, provider_for, request
+from scheduler.config._config import ProviderConfig
+from scheduler.observe._logging import configure_logging
+from tests._anthropic_helpers import SECRET_KEY, fake_api, provider_for, request
 
 pytestmark = pytest.mark.anyio
 __all__ = ["fake_api"]

@@ -18,8 +18,7 @@ from scheduler import (
     load_config,
     resolve_task,
 )
-
-from ._helpers import SATURDAY
+from tests._helpers import SATURDAY
 
 
 def test_r1_3_defaults_match_the_spec() -> None:

@@ -10,12 +10,11 @@ from hypothesis import strategies as st
 
 from policies.victim import LowestPriorityVictim, VictimCandidate, VictimPolicy
 from scheduler import EventBus
-from scheduler._config import DeadlockConfig
-from scheduler._deadlock import DeadlockDetector, WaitForGraph
-from scheduler._deadlock_resolve import DeadlockResolver
-from scheduler._locks import LockManager
-
-from ._helpers import run_virtual
+from scheduler.config._config import DeadlockConfig
+from scheduler.deadlock._graph import DeadlockDetector, WaitForGraph
+from scheduler.deadlock._locks import LockManager
+from scheduler.deadlock._resolver import DeadlockResolver
+from tests._helpers import run_virtual
 
 
 class Recorder:

@@ -15,10 +15,9 @@ from typing import Any
 import anyio
 
 from scheduler import TaskSpec
-from scheduler._orchestrator import Orchestrator, RunReport
-
-from ._deadlock_helpers import Observed, assert_clean, make_orch, run_scenario, spec
-from ._helpers import run_virtual
+from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from tests._deadlock_helpers import Observed, assert_clean, make_orch, run_scenario, spec
+from tests._helpers import run_virtual
 
 
 def _run(

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from scheduler import Limits, TaskSpec
-from scheduler._config import AlertsConfig
-
-from ._deadlock_helpers import assert_clean, make_orch, run_scenario, spec
-from ._helpers import run_virtual
+from scheduler.config._config import AlertsConfig
+from tests._deadlock_helpers import assert_clean, make_orch, run_scenario, spec
+from tests._helpers import run_virtual
 
 
 def _random_specs(seed: int, agents: int, files: int,

@@ -16,10 +16,9 @@ import pytest
 
 from agents import discover_agents, plugin_infos
 from scheduler import TaskSpec, VibeConfig
-from scheduler._orchestrator import Orchestrator
-
-from ._fakes import ScriptedProvider
-from ._helpers import run_virtual
+from scheduler.runtime._orchestrator import Orchestrator
+from tests._fakes import ScriptedProvider
+from tests._helpers import run_virtual
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -83,7 +82,7 @@ def test_r7_4_policy_guide_example_named_in_config(examples_path: Path, tmp_path
     config, is resolved at start-up and its extra checkpoint fires at the 70 % warning."""
     pytest.importorskip("policies.alerts", reason="the alert policy protocol (issue 5) "
                         "has not landed on this branch yet")
-    from scheduler._alerts import load_alert_policy  # type: ignore[import-not-found,unused-ignore]
+    from scheduler.control._alerts import load_alert_policy  # type: ignore[import-not-found,unused-ignore]
 
     policy_mod = importlib.import_module("early_checkpoint_policy")
     config = VibeConfig.model_validate({

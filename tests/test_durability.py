@@ -15,8 +15,7 @@ import pytest
 from scheduler import FixedWallClock, VibeConfig
 from scheduler import Tracker as Tracker
 from scheduler.store import SqliteStore
-
-from ._helpers import FRIDAY
+from tests._helpers import FRIDAY
 
 WRITER = textwrap.dedent(
     """

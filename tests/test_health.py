@@ -13,7 +13,7 @@ import pytest
 import trio.testing
 
 from scheduler import EventBus, OverloadedError, ProviderTimeoutError, RateLimitedError, VibeConfig
-from scheduler._health import HealthMonitor, error_kind_of
+from scheduler.routing._health import HealthMonitor, error_kind_of
 from tests._routing_helpers import ManualClock, Recorder, knock_out
 
 HEALTHY_LATENCY = 0.3

@@ -6,10 +6,9 @@ import anyio
 import pytest
 
 from scheduler import WouldBlockError
-from scheduler._deadlock import WaitForGraph
-from scheduler._locks import LockManager, TaskLocks
-
-from ._helpers import run_virtual
+from scheduler.deadlock._graph import WaitForGraph
+from scheduler.deadlock._locks import LockManager, TaskLocks
+from tests._helpers import run_virtual
 
 
 def _mgr() -> tuple[LockManager, WaitForGraph]:

@@ -15,19 +15,18 @@ from rich.console import Console
 
 from agents import discover_agents, make_provider
 from scheduler import FixedWallClock, Totals
-from scheduler._demo import demo_config
-from scheduler._orchestrator import Orchestrator
-from scheduler._report import (
+from scheduler.cli._demo import demo_config
+from scheduler.cli._report import (
     ReportData,
     classify_history,
     gather_report,
     render_report_tables,
     write_html_report,
 )
+from scheduler.runtime._orchestrator import Orchestrator
 from scheduler.store import SqliteStore
-
-from ._helpers import FRIDAY, SATURDAY, run_virtual
-from ._observe_helpers import instant_shell_context, page_errors, require_chromium, screenshot
+from tests._helpers import FRIDAY, SATURDAY, run_virtual
+from tests._observe_helpers import instant_shell_context, page_errors, require_chromium, screenshot
 
 BIN = Path(sys.executable).parent / "vibe-engine"
 

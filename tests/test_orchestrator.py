@@ -20,10 +20,9 @@ from scheduler import (
     TaskSpec,
     VibeConfig,
 )
-from scheduler._orchestrator import Orchestrator, RunReport
-
-from ._fakes import ScriptedProvider
-from ._helpers import FRIDAY, run_virtual
+from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from tests._fakes import ScriptedProvider
+from tests._helpers import FRIDAY, run_virtual
 
 pytestmark = pytest.mark.anyio
 

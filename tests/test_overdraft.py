@@ -12,9 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler import BudgetExceededError, OverdraftDeniedError, Usage
-from scheduler._tracker import Reservation
-
-from ._alerts_helpers import Harness, make_config, open_harness, profile, run_virtual, sqlite_store
+from scheduler.budget._tracker import Reservation
+from tests._alerts_helpers import (
+    Harness,
+    make_config,
+    open_harness,
+    profile,
+    run_virtual,
+    sqlite_store,
+)
 
 
 async def _llm(h: Harness, task: str, tokens: int, cost: float = 0.0,

@@ -9,9 +9,8 @@ import anyio
 import pytest
 
 from scheduler import DecisionError
-from scheduler._pause import Decision, PauseController, submit_to_store
-
-from ._alerts_helpers import Harness, open_harness, profile, run_virtual, sqlite_store
+from scheduler.control._pause import Decision, PauseController, submit_to_store
+from tests._alerts_helpers import Harness, open_harness, profile, run_virtual, sqlite_store
 
 
 async def _exceed(h: Harness, task: str = "t", tokens: int = 1000) -> None:

@@ -16,7 +16,8 @@ import pytest
 import structlog.testing
 
 from scheduler import DecisionError, VibeEngineError
-from scheduler._control import (
+from scheduler.cli._decide import decide, decide_async
+from scheduler.control._server import (
     ControlServer,
     authorize,
     control_paths,
@@ -24,9 +25,7 @@ from scheduler._control import (
     read_token,
     send_request,
 )
-from scheduler._decide_cli import decide, decide_async
-
-from ._alerts_helpers import Harness, open_harness, profile, run_virtual, sqlite_store
+from tests._alerts_helpers import Harness, open_harness, profile, run_virtual, sqlite_store
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +41,7 @@ async def _paused(store_dir: Path | None = None) -> Harness:
 def _decide_code(state: Path, *args: str) -> str:
     return (
         "import json, sys; from pathlib import Path; "
-        "from scheduler._decide_cli import decide; "
+        "from scheduler.cli._decide import decide; "
         f"print(json.dumps(decide({', '.join(args)}, state_dir=Path({str(state)!r}))))"
     )
 

@@ -14,15 +14,14 @@ import pytest
 from agents import AgentContext
 from agents.builtin import CoderAgent
 from scheduler import Event, FixedWallClock, Limits, TaskSpec, VibeConfig
-from scheduler._alerts import StatusRow
-from scheduler._control import control_paths
-from scheduler._decide_cli import stored_status_rows
-from scheduler._orchestrator import Orchestrator, RunReport
-from scheduler._task import TaskHandle
+from scheduler.cli._decide import stored_status_rows
+from scheduler.control._alerts import StatusRow
+from scheduler.control._server import control_paths
+from scheduler.runtime._orchestrator import Orchestrator, RunReport
 from scheduler.store import SqliteStore
-
-from ._fakes import ScriptedProvider
-from ._helpers import FRIDAY, run_virtual
+from scheduler.tasks._state import TaskHandle
+from tests._fakes import ScriptedProvider
+from tests._helpers import FRIDAY, run_virtual
 
 pytestmark = pytest.mark.anyio
 CLI = str(Path(sys.executable).parent / "vibe-engine")

@@ -13,15 +13,14 @@ from structlog.testing import capture_logs
 
 from agents.builtin import QuestionAnswerAgent
 from scheduler import FixedWallClock, RateLimitInfo, TaskSpec, VibeConfig
-from scheduler._allocator import Allocator
-from scheduler._capacity import CLOSED_TOKENS_PER_MINUTE, UNKNOWN_HOLD_S, PoolCapacity
-from scheduler._config import AllocatorConfig, GlobalPoolConfig, PoolConfig
-from scheduler._errors import ConfigError
-from scheduler._orchestrator import Orchestrator
+from scheduler.allocator._allocator import Allocator
+from scheduler.allocator._capacity import CLOSED_TOKENS_PER_MINUTE, UNKNOWN_HOLD_S, PoolCapacity
+from scheduler.config._config import AllocatorConfig, GlobalPoolConfig, PoolConfig
+from scheduler.core._errors import ConfigError
+from scheduler.runtime._orchestrator import Orchestrator
 from scheduler.store import MemoryStore, Store
-
-from ._fakes import ScriptedProvider, SlicedMemoryStore
-from ._helpers import FRIDAY, run_virtual
+from tests._fakes import ScriptedProvider, SlicedMemoryStore
+from tests._helpers import FRIDAY, run_virtual
 
 GLOBAL = {"global_pools": {"anthropic": {"tokens_per_minute": 1_200_000}},
           "orchestrator_id": "o1"}
@@ -99,7 +98,7 @@ def test_non_redis_store_ignores_global_pools(tmp_path: Path) -> None:
 
 def test_global_pools_must_name_allocator_pools(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not allocator pools"):
-        from scheduler._config import config_from_dict
+        from scheduler.config._config import config_from_dict
 
         config_from_dict({"distributed": {"global_pools": {"openai": {"tokens_per_minute": 1}}}})
 

@@ -18,10 +18,9 @@ from scheduler import (
     Usage,
     VibeConfig,
 )
-from scheduler._orchestrator import Orchestrator, RunReport
-from scheduler._quality import JUDGE_SYSTEM
-
-from ._helpers import FRIDAY, run_virtual
+from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from scheduler.runtime._quality import JUDGE_SYSTEM
+from tests._helpers import FRIDAY, run_virtual
 
 
 class UnscoredProvider:
@@ -105,7 +104,7 @@ def test_unknown_scorer_names_the_field(tmp_path: Path) -> None:
 
 def test_judge_reads_the_first_number() -> None:
     """The verdict parser: '7', '7/10', 'Rating: 10', '4.5' → 0.7, 0.7, 1.0, 0.45."""
-    from scheduler._quality import _NUMBER
+    from scheduler.runtime._quality import _NUMBER
 
     got = [float(m.group(0)) / 10 if (m := _NUMBER.search(t)) else None
            for t in ("7", "7/10", "Rating: 10", "4.5", "none")]

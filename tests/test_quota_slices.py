@@ -8,9 +8,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from scheduler._config import DistributedConfig
-from scheduler._errors import StoreUnavailableError
-from scheduler._quota import GlobalQuota, open_global_quota
+from scheduler.allocator._quota import GlobalQuota, open_global_quota
+from scheduler.config._config import DistributedConfig
+from scheduler.core._errors import StoreUnavailableError
 from scheduler.store._ledger import SliceGrant
 from scheduler.store._redis import RedisStore
 from tests._redis_helpers import (

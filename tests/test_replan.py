@@ -18,8 +18,8 @@ from policies.replan import (
     Simplify,
 )
 from scheduler import TaskSpec, VibeConfig, resolve_task
-from scheduler._replan import Replanner
-from scheduler._task import TaskHandle
+from scheduler.routing._replan import Replanner
+from scheduler.tasks._state import TaskHandle
 from tests._routing_helpers import COMPLEX, MODERATE, Recorder, info, knock_out, make_router
 
 TIERS = ("haiku", "sonnet", "opus")

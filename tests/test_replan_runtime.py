@@ -1,6 +1,6 @@
 """Replanning applied by the runtime itself (SPEC R6.2, R6.7, R4.3), through the orchestrator.
 
-The policy and the :class:`~scheduler._replan.Replanner` helpers are tested in
+The policy and the :class:`~scheduler.routing._replan.Replanner` helpers are tested in
 ``test_replan.py``; here the real orchestrator and gateway apply the decisions:
 a task whose model is down is split (R6.2) or deferred (R6.7) before its
 attempt, a routed call in a nearly spent budget is simplified (R6.7), and an
@@ -24,11 +24,10 @@ from scheduler import (
     Usage,
     VibeConfig,
 )
-from scheduler._orchestrator import Orchestrator, RunReport
-from scheduler._routing import task_info
-
-from ._helpers import FRIDAY, run_virtual
-from ._routing_helpers import knock_out
+from scheduler.routing._router import task_info
+from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from tests._helpers import FRIDAY, run_virtual
+from tests._routing_helpers import knock_out
 
 DESIGN = "Design the storage architecture and weigh the trade-offs"
 

@@ -10,9 +10,9 @@ import structlog.testing
 from policies.complexity import ScoredComplexity
 from policies.routing import CheapestCapableRouting, RoutingInput
 from scheduler import ConfigError, TaskSpec, VibeConfig, resolve_task
-from scheduler._catalog import ModelCatalog
-from scheduler._routing import Router, make_complexity_policy, task_info
-from scheduler._task import TaskHandle
+from scheduler.routing._catalog import ModelCatalog
+from scheduler.routing._router import Router, make_complexity_policy, task_info
+from scheduler.tasks._state import TaskHandle
 from tests._routing_helpers import COMPLEX, MODERATE, SIMPLE, info, knock_out, make_router
 
 # -- catalog ---------------------------------------------------------------------------

@@ -17,9 +17,8 @@ from scheduler import (
     Usage,
     VibeConfig,
 )
-from scheduler._orchestrator import Orchestrator
-
-from ._helpers import FRIDAY
+from scheduler.runtime._orchestrator import Orchestrator
+from tests._helpers import FRIDAY
 
 pytestmark = pytest.mark.anyio
 

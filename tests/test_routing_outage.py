@@ -24,9 +24,8 @@ from scheduler import (
     Usage,
     VibeConfig,
 )
-from scheduler._orchestrator import Orchestrator
-
-from ._helpers import FRIDAY, run_virtual
+from scheduler.runtime._orchestrator import Orchestrator
+from tests._helpers import FRIDAY, run_virtual
 
 DOWN_AT, UP_AT = 20.0, 100.0
 PROMPT = "Design the storage architecture and weigh the trade-offs"

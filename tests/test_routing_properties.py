@@ -9,7 +9,7 @@ from policies.complexity import DEPTHS, LEVELS, ScoredComplexity, TaskInfo
 from policies.replan import BreakDown, DefaultReplanPolicy, Defer, Proceed, ReplanInput, Simplify
 from policies.routing import CheapestCapableRouting, RoutingInput
 from scheduler import TASK_TYPES, VibeConfig
-from scheduler._catalog import ModelCatalog
+from scheduler.routing._catalog import ModelCatalog
 
 TIERS = ("haiku", "sonnet", "opus")
 CATALOG = ModelCatalog(VibeConfig())

@@ -6,8 +6,7 @@ import pytest
 
 from scheduler import Usage
 from scheduler.store import Store, scopes_of
-
-from ._helpers import event
+from tests._helpers import event
 
 pytestmark = pytest.mark.anyio
 

@@ -25,7 +25,7 @@ from scheduler import (
     VibeConfig,
     resolve_task,
 )
-from scheduler._config import DistributedConfig
+from scheduler.config._config import DistributedConfig
 from scheduler.store import MemoryStore, SqliteStore, Store, open_store
 from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit, SliceBackend
 from scheduler.store._redis import RedisStore, split_namespace
@@ -426,7 +426,7 @@ def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
     one Redis: together they never spend past the session budget, and every hold is
     settled or released at the end."""
     from agents.builtin import QuestionAnswerAgent
-    from scheduler._orchestrator import Orchestrator
+    from scheduler.runtime._orchestrator import Orchestrator
     from tests._fakes import ScriptedProvider
 
     limit = 30_000

@@ -20,8 +20,7 @@ from scheduler import (
     resolve_task,
 )
 from scheduler.store import MemoryStore, SqliteStore, Store
-
-from ._helpers import FRIDAY, SATURDAY, run_virtual, tracker_with_task
+from tests._helpers import FRIDAY, SATURDAY, run_virtual, tracker_with_task
 
 pytestmark = pytest.mark.anyio
 

@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import sys
 
-from ._model import FakeApiConfig
-from ._server import FakeAnthropicServer
+from agents.fake_api._model import FakeApiConfig
+from agents.fake_api._server import FakeAnthropicServer
 
 
 def main(argv: list[str] | None = None) -> None:

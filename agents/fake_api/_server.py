@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ._model import (
+from agents.fake_api._model import (
     FAULT_STATUS,
     FakeApiConfig,
     FakeState,

@@ -31,6 +31,13 @@ import anyio
 import structlog
 from anthropic import omit
 
+from agents.providers._anthropic_wire import (
+    Classified,
+    StreamUsage,
+    classify,
+    rate_limits_from_headers,
+    usage_from_api,
+)
 from scheduler import (
     Completion,
     CompletionRequest,
@@ -39,15 +46,7 @@ from scheduler import (
     RateLimitInfo,
     Usage,
 )
-from scheduler._config import ProviderConfig
-
-from ._anthropic_wire import (
-    Classified,
-    StreamUsage,
-    classify,
-    rate_limits_from_headers,
-    usage_from_api,
-)
+from scheduler.config._config import ProviderConfig
 
 _log = structlog.get_logger("vibe_engine.providers.anthropic")
 

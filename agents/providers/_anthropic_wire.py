@@ -3,7 +3,7 @@
 * ``usage`` of a message (plain) or of ``message_start`` + ``message_delta``
   events (streamed) → :class:`scheduler.Usage` (R2.1, R2.4);
 * ``anthropic-ratelimit-*`` headers → :class:`scheduler.RateLimitInfo`;
-* SDK / transport exceptions → the :mod:`scheduler._errors` tree plus a short
+* SDK / transport exceptions → the :mod:`scheduler.core._errors` tree plus a short
   ``error_kind`` the health monitor understands.
 """
 

@@ -24,7 +24,7 @@ import random
 import anyio
 
 from scheduler import Completion, CompletionRequest, OverloadedError, Usage
-from scheduler._config import SimulatedProviderConfig
+from scheduler.config._config import SimulatedProviderConfig
 
 CAPABILITY = {"haiku": 0.72, "sonnet": 0.85, "opus": 0.95}
 CHARS_PER_TOKEN = 3.6

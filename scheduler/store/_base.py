@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from .._usage import Totals, UsageEvent
+from scheduler.core._usage import Totals, UsageEvent
 
 
 def scopes_of(event: UsageEvent) -> tuple[str, str, str]:

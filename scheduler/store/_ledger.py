@@ -10,7 +10,7 @@ capabilities, checked with ``isinstance`` because the protocols are
   The hold is settled (released in the same atomic step that records the
   event) or released; a hold whose process died expires after its TTL.
 * :class:`SliceBackend` — leases on slices of a global pool (tokens per
-  minute …) shared fairly between orchestrators; see :mod:`scheduler._quota`.
+  minute …) shared fairly between orchestrators; see :mod:`scheduler.allocator._quota`.
 
 ``MemoryStore`` and ``SqliteStore`` offer neither: a single process's tracker
 reservations already prevent overspend there.
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .._usage import Totals, UsageEvent
+from scheduler.core._usage import Totals, UsageEvent
 
 
 @dataclass(frozen=True, slots=True)

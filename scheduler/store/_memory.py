@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .._usage import Totals, UsageEvent
-from ._base import scopes_of
+from scheduler.core._usage import Totals, UsageEvent
+from scheduler.store._base import scopes_of
 
 
 class MemoryStore:

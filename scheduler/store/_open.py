@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._config import DistributedConfig
-from .._errors import ConfigError
-from .._resolve import resolve_object
-from ._base import Store
-from ._memory import MemoryStore
-from ._sqlite import SqliteStore
+from scheduler.config._config import DistributedConfig
+from scheduler.core._errors import ConfigError
+from scheduler.core._resolve import resolve_object
+from scheduler.store._base import Store
+from scheduler.store._memory import MemoryStore
+from scheduler.store._sqlite import SqliteStore
 
 
 def open_store(
@@ -30,7 +30,7 @@ def open_store(
         return SqliteStore(Path(name.removeprefix("sqlite:///")))
     if name.startswith(("redis://", "rediss://", "unix://")):
         try:
-            from ._redis import RedisStore
+            from scheduler.store._redis import RedisStore
         except ImportError as exc:  # pragma: no cover - only before the Redis backend lands
             raise ConfigError("store", name, f"Redis backend unavailable: {exc}") from exc
         cfg = distributed or DistributedConfig()

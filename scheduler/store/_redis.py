@@ -45,13 +45,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._config import DistributedConfig
-from .._errors import BudgetExceededError, StoreError, StoreUnavailableError
-from .._usage import Totals, UsageEvent
-from ._base import scopes_of
-from ._ledger import Hold, ScopeLimit, SliceGrant
-from ._redis_lua import SCRIPTS
-from ._spool import Spool, SpooledEvent, SpooledState
+from scheduler.config._config import DistributedConfig
+from scheduler.core._errors import BudgetExceededError, StoreError, StoreUnavailableError
+from scheduler.core._usage import Totals, UsageEvent
+from scheduler.store._base import scopes_of
+from scheduler.store._ledger import Hold, ScopeLimit, SliceGrant
+from scheduler.store._redis_lua import SCRIPTS
+from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
 _log = structlog.get_logger("vibe_engine.store.redis")
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._errors import StoreError
-from .._usage import UsageEvent
+from scheduler.core._errors import StoreError
+from scheduler.core._usage import UsageEvent
 
 
 @dataclass(frozen=True, slots=True)

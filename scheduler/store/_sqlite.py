@@ -16,9 +16,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .._errors import StoreError
-from .._usage import Totals, Usage, UsageEvent
-from ._base import scopes_of
+from scheduler.core._errors import StoreError
+from scheduler.core._usage import Totals, Usage, UsageEvent
+from scheduler.store._base import scopes_of
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

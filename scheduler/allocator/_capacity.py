@@ -1,0 +1,151 @@
+"""How much of each provider pool this orchestrator's allocator may use.
+
+Up to three things bound a pool's tokens per minute:
+
+* the configuration (``allocator.pools.<pool>``), the starting point;
+* the limits the provider reports in its ``anthropic-ratelimit-*`` response
+  headers: they replace the configured tokens and requests per minute, since
+  they are what the provider enforces;
+* for a *global* pool (``distributed.global_pools`` with a ``redis://`` store),
+  this orchestrator's slice of the shared quota, leased through
+  :class:`~scheduler.allocator._quota.GlobalQuota`.  The slice replaces the configured
+  tokens per minute; requests per minute and concurrency stay local.
+
+The allocator gets the smallest that applies: ``min(slice, learned)`` for a
+global pool, ``learned or configured`` otherwise.  A provider limit below a
+global pool's configured capacity also lowers the capacity the slices are cut
+from.
+
+The demand sent with each slice renewal is the pool's outstanding tokens
+(held in leases plus requested by waiters) turned into a rate with the
+average lease hold (Little's law): ``outstanding × 60 ÷ hold`` tokens per
+minute — what the orchestrator would use if nothing made it wait.
+
+A slice of 0 (a newcomer before the others have shrunk, an idle
+orchestrator, or Redis gone past the slice's expiry with ``failure_mode =
+"closed"``) closes the pool: the allocator's ``tokens_per_minute=0`` makes
+every request that needs tokens wait until a slice arrives.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import socket
+
+import structlog
+
+from scheduler.allocator._allocator import Allocator
+from scheduler.allocator._quota import GlobalQuota
+from scheduler.config._config import VibeConfig
+from scheduler.core._provider import RateLimitInfo
+from scheduler.store import Store
+from scheduler.store._ledger import SliceBackend
+
+_log = structlog.get_logger("vibe_engine.capacity")
+
+#: The hold assumed before any lease of a pool has ended (LLM calls take seconds).
+UNKNOWN_HOLD_S = 1.0
+#: The allocator's "closed" capacity, for a slice of 0.
+CLOSED_TOKENS_PER_MINUTE = 0
+
+
+def default_orchestrator_id() -> str:
+    """``<host>-<pid>-<random>``: unique among orchestrators sharing a namespace."""
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
+    return f"{host or 'host'}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class PoolCapacity:
+    """Keeps the allocator's pool capacities at min(configured/learned, global slice)."""
+
+    def __init__(self, allocator: Allocator, config: VibeConfig) -> None:
+        self.allocator = allocator
+        self.config = config
+        self._pools = dict(config.allocator.pools)
+        #: The pool every model call leases from (the gateway uses the allocator's default).
+        self.default_pool = next(iter(self._pools), None)
+        self._slices: dict[str, int] = {}
+        self._learned_tpm: dict[str, int] = {}
+        self._learned_rpm: dict[str, int] = {}
+        self._applied: dict[str, tuple[int | None, int | None]] = {}
+        self.quota: GlobalQuota | None = None
+
+    # -- wiring -----------------------------------------------------------------------------
+    def global_quota(self, store: Store, *, holder: str | None = None) -> GlobalQuota | None:
+        """The quota of the configured global pools on ``store``, or None (nothing global).
+
+        Closes the global pools until the first slice arrives; run the quota
+        (``await task_group.start(quota.run)``) before any task asks for a lease.
+        """
+        dist = self.config.distributed
+        if not dist.global_pools:
+            return None
+        if not isinstance(store, SliceBackend):
+            _log.warning("global_pools_ignored", store=self.config.store,
+                         pools=sorted(dist.global_pools),
+                         reason="global pools need a shared store (store = 'redis://...')")
+            return None
+        for pool in dist.global_pools:
+            self._slices[pool] = 0
+            self._apply(pool)
+        self.quota = GlobalQuota(
+            store, {p: g.tokens_per_minute for p, g in dist.global_pools.items()},
+            holder=holder or dist.orchestrator_id or default_orchestrator_id(),
+            config=dist, on_slice=self.on_slice, demand=self.demand_tokens_per_minute,
+        )
+        return self.quota
+
+    # -- inputs -----------------------------------------------------------------------------
+    def on_slice(self, pool: str, tokens_per_minute: int) -> None:
+        """``GlobalQuota`` reports this orchestrator's new slice of ``pool``."""
+        self._slices[pool] = max(int(tokens_per_minute), 0)
+        self._apply(pool)
+
+    def on_rate_limits(self, source: str, info: RateLimitInfo) -> None:
+        """The provider reports limits from response headers (``source``: a pool or a model
+        tier; a tier maps to the default pool, which every model call leases from)."""
+        pool = source if source in self._pools else self.default_pool
+        if pool is None:
+            return
+        if info.tokens_limit is not None and info.tokens_limit > 0:
+            self._learned_tpm[pool] = info.tokens_limit
+            glob = self.config.distributed.global_pools.get(pool)
+            if self.quota is not None and glob is not None:
+                self.quota.set_capacity(pool, min(glob.tokens_per_minute, info.tokens_limit))
+        if info.requests_limit is not None and info.requests_limit > 0:
+            self._learned_rpm[pool] = info.requests_limit
+        self._apply(pool)
+
+    def demand_tokens_per_minute(self, pool: str) -> int:
+        """What this orchestrator could use of ``pool`` now (see the module docstring)."""
+        d = self.allocator.demand(pool)
+        outstanding = d.held_tokens + d.waiting_tokens
+        if outstanding <= 0:
+            return 0
+        hold = d.avg_hold_s if d.avg_hold_s > 0 else UNKNOWN_HOLD_S
+        return math.ceil(outstanding * 60.0 / hold)
+
+    # -- output -----------------------------------------------------------------------------
+    def effective(self, pool: str) -> tuple[int | None, int | None]:
+        """(tokens per minute, requests per minute) the allocator should have for ``pool``."""
+        cfg = self._pools.get(pool)
+        learned = self._learned_tpm.get(pool)
+        rpm = self._learned_rpm.get(pool, cfg.requests_per_minute if cfg else None)
+        if pool in self._slices:
+            tpm: int | None = self._slices[pool]
+            if learned is not None:
+                tpm = min(self._slices[pool], learned)
+            return max(tpm or 0, CLOSED_TOKENS_PER_MINUTE), rpm
+        return (learned if learned is not None else (cfg.tokens_per_minute if cfg else None)), rpm
+
+    def _apply(self, pool: str) -> None:
+        tpm, rpm = self.effective(pool)
+        if self._applied.get(pool) == (tpm, rpm):
+            return
+        self._applied[pool] = (tpm, rpm)
+        self.allocator.set_capacity(pool, tokens_per_minute=tpm, requests_per_minute=rpm)
+        _log.info("pool_capacity_changed", pool=pool, tokens_per_minute=tpm,
+                  requests_per_minute=rpm, slice=self._slices.get(pool),
+                  learned_tokens_per_minute=self._learned_tpm.get(pool))

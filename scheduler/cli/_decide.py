@@ -1,0 +1,122 @@
+"""``vibe-engine decide`` and the budget lines of ``vibe-engine status`` (R3.4).
+
+:func:`decide` sends a decision to the running orchestrator over its control
+socket; when none is running it writes the decision to the store, and the
+next orchestrator applies it when it starts.  The lead's typer CLI mounts
+these functions; they print nothing themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+
+from scheduler.budget._tracker import ScopeState
+from scheduler.config._config import AlertsConfig, Limits
+from scheduler.control._alerts import StatusRow, scope_rows
+from scheduler.control._pause import Decision, DecisionAction, submit_to_store, validate_decision
+from scheduler.control._server import control_paths, send_request
+from scheduler.core._errors import DecisionError
+from scheduler.store import Store, open_store
+
+_ACTION_ALIASES = {"add": "add_budget", "add-budget": "add_budget", "continue": "add_budget",
+                   "save": "finish", "stop": "finish"}
+
+
+def normalize_action(action: str) -> str:
+    """Accept ``add``/``add-budget``/``continue`` and ``save``/``stop`` as aliases."""
+    return _ACTION_ALIASES.get(action, action)
+
+
+async def decide_async(
+    task_id: str, action: str, *, tokens: int | None = None, cost: float | None = None,
+    time_s: float | None = None, file_edits: int | None = None,
+    shell_commands: int | None = None, state_dir: Path = Path(".vibe-engine"),
+    store: str = "sqlite",
+) -> dict[str, Any]:
+    """Decide about a paused task: via the running orchestrator, else via the store.
+
+    Returns the reply: ``{"accepted": True, "action": …, "via": "socket"|"store"}``
+    plus ``summary`` for ``review``.  Raises :class:`DecisionError` when refused.
+    """
+    action = normalize_action(action)
+    decision = Decision(task_id, cast(DecisionAction, action), tokens, cost, time_s,
+                        file_edits, shell_commands, source="cli")
+    validate_decision(decision)
+    state_dir = Path(state_dir)
+    if control_paths(state_dir).socket.exists():
+        request = {"op": "decide", "task_id": task_id, "action": action, "tokens": tokens,
+                   "cost_usd": cost, "time_s": time_s, "file_edits": file_edits,
+                   "shell_commands": shell_commands}
+        try:
+            reply = await send_request(state_dir, request)
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass  # a stale socket: nobody is listening
+        else:
+            if not reply.get("ok"):
+                raise DecisionError(str(reply.get("error", "refused")))
+            return {**reply["result"], "via": "socket"}
+    backend = open_store(store, state_dir)
+    await backend.open()
+    try:
+        result = await submit_to_store(backend, decision)
+    finally:
+        await backend.aclose()
+    return {**result, "via": "store"}
+
+
+def decide(
+    task_id: str, action: str, *, tokens: int | None = None, cost: float | None = None,
+    time_s: float | None = None, file_edits: int | None = None,
+    shell_commands: int | None = None, state_dir: Path = Path(".vibe-engine"),
+    store: str = "sqlite",
+) -> dict[str, Any]:
+    """Synchronous :func:`decide_async` for the CLI (runs its own event loop)."""
+
+    async def run() -> dict[str, Any]:
+        return await decide_async(
+            task_id, action, tokens=tokens, cost=cost, time_s=time_s, file_edits=file_edits,
+            shell_commands=shell_commands, state_dir=state_dir, store=store,
+        )
+
+    return anyio.run(run)
+
+
+async def stored_status_rows(
+    store: Store, state_dir: Path, thresholds: AlertsConfig | None = None,
+) -> list[StatusRow]:
+    """Budget rows of every task with a ``usage.json`` under ``state_dir`` (no orchestrator).
+
+    Limits come from the task's ``usage.json`` (including budget people added),
+    usage from the store's totals, ``paused`` from the pending pause records.
+    """
+    thresholds = thresholds or AlertsConfig()
+    paused = await store.list_state("pause")
+    rows: list[StatusRow] = []
+    tasks_dir = anyio.Path(state_dir) / "tasks"
+    if not await tasks_dir.is_dir():
+        return rows
+    docs = sorted([p async for p in tasks_dir.glob("*/usage.json")])
+    for path in docs:
+        try:
+            doc = json.loads(await path.read_text(encoding="utf-8"))
+            limits = Limits.model_validate(doc.get("budget", {}))
+        except (OSError, ValueError):
+            continue
+        task_id = str(doc.get("task_id", path.parent.name))
+        scope = ScopeState(f"task:{task_id}", limits,
+                           totals=await store.totals(f"task:{task_id}"))
+        rows.extend(scope_rows(scope, task_id, thresholds, paused=task_id in paused))
+    return rows
+
+
+def format_status_row(row: StatusRow) -> str:
+    """One plain-text line: ``task  dimension  used/limit  pct  LEVEL [paused]``."""
+    used = f"{row.used:.4f}" if row.dimension == "cost_usd" else f"{row.used:,.0f}"
+    limit = f"{row.limit:.4f}" if row.dimension == "cost_usd" else f"{row.limit:,.0f}"
+    paused = " paused" if row.paused else ""
+    return (f"{row.task_id:<20} {row.dimension:<16} {used:>12}/{limit:<12} "
+            f"{row.fraction * 100:5.1f}% {row.level.upper()}{paused}")

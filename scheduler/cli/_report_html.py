@@ -1,0 +1,156 @@
+"""The HTML form of ``vibe-engine report``: one self-contained file, inline SVG charts.
+
+No script, no external stylesheet, font or image: the file opens offline in
+any browser (the test suite opens it in headless Chromium).  Every figure a
+test may check carries a ``data-*`` attribute with its exact value next to the
+formatted text (``data-total-cost``, ``data-total-tokens``, ``data-model``…).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from html import escape
+
+from scheduler.cli._report import HistoryRow, ReportData, Row, TaskUse
+
+__all__ = ["budget_chart_svg", "cost_chart_svg", "report_html"]
+
+PALETTE = {"haiku": "#4caf50", "sonnet": "#2196f3", "opus": "#9c27b0"}
+_OTHER = ("#ff9800", "#795548", "#607d8b", "#e91e63")
+LEVEL_COLOUR = {"ok": "#43a047", "warning": "#fbc02d", "critical": "#e53935"}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222}
+h1{font-size:22px} h2{font-size:17px;margin-top:28px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+th,td{border:1px solid #ddd;padding:4px 8px} th{background:#f4f4f4}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.cards{display:flex;gap:16px} .card{border:1px solid #ddd;border-radius:6px;padding:10px 16px}
+.card b{display:block;font-size:20px} svg text{font-size:11px;fill:#333}
+"""
+
+
+def colour(model: str, models: list[str]) -> str:
+    if model in PALETTE:
+        return PALETTE[model]
+    return _OTHER[models.index(model) % len(_OTHER)] if model in models else _OTHER[0]
+
+
+def cost_chart_svg(cost: Mapping[str, Mapping[str, float]], width: int = 720,
+                   height: int = 260) -> str:
+    """Stacked bars: cost per day, one colour per model."""
+    days = sorted(cost)
+    models = sorted({m for d in days for m in cost[d]})
+    if not days:
+        return '<svg role="img" width="320" height="40"><text x="4" y="24">no usage</text></svg>'
+    left, bottom, top = 60, 40, 20
+    plot_h = height - bottom - top
+    peak = max(sum(cost[d].values()) for d in days) or 1.0
+    slot = (width - left - 120) / len(days)
+    parts = [f'<svg role="img" aria-label="cost over time by model" width="{width}" '
+             f'height="{height}" xmlns="http://www.w3.org/2000/svg">',
+             f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 120}" y2="{top + plot_h}" '
+             'stroke="#999"/>',
+             f'<text x="4" y="{top + 8}">${peak:.4f}</text>',
+             f'<text x="4" y="{top + plot_h}">$0</text>']
+    for i, day in enumerate(days):
+        x = left + i * slot + slot * 0.15
+        y: float = top + plot_h
+        for model in models:
+            value = cost[day].get(model, 0.0)
+            h = plot_h * value / peak
+            y -= h
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" '
+                f'fill="{colour(model, models)}" data-day="{day}" data-model="{escape(model)}" '
+                f'data-cost="{value:.6f}"><title>{day} {escape(model)}: ${value:.6f}</title>'
+                '</rect>')
+        parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}">{day}</text>')
+    for j, model in enumerate(models):
+        ly = top + 14 * j
+        parts.append(f'<rect x="{width - 110}" y="{ly}" width="10" height="10" '
+                     f'fill="{colour(model, models)}"/>'
+                     f'<text x="{width - 95}" y="{ly + 9}">{escape(model)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def budget_chart_svg(tasks: Iterable[TaskUse], width: int = 720) -> str:
+    """Horizontal bars: budget use per task (green < 70 % < yellow < 90 % < red)."""
+    rows = list(tasks)
+    if not rows:
+        return '<svg role="img" width="320" height="40"><text x="4" y="24">no tasks</text></svg>'
+    bar_h, left, label_w = 16, 90, 70
+    plot_w = width - left - label_w
+    height = bar_h * len(rows) + 30
+    parts = [f'<svg role="img" aria-label="budget use by task" width="{width}" '
+             f'height="{height}" xmlns="http://www.w3.org/2000/svg">']
+    for i, t in enumerate(rows):
+        y = 10 + i * bar_h
+        frac = t.fraction
+        level = "ok" if frac < 0.7 else "warning" if frac < 0.9 else "critical"
+        w = plot_w * min(frac, 1.0)
+        parts.append(
+            f'<text x="4" y="{y + 11}">{escape(t.task_id)}</text>'
+            f'<rect x="{left}" y="{y}" width="{plot_w}" height="{bar_h - 3}" fill="#eee"/>'
+            f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h - 3}" '
+            f'fill="{LEVEL_COLOUR[level]}" data-task="{escape(t.task_id)}" '
+            f'data-fraction="{frac:.6f}"><title>{escape(t.task_id)}: {frac:.1%}</title></rect>'
+            f'<text x="{left + plot_w + 6}" y="{y + 11}">{frac:.0%}</text>')
+    for mark in (0.7, 0.9):
+        x = left + plot_w * mark
+        parts.append(f'<line x1="{x:.1f}" y1="6" x2="{x:.1f}" y2="{height - 14}" '
+                     'stroke="#999" stroke-dasharray="3,3"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _usage_table(title: str, rows: tuple[Row, ...], kind: str) -> str:
+    head = "".join(f"<th>{h}</th>" for h in (kind, "calls", "tokens", "prompt", "completion",
+                                            "cache read", "cache write", "cost $"))
+    body = "".join(
+        f'<tr data-{kind}="{escape(r.key)}" data-tokens="{r.tokens}" '
+        f'data-cost="{r.cost_usd:.6f}"><td>{escape(r.key)}</td><td class="n">{r.calls}</td>'
+        f'<td class="n">{r.tokens:,}</td><td class="n">{r.prompt_tokens:,}</td>'
+        f'<td class="n">{r.completion_tokens:,}</td><td class="n">{r.cache_read_tokens:,}</td>'
+        f'<td class="n">{r.cache_write_tokens:,}</td><td class="n">{r.cost_usd:.6f}</td></tr>'
+        for r in rows)
+    return f"<h2>{escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def _history_table(title: str, rows: tuple[HistoryRow, ...], kind: str) -> str:
+    body = "".join(
+        f'<tr class="{kind}"><td>{h.day}</td><td>{escape(h.name)}</td><td>{escape(h.task_id)}'
+        f"</td><td>{escape(h.message)}</td></tr>" for h in rows)
+    empty = "" if rows else "<tr><td colspan=4>none</td></tr>"
+    return (f'<h2>{escape(title)} <span data-{kind}-count="{len(rows)}">({len(rows)})</span>'
+            f"</h2><table><tr><th>day</th><th>event</th><th>task</th><th>message</th></tr>"
+            f"{body}{empty}</table>")
+
+
+def report_html(data: ReportData) -> str:
+    """The whole report page."""
+    t = data.total
+    span = f"{data.day_from or 'start'} .. {data.day_to or 'today'}"
+    cards = (
+        f'<div class="cards"><div class="card">cost<b id="total-cost" '
+        f'data-total-cost="{t.cost_usd:.6f}">${t.cost_usd:.6f}</b></div>'
+        f'<div class="card">tokens<b id="total-tokens" data-total-tokens="{t.tokens}">'
+        f"{t.tokens:,}</b></div>"
+        f'<div class="card">calls<b id="total-calls" data-total-calls="{t.calls}">{t.calls}'
+        f"</b></div></div>")
+    return "".join((
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        f"<title>vibe-engine report {escape(span)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>vibe-engine report — {escape(span)}</h1>", cards,
+        "<h2>Cost over time by model</h2>", cost_chart_svg(data.cost_by_day_model),
+        "<h2>Budget use by task</h2>", budget_chart_svg(data.tasks),
+        _usage_table("Per day", data.by_day, "day"),
+        _usage_table("Per model", data.by_model, "model"),
+        _usage_table("Per task type", data.by_task_type, "type"),
+        _usage_table("Per agent", data.by_agent, "agent"),
+        _history_table("Alert history", data.alerts, "alerts"),
+        _history_table("Deadlock history", data.deadlocks, "deadlocks"),
+        _history_table("Routing and health changes", data.routing, "routing"),
+        "</body></html>",
+    ))

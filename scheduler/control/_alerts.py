@@ -1,0 +1,310 @@
+"""Applying alert actions: events, per-task flags, pauses (R3.1–R3.4).
+
+The tracker reports each threshold :class:`Crossing` once per crossing; the
+gateway hands them to :meth:`AlertRuntime.apply` after every charge (and the
+tracker's ``time_crossings`` before each call).  The alert policy turns a
+crossing into plain-data actions; this module applies them:
+
+* one EventBus event per crossing: ``budget_warning`` / ``budget_critical`` /
+  ``budget_exceeded`` (plus ``checkpoint_requested``);
+* flags the gateway and router read through :meth:`AlertRuntime.flags`:
+  ``prefer_cheaper`` (warning), ``aggressive`` and ``checkpoint_requested``
+  (critical), ``indicator`` (the worst level shown to people).  Crossings of a
+  shared scope (session, day) flag every task;
+* ``pause`` asks the :class:`PauseController` to pause the task.
+
+It also computes the status rows (budget use per dimension and alert level)
+that ``vibe-engine status`` renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+
+from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, DefaultAlertPolicy
+from scheduler.budget._tracker import Crossing, ScopeState, Tracker
+from scheduler.config._config import AlertsConfig, VibeConfig
+from scheduler.control._pause import Decision, PauseController
+from scheduler.core._errors import BudgetExceededError, ConfigError
+from scheduler.core._events import EventBus
+from scheduler.core._resolve import resolve_object
+
+_log = structlog.get_logger("vibe_engine.alerts")
+
+#: Alert levels from best to worst.
+LEVEL_ORDER: tuple[str, ...] = ("ok", "warning", "critical", "exceeded")
+
+
+def worse(a: str, b: str) -> str:
+    return a if LEVEL_ORDER.index(a) >= LEVEL_ORDER.index(b) else b
+
+
+@dataclass(slots=True)
+class AlertFlags:
+    """What the runtime should do differently for a task (read by gateway and router)."""
+
+    prefer_cheaper: bool = False
+    aggressive: bool = False
+    checkpoint_requested: bool = False
+    indicator: str = "ok"
+    messages: list[str] = field(default_factory=list)
+
+    def merged(self, other: AlertFlags) -> AlertFlags:
+        return AlertFlags(
+            self.prefer_cheaper or other.prefer_cheaper,
+            self.aggressive or other.aggressive,
+            self.checkpoint_requested or other.checkpoint_requested,
+            worse(self.indicator, other.indicator),
+            [*self.messages, *other.messages],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AlertStatistics:
+    fired: dict[str, int]
+    flagged_scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRow:
+    """One line of ``vibe-engine status``: a dimension of a task's (or shared) scope."""
+
+    task_id: str
+    scope: str
+    dimension: str
+    used: float
+    limit: float
+    fraction: float
+    level: str
+    paused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_alert_policy(config: VibeConfig) -> AlertPolicy:
+    """The policy named by ``policies.alerts`` (built-in name, entry point, module:Class)."""
+    factory = resolve_object(
+        config.policies.alerts, field="policies.alerts",
+        builtins={"default": DefaultAlertPolicy}, group="vibe_engine.policies",
+    )
+    policy = factory()
+    if not isinstance(policy, AlertPolicy):
+        raise ConfigError("policies.alerts", config.policies.alerts,
+                          "does not implement the AlertPolicy protocol (actions(alert))")
+    return policy
+
+
+def level_of(fraction: float, thresholds: AlertsConfig, warning: float | None = None) -> str:
+    """The alert level reached by ``fraction`` of a limit."""
+    if fraction >= thresholds.exceeded:
+        return "exceeded"
+    if fraction >= thresholds.critical:
+        return "critical"
+    if fraction >= (warning if warning is not None else thresholds.warning):
+        return "warning"
+    return "ok"
+
+
+class AlertRuntime:
+    """Applies an :class:`AlertPolicy`'s actions (see module docstring)."""
+
+    def __init__(
+        self, tracker: Tracker, events: EventBus, *, policy: AlertPolicy | None = None,
+        controller: PauseController | None = None,
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        self.tracker = tracker
+        self._clock = clock
+        self.events = events
+        self.policy: AlertPolicy = policy or DefaultAlertPolicy()
+        self.controller = controller
+        self._flags: dict[str, AlertFlags] = {}
+        self._fired: dict[str, int] = {}
+        if controller is not None:
+            controller.on_decision.append(self._after_decision)
+
+    # -- flags ---------------------------------------------------------------------
+
+    def scope_flags(self, scope: str) -> AlertFlags:
+        flags = self._flags.get(scope)
+        if flags is None:
+            flags = self._flags[scope] = AlertFlags()
+        return flags
+
+    def flags(self, task_id: str) -> AlertFlags:
+        """The task's own flags merged with those of its session and day."""
+        out = self._flags.get(f"task:{task_id}", AlertFlags())
+        out = AlertFlags(out.prefer_cheaper, out.aggressive, out.checkpoint_requested,
+                         out.indicator, list(out.messages))
+        for name in (self.tracker.session.name, self.tracker.day_scope().name):
+            shared = self._flags.get(name)
+            if shared is not None:
+                out = out.merged(shared)
+        return out
+
+    def consume_checkpoint_request(self, task_id: str) -> bool:
+        """True once after a critical alert asked for a checkpoint (the context takes it)."""
+        flags = self._flags.get(f"task:{task_id}")
+        if flags is None or not flags.checkpoint_requested:
+            return False
+        flags.checkpoint_requested = False
+        return True
+
+    def statistics(self) -> AlertStatistics:
+        return AlertStatistics(dict(self._fired), tuple(sorted(self._flags)))
+
+    # -- applying ------------------------------------------------------------------
+
+    def _input(self, task_id: str, c: Crossing) -> AlertInput:
+        thresholds = self.tracker.config.alerts
+        threshold: float = getattr(thresholds, c.level)
+        if c.dimension == "cost_usd" and c.level == "warning" and c.limit:
+            scope = self._scope_state(task_id, c.scope)
+            warn = scope.limits.cost_warning_usd if scope is not None else None
+            if warn:
+                threshold = min(warn / c.limit, thresholds.critical)
+        tokens_left: int | None = None
+        cost_left: float | None = None
+        if task_id in self.tracker.tasks():
+            rem = self.tracker.remaining(task_id)
+            tokens_left, cost_left = rem.tokens, rem.cost_usd
+        return AlertInput(task_id, c.scope, c.dimension, c.level, c.used, c.limit, threshold,
+                          tokens_left, cost_left, self._clock())
+
+    def _scope_state(self, task_id: str, scope: str) -> ScopeState | None:
+        if scope.startswith("task:") and task_id in self.tracker.tasks():
+            return self.tracker.task_scope(task_id)
+        if scope == self.tracker.session.name:
+            return self.tracker.session
+        day = self.tracker.day_scope()
+        return day if scope == day.name else None
+
+    async def apply(self, task_id: str, crossings: Iterable[Crossing]) -> list[AlertAction]:
+        """Apply the policy's actions for each crossing of ``task_id``'s charge."""
+        applied: list[AlertAction] = []
+        for c in crossings:
+            alert = self._input(task_id, c)
+            actions = self.policy.actions(alert)
+            self._emit(task_id, c, alert, actions)
+            for action in actions:
+                await self._apply_one(task_id, c, action)
+            applied.extend(actions)
+        return applied
+
+    def _emit(
+        self, task_id: str, c: Crossing, alert: AlertInput, actions: tuple[AlertAction, ...]
+    ) -> None:
+        message = next((a.message for a in actions if a.kind in (ActionKind.LOG,
+                        ActionKind.NOTIFY)), actions[0].message if actions else "")
+        self._fired[c.level] = self._fired.get(c.level, 0) + 1
+        self.events.emit(
+            f"budget_{c.level}", message, task_id=task_id,
+            level="error" if c.level == "exceeded" else "warning",
+            scope=c.scope, dimension=c.dimension, used=c.used, limit=c.limit,
+            percent=alert.percent, tokens_left=alert.tokens_left, cost_left=alert.cost_left,
+            actions=[a.kind.value for a in actions],
+        )
+
+    async def _apply_one(self, task_id: str, c: Crossing, action: AlertAction) -> None:
+        flags = self.scope_flags(c.scope)
+        kind = action.kind
+        if kind is ActionKind.LOG:
+            _log.warning("budget_alert", message=action.message, task_id=task_id,
+                         scope=c.scope, dimension=c.dimension)
+        elif kind is ActionKind.INDICATOR:
+            flags.indicator = worse(flags.indicator, action.level)
+            flags.messages.append(action.message)
+        elif kind is ActionKind.PREFER_CHEAPER:
+            flags.prefer_cheaper = True
+        elif kind is ActionKind.AGGRESSIVE:
+            flags.prefer_cheaper = flags.aggressive = True
+        elif kind is ActionKind.CHECKPOINT:
+            self.scope_flags(f"task:{task_id}").checkpoint_requested = True
+            self.events.emit("checkpoint_requested", action.message, task_id=task_id,
+                             scope=c.scope, dimension=c.dimension)
+        elif kind is ActionKind.PAUSE and self.controller is not None:
+            await self.controller.request_pause(
+                task_id, action.message, error=_as_error(c),
+            )
+
+    def _after_decision(self, decision: Decision) -> None:
+        """Budget was added: recompute flags of the task's scopes from current use."""
+        if decision.action != "add_budget" or decision.task_id not in self.tracker.tasks():
+            return
+        for scope in self.tracker.scopes(decision.task_id):
+            flags = self._flags.get(scope.name)
+            if flags is None:
+                continue
+            level = scope_level(self.tracker, scope)
+            flags.indicator = level
+            flags.messages.clear()
+            flags.prefer_cheaper = level != "ok"
+            flags.aggressive = level in ("critical", "exceeded")
+
+
+def _as_error(c: Crossing) -> BudgetExceededError:
+    return BudgetExceededError(c.scope, c.dimension, c.used, c.limit)
+
+
+def scope_level(tracker: Tracker, scope: ScopeState) -> str:
+    """The worst alert level over every limited dimension of ``scope``."""
+    level = "ok"
+    for row in scope_rows(scope, "", tracker.config.alerts):
+        level = worse(level, row.level)
+    return level
+
+
+def scope_rows(
+    scope: ScopeState, task_id: str, thresholds: AlertsConfig, *,
+    elapsed_s: float | None = None, paused: bool = False,
+) -> list[StatusRow]:
+    """Status rows of one scope: each limited dimension with used, limit and level.
+
+    ``elapsed_s`` (a task's running time) adds a ``time_s`` row when limited.
+    """
+    rows: list[StatusRow] = []
+    for dim in scope.dimensions():
+        lim = scope.limit(dim)
+        if not lim:
+            continue
+        used = scope.used(dim)
+        warn = None
+        if dim == "cost_usd" and scope.limits.cost_warning_usd:
+            warn = min(scope.limits.cost_warning_usd / lim, thresholds.critical)
+        frac = used / lim
+        rows.append(StatusRow(task_id, scope.name, dim, used, lim, frac,
+                              level_of(frac, thresholds, warn), paused))
+    if elapsed_s is not None and scope.limits.time_s:
+        lim = scope.limits.time_s
+        rows.append(StatusRow(task_id, scope.name, "time_s", elapsed_s, lim, elapsed_s / lim,
+                              level_of(elapsed_s / lim, thresholds), paused))
+    return rows
+
+
+def status_rows(
+    tracker: Tracker, controller: PauseController | None = None, *, shared: bool = True,
+    now: float | None = None,
+) -> list[StatusRow]:
+    """Every task's budget use per dimension with its alert level (``vibe-engine status``).
+
+    With ``shared`` the session's and today's rows follow, with ``task_id`` ``"*"``.
+    ``now`` is the loop clock (default: read through ``anyio.current_time``).
+    """
+    thresholds = tracker.config.alerts
+    clock_now = anyio.current_time() if now is None else now
+    rows: list[StatusRow] = []
+    for task_id in tracker.tasks():
+        scope = tracker.task_scope(task_id)
+        paused = controller is not None and controller.is_paused(task_id)
+        rows.extend(scope_rows(scope, task_id, thresholds,
+                               elapsed_s=clock_now - scope.started_at, paused=paused))
+    if shared:
+        rows.extend(scope_rows(tracker.session, "*", thresholds))
+        rows.extend(scope_rows(tracker.day_scope(), "*", thresholds))
+    return rows

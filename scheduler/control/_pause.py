@@ -1,0 +1,496 @@
+"""Pause and decide, and critical-operation protection (R3.4–R3.6).
+
+A task whose budget is exceeded is *paused*: the gateway releases its leases,
+its checkpoint stays in the store, and it waits in :meth:`PauseController.wait_decision`
+until a person decides one of
+
+* ``add_budget`` — add tokens / dollars / seconds / operations to the exceeded
+  scope (through :meth:`Tracker.raise_limits`; outstanding overdraft is repaid
+  first) and continue;
+* ``finish`` — save progress and finish;
+* ``review`` — get a summary of what was done and used; the task stays paused.
+
+Pending pauses and decisions are state records (kinds ``pause`` and
+``decision``), so they survive an orchestrator restart, and a decision written
+to the store by another process is picked up by polling.  Budget a person
+added is kept as kind ``budget`` and re-applied by :meth:`restore_task`.
+
+Critical sections (``open_critical(task_id, "git_commit")``) defer a pause:
+a pause requested while one is in flight takes effect when it completes, and
+a call made inside one may use the overdraft grace instead of pausing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any, Literal, cast
+
+import anyio
+import structlog
+
+from scheduler.budget._tracker import Reservation, ScopeState, Tracker
+from scheduler.config._config import Limits
+from scheduler.control._overdraft import OverdraftLedger
+from scheduler.core._errors import BudgetExceededError, DecisionError
+from scheduler.core._events import EventBus
+from scheduler.store import Store
+
+_log = structlog.get_logger("vibe_engine.pause")
+
+DecisionAction = Literal["add_budget", "finish", "review"]
+ACTIONS: tuple[DecisionAction, ...] = ("add_budget", "finish", "review")
+#: Dimensions a person may add to with ``add_budget``.
+ADDABLE = ("tokens", "cost_usd", "time_s", "file_edits", "shell_commands")
+#: Critical sections the current context is inside: (task_id, name, serial of the pause
+#: already pending when the section was opened, or 0).
+_inside: ContextVar[tuple[tuple[str, str, int], ...]] = ContextVar("vibe_critical", default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A person's decision about a paused task."""
+
+    task_id: str
+    action: DecisionAction
+    tokens: int | None = None
+    cost_usd: float | None = None
+    time_s: float | None = None
+    file_edits: int | None = None
+    shell_commands: int | None = None
+    source: str = "python"
+    at: float = 0.0
+
+    def amounts(self) -> dict[str, float]:
+        return {k: v for k in ADDABLE if (v := getattr(self, k)) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def validate_decision(d: Decision) -> None:
+    """Raise :class:`DecisionError` for an unknown action or a useless add_budget."""
+    if d.action not in ACTIONS:
+        raise DecisionError(f"unknown decision {d.action!r}; choose one of {', '.join(ACTIONS)}")
+    if d.action == "add_budget":
+        amounts = d.amounts()
+        if not amounts or any(v <= 0 for v in amounts.values()):
+            raise DecisionError("add_budget needs a positive amount (tokens, cost_usd, …)")
+
+
+@dataclass(slots=True)
+class PauseInfo:
+    """A pending pause: why, and whether it has taken effect (``state``)."""
+
+    task_id: str
+    reason: str
+    scope: str = ""
+    dimension: str = ""
+    used: float = 0.0
+    limit: float = 0.0
+    state: Literal["requested", "paused"] = "requested"
+    at: float = 0.0
+    serial: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PauseStatistics:
+    paused: tuple[str, ...]
+    requested: tuple[str, ...]
+    in_critical: dict[str, int]
+    decisions_applied: int
+
+
+@dataclass(slots=True)
+class _TaskControl:
+    critical: int = 0
+    _changed: anyio.Event | None = None
+
+    def changed(self) -> anyio.Event:
+        """An event set at the next change (created lazily: needs a running loop)."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed
+
+    def notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+
+async def review_summary(store: Store, task_id: str) -> dict[str, Any]:
+    """What a paused task did and used, read from the store only (R3.4 "review")."""
+    totals = await store.totals(f"task:{task_id}")
+    return {
+        "task_id": task_id,
+        "usage": totals.to_dict(),
+        "pause": await store.get_state("pause", task_id),
+        "checkpoint": await store.get_state("checkpoint", task_id),
+        "overdrafts": [v for v in (await store.list_state("overdraft")).values()
+                       if v.get("task_id") == task_id],
+        "budget_added": await store.get_state("budget", task_id),
+    }
+
+
+async def submit_to_store(store: Store, decision: Decision) -> dict[str, Any]:
+    """Store a decision for a paused task (no orchestrator running: picked up at restart)."""
+    validate_decision(decision)
+    if await store.get_state("pause", decision.task_id) is None:
+        raise DecisionError(f"task {decision.task_id!r} is not paused")
+    if decision.action == "review":
+        return {"accepted": True, "action": "review",
+                "summary": await review_summary(store, decision.task_id)}
+    await store.put_state("decision", decision.task_id, decision.to_dict())
+    return {"accepted": True, "action": decision.action, "stored": True}
+
+
+class PauseController:
+    """Pauses tasks, collects decisions, guards critical sections (module docstring)."""
+
+    def __init__(
+        self, store: Store, tracker: Tracker, events: EventBus, *,
+        overdraft: OverdraftLedger | None = None, poll_s: float | None = 1.0,
+        decision_timeout_s: float | None = None,
+    ) -> None:
+        self.store = store
+        self.tracker = tracker
+        self.events = events
+        self.overdraft = overdraft
+        self.poll_s = poll_s
+        self._pauses: dict[str, PauseInfo] = {}
+        self._decisions: dict[str, Decision] = {}
+        self._tasks: dict[str, _TaskControl] = {}
+        self._applied = 0
+        self._last: dict[str, Decision] = {}
+        self._announced: set[str] = set()
+        self._serial = 0
+        self.decision_timeout_s = decision_timeout_s
+        #: Called with each applied decision (the alert runtime clears its flags).
+        self.on_decision: list[Callable[[Decision], None]] = []
+
+    async def open(self) -> None:
+        """Load pending pauses and decisions (R3.4: they survive a restart)."""
+        for key, value in (await self.store.list_state("pause")).items():
+            self._serial += 1
+            self._pauses[key] = PauseInfo(**{**value, "serial": self._serial})
+        for key, value in (await self.store.list_state("decision")).items():
+            self._decisions[key] = Decision.from_dict(value)
+        if self.overdraft is not None:
+            await self.overdraft.open()
+
+    async def restore_task(self, task_id: str) -> None:
+        """Re-apply budget people added before a restart (call after ``start_task``)."""
+        added = await self.store.get_state("budget", task_id)
+        if not added:
+            return
+        for scope_name, extra in added.get("scopes", {}).items():
+            scope = self._scope(task_id, scope_name)
+            if scope is not None:
+                self.tracker.raise_limits(scope, Limits.model_validate(extra))
+
+    def _ctl(self, task_id: str) -> _TaskControl:
+        ctl = self._tasks.get(task_id)
+        if ctl is None:
+            ctl = self._tasks[task_id] = _TaskControl()
+        return ctl
+
+    def _now(self) -> float:
+        return self.tracker.wall.now().timestamp()
+
+    # -- questions -----------------------------------------------------------------
+
+    def is_paused(self, task_id: str) -> bool:
+        """A pause is pending (requested or in effect) for ``task_id``."""
+        return task_id in self._pauses
+
+    def pause_info(self, task_id: str) -> PauseInfo | None:
+        return self._pauses.get(task_id)
+
+    def paused_tasks(self) -> list[PauseInfo]:
+        return list(self._pauses.values())
+
+    def in_critical(self, task_id: str) -> bool:
+        """Some critical section of ``task_id`` is in flight (in any coroutine)."""
+        ctl = self._tasks.get(task_id)
+        return ctl is not None and ctl.critical > 0
+
+    def current_critical(self, task_id: str) -> str | None:
+        """The innermost critical section of ``task_id`` the *calling* context is inside."""
+        names = [n for t, n, _ in _inside.get() if t == task_id]
+        return names[-1] if names else None
+
+    def in_progress_operation(self, task_id: str) -> str | None:
+        """The operation (outermost critical section of the calling context) that was
+        already in progress when the task's pending pause was requested; None if the
+        context is in no critical section or opened it while the pause was pending."""
+        mine = [(n, serial) for t, n, serial in _inside.get() if t == task_id]
+        if not mine:
+            return None
+        name, serial = mine[0]
+        pending = self._pauses.get(task_id)
+        if serial and pending is not None and pending.serial == serial:
+            return None
+        return name
+
+    def pause_due(self, task_id: str) -> bool:
+        """A pause is pending and no critical section of the task is in flight (R3.6)."""
+        return self.is_paused(task_id) and not self.in_critical(task_id)
+
+    def statistics(self) -> PauseStatistics:
+        return PauseStatistics(
+            tuple(t for t, p in self._pauses.items() if p.state == "paused"),
+            tuple(t for t, p in self._pauses.items() if p.state == "requested"),
+            {t: c.critical for t, c in self._tasks.items() if c.critical},
+            self._applied,
+        )
+
+    # -- critical sections -----------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_critical(self, task_id: str, name: str) -> AsyncIterator[None]:
+        """Run a file write / git commit / external call to completion before any pause."""
+        ctl = self._ctl(task_id)
+        ctl.critical += 1
+        pending = self._pauses.get(task_id)
+        token = _inside.set((*_inside.get(), (task_id, name, pending.serial if pending else 0)))
+        _log.debug("critical_section_entered", task_id=task_id, name=name)
+        try:
+            yield
+        finally:
+            _inside.reset(token)
+            ctl.critical -= 1
+            ctl.notify()
+            _log.debug("critical_section_left", task_id=task_id, name=name)
+
+    async def reserve(
+        self, task_id: str, *, model: str, tokens: int, cost_usd: float
+    ) -> Reservation:
+        """:meth:`Tracker.reserve`, using the overdraft grace inside a critical section.
+
+        Outside a critical section (or without an overdraft ledger) a request
+        over the limit raises :class:`BudgetExceededError` (the caller pauses);
+        inside one it is granted within the grace or raises
+        :class:`OverdraftDeniedError`.
+        """
+        try:
+            return await self.tracker.reserve_shared(
+                task_id, model=model, tokens=tokens, cost_usd=cost_usd
+            )
+        except BudgetExceededError as exc:
+            operation = self.in_progress_operation(task_id)
+            if operation is None or self.overdraft is None:
+                raise
+            return await self.overdraft.reserve(
+                task_id, model=model, tokens=tokens, cost_usd=cost_usd,
+                operation=operation, error=exc,
+            )
+
+    # -- pausing -------------------------------------------------------------------
+
+    async def request_pause(
+        self, task_id: str, reason: str = "", *, error: BudgetExceededError | None = None,
+    ) -> PauseInfo:
+        """Ask ``task_id`` to pause; it takes effect outside critical sections."""
+        info = self._pauses.get(task_id)
+        if info is not None:
+            return info
+        self._serial += 1
+        info = PauseInfo(task_id, reason or (str(error) if error else "paused"), at=self._now(),
+                         serial=self._serial)
+        if error is not None:
+            info.scope, info.dimension = error.scope, error.dimension
+            info.used, info.limit = float(error.used), float(error.limit)
+        self._pauses[task_id] = info
+        await self.store.put_state("pause", task_id, info.to_dict())
+        self.events.emit("pause_requested", info.reason, task_id=task_id, level="warning",
+                         scope=info.scope, dimension=info.dimension)
+        return info
+
+    async def discard(self, task_id: str) -> None:
+        """Forget a pause that never took effect because the task ended (completed)."""
+        self._pauses.pop(task_id, None)
+        self._decisions.pop(task_id, None)
+        self._announced.discard(task_id)
+        await self.store.delete_state("pause", task_id)
+        await self.store.delete_state("decision", task_id)
+        self._ctl(task_id).notify()
+
+    async def wait_if_paused(
+        self, task_id: str, *, release: Callable[[], Awaitable[None]] | None = None,
+    ) -> Decision | None:
+        """At a safe point: if a pause is pending, release leases and wait for a decision.
+
+        Returns ``None`` when no pause is pending, or when the caller is itself
+        inside a critical section of the task (the pause waits for it to end).
+        """
+        if not self.is_paused(task_id) or self.current_critical(task_id) is not None:
+            return None
+        if release is not None:
+            await release()
+        return await self.wait_decision(task_id)
+
+    async def wait_decision(self, task_id: str) -> Decision:
+        """Block until a person decides ``add_budget`` or ``finish`` (review keeps waiting).
+
+        Several coroutines of one task may wait on the same pause: the first
+        applies the decision, the others return it too.  With
+        ``decision_timeout_s`` set, no decision in time means ``finish``.
+        """
+        info = self._pauses.get(task_id)
+        if info is None:
+            info = await self.request_pause(task_id, "paused")
+        if not await self._wait_critical_done(task_id, info):
+            return self._last[task_id]
+        await self._mark_paused(info)
+        with anyio.move_on_after(
+            self.decision_timeout_s if self.decision_timeout_s is not None else float("inf")
+        ):
+            return await self._wait_for_decision(task_id, info)
+        if self._pauses.get(task_id) is not info:
+            return self._last[task_id]
+        timeout = Decision(task_id, "finish", source="timeout", at=self._now())
+        await self._apply(timeout)
+        return timeout
+
+    async def _wait_for_decision(self, task_id: str, info: PauseInfo) -> Decision:
+        ctl = self._ctl(task_id)
+        while True:
+            if self._pauses.get(task_id) is not info:
+                return self._last[task_id]  # another waiter applied it
+            decision = self._decisions.pop(task_id, None)
+            if decision is None and self.poll_s is not None:
+                stored = await self.store.get_state("decision", task_id)
+                if self._pauses.get(task_id) is not info:
+                    continue
+                decision = Decision.from_dict(stored) if stored else None
+            if decision is not None:
+                await self._apply(decision)
+                return decision
+            with anyio.move_on_after(self.poll_s if self.poll_s is not None else float("inf")):
+                await ctl.changed().wait()
+
+    async def _mark_paused(self, info: PauseInfo) -> None:
+        """Persist that the pause is in effect and tell people (again after a restart)."""
+        task_id = info.task_id
+        if task_id in self._announced:
+            return
+        self._announced.add(task_id)
+        if info.state != "paused":
+            info.state = "paused"
+            await self.store.put_state("pause", task_id, info.to_dict())
+        usage = (self.tracker.task_scope(task_id).totals.to_dict()
+                 if task_id in self.tracker.tasks() else {})
+        self.events.emit(
+            "task_paused", f"task {task_id} paused: {info.reason}", task_id=task_id,
+            level="warning", usage=usage, choices=["add_budget", "finish", "review"],
+        )
+
+    async def _wait_critical_done(self, task_id: str, info: PauseInfo) -> bool:
+        """Wait for other coroutines' critical sections; False if the pause was resolved."""
+        ctl = self._ctl(task_id)
+        own = sum(1 for t, _, _ in _inside.get() if t == task_id)
+        while ctl.critical > own:
+            if self._pauses.get(task_id) is not info:
+                return False
+            await ctl.changed().wait()
+        return self._pauses.get(task_id) is info
+
+    # -- deciding ------------------------------------------------------------------
+
+    async def decide(
+        self, task_id: str, action: str, *, tokens: int | None = None,
+        cost_usd: float | None = None, time_s: float | None = None,
+        file_edits: int | None = None, shell_commands: int | None = None,
+        source: str = "python",
+    ) -> dict[str, Any]:
+        """Record a person's decision for a paused task; ``review`` returns a summary."""
+        decision = Decision(task_id, cast(DecisionAction, action), tokens, cost_usd, time_s,
+                            file_edits, shell_commands, source, self._now())
+        validate_decision(decision)
+        if task_id not in self._pauses and await self.store.get_state("pause", task_id) is None:
+            raise DecisionError(f"task {task_id!r} is not paused")
+        if decision.action == "review":
+            summary = await review_summary(self.store, task_id)
+            self.events.emit("task_review", f"review of paused task {task_id}",
+                             task_id=task_id, source=source)
+            return {"accepted": True, "action": "review", "summary": summary}
+        self._decisions[task_id] = decision
+        await self.store.put_state("decision", task_id, decision.to_dict())
+        self.events.emit("decision_received", f"{action} for {task_id} from {source}",
+                         task_id=task_id, action=action, source=source, amounts=decision.amounts())
+        self._ctl(task_id).notify()
+        return {"accepted": True, "action": decision.action}
+
+    async def _apply(self, decision: Decision) -> None:
+        task_id = decision.task_id
+        info = self._pauses.pop(task_id, None)
+        self._announced.discard(task_id)
+        self._last[task_id] = decision
+        if decision.action == "add_budget":
+            await self._add_budget(decision, info)
+        await self.store.delete_state("decision", task_id)
+        await self.store.delete_state("pause", task_id)
+        self._applied += 1
+        self.events.emit("decision_applied", f"{decision.action} applied to {task_id}",
+                         task_id=task_id, action=decision.action, amounts=decision.amounts())
+        for hook in list(self.on_decision):
+            hook(decision)
+        self._ctl(task_id).notify()
+
+    async def _add_budget(self, decision: Decision, info: PauseInfo | None) -> None:
+        task_id = decision.task_id
+        scope_name = info.scope if info and info.scope else f"task:{task_id}"
+        scope = self._scope(task_id, scope_name)
+        if scope is None:
+            return
+        extra = self._extra_for(scope, decision, info.dimension if info else "")
+        if self.overdraft is not None:
+            await self.overdraft.repay(scope.name, int(decision.tokens or 0),
+                                       float(decision.cost_usd or 0.0))
+        self.tracker.raise_limits(scope, Limits.model_validate(extra))
+        stored = await self.store.get_state("budget", task_id) or {"scopes": {}}
+        cumulative = stored["scopes"].get(scope.name, {})
+        for k, v in extra.items():
+            if k == "tokens_by_model":
+                merged = dict(cumulative.get(k, {}))
+                for m, n in v.items():
+                    merged[m] = merged.get(m, 0) + n
+                cumulative[k] = merged
+            else:
+                cumulative[k] = cumulative.get(k, 0) + v
+        stored["scopes"][scope.name] = cumulative
+        await self.store.put_state("budget", task_id, stored)
+
+    @staticmethod
+    def _extra_for(scope: ScopeState, decision: Decision, dimension: str) -> dict[str, Any]:
+        """The limits to add: only dimensions the scope limits (never cap an unlimited one)."""
+        extra: dict[str, Any] = {}
+        for name, amount in decision.amounts().items():
+            if getattr(scope.limits, name) is not None:
+                extra[name] = amount
+        if decision.tokens and dimension.startswith("tokens:"):
+            extra["tokens_by_model"] = {dimension[7:]: decision.tokens}
+        if (decision.shell_commands and dimension == "dangerous_commands"
+                and scope.limits.dangerous_commands is not None):
+            # paused on the dangerous-command limit: the shell commands granted may be dangerous
+            extra["dangerous_commands"] = decision.shell_commands
+        return extra
+
+    def _scope(self, task_id: str, scope_name: str) -> ScopeState | None:
+        if scope_name.startswith("task:"):
+            return self.tracker.task_scope(task_id) if task_id in self.tracker.tasks() else None
+        if scope_name.startswith("session:"):
+            return self.tracker.session
+        if scope_name.startswith("day:"):
+            return self.tracker.day_scope(date.fromisoformat(scope_name[4:]))
+        return None

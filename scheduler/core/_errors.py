@@ -1,0 +1,178 @@
+"""The one exception tree of vibe-engine.
+
+::
+
+    VibeEngineError
+    ├── ConfigError              bad config: names the field path and the value
+    ├── PluginError              an agent plugin or policy that cannot be loaded
+    ├── StoreError               the durable store failed
+    │   └── StoreUnavailableError  the store cannot be reached (Redis down)
+    ├── BudgetError
+    │   ├── BudgetExceededError  a call would cross a budget limit
+    │   └── OverdraftDeniedError grace already used or a previous overdraft unpaid
+    ├── AllocationError
+    │   ├── WouldBlockError      a ``*_nowait`` request cannot be granted now
+    │   └── LeaseError           unknown, expired or foreign lease id
+    ├── TaskAbortedError         a task was aborted (deadlock victim, retry limit)
+    ├── FinishRequestedError     a paused task was told to save progress and finish
+    ├── DecisionError            an invalid or unauthorised pause decision
+    └── ProviderError            a model provider failed (carries the model)
+        ├── RateLimitedError     429 rate_limit_error: our quota, retry after a delay
+        ├── OverloadedError      529 overloaded_error: the model's health
+        ├── ProviderTimeoutError the call timed out
+        ├── SpendLimitError      the provider's spend limit: never retried, pauses
+        └── ModelUnavailableError the model is marked unavailable
+
+Errors carry their context as attributes so callers never parse messages.
+Cancellation is never wrapped or swallowed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scheduler.core._usage import Usage
+
+
+class VibeEngineError(Exception):
+    """Root of every error raised by vibe-engine."""
+
+
+class ConfigError(VibeEngineError):
+    """A configuration value is invalid.
+
+    ``field`` is the dotted path (``budgets.session.tokens``), ``value`` the
+    offending value as given.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"config error at {field}={value!r}: {reason}")
+
+
+class PluginError(VibeEngineError):
+    """An agent plugin or a named policy/store cannot be loaded or is invalid."""
+
+    def __init__(self, name: str, reason: str, available: list[str] | None = None) -> None:
+        self.name = name
+        self.reason = reason
+        self.available = sorted(available or [])
+        hint = f" (available: {', '.join(self.available)})" if self.available else ""
+        super().__init__(f"cannot load {name!r}: {reason}{hint}")
+
+
+class StoreError(VibeEngineError):
+    """The durable store failed."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached; no new grants are made while fail-closed."""
+
+
+class BudgetError(VibeEngineError):
+    """Base of budget errors."""
+
+
+class BudgetExceededError(BudgetError):
+    """A call would take a scope past the limit of one of its dimensions."""
+
+    def __init__(
+        self, scope: str, dimension: str, used: float, limit: float, requested: float = 0
+    ) -> None:
+        self.scope = scope
+        self.dimension = dimension
+        self.used = used
+        self.limit = limit
+        self.requested = requested
+        super().__init__(
+            f"budget exceeded for {scope}: {dimension} used {used:g} + requested "
+            f"{requested:g} > limit {limit:g}"
+        )
+
+
+class OverdraftDeniedError(BudgetError):
+    """Overdraft refused: grace already used, a previous overdraft unpaid, or too large."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        self.task_id = task_id
+        self.reason = reason
+        super().__init__(f"overdraft denied for task {task_id}: {reason}")
+
+
+class AllocationError(VibeEngineError):
+    """Base of allocator errors."""
+
+
+class WouldBlockError(AllocationError):
+    """A non-blocking request could not be granted immediately."""
+
+
+class LeaseError(AllocationError):
+    """A lease id is unknown, expired, or not held by the caller."""
+
+
+class TaskAbortedError(VibeEngineError):
+    """A task was aborted by the runtime (deadlock victim, retry limit reached)."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        self.task_id = task_id
+        self.reason = reason
+        super().__init__(f"task {task_id} aborted: {reason}")
+
+
+class FinishRequestedError(VibeEngineError):
+    """A person decided "save and finish" for a paused task (R3.4).
+
+    Raised out of the paused call so the agent unwinds; the orchestrator
+    records the task as ``finished`` (not failed).
+    """
+
+    def __init__(self, task_id: str, source: str = "") -> None:
+        self.task_id = task_id
+        self.source = source
+        super().__init__(f"task {task_id}: save and finish decided ({source or 'unknown'})")
+
+
+class DecisionError(VibeEngineError):
+    """A pause decision is invalid, for an unknown task, or not authorised."""
+
+
+class ProviderError(VibeEngineError):
+    """A model provider call failed.
+
+    ``usage`` is what the provider billed for the failed call's attempts (a
+    stream dropped after ``message_start`` still consumed its input), or None.
+    """
+
+    def __init__(self, model: str, message: str, *, status: int | None = None) -> None:
+        self.model = model
+        self.status = status
+        self.usage: Usage | None = None
+        super().__init__(f"{model}: {message}")
+
+
+class RateLimitedError(ProviderError):
+    """429 rate_limit_error: wait ``retry_after`` seconds; the quota is ours."""
+
+    def __init__(self, model: str, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(model, message, status=429)
+
+
+class OverloadedError(ProviderError):
+    """529 overloaded_error: the model is degraded."""
+
+
+class ProviderTimeoutError(ProviderError):
+    """The provider did not answer in time."""
+
+
+class SpendLimitError(ProviderError):
+    """The provider's spend limit was reached: never retried, pauses the task."""
+
+
+class ModelUnavailableError(ProviderError):
+    """The model is marked unavailable by health tracking."""

@@ -1,0 +1,178 @@
+"""Observers every orchestrator carries: event history, ``status.json`` and metrics.
+
+* :class:`HistoryRecorder` subscribes to the event bus and persists every
+  event to the store as state kind ``history`` (keyed
+  ``<session>:<seq>``, so several sessions never collide) — the alert and
+  deadlock history of ``vibe-engine report``.
+* :class:`StatusWriter` writes the orchestrator's
+  :class:`~scheduler.observe._snapshot.Snapshot` to ``<state_dir>/status.json``
+  whenever something changed, at most once per ``observe.status_interval_s``
+  (atomically: write a temporary file, then rename), and a last one with
+  ``running: false`` when the run ends, so ``vibe-engine status`` in another
+  terminal sees the running orchestrator.
+* :class:`~scheduler.observe._metrics.Metrics` (when ``metrics.enabled``) serves
+  Prometheus metrics on a loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from scheduler.core._errors import VibeEngineError
+from scheduler.core._events import Event
+from scheduler.observe._snapshot import snapshot_of
+
+if TYPE_CHECKING:
+    from scheduler.observe._metrics import Metrics
+    from scheduler.runtime._orchestrator import Orchestrator
+
+__all__ = ["HistoryRecorder", "Observers", "StatusWriter", "install_observers", "status_path"]
+
+_log = structlog.get_logger("vibe_engine.observe")
+STATUS_FILE = "status.json"
+
+
+def status_path(state_dir: Path) -> Path:
+    return Path(state_dir) / STATUS_FILE
+
+
+def _jsonable(data: Any) -> Any:
+    return json.loads(json.dumps(data, default=str))
+
+
+class Changes:
+    """Wakes a service when something it shows changed; no timer runs while idle.
+
+    Periodic timers would keep a virtual clock (trio's ``MockClock``) jumping
+    forward whenever the other tasks wait for a worker thread; waiting on a
+    change instead leaves virtual time to the workload.
+    """
+
+    def __init__(self) -> None:
+        self.pending = True
+        self._event: anyio.Event | None = None
+
+    def set(self, *_: Any) -> None:
+        self.pending = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        while not self.pending:
+            self._event = anyio.Event()
+            await self._event.wait()
+        self.pending = False
+
+
+def watch_changes(orch: Orchestrator) -> Changes:
+    """A :class:`Changes` set by every bus event and every settled model call."""
+    changes = Changes()
+    orch.bus.subscribe(changes.set)
+    orch.gateway.settle_hooks.append(changes.set)
+    return changes
+
+
+class HistoryRecorder:
+    """Buffers bus events and writes them to the store as ``history`` records."""
+
+    def __init__(self, orch: Orchestrator) -> None:
+        self.orch = orch
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._seq = 0
+        self._changes = Changes()
+        orch.bus.subscribe(self.on_event)
+
+    def on_event(self, event: Event) -> None:
+        self._seq += 1
+        wall = self.orch.wall.now()
+        record = _jsonable(event.to_dict())
+        record.update(session_id=self.orch.session_id, wall=wall.timestamp(),
+                      day=wall.date().isoformat(), seq=self._seq)
+        self._pending.append((f"{self.orch.session_id}:{self._seq:08d}", record))
+        self._changes.set()
+
+    async def flush(self) -> int:
+        pending, self._pending = self._pending, []
+        for key, record in pending:
+            await self.orch.store.put_state("history", key, record)
+        return len(pending)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._changes.wait()
+                await self.flush()
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.flush()
+                except (VibeEngineError, OSError) as exc:
+                    _log.warning("history_flush_failed", error=str(exc))
+
+
+class StatusWriter:
+    """Rewrites ``status.json`` when something changed, at most once per interval."""
+
+    def __init__(self, orch: Orchestrator, *, interval_s: float = 1.0) -> None:
+        self.orch = orch
+        self.interval_s = interval_s
+        self.path = status_path(orch.config.state_dir)
+        self.writes = 0
+        self._changes = watch_changes(orch)
+
+    def write(self, *, running: bool = True) -> Path:
+        snap = snapshot_of(self.orch, now=anyio.current_time(), running=running)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(snap.to_dict(), default=str), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self.writes += 1
+        return self.path
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._changes.wait()
+                start = anyio.current_time()
+                self.write()
+                # never spend more than ~5 % of the loop on status.json (huge runs)
+                await anyio.sleep(max(self.interval_s, 20 * (anyio.current_time() - start)))
+        finally:
+            try:
+                self.write(running=False)
+            except OSError as exc:
+                _log.warning("status_write_failed", error=str(exc))
+
+
+@dataclass(slots=True)
+class Observers:
+    """What :func:`install_observers` attached (``None`` = disabled in config)."""
+
+    history: HistoryRecorder | None = None
+    status: StatusWriter | None = None
+    metrics: Metrics | None = None
+
+
+def install_observers(orch: Orchestrator) -> Observers:
+    """Attach history, ``status.json`` and (when enabled) metrics to ``orch``'s services."""
+    cfg = orch.config.observe
+    out = Observers()
+    if cfg.history:
+        out.history = HistoryRecorder(orch)
+        orch.services.append(out.history.run)
+    if cfg.status_interval_s:
+        out.status = StatusWriter(orch, interval_s=cfg.status_interval_s)
+        orch.services.append(out.status.run)
+    if orch.config.metrics.enabled:
+        from scheduler.observe._metrics import Metrics
+
+        out.metrics = Metrics(orch)
+        orch.services.append(out.metrics.run)
+    return out

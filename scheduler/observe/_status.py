@@ -1,0 +1,142 @@
+"""``vibe-engine status``: the running orchestrator's snapshot, or the store's record.
+
+A running orchestrator rewrites ``<state_dir>/status.json`` when something
+changed, at most once a second (:class:`~scheduler.observe._observers.StatusWriter`).
+:func:`read_status` uses it when it says ``running`` and its process is
+alive; otherwise it rebuilds the same :class:`~scheduler.observe._snapshot.Snapshot`
+from the store: task records with their totals, today's and the last
+session's budget use, and the last events of the ``history`` records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from scheduler.budget._profile import day_limits
+from scheduler.budget._tracker import ScopeState
+from scheduler.config._config import Limits, VibeConfig
+from scheduler.core._usage import Totals
+from scheduler.observe._observers import status_path
+from scheduler.observe._snapshot import BudgetBar, Snapshot, TaskView, alert_level, event_views
+from scheduler.store import Store
+
+__all__ = ["pid_alive", "read_status", "snapshot_from_store"]
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _status_file(state_dir: Path) -> Snapshot | None:
+    try:
+        return Snapshot.from_dict(json.loads(status_path(state_dir).read_text("utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _rebar(bar: BudgetBar, totals: Totals, config: VibeConfig) -> BudgetBar:
+    """``bar``'s limit (as the last run configured it) with the store's current use."""
+    used = float(ScopeState(bar.scope, Limits(), totals=totals).used(bar.dimension))
+    frac = used / bar.limit if bar.limit else 0.0
+    return BudgetBar(bar.scope, bar.dimension, used, bar.limit, frac,
+                     alert_level(frac, config.alerts))
+
+
+def _bars(scope: ScopeState, config: VibeConfig) -> list[BudgetBar]:
+    out = []
+    for dim in scope.dimensions():
+        limit = scope.limit(dim)
+        if limit:
+            used = float(scope.used(dim))
+            out.append(BudgetBar(scope.name, dim, used, float(limit), used / limit,
+                                 alert_level(used / limit, config.alerts)))
+    return out
+
+
+def _task_view(rec: dict[str, Any], totals: Any, limits: Limits | None) -> TaskView:
+    frac = 0.0
+    if limits is not None:
+        scope = ScopeState("task", limits, totals=totals)
+        frac = max((scope.used(d) / lim for d in scope.dimensions()
+                    if (lim := scope.limit(d))), default=0.0)
+    return TaskView(
+        task_id=str(rec.get("task_id", "")), agent=str(rec.get("agent", "")),
+        status=str(rec.get("status", "")), priority=str(rec.get("priority", "normal")),
+        task_type=str(rec.get("task_type", "")), complexity=str(rec.get("complexity", "")),
+        model=str(rec.get("model", "")), attempt=int(rec.get("attempts", 1)),
+        calls=int(totals.calls), tokens=int(totals.tokens), cost_usd=float(totals.cost_usd),
+        budget_fraction=frac, reason=str(rec.get("reason", "")),
+    )
+
+
+def _task_limits(state_dir: Path, task_id: str) -> Limits | None:
+    try:
+        doc = json.loads((state_dir / "tasks" / task_id / "usage.json").read_text("utf-8"))
+        return Limits.model_validate(doc.get("budget", {}))
+    except (OSError, ValueError):
+        return None
+
+
+async def _budgets(store: Store, session: str, today: date, config: VibeConfig,
+                   last: Snapshot | None) -> tuple[list[BudgetBar], Totals]:
+    """Session and day bars: limits of the last run's ``status.json`` when it was that
+    session, else the default config's; use always from the store."""
+    day_name = f"day:{today.isoformat()}"
+    day_totals = await store.totals(day_name)
+    sess_totals = await store.totals(f"session:{session}") if session else day_totals
+    if last is not None and last.session_id == session and last.budgets:
+        scopes = {f"session:{session}": sess_totals, day_name: day_totals}
+        bars = [_rebar(b, scopes[b.scope], config) for b in last.budgets if b.scope in scopes]
+        if bars:
+            return bars, sess_totals
+    bars = _bars(ScopeState(day_name, day_limits(config, today), totals=day_totals), config)
+    if session:
+        bars = [*_bars(ScopeState(f"session:{session}", config.budgets.session,
+                                  totals=sess_totals), config), *bars]
+    return bars, sess_totals
+
+
+async def snapshot_from_store(
+    store: Store, state_dir: Path, *, today: date, config: VibeConfig | None = None,
+    events: int = 20,
+) -> Snapshot:
+    """Rebuild a snapshot (``running=False``) from what the store recorded."""
+    config = config or VibeConfig()
+    records = await store.list_state("task")
+    tasks = []
+    sessions: dict[str, int] = {}
+    for tid in sorted(records):
+        rec = records[tid]
+        totals = await store.totals(f"task:{tid}")
+        tasks.append(_task_view(rec, totals, _task_limits(state_dir, tid)))
+        sid = str(rec.get("session_id", ""))
+        sessions[sid] = sessions.get(sid, 0) + 1
+    history = sorted((await store.list_state("history")).values(),
+                     key=lambda r: (float(r.get("wall", 0.0)), int(r.get("seq", 0))))
+    session = str(history[-1]["session_id"]) if history else (
+        max(sessions, key=lambda s: sessions[s]) if sessions else "")
+    budgets, totals = await _budgets(store, session, today, config, _status_file(state_dir))
+    return Snapshot(
+        session_id=session, at=0.0, running=False, source="store", tasks=tuple(tasks),
+        budgets=tuple(budgets), events=event_views(history, events), totals=totals.to_dict(),
+    )
+
+
+async def read_status(store: Store, state_dir: Path, *, today: date) -> Snapshot:
+    """The running orchestrator's snapshot when one runs, else the store's (see module doc)."""
+    live = _status_file(Path(state_dir))
+    if live is not None and live.running and pid_alive(live.pid):
+        return live
+    return await snapshot_from_store(store, Path(state_dir), today=today)

@@ -1,0 +1,108 @@
+"""The model catalog: tiers in capability order, their Anthropic ids, prices and windows.
+
+Built from :attr:`VibeConfig.models` and :attr:`VibeConfig.task_types`.  Tiers
+are ordered cheapest/weakest first (haiku < sonnet < opus, R4.1); each task
+type names a preferred model and a fallback (R6.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from scheduler.config._config import TIERS, VibeConfig
+from scheduler.core._errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One tier of the catalog."""
+
+    tier: str
+    rank: int
+    model_id: str
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+    context_window: int
+
+
+class ModelCatalog:
+    """Tier order, prices and per-task-type preferences, read once from the config."""
+
+    def __init__(self, config: VibeConfig) -> None:
+        self.tiers: tuple[str, ...] = tuple(t for t in TIERS if t in config.models)
+        self._entries = {
+            tier: CatalogEntry(
+                tier, rank, spec.model_id, spec.input_usd_per_mtok, spec.output_usd_per_mtok,
+                spec.context_window,
+            )
+            for rank, tier in enumerate(self.tiers)
+            for spec in (config.models[tier],)  # type: ignore[index]
+        }
+        self._preferred = {name: row.preferred_model for name, row in config.task_types.items()}
+        self._fallback = {name: row.fallback_model for name, row in config.task_types.items()}
+
+    # -- tiers -------------------------------------------------------------------------
+    def entry(self, tier: str) -> CatalogEntry:
+        try:
+            return self._entries[tier]
+        except KeyError:
+            raise ConfigError("models", tier, f"unknown model; known: {list(self.tiers)}") from None
+
+    def rank(self, tier: str) -> int:
+        """0 for the cheapest tier, len(tiers) - 1 for the strongest."""
+        return self.entry(tier).rank
+
+    def up(self, tier: str) -> str | None:
+        """The next stronger tier, or None at the top."""
+        r = self.rank(tier)
+        return self.tiers[r + 1] if r + 1 < len(self.tiers) else None
+
+    def down(self, tier: str) -> str | None:
+        """The next cheaper tier, or None at the bottom."""
+        r = self.rank(tier)
+        return self.tiers[r - 1] if r > 0 else None
+
+    @property
+    def cheapest(self) -> str:
+        return self.tiers[0]
+
+    @property
+    def strongest(self) -> str:
+        return self.tiers[-1]
+
+    def at_least(self, tier: str, floor: str) -> str:
+        """``tier`` raised to ``floor`` when it is weaker."""
+        return tier if self.rank(tier) >= self.rank(floor) else floor
+
+    def relative_price(self, tier: str) -> float:
+        """Output price of ``tier`` as a fraction of the strongest tier's."""
+        top = self.entry(self.strongest).output_usd_per_mtok
+        return self.entry(tier).output_usd_per_mtok / top if top else 1.0
+
+    # -- task types (R6.1) -------------------------------------------------------------
+    def preferred(self, task_type: str) -> str | None:
+        return self._preferred.get(task_type)  # type: ignore[call-overload, no-any-return]
+
+    def task_fallback(self, task_type: str) -> str | None:
+        return self._fallback.get(task_type)  # type: ignore[call-overload, no-any-return]
+
+    def substitutes(self, tier: str, task_type: str | None = None) -> list[str]:
+        """Where work for ``tier`` goes when it is unavailable, best first.
+
+        The task type's fallback when ``tier`` is that type's preferred model,
+        then the next tiers down (cheaper, less capable), then the tiers up.
+        """
+        order: list[str] = []
+        if task_type is not None and self.preferred(task_type) == tier:
+            fb = self.task_fallback(task_type)
+            if fb and fb != tier:
+                order.append(fb)
+        r = self.rank(tier)
+        order += [t for t in reversed(self.tiers[:r]) if t not in order]
+        order += [t for t in self.tiers[r + 1:] if t not in order]
+        return order
+
+    def first_usable(self, candidates: Iterable[str], usable: Iterable[str]) -> str | None:
+        allowed = set(usable)
+        return next((t for t in candidates if t in allowed), None)

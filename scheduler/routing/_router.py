@@ -1,0 +1,199 @@
+"""The router: picks each call's model (R4.1, R4.2, R6.1) and corrects wrong picks (R4.3).
+
+The gateway asks :meth:`Router.choose` before every model call and tells
+:meth:`Router.report_outcome` how it went.  Choosing assesses the task with
+the :class:`~policies.complexity.ComplexityPolicy`, asks the model health for
+the tiers this task's priority may use, and lets the
+:class:`~policies.routing.RoutingPolicy` decide.  Correcting: haiku failing
+twice (a failed call, a task that failed after the model finished, or
+incomplete output), or any output judged below quality 0.5, upgrades the task
+to the next tier ("upgrading from X to Y due to quality issues") and teaches
+the complexity policy that similar tasks need that tier.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from policies.complexity import ComplexityPolicy, ScoredComplexity, TaskInfo
+from policies.routing import CheapestCapableRouting, RouteDecision, RoutingInput, RoutingPolicy
+from scheduler.config._config import PRIORITY_VALUES, VibeConfig
+from scheduler.core._events import EventBus
+from scheduler.core._resolve import resolve_object
+from scheduler.routing._catalog import ModelCatalog
+from scheduler.routing._health import HealthMonitor
+from scheduler.tasks._state import TaskHandle
+
+COMPLEXITY_POLICIES: dict[str, Any] = {"scored": ScoredComplexity}
+ROUTING_POLICIES: dict[str, Any] = {"cheapest_capable": CheapestCapableRouting}
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """A correction (R4.3): the task's next calls go to ``to_model``."""
+
+    task_id: str
+    from_model: str
+    to_model: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouterStatistics:
+    decisions: int
+    by_model: Mapping[str, int]
+    downgrades: int
+    substitutions: int
+    upgrades: int
+
+
+def make_complexity_policy(config: VibeConfig) -> ComplexityPolicy:
+    obj = resolve_object(config.policies.complexity, field="policies.complexity",
+                         builtins=COMPLEXITY_POLICIES, group="vibe_engine.policies")
+    return obj() if isinstance(obj, type) else obj  # type: ignore[no-any-return]
+
+
+def make_routing_policy(config: VibeConfig) -> RoutingPolicy:
+    obj = resolve_object(config.policies.routing, field="policies.routing",
+                         builtins=ROUTING_POLICIES, group="vibe_engine.policies")
+    return obj(config.routing) if isinstance(obj, type) else obj  # type: ignore[no-any-return]
+
+
+def task_info(handle: TaskHandle, hints: Mapping[str, Any] | None = None) -> TaskInfo:
+    """Routing's view of a task; ``hints`` may set expected_output_tokens, reasoning_depth."""
+    hints = hints or {}
+    spec = handle.spec
+    tokens = hints.get("expected_output_tokens", spec.params.get("expected_output_tokens"))
+    depth = hints.get("reasoning_depth", spec.params.get("reasoning_depth"))
+    return TaskInfo(
+        task_id=spec.id, task_type=handle.profile.task_type,
+        complexity=handle.profile.complexity, prompt=spec.prompt,
+        expected_output_tokens=int(tokens) if tokens is not None else None,
+        reasoning_depth=depth if depth in ("direct", "multi_step", "architecture") else None,
+        requires_high_capability=spec.requires_high_capability,
+        priority=PRIORITY_VALUES[spec.priority],
+    )
+
+
+class Router:
+    """Model choice and correction for every call (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: VibeConfig,
+        *,
+        bus: EventBus,
+        health: HealthMonitor | None = None,
+        catalog: ModelCatalog | None = None,
+        complexity: ComplexityPolicy | None = None,
+        policy: RoutingPolicy | None = None,
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.catalog = catalog or ModelCatalog(config)
+        self.health = health or HealthMonitor(config, bus, catalog=self.catalog, clock=clock)
+        self.complexity = complexity or make_complexity_policy(config)
+        self.policy = policy or make_routing_policy(config)
+        self._failures: Counter[str] = Counter()
+        self._min_tier: dict[str, str] = {}
+        self._by_model: Counter[str] = Counter()
+        self._decisions = self._downgrades = self._substitutions = self._upgrades = 0
+
+    # -- choosing (R4.1, R4.2, R6.1) ---------------------------------------------------
+    def choose(
+        self, task: TaskInfo, budget_fraction: float, priority: int | None = None, *,
+        over_budget: frozenset[str] = frozenset(),
+    ) -> RouteDecision:
+        """The model of the next call of ``task`` when ``budget_fraction`` of its budget is used.
+
+        ``over_budget``: tiers whose per-model budget cannot cover the call (R6.7); they are
+        routed around like unavailable ones unless nothing else is left.
+        """
+        prio = task.priority if priority is None else priority
+        usable = self.health.usable(prio)
+        if usable - over_budget:
+            usable -= over_budget
+        data = RoutingInput(
+            task=task,
+            assessment=self.complexity.assess(task),
+            budget_fraction=budget_fraction,
+            tiers=self.catalog.tiers,
+            usable=usable,
+            substitutes={
+                t: self.catalog.substitutes(t, task.task_type) for t in self.catalog.tiers
+            },
+            min_tier=self._min_tier.get(task.task_id),
+            over_budget=over_budget,
+        )
+        decision = self.policy.select(data)
+        self._decisions += 1
+        self._by_model[decision.model] += 1
+        self._downgrades += decision.downgraded
+        self._substitutions += decision.substituted
+        return decision
+
+    def min_tier(self, task_id: str) -> str | None:
+        """The tier a correction raised ``task_id`` to, if any."""
+        return self._min_tier.get(task_id)
+
+    # -- correcting (R4.3) -------------------------------------------------------------
+    def report_outcome(
+        self, task: TaskInfo, model: str, *, success: bool, quality: float | None = None,
+        complete: bool = True,
+    ) -> Upgrade | None:
+        """Tell the router how a call (or a whole attempt) on ``model`` went.
+
+        Returns the :class:`Upgrade` when this outcome moves the task up a tier.
+        """
+        params = self.config.routing
+        if quality is not None:
+            self.health.record_satisfaction(model, quality)
+        low_quality = quality is not None and quality < params.quality_floor
+        failed = not success or not complete
+        reason = ""
+        if low_quality:
+            reason = f"quality {quality:.2f} < {params.quality_floor:g}"
+        elif failed and model == self.catalog.cheapest:
+            self._failures[task.task_id] += 1
+            n = self._failures[task.task_id]
+            if n >= params.haiku_failures_before_upgrade:
+                reason = f"{model} failed {n} times" + ("" if complete else " (incomplete output)")
+        if not reason:
+            if not failed:
+                self.complexity.confirm(task, model)
+            return None
+        return self._upgrade(task, model, reason)
+
+    def _upgrade(self, task: TaskInfo, model: str, reason: str) -> Upgrade | None:
+        target = self.catalog.up(model)
+        if target is None:
+            self.bus.emit("routing_no_upgrade", f"{model} is the strongest tier; {reason}",
+                          task_id=task.task_id, level="warning", model=model)
+            return None
+        current = self._min_tier.get(task.task_id)
+        if current is None or self.catalog.rank(target) > self.catalog.rank(current):
+            self._min_tier[task.task_id] = target
+        self._failures.pop(task.task_id, None)
+        self._upgrades += 1
+        self.complexity.learn(task, target)
+        self.bus.emit(
+            "routing_upgrade", f"upgrading from {model} to {target} due to quality issues",
+            task_id=task.task_id, level="warning", from_model=model, to_model=target,
+            reason=reason,
+        )
+        return Upgrade(task.task_id, model, target, reason)
+
+    def forget(self, task_id: str) -> None:
+        """Drop per-task correction state (the task ended)."""
+        self._failures.pop(task_id, None)
+        self._min_tier.pop(task_id, None)
+
+    def statistics(self) -> RouterStatistics:
+        return RouterStatistics(self._decisions, dict(self._by_model), self._downgrades,
+                                self._substitutions, self._upgrades)

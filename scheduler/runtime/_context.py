@@ -1,0 +1,249 @@
+"""The agent's only door to the world (DESIGN.md: every side effect is governed).
+
+``ctx.llm.complete`` goes through the gateway (route, estimate, admit, call,
+settle); ``ctx.files.write`` and ``ctx.shell.run`` are admitted against the
+operation budgets and counted; ``ctx.wait_for`` waits for another task's
+result; ``ctx.checkpoint`` saves progress durably.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from scheduler import Completion, TaskSpec, Tracker, VibeEngineError
+from scheduler.core._provider import Message
+from scheduler.deadlock._locks import LockManager, TaskLocks
+from scheduler.runtime._gateway import Gateway
+from scheduler.store import Store
+from scheduler.tasks._state import TaskHandle
+
+#: Commands that only read; anything else (or any redirection) is dangerous (R1.1).
+SAFE_COMMANDS = frozenset(
+    {
+        "cat", "echo", "ls", "pwd", "head", "tail", "wc", "grep", "rg", "find", "stat",
+        "true", "false", "date", "whoami", "env", "printenv", "which", "diff", "sort",
+        "uniq", "tree", "du", "df", "file", "basename", "dirname", "realpath", "test",
+    }
+)
+SAFE_GIT = frozenset({"status", "diff", "log", "show", "branch", "rev-parse", "ls-files", "blame"})
+_SIDE_EFFECT_TOKENS = re.compile(r"(>|>>|\|\s*(sh|bash|zsh)\b|`|\$\(|-delete\b|-exec\b)")
+
+
+def is_dangerous(command: str) -> bool:
+    """True for shell commands with side effects (counted separately, R1.1/R1.3)."""
+    if _SIDE_EFFECT_TOKENS.search(command):
+        return True
+    for part in re.split(r"&&|\|\||;|\|", command):
+        try:
+            words = shlex.split(part)
+        except ValueError:
+            return True
+        if not words:
+            continue
+        prog = Path(words[0]).name
+        if prog == "git":
+            sub = next((w for w in words[1:] if not w.startswith("-")), "")
+            if sub not in SAFE_GIT:
+                return True
+        elif prog not in SAFE_COMMANDS:
+            return True
+    return False
+
+
+class PathEscapeError(VibeEngineError):
+    """An agent tried to touch a file outside its workspace."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShellResult:
+    command: str
+    returncode: int
+    stdout: str
+    stderr: str
+    dangerous: bool
+
+
+class LlmClient:
+    """``ctx.llm``: model calls through the gateway."""
+
+    def __init__(self, gateway: Gateway, task: TaskHandle,
+                 ctx: AgentContext | None = None) -> None:
+        self._gateway = gateway
+        self._task = task
+        self._ctx = ctx
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        system: str = "",
+        context: str = "",
+        tools: Sequence[Mapping[str, Any]] = (),
+        max_tokens: int = 1024,
+        model: str | None = None,
+        stream: bool = False,
+        hints: Mapping[str, Any] | None = None,
+    ) -> Completion:
+        reply = await self._gateway.complete(
+            self._task, messages, system=system, context=context, tools=tools,
+            max_tokens=max_tokens, model=model, stream=stream, hints=hints,
+        )
+        if self._ctx is not None:
+            await self._ctx.checkpoint_if_requested()
+        return reply
+
+
+class FileOps:
+    """``ctx.files``: reads are free; every write is one file edit (R1.1)."""
+
+    def __init__(self, ctx: AgentContext, root: Path) -> None:
+        self._ctx = ctx
+        self.root = root
+
+    def _resolve(self, path: str | Path) -> Path:
+        full = (self.root / path).resolve()
+        if not full.is_relative_to(self.root.resolve()):
+            raise PathEscapeError(f"{path} is outside the workspace {self.root}")
+        return full
+
+    async def read(self, path: str | Path) -> str:
+        return await anyio.Path(self._resolve(path)).read_text(encoding="utf-8")
+
+    async def write(self, path: str | Path, content: str) -> Path:
+        full = self._resolve(path)
+        ctx = self._ctx
+        await ctx.gateway.admit_ops(ctx.handle, file_edits=1)  # pauses at the limit (R3.4)
+        async with ctx.open_resource(f"file:{full}"), ctx.critical("file_write"):
+            await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
+            await anyio.Path(full).write_text(content, encoding="utf-8")
+        await ctx.charge_ops(file_edits=1)
+        return full
+
+
+class ShellOps:
+    """``ctx.shell``: every command counted; side-effecting ones counted as dangerous."""
+
+    def __init__(self, ctx: AgentContext, cwd: Path) -> None:
+        self._ctx = ctx
+        self.cwd = cwd
+
+    async def run(self, command: str, *, timeout_s: float = 60.0) -> ShellResult:
+        ctx = self._ctx
+        dangerous = is_dangerous(command)
+        await ctx.gateway.admit_ops(ctx.handle, shell_commands=1,
+                                    dangerous_commands=int(dangerous))
+        await anyio.Path(self.cwd).mkdir(parents=True, exist_ok=True)
+        name = "git_commit" if command.lstrip().startswith("git commit") else "shell"
+        async with ctx.critical(name):
+            with anyio.fail_after(timeout_s):
+                proc = await anyio.run_process(command, cwd=self.cwd, check=False)
+        await ctx.charge_ops(shell_commands=1, dangerous_commands=int(dangerous))
+        return ShellResult(
+            command, proc.returncode, proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"), dangerous,
+        )
+
+
+class AgentContext:
+    """Everything an agent may do, governed and counted."""
+
+    def __init__(
+        self,
+        *,
+        task: TaskHandle,
+        gateway: Gateway,
+        store: Store,
+        workspace: Path,
+        wait_for: Callable[[str, str], Awaitable[Any]],
+        locks: LockManager | None = None,
+    ) -> None:
+        self.handle = task
+        self.task: TaskSpec = task.spec
+        self.profile = task.profile
+        self.attempt = task.attempt
+        self.gateway = gateway
+        self.tracker: Tracker = gateway.tracker
+        self.store = store
+        self.log = structlog.get_logger("vibe_engine.agent").bind(
+            task_id=task.id, agent=task.spec.agent, attempt=task.attempt
+        )
+        self._pause = gateway.controller
+        self._checkpoint_source: Callable[[], Mapping[str, Any]] | None = None
+        self.llm = LlmClient(gateway, task, self)
+        self.workspace = workspace
+        self.files = FileOps(self, workspace)
+        self.shell = ShellOps(self, workspace)
+        self._wait_for = wait_for
+        self.locks = TaskLocks(locks if locks is not None else LockManager(), task.id)
+
+    @property
+    def simplify(self) -> bool:
+        """True when replanning asked the agent to do only the key part (R6.7)."""
+        return bool(self.handle.flags.get("simplify"))
+
+    async def charge_ops(
+        self, *, file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0
+    ) -> None:
+        event = self.tracker.make_event(
+            self.task.id, file_edits=file_edits, shell_commands=shell_commands,
+            dangerous_commands=dangerous_commands,
+        )
+        await self.tracker.charge(event)
+
+    async def wait_for(self, task_id: str) -> Any:
+        """Wait for another task's result (a wait-for edge while waiting)."""
+        return await self._wait_for(self.task.id, task_id)
+
+    @asynccontextmanager
+    async def open_resource(self, name: str) -> AsyncIterator[None]:
+        """Hold a named resource exclusively; waiting for it is a wait-for edge (R5.6)."""
+        async with self.locks.open_lock(name):
+            yield
+
+    @asynccontextmanager
+    async def critical(self, name: str) -> AsyncIterator[None]:
+        """A critical operation that completes before a pause takes effect (R3.6).
+
+        A model call inside it that would cross the budget may use the overdraft grace
+        instead of pausing (R3.5) -- unless the operation started while a pause was
+        already pending: it was not in progress when the limit was reached.
+        """
+        if self._pause is None:
+            yield
+            return
+        async with self._pause.open_critical(self.task.id, name):
+            yield
+
+    @property
+    def checkpoint_requested(self) -> bool:
+        """A critical budget alert asked for a checkpoint (R3.3); cleared by :meth:`checkpoint`."""
+        return bool(self.handle.flags.get("checkpoint_requested"))
+
+    def checkpoint_source(self, state: Callable[[], Mapping[str, Any]]) -> None:
+        """Register what to save when the runtime forces a checkpoint (R3.3)."""
+        self._checkpoint_source = state
+
+    async def checkpoint_if_requested(self) -> bool:
+        """Save the registered state if a checkpoint was requested; True if saved."""
+        if not self.checkpoint_requested or self._checkpoint_source is None:
+            return False
+        await self.checkpoint(self._checkpoint_source())
+        self.log.info("checkpoint_forced")
+        return True
+
+    async def checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Save progress durably; a resumed or requeued attempt reads it back."""
+        await self.store.put_state("checkpoint", self.task.id, dict(state))
+        self.handle.flags.pop("checkpoint_requested", None)
+
+    async def load_checkpoint(self) -> dict[str, Any] | None:
+        return await self.store.get_state("checkpoint", self.task.id)

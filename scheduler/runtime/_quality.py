@@ -1,0 +1,93 @@
+"""The quality signal of R4.3: a score in [0, 1] for an answer the provider did not score.
+
+The simulated provider supplies a score with every completion; the real
+Anthropic API does not.  A :class:`QualityScorer` fills the gap for routed
+calls: the gateway asks it when ``Completion.quality`` is ``None`` and feeds the
+score into the router's correction (below ``routing.quality_floor`` → retry on
+the next tier, logged, and similar tasks score higher).
+
+:class:`LlmJudge` is the built-in scorer: it asks the cheapest tier to rate the
+answer from 0 to 10, through the gateway with the model named, so the judge's
+tokens are charged to the task like any call and the judge itself is never
+routed, corrected or judged.  Configure it with ``routing.quality_scorer =
+"llm_judge"`` (or ``"module:Class"`` for your own; the class is built with the
+gateway).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import structlog
+
+from scheduler.config._config import VibeConfig
+from scheduler.core._errors import VibeEngineError
+from scheduler.core._provider import Completion, Message
+from scheduler.core._resolve import resolve_object
+from scheduler.tasks._state import TaskHandle
+
+if TYPE_CHECKING:
+    from scheduler.runtime._gateway import Gateway
+
+__all__ = ["LlmJudge", "QualityScorer", "make_quality_scorer"]
+
+_log = structlog.get_logger("vibe_engine.quality")
+
+JUDGE_SYSTEM = (
+    "You grade answers. Rate how well the answer completes the task, from 0 (useless or "
+    "wrong) to 10 (complete and correct). Reply with the number only."
+)
+_NUMBER = re.compile(r"\b(10|[0-9])(?:\.\d+)?\b")
+
+
+@runtime_checkable
+class QualityScorer(Protocol):
+    """Scores one routed answer; ``None`` when it cannot tell."""
+
+    async def score(
+        self, task: TaskHandle, messages: list[Message], completion: Completion
+    ) -> float | None: ...
+
+
+class LlmJudge:
+    """LLM-as-judge on the cheapest tier (see the module docstring)."""
+
+    def __init__(self, gateway: Gateway, *, model: str | None = None,
+                 max_answer_chars: int = 8_000) -> None:
+        self.gateway = gateway
+        self.model = model or gateway.router.catalog.cheapest
+        self.max_answer_chars = max_answer_chars
+
+    async def score(
+        self, task: TaskHandle, messages: list[Message], completion: Completion
+    ) -> float | None:
+        asked = "\n\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
+        prompt = (f"Task:\n{asked[-4_000:]}\n\nAnswer:\n"
+                  f"{completion.text[: self.max_answer_chars]}\n\nRating (0-10):")
+        try:
+            verdict = await self.gateway.complete(
+                task, [{"role": "user", "content": prompt}], system=JUDGE_SYSTEM,
+                max_tokens=8, model=self.model, hints={"judge": True},
+            )
+        except VibeEngineError as exc:  # a judge that fails leaves the answer unscored
+            _log.warning("judge_failed", task_id=task.id, error=str(exc))
+            return None
+        found = _NUMBER.search(verdict.text)
+        if found is None:
+            _log.info("judge_unreadable", task_id=task.id, verdict=verdict.text[:80])
+            return None
+        return min(float(found.group(0)), 10.0) / 10.0
+
+
+SCORERS: dict[str, Any] = {"llm_judge": LlmJudge}
+
+
+def make_quality_scorer(config: VibeConfig, gateway: Gateway) -> QualityScorer | None:
+    """The configured scorer (``routing.quality_scorer``), or ``None`` for ``"none"``."""
+    name = config.routing.quality_scorer
+    if name == "none":
+        return None
+    factory = resolve_object(name, field="routing.quality_scorer", builtins=SCORERS,
+                             group="vibe_engine.scorers")
+    return factory(gateway)  # type: ignore[no-any-return]
