@@ -1,4 +1,4 @@
-"""Human control: alerts, pause and decisions, overdraft and critical sections, the control socket (R3).
+"""Human control (R3): alerts, pause and decisions, overdraft, critical sections, control socket.
 
 May import ``core``, ``config``, ``store``, ``budget`` and ``policies``.
 """
