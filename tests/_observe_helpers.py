@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from agents import AgentContext, ShellResult, discover_agents, is_dangerous, make_provider
+from agents import ShellResult, discover_agents, is_dangerous, make_provider
 from scheduler import VibeConfig
 from scheduler.cli._demo import demo_config
 from scheduler.observe._snapshot import (
@@ -24,7 +24,7 @@ from scheduler.observe._snapshot import (
     Snapshot,
     TaskView,
 )
-from scheduler.runtime._context import FileOps
+from scheduler.runtime._context import FileOps, ShellOps
 from scheduler.runtime._orchestrator import Orchestrator, _default_context_factory
 from scheduler.tasks._state import TaskHandle
 
@@ -48,15 +48,12 @@ def terminal_console(width: int = 160, height: int = 60) -> tuple[Console, Strin
                    color_system="standard"), buf
 
 
-class _InstantShell:
+class _InstantShell(ShellOps):
     """``ctx.shell`` without a subprocess: counted and charged like the real one.
 
     A real subprocess lets trio's MockClock jump (every task looks blocked) past
     the command's timeout; tests on virtual time use this instead.
     """
-
-    def __init__(self, ctx: AgentContext) -> None:
-        self._ctx = ctx
 
     async def run(self, command: str, *, timeout_s: float = 60.0) -> ShellResult:
         dangerous = is_dangerous(command)
@@ -91,7 +88,7 @@ class _SyncFiles(FileOps):
 def instant_shell_context(orch: Orchestrator, handle: TaskHandle) -> Any:
     """The real agent context with thread-free files and process-free shell (virtual time)."""
     ctx = _default_context_factory(orch, handle)
-    ctx.shell = _InstantShell(ctx)
+    ctx.shell = _InstantShell(ctx, ctx.workspace)
     ctx.files = _SyncFiles(ctx, ctx.workspace)
     return ctx
 

@@ -66,7 +66,7 @@ async def test_global_slice_and_learned_limit_the_smaller_applies(
         "global_pools": {"anthropic": {"tokens_per_minute": 1_000_000}},
         "orchestrator_id": "o1"})
     seen: list[tuple[int | None, int | None]] = []
-    orch.gateway.settle_hooks.append(lambda task, event: seen.append(_pool(orch)))
+    orch.gateway.on_settle.connect(lambda task, event: seen.append(_pool(orch)))
     report = await orch.run([TaskSpec(id=f"q{i}", agent="qa", prompt="Why?")
                              for i in range(2)])
     assert {o.status for o in report.outcomes.values()} == {"completed"}

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from rich.console import Console
 from rich.segment import Segment
 from structlog.testing import capture_logs
 
 from scheduler import FixedWallClock
-from scheduler.observe._live import attach_live, budgets_table, render_snapshot
+from scheduler.observe._live import LiveView, budgets_table, render_snapshot
 from scheduler.observe._observers import status_path
-from scheduler.observe._snapshot import Snapshot, alert_level, snapshot_of
+from scheduler.observe._snapshot import Snapshot, alert_level
 from scheduler.observe._status import read_status, snapshot_from_store
+from scheduler.observe._view import snapshot_of
 from scheduler.store import SqliteStore
+from scheduler.tasks import TaskStatus
 from tests._helpers import FRIDAY, run_virtual
 from tests._observe_helpers import crafted_snapshot, demo_orchestrator, strip_ansi, terminal_console
 
@@ -45,7 +49,8 @@ def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: 
     orch = demo_orchestrator(tmp_path, tasks=8, time_scale=1.0,
                              allocator={"pools": {"anthropic": {"concurrent": 2}}})
     console, buf = terminal_console()
-    view = attach_live(orch, console, refresh_s=0.2)
+    view = LiveView(orch.view, console, refresh_s=0.2)
+    orch.add_service(view.run)
 
     async def main() -> None:
         await orch.run()
@@ -73,7 +78,7 @@ def test_live_view_shows_every_state_during_the_staged_demo(tmp_path: Path) -> N
     saved and finished when nobody decides."""
     orch = demo_orchestrator(tmp_path, tasks=24, time_scale=0.25, staged=True)
     console, buf = terminal_console()
-    attach_live(orch, console, refresh_s=0.1)
+    orch.add_service(LiveView(orch.view, console, refresh_s=0.1).run)
     report = run_virtual(orch.run)
     screen = strip_ansi(buf.getvalue())
     states = _states_on_screen(screen)
@@ -150,7 +155,7 @@ def test_live_view_degrades_to_log_lines_when_not_a_tty(tmp_path: Path) -> None:
     orch = demo_orchestrator(tmp_path, tasks=4, time_scale=1.0)
     console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed below
     try:
-        attach_live(orch, console, log_every_s=0.5)
+        orch.add_service(LiveView(orch.view, console, log_every_s=0.5).run)
         with capture_logs() as logs:
             run_virtual(orch.run)
     finally:
@@ -240,13 +245,13 @@ def test_snapshot_from_store_without_history_or_tasks(tmp_path: Path) -> None:
     assert any(b.dimension == "cost_usd" for b in snap.budgets)
 
 
-def test_snapshot_of_orchestrator_reads_optional_parts(tmp_path: Path) -> None:
-    """Parts that are not wired yet (allocator, health, controller) are simply absent."""
+def test_snapshot_of_a_finished_run(tmp_path: Path) -> None:
+    """Observability: after a run the snapshot shows every task, the totals and events."""
     orch = demo_orchestrator(tmp_path, tasks=2, time_scale=0.01)
     run_virtual(orch.run)
 
     async def snap() -> Snapshot:
-        return snapshot_of(orch, now=0.0)
+        return snapshot_of(orch.view, now=0.0)
 
     s = run_virtual(snap)
     assert s.counts() == {"completed": 2}, [t.reason for t in s.tasks]
@@ -346,40 +351,42 @@ def test_demo_command_draws_the_live_view_on_a_pseudo_terminal(tmp_path: Path) -
     assert "Models" in screen and "total" in screen  # the final report tables follow
 
 
-def test_snapshot_plugs_in_allocator_controller_and_health(tmp_path: Path) -> None:
-    """R5.5/R3.4/R6.3: snapshot_of reads the parts' statistics() when they are wired.
+def test_snapshot_reads_allocator_controller_and_health(tmp_path: Path) -> None:
+    """R5.5/R3.4/R6.3: snapshot_of reads the parts' statistics() from the run's view.
 
-    Fakes with the field names of the allocator's, pause controller's and health
-    monitor's statistics stand in for parts landing separately.
+    Stand-ins with the field names of the allocator's, pause controller's and health
+    monitor's statistics give states a short run never reaches all at once.
     """
     from types import SimpleNamespace
 
     orch = demo_orchestrator(tmp_path, tasks=3, time_scale=0.01)
     orch.add_tasks(orch.config.tasks)
     for h in orch.handles.values():
-        h.status = "running"
+        h.status = TaskStatus.RUNNING
     waiter = SimpleNamespace(holder="t01", pool="anthropic", position=1, estimated_wait_s=2.5,
                              waited_s=4.0)
     pool = SimpleNamespace(name="anthropic", leases=2, waiting=1, calls_in_use=2, concurrent=50,
                            tokens_available=1000.0, tokens_per_minute=400_000, grants=9,
                            expired=1)
     stats = SimpleNamespace(waiters=(waiter,), pools={"anthropic": pool})
-    # setattr: these attributes are typed differently once the real parts are wired
-    setattr(orch, "allocator", SimpleNamespace(statistics=lambda: stats))  # noqa: B010
     model = SimpleNamespace(model="opus", state="unavailable", calls=4, success_rate=0.25,
                             error_rate=0.75, mean_latency_s=3.0)
-    setattr(orch, "health", SimpleNamespace(  # noqa: B010
-        statistics=lambda: SimpleNamespace(models={"opus": model})))
-    orch.handles["t03"].status = "deferred"
+    view = dataclasses.replace(
+        orch.view,
+        allocator=cast(Any, SimpleNamespace(statistics=lambda: stats)),
+        health=cast(Any, SimpleNamespace(
+            statistics=lambda: SimpleNamespace(models={"opus": model}))),
+        controller=cast(Any, SimpleNamespace(is_paused=lambda task_id: task_id == "t02",
+                                             pause_info=lambda task_id: None)),
+    )
+    orch.handles["t03"].status = TaskStatus.DEFERRED
 
     async def take() -> Snapshot:
         await orch.open()
-        setattr(orch, "controller", SimpleNamespace(  # noqa: B010
-            is_paused=lambda task_id: task_id == "t02"))
         try:
             for h in orch.handles.values():
                 await orch.tracker.start_task(h.id, h.profile, agent=h.spec.agent)
-            return snapshot_of(orch, now=0.0)
+            return snapshot_of(view, now=0.0)
         finally:
             await orch.aclose()
 
@@ -406,12 +413,12 @@ def test_r3_1_hot_task_budgets_appear_in_the_snapshot(tmp_path: Path) -> None:
         try:
             for tid in ("hot", "done"):
                 h = orch.handles[tid]
-                h.status = "running"
+                h.status = TaskStatus.RUNNING
                 await orch.tracker.start_task(tid, h.profile, agent="qa")
                 await orch.tracker.charge(orch.tracker.make_event(
                     tid, model="haiku", usage=Usage(500, 300), cost_usd=0.001))
-            orch.handles["done"].status = "completed"
-            return snapshot_of(orch, now=0.0)
+            orch.handles["done"].status = TaskStatus.COMPLETED
+            return snapshot_of(orch.view, now=0.0)
         finally:
             await orch.aclose()
 

@@ -110,7 +110,7 @@ async def test_r3_4_finish_decision_ends_the_task_as_finished(tmp_path: Path) ->
     async def release_leases(handle: TaskHandle) -> None:
         released.append(handle.id)
 
-    orch.gateway.on_pause.append(release_leases)
+    orch.gateway.on_pause.connect(release_leases)
     report: list[RunReport] = []
     async with anyio.create_task_group() as tg:
 

@@ -142,14 +142,14 @@ def test_r6_2_break_down_through_the_agents_own_hook() -> None:
 
 
 def test_r6_7_simplify_tells_the_agent_once() -> None:
-    """R6.7 simplify: the agent sees flags['simplify']; the notice is emitted once."""
+    """R6.7 simplify: the agent sees signals.simplify; the notice is emitted once."""
     rp, rec = replanner()
     h = handle()
     d = rp.plan(h, budget_fraction=0.95)
     assert isinstance(d, Simplify)
     rp.simplify(h, d)
     rp.simplify(h, d)
-    assert "key part" in h.flags["simplify"]
+    assert "key part" in h.signals.simplify
     assert len(rec.named("task_simplified")) == 1
 
 

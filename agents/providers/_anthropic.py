@@ -47,6 +47,7 @@ from scheduler import (
     Usage,
 )
 from scheduler.config._config import ProviderConfig
+from scheduler.core import Hook
 
 _log = structlog.get_logger("vibe_engine.providers.anthropic")
 
@@ -105,8 +106,13 @@ class AnthropicProvider:
             api_key=key, base_url=self.config.base_url, max_retries=0,
             timeout=self.config.timeout_s,
         )
-        self.on_attempt = on_attempt
-        self.on_rate_limits = on_rate_limits
+        #: One call per HTTP attempt, and the limits learned from each response.
+        self.on_attempt: Hook[[str, bool, float, str | None]] = Hook()
+        self.on_rate_limits: Hook[[str, RateLimitInfo]] = Hook()
+        if on_attempt is not None:
+            self.on_attempt.connect(on_attempt)
+        if on_rate_limits is not None:
+            self.on_rate_limits.connect(on_rate_limits)
         self._sleep, self._clock, self._wall = sleep, clock, wall
         self._backoff = self.config.retry_backoff_s
         self._max_backoff = self.config.retry_backoff_max_s
@@ -235,14 +241,12 @@ class AnthropicProvider:
         if info is None:
             return
         self._last_limits = info
-        if self.on_rate_limits is not None:
-            self.on_rate_limits(model, info)
+        self.on_rate_limits(model, info)
 
     def _succeeded(self, request: CompletionRequest, got: _Attempt, latency: float) -> None:
         self._usage += got.usage or Usage()
         self._learn_limits(request.model, got.headers)
-        if self.on_attempt is not None:
-            self.on_attempt(request.model, True, latency, None)
+        self.on_attempt(request.model, True, latency, None)
 
     def _failed(self, request: CompletionRequest, exc: Exception, latency: float) -> Classified:
         failed = classify(request.model, exc)
@@ -252,8 +256,7 @@ class AnthropicProvider:
         self._failures[failed.kind] = self._failures.get(failed.kind, 0) + 1
         retry_after = getattr(failed.error, "retry_after", None)
         self._learn_limits(request.model, failed.headers, retry_after)
-        if self.on_attempt is not None:
-            self.on_attempt(request.model, False, latency, failed.kind)
+        self.on_attempt(request.model, False, latency, failed.kind)
         return failed
 
     async def _wait_before_retry(self, model: str, n: int, failed: Classified) -> None:

@@ -23,7 +23,7 @@ from scheduler.cli._report import gather_report, render_report_tables, write_htm
 from scheduler.config._config import VibeConfig, load_config
 from scheduler.control._alerts import StatusRow
 from scheduler.core._errors import VibeEngineError
-from scheduler.observe._live import attach_live, render_snapshot
+from scheduler.observe._live import LiveView, render_snapshot
 from scheduler.observe._logging import configure_logging
 from scheduler.observe._status import read_status
 from scheduler.runtime._orchestrator import Orchestrator, RunReport
@@ -62,7 +62,7 @@ def _run(config: VibeConfig, live: bool = True) -> RunReport:
         if _out.is_terminal:
             structlog.configure(logger_factory=structlog.PrintLoggerFactory(
                 file=_CurrentStderr()))  # type: ignore[arg-type]
-        attach_live(orch, _out)
+        orch.add_service(LiveView(orch.view, _out).run)
 
     async def main() -> RunReport:
         return await orch.run()

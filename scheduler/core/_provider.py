@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from scheduler.core._hooks import Hook
 from scheduler.core._usage import Usage
 
 Message = Mapping[str, Any]
@@ -72,25 +73,6 @@ RateLimitHook = Callable[[str, RateLimitInfo], None]
 
 @runtime_checkable
 class ReportsRateLimits(Protocol):
-    """A provider that reports the limits it learns; the orchestrator sets the hook."""
+    """A provider that reports the limits it learns; the composition root connects to it."""
 
-    on_rate_limits: RateLimitHook | None
-
-
-def connect_rate_limits(provider: object, hook: RateLimitHook) -> bool:
-    """Make ``provider`` report learned limits to ``hook`` too (keeping a hook already set).
-
-    Returns False when the provider does not report limits.
-    """
-    if not isinstance(provider, ReportsRateLimits):
-        return False
-    before = provider.on_rate_limits
-    if before is None:
-        provider.on_rate_limits = hook
-    else:
-        def both(source: str, info: RateLimitInfo) -> None:
-            before(source, info)
-            hook(source, info)
-
-        provider.on_rate_limits = both
-    return True
+    on_rate_limits: Hook[[str, RateLimitInfo]]

@@ -6,9 +6,7 @@ Pure data and pure functions: nothing here performs I/O or reads a clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from scheduler.config._config import ModelSpec
+from typing import Any, Protocol
 
 _MTOK = 1_000_000.0
 
@@ -51,7 +49,22 @@ class Usage:
         )
 
 
-def cost_usd(usage: Usage, spec: ModelSpec) -> float:
+class Prices(Protocol):
+    """A model's prices (``scheduler.config.ModelSpec`` is one): USD per million tokens."""
+
+    @property
+    def input_usd_per_mtok(self) -> float: ...
+    @property
+    def output_usd_per_mtok(self) -> float: ...
+    @property
+    def cache_read_multiplier(self) -> float: ...
+    @property
+    def cache_write_5m_multiplier(self) -> float: ...
+    @property
+    def cache_write_1h_multiplier(self) -> float: ...
+
+
+def cost_usd(usage: Usage, spec: Prices) -> float:
     """Cache-aware cost: reads at ``cache_read_multiplier`` (0.1×), writes at 1.25×/2×."""
     inp = spec.input_usd_per_mtok / _MTOK
     out = spec.output_usd_per_mtok / _MTOK

@@ -33,6 +33,7 @@ import structlog
 
 from policies.victim import LowestPriorityVictim, VictimCandidate, VictimPolicy
 from scheduler.config._config import DeadlockConfig
+from scheduler.core._hooks import Hook
 
 _log = structlog.get_logger("vibe_engine.deadlock")
 
@@ -50,7 +51,7 @@ class WaitForGraph:
         self._dirty: dict[str, None] = {}  # insertion-ordered: deterministic, no sort
         #: Called with (holder, True) when someone starts waiting on ``holder`` and with
         #: (holder, False) when nobody does any more (the allocator's R5.2 boost).
-        self.on_blocking: Callable[[str, bool], None] | None = None
+        self.on_blocking: Hook[[str, bool]] = Hook()
 
     # -- edges -------------------------------------------------------------------------
 
@@ -61,7 +62,7 @@ class WaitForGraph:
         if n == 0:
             self.graph.add_edge(waiter, target)
             self._dirty[waiter] = None
-            if self.on_blocking is not None and self.graph.in_degree(target) == 1:
+            if self.on_blocking and self.graph.in_degree(target) == 1:
                 self.on_blocking(target, True)
 
     def remove_edge(self, waiter: str, target: str) -> None:
@@ -70,7 +71,7 @@ class WaitForGraph:
         if n <= 1:
             if self._refs.pop(pair, None) is not None:
                 self.graph.remove_edge(waiter, target)
-                if self.on_blocking is not None and self.graph.in_degree(target) == 0:
+                if self.on_blocking and self.graph.in_degree(target) == 0:
                     self.on_blocking(target, False)
                 self._drop_if_isolated(waiter)
                 self._drop_if_isolated(target)

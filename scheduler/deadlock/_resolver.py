@@ -13,27 +13,26 @@
 4. emits ``deadlock_victim`` — "agent <victim> yielded due to deadlock" —
    through structlog and the :class:`EventBus`.
 
-:func:`install_deadlock_handling` wires the graph, the lock manager, the
-detector and the resolver into an orchestrator.
+:func:`describer` tells the victim policy what it needs of each holder; the
+composition root (``scheduler.runtime._build``) connects the detector, the
+resolver and the task table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import structlog
 
 from policies.victim import VictimCandidate
+from scheduler.budget._tracker import Tracker
 from scheduler.config._config import DeadlockConfig
 from scheduler.core._errors import TaskAbortedError
 from scheduler.core._events import EventBus
-from scheduler.deadlock._graph import DeadlockDetector
+from scheduler.deadlock._graph import Describe
 from scheduler.deadlock._locks import LockManager
-
-if TYPE_CHECKING:
-    from scheduler.runtime._orchestrator import Orchestrator
-    from scheduler.tasks._state import TaskHandle
+from scheduler.tasks._state import TaskHandle
 
 _log = structlog.get_logger("vibe_engine.deadlock")
 
@@ -79,36 +78,20 @@ class DeadlockResolver:
             _log.warning("deadlock_victim", message=message, task_id=victim, **data)
 
 
-def describe_task(orch: Orchestrator, holder: str) -> VictimCandidate:
-    """What the victim policy knows about ``holder``.
+def describer(tasks: Mapping[str, TaskHandle], tracker: Tracker) -> Describe:
+    """What the victim policy knows about a holder: priority, work done, start time (R5.7).
 
     A holder that is not a task cannot be aborted: it ranks highest, so it is
     chosen only when nothing else can be.
     """
-    handle = orch.handles.get(holder)
-    if handle is None:
-        return VictimCandidate(holder, float("inf"), float("inf"), float("-inf"))
-    tokens = 0.0
-    if holder in orch.tracker.tasks():
-        tokens = orch.tracker.task_scope(holder).used("tokens")
-    return VictimCandidate(holder, float(handle.priority), tokens, handle.started_at)
 
+    def describe(holder: str) -> VictimCandidate:
+        handle = tasks.get(holder)
+        if handle is None:
+            return VictimCandidate(holder, float("inf"), float("inf"), float("-inf"))
+        tokens = 0.0
+        if holder in tracker.tasks():
+            tokens = tracker.task_scope(holder).used("tokens")
+        return VictimCandidate(holder, float(handle.priority), tokens, handle.started_at)
 
-def install_deadlock_handling(orch: Orchestrator) -> DeadlockDetector:
-    """Give ``orch`` a wait-for graph, locks, a detector service and a release hook."""
-    graph, locks = orch.waits, orch.locks
-    resolver = DeadlockResolver(
-        locks=locks, abort=lambda v, r, q: orch.abort(v, r, requeue=q), bus=orch.bus,
-        config=orch.config.deadlock,
-    )
-    detector = DeadlockDetector(
-        graph, resolve=resolver, describe=lambda h: describe_task(orch, h),
-        config=orch.config.deadlock,
-    )
-
-    async def release_locks(handle: TaskHandle) -> None:
-        locks.release_all(handle.id)
-
-    orch.services.append(detector.run)
-    orch.release_hooks.append(release_locks)
-    return detector
+    return describe

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import structlog
@@ -24,12 +24,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from scheduler.observe._snapshot import STATES, Snapshot, snapshot_of
+from scheduler.observe._snapshot import STATES, Snapshot
+from scheduler.observe._view import RunView, snapshot_of
 
-if TYPE_CHECKING:
-    from scheduler.runtime._orchestrator import Orchestrator
-
-__all__ = ["LiveView", "attach_live", "render_snapshot", "summary_fields"]
+__all__ = ["LiveView", "render_snapshot", "summary_fields"]
 
 _log = structlog.get_logger("vibe_engine.live")
 
@@ -203,14 +201,14 @@ class LiveView:
 
     def __init__(
         self,
-        orch: Orchestrator,
+        view: RunView,
         console: Console,
         *,
         refresh_s: float = 0.25,
         log_every_s: float = 5.0,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
-        self.orch = orch
+        self.view = view
         self.console = console
         self.refresh_s = refresh_s
         self.log_every_s = log_every_s
@@ -218,7 +216,7 @@ class LiveView:
         self.frames = 0
 
     def snapshot(self) -> Snapshot:
-        return snapshot_of(self.orch, now=self._clock())
+        return snapshot_of(self.view, now=self._clock())
 
     def render(self) -> RenderableType:
         return render_snapshot(self.snapshot(), height=self.console.size.height)
@@ -255,10 +253,3 @@ class LiveView:
         finally:
             _log.info("live_status", final=True, **summary_fields(self.snapshot()))
             self.frames += 1
-
-
-def attach_live(orch: Orchestrator, console: Console, **kwargs: Any) -> LiveView:
-    """Add a :class:`LiveView` to ``orch``'s services; returns it."""
-    view = LiveView(orch, console, **kwargs)
-    orch.services.append(view.run)
-    return view

@@ -31,7 +31,7 @@ server thread only reads prometheus' own locked values.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import structlog
@@ -42,11 +42,9 @@ from scheduler.core._events import Event
 from scheduler.core._provider import Completion, CompletionRequest, Provider
 from scheduler.core._usage import UsageEvent
 from scheduler.observe._observers import watch_changes
-from scheduler.observe._snapshot import HEALTH_VALUE, Snapshot, snapshot_of
+from scheduler.observe._snapshot import HEALTH_VALUE, Snapshot
+from scheduler.observe._view import RunView, snapshot_of
 from scheduler.tasks._state import TaskHandle
-
-if TYPE_CHECKING:
-    from scheduler.runtime._orchestrator import Orchestrator
 
 __all__ = ["MeteredProvider", "Metrics"]
 
@@ -87,8 +85,8 @@ def _is_deadlock_resolution(event: Event) -> bool:
 class Metrics:
     """Counters and gauges of one orchestrator, and the loopback HTTP endpoint."""
 
-    def __init__(self, orch: Orchestrator, *, refresh_s: float = 0.25) -> None:
-        self.orch = orch
+    def __init__(self, view: RunView, *, refresh_s: float = 0.25) -> None:
+        self.view = view
         self.refresh_s = refresh_s
         self.registry = CollectorRegistry()
         self.port: int | None = None
@@ -117,10 +115,9 @@ class Metrics:
                 ("vibe_budget_fraction", "Budget used / limit.", ["scope", "dimension"]),
             )
         }
-        orch.gateway.settle_hooks.append(self.on_settle)
-        orch.gateway.provider = MeteredProvider(orch.gateway.provider, self.on_failure)
-        orch.bus.subscribe(self.on_event)
-        self._changes = watch_changes(orch)
+        view.on_settle.connect(self.on_settle)
+        view.bus.subscribe(self.on_event)
+        self._changes = watch_changes(view)
 
     # -- feeds ------------------------------------------------------------------------
 
@@ -143,7 +140,7 @@ class Metrics:
 
     def refresh(self, snap: Snapshot | None = None) -> None:
         """Set every gauge from a snapshot (in the event loop's thread)."""
-        snap = snap or snapshot_of(self.orch, now=anyio.current_time(), events=0)
+        snap = snap or snapshot_of(self.view, now=anyio.current_time(), events=0)
         g = self._gauges
         for gauge in g.values():
             gauge.clear()
@@ -169,11 +166,9 @@ class Metrics:
             g["vibe_budget_fraction"].labels(b.scope.split(":")[0], b.dimension).set(b.fraction)
 
     def _waited(self) -> dict[str, float]:
-        stats_fn = getattr(getattr(self.orch, "allocator", None), "statistics", None)
         out: dict[str, float] = {}
-        if callable(stats_fn):
-            for w in getattr(stats_fn(), "waiters", ()):
-                out[w.pool] = max(out.get(w.pool, 0.0), float(w.waited_s))
+        for w in self.view.allocator.statistics().waiters:
+            out[w.pool] = max(out.get(w.pool, 0.0), float(w.waited_s))
         return out
 
     def exposition(self) -> bytes:
@@ -183,14 +178,14 @@ class Metrics:
     # -- service ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        cfg = self.orch.config.metrics
+        cfg = self.view.config.metrics
         try:
             server, thread = start_http_server(cfg.port, addr=cfg.host, registry=self.registry)
         except OSError as exc:
             _log.warning("metrics_unavailable", host=cfg.host, port=cfg.port, error=str(exc))
             return
         self.port = int(server.server_port)
-        self.orch.bus.emit("metrics_listening", f"metrics on http://{cfg.host}:{self.port}/",
+        self.view.bus.emit("metrics_listening", f"metrics on http://{cfg.host}:{self.port}/",
                            host=cfg.host, port=self.port)
         try:
             while True:

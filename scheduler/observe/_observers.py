@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,13 +28,12 @@ import structlog
 
 from scheduler.core._errors import VibeEngineError
 from scheduler.core._events import Event
-from scheduler.observe._snapshot import snapshot_of
+from scheduler.observe._view import RunView, snapshot_of
 
 if TYPE_CHECKING:
     from scheduler.observe._metrics import Metrics
-    from scheduler.runtime._orchestrator import Orchestrator
 
-__all__ = ["HistoryRecorder", "Observers", "StatusWriter", "install_observers", "status_path"]
+__all__ = ["HistoryRecorder", "Observers", "StatusWriter", "build_observers", "status_path"]
 
 _log = structlog.get_logger("vibe_engine.observe")
 STATUS_FILE = "status.json"
@@ -71,37 +71,37 @@ class Changes:
         self.pending = False
 
 
-def watch_changes(orch: Orchestrator) -> Changes:
+def watch_changes(view: RunView) -> Changes:
     """A :class:`Changes` set by every bus event and every settled model call."""
     changes = Changes()
-    orch.bus.subscribe(changes.set)
-    orch.gateway.settle_hooks.append(changes.set)
+    view.bus.subscribe(changes.set)
+    view.on_settle.connect(changes.set)
     return changes
 
 
 class HistoryRecorder:
     """Buffers bus events and writes them to the store as ``history`` records."""
 
-    def __init__(self, orch: Orchestrator) -> None:
-        self.orch = orch
+    def __init__(self, view: RunView) -> None:
+        self.view = view
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._seq = 0
         self._changes = Changes()
-        orch.bus.subscribe(self.on_event)
+        view.bus.subscribe(self.on_event)
 
     def on_event(self, event: Event) -> None:
         self._seq += 1
-        wall = self.orch.wall.now()
+        wall = self.view.wall.now()
         record = _jsonable(event.to_dict())
-        record.update(session_id=self.orch.session_id, wall=wall.timestamp(),
+        record.update(session_id=self.view.session_id, wall=wall.timestamp(),
                       day=wall.date().isoformat(), seq=self._seq)
-        self._pending.append((f"{self.orch.session_id}:{self._seq:08d}", record))
+        self._pending.append((f"{self.view.session_id}:{self._seq:08d}", record))
         self._changes.set()
 
     async def flush(self) -> int:
         pending, self._pending = self._pending, []
         for key, record in pending:
-            await self.orch.store.put_state("history", key, record)
+            await self.view.store.put_state("history", key, record)
         return len(pending)
 
     async def run(self) -> None:
@@ -120,15 +120,15 @@ class HistoryRecorder:
 class StatusWriter:
     """Rewrites ``status.json`` when something changed, at most once per interval."""
 
-    def __init__(self, orch: Orchestrator, *, interval_s: float = 1.0) -> None:
-        self.orch = orch
+    def __init__(self, view: RunView, *, interval_s: float = 1.0) -> None:
+        self.view = view
         self.interval_s = interval_s
-        self.path = status_path(orch.config.state_dir)
+        self.path = status_path(view.config.state_dir)
         self.writes = 0
-        self._changes = watch_changes(orch)
+        self._changes = watch_changes(view)
 
     def write(self, *, running: bool = True) -> Path:
-        snap = snapshot_of(self.orch, now=anyio.current_time(), running=running)
+        snap = snapshot_of(self.view, now=anyio.current_time(), running=running)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(snap.to_dict(), default=str), encoding="utf-8")
@@ -153,26 +153,26 @@ class StatusWriter:
 
 @dataclass(slots=True)
 class Observers:
-    """What :func:`install_observers` attached (``None`` = disabled in config)."""
+    """The observers a run carries (``None`` = disabled in config), and their services."""
 
     history: HistoryRecorder | None = None
     status: StatusWriter | None = None
     metrics: Metrics | None = None
 
+    def services(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+        return [o.run for o in (self.history, self.status, self.metrics) if o is not None]
 
-def install_observers(orch: Orchestrator) -> Observers:
-    """Attach history, ``status.json`` and (when enabled) metrics to ``orch``'s services."""
-    cfg = orch.config.observe
+
+def build_observers(view: RunView) -> Observers:
+    """History, ``status.json`` and (when enabled) metrics, as the config asks."""
+    cfg = view.config.observe
     out = Observers()
     if cfg.history:
-        out.history = HistoryRecorder(orch)
-        orch.services.append(out.history.run)
+        out.history = HistoryRecorder(view)
     if cfg.status_interval_s:
-        out.status = StatusWriter(orch, interval_s=cfg.status_interval_s)
-        orch.services.append(out.status.run)
-    if orch.config.metrics.enabled:
+        out.status = StatusWriter(view, interval_s=cfg.status_interval_s)
+    if view.config.metrics.enabled:
         from scheduler.observe._metrics import Metrics
 
-        out.metrics = Metrics(orch)
-        orch.services.append(out.metrics.run)
+        out.metrics = Metrics(view)
     return out

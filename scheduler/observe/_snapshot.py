@@ -1,15 +1,6 @@
-"""A frozen picture of a running orchestrator, for the live view, ``status`` and metrics.
+"""A frozen picture of a run, for the live view, ``status`` and metrics.
 
-:func:`snapshot_of` reads an :class:`~scheduler.runtime._orchestrator.Orchestrator`
-through a few small, optional doors so parts can land independently:
-
-* ``orch.handles`` and ``orch.tracker`` (always there): task states, budgets;
-* ``orch.allocator.statistics()`` (when wired): pools, leases, queue
-  position and estimated wait of every waiting request (R5.5);
-* ``orch.controller.is_paused(task_id)`` (when wired): paused tasks (R3.4);
-* ``orch.gateway.health.statistics()`` (when wired): per-model health (R6.3–R6.5);
-* ``orch.bus.history``: recent notable events.
-
+:func:`scheduler.observe._view.snapshot_of` fills it from the parts of a run.
 Every figure is plain data and :meth:`Snapshot.to_dict` / :meth:`Snapshot.from_dict`
 round-trip it through JSON, so ``vibe-engine status`` in another terminal
 shows exactly what the live view shows.
@@ -17,7 +8,6 @@ shows exactly what the live view shows.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -26,12 +16,10 @@ from scheduler.config._config import AlertsConfig
 
 if TYPE_CHECKING:
     from scheduler.budget._tracker import ScopeState
-    from scheduler.runtime._orchestrator import Orchestrator
-    from scheduler.tasks._state import TaskHandle
 
 __all__ = [
     "STATES", "BudgetBar", "EventView", "ModelView", "PoolView", "Snapshot", "TaskView",
-    "alert_level", "budget_bars", "snapshot_of",
+    "alert_level", "budget_bars", "event_views",
 ]
 
 #: Task states the views know, in display order.
@@ -197,77 +185,6 @@ def budget_bars(scope: ScopeState, alerts: AlertsConfig) -> list[BudgetBar]:
     return bars
 
 
-def _statistics(obj: Any) -> Any:
-    """``obj.statistics()`` when ``obj`` offers it, else ``None`` (parts land independently)."""
-    fn = getattr(obj, "statistics", None)
-    return fn() if callable(fn) else None
-
-
-def _waits(orch: Orchestrator) -> tuple[dict[str, Any], tuple[PoolView, ...]]:
-    stats = _statistics(getattr(orch, "allocator", None))
-    if stats is None:
-        return {}, ()
-    waits: dict[str, Any] = {}
-    for w in getattr(stats, "waiters", ()):
-        best = waits.get(w.holder)
-        if best is None or w.position < best.position:
-            waits[w.holder] = w
-    pools = tuple(
-        PoolView(
-            name=p.name, leases=p.leases, waiting=p.waiting, calls_in_use=p.calls_in_use,
-            concurrent=p.concurrent, tokens_available=p.tokens_available,
-            tokens_per_minute=p.tokens_per_minute, grants=p.grants, expired=p.expired,
-        )
-        for p in getattr(stats, "pools", {}).values()
-    )
-    return waits, pools
-
-
-def _models(orch: Orchestrator) -> tuple[ModelView, ...]:
-    monitor = getattr(orch, "health", None) or getattr(orch.gateway, "health", None)
-    stats = _statistics(monitor)
-    if stats is None:
-        return ()
-    return tuple(
-        ModelView(m.model, str(m.state), m.calls, m.success_rate, m.error_rate, m.mean_latency_s)
-        for m in getattr(stats, "models", {}).values()
-    )
-
-
-def _is_paused(orch: Orchestrator, task_id: str) -> bool:
-    controller = getattr(orch, "controller", None)
-    fn = getattr(controller, "is_paused", None)
-    return bool(fn(task_id)) if callable(fn) else False
-
-
-def _pause_reason(orch: Orchestrator, task_id: str) -> str:
-    fn = getattr(getattr(orch, "controller", None), "pause_info", None)
-    info = fn(task_id) if callable(fn) else None
-    return str(getattr(info, "reason", "") or "")
-
-
-def _task_view(orch: Orchestrator, h: TaskHandle, wait: Any, tracked: set[str]) -> TaskView:
-    status, reason = h.status, h.reason
-    if status == "running" and _is_paused(orch, h.id):
-        status, reason = "paused", _pause_reason(orch, h.id) or reason
-    elif status == "running" and wait is not None:
-        status = "waiting"
-    tokens, cost, frac = 0, 0.0, 0.0
-    if h.id in tracked:
-        scope = orch.tracker.task_scope(h.id)
-        tokens, cost = scope.totals.tokens, scope.totals.cost_usd
-        frac = max((b.fraction for b in budget_bars(scope, orch.config.alerts)), default=0.0)
-    return TaskView(
-        task_id=h.id, agent=h.spec.agent, status=status, priority=h.spec.priority,
-        task_type=h.profile.task_type, complexity=h.profile.complexity, model=h.model,
-        attempt=h.attempt, calls=h.calls, tokens=tokens, cost_usd=cost, budget_fraction=frac,
-        reason=reason,
-        queue_position=None if wait is None else int(wait.position),
-        estimated_wait_s=None if wait is None else float(wait.estimated_wait_s),
-        pool=None if wait is None else str(wait.pool),
-    )
-
-
 def event_views(events: Iterable[Any], limit: int) -> tuple[EventView, ...]:
     """The last ``limit`` events as views (``Event`` objects or their dicts)."""
     out = []
@@ -277,25 +194,3 @@ def event_views(events: Iterable[Any], limit: int) -> tuple[EventView, ...]:
                              d.get("task_id"), str(d.get("level", "info")),
                              float(d.get("wall", 0.0))))
     return tuple(out)
-
-
-def snapshot_of(orch: Orchestrator, *, now: float, events: int = 50,
-                running: bool = True) -> Snapshot:
-    """Read ``orch`` into a :class:`Snapshot` (pure reads; never awaits)."""
-    waits, pools = _waits(orch)
-    tracked = set(orch.tracker.tasks())
-    tasks = tuple(_task_view(orch, h, waits.get(h.id), tracked) for h in orch.handles.values())
-    alerts = orch.config.alerts
-    budgets = [*budget_bars(orch.tracker.session, alerts),
-               *budget_bars(orch.tracker.day_scope(), alerts)]
-    for h in orch.handles.values():  # task scopes: only the hot dimensions of live tasks
-        if h.id in tracked and not h.finished:
-            budgets.extend(b for b in budget_bars(orch.tracker.task_scope(h.id), alerts)
-                           if b.level != "ok")
-    return Snapshot(
-        session_id=orch.session_id, at=now, running=running, pid=os.getpid(),
-        written_at=orch.wall.now().isoformat(), source="orchestrator", tasks=tasks,
-        budgets=tuple(budgets), pools=pools, models=_models(orch),
-        events=event_views(orch.bus.history, events),
-        totals=orch.tracker.session.totals.to_dict(),
-    )

@@ -6,7 +6,7 @@ may use now, the budget used, whether its agent can ``decompose``) and returns
 the decision.  The helpers apply a decision: :meth:`Replanner.break_down`
 turns a task into smaller task specs plus a verification task,
 :meth:`Replanner.wait_deferred` queues a task until its model recovers, and
-:meth:`Replanner.simplify` tells the agent (through ``handle.flags``) to do
+:meth:`Replanner.simplify` tells the agent (through ``handle.signals.simplify``) to do
 only the key part.  Each emits one event.
 """
 
@@ -30,7 +30,7 @@ from scheduler.config._config import TaskSpec, VibeConfig
 from scheduler.core._events import EventBus
 from scheduler.core._resolve import resolve_object
 from scheduler.routing._router import Router, task_info
-from scheduler.tasks._state import TaskHandle
+from scheduler.tasks._state import TaskHandle, TaskStatus
 
 REPLAN_POLICIES: dict[str, Any] = {"default": DefaultReplanPolicy}
 
@@ -147,7 +147,7 @@ class Replanner:
             "task_deferred", f"task {handle.id} deferred: {decision.reason}",
             task_id=handle.id, model=decision.until_model, max_wait_s=decision.max_wait_s,
         )
-        previous, handle.status = handle.status, "deferred"
+        previous, handle.status = handle.status, TaskStatus.DEFERRED
         reason, handle.reason = handle.reason, decision.reason  # the live view's note
         try:
             with anyio.move_on_after(decision.max_wait_s):
@@ -163,10 +163,10 @@ class Replanner:
 
     # -- simplify (R6.7) ---------------------------------------------------------------
     def simplify(self, handle: TaskHandle, decision: Simplify) -> None:
-        """Tell the agent (``handle.flags['simplify']``) to do only the key part."""
-        if handle.flags.get("simplify") == decision.instruction:
+        """Tell the agent (``handle.signals.simplify``) to do only the key part."""
+        if handle.signals.simplify == decision.instruction:
             return
-        handle.flags["simplify"] = decision.instruction
+        handle.signals.simplify = decision.instruction
         self.bus.emit("task_simplified", f"task {handle.id}: {decision.instruction}",
                       task_id=handle.id, level="warning", reason=decision.reason)
 

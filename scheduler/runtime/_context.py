@@ -176,7 +176,7 @@ class AgentContext:
         self.log = structlog.get_logger("vibe_engine.agent").bind(
             task_id=task.id, agent=task.spec.agent, attempt=task.attempt
         )
-        self._pause = gateway.controller
+        self._pause = gateway.admission.controller
         self._checkpoint_source: Callable[[], Mapping[str, Any]] | None = None
         self.llm = LlmClient(gateway, task, self)
         self.workspace = workspace
@@ -188,7 +188,7 @@ class AgentContext:
     @property
     def simplify(self) -> bool:
         """True when replanning asked the agent to do only the key part (R6.7)."""
-        return bool(self.handle.flags.get("simplify"))
+        return bool(self.handle.signals.simplify)
 
     async def charge_ops(
         self, *, file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0
@@ -217,16 +217,13 @@ class AgentContext:
         instead of pausing (R3.5) -- unless the operation started while a pause was
         already pending: it was not in progress when the limit was reached.
         """
-        if self._pause is None:
-            yield
-            return
         async with self._pause.open_critical(self.task.id, name):
             yield
 
     @property
     def checkpoint_requested(self) -> bool:
         """A critical budget alert asked for a checkpoint (R3.3); cleared by :meth:`checkpoint`."""
-        return bool(self.handle.flags.get("checkpoint_requested"))
+        return self.handle.signals.checkpoint_requested
 
     def checkpoint_source(self, state: Callable[[], Mapping[str, Any]]) -> None:
         """Register what to save when the runtime forces a checkpoint (R3.3)."""
@@ -243,7 +240,7 @@ class AgentContext:
     async def checkpoint(self, state: Mapping[str, Any]) -> None:
         """Save progress durably; a resumed or requeued attempt reads it back."""
         await self.store.put_state("checkpoint", self.task.id, dict(state))
-        self.handle.flags.pop("checkpoint_requested", None)
+        self.handle.signals.checkpoint_requested = False
 
     async def load_checkpoint(self) -> dict[str, Any] | None:
         return await self.store.get_state("checkpoint", self.task.id)

@@ -1,16 +1,16 @@
 """The orchestrator: runs many agent coroutines in one anyio task group (R7.1).
 
 It resolves each task's profile and budget, starts its agent with a governed
-context, waits for dependencies, and records how each task ended.  Parts that
-need a background loop (allocator expiry, deadlock checks, health checks)
-register a *service*; parts that hold per-task resources register a
-*release hook* so a crashed, cancelled or aborted task always returns them.
+context, waits for dependencies, and records how each task ended.  The parts it
+drives are built and connected by the composition root
+(:mod:`scheduler.runtime._build`); their background loops run as *services*
+beside the tasks, and the run's ``on_release`` hook returns a crashed,
+cancelled or aborted attempt's leases and locks.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,41 +20,29 @@ import anyio.abc
 import structlog
 
 from policies.replan import BreakDown
-from scheduler.allocator._allocator import Allocator, make_allocation_policy
-from scheduler.allocator._capacity import PoolCapacity
 from scheduler.budget._profile import resolve_task
 from scheduler.budget._tokens import TokenCounter
-from scheduler.budget._tracker import Tracker
 from scheduler.config._config import TaskSpec, VibeConfig
-from scheduler.control._alerts import AlertRuntime, load_alert_policy
-from scheduler.control._overdraft import OverdraftLedger
-from scheduler.control._pause import PauseController
-from scheduler.control._server import ControlServer
-from scheduler.core._clock import SystemWallClock, WallClock
+from scheduler.core._clock import WallClock
 from scheduler.core._errors import (
-    BudgetExceededError,
     ConfigError,
     FinishRequestedError,
     TaskAbortedError,
     VibeEngineError,
 )
 from scheduler.core._events import EventBus
-from scheduler.core._provider import Provider, connect_rate_limits
+from scheduler.core._provider import Provider
 from scheduler.core._usage import Totals
-from scheduler.deadlock._graph import WaitForGraph
-from scheduler.deadlock._locks import LockManager
-from scheduler.deadlock._resolver import install_deadlock_handling
-from scheduler.observe._observers import install_observers
 from scheduler.routing._router import task_info
-from scheduler.runtime._gateway import Gateway
-from scheduler.store import Store, open_store
-from scheduler.tasks._state import TaskHandle
+from scheduler.runtime._build import Service, build_parts
+from scheduler.runtime._context import AgentContext
+from scheduler.store import Store
+from scheduler.tasks._state import TaskHandle, TaskStatus
+from scheduler.tasks._table import TaskTable
 
 _log = structlog.get_logger("vibe_engine.orchestrator")
 
 AgentFactory = Callable[[], Any]
-Service = Callable[[], Coroutine[Any, Any, None]]
-ReleaseHook = Callable[[TaskHandle], Awaitable[None]]
 ContextFactory = Callable[["Orchestrator", TaskHandle], Any]
 
 
@@ -89,23 +77,19 @@ class RunReport:
         return t
 
 
-def _default_context_factory(orch: Orchestrator, handle: TaskHandle) -> Any:
-    from scheduler.runtime._context import (
-        AgentContext,  # the one place scheduler reaches into agents
-    )
-
+def _default_context_factory(orch: Orchestrator, handle: TaskHandle) -> AgentContext:
     return AgentContext(
-        task=handle,
-        gateway=orch.gateway,
-        store=orch.store,
-        workspace=orch.workspace / handle.id,
-        wait_for=orch.wait_for,
-        locks=orch.locks,
+        task=handle, gateway=orch.gateway, store=orch.store,
+        workspace=orch.workspace / handle.id, wait_for=orch.wait_for, locks=orch.locks,
     )
 
 
 class Orchestrator:
-    """Runs tasks under budgets; one instance per process."""
+    """Runs tasks under budgets; one instance per process.
+
+    The parts are built and connected by :func:`~scheduler.runtime._build.build_parts`;
+    the orchestrator runs the tasks and the parts' services in one task group.
+    """
 
     def __init__(
         self,
@@ -119,59 +103,31 @@ class Orchestrator:
         counter: TokenCounter | None = None,
         context_factory: ContextFactory = _default_context_factory,
     ) -> None:
+        parts = build_parts(config, provider=provider, store=store, wall=wall, bus=bus,
+                            counter=counter)
+        self.parts = parts
         self.config = config
         self.provider = provider
         self.agents = dict(agents)
-        self.store = store if store is not None else open_store(
-            config.store, config.state_dir, distributed=config.distributed
-        )
-        self.wall = wall or SystemWallClock()
-        self.bus = bus or EventBus(anyio.current_time)
-        self.session_id = config.session_id or (
-            f"s-{self.wall.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-        )
+        self.store, self.wall, self.bus, self.counter = (
+            parts.store, parts.wall, parts.bus, parts.counter)
+        self.session_id = parts.session_id
         self.workspace = config.state_dir / "workspace"
-        self.tracker = Tracker(
-            self.store, config, session_id=self.session_id, wall=self.wall,
-            state_dir=config.state_dir,
-        )
-        self.counter = counter or TokenCounter()
-        self.allocator = Allocator(
-            config.allocator, events=self.bus,
-            policy=make_allocation_policy(config.policies.allocation, config.allocator),
-        )
-        # pool capacities: learned provider limits, and slices of global pools (Redis)
-        self.capacity = PoolCapacity(self.allocator, config)
-        self.quota = self.capacity.global_quota(self.store)
-        connect_rate_limits(provider, self.capacity.on_rate_limits)
-        # R3: overdraft grace, pause and decide, alert actions
-        self.overdraft = OverdraftLedger(self.tracker, self.store, config.overdraft, self.bus)
-        self.controller = PauseController(
-            self.store, self.tracker, self.bus, overdraft=self.overdraft,
-            decision_timeout_s=config.alerts.decision_timeout_s,
-        )
-        self.alerts = AlertRuntime(self.tracker, self.bus, policy=load_alert_policy(config),
-                                   controller=self.controller)
-        self.gateway = Gateway(
-            config=config, tracker=self.tracker, counter=self.counter, provider=provider,
-            bus=self.bus, allocator=self.allocator, controller=self.controller,
-            alerts=self.alerts,
-        )
-        self.handles: dict[str, TaskHandle] = {}
+        self.tracker, self.allocator, self.capacity, self.quota = (
+            parts.tracker, parts.allocator, parts.capacity, parts.quota)
+        self.overdraft, self.controller, self.alerts, self.gateway = (
+            parts.overdraft, parts.controller, parts.alerts, parts.gateway)
+        self.waits, self.locks, self.deadlocks = parts.waits, parts.locks, parts.deadlocks
+        self.handles: TaskTable = parts.tasks
+        self.view, self.observers = parts.view, parts.observers
+        self.services: list[Service] = parts.services
         self._task_group: anyio.abc.TaskGroup | None = None
-        self.services: list[Service] = [self.allocator.run]
-        self.release_hooks: list[ReleaseHook] = []
         self._context_factory = context_factory
-        self.waits = WaitForGraph()  # R5.6: who waits for whom
-        self.locks = LockManager(self.waits)
-        self.deadlocks = install_deadlock_handling(self)
         self._opened = False
-        self.services.append(self._serve_control)
-        self.services.append(self.gateway.health.run)  # R6.4: 60 s health checks
-        self.waits.on_blocking = self._blocking_changed  # R5.2: boost tasks others wait on
-        self.gateway.on_pause.append(self._release_leases)  # R3.4: paused holds no lease
-        self.release_hooks.append(self._release_leases)  # crashed / aborted attempts
-        self.observers = install_observers(self)
+
+    def add_service(self, service: Service) -> None:
+        """Run ``service`` beside the tasks for the whole run (the live view, a drill)."""
+        self.services.append(service)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -181,22 +137,6 @@ class Orchestrator:
             await self.tracker.open()
             await self.controller.open()
             self._opened = True
-
-    async def _release_leases(self, handle: TaskHandle) -> None:
-        self.allocator.release_holder(handle.id)
-
-    def _blocking_changed(self, task_id: str, blocking: bool) -> None:
-        handle = self.handles.get(task_id)
-        if handle is not None and handle.status == "running":
-            self.allocator.set_blocking(task_id, blocking)
-
-    async def _serve_control(self) -> None:
-        """R3.4: take decisions from ``vibe-engine decide`` in another terminal."""
-        try:
-            await ControlServer(self.controller, self.config.state_dir).serve()
-        except (OSError, VibeEngineError) as exc:
-            # decisions still arrive through the store (the controller polls it)
-            _log.warning("control_unavailable", error=str(exc))
 
     async def decide(self, task_id: str, action: str, **amounts: Any) -> dict[str, Any]:
         """Decide about a paused task from Python (R3.4): add_budget, finish or review."""
@@ -223,7 +163,7 @@ class Orchestrator:
                 async with anyio.create_task_group() as tasks_tg:
                     self._task_group = tasks_tg
                     for handle in list(self.handles.values()):
-                        if handle.status == "pending":
+                        if handle.status is TaskStatus.PENDING:
                             tasks_tg.start_soon(self._run_task, handle)
                 self._task_group = None
                 tg.cancel_scope.cancel()
@@ -254,18 +194,13 @@ class Orchestrator:
             raise TaskAbortedError(waiter, f"waits for unknown task {target!r}")
         with self.waits.waiting(waiter, target):
             await handle.done.wait()
-        if handle.status != "completed":
+        if handle.status is not TaskStatus.COMPLETED:
             raise TaskAbortedError(waiter, f"dependency {target} {handle.status}: {handle.reason}")
         return handle.result
 
     def abort(self, task_id: str, reason: str, *, requeue: bool = True) -> bool:
         """Cancel a running task's attempt; requeue it (keeping its attempt count) or fail it."""
-        handle = self.handles.get(task_id)
-        if handle is None or handle.cancel_scope is None:
-            return False
-        handle.flags["abort"] = (reason, requeue)
-        handle.cancel_scope.cancel()
-        return True
+        return self.handles.abort(task_id, reason, requeue=requeue)
 
     async def _run_task(self, handle: TaskHandle) -> None:
         spec = handle.spec
@@ -275,7 +210,7 @@ class Orchestrator:
             await self.controller.restore_task(spec.id)
             await self._attempts(handle)
         except VibeEngineError as exc:
-            handle.status, handle.reason = "failed", str(exc)
+            handle.status, handle.reason = TaskStatus.FAILED, str(exc)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish(handle)
@@ -287,41 +222,39 @@ class Orchestrator:
             for dep in handle.spec.depends_on:
                 await self.wait_for(handle.id, dep)
         handle.cancel_scope = None
-        abort = handle.flags.pop("abort", None)
+        abort, handle.abort = handle.abort, None
         if scope.cancelled_caught and abort is not None:
-            raise TaskAbortedError(handle.id, f"{abort[0]} while waiting for its dependencies")
+            raise TaskAbortedError(handle.id, f"{abort.reason} while waiting for its dependencies")
 
     async def _attempts(self, handle: TaskHandle) -> None:
         factory = self.agents[handle.spec.agent]
         while True:
-            handle.status = "running"
+            handle.status = TaskStatus.RUNNING
             handle.started_at = anyio.current_time()
-            handle.flags.pop("abort", None)
+            handle.abort = None
             with anyio.CancelScope() as scope:
                 handle.cancel_scope = scope
                 await self._attempt(handle, factory)
             handle.cancel_scope = None
             with anyio.CancelScope(shield=True):
-                for hook in self.release_hooks:
-                    await hook(handle)
-            abort = handle.flags.pop("abort", None)
-            retry = handle.flags.pop("retry", None)
-            if retry is not None and abort is None:
+                await self.parts.on_release(handle)
+            abort, handle.abort = handle.abort, None
+            retry, handle.retry = handle.retry, ""
+            if retry and abort is None:
                 handle.attempt += 1
-                handle.status, handle.reason = "requeued", ""
+                handle.status, handle.reason = TaskStatus.REQUEUED, ""
                 self.bus.emit("task_retried", f"task {handle.id} retried: {retry}",
                               task_id=handle.id, attempt=handle.attempt, level="warning")
                 continue
             if not scope.cancelled_caught or abort is None:
                 return
-            reason, requeue = abort
-            if not requeue or handle.attempt > self.config.deadlock.max_requeues:
-                handle.status = "failed"
-                handle.reason = f"{reason} (attempt {handle.attempt}; no requeue left)"
+            if not abort.requeue or handle.attempt > self.config.deadlock.max_requeues:
+                handle.status = TaskStatus.FAILED
+                handle.reason = f"{abort.reason} (attempt {handle.attempt}; no requeue left)"
                 return
             handle.attempt += 1
-            handle.status = "requeued"
-            self.bus.emit("task_requeued", f"task {handle.id} requeued: {reason}",
+            handle.status = TaskStatus.REQUEUED
+            self.bus.emit("task_requeued", f"task {handle.id} requeued: {abort.reason}",
                           task_id=handle.id, attempt=handle.attempt)
 
     async def _attempt(self, handle: TaskHandle, factory: AgentFactory) -> None:
@@ -329,23 +262,23 @@ class Orchestrator:
             agent = factory()
             split = await self.gateway.replanner.before_call(  # R6.2/R6.7
                 handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
-                allow_break_down="split_from" not in handle.flags,  # parts are not split again
+                allow_break_down=not handle.split_from,  # parts are not split again
             )
             if split is not None:
                 handle.result = await self._run_parts(handle, split, agent)
             else:
                 ctx = self._context_factory(self, handle)
                 handle.result = await agent.run(ctx)
-            handle.status = "completed"
+            handle.status = TaskStatus.COMPLETED
         except FinishRequestedError as exc:
-            handle.status, handle.reason = "finished", f"saved and finished ({exc.source})"
-        except BudgetExceededError as exc:
-            handle.status, handle.reason = "failed", str(exc)
+            handle.status = TaskStatus.FINISHED
+            handle.reason = f"saved and finished ({exc.source})"
         except VibeEngineError as exc:  # the runtime's own stops are not the model's fault
-            handle.status, handle.reason = "failed", str(exc)
+            handle.status, handle.reason = TaskStatus.FAILED, str(exc)
         except Exception as exc:
             _log.exception("agent_crashed", task_id=handle.id, agent=handle.spec.agent)
-            handle.status, handle.reason = "failed", f"agent crashed: {type(exc).__name__}: {exc}"
+            handle.status = TaskStatus.FAILED
+            handle.reason = f"agent crashed: {type(exc).__name__}: {exc}"
             self._report_failure(handle)
 
     def _report_failure(self, handle: TaskHandle) -> None:
@@ -363,8 +296,8 @@ class Orchestrator:
         if params.retry_failed_attempts and handle.attempt < params.max_attempts and (
             upgrade is not None or handle.model == router.catalog.cheapest
         ):
-            handle.flags["retry"] = (f"failed on {handle.model}: {handle.reason}"
-                                     + (f"; next attempt on {upgrade.to_model}" if upgrade else ""))
+            handle.retry = (f"failed on {handle.model}: {handle.reason}"
+                            + (f"; next attempt on {upgrade.to_model}" if upgrade else ""))
 
     async def _run_parts(self, handle: TaskHandle, split: BreakDown, agent: object) -> Any:
         """R6.2: run the smaller tasks (and the verification step) in place of ``handle``."""
@@ -374,9 +307,9 @@ class Orchestrator:
         if tg is None:
             raise VibeEngineError(f"task {handle.id} was broken down outside Orchestrator.run")
         for part in self.add_tasks(specs):
-            part.flags["split_from"] = handle.id
+            part.split_from = handle.id
             tg.start_soon(self._run_task, part)
-        handle.status = "broken_down"
+        handle.status = TaskStatus.BROKEN_DOWN
         ids = [s.id for s in specs] or [
             t for t in self.handles if t.startswith(f"{handle.id}.")  # a requeued attempt
         ]
@@ -389,18 +322,18 @@ class Orchestrator:
         self.allocator.unregister(handle.id)  # its leases and waits go back to the pool
         self.gateway.router.forget(handle.id)
         if not handle.finished:
-            handle.status = "failed"
+            handle.status = TaskStatus.FAILED
             handle.reason = handle.reason or "cancelled"
         if handle.spec.id in self.tracker.tasks():
             self.tracker.finish_task(handle.id, handle.status)
-        if handle.status in ("completed", "finished"):
+        if handle.status in (TaskStatus.COMPLETED, TaskStatus.FINISHED):
             await self.controller.discard(handle.id)  # a pause that never took effect
         await self.store.put_state("task", handle.id, self._task_record(handle))
         self.bus.emit(
             f"task_{handle.status}",
             handle.reason or f"task {handle.id} {handle.status}",
             task_id=handle.id, agent=handle.spec.agent,
-            level="info" if handle.status == "completed" else "warning",
+            level="info" if handle.status is TaskStatus.COMPLETED else "warning",
         )
         handle.done.set()
 

@@ -1,4 +1,13 @@
 """Typed per-task runtime state: status, signals and controls shared by the parts.
 
-Owns ``TaskHandle`` and ``TaskStatus``.  May import ``core``, ``config`` and ``budget``.
+Owns ``TaskHandle``, ``TaskStatus``, ``TaskSignals`` and the run's ``TaskTable``.
+May import ``core``, ``config`` and ``budget``.
 """
+
+from scheduler.tasks._state import Abort as Abort
+from scheduler.tasks._state import TaskHandle as TaskHandle
+from scheduler.tasks._state import TaskSignals as TaskSignals
+from scheduler.tasks._state import TaskStatus as TaskStatus
+from scheduler.tasks._table import TaskTable as TaskTable
+
+__all__ = ["Abort", "TaskHandle", "TaskSignals", "TaskStatus", "TaskTable"]

@@ -1,0 +1,123 @@
+"""What observers read of a run (:class:`RunView`), and :func:`snapshot_of` over it.
+
+The composition root hands observers a :class:`RunView` of the parts they read —
+never the orchestrator — so observing cannot drive the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from scheduler.allocator._allocator import Allocator
+from scheduler.allocator._stats import WaiterStatistics
+from scheduler.budget._tracker import Tracker
+from scheduler.config._config import VibeConfig
+from scheduler.control._pause import PauseController
+from scheduler.core._clock import WallClock
+from scheduler.core._events import EventBus
+from scheduler.core._hooks import Hook
+from scheduler.core._usage import UsageEvent
+from scheduler.observe._snapshot import (
+    ModelView,
+    PoolView,
+    Snapshot,
+    TaskView,
+    budget_bars,
+    event_views,
+)
+from scheduler.routing._health import HealthMonitor
+from scheduler.store import Store
+from scheduler.tasks._state import TaskHandle, TaskStatus
+
+__all__ = ["RunView", "snapshot_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """The parts of one run that observers read."""
+
+    config: VibeConfig
+    session_id: str
+    wall: WallClock
+    bus: EventBus
+    store: Store
+    tracker: Tracker
+    tasks: Mapping[str, TaskHandle]
+    allocator: Allocator
+    health: HealthMonitor
+    controller: PauseController
+    #: Called after every settled model call (the gateway's ``on_settle``).
+    on_settle: Hook[[TaskHandle, UsageEvent]]
+
+
+def _waits(view: RunView) -> tuple[dict[str, WaiterStatistics], tuple[PoolView, ...]]:
+    stats = view.allocator.statistics()
+    waits: dict[str, WaiterStatistics] = {}
+    for w in stats.waiters:
+        best = waits.get(w.holder)
+        if best is None or w.position < best.position:
+            waits[w.holder] = w
+    pools = tuple(
+        PoolView(
+            name=p.name, leases=p.leases, waiting=p.waiting, calls_in_use=p.calls_in_use,
+            concurrent=p.concurrent, tokens_available=p.tokens_available,
+            tokens_per_minute=p.tokens_per_minute, grants=p.grants, expired=p.expired,
+        )
+        for p in stats.pools.values()
+    )
+    return waits, pools
+
+
+def _models(view: RunView) -> tuple[ModelView, ...]:
+    return tuple(
+        ModelView(m.model, str(m.state), m.calls, m.success_rate, m.error_rate, m.mean_latency_s)
+        for m in view.health.statistics().models.values()
+    )
+
+
+def _task_view(
+    view: RunView, h: TaskHandle, wait: WaiterStatistics | None, tracked: set[str]
+) -> TaskView:
+    status, reason = str(h.status), h.reason
+    if h.status is TaskStatus.RUNNING and view.controller.is_paused(h.id):
+        info = view.controller.pause_info(h.id)
+        status, reason = "paused", (info.reason if info is not None else "") or reason
+    elif h.status is TaskStatus.RUNNING and wait is not None:
+        status = "waiting"
+    tokens, cost, frac = 0, 0.0, 0.0
+    if h.id in tracked:
+        scope = view.tracker.task_scope(h.id)
+        tokens, cost = scope.totals.tokens, scope.totals.cost_usd
+        frac = max((b.fraction for b in budget_bars(scope, view.config.alerts)), default=0.0)
+    return TaskView(
+        task_id=h.id, agent=h.spec.agent, status=status, priority=h.spec.priority,
+        task_type=h.profile.task_type, complexity=h.profile.complexity, model=h.model,
+        attempt=h.attempt, calls=h.calls, tokens=tokens, cost_usd=cost, budget_fraction=frac,
+        reason=reason,
+        queue_position=None if wait is None else int(wait.position),
+        estimated_wait_s=None if wait is None else float(wait.estimated_wait_s),
+        pool=None if wait is None else str(wait.pool),
+    )
+
+
+def snapshot_of(view: RunView, *, now: float, events: int = 50,
+                running: bool = True) -> Snapshot:
+    """Read ``view`` into a :class:`Snapshot` (pure reads; never awaits)."""
+    waits, pools = _waits(view)
+    tracker, alerts = view.tracker, view.config.alerts
+    tracked = set(tracker.tasks())
+    tasks = tuple(_task_view(view, h, waits.get(h.id), tracked) for h in view.tasks.values())
+    budgets = [*budget_bars(tracker.session, alerts), *budget_bars(tracker.day_scope(), alerts)]
+    for h in view.tasks.values():  # task scopes: only the hot dimensions of live tasks
+        if h.id in tracked and not h.finished:
+            budgets.extend(b for b in budget_bars(tracker.task_scope(h.id), alerts)
+                           if b.level != "ok")
+    return Snapshot(
+        session_id=view.session_id, at=now, running=running, pid=os.getpid(),
+        written_at=view.wall.now().isoformat(), source="orchestrator", tasks=tasks,
+        budgets=tuple(budgets), pools=pools, models=_models(view),
+        events=event_views(view.bus.history, events),
+        totals=tracker.session.totals.to_dict(),
+    )

@@ -1,0 +1,122 @@
+"""Step 3 and 4 of the governed path: admit against the budgets, then lease (R1, R3, R5).
+
+:class:`Admission` reserves a call's estimate in every budget scope of its task; at a
+limit it pauses the task for a person's decision (R3.4) — after giving back the task's
+leases through ``on_pause`` — and tries again when budget was added.  A pending pause
+takes effect at these safe points, outside critical sections (R3.6); inside one, the
+overdraft grace may cover the call (R3.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+import structlog
+
+from scheduler.allocator._allocator import Allocator
+from scheduler.allocator._leases import Lease
+from scheduler.budget._tracker import Crossing, Reservation, Tracker
+from scheduler.config._config import VibeConfig
+from scheduler.control._pause import Decision, PauseController
+from scheduler.core._errors import (
+    BudgetExceededError,
+    FinishRequestedError,
+    OverdraftDeniedError,
+    WouldBlockError,
+)
+from scheduler.core._hooks import AsyncHook
+from scheduler.tasks._state import TaskHandle
+
+_log = structlog.get_logger("vibe_engine.gateway")
+
+#: Step 7 (alerts) applied to time-based crossings before each reservation.
+Signal = Callable[[TaskHandle, Sequence[Crossing]], Awaitable[None]]
+
+
+class Admission:
+    """Budget admission and leases of one run's model calls and operations."""
+
+    def __init__(self, *, config: VibeConfig, tracker: Tracker, allocator: Allocator,
+                 controller: PauseController, signal: Signal) -> None:
+        self.config = config
+        self.tracker = tracker
+        self.allocator = allocator
+        self.controller = controller
+        self._signal = signal
+        #: Awaited before a paused task waits for a decision: it gives back its leases (R3.4).
+        self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
+
+    async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float) -> Reservation:
+        """Reserve the estimate; at the limit pause for a decision (R3.4) and try again."""
+        ctl = self.controller
+        while True:
+            await self._signal(task, self.tracker.time_crossings(task.id))
+            await self.pause_point(task)
+            try:
+                return await ctl.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
+            except BudgetExceededError as exc:
+                await ctl.request_pause(task.id, error=exc)
+            except OverdraftDeniedError as exc:
+                cause = exc.__cause__
+                await ctl.request_pause(
+                    task.id, exc.reason,
+                    error=cause if isinstance(cause, BudgetExceededError) else None,
+                )
+            await self.on_pause(task)
+            _decided(task, await ctl.wait_decision(task.id))
+
+    async def admit_ops(
+        self, task: TaskHandle, *, file_edits: int = 0, shell_commands: int = 0,
+        dangerous_commands: int = 0,
+    ) -> None:
+        """R3.4 for operation budgets: at a file-edit or shell-command limit the task pauses
+        for a decision (add budget, finish, review) instead of failing, then checks again."""
+        ctl = self.controller
+        while True:  # a pending token/cost pause waits for the next model call: the agent
+            try:     # first saves what the last (paid) call produced
+                self.tracker.check(task.id, file_edits=file_edits, shell_commands=shell_commands,
+                                   dangerous_commands=dangerous_commands)
+                return
+            except BudgetExceededError as exc:
+                await ctl.request_pause(task.id, error=exc)
+            await self.on_pause(task)
+            _decided(task, await ctl.wait_decision(task.id))
+
+    async def pause_point(self, task: TaskHandle) -> None:
+        """A safe point: a pending pause takes effect here, after the task's leases are given
+        back (no-op inside a critical section of the task, R3.6)."""
+
+        async def release() -> None:
+            await self.on_pause(task)
+
+        _decided(task, await self.controller.wait_if_paused(task.id, release=release))
+
+    async def lease(self, task: TaskHandle, tokens: int, reservation: Reservation) -> Lease:
+        """The provider lease; a shared budget hold (Redis) is kept alive while it waits, so
+        a long queue cannot let the hold lapse and the budget be spent twice."""
+        if reservation.hold is None or reservation.hold.local:
+            return await self.allocator.acquire(task.id, tokens=tokens)
+        try:
+            return self.allocator.acquire_nowait(task.id, tokens=tokens)
+        except WouldBlockError:
+            pass
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_hold, reservation)
+            lease = await self.allocator.acquire(task.id, tokens=tokens)
+            tg.cancel_scope.cancel()
+        return lease
+
+    async def _keep_hold(self, reservation: Reservation) -> None:
+        every = self.config.distributed.hold_ttl_s / 3
+        while True:
+            await anyio.sleep(every)
+            if not await self.tracker.renew_hold(reservation):
+                _log.warning("budget_hold_lapsed", task_id=reservation.task_id,
+                             tokens=reservation.tokens)
+
+
+def _decided(task: TaskHandle, decision: Decision | None) -> None:
+    """Continue after ``add_budget``; unwind the agent after ``finish``."""
+    if decision is not None and decision.action == "finish":
+        raise FinishRequestedError(task.id, decision.source)

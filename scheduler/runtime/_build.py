@@ -1,0 +1,210 @@
+"""The composition root: builds a run's parts and connects them, in one place.
+
+Each part gets only the collaborators it uses (never the orchestrator), and every
+connection between parts is made here, through the parts' ``on_<event>`` hooks:
+
+* provider ``on_rate_limits`` → pool capacities (learned limits, R5.3);
+* gateway ``on_pause`` and the run's ``on_release`` → give back the task's leases
+  (R3.4: a paused task holds none; a crashed or aborted attempt returns them) and,
+  on release, its locks;
+* wait-for graph ``on_blocking`` → the allocator's boost of tasks others wait on (R5.2);
+* deadlock detector → resolver → the task table's abort and the lease release (R5.7);
+* gateway ``on_settle`` → observers (status, metrics).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+
+from scheduler.allocator._allocator import Allocator
+from scheduler.allocator._capacity import PoolCapacity
+from scheduler.allocator._policy import make_allocation_policy
+from scheduler.allocator._quota import GlobalQuota
+from scheduler.budget._tokens import TokenCounter
+from scheduler.budget._tracker import Tracker
+from scheduler.config._config import VibeConfig
+from scheduler.control._alerts import AlertRuntime, load_alert_policy
+from scheduler.control._overdraft import OverdraftLedger
+from scheduler.control._pause import PauseController
+from scheduler.control._server import ControlServer
+from scheduler.core._clock import SystemWallClock, WallClock
+from scheduler.core._errors import VibeEngineError
+from scheduler.core._events import EventBus
+from scheduler.core._hooks import AsyncHook
+from scheduler.core._provider import Provider, ReportsRateLimits
+from scheduler.deadlock._graph import DeadlockDetector, WaitForGraph
+from scheduler.deadlock._locks import LockManager
+from scheduler.deadlock._resolver import DeadlockResolver, describer
+from scheduler.observe._metrics import MeteredProvider
+from scheduler.observe._observers import Observers, build_observers
+from scheduler.observe._view import RunView
+from scheduler.routing._replan import Replanner
+from scheduler.routing._router import Router
+from scheduler.runtime._gateway import Gateway
+from scheduler.runtime._quality import make_quality_scorer
+from scheduler.store import Store, open_store
+from scheduler.tasks._state import TaskHandle, TaskStatus
+from scheduler.tasks._table import TaskTable
+
+_log = structlog.get_logger("vibe_engine.orchestrator")
+
+Service = Callable[[], Coroutine[Any, Any, None]]
+
+
+@dataclass(slots=True)
+class Parts:
+    """Every part of one run, built and connected by :func:`build_parts`."""
+
+    config: VibeConfig
+    session_id: str
+    store: Store
+    wall: WallClock
+    bus: EventBus
+    counter: TokenCounter
+    tracker: Tracker
+    allocator: Allocator
+    capacity: PoolCapacity
+    quota: GlobalQuota | None
+    overdraft: OverdraftLedger
+    controller: PauseController
+    alerts: AlertRuntime
+    gateway: Gateway
+    waits: WaitForGraph
+    locks: LockManager
+    deadlocks: DeadlockDetector
+    tasks: TaskTable
+    view: RunView
+    observers: Observers
+    #: Awaited after every attempt, however it ended: the task's leases and locks go back.
+    on_release: AsyncHook[[TaskHandle]] = field(default_factory=AsyncHook)
+    #: Background loops run beside the tasks for the whole run.
+    services: list[Service] = field(default_factory=list)
+
+
+def _session_id(config: VibeConfig, wall: WallClock) -> str:
+    return config.session_id or f"s-{wall.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _control_service(controller: PauseController, config: VibeConfig) -> Service:
+    async def serve_control() -> None:
+        """R3.4: take decisions from ``vibe-engine decide`` in another terminal."""
+        try:
+            await ControlServer(controller, config.state_dir).serve()
+        except (OSError, VibeEngineError) as exc:
+            # decisions still arrive through the store (the controller polls it)
+            _log.warning("control_unavailable", error=str(exc))
+
+    return serve_control
+
+
+def _build_gateway(config: VibeConfig, provider: Provider, tracker: Tracker,
+                   counter: TokenCounter, bus: EventBus, allocator: Allocator,
+                   controller: PauseController, alerts: AlertRuntime) -> Gateway:
+    router = Router(config, bus=bus, clock=anyio.current_time)
+    gateway = Gateway(
+        config=config, tracker=tracker, counter=counter, provider=provider, bus=bus,
+        allocator=allocator, router=router, controller=controller, alerts=alerts,
+        replanner=Replanner(config, router, bus=bus, clock=anyio.current_time),
+    )
+    if router.health.ping is None:
+        router.health.ping = gateway.ping  # R6.4: health checks go through the provider
+    scorer = make_quality_scorer(config, gateway)  # R4.3: the judge calls through the gateway
+    if scorer is not None:
+        gateway.scorer = scorer
+    return gateway
+
+
+def _build_deadlocks(config: VibeConfig, waits: WaitForGraph, locks: LockManager,
+                     tasks: TaskTable, tracker: Tracker, allocator: Allocator,
+                     bus: EventBus) -> DeadlockDetector:
+    """R5.6/R5.7: the detector finds cycles, the resolver makes the victim yield."""
+
+    def blocking_changed(task_id: str, blocking: bool) -> None:
+        handle = tasks.get(task_id)
+        if handle is not None and handle.status is TaskStatus.RUNNING:
+            allocator.set_blocking(task_id, blocking)  # R5.2: boost tasks others wait on
+
+    async def release_leases(task_id: str) -> None:
+        allocator.release_holder(task_id)
+
+    waits.on_blocking.connect(blocking_changed)
+    resolver = DeadlockResolver(
+        locks=locks, abort=lambda v, r, q: tasks.abort(v, r, requeue=q), bus=bus,
+        release_leases=release_leases, config=config.deadlock,
+    )
+    return DeadlockDetector(waits, resolve=resolver, describe=describer(tasks, tracker),
+                            config=config.deadlock)
+
+
+def _connect(parts: Parts, provider: Provider) -> None:
+    allocator, locks = parts.allocator, parts.locks
+
+    async def release_leases(handle: TaskHandle) -> None:
+        allocator.release_holder(handle.id)
+
+    async def release_locks(handle: TaskHandle) -> None:
+        locks.release_all(handle.id)
+
+    if isinstance(provider, ReportsRateLimits):
+        provider.on_rate_limits.connect(parts.capacity.on_rate_limits)
+    parts.gateway.on_pause.connect(release_leases)  # R3.4: a paused task holds no lease
+    parts.on_release.connect(release_leases)  # crashed, cancelled or aborted attempts
+    parts.on_release.connect(release_locks)
+    if parts.observers.metrics is not None:
+        parts.gateway.provider = MeteredProvider(provider, parts.observers.metrics.on_failure)
+    parts.services.extend([
+        allocator.run, _control_service(parts.controller, parts.config),
+        parts.gateway.health.run,  # R6.4: 60 s health checks
+        parts.deadlocks.run,  # R5.6: the 10 s wait-for graph check
+        *parts.observers.services(),
+    ])
+
+
+def build_parts(
+    config: VibeConfig,
+    *,
+    provider: Provider,
+    store: Store | None = None,
+    wall: WallClock | None = None,
+    bus: EventBus | None = None,
+    counter: TokenCounter | None = None,
+) -> Parts:
+    """Build every part of a run from ``config`` and connect them (module docstring)."""
+    store = store if store is not None else open_store(
+        config.store, config.state_dir, distributed=config.distributed)
+    wall = wall or SystemWallClock()
+    bus = bus or EventBus(anyio.current_time)
+    counter = counter or TokenCounter()
+    session_id = _session_id(config, wall)
+    tracker = Tracker(store, config, session_id=session_id, wall=wall,
+                      state_dir=config.state_dir)
+    allocator = Allocator(config.allocator, events=bus, policy=make_allocation_policy(
+        config.policies.allocation, config.allocator))
+    capacity = PoolCapacity(allocator, config)  # learned limits and global slices (Redis)
+    overdraft = OverdraftLedger(tracker, store, config.overdraft, bus)  # R3.5
+    controller = PauseController(store, tracker, bus, overdraft=overdraft,
+                                 decision_timeout_s=config.alerts.decision_timeout_s)
+    alerts = AlertRuntime(tracker, bus, policy=load_alert_policy(config), controller=controller)
+    gateway = _build_gateway(config, provider, tracker, counter, bus, allocator, controller,
+                             alerts)
+    waits, tasks = WaitForGraph(), TaskTable()
+    locks = LockManager(waits)
+    view = RunView(config=config, session_id=session_id, wall=wall, bus=bus, store=store,
+                   tracker=tracker, tasks=tasks, allocator=allocator, health=gateway.health,
+                   controller=controller, on_settle=gateway.on_settle)
+    parts = Parts(
+        config=config, session_id=session_id, store=store, wall=wall, bus=bus, counter=counter,
+        tracker=tracker, allocator=allocator, capacity=capacity,
+        quota=capacity.global_quota(store), overdraft=overdraft, controller=controller,
+        alerts=alerts, gateway=gateway, waits=waits, locks=locks,
+        deadlocks=_build_deadlocks(config, waits, locks, tasks, tracker, allocator, bus),
+        tasks=tasks, view=view, observers=build_observers(view),
+    )
+    _connect(parts, provider)
+    return parts
