@@ -25,13 +25,49 @@ def test_r7_5_declared_packages() -> None:
             "pydantic"} <= names
 
 
+#: The everyday names at ``scheduler``'s top.  A change here is a change to the public
+#: API: make it on purpose, and say it in CHANGELOG.md.
+PUBLIC_TOP = {
+    "Agent", "AgentContext", "BudgetExceededError", "Completion", "CompletionRequest",
+    "ConfigError", "Decomposable", "Event", "Limits", "Message", "ModelSpec", "Orchestrator",
+    "PluginError", "Provider", "ProviderError", "RunReport", "TaskAbortedError", "TaskOutcome",
+    "TaskSpec", "TaskStatus", "Totals", "Usage", "UsageEvent", "VibeConfig", "VibeEngineError",
+    "config_from_dict", "load_config",
+}
+SUBPACKAGES = ("allocator", "budget", "cli", "config", "control", "core", "deadlock", "observe",
+               "routing", "runtime", "store", "tasks", "testing")
+
+
 def test_public_api_is_exactly_what_we_export() -> None:
-    """Every public name is re-exported on purpose, and each exists."""
-    for name in scheduler.__all__:
-        assert hasattr(scheduler, name), name
+    """STYLE.md 1/18: the top-level names are pinned; nothing else public leaks there."""
+    assert set(scheduler.__all__) == PUBLIC_TOP
     public = {n for n in dir(scheduler) if not n.startswith("_")}
-    modules = {"store", "cli"}
-    assert public - set(scheduler.__all__) - modules == set()
+    assert public - PUBLIC_TOP <= set(SUBPACKAGES)
+
+
+def test_every_subpackage_exports_exactly_its_all() -> None:
+    """Each subpackage's public names are its ``__all__``, and each one exists."""
+    import importlib
+
+    for name in SUBPACKAGES:
+        module = importlib.import_module(f"scheduler.{name}")
+        exported = set(getattr(module, "__all__", ()))
+        assert exported, name
+        for attr in exported:
+            assert hasattr(module, attr), f"scheduler.{name}.{attr}"
+        public = {n for n in dir(module) if not n.startswith("_")}
+        leaked = {n for n in public - exported
+                  if not isinstance(getattr(module, n), type(scheduler))}  # not a submodule
+        assert leaked == set(), f"scheduler.{name}: {sorted(leaked)}"
+
+
+def test_reprs_show_the_public_path() -> None:
+    """STYLE.md 18: a traceback names ``scheduler.ConfigError``, not a private module."""
+    from scheduler.allocator import Allocator
+
+    assert repr(scheduler.Orchestrator) == "<class 'scheduler.Orchestrator'>"
+    assert scheduler.ConfigError.__module__ == "scheduler"
+    assert Allocator.__module__ == "scheduler.allocator"
 
 
 def test_every_package_imports_first_in_a_fresh_interpreter() -> None:

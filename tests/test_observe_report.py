@@ -21,8 +21,8 @@ from scheduler.cli._report import (
     classify_history,
     gather_report,
     render_report_tables,
-    write_html_report,
 )
+from scheduler.cli._report_html import write_html_report
 from scheduler.runtime._orchestrator import Orchestrator
 from scheduler.store import SqliteStore
 from tests._helpers import FRIDAY, SATURDAY, run_virtual

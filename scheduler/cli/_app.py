@@ -19,7 +19,8 @@ from rich.table import Table
 from scheduler.cli._decide import decide as decide_paused
 from scheduler.cli._decide import stored_status_rows
 from scheduler.cli._demo import demo_config
-from scheduler.cli._report import gather_report, render_report_tables, write_html_report
+from scheduler.cli._report import gather_report, render_report_tables
+from scheduler.cli._report_html import write_html_report
 from scheduler.config._config import VibeConfig, load_config
 from scheduler.control._alerts import StatusRow
 from scheduler.core._errors import VibeEngineError

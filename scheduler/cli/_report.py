@@ -28,7 +28,7 @@ from scheduler.store import Store
 
 __all__ = [
     "HistoryRow", "ReportData", "Row", "TaskUse", "classify_history", "gather_report",
-    "render_report_tables", "write_html_report",
+    "render_report_tables",
 ]
 
 
@@ -242,12 +242,4 @@ def render_report_tables(data: ReportData, console: Console) -> None:
     console.print(_history_table("Deadlock history", data.deadlocks))
     console.print(_history_table("Routing and health changes", data.routing))
 
-
-def write_html_report(data: ReportData, path: Path) -> Path:
-    """Write the self-contained HTML report to ``path``."""
-    from scheduler.cli._report_html import report_html
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report_html(data), encoding="utf-8")
-    return path
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from html import escape
+from pathlib import Path
 
 from scheduler.cli._report import HistoryRow, ReportData, Row, TaskUse
 
@@ -154,3 +155,10 @@ def report_html(data: ReportData) -> str:
         _history_table("Routing and health changes", data.routing, "routing"),
         "</body></html>",
     ))
+
+
+def write_html_report(data: ReportData, path: Path) -> Path:
+    """Write the self-contained HTML report to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report_html(data), encoding="utf-8")
+    return path

@@ -2,3 +2,31 @@
 
 May import ``core``, ``config``, ``store``, ``budget`` and ``policies``.
 """
+
+from scheduler.control._alerts import AlertFlags as AlertFlags
+from scheduler.control._alerts import AlertRuntime as AlertRuntime
+from scheduler.control._alerts import AlertStatistics as AlertStatistics
+from scheduler.control._overdraft import OverdraftLedger as OverdraftLedger
+from scheduler.control._overdraft import OverdraftStatistics as OverdraftStatistics
+from scheduler.control._pause import Decision as Decision
+from scheduler.control._pause import PauseController as PauseController
+from scheduler.control._pause import PauseInfo as PauseInfo
+from scheduler.control._pause import PauseStatistics as PauseStatistics
+from scheduler.control._server import ControlServer as ControlServer
+
+__all__ = [
+    "AlertFlags",
+    "AlertRuntime",
+    "AlertStatistics",
+    "ControlServer",
+    "Decision",
+    "OverdraftLedger",
+    "OverdraftStatistics",
+    "PauseController",
+    "PauseInfo",
+    "PauseStatistics",
+]
+
+from scheduler.core._public import publish as _publish
+
+_publish(__name__, __all__, globals())

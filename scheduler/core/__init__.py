@@ -8,6 +8,26 @@ cost, the provider protocol and name resolution.  Imports nothing else from
 from scheduler.core._clock import FixedWallClock as FixedWallClock
 from scheduler.core._clock import SystemWallClock as SystemWallClock
 from scheduler.core._clock import WallClock as WallClock
+from scheduler.core._errors import AllocationError as AllocationError
+from scheduler.core._errors import BudgetError as BudgetError
+from scheduler.core._errors import BudgetExceededError as BudgetExceededError
+from scheduler.core._errors import ConfigError as ConfigError
+from scheduler.core._errors import DecisionError as DecisionError
+from scheduler.core._errors import FinishRequestedError as FinishRequestedError
+from scheduler.core._errors import LeaseError as LeaseError
+from scheduler.core._errors import ModelUnavailableError as ModelUnavailableError
+from scheduler.core._errors import OverdraftDeniedError as OverdraftDeniedError
+from scheduler.core._errors import OverloadedError as OverloadedError
+from scheduler.core._errors import PluginError as PluginError
+from scheduler.core._errors import ProviderError as ProviderError
+from scheduler.core._errors import ProviderTimeoutError as ProviderTimeoutError
+from scheduler.core._errors import RateLimitedError as RateLimitedError
+from scheduler.core._errors import SpendLimitError as SpendLimitError
+from scheduler.core._errors import StoreError as StoreError
+from scheduler.core._errors import StoreUnavailableError as StoreUnavailableError
+from scheduler.core._errors import TaskAbortedError as TaskAbortedError
+from scheduler.core._errors import VibeEngineError as VibeEngineError
+from scheduler.core._errors import WouldBlockError as WouldBlockError
 from scheduler.core._events import Event as Event
 from scheduler.core._events import EventBus as EventBus
 from scheduler.core._hooks import AsyncHook as AsyncHook
@@ -25,7 +45,46 @@ from scheduler.core._usage import UsageEvent as UsageEvent
 from scheduler.core._usage import cost_usd as cost_usd
 
 __all__ = [
-    "AsyncHook", "Completion", "CompletionRequest", "Event", "EventBus", "FixedWallClock", "Hook",
-    "Message", "Provider", "RateLimitInfo", "ReportsRateLimits", "SystemWallClock", "Totals",
-    "Usage", "UsageEvent", "WallClock", "cost_usd", "resolve_object",
+    "AllocationError",
+    "AsyncHook",
+    "BudgetError",
+    "BudgetExceededError",
+    "Completion",
+    "CompletionRequest",
+    "ConfigError",
+    "DecisionError",
+    "Event",
+    "EventBus",
+    "FinishRequestedError",
+    "FixedWallClock",
+    "Hook",
+    "LeaseError",
+    "Message",
+    "ModelUnavailableError",
+    "OverdraftDeniedError",
+    "OverloadedError",
+    "PluginError",
+    "Provider",
+    "ProviderError",
+    "ProviderTimeoutError",
+    "RateLimitInfo",
+    "RateLimitedError",
+    "ReportsRateLimits",
+    "SpendLimitError",
+    "StoreError",
+    "StoreUnavailableError",
+    "SystemWallClock",
+    "TaskAbortedError",
+    "Totals",
+    "Usage",
+    "UsageEvent",
+    "VibeEngineError",
+    "WallClock",
+    "WouldBlockError",
+    "cost_usd",
+    "resolve_object",
 ]
+
+from scheduler.core._public import publish as _publish
+
+_publish(__name__, __all__, globals())

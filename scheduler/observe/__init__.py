@@ -2,3 +2,37 @@
 
 Reads the parts it is handed; never drives them.  May import every layer below ``runtime``.
 """
+
+from scheduler.observe._live import LiveView as LiveView
+from scheduler.observe._live import render_snapshot as render_snapshot
+from scheduler.observe._logging import configure_logging as configure_logging
+from scheduler.observe._metrics import Metrics as Metrics
+from scheduler.observe._observers import Observers as Observers
+from scheduler.observe._snapshot import BudgetBar as BudgetBar
+from scheduler.observe._snapshot import EventView as EventView
+from scheduler.observe._snapshot import ModelView as ModelView
+from scheduler.observe._snapshot import PoolView as PoolView
+from scheduler.observe._snapshot import Snapshot as Snapshot
+from scheduler.observe._snapshot import TaskView as TaskView
+from scheduler.observe._view import RunView as RunView
+from scheduler.observe._view import snapshot_of as snapshot_of
+
+__all__ = [
+    "BudgetBar",
+    "EventView",
+    "LiveView",
+    "Metrics",
+    "ModelView",
+    "Observers",
+    "PoolView",
+    "RunView",
+    "Snapshot",
+    "TaskView",
+    "configure_logging",
+    "render_snapshot",
+    "snapshot_of",
+]
+
+from scheduler.core._public import publish as _publish
+
+_publish(__name__, __all__, globals())

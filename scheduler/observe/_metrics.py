@@ -41,9 +41,8 @@ from prometheus_client.exposition import start_http_server
 from scheduler.core._events import Event
 from scheduler.core._provider import Completion, CompletionRequest, Provider
 from scheduler.core._usage import UsageEvent
-from scheduler.observe._observers import watch_changes
 from scheduler.observe._snapshot import HEALTH_VALUE, Snapshot
-from scheduler.observe._view import RunView, snapshot_of
+from scheduler.observe._view import RunView, snapshot_of, watch_changes
 from scheduler.tasks._state import TaskHandle
 
 __all__ = ["MeteredProvider", "Metrics"]

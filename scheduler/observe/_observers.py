@@ -28,7 +28,7 @@ import structlog
 
 from scheduler.core._errors import VibeEngineError
 from scheduler.core._events import Event
-from scheduler.observe._view import RunView, snapshot_of
+from scheduler.observe._view import Changes, RunView, snapshot_of, watch_changes
 
 if TYPE_CHECKING:
     from scheduler.observe._metrics import Metrics
@@ -45,38 +45,6 @@ def status_path(state_dir: Path) -> Path:
 
 def _jsonable(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
-
-
-class Changes:
-    """Wakes a service when something it shows changed; no timer runs while idle.
-
-    Periodic timers would keep a virtual clock (trio's ``MockClock``) jumping
-    forward whenever the other tasks wait for a worker thread; waiting on a
-    change instead leaves virtual time to the workload.
-    """
-
-    def __init__(self) -> None:
-        self.pending = True
-        self._event: anyio.Event | None = None
-
-    def set(self, *_: Any) -> None:
-        self.pending = True
-        if self._event is not None:
-            self._event.set()
-
-    async def wait(self) -> None:
-        while not self.pending:
-            self._event = anyio.Event()
-            await self._event.wait()
-        self.pending = False
-
-
-def watch_changes(view: RunView) -> Changes:
-    """A :class:`Changes` set by every bus event and every settled model call."""
-    changes = Changes()
-    view.bus.subscribe(changes.set)
-    view.on_settle.connect(changes.set)
-    return changes
 
 
 class HistoryRecorder:

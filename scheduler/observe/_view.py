@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import anyio
 
 from scheduler.allocator._allocator import Allocator
 from scheduler.allocator._stats import WaiterStatistics
@@ -31,7 +34,7 @@ from scheduler.routing._health import HealthMonitor
 from scheduler.store import Store
 from scheduler.tasks._state import TaskHandle, TaskStatus
 
-__all__ = ["RunView", "snapshot_of"]
+__all__ = ["Changes", "RunView", "snapshot_of", "watch_changes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +124,35 @@ def snapshot_of(view: RunView, *, now: float, events: int = 50,
         events=event_views(view.bus.history, events),
         totals=tracker.session.totals.to_dict(),
     )
+
+
+class Changes:
+    """Wakes a service when something it shows changed; no timer runs while idle.
+
+    Periodic timers would keep a virtual clock (trio's ``MockClock``) jumping
+    forward whenever the other tasks wait for a worker thread; waiting on a
+    change instead leaves virtual time to the workload.
+    """
+
+    def __init__(self) -> None:
+        self.pending = True
+        self._event: anyio.Event | None = None
+
+    def set(self, *_: Any) -> None:
+        self.pending = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        while not self.pending:
+            self._event = anyio.Event()
+            await self._event.wait()
+        self.pending = False
+
+
+def watch_changes(view: RunView) -> Changes:
+    """A :class:`Changes` set by every bus event and every settled model call."""
+    changes = Changes()
+    view.bus.subscribe(changes.set)
+    view.on_settle.connect(changes.set)
+    return changes

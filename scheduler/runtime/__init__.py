@@ -2,3 +2,39 @@
 
 May import every layer below it; nothing below imports it.
 """
+
+from scheduler.runtime._agent import Agent as Agent
+from scheduler.runtime._agent import Decomposable as Decomposable
+from scheduler.runtime._build import Parts as Parts
+from scheduler.runtime._build import build_parts as build_parts
+from scheduler.runtime._context import AgentContext as AgentContext
+from scheduler.runtime._context import ShellResult as ShellResult
+from scheduler.runtime._context import is_dangerous as is_dangerous
+from scheduler.runtime._gateway import Gateway as Gateway
+from scheduler.runtime._gateway import Route as Route
+from scheduler.runtime._orchestrator import Orchestrator as Orchestrator
+from scheduler.runtime._orchestrator import RunReport as RunReport
+from scheduler.runtime._orchestrator import TaskOutcome as TaskOutcome
+from scheduler.runtime._quality import LlmJudge as LlmJudge
+from scheduler.runtime._quality import QualityScorer as QualityScorer
+
+__all__ = [
+    "Agent",
+    "AgentContext",
+    "Decomposable",
+    "Gateway",
+    "LlmJudge",
+    "Orchestrator",
+    "Parts",
+    "QualityScorer",
+    "Route",
+    "RunReport",
+    "ShellResult",
+    "TaskOutcome",
+    "build_parts",
+    "is_dangerous",
+]
+
+from scheduler.core._public import publish as _publish
+
+_publish(__name__, __all__, globals())

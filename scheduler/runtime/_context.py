@@ -19,8 +19,10 @@ from typing import Any
 import anyio
 import structlog
 
-from scheduler import Completion, TaskSpec, Tracker, VibeEngineError
-from scheduler.core._provider import Message
+from scheduler.budget._tracker import Tracker
+from scheduler.config._config import TaskSpec
+from scheduler.core._errors import VibeEngineError
+from scheduler.core._provider import Completion, Message
 from scheduler.deadlock._locks import LockManager, TaskLocks
 from scheduler.runtime._gateway import Gateway
 from scheduler.store import Store

@@ -17,7 +17,8 @@ gateway).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -25,10 +26,8 @@ from scheduler.config._config import VibeConfig
 from scheduler.core._errors import VibeEngineError
 from scheduler.core._provider import Completion, Message
 from scheduler.core._resolve import resolve_object
+from scheduler.routing._router import Router
 from scheduler.tasks._state import TaskHandle
-
-if TYPE_CHECKING:
-    from scheduler.runtime._gateway import Gateway
 
 __all__ = ["LlmJudge", "QualityScorer", "make_quality_scorer"]
 
@@ -50,10 +49,22 @@ class QualityScorer(Protocol):
     ) -> float | None: ...
 
 
+class Completer(Protocol):
+    """What a judge calls through: the governed path (the gateway) and its router."""
+
+    router: Router
+
+    async def complete(
+        self, task: TaskHandle, messages: Sequence[Message], *, system: str = "",
+        max_tokens: int = 1024, model: str | None = None,
+        hints: Mapping[str, Any] | None = None,
+    ) -> Completion: ...
+
+
 class LlmJudge:
     """LLM-as-judge on the cheapest tier (see the module docstring)."""
 
-    def __init__(self, gateway: Gateway, *, model: str | None = None,
+    def __init__(self, gateway: Completer, *, model: str | None = None,
                  max_answer_chars: int = 8_000) -> None:
         self.gateway = gateway
         self.model = model or gateway.router.catalog.cheapest
@@ -83,7 +94,7 @@ class LlmJudge:
 SCORERS: dict[str, Any] = {"llm_judge": LlmJudge}
 
 
-def make_quality_scorer(config: VibeConfig, gateway: Gateway) -> QualityScorer | None:
+def make_quality_scorer(config: VibeConfig, gateway: Completer) -> QualityScorer | None:
     """The configured scorer (``routing.quality_scorer``), or ``None`` for ``"none"``."""
     name = config.routing.quality_scorer
     if name == "none":

@@ -11,3 +11,7 @@ from scheduler.tasks._state import TaskStatus as TaskStatus
 from scheduler.tasks._table import TaskTable as TaskTable
 
 __all__ = ["Abort", "TaskHandle", "TaskSignals", "TaskStatus", "TaskTable"]
+
+from scheduler.core._public import publish as _publish
+
+_publish(__name__, __all__, globals())
