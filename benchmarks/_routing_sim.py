@@ -18,7 +18,7 @@ documented in ``docs/routing.md``:
 * main call: prompt tokens ≈ 2 × output tokens + 2,000 of context per attempt;
   exploration call: 2,000–10,000 tokens of files read + 2,000 of context in,
   150–1,000 tokens out;
-* prices: the default catalog in ``scheduler/_config.py``.
+* prices: the default model catalog of ``VibeConfig.models``.
 
 Outcomes are *common random numbers*: attempt ``k`` of task ``i`` on tier ``t``
 has the same outcome in every arm, so the routed run and the always-opus

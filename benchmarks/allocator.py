@@ -1,4 +1,4 @@
-"""Allocator benchmark: the hot path every model call waits on (issue 3, BENCHMARKS.md).
+"""Allocator benchmark: the hot path every model call waits on (figures: allocator.md).
 
 N agents (1 000 and 10 000) each do ``cycles`` acquire → hold (one yield) →
 settle cycles against one pool of 50 concurrent slots, on asyncio.  Timed in
@@ -77,9 +77,9 @@ async def _run_allocator(agents: int, cycles: int, policy_name: str) -> float:
                 await _yield()
                 alloc.settle(lease.id, size)
                 # A settled lease is dropped, as the gateway's call scope drops it and as
-                # ``async with`` drops the baselines' per-cycle objects.  Kept until the next
-                # grant, 10 000 cycles later at 10 000 agents, it would be freed out of the
-                # CPU caches (about 13 L2-model misses per cycle; benchmarks/allocator.md).
+                # ``async with`` drops the baselines' per-cycle objects; kept until the agent's
+                # next grant, it would be freed long out of the CPU caches, a cost the runtime
+                # never pays.
                 del lease
 
         return await _timed(agents, agent)

