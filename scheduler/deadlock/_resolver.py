@@ -103,7 +103,7 @@ def install_deadlock_handling(orch: Orchestrator) -> DeadlockDetector:
     )
     detector = DeadlockDetector(
         graph, resolve=resolver, describe=lambda h: describe_task(orch, h),
-        config=orch.config.deadlock,
+        config=orch.config.deadlock, policy=orch.policies.victim,
     )
 
     async def release_locks(handle: TaskHandle) -> None:

@@ -20,13 +20,14 @@ import anyio.abc
 import structlog
 
 from policies.replan import BreakDown
-from scheduler.allocator._allocator import Allocator, make_allocation_policy
+from scheduler.allocator._allocator import Allocator
 from scheduler.allocator._capacity import PoolCapacity
 from scheduler.budget._profile import resolve_task
 from scheduler.budget._tokens import TokenCounter
 from scheduler.budget._tracker import Tracker
 from scheduler.config._config import TaskSpec, VibeConfig
-from scheduler.control._alerts import AlertRuntime, load_alert_policy
+from scheduler.config._policies import load_policies
+from scheduler.control._alerts import AlertRuntime
 from scheduler.control._overdraft import OverdraftLedger
 from scheduler.control._pause import PauseController
 from scheduler.control._server import ControlServer
@@ -120,6 +121,7 @@ class Orchestrator:
         context_factory: ContextFactory = _default_context_factory,
     ) -> None:
         self.config = config
+        self.policies = load_policies(config)  # R7.4: a bad policy name stops us here
         self.provider = provider
         self.agents = dict(agents)
         self.store = store if store is not None else open_store(
@@ -138,7 +140,7 @@ class Orchestrator:
         self.counter = counter or TokenCounter()
         self.allocator = Allocator(
             config.allocator, events=self.bus,
-            policy=make_allocation_policy(config.policies.allocation, config.allocator),
+            policy=self.policies.allocation,
         )
         # pool capacities: learned provider limits, and slices of global pools (Redis)
         self.capacity = PoolCapacity(self.allocator, config)
@@ -150,12 +152,12 @@ class Orchestrator:
             self.store, self.tracker, self.bus, overdraft=self.overdraft,
             decision_timeout_s=config.alerts.decision_timeout_s,
         )
-        self.alerts = AlertRuntime(self.tracker, self.bus, policy=load_alert_policy(config),
+        self.alerts = AlertRuntime(self.tracker, self.bus, policy=self.policies.alerts,
                                    controller=self.controller)
         self.gateway = Gateway(
             config=config, tracker=self.tracker, counter=self.counter, provider=provider,
             bus=self.bus, allocator=self.allocator, controller=self.controller,
-            alerts=self.alerts,
+            alerts=self.alerts, policies=self.policies,
         )
         self.handles: dict[str, TaskHandle] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
