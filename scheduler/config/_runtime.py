@@ -167,7 +167,10 @@ class ObserveConfig(_Model):
 
 
 class PoliciesConfig(_Model):
-    """R7.4: each decision names a policy class (built-in name, entry point or module:Class)."""
+    """R7.4: each decision names a policy class (built-in name, entry point or module:Class).
+
+    ``scheduler.config.load_policies`` resolves, builds and checks all of them at start-up.
+    """
 
     allocation: str = "policies.fairness:PriorityWithFairness"
     victim: str = "policies.victim:LowestPriorityVictim"
