@@ -38,13 +38,15 @@ PRIORITY_VALUES: dict[str, int] = {
 }
 
 
-def _by_complexity(simple: _T, moderate: _T, complex_: _T) -> dict[Complexity, _T]:
+def by_complexity(simple: _T, moderate: _T, complex_: _T) -> dict[Complexity, _T]:
     return {"simple": simple, "moderate": moderate, "complex": complex_}
 
 
-def _by_tier(haiku: _T, sonnet: _T, opus: _T) -> dict[Tier, _T]:
+def by_tier(haiku: _T, sonnet: _T, opus: _T) -> dict[Tier, _T]:
     return {"haiku": haiku, "sonnet": sonnet, "opus": opus}
 
 
-class _Model(BaseModel):
+class FrozenModel(BaseModel):
+    """Base of every config model: immutable, and an unknown key is an error."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")

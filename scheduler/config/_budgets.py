@@ -6,14 +6,14 @@ from pydantic import Field, model_validator
 
 from scheduler.config._base import (
     Complexity,
+    FrozenModel,
     TaskType,
     Tier,
-    _by_complexity,
-    _Model,
+    by_complexity,
 )
 
 
-class Limits(_Model):
+class Limits(FrozenModel):
     """A budget bundle: any subset of the R1.1 dimensions (``None`` = unlimited)."""
 
     tokens: int | None = Field(default=None, ge=0)
@@ -47,14 +47,14 @@ class Limits(_Model):
         return Limits.model_validate(data)
 
 
-class BudgetsConfig(_Model):
+class BudgetsConfig(FrozenModel):
     """R1.3 defaults for every scope."""
 
     task_tokens_by_complexity: dict[Complexity, int] = Field(
-        default_factory=lambda: _by_complexity(20_000, 50_000, 150_000)
+        default_factory=lambda: by_complexity(20_000, 50_000, 150_000)
     )
     task_time_s_by_complexity: dict[Complexity, float] = Field(
-        default_factory=lambda: _by_complexity(300.0, 1800.0, 3600.0)
+        default_factory=lambda: by_complexity(300.0, 1800.0, 3600.0)
     )
     task: Limits = Field(
         default_factory=lambda: Limits(
@@ -85,7 +85,7 @@ class BudgetsConfig(_Model):
         return self
 
 
-class TaskTypeSpec(_Model):
+class TaskTypeSpec(FrozenModel):
     """One row of the R1.4 task-type table."""
 
     tokens: int = Field(ge=0)
@@ -97,7 +97,7 @@ class TaskTypeSpec(_Model):
     keywords: tuple[str, ...] = ()
 
 
-def _default_task_types() -> dict[TaskType, TaskTypeSpec]:
+def default_task_types() -> dict[TaskType, TaskTypeSpec]:
     return {
         "question_answering": TaskTypeSpec(
             tokens=10_000, time_s=120, cost_usd=0.10, complexity="simple",
@@ -131,7 +131,7 @@ def _default_task_types() -> dict[TaskType, TaskTypeSpec]:
     }
 
 
-class AlertsConfig(_Model):
+class AlertsConfig(FrozenModel):
     """R3.1 thresholds as fractions of a limit."""
 
     warning: float = Field(default=0.70, gt=0, le=1)
@@ -148,7 +148,7 @@ class AlertsConfig(_Model):
         return self
 
 
-class OverdraftConfig(_Model):
+class OverdraftConfig(FrozenModel):
     """R3.5 limited grace."""
 
     tokens: int = Field(default=5_000, ge=0)

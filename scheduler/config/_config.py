@@ -23,10 +23,10 @@ from scheduler.config._base import (
     TASK_TYPES,
     TIERS,
     Complexity,
+    FrozenModel,
     PriorityClass,
     TaskType,
     Tier,
-    _Model,
 )
 from scheduler.config._budgets import (
     AlertsConfig,
@@ -34,14 +34,14 @@ from scheduler.config._budgets import (
     Limits,
     OverdraftConfig,
     TaskTypeSpec,
-    _default_task_types,
+    default_task_types,
 )
 from scheduler.config._provider import (
     ModelSpec,
     OutageWindow,
     ProviderConfig,
     SimulatedProviderConfig,
-    _default_models,
+    default_models,
 )
 from scheduler.config._runtime import (
     AllocatorConfig,
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 
-class TaskSpec(_Model):
+class TaskSpec(FrozenModel):
     """A task to run: which agent, what to do, and optional overrides."""
 
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -82,7 +82,7 @@ class TaskSpec(_Model):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class VibeConfig(_Model):
+class VibeConfig(FrozenModel):
     """The whole configuration of one orchestrator."""
 
     state_dir: Path = Path(".vibe-engine")
@@ -90,8 +90,8 @@ class VibeConfig(_Model):
     session_id: str | None = None
     seed: int = 0
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
-    task_types: dict[TaskType, TaskTypeSpec] = Field(default_factory=_default_task_types)
-    models: dict[Tier, ModelSpec] = Field(default_factory=_default_models)
+    task_types: dict[TaskType, TaskTypeSpec] = Field(default_factory=default_task_types)
+    models: dict[Tier, ModelSpec] = Field(default_factory=default_models)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     overdraft: OverdraftConfig = Field(default_factory=OverdraftConfig)
     allocator: AllocatorConfig = Field(default_factory=AllocatorConfig)

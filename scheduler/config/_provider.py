@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from scheduler.config._base import Tier, _by_tier, _Model
+from scheduler.config._base import FrozenModel, Tier, by_tier
 
 
-class ModelSpec(_Model):
+class ModelSpec(FrozenModel):
     """One entry of the model catalog: a tier and its Anthropic model and prices."""
 
     model_id: str
@@ -21,7 +21,7 @@ class ModelSpec(_Model):
     cache_write_1h_multiplier: float = Field(default=2.0, ge=0)
 
 
-def _default_models() -> dict[Tier, ModelSpec]:
+def default_models() -> dict[Tier, ModelSpec]:
     return {
         "haiku": ModelSpec(model_id="claude-haiku-4-5", input_usd_per_mtok=1.0,
                            output_usd_per_mtok=5.0),
@@ -32,7 +32,7 @@ def _default_models() -> dict[Tier, ModelSpec]:
     }
 
 
-class OutageWindow(_Model):
+class OutageWindow(FrozenModel):
     """A scripted outage of the simulated provider: ``model`` answers 529 in the window."""
 
     model: Tier
@@ -47,12 +47,12 @@ class OutageWindow(_Model):
         return self
 
 
-class SimulatedProviderConfig(_Model):
+class SimulatedProviderConfig(FrozenModel):
     """Knobs of the deterministic simulated provider."""
 
     seed: int = 0
-    latency_s: dict[Tier, float] = Field(default_factory=lambda: _by_tier(0.4, 1.0, 2.0))
-    failure_rate: dict[Tier, float] = Field(default_factory=lambda: _by_tier(0.05, 0.02, 0.01))
+    latency_s: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.4, 1.0, 2.0))
+    failure_rate: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.05, 0.02, 0.01))
     output_tokens: tuple[int, int] = (200, 1500)
     time_scale: float = Field(default=1.0, ge=0)
     #: a failed attempt is retried this many times before the 529 is raised (the SDK's
@@ -62,7 +62,7 @@ class SimulatedProviderConfig(_Model):
     outages: tuple[OutageWindow, ...] = ()
 
 
-class ProviderConfig(_Model):
+class ProviderConfig(FrozenModel):
     """Which provider serves model calls."""
 
     kind: Literal["simulated", "anthropic"] = "simulated"

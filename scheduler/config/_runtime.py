@@ -15,10 +15,10 @@ from pydantic import Field, model_validator
 
 from policies.fairness import FairnessParams
 from policies.routing import RoutingParams
-from scheduler.config._base import _Model
+from scheduler.config._base import FrozenModel
 
 
-class PoolConfig(_Model):
+class PoolConfig(FrozenModel):
     """Capacities of one provider pool (``None`` = not limited in that dimension)."""
 
     tokens_per_minute: int | None = Field(default=400_000, gt=0)
@@ -26,7 +26,7 @@ class PoolConfig(_Model):
     concurrent: int | None = Field(default=50, gt=0)
 
 
-class AllocatorConfig(_Model):
+class AllocatorConfig(FrozenModel):
     """R5.2–R5.5 parameters."""
 
     pools: dict[str, PoolConfig] = Field(default_factory=lambda: {"anthropic": PoolConfig()})
@@ -56,14 +56,14 @@ class AllocatorConfig(_Model):
         )
 
 
-class GlobalPoolConfig(_Model):
+class GlobalPoolConfig(FrozenModel):
     """A provider quota shared by every orchestrator on the store (one slice each)."""
 
     #: The whole quota; each orchestrator's allocator gets a max-min fair slice of it.
     tokens_per_minute: int = Field(gt=0)
 
 
-class DistributedConfig(_Model):
+class DistributedConfig(FrozenModel):
     """Several orchestrators on one Redis (``store = "redis://…"``): see docs/scale-out.md."""
 
     #: Key prefix ``vibe:{namespace}:`` — one per deployment sharing budgets and quota.
@@ -105,14 +105,14 @@ class DistributedConfig(_Model):
         return self
 
 
-class DeadlockConfig(_Model):
+class DeadlockConfig(FrozenModel):
     """R5.6/R5.7 parameters."""
 
     interval_s: float = Field(default=10.0, gt=0)
     max_requeues: int = Field(default=3, ge=0)
 
 
-class HealthConfig(_Model):
+class HealthConfig(FrozenModel):
     """R6.4/R6.5 parameters."""
 
     interval_s: float = Field(default=60.0, gt=0)
@@ -145,7 +145,7 @@ class RoutingConfig(RoutingParams):
     quality_scorer: str = "none"
 
 
-class MetricsConfig(_Model):
+class MetricsConfig(FrozenModel):
     """Prometheus metrics, served on a loopback port while the orchestrator runs."""
 
     enabled: bool = False
@@ -159,14 +159,14 @@ class MetricsConfig(_Model):
         return self
 
 
-class ObserveConfig(_Model):
+class ObserveConfig(FrozenModel):
     """What every orchestrator records for ``status`` and ``report``."""
 
     status_interval_s: float | None = Field(default=1.0, gt=0)
     history: bool = True
 
 
-class PoliciesConfig(_Model):
+class PoliciesConfig(FrozenModel):
     """R7.4: each decision names a policy class (built-in name, entry point or module:Class).
 
     ``scheduler.config.load_policies`` resolves, builds and checks all of them at start-up.
