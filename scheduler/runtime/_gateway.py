@@ -28,7 +28,6 @@ from scheduler.allocator._leases import Lease
 from scheduler.budget._tokens import Estimate, TokenCounter
 from scheduler.budget._tracker import Crossing, Reservation, Tracker
 from scheduler.config._config import VibeConfig
-from scheduler.config._policies import LoadedPolicies, load_policies
 from scheduler.core._errors import (
     BudgetExceededError,
     FinishRequestedError,
@@ -88,7 +87,7 @@ class Gateway:
         router: Router | None = None,
         controller: PauseController | None = None,
         alerts: AlertRuntime | None = None,
-        policies: LoadedPolicies | None = None,
+        replanner: Replanner | None = None,
     ) -> None:
         self.config = config
         self.allocator = allocator
@@ -97,17 +96,14 @@ class Gateway:
         self.provider = provider
         self.bus = bus
         self._clock = clock
-        policies = policies or load_policies(config)
-        self.router = router or Router(config, bus=bus, clock=clock,
-                                       complexity=policies.complexity, policy=policies.routing)
+        self.router = router or Router(config, bus=bus, clock=clock)
         self.controller = controller
         self.alerts = alerts
         #: R3.4: a paused task holds no leases; the allocator registers its release here.
         self.on_pause: list[PauseHook] = []
         self.health = self.router.health
         #: R6.2/R6.7: simplify, defer (or, at an attempt's start, break down) a task.
-        self.replanner = Replanner(config, self.router, bus=bus, clock=clock,
-                                   policy=policies.replan)
+        self.replanner = replanner or Replanner(config, self.router, bus=bus, clock=clock)
         if self.health.ping is None:
             self.health.ping = self.ping
         self.settle_hooks: list[SettleHook] = []

@@ -46,7 +46,8 @@ from scheduler.deadlock._graph import WaitForGraph
 from scheduler.deadlock._locks import LockManager
 from scheduler.deadlock._resolver import install_deadlock_handling
 from scheduler.observe._observers import install_observers
-from scheduler.routing._router import task_info
+from scheduler.routing._replan import Replanner
+from scheduler.routing._router import Router, task_info
 from scheduler.runtime._gateway import Gateway
 from scheduler.store import Store, open_store
 from scheduler.tasks._state import TaskHandle
@@ -138,10 +139,8 @@ class Orchestrator:
             state_dir=config.state_dir,
         )
         self.counter = counter or TokenCounter()
-        self.allocator = Allocator(
-            config.allocator, events=self.bus,
-            policy=self.policies.allocation,
-        )
+        self.allocator = Allocator(config.allocator, events=self.bus,
+                                   policy=self.policies.allocation)
         # pool capacities: learned provider limits, and slices of global pools (Redis)
         self.capacity = PoolCapacity(self.allocator, config)
         self.quota = self.capacity.global_quota(self.store)
@@ -154,10 +153,13 @@ class Orchestrator:
         )
         self.alerts = AlertRuntime(self.tracker, self.bus, policy=self.policies.alerts,
                                    controller=self.controller)
+        router = Router(config, bus=self.bus, complexity=self.policies.complexity,
+                        policy=self.policies.routing)
         self.gateway = Gateway(
             config=config, tracker=self.tracker, counter=self.counter, provider=provider,
             bus=self.bus, allocator=self.allocator, controller=self.controller,
-            alerts=self.alerts, policies=self.policies,
+            alerts=self.alerts, router=router,
+            replanner=Replanner(config, router, bus=self.bus, policy=self.policies.replan),
         )
         self.handles: dict[str, TaskHandle] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
