@@ -34,7 +34,7 @@ from aiolimiter import AsyncLimiter
 
 from benchmarks._common import emit, parse_args, progress
 from policies.fairness import Fifo, PriorityWithFairness
-from scheduler.allocator._allocator import fairness_params, open_allocator
+from scheduler.allocator._allocator import open_allocator
 from scheduler.config._config import AllocatorConfig, PoolConfig
 
 SLOTS = 50
@@ -64,8 +64,8 @@ async def _yield() -> None:
 # -- timed loops ------------------------------------------------------------------------
 async def _run_allocator(agents: int, cycles: int, policy_name: str) -> float:
     cfg = _config()
-    policy = Fifo(fairness_params(cfg)) if policy_name == "fifo" else PriorityWithFairness(
-        fairness_params(cfg))
+    policy = Fifo(cfg.policy_params()) if policy_name == "fifo" else PriorityWithFairness(
+        cfg.policy_params())
     async with open_allocator(cfg, policy=policy) as alloc:
         for i in range(agents):
             alloc.register(f"a{i}", _class_of(i))  # type: ignore[arg-type]
@@ -127,8 +127,8 @@ async def _timed(agents: int, agent: Callable[[int], Awaitable[None]]) -> float:
 # -- fairness run -----------------------------------------------------------------------
 async def _fairness(agents: int, cycles: int, policy_name: str) -> dict[str, float]:
     cfg = _config()
-    policy = Fifo(fairness_params(cfg)) if policy_name == "fifo" else PriorityWithFairness(
-        fairness_params(cfg))
+    policy = Fifo(cfg.policy_params()) if policy_name == "fifo" else PriorityWithFairness(
+        cfg.policy_params())
     served = [0] * agents
     snapshot: list[list[int]] = []
     async with open_allocator(cfg, policy=policy) as alloc:

@@ -17,12 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from policies.complexity import Assessment, TaskInfo
 
-if TYPE_CHECKING:
-    from scheduler.config._config import RoutingConfig
+
+class RoutingParams(BaseModel):
+    """Parameters of :class:`CheapestCapableRouting` (the ``[routing]`` section extends them)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    downgrade_above: float = Field(default=0.70, gt=0, le=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +77,8 @@ class RoutingPolicy(Protocol):
 class CheapestCapableRouting:
     """The default :class:`RoutingPolicy` (see the module docstring)."""
 
-    def __init__(self, params: RoutingConfig | None = None, floor: str = "sonnet") -> None:
-        if params is None:
-            from scheduler.config._config import (
-                RoutingConfig,  # at call time: policies import first
-            )
-
-            params = RoutingConfig()
-        self.params = params
+    def __init__(self, params: RoutingParams | None = None, floor: str = "sonnet") -> None:
+        self.params = params or RoutingParams()
         self.floor = floor
 
     def select(self, data: RoutingInput) -> RouteDecision:

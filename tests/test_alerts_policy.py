@@ -87,10 +87,10 @@ def test_r3_policy_matches_protocol_and_ignores_unknown_level() -> None:
 def test_r3_alert_policy_is_resolved_from_config() -> None:
     """R7.4: ``policies.alerts`` names the policy; a non-policy is a config error."""
     from scheduler import ConfigError, VibeConfig
-    from scheduler.control._alerts import load_alert_policy
+    from scheduler.config import load_policies
 
-    assert isinstance(load_alert_policy(VibeConfig()), DefaultAlertPolicy)
-    assert isinstance(load_alert_policy(VibeConfig(policies={"alerts": "default"})),
+    assert isinstance(load_policies(VibeConfig()).alerts, DefaultAlertPolicy)
+    assert isinstance(load_policies(VibeConfig(policies={"alerts": "default"})).alerts,
                       DefaultAlertPolicy)
     with pytest.raises(ConfigError, match="AlertPolicy protocol"):
-        load_alert_policy(VibeConfig(policies={"alerts": "policies.alerts:AlertPolicyParams"}))
+        load_policies(VibeConfig(policies={"alerts": "policies.alerts:AlertPolicyParams"}))

@@ -10,8 +10,9 @@ import anyio.lowlevel
 import pytest
 
 from policies.fairness import Fifo, PriorityWithFairness
-from scheduler.allocator._allocator import Allocator, make_allocation_policy, open_allocator
+from scheduler.allocator._allocator import Allocator, open_allocator
 from scheduler.allocator._leases import Lease, new_lease_id
+from scheduler.config import VibeConfig, load_policies
 from scheduler.core._errors import AllocationError, ConfigError, LeaseError, WouldBlockError
 from scheduler.core._events import EventBus
 from scheduler.core._provider import RateLimitInfo
@@ -424,12 +425,18 @@ def test_r5_4_capacities_learned_from_rate_limit_headers() -> None:
 
 
 def test_r7_4_allocation_policy_named_in_config() -> None:
-    cfg = pool_config()
-    assert isinstance(make_allocation_policy("fifo", cfg), Fifo)
-    named = make_allocation_policy("policies.fairness:PriorityWithFairness", cfg)
-    assert isinstance(named, PriorityWithFairness)
-    with pytest.raises(ConfigError):
-        make_allocation_policy("no_such_policy", cfg)
+    """R7.4: ``policies.allocation`` names the policy; it gets the ``allocator`` keys."""
+
+    def named(name: str) -> object:
+        config = VibeConfig(allocator=pool_config(aging_after_s=5.0),
+                            policies={"allocation": name})
+        return load_policies(config).allocation
+
+    assert isinstance(named("fifo"), Fifo)
+    full = named("policies.fairness:PriorityWithFairness")
+    assert isinstance(full, PriorityWithFairness) and full.params.aging_after_s == 5.0
+    with pytest.raises(ConfigError, match=r"policies\.allocation"):
+        named("no_such_policy")
 
 
 def test_refill_short_by_a_rounding_error_waits_a_little_not_zero() -> None:

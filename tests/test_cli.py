@@ -53,6 +53,18 @@ def test_bad_config_one_clear_line_and_nothing_written(tmp_path: Path) -> None:
     assert out.returncode == 2 and "malformed TOML" in out.stderr
 
 
+def test_r5_7_unknown_victim_policy_one_line_and_nothing_written(tmp_path: Path) -> None:
+    """R5.7/R7.4: a victim policy that does not exist stops ``run`` before anything starts."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('state_dir = "st"\n[policies]\nvictim = "no_such_module:Victim"\n')
+    out = _run("run", str(cfg), "--no-live", cwd=tmp_path)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "policies.victim" in lines[0] and "no_such_module:Victim" in lines[0]
+    assert not (tmp_path / "st").exists()
+
+
 def test_plugins_command_lists_agents(tmp_path: Path) -> None:
     out = _run("plugins", cwd=tmp_path)
     assert out.returncode == 0

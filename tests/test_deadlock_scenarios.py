@@ -9,11 +9,13 @@ wait-for edge is left.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from policies.victim import VictimCandidate
 from scheduler import TaskSpec
 from scheduler.runtime._orchestrator import Orchestrator, RunReport
 from tests._deadlock_helpers import Observed, assert_clean, make_orch, run_scenario, spec
@@ -53,6 +55,28 @@ def test_r5_6_two_cycle_lowest_priority_yields(tmp_path: Path) -> None:
     _assert_yielded_and_completed(report, observed, ["b"])
     assert observed.events[0].data["cycle"] in (["a", "b"], ["b", "a"])
     assert observed.events[0].at == 10.0  # found by the first periodic check
+    assert_clean(orch)
+
+
+class MostImportantYields:
+    """A custom victim policy, the opposite of the default: the highest priority yields."""
+
+    def choose(self, candidates: Sequence[VictimCandidate]) -> str:
+        return max(candidates, key=lambda c: (c.priority, c.holder)).holder
+
+
+def test_r5_7_the_victim_policy_named_in_config_chooses(tmp_path: Path) -> None:
+    """R5.7: ``policies.victim`` is honoured: in a↔b the custom policy makes a (normal
+    priority) yield where the default would take b (background)."""
+    orch, report, observed = _run(
+        tmp_path, [
+            spec("a", locks=["file:x", "file:y"]),
+            spec("b", priority="background", locks=["file:y", "file:x"]),
+        ],
+        policies={"victim": "tests.test_deadlock_scenarios:MostImportantYields"},
+    )
+    assert isinstance(orch.policies.victim, MostImportantYields)
+    _assert_yielded_and_completed(report, observed, ["a"])
     assert_clean(orch)
 
 

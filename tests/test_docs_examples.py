@@ -82,7 +82,7 @@ def test_r7_4_policy_guide_example_named_in_config(examples_path: Path, tmp_path
     config, is resolved at start-up and its extra checkpoint fires at the 70 % warning."""
     pytest.importorskip("policies.alerts", reason="the alert policy protocol (issue 5) "
                         "has not landed on this branch yet")
-    from scheduler.control._alerts import load_alert_policy  # type: ignore[import-not-found,unused-ignore]
+    from scheduler.config import load_policies
 
     policy_mod = importlib.import_module("early_checkpoint_policy")
     config = VibeConfig.model_validate({
@@ -90,7 +90,7 @@ def test_r7_4_policy_guide_example_named_in_config(examples_path: Path, tmp_path
         "policies": {"alerts": "early_checkpoint_policy:EarlyCheckpointPolicy"},
         "budgets": {"session": {"tokens": 2000}},
     })
-    assert isinstance(load_alert_policy(config), policy_mod.EarlyCheckpointPolicy)
+    assert isinstance(load_policies(config).alerts, policy_mod.EarlyCheckpointPolicy)
     from agents.builtin import QuestionAnswerAgent
 
     orch = Orchestrator(config, provider=ScriptedProvider(), agents={"qa": QuestionAnswerAgent})

@@ -10,8 +10,9 @@ import structlog.testing
 from policies.complexity import ScoredComplexity
 from policies.routing import CheapestCapableRouting, RoutingInput
 from scheduler import ConfigError, TaskSpec, VibeConfig, resolve_task
+from scheduler.config import load_policies
 from scheduler.routing._catalog import ModelCatalog
-from scheduler.routing._router import Router, make_complexity_policy, task_info
+from scheduler.routing._router import Router, task_info
 from scheduler.tasks._state import TaskHandle
 from tests._routing_helpers import COMPLEX, MODERATE, SIMPLE, info, knock_out, make_router
 
@@ -290,11 +291,11 @@ def test_r4_3_budget_pressure_never_undoes_an_upgrade() -> None:
 
 def test_router_resolves_policies_by_name() -> None:
     """R7.4: policies named by import string or built-in name; unknown names are config errors."""
-    assert isinstance(make_complexity_policy(VibeConfig()), ScoredComplexity)
+    assert isinstance(load_policies(VibeConfig()).complexity, ScoredComplexity)
     cfg = VibeConfig.model_validate({"policies": {"complexity": "scored"}})
-    assert isinstance(make_complexity_policy(cfg), ScoredComplexity)
+    assert isinstance(load_policies(cfg).complexity, ScoredComplexity)
     with pytest.raises(ConfigError):
-        make_complexity_policy(VibeConfig.model_validate({"policies": {"complexity": "nope"}}))
+        load_policies(VibeConfig.model_validate({"policies": {"complexity": "nope"}}))
 
 
 def test_task_info_from_handle_uses_profile_params_and_hints() -> None:

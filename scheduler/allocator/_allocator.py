@@ -37,7 +37,6 @@ import anyio
 from policies.fairness import AllocationPolicy
 from scheduler.allocator._core import AllocatorCore
 from scheduler.allocator._leases import Lease
-from scheduler.allocator._policy import ALLOCATION_POLICIES, fairness_params, make_allocation_policy
 from scheduler.allocator._pools import Pool
 from scheduler.allocator._records import GONE
 from scheduler.allocator._stats import (
@@ -53,14 +52,7 @@ from scheduler.core._errors import AllocationError, LeaseError, WouldBlockError
 from scheduler.core._events import EventBus
 from scheduler.core._provider import RateLimitInfo
 
-__all__ = [
-    "ALLOCATION_POLICIES",
-    "UNSET",
-    "Allocator",
-    "fairness_params",
-    "make_allocation_policy",
-    "open_allocator",
-]
+__all__ = ["UNSET", "Allocator", "open_allocator"]
 
 _BACKGROUND = PRIORITY_VALUES["background"]
 

@@ -29,7 +29,6 @@ import structlog
 from policies.fairness import AllocationPolicy, PriorityWithFairness
 from scheduler.allocator._asyncio_park import backend_clock, parking
 from scheduler.allocator._leases import LEASE_IDS, Lease, LeaseTable, new_lease_id
-from scheduler.allocator._policy import fairness_params
 from scheduler.allocator._pools import Pool
 from scheduler.allocator._records import GONE, GRANTED, PARKED, QUEUED, Account, Holder, Waiter
 from scheduler.allocator._waitqueue import key
@@ -70,7 +69,7 @@ class AllocatorCore:
     ) -> None:
         cfg = config or AllocatorConfig()
         self.config = cfg
-        self.policy: AllocationPolicy = policy or PriorityWithFairness(fairness_params(cfg))
+        self.policy: AllocationPolicy = policy or PriorityWithFairness(cfg.policy_params())
         self._bind_policy(self.policy)
         self._pools = {name: self._new_pool(name, pc) for name, pc in cfg.pools.items()}
         self._default_pool = next(iter(self._pools), None)

@@ -28,11 +28,10 @@ import structlog
 
 from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, DefaultAlertPolicy
 from scheduler.budget._tracker import Crossing, ScopeState, Tracker
-from scheduler.config._config import AlertsConfig, VibeConfig
+from scheduler.config._config import AlertsConfig
 from scheduler.control._pause import Decision, PauseController
-from scheduler.core._errors import BudgetExceededError, ConfigError
+from scheduler.core._errors import BudgetExceededError
 from scheduler.core._events import EventBus
-from scheduler.core._resolve import resolve_object
 
 _log = structlog.get_logger("vibe_engine.alerts")
 
@@ -85,19 +84,6 @@ class StatusRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def load_alert_policy(config: VibeConfig) -> AlertPolicy:
-    """The policy named by ``policies.alerts`` (built-in name, entry point, module:Class)."""
-    factory = resolve_object(
-        config.policies.alerts, field="policies.alerts",
-        builtins={"default": DefaultAlertPolicy}, group="vibe_engine.policies",
-    )
-    policy = factory()
-    if not isinstance(policy, AlertPolicy):
-        raise ConfigError("policies.alerts", config.policies.alerts,
-                          "does not implement the AlertPolicy protocol (actions(alert))")
-    return policy
 
 
 def level_of(fraction: float, thresholds: AlertsConfig, warning: float | None = None) -> str:

@@ -13,13 +13,11 @@ only the key part.  Each emits one event.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 
 from policies.replan import (
     BreakDown,
-    DefaultReplanPolicy,
     Defer,
     ReplanDecision,
     ReplanInput,
@@ -27,18 +25,10 @@ from policies.replan import (
     Simplify,
 )
 from scheduler.config._config import TaskSpec, VibeConfig
+from scheduler.config._policies import load_policies
 from scheduler.core._events import EventBus
-from scheduler.core._resolve import resolve_object
 from scheduler.routing._router import Router, task_info
 from scheduler.tasks._state import TaskHandle, TaskStatus
-
-REPLAN_POLICIES: dict[str, Any] = {"default": DefaultReplanPolicy}
-
-
-def make_replan_policy(config: VibeConfig) -> ReplanPolicy:
-    obj = resolve_object(config.policies.replan, field="policies.replan",
-                         builtins=REPLAN_POLICIES, group="vibe_engine.policies")
-    return obj() if isinstance(obj, type) else obj  # type: ignore[no-any-return]
 
 
 def can_decompose(agent: object | None) -> bool:
@@ -60,7 +50,7 @@ class Replanner:
         self.config = config
         self.router = router
         self.bus = bus
-        self.policy = policy or make_replan_policy(config)
+        self.policy: ReplanPolicy = policy or load_policies(config).replan
         self._clock = clock
 
     def plan(

@@ -20,17 +20,14 @@ from typing import Any
 
 import anyio
 
-from policies.complexity import ComplexityPolicy, ScoredComplexity, TaskInfo
-from policies.routing import CheapestCapableRouting, RouteDecision, RoutingInput, RoutingPolicy
+from policies.complexity import ComplexityPolicy, TaskInfo
+from policies.routing import RouteDecision, RoutingInput, RoutingPolicy
 from scheduler.config._config import PRIORITY_VALUES, VibeConfig
+from scheduler.config._policies import load_policies
 from scheduler.core._events import EventBus
-from scheduler.core._resolve import resolve_object
 from scheduler.routing._catalog import ModelCatalog
 from scheduler.routing._health import HealthMonitor
 from scheduler.tasks._state import TaskHandle
-
-COMPLEXITY_POLICIES: dict[str, Any] = {"scored": ScoredComplexity}
-ROUTING_POLICIES: dict[str, Any] = {"cheapest_capable": CheapestCapableRouting}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,18 +47,6 @@ class RouterStatistics:
     downgrades: int
     substitutions: int
     upgrades: int
-
-
-def make_complexity_policy(config: VibeConfig) -> ComplexityPolicy:
-    obj = resolve_object(config.policies.complexity, field="policies.complexity",
-                         builtins=COMPLEXITY_POLICIES, group="vibe_engine.policies")
-    return obj() if isinstance(obj, type) else obj  # type: ignore[no-any-return]
-
-
-def make_routing_policy(config: VibeConfig) -> RoutingPolicy:
-    obj = resolve_object(config.policies.routing, field="policies.routing",
-                         builtins=ROUTING_POLICIES, group="vibe_engine.policies")
-    return obj(config.routing) if isinstance(obj, type) else obj  # type: ignore[no-any-return]
 
 
 def task_info(handle: TaskHandle, hints: Mapping[str, Any] | None = None) -> TaskInfo:
@@ -98,8 +83,11 @@ class Router:
         self.bus = bus
         self.catalog = catalog or ModelCatalog(config)
         self.health = health or HealthMonitor(config, bus, catalog=self.catalog, clock=clock)
-        self.complexity = complexity or make_complexity_policy(config)
-        self.policy = policy or make_routing_policy(config)
+        if complexity is None or policy is None:
+            loaded = load_policies(config)
+            complexity, policy = complexity or loaded.complexity, policy or loaded.routing
+        self.complexity: ComplexityPolicy = complexity
+        self.policy: RoutingPolicy = policy
         self._failures: Counter[str] = Counter()
         self._min_tier: dict[str, str] = {}
         self._by_model: Counter[str] = Counter()

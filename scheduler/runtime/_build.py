@@ -24,12 +24,12 @@ import structlog
 
 from scheduler.allocator._allocator import Allocator
 from scheduler.allocator._capacity import PoolCapacity
-from scheduler.allocator._policy import make_allocation_policy
 from scheduler.allocator._quota import GlobalQuota
 from scheduler.budget._tokens import TokenCounter
 from scheduler.budget._tracker import Tracker
 from scheduler.config._config import VibeConfig
-from scheduler.control._alerts import AlertRuntime, load_alert_policy
+from scheduler.config._policies import LoadedPolicies, load_policies
+from scheduler.control._alerts import AlertRuntime
 from scheduler.control._overdraft import OverdraftLedger
 from scheduler.control._pause import PauseController
 from scheduler.control._server import ControlServer
@@ -62,6 +62,7 @@ class Parts:
     """Every part of one run, built and connected by :func:`build_parts`."""
 
     config: VibeConfig
+    policies: LoadedPolicies
     session_id: str
     store: Store
     wall: WallClock
@@ -103,14 +104,15 @@ def _control_service(controller: PauseController, config: VibeConfig) -> Service
     return serve_control
 
 
-def _build_gateway(config: VibeConfig, provider: Provider, tracker: Tracker,
-                   counter: TokenCounter, bus: EventBus, allocator: Allocator,
-                   controller: PauseController, alerts: AlertRuntime) -> Gateway:
-    router = Router(config, bus=bus, clock=anyio.current_time)
+def _build_gateway(config: VibeConfig, policies: LoadedPolicies, provider: Provider,
+                   tracker: Tracker, counter: TokenCounter, bus: EventBus,
+                   allocator: Allocator, controller: PauseController,
+                   alerts: AlertRuntime) -> Gateway:
+    router = Router(config, bus=bus, complexity=policies.complexity, policy=policies.routing)
     gateway = Gateway(
         config=config, tracker=tracker, counter=counter, provider=provider, bus=bus,
         allocator=allocator, router=router, controller=controller, alerts=alerts,
-        replanner=Replanner(config, router, bus=bus, clock=anyio.current_time),
+        replanner=Replanner(config, router, bus=bus, policy=policies.replan),
     )
     if router.health.ping is None:
         router.health.ping = gateway.ping  # R6.4: health checks go through the provider
@@ -120,9 +122,9 @@ def _build_gateway(config: VibeConfig, provider: Provider, tracker: Tracker,
     return gateway
 
 
-def _build_deadlocks(config: VibeConfig, waits: WaitForGraph, locks: LockManager,
-                     tasks: TaskTable, tracker: Tracker, allocator: Allocator,
-                     bus: EventBus) -> DeadlockDetector:
+def _build_deadlocks(config: VibeConfig, policies: LoadedPolicies, waits: WaitForGraph,
+                     locks: LockManager, tasks: TaskTable, tracker: Tracker,
+                     allocator: Allocator, bus: EventBus) -> DeadlockDetector:
     """R5.6/R5.7: the detector finds cycles, the resolver makes the victim yield."""
 
     def blocking_changed(task_id: str, blocking: bool) -> None:
@@ -139,7 +141,7 @@ def _build_deadlocks(config: VibeConfig, waits: WaitForGraph, locks: LockManager
         release_leases=release_leases, config=config.deadlock,
     )
     return DeadlockDetector(waits, resolve=resolver, describe=describer(tasks, tracker),
-                            config=config.deadlock)
+                            config=config.deadlock, policy=policies.victim)  # R5.7
 
 
 def _connect(parts: Parts, provider: Provider) -> None:
@@ -175,7 +177,11 @@ def build_parts(
     bus: EventBus | None = None,
     counter: TokenCounter | None = None,
 ) -> Parts:
-    """Build every part of a run from ``config`` and connect them (module docstring)."""
+    """Build every part of a run from ``config`` and connect them (module docstring).
+
+    Policies load first: a bad policy name stops the run before anything is written.
+    """
+    policies = load_policies(config)
     store = store if store is not None else open_store(
         config.store, config.state_dir, distributed=config.distributed)
     wall = wall or SystemWallClock()
@@ -184,26 +190,27 @@ def build_parts(
     session_id = _session_id(config, wall)
     tracker = Tracker(store, config, session_id=session_id, wall=wall,
                       state_dir=config.state_dir)
-    allocator = Allocator(config.allocator, events=bus, policy=make_allocation_policy(
-        config.policies.allocation, config.allocator))
+    allocator = Allocator(config.allocator, events=bus, policy=policies.allocation)
     capacity = PoolCapacity(allocator, config)  # learned limits and global slices (Redis)
     overdraft = OverdraftLedger(tracker, store, config.overdraft, bus)  # R3.5
     controller = PauseController(store, tracker, bus, overdraft=overdraft,
                                  decision_timeout_s=config.alerts.decision_timeout_s)
-    alerts = AlertRuntime(tracker, bus, policy=load_alert_policy(config), controller=controller)
-    gateway = _build_gateway(config, provider, tracker, counter, bus, allocator, controller,
-                             alerts)
+    alerts = AlertRuntime(tracker, bus, policy=policies.alerts, controller=controller)
+    gateway = _build_gateway(config, policies, provider, tracker, counter, bus, allocator,
+                             controller, alerts)
     waits, tasks = WaitForGraph(), TaskTable()
     locks = LockManager(waits)
     view = RunView(config=config, session_id=session_id, wall=wall, bus=bus, store=store,
                    tracker=tracker, tasks=tasks, allocator=allocator, health=gateway.health,
                    controller=controller, on_settle=gateway.on_settle)
     parts = Parts(
-        config=config, session_id=session_id, store=store, wall=wall, bus=bus, counter=counter,
+        config=config, policies=policies, session_id=session_id, store=store, wall=wall,
+        bus=bus, counter=counter,
         tracker=tracker, allocator=allocator, capacity=capacity,
         quota=capacity.global_quota(store), overdraft=overdraft, controller=controller,
         alerts=alerts, gateway=gateway, waits=waits, locks=locks,
-        deadlocks=_build_deadlocks(config, waits, locks, tasks, tracker, allocator, bus),
+        deadlocks=_build_deadlocks(config, policies, waits, locks, tasks, tracker, allocator,
+                                   bus),
         tasks=tasks, view=view, observers=build_observers(view),
     )
     _connect(parts, provider)

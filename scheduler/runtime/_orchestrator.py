@@ -107,6 +107,7 @@ class Orchestrator:
                             counter=counter)
         self.parts = parts
         self.config = config
+        self.policies = parts.policies
         self.provider = provider
         self.agents = dict(agents)
         self.store, self.wall, self.bus, self.counter = (
