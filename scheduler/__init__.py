@@ -12,11 +12,11 @@ from scheduler.budget._profile import day_limits as day_limits
 from scheduler.budget._profile import detect_complexity as detect_complexity
 from scheduler.budget._profile import detect_task_type as detect_task_type
 from scheduler.budget._profile import resolve_task as resolve_task
+from scheduler.budget._reservations import Reservation as Reservation
+from scheduler.budget._scopes import Crossing as Crossing
 from scheduler.budget._tokens import Estimate as Estimate
 from scheduler.budget._tokens import TokenCounter as TokenCounter
-from scheduler.budget._tracker import Crossing as Crossing
 from scheduler.budget._tracker import Remaining as Remaining
-from scheduler.budget._tracker import Reservation as Reservation
 from scheduler.budget._tracker import Tracker as Tracker
 from scheduler.config._config import PRIORITY_VALUES as PRIORITY_VALUES
 from scheduler.config._config import TASK_TYPES as TASK_TYPES

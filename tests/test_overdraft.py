@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler import BudgetExceededError, OverdraftDeniedError, Usage
-from scheduler.budget._tracker import Reservation
+from scheduler.budget import Reservation
 from tests._alerts_helpers import (
     Harness,
     make_config,

@@ -27,7 +27,8 @@ import anyio
 import structlog
 
 from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, DefaultAlertPolicy
-from scheduler.budget._tracker import Crossing, ScopeState, Tracker
+from scheduler.budget._scopes import Crossing, ScopeState
+from scheduler.budget._tracker import Tracker
 from scheduler.config._config import AlertsConfig, VibeConfig
 from scheduler.control._pause import Decision, PauseController
 from scheduler.core._errors import BudgetExceededError, ConfigError

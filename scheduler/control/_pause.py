@@ -32,7 +32,9 @@ from typing import Any, Literal, cast
 import anyio
 import structlog
 
-from scheduler.budget._tracker import Reservation, ScopeState, Tracker
+from scheduler.budget._reservations import Reservation
+from scheduler.budget._scopes import ScopeState
+from scheduler.budget._tracker import Tracker
 from scheduler.config._config import Limits
 from scheduler.control._overdraft import OverdraftLedger
 from scheduler.core._errors import BudgetExceededError, DecisionError
