@@ -187,7 +187,7 @@ class Scopes:
 
     # -- thresholds (R3.1) ---------------------------------------------------------
 
-    def thresholds(self, scope: ScopeState, dim: str) -> dict[Level, float]:
+    def _thresholds(self, scope: ScopeState, dim: str) -> dict[Level, float]:
         a = self._config.alerts
         t: dict[Level, float] = {"warning": a.warning, "critical": a.critical,
                                  "exceeded": a.exceeded}
@@ -214,7 +214,7 @@ class Scopes:
 
     def _fire(self, scope: ScopeState, dim: str, used: float, lim: float) -> list[Crossing]:
         out: list[Crossing] = []
-        for level, frac in self.thresholds(scope, dim).items():
+        for level, frac in self._thresholds(scope, dim).items():
             if used >= lim * frac and (dim, level) not in scope.fired:
                 scope.fired.add((dim, level))
                 out.append(Crossing(scope.name, dim, level, used, lim))
@@ -236,5 +236,5 @@ class Scopes:
         for dim, level in list(scope.fired):
             lim = scope.limit(dim) if dim != "time_s" else scope.limits.time_s
             used = scope.used(dim) if dim != "time_s" else self._clock() - scope.started_at
-            if lim and used < lim * self.thresholds(scope, dim)[level]:
+            if lim and used < lim * self._thresholds(scope, dim)[level]:
                 scope.fired.discard((dim, level))

@@ -82,9 +82,6 @@ class Tracker:
         """Load the session's and today's totals from the store (R1.5)."""
         await self._scopes.open()
 
-    def today(self) -> date:
-        return self._scopes.today()
-
     def day_scope(self, day: date | None = None) -> ScopeState:
         return self._scopes.day(day)
 

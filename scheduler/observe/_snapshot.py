@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from scheduler.config._config import AlertsConfig
 
 if TYPE_CHECKING:
-    from scheduler.budget._scopes import ScopeState
+    from scheduler.budget import ScopeState
     from scheduler.runtime._orchestrator import Orchestrator
     from scheduler.tasks._state import TaskHandle
 

@@ -25,10 +25,7 @@ import structlog
 
 from scheduler.allocator._allocator import Allocator
 from scheduler.allocator._leases import Lease
-from scheduler.budget._reservations import Reservation
-from scheduler.budget._scopes import Crossing
-from scheduler.budget._tokens import Estimate, TokenCounter
-from scheduler.budget._tracker import Tracker
+from scheduler.budget import Crossing, Estimate, Reservation, TokenCounter, Tracker
 from scheduler.config._config import VibeConfig
 from scheduler.core._errors import (
     BudgetExceededError,
