@@ -59,7 +59,7 @@ async def _run_kind(
     await store.open()
     await anyio.sleep(max(at - time.perf_counter(), 0.0))
     limits = (ScopeLimit("session:bench", tokens=10**15), ScopeLimit("day:2026-11-27"))
-    conn = store._conn  # the same client and pool for the raw baseline
+    conn = store._link.client  # the same client and pool for the raw baseline
     counter = store.key("raw", "counter")
     per_task = n // CONCURRENCY
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import anyio
 
 from scheduler import Event, EventBus, FixedWallClock, Limits, TaskProfile, Tracker, Usage
-from scheduler.budget._tracker import Crossing, Reservation
+from scheduler.budget import Crossing, Reservation
 from scheduler.config._config import VibeConfig, config_from_dict
 from scheduler.control._alerts import AlertRuntime
 from scheduler.control._overdraft import OverdraftLedger

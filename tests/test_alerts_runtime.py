@@ -9,7 +9,7 @@ import anyio
 import pytest
 import structlog.testing
 
-from scheduler.control._alerts import status_rows
+from scheduler.control._alerts import scope_rows
 from tests._alerts_helpers import Harness, make_config, open_harness, profile, run_virtual
 
 LEVELS = ("warning", "critical", "exceeded")
@@ -207,8 +207,13 @@ def test_r3_status_rows_show_use_and_level_per_dimension() -> None:
         await h.charge("t", tokens=950, file_edits=7)
         await anyio.sleep(20)
         await h.controller.request_pause("t", "a person asked")
+        alerts, task = h.tracker.config.alerts, h.tracker.task_scope("t")
+        rows = [*scope_rows(task, "t", alerts, elapsed_s=anyio.current_time() - task.started_at,
+                            paused=h.controller.is_paused("t")),
+                *scope_rows(h.tracker.session, "*", alerts),
+                *scope_rows(h.tracker.day_scope(), "*", alerts)]
         return {f"{r.task_id} {r.dimension}": (round(r.used, 6), r.level, r.paused)
-                for r in status_rows(h.tracker, h.controller)}
+                for r in rows}
 
     assert run_virtual(main) == {
         "t tokens": (950, "critical", True),

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler import BudgetExceededError, OverdraftDeniedError, Usage
-from scheduler.budget._tracker import Reservation
+from scheduler.budget import Reservation
 from tests._alerts_helpers import (
     Harness,
     make_config,
@@ -75,7 +75,8 @@ def test_r3_5_file_write_and_git_commit_in_flight_complete_then_second_overdraft
             "granted": [(e.task_id, e.data["tokens"], e.data["operation"])
                         for e in h.named("overdraft_granted")],
             "denied": denied, "records": await h.store.list_state("overdraft"),
-            "paused": (h.controller.pause_due("w"), h.controller.pause_due("g")),
+            "paused": (h.controller.is_paused("w"), h.controller.is_paused("g")),
+            "in_critical": h.controller.statistics().in_critical,
             "used": (h.tracker.task_scope("w").totals.tokens,
                      h.tracker.task_scope("g").totals.tokens),
         }
@@ -88,7 +89,8 @@ def test_r3_5_file_write_and_git_commit_in_flight_complete_then_second_overdraft
                          text=True, check=True).stdout
     assert log.strip() == "in flight at the limit"
     assert len(out["records"]) == 2
-    assert out["paused"] == (True, True)  # both pauses take effect after the operations
+    # both pauses take effect after the operations
+    assert out["paused"] == (True, True) and out["in_critical"] == {}
     assert out["used"] == (12_000, 13_500)  # at most limit + one grace each
 
 

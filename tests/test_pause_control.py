@@ -66,7 +66,7 @@ async def test_r3_4_decision_from_another_process_via_the_socket(tmp_path: Path)
     assert decision.source == f"socket:uid={os.getuid()}"
     assert h.tracker.task_scope("t").limits.tokens == 51_000
     assert not sock.exists()  # removed when the server stops
-    assert server.accepted == 1 and server.refused == 0
+    assert not h.named("decision_refused")
 
 
 async def test_r3_4_review_from_another_process_returns_the_summary(tmp_path: Path) -> None:
@@ -105,7 +105,6 @@ async def test_r3_4_wrong_token_is_refused_and_logged(tmp_path: Path) -> None:
     assert [e.task_id for e in refused] == ["t", None]
     assert refused[0].data["peer_uid"] == os.getuid()
     assert h.controller.is_paused("t")  # nothing was decided
-    assert server.refused == 2
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0,

@@ -263,7 +263,7 @@ async def test_r3_5_second_overdraft_in_an_operation_pauses_inside_it_then_compl
 
         tg.start_soon(run)
         await _until(orch, "task_paused")
-        assert order == ["a", "b"] and orch.controller.in_critical("g1")
+        assert order == ["a", "b"] and "g1" in orch.controller.statistics().in_critical
         await orch.decide("g1", "add_budget", tokens=1_500)  # c fits, then crosses 100 % again
         await _until(orch, "task_paused", count=2)
         assert order == ["a", "b", "c", "second operation"]

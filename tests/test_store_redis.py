@@ -348,11 +348,11 @@ def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) 
             await s.try_reserve("h2", _session(1_000), model="sonnet", tokens=1, cost_usd=0.0)
         assert await s.settle(ev(2), h) is True  # the call in flight completes
         assert await s.record(ev(3)) is True
-        assert s.statistics().spooled_writes == 2 and not s.connected
+        assert s.statistics().spooled_writes == 2 and not s.statistics().connected
         # a second process (or a restarted one) replays the same spool: still no loss
         proxy.restore()
         assert await s.flush() == 0
-        assert s.statistics().replayed_writes == 2 and s.connected
+        assert s.statistics().replayed_writes == 2 and s.statistics().connected
         direct = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "d")
         await direct.open()
         assert [e.event_id for e in await direct.events()] == ["e1", "e2", "e3"]

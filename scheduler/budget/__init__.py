@@ -3,3 +3,35 @@
 Owns task-type and complexity detection, tiktoken estimates, and the tracker that
 charges usage to task ⊂ session ⊂ day scopes.  May import ``core``, ``config`` and ``store``.
 """
+
+from scheduler.budget._profile import TaskProfile as TaskProfile
+from scheduler.budget._profile import day_limits as day_limits
+from scheduler.budget._profile import detect_complexity as detect_complexity
+from scheduler.budget._profile import detect_task_type as detect_task_type
+from scheduler.budget._profile import resolve_task as resolve_task
+from scheduler.budget._reservations import Reservation as Reservation
+from scheduler.budget._scopes import Crossing as Crossing
+from scheduler.budget._scopes import Level as Level
+from scheduler.budget._scopes import ScopeState as ScopeState
+from scheduler.budget._tokens import Estimate as Estimate
+from scheduler.budget._tokens import Reconciliation as Reconciliation
+from scheduler.budget._tokens import TokenCounter as TokenCounter
+from scheduler.budget._tracker import Remaining as Remaining
+from scheduler.budget._tracker import Tracker as Tracker
+
+__all__ = [
+    "Crossing",
+    "Estimate",
+    "Level",
+    "Reconciliation",
+    "Remaining",
+    "Reservation",
+    "ScopeState",
+    "TaskProfile",
+    "TokenCounter",
+    "Tracker",
+    "day_limits",
+    "detect_complexity",
+    "detect_task_type",
+    "resolve_task",
+]

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import anyio
 
-from scheduler.budget._tracker import ScopeState
+from scheduler.budget import ScopeState
 from scheduler.config._config import AlertsConfig, Limits
 from scheduler.control._alerts import StatusRow, scope_rows
 from scheduler.control._pause import Decision, DecisionAction, submit_to_store, validate_decision

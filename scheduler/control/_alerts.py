@@ -27,7 +27,7 @@ import anyio
 import structlog
 
 from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, DefaultAlertPolicy
-from scheduler.budget._tracker import Crossing, ScopeState, Tracker
+from scheduler.budget import Crossing, ScopeState, Tracker
 from scheduler.config._config import AlertsConfig
 from scheduler.control._pause import Decision, PauseController
 from scheduler.core._errors import BudgetExceededError
@@ -272,25 +272,3 @@ def scope_rows(
                               level_of(elapsed_s / lim, thresholds), paused))
     return rows
 
-
-def status_rows(
-    tracker: Tracker, controller: PauseController | None = None, *, shared: bool = True,
-    now: float | None = None,
-) -> list[StatusRow]:
-    """Every task's budget use per dimension with its alert level (``vibe-engine status``).
-
-    With ``shared`` the session's and today's rows follow, with ``task_id`` ``"*"``.
-    ``now`` is the loop clock (default: read through ``anyio.current_time``).
-    """
-    thresholds = tracker.config.alerts
-    clock_now = anyio.current_time() if now is None else now
-    rows: list[StatusRow] = []
-    for task_id in tracker.tasks():
-        scope = tracker.task_scope(task_id)
-        paused = controller is not None and controller.is_paused(task_id)
-        rows.extend(scope_rows(scope, task_id, thresholds,
-                               elapsed_s=clock_now - scope.started_at, paused=paused))
-    if shared:
-        rows.extend(scope_rows(tracker.session, "*", thresholds))
-        rows.extend(scope_rows(tracker.day_scope(), "*", thresholds))
-    return rows

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import structlog
 
-from scheduler.budget._tracker import Reservation, ScopeState, Tracker
+from scheduler.budget import Reservation, ScopeState, Tracker
 from scheduler.config._config import OverdraftConfig
 from scheduler.core._errors import BudgetExceededError, OverdraftDeniedError
 from scheduler.core._events import EventBus

@@ -32,7 +32,7 @@ from typing import Any, Literal, cast
 import anyio
 import structlog
 
-from scheduler.budget._tracker import Reservation, ScopeState, Tracker
+from scheduler.budget import Reservation, ScopeState, Tracker
 from scheduler.config._config import Limits
 from scheduler.control._overdraft import OverdraftLedger
 from scheduler.core._errors import BudgetExceededError, DecisionError
@@ -219,11 +219,6 @@ class PauseController:
     def paused_tasks(self) -> list[PauseInfo]:
         return list(self._pauses.values())
 
-    def in_critical(self, task_id: str) -> bool:
-        """Some critical section of ``task_id`` is in flight (in any coroutine)."""
-        ctl = self._tasks.get(task_id)
-        return ctl is not None and ctl.critical > 0
-
     def current_critical(self, task_id: str) -> str | None:
         """The innermost critical section of ``task_id`` the *calling* context is inside."""
         names = [n for t, n, _ in _inside.get() if t == task_id]
@@ -241,10 +236,6 @@ class PauseController:
         if serial and pending is not None and pending.serial == serial:
             return None
         return name
-
-    def pause_due(self, task_id: str) -> bool:
-        """A pause is pending and no critical section of the task is in flight (R3.6)."""
-        return self.is_paused(task_id) and not self.in_critical(task_id)
 
     def statistics(self) -> PauseStatistics:
         return PauseStatistics(

@@ -106,8 +106,6 @@ class ControlServer:
         self.events = events or controller.events
         self.token = ensure_token(state_dir)
         self.owner_uid = os.getuid()
-        self.refused = 0
-        self.accepted = 0
 
     async def serve(self, *, task_status: TaskStatus[Path] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; ``task_status.started`` gets the socket path."""
@@ -153,7 +151,6 @@ class ControlServer:
             result = await self._dispatch(request, uid)
         except DecisionError as exc:
             return {"ok": False, "error": str(exc)}
-        self.accepted += 1
         return {"ok": True, "result": result}
 
     async def _dispatch(self, request: dict[str, Any], uid: int | None) -> dict[str, Any]:
@@ -171,7 +168,6 @@ class ControlServer:
         )
 
     def _refuse(self, uid: int | None, task_id: str, reason: str) -> dict[str, Any]:
-        self.refused += 1
         self.events.emit("decision_refused", reason, task_id=task_id or None, level="warning",
                          peer_uid=uid)
         return {"ok": False, "error": f"refused: {reason}"}

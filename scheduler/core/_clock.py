@@ -7,7 +7,7 @@ the wall clock, and it is read through a :class:`WallClock`.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Protocol
 
 
@@ -32,6 +32,3 @@ class FixedWallClock:
 
     def now(self) -> datetime:
         return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at = self.at + timedelta(seconds=seconds)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from scheduler.config._config import AlertsConfig
 
 if TYPE_CHECKING:
-    from scheduler.budget._tracker import ScopeState
+    from scheduler.budget import ScopeState
 
 __all__ = [
     "STATES", "BudgetBar", "EventView", "ModelView", "PoolView", "Snapshot", "TaskView",

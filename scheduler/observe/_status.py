@@ -16,8 +16,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from scheduler.budget import ScopeState
 from scheduler.budget._profile import day_limits
-from scheduler.budget._tracker import ScopeState
 from scheduler.config._config import Limits, VibeConfig
 from scheduler.core._usage import Totals
 from scheduler.observe._observers import status_path

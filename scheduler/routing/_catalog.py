@@ -58,11 +58,6 @@ class ModelCatalog:
         r = self.rank(tier)
         return self.tiers[r + 1] if r + 1 < len(self.tiers) else None
 
-    def down(self, tier: str) -> str | None:
-        """The next cheaper tier, or None at the bottom."""
-        r = self.rank(tier)
-        return self.tiers[r - 1] if r > 0 else None
-
     @property
     def cheapest(self) -> str:
         return self.tiers[0]
@@ -70,15 +65,6 @@ class ModelCatalog:
     @property
     def strongest(self) -> str:
         return self.tiers[-1]
-
-    def at_least(self, tier: str, floor: str) -> str:
-        """``tier`` raised to ``floor`` when it is weaker."""
-        return tier if self.rank(tier) >= self.rank(floor) else floor
-
-    def relative_price(self, tier: str) -> float:
-        """Output price of ``tier`` as a fraction of the strongest tier's."""
-        top = self.entry(self.strongest).output_usd_per_mtok
-        return self.entry(tier).output_usd_per_mtok / top if top else 1.0
 
     # -- task types (R6.1) -------------------------------------------------------------
     def preferred(self, task_type: str) -> str | None:

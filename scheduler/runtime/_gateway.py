@@ -24,8 +24,7 @@ import anyio
 
 from scheduler.allocator._allocator import Allocator
 from scheduler.allocator._leases import Lease
-from scheduler.budget._tokens import Estimate, TokenCounter
-from scheduler.budget._tracker import Crossing, Reservation, Tracker
+from scheduler.budget import Crossing, Estimate, Reservation, TokenCounter, Tracker
 from scheduler.config._config import VibeConfig
 from scheduler.control._alerts import AlertRuntime
 from scheduler.control._pause import PauseController

@@ -6,10 +6,11 @@ extensions of :mod:`scheduler.store._ledger`: atomic budget holds
 Every mutation is one Lua script (see :mod:`._redis_lua`), loaded once and
 called by SHA.
 
-**asyncio only.** It is built on ``redis.asyncio`` and therefore runs on
-anyio's asyncio backend only (the production backend); it is the one module of
-``scheduler/`` allowed to depend on an asyncio-specific library.  Code using it
-stays backend-neutral.
+**asyncio only.** It is built on ``redis.asyncio`` (through
+:class:`~._redis_conn.RedisConnection`) and therefore runs on anyio's asyncio
+backend only (the production backend); the ``_redis*`` modules are the only ones
+of ``scheduler/`` allowed to depend on an asyncio-specific library.  Code using
+it stays backend-neutral.
 
 Keys (all with the hash tag ``{namespace}`` so a Cluster keeps them together)::
 
@@ -38,25 +39,17 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import anyio
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scheduler.config._config import DistributedConfig
-from scheduler.core._errors import BudgetExceededError, StoreError, StoreUnavailableError
+from scheduler.core._errors import BudgetExceededError, StoreUnavailableError
 from scheduler.core._usage import Totals, UsageEvent
 from scheduler.store._base import scopes_of
 from scheduler.store._ledger import Hold, ScopeLimit, SliceGrant
-from scheduler.store._redis_lua import SCRIPTS
+from scheduler.store._redis_conn import DOWN, RedisConnection
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
 _log = structlog.get_logger("vibe_engine.store.redis")
-_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-#: After a failed attempt, writes go straight to the spool for this long (no reconnect storm).
-_RETRY_AFTER_S = 0.25
 _INT_FIELDS = (
     "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
     "file_edits", "shell_commands", "dangerous_commands", "calls",
@@ -121,84 +114,34 @@ class RedisStore:
         path = spool_path or self.config.spool_path or Path(".vibe-engine/redis-spool.jsonl")
         self.spool = Spool(Path(path))
         self._now_ms = now_ms
-        self._client: aioredis.Redis | None = None
-        self._shas: dict[str, str] = {}
-        self._connected = False
+        self._link = RedisConnection(
+            self.url, namespace=self.namespace, socket_timeout_s=self.config.socket_timeout_s,
+            failure_mode=self.config.failure_mode,
+        )
         self._replayed = 0
         self._local_tokens = 0
         self._local_cost = 0.0
-        self._retry_at = float("-inf")
 
     # -- connection ----------------------------------------------------------------
 
-    @property
-    def _conn(self) -> aioredis.Redis:
-        if self._client is None:
-            raise StoreError(f"RedisStore({self.namespace}) is not open; call open() first")
-        return self._client
-
     async def open(self) -> None:
         """Connect, load the scripts and replay any spooled usage (raises if unreachable)."""
-        if self._client is None:
-            timeout = self.config.socket_timeout_s
-            self._client = aioredis.Redis.from_url(
-                self.url, decode_responses=True, socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-            )
-        try:
-            await self._load_scripts()
-        except _DOWN as exc:
-            raise StoreUnavailableError(f"cannot reach Redis at {self.url}: {exc}") from exc
-        self._connected = True
+        await self._link.open()
         await self._drain()
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._link.aclose()
 
-    async def _load_scripts(self) -> None:
-        for name, src in SCRIPTS.items():
-            self._shas[name] = await self._conn.script_load(src)
-
-    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        conn = self._conn
-        try:
-            try:
-                return await conn.evalsha(self._shas[name], len(keys), *keys, *args)
-            except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load again, once
-                self._shas[name] = await conn.script_load(SCRIPTS[name])
-                return await conn.evalsha(self._shas[name], len(keys), *keys, *args)
-        except _DOWN:
-            raise
-        except RedisError as exc:
-            raise StoreError(f"Redis script {name} failed: {exc}") from exc
-
-    def _mark(self, up: bool, exc: BaseException | None = None) -> None:
-        if not up:
-            self._retry_at = anyio.current_time() + _RETRY_AFTER_S
-        if up and not self._connected:
-            _log.info("redis_reconnected", namespace=self.namespace)
-            self._local_tokens, self._local_cost = 0, 0.0
-        elif not up and self._connected:
-            _log.warning("redis_unavailable", namespace=self.namespace, error=str(exc),
-                         failure_mode=self.config.failure_mode)
-        self._connected = up
-
-    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
-        self._mark(False, exc)
-        return StoreUnavailableError(f"Redis unreachable ({what}): {exc}")
+    def _mark_up(self) -> None:
+        if self._link.mark_up():
+            self._local_tokens, self._local_cost = 0, 0.0  # the outage allowance starts over
 
     def _now_arg(self) -> str:
         return str(self._now_ms()) if self._now_ms is not None else ""
 
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
     def statistics(self) -> RedisStoreStatistics:
         return RedisStoreStatistics(
-            self.namespace, self._connected, self.config.failure_mode, len(self.spool),
+            self.namespace, self._link.up, self.config.failure_mode, len(self.spool),
             self._replayed, self._local_tokens, self._local_cost,
         )
 
@@ -231,11 +174,8 @@ class RedisStore:
             repr(event.cost_usd), event.file_edits, event.shell_commands,
             event.dangerous_commands, hold_id,
         )
-        fresh = await self._script("record", self._record_keys(event, scopes), args)
+        fresh = await self._link.script("record", self._record_keys(event, scopes), args)
         return bool(fresh)
-
-    def _backing_off(self) -> bool:
-        return not self._connected and anyio.current_time() < self._retry_at
 
     async def _drain(self) -> None:
         """Replay spooled writes in order until the spool is empty or Redis fails."""
@@ -251,8 +191,8 @@ class RedisStore:
                 else:
                     await self._write_state_now(entry.kind, entry.key, entry.value)
                 done += 1
-        except _DOWN as exc:
-            self._mark(False, exc)
+        except DOWN as exc:
+            self._link.mark_down(exc)
         finally:
             if done:
                 self.spool.drop_first(done)
@@ -260,19 +200,19 @@ class RedisStore:
                 _log.info("redis_spool_replayed", namespace=self.namespace, writes=done,
                           pending=len(self.spool))
         if done == len(entries):
-            self._mark(True)
+            self._mark_up()
 
     async def _record_or_spool(self, event: UsageEvent, hold_id: str,
                                scopes: Sequence[str]) -> bool:
-        if len(self.spool) and not self._backing_off():
+        if len(self.spool) and not self._link.backing_off():
             await self._drain()
-        if not len(self.spool) and not self._backing_off():
+        if not len(self.spool) and not self._link.backing_off():
             try:
                 fresh = await self._record_now(event, hold_id, scopes)
-            except _DOWN as exc:
-                self._mark(False, exc)
+            except DOWN as exc:
+                self._link.mark_down(exc)
             else:
-                self._mark(True)
+                self._mark_up()
                 return fresh
         # Redis unreachable (or older writes still queued): keep order, never lose usage
         self.spool.append(SpooledEvent(event, hold_id))
@@ -290,9 +230,9 @@ class RedisStore:
 
     async def totals(self, scope: str) -> Totals:
         try:
-            h = await self._conn.hgetall(self.key("tot", scope))
-        except _DOWN as exc:
-            raise self._unavailable("totals", exc) from exc
+            h = await self._link.client.hgetall(self.key("tot", scope))
+        except DOWN as exc:
+            raise self._link.unavailable("totals", exc) from exc
         return totals_from_hash(cast(dict[str, str], h))
 
     async def events(
@@ -309,13 +249,13 @@ class RedisStore:
         else:
             index = self.key("ev", "all")
         try:
-            ids = cast(list[str], await self._conn.zrange(index, 0, -1))
+            ids = cast(list[str], await self._link.client.zrange(index, 0, -1))
             rows: list[str | None] = []
             for i in range(0, len(ids), 1000):
                 rows += cast(list[str | None],
-                             await self._conn.hmget(self.key("events"), ids[i:i + 1000]))
-        except _DOWN as exc:
-            raise self._unavailable("events", exc) from exc
+                             await self._link.client.hmget(self.key("events"), ids[i:i + 1000]))
+        except DOWN as exc:
+            raise self._link.unavailable("events", exc) from exc
         out: list[tuple[float, int, UsageEvent]] = []
         for seq, row in enumerate(rows):
             if row is None:
@@ -331,22 +271,23 @@ class RedisStore:
     # -- state ---------------------------------------------------------------------
 
     async def _write_state_now(self, kind: str, key: str, value: dict[str, Any] | None) -> None:
+        conn = self._link.client
         if value is None:
-            await self._conn.hdel(self.key("state", kind), key)
+            await conn.hdel(self.key("state", kind), key)
         else:
-            await self._conn.hset(self.key("state", kind), key, json.dumps(value, sort_keys=True))
+            await conn.hset(self.key("state", kind), key, json.dumps(value, sort_keys=True))
 
     async def _write_state(self, kind: str, key: str, value: dict[str, Any] | None) -> None:
         """Write through, or spool while Redis is down (a task finishing mid-outage)."""
-        if len(self.spool) and not self._backing_off():
+        if len(self.spool) and not self._link.backing_off():
             await self._drain()
-        if not len(self.spool) and not self._backing_off():
+        if not len(self.spool) and not self._link.backing_off():
             try:
                 await self._write_state_now(kind, key, value)
-            except _DOWN as exc:
-                self._mark(False, exc)
+            except DOWN as exc:
+                self._link.mark_down(exc)
             else:
-                self._mark(True)
+                self._mark_up()
                 return
         self.spool.append(SpooledState(kind, key, value))
         _log.warning("redis_state_spooled", namespace=self.namespace, kind=kind, key=key)
@@ -356,16 +297,16 @@ class RedisStore:
 
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
         try:
-            raw = await self._conn.hget(self.key("state", kind), key)
-        except _DOWN as exc:
-            raise self._unavailable("get_state", exc) from exc
+            raw = await self._link.client.hget(self.key("state", kind), key)
+        except DOWN as exc:
+            raise self._link.unavailable("get_state", exc) from exc
         return json.loads(raw) if raw is not None else None
 
     async def list_state(self, kind: str) -> dict[str, dict[str, Any]]:
         try:
-            h = cast(dict[str, str], await self._conn.hgetall(self.key("state", kind)))
-        except _DOWN as exc:
-            raise self._unavailable("list_state", exc) from exc
+            h = cast(dict[str, str], await self._link.client.hgetall(self.key("state", kind)))
+        except DOWN as exc:
+            raise self._link.unavailable("list_state", exc) from exc
         return {k: json.loads(h[k]) for k in sorted(h)}
 
     async def delete_state(self, kind: str, key: str) -> None:
@@ -377,7 +318,7 @@ class RedisStore:
         self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
         cost_usd: float,
     ) -> Hold:
-        if len(self.spool) and not self._backing_off():
+        if len(self.spool) and not self._link.backing_off():
             await self._drain()
         keys: list[str] = []
         args: list[Any] = [hold_id, tokens, repr(cost_usd), model,
@@ -386,15 +327,15 @@ class RedisStore:
             keys += [self.key("tot", lim.scope), self.key("holds", lim.scope),
                      self.key("amts", lim.scope)]
             args += [_opt(lim.tokens), _opt(lim.model_tokens), _opt(lim.cost_usd)]
-        if self._backing_off():
+        if self._link.backing_off():
             down = StoreUnavailableError("Redis unreachable moments ago; retrying shortly")
             return self._reserve_locally(down, hold_id, limits, model, tokens, cost_usd)
         try:
-            reply = await self._script("try_reserve", keys, args)
-        except _DOWN as exc:
-            self._mark(False, exc)
+            reply = await self._link.script("try_reserve", keys, args)
+        except DOWN as exc:
+            self._link.mark_down(exc)
             return self._reserve_locally(exc, hold_id, limits, model, tokens, cost_usd)
-        self._mark(True)
+        self._mark_up()
         scopes = tuple(lim.scope for lim in limits)
         if int(reply[0]) == 0:
             _, j, dim, used, held, limit = reply
@@ -441,11 +382,11 @@ class RedisStore:
         if hold.local:
             return True
         try:
-            n = await self._script("renew_hold", self._hold_keys(hold.scopes),
+            n = await self._link.script("renew_hold", self._hold_keys(hold.scopes),
                                    [hold.hold_id, int(self.config.hold_ttl_s * 1000),
                                     self._now_arg()])
-        except _DOWN as exc:
-            self._mark(False, exc)
+        except DOWN as exc:
+            self._link.mark_down(exc)
             return False
         return int(n) > 0
 
@@ -453,9 +394,9 @@ class RedisStore:
         if hold.local:
             return
         try:
-            await self._script("release", self._hold_keys(hold.scopes), [hold.hold_id])
-        except _DOWN as exc:  # the hold expires on its own after hold_ttl_s
-            self._mark(False, exc)
+            await self._link.script("release", self._hold_keys(hold.scopes), [hold.hold_id])
+        except DOWN as exc:  # the hold expires on its own after hold_ttl_s
+            self._link.mark_down(exc)
 
     # -- SliceBackend --------------------------------------------------------------
 
@@ -469,33 +410,17 @@ class RedisStore:
         """Grant or renew ``holder``'s slice (raises StoreUnavailableError when down)."""
         args = [holder, max(int(demand), 0), int(capacity), int(ttl_s * 1000), self._now_arg()]
         try:
-            grant, fair, n, _ = await self._script("lease_slice", self._pool_keys(pool), args)
-        except _DOWN as exc:
-            raise self._unavailable("lease_slice", exc) from exc
-        self._mark(True)
+            grant, fair, n, _ = await self._link.script("lease_slice", self._pool_keys(pool), args)
+        except DOWN as exc:
+            raise self._link.unavailable("lease_slice", exc) from exc
+        self._mark_up()
         return SliceGrant(pool, holder, int(grant), int(fair), int(n), ttl_s)
 
     async def release_slice(self, pool: str, holder: str) -> None:
         try:
-            await self._script("release_slice", self._pool_keys(pool), [holder])
-        except _DOWN as exc:
-            raise self._unavailable("release_slice", exc) from exc
-
-    async def slices(self, pool: str) -> dict[str, int]:
-        """Current grants of ``pool`` by holder (expired ones included until the next lease)."""
-        try:
-            h = cast(dict[str, str], await self._conn.hgetall(self.key("pool", pool, "grant")))
-        except _DOWN as exc:
-            raise self._unavailable("slices", exc) from exc
-        return {k: int(v) for k, v in h.items()}
-
-    async def delete_namespace(self) -> int:
-        """Delete every key of this namespace (tests, ``vibe-engine`` resets)."""
-        n = 0
-        async for k in self._conn.scan_iter(match=self.prefix.replace("{", "\\{").replace(
-                "}", "\\}") + "*", count=500):
-            n += await self._conn.delete(k)
-        return n
+            await self._link.script("release_slice", self._pool_keys(pool), [holder])
+        except DOWN as exc:
+            raise self._link.unavailable("release_slice", exc) from exc
 
 
 def _opt(v: float | None) -> str:

@@ -1,0 +1,192 @@
+"""Holding a call's estimate until its usage is charged (R1.2 under concurrency).
+
+Calls in flight hold a *reservation* of their estimate against every scope of
+their task, so concurrent agents cannot all pass the same check and overspend
+together.  When the store is a shared :class:`BudgetLedger` (Redis) the
+session and day amounts are also held there, atomically across processes.
+A reservation ends settled (the call's usage is recorded), or released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+from scheduler.budget._scopes import Scopes, ScopeState
+from scheduler.core._errors import BudgetExceededError, StoreUnavailableError
+from scheduler.core._usage import UsageEvent
+from scheduler.store import Store
+from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit
+
+
+@dataclass(slots=True)
+class Reservation:
+    """An in-flight estimate held against every scope of a task."""
+
+    task_id: str
+    model: str
+    tokens: int
+    cost_usd: float
+    scopes: tuple[str, ...]
+    active: bool = True
+    #: The shared hold on the session and day scopes when the store is a BudgetLedger.
+    hold: Hold | None = None
+
+
+class Reservations:
+    """Checks requests against the scopes and holds, settles and releases their estimates."""
+
+    def __init__(
+        self, scopes: Scopes, store: Store, *, unavailable_wait_s: float,
+        clock: Callable[[], float], hold_id: Callable[[str], str],
+    ) -> None:
+        self._scopes = scopes
+        self._store = store
+        self._unavailable_wait_s = unavailable_wait_s
+        self._clock = clock
+        self._hold_id = hold_id
+
+    def check(
+        self, task_id: str, *, model: str = "", tokens: int = 0, cost_usd: float = 0.0,
+        file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0,
+    ) -> None:
+        """Raise :class:`BudgetExceededError` if the request would cross any limit."""
+        task = self._scopes.task(task_id)
+        limit = task.limits.time_s
+        if limit is not None:
+            elapsed = self._clock() - task.started_at
+            if elapsed >= limit:
+                raise BudgetExceededError(task.name, "time_s", elapsed, limit)
+        wanted = {
+            "tokens": tokens, "cost_usd": cost_usd, "file_edits": file_edits,
+            "shell_commands": shell_commands, "dangerous_commands": dangerous_commands,
+        }
+        for scope in self._scopes.of_task(task_id):
+            for dim, amount in wanted.items():
+                if amount:
+                    _check_dimension(scope, dim, amount)
+            if model and tokens:
+                _check_model(scope, model, tokens)
+
+    def reserve(self, task_id: str, *, model: str, tokens: int, cost_usd: float) -> Reservation:
+        """Check, then hold ``tokens``/``cost_usd`` against every scope until charged."""
+        self.check(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
+        scopes = self._scopes.of_task(task_id)
+        for s in scopes:
+            s.reserved_tokens += tokens
+            s.reserved_cost += cost_usd
+            s.reserved_by_model[model] = s.reserved_by_model.get(model, 0) + tokens
+        return Reservation(task_id, model, tokens, cost_usd, tuple(s.name for s in scopes))
+
+    async def reserve_shared(
+        self, task_id: str, *, model: str, tokens: int, cost_usd: float
+    ) -> Reservation:
+        """:meth:`reserve`, and across processes when the store is a :class:`BudgetLedger`.
+
+        With a shared store (Redis) the same amounts are also held atomically
+        against the session and day scopes of *every* orchestrator sharing
+        them ("charge if within budget"), and the local session/day totals are
+        refreshed from the shared ones.  Raises :class:`BudgetExceededError`,
+        or :class:`StoreUnavailableError` while the ledger is unreachable and
+        fail-closed.  With any other store this is exactly :meth:`reserve`.
+        """
+        reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
+        if not isinstance(self._store, BudgetLedger):
+            return reservation
+        shared = (self._scopes.session, self._scopes.day())
+        limits = tuple(
+            ScopeLimit(s.name, s.limits.tokens, s.limits.tokens_by_model.get(model),  # type: ignore[call-overload]
+                       s.limits.cost_usd)
+            for s in shared
+        )
+        try:
+            hold = await self._hold_shared(
+                self._store, self._hold_id(task_id), limits, model, tokens, cost_usd
+            )
+        except BaseException:
+            self.cancel(reservation)
+            raise
+        reservation.hold = hold
+        for s in shared:
+            if s.name in hold.totals:
+                s.totals = hold.totals[s.name]
+        return reservation
+
+    async def _hold_shared(
+        self, ledger: BudgetLedger, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
+        tokens: int, cost_usd: float,
+    ) -> Hold:
+        """Fail-closed: while the ledger is unreachable, wait (backing off) up to
+        ``distributed.unavailable_wait_s`` for it to come back, then raise."""
+        deadline = self._clock() + self._unavailable_wait_s
+        delay = 0.05
+        while True:
+            try:
+                return await ledger.try_reserve(
+                    hold_id, limits, model=model, tokens=tokens, cost_usd=cost_usd
+                )
+            except StoreUnavailableError:
+                if self._clock() + delay > deadline:
+                    raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def renew_hold(self, reservation: Reservation) -> bool:
+        """Keep the reservation's shared hold alive while its call waits (``True`` without
+        one); ``False`` when the hold already expired."""
+        hold = reservation.hold
+        renew = getattr(self._store, "renew", None)  # optional in the BudgetLedger protocol
+        if hold is None or not reservation.active or renew is None:
+            return True
+        return bool(await renew(hold))
+
+    async def settle(self, event: UsageEvent, reservation: Reservation | None) -> bool:
+        """Record ``event`` durably, ending ``reservation`` (its shared hold is released
+        in the same atomic step); ``False`` when the event was already recorded."""
+        hold = None
+        if reservation is not None:
+            self.cancel(reservation)
+            hold, reservation.hold = reservation.hold, None
+        if hold is not None and isinstance(self._store, BudgetLedger):
+            return await self._store.settle(event, hold)
+        return await self._store.record(event)
+
+    async def release(self, reservation: Reservation) -> None:
+        """:meth:`cancel`, also releasing the shared hold (a dropped hold expires anyway)."""
+        self.cancel(reservation)
+        hold, reservation.hold = reservation.hold, None
+        if hold is not None and isinstance(self._store, BudgetLedger):
+            await self._store.release(hold)
+
+    def cancel(self, reservation: Reservation) -> None:
+        """Return a reservation that will not be charged (call failed before usage)."""
+        if not reservation.active:
+            return
+        reservation.active = False
+        for s in [self._scopes.named(reservation.task_id, n) for n in reservation.scopes]:
+            s.reserved_tokens -= reservation.tokens
+            s.reserved_cost -= reservation.cost_usd
+            s.reserved_by_model[reservation.model] -= reservation.tokens
+
+
+def _check_dimension(scope: ScopeState, dim: str, amount: float) -> None:
+    lim = scope.limit(dim)
+    if lim is None:
+        return
+    held = (
+        scope.reserved_tokens if dim == "tokens"
+        else scope.reserved_cost if dim == "cost_usd" else 0
+    )
+    used = scope.used(dim) + held
+    if used + amount > lim:
+        raise BudgetExceededError(scope.name, dim, used, lim, amount)
+
+
+def _check_model(scope: ScopeState, model: str, tokens: int) -> None:
+    mlim = scope.limits.tokens_by_model.get(model)  # type: ignore[call-overload]
+    if mlim is not None:
+        used = scope.used(f"tokens:{model}") + scope.reserved_by_model.get(model, 0)
+        if used + tokens > mlim:
+            raise BudgetExceededError(scope.name, f"tokens:{model}", used, mlim, tokens)

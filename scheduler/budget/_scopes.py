@@ -1,0 +1,240 @@
+"""The nested scopes usage is charged to: task ⊂ session ⊂ day (R1.2, R1.5, R3.1).
+
+A :class:`ScopeState` holds one scope's limits, totals, in-flight reservations
+and the alert thresholds it has already passed; :class:`Scopes` holds every
+scope of one session, loads their totals from the store, adds charged events
+to them and reports each threshold crossing once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Literal
+
+from scheduler.budget._profile import TaskProfile, day_limits
+from scheduler.config._config import Limits, VibeConfig
+from scheduler.core._clock import WallClock
+from scheduler.core._errors import VibeEngineError
+from scheduler.core._usage import Totals, UsageEvent
+from scheduler.store import Store
+
+Level = Literal["warning", "critical", "exceeded"]
+#: Dimensions read from :class:`Totals` by attribute name.
+COUNTED = (
+    "tokens", "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
+    "cost_usd", "file_edits", "shell_commands", "dangerous_commands",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """A threshold crossed by one dimension of one scope (fired once per crossing)."""
+
+    scope: str
+    dimension: str
+    level: Level
+    used: float
+    limit: float
+
+    @property
+    def fraction(self) -> float:
+        return self.used / self.limit if self.limit else float("inf")
+
+
+@dataclass(slots=True)
+class ScopeState:
+    """Limits, totals, reservations and fired alerts of one scope."""
+
+    name: str
+    limits: Limits
+    totals: Totals = field(default_factory=Totals)
+    reserved_tokens: int = 0
+    reserved_cost: float = 0.0
+    reserved_by_model: dict[str, int] = field(default_factory=dict)
+    fired: set[tuple[str, Level]] = field(default_factory=set)
+    started_at: float = 0.0
+
+    def used(self, dimension: str) -> float:
+        if dimension.startswith("tokens:"):
+            return self.totals.tokens_by_model.get(dimension[7:], 0)
+        value: float = getattr(self.totals, dimension)
+        return value
+
+    def limit(self, dimension: str) -> float | None:
+        if dimension.startswith("tokens:"):
+            cap: int | None = self.limits.tokens_by_model.get(dimension[7:])  # type: ignore[call-overload]
+            return cap
+        value: float | None = getattr(self.limits, dimension)
+        return value
+
+    def dimensions(self) -> Iterator[str]:
+        for d in COUNTED:
+            if getattr(self.limits, d) is not None:
+                yield d
+        for m in self.limits.tokens_by_model:
+            yield f"tokens:{m}"
+
+
+@dataclass(slots=True)
+class TaskEntry:
+    """A started task: its profile, its scope and how many model calls it made."""
+
+    profile: TaskProfile
+    agent: str
+    scope: ScopeState
+    actions: int = 0
+    status: str = "running"
+    #: Loop time of the last ``usage.json`` write (throttles rewrites while it runs).
+    usage_written_at: float = float("-inf")
+
+
+class Scopes:
+    """Every scope of one session: its tasks, the session itself and the days it spans."""
+
+    def __init__(
+        self, store: Store, config: VibeConfig, *, session_id: str, wall: WallClock,
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._session_id = session_id
+        self._wall = wall
+        self._clock = clock
+        self.session = ScopeState(f"session:{session_id}", config.budgets.session)
+        self.days: dict[str, ScopeState] = {}
+        self.tasks: dict[str, TaskEntry] = {}
+
+    # -- loading -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load the session's and today's totals from the store (R1.5)."""
+        self.session.totals = await self._store.totals(self.session.name)
+        self.crossings(self.session)  # thresholds passed before a restart fired then (R3.1)
+        await self.ensure_day(self.today())
+
+    def today(self) -> date:
+        return self._wall.now().date()
+
+    async def ensure_day(self, day: date) -> ScopeState:
+        key = day.isoformat()
+        state = self.days.get(key)
+        if state is None:
+            state = ScopeState(f"day:{key}", day_limits(self._config, day))
+            state.totals = await self._store.totals(state.name)
+            self.crossings(state)  # already passed: fired by an earlier process
+            self.days[key] = state
+        return state
+
+    def day(self, day: date | None = None) -> ScopeState:
+        key = (day or self.today()).isoformat()
+        state = self.days.get(key)
+        if state is None:
+            # a day not loaded yet (midnight passed): start empty, charging reloads it
+            state = ScopeState(f"day:{key}", day_limits(self._config, day or self.today()))
+            self.days[key] = state
+        return state
+
+    async def start_task(self, task_id: str, profile: TaskProfile, agent: str) -> None:
+        """Register a task; a task seen before resumes from its recorded totals."""
+        scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock())
+        scope.totals = await self._store.totals(scope.name)
+        self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
+        self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls)
+        await self.ensure_day(self.today())
+
+    def task(self, task_id: str) -> ScopeState:
+        try:
+            return self.tasks[task_id].scope
+        except KeyError:
+            raise VibeEngineError(f"unknown task {task_id!r}: call start_task first") from None
+
+    def of_task(self, task_id: str) -> tuple[ScopeState, ScopeState, ScopeState]:
+        """The task's own scope, the session and today, innermost first."""
+        return (self.task(task_id), self.session, self.day())
+
+    def named(self, task_id: str, name: str) -> ScopeState:
+        """The scope ``name`` of ``task_id`` (one of the names a reservation holds)."""
+        if name.startswith("task:"):
+            return self.task(task_id)
+        if name.startswith("session:"):
+            return self.session
+        return self.days[name[4:]]
+
+    # -- charging ------------------------------------------------------------------
+
+    async def add(self, event: UsageEvent) -> list[Crossing]:
+        """Add a recorded event to each of its scopes; return the new threshold crossings."""
+        entry = self.tasks.get(event.task_id)
+        touched: list[ScopeState] = []
+        if entry is not None:
+            entry.scope.totals.add(event)
+            if event.model:
+                entry.actions += 1
+            touched.append(entry.scope)
+        if event.session_id == self._session_id:
+            self.session.totals.add(event)
+            touched.append(self.session)
+        day = self.days.get(event.day)
+        if day is None:
+            # first event of a new day: the loaded totals already include it
+            day = await self.ensure_day(date.fromisoformat(event.day))
+        else:
+            day.totals.add(event)
+        touched.append(day)
+        return [c for s in touched for c in self.crossings(s)]
+
+    # -- thresholds (R3.1) ---------------------------------------------------------
+
+    def _thresholds(self, scope: ScopeState, dim: str) -> dict[Level, float]:
+        a = self._config.alerts
+        t: dict[Level, float] = {"warning": a.warning, "critical": a.critical,
+                                 "exceeded": a.exceeded}
+        if dim == "cost_usd" and scope.limits.cost_warning_usd and scope.limits.cost_usd:
+            t["warning"] = min(scope.limits.cost_warning_usd / scope.limits.cost_usd, a.critical)
+        return t
+
+    def crossings(self, scope: ScopeState) -> list[Crossing]:
+        """Thresholds ``scope`` has passed and not reported yet (marks them reported)."""
+        out: list[Crossing] = []
+        for dim in scope.dimensions():
+            lim = scope.limit(dim)
+            if lim:
+                out += self._fire(scope, dim, scope.used(dim), lim)
+        return out
+
+    def time_crossings(self, task_id: str) -> list[Crossing]:
+        """Threshold crossings of the task's wall-time budget, as of now."""
+        scope = self.task(task_id)
+        lim = scope.limits.time_s
+        if not lim:
+            return []
+        return self._fire(scope, "time_s", self._clock() - scope.started_at, lim)
+
+    def _fire(self, scope: ScopeState, dim: str, used: float, lim: float) -> list[Crossing]:
+        out: list[Crossing] = []
+        for level, frac in self._thresholds(scope, dim).items():
+            if used >= lim * frac and (dim, level) not in scope.fired:
+                scope.fired.add((dim, level))
+                out.append(Crossing(scope.name, dim, level, used, lim))
+        return out
+
+    def raise_limits(self, scope: ScopeState, extra: Limits) -> None:
+        """Add to a scope's limits (a person added budget) and re-arm passed thresholds."""
+        data = scope.limits.model_dump()
+        for name in extra.model_fields_set:
+            add = getattr(extra, name)
+            if name == "tokens_by_model":
+                merged = dict(data["tokens_by_model"])
+                for m, v in add.items():
+                    merged[m] = merged.get(m, 0) + v
+                data[name] = merged
+            elif add is not None:
+                data[name] = (data[name] or 0) + add
+        scope.limits = Limits.model_validate(data)
+        for dim, level in list(scope.fired):
+            lim = scope.limit(dim) if dim != "time_s" else scope.limits.time_s
+            used = scope.used(dim) if dim != "time_s" else self._clock() - scope.started_at
+            if lim and used < lim * self._thresholds(scope, dim)[level]:
+                scope.fired.discard((dim, level))

@@ -1,0 +1,113 @@
+"""The Redis connection behind :class:`~scheduler.store._redis.RedisStore`.
+
+Owns the ``redis.asyncio`` client, the Lua scripts of :mod:`._redis_lua`
+(loaded once, called by SHA, reloaded after ``NOSCRIPT``) and whether Redis
+answers: after a failed attempt, writes skip Redis for a moment instead of
+reconnecting on every call.  asyncio only, like the store it serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from scheduler.core._errors import StoreError, StoreUnavailableError
+from scheduler.store._redis_lua import SCRIPTS
+
+_log = structlog.get_logger("vibe_engine.store.redis")
+#: The errors that mean "Redis is unreachable" (anything else from Redis is a bug).
+DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+#: After a failed attempt, writes go straight to the spool for this long (no reconnect storm).
+_RETRY_AFTER_S = 0.25
+
+
+class RedisConnection:
+    """One client to ``url``, the scripts loaded on it, and whether Redis is up."""
+
+    def __init__(
+        self, url: str, *, namespace: str, socket_timeout_s: float, failure_mode: str
+    ) -> None:
+        self.url = url
+        self._namespace = namespace
+        self._timeout = socket_timeout_s
+        self._failure_mode = failure_mode
+        self._client: aioredis.Redis | None = None
+        self._shas: dict[str, str] = {}
+        self._up = False
+        self._retry_at = float("-inf")
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StoreError(f"RedisStore({self._namespace}) is not open; call open() first")
+        return self._client
+
+    @property
+    def up(self) -> bool:
+        """Redis answered the last attempt."""
+        return self._up
+
+    async def open(self) -> None:
+        """Connect and load the scripts (raises :class:`StoreUnavailableError` if unreachable)."""
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(
+                self.url, decode_responses=True, socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+            )
+        try:
+            for name, src in SCRIPTS.items():
+                self._shas[name] = await self.client.script_load(src)
+        except DOWN as exc:
+            raise StoreUnavailableError(f"cannot reach Redis at {self.url}: {exc}") from exc
+        self._up = True
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the Lua script ``name``; the :data:`DOWN` errors propagate as they are."""
+        conn = self.client
+        try:
+            try:
+                return await conn.evalsha(self._shas[name], len(keys), *keys, *args)
+            except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load again, once
+                self._shas[name] = await conn.script_load(SCRIPTS[name])
+                return await conn.evalsha(self._shas[name], len(keys), *keys, *args)
+        except DOWN:
+            raise
+        except RedisError as exc:
+            raise StoreError(f"Redis script {name} failed: {exc}") from exc
+
+    def backing_off(self) -> bool:
+        """Redis failed moments ago: skip it for now rather than reconnect on every call."""
+        return not self._up and anyio.current_time() < self._retry_at
+
+    def mark_up(self) -> bool:
+        """Redis answered; ``True`` when this ends an outage."""
+        recovered = not self._up
+        if recovered:
+            _log.info("redis_reconnected", namespace=self._namespace)
+        self._up = True
+        return recovered
+
+    def mark_down(self, exc: BaseException) -> None:
+        """Redis did not answer: back off for a moment."""
+        self._retry_at = anyio.current_time() + _RETRY_AFTER_S
+        if self._up:
+            _log.warning("redis_unavailable", namespace=self._namespace, error=str(exc),
+                         failure_mode=self._failure_mode)
+        self._up = False
+
+    def unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
+        """Mark Redis down and build the error to raise for the failed ``what``."""
+        self.mark_down(exc)
+        return StoreUnavailableError(f"Redis unreachable ({what}): {exc}")
