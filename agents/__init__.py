@@ -5,11 +5,11 @@ from agents._plugins import check_agent_class as check_agent_class
 from agents._plugins import discover_agents as discover_agents
 from agents._plugins import plugin_infos as plugin_infos
 from agents._runtime import make_provider as make_provider
-from scheduler.runtime._agent import Agent as Agent
-from scheduler.runtime._agent import Decomposable as Decomposable
-from scheduler.runtime._context import AgentContext as AgentContext
-from scheduler.runtime._context import ShellResult as ShellResult
-from scheduler.runtime._context import is_dangerous as is_dangerous
+from scheduler.runtime import Agent as Agent
+from scheduler.runtime import AgentContext as AgentContext
+from scheduler.runtime import Decomposable as Decomposable
+from scheduler.runtime import ShellResult as ShellResult
+from scheduler.runtime import is_dangerous as is_dangerous
 
 __all__ = [
     "Agent", "AgentContext", "Decomposable", "PluginInfo", "ShellResult", "check_agent_class",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from scheduler import TaskSpec
-from scheduler.runtime._context import AgentContext
+from scheduler.runtime import AgentContext
 
 #: A long, stable system prompt: counted once by the estimator, cached by the provider.
 SYSTEM_PROMPT = (

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from policies.complexity import ComplexityPolicy, Depth, TaskInfo
-from scheduler import EventBus, VibeConfig
-from scheduler.routing._catalog import ModelCatalog
-from scheduler.routing._router import Router
+from scheduler import VibeConfig
+from scheduler.core import EventBus
+from scheduler.routing import ModelCatalog, Router
 
 Difficulty = Literal["simple", "moderate", "complex"]
 MAX_ATTEMPTS = 3

@@ -34,8 +34,8 @@ from aiolimiter import AsyncLimiter
 
 from benchmarks._common import emit, parse_args, progress
 from policies.fairness import Fifo, PriorityWithFairness
-from scheduler.allocator._allocator import open_allocator
-from scheduler.config._config import AllocatorConfig, PoolConfig
+from scheduler.allocator import open_allocator
+from scheduler.config import AllocatorConfig, PoolConfig
 
 SLOTS = 50
 SIZES = (500, 1000, 1500, 2000)

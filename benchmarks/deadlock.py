@@ -34,7 +34,7 @@ import networkx as nx
 
 from benchmarks._common import emit, median_of, parse_args, progress
 from policies.victim import VictimCandidate
-from scheduler.deadlock._graph import DeadlockDetector, WaitForGraph
+from scheduler.deadlock import DeadlockDetector, WaitForGraph
 
 
 def build(n: int, seed: int = 0, *, with_rings: bool = True) -> tuple[WaitForGraph, int]:

@@ -36,7 +36,7 @@ from typing import Any
 
 import anyio
 
-from scheduler.core._usage import Usage, UsageEvent
+from scheduler.core import Usage, UsageEvent
 from scheduler.store._ledger import ScopeLimit
 from scheduler.store._redis import RedisStore
 

@@ -22,8 +22,10 @@ from timeit import default_timer
 import anyio
 
 from benchmarks._common import emit, median_of, parse_args, progress
-from scheduler import FixedWallClock, Limits, TaskSpec, TokenCounter, Tracker, Usage, VibeConfig
-from scheduler import resolve_task as resolve_task
+from scheduler import Limits, TaskSpec, Usage, VibeConfig
+from scheduler.budget import TokenCounter, Tracker
+from scheduler.budget import resolve_task as resolve_task
+from scheduler.core import FixedWallClock
 from scheduler.store import MemoryStore, SqliteStore, Store
 
 CONFIG = VibeConfig(

@@ -8,12 +8,12 @@ the main errors.  Specialist names live in their subpackages (``scheduler.alloca
 docstring says what it owns.
 """
 
+from scheduler.config import Limits as Limits
+from scheduler.config import ModelSpec as ModelSpec
 from scheduler.config import TaskSpec as TaskSpec
 from scheduler.config import VibeConfig as VibeConfig
 from scheduler.config import config_from_dict as config_from_dict
 from scheduler.config import load_config as load_config
-from scheduler.config._config import Limits as Limits
-from scheduler.config._config import ModelSpec as ModelSpec
 from scheduler.core import BudgetExceededError as BudgetExceededError
 from scheduler.core import Completion as Completion
 from scheduler.core import CompletionRequest as CompletionRequest

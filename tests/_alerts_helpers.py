@@ -9,12 +9,11 @@ from typing import Any, TypeVar
 
 import anyio
 
-from scheduler import Event, EventBus, FixedWallClock, Limits, TaskProfile, Tracker, Usage
-from scheduler.budget import Crossing, Reservation
-from scheduler.config._config import VibeConfig, config_from_dict
-from scheduler.control._alerts import AlertRuntime
-from scheduler.control._overdraft import OverdraftLedger
-from scheduler.control._pause import PauseController
+from scheduler import Event, Limits, Usage
+from scheduler.budget import Crossing, Reservation, TaskProfile, Tracker
+from scheduler.config import VibeConfig, config_from_dict
+from scheduler.control import AlertRuntime, OverdraftLedger, PauseController
+from scheduler.core import EventBus, FixedWallClock
 from scheduler.store import MemoryStore, SqliteStore, Store
 from tests._helpers import run_virtual as run_virtual
 

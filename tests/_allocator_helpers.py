@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import anyio
 import trio.testing
 
-from scheduler.config._config import AllocatorConfig, PoolConfig
+from scheduler.config import AllocatorConfig, PoolConfig
 
 T = TypeVar("T")
 

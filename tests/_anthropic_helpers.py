@@ -10,8 +10,9 @@ import pytest
 
 from agents.fake_api import FakeAnthropicServer, Reported, open_fake_api
 from agents.providers import AnthropicProvider
-from scheduler import CompletionRequest, RateLimitInfo, Usage
-from scheduler.config._config import ProviderConfig
+from scheduler import CompletionRequest, Usage
+from scheduler.config import ProviderConfig
+from scheduler.core import RateLimitInfo
 
 #: A key that must never show up in logs, reprs or error messages.
 SECRET_KEY = "sk-ant-api03-TESTSECRET-5f2b9c1e7d"

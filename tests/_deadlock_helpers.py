@@ -9,9 +9,10 @@ from typing import Any
 import anyio
 
 from agents import AgentContext
-from scheduler import Event, FixedWallClock, Limits, TaskSpec, VibeConfig
-from scheduler.config._config import PriorityClass
-from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from scheduler import Event, Limits, TaskSpec, VibeConfig
+from scheduler.config import PriorityClass
+from scheduler.core import FixedWallClock
+from scheduler.runtime import Orchestrator, RunReport
 from tests._fakes import ScriptedProvider
 from tests._helpers import FRIDAY
 from tests._observe_helpers import instant_shell_context

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import anyio
 
-from scheduler import Completion, CompletionRequest, OverloadedError, Usage
+from scheduler import Completion, CompletionRequest, Usage
+from scheduler.core import OverloadedError
 from scheduler.store import MemoryStore
 from scheduler.store._ledger import SliceGrant
 

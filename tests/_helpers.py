@@ -9,8 +9,10 @@ from typing import Any, TypeVar
 import anyio
 import trio.testing
 
-from scheduler import FixedWallClock, TaskSpec, Usage, UsageEvent, VibeConfig, resolve_task
-from scheduler import Tracker as Tracker
+from scheduler import TaskSpec, Usage, UsageEvent, VibeConfig
+from scheduler.budget import Tracker as Tracker
+from scheduler.budget import resolve_task
+from scheduler.core import FixedWallClock
 from scheduler.store import Store
 
 T = TypeVar("T")

@@ -16,17 +16,11 @@ from rich.console import Console
 from agents import ShellResult, discover_agents, is_dangerous, make_provider
 from scheduler import VibeConfig
 from scheduler.cli._demo import demo_config
-from scheduler.observe._snapshot import (
-    BudgetBar,
-    EventView,
-    ModelView,
-    PoolView,
-    Snapshot,
-    TaskView,
-)
+from scheduler.observe import BudgetBar, EventView, ModelView, PoolView, Snapshot, TaskView
+from scheduler.runtime import Orchestrator
 from scheduler.runtime._context import FileOps, ShellOps
-from scheduler.runtime._orchestrator import Orchestrator, _default_context_factory
-from scheduler.tasks._state import TaskHandle
+from scheduler.runtime._orchestrator import _default_context_factory
+from scheduler.tasks import TaskHandle
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CHROMIUM_FLAGS = (

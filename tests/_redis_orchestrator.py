@@ -25,16 +25,10 @@ from typing import IO, Any
 
 import anyio
 
-from scheduler import (
-    BudgetExceededError,
-    StoreUnavailableError,
-    TaskSpec,
-    Tracker,
-    Usage,
-    VibeConfig,
-    resolve_task,
-)
+from scheduler import BudgetExceededError, TaskSpec, Usage, VibeConfig
 from scheduler.allocator._quota import open_global_quota
+from scheduler.budget import Tracker, resolve_task
+from scheduler.core import StoreUnavailableError
 from scheduler.store._redis import RedisStore
 
 

@@ -6,10 +6,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from policies.complexity import Depth, Level, TaskInfo
-from scheduler import Event, EventBus, VibeConfig
-from scheduler.routing._catalog import ModelCatalog
-from scheduler.routing._health import HealthMonitor
-from scheduler.routing._router import Router
+from scheduler import Event, VibeConfig
+from scheduler.core import EventBus
+from scheduler.routing import HealthMonitor, ModelCatalog, Router
 
 
 class ManualClock:

@@ -236,7 +236,8 @@ def test_r3_alert_statistics_count_levels() -> None:
 def test_r3_1_thresholds_passed_before_a_restart_do_not_fire_again(tmp_path: Any) -> None:
     """R3.1 across restarts: a task resumed at 75 % of its tokens (and a day at 75 % of its
     cost) does not announce the warning again; the next threshold still fires once."""
-    from scheduler import Limits, TaskSpec, Usage, VibeConfig, resolve_task
+    from scheduler import Limits, TaskSpec, Usage, VibeConfig
+    from scheduler.budget import resolve_task
     from scheduler.store import SqliteStore
     from tests._helpers import tracker_with_task
 

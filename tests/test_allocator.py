@@ -10,12 +10,17 @@ import anyio.lowlevel
 import pytest
 
 from policies.fairness import Fifo, PriorityWithFairness
-from scheduler.allocator._allocator import Allocator, open_allocator
-from scheduler.allocator._leases import Lease, new_lease_id
+from scheduler.allocator import Allocator, Lease, open_allocator
+from scheduler.allocator._leases import new_lease_id
 from scheduler.config import VibeConfig, load_policies
-from scheduler.core._errors import AllocationError, ConfigError, LeaseError, WouldBlockError
-from scheduler.core._events import EventBus
-from scheduler.core._provider import RateLimitInfo
+from scheduler.core import (
+    AllocationError,
+    ConfigError,
+    EventBus,
+    LeaseError,
+    RateLimitInfo,
+    WouldBlockError,
+)
 from tests._allocator_helpers import pool_config, run_virtual
 
 
@@ -444,7 +449,7 @@ def test_refill_short_by_a_rounding_error_waits_a_little_not_zero() -> None:
     schedules the refill strictly after now; at "now" the servicing task would wake at
     the same virtual instant forever (seen with a global slice after a closed pool)."""
     from scheduler.allocator._pools import Pool
-    from scheduler.config._config import PoolConfig
+    from scheduler.config import PoolConfig
 
     p = Pool("p", PoolConfig(tokens_per_minute=60_000), max_share=0.5, quantum=100,
              level_quantum=100)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies.fairness import Fifo
-from scheduler.allocator._allocator import Allocator, open_allocator
+from scheduler.allocator import Allocator, open_allocator
 from tests._allocator_helpers import pool_config, run_virtual
 
 #: Guards off: pure policy order (no lag bound, no background floor).

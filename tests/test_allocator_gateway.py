@@ -9,10 +9,10 @@ import anyio
 import pytest
 
 from agents.builtin import CoderAgent, QuestionAnswerAgent
-from scheduler import FixedWallClock, TaskSpec, VibeConfig
-from scheduler.config._config import AllocatorConfig, PoolConfig
-from scheduler.core._usage import UsageEvent
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler import TaskSpec, VibeConfig
+from scheduler.config import AllocatorConfig, PoolConfig
+from scheduler.core import FixedWallClock, UsageEvent
+from scheduler.runtime import Orchestrator
 from scheduler.store import MemoryStore
 from scheduler.store._ledger import Hold, ScopeLimit
 from tests._fakes import ScriptedProvider

@@ -19,10 +19,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from scheduler.allocator._allocator import Allocator
-from scheduler.allocator._leases import Lease
+from scheduler.allocator import Allocator, Lease
 from scheduler.allocator._pools import QUEUED
-from scheduler.core._errors import LeaseError
+from scheduler.core import LeaseError
 from tests._allocator_helpers import pool_config
 
 HOLDERS = ["a", "b", "c", "d", "bg"]

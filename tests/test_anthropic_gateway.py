@@ -11,9 +11,11 @@ import structlog
 from agents.builtin import QuestionAnswerAgent
 from agents.fake_api import FakeAnthropicServer
 from agents.providers import AnthropicProvider
-from scheduler import FixedWallClock, TaskSpec, TokenCounter, VibeConfig
-from scheduler.config._config import ProviderConfig
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler import TaskSpec, VibeConfig
+from scheduler.budget import TokenCounter
+from scheduler.config import ProviderConfig
+from scheduler.core import FixedWallClock
+from scheduler.runtime import Orchestrator
 from tests._anthropic_helpers import SECRET_KEY, fake_api
 from tests._helpers import FRIDAY
 

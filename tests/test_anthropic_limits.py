@@ -11,9 +11,10 @@ import pytest
 from agents.builtin import QuestionAnswerAgent
 from agents.fake_api import FakeAnthropicServer, Fault
 from agents.providers import AnthropicProvider
-from scheduler import FixedWallClock, TaskSpec, VibeConfig
-from scheduler.config._config import ProviderConfig
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler import TaskSpec, VibeConfig
+from scheduler.config import ProviderConfig
+from scheduler.core import FixedWallClock
+from scheduler.runtime import Orchestrator
 from scheduler.store import MemoryStore, Store
 from tests._anthropic_helpers import SECRET_KEY, fake_api
 from tests._fakes import SlicedMemoryStore

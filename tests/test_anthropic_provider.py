@@ -12,15 +12,9 @@ import pytest
 
 from agents.fake_api import FakeAnthropicServer, Fault
 from agents.providers import input_pool_tokens
-from scheduler import (
-    OverloadedError,
-    ProviderError,
-    ProviderTimeoutError,
-    RateLimitedError,
-    SpendLimitError,
-    TokenCounter,
-    Usage,
-)
+from scheduler import ProviderError, Usage
+from scheduler.budget import TokenCounter
+from scheduler.core import OverloadedError, ProviderTimeoutError, RateLimitedError, SpendLimitError
 from tests._anthropic_helpers import (
     Recorder,
     as_usage,

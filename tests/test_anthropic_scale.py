@@ -14,9 +14,10 @@ import pytest
 
 from agents import AgentContext
 from agents.fake_api import FakeAnthropicServer, Fault
-from scheduler import FixedWallClock, TaskSpec, Usage, VibeConfig
-from scheduler.config._config import ProviderConfig
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler import TaskSpec, Usage, VibeConfig
+from scheduler.config import ProviderConfig
+from scheduler.core import FixedWallClock
+from scheduler.runtime import Orchestrator
 from tests._anthropic_helpers import (
     SECRET_KEY,
     Recorder,

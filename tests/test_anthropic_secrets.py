@@ -9,8 +9,8 @@ import pytest
 from agents.fake_api import FakeAnthropicServer, Fault
 from agents.providers import AnthropicProvider
 from scheduler import ConfigError, ProviderError
-from scheduler.config._config import ProviderConfig
-from scheduler.observe._logging import configure_logging
+from scheduler.config import ProviderConfig
+from scheduler.observe import configure_logging
 from tests._anthropic_helpers import SECRET_KEY, fake_api, provider_for, request
 
 pytestmark = pytest.mark.anyio

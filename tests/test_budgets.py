@@ -7,17 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import (
-    ConfigError,
-    Limits,
-    TaskSpec,
-    VibeConfig,
-    config_from_dict,
-    day_limits,
-    detect_task_type,
-    load_config,
-    resolve_task,
-)
+from scheduler import ConfigError, Limits, TaskSpec, VibeConfig, config_from_dict, load_config
+from scheduler.budget import day_limits, detect_task_type, resolve_task
 from tests._helpers import SATURDAY
 
 

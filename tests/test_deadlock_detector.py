@@ -9,11 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policies.victim import LowestPriorityVictim, VictimCandidate, VictimPolicy
-from scheduler import EventBus
-from scheduler.config._config import DeadlockConfig
-from scheduler.deadlock._graph import DeadlockDetector, WaitForGraph
-from scheduler.deadlock._locks import LockManager
-from scheduler.deadlock._resolver import DeadlockResolver
+from scheduler.config import DeadlockConfig
+from scheduler.core import EventBus
+from scheduler.deadlock import DeadlockDetector, DeadlockResolver, LockManager, WaitForGraph
 from tests._helpers import run_virtual
 
 

@@ -17,7 +17,7 @@ import anyio
 
 from policies.victim import VictimCandidate
 from scheduler import TaskSpec
-from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from scheduler.runtime import Orchestrator, RunReport
 from tests._deadlock_helpers import Observed, assert_clean, make_orch, run_scenario, spec
 from tests._helpers import run_virtual
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scheduler import Limits, TaskSpec
-from scheduler.config._config import AlertsConfig
+from scheduler.config import AlertsConfig
 from tests._deadlock_helpers import assert_clean, make_orch, run_scenario, spec
 from tests._helpers import run_virtual
 

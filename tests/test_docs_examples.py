@@ -16,7 +16,7 @@ import pytest
 
 from agents import discover_agents, plugin_infos
 from scheduler import TaskSpec, VibeConfig
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler.runtime import Orchestrator
 from tests._fakes import ScriptedProvider
 from tests._helpers import run_virtual
 

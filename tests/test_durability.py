@@ -12,8 +12,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from scheduler import FixedWallClock, VibeConfig
-from scheduler import Tracker as Tracker
+from scheduler import VibeConfig
+from scheduler.budget import Tracker as Tracker
+from scheduler.core import FixedWallClock
 from scheduler.store import SqliteStore
 from tests._helpers import FRIDAY
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agents.fake_api import FakeAnthropicServer, Fault, open_fake_api
-from scheduler import TokenCounter
+from scheduler.budget import TokenCounter
 
 BODY: dict[str, Any] = {"model": "claude-haiku-4-5", "max_tokens": 20,
         "messages": [{"role": "user", "content": "Hello, fake Claude."}]}

@@ -12,8 +12,10 @@ import anyio
 import pytest
 import trio.testing
 
-from scheduler import EventBus, OverloadedError, ProviderTimeoutError, RateLimitedError, VibeConfig
-from scheduler.routing._health import HealthMonitor, error_kind_of
+from scheduler import VibeConfig
+from scheduler.core import EventBus, OverloadedError, ProviderTimeoutError, RateLimitedError
+from scheduler.routing import HealthMonitor
+from scheduler.routing._health import error_kind_of
 from tests._routing_helpers import ManualClock, Recorder, knock_out
 
 HEALTHY_LATENCY = 0.3

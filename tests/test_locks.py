@@ -5,9 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from scheduler import WouldBlockError
-from scheduler.deadlock._graph import WaitForGraph
-from scheduler.deadlock._locks import LockManager, TaskLocks
+from scheduler.core import WouldBlockError
+from scheduler.deadlock import LockManager, TaskLocks, WaitForGraph
 from tests._helpers import run_virtual
 
 

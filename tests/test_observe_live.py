@@ -14,12 +14,12 @@ from rich.console import Console
 from rich.segment import Segment
 from structlog.testing import capture_logs
 
-from scheduler import FixedWallClock
-from scheduler.observe._live import LiveView, budgets_table, render_snapshot
+from scheduler.core import FixedWallClock
+from scheduler.observe import LiveView, Snapshot, render_snapshot, snapshot_of
+from scheduler.observe._live import budgets_table
 from scheduler.observe._observers import status_path
-from scheduler.observe._snapshot import Snapshot, alert_level
+from scheduler.observe._snapshot import alert_level
 from scheduler.observe._status import read_status, snapshot_from_store
-from scheduler.observe._view import snapshot_of
 from scheduler.store import SqliteStore
 from scheduler.tasks import TaskStatus
 from tests._helpers import FRIDAY, run_virtual
@@ -114,8 +114,8 @@ def test_live_view_shows_waiting_paused_deferred_from_snapshot_data() -> None:
 
 def test_agents_table_caps_rows_active_first() -> None:
     """A large run shows the active tasks first and a count of the rest."""
+    from scheduler.observe import TaskView
     from scheduler.observe._live import agents_table
-    from scheduler.observe._snapshot import TaskView
 
     tasks = tuple(TaskView(f"c{i:03d}", "qa", "completed") for i in range(100))
     snap = Snapshot("s", 0.0, tasks=(*tasks, TaskView("w1", "qa", "waiting", queue_position=1)))
@@ -143,7 +143,7 @@ def test_r3_1_budget_bar_colours_green_yellow_red() -> None:
 
 def test_r3_1_alert_level_thresholds() -> None:
     """R3.1: the level names the views use follow the configured thresholds."""
-    from scheduler.config._config import AlertsConfig
+    from scheduler.config import AlertsConfig
 
     a = AlertsConfig()
     assert [alert_level(f, a) for f in (0.0, 0.69, 0.7, 0.89, 0.9, 1.0, 1.5)] == [

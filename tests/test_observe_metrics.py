@@ -12,9 +12,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler import ConfigError, TaskSpec, Totals, config_from_dict
-from scheduler.core._events import Event
+from scheduler.core import Event
 from scheduler.observe._metrics import MeteredProvider, _is_deadlock_resolution
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler.runtime import Orchestrator
 from tests._observe_helpers import crafted_snapshot, demo_orchestrator
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from agents import discover_agents, make_provider
-from scheduler import FixedWallClock, Totals
+from scheduler import Totals
 from scheduler.cli._demo import demo_config
 from scheduler.cli._report import (
     ReportData,
@@ -23,7 +23,8 @@ from scheduler.cli._report import (
     render_report_tables,
 )
 from scheduler.cli._report_html import write_html_report
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler.core import FixedWallClock
+from scheduler.runtime import Orchestrator
 from scheduler.store import SqliteStore
 from tests._helpers import FRIDAY, SATURDAY, run_virtual
 from tests._observe_helpers import instant_shell_context, page_errors, require_chromium, screenshot

@@ -12,15 +12,9 @@ import pytest
 
 from agents import AgentContext, is_dangerous
 from agents.builtin import CoderAgent, QuestionAnswerAgent
-from scheduler import (
-    ConfigError,
-    FixedWallClock,
-    Limits,
-    ProviderTimeoutError,
-    TaskSpec,
-    VibeConfig,
-)
-from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from scheduler import ConfigError, Limits, TaskSpec, VibeConfig
+from scheduler.core import FixedWallClock, ProviderTimeoutError
+from scheduler.runtime import Orchestrator, RunReport
 from tests._fakes import ScriptedProvider
 from tests._helpers import FRIDAY, run_virtual
 

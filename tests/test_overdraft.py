@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler import BudgetExceededError, OverdraftDeniedError, Usage
+from scheduler import BudgetExceededError, Usage
 from scheduler.budget import Reservation
+from scheduler.core import OverdraftDeniedError
 from tests._alerts_helpers import (
     Harness,
     make_config,

@@ -8,8 +8,9 @@ from typing import Any
 import anyio
 import pytest
 
-from scheduler import DecisionError
-from scheduler.control._pause import Decision, PauseController, submit_to_store
+from scheduler.control import Decision, PauseController
+from scheduler.control._pause import submit_to_store
+from scheduler.core import DecisionError
 from tests._alerts_helpers import Harness, open_harness, profile, run_virtual, sqlite_store
 
 

@@ -15,16 +15,17 @@ import anyio
 import pytest
 import structlog.testing
 
-from scheduler import DecisionError, VibeEngineError
+from scheduler import VibeEngineError
 from scheduler.cli._decide import decide, decide_async
+from scheduler.control import ControlServer
 from scheduler.control._server import (
-    ControlServer,
     authorize,
     control_paths,
     ensure_token,
     read_token,
     send_request,
 )
+from scheduler.core import DecisionError
 from tests._alerts_helpers import Harness, open_harness, profile, run_virtual, sqlite_store
 
 pytestmark = pytest.mark.anyio

@@ -13,13 +13,14 @@ import pytest
 
 from agents import AgentContext
 from agents.builtin import CoderAgent
-from scheduler import Event, FixedWallClock, Limits, TaskSpec, VibeConfig
+from scheduler import Event, Limits, TaskSpec, VibeConfig
 from scheduler.cli._decide import stored_status_rows
 from scheduler.control._alerts import StatusRow
 from scheduler.control._server import control_paths
-from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from scheduler.core import FixedWallClock
+from scheduler.runtime import Orchestrator, RunReport
 from scheduler.store import SqliteStore
-from scheduler.tasks._state import TaskHandle
+from scheduler.tasks import TaskHandle
 from tests._fakes import ScriptedProvider
 from tests._helpers import FRIDAY, run_virtual
 

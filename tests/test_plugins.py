@@ -8,7 +8,8 @@ import pytest
 
 from agents import check_agent_class, discover_agents, plugin_infos
 from agents.builtin import CoderAgent
-from scheduler import ConfigError, PluginError, resolve_object
+from scheduler import ConfigError, PluginError
+from scheduler.core import resolve_object
 from scheduler.store import MemoryStore, SqliteStore, open_store
 
 

@@ -20,8 +20,8 @@ from policies.replan import DefaultReplanPolicy
 from policies.routing import CheapestCapableRouting, RoutingParams
 from policies.victim import LowestPriorityVictim
 from scheduler.config import BUILTIN_POLICIES, VibeConfig, load_policies
-from scheduler.core._errors import ConfigError
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler.core import ConfigError
+from scheduler.runtime import Orchestrator
 from tests._fakes import ScriptedProvider
 
 SETTINGS = ("allocation", "victim", "complexity", "routing", "alerts", "replan")

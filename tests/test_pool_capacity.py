@@ -12,12 +12,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from agents.builtin import QuestionAnswerAgent
-from scheduler import FixedWallClock, RateLimitInfo, TaskSpec, VibeConfig
-from scheduler.allocator._allocator import Allocator
-from scheduler.allocator._capacity import CLOSED_TOKENS_PER_MINUTE, UNKNOWN_HOLD_S, PoolCapacity
-from scheduler.config._config import AllocatorConfig, GlobalPoolConfig, PoolConfig
-from scheduler.core._errors import ConfigError
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler import TaskSpec, VibeConfig
+from scheduler.allocator import Allocator, PoolCapacity
+from scheduler.allocator._capacity import CLOSED_TOKENS_PER_MINUTE, UNKNOWN_HOLD_S
+from scheduler.config import AllocatorConfig, GlobalPoolConfig, PoolConfig
+from scheduler.core import ConfigError, FixedWallClock, RateLimitInfo
+from scheduler.runtime import Orchestrator
 from scheduler.store import MemoryStore, Store
 from tests._fakes import ScriptedProvider, SlicedMemoryStore
 from tests._helpers import FRIDAY, run_virtual
@@ -98,7 +98,7 @@ def test_non_redis_store_ignores_global_pools(tmp_path: Path) -> None:
 
 def test_global_pools_must_name_allocator_pools(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not allocator pools"):
-        from scheduler.config._config import config_from_dict
+        from scheduler.config import config_from_dict
 
         config_from_dict({"distributed": {"global_pools": {"openai": {"tokens_per_minute": 1}}}})
 

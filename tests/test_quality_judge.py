@@ -13,12 +13,12 @@ from scheduler import (
     CompletionRequest,
     ConfigError,
     Event,
-    FixedWallClock,
     TaskSpec,
     Usage,
     VibeConfig,
 )
-from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from scheduler.core import FixedWallClock
+from scheduler.runtime import Orchestrator, RunReport
 from scheduler.runtime._quality import JUDGE_SYSTEM
 from tests._helpers import FRIDAY, run_virtual
 

@@ -10,9 +10,10 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from scheduler.allocator._quota import GlobalQuota, open_global_quota
-from scheduler.config._config import DistributedConfig
-from scheduler.core._errors import StoreUnavailableError
+from scheduler.allocator import GlobalQuota
+from scheduler.allocator._quota import open_global_quota
+from scheduler.config import DistributedConfig
+from scheduler.core import StoreUnavailableError
 from scheduler.store._ledger import SliceGrant
 from scheduler.store._redis import RedisStore
 from tests._redis_helpers import (

@@ -17,9 +17,10 @@ from policies.replan import (
     ReplanParams,
     Simplify,
 )
-from scheduler import TaskSpec, VibeConfig, resolve_task
-from scheduler.routing._replan import Replanner
-from scheduler.tasks._state import TaskHandle
+from scheduler import TaskSpec, VibeConfig
+from scheduler.budget import resolve_task
+from scheduler.routing import Replanner
+from scheduler.tasks import TaskHandle
 from tests._routing_helpers import COMPLEX, MODERATE, Recorder, info, knock_out, make_router
 
 TIERS = ("haiku", "sonnet", "opus")

@@ -15,17 +15,10 @@ from typing import Any
 import anyio
 
 from agents import AgentContext
-from scheduler import (
-    Completion,
-    CompletionRequest,
-    Event,
-    FixedWallClock,
-    TaskSpec,
-    Usage,
-    VibeConfig,
-)
-from scheduler.routing._router import task_info
-from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from scheduler import Completion, CompletionRequest, Event, TaskSpec, Usage, VibeConfig
+from scheduler.core import FixedWallClock
+from scheduler.routing import task_info
+from scheduler.runtime import Orchestrator, RunReport
 from tests._helpers import FRIDAY, run_virtual
 from tests._routing_helpers import knock_out
 

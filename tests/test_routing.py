@@ -9,11 +9,11 @@ import structlog.testing
 
 from policies.complexity import ScoredComplexity
 from policies.routing import CheapestCapableRouting, RoutingInput
-from scheduler import ConfigError, TaskSpec, VibeConfig, resolve_task
+from scheduler import ConfigError, TaskSpec, VibeConfig
+from scheduler.budget import resolve_task
 from scheduler.config import load_policies
-from scheduler.routing._catalog import ModelCatalog
-from scheduler.routing._router import Router, task_info
-from scheduler.tasks._state import TaskHandle
+from scheduler.routing import ModelCatalog, Router, task_info
+from scheduler.tasks import TaskHandle
 from tests._routing_helpers import COMPLEX, MODERATE, SIMPLE, info, knock_out, make_router
 
 # -- catalog ---------------------------------------------------------------------------

@@ -8,16 +8,9 @@ from typing import Any
 import pytest
 
 from agents.builtin import QuestionAnswerAgent
-from scheduler import (
-    Completion,
-    CompletionRequest,
-    FixedWallClock,
-    OverloadedError,
-    TaskSpec,
-    Usage,
-    VibeConfig,
-)
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler import Completion, CompletionRequest, TaskSpec, Usage, VibeConfig
+from scheduler.core import FixedWallClock, OverloadedError
+from scheduler.runtime import Orchestrator
 from tests._helpers import FRIDAY
 
 pytestmark = pytest.mark.anyio

@@ -14,17 +14,9 @@ from pathlib import Path
 import anyio
 
 from agents import AgentContext
-from scheduler import (
-    Completion,
-    CompletionRequest,
-    Event,
-    FixedWallClock,
-    OverloadedError,
-    TaskSpec,
-    Usage,
-    VibeConfig,
-)
-from scheduler.runtime._orchestrator import Orchestrator
+from scheduler import Completion, CompletionRequest, Event, TaskSpec, Usage, VibeConfig
+from scheduler.core import FixedWallClock, OverloadedError
+from scheduler.runtime import Orchestrator
 from tests._helpers import FRIDAY, run_virtual
 
 DOWN_AT, UP_AT = 20.0, 100.0

@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 from policies.complexity import DEPTHS, LEVELS, ScoredComplexity, TaskInfo
 from policies.replan import BreakDown, DefaultReplanPolicy, Defer, Proceed, ReplanInput, Simplify
 from policies.routing import CheapestCapableRouting, RoutingInput
-from scheduler import TASK_TYPES, VibeConfig
-from scheduler.routing._catalog import ModelCatalog
+from scheduler import VibeConfig
+from scheduler.config import TASK_TYPES
+from scheduler.routing import ModelCatalog
 
 TIERS = ("haiku", "sonnet", "opus")
 CATALOG = ModelCatalog(VibeConfig())

@@ -13,19 +13,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from scheduler import (
-    BudgetExceededError,
-    FixedWallClock,
-    Limits,
-    StoreUnavailableError,
-    TaskSpec,
-    Tracker,
-    Usage,
-    UsageEvent,
-    VibeConfig,
-    resolve_task,
-)
-from scheduler.config._config import DistributedConfig
+from scheduler import BudgetExceededError, Limits, TaskSpec, Usage, UsageEvent, VibeConfig
+from scheduler.budget import Tracker, resolve_task
+from scheduler.config import DistributedConfig
+from scheduler.core import FixedWallClock, StoreUnavailableError
 from scheduler.store import MemoryStore, SqliteStore, Store, open_store
 from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit, SliceBackend
 from scheduler.store._redis import RedisStore, split_namespace
@@ -426,7 +417,7 @@ def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
     one Redis: together they never spend past the session budget, and every hold is
     settled or released at the end."""
     from agents.builtin import QuestionAnswerAgent
-    from scheduler.runtime._orchestrator import Orchestrator
+    from scheduler.runtime import Orchestrator
     from tests._fakes import ScriptedProvider
 
     limit = 30_000

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from scheduler import ModelSpec, TokenCounter, Usage, cost_usd
+from scheduler import ModelSpec, Usage
+from scheduler.budget import TokenCounter
+from scheduler.core import cost_usd
 
 TOOLS = [
     {"name": f"tool_{i}", "description": "Reads a file from the workspace " * 3,

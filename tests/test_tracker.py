@@ -8,17 +8,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from scheduler import (
-    BudgetExceededError,
-    FixedWallClock,
-    Limits,
-    TaskSpec,
-    Tracker,
-    Usage,
-    VibeConfig,
-    config_from_dict,
-    resolve_task,
-)
+from scheduler import BudgetExceededError, Limits, TaskSpec, Usage, VibeConfig, config_from_dict
+from scheduler.budget import Tracker, resolve_task
+from scheduler.core import FixedWallClock
 from scheduler.store import MemoryStore, SqliteStore, Store
 from tests._helpers import FRIDAY, SATURDAY, run_virtual, tracker_with_task
 

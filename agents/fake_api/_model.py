@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from scheduler import TokenCounter
+from scheduler.budget import TokenCounter
 
 FaultKind = Literal[
     "rate_limit", "overloaded", "server_error", "slow", "drop_stream", "stream_error",

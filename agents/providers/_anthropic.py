@@ -38,16 +38,9 @@ from agents.providers._anthropic_wire import (
     rate_limits_from_headers,
     usage_from_api,
 )
-from scheduler import (
-    Completion,
-    CompletionRequest,
-    ConfigError,
-    ProviderError,
-    RateLimitInfo,
-    Usage,
-)
-from scheduler.config._config import ProviderConfig
-from scheduler.core import Hook
+from scheduler import Completion, CompletionRequest, ConfigError, ProviderError, Usage
+from scheduler.config import ProviderConfig
+from scheduler.core import Hook, RateLimitInfo
 
 _log = structlog.get_logger("vibe_engine.providers.anthropic")
 

@@ -17,14 +17,13 @@ from typing import Any, Literal
 import anthropic
 import httpx2
 
-from scheduler import (
+from scheduler import ProviderError, Usage
+from scheduler.core import (
     OverloadedError,
-    ProviderError,
     ProviderTimeoutError,
     RateLimitedError,
     RateLimitInfo,
     SpendLimitError,
-    Usage,
 )
 
 ErrorKind = Literal[

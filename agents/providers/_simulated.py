@@ -23,8 +23,9 @@ import random
 
 import anyio
 
-from scheduler import Completion, CompletionRequest, OverloadedError, Usage
-from scheduler.config._config import SimulatedProviderConfig
+from scheduler import Completion, CompletionRequest, Usage
+from scheduler.config import SimulatedProviderConfig
+from scheduler.core import OverloadedError
 
 CAPABILITY = {"haiku": 0.72, "sonnet": 0.85, "opus": 0.95}
 CHARS_PER_TOKEN = 3.6

@@ -47,10 +47,8 @@ from scheduler.allocator._stats import (
     pool_statistics,
     waiter_statistics,
 )
-from scheduler.config._config import PRIORITY_VALUES, AllocatorConfig, PoolConfig, PriorityClass
-from scheduler.core._errors import AllocationError, LeaseError, WouldBlockError
-from scheduler.core._events import EventBus
-from scheduler.core._provider import RateLimitInfo
+from scheduler.config import PRIORITY_VALUES, AllocatorConfig, PoolConfig, PriorityClass
+from scheduler.core import AllocationError, EventBus, LeaseError, RateLimitInfo, WouldBlockError
 
 __all__ = ["UNSET", "Allocator", "open_allocator"]
 

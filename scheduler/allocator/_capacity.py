@@ -38,8 +38,8 @@ import structlog
 
 from scheduler.allocator._allocator import Allocator
 from scheduler.allocator._quota import GlobalQuota
-from scheduler.config._config import VibeConfig
-from scheduler.core._provider import RateLimitInfo
+from scheduler.config import VibeConfig
+from scheduler.core import RateLimitInfo
 from scheduler.store import Store
 from scheduler.store._ledger import SliceBackend
 

@@ -32,9 +32,8 @@ from scheduler.allocator._leases import LEASE_IDS, Lease, LeaseTable, new_lease_
 from scheduler.allocator._pools import Pool
 from scheduler.allocator._records import GONE, GRANTED, PARKED, QUEUED, Account, Holder, Waiter
 from scheduler.allocator._waitqueue import key
-from scheduler.config._config import PRIORITY_VALUES, AllocatorConfig, PoolConfig
-from scheduler.core._errors import AllocationError, LeaseError
-from scheduler.core._events import EventBus
+from scheduler.config import PRIORITY_VALUES, AllocatorConfig, PoolConfig
+from scheduler.core import AllocationError, EventBus, LeaseError
 
 __all__ = ["AllocatorCore"]
 

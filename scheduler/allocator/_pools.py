@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from scheduler.allocator._records import GONE, GRANTED, PARKED, QUEUED, Account, Holder, Waiter
 from scheduler.allocator._waitqueue import WaitQueue
-from scheduler.config._config import PoolConfig
+from scheduler.config import PoolConfig
 
 #: Weight of one ended lease in the average hold time (see :attr:`Pool.avg_hold_s`).
 _HOLD_EWMA = 0.1

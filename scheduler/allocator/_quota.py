@@ -39,8 +39,8 @@ import anyio
 import anyio.abc
 import structlog
 
-from scheduler.config._config import DistributedConfig
-from scheduler.core._errors import StoreUnavailableError
+from scheduler.config import DistributedConfig
+from scheduler.core import StoreUnavailableError
 from scheduler.store._ledger import SliceBackend
 
 _log = structlog.get_logger("vibe_engine.quota")

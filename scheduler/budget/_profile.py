@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-from scheduler.config._config import (
+from scheduler.config import (
     TASK_TYPES,
     Complexity,
     Limits,

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import anyio
 
 from scheduler.budget._scopes import Scopes, ScopeState
-from scheduler.core._errors import BudgetExceededError, StoreUnavailableError
-from scheduler.core._usage import UsageEvent
+from scheduler.core import BudgetExceededError, StoreUnavailableError, UsageEvent
 from scheduler.store import Store
 from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit
 

@@ -14,10 +14,8 @@ from datetime import date
 from typing import Literal
 
 from scheduler.budget._profile import TaskProfile, day_limits
-from scheduler.config._config import Limits, VibeConfig
-from scheduler.core._clock import WallClock
-from scheduler.core._errors import VibeEngineError
-from scheduler.core._usage import Totals, UsageEvent
+from scheduler.config import Limits, VibeConfig
+from scheduler.core import Totals, UsageEvent, VibeEngineError, WallClock
 from scheduler.store import Store
 
 Level = Literal["warning", "critical", "exceeded"]

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 import tiktoken
 
-from scheduler.core._errors import ConfigError
+from scheduler.core import ConfigError
 
 _log = structlog.get_logger("vibe_engine.tokens")
 

@@ -24,9 +24,8 @@ from scheduler.budget._profile import TaskProfile
 from scheduler.budget._reservations import Reservation, Reservations
 from scheduler.budget._scopes import Crossing, Scopes, ScopeState
 from scheduler.budget._usage_files import UsageFiles
-from scheduler.config._config import Limits, VibeConfig
-from scheduler.core._clock import SystemWallClock, WallClock
-from scheduler.core._usage import UsageEvent
+from scheduler.config import Limits, VibeConfig
+from scheduler.core import SystemWallClock, UsageEvent, WallClock
 from scheduler.store import Store
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.budget._scopes import TaskEntry
-from scheduler.core._clock import WallClock
+from scheduler.core import WallClock
 
 
 class UsageFiles:

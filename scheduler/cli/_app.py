@@ -21,13 +21,12 @@ from scheduler.cli._decide import stored_status_rows
 from scheduler.cli._demo import demo_config
 from scheduler.cli._report import gather_report, render_report_tables
 from scheduler.cli._report_html import write_html_report
-from scheduler.config._config import VibeConfig, load_config
+from scheduler.config import VibeConfig, load_config
 from scheduler.control._alerts import StatusRow
-from scheduler.core._errors import VibeEngineError
-from scheduler.observe._live import LiveView, render_snapshot
-from scheduler.observe._logging import configure_logging
+from scheduler.core import VibeEngineError
+from scheduler.observe import LiveView, configure_logging, render_snapshot
 from scheduler.observe._status import read_status
-from scheduler.runtime._orchestrator import Orchestrator, RunReport
+from scheduler.runtime import Orchestrator, RunReport
 from scheduler.store import open_store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -167,7 +166,7 @@ def status(
     if as_json:
         _out.print_json(json.dumps(data))
         return
-    from scheduler.observe._snapshot import Snapshot
+    from scheduler.observe import Snapshot
 
     budgets = data.pop("budgets", [])
     _out.print(render_snapshot(Snapshot.from_dict(data)))

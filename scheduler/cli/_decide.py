@@ -15,11 +15,12 @@ from typing import Any, cast
 import anyio
 
 from scheduler.budget import ScopeState
-from scheduler.config._config import AlertsConfig, Limits
+from scheduler.config import AlertsConfig, Limits
+from scheduler.control import Decision
 from scheduler.control._alerts import StatusRow, scope_rows
-from scheduler.control._pause import Decision, DecisionAction, submit_to_store, validate_decision
+from scheduler.control._pause import DecisionAction, submit_to_store, validate_decision
 from scheduler.control._server import control_paths, send_request
-from scheduler.core._errors import DecisionError
+from scheduler.core import DecisionError
 from scheduler.store import Store, open_store
 
 _ACTION_ALIASES = {"add": "add_budget", "add-budget": "add_budget", "continue": "add_budget",

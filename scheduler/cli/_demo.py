@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scheduler.config._config import (
+from scheduler.config import (
     AlertsConfig,
     AllocatorConfig,
     HealthConfig,

@@ -21,9 +21,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from scheduler.config._config import Limits, VibeConfig
-from scheduler.core._errors import ConfigError
-from scheduler.core._usage import Totals, UsageEvent
+from scheduler.config import Limits, VibeConfig
+from scheduler.core import ConfigError, Totals, UsageEvent
 from scheduler.store import Store
 
 __all__ = [

@@ -55,7 +55,7 @@ from scheduler.config._runtime import (
     PoolConfig,
     RoutingConfig,
 )
-from scheduler.core._errors import ConfigError
+from scheduler.core import ConfigError
 
 __all__ = [
     "PRIORITY_VALUES", "TASK_TYPES", "TIERS", "AlertsConfig", "AllocatorConfig", "BudgetsConfig",

@@ -29,8 +29,7 @@ from policies.replan import DefaultReplanPolicy, ReplanPolicy
 from policies.routing import CheapestCapableRouting, RoutingParams, RoutingPolicy
 from policies.victim import LowestPriorityVictim, VictimPolicy
 from scheduler.config._config import VibeConfig
-from scheduler.core._errors import ConfigError
-from scheduler.core._resolve import resolve_object
+from scheduler.core import ConfigError, resolve_object
 
 __all__ = ["BUILTIN_POLICIES", "ENTRY_POINT_GROUP", "LoadedPolicies", "load_policies"]
 

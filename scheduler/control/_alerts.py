@@ -28,10 +28,9 @@ import structlog
 
 from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, DefaultAlertPolicy
 from scheduler.budget import Crossing, ScopeState, Tracker
-from scheduler.config._config import AlertsConfig
+from scheduler.config import AlertsConfig
 from scheduler.control._pause import Decision, PauseController
-from scheduler.core._errors import BudgetExceededError
-from scheduler.core._events import EventBus
+from scheduler.core import BudgetExceededError, EventBus
 
 _log = structlog.get_logger("vibe_engine.alerts")
 

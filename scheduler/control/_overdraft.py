@@ -22,9 +22,8 @@ from dataclasses import asdict, dataclass
 import structlog
 
 from scheduler.budget import Reservation, ScopeState, Tracker
-from scheduler.config._config import OverdraftConfig
-from scheduler.core._errors import BudgetExceededError, OverdraftDeniedError
-from scheduler.core._events import EventBus
+from scheduler.config import OverdraftConfig
+from scheduler.core import BudgetExceededError, EventBus, OverdraftDeniedError
 from scheduler.store import Store
 
 _log = structlog.get_logger("vibe_engine.overdraft")

@@ -33,10 +33,9 @@ import anyio
 import structlog
 
 from scheduler.budget import Reservation, ScopeState, Tracker
-from scheduler.config._config import Limits
+from scheduler.config import Limits
 from scheduler.control._overdraft import OverdraftLedger
-from scheduler.core._errors import BudgetExceededError, DecisionError
-from scheduler.core._events import EventBus
+from scheduler.core import BudgetExceededError, DecisionError, EventBus
 from scheduler.store import Store
 
 _log = structlog.get_logger("vibe_engine.pause")

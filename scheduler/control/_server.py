@@ -31,8 +31,7 @@ import structlog
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from scheduler.control._pause import PauseController
-from scheduler.core._errors import DecisionError, VibeEngineError
-from scheduler.core._events import EventBus
+from scheduler.core import DecisionError, EventBus, VibeEngineError
 
 _log = structlog.get_logger("vibe_engine.control")
 _MAX_REQUEST = 64 * 1024

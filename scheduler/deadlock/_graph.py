@@ -32,8 +32,8 @@ import networkx as nx
 import structlog
 
 from policies.victim import LowestPriorityVictim, VictimCandidate, VictimPolicy
-from scheduler.config._config import DeadlockConfig
-from scheduler.core._hooks import Hook
+from scheduler.config import DeadlockConfig
+from scheduler.core import Hook
 
 _log = structlog.get_logger("vibe_engine.deadlock")
 

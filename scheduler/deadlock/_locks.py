@@ -28,7 +28,7 @@ import anyio
 import anyio.lowlevel
 import structlog
 
-from scheduler.core._errors import WouldBlockError
+from scheduler.core import WouldBlockError
 from scheduler.deadlock._graph import WaitForGraph
 
 _log = structlog.get_logger("vibe_engine.locks")

@@ -26,13 +26,12 @@ from typing import Any
 import structlog
 
 from policies.victim import VictimCandidate
-from scheduler.budget._tracker import Tracker
-from scheduler.config._config import DeadlockConfig
-from scheduler.core._errors import TaskAbortedError
-from scheduler.core._events import EventBus
+from scheduler.budget import Tracker
+from scheduler.config import DeadlockConfig
+from scheduler.core import EventBus, TaskAbortedError
 from scheduler.deadlock._graph import Describe
 from scheduler.deadlock._locks import LockManager
-from scheduler.tasks._state import TaskHandle
+from scheduler.tasks import TaskHandle
 
 _log = structlog.get_logger("vibe_engine.deadlock")
 

@@ -38,12 +38,10 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import start_http_server
 
-from scheduler.core._events import Event
-from scheduler.core._provider import Completion, CompletionRequest, Provider
-from scheduler.core._usage import UsageEvent
+from scheduler.core import Completion, CompletionRequest, Event, Provider, UsageEvent
 from scheduler.observe._snapshot import HEALTH_VALUE, Snapshot
 from scheduler.observe._view import RunView, snapshot_of, watch_changes
-from scheduler.tasks._state import TaskHandle
+from scheduler.tasks import TaskHandle
 
 __all__ = ["MeteredProvider", "Metrics"]
 

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from scheduler.core._errors import VibeEngineError
-from scheduler.core._events import Event
+from scheduler.core import Event, VibeEngineError
 from scheduler.observe._view import Changes, RunView, snapshot_of, watch_changes
 
 if TYPE_CHECKING:

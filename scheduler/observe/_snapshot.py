@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from scheduler.config._config import AlertsConfig
+from scheduler.config import AlertsConfig
 
 if TYPE_CHECKING:
     from scheduler.budget import ScopeState

@@ -16,10 +16,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from scheduler.budget import ScopeState
-from scheduler.budget._profile import day_limits
-from scheduler.config._config import Limits, VibeConfig
-from scheduler.core._usage import Totals
+from scheduler.budget import ScopeState, day_limits
+from scheduler.config import Limits, VibeConfig
+from scheduler.core import Totals
 from scheduler.observe._observers import status_path
 from scheduler.observe._snapshot import BudgetBar, Snapshot, TaskView, alert_level, event_views
 from scheduler.store import Store

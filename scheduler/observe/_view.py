@@ -13,15 +13,11 @@ from typing import Any
 
 import anyio
 
-from scheduler.allocator._allocator import Allocator
-from scheduler.allocator._stats import WaiterStatistics
-from scheduler.budget._tracker import Tracker
-from scheduler.config._config import VibeConfig
-from scheduler.control._pause import PauseController
-from scheduler.core._clock import WallClock
-from scheduler.core._events import EventBus
-from scheduler.core._hooks import Hook
-from scheduler.core._usage import UsageEvent
+from scheduler.allocator import Allocator, WaiterStatistics
+from scheduler.budget import Tracker
+from scheduler.config import VibeConfig
+from scheduler.control import PauseController
+from scheduler.core import EventBus, Hook, UsageEvent, WallClock
 from scheduler.observe._snapshot import (
     ModelView,
     PoolView,
@@ -30,9 +26,9 @@ from scheduler.observe._snapshot import (
     budget_bars,
     event_views,
 )
-from scheduler.routing._health import HealthMonitor
+from scheduler.routing import HealthMonitor
 from scheduler.store import Store
-from scheduler.tasks._state import TaskHandle, TaskStatus
+from scheduler.tasks import TaskHandle, TaskStatus
 
 __all__ = ["Changes", "RunView", "snapshot_of", "watch_changes"]
 

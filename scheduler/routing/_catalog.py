@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from scheduler.config._config import TIERS, VibeConfig
-from scheduler.core._errors import ConfigError
+from scheduler.config import TIERS, VibeConfig
+from scheduler.core import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,9 +32,8 @@ from typing import Any, Literal
 import anyio
 import structlog
 
-from scheduler.config._config import VibeConfig
-from scheduler.core._errors import OverloadedError, ProviderTimeoutError, RateLimitedError
-from scheduler.core._events import EventBus
+from scheduler.config import VibeConfig
+from scheduler.core import EventBus, OverloadedError, ProviderTimeoutError, RateLimitedError
 from scheduler.routing._catalog import ModelCatalog
 
 _log = structlog.get_logger("vibe_engine.health")

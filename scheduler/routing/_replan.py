@@ -24,11 +24,10 @@ from policies.replan import (
     ReplanPolicy,
     Simplify,
 )
-from scheduler.config._config import TaskSpec, VibeConfig
-from scheduler.config._policies import load_policies
-from scheduler.core._events import EventBus
+from scheduler.config import TaskSpec, VibeConfig, load_policies
+from scheduler.core import EventBus
 from scheduler.routing._router import Router, task_info
-from scheduler.tasks._state import TaskHandle, TaskStatus
+from scheduler.tasks import TaskHandle, TaskStatus
 
 
 def can_decompose(agent: object | None) -> bool:

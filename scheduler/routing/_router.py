@@ -22,12 +22,11 @@ import anyio
 
 from policies.complexity import ComplexityPolicy, TaskInfo
 from policies.routing import RouteDecision, RoutingInput, RoutingPolicy
-from scheduler.config._config import PRIORITY_VALUES, VibeConfig
-from scheduler.config._policies import load_policies
-from scheduler.core._events import EventBus
+from scheduler.config import PRIORITY_VALUES, VibeConfig, load_policies
+from scheduler.core import EventBus
 from scheduler.routing._catalog import ModelCatalog
 from scheduler.routing._health import HealthMonitor
-from scheduler.tasks._state import TaskHandle
+from scheduler.tasks import TaskHandle
 
 
 @dataclass(frozen=True, slots=True)

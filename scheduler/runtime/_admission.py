@@ -14,19 +14,18 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 import structlog
 
-from scheduler.allocator._allocator import Allocator
-from scheduler.allocator._leases import Lease
-from scheduler.budget._tracker import Crossing, Reservation, Tracker
-from scheduler.config._config import VibeConfig
-from scheduler.control._pause import Decision, PauseController
-from scheduler.core._errors import (
+from scheduler.allocator import Allocator, Lease
+from scheduler.budget import Crossing, Reservation, Tracker
+from scheduler.config import VibeConfig
+from scheduler.control import Decision, PauseController
+from scheduler.core import (
+    AsyncHook,
     BudgetExceededError,
     FinishRequestedError,
     OverdraftDeniedError,
     WouldBlockError,
 )
-from scheduler.core._hooks import AsyncHook
-from scheduler.tasks._state import TaskHandle
+from scheduler.tasks import TaskHandle
 
 _log = structlog.get_logger("vibe_engine.gateway")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from scheduler.config._config import TaskSpec
+    from scheduler.config import TaskSpec
     from scheduler.runtime._context import AgentContext
 
 

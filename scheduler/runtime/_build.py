@@ -22,35 +22,29 @@ from typing import Any
 import anyio
 import structlog
 
-from scheduler.allocator._allocator import Allocator
-from scheduler.allocator._capacity import PoolCapacity
-from scheduler.allocator._quota import GlobalQuota
-from scheduler.budget._tokens import TokenCounter
-from scheduler.budget._tracker import Tracker
-from scheduler.config._config import VibeConfig
-from scheduler.config._policies import LoadedPolicies, load_policies
-from scheduler.control._alerts import AlertRuntime
-from scheduler.control._overdraft import OverdraftLedger
-from scheduler.control._pause import PauseController
-from scheduler.control._server import ControlServer
-from scheduler.core._clock import SystemWallClock, WallClock
-from scheduler.core._errors import VibeEngineError
-from scheduler.core._events import EventBus
-from scheduler.core._hooks import AsyncHook
-from scheduler.core._provider import Provider, ReportsRateLimits
-from scheduler.deadlock._graph import DeadlockDetector, WaitForGraph
-from scheduler.deadlock._locks import LockManager
-from scheduler.deadlock._resolver import DeadlockResolver, describer
+from scheduler.allocator import Allocator, GlobalQuota, PoolCapacity
+from scheduler.budget import TokenCounter, Tracker
+from scheduler.config import LoadedPolicies, VibeConfig, load_policies
+from scheduler.control import AlertRuntime, ControlServer, OverdraftLedger, PauseController
+from scheduler.core import (
+    AsyncHook,
+    EventBus,
+    Provider,
+    ReportsRateLimits,
+    SystemWallClock,
+    VibeEngineError,
+    WallClock,
+)
+from scheduler.deadlock import DeadlockDetector, DeadlockResolver, LockManager, WaitForGraph
+from scheduler.deadlock._resolver import describer
+from scheduler.observe import Observers, RunView
 from scheduler.observe._metrics import MeteredProvider
-from scheduler.observe._observers import Observers, build_observers
-from scheduler.observe._view import RunView
-from scheduler.routing._replan import Replanner
-from scheduler.routing._router import Router
+from scheduler.observe._observers import build_observers
+from scheduler.routing import Replanner, Router
 from scheduler.runtime._gateway import Gateway
 from scheduler.runtime._quality import make_quality_scorer
 from scheduler.store import Store, open_store
-from scheduler.tasks._state import TaskHandle, TaskStatus
-from scheduler.tasks._table import TaskTable
+from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
 _log = structlog.get_logger("vibe_engine.orchestrator")
 

@@ -19,14 +19,13 @@ from typing import Any
 import anyio
 import structlog
 
-from scheduler.budget._tracker import Tracker
-from scheduler.config._config import TaskSpec
-from scheduler.core._errors import VibeEngineError
-from scheduler.core._provider import Completion, Message
-from scheduler.deadlock._locks import LockManager, TaskLocks
+from scheduler.budget import Tracker
+from scheduler.config import TaskSpec
+from scheduler.core import Completion, Message, VibeEngineError
+from scheduler.deadlock import LockManager, TaskLocks
 from scheduler.runtime._gateway import Gateway
 from scheduler.store import Store
-from scheduler.tasks._state import TaskHandle
+from scheduler.tasks import TaskHandle
 
 #: Commands that only read; anything else (or any redirection) is dangerous (R1.1).
 SAFE_COMMANDS = frozenset(

@@ -22,23 +22,31 @@ from typing import Any
 
 import anyio
 
-from scheduler.allocator._allocator import Allocator
-from scheduler.allocator._leases import Lease
+from scheduler.allocator import Allocator, Lease
 from scheduler.budget import Crossing, Estimate, Reservation, TokenCounter, Tracker
-from scheduler.config._config import VibeConfig
-from scheduler.control._alerts import AlertRuntime
-from scheduler.control._pause import PauseController
-from scheduler.core._errors import LeaseError, OverloadedError, ProviderError, ProviderTimeoutError
-from scheduler.core._events import EventBus
-from scheduler.core._hooks import AsyncHook, Hook
-from scheduler.core._provider import Completion, CompletionRequest, Message, Provider
-from scheduler.core._usage import Usage, UsageEvent, cost_usd
+from scheduler.config import VibeConfig
+from scheduler.control import AlertRuntime, PauseController
+from scheduler.core import (
+    AsyncHook,
+    Completion,
+    CompletionRequest,
+    EventBus,
+    Hook,
+    LeaseError,
+    Message,
+    OverloadedError,
+    Provider,
+    ProviderError,
+    ProviderTimeoutError,
+    Usage,
+    UsageEvent,
+    cost_usd,
+)
+from scheduler.routing import Replanner, Router, task_info
 from scheduler.routing._health import error_kind_of
-from scheduler.routing._replan import Replanner
-from scheduler.routing._router import Router, task_info
 from scheduler.runtime._admission import Admission
 from scheduler.runtime._quality import QualityScorer
-from scheduler.tasks._state import TaskHandle
+from scheduler.tasks import TaskHandle
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,25 +20,23 @@ import anyio.abc
 import structlog
 
 from policies.replan import BreakDown
-from scheduler.budget._profile import resolve_task
-from scheduler.budget._tokens import TokenCounter
-from scheduler.config._config import TaskSpec, VibeConfig
-from scheduler.core._clock import WallClock
-from scheduler.core._errors import (
+from scheduler.budget import TokenCounter, resolve_task
+from scheduler.config import TaskSpec, VibeConfig
+from scheduler.core import (
     ConfigError,
+    EventBus,
     FinishRequestedError,
+    Provider,
     TaskAbortedError,
+    Totals,
     VibeEngineError,
+    WallClock,
 )
-from scheduler.core._events import EventBus
-from scheduler.core._provider import Provider
-from scheduler.core._usage import Totals
-from scheduler.routing._router import task_info
+from scheduler.routing import task_info
 from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._context import AgentContext
 from scheduler.store import Store
-from scheduler.tasks._state import TaskHandle, TaskStatus
-from scheduler.tasks._table import TaskTable
+from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
 _log = structlog.get_logger("vibe_engine.orchestrator")
 

@@ -22,12 +22,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from scheduler.config._config import VibeConfig
-from scheduler.core._errors import VibeEngineError
-from scheduler.core._provider import Completion, Message
-from scheduler.core._resolve import resolve_object
-from scheduler.routing._router import Router
-from scheduler.tasks._state import TaskHandle
+from scheduler.config import VibeConfig
+from scheduler.core import Completion, Message, VibeEngineError, resolve_object
+from scheduler.routing import Router
+from scheduler.tasks import TaskHandle
 
 __all__ = ["LlmJudge", "QualityScorer", "make_quality_scorer"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from scheduler.core._usage import Totals, UsageEvent
+from scheduler.core import Totals, UsageEvent
 
 
 def scopes_of(event: UsageEvent) -> tuple[str, str, str]:

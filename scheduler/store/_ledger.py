@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from scheduler.core._usage import Totals, UsageEvent
+from scheduler.core import Totals, UsageEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from scheduler.core._usage import Totals, UsageEvent
+from scheduler.core import Totals, UsageEvent
 from scheduler.store._base import scopes_of
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scheduler.config._config import DistributedConfig
-from scheduler.core._errors import ConfigError
-from scheduler.core._resolve import resolve_object
+from scheduler.config import DistributedConfig
+from scheduler.core import ConfigError, resolve_object
 from scheduler.store._base import Store
 from scheduler.store._memory import MemoryStore
 from scheduler.store._sqlite import SqliteStore

@@ -41,9 +41,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
-from scheduler.config._config import DistributedConfig
-from scheduler.core._errors import BudgetExceededError, StoreUnavailableError
-from scheduler.core._usage import Totals, UsageEvent
+from scheduler.config import DistributedConfig
+from scheduler.core import BudgetExceededError, StoreUnavailableError, Totals, UsageEvent
 from scheduler.store._base import scopes_of
 from scheduler.store._ledger import Hold, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection

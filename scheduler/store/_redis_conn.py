@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scheduler.core._errors import StoreError, StoreUnavailableError
+from scheduler.core import StoreError, StoreUnavailableError
 from scheduler.store._redis_lua import SCRIPTS
 
 _log = structlog.get_logger("vibe_engine.store.redis")

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler.core._errors import StoreError
-from scheduler.core._usage import UsageEvent
+from scheduler.core import StoreError, UsageEvent
 
 
 @dataclass(frozen=True, slots=True)

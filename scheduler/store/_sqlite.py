@@ -16,8 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from scheduler.core._errors import StoreError
-from scheduler.core._usage import Totals, Usage, UsageEvent
+from scheduler.core import StoreError, Totals, Usage, UsageEvent
 from scheduler.store._base import scopes_of
 
 _SCHEMA = """

@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from scheduler.budget._profile import TaskProfile
-from scheduler.config._config import PRIORITY_VALUES, TaskSpec
+from scheduler.budget import TaskProfile
+from scheduler.config import PRIORITY_VALUES, TaskSpec
 
 
 class TaskStatus(StrEnum):
