@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
@@ -16,9 +16,7 @@ from scheduler.control._alerts import AlertRuntime
 from scheduler.control._overdraft import OverdraftLedger
 from scheduler.control._pause import PauseController
 from scheduler.store import MemoryStore, SqliteStore, Store
-from tests._helpers import run_virtual as run_virtual
 
-T = TypeVar("T")
 DAY = date(2026, 11, 25)  # a Wednesday: weekday day budget
 
 

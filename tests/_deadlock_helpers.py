@@ -12,8 +12,7 @@ from agents import AgentContext
 from scheduler import Event, FixedWallClock, Limits, TaskSpec, VibeConfig
 from scheduler.config._config import PriorityClass
 from scheduler.runtime._orchestrator import Orchestrator, RunReport
-from tests._fakes import ScriptedProvider
-from tests._helpers import FRIDAY
+from scheduler.testing import FRIDAY, ScriptedProvider
 from tests._observe_helpers import instant_shell_context
 
 

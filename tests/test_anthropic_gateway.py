@@ -14,10 +14,11 @@ from agents.providers import AnthropicProvider
 from scheduler import FixedWallClock, TaskSpec, TokenCounter, VibeConfig
 from scheduler.config._config import ProviderConfig
 from scheduler.runtime._orchestrator import Orchestrator
+from scheduler.testing import FRIDAY
 from tests._anthropic_helpers import SECRET_KEY, fake_api
-from tests._helpers import FRIDAY
 
-pytestmark = pytest.mark.anyio
+# the fake Anthropic API is a real HTTP server: its sockets need real time
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 __all__ = ["fake_api"]
 
 

@@ -30,7 +30,8 @@ from tests._anthropic_helpers import (
     request,
 )
 
-pytestmark = pytest.mark.anyio
+# the fake Anthropic API is a real HTTP server: its sockets need real time
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 __all__ = ["fake_api"]
 
 LONG_SYSTEM = "You are a careful reviewer of scheduler code. " * 120  # > 4096 chars

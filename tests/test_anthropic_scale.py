@@ -17,6 +17,7 @@ from agents.fake_api import FakeAnthropicServer, Fault
 from scheduler import FixedWallClock, TaskSpec, Usage, VibeConfig
 from scheduler.config._config import ProviderConfig
 from scheduler.runtime._orchestrator import Orchestrator
+from scheduler.testing import FRIDAY
 from tests._anthropic_helpers import (
     SECRET_KEY,
     Recorder,
@@ -25,9 +26,9 @@ from tests._anthropic_helpers import (
     reported_sum,
     request,
 )
-from tests._helpers import FRIDAY
 
-pytestmark = pytest.mark.anyio
+# the fake Anthropic API is a real HTTP server: its sockets need real time
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 __all__ = ["fake_api"]
 
 LONG_SYSTEM = "Follow the repository conventions and keep diffs small. " * 90

@@ -17,8 +17,7 @@ import pytest
 from agents import discover_agents, plugin_infos
 from scheduler import TaskSpec, VibeConfig
 from scheduler.runtime._orchestrator import Orchestrator
-from tests._fakes import ScriptedProvider
-from tests._helpers import run_virtual
+from scheduler.testing import ScriptedProvider
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -77,7 +76,9 @@ def test_plugin_guide_example_passed_as_a_factory(examples_path: Path, tmp_path:
     assert orch.handles["a"].result["words"] == 3
 
 
-def test_r7_4_policy_guide_example_named_in_config(examples_path: Path, tmp_path: Path) -> None:
+async def test_r7_4_policy_guide_example_named_in_config(
+    examples_path: Path, tmp_path: Path,
+) -> None:
     """R7.4 (docs/guide-policy.md): the example alert policy, named by import string in
     config, is resolved at start-up and its extra checkpoint fires at the 70 % warning."""
     pytest.importorskip("policies.alerts", reason="the alert policy protocol (issue 5) "
@@ -96,7 +97,7 @@ def test_r7_4_policy_guide_example_named_in_config(examples_path: Path, tmp_path
     orch = Orchestrator(config, provider=ScriptedProvider(), agents={"qa": QuestionAnswerAgent})
     specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?",
                       params={"max_tokens": 50}) for i in range(10)]
-    report = run_virtual(orch.run, specs)
+    report = await orch.run(specs)
     assert all(o.status == "completed" for o in report.outcomes.values())
     names = [e.name for e in orch.bus.history]
     assert names.count("budget_warning") == 1 and "budget_critical" not in names
@@ -118,6 +119,7 @@ def test_policy_example_is_pure(examples_path: Path) -> None:
     assert alerts.ActionKind.CHECKPOINT not in [a.kind for a in policy.actions(cost)]
 
 
+@pytest.mark.slow
 def test_tutorial_config_runs_from_the_command_line(tmp_path: Path) -> None:
     """docs/tutorial.md: `vibe-engine run docs/examples/tutorial.toml`, then status and report."""
     env = {**os.environ, "COLUMNS": "200"}

@@ -15,7 +15,7 @@ import pytest
 from scheduler import FixedWallClock, VibeConfig
 from scheduler import Tracker as Tracker
 from scheduler.store import SqliteStore
-from tests._helpers import FRIDAY
+from scheduler.testing import FRIDAY
 
 WRITER = textwrap.dedent(
     """

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
 import scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +36,7 @@ def test_public_api_is_exactly_what_we_export() -> None:
     assert public - set(scheduler.__all__) - modules == set()
 
 
+@pytest.mark.slow
 def test_every_package_imports_first_in_a_fresh_interpreter() -> None:
     """Each top-level package (and each benchmark) imports on its own, in any order: no
     import cycle hides behind a test session that happened to import ``scheduler`` first."""

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from rich.segment import Segment
 from structlog.testing import capture_logs
@@ -18,7 +19,7 @@ from scheduler.observe._observers import status_path
 from scheduler.observe._snapshot import Snapshot, alert_level, snapshot_of
 from scheduler.observe._status import read_status, snapshot_from_store
 from scheduler.store import SqliteStore
-from tests._helpers import FRIDAY, run_virtual
+from scheduler.testing import FRIDAY, run_virtual
 from tests._observe_helpers import crafted_snapshot, demo_orchestrator, strip_ansi, terminal_console
 
 ROW = r"│\s*{task}\s*│[^│]*│[^│]*│\s*{state}"
@@ -33,7 +34,8 @@ def _states_on_screen(text: str) -> set[str]:
     return found
 
 
-def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: Path) -> None:
+@pytest.mark.slow
+async def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: Path) -> None:
     """Observability, R5.5: during a real demo run the live view shows running, waiting
     (with queue position and estimated wait, from the allocator) and completed tasks,
     the pool's leases and the models' health.
@@ -47,10 +49,7 @@ def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: 
     console, buf = terminal_console()
     view = attach_live(orch, console, refresh_s=0.2)
 
-    async def main() -> None:
-        await orch.run()
-
-    run_virtual(main)
+    await orch.run()
     screen = strip_ansi(buf.getvalue())
     assert view.frames > 10
     states = _states_on_screen(screen)
@@ -65,7 +64,8 @@ def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: 
     assert "completed 8" in last
 
 
-def test_live_view_shows_every_state_during_the_staged_demo(tmp_path: Path) -> None:
+@pytest.mark.slow
+async def test_live_view_shows_every_state_during_the_staged_demo(tmp_path: Path) -> None:
     """Observability acceptance, R3.4, R5.5, R6.7: the demo as ``vibe-engine demo`` runs it
     (24 tasks, the opus outage, the tight-budget task) shows each state on the live screen
     at least once — running, waiting with queue position and estimated wait, paused (with
@@ -74,7 +74,7 @@ def test_live_view_shows_every_state_during_the_staged_demo(tmp_path: Path) -> N
     orch = demo_orchestrator(tmp_path, tasks=24, time_scale=0.25, staged=True)
     console, buf = terminal_console()
     attach_live(orch, console, refresh_s=0.1)
-    report = run_virtual(orch.run)
+    report = await orch.run()
     screen = strip_ansi(buf.getvalue())
     states = _states_on_screen(screen)
     assert {"running", "waiting", "paused", "deferred", "completed"} <= states, states
@@ -145,14 +145,14 @@ def test_r3_1_alert_level_thresholds() -> None:
         "ok", "ok", "warning", "warning", "critical", "exceeded", "exceeded"]
 
 
-def test_live_view_degrades_to_log_lines_when_not_a_tty(tmp_path: Path) -> None:
+async def test_live_view_degrades_to_log_lines_when_not_a_tty(tmp_path: Path) -> None:
     """Observability: without a terminal the live view writes structured live_status lines."""
     orch = demo_orchestrator(tmp_path, tasks=4, time_scale=1.0)
-    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed below
+    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115, ASYNC230 - closed below
     try:
         attach_live(orch, console, log_every_s=0.5)
         with capture_logs() as logs:
-            run_virtual(orch.run)
+            await orch.run()
     finally:
         console.file.close()
     lines = [e for e in logs if e["event"] == "live_status"]
@@ -170,7 +170,7 @@ def test_snapshot_round_trips_through_json(tmp_path: Path) -> None:
                               "completed": 1}
 
 
-def test_status_json_written_while_running_and_final_when_done(tmp_path: Path) -> None:
+async def test_status_json_written_while_running_and_final_when_done(tmp_path: Path) -> None:
     """status.json is rewritten every second during a run; the last one says running: false."""
     orch = demo_orchestrator(tmp_path, tasks=6, time_scale=1.0)
     seen: list[dict[str, object]] = []
@@ -185,7 +185,7 @@ def test_status_json_written_while_running_and_final_when_done(tmp_path: Path) -
                 seen.append(json.loads(path.read_text()))
 
     orch.services.append(watch)
-    run_virtual(orch.run)
+    await orch.run()
     assert orch.observers.status is not None and orch.observers.status.writes >= 3
     assert any(s["running"] and s["counts"].get("running") for s in seen)  # type: ignore[attr-defined]
     final = json.loads(path.read_text())
@@ -316,6 +316,7 @@ def test_status_command_reads_the_running_orchestrator(tmp_path: Path) -> None:
     assert {t["task_id"] for t in data["tasks"]} == {"t01", "t02", "probe"}
 
 
+@pytest.mark.slow
 def test_demo_command_draws_the_live_view_on_a_pseudo_terminal(tmp_path: Path) -> None:
     """`vibe-engine demo` on a pseudo-terminal draws the live view (the CLI wiring)."""
     import pty

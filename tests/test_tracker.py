@@ -20,7 +20,8 @@ from scheduler import (
     resolve_task,
 )
 from scheduler.store import MemoryStore, SqliteStore, Store
-from tests._helpers import FRIDAY, SATURDAY, run_virtual, tracker_with_task
+from scheduler.testing import FRIDAY, run_virtual
+from tests._helpers import SATURDAY, tracker_with_task
 
 pytestmark = pytest.mark.anyio
 
