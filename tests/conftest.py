@@ -3,7 +3,9 @@
 Async tests run on trio's MockClock with autojump (``scheduler.testing``): time
 moves only when every task is blocked, so timelines are exact and fast.  A
 test that needs real I/O or asyncio itself carries ``@pytest.mark.real_asyncio``
-with a comment saying why, and runs on asyncio with real time.
+with a comment saying why, and runs on asyncio with real time; one that needs a
+given backend parametrizes ``anyio_backend``.  Sync tests that run several event
+loops in turn (a restart, hypothesis examples) use ``run_virtual`` / ``run_real``.
 """
 
 from __future__ import annotations

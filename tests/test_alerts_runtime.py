@@ -131,7 +131,7 @@ async def test_r3_3_critical_notification_carries_remaining_tokens_and_cost() ->
     assert "pausing after the current step" in crit.message
 
 
-def test_r3_3_checkpoint_request_is_consumed_once() -> None:
+async def test_r3_3_checkpoint_request_is_consumed_once() -> None:
     async def main() -> tuple[bool, bool, bool]:
         h = await open_harness(tasks={"t": profile(tokens=1000)})
         before = h.alerts.consume_checkpoint_request("t")
@@ -139,7 +139,7 @@ def test_r3_3_checkpoint_request_is_consumed_once() -> None:
         return before, h.alerts.consume_checkpoint_request("t"), \
             h.alerts.consume_checkpoint_request("t")
 
-    assert run_virtual(main) == (False, True, False)
+    assert await main() == (False, True, False)
 
 
 async def test_r3_1_thresholds_are_configurable() -> None:
@@ -180,7 +180,7 @@ async def test_r3_1_per_model_session_cap_fires_for_that_model_only() -> None:
     ]
 
 
-def test_r3_status_rows_show_use_and_level_per_dimension() -> None:
+async def test_r3_status_rows_show_use_and_level_per_dimension() -> None:
     async def main() -> dict[str, tuple[float, str, bool]]:
         h = await open_harness(make_config(session={"tokens": 10_000}),
                                tasks={"t": profile(tokens=1000, file_edits=10, time_s=100.0)})
@@ -190,7 +190,7 @@ def test_r3_status_rows_show_use_and_level_per_dimension() -> None:
         return {f"{r.task_id} {r.dimension}": (round(r.used, 6), r.level, r.paused)
                 for r in status_rows(h.tracker, h.controller)}
 
-    assert run_virtual(main) == {
+    assert await main() == {
         "t tokens": (950, "critical", True),
         "t file_edits": (7, "warning", True),
         "t time_s": (20, "ok", True),

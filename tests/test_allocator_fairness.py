@@ -134,7 +134,7 @@ async def test_r5_2_blocking_boost_to_3() -> None:
     assert trace == ["blocker", "crit", "normal"]
 
 
-def test_r5_3_least_service_first_within_a_level_and_idle_credit_is_not_banked() -> None:
+async def test_r5_3_least_service_first_within_a_level_and_idle_credit_is_not_banked() -> None:
     async def main() -> list[str]:
         trace: list[str] = []
         async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
@@ -151,7 +151,7 @@ def test_r5_3_least_service_first_within_a_level_and_idle_credit_is_not_banked()
             # Without lifting "fresh" (counter 0) would have gone first.
             return trace
 
-    assert run_virtual(main) == ["busy", "fresh"]
+    assert await main() == ["busy", "fresh"]
 
 
 def _grant_shares(config_kw: dict[str, Any], classes: dict[str, str], grants: int,

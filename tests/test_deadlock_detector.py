@@ -14,6 +14,7 @@ from scheduler.config._config import DeadlockConfig
 from scheduler.deadlock._graph import DeadlockDetector, WaitForGraph
 from scheduler.deadlock._locks import LockManager
 from scheduler.deadlock._resolver import DeadlockResolver
+from scheduler.testing import run_virtual
 
 
 class Recorder:
@@ -176,7 +177,7 @@ def test_r5_6_after_check_victims_break_every_cycle(n: int, seed: int,
         assert nx.is_directed_acyclic_graph(rest)
         assert bool(found) == (not nx.is_directed_acyclic_graph(g.graph))
 
-    anyio.run(main, backend="trio")
+    run_virtual(main)
 
 
 # -- the victim policy (pure) -------------------------------------------------------------

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from agents import discover_agents, plugin_infos
@@ -39,7 +38,8 @@ def _register_entry_point(site: Path, dist: str, group: str, name: str, target: 
     (info / "entry_points.txt").write_text(f"[{group}]\n{name} = {target}\n")
 
 
-def test_r7_3_plugin_guide_example_registered_by_entry_point(
+@pytest.mark.real_asyncio  # the agent runs `wc` as a real process
+async def test_r7_3_plugin_guide_example_registered_by_entry_point(
     examples_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """R7.3 (docs/guide-agent-plugin.md): the example agent, registered through an entry
@@ -57,7 +57,7 @@ def test_r7_3_plugin_guide_example_registered_by_entry_point(
     orch = Orchestrator(config, provider=ScriptedProvider(), agents=agents)
     spec = TaskSpec(id="wc", agent="wordcount", prompt="Summarise this",
                     params={"text": "one two three four five"})
-    report = anyio.run(orch.run, [spec])  # real time: the agent runs `wc` in a process
+    report = await orch.run([spec])
     out = report.outcomes["wc"]
     assert out.status == "completed", out.reason
     assert orch.handles["wc"].result["words"] == 5
@@ -65,13 +65,16 @@ def test_r7_3_plugin_guide_example_registered_by_entry_point(
     assert out.usage.dangerous_commands == 0
 
 
-def test_plugin_guide_example_passed_as_a_factory(examples_path: Path, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # the agent runs `wc` as a real process
+async def test_plugin_guide_example_passed_as_a_factory(
+    examples_path: Path, tmp_path: Path,
+) -> None:
     """The same agent passed directly as a factory (no packaging), as the guide shows."""
     module = importlib.import_module("word_count_agent")
     config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1")
     orch = Orchestrator(config, provider=ScriptedProvider(),
                         agents={"wordcount": module.WordCountAgent})
-    report = anyio.run(orch.run, [TaskSpec(id="a", agent="wordcount", prompt="a b c")])
+    report = await orch.run([TaskSpec(id="a", agent="wordcount", prompt="a b c")])
     assert report.outcomes["a"].status == "completed"
     assert orch.handles["a"].result["words"] == 3
 

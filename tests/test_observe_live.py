@@ -224,7 +224,7 @@ def test_read_status_uses_running_orchestrator_else_store(tmp_path: Path) -> Non
     assert running.source == "orchestrator" and running.running
 
 
-def test_snapshot_from_store_without_history_or_tasks(tmp_path: Path) -> None:
+async def test_snapshot_from_store_without_history_or_tasks(tmp_path: Path) -> None:
     """An empty store gives an empty snapshot, not an error."""
 
     async def main() -> Snapshot:
@@ -235,7 +235,7 @@ def test_snapshot_from_store_without_history_or_tasks(tmp_path: Path) -> None:
         finally:
             await store.aclose()
 
-    snap = run_virtual(main)
+    snap = await main()
     assert snap.tasks == () and snap.session_id == "" and snap.source == "store"
     assert any(b.dimension == "cost_usd" for b in snap.budgets)
 
@@ -295,20 +295,15 @@ class StatusProbe:
         StatusProbe.seen["out"] = proc.stdout.decode()
 
 
-def test_status_command_reads_the_running_orchestrator(tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # `vibe-engine status` runs as a real process during the run
+async def test_status_command_reads_the_running_orchestrator(tmp_path: Path) -> None:
     """`vibe-engine status` in another process shows the running orchestrator's snapshot."""
-    import anyio
-
     from scheduler import TaskSpec
 
     orch = demo_orchestrator(tmp_path, tasks=2, time_scale=0.01)
     orch.agents["probe"] = StatusProbe
     StatusProbe.seen = {"state": str(orch.config.state_dir)}
-
-    async def main() -> None:
-        await orch.run([*orch.config.tasks, TaskSpec(id="probe", agent="probe")])
-
-    anyio.run(main)
+    await orch.run([*orch.config.tasks, TaskSpec(id="probe", agent="probe")])
     assert StatusProbe.seen["rc"] == 0
     data = json.loads(str(StatusProbe.seen["out"]))
     assert data["source"] == "orchestrator" and data["running"] is True
@@ -347,7 +342,7 @@ def test_demo_command_draws_the_live_view_on_a_pseudo_terminal(tmp_path: Path) -
     assert "Models" in screen and "total" in screen  # the final report tables follow
 
 
-def test_snapshot_plugs_in_allocator_controller_and_health(tmp_path: Path) -> None:
+async def test_snapshot_plugs_in_allocator_controller_and_health(tmp_path: Path) -> None:
     """R5.5/R3.4/R6.3: snapshot_of reads the parts' statistics() when they are wired.
 
     Fakes with the field names of the allocator's, pause controller's and health
@@ -384,7 +379,7 @@ def test_snapshot_plugs_in_allocator_controller_and_health(tmp_path: Path) -> No
         finally:
             await orch.aclose()
 
-    snap = run_virtual(take)
+    snap = await take()
     by_id = {t.task_id: t for t in snap.tasks}
     assert (by_id["t01"].status, by_id["t01"].queue_position,
             by_id["t01"].estimated_wait_s) == ("waiting", 1, 2.5)
@@ -392,7 +387,7 @@ def test_snapshot_plugs_in_allocator_controller_and_health(tmp_path: Path) -> No
     assert snap.pools[0].leases == 2 and snap.models[0].state == "unavailable"
 
 
-def test_r3_1_hot_task_budgets_appear_in_the_snapshot(tmp_path: Path) -> None:
+async def test_r3_1_hot_task_budgets_appear_in_the_snapshot(tmp_path: Path) -> None:
     """R3.1: a live task's dimensions at or above 70 % join the session and day bars."""
     from scheduler import TaskSpec, Usage
 
@@ -416,7 +411,7 @@ def test_r3_1_hot_task_budgets_appear_in_the_snapshot(tmp_path: Path) -> None:
         finally:
             await orch.aclose()
 
-    snap = run_virtual(take)
+    snap = await take()
     task_bars = [b for b in snap.budgets if b.scope.startswith("task:")]
     assert [(b.scope, b.dimension, b.level) for b in task_bars] == [
         ("task:hot", "tokens", "warning")]

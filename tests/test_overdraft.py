@@ -116,7 +116,7 @@ async def test_r3_5_cost_grace_is_ten_cents() -> None:
     assert "exceeds the grace of $0.10" in denied
 
 
-def test_r3_5_no_grace_for_time() -> None:
+async def test_r3_5_no_grace_for_time() -> None:
     async def main() -> str:
         h = await open_harness(tasks={"t": profile(time_s=10.0)})
         await anyio.sleep(11)
@@ -125,7 +125,7 @@ def test_r3_5_no_grace_for_time() -> None:
                 await _llm(h, "t", 10)
         return info.value.reason
 
-    assert "no overdraft grace for time_s" in run_virtual(main)
+    assert "no overdraft grace for time_s" in await main()
 
 
 async def test_r3_5_overdraft_repaid_from_the_next_budget_added() -> None:

@@ -54,7 +54,7 @@ async def test_r3_4_pause_add_budget_continue_with_added_budget() -> None:
     assert out["budget"] == {"scopes": {"task:t": {"tokens": 50_000}}}
 
 
-def test_r3_4_thresholds_rearmed_after_budget_added_fire_once_again() -> None:
+async def test_r3_4_thresholds_rearmed_after_budget_added_fire_once_again() -> None:
     async def main() -> list[str]:
         h = await open_harness(tasks={"t": profile(tokens=1000)})
         await _exceed(h)
@@ -64,7 +64,7 @@ def test_r3_4_thresholds_rearmed_after_budget_added_fire_once_again() -> None:
             await h.charge("t", tokens=100)
         return h.names("budget_")
 
-    assert run_virtual(main) == [
+    assert await main() == [
         "budget_warning", "budget_critical", "budget_exceeded",
         "budget_warning", "budget_critical", "budget_exceeded",
     ]
@@ -91,7 +91,7 @@ def test_r3_4_add_cost_budget_to_a_cost_pause() -> None:
     assert run_virtual(main2) == (1.5, 10_000)
 
 
-def test_r3_4_add_budget_never_caps_an_unlimited_dimension() -> None:
+async def test_r3_4_add_budget_never_caps_an_unlimited_dimension() -> None:
     async def main() -> tuple[int | None, float | None]:
         h = await open_harness(tasks={"t": profile(tokens=1000)})
         await _exceed(h)
@@ -100,10 +100,10 @@ def test_r3_4_add_budget_never_caps_an_unlimited_dimension() -> None:
         lim = h.tracker.task_scope("t").limits
         return lim.tokens, lim.cost_usd
 
-    assert run_virtual(main) == (1500, None)
+    assert await main() == (1500, None)
 
 
-def test_r3_4_finish_returns_finish_and_clears_the_pause() -> None:
+async def test_r3_4_finish_returns_finish_and_clears_the_pause() -> None:
     async def main() -> tuple[str, bool, Any]:
         h = await open_harness(tasks={"t": profile(tokens=1000)})
         await _exceed(h)
@@ -117,7 +117,7 @@ def test_r3_4_finish_returns_finish_and_clears_the_pause() -> None:
             decision = await h.controller.wait_decision("t")
         return decision.action, h.controller.is_paused("t"), await h.store.get_state("pause", "t")
 
-    assert run_virtual(main) == ("finish", False, None)
+    assert await main() == ("finish", False, None)
 
 
 async def test_r3_4_review_shows_work_and_keeps_the_task_paused() -> None:
@@ -224,7 +224,7 @@ def test_r3_4_decision_written_while_no_orchestrator_runs_is_applied_at_start(
     assert run_virtual(restart) == ("add_budget", 3000)
 
 
-def test_r3_4_running_controller_picks_up_a_decision_written_to_the_store() -> None:
+async def test_r3_4_running_controller_picks_up_a_decision_written_to_the_store() -> None:
     async def main() -> str:
         h = await open_harness(tasks={"t": profile(tokens=1000)}, poll_s=2.0)
         await _exceed(h)
@@ -239,7 +239,7 @@ def test_r3_4_running_controller_picks_up_a_decision_written_to_the_store() -> N
                 decision = await h.controller.wait_decision("t")
         return decision.source
 
-    assert run_virtual(main) == "cli"
+    assert await main() == "cli"
 
 
 async def test_r3_6_pause_takes_effect_only_after_the_critical_section() -> None:
@@ -299,7 +299,7 @@ async def test_r3_4_every_waiter_of_one_pause_gets_the_decision() -> None:
     assert got == ["add_budget"] * 3
 
 
-def test_r3_4_decision_timeout_saves_and_finishes() -> None:
+async def test_r3_4_decision_timeout_saves_and_finishes() -> None:
     async def main() -> tuple[str, str, float]:
         h = await open_harness(tasks={"t": profile(tokens=1000)})
         h.controller.decision_timeout_s = 120
@@ -308,7 +308,7 @@ def test_r3_4_decision_timeout_saves_and_finishes() -> None:
         decision = await h.controller.wait_decision("t")
         return decision.action, decision.source, anyio.current_time() - start
 
-    assert run_virtual(main) == ("finish", "timeout", 120)
+    assert await main() == ("finish", "timeout", 120)
 
 
 async def test_r3_6_critical_sections_nest_and_are_reported() -> None:
@@ -324,7 +324,7 @@ async def test_r3_6_critical_sections_nest_and_are_reported() -> None:
     assert seen == [False, "external_api", {"t": 2}, "git_commit", False, None]
 
 
-def test_r3_6_critical_section_closes_on_error_and_cancellation() -> None:
+async def test_r3_6_critical_section_closes_on_error_and_cancellation() -> None:
     async def main() -> bool:
         h = await open_harness(tasks={"t": profile()})
         with pytest.raises(RuntimeError):
@@ -335,14 +335,14 @@ def test_r3_6_critical_section_closes_on_error_and_cancellation() -> None:
                 await anyio.sleep(5)
         return h.controller.in_critical("t")
 
-    assert run_virtual(main) is False
+    assert await main() is False
 
 
-def test_r3_4_controller_without_store_records_is_empty() -> None:
+async def test_r3_4_controller_without_store_records_is_empty() -> None:
     async def main() -> int:
         h = await open_harness()
         c2 = PauseController(h.store, h.tracker, h.events)
         await c2.open()
         return len(c2.paused_tasks())
 
-    assert run_virtual(main) == 0
+    assert await main() == 0

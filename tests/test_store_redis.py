@@ -323,7 +323,8 @@ async def test_reserve_shared_is_plain_reserve_on_local_stores() -> None:
 # -- connection loss ---------------------------------------------------------------------
 
 
-def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) -> None:
     """Redis down (connection cut): no new holds; usage of calls in flight is spooled
     to disk and reaches Redis after reconnection; nothing is lost or double-charged."""
     proxy = TcpProxy()
@@ -354,12 +355,13 @@ def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) 
         await direct.aclose()
         await s.aclose()
     try:
-        run_real(main)
+        await main()
     finally:
         proxy.close()
 
 
-def test_fail_open_grants_only_the_local_allowance(redis_ns: str, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_fail_open_grants_only_the_local_allowance(redis_ns: str, tmp_path: Path) -> None:
     proxy = TcpProxy()
     cfg = DistributedConfig(failure_mode="open", fail_open_tokens=1_000, socket_timeout_s=0.5)
 
@@ -378,12 +380,13 @@ def test_fail_open_grants_only_the_local_allowance(redis_ns: str, tmp_path: Path
         assert s.statistics().fail_open_tokens_used == 0  # reset once Redis is back
         await s.aclose()
     try:
-        run_real(main)
+        await main()
     finally:
         proxy.close()
 
 
-def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
     """Usage spooled by a process that then died is replayed by the next one's open()."""
     proxy = TcpProxy()
     spool = tmp_path / "sp"
@@ -402,7 +405,7 @@ def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
         assert spool.read_text() == ""
         await s2.aclose()
     try:
-        run_real(main)
+        await main()
     finally:
         proxy.close()
 
@@ -461,7 +464,8 @@ async def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
     assert 0 < completed <= limit // 800 + 10, completed
 
 
-def test_state_writes_during_an_outage_are_replayed_in_order(
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_state_writes_during_an_outage_are_replayed_in_order(
     redis_ns: str, tmp_path: Path
 ) -> None:
     """A task finishing while Redis is down still records its state; writes are replayed
@@ -484,7 +488,7 @@ def test_state_writes_during_an_outage_are_replayed_in_order(
         assert (await s.totals("task:t1")).tokens == 162
         await s.aclose()
     try:
-        run_real(main)
+        await main()
     finally:
         proxy.close()
 
