@@ -116,8 +116,7 @@ async def test_abort_requeues_and_keeps_attempt_count(
     make_orchestrator: OrchestratorFactory,
 ) -> None:
     attempts: list[int] = []
-
-    running = anyio.Event()
+    running = anyio.Event()  # set once the first attempt is under way
 
     class Slow:
         async def run(self, ctx: AgentContext) -> int:
