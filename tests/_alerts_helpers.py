@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
@@ -15,9 +15,7 @@ from scheduler.config import VibeConfig, config_from_dict
 from scheduler.control import AlertRuntime, OverdraftLedger, PauseController
 from scheduler.core import EventBus, FixedWallClock
 from scheduler.store import MemoryStore, SqliteStore, Store
-from tests._helpers import run_virtual as run_virtual
 
-T = TypeVar("T")
 DAY = date(2026, 11, 25)  # a Wednesday: weekday day budget
 
 

@@ -13,8 +13,7 @@ from scheduler import Event, Limits, TaskSpec, VibeConfig
 from scheduler.config import PriorityClass
 from scheduler.core import FixedWallClock
 from scheduler.runtime import Orchestrator, RunReport
-from tests._fakes import ScriptedProvider
-from tests._helpers import FRIDAY
+from scheduler.testing import FRIDAY, ScriptedProvider
 from tests._observe_helpers import instant_shell_context
 
 

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from datetime import date
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Protocol
 
-import anyio
-import trio.testing
-
-from scheduler import TaskSpec, Usage, UsageEvent, VibeConfig
+from scheduler import Orchestrator, Provider, TaskSpec, Usage, UsageEvent, VibeConfig
 from scheduler.budget import Tracker as Tracker
 from scheduler.budget import resolve_task
-from scheduler.core import FixedWallClock
+from scheduler.core import FixedWallClock, WallClock
 from scheduler.store import Store
+from scheduler.testing import FRIDAY
 
-T = TypeVar("T")
-
-FRIDAY = date(2026, 11, 27)
 SATURDAY = date(2026, 11, 28)
 
 
-def run_virtual(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``fn`` on trio with a MockClock that jumps when every task is blocked."""
-    return anyio.run(
-        fn, *args, backend="trio",
-        backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)},
-    )
+class OrchestratorFactory(Protocol):
+    """The ``make_orchestrator`` fixture (see ``scheduler.testing.build_orchestrator``)."""
+
+    def __call__(
+        self, agents: Mapping[str, Callable[[], Any]], *, provider: Provider | None = None,
+        store: Store | None = None, wall: WallClock | None = None,
+        config: VibeConfig | None = None, state_dir: Path | None = None, **settings: Any,
+    ) -> Orchestrator: ...
 
 
 def event(

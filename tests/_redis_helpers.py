@@ -13,15 +13,9 @@ import selectors
 import socket
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
-import anyio
 import pytest
 import redis
-import trio.testing
-
-T = TypeVar("T")
 
 REDIS_URL = os.environ.get("VIBE_REDIS_URL", "redis://127.0.0.1:6379/0")
 START_HINT = (
@@ -53,19 +47,6 @@ def delete_namespace(client: redis.Redis, namespace: str) -> None:
     if keys:
         client.delete(*keys)
 
-
-
-def run_virtual(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Backend-neutral code on trio with a MockClock that jumps when all tasks block."""
-    return anyio.run(
-        fn, *args, backend="trio",
-        backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)},
-    )
-
-
-def run_asyncio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """RedisStore is built on redis.asyncio: run on anyio's asyncio backend."""
-    return anyio.run(fn, *args, backend="asyncio")
 
 
 class TcpProxy:

@@ -1,20 +1,50 @@
-"""Shared fixtures: anyio backend, stores, global-state hygiene."""
+"""Shared fixtures: the anyio backend (virtual time), orchestrators, stores, global state.
+
+Async tests run on trio's MockClock with autojump (``scheduler.testing``): time
+moves only when every task is blocked, so timelines are exact and fast.  A
+test that needs real I/O or asyncio itself carries ``@pytest.mark.real_asyncio``
+with a comment saying why, and runs on asyncio with real time; one that needs a
+given backend parametrizes ``anyio_backend``.  Sync tests that run several event
+loops in turn (a restart, hypothesis examples) use ``run_virtual`` / ``run_real``.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
+from scheduler import Orchestrator
 from scheduler.store import MemoryStore, SqliteStore, Store
+from scheduler.testing import build_orchestrator, virtual_backend
+from tests._helpers import OrchestratorFactory
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """Virtual time, unless the test is marked ``real_asyncio``."""
+    if request.node.get_closest_marker("real_asyncio") is not None:
+        return "asyncio", {}
+    return virtual_backend()
+
+
+@pytest.fixture
+def make_orchestrator(tmp_path: Path) -> OrchestratorFactory:
+    """Builds orchestrators with :func:`scheduler.testing.build_orchestrator`: unless a
+    ``config`` is given, a memory store under ``tmp_path`` (or ``state_dir``), session
+    ``s1`` and ``settings`` as config fields; the wall clock on FRIDAY; a ScriptedProvider
+    unless ``provider`` is given."""
+
+    def make(agents: Mapping[str, Callable[[], Any]], **kw: Any) -> Orchestrator:
+        if kw.get("config") is None:
+            kw.setdefault("state_dir", tmp_path)
+        return build_orchestrator(agents, **kw)
+
+    return make
 
 
 @pytest.fixture(autouse=True)

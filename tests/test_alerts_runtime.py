@@ -10,7 +10,8 @@ import pytest
 import structlog.testing
 
 from scheduler.control._alerts import scope_rows
-from tests._alerts_helpers import Harness, make_config, open_harness, profile, run_virtual
+from scheduler.testing import run_virtual
+from tests._alerts_helpers import Harness, make_config, open_harness, profile
 
 LEVELS = ("warning", "critical", "exceeded")
 Step = Callable[[Harness], Awaitable[None]]
@@ -54,26 +55,23 @@ DIMENSIONS: list[tuple[str, dict[str, Any], Step, Callable[[int], float], float]
 
 @pytest.mark.parametrize(("dimension", "limits", "step", "used_after", "limit"), DIMENSIONS,
                          ids=[d[0] for d in DIMENSIONS])
-def test_r3_1_each_threshold_fires_once_per_crossing_in_every_dimension(
+async def test_r3_1_each_threshold_fires_once_per_crossing_in_every_dimension(
     dimension: str, limits: dict[str, Any], step: Step, used_after: Callable[[int], float],
     limit: float,
 ) -> None:
     """R3.1: warning 70 %, critical 90 %, exceeded 100 %, each exactly once per crossing."""
 
-    async def main() -> dict[str, int]:
-        h = await open_harness(tasks={"t": profile(**limits)})
-        fired_at: dict[str, int] = {}
-        for n in range(1, 16):
-            before = len(h.events.history)
-            await step(h)
-            for e in list(h.events.history)[before:]:
-                if e.name.startswith("budget_"):
-                    assert e.data["dimension"] == dimension
-                    assert e.name[7:] not in fired_at, f"{e.name} fired twice"
-                    fired_at[e.name[7:]] = n
-        return fired_at
-
-    fired_at = run_virtual(main)
+    h = await open_harness(tasks={"t": profile(**limits)})
+    fired_at: dict[str, int] = {}
+    for n in range(1, 16):
+        before = len(h.events.history)
+        await step(h)
+        for e in list(h.events.history)[before:]:
+            if e.name.startswith("budget_"):
+                assert e.data["dimension"] == dimension
+                assert e.name[7:] not in fired_at, f"{e.name} fired twice"
+                fired_at[e.name[7:]] = n
+    fired_at = fired_at
     thresholds = {"warning": 0.7, "critical": 0.9, "exceeded": 1.0}
     for level in LEVELS:
         expected = next(n for n in range(1, 16) if used_after(n) >= limit * thresholds[level])
@@ -82,59 +80,50 @@ def test_r3_1_each_threshold_fires_once_per_crossing_in_every_dimension(
 
 @pytest.mark.parametrize(("dimension", "limits", "step", "used_after", "limit"), DIMENSIONS,
                          ids=[d[0] for d in DIMENSIONS])
-def test_r3_2_to_r3_4_actions_in_every_dimension(
+async def test_r3_2_to_r3_4_actions_in_every_dimension(
     dimension: str, limits: dict[str, Any], step: Step, used_after: Callable[[int], float],
     limit: float,
 ) -> None:
     """R3.2 flags cheaper routing, R3.3 aggressive + checkpoint, R3.4 pauses — per dimension."""
 
-    async def main() -> None:
-        h = await open_harness(tasks={"t": profile(**limits)})
-        seen: set[str] = set()
-        while "budget_exceeded" not in seen:
-            await step(h)
-            seen = set(h.names("budget_"))
-            flags = h.alerts.flags("t")
-            if "budget_warning" in seen:
-                assert flags.prefer_cheaper
-                assert flags.indicator in ("warning", "critical", "exceeded")
-            if "budget_critical" in seen:
-                assert flags.aggressive
-                assert h.named("checkpoint_requested")
-            else:
-                assert not flags.aggressive
-            assert h.controller.is_paused("t") == ("budget_exceeded" in seen)
-        assert h.alerts.flags("t").indicator == "exceeded"
-        info = h.controller.pause_info("t")
-        assert info is not None and info.dimension == dimension and info.scope == "task:t"
-
-    run_virtual(main)
+    h = await open_harness(tasks={"t": profile(**limits)})
+    seen: set[str] = set()
+    while "budget_exceeded" not in seen:
+        await step(h)
+        seen = set(h.names("budget_"))
+        flags = h.alerts.flags("t")
+        if "budget_warning" in seen:
+            assert flags.prefer_cheaper
+            assert flags.indicator in ("warning", "critical", "exceeded")
+        if "budget_critical" in seen:
+            assert flags.aggressive
+            assert h.named("checkpoint_requested")
+        else:
+            assert not flags.aggressive
+        assert h.controller.is_paused("t") == ("budget_exceeded" in seen)
+    assert h.alerts.flags("t").indicator == "exceeded"
+    info = h.controller.pause_info("t")
+    assert info is not None and info.dimension == dimension and info.scope == "task:t"
 
 
-def test_r3_2_warning_event_and_log_message() -> None:
-    async def main() -> Harness:
-        h = await open_harness(tasks={"t": profile(tokens=1000)})
-        with structlog.testing.capture_logs() as logs:
-            for _ in range(7):
-                await h.charge("t", tokens=100)
-        assert any(r["event"] == "budget_alert"
-                   and r["message"] == "budget at 70 %, consider wrapping up" for r in logs)
-        return h
-
-    h = run_virtual(main)
+async def test_r3_2_warning_event_and_log_message() -> None:
+    h = await open_harness(tasks={"t": profile(tokens=1000)})
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(7):
+            await h.charge("t", tokens=100)
+    assert any(r["event"] == "budget_alert"
+               and r["message"] == "budget at 70 %, consider wrapping up" for r in logs)
+    h = h
     (warning,) = h.named("budget_warning")
     assert warning.message == "budget at 70 %, consider wrapping up"
     assert warning.data["actions"] == ["log", "indicator", "prefer_cheaper"]
 
 
-def test_r3_3_critical_notification_carries_remaining_tokens_and_cost() -> None:
-    async def main() -> Harness:
-        h = await open_harness(tasks={"t": profile(tokens=1000, cost_usd=1.0)})
-        for _ in range(9):
-            await h.charge("t", tokens=100, cost=0.01)
-        return h
-
-    h = run_virtual(main)
+async def test_r3_3_critical_notification_carries_remaining_tokens_and_cost() -> None:
+    h = await open_harness(tasks={"t": profile(tokens=1000, cost_usd=1.0)})
+    for _ in range(9):
+        await h.charge("t", tokens=100, cost=0.01)
+    h = h
     (crit,) = h.named("budget_critical")
     assert crit.data["tokens_left"] == 100
     assert crit.data["cost_left"] == pytest.approx(0.91)
@@ -142,7 +131,7 @@ def test_r3_3_critical_notification_carries_remaining_tokens_and_cost() -> None:
     assert "pausing after the current step" in crit.message
 
 
-def test_r3_3_checkpoint_request_is_consumed_once() -> None:
+async def test_r3_3_checkpoint_request_is_consumed_once() -> None:
     async def main() -> tuple[bool, bool, bool]:
         h = await open_harness(tasks={"t": profile(tokens=1000)})
         before = h.alerts.consume_checkpoint_request("t")
@@ -150,49 +139,40 @@ def test_r3_3_checkpoint_request_is_consumed_once() -> None:
         return before, h.alerts.consume_checkpoint_request("t"), \
             h.alerts.consume_checkpoint_request("t")
 
-    assert run_virtual(main) == (False, True, False)
+    assert await main() == (False, True, False)
 
 
-def test_r3_1_thresholds_are_configurable() -> None:
-    async def main() -> Harness:
-        cfg = make_config(alerts={"warning": 0.5, "critical": 0.8, "exceeded": 0.95})
-        h = await open_harness(cfg, tasks={"t": profile(tokens=100)})
-        for _ in range(100):
-            await h.charge("t", tokens=1)
-            if h.controller.is_paused("t"):
-                break
-        return h
-
-    h = run_virtual(main)
+async def test_r3_1_thresholds_are_configurable() -> None:
+    cfg = make_config(alerts={"warning": 0.5, "critical": 0.8, "exceeded": 0.95})
+    h = await open_harness(cfg, tasks={"t": profile(tokens=100)})
+    for _ in range(100):
+        await h.charge("t", tokens=1)
+        if h.controller.is_paused("t"):
+            break
+    h = h
     assert [e.data["used"] for e in h.events.history if e.name.startswith("budget_")] == [
         50, 80, 95,
     ]
     assert h.named("budget_warning")[0].message == "budget at 50 %, consider wrapping up"
 
 
-def test_r3_1_shared_session_crossing_fires_once_and_flags_every_task() -> None:
-    async def main() -> Harness:
-        cfg = make_config(session={"tokens": 1000})
-        h = await open_harness(cfg, tasks={"a": profile(), "b": profile()})
-        for i in range(8):
-            await h.charge("a" if i % 2 else "b", tokens=100)
-        return h
-
-    h = run_virtual(main)
+async def test_r3_1_shared_session_crossing_fires_once_and_flags_every_task() -> None:
+    cfg = make_config(session={"tokens": 1000})
+    h = await open_harness(cfg, tasks={"a": profile(), "b": profile()})
+    for i in range(8):
+        await h.charge("a" if i % 2 else "b", tokens=100)
+    h = h
     assert h.names("budget_") == ["budget_warning"]
     assert h.named("budget_warning")[0].data["scope"] == "session:s1"
     assert h.alerts.flags("a").prefer_cheaper and h.alerts.flags("b").prefer_cheaper
 
 
-def test_r3_1_per_model_session_cap_fires_for_that_model_only() -> None:
-    async def main() -> Harness:
-        cfg = make_config(session={"tokens_by_model": {"opus": 1000, "haiku": 5000}})
-        h = await open_harness(cfg, tasks={"t": profile()})
-        for _ in range(10):
-            await h.charge("t", model="opus", tokens=100)
-        return h
-
-    h = run_virtual(main)
+async def test_r3_1_per_model_session_cap_fires_for_that_model_only() -> None:
+    cfg = make_config(session={"tokens_by_model": {"opus": 1000, "haiku": 5000}})
+    h = await open_harness(cfg, tasks={"t": profile()})
+    for _ in range(10):
+        await h.charge("t", model="opus", tokens=100)
+    h = h
     assert [(e.name, e.data["dimension"]) for e in h.events.history
             if e.name.startswith("budget_")] == [
         ("budget_warning", "tokens:opus"), ("budget_critical", "tokens:opus"),
@@ -200,7 +180,7 @@ def test_r3_1_per_model_session_cap_fires_for_that_model_only() -> None:
     ]
 
 
-def test_r3_status_rows_show_use_and_level_per_dimension() -> None:
+async def test_r3_status_rows_show_use_and_level_per_dimension() -> None:
     async def main() -> dict[str, tuple[float, str, bool]]:
         h = await open_harness(make_config(session={"tokens": 10_000}),
                                tasks={"t": profile(tokens=1000, file_edits=10, time_s=100.0)})
@@ -215,7 +195,7 @@ def test_r3_status_rows_show_use_and_level_per_dimension() -> None:
         return {f"{r.task_id} {r.dimension}": (round(r.used, 6), r.level, r.paused)
                 for r in rows}
 
-    assert run_virtual(main) == {
+    assert await main() == {
         "t tokens": (950, "critical", True),
         "t file_edits": (7, "warning", True),
         "t time_s": (20, "ok", True),
@@ -223,13 +203,10 @@ def test_r3_status_rows_show_use_and_level_per_dimension() -> None:
     }
 
 
-def test_r3_alert_statistics_count_levels() -> None:
-    async def main() -> Harness:
-        h = await open_harness(tasks={"t": profile(tokens=100)})
-        await h.charge("t", tokens=100)
-        return h
-
-    h = run_virtual(main)
+async def test_r3_alert_statistics_count_levels() -> None:
+    h = await open_harness(tasks={"t": profile(tokens=100)})
+    await h.charge("t", tokens=100)
+    h = h
     assert h.alerts.statistics().fired == {"warning": 1, "critical": 1, "exceeded": 1}
 
 

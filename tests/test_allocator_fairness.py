@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from policies.fairness import Fifo
 from scheduler.allocator import Allocator, open_allocator
-from tests._allocator_helpers import pool_config, run_virtual
+from scheduler.testing import run_virtual
+from tests._allocator_helpers import pool_config
 
 #: Guards off: pure policy order (no lag bound, no background floor).
 NO_GUARDS: dict[str, Any] = {"fairness_slack_tokens": 1e12, "min_share": 0.0}
@@ -33,45 +34,40 @@ def _priority_of(alloc: Allocator, holder: str) -> int:
     return w.effective_priority
 
 
-def test_r5_1_higher_class_served_first() -> None:
-    async def main() -> list[str]:
-        trace: list[str] = []
-        async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
-            for holder, cls in (("bg", "background"), ("n", "normal"), ("crit", "critical_path"),
-                                ("user", "user_waiting")):
-                alloc.register(holder, cls)  # type: ignore[arg-type]
-            first = await alloc.acquire("occupier")
-            async with anyio.create_task_group() as tg:
-                for holder in ("bg", "n", "crit", "user"):
-                    tg.start_soon(_serve, alloc, holder, trace)
-                    await anyio.sleep(0.001)
-                alloc.settle(first.id, 0)
-        return trace
-
-    assert run_virtual(main) == ["crit", "user", "n", "bg"]
-
-
-def test_r5_2_aging_after_30s() -> None:
-    async def main() -> list[str]:
-        trace: list[str] = []
-        async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
-            alloc.register("bg", "background")
-            first = await alloc.acquire("occupier")
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_serve, alloc, "bg", trace)
-                await anyio.sleep(29.9)
-                assert _priority_of(alloc, "bg") == 1
-                await anyio.sleep(0.1)
-                assert _priority_of(alloc, "bg") == 2  # +1 after 30 s
-                await anyio.sleep(30)
-                assert _priority_of(alloc, "bg") == 3  # and again after 60 s
-                tg.start_soon(_serve, alloc, "normal", trace)
+async def test_r5_1_higher_class_served_first() -> None:
+    trace: list[str] = []
+    async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
+        for holder, cls in (("bg", "background"), ("n", "normal"), ("crit", "critical_path"),
+                            ("user", "user_waiting")):
+            alloc.register(holder, cls)  # type: ignore[arg-type]
+        first = await alloc.acquire("occupier")
+        async with anyio.create_task_group() as tg:
+            for holder in ("bg", "n", "crit", "user"):
+                tg.start_soon(_serve, alloc, holder, trace)
                 await anyio.sleep(0.001)
-                alloc.settle(first.id, 0)
-        return trace
+            alloc.settle(first.id, 0)
+    assert trace == ["crit", "user", "n", "bg"]
+
+
+async def test_r5_2_aging_after_30s() -> None:
+    trace: list[str] = []
+    async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
+        alloc.register("bg", "background")
+        first = await alloc.acquire("occupier")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_serve, alloc, "bg", trace)
+            await anyio.sleep(29.9)
+            assert _priority_of(alloc, "bg") == 1
+            await anyio.sleep(0.1)
+            assert _priority_of(alloc, "bg") == 2  # +1 after 30 s
+            await anyio.sleep(30)
+            assert _priority_of(alloc, "bg") == 3  # and again after 60 s
+            tg.start_soon(_serve, alloc, "normal", trace)
+            await anyio.sleep(0.001)
+            alloc.settle(first.id, 0)
 
     # The aged background task (3) now goes before a fresh normal one (2).
-    assert run_virtual(main) == ["bg", "normal"]
+    assert trace == ["bg", "normal"]
 
 
 def test_r5_2_a_request_arriving_behind_others_ages_30s_after_its_own_arrival() -> None:
@@ -100,50 +96,45 @@ def test_r5_2_a_request_arriving_behind_others_ages_30s_after_its_own_arrival() 
     assert run_virtual(lambda: main(49.99)) == ["bg_early", "normal", "bg_late"]
 
 
-def test_r5_2_demotion_above_half_of_budget() -> None:
-    async def main() -> list[str]:
-        trace: list[str] = []
-        async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
-            first = await alloc.acquire("occupier")
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_serve, alloc, "spender", trace)
-                await anyio.sleep(0.001)
-                tg.start_soon(_serve, alloc, "saver", trace)
-                await anyio.sleep(0.001)
-                alloc.set_token_fraction("spender", 0.5)
-                assert _priority_of(alloc, "spender") == 2
-                alloc.set_token_fraction("spender", 0.6)  # above 50 %: −1
-                assert _priority_of(alloc, "spender") == 1
-                alloc.settle(first.id, 0)
-        return trace
-
-    assert run_virtual(main) == ["saver", "spender"]
+async def test_r5_2_demotion_above_half_of_budget() -> None:
+    trace: list[str] = []
+    async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
+        first = await alloc.acquire("occupier")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_serve, alloc, "spender", trace)
+            await anyio.sleep(0.001)
+            tg.start_soon(_serve, alloc, "saver", trace)
+            await anyio.sleep(0.001)
+            alloc.set_token_fraction("spender", 0.5)
+            assert _priority_of(alloc, "spender") == 2
+            alloc.set_token_fraction("spender", 0.6)  # above 50 %: −1
+            assert _priority_of(alloc, "spender") == 1
+            alloc.settle(first.id, 0)
+    assert trace == ["saver", "spender"]
 
 
-def test_r5_2_blocking_boost_to_3() -> None:
-    async def main() -> list[str]:
-        trace: list[str] = []
-        async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
-            alloc.register("blocker", "background")
-            alloc.register("crit", "critical_path")
-            first = await alloc.acquire("occupier")
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_serve, alloc, "normal", trace)
-                await anyio.sleep(0.001)
-                tg.start_soon(_serve, alloc, "blocker", trace)
-                await anyio.sleep(0.001)
-                tg.start_soon(_serve, alloc, "crit", trace)
-                await anyio.sleep(0.001)
-                alloc.set_blocking("blocker", True)  # others wait on it: at least 3
-                assert _priority_of(alloc, "blocker") == 3
-                alloc.settle(first.id, 0)
-        return trace
+async def test_r5_2_blocking_boost_to_3() -> None:
+    trace: list[str] = []
+    async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
+        alloc.register("blocker", "background")
+        alloc.register("crit", "critical_path")
+        first = await alloc.acquire("occupier")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_serve, alloc, "normal", trace)
+            await anyio.sleep(0.001)
+            tg.start_soon(_serve, alloc, "blocker", trace)
+            await anyio.sleep(0.001)
+            tg.start_soon(_serve, alloc, "crit", trace)
+            await anyio.sleep(0.001)
+            alloc.set_blocking("blocker", True)  # others wait on it: at least 3
+            assert _priority_of(alloc, "blocker") == 3
+            alloc.settle(first.id, 0)
 
     # Level 3 ties between blocker and crit go to the earlier request.
-    assert run_virtual(main) == ["blocker", "crit", "normal"]
+    assert trace == ["blocker", "crit", "normal"]
 
 
-def test_r5_3_least_service_first_within_a_level_and_idle_credit_is_not_banked() -> None:
+async def test_r5_3_least_service_first_within_a_level_and_idle_credit_is_not_banked() -> None:
     async def main() -> list[str]:
         trace: list[str] = []
         async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
@@ -160,7 +151,7 @@ def test_r5_3_least_service_first_within_a_level_and_idle_credit_is_not_banked()
             # Without lifting "fresh" (counter 0) would have gone first.
             return trace
 
-    assert run_virtual(main) == ["busy", "fresh"]
+    assert await main() == ["busy", "fresh"]
 
 
 def _grant_shares(config_kw: dict[str, Any], classes: dict[str, str], grants: int,
@@ -223,64 +214,56 @@ def test_r5_3_vtc_equalises_tokens_not_requests() -> None:
     assert shares["small"] > 3 * shares["large"]
 
 
-def test_r5_5_large_request_is_not_starved_by_small_ones() -> None:
-    async def main() -> float:
-        trace: list[str] = []
-        async with open_allocator(pool_config(concurrent=None, tpm=60_000)) as alloc:
-            async def small(holder: str) -> None:
-                while "big" not in trace:
-                    await _serve(alloc, holder, trace, tokens=2000, hold=0.5)
+async def test_r5_5_large_request_is_not_starved_by_small_ones() -> None:
+    trace: list[str] = []
+    async with open_allocator(pool_config(concurrent=None, tpm=60_000)) as alloc:
+        async def small(holder: str) -> None:
+            while "big" not in trace:
+                await _serve(alloc, holder, trace, tokens=2000, hold=0.5)
 
-            async with anyio.create_task_group() as tg:
-                for i in range(5):
-                    tg.start_soon(small, f"s{i}")
-                await anyio.sleep(5)
-                start = anyio.current_time()
-                await _serve(alloc, "big", trace, tokens=30_000)
-                waited = anyio.current_time() - start
-        return waited
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(small, f"s{i}")
+            await anyio.sleep(5)
+            start = anyio.current_time()
+            await _serve(alloc, "big", trace, tokens=30_000)
+            waited = anyio.current_time() - start
 
     # 30 000 tokens refill in 30 s at 1 000/s.  The small requests queued before it age
     # ahead of it once (they waited longer), but none behind it passes: served by ~45 s.
-    assert run_virtual(main) <= 45.0
+    assert waited <= 45.0
 
 
-def test_fifo_policy_serves_in_arrival_order() -> None:
-    async def main() -> list[str]:
-        trace: list[str] = []
-        alloc = Allocator(pool_config(concurrent=1, **NO_GUARDS), policy=Fifo())
-        alloc.register("crit", "critical_path")
-        first = await alloc.acquire("occupier")
-        async with anyio.create_task_group() as tg:
-            for holder in ("n", "crit", "bg"):
-                tg.start_soon(_serve, alloc, holder, trace)
-                await anyio.sleep(0.001)
-            alloc.settle(first.id, 0)
-        return trace
-
-    assert run_virtual(main) == ["n", "crit", "bg"]
+async def test_fifo_policy_serves_in_arrival_order() -> None:
+    trace: list[str] = []
+    alloc = Allocator(pool_config(concurrent=1, **NO_GUARDS), policy=Fifo())
+    alloc.register("crit", "critical_path")
+    first = await alloc.acquire("occupier")
+    async with anyio.create_task_group() as tg:
+        for holder in ("n", "crit", "bg"):
+            tg.start_soon(_serve, alloc, holder, trace)
+            await anyio.sleep(0.001)
+        alloc.settle(first.id, 0)
+    assert trace == ["n", "crit", "bg"]
 
 
-def test_r5_5_a_moved_request_is_never_served_from_its_old_place() -> None:
+async def test_r5_5_a_moved_request_is_never_served_from_its_old_place() -> None:
     """R5.5: a request queued in its arrival place and then moved (here: boosted) leaves
     that place dead for good; the holder's next request waits behind later arrivals."""
-    async def main() -> list[str]:
-        trace: list[str] = []
-        async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
-            first = await alloc.acquire("occupier")
-            async with anyio.create_task_group() as tg:
-                for holder in ("x", "z", "a", "y"):  # one band of level 2: x, z, a, y
-                    tg.start_soon(_serve, alloc, holder, trace, 0, 1.0 if holder == "x" else 0)
-                    await anyio.sleep(0.001)
-                alloc.set_blocking("a", True)  # a moves to level 3; its old place is dead
-                alloc.settle(first.id, 0)  # a, then x (holding for 1 s); z is next
-                await anyio.sleep(0.5)
-                assert trace == ["a", "x"]
-                alloc.set_blocking("a", False)
-                tg.start_soon(_serve, alloc, "a", trace, 0)  # queued behind y
-        return trace
-
-    assert run_virtual(main) == ["a", "x", "z", "y", "a"]
+    trace: list[str] = []
+    async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
+        first = await alloc.acquire("occupier")
+        async with anyio.create_task_group() as tg:
+            for holder in ("x", "z", "a", "y"):  # one band of level 2: x, z, a, y
+                tg.start_soon(_serve, alloc, holder, trace, 0, 1.0 if holder == "x" else 0)
+                await anyio.sleep(0.001)
+            alloc.set_blocking("a", True)  # a moves to level 3; its old place is dead
+            alloc.settle(first.id, 0)  # a, then x (holding for 1 s); z is next
+            await anyio.sleep(0.5)
+            assert trace == ["a", "x"]
+            alloc.set_blocking("a", False)
+            tg.start_soon(_serve, alloc, "a", trace, 0)  # queued behind y
+    assert trace == ["a", "x", "z", "y", "a"]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -341,21 +324,18 @@ def test_r5_5_same_inputs_same_dispatch_trace() -> None:
 
 
 @pytest.mark.parametrize("policy", [None, Fifo()])
-def test_r5_3_invariants_hold_for_any_policy(policy: Fifo | None) -> None:
+async def test_r5_3_invariants_hold_for_any_policy(policy: Fifo | None) -> None:
     """The max share is enforced by the allocator, not the policy."""
-    async def main() -> None:
-        alloc = Allocator(pool_config(concurrent=4), policy=policy)
-        leases = [await alloc.acquire("hog") for _ in range(4)]
-        trace: list[str] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_serve, alloc, "hog", trace)
-            await anyio.sleep(0.001)
-            tg.start_soon(_serve, alloc, "other", trace)
-            await anyio.sleep(0.001)
-            alloc.settle(leases[0].id, 0)
-            await anyio.sleep(0.001)
-            assert trace[0] == "other"  # hog holds 3 > 2 = max share while "other" waits
-            for lease in leases[1:]:
-                alloc.settle(lease.id, 0)
-
-    run_virtual(main)
+    alloc = Allocator(pool_config(concurrent=4), policy=policy)
+    leases = [await alloc.acquire("hog") for _ in range(4)]
+    trace: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_serve, alloc, "hog", trace)
+        await anyio.sleep(0.001)
+        tg.start_soon(_serve, alloc, "other", trace)
+        await anyio.sleep(0.001)
+        alloc.settle(leases[0].id, 0)
+        await anyio.sleep(0.001)
+        assert trace[0] == "other"  # hog holds 3 > 2 = max share while "other" waits
+        for lease in leases[1:]:
+            alloc.settle(lease.id, 0)

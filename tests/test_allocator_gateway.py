@@ -3,62 +3,55 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import anyio
 import pytest
 
 from agents.builtin import CoderAgent, QuestionAnswerAgent
-from scheduler import TaskSpec, VibeConfig
+from scheduler import TaskSpec
 from scheduler.config import AllocatorConfig, PoolConfig
-from scheduler.core import FixedWallClock, UsageEvent
-from scheduler.runtime import Orchestrator
+from scheduler.core import UsageEvent
 from scheduler.store import MemoryStore
 from scheduler.store._ledger import Hold, ScopeLimit
-from tests._fakes import ScriptedProvider
-from tests._helpers import FRIDAY, run_virtual
+from scheduler.testing import ScriptedProvider
+from tests._helpers import OrchestratorFactory
 
 
-def test_r5_3_gateway_calls_are_leased_from_the_pool(tmp_path: Path) -> None:
+async def test_r5_3_gateway_calls_are_leased_from_the_pool(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     """R5.3: the pool's concurrency caps calls in flight; every lease is settled."""
-    async def main() -> None:
-        pool = PoolConfig(tokens_per_minute=None, requests_per_minute=None, concurrent=5)
-        config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1",
-                            allocator=AllocatorConfig(pools={"anthropic": pool}))
-        provider = ScriptedProvider(latency_s=1.0)
-        orch = Orchestrator(config, provider=provider,
-                            agents={"qa": QuestionAnswerAgent, "coder": CoderAgent},
-                            wall=FixedWallClock(FRIDAY))
-        specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?",
-                          priority="background" if i % 2 else "critical_path")
-                 for i in range(20)]
-        report = await orch.run(specs)
-        assert all(o.status == "completed" for o in report.outcomes.values())
-        assert provider.max_in_flight == 5
-        stats = orch.allocator.statistics()
-        assert stats.pools["anthropic"].grants == 20
-        assert stats.leases == 0 and stats.waiters == () and stats.holders == 0
-
-    run_virtual(main)
+    pool = PoolConfig(tokens_per_minute=None, requests_per_minute=None, concurrent=5)
+    provider = ScriptedProvider(latency_s=1.0)
+    orch = make_orchestrator({"qa": QuestionAnswerAgent, "coder": CoderAgent},
+                             provider=provider,
+                             allocator=AllocatorConfig(pools={"anthropic": pool}))
+    specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?",
+                      priority="background" if i % 2 else "critical_path")
+             for i in range(20)]
+    report = await orch.run(specs)
+    assert all(o.status == "completed" for o in report.outcomes.values())
+    assert provider.max_in_flight == 5
+    stats = orch.allocator.statistics()
+    assert stats.pools["anthropic"].grants == 20
+    assert stats.leases == 0 and stats.waiters == () and stats.holders == 0
 
 
-def test_r5_4_tokens_per_minute_bound_spreads_calls(tmp_path: Path) -> None:
+async def test_r5_4_tokens_per_minute_bound_spreads_calls(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     """R5.4: leased tokens come out of the per-minute bucket; unused ones come back."""
-    async def main() -> None:
-        pool = PoolConfig(tokens_per_minute=3000, requests_per_minute=None, concurrent=None)
-        config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1",
-                            allocator=AllocatorConfig(pools={"anthropic": pool}))
-        orch = Orchestrator(config, provider=ScriptedProvider(latency_s=0.1),
-                            agents={"qa": QuestionAnswerAgent}, wall=FixedWallClock(FRIDAY))
-        report = await orch.run(
-            [TaskSpec(id=f"q{i}", agent="qa", prompt="What?") for i in range(6)])
-        assert all(o.status == "completed" for o in report.outcomes.values())
-        stats = orch.allocator.statistics().pools["anthropic"]
-        assert stats.grants == 6 and stats.leases == 0
-        # Each call leased ~1 500 tokens (the max share) but used 150: the rest came back.
-        assert stats.tokens_available is not None and stats.tokens_available >= 3000 - 6 * 150
-
-    run_virtual(main)
+    pool = PoolConfig(tokens_per_minute=3000, requests_per_minute=None, concurrent=None)
+    orch = make_orchestrator({"qa": QuestionAnswerAgent},
+                             provider=ScriptedProvider(latency_s=0.1),
+                             allocator=AllocatorConfig(pools={"anthropic": pool}))
+    report = await orch.run(
+        [TaskSpec(id=f"q{i}", agent="qa", prompt="What?") for i in range(6)])
+    assert all(o.status == "completed" for o in report.outcomes.values())
+    stats = orch.allocator.statistics().pools["anthropic"]
+    assert stats.grants == 6 and stats.leases == 0
+    # Each call leased ~1 500 tokens (the max share) but used 150: the rest came back.
+    assert stats.tokens_available is not None and stats.tokens_available >= 3000 - 6 * 150
 
 
 class _LedgerStore(MemoryStore):
@@ -84,22 +77,20 @@ class _LedgerStore(MemoryStore):
         return True
 
 
-def test_r1_2_budget_hold_is_kept_alive_while_its_call_waits_for_a_lease(
-    tmp_path: Path,
+async def test_r1_2_budget_hold_is_kept_alive_while_its_call_waits_for_a_lease(
+    make_orchestrator: OrchestratorFactory,
 ) -> None:
     """R1.2 across processes, R5.4: a call that holds shared budget (Redis) and then queues
     for a provider lease renews its hold every hold_ttl_s / 3 while it waits, so a long
     queue cannot let the hold lapse; a call leased at once never renews."""
     store = _LedgerStore()
-    config = VibeConfig(
-        state_dir=tmp_path, store="memory", session_id="s1",
+    orch = make_orchestrator(
+        {"qa": QuestionAnswerAgent}, provider=ScriptedProvider(latency_s=100.0), store=store,
         distributed={"hold_ttl_s": 30.0},
         allocator=AllocatorConfig(pools={"anthropic": PoolConfig(concurrent=1)}),
     )
-    orch = Orchestrator(config, provider=ScriptedProvider(latency_s=100.0), store=store,
-                        agents={"qa": QuestionAnswerAgent}, wall=FixedWallClock(FRIDAY))
     specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?") for i in range(2)]
-    report = run_virtual(orch.run, specs)
+    report = await orch.run(specs)
     assert {o.status for o in report.outcomes.values()} == {"completed"}
     holds = {h for _, h in store.renewed}
     assert len(holds) == 1  # only the call that waited ~100 s for the single slot

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import pytest
 import trio.testing
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -225,7 +226,7 @@ MACHINE_SETTINGS = settings(
     max_examples=60, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-TestAllocatorMachine = AllocatorMachine.TestCase
+TestAllocatorMachine = pytest.mark.slow(AllocatorMachine.TestCase)
 TestAllocatorMachine.settings = MACHINE_SETTINGS
-TestSlotsOnlyMachine = SlotsOnlyMachine.TestCase
+TestSlotsOnlyMachine = pytest.mark.slow(SlotsOnlyMachine.TestCase)
 TestSlotsOnlyMachine.settings = MACHINE_SETTINGS

@@ -38,6 +38,7 @@ def fake_api_process() -> Iterator[int]:
             proc.stdout.close()
 
 
+@pytest.mark.slow
 def test_r7_2_run_uses_the_real_provider_against_fake_api(
     fake_api_process: int, tmp_path: Path
 ) -> None:
@@ -58,6 +59,7 @@ def test_r7_2_run_uses_the_real_provider_against_fake_api(
     assert "sk-ant-cli-test-key-0042" not in out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_run_without_the_key_is_a_clear_config_error(tmp_path: Path) -> None:
     cfg = tmp_path / "vibe.toml"
     cfg.write_text('state_dir = "st"\n[provider]\nkind = "anthropic"\n'

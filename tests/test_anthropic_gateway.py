@@ -16,10 +16,11 @@ from scheduler.budget import TokenCounter
 from scheduler.config import ProviderConfig
 from scheduler.core import FixedWallClock
 from scheduler.runtime import Orchestrator
+from scheduler.testing import FRIDAY
 from tests._anthropic_helpers import SECRET_KEY, fake_api
-from tests._helpers import FRIDAY
 
-pytestmark = pytest.mark.anyio
+# the fake Anthropic API is a real HTTP server: its sockets need real time
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 __all__ = ["fake_api"]
 
 

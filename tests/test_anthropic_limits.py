@@ -13,14 +13,14 @@ from agents.fake_api import FakeAnthropicServer, Fault
 from agents.providers import AnthropicProvider
 from scheduler import TaskSpec, VibeConfig
 from scheduler.config import ProviderConfig
-from scheduler.core import FixedWallClock
 from scheduler.runtime import Orchestrator
 from scheduler.store import MemoryStore, Store
+from scheduler.testing import build_orchestrator
 from tests._anthropic_helpers import SECRET_KEY, fake_api
 from tests._fakes import SlicedMemoryStore
-from tests._helpers import FRIDAY
 
-pytestmark = pytest.mark.anyio
+# the fake Anthropic API is a real HTTP server: its sockets need real time
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 __all__ = ["fake_api"]
 
 
@@ -36,8 +36,8 @@ def _orch(server: FakeAnthropicServer, tmp_path: Path, store: Store,
     }).model_copy(update={"provider": ProviderConfig(kind="anthropic",
                                                      base_url=server.base_url)})
     provider = AnthropicProvider(config.provider, api_key=SECRET_KEY, sleep=_no_wait)
-    return Orchestrator(config, provider=provider, agents={"qa": QuestionAnswerAgent},
-                        store=store, wall=FixedWallClock(FRIDAY))
+    return build_orchestrator({"qa": QuestionAnswerAgent}, config=config, provider=provider,
+                              store=store)
 
 
 def _pool(orch: Orchestrator) -> tuple[int | None, int | None]:

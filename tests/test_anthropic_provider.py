@@ -24,7 +24,8 @@ from tests._anthropic_helpers import (
     request,
 )
 
-pytestmark = pytest.mark.anyio
+# the fake Anthropic API is a real HTTP server: its sockets need real time
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 __all__ = ["fake_api"]
 
 LONG_SYSTEM = "You are a careful reviewer of scheduler code. " * 120  # > 4096 chars
@@ -272,21 +273,16 @@ async def test_usage_totals_in_statistics(fake_api: FakeAnthropicServer) -> None
     assert stats.usage == reported_sum(fake_api) != Usage()
 
 
-def test_provider_runs_on_trio_too(fake_api: FakeAnthropicServer) -> None:
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # trio in real time
+async def test_provider_runs_on_trio_too(fake_api: FakeAnthropicServer) -> None:
     """Backend-neutral anyio: the same provider works under trio (streamed, with a 429)."""
-    import anyio
-
     fake_api.inject(Fault("rate_limit", retry_after=0.01))
     rec = Recorder()
-
-    async def main() -> Usage:
-        provider = provider_for(fake_api, rec)
-        try:
-            return (await provider.complete(request(stream=True))).usage
-        finally:
-            await provider.aclose()
-
-    usage = anyio.run(main, backend="trio")
+    provider = provider_for(fake_api, rec)
+    try:
+        usage = (await provider.complete(request(stream=True))).usage
+    finally:
+        await provider.aclose()
     assert usage == reported_sum(fake_api) and rec.kinds == ["rate_limited", None]
 
 

@@ -18,6 +18,7 @@ from scheduler import TaskSpec, Usage, VibeConfig
 from scheduler.config import ProviderConfig
 from scheduler.core import FixedWallClock
 from scheduler.runtime import Orchestrator
+from scheduler.testing import FRIDAY
 from tests._anthropic_helpers import (
     SECRET_KEY,
     Recorder,
@@ -26,9 +27,9 @@ from tests._anthropic_helpers import (
     reported_sum,
     request,
 )
-from tests._helpers import FRIDAY
 
-pytestmark = pytest.mark.anyio
+# the fake Anthropic API is a real HTTP server: its sockets need real time
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 __all__ = ["fake_api"]
 
 LONG_SYSTEM = "Follow the repository conventions and keep diffs small. " * 90

@@ -13,7 +13,8 @@ from scheduler.config import ProviderConfig
 from scheduler.observe import configure_logging
 from tests._anthropic_helpers import SECRET_KEY, fake_api, provider_for, request
 
-pytestmark = pytest.mark.anyio
+# the fake Anthropic API is a real HTTP server: its sockets need real time
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 __all__ = ["fake_api"]
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent / "vibe-engine"
 
 
@@ -17,6 +19,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_r7_2_demo_runs_from_the_command_line(tmp_path: Path) -> None:
     """R7.2: the orchestrator is launched from the CLI; the demo needs no key or network."""
     env_key = os.environ.pop("ANTHROPIC_API_KEY", None)

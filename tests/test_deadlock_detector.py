@@ -12,7 +12,7 @@ from policies.victim import LowestPriorityVictim, VictimCandidate, VictimPolicy
 from scheduler.config import DeadlockConfig
 from scheduler.core import EventBus
 from scheduler.deadlock import DeadlockDetector, DeadlockResolver, LockManager, WaitForGraph
-from tests._helpers import run_virtual
+from scheduler.testing import run_virtual
 
 
 class Recorder:
@@ -40,127 +40,109 @@ def _ring(graph: WaitForGraph, names: list[str]) -> None:
         graph.add_edge(a, b)
 
 
-def test_r5_6_finds_disjoint_and_overlapping_cycles_in_one_check() -> None:
+async def test_r5_6_finds_disjoint_and_overlapping_cycles_in_one_check() -> None:
     """R5.6: every cycle present is found; a victim breaks each one."""
-    async def main() -> None:
-        g = WaitForGraph()
-        _ring(g, ["a", "b"])
-        _ring(g, ["c", "d", "e"])
-        _ring(g, ["x", "y"])
-        _ring(g, ["x", "z"])  # overlaps the x↔y cycle at x
-        det, rec = _detector(g, prio={"b": 0, "e": 0, "y": 0, "z": 0})
-        found = await det.check()
-        assert sorted(v for v, _ in found) == ["b", "e", "y", "z"]
-        assert found == rec.resolved
-        assert det.statistics().cycles_found == 4
-
-    run_virtual(main)
+    g = WaitForGraph()
+    _ring(g, ["a", "b"])
+    _ring(g, ["c", "d", "e"])
+    _ring(g, ["x", "y"])
+    _ring(g, ["x", "z"])  # overlaps the x↔y cycle at x
+    det, rec = _detector(g, prio={"b": 0, "e": 0, "y": 0, "z": 0})
+    found = await det.check()
+    assert sorted(v for v, _ in found) == ["b", "e", "y", "z"]
+    assert found == rec.resolved
+    assert det.statistics().cycles_found == 4
 
 
-def test_r5_6_searches_only_changed_nodes() -> None:
+async def test_r5_6_searches_only_changed_nodes() -> None:
     """R5.6: a check searches from the nodes whose edges changed, not the whole graph."""
-    async def main() -> None:
-        g = WaitForGraph()
-        for i in range(1000):
-            g.add_edge(f"n{i}", f"n{i + 1}")  # a long chain: no cycle
-        det, _ = _detector(g)
-        assert await det.check() == []
-        assert det.statistics().last_check_searched == 1000
-        g.add_edge("m0", "m1")
-        assert await det.check() == []
-        stats = det.statistics()
-        assert (stats.last_check_searched, stats.last_check_expanded) == (1, 1)
-        g.add_edge("n1000", "n0")  # closes the chain into a ring
-        found = await det.check()
-        assert len(found) == 1 and len(found[0][1]) == 1001
-        assert det.statistics().last_check_searched == 1
-
-    run_virtual(main)
+    g = WaitForGraph()
+    for i in range(1000):
+        g.add_edge(f"n{i}", f"n{i + 1}")  # a long chain: no cycle
+    det, _ = _detector(g)
+    assert await det.check() == []
+    assert det.statistics().last_check_searched == 1000
+    g.add_edge("m0", "m1")
+    assert await det.check() == []
+    stats = det.statistics()
+    assert (stats.last_check_searched, stats.last_check_expanded) == (1, 1)
+    g.add_edge("n1000", "n0")  # closes the chain into a ring
+    found = await det.check()
+    assert len(found) == 1 and len(found[0][1]) == 1001
+    assert det.statistics().last_check_searched == 1
 
 
-def test_r5_6_long_search_yields_to_the_loop() -> None:
+async def test_r5_6_long_search_yields_to_the_loop() -> None:
     """R5.6: the search checkpoints every ``step_budget`` nodes, so other tasks run."""
-    async def main() -> None:
-        g = WaitForGraph()
-        for i in range(10_000):
-            g.add_edge(f"n{i}", f"n{i + 1}")
-        det, _ = _detector(g, step_budget=500)
-        ticks = 0
+    g = WaitForGraph()
+    for i in range(10_000):
+        g.add_edge(f"n{i}", f"n{i + 1}")
+    det, _ = _detector(g, step_budget=500)
+    ticks = 0
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await anyio.lowlevel.checkpoint()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
             await anyio.lowlevel.checkpoint()
-            before = ticks
-            await det.check()
-            tg.cancel_scope.cancel()
-        assert ticks - before >= 10_000 // 500 - 1
 
-    run_virtual(main)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.lowlevel.checkpoint()
+        before = ticks
+        await det.check()
+        tg.cancel_scope.cancel()
+    assert ticks - before >= 10_000 // 500 - 1
 
 
-def test_r5_6_cycle_broken_during_search_is_not_reported() -> None:
+async def test_r5_6_cycle_broken_during_search_is_not_reported() -> None:
     """R5.6: a cycle is reported only if every edge is still there when it is found."""
-    async def main() -> None:
-        g = WaitForGraph()
-        names = [f"n{i}" for i in range(3000)]
-        _ring(g, names)
-        det, rec = _detector(g, step_budget=100)
-        async with anyio.create_task_group() as tg:
-            async def breaker() -> None:
-                await anyio.lowlevel.checkpoint()
-                g.remove_edge("n2999", "n0")
+    g = WaitForGraph()
+    names = [f"n{i}" for i in range(3000)]
+    _ring(g, names)
+    det, rec = _detector(g, step_budget=100)
+    async with anyio.create_task_group() as tg:
+        async def breaker() -> None:
+            await anyio.lowlevel.checkpoint()
+            g.remove_edge("n2999", "n0")
 
-            tg.start_soon(breaker)
-            found = await det.check()
-        assert found == [] and rec.resolved == []
-
-    run_virtual(main)
+        tg.start_soon(breaker)
+        found = await det.check()
+    assert found == [] and rec.resolved == []
 
 
-def test_r5_6_unresolved_cycle_is_searched_again() -> None:
+async def test_r5_6_unresolved_cycle_is_searched_again() -> None:
     """R5.6: if a resolution did not take, the next check finds the cycle again."""
-    async def main() -> None:
-        g = WaitForGraph()
-        _ring(g, ["a", "b"])
-        det, _ = _detector(g, prio={"a": 0})
-        assert [v for v, _ in await det.check()] == ["a"]
-        assert [v for v, _ in await det.check()] == ["a"]  # nothing was removed
-        g.remove_edge("a", "b")
-        assert await det.check() == []
-        assert await det.check() == []
-
-    run_virtual(main)
+    g = WaitForGraph()
+    _ring(g, ["a", "b"])
+    det, _ = _detector(g, prio={"a": 0})
+    assert [v for v, _ in await det.check()] == ["a"]
+    assert [v for v, _ in await det.check()] == ["a"]  # nothing was removed
+    g.remove_edge("a", "b")
+    assert await det.check() == []
+    assert await det.check() == []
 
 
-def test_r5_6_run_checks_every_interval() -> None:
+async def test_r5_6_run_checks_every_interval() -> None:
     """R5.6: the service checks every ``interval_s`` (10 s by default)."""
-    async def main() -> list[float]:
-        g = WaitForGraph()
-        times: list[float] = []
+    g = WaitForGraph()
+    times: list[float] = []
 
-        async def resolve(victim: str, cycle: tuple[str, ...]) -> None:
-            times.append(anyio.current_time())
-            g.remove_edge(victim, g.waits_of(victim)[0])
+    async def resolve(victim: str, cycle: tuple[str, ...]) -> None:
+        times.append(anyio.current_time())
+        g.remove_edge(victim, g.waits_of(victim)[0])
 
-        det = DeadlockDetector(g, resolve=resolve,
-                               describe=lambda h: VictimCandidate(h, 0, 0, 0))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(det.run)
-            await anyio.sleep(3)
-            _ring(g, ["a", "b"])
-            await anyio.sleep(10)
-            _ring(g, ["c", "d"])
-            await anyio.sleep(20)
-            tg.cancel_scope.cancel()
-        return times
-
-    assert run_virtual(main) == [10.0, 20.0]
+    det = DeadlockDetector(g, resolve=resolve,
+                           describe=lambda h: VictimCandidate(h, 0, 0, 0))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(det.run)
+        await anyio.sleep(3)
+        _ring(g, ["a", "b"])
+        await anyio.sleep(10)
+        _ring(g, ["c", "d"])
+        await anyio.sleep(20)
+        tg.cancel_scope.cancel()
+    assert times == [10.0, 20.0]
 
 
 def test_r5_6_task_waits_are_refcounted_edges() -> None:
@@ -193,7 +175,7 @@ def test_r5_6_after_check_victims_break_every_cycle(n: int, seed: int,
         assert nx.is_directed_acyclic_graph(rest)
         assert bool(found) == (not nx.is_directed_acyclic_graph(g.graph))
 
-    anyio.run(main, backend="trio")
+    run_virtual(main)
 
 
 # -- the victim policy (pure) -------------------------------------------------------------
@@ -230,35 +212,32 @@ def test_r5_7_victim_choice_ignores_cycle_order(rows: list[tuple[int, int, int]]
 # -- the resolver --------------------------------------------------------------------------
 
 
-def test_r5_7_resolver_aborts_releases_requeues_then_fails() -> None:
+async def test_r5_7_resolver_aborts_releases_requeues_then_fails() -> None:
     """R5.7: abort + release locks and leases + event; requeue only max_requeues times."""
-    async def main() -> None:
-        locks = LockManager()
-        bus = EventBus(anyio.current_time)
-        aborts: list[tuple[str, str, bool]] = []
-        leases: list[str] = []
+    locks = LockManager()
+    bus = EventBus(anyio.current_time)
+    aborts: list[tuple[str, str, bool]] = []
+    leases: list[str] = []
 
-        async def release_leases(holder: str) -> None:
-            leases.append(holder)
+    async def release_leases(holder: str) -> None:
+        leases.append(holder)
 
-        def abort(victim: str, reason: str, requeue: bool) -> bool:
-            aborts.append((victim, reason, requeue))
-            return True
+    def abort(victim: str, reason: str, requeue: bool) -> bool:
+        aborts.append((victim, reason, requeue))
+        return True
 
-        resolver = DeadlockResolver(
-            locks=locks, bus=bus, release_leases=release_leases, abort=abort,
-            config=DeadlockConfig(max_requeues=2),
-        )
-        for _ in range(3):
-            locks.acquire_nowait("v", "file:a")
-            locks.acquire_nowait("v", "b", exclusive=False)
-            await resolver("v", ("v", "w"))
-            assert locks.held_by("v") == []
-        assert [q for _, _, q in aborts] == [True, True, False]
-        assert aborts[0][1] == "task v aborted: yielded due to deadlock (v → w → v)"
-        assert leases == ["v", "v", "v"]
-        events = [e for e in bus.history if e.name == "deadlock_victim"]
-        assert [e.message for e in events] == ["agent v yielded due to deadlock"] * 3
-        assert events[0].data["released"] == ["b", "file:a"]
-
-    run_virtual(main)
+    resolver = DeadlockResolver(
+        locks=locks, bus=bus, release_leases=release_leases, abort=abort,
+        config=DeadlockConfig(max_requeues=2),
+    )
+    for _ in range(3):
+        locks.acquire_nowait("v", "file:a")
+        locks.acquire_nowait("v", "b", exclusive=False)
+        await resolver("v", ("v", "w"))
+        assert locks.held_by("v") == []
+    assert [q for _, _, q in aborts] == [True, True, False]
+    assert aborts[0][1] == "task v aborted: yielded due to deadlock (v → w → v)"
+    assert leases == ["v", "v", "v"]
+    events = [e for e in bus.history if e.name == "deadlock_victim"]
+    assert [e.message for e in events] == ["agent v yielded due to deadlock"] * 3
+    assert events[0].data["released"] == ["b", "file:a"]

@@ -18,8 +18,8 @@ import anyio
 from policies.victim import VictimCandidate
 from scheduler import TaskSpec
 from scheduler.runtime import Orchestrator, RunReport
+from scheduler.testing import run_virtual
 from tests._deadlock_helpers import Observed, assert_clean, make_orch, run_scenario, spec
-from tests._helpers import run_virtual
 
 
 def _run(
@@ -188,28 +188,25 @@ def test_r5_7_retry_limit_fails_with_clear_reason(tmp_path: Path) -> None:
     assert_clean(orch)
 
 
-def test_r5_6_files_write_waits_are_edges(tmp_path: Path) -> None:
+async def test_r5_6_files_write_waits_are_edges(tmp_path: Path) -> None:
     """R5.6: ctx.files.write takes the file's lock; a writer blocked by a holder is an edge."""
-    async def main() -> list[tuple[str, str]]:
-        orch = make_orch(tmp_path)
-        seen: list[tuple[str, str]] = []
-        target = str((tmp_path / "workspace" / "w" / "out.txt").resolve())
+    orch = make_orch(tmp_path)
+    seen: list[tuple[str, str]] = []
+    target = str((tmp_path / "workspace" / "w" / "out.txt").resolve())
 
-        async def watch() -> None:
-            await anyio.sleep(1.5)
-            seen.extend(orch.waits.who_waits_for_whom())
+    async def watch() -> None:
+        await anyio.sleep(1.5)
+        seen.extend(orch.waits.who_waits_for_whom())
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            # h holds the file's lock for 3 s; w writes the same file (its workspace path)
-            await orch.run([
-                spec("h", locks=[f"file:{target}"], hold_s=3.0),
-                spec("w", write="out.txt", locks=[], hold_s=0.0),
-            ])
-        assert_clean(orch)
-        return seen
-
-    assert run_virtual(main) == [("w", "h")]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        # h holds the file's lock for 3 s; w writes the same file (its workspace path)
+        await orch.run([
+            spec("h", locks=[f"file:{target}"], hold_s=3.0),
+            spec("w", write="out.txt", locks=[], hold_s=0.0),
+        ])
+    assert_clean(orch)
+    assert seen == [("w", "h")]
 
 
 def test_r5_7_dependency_cycle_fails_instead_of_hanging(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import pytest
 from scheduler import Limits, TaskSpec
 from scheduler.config import AlertsConfig
 from tests._deadlock_helpers import assert_clean, make_orch, run_scenario, spec
-from tests._helpers import run_virtual
 
 
 def _random_specs(seed: int, agents: int, files: int,
@@ -36,15 +35,18 @@ def _random_specs(seed: int, agents: int, files: int,
     return specs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_r5_7_stress_random_file_locks_always_terminate_clean(tmp_path: Path, seed: int) -> None:
+async def test_r5_7_stress_random_file_locks_always_terminate_clean(
+    tmp_path: Path, seed: int,
+) -> None:
     """R5.6/R5.7: 300 agents, 60 files, random lock orders: terminates, no lock left.
 
     Time budgets are lifted so that every failure here is the deadlock retry limit.
     """
     orch = make_orch(tmp_path)
     specs = _random_specs(seed, agents=300, files=60, budget=Limits(time_s=1e6))
-    report, observed = run_virtual(run_scenario, orch, specs, 100_000.0)
+    report, observed = await run_scenario(orch, specs, 100_000.0)
     assert len(report.outcomes) == 300
     assert len(observed.victims) > 50, "random lock orders should deadlock often"
     for tid, out in report.outcomes.items():
@@ -58,14 +60,15 @@ def test_r5_7_stress_random_file_locks_always_terminate_clean(tmp_path: Path, se
     assert_clean(orch)
 
 
-def test_r5_7_stress_heavy_contention_with_default_budgets(tmp_path: Path) -> None:
+@pytest.mark.slow
+async def test_r5_7_stress_heavy_contention_with_default_budgets(tmp_path: Path) -> None:
     """R5.6/R5.7: 300 agents on 25 files under the default budgets: every task ends,
     completed or failed with a reason (deadlock retry limit or time budget), nothing held.
 
     Nobody answers the pauses of tasks past their time budget (R3.4), so an unanswered
     pause saves and finishes the task after ``decision_timeout_s``."""
     orch = make_orch(tmp_path, alerts=AlertsConfig(decision_timeout_s=60.0))
-    report, observed = run_virtual(run_scenario, orch, _random_specs(7, 300, 25), 100_000.0)
+    report, observed = await run_scenario(orch, _random_specs(7, 300, 25), 100_000.0)
     assert observed.victims
     for tid, out in report.outcomes.items():
         assert out.status == "completed" or (

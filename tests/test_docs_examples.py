@@ -11,14 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from agents import discover_agents, plugin_infos
 from scheduler import TaskSpec, VibeConfig
 from scheduler.runtime import Orchestrator
-from tests._fakes import ScriptedProvider
-from tests._helpers import run_virtual
+from scheduler.testing import ScriptedProvider
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -40,7 +38,8 @@ def _register_entry_point(site: Path, dist: str, group: str, name: str, target: 
     (info / "entry_points.txt").write_text(f"[{group}]\n{name} = {target}\n")
 
 
-def test_r7_3_plugin_guide_example_registered_by_entry_point(
+@pytest.mark.real_asyncio  # the agent runs `wc` as a real process
+async def test_r7_3_plugin_guide_example_registered_by_entry_point(
     examples_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """R7.3 (docs/guide-agent-plugin.md): the example agent, registered through an entry
@@ -58,7 +57,7 @@ def test_r7_3_plugin_guide_example_registered_by_entry_point(
     orch = Orchestrator(config, provider=ScriptedProvider(), agents=agents)
     spec = TaskSpec(id="wc", agent="wordcount", prompt="Summarise this",
                     params={"text": "one two three four five"})
-    report = anyio.run(orch.run, [spec])  # real time: the agent runs `wc` in a process
+    report = await orch.run([spec])
     out = report.outcomes["wc"]
     assert out.status == "completed", out.reason
     assert orch.handles["wc"].result["words"] == 5
@@ -66,18 +65,23 @@ def test_r7_3_plugin_guide_example_registered_by_entry_point(
     assert out.usage.dangerous_commands == 0
 
 
-def test_plugin_guide_example_passed_as_a_factory(examples_path: Path, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # the agent runs `wc` as a real process
+async def test_plugin_guide_example_passed_as_a_factory(
+    examples_path: Path, tmp_path: Path,
+) -> None:
     """The same agent passed directly as a factory (no packaging), as the guide shows."""
     module = importlib.import_module("word_count_agent")
     config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1")
     orch = Orchestrator(config, provider=ScriptedProvider(),
                         agents={"wordcount": module.WordCountAgent})
-    report = anyio.run(orch.run, [TaskSpec(id="a", agent="wordcount", prompt="a b c")])
+    report = await orch.run([TaskSpec(id="a", agent="wordcount", prompt="a b c")])
     assert report.outcomes["a"].status == "completed"
     assert orch.handles["a"].result["words"] == 3
 
 
-def test_r7_4_policy_guide_example_named_in_config(examples_path: Path, tmp_path: Path) -> None:
+async def test_r7_4_policy_guide_example_named_in_config(
+    examples_path: Path, tmp_path: Path,
+) -> None:
     """R7.4 (docs/guide-policy.md): the example alert policy, named by import string in
     config, is resolved at start-up and its extra checkpoint fires at the 70 % warning."""
     pytest.importorskip("policies.alerts", reason="the alert policy protocol (issue 5) "
@@ -96,7 +100,7 @@ def test_r7_4_policy_guide_example_named_in_config(examples_path: Path, tmp_path
     orch = Orchestrator(config, provider=ScriptedProvider(), agents={"qa": QuestionAnswerAgent})
     specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?",
                       params={"max_tokens": 50}) for i in range(10)]
-    report = run_virtual(orch.run, specs)
+    report = await orch.run(specs)
     assert all(o.status == "completed" for o in report.outcomes.values())
     names = [e.name for e in orch.bus.history]
     assert names.count("budget_warning") == 1 and "budget_critical" not in names
@@ -118,6 +122,7 @@ def test_policy_example_is_pure(examples_path: Path) -> None:
     assert alerts.ActionKind.CHECKPOINT not in [a.kind for a in policy.actions(cost)]
 
 
+@pytest.mark.slow
 def test_tutorial_config_runs_from_the_command_line(tmp_path: Path) -> None:
     """docs/tutorial.md: `vibe-engine run docs/examples/tutorial.toml`, then status and report."""
     env = {**os.environ, "COLUMNS": "200"}

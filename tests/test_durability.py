@@ -9,14 +9,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import anyio
 import pytest
 
 from scheduler import VibeConfig
 from scheduler.budget import Tracker as Tracker
 from scheduler.core import FixedWallClock
 from scheduler.store import SqliteStore
-from tests._helpers import FRIDAY
+from scheduler.testing import FRIDAY, run_real
 
 WRITER = textwrap.dedent(
     """
@@ -59,7 +58,7 @@ def test_r1_5_sigkill_mid_run_loses_no_recorded_usage(tmp_path: Path) -> None:
     proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
 
-    anyio.run(_check_after_kill, db, acked)
+    run_real(_check_after_kill, db, acked)
 
 
 async def _check_after_kill(db: Path, acked: list[str]) -> None:

@@ -10,7 +10,6 @@ from typing import Any
 
 import anyio
 import pytest
-import trio.testing
 
 from scheduler import VibeConfig
 from scheduler.core import EventBus, OverloadedError, ProviderTimeoutError, RateLimitedError
@@ -19,11 +18,6 @@ from scheduler.routing._health import error_kind_of
 from tests._routing_helpers import ManualClock, Recorder, knock_out
 
 HEALTHY_LATENCY = 0.3
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    return "trio", {"clock": trio.testing.MockClock(autojump_threshold=0)}
 
 
 def monitor(clock: Any = None, ping: Any = None) -> tuple[HealthMonitor, Recorder]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
 import scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +72,7 @@ def test_reprs_show_the_public_path() -> None:
     assert Allocator.__module__ == "scheduler.allocator"
 
 
+@pytest.mark.slow
 def test_every_package_imports_first_in_a_fresh_interpreter() -> None:
     """Each top-level package (and each benchmark) imports on its own, in any order: no
     import cycle hides behind a test session that happened to import ``scheduler`` first."""

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from rich.console import Console
 from rich.segment import Segment
 from structlog.testing import capture_logs
@@ -22,7 +23,7 @@ from scheduler.observe._snapshot import alert_level
 from scheduler.observe._status import read_status, snapshot_from_store
 from scheduler.store import SqliteStore
 from scheduler.tasks import TaskStatus
-from tests._helpers import FRIDAY, run_virtual
+from scheduler.testing import FRIDAY, run_virtual
 from tests._observe_helpers import crafted_snapshot, demo_orchestrator, strip_ansi, terminal_console
 
 ROW = r"│\s*{task}\s*│[^│]*│[^│]*│\s*{state}"
@@ -37,7 +38,8 @@ def _states_on_screen(text: str) -> set[str]:
     return found
 
 
-def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: Path) -> None:
+@pytest.mark.slow
+async def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: Path) -> None:
     """Observability, R5.5: during a real demo run the live view shows running, waiting
     (with queue position and estimated wait, from the allocator) and completed tasks,
     the pool's leases and the models' health.
@@ -52,10 +54,7 @@ def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: 
     view = LiveView(orch.view, console, refresh_s=0.2)
     orch.add_service(view.run)
 
-    async def main() -> None:
-        await orch.run()
-
-    run_virtual(main)
+    await orch.run()
     screen = strip_ansi(buf.getvalue())
     assert view.frames > 10
     states = _states_on_screen(screen)
@@ -70,7 +69,8 @@ def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_path: 
     assert "completed 8" in last
 
 
-def test_live_view_shows_every_state_during_the_staged_demo(tmp_path: Path) -> None:
+@pytest.mark.slow
+async def test_live_view_shows_every_state_during_the_staged_demo(tmp_path: Path) -> None:
     """Observability acceptance, R3.4, R5.5, R6.7: the demo as ``vibe-engine demo`` runs it
     (24 tasks, the opus outage, the tight-budget task) shows each state on the live screen
     at least once — running, waiting with queue position and estimated wait, paused (with
@@ -79,7 +79,7 @@ def test_live_view_shows_every_state_during_the_staged_demo(tmp_path: Path) -> N
     orch = demo_orchestrator(tmp_path, tasks=24, time_scale=0.25, staged=True)
     console, buf = terminal_console()
     orch.add_service(LiveView(orch.view, console, refresh_s=0.1).run)
-    report = run_virtual(orch.run)
+    report = await orch.run()
     screen = strip_ansi(buf.getvalue())
     states = _states_on_screen(screen)
     assert {"running", "waiting", "paused", "deferred", "completed"} <= states, states
@@ -150,14 +150,14 @@ def test_r3_1_alert_level_thresholds() -> None:
         "ok", "ok", "warning", "warning", "critical", "exceeded", "exceeded"]
 
 
-def test_live_view_degrades_to_log_lines_when_not_a_tty(tmp_path: Path) -> None:
+async def test_live_view_degrades_to_log_lines_when_not_a_tty(tmp_path: Path) -> None:
     """Observability: without a terminal the live view writes structured live_status lines."""
     orch = demo_orchestrator(tmp_path, tasks=4, time_scale=1.0)
-    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed below
+    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115, ASYNC230 - closed below
     try:
         orch.add_service(LiveView(orch.view, console, log_every_s=0.5).run)
         with capture_logs() as logs:
-            run_virtual(orch.run)
+            await orch.run()
     finally:
         console.file.close()
     lines = [e for e in logs if e["event"] == "live_status"]
@@ -175,7 +175,7 @@ def test_snapshot_round_trips_through_json(tmp_path: Path) -> None:
                               "completed": 1}
 
 
-def test_status_json_written_while_running_and_final_when_done(tmp_path: Path) -> None:
+async def test_status_json_written_while_running_and_final_when_done(tmp_path: Path) -> None:
     """status.json is rewritten every second during a run; the last one says running: false."""
     orch = demo_orchestrator(tmp_path, tasks=6, time_scale=1.0)
     seen: list[dict[str, object]] = []
@@ -190,7 +190,7 @@ def test_status_json_written_while_running_and_final_when_done(tmp_path: Path) -
                 seen.append(json.loads(path.read_text()))
 
     orch.services.append(watch)
-    run_virtual(orch.run)
+    await orch.run()
     assert orch.observers.status is not None and orch.observers.status.writes >= 3
     assert any(s["running"] and s["counts"].get("running") for s in seen)  # type: ignore[attr-defined]
     final = json.loads(path.read_text())
@@ -229,7 +229,7 @@ def test_read_status_uses_running_orchestrator_else_store(tmp_path: Path) -> Non
     assert running.source == "orchestrator" and running.running
 
 
-def test_snapshot_from_store_without_history_or_tasks(tmp_path: Path) -> None:
+async def test_snapshot_from_store_without_history_or_tasks(tmp_path: Path) -> None:
     """An empty store gives an empty snapshot, not an error."""
 
     async def main() -> Snapshot:
@@ -240,7 +240,7 @@ def test_snapshot_from_store_without_history_or_tasks(tmp_path: Path) -> None:
         finally:
             await store.aclose()
 
-    snap = run_virtual(main)
+    snap = await main()
     assert snap.tasks == () and snap.session_id == "" and snap.source == "store"
     assert any(b.dimension == "cost_usd" for b in snap.budgets)
 
@@ -300,20 +300,15 @@ class StatusProbe:
         StatusProbe.seen["out"] = proc.stdout.decode()
 
 
-def test_status_command_reads_the_running_orchestrator(tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # `vibe-engine status` runs as a real process during the run
+async def test_status_command_reads_the_running_orchestrator(tmp_path: Path) -> None:
     """`vibe-engine status` in another process shows the running orchestrator's snapshot."""
-    import anyio
-
     from scheduler import TaskSpec
 
     orch = demo_orchestrator(tmp_path, tasks=2, time_scale=0.01)
     orch.agents["probe"] = StatusProbe
     StatusProbe.seen = {"state": str(orch.config.state_dir)}
-
-    async def main() -> None:
-        await orch.run([*orch.config.tasks, TaskSpec(id="probe", agent="probe")])
-
-    anyio.run(main)
+    await orch.run([*orch.config.tasks, TaskSpec(id="probe", agent="probe")])
     assert StatusProbe.seen["rc"] == 0
     data = json.loads(str(StatusProbe.seen["out"]))
     assert data["source"] == "orchestrator" and data["running"] is True
@@ -321,6 +316,7 @@ def test_status_command_reads_the_running_orchestrator(tmp_path: Path) -> None:
     assert {t["task_id"] for t in data["tasks"]} == {"t01", "t02", "probe"}
 
 
+@pytest.mark.slow
 def test_demo_command_draws_the_live_view_on_a_pseudo_terminal(tmp_path: Path) -> None:
     """`vibe-engine demo` on a pseudo-terminal draws the live view (the CLI wiring)."""
     import pty
@@ -351,7 +347,7 @@ def test_demo_command_draws_the_live_view_on_a_pseudo_terminal(tmp_path: Path) -
     assert "Models" in screen and "total" in screen  # the final report tables follow
 
 
-def test_snapshot_reads_allocator_controller_and_health(tmp_path: Path) -> None:
+async def test_snapshot_reads_allocator_controller_and_health(tmp_path: Path) -> None:
     """R5.5/R3.4/R6.3: snapshot_of reads the parts' statistics() from the run's view.
 
     Stand-ins with the field names of the allocator's, pause controller's and health
@@ -390,7 +386,7 @@ def test_snapshot_reads_allocator_controller_and_health(tmp_path: Path) -> None:
         finally:
             await orch.aclose()
 
-    snap = run_virtual(take)
+    snap = await take()
     by_id = {t.task_id: t for t in snap.tasks}
     assert (by_id["t01"].status, by_id["t01"].queue_position,
             by_id["t01"].estimated_wait_s) == ("waiting", 1, 2.5)
@@ -398,7 +394,7 @@ def test_snapshot_reads_allocator_controller_and_health(tmp_path: Path) -> None:
     assert snap.pools[0].leases == 2 and snap.models[0].state == "unavailable"
 
 
-def test_r3_1_hot_task_budgets_appear_in_the_snapshot(tmp_path: Path) -> None:
+async def test_r3_1_hot_task_budgets_appear_in_the_snapshot(tmp_path: Path) -> None:
     """R3.1: a live task's dimensions at or above 70 % join the session and day bars."""
     from scheduler import TaskSpec, Usage
 
@@ -422,7 +418,7 @@ def test_r3_1_hot_task_budgets_appear_in_the_snapshot(tmp_path: Path) -> None:
         finally:
             await orch.aclose()
 
-    snap = run_virtual(take)
+    snap = await take()
     task_bars = [b for b in snap.budgets if b.scope.startswith("task:")]
     assert [(b.scope, b.dimension, b.level) for b in task_bars] == [
         ("task:hot", "tokens", "warning")]

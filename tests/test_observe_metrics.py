@@ -17,7 +17,8 @@ from scheduler.observe._metrics import MeteredProvider, _is_deadlock_resolution
 from scheduler.runtime import Orchestrator
 from tests._observe_helpers import crafted_snapshot, demo_orchestrator
 
-pytestmark = pytest.mark.anyio
+# the metrics endpoint is scraped over real HTTP
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

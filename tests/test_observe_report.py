@@ -26,7 +26,8 @@ from scheduler.cli._report_html import write_html_report
 from scheduler.core import FixedWallClock
 from scheduler.runtime import Orchestrator
 from scheduler.store import SqliteStore
-from tests._helpers import FRIDAY, SATURDAY, run_virtual
+from scheduler.testing import FRIDAY, run_virtual
+from tests._helpers import SATURDAY
 from tests._observe_helpers import instant_shell_context, page_errors, require_chromium, screenshot
 
 BIN = Path(sys.executable).parent / "vibe-engine"
@@ -156,6 +157,7 @@ def test_html_report_is_self_contained_and_equals_the_store(two_days: Path,
     assert sum(float(c) for _, _, c in bars) == pytest.approx(total.cost_usd, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_html_report_opens_in_headless_chromium(two_days: Path, tmp_path: Path) -> None:
     """Issue 9: the report opens in headless Chromium without errors and a screenshot is made;
     the DOM Chromium built shows the store's totals."""
@@ -182,6 +184,7 @@ def test_html_report_opens_in_headless_chromium(two_days: Path, tmp_path: Path) 
     assert page_errors(dom.stderr + shot.stderr) == []
 
 
+@pytest.mark.slow
 def test_report_command_line(two_days: Path, tmp_path: Path) -> None:
     """`vibe-engine report --from/--to --html` prints tables and writes the page."""
     out = subprocess.run(

@@ -12,29 +12,24 @@ import pytest
 
 from agents import AgentContext, is_dangerous
 from agents.builtin import CoderAgent, QuestionAnswerAgent
-from scheduler import ConfigError, Limits, TaskSpec, VibeConfig
-from scheduler.core import FixedWallClock, ProviderTimeoutError
+from scheduler import ConfigError, Limits, TaskSpec
+from scheduler.core import ProviderTimeoutError
 from scheduler.runtime import Orchestrator, RunReport
-from tests._fakes import ScriptedProvider
-from tests._helpers import FRIDAY, run_virtual
+from scheduler.testing import ScriptedProvider
+from tests._helpers import OrchestratorFactory
 
 pytestmark = pytest.mark.anyio
 
 
-def _orch(tmp_path: Path, provider: Any, agents: dict[str, Any] | None = None,
-          **cfg: Any) -> Orchestrator:
-    config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1", **cfg)
-    return Orchestrator(
-        config, provider=provider,
-        agents=agents or {"qa": QuestionAnswerAgent, "coder": CoderAgent},
-        wall=FixedWallClock(FRIDAY),
-    )
+AGENTS = {"qa": QuestionAnswerAgent, "coder": CoderAgent}
 
 
-async def test_r7_1_many_agents_share_one_event_loop(tmp_path: Path) -> None:
+async def test_r7_1_many_agents_share_one_event_loop(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     """R7.1: 50 agent coroutines run concurrently in one task group."""
     provider = ScriptedProvider(latency_s=0.05)
-    orch = _orch(tmp_path, provider)
+    orch = make_orchestrator(AGENTS, provider=provider)
     specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?") for i in range(50)]
     report = await orch.run(specs)
     assert all(o.status == "completed" for o in report.outcomes.values())
@@ -43,9 +38,12 @@ async def test_r7_1_many_agents_share_one_event_loop(tmp_path: Path) -> None:
     assert report.total.tokens == 50 * 150
 
 
-async def test_r2_1_every_call_recorded_and_usage_json_written(tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # the coder agent runs its shell command as a real process
+async def test_r2_1_every_call_recorded_and_usage_json_written(
+    tmp_path: Path, make_orchestrator: OrchestratorFactory,
+) -> None:
     """R2.1/R2.6: each call's usage is charged and usage.json written per task."""
-    orch = _orch(tmp_path, ScriptedProvider())
+    orch = make_orchestrator(AGENTS)
     spec = TaskSpec(id="c1", agent="coder", prompt="Fix the crash", params={"steps": 2})
     report = await orch.run([spec])
     out = report.outcomes["c1"]
@@ -56,7 +54,7 @@ async def test_r2_1_every_call_recorded_and_usage_json_written(tmp_path: Path) -
     assert (tmp_path / "workspace" / "c1" / "step_2.py").exists()
 
 
-async def test_dependencies_wait_for_results(tmp_path: Path) -> None:
+async def test_dependencies_wait_for_results(make_orchestrator: OrchestratorFactory) -> None:
     order: list[str] = []
 
     class Recorder:
@@ -66,7 +64,7 @@ async def test_dependencies_wait_for_results(tmp_path: Path) -> None:
             order.append(ctx.task.id)
             return ctx.task.id
 
-    orch = _orch(tmp_path, ScriptedProvider(), agents={"r": Recorder})
+    orch = make_orchestrator({"r": Recorder})
     report = await orch.run([
         TaskSpec(id="b", agent="r", depends_on=("a",)),
         TaskSpec(id="a", agent="r"),
@@ -76,13 +74,15 @@ async def test_dependencies_wait_for_results(tmp_path: Path) -> None:
     assert {o.status for o in report.outcomes.values()} == {"completed"}
 
 
-async def test_crashed_agent_fails_alone_with_reason(tmp_path: Path) -> None:
+async def test_crashed_agent_fails_alone_with_reason(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     class Crasher:
         async def run(self, ctx: AgentContext) -> None:
             await ctx.llm.complete([{"role": "user", "content": "hi"}])
             raise RuntimeError("boom")
 
-    orch = _orch(tmp_path, ScriptedProvider(), agents={"x": Crasher, "qa": QuestionAnswerAgent})
+    orch = make_orchestrator({"x": Crasher, "qa": QuestionAnswerAgent})
     report = await orch.run([TaskSpec(id="x1", agent="x"), TaskSpec(id="q1", agent="qa")])
     assert report.outcomes["x1"].status == "failed"
     assert "RuntimeError: boom" in report.outcomes["x1"].reason
@@ -90,39 +90,42 @@ async def test_crashed_agent_fails_alone_with_reason(tmp_path: Path) -> None:
     assert report.outcomes["q1"].status == "completed"
 
 
-async def test_dependency_failure_propagates(tmp_path: Path) -> None:
+async def test_dependency_failure_propagates(make_orchestrator: OrchestratorFactory) -> None:
     class Crasher:
         async def run(self, ctx: AgentContext) -> None:
             raise RuntimeError("boom")
 
-    orch = _orch(tmp_path, ScriptedProvider(),
-                 agents={"x": Crasher, "qa": QuestionAnswerAgent})
+    orch = make_orchestrator({"x": Crasher, "qa": QuestionAnswerAgent})
     report = await orch.run([TaskSpec(id="x1", agent="x"),
                              TaskSpec(id="q1", agent="qa", depends_on=("x1",))])
     assert report.outcomes["q1"].status == "failed"
     assert "dependency x1 failed" in report.outcomes["q1"].reason
 
 
-async def test_unknown_agent_is_a_config_error(tmp_path: Path) -> None:
-    orch = _orch(tmp_path, ScriptedProvider())
+async def test_unknown_agent_is_a_config_error(make_orchestrator: OrchestratorFactory) -> None:
+    orch = make_orchestrator(AGENTS)
     with pytest.raises(ConfigError, match="available: coder, qa"):
         await orch.run([TaskSpec(id="z", agent="nope")])
 
 
-async def test_abort_requeues_and_keeps_attempt_count(tmp_path: Path) -> None:
+async def test_abort_requeues_and_keeps_attempt_count(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     attempts: list[int] = []
+    running = anyio.Event()  # set once the first attempt is under way
 
     class Slow:
         async def run(self, ctx: AgentContext) -> int:
             attempts.append(ctx.attempt)
             if ctx.attempt == 1:
+                running.set()
                 await anyio.sleep(10)
             return ctx.attempt
 
-    orch = _orch(tmp_path, ScriptedProvider(), agents={"s": Slow})
+    orch = make_orchestrator({"s": Slow})
 
     async def abort_soon() -> None:
-        await anyio.sleep(0.05)
+        await running.wait()
         assert orch.abort("s1", "test abort")
 
     async with anyio.create_task_group() as tg:
@@ -152,7 +155,8 @@ async def _run_deciding(
     return reports[0]
 
 
-async def test_r1_1_file_edit_and_shell_budgets(tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # the agent's shell commands run as real processes
+async def test_r1_1_file_edit_and_shell_budgets(make_orchestrator: OrchestratorFactory) -> None:
     """R1.1: file edits and (dangerous) shell commands are counted; R3.4: at the file-edit
     limit the task pauses for a decision instead of failing — adding edits lets it go on."""
     seen: dict[str, Any] = {}
@@ -165,7 +169,7 @@ async def test_r1_1_file_edit_and_shell_budgets(tmp_path: Path) -> None:
             seen["flags"] = (safe.dangerous, risky.dangerous)
             await ctx.files.write("b.txt", "2")  # over the limit of 1: pauses
 
-    orch = _orch(tmp_path, ScriptedProvider(), agents={"o": Ops})
+    orch = make_orchestrator({"o": Ops})
 
     async def decide() -> None:
         info = orch.controller.pause_info("o1")
@@ -183,8 +187,9 @@ async def test_r1_1_file_edit_and_shell_budgets(tmp_path: Path) -> None:
     assert (orch.workspace / "o1" / "b.txt").read_text() == "2"
 
 
+@pytest.mark.real_asyncio  # the agent's shell commands run as real processes
 async def test_r3_4_dangerous_command_limit_pauses_and_finish_ends_the_task(
-    tmp_path: Path,
+    make_orchestrator: OrchestratorFactory,
 ) -> None:
     """R1.1/R3.4: past the dangerous-command limit the task pauses; ``finish`` ends it saved
     (status finished) and the command never runs."""
@@ -194,7 +199,7 @@ async def test_r3_4_dangerous_command_limit_pauses_and_finish_ends_the_task(
             await ctx.shell.run("touch one")
             await ctx.shell.run("touch two")  # the 2nd dangerous command: over the limit
 
-    orch = _orch(tmp_path, ScriptedProvider(), agents={"r": Risky})
+    orch = make_orchestrator({"r": Risky})
     report = await _run_deciding(
         orch, TaskSpec(id="r1", agent="r", budget=Limits(dangerous_commands=1)),
         lambda: orch.decide("r1", "finish"))
@@ -215,24 +220,25 @@ def test_r1_1_dangerous_commands_recognised(command: str, dangerous: bool) -> No
     assert is_dangerous(command) is dangerous
 
 
-def test_r1_3_per_call_time_limit_stops_a_stuck_call(tmp_path: Path) -> None:
+async def test_r1_3_per_call_time_limit_stops_a_stuck_call(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     """R1.3: a single call longer than 5 minutes is stopped (virtual clock)."""
 
-    async def main() -> str:
-        orch = _orch(tmp_path, ScriptedProvider(latency_s=301))
-        spec = TaskSpec(id="q", agent="qa", prompt="What?", budget=Limits(time_s=3600))
-        report = await orch.run([spec])
-        return report.outcomes["q"].reason
-
-    reason = run_virtual(main)
+    orch = make_orchestrator(AGENTS, provider=ScriptedProvider(latency_s=301))
+    spec = TaskSpec(id="q", agent="qa", prompt="What?", budget=Limits(time_s=3600))
+    report = await orch.run([spec])
+    reason = report.outcomes["q"].reason
     assert "per-call limit of 300 s" in reason
     assert ProviderTimeoutError.__name__  # the error type raised through the agent
 
 
-async def test_gateway_falls_back_when_model_overloaded(tmp_path: Path) -> None:
+async def test_gateway_falls_back_when_model_overloaded(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     """R6.1 (basic): an overloaded model's call is retried on the task type's fallback."""
     provider = ScriptedProvider(down={"haiku"})
-    orch = _orch(tmp_path, provider)
+    orch = make_orchestrator(AGENTS, provider=provider)
     report = await orch.run([TaskSpec(id="q", agent="qa", prompt="What is this?")])
     assert report.outcomes["q"].status == "completed"
     assert [c.model for c in provider.calls] == ["haiku", "sonnet"]

@@ -14,14 +14,8 @@ from hypothesis import strategies as st
 from scheduler import BudgetExceededError, Usage
 from scheduler.budget import Reservation
 from scheduler.core import OverdraftDeniedError
-from tests._alerts_helpers import (
-    Harness,
-    make_config,
-    open_harness,
-    profile,
-    run_virtual,
-    sqlite_store,
-)
+from scheduler.testing import run_virtual
+from tests._alerts_helpers import Harness, make_config, open_harness, profile, sqlite_store
 
 
 async def _llm(h: Harness, task: str, tokens: int, cost: float = 0.0,
@@ -39,7 +33,7 @@ def _git(repo: Path, *args: str) -> None:
                    cwd=repo, check=True, capture_output=True)
 
 
-def test_r3_5_file_write_and_git_commit_in_flight_complete_then_second_overdraft_refused(
+async def test_r3_5_file_write_and_git_commit_in_flight_complete_then_second_overdraft_refused(
     tmp_path: Path,
 ) -> None:
     """R3.5/R3.6: both operations finish within the grace; a second overdraft is denied."""
@@ -47,47 +41,43 @@ def test_r3_5_file_write_and_git_commit_in_flight_complete_then_second_overdraft
     repo.mkdir()
     _git(repo, "init", "-q")
 
-    async def main() -> dict[str, Any]:
-        h = await open_harness(tasks={"w": profile(tokens=10_000), "g": profile(tokens=10_000)})
-        await h.charge("w", tokens=9_000)
-        await h.charge("g", tokens=9_500)
-        denied: list[str] = []
-        async with h.controller.open_critical("w", "file_write"):
-            await _llm(h, "w", 3_000)  # 2,000 over the limit: within the grace
-            await anyio.Path(repo / "a.txt").write_text("content\n")
-            with pytest.raises(OverdraftDeniedError) as info:
-                await _llm(h, "w", 100)  # a second overdraft
-            denied.append(info.value.reason)
-        async with h.controller.open_critical("g", "git_commit"):
-            await _llm(h, "g", 4_000)  # 3,500 over: within the grace
-            await anyio.run_process(["git", "add", "a.txt"], cwd=repo)
-            await anyio.run_process(
-                ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q",
-                 "-m", "in flight at the limit"], cwd=repo,
-            )
-            with pytest.raises(OverdraftDeniedError) as info:
-                await _llm(h, "g", 100)
-            denied.append(info.value.reason)
-        # an operation opened while the pause is pending was not in progress: no grace
-        async with h.controller.open_critical("w", "file_write"):
-            with pytest.raises(BudgetExceededError):
-                await _llm(h, "w", 1)
-        return {
-            "granted": [(e.task_id, e.data["tokens"], e.data["operation"])
-                        for e in h.named("overdraft_granted")],
-            "denied": denied, "records": await h.store.list_state("overdraft"),
-            "paused": (h.controller.is_paused("w"), h.controller.is_paused("g")),
-            "in_critical": h.controller.statistics().in_critical,
-            "used": (h.tracker.task_scope("w").totals.tokens,
-                     h.tracker.task_scope("g").totals.tokens),
-        }
-
-    out = run_virtual(main)
+    h = await open_harness(tasks={"w": profile(tokens=10_000), "g": profile(tokens=10_000)})
+    await h.charge("w", tokens=9_000)
+    await h.charge("g", tokens=9_500)
+    denied: list[str] = []
+    async with h.controller.open_critical("w", "file_write"):
+        await _llm(h, "w", 3_000)  # 2,000 over the limit: within the grace
+        await anyio.Path(repo / "a.txt").write_text("content\n")
+        with pytest.raises(OverdraftDeniedError) as info:
+            await _llm(h, "w", 100)  # a second overdraft
+        denied.append(info.value.reason)
+    async with h.controller.open_critical("g", "git_commit"):
+        await _llm(h, "g", 4_000)  # 3,500 over: within the grace
+        await anyio.run_process(["git", "add", "a.txt"], cwd=repo)
+        await anyio.run_process(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q",
+             "-m", "in flight at the limit"], cwd=repo,
+        )
+        with pytest.raises(OverdraftDeniedError) as info:
+            await _llm(h, "g", 100)
+        denied.append(info.value.reason)
+    # an operation opened while the pause is pending was not in progress: no grace
+    async with h.controller.open_critical("w", "file_write"):
+        with pytest.raises(BudgetExceededError):
+            await _llm(h, "w", 1)
+    out: dict[str, Any] = {
+        "granted": [(e.task_id, e.data["tokens"], e.data["operation"])
+                    for e in h.named("overdraft_granted")],
+        "denied": denied, "records": await h.store.list_state("overdraft"),
+        "paused": (h.controller.is_paused("w"), h.controller.is_paused("g")),
+        "in_critical": h.controller.statistics().in_critical,
+        "used": (h.tracker.task_scope("w").totals.tokens,
+                 h.tracker.task_scope("g").totals.tokens),
+    }
     assert out["granted"] == [("w", 2_000, "file_write"), ("g", 3_500, "git_commit")]
     assert all("already used" in r for r in out["denied"])
     assert (repo / "a.txt").read_text() == "content\n"
-    log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True,
-                         text=True, check=True).stdout
+    log = (await anyio.run_process(["git", "log", "--format=%s"], cwd=repo)).stdout.decode()
     assert log.strip() == "in flight at the limit"
     assert len(out["records"]) == 2
     # both pauses take effect after the operations
@@ -95,50 +85,41 @@ def test_r3_5_file_write_and_git_commit_in_flight_complete_then_second_overdraft
     assert out["used"] == (12_000, 13_500)  # at most limit + one grace each
 
 
-def test_r3_5_no_overdraft_outside_a_critical_section() -> None:
-    async def main() -> None:
-        h = await open_harness(tasks={"t": profile(tokens=1000)})
-        await h.charge("t", tokens=900)
-        with pytest.raises(BudgetExceededError):
-            await h.controller.reserve("t", model="sonnet", tokens=200, cost_usd=0.0)
-        assert h.ledger.statistics().granted == 0
-
-    run_virtual(main)
+async def test_r3_5_no_overdraft_outside_a_critical_section() -> None:
+    h = await open_harness(tasks={"t": profile(tokens=1000)})
+    await h.charge("t", tokens=900)
+    with pytest.raises(BudgetExceededError):
+        await h.controller.reserve("t", model="sonnet", tokens=200, cost_usd=0.0)
+    assert h.ledger.statistics().granted == 0
 
 
-def test_r3_5_overshoot_larger_than_the_grace_is_denied() -> None:
-    async def main() -> tuple[str, int]:
-        h = await open_harness(tasks={"t": profile(tokens=1000)})
-        async with h.controller.open_critical("t", "external_api"):
-            with pytest.raises(OverdraftDeniedError) as info:
-                await _llm(h, "t", 6_001)  # 5,001 over
-        return info.value.reason, h.tracker.task_scope("t").reserved_tokens
-
-    reason, held = run_virtual(main)
+async def test_r3_5_overshoot_larger_than_the_grace_is_denied() -> None:
+    h = await open_harness(tasks={"t": profile(tokens=1000)})
+    async with h.controller.open_critical("t", "external_api"):
+        with pytest.raises(OverdraftDeniedError) as info:
+            await _llm(h, "t", 6_001)  # 5,001 over
+    reason, held = info.value.reason, h.tracker.task_scope("t").reserved_tokens
     assert "exceeds the grace of 5000" in reason
     assert held == 0  # nothing reserved when denied
 
 
-def test_r3_5_cost_grace_is_ten_cents() -> None:
-    async def main() -> list[str]:
-        out: list[str] = []
-        for over in (0.05, 0.15):
-            h = await open_harness(tasks={"t": profile(cost_usd=1.0)})
-            await h.charge("t", cost=0.95)
-            async with h.controller.open_critical("t", "external_api"):
-                try:
-                    await _llm(h, "t", 10, cost=0.05 + over)
-                    out.append("granted")
-                except OverdraftDeniedError as exc:
-                    out.append(exc.reason)
-        return out
-
-    granted, denied = run_virtual(main)
+async def test_r3_5_cost_grace_is_ten_cents() -> None:
+    out: list[str] = []
+    for over in (0.05, 0.15):
+        h = await open_harness(tasks={"t": profile(cost_usd=1.0)})
+        await h.charge("t", cost=0.95)
+        async with h.controller.open_critical("t", "external_api"):
+            try:
+                await _llm(h, "t", 10, cost=0.05 + over)
+                out.append("granted")
+            except OverdraftDeniedError as exc:
+                out.append(exc.reason)
+    granted, denied = out
     assert granted == "granted"
     assert "exceeds the grace of $0.10" in denied
 
 
-def test_r3_5_no_grace_for_time() -> None:
+async def test_r3_5_no_grace_for_time() -> None:
     async def main() -> str:
         h = await open_harness(tasks={"t": profile(time_s=10.0)})
         await anyio.sleep(11)
@@ -147,52 +128,46 @@ def test_r3_5_no_grace_for_time() -> None:
                 await _llm(h, "t", 10)
         return info.value.reason
 
-    assert "no overdraft grace for time_s" in run_virtual(main)
+    assert "no overdraft grace for time_s" in await main()
 
 
-def test_r3_5_overdraft_repaid_from_the_next_budget_added() -> None:
-    async def main() -> dict[str, Any]:
-        h = await open_harness(tasks={"t": profile(tokens=10_000)})
-        await h.charge("t", tokens=9_000)
-        async with h.controller.open_critical("t", "file_write"):
-            await _llm(h, "t", 3_000)  # 2,000 overdraft
-        await h.controller.decide("t", "add_budget", tokens=50_000)
-        await h.controller.wait_decision("t")
-        (record,) = (await h.store.list_state("overdraft")).values()
-        left = h.tracker.remaining("t").tokens
-        async with h.controller.open_critical("t", "file_write"):
-            await _llm(h, "t", 48_000 + 1_000)  # a new period: the grace is available again
-        return {"record": record, "left": left,
-                "granted": h.ledger.statistics().granted}
-
-    out = run_virtual(main)
+async def test_r3_5_overdraft_repaid_from_the_next_budget_added() -> None:
+    h = await open_harness(tasks={"t": profile(tokens=10_000)})
+    await h.charge("t", tokens=9_000)
+    async with h.controller.open_critical("t", "file_write"):
+        await _llm(h, "t", 3_000)  # 2,000 overdraft
+    await h.controller.decide("t", "add_budget", tokens=50_000)
+    await h.controller.wait_decision("t")
+    (record,) = (await h.store.list_state("overdraft")).values()
+    left = h.tracker.remaining("t").tokens
+    async with h.controller.open_critical("t", "file_write"):
+        await _llm(h, "t", 48_000 + 1_000)  # a new period: the grace is available again
+    out: dict[str, Any] = {"record": record, "left": left,
+                           "granted": h.ledger.statistics().granted}
     assert out["record"]["repaid_tokens"] == 2_000
     assert out["left"] == 48_000  # 50,000 added minus the 2,000 repaid
     assert out["granted"] == 2
 
 
-def test_r3_5_unpaid_overdraft_blocks_the_next_one() -> None:
-    async def main() -> list[str]:
-        h = await open_harness(tasks={"t": profile(tokens=10_000)})
-        await h.charge("t", tokens=9_999)
-        async with h.controller.open_critical("t", "file_write"):
-            await _llm(h, "t", 3_000)  # 2,999 overdraft
-        out: list[str] = []
-        await h.controller.decide("t", "add_budget", tokens=1_000)  # repays 1,000 of 2,999
-        await h.controller.wait_decision("t")
-        async with h.controller.open_critical("t", "file_write"):
-            with pytest.raises(OverdraftDeniedError) as info:
-                await _llm(h, "t", 100)
-            out.append(info.value.reason)
-        await h.controller.request_pause("t", "more budget")
-        await h.controller.decide("t", "add_budget", tokens=10_000)  # repays the rest
-        await h.controller.wait_decision("t")
-        async with h.controller.open_critical("t", "file_write"):
-            await _llm(h, "t", 9_000)  # 999 over the 21,000 limit: allowed again
-        out.append(f"granted {h.ledger.statistics().granted}")
-        return out
-
-    assert run_virtual(main) == ["a previous overdraft on task:t is unpaid", "granted 2"]
+async def test_r3_5_unpaid_overdraft_blocks_the_next_one() -> None:
+    h = await open_harness(tasks={"t": profile(tokens=10_000)})
+    await h.charge("t", tokens=9_999)
+    async with h.controller.open_critical("t", "file_write"):
+        await _llm(h, "t", 3_000)  # 2,999 overdraft
+    out: list[str] = []
+    await h.controller.decide("t", "add_budget", tokens=1_000)  # repays 1,000 of 2,999
+    await h.controller.wait_decision("t")
+    async with h.controller.open_critical("t", "file_write"):
+        with pytest.raises(OverdraftDeniedError) as info:
+            await _llm(h, "t", 100)
+        out.append(info.value.reason)
+    await h.controller.request_pause("t", "more budget")
+    await h.controller.decide("t", "add_budget", tokens=10_000)  # repays the rest
+    await h.controller.wait_decision("t")
+    async with h.controller.open_critical("t", "file_write"):
+        await _llm(h, "t", 9_000)  # 999 over the 21,000 limit: allowed again
+    out.append(f"granted {h.ledger.statistics().granted}")
+    assert out == ["a previous overdraft on task:t is unpaid", "granted 2"]
 
 
 def test_r3_5_used_grace_survives_a_restart(tmp_path: Path) -> None:

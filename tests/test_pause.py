@@ -11,7 +11,8 @@ import pytest
 from scheduler.control import Decision, PauseController
 from scheduler.control._pause import submit_to_store
 from scheduler.core import DecisionError
-from tests._alerts_helpers import Harness, open_harness, profile, run_virtual, sqlite_store
+from scheduler.testing import run_virtual
+from tests._alerts_helpers import Harness, open_harness, profile, sqlite_store
 
 
 async def _exceed(h: Harness, task: str = "t", tokens: int = 1000) -> None:
@@ -19,35 +20,34 @@ async def _exceed(h: Harness, task: str = "t", tokens: int = 1000) -> None:
     assert h.controller.is_paused(task)
 
 
-def test_r3_4_pause_add_budget_continue_with_added_budget() -> None:
+async def test_r3_4_pause_add_budget_continue_with_added_budget() -> None:
     """R3.4: exceeded → paused (leases released) → +50,000 tokens → continues."""
 
-    async def main() -> dict[str, Any]:
-        h = await open_harness(tasks={"t": profile(tokens=1000)})
-        await _exceed(h)
-        log: list[str] = []
+    h = await open_harness(tasks={"t": profile(tokens=1000)})
+    await _exceed(h)
+    log: list[str] = []
 
-        async def release() -> None:
-            log.append("released")
+    async def release() -> None:
+        log.append("released")
 
-        async def person() -> None:
-            await anyio.sleep(30)
-            assert h.controller.statistics().paused == ("t",)
-            log.append("decide")
-            await h.controller.decide("t", "add_budget", tokens=50_000)
+    async def person() -> None:
+        await anyio.sleep(30)
+        assert h.controller.statistics().paused == ("t",)
+        log.append("decide")
+        await h.controller.decide("t", "add_budget", tokens=50_000)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(person)
-            decision = await h.controller.wait_if_paused("t", release=release)
-        assert decision is not None and decision.action == "add_budget"
-        log.append("resumed")
-        h.tracker.reserve("t", model="sonnet", tokens=40_000, cost_usd=0.0)
-        (paused,) = h.named("task_paused")
-        return {"log": log, "limit": h.tracker.task_scope("t").limits.tokens,
-                "choices": paused.data["choices"], "paused": h.controller.is_paused("t"),
-                "budget": await h.store.get_state("budget", "t")}
-
-    out = run_virtual(main)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(person)
+        decision = await h.controller.wait_if_paused("t", release=release)
+    assert decision is not None and decision.action == "add_budget"
+    log.append("resumed")
+    h.tracker.reserve("t", model="sonnet", tokens=40_000, cost_usd=0.0)
+    (paused,) = h.named("task_paused")
+    out: dict[str, Any] = {
+        "log": log, "limit": h.tracker.task_scope("t").limits.tokens,
+        "choices": paused.data["choices"], "paused": h.controller.is_paused("t"),
+        "budget": await h.store.get_state("budget", "t"),
+    }
     assert out["log"] == ["released", "decide", "resumed"]
     assert out["limit"] == 51_000
     assert out["choices"] == ["add_budget", "finish", "review"]
@@ -55,7 +55,7 @@ def test_r3_4_pause_add_budget_continue_with_added_budget() -> None:
     assert out["budget"] == {"scopes": {"task:t": {"tokens": 50_000}}}
 
 
-def test_r3_4_thresholds_rearmed_after_budget_added_fire_once_again() -> None:
+async def test_r3_4_thresholds_rearmed_after_budget_added_fire_once_again() -> None:
     async def main() -> list[str]:
         h = await open_harness(tasks={"t": profile(tokens=1000)})
         await _exceed(h)
@@ -65,7 +65,7 @@ def test_r3_4_thresholds_rearmed_after_budget_added_fire_once_again() -> None:
             await h.charge("t", tokens=100)
         return h.names("budget_")
 
-    assert run_virtual(main) == [
+    assert await main() == [
         "budget_warning", "budget_critical", "budget_exceeded",
         "budget_warning", "budget_critical", "budget_exceeded",
     ]
@@ -92,7 +92,7 @@ def test_r3_4_add_cost_budget_to_a_cost_pause() -> None:
     assert run_virtual(main2) == (1.5, 10_000)
 
 
-def test_r3_4_add_budget_never_caps_an_unlimited_dimension() -> None:
+async def test_r3_4_add_budget_never_caps_an_unlimited_dimension() -> None:
     async def main() -> tuple[int | None, float | None]:
         h = await open_harness(tasks={"t": profile(tokens=1000)})
         await _exceed(h)
@@ -101,10 +101,10 @@ def test_r3_4_add_budget_never_caps_an_unlimited_dimension() -> None:
         lim = h.tracker.task_scope("t").limits
         return lim.tokens, lim.cost_usd
 
-    assert run_virtual(main) == (1500, None)
+    assert await main() == (1500, None)
 
 
-def test_r3_4_finish_returns_finish_and_clears_the_pause() -> None:
+async def test_r3_4_finish_returns_finish_and_clears_the_pause() -> None:
     async def main() -> tuple[str, bool, Any]:
         h = await open_harness(tasks={"t": profile(tokens=1000)})
         await _exceed(h)
@@ -118,34 +118,30 @@ def test_r3_4_finish_returns_finish_and_clears_the_pause() -> None:
             decision = await h.controller.wait_decision("t")
         return decision.action, h.controller.is_paused("t"), await h.store.get_state("pause", "t")
 
-    assert run_virtual(main) == ("finish", False, None)
+    assert await main() == ("finish", False, None)
 
 
-def test_r3_4_review_shows_work_and_keeps_the_task_paused() -> None:
-    async def main() -> tuple[dict[str, Any], list[str]]:
-        h = await open_harness(tasks={"t": profile(tokens=1000)})
-        await h.store.put_state("checkpoint", "t", {"step": 3})
-        await h.charge("t", tokens=400, file_edits=2)
-        await _exceed(h, tokens=600)
-        order: list[str] = []
-        reply: dict[str, Any] = {}
+async def test_r3_4_review_shows_work_and_keeps_the_task_paused() -> None:
+    h = await open_harness(tasks={"t": profile(tokens=1000)})
+    await h.store.put_state("checkpoint", "t", {"step": 3})
+    await h.charge("t", tokens=400, file_edits=2)
+    await _exceed(h, tokens=600)
+    order: list[str] = []
+    reply: dict[str, Any] = {}
 
-        async def person() -> None:
-            await anyio.sleep(5)
-            reply.update(await h.controller.decide("t", "review"))
-            order.append("reviewed")
-            await anyio.sleep(5)
-            assert h.controller.is_paused("t")
-            order.append("still paused")
-            await h.controller.decide("t", "finish")
+    async def person() -> None:
+        await anyio.sleep(5)
+        reply.update(await h.controller.decide("t", "review"))
+        order.append("reviewed")
+        await anyio.sleep(5)
+        assert h.controller.is_paused("t")
+        order.append("still paused")
+        await h.controller.decide("t", "finish")
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(person)
-            await h.controller.wait_decision("t")
-            order.append("decided")
-        return reply, order
-
-    reply, order = run_virtual(main)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(person)
+        await h.controller.wait_decision("t")
+        order.append("decided")
     assert order == ["reviewed", "still paused", "decided"]
     summary = reply["summary"]
     assert summary["usage"]["tokens"] == 1000 and summary["usage"]["file_edits"] == 2
@@ -153,20 +149,17 @@ def test_r3_4_review_shows_work_and_keeps_the_task_paused() -> None:
     assert summary["pause"]["dimension"] == "tokens"
 
 
-def test_r3_4_invalid_decisions_are_refused() -> None:
-    async def main() -> None:
-        h = await open_harness(tasks={"t": profile(tokens=1000), "u": profile()})
-        await _exceed(h)
-        with pytest.raises(DecisionError, match="not paused"):
-            await h.controller.decide("u", "finish")
-        with pytest.raises(DecisionError, match="positive amount"):
-            await h.controller.decide("t", "add_budget")
-        with pytest.raises(DecisionError, match="positive amount"):
-            await h.controller.decide("t", "add_budget", tokens=-5)
-        with pytest.raises(DecisionError, match="unknown decision"):
-            await h.controller.decide("t", "explode")
-
-    run_virtual(main)
+async def test_r3_4_invalid_decisions_are_refused() -> None:
+    h = await open_harness(tasks={"t": profile(tokens=1000), "u": profile()})
+    await _exceed(h)
+    with pytest.raises(DecisionError, match="not paused"):
+        await h.controller.decide("u", "finish")
+    with pytest.raises(DecisionError, match="positive amount"):
+        await h.controller.decide("t", "add_budget")
+    with pytest.raises(DecisionError, match="positive amount"):
+        await h.controller.decide("t", "add_budget", tokens=-5)
+    with pytest.raises(DecisionError, match="unknown decision"):
+        await h.controller.decide("t", "explode")
 
 
 def test_r3_4_pause_and_decision_survive_a_restart(tmp_path: Path) -> None:
@@ -232,7 +225,7 @@ def test_r3_4_decision_written_while_no_orchestrator_runs_is_applied_at_start(
     assert run_virtual(restart) == ("add_budget", 3000)
 
 
-def test_r3_4_running_controller_picks_up_a_decision_written_to_the_store() -> None:
+async def test_r3_4_running_controller_picks_up_a_decision_written_to_the_store() -> None:
     async def main() -> str:
         h = await open_harness(tasks={"t": profile(tokens=1000)}, poll_s=2.0)
         await _exceed(h)
@@ -247,73 +240,67 @@ def test_r3_4_running_controller_picks_up_a_decision_written_to_the_store() -> N
                 decision = await h.controller.wait_decision("t")
         return decision.source
 
-    assert run_virtual(main) == "cli"
+    assert await main() == "cli"
 
 
-def test_r3_6_pause_takes_effect_only_after_the_critical_section() -> None:
+async def test_r3_6_pause_takes_effect_only_after_the_critical_section() -> None:
     """R3.6: a pause arriving during a file write waits until the write completes."""
 
-    async def main() -> list[str]:
-        h = await open_harness(tasks={"t": profile(tokens=1000)})
-        order: list[str] = []
+    h = await open_harness(tasks={"t": profile(tokens=1000)})
+    order: list[str] = []
 
-        async def writer() -> None:
-            async with h.controller.open_critical("t", "file_write"):
-                order.append("write started")
-                await h.charge("t", tokens=1000)  # the limit is hit mid-operation
-                assert h.controller.is_paused("t") and "t" in h.controller.statistics().in_critical
-                assert await h.controller.wait_if_paused("t") is None  # not inside its own op
-                await anyio.sleep(10)
-                order.append("write done")
-            assert h.controller.is_paused("t") and not h.controller.statistics().in_critical
+    async def writer() -> None:
+        async with h.controller.open_critical("t", "file_write"):
+            order.append("write started")
+            await h.charge("t", tokens=1000)  # the limit is hit mid-operation
+            assert h.controller.is_paused("t") and "t" in h.controller.statistics().in_critical
+            assert await h.controller.wait_if_paused("t") is None  # not inside its own op
+            await anyio.sleep(10)
+            order.append("write done")
+        assert h.controller.is_paused("t") and not h.controller.statistics().in_critical
 
-        async def sibling() -> None:
-            await anyio.sleep(1)
-            order.append("sibling waits")
-            decision = await h.controller.wait_if_paused("t")
-            assert decision is not None
-            order.append("sibling resumed")
+    async def sibling() -> None:
+        await anyio.sleep(1)
+        order.append("sibling waits")
+        decision = await h.controller.wait_if_paused("t")
+        assert decision is not None
+        order.append("sibling resumed")
 
-        async def person() -> None:
-            await anyio.sleep(2)
-            await h.controller.decide("t", "finish")
+    async def person() -> None:
+        await anyio.sleep(2)
+        await h.controller.decide("t", "finish")
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(writer)
-            tg.start_soon(sibling)
-            tg.start_soon(person)
-        (paused,) = h.named("task_paused")
-        order.append(f"paused event after write: {paused.at >= 10}")
-        return order
-
-    assert run_virtual(main) == [
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        tg.start_soon(sibling)
+        tg.start_soon(person)
+    (paused,) = h.named("task_paused")
+    order.append(f"paused event after write: {paused.at >= 10}")
+    assert order == [
         "write started", "sibling waits", "write done", "sibling resumed",
         "paused event after write: True",
     ]
 
 
-def test_r3_4_every_waiter_of_one_pause_gets_the_decision() -> None:
-    async def main() -> list[str]:
-        h = await open_harness(tasks={"t": profile(tokens=1000)})
-        await _exceed(h)
-        got: list[str] = []
+async def test_r3_4_every_waiter_of_one_pause_gets_the_decision() -> None:
+    h = await open_harness(tasks={"t": profile(tokens=1000)})
+    await _exceed(h)
+    got: list[str] = []
 
-        async def waiter() -> None:
-            got.append((await h.controller.wait_decision("t")).action)
+    async def waiter() -> None:
+        got.append((await h.controller.wait_decision("t")).action)
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(3):
-                tg.start_soon(waiter)
-            await anyio.sleep(5)
-            await h.controller.decide("t", "add_budget", tokens=100)
-        assert h.controller.statistics().decisions_applied == 1
-        assert h.tracker.task_scope("t").limits.tokens == 1100  # applied once, not thrice
-        return got
-
-    assert run_virtual(main) == ["add_budget"] * 3
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(waiter)
+        await anyio.sleep(5)
+        await h.controller.decide("t", "add_budget", tokens=100)
+    assert h.controller.statistics().decisions_applied == 1
+    assert h.tracker.task_scope("t").limits.tokens == 1100  # applied once, not thrice
+    assert got == ["add_budget"] * 3
 
 
-def test_r3_4_decision_timeout_saves_and_finishes() -> None:
+async def test_r3_4_decision_timeout_saves_and_finishes() -> None:
     async def main() -> tuple[str, str, float]:
         h = await open_harness(tasks={"t": profile(tokens=1000)})
         h.controller.decision_timeout_s = 120
@@ -322,26 +309,23 @@ def test_r3_4_decision_timeout_saves_and_finishes() -> None:
         decision = await h.controller.wait_decision("t")
         return decision.action, decision.source, anyio.current_time() - start
 
-    assert run_virtual(main) == ("finish", "timeout", 120)
+    assert await main() == ("finish", "timeout", 120)
 
 
-def test_r3_6_critical_sections_nest_and_are_reported() -> None:
-    async def main() -> list[Any]:
-        h = await open_harness(tasks={"t": profile()})
-        seen: list[Any] = ["t" in h.controller.statistics().in_critical]
-        async with h.controller.open_critical("t", "git_commit"):
-            async with h.controller.open_critical("t", "external_api"):
-                seen.append(h.controller.current_critical("t"))
-                seen.append(h.controller.statistics().in_critical)
+async def test_r3_6_critical_sections_nest_and_are_reported() -> None:
+    h = await open_harness(tasks={"t": profile()})
+    seen: list[Any] = ["t" in h.controller.statistics().in_critical]
+    async with h.controller.open_critical("t", "git_commit"):
+        async with h.controller.open_critical("t", "external_api"):
             seen.append(h.controller.current_critical("t"))
-        seen.append("t" in h.controller.statistics().in_critical)
+            seen.append(h.controller.statistics().in_critical)
         seen.append(h.controller.current_critical("t"))
-        return seen
+    seen.append("t" in h.controller.statistics().in_critical)
+    seen.append(h.controller.current_critical("t"))
+    assert seen == [False, "external_api", {"t": 2}, "git_commit", False, None]
 
-    assert run_virtual(main) == [False, "external_api", {"t": 2}, "git_commit", False, None]
 
-
-def test_r3_6_critical_section_closes_on_error_and_cancellation() -> None:
+async def test_r3_6_critical_section_closes_on_error_and_cancellation() -> None:
     async def main() -> bool:
         h = await open_harness(tasks={"t": profile()})
         with pytest.raises(RuntimeError):
@@ -352,14 +336,14 @@ def test_r3_6_critical_section_closes_on_error_and_cancellation() -> None:
                 await anyio.sleep(5)
         return "t" in h.controller.statistics().in_critical
 
-    assert run_virtual(main) is False
+    assert await main() is False
 
 
-def test_r3_4_controller_without_store_records_is_empty() -> None:
+async def test_r3_4_controller_without_store_records_is_empty() -> None:
     async def main() -> int:
         h = await open_harness()
         c2 = PauseController(h.store, h.tracker, h.events)
         await c2.open()
         return len(c2.paused_tasks())
 
-    assert run_virtual(main) == 0
+    assert await main() == 0

@@ -26,9 +26,11 @@ from scheduler.control._server import (
     send_request,
 )
 from scheduler.core import DecisionError
-from tests._alerts_helpers import Harness, open_harness, profile, run_virtual, sqlite_store
+from scheduler.testing import run_virtual
+from tests._alerts_helpers import Harness, open_harness, profile, sqlite_store
 
-pytestmark = pytest.mark.anyio
+# decisions travel over a real Unix socket, some from other processes
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 
 
 async def _paused(store_dir: Path | None = None) -> Harness:

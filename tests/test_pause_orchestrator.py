@@ -17,14 +17,13 @@ from scheduler import Event, Limits, TaskSpec, VibeConfig
 from scheduler.cli._decide import stored_status_rows
 from scheduler.control._alerts import StatusRow
 from scheduler.control._server import control_paths
-from scheduler.core import FixedWallClock
 from scheduler.runtime import Orchestrator, RunReport
 from scheduler.store import SqliteStore
 from scheduler.tasks import TaskHandle
-from tests._fakes import ScriptedProvider
-from tests._helpers import FRIDAY, run_virtual
+from scheduler.testing import ScriptedProvider, build_orchestrator, run_virtual
 
-pytestmark = pytest.mark.anyio
+# a SQLite store (worker threads) and the CLI in other processes: real time
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
 CLI = str(Path(sys.executable).parent / "vibe-engine")
 
 
@@ -32,8 +31,8 @@ def _orch(state: Path, provider: ScriptedProvider, agents: dict[str, Any] | None
           session: str = "s1", **alerts: Any) -> Orchestrator:
     config = VibeConfig(state_dir=state, store="sqlite", session_id=session,
                         alerts=alerts or {})
-    return Orchestrator(config, provider=provider, agents=agents or {"coder": CoderAgent},
-                        wall=FixedWallClock(FRIDAY))
+    return build_orchestrator(agents or {"coder": CoderAgent}, config=config,
+                              provider=provider)
 
 
 def _spec(tokens: int = 5_000) -> TaskSpec:
@@ -61,6 +60,7 @@ async def _until(orch: Orchestrator, name: str, count: int = 1) -> Event:
     return got[0]
 
 
+@pytest.mark.slow
 async def test_r3_4_pause_restart_decide_from_cli_continue_from_checkpoint(
     tmp_path: Path,
 ) -> None:
@@ -146,6 +146,7 @@ def test_r3_4_unattended_run_finishes_after_the_decision_timeout(tmp_path: Path)
     assert waited == pytest.approx(600)
 
 
+@pytest.mark.slow
 async def test_r3_status_budget_rows_from_the_store_and_cli(tmp_path: Path) -> None:
     """``vibe-engine status`` shows each task's budget use per dimension with its level."""
     state = tmp_path / "st"

@@ -22,7 +22,7 @@ from policies.victim import LowestPriorityVictim
 from scheduler.config import BUILTIN_POLICIES, VibeConfig, load_policies
 from scheduler.core import ConfigError
 from scheduler.runtime import Orchestrator
-from tests._fakes import ScriptedProvider
+from scheduler.testing import ScriptedProvider
 
 SETTINGS = ("allocation", "victim", "complexity", "routing", "alerts", "replan")
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,12 +15,10 @@ from scheduler import (
     Event,
     TaskSpec,
     Usage,
-    VibeConfig,
 )
-from scheduler.core import FixedWallClock
-from scheduler.runtime import Orchestrator, RunReport
+from scheduler.runtime import RunReport
 from scheduler.runtime._quality import JUDGE_SYSTEM
-from tests._helpers import FRIDAY, run_virtual
+from scheduler.testing import build_orchestrator, run_virtual
 
 
 class UnscoredProvider:
@@ -53,10 +51,8 @@ class OneCall:
 def run(tmp_path: Path, ratings: dict[str, str], scorer: str = "llm_judge",
         ) -> tuple[UnscoredProvider, RunReport, list[Event]]:
     provider = UnscoredProvider(ratings)
-    config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1",
-                        routing={"quality_scorer": scorer})
-    orch = Orchestrator(config, provider=provider, agents={"one": OneCall},
-                        wall=FixedWallClock(FRIDAY))
+    orch = build_orchestrator({"one": OneCall}, state_dir=tmp_path, provider=provider,
+                              routing={"quality_scorer": scorer})
     events: list[Event] = []
     orch.bus.subscribe(events.append)
     spec = TaskSpec(id="t1", agent="one", prompt="Update the docstring of the loader",

@@ -25,14 +25,8 @@ import pytest
 import redis
 import yaml
 
-from tests._redis_helpers import (
-    REDIS_URL,
-    TcpProxy,
-    delete_namespace,
-    new_namespace,
-    redis_or_skip,
-    run_asyncio,
-)
+from scheduler.testing import run_real
+from tests._redis_helpers import REDIS_URL, TcpProxy, delete_namespace, new_namespace, redis_or_skip
 
 SCRIPT = Path(__file__).with_name("_redis_orchestrator.py")
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,7 +228,7 @@ def test_r1_2_r5_3_three_orchestrators_share_budget_and_pool(
             for f in files:
                 f.close()
 
-    t_all, t_kill, codes = run_asyncio(main)
+    t_all, t_kill, codes = run_real(main)
     logs = {n: (tmp_path / f"{n}.log").read_text(errors="replace") for n in names}
     assert codes["o1"] == 0 and codes["o2"] == 0, logs
     assert codes["o3"] == -signal.SIGKILL
@@ -308,7 +302,7 @@ def test_connection_drop_mid_run_fail_closed_loses_no_usage(
             await fleet.kill_all()
             proxy.close()
 
-    t_cut, t_back = run_asyncio(main)
+    t_cut, t_back = run_real(main)
     log = read_log(fleet.log("o1"))
     # fail-closed: no new grant between the cut (+ the in-flight margin) and the restore
     during = [r for r in log if r["kind"] == "grant" and t_cut + 0.1 < r["t"] < t_back]

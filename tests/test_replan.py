@@ -6,7 +6,6 @@ from typing import Any
 
 import anyio
 import pytest
-import trio.testing
 
 from policies.replan import (
     BreakDown,
@@ -25,11 +24,6 @@ from tests._routing_helpers import COMPLEX, MODERATE, Recorder, info, knock_out,
 
 TIERS = ("haiku", "sonnet", "opus")
 ALL = frozenset(TIERS)
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    return "trio", {"clock": trio.testing.MockClock(autojump_threshold=0)}
 
 
 def data(wanted: str = "opus", usable: frozenset[str] = ALL, fraction: float = 0.0,

@@ -15,11 +15,16 @@ from typing import Any
 import anyio
 
 from agents import AgentContext
-from scheduler import Completion, CompletionRequest, Event, TaskSpec, Usage, VibeConfig
-from scheduler.core import FixedWallClock
+from scheduler import (
+    Completion,
+    CompletionRequest,
+    Event,
+    TaskSpec,
+    Usage,
+)
 from scheduler.routing import task_info
 from scheduler.runtime import Orchestrator, RunReport
-from tests._helpers import FRIDAY, run_virtual
+from scheduler.testing import build_orchestrator, run_virtual
 from tests._routing_helpers import knock_out
 
 DESIGN = "Design the storage architecture and weigh the trade-offs"
@@ -71,8 +76,7 @@ class Crasher:
 def make(tmp_path: Path, agents: dict[str, Any], **cfg: Any) -> tuple[Orchestrator, Provider,
                                                                      list[Event]]:
     provider = Provider()
-    config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1", **cfg)
-    orch = Orchestrator(config, provider=provider, agents=agents, wall=FixedWallClock(FRIDAY))
+    orch = build_orchestrator(agents, state_dir=tmp_path, provider=provider, **cfg)
     events: list[Event] = []
     orch.bus.subscribe(events.append)
     return orch, provider, events
@@ -123,50 +127,44 @@ def test_r6_2_runtime_generic_split_without_a_hook(tmp_path: Path) -> None:
     assert {m for _, m in provider.calls} == {"haiku"}
 
 
-def test_r6_7_runtime_defers_then_resumes_on_the_preferred_model(tmp_path: Path) -> None:
+async def test_r6_7_runtime_defers_then_resumes_on_the_preferred_model(tmp_path: Path) -> None:
     """R6.7 defer: opus down → a complex normal-priority task waits (state ``deferred``,
     no call made) until opus serves it again, then runs on opus; one notice each way."""
     orch, provider, events = make(tmp_path, {"d": Designer})
     health = orch.gateway.health
     seen: list[str] = []
 
-    async def main() -> None:
-        knock_out(health, "opus")
+    knock_out(health, "opus")
 
-        async def recover() -> None:
-            await anyio.sleep(30)
-            seen.append(orch.handles["t1"].status)
-            await health.check_once()  # the 60 s check finds opus answering (R6.4) …
-            for _ in range(health.params.restore_after_successes):  # … and probes succeed
-                health.record_call("opus", True, 0.5)
+    async def recover() -> None:
+        await anyio.sleep(30)
+        seen.append(orch.handles["t1"].status)
+        await health.check_once()  # the 60 s check finds opus answering (R6.4) …
+        for _ in range(health.params.restore_after_successes):  # … and probes succeed
+            health.record_call("opus", True, 0.5)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(recover)
-            await orch.run([TaskSpec(id="t1", agent="d", prompt=DESIGN, priority="normal")])
-
-    run_virtual(main)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(recover)
+        await orch.run([TaskSpec(id="t1", agent="d", prompt=DESIGN, priority="normal")])
     assert seen == ["deferred"]
     assert [c for c in provider.calls if c[0] != "health-check"] == [("t1", "opus")]
     assert [e.name for e in events if e.name in ("task_deferred", "task_resumed")] == [
         "task_deferred", "task_resumed"]
 
 
-def test_r6_7_runtime_simplifies_when_the_budget_is_critical(tmp_path: Path) -> None:
+async def test_r6_7_runtime_simplifies_when_the_budget_is_critical(tmp_path: Path) -> None:
     """R6.7 simplify: with ≥ 90 % of the task's budget used, the runtime tells the agent
     (``ctx.simplify``) to do only the key part, once."""
     orch, _, events = make(tmp_path, {"d": Designer})
 
-    async def main() -> None:
-        handle = orch.add_tasks([TaskSpec(id="t1", agent="d", prompt="Fix the off-by-one bug")])[0]
-        orch.tracker.fraction_used = lambda task_id: 0.95  # type: ignore[method-assign]
-        await orch.run([])
-        assert handle.result == {"task": "t1", "simplify": True}
-
-    run_virtual(main)
+    handle = orch.add_tasks([TaskSpec(id="t1", agent="d", prompt="Fix the off-by-one bug")])[0]
+    orch.tracker.fraction_used = lambda task_id: 0.95  # type: ignore[method-assign]
+    await orch.run([])
+    assert handle.result == {"task": "t1", "simplify": True}
     assert [e.name for e in events].count("task_simplified") == 1
 
 
-def test_r4_3_failed_attempts_on_haiku_retry_then_upgrade_and_teach(tmp_path: Path) -> None:
+async def test_r4_3_failed_attempts_on_haiku_retry_then_upgrade_and_teach(tmp_path: Path) -> None:
     """R4.3: a task that fails after its model finished is a wrong-choice signal. Haiku
     failing twice retries the task on sonnet (logged), and similar later tasks score
     higher; attempts stay bounded by ``routing.max_attempts``."""
@@ -174,7 +172,7 @@ def test_r4_3_failed_attempts_on_haiku_retry_then_upgrade_and_teach(tmp_path: Pa
     prompt = "Update the docstring of the config loader"
     specs = [TaskSpec(id=f"t{i}", agent="c", prompt=prompt, task_type="code_modification")
              for i in (1, 2)]
-    report = run_virtual(orch.run, specs[:1])
+    report = await orch.run(specs[:1])
     assert provider.calls == [("t1", "haiku"), ("t1", "haiku"), ("t1", "sonnet")]
     outcome = report.outcomes["t1"]
     assert outcome.status == "failed" and outcome.attempts == 3

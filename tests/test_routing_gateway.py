@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from agents.builtin import QuestionAnswerAgent
-from scheduler import Completion, CompletionRequest, TaskSpec, Usage, VibeConfig
-from scheduler.core import FixedWallClock, OverloadedError
-from scheduler.runtime import Orchestrator
-from tests._helpers import FRIDAY
+from scheduler import Completion, CompletionRequest, TaskSpec, Usage
+from scheduler.core import OverloadedError
+from tests._helpers import OrchestratorFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -35,16 +31,15 @@ class QualityProvider:
         return None
 
 
-def _orch(tmp_path: Path, provider: Any) -> Orchestrator:
-    config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1")
-    return Orchestrator(config, provider=provider, agents={"qa": QuestionAnswerAgent},
-                        wall=FixedWallClock(FRIDAY))
+AGENTS = {"qa": QuestionAnswerAgent}
 
 
-async def test_r4_3_gateway_retries_low_quality_on_next_tier(tmp_path: Path) -> None:
+async def test_r4_3_gateway_retries_low_quality_on_next_tier(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     """R4.3: a haiku answer judged 0.3 is retried on sonnet within the same call."""
     provider = QualityProvider({"haiku": 0.3, "sonnet": 0.8})
-    orch = _orch(tmp_path, provider)
+    orch = make_orchestrator(AGENTS, provider=provider)
     events: list[str] = []
     orch.bus.subscribe(lambda e: events.append(e.name))
     report = await orch.run([TaskSpec(id="q", agent="qa", prompt="What is this?")])
@@ -56,10 +51,10 @@ async def test_r4_3_gateway_retries_low_quality_on_next_tier(tmp_path: Path) -> 
     assert stats["haiku"].calls == 1 and stats["haiku"].satisfaction == pytest.approx(0.3)
 
 
-async def test_r4_2_gateway_routes_by_complexity(tmp_path: Path) -> None:
+async def test_r4_2_gateway_routes_by_complexity(make_orchestrator: OrchestratorFactory) -> None:
     """R4.2: a question goes to haiku, an architecture task to opus, with the router's reason."""
     provider = QualityProvider({})
-    orch = _orch(tmp_path, provider)
+    orch = make_orchestrator(AGENTS, provider=provider)
     await orch.run([
         TaskSpec(id="q", agent="qa", prompt="What is this?"),
         TaskSpec(id="a", agent="qa", prompt="Design the architecture and its trade-offs"),
@@ -68,10 +63,12 @@ async def test_r4_2_gateway_routes_by_complexity(tmp_path: Path) -> None:
     assert orch.gateway.router.statistics().by_model == {"haiku": 1, "opus": 1}
 
 
-async def test_r6_6_gateway_feeds_health_and_routes_around(tmp_path: Path) -> None:
+async def test_r6_6_gateway_feeds_health_and_routes_around(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     """R6.3/R6.6: 529s recorded per call; after 3 haiku is routed around without calling it."""
     provider = QualityProvider({}, down={"haiku"})
-    orch = _orch(tmp_path, provider)
+    orch = make_orchestrator(AGENTS, provider=provider)
     specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?",
                       depends_on=(f"q{i - 1}",) if i else ()) for i in range(5)]
     report = await orch.run(specs)
@@ -84,16 +81,12 @@ async def test_r6_6_gateway_feeds_health_and_routes_around(tmp_path: Path) -> No
 
 
 async def test_r6_7_model_whose_budget_cannot_cover_the_call_is_routed_around(
-    tmp_path: Path,
+    make_orchestrator: OrchestratorFactory,
 ) -> None:
     """R6.7/R1.3: opus's per-model session budget is too small → the call goes to sonnet."""
     provider = QualityProvider({})
-    config = VibeConfig(
-        state_dir=tmp_path, store="memory", session_id="s1",
-        budgets={"session": {"tokens_by_model": {"opus": 500}}},
-    )
-    orch = Orchestrator(config, provider=provider, agents={"qa": QuestionAnswerAgent},
-                        wall=FixedWallClock(FRIDAY))
+    orch = make_orchestrator(AGENTS, provider=provider,
+                             budgets={"session": {"tokens_by_model": {"opus": 500}}})
     events: list[str] = []
     orch.bus.subscribe(lambda e: events.append(e.name))
     report = await orch.run(
@@ -105,10 +98,12 @@ async def test_r6_7_model_whose_budget_cannot_cover_the_call_is_routed_around(
     assert decision.model == "sonnet" and "opus budget cannot cover it" in decision.reason
 
 
-async def test_r6_1_fallback_chain_reaches_the_last_usable_tier(tmp_path: Path) -> None:
+async def test_r6_1_fallback_chain_reaches_the_last_usable_tier(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     """R6.1: when the first fallback fails too, the next usable substitute is tried."""
     provider = QualityProvider({}, down={"haiku", "sonnet"})
-    orch = _orch(tmp_path, provider)
+    orch = make_orchestrator(AGENTS, provider=provider)
     events: list[str] = []
     orch.bus.subscribe(lambda e: events.append(e.name))
     report = await orch.run([TaskSpec(id="q", agent="qa", prompt="What is this?")])
@@ -117,10 +112,12 @@ async def test_r6_1_fallback_chain_reaches_the_last_usable_tier(tmp_path: Path) 
     assert events.count("model_fallback") == 2
 
 
-async def test_r4_3_failed_correction_keeps_the_first_answer(tmp_path: Path) -> None:
+async def test_r4_3_failed_correction_keeps_the_first_answer(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
     """R4.3: if the upgrade's retry hits a 529, the call returns the answer it already has."""
     provider = QualityProvider({"haiku": 0.2}, down={"sonnet"})
-    orch = _orch(tmp_path, provider)
+    orch = make_orchestrator(AGENTS, provider=provider)
     events: list[str] = []
     orch.bus.subscribe(lambda e: events.append(e.name))
     report = await orch.run([TaskSpec(id="q", agent="qa", prompt="What is this?")])

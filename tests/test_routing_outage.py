@@ -14,10 +14,9 @@ from pathlib import Path
 import anyio
 
 from agents import AgentContext
-from scheduler import Completion, CompletionRequest, Event, TaskSpec, Usage, VibeConfig
-from scheduler.core import FixedWallClock, OverloadedError
-from scheduler.runtime import Orchestrator
-from tests._helpers import FRIDAY, run_virtual
+from scheduler import Completion, CompletionRequest, Event, TaskSpec, Usage
+from scheduler.core import OverloadedError
+from scheduler.testing import build_orchestrator, run_virtual
 
 DOWN_AT, UP_AT = 20.0, 100.0
 PROMPT = "Design the storage architecture and weigh the trade-offs"
@@ -54,9 +53,7 @@ class Worker:
 
 async def scenario(tmp_path: Path) -> tuple[OutageProvider, list[Event], dict[str, str], float]:
     provider = OutageProvider()
-    config = VibeConfig(state_dir=tmp_path, store="memory", session_id="s1")
-    orch = Orchestrator(config, provider=provider, agents={"w": Worker},
-                        wall=FixedWallClock(FRIDAY))
+    orch = build_orchestrator({"w": Worker}, state_dir=tmp_path, provider=provider)
     events: list[Event] = []
     orch.bus.subscribe(events.append)
     t0 = anyio.current_time()
@@ -81,9 +78,9 @@ async def scenario(tmp_path: Path) -> tuple[OutageProvider, list[Event], dict[st
     return provider, events, status, t0
 
 
-def test_r6_outage_scenario_end_to_end(tmp_path: Path) -> None:
+async def test_r6_outage_scenario_end_to_end(tmp_path: Path) -> None:
     """R6.1, R6.4–R6.7: outage, fallback and deferral, probing, restoration, single notices."""
-    provider, events, status, t0 = run_virtual(scenario, tmp_path)
+    provider, events, status, t0 = await scenario(tmp_path)
     assert status == {"urgent": "completed", "normal": "completed", "bg": "completed"}
     names = [e.name for e in events]
     at = {e.name: e.at - t0 for e in events if e.name.startswith("model_") and

@@ -26,13 +26,13 @@ from tests.test_store_contract import (  # noqa: F401 - collected again with the
     test_totals_are_copies,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.redis]
-
+# RedisStore is built on redis.asyncio, which runs only on asyncio
+pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.real_asyncio]
 
 
 @pytest.fixture
 async def store(redis_ns: str, tmp_path: Path) -> AsyncIterator[Store]:
-    """RedisStore (asyncio backend only: the conftest's anyio_backend is asyncio)."""
+    """RedisStore (on asyncio: the module is marked real_asyncio)."""
     s = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "spool.jsonl")
     await s.open()
     try:

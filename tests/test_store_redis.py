@@ -20,13 +20,8 @@ from scheduler.core import FixedWallClock, StoreUnavailableError
 from scheduler.store import MemoryStore, SqliteStore, Store, open_store
 from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit, SliceBackend
 from scheduler.store._redis import RedisStore, split_namespace
-from tests._redis_helpers import (
-    REDIS_URL,
-    TcpProxy,
-    redis_or_skip,
-    run_asyncio,
-    run_virtual,
-)
+from scheduler.testing import run_real
+from tests._redis_helpers import REDIS_URL, TcpProxy, redis_or_skip
 
 KINDS = ["memory", "sqlite", "redis"]
 DAY = "2026-11-27"
@@ -67,7 +62,7 @@ def with_store(make: StoreFactory, body: Callable[[Store], Awaitable[None]]) -> 
             await body(s)
         finally:
             await s.aclose()
-    run_asyncio(main)
+    run_real(main)
 
 
 # -- the store contract ------------------------------------------------------------------
@@ -163,105 +158,103 @@ def _session(limit: int, *, model_limit: int | None = None) -> tuple[ScopeLimit,
             ScopeLimit(f"day:{DAY}", cost_usd=1.0))
 
 
-def test_r1_2_shared_hold_is_all_or_nothing_and_settles(redis_ns: str, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_r1_2_shared_hold_is_all_or_nothing_and_settles(
+    redis_ns: str, tmp_path: Path,
+) -> None:
     """R1.2 across processes: a hold is granted only if every scope has room."""
-    async def main() -> None:
-        s = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "sp")
-        await s.open()
-        await s.record(ev(1))  # 162 tokens, $0.01
-        h1 = await s.try_reserve("h1", _session(500), model="sonnet", tokens=300, cost_usd=0.5)
-        assert h1.totals["session:s1"].tokens == 162
-        assert h1.held["session:s1"][0] == 300
-        assert h1.held["session:s1"][1] == pytest.approx(0.5)
-        with pytest.raises(BudgetExceededError) as err:
-            await s.try_reserve("h2", _session(500), model="sonnet", tokens=100, cost_usd=0.0)
-        assert (err.value.scope, err.value.dimension) == ("session:s1", "tokens")
-        assert err.value.used == 462 and err.value.limit == 500
-        with pytest.raises(BudgetExceededError) as err:  # day cost: 0.01 + 0.5 + 0.6 > 1.0
-            await s.try_reserve("h3", _session(10_000), model="haiku", tokens=1, cost_usd=0.6)
-        assert err.value.dimension == "cost_usd" and err.value.scope == f"day:{DAY}"
-        # nothing of the refused holds was kept: settling h1 frees its 300 tokens
-        assert await s.settle(ev(2, prompt=10, completion=10), h1) is True
-        h4 = await s.try_reserve("h4", _session(500), model="sonnet", tokens=300, cost_usd=0.0)
-        assert h4.totals["session:s1"].tokens == 162 + 32
-        await s.release(h4)
-        h5 = await s.try_reserve("h5", _session(500, model_limit=250), model="sonnet",
-                                 tokens=40, cost_usd=0.0)
-        with pytest.raises(BudgetExceededError) as err:
-            await s.try_reserve("h6", _session(500, model_limit=250), model="sonnet",
-                                tokens=20, cost_usd=0.0)
-        assert err.value.dimension == "tokens:sonnet"
-        assert h5.tokens == 40
-        await s.aclose()
-    run_asyncio(main)
+    s = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "sp")
+    await s.open()
+    await s.record(ev(1))  # 162 tokens, $0.01
+    h1 = await s.try_reserve("h1", _session(500), model="sonnet", tokens=300, cost_usd=0.5)
+    assert h1.totals["session:s1"].tokens == 162
+    assert h1.held["session:s1"][0] == 300
+    assert h1.held["session:s1"][1] == pytest.approx(0.5)
+    with pytest.raises(BudgetExceededError) as err:
+        await s.try_reserve("h2", _session(500), model="sonnet", tokens=100, cost_usd=0.0)
+    assert (err.value.scope, err.value.dimension) == ("session:s1", "tokens")
+    assert err.value.used == 462 and err.value.limit == 500
+    with pytest.raises(BudgetExceededError) as err:  # day cost: 0.01 + 0.5 + 0.6 > 1.0
+        await s.try_reserve("h3", _session(10_000), model="haiku", tokens=1, cost_usd=0.6)
+    assert err.value.dimension == "cost_usd" and err.value.scope == f"day:{DAY}"
+    # nothing of the refused holds was kept: settling h1 frees its 300 tokens
+    assert await s.settle(ev(2, prompt=10, completion=10), h1) is True
+    h4 = await s.try_reserve("h4", _session(500), model="sonnet", tokens=300, cost_usd=0.0)
+    assert h4.totals["session:s1"].tokens == 162 + 32
+    await s.release(h4)
+    h5 = await s.try_reserve("h5", _session(500, model_limit=250), model="sonnet",
+                             tokens=40, cost_usd=0.0)
+    with pytest.raises(BudgetExceededError) as err:
+        await s.try_reserve("h6", _session(500, model_limit=250), model="sonnet",
+                            tokens=20, cost_usd=0.0)
+    assert err.value.dimension == "tokens:sonnet"
+    assert h5.tokens == 40
+    await s.aclose()
 
 
-def test_hold_of_a_dead_process_expires(redis_ns: str, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_hold_of_a_dead_process_expires(redis_ns: str, tmp_path: Path) -> None:
     """A hold never settled (its process died) is released hold_ttl_s after its grant or
     its last renewal — a live process renews it while its call waits for a lease (server
     time replaced by an injected clock here); renewing an expired hold says so."""
     now = [1_000_000]
     cfg = DistributedConfig(hold_ttl_s=5.0)
 
-    async def main() -> None:
-        s = RedisStore(REDIS_URL, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp",
-                       now_ms=lambda: now[0])
-        await s.open()
-        dead = await s.try_reserve("dead", _session(100), model="sonnet", tokens=100,
-                                   cost_usd=0.0)
-        for _ in range(3):  # 12 s, renewed every 4 s: still held
-            now[0] += 4_000
-            assert await s.renew(dead)
-        with pytest.raises(BudgetExceededError):
-            await s.try_reserve("h", _session(100), model="sonnet", tokens=1, cost_usd=0.0)
-        now[0] += 5_001  # the renewals stopped: expired a TTL after the last one
-        h = await s.try_reserve("h", _session(100), model="sonnet", tokens=100, cost_usd=0.0)
-        assert h.held["session:s1"][0] == 100
-        assert not await s.renew(dead)
-        await s.aclose()
-    run_asyncio(main)
+    s = RedisStore(REDIS_URL, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp",
+                   now_ms=lambda: now[0])
+    await s.open()
+    dead = await s.try_reserve("dead", _session(100), model="sonnet", tokens=100,
+                               cost_usd=0.0)
+    for _ in range(3):  # 12 s, renewed every 4 s: still held
+        now[0] += 4_000
+        assert await s.renew(dead)
+    with pytest.raises(BudgetExceededError):
+        await s.try_reserve("h", _session(100), model="sonnet", tokens=1, cost_usd=0.0)
+    now[0] += 5_001  # the renewals stopped: expired a TTL after the last one
+    h = await s.try_reserve("h", _session(100), model="sonnet", tokens=100, cost_usd=0.0)
+    assert h.held["session:s1"][0] == 100
+    assert not await s.renew(dead)
+    await s.aclose()
 
 
-def test_r1_2_concurrent_holds_from_three_clients_never_overspend(
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_r1_2_concurrent_holds_from_three_clients_never_overspend(
     redis_ns: str, tmp_path: Path
 ) -> None:
     """Three clients racing 60 holds at one 10,000-token budget: at most 10 granted."""
-    async def main() -> None:
-        stores = [RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / f"s{i}")
-                  for i in range(3)]
-        for s in stores:
-            await s.open()
-        granted: list[str] = []
-
-        async def one(i: int) -> None:
-            try:
-                h = await stores[i % 3].try_reserve(f"h{i}", _session(10_000), model="sonnet",
-                                                    tokens=1_000, cost_usd=0.0)
-            except BudgetExceededError:
-                return
-            granted.append(h.hold_id)
-
-        async with anyio.create_task_group() as tg:
-            for i in range(60):
-                tg.start_soon(one, i)
-        assert len(granted) == 10
-        for s in stores:
-            await s.aclose()
-    run_asyncio(main)
-
-
-def test_scripts_reload_after_script_flush(redis_ns: str, tmp_path: Path) -> None:
-    """Scripts are called by SHA; a NOSCRIPT (Redis restarted) reloads them once."""
-    async def main() -> None:
-        s = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "sp")
+    stores = [RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / f"s{i}")
+              for i in range(3)]
+    for s in stores:
         await s.open()
-        client = redis_or_skip()
-        client.script_flush()
-        client.close()
-        assert await s.record(ev(1)) is True
-        assert (await s.totals("session:s1")).tokens == 162
+    granted: list[str] = []
+
+    async def one(i: int) -> None:
+        try:
+            h = await stores[i % 3].try_reserve(f"h{i}", _session(10_000), model="sonnet",
+                                                tokens=1_000, cost_usd=0.0)
+        except BudgetExceededError:
+            return
+        granted.append(h.hold_id)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(60):
+            tg.start_soon(one, i)
+    assert len(granted) == 10
+    for s in stores:
         await s.aclose()
-    run_asyncio(main)
+
+
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_scripts_reload_after_script_flush(redis_ns: str, tmp_path: Path) -> None:
+    """Scripts are called by SHA; a NOSCRIPT (Redis restarted) reloads them once."""
+    s = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "sp")
+    await s.open()
+    client = redis_or_skip()
+    client.script_flush()
+    client.close()
+    assert await s.record(ev(1)) is True
+    assert (await s.totals("session:s1")).tokens == 162
+    await s.aclose()
 
 
 # -- tracker integration -----------------------------------------------------------------
@@ -281,49 +274,48 @@ async def _tracker(store: Store, cfg: VibeConfig, task: str) -> Tracker:
     return tr
 
 
-def test_r1_2_two_trackers_share_one_session_budget(redis_ns: str, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_r1_2_two_trackers_share_one_session_budget(redis_ns: str, tmp_path: Path) -> None:
     """Two orchestrators' trackers on one Redis cannot both pass the same session check."""
     cfg = _config(3_000)
 
-    async def main() -> None:
-        a = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "a")
-        b = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "b")
-        await a.open()
-        await b.open()
-        ta, tb = await _tracker(a, cfg, "ta"), await _tracker(b, cfg, "tb")
-        ra = await ta.reserve_shared("ta", model="sonnet", tokens=2_000, cost_usd=0.0)
-        assert ra.hold is not None
-        with pytest.raises(BudgetExceededError):  # locally tb sees nothing spent
-            await tb.reserve_shared("tb", model="sonnet", tokens=2_000, cost_usd=0.0)
-        assert tb.session.reserved_tokens == 0  # the local reservation was undone
-        await ta.charge(ta.make_event("ta", model="sonnet", usage=Usage(500, 500)), ra)
-        rb = await tb.reserve_shared("tb", model="sonnet", tokens=2_000, cost_usd=0.0)
-        assert tb.session.totals.tokens == 1_000  # refreshed from the shared totals
-        await tb.release(rb)
-        assert (await b.try_reserve("x", (ScopeLimit("session:shared", tokens=3_000),),
-                                    model="", tokens=2_000, cost_usd=0.0)).tokens == 2_000
-        await a.aclose()
-        await b.aclose()
-    run_asyncio(main)
+    a = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "a")
+    b = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "b")
+    await a.open()
+    await b.open()
+    ta, tb = await _tracker(a, cfg, "ta"), await _tracker(b, cfg, "tb")
+    ra = await ta.reserve_shared("ta", model="sonnet", tokens=2_000, cost_usd=0.0)
+    assert ra.hold is not None
+    with pytest.raises(BudgetExceededError):  # locally tb sees nothing spent
+        await tb.reserve_shared("tb", model="sonnet", tokens=2_000, cost_usd=0.0)
+    assert tb.session.reserved_tokens == 0  # the local reservation was undone
+    await ta.charge(ta.make_event("ta", model="sonnet", usage=Usage(500, 500)), ra)
+    rb = await tb.reserve_shared("tb", model="sonnet", tokens=2_000, cost_usd=0.0)
+    assert tb.session.totals.tokens == 1_000  # refreshed from the shared totals
+    await tb.release(rb)
+    assert (await b.try_reserve("x", (ScopeLimit("session:shared", tokens=3_000),),
+                                model="", tokens=2_000, cost_usd=0.0)).tokens == 2_000
+    await a.aclose()
+    await b.aclose()
 
 
-def test_reserve_shared_is_plain_reserve_on_local_stores() -> None:
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_reserve_shared_is_plain_reserve_on_local_stores() -> None:
     """MemoryStore: reserve_shared behaves exactly like reserve (no hold)."""
-    async def main() -> None:
-        tr = await _tracker(MemoryStore(), _config(3_000), "t")
-        r = await tr.reserve_shared("t", model="sonnet", tokens=2_000, cost_usd=0.0)
-        assert r.hold is None and tr.session.reserved_tokens == 2_000
-        with pytest.raises(BudgetExceededError):
-            await tr.reserve_shared("t", model="sonnet", tokens=2_000, cost_usd=0.0)
-        await tr.release(r)
-        assert tr.session.reserved_tokens == 0
-    run_asyncio(main)
+    tr = await _tracker(MemoryStore(), _config(3_000), "t")
+    r = await tr.reserve_shared("t", model="sonnet", tokens=2_000, cost_usd=0.0)
+    assert r.hold is None and tr.session.reserved_tokens == 2_000
+    with pytest.raises(BudgetExceededError):
+        await tr.reserve_shared("t", model="sonnet", tokens=2_000, cost_usd=0.0)
+    await tr.release(r)
+    assert tr.session.reserved_tokens == 0
 
 
 # -- connection loss ---------------------------------------------------------------------
 
 
-def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) -> None:
     """Redis down (connection cut): no new holds; usage of calls in flight is spooled
     to disk and reaches Redis after reconnection; nothing is lost or double-charged."""
     proxy = TcpProxy()
@@ -354,12 +346,13 @@ def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) 
         await direct.aclose()
         await s.aclose()
     try:
-        run_asyncio(main)
+        await main()
     finally:
         proxy.close()
 
 
-def test_fail_open_grants_only_the_local_allowance(redis_ns: str, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_fail_open_grants_only_the_local_allowance(redis_ns: str, tmp_path: Path) -> None:
     proxy = TcpProxy()
     cfg = DistributedConfig(failure_mode="open", fail_open_tokens=1_000, socket_timeout_s=0.5)
 
@@ -378,12 +371,13 @@ def test_fail_open_grants_only_the_local_allowance(redis_ns: str, tmp_path: Path
         assert s.statistics().fail_open_tokens_used == 0  # reset once Redis is back
         await s.aclose()
     try:
-        run_asyncio(main)
+        await main()
     finally:
         proxy.close()
 
 
-def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
     """Usage spooled by a process that then died is replayed by the next one's open()."""
     proxy = TcpProxy()
     spool = tmp_path / "sp"
@@ -402,7 +396,7 @@ def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
         assert spool.read_text() == ""
         await s2.aclose()
     try:
-        run_asyncio(main)
+        await main()
     finally:
         proxy.close()
 
@@ -410,7 +404,8 @@ def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
 # -- the real orchestrator ---------------------------------------------------------------
 
 
-def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
     redis_ns: str, tmp_path: Path
 ) -> None:
     """Two real Orchestrators (gateway → reserve_shared → settle) with one session id on
@@ -418,37 +413,34 @@ def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
     settled or released at the end."""
     from agents.builtin import QuestionAnswerAgent
     from scheduler.runtime import Orchestrator
-    from tests._fakes import ScriptedProvider
+    from scheduler.testing import ScriptedProvider
 
     limit = 30_000
 
-    async def main() -> list[str]:
-        statuses: list[str] = []
+    statuses: list[str] = []
 
-        async def run(i: int) -> None:
-            cfg = VibeConfig.model_validate({
-                "state_dir": str(tmp_path / f"o{i}"),
-                "store": f"{REDIS_URL}?namespace={redis_ns}",
-                "session_id": "shared",
-                "budgets": {"session": {"tokens": limit}, "day": {},
-                            "weekend_day_cost_usd": None},
-                # nobody answers the pauses at the limit (R3.4): save and finish quickly
-                "alerts": {"decision_timeout_s": 0.2},
-            })
-            orch = Orchestrator(cfg, provider=ScriptedProvider(latency_s=0.02),
-                                agents={"qa": QuestionAnswerAgent},
-                                wall=FixedWallClock(date(2026, 11, 27)))
-            specs = [TaskSpec(id=f"o{i}-q{j}", agent="qa", prompt="What is this?")
-                     for j in range(40)]
-            report = await orch.run(specs)
-            statuses.extend(o.status for o in report.outcomes.values())
+    async def run(i: int) -> None:
+        cfg = VibeConfig.model_validate({
+            "state_dir": str(tmp_path / f"o{i}"),
+            "store": f"{REDIS_URL}?namespace={redis_ns}",
+            "session_id": "shared",
+            "budgets": {"session": {"tokens": limit}, "day": {},
+                        "weekend_day_cost_usd": None},
+            # nobody answers the pauses at the limit (R3.4): save and finish quickly
+            "alerts": {"decision_timeout_s": 0.2},
+        })
+        orch = Orchestrator(cfg, provider=ScriptedProvider(latency_s=0.02),
+                            agents={"qa": QuestionAnswerAgent},
+                            wall=FixedWallClock(date(2026, 11, 27)))
+        specs = [TaskSpec(id=f"o{i}-q{j}", agent="qa", prompt="What is this?")
+                 for j in range(40)]
+        report = await orch.run(specs)
+        statuses.extend(o.status for o in report.outcomes.values())
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run, 0)
-            tg.start_soon(run, 1)
-        return statuses
-
-    statuses = run_asyncio(main)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, 0)
+        tg.start_soon(run, 1)
+    statuses = statuses
     client = redis_or_skip()
     try:
         spent = int(client.hget(f"vibe:{{{redis_ns}}}:tot:session:shared", "tokens") or 0)
@@ -463,7 +455,8 @@ def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
     assert 0 < completed <= limit // 800 + 10, completed
 
 
-def test_state_writes_during_an_outage_are_replayed_in_order(
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_state_writes_during_an_outage_are_replayed_in_order(
     redis_ns: str, tmp_path: Path
 ) -> None:
     """A task finishing while Redis is down still records its state; writes are replayed
@@ -486,7 +479,7 @@ def test_state_writes_during_an_outage_are_replayed_in_order(
         assert (await s.totals("task:t1")).tokens == 162
         await s.aclose()
     try:
-        run_asyncio(main)
+        await main()
     finally:
         proxy.close()
 
@@ -516,27 +509,26 @@ class FlakyLedger(MemoryStore):
 
 
 @pytest.mark.parametrize(("down", "granted"), [(4, True), (100, False)])
-def test_fail_closed_new_calls_wait_for_the_ledger_then_fail(down: int, granted: bool) -> None:
+async def test_fail_closed_new_calls_wait_for_the_ledger_then_fail(
+    down: int, granted: bool,
+) -> None:
     """Fail-closed: reserve_shared waits (backing off) for the ledger up to
     unavailable_wait_s, then raises StoreUnavailableError and undoes its local hold."""
     cfg = _config(10_000).model_copy(
         update={"distributed": DistributedConfig(unavailable_wait_s=10.0)}
     )
 
-    async def main() -> float:
-        ledger = FlakyLedger(down)
-        tr = await _tracker(ledger, cfg, "t")
-        t0 = anyio.current_time()
-        if granted:
-            r = await tr.reserve_shared("t", model="sonnet", tokens=100, cost_usd=0.0)
-            assert r.hold is not None
-        else:
-            with pytest.raises(StoreUnavailableError):
-                await tr.reserve_shared("t", model="sonnet", tokens=100, cost_usd=0.0)
-            assert tr.session.reserved_tokens == 0
-        return anyio.current_time() - t0
-
-    waited = run_virtual(main)
+    ledger = FlakyLedger(down)
+    tr = await _tracker(ledger, cfg, "t")
+    t0 = anyio.current_time()
+    if granted:
+        r = await tr.reserve_shared("t", model="sonnet", tokens=100, cost_usd=0.0)
+        assert r.hold is not None
+    else:
+        with pytest.raises(StoreUnavailableError):
+            await tr.reserve_shared("t", model="sonnet", tokens=100, cost_usd=0.0)
+        assert tr.session.reserved_tokens == 0
+    waited = anyio.current_time() - t0
     if granted:
         assert waited == pytest.approx(0.05 + 0.1 + 0.2 + 0.4)
     else:

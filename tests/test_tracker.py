@@ -12,7 +12,8 @@ from scheduler import BudgetExceededError, Limits, TaskSpec, Usage, VibeConfig, 
 from scheduler.budget import Tracker, resolve_task
 from scheduler.core import FixedWallClock
 from scheduler.store import MemoryStore, SqliteStore, Store
-from tests._helpers import FRIDAY, SATURDAY, run_virtual, tracker_with_task
+from scheduler.testing import FRIDAY
+from tests._helpers import SATURDAY, tracker_with_task
 
 pytestmark = pytest.mark.anyio
 
@@ -58,7 +59,7 @@ async def test_r1_1_token_kinds_limited_separately(store: Store) -> None:
     assert {(c.dimension, c.level) for c in crossings} >= {("cache_read_tokens", "exceeded")}
 
 
-def test_r1_1_wall_time_per_task() -> None:
+async def test_r1_1_wall_time_per_task() -> None:
     """R1.1/R1.3: a task past its wall-time budget is stopped (virtual clock)."""
 
     async def main() -> str:
@@ -71,7 +72,7 @@ def test_r1_1_wall_time_per_task() -> None:
             tr.check("t1", tokens=1)
         return info.value.dimension
 
-    assert run_virtual(main) == "time_s"
+    assert await main() == "time_s"
 
 
 async def test_r1_2_tightest_scope_decides(store: Store) -> None:

@@ -1,8 +1,8 @@
 """The vocabulary every part speaks: errors, clocks, events, usage, the provider protocol.
 
 Owns the exception tree, wall clocks, the event bus and hooks, usage records and
-cost, the provider protocol and name resolution.  Imports nothing else from
-``scheduler`` (layer 0).
+cost, the provider protocol and name resolution.  May import nothing else from
+``scheduler`` (the lowest layer).
 """
 
 from scheduler.core._clock import FixedWallClock as FixedWallClock

@@ -1,4 +1,8 @@
-"""Durable stores: the only place that persists (R1.5, R2.6)."""
+"""Durable stores: the only place that persists (R1.5, R2.6).
+
+Owns the ``Store`` protocol and its memory, SQLite and Redis backends, the ledger
+protocols (budget holds, quota slices) and the spool.  May import ``core`` and ``config``.
+"""
 
 from scheduler.store._base import Store as Store
 from scheduler.store._base import scopes_of as scopes_of
