@@ -147,7 +147,7 @@ class Allocator:
                  track_fair=not bound.by_counter, quantum=cfg.fairness_quantum_tokens,
                  level_quantum=bound.rank_quantum)
         if bound.aging_step is not None:
-            p.first_step = bound.aging_step
+            p.aging.first_step = bound.aging_step
         return p
 
     def _holder(self, holder: str) -> Holder:

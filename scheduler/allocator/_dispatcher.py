@@ -179,10 +179,11 @@ class Dispatcher:
             p.n_bg_queued += 1
             p.bg.push(w.centry)
         # The first aging step is queued by a sweep at least half a step before it is
-        # due (see WaitQueue); the sweep itself must be due by then.
+        # due (see Aging); the sweep itself must be due by then.
         step: float = self._aging_step  # type: ignore[assignment] # set when hinted
-        if p.next_age > now + step:
-            at = p.next_age = p.aged_upto + step
+        aging = p.aging
+        if aging.next_at > now + step:
+            at = aging.next_at = aging.aged_upto + step
             alarm = self._alarm
             if at < alarm.at:
                 alarm.ring()
@@ -200,7 +201,7 @@ class Dispatcher:
             return
         if at <= now:
             at = math.nextafter(now, math.inf)
-        p.push_change(at, w)  # lowers p.next_age
+        p.aging.push(at, w)  # lowers p.aging.next_at
         alarm = self._alarm
         if at < alarm.at:
             alarm.ring()
@@ -303,8 +304,8 @@ class Dispatcher:
         its holder is over the max share while others wait, stop if it does not fit (no
         bypass; a bucket refill wakes the servicer), else grant it and wake its task.
         """
-        if p.next_age <= now:
-            for aged in p.pop_changed(now):
+        if p.aging.next_at <= now:
+            for aged in p.aging.pop_due(now, p.n_queued):
                 self.index(p, aged, now)
         cap = p.slot_cap
         while p.n_queued and p.in_use < cap:

@@ -95,7 +95,7 @@ class Servicer:
             self.expire(lease, now)
         for p in self._pools.values():
             refill = p.refill_at
-            if (refill is not None and refill <= now) or p.changes_due(now):
+            if (refill is not None and refill <= now) or p.aging.due(now, p.n_queued):
                 p.refill_at = None
                 self._dispatch(p, now)
 
@@ -118,7 +118,7 @@ class Servicer:
         first = self._leases.next_expiry()
         deadline = math.inf if first is None else first
         for p in self._pools.values():
-            aging = p.next_change()
+            aging = p.aging.next_change(p.n_queued)
             if aging is not None:
                 deadline = min(deadline, aging)
             if p.refill_at is not None:
