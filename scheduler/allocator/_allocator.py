@@ -22,13 +22,18 @@ allocator enforces its invariants whatever the policy says:
   service whenever it waits;
 * a chosen request that does not fit blocks the ones behind it (no bypass,
   so large requests are not starved by small ones).
+
+:class:`Allocator` is the public face; it builds the parts and hands each only
+what it uses: the pools (``_pools``, each a run queue with its ``_waitqueue``
+and ``_aging``), the ``_dispatcher`` that queues requests on them and grants
+in order, ``_grants`` (capacity lent and returned), and the ``_servicer``
+(expiry and the wake-ups for refills and aging).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 
@@ -75,20 +80,13 @@ class Allocator:
     (or use :func:`open_allocator`).  Without :meth:`run` grants, settling and
     refills still work, but leases never expire and nobody is woken when a
     bucket refills on its own or a waiter ages.
-
-    The parts, built here and handed only what each uses: the
-    :class:`~scheduler.allocator._dispatcher.Dispatcher` queues requests on the
-    pools and grants them in order, :class:`~scheduler.allocator._grants.Grants`
-    lends and takes back capacity, and the
-    :class:`~scheduler.allocator._servicer.Servicer` expires leases and wakes
-    for refills and aging.
     """
 
     #: Slots: the hot path reads these attributes on every request.
     __slots__ = (
         "_bound", "_bound_policy", "_by_id", "_clock", "_clock_injected", "_cost",
         "_default_pool", "_dispatcher", "_end", "_enqueue", "_grant", "_grants", "_holders",
-        "_leases", "_native", "_pools", "_servicer", "_ttl", "_w_in", "_wake", "_weights",
+        "_leases", "_native", "_pools", "_servicer", "_ttl", "_w_in", "_weights",
         "config", "policy",
     )
 
@@ -126,7 +124,6 @@ class Allocator:
         self._holders: dict[str, Holder] = {}
         self._clock: Callable[[], float] = clock or anyio.current_time
         self._clock_injected = clock is not None
-        self._wake: Callable[[Any], None] = anyio.Event.set
         #: Waiters park on a loop future (awaitable itself) rather than an anyio Event.
         self._native = False
         self._bound = False
@@ -136,7 +133,7 @@ class Allocator:
         """Bind to the running loop (first use): how waiters park, how time is read."""
         park = parking()
         self._dispatcher.bind(park)
-        self._wake, self._native = park.wake, park.native
+        self._native = park.native
         if not self._clock_injected:
             self._clock = backend_clock()
         self._bound = True
@@ -402,18 +399,8 @@ class Allocator:
         :class:`LeaseError` in their ``acquire``.
         """
         h = self._holders.get(holder)
-        touched: list[Pool] = []
-        if h is not None:
-            error = LeaseError(f"holder {holder!r} released")
-            for a in h.accounts.values():
-                if a.waiter is None:
-                    continue
-                p = a.pool
-                for w in a.waiters:
-                    p.unlink(w)
-                    w.state, w.error = GONE, error
-                    self._wake(w.event)
-                touched.append(p)
+        touched = [] if h is None else self._dispatcher.withdraw(
+            h, LeaseError(f"holder {holder!r} released"))
         leases = self._leases.of_holder(holder)
         for lease in leases:
             self.release(lease.id)

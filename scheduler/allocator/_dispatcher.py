@@ -31,12 +31,12 @@ from typing import Any
 import anyio
 
 from scheduler.allocator._asyncio_park import Parking
+from scheduler.allocator._bands import key
 from scheduler.allocator._bound_policy import BoundPolicy
 from scheduler.allocator._grants import Grants
 from scheduler.allocator._pools import Pool
-from scheduler.allocator._records import GRANTED, QUEUED, Account, Holder, Waiter
+from scheduler.allocator._records import GONE, GRANTED, QUEUED, Account, Holder, Waiter
 from scheduler.allocator._servicer import Alarm
-from scheduler.allocator._waitqueue import key
 
 __all__ = ["Dispatcher"]
 
@@ -100,7 +100,7 @@ class Dispatcher:
     def enqueue(
         self, p: Pool, a: Account, tokens: int, calls: int, requested: int, now: float
     ) -> Waiter:
-        """Queue a request (already cut to the max share); its waiter parks on ``event``.
+        """Queue a request (already cut to the max share); the caller awaits ``waiter.event``.
 
         Serves the pool at once if it has a free slot (which may grant this very request).
         """
@@ -238,6 +238,23 @@ class Dispatcher:
             touched.append(p)
         for p in touched:
             self.dispatch(p, now)
+
+    def withdraw(self, h: Holder, error: BaseException) -> list[Pool]:
+        """Take every wait of ``h`` out of its queues; each raises ``error``.
+
+        Returns the pools it waited in (the caller serves them).
+        """
+        touched = []
+        for a in h.accounts.values():
+            if a.waiter is None:
+                continue
+            p = a.pool
+            for w in a.waiters:
+                p.unlink(w)
+                w.state, w.error = GONE, error
+                self._wake(w.event)
+            touched.append(p)
+        return touched
 
     def unpark(self, p: Pool, hid: str, now: float) -> None:
         """Queue the holder's parked requests again (one of its leases ended)."""

@@ -1,15 +1,16 @@
-"""The waiting queue of one pool: band queues per priority level, aging deadlines, parking.
+"""The waiting queue of one pool: band queues per priority level, its aging, parking.
 
-Private to the allocator.  Waiters are indexed by :class:`~scheduler.allocator._bands.BandQueue`
-queues (lowest band first, arrival order within a band) with lazy deletion.  An
-entry is a :class:`Key`: a float (the rank) that carries its waiter.  An entry
-is live only while it is the one its waiter points at (``waiter.entry`` in a
-level queue, ``waiter.centry`` in the queues by service), so moving a waiter
-(aging, demotion, a new service counter) just pushes a new entry, and a grant
-just clears ``waiter.entry`` (an entry by service is live only while that is
-set); dead entries are dropped when they reach the front and purged when they
-dominate.  For a policy that ranks by the service counter one entry serves both
-roles.
+Private to the allocator.  Waiters are indexed by
+:class:`~scheduler.allocator._bands.BandQueue` queues (lowest band first,
+arrival order within a band) with lazy deletion.  An entry is a
+:class:`~scheduler.allocator._bands.Key`: a float (the rank) that carries its
+waiter.  An entry is live only while it is the one its waiter points at
+(``waiter.entry`` in a level queue, ``waiter.centry`` in the queues by
+service), so moving a waiter (aging, demotion, a new service counter) just
+pushes a new entry, and a grant just clears ``waiter.entry`` (an entry by
+service is live only while that is set); dead entries are dropped when they
+reach the front and purged when they dominate.  For a policy that ranks by the
+service counter one entry serves both roles.
 
 * one queue per effective priority level, by the policy's rank in bands of
   ``level_quantum`` (for ``PriorityWithFairness`` the service counter in bands
@@ -28,24 +29,10 @@ from __future__ import annotations
 import math
 
 from scheduler.allocator._aging import Aging
-from scheduler.allocator._bands import BandQueue
+from scheduler.allocator._bands import BandQueue, key
 from scheduler.allocator._records import PARKED, QUEUED, Account, Waiter
 
-__all__ = ["Key", "WaitQueue", "key"]
-
-
-class Key(float):
-    """A queue entry: its key as a float, carrying the waiter it was made for."""
-
-    __slots__ = ("w",)
-    w: Waiter
-
-
-def key(rank: float, w: Waiter) -> Key:
-    """A new entry for ``w`` ranked ``rank``."""
-    k = Key(rank)
-    k.w = w
-    return k
+__all__ = ["WaitQueue"]
 
 
 class WaitQueue:
