@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 
+from scheduler.allocator._aging import Aging
 from scheduler.allocator._asyncio_park import Parking
 from scheduler.allocator._bands import key
 from scheduler.allocator._bound_policy import BoundPolicy
@@ -100,25 +101,17 @@ class Dispatcher:
     def enqueue(
         self, p: Pool, a: Account, tokens: int, calls: int, requested: int, now: float
     ) -> Waiter:
-        """Queue a request (already cut to the max share); the caller awaits ``waiter.event``.
-
-        Serves the pool at once if it has a free slot (which may grant this very request).
-        """
+        """Queue a request (cut to the max share), serve the pool; the caller awaits ``event``."""
         seq = self._seq = self._seq + 1
         alone = a.waiter is None
         if alone:
-            # VTC: a holder becoming backlogged is lifted to the least backlogged counter,
-            # so an idle holder cannot bank credit.  Any queued waiter's counter bounds the
-            # least one from above; at or past it, there is nothing to lift.  The probe: the
-            # head of the holder's own level (a grant pops its entry from there, so the head
-            # is usually queued, and it is that level's least served), else the last arrival.
+            # The holder becomes backlogged: lift its counter (see _lift) unless a queued
+            # counter, which bounds the least one from above, shows there is nothing to lift.
             lq = a.level
             first = lq.first if lq is not None else None
             probe = first[0].w if first else p.last_arrival
             if probe is None or probe.entry is None or a.counter < probe.counter:
-                least = p.least_counter()
-                if least is not None and least > a.counter:
-                    a.counter = least
+                _lift(p, a)
         counter = a.counter
         if counter < p.floor:
             p.floor = counter
@@ -126,9 +119,7 @@ class Dispatcher:
         if w is None:
             w = _new_waiter(p, a, seq, now, tokens, calls, requested)
         else:
-            # The holder's fields (class, demotion, blocking) are already current on a spare
-            # record: reindex_holder keeps them so.  Its lease and error are read only in
-            # the states that set them.
+            # Its holder fields are current (see reindex_holder); lease, error: see states.
             a.spare = None
             w.seq = seq
             w.enqueued_at = now
@@ -144,49 +135,59 @@ class Dispatcher:
             a.add_waiter(w)
         p.last_arrival = w
         p.n_queued += 1
-        if a.level is None:
-            if w.background:
-                p.n_bg_queued += 1
-            self.index(p, w, now)
-        else:
-            self._push_hinted(p, a, w, now)
-        if p.in_use < p.slot_cap:
-            self.dispatch(p, now)
-        return w
-
-    def _push_hinted(self, p: Pool, a: Account, w: Waiter, now: float) -> None:
-        """Queue ``w`` at its holder's cached level, keyed by its counter (or constant rank).
-
-        Dead entries go when they reach a front.
-        """
         lq = a.level
-        if self._by_counter:
-            # The record is its own entry, keyed by its counter: no entry object, and
-            # none to free, out of the caches, when the grant pops it.
+        if lq is not None and self._by_counter:
+            # The record is its own entry, keyed by its counter (BandQueue.push, inline).
             w.entry = w.centry = w
             w.self_queued = True
-            band = w.counter // lq.quantum  # BandQueue.push, inline
+            band = counter // lq.quantum
             d = lq.bands.get(band)
             if d is None:
                 d = lq.new_band(band)
             d.append(w)
+            if w.background:
+                p.n_bg_queued += 1
+                p.bg.push(w)
+            # The first aging step is queued by a sweep (see Aging), due by then.
+            step: float = self._aging_step  # type: ignore[assignment] # set when hinted
+            if p.aging.next_at > now + step:
+                self._sweep_by(p.aging, step)
         else:
-            w.entry = key(self._rank(w), w)
-            lq.push(w.entry)
-            w.centry = key(w.counter, w)
-            p.fair.push(w.centry)
+            self._push(p, a, w, now)
+        if p.in_use < p.slot_cap:
+            self.dispatch(p, now)
+        return w
+
+    def _push(self, p: Pool, a: Account, w: Waiter, now: float) -> None:
+        """Queue ``w`` where the policy says: asked now (no hints), or at its holder's cached
+        level by its constant rank (hints, ranks not by counter)."""
+        lq = a.level
+        if lq is None:
+            if w.background:
+                p.n_bg_queued += 1
+            self.index(p, w, now)
+            return
+        w.entry = key(self._rank(w), w)
+        lq.push(w.entry)
+        w.centry = key(w.counter, w)
+        p.fair.push(w.centry)
         if w.background:
             p.n_bg_queued += 1
             p.bg.push(w.centry)
-        # The first aging step is queued by a sweep at least half a step before it is
-        # due (see Aging); the sweep itself must be due by then.
         step: float = self._aging_step  # type: ignore[assignment] # set when hinted
-        aging = p.aging
-        if aging.next_at > now + step:
-            at = aging.next_at = aging.aged_upto + step
-            alarm = self._alarm
-            if at < alarm.at:
-                alarm.ring()
+        if p.aging.next_at > now + step:
+            self._sweep_by(p.aging, step)
+
+    def _sweep_by(self, aging: Aging, step: float) -> None:
+        """A request just queued ages ``step`` from now: the next sweep must come by then.
+
+        (A sweep queues the first change of the requests that arrived since the last one
+        at least half a step before it is due.)
+        """
+        at = aging.next_at = aging.aged_upto + step
+        alarm = self._alarm
+        if at < alarm.at:
+            alarm.ring()
 
     def index(self, p: Pool, w: Waiter, now: float) -> None:
         """(Re)insert ``w`` at the priority and rank the policy gives it now."""
@@ -317,13 +318,12 @@ class Dispatcher:
     def dispatch(self, p: Pool, now: float) -> None:
         """Grant waiters in order while the chosen one fits: the one scheduling loop.
 
-        Per pass: apply due priority changes (aging), pick the next waiter, park it if
-        its holder is over the max share while others wait, stop if it does not fit (no
+        Per pass: apply due priority changes (aging), pick the next waiter, park it if its
+        holder is over the max share while others wait, stop if it does not fit (no
         bypass; a bucket refill wakes the servicer), else grant it and wake its task.
         """
         if p.aging.next_at <= now:
-            for aged in p.aging.pop_due(now, p.n_queued):
-                self.index(p, aged, now)
+            self._age(p, now)
         cap = p.slot_cap
         while p.n_queued and p.in_use < cap:
             w = self.select(p)
@@ -331,7 +331,7 @@ class Dispatcher:
                 break
             a: Account = w.account  # type: ignore[assignment] # always set on a queued waiter
             tokens, calls = w.tokens, w.calls
-            # Requests are cut to the max share (when they come, and again when a capacity
+            # Requests are cut to the max share when they come (and when a capacity
             # shrinks), so a holder that holds nothing cannot go over it.
             if a.held_calls and p.exceeds_share(a, tokens, calls) and p.waits_besides(a):
                 p.park(w)
@@ -339,12 +339,30 @@ class Dispatcher:
             if p.in_use + calls > cap:
                 return
             if not p.slots_only and not p.fits(tokens, calls, now):
-                at = p.refill_at = p.refill_time(tokens, calls, now)
-                alarm = self._alarm
-                if at is not None and at < alarm.at:
-                    alarm.ring()
+                self._wait_refill(p, tokens, calls, now)
                 return
-            _dequeue(p, a, w)
+            # Grant: the waiter leaves the queue (its entries are dropped lazily); ``out``:
+            # the record, queued as its own entry, leaves every queue it is in now.
+            w.state = GRANTED
+            entry = w.entry
+            w.entry = None  # (which also makes ``centry`` stale)
+            out = entry is w
+            lq = a.level
+            if lq is not None:
+                d = lq.first
+                if d and d[0] is entry:
+                    d.popleft()  # now rather than at the next select (see enqueue)
+                else:
+                    out = False
+            p.n_queued -= 1
+            if a.background and not _leave_bg(p, w):  # (the class is the waiter's)
+                out = False
+            if out:
+                w.self_queued = False  # the record can serve the holder's next wait
+            if a.waiter is w and a.more is None:  # Account.remove_waiter, inline
+                a.waiter = None
+            else:
+                a.remove_waiter(w)
             lease = self._grant(p, a, tokens, calls, w.requested, now)
             if self._native:
                 try:
@@ -355,43 +373,53 @@ class Dispatcher:
                 w.lease = lease
                 self._wake(w.event)
         if p.n_parked and len(p.parked) == 1:
-            # Only one holder is left waiting: the max share no longer applies to it.
-            self.unpark(p, next(iter(p.parked)), now)
-            self.dispatch(p, now)
+            self._unpark_last(p, now)
+
+    def _age(self, p: Pool, now: float) -> None:
+        """Move the waiters whose priority changed by ``now``."""
+        for aged in p.aging.pop_due(now, p.n_queued):
+            self.index(p, aged, now)
+
+    def _wait_refill(self, p: Pool, tokens: int, calls: int, now: float) -> None:
+        """The chosen request waits for the buckets: wake the servicer when they hold it."""
+        at = p.refill_at = p.refill_time(tokens, calls, now)
+        alarm = self._alarm
+        if at is not None and at < alarm.at:
+            alarm.ring()
+
+    def _unpark_last(self, p: Pool, now: float) -> None:
+        """Only one holder is left waiting: the max share no longer applies to it."""
+        self.unpark(p, next(iter(p.parked)), now)
+        self.dispatch(p, now)
 
 
-def _dequeue(p: Pool, a: Account, w: Waiter) -> None:
-    """The chosen waiter is granted: it leaves the queue (its entries are dropped lazily)."""
-    w.state = GRANTED
-    entry = w.entry
-    w.entry = None  # (which also makes ``centry`` stale)
-    # Whether the record, queued as its own entry, leaves every queue it is in now.
-    out = entry is w
-    lq = a.level
-    if lq is not None:
-        d = lq.first
-        if d and d[0] is entry:
-            d.popleft()  # now rather than at the next select (see Dispatcher.enqueue)
-        else:
-            out = False
-    p.n_queued -= 1
-    if a.background:  # the same as the waiter's while it is queued
-        p.n_bg_queued -= 1
-        # Its entry in the background queue is usually that queue's head: drop it now,
-        # with any dead heads (left to the rare floor check, they would pile up, and keep
-        # their waiters' objects, until compaction).
-        bd = p.bg.first
-        if bd and bd[0] is w.centry:
-            bd.popleft()
-        else:
-            p.bg.head()
-            out = False
-    if out:
-        w.self_queued = False  # the record can serve the holder's next wait
-    if a.waiter is w and a.more is None:  # Account.remove_waiter, inline
-        a.waiter = None
-    else:
-        a.remove_waiter(w)
+def _lift(p: Pool, a: Account) -> None:
+    """VTC: a holder becoming backlogged is lifted to the least backlogged counter.
+
+    So an idle holder cannot bank credit.  The caller probes first: any queued counter
+    bounds the least one from above, so a holder at or past it has nothing to gain.  Its
+    probe is the head of the holder's own level (usually queued: a grant pops its entry
+    from there, and it is that level's least served), else the last arrival.
+    """
+    least = p.least_counter()
+    if least is not None and least > a.counter:
+        a.counter = least
+
+
+def _leave_bg(p: Pool, w: Waiter) -> bool:
+    """A granted background waiter leaves the background queue; whether its entry did now.
+
+    Its entry is usually that queue's head: dropped now, with any dead heads (left to the
+    rare floor check, they would pile up, and keep their waiters' objects, until
+    compaction).
+    """
+    p.n_bg_queued -= 1
+    bd = p.bg.first
+    if bd and bd[0] is w.centry:
+        bd.popleft()
+        return True
+    p.bg.head()
+    return False
 
 
 def _new_waiter(
