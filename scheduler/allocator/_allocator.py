@@ -24,10 +24,11 @@ allocator enforces its invariants whatever the policy says:
   so large requests are not starved by small ones).
 
 :class:`Allocator` is the public face; it builds the parts and hands each only
-what it uses: the pools (``_pools``, each a run queue with its ``_waitqueue``
-and ``_aging``), the ``_dispatcher`` that queues requests on them and grants
-in order, ``_grants`` (capacity lent and returned), and the ``_servicer``
-(expiry and the wake-ups for refills and aging).
+what it uses.  Each pool (``_pools``) is a run queue (``_waitqueue``, with its
+``_aging``); the ``Dispatcher`` (``_dispatcher``) queues requests on it and
+grants them in order; ``Grants`` (``_grants``) lends capacity and takes it
+back; the ``Servicer`` (``_servicer``) expires leases and wakes for refills
+and aging.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class Allocator:
     #: Slots: the hot path reads these attributes on every request.
     __slots__ = (
         "_bound", "_bound_policy", "_by_id", "_clock", "_clock_injected", "_cost",
-        "_default_pool", "_dispatcher", "_end", "_enqueue", "_grant", "_grants", "_holders",
+        "_default_pool", "_dispatcher", "_grants", "_holders",
         "_leases", "_native", "_pools", "_servicer", "_ttl", "_w_in", "_weights",
         "config", "policy",
     )
@@ -113,8 +114,6 @@ class Allocator:
         self._servicer = Servicer(self._pools, self._leases, alarm, end=grants.end,
                                   dispatch=dispatcher.dispatch, events=events)
         self._grants, self._dispatcher = grants, dispatcher
-        # The parts' methods the hot path calls, bound once.
-        self._grant, self._end, self._enqueue = grants.grant, grants.end, dispatcher.enqueue
         self._by_id = self._leases.by_id
         self._ttl = cfg.lease_ttl_s
         self._cost, self._weights, self._w_in = bound.cost, bound.weights, bound.w_in
@@ -261,9 +260,9 @@ class Allocator:
             calls = p.max_calls
         now = self._clock()
         if not (p.n_queued or p.n_parked) and p.fits(tokens, calls, now):
-            return self._grant(p, a, tokens, calls, requested, now)
+            return self._grants.grant(p, a, tokens, calls, requested, now)
         # Queue the request (the dispatcher may grant it at once), then wait for the grant.
-        w = self._enqueue(p, a, tokens, calls, requested, now)
+        w = self._dispatcher.enqueue(p, a, tokens, calls, requested, now)
         del now  # freed now, while it is in the CPU caches, not after the wait
         event = w.event
         lease: Lease | None
@@ -308,7 +307,7 @@ class Allocator:
                 self._leases.remove(lease)
                 now = self._clock()
                 self._grants.charge(lease, -lease.charged, now)
-                self._end(lease, now, lease.tokens, True)
+                self._grants.end(lease, now, lease.tokens, True)
         elif w.state == QUEUED or w.state == PARKED:
             p = self._pools[w.pool]
             p.unlink(w)
@@ -325,7 +324,7 @@ class Allocator:
         now = self._clock()
         if p.n_queued or p.n_parked or not p.fits(tokens, calls, now):
             raise WouldBlockError(f"pool {p.name!r} cannot grant {tokens} tokens now")
-        return self._grant(p, a, tokens, calls, requested, now)
+        return self._grants.grant(p, a, tokens, calls, requested, now)
 
     @asynccontextmanager
     async def open_lease(
@@ -381,7 +380,7 @@ class Allocator:
         if delta:
             self._grants.charge(lease, delta, now)
         back = lease.tokens - used
-        self._end(lease, now, back, False)
+        self._grants.end(lease, now, back, False)
         return back if back > 0 else 0
 
     def release(self, lease_id: str, *, holder: str | None = None) -> None:
@@ -390,7 +389,7 @@ class Allocator:
         self._leases.remove(lease)
         now = self._clock()
         self._grants.charge(lease, -lease.charged, now)
-        self._end(lease, now, lease.tokens, True)
+        self._grants.end(lease, now, lease.tokens, True)
 
     def release_holder(self, holder: str) -> int:
         """Withdraw every wait of ``holder`` and release its leases (crash, deadlock victim).

@@ -47,7 +47,7 @@ class Dispatcher:
 
     #: Slots: the hot path reads these attributes on every request.
     __slots__ = (
-        "_aging_step", "_alarm", "_by_counter", "_changes_at", "_enqueue_priority", "_grant",
+        "_aging_step", "_alarm", "_by_counter", "_changes_at", "_enqueue_priority", "_grants",
         "_invalid_state", "_min_share", "_native", "_park_new", "_priority", "_rank",
         "_seq", "_slack", "_wake",
     )
@@ -60,7 +60,7 @@ class Dispatcher:
         self._by_counter = bound.by_counter
         self._aging_step = bound.aging_step
         self._enqueue_priority = bound.enqueue_priority
-        self._grant = grants.grant
+        self._grants = grants
         self._alarm = alarm
         self._slack = slack
         self._min_share = min_share
@@ -363,7 +363,7 @@ class Dispatcher:
                 a.waiter = None
             else:
                 a.remove_waiter(w)
-            lease = self._grant(p, a, tokens, calls, w.requested, now)
+            lease = self._grants.grant(p, a, tokens, calls, w.requested, now)
             if self._native:
                 try:
                     w.event.set_result(lease)

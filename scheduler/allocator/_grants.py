@@ -10,7 +10,6 @@ model call, so they read plain slots and make one object per grant: the lease.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from scheduler.allocator._bound_policy import BoundPolicy
@@ -41,8 +40,7 @@ class Queueing(Protocol):
 class Grants:
     """Lends a pool's capacity as leases and takes it back."""
 
-    __slots__ = ("_alarm", "_by_id", "_cost", "_dispatch", "_requeue", "_unpark", "_w_in",
-                 "_window", "ttl")
+    __slots__ = ("_alarm", "_by_id", "_cost", "_queueing", "_w_in", "_window", "ttl")
 
     def __init__(self, bound: BoundPolicy, leases: LeaseTable, alarm: Alarm, *,
                  ttl: float, window_s: float) -> None:
@@ -53,15 +51,11 @@ class Grants:
         self._window = window_s
         self._cost = bound.cost
         self._w_in = bound.w_in
-        self._dispatch: Callable[[Pool, float], None] = _unconnected
-        self._unpark: Callable[[Pool, str, float], None] = _unconnected
-        self._requeue: Callable[[Pool, Account, float], None] = _unconnected
+        self._queueing: Queueing = _Unconnected()
 
     def connect(self, queueing: Queueing) -> None:
         """Where an end sends its pool's waiters, and a charge its holder's other requests."""
-        self._dispatch = queueing.dispatch
-        self._unpark = queueing.unpark
-        self._requeue = queueing.requeue
+        self._queueing = queueing
 
     def grant(
         self, p: Pool, a: Account, tokens: int, calls: int, requested: int, now: float
@@ -81,7 +75,7 @@ class Grants:
         if charge:
             a.counter += charge
             if a.waiter is not None:
-                self._requeue(p, a, now)
+                self._queueing.requeue(p, a, now)
         if now >= p.decay_at:
             p.decay(now, self._window)
         weight = charge or 1.0  # charge >= 0; a grant without tokens counts as one
@@ -120,7 +114,7 @@ class Grants:
         a: Account = lease._account
         a.counter += delta
         if a.waiter is not None:
-            self._requeue(a.pool, a, now)
+            self._queueing.requeue(a.pool, a, now)
 
     def end(self, lease: Lease, now: float, tokens_back: int, calls_back: bool) -> None:
         """The lease is over (already out of the table): capacity and holdings come back,
@@ -141,10 +135,19 @@ class Grants:
         p.hold_total += now - lease.granted_at
         p.ended += 1
         if p.n_parked and a.holder.id in p.parked:
-            self._unpark(p, a.holder.id, now)
+            self._queueing.unpark(p, a.holder.id, now)
         if p.n_queued or p.n_parked:
-            self._dispatch(p, now)
+            self._queueing.dispatch(p, now)
 
 
-def _unconnected(*_: object) -> None:  # pragma: no cover - connected at construction
-    raise RuntimeError("Grants used before connect()")
+class _Unconnected:
+    """Stands in until :meth:`Grants.connect` (the allocator connects the parts it builds)."""
+
+    def dispatch(self, p: Pool, now: float) -> None:  # pragma: no cover
+        raise RuntimeError("Grants used before connect()")
+
+    def unpark(self, p: Pool, hid: str, now: float) -> None:  # pragma: no cover
+        raise RuntimeError("Grants used before connect()")
+
+    def requeue(self, p: Pool, a: Account, now: float) -> None:  # pragma: no cover
+        raise RuntimeError("Grants used before connect()")
