@@ -24,12 +24,11 @@ class BoundPolicy:
     """A policy's methods and optional hints, looked up once."""
 
     __slots__ = (
-        "aging_step", "by_counter", "changes_at", "cost", "enqueue_priority", "policy",
-        "priority", "rank", "rank_quantum", "w_in", "weights",
+        "aging_step", "by_counter", "changes_at", "cost", "enqueue_priority", "priority",
+        "rank", "rank_quantum", "w_in", "weights",
     )
 
     def __init__(self, policy: AllocationPolicy) -> None:
-        self.policy = policy
         self.priority: Callable[[WaiterView, float], int] = policy.priority
         self.rank: Callable[[WaiterView], float] = policy.rank
         self.changes_at: Callable[[WaiterView, float], float | None] = (
@@ -56,8 +55,3 @@ class BoundPolicy:
             self.aging_step = math.inf if step is None else float(step)
             self.weights = (float(weights[0]), float(weights[1]))
             self.w_in = self.weights[0]
-
-    @property
-    def hinted(self) -> bool:
-        """The policy declares :class:`~policies.fairness.PolicyHints`."""
-        return self.enqueue_priority is not None
