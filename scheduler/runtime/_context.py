@@ -21,7 +21,7 @@ import structlog
 
 from scheduler.budget import Tracker
 from scheduler.config import TaskSpec
-from scheduler.core import Completion, Message, VibeEngineError
+from scheduler.core import Completion, Message, TextSink, VibeEngineError
 from scheduler.deadlock import LockManager, TaskLocks
 from scheduler.runtime._gateway import Gateway
 from scheduler.store import Store
@@ -93,10 +93,17 @@ class LlmClient:
         model: str | None = None,
         stream: bool = False,
         hints: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_text: TextSink | None = None,
     ) -> Completion:
+        """A model call through the gateway.  ``messages`` may hold any content blocks;
+        ``options`` pass Messages API options through (``temperature``, ``tool_choice``,
+        ``thinking`` …; an unknown one is an error); with ``stream=True``, ``on_text``
+        receives the answer's text as it arrives."""
         reply = await self._gateway.complete(
             self._task, messages, system=system, context=context, tools=tools,
             max_tokens=max_tokens, model=model, stream=stream, hints=hints,
+            options=options, on_text=on_text,
         )
         if self._ctx is not None:
             await self._ctx.checkpoint_if_requested()
