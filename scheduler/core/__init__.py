@@ -34,8 +34,8 @@ from scheduler.core._hooks import AsyncHook as AsyncHook
 from scheduler.core._hooks import Hook as Hook
 from scheduler.core._provider import REQUEST_OPTIONS as REQUEST_OPTIONS
 from scheduler.core._provider import Completion as Completion
-from scheduler.core._provider import ContentBlock as ContentBlock
 from scheduler.core._provider import CompletionRequest as CompletionRequest
+from scheduler.core._provider import ContentBlock as ContentBlock
 from scheduler.core._provider import Message as Message
 from scheduler.core._provider import Provider as Provider
 from scheduler.core._provider import RateLimitInfo as RateLimitInfo
@@ -57,8 +57,8 @@ __all__ = [
     "BudgetExceededError",
     "Completion",
     "CompletionRequest",
-    "ContentBlock",
     "ConfigError",
+    "ContentBlock",
     "DecisionError",
     "Event",
     "EventBus",
