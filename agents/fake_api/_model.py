@@ -148,6 +148,8 @@ class FakeState:
     #: Scripted response bodies still to serve, in order (``--script``).
     script: list[dict[str, Any]] = field(default_factory=list)
     scripted: bool = False
+    #: The last ``POST /v1/messages`` body received (what a client really sent).
+    last_body: dict[str, Any] | None = None
 
     def next_scripted(self) -> dict[str, Any] | None:
         """The next scripted body; None when no script was loaded.  Raises ``LookupError``

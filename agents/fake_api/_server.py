@@ -170,6 +170,7 @@ class _Api:
             return refused
         with self.state.lock:
             self.state.requests += 1
+            self.state.last_body = body
         model = str(body.get("model"))
         refused = self._unknown_model(model)
         if refused is not None:
@@ -391,6 +392,12 @@ class FakeAnthropicServer:
         """``POST /v1/messages`` requests received, faults and refusals included."""
         with self.state.lock:
             return self.state.requests
+
+    @property
+    def last_request(self) -> dict[str, Any] | None:
+        """The body of the last ``POST /v1/messages`` received, as sent."""
+        with self.state.lock:
+            return self.state.last_body
 
     @property
     def script_left(self) -> int:

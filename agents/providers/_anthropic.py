@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ AttemptHook = Callable[[str, bool, float, str | None], None]
 #: ``on_rate_limits(pool, info)`` — limits learned from a response's headers.
 RateLimitHook = Callable[[str, RateLimitInfo], None]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+#: The arguments this SDK's ``messages.create`` takes.
+_SDK_ARGS = frozenset(inspect.signature(anthropic.resources.AsyncMessages.create).parameters)
 
 
 def _wall_now() -> float:
@@ -183,7 +188,10 @@ class AnthropicProvider:
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
         """The SDK's arguments: messages and tools as sent, options passed through."""
         options = dict(request.options)
-        extra = options.pop("extra", None)
+        extra = dict(options.pop("extra", None) or {})
+        # an option this SDK version does not take as an argument (newer SDKs dropped
+        # ``temperature``/``top_p``) still reaches the API, in the body
+        extra.update({k: options.pop(k) for k in list(options) if k not in _SDK_ARGS})
         return {
             "model": request.model_id,
             "max_tokens": request.max_tokens,
@@ -191,7 +199,7 @@ class AnthropicProvider:
             "system": self._system(request),
             "tools": [dict(t) for t in request.tools] or omit,
             **options,
-            **({"extra_body": dict(extra)} if extra else {}),
+            **({"extra_body": extra} if extra else {}),
         }
 
     async def _attempt(self, request: CompletionRequest) -> _Attempt:
@@ -217,7 +225,9 @@ class AnthropicProvider:
         try:
             stream = await raw.parse()
             async for event in stream:
-                blocks.event(event.to_dict())
+                # as sent: a block type this SDK does not know is kept whole, unwarned
+                blocks.event(event.model_dump(mode="json", by_alias=True, exclude_unset=True,
+                                              warnings=False))
                 if event.type == "message_start":
                     acc.start(event.message.usage)
                 elif event.type == "message_delta":

@@ -21,7 +21,7 @@ TextSink = Callable[[str], None]
 #: Request options passed through to the provider as the Messages API names them.
 REQUEST_OPTIONS: frozenset[str] = frozenset({
     "temperature", "top_p", "top_k", "stop_sequences", "tool_choice", "thinking", "metadata",
-    "service_tier",
+    "service_tier", "output_config",
 })
 
 
