@@ -113,6 +113,8 @@ class ToolLoop:
         if not self.state:
             await self.start(messages)
         msgs: list[dict[str, Any]] = self.state["messages"]
+        if "stop_reason" in self.state:  # finished before: nothing left to do
+            return self._result(_last_text(msgs), str(self.state["stop_reason"]))
         final: Completion | None = None
         while True:
             if self._unanswered(msgs):
@@ -128,9 +130,13 @@ class ToolLoop:
                 continue
             stop = final.stop_reason
             break
-        text = final.text if final is not None else _last_text(msgs)
-        return ToolLoopResult(text, stop, self.state["turns"], self.state["tool_calls"], msgs,
-                              bool(self.state.get("resumed")))
+        self.state["stop_reason"] = stop
+        await self._save()
+        return self._result(final.text if final is not None else _last_text(msgs), stop)
+
+    def _result(self, text: str, stop: str) -> ToolLoopResult:
+        return ToolLoopResult(text, stop, self.state["turns"], self.state["tool_calls"],
+                              self.state["messages"], bool(self.state.get("resumed")))
 
     async def _turn(self, msgs: list[dict[str, Any]]) -> Completion:
         reply: Completion = await self.ctx.llm.complete(
