@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from agents._coding_tools import CodingTools
 from scheduler import ConfigError, TaskSpec
 from scheduler.runtime import AgentContext
@@ -57,7 +59,7 @@ class CoderAgent:
     async def run(self, ctx: AgentContext) -> dict[str, Any]:
         p = ctx.task.params
         root = Path(str(p["repo"])).expanduser().resolve() if p.get("repo") else ctx.workspace
-        if p.get("repo") and not root.is_dir():
+        if p.get("repo") and not await anyio.Path(root).is_dir():
             raise ConfigError(f"tasks.{ctx.task.id}.params.repo", str(p["repo"]),
                               "not a directory")
         loop = ctx.tool_loop(

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from agents.builtin import CoderAgent
@@ -85,7 +86,7 @@ async def test_coder_fixes_a_failing_test_through_the_real_sdk(
     """Acceptance: reads, edits, runs the tests, ends with them passing; every tool call
     counted; the usage charged is exactly what the server reported."""
     repo = make_repo(tmp_path / "repo")
-    assert subprocess.run(TEST_CMD.split(), cwd=repo, capture_output=True).returncode != 0
+    assert (await anyio.run_process(TEST_CMD.split(), cwd=repo, check=False)).returncode != 0
     with open_fake_api(api_key=SECRET_KEY, script=SCRIPT) as api:
         config = _config(tmp_path, api.base_url, repo)
         if stream:
@@ -97,7 +98,7 @@ async def test_coder_fixes_a_failing_test_through_the_real_sdk(
         assert api.script_left == 0 and api.requests == 5
     assert outcome.status == "completed", outcome.reason
     assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
-    assert subprocess.run(TEST_CMD.split(), cwd=repo, capture_output=True).returncode == 0
+    assert (await anyio.run_process(TEST_CMD.split(), cwd=repo, check=False)).returncode == 0
     assert result["files_changed"] == ["calc.py"]
     assert result["commands"] == [{"command": TEST_CMD, "returncode": 0}]
     assert result["final_text"] == "Fixed add(): it subtracted. The test passes."
