@@ -58,7 +58,9 @@ class CoderAgent:
 
     async def run(self, ctx: AgentContext) -> dict[str, Any]:
         p = ctx.task.params
-        root = Path(str(p["repo"])).expanduser().resolve() if p.get("repo") else ctx.workspace
+        root = ctx.workspace
+        if p.get("repo"):
+            root = Path(await anyio.Path(str(p["repo"])).expanduser().resolve())
         if p.get("repo") and not await anyio.Path(root).is_dir():
             raise ConfigError(f"tasks.{ctx.task.id}.params.repo", str(p["repo"]),
                               "not a directory")
