@@ -60,7 +60,7 @@ class CoderAgent:
         p = ctx.task.params
         root = ctx.workspace
         if p.get("repo"):
-            root = Path(await anyio.Path(str(p["repo"])).expanduser().resolve())
+            root = Path(await (await anyio.Path(str(p["repo"])).expanduser()).resolve())
         if p.get("repo") and not await anyio.Path(root).is_dir():
             raise ConfigError(f"tasks.{ctx.task.id}.params.repo", str(p["repo"]),
                               "not a directory")
