@@ -140,7 +140,7 @@ class ToolLoop:
 
     async def _turn(self, msgs: list[dict[str, Any]]) -> Completion:
         reply: Completion = await self.ctx.llm.complete(
-            msgs, system=self.system, tools=[t.definition() for t in self.tools],
+            list(msgs), system=self.system, tools=[t.definition() for t in self.tools],
             max_tokens=self.max_tokens, model=self.model, stream=self.stream,
             on_text=self.on_text, options=self.options, hints=self.hints,
         )
