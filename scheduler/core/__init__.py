@@ -14,6 +14,7 @@ from scheduler.core._errors import BudgetExceededError as BudgetExceededError
 from scheduler.core._errors import ConfigError as ConfigError
 from scheduler.core._errors import DecisionError as DecisionError
 from scheduler.core._errors import FinishRequestedError as FinishRequestedError
+from scheduler.core._errors import InvalidArgumentError as InvalidArgumentError
 from scheduler.core._errors import LeaseError as LeaseError
 from scheduler.core._errors import ModelUnavailableError as ModelUnavailableError
 from scheduler.core._errors import OverdraftDeniedError as OverdraftDeniedError
@@ -58,6 +59,7 @@ __all__ = [
     "FinishRequestedError",
     "FixedWallClock",
     "Hook",
+    "InvalidArgumentError",
     "LeaseError",
     "Message",
     "ModelUnavailableError",

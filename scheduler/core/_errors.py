@@ -4,6 +4,7 @@
 
     VibeEngineError
     ├── ConfigError              bad config: names the field path and the value
+    ├── InvalidArgumentError     a bad call argument or usage value (also a ValueError)
     ├── PluginError              an agent plugin or policy that cannot be loaded
     ├── StoreError               the durable store failed
     │   └── StoreUnavailableError  the store cannot be reached (Redis down)
@@ -51,6 +52,21 @@ class ConfigError(VibeEngineError):
         self.value = value
         self.reason = reason
         super().__init__(f"config error at {field}={value!r}: {reason}")
+
+
+class InvalidArgumentError(VibeEngineError, ValueError):
+    """A call argument or a usage value is invalid: ``argument`` names it.
+
+    Raised at the entry of a model call (``max_tokens=None``, a negative
+    ``max_tokens``, messages that are not a list of dicts …) and by every store
+    for usage that would corrupt the ledger (negative or non-finite amounts).
+    """
+
+    def __init__(self, argument: str, value: Any, reason: str) -> None:
+        self.argument = argument
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {argument}={value!r}: {reason}")
 
 
 class PluginError(VibeEngineError):

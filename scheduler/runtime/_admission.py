@@ -10,6 +10,7 @@ overdraft grace may cover the call (R3.5).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import anyio
 import structlog
@@ -22,12 +23,15 @@ from scheduler.core import (
     AsyncHook,
     BudgetExceededError,
     FinishRequestedError,
+    LeaseError,
     OverdraftDeniedError,
     WouldBlockError,
 )
 from scheduler.tasks import TaskHandle
 
 _log = structlog.get_logger("vibe_engine.gateway")
+
+T = TypeVar("T")
 
 #: Step 7 (alerts) applied to time-based crossings before each reservation.
 Signal = Callable[[TaskHandle, Sequence[Crossing]], Awaitable[None]]
@@ -105,6 +109,33 @@ class Admission:
             lease = await self.allocator.acquire(task.id, tokens=tokens)
             tg.cancel_scope.cancel()
         return lease
+
+    async def renewing(self, lease: Lease, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` while renewing ``lease`` every third of its TTL (R5.4 "unless
+        renewed"): a call that runs longer than ``allocator.lease_ttl_s`` keeps its lease.
+        A lease that ends meanwhile (a pause gave it back) is not renewed again."""
+        error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._renew_lease, lease)
+            try:
+                result = await call()
+            except Exception as exc:  # re-raised below, outside the group (not wrapped)
+                error = exc
+            tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        return result
+
+    async def _renew_lease(self, lease: Lease) -> None:
+        every = self.config.allocator.lease_ttl_s / 3
+        while True:
+            await anyio.sleep(every)
+            if not lease.active:
+                return
+            try:
+                self.allocator.renew(lease.id)
+            except LeaseError:  # ended meanwhile: settle still charges the call's usage
+                return
 
     async def _keep_hold(self, reservation: Reservation) -> None:
         every = self.config.distributed.hold_ttl_s / 3

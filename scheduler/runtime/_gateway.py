@@ -46,6 +46,7 @@ from scheduler.routing import Replanner, Router, task_info
 from scheduler.routing._health import error_kind_of
 from scheduler.runtime._admission import Admission
 from scheduler.runtime._quality import QualityScorer
+from scheduler.runtime._requests import check_request
 from scheduler.tasks import TaskHandle
 
 
@@ -125,6 +126,9 @@ class Gateway:
         stream: bool = False,
         hints: Mapping[str, Any] | None = None,
     ) -> Completion:
+        check_request(messages, system=system, context=context, tools=tools,
+                      max_tokens=max_tokens, model=model, hints=hints,
+                      models=list(self.config.models))
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
             await self.replanner.before_call(task, lambda: self.tracker.fraction_used(task.id))
         need = max_tokens + self.estimate(
@@ -228,7 +232,8 @@ class Gateway:
             lease = await self.admission.lease(task, est.calibrated + max_tokens, reservation)
             started = self._clock()
             try:
-                completion = await self.call(task, request)
+                completion = await self.admission.renewing(
+                    lease, lambda: self.call(task, request))
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))

@@ -1,0 +1,205 @@
+"""Every paid token recorded (R2.1, R5.4, R2.6): calls whose lease ended, bad arguments.
+
+Each case runs through ``Orchestrator.run`` on virtual time: an agent makes the
+calls, and the store is asked afterwards what was charged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from scheduler import Completion, CompletionRequest, Limits, TaskSpec, Usage
+from scheduler.core import FinishRequestedError, InvalidArgumentError
+from scheduler.runtime import AgentContext
+from scheduler.tasks import TaskStatus
+from tests._helpers import OrchestratorFactory
+
+pytestmark = pytest.mark.anyio
+HI = [{"role": "user", "content": "hi"}]
+
+
+class LatencyProvider:
+    """Answers 100 + 50 tokens after the next latency of ``latencies`` (the last repeats);
+    records when each call returned."""
+
+    def __init__(self, *latencies: float) -> None:
+        self.latencies = list(latencies)
+        self.returned: list[float] = []
+        self.reported: list[Usage] = []
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        latency = self.latencies.pop(0) if len(self.latencies) > 1 else self.latencies[0]
+        await anyio.sleep(latency)
+        self.returned.append(anyio.current_time())
+        usage = Usage(100, 50)
+        self.reported.append(usage)
+        return Completion("ok", usage, request.model)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class OneCall:
+    async def run(self, ctx: AgentContext) -> str:
+        return (await ctx.llm.complete(HI, max_tokens=400, model="sonnet")).text
+
+
+class CallThenOverBudget:
+    """A slow call in flight while a second call of the same task crosses the budget."""
+
+    async def run(self, ctx: AgentContext) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: ctx.llm.complete(HI, max_tokens=400, model="sonnet"))
+            await anyio.sleep(1)
+            with pytest.raises(FinishRequestedError):  # paused over budget, then finished
+                await ctx.llm.complete(HI, max_tokens=400, model="sonnet")
+
+
+async def test_r2_1_call_in_flight_when_its_task_pauses_is_charged(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.1/R3.4: the pause gives back the task's leases while a call is in flight; the
+    call's usage is still charged when it returns."""
+    provider = LatencyProvider(5.0, 0.1)
+    orch = make_orchestrator({"a": CallThenOverBudget}, provider=provider)
+    spec = TaskSpec(id="t1", agent="a", prompt="x", budget=Limits(tokens=600))
+
+    async def finish_later() -> None:
+        await anyio.sleep(10)
+        await orch.decide("t1", "finish")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(finish_later)
+        report = await orch.run([spec])
+    paused = next(e for e in orch.bus.history if e.name == "task_paused")
+    assert paused.at < provider.returned[0]  # the pause came while the call was in flight
+    assert report.outcomes["t1"].status is TaskStatus.COMPLETED
+    assert (await orch.store.totals("task:t1")).tokens == 150
+    assert [e.usage for e in await orch.store.events(task_id="t1")] == [Usage(100, 50)]
+
+
+async def test_r5_4_call_longer_than_the_lease_ttl_keeps_its_lease_and_is_charged(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R5.4 "unless renewed": a 2.5 s call with ``lease_ttl_s = 1`` renews its lease while
+    it runs (no expiry), and its usage is charged."""
+    orch = make_orchestrator({"a": OneCall}, provider=LatencyProvider(2.5),
+                             allocator={"lease_ttl_s": 1})
+    report = await orch.run([TaskSpec(id="t1", agent="a", prompt="x")])
+    assert report.outcomes["t1"].status is TaskStatus.COMPLETED
+    assert [e for e in orch.bus.history if e.name == "lease_expired"] == []
+    assert (await orch.store.totals("task:t1")).tokens == 150
+    assert orch.allocator.statistics().leases == 0  # settled, not expired
+
+
+async def test_r2_1_expired_lease_still_charges_the_call(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.1: a lease that expired anyway (the allocator's timer ran before a renewal could:
+    the TTL is shorter than the renewal's own period here) never loses the call's usage."""
+    from scheduler.runtime._admission import Admission
+
+    async def no_renewal(self: Admission, lease: Any) -> None:
+        return None
+
+    orch = make_orchestrator({"a": OneCall}, provider=LatencyProvider(2.5),
+                             allocator={"lease_ttl_s": 1})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Admission, "_renew_lease", no_renewal)
+        report = await orch.run([TaskSpec(id="t1", agent="a", prompt="x")])
+    assert [e.name for e in orch.bus.history if e.name == "lease_expired"] == ["lease_expired"]
+    assert report.outcomes["t1"].status is TaskStatus.COMPLETED
+    assert (await orch.store.totals("task:t1")).tokens == 150
+
+
+BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
+    ({"max_tokens": None}, "max_tokens"),
+    ({"max_tokens": -5}, "max_tokens"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": "100"}, "max_tokens"),
+    ({"max_tokens": True}, "max_tokens"),
+    ({"messages": "hi"}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": ["hi"]}, "messages[0]"),
+    ({"tools": [1]}, "tools[0]"),
+    ({"system": None}, "system"),
+    ({"context": 3}, "context"),
+    ({"model": "gpt-5"}, "model"),
+    ({"hints": ["x"]}, "hints"),
+]
+
+
+class BadCalls:
+    """Calls with each bad argument; keeps the errors it caught as ``ValueError``."""
+
+    caught: list[ValueError] = []
+
+    async def run(self, ctx: AgentContext) -> None:
+        for change, _ in BAD_ARGUMENTS:
+            kw: dict[str, Any] = {"messages": HI, "max_tokens": 100, **change}
+            try:
+                await ctx.llm.complete(kw.pop("messages"), **kw)
+            except ValueError as exc:
+                BadCalls.caught.append(exc)
+
+
+async def test_r2_2_bad_call_arguments_raise_a_value_error_naming_the_argument(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.2: ``max_tokens=None`` or negative, messages that are not a list of dicts … raise
+    a ``ValueError`` (InvalidArgumentError) naming the argument, before anything is
+    reserved or charged."""
+    BadCalls.caught = []
+    provider = LatencyProvider(0.1)
+    orch = make_orchestrator({"a": BadCalls}, provider=provider)
+    report = await orch.run([TaskSpec(id="t1", agent="a", prompt="x")])
+    assert report.outcomes["t1"].status is TaskStatus.COMPLETED
+    assert [type(e) for e in BadCalls.caught] == [InvalidArgumentError] * len(BAD_ARGUMENTS)
+    names = [e.argument for e in BadCalls.caught]  # type: ignore[attr-defined]
+    assert names == [name for _, name in BAD_ARGUMENTS]
+    assert all(name in str(e) for e, (_, name) in zip(BadCalls.caught, BAD_ARGUMENTS,
+                                                         strict=True))
+    assert provider.reported == []
+    assert (await orch.store.totals("task:t1")).tokens == 0
+
+
+class NoneMaxTokens:
+    async def run(self, ctx: AgentContext) -> None:
+        await ctx.llm.complete(HI, max_tokens=None)  # type: ignore[arg-type]
+
+
+async def test_r2_2_max_tokens_none_fails_the_task_with_a_clear_reason(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.2: uncaught, the error fails only that task, with one clear reason."""
+    orch = make_orchestrator({"a": NoneMaxTokens, "ok": OneCall}, provider=LatencyProvider(0.1))
+    report = await orch.run([TaskSpec(id="bad", agent="a", prompt="x"),
+                             TaskSpec(id="good", agent="ok", prompt="x")])
+    assert report.outcomes["bad"].status is TaskStatus.FAILED
+    assert "invalid max_tokens=None" in report.outcomes["bad"].reason
+    assert report.outcomes["good"].status is TaskStatus.COMPLETED
+
+
+def test_r2_1_simulated_provider_cannot_produce_negative_tokens(tmp_path: Path) -> None:
+    """R2.1: a negative output setting of the simulated provider is refused at start: one
+    line naming the field, exit 2, nothing written."""
+    cfg = tmp_path / "neg.toml"
+    cfg.write_text('state_dir = "st"\n[provider.simulated]\noutput_tokens = [-50, -10]\n'
+                   '[[tasks]]\nid = "t1"\nagent = "coder"\nprompt = "x"\n')
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "vibe-engine"), "run", str(cfg), "--no-live"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "provider.simulated.output_tokens" in lines[0]
+    assert not (tmp_path / "st").exists()
