@@ -203,3 +203,59 @@ def test_r2_1_simulated_provider_cannot_produce_negative_tokens(tmp_path: Path) 
     assert len(lines) == 1, out.stderr
     assert "provider.simulated.output_tokens" in lines[0]
     assert not (tmp_path / "st").exists()
+
+
+class CallsAndEdits:
+    """Five model calls and two file edits."""
+
+    async def run(self, ctx: AgentContext) -> None:
+        for i in range(5):
+            await ctx.llm.complete(HI, max_tokens=100, model="haiku")
+            if i % 2:
+                await ctx.files.write(f"out{i}.txt", "x")
+
+
+@pytest.mark.real_asyncio  # a real SQLite file locked by another connection, real time
+async def test_r2_6_sqlite_locked_by_another_connection_loses_no_event(
+    tmp_path: Path, make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.6: while another connection holds the database's write lock for several seconds,
+    no task fails and every event lands (retried, then spooled and replayed)."""
+    import sqlite3
+
+    import structlog.testing
+
+    from scheduler.store import SqliteStore
+    from scheduler.testing import ScriptedProvider
+
+    db = tmp_path / "vibe.db"
+    first = SqliteStore(db)
+    await first.open()
+    await first.aclose()
+    orch = make_orchestrator({"a": CallsAndEdits}, store=SqliteStore(db),
+                             provider=ScriptedProvider(latency_s=0.05))
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock, held for 6 s of the run (longer
+    # than the 5 s busy timeout a blocking store would wait before failing the write)
+
+    async def unlock_later() -> None:
+        await anyio.sleep(6)
+        other.execute("COMMIT")
+
+    specs = [TaskSpec(id=f"t{i}", agent="a", prompt="x") for i in range(3)]
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(unlock_later)
+            report = await orch.run(specs)
+    other.close()
+    assert {o.status for o in report.outcomes.values()} == {TaskStatus.COMPLETED}
+    assert any(entry["event"] == "sqlite_write_spooled" for entry in logs)
+    check = SqliteStore(db)
+    await check.open()
+    events = await check.events()
+    assert len([e for e in events if e.model]) == 15
+    assert sum(e.file_edits for e in events) == 6
+    assert (await check.totals(f"session:{orch.session_id}")).calls == 15
+    assert len(await check.list_state("task")) == 3
+    assert len(check.spool) == 0
+    await check.aclose()
