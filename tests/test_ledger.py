@@ -259,3 +259,89 @@ async def test_r2_6_sqlite_locked_by_another_connection_loses_no_event(
     assert len(await check.list_state("task")) == 3
     assert len(check.spool) == 0
     await check.aclose()
+
+
+class CallsUntilPaused:
+    """Quick calls (each within a second of the last) until the budget pauses the task."""
+
+    async def run(self, ctx: AgentContext) -> None:
+        for _ in range(10):
+            await ctx.llm.complete(HI, max_tokens=400, model="sonnet")
+
+
+async def test_r2_6_usage_json_is_current_when_a_task_pauses(
+    tmp_path: Path, make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.6: at a pause ``usage.json`` (what offline status and decide read) holds every
+    charge, though they came faster than its once-a-second rewrite while running."""
+    import json
+
+    orch = make_orchestrator({"a": CallsUntilPaused}, provider=LatencyProvider(0.01))
+    spec = TaskSpec(id="t1", agent="a", prompt="x", budget=Limits(tokens=1_000))
+    seen: list[dict[str, Any]] = []
+
+    paused = anyio.Event()
+    orch.bus.subscribe(lambda e: paused.set() if e.name == "task_paused" else None)
+
+    async def at_pause() -> None:
+        await paused.wait()
+        seen.append(json.loads((tmp_path / "tasks" / "t1" / "usage.json").read_text()))
+        await orch.decide("t1", "finish")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(at_pause)
+        report = await orch.run([spec])
+    assert report.outcomes["t1"].status is TaskStatus.FINISHED
+    assert seen[0]["usage"]["calls"] == 4  # 4 × 150 tokens, the 5th call's estimate is over
+    assert seen[0]["usage"]["tokens"] == (await orch.store.totals("task:t1")).tokens == 600
+
+
+async def test_r2_6_usage_json_is_current_when_the_run_ends(
+    tmp_path: Path, make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.6: after the run every task's ``usage.json`` matches the store."""
+    import json
+
+    orch = make_orchestrator({"a": CallsAndEdits}, provider=LatencyProvider(0.01))
+    await orch.run([TaskSpec(id=f"t{i}", agent="a", prompt="x") for i in range(2)])
+    for tid in ("t0", "t1"):
+        doc = json.loads((tmp_path / "tasks" / tid / "usage.json").read_text())
+        assert doc["usage"] == (await orch.store.totals(f"task:{tid}")).to_dict()
+
+
+async def test_r2_6_unwritable_usage_file_fails_only_its_task_and_keeps_the_usage(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.6: a task whose ``usage.json`` cannot be written (a 300-character id is too long
+    for a file name) fails with one clear reason; its usage stays in the store, and the
+    other tasks run on."""
+    long_id = "t" * 300
+    orch = make_orchestrator({"a": OneCall}, provider=LatencyProvider(0.5))
+    report = await orch.run([TaskSpec(id=long_id, agent="a", prompt="x"),
+                             TaskSpec(id="ok", agent="a", prompt="x")])
+    bad = report.outcomes[long_id]
+    assert bad.status is TaskStatus.FAILED
+    assert "cannot write" in bad.reason and "usage.json" in bad.reason
+    assert "File name too long" in bad.reason
+    assert bad.usage.tokens == 150  # charged: the call was paid for
+    assert report.outcomes["ok"].status is TaskStatus.COMPLETED
+
+
+class WritesAFile:
+    async def run(self, ctx: AgentContext) -> None:
+        await ctx.files.write("x" * 300 + ".txt", "content")
+
+
+async def test_r1_1_unwritable_workspace_file_fails_only_its_task(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R1.1: a workspace write that fails (a file name too long) fails that task with a
+    clear error naming the file; no edit is charged; other tasks run on."""
+    orch = make_orchestrator({"w": WritesAFile, "a": OneCall}, provider=LatencyProvider(0.5))
+    report = await orch.run([TaskSpec(id="w1", agent="w", prompt="x"),
+                             TaskSpec(id="ok", agent="a", prompt="x")])
+    assert report.outcomes["w1"].status is TaskStatus.FAILED
+    assert report.outcomes["w1"].reason.startswith("cannot write ")
+    assert "File name too long" in report.outcomes["w1"].reason
+    assert report.outcomes["w1"].usage.file_edits == 0
+    assert report.outcomes["ok"].status is TaskStatus.COMPLETED

@@ -89,10 +89,20 @@ class Tracker:
         await self._scopes.start_task(task_id, profile, agent)
 
     def finish_task(self, task_id: str, status: str = "completed") -> None:
+        """Record how the task ended and write its ``usage.json`` (raises LocalFileError)."""
         entry = self._scopes.tasks.get(task_id)
         if entry is not None:
             entry.status = status
             self._files.write(task_id, entry)
+
+    def write_usage(self, task_id: str | None = None) -> None:
+        """Bring ``usage.json`` up to date now, for one task or every task (a task pauses,
+        the run ends); a file that cannot be written is logged and retried later."""
+        ids = list(self._scopes.tasks) if task_id is None else [task_id]
+        for tid in ids:
+            entry = self._scopes.tasks.get(tid)
+            if entry is not None:
+                self._files.try_write(tid, entry)
 
     def task_scope(self, task_id: str) -> ScopeState:
         return self._scopes.task(task_id)

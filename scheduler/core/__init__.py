@@ -16,6 +16,7 @@ from scheduler.core._errors import DecisionError as DecisionError
 from scheduler.core._errors import FinishRequestedError as FinishRequestedError
 from scheduler.core._errors import InvalidArgumentError as InvalidArgumentError
 from scheduler.core._errors import LeaseError as LeaseError
+from scheduler.core._errors import LocalFileError as LocalFileError
 from scheduler.core._errors import ModelUnavailableError as ModelUnavailableError
 from scheduler.core._errors import OverdraftDeniedError as OverdraftDeniedError
 from scheduler.core._errors import OverloadedError as OverloadedError
@@ -61,6 +62,7 @@ __all__ = [
     "Hook",
     "InvalidArgumentError",
     "LeaseError",
+    "LocalFileError",
     "Message",
     "ModelUnavailableError",
     "OverdraftDeniedError",

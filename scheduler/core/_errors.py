@@ -7,6 +7,7 @@
     ├── InvalidArgumentError     a bad call argument or usage value (also a ValueError)
     ├── PluginError              an agent plugin or policy that cannot be loaded
     ├── StoreError               the durable store failed
+    ├── LocalFileError           a local file (usage.json, the workspace) cannot be written
     │   └── StoreUnavailableError  the store cannot be reached (Redis down)
     ├── BudgetError
     │   ├── BudgetExceededError  a call would cross a budget limit
@@ -82,6 +83,18 @@ class PluginError(VibeEngineError):
 
 class StoreError(VibeEngineError):
     """The durable store failed."""
+
+
+class LocalFileError(VibeEngineError):
+    """A local file could not be written (disk full, a file name too long …).
+
+    It fails the one task it belongs to; usage already recorded stays in the store.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot write {path}: {reason}")
 
 
 class StoreUnavailableError(StoreError):

@@ -6,7 +6,7 @@ connection between parts is made here, through the parts' ``on_<event>`` hooks:
 * provider ``on_rate_limits`` → pool capacities (learned limits, R5.3);
 * gateway ``on_pause`` and the run's ``on_release`` → give back the task's leases
   (R3.4: a paused task holds none; a crashed or aborted attempt returns them) and,
-  on release, its locks;
+  on release, its locks; on pause, the task's ``usage.json`` is brought up to date;
 * wait-for graph ``on_blocking`` → the allocator's boost of tasks others wait on (R5.2);
 * deadlock detector → resolver → the task table's abort and the lease release (R5.7);
 * gateway ``on_settle`` → observers (status, metrics).
@@ -149,7 +149,11 @@ def _connect(parts: Parts, provider: Provider) -> None:
 
     if isinstance(provider, ReportsRateLimits):
         provider.on_rate_limits.connect(parts.capacity.on_rate_limits)
+    async def write_usage(handle: TaskHandle) -> None:
+        parts.tracker.write_usage(handle.id)  # what offline status and decide read (R2.6)
+
     parts.gateway.on_pause.connect(release_leases)  # R3.4: a paused task holds no lease
+    parts.gateway.on_pause.connect(write_usage)
     parts.on_release.connect(release_leases)  # crashed, cancelled or aborted attempts
     parts.on_release.connect(release_locks)
     if parts.observers.metrics is not None:

@@ -26,6 +26,7 @@ from scheduler.core import (
     ConfigError,
     EventBus,
     FinishRequestedError,
+    LocalFileError,
     Provider,
     TaskAbortedError,
     Totals,
@@ -144,6 +145,7 @@ class Orchestrator:
     async def aclose(self) -> None:
         if self._opened:
             self._opened = False
+            self.tracker.write_usage()  # usage.json is current when the run ends
             await self.provider.aclose()
             await self.store.aclose()
 
@@ -324,7 +326,10 @@ class Orchestrator:
             handle.status = TaskStatus.FAILED
             handle.reason = handle.reason or "cancelled"
         if handle.spec.id in self.tracker.tasks():
-            self.tracker.finish_task(handle.id, handle.status)
+            try:
+                self.tracker.finish_task(handle.id, handle.status)
+            except LocalFileError as exc:  # the usage itself is in the store already
+                handle.status, handle.reason = TaskStatus.FAILED, str(exc)
         if handle.status in (TaskStatus.COMPLETED, TaskStatus.FINISHED):
             await self.controller.discard(handle.id)  # a pause that never took effect
         await self.store.put_state("task", handle.id, self._task_record(handle))
