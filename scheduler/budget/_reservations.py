@@ -91,6 +91,7 @@ class Reservations:
         or :class:`StoreUnavailableError` while the ledger is unreachable and
         fail-closed.  With any other store this is exactly :meth:`reserve`.
         """
+        await self._scopes.ensure_day(self._scopes.today())  # midnight may have passed
         reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
         if not isinstance(self._store, BudgetLedger):
             return reservation
