@@ -32,6 +32,10 @@ class Reservation:
     active: bool = True
     #: The shared hold on the session and day scopes when the store is a BudgetLedger.
     hold: Hold | None = None
+    #: The id the call's usage event will carry ("" until the call is opened).
+    event_id: str = ""
+    #: True while an ``open_call`` record of it is in the store (see ``_open_calls``).
+    durable: bool = False
 
 
 class Reservations:

@@ -229,6 +229,8 @@ class Gateway:
             task, route.model, est.calibrated + max_tokens, cost)
         lease: Lease | None = None
         try:
+            await self.tracker.open_call(reservation, prompt_tokens=est.calibrated,
+                                         output_tokens=max_tokens)  # durable before the call
             lease = await self.admission.lease(task, est.calibrated + max_tokens, reservation)
             started = self._clock()
             try:
@@ -368,6 +370,7 @@ class Gateway:
         event = self.tracker.make_event(
             task.id, model=model, usage=usage,
             cost_usd=cost_usd(usage, self.config.model_spec(model)),
+            event_id=reservation.event_id or None,  # the id its open_call record names
         )
         crossings = await self.tracker.charge(event, reservation)
         if lease is not None and lease.active:

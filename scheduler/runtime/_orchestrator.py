@@ -134,7 +134,13 @@ class Orchestrator:
     async def open(self) -> None:
         if not self._opened:
             await self.store.open()
-            await self.tracker.open()
+            for event in await self.tracker.open():  # calls a killed run left open
+                self.bus.emit(
+                    "open_call_charged",
+                    f"a call of task {event.task_id} left open by a killed run was charged "
+                    f"at its estimate ({event.usage.total_tokens} tokens)",
+                    task_id=event.task_id, level="warning", session_id=event.session_id,
+                    tokens=event.usage.total_tokens, cost_usd=event.cost_usd)
             await self.controller.open()
             self._opened = True
 
