@@ -167,7 +167,7 @@ async def _check_in_flight_after_kill(state: Path) -> None:
     orch = orchestrator("after")
     await orch.run([TaskSpec(id="next", agent="idle", prompt="x")])
     charged = [e for e in orch.bus.history if e.name == "open_call_charged"]
-    assert sorted(e.task_id for e in charged) == ["t0", "t1"]
+    assert sorted(str(e.task_id) for e in charged) == ["t0", "t1"]
     again = orchestrator("again")  # a second start charges nothing twice
     await again.run([TaskSpec(id="next2", agent="idle", prompt="x")])
     assert [e for e in again.bus.history if e.name == "open_call_charged"] == []
