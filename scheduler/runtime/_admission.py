@@ -9,8 +9,9 @@ overdraft grace may cover the call (R3.5).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import anyio
 import structlog
@@ -31,8 +32,6 @@ from scheduler.tasks import TaskHandle
 
 _log = structlog.get_logger("vibe_engine.gateway")
 
-T = TypeVar("T")
-
 #: Step 7 (alerts) applied to time-based crossings before each reservation.
 Signal = Callable[[TaskHandle, Sequence[Crossing]], Awaitable[None]]
 
@@ -49,6 +48,8 @@ class Admission:
         self._signal = signal
         #: Awaited before a paused task waits for a decision: it gives back its leases (R3.4).
         self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
+        #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`).
+        self._in_call: dict[str, Lease] = {}
 
     async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float) -> Reservation:
         """Reserve the estimate; at the limit pause for a decision (R3.4) and try again."""
@@ -110,32 +111,27 @@ class Admission:
             tg.cancel_scope.cancel()
         return lease
 
-    async def renewing(self, lease: Lease, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` while renewing ``lease`` every third of its TTL (R5.4 "unless
-        renewed"): a call that runs longer than ``allocator.lease_ttl_s`` keeps its lease.
-        A lease that ends meanwhile (a pause gave it back) is not renewed again."""
-        error: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._renew_lease, lease)
-            try:
-                result = await call()
-            except Exception as exc:  # re-raised below, outside the group (not wrapped)
-                error = exc
-            tg.cancel_scope.cancel()
-        if error is not None:
-            raise error
-        return result
+    @contextmanager
+    def in_call(self, lease: Lease) -> Iterator[None]:
+        """Mark ``lease`` as held by a call in flight: :meth:`keep_leases` renews it."""
+        self._in_call[lease.id] = lease
+        try:
+            yield
+        finally:
+            self._in_call.pop(lease.id, None)
 
-    async def _renew_lease(self, lease: Lease) -> None:
+    async def keep_leases(self) -> None:
+        """The service that renews every lease whose call is still running, every third of
+        the TTL (R5.4 "unless renewed"): a call longer than ``allocator.lease_ttl_s``
+        keeps its lease.  A lease that ended meanwhile (a pause gave it back) is skipped;
+        settling still charges its call's usage."""
         every = self.config.allocator.lease_ttl_s / 3
         while True:
             await anyio.sleep(every)
-            if not lease.active:
-                return
-            try:
-                self.allocator.renew(lease.id)
-            except LeaseError:  # ended meanwhile: settle still charges the call's usage
-                return
+            for lease in list(self._in_call.values()):
+                if lease.active:
+                    with contextlib.suppress(LeaseError):
+                        self.allocator.renew(lease.id)
 
     async def _keep_hold(self, reservation: Reservation) -> None:
         every = self.config.distributed.hold_ttl_s / 3

@@ -159,7 +159,8 @@ def _connect(parts: Parts, provider: Provider) -> None:
     if parts.observers.metrics is not None:
         parts.gateway.provider = MeteredProvider(provider, parts.observers.metrics.on_failure)
     parts.services.extend([
-        allocator.run, _control_service(parts.controller, parts.config),
+        allocator.run, parts.gateway.admission.keep_leases,  # R5.4: calls keep leases
+        _control_service(parts.controller, parts.config),
         parts.gateway.health.run,  # R6.4: 60 s health checks
         parts.deadlocks.run,  # R5.6: the 10 s wait-for graph check
         *parts.observers.services(),

@@ -234,19 +234,23 @@ class Gateway:
             lease = await self.admission.lease(task, est.calibrated + max_tokens, reservation)
             started = self._clock()
             try:
-                completion = await self.admission.renewing(
-                    lease, lambda: self.call(task, request))
+                with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
+                    completion = await self.call(task, request)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))
                 if exc.usage is not None:  # failed, but consumed tokens (a dropped stream)
                     partial = Completion("", exc.usage, route.model, stop_reason="error")
-                    await self.signal(task, await self.settle(
-                        task, route.model, partial, est, reservation, lease))
+                    with anyio.CancelScope(shield=True):  # paid: recorded even if cancelled
+                        crossings = await self.settle(
+                            task, route.model, partial, est, reservation, lease)
+                    await self.signal(task, crossings)
                 raise
             self.health.record_call(route.model, True, self._clock() - started,
                                     retries=completion.attempts - 1)
-            crossings = await self.settle(task, route.model, completion, est, reservation, lease)
+            with anyio.CancelScope(shield=True):  # the provider answered: the usage is paid
+                crossings = await self.settle(task, route.model, completion, est, reservation,
+                                              lease)
         finally:
             if lease is not None and lease.active:
                 self.allocator.release(lease.id)  # the call failed or was cancelled
