@@ -156,11 +156,15 @@ class SqliteStore:
         await self._drain(wait=True)
 
     async def aclose(self) -> None:
-        if self._db is not None:
-            await self._drain(wait=True)
-            if len(self.spool):
+        if self._db is None:
+            return
+        try:
+            with anyio.CancelScope(shield=True):  # a last replay, even while cancelled
+                await self._drain(wait=True)
+            if len(self.spool):  # replayed at the next open
                 _log.warning("sqlite_spool_pending", path=str(self.spool.path),
                              pending=len(self.spool))
+        finally:
             self._db.close()
             self._db = None
 
