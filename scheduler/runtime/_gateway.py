@@ -229,9 +229,9 @@ class Gateway:
             task, route.model, est.calibrated + max_tokens, cost)
         lease: Lease | None = None
         try:
+            lease = await self.admission.lease(task, est.calibrated + max_tokens, reservation)
             await self.tracker.open_call(reservation, prompt_tokens=est.calibrated,
                                          output_tokens=max_tokens)  # durable before the call
-            lease = await self.admission.lease(task, est.calibrated + max_tokens, reservation)
             started = self._clock()
             try:
                 with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
