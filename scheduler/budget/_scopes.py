@@ -102,6 +102,9 @@ class Scopes:
         self._clock = clock
         self.session = ScopeState(f"session:{session_id}", config.budgets.session)
         self.days: dict[str, ScopeState] = {}
+        #: Days whose totals were read from the store (a day in ``days`` but not here is a
+        #: placeholder: midnight passed and nothing async has loaded it yet).
+        self._loaded: set[str] = set()
         self.tasks: dict[str, TaskEntry] = {}
 
     # -- loading -------------------------------------------------------------------
@@ -116,20 +119,23 @@ class Scopes:
         return self._wall.now().date()
 
     async def ensure_day(self, day: date) -> ScopeState:
+        """The scope of ``day`` with the totals every run recorded for it (R1.5): a day
+        that began while this process ran starts from what others already spent."""
+        state = self.day(day)
         key = day.isoformat()
-        state = self.days.get(key)
-        if state is None:
-            state = ScopeState(f"day:{key}", day_limits(self._config, day))
+        if key not in self._loaded:
+            # its reservations (a placeholder's) stay; its totals come from the store
             state.totals = await self._store.totals(state.name)
+            self._loaded.add(key)
             self.crossings(state)  # already passed: fired by an earlier process
-            self.days[key] = state
         return state
 
     def day(self, day: date | None = None) -> ScopeState:
+        """The scope of ``day`` (default today); one not loaded yet is a placeholder that
+        :meth:`ensure_day` fills in before the next reservation or charge."""
         key = (day or self.today()).isoformat()
         state = self.days.get(key)
         if state is None:
-            # a day not loaded yet (midnight passed): start empty, charging reloads it
             state = ScopeState(f"day:{key}", day_limits(self._config, day or self.today()))
             self.days[key] = state
         return state
@@ -174,12 +180,11 @@ class Scopes:
         if event.session_id == self._session_id:
             self.session.totals.add(event)
             touched.append(self.session)
-        day = self.days.get(event.day)
-        if day is None:
-            # first event of a new day: the loaded totals already include it
-            day = await self.ensure_day(date.fromisoformat(event.day))
-        else:
+        if event.day in self._loaded:
+            day = self.days[event.day]
             day.totals.add(event)
+        else:  # first event of a new day: the totals loaded now include it (recorded)
+            day = await self.ensure_day(date.fromisoformat(event.day))
         touched.append(day)
         return [c for s in touched for c in self.crossings(s)]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -83,15 +83,25 @@ class SimulatedProviderConfig(FrozenModel):
     """Knobs of the deterministic simulated provider."""
 
     seed: int = 0
-    latency_s: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.4, 1.0, 2.0))
-    failure_rate: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.05, 0.02, 0.01))
-    output_tokens: tuple[int, int] = (200, 1500)
+    latency_s: dict[Tier, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=lambda: by_tier(0.4, 1.0, 2.0))
+    failure_rate: dict[Tier, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: by_tier(0.05, 0.02, 0.01))
+    #: (lowest, highest) output tokens; never negative: a negative count credits budgets.
+    output_tokens: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (200, 1500)
     time_scale: float = Field(default=1.0, ge=0)
     #: a failed attempt is retried this many times before the 529 is raised (the SDK's
     #: ``max_retries``).
     retries: int = Field(default=2, ge=0)
     #: scripted outages (outage drills, the demo's opus outage).
     outages: tuple[OutageWindow, ...] = ()
+
+    @model_validator(mode="after")
+    def _output_range(self) -> SimulatedProviderConfig:
+        lo, hi = self.output_tokens
+        if hi < lo:
+            raise ValueError(f"output_tokens: highest ({hi}) must be >= lowest ({lo})")
+        return self
 
 
 class ProviderConfig(FrozenModel):

@@ -14,7 +14,9 @@ from scheduler.core._errors import BudgetExceededError as BudgetExceededError
 from scheduler.core._errors import ConfigError as ConfigError
 from scheduler.core._errors import DecisionError as DecisionError
 from scheduler.core._errors import FinishRequestedError as FinishRequestedError
+from scheduler.core._errors import InvalidArgumentError as InvalidArgumentError
 from scheduler.core._errors import LeaseError as LeaseError
+from scheduler.core._errors import LocalFileError as LocalFileError
 from scheduler.core._errors import ModelUnavailableError as ModelUnavailableError
 from scheduler.core._errors import OverdraftDeniedError as OverdraftDeniedError
 from scheduler.core._errors import OverloadedError as OverloadedError
@@ -65,7 +67,9 @@ __all__ = [
     "FinishRequestedError",
     "FixedWallClock",
     "Hook",
+    "InvalidArgumentError",
     "LeaseError",
+    "LocalFileError",
     "Message",
     "ModelUnavailableError",
     "OverdraftDeniedError",

@@ -4,8 +4,10 @@
 
     VibeEngineError
     ├── ConfigError              bad config: names the field path and the value
+    ├── InvalidArgumentError     a bad call argument or usage value (also a ValueError)
     ├── PluginError              an agent plugin or policy that cannot be loaded
     ├── StoreError               the durable store failed
+    ├── LocalFileError           a local file (usage.json, the workspace) cannot be written
     │   └── StoreUnavailableError  the store cannot be reached (Redis down)
     ├── BudgetError
     │   ├── BudgetExceededError  a call would cross a budget limit
@@ -53,6 +55,21 @@ class ConfigError(VibeEngineError):
         super().__init__(f"config error at {field}={value!r}: {reason}")
 
 
+class InvalidArgumentError(VibeEngineError, ValueError):
+    """A call argument or a usage value is invalid: ``argument`` names it.
+
+    Raised at the entry of a model call (``max_tokens=None``, a negative
+    ``max_tokens``, messages that are not a list of dicts …) and by every store
+    for usage that would corrupt the ledger (negative or non-finite amounts).
+    """
+
+    def __init__(self, argument: str, value: Any, reason: str) -> None:
+        self.argument = argument
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {argument}={value!r}: {reason}")
+
+
 class PluginError(VibeEngineError):
     """An agent plugin or a named policy/store cannot be loaded or is invalid."""
 
@@ -66,6 +83,18 @@ class PluginError(VibeEngineError):
 
 class StoreError(VibeEngineError):
     """The durable store failed."""
+
+
+class LocalFileError(VibeEngineError):
+    """A local file could not be written (disk full, a file name too long …).
+
+    It fails the one task it belongs to; usage already recorded stays in the store.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot write {path}: {reason}")
 
 
 class StoreUnavailableError(StoreError):

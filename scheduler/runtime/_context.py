@@ -21,7 +21,7 @@ import structlog
 
 from scheduler.budget import Tracker
 from scheduler.config import TaskSpec
-from scheduler.core import Completion, Message, TextSink, VibeEngineError
+from scheduler.core import Completion, LocalFileError, Message, TextSink, VibeEngineError
 from scheduler.deadlock import LockManager, TaskLocks
 from scheduler.runtime._gateway import Gateway
 from scheduler.runtime._tools import Tool, ToolLoop, ToolLoopResult
@@ -132,8 +132,11 @@ class FileOps:
         ctx = self._ctx
         await ctx.gateway.admit_ops(ctx.handle, file_edits=1)  # pauses at the limit (R3.4)
         async with ctx.open_resource(f"file:{full}"), ctx.critical("file_write"):
-            await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
-            await anyio.Path(full).write_text(content, encoding="utf-8")
+            try:
+                await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
+                await anyio.Path(full).write_text(content, encoding="utf-8")
+            except OSError as exc:  # disk full, a name too long: this task's error only
+                raise LocalFileError(full, exc.strerror or str(exc)) from exc
         await ctx.charge_ops(file_edits=1)
         return full
 

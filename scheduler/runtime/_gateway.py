@@ -49,6 +49,7 @@ from scheduler.routing import Replanner, Router, task_info
 from scheduler.routing._health import error_kind_of
 from scheduler.runtime._admission import Admission
 from scheduler.runtime._quality import QualityScorer
+from scheduler.runtime._requests import check_request
 from scheduler.tasks import TaskHandle
 
 
@@ -146,6 +147,9 @@ class Gateway:
         """One model call; ``options`` are Messages API options passed through
         (``temperature``, ``tool_choice``, ``thinking`` …, see ``REQUEST_OPTIONS``);
         ``on_text`` receives a streamed answer's text as it arrives."""
+        check_request(messages, system=system, context=context, tools=tools,
+                      max_tokens=max_tokens, model=model, hints=hints,
+                      models=list(self.config.models))
         opts = check_options(options or {})
         # the output reservation covers max_tokens, or a thinking budget above it
         out = max(max_tokens, thinking_budget(opts))
@@ -248,20 +252,27 @@ class Gateway:
         lease: Lease | None = None
         try:
             lease = await self.admission.lease(task, est.calibrated + call.out, reservation)
+            await self.tracker.open_call(reservation, prompt_tokens=est.calibrated,
+                                         output_tokens=call.out)  # durable before the call
             started = self._clock()
             try:
-                completion = await self.call(task, request)
+                with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
+                    completion = await self.call(task, request)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))
                 if exc.usage is not None:  # failed, but consumed tokens (a dropped stream)
                     partial = Completion("", exc.usage, route.model, stop_reason="error")
-                    await self.signal(task, await self.settle(
-                        task, route.model, partial, est, reservation, lease))
+                    with anyio.CancelScope(shield=True):  # paid: recorded even if cancelled
+                        crossings = await self.settle(
+                            task, route.model, partial, est, reservation, lease)
+                    await self.signal(task, crossings)
                 raise
             self.health.record_call(route.model, True, self._clock() - started,
                                     retries=completion.attempts - 1)
-            crossings = await self.settle(task, route.model, completion, est, reservation, lease)
+            with anyio.CancelScope(shield=True):  # the provider answered: the usage is paid
+                crossings = await self.settle(task, route.model, completion, est, reservation,
+                                              lease)
         finally:
             if lease is not None and lease.active:
                 self.allocator.release(lease.id)  # the call failed or was cancelled
@@ -385,6 +396,7 @@ class Gateway:
         event = self.tracker.make_event(
             task.id, model=model, usage=usage,
             cost_usd=cost_usd(usage, self.config.model_spec(model)),
+            event_id=reservation.event_id or None,  # the id its open_call record names
         )
         crossings = await self.tracker.charge(event, reservation)
         if lease is not None and lease.active:

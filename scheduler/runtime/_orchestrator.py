@@ -26,6 +26,7 @@ from scheduler.core import (
     ConfigError,
     EventBus,
     FinishRequestedError,
+    LocalFileError,
     Provider,
     TaskAbortedError,
     Totals,
@@ -133,7 +134,13 @@ class Orchestrator:
     async def open(self) -> None:
         if not self._opened:
             await self.store.open()
-            await self.tracker.open()
+            for event in await self.tracker.open():  # calls a killed run left open
+                self.bus.emit(
+                    "open_call_charged",
+                    f"a call of task {event.task_id} left open by a killed run was charged "
+                    f"at its estimate ({event.usage.total_tokens} tokens)",
+                    task_id=event.task_id, level="warning", session_id=event.session_id,
+                    tokens=event.usage.total_tokens, cost_usd=event.cost_usd)
             await self.controller.open()
             self._opened = True
 
@@ -144,6 +151,7 @@ class Orchestrator:
     async def aclose(self) -> None:
         if self._opened:
             self._opened = False
+            self.tracker.write_usage()  # usage.json is current when the run ends
             await self.provider.aclose()
             await self.store.aclose()
 
@@ -324,7 +332,10 @@ class Orchestrator:
             handle.status = TaskStatus.FAILED
             handle.reason = handle.reason or "cancelled"
         if handle.spec.id in self.tracker.tasks():
-            self.tracker.finish_task(handle.id, handle.status)
+            try:
+                self.tracker.finish_task(handle.id, handle.status)
+            except LocalFileError as exc:  # the usage itself is in the store already
+                handle.status, handle.reason = TaskStatus.FAILED, str(exc)
         if handle.status in (TaskStatus.COMPLETED, TaskStatus.FINISHED):
             await self.controller.discard(handle.id)  # a pause that never took effect
         await self.store.put_state("task", handle.id, self._task_record(handle))
