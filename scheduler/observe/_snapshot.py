@@ -24,7 +24,7 @@ __all__ = [
 
 #: Task states the views know, in display order.
 STATES = ("running", "waiting", "paused", "deferred", "broken_down", "pending", "requeued",
-          "completed", "finished", "failed")
+          "completed", "finished", "failed", "interrupted")
 #: Health states mapped to a number for gauges: 1 available, 0.5 recovering, 0 unavailable.
 HEALTH_VALUE = {"available": 1.0, "recovering": 0.5, "unavailable": 0.0}
 

@@ -24,7 +24,7 @@ from scheduler.config import TaskSpec
 from scheduler.core import Completion, Message, VibeEngineError
 from scheduler.deadlock import LockManager, TaskLocks
 from scheduler.runtime._gateway import Gateway
-from scheduler.store import Store
+from scheduler.store import Store, task_key
 from scheduler.tasks import TaskHandle
 
 #: Commands that only read; anything else (or any redirection) is dangerous (R1.1).
@@ -239,9 +239,14 @@ class AgentContext:
         return True
 
     async def checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Save progress durably; a resumed or requeued attempt reads it back."""
-        await self.store.put_state("checkpoint", self.task.id, dict(state))
+        """Save progress durably; a requeued attempt or a resumed session reads it back
+        (a later session running the same task id starts without it)."""
+        await self.store.put_state("checkpoint", self._key, dict(state))
         self.handle.signals.checkpoint_requested = False
 
     async def load_checkpoint(self) -> dict[str, Any] | None:
-        return await self.store.get_state("checkpoint", self.task.id)
+        return await self.store.get_state("checkpoint", self._key)
+
+    @property
+    def _key(self) -> str:
+        return task_key(self.tracker.session_id, self.task.id)
