@@ -49,6 +49,8 @@ class TaskView:
     queue_position: int | None = None
     estimated_wait_s: float | None = None
     pool: str | None = None
+    #: What the agent returned (JSON), once the task completed; read from the store.
+    result: Any = None
 
 
 @dataclass(frozen=True, slots=True)

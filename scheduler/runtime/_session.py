@@ -104,7 +104,7 @@ class SessionLog:
         self.config = config
         self.session_id = session_id
         self.wall = wall
-        self.state_dir = str(Path(config.state_dir).resolve())
+        self.state_dir = os.path.realpath(config.state_dir)
         self.record = SessionRecord(session_id)
 
     async def begin(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
