@@ -15,6 +15,7 @@ import anyio
 import structlog
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -43,7 +44,7 @@ LiveOpt = Annotated[bool, typer.Option(
 
 
 def _fail(exc: VibeEngineError) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {exc}")
+    _err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # one line
     return typer.Exit(code=2)
 
 

@@ -48,9 +48,9 @@ def check_new_session(config: VibeConfig) -> None:
     ran = anyio.run(_sessions, config.store, config.state_dir, config.distributed)
     if any(r.session_id == sid for r in ran):
         raise SessionError(
-            f"session {sid} already ran in {config.state_dir}: `vibe-engine resume {sid} "
-            f"--state-dir {config.state_dir}` continues it; remove session_id from the "
-            "config to start a new session", state_dir=str(config.state_dir))
+            f"session {sid} already ran in {config.state_dir}: `vibe-engine resume {sid}` "
+            "continues it; without session_id in the config, run starts a new session",
+            state_dir=str(config.state_dir))
 
 
 def resumable_config(state_dir: Path, store: str, session_id: str | None) -> VibeConfig:
