@@ -128,12 +128,6 @@ class SessionLog:
         self.record.ended = self.wall.now().isoformat()
         await self.store.put_state("session", self.session_id, self.record.to_dict())
 
-    async def add_task(self, task_id: str) -> None:
-        """A task added while the session runs (a part of a broken-down task)."""
-        if task_id not in self.record.tasks:
-            self.record.tasks.append(task_id)
-            await self.store.put_state("session", self.session_id, self.record.to_dict())
-
     async def save_task(self, handle: TaskHandle, result: Any = None) -> None:
         await self.store.put_state("task", task_key(self.session_id, handle.id),
                                    self.task_record(handle, result))
