@@ -180,6 +180,9 @@ def test_kill_9_then_resume_continues_the_interrupted_session(tmp_path: Path) ->
                     and live.get("after", {}).get("status") == "completed")
 
         _wait("the resumed run to pause tight again", tight_paused_and_rest_done, resumed)
+        live = _status(state)
+        assert live["source"] == "orchestrator" and live["session_id"] == session
+        assert _tasks(live)["quick"]["result"] == tasks["quick"]["result"]  # kept, not re-run
         decided = _cli("decide", "tight", "finish", "--state-dir", str(state))
         assert decided.returncode == 0, decided.stderr
         out, err = resumed.communicate(timeout=60)
