@@ -45,6 +45,11 @@ def check_new_session(config: VibeConfig) -> None:
     sid = config.session_id
     if sid is None or config.store == "memory":
         return
+    if config.store.startswith("sqlite"):
+        db = (Path(config.state_dir) / "vibe.db" if config.store == "sqlite"
+              else Path(config.store.removeprefix("sqlite:///")))
+        if not db.exists():
+            return  # nothing ran here yet (and checking must not create the file)
     ran = anyio.run(_sessions, config.store, config.state_dir, config.distributed)
     if any(r.session_id == sid for r in ran):
         raise SessionError(
