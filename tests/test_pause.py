@@ -116,7 +116,8 @@ async def test_r3_4_finish_returns_finish_and_clears_the_pause() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(person)
             decision = await h.controller.wait_decision("t")
-        return decision.action, h.controller.is_paused("t"), await h.store.get_state("pause", "s1/t")
+        pause = await h.store.get_state("pause", "s1/t")  # session s1, task t
+        return decision.action, h.controller.is_paused("t"), pause
 
     assert await main() == ("finish", False, None)
 

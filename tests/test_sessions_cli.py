@@ -216,8 +216,8 @@ def test_a_second_orchestrator_on_the_same_state_directory_refuses_to_start(
     naming the directory and the running process, and the first runs to its end."""
     state = tmp_path / "st"
     config = tmp_path / "kill.toml"
-    config.write_text(KILL_CONFIG.format(state=state).replace("tokens = 500", "tokens = 90000"),
-                      encoding="utf-8")
+    config.write_text(KILL_CONFIG.format(state=state).replace("tokens = 500", "tokens = 90000")
+                      .replace("steps = 10", "steps = 30"), encoding="utf-8")  # runs 12 s
     first = subprocess.Popen([BIN, "run", str(config), "--no-live", "--log-level", "warning"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env=ENV)

@@ -117,7 +117,8 @@ async def _budgets(store: Store, session: str, today: date, config: VibeConfig,
 async def _session_tasks(store: Store, session: str) -> list[dict[str, Any]]:
     """The session's task records, each with the state it is in now that no
     orchestrator runs: a task that had not ended is ``paused`` when a pause waits for
-    a decision, ``interrupted`` when it had started, else ``pending``."""
+    a decision, ``interrupted`` when it had started (it used something or saved a
+    checkpoint), else ``pending``."""
     paused = set(await store.list_state("pause"))
     out = []
     for key, rec in sorted((await store.list_state("task")).items()):
@@ -125,11 +126,19 @@ async def _session_tasks(store: Store, session: str) -> list[dict[str, Any]]:
         if (sid or str(rec.get("session_id", ""))) != session:
             continue
         status = str(rec.get("status", ""))
-        if status not in _ENDED:
-            status = ("paused" if task_key(session, tid) in paused
-                      else "pending" if status == "pending" else "interrupted")
+        if task_key(session, tid) in paused and status not in _ENDED:
+            status = "paused"
+        elif status not in _ENDED:
+            started = status != "pending" or await _started(store, session, tid)
+            status = "interrupted" if started else "pending"
         out.append({**rec, "task_id": tid, "status": status})
     return out
+
+
+async def _started(store: Store, session: str, task_id: str) -> bool:
+    if await store.get_state("checkpoint", task_key(session, task_id)) is not None:
+        return True
+    return await session_task_totals(store, session, task_id) != Totals()
 
 
 async def _last_session(store: Store, state_dir: Path) -> str:

@@ -13,7 +13,7 @@ cancelled or aborted attempt's leases and locks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,21 +198,25 @@ class Orchestrator:
                 tg.start_soon(service)
             async with anyio.create_task_group() as tasks_tg:
                 self._task_group = tasks_tg
-                for handle in list(self.handles.values()):
-                    if handle.status is TaskStatus.PENDING:
-                        await self._start(handle, tasks_tg)
+                await self._start(self.handles.values(), tasks_tg)
             self._task_group = None
             tg.cancel_scope.cancel()
 
-    async def _start(self, handle: TaskHandle, tg: anyio.abc.TaskGroup) -> None:
-        """Run ``handle``, or keep what a continued session recorded if it ended there."""
-        prior = self._prior.get(handle.id)
-        if prior is not None and restore(handle, prior):
-            self.allocator.unregister(handle.id)
-            handle.done.set()
-            return
-        await self._session.save_task(handle)  # offline status lists it from the start
-        tg.start_soon(self._run_task, handle)
+    async def _start(self, handles: Iterable[TaskHandle], tg: anyio.abc.TaskGroup) -> None:
+        """Run the pending ``handles``, except those a continued session ended (they keep
+        what it recorded); every task is recorded before any starts, so offline status
+        lists them all and the tasks start together."""
+        to_run = []
+        for handle in [h for h in handles if h.status is TaskStatus.PENDING]:
+            prior = self._prior.get(handle.id)
+            if prior is not None and restore(handle, prior):
+                self.allocator.unregister(handle.id)
+                handle.done.set()
+            else:
+                await self._session.save_task(handle)
+                to_run.append(handle)
+        for handle in to_run:
+            tg.start_soon(self._run_task, handle)
 
     def add_tasks(self, specs: Sequence[TaskSpec]) -> list[TaskHandle]:
         out = []
@@ -277,7 +281,6 @@ class Orchestrator:
             handle.status = TaskStatus.RUNNING
             handle.started_at = anyio.current_time()
             handle.abort = None
-            await self._session.save_task(handle)
             with anyio.CancelScope() as scope:
                 handle.cancel_scope = scope
                 await self._attempt(handle, factory)
@@ -353,9 +356,10 @@ class Orchestrator:
         tg = self._task_group
         if tg is None:
             raise VibeEngineError(f"task {handle.id} was broken down outside Orchestrator.run")
-        for part in self.add_tasks(specs):
+        parts = self.add_tasks(specs)
+        for part in parts:
             part.split_from = handle.id
-            await self._start(part, tg)
+        await self._start(parts, tg)
         handle.status = TaskStatus.BROKEN_DOWN
         ids = [s.id for s in specs] or [
             t for t in self.handles if t.startswith(f"{handle.id}.")  # a requeued attempt
