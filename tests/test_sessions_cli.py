@@ -79,8 +79,12 @@ def _tasks(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _state(db: Path, kind: str) -> dict[str, Any]:
     """State records straight from SQLite (read-only; the orchestrator may be writing)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-        rows = conn.execute("SELECT key, value FROM state WHERE kind = ?", (kind,)).fetchall()
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            rows = conn.execute("SELECT key, value FROM state WHERE kind = ?",
+                                (kind,)).fetchall()
+    except sqlite3.OperationalError:  # the run has not created its tables yet
+        return {}
     return {k: json.loads(v) for k, v in rows}
 
 
