@@ -273,15 +273,27 @@ def fake_api(
     port: int = 8765,
     input_ratio: Annotated[float, typer.Option(help="Server input count ÷ tiktoken's.")] = 1.2,
     output_tokens: int = 40,
+    script: Annotated[Path | None, typer.Option(
+        help="JSON lines, one Messages API response body per line, served in order "
+             "(streamed requests get the same bodies as events).")] = None,
 ) -> None:
     """Serve a fake Anthropic API on 127.0.0.1 (try provider.kind="anthropic" without a key)."""
-    from agents.fake_api import FakeAnthropicServer, FakeApiConfig
+    from agents.fake_api import FakeAnthropicServer, FakeApiConfig, load_script
 
+    bodies = None
+    if script is not None:
+        try:
+            bodies = load_script(script)
+        except (OSError, ValueError) as exc:
+            _err.print(f"--script: {exc}")
+            raise typer.Exit(2) from None
     server = FakeAnthropicServer(
-        FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port
+        FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port,
+        script=bodies,
     )
-    _out.print(f"fake Anthropic API on {server.base_url} — set provider.base_url to it and "
-               "ANTHROPIC_API_KEY to any value; Ctrl-C stops")
+    scripted = f", replaying {len(bodies)} scripted responses" if bodies is not None else ""
+    _out.print(f"fake Anthropic API on {server.base_url}{scripted} — set provider.base_url "
+               "to it and ANTHROPIC_API_KEY to any value; Ctrl-C stops")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

@@ -34,12 +34,17 @@ from scheduler.core._events import Event as Event
 from scheduler.core._events import EventBus as EventBus
 from scheduler.core._hooks import AsyncHook as AsyncHook
 from scheduler.core._hooks import Hook as Hook
+from scheduler.core._provider import REQUEST_OPTIONS as REQUEST_OPTIONS
 from scheduler.core._provider import Completion as Completion
 from scheduler.core._provider import CompletionRequest as CompletionRequest
+from scheduler.core._provider import ContentBlock as ContentBlock
 from scheduler.core._provider import Message as Message
 from scheduler.core._provider import Provider as Provider
 from scheduler.core._provider import RateLimitInfo as RateLimitInfo
 from scheduler.core._provider import ReportsRateLimits as ReportsRateLimits
+from scheduler.core._provider import TextSink as TextSink
+from scheduler.core._provider import check_options as check_options
+from scheduler.core._provider import thinking_budget as thinking_budget
 from scheduler.core._resolve import resolve_object as resolve_object
 from scheduler.core._usage import Totals as Totals
 from scheduler.core._usage import Usage as Usage
@@ -47,6 +52,7 @@ from scheduler.core._usage import UsageEvent as UsageEvent
 from scheduler.core._usage import cost_usd as cost_usd
 
 __all__ = [
+    "REQUEST_OPTIONS",
     "AllocationError",
     "AsyncHook",
     "BudgetError",
@@ -54,6 +60,7 @@ __all__ = [
     "Completion",
     "CompletionRequest",
     "ConfigError",
+    "ContentBlock",
     "DecisionError",
     "Event",
     "EventBus",
@@ -79,14 +86,17 @@ __all__ = [
     "StoreUnavailableError",
     "SystemWallClock",
     "TaskAbortedError",
+    "TextSink",
     "Totals",
     "Usage",
     "UsageEvent",
     "VibeEngineError",
     "WallClock",
     "WouldBlockError",
+    "check_options",
     "cost_usd",
     "resolve_object",
+    "thinking_budget",
 ]
 
 from scheduler.core._public import publish as _publish
