@@ -119,15 +119,18 @@ async def test_a_known_session_id_continues_the_interrupted_session(tmp_path: Pa
     """Issue #18 (resume): ended tasks are skipped and keep their results; an interrupted
     task continues from its checkpoint and its usage so far."""
     store = MemoryStore()
-    specs = [_coder("quick", steps=1), _coder("long", steps=5)]
+    after = _coder("after", steps=1).model_copy(update={"depends_on": ["long"]})
+    specs = [_coder("quick", steps=1), _coder("long", steps=5), after]
     await _run_until_checkpoint(_orch(tmp_path, store, "s1"), specs, "long", 2)
     assert (await store.get_state("session", "s1"))["state"] == "interrupted"  # type: ignore[index]
     records = {k: v["status"] for k, v in (await store.list_state("task")).items()}
-    assert records == {"s1/quick": "completed", "s1/long": "interrupted"}
+    assert records == {"s1/quick": "completed", "s1/long": "interrupted",
+                       "s1/after": "pending"}
 
     provider = ScriptedProvider(latency_s=1)
     report: RunReport = await _orch(tmp_path, store, "s1", provider=provider).run(specs)
-    assert len(provider.calls) == 3  # long's steps 3-5 only; quick not run again
+    assert len(provider.calls) == 3 + 1  # long's steps 3-5 and after; quick not run again
+    assert report.outcomes["after"].status == "completed"
     quick, long = report.outcomes["quick"], report.outcomes["long"]
     assert quick.status == "completed" and quick.result == {"step": 1}
     assert quick.usage.calls == 1

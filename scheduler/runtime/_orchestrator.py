@@ -372,7 +372,9 @@ class Orchestrator:
         handle.finished_at = anyio.current_time()
         self.allocator.unregister(handle.id)  # its leases and waits go back to the pool
         self.gateway.router.forget(handle.id)
-        if not handle.finished:  # the run itself was cancelled: resumable
+        if not handle.finished and handle.status is not TaskStatus.PENDING:
+            # the run itself was cancelled (a task still waiting for its dependencies
+            # stays pending): resumable
             handle.status = TaskStatus.INTERRUPTED
             handle.reason = handle.reason or "interrupted"
         if handle.spec.id in self.tracker.tasks():
