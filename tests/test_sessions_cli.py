@@ -21,8 +21,9 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}, "COL
 
 pytestmark = pytest.mark.slow
 
-#: Simulated calls of 0.4 s that never fail; a coder with many steps; a task whose tiny
-#: budget pauses it for a decision; a task that waits for the long one.
+#: Simulated calls of 0.4 s that never fail; a step worker (a call, a file, a checkpoint
+#: per step) with many steps; one whose tiny budget pauses it for a decision; a task that
+#: waits for the long one.
 KILL_CONFIG = """
 state_dir = "{state}"
 store = "sqlite"
@@ -42,13 +43,13 @@ priority = "user_waiting"
 
 [[tasks]]
 id = "long"
-agent = "coder"
+agent = "steps"
 prompt = "Fix the off-by-one error in pagination"
 params = {{ steps = 10 }}
 
 [[tasks]]
 id = "tight"
-agent = "coder"
+agent = "steps"
 prompt = "Fix the crash in the parser"
 budget = {{ tokens = 500 }}
 
@@ -126,13 +127,19 @@ def test_rerunning_the_tutorial_config_shows_the_second_runs_own_figures(
                                                for t, v in _tasks(status).items()}))
     (first, tasks1), (second, tasks2) = figures
     assert first != second  # a plain run starts a new session
-    assert tasks2 == tasks1  # the same deterministic work, counted once
     assert all(status == "completed" for status, _, _ in tasks2.values())
     with sqlite3.connect(state / "vibe.db") as conn:
+        own = dict(conn.execute(
+            "SELECT task_id, SUM(prompt_tokens + completion_tokens + cache_read_tokens + "
+            "cache_write_5m_tokens + cache_write_1h_tokens) FROM events WHERE session_id = ? "
+            "GROUP BY task_id", (second,)).fetchall())
         day = conn.execute("SELECT SUM(prompt_tokens + completion_tokens + cache_read_tokens"
                            " + cache_write_tokens) FROM totals WHERE scope LIKE 'day:%'"
                            ).fetchone()[0]
-    assert day == 2 * sum(tokens for _, _, tokens in tasks2.values())
+    assert {t: tokens for t, (_, _, tokens) in tasks2.items()} == own  # its own figures
+    for t, (_, calls, tokens) in tasks2.items():  # the same work again, not added to run 1
+        assert calls == tasks1[t][1] and tokens < 1.5 * tasks1[t][2]
+    assert day == sum(v[2] for v in tasks1.values()) + sum(v[2] for v in tasks2.values())
 
 
 def test_kill_9_then_resume_continues_the_interrupted_session(tmp_path: Path) -> None:
@@ -259,7 +266,7 @@ failure_rate = {{ haiku = 0.0, sonnet = 0.0, opus = 0.0 }}
 
 [[tasks]]
 id = "tight"
-agent = "coder"
+agent = "steps"
 prompt = "Fix the crash in the parser"
 budget = {{ tokens = 500 }}
 """, encoding="utf-8")

@@ -60,17 +60,15 @@ def check_new_session(config: VibeConfig) -> None:
 
 def resumable_config(state_dir: Path, store: str, session_id: str | None) -> VibeConfig:
     """The config of ``session_id`` (default: the last interrupted session in
-    ``state_dir``), set to continue that session."""
+    ``state_dir``), set to continue that session (named, a completed session may be
+    continued too: its failed tasks run again)."""
     records = anyio.run(_sessions, store, state_dir)
     if session_id is not None:
         found = [r for r in records if r.session_id == session_id]
         if not found:
             raise SessionError(f"no session {session_id} in {state_dir}",
                                state_dir=str(state_dir))
-        record = found[0]
-        if record.state == "completed":
-            raise SessionError(f"session {session_id} completed; nothing to resume",
-                               state_dir=str(state_dir))
+        record = found[0]  # a completed one too: its failed tasks run again
     else:
         open_ = [r for r in records if r.state != "completed"]
         if not open_:

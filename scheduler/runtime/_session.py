@@ -2,9 +2,10 @@
 keeps one orchestrator per state directory.
 
 ``vibe-engine run`` starts a new session; an orchestrator given the id of an
-existing session (``vibe-engine resume``) continues it: tasks that ended keep
-their status and result and are not run again, the others run (an interrupted
-one from its checkpoint, a paused one still paused).  The records themselves
+existing session (``vibe-engine resume``) continues it: tasks that completed
+(or were saved and finished) keep their status and result and are not run
+again, the others run (an interrupted or failed one from its checkpoint, a
+paused one still paused).  The records themselves
 are described in :mod:`scheduler.store._records`.
 """
 
@@ -162,16 +163,20 @@ class SessionLog:
             _log.warning("result_file_failed", task_id=task_id, error=str(exc))
 
 
+#: Ends a continued session keeps; a failed task runs again (from its checkpoint).
+_KEPT = frozenset({TaskStatus.COMPLETED, TaskStatus.FINISHED})
+
+
 def restore(handle: TaskHandle, record: dict[str, Any]) -> bool:
     """Give ``handle`` the state an earlier run of its session recorded; True when the
-    task had ended there (it is not run again)."""
+    task completed or was saved and finished there (it is not run again)."""
     try:
         status = TaskStatus(str(record.get("status", "pending")))
     except ValueError:
         return False
     handle.attempt = int(record.get("attempts", handle.attempt))
     handle.model = str(record.get("model", ""))
-    if not status.ended:
+    if status not in _KEPT:
         return False
     handle.status, handle.reason = status, str(record.get("reason", ""))
     handle.result = record.get("result")
