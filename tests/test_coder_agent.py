@@ -115,8 +115,8 @@ async def test_coder_fixes_a_failing_test_through_the_real_sdk(
 async def test_coder_continues_its_checkpointed_conversation_without_repeating_tools(
     tmp_path: Path,
 ) -> None:
-    """A stopped coder, run again on the same store, continues from its checkpoint: the
-    model gets the whole conversation back and no executed tool call runs again."""
+    """A failed coder, its session continued (``resume``), continues from its checkpoint:
+    the model gets the whole conversation back and no executed tool call runs again."""
     repo = make_repo(tmp_path / "repo")
     with open_fake_api(api_key=SECRET_KEY, script=SCRIPT[:3]) as api:
         # the 4th answer is missing: the API refuses the call and the attempt fails
@@ -126,7 +126,7 @@ async def test_coder_continues_its_checkpointed_conversation_without_repeating_t
     assert first.usage.file_edits == 1
     assert "return a + b" in (repo / "calc.py").read_text()
     with open_fake_api(api_key=SECRET_KEY, script=SCRIPT[3:]) as api:
-        second, result = await _run(_config(tmp_path, api.base_url, repo, session="s2"))
+        second, result = await _run(_config(tmp_path, api.base_url, repo))  # session s1
         sent = api.last_request
         assert api.requests == 2
     assert second.status == "completed", second.reason

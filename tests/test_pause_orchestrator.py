@@ -75,7 +75,7 @@ async def test_r3_4_pause_restart_decide_from_cli_continue_from_checkpoint(
     assert paused[0].data["usage"]["tokens"] == 7_000
 
     provider = ScriptedProvider(latency_s=0, prompt=3_000, completion=500)
-    second = _orch(state, provider, session="s2")  # a new session on the same store
+    second = _orch(state, provider)  # the interrupted session s1, continued (resume)
     report: list[RunReport] = []
     async with anyio.create_task_group() as tg:
 

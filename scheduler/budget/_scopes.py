@@ -16,7 +16,7 @@ from typing import Literal
 from scheduler.budget._profile import TaskProfile, day_limits
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import Totals, UsageEvent, VibeEngineError, WallClock
-from scheduler.store import Store
+from scheduler.store import Store, session_task_totals
 
 Level = Literal["warning", "critical", "exceeded"]
 #: Dimensions read from :class:`Totals` by attribute name.
@@ -106,12 +106,15 @@ class Scopes:
         #: placeholder: midnight passed and nothing async has loaded it yet).
         self._loaded: set[str] = set()
         self.tasks: dict[str, TaskEntry] = {}
+        self._continued = True  # until open() finds the session new
 
     # -- loading -------------------------------------------------------------------
 
     async def open(self) -> None:
         """Load the session's and today's totals from the store (R1.5)."""
         self.session.totals = await self._store.totals(self.session.name)
+        # a session with no usage yet has none for any of its tasks: skip reading events
+        self._continued = self.session.totals != Totals()
         self.crossings(self.session)  # thresholds passed before a restart fired then (R3.1)
         await self.ensure_day(self.today())
 
@@ -141,9 +144,11 @@ class Scopes:
         return state
 
     async def start_task(self, task_id: str, profile: TaskProfile, agent: str) -> None:
-        """Register a task; a task seen before resumes from its recorded totals."""
+        """Register a task; a task this session ran before (a resumed session) continues
+        from what it used in this session -- never from an earlier session's use."""
         scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock())
-        scope.totals = await self._store.totals(scope.name)
+        if self._continued:
+            scope.totals = await session_task_totals(self._store, self._session_id, task_id)
         self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
         self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls)
         await self.ensure_day(self.today())

@@ -90,7 +90,7 @@ class Tracker:
         return self._scopes.day(day)
 
     async def start_task(self, task_id: str, profile: TaskProfile, *, agent: str = "") -> None:
-        """Register a task; a task seen before resumes from its recorded totals."""
+        """Register a task; a task this session ran before continues from its totals."""
         await self._scopes.start_task(task_id, profile, agent)
 
     def finish_task(self, task_id: str, status: str = "completed") -> None:

@@ -24,6 +24,8 @@ from scheduler.core._errors import PluginError as PluginError
 from scheduler.core._errors import ProviderError as ProviderError
 from scheduler.core._errors import ProviderTimeoutError as ProviderTimeoutError
 from scheduler.core._errors import RateLimitedError as RateLimitedError
+from scheduler.core._errors import ResultError as ResultError
+from scheduler.core._errors import SessionError as SessionError
 from scheduler.core._errors import SpendLimitError as SpendLimitError
 from scheduler.core._errors import StoreError as StoreError
 from scheduler.core._errors import StoreUnavailableError as StoreUnavailableError
@@ -81,6 +83,8 @@ __all__ = [
     "RateLimitInfo",
     "RateLimitedError",
     "ReportsRateLimits",
+    "ResultError",
+    "SessionError",
     "SpendLimitError",
     "StoreError",
     "StoreUnavailableError",

@@ -18,6 +18,8 @@
     ├── TaskAbortedError         a task was aborted (deadlock victim, retry limit)
     ├── FinishRequestedError     a paused task was told to save progress and finish
     ├── DecisionError            an invalid or unauthorised pause decision
+    ├── SessionError             no session to resume, or a state directory in use
+    ├── ResultError              an agent's result cannot be kept (not JSON, too large)
     └── ProviderError            a model provider failed (carries the model)
         ├── RateLimitedError     429 rate_limit_error: our quota, retry after a delay
         ├── OverloadedError      529 overloaded_error: the model's health
@@ -167,6 +169,26 @@ class FinishRequestedError(VibeEngineError):
 
 class DecisionError(VibeEngineError):
     """A pause decision is invalid, for an unknown task, or not authorised."""
+
+
+class SessionError(VibeEngineError):
+    """A session cannot start or resume: the state directory is in use by another
+    orchestrator (``pid`` set), or there is no such interrupted session."""
+
+    def __init__(self, message: str, *, state_dir: str = "", pid: int | None = None) -> None:
+        self.state_dir = state_dir
+        self.pid = pid
+        super().__init__(message)
+
+
+class ResultError(VibeEngineError):
+    """What an agent's ``run()`` returned cannot be stored with its task (not
+    JSON-serialisable, or larger than the cap)."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        self.task_id = task_id
+        self.reason = reason
+        super().__init__(f"task {task_id}: result not kept: {reason}")
 
 
 class ProviderError(VibeEngineError):

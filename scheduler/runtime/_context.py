@@ -25,7 +25,7 @@ from scheduler.core import Completion, LocalFileError, Message, TextSink, VibeEn
 from scheduler.deadlock import LockManager, TaskLocks
 from scheduler.runtime._gateway import Gateway
 from scheduler.runtime._tools import Tool, ToolLoop, ToolLoopResult
-from scheduler.store import Store
+from scheduler.store import Store, task_key
 from scheduler.tasks import TaskHandle
 
 #: Commands that only read; anything else (or any redirection) is dangerous (R1.1).
@@ -250,12 +250,17 @@ class AgentContext:
         return True
 
     async def checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Save progress durably; a resumed or requeued attempt reads it back."""
-        await self.store.put_state("checkpoint", self.task.id, dict(state))
+        """Save progress durably; a requeued attempt or a resumed session reads it back
+        (a later session running the same task id starts without it)."""
+        await self.store.put_state("checkpoint", self._key, dict(state))
         self.handle.signals.checkpoint_requested = False
 
     async def load_checkpoint(self) -> dict[str, Any] | None:
-        return await self.store.get_state("checkpoint", self.task.id)
+        return await self.store.get_state("checkpoint", self._key)
+
+    @property
+    def _key(self) -> str:
+        return task_key(self.tracker.session_id, self.task.id)
 
     async def between_turns(self) -> None:
         """Between two model turns: a pending pause takes effect (R3.4) and a requested
