@@ -290,6 +290,9 @@ async def test_r2_6_usage_json_is_current_when_a_task_pauses(
     assert seen[0]["usage"]["tokens"] == (await orch.store.totals("task:t1")).tokens == 600
 
 
+# real file writes run in worker threads: on a virtual clock, time would jump past the
+# task's time budget while a thread works, and the task would pause for nobody
+@pytest.mark.real_asyncio
 async def test_r2_6_usage_json_is_current_when_the_run_ends(
     tmp_path: Path, make_orchestrator: OrchestratorFactory,
 ) -> None:
