@@ -144,7 +144,8 @@ actions = st.lists(
 
 def _config(state: Path, limit: int, ttl: float) -> VibeConfig:
     return VibeConfig(
-        state_dir=state, store="memory", session_id=None,
+        # one session: each later segment continues it, as `vibe-engine resume` does
+        state_dir=state, store="memory", session_id="prop",
         budgets={"day": Limits(tokens=8 * limit)},
         allocator={"lease_ttl_s": ttl}, alerts={"decision_timeout_s": 4.0},
     )
@@ -224,6 +225,7 @@ def _scenario(n_tasks: int, limit: int, ttl: float, renew: bool, latencies: list
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 40 generated runs: minutes on a loaded 2-core machine
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(
