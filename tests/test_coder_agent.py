@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,9 @@ async def test_coder_continues_its_checkpointed_conversation_without_repeating_t
 
 @pytest.mark.slow
 def test_coder_from_the_cli_with_fake_api_script(tmp_path: Path) -> None:
-    """``vibe-engine fake-api --script`` + ``vibe-engine run``: the user's path."""
+    """``vibe-engine fake-api --script`` + ``vibe-engine run``: the user's path; then
+    ``vibe-engine status --json`` shows the coder's result (files changed, commands run,
+    final text), kept with the task (acceptance of issue #20)."""
     repo = make_repo(tmp_path / "repo")
     script = tmp_path / "script.jsonl"
     script.write_text("".join(json.dumps(b) + "\n" for b in SCRIPT))
@@ -164,6 +167,9 @@ def test_coder_from_the_cli_with_fake_api_script(tmp_path: Path) -> None:
         env = {**os.environ, "COLUMNS": "200", "VIBE_CODER_TEST_KEY": "sk-test"}
         out = subprocess.run([str(BIN), "run", str(cfg)], cwd=tmp_path, capture_output=True,
                              text=True, timeout=120, env=env)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_control/reported",
+                                    timeout=30) as got:
+            reported = json.loads(got.read())
     finally:
         api.terminate()
         api.wait(timeout=10)
@@ -172,6 +178,23 @@ def test_coder_from_the_cli_with_fake_api_script(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "completed" in out.stdout
     assert "return a + b" in (repo / "calc.py").read_text()
+    # acceptance: the result is visible in ``status --json`` (read from the store)
+    shown = subprocess.run([str(BIN), "status", "--json", "--state-dir", str(tmp_path / "st")],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert shown.returncode == 0, shown.stderr
+    task = {t["task_id"]: t for t in json.loads(shown.stdout)["tasks"]}["c1"]
+    assert task["status"] == "completed"
+    result = task["result"]
+    assert result["files_changed"] == ["calc.py"]
+    assert result["commands"] == [{"command": TEST_CMD, "returncode": 0}]
+    assert result["final_text"] == "Fixed add(): it subtracted. The test passes."
+    assert (result["turns"], result["tool_calls"], result["stop_reason"]) == (5, 4, "end_turn")
+    assert result["repo"] == str(repo.resolve())
+    # the task's figures there are the usage the server reported, over 5 calls
+    assert task["calls"] == len(reported) == 5
+    assert task["tokens"] == sum(r["input_tokens"] + r["output_tokens"]
+                                 + r["cache_read_input_tokens"] + r["cache_creation_5m"]
+                                 + r["cache_creation_1h"] for r in reported)
 
 
 def test_bad_script_file_exits_2(tmp_path: Path) -> None:

@@ -150,6 +150,9 @@ class FakeState:
     scripted: bool = False
     #: The last ``POST /v1/messages`` body received (what a client really sent).
     last_body: dict[str, Any] | None = None
+    #: Every ``POST /v1/messages`` body received while a script is loaded (scripts are
+    #: short; a generating server keeps none): what a replayed conversation really sent.
+    scripted_bodies: list[dict[str, Any]] = field(default_factory=list)
 
     def next_scripted(self) -> dict[str, Any] | None:
         """The next scripted body; None when no script was loaded.  Raises ``LookupError``

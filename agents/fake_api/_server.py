@@ -171,6 +171,8 @@ class _Api:
         with self.state.lock:
             self.state.requests += 1
             self.state.last_body = body
+            if self.state.scripted:
+                self.state.scripted_bodies.append(body)
         model = str(body.get("model"))
         refused = self._unknown_model(model)
         if refused is not None:
@@ -299,6 +301,7 @@ class _Api:
         with self.state.lock:
             self.state.reported.clear()
             self.state.faults.clear()
+            self.state.scripted_bodies.clear()
         return _json(200, {})
 
 
@@ -398,6 +401,13 @@ class FakeAnthropicServer:
         """The body of the last ``POST /v1/messages`` received, as sent."""
         with self.state.lock:
             return self.state.last_body
+
+    @property
+    def scripted_requests(self) -> list[dict[str, Any]]:
+        """The bodies of the ``POST /v1/messages`` requests received while a script was
+        loaded, in order, as sent (a copy; a server without a script keeps none)."""
+        with self.state.lock:
+            return list(self.state.scripted_bodies)
 
     @property
     def script_left(self) -> int:
