@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from scheduler.cli import _checks as checks
 from scheduler.cli._decide import decide as decide_paused
 from scheduler.cli._decide import stored_status_rows
 from scheduler.cli._demo import demo_config
@@ -32,16 +33,17 @@ from scheduler.store import open_store
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Govern what LLM agents spend: budgets, leases, fairness, routing.")
 _out = Console(width=None if Console().is_terminal else 140)
-_err = Console(stderr=True)
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the store and task files live.")]
 LiveOpt = Annotated[bool, typer.Option(
     "--live/--no-live", help="Live view on a terminal; live_status log lines otherwise.")]
+LogLevel = Annotated[str, typer.Option(callback=checks.log_level,
+                                       help=f"One of {', '.join(checks.LOG_LEVELS)}.")]
+_positive = checks.number(minimum=0, inclusive=False)
 
 
 def _fail(exc: VibeEngineError) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(code=2)
+    return checks.fail(exc)
 
 
 class _CurrentStderr:
@@ -100,7 +102,7 @@ def render_report(report: RunReport, console: Console) -> None:
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="TOML or YAML config file.")],
-    log_level: str = "info",
+    log_level: LogLevel = "info",
     live: LiveOpt = True,
 ) -> None:
     """Run the tasks of CONFIG with the orchestrator."""
@@ -116,15 +118,16 @@ def run(
 @app.command()
 def demo(
     state_dir: StateDir = Path(".vibe-engine"),
-    tasks: int = 24,
+    tasks: Annotated[int, typer.Option(min=0, max=10_000)] = 24,
     seed: int = 0,
-    time_scale: float = 0.25,
-    log_level: str = "warning",
+    time_scale: Annotated[float, typer.Option(callback=checks.number(maximum=1_000))] = 0.25,
+    log_level: LogLevel = "warning",
     live: LiveOpt = True,
     staged: Annotated[bool, typer.Option(
         help="Also stage an opus outage (a task is deferred) and a tight budget (a task "
              "pauses for a decision).")] = True,
     decision_timeout: Annotated[float, typer.Option(
+        callback=checks.number(minimum=0, inclusive=False),
         help="Seconds a paused task waits for `vibe-engine decide` before it is saved and "
              "finished.")] = 3.0,
 ) -> None:
@@ -147,6 +150,7 @@ def status(
     """Show the running orchestrator's state, or what the store recorded when none runs."""
 
     async def main() -> dict[str, Any]:
+        checks.existing_state(state_dir, store)
         st = open_store(store, state_dir)
         await st.open()
         try:
@@ -195,11 +199,14 @@ def budget_table(rows: list[StatusRow]) -> Table:
 def decide(
     task: Annotated[str, typer.Argument(help="The paused task's id.")],
     action: Annotated[str, typer.Argument(help="add_budget (add), finish (save) or review.")],
-    tokens: Annotated[int | None, typer.Option(help="Tokens to add.")] = None,
-    cost: Annotated[float | None, typer.Option(help="Dollars to add.")] = None,
-    time_s: Annotated[float | None, typer.Option("--time-s", help="Seconds to add.")] = None,
-    file_edits: Annotated[int | None, typer.Option(help="File edits to add.")] = None,
-    shell_commands: Annotated[int | None, typer.Option(help="Shell commands to add.")] = None,
+    tokens: Annotated[int | None, typer.Option(min=1, help="Tokens to add.")] = None,
+    cost: Annotated[float | None, typer.Option(
+        callback=_positive, help="Dollars to add.")] = None,
+    time_s: Annotated[float | None, typer.Option(
+        "--time-s", callback=_positive, help="Seconds to add.")] = None,
+    file_edits: Annotated[int | None, typer.Option(min=1, help="File edits to add.")] = None,
+    shell_commands: Annotated[int | None, typer.Option(
+        min=1, help="Shell commands to add.")] = None,
     state_dir: StateDir = Path(".vibe-engine"),
     store: str = "sqlite",
 ) -> None:
@@ -209,6 +216,7 @@ def decide(
     runs, the decision is stored and applied when the orchestrator restarts.
     """
     try:
+        checks.existing_state(state_dir, store)
         reply = decide_paused(
             task, action, tokens=tokens, cost=cost, time_s=time_s, file_edits=file_edits,
             shell_commands=shell_commands, state_dir=state_dir, store=store,
@@ -225,16 +233,22 @@ def decide(
 
 @app.command("fake-api")
 def fake_api(
-    port: int = 8765,
-    input_ratio: Annotated[float, typer.Option(help="Server input count ÷ tiktoken's.")] = 1.2,
-    output_tokens: int = 40,
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8765,
+    input_ratio: Annotated[float, typer.Option(
+        callback=checks.number(minimum=0, inclusive=False, maximum=1_000),
+        help="Server input count ÷ tiktoken's.")] = 1.2,
+    output_tokens: Annotated[int, typer.Option(min=0, max=1_000_000)] = 40,
 ) -> None:
     """Serve a fake Anthropic API on 127.0.0.1 (try provider.kind="anthropic" without a key)."""
     from agents.fake_api import FakeAnthropicServer, FakeApiConfig
 
-    server = FakeAnthropicServer(
-        FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port
-    )
+    try:
+        server = FakeAnthropicServer(
+            FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port
+        )
+    except OSError as exc:
+        raise checks.fail(VibeEngineError(
+            f"--port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror}")) from None
     _out.print(f"fake Anthropic API on {server.base_url} — set provider.base_url to it and "
                "ANTHROPIC_API_KEY to any value; Ctrl-C stops")
     with contextlib.suppress(KeyboardInterrupt):
@@ -247,12 +261,14 @@ def report(
     store: str = "sqlite",
     day_from: Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD.")] = None,
     day_to: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD.")] = None,
-    html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML.")] = None,
+    html: Annotated[Path | None, typer.Option(
+        callback=checks.html_target, help="Also write a self-contained HTML.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Cost and tokens per day, model, task type and agent; alert and deadlock history."""
 
     async def main() -> Any:
+        checks.existing_state(state_dir, store)
         st = open_store(store, state_dir)
         await st.open()
         try:
@@ -288,4 +304,4 @@ def plugins() -> None:
 
 
 def main() -> None:
-    app()
+    checks.run_cli(app)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from scheduler.config._base import FrozenModel, Tier, by_tier
+from scheduler.config._base import FieldProblem, FrozenModel, Tier, by_tier
 
 
 class ModelSpec(FrozenModel):
@@ -43,7 +43,8 @@ class OutageWindow(FrozenModel):
     @model_validator(mode="after")
     def _ordered(self) -> OutageWindow:
         if self.end_s <= self.start_s:
-            raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
+            raise FieldProblem("end_s", self.end_s,
+                               f"must be after start_s ({self.start_s})")
         return self
 
 
@@ -52,14 +53,31 @@ class SimulatedProviderConfig(FrozenModel):
 
     seed: int = 0
     latency_s: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.4, 1.0, 2.0))
+    #: the chance (0–1) that an attempt fails with a 529.
     failure_rate: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.05, 0.02, 0.01))
+    #: completion tokens per call are drawn from this range (low, high).
     output_tokens: tuple[int, int] = (200, 1500)
+    #: latencies are multiplied by this (finite: ``inf`` would never answer).
     time_scale: float = Field(default=1.0, ge=0)
     #: a failed attempt is retried this many times before the 529 is raised (the SDK's
     #: ``max_retries``).
     retries: int = Field(default=2, ge=0)
     #: scripted outages (outage drills, the demo's opus outage).
     outages: tuple[OutageWindow, ...] = ()
+
+    @model_validator(mode="after")
+    def _sane(self) -> SimulatedProviderConfig:
+        for tier, latency in self.latency_s.items():
+            if latency < 0:
+                raise FieldProblem(f"latency_s.{tier}", latency, "must be >= 0")
+        for tier, rate in self.failure_rate.items():
+            if not 0 <= rate <= 1:
+                raise FieldProblem(f"failure_rate.{tier}", rate, "must be between 0 and 1")
+        low, high = self.output_tokens
+        if not 0 <= low <= high:
+            raise FieldProblem("output_tokens", [low, high], "must be [low, high] with "
+                               "0 <= low <= high")
+        return self
 
 
 class ProviderConfig(FrozenModel):

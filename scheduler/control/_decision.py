@@ -1,0 +1,121 @@
+"""A person's decision about a paused task, and the checks every way in applies (R3.4).
+
+Decisions arrive from Python, from the control socket and from the store (written by
+``vibe-engine decide`` when no orchestrator runs).  Each is checked by
+:func:`validate_decision`: a known action, and amounts that are finite positive
+numbers.  For one pause the first decision wins; a later one is refused with
+:func:`already_decided`, naming the first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from scheduler.core import DecisionError
+from scheduler.store import Store
+
+DecisionAction = Literal["add_budget", "finish", "review"]
+ACTIONS: tuple[DecisionAction, ...] = ("add_budget", "finish", "review")
+#: Dimensions a person may add to with ``add_budget``.
+ADDABLE = ("tokens", "cost_usd", "time_s", "file_edits", "shell_commands")
+#: Of those, the ones counted in whole units.
+WHOLE = ("tokens", "file_edits", "shell_commands")
+#: No amount added in one decision may be larger (as in the config: 2**53).
+MAX_AMOUNT = 2**53
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A person's decision about a paused task."""
+
+    task_id: str
+    action: DecisionAction
+    tokens: int | None = None
+    cost_usd: float | None = None
+    time_s: float | None = None
+    file_edits: int | None = None
+    shell_commands: int | None = None
+    source: str = "python"
+    at: float = 0.0
+
+    def amounts(self) -> dict[str, float]:
+        return {k: v for k in ADDABLE if (v := getattr(self, k)) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def validate_decision(d: Decision) -> None:
+    """Raise :class:`DecisionError` for an unknown action, a useless add_budget, or an
+    amount that is not a finite positive number (NaN stored as budget would fail the task
+    again after every restart)."""
+    if not isinstance(d.action, str) or d.action not in ACTIONS:
+        raise DecisionError(f"unknown decision {str(d.action)[:40]!r}; "
+                            f"choose one of {', '.join(ACTIONS)}")
+    for name in ADDABLE:
+        value = getattr(d, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DecisionError(f"{name} must be a number, got {type(value).__name__}")
+        if not (math.isfinite(value) and 0 < value <= MAX_AMOUNT):
+            raise DecisionError(f"{name} must be a positive amount, finite and <= {MAX_AMOUNT}, "
+                                f"got {value!r}")
+        if name in WHOLE and value != int(value):
+            raise DecisionError(f"{name} must be a whole number, got {value!r}")
+    if d.action == "add_budget" and not d.amounts():
+        raise DecisionError("add_budget needs a positive amount (tokens, cost_usd, …)")
+
+
+def checked(d: Decision) -> Decision:
+    """``d`` validated (:func:`validate_decision`), with whole-unit amounts as ``int``
+    (a JSON client may send ``5000.0`` tokens)."""
+    validate_decision(d)
+
+    def whole(value: float | None) -> int | None:
+        return None if value is None else int(value)
+
+    return replace(d, tokens=whole(d.tokens), file_edits=whole(d.file_edits),
+                   shell_commands=whole(d.shell_commands))
+
+
+async def review_summary(store: Store, task_id: str) -> dict[str, Any]:
+    """What a paused task did and used, read from the store only (R3.4 "review")."""
+    totals = await store.totals(f"task:{task_id}")
+    return {
+        "task_id": task_id,
+        "usage": totals.to_dict(),
+        "pause": await store.get_state("pause", task_id),
+        "checkpoint": await store.get_state("checkpoint", task_id),
+        "overdrafts": [v for v in (await store.list_state("overdraft")).values()
+                       if v.get("task_id") == task_id],
+        "budget_added": await store.get_state("budget", task_id),
+    }
+
+
+async def submit_to_store(store: Store, decision: Decision) -> dict[str, Any]:
+    """Store a decision for a paused task (no orchestrator running: picked up at restart)."""
+    validate_decision(decision)
+    if await store.get_state("pause", decision.task_id) is None:
+        raise DecisionError(f"task {decision.task_id!r} is not paused")
+    if decision.action == "review":
+        return {"accepted": True, "action": "review",
+                "summary": await review_summary(store, decision.task_id)}
+    earlier = await store.get_state("decision", decision.task_id)
+    if earlier is not None:
+        raise already_decided(decision.task_id, Decision.from_dict(earlier), applied=False)
+    await store.put_state("decision", decision.task_id, decision.to_dict())
+    return {"accepted": True, "action": decision.action, "stored": True}
+
+
+def already_decided(task_id: str, first: Decision, *, applied: bool) -> DecisionError:
+    """The reply to a second decision for one pause: the first one wins."""
+    state = "was applied" if applied else "is waiting to be applied"
+    return DecisionError(f"task {task_id!r} already has a decision: {first.action} from "
+                         f"{first.source} {state}; this decision was not taken")
