@@ -216,7 +216,7 @@ def decide(
     runs, the decision is stored and applied when the orchestrator restarts.
     """
     try:
-        checks.existing_state(state_dir, store)
+        checks.existing_state(state_dir, None)  # the store is checked if no orchestrator runs
         reply = decide_paused(
             task, action, tokens=tokens, cost=cost, time_s=time_s, file_edits=file_edits,
             shell_commands=shell_commands, state_dir=state_dir, store=store,

@@ -79,12 +79,15 @@ def html_target(value: Path | None) -> Path | None:
     return value
 
 
-def existing_state(state_dir: Path, store: str) -> None:
-    """Refuse a state directory (or SQLite file) that does not exist: ``status``, ``report``
-    and ``decide`` only read what a run left, and must never create it."""
+def existing_state(state_dir: Path, store: str | None) -> None:
+    """Refuse a state directory (or, unless ``store`` is None, a SQLite store) that does not
+    exist: ``status``, ``report`` and ``decide`` only read what a run left, and must never
+    create it."""
     if not state_dir.is_dir():
         raise VibeEngineError(f"state directory {state_dir} does not exist (nothing has run "
                               "there; check --state-dir)")
+    if store is None:
+        return
     db: Path | None = None
     if store == "sqlite":
         db = state_dir / "vibe.db"

@@ -15,12 +15,13 @@ from typing import Any, cast
 import anyio
 
 from scheduler.budget import ScopeState
+from scheduler.cli._checks import existing_state
 from scheduler.config import AlertsConfig, Limits
 from scheduler.control import Decision
 from scheduler.control._alerts import StatusRow, scope_rows
 from scheduler.control._decision import DecisionAction, submit_to_store, validate_decision
 from scheduler.control._server import control_paths, send_request
-from scheduler.core import DecisionError
+from scheduler.core import DecisionError, VibeEngineError
 from scheduler.store import Store, open_store
 
 _ACTION_ALIASES = {"add": "add_budget", "add-budget": "add_budget", "continue": "add_budget",
@@ -54,6 +55,10 @@ async def decide_async(
     reply = await _via_socket(state_dir, request)
     if reply is not None:
         return reply
+    try:
+        existing_state(state_dir, store)
+    except VibeEngineError as exc:
+        raise DecisionError(f"no orchestrator is listening, and {exc}") from None
     backend = open_store(store, state_dir)
     await backend.open()
     try:

@@ -225,7 +225,10 @@ async def _read_line(stream: SocketStream) -> str:
         except anyio.EndOfStream:
             break
         buf += chunk
-    return buf.split(b"\n", 1)[0].decode()
+    line = buf.split(b"\n", 1)[0]
+    if len(line) > _MAX_REQUEST:
+        raise ValueError("request too large")
+    return line.decode()
 
 
 async def _remove_stale(path: Path) -> None:
