@@ -16,7 +16,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from scheduler.cli import _checks as checks
+from scheduler.cli._checks import (
+    LOG_LEVELS,
+    check_log_level,
+    existing_state,
+    fail,
+    html_target,
+    number,
+    run_cli,
+)
 from scheduler.cli._decide import decide as decide_paused
 from scheduler.cli._decide import stored_status_rows
 from scheduler.cli._demo import demo_config
@@ -37,13 +45,13 @@ _out = Console(width=None if Console().is_terminal else 140)
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the store and task files live.")]
 LiveOpt = Annotated[bool, typer.Option(
     "--live/--no-live", help="Live view on a terminal; live_status log lines otherwise.")]
-LogLevel = Annotated[str, typer.Option(callback=checks.log_level,
-                                       help=f"One of {', '.join(checks.LOG_LEVELS)}.")]
-_positive = checks.number(minimum=0, inclusive=False)
+LogLevel = Annotated[str, typer.Option(callback=check_log_level,
+                                       help=f"One of {', '.join(LOG_LEVELS)}.")]
+_positive = number(minimum=0, inclusive=False)
 
 
 def _fail(exc: VibeEngineError) -> typer.Exit:
-    return checks.fail(exc)
+    return fail(exc)
 
 
 class _CurrentStderr:
@@ -120,14 +128,14 @@ def demo(
     state_dir: StateDir = Path(".vibe-engine"),
     tasks: Annotated[int, typer.Option(min=0, max=10_000)] = 24,
     seed: int = 0,
-    time_scale: Annotated[float, typer.Option(callback=checks.number(maximum=1_000))] = 0.25,
+    time_scale: Annotated[float, typer.Option(callback=number(maximum=1_000))] = 0.25,
     log_level: LogLevel = "warning",
     live: LiveOpt = True,
     staged: Annotated[bool, typer.Option(
         help="Also stage an opus outage (a task is deferred) and a tight budget (a task "
              "pauses for a decision).")] = True,
     decision_timeout: Annotated[float, typer.Option(
-        callback=checks.number(minimum=0, inclusive=False),
+        callback=number(minimum=0, inclusive=False),
         help="Seconds a paused task waits for `vibe-engine decide` before it is saved and "
              "finished.")] = 3.0,
 ) -> None:
@@ -150,7 +158,7 @@ def status(
     """Show the running orchestrator's state, or what the store recorded when none runs."""
 
     async def main() -> dict[str, Any]:
-        checks.existing_state(state_dir, store)
+        existing_state(state_dir, store)
         st = open_store(store, state_dir)
         await st.open()
         try:
@@ -216,7 +224,7 @@ def decide(
     runs, the decision is stored and applied when the orchestrator restarts.
     """
     try:
-        checks.existing_state(state_dir, None)  # the store is checked if no orchestrator runs
+        existing_state(state_dir, None)  # the store is checked if no orchestrator runs
         reply = decide_paused(
             task, action, tokens=tokens, cost=cost, time_s=time_s, file_edits=file_edits,
             shell_commands=shell_commands, state_dir=state_dir, store=store,
@@ -235,7 +243,7 @@ def decide(
 def fake_api(
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8765,
     input_ratio: Annotated[float, typer.Option(
-        callback=checks.number(minimum=0, inclusive=False, maximum=1_000),
+        callback=number(minimum=0, inclusive=False, maximum=1_000),
         help="Server input count ÷ tiktoken's.")] = 1.2,
     output_tokens: Annotated[int, typer.Option(min=0, max=1_000_000)] = 40,
 ) -> None:
@@ -247,7 +255,7 @@ def fake_api(
             FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port
         )
     except OSError as exc:
-        raise checks.fail(VibeEngineError(
+        raise fail(VibeEngineError(
             f"--port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror}")) from None
     _out.print(f"fake Anthropic API on {server.base_url} — set provider.base_url to it and "
                "ANTHROPIC_API_KEY to any value; Ctrl-C stops")
@@ -262,13 +270,13 @@ def report(
     day_from: Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD.")] = None,
     day_to: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD.")] = None,
     html: Annotated[Path | None, typer.Option(
-        callback=checks.html_target, help="Also write a self-contained HTML.")] = None,
+        callback=html_target, help="Also write a self-contained HTML.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Cost and tokens per day, model, task type and agent; alert and deadlock history."""
 
     async def main() -> Any:
-        checks.existing_state(state_dir, store)
+        existing_state(state_dir, store)
         st = open_store(store, state_dir)
         await st.open()
         try:
@@ -304,4 +312,4 @@ def plugins() -> None:
 
 
 def main() -> None:
-    checks.run_cli(app)
+    run_cli(app)

@@ -61,7 +61,7 @@ def number(*, minimum: float = 0.0, inclusive: bool = True,
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def log_level(value: str) -> str:
+def check_log_level(value: str) -> str:
     """A logging level name (any case)."""
     if value.lower() not in LOG_LEVELS or value.upper() not in logging.getLevelNamesMapping():
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
