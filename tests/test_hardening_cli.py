@@ -11,6 +11,7 @@ in-process for speed and through the real binary for a few.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tracemalloc
@@ -305,15 +306,18 @@ def test_r7_2_read_only_commands_on_a_missing_state_dir_create_nothing(
     assert files_under(tmp_path) == {"empty"}
 
 
-def test_r7_2_fake_api_on_a_busy_port_one_line(tmp_path: Path) -> None:
-    import socket
-
+def test_r7_2_busy_ports_one_line(tmp_path: Path) -> None:
+    """#19: ``fake-api --port`` and ``metrics.port`` on a port in use: one line, exit 2,
+    nothing written."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         result = cli(["fake-api", "--port", str(port)], tmp_path)
-    assert_one_line_exit_2(result, "--port", "in use")
+        assert_one_line_exit_2(result, "--port", "in use")
+        cfg = toml_with({"metrics.enabled": True, "metrics.port": port})
+        line, written = _run_config(tmp_path, "busy.toml", cfg)
+    assert "metrics.port" in line and "in use" in line and written == set(), line
 
 
 def test_r7_2_bad_input_through_the_real_binary(tmp_path: Path) -> None:

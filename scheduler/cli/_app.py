@@ -21,6 +21,7 @@ from scheduler.cli._checks import (
     check_log_level,
     existing_state,
     fail,
+    free_ports,
     html_target,
     number,
     run_cli,
@@ -117,6 +118,7 @@ def run(
     configure_logging(level=log_level)
     try:
         cfg = load_config(config)
+        free_ports(cfg)
         report = _run(cfg, live)
     except VibeEngineError as exc:
         raise _fail(exc) from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from scheduler.core import VibeEngineError
+from scheduler.config import VibeConfig
+from scheduler.core import ConfigError, VibeEngineError
 
 #: Exit status for bad input (a usage error, a bad config, a refused decision).
 BAD_INPUT = 2
@@ -96,6 +98,22 @@ def existing_state(state_dir: Path, store: str | None) -> None:
     if db is not None and not db.is_file():
         raise VibeEngineError(f"no store at {db} (nothing has run there; check --state-dir "
                               "and --store)")
+
+
+def free_ports(config: VibeConfig) -> None:
+    """Refuse, before anything starts, a metrics port another process listens on
+    (``vibe-engine run`` would otherwise run without the metrics it was asked for)."""
+    metrics = config.metrics
+    if not metrics.enabled or metrics.port == 0:
+        return
+    family = socket.AF_INET6 if ":" in metrics.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((metrics.host, metrics.port))
+        except OSError as exc:
+            raise ConfigError("metrics.port", metrics.port,
+                              f"cannot listen on {metrics.host}: {exc.strerror}") from None
 
 
 def run_cli(command: Callable[..., Any]) -> None:

@@ -62,7 +62,7 @@ def shown(value: Any) -> Any:
 
 def config_from_dict(data: dict[str, Any]) -> VibeConfig:
     """Validate ``data``; the first problem becomes one :class:`ConfigError`."""
-    _check_depth(data, "config")
+    _check_depth(data)
     try:
         return VibeConfig.model_validate(data)
     except ValidationError as exc:
@@ -164,15 +164,16 @@ def _count_nodes(root: yaml.Node, p: Path) -> None:
     size(root, 0)
 
 
-def _check_depth(data: Any, where: str) -> None:
-    """Refuse tables nested deeper than :data:`MAX_DEPTH` (iteratively: no recursion)."""
-    stack: list[tuple[Any, int]] = [(data, 0)]
+def _check_depth(data: Any) -> None:
+    """Refuse tables nested deeper than :data:`MAX_DEPTH`, naming the key where it happens
+    (iteratively: no recursion)."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
     while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ConfigError(where, _Shown("<nested value>"),
+        value, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise ConfigError(".".join(path[:4]) + ".…", _Shown("<nested value>"),
                               f"nested deeper than {MAX_DEPTH} levels")
         if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((v, (*path, str(k))) for k, v in value.items())
         elif isinstance(value, list | tuple):
-            stack.extend((v, depth + 1) for v in value)
+            stack.extend((v, (*path, str(i))) for i, v in enumerate(value))
