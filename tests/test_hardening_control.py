@@ -26,9 +26,12 @@ from hypothesis import strategies as st
 
 from agents.builtin import CoderAgent
 from scheduler import Limits, TaskSpec, VibeConfig
+from scheduler.cli._decide import decide
 from scheduler.control._server import control_paths, read_token
+from scheduler.core import DecisionError
 from scheduler.runtime import Orchestrator, RunReport
-from scheduler.testing import ScriptedProvider, build_orchestrator, run_real
+from scheduler.testing import ScriptedProvider, build_orchestrator, run_real, run_virtual
+from tests._alerts_helpers import open_harness, profile, sqlite_store
 
 # a real Unix socket between the orchestrator and its clients: real I/O, real time
 pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
@@ -286,3 +289,60 @@ async def test_r3_4_decide_as_another_user_gets_one_line() -> None:
     assert out.returncode == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "control" in err and still_paused
+
+
+def test_r3_4_second_decision_through_the_store_is_told_the_first_won(tmp_path: Path) -> None:
+    """#19: with no orchestrator, a second ``decide`` for one pause is refused, naming the
+    first; the first is the one applied at restart."""
+    state = tmp_path / "st"
+
+    async def pause() -> None:
+        h = await open_harness(store=sqlite_store(state), tasks={"t": profile(tokens=1000)},
+                               poll_s=None)
+        await h.charge("t", tokens=1000)
+        await h.store.aclose()
+
+    run_virtual(pause)
+    assert decide("t", "add", tokens=2_000, state_dir=state)["stored"] is True
+    with pytest.raises(DecisionError, match="already has a decision: add_budget from cli"):
+        decide("t", "finish", state_dir=state)
+
+    async def restart() -> tuple[str, int | None]:
+        h = await open_harness(store=sqlite_store(state), tasks={"t": profile(tokens=1000)})
+        with anyio.fail_after(1):
+            decision = await h.controller.wait_decision("t")
+        await h.store.aclose()
+        return decision.action, h.tracker.task_scope("t").limits.tokens
+
+    assert run_virtual(restart) == ("add_budget", 3_000)
+
+
+def test_r3_4_nan_amounts_refused_from_python_and_discarded_from_the_store(
+    tmp_path: Path,
+) -> None:
+    """#19: NaN or inf never becomes budget: ``decide`` from Python refuses it, and a NaN
+    decision an older version stored is discarded at start (it used to fail the task at
+    every restart) so a new decision can be taken."""
+
+    async def main() -> list[str]:
+        h = await open_harness(store=sqlite_store(tmp_path), tasks={"t": profile(tokens=1000)},
+                               poll_s=None)
+        await h.charge("t", tokens=1000)
+        for bad in ({"tokens": float("nan")}, {"cost_usd": float("inf")},
+                    {"time_s": float("nan")}, {"tokens": 2**60}):
+            with pytest.raises(DecisionError, match="positive amount"):
+                await h.controller.decide("t", "add_budget", **bad)
+        await h.store.put_state("decision", "t", {"task_id": "t", "action": "add_budget",
+                                                  "tokens": float("nan"), "source": "old"})
+        await h.store.aclose()
+        again = await open_harness(store=sqlite_store(tmp_path),
+                                   tasks={"t": profile(tokens=1000)}, poll_s=None)
+        assert await again.store.get_state("decision", "t") is None
+        reply = await again.controller.decide("t", "add_budget", tokens=500)
+        with anyio.fail_after(1):
+            await again.controller.wait_decision("t")
+        await again.store.aclose()
+        assert reply["accepted"] and again.tracker.task_scope("t").limits.tokens == 1_500
+        return [e.name for e in again.named("decision_discarded")]
+
+    assert run_virtual(main) == ["decision_discarded"]

@@ -73,6 +73,17 @@ def validate_decision(d: Decision) -> None:
         raise DecisionError("add_budget needs a positive amount (tokens, cost_usd, …)")
 
 
+def from_store(value: dict[str, Any] | None) -> Decision | None:
+    """A stored decision, checked; ``None`` if absent or invalid (one stored by an older
+    version with a NaN amount must not fail the task at every restart)."""
+    if not value:
+        return None
+    try:
+        return checked(Decision.from_dict(value))
+    except (DecisionError, TypeError, ValueError):
+        return None
+
+
 def checked(d: Decision) -> Decision:
     """``d`` validated (:func:`validate_decision`), with whole-unit amounts as ``int``
     (a JSON client may send ``5000.0`` tokens)."""
@@ -107,9 +118,9 @@ async def submit_to_store(store: Store, decision: Decision) -> dict[str, Any]:
     if decision.action == "review":
         return {"accepted": True, "action": "review",
                 "summary": await review_summary(store, decision.task_id)}
-    earlier = await store.get_state("decision", decision.task_id)
+    earlier = from_store(await store.get_state("decision", decision.task_id))
     if earlier is not None:
-        raise already_decided(decision.task_id, Decision.from_dict(earlier), applied=False)
+        raise already_decided(decision.task_id, earlier, applied=False)
     await store.put_state("decision", decision.task_id, decision.to_dict())
     return {"accepted": True, "action": decision.action, "stored": True}
 

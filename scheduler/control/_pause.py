@@ -39,6 +39,7 @@ from scheduler.control._decision import (
     DecisionAction,
     already_decided,
     checked,
+    from_store,
     review_summary,
 )
 from scheduler.control._overdraft import OverdraftLedger
@@ -127,7 +128,9 @@ class PauseController:
             self._serial += 1
             self._pauses[key] = PauseInfo(**{**value, "serial": self._serial})
         for key, value in (await self.store.list_state("decision")).items():
-            self._decisions[key] = Decision.from_dict(value)
+            decision = await self._stored(key, value)
+            if decision is not None:
+                self._decisions[key] = decision
         if self.overdraft is not None:
             await self.overdraft.open()
 
@@ -306,7 +309,7 @@ class PauseController:
                 stored = await self.store.get_state("decision", task_id)
                 if self._pauses.get(task_id) is not info:
                     continue
-                decision = Decision.from_dict(stored) if stored else None
+                decision = await self._stored(task_id, stored)
             if decision is not None:
                 await self._apply(decision)
                 return decision
@@ -367,6 +370,15 @@ class PauseController:
         self._ctl(task_id).notify()
         return {"accepted": True, "action": decision.action}
 
+    async def _stored(self, task_id: str, value: dict[str, Any] | None) -> Decision | None:
+        """The valid decision stored for ``task_id``; an invalid one is deleted and told."""
+        decision = from_store(value)
+        if value and decision is None:
+            await self.store.delete_state("decision", task_id)
+            self.events.emit("decision_discarded", f"stored decision for {task_id} is invalid",
+                             task_id=task_id, level="warning", stored=value)
+        return decision
+
     async def _claim(self, decision: Decision, pause: PauseInfo | None) -> None:
         """Take ``decision`` as the one for this pause, or raise: the first decision wins.
 
@@ -379,9 +391,9 @@ class PauseController:
             raise already_decided(task_id, first, applied=False)
         self._claims[task_id] = decision
         try:
-            stored = await self.store.get_state("decision", task_id)
+            stored = await self._stored(task_id, await self.store.get_state("decision", task_id))
             if stored is not None:
-                raise already_decided(task_id, Decision.from_dict(stored), applied=False)
+                raise already_decided(task_id, stored, applied=False)
             await self.store.put_state("decision", task_id, decision.to_dict())
         finally:
             del self._claims[task_id]
