@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from scheduler import ConfigError, TaskSpec, VibeConfig
 from scheduler.config import load_config
+from scheduler.testing import build_orchestrator, run_virtual
 from tests._cli_helpers import (
     assert_one_line_exit_2,
     cli,
@@ -333,3 +334,18 @@ def test_r7_2_bad_input_through_the_real_binary(tmp_path: Path) -> None:
         assert len(out.stderr.strip().splitlines()) == 1, (argv, out.stderr)
         assert "Traceback" not in out.stderr
     assert files_under(tmp_path) == {"bad.yaml"}
+
+
+def test_r7_2_status_of_a_memory_store_run_reads_status_json_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    """#19: a run on a memory store leaves ``status.json`` but no ``vibe.db``: ``status``
+    shows it and creates no database."""
+    orch = build_orchestrator({}, state_dir=tmp_path / "st")
+    run_virtual(orch.run, [])
+    before = files_under(tmp_path)
+    assert "st/status.json" in before and "st/vibe.db" not in before
+    result = cli(["status", "--state-dir", "st", "--json"], tmp_path)
+    assert result.code == 0, result
+    assert '"source"' in result.stdout
+    assert files_under(tmp_path) == before

@@ -25,6 +25,7 @@ from scheduler.cli._checks import (
     html_target,
     number,
     run_cli,
+    status_store,
 )
 from scheduler.cli._decide import decide as decide_paused
 from scheduler.cli._decide import stored_status_rows
@@ -160,8 +161,7 @@ def status(
     """Show the running orchestrator's state, or what the store recorded when none runs."""
 
     async def main() -> dict[str, Any]:
-        existing_state(state_dir, store)
-        st = open_store(store, state_dir)
+        st = open_store(status_store(state_dir, store), state_dir)
         await st.open()
         try:
             data: dict[str, Any] = (

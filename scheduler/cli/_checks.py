@@ -116,6 +116,18 @@ def free_ports(config: VibeConfig) -> None:
                               f"cannot listen on {metrics.host}: {exc.strerror}") from None
 
 
+def status_store(state_dir: Path, store: str) -> str:
+    """The store ``status`` opens: ``store`` if it exists; an empty memory store when only a
+    running orchestrator's ``status.json`` is there (a run on a memory store); else refused."""
+    try:
+        existing_state(state_dir, store)
+    except VibeEngineError:
+        if not (state_dir / "status.json").is_file():
+            raise
+        return "memory"
+    return store
+
+
 def run_cli(command: Callable[..., Any]) -> None:
     """Run the typer app ``command``: usage errors and OS errors become one line, status 2."""
     try:
