@@ -85,13 +85,15 @@ def test_r1_3_property_bad_numbers_in_config_name_the_field(
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
                      st.text(max_size=20))
-_tables = st.recursive(
-    st.dictionaries(st.text(max_size=10), _scalars, max_size=4),
-    lambda inner: st.dictionaries(st.text(max_size=10), st.one_of(inner, st.lists(inner,
-                                                                               max_size=3)),
-                                  max_size=4),
-    max_leaves=20,
-)
+
+
+def _nest(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.dictionaries(st.text(max_size=10), st.one_of(inner, st.lists(inner, max_size=3)),
+                           max_size=4)
+
+
+_tables = st.recursive(st.dictionaries(st.text(max_size=10), _scalars, max_size=4), _nest,
+                       max_leaves=20)
 _sections = st.sampled_from(sorted(VibeConfig.model_fields))
 
 
