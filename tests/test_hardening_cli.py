@@ -234,7 +234,7 @@ def test_r1_3_yaml_alias_bomb_is_refused_in_bounded_memory(tmp_path: Path) -> No
         _now, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 20 * 1024 * 1024, peak
+    assert peak < 2 * 1024 * 1024, peak  # measured: about 70 KiB
 
 
 def test_r1_3_task_ids_dot_and_dotdot_refused_in_python_too() -> None:

@@ -106,13 +106,20 @@ def _file_error(p: Path, reason: str) -> ConfigError:
 
 
 def _read_text(p: Path) -> str:
+    chunks: list[bytes] = []
+    size = 0
     try:
         with p.open("rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
+            # in chunks: read(limit) would allocate the limit up front, and a device or
+            # FIFO named as the config has no size to check first
+            while chunk := f.read(64 * 1024):
+                size += len(chunk)
+                if size > MAX_FILE_BYTES:
+                    raise _file_error(p, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+                chunks.append(chunk)
     except OSError as exc:
         raise _file_error(p, f"cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise _file_error(p, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+    raw = b"".join(chunks)
     if b"\x00" in raw:
         raise _file_error(p, "a binary file, not TOML or YAML text")
     try:
