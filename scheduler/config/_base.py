@@ -10,7 +10,7 @@ import math
 import types
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 _T = TypeVar("_T")
 Tier = Literal["haiku", "sonnet", "opus"]
@@ -100,17 +100,43 @@ def bad_number(annotation: Any, value: Any) -> str | None:
     return next((f for f in found if f is not None), None)
 
 
+def _holds_number(annotation: Any) -> bool:
+    """Whether ``annotation`` has ``int`` or ``float`` anywhere in it."""
+    if annotation in (int, float):
+        return True
+    return any(_holds_number(a) for a in get_args(annotation) if a is not Ellipsis)
+
+
+#: Per config class, its fields that hold numbers (computed once, on first validation).
+_NUMBER_FIELDS: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
+
+
 class FrozenModel(BaseModel):
     """Base of every config model: immutable, an unknown key is an error, numbers are finite
     (``inf``/``nan`` refused) and a boolean is never read as a number."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    @field_validator("*", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        field = cls.model_fields.get(info.field_name or "")
-        reason = None if field is None else bad_number(field.annotation, value)
-        if reason is not None:
-            raise ValueError(reason)
-        return value
+    def _no_bad_numbers(cls, data: Any) -> Any:
+        # one check per model, over its number fields only: config models are also built at
+        # run time (limits of every task), so this must stay cheap
+        if not isinstance(data, dict):
+            return data
+        fields = _NUMBER_FIELDS.get(cls)
+        if fields is None:
+            fields = _NUMBER_FIELDS[cls] = tuple(
+                (name, f.annotation, _number_kind(f.annotation))
+                for name, f in cls.model_fields.items() if _holds_number(f.annotation))
+        for name, annotation, plain in fields:
+            if name not in data:
+                continue
+            value = data[name]
+            if plain and (value is None or (type(value) in (int, float)
+                                            and -MAX_NUMBER <= value <= MAX_NUMBER)):
+                continue  # the common case, without the general walk (NaN fails the range)
+            reason = bad_number(annotation, value)
+            if reason is not None:
+                raise FieldProblem(name, value, reason)
+        return data
