@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.builtin import CoderAgent
+from agents.builtin import StepsAgent
 from scheduler import Limits, TaskSpec, VibeConfig
 from scheduler.cli._decide import decide
 from scheduler.control._server import control_paths, read_token
@@ -86,7 +86,7 @@ class Paused:
 @asynccontextmanager
 async def paused_orchestrator(state: Path) -> AsyncIterator[Paused]:
     config = VibeConfig(state_dir=state, store="memory", session_id="s1")
-    orch = build_orchestrator({"coder": CoderAgent}, config=config,
+    orch = build_orchestrator({"coder": StepsAgent}, config=config,
                               provider=ScriptedProvider(latency_s=0, prompt=3_000,
                                                         completion=500))
     paused, listening = anyio.Event(), anyio.Event()
@@ -332,12 +332,13 @@ def test_r3_4_nan_amounts_refused_from_python_and_discarded_from_the_store(
                     {"time_s": float("nan")}, {"tokens": 2**60}):
             with pytest.raises(DecisionError, match="positive amount"):
                 await h.controller.decide("t", "add_budget", **bad)
-        await h.store.put_state("decision", "t", {"task_id": "t", "action": "add_budget",
+        key = h.controller._key("t")  # <session>/<task>
+        await h.store.put_state("decision", key, {"task_id": "t", "action": "add_budget",
                                                   "tokens": float("nan"), "source": "old"})
         await h.store.aclose()
         again = await open_harness(store=sqlite_store(tmp_path),
                                    tasks={"t": profile(tokens=1000)}, poll_s=None)
-        assert await again.store.get_state("decision", "t") is None
+        assert await again.store.get_state("decision", key) is None
         reply = await again.controller.decide("t", "add_budget", tokens=500)
         with anyio.fail_after(1):
             await again.controller.wait_decision("t")

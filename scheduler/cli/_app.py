@@ -1,4 +1,5 @@
-"""``vibe-engine`` command line: run, demo, status, decide, report, fake-api, plugins (R7.2)."""
+"""``vibe-engine`` command line: run, resume, demo, status, decide, report, fake-api,
+plugins (R7.2).  Exit codes of ``run`` and ``resume``: see :mod:`scheduler.cli._sessions`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import structlog
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from scheduler.cli._checks import (
     LOG_LEVELS,
@@ -32,6 +34,7 @@ from scheduler.cli._decide import stored_status_rows
 from scheduler.cli._demo import demo_config
 from scheduler.cli._report import gather_report, render_report_tables
 from scheduler.cli._report_html import write_html_report
+from scheduler.cli._sessions import check_new_session, exit_code, resumable_config
 from scheduler.config import VibeConfig, load_config
 from scheduler.control._alerts import StatusRow
 from scheduler.core import VibeEngineError
@@ -115,15 +118,47 @@ def run(
     log_level: LogLevel = "info",
     live: LiveOpt = True,
 ) -> None:
-    """Run the tasks of CONFIG with the orchestrator."""
+    """Run the tasks of CONFIG as a new session.
+
+    Exit code 0 when every task completed, 1 when a task failed or was stopped on its
+    budget, 2 when the run could not start.
+    """
     configure_logging(level=log_level)
     try:
         cfg = load_config(config)
+        free_ports(cfg)
+        check_new_session(cfg)
+        report = _run(cfg, live)
+    except VibeEngineError as exc:
+        raise _fail(exc) from None
+    render_report(report, _out)
+    raise typer.Exit(code=exit_code(report))
+
+
+@app.command()
+def resume(
+    session: Annotated[str | None, typer.Argument(
+        help="The session to continue (default: the last interrupted one).")] = None,
+    state_dir: StateDir = Path(".vibe-engine"),
+    store: str = "sqlite",
+    log_level: LogLevel = "info",
+    live: LiveOpt = True,
+) -> None:
+    """Continue an interrupted session: ended tasks keep their results, interrupted ones
+    continue from their checkpoints, paused ones stay paused for `decide`.
+
+    Exit codes as for `run`.
+    """
+    configure_logging(level=log_level)
+    try:
+        existing_state(state_dir, store)  # resume reads a session; it never creates one
+        cfg = resumable_config(state_dir, store, session)
         free_ports(cfg)
         report = _run(cfg, live)
     except VibeEngineError as exc:
         raise _fail(exc) from None
     render_report(report, _out)
+    raise typer.Exit(code=exit_code(report))
 
 
 @app.command()
@@ -158,7 +193,9 @@ def status(
     store: str = "sqlite",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Show the running orchestrator's state, or what the store recorded when none runs."""
+    """Show the running orchestrator's state, or what the store recorded when none runs:
+    every task of the last session with its state (paused, interrupted and pending ones
+    too) and what each completed agent returned."""
 
     async def main() -> dict[str, Any]:
         st = open_store(status_store(state_dir, store), state_dir)
@@ -183,9 +220,19 @@ def status(
     from scheduler.observe import Snapshot
 
     budgets = data.pop("budgets", [])
-    _out.print(render_snapshot(Snapshot.from_dict(data)))
+    snap = Snapshot.from_dict(data)
+    _out.print(render_snapshot(snap))
     if budgets:
         _out.print(budget_table([StatusRow(**r) for r in budgets]))
+    results = Table(title="Results")
+    for col in ("task", "result"):
+        results.add_column(col)
+    for t in snap.tasks:
+        if t.result is not None:
+            text = json.dumps(t.result)
+            results.add_row(t.task_id, Text(text if len(text) <= 100 else f"{text[:99]}…"))
+    if results.row_count:
+        _out.print(results)
 
 
 _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "exceeded": "bold red"}
@@ -248,19 +295,30 @@ def fake_api(
         callback=number(minimum=0, inclusive=False, maximum=1_000),
         help="Server input count ÷ tiktoken's.")] = 1.2,
     output_tokens: Annotated[int, typer.Option(min=0, max=1_000_000)] = 40,
+    script: Annotated[Path | None, typer.Option(
+        help="JSON lines, one Messages API response body per line, served in order "
+             "(streamed requests get the same bodies as events).")] = None,
 ) -> None:
     """Serve a fake Anthropic API on 127.0.0.1 (try provider.kind="anthropic" without a key)."""
-    from agents.fake_api import FakeAnthropicServer, FakeApiConfig
+    from agents.fake_api import FakeAnthropicServer, FakeApiConfig, load_script
 
+    bodies = None
+    if script is not None:
+        try:
+            bodies = load_script(script)
+        except (OSError, ValueError) as exc:
+            raise fail(VibeEngineError(f"--script: {exc}")) from None
     try:
         server = FakeAnthropicServer(
-            FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port
+            FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port,
+            script=bodies,
         )
     except OSError as exc:
         raise fail(VibeEngineError(
             f"--port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror}")) from None
-    _out.print(f"fake Anthropic API on {server.base_url} — set provider.base_url to it and "
-               "ANTHROPIC_API_KEY to any value; Ctrl-C stops")
+    scripted = f", replaying {len(bodies)} scripted responses" if bodies is not None else ""
+    _out.print(f"fake Anthropic API on {server.base_url}{scripted} — set provider.base_url "
+               "to it and ANTHROPIC_API_KEY to any value; Ctrl-C stops")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -10,7 +12,13 @@ from scheduler.config._base import FieldProblem, FrozenModel, Tier, by_tier
 
 
 class ModelSpec(FrozenModel):
-    """One entry of the model catalog: a tier and its Anthropic model and prices."""
+    """One named model of the catalog: its provider id, prices and place in the tier order.
+
+    Prices are US dollars per million tokens; cache reads and writes cost the
+    input price times their multiplier.  ``rank`` orders the models the router
+    may choose among, cheapest and weakest first; a model without a rank is
+    used only when an agent asks for it by name.
+    """
 
     model_id: str
     input_usd_per_mtok: float = Field(ge=0)
@@ -19,17 +27,42 @@ class ModelSpec(FrozenModel):
     cache_read_multiplier: float = Field(default=0.1, ge=0)
     cache_write_5m_multiplier: float = Field(default=1.25, ge=0)
     cache_write_1h_multiplier: float = Field(default=2.0, ge=0)
+    rank: float | None = None
 
 
-def default_models() -> dict[Tier, ModelSpec]:
+def default_models() -> dict[str, ModelSpec]:
+    """Current Claude models at their published prices: the three routed tiers, and
+    others an agent may name (``model="opus-4-1"``)."""
+
+    def spec(model_id: str, inp: float, out: float, rank: float | None = None) -> ModelSpec:
+        return ModelSpec(model_id=model_id, input_usd_per_mtok=inp, output_usd_per_mtok=out,
+                         rank=rank)
+
     return {
-        "haiku": ModelSpec(model_id="claude-haiku-4-5", input_usd_per_mtok=1.0,
-                           output_usd_per_mtok=5.0),
-        "sonnet": ModelSpec(model_id="claude-sonnet-4-6", input_usd_per_mtok=3.0,
-                            output_usd_per_mtok=15.0),
-        "opus": ModelSpec(model_id="claude-opus-4-7", input_usd_per_mtok=5.0,
-                          output_usd_per_mtok=25.0),
+        "haiku": spec("claude-haiku-4-5", 1.0, 5.0, 1),
+        "sonnet": spec("claude-sonnet-4-6", 3.0, 15.0, 2),
+        "opus": spec("claude-opus-4-7", 5.0, 25.0, 3),
+        "opus-4-5": spec("claude-opus-4-5", 5.0, 25.0),
+        "sonnet-4-5": spec("claude-sonnet-4-5", 3.0, 15.0),
+        "opus-4-1": spec("claude-opus-4-1", 15.0, 75.0),
     }
+
+
+def merge_models(value: Any) -> Any:
+    """The default catalog with the user's entries laid over it, field by field.
+
+    ``[models.sonnet] model_id = "…"`` changes one field of the default entry; a
+    new name adds a model (then ``model_id`` and both prices are required).
+    """
+    if not isinstance(value, Mapping):
+        return value
+    merged: dict[str, Any] = {k: v.model_dump() for k, v in default_models().items()}
+    for name, entry in value.items():
+        if isinstance(entry, Mapping) and name in merged:
+            merged[name] = {**merged[name], **entry}
+        else:
+            merged[name] = entry
+    return merged
 
 
 class OutageWindow(FrozenModel):
@@ -52,10 +85,12 @@ class SimulatedProviderConfig(FrozenModel):
     """Knobs of the deterministic simulated provider."""
 
     seed: int = 0
+    #: seconds per call, per tier (finite, never negative).
     latency_s: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.4, 1.0, 2.0))
     #: the chance (0–1) that an attempt fails with a 529.
     failure_rate: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.05, 0.02, 0.01))
-    #: completion tokens per call are drawn from this range (low, high).
+    #: (lowest, highest) output tokens per call; never negative: a negative count credits
+    #: budgets.
     output_tokens: tuple[int, int] = (200, 1500)
     #: latencies are multiplied by this (finite: ``inf`` would never answer).
     time_scale: float = Field(default=1.0, ge=0)
@@ -68,15 +103,15 @@ class SimulatedProviderConfig(FrozenModel):
     @model_validator(mode="after")
     def _sane(self) -> SimulatedProviderConfig:
         for tier, latency in self.latency_s.items():
-            if latency < 0:
-                raise FieldProblem(f"latency_s.{tier}", latency, "must be >= 0")
+            if not (math.isfinite(latency) and latency >= 0):
+                raise FieldProblem(f"latency_s.{tier}", latency, "must be finite and >= 0")
         for tier, rate in self.failure_rate.items():
             if not 0 <= rate <= 1:
                 raise FieldProblem(f"failure_rate.{tier}", rate, "must be between 0 and 1")
         low, high = self.output_tokens
         if not 0 <= low <= high:
-            raise FieldProblem("output_tokens", [low, high], "must be [low, high] with "
-                               "0 <= low <= high")
+            raise FieldProblem("output_tokens", [low, high], "must be [lowest, highest] with "
+                               "0 <= lowest <= highest (a negative count credits budgets)")
         return self
 
 

@@ -13,8 +13,9 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from scheduler.control._stored import paused_session, review_summary
 from scheduler.core import DecisionError
-from scheduler.store import Store
+from scheduler.store import Store, task_key
 
 DecisionAction = Literal["add_budget", "finish", "review"]
 ACTIONS: tuple[DecisionAction, ...] = ("add_budget", "finish", "review")
@@ -96,33 +97,24 @@ def checked(d: Decision) -> Decision:
                    shell_commands=whole(d.shell_commands))
 
 
-async def review_summary(store: Store, task_id: str) -> dict[str, Any]:
-    """What a paused task did and used, read from the store only (R3.4 "review")."""
-    totals = await store.totals(f"task:{task_id}")
-    return {
-        "task_id": task_id,
-        "usage": totals.to_dict(),
-        "pause": await store.get_state("pause", task_id),
-        "checkpoint": await store.get_state("checkpoint", task_id),
-        "overdrafts": [v for v in (await store.list_state("overdraft")).values()
-                       if v.get("task_id") == task_id],
-        "budget_added": await store.get_state("budget", task_id),
-    }
-
-
 async def submit_to_store(store: Store, decision: Decision) -> dict[str, Any]:
-    """Store a decision for a paused task (no orchestrator running: picked up at restart)."""
-    validate_decision(decision)
-    if await store.get_state("pause", decision.task_id) is None:
+    """Store a decision for a paused task (no orchestrator running: picked up at resume).
+
+    The decision is for the session the task is paused in (:func:`paused_session`) and is
+    stored under ``<session>/<task>``; the first decision for a pause wins."""
+    decision = checked(decision)
+    session = await paused_session(store, decision.task_id)
+    if session is None:
         raise DecisionError(f"task {decision.task_id!r} is not paused")
     if decision.action == "review":
         return {"accepted": True, "action": "review",
-                "summary": await review_summary(store, decision.task_id)}
-    earlier = from_store(await store.get_state("decision", decision.task_id))
+                "summary": await review_summary(store, decision.task_id, session)}
+    key = task_key(session, decision.task_id)
+    earlier = from_store(await store.get_state("decision", key))
     if earlier is not None:
         raise already_decided(decision.task_id, earlier, applied=False)
-    await store.put_state("decision", decision.task_id, decision.to_dict())
-    return {"accepted": True, "action": decision.action, "stored": True}
+    await store.put_state("decision", key, decision.to_dict())
+    return {"accepted": True, "action": decision.action, "stored": True, "session": session}
 
 
 def already_decided(task_id: str, first: Decision, *, applied: bool) -> DecisionError:

@@ -11,9 +11,11 @@ until a person decides one of
 * ``review`` — get a summary of what was done and used; the task stays paused.
 
 Pending pauses and decisions are state records (kinds ``pause`` and
-``decision``), so they survive an orchestrator restart, and a decision written
-to the store by another process is picked up by polling.  Budget a person
-added is kept as kind ``budget`` and re-applied by :meth:`restore_task`.
+``decision``, keyed ``<session>/<task>``), so they survive an orchestrator
+restart and are picked up when the session is resumed -- never by a later
+session that reuses the task id -- and a decision written to the store by
+another process is picked up by polling.  Budget a person added is kept as kind
+``budget`` and re-applied by :meth:`restore_task`.
 
 Critical sections (``open_critical(task_id, "git_commit")``) defer a pause:
 a pause requested while one is in flight takes effect when it completes, and
@@ -40,11 +42,11 @@ from scheduler.control._decision import (
     already_decided,
     checked,
     from_store,
-    review_summary,
 )
 from scheduler.control._overdraft import OverdraftLedger
+from scheduler.control._stored import review_summary
 from scheduler.core import BudgetExceededError, DecisionError, EventBus
-from scheduler.store import Store
+from scheduler.store import Store, task_key, task_of_key
 
 _log = structlog.get_logger("vibe_engine.pause")
 
@@ -123,20 +125,24 @@ class PauseController:
         self.on_decision: list[Callable[[Decision], None]] = []
 
     async def open(self) -> None:
-        """Load pending pauses and decisions (R3.4: they survive a restart)."""
+        """Load this session's pending pauses and decisions (R3.4: they survive a restart)."""
         for key, value in (await self.store.list_state("pause")).items():
-            self._serial += 1
-            self._pauses[key] = PauseInfo(**{**value, "serial": self._serial})
+            session, task_id = task_of_key(key)
+            if session == self.tracker.session_id:
+                self._serial += 1
+                self._pauses[task_id] = PauseInfo(**{**value, "serial": self._serial})
         for key, value in (await self.store.list_state("decision")).items():
-            decision = await self._stored(key, value)
-            if decision is not None:
-                self._decisions[key] = decision
+            session, task_id = task_of_key(key)
+            if session == self.tracker.session_id:
+                decision = await self._stored(task_id, value)
+                if decision is not None:
+                    self._decisions[task_id] = decision
         if self.overdraft is not None:
             await self.overdraft.open()
 
     async def restore_task(self, task_id: str) -> None:
         """Re-apply budget people added before a restart (call after ``start_task``)."""
-        added = await self.store.get_state("budget", task_id)
+        added = await self.store.get_state("budget", self._key(task_id))
         if not added:
             return
         for scope_name, extra in added.get("scopes", {}).items():
@@ -149,6 +155,9 @@ class PauseController:
         if ctl is None:
             ctl = self._tasks[task_id] = _TaskControl()
         return ctl
+
+    def _key(self, task_id: str) -> str:
+        return task_key(self.tracker.session_id, task_id)
 
     def _now(self) -> float:
         return self.tracker.wall.now().timestamp()
@@ -248,7 +257,7 @@ class PauseController:
             info.scope, info.dimension = error.scope, error.dimension
             info.used, info.limit = float(error.used), float(error.limit)
         self._pauses[task_id] = info
-        await self.store.put_state("pause", task_id, info.to_dict())
+        await self.store.put_state("pause", self._key(task_id), info.to_dict())
         self.events.emit("pause_requested", info.reason, task_id=task_id, level="warning",
                          scope=info.scope, dimension=info.dimension)
         return info
@@ -258,8 +267,8 @@ class PauseController:
         self._pauses.pop(task_id, None)
         self._decisions.pop(task_id, None)
         self._announced.discard(task_id)
-        await self.store.delete_state("pause", task_id)
-        await self.store.delete_state("decision", task_id)
+        await self.store.delete_state("pause", self._key(task_id))
+        await self.store.delete_state("decision", self._key(task_id))
         self._ctl(task_id).notify()
 
     async def wait_if_paused(
@@ -306,7 +315,7 @@ class PauseController:
                 return self._last[task_id]  # another waiter applied it
             decision = self._decisions.pop(task_id, None)
             if decision is None and self.poll_s is not None:
-                stored = await self.store.get_state("decision", task_id)
+                stored = await self.store.get_state("decision", self._key(task_id))
                 if self._pauses.get(task_id) is not info:
                     continue
                 decision = await self._stored(task_id, stored)
@@ -324,7 +333,7 @@ class PauseController:
         self._announced.add(task_id)
         if info.state != "paused":
             info.state = "paused"
-            await self.store.put_state("pause", task_id, info.to_dict())
+            await self.store.put_state("pause", self._key(task_id), info.to_dict())
         usage = (self.tracker.task_scope(task_id).totals.to_dict()
                  if task_id in self.tracker.tasks() else {})
         self.events.emit(
@@ -354,13 +363,13 @@ class PauseController:
         decision = checked(Decision(task_id, cast(DecisionAction, action), tokens, cost_usd,
                                     time_s, file_edits, shell_commands, source, self._now()))
         pause = self._pauses.get(task_id)
-        if pause is None and await self.store.get_state("pause", task_id) is None:
+        if pause is None and await self.store.get_state("pause", self._key(task_id)) is None:
             last = self._last.get(task_id)
             if last is not None and decision.action != "review":
                 raise already_decided(task_id, last, applied=True)
             raise DecisionError(f"task {task_id!r} is not paused")
         if decision.action == "review":
-            summary = await review_summary(self.store, task_id)
+            summary = await review_summary(self.store, task_id, self.tracker.session_id)
             self.events.emit("task_review", f"review of paused task {task_id}",
                              task_id=task_id, source=source)
             return {"accepted": True, "action": "review", "summary": summary}
@@ -374,7 +383,7 @@ class PauseController:
         """The valid decision stored for ``task_id``; an invalid one is deleted and told."""
         decision = from_store(value)
         if value and decision is None:
-            await self.store.delete_state("decision", task_id)
+            await self.store.delete_state("decision", self._key(task_id))
             self.events.emit("decision_discarded", f"stored decision for {task_id} is invalid",
                              task_id=task_id, level="warning", stored=value)
         return decision
@@ -391,15 +400,16 @@ class PauseController:
             raise already_decided(task_id, first, applied=False)
         self._claims[task_id] = decision
         try:
-            stored = await self._stored(task_id, await self.store.get_state("decision", task_id))
+            stored = await self._stored(
+                task_id, await self.store.get_state("decision", self._key(task_id)))
             if stored is not None:
                 raise already_decided(task_id, stored, applied=False)
-            await self.store.put_state("decision", task_id, decision.to_dict())
+            await self.store.put_state("decision", self._key(task_id), decision.to_dict())
         finally:
             del self._claims[task_id]
         if pause is not None and self._pauses.get(task_id) is not pause:
             # the pause ended while the decision was stored (the decision timeout)
-            await self.store.delete_state("decision", task_id)
+            await self.store.delete_state("decision", self._key(task_id))
             raise already_decided(task_id, self._last[task_id], applied=True)
         self._decisions[task_id] = decision
 
@@ -410,8 +420,8 @@ class PauseController:
         self._last[task_id] = decision
         if decision.action == "add_budget":
             await self._add_budget(decision, info)
-        await self.store.delete_state("decision", task_id)
-        await self.store.delete_state("pause", task_id)
+        await self.store.delete_state("decision", self._key(task_id))
+        await self.store.delete_state("pause", self._key(task_id))
         self._applied += 1
         self.events.emit("decision_applied", f"{decision.action} applied to {task_id}",
                          task_id=task_id, action=decision.action, amounts=decision.amounts())
@@ -430,7 +440,7 @@ class PauseController:
             await self.overdraft.repay(scope.name, int(decision.tokens or 0),
                                        float(decision.cost_usd or 0.0))
         self.tracker.raise_limits(scope, Limits.model_validate(extra))
-        stored = await self.store.get_state("budget", task_id) or {"scopes": {}}
+        stored = await self.store.get_state("budget", self._key(task_id)) or {"scopes": {}}
         cumulative = stored["scopes"].get(scope.name, {})
         for k, v in extra.items():
             if k == "tokens_by_model":
@@ -441,7 +451,7 @@ class PauseController:
             else:
                 cumulative[k] = cumulative.get(k, 0) + v
         stored["scopes"][scope.name] = cumulative
-        await self.store.put_state("budget", task_id, stored)
+        await self.store.put_state("budget", self._key(task_id), stored)
 
     @staticmethod
     def _extra_for(scope: ScopeState, decision: Decision, dimension: str) -> dict[str, Any]:
