@@ -39,6 +39,22 @@ Policies are named by built-in name, entry point (group
 `vibe_engine.policies`) or `module:Class`; agents by entry point (group
 `vibe_engine.agents`). See [concepts](concepts.md) for what the settings mean.
 
+What counts as a bad value, besides the limits in the tables below:
+
+- a number field takes a finite number: `inf` and `nan` are refused, and so is
+  `true`/`false` (never read as 1/0) and any number larger than 2⁵³;
+- a `module:Class` setting must name a class (a function or module is refused
+  and never called);
+- a task `id` is 1–128 of `A-Z a-z 0-9 _ . -`, and not `.` or `..` (it names
+  the task's folder);
+- the file must be UTF-8 text (not binary), at most 16 MiB, nested at most 32
+  levels, and a YAML file's aliases may expand to at most 1,000,000 values
+  (an alias bomb is refused before it is expanded).
+
+Errors about a whole table name the field they are about
+(`tasks.1.id: duplicate task id`) and show a table only by its size, so a
+task's prompt is never echoed.
+
 ```toml
 state_dir = ".vibe-engine"
 store = "sqlite"

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from scheduler.control import Decision, PauseController
-from scheduler.control._pause import submit_to_store
+from scheduler.control._decision import submit_to_store
 from scheduler.core import DecisionError
 from scheduler.testing import run_virtual
 from tests._alerts_helpers import Harness, open_harness, profile, sqlite_store

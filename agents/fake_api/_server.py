@@ -310,8 +310,12 @@ def _listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # accepted sockets inherit it on Linux; asyncio also sets it on each one
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(1024)  # 100+ agents connect at once
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)  # 100+ agents connect at once
+    except OSError:
+        sock.close()  # a busy port: refused in one line, no socket left open
+        raise
     sock.setblocking(False)
     return sock
 

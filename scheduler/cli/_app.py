@@ -15,10 +15,20 @@ import anyio
 import structlog
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from scheduler.cli._checks import (
+    LOG_LEVELS,
+    check_log_level,
+    existing_state,
+    fail,
+    free_ports,
+    html_target,
+    number,
+    run_cli,
+    status_store,
+)
 from scheduler.cli._decide import decide as decide_paused
 from scheduler.cli._decide import stored_status_rows
 from scheduler.cli._demo import demo_config
@@ -36,16 +46,17 @@ from scheduler.store import open_store
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Govern what LLM agents spend: budgets, leases, fairness, routing.")
 _out = Console(width=None if Console().is_terminal else 140)
-_err = Console(stderr=True)
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the store and task files live.")]
 LiveOpt = Annotated[bool, typer.Option(
     "--live/--no-live", help="Live view on a terminal; live_status log lines otherwise.")]
+LogLevel = Annotated[str, typer.Option(callback=check_log_level,
+                                       help=f"One of {', '.join(LOG_LEVELS)}.")]
+_positive = number(minimum=0, inclusive=False)
 
 
 def _fail(exc: VibeEngineError) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # one line
-    return typer.Exit(code=2)
+    return fail(exc)
 
 
 class _CurrentStderr:
@@ -104,7 +115,7 @@ def render_report(report: RunReport, console: Console) -> None:
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="TOML or YAML config file.")],
-    log_level: str = "info",
+    log_level: LogLevel = "info",
     live: LiveOpt = True,
 ) -> None:
     """Run the tasks of CONFIG as a new session.
@@ -115,6 +126,7 @@ def run(
     configure_logging(level=log_level)
     try:
         cfg = load_config(config)
+        free_ports(cfg)
         check_new_session(cfg)
         report = _run(cfg, live)
     except VibeEngineError as exc:
@@ -129,7 +141,7 @@ def resume(
         help="The session to continue (default: the last interrupted one).")] = None,
     state_dir: StateDir = Path(".vibe-engine"),
     store: str = "sqlite",
-    log_level: str = "info",
+    log_level: LogLevel = "info",
     live: LiveOpt = True,
 ) -> None:
     """Continue an interrupted session: ended tasks keep their results, interrupted ones
@@ -139,7 +151,10 @@ def resume(
     """
     configure_logging(level=log_level)
     try:
-        report = _run(resumable_config(state_dir, store, session), live)
+        existing_state(state_dir, store)  # resume reads a session; it never creates one
+        cfg = resumable_config(state_dir, store, session)
+        free_ports(cfg)
+        report = _run(cfg, live)
     except VibeEngineError as exc:
         raise _fail(exc) from None
     render_report(report, _out)
@@ -149,15 +164,16 @@ def resume(
 @app.command()
 def demo(
     state_dir: StateDir = Path(".vibe-engine"),
-    tasks: int = 24,
+    tasks: Annotated[int, typer.Option(min=0, max=10_000)] = 24,
     seed: int = 0,
-    time_scale: float = 0.25,
-    log_level: str = "warning",
+    time_scale: Annotated[float, typer.Option(callback=number(maximum=1_000))] = 0.25,
+    log_level: LogLevel = "warning",
     live: LiveOpt = True,
     staged: Annotated[bool, typer.Option(
         help="Also stage an opus outage (a task is deferred) and a tight budget (a task "
              "pauses for a decision).")] = True,
     decision_timeout: Annotated[float, typer.Option(
+        callback=number(minimum=0, inclusive=False),
         help="Seconds a paused task waits for `vibe-engine decide` before it is saved and "
              "finished.")] = 3.0,
 ) -> None:
@@ -182,7 +198,7 @@ def status(
     too) and what each completed agent returned."""
 
     async def main() -> dict[str, Any]:
-        st = open_store(store, state_dir)
+        st = open_store(status_store(state_dir, store), state_dir)
         await st.open()
         try:
             data: dict[str, Any] = (
@@ -240,11 +256,14 @@ def budget_table(rows: list[StatusRow]) -> Table:
 def decide(
     task: Annotated[str, typer.Argument(help="The paused task's id.")],
     action: Annotated[str, typer.Argument(help="add_budget (add), finish (save) or review.")],
-    tokens: Annotated[int | None, typer.Option(help="Tokens to add.")] = None,
-    cost: Annotated[float | None, typer.Option(help="Dollars to add.")] = None,
-    time_s: Annotated[float | None, typer.Option("--time-s", help="Seconds to add.")] = None,
-    file_edits: Annotated[int | None, typer.Option(help="File edits to add.")] = None,
-    shell_commands: Annotated[int | None, typer.Option(help="Shell commands to add.")] = None,
+    tokens: Annotated[int | None, typer.Option(min=1, help="Tokens to add.")] = None,
+    cost: Annotated[float | None, typer.Option(
+        callback=_positive, help="Dollars to add.")] = None,
+    time_s: Annotated[float | None, typer.Option(
+        "--time-s", callback=_positive, help="Seconds to add.")] = None,
+    file_edits: Annotated[int | None, typer.Option(min=1, help="File edits to add.")] = None,
+    shell_commands: Annotated[int | None, typer.Option(
+        min=1, help="Shell commands to add.")] = None,
     state_dir: StateDir = Path(".vibe-engine"),
     store: str = "sqlite",
 ) -> None:
@@ -254,6 +273,7 @@ def decide(
     runs, the decision is stored and applied when the orchestrator restarts.
     """
     try:
+        existing_state(state_dir, None)  # the store is checked if no orchestrator runs
         reply = decide_paused(
             task, action, tokens=tokens, cost=cost, time_s=time_s, file_edits=file_edits,
             shell_commands=shell_commands, state_dir=state_dir, store=store,
@@ -270,9 +290,11 @@ def decide(
 
 @app.command("fake-api")
 def fake_api(
-    port: int = 8765,
-    input_ratio: Annotated[float, typer.Option(help="Server input count ÷ tiktoken's.")] = 1.2,
-    output_tokens: int = 40,
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8765,
+    input_ratio: Annotated[float, typer.Option(
+        callback=number(minimum=0, inclusive=False, maximum=1_000),
+        help="Server input count ÷ tiktoken's.")] = 1.2,
+    output_tokens: Annotated[int, typer.Option(min=0, max=1_000_000)] = 40,
     script: Annotated[Path | None, typer.Option(
         help="JSON lines, one Messages API response body per line, served in order "
              "(streamed requests get the same bodies as events).")] = None,
@@ -285,12 +307,15 @@ def fake_api(
         try:
             bodies = load_script(script)
         except (OSError, ValueError) as exc:
-            _err.print(f"--script: {exc}")
-            raise typer.Exit(2) from None
-    server = FakeAnthropicServer(
-        FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port,
-        script=bodies,
-    )
+            raise fail(VibeEngineError(f"--script: {exc}")) from None
+    try:
+        server = FakeAnthropicServer(
+            FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port,
+            script=bodies,
+        )
+    except OSError as exc:
+        raise fail(VibeEngineError(
+            f"--port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror}")) from None
     scripted = f", replaying {len(bodies)} scripted responses" if bodies is not None else ""
     _out.print(f"fake Anthropic API on {server.base_url}{scripted} — set provider.base_url "
                "to it and ANTHROPIC_API_KEY to any value; Ctrl-C stops")
@@ -304,12 +329,14 @@ def report(
     store: str = "sqlite",
     day_from: Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD.")] = None,
     day_to: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD.")] = None,
-    html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML.")] = None,
+    html: Annotated[Path | None, typer.Option(
+        callback=html_target, help="Also write a self-contained HTML.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Cost and tokens per day, model, task type and agent; alert and deadlock history."""
 
     async def main() -> Any:
+        existing_state(state_dir, store)
         st = open_store(store, state_dir)
         await st.open()
         try:
@@ -345,4 +372,4 @@ def plugins() -> None:
 
 
 def main() -> None:
-    app()
+    run_cli(app)

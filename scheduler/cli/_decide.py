@@ -15,12 +15,13 @@ from typing import Any, cast
 import anyio
 
 from scheduler.budget import ScopeState
+from scheduler.cli._checks import existing_state
 from scheduler.config import AlertsConfig, Limits
 from scheduler.control import Decision
 from scheduler.control._alerts import StatusRow, scope_rows
-from scheduler.control._pause import DecisionAction, submit_to_store, validate_decision
+from scheduler.control._decision import DecisionAction, submit_to_store, validate_decision
 from scheduler.control._server import control_paths, send_request
-from scheduler.core import DecisionError
+from scheduler.core import DecisionError, VibeEngineError
 from scheduler.store import Store, open_store, session_task_totals, task_key
 
 _ACTION_ALIASES = {"add": "add_budget", "add-budget": "add_budget", "continue": "add_budget",
@@ -48,18 +49,16 @@ async def decide_async(
                         file_edits, shell_commands, source="cli")
     validate_decision(decision)
     state_dir = Path(state_dir)
-    if control_paths(state_dir).socket.exists():
-        request = {"op": "decide", "task_id": task_id, "action": action, "tokens": tokens,
-                   "cost_usd": cost, "time_s": time_s, "file_edits": file_edits,
-                   "shell_commands": shell_commands}
-        try:
-            reply = await send_request(state_dir, request)
-        except (FileNotFoundError, ConnectionRefusedError):
-            pass  # a stale socket: nobody is listening
-        else:
-            if not reply.get("ok"):
-                raise DecisionError(str(reply.get("error", "refused")))
-            return {**reply["result"], "via": "socket"}
+    request = {"op": "decide", "task_id": task_id, "action": action, "tokens": tokens,
+               "cost_usd": cost, "time_s": time_s, "file_edits": file_edits,
+               "shell_commands": shell_commands}
+    reply = await _via_socket(state_dir, request)
+    if reply is not None:
+        return reply
+    try:
+        existing_state(state_dir, store)
+    except VibeEngineError as exc:
+        raise DecisionError(f"no orchestrator is listening, and {exc}") from None
     backend = open_store(store, state_dir)
     await backend.open()
     try:
@@ -67,6 +66,27 @@ async def decide_async(
     finally:
         await backend.aclose()
     return {**result, "via": "store"}
+
+
+async def _via_socket(state_dir: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The running orchestrator's reply, or ``None`` when none is listening (no socket, or
+    a stale one).  A socket or token this user may not open is a DecisionError, not a
+    fallback to the store: the orchestrator that owns them is someone else's."""
+    path = control_paths(state_dir).socket
+    try:
+        if not path.exists():
+            return None
+        reply = await send_request(state_dir, request)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None  # a stale socket: nobody is listening
+    except PermissionError as exc:
+        raise DecisionError(f"cannot open the control channel of {state_dir}: "
+                            f"{exc.strerror} (is the orchestrator run by another user?)") from None
+    except (OSError, ValueError) as exc:
+        raise DecisionError(f"control channel of {state_dir} failed: {exc}") from None
+    if not reply.get("ok"):
+        raise DecisionError(str(reply.get("error", "refused")))
+    return {**reply["result"], "via": "socket"}
 
 
 def decide(

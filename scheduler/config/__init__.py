@@ -18,8 +18,8 @@ from scheduler.config._budgets import OverdraftConfig as OverdraftConfig
 from scheduler.config._budgets import TaskTypeSpec as TaskTypeSpec
 from scheduler.config._config import TaskSpec as TaskSpec
 from scheduler.config._config import VibeConfig as VibeConfig
-from scheduler.config._config import config_from_dict as config_from_dict
-from scheduler.config._config import load_config as load_config
+from scheduler.config._load import config_from_dict as config_from_dict
+from scheduler.config._load import load_config as load_config
 from scheduler.config._policies import BUILTIN_POLICIES as BUILTIN_POLICIES
 from scheduler.config._policies import LoadedPolicies as LoadedPolicies
 from scheduler.config._policies import load_policies as load_policies

@@ -6,9 +6,11 @@ named here once; the section modules and ``VibeConfig`` build on them.
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+import math
+import types
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 _T = TypeVar("_T")
 Tier = Literal["haiku", "sonnet", "opus"]
@@ -46,7 +48,95 @@ def by_tier(haiku: _T, sonnet: _T, opus: _T) -> dict[Tier, _T]:
     return {"haiku": haiku, "sonnet": sonnet, "opus": opus}
 
 
-class FrozenModel(BaseModel):
-    """Base of every config model: immutable, and an unknown key is an error."""
+class FieldProblem(ValueError):
+    """A check over a whole section that is about one of its fields: the config error then
+    names that field (``alerts.warning``), not the section, and shows only its value."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.value = value
+        self.reason = reason
+
+
+#: Numbers beyond this are refused: no budget, interval or count is that large, and
+#: larger integers lose precision as floats.
+MAX_NUMBER = 2**53
+
+
+def _number_kind(annotation: Any) -> bool:
+    """Whether ``annotation`` is ``int`` or ``float`` (through ``Annotated`` and ``| None``)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _number_kind(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_number_kind(a) for a in args)
+    return annotation in (int, float)
+
+
+def bad_number(annotation: Any, value: Any) -> str | None:
+    """Why ``value`` is not a number where ``annotation`` means one, directly or inside a
+    table or array: ``true``/``false`` (pydantic would quietly read ``true`` as 1) or a
+    number too large to be meant; ``None`` when it is fine or not a number field."""
+    if isinstance(value, bool):
+        return "a number is expected, not true/false" if _number_kind(annotation) else None
+    if isinstance(value, float) and not math.isfinite(value) and _number_kind(annotation):
+        return "must be a finite number, not inf or nan"
+    if isinstance(value, int | float):
+        too_big = _number_kind(annotation) and abs(value) > MAX_NUMBER
+        return f"must be at most {MAX_NUMBER:,} in size" if too_big else None
+    origin, args = get_origin(annotation), get_args(annotation)
+    found: list[str | None] = []
+    if origin is Annotated or origin in (Union, types.UnionType):
+        found = [bad_number(a, value) for a in args if a is not type(None)]
+    elif origin is dict and isinstance(value, dict) and len(args) == 2:
+        found = [bad_number(args[1], v) for v in value.values()]
+    elif origin in (tuple, list) and isinstance(value, list | tuple) and args:
+        if origin is tuple and len(args) == len(value) and Ellipsis not in args:
+            found = [bad_number(a, v) for a, v in zip(args, value, strict=True)]
+        else:
+            found = [bad_number(args[0], v) for v in value]
+    return next((f for f in found if f is not None), None)
+
+
+def _holds_number(annotation: Any) -> bool:
+    """Whether ``annotation`` has ``int`` or ``float`` anywhere in it."""
+    if annotation in (int, float):
+        return True
+    return any(_holds_number(a) for a in get_args(annotation) if a is not Ellipsis)
+
+
+#: Per config class, its fields that hold numbers (computed once, on first validation).
+_NUMBER_FIELDS: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
+
+
+class FrozenModel(BaseModel):
+    """Base of every config model: immutable, an unknown key is an error, numbers are finite
+    (``inf``/``nan`` refused) and a boolean is never read as a number."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bad_numbers(cls, data: Any) -> Any:
+        # one check per model, over its number fields only: config models are also built at
+        # run time (limits of every task), so this must stay cheap
+        if not isinstance(data, dict):
+            return data
+        fields = _NUMBER_FIELDS.get(cls)
+        if fields is None:
+            fields = _NUMBER_FIELDS[cls] = tuple(
+                (name, f.annotation, _number_kind(f.annotation))
+                for name, f in cls.model_fields.items() if _holds_number(f.annotation))
+        for name, annotation, plain in fields:
+            if name not in data:
+                continue
+            value = data[name]
+            if plain and (value is None or (type(value) in (int, float)
+                                            and -MAX_NUMBER <= value <= MAX_NUMBER)):
+                continue  # the common case, without the general walk (NaN fails the range)
+            reason = bad_number(annotation, value)
+            if reason is not None:
+                raise FieldProblem(name, value, reason)
+        return data

@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 
 from scheduler.config._base import (
     Complexity,
+    FieldProblem,
     FrozenModel,
     TaskType,
     Tier,
@@ -34,7 +35,7 @@ class Limits(FrozenModel):
     def _non_negative_model_caps(self) -> Limits:
         for tier, cap in self.tokens_by_model.items():
             if cap < 0:
-                raise ValueError(f"tokens_by_model.{tier} must be >= 0")
+                raise FieldProblem(f"tokens_by_model.{tier}", cap, "must be >= 0")
         return self
 
     def merged(self, override: Limits | None) -> Limits:
@@ -81,7 +82,7 @@ class BudgetsConfig(FrozenModel):
         for name in ("task_tokens_by_complexity", "task_time_s_by_complexity"):
             for key, value in getattr(self, name).items():
                 if value < 0:
-                    raise ValueError(f"{name}.{key} must be >= 0, got {value}")
+                    raise FieldProblem(f"{name}.{key}", value, "must be >= 0")
         return self
 
 
@@ -144,7 +145,8 @@ class AlertsConfig(FrozenModel):
     @model_validator(mode="after")
     def _ordered(self) -> AlertsConfig:
         if not self.warning < self.critical <= self.exceeded:
-            raise ValueError("thresholds must satisfy warning < critical <= exceeded")
+            raise FieldProblem("critical", self.critical,
+                               "thresholds must satisfy warning < critical <= exceeded")
         return self
 
 

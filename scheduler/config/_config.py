@@ -11,18 +11,17 @@ assembles them into :class:`VibeConfig` and re-exports them, so both
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from scheduler.config._base import (
     PRIORITY_VALUES,
     TASK_TYPES,
     TIERS,
     Complexity,
+    FieldProblem,
     FrozenModel,
     PriorityClass,
     TaskType,
@@ -64,14 +63,17 @@ __all__ = [
     "Limits", "MetricsConfig", "ModelSpec", "ObserveConfig", "OutageWindow", "OverdraftConfig",
     "PoliciesConfig", "PoolConfig", "PriorityClass", "ProviderConfig", "RoutingConfig",
     "SimulatedProviderConfig", "TaskSpec", "TaskType", "TaskTypeSpec", "Tier", "VibeConfig",
-    "config_from_dict", "load_config",
 ]
+
+#: A task id names the task's folder (``tasks/<id>/``, ``workspace/<id>/``): it must be a
+#: file name (255 bytes on common file systems) with room for suffixes.
+MAX_TASK_ID = 128
 
 
 class TaskSpec(FrozenModel):
     """A task to run: which agent, what to do, and optional overrides."""
 
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    id: str = Field(min_length=1, max_length=MAX_TASK_ID, pattern=r"^[A-Za-z0-9_.\-]+$")
     agent: str
     prompt: str = ""
     task_type: TaskType | None = None
@@ -81,6 +83,15 @@ class TaskSpec(FrozenModel):
     budget: Limits | None = None
     requires_high_capability: bool = False
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _not_a_relative_folder(cls, value: str) -> str:
+        # "." and ".." as folder names would put the task's usage.json and workspace in
+        # the state directory itself, next to vibe.db and the control token
+        if value in (".", ".."):
+            raise ValueError(f"{value!r} is not a task id (it names a folder)")
+        return value
 
 
 class VibeConfig(FrozenModel):
@@ -114,17 +125,24 @@ class VibeConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _complete_catalog(self) -> VibeConfig:
+        missing = [t for t in TIERS if t not in self.models]
+        if missing:
+            raise FieldProblem("models", sorted(self.models),
+                               f"models must define every tier; missing {missing}")
         unranked = [t for t in TIERS if self.models[t].rank is None]
         if unranked:
-            raise ValueError(f"models {unranked} need a rank: the routing policies name them")
-        ids = [t.id for t in self.tasks]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"duplicate task ids {dupes}")
+            raise FieldProblem(f"models.{unranked[0]}.rank", None,
+                               f"models {unranked} need a rank: the routing policies name them")
+        seen: set[str] = set()
+        for i, task in enumerate(self.tasks):
+            if task.id in seen:
+                raise FieldProblem(f"tasks.{i}.id", task.id, "duplicate task id")
+            seen.add(task.id)
         unknown = sorted(set(self.distributed.global_pools) - set(self.allocator.pools))
         if unknown:
-            raise ValueError(f"distributed.global_pools {unknown} are not allocator pools; "
-                             f"known: {sorted(self.allocator.pools)}")
+            raise FieldProblem(f"distributed.global_pools.{unknown[0]}", unknown[0],
+                               f"{unknown} are not allocator pools; known: "
+                               f"{sorted(self.allocator.pools)}")
         return self
 
     def model_spec(self, tier: str) -> ModelSpec:
@@ -134,40 +152,3 @@ class VibeConfig(FrozenModel):
         except KeyError:
             known = list(self.models)
             raise ConfigError("models", tier, f"unknown model; known: {known}") from None
-
-
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "<root>"
-
-
-def config_from_dict(data: dict[str, Any]) -> VibeConfig:
-    """Validate ``data``; the first problem becomes one :class:`ConfigError`."""
-    try:
-        return VibeConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        raise ConfigError(_field_path(loc), err.get("input"), err["msg"]) from None
-
-
-def load_config(path: str | Path) -> VibeConfig:
-    """Load a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("<file>", str(p), f"cannot read: {exc.strerror}") from None
-    data: Any
-    if p.suffix in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError("<file>", str(p), f"malformed YAML: {exc}") from None
-    else:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("<file>", str(p), f"malformed TOML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("<root>", type(data).__name__, "config must be a table/mapping")
-    return config_from_dict(data)

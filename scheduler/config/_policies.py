@@ -106,7 +106,9 @@ def _load(config: VibeConfig, name: str) -> Any:
                          group=ENTRY_POINT_GROUP)
     if not isinstance(obj, type) and isinstance(obj, setting.protocol):
         return obj  # a ready-made instance
-    if not callable(obj):
+    if not isinstance(obj, type):
+        # only a class is called: an import string naming a function (``os:abort``) must
+        # not run arbitrary code while the config is checked
         raise ConfigError(field, plugin, f"is a {type(obj).__name__}, not a policy class")
     params = setting.params(config)
     try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from scheduler.config._base import FrozenModel, Tier, by_tier
+from scheduler.config._base import FieldProblem, FrozenModel, Tier, by_tier
 
 
 class ModelSpec(FrozenModel):
@@ -75,7 +76,8 @@ class OutageWindow(FrozenModel):
     @model_validator(mode="after")
     def _ordered(self) -> OutageWindow:
         if self.end_s <= self.start_s:
-            raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
+            raise FieldProblem("end_s", self.end_s,
+                               f"must be after start_s ({self.start_s})")
         return self
 
 
@@ -83,12 +85,14 @@ class SimulatedProviderConfig(FrozenModel):
     """Knobs of the deterministic simulated provider."""
 
     seed: int = 0
-    latency_s: dict[Tier, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
-        default_factory=lambda: by_tier(0.4, 1.0, 2.0))
-    failure_rate: dict[Tier, Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: by_tier(0.05, 0.02, 0.01))
-    #: (lowest, highest) output tokens; never negative: a negative count credits budgets.
-    output_tokens: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (200, 1500)
+    #: seconds per call, per tier (finite, never negative).
+    latency_s: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.4, 1.0, 2.0))
+    #: the chance (0–1) that an attempt fails with a 529.
+    failure_rate: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.05, 0.02, 0.01))
+    #: (lowest, highest) output tokens per call; never negative: a negative count credits
+    #: budgets.
+    output_tokens: tuple[int, int] = (200, 1500)
+    #: latencies are multiplied by this (finite: ``inf`` would never answer).
     time_scale: float = Field(default=1.0, ge=0)
     #: a failed attempt is retried this many times before the 529 is raised (the SDK's
     #: ``max_retries``).
@@ -97,10 +101,17 @@ class SimulatedProviderConfig(FrozenModel):
     outages: tuple[OutageWindow, ...] = ()
 
     @model_validator(mode="after")
-    def _output_range(self) -> SimulatedProviderConfig:
-        lo, hi = self.output_tokens
-        if hi < lo:
-            raise ValueError(f"output_tokens: highest ({hi}) must be >= lowest ({lo})")
+    def _sane(self) -> SimulatedProviderConfig:
+        for tier, latency in self.latency_s.items():
+            if not (math.isfinite(latency) and latency >= 0):
+                raise FieldProblem(f"latency_s.{tier}", latency, "must be finite and >= 0")
+        for tier, rate in self.failure_rate.items():
+            if not 0 <= rate <= 1:
+                raise FieldProblem(f"failure_rate.{tier}", rate, "must be between 0 and 1")
+        low, high = self.output_tokens
+        if not 0 <= low <= high:
+            raise FieldProblem("output_tokens", [low, high], "must be [lowest, highest] with "
+                               "0 <= lowest <= highest (a negative count credits budgets)")
         return self
 
 

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from policies.fairness import FairnessParams
 from policies.routing import RoutingParams
-from scheduler.config._base import FrozenModel
+from scheduler.config._base import FieldProblem, FrozenModel
 
 
 class PoolConfig(FrozenModel):
@@ -101,7 +101,8 @@ class DistributedConfig(FrozenModel):
     @model_validator(mode="after")
     def _renew_before_expiry(self) -> DistributedConfig:
         if self.renew_s >= self.slice_ttl_s:
-            raise ValueError("renew_s must be shorter than slice_ttl_s")
+            raise FieldProblem("renew_s", self.renew_s,
+                               f"must be shorter than slice_ttl_s ({self.slice_ttl_s})")
         return self
 
 
@@ -129,7 +130,7 @@ class HealthConfig(FrozenModel):
     probe_max_priority: int = Field(default=1, ge=0)
 
 
-class RoutingConfig(RoutingParams):
+class RoutingConfig(RoutingParams, FrozenModel):
     """R4 parameters."""
 
     quality_floor: float = Field(default=0.5, ge=0, le=1)
@@ -155,7 +156,7 @@ class MetricsConfig(FrozenModel):
     @model_validator(mode="after")
     def _loopback_only(self) -> MetricsConfig:
         if not (self.host in ("localhost", "::1") or self.host.startswith("127.")):
-            raise ValueError(f"metrics are served on loopback only, not {self.host!r}")
+            raise FieldProblem("host", self.host, "metrics are served on loopback only")
         return self
 
 

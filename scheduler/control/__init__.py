@@ -6,9 +6,9 @@ May import ``core``, ``config``, ``store``, ``budget`` and ``policies``.
 from scheduler.control._alerts import AlertFlags as AlertFlags
 from scheduler.control._alerts import AlertRuntime as AlertRuntime
 from scheduler.control._alerts import AlertStatistics as AlertStatistics
+from scheduler.control._decision import Decision as Decision
 from scheduler.control._overdraft import OverdraftLedger as OverdraftLedger
 from scheduler.control._overdraft import OverdraftStatistics as OverdraftStatistics
-from scheduler.control._pause import Decision as Decision
 from scheduler.control._pause import PauseController as PauseController
 from scheduler.control._pause import PauseInfo as PauseInfo
 from scheduler.control._pause import PauseStatistics as PauseStatistics

@@ -29,7 +29,8 @@ import structlog
 from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, DefaultAlertPolicy
 from scheduler.budget import Crossing, ScopeState, Tracker
 from scheduler.config import AlertsConfig
-from scheduler.control._pause import Decision, PauseController
+from scheduler.control._decision import Decision
+from scheduler.control._pause import PauseController
 from scheduler.core import BudgetExceededError, EventBus
 
 _log = structlog.get_logger("vibe_engine.alerts")

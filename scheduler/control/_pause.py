@@ -36,55 +36,23 @@ import structlog
 
 from scheduler.budget import Reservation, ScopeState, Tracker
 from scheduler.config import Limits
+from scheduler.control._decision import (
+    Decision,
+    DecisionAction,
+    already_decided,
+    checked,
+    from_store,
+)
 from scheduler.control._overdraft import OverdraftLedger
-from scheduler.control._stored import paused_session, review_summary
+from scheduler.control._stored import review_summary
 from scheduler.core import BudgetExceededError, DecisionError, EventBus
 from scheduler.store import Store, task_key, task_of_key
 
 _log = structlog.get_logger("vibe_engine.pause")
 
-DecisionAction = Literal["add_budget", "finish", "review"]
-ACTIONS: tuple[DecisionAction, ...] = ("add_budget", "finish", "review")
-#: Dimensions a person may add to with ``add_budget``.
-ADDABLE = ("tokens", "cost_usd", "time_s", "file_edits", "shell_commands")
 #: Critical sections the current context is inside: (task_id, name, serial of the pause
 #: already pending when the section was opened, or 0).
 _inside: ContextVar[tuple[tuple[str, str, int], ...]] = ContextVar("vibe_critical", default=())
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """A person's decision about a paused task."""
-
-    task_id: str
-    action: DecisionAction
-    tokens: int | None = None
-    cost_usd: float | None = None
-    time_s: float | None = None
-    file_edits: int | None = None
-    shell_commands: int | None = None
-    source: str = "python"
-    at: float = 0.0
-
-    def amounts(self) -> dict[str, float]:
-        return {k: v for k in ADDABLE if (v := getattr(self, k)) is not None}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Decision:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
-def validate_decision(d: Decision) -> None:
-    """Raise :class:`DecisionError` for an unknown action or a useless add_budget."""
-    if d.action not in ACTIONS:
-        raise DecisionError(f"unknown decision {d.action!r}; choose one of {', '.join(ACTIONS)}")
-    if d.action == "add_budget":
-        amounts = d.amounts()
-        if not amounts or any(v <= 0 for v in amounts.values()):
-            raise DecisionError("add_budget needs a positive amount (tokens, cost_usd, …)")
 
 
 @dataclass(slots=True)
@@ -130,20 +98,6 @@ class _TaskControl:
             self._changed = None
 
 
-async def submit_to_store(store: Store, decision: Decision) -> dict[str, Any]:
-    """Store a decision for a paused task (no orchestrator running: picked up at resume)."""
-    validate_decision(decision)
-    session = await paused_session(store, decision.task_id)
-    if session is None:
-        raise DecisionError(f"task {decision.task_id!r} is not paused")
-    if decision.action == "review":
-        return {"accepted": True, "action": "review",
-                "summary": await review_summary(store, decision.task_id, session)}
-    await store.put_state("decision", task_key(session, decision.task_id),
-                          decision.to_dict())
-    return {"accepted": True, "action": decision.action, "stored": True, "session": session}
-
-
 class PauseController:
     """Pauses tasks, collects decisions, guards critical sections (module docstring)."""
 
@@ -159,6 +113,8 @@ class PauseController:
         self.poll_s = poll_s
         self._pauses: dict[str, PauseInfo] = {}
         self._decisions: dict[str, Decision] = {}
+        #: decisions being stored: taken, not yet visible to waiters (first one wins).
+        self._claims: dict[str, Decision] = {}
         self._tasks: dict[str, _TaskControl] = {}
         self._applied = 0
         self._last: dict[str, Decision] = {}
@@ -178,7 +134,9 @@ class PauseController:
         for key, value in (await self.store.list_state("decision")).items():
             session, task_id = task_of_key(key)
             if session == self.tracker.session_id:
-                self._decisions[task_id] = Decision.from_dict(value)
+                decision = await self._stored(task_id, value)
+                if decision is not None:
+                    self._decisions[task_id] = decision
         if self.overdraft is not None:
             await self.overdraft.open()
 
@@ -360,7 +318,7 @@ class PauseController:
                 stored = await self.store.get_state("decision", self._key(task_id))
                 if self._pauses.get(task_id) is not info:
                     continue
-                decision = Decision.from_dict(stored) if stored else None
+                decision = await self._stored(task_id, stored)
             if decision is not None:
                 await self._apply(decision)
                 return decision
@@ -402,23 +360,58 @@ class PauseController:
         source: str = "python",
     ) -> dict[str, Any]:
         """Record a person's decision for a paused task; ``review`` returns a summary."""
-        decision = Decision(task_id, cast(DecisionAction, action), tokens, cost_usd, time_s,
-                            file_edits, shell_commands, source, self._now())
-        validate_decision(decision)
-        if (task_id not in self._pauses
-                and await self.store.get_state("pause", self._key(task_id)) is None):
+        decision = checked(Decision(task_id, cast(DecisionAction, action), tokens, cost_usd,
+                                    time_s, file_edits, shell_commands, source, self._now()))
+        pause = self._pauses.get(task_id)
+        if pause is None and await self.store.get_state("pause", self._key(task_id)) is None:
+            last = self._last.get(task_id)
+            if last is not None and decision.action != "review":
+                raise already_decided(task_id, last, applied=True)
             raise DecisionError(f"task {task_id!r} is not paused")
         if decision.action == "review":
             summary = await review_summary(self.store, task_id, self.tracker.session_id)
             self.events.emit("task_review", f"review of paused task {task_id}",
                              task_id=task_id, source=source)
             return {"accepted": True, "action": "review", "summary": summary}
-        self._decisions[task_id] = decision
-        await self.store.put_state("decision", self._key(task_id), decision.to_dict())
+        await self._claim(decision, pause)
         self.events.emit("decision_received", f"{action} for {task_id} from {source}",
                          task_id=task_id, action=action, source=source, amounts=decision.amounts())
         self._ctl(task_id).notify()
         return {"accepted": True, "action": decision.action}
+
+    async def _stored(self, task_id: str, value: dict[str, Any] | None) -> Decision | None:
+        """The valid decision stored for ``task_id``; an invalid one is deleted and told."""
+        decision = from_store(value)
+        if value and decision is None:
+            await self.store.delete_state("decision", self._key(task_id))
+            self.events.emit("decision_discarded", f"stored decision for {task_id} is invalid",
+                             task_id=task_id, level="warning", stored=value)
+        return decision
+
+    async def _claim(self, decision: Decision, pause: PauseInfo | None) -> None:
+        """Take ``decision`` as the one for this pause, or raise: the first decision wins.
+
+        The claim is made before any await, so of two requests served at once only the
+        first is taken; a decision already in the store (written by a ``decide`` that found
+        no orchestrator) counts as first too.  Waiters see it once it is stored."""
+        task_id = decision.task_id
+        first = self._decisions.get(task_id) or self._claims.get(task_id)
+        if first is not None:
+            raise already_decided(task_id, first, applied=False)
+        self._claims[task_id] = decision
+        try:
+            stored = await self._stored(
+                task_id, await self.store.get_state("decision", self._key(task_id)))
+            if stored is not None:
+                raise already_decided(task_id, stored, applied=False)
+            await self.store.put_state("decision", self._key(task_id), decision.to_dict())
+        finally:
+            del self._claims[task_id]
+        if pause is not None and self._pauses.get(task_id) is not pause:
+            # the pause ended while the decision was stored (the decision timeout)
+            await self.store.delete_state("decision", self._key(task_id))
+            raise already_decided(task_id, self._last[task_id], applied=True)
+        self._decisions[task_id] = decision
 
     async def _apply(self, decision: Decision) -> None:
         task_id = decision.task_id

@@ -11,6 +11,12 @@ The running orchestrator listens on a Unix socket
 
 A refused request is answered with an error and logged as the EventBus event
 ``decision_refused``.  The protocol is one JSON object per line each way.
+
+Whatever a client sends — not JSON, not UTF-8, over 64 KiB, wrong types,
+``1e400`` or NaN where an amount belongs — it gets an error reply and the run
+goes on: a request is checked field by field (:func:`parse_request`) before it
+reaches the pause controller, and a handler never lets an error out into the
+task group that runs every task.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ from scheduler.core import DecisionError, EventBus, VibeEngineError
 
 _log = structlog.get_logger("vibe_engine.control")
 _MAX_REQUEST = 64 * 1024
+#: A client that connects and sends no full line in this long is answered and dropped.
+_READ_TIMEOUT_S = 30.0
+_OPS = ("decide", "paused")
+_TEXT_FIELDS = {"op": 16, "task_id": 128, "action": 32}
+_AMOUNTS = ("tokens", "cost_usd", "time_s", "file_edits", "shell_commands")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +99,38 @@ def authorize(
     """Why a request is refused (``None`` = accepted): wrong uid or wrong token."""
     if uid is not None and uid != owner_uid:
         return f"peer uid {uid} is not the owner uid {owner_uid}"
-    if not isinstance(token, str) or not hmac.compare_digest(
-        token.encode(), expected_token.encode()
+    # the token is hex: anything not ASCII (a lone surrogate cannot even be encoded) is wrong
+    if not isinstance(token, str) or not token.isascii() or not hmac.compare_digest(
+        token.encode("ascii"), expected_token.encode("ascii")
     ):
         return "missing or wrong control token"
     return None
+
+
+class BadRequest(ValueError):
+    """A control request that is not well-formed (answered with an error, never raised on)."""
+
+
+def parse_request(raw: str) -> dict[str, Any]:
+    """The request in ``raw``, checked: a JSON object whose text fields are short strings
+    and whose amounts are JSON numbers (their range is checked with the decision)."""
+    try:
+        request = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"not JSON: {str(exc)[:80]}") from None
+    if not isinstance(request, dict):
+        raise BadRequest("request must be a JSON object")
+    for key, limit in _TEXT_FIELDS.items():
+        value = request.get(key)
+        if value is not None and not (isinstance(value, str) and len(value) <= limit):
+            raise BadRequest(f"{key} must be a string of at most {limit} characters")
+    if request.get("op", "decide") not in _OPS:
+        raise BadRequest(f"unknown op; choose one of {', '.join(_OPS)}")
+    for key in _AMOUNTS:
+        value = request.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise BadRequest(f"{key} must be a number")
+    return request
 
 
 class ControlServer:
@@ -123,25 +161,32 @@ class ControlServer:
         async with stream:
             try:
                 reply = await self._answer(stream)
-                if reply is None:
-                    return  # a liveness probe: connected and closed without a request
+            except Exception as exc:  # one bad request must never end the run
+                _log.error("control_request_failed", error=f"{type(exc).__name__}: {exc}")
+                reply = {"ok": False, "error": f"request failed: {type(exc).__name__}"}
+            if reply is None:
+                return  # a liveness probe: connected and closed without a request
+            try:
                 await stream.send((json.dumps(reply) + "\n").encode())
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 _log.info("control_client_gone", error=str(exc))
 
     async def _answer(self, stream: SocketStream) -> dict[str, Any] | None:
         try:
-            raw = await _read_line(stream)
+            with anyio.fail_after(_READ_TIMEOUT_S):
+                raw = await _read_line(stream)
             if not raw:
                 return None
-            request = json.loads(raw)
-            if not isinstance(request, dict):
-                raise ValueError("request must be a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
+            request = parse_request(raw)
+        except TimeoutError:
+            return self._refuse(None, "", "malformed request: no complete line in time")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return None  # the client went away before sending a request
+        except ValueError as exc:  # BadRequest, too large, not UTF-8
             return self._refuse(None, "", f"malformed request: {exc}")
         sock = stream.extra(SocketAttribute.raw_socket)
         uid = peer_uid(sock)
-        task_id = str(request.get("task_id", ""))
+        task_id = str(request.get("task_id") or "")
         reason = authorize(uid=uid, token=request.get("token"), expected_token=self.token,
                            owner_uid=self.owner_uid)
         if reason is not None:
@@ -153,37 +198,21 @@ class ControlServer:
         return {"ok": True, "result": result}
 
     async def _dispatch(self, request: dict[str, Any], uid: int | None) -> dict[str, Any]:
-        op = request.get("op", "decide")
-        if op == "paused":
+        if request.get("op", "decide") == "paused":
             return {"paused": [p.to_dict() for p in self.controller.paused_tasks()]}
-        if op != "decide":
-            raise DecisionError(f"unknown op {op!r}")
+        # amounts go through as given: the controller's validate_decision refuses NaN,
+        # infinities, non-positive and fractional counts, with the same words as the CLI
         return await self.controller.decide(
-            str(request.get("task_id", "")), str(request.get("action", "")),
-            tokens=_opt_int(request, "tokens"), cost_usd=_opt_float(request, "cost_usd"),
-            time_s=_opt_float(request, "time_s"), file_edits=_opt_int(request, "file_edits"),
-            shell_commands=_opt_int(request, "shell_commands"),
-            source=f"socket:uid={uid}",
+            request.get("task_id") or "", request.get("action") or "",
+            tokens=request.get("tokens"), cost_usd=request.get("cost_usd"),
+            time_s=request.get("time_s"), file_edits=request.get("file_edits"),
+            shell_commands=request.get("shell_commands"), source=f"socket:uid={uid}",
         )
 
     def _refuse(self, uid: int | None, task_id: str, reason: str) -> dict[str, Any]:
         self.events.emit("decision_refused", reason, task_id=task_id or None, level="warning",
                          peer_uid=uid)
         return {"ok": False, "error": f"refused: {reason}"}
-
-
-def _opt_float(request: dict[str, Any], key: str) -> float | None:
-    value = request.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise DecisionError(f"{key} must be a number, got {value!r}")
-    return float(value)
-
-
-def _opt_int(request: dict[str, Any], key: str) -> int | None:
-    value = _opt_float(request, key)
-    return None if value is None else int(value)
 
 
 async def _read_line(stream: SocketStream) -> str:
@@ -196,7 +225,10 @@ async def _read_line(stream: SocketStream) -> str:
         except anyio.EndOfStream:
             break
         buf += chunk
-    return buf.split(b"\n", 1)[0].decode()
+    line = buf.split(b"\n", 1)[0]
+    if len(line) > _MAX_REQUEST:
+        raise ValueError("request too large")
+    return line.decode()
 
 
 async def _remove_stale(path: Path) -> None:
@@ -234,5 +266,7 @@ async def send_request(state_dir: Path, request: dict[str, Any]) -> dict[str, An
     async with stream:
         await stream.send((json.dumps(payload) + "\n").encode())
         reply = await _read_line(stream)
-    answer: dict[str, Any] = json.loads(reply)
+    answer = json.loads(reply)
+    if not isinstance(answer, dict):
+        raise ValueError(f"the control socket answered {reply[:80]!r}")
     return answer

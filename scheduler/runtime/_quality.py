@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 
 from scheduler.config import VibeConfig
-from scheduler.core import Completion, Message, VibeEngineError, resolve_object
+from scheduler.core import Completion, ConfigError, Message, VibeEngineError, resolve_object
 from scheduler.routing import Router
 from scheduler.tasks import TaskHandle
 
@@ -99,4 +99,7 @@ def make_quality_scorer(config: VibeConfig, gateway: Completer) -> QualityScorer
         return None
     factory = resolve_object(name, field="routing.quality_scorer", builtins=SCORERS,
                              group="vibe_engine.scorers")
+    if not isinstance(factory, type):
+        raise ConfigError("routing.quality_scorer", name,
+                          f"is a {type(factory).__name__}, not a scorer class")
     return factory(gateway)  # type: ignore[no-any-return]

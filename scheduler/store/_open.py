@@ -37,7 +37,12 @@ def open_store(
         store: Store = RedisStore(name, config=cfg, spool_path=spool)
         return store
     factory = resolve_object(name, field="store", builtins={}, group="vibe_engine.stores")
-    obj = factory()
+    if not isinstance(factory, type):
+        raise ConfigError("store", name, f"is a {type(factory).__name__}, not a store class")
+    try:
+        obj = factory()
+    except Exception as exc:  # a plugin's constructor may raise anything
+        raise ConfigError("store", name, f"cannot be built: {type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, Store):
         raise ConfigError("store", name, "does not implement the Store protocol")
     return obj
