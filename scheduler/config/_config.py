@@ -54,6 +54,7 @@ from scheduler.config._runtime import (
     PoliciesConfig,
     PoolConfig,
     RoutingConfig,
+    ShellConfig,
 )
 from scheduler.core import ConfigError
 
@@ -62,8 +63,8 @@ __all__ = [
     "Complexity", "DeadlockConfig", "DistributedConfig", "GlobalPoolConfig", "HealthConfig",
     "Limits", "MetricsConfig", "ModelSpec", "ObserveConfig", "OutageWindow", "OverdraftConfig",
     "PoliciesConfig", "PoolConfig", "PriorityClass", "ProviderConfig", "RoutingConfig",
-    "SimulatedProviderConfig", "TaskSpec", "TaskType", "TaskTypeSpec", "Tier", "VibeConfig",
-    "config_from_dict", "load_config",
+    "ShellConfig", "SimulatedProviderConfig", "TaskSpec", "TaskType", "TaskTypeSpec", "Tier",
+    "VibeConfig", "config_from_dict", "load_config",
 ]
 
 
@@ -103,6 +104,7 @@ class VibeConfig(FrozenModel):
     observe: ObserveConfig = Field(default_factory=ObserveConfig)
     provider: ProviderConfig = Field(default_factory=ProviderConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    shell: ShellConfig = Field(default_factory=ShellConfig)
     tasks: tuple[TaskSpec, ...] = ()
 
     @model_validator(mode="after")

@@ -9,7 +9,6 @@ from scheduler.runtime._build import Parts as Parts
 from scheduler.runtime._build import build_parts as build_parts
 from scheduler.runtime._context import AgentContext as AgentContext
 from scheduler.runtime._context import ShellResult as ShellResult
-from scheduler.runtime._context import is_dangerous as is_dangerous
 from scheduler.runtime._gateway import Gateway as Gateway
 from scheduler.runtime._gateway import Route as Route
 from scheduler.runtime._orchestrator import Orchestrator as Orchestrator
@@ -17,6 +16,7 @@ from scheduler.runtime._orchestrator import RunReport as RunReport
 from scheduler.runtime._orchestrator import TaskOutcome as TaskOutcome
 from scheduler.runtime._quality import LlmJudge as LlmJudge
 from scheduler.runtime._quality import QualityScorer as QualityScorer
+from scheduler.runtime._shell import is_dangerous as is_dangerous
 
 __all__ = [
     "Agent",
