@@ -8,13 +8,12 @@ threshold.  Without a state directory nothing is written.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from scheduler.budget._scopes import TaskEntry
-from scheduler.core import WallClock
+from scheduler.core import WallClock, private_dir, write_private
 
 
 class UsageFiles:
@@ -48,12 +47,9 @@ class UsageFiles:
         if self._state_dir is None:
             return None
         folder = self._state_dir / "tasks" / task_id
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "usage.json"
-        tmp = folder / "usage.json.tmp"
-        tmp.write_text(json.dumps(self.document(task_id, entry), indent=2), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        private_dir(folder)
+        return write_private(folder / "usage.json",
+                             json.dumps(self.document(task_id, entry), indent=2))
 
     def after_charge(self, task_id: str, entry: TaskEntry, *, crossed: bool) -> None:
         """Rewrite the file when the interval has passed since the last write, or ``crossed``."""

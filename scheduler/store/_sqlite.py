@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from scheduler.core import StoreError, Totals, Usage, UsageEvent
+from scheduler.core import StoreError, Totals, Usage, UsageEvent, private_dir, private_file
 from scheduler.store._base import scopes_of
 
 _SCHEMA = """
@@ -111,12 +111,18 @@ class SqliteStore:
         if self._db is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            private_file(self.path)  # before SQLite creates it with the umask's mode
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            # SQLite gives new -wal/-shm files the db's mode; older ones kept theirs
+            for extra in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + extra)
+                if side.exists():
+                    private_file(side)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store at {self.path}: {exc}") from exc
         self._db = db
