@@ -48,7 +48,8 @@ class _Pool(aioredis.BlockingConnectionPool):
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().get_connection(*args, **kwargs)
+            # redis-py leaves this method untyped
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except _NOT_DOWN as exc:
             raise StoreError(f"Redis refused the connection ({type(exc).__name__}): {exc}"
                              ) from exc
