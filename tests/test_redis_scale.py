@@ -84,13 +84,15 @@ async def test_r1_2_ten_thousand_concurrent_tasks_share_one_redis_store(
 
 
 @pytest.mark.slow
-async def test_r1_2_fifteen_hundred_tasks_of_one_orchestrator_on_redis(
+@pytest.mark.timeout(400)
+async def test_r1_2_ten_thousand_tasks_of_one_orchestrator_on_redis(
     redis_ns: str, tmp_path: Path
 ) -> None:
-    """R1.2: one orchestrator runs 1,500 concurrent tasks on the Redis store with a
-    16-connection pool (1,499 of 1,500 failed with redis-py's default pool): all complete,
-    and the session totals in Redis are the sum of the tasks' own totals."""
-    tasks = 1_500
+    """R1.2: one orchestrator runs 10,000 concurrent tasks (a zero-latency scripted
+    provider) on the Redis store with a 16-connection pool (1,499 of 1,500 failed with
+    redis-py's default pool): all complete, and the session totals in Redis are the sum of
+    the tasks' own totals."""
+    tasks = 10_000
     cfg = VibeConfig.model_validate({
         "state_dir": str(tmp_path), "store": f"{REDIS_URL}?namespace={redis_ns}",
         "session_id": "scale", "budgets": {"session": {}, "day": {},
@@ -98,7 +100,8 @@ async def test_r1_2_fifteen_hundred_tasks_of_one_orchestrator_on_redis(
         "allocator": {"pools": {"anthropic": {"tokens_per_minute": None,
                                               "requests_per_minute": None,
                                               "concurrent": None}}},
-        "distributed": {"max_connections": CONNECTIONS},
+        # a busy event loop reads answers late (see the store-level test above)
+        "distributed": {"max_connections": CONNECTIONS, "socket_timeout_s": 60.0},
         "observe": {"status_interval_s": None, "history": False},
     })
     orch = Orchestrator(cfg, provider=ScriptedProvider(), agents={"qa": QuestionAnswerAgent},
