@@ -210,7 +210,9 @@ def test_r1_2_r5_3_three_orchestrators_share_budget_and_pool(
             await anyio.sleep(1.0)  # a few renewals: the first process gives back its surplus
             while wall(client) < t_all + WINDOW_END:
                 with client.pipeline(transaction=True) as pipe:  # one consistent sample
-                    slices, demands = pipe.hgetall(grants).hgetall(demand_key).execute()
+                    pipe.hgetall(grants)
+                    pipe.hgetall(demand_key)
+                    slices, demands = pipe.execute()
                 during.append((slices, demands, {n: status_slice(tmp_path, n) for n in names}))
                 await anyio.sleep(0.1)
             t_kill = wall(client)
@@ -268,7 +270,7 @@ def test_r1_2_r5_3_three_orchestrators_share_budget_and_pool(
     # joined asking for one request's worth, 130,200)
     for n in names:
         grants_n = [int(sl[n.encode()]) for sl, _, _ in during]
-        reports_n = [r[n] for _, _, r in during if r[n] is not None]
+        reports_n = [size for _, _, r in during if (size := r[n]) is not None]
         assert reports_n and all(size < CAPACITY for size in reports_n), (n, reports_n)
         assert any(abs(size - g) <= 0.1 * max(g, 1) for size in reports_n for g in grants_n)
     # …and fair use of the pool among the processes backlogged through the whole window:
