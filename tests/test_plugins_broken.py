@@ -50,7 +50,7 @@ def test_r7_3_broken_plugin_listed_and_fails_only_its_tasks(tmp_path: Path) -> N
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
 
     run = _cli(site, tmp_path, "run", "run.yaml", "--no-live", "--log-level", "warning")
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 1, run.stderr  # the run completes; exit 1: a task failed
     out = " ".join(run.stdout.split())
     assert "good" in out and "completed" in out
     assert "failed: cannot load 'ghost'" in out

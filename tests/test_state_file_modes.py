@@ -35,8 +35,9 @@ def mode(path: Path) -> int:
 async def test_state_files_are_private_whatever_the_umask(
     make_orchestrator: OrchestratorFactory, tmp_path: Path
 ) -> None:
-    """Under umask 000 a run on the SQLite store leaves vibe.db, its WAL, status.json and
-    usage.json readable by the owner only, in 0700 folders."""
+    """Under umask 000 a run on the SQLite store leaves vibe.db, its WAL, status.json,
+    usage.json, result.json and the orchestrator lock readable by the owner only, in 0700
+    folders."""
     state = tmp_path / "state"
     stale = state / "vibe.db"
     state.mkdir(mode=0o755)
@@ -49,6 +50,8 @@ async def test_state_files_are_private_whatever_the_umask(
     assert report.outcomes["q1"].status == "completed"
     files = [state / "vibe.db", state / "status.json", state / "tasks" / "q1" / "usage.json"]
     files += [p for p in (state / "vibe.db-wal", state / "vibe.db-shm") if p.exists()]
+    files += [p for p in (state / "orchestrator.lock", state / "tasks" / "q1" / "result.json")
+              if p.exists()]
     for f in files:
         assert mode(f) == 0o600, (f, oct(mode(f)))
     for d in (state / "tasks", state / "tasks" / "q1"):

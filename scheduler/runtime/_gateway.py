@@ -38,14 +38,18 @@ from scheduler.core import (
     Provider,
     ProviderError,
     ProviderTimeoutError,
+    TextSink,
     Usage,
     UsageEvent,
+    check_options,
     cost_usd,
+    thinking_budget,
 )
 from scheduler.routing import Replanner, Router, task_info
 from scheduler.routing._health import error_kind_of
 from scheduler.runtime._admission import Admission
 from scheduler.runtime._quality import QualityScorer
+from scheduler.runtime._requests import check_request
 from scheduler.tasks import TaskHandle
 
 
@@ -59,6 +63,19 @@ class Route:
 
 
 _CallOn = Callable[[Route], Awaitable[Completion]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What every attempt of one call shares: output limits, streaming, hints, options."""
+
+    max_tokens: int
+    #: tokens reserved for the output: ``max_tokens``, or a larger thinking budget
+    out: int
+    stream: bool
+    hints: Mapping[str, Any]
+    options: Mapping[str, Any]
+    on_text: TextSink | None
 
 
 class _NoScorer:
@@ -124,17 +141,27 @@ class Gateway:
         model: str | None = None,
         stream: bool = False,
         hints: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_text: TextSink | None = None,
     ) -> Completion:
+        """One model call; ``options`` are Messages API options passed through
+        (``temperature``, ``tool_choice``, ``thinking`` …, see ``REQUEST_OPTIONS``);
+        ``on_text`` receives a streamed answer's text as it arrives."""
+        check_request(messages, system=system, context=context, tools=tools,
+                      max_tokens=max_tokens, model=model, hints=hints,
+                      models=list(self.config.models))
+        opts = check_options(options or {})
+        # the output reservation covers max_tokens, or a thinking budget above it
+        out = max(max_tokens, thinking_budget(opts))
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
             await self.replanner.before_call(task, lambda: self.tracker.fraction_used(task.id))
-        need = max_tokens + self.estimate(
+        need = out + self.estimate(
             self.router.catalog.strongest, messages, system, context, tools
         ).calibrated
+        call = _Call(max_tokens, out, stream, dict(hints or {}), opts, on_text)
 
         async def on(route: Route) -> Completion:
-            return await self._complete_on(
-                task, route, messages, system, context, tools, max_tokens, stream, hints
-            )
+            return await self._complete_on(task, route, messages, system, context, tools, call)
 
         route, completion = await self._with_fallbacks(
             task, self.route(task, model, hints, need), need, on
@@ -207,39 +234,45 @@ class Gateway:
 
     async def _complete_on(
         self, task: TaskHandle, route: Route, messages: Sequence[Message], system: str,
-        context: str, tools: Sequence[Mapping[str, Any]], max_tokens: int, stream: bool,
-        hints: Mapping[str, Any] | None,
+        context: str, tools: Sequence[Mapping[str, Any]], call: _Call,
     ) -> Completion:
         """One attempt on ``route``: estimate → admit → lease → call → settle → signal."""
         request = CompletionRequest(
             model=route.model, model_id=self.config.model_spec(route.model).model_id,
             messages=messages, system=(system + ("\n\n" + context if context else "")),
-            tools=tools, max_tokens=max_tokens, stream=stream, task_id=task.id,
-            hints=dict(hints or {}),
+            tools=tools, max_tokens=call.max_tokens, stream=call.stream, task_id=task.id,
+            hints=call.hints, options=call.options, on_text=call.on_text,
         )
         est = await self.count_api(
             request, self.estimate(route.model, messages, system, context, tools)
         )
-        cost = self.estimated_cost(route.model, est.calibrated, max_tokens)
+        cost = self.estimated_cost(route.model, est.calibrated, call.out)
         reservation = await self.admission.admit(
-            task, route.model, est.calibrated + max_tokens, cost)
+            task, route.model, est.calibrated + call.out, cost)
         lease: Lease | None = None
         try:
-            lease = await self.admission.lease(task, est.calibrated + max_tokens, reservation)
+            lease = await self.admission.lease(task, est.calibrated + call.out, reservation)
+            await self.tracker.open_call(reservation, prompt_tokens=est.calibrated,
+                                         output_tokens=call.out)  # durable before the call
             started = self._clock()
             try:
-                completion = await self.call(task, request)
+                with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
+                    completion = await self.call(task, request)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))
                 if exc.usage is not None:  # failed, but consumed tokens (a dropped stream)
                     partial = Completion("", exc.usage, route.model, stop_reason="error")
-                    await self.signal(task, await self.settle(
-                        task, route.model, partial, est, reservation, lease))
+                    with anyio.CancelScope(shield=True):  # paid: recorded even if cancelled
+                        crossings = await self.settle(
+                            task, route.model, partial, est, reservation, lease)
+                    await self.signal(task, crossings)
                 raise
             self.health.record_call(route.model, True, self._clock() - started,
                                     retries=completion.attempts - 1)
-            crossings = await self.settle(task, route.model, completion, est, reservation, lease)
+            with anyio.CancelScope(shield=True):  # the provider answered: the usage is paid
+                crossings = await self.settle(task, route.model, completion, est, reservation,
+                                              lease)
         finally:
             if lease is not None and lease.active:
                 self.allocator.release(lease.id)  # the call failed or was cancelled
@@ -363,6 +396,7 @@ class Gateway:
         event = self.tracker.make_event(
             task.id, model=model, usage=usage,
             cost_usd=cost_usd(usage, self.config.model_spec(model)),
+            event_id=reservation.event_id or None,  # the id its open_call record names
         )
         crossings = await self.tracker.charge(event, reservation)
         if lease is not None and lease.active:
