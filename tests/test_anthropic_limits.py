@@ -47,13 +47,27 @@ def _pool(orch: Orchestrator) -> tuple[int | None, int | None]:
 
 async def test_headers_set_the_pool_capacity(fake_api: FakeAnthropicServer,
                                              tmp_path: Path) -> None:
-    """The anthropic-ratelimit-* headers replace the configured per-minute capacities."""
+    """The anthropic-ratelimit-* headers lower the configured per-minute capacities."""
     fake_api.configure(tokens_limit=90_000, requests_limit=60)
     orch = _orch(fake_api, tmp_path, MemoryStore())
     assert _pool(orch) == (400_000, 1_000)
     report = await orch.run([TaskSpec(id="q", agent="qa", prompt="How do leases expire?")])
     assert report.outcomes["q"].status == "completed"
     assert _pool(orch) == (90_000, 60)
+
+
+async def test_r5_3_headers_never_raise_the_configured_caps(fake_api: FakeAnthropicServer,
+                                                            tmp_path: Path) -> None:
+    """R5.3: limits in the response headers may lower a configured pool capacity, never
+    raise it: an account allowing 2M tokens and 4,000 requests a minute leaves a
+    configured 50,000 / 100 as they are; a lower header still lowers the other one."""
+    pools = {"pools": {"anthropic": {"tokens_per_minute": 50_000, "requests_per_minute": 100}}}
+    for rpm_header, want in ((40, (50_000, 40)), (4_000, (50_000, 100))):
+        fake_api.configure(tokens_limit=2_000_000, requests_limit=rpm_header)
+        orch = _orch(fake_api, tmp_path, MemoryStore(), allocator=pools)
+        report = await orch.run([TaskSpec(id="q", agent="qa", prompt="How do leases expire?")])
+        assert report.outcomes["q"].status == "completed"
+        assert _pool(orch) == want
 
 
 async def test_global_slice_and_learned_limit_the_smaller_applies(

@@ -97,8 +97,8 @@ def test_global_pools_must_name_allocator_pools(tmp_path: Path) -> None:
 
 
 async def test_learned_limits_replace_local_and_cap_the_global_slice(tmp_path: Path) -> None:
-    """Limits from response headers replace a local pool's configured per-minute
-    capacities; for a global pool the allocator gets min(slice, learned), a slice of 0
+    """Limits from response headers lower (never raise) a local pool's configured
+    per-minute capacities; for a global pool the allocator gets min(slice, learned), a slice of 0
     closes the pool, and a learned limit below the global capacity lowers the capacity
     the slices are cut from."""
     cfg = _config(tmp_path, distributed=GLOBAL, allocator=AllocatorConfig(pools={
@@ -113,7 +113,9 @@ async def test_learned_limits_replace_local_and_cap_the_global_slice(tmp_path: P
                 for n, p in alloc.statistics().pools.items()}
 
     cap.on_rate_limits("local", RateLimitInfo(tokens_limit=80_000, requests_limit=40))
-    assert pools()["local"] == (80_000, 40)
+    assert pools()["local"] == (50_000, 40)  # 80,000 would raise the configured 50,000
+    cap.on_rate_limits("local", RateLimitInfo(tokens_limit=30_000))
+    assert pools()["local"] == (30_000, 40)
     cap.on_slice("anthropic", 300_000)
     assert pools()["anthropic"] == (300_000, 1_000)
     cap.on_rate_limits("sonnet", RateLimitInfo(tokens_limit=200_000))  # a tier: default pool
@@ -123,7 +125,7 @@ async def test_learned_limits_replace_local_and_cap_the_global_slice(tmp_path: P
     assert pools()["anthropic"] == (150_000, 1_000)
     cap.on_slice("anthropic", 0)
     assert pools()["anthropic"] == (CLOSED_TOKENS_PER_MINUTE, 1_000)
-    assert pools()["local"] == (80_000, 40)
+    assert pools()["local"] == (30_000, 40)
 
 
 async def test_demand_is_outstanding_tokens_as_a_rate() -> None:

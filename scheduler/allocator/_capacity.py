@@ -4,15 +4,18 @@ Up to three things bound a pool's tokens per minute:
 
 * the configuration (``allocator.pools.<pool>``), the starting point;
 * the limits the provider reports in its ``anthropic-ratelimit-*`` response
-  headers: they replace the configured tokens and requests per minute, since
-  they are what the provider enforces;
+  headers: they may *lower* the configured tokens and requests per minute (the
+  provider enforces them), never raise them — the configured figure is the
+  user's cap, and an account allowing 2M tokens a minute does not make a
+  configured 50k one 2M;
 * for a *global* pool (``distributed.global_pools`` with a ``redis://`` store),
   this orchestrator's slice of the shared quota, leased through
   :class:`~scheduler.allocator._quota.GlobalQuota`.  The slice replaces the configured
   tokens per minute; requests per minute and concurrency stay local.
 
 The allocator gets the smallest that applies: ``min(slice, learned)`` for a
-global pool, ``learned or configured`` otherwise.  A provider limit below a
+global pool, ``min(configured, learned)`` otherwise (``None``, not limited, is
+the largest).  A provider limit below a
 global pool's configured capacity also lowers the capacity the slices are cut
 from.
 
@@ -132,13 +135,11 @@ class PoolCapacity:
         """(tokens per minute, requests per minute) the allocator should have for ``pool``."""
         cfg = self._pools.get(pool)
         learned = self._learned_tpm.get(pool)
-        rpm = self._learned_rpm.get(pool, cfg.requests_per_minute if cfg else None)
+        rpm = _lower(cfg.requests_per_minute if cfg else None, self._learned_rpm.get(pool))
         if pool in self._slices:
-            tpm: int | None = self._slices[pool]
-            if learned is not None:
-                tpm = min(self._slices[pool], learned)
+            tpm = _lower(self._slices[pool], learned)
             return max(tpm or 0, CLOSED_TOKENS_PER_MINUTE), rpm
-        return (learned if learned is not None else (cfg.tokens_per_minute if cfg else None)), rpm
+        return _lower(cfg.tokens_per_minute if cfg else None, learned), rpm
 
     def _apply(self, pool: str) -> None:
         tpm, rpm = self.effective(pool)
@@ -149,3 +150,10 @@ class PoolCapacity:
         _log.info("pool_capacity_changed", pool=pool, tokens_per_minute=tpm,
                   requests_per_minute=rpm, slice=self._slices.get(pool),
                   learned_tokens_per_minute=self._learned_tpm.get(pool))
+
+
+def _lower(cap: int | None, learned: int | None) -> int | None:
+    """A provider's limit may lower the user's cap, never raise it (``None``: no limit)."""
+    if learned is None:
+        return cap
+    return learned if cap is None else min(cap, learned)

@@ -13,7 +13,6 @@ task alone.  The usage itself is in the store already and stays there.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import structlog
 
 from scheduler.budget._scopes import TaskEntry
-from scheduler.core import LocalFileError, WallClock
+from scheduler.core import LocalFileError, WallClock, private_dir, write_private
 
 _log = structlog.get_logger("vibe_engine.budget")
 
@@ -58,12 +57,9 @@ class UsageFiles:
             return None
         folder = self._state_dir / "tasks" / task_id
         path = folder / "usage.json"
-        tmp = folder / "usage.json.tmp"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self.document(task_id, entry), indent=2),
-                           encoding="utf-8")
-            os.replace(tmp, path)
+            private_dir(folder)
+            write_private(path, json.dumps(self.document(task_id, entry), indent=2))
         except OSError as exc:
             raise LocalFileError(path, exc.strerror or str(exc)) from exc
         entry.usage_written_at = self._clock()

@@ -364,10 +364,11 @@ def plugins() -> None:
     from agents import plugin_infos
 
     table = Table(title="Agent plugins (entry point group vibe_engine.agents)")
-    for col in ("name", "target", "distribution", "version"):
-        table.add_column(col)
+    for col in ("name", "target", "distribution", "version", "status"):
+        table.add_column(col, overflow="fold")
     for p in plugin_infos():
-        table.add_row(p.name, p.target, p.distribution, p.version)
+        status = f"broken: {p.error}" if p.error else "ok"
+        table.add_row(*(Text(v) for v in (p.name, p.target, p.distribution, p.version, status)))
     _out.print(table)
 
 

@@ -37,6 +37,7 @@ from scheduler.config._runtime import ObserveConfig as ObserveConfig
 from scheduler.config._runtime import PoliciesConfig as PoliciesConfig
 from scheduler.config._runtime import PoolConfig as PoolConfig
 from scheduler.config._runtime import RoutingConfig as RoutingConfig
+from scheduler.config._runtime import ShellConfig as ShellConfig
 
 __all__ = [
     "BUILTIN_POLICIES",
@@ -63,6 +64,7 @@ __all__ = [
     "PriorityClass",
     "ProviderConfig",
     "RoutingConfig",
+    "ShellConfig",
     "SimulatedProviderConfig",
     "TaskSpec",
     "TaskType",

@@ -54,6 +54,7 @@ from scheduler.config._runtime import (
     PoliciesConfig,
     PoolConfig,
     RoutingConfig,
+    ShellConfig,
 )
 from scheduler.core import ConfigError
 
@@ -62,7 +63,8 @@ __all__ = [
     "Complexity", "DeadlockConfig", "DistributedConfig", "GlobalPoolConfig", "HealthConfig",
     "Limits", "MetricsConfig", "ModelSpec", "ObserveConfig", "OutageWindow", "OverdraftConfig",
     "PoliciesConfig", "PoolConfig", "PriorityClass", "ProviderConfig", "RoutingConfig",
-    "SimulatedProviderConfig", "TaskSpec", "TaskType", "TaskTypeSpec", "Tier", "VibeConfig",
+    "ShellConfig", "SimulatedProviderConfig", "TaskSpec", "TaskType", "TaskTypeSpec", "Tier",
+    "VibeConfig",
 ]
 
 #: A task id names the task's folder (``tasks/<id>/``, ``workspace/<id>/``): it must be a
@@ -116,6 +118,7 @@ class VibeConfig(FrozenModel):
     observe: ObserveConfig = Field(default_factory=ObserveConfig)
     provider: ProviderConfig = Field(default_factory=ProviderConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    shell: ShellConfig = Field(default_factory=ShellConfig)
     tasks: tuple[TaskSpec, ...] = ()
 
     @field_validator("models", mode="before")

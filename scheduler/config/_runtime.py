@@ -56,6 +56,15 @@ class AllocatorConfig(FrozenModel):
         )
 
 
+class ShellConfig(FrozenModel):
+    """Agents' shell commands (``ctx.shell.run``); see docs/security.md."""
+
+    #: Environment variables never passed to a command, as names or shell-style patterns
+    #: (``MY_*``, case-insensitive) -- on top of ``provider.api_key_env`` and the built-in
+    #: ``*API_KEY*``, ``*SECRET*``, ``*TOKEN*``, ``*PASSWORD*``, ``*CREDENTIAL*``, ``*AUTH*`` ….
+    secret_env: tuple[str, ...] = ()
+
+
 class GlobalPoolConfig(FrozenModel):
     """A provider quota shared by every orchestrator on the store (one slice each)."""
 
@@ -84,6 +93,8 @@ class DistributedConfig(FrozenModel):
     #: this often, instead of waiting for the next ``renew_s`` (an idle orchestrator waking).
     starved_poll_s: float = Field(default=0.25, gt=0)
     socket_timeout_s: float = Field(default=2.0, gt=0)
+    #: Connections to Redis per orchestrator; more concurrent calls wait for a free one.
+    max_connections: int = Field(default=50, ge=1, le=10_000)
     #: Fail-closed: how long a new call waits for Redis to come back before failing.
     unavailable_wait_s: float = Field(default=60.0, ge=0)
     #: Where usage is spooled while Redis is down (default ``<state_dir>/redis-spool.jsonl``).

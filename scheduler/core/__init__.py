@@ -34,6 +34,10 @@ from scheduler.core._errors import VibeEngineError as VibeEngineError
 from scheduler.core._errors import WouldBlockError as WouldBlockError
 from scheduler.core._events import Event as Event
 from scheduler.core._events import EventBus as EventBus
+from scheduler.core._files import open_private as open_private
+from scheduler.core._files import private_dir as private_dir
+from scheduler.core._files import private_file as private_file
+from scheduler.core._files import write_private as write_private
 from scheduler.core._hooks import AsyncHook as AsyncHook
 from scheduler.core._hooks import Hook as Hook
 from scheduler.core._provider import REQUEST_OPTIONS as REQUEST_OPTIONS
@@ -99,8 +103,12 @@ __all__ = [
     "WouldBlockError",
     "check_options",
     "cost_usd",
+    "open_private",
+    "private_dir",
+    "private_file",
     "resolve_object",
     "thinking_budget",
+    "write_private",
 ]
 
 from scheduler.core._public import publish as _publish

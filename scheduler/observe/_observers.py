@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from scheduler.core import Event, VibeEngineError
+from scheduler.core import Event, VibeEngineError, private_dir, write_private
 from scheduler.observe._view import Changes, RunView, snapshot_of, watch_changes
 
 if TYPE_CHECKING:
@@ -96,10 +95,8 @@ class StatusWriter:
 
     def write(self, *, running: bool = True) -> Path:
         snap = snapshot_of(self.view, now=anyio.current_time(), running=running)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(snap.to_dict(), default=str), encoding="utf-8")
-        os.replace(tmp, self.path)
+        private_dir(self.path.parent)
+        write_private(self.path, json.dumps(snap.to_dict(), default=str))
         self.writes += 1
         return self.path
 

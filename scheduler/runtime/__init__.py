@@ -12,7 +12,6 @@ from scheduler.runtime._context import FileOps as FileOps
 from scheduler.runtime._context import PathEscapeError as PathEscapeError
 from scheduler.runtime._context import ShellOps as ShellOps
 from scheduler.runtime._context import ShellResult as ShellResult
-from scheduler.runtime._context import is_dangerous as is_dangerous
 from scheduler.runtime._gateway import Gateway as Gateway
 from scheduler.runtime._gateway import Route as Route
 from scheduler.runtime._orchestrator import Orchestrator as Orchestrator
@@ -20,6 +19,7 @@ from scheduler.runtime._orchestrator import RunReport as RunReport
 from scheduler.runtime._orchestrator import TaskOutcome as TaskOutcome
 from scheduler.runtime._quality import LlmJudge as LlmJudge
 from scheduler.runtime._quality import QualityScorer as QualityScorer
+from scheduler.runtime._shell import is_dangerous as is_dangerous
 from scheduler.runtime._tools import Tool as Tool
 from scheduler.runtime._tools import ToolError as ToolError
 from scheduler.runtime._tools import ToolLoop as ToolLoop

@@ -8,8 +8,6 @@ result; ``ctx.checkpoint`` saves progress durably.
 
 from __future__ import annotations
 
-import re
-import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,41 +22,10 @@ from scheduler.config import TaskSpec
 from scheduler.core import Completion, LocalFileError, Message, TextSink, VibeEngineError
 from scheduler.deadlock import LockManager, TaskLocks
 from scheduler.runtime._gateway import Gateway
+from scheduler.runtime._shell import is_dangerous, scrubbed_env
 from scheduler.runtime._tools import Tool, ToolLoop, ToolLoopResult
 from scheduler.store import Store, task_key
 from scheduler.tasks import TaskHandle
-
-#: Commands that only read; anything else (or any redirection) is dangerous (R1.1).
-SAFE_COMMANDS = frozenset(
-    {
-        "cat", "echo", "ls", "pwd", "head", "tail", "wc", "grep", "rg", "find", "stat",
-        "true", "false", "date", "whoami", "env", "printenv", "which", "diff", "sort",
-        "uniq", "tree", "du", "df", "file", "basename", "dirname", "realpath", "test",
-    }
-)
-SAFE_GIT = frozenset({"status", "diff", "log", "show", "branch", "rev-parse", "ls-files", "blame"})
-_SIDE_EFFECT_TOKENS = re.compile(r"(>|>>|\|\s*(sh|bash|zsh)\b|`|\$\(|-delete\b|-exec\b)")
-
-
-def is_dangerous(command: str) -> bool:
-    """True for shell commands with side effects (counted separately, R1.1/R1.3)."""
-    if _SIDE_EFFECT_TOKENS.search(command):
-        return True
-    for part in re.split(r"&&|\|\||;|\|", command):
-        try:
-            words = shlex.split(part)
-        except ValueError:
-            return True
-        if not words:
-            continue
-        prog = Path(words[0]).name
-        if prog == "git":
-            sub = next((w for w in words[1:] if not w.startswith("-")), "")
-            if sub not in SAFE_GIT:
-                return True
-        elif prog not in SAFE_COMMANDS:
-            return True
-    return False
 
 
 class PathEscapeError(VibeEngineError):
@@ -142,7 +109,12 @@ class FileOps:
 
 
 class ShellOps:
-    """``ctx.shell``: every command counted; side-effecting ones counted as dangerous."""
+    """``ctx.shell``: every command counted; side-effecting ones counted as dangerous.
+
+    A command runs in the task's workspace with the environment scrubbed of secrets
+    (:func:`~scheduler.runtime._shell.scrubbed_env`); one that writes, runs other
+    commands or touches a path outside the workspace is dangerous.
+    """
 
     def __init__(self, ctx: AgentContext, cwd: Path) -> None:
         self._ctx = ctx
@@ -150,19 +122,26 @@ class ShellOps:
 
     async def run(self, command: str, *, timeout_s: float = 60.0) -> ShellResult:
         ctx = self._ctx
-        dangerous = is_dangerous(command)
+        dangerous = is_dangerous(command, self.cwd)
         await ctx.gateway.admit_ops(ctx.handle, shell_commands=1,
                                     dangerous_commands=int(dangerous))
         await anyio.Path(self.cwd).mkdir(parents=True, exist_ok=True)
         name = "git_commit" if command.lstrip().startswith("git commit") else "shell"
         async with ctx.critical(name):
             with anyio.fail_after(timeout_s):
-                proc = await anyio.run_process(command, cwd=self.cwd, check=False)
+                proc = await anyio.run_process(command, cwd=self.cwd, check=False,
+                                               env=self._env())
         await ctx.charge_ops(shell_commands=1, dangerous_commands=int(dangerous))
         return ShellResult(
             command, proc.returncode, proc.stdout.decode(errors="replace"),
             proc.stderr.decode(errors="replace"), dangerous,
         )
+
+
+    def _env(self) -> dict[str, str]:
+        config = self._ctx.gateway.config
+        return scrubbed_env(api_key_env=config.provider.api_key_env,
+                            secret_env=config.shell.secret_env)
 
 
 class AgentContext:

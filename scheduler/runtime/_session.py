@@ -21,7 +21,14 @@ from typing import Any
 import structlog
 
 from scheduler.config import VibeConfig
-from scheduler.core import ResultError, SessionError, WallClock
+from scheduler.core import (
+    ResultError,
+    SessionError,
+    WallClock,
+    private_dir,
+    private_file,
+    write_private,
+)
 from scheduler.store import SessionRecord, Store, task_key, task_of_key
 from scheduler.tasks import TaskHandle, TaskStatus
 
@@ -62,8 +69,8 @@ class StateDirLock:
         if self._fd is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            private_dir(self.path.parent)
+            fd = os.open(private_file(self.path), os.O_RDWR)
         except OSError as exc:
             raise SessionError(f"cannot lock state directory {self.path.parent}: {exc}",
                                state_dir=str(self.path.parent)) from exc
@@ -155,10 +162,8 @@ class SessionLog:
         folder = Path(self.config.state_dir) / "tasks" / task_id
         doc = {"task_id": task_id, "session_id": self.session_id, "result": result}
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / "result.json.tmp"
-            tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-            os.replace(tmp, folder / "result.json")
+            private_dir(folder)
+            write_private(folder / "result.json", json.dumps(doc, indent=2))
         except OSError as exc:  # the result is in the store; the file is a convenience
             _log.warning("result_file_failed", task_id=task_id, error=str(exc))
 

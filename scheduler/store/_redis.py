@@ -115,7 +115,7 @@ class RedisStore:
         self._now_ms = now_ms
         self._link = RedisConnection(
             self.url, namespace=self.namespace, socket_timeout_s=self.config.socket_timeout_s,
-            failure_mode=self.config.failure_mode,
+            failure_mode=self.config.failure_mode, max_connections=self.config.max_connections,
         )
         self._replayed = 0
         self._local_tokens = 0

@@ -4,6 +4,13 @@ Owns the ``redis.asyncio`` client, the Lua scripts of :mod:`._redis_lua`
 (loaded once, called by SHA, reloaded after ``NOSCRIPT``) and whether Redis
 answers: after a failed attempt, writes skip Redis for a moment instead of
 reconnecting on every call.  asyncio only, like the store it serves.
+
+The client runs on a *blocking* pool of ``distributed.max_connections``
+connections: ten thousand tasks calling at once wait their turn for a
+connection instead of opening one each (redis-py's default pool refuses the
+101st with "Too many connections").  Errors that say something other than "Redis
+is unreachable" — the pool exhausted, credentials refused — are raised as
+:class:`~scheduler.core.StoreError` naming the cause, never as an outage.
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 import structlog
+from redis import exceptions as _exc
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scheduler.core import StoreError, StoreUnavailableError
@@ -24,6 +32,27 @@ from scheduler.store._redis_lua import SCRIPTS
 _log = structlog.get_logger("vibe_engine.store.redis")
 #: The errors that mean "Redis is unreachable" (anything else from Redis is a bug).
 DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+#: ``ConnectionError`` subclasses that are *not* an outage: retrying or spooling cannot help.
+#: (``MaxConnectionsError`` exists from redis-py 6; ``AuthorizationError`` from 5.1.)
+_NOT_DOWN: tuple[type[BaseException], ...] = tuple(
+    c for c in (AuthenticationError, getattr(_exc, "AuthorizationError", None),
+                getattr(_exc, "MaxConnectionsError", None)) if isinstance(c, type))
+
+
+class _Pool(aioredis.BlockingConnectionPool):
+    """A blocking pool that raises the errors that are not an outage as :class:`StoreError`.
+
+    They surface while a connection is taken (or made), before any command is
+    sent; raised as ``StoreError`` they pass every ``except DOWN`` unchanged.
+    """
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            # redis-py leaves this method untyped
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except _NOT_DOWN as exc:
+            raise StoreError(f"Redis refused the connection ({type(exc).__name__}): {exc}"
+                             ) from exc
 #: After a failed attempt, writes go straight to the spool for this long (no reconnect storm).
 _RETRY_AFTER_S = 0.25
 
@@ -32,9 +61,11 @@ class RedisConnection:
     """One client to ``url``, the scripts loaded on it, and whether Redis is up."""
 
     def __init__(
-        self, url: str, *, namespace: str, socket_timeout_s: float, failure_mode: str
+        self, url: str, *, namespace: str, socket_timeout_s: float, failure_mode: str,
+        max_connections: int = 50,
     ) -> None:
         self.url = url
+        self.max_connections = max_connections
         self._namespace = namespace
         self._timeout = socket_timeout_s
         self._failure_mode = failure_mode
@@ -57,10 +88,14 @@ class RedisConnection:
     async def open(self) -> None:
         """Connect and load the scripts (raises :class:`StoreUnavailableError` if unreachable)."""
         if self._client is None:
-            self._client = aioredis.Redis.from_url(
-                self.url, decode_responses=True, socket_timeout=self._timeout,
+            # timeout=None: a caller waits for a free connection as long as it takes; each
+            # command is bounded by the socket timeout, so connections always come back
+            pool = _Pool.from_url(
+                self.url, max_connections=self.max_connections, timeout=None,
+                decode_responses=True, socket_timeout=self._timeout,
                 socket_connect_timeout=self._timeout,
             )
+            self._client = aioredis.Redis.from_pool(pool)
         try:
             for name, src in SCRIPTS.items():
                 self._shas[name] = await self.client.script_load(src)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler.core import StoreError, UsageEvent
+from scheduler.core import StoreError, UsageEvent, open_private, private_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +67,8 @@ class Spool:
 
     def append(self, entry: Entry) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
+            private_dir(self.path.parent)
+            with open_private(self.path, append=True) as f:
                 f.write(_encode(entry) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -88,7 +88,7 @@ class Spool:
         """Forget the first ``n`` entries (they reached the store); atomic rewrite."""
         rest = self.read()[n:]
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open_private(tmp) as f:
             f.writelines(_encode(e) + "\n" for e in rest)
             f.flush()
             os.fsync(f.fileno())

@@ -34,7 +34,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from scheduler.core import StoreError, Totals, Usage, UsageEvent
+from scheduler.core import StoreError, Totals, Usage, UsageEvent, private_dir, private_file
 from scheduler.store._base import check_event, scopes_of
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
@@ -143,11 +143,17 @@ class SqliteStore:
         if self._db is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            private_file(self.path)  # before SQLite creates it with the umask's mode
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout=0")  # never wait for a lock: we retry, async
             self._db = db
             await self._run(_init_schema)
+            # SQLite gives new -wal/-shm files the db's mode; older ones kept theirs
+            for extra in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + extra)
+                if side.exists():
+                    private_file(side)
         except (sqlite3.Error, OSError) as exc:
             if self._db is not None:
                 self._db.close()

@@ -1,0 +1,61 @@
+"""State files readable by their owner only, whatever the umask.
+
+The store, ``status.json``, ``usage.json`` and the Redis spool hold what agents
+spent, their prompts' task ids and, in the store, checkpoints and decisions: on
+a shared machine another user must not read them.  Files are created ``0600``
+and folders ``0700`` explicitly (a umask can only take bits away, and an older
+file keeps its mode, so an existing one is narrowed too).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO
+
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def private_dir(path: Path) -> Path:
+    """``mkdir -p path``; the folders it creates are ``0700`` (existing ones are kept)."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for d in missing:
+        os.chmod(d, PRIVATE_DIR)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` if missing and make it ``0600``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
+    return path
+
+
+def open_private(path: Path, *, append: bool = False) -> IO[str]:
+    """Open ``path`` for writing text (truncate, or ``append``), ``0600``."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+        return os.fdopen(fd, "a" if append else "w", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Replace ``path`` atomically with ``text``, ``0600`` (a reader never sees half)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open_private(tmp) as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
