@@ -34,6 +34,8 @@ class AllocatorConfig(FrozenModel):
     min_share: float = Field(default=0.10, ge=0, le=1)
     max_share: float = Field(default=0.50, gt=0, le=1)
     aging_after_s: float = Field(default=30.0, gt=0)
+    #: Aging steps a waiting request may take (R5.2: +1 once); ``None``: no bound.
+    aging_max_steps: int | None = Field(default=1, ge=1)
     demotion_at: float = Field(default=0.50, gt=0, le=1)
     output_weight: float = Field(default=2.0, ge=0)
     #: How far (in service tokens) the policy's choice may run ahead of the
@@ -50,6 +52,7 @@ class AllocatorConfig(FrozenModel):
         """The allocation policy's own parameters, from the keys of this section."""
         return FairnessParams(
             aging_after_s=self.aging_after_s,
+            aging_max_steps=self.aging_max_steps,
             demotion_at=self.demotion_at,
             output_weight=self.output_weight,
             rank_quantum=self.fairness_quantum_tokens,
