@@ -222,7 +222,8 @@ class Gateway:
         )
         cost = self.estimated_cost(route.model, est.calibrated, max_tokens)
         reservation = await self.admission.admit(
-            task, route.model, est.calibrated + max_tokens, cost)
+            task, route.model, est.calibrated + max_tokens, cost,
+            prompt_tokens=est.calibrated, completion_tokens=max_tokens)
         lease: Lease | None = None
         try:
             lease = await self.admission.lease(task, est.calibrated + max_tokens, reservation)

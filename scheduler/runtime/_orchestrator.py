@@ -35,6 +35,7 @@ from scheduler.core import (
 from scheduler.routing import task_info
 from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._context import AgentContext
+from scheduler.runtime._deadline import run_within_time_budget
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
@@ -267,7 +268,7 @@ class Orchestrator:
                 handle.result = await self._run_parts(handle, split, agent)
             else:
                 ctx = self._context_factory(self, handle)
-                handle.result = await agent.run(ctx)
+                handle.result = await self._within_time_budget(handle, lambda: agent.run(ctx))
             handle.status = TaskStatus.COMPLETED
         except FinishRequestedError as exc:
             handle.status = TaskStatus.FINISHED
@@ -279,6 +280,15 @@ class Orchestrator:
             handle.status = TaskStatus.FAILED
             handle.reason = f"agent crashed: {type(exc).__name__}: {exc}"
             self._report_failure(handle)
+
+    async def _within_time_budget(self, handle: TaskHandle, run: Callable[[], Any]) -> Any:
+        """R1.1: the task's wall-time budget ends the attempt even without a model call."""
+        tg = self._task_group
+        if tg is None:
+            return await run()
+        return await run_within_time_budget(handle.id, run, tracker=self.tracker,
+                                            controller=self.controller, bus=self.bus,
+                                            spawn=tg.start_soon)
 
     def _report_failure(self, handle: TaskHandle) -> None:
         """R4.3: a task that failed after its model finished is a signal of a wrong choice.
