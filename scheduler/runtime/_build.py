@@ -44,7 +44,7 @@ from scheduler.routing import Replanner, Router
 from scheduler.runtime._gateway import Gateway
 from scheduler.runtime._quality import make_quality_scorer
 from scheduler.store import Store, open_store
-from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
+from scheduler.tasks import TaskHandle, TaskTable
 
 _log = structlog.get_logger("vibe_engine.orchestrator")
 
@@ -123,7 +123,9 @@ def _build_deadlocks(config: VibeConfig, policies: LoadedPolicies, waits: WaitFo
 
     def blocking_changed(task_id: str, blocking: bool) -> None:
         handle = tasks.get(task_id)
-        if handle is not None and handle.status is TaskStatus.RUNNING:
+        # a task not started yet counts too (``depends_on`` waits begin at once); an ended
+        # one is no longer registered with the allocator
+        if handle is not None and not handle.finished:
             allocator.set_blocking(task_id, blocking)  # R5.2: boost tasks others wait on
 
     async def release_leases(task_id: str) -> None:
