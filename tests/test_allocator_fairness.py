@@ -17,7 +17,7 @@ from scheduler.testing import run_virtual
 from tests._allocator_helpers import pool_config
 
 #: Guards off: pure policy order (no lag bound, no background floor).
-NO_GUARDS: dict[str, Any] = {"fairness_slack_tokens": 1e12, "min_share": 0.0}
+NO_GUARDS: dict[str, Any] = {"fairness_slack_tokens": 1e12, "background_min_share": 0.0}
 
 
 async def _serve(alloc: Allocator, holder: str, trace: list[str], tokens: int = 100,
@@ -190,7 +190,7 @@ def test_r5_3_background_class_keeps_10_percent_under_saturation() -> None:
     classes = {f"c{i}": "critical_path" for i in range(9)} | {"bg": "background"}
     guarded = _grant_shares({"fairness_slack_tokens": 1e12}, classes, 300)
     assert guarded["bg"] / 300 >= 0.09
-    # Without the floor (min_share 0) strict priority starves it for these 3 s. (Trio runs
+    # Without the floor (background_min_share 0) strict priority starves it for 3 s. (Trio runs
     # newly started tasks in a random order: when the background loop happens to ask first,
     # the free pool grants it at once, since nobody waits yet; after that, nothing.)
     unguarded = _grant_shares(NO_GUARDS, classes, 300)

@@ -31,7 +31,12 @@ class AllocatorConfig(FrozenModel):
 
     pools: dict[str, PoolConfig] = Field(default_factory=lambda: {"anthropic": PoolConfig()})
     lease_ttl_s: float = Field(default=300.0, gt=0)
-    min_share: float = Field(default=0.10, ge=0, le=1)
+    #: The background class's floor: while background requests wait and the class got
+    #: less than this fraction of the pool's recent service, the least-served background
+    #: request goes next.  (Each *agent's* minimum share — R5.3's 10 %, an equal split
+    #: when more than ten compete — comes from the service-counter fairness, bounded by
+    #: ``fairness_slack_tokens``; it is not a parameter.)  Was ``min_share``.
+    background_min_share: float = Field(default=0.10, ge=0, le=1)
     max_share: float = Field(default=0.50, gt=0, le=1)
     aging_after_s: float = Field(default=30.0, gt=0)
     #: Aging steps a waiting request may take (R5.2: +1 once); ``None``: no bound.
@@ -47,6 +52,20 @@ class AllocatorConfig(FrozenModel):
     fairness_quantum_tokens: float = Field(default=100, gt=0)
     #: Time constant of the decayed window over which class shares are measured.
     share_window_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        if isinstance(data, dict) and "min_share" in data:
+            raise ValueError(
+                "min_share was renamed background_min_share: it sets the background class's "
+                "floor, not each agent's share (see docs/allocator.md)")
+        return data
+
+    @property
+    def min_share(self) -> float:
+        """The background floor under its old name (the allocator core reads it)."""
+        return self.background_min_share
 
     def policy_params(self) -> FairnessParams:
         """The allocation policy's own parameters, from the keys of this section."""
