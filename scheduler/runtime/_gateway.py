@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 
+from policies.replan import BreakDown
 from scheduler.allocator import Allocator, Lease
 from scheduler.budget import Crossing, Estimate, Reservation, TokenCounter, Tracker
 from scheduler.config import VibeConfig
@@ -40,6 +41,7 @@ from scheduler.core import (
     ProviderTimeoutError,
     Usage,
     UsageEvent,
+    VibeEngineError,
     cost_usd,
 )
 from scheduler.routing import Replanner, Router, task_info
@@ -59,6 +61,19 @@ class Route:
 
 
 _CallOn = Callable[[Route], Awaitable[Completion]]
+
+
+class BreakDownRequested(VibeEngineError):
+    """R6.2 mid-task: the task's model degraded and replanning says break it down.
+
+    Raised by a routed call instead of running it on a tier too weak for the task; the
+    orchestrator ends the attempt and runs the smaller parts in its place.
+    """
+
+    def __init__(self, task_id: str, decision: BreakDown) -> None:
+        self.task_id = task_id
+        self.decision = decision
+        super().__init__(f"task {task_id} broken down mid-task: {decision.reason}")
 
 
 class _NoScorer:
@@ -126,7 +141,14 @@ class Gateway:
         hints: Mapping[str, Any] | None = None,
     ) -> Completion:
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
-            await self.replanner.before_call(task, lambda: self.tracker.fraction_used(task.id))
+            split = await self.replanner.before_call(
+                task, lambda: self.tracker.fraction_used(task.id),
+                allow_break_down=not task.split_from)  # R6.2: parts are not split again
+            if split is not None:
+                raise BreakDownRequested(task.id, split)
+        part_limit = task.spec.params.get("max_output_tokens")
+        if part_limit:  # R6.2: a broken-down part's limited scope
+            max_tokens = min(max_tokens, int(part_limit))
         need = max_tokens + self.estimate(
             self.router.catalog.strongest, messages, system, context, tools
         ).calibrated

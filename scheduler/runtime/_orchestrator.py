@@ -36,6 +36,7 @@ from scheduler.routing import task_info
 from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._context import AgentContext
 from scheduler.runtime._deadline import run_within_time_budget
+from scheduler.runtime._gateway import BreakDownRequested
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
@@ -267,8 +268,7 @@ class Orchestrator:
             if split is not None:
                 handle.result = await self._run_parts(handle, split, agent)
             else:
-                ctx = self._context_factory(self, handle)
-                handle.result = await self._within_time_budget(handle, lambda: agent.run(ctx))
+                handle.result = await self._run_agent(handle, agent)
             handle.status = TaskStatus.COMPLETED
         except FinishRequestedError as exc:
             handle.status = TaskStatus.FINISHED
@@ -280,6 +280,18 @@ class Orchestrator:
             handle.status = TaskStatus.FAILED
             handle.reason = f"agent crashed: {type(exc).__name__}: {exc}"
             self._report_failure(handle)
+
+    async def _run_agent(self, handle: TaskHandle, agent: Any) -> Any:
+        """The agent's run under the task's time budget; when its model degrades mid-task
+        and replanning breaks the task down (R6.2), the parts run in its place."""
+        ctx = self._context_factory(self, handle)
+        try:
+            return await self._within_time_budget(handle, lambda: agent.run(ctx))
+        except BreakDownRequested as exc:
+            split = await self.gateway.replanner.before_call(  # now knowing the agent's hook
+                handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
+                allow_break_down=True)
+            return await self._run_parts(handle, split or exc.decision, agent)
 
     async def _within_time_budget(self, handle: TaskHandle, run: Callable[[], Any]) -> Any:
         """R1.1: the task's wall-time budget ends the attempt even without a model call."""
