@@ -173,3 +173,41 @@ async def test_r5_7_the_resolver_releases_the_victims_leases_itself(tmp_path: Pa
     assert victims[:1] == ["b"]
     started = [t for task, t in provider.started if task == "other"]
     assert started and 10 <= started[0] < 11  # at the resolution, not when b's call ends
+
+
+class Patient:
+    """Makes one call at 1 s and, beside it, reads its place in the queue at 5 s."""
+
+    seen: list[tuple[int, float]] = []
+
+    async def run(self, ctx: AgentContext) -> str:
+        async def look() -> None:
+            await anyio.sleep(5)
+            self.seen.extend((w.position, w.estimated_wait_s) for w in ctx.waiting())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(look)
+            await anyio.sleep(1)  # the hog's call goes first
+            await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=1)
+        return "ok"
+
+
+async def test_r5_5_a_waiting_agent_reads_its_queue_position_and_wait(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R5.5: the waiting agent is told its queue position and estimated wait through its
+    context, and a wait over 30 s is logged (``lease_wait_long``)."""
+    Patient.seen.clear()
+    provider = PerTaskProvider({"hog": 60})
+    orch = make_orchestrator({"s": Script, "p": Patient}, provider=provider,
+                             allocator=ONE_SLOT)
+    await orch.run([
+        TaskSpec(id="hog", agent="s", prompt="Fix the crash"),
+        TaskSpec(id="patient", agent="p", prompt="Fix the crash"),
+    ])
+    assert len(Patient.seen) == 1
+    position, wait = Patient.seen[0]
+    assert position == 1 and wait > 0
+    long = [e for e in orch.bus.history if e.name == "lease_wait_long"]
+    assert [e.task_id for e in long] == ["patient"]
+    assert long[0].data["position"] == 1 and long[0].data["waited_s"] >= 30

@@ -43,6 +43,7 @@ from scheduler.observe._observers import build_observers
 from scheduler.routing import Replanner, Router
 from scheduler.runtime._gateway import Gateway
 from scheduler.runtime._quality import make_quality_scorer
+from scheduler.runtime._waits import long_wait_reporter
 from scheduler.store import Store, open_store
 from scheduler.tasks import TaskHandle, TaskTable
 
@@ -160,6 +161,7 @@ def _connect(parts: Parts, provider: Provider) -> None:
         allocator.run, _control_service(parts.controller, parts.config),
         parts.gateway.health.run,  # R6.4: 60 s health checks
         parts.deadlocks.run,  # R5.6: the 10 s wait-for graph check
+        long_wait_reporter(allocator, parts.bus),  # R5.5: long lease waits are logged
         *parts.observers.services(),
     ])
 

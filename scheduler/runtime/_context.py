@@ -19,11 +19,13 @@ from typing import Any
 import anyio
 import structlog
 
+from scheduler.allocator import WaiterStatistics
 from scheduler.budget import Tracker
 from scheduler.config import TaskSpec
 from scheduler.core import Completion, Message, VibeEngineError
 from scheduler.deadlock import LockManager, TaskLocks
 from scheduler.runtime._gateway import Gateway
+from scheduler.runtime._waits import waits_of
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle
 
@@ -190,6 +192,12 @@ class AgentContext:
     def simplify(self) -> bool:
         """True when replanning asked the agent to do only the key part (R6.7)."""
         return bool(self.handle.signals.simplify)
+
+    def waiting(self) -> tuple[WaiterStatistics, ...]:
+        """R5.5: this task's requests waiting for a lease, each with its queue position
+        (1 = next) and estimated wait; empty when none waits.  Read it from a task of the
+        agent that runs beside the waiting call."""
+        return waits_of(self.gateway.allocator, self.task.id)
 
     async def charge_ops(
         self, *, file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0
