@@ -165,6 +165,10 @@ class RoutingConfig(RoutingParams):
     #: ``"llm_judge"`` (the cheapest tier rates each routed answer, charged to the task) or
     #: ``"module:Class"`` (built with the gateway).
     quality_scorer: str = "none"
+    #: R6.1 for calls that name their model (``ctx.llm.complete(model=…)``): move them to a
+    #: substitute after a 529 or a timeout.  Off by default: the agent asked for that
+    #: model; a call may also allow it itself with ``hints={"allow_fallback": True}``.
+    explicit_model_fallback: bool = False
 
 
 class MetricsConfig(FrozenModel):

@@ -158,22 +158,29 @@ class Gateway:
                 task, route, messages, system, context, tools, max_tokens, stream, hints
             )
 
+        explicit = model is not None
+        may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
+            (hints or {}).get("allow_fallback"))
         route, completion = await self._with_fallbacks(
-            task, self.route(task, model, hints, need), need, on
+            task, self.route(task, model, hints, need), need, on, may_fall_back
         )
         if model is None:  # R4.3 corrections apply to routed calls only
             completion = await self._corrected(task, route, messages, completion, hints, need, on)
         return completion
 
     async def _with_fallbacks(
-        self, task: TaskHandle, route: Route, need: int, on: _CallOn
+        self, task: TaskHandle, route: Route, need: int, on: _CallOn, may_fall_back: bool,
     ) -> tuple[Route, Completion]:
-        """R6.1: a 529 or timeout moves the call to the next usable, in-budget substitute."""
+        """R6.1: a 529 or timeout moves the call to the next usable, in-budget substitute
+        (a call that named its model only when ``may_fall_back``).  Each try's reservation
+        and lease are given back before the next is admitted (``_complete_on``)."""
         tried: list[str] = []
         while True:
             try:
                 return route, await on(route)
             except (OverloadedError, ProviderTimeoutError) as exc:
+                if not may_fall_back:
+                    raise
                 tried.append(route.model)
                 skip = [*tried, *self.over_budget(task, need)]
                 nxt = route.fallback if route.fallback not in skip else None
