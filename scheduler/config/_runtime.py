@@ -161,10 +161,11 @@ class RoutingConfig(RoutingParams):
     retry_failed_attempts: bool = True
     #: at most this many attempts of one task in all (R4.3 retries; deadlock requeues count).
     max_attempts: int = Field(default=3, gt=0)
-    #: R4.3 quality signal for answers the provider does not score: ``"none"``,
-    #: ``"llm_judge"`` (the cheapest tier rates each routed answer, charged to the task) or
+    #: R4.3 quality signal for answers the provider does not score: ``"signals"`` (refusals,
+    #: empty answers, failed tool results; no model call), ``"llm_judge"`` (the cheapest
+    #: tier rates each routed answer, charged to the task), ``"none"`` or
     #: ``"module:Class"`` (built with the gateway).
-    quality_scorer: str = "none"
+    quality_scorer: str = "signals"
     #: R6.1 for calls that name their model (``ctx.llm.complete(model=…)``): move them to a
     #: substitute after a 529 or a timeout.  Off by default: the agent asked for that
     #: model; a call may also allow it itself with ``hints={"allow_fallback": True}``.

@@ -137,6 +137,7 @@ class Orchestrator:
             await self.store.open()
             await self.tracker.open()
             await self.controller.open()
+            await self.gateway.router.load_learned(self.store)  # R4.3 across restarts
             self._opened = True
 
     async def decide(self, task_id: str, action: str, **amounts: Any) -> dict[str, Any]:
@@ -342,6 +343,7 @@ class Orchestrator:
         handle.finished_at = anyio.current_time()
         self.allocator.unregister(handle.id)  # its leases and waits go back to the pool
         self.gateway.router.forget(handle.id)
+        await self.gateway.router.save_learned(self.store)  # R4.3 across restarts
         if not handle.finished:
             handle.status = TaskStatus.FAILED
             handle.reason = handle.reason or "cancelled"
