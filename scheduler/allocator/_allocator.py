@@ -144,11 +144,12 @@ class Allocator(AllocatorCore):
         tpm = _pick(tokens_per_minute, p.tpm.capacity if p.tpm else None)
         rpm = _pick(requests_per_minute, p.rpm.capacity if p.rpm else None)
         conc = _pick(concurrent, p.concurrent)
-        if tpm is not None and tpm < 0:
-            raise AllocationError(f"pool {pool!r}: tokens_per_minute must be >= 0, got {tpm}")
-        for value in (rpm, conc):
-            if value is not None and value <= 0:
-                raise AllocationError(f"pool {pool!r}: capacities must be > 0, got {value}")
+        # a per-minute capacity of 0 closes the pool (a global slice not granted yet)
+        for name, per_minute in (("tokens_per_minute", tpm), ("requests_per_minute", rpm)):
+            if per_minute is not None and per_minute < 0:
+                raise AllocationError(f"pool {pool!r}: {name} must be >= 0, got {per_minute}")
+        if conc is not None and conc <= 0:
+            raise AllocationError(f"pool {pool!r}: capacities must be > 0, got {conc}")
         p.set_capacity(tpm, rpm, conc)
         self._clamp_waiting(p)
         if self._bound:

@@ -82,7 +82,17 @@ class GlobalPoolConfig(FrozenModel):
     """A provider quota shared by every orchestrator on the store (one slice each)."""
 
     #: The whole quota; each orchestrator's allocator gets a max-min fair slice of it.
-    tokens_per_minute: int = Field(gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    #: The whole request quota, sliced the same way (each orchestrator's allocator then
+    #: starts its request bucket empty, so together they make at most this many calls
+    #: in any minute while they are busy).
+    requests_per_minute: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _something_shared(self) -> GlobalPoolConfig:
+        if self.tokens_per_minute is None and self.requests_per_minute is None:
+            raise ValueError("set tokens_per_minute, requests_per_minute or both")
+        return self
 
 
 class DistributedConfig(FrozenModel):
