@@ -9,7 +9,11 @@ connection between parts is made here, through the parts' ``on_<event>`` hooks:
   on release, its locks;
 * wait-for graph ``on_blocking`` → the allocator's boost of tasks others wait on (R5.2);
 * deadlock detector → resolver → the task table's abort and the lease release (R5.7);
-* gateway ``on_settle`` → observers (status, metrics).
+* gateway ``on_settle`` → observers (status, metrics);
+* allocator statistics → the long-wait reporter (``lease_wait_long``, R5.5).
+
+Each of these connections has a test from ``Orchestrator.run`` that fails without it
+(``tests/test_runtime_wiring.py``).
 """
 
 from __future__ import annotations
