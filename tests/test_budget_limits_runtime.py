@@ -114,7 +114,7 @@ async def test_r1_1_time_added_to_a_paused_task_moves_the_deadline(
     assert report.outcomes["t"].status == "completed"
 
 
-class Limits_(OneCall):
+class RecordsLimits(OneCall):
     """Records the task's resolved limits."""
 
     seen: list[Limits] = []
@@ -134,10 +134,10 @@ async def test_r1_3_auto_detected_complexity_sets_the_budget(
 ) -> None:
     """R1.3: an auto-detected complexity that is not the type's typical one sets tokens and
     time from the complexity table (20k / 50k / 150k); a typical task keeps its type's row."""
-    Limits_.seen.clear()
-    orch = make_orchestrator({"a": Limits_})
+    RecordsLimits.seen.clear()
+    orch = make_orchestrator({"a": RecordsLimits})
     await orch.run([TaskSpec(id="t", agent="a", prompt=prompt)])
-    (limits,) = Limits_.seen
+    (limits,) = RecordsLimits.seen
     assert (limits.tokens, limits.time_s) == (tokens, time_s)
     assert orch.tracker.task_scope("t").limits.tokens == tokens
 
