@@ -85,7 +85,7 @@ class GlobalPoolConfig(FrozenModel):
     tokens_per_minute: int | None = Field(default=None, gt=0)
     #: The whole request quota, sliced the same way (each orchestrator's allocator then
     #: starts its request bucket empty, so together they make at most this many calls
-    #: in any minute while they are busy).
+    #: per minute since they started).
     requests_per_minute: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
