@@ -135,11 +135,10 @@ class FairnessParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     aging_after_s: float = Field(default=30.0, gt=0)
-    #: How many aging steps a request may take: R5.2 says +1 after 30 s, so 1 by
-    #: default; ``None`` ages without bound (+1 every ``aging_after_s``).  Starvation is
-    #: prevented by the allocator's service-counter slack and the background share, not
-    #: by unbounded aging.
-    aging_max_steps: int | None = Field(default=1, ge=1)
+    #: How many aging steps a request may take.  ``None`` (the default) repeats the
+    #: step: +1 for every ``aging_after_s`` waited, so a long wait keeps rising until it is
+    #: served; ``1`` is exactly R5.2's single "+1 after 30 s".
+    aging_max_steps: int | None = Field(default=None, ge=1)
     demotion_at: float = Field(default=0.50, gt=0, le=1)
     blocking_priority: int = 3
     output_weight: float = Field(default=2.0, ge=0)
@@ -177,7 +176,7 @@ class PriorityWithFairness(_OrderMixin):
     """R5.2 effective priority, then least service first (VTC, Sheng et al., OSDI 2024).
 
     Effective priority = base (R5.1) + 1 for every full ``aging_after_s`` waited, at
-    most ``aging_max_steps`` times (once, by default: R5.2's "+1") − 1 while the
+    most ``aging_max_steps`` times (no bound by default; 1: R5.2's "+1") − 1 while the
     task's token use is above ``demotion_at`` of its budget; a task that others wait
     on is raised to at least ``blocking_priority``.  Inside a level the holder with
     the smallest virtual counter goes first, where a call counts ``input + output_weight × output``;

@@ -49,10 +49,32 @@ async def test_r5_1_higher_class_served_first() -> None:
     assert trace == ["crit", "user", "n", "bg"]
 
 
-async def test_r5_2_aging_after_30s_is_plus_one_once() -> None:
-    """R5.2: +1 after 30 s waited, and no more (bounded aging)."""
+async def test_r5_2_aging_after_30s() -> None:
     trace: list[str] = []
     async with open_allocator(pool_config(concurrent=1, **NO_GUARDS)) as alloc:
+        alloc.register("bg", "background")
+        first = await alloc.acquire("occupier")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_serve, alloc, "bg", trace)
+            await anyio.sleep(29.9)
+            assert _priority_of(alloc, "bg") == 1
+            await anyio.sleep(0.1)
+            assert _priority_of(alloc, "bg") == 2  # +1 after 30 s
+            await anyio.sleep(30)
+            assert _priority_of(alloc, "bg") == 3  # and again after 60 s
+            tg.start_soon(_serve, alloc, "normal", trace)
+            await anyio.sleep(0.001)
+            alloc.settle(first.id, 0)
+
+    # The aged background task (3) now goes before a fresh normal one (2).
+    assert trace == ["bg", "normal"]
+
+
+async def test_r5_2_aging_bounded_to_plus_one_once() -> None:
+    """R5.2 as written (``aging_max_steps = 1``): +1 after 30 s waited, and no more."""
+    trace: list[str] = []
+    async with open_allocator(pool_config(concurrent=1, aging_max_steps=1,
+                                          **NO_GUARDS)) as alloc:
         alloc.register("bg", "background")
         alloc.register("crit", "critical_path")
         first = await alloc.acquire("occupier")

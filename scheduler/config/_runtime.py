@@ -39,8 +39,9 @@ class AllocatorConfig(FrozenModel):
     background_min_share: float = Field(default=0.10, ge=0, le=1)
     max_share: float = Field(default=0.50, gt=0, le=1)
     aging_after_s: float = Field(default=30.0, gt=0)
-    #: Aging steps a waiting request may take (R5.2: +1 once); ``None``: no bound.
-    aging_max_steps: int | None = Field(default=1, ge=1)
+    #: Aging steps a waiting request may take: ``None`` (default) +1 every
+    #: ``aging_after_s`` without bound; ``1``: R5.2's single +1.
+    aging_max_steps: int | None = Field(default=None, ge=1)
     demotion_at: float = Field(default=0.50, gt=0, le=1)
     output_weight: float = Field(default=2.0, ge=0)
     #: How far (in service tokens) the policy's choice may run ahead of the
