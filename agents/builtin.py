@@ -1,16 +1,23 @@
 """Built-in agents used by ``vibe-engine demo`` and as plugin examples.
 
-They do real governed work: model calls through ``ctx.llm``, file writes in
-the task's workspace through ``ctx.files``, read-only shell commands through
-``ctx.shell``, and a checkpoint after each step so a requeued or resumed
-attempt continues where it stopped.
+* ``coder`` — a coding agent: the governed tool loop with tools to list,
+  read, edit (exact string replacement) and write files and to run commands,
+  in ``params.repo`` (an existing checkout) or the task's workspace; it stops
+  when the model ends its turn and returns what it changed and ran.
+* ``qa`` — one model call; the answer is the result.
+* ``steps`` / ``refactor`` — scripted step work (a model call, a file write and
+  a checkpoint per step) for the demo workload and the runtime's own tests.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from scheduler import TaskSpec
+import anyio
+
+from agents._coding_tools import CodingTools
+from scheduler import ConfigError, TaskSpec
 from scheduler.runtime import AgentContext
 
 #: A long, stable system prompt: counted once by the estimator, cached by the provider.
@@ -33,7 +40,52 @@ class QuestionAnswerAgent:
         return reply.text
 
 
+CODER_SYSTEM = (
+    "You are a coding agent working in a repository through tools: list_files, read_file, "
+    "edit_file (exact string replacement), write_file and run_command. Read before you "
+    "edit, keep changes small, run the tests to check your work, and end your turn with a "
+    "short summary once the task is done.\n\n" + SYSTEM_PROMPT
+)
+
+
 class CoderAgent:
+    """A coding agent: model → tools → model in a repository until the model ends its turn.
+
+    ``params``: ``repo`` (the directory to work in; default the task's workspace),
+    ``max_turns`` (30), ``max_tokens`` per turn (4096), ``model`` (a tier; routed when
+    absent), ``stream`` (false).  The result is a JSON-serialisable summary.
+    """
+
+    async def run(self, ctx: AgentContext) -> dict[str, Any]:
+        p = ctx.task.params
+        root = ctx.workspace
+        if p.get("repo"):
+            root = Path(await (await anyio.Path(str(p["repo"])).expanduser()).resolve())
+        if p.get("repo") and not await anyio.Path(root).is_dir():
+            raise ConfigError(f"tasks.{ctx.task.id}.params.repo", str(p["repo"]),
+                              "not a directory")
+        loop = ctx.tool_loop(
+            [], system=CODER_SYSTEM, max_turns=3 if ctx.simplify else int(p.get("max_turns", 30)),
+            max_tokens=int(p.get("max_tokens", 4096)), model=p.get("model"),
+            stream=bool(p.get("stream", False)),
+            hints={"difficulty": float(p.get("difficulty", 0.4)),
+                   "tool_turns": int(p.get("steps", 2))},
+        )
+        loop.tools = CodingTools(ctx, root, lambda: loop.notes).tools()
+        result = await loop.run([{"role": "user", "content": ctx.task.prompt}])
+        return {
+            "repo": str(root),
+            "files_changed": list(loop.notes.get("files_changed", [])),
+            "commands": list(loop.notes.get("commands", [])),
+            "final_text": result.text,
+            "stop_reason": result.stop_reason,
+            "turns": result.turns,
+            "tool_calls": result.tool_calls,
+            "resumed": result.resumed,
+        }
+
+
+class StepsAgent:
     """Works in steps: ask the model, write a file, check the workspace; checkpoints each step."""
 
     async def run(self, ctx: AgentContext) -> dict[str, Any]:
@@ -63,7 +115,7 @@ class CoderAgent:
         return state
 
 
-class RefactorAgent(CoderAgent):
+class RefactorAgent(StepsAgent):
     """A coder that can split a multi-file task into one task per file (R6.2)."""
 
     def decompose(self, task: TaskSpec) -> list[TaskSpec]:

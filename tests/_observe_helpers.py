@@ -17,8 +17,7 @@ from agents import ShellResult, discover_agents, is_dangerous, make_provider
 from scheduler import VibeConfig
 from scheduler.cli._demo import demo_config
 from scheduler.observe import BudgetBar, EventView, ModelView, PoolView, Snapshot, TaskView
-from scheduler.runtime import Orchestrator
-from scheduler.runtime._context import FileOps, ShellOps
+from scheduler.runtime import FileOps, Orchestrator, ShellOps
 from scheduler.runtime._orchestrator import _default_context_factory
 from scheduler.tasks import TaskHandle
 

@@ -7,7 +7,7 @@ import itertools
 import anyio
 import pytest
 
-from agents.builtin import CoderAgent, QuestionAnswerAgent
+from agents.builtin import QuestionAnswerAgent, StepsAgent
 from scheduler import Limits, TaskSpec
 from scheduler.config import AllocatorConfig, PoolConfig
 from scheduler.core import UsageEvent
@@ -23,7 +23,7 @@ async def test_r5_3_gateway_calls_are_leased_from_the_pool(
     """R5.3: the pool's concurrency caps calls in flight; every lease is settled."""
     pool = PoolConfig(tokens_per_minute=None, requests_per_minute=None, concurrent=5)
     provider = ScriptedProvider(latency_s=1.0)
-    orch = make_orchestrator({"qa": QuestionAnswerAgent, "coder": CoderAgent},
+    orch = make_orchestrator({"qa": QuestionAnswerAgent, "coder": StepsAgent},
                              provider=provider,
                              allocator=AllocatorConfig(pools={"anthropic": pool}))
     specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?",

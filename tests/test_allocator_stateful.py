@@ -203,7 +203,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert len([r for r in self.requests if not r.done]) == len(waiting)
         # No lost wake-up: the one to serve next cannot be served now.
         if p.n_queued:
-            w = alloc._select(p)
+            w = alloc._dispatcher.select(p)
             assert w is not None
             blocked_by_share = p.over_share(w.holder, w.tokens, w.calls) and p.others_waiting(
                 w.holder)

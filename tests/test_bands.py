@@ -9,9 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policies.fairness import rank_band
-from scheduler.allocator._bands import BandQueue
+from scheduler.allocator._bands import BandQueue, Key, key
 from scheduler.allocator._records import Waiter
-from scheduler.allocator._waitqueue import Key, key
 
 
 def _entry(seq: int, rank: float) -> Key:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from agents import AgentContext, is_dangerous
-from agents.builtin import CoderAgent, QuestionAnswerAgent
+from agents.builtin import QuestionAnswerAgent, StepsAgent
 from scheduler import ConfigError, Limits, TaskSpec
 from scheduler.core import ProviderTimeoutError
 from scheduler.runtime import Orchestrator, RunReport
@@ -21,7 +21,7 @@ from tests._helpers import OrchestratorFactory
 pytestmark = pytest.mark.anyio
 
 
-AGENTS = {"qa": QuestionAnswerAgent, "coder": CoderAgent}
+AGENTS = {"qa": QuestionAnswerAgent, "coder": StepsAgent}
 
 
 async def test_r7_1_many_agents_share_one_event_loop(

@@ -193,6 +193,25 @@ def test_r3_5_used_grace_survives_a_restart(tmp_path: Path) -> None:
     assert "already used" in run_virtual(second)
 
 
+def test_r3_5_a_new_session_does_not_inherit_a_tasks_used_grace(tmp_path: Path) -> None:
+    """Issue #18: a task's grace is per session, like its budget; the day's is shared."""
+
+    async def use_grace(session: str) -> int:
+        h = await open_harness(store=sqlite_store(tmp_path), tasks={"t": profile(tokens=1000)},
+                               session_id=session)
+        try:
+            await h.charge("t", tokens=999)
+            async with h.controller.open_critical("t", "file_write"):
+                await _llm(h, "t", 500)
+            await h.controller.discard("t")
+            return h.ledger.statistics().granted
+        finally:
+            await h.store.aclose()
+
+    assert run_virtual(use_grace, "s1") == 1
+    assert run_virtual(use_grace, "s2") == 1  # a later session's own grace
+
+
 # -- property: a shared session budget is never overspent by more than one grace ----------
 
 op = st.tuples(st.integers(50, 6_000), st.floats(0.3, 1.0), st.booleans(),

@@ -46,7 +46,7 @@ async def test_r3_4_pause_add_budget_continue_with_added_budget() -> None:
     out: dict[str, Any] = {
         "log": log, "limit": h.tracker.task_scope("t").limits.tokens,
         "choices": paused.data["choices"], "paused": h.controller.is_paused("t"),
-        "budget": await h.store.get_state("budget", "t"),
+        "budget": await h.store.get_state("budget", "s1/t"),
     }
     assert out["log"] == ["released", "decide", "resumed"]
     assert out["limit"] == 51_000
@@ -116,14 +116,15 @@ async def test_r3_4_finish_returns_finish_and_clears_the_pause() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(person)
             decision = await h.controller.wait_decision("t")
-        return decision.action, h.controller.is_paused("t"), await h.store.get_state("pause", "t")
+        pause = await h.store.get_state("pause", "s1/t")  # session s1, task t
+        return decision.action, h.controller.is_paused("t"), pause
 
     assert await main() == ("finish", False, None)
 
 
 async def test_r3_4_review_shows_work_and_keeps_the_task_paused() -> None:
     h = await open_harness(tasks={"t": profile(tokens=1000)})
-    await h.store.put_state("checkpoint", "t", {"step": 3})
+    await h.store.put_state("checkpoint", "s1/t", {"step": 3})  # session s1, task t
     await h.charge("t", tokens=400, file_edits=2)
     await _exceed(h, tokens=600)
     order: list[str] = []
@@ -221,7 +222,8 @@ def test_r3_4_decision_written_while_no_orchestrator_runs_is_applied_at_start(
         return decision.action, h.tracker.task_scope("t").limits.tokens
 
     run_virtual(first)
-    assert run_virtual(offline) == {"accepted": True, "action": "add_budget", "stored": True}
+    assert run_virtual(offline) == {"accepted": True, "action": "add_budget", "stored": True,
+                                    "session": "s1"}
     assert run_virtual(restart) == ("add_budget", 3000)
 
 

@@ -175,7 +175,8 @@ def test_r3_4_decide_without_an_orchestrator_writes_to_the_store(tmp_path: Path)
     ensure_token(state)
     control_paths(state).socket.touch()  # left behind by a killed orchestrator
     reply = decide("t", "add_budget", tokens=2_000, state_dir=state)
-    assert reply == {"accepted": True, "action": "add_budget", "stored": True, "via": "store"}
+    assert reply == {"accepted": True, "action": "add_budget", "stored": True, "via": "store",
+                     "session": "s1"}
     review = decide("t", "review", state_dir=state)
     assert review["summary"]["usage"]["tokens"] == 1000
     with pytest.raises(DecisionError, match="not paused"):

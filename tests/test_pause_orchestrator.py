@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from agents import AgentContext
-from agents.builtin import CoderAgent
+from agents.builtin import StepsAgent
 from scheduler import Event, Limits, TaskSpec, VibeConfig
 from scheduler.cli._decide import stored_status_rows
 from scheduler.control._alerts import StatusRow
@@ -31,7 +31,7 @@ def _orch(state: Path, provider: ScriptedProvider, agents: dict[str, Any] | None
           session: str = "s1", **alerts: Any) -> Orchestrator:
     config = VibeConfig(state_dir=state, store="sqlite", session_id=session,
                         alerts=alerts or {})
-    return build_orchestrator(agents or {"coder": CoderAgent}, config=config,
+    return build_orchestrator(agents or {"coder": StepsAgent}, config=config,
                               provider=provider)
 
 
@@ -75,7 +75,7 @@ async def test_r3_4_pause_restart_decide_from_cli_continue_from_checkpoint(
     assert paused[0].data["usage"]["tokens"] == 7_000
 
     provider = ScriptedProvider(latency_s=0, prompt=3_000, completion=500)
-    second = _orch(state, provider, session="s2")  # a new session on the same store
+    second = _orch(state, provider)  # the interrupted session s1, continued (resume)
     report: list[RunReport] = []
     async with anyio.create_task_group() as tg:
 

@@ -230,7 +230,8 @@ def test_r1_2_r5_3_three_orchestrators_share_budget_and_pool(
 
     t_all, t_kill, codes = run_real(main)
     logs = {n: (tmp_path / f"{n}.log").read_text(errors="replace") for n in names}
-    assert codes["o1"] == 0 and codes["o2"] == 0, logs
+    # exit 1: they ran to the end of the shared budget, so tasks were stopped on it
+    assert codes["o1"] in (0, 1) and codes["o2"] in (0, 1), logs
     assert codes["o3"] == -signal.SIGKILL
 
     # budget: every process's usage, as Redis recorded it

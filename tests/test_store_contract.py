@@ -104,3 +104,24 @@ async def test_cache_write_split_survives(store: Store) -> None:
     [back] = await store.events()
     assert back.usage == Usage(1, 2, 3, 4, 5)
     assert (await store.totals("task:t1")).cache_write_tokens == 9
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("prompt", -5), ("completion", -1), ("cost", -0.01), ("cost", float("nan")),
+     ("cost", float("inf")), ("cache_read", -3), ("file_edits", -1)],
+)
+async def test_r2_1_store_refuses_negative_or_non_finite_usage(
+    store: Store, field: str, value: float
+) -> None:
+    """R2.1: usage that would credit the budget (negative) or poison every later total
+    (NaN, infinity) is refused with an error naming the field; nothing is recorded."""
+    from scheduler.core import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError) as err:
+        await store.record(event(1, **{field: value}))  # type: ignore[arg-type]
+    assert isinstance(err.value, ValueError)
+    assert {"prompt": "prompt_tokens", "completion": "completion_tokens",
+            "cache_read": "cache_read_tokens"}.get(field, field) in str(err.value)
+    assert await store.events() == []
+    assert (await store.totals("day:2026-11-27")).tokens == 0

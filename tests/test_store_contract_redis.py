@@ -21,6 +21,7 @@ from tests.test_store_contract import (  # noqa: F401 - collected again with the
     test_r1_1_operation_counts_and_cost_totals,
     test_r1_2_one_event_charged_to_every_nested_scope,
     test_r2_1_record_keeps_every_token_kind,
+    test_r2_1_store_refuses_negative_or_non_finite_usage,
     test_r2_6_record_is_idempotent,
     test_state_records_round_trip,
     test_totals_are_copies,

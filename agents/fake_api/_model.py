@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from agents.fake_api._script import SERVED_MODELS
 from scheduler.budget import TokenCounter
 
 FaultKind = Literal[
@@ -94,6 +95,8 @@ class FakeApiConfig:
     input_tokens_limit: int = 2_000_000
     output_tokens_limit: int = 400_000
     api_key: str | None = None
+    #: Model ids served; any other gets the API's 404 ``not_found_error`` (None: any id).
+    models: tuple[str, ...] | None = SERVED_MODELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +131,7 @@ def _split_system(system: Any) -> tuple[str, list[tuple[str, str]]]:
 
 @dataclass
 class FakeState:
-    """Mutable server state, shared by the handler threads (guarded by ``lock``)."""
+    """Mutable server state, shared by the server thread and its controller (``lock``)."""
 
     config: FakeApiConfig = field(default_factory=FakeApiConfig)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -142,10 +145,27 @@ class FakeState:
     used_output: int = 0
     window: datetime | None = None
     counter: TokenCounter = field(default_factory=lambda: TokenCounter(use_cache=False))
+    #: Scripted response bodies still to serve, in order (``--script``).
+    script: list[dict[str, Any]] = field(default_factory=list)
+    scripted: bool = False
+    #: The last ``POST /v1/messages`` body received (what a client really sent).
+    last_body: dict[str, Any] | None = None
+
+    def next_scripted(self) -> dict[str, Any] | None:
+        """The next scripted body; None when no script was loaded.  Raises ``LookupError``
+        when a loaded script has run out."""
+        with self.lock:
+            if not self.scripted:
+                return None
+            if not self.script:
+                raise LookupError("the fake API's script has no response left")
+            return self.script.pop(0)
+
+    def serves(self, model: str) -> bool:
+        return self.config.models is None or model in self.config.models
 
     def take_fault(self, model: str) -> Fault | None:
         with self.lock:
-            self.requests += 1
             for i, f in enumerate(self.faults):
                 if f.model is None or f.model == model:
                     return self.faults.pop(i)
@@ -238,6 +258,11 @@ def answer_text(n_tokens: int) -> list[str]:
     """Deterministic answer pieces, one per output token."""
     words = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
     return [(" " if i else "") + words[i % len(words)] for i in range(n_tokens)]
+
+
+def scripted_output_tokens(counter: TokenCounter, content: Sequence[Mapping[str, Any]]) -> int:
+    """Output tokens of a scripted answer that states none: its blocks, counted."""
+    return max(sum(counter.count_block(b) for b in content), 1)
 
 
 def error_body(kind: str, message: str, error_code: str | None = None) -> bytes:

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from anthropic import omit
 
 from agents.providers._anthropic_wire import (
     Classified,
+    StreamAssembler,
     StreamUsage,
     classify,
     rate_limits_from_headers,
@@ -49,6 +51,10 @@ AttemptHook = Callable[[str, bool, float, str | None], None]
 #: ``on_rate_limits(pool, info)`` — limits learned from a response's headers.
 RateLimitHook = Callable[[str, RateLimitInfo], None]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+#: The arguments this SDK's ``messages.create`` takes.
+_SDK_ARGS = frozenset(inspect.signature(anthropic.resources.AsyncMessages.create).parameters)
 
 
 def _wall_now() -> float:
@@ -70,10 +76,11 @@ class AnthropicStatistics:
 class _Attempt:
     """What one HTTP attempt produced."""
 
-    text: str = ""
+    content: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str = "end_turn"
     usage: Usage | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    message_id: str = ""
 
 
 class AnthropicProvider:
@@ -139,9 +146,10 @@ class AnthropicProvider:
                 continue
             self._succeeded(request, got, self._clock() - t0)
             usage = spent + (got.usage or Usage())
-            return Completion(
-                text=got.text, usage=usage, model=request.model, stop_reason=got.stop_reason,
+            return Completion.from_blocks(
+                got.content, usage, request.model, stop_reason=got.stop_reason,
                 latency_s=self._clock() - started, rate_limits=self._last_limits, attempts=n,
+                id=got.message_id,
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -155,6 +163,7 @@ class AnthropicProvider:
             result = await self._client.messages.count_tokens(
                 model=request.model_id, messages=cast(Any, list(request.messages)),
                 system=self._system(request), tools=cast(Any, list(request.tools)) or omit,
+                **{k: v for k, v in request.options.items() if k in ("tool_choice", "thinking")},
             )
         except Exception as exc:
             raise classify(request.model, exc).error from exc
@@ -177,12 +186,20 @@ class AnthropicProvider:
                  "cache_control": {"type": "ephemeral", "ttl": ttl}}]
 
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
+        """The SDK's arguments: messages and tools as sent, options passed through."""
+        options = dict(request.options)
+        extra = dict(options.pop("extra", None) or {})
+        # an option this SDK version does not take as an argument (newer SDKs dropped
+        # ``temperature``/``top_p``) still reaches the API, in the body
+        extra.update({k: options.pop(k) for k in list(options) if k not in _SDK_ARGS})
         return {
             "model": request.model_id,
             "max_tokens": request.max_tokens,
             "messages": [dict(m) for m in request.messages],
             "system": self._system(request),
             "tools": [dict(t) for t in request.tools] or omit,
+            **options,
+            **({"extra_body": extra} if extra else {}),
         }
 
     async def _attempt(self, request: CompletionRequest) -> _Attempt:
@@ -191,9 +208,11 @@ class AnthropicProvider:
             return await self._attempt_stream(request)
         raw = await self._client.messages.with_raw_response.create(**self._params(request))
         message = await raw.parse()
-        text = "".join(b.text for b in message.content if getattr(b, "type", "") == "text")
-        return _Attempt(text, message.stop_reason or "end_turn", usage_from_api(message.usage),
-                        raw.headers)
+        # the blocks as the API sent them: types the SDK does not know pass through intact
+        body = raw.http_response.json()
+        content = [dict(b) for b in body.get("content") or ()]
+        return _Attempt(content, message.stop_reason or "end_turn", usage_from_api(message.usage),
+                        raw.headers, message.id)
 
     async def _attempt_stream(self, request: CompletionRequest) -> _Attempt:
         raw = await self._client.messages.with_raw_response.create(
@@ -201,18 +220,18 @@ class AnthropicProvider:
         )
         got = _Attempt(headers=raw.headers)
         acc = StreamUsage()
-        pieces: list[str] = []
+        blocks = StreamAssembler(on_text=request.on_text)
         finished = False
         try:
             stream = await raw.parse()
             async for event in stream:
+                # as sent: a block type this SDK does not know is kept whole, unwarned
+                blocks.event(event.model_dump(mode="json", by_alias=True, exclude_unset=True,
+                                              warnings=False))
                 if event.type == "message_start":
                     acc.start(event.message.usage)
-                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                    pieces.append(event.delta.text)
                 elif event.type == "message_delta":
                     acc.delta(event.usage)
-                    got.stop_reason = event.delta.stop_reason or got.stop_reason
                 elif event.type == "message_stop":
                     finished = True
         except Exception as exc:
@@ -222,7 +241,8 @@ class AnthropicProvider:
             exc2 = ProviderError(request.model, "stream ended before message_stop")
             _PartialUsage.attach(exc2, acc.usage)
             raise exc2
-        got.text, got.usage = "".join(pieces), acc.usage or Usage()
+        got.content, got.usage = blocks.blocks, acc.usage or Usage()
+        got.stop_reason, got.message_id = blocks.stop_reason or "end_turn", blocks.message_id
         return got
 
     # bookkeeping -----------------------------------------------------------------------

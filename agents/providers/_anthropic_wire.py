@@ -3,14 +3,17 @@
 * ``usage`` of a message (plain) or of ``message_start`` + ``message_delta``
   events (streamed) → :class:`scheduler.Usage` (R2.1, R2.4);
 * ``anthropic-ratelimit-*`` headers → :class:`scheduler.RateLimitInfo`;
+* a stream's events → its content blocks (:class:`StreamAssembler`, as the SDK's
+  ``MessageStream`` assembles them);
 * SDK / transport exceptions → the :mod:`scheduler.core._errors` tree plus a short
   ``error_kind`` the health monitor understands.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -193,3 +196,74 @@ def classify(model: str, exc: Exception) -> Classified:
                           "connection")
     return Classified(ProviderError(model, f"unexpected response: {type(exc).__name__}"),
                       "server_error")
+
+
+#: Block types whose ``input`` arrives as ``input_json_delta`` pieces (the SDK's
+#: ``TRACKS_TOOL_INPUT``: client and server tool calls).
+_TOOL_INPUT_TYPES = frozenset({"tool_use", "server_tool_use"})
+
+
+@dataclass(slots=True)
+class StreamAssembler:
+    """Builds a streamed message's content blocks from its events, as the SDK's
+    ``MessageStream`` accumulates them.
+
+    Text, thinking and citation deltas extend their block, a signature delta
+    replaces the block's signature, and a tool call's ``input`` is the JSON its
+    ``input_json_delta`` pieces join into (left as the start event sent it when
+    no piece came).  Blocks of types this code does not know are kept as sent.
+    ``on_text`` receives each text delta as it arrives.
+    """
+
+    on_text: Any = None
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    message_id: str = ""
+    stop_reason: str | None = None
+    _json: dict[int, str] = field(default_factory=dict)
+
+    def start(self, message: Mapping[str, Any]) -> None:
+        self.message_id = str(message.get("id", ""))
+        self.blocks = [dict(b) for b in message.get("content") or ()]
+
+    def block_start(self, index: int, block: Mapping[str, Any]) -> None:
+        while len(self.blocks) <= index:
+            self.blocks.append({})
+        self.blocks[index] = dict(block)
+
+    def block_delta(self, index: int, delta: Mapping[str, Any]) -> None:
+        block = self.blocks[index]
+        kind = delta.get("type")
+        if kind == "text_delta" and block.get("type") == "text":
+            block["text"] = str(block.get("text", "")) + str(delta.get("text", ""))
+            if self.on_text is not None:
+                self.on_text(str(delta.get("text", "")))
+        elif kind == "input_json_delta" and block.get("type") in _TOOL_INPUT_TYPES:
+            self._json[index] = self._json.get(index, "") + str(delta.get("partial_json", ""))
+        elif kind == "thinking_delta" and block.get("type") == "thinking":
+            block["thinking"] = str(block.get("thinking", "")) + str(delta.get("thinking", ""))
+        elif kind == "signature_delta" and block.get("type") == "thinking":
+            block["signature"] = delta.get("signature")
+        elif kind == "citations_delta" and block.get("type") == "text":
+            block["citations"] = [*(block.get("citations") or ()), delta.get("citation")]
+
+    def block_stop(self, index: int) -> None:
+        raw = self._json.pop(index, "")
+        if raw:
+            try:
+                self.blocks[index]["input"] = json.loads(raw)
+            except ValueError as exc:
+                raise ValueError(f"tool input of block {index} is not JSON: {raw[:200]}") from exc
+
+    def event(self, event: Mapping[str, Any]) -> None:
+        """Apply one stream event (its JSON as a mapping)."""
+        kind = event.get("type")
+        if kind == "message_start":
+            self.start(event.get("message") or {})
+        elif kind == "content_block_start":
+            self.block_start(int(event["index"]), event.get("content_block") or {})
+        elif kind == "content_block_delta":
+            self.block_delta(int(event["index"]), event.get("delta") or {})
+        elif kind == "content_block_stop":
+            self.block_stop(int(event["index"]))
+        elif kind == "message_delta":
+            self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason

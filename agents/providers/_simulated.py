@@ -12,7 +12,12 @@ failures and quality, so the demo and the benchmarks are reproducible:
 * failures (529 overloaded) with ``failure_rate`` per attempt and tier, forced by
   :meth:`set_down`, or scripted as ``outages`` (windows in seconds after the first call);
   like the SDK, a failed attempt is retried ``retries`` times before the 529 is raised;
-* quality in [0, 1]: tier capability minus task difficulty (``hints['difficulty']``).
+* quality in [0, 1]: tier capability minus task difficulty (``hints['difficulty']``);
+* tools: given tool definitions, the first ``hints['tool_turns']`` (default 1) answers
+  ask for a tool (``stop_reason="tool_use"``) — ``list_files`` first, then
+  ``write_file`` of a step file, else the first tool with its required fields empty —
+  so tool loops run offline; the answer after them ends the turn.  Simulated: no
+  model decides anything.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from typing import Any
 
 import anyio
 
@@ -30,6 +36,26 @@ from scheduler.core import OverloadedError
 CAPABILITY = {"haiku": 0.72, "sonnet": 0.85, "opus": 0.95}
 CHARS_PER_TOKEN = 3.6
 MIN_CACHEABLE = 1024
+
+
+def _tool_call(request: CompletionRequest) -> dict[str, Any] | None:
+    """The tool_use block a simulated answer asks for, or None when the turn should end."""
+    turn = sum(1 for m in request.messages if m.get("role") == "assistant")
+    if not request.tools or turn >= int(request.hints.get("tool_turns", 1)):
+        return None
+    names = [str(t.get("name")) for t in request.tools]
+    if turn == 0 and "list_files" in names:
+        name, args = "list_files", {"path": "."}
+    elif "write_file" in names:
+        name = "write_file"
+        args = {"path": f"step_{turn}.py",
+                "content": f"# simulated step {turn} ({request.model})\n"}
+    else:
+        name = names[0]
+        schema = request.tools[0].get("input_schema") or {}
+        args = {k: "" for k in schema.get("required", ())}
+    return {"type": "tool_use", "id": f"toolu_sim_{request.task_id}_{turn}", "name": name,
+            "input": args}
 
 
 class SimulatedProvider:
@@ -103,9 +129,14 @@ class SimulatedProvider:
         usage = Usage(prompt, output, cache_read, cache_write, 0)
         self.reported.append(usage)
         stop = "max_tokens" if output >= request.max_tokens else "end_turn"
-        return Completion(
-            text=f"[{model}] simulated answer ({output} tokens)",
-            usage=usage, model=model, stop_reason=stop, latency_s=latency, quality=quality,
+        text = f"[{model}] simulated answer ({output} tokens)"
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        call = _tool_call(request)
+        if call is not None:
+            content.append(call)
+            stop = "tool_use"
+        return Completion.from_blocks(
+            content, usage, model, stop_reason=stop, latency_s=latency, quality=quality,
             attempts=attempts,
         )
 

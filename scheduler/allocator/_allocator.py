@@ -22,28 +22,37 @@ allocator enforces its invariants whatever the policy says:
   service whenever it waits;
 * a chosen request that does not fit blocks the ones behind it (no bypass,
   so large requests are not starved by small ones).
+
+:class:`Allocator` is the public face; it builds the parts and hands each only
+what it uses.  Each pool (``_pools``) is a run queue (``_waitqueue``, with its
+``_aging``); the ``Dispatcher`` (``_dispatcher``) queues requests on it and
+grants them in order; ``Grants`` (``_grants``) lends capacity and takes it
+back; the ``Servicer`` (``_servicer``) expires leases and wakes for refills
+and aging.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from enum import Enum
-from typing import Final
 
 import anyio
 
-from policies.fairness import AllocationPolicy
-from scheduler.allocator._core import AllocatorCore
-from scheduler.allocator._leases import Lease
-from scheduler.allocator._pools import Pool
-from scheduler.allocator._records import GONE
+from policies.fairness import AllocationPolicy, PriorityWithFairness
+from scheduler.allocator._asyncio_park import backend_clock, parking
+from scheduler.allocator._bound_policy import BoundPolicy
+from scheduler.allocator._dispatcher import Dispatcher
+from scheduler.allocator._grants import Grants
+from scheduler.allocator._leases import Lease, LeaseTable
+from scheduler.allocator._pools import UNSET, Pool, Unset
+from scheduler.allocator._records import GONE, GRANTED, PARKED, QUEUED, Account, Holder, Waiter
+from scheduler.allocator._servicer import Alarm, Servicer
 from scheduler.allocator._stats import (
     AllocatorStatistics,
     PoolDemand,
     PoolStatistics,
     WaiterStatistics,
+    pool_demand,
     pool_statistics,
     waiter_statistics,
 )
@@ -55,14 +64,7 @@ __all__ = ["UNSET", "Allocator", "open_allocator"]
 _BACKGROUND = PRIORITY_VALUES["background"]
 
 
-class _Unset(Enum):
-    UNSET = "unset"
-
-
-#: "Leave this capacity as it is" for :meth:`Allocator.set_capacity`.
-UNSET: Final = _Unset.UNSET
-
-class Allocator(AllocatorCore):
+class Allocator:
     """Pools of provider capacity lent out as expiring leases (see module docstring).
 
     Use inside a running event loop, with :meth:`run` serviced by one task
@@ -71,7 +73,13 @@ class Allocator(AllocatorCore):
     bucket refills on its own or a waiter ages.
     """
 
-    __slots__ = ("_running",)
+    #: Slots: the hot path reads these attributes on every request.
+    __slots__ = (
+        "_bound", "_bound_policy", "_by_id", "_clock", "_clock_injected", "_cost",
+        "_default_pool", "_dispatcher", "_grants", "_holders",
+        "_leases", "_native", "_pools", "_servicer", "_ttl", "_w_in", "_weights",
+        "config", "policy",
+    )
 
     def __init__(
         self,
@@ -81,8 +89,72 @@ class Allocator(AllocatorCore):
         clock: Callable[[], float] | None = None,
         events: EventBus | None = None,
     ) -> None:
-        super().__init__(config, policy=policy, clock=clock, events=events)
-        self._running = False
+        cfg = config or AllocatorConfig()
+        self.config = cfg
+        self.policy: AllocationPolicy = policy or PriorityWithFairness(cfg.policy_params())
+        bound = BoundPolicy(self.policy)
+        self._leases = LeaseTable()
+        alarm = Alarm()
+        grants = Grants(bound, self._leases, alarm, ttl=cfg.lease_ttl_s,
+                        window_s=cfg.share_window_s)
+        dispatcher = Dispatcher(bound, grants, alarm, slack=float(cfg.fairness_slack_tokens),
+                                min_share=cfg.min_share)
+        grants.connect(dispatcher)
+        self._pools: dict[str, Pool] = {}
+        self._servicer = Servicer(self._pools, self._leases, alarm, end=grants.end,
+                                  dispatch=dispatcher.dispatch, events=events)
+        self._grants, self._dispatcher = grants, dispatcher
+        self._by_id = self._leases.by_id
+        self._ttl = cfg.lease_ttl_s
+        self._cost, self._weights, self._w_in = bound.cost, bound.weights, bound.w_in
+        self._bound_policy = bound
+        self._pools.update((name, self._new_pool(name, pc)) for name, pc in cfg.pools.items())
+        self._default_pool = next(iter(self._pools), None)
+        self._holders: dict[str, Holder] = {}
+        self._clock: Callable[[], float] = clock or anyio.current_time
+        self._clock_injected = clock is not None
+        #: Waiters park on a loop future (awaitable itself) rather than an anyio Event.
+        self._native = False
+        self._bound = False
+
+    # -- binding and records ------------------------------------------------------------------
+    def _bind(self) -> None:
+        """Bind to the running loop (first use): how waiters park, how time is read."""
+        park = parking()
+        self._dispatcher.bind(park)
+        self._native = park.native
+        if not self._clock_injected:
+            self._clock = backend_clock()
+        self._bound = True
+
+    def _new_pool(self, name: str, config: PoolConfig) -> Pool:
+        cfg, bound = self.config, self._bound_policy
+        p = Pool(name, config, cfg.max_share, cfg.share_window_s,
+                 track_fair=not bound.by_counter, quantum=cfg.fairness_quantum_tokens,
+                 level_quantum=bound.rank_quantum)
+        if bound.aging_step is not None:
+            p.aging.first_step = bound.aging_step
+        return p
+
+    def _holder(self, holder: str) -> Holder:
+        h = self._holders.get(holder)
+        if h is None:
+            base = PRIORITY_VALUES["normal"]
+            h = self._holders[holder] = Holder(holder, base, base <= _BACKGROUND)
+            self._dispatcher.holder_changed(h)
+        return h
+
+    def _account(self, p: Pool, holder: str) -> Account:
+        a = p.accounts.get(holder)
+        if a is None:
+            h = self._holder(holder)
+            a = p.accounts[holder] = h.accounts[p.name] = Account(h)
+            a.pool = p
+            self._dispatcher.place(a)
+        return a
+
+    def _reindex_holder(self, h: Holder) -> None:
+        self._dispatcher.reindex_holder(h, self._clock() if h.accounts else 0.0)
 
     # -- holders ----------------------------------------------------------------------------
     def register(self, holder: str, priority: PriorityClass | int = "normal") -> None:
@@ -127,9 +199,9 @@ class Allocator(AllocatorCore):
         self,
         pool: str,
         *,
-        tokens_per_minute: int | _Unset | None = UNSET,
-        requests_per_minute: int | _Unset | None = UNSET,
-        concurrent: int | _Unset | None = UNSET,
+        tokens_per_minute: int | Unset | None = UNSET,
+        requests_per_minute: int | Unset | None = UNSET,
+        concurrent: int | Unset | None = UNSET,
     ) -> None:
         """Change a pool's capacities at run time (``None`` = unlimited); creates new pools.
 
@@ -141,25 +213,9 @@ class Allocator(AllocatorCore):
             p = self._pools[pool] = self._new_pool(pool, PoolConfig())
             if self._default_pool is None:
                 self._default_pool = pool
-        tpm = _pick(tokens_per_minute, p.tpm.capacity if p.tpm else None)
-        rpm = _pick(requests_per_minute, p.rpm.capacity if p.rpm else None)
-        conc = _pick(concurrent, p.concurrent)
-        # a per-minute capacity of 0 closes the pool (a global slice not granted yet)
-        for name, per_minute in (("tokens_per_minute", tpm), ("requests_per_minute", rpm)):
-            if per_minute is not None and per_minute < 0:
-                raise AllocationError(f"pool {pool!r}: {name} must be >= 0, got {per_minute}")
-        if conc is not None and conc <= 0:
-            raise AllocationError(f"pool {pool!r}: capacities must be > 0, got {conc}")
-        p.set_capacity(tpm, rpm, conc)
-        self._clamp_waiting(p)
+        p.change_capacity(tokens_per_minute, requests_per_minute, concurrent)
         if self._bound:
-            self._dispatch(p, self._clock())
-
-    def _clamp_waiting(self, p: Pool) -> None:
-        """Cut waiting requests to a shrunk max share (a grant checks only holders that hold)."""
-        for a in p.accounts.values():
-            for w in a.waiters:
-                w.tokens, w.calls = p.clamp(w.tokens, w.calls)
+            self._dispatcher.dispatch(p, self._clock())
 
     def update_from_rate_limits(self, pool: str, info: RateLimitInfo) -> None:
         """Adopt the per-minute limits a provider reported in its response headers."""
@@ -170,6 +226,84 @@ class Allocator(AllocatorCore):
         )
 
     # -- acquiring --------------------------------------------------------------------------
+    async def acquire(
+        self, holder: str, *, tokens: int = 0, calls: int = 1, pool: str | None = None
+    ) -> Lease:
+        """Wait for a lease of ``tokens`` and ``calls`` from ``pool`` (R5.4, R5.5).
+
+        A request above the pool's max share is granted the max share (see
+        :attr:`Lease.tokens`).  Returns at once, without yielding, when the
+        request can be granted and nobody is waiting.  Cancellation while
+        waiting (or right after the grant) gives everything back.
+        """
+        try:
+            if tokens < 0 or calls < 1:
+                raise KeyError  # _admit raises the precise error
+            p = self._pools[self._default_pool if pool is None else pool]  # type: ignore[index]
+            a = p.accounts[holder]  # an account exists only once the allocator is bound
+        except KeyError:
+            p, a = self._admit(holder, tokens, calls, pool)
+        requested = tokens
+        if p.max_tokens is not None and tokens > p.max_tokens:
+            tokens = p.max_tokens
+        if p.max_calls is not None and calls > p.max_calls:
+            calls = p.max_calls
+        now = self._clock()
+        if not (p.n_queued or p.n_parked) and p.fits(tokens, calls, now):
+            return self._grants.grant(p, a, tokens, calls, requested, now)
+        # Queue the request (the dispatcher may grant it at once), then wait for the grant.
+        w = self._dispatcher.enqueue(p, a, tokens, calls, requested, now)
+        del now  # freed now, while it is in the CPU caches, not after the wait
+        event = w.event
+        lease: Lease | None
+        try:
+            if self._native:
+                lease = await event  # the grant sets the lease as the future's result
+            else:
+                await event.wait()
+                lease = w.lease if w.state == GRANTED else None
+        except BaseException:
+            self._abandon(w)
+            raise
+        if lease is None:
+            raise w.error or LeaseError("request withdrawn")
+        w.event = None  # freed now, while its memory is still in the CPU caches
+        if not w.self_queued:
+            a.spare = w  # the record serves the holder's next wait here
+        return lease
+
+    def _admit(
+        self, holder: str, tokens: int, calls: int, pool: str | None
+    ) -> tuple[Pool, Account]:
+        """Validate a request (binding to the running loop on first use); its pool and account."""
+        if not self._bound:
+            self._bind()
+        name = pool if pool is not None else self._default_pool
+        p = self._pools.get(name) if name is not None else None
+        if p is None:
+            raise AllocationError(f"unknown pool {name!r}; known: {sorted(self._pools)}")
+        if tokens < 0 or calls < 1:
+            raise AllocationError(f"need tokens >= 0 and calls >= 1, got {tokens}, {calls}")
+        return p, self._account(p, holder)
+
+    def _abandon(self, w: Waiter) -> None:
+        """The waiting coroutine was cancelled: give back whatever it holds or waits for."""
+        if w.state == GRANTED:
+            lease = w.lease  # (see Waiter.lease)
+            event = w.event
+            if self._native and not event.cancelled():
+                lease = event.result()
+            if lease is not None and lease.active:
+                self._leases.remove(lease)
+                now = self._clock()
+                self._grants.charge(lease, -lease.charged, now)
+                self._grants.end(lease, now, lease.tokens, True)
+        elif w.state == QUEUED or w.state == PARKED:
+            p = self._pools[w.pool]
+            p.unlink(w)
+            w.state = GONE
+            self._dispatcher.dispatch(p, self._clock())
+
     def acquire_nowait(
         self, holder: str, *, tokens: int = 0, calls: int = 1, pool: str | None = None
     ) -> Lease:
@@ -180,7 +314,7 @@ class Allocator(AllocatorCore):
         now = self._clock()
         if p.n_queued or p.n_parked or not p.fits(tokens, calls, now):
             raise WouldBlockError(f"pool {p.name!r} cannot grant {tokens} tokens now")
-        return self._grant(p, a, tokens, calls, requested, now)
+        return self._grants.grant(p, a, tokens, calls, requested, now)
 
     @asynccontextmanager
     async def open_lease(
@@ -234,9 +368,9 @@ class Allocator(AllocatorCore):
             cost = used * w_in if w_in is not None else self._cost(used, 0)
         delta = cost - lease.charged
         if delta:
-            self._add_service(lease, delta, now)
+            self._grants.charge(lease, delta, now)
         back = lease.tokens - used
-        self._end(lease, now, back, False)
+        self._grants.end(lease, now, back, False)
         return back if back > 0 else 0
 
     def release(self, lease_id: str, *, holder: str | None = None) -> None:
@@ -244,8 +378,8 @@ class Allocator(AllocatorCore):
         lease = self._lookup(lease_id, holder)
         self._leases.remove(lease)
         now = self._clock()
-        self._add_service(lease, -lease.charged, now)
-        self._end(lease, now, lease.tokens, True)
+        self._grants.charge(lease, -lease.charged, now)
+        self._grants.end(lease, now, lease.tokens, True)
 
     def release_holder(self, holder: str) -> int:
         """Withdraw every wait of ``holder`` and release its leases (crash, deadlock victim).
@@ -254,46 +388,23 @@ class Allocator(AllocatorCore):
         :class:`LeaseError` in their ``acquire``.
         """
         h = self._holders.get(holder)
-        touched: list[Pool] = []
-        if h is not None:
-            error = LeaseError(f"holder {holder!r} released")
-            for a in h.accounts.values():
-                if a.waiter is None:
-                    continue
-                p = a.pool
-                for w in a.waiters:
-                    p.unlink(w)
-                    w.state, w.error = GONE, error
-                    self._wake(w.event)
-                touched.append(p)
+        touched = [] if h is None else self._dispatcher.withdraw(
+            h, LeaseError(f"holder {holder!r} released"))
         leases = self._leases.of_holder(holder)
         for lease in leases:
             self.release(lease.id)
         if touched:
             now = self._clock()
             for p in touched:
-                self._dispatch(p, now)
+                self._dispatcher.dispatch(p, now)
         return len(leases)
 
     # -- servicing --------------------------------------------------------------------------
     async def run(self) -> None:
         """Service lease expiry, aging and bucket refill forever (one task per allocator)."""
-        if self._running:
-            raise AllocationError("allocator is already being serviced")
         if not self._bound:
             self._bind()
-        self._running = True
-        try:
-            while True:
-                self._service(self._clock())
-                deadline = self._next_deadline()
-                self._kick = self._event_cls()
-                self._sleep_until = deadline
-                with anyio.CancelScope(deadline=deadline):
-                    await self._kick.wait()
-        finally:
-            self._running = False
-            self._sleep_until = -math.inf
+        await self._servicer.run(self._clock)
 
     def statistics(self) -> AllocatorStatistics:
         """Pools, leases and every waiter's queue position and estimated wait (R5.5)."""
@@ -302,7 +413,7 @@ class Allocator(AllocatorCore):
         waiters: list[WaiterStatistics] = []
         for p in self._pools.values():
             queued = [w for a in p.accounts.values() for w in a.waiters]
-            first = self._select(p) if p.n_queued else None
+            first = self._dispatcher.select(p) if p.n_queued else None
             waiters.extend(waiter_statistics(p, queued, first, self.policy, now, self._ttl))
             pools[p.name] = pool_statistics(p, len(queued), now)
         return AllocatorStatistics(
@@ -320,12 +431,7 @@ class Allocator(AllocatorCore):
         p = self._pools.get(name) if name is not None else None
         if p is None:
             raise AllocationError(f"unknown pool {name!r}; known: {sorted(self._pools)}")
-        waiting = [w for a in p.accounts.values() for w in a.waiters]
-        return PoolDemand(
-            pool=p.name, held_tokens=sum(a.held_tokens for a in p.accounts.values()),
-            waiting_tokens=sum(w.requested for w in waiting), waiting=len(waiting),
-            avg_hold_s=p.avg_hold_s,
-        )
+        return pool_demand(p)
 
     # -- lookup ---------------------------------------------------------------------------------
     def _lookup(self, lease_id: str, holder: str | None) -> Lease:
@@ -335,12 +441,6 @@ class Allocator(AllocatorCore):
         if holder is not None and lease.holder != holder:
             raise LeaseError(f"lease is not held by {holder!r}")
         return lease
-
-
-def _pick(value: int | _Unset | None, current: float | int | None) -> int | None:
-    if value is UNSET:
-        return None if current is None else int(current)
-    return value
 
 
 @asynccontextmanager

@@ -1,7 +1,7 @@
 """A queue in bands: lowest band first, first come first served within a band.
 
 Private to the allocator's wait queue.  Entries are keys (floats carrying
-their waiter, see ``_waitqueue.Key``), or a waiter record queued as its own
+their waiter, see :class:`Key`), or a waiter record queued as its own
 entry, keyed by its service counter (the allocator's common case: no entry
 object per request; see ``Waiter.w``); an entry's band is ``key // quantum``,
 so entries whose keys lie within one quantum of each other are served in
@@ -41,12 +41,27 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     from scheduler.allocator._records import Waiter
-    from scheduler.allocator._waitqueue import Key
 
+__all__ = ["BandQueue", "Key", "key"]
+
+
+class Key(float):
+    """A queue entry: its key as a float, carrying the waiter it was made for."""
+
+    __slots__ = ("w",)
+    w: Waiter
+
+
+def key(rank: float, w: Waiter) -> Key:
+    """A new entry for ``w`` ranked ``rank``."""
+    k = Key(rank)
+    k.w = w
+    return k
+
+
+if TYPE_CHECKING:
     #: A queue entry: a ``Key``, or a waiter that is its own entry (keyed by its counter).
     Entry: TypeAlias = Key | Waiter
-
-__all__ = ["BandQueue"]
 
 
 class BandQueue:

@@ -11,18 +11,30 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from enum import Enum
+from typing import Final
 
 from scheduler.allocator._records import GONE, GRANTED, PARKED, QUEUED, Account, Holder, Waiter
 from scheduler.allocator._waitqueue import WaitQueue
 from scheduler.config import PoolConfig
+from scheduler.core import AllocationError
 
 #: Weight of one ended lease in the average hold time (see :attr:`Pool.avg_hold_s`).
 _HOLD_EWMA = 0.1
 #: The shortest wait for a bucket refill (see :meth:`Pool.refill_time`).
 _MIN_REFILL_WAIT_S = 1e-6
 
-__all__ = ["GONE", "GRANTED", "PARKED", "QUEUED", "Account", "Bucket", "Holder", "Pool",
-           "Waiter"]
+__all__ = ["GONE", "GRANTED", "PARKED", "QUEUED", "UNSET", "Account", "Bucket", "Holder",
+           "Pool", "Unset", "Waiter"]
+
+
+class Unset(Enum):
+    UNSET = "unset"
+
+
+#: "Leave this capacity as it is" for :meth:`Pool.change_capacity`.
+UNSET: Final = Unset.UNSET
+
 
 @dataclass(slots=True)
 class Bucket:
@@ -114,6 +126,26 @@ class Pool(WaitQueue):
         self.max_tokens = _share(tpm, self.max_share_fraction)
         self.max_calls = _share(concurrent, self.max_share_fraction)
         self.slots_only = self.tpm is None and self.rpm is None
+
+    def change_capacity(
+        self, tpm: int | Unset | None, rpm: int | Unset | None, concurrent: int | Unset | None
+    ) -> None:
+        """Validate and set new capacities (``UNSET``: keep), and cut waiting requests to the
+        new max share (a grant checks only holders that hold)."""
+        tokens = _pick(tpm, self.tpm.capacity if self.tpm else None)
+        requests = _pick(rpm, self.rpm.capacity if self.rpm else None)
+        conc = _pick(concurrent, self.concurrent)
+        # a per-minute capacity of 0 closes the pool (a global slice not granted yet)
+        for name, per_minute in (("tokens_per_minute", tokens), ("requests_per_minute", requests)):
+            if per_minute is not None and per_minute < 0:
+                raise AllocationError(
+                    f"pool {self.name!r}: {name} must be >= 0, got {per_minute}")
+        if conc is not None and conc <= 0:
+            raise AllocationError(f"pool {self.name!r}: capacities must be > 0, got {conc}")
+        self.set_capacity(tokens, requests, conc)
+        for a in self.accounts.values():
+            for w in a.waiters:
+                w.tokens, w.calls = self.clamp(w.tokens, w.calls)
 
     def clamp(self, tokens: int, calls: int) -> tuple[int, int]:
         """A request above the max share is cut to the max share (R5.5)."""
@@ -212,6 +244,12 @@ class Pool(WaitQueue):
         self.recent_bg *= f
         self.recent_at = now
         self.decay_at = now + self.decay_step
+
+
+def _pick(value: int | Unset | None, current: float | int | None) -> int | None:
+    if value is UNSET:
+        return None if current is None else int(current)
+    return value
 
 
 def _resize(bucket: Bucket | None, capacity: int | None) -> Bucket | None:

@@ -52,7 +52,7 @@ class Waiter(WaiterView):
     calls: int = 1
     requested: int = 0
     state: int = QUEUED
-    #: The live entry (a ``_waitqueue.Key``, or the record itself) in its level queue;
+    #: The live entry (a ``_bands.Key``, or the record itself) in its level queue;
     #: ``None`` unless queued.
     entry: Any = field(default=None, repr=False)
     #: What the waiting coroutine parks on (a loop future or an anyio Event).

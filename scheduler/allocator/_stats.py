@@ -80,6 +80,16 @@ class AllocatorStatistics:
         return tuple(w for w in self.waiters if w.holder == holder)
 
 
+def pool_demand(p: Pool) -> PoolDemand:
+    """Tokens held in ``p``'s leases and requested by its waiters (before max-share cuts)."""
+    waiting = [w for a in p.accounts.values() for w in a.waiters]
+    return PoolDemand(
+        pool=p.name, held_tokens=sum(a.held_tokens for a in p.accounts.values()),
+        waiting_tokens=sum(w.requested for w in waiting), waiting=len(waiting),
+        avg_hold_s=p.avg_hold_s,
+    )
+
+
 def pool_statistics(p: Pool, waiting: int, now: float) -> PoolStatistics:
     tpm, rpm = p.tpm, p.rpm
     share = p.recent_bg / p.recent_all if p.recent_all > 0 else 0.0

@@ -1,15 +1,16 @@
-"""The waiting queue of one pool: band queues per priority level, aging deadlines, parking.
+"""The waiting queue of one pool: band queues per priority level, its aging, parking.
 
-Private to the allocator.  Waiters are indexed by :class:`~scheduler.allocator._bands.BandQueue`
-queues (lowest band first, arrival order within a band) with lazy deletion.  An
-entry is a :class:`Key`: a float (the rank) that carries its waiter.  An entry
-is live only while it is the one its waiter points at (``waiter.entry`` in a
-level queue, ``waiter.centry`` in the queues by service), so moving a waiter
-(aging, demotion, a new service counter) just pushes a new entry, and a grant
-just clears ``waiter.entry`` (an entry by service is live only while that is
-set); dead entries are dropped when they reach the front and purged when they
-dominate.  For a policy that ranks by the service counter one entry serves both
-roles.
+Private to the allocator.  Waiters are indexed by
+:class:`~scheduler.allocator._bands.BandQueue` queues (lowest band first,
+arrival order within a band) with lazy deletion.  An entry is a
+:class:`~scheduler.allocator._bands.Key`: a float (the rank) that carries its
+waiter.  An entry is live only while it is the one its waiter points at
+(``waiter.entry`` in a level queue, ``waiter.centry`` in the queues by
+service), so moving a waiter (aging, demotion, a new service counter) just
+pushes a new entry, and a grant just clears ``waiter.entry`` (an entry by
+service is live only while that is set); dead entries are dropped when they
+reach the front and purged when they dominate.  For a policy that ranks by the
+service counter one entry serves both roles.
 
 * one queue per effective priority level, by the policy's rank in bands of
   ``level_quantum`` (for ``PriorityWithFairness`` the service counter in bands
@@ -19,40 +20,19 @@ roles.
   rank is not the counter;
 * ``bg``: least service first among background-class waiters (R5.3 floor).
 
-Priority changes over time (aging) go to the ``aging`` heap, as ``(at, seq,
-epoch, waiter)``, live while the waiter is queued in the same wait (``seq``) and
-not re-indexed since (``epoch``).  With policy hints a request's first change
-comes exactly ``first_step`` after its arrival, so the hot path does nothing for
-it at all: every ``first_step / 2`` a *sweep* over the waiting requests pushes
-the first change of those that arrived in the half-step since the previous
-sweep (``aged_upto``), which is at least half a step before any of them is due.
-``next_age`` bounds every pending change (and the next sweep) from below, so the
-hot path checks for due changes with one comparison.
+Priority changes over time (aging) are kept by the pool's
+:class:`~scheduler.allocator._aging.Aging`.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 
-from scheduler.allocator._bands import BandQueue
+from scheduler.allocator._aging import Aging
+from scheduler.allocator._bands import BandQueue, key
 from scheduler.allocator._records import PARKED, QUEUED, Account, Waiter
 
-__all__ = ["Key", "WaitQueue", "key"]
-
-
-class Key(float):
-    """A queue entry: its key as a float, carrying the waiter it was made for."""
-
-    __slots__ = ("w",)
-    w: Waiter
-
-
-def key(rank: float, w: Waiter) -> Key:
-    """A new entry for ``w`` ranked ``rank``."""
-    k = Key(rank)
-    k.w = w
-    return k
+__all__ = ["WaitQueue"]
 
 
 class WaitQueue:
@@ -60,9 +40,9 @@ class WaitQueue:
 
     #: Slots: the hot path reads these attributes on every request.
     __slots__ = (
-        "accounts", "aged_upto", "aging", "bg", "fair", "first_step", "floor", "last_arrival",
-        "level_order", "level_quantum", "levels", "n_bg_queued", "n_parked", "n_queued",
-        "next_age", "parked", "queues", "track_fair",
+        "accounts", "aging", "bg", "fair", "floor", "last_arrival", "level_order",
+        "level_quantum", "levels", "n_bg_queued", "n_parked", "n_queued", "parked", "queues",
+        "track_fair",
     )
 
     def __init__(self, *, track_fair: bool, quantum: float, level_quantum: float) -> None:
@@ -76,16 +56,10 @@ class WaitQueue:
         self.level_order: list[int] = []
         self.fair = BandQueue(quantum, by_service=True)
         self.bg = BandQueue(quantum, by_service=True)
-        self.aging: list[tuple[float, int, int, Waiter]] = []
         #: Per holder: service counter, holdings and waits in this pool.
         self.accounts: dict[str, Account] = {}
-        #: Requests that arrived by this time have their first priority change queued.
-        self.aged_upto = -math.inf
-        #: How long after its arrival a fresh waiter's priority first changes.
-        self.first_step = math.inf
-        #: No priority change (or sweep) is due before this: a lower bound, made exact by
-        #: ``pop_changed`` and ``changes_due``.
-        self.next_age = math.inf
+        #: When queued waiters' priorities change next.
+        self.aging = Aging(self.accounts)
         self.n_queued = 0
         self.n_bg_queued = 0
         #: At most the smallest service counter of any queued waiter (lowered whenever a
@@ -143,72 +117,6 @@ class WaitQueue:
         """The service counter of :meth:`least` (the VTC lift, when its probe cannot decide)."""
         w = self.least()
         return None if w is None else w.counter
-
-    # -- priority changes (aging) ----------------------------------------------------------
-    def push_change(self, at: float, w: Waiter) -> None:
-        heapq.heappush(self.aging, (at, w.seq, w.epoch, w))
-        if at < self.next_age:
-            self.next_age = at
-
-    def next_change(self) -> float | None:
-        """The earliest pending priority change or sweep (stale entries are dropped)."""
-        heap = self.aging
-        while heap and not _live(heap[0]):
-            heapq.heappop(heap)
-        first = heap[0][0] if heap else None
-        if self.n_queued and self.first_step != math.inf:
-            sweep = self.aged_upto + self.first_step
-            if first is None or sweep < first:
-                return sweep
-        return first
-
-    def changes_due(self, now: float) -> bool:
-        if self.next_age > now:
-            return False
-        at = self._reset_next_age()
-        return at is not None and at <= now
-
-    def _reset_next_age(self) -> float | None:
-        """Make ``next_age`` exact again; returns the next change (``None``: none)."""
-        at = self.next_change()
-        self.next_age = math.inf if at is None else at
-        return at
-
-    def pop_changed(self, now: float) -> list[Waiter]:
-        """Live waiters whose priority changes by ``now`` (their entries are consumed).
-
-        Sweeps first when one is due.  The caller re-indexes the waiters, which
-        pushes their next changes (lowering ``next_age``); ``next_age`` is set to
-        what remains first.
-        """
-        step = self.first_step
-        if step != math.inf and self.aged_upto + step <= now:
-            self._sweep(now, step)
-        due: list[Waiter] = []
-        heap = self.aging
-        while heap and heap[0][0] <= now:
-            aged = heapq.heappop(heap)
-            if _live(aged):
-                due.append(aged[3])
-        self._reset_next_age()
-        return due
-
-    def _sweep(self, now: float, step: float) -> None:
-        """Queue the first change of requests that arrived since the last sweep.
-
-        Covers arrivals up to ``now - step / 2``; the next sweep is due half a step
-        from now, before any later arrival's first change.  (A request re-indexed
-        in between has its own entry too: the first to come re-indexes it, which
-        makes the other stale.)
-        """
-        since, upto = self.aged_upto, now - step / 2
-        heap = self.aging
-        for a in self.accounts.values():
-            for w in a.waiters:
-                at = w.enqueued_at
-                if since < at <= upto and w.state == QUEUED:
-                    heapq.heappush(heap, (at + step, w.seq, w.epoch, w))
-        self.aged_upto = upto
 
     # -- waiter bookkeeping -------------------------------------------------------------------
     def park(self, w: Waiter) -> None:
@@ -268,11 +176,5 @@ class WaitQueue:
             lq.compact()
         self.fair.compact()
         self.bg.compact()
-        self.aging[:] = [e for e in self.aging if _live(e)]
-        heapq.heapify(self.aging)
+        self.aging.compact()
 
-
-def _live(entry: tuple[float, int, int, Waiter]) -> bool:
-    """An aging entry is live while its waiter is queued in that wait, not re-indexed since."""
-    w = entry[3]
-    return entry[2] == w.epoch and entry[1] == w.seq and w.state == QUEUED

@@ -13,6 +13,8 @@ from scheduler.budget._reservations import Reservation as Reservation
 from scheduler.budget._scopes import Crossing as Crossing
 from scheduler.budget._scopes import Level as Level
 from scheduler.budget._scopes import ScopeState as ScopeState
+from scheduler.budget._tokens import IMAGE_TOKENS as IMAGE_TOKENS
+from scheduler.budget._tokens import PDF_PAGE_TOKENS as PDF_PAGE_TOKENS
 from scheduler.budget._tokens import Estimate as Estimate
 from scheduler.budget._tokens import Reconciliation as Reconciliation
 from scheduler.budget._tokens import TokenCounter as TokenCounter
@@ -20,6 +22,8 @@ from scheduler.budget._tracker import Remaining as Remaining
 from scheduler.budget._tracker import Tracker as Tracker
 
 __all__ = [
+    "IMAGE_TOKENS",
+    "PDF_PAGE_TOKENS",
     "Crossing",
     "Estimate",
     "Level",

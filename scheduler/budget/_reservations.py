@@ -32,6 +32,10 @@ class Reservation:
     active: bool = True
     #: The shared hold on the session and day scopes when the store is a BudgetLedger.
     hold: Hold | None = None
+    #: The id the call's usage event will carry ("" until the call is opened).
+    event_id: str = ""
+    #: True while an ``open_call`` record of it is in the store (see ``_open_calls``).
+    durable: bool = False
 
 
 class Reservations:
@@ -102,6 +106,7 @@ class Reservations:
         or :class:`StoreUnavailableError` while the ledger is unreachable and
         fail-closed.  With any other store this is exactly :meth:`reserve`.
         """
+        await self._scopes.ensure_day(self._scopes.today())  # midnight may have passed
         reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
         if not isinstance(self._store, BudgetLedger):
             return reservation

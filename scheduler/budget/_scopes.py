@@ -16,7 +16,7 @@ from typing import Literal
 from scheduler.budget._profile import TaskProfile, day_limits
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import Totals, UsageEvent, VibeEngineError, WallClock
-from scheduler.store import Store
+from scheduler.store import Store, session_task_totals
 
 Level = Literal["warning", "critical", "exceeded"]
 #: Dimensions read from :class:`Totals` by attribute name.
@@ -102,13 +102,19 @@ class Scopes:
         self._clock = clock
         self.session = ScopeState(f"session:{session_id}", config.budgets.session)
         self.days: dict[str, ScopeState] = {}
+        #: Days whose totals were read from the store (a day in ``days`` but not here is a
+        #: placeholder: midnight passed and nothing async has loaded it yet).
+        self._loaded: set[str] = set()
         self.tasks: dict[str, TaskEntry] = {}
+        self._continued = True  # until open() finds the session new
 
     # -- loading -------------------------------------------------------------------
 
     async def open(self) -> None:
         """Load the session's and today's totals from the store (R1.5)."""
         self.session.totals = await self._store.totals(self.session.name)
+        # a session with no usage yet has none for any of its tasks: skip reading events
+        self._continued = self.session.totals != Totals()
         self.crossings(self.session)  # thresholds passed before a restart fired then (R3.1)
         await self.ensure_day(self.today())
 
@@ -116,28 +122,33 @@ class Scopes:
         return self._wall.now().date()
 
     async def ensure_day(self, day: date) -> ScopeState:
+        """The scope of ``day`` with the totals every run recorded for it (R1.5): a day
+        that began while this process ran starts from what others already spent."""
+        state = self.day(day)
         key = day.isoformat()
-        state = self.days.get(key)
-        if state is None:
-            state = ScopeState(f"day:{key}", day_limits(self._config, day))
+        if key not in self._loaded:
+            # its reservations (a placeholder's) stay; its totals come from the store
             state.totals = await self._store.totals(state.name)
+            self._loaded.add(key)
             self.crossings(state)  # already passed: fired by an earlier process
-            self.days[key] = state
         return state
 
     def day(self, day: date | None = None) -> ScopeState:
+        """The scope of ``day`` (default today); one not loaded yet is a placeholder that
+        :meth:`ensure_day` fills in before the next reservation or charge."""
         key = (day or self.today()).isoformat()
         state = self.days.get(key)
         if state is None:
-            # a day not loaded yet (midnight passed): start empty, charging reloads it
             state = ScopeState(f"day:{key}", day_limits(self._config, day or self.today()))
             self.days[key] = state
         return state
 
     async def start_task(self, task_id: str, profile: TaskProfile, agent: str) -> None:
-        """Register a task; a task seen before resumes from its recorded totals."""
+        """Register a task; a task this session ran before (a resumed session) continues
+        from what it used in this session -- never from an earlier session's use."""
         scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock())
-        scope.totals = await self._store.totals(scope.name)
+        if self._continued:
+            scope.totals = await session_task_totals(self._store, self._session_id, task_id)
         self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
         self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls)
         await self.ensure_day(self.today())
@@ -174,12 +185,11 @@ class Scopes:
         if event.session_id == self._session_id:
             self.session.totals.add(event)
             touched.append(self.session)
-        day = self.days.get(event.day)
-        if day is None:
-            # first event of a new day: the loaded totals already include it
-            day = await self.ensure_day(date.fromisoformat(event.day))
-        else:
+        if event.day in self._loaded:
+            day = self.days[event.day]
             day.totals.add(event)
+        else:  # first event of a new day: the totals loaded now include it (recorded)
+            day = await self.ensure_day(date.fromisoformat(event.day))
         touched.append(day)
         return [c for s in touched for c in self.crossings(s)]
 

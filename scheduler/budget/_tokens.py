@@ -14,7 +14,10 @@ estimates for that model toward the provider's counts.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,13 @@ _log = structlog.get_logger("vibe_engine.tokens")
 #: Tokens of framing per message (role markers), as chat formats add.
 PER_MESSAGE_OVERHEAD = 4
 DISCREPANCY_THRESHOLD = 0.10
+#: Framing of a tool_result block (its id and markers).
+BLOCK_OVERHEAD = 8
+#: The most an image costs: the API scales images above ~1.15 megapixels down to it.
+IMAGE_TOKENS = 1_600
+#: A PDF page: its extracted text plus its image, about 1,500–3,000 tokens; the high end.
+PDF_PAGE_TOKENS = 3_000
+_PDF_PAGE = re.compile(rb"/Type\s*/Page\b")
 
 
 @cache
@@ -133,14 +143,54 @@ class TokenCounter:
         total = 0
         for block in content or ():
             if isinstance(block, Mapping):
-                text = block.get("text")
-                if isinstance(text, str):
-                    total += self.count_text(text)
-                else:
-                    total += self.count_text(json.dumps(block, sort_keys=True, default=str))
+                total += self.count_block(block)
             else:
                 total += self.count_text(str(block))
         return total
+
+    def count_block(self, block: Mapping[str, Any]) -> int:
+        """Tokens of one content block, by kind (tool results and documents included).
+
+        Images and PDF pages count what the API charges for them, not their
+        base64 text: an image at most :data:`IMAGE_TOKENS` (the API scales
+        larger ones down), a PDF page :data:`PDF_PAGE_TOKENS` (its text plus
+        its picture).  ``cache_control`` and other keys that are not content
+        cost nothing.
+        """
+        kind = block.get("type")
+        if kind == "text":
+            return self.count_text(str(block.get("text", "")))
+        if kind == "tool_use":
+            return self.count_text(str(block.get("name", ""))) + self.count_text(
+                json.dumps(block.get("input", {}), sort_keys=True, default=str))
+        if kind == "tool_result":
+            return BLOCK_OVERHEAD + self._count_content(block.get("content", ""))
+        if kind == "thinking":
+            return self.count_text(str(block.get("thinking", "")))
+        if kind == "redacted_thinking":
+            return len(str(block.get("data", ""))) // 4
+        if kind == "image":
+            return IMAGE_TOKENS
+        if kind == "document":
+            return self._count_document(block)
+        rest = {k: v for k, v in block.items() if k != "cache_control"}
+        return self.count_text(json.dumps(rest, sort_keys=True, default=str))
+
+    def _count_document(self, block: Mapping[str, Any]) -> int:
+        source = block.get("source")
+        if not isinstance(source, Mapping):
+            return 0
+        if source.get("type") == "text":
+            return self.count_text(str(source.get("data", "")))
+        if source.get("type") == "content":
+            return self._count_content(source.get("content", ""))
+        if source.get("type") == "base64":
+            try:
+                data = base64.b64decode(str(source.get("data", "")), validate=False)
+            except (ValueError, binascii.Error):
+                return PDF_PAGE_TOKENS
+            return max(len(_PDF_PAGE.findall(data)), 1) * PDF_PAGE_TOKENS
+        return PDF_PAGE_TOKENS  # a URL or file id: one page at least
 
     def count_prompt(
         self,

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from scheduler.budget._open_calls import OpenCalls
 from scheduler.budget._profile import TaskProfile
 from scheduler.budget._reservations import Reservation, Reservations
 from scheduler.budget._scopes import Crossing, Scopes, ScopeState
@@ -70,6 +71,7 @@ class Tracker:
         # a restarted orchestrator reusing a session id must not collide with the ids it
         # recorded before (they would be dropped as duplicates): ids carry a per-run nonce
         self._run = secrets.token_hex(4)
+        self._open_calls = OpenCalls(store, run=self._run, wall=self.wall)
 
     # -- scopes --------------------------------------------------------------------
 
@@ -77,22 +79,35 @@ class Tracker:
     def session(self) -> ScopeState:
         return self._scopes.session
 
-    async def open(self) -> None:
-        """Load the session's and today's totals from the store (R1.5)."""
+    async def open(self) -> list[UsageEvent]:
+        """Charge the calls a killed process left open at their estimate, then load the
+        session's and today's totals from the store (R1.5); returns those charges."""
+        charged = await self._open_calls.recover()
         await self._scopes.open()
+        return charged
 
     def day_scope(self, day: date | None = None) -> ScopeState:
         return self._scopes.day(day)
 
     async def start_task(self, task_id: str, profile: TaskProfile, *, agent: str = "") -> None:
-        """Register a task; a task seen before resumes from its recorded totals."""
+        """Register a task; a task this session ran before continues from its totals."""
         await self._scopes.start_task(task_id, profile, agent)
 
     def finish_task(self, task_id: str, status: str = "completed") -> None:
+        """Record how the task ended and write its ``usage.json`` (raises LocalFileError)."""
         entry = self._scopes.tasks.get(task_id)
         if entry is not None:
             entry.status = status
             self._files.write(task_id, entry)
+
+    def write_usage(self, task_id: str | None = None) -> None:
+        """Bring ``usage.json`` up to date now, for one task or every task (a task pauses,
+        the run ends); a file that cannot be written is logged and retried later."""
+        ids = list(self._scopes.tasks) if task_id is None else [task_id]
+        for tid in ids:
+            entry = self._scopes.tasks.get(tid)
+            if entry is not None:
+                self._files.try_write(tid, entry)
 
     def task_scope(self, task_id: str) -> ScopeState:
         return self._scopes.task(task_id)
@@ -145,8 +160,33 @@ class Tracker:
         return await self._reservations.renew_hold(reservation)
 
     async def release(self, reservation: Reservation) -> None:
-        """:meth:`cancel`, also releasing the shared hold (a dropped hold expires anyway)."""
+        """:meth:`cancel`, also releasing the shared hold (a dropped hold expires anyway)
+        and closing the call's ``open_call`` record."""
         await self._reservations.release(reservation)
+        await self._close(reservation)
+
+    async def open_call(
+        self, reservation: Reservation, *, prompt_tokens: int, output_tokens: int
+    ) -> None:
+        """Record ``reservation`` durably before its call goes out: a crash then leaves a
+        record that the next start charges at this estimate (see ``_open_calls``)."""
+        if not reservation.event_id:
+            reservation.event_id = self.next_event_id(reservation.task_id)
+        entry = self._scopes.tasks.get(reservation.task_id)
+        await self._open_calls.open(self._open_calls.describe(
+            event_id=reservation.event_id, task_id=reservation.task_id,
+            session_id=self.session_id, day=self.wall.now().date().isoformat(),
+            agent=entry.agent if entry else "",
+            task_type=entry.profile.task_type if entry else "", model=reservation.model,
+            prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+            cost_usd=reservation.cost_usd,
+        ))
+        reservation.durable = True
+
+    async def _close(self, reservation: Reservation | None) -> None:
+        if reservation is not None and reservation.durable:
+            reservation.durable = False
+            await self._open_calls.close(reservation.event_id)
 
     def cancel(self, reservation: Reservation) -> None:
         """Return a reservation that will not be charged (call failed before usage)."""
@@ -188,7 +228,9 @@ class Tracker:
         self, event: UsageEvent, reservation: Reservation | None = None
     ) -> list[Crossing]:
         """Record ``event`` durably, add it to every scope, return new threshold crossings."""
-        if not await self._reservations.settle(event, reservation):
+        fresh = await self._reservations.settle(event, reservation)
+        await self._close(reservation)  # after the event: a crash between keeps it charged
+        if not fresh:
             return []
         crossings = await self._scopes.add(event)
         entry = self._scopes.tasks.get(event.task_id)

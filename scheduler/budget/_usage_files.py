@@ -1,8 +1,13 @@
 """The readable per-task usage file, ``<state_dir>/tasks/<id>/usage.json`` (R2.6).
 
-Written atomically (a temporary file, then a rename) when a task finishes, and
-while it runs at most once per interval, or at once when a charge crossed a
-threshold.  Without a state directory nothing is written.
+Written atomically (a temporary file, then a rename) when a task pauses or
+finishes and when the run ends — so what offline ``status`` and ``decide`` read
+is current then — and while it runs at most once per interval, or at once when
+a charge crossed a threshold.  Without a state directory nothing is written.
+A file that cannot be written (disk full, a task id too long for a file name)
+while the task runs is retried at its next charge (a warning is logged); at the
+task's end it raises :class:`~scheduler.core.LocalFileError`, which fails that
+task alone.  The usage itself is in the store already and stays there.
 """
 
 from __future__ import annotations
@@ -13,8 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from scheduler.budget._scopes import TaskEntry
-from scheduler.core import WallClock
+from scheduler.core import LocalFileError, WallClock
+
+_log = structlog.get_logger("vibe_engine.budget")
 
 
 class UsageFiles:
@@ -48,11 +57,16 @@ class UsageFiles:
         if self._state_dir is None:
             return None
         folder = self._state_dir / "tasks" / task_id
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / "usage.json"
         tmp = folder / "usage.json.tmp"
-        tmp.write_text(json.dumps(self.document(task_id, entry), indent=2), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.document(task_id, entry), indent=2),
+                           encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise LocalFileError(path, exc.strerror or str(exc)) from exc
+        entry.usage_written_at = self._clock()
         return path
 
     def after_charge(self, task_id: str, entry: TaskEntry, *, crossed: bool) -> None:
@@ -61,5 +75,11 @@ class UsageFiles:
             return
         now = self._clock()
         if crossed or now - entry.usage_written_at >= self._interval_s:
-            entry.usage_written_at = now
+            self.try_write(task_id, entry)
+
+    def try_write(self, task_id: str, entry: TaskEntry) -> None:
+        """:meth:`write`, or a warning when it fails (retried at the next charge)."""
+        try:
             self.write(task_id, entry)
+        except LocalFileError as exc:
+            _log.warning("usage_file_unwritten", task_id=task_id, error=str(exc))

@@ -1,4 +1,5 @@
-"""``vibe-engine`` command line: run, demo, status, decide, report, fake-api, plugins (R7.2)."""
+"""``vibe-engine`` command line: run, resume, demo, status, decide, report, fake-api,
+plugins (R7.2).  Exit codes of ``run`` and ``resume``: see :mod:`scheduler.cli._sessions`."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import anyio
 import structlog
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from scheduler.cli._decide import decide as decide_paused
 from scheduler.cli._decide import stored_status_rows
 from scheduler.cli._demo import demo_config
 from scheduler.cli._report import gather_report, render_report_tables
 from scheduler.cli._report_html import write_html_report
+from scheduler.cli._sessions import check_new_session, exit_code, resumable_config
 from scheduler.config import VibeConfig, load_config
 from scheduler.control._alerts import StatusRow
 from scheduler.core import VibeEngineError
@@ -40,7 +44,7 @@ LiveOpt = Annotated[bool, typer.Option(
 
 
 def _fail(exc: VibeEngineError) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {exc}")
+    _err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # one line
     return typer.Exit(code=2)
 
 
@@ -103,14 +107,43 @@ def run(
     log_level: str = "info",
     live: LiveOpt = True,
 ) -> None:
-    """Run the tasks of CONFIG with the orchestrator."""
+    """Run the tasks of CONFIG as a new session.
+
+    Exit code 0 when every task completed, 1 when a task failed or was stopped on its
+    budget, 2 when the run could not start.
+    """
     configure_logging(level=log_level)
     try:
         cfg = load_config(config)
+        check_new_session(cfg)
         report = _run(cfg, live)
     except VibeEngineError as exc:
         raise _fail(exc) from None
     render_report(report, _out)
+    raise typer.Exit(code=exit_code(report))
+
+
+@app.command()
+def resume(
+    session: Annotated[str | None, typer.Argument(
+        help="The session to continue (default: the last interrupted one).")] = None,
+    state_dir: StateDir = Path(".vibe-engine"),
+    store: str = "sqlite",
+    log_level: str = "info",
+    live: LiveOpt = True,
+) -> None:
+    """Continue an interrupted session: ended tasks keep their results, interrupted ones
+    continue from their checkpoints, paused ones stay paused for `decide`.
+
+    Exit codes as for `run`.
+    """
+    configure_logging(level=log_level)
+    try:
+        report = _run(resumable_config(state_dir, store, session), live)
+    except VibeEngineError as exc:
+        raise _fail(exc) from None
+    render_report(report, _out)
+    raise typer.Exit(code=exit_code(report))
 
 
 @app.command()
@@ -144,7 +177,9 @@ def status(
     store: str = "sqlite",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Show the running orchestrator's state, or what the store recorded when none runs."""
+    """Show the running orchestrator's state, or what the store recorded when none runs:
+    every task of the last session with its state (paused, interrupted and pending ones
+    too) and what each completed agent returned."""
 
     async def main() -> dict[str, Any]:
         st = open_store(store, state_dir)
@@ -169,9 +204,19 @@ def status(
     from scheduler.observe import Snapshot
 
     budgets = data.pop("budgets", [])
-    _out.print(render_snapshot(Snapshot.from_dict(data)))
+    snap = Snapshot.from_dict(data)
+    _out.print(render_snapshot(snap))
     if budgets:
         _out.print(budget_table([StatusRow(**r) for r in budgets]))
+    results = Table(title="Results")
+    for col in ("task", "result"):
+        results.add_column(col)
+    for t in snap.tasks:
+        if t.result is not None:
+            text = json.dumps(t.result)
+            results.add_row(t.task_id, Text(text if len(text) <= 100 else f"{text[:99]}…"))
+    if results.row_count:
+        _out.print(results)
 
 
 _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "exceeded": "bold red"}
@@ -228,15 +273,27 @@ def fake_api(
     port: int = 8765,
     input_ratio: Annotated[float, typer.Option(help="Server input count ÷ tiktoken's.")] = 1.2,
     output_tokens: int = 40,
+    script: Annotated[Path | None, typer.Option(
+        help="JSON lines, one Messages API response body per line, served in order "
+             "(streamed requests get the same bodies as events).")] = None,
 ) -> None:
     """Serve a fake Anthropic API on 127.0.0.1 (try provider.kind="anthropic" without a key)."""
-    from agents.fake_api import FakeAnthropicServer, FakeApiConfig
+    from agents.fake_api import FakeAnthropicServer, FakeApiConfig, load_script
 
+    bodies = None
+    if script is not None:
+        try:
+            bodies = load_script(script)
+        except (OSError, ValueError) as exc:
+            _err.print(f"--script: {exc}")
+            raise typer.Exit(2) from None
     server = FakeAnthropicServer(
-        FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port
+        FakeApiConfig(input_ratio=input_ratio, output_tokens=output_tokens), port=port,
+        script=bodies,
     )
-    _out.print(f"fake Anthropic API on {server.base_url} — set provider.base_url to it and "
-               "ANTHROPIC_API_KEY to any value; Ctrl-C stops")
+    scripted = f", replaying {len(bodies)} scripted responses" if bodies is not None else ""
+    _out.print(f"fake Anthropic API on {server.base_url}{scripted} — set provider.base_url "
+               "to it and ANTHROPIC_API_KEY to any value; Ctrl-C stops")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

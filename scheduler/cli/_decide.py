@@ -21,7 +21,7 @@ from scheduler.control._alerts import StatusRow, scope_rows
 from scheduler.control._pause import DecisionAction, submit_to_store, validate_decision
 from scheduler.control._server import control_paths, send_request
 from scheduler.core import DecisionError
-from scheduler.store import Store, open_store
+from scheduler.store import Store, open_store, session_task_totals, task_key
 
 _ACTION_ALIASES = {"add": "add_budget", "add-budget": "add_budget", "continue": "add_budget",
                    "save": "finish", "stop": "finish"}
@@ -92,10 +92,11 @@ async def stored_status_rows(
     """Budget rows of every task with a ``usage.json`` under ``state_dir`` (no orchestrator).
 
     Limits come from the task's ``usage.json`` (including budget people added),
-    usage from the store's totals, ``paused`` from the pending pause records.
+    usage from what the store recorded for the task in the file's session,
+    ``paused`` from that session's pending pause records.
     """
     thresholds = thresholds or AlertsConfig()
-    paused = await store.list_state("pause")
+    paused = set(await store.list_state("pause"))
     rows: list[StatusRow] = []
     tasks_dir = anyio.Path(state_dir) / "tasks"
     if not await tasks_dir.is_dir():
@@ -108,9 +109,11 @@ async def stored_status_rows(
         except (OSError, ValueError):
             continue
         task_id = str(doc.get("task_id", path.parent.name))
+        session = str(doc.get("session_id", ""))
         scope = ScopeState(f"task:{task_id}", limits,
-                           totals=await store.totals(f"task:{task_id}"))
-        rows.extend(scope_rows(scope, task_id, thresholds, paused=task_id in paused))
+                           totals=await session_task_totals(store, session, task_id))
+        rows.extend(scope_rows(scope, task_id, thresholds,
+                               paused=task_key(session, task_id) in paused))
     return rows
 
 

@@ -115,7 +115,7 @@ def classify_history(name: str, message: str = "") -> str | None:
     if "deadlock" in name or "deadlock" in message.lower():
         return "deadlocks"
     if name.startswith(("budget_", "alert", "overdraft", "pause", "decision")) or name in (
-        "task_paused", "checkpoint_requested", "task_review"):
+        "task_paused", "checkpoint_requested", "task_review", "open_call_charged"):
         return "alerts"
     if name.startswith(("model_", "routing", "health")) or name in (
         "task_deferred", "task_resumed", "task_simplified", "task_decomposed"):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from scheduler.config._base import (
     PRIORITY_VALUES,
@@ -42,6 +42,7 @@ from scheduler.config._provider import (
     ProviderConfig,
     SimulatedProviderConfig,
     default_models,
+    merge_models,
 )
 from scheduler.config._runtime import (
     AllocatorConfig,
@@ -91,7 +92,8 @@ class VibeConfig(FrozenModel):
     seed: int = 0
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     task_types: dict[TaskType, TaskTypeSpec] = Field(default_factory=default_task_types)
-    models: dict[Tier, ModelSpec] = Field(default_factory=default_models)
+    #: Named models: the defaults, with the entries given here laid over them.
+    models: dict[str, ModelSpec] = Field(default_factory=default_models)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     overdraft: OverdraftConfig = Field(default_factory=OverdraftConfig)
     allocator: AllocatorConfig = Field(default_factory=AllocatorConfig)
@@ -105,11 +107,16 @@ class VibeConfig(FrozenModel):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     tasks: tuple[TaskSpec, ...] = ()
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _merge_models(cls, value: Any) -> Any:
+        return merge_models(value)
+
     @model_validator(mode="after")
     def _complete_catalog(self) -> VibeConfig:
-        missing = [t for t in TIERS if t not in self.models]
-        if missing:
-            raise ValueError(f"models must define every tier; missing {missing}")
+        unranked = [t for t in TIERS if self.models[t].rank is None]
+        if unranked:
+            raise ValueError(f"models {unranked} need a rank: the routing policies name them")
         ids = [t.id for t in self.tasks]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -123,7 +130,7 @@ class VibeConfig(FrozenModel):
     def model_spec(self, tier: str) -> ModelSpec:
         """The catalog entry for ``tier`` (raises ConfigError for an unknown tier)."""
         try:
-            return self.models[tier]  # type: ignore[index]
+            return self.models[tier]
         except KeyError:
             known = list(self.models)
             raise ConfigError("models", tier, f"unknown model; known: {known}") from None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -10,7 +11,13 @@ from scheduler.config._base import FrozenModel, Tier, by_tier
 
 
 class ModelSpec(FrozenModel):
-    """One entry of the model catalog: a tier and its Anthropic model and prices."""
+    """One named model of the catalog: its provider id, prices and place in the tier order.
+
+    Prices are US dollars per million tokens; cache reads and writes cost the
+    input price times their multiplier.  ``rank`` orders the models the router
+    may choose among, cheapest and weakest first; a model without a rank is
+    used only when an agent asks for it by name.
+    """
 
     model_id: str
     input_usd_per_mtok: float = Field(ge=0)
@@ -19,17 +26,42 @@ class ModelSpec(FrozenModel):
     cache_read_multiplier: float = Field(default=0.1, ge=0)
     cache_write_5m_multiplier: float = Field(default=1.25, ge=0)
     cache_write_1h_multiplier: float = Field(default=2.0, ge=0)
+    rank: float | None = None
 
 
-def default_models() -> dict[Tier, ModelSpec]:
+def default_models() -> dict[str, ModelSpec]:
+    """Current Claude models at their published prices: the three routed tiers, and
+    others an agent may name (``model="opus-4-1"``)."""
+
+    def spec(model_id: str, inp: float, out: float, rank: float | None = None) -> ModelSpec:
+        return ModelSpec(model_id=model_id, input_usd_per_mtok=inp, output_usd_per_mtok=out,
+                         rank=rank)
+
     return {
-        "haiku": ModelSpec(model_id="claude-haiku-4-5", input_usd_per_mtok=1.0,
-                           output_usd_per_mtok=5.0),
-        "sonnet": ModelSpec(model_id="claude-sonnet-4-6", input_usd_per_mtok=3.0,
-                            output_usd_per_mtok=15.0),
-        "opus": ModelSpec(model_id="claude-opus-4-7", input_usd_per_mtok=5.0,
-                          output_usd_per_mtok=25.0),
+        "haiku": spec("claude-haiku-4-5", 1.0, 5.0, 1),
+        "sonnet": spec("claude-sonnet-4-6", 3.0, 15.0, 2),
+        "opus": spec("claude-opus-4-7", 5.0, 25.0, 3),
+        "opus-4-5": spec("claude-opus-4-5", 5.0, 25.0),
+        "sonnet-4-5": spec("claude-sonnet-4-5", 3.0, 15.0),
+        "opus-4-1": spec("claude-opus-4-1", 15.0, 75.0),
     }
+
+
+def merge_models(value: Any) -> Any:
+    """The default catalog with the user's entries laid over it, field by field.
+
+    ``[models.sonnet] model_id = "…"`` changes one field of the default entry; a
+    new name adds a model (then ``model_id`` and both prices are required).
+    """
+    if not isinstance(value, Mapping):
+        return value
+    merged: dict[str, Any] = {k: v.model_dump() for k, v in default_models().items()}
+    for name, entry in value.items():
+        if isinstance(entry, Mapping) and name in merged:
+            merged[name] = {**merged[name], **entry}
+        else:
+            merged[name] = entry
+    return merged
 
 
 class OutageWindow(FrozenModel):
@@ -51,15 +83,25 @@ class SimulatedProviderConfig(FrozenModel):
     """Knobs of the deterministic simulated provider."""
 
     seed: int = 0
-    latency_s: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.4, 1.0, 2.0))
-    failure_rate: dict[Tier, float] = Field(default_factory=lambda: by_tier(0.05, 0.02, 0.01))
-    output_tokens: tuple[int, int] = (200, 1500)
+    latency_s: dict[Tier, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=lambda: by_tier(0.4, 1.0, 2.0))
+    failure_rate: dict[Tier, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: by_tier(0.05, 0.02, 0.01))
+    #: (lowest, highest) output tokens; never negative: a negative count credits budgets.
+    output_tokens: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (200, 1500)
     time_scale: float = Field(default=1.0, ge=0)
     #: a failed attempt is retried this many times before the 529 is raised (the SDK's
     #: ``max_retries``).
     retries: int = Field(default=2, ge=0)
     #: scripted outages (outage drills, the demo's opus outage).
     outages: tuple[OutageWindow, ...] = ()
+
+    @model_validator(mode="after")
+    def _output_range(self) -> SimulatedProviderConfig:
+        lo, hi = self.output_tokens
+        if hi < lo:
+            raise ValueError(f"output_tokens: highest ({hi}) must be >= lowest ({lo})")
+        return self
 
 
 class ProviderConfig(FrozenModel):

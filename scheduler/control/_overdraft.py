@@ -43,6 +43,8 @@ class OverdraftRecord:
     cost_usd: float
     repaid_tokens: int = 0
     repaid_cost_usd: float = 0.0
+    #: The session that took it: a task scope's grace is per session, like its budget.
+    session_id: str = ""
 
     @property
     def outstanding_tokens(self) -> int:
@@ -93,12 +95,16 @@ class OverdraftLedger:
         self._denied = 0
 
     async def open(self) -> None:
-        """Load recorded overdrafts (a restart keeps used grace and unpaid debt)."""
+        """Load recorded overdrafts (a restart keeps used grace and unpaid debt; a task
+        scope's only within its session)."""
         for key, value in (await self.store.list_state("overdraft")).items():
             rec = OverdraftRecord(**value)
+            self._seq = max(self._seq, int(key.rsplit(":", 1)[-1]))
+            if rec.scope.startswith("task:") and rec.session_id not in (
+                    "", self.tracker.session_id):
+                continue
             self._records[key] = rec
             self._period[rec.scope] = max(self._period.get(rec.scope, 0), rec.period)
-            self._seq = max(self._seq, int(key.rsplit(":", 1)[-1]))
 
     # -- questions -----------------------------------------------------------------
 
@@ -211,7 +217,8 @@ class OverdraftLedger:
         self._granted += 1
         key = f"{o.scope.name}:{self._seq}"
         rec = OverdraftRecord(key, o.scope.name, task_id, operation,
-                              self._period.get(o.scope.name, 0), o.tokens, round(o.cost_usd, 9))
+                              self._period.get(o.scope.name, 0), o.tokens, round(o.cost_usd, 9),
+                              session_id=self.tracker.session_id)
         self._records[key] = rec
         _log.info("overdraft_recorded", **rec.to_dict())
         return rec

@@ -11,9 +11,11 @@ until a person decides one of
 * ``review`` — get a summary of what was done and used; the task stays paused.
 
 Pending pauses and decisions are state records (kinds ``pause`` and
-``decision``), so they survive an orchestrator restart, and a decision written
-to the store by another process is picked up by polling.  Budget a person
-added is kept as kind ``budget`` and re-applied by :meth:`restore_task`.
+``decision``, keyed ``<session>/<task>``), so they survive an orchestrator
+restart and are picked up when the session is resumed -- never by a later
+session that reuses the task id -- and a decision written to the store by
+another process is picked up by polling.  Budget a person added is kept as kind
+``budget`` and re-applied by :meth:`restore_task`.
 
 Critical sections (``open_critical(task_id, "git_commit")``) defer a pause:
 a pause requested while one is in flight takes effect when it completes, and
@@ -35,8 +37,9 @@ import structlog
 from scheduler.budget import Reservation, ScopeState, Tracker
 from scheduler.config import Limits
 from scheduler.control._overdraft import OverdraftLedger
+from scheduler.control._stored import paused_session, review_summary
 from scheduler.core import BudgetExceededError, DecisionError, EventBus
-from scheduler.store import Store
+from scheduler.store import Store, task_key, task_of_key
 
 _log = structlog.get_logger("vibe_engine.pause")
 
@@ -127,30 +130,18 @@ class _TaskControl:
             self._changed = None
 
 
-async def review_summary(store: Store, task_id: str) -> dict[str, Any]:
-    """What a paused task did and used, read from the store only (R3.4 "review")."""
-    totals = await store.totals(f"task:{task_id}")
-    return {
-        "task_id": task_id,
-        "usage": totals.to_dict(),
-        "pause": await store.get_state("pause", task_id),
-        "checkpoint": await store.get_state("checkpoint", task_id),
-        "overdrafts": [v for v in (await store.list_state("overdraft")).values()
-                       if v.get("task_id") == task_id],
-        "budget_added": await store.get_state("budget", task_id),
-    }
-
-
 async def submit_to_store(store: Store, decision: Decision) -> dict[str, Any]:
-    """Store a decision for a paused task (no orchestrator running: picked up at restart)."""
+    """Store a decision for a paused task (no orchestrator running: picked up at resume)."""
     validate_decision(decision)
-    if await store.get_state("pause", decision.task_id) is None:
+    session = await paused_session(store, decision.task_id)
+    if session is None:
         raise DecisionError(f"task {decision.task_id!r} is not paused")
     if decision.action == "review":
         return {"accepted": True, "action": "review",
-                "summary": await review_summary(store, decision.task_id)}
-    await store.put_state("decision", decision.task_id, decision.to_dict())
-    return {"accepted": True, "action": decision.action, "stored": True}
+                "summary": await review_summary(store, decision.task_id, session)}
+    await store.put_state("decision", task_key(session, decision.task_id),
+                          decision.to_dict())
+    return {"accepted": True, "action": decision.action, "stored": True, "session": session}
 
 
 class PauseController:
@@ -178,18 +169,22 @@ class PauseController:
         self.on_decision: list[Callable[[Decision], None]] = []
 
     async def open(self) -> None:
-        """Load pending pauses and decisions (R3.4: they survive a restart)."""
+        """Load this session's pending pauses and decisions (R3.4: they survive a restart)."""
         for key, value in (await self.store.list_state("pause")).items():
-            self._serial += 1
-            self._pauses[key] = PauseInfo(**{**value, "serial": self._serial})
+            session, task_id = task_of_key(key)
+            if session == self.tracker.session_id:
+                self._serial += 1
+                self._pauses[task_id] = PauseInfo(**{**value, "serial": self._serial})
         for key, value in (await self.store.list_state("decision")).items():
-            self._decisions[key] = Decision.from_dict(value)
+            session, task_id = task_of_key(key)
+            if session == self.tracker.session_id:
+                self._decisions[task_id] = Decision.from_dict(value)
         if self.overdraft is not None:
             await self.overdraft.open()
 
     async def restore_task(self, task_id: str) -> None:
         """Re-apply budget people added before a restart (call after ``start_task``)."""
-        added = await self.store.get_state("budget", task_id)
+        added = await self.store.get_state("budget", self._key(task_id))
         if not added:
             return
         for scope_name, extra in added.get("scopes", {}).items():
@@ -202,6 +197,9 @@ class PauseController:
         if ctl is None:
             ctl = self._tasks[task_id] = _TaskControl()
         return ctl
+
+    def _key(self, task_id: str) -> str:
+        return task_key(self.tracker.session_id, task_id)
 
     def _now(self) -> float:
         return self.tracker.wall.now().timestamp()
@@ -301,7 +299,7 @@ class PauseController:
             info.scope, info.dimension = error.scope, error.dimension
             info.used, info.limit = float(error.used), float(error.limit)
         self._pauses[task_id] = info
-        await self.store.put_state("pause", task_id, info.to_dict())
+        await self.store.put_state("pause", self._key(task_id), info.to_dict())
         self.events.emit("pause_requested", info.reason, task_id=task_id, level="warning",
                          scope=info.scope, dimension=info.dimension)
         return info
@@ -311,8 +309,8 @@ class PauseController:
         self._pauses.pop(task_id, None)
         self._decisions.pop(task_id, None)
         self._announced.discard(task_id)
-        await self.store.delete_state("pause", task_id)
-        await self.store.delete_state("decision", task_id)
+        await self.store.delete_state("pause", self._key(task_id))
+        await self.store.delete_state("decision", self._key(task_id))
         self._ctl(task_id).notify()
 
     async def wait_if_paused(
@@ -359,7 +357,7 @@ class PauseController:
                 return self._last[task_id]  # another waiter applied it
             decision = self._decisions.pop(task_id, None)
             if decision is None and self.poll_s is not None:
-                stored = await self.store.get_state("decision", task_id)
+                stored = await self.store.get_state("decision", self._key(task_id))
                 if self._pauses.get(task_id) is not info:
                     continue
                 decision = Decision.from_dict(stored) if stored else None
@@ -377,7 +375,7 @@ class PauseController:
         self._announced.add(task_id)
         if info.state != "paused":
             info.state = "paused"
-            await self.store.put_state("pause", task_id, info.to_dict())
+            await self.store.put_state("pause", self._key(task_id), info.to_dict())
         usage = (self.tracker.task_scope(task_id).totals.to_dict()
                  if task_id in self.tracker.tasks() else {})
         self.events.emit(
@@ -407,15 +405,16 @@ class PauseController:
         decision = Decision(task_id, cast(DecisionAction, action), tokens, cost_usd, time_s,
                             file_edits, shell_commands, source, self._now())
         validate_decision(decision)
-        if task_id not in self._pauses and await self.store.get_state("pause", task_id) is None:
+        if (task_id not in self._pauses
+                and await self.store.get_state("pause", self._key(task_id)) is None):
             raise DecisionError(f"task {task_id!r} is not paused")
         if decision.action == "review":
-            summary = await review_summary(self.store, task_id)
+            summary = await review_summary(self.store, task_id, self.tracker.session_id)
             self.events.emit("task_review", f"review of paused task {task_id}",
                              task_id=task_id, source=source)
             return {"accepted": True, "action": "review", "summary": summary}
         self._decisions[task_id] = decision
-        await self.store.put_state("decision", task_id, decision.to_dict())
+        await self.store.put_state("decision", self._key(task_id), decision.to_dict())
         self.events.emit("decision_received", f"{action} for {task_id} from {source}",
                          task_id=task_id, action=action, source=source, amounts=decision.amounts())
         self._ctl(task_id).notify()
@@ -428,8 +427,8 @@ class PauseController:
         self._last[task_id] = decision
         if decision.action == "add_budget":
             await self._add_budget(decision, info)
-        await self.store.delete_state("decision", task_id)
-        await self.store.delete_state("pause", task_id)
+        await self.store.delete_state("decision", self._key(task_id))
+        await self.store.delete_state("pause", self._key(task_id))
         self._applied += 1
         self.events.emit("decision_applied", f"{decision.action} applied to {task_id}",
                          task_id=task_id, action=decision.action, amounts=decision.amounts())
@@ -448,7 +447,7 @@ class PauseController:
             await self.overdraft.repay(scope.name, int(decision.tokens or 0),
                                        float(decision.cost_usd or 0.0))
         self.tracker.raise_limits(scope, Limits.model_validate(extra))
-        stored = await self.store.get_state("budget", task_id) or {"scopes": {}}
+        stored = await self.store.get_state("budget", self._key(task_id)) or {"scopes": {}}
         cumulative = stored["scopes"].get(scope.name, {})
         for k, v in extra.items():
             if k == "tokens_by_model":
@@ -459,7 +458,7 @@ class PauseController:
             else:
                 cumulative[k] = cumulative.get(k, 0) + v
         stored["scopes"][scope.name] = cumulative
-        await self.store.put_state("budget", task_id, stored)
+        await self.store.put_state("budget", self._key(task_id), stored)
 
     @staticmethod
     def _extra_for(scope: ScopeState, decision: Decision, dimension: str) -> dict[str, Any]:

@@ -14,7 +14,9 @@ from scheduler.core._errors import BudgetExceededError as BudgetExceededError
 from scheduler.core._errors import ConfigError as ConfigError
 from scheduler.core._errors import DecisionError as DecisionError
 from scheduler.core._errors import FinishRequestedError as FinishRequestedError
+from scheduler.core._errors import InvalidArgumentError as InvalidArgumentError
 from scheduler.core._errors import LeaseError as LeaseError
+from scheduler.core._errors import LocalFileError as LocalFileError
 from scheduler.core._errors import ModelUnavailableError as ModelUnavailableError
 from scheduler.core._errors import OverdraftDeniedError as OverdraftDeniedError
 from scheduler.core._errors import OverloadedError as OverloadedError
@@ -22,6 +24,8 @@ from scheduler.core._errors import PluginError as PluginError
 from scheduler.core._errors import ProviderError as ProviderError
 from scheduler.core._errors import ProviderTimeoutError as ProviderTimeoutError
 from scheduler.core._errors import RateLimitedError as RateLimitedError
+from scheduler.core._errors import ResultError as ResultError
+from scheduler.core._errors import SessionError as SessionError
 from scheduler.core._errors import SpendLimitError as SpendLimitError
 from scheduler.core._errors import StoreError as StoreError
 from scheduler.core._errors import StoreUnavailableError as StoreUnavailableError
@@ -32,12 +36,17 @@ from scheduler.core._events import Event as Event
 from scheduler.core._events import EventBus as EventBus
 from scheduler.core._hooks import AsyncHook as AsyncHook
 from scheduler.core._hooks import Hook as Hook
+from scheduler.core._provider import REQUEST_OPTIONS as REQUEST_OPTIONS
 from scheduler.core._provider import Completion as Completion
 from scheduler.core._provider import CompletionRequest as CompletionRequest
+from scheduler.core._provider import ContentBlock as ContentBlock
 from scheduler.core._provider import Message as Message
 from scheduler.core._provider import Provider as Provider
 from scheduler.core._provider import RateLimitInfo as RateLimitInfo
 from scheduler.core._provider import ReportsRateLimits as ReportsRateLimits
+from scheduler.core._provider import TextSink as TextSink
+from scheduler.core._provider import check_options as check_options
+from scheduler.core._provider import thinking_budget as thinking_budget
 from scheduler.core._resolve import resolve_object as resolve_object
 from scheduler.core._usage import Totals as Totals
 from scheduler.core._usage import Usage as Usage
@@ -45,6 +54,7 @@ from scheduler.core._usage import UsageEvent as UsageEvent
 from scheduler.core._usage import cost_usd as cost_usd
 
 __all__ = [
+    "REQUEST_OPTIONS",
     "AllocationError",
     "AsyncHook",
     "BudgetError",
@@ -52,13 +62,16 @@ __all__ = [
     "Completion",
     "CompletionRequest",
     "ConfigError",
+    "ContentBlock",
     "DecisionError",
     "Event",
     "EventBus",
     "FinishRequestedError",
     "FixedWallClock",
     "Hook",
+    "InvalidArgumentError",
     "LeaseError",
+    "LocalFileError",
     "Message",
     "ModelUnavailableError",
     "OverdraftDeniedError",
@@ -70,19 +83,24 @@ __all__ = [
     "RateLimitInfo",
     "RateLimitedError",
     "ReportsRateLimits",
+    "ResultError",
+    "SessionError",
     "SpendLimitError",
     "StoreError",
     "StoreUnavailableError",
     "SystemWallClock",
     "TaskAbortedError",
+    "TextSink",
     "Totals",
     "Usage",
     "UsageEvent",
     "VibeEngineError",
     "WallClock",
     "WouldBlockError",
+    "check_options",
     "cost_usd",
     "resolve_object",
+    "thinking_budget",
 ]
 
 from scheduler.core._public import publish as _publish

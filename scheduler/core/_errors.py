@@ -4,8 +4,10 @@
 
     VibeEngineError
     ├── ConfigError              bad config: names the field path and the value
+    ├── InvalidArgumentError     a bad call argument or usage value (also a ValueError)
     ├── PluginError              an agent plugin or policy that cannot be loaded
     ├── StoreError               the durable store failed
+    ├── LocalFileError           a local file (usage.json, the workspace) cannot be written
     │   └── StoreUnavailableError  the store cannot be reached (Redis down)
     ├── BudgetError
     │   ├── BudgetExceededError  a call would cross a budget limit
@@ -16,6 +18,8 @@
     ├── TaskAbortedError         a task was aborted (deadlock victim, retry limit)
     ├── FinishRequestedError     a paused task was told to save progress and finish
     ├── DecisionError            an invalid or unauthorised pause decision
+    ├── SessionError             no session to resume, or a state directory in use
+    ├── ResultError              an agent's result cannot be kept (not JSON, too large)
     └── ProviderError            a model provider failed (carries the model)
         ├── RateLimitedError     429 rate_limit_error: our quota, retry after a delay
         ├── OverloadedError      529 overloaded_error: the model's health
@@ -53,6 +57,21 @@ class ConfigError(VibeEngineError):
         super().__init__(f"config error at {field}={value!r}: {reason}")
 
 
+class InvalidArgumentError(VibeEngineError, ValueError):
+    """A call argument or a usage value is invalid: ``argument`` names it.
+
+    Raised at the entry of a model call (``max_tokens=None``, a negative
+    ``max_tokens``, messages that are not a list of dicts …) and by every store
+    for usage that would corrupt the ledger (negative or non-finite amounts).
+    """
+
+    def __init__(self, argument: str, value: Any, reason: str) -> None:
+        self.argument = argument
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {argument}={value!r}: {reason}")
+
+
 class PluginError(VibeEngineError):
     """An agent plugin or a named policy/store cannot be loaded or is invalid."""
 
@@ -66,6 +85,18 @@ class PluginError(VibeEngineError):
 
 class StoreError(VibeEngineError):
     """The durable store failed."""
+
+
+class LocalFileError(VibeEngineError):
+    """A local file could not be written (disk full, a file name too long …).
+
+    It fails the one task it belongs to; usage already recorded stays in the store.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot write {path}: {reason}")
 
 
 class StoreUnavailableError(StoreError):
@@ -138,6 +169,26 @@ class FinishRequestedError(VibeEngineError):
 
 class DecisionError(VibeEngineError):
     """A pause decision is invalid, for an unknown task, or not authorised."""
+
+
+class SessionError(VibeEngineError):
+    """A session cannot start or resume: the state directory is in use by another
+    orchestrator (``pid`` set), or there is no such interrupted session."""
+
+    def __init__(self, message: str, *, state_dir: str = "", pid: int | None = None) -> None:
+        self.state_dir = state_dir
+        self.pid = pid
+        super().__init__(message)
+
+
+class ResultError(VibeEngineError):
+    """What an agent's ``run()`` returned cannot be stored with its task (not
+    JSON-serialisable, or larger than the cap)."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        self.task_id = task_id
+        self.reason = reason
+        super().__init__(f"task {task_id}: result not kept: {reason}")
 
 
 class ProviderError(VibeEngineError):

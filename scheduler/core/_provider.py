@@ -6,10 +6,46 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from scheduler.core._errors import ConfigError
 from scheduler.core._hooks import Hook
 from scheduler.core._usage import Usage
 
+#: A message of the Messages API: ``role`` and ``content``, a string or a list of content
+#: blocks of any kind (text, image, document, tool_use, tool_result, thinking …), sent as is.
 Message = Mapping[str, Any]
+#: One content block as the Messages API defines it (``{"type": "text", "text": …}`` …).
+ContentBlock = Mapping[str, Any]
+#: Receives each text delta of a streamed answer as it arrives.
+TextSink = Callable[[str], None]
+
+#: Request options passed through to the provider as the Messages API names them.
+REQUEST_OPTIONS: frozenset[str] = frozenset({
+    "temperature", "top_p", "top_k", "stop_sequences", "tool_choice", "thinking", "metadata",
+    "service_tier", "output_config",
+})
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The request options, or a :class:`ConfigError` naming one that is not known.
+
+    An unknown option is an error rather than silently dropped: a misspelt
+    ``temprature`` would otherwise change nothing and say nothing.  Options the
+    runtime does not know yet go in ``extra`` (sent as the SDK's ``extra_body``).
+    """
+    unknown = sorted(set(options) - REQUEST_OPTIONS - {"extra"})
+    if unknown:
+        raise ConfigError("options", unknown[0],
+                          f"unknown request option; known: {sorted(REQUEST_OPTIONS)} "
+                          "(others go in options['extra'])")
+    return dict(options)
+
+
+def thinking_budget(options: Mapping[str, Any]) -> int:
+    """The extended-thinking budget an ``options['thinking']`` asks for (0 when off)."""
+    thinking = options.get("thinking")
+    if isinstance(thinking, Mapping) and thinking.get("type") == "enabled":
+        return int(thinking.get("budget_tokens") or 0)
+    return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +62,10 @@ class CompletionRequest:
     task_id: str = ""
     #: Hints for the simulated provider and quality scoring (difficulty 0..1 …).
     hints: Mapping[str, Any] = field(default_factory=dict)
+    #: Messages API options passed through (see :data:`REQUEST_OPTIONS`; ``extra`` → extra_body).
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: Called with each text delta of a streamed answer (``stream=True``).
+    on_text: TextSink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +85,15 @@ class RateLimitInfo:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A finished call: text, the provider-reported usage, and quality signals."""
+    """A finished call: the answer's content blocks, the provider-reported usage, signals.
+
+    ``content`` holds every block of the answer as the API sent it (``text``,
+    ``tool_use``, ``thinking``, ``redacted_thinking`` and any type this runtime
+    does not know, passed through intact); ``text`` is its text blocks joined.
+    A completion built from text alone gets one text block.  ``stop_reason`` is
+    the API's (``end_turn``, ``tool_use``, ``max_tokens``, ``pause_turn``,
+    ``refusal`` …) and ``id`` the provider's message id.
+    """
 
     text: str
     usage: Usage
@@ -56,6 +104,29 @@ class Completion:
     quality: float | None = None
     rate_limits: RateLimitInfo | None = None
     attempts: int = 1
+    content: tuple[ContentBlock, ...] = ()
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.content and self.text:
+            object.__setattr__(self, "content", ({"type": "text", "text": self.text},))
+
+    @classmethod
+    def from_blocks(cls, content: Sequence[ContentBlock], usage: Usage, model: str,
+                    **fields: Any) -> Completion:
+        """A completion whose ``text`` is the text blocks of ``content`` joined."""
+        text = "".join(str(b.get("text", "")) for b in content if b.get("type") == "text")
+        return cls(text, usage, model, content=tuple(content), **fields)
+
+    @property
+    def tool_uses(self) -> list[ContentBlock]:
+        """The ``tool_use`` blocks the model asked to run, in order."""
+        return [b for b in self.content if b.get("type") == "tool_use"]
+
+    def message(self) -> dict[str, Any]:
+        """The assistant turn to append to the conversation: every block, thinking included
+        (the API wants thinking blocks sent back unchanged with their tool results)."""
+        return {"role": "assistant", "content": [dict(b) for b in self.content]}
 
 
 @runtime_checkable

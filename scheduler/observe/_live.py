@@ -34,7 +34,7 @@ _log = structlog.get_logger("vibe_engine.live")
 STATE_STYLE = {
     "running": "cyan", "waiting": "yellow", "paused": "magenta", "deferred": "blue",
     "broken_down": "cyan", "pending": "dim", "requeued": "yellow", "completed": "green",
-    "finished": "green", "failed": "red",
+    "finished": "green", "failed": "red", "interrupted": "magenta",
 }
 LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "exceeded": "bold red"}
 EVENT_STYLE = {"info": "white", "warning": "yellow", "error": "red", "critical": "bold red"}
@@ -67,8 +67,8 @@ def _state_text(t: Any) -> Text:
 
 #: Row order: what needs a person's attention first, then active work, then the ended.
 _ROW_ORDER = {s: i for i, s in enumerate((
-    "paused", "deferred", "running", "waiting", "broken_down", "requeued", "pending",
-    "failed", "finished", "completed"))}
+    "paused", "interrupted", "deferred", "running", "waiting", "broken_down", "requeued",
+    "pending", "failed", "finished", "completed"))}
 
 
 def agents_table(snap: Snapshot, max_rows: int = 40) -> Table:

@@ -24,7 +24,7 @@ __all__ = [
 
 #: Task states the views know, in display order.
 STATES = ("running", "waiting", "paused", "deferred", "broken_down", "pending", "requeued",
-          "completed", "finished", "failed")
+          "completed", "finished", "failed", "interrupted")
 #: Health states mapped to a number for gauges: 1 available, 0.5 recovering, 0 unavailable.
 HEALTH_VALUE = {"available": 1.0, "recovering": 0.5, "unavailable": 0.0}
 
@@ -49,6 +49,8 @@ class TaskView:
     queue_position: int | None = None
     estimated_wait_s: float | None = None
     pool: str | None = None
+    #: What the agent returned (JSON), once the task completed; read from the store.
+    result: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,18 +12,25 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from scheduler.budget import ScopeState, day_limits
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import Totals
 from scheduler.observe._observers import status_path
 from scheduler.observe._snapshot import BudgetBar, Snapshot, TaskView, alert_level, event_views
-from scheduler.store import Store
+from scheduler.store import Store, latest_session, session_task_totals, task_key, task_of_key
+from scheduler.tasks import TaskStatus
 
 __all__ = ["pid_alive", "read_status", "snapshot_from_store"]
+
+#: Task states that do not change once recorded.
+_ENDED = frozenset(s.value for s in TaskStatus if s.ended)
 
 
 def pid_alive(pid: int) -> bool:
@@ -76,7 +83,7 @@ def _task_view(rec: dict[str, Any], totals: Any, limits: Limits | None) -> TaskV
         task_type=str(rec.get("task_type", "")), complexity=str(rec.get("complexity", "")),
         model=str(rec.get("model", "")), attempt=int(rec.get("attempts", 1)),
         calls=int(totals.calls), tokens=int(totals.tokens), cost_usd=float(totals.cost_usd),
-        budget_fraction=frac, reason=str(rec.get("reason", "")),
+        budget_fraction=frac, reason=str(rec.get("reason", "")), result=rec.get("result"),
     )
 
 
@@ -107,25 +114,60 @@ async def _budgets(store: Store, session: str, today: date, config: VibeConfig,
     return bars, sess_totals
 
 
-async def snapshot_from_store(
-    store: Store, state_dir: Path, *, today: date, config: VibeConfig | None = None,
-    events: int = 20,
-) -> Snapshot:
-    """Rebuild a snapshot (``running=False``) from what the store recorded."""
-    config = config or VibeConfig()
-    records = await store.list_state("task")
-    tasks = []
-    sessions: dict[str, int] = {}
-    for tid in sorted(records):
-        rec = records[tid]
-        totals = await store.totals(f"task:{tid}")
-        tasks.append(_task_view(rec, totals, _task_limits(state_dir, tid)))
-        sid = str(rec.get("session_id", ""))
-        sessions[sid] = sessions.get(sid, 0) + 1
+async def _session_tasks(store: Store, session: str) -> list[dict[str, Any]]:
+    """The session's task records, each with the state it is in now that no
+    orchestrator runs: a task that had not ended is ``paused`` when a pause waits for
+    a decision, ``interrupted`` when it had started (it used something or saved a
+    checkpoint), else ``pending``."""
+    paused = set(await store.list_state("pause"))
+    out = []
+    for key, rec in sorted((await store.list_state("task")).items()):
+        sid, tid = task_of_key(key)
+        if (sid or str(rec.get("session_id", ""))) != session:
+            continue
+        status = str(rec.get("status", ""))
+        if task_key(session, tid) in paused and status not in _ENDED:
+            status = "paused"
+        elif status not in _ENDED:
+            started = status != "pending" or await _started(store, session, tid)
+            status = "interrupted" if started else "pending"
+        out.append({**rec, "task_id": tid, "status": status})
+    return out
+
+
+async def _started(store: Store, session: str, task_id: str) -> bool:
+    if await store.get_state("checkpoint", task_key(session, task_id)) is not None:
+        return True
+    return await session_task_totals(store, session, task_id) != Totals()
+
+
+async def _last_session(store: Store, state_dir: Path) -> str:
+    """The session started last in ``state_dir`` (any, for a store written before sessions
+    were recorded: the session of the last event in the history)."""
+    record = await latest_session(store, state_dir=str(await anyio.Path(state_dir).resolve()))
+    record = record or await latest_session(store)
+    if record is not None:
+        return record.session_id
     history = sorted((await store.list_state("history")).values(),
                      key=lambda r: (float(r.get("wall", 0.0)), int(r.get("seq", 0))))
-    session = str(history[-1]["session_id"]) if history else (
-        max(sessions, key=lambda s: sessions[s]) if sessions else "")
+    return str(history[-1]["session_id"]) if history else ""
+
+
+async def snapshot_from_store(
+    store: Store, state_dir: Path, *, today: date, config: VibeConfig | None = None,
+    events: int = 20, session: str | None = None,
+) -> Snapshot:
+    """Rebuild a snapshot (``running=False``) of ``session`` (default: the last one)
+    from what the store recorded: every task of the session with its state and result."""
+    config = config or VibeConfig()
+    session = session if session is not None else await _last_session(store, state_dir)
+    tasks = []
+    for rec in await _session_tasks(store, session):
+        tid = str(rec["task_id"])
+        totals = await session_task_totals(store, session, tid)
+        tasks.append(_task_view(rec, totals, _task_limits(state_dir, tid)))
+    history = sorted((await store.list_state("history")).values(),
+                     key=lambda r: (float(r.get("wall", 0.0)), int(r.get("seq", 0))))
     budgets, totals = await _budgets(store, session, today, config, _status_file(state_dir))
     return Snapshot(
         session_id=session, at=0.0, running=False, source="store", tasks=tuple(tasks),
@@ -133,9 +175,20 @@ async def snapshot_from_store(
     )
 
 
+async def _with_results(store: Store, snap: Snapshot) -> Snapshot:
+    """The live snapshot with the results its completed tasks stored."""
+    done = [t for t in snap.tasks if t.status == "completed"]
+    if not done:
+        return snap
+    results = {t.task_id: (await store.get_state("task", task_key(snap.session_id, t.task_id))
+                           or {}).get("result") for t in done}
+    return replace(snap, tasks=tuple(replace(t, result=results.get(t.task_id, t.result))
+                                     for t in snap.tasks))
+
+
 async def read_status(store: Store, state_dir: Path, *, today: date) -> Snapshot:
     """The running orchestrator's snapshot when one runs, else the store's (see module doc)."""
     live = _status_file(Path(state_dir))
     if live is not None and live.running and pid_alive(live.pid):
-        return live
+        return await _with_results(store, live)
     return await snapshot_from_store(store, Path(state_dir), today=today)

@@ -1,8 +1,10 @@
-"""The model catalog: tiers in capability order, their Anthropic ids, prices and windows.
+"""The model catalog: named models, their Anthropic ids, prices and windows.
 
-Built from :attr:`VibeConfig.models` and :attr:`VibeConfig.task_types`.  Tiers
-are ordered cheapest/weakest first (haiku < sonnet < opus, R4.1); each task
-type names a preferred model and a fallback (R6.1).
+Built from :attr:`VibeConfig.models` and :attr:`VibeConfig.task_types`.  The
+models with a ``rank`` are the tiers the router chooses among, ordered by rank,
+cheapest/weakest first (haiku < sonnet < opus by default, R4.1); the others are
+used when an agent names them.  Each task type names a preferred model and a
+fallback (R6.1).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from scheduler.config import TIERS, VibeConfig
+from scheduler.config import VibeConfig
 from scheduler.core import ConfigError
 
 
@@ -30,14 +32,18 @@ class ModelCatalog:
     """Tier order, prices and per-task-type preferences, read once from the config."""
 
     def __init__(self, config: VibeConfig) -> None:
-        self.tiers: tuple[str, ...] = tuple(t for t in TIERS if t in config.models)
+        ranked = [(spec.rank, name) for name, spec in config.models.items()
+                  if spec.rank is not None]
+        self.tiers: tuple[str, ...] = tuple(name for _, name in sorted(ranked))
+        # models without a rank sit after the tiers: named by agents, never routed to
+        order = [*self.tiers, *(n for n in config.models if n not in self.tiers)]
         self._entries = {
-            tier: CatalogEntry(
-                tier, rank, spec.model_id, spec.input_usd_per_mtok, spec.output_usd_per_mtok,
+            name: CatalogEntry(
+                name, rank, spec.model_id, spec.input_usd_per_mtok, spec.output_usd_per_mtok,
                 spec.context_window,
             )
-            for rank, tier in enumerate(self.tiers)
-            for spec in (config.models[tier],)  # type: ignore[index]
+            for rank, name in enumerate(order)
+            for spec in (config.models[name],)
         }
         self._preferred = {name: row.preferred_model for name, row in config.task_types.items()}
         self._fallback = {name: row.fallback_model for name, row in config.task_types.items()}
@@ -54,7 +60,9 @@ class ModelCatalog:
         return self.entry(tier).rank
 
     def up(self, tier: str) -> str | None:
-        """The next stronger tier, or None at the top."""
+        """The next stronger tier, or None at the top (or for a model outside the tiers)."""
+        if tier not in self.tiers:
+            return None
         r = self.rank(tier)
         return self.tiers[r + 1] if r + 1 < len(self.tiers) else None
 
@@ -80,6 +88,8 @@ class ModelCatalog:
         then the next tiers down (cheaper, less capable), then the tiers up.
         """
         order: list[str] = []
+        if tier not in self.tiers:  # a model named by an agent: no substitute is implied
+            return order
         if task_type is not None and self.preferred(task_type) == tier:
             fb = self.task_fallback(task_type)
             if fb and fb != tier:

@@ -310,6 +310,7 @@ class HealthMonitor:
     def _rec(self, model: str) -> _Record:
         rec = self._records.get(model)
         if rec is None:
-            self.catalog.entry(model)  # raises ConfigError for an unknown tier
-            raise AssertionError(model)  # pragma: no cover
+            # a model outside the tiers, named by an agent: watched from its first call
+            self.catalog.entry(model)  # raises ConfigError for an unknown model
+            rec = self._records[model] = _Record(self.params.window)
         return rec

@@ -9,7 +9,9 @@ overdraft grace may cover the call (R3.5).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import anyio
 import structlog
@@ -22,6 +24,7 @@ from scheduler.core import (
     AsyncHook,
     BudgetExceededError,
     FinishRequestedError,
+    LeaseError,
     OverdraftDeniedError,
     WouldBlockError,
 )
@@ -45,6 +48,8 @@ class Admission:
         self._signal = signal
         #: Awaited before a paused task waits for a decision: it gives back its leases (R3.4).
         self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
+        #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`).
+        self._in_call: dict[str, Lease] = {}
 
     async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float, *,
                     prompt_tokens: int = 0, completion_tokens: int = 0) -> Reservation:
@@ -112,6 +117,28 @@ class Admission:
             lease = await self.allocator.acquire(task.id, tokens=tokens)
             tg.cancel_scope.cancel()
         return lease
+
+    @contextmanager
+    def in_call(self, lease: Lease) -> Iterator[None]:
+        """Mark ``lease`` as held by a call in flight: :meth:`keep_leases` renews it."""
+        self._in_call[lease.id] = lease
+        try:
+            yield
+        finally:
+            self._in_call.pop(lease.id, None)
+
+    async def keep_leases(self) -> None:
+        """The service that renews every lease whose call is still running, every third of
+        the TTL (R5.4 "unless renewed"): a call longer than ``allocator.lease_ttl_s``
+        keeps its lease.  A lease that ended meanwhile (a pause gave it back) is skipped;
+        settling still charges its call's usage."""
+        every = self.config.allocator.lease_ttl_s / 3
+        while True:
+            await anyio.sleep(every)
+            for lease in list(self._in_call.values()):
+                if lease.active:
+                    with contextlib.suppress(LeaseError):
+                        self.allocator.renew(lease.id)
 
     async def _keep_hold(self, reservation: Reservation) -> None:
         every = self.config.distributed.hold_ttl_s / 3

@@ -6,7 +6,7 @@ connection between parts is made here, through the parts' ``on_<event>`` hooks:
 * provider ``on_rate_limits`` → pool capacities (learned limits, R5.3);
 * gateway ``on_pause`` and the run's ``on_release`` → give back the task's leases
   (R3.4: a paused task holds none; a crashed or aborted attempt returns them) and,
-  on release, its locks;
+  on release, its locks; on pause, the task's ``usage.json`` is brought up to date;
 * wait-for graph ``on_blocking`` → the allocator's boost of tasks others wait on (R5.2);
 * deadlock detector → resolver → the task table's abort and the lease release (R5.7);
 * gateway ``on_settle`` → observers (status, metrics);
@@ -156,13 +156,18 @@ def _connect(parts: Parts, provider: Provider) -> None:
 
     if isinstance(provider, ReportsRateLimits):
         provider.on_rate_limits.connect(parts.capacity.on_rate_limits)
+    async def write_usage(handle: TaskHandle) -> None:
+        parts.tracker.write_usage(handle.id)  # what offline status and decide read (R2.6)
+
     parts.gateway.on_pause.connect(release_leases)  # R3.4: a paused task holds no lease
+    parts.gateway.on_pause.connect(write_usage)
     parts.on_release.connect(release_leases)  # crashed, cancelled or aborted attempts
     parts.on_release.connect(release_locks)
     if parts.observers.metrics is not None:
         parts.gateway.provider = MeteredProvider(provider, parts.observers.metrics.on_failure)
     parts.services.extend([
-        allocator.run, _control_service(parts.controller, parts.config),
+        allocator.run, parts.gateway.admission.keep_leases,  # R5.4: calls keep leases
+        _control_service(parts.controller, parts.config),
         parts.gateway.health.run,  # R6.4: 60 s health checks
         parts.deadlocks.run,  # R5.6: the 10 s wait-for graph check
         long_wait_reporter(allocator, parts.bus),  # R5.5: long lease waits are logged

@@ -22,12 +22,13 @@ import structlog
 from scheduler.allocator import WaiterStatistics
 from scheduler.budget import Tracker
 from scheduler.config import TaskSpec
-from scheduler.core import Completion, Message, VibeEngineError
+from scheduler.core import Completion, LocalFileError, Message, TextSink, VibeEngineError
 from scheduler.deadlock import LockManager, TaskLocks
 from scheduler.routing import task_info
 from scheduler.runtime._gateway import Gateway
+from scheduler.runtime._tools import Tool, ToolLoop, ToolLoopResult
 from scheduler.runtime._waits import waits_of
-from scheduler.store import Store
+from scheduler.store import Store, task_key
 from scheduler.tasks import TaskHandle
 
 #: Commands that only read; anything else (or any redirection) is dangerous (R1.1).
@@ -96,10 +97,17 @@ class LlmClient:
         model: str | None = None,
         stream: bool = False,
         hints: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_text: TextSink | None = None,
     ) -> Completion:
+        """A model call through the gateway.  ``messages`` may hold any content blocks;
+        ``options`` pass Messages API options through (``temperature``, ``tool_choice``,
+        ``thinking`` …; an unknown one is an error); with ``stream=True``, ``on_text``
+        receives the answer's text as it arrives."""
         reply = await self._gateway.complete(
             self._task, messages, system=system, context=context, tools=tools,
             max_tokens=max_tokens, model=model, stream=stream, hints=hints,
+            options=options, on_text=on_text,
         )
         if self._ctx is not None:
             await self._ctx.checkpoint_if_requested()
@@ -127,8 +135,11 @@ class FileOps:
         ctx = self._ctx
         await ctx.gateway.admit_ops(ctx.handle, file_edits=1)  # pauses at the limit (R3.4)
         async with ctx.open_resource(f"file:{full}"), ctx.critical("file_write"):
-            await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
-            await anyio.Path(full).write_text(content, encoding="utf-8")
+            try:
+                await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
+                await anyio.Path(full).write_text(content, encoding="utf-8")
+            except OSError as exc:  # disk full, a name too long: this task's error only
+                raise LocalFileError(full, exc.strerror or str(exc)) from exc
         await ctx.charge_ops(file_edits=1)
         return full
 
@@ -264,9 +275,30 @@ class AgentContext:
         return True
 
     async def checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Save progress durably; a resumed or requeued attempt reads it back."""
-        await self.store.put_state("checkpoint", self.task.id, dict(state))
+        """Save progress durably; a requeued attempt or a resumed session reads it back
+        (a later session running the same task id starts without it)."""
+        await self.store.put_state("checkpoint", self._key, dict(state))
         self.handle.signals.checkpoint_requested = False
 
     async def load_checkpoint(self) -> dict[str, Any] | None:
-        return await self.store.get_state("checkpoint", self.task.id)
+        return await self.store.get_state("checkpoint", self._key)
+
+    @property
+    def _key(self) -> str:
+        return task_key(self.tracker.session_id, self.task.id)
+
+    async def between_turns(self) -> None:
+        """Between two model turns: a pending pause takes effect (R3.4) and a requested
+        checkpoint is saved (R3.3).  The next call's admission checks the budget."""
+        await self.gateway.pause_point(self.handle)
+        await self.checkpoint_if_requested()
+
+    def tool_loop(self, tools: Sequence[Tool], **settings: Any) -> ToolLoop:
+        """A governed model → tools → model loop (see :class:`ToolLoop` for ``settings``:
+        ``system``, ``max_turns``, ``max_tokens``, ``model``, ``stream``, ``on_text`` …)."""
+        return ToolLoop(self, tools, **settings)
+
+    async def run_tools(self, messages: Sequence[Message], tools: Sequence[Tool],
+                        **settings: Any) -> ToolLoopResult:
+        """Run the tool loop to the model's end of turn, continuing a checkpointed one."""
+        return await self.tool_loop(tools, **settings).run(messages)

@@ -39,15 +39,19 @@ from scheduler.core import (
     Provider,
     ProviderError,
     ProviderTimeoutError,
+    TextSink,
     Usage,
     UsageEvent,
     VibeEngineError,
+    check_options,
     cost_usd,
+    thinking_budget,
 )
 from scheduler.routing import Replanner, Router, task_info
 from scheduler.routing._health import error_kind_of
 from scheduler.runtime._admission import Admission
 from scheduler.runtime._quality import QualityScorer
+from scheduler.runtime._requests import check_request
 from scheduler.tasks import TaskHandle
 
 
@@ -74,6 +78,19 @@ class BreakDownRequested(VibeEngineError):
         self.task_id = task_id
         self.decision = decision
         super().__init__(f"task {task_id} broken down mid-task: {decision.reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What every attempt of one call shares: output limits, streaming, hints, options."""
+
+    max_tokens: int
+    #: tokens reserved for the output: ``max_tokens``, or a larger thinking budget
+    out: int
+    stream: bool
+    hints: Mapping[str, Any]
+    options: Mapping[str, Any]
+    on_text: TextSink | None
 
 
 class _NoScorer:
@@ -139,7 +156,16 @@ class Gateway:
         model: str | None = None,
         stream: bool = False,
         hints: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_text: TextSink | None = None,
     ) -> Completion:
+        """One model call; ``options`` are Messages API options passed through
+        (``temperature``, ``tool_choice``, ``thinking`` …, see ``REQUEST_OPTIONS``);
+        ``on_text`` receives a streamed answer's text as it arrives."""
+        check_request(messages, system=system, context=context, tools=tools,
+                      max_tokens=max_tokens, model=model, hints=hints,
+                      models=list(self.config.models))
+        opts = check_options(options or {})
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
             split = await self.replanner.before_call(
                 task, lambda: self.tracker.fraction_used(task.id),
@@ -149,14 +175,15 @@ class Gateway:
         part_limit = task.spec.params.get("max_output_tokens")
         if part_limit:  # R6.2: a broken-down part's limited scope
             max_tokens = min(max_tokens, int(part_limit))
-        need = max_tokens + self.estimate(
+        # the output reservation covers max_tokens, or a thinking budget above it
+        out = max(max_tokens, thinking_budget(opts))
+        need = out + self.estimate(
             self.router.catalog.strongest, messages, system, context, tools
         ).calibrated
+        call = _Call(max_tokens, out, stream, dict(hints or {}), opts, on_text)
 
         async def on(route: Route) -> Completion:
-            return await self._complete_on(
-                task, route, messages, system, context, tools, max_tokens, stream, hints
-            )
+            return await self._complete_on(task, route, messages, system, context, tools, call)
 
         explicit = model is not None
         may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
@@ -236,40 +263,46 @@ class Gateway:
 
     async def _complete_on(
         self, task: TaskHandle, route: Route, messages: Sequence[Message], system: str,
-        context: str, tools: Sequence[Mapping[str, Any]], max_tokens: int, stream: bool,
-        hints: Mapping[str, Any] | None,
+        context: str, tools: Sequence[Mapping[str, Any]], call: _Call,
     ) -> Completion:
         """One attempt on ``route``: estimate → admit → lease → call → settle → signal."""
         request = CompletionRequest(
             model=route.model, model_id=self.config.model_spec(route.model).model_id,
             messages=messages, system=(system + ("\n\n" + context if context else "")),
-            tools=tools, max_tokens=max_tokens, stream=stream, task_id=task.id,
-            hints=dict(hints or {}),
+            tools=tools, max_tokens=call.max_tokens, stream=call.stream, task_id=task.id,
+            hints=call.hints, options=call.options, on_text=call.on_text,
         )
         est = await self.count_api(
             request, self.estimate(route.model, messages, system, context, tools)
         )
-        cost = self.estimated_cost(route.model, est.calibrated, max_tokens)
+        cost = self.estimated_cost(route.model, est.calibrated, call.out)
         reservation = await self.admission.admit(
-            task, route.model, est.calibrated + max_tokens, cost,
-            prompt_tokens=est.calibrated, completion_tokens=max_tokens)
+            task, route.model, est.calibrated + call.out, cost,
+            prompt_tokens=est.calibrated, completion_tokens=call.out)
         lease: Lease | None = None
         try:
-            lease = await self.admission.lease(task, est.calibrated + max_tokens, reservation)
+            lease = await self.admission.lease(task, est.calibrated + call.out, reservation)
+            await self.tracker.open_call(reservation, prompt_tokens=est.calibrated,
+                                         output_tokens=call.out)  # durable before the call
             started = self._clock()
             try:
-                completion = await self.call(task, request)
+                with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
+                    completion = await self.call(task, request)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))
                 if exc.usage is not None:  # failed, but consumed tokens (a dropped stream)
                     partial = Completion("", exc.usage, route.model, stop_reason="error")
-                    await self.signal(task, await self.settle(
-                        task, route.model, partial, est, reservation, lease))
+                    with anyio.CancelScope(shield=True):  # paid: recorded even if cancelled
+                        crossings = await self.settle(
+                            task, route.model, partial, est, reservation, lease)
+                    await self.signal(task, crossings)
                 raise
             self.health.record_call(route.model, True, self._clock() - started,
                                     retries=completion.attempts - 1)
-            crossings = await self.settle(task, route.model, completion, est, reservation, lease)
+            with anyio.CancelScope(shield=True):  # the provider answered: the usage is paid
+                crossings = await self.settle(task, route.model, completion, est, reservation,
+                                              lease)
         finally:
             if lease is not None and lease.active:
                 self.allocator.release(lease.id)  # the call failed or was cancelled
@@ -393,6 +426,7 @@ class Gateway:
         event = self.tracker.make_event(
             task.id, model=model, usage=usage,
             cost_usd=cost_usd(usage, self.config.model_spec(model)),
+            event_id=reservation.event_id or None,  # the id its open_call record names
         )
         crossings = await self.tracker.charge(event, reservation)
         if lease is not None and lease.active:

@@ -1,7 +1,10 @@
 """The orchestrator: runs many agent coroutines in one anyio task group (R7.1).
 
 It resolves each task's profile and budget, starts its agent with a governed
-context, waits for dependencies, and records how each task ended.  The parts it
+context, waits for dependencies, and records how each task ended and what its
+agent returned.  Each run is a *session* (:mod:`scheduler.runtime._session`): a
+new session id starts fresh, an existing one is continued (``vibe-engine
+resume``); one orchestrator at a time may use a state directory.  The parts it
 drives are built and connected by the composition root
 (:mod:`scheduler.runtime._build`); their background loops run as *services*
 beside the tasks, and the run's ``on_release`` hook returns a crashed,
@@ -10,7 +13,7 @@ cancelled or aborted attempt's leases and locks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +29,7 @@ from scheduler.core import (
     ConfigError,
     EventBus,
     FinishRequestedError,
+    LocalFileError,
     Provider,
     TaskAbortedError,
     Totals,
@@ -37,6 +41,7 @@ from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._context import AgentContext
 from scheduler.runtime._deadline import run_within_time_budget
 from scheduler.runtime._gateway import BreakDownRequested
+from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
@@ -59,6 +64,8 @@ class TaskOutcome:
     complexity: str
     model: str
     usage: Totals
+    #: What the agent's ``run()`` returned, as stored (JSON); ``None`` unless completed.
+    result: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +132,10 @@ class Orchestrator:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._context_factory = context_factory
         self._opened = False
+        self._lock = StateDirLock(config.state_dir)
+        self._session = SessionLog(self.store, config, session_id=self.session_id,
+                                   wall=self.wall)
+        self._prior: dict[str, dict[str, Any]] = {}  # task records of a continued session
 
     def add_service(self, service: Service) -> None:
         """Run ``service`` beside the tasks for the whole run (the live view, a drill)."""
@@ -133,12 +144,28 @@ class Orchestrator:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Lock the state directory (:class:`SessionError` when another orchestrator runs
+        on it), open the store and load what the session and day already used."""
         if not self._opened:
-            await self.store.open()
-            await self.tracker.open()
-            await self.controller.open()
-            await self.gateway.router.load_learned(self.store)  # R4.3 across restarts
+            self._lock.acquire_nowait()
+            try:
+                await self._open_parts()
+            except BaseException:
+                self._lock.release()
+                raise
             self._opened = True
+
+    async def _open_parts(self) -> None:
+        await self.store.open()
+        for event in await self.tracker.open():  # calls a killed run left open
+            self.bus.emit(
+                "open_call_charged",
+                f"a call of task {event.task_id} left open by a killed run was charged "
+                f"at its estimate ({event.usage.total_tokens} tokens)",
+                task_id=event.task_id, level="warning", session_id=event.session_id,
+                tokens=event.usage.total_tokens, cost_usd=event.cost_usd)
+        await self.controller.open()
+        await self.gateway.router.load_learned(self.store)  # R4.3 across restarts
 
     async def decide(self, task_id: str, action: str, **amounts: Any) -> dict[str, Any]:
         """Decide about a paused task from Python (R3.4): add_budget, finish or review."""
@@ -147,29 +174,60 @@ class Orchestrator:
     async def aclose(self) -> None:
         if self._opened:
             self._opened = False
-            await self.provider.aclose()
-            await self.store.aclose()
+            try:
+                self.tracker.write_usage()  # usage.json is current when the run ends
+                await self.provider.aclose()
+                await self.store.aclose()
+            finally:
+                self._lock.release()
 
     async def run(self, specs: Sequence[TaskSpec] | None = None) -> RunReport:
-        """Run ``specs`` (default: the config's tasks) to completion and report."""
+        """Run ``specs`` (default: the config's tasks) to completion and report.
+
+        A session id the store knows is continued: its ended tasks keep their status
+        and result and are not run again."""
         specs = list(self.config.tasks if specs is None else specs)
         async with AsyncExitStack() as stack:
             await self.open()
             stack.push_async_callback(self.aclose)
             self.add_tasks(specs)
-            async with anyio.create_task_group() as tg:
-                if self.quota is not None:  # the first slices before any task leases
-                    await tg.start(self.quota.run)
-                for service in self.services:
-                    tg.start_soon(service)
-                async with anyio.create_task_group() as tasks_tg:
-                    self._task_group = tasks_tg
-                    for handle in list(self.handles.values()):
-                        if handle.status is TaskStatus.PENDING:
-                            tasks_tg.start_soon(self._run_task, handle)
-                self._task_group = None
-                tg.cancel_scope.cancel()
+            self._prior = await self._session.begin(list(self.handles))
+            interrupted = True
+            try:
+                await self._run_all()
+                interrupted = False
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._session.end(interrupted=interrupted)
             return await self._report()
+
+    async def _run_all(self) -> None:
+        async with anyio.create_task_group() as tg:
+            if self.quota is not None:  # the first slices before any task leases
+                await tg.start(self.quota.run)
+            for service in self.services:
+                tg.start_soon(service)
+            async with anyio.create_task_group() as tasks_tg:
+                self._task_group = tasks_tg
+                await self._start(self.handles.values(), tasks_tg)
+            self._task_group = None
+            tg.cancel_scope.cancel()
+
+    async def _start(self, handles: Iterable[TaskHandle], tg: anyio.abc.TaskGroup) -> None:
+        """Run the pending ``handles``, except those a continued session ended (they keep
+        what it recorded); every task is recorded before any starts, so offline status
+        lists them all and the tasks start together."""
+        to_run = []
+        for handle in [h for h in handles if h.status is TaskStatus.PENDING]:
+            prior = self._prior.get(handle.id)
+            if prior is not None and restore(handle, prior):
+                self.allocator.unregister(handle.id)
+                handle.done.set()
+            else:
+                await self._session.save_task(handle)
+                to_run.append(handle)
+        for handle in to_run:
+            tg.start_soon(self._run_task, handle)
 
     def add_tasks(self, specs: Sequence[TaskSpec]) -> list[TaskHandle]:
         out = []
@@ -270,6 +328,7 @@ class Orchestrator:
                 handle.result = await self._run_parts(handle, split, agent)
             else:
                 handle.result = await self._run_agent(handle, agent)
+            encode_result(handle.id, handle.result)  # kept with the task, or the task fails
             handle.status = TaskStatus.COMPLETED
         except FinishRequestedError as exc:
             handle.status = TaskStatus.FINISHED
@@ -328,9 +387,10 @@ class Orchestrator:
         tg = self._task_group
         if tg is None:
             raise VibeEngineError(f"task {handle.id} was broken down outside Orchestrator.run")
-        for part in self.add_tasks(specs):
+        parts = self.add_tasks(specs)
+        for part in parts:
             part.split_from = handle.id
-            tg.start_soon(self._run_task, part)
+        await self._start(parts, tg)
         handle.status = TaskStatus.BROKEN_DOWN
         ids = [s.id for s in specs] or [
             t for t in self.handles if t.startswith(f"{handle.id}.")  # a requeued attempt
@@ -344,14 +404,23 @@ class Orchestrator:
         self.allocator.unregister(handle.id)  # its leases and waits go back to the pool
         self.gateway.router.forget(handle.id)
         await self.gateway.router.save_learned(self.store)  # R4.3 across restarts
-        if not handle.finished:
-            handle.status = TaskStatus.FAILED
-            handle.reason = handle.reason or "cancelled"
+        if not handle.finished and handle.status is not TaskStatus.PENDING:
+            # the run itself was cancelled (a task still waiting for its dependencies
+            # stays pending): resumable
+            handle.status = TaskStatus.INTERRUPTED
+            handle.reason = handle.reason or "interrupted"
         if handle.spec.id in self.tracker.tasks():
-            self.tracker.finish_task(handle.id, handle.status)
+            try:
+                self.tracker.finish_task(handle.id, handle.status)
+            except LocalFileError as exc:  # the usage itself is in the store already
+                handle.status, handle.reason = TaskStatus.FAILED, str(exc)
         if handle.status in (TaskStatus.COMPLETED, TaskStatus.FINISHED):
             await self.controller.discard(handle.id)  # a pause that never took effect
-        await self.store.put_state("task", handle.id, self._task_record(handle))
+        result = None
+        if handle.status is TaskStatus.COMPLETED:
+            result = encode_result(handle.id, handle.result)
+            self._session.write_result(handle.id, result)
+        await self._session.save_task(handle, result)
         self.bus.emit(
             f"task_{handle.status}",
             handle.reason or f"task {handle.id} {handle.status}",
@@ -360,31 +429,21 @@ class Orchestrator:
         )
         handle.done.set()
 
-    def _task_record(self, handle: TaskHandle) -> dict[str, Any]:
-        return {
-            "task_id": handle.id,
-            "session_id": self.session_id,
-            "agent": handle.spec.agent,
-            "status": handle.status,
-            "reason": handle.reason,
-            "attempts": handle.attempt,
-            "priority": handle.spec.priority,
-            "task_type": handle.profile.task_type,
-            "complexity": handle.profile.complexity,
-            "model": handle.model,
-            "calls": handle.calls,
-        }
-
     async def _report(self) -> RunReport:
         outcomes: dict[str, TaskOutcome] = {}
         by_model: dict[str, Totals] = {}
         for handle in self.handles.values():
-            usage = await self.store.totals(f"task:{handle.id}")
+            usage = Totals()  # this session's use only: a task id may recur across sessions
+            for event in await self.store.events(task_id=handle.id):
+                if event.session_id == self.session_id:
+                    usage.add(event)
+                    if event.model:
+                        by_model.setdefault(event.model, Totals()).add(event)
+            result = (encode_result(handle.id, handle.result)
+                      if handle.status is TaskStatus.COMPLETED else None)
             outcomes[handle.id] = TaskOutcome(
                 handle.id, handle.spec.agent, handle.status, handle.reason, handle.attempt,
                 handle.profile.task_type, handle.profile.complexity, handle.model, usage,
+                result,
             )
-            for event in await self.store.events(task_id=handle.id):
-                if event.model and event.session_id == self.session_id:
-                    by_model.setdefault(event.model, Totals()).add(event)
         return RunReport(self.session_id, outcomes, by_model)

@@ -5,9 +5,19 @@ protocols (budget holds, quota slices) and the spool.  May import ``core`` and `
 """
 
 from scheduler.store._base import Store as Store
+from scheduler.store._base import check_event as check_event
 from scheduler.store._base import scopes_of as scopes_of
 from scheduler.store._memory import MemoryStore as MemoryStore
 from scheduler.store._open import open_store as open_store
+from scheduler.store._records import SessionRecord as SessionRecord
+from scheduler.store._records import latest_session as latest_session
+from scheduler.store._records import list_sessions as list_sessions
+from scheduler.store._records import session_task_totals as session_task_totals
+from scheduler.store._records import task_key as task_key
+from scheduler.store._records import task_of_key as task_of_key
 from scheduler.store._sqlite import SqliteStore as SqliteStore
 
-__all__ = ["MemoryStore", "SqliteStore", "Store", "open_store", "scopes_of"]
+__all__ = [
+    "MemoryStore", "SessionRecord", "SqliteStore", "Store", "check_event", "latest_session",
+    "list_sessions", "open_store", "scopes_of", "session_task_totals", "task_key", "task_of_key",
+]

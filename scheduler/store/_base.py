@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol, runtime_checkable
 
-from scheduler.core import Totals, UsageEvent
+from scheduler.core import InvalidArgumentError, Totals, UsageEvent
+
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens",
+                 "cache_write_5m_tokens", "cache_write_1h_tokens")
+_EVENT_FIELDS = ("cost_usd", "file_edits", "shell_commands", "dangerous_commands")
 
 
 def scopes_of(event: UsageEvent) -> tuple[str, str, str]:
     """The nested scopes one event is charged to (R1.2): task ⊂ session ⊂ day."""
     return (f"task:{event.task_id}", f"session:{event.session_id}", f"day:{event.day}")
+
+
+def check_event(event: UsageEvent) -> None:
+    """Refuse usage that would corrupt the ledger: a negative or non-finite amount would
+    credit the budget (or poison every total after it), so no backend records one."""
+    amounts = [(f"usage.{f}", getattr(event.usage, f)) for f in _USAGE_FIELDS]
+    amounts += [(f, getattr(event, f)) for f in _EVENT_FIELDS]
+    for name, value in amounts:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidArgumentError(name, value, f"event {event.event_id}: not a number")
+        if not math.isfinite(value) or value < 0:
+            raise InvalidArgumentError(
+                name, value, f"event {event.event_id}: usage must be finite and >= 0")
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from scheduler.core import Totals, UsageEvent
-from scheduler.store._base import scopes_of
+from scheduler.store._base import check_event, scopes_of
 
 
 class MemoryStore:
@@ -24,6 +24,7 @@ class MemoryStore:
         return None
 
     def record_nowait(self, event: UsageEvent) -> bool:
+        check_event(event)
         if event.event_id in self._events:
             return False
         self._events[event.event_id] = event

@@ -43,7 +43,7 @@ import structlog
 
 from scheduler.config import DistributedConfig
 from scheduler.core import BudgetExceededError, StoreUnavailableError, Totals, UsageEvent
-from scheduler.store._base import scopes_of
+from scheduler.store._base import check_event, scopes_of
 from scheduler.store._ledger import Hold, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
@@ -203,6 +203,7 @@ class RedisStore:
 
     async def _record_or_spool(self, event: UsageEvent, hold_id: str,
                                scopes: Sequence[str]) -> bool:
+        check_event(event)  # refused before it can reach the spool or the shared totals
         if len(self.spool) and not self._link.backing_off():
             await self._drain()
         if not len(self.spool) and not self._link.backing_off():

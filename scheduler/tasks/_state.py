@@ -28,6 +28,8 @@ class TaskStatus(StrEnum):
     COMPLETED = "completed"
     FINISHED = "finished"  # paused, then told to save and finish (R3.4)
     FAILED = "failed"
+    #: The run stopped (Ctrl-C, cancelled) while the task was running: resumable.
+    INTERRUPTED = "interrupted"
 
     @property
     def ended(self) -> bool:

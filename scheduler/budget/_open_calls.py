@@ -1,0 +1,127 @@
+"""Calls in flight, recorded durably so a crash cannot hide what they may have cost (R1.5).
+
+Before a model call goes out, its reservation is written to the store as an
+``open_call`` state record: the event id its charge will use, the estimate
+(prompt and output tokens, cost) and the process that made it.  Settling the
+call records its usage and deletes the record; releasing it (the call failed
+unpaid, or was cancelled) deletes it too.
+
+A process killed mid-call leaves its records behind.  When a tracker opens,
+each record left by a process that is gone (same host, pid no longer running)
+is charged at its estimate — unless the call's own usage made it to the store
+before the kill — under the event id ``<id>:estimate``, and kept as an
+``estimated_charge`` state record that ``status`` and ``report`` show.  So the
+budget never counts less than what may have been spent.  Event ids are
+idempotent, so two processes recovering at once charge a call once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from scheduler.core import Usage, UsageEvent, WallClock
+from scheduler.store import Store
+
+_log = structlog.get_logger("vibe_engine.budget")
+OPEN = "open_call"
+ESTIMATED = "estimated_charge"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCall:
+    """What an open call's record holds (its estimate and who made it)."""
+
+    event_id: str
+    task_id: str
+    session_id: str
+    day: str
+    agent: str
+    task_type: str
+    model: str
+    prompt_tokens: int
+    output_tokens: int
+    cost_usd: float
+    host: str
+    pid: int
+    run: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OpenCall:
+        return cls(**{f: d[f] for f in cls.__dataclass_fields__})
+
+    def estimate_event(self, at: float) -> UsageEvent:
+        return UsageEvent(
+            event_id=f"{self.event_id}:estimate", task_id=self.task_id,
+            session_id=self.session_id, day=self.day, at=at, agent=self.agent,
+            model=self.model, usage=Usage(self.prompt_tokens, self.output_tokens),
+            cost_usd=self.cost_usd, task_type=self.task_type,
+        )
+
+
+class OpenCalls:
+    """Writes, closes and recovers the ``open_call`` records of one tracker."""
+
+    def __init__(self, store: Store, *, run: str, wall: WallClock) -> None:
+        self._store = store
+        self._run = run
+        self._wall = wall
+
+    def describe(self, **fields: Any) -> OpenCall:
+        return OpenCall(host=socket.gethostname(), pid=os.getpid(), run=self._run, **fields)
+
+    async def open(self, call: OpenCall) -> None:
+        await self._store.put_state(OPEN, call.event_id, call.to_dict())
+
+    async def close(self, event_id: str) -> None:
+        await self._store.delete_state(OPEN, event_id)
+
+    async def recover(self) -> list[UsageEvent]:
+        """Charge, at its estimate, every call a process that is gone left open."""
+        charged: list[UsageEvent] = []
+        for key, record in (await self._store.list_state(OPEN)).items():
+            try:
+                call = OpenCall.from_dict(record)
+            except (KeyError, TypeError):
+                _log.warning("open_call_unreadable", key=key)
+                continue
+            if not _gone(call):
+                continue  # still running (here or on another host): it settles itself
+            if not await _settled(self._store, call):
+                event = call.estimate_event(self._wall.now().timestamp())
+                if await self._store.record(event):
+                    charged.append(event)
+                await self._store.put_state(ESTIMATED, call.event_id, {
+                    **call.to_dict(), "tokens": event.usage.total_tokens,
+                    "charged_event_id": event.event_id,
+                })
+                _log.warning("open_call_charged_at_estimate", task_id=call.task_id,
+                             session_id=call.session_id, tokens=event.usage.total_tokens,
+                             cost_usd=round(call.cost_usd, 6))
+            await self.close(key)
+        return charged
+
+
+def _gone(call: OpenCall) -> bool:
+    """True when the process that made ``call`` is known to have ended."""
+    if call.host != socket.gethostname() or call.pid == os.getpid():
+        return False  # another host, or this process (an orchestrator still running)
+    try:
+        os.kill(call.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+async def _settled(store: Store, call: OpenCall) -> bool:
+    """The call's own usage reached the store before the process died."""
+    return any(e.event_id == call.event_id for e in await store.events(task_id=call.task_id))

@@ -1,0 +1,79 @@
+"""Which session ``run`` starts and ``resume`` continues, and ``run``'s exit code.
+
+Exit codes of ``vibe-engine run`` and ``vibe-engine resume``:
+
+* 0 -- every task completed;
+* 1 -- a task failed, was stopped on its budget (saved and finished), or did not end;
+* 2 -- the run could not start: bad config or arguments, no session to resume, or
+  another orchestrator is using the state directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+
+from scheduler.config import DistributedConfig, VibeConfig
+from scheduler.core import SessionError
+from scheduler.runtime import RunReport
+from scheduler.store import SessionRecord, list_sessions, open_store
+
+EXIT_OK, EXIT_TASKS_NOT_COMPLETED, EXIT_CANNOT_START = 0, 1, 2
+
+
+def exit_code(report: RunReport) -> int:
+    """0 when every task completed, else 1 (see the module docstring)."""
+    done = all(o.status == "completed" for o in report.outcomes.values())
+    return EXIT_OK if done else EXIT_TASKS_NOT_COMPLETED
+
+
+async def _sessions(store_kind: str, state_dir: Path,
+                    distributed: DistributedConfig | None = None) -> list[SessionRecord]:
+    store = open_store(store_kind, state_dir, distributed=distributed)
+    await store.open()
+    try:
+        here = str(await anyio.Path(state_dir).resolve())
+        return await list_sessions(store, state_dir=here)
+    finally:
+        await store.aclose()
+
+
+def check_new_session(config: VibeConfig) -> None:
+    """``run`` starts a new session: a ``session_id`` set in the config that this state
+    directory already ran is refused (``resume`` continues it)."""
+    sid = config.session_id
+    if sid is None or config.store == "memory":
+        return
+    if config.store.startswith("sqlite"):
+        db = (Path(config.state_dir) / "vibe.db" if config.store == "sqlite"
+              else Path(config.store.removeprefix("sqlite:///")))
+        if not db.exists():
+            return  # nothing ran here yet (and checking must not create the file)
+    ran = anyio.run(_sessions, config.store, config.state_dir, config.distributed)
+    if any(r.session_id == sid for r in ran):
+        raise SessionError(
+            f"session {sid} already ran in {config.state_dir}: `vibe-engine resume {sid}` "
+            "continues it; without session_id in the config, run starts a new session",
+            state_dir=str(config.state_dir))
+
+
+def resumable_config(state_dir: Path, store: str, session_id: str | None) -> VibeConfig:
+    """The config of ``session_id`` (default: the last interrupted session in
+    ``state_dir``), set to continue that session (named, a completed session may be
+    continued too: its failed tasks run again)."""
+    records = anyio.run(_sessions, store, state_dir)
+    if session_id is not None:
+        found = [r for r in records if r.session_id == session_id]
+        if not found:
+            raise SessionError(f"no session {session_id} in {state_dir}",
+                               state_dir=str(state_dir))
+        record = found[0]  # a completed one too: its failed tasks run again
+    else:
+        open_ = [r for r in records if r.state != "completed"]
+        if not open_:
+            raise SessionError(f"no interrupted session in {state_dir}; `vibe-engine run "
+                               "CONFIG` starts a new one", state_dir=str(state_dir))
+        record = open_[-1]
+    return VibeConfig.model_validate(
+        {**record.config, "session_id": record.session_id, "state_dir": str(state_dir)})

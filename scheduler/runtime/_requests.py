@@ -1,0 +1,44 @@
+"""Checking a model call's arguments at the gateway's entry (R2.1, R2.2).
+
+A bad argument would otherwise surface deep in the path as a ``TypeError``
+(``max_tokens=None``) or, worse, settle a budget wrongly (a negative
+``max_tokens`` reserves less than the prompt).  Each check raises
+:class:`~scheduler.core.InvalidArgumentError` (a ``ValueError``) naming the argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from scheduler.core import InvalidArgumentError
+
+
+def check_request(
+    messages: Any, *, system: Any, context: Any, tools: Any, max_tokens: Any, model: Any,
+    hints: Any, models: Sequence[str],
+) -> None:
+    """Raise :class:`InvalidArgumentError` for the first invalid argument of a call."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise InvalidArgumentError("max_tokens", max_tokens, "must be a positive int")
+    if max_tokens <= 0:
+        raise InvalidArgumentError("max_tokens", max_tokens, "must be > 0")
+    _check_dicts("messages", messages)
+    if not messages:
+        raise InvalidArgumentError("messages", messages, "must hold at least one message")
+    _check_dicts("tools", tools)
+    for name, value in (("system", system), ("context", context)):
+        if not isinstance(value, str):
+            raise InvalidArgumentError(name, value, "must be a str")
+    if model is not None and model not in models:
+        raise InvalidArgumentError("model", model, f"unknown model; known: {', '.join(models)}")
+    if hints is not None and not isinstance(hints, Mapping):
+        raise InvalidArgumentError("hints", hints, "must be a mapping or None")
+
+
+def _check_dicts(name: str, value: Any) -> None:
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+        raise InvalidArgumentError(name, value, "must be a list of dicts")
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise InvalidArgumentError(f"{name}[{i}]", item, "must be a dict")

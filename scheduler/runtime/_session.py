@@ -1,0 +1,184 @@
+"""A run's session: its records in the store, the agents' results, and the lock that
+keeps one orchestrator per state directory.
+
+``vibe-engine run`` starts a new session; an orchestrator given the id of an
+existing session (``vibe-engine resume``) continues it: tasks that completed
+(or were saved and finished) keep their status and result and are not run
+again, the others run (an interrupted or failed one from its checkpoint, a
+paused one still paused).  The records themselves
+are described in :mod:`scheduler.store._records`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from scheduler.config import VibeConfig
+from scheduler.core import ResultError, SessionError, WallClock
+from scheduler.store import SessionRecord, Store, task_key, task_of_key
+from scheduler.tasks import TaskHandle, TaskStatus
+
+_log = structlog.get_logger("vibe_engine.session")
+
+#: The largest result kept with a task, as JSON (a result is a summary, not a payload).
+MAX_RESULT_BYTES = 256 * 1024
+LOCK_NAME = "orchestrator.lock"
+
+
+def encode_result(task_id: str, result: Any) -> Any:
+    """``result`` as the JSON value stored with the task; :class:`ResultError` when it is
+    not JSON-serialisable or larger than :data:`MAX_RESULT_BYTES`."""
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ResultError(task_id, f"not JSON-serialisable ({exc})") from None
+    size = len(text.encode("utf-8"))
+    if size > MAX_RESULT_BYTES:
+        raise ResultError(task_id, f"{size:,} bytes as JSON, over the "
+                                   f"{MAX_RESULT_BYTES:,}-byte cap")
+    return json.loads(text)
+
+
+class StateDirLock:
+    """An exclusive ``flock`` on ``<state_dir>/orchestrator.lock`` for the whole run.
+
+    The kernel drops the lock when the process dies, even by SIGKILL, so a
+    killed run never leaves the directory locked.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire_nowait(self) -> None:
+        """Take the lock, or raise :class:`SessionError` naming the running process."""
+        if self._fd is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SessionError(f"cannot lock state directory {self.path.parent}: {exc}",
+                               state_dir=str(self.path.parent)) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise SessionError(
+                f"state directory {self.path.parent} is in use by another orchestrator "
+                f"(pid {pid if pid else 'unknown'}); one orchestrator per state directory",
+                state_dir=str(self.path.parent), pid=pid,
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing drops the flock
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+class SessionLog:
+    """Writes the session's record and its tasks' records (state and result)."""
+
+    def __init__(self, store: Store, config: VibeConfig, *, session_id: str,
+                 wall: WallClock) -> None:
+        self.store = store
+        self.config = config
+        self.session_id = session_id
+        self.wall = wall
+        self.state_dir = os.path.realpath(config.state_dir)
+        self.record = SessionRecord(session_id)
+
+    async def begin(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Mark the session running; return its earlier task records (empty when new)."""
+        stored = await self.store.get_state("session", self.session_id)
+        record = SessionRecord.from_dict(stored) if stored else SessionRecord(
+            self.session_id, started=self.wall.now().isoformat())
+        record.state, record.ended, record.pid = "running", "", os.getpid()
+        record.state_dir = self.state_dir
+        record.tasks = list(dict.fromkeys([*record.tasks, *task_ids]))
+        record.config = self.config.model_dump(mode="json")
+        self.record = record
+        await self.store.put_state("session", self.session_id, record.to_dict())
+        if stored is None:
+            return {}
+        return {task_of_key(k)[1]: v for k, v in (await self.store.list_state("task")).items()
+                if task_of_key(k)[0] == self.session_id}
+
+    async def end(self, *, interrupted: bool) -> None:
+        self.record.state = "interrupted" if interrupted else "completed"
+        self.record.ended = self.wall.now().isoformat()
+        await self.store.put_state("session", self.session_id, self.record.to_dict())
+
+    async def save_task(self, handle: TaskHandle, result: Any = None) -> None:
+        await self.store.put_state("task", task_key(self.session_id, handle.id),
+                                   self.task_record(handle, result))
+
+    def task_record(self, handle: TaskHandle, result: Any) -> dict[str, Any]:
+        return {
+            "task_id": handle.id,
+            "session_id": self.session_id,
+            "agent": handle.spec.agent,
+            "status": handle.status,
+            "reason": handle.reason,
+            "attempts": handle.attempt,
+            "priority": handle.spec.priority,
+            "task_type": handle.profile.task_type,
+            "complexity": handle.profile.complexity,
+            "model": handle.model,
+            "calls": handle.calls,
+            "split_from": handle.split_from,
+            "result": result,
+        }
+
+    def write_result(self, task_id: str, result: Any) -> None:
+        """``<state_dir>/tasks/<id>/result.json`` beside ``usage.json`` (atomically)."""
+        folder = Path(self.config.state_dir) / "tasks" / task_id
+        doc = {"task_id": task_id, "session_id": self.session_id, "result": result}
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / "result.json.tmp"
+            tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+            os.replace(tmp, folder / "result.json")
+        except OSError as exc:  # the result is in the store; the file is a convenience
+            _log.warning("result_file_failed", task_id=task_id, error=str(exc))
+
+
+#: Ends a continued session keeps; a failed task runs again (from its checkpoint).
+_KEPT = frozenset({TaskStatus.COMPLETED, TaskStatus.FINISHED})
+
+
+def restore(handle: TaskHandle, record: dict[str, Any]) -> bool:
+    """Give ``handle`` the state an earlier run of its session recorded; True when the
+    task completed or was saved and finished there (it is not run again)."""
+    try:
+        status = TaskStatus(str(record.get("status", "pending")))
+    except ValueError:
+        return False
+    handle.attempt = int(record.get("attempts", handle.attempt))
+    handle.model = str(record.get("model", ""))
+    if status not in _KEPT:
+        return False
+    handle.status, handle.reason = status, str(record.get("reason", ""))
+    handle.result = record.get("result")
+    handle.calls = int(record.get("calls", 0))
+    return True
