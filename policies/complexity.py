@@ -234,6 +234,37 @@ class ScoredComplexity:
                 e.pressure = max(0.0, e.pressure - step)
 
 
+    # -- persistence (R4.3: what was learned survives a restart) -------------------------
+    def export(self) -> dict[str, list[dict[str, object]]]:
+        """What was learned, as plain JSON-able data (:meth:`restore` reads it back)."""
+        return {
+            task_type: [
+                {"output": e.features.output, "depth": e.features.depth,
+                 "kind": e.features.kind, "keywords": sorted(e.features.keywords),
+                 "cap": e.cap, "pressure": e.pressure}
+                for e in bucket
+            ]
+            for task_type, bucket in self._learned.items()
+        }
+
+    def restore(self, data: dict[str, list[dict[str, object]]]) -> None:
+        """Replace what was learned with ``data`` from :meth:`export` (entries that do not
+        parse are skipped: an old or hand-edited record never stops a run)."""
+        learned: dict[str, deque[_Learned]] = {}
+        for task_type, rows in data.items():
+            bucket: deque[_Learned] = deque(maxlen=self.params.memory)
+            for row in rows:
+                try:
+                    f = Features(task_type, row["output"], row["depth"], row["kind"],  # type: ignore[arg-type]
+                                 frozenset(str(k) for k in row["keywords"]))  # type: ignore[attr-defined]
+                    f.levels  # noqa: B018 - validates the levels
+                    bucket.append(_Learned(f, int(row["cap"]), float(row["pressure"])))  # type: ignore[call-overload, arg-type]
+                except (KeyError, TypeError, ValueError):
+                    continue
+            learned[task_type] = bucket
+        self._learned = learned
+
+
 @dataclass(slots=True)
 class _Learned:
     features: Features

@@ -135,6 +135,10 @@ class FairnessParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     aging_after_s: float = Field(default=30.0, gt=0)
+    #: How many aging steps a request may take.  ``None`` (the default) repeats the
+    #: step: +1 for every ``aging_after_s`` waited, so a long wait keeps rising until it is
+    #: served; ``1`` is exactly R5.2's single "+1 after 30 s".
+    aging_max_steps: int | None = Field(default=None, ge=1)
     demotion_at: float = Field(default=0.50, gt=0, le=1)
     blocking_priority: int = 3
     output_weight: float = Field(default=2.0, ge=0)
@@ -171,11 +175,11 @@ class _OrderMixin:
 class PriorityWithFairness(_OrderMixin):
     """R5.2 effective priority, then least service first (VTC, Sheng et al., OSDI 2024).
 
-    Effective priority = base (R5.1) + 1 for every full ``aging_after_s`` waited
-    (repeatable) − 1 while the task's token use is above ``demotion_at`` of its
-    budget; a task that others wait on is raised to at least
-    ``blocking_priority``.  Inside a level the holder with the smallest virtual
-    counter goes first, where a call counts ``input + output_weight × output``;
+    Effective priority = base (R5.1) + 1 for every full ``aging_after_s`` waited, at
+    most ``aging_max_steps`` times (no bound by default; 1: R5.2's "+1") − 1 while the
+    task's token use is above ``demotion_at`` of its budget; a task that others wait
+    on is raised to at least ``blocking_priority``.  Inside a level the holder with
+    the smallest virtual counter goes first, where a call counts ``input + output_weight × output``;
     counters in one band of ``rank_quantum`` tokens (100) tie, and then the
     earlier request goes first.
     """
@@ -187,6 +191,7 @@ class PriorityWithFairness(_OrderMixin):
     def __init__(self, params: FairnessParams | None = None) -> None:
         self.params = params or FairnessParams()
         self._aging = self.params.aging_after_s
+        self._max_steps = self.params.aging_max_steps
         self._demotion = self.params.demotion_at
         self._boost = self.params.blocking_priority
         self._weight = self.params.output_weight
@@ -207,7 +212,8 @@ class PriorityWithFairness(_OrderMixin):
         level = waiter.base_priority
         waited = now - waiter.enqueued_at + _EPSILON_S
         if waited >= self._aging:
-            level += int(waited // self._aging)
+            steps = int(waited // self._aging)
+            level += steps if self._max_steps is None else min(steps, self._max_steps)
         if waiter.token_fraction > self._demotion:
             level -= 1
         if waiter.blocking and level < self._boost:
@@ -216,6 +222,8 @@ class PriorityWithFairness(_OrderMixin):
 
     def priority_changes_at(self, waiter: WaiterView, now: float) -> float | None:
         steps = int(max(0.0, now - waiter.enqueued_at + _EPSILON_S) // self._aging) + 1
+        if self._max_steps is not None and steps > self._max_steps:
+            return None  # fully aged: the level no longer changes on its own
         return waiter.enqueued_at + steps * self._aging
 
     def rank(self, waiter: WaiterView) -> float:

@@ -17,7 +17,7 @@ from scheduler.testing import run_virtual
 from tests._allocator_helpers import pool_config
 
 #: Guards off: pure policy order (no lag bound, no background floor).
-NO_GUARDS: dict[str, Any] = {"fairness_slack_tokens": 1e12, "min_share": 0.0}
+NO_GUARDS: dict[str, Any] = {"fairness_slack_tokens": 1e12, "background_min_share": 0.0}
 
 
 async def _serve(alloc: Allocator, holder: str, trace: list[str], tokens: int = 100,
@@ -68,6 +68,32 @@ async def test_r5_2_aging_after_30s() -> None:
 
     # The aged background task (3) now goes before a fresh normal one (2).
     assert trace == ["bg", "normal"]
+
+
+async def test_r5_2_aging_bounded_to_plus_one_once() -> None:
+    """R5.2 as written (``aging_max_steps = 1``): +1 after 30 s waited, and no more."""
+    trace: list[str] = []
+    async with open_allocator(pool_config(concurrent=1, aging_max_steps=1,
+                                          **NO_GUARDS)) as alloc:
+        alloc.register("bg", "background")
+        alloc.register("crit", "critical_path")
+        first = await alloc.acquire("occupier")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_serve, alloc, "bg", trace)
+            await anyio.sleep(29.9)
+            assert _priority_of(alloc, "bg") == 1
+            await anyio.sleep(0.1)
+            assert _priority_of(alloc, "bg") == 2  # +1 after 30 s
+            await anyio.sleep(200)  # (the occupier's lease lasts 300 s)
+            assert _priority_of(alloc, "bg") == 2  # and no more, however long it waits
+            tg.start_soon(_serve, alloc, "crit", trace)
+            tg.start_soon(_serve, alloc, "normal", trace)
+            await anyio.sleep(0.001)
+            alloc.settle(first.id, 0)
+
+    # The aged background task (2) goes before a fresh normal one (2, later arrival) but
+    # not before a critical one (3).
+    assert trace == ["crit", "bg", "normal"]
 
 
 def test_r5_2_a_request_arriving_behind_others_ages_30s_after_its_own_arrival() -> None:
@@ -186,7 +212,7 @@ def test_r5_3_background_class_keeps_10_percent_under_saturation() -> None:
     classes = {f"c{i}": "critical_path" for i in range(9)} | {"bg": "background"}
     guarded = _grant_shares({"fairness_slack_tokens": 1e12}, classes, 300)
     assert guarded["bg"] / 300 >= 0.09
-    # Without the floor (min_share 0) strict priority starves it for these 3 s. (Trio runs
+    # Without the floor (background_min_share 0) strict priority starves it for 3 s. (Trio runs
     # newly started tasks in a random order: when the background loop happens to ask first,
     # the free pool grants it at once, since nobody waits yet; after that, nothing.)
     unguarded = _grant_shares(NO_GUARDS, classes, 300)

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from agents.builtin import QuestionAnswerAgent, StepsAgent
-from scheduler import TaskSpec
+from scheduler import Limits, TaskSpec
 from scheduler.config import AllocatorConfig, PoolConfig
 from scheduler.core import UsageEvent
 from scheduler.store import MemoryStore
@@ -89,7 +89,10 @@ async def test_r1_2_budget_hold_is_kept_alive_while_its_call_waits_for_a_lease(
         distributed={"hold_ttl_s": 30.0},
         allocator=AllocatorConfig(pools={"anthropic": PoolConfig(concurrent=1)}),
     )
-    specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?") for i in range(2)]
+    # 200 s in all for the second task: above a question's 2 min time budget, which is a
+    # deadline on the attempt (R1.1)
+    specs = [TaskSpec(id=f"q{i}", agent="qa", prompt="What is this?",
+                      budget=Limits(time_s=600)) for i in range(2)]
     report = await orch.run(specs)
     assert {o.status for o in report.outcomes.values()} == {"completed"}
     holds = {h for _, h in store.renewed}

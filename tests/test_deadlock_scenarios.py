@@ -106,6 +106,18 @@ def test_r5_6_fifty_agent_ring_least_work_yields(tmp_path: Path) -> None:
     assert_clean(orch)
 
 
+def test_r5_7_least_work_done_goes_before_newest(tmp_path: Path) -> None:
+    """R5.7: equal priority; ``old`` started first but did no work, ``new`` started later
+    and made model calls: least work done decides before newest, so ``old`` yields."""
+    orch, report, observed = _run(tmp_path, [
+        TaskSpec(id="z", agent="sleeper", params={"sleep_s": 0.5}),
+        spec("old", locks=["r1", "r2"], hold_s=3.0),
+        spec("new", depends_on=("z",), calls=2, locks=["r2", "r1"], hold_s=1.0),
+    ])
+    _assert_yielded_and_completed(report, observed, ["old"])
+    assert_clean(orch)
+
+
 def test_r5_6_two_disjoint_cycles_in_one_check(tmp_path: Path) -> None:
     """R5.6/R5.7: a↔b and c↔d at once; both found by the same check, one victim each."""
     orch, report, observed = _run(tmp_path, [

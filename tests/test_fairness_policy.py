@@ -37,6 +37,7 @@ def test_r5_1_base_priorities() -> None:
 
 
 def test_r5_2_aging_after_30s_repeatable() -> None:
+    """R5.2, the default (chosen) rule: +1 for every full 30 s waited, without bound."""
     w = waiter(base=1, at=100.0)
     assert POLICY.priority(w, 129.9) == 1
     assert POLICY.priority(w, 130.0) == 2
@@ -44,6 +45,20 @@ def test_r5_2_aging_after_30s_repeatable() -> None:
     assert POLICY.priority(w, 190.0) == 4
     assert POLICY.priority_changes_at(w, 100.0) == 130.0
     assert POLICY.priority_changes_at(w, 131.0) == 160.0
+
+
+def test_r5_2_aging_bounded_to_the_specs_plus_one() -> None:
+    """R5.2 as written: ``aging_max_steps = 1`` gives +1 after 30 s, once."""
+    once = PriorityWithFairness(FairnessParams(aging_max_steps=1))
+    w = waiter(base=1, at=100.0)
+    assert once.priority(w, 129.9) == 1
+    assert once.priority(w, 130.0) == 2
+    assert once.priority(w, 10_000.0) == 2
+    assert once.priority_changes_at(w, 100.0) == 130.0
+    assert once.priority_changes_at(w, 131.0) is None  # fully aged
+    two = PriorityWithFairness(FairnessParams(aging_max_steps=2))
+    assert two.priority(w, 190.0) == 3
+    assert two.priority_changes_at(w, 161.0) is None
 
 
 def test_r5_2_demotion_above_half_budget() -> None:
@@ -120,9 +135,12 @@ def test_r5_5_order_is_a_total_order_consistent_with_priority(
     assert q == 100
     keys = [(-POLICY.priority(w, now), w.counter // q, w.seq) for w in ordered]
     assert keys == sorted(keys)
-    # Waiting longer never lowers a waiter's priority (aging is monotone).
+    # Waiting longer never lowers a waiter's priority (aging is monotone); bounded aging
+    # raises it by at most 1 in all.
+    once = PriorityWithFairness(FairnessParams(aging_max_steps=1))
     for w in ws:
         assert POLICY.priority(w, now + 30) >= POLICY.priority(w, now)
+        assert once.priority(w, now + 1e6) <= once.priority(w, w.enqueued_at) + 1
         nxt = POLICY.priority_changes_at(w, now)
         assert nxt is not None and nxt > now
         if not w.blocking:  # blocking clamps the level at 3 for a while

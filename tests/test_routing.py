@@ -338,17 +338,3 @@ def test_r4_3_failures_do_not_confirm() -> None:
     assert router.complexity.assess(t).tier == "sonnet"
     router.report_outcome(t, "sonnet", success=True, quality=0.7)
     assert router.complexity.assess(t).tier == "haiku"
-
-
-def test_r4_4_routing_is_cheaper_than_always_opus_with_quality_kept() -> None:
-    """R4.4: on the benchmark's simulated workload the real router costs clearly less than
-    always-opus and keeps ≥ 95 % of its success rate (full figures: benchmarks/routing.md)."""
-    from benchmarks._routing_sim import run_arm, workload
-
-    cfg = VibeConfig()
-    tasks = workload(11, 400, cfg)
-    routed = run_arm(11, tasks, cfg, routed=True)
-    base = run_arm(11, tasks, cfg, routed=False)
-    assert routed.cost_usd < 0.85 * base.cost_usd
-    assert routed.success_rate >= 0.95 * base.success_rate
-    assert routed.upgrades > 0 and set(routed.by_model) == {"haiku", "sonnet", "opus"}

@@ -58,7 +58,10 @@ async def test_tool_errors_and_unknown_tools_go_back_to_the_model(
             result = await ctx.run_tools([{"role": "user", "content": "go"}], [tool])
             return result.text
 
+    # the answer after a turn whose tool results all failed scores 0.3 with the default
+    # "signals" scorer (R4.3), so it is asked again one tier up: a third answer
     provider = ToolScript([[_use(1, "flaky", x=1), _use(2, "nope")],
+                           [{"type": "text", "text": "gave up"}],
                            [{"type": "text", "text": "gave up"}]])
     orch = make_orchestrator({"a": Agent}, provider=provider,
                              tasks=[{"id": "t", "agent": "a", "prompt": "x"}])
@@ -69,6 +72,9 @@ async def test_tool_errors_and_unknown_tools_go_back_to_the_model(
     assert [r["is_error"] for r in results] == [True, True]
     assert "disk is read-only" in results[0]["content"] and "nope" in results[1]["content"]
     assert provider.requests[0].tools[0]["name"] == "flaky"
+    assert len(provider.requests) == 3  # the R4.3 retry sends the same turn one tier up
+    assert provider.requests[2].messages == provider.requests[1].messages
+    assert provider.requests[2].model != provider.requests[1].model
 
 
 async def test_r3_4_pause_takes_effect_between_turns_and_the_loop_continues(

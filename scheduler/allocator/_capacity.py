@@ -11,7 +11,9 @@ Up to three things bound a pool's tokens per minute:
 * for a *global* pool (``distributed.global_pools`` with a ``redis://`` store),
   this orchestrator's slice of the shared quota, leased through
   :class:`~scheduler.allocator._quota.GlobalQuota`.  The slice replaces the configured
-  tokens per minute; requests per minute and concurrency stay local.
+  tokens per minute; with ``requests_per_minute`` set there, requests per minute are
+  sliced the same way (slice ``<pool>:rpm``, demand: calls in flight and waiting per
+  average hold); concurrency stays local.
 
 The allocator gets the smallest that applies: ``min(slice, learned)`` for a
 global pool, ``min(configured, learned)`` otherwise (``None``, not limited, is
@@ -52,6 +54,19 @@ _log = structlog.get_logger("vibe_engine.capacity")
 UNKNOWN_HOLD_S = 1.0
 #: The allocator's "closed" capacity, for a slice of 0.
 CLOSED_TOKENS_PER_MINUTE = 0
+CLOSED_REQUESTS_PER_MINUTE = 0
+#: Suffix of the slice name of a pool's global requests per minute.
+RPM_SUFFIX = ":rpm"
+
+
+def rpm_slice(pool: str) -> str:
+    """The slice name of ``pool``'s global requests-per-minute quota."""
+    return pool + RPM_SUFFIX
+
+
+def pool_of_slice(name: str) -> str:
+    """The pool a slice name belongs to (``name`` itself for a tokens slice)."""
+    return name[: -len(RPM_SUFFIX)] if name.endswith(RPM_SUFFIX) else name
 
 
 def default_orchestrator_id() -> str:
@@ -70,6 +85,7 @@ class PoolCapacity:
         #: The pool every model call leases from (the gateway uses the allocator's default).
         self.default_pool = next(iter(self._pools), None)
         self._slices: dict[str, int] = {}
+        self._rpm_slices: dict[str, int] = {}
         self._learned_tpm: dict[str, int] = {}
         self._learned_rpm: dict[str, int] = {}
         self._applied: dict[str, tuple[int | None, int | None]] = {}
@@ -90,20 +106,29 @@ class PoolCapacity:
                          pools=sorted(dist.global_pools),
                          reason="global pools need a shared store (store = 'redis://...')")
             return None
-        for pool in dist.global_pools:
-            self._slices[pool] = 0
+        capacities: dict[str, int] = {}
+        for pool, glob in dist.global_pools.items():
+            if glob.tokens_per_minute is not None:
+                self._slices[pool] = 0
+                capacities[pool] = glob.tokens_per_minute
+            if glob.requests_per_minute is not None:
+                self._rpm_slices[pool] = 0
+                capacities[rpm_slice(pool)] = glob.requests_per_minute
             self._apply(pool)
         self.quota = GlobalQuota(
-            store, {p: g.tokens_per_minute for p, g in dist.global_pools.items()},
+            store, capacities,
             holder=holder or dist.orchestrator_id or default_orchestrator_id(),
-            config=dist, on_slice=self.on_slice, demand=self.demand_tokens_per_minute,
+            config=dist, on_slice=self.on_slice, demand=self.demand_per_minute,
         )
         return self.quota
 
     # -- inputs -----------------------------------------------------------------------------
-    def on_slice(self, pool: str, tokens_per_minute: int) -> None:
-        """``GlobalQuota`` reports this orchestrator's new slice of ``pool``."""
-        self._slices[pool] = max(int(tokens_per_minute), 0)
+    def on_slice(self, name: str, per_minute: int) -> None:
+        """``GlobalQuota`` reports this orchestrator's new slice of a pool's tokens per
+        minute (``name`` is the pool) or requests per minute (``<pool>:rpm``)."""
+        pool = pool_of_slice(name)
+        slices = self._rpm_slices if name != pool else self._slices
+        slices[pool] = max(int(per_minute), 0)
         self._apply(pool)
 
     def on_rate_limits(self, source: str, info: RateLimitInfo) -> None:
@@ -115,11 +140,32 @@ class PoolCapacity:
         if info.tokens_limit is not None and info.tokens_limit > 0:
             self._learned_tpm[pool] = info.tokens_limit
             glob = self.config.distributed.global_pools.get(pool)
-            if self.quota is not None and glob is not None:
+            if self.quota is not None and glob is not None and glob.tokens_per_minute:
                 self.quota.set_capacity(pool, min(glob.tokens_per_minute, info.tokens_limit))
         if info.requests_limit is not None and info.requests_limit > 0:
             self._learned_rpm[pool] = info.requests_limit
+            glob = self.config.distributed.global_pools.get(pool)
+            if self.quota is not None and glob is not None and glob.requests_per_minute:
+                self.quota.set_capacity(rpm_slice(pool),
+                                        min(glob.requests_per_minute, info.requests_limit))
         self._apply(pool)
+
+    def demand_per_minute(self, name: str) -> int:
+        """The demand :class:`GlobalQuota` sends for a slice (tokens or requests)."""
+        pool = pool_of_slice(name)
+        if name == pool:
+            return self.demand_tokens_per_minute(pool)
+        return self.demand_requests_per_minute(pool)
+
+    def demand_requests_per_minute(self, pool: str) -> int:
+        """Requests per minute this orchestrator could make of ``pool`` now: its calls in
+        flight and waiting, each repeated every average hold."""
+        d = self.allocator.demand(pool)
+        calls = d.waiting + self.allocator.statistics().pools[pool].calls_in_use
+        if calls <= 0:
+            return 0
+        hold = d.avg_hold_s if d.avg_hold_s > 0 else UNKNOWN_HOLD_S
+        return math.ceil(calls * 60.0 / hold)
 
     def demand_tokens_per_minute(self, pool: str) -> int:
         """What this orchestrator could use of ``pool`` now (see the module docstring)."""
@@ -136,6 +182,9 @@ class PoolCapacity:
         cfg = self._pools.get(pool)
         learned = self._learned_tpm.get(pool)
         rpm = _lower(cfg.requests_per_minute if cfg else None, self._learned_rpm.get(pool))
+        if pool in self._rpm_slices:  # a global request quota: at most our slice of it
+            cut = self._rpm_slices[pool]
+            rpm = max(cut if rpm is None else min(rpm, cut), CLOSED_REQUESTS_PER_MINUTE)
         if pool in self._slices:
             tpm = _lower(self._slices[pool], learned)
             return max(tpm or 0, CLOSED_TOKENS_PER_MINUTE), rpm

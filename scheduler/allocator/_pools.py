@@ -135,12 +135,13 @@ class Pool(WaitQueue):
         tokens = _pick(tpm, self.tpm.capacity if self.tpm else None)
         requests = _pick(rpm, self.rpm.capacity if self.rpm else None)
         conc = _pick(concurrent, self.concurrent)
-        if tokens is not None and tokens < 0:
-            raise AllocationError(
-                f"pool {self.name!r}: tokens_per_minute must be >= 0, got {tokens}")
-        for value in (requests, conc):
-            if value is not None and value <= 0:
-                raise AllocationError(f"pool {self.name!r}: capacities must be > 0, got {value}")
+        # a per-minute capacity of 0 closes the pool (a global slice not granted yet)
+        for name, per_minute in (("tokens_per_minute", tokens), ("requests_per_minute", requests)):
+            if per_minute is not None and per_minute < 0:
+                raise AllocationError(
+                    f"pool {self.name!r}: {name} must be >= 0, got {per_minute}")
+        if conc is not None and conc <= 0:
+            raise AllocationError(f"pool {self.name!r}: capacities must be > 0, got {conc}")
         self.set_capacity(tokens, requests, conc)
         for a in self.accounts.values():
             for w in a.waiters:

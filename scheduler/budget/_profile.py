@@ -2,9 +2,19 @@
 
 A task's limits come, from weakest to strongest, from: the per-task defaults
 (``budgets.task``), its task type's row of the R1.4 table (tokens, time,
-cost), the per-complexity table when the user states the complexity, and the
-task's own ``budget`` override.  Type and complexity are detected from the
-task text by keywords unless the task names them.
+cost), the per-complexity table (R1.3: tokens and time), and the task's own
+``budget`` override.  Type and complexity are detected from the task text by
+keywords unless the task names them.
+
+The type's row describes a *typical* task of that type (its ``complexity``).
+The complexity table therefore applies whenever the task's complexity is not
+the typical one — stated by the user, or auto-detected from hints in the text
+("fix a typo in one file" is a simple code change: 20,000 tokens and 5 min,
+not the 50,000 of a typical one) — and also when the type has no row.
+
+The cost warning (``cost_warning_usd``) follows the effective cost limit: when
+the override sets ``cost_usd`` without its own warning, the warning keeps its
+fraction of the limit (70 % by default), not the type's dollar amount.
 """
 
 from __future__ import annotations
@@ -84,15 +94,29 @@ def resolve_task(spec: TaskSpec, config: VibeConfig) -> TaskProfile:
             Limits(tokens=row.tokens, time_s=row.time_s, cost_usd=row.cost_usd,
                    cost_warning_usd=round(row.cost_usd * config.alerts.warning, 6))
         )
-    if spec.complexity is not None or row is None:
+    if row is None or complexity != row.complexity:  # R1.3, stated or detected
         b = config.budgets
         limits = limits.merged(
             Limits(tokens=b.task_tokens_by_complexity[complexity],
                    time_s=b.task_time_s_by_complexity[complexity])
         )
-    limits = limits.merged(spec.budget)
+    limits = _with_override(limits, spec.budget)
     return TaskProfile(task_type, complexity, limits, spec.task_type is None,
                        spec.complexity is None)
+
+
+def _with_override(limits: Limits, override: Limits | None) -> Limits:
+    """The task's own ``budget`` over ``limits``; a new cost limit without its own warning
+    moves the warning with it (same fraction of the limit, R3.1)."""
+    merged = limits.merged(override)
+    if override is None:
+        return merged
+    given = override.model_fields_set
+    old, new, warn = limits.cost_usd, merged.cost_usd, limits.cost_warning_usd
+    if "cost_usd" in given and "cost_warning_usd" not in given and warn is not None:
+        scaled = None if not (old and new) else round(new * warn / old, 6)
+        merged = merged.merged(Limits(cost_warning_usd=scaled))
+    return merged
 
 
 def is_weekend(day: date) -> bool:

@@ -54,8 +54,15 @@ class Reservations:
     def check(
         self, task_id: str, *, model: str = "", tokens: int = 0, cost_usd: float = 0.0,
         file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0,
+        prompt_tokens: int = 0, completion_tokens: int = 0,
     ) -> None:
-        """Raise :class:`BudgetExceededError` if the request would cross any limit."""
+        """Raise :class:`BudgetExceededError` if the request would cross any limit.
+
+        A model call (``prompt_tokens`` or ``completion_tokens`` given) is also checked
+        against the prompt and completion limits, and refused once a cache-read or
+        cache-write limit is reached: how much of a prompt the cache serves is known only
+        afterwards, so those limits stop the next call rather than this one (R1.1).
+        """
         task = self._scopes.task(task_id)
         limit = task.limits.time_s
         if limit is not None:
@@ -65,11 +72,15 @@ class Reservations:
         wanted = {
             "tokens": tokens, "cost_usd": cost_usd, "file_edits": file_edits,
             "shell_commands": shell_commands, "dangerous_commands": dangerous_commands,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
         }
+        call = bool(prompt_tokens or completion_tokens)
         for scope in self._scopes.of_task(task_id):
             for dim, amount in wanted.items():
                 if amount:
                     _check_dimension(scope, dim, amount)
+            if call:
+                _check_cache(scope)
             if model and tokens:
                 _check_model(scope, model, tokens)
 
@@ -186,6 +197,13 @@ def _check_dimension(scope: ScopeState, dim: str, amount: float) -> None:
     used = scope.used(dim) + held
     if used + amount > lim:
         raise BudgetExceededError(scope.name, dim, used, lim, amount)
+
+
+def _check_cache(scope: ScopeState) -> None:
+    for dim in ("cache_read_tokens", "cache_write_tokens"):
+        lim = scope.limit(dim)
+        if lim is not None and scope.used(dim) >= lim:
+            raise BudgetExceededError(scope.name, dim, scope.used(dim), lim)
 
 
 def _check_model(scope: ScopeState, model: str, tokens: int) -> None:

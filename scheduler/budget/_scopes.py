@@ -240,6 +240,9 @@ class Scopes:
                 data[name] = merged
             elif add is not None:
                 data[name] = (data[name] or 0) + add
+        warn, cost = scope.limits.cost_warning_usd, scope.limits.cost_usd
+        if warn and cost and data["cost_usd"] and "cost_warning_usd" not in extra.model_fields_set:
+            data["cost_warning_usd"] = round(data["cost_usd"] * warn / cost, 6)  # same fraction
         scope.limits = Limits.model_validate(data)
         for dim, level in list(scope.fired):
             lim = scope.limit(dim) if dim != "time_s" else scope.limits.time_s

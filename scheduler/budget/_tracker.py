@@ -131,11 +131,14 @@ class Tracker:
     def check(
         self, task_id: str, *, model: str = "", tokens: int = 0, cost_usd: float = 0.0,
         file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0,
+        prompt_tokens: int = 0, completion_tokens: int = 0,
     ) -> None:
-        """Raise :class:`BudgetExceededError` if the request would cross any limit."""
+        """Raise :class:`BudgetExceededError` if the request would cross any limit
+        (see :meth:`Reservations.check`)."""
         self._reservations.check(
             task_id, model=model, tokens=tokens, cost_usd=cost_usd, file_edits=file_edits,
             shell_commands=shell_commands, dangerous_commands=dangerous_commands,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         )
 
     def reserve(self, task_id: str, *, model: str, tokens: int, cost_usd: float) -> Reservation:

@@ -31,9 +31,17 @@ class AllocatorConfig(FrozenModel):
 
     pools: dict[str, PoolConfig] = Field(default_factory=lambda: {"anthropic": PoolConfig()})
     lease_ttl_s: float = Field(default=300.0, gt=0)
-    min_share: float = Field(default=0.10, ge=0, le=1)
+    #: The background class's floor: while background requests wait and the class got
+    #: less than this fraction of the pool's recent service, the least-served background
+    #: request goes next.  (Each *agent's* minimum share — R5.3's 10 %, an equal split
+    #: when more than ten compete — comes from the service-counter fairness, bounded by
+    #: ``fairness_slack_tokens``; it is not a parameter.)  Was ``min_share``.
+    background_min_share: float = Field(default=0.10, ge=0, le=1)
     max_share: float = Field(default=0.50, gt=0, le=1)
     aging_after_s: float = Field(default=30.0, gt=0)
+    #: Aging steps a waiting request may take: ``None`` (default) +1 every
+    #: ``aging_after_s`` without bound; ``1``: R5.2's single +1.
+    aging_max_steps: int | None = Field(default=None, ge=1)
     demotion_at: float = Field(default=0.50, gt=0, le=1)
     output_weight: float = Field(default=2.0, ge=0)
     #: How far (in service tokens) the policy's choice may run ahead of the
@@ -46,10 +54,25 @@ class AllocatorConfig(FrozenModel):
     #: Time constant of the decayed window over which class shares are measured.
     share_window_s: float = Field(default=60.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        if isinstance(data, dict) and "min_share" in data:
+            raise ValueError(
+                "min_share was renamed background_min_share: it sets the background class's "
+                "floor, not each agent's share (see docs/allocator.md)")
+        return data
+
+    @property
+    def min_share(self) -> float:
+        """The background floor under its old name (the allocator core reads it)."""
+        return self.background_min_share
+
     def policy_params(self) -> FairnessParams:
         """The allocation policy's own parameters, from the keys of this section."""
         return FairnessParams(
             aging_after_s=self.aging_after_s,
+            aging_max_steps=self.aging_max_steps,
             demotion_at=self.demotion_at,
             output_weight=self.output_weight,
             rank_quantum=self.fairness_quantum_tokens,
@@ -69,7 +92,17 @@ class GlobalPoolConfig(FrozenModel):
     """A provider quota shared by every orchestrator on the store (one slice each)."""
 
     #: The whole quota; each orchestrator's allocator gets a max-min fair slice of it.
-    tokens_per_minute: int = Field(gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    #: The whole request quota, sliced the same way (each orchestrator's allocator then
+    #: starts its request bucket empty, so together they make at most this many calls
+    #: per minute since they started).
+    requests_per_minute: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _something_shared(self) -> GlobalPoolConfig:
+        if self.tokens_per_minute is None and self.requests_per_minute is None:
+            raise ValueError("set tokens_per_minute, requests_per_minute or both")
+        return self
 
 
 class DistributedConfig(FrozenModel):
@@ -151,10 +184,15 @@ class RoutingConfig(RoutingParams, FrozenModel):
     retry_failed_attempts: bool = True
     #: at most this many attempts of one task in all (R4.3 retries; deadlock requeues count).
     max_attempts: int = Field(default=3, gt=0)
-    #: R4.3 quality signal for answers the provider does not score: ``"none"``,
-    #: ``"llm_judge"`` (the cheapest tier rates each routed answer, charged to the task) or
+    #: R4.3 quality signal for answers the provider does not score: ``"signals"`` (refusals,
+    #: empty answers, failed tool results; no model call), ``"llm_judge"`` (the cheapest
+    #: tier rates each routed answer, charged to the task), ``"none"`` or
     #: ``"module:Class"`` (built with the gateway).
-    quality_scorer: str = "none"
+    quality_scorer: str = "signals"
+    #: R6.1 for calls that name their model (``ctx.llm.complete(model=…)``): move them to a
+    #: substitute after a 529 or a timeout.  Off by default: the agent asked for that
+    #: model; a call may also allow it itself with ``hints={"allow_fallback": True}``.
+    explicit_model_fallback: bool = False
 
 
 class MetricsConfig(FrozenModel):

@@ -8,7 +8,9 @@ the tiers this task's priority may use, and lets the
 twice (a failed call, a task that failed after the model finished, or
 incomplete output), or any output judged below quality 0.5, upgrades the task
 to the next tier ("upgrading from X to Y due to quality issues") and teaches
-the complexity policy that similar tasks need that tier.
+the complexity policy that similar tasks need that tier.  What the policy
+learned is saved to the store (:meth:`Router.save_learned`) and read back by
+the next run (:meth:`Router.load_learned`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from scheduler.config import PRIORITY_VALUES, VibeConfig, load_policies
 from scheduler.core import EventBus
 from scheduler.routing._catalog import ModelCatalog
 from scheduler.routing._health import HealthMonitor
+from scheduler.store import Store
 from scheduler.tasks import TaskHandle
 
 
@@ -91,6 +94,8 @@ class Router:
         self._min_tier: dict[str, str] = {}
         self._by_model: Counter[str] = Counter()
         self._decisions = self._downgrades = self._substitutions = self._upgrades = 0
+        #: Something was learned or confirmed since the last :meth:`save_learned`.
+        self._learned_changed = False
 
     # -- choosing (R4.1, R4.2, R6.1) ---------------------------------------------------
     def choose(
@@ -154,6 +159,7 @@ class Router:
         if not reason:
             if not failed:
                 self.complexity.confirm(task, model)
+                self._learned_changed = True
             return None
         return self._upgrade(task, model, reason)
 
@@ -169,12 +175,31 @@ class Router:
         self._failures.pop(task.task_id, None)
         self._upgrades += 1
         self.complexity.learn(task, target)
+        self._learned_changed = True
         self.bus.emit(
             "routing_upgrade", f"upgrading from {model} to {target} due to quality issues",
             task_id=task.task_id, level="warning", from_model=model, to_model=target,
             reason=reason,
         )
         return Upgrade(task.task_id, model, target, reason)
+
+    # -- persistence (R4.3) ------------------------------------------------------------
+    async def load_learned(self, store: Store) -> None:
+        """Restore what the complexity policy learned in earlier runs on ``store``."""
+        restore = getattr(self.complexity, "restore", None)
+        if restore is None:
+            return
+        data = await store.get_state("routing", "complexity")
+        if data and isinstance(data.get("learned"), dict):
+            restore(data["learned"])
+
+    async def save_learned(self, store: Store) -> None:
+        """Save what the complexity policy learned (after corrections or confirmations)."""
+        export = getattr(self.complexity, "export", None)
+        if export is None or not self._learned_changed:
+            return
+        self._learned_changed = False
+        await store.put_state("routing", "complexity", {"learned": export()})
 
     def forget(self, task_id: str) -> None:
         """Drop per-task correction state (the task ended)."""

@@ -51,13 +51,20 @@ class Admission:
         #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`).
         self._in_call: dict[str, Lease] = {}
 
-    async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float) -> Reservation:
-        """Reserve the estimate; at the limit pause for a decision (R3.4) and try again."""
+    async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float, *,
+                    prompt_tokens: int = 0, completion_tokens: int = 0) -> Reservation:
+        """Reserve the estimate; at the limit pause for a decision (R3.4) and try again.
+
+        The prompt estimate and ``max_tokens`` are checked against the prompt, completion
+        and cache limits before the call, like the total and the cost (R1.1).
+        """
         ctl = self.controller
         while True:
             await self._signal(task, self.tracker.time_crossings(task.id))
             await self.pause_point(task)
             try:
+                self.tracker.check(task.id, prompt_tokens=prompt_tokens,
+                                   completion_tokens=completion_tokens)
                 return await ctl.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
             except BudgetExceededError as exc:
                 await ctl.request_pause(task.id, error=exc)

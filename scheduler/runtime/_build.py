@@ -9,7 +9,11 @@ connection between parts is made here, through the parts' ``on_<event>`` hooks:
   on release, its locks; on pause, the task's ``usage.json`` is brought up to date;
 * wait-for graph ``on_blocking`` → the allocator's boost of tasks others wait on (R5.2);
 * deadlock detector → resolver → the task table's abort and the lease release (R5.7);
-* gateway ``on_settle`` → observers (status, metrics).
+* gateway ``on_settle`` → observers (status, metrics);
+* allocator statistics → the long-wait reporter (``lease_wait_long``, R5.5).
+
+Each of these connections has a test from ``Orchestrator.run`` that fails without it
+(``tests/test_runtime_wiring.py``).
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ from scheduler.observe._observers import build_observers
 from scheduler.routing import Replanner, Router
 from scheduler.runtime._gateway import Gateway
 from scheduler.runtime._quality import make_quality_scorer
+from scheduler.runtime._waits import long_wait_reporter
 from scheduler.store import Store, open_store
-from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
+from scheduler.tasks import TaskHandle, TaskTable
 
 _log = structlog.get_logger("vibe_engine.orchestrator")
 
@@ -123,7 +128,9 @@ def _build_deadlocks(config: VibeConfig, policies: LoadedPolicies, waits: WaitFo
 
     def blocking_changed(task_id: str, blocking: bool) -> None:
         handle = tasks.get(task_id)
-        if handle is not None and handle.status is TaskStatus.RUNNING:
+        # a task not started yet counts too (``depends_on`` waits begin at once); an ended
+        # one is no longer registered with the allocator
+        if handle is not None and not handle.finished:
             allocator.set_blocking(task_id, blocking)  # R5.2: boost tasks others wait on
 
     async def release_leases(task_id: str) -> None:
@@ -163,6 +170,7 @@ def _connect(parts: Parts, provider: Provider) -> None:
         _control_service(parts.controller, parts.config),
         parts.gateway.health.run,  # R6.4: 60 s health checks
         parts.deadlocks.run,  # R5.6: the 10 s wait-for graph check
+        long_wait_reporter(allocator, parts.bus),  # R5.5: long lease waits are logged
         *parts.observers.services(),
     ])
 

@@ -17,13 +17,16 @@ from typing import Any
 import anyio
 import structlog
 
+from scheduler.allocator import WaiterStatistics
 from scheduler.budget import Tracker
 from scheduler.config import TaskSpec
 from scheduler.core import Completion, LocalFileError, Message, TextSink, VibeEngineError
 from scheduler.deadlock import LockManager, TaskLocks
+from scheduler.routing import task_info
 from scheduler.runtime._gateway import Gateway
 from scheduler.runtime._shell import is_dangerous, scrubbed_env
 from scheduler.runtime._tools import Tool, ToolLoop, ToolLoopResult
+from scheduler.runtime._waits import waits_of
 from scheduler.store import Store, task_key
 from scheduler.tasks import TaskHandle
 
@@ -180,6 +183,28 @@ class AgentContext:
     def simplify(self) -> bool:
         """True when replanning asked the agent to do only the key part (R6.7)."""
         return bool(self.handle.signals.simplify)
+
+    def report_quality(self, score: float, *, reason: str = "") -> str | None:
+        """R4.3: the agent's own verdict on its last answer, from 0 (wrong) to 1 (good):
+        tests it ran, a parse that failed.  Below ``routing.quality_floor`` the task is
+        upgraded to the next tier (logged) and similar tasks learn to start there.
+        Returns the tier the task's next routed call will use at least, after an
+        upgrade; ``None`` otherwise."""
+        model = self.handle.model
+        if not model:
+            raise VibeEngineError("report_quality needs a model call to judge")
+        router = self.gateway.router
+        upgrade = router.report_outcome(task_info(self.handle), model, success=True,
+                                        quality=max(0.0, min(1.0, float(score))))
+        self.log.info("quality_reported", model=model, score=score, reason=reason,
+                      upgraded_to=upgrade.to_model if upgrade else None)
+        return upgrade.to_model if upgrade else None
+
+    def waiting(self) -> tuple[WaiterStatistics, ...]:
+        """R5.5: this task's requests waiting for a lease, each with its queue position
+        (1 = next) and estimated wait; empty when none waits.  Read it from a task of the
+        agent that runs beside the waiting call."""
+        return waits_of(self.gateway.allocator, self.task.id)
 
     async def charge_ops(
         self, *, file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0

@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 
+from policies.replan import BreakDown
 from scheduler.allocator import Allocator, Lease
 from scheduler.budget import Crossing, Estimate, Reservation, TokenCounter, Tracker
 from scheduler.config import VibeConfig
@@ -41,6 +42,7 @@ from scheduler.core import (
     TextSink,
     Usage,
     UsageEvent,
+    VibeEngineError,
     check_options,
     cost_usd,
     thinking_budget,
@@ -63,6 +65,19 @@ class Route:
 
 
 _CallOn = Callable[[Route], Awaitable[Completion]]
+
+
+class BreakDownRequested(VibeEngineError):
+    """R6.2 mid-task: the task's model degraded and replanning says break it down.
+
+    Raised by a routed call instead of running it on a tier too weak for the task; the
+    orchestrator ends the attempt and runs the smaller parts in its place.
+    """
+
+    def __init__(self, task_id: str, decision: BreakDown) -> None:
+        self.task_id = task_id
+        self.decision = decision
+        super().__init__(f"task {task_id} broken down mid-task: {decision.reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +166,17 @@ class Gateway:
                       max_tokens=max_tokens, model=model, hints=hints,
                       models=list(self.config.models))
         opts = check_options(options or {})
+        if model is None:  # R6.7: a routed call may wait for its model or be simplified
+            split = await self.replanner.before_call(
+                task, lambda: self.tracker.fraction_used(task.id),
+                allow_break_down=not task.split_from)  # R6.2: parts are not split again
+            if split is not None:
+                raise BreakDownRequested(task.id, split)
+        part_limit = task.spec.params.get("max_output_tokens")
+        if part_limit:  # R6.2: a broken-down part's limited scope
+            max_tokens = min(max_tokens, int(part_limit))
         # the output reservation covers max_tokens, or a thinking budget above it
         out = max(max_tokens, thinking_budget(opts))
-        if model is None:  # R6.7: a routed call may wait for its model or be simplified
-            await self.replanner.before_call(task, lambda: self.tracker.fraction_used(task.id))
         need = out + self.estimate(
             self.router.catalog.strongest, messages, system, context, tools
         ).calibrated
@@ -163,22 +185,29 @@ class Gateway:
         async def on(route: Route) -> Completion:
             return await self._complete_on(task, route, messages, system, context, tools, call)
 
+        explicit = model is not None
+        may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
+            (hints or {}).get("allow_fallback"))
         route, completion = await self._with_fallbacks(
-            task, self.route(task, model, hints, need), need, on
+            task, self.route(task, model, hints, need), need, on, may_fall_back
         )
         if model is None:  # R4.3 corrections apply to routed calls only
             completion = await self._corrected(task, route, messages, completion, hints, need, on)
         return completion
 
     async def _with_fallbacks(
-        self, task: TaskHandle, route: Route, need: int, on: _CallOn
+        self, task: TaskHandle, route: Route, need: int, on: _CallOn, may_fall_back: bool,
     ) -> tuple[Route, Completion]:
-        """R6.1: a 529 or timeout moves the call to the next usable, in-budget substitute."""
+        """R6.1: a 529 or timeout moves the call to the next usable, in-budget substitute
+        (a call that named its model only when ``may_fall_back``).  Each try's reservation
+        and lease are given back before the next is admitted (``_complete_on``)."""
         tried: list[str] = []
         while True:
             try:
                 return route, await on(route)
             except (OverloadedError, ProviderTimeoutError) as exc:
+                if not may_fall_back:
+                    raise
                 tried.append(route.model)
                 skip = [*tried, *self.over_budget(task, need)]
                 nxt = route.fallback if route.fallback not in skip else None
@@ -248,7 +277,8 @@ class Gateway:
         )
         cost = self.estimated_cost(route.model, est.calibrated, call.out)
         reservation = await self.admission.admit(
-            task, route.model, est.calibrated + call.out, cost)
+            task, route.model, est.calibrated + call.out, cost,
+            prompt_tokens=est.calibrated, completion_tokens=call.out)
         lease: Lease | None = None
         try:
             lease = await self.admission.lease(task, est.calibrated + call.out, reservation)

@@ -39,6 +39,8 @@ from scheduler.core import (
 from scheduler.routing import task_info
 from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._context import AgentContext
+from scheduler.runtime._deadline import run_within_time_budget
+from scheduler.runtime._gateway import BreakDownRequested
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
@@ -163,6 +165,7 @@ class Orchestrator:
                 task_id=event.task_id, level="warning", session_id=event.session_id,
                 tokens=event.usage.total_tokens, cost_usd=event.cost_usd)
         await self.controller.open()
+        await self.gateway.router.load_learned(self.store)  # R4.3 across restarts
 
     async def decide(self, task_id: str, action: str, **amounts: Any) -> dict[str, Any]:
         """Decide about a paused task from Python (R3.4): add_budget, finish or review."""
@@ -324,8 +327,7 @@ class Orchestrator:
             if split is not None:
                 handle.result = await self._run_parts(handle, split, agent)
             else:
-                ctx = self._context_factory(self, handle)
-                handle.result = await agent.run(ctx)
+                handle.result = await self._run_agent(handle, agent)
             encode_result(handle.id, handle.result)  # kept with the task, or the task fails
             handle.status = TaskStatus.COMPLETED
         except FinishRequestedError as exc:
@@ -338,6 +340,27 @@ class Orchestrator:
             handle.status = TaskStatus.FAILED
             handle.reason = f"agent crashed: {type(exc).__name__}: {exc}"
             self._report_failure(handle)
+
+    async def _run_agent(self, handle: TaskHandle, agent: Any) -> Any:
+        """The agent's run under the task's time budget; when its model degrades mid-task
+        and replanning breaks the task down (R6.2), the parts run in its place."""
+        ctx = self._context_factory(self, handle)
+        try:
+            return await self._within_time_budget(handle, lambda: agent.run(ctx))
+        except BreakDownRequested as exc:
+            split = await self.gateway.replanner.before_call(  # now knowing the agent's hook
+                handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
+                allow_break_down=True)
+            return await self._run_parts(handle, split or exc.decision, agent)
+
+    async def _within_time_budget(self, handle: TaskHandle, run: Callable[[], Any]) -> Any:
+        """R1.1: the task's wall-time budget ends the attempt even without a model call."""
+        tg = self._task_group
+        if tg is None:
+            return await run()
+        return await run_within_time_budget(handle.id, run, tracker=self.tracker,
+                                            controller=self.controller, bus=self.bus,
+                                            spawn=tg.start_soon)
 
     def _report_failure(self, handle: TaskHandle) -> None:
         """R4.3: a task that failed after its model finished is a signal of a wrong choice.
@@ -380,6 +403,7 @@ class Orchestrator:
         handle.finished_at = anyio.current_time()
         self.allocator.unregister(handle.id)  # its leases and waits go back to the pool
         self.gateway.router.forget(handle.id)
+        await self.gateway.router.save_learned(self.store)  # R4.3 across restarts
         if not handle.finished and handle.status is not TaskStatus.PENDING:
             # the run itself was cancelled (a task still waiting for its dependencies
             # stays pending): resumable

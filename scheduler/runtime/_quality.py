@@ -2,16 +2,18 @@
 
 The simulated provider supplies a score with every completion; the real
 Anthropic API does not.  A :class:`QualityScorer` fills the gap for routed
-calls: the gateway asks it when ``Completion.quality`` is ``None`` and feeds the
+calls (by default :class:`SignalScorer`, which needs no second model call):
+the gateway asks it when ``Completion.quality`` is ``None`` and feeds the
 score into the router's correction (below ``routing.quality_floor`` → retry on
 the next tier, logged, and similar tasks score higher).
 
-:class:`LlmJudge` is the built-in scorer: it asks the cheapest tier to rate the
+:class:`LlmJudge` is the optional scorer that asks a model: it asks the cheapest tier to rate the
 answer from 0 to 10, through the gateway with the model named, so the judge's
 tokens are charged to the task like any call and the judge itself is never
 routed, corrected or judged.  Configure it with ``routing.quality_scorer =
 "llm_judge"`` (or ``"module:Class"`` for your own; the class is built with the
-gateway).
+gateway).  An agent may also give its own verdict on its last answer with
+``ctx.report_quality(score)``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from scheduler.core import Completion, ConfigError, Message, VibeEngineError, re
 from scheduler.routing import Router
 from scheduler.tasks import TaskHandle
 
-__all__ = ["LlmJudge", "QualityScorer", "make_quality_scorer"]
+__all__ = ["LlmJudge", "QualityScorer", "SignalScorer", "make_quality_scorer"]
 
 _log = structlog.get_logger("vibe_engine.quality")
 
@@ -89,7 +91,46 @@ class LlmJudge:
         return min(float(found.group(0)), 10.0) / 10.0
 
 
-SCORERS: dict[str, Any] = {"llm_judge": LlmJudge}
+#: Stop reasons that mean the model would not or could not answer.
+REFUSALS = frozenset({"refusal", "content_filter"})
+
+
+class SignalScorer:
+    """The default scorer: reads the signals an answer carries, without a model call.
+
+    * the model refused (stop reason ``refusal``) → 0;
+    * an empty answer that is not a tool call → 0;
+    * every tool result the agent sent back in its last turn was an error (the model's
+      previous tool calls all failed) → 0.3;
+    * otherwise no opinion (``None``): incomplete output (``max_tokens``) and failed
+      attempts are corrected by the router itself, and the agent may give its own
+      verdict with ``ctx.report_quality``.
+    """
+
+    def __init__(self, gateway: object | None = None) -> None:
+        self.gateway = gateway
+
+    async def score(
+        self, task: TaskHandle, messages: list[Message], completion: Completion
+    ) -> float | None:
+        if completion.stop_reason in REFUSALS:
+            return 0.0
+        if not completion.text.strip() and completion.stop_reason != "tool_use":
+            return 0.0
+        results = _tool_results(messages[-1]) if messages else []
+        if results and all(r.get("is_error") for r in results):
+            return 0.3
+        return None
+
+
+def _tool_results(message: Message) -> list[Mapping[str, Any]]:
+    content = message.get("content") if message.get("role") == "user" else None
+    if not isinstance(content, list):
+        return []
+    return [b for b in content if isinstance(b, Mapping) and b.get("type") == "tool_result"]
+
+
+SCORERS: dict[str, Any] = {"llm_judge": LlmJudge, "signals": SignalScorer}
 
 
 def make_quality_scorer(config: VibeConfig, gateway: Completer) -> QualityScorer | None:
