@@ -23,7 +23,7 @@ from scheduler.observe._snapshot import alert_level
 from scheduler.observe._status import read_status, snapshot_from_store
 from scheduler.store import SqliteStore
 from scheduler.tasks import TaskStatus
-from scheduler.testing import FRIDAY, run_virtual
+from scheduler.testing import FRIDAY, run_real, run_virtual
 from tests._observe_helpers import crafted_snapshot, demo_orchestrator, strip_ansi, terminal_console
 
 ROW = r"│\s*{task}\s*│[^│]*│[^│]*│\s*{state}"
@@ -261,10 +261,12 @@ def test_snapshot_of_a_finished_run(tmp_path: Path) -> None:
 
 def test_history_persisted_with_unique_keys_across_sessions(tmp_path: Path) -> None:
     """Every bus event is persisted as a ``history`` record; two sessions never collide."""
+    # the coder's tool loop writes real files in worker threads: on a virtual clock time
+    # would jump past task time budgets meanwhile, so these runs use real (short) time
     first = demo_orchestrator(tmp_path, tasks=3, time_scale=0.01)
-    run_virtual(first.run)
+    run_real(first.run)
     second = demo_orchestrator(tmp_path, tasks=2, time_scale=0.01)
-    run_virtual(second.run)
+    run_real(second.run)
 
     async def records() -> dict[str, dict[str, object]]:
         store = SqliteStore(second.config.state_dir / "vibe.db")

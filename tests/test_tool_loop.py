@@ -114,6 +114,9 @@ async def test_r3_4_pause_takes_effect_between_turns_and_the_loop_continues(
     assert len(provider.requests) == 2 and decided_at
 
 
+# the tool calls write real files in worker threads; on a virtual clock time would jump
+# past the task's time budget meanwhile
+@pytest.mark.real_asyncio
 async def test_coder_runs_an_offline_tool_loop_on_the_simulated_provider(
     tmp_path: Path, make_orchestrator: OrchestratorFactory,
 ) -> None:
