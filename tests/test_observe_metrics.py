@@ -87,7 +87,7 @@ async def test_metrics_scraped_during_a_run_match_the_store(tmp_path: Path) -> N
     assert _sum(samples, "vibe_tasks", state="running") == 1  # the scraper itself
     assert _sum(samples, "vibe_events_total", name="task_completed") == 10
     assert _sum(samples, "vibe_budget_fraction", scope="session", dimension="tokens") > 0
-    assert _sum(samples, "vibe_lease_grants", pool="anthropic") >= session.calls  # R5.4
+    assert _sum(samples, "vibe_lease_grants_total", pool="anthropic") >= session.calls  # R5.4
     assert _sum(samples, "vibe_queue_length", pool="anthropic") == 0
     assert _sum(samples, "vibe_model_health", model="haiku") == 1.0  # R6.3
     # failed provider calls (the simulated provider's overloads) are counted by error class

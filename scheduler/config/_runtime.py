@@ -201,11 +201,20 @@ class MetricsConfig(FrozenModel):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)
+    #: Write the final metrics here when the run ends (node_exporter's textfile collector
+    #: format, written atomically); works with or without ``enabled``.
+    textfile: Path | None = None
+    #: Per-task series (``vibe_task_tokens_total{task}``…): one series per task id, so
+    #: turn it off for runs with many thousands of tasks.
+    task_labels: bool = True
 
     @model_validator(mode="after")
     def _loopback_only(self) -> MetricsConfig:
         if not (self.host in ("localhost", "::1") or self.host.startswith("127.")):
             raise FieldProblem("host", self.host, "metrics are served on loopback only")
+        if self.textfile is not None and self.textfile.suffix != ".prom":
+            raise FieldProblem("textfile", str(self.textfile),
+                               "node_exporter's textfile collector reads *.prom files only")
         return self
 
 

@@ -11,7 +11,8 @@
   ``running: false`` when the run ends, so ``vibe-engine status`` in another
   terminal sees the running orchestrator.
 * :class:`~scheduler.observe._metrics.Metrics` (when ``metrics.enabled``) serves
-  Prometheus metrics on a loopback port.
+  Prometheus metrics on a loopback port, and (``metrics.textfile``) writes them to a
+  file for node_exporter when the run ends.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def build_observers(view: RunView) -> Observers:
         out.history = HistoryRecorder(view)
     if cfg.status_interval_s:
         out.status = StatusWriter(view, interval_s=cfg.status_interval_s)
-    if view.config.metrics.enabled:
+    if view.config.metrics.enabled or view.config.metrics.textfile is not None:
         from scheduler.observe._metrics import Metrics
 
         out.metrics = Metrics(view)

@@ -163,8 +163,11 @@ def _connect(parts: Parts, provider: Provider) -> None:
     parts.gateway.on_pause.connect(write_usage)
     parts.on_release.connect(release_leases)  # crashed, cancelled or aborted attempts
     parts.on_release.connect(release_locks)
-    if parts.observers.metrics is not None:
-        parts.gateway.provider = MeteredProvider(provider, parts.observers.metrics.on_failure)
+    metrics = parts.observers.metrics
+    if metrics is not None:
+        parts.gateway.provider = MeteredProvider(provider, metrics.on_failure,
+                                                 metrics.on_duration)
+        parts.gateway.instrument(lease=metrics.wrap_lease)
     parts.services.extend([
         allocator.run, parts.gateway.admission.keep_leases,  # R5.4: calls keep leases
         _control_service(parts.controller, parts.config),

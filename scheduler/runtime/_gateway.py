@@ -65,6 +65,10 @@ class Route:
 
 
 _CallOn = Callable[[Route], Awaitable[Completion]]
+#: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
+AttemptFn = Callable[..., Awaitable[Completion]]
+#: The lease step, ``(task, tokens, reservation) -> Lease``.
+LeaseFn = Callable[..., Awaitable[Lease]]
 
 
 class BreakDownRequested(VibeEngineError):
@@ -137,6 +141,20 @@ class Gateway:
         #: Called with every settled model call's usage event (observers, metrics).
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
         self._clock = clock
+        #: The attempt and lease steps as called; :meth:`instrument` wraps them.
+        self._attempt: AttemptFn = self._complete_on
+        self._lease: LeaseFn = self.admission.lease
+
+    def instrument(self, *, attempt: Callable[[AttemptFn], AttemptFn] | None = None,
+                   lease: Callable[[LeaseFn], LeaseFn] | None = None) -> None:
+        """Wrap each attempt (tracing spans) and its lease step (lease-wait metrics, spans).
+
+        The composition root calls this only for what the config turns on, so a run
+        without tracing or metrics does no per-call work for them."""
+        if attempt is not None:
+            self._attempt = attempt(self._attempt)
+        if lease is not None:
+            self._lease = lease(self._lease)
 
     @property
     def on_pause(self) -> AsyncHook[[TaskHandle]]:
@@ -183,7 +201,7 @@ class Gateway:
         call = _Call(max_tokens, out, stream, dict(hints or {}), opts, on_text)
 
         async def on(route: Route) -> Completion:
-            return await self._complete_on(task, route, messages, system, context, tools, call)
+            return await self._attempt(task, route, messages, system, context, tools, call)
 
         explicit = model is not None
         may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
@@ -281,7 +299,7 @@ class Gateway:
             prompt_tokens=est.calibrated, completion_tokens=call.out)
         lease: Lease | None = None
         try:
-            lease = await self.admission.lease(task, est.calibrated + call.out, reservation)
+            lease = await self._lease(task, est.calibrated + call.out, reservation)
             await self.tracker.open_call(reservation, prompt_tokens=est.calibrated,
                                          output_tokens=call.out)  # durable before the call
             started = self._clock()
