@@ -16,6 +16,7 @@ from scheduler.config._budgets import BudgetsConfig as BudgetsConfig
 from scheduler.config._budgets import Limits as Limits
 from scheduler.config._budgets import OverdraftConfig as OverdraftConfig
 from scheduler.config._budgets import TaskTypeSpec as TaskTypeSpec
+from scheduler.config._budgets import WebhookConfig as WebhookConfig
 from scheduler.config._config import TaskSpec as TaskSpec
 from scheduler.config._config import VibeConfig as VibeConfig
 from scheduler.config._load import config_from_dict as config_from_dict
@@ -71,6 +72,7 @@ __all__ = [
     "TaskTypeSpec",
     "Tier",
     "VibeConfig",
+    "WebhookConfig",
     "config_from_dict",
     "load_config",
     "load_policies",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from scheduler.config._base import (
@@ -132,8 +135,42 @@ def default_task_types() -> dict[TaskType, TaskTypeSpec]:
     }
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+class WebhookConfig(FrozenModel):
+    """Where the ``notify`` alert action and paused tasks are posted (R3.3, R3.4).
+
+    Secrets stay out of the config file: ``url_env`` names the environment variable
+    that holds the URL (a Slack incoming-webhook URL is itself a secret), and
+    ``headers`` maps each header name to the environment variable holding its value.
+    """
+
+    url: str | None = None
+    url_env: str | None = None
+    #: ``json``: the notification's fields; ``slack``: a Slack-compatible ``{"text": …}``.
+    format: Literal["json", "slack"] = "json"
+    #: header name → name of the environment variable that holds its value
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise FieldProblem("url", self.url, "give exactly one of url and url_env")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise FieldProblem("url", self.url, "expected an http:// or https:// URL")
+        for env in [self.url_env or "", *self.headers.values()]:
+            if env and not _ENV_NAME.match(env):
+                raise FieldProblem("headers", env, "expected an environment variable name")
+        for name in self.headers:
+            if not _HEADER_NAME.match(name):
+                raise FieldProblem("headers", name, "expected an HTTP header name")
+        return self
+
+
 class AlertsConfig(FrozenModel):
-    """R3.1 thresholds as fractions of a limit."""
+    """R3.1 thresholds as fractions of a limit, and where notifications go."""
 
     warning: float = Field(default=0.70, gt=0, le=1)
     critical: float = Field(default=0.90, gt=0, le=1)
@@ -141,6 +178,14 @@ class AlertsConfig(FrozenModel):
     #: R3.4: how long a paused task waits for a person; then it saves and finishes.
     #: ``None`` waits forever (set it for unattended runs such as the demo).
     decision_timeout_s: float | None = Field(default=None, gt=0)
+    #: Webhooks that receive ``notify`` actions (critical, R3.3) and paused tasks (R3.4).
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    #: Notifications waiting per webhook; when full, the oldest is dropped (and counted).
+    webhook_queue: int = Field(default=100, gt=0)
+    #: Tries per notification; a failed try waits ``webhook_backoff_s`` × 2^(n-1) (≤ 60 s).
+    webhook_attempts: int = Field(default=5, gt=0)
+    webhook_backoff_s: float = Field(default=1.0, ge=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> AlertsConfig:

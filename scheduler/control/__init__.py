@@ -1,4 +1,5 @@
-"""Human control (R3): alerts, pause and decisions, overdraft, critical sections, control socket.
+"""Human control (R3): alerts, pause and decisions, overdraft, critical sections, control socket,
+webhook notifications.
 
 May import ``core``, ``config``, ``store``, ``budget`` and ``policies``.
 """
@@ -13,6 +14,8 @@ from scheduler.control._pause import PauseController as PauseController
 from scheduler.control._pause import PauseInfo as PauseInfo
 from scheduler.control._pause import PauseStatistics as PauseStatistics
 from scheduler.control._server import ControlServer as ControlServer
+from scheduler.control._webhooks import Notification as Notification
+from scheduler.control._webhooks import Webhooks as Webhooks
 
 __all__ = [
     "AlertFlags",
@@ -20,11 +23,13 @@ __all__ = [
     "AlertStatistics",
     "ControlServer",
     "Decision",
+    "Notification",
     "OverdraftLedger",
     "OverdraftStatistics",
     "PauseController",
     "PauseInfo",
     "PauseStatistics",
+    "Webhooks",
 ]
 
 from scheduler.core._public import publish as _publish

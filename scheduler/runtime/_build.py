@@ -10,6 +10,7 @@ connection between parts is made here, through the parts' ``on_<event>`` hooks:
 * wait-for graph ``on_blocking`` → the allocator's boost of tasks others wait on (R5.2);
 * deadlock detector → resolver → the task table's abort and the lease release (R5.7);
 * gateway ``on_settle`` → observers (status, metrics);
+* event bus → webhooks (the ``notify`` alert action and paused tasks, R3.3/R3.4);
 * allocator statistics → the long-wait reporter (``lease_wait_long``, R5.5).
 
 Each of these connections has a test from ``Orchestrator.run`` that fails without it
@@ -29,7 +30,13 @@ import structlog
 from scheduler.allocator import Allocator, GlobalQuota, PoolCapacity
 from scheduler.budget import TokenCounter, Tracker
 from scheduler.config import LoadedPolicies, VibeConfig, load_policies
-from scheduler.control import AlertRuntime, ControlServer, OverdraftLedger, PauseController
+from scheduler.control import (
+    AlertRuntime,
+    ControlServer,
+    OverdraftLedger,
+    PauseController,
+    Webhooks,
+)
 from scheduler.core import (
     AsyncHook,
     EventBus,
@@ -85,6 +92,8 @@ class Parts:
     on_release: AsyncHook[[TaskHandle]] = field(default_factory=AsyncHook)
     #: Background loops run beside the tasks for the whole run.
     services: list[Service] = field(default_factory=list)
+    #: Posts notifications to ``alerts.webhooks`` (``None`` when none is configured).
+    webhooks: Webhooks | None = None
 
 
 def _session_id(config: VibeConfig, wall: WallClock) -> str:
@@ -168,6 +177,11 @@ def _connect(parts: Parts, provider: Provider) -> None:
         parts.gateway.provider = MeteredProvider(provider, metrics.on_failure,
                                                  metrics.on_duration)
         parts.gateway.instrument(lease=metrics.wrap_lease)
+    if parts.config.alerts.webhooks:
+        parts.webhooks = Webhooks.from_config(parts.config.alerts, session_id=parts.session_id,
+                                              state_dir=parts.config.state_dir)
+        parts.bus.subscribe(parts.webhooks.on_event)
+        parts.services.append(parts.webhooks.run)
     parts.services.extend([
         allocator.run, parts.gateway.admission.keep_leases,  # R5.4: calls keep leases
         _control_service(parts.controller, parts.config),
