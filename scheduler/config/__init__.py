@@ -39,6 +39,7 @@ from scheduler.config._runtime import PoliciesConfig as PoliciesConfig
 from scheduler.config._runtime import PoolConfig as PoolConfig
 from scheduler.config._runtime import RoutingConfig as RoutingConfig
 from scheduler.config._runtime import ShellConfig as ShellConfig
+from scheduler.config._runtime import TracingConfig as TracingConfig
 
 __all__ = [
     "BUILTIN_POLICIES",
@@ -71,6 +72,7 @@ __all__ = [
     "TaskType",
     "TaskTypeSpec",
     "Tier",
+    "TracingConfig",
     "VibeConfig",
     "WebhookConfig",
     "config_from_dict",

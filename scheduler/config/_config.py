@@ -55,6 +55,7 @@ from scheduler.config._runtime import (
     PoolConfig,
     RoutingConfig,
     ShellConfig,
+    TracingConfig,
 )
 from scheduler.core import ConfigError
 
@@ -64,7 +65,7 @@ __all__ = [
     "Limits", "MetricsConfig", "ModelSpec", "ObserveConfig", "OutageWindow", "OverdraftConfig",
     "PoliciesConfig", "PoolConfig", "PriorityClass", "ProviderConfig", "RoutingConfig",
     "ShellConfig", "SimulatedProviderConfig", "TaskSpec", "TaskType", "TaskTypeSpec", "Tier",
-    "VibeConfig",
+    "TracingConfig", "VibeConfig",
 ]
 
 #: A task id names the task's folder (``tasks/<id>/``, ``workspace/<id>/``): it must be a
@@ -115,6 +116,7 @@ class VibeConfig(FrozenModel):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     observe: ObserveConfig = Field(default_factory=ObserveConfig)
     provider: ProviderConfig = Field(default_factory=ProviderConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)

@@ -218,6 +218,16 @@ class MetricsConfig(FrozenModel):
         return self
 
 
+class TracingConfig(FrozenModel):
+    """OpenTelemetry spans of governed calls (needs the ``otel`` extra).
+
+    Also on when ``OTEL_TRACES_EXPORTER`` names an exporter; the exporter, endpoint and
+    service name come from the standard ``OTEL_*`` environment variables.
+    """
+
+    enabled: bool = False
+
+
 class ObserveConfig(FrozenModel):
     """What every orchestrator records for ``status`` and ``report``."""
 

@@ -1,4 +1,5 @@
-"""What people and tools look at: snapshots, status files, history, metrics, the live view, logging.
+"""What people and tools look at: snapshots, status files, history, metrics, traces, the live
+view, logging.
 
 Reads the parts it is handed; never drives them.  May import every layer below ``runtime``.
 """
@@ -14,6 +15,9 @@ from scheduler.observe._snapshot import ModelView as ModelView
 from scheduler.observe._snapshot import PoolView as PoolView
 from scheduler.observe._snapshot import Snapshot as Snapshot
 from scheduler.observe._snapshot import TaskView as TaskView
+from scheduler.observe._tracing import TracedProvider as TracedProvider
+from scheduler.observe._tracing import Tracing as Tracing
+from scheduler.observe._tracing import build_tracing as build_tracing
 from scheduler.observe._view import RunView as RunView
 from scheduler.observe._view import snapshot_of as snapshot_of
 
@@ -28,6 +32,9 @@ __all__ = [
     "RunView",
     "Snapshot",
     "TaskView",
+    "TracedProvider",
+    "Tracing",
+    "build_tracing",
     "configure_logging",
     "render_snapshot",
     "snapshot_of",

@@ -9,7 +9,8 @@ connection between parts is made here, through the parts' ``on_<event>`` hooks:
   on release, its locks; on pause, the task's ``usage.json`` is brought up to date;
 * wait-for graph ``on_blocking`` → the allocator's boost of tasks others wait on (R5.2);
 * deadlock detector → resolver → the task table's abort and the lease release (R5.7);
-* gateway ``on_settle`` → observers (status, metrics);
+* gateway ``on_settle`` → observers (status, metrics, trace spans);
+* gateway ``instrument`` → lease-wait metrics, and call/lease spans when tracing is on;
 * event bus → webhooks (the ``notify`` alert action and paused tasks, R3.3/R3.4);
 * allocator statistics → the long-wait reporter (``lease_wait_long``, R5.5).
 
@@ -48,7 +49,7 @@ from scheduler.core import (
 )
 from scheduler.deadlock import DeadlockDetector, DeadlockResolver, LockManager, WaitForGraph
 from scheduler.deadlock._resolver import describer
-from scheduler.observe import Observers, RunView
+from scheduler.observe import Observers, RunView, TracedProvider, build_tracing
 from scheduler.observe._metrics import MeteredProvider
 from scheduler.observe._observers import build_observers
 from scheduler.routing import Replanner, Router
@@ -177,6 +178,7 @@ def _connect(parts: Parts, provider: Provider) -> None:
         parts.gateway.provider = MeteredProvider(provider, metrics.on_failure,
                                                  metrics.on_duration)
         parts.gateway.instrument(lease=metrics.wrap_lease)
+    _connect_tracing(parts)
     if parts.config.alerts.webhooks:
         parts.webhooks = Webhooks.from_config(parts.config.alerts, session_id=parts.session_id,
                                               state_dir=parts.config.state_dir)
@@ -190,6 +192,18 @@ def _connect(parts: Parts, provider: Provider) -> None:
         long_wait_reporter(allocator, parts.bus),  # R5.5: long lease waits are logged
         *parts.observers.services(),
     ])
+
+
+def _connect_tracing(parts: Parts) -> None:
+    """OpenTelemetry spans (``tracing.enabled`` or ``OTEL_TRACES_EXPORTER``): nothing is
+    wired when off, so untraced runs do no per-call work for it."""
+    tracing = build_tracing(parts.view)
+    if tracing is None:
+        return
+    parts.gateway.instrument(attempt=tracing.wrap_attempt, lease=tracing.wrap_lease)
+    parts.gateway.provider = TracedProvider(parts.gateway.provider, tracing)
+    parts.on_release.connect(tracing.end_task)
+    parts.services.append(tracing.run)
 
 
 def build_parts(
