@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -61,6 +61,11 @@ class TaskUse:
     cost_usd: float
     token_limit: int | None
     cost_limit: float | None
+    calls: int = 0
+    #: The task's last status (its ``usage.json``), "" when unknown.
+    status: str = ""
+    #: The absolute path of ``<state_dir>/tasks/<id>/result.json``, if the task left one.
+    result: str | None = None
 
     @property
     def fraction(self) -> float:
@@ -97,6 +102,8 @@ class ReportData:
     by_task_type: tuple[Row, ...]
     by_agent: tuple[Row, ...]
     cost_by_day_model: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: Cost per local hour (``YYYY-MM-DD HH``) and model: the time axis of a one-day report.
+    cost_by_hour_model: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     tasks: tuple[TaskUse, ...] = ()
     alerts: tuple[HistoryRow, ...] = ()
     deadlocks: tuple[HistoryRow, ...] = ()
@@ -121,6 +128,11 @@ def classify_history(name: str, message: str = "") -> str | None:
         "task_deferred", "task_resumed", "task_simplified", "task_decomposed"):
         return "routing"
     return None
+
+
+def _hour(at: float) -> str:
+    """The local hour of a wall-clock timestamp (days are local days, SystemWallClock)."""
+    return datetime.fromtimestamp(at).astimezone().strftime("%Y-%m-%d %H")
 
 
 def _in_range(day: str, day_from: str | None, day_to: str | None) -> bool:
@@ -153,16 +165,24 @@ async def _history(store: Store, day_from: str | None,
 
 
 def _task_limits(state_dir: Path | None, task_id: str, task_type: str,
-                 config: VibeConfig) -> tuple[int | None, float | None]:
+                 config: VibeConfig) -> tuple[int | None, float | None, str]:
+    """The task's token and cost limits and its last status (from ``usage.json``)."""
     if state_dir is not None:
         try:
             doc = json.loads((state_dir / "tasks" / task_id / "usage.json").read_text("utf-8"))
             limits = Limits.model_validate(doc.get("budget", {}))
-            return limits.tokens, limits.cost_usd
+            return limits.tokens, limits.cost_usd, str(doc.get("status") or "")
         except (OSError, ValueError):
             pass
     row = config.task_types.get(task_type)  # type: ignore[call-overload]
-    return (row.tokens, row.cost_usd) if row is not None else (None, None)
+    return (row.tokens, row.cost_usd, "") if row is not None else (None, None, "")
+
+
+def _result_file(state_dir: Path | None, task_id: str) -> str | None:
+    if state_dir is None:
+        return None
+    path = state_dir / "tasks" / task_id / "result.json"
+    return str(path.resolve()) if path.is_file() else None
 
 
 def _task_uses(events: list[UsageEvent], state_dir: Path | None,
@@ -175,9 +195,9 @@ def _task_uses(events: list[UsageEvent], state_dir: Path | None,
     out = []
     for tid in sorted(per):
         ttype, agent = meta[tid]
-        tok_lim, cost_lim = _task_limits(state_dir, tid, ttype, config)
+        tok_lim, cost_lim, status = _task_limits(state_dir, tid, ttype, config)
         out.append(TaskUse(tid, ttype, agent, per[tid].tokens, per[tid].cost_usd, tok_lim,
-                           cost_lim))
+                           cost_lim, per[tid].calls, status, _result_file(state_dir, tid)))
     return tuple(out)
 
 
@@ -192,17 +212,21 @@ async def gather_report(
     events = await store.events(day_from=day_from, day_to=day_to)
     total = Totals()
     cost_map: dict[str, dict[str, float]] = {}
+    hour_map: dict[str, dict[str, float]] = {}
     for e in events:
         total.add(e)
         if e.model:
             models = cost_map.setdefault(e.day, {})
             models[e.model] = models.get(e.model, 0.0) + e.cost_usd
+            hour = hour_map.setdefault(_hour(e.at), {})
+            hour[e.model] = hour.get(e.model, 0.0) + e.cost_usd
     history = await _history(store, day_from, day_to)
     return ReportData(
         day_from=day_from, day_to=day_to, total=Row.of("total", total),
         by_day=_group(events, "day"), by_model=_group([e for e in events if e.model], "model"),
         by_task_type=_group(events, "task_type"), by_agent=_group(events, "agent"),
-        cost_by_day_model=cost_map, tasks=_task_uses(events, state_dir, config),
+        cost_by_day_model=cost_map, cost_by_hour_model=hour_map,
+        tasks=_task_uses(events, state_dir, config),
         alerts=tuple(history["alerts"]), deadlocks=tuple(history["deadlocks"]),
         routing=tuple(history["routing"]),
     )
