@@ -148,6 +148,8 @@ class Metrics:
                         for name, doc, labels in _GAUGES}
         self._seen_grants: dict[str, tuple[int, int]] = {}
         self._paused_at: dict[str, float] = {}
+        self._by_model: dict[str, tuple[Any, ...]] = {}
+        self._by_task: dict[str, tuple[Any, Any]] = {}
         view.on_settle.connect(self.on_settle)
         view.bus.subscribe(self.on_event)
         self._changes = watch_changes(view)
@@ -155,16 +157,36 @@ class Metrics:
     # -- feeds ------------------------------------------------------------------------
 
     def on_settle(self, task: TaskHandle, event: UsageEvent) -> None:
-        u, model = event.usage, event.model
-        for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens),
-                        ("cache_read", u.cache_read_tokens),
-                        ("cache_write", u.cache_write_tokens)):
-            self.tokens.labels(model, kind).inc(n)
-        self.cost.labels(model).inc(event.cost_usd)
-        self.calls.labels(model, "ok").inc()
+        u = event.usage
+        # the labelled children are looked up once per model and task: ``labels()`` costs
+        # more than the increments themselves
+        prompt, completion, cache_read, cache_write, cost, ok = self._model_series(event.model)
+        prompt.inc(u.prompt_tokens)
+        completion.inc(u.completion_tokens)
+        cache_read.inc(u.cache_read_tokens)
+        cache_write.inc(u.cache_write_tokens)
+        cost.inc(event.cost_usd)
+        ok.inc()
         if self.per_task:
-            self.task_tokens.labels(task.id).inc(u.total_tokens)
-            self.task_cost.labels(task.id).inc(event.cost_usd)
+            tokens, task_cost = self._task_series(task.id)
+            tokens.inc(u.total_tokens)
+            task_cost.inc(event.cost_usd)
+
+    def _model_series(self, model: str) -> tuple[Any, ...]:
+        found = self._by_model.get(model)
+        if found is None:
+            found = self._by_model[model] = (
+                *(self.tokens.labels(model, kind)
+                  for kind in ("prompt", "completion", "cache_read", "cache_write")),
+                self.cost.labels(model), self.calls.labels(model, "ok"))
+        return found
+
+    def _task_series(self, task_id: str) -> tuple[Any, Any]:
+        found = self._by_task.get(task_id)
+        if found is None:
+            found = self._by_task[task_id] = (self.task_tokens.labels(task_id),
+                                              self.task_cost.labels(task_id))
+        return found
 
     def on_failure(self, model: str, error: str) -> None:
         self.calls.labels(model, error).inc()

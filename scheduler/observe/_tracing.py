@@ -33,6 +33,7 @@ from scheduler.observe._view import RunView
 from scheduler.tasks import TaskHandle
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span, Tracer
 
@@ -102,8 +103,8 @@ class TracedProvider:
 
     async def complete(self, request: CompletionRequest) -> Completion:
         with self._tracing.tracer.start_as_current_span(
-                f"provider.call {request.model_id}") as span:
-            span.set_attribute("gen_ai.request.model", request.model_id)
+                f"provider.call {request.model_id}",
+                attributes={"gen_ai.request.model": request.model_id}) as span:
             completion = await self.inner.complete(request)
             span.set_attribute("vibe.provider.attempts", completion.attempts)
             return completion
@@ -126,50 +127,51 @@ class Tracing:
         self.owned = owned
         self.tracer: Tracer = provider.get_tracer("vibe-engine")
         self._client = SpanKind.CLIENT
-        self._tasks: dict[str, Span] = {}
+        self._tasks: dict[str, tuple[Span, Context]] = {}
         self._system = PROVIDER_NAMES.get(view.config.provider.kind, view.config.provider.kind)
         view.on_settle.connect(self.on_settle)
 
     # -- task spans ---------------------------------------------------------------------
 
-    def _task_span(self, task: TaskHandle) -> Span:
-        span = self._tasks.get(task.id)
-        if span is None:
-            span = self._tasks[task.id] = self.tracer.start_span(
-                f"vibe.task {task.id}", attributes={
-                    "vibe.task.id": task.id, "vibe.agent": task.spec.agent,
-                    "vibe.task.attempt": task.attempt, "vibe.task.priority": str(task.priority),
-                })
-        return span
+    def _task_context(self, task: TaskHandle) -> Context:
+        """The context whose current span is the task attempt's (made at its first call)."""
+        found = self._tasks.get(task.id)
+        if found is None:
+            from opentelemetry import trace
+
+            span = self.tracer.start_span(f"vibe.task {task.id}", attributes={
+                "vibe.task.id": task.id, "vibe.agent": task.spec.agent,
+                "vibe.task.attempt": task.attempt, "vibe.task.priority": str(task.priority)})
+            found = self._tasks[task.id] = (span, trace.set_span_in_context(span))
+        return found[1]
 
     async def end_task(self, task: TaskHandle) -> None:
         """``on_release``: the attempt ended; its span closes with the task's status."""
-        span = self._tasks.pop(task.id, None)
-        if span is not None:
-            span.set_attribute("vibe.task.status", str(task.status))
-            span.end()
+        found = self._tasks.pop(task.id, None)
+        if found is not None:
+            found[0].set_attribute("vibe.task.status", str(task.status))
+            found[0].end()
 
     # -- call spans ---------------------------------------------------------------------
 
     def wrap_attempt(self, attempt: AsyncFn) -> AsyncFn:
         """One governed call attempt → a ``chat {model}`` span under the task's span."""
-        from opentelemetry import trace
         from opentelemetry.trace import Status, StatusCode
 
         async def traced(task: TaskHandle, route: Any, *args: Any) -> Any:
             model_id = self.view.config.model_spec(route.model).model_id
-            parent = trace.set_span_in_context(self._task_span(task))
+            attributes: dict[str, Any] = {
+                "gen_ai.operation.name": "chat", "gen_ai.system": self._system,
+                "gen_ai.provider.name": self._system, "gen_ai.request.model": model_id,
+                "vibe.task.id": task.id, "vibe.model.tier": route.model,
+                "vibe.routing.reason": route.reason}
+            max_tokens = getattr(args[-1], "max_tokens", None) if args else None
+            if isinstance(max_tokens, int):
+                attributes["gen_ai.request.max_tokens"] = max_tokens
             with self.tracer.start_as_current_span(
-                    f"chat {model_id}", context=parent, kind=self._client,
-                    record_exception=False, set_status_on_exception=False) as span:
-                span.set_attributes({
-                    "gen_ai.operation.name": "chat", "gen_ai.system": self._system,
-                    "gen_ai.provider.name": self._system, "gen_ai.request.model": model_id,
-                    "vibe.task.id": task.id, "vibe.model.tier": route.model,
-                    "vibe.routing.reason": route.reason})
-                max_tokens = getattr(args[-1], "max_tokens", None) if args else None
-                if isinstance(max_tokens, int):
-                    span.set_attribute("gen_ai.request.max_tokens", max_tokens)
+                    f"chat {model_id}", context=self._task_context(task), kind=self._client,
+                    attributes=attributes, record_exception=False,
+                    set_status_on_exception=False) as span:
                 try:
                     completion = await attempt(task, route, *args)
                 except BaseException as exc:
@@ -205,8 +207,8 @@ class Tracing:
         async def traced(task: TaskHandle, tokens: int, reservation: Any) -> Any:
             call_span = trace.get_current_span()
             started = anyio.current_time()
-            with self.tracer.start_as_current_span("vibe.lease_wait") as span:
-                span.set_attribute("vibe.lease.tokens", tokens)
+            with self.tracer.start_as_current_span(
+                    "vibe.lease_wait", attributes={"vibe.lease.tokens": tokens}) as span:
                 try:
                     return await lease(task, tokens, reservation)
                 finally:
@@ -230,7 +232,7 @@ class Tracing:
         try:
             await anyio.sleep_forever()
         finally:
-            for span in self._tasks.values():
+            for span, _ in self._tasks.values():
                 span.end()
             self._tasks.clear()
             with anyio.CancelScope(shield=True):
