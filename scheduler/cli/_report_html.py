@@ -2,7 +2,8 @@
 
 No script, no external stylesheet, font or image: the file opens offline in
 any browser (the test suite opens it in headless Chromium, at desktop and phone
-width: charts scale down with their ``viewBox``, wide tables scroll sideways).
+width: charts scale down with their ``viewBox`` to 480 px, below which they and wide
+tables scroll sideways in their box, so their text stays legible).
 Every figure a test may check carries a ``data-*`` attribute with its exact
 value next to the formatted text (``data-total-cost``, ``data-total-tokens``,
 ``data-model``…).  The cost chart has one bar per day, or one per hour (00–23)
@@ -35,6 +36,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .card{border:1px solid #ddd;border-radius:6px;padding:10px 16px}
 .card b{display:block;font-size:20px} svg text{font-size:11px;fill:#333}
 svg{max-width:100%;height:auto} .scroll{overflow-x:auto;max-width:100%}
+.chart svg{min-width:480px}
 td.warning{background:#fff8e1} td.critical{background:#ffebee}
 @media (max-width:600px){body{margin:10px} h1{font-size:18px}
  table{font-size:12px} th,td{padding:3px 5px}}
@@ -108,7 +110,7 @@ def hourly_cost_chart_svg(cost: Mapping[str, Mapping[str, float]], day: str,
                          every=3)
 
 
-def budget_chart_svg(tasks: Iterable[TaskUse], width: int = 720) -> str:
+def budget_chart_svg(tasks: Iterable[TaskUse], width: int = 600) -> str:
     """Horizontal bars: budget use per task (green < 70 % < yellow < 90 % < red), with the
     70 % and 90 % marks drawn and labelled above the bars."""
     rows = list(tasks)
@@ -217,8 +219,9 @@ def report_html(data: ReportData) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>vibe-engine report {escape(span)}</title><style>{_CSS}</style></head><body>",
         f"<h1>vibe-engine report — {escape(span)}</h1>", cards,
-        f"<h2>{escape(chart_title)}</h2>", chart,
-        "<h2>Budget use by task</h2>", budget_chart_svg(data.tasks),
+        f'<h2>{escape(chart_title)}</h2><div class="scroll chart">{chart}</div>',
+        '<h2>Budget use by task</h2><div class="scroll chart">',
+        budget_chart_svg(data.tasks), "</div>",
         _task_table(data.tasks),
         _usage_table("Per day", data.by_day, "day"),
         _usage_table("Per model", data.by_model, "model"),
