@@ -95,6 +95,8 @@ async def test_issue23_documented_metrics_equal_what_the_endpoint_serves(tmp_pat
     assert sum(per_task.values()) == session.tokens
     assert sum(_value(text, "vibe_task_cost_usd_total", task=t)
                for t in per_task) == pytest.approx(session.cost_usd, abs=1e-9)
+    fractions = {t: _value(text, "vibe_task_budget_fraction", task=t) for t in per_task}
+    assert all(0 <= f for f in fractions.values()) and max(fractions.values()) > 0
     # the staged demo's paused task was decided (its decision timeout): one pause observed
     assert _value(text, "vibe_paused_seconds_count") >= 1
 
@@ -108,6 +110,7 @@ def test_issue23_task_labels_can_be_turned_off(tmp_path: Path) -> None:
     text = (tmp_path / "m.prom").read_text()
     assert "# TYPE vibe_task_tokens_total counter" in text
     assert 'vibe_task_tokens_total{task=' not in text
+    assert 'vibe_task_budget_fraction{task=' not in text
     assert _value(text, "vibe_tokens_total") > 0
 
 

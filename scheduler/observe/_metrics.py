@@ -16,7 +16,8 @@ compares that table with what the endpoint serves).  Where the figures come from
 * the event bus: ``vibe_events_total``, ``vibe_deadlocks_resolved_total`` and
   ``vibe_paused_seconds`` (``task_paused`` → ``decision_applied``);
 * the snapshot (refreshed after a change, at most every ``refresh_s``): the gauges
-  and the allocator's lease grant and expiry totals (``vibe_lease_*_total``).
+  (``vibe_task_budget_fraction{task}`` among them) and the allocator's lease grant and
+  expiry totals (``vibe_lease_*_total``).
 
 Counters change in the event loop's thread; the HTTP server thread only reads
 prometheus' own locked values.
@@ -106,6 +107,8 @@ _GAUGES = (
     ("vibe_model_health", "1 available, 0.5 recovering, 0 unavailable.", ["model"]),
     ("vibe_model_error_rate", "Recent error rate.", ["model"]),
     ("vibe_budget_fraction", "Budget used / limit.", ["scope", "dimension"]),
+    ("vibe_task_budget_fraction", "A task's budget used / limit (its worst dimension).",
+     ["task"]),
 )
 
 
@@ -245,6 +248,9 @@ class Metrics:
             g["vibe_model_error_rate"].labels(m.model).set(m.error_rate)
         for b in snap.budgets:
             g["vibe_budget_fraction"].labels(b.scope.split(":")[0], b.dimension).set(b.fraction)
+        if self.per_task:
+            for t in snap.tasks:
+                g["vibe_task_budget_fraction"].labels(t.task_id).set(t.budget_fraction)
 
     def _count_grants(self, pool: str, grants: int, expired: int) -> None:
         """The allocator keeps running totals; the counters advance by what is new."""
