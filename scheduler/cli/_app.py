@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import anyio
 import structlog
 import typer
+from rich import box as rich_box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -84,21 +85,31 @@ def _run(config: VibeConfig, live: bool = True) -> RunReport:
 
 
 def render_report(report: RunReport, console: Console) -> None:
-    """Per-task and per-model usage tables."""
-    tasks = Table(title=f"Tasks — session {report.session_id}")
+    """Per-task and per-model usage tables.
+
+    Below 120 columns the task table leaves out type and complexity (and the reason of
+    a status) and draws lighter borders, so every figure keeps its digits (#23)."""
+    narrow = console.width < 120
+    box_ = rich_box.SIMPLE_HEAD if narrow else rich_box.HEAVY_HEAD
+    tasks = Table(title=f"Tasks — session {report.session_id}", box=box_)
+    wide_only = ("type", "complexity")
     for col in ("task", "agent", "type", "complexity", "model", "status", "tokens", "cost $",
                 "calls", "edits", "shell"):
-        tasks.add_column(col, justify="right" if col in ("tokens", "cost $", "calls") else "left")
+        if not (narrow and col in wide_only):
+            numeric = col in ("tokens", "cost $", "calls", "edits", "shell")
+            tasks.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
     for o in sorted(report.outcomes.values(), key=lambda o: o.task_id):
         u = o.usage
-        status = o.status if not o.reason else f"{o.status}: {o.reason[:40]}"
-        tasks.add_row(o.task_id, o.agent, o.task_type, o.complexity, o.model or "-", status,
+        status = o.status if not o.reason or narrow else f"{o.status}: {o.reason[:40]}"
+        kind = () if narrow else (o.task_type, o.complexity)
+        tasks.add_row(o.task_id, o.agent, *kind, o.model or "-", status,
                       f"{u.tokens:,}", f"{u.cost_usd:.4f}", str(u.calls), str(u.file_edits),
                       str(u.shell_commands))
     console.print(tasks)
-    models = Table(title="Models")
+    models = Table(title="Models", box=box_)
     for col in ("model", "calls", "prompt", "completion", "cache read", "cache write", "cost $"):
-        models.add_column(col, justify="left" if col == "model" else "right")
+        models.add_column(col, justify="left" if col == "model" else "right",
+                          no_wrap=col != "model")
     for name, t in sorted(report.by_model.items()):
         models.add_row(name, str(t.calls), f"{t.prompt_tokens:,}", f"{t.completion_tokens:,}",
                        f"{t.cache_read_tokens:,}", f"{t.cache_write_tokens:,}",

@@ -215,7 +215,7 @@ def _budgets(snap: Snapshot, width: int, max_lines: int | None) -> list[Text]:
     per_line, bar_w = 1, max(4, min(20, width - base))
     for n in (4, 3, 2):
         w = (width - _GAP * (n - 1)) // n - base
-        if w >= 6 and len(bars) > (n - 1) * 1:
+        if w >= 4 and len(bars) > n - 1:
             per_line, bar_w = n, min(w, 20)
             break
     lines_needed = -(-len(bars) // per_line)
@@ -245,12 +245,10 @@ def _pool_lines(snap: Snapshot) -> list[Text]:
         calls = f"{p.calls_in_use}" + (f"/{p.concurrent}" if p.concurrent else "")
         out.append(_line((clip(p.name, 12), "bold"),
                          (f" {calls} calls, {count(p.waiting)} waiting", "")))
-        out.append(_line((f"  {count(p.leases)} leases, {count(p.grants)} grants, "
-                          f"{count(p.expired)} expired", "")))
-        if p.tokens_available is not None:
-            free = count(p.tokens_available) + (
-                f"/{count(p.tokens_per_minute)}" if p.tokens_per_minute else "")
-            out.append(_line((f"  tokens free {free}", "")))
+        out.append(_line((f"  {count(p.leases)} leases ({count(p.expired)} expired)", "")))
+        free = "" if p.tokens_available is None else ", " + count(p.tokens_available) + (
+            f"/{count(p.tokens_per_minute)}" if p.tokens_per_minute else "") + " free"
+        out.append(_line((f"  {count(p.grants)} grants{free}", "")))
     return out
 
 
@@ -276,8 +274,8 @@ def _model_lines(snap: Snapshot) -> list[Text]:
 def _side_by_side(left: list[Text], right: list[Text], width: int,
                   max_lines: int | None) -> list[Text]:
     """Pools beside model health when both fit; else one above the other."""
-    lw = max(cell_len(t.plain) for t in left)
-    rw = max(cell_len(t.plain) for t in right)
+    lw = max([len("Leases and pools"), *(cell_len(t.plain) for t in left)])
+    rw = max([len("Model health"), *(cell_len(t.plain) for t in right)])
     n = max(len(left), len(right)) if max_lines is None else min(
         max(len(left), len(right)), max_lines)
     if lw + _GAP + rw <= width:
