@@ -17,8 +17,8 @@ from structlog.testing import capture_logs
 
 from scheduler.core import FixedWallClock
 from scheduler.observe import LiveView, Snapshot, render_snapshot, snapshot_of
-from scheduler.observe._screen import _budgets
 from scheduler.observe._observers import status_path
+from scheduler.observe._screen import _budgets
 from scheduler.observe._snapshot import alert_level
 from scheduler.observe._status import read_status, snapshot_from_store
 from scheduler.store import SqliteStore

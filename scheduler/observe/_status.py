@@ -107,31 +107,33 @@ def _task_limits(state_dir: Path, task_id: str) -> Limits | None:
 
 async def _budgets(store: Store, session: str, today: date, config: VibeConfig,
                    last: Snapshot | None) -> tuple[list[BudgetBar], Totals]:
-    """Session and day bars: limits of the last run's ``status.json`` when it was that
-    session, else the default config's; use always from the store."""
+    """Session and day bars, use always from the store.  Limits: the last run's
+    ``status.json`` when it was that session (the day's only if it was today), else the
+    default config's."""
     day_name = f"day:{today.isoformat()}"
     day_totals = await store.totals(day_name)
     sess_totals = await store.totals(f"session:{session}") if session else day_totals
-    if last is not None and last.session_id == session and last.budgets:
-        scopes = {f"session:{session}": sess_totals, day_name: day_totals}
-        bars = [_rebar(b, scopes[b.scope], config) for b in last.budgets if b.scope in scopes]
-        if bars:
-            return bars, sess_totals
-    bars = _bars(ScopeState(day_name, day_limits(config, today), totals=day_totals), config)
-    if session:
-        bars = [*_bars(ScopeState(f"session:{session}", config.budgets.session,
-                                  totals=sess_totals), config), *bars]
-    return bars, sess_totals
+    scopes = {f"session:{session}": sess_totals, day_name: day_totals}
+    kept: list[BudgetBar] = []
+    if last is not None and last.session_id == session:
+        kept = [_rebar(b, scopes[b.scope], config) for b in last.budgets if b.scope in scopes]
+    bars = [b for b in kept if b.scope != day_name]
+    if session and not bars:
+        bars = _bars(ScopeState(f"session:{session}", config.budgets.session,
+                                totals=sess_totals), config)
+    day = [b for b in kept if b.scope == day_name] or _bars(
+        ScopeState(day_name, day_limits(config, today), totals=day_totals), config)
+    return [*bars, *day], sess_totals
 
 
 def _pause_fields(task_id: str, pause: dict[str, Any], rec: dict[str, Any],
                   state_dir: Path) -> dict[str, str]:
-    """Why a stored pause waits (the task record's reason, else the pause's) and the
+    """Why a stored pause waits (the pause's reason, else the task record's) and the
     command that answers it."""
     answer = answer_command(task_id, str(pause.get("dimension", "")),
                             float(pause.get("used", 0.0)), float(pause.get("limit", 0.0)),
                             state_dir)
-    return {"reason": str(rec.get("reason") or pause.get("reason", "")), "answer": answer}
+    return {"reason": str(pause.get("reason") or rec.get("reason", "")), "answer": answer}
 
 
 async def _session_tasks(store: Store, session: str, state_dir: Path) -> list[dict[str, Any]]:
