@@ -89,6 +89,9 @@ def summary_fields(snap: Snapshot) -> dict[str, Any]:
     waiting = [t for t in snap.tasks if t.status == "waiting"]
     if waiting:
         fields["waiting"] = {t.task_id: t.queue_position for t in waiting}
+    paused = [t for t in snap.tasks if t.status == "paused"]
+    if paused:
+        fields["paused"] = {t.task_id: t.answer for t in paused}
     hot = [b for b in snap.budgets if b.level != "ok"]
     if hot:
         fields["budgets"] = {f"{b.scope}/{b.dimension}": b.level for b in hot}
@@ -138,7 +141,12 @@ class LiveView:
     async def _run_live(self) -> None:
         with contextlib.ExitStack() as stack:
             if self.log_file is not None:
-                stack.enter_context(logs_to_file(self.log_file))
+                try:
+                    stack.enter_context(logs_to_file(self.log_file))
+                except OSError as exc:  # an unwritable state dir must not stop the run
+                    _log.warning("live_log_unavailable", path=str(self.log_file),
+                                 error=str(exc))
+                    self.log_file = None
             live = stack.enter_context(Live(
                 self.render(), console=self.console, auto_refresh=False, transient=False,
                 redirect_stderr=self.log_file is None, redirect_stdout=False))
