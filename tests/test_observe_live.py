@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from scheduler.core import FixedWallClock
 from scheduler.observe import LiveView, Snapshot, render_snapshot, snapshot_of
 from scheduler.observe._observers import status_path
+from scheduler.observe._schema import StatusDoc
 from scheduler.observe._screen import _budgets
 from scheduler.observe._snapshot import alert_level
 from scheduler.observe._status import read_status, snapshot_from_store
@@ -316,6 +317,10 @@ async def test_status_command_reads_the_running_orchestrator(tmp_path: Path) -> 
     assert data["source"] == "orchestrator" and data["running"] is True
     assert data["session_id"] == orch.session_id
     assert {t["task_id"] for t in data["tasks"]} == {"t01", "t02", "probe"}
+    # #23: the one status schema, with the session and day bars of the running session
+    assert set(data) == StatusDoc.__required_keys__
+    assert {b["scope"] for b in data["budgets"]} >= {f"session:{orch.session_id}",
+                                                     f"day:{orch.wall.now().date()}"}
 
 
 @pytest.mark.slow
