@@ -262,3 +262,13 @@ async def test_r7_2_an_unwritable_log_file_leaves_the_run_and_view_going(tmp_pat
     assert {o.status for o in report.outcomes.values()} == {"completed"}
     assert [e["event"] for e in logs].count("live_log_unavailable") == 1
     assert view.log_file is None and "Recent events" in buf.getvalue()
+
+
+def test_r3_4_live_status_lines_name_the_answer_of_a_paused_task() -> None:
+    """R3.4, #23: without a terminal, the live_status log line carries each paused task's
+    answer command."""
+    from scheduler.observe._live import summary_fields
+
+    fields = summary_fields(_big_snapshot())
+    assert fields["paused"] == {"t26": "vibe-engine decide t26 add --tokens 5000 | finish | "
+                                       "review"}
