@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from rich.console import Console
+from rich.console import Console, Group
 from rich.segment import Segment
 from structlog.testing import capture_logs
 
 from scheduler.core import FixedWallClock
 from scheduler.observe import LiveView, Snapshot, render_snapshot, snapshot_of
-from scheduler.observe._live import budgets_table
 from scheduler.observe._observers import status_path
+from scheduler.observe._schema import StatusDoc
+from scheduler.observe._screen import _budgets
 from scheduler.observe._snapshot import alert_level
 from scheduler.observe._status import read_status, snapshot_from_store
 from scheduler.store import SqliteStore
@@ -26,7 +27,7 @@ from scheduler.tasks import TaskStatus
 from scheduler.testing import FRIDAY, run_real, run_virtual
 from tests._observe_helpers import crafted_snapshot, demo_orchestrator, strip_ansi, terminal_console
 
-ROW = r"│\s*{task}\s*│[^│]*│[^│]*│\s*{state}"
+ROW = r"(?m)^{task} +\w+ +\w+ +{state}"
 
 
 def _states_on_screen(text: str) -> set[str]:
@@ -60,12 +61,12 @@ async def test_live_view_shows_running_waiting_completed_during_a_real_demo(tmp_
     states = _states_on_screen(screen)
     assert {"running", "waiting", "completed"} <= states, states
     assert re.search(r"waiting #\d+, ~\d+\.\ds", screen)
-    assert re.search(r"│\s*anthropic\s*│[^│]*│[^│]*│\s*[0-2] / 2", screen)  # calls in use
-    assert re.search(r"│\s*(haiku|sonnet|opus)\s*│\s*available", screen)  # model health
-    assert "Budgets" in screen and "session:" in screen and "Recent events" in screen
+    assert re.search(r"anthropic [0-2]/2 calls", screen)  # calls in use
+    assert re.search(r"(haiku|sonnet|opus) +available", screen)  # model health
+    assert "Budgets" in screen and "session tokens" in screen and "Recent events" in screen
     assert "task_completed" not in screen  # routine events stay out of the panel
     # the last frame shows every task completed
-    last = screen[screen.rfind("vibe-engine — session"):]
+    last = screen[screen.rfind("vibe-engine · session"):]
     assert "completed 8" in last
 
 
@@ -88,7 +89,7 @@ async def test_live_view_shows_every_state_during_the_staged_demo(tmp_path: Path
     deferred = {e.task_id for e in orch.bus.history if e.name == "task_deferred"}
     assert deferred and any(re.search(ROW.format(task=t, state="deferred"), screen)
                             for t in deferred)
-    assert re.search(r"│\s*opus\s*│\s*unavailable", screen)  # the outage in model health
+    assert re.search(r"opus +unavailable", screen)  # the outage in model health
     assert report.outcomes["t26"].status == "finished"
     assert report.outcomes["t25"].status == "completed"
     names = [e.name for e in orch.bus.history]
@@ -109,20 +110,20 @@ def test_live_view_shows_waiting_paused_deferred_from_snapshot_data() -> None:
     assert "task:p1 tokens exceeded" in screen and "opus unavailable" in screen
     assert "unavailable" in screen and "recovering" in screen
     assert "agent w2 yielded due to deadlock" in screen
-    assert "3 / 50" in screen  # calls in use of the pool
+    assert "3/50 calls" in screen  # calls in use of the pool
 
 
 def test_agents_table_caps_rows_active_first() -> None:
     """A large run shows the active tasks first and a count of the rest."""
     from scheduler.observe import TaskView
-    from scheduler.observe._live import agents_table
+    from scheduler.observe._screen import _agents
 
     tasks = tuple(TaskView(f"c{i:03d}", "qa", "completed") for i in range(100))
     snap = Snapshot("s", 0.0, tasks=(*tasks, TaskView("w1", "qa", "waiting", queue_position=1)))
     console, buf = terminal_console()
-    console.print(agents_table(snap, max_rows=5))
+    console.print(Group(*_agents(snap, 80, room=5)))
     screen = strip_ansi(buf.getvalue())
-    assert "w1" in screen and "96 more" in screen and "c004" not in screen
+    assert "w1" in screen and "97 more: 97 completed" in screen and "c004" not in screen
 
 
 def _style_of(console: Console, renderable: object, needle: str) -> str:
@@ -135,7 +136,7 @@ def _style_of(console: Console, renderable: object, needle: str) -> str:
 def test_r3_1_budget_bar_colours_green_yellow_red() -> None:
     """R3.1: green below 70 %, yellow from 70 %, red from 90 %."""
     console = Console(width=160, force_terminal=True, color_system="standard")
-    table = budgets_table(crafted_snapshot())
+    table = Group(*_budgets(crafted_snapshot(), 160, None))
     assert _style_of(console, table, "50%") == "green"
     assert _style_of(console, table, "80%") == "yellow"
     assert _style_of(console, table, "95%") == "red"
@@ -316,6 +317,10 @@ async def test_status_command_reads_the_running_orchestrator(tmp_path: Path) -> 
     assert data["source"] == "orchestrator" and data["running"] is True
     assert data["session_id"] == orch.session_id
     assert {t["task_id"] for t in data["tasks"]} == {"t01", "t02", "probe"}
+    # #23: the one status schema, with the session and day bars of the running session
+    assert set(data) == StatusDoc.__required_keys__
+    assert {b["scope"] for b in data["budgets"]} >= {f"session:{orch.session_id}",
+                                                     f"day:{orch.wall.now().date()}"}
 
 
 @pytest.mark.slow

@@ -8,12 +8,14 @@ import dataclasses
 import json
 import sys
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 import structlog
 import typer
+from rich import box as rich_box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -27,19 +29,16 @@ from scheduler.cli._checks import (
     html_target,
     number,
     run_cli,
-    status_store,
 )
 from scheduler.cli._decide import decide as decide_paused
-from scheduler.cli._decide import stored_status_rows
 from scheduler.cli._demo import demo_config
 from scheduler.cli._report import gather_report, render_report_tables
 from scheduler.cli._report_html import write_html_report
 from scheduler.cli._sessions import check_new_session, exit_code, resumable_config
+from scheduler.cli._status import gather_status, print_status
 from scheduler.config import VibeConfig, load_config
-from scheduler.control._alerts import StatusRow
 from scheduler.core import VibeEngineError
-from scheduler.observe import LiveView, configure_logging, render_snapshot
-from scheduler.observe._status import read_status
+from scheduler.observe import LiveView, configure_logging
 from scheduler.runtime import Orchestrator, RunReport
 from scheduler.store import open_store
 
@@ -86,21 +85,31 @@ def _run(config: VibeConfig, live: bool = True) -> RunReport:
 
 
 def render_report(report: RunReport, console: Console) -> None:
-    """Per-task and per-model usage tables."""
-    tasks = Table(title=f"Tasks — session {report.session_id}")
+    """Per-task and per-model usage tables.
+
+    Below 120 columns the task table leaves out type and complexity (and the reason of
+    a status) and draws lighter borders, so every figure keeps its digits (#23)."""
+    narrow = console.width < 120
+    box_ = rich_box.SIMPLE_HEAD if narrow else rich_box.HEAVY_HEAD
+    tasks = Table(title=f"Tasks — session {report.session_id}", box=box_)
+    wide_only = ("type", "complexity")
     for col in ("task", "agent", "type", "complexity", "model", "status", "tokens", "cost $",
                 "calls", "edits", "shell"):
-        tasks.add_column(col, justify="right" if col in ("tokens", "cost $", "calls") else "left")
+        if not (narrow and col in wide_only):
+            numeric = col in ("tokens", "cost $", "calls", "edits", "shell")
+            tasks.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
     for o in sorted(report.outcomes.values(), key=lambda o: o.task_id):
         u = o.usage
-        status = o.status if not o.reason else f"{o.status}: {o.reason[:40]}"
-        tasks.add_row(o.task_id, o.agent, o.task_type, o.complexity, o.model or "-", status,
+        status = o.status if not o.reason or narrow else f"{o.status}: {o.reason[:40]}"
+        kind = () if narrow else (o.task_type, o.complexity)
+        tasks.add_row(o.task_id, o.agent, *kind, o.model or "-", status,
                       f"{u.tokens:,}", f"{u.cost_usd:.4f}", str(u.calls), str(u.file_edits),
                       str(u.shell_commands))
     console.print(tasks)
-    models = Table(title="Models")
+    models = Table(title="Models", box=box_)
     for col in ("model", "calls", "prompt", "completion", "cache read", "cache write", "cost $"):
-        models.add_column(col, justify="left" if col == "model" else "right")
+        models.add_column(col, justify="left" if col == "model" else "right",
+                          no_wrap=col != "model")
     for name, t in sorted(report.by_model.items()):
         models.add_row(name, str(t.calls), f"{t.prompt_tokens:,}", f"{t.completion_tokens:,}",
                        f"{t.cache_read_tokens:,}", f"{t.cache_write_tokens:,}",
@@ -195,61 +204,16 @@ def status(
 ) -> None:
     """Show the running orchestrator's state, or what the store recorded when none runs:
     every task of the last session with its state (paused, interrupted and pending ones
-    too) and what each completed agent returned."""
-
-    async def main() -> dict[str, Any]:
-        st = open_store(status_store(state_dir, store), state_dir)
-        await st.open()
-        try:
-            data: dict[str, Any] = (
-                await read_status(st, state_dir, today=date.today())
-            ).to_dict()
-            rows = await stored_status_rows(st, state_dir)
-            data["budgets"] = [r.to_dict() for r in rows]
-            return data
-        finally:
-            await st.aclose()
-
+    too), the session and day budget bars, each task's own budget rows and what each
+    completed agent returned."""
     try:
-        data = anyio.run(main)
+        data = anyio.run(partial(gather_status, state_dir, store, today=date.today()))
     except VibeEngineError as exc:
         raise _fail(exc) from None
     if as_json:
         _out.print_json(json.dumps(data))
         return
-    from scheduler.observe import Snapshot
-
-    budgets = data.pop("budgets", [])
-    snap = Snapshot.from_dict(data)
-    _out.print(render_snapshot(snap))
-    if budgets:
-        _out.print(budget_table([StatusRow(**r) for r in budgets]))
-    results = Table(title="Results")
-    for col in ("task", "result"):
-        results.add_column(col)
-    for t in snap.tasks:
-        if t.result is not None:
-            text = json.dumps(t.result)
-            results.add_row(t.task_id, Text(text if len(text) <= 100 else f"{text[:99]}…"))
-    if results.row_count:
-        _out.print(results)
-
-
-_LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "exceeded": "bold red"}
-
-
-def budget_table(rows: list[StatusRow]) -> Table:
-    """R3: each task's budget use per dimension with its alert level."""
-    table = Table(title="Budgets")
-    for col in ("task", "dimension", "used", "limit", "%", "level"):
-        table.add_column(col, justify="right" if col in ("used", "limit", "%") else "left")
-    for r in rows:
-        money = r.dimension == "cost_usd"
-        level = f"[{_LEVEL_STYLE[r.level]}]{r.level}[/]" + (" (paused)" if r.paused else "")
-        table.add_row(r.task_id, r.dimension, f"{r.used:.4f}" if money else f"{r.used:,.0f}",
-                      f"{r.limit:.4f}" if money else f"{r.limit:,.0f}",
-                      f"{r.fraction:.0%}", level)
-    return table
+    print_status(data, _out)
 
 
 @app.command()

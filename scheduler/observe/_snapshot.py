@@ -8,18 +8,28 @@ shows exactly what the live view shows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from scheduler.config import AlertsConfig
+from scheduler.observe._schema import (
+    BudgetDoc,
+    EventDoc,
+    ModelDoc,
+    PoolDoc,
+    SnapshotDoc,
+    TaskDoc,
+)
 
 if TYPE_CHECKING:
     from scheduler.budget import ScopeState
 
 __all__ = [
     "STATES", "BudgetBar", "EventView", "ModelView", "PoolView", "Snapshot", "TaskView",
-    "alert_level", "budget_bars", "event_views",
+    "alert_level", "answer_command", "budget_bars", "event_views",
 ]
 
 #: Task states the views know, in display order.
@@ -51,6 +61,8 @@ class TaskView:
     pool: str | None = None
     #: What the agent returned (JSON), once the task completed; read from the store.
     result: Any = None
+    #: For a paused task: the command that answers it (R3.4), see :func:`answer_command`.
+    answer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,18 +140,22 @@ class Snapshot:
             out[t.status] = out.get(t.status, 0) + 1
         return out
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> SnapshotDoc:
         """Plain JSON-ready data (faster than :func:`dataclasses.asdict` for big runs)."""
         return {
             "session_id": self.session_id, "at": self.at, "running": self.running,
             "pid": self.pid, "written_at": self.written_at, "source": self.source,
-            "tasks": _rows(self.tasks), "budgets": _rows(self.budgets),
-            "pools": _rows(self.pools), "models": _rows(self.models),
-            "events": _rows(self.events), "totals": dict(self.totals), "counts": self.counts(),
+            "tasks": cast("list[TaskDoc]", _rows(self.tasks, TaskView)),
+            "budgets": cast("list[BudgetDoc]", _rows(self.budgets, BudgetBar)),
+            "pools": cast("list[PoolDoc]", _rows(self.pools, PoolView)),
+            "models": cast("list[ModelDoc]", _rows(self.models, ModelView)),
+            "events": cast("list[EventDoc]", _rows(self.events, EventView)),
+            "totals": dict(self.totals), "counts": self.counts(),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Snapshot:
+        """The snapshot of :meth:`to_dict`'s data (also of a :class:`StatusDoc`)."""
         return cls(
             session_id=str(d.get("session_id", "")),
             at=float(d.get("at", 0.0)),
@@ -156,11 +172,41 @@ class Snapshot:
         )
 
 
-def _rows(items: tuple[Any, ...]) -> list[dict[str, Any]]:
-    if not items:
-        return []
-    names = [f.name for f in fields(items[0])]
+def _rows(items: tuple[Any, ...], kind: type) -> list[dict[str, Any]]:
+    names = [f.name for f in fields(kind)]
     return [{n: getattr(item, n) for n in names} for item in items]
+
+
+#: ``vibe-engine decide`` options that add to a dimension; other token dimensions add tokens.
+_ADD_OPTION = {"cost_usd": "--cost", "cost_warning_usd": "--cost", "time_s": "--time-s",
+               "call_time_s": "--time-s", "file_edits": "--file-edits",
+               "shell_commands": "--shell-commands", "dangerous_commands": "--shell-commands"}
+_DEFAULT_STATE_DIR = Path(".vibe-engine")
+
+
+def _round_up(x: float) -> float:
+    """``x`` rounded up to one significant digit and a half (5,000; 20,000; 0.5; 150)."""
+    if x <= 0:
+        return 1.0
+    step = 10 ** math.floor(math.log10(x))
+    for m in (1, 1.5, 2, 3, 5, 10):
+        if m * step >= x:
+            return float(m * step)
+    return float(10 * step)  # pragma: no cover - the loop always returns
+
+
+def answer_command(task_id: str, dimension: str = "tokens", used: float = 0.0,
+                   limit: float = 0.0, state_dir: Path | str = _DEFAULT_STATE_DIR) -> str:
+    """The ``vibe-engine decide`` line that answers a pause (R3.4), ready to copy.
+
+    The amount offered doubles the limit (at least what is over it), so the task
+    can go on after its reservation; ``--state-dir`` is named unless it is the default.
+    """
+    option = _ADD_OPTION.get(dimension, "--tokens")
+    need = _round_up(max(limit, used - limit))
+    figure = f"{need:g}" if option == "--cost" else f"{math.ceil(need)}"
+    where = "" if Path(state_dir) == _DEFAULT_STATE_DIR else f" --state-dir {state_dir}"
+    return f"vibe-engine decide{where} {task_id} add {option} {figure} | finish | review"
 
 
 def alert_level(fraction: float, alerts: AlertsConfig) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -23,11 +24,19 @@ from scheduler.budget import ScopeState, day_limits
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import Totals
 from scheduler.observe._observers import status_path
-from scheduler.observe._snapshot import BudgetBar, Snapshot, TaskView, alert_level, event_views
+from scheduler.observe._schema import StatusDoc, TaskBudgetDoc
+from scheduler.observe._snapshot import (
+    BudgetBar,
+    Snapshot,
+    TaskView,
+    alert_level,
+    answer_command,
+    event_views,
+)
 from scheduler.store import Store, latest_session, session_task_totals, task_key, task_of_key
 from scheduler.tasks import TaskStatus
 
-__all__ = ["pid_alive", "read_status", "snapshot_from_store"]
+__all__ = ["pid_alive", "read_status", "snapshot_from_store", "status_document"]
 
 #: Task states that do not change once recorded.
 _ENDED = frozenset(s.value for s in TaskStatus if s.ended)
@@ -84,6 +93,7 @@ def _task_view(rec: dict[str, Any], totals: Any, limits: Limits | None) -> TaskV
         model=str(rec.get("model", "")), attempt=int(rec.get("attempts", 1)),
         calls=int(totals.calls), tokens=int(totals.tokens), cost_usd=float(totals.cost_usd),
         budget_fraction=frac, reason=str(rec.get("reason", "")), result=rec.get("result"),
+        answer=str(rec.get("answer", "")),
     )
 
 
@@ -97,37 +107,51 @@ def _task_limits(state_dir: Path, task_id: str) -> Limits | None:
 
 async def _budgets(store: Store, session: str, today: date, config: VibeConfig,
                    last: Snapshot | None) -> tuple[list[BudgetBar], Totals]:
-    """Session and day bars: limits of the last run's ``status.json`` when it was that
-    session, else the default config's; use always from the store."""
+    """Session and day bars, use always from the store.  Limits: the last run's
+    ``status.json`` when it was that session (the day's only if it was today), else the
+    default config's."""
     day_name = f"day:{today.isoformat()}"
     day_totals = await store.totals(day_name)
     sess_totals = await store.totals(f"session:{session}") if session else day_totals
-    if last is not None and last.session_id == session and last.budgets:
-        scopes = {f"session:{session}": sess_totals, day_name: day_totals}
-        bars = [_rebar(b, scopes[b.scope], config) for b in last.budgets if b.scope in scopes]
-        if bars:
-            return bars, sess_totals
-    bars = _bars(ScopeState(day_name, day_limits(config, today), totals=day_totals), config)
-    if session:
-        bars = [*_bars(ScopeState(f"session:{session}", config.budgets.session,
-                                  totals=sess_totals), config), *bars]
-    return bars, sess_totals
+    scopes = {f"session:{session}": sess_totals, day_name: day_totals}
+    kept: list[BudgetBar] = []
+    if last is not None and last.session_id == session:
+        kept = [_rebar(b, scopes[b.scope], config) for b in last.budgets if b.scope in scopes]
+    bars = [b for b in kept if b.scope != day_name]
+    if session and not bars:
+        bars = _bars(ScopeState(f"session:{session}", config.budgets.session,
+                                totals=sess_totals), config)
+    day = [b for b in kept if b.scope == day_name] or _bars(
+        ScopeState(day_name, day_limits(config, today), totals=day_totals), config)
+    return [*bars, *day], sess_totals
 
 
-async def _session_tasks(store: Store, session: str) -> list[dict[str, Any]]:
+def _pause_fields(task_id: str, pause: dict[str, Any], rec: dict[str, Any],
+                  state_dir: Path) -> dict[str, str]:
+    """Why a stored pause waits (the pause's reason, else the task record's) and the
+    command that answers it."""
+    answer = answer_command(task_id, str(pause.get("dimension", "")),
+                            float(pause.get("used", 0.0)), float(pause.get("limit", 0.0)),
+                            state_dir)
+    return {"reason": str(pause.get("reason") or rec.get("reason", "")), "answer": answer}
+
+
+async def _session_tasks(store: Store, session: str, state_dir: Path) -> list[dict[str, Any]]:
     """The session's task records, each with the state it is in now that no
     orchestrator runs: a task that had not ended is ``paused`` when a pause waits for
     a decision, ``interrupted`` when it had started (it used something or saved a
     checkpoint), else ``pending``."""
-    paused = set(await store.list_state("pause"))
+    paused = await store.list_state("pause")
     out = []
     for key, rec in sorted((await store.list_state("task")).items()):
         sid, tid = task_of_key(key)
         if (sid or str(rec.get("session_id", ""))) != session:
             continue
         status = str(rec.get("status", ""))
-        if task_key(session, tid) in paused and status not in _ENDED:
+        pause = paused.get(task_key(session, tid))
+        if pause is not None and status not in _ENDED:
             status = "paused"
+            rec = {**rec, **_pause_fields(tid, pause, rec, state_dir)}
         elif status not in _ENDED:
             started = status != "pending" or await _started(store, session, tid)
             status = "interrupted" if started else "pending"
@@ -162,7 +186,7 @@ async def snapshot_from_store(
     config = config or VibeConfig()
     session = session if session is not None else await _last_session(store, state_dir)
     tasks = []
-    for rec in await _session_tasks(store, session):
+    for rec in await _session_tasks(store, session, state_dir):
         tid = str(rec["task_id"])
         totals = await session_task_totals(store, session, tid)
         tasks.append(_task_view(rec, totals, _task_limits(state_dir, tid)))
@@ -192,3 +216,8 @@ async def read_status(store: Store, state_dir: Path, *, today: date) -> Snapshot
     if live is not None and live.running and pid_alive(live.pid):
         return await _with_results(store, live)
     return await snapshot_from_store(store, Path(state_dir), today=today)
+
+
+def status_document(snap: Snapshot, task_budgets: Sequence[TaskBudgetDoc]) -> StatusDoc:
+    """What ``status --json`` prints, whichever way ``snap`` was read (one schema)."""
+    return {**snap.to_dict(), "task_budgets": list(task_budgets)}

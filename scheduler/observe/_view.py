@@ -23,6 +23,7 @@ from scheduler.observe._snapshot import (
     PoolView,
     Snapshot,
     TaskView,
+    answer_command,
     budget_bars,
     event_views,
 )
@@ -79,10 +80,13 @@ def _models(view: RunView) -> tuple[ModelView, ...]:
 def _task_view(
     view: RunView, h: TaskHandle, wait: WaiterStatistics | None, tracked: set[str]
 ) -> TaskView:
-    status, reason = str(h.status), h.reason
+    status, reason, answer = str(h.status), h.reason, ""
     if h.status is TaskStatus.RUNNING and view.controller.is_paused(h.id):
         info = view.controller.pause_info(h.id)
         status, reason = "paused", (info.reason if info is not None else "") or reason
+        answer = (answer_command(h.id, info.dimension, info.used, info.limit,
+                                 view.config.state_dir) if info is not None
+                  else answer_command(h.id, state_dir=view.config.state_dir))
     elif h.status is TaskStatus.RUNNING and wait is not None:
         status = "waiting"
     tokens, cost, frac = 0, 0.0, 0.0
@@ -97,7 +101,7 @@ def _task_view(
         reason=reason,
         queue_position=None if wait is None else int(wait.position),
         estimated_wait_s=None if wait is None else float(wait.estimated_wait_s),
-        pool=None if wait is None else str(wait.pool),
+        pool=None if wait is None else str(wait.pool), answer=answer,
     )
 
 
