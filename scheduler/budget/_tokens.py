@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import structlog
 import tiktoken
 
-from scheduler.core import ConfigError
+from scheduler.core import ConfigError, get_logger
 
-_log = structlog.get_logger("vibe_engine.tokens")
+_log = get_logger("vibe_engine.tokens")
 
 #: Tokens of framing per message (role markers), as chat formats add.
 PER_MESSAGE_OVERHEAD = 4

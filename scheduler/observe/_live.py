@@ -17,19 +17,19 @@ from datetime import datetime
 from typing import Any
 
 import anyio
-import structlog
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from scheduler.core import get_logger
 from scheduler.observe._snapshot import STATES, Snapshot
 from scheduler.observe._view import RunView, snapshot_of
 
 __all__ = ["LiveView", "render_snapshot", "summary_fields"]
 
-_log = structlog.get_logger("vibe_engine.live")
+_log = get_logger("vibe_engine.live")
 
 STATE_STYLE = {
     "running": "cyan", "waiting": "yellow", "paused": "magenta", "deferred": "blue",

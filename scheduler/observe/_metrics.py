@@ -34,18 +34,17 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import start_http_server
 
-from scheduler.core import Completion, CompletionRequest, Event, Provider, UsageEvent
+from scheduler.core import Completion, CompletionRequest, Event, Provider, UsageEvent, get_logger
 from scheduler.observe._snapshot import HEALTH_VALUE, Snapshot
 from scheduler.observe._view import RunView, snapshot_of, watch_changes
 from scheduler.tasks import TaskHandle
 
 __all__ = ["MeteredProvider", "Metrics"]
 
-_log = structlog.get_logger("vibe_engine.metrics")
+_log = get_logger("vibe_engine.metrics")
 
 CallOutcome = Callable[[str, str], None]
 
