@@ -72,3 +72,18 @@ def test_issue23_library_logs_go_through_structlog_when_configured(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     assert "task_completed" in done.stderr and "agent_line" in done.stderr
     assert done.stdout == ""
+
+
+def test_issue23_modules_log_through_the_quiet_logger() -> None:
+    """#23: no module takes a logger from structlog directly (it would print through
+    structlog's defaults in a library); they use ``scheduler.core.get_logger``."""
+    root = Path(__file__).resolve().parents[1]
+    allowed = {"scheduler/core/_log.py"}
+    offenders = [
+        str(path.relative_to(root))
+        for pkg in ("scheduler", "agents", "policies")
+        for path in (root / pkg).rglob("*.py")
+        if "structlog.get_logger(" in path.read_text(encoding="utf-8")
+        and str(path.relative_to(root)) not in allowed
+    ]
+    assert offenders == []
