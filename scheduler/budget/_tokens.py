@@ -227,7 +227,8 @@ class TokenCounter:
         error = abs(estimate.calibrated - actual) / actual if actual else 0.0
         logged = error > DISCREPANCY_THRESHOLD
         if logged:
-            _log.info(
+            # per call, so at debug: the CLI's default level stays readable
+            _log.debug(
                 "token_estimate_discrepancy",
                 model=estimate.model,
                 estimated=estimate.calibrated,
