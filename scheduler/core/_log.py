@@ -75,6 +75,8 @@ class LibraryLogger:
     def info(self, event: str, **fields: Any) -> None:
         self._emit("info", event, fields)
 
+    msg = info  # structlog's PrintLogger-style alias
+
     def warning(self, event: str, **fields: Any) -> None:
         self._emit("warning", event, fields)
 
