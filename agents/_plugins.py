@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-import structlog
-
 from scheduler import PluginError
+from scheduler.core import get_logger
 
 GROUP = "vibe_engine.agents"
 
 AgentFactory = Callable[[], Any]
-_log = structlog.get_logger("vibe_engine.plugins")
+_log = get_logger("vibe_engine.plugins")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from scheduler import BudgetExceededError, TaskSpec, Usage, VibeConfig
 from scheduler.allocator._quota import open_global_quota
 from scheduler.budget import Tracker, resolve_task
 from scheduler.core import StoreUnavailableError
+from scheduler.observe import configure_logging
 from scheduler.store._redis import RedisStore
 
 
@@ -155,6 +156,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    # an application using the library: its log lines (spooling, replay) appear only
+    # once it configures logging, and the tests read them from stderr
+    configure_logging(level="info", json_logs=True)
     with open(args.log, "a", encoding="utf-8") as log:
         run = Run(args, log)
         anyio.run(run.main, backend="asyncio")

@@ -186,14 +186,16 @@ def test_html_report_opens_in_headless_chromium(two_days: Path, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_report_command_line(two_days: Path, tmp_path: Path) -> None:
-    """`vibe-engine report --from/--to --html` prints tables and writes the page."""
+    """`vibe-engine report --from/--to --html` writes the page and says so, without the
+    tables (#23)."""
     out = subprocess.run(
         [str(BIN), "report", "--state-dir", str(two_days), "--from", FRIDAY.isoformat(),
          "--to", SATURDAY.isoformat(), "--html", str(tmp_path / "r.html")],
         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
     )
     assert out.returncode == 0, out.stderr
-    assert "Cost and tokens per day" in out.stdout and (tmp_path / "r.html").exists()
+    assert "Cost and tokens per day" not in out.stdout and (tmp_path / "r.html").exists()
+    assert out.stdout.startswith("HTML report written to")
     as_json = subprocess.run([str(BIN), "report", "--state-dir", str(two_days), "--json"],
                              capture_output=True, text=True, timeout=60)
     data, total, _ = _report(two_days)

@@ -90,11 +90,11 @@ async def test_r3_4_pause_restart_decide_from_cli_continue_from_checkpoint(
             await listening.wait()
         assert control_paths(state).socket.exists()
         review = await anyio.run_process([CLI, "decide", "c1", "review", "--state-dir",
-                                          str(state)])
+                                          str(state), "--json"])
         added = await anyio.run_process([CLI, "decide", "c1", "add", "--tokens", "50000",
                                          "--state-dir", str(state)])
-    assert json.loads(review.stdout)["checkpoint"] == {"step": 2,
-                                                      "files": ["step_1.py", "step_2.py"]}
+    assert json.loads(review.stdout)["summary"]["checkpoint"] == {
+        "step": 2, "files": ["step_1.py", "step_2.py"]}
     assert b"sent to the running orchestrator" in added.stdout
     outcome = report[0].outcomes["c1"]
     assert outcome.status == "completed", outcome.reason

@@ -29,7 +29,6 @@ from typing import Any, cast
 
 import anthropic
 import anyio
-import structlog
 from anthropic import omit
 
 from agents.providers._anthropic_wire import (
@@ -42,9 +41,9 @@ from agents.providers._anthropic_wire import (
 )
 from scheduler import Completion, CompletionRequest, ConfigError, ProviderError, Usage
 from scheduler.config import ProviderConfig
-from scheduler.core import Hook, RateLimitInfo
+from scheduler.core import Hook, RateLimitInfo, get_logger
 
-_log = structlog.get_logger("vibe_engine.providers.anthropic")
+_log = get_logger("vibe_engine.providers.anthropic")
 
 #: ``on_attempt(model, ok, latency_s, error_kind)`` — one call per HTTP attempt.
 AttemptHook = Callable[[str, bool, float, str | None], None]

@@ -39,16 +39,14 @@ import os
 import secrets
 import socket
 
-import structlog
-
 from scheduler.allocator._allocator import Allocator
 from scheduler.allocator._quota import GlobalQuota
 from scheduler.config import VibeConfig
-from scheduler.core import RateLimitInfo
+from scheduler.core import RateLimitInfo, get_logger
 from scheduler.store import Store
 from scheduler.store._ledger import SliceBackend
 
-_log = structlog.get_logger("vibe_engine.capacity")
+_log = get_logger("vibe_engine.capacity")
 
 #: The hold assumed before any lease of a pool has ended (LLM calls take seconds).
 UNKNOWN_HOLD_S = 1.0

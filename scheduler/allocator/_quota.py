@@ -37,13 +37,12 @@ from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
-import structlog
 
 from scheduler.config import DistributedConfig
-from scheduler.core import StoreUnavailableError
+from scheduler.core import StoreUnavailableError, get_logger
 from scheduler.store._ledger import SliceBackend
 
-_log = structlog.get_logger("vibe_engine.quota")
+_log = get_logger("vibe_engine.quota")
 
 SliceCallback = Callable[[str, int], None]
 #: ``demand(pool)``: tokens per minute this orchestrator could use of ``pool`` now.

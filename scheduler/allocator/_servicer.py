@@ -15,15 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import structlog
 
 from scheduler.allocator._leases import Lease, LeaseTable
 from scheduler.allocator._pools import Pool
-from scheduler.core import AllocationError, EventBus
+from scheduler.core import AllocationError, EventBus, get_logger
 
 __all__ = ["Alarm", "Servicer"]
 
-_log = structlog.get_logger("vibe_engine.allocator")
+_log = get_logger("vibe_engine.allocator")
 
 
 class Alarm:

@@ -22,12 +22,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
-from scheduler.core import Usage, UsageEvent, WallClock
+from scheduler.core import Usage, UsageEvent, WallClock, get_logger
 from scheduler.store import Store
 
-_log = structlog.get_logger("vibe_engine.budget")
+_log = get_logger("vibe_engine.budget")
 OPEN = "open_call"
 ESTIMATED = "estimated_charge"
 

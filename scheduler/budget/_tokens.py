@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import structlog
 import tiktoken
 
-from scheduler.core import ConfigError
+from scheduler.core import ConfigError, get_logger
 
-_log = structlog.get_logger("vibe_engine.tokens")
+_log = get_logger("vibe_engine.tokens")
 
 #: Tokens of framing per message (role markers), as chat formats add.
 PER_MESSAGE_OVERHEAD = 4
@@ -228,7 +227,8 @@ class TokenCounter:
         error = abs(estimate.calibrated - actual) / actual if actual else 0.0
         logged = error > DISCREPANCY_THRESHOLD
         if logged:
-            _log.info(
+            # per call, so at debug: the CLI's default level stays readable
+            _log.debug(
                 "token_estimate_discrepancy",
                 model=estimate.model,
                 estimated=estimate.calibrated,

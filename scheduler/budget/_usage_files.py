@@ -17,12 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from scheduler.budget._scopes import TaskEntry
-from scheduler.core import LocalFileError, WallClock, private_dir, write_private
+from scheduler.core import LocalFileError, WallClock, get_logger, private_dir, write_private
 
-_log = structlog.get_logger("vibe_engine.budget")
+_log = get_logger("vibe_engine.budget")
 
 
 class UsageFiles:

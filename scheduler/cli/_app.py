@@ -21,8 +21,6 @@ from rich.table import Table
 from rich.text import Text
 
 from scheduler.cli._checks import (
-    LOG_LEVELS,
-    check_log_level,
     existing_state,
     fail,
     free_ports,
@@ -31,7 +29,19 @@ from scheduler.cli._checks import (
     run_cli,
 )
 from scheduler.cli._decide import decide as decide_paused
+from scheduler.cli._decide import format_review
 from scheduler.cli._demo import demo_config
+from scheduler.cli._options import (
+    ConfigFile,
+    FoundStateDir,
+    FoundStore,
+    Json,
+    LogLevel,
+    StateDir,
+    Store,
+    locate_state,
+    version_text,
+)
 from scheduler.cli._report import gather_report, render_report_tables
 from scheduler.cli._report_html import write_html_report
 from scheduler.cli._sessions import check_new_session, exit_code, resumable_config
@@ -42,20 +52,33 @@ from scheduler.observe import LiveView, configure_logging
 from scheduler.runtime import Orchestrator, RunReport
 from scheduler.store import open_store
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# plain click help: flags without a `<bool>` placeholder, no boxes when piped
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Govern what LLM agents spend: budgets, leases, fairness, routing.")
 _out = Console(width=None if Console().is_terminal else 140)
 
-StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the store and task files live.")]
 LiveOpt = Annotated[bool, typer.Option(
     "--live/--no-live", help="Live view on a terminal; live_status log lines otherwise.")]
-LogLevel = Annotated[str, typer.Option(callback=check_log_level,
-                                       help=f"One of {', '.join(LOG_LEVELS)}.")]
 _positive = number(minimum=0, inclusive=False)
 
 
 def _fail(exc: VibeEngineError) -> typer.Exit:
     return fail(exc)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Govern what LLM agents spend: budgets, leases, fairness, routing."""
 
 
 class _CurrentStderr:
@@ -123,7 +146,10 @@ def render_report(report: RunReport, console: Console) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Argument(help="TOML or YAML config file.")],
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="TOML or YAML config file.")],
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", show_default=False,
+        help="Where the store and task files live [default: the config's state_dir].")] = None,
     log_level: LogLevel = "info",
     live: LiveOpt = True,
 ) -> None:
@@ -135,6 +161,8 @@ def run(
     configure_logging(level=log_level)
     try:
         cfg = load_config(config)
+        if state_dir is not None:
+            cfg = cfg.model_copy(update={"state_dir": state_dir})
         free_ports(cfg)
         check_new_session(cfg)
         report = _run(cfg, live)
@@ -149,7 +177,7 @@ def resume(
     session: Annotated[str | None, typer.Argument(
         help="The session to continue (default: the last interrupted one).")] = None,
     state_dir: StateDir = Path(".vibe-engine"),
-    store: str = "sqlite",
+    store: Store = "sqlite",
     log_level: LogLevel = "info",
     live: LiveOpt = True,
 ) -> None:
@@ -198,16 +226,18 @@ def demo(
 
 @app.command()
 def status(
-    state_dir: StateDir = Path(".vibe-engine"),
-    store: str = "sqlite",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    state_dir: FoundStateDir = None,
+    store: FoundStore = None,
+    config: ConfigFile = None,
+    as_json: Json = False,
 ) -> None:
     """Show the running orchestrator's state, or what the store recorded when none runs:
     every task of the last session with its state (paused, interrupted and pending ones
     too), the session and day budget bars, each task's own budget rows and what each
     completed agent returned."""
     try:
-        data = anyio.run(partial(gather_status, state_dir, store, today=date.today()))
+        data = anyio.run(partial(gather_status, *locate_state(config, state_dir, store),
+                                 today=date.today()))
     except VibeEngineError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -228,8 +258,10 @@ def decide(
     file_edits: Annotated[int | None, typer.Option(min=1, help="File edits to add.")] = None,
     shell_commands: Annotated[int | None, typer.Option(
         min=1, help="Shell commands to add.")] = None,
-    state_dir: StateDir = Path(".vibe-engine"),
-    store: str = "sqlite",
+    state_dir: FoundStateDir = None,
+    store: FoundStore = None,
+    config: ConfigFile = None,
+    as_json: Json = False,
 ) -> None:
     """Decide about a paused task: add budget and continue, save and finish, or review (R3.4).
 
@@ -237,15 +269,20 @@ def decide(
     runs, the decision is stored and applied when the orchestrator restarts.
     """
     try:
-        existing_state(state_dir, None)  # the store is checked if no orchestrator runs
+        where, backend = locate_state(config, state_dir, store)
+        existing_state(where, None)  # the store is checked if no orchestrator runs
         reply = decide_paused(
             task, action, tokens=tokens, cost=cost, time_s=time_s, file_edits=file_edits,
-            shell_commands=shell_commands, state_dir=state_dir, store=store,
+            shell_commands=shell_commands, state_dir=where, store=backend,
         )
     except VibeEngineError as exc:
         raise _fail(exc) from None
+    if as_json:
+        _out.print_json(json.dumps(reply))
+        return
     if reply.get("action") == "review":
-        _out.print_json(json.dumps(reply["summary"]))
+        same = "" if config is None and state_dir is None else f" --state-dir {where}"
+        _out.print(Text(format_review(reply["summary"], same)), soft_wrap=True)
         return
     how = "sent to the running orchestrator" if reply["via"] == "socket" else (
         "stored; applied when the orchestrator starts or polls")
@@ -289,37 +326,41 @@ def fake_api(
 
 @app.command()
 def report(
-    state_dir: StateDir = Path(".vibe-engine"),
-    store: str = "sqlite",
+    state_dir: FoundStateDir = None,
+    store: FoundStore = None,
+    config: ConfigFile = None,
     day_from: Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD.")] = None,
     day_to: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD.")] = None,
     html: Annotated[Path | None, typer.Option(
-        callback=html_target, help="Also write a self-contained HTML.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+        callback=html_target, help="Write a self-contained HTML file instead of the tables.")
+    ] = None,
+    as_json: Json = False,
 ) -> None:
     """Cost and tokens per day, model, task type and agent; alert and deadlock history."""
 
-    async def main() -> Any:
-        existing_state(state_dir, store)
-        st = open_store(store, state_dir)
+    async def main(cfg: VibeConfig | None) -> Any:
+        where, backend = locate_state(cfg, state_dir, store)
+        existing_state(where, backend)
+        st = open_store(backend, where)
         await st.open()
         try:
             return await gather_report(st, day_from=day_from, day_to=day_to,
-                                       state_dir=state_dir)
+                                       state_dir=where, config=cfg)
         finally:
             await st.aclose()
 
     try:
-        data = anyio.run(main)
+        data = anyio.run(main, load_config(config) if config is not None else None)
     except VibeEngineError as exc:
         raise _fail(exc) from None
     if as_json:
         _out.print_json(json.dumps(dataclasses.asdict(data)))
-    else:
-        render_report_tables(data, _out)
     if html is not None:
         write_html_report(data, html)
-        _out.print(f"HTML report written to {html}")
+        # beside --json the note goes to stderr: stdout stays one JSON document
+        typer.echo(f"HTML report written to {html}", err=as_json)
+    elif not as_json:
+        render_report_tables(data, _out)
 
 
 @app.command()

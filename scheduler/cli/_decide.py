@@ -144,3 +144,52 @@ def format_status_row(row: StatusRow) -> str:
     paused = " paused" if row.paused else ""
     return (f"{row.task_id:<20} {row.dimension:<16} {used:>12}/{limit:<12} "
             f"{row.fraction * 100:5.1f}% {row.level.upper()}{paused}")
+
+
+def _amount(dimension: str, value: Any) -> str:
+    if dimension in ("cost_usd", "cost"):
+        return f"${float(value):.4f}"
+    if dimension == "time_s":
+        return f"{float(value):,.0f} s"
+    return f"{float(value):,.0f}"
+
+
+def format_review(summary: dict[str, Any], options: str = "") -> str:
+    """``decide … review`` for people: why the task paused, what it used, what was added,
+    its overdrafts and checkpoint, and the commands that answer it (with ``options``,
+    e.g. ``--state-dir X``, added to them)."""
+    task, usage = summary.get("task_id", "?"), summary.get("usage") or {}
+    pause = summary.get("pause") or {}
+    lines = [f"Task {task} (session {summary.get('session_id') or '?'})"]
+    if pause:
+        dim, reason = str(pause.get("dimension") or ""), str(pause.get("reason", "?"))
+        if dim and dim not in reason:  # the reason usually names the dimension already
+            reason += (f" ({dim} {_amount(dim, pause.get('used', 0))} of "
+                       f"{_amount(dim, pause.get('limit', 0))})")
+        lines.append(f"  paused:     {reason}")
+    lines.append(f"  used:       {int(usage.get('tokens', 0)):,} tokens, "
+                 f"${float(usage.get('cost_usd', 0.0)):.4f}, {usage.get('calls', 0)} calls, "
+                 f"{usage.get('file_edits', 0)} file edits, "
+                 f"{usage.get('shell_commands', 0)} shell commands")
+    by_model = usage.get("tokens_by_model") or {}
+    if by_model:
+        lines.append("  by model:   " + ", ".join(f"{m} {int(n):,}"
+                                                  for m, n in sorted(by_model.items())))
+    for scope, extra in sorted(((summary.get("budget_added") or {}).get("scopes") or {}).items()):
+        added = ", ".join(f"{_amount(k, v)} {k}" for k, v in sorted(extra.items())
+                          if k != "tokens_by_model")
+        lines.append(f"  added:      {added} to {scope}")
+    for od in summary.get("overdrafts") or ():
+        lines.append(f"  overdraft:  {int(od.get('tokens', 0)):,} tokens, "
+                     f"${float(od.get('cost_usd', 0.0)):.4f} on {od.get('scope', '?')} "
+                     f"({int(od.get('repaid_tokens', 0)):,} tokens repaid)")
+    checkpoint = summary.get("checkpoint")
+    if checkpoint:
+        keys = ", ".join(sorted(str(k) for k in checkpoint)[:8])
+        lines.append(f"  checkpoint: saved ({keys})")
+    else:
+        lines.append("  checkpoint: none (a continued attempt starts over)")
+    lines += ["Answer with one of:",
+              f"  vibe-engine decide {task} add --tokens N{options}   (or --cost, --time-s …)",
+              f"  vibe-engine decide {task} finish{options}"]
+    return "\n".join(lines)

@@ -19,6 +19,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from scheduler.config import Limits, VibeConfig
@@ -27,7 +28,7 @@ from scheduler.store import Store
 
 __all__ = [
     "HistoryRow", "ReportData", "Row", "TaskUse", "classify_history", "gather_report",
-    "render_report_tables",
+    "render_report_tables", "report_span",
 ]
 
 
@@ -253,10 +254,27 @@ def _history_table(title: str, rows: tuple[HistoryRow, ...]) -> Table:
     return table
 
 
+def report_span(data: ReportData) -> str:
+    """The days the report covers, from its first to its last recorded event (usage or
+    history), e.g. ``2026-11-30 .. 2026-12-02 (3 days)``; the range asked for with
+    ``--from``/``--to`` is added when given."""
+    days = sorted({r.key for r in data.by_day if r.key != "-"}
+                  | {h.day for h in (*data.alerts, *data.deadlocks, *data.routing) if h.day})
+    if not days:
+        span = "nothing recorded"
+    elif days[0] == days[-1]:
+        span = days[0]
+    else:
+        count = (date.fromisoformat(days[-1]) - date.fromisoformat(days[0])).days + 1
+        span = f"{days[0]} .. {days[-1]} ({count} days)"
+    if data.day_from or data.day_to:
+        span += f" (asked: {data.day_from or 'first'} .. {data.day_to or 'last'})"
+    return span
+
+
 def render_report_tables(data: ReportData, console: Console) -> None:
     """The report as rich tables."""
-    span = f"{data.day_from or 'start'} .. {data.day_to or 'today'}"
-    console.print(f"[bold]vibe-engine report[/bold] {span}")
+    console.print(f"[bold]vibe-engine report[/bold] {escape(report_span(data))}")
     console.print(_usage_table("Cost and tokens per day", data.by_day, data.total))
     console.print(_usage_table("Cost and tokens per model", data.by_model))
     console.print(_usage_table("Cost and tokens per task type", data.by_task_type))

@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from scheduler.cli._report import HistoryRow, ReportData, Row, TaskUse
+from scheduler.cli._report import HistoryRow, ReportData, Row, TaskUse, report_span
 
 __all__ = ["budget_chart_svg", "cost_chart_svg", "hourly_cost_chart_svg", "report_html"]
 
@@ -200,7 +200,7 @@ def _history_table(title: str, rows: tuple[HistoryRow, ...], kind: str) -> str:
 def report_html(data: ReportData) -> str:
     """The whole report page."""
     t = data.total
-    span = f"{data.day_from or 'start'} .. {data.day_to or 'today'}"
+    span = report_span(data)
     cards = (
         f'<div class="cards"><div class="card">cost<b id="total-cost" '
         f'data-total-cost="{t.cost_usd:.6f}">${t.cost_usd:.6f}</b></div>'

@@ -24,16 +24,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
-import structlog
 
 from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, DefaultAlertPolicy
 from scheduler.budget import Crossing, ScopeState, Tracker
 from scheduler.config import AlertsConfig
 from scheduler.control._decision import Decision
 from scheduler.control._pause import PauseController
-from scheduler.core import BudgetExceededError, EventBus
+from scheduler.core import BudgetExceededError, EventBus, get_logger
 
-_log = structlog.get_logger("vibe_engine.alerts")
+_log = get_logger("vibe_engine.alerts")
 
 #: Alert levels from best to worst.
 LEVEL_ORDER: tuple[str, ...] = ("ok", "warning", "critical", "exceeded")

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import structlog
-
 from scheduler.budget import Reservation, ScopeState, Tracker
 from scheduler.config import OverdraftConfig
-from scheduler.core import BudgetExceededError, EventBus, OverdraftDeniedError
+from scheduler.core import BudgetExceededError, EventBus, OverdraftDeniedError, get_logger
 from scheduler.store import Store
 
-_log = structlog.get_logger("vibe_engine.overdraft")
+_log = get_logger("vibe_engine.overdraft")
 _EPS = 1e-12
 
 

@@ -32,7 +32,6 @@ from datetime import date
 from typing import Any, Literal, cast
 
 import anyio
-import structlog
 
 from scheduler.budget import Reservation, ScopeState, Tracker
 from scheduler.config import Limits
@@ -45,10 +44,10 @@ from scheduler.control._decision import (
 )
 from scheduler.control._overdraft import OverdraftLedger
 from scheduler.control._stored import review_summary
-from scheduler.core import BudgetExceededError, DecisionError, EventBus
+from scheduler.core import BudgetExceededError, DecisionError, EventBus, get_logger
 from scheduler.store import Store, task_key, task_of_key
 
-_log = structlog.get_logger("vibe_engine.pause")
+_log = get_logger("vibe_engine.pause")
 
 #: Critical sections the current context is inside: (task_id, name, serial of the pause
 #: already pending when the section was opened, or 0).

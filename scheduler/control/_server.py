@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from scheduler.control._pause import PauseController
-from scheduler.core import DecisionError, EventBus, VibeEngineError
+from scheduler.core import DecisionError, EventBus, VibeEngineError, get_logger
 
-_log = structlog.get_logger("vibe_engine.control")
+_log = get_logger("vibe_engine.control")
 _MAX_REQUEST = 64 * 1024
 #: A client that connects and sends no full line in this long is answered and dropped.
 _READ_TIMEOUT_S = 30.0

@@ -28,14 +28,13 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx2
-import structlog
 
 from scheduler.config import AlertsConfig
-from scheduler.core import ConfigError, Event
+from scheduler.core import ConfigError, Event, get_logger
 
 __all__ = ["Notification", "WebhookSender", "Webhooks", "notification_of"]
 
-_log = structlog.get_logger("vibe_engine.webhooks")
+_log = get_logger("vibe_engine.webhooks")
 
 DEFAULT_STATE_DIR = Path(".vibe-engine")
 #: The suggested amount in a paused task's "add budget" command (R3.4's example).

@@ -1,7 +1,7 @@
 """The vocabulary every part speaks: errors, clocks, events, usage, the provider protocol.
 
-Owns the exception tree, wall clocks, the event bus and hooks, usage records and
-cost, the provider protocol and name resolution.  May import nothing else from
+Owns the exception tree, wall clocks, the event bus and hooks, the library's loggers,
+usage records and cost, the provider protocol and name resolution.  May import nothing else from
 ``scheduler`` (the lowest layer).
 """
 
@@ -40,6 +40,8 @@ from scheduler.core._files import private_file as private_file
 from scheduler.core._files import write_private as write_private
 from scheduler.core._hooks import AsyncHook as AsyncHook
 from scheduler.core._hooks import Hook as Hook
+from scheduler.core._log import LibraryLogger as LibraryLogger
+from scheduler.core._log import get_logger as get_logger
 from scheduler.core._provider import REQUEST_OPTIONS as REQUEST_OPTIONS
 from scheduler.core._provider import Completion as Completion
 from scheduler.core._provider import CompletionRequest as CompletionRequest
@@ -75,6 +77,7 @@ __all__ = [
     "Hook",
     "InvalidArgumentError",
     "LeaseError",
+    "LibraryLogger",
     "LocalFileError",
     "Message",
     "ModelUnavailableError",
@@ -103,6 +106,7 @@ __all__ = [
     "WouldBlockError",
     "check_options",
     "cost_usd",
+    "get_logger",
     "open_private",
     "private_dir",
     "private_file",

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
+from scheduler.core._log import get_logger
 
-_log = structlog.get_logger("vibe_engine.events")
+_log = get_logger("vibe_engine.events")
 
 
 @dataclass(frozen=True, slots=True)

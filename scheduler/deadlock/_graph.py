@@ -29,13 +29,12 @@ from dataclasses import dataclass
 import anyio
 import anyio.lowlevel
 import networkx as nx
-import structlog
 
 from policies.victim import LowestPriorityVictim, VictimCandidate, VictimPolicy
 from scheduler.config import DeadlockConfig
-from scheduler.core import Hook
+from scheduler.core import Hook, get_logger
 
-_log = structlog.get_logger("vibe_engine.deadlock")
+_log = get_logger("vibe_engine.deadlock")
 
 Resolve = Callable[[str, tuple[str, ...]], Awaitable[None]]
 Describe = Callable[[str], VictimCandidate]

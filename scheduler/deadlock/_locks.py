@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 
 import anyio
 import anyio.lowlevel
-import structlog
 
-from scheduler.core import WouldBlockError
+from scheduler.core import WouldBlockError, get_logger
 from scheduler.deadlock._graph import WaitForGraph
 
-_log = structlog.get_logger("vibe_engine.locks")
+_log = get_logger("vibe_engine.locks")
 _ids = itertools.count(1)
 
 

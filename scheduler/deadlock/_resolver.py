@@ -23,17 +23,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import structlog
-
 from policies.victim import VictimCandidate
 from scheduler.budget import Tracker
 from scheduler.config import DeadlockConfig
-from scheduler.core import EventBus, TaskAbortedError
+from scheduler.core import EventBus, TaskAbortedError, get_logger
 from scheduler.deadlock._graph import Describe
 from scheduler.deadlock._locks import LockManager
 from scheduler.tasks import TaskHandle
 
-_log = structlog.get_logger("vibe_engine.deadlock")
+_log = get_logger("vibe_engine.deadlock")
 
 #: ``abort(victim, reason, requeue) -> bool``: cancel the victim's attempt; False if not running.
 Abort = Callable[[str, str, bool], bool]

@@ -28,13 +28,14 @@ import structlog
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from scheduler.core import get_logger
 from scheduler.observe._screen import render_snapshot
 from scheduler.observe._snapshot import Snapshot
 from scheduler.observe._view import RunView, snapshot_of
 
 __all__ = ["LiveView", "live_log_path", "logs_to_file", "render_snapshot", "summary_fields"]
 
-_log = structlog.get_logger("vibe_engine.live")
+_log = get_logger("vibe_engine.live")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -41,14 +40,14 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import start_http_server
 
-from scheduler.core import Completion, CompletionRequest, Event, Provider, UsageEvent
+from scheduler.core import Completion, CompletionRequest, Event, Provider, UsageEvent, get_logger
 from scheduler.observe._snapshot import HEALTH_VALUE, Snapshot
 from scheduler.observe._view import RunView, snapshot_of, watch_changes
 from scheduler.tasks import TaskHandle
 
 __all__ = ["LeaseFn", "MeteredProvider", "Metrics"]
 
-_log = structlog.get_logger("vibe_engine.metrics")
+_log = get_logger("vibe_engine.metrics")
 
 CallOutcome = Callable[[str, str], None]
 CallDuration = Callable[[str, float], None]

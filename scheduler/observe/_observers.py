@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 
-from scheduler.core import Event, VibeEngineError, private_dir, write_private
+from scheduler.core import Event, VibeEngineError, get_logger, private_dir, write_private
 from scheduler.observe._view import Changes, RunView, snapshot_of, watch_changes
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HistoryRecorder", "Observers", "StatusWriter", "build_observers", "status_path"]
 
-_log = structlog.get_logger("vibe_engine.observe")
+_log = get_logger("vibe_engine.observe")
 STATUS_FILE = "status.json"
 
 

@@ -26,9 +26,8 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 
-from scheduler.core import Completion, CompletionRequest, Provider, UsageEvent
+from scheduler.core import Completion, CompletionRequest, Provider, UsageEvent, get_logger
 from scheduler.observe._view import RunView
 from scheduler.tasks import TaskHandle
 
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TracedProvider", "Tracing", "build_tracing", "tracing_wanted"]
 
-_log = structlog.get_logger("vibe_engine.tracing")
+_log = get_logger("vibe_engine.tracing")
 
 AsyncFn = Callable[..., Awaitable[Any]]
 PROVIDER_NAMES = {"anthropic": "anthropic", "simulated": "vibe_engine.simulated"}

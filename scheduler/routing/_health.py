@@ -30,13 +30,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
-import structlog
 
 from scheduler.config import VibeConfig
-from scheduler.core import EventBus, OverloadedError, ProviderTimeoutError, RateLimitedError
+from scheduler.core import (
+    EventBus,
+    OverloadedError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    get_logger,
+)
 from scheduler.routing._catalog import ModelCatalog
 
-_log = structlog.get_logger("vibe_engine.health")
+_log = get_logger("vibe_engine.health")
 
 ModelState = Literal["available", "unavailable", "recovering"]
 #: A cheap completion on ``model``; raises on failure.  Its latency is measured here.

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import anyio
-import structlog
 
 from scheduler.allocator import Allocator, Lease
 from scheduler.budget import Crossing, Reservation, Tracker
@@ -27,10 +26,11 @@ from scheduler.core import (
     LeaseError,
     OverdraftDeniedError,
     WouldBlockError,
+    get_logger,
 )
 from scheduler.tasks import TaskHandle
 
-_log = structlog.get_logger("vibe_engine.gateway")
+_log = get_logger("vibe_engine.gateway")
 
 #: Step 7 (alerts) applied to time-based crossings before each reservation.
 Signal = Callable[[TaskHandle, Sequence[Crossing]], Awaitable[None]]

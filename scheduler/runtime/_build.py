@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import structlog
 
 from scheduler.allocator import Allocator, GlobalQuota, PoolCapacity
 from scheduler.budget import TokenCounter, Tracker
@@ -46,6 +45,7 @@ from scheduler.core import (
     SystemWallClock,
     VibeEngineError,
     WallClock,
+    get_logger,
 )
 from scheduler.deadlock import DeadlockDetector, DeadlockResolver, LockManager, WaitForGraph
 from scheduler.deadlock._resolver import describer
@@ -59,7 +59,7 @@ from scheduler.runtime._waits import long_wait_reporter
 from scheduler.store import Store, open_store
 from scheduler.tasks import TaskHandle, TaskTable
 
-_log = structlog.get_logger("vibe_engine.orchestrator")
+_log = get_logger("vibe_engine.orchestrator")
 
 Service = Callable[[], Coroutine[Any, Any, None]]
 

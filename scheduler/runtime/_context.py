@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
 from scheduler.allocator import WaiterStatistics
 from scheduler.budget import Tracker
 from scheduler.config import TaskSpec
-from scheduler.core import Completion, LocalFileError, Message, TextSink, VibeEngineError
+from scheduler.core import (
+    Completion,
+    LocalFileError,
+    Message,
+    TextSink,
+    VibeEngineError,
+    get_logger,
+)
 from scheduler.deadlock import LockManager, TaskLocks
 from scheduler.routing import task_info
 from scheduler.runtime._gateway import Gateway
@@ -167,7 +173,7 @@ class AgentContext:
         self.gateway = gateway
         self.tracker: Tracker = gateway.tracker
         self.store = store
-        self.log = structlog.get_logger("vibe_engine.agent").bind(
+        self.log = get_logger("vibe_engine.agent").bind(
             task_id=task.id, agent=task.spec.agent, attempt=task.attempt
         )
         self._pause = gateway.admission.controller

@@ -20,7 +20,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from policies.replan import BreakDown
 from scheduler.budget import TokenCounter, resolve_task
@@ -35,6 +34,7 @@ from scheduler.core import (
     Totals,
     VibeEngineError,
     WallClock,
+    get_logger,
 )
 from scheduler.routing import task_info
 from scheduler.runtime._build import Service, build_parts
@@ -45,7 +45,7 @@ from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, 
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
-_log = structlog.get_logger("vibe_engine.orchestrator")
+_log = get_logger("vibe_engine.orchestrator")
 
 AgentFactory = Callable[[], Any]
 ContextFactory = Callable[["Orchestrator", TaskHandle], Any]

@@ -22,16 +22,21 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import structlog
-
 from scheduler.config import VibeConfig
-from scheduler.core import Completion, ConfigError, Message, VibeEngineError, resolve_object
+from scheduler.core import (
+    Completion,
+    ConfigError,
+    Message,
+    VibeEngineError,
+    get_logger,
+    resolve_object,
+)
 from scheduler.routing import Router
 from scheduler.tasks import TaskHandle
 
 __all__ = ["LlmJudge", "QualityScorer", "SignalScorer", "make_quality_scorer"]
 
-_log = structlog.get_logger("vibe_engine.quality")
+_log = get_logger("vibe_engine.quality")
 
 JUDGE_SYSTEM = (
     "You grade answers. Rate how well the answer completes the task, from 0 (useless or "

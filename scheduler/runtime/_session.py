@@ -18,13 +18,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from scheduler.config import VibeConfig
 from scheduler.core import (
     ResultError,
     SessionError,
     WallClock,
+    get_logger,
     private_dir,
     private_file,
     write_private,
@@ -32,7 +31,7 @@ from scheduler.core import (
 from scheduler.store import SessionRecord, Store, task_key, task_of_key
 from scheduler.tasks import TaskHandle, TaskStatus
 
-_log = structlog.get_logger("vibe_engine.session")
+_log = get_logger("vibe_engine.session")
 
 #: The largest result kept with a task, as JSON (a result is a summary, not a payload).
 MAX_RESULT_BYTES = 256 * 1024

@@ -39,16 +39,20 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import structlog
-
 from scheduler.config import DistributedConfig
-from scheduler.core import BudgetExceededError, StoreUnavailableError, Totals, UsageEvent
+from scheduler.core import (
+    BudgetExceededError,
+    StoreUnavailableError,
+    Totals,
+    UsageEvent,
+    get_logger,
+)
 from scheduler.store._base import check_event, scopes_of
 from scheduler.store._ledger import Hold, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
-_log = structlog.get_logger("vibe_engine.store.redis")
+_log = get_logger("vibe_engine.store.redis")
 _INT_FIELDS = (
     "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
     "file_edits", "shell_commands", "dangerous_commands", "calls",

@@ -20,16 +20,15 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
-import structlog
 from redis import exceptions as _exc
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scheduler.core import StoreError, StoreUnavailableError
+from scheduler.core import StoreError, StoreUnavailableError, get_logger
 from scheduler.store._redis_lua import SCRIPTS
 
-_log = structlog.get_logger("vibe_engine.store.redis")
+_log = get_logger("vibe_engine.store.redis")
 #: The errors that mean "Redis is unreachable" (anything else from Redis is a bug).
 DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 #: ``ConnectionError`` subclasses that are *not* an outage: retrying or spooling cannot help.

@@ -32,13 +32,20 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-import structlog
 
-from scheduler.core import StoreError, Totals, Usage, UsageEvent, private_dir, private_file
+from scheduler.core import (
+    StoreError,
+    Totals,
+    Usage,
+    UsageEvent,
+    get_logger,
+    private_dir,
+    private_file,
+)
 from scheduler.store._base import check_event, scopes_of
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
-_log = structlog.get_logger("vibe_engine.store.sqlite")
+_log = get_logger("vibe_engine.store.sqlite")
 T = TypeVar("T")
 
 _SCHEMA = """
