@@ -56,7 +56,8 @@ class Admission:
         """Reserve the estimate; at the limit pause for a decision (R3.4) and try again.
 
         The prompt estimate and ``max_tokens`` are checked against the prompt, completion
-        and cache limits before the call, like the total and the cost (R1.1).
+        and cache limits before the call, like the total and the cost (R1.1).  A task
+        whose spec says ``on_limit = "reject"`` gets the ``BudgetExceededError`` instead.
         """
         ctl = self.controller
         while True:
@@ -67,6 +68,8 @@ class Admission:
                                    completion_tokens=completion_tokens)
                 return await ctl.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
             except BudgetExceededError as exc:
+                if task.spec.on_limit == "reject":  # the caller answers it (serve keys)
+                    raise
                 await ctl.request_pause(task.id, error=exc)
             except OverdraftDeniedError as exc:
                 cause = exc.__cause__
