@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -44,6 +45,8 @@ class KeyRing:
     def __init__(self, serve: ServeConfig, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         self._entries: list[KeyEntry] = []
+        #: Keys minted by :meth:`issue` (in-process clients): found, never counted.
+        self._issued: list[KeyEntry] = []
         for i, key in enumerate(serve.keys):
             if key.key_env is not None:
                 value = env.get(key.key_env)
@@ -66,10 +69,21 @@ class KeyRing:
             return None
         wanted = digest(presented)
         found = None
-        for entry in self._entries:
+        for entry in (*self._entries, *self._issued):
             if hmac.compare_digest(entry.digest, wanted):
                 found = entry
         return found
+
+    def issue(self, name: str) -> str:
+        """A fresh random key for the configured key ``name``: the in-process client's
+        (#21), so a key stored only hashed can be used too; it lives in memory only."""
+        for entry in self._entries:
+            if entry.name == name:
+                token = "vibe-inproc-" + secrets.token_urlsafe(32)
+                self._issued.append(KeyEntry(entry.config, digest(token)))
+                return token
+        names = ", ".join(e.name for e in self._entries)
+        raise ConfigError("key", name, f"no [[serve.keys]] entry has this name (keys: {names})")
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
