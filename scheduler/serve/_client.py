@@ -23,9 +23,8 @@ import secrets
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import anyio
 import httpx2 as httpx
 from anyio.from_thread import start_blocking_portal
@@ -35,6 +34,9 @@ from scheduler.core import ConfigError
 from scheduler.serve._app import create_app
 from scheduler.serve._runtime import Served
 from scheduler.serve._transport import AppTransport, PortalTransport
+
+if TYPE_CHECKING:  # the SDK is imported when a client is made: serve itself needs none of it
+    import anthropic
 
 #: The base URL the SDK is given; nothing listens there, the transport is in-process.
 BASE_URL = "http://vibe-engine.in-process"
@@ -87,6 +89,8 @@ async def governed_async_client(
     """
     cfg, name = _config(config, key)
     async with _running(cfg, name, env) as (transport, token):
+        import anthropic
+
         http = httpx.AsyncClient(transport=transport, base_url=BASE_URL)
         client = anthropic.AsyncAnthropic(api_key=token, base_url=BASE_URL, http_client=http,
                                           **sdk_options)
@@ -111,6 +115,8 @@ def governed_client(
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(
         _running(cfg, name, env)
     ) as (transport, token):
+        import anthropic
+
         http = httpx.Client(transport=PortalTransport(portal, transport), base_url=BASE_URL)
         client = anthropic.Anthropic(api_key=token, base_url=BASE_URL, http_client=http,
                                      **sdk_options)
