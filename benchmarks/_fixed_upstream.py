@@ -65,6 +65,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def main() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as serve's (see _server)
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
     sys.stdout.write(f"http://127.0.0.1:{sock.getsockname()[1]}\n")

@@ -19,6 +19,10 @@ def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit it (Linux).  asyncio sets TCP_NODELAY only on sockets whose
+    # proto is IPPROTO_TCP, and one made here has proto 0: without it a response's headers
+    # and body, two writes, wait out the client's delayed ACK (40 ms a call).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
