@@ -75,9 +75,11 @@ class _Governed(Response):
         tx, rx = anyio.create_memory_object_stream[_Item](math.inf)
         self._pt.on_status = lambda status, headers: tx.send_nowait(("status", headers))
         self._pt.on_bytes = lambda chunk: tx.send_nowait(("bytes", chunk))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._governed, tx)
-            await _Relay(send, self._stream, self._served.config.serve.ping_interval_s).run(rx)
+        with tx, rx:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._governed, tx)
+                await _Relay(send, self._stream,
+                             self._served.config.serve.ping_interval_s).run(rx)
 
     async def _governed(self, tx: MemoryObjectSendStream[_Item]) -> None:
         name = self._entry.name
