@@ -61,12 +61,13 @@ async def test_r3_4_held_request_completes_after_decide_from_another_process(
         async with anyio.create_task_group() as tg:
             tg.start_soon(held)
             with anyio.fail_after(20):
-                while getattr(controller.pause_info("alpha"), "state", "") != "paused":
+                # polled: the pause and the pings are observed, not signalled to tests
+                while getattr(controller.pause_info("alpha"), "state", "") != "paused":  # noqa: ASYNC110
                     await anyio.sleep(0.05)
-                while "ping" not in events:
+                while "ping" not in events:  # noqa: ASYNC110
                     await anyio.sleep(0.05)
             status = json.loads(await _cli("status", "--json", "--state-dir", state))
-            assert [r["paused"] for r in status["budgets"] if r["task_id"] == "alpha"][0]
+            assert next(r["paused"] for r in status["budgets"] if r["task_id"] == "alpha")
             assert fake_api.requests == 1  # held before the upstream
             reply = await _cli("decide", "alpha", "add", "--tokens", "5000",
                                "--state-dir", state)
