@@ -36,6 +36,14 @@ class Running:
     def totals(self, key: str) -> Totals:
         return self.served.orchestrator.tracker.task_scope(key).totals
 
+    async def settled(self, key: str, calls: int) -> Totals:
+        """The key's totals once ``calls`` calls settled: a streamed answer's last event
+        reaches the client just before its call settles."""
+        with anyio.fail_after(5):
+            while self.totals(key).calls < calls:  # noqa: ASYNC110 - settling is not signalled
+                await anyio.sleep(0.01)
+        return self.totals(key)
+
 
 def serve_config(tmp_path: Path, upstream: str, keys: list[dict[str, Any]],
                  **serve: Any) -> dict[str, Any]:

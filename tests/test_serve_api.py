@@ -82,7 +82,7 @@ async def test_21_sync_and_async_sdk_plain_streamed_counted_listed(
         upstream = reported_sum(fake_api)
         assert len(fake_api.reported) == 4  # count_tokens is not a model call
         assert upstream.cache_read_tokens + upstream.cache_write_tokens > 0
-        assert _charged(run.totals("alpha")) == (
+        assert _charged(await run.settled("alpha", 4)) == (
             upstream.prompt_tokens, upstream.completion_tokens, upstream.cache_read_tokens,
             upstream.cache_write_tokens)
         assert run.totals("alpha").calls == 4 and run.totals("beta").calls == 0
@@ -130,7 +130,7 @@ async def test_21_alias_is_routed_and_tool_use_passes_through_several_turns(
         assert [b["vibe_test_unknown"] for b in sent] == [{"turn": 0}, {"turn": 1}, {"turn": 2}]
         assert sent[2]["messages"][1]["content"][0]["id"] == "toolu_1"
         assert sent[2]["messages"][4]["content"][0]["tool_use_id"] == "toolu_2"
-        assert run.totals("alpha").calls == 3
+        assert (await run.settled("alpha", 3)).calls == 3
 
 
 async def test_21_unknown_key_disallowed_and_unknown_models_get_api_errors(

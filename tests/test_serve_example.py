@@ -5,10 +5,10 @@ shows up in ``vibe-engine status --json`` under that key."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import anthropic
+import anyio
 import pytest
 
 from agents.fake_api import FakeAnthropicServer
@@ -40,9 +40,8 @@ async def test_21_example_config_serves_and_status_shows_the_key(
             reply = await client.messages.create(
                 model="claude-sonnet-4-6", max_tokens=64,
                 messages=[{"role": "user", "content": "Say hello."}])
-        status = json.loads(subprocess.run(
-            [str(BIN), "status", "--json"], cwd=tmp_path, capture_output=True, text=True,
-            check=True, timeout=60).stdout)
+        done = await anyio.run_process([str(BIN), "status", "--json"], cwd=tmp_path)
+        status = json.loads(done.stdout)
     row = next(t for t in status["tasks"] if t["task_id"] == "my-agent")
     assert row["calls"] == 1 and row["status"] == "running"
     assert row["tokens"] == reply.usage.input_tokens + reply.usage.output_tokens

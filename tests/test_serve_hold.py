@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import anyio
@@ -19,7 +20,7 @@ from tests._serve_helpers import BIN, CLIENT_KEYS, serve_config, serving
 __all__ = ["fake_api"]  # the fixture, imported for pytest
 
 KEY = CLIENT_KEYS["VIBE_KEY_A"]
-BODY = {"model": "claude-haiku-4-5", "max_tokens": 1000, "stream": True,
+BODY: dict[str, Any] = {"model": "claude-haiku-4-5", "max_tokens": 1000, "stream": True,
         "messages": [{"role": "user", "content": "Summarise the design in one line."}]}
 
 
