@@ -11,6 +11,7 @@ from typing import Any
 import anthropic
 import anyio
 import pytest
+from prometheus_client import generate_latest
 
 from agents.fake_api import FakeAnthropicServer
 from scheduler.core import Totals
@@ -167,7 +168,9 @@ async def test_r1_1_reject_at_the_key_budget_is_not_retried_and_names_the_budget
     """R1.1/R1.2 through serve (#21): a ``reject`` key at its token budget gets a 400
     invalid_request_error the SDK does not retry, naming the budget and how to raise it."""
     keys = _keys(budget={"tokens": 400}, on_limit="reject")
-    async with (serving(serve_config(tmp_path, fake_api.base_url, keys)) as run,
+    data = {**serve_config(tmp_path, fake_api.base_url, keys),
+            "metrics": {"enabled": True, "port": 0}}
+    async with (serving(data) as run,
                 AsyncExitStack() as stack):
         aio = await _client(stack, run.url, api_key=KEY_A, max_retries=3)
         await aio.messages.create(model="claude-haiku-4-5", max_tokens=64,
@@ -181,3 +184,9 @@ async def test_r1_1_reject_at_the_key_budget_is_not_retried_and_names_the_budget
         assert fake_api.requests == 1  # refused before the upstream; not retried
         assert run.served.requests["alpha"] == 2
         assert run.totals("alpha").tokens <= 400
+        metrics = run.served.orchestrator.observers.metrics
+        assert metrics is not None
+        text = generate_latest(metrics.registry).decode()  # per-key metrics (#21)
+        assert 'vibe_serve_requests_total{key="alpha",outcome="refused"} 1.0' in text
+        assert 'vibe_serve_requests_total{key="alpha",outcome="ok"} 1.0' in text
+        assert 'vibe_serve_tokens_total{key="alpha",kind="completion"}' in text

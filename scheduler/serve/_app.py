@@ -82,15 +82,18 @@ class _Governed(Response):
                              self._served.config.serve.ping_interval_s).run(rx)
 
     async def _governed(self, tx: MemoryObjectSendStream[_Item]) -> None:
-        name = self._entry.name
+        name, outcome = self._entry.name, "ok"
         try:
             await self._served.gateway.complete(self._handle, passthrough=self._pt, **self._call)
         except Exception as exc:  # every failure is answered; none takes the server down
-            tx.send_nowait(("error", self._refusal(exc)))
+            refusal = self._refusal(exc)
+            outcome = "refused" if refusal[1] is NO_RETRY else "error"
+            tx.send_nowait(("error", refusal))
         else:
             tx.send_nowait(("done", None))
         finally:
             self._served.requests[name] = self._served.requests.get(name, 0) + 1
+            self._served.metrics.request(name, outcome)
 
     def _refusal(self, exc: Exception) -> tuple[int, Mapping[str, str], bytes]:
         name, hold = self._entry.name, self._entry.config.on_limit == "hold"

@@ -23,6 +23,7 @@ from scheduler.config import VibeConfig
 from scheduler.core import ConfigError, EventBus, VibeEngineError, WallClock
 from scheduler.runtime import AgentContext, Orchestrator
 from scheduler.serve._keys import SERVE_AGENT, KeyEntry, KeyRing, task_spec
+from scheduler.serve._metrics import ServeMetrics
 from scheduler.serve._upstream import UpstreamProvider
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle
@@ -99,6 +100,7 @@ class Served:
             store=store, wall=wall, bus=bus,
         )
         self.gateway = self.orchestrator.gateway
+        self.metrics = ServeMetrics(self.orchestrator, {e.name for e in self.keys.entries()})
         self.stopping = anyio.Event()
         #: Forwarded requests per key (the key task's result when the server stops).
         self.requests: dict[str, int] = {}
