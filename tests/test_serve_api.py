@@ -183,10 +183,14 @@ async def test_r1_1_reject_at_the_key_budget_is_not_retried_and_names_the_budget
         assert refused.value.response.headers["x-should-retry"] == "false"
         assert fake_api.requests == 1  # refused before the upstream; not retried
         assert run.served.requests["alpha"] == 2
+        # a pause (the alert policy's at 100 %) never holds a reject key: what fits passes
+        await run.served.orchestrator.controller.request_pause("alpha", "test")
+        await aio.messages.create(model="claude-haiku-4-5", max_tokens=16,
+                                  messages=USER)  # type: ignore[arg-type]
         assert run.totals("alpha").tokens <= 400
         metrics = run.served.orchestrator.observers.metrics
         assert metrics is not None
         text = generate_latest(metrics.registry).decode()  # per-key metrics (#21)
         assert 'vibe_serve_requests_total{key="alpha",outcome="refused"} 1.0' in text
-        assert 'vibe_serve_requests_total{key="alpha",outcome="ok"} 1.0' in text
+        assert 'vibe_serve_requests_total{key="alpha",outcome="ok"} 2.0' in text
         assert 'vibe_serve_tokens_total{key="alpha",kind="completion"}' in text
