@@ -146,8 +146,9 @@ class _Relay:
                 else:
                     self._body.append(value)
             elif kind == "done":
-                await self._start(200, self._headers)
-                await self._write(b"".join(self._body), more=False)
+                body = b"".join(self._body)
+                await self._start(200, {**self._headers, "content-length": str(len(body))})
+                await self._write(body, more=False)
                 return
             else:
                 await self._fail(*value)
@@ -157,7 +158,8 @@ class _Relay:
         if self._started:  # mid-stream: the API's own error event
             await self._write(b"event: error\ndata: " + body + b"\n\n", more=False)
             return
-        await self._start(status, {**headers, "content-type": "application/json"})
+        await self._start(status, {**headers, "content-type": "application/json",
+                                   "content-length": str(len(body))})
         await self._write(body, more=False)
 
     async def _start(self, status: int, headers: Mapping[str, str]) -> None:
@@ -165,7 +167,7 @@ class _Relay:
             return
         self._started = True
         raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()
-               if k.lower() not in ("content-length", "transfer-encoding", "connection")]
+               if k.lower() not in ("transfer-encoding", "connection")]
         await self._emit({"type": "http.response.start", "status": status, "headers": raw})
 
     async def _write(self, body: bytes, *, more: bool = True) -> None:
