@@ -63,3 +63,28 @@ async def test_r2_1_a_stream_broken_off_upstream_settles_what_it_used(
         charged = await run.settled("alpha", 1)
         assert charged.prompt_tokens == reported[0].input_tokens
         assert charged.calls == 1
+
+
+async def test_r3_2_a_key_past_70_percent_gets_routed_one_tier_down(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """R3.2 through serve (#21): once a key's spend crosses the 70 % warning, its routed
+    requests go one tier down, as an in-process task's do; explicit ids are unchanged."""
+    keys = [{"name": "alpha", "key_env": "VIBE_KEY_A", "task_type": "bug_fix",
+             "complexity": "moderate", "budget": {"tokens": 1200}}]
+    async with (serving(serve_config(tmp_path, fake_api.base_url, keys)) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        fake_api.configure(output_tokens=880)
+        first = await aio.messages.create(model="vibe-auto", max_tokens=900,
+                                          messages=USER)  # type: ignore[arg-type]
+        assert first.model == "claude-sonnet-4-6"  # a moderate bug fix: sonnet
+        assert 0.7 < (await run.settled("alpha", 1)).tokens / 1200 < 0.9
+        fake_api.configure(output_tokens=10)
+        second = await aio.messages.create(model="vibe-auto", max_tokens=20,
+                                           messages=USER)  # type: ignore[arg-type]
+        assert second.model == "claude-haiku-4-5"
+        explicit = await aio.messages.create(model="claude-sonnet-4-6", max_tokens=20,
+                                             messages=USER)  # type: ignore[arg-type]
+        assert explicit.model == "claude-sonnet-4-6"
