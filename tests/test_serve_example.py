@@ -42,7 +42,10 @@ async def test_21_example_config_serves_and_status_shows_the_key(
                 messages=[{"role": "user", "content": "Say hello."}])
         done = await anyio.run_process([str(BIN), "status", "--json"], cwd=tmp_path)
         status = json.loads(done.stdout)
+    report = json.loads((await anyio.run_process([str(BIN), "report", "--json"],
+                                                 cwd=tmp_path)).stdout)
+    assert "serve:my-agent" in json.dumps(report)  # the per-agent table: per key
     row = next(t for t in status["tasks"] if t["task_id"] == "my-agent")
     assert row["calls"] == 1 and row["status"] == "running"
     assert row["tokens"] == reply.usage.input_tokens + reply.usage.output_tokens
-    assert row["agent"] == "vibe-serve"
+    assert row["agent"] == "serve:my-agent"

@@ -22,7 +22,7 @@ import structlog
 from scheduler.config import VibeConfig
 from scheduler.core import ConfigError, EventBus, VibeEngineError, WallClock
 from scheduler.runtime import AgentContext, Orchestrator
-from scheduler.serve._keys import SERVE_AGENT, KeyEntry, KeyRing, task_spec
+from scheduler.serve._keys import KeyEntry, KeyRing, agent_name, task_spec
 from scheduler.serve._metrics import ServeMetrics
 from scheduler.serve._upstream import UpstreamProvider
 from scheduler.store import Store
@@ -96,7 +96,8 @@ class Served:
         })
         self.provider = provider or upstream_provider(config, env)
         self.orchestrator = Orchestrator(
-            self.config, provider=self.provider, agents={SERVE_AGENT: lambda: _KeyAgent(self)},
+            self.config, provider=self.provider,
+            agents={agent_name(e.name): lambda: _KeyAgent(self) for e in self.keys.entries()},
             store=store, wall=wall, bus=bus,
         )
         self.gateway = self.orchestrator.gateway
