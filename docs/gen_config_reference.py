@@ -165,7 +165,8 @@ NOTES = {
     "serve.upstream_key_env": "the server's upstream key; clients never see it",
     "serve.upstream_timeout_s": "an upstream call longer than this is a timeout (R6.1)",
     "serve.routing_alias": "this model name asks the router for the cheapest capable model",
-    "serve.max_hold_s": "a held request is refused after this long without a decision",
+    "serve.max_hold_s": ("a held request is refused after this long without a decision "
+                         "(replaces `alerts.decision_timeout_s` in serve)"),
     "serve.ping_interval_s": "SSE `ping` events to a streaming request while it waits",
     "serve.keys[].name": "the key's task id: `status`, `decide NAME`, reports",
     "serve.keys[].key_env": "environment variable holding the client key",

@@ -87,9 +87,8 @@ class Served:
         self.keys = KeyRing(serve, env)
         if not len(self.keys):
             raise ConfigError("serve.keys", [], "add at least one [[serve.keys]] entry")
-        alerts = config.alerts
-        if alerts.decision_timeout_s is None:  # a held request waits at most max_hold_s
-            alerts = alerts.model_copy(update={"decision_timeout_s": serve.max_hold_s})
+        # a held request waits at most max_hold_s (serve's decision timeout)
+        alerts = config.alerts.model_copy(update={"decision_timeout_s": serve.max_hold_s})
         self.config = config.model_copy(update={
             "tasks": tuple(task_spec(e.config) for e in self.keys.entries()),
             "alerts": alerts,
