@@ -18,8 +18,7 @@ import uvicorn
 
 from scheduler.config import config_from_dict
 from scheduler.core import Totals
-from scheduler.serve import Served, create_app
-from scheduler.serve._server import listen
+from scheduler.serve import Served, create_app, listen
 from tests._anthropic_helpers import SECRET_KEY
 
 #: Client keys, by the environment variable the config names.

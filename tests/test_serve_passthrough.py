@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from scheduler.serve._server import listen
+from scheduler.serve import listen
 from tests._serve_helpers import CLIENT_KEYS, serve_config, serving
 
 pytestmark = pytest.mark.real_asyncio  # real sockets: two uvicorn servers

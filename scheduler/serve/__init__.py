@@ -9,11 +9,12 @@ Owns the ASGI app, client keys, the upstream provider and the serve run.  May im
 from scheduler.serve._app import create_app as create_app
 from scheduler.serve._keys import KeyRing as KeyRing
 from scheduler.serve._runtime import Served as Served
+from scheduler.serve._server import listen as listen
 from scheduler.serve._server import serve_forever as serve_forever
 from scheduler.serve._upstream import UpstreamError as UpstreamError
 from scheduler.serve._upstream import UpstreamProvider as UpstreamProvider
 
-__all__ = ["KeyRing", "Served", "UpstreamError", "UpstreamProvider", "create_app",
+__all__ = ["KeyRing", "Served", "UpstreamError", "UpstreamProvider", "create_app", "listen",
            "serve_forever"]
 
 from scheduler.core._public import publish as _publish
