@@ -14,7 +14,7 @@ import anyio
 from scheduler.cli._checks import free_ports
 from scheduler.config import load_config
 from scheduler.core import ConfigError, VibeEngineError
-from scheduler.serve import Served, serve_forever
+from scheduler.serve import Served, listen, serve_forever
 
 
 def _tls(certfile: Path | None, keyfile: Path | None) -> None:
@@ -46,10 +46,18 @@ def run_serve(config_path: Path, *, host: str | None, port: int | None,
                          f"ANTHROPIC_BASE_URL={url}; Ctrl-C stops\n")
         sys.stderr.flush()
 
-    async def main() -> None:
+    host = host or config.serve.host
+    # the port and the keys are checked before anything is written to the state directory
+    sock = listen(host, config.serve.port if port is None else port)
+    try:
         served = Served(config)
-        await serve_forever(served, host=host, port=port, ssl_certfile=ssl_certfile,
-                            ssl_keyfile=ssl_keyfile, on_ready=ready)
+    except BaseException:
+        sock.close()
+        raise
+
+    async def main() -> None:
+        await serve_forever(served, host=host, ssl_certfile=ssl_certfile,
+                            ssl_keyfile=ssl_keyfile, on_ready=ready, sock=sock)
 
     try:
         anyio.run(main)

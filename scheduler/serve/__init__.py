@@ -12,12 +12,13 @@ from scheduler.serve._client import governed_async_client as governed_async_clie
 from scheduler.serve._client import governed_client as governed_client
 from scheduler.serve._keys import KeyRing as KeyRing
 from scheduler.serve._runtime import Served as Served
+from scheduler.serve._server import listen as listen
 from scheduler.serve._server import serve_forever as serve_forever
 from scheduler.serve._upstream import UpstreamError as UpstreamError
 from scheduler.serve._upstream import UpstreamProvider as UpstreamProvider
 
 __all__ = ["KeyRing", "Served", "UpstreamError", "UpstreamProvider", "create_app",
-           "governed_async_client", "governed_client", "serve_forever"]
+           "governed_async_client", "governed_client", "listen", "serve_forever"]
 
 from scheduler.core._public import publish as _publish
 

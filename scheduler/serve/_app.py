@@ -75,22 +75,25 @@ class _Governed(Response):
         tx, rx = anyio.create_memory_object_stream[_Item](math.inf)
         self._pt.on_status = lambda status, headers: tx.send_nowait(("status", headers))
         self._pt.on_bytes = lambda chunk: tx.send_nowait(("bytes", chunk))
-        with tx, rx:  # closed when the response ends, not left to the collector
+        with tx, rx:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._governed, tx)
                 await _Relay(send, self._stream,
                              self._served.config.serve.ping_interval_s).run(rx)
 
     async def _governed(self, tx: MemoryObjectSendStream[_Item]) -> None:
-        name = self._entry.name
+        name, outcome = self._entry.name, "ok"
         try:
             await self._served.gateway.complete(self._handle, passthrough=self._pt, **self._call)
         except Exception as exc:  # every failure is answered; none takes the server down
-            tx.send_nowait(("error", self._refusal(exc)))
+            refusal = self._refusal(exc)
+            outcome = "refused" if refusal[1] is NO_RETRY else "error"
+            tx.send_nowait(("error", refusal))
         else:
             tx.send_nowait(("done", None))
         finally:
             self._served.requests[name] = self._served.requests.get(name, 0) + 1
+            self._served.metrics.request(name, outcome)
 
     def _refusal(self, exc: Exception) -> tuple[int, Mapping[str, str], bytes]:
         name, hold = self._entry.name, self._entry.config.on_limit == "hold"
@@ -143,8 +146,9 @@ class _Relay:
                 else:
                     self._body.append(value)
             elif kind == "done":
-                await self._start(200, self._headers)
-                await self._write(b"".join(self._body), more=False)
+                body = b"".join(self._body)
+                await self._start(200, {**self._headers, "content-length": str(len(body))})
+                await self._write(body, more=False)
                 return
             else:
                 await self._fail(*value)
@@ -154,7 +158,8 @@ class _Relay:
         if self._started:  # mid-stream: the API's own error event
             await self._write(b"event: error\ndata: " + body + b"\n\n", more=False)
             return
-        await self._start(status, {**headers, "content-type": "application/json"})
+        await self._start(status, {**headers, "content-type": "application/json",
+                                   "content-length": str(len(body))})
         await self._write(body, more=False)
 
     async def _start(self, status: int, headers: Mapping[str, str]) -> None:
@@ -162,7 +167,7 @@ class _Relay:
             return
         self._started = True
         raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()
-               if k.lower() not in ("content-length", "transfer-encoding", "connection")]
+               if k.lower() not in ("transfer-encoding", "connection")]
         await self._emit({"type": "http.response.start", "status": status, "headers": raw})
 
     async def _write(self, body: bytes, *, more: bool = True) -> None:

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from scheduler.config import Limits, ServeConfig, ServeKey, TaskSpec
 from scheduler.core import ConfigError
 
-#: The agent name every key's task runs under (it shows in status and reports).
-SERVE_AGENT = "vibe-serve"
+
+def agent_name(key: str) -> str:
+    """The agent a key's task runs as: the outside agent behind the key, so reports
+    (per agent), status and usage files show proxied traffic per key."""
+    return f"serve:{key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,7 @@ def key_limits(budget: Limits) -> Limits:
 def task_spec(key: ServeKey) -> TaskSpec:
     """The task a key's requests run as."""
     return TaskSpec(
-        id=key.name, agent=SERVE_AGENT, prompt=f"requests of serve key {key.name}",
+        id=key.name, agent=agent_name(key.name), prompt=f"requests of serve key {key.name}",
         task_type=key.task_type, complexity=key.complexity, priority=key.priority,
         budget=key_limits(key.budget), on_limit="pause" if key.on_limit == "hold" else "reject",
         budget_span="store",

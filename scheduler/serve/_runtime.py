@@ -22,7 +22,8 @@ import structlog
 from scheduler.config import VibeConfig
 from scheduler.core import ConfigError, EventBus, VibeEngineError, WallClock
 from scheduler.runtime import AgentContext, Orchestrator
-from scheduler.serve._keys import SERVE_AGENT, KeyEntry, KeyRing, task_spec
+from scheduler.serve._keys import KeyEntry, KeyRing, agent_name, task_spec
+from scheduler.serve._metrics import ServeMetrics
 from scheduler.serve._upstream import UpstreamProvider
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle
@@ -86,19 +87,20 @@ class Served:
         self.keys = KeyRing(serve, env)
         if not len(self.keys):
             raise ConfigError("serve.keys", [], "add at least one [[serve.keys]] entry")
-        alerts = config.alerts
-        if alerts.decision_timeout_s is None:  # a held request waits at most max_hold_s
-            alerts = alerts.model_copy(update={"decision_timeout_s": serve.max_hold_s})
+        # a held request waits at most max_hold_s (serve's decision timeout)
+        alerts = config.alerts.model_copy(update={"decision_timeout_s": serve.max_hold_s})
         self.config = config.model_copy(update={
             "tasks": tuple(task_spec(e.config) for e in self.keys.entries()),
             "alerts": alerts,
         })
         self.provider = provider or upstream_provider(config, env)
         self.orchestrator = Orchestrator(
-            self.config, provider=self.provider, agents={SERVE_AGENT: lambda: _KeyAgent(self)},
+            self.config, provider=self.provider,
+            agents={agent_name(e.name): lambda: _KeyAgent(self) for e in self.keys.entries()},
             store=store, wall=wall, bus=bus,
         )
         self.gateway = self.orchestrator.gateway
+        self.metrics = ServeMetrics(self.orchestrator, {e.name for e in self.keys.entries()})
         self.stopping = anyio.Event()
         #: Forwarded requests per key (the key task's result when the server stops).
         self.requests: dict[str, int] = {}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import uvicorn
 
-from scheduler.config import VibeConfig
 from scheduler.core import ConfigError
 from scheduler.serve._app import create_app
 from scheduler.serve._runtime import Served
@@ -19,9 +18,8 @@ def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit it (Linux).  asyncio sets TCP_NODELAY only on sockets whose
-    # proto is IPPROTO_TCP, and one made here has proto 0: without it a response's headers
-    # and body, two writes, wait out the client's delayed ACK (40 ms a call).
+    # accepted connections inherit it: a response's header and body writes then never
+    # wait for the client's delayed ACK (40 ms)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
@@ -37,13 +35,15 @@ def listen(host: str, port: int) -> socket.socket:
 async def serve_forever(
     served: Served, *, host: str | None = None, port: int | None = None,
     ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None,
-    on_ready: Callable[[str], None] | None = None,
+    on_ready: Callable[[str], None] | None = None, sock: socket.socket | None = None,
 ) -> None:
     """Serve ``served`` until the process is interrupted (uvicorn handles SIGINT/SIGTERM),
-    then stop the run: the keys' tasks end and their usage is written."""
+    then stop the run: the keys' tasks end and their usage is written.  ``sock`` is a
+    socket :func:`listen` already bound (else ``host``/``port``, default ``[serve]``)."""
     cfg = served.config.serve
     host = host or cfg.host
-    sock = listen(host, cfg.port if port is None else port)
+    if sock is None:
+        sock = listen(host, cfg.port if port is None else port)
     scheme = "https" if ssl_certfile else "http"
     bound = sock.getsockname()[1]
     config = uvicorn.Config(
@@ -59,8 +59,3 @@ async def serve_forever(
             await server.serve(sockets=[sock])
         finally:
             sock.close()
-
-
-def load_served(config: VibeConfig) -> Served:
-    """The serve run of ``config`` (keys and upstream checked: ConfigError names a field)."""
-    return Served(config)

@@ -229,7 +229,7 @@ class UpstreamProvider:
                               id=str(message.get("id") or ""))
         sse = SseUsage()
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.aiter_bytes():  # decoded: no content-encoding relayed
                 if sink is not None:
                     sink(chunk)
                 sse.feed(chunk)
