@@ -220,7 +220,7 @@ def main() -> None:
     repeat = args.repeat or 3
     sizes = ({"repeat": repeat, "c1_calls_per_block": 200, "c64_calls_per_run": 1280}
              if args.quick else
-             {"repeat": repeat, "c1_calls_per_block": 1000, "c64_calls_per_run": 6400})
+             {"repeat": repeat, "c1_calls_per_block": 1000, "c64_calls_per_run": 3200})
     env = {**os.environ, "VIBE_BENCH_KEY": KEY, "PYTHONUNBUFFERED": "1"}
     load_before = os.getloadavg()[0]
     with TemporaryDirectory(prefix="vibe-bench-serve-") as tmp:

@@ -81,7 +81,8 @@ def test_every_package_imports_first_in_a_fresh_interpreter() -> None:
 
     modules = ["scheduler", "agents", "policies", "policies.complexity", "policies.routing",
                "agents.providers", "scheduler.serve", "benchmarks.routing", "benchmarks.allocator",
-               "benchmarks.deadlock", "benchmarks.tracker", "benchmarks.redis_store"]
+               "benchmarks.deadlock", "benchmarks.tracker", "benchmarks.redis_store",
+               "benchmarks.serve"]
     for module in modules:
         out = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
