@@ -127,6 +127,20 @@ def test_21_sync_client_create_stream_count_and_usage_per_key(
     assert row["tokens"] == _reported_tokens(api)
 
 
+async def test_21_a_stream_closed_early_is_still_settled(
+        api: FakeAnthropicServer, tmp_path: Path) -> None:
+    """#21, R2.1: the application leaves a stream after its first text; the governed call
+    still reads the upstream's answer to its end and charges the key what was reported."""
+    state = tmp_path / "st"
+    async with governed_async_client(_config(api, state)) as client:
+        async with client.messages.stream(model=MODEL, max_tokens=200, messages=HELLO) as s:
+            async for _ in s.text_stream:
+                break
+    assert len(api.reported) == 1 and api.reported[0].complete
+    row = await anyio.to_thread.run_sync(_status_task, state, "client")
+    assert row["calls"] == 1 and row["tokens"] == _reported_tokens(api)
+
+
 def test_21_tool_use_over_several_turns_passes_through_intact(
         api: FakeAnthropicServer, tmp_path: Path) -> None:
     """#21: a tool loop of three turns through the sync client — the tool_use blocks come
