@@ -9,12 +9,13 @@ measured), in one run, alternating between the two so drift on a shared machine 
 both alike.  The upstream is :mod:`benchmarks._fixed_upstream` (one fixed answer, no
 work) in a process of its own.
 
-* ``concurrency_1``: sequential non-streamed calls; ``added_median_ms`` and
-  ``added_p99_ms`` are serve's median and p99 latency minus the direct ones, over
-  ``repeat`` interleaved blocks; ``added_stream_median_ms`` the same for streamed calls
-  (to the end of the stream).
-* ``concurrency_64``: 64 calls in flight from one client; ``throughput_ratio`` is calls
-  per second through serve ÷ direct (median of ``repeat`` alternating runs).
+* ``concurrency_1``: sequential non-streamed calls in alternating blocks of 50;
+  ``added_median_ms`` and ``added_p99_ms`` are serve's median and p99 latency minus the
+  direct ones; ``added_stream_median_ms`` the same for streamed calls (to the end of the
+  stream); ``serve_cpu_ms_per_call`` the CPU the serve process spent per call (from
+  /proc), which is what serve adds on an idle machine.
+* ``concurrency_64``: 64 calls in flight from one client; ``throughput_ratio`` is the
+  median over alternating run pairs of calls per second through serve ÷ direct.
 * ``load_average``: the machine's 1-minute load before and after (it is shared).
 
 ``--profile OUT.prof`` runs serve under cProfile (CPU time) and writes the profile at
@@ -45,6 +46,8 @@ KEY = "sk-bench-client-key"
 MODEL = "claude-haiku-4-5"
 HELLO: Any = [{"role": "user", "content": "Say hello in five words."}]
 CONCURRENCY = 64
+#: Calls in one block at concurrency 1 (blocks alternate between the two sides).
+BLOCK = 50
 PACKAGES = ("anthropic", "httpx2", "uvicorn", "starlette", "anyio", "uvloop", "httptools")
 
 
@@ -52,7 +55,8 @@ def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under 60 s")
-    parser.add_argument("--repeat", type=int, default=None, help="interleaved blocks/runs")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs per side at concurrency 64")
     parser.add_argument("--profile", type=Path, default=None, help="cProfile serve to this file")
     return parser.parse_args()
 
@@ -150,10 +154,12 @@ def _p99(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=100)[98]
 
 
-async def _interleaved(run: Callable[[str], Awaitable[list[float]]], repeat: int
+async def _interleaved(run: Callable[[str], Awaitable[list[float]]], blocks: int
                        ) -> dict[str, list[float]]:
+    """``blocks`` short blocks per side, alternating (ABBA…): a shift in the machine's
+    load falls on both sides alike."""
     got: dict[str, list[float]] = {"direct": [], "serve": []}
-    for i in range(repeat):
+    for i in range(blocks):
         for side in (("direct", "serve") if i % 2 == 0 else ("serve", "direct")):
             got[side] += await run(side)
     return got
@@ -164,29 +170,31 @@ async def measure(direct: str, served: str, sizes: dict[str, int], pids: dict[st
     clients = {"direct": anthropic.AsyncAnthropic(api_key="sk-upstream", base_url=direct,
                                                   max_retries=0),
                "serve": anthropic.AsyncAnthropic(api_key=KEY, base_url=served, max_retries=0)}
-    repeat, n1, n64 = sizes["repeat"], sizes["c1_calls_per_block"], sizes["c64_calls_per_run"]
+    n1, n64, runs = sizes["c1_calls_per_side"], sizes["c64_calls_per_run"], sizes["c64_runs"]
     for client in clients.values():  # connections, imports and caches warm on both sides
         await _latencies(client, 50, False)
         await _latencies(client, 10, True)
-    progress(f"concurrency 1: {repeat} blocks of {n1} calls per side")
+    progress(f"concurrency 1: {n1} calls per side in blocks of {BLOCK}")
     cpu0 = {k: _cpu_s(p) for k, p in pids.items()}
-    plain = await _interleaved(lambda s: _latencies(clients[s], n1, False), repeat)
+    plain = await _interleaved(lambda s: _latencies(clients[s], BLOCK, False), n1 // BLOCK)
     cpu1 = {k: _cpu_s(p) for k, p in pids.items()}
-    streamed = await _interleaved(lambda s: _latencies(clients[s], n1 // 2, True), repeat)
-    progress(f"concurrency {CONCURRENCY}: {repeat} runs of {n64} calls per side")
+    streamed = await _interleaved(lambda s: _latencies(clients[s], BLOCK, True),
+                                  n1 // BLOCK // 2)
+    progress(f"concurrency {CONCURRENCY}: {runs} runs of {n64} calls per side")
 
     async def rate(side: str) -> list[float]:
         return [await _throughput(clients[side], n64)]
 
     cpu2 = {k: _cpu_s(p) for k, p in pids.items()}
-    rates = await _interleaved(rate, repeat)
+    rates = await _interleaved(rate, runs)
     cpu3 = {k: _cpu_s(p) for k, p in pids.items()}
     for client in clients.values():
         await client.close()
     med = {s: statistics.median(v) for s, v in plain.items()}
     p99 = {s: _p99(v) for s, v in plain.items()}
     smed = {s: statistics.median(v) for s, v in streamed.items()}
-    per_s = {s: statistics.median(v) for s, v in rates.items()}
+    # each serve run against the direct run next to it in time, then the median
+    pairs = [s / d for s, d in zip(rates["serve"], rates["direct"], strict=True)]
     return {
         "concurrency_1": {
             "added_median_ms": round(med["serve"] - med["direct"], 3),
@@ -195,17 +203,16 @@ async def measure(direct: str, served: str, sizes: dict[str, int], pids: dict[st
             "direct_median_ms": round(med["direct"], 3), "serve_median_ms": round(med["serve"], 3),
             "direct_p99_ms": round(p99["direct"], 3), "serve_p99_ms": round(p99["serve"], 3),
             # CPU the serve process spent per call: what it adds on an idle machine
-            "serve_cpu_ms_per_call": _per_call(cpu0, cpu1, "serve", repeat * n1),
-            "upstream_cpu_ms_per_call": _per_call(cpu0, cpu1, "upstream", 2 * repeat * n1),
+            "serve_cpu_ms_per_call": _per_call(cpu0, cpu1, "serve", n1),
+            "upstream_cpu_ms_per_call": _per_call(cpu0, cpu1, "upstream", 2 * n1),
         },
         f"concurrency_{CONCURRENCY}": {
-            "throughput_ratio": round(per_s["serve"] / per_s["direct"], 3),
-            "direct_calls_per_s": round(per_s["direct"], 1),
-            "serve_calls_per_s": round(per_s["serve"], 1),
-            "runs_direct": [round(x, 1) for x in rates["direct"]],
-            "runs_serve": [round(x, 1) for x in rates["serve"]],
-            "serve_cpu_ms_per_call": _per_call(cpu2, cpu3, "serve", repeat * n64),
-            "upstream_cpu_ms_per_call": _per_call(cpu2, cpu3, "upstream", 2 * repeat * n64),
+            "throughput_ratio": round(statistics.median(pairs), 3),
+            "direct_calls_per_s": round(statistics.median(rates["direct"]), 1),
+            "serve_calls_per_s": round(statistics.median(rates["serve"]), 1),
+            "pair_ratios": [round(x, 3) for x in pairs],
+            "serve_cpu_ms_per_call": _per_call(cpu2, cpu3, "serve", runs * n64),
+            "upstream_cpu_ms_per_call": _per_call(cpu2, cpu3, "upstream", 2 * runs * n64),
         },
     }
 
@@ -217,10 +224,10 @@ def _per_call(before: dict[str, float], after: dict[str, float], who: str, calls
 
 def main() -> None:
     args = _args()
-    repeat = args.repeat or 3
-    sizes = ({"repeat": repeat, "c1_calls_per_block": 200, "c64_calls_per_run": 1280}
+    runs = args.repeat or (6 if args.quick else 10)
+    sizes = ({"c1_calls_per_side": 400, "c64_calls_per_run": 512, "c64_runs": runs}
              if args.quick else
-             {"repeat": repeat, "c1_calls_per_block": 1000, "c64_calls_per_run": 3200})
+             {"c1_calls_per_side": 3000, "c64_calls_per_run": 1280, "c64_runs": runs})
     env = {**os.environ, "VIBE_BENCH_KEY": KEY, "PYTHONUNBUFFERED": "1"}
     load_before = os.getloadavg()[0]
     with TemporaryDirectory(prefix="vibe-bench-serve-") as tmp:
