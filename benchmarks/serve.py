@@ -224,8 +224,8 @@ def _per_call(before: dict[str, float], after: dict[str, float], who: str, calls
 
 def main() -> None:
     args = _args()
-    runs = args.repeat or (6 if args.quick else 10)
-    sizes = ({"c1_calls_per_side": 400, "c64_calls_per_run": 512, "c64_runs": runs}
+    runs = args.repeat or (4 if args.quick else 10)
+    sizes = ({"c1_calls_per_side": 300, "c64_calls_per_run": 384, "c64_runs": runs}
              if args.quick else
              {"c1_calls_per_side": 3000, "c64_calls_per_run": 1280, "c64_runs": runs})
     env = {**os.environ, "VIBE_BENCH_KEY": KEY, "PYTHONUNBUFFERED": "1"}

@@ -132,10 +132,10 @@ async def test_21_a_stream_closed_early_is_still_settled(
     """#21, R2.1: the application leaves a stream after its first text; the governed call
     still reads the upstream's answer to its end and charges the key what was reported."""
     state = tmp_path / "st"
-    async with governed_async_client(_config(api, state)) as client:
-        async with client.messages.stream(model=MODEL, max_tokens=200, messages=HELLO) as s:
-            async for _ in s.text_stream:
-                break
+    async with (governed_async_client(_config(api, state)) as client,
+                client.messages.stream(model=MODEL, max_tokens=200, messages=HELLO) as s):
+        async for _ in s.text_stream:
+            break
     assert len(api.reported) == 1 and api.reported[0].complete
     row = await anyio.to_thread.run_sync(_status_task, state, "client")
     assert row["calls"] == 1 and row["tokens"] == _reported_tokens(api)
@@ -230,6 +230,10 @@ def test_21_unknown_key_name_is_one_clear_error(tmp_path: Path) -> None:
         pass
     assert err.value.field == "key" and "a, b" in str(err.value)
     with pytest.raises(ConfigError) as err, governed_client(cfg):
+        pass
+    assert err.value.field == "key"
+    bare = config_from_dict({"state_dir": str(tmp_path / "st")})  # no keys: one is made
+    with pytest.raises(ConfigError) as err, governed_client(bare, key="../etc"):
         pass
     assert err.value.field == "key"
     assert not (tmp_path / "st").exists()

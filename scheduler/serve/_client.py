@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx2 as httpx
 from anyio.from_thread import start_blocking_portal
+from pydantic import ValidationError
 
 from scheduler.config import ServeKey, VibeConfig, load_config
 from scheduler.core import ConfigError
@@ -51,7 +52,10 @@ def _config(config: VibeConfig | str | Path, key: str | None) -> tuple[VibeConfi
     keys = cfg.serve.keys
     if not keys:  # a config without keys: one key, its calls within the run's budgets
         digest = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
-        only = ServeKey(name=key or DEFAULT_KEY, key_sha256=digest)
+        try:
+            only = ServeKey(name=key or DEFAULT_KEY, key_sha256=digest)
+        except ValidationError:
+            raise ConfigError("key", key, "not a key name (letters, digits, . _ -)") from None
         cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"keys": (only,)})})
         return cfg, only.name
     if key is None:
