@@ -7,6 +7,7 @@ over real HTTP; ``status --json`` and ``decide`` run through the CLI."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -260,3 +261,22 @@ async def test_21_in_process_transport_streams_as_the_app_sends() -> None:
                         chunks.append(chunk)
                         first_read.set()
     assert chunks == [b"one", b"two"]
+
+
+def test_21_docs_example_governs_its_calls(api: FakeAnthropicServer, tmp_path: Path) -> None:
+    """#21: docs/examples/governed_client.py runs as the guide says, on the example
+    serve.toml (only the fake API's port changed); status shows its two calls under
+    ``my-agent`` with the tokens the upstream reported."""
+    root = Path(__file__).resolve().parents[1]
+    example = (root / "docs" / "examples" / "serve.toml").read_text()
+    config = tmp_path / "serve.toml"
+    config.write_text(example.replace("http://127.0.0.1:8765", api.base_url))
+    env = {**os.environ, "VIBE_CLIENT_KEY": "sk-example-client"}
+    out = subprocess.run([sys.executable, str(root / "docs" / "examples" / "governed_client.py"),
+                          str(config)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "tokens out" in out.stdout
+    row = _status_task(tmp_path / ".vibe-engine", "my-agent")
+    assert row["calls"] == 2 == len(api.reported)
+    assert row["tokens"] == _reported_tokens(api)
