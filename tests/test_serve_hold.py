@@ -98,3 +98,28 @@ async def test_r3_4_hold_is_bounded_by_max_hold_s(
                 await s.get_final_message()
         assert "no decision within" in str(in_stream.value)
         assert fake_api.requests == 0
+
+
+@pytest.mark.real_asyncio  # real sockets
+async def test_r3_4_a_client_leaving_while_held_takes_its_request_with_it(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21: a held streaming client that disconnects is not served later: after the
+    decision nothing goes upstream and nothing is charged for it."""
+    keys = [{"name": "alpha", "key_env": "VIBE_KEY_A", "on_limit": "hold",
+             "budget": {"tokens": 100}}]
+    data = serve_config(tmp_path, fake_api.base_url, keys, ping_interval_s=0.1)
+    async with serving(data) as run:
+        async with httpx2.AsyncClient(base_url=run.url) as http, \
+                http.stream("POST", "/v1/messages", json=BODY, headers={"x-api-key": KEY},
+                            timeout=30) as resp:
+            async for line in resp.aiter_lines():
+                if line == "event: ping":
+                    break  # held: leave
+        controller = run.served.orchestrator.controller
+        with anyio.fail_after(10):
+            while run.served.requests.get("alpha", 0) == 0:  # noqa: ASYNC110 - observed
+                await anyio.sleep(0.05)
+        await controller.decide("alpha", "add_budget", tokens=5000)
+        await anyio.sleep(0.3)  # a request still waiting would go upstream now
+        assert fake_api.requests == 0 and run.totals("alpha").calls == 0

@@ -66,6 +66,8 @@ class Passthrough:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: The client's query string (``beta=true``), forwarded with the request.
     query: str = ""
+    #: Called just before the request goes upstream: from then on the call is paid for.
+    on_send: Callable[[], None] | None = None
     on_status: Callable[[int, Mapping[str, str]], None] | None = None
     on_bytes: Callable[[bytes], None] | None = None
 

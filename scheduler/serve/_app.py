@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -73,18 +73,41 @@ class _Governed(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         tx, rx = anyio.create_memory_object_stream[_Item](math.inf)
+        sent = False
+
+        def on_send() -> None:
+            nonlocal sent
+            sent = True
+
+        self._pt.on_send = on_send
         self._pt.on_status = lambda status, headers: tx.send_nowait(("status", headers))
         self._pt.on_bytes = lambda chunk: tx.send_nowait(("bytes", chunk))
         with tx, rx:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._governed, tx)
+                tg.start_soon(self._left, receive, lambda: sent, tg.cancel_scope)
                 await _Relay(send, self._stream,
                              self._served.config.serve.ping_interval_s).run(rx)
+                tg.cancel_scope.cancel()  # answered: stop watching for the client leaving
+
+    async def _left(self, receive: Receive, sent: Callable[[], bool],
+                    scope: anyio.CancelScope) -> None:
+        """A client that leaves while its request waits (a lease queue, a hold) takes the
+        request with it; once the request went upstream it is paid for, so it runs on
+        and settles."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not sent():
+            _log.info("serve_client_left", key=self._entry.name)
+            scope.cancel()
 
     async def _governed(self, tx: MemoryObjectSendStream[_Item]) -> None:
         name, outcome = self._entry.name, "ok"
         try:
             await self._served.gateway.complete(self._handle, passthrough=self._pt, **self._call)
+        except anyio.get_cancelled_exc_class():
+            outcome = "left"  # the client left while its request waited
+            raise
         except Exception as exc:  # every failure is answered; none takes the server down
             refusal = self._refusal(exc)
             outcome = "refused" if refusal[1] is NO_RETRY else "error"

@@ -42,6 +42,7 @@ class ServeMetrics:
         self.cost.labels(task.id).inc(event.cost_usd)
 
     def request(self, key: str, outcome: str) -> None:
-        """One answered request: ``ok``, ``refused`` (budget/hold), or ``error``."""
+        """One request: ``ok``, ``refused`` (budget, hold, bad request), ``error``, or
+        ``left`` (the client disconnected while it waited)."""
         if self.enabled:
             self.requests.labels(key, outcome).inc()

@@ -195,6 +195,8 @@ class UpstreamProvider:
         url = "/v1/messages" + (f"?{query}" if query else "")
         http = self._client.build_request("POST", url, content=raw,
                                           headers=self.auth_headers(client_headers))
+        if pt is not None and pt.on_send is not None:
+            pt.on_send()
         try:
             resp = await self._client.send(http, stream=True)
         except httpx.TimeoutException:
