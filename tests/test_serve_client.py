@@ -280,3 +280,21 @@ def test_21_docs_example_governs_its_calls(api: FakeAnthropicServer, tmp_path: P
     row = _status_task(tmp_path / ".vibe-engine", "my-agent")
     assert row["calls"] == 2 == len(api.reported)
     assert row["tokens"] == _reported_tokens(api)
+
+
+async def test_21_in_process_transport_tells_the_app_a_caller_gave_up() -> None:
+    """#21: a call cancelled while the app has not answered (a held or queued request)
+    shows the app ``http.disconnect``, as a client closing its connection does to serve
+    (which then drops a request not yet sent upstream)."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((await receive())["type"])
+        seen.append((await receive())["type"])  # waits until the caller leaves
+
+    async with anyio.create_task_group() as tg:
+        transport = AppTransport(app, tg)
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as c:
+            with anyio.move_on_after(0.2):
+                await c.post("/v1/messages", content=b"{}")
+    assert seen == ["http.request", "http.disconnect"]

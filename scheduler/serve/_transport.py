@@ -66,7 +66,12 @@ class AppTransport(httpx.AsyncBaseTransport):
         tx, rx = anyio.create_memory_object_stream[_Item](math.inf)
         gone = anyio.Event()
         self._tg.start_soon(self._call, _scope(request), body, tx, gone)
-        start = await rx.receive()
+        try:
+            start = await rx.receive()
+        except BaseException:  # the caller gave up waiting: the app sees the client leave
+            gone.set()
+            rx.close()
+            raise
         if isinstance(start, BaseException):
             rx.close()
             raise httpx.ConnectError(f"vibe-engine: {type(start).__name__}: {start}") from start
