@@ -287,14 +287,23 @@ async def test_21_in_process_transport_tells_the_app_a_caller_gave_up() -> None:
     shows the app ``http.disconnect``, as a client closing its connection does to serve
     (which then drops a request not yet sent upstream)."""
     seen: list[str] = []
+    left = [anyio.Event(), anyio.Event()]
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen.append((await receive())["type"])
         seen.append((await receive())["type"])  # waits until the caller leaves
+        left[len(seen) // 2 - 1].set()
 
     async with anyio.create_task_group() as tg:
         transport = AppTransport(app, tg)
         async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as c:
             with anyio.move_on_after(0.2):
                 await c.post("/v1/messages", content=b"{}")
-    assert seen == ["http.request", "http.disconnect"]
+            with anyio.fail_after(5):
+                await left[0].wait()
+            # the SDK's read timeout: an httpx timeout, the app told likewise
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post("/v1/messages", content=b"{}", timeout=httpx.Timeout(0.2))
+            with anyio.fail_after(5):
+                await left[1].wait()
+    assert seen == ["http.request", "http.disconnect"] * 2

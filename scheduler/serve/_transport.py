@@ -66,11 +66,17 @@ class AppTransport(httpx.AsyncBaseTransport):
         tx, rx = anyio.create_memory_object_stream[_Item](math.inf)
         gone = anyio.Event()
         self._tg.start_soon(self._call, _scope(request), body, tx, gone)
+        # the SDK's read timeout bounds the wait for an answer, as it does over HTTP
+        read = (request.extensions.get("timeout") or {}).get("read")
         try:
-            start = await rx.receive()
-        except BaseException:  # the caller gave up waiting: the app sees the client leave
+            with anyio.fail_after(read if isinstance(read, int | float) else None):
+                start = await rx.receive()
+        except BaseException as exc:  # the caller gave up: the app sees the client leave
             gone.set()
             rx.close()
+            if isinstance(exc, TimeoutError):
+                raise httpx.ReadTimeout("vibe-engine: no answer within the read timeout",
+                                        request=request) from None
             raise
         if isinstance(start, BaseException):
             rx.close()
