@@ -27,7 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("scheduler.observe",),
     ("scheduler.runtime",),
     ("scheduler",),  # the public face: re-exports the everyday names of the layers below
-    ("agents",),  # plugins and providers, written against the public face
+    # plugins and providers, written against the public face; the governed gateway (#21)
+    ("agents", "scheduler.serve"),
     ("scheduler.cli", "scheduler.testing"),  # the application: wires scheduler and agents
 )
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}

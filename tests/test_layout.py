@@ -37,7 +37,7 @@ PUBLIC_TOP = {
     "config_from_dict", "load_config",
 }
 SUBPACKAGES = ("allocator", "budget", "cli", "config", "control", "core", "deadlock", "observe",
-               "routing", "runtime", "store", "tasks", "testing")
+               "routing", "runtime", "serve", "store", "tasks", "testing")
 
 
 def test_public_api_is_exactly_what_we_export() -> None:
@@ -80,9 +80,9 @@ def test_every_package_imports_first_in_a_fresh_interpreter() -> None:
     import sys
 
     modules = ["scheduler", "agents", "policies", "policies.complexity", "policies.routing",
-               "agents.providers", "benchmarks.routing", "benchmarks.allocator",
+               "agents.providers", "scheduler.serve", "benchmarks.routing", "benchmarks.allocator",
                "benchmarks.deadlock", "benchmarks.tracker", "benchmarks.redis_store",
-               "benchmarks.observe"]
+               "benchmarks.observe", "benchmarks.serve"]
     for module in modules:
         out = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)

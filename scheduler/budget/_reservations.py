@@ -100,9 +100,9 @@ class Reservations:
         """:meth:`reserve`, and across processes when the store is a :class:`BudgetLedger`.
 
         With a shared store (Redis) the same amounts are also held atomically
-        against the session and day scopes of *every* orchestrator sharing
-        them ("charge if within budget"), and the local session/day totals are
-        refreshed from the shared ones.  Raises :class:`BudgetExceededError`,
+        against the session and day scopes (and a task scope spanning the store)
+        of *every* orchestrator sharing them ("charge if within budget"), and the
+        local totals are refreshed from the shared ones.  Raises :class:`BudgetExceededError`,
         or :class:`StoreUnavailableError` while the ledger is unreachable and
         fail-closed.  With any other store this is exactly :meth:`reserve`.
         """
@@ -110,7 +110,10 @@ class Reservations:
         reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
         if not isinstance(self._store, BudgetLedger):
             return reservation
-        shared = (self._scopes.session, self._scopes.day())
+        own = self._scopes.task(task_id)
+        shared: tuple[ScopeState, ...] = (self._scopes.session, self._scopes.day())
+        if own.shared:
+            shared = (own, *shared)
         limits = tuple(
             ScopeLimit(s.name, s.limits.tokens, s.limits.tokens_by_model.get(model),  # type: ignore[call-overload]
                        s.limits.cost_usd)

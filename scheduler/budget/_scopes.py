@@ -53,6 +53,9 @@ class ScopeState:
     reserved_by_model: dict[str, int] = field(default_factory=dict)
     fired: set[tuple[str, Level]] = field(default_factory=set)
     started_at: float = 0.0
+    #: Held atomically across processes on a shared store, like the session and the day
+    #: (a task whose budget spans the store: a ``serve`` key).
+    shared: bool = False
 
     def used(self, dimension: str) -> float:
         if dimension.startswith("tokens:"):
@@ -143,11 +146,17 @@ class Scopes:
             self.days[key] = state
         return state
 
-    async def start_task(self, task_id: str, profile: TaskProfile, agent: str) -> None:
+    async def start_task(self, task_id: str, profile: TaskProfile, agent: str,
+                         span: str = "session") -> None:
         """Register a task; a task this session ran before (a resumed session) continues
-        from what it used in this session -- never from an earlier session's use."""
-        scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock())
-        if self._continued:
+        from what it used in this session -- never from an earlier session's use.  With
+        ``span="store"`` its budget counts every session's use of the id, and a shared
+        store holds it across processes."""
+        scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock(),
+                           shared=span == "store")
+        if scope.shared:
+            scope.totals = await self._store.totals(scope.name)
+        elif self._continued:
             scope.totals = await session_task_totals(self._store, self._session_id, task_id)
         self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
         self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls)

@@ -89,9 +89,11 @@ class Tracker:
     def day_scope(self, day: date | None = None) -> ScopeState:
         return self._scopes.day(day)
 
-    async def start_task(self, task_id: str, profile: TaskProfile, *, agent: str = "") -> None:
-        """Register a task; a task this session ran before continues from its totals."""
-        await self._scopes.start_task(task_id, profile, agent)
+    async def start_task(self, task_id: str, profile: TaskProfile, *, agent: str = "",
+                         span: str = "session") -> None:
+        """Register a task; a task this session ran before continues from its totals
+        (``span="store"``: from every session's, see :meth:`Scopes.start_task`)."""
+        await self._scopes.start_task(task_id, profile, agent, span)
 
     def finish_task(self, task_id: str, status: str = "completed") -> None:
         """Record how the task ended and write its ``usage.json`` (raises LocalFileError)."""

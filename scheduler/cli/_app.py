@@ -1,5 +1,6 @@
-"""``vibe-engine`` command line: run, resume, demo, status, decide, report, fake-api,
-plugins (R7.2).  Exit codes of ``run`` and ``resume``: see :mod:`scheduler.cli._sessions`."""
+"""``vibe-engine`` command line: run, resume, demo, status, decide, serve, report,
+fake-api, plugins (R7.2).
+Exit codes of ``run`` and ``resume``: see :mod:`scheduler.cli._sessions`."""
 
 from __future__ import annotations
 
@@ -322,6 +323,28 @@ def fake_api(
                "to it and ANTHROPIC_API_KEY to any value; Ctrl-C stops")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Argument(help="TOML or YAML config with a [serve] section.")],
+    host: Annotated[str | None, typer.Option(help="Listen address (default serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="Listen port (default serve.port; 0 picks a free one).")] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Serve the Anthropic Messages API, every call governed by the keys' budgets (#21):
+    point an agent's ANTHROPIC_BASE_URL here and give it a client key."""
+    from scheduler.cli._serve import run_serve
+
+    configure_logging(level=log_level)
+    try:
+        run_serve(config, host=host, port=port, ssl_certfile=ssl_certfile,
+                  ssl_keyfile=ssl_keyfile)
+    except VibeEngineError as exc:
+        raise _fail(exc) from None
 
 
 @app.command()

@@ -40,6 +40,8 @@ from scheduler.config._runtime import PoolConfig as PoolConfig
 from scheduler.config._runtime import RoutingConfig as RoutingConfig
 from scheduler.config._runtime import ShellConfig as ShellConfig
 from scheduler.config._runtime import TracingConfig as TracingConfig
+from scheduler.config._serve import ServeConfig as ServeConfig
+from scheduler.config._serve import ServeKey as ServeKey
 
 __all__ = [
     "BUILTIN_POLICIES",
@@ -66,6 +68,8 @@ __all__ = [
     "PriorityClass",
     "ProviderConfig",
     "RoutingConfig",
+    "ServeConfig",
+    "ServeKey",
     "ShellConfig",
     "SimulatedProviderConfig",
     "TaskSpec",

@@ -12,7 +12,7 @@ assembles them into :class:`VibeConfig` and re-exports them, so both
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -57,6 +57,7 @@ from scheduler.config._runtime import (
     ShellConfig,
     TracingConfig,
 )
+from scheduler.config._serve import ServeConfig, ServeKey
 from scheduler.core import ConfigError
 
 __all__ = [
@@ -64,8 +65,8 @@ __all__ = [
     "Complexity", "DeadlockConfig", "DistributedConfig", "GlobalPoolConfig", "HealthConfig",
     "Limits", "MetricsConfig", "ModelSpec", "ObserveConfig", "OutageWindow", "OverdraftConfig",
     "PoliciesConfig", "PoolConfig", "PriorityClass", "ProviderConfig", "RoutingConfig",
-    "ShellConfig", "SimulatedProviderConfig", "TaskSpec", "TaskType", "TaskTypeSpec", "Tier",
-    "TracingConfig", "VibeConfig",
+    "ServeConfig", "ServeKey", "ShellConfig", "SimulatedProviderConfig", "TaskSpec", "TaskType",
+    "TaskTypeSpec", "Tier", "TracingConfig", "VibeConfig",
 ]
 
 #: A task id names the task's folder (``tasks/<id>/``, ``workspace/<id>/``): it must be a
@@ -86,6 +87,12 @@ class TaskSpec(FrozenModel):
     budget: Limits | None = None
     requires_high_capability: bool = False
     params: dict[str, Any] = Field(default_factory=dict)
+    #: At a budget limit: ``pause`` for a person's decision (R3.4), or ``reject`` the call
+    #: (its ``BudgetExceededError`` reaches the caller; ``serve`` keys with ``on_limit``).
+    on_limit: Literal["pause", "reject"] = "pause"
+    #: What the task's own budget counts: this ``session``'s use of the task id, or every
+    #: session's in the ``store`` (held atomically across processes on a shared store).
+    budget_span: Literal["session", "store"] = "session"
 
     @field_validator("id")
     @classmethod
@@ -121,6 +128,7 @@ class VibeConfig(FrozenModel):
     provider: ProviderConfig = Field(default_factory=ProviderConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     shell: ShellConfig = Field(default_factory=ShellConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     tasks: tuple[TaskSpec, ...] = ()
 
     @field_validator("models", mode="before")

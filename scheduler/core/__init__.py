@@ -47,6 +47,7 @@ from scheduler.core._provider import Completion as Completion
 from scheduler.core._provider import CompletionRequest as CompletionRequest
 from scheduler.core._provider import ContentBlock as ContentBlock
 from scheduler.core._provider import Message as Message
+from scheduler.core._provider import Passthrough as Passthrough
 from scheduler.core._provider import Provider as Provider
 from scheduler.core._provider import RateLimitInfo as RateLimitInfo
 from scheduler.core._provider import ReportsRateLimits as ReportsRateLimits
@@ -83,6 +84,7 @@ __all__ = [
     "ModelUnavailableError",
     "OverdraftDeniedError",
     "OverloadedError",
+    "Passthrough",
     "PluginError",
     "Provider",
     "ProviderError",

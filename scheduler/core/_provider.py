@@ -48,6 +48,30 @@ def thinking_budget(options: Mapping[str, Any]) -> int:
     return 0
 
 
+@dataclass(slots=True)
+class Passthrough:
+    """A call forwarded as a client sent it (``vibe-engine serve``, #21).
+
+    ``body`` is the client's Messages API request (forwarded unchanged, but for the
+    model when the gateway routed it to another) and ``raw`` its bytes; ``headers``
+    are the client headers to forward (``anthropic-beta`` …).  The provider answers
+    through the sinks: ``on_status`` once with the upstream status and headers, then
+    ``on_bytes`` with the response body as it arrives (SSE events of a stream).
+    """
+
+    body: Mapping[str, Any]
+    raw: bytes
+    #: The catalog name the client's model maps to ("" when the gateway routed it).
+    model: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: The client's query string (``beta=true``), forwarded with the request.
+    query: str = ""
+    #: Called just before the request goes upstream: from then on the call is paid for.
+    on_send: Callable[[], None] | None = None
+    on_status: Callable[[int, Mapping[str, str]], None] | None = None
+    on_bytes: Callable[[bytes], None] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
     """One model call, already routed to a tier (``model``) and its provider id."""
@@ -66,6 +90,8 @@ class CompletionRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: Called with each text delta of a streamed answer (``stream=True``).
     on_text: TextSink | None = None
+    #: Set when the call forwards a client's request as it is (see :class:`Passthrough`).
+    passthrough: Passthrough | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,17 +56,23 @@ class Admission:
         """Reserve the estimate; at the limit pause for a decision (R3.4) and try again.
 
         The prompt estimate and ``max_tokens`` are checked against the prompt, completion
-        and cache limits before the call, like the total and the cost (R1.1).
+        and cache limits before the call, like the total and the cost (R1.1).  A task
+        whose spec says ``on_limit = "reject"`` gets the ``BudgetExceededError`` instead.
         """
         ctl = self.controller
+        reject = task.spec.on_limit == "reject"
         while True:
             await self._signal(task, self.tracker.time_crossings(task.id))
+            if reject and ctl.is_paused(task.id):
+                await ctl.discard(task.id)  # the alerts' 100 % pause: refused below instead
             await self.pause_point(task)
             try:
                 self.tracker.check(task.id, prompt_tokens=prompt_tokens,
                                    completion_tokens=completion_tokens)
                 return await ctl.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
             except BudgetExceededError as exc:
+                if reject:  # the caller answers it (serve keys)
+                    raise
                 await ctl.request_pause(task.id, error=exc)
             except OverdraftDeniedError as exc:
                 cause = exc.__cause__

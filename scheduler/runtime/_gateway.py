@@ -36,6 +36,7 @@ from scheduler.core import (
     LeaseError,
     Message,
     OverloadedError,
+    Passthrough,
     Provider,
     ProviderError,
     ProviderTimeoutError,
@@ -95,6 +96,7 @@ class _Call:
     hints: Mapping[str, Any]
     options: Mapping[str, Any]
     on_text: TextSink | None
+    passthrough: Passthrough | None = None
 
 
 class _NoScorer:
@@ -176,18 +178,20 @@ class Gateway:
         hints: Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
         on_text: TextSink | None = None,
+        passthrough: Passthrough | None = None,
     ) -> Completion:
         """One model call; ``options`` are Messages API options passed through
         (``temperature``, ``tool_choice``, ``thinking`` …, see ``REQUEST_OPTIONS``);
-        ``on_text`` receives a streamed answer's text as it arrives."""
+        ``on_text`` receives a streamed answer's text as it arrives; ``passthrough``
+        forwards a client's request as it is (``serve``), governed like any call."""
         check_request(messages, system=system, context=context, tools=tools,
                       max_tokens=max_tokens, model=model, hints=hints,
                       models=list(self.config.models))
         opts = check_options(options or {})
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
-            split = await self.replanner.before_call(
-                task, lambda: self.tracker.fraction_used(task.id),
-                allow_break_down=not task.split_from)  # R6.2: parts are not split again
+            split = await self.replanner.before_call(  # R6.2: parts are not split again,
+                task, lambda: self.tracker.fraction_used(task.id),  # nor forwarded calls
+                allow_break_down=not task.split_from and passthrough is None)
             if split is not None:
                 raise BreakDownRequested(task.id, split)
         part_limit = task.spec.params.get("max_output_tokens")
@@ -198,7 +202,7 @@ class Gateway:
         need = out + self.estimate(
             self.router.catalog.strongest, messages, system, context, tools
         ).calibrated
-        call = _Call(max_tokens, out, stream, dict(hints or {}), opts, on_text)
+        call = _Call(max_tokens, out, stream, dict(hints or {}), opts, on_text, passthrough)
 
         async def on(route: Route) -> Completion:
             return await self._attempt(task, route, messages, system, context, tools, call)
@@ -209,7 +213,8 @@ class Gateway:
         route, completion = await self._with_fallbacks(
             task, self.route(task, model, hints, need), need, on, may_fall_back
         )
-        if model is None:  # R4.3 corrections apply to routed calls only
+        if model is None and passthrough is None:  # R4.3 corrections apply to routed
+            # calls only, and not to forwarded ones: their answer reached the client already
             completion = await self._corrected(task, route, messages, completion, hints, need, on)
         return completion
 
@@ -289,6 +294,7 @@ class Gateway:
             messages=messages, system=(system + ("\n\n" + context if context else "")),
             tools=tools, max_tokens=call.max_tokens, stream=call.stream, task_id=task.id,
             hints=call.hints, options=call.options, on_text=call.on_text,
+            passthrough=call.passthrough,
         )
         est = await self.count_api(
             request, self.estimate(route.model, messages, system, context, tools)

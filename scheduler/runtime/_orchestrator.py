@@ -266,7 +266,8 @@ class Orchestrator:
         spec = handle.spec
         try:
             await self._wait_dependencies(handle)
-            await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent)
+            await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent,
+                                          span=spec.budget_span)
             await self.controller.restore_task(spec.id)
             await self._attempts(handle)
         except VibeEngineError as exc:

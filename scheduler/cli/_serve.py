@@ -1,0 +1,68 @@
+"""``vibe-engine serve CONFIG``: the governed Anthropic-compatible gateway (#21).
+
+The typer command in :mod:`scheduler.cli._app` only parses options; this module checks
+them, builds the serve run and runs it until interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+
+from scheduler.cli._checks import free_ports
+from scheduler.config import load_config
+from scheduler.core import ConfigError, VibeEngineError
+from scheduler.serve import Served, listen, serve_forever
+
+
+def _tls(certfile: Path | None, keyfile: Path | None) -> None:
+    if (certfile is None) != (keyfile is None):
+        raise ConfigError("--ssl-certfile/--ssl-keyfile", str(certfile or keyfile),
+                          "give both, or neither")
+    for name, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if path is not None and not path.is_file():
+            raise ConfigError(name, str(path), "no such file")
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The error inside task-group wrappers (one line names it, not the group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def run_serve(config_path: Path, *, host: str | None, port: int | None,
+              ssl_certfile: Path | None, ssl_keyfile: Path | None) -> None:
+    """Check everything, then serve until SIGINT/SIGTERM (raises VibeEngineError first)."""
+    _tls(ssl_certfile, ssl_keyfile)
+    config = load_config(config_path)
+    free_ports(config)
+
+    def ready(url: str) -> None:
+        names = ", ".join(k.name for k in config.serve.keys)
+        sys.stderr.write(f"vibe-engine serve on {url} (keys: {names}) — set "
+                         f"ANTHROPIC_BASE_URL={url}; Ctrl-C stops\n")
+        sys.stderr.flush()
+
+    host = host or config.serve.host
+    # the port and the keys are checked before anything is written to the state directory
+    sock = listen(host, config.serve.port if port is None else port)
+    try:
+        served = Served(config)
+    except BaseException:
+        sock.close()
+        raise
+
+    async def main() -> None:
+        await serve_forever(served, host=host, ssl_certfile=ssl_certfile,
+                            ssl_keyfile=ssl_keyfile, on_ready=ready, sock=sock)
+
+    try:
+        anyio.run(main)
+    except BaseExceptionGroup as group:
+        inner = _first_error(group)
+        if isinstance(inner, VibeEngineError):
+            raise inner from None
+        raise

@@ -1,0 +1,87 @@
+"""The ``[serve]`` section: the Anthropic-compatible governed gateway and its client keys (#21)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from scheduler.config._base import Complexity, FieldProblem, FrozenModel, PriorityClass, TaskType
+from scheduler.config._budgets import Limits
+
+#: A client key's name becomes its task id: the same characters, and not a folder name.
+_KEY_NAME = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$"
+
+
+class ServeKey(FrozenModel):
+    """One client key of ``vibe-engine serve``: who may call, within what, and how.
+
+    The key itself comes from the environment variable ``key_env`` or is stored as its
+    SHA-256 hex digest in ``key_sha256`` (``printf %s "$KEY" | sha256sum``); exactly
+    one of the two is given.  ``budget`` limits everything the key spends, in every
+    ``serve`` process sharing the store (tokens, cost, ``tokens_by_model`` …).
+    """
+
+    name: str = Field(min_length=1, max_length=100, pattern=_KEY_NAME)
+    key_env: str | None = Field(default=None, min_length=1)
+    key_sha256: str | None = None
+    budget: Limits = Field(default_factory=Limits)
+    priority: PriorityClass = "normal"
+    #: Model ids (or catalog names) this key may ask for; empty = every catalog model.
+    allowed_models: tuple[str, ...] = ()
+    #: ``explicit``: a model id the client names is honoured (the alias is routed);
+    #: ``routed``: every request is routed to the cheapest capable model.
+    routing: Literal["explicit", "routed"] = "explicit"
+    #: At a budget limit: ``hold`` waits for a person's decision (``vibe-engine decide``),
+    #: ``reject`` answers with an error the SDKs do not retry.
+    on_limit: Literal["hold", "reject"] = "reject"
+    #: How the router sees this key's requests when it picks a model for the alias
+    #: (R1.4 task type and R1.3 complexity): the defaults pick the cheapest capable tier.
+    task_type: TaskType = "question_answering"
+    complexity: Complexity = "simple"
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("must be a SHA-256 hex digest (64 hex characters)")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ServeKey:
+        if (self.key_env is None) == (self.key_sha256 is None):
+            raise FieldProblem("key_env", self.key_env,
+                               "give exactly one of key_env and key_sha256")
+        return self
+
+
+class ServeConfig(FrozenModel):
+    """``vibe-engine serve``: where it listens, where it forwards, and its client keys."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    #: The Messages API the gateway forwards to (default ``provider.base_url``, else
+    #: https://api.anthropic.com).
+    upstream_base_url: str | None = None
+    #: The environment variable holding the upstream API key (the server sends it;
+    #: clients never see it).
+    upstream_key_env: str = "ANTHROPIC_API_KEY"
+    #: Seconds an upstream call may take before it counts as a timeout (fallback, R6.1).
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    #: The model name that asks the router for the cheapest capable model (R4).
+    routing_alias: str = Field(default="vibe-auto", min_length=1)
+    #: The longest a held request waits for a decision before it is refused.
+    max_hold_s: float = Field(default=600.0, gt=0)
+    #: Seconds between SSE ``ping`` events a held streaming request receives.
+    ping_interval_s: float = Field(default=10.0, gt=0)
+    keys: tuple[ServeKey, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServeConfig:
+        seen: set[str] = set()
+        for i, key in enumerate(self.keys):
+            if key.name in seen:
+                raise FieldProblem(f"keys.{i}.name", key.name, "duplicate key name")
+            seen.add(key.name)
+        return self

@@ -1,0 +1,306 @@
+"""The ASGI application of ``vibe-engine serve``: the Messages API, governed (#21).
+
+``POST /v1/messages`` (JSON or SSE), ``POST /v1/messages/count_tokens`` and
+``GET /v1/models``, matched without their query string.  Each messages request is
+authenticated by its client key, checked against the key's models, and made
+through the run's gateway as a call of the key's task: admitted against the key's
+and the shared budgets, leased, forwarded, settled from the upstream's usage.
+:func:`create_app` needs only a running :class:`Served`, so the same app serves
+over uvicorn or in-process through ``httpx.ASGITransport``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from scheduler.core import (
+    BudgetExceededError,
+    FinishRequestedError,
+    InvalidArgumentError,
+    OverdraftDeniedError,
+    Passthrough,
+    ProviderError,
+    StoreUnavailableError,
+    get_logger,
+)
+from scheduler.serve._errors import (
+    NO_RETRY,
+    budget_refusal,
+    error_json,
+    error_response,
+    finish_refusal,
+)
+from scheduler.serve._keys import KeyEntry, presented_key
+from scheduler.serve._models import ModelMap
+from scheduler.serve._runtime import Served
+from scheduler.serve._upstream import UpstreamError
+from scheduler.tasks import TaskHandle
+
+_log = get_logger("vibe_engine.serve")
+_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+_SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+#: Client headers forwarded upstream (the key is replaced by the server's own).
+_FORWARDED = ("anthropic-version", "anthropic-beta")
+
+_Item = tuple[str, Any]
+
+
+class _Governed(Response):
+    """Runs one governed call and relays its answer as it arrives.
+
+    A streaming request gets SSE ``ping`` events while it waits (a lease queue, a
+    hold at a budget limit), then the upstream's events; an error once the stream
+    started is sent as the API's ``error`` event.  A JSON request gets the upstream's
+    body, or the error with its status.
+    """
+
+    def __init__(self, served: Served, entry: KeyEntry, handle: TaskHandle,
+                 call: dict[str, Any], pt: Passthrough, stream: bool) -> None:
+        super().__init__()
+        self._served, self._entry, self._handle = served, entry, handle
+        self._call, self._pt, self._stream = call, pt, stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tx, rx = anyio.create_memory_object_stream[_Item](math.inf)
+        sent = False
+
+        def on_send() -> None:
+            nonlocal sent
+            sent = True
+
+        self._pt.on_send = on_send
+        self._pt.on_status = lambda status, headers: tx.send_nowait(("status", headers))
+        self._pt.on_bytes = lambda chunk: tx.send_nowait(("bytes", chunk))
+        with tx, rx:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._governed, tx)
+                tg.start_soon(self._left, receive, lambda: sent, tg.cancel_scope)
+                await _Relay(send, self._stream,
+                             self._served.config.serve.ping_interval_s).run(rx)
+                tg.cancel_scope.cancel()  # answered: stop watching for the client leaving
+
+    async def _left(self, receive: Receive, sent: Callable[[], bool],
+                    scope: anyio.CancelScope) -> None:
+        """A client that leaves while its request waits (a lease queue, a hold) takes the
+        request with it; once the request went upstream it is paid for, so it runs on
+        and settles."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not sent():
+            _log.info("serve_client_left", key=self._entry.name)
+            scope.cancel()
+
+    async def _governed(self, tx: MemoryObjectSendStream[_Item]) -> None:
+        name, outcome = self._entry.name, "ok"
+        try:
+            await self._served.gateway.complete(self._handle, passthrough=self._pt, **self._call)
+        except anyio.get_cancelled_exc_class():
+            outcome = "left"  # the client left while its request waited
+            raise
+        except Exception as exc:  # every failure is answered; none takes the server down
+            refusal = self._refusal(exc)
+            outcome = "refused" if refusal[1] is NO_RETRY else "error"
+            tx.send_nowait(("error", refusal))
+        else:
+            tx.send_nowait(("done", None))
+        finally:
+            self._served.requests[name] = self._served.requests.get(name, 0) + 1
+            self._served.metrics.request(name, outcome)
+
+    def _refusal(self, exc: Exception) -> tuple[int, Mapping[str, str], bytes]:
+        name, hold = self._entry.name, self._entry.config.on_limit == "hold"
+        if isinstance(exc, UpstreamError):
+            return exc.status or 502, exc.headers, exc.body
+        if isinstance(exc, BudgetExceededError):
+            return 400, NO_RETRY, budget_refusal(name, exc, hold=hold)
+        if isinstance(exc, OverdraftDeniedError) and isinstance(exc.__cause__,
+                                                                BudgetExceededError):
+            return 400, NO_RETRY, budget_refusal(name, exc.__cause__, hold=hold)
+        if isinstance(exc, FinishRequestedError):
+            return 400, NO_RETRY, finish_refusal(name, exc, self._served.config.serve.max_hold_s)
+        if isinstance(exc, InvalidArgumentError):
+            return 400, NO_RETRY, error_json("invalid_request_error", str(exc))
+        if isinstance(exc, StoreUnavailableError):
+            return 503, {}, error_json("api_error", f"vibe-engine: budget store unavailable: {exc}")
+        if isinstance(exc, ProviderError):
+            return 502, {}, error_json("api_error", f"vibe-engine: upstream failed: {exc}")
+        _log.exception("serve_request_failed", key=name)
+        return 500, {}, error_json("api_error", f"vibe-engine: {type(exc).__name__}: {exc}")
+
+
+class _Relay:
+    """Writes one response from the governed call's items (status, bytes, done, error)."""
+
+    def __init__(self, send: Send, stream: bool, ping_s: float) -> None:
+        self._send, self._stream, self._ping_s = send, stream, ping_s
+        self._started = False
+        self._gone = False  # the client left: the call still settles, nothing is sent
+        self._headers: Mapping[str, str] = {}
+        self._body: list[bytes] = []
+
+    async def run(self, rx: MemoryObjectReceiveStream[_Item]) -> None:
+        while True:
+            item: _Item | None = None
+            with anyio.move_on_after(self._ping_s if self._stream else math.inf):
+                item = await rx.receive()
+            if item is None:  # waiting (lease queue, held): keep the client's stream alive
+                await self._start(200, _SSE_HEADERS)
+                await self._write(_PING)
+                continue
+            kind, value = item
+            if kind == "status":
+                self._headers = value
+                if self._stream:
+                    await self._start(200, value)
+            elif kind == "bytes":
+                if self._stream:
+                    await self._write(value)
+                else:
+                    self._body.append(value)
+            elif kind == "done":
+                body = b"".join(self._body)
+                await self._start(200, {**self._headers, "content-length": str(len(body))})
+                await self._write(body, more=False)
+                return
+            else:
+                await self._fail(*value)
+                return
+
+    async def _fail(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        if self._started:  # mid-stream: the API's own error event
+            await self._write(b"event: error\ndata: " + body + b"\n\n", more=False)
+            return
+        await self._start(status, {**headers, "content-type": "application/json",
+                                   "content-length": str(len(body))})
+        await self._write(body, more=False)
+
+    async def _start(self, status: int, headers: Mapping[str, str]) -> None:
+        if self._started:
+            return
+        self._started = True
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()
+               if k.lower() not in ("transfer-encoding", "connection")]
+        await self._emit({"type": "http.response.start", "status": status, "headers": raw})
+
+    async def _write(self, body: bytes, *, more: bool = True) -> None:
+        await self._emit({"type": "http.response.body", "body": body, "more_body": more})
+
+    async def _emit(self, message: dict[str, Any]) -> None:
+        if self._gone:
+            return
+        try:
+            await self._send(message)
+        except OSError:
+            self._gone = True
+
+
+class ServeApp:
+    """The handlers; one per :class:`Served`."""
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+        self.models = ModelMap(served.config)
+
+    def _key(self, request: Request) -> KeyEntry | Response:
+        entry = self.served.keys.find(presented_key(request.headers))
+        if entry is None:
+            return error_response("authentication_error", "invalid x-api-key")
+        return entry
+
+    async def messages(self, request: Request) -> Response:
+        entry = self._key(request)
+        if isinstance(entry, Response):
+            return entry
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return error_response("invalid_request_error", "body: not a JSON object")
+        routed = self.models.resolve(entry.config, body.get("model"))
+        if isinstance(routed, Response):
+            return routed
+        handle = self.served.handle(entry)
+        if handle is None:
+            return error_response("overloaded_error", "vibe-engine serve is stopping",
+                                  status=503)
+        try:
+            call = _call_args(body, routed)
+        except InvalidArgumentError as exc:
+            return error_response("invalid_request_error", str(exc), headers=NO_RETRY)
+        headers = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
+        pt = Passthrough(body=body, raw=raw, model=routed or "", headers=headers,
+                         query=request.url.query)
+        return _Governed(self.served, entry, handle, call, pt, bool(body.get("stream")))
+
+    async def count_tokens(self, request: Request) -> Response:
+        """Forwarded as is (the alias counts on the cheapest tier); not charged."""
+        entry = self._key(request)
+        if isinstance(entry, Response):
+            return entry
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return error_response("invalid_request_error", "body: not a JSON object")
+        if not isinstance(body, dict):
+            return error_response("invalid_request_error", "body: not a JSON object")
+        routed = self.models.resolve(entry.config, body.get("model"))
+        if isinstance(routed, Response):
+            return routed
+        if routed is None:
+            raw = json.dumps({**body, "model": self.models.cheapest_id}).encode()
+        provider = self.served.provider
+        headers = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
+        url = "/v1/messages/count_tokens" + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            resp = await provider.client.post(url, content=raw,
+                                              headers=provider.auth_headers(headers))
+        except Exception as exc:  # an unreachable upstream is answered, not raised
+            return error_response("api_error", f"vibe-engine: upstream failed: "
+                                  f"{type(exc).__name__}", status=502)
+        return Response(resp.content, status_code=resp.status_code,
+                        media_type="application/json")
+
+    async def models_list(self, request: Request) -> Response:
+        entry = self._key(request)
+        if isinstance(entry, Response):
+            return entry
+        return Response(json.dumps(self.models.page(entry.config)),
+                        media_type="application/json")
+
+
+def _call_args(body: Mapping[str, Any], model: str | None) -> dict[str, Any]:
+    """What the gateway estimates and admits from: only what governance needs is read."""
+    max_tokens = body.get("max_tokens")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidArgumentError("messages", messages, "must be a list of messages")
+    system = body.get("system") or ""
+    if isinstance(system, list):  # blocks: their text is what counts toward the estimate
+        system = "\n".join(str(b.get("text", "")) for b in system if isinstance(b, Mapping))
+    tools = body.get("tools") or []
+    return {"messages": messages, "system": str(system), "tools": tools,
+            "max_tokens": max_tokens, "model": model, "stream": bool(body.get("stream"))}
+
+
+def create_app(served: Served) -> Starlette:
+    """The ASGI app over a running :class:`Served` (uvicorn, or ``httpx.ASGITransport``)."""
+    app = ServeApp(served)
+    return Starlette(routes=[
+        Route("/v1/messages", app.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", app.count_tokens, methods=["POST"]),
+        Route("/v1/models", app.models_list, methods=["GET"]),
+    ])

@@ -1,0 +1,117 @@
+"""Client keys: who is calling, and the task each key's requests run as (#21).
+
+Each ``[[serve.keys]]`` entry becomes a task of the serve run whose budget is the
+key's (counted over every session in the store, so restarts and replicas share it,
+R1.2), whose priority class is the key's (R5.1) and whose ``on_limit`` is ``pause``
+for ``hold`` keys (R3.4) and ``reject`` otherwise.  Presented keys are compared as
+SHA-256 digests in constant time; the clear key is never kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from scheduler.config import Limits, ServeConfig, ServeKey, TaskSpec
+from scheduler.core import ConfigError
+
+
+def agent_name(key: str) -> str:
+    """The agent a key's task runs as: the outside agent behind the key, so reports
+    (per agent), status and usage files show proxied traffic per key."""
+    return f"serve:{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """A configured key and the SHA-256 digest its clients must present."""
+
+    config: ServeKey
+    digest: bytes
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class KeyRing:
+    """The configured client keys, ready to authenticate requests."""
+
+    def __init__(self, serve: ServeConfig, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        self._entries: list[KeyEntry] = []
+        #: Keys minted by :meth:`issue` (in-process clients): found, never counted.
+        self._issued: list[KeyEntry] = []
+        for i, key in enumerate(serve.keys):
+            if key.key_env is not None:
+                value = env.get(key.key_env)
+                if not value:
+                    raise ConfigError(f"serve.keys.{i}.key_env", key.key_env,
+                                      "environment variable is not set (or empty)")
+                self._entries.append(KeyEntry(key, digest(value)))
+            else:
+                self._entries.append(KeyEntry(key, bytes.fromhex(key.key_sha256 or "")))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> list[KeyEntry]:
+        return list(self._entries)
+
+    def find(self, presented: str | None) -> KeyEntry | None:
+        """The key ``presented`` is, or None; every entry is compared (constant time)."""
+        if not presented:
+            return None
+        wanted = digest(presented)
+        found = None
+        for entry in (*self._entries, *self._issued):
+            if hmac.compare_digest(entry.digest, wanted):
+                found = entry
+        return found
+
+    def issue(self, name: str) -> str:
+        """A fresh random key for the configured key ``name``: the in-process client's
+        (#21), so a key stored only hashed can be used too; it lives in memory only."""
+        for entry in self._entries:
+            if entry.name == name:
+                token = "vibe-inproc-" + secrets.token_urlsafe(32)
+                self._issued.append(KeyEntry(entry.config, digest(token)))
+                return token
+        names = ", ".join(e.name for e in self._entries)
+        raise ConfigError("key", name, f"no [[serve.keys]] entry has this name (keys: {names})")
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The client's key: ``x-api-key``, else ``Authorization: Bearer …``."""
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    auth = headers.get("authorization") or ""
+    scheme, _, token = auth.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def key_limits(budget: Limits) -> Limits:
+    """The key's budget and nothing else: every other task default (wall time, per-call
+    time, file edits …) is explicitly off, since a key's task lives as long as the server."""
+    data = {name: None for name in Limits.model_fields if name != "tokens_by_model"}
+    data.update({name: getattr(budget, name) for name in budget.model_fields_set})
+    return Limits(**data)
+
+
+def task_spec(key: ServeKey) -> TaskSpec:
+    """The task a key's requests run as."""
+    return TaskSpec(
+        id=key.name, agent=agent_name(key.name), prompt=f"requests of serve key {key.name}",
+        task_type=key.task_type, complexity=key.complexity, priority=key.priority,
+        budget=key_limits(key.budget), on_limit="pause" if key.on_limit == "hold" else "reject",
+        budget_span="store",
+    )

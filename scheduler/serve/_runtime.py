@@ -1,0 +1,144 @@
+"""A serve run: an orchestrator whose tasks are the client keys (#21).
+
+Every client key is a task of one long-running session (see :mod:`._keys`); its
+agent only waits for the server to stop, while the HTTP handlers make the key's
+model calls through the run's gateway — the one governed path (route → estimate →
+admit → lease → call → settle → signal).  So status, the live view, metrics,
+reports, pauses and ``vibe-engine decide KEY …`` see keys like any task.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from scheduler.config import VibeConfig
+from scheduler.core import ConfigError, EventBus, VibeEngineError, WallClock, get_logger
+from scheduler.runtime import AgentContext, Orchestrator
+from scheduler.serve._keys import KeyEntry, KeyRing, agent_name, task_spec
+from scheduler.serve._metrics import ServeMetrics
+from scheduler.serve._upstream import UpstreamProvider
+from scheduler.store import Store
+from scheduler.tasks import TaskHandle
+
+_log = get_logger("vibe_engine.serve")
+_DEFAULT_UPSTREAM = "https://api.anthropic.com"
+
+
+def upstream_url(config: VibeConfig) -> str:
+    return config.serve.upstream_base_url or config.provider.base_url or _DEFAULT_UPSTREAM
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def upstream_provider(config: VibeConfig, env: Mapping[str, str] | None = None
+                      ) -> UpstreamProvider:
+    """The upstream client with the server's key; a missing key is an error, except for
+    an upstream on this machine (the fake API needs none)."""
+    env = os.environ if env is None else env
+    url, name = upstream_url(config), config.serve.upstream_key_env
+    key = env.get(name, "")
+    if not key and not _loopback(url):
+        raise ConfigError("serve.upstream_key_env", name,
+                          f"environment variable is not set; the upstream {url} needs a key")
+    return UpstreamProvider(url, key, timeout_s=config.serve.upstream_timeout_s)
+
+
+class _KeyAgent:
+    """A key's task: alive as long as the server, its calls made by the HTTP handlers."""
+
+    def __init__(self, served: Served) -> None:
+        self._served = served
+
+    async def run(self, ctx: AgentContext) -> Any:
+        self._served.key_started(ctx.handle)
+        await self._served.stopping.wait()
+        return {"requests": self._served.requests.get(ctx.handle.id, 0)}
+
+
+class Served:
+    """The orchestrator, keys and upstream of one ``vibe-engine serve`` process.
+
+    ``async with served.running():`` runs the orchestrator until the block ends;
+    meanwhile :meth:`handle` gives the task of a key for the gateway's calls.
+    """
+
+    def __init__(
+        self, config: VibeConfig, *, provider: UpstreamProvider | None = None,
+        env: Mapping[str, str] | None = None, store: Store | None = None,
+        wall: WallClock | None = None, bus: EventBus | None = None,
+    ) -> None:
+        serve = config.serve
+        self.keys = KeyRing(serve, env)
+        if not len(self.keys):
+            raise ConfigError("serve.keys", [], "add at least one [[serve.keys]] entry")
+        # a held request waits at most max_hold_s (serve's decision timeout)
+        alerts = config.alerts.model_copy(update={"decision_timeout_s": serve.max_hold_s})
+        self.config = config.model_copy(update={
+            "tasks": tuple(task_spec(e.config) for e in self.keys.entries()),
+            "alerts": alerts,
+        })
+        self.provider = provider or upstream_provider(config, env)
+        self.orchestrator = Orchestrator(
+            self.config, provider=self.provider,
+            agents={agent_name(e.name): lambda: _KeyAgent(self) for e in self.keys.entries()},
+            store=store, wall=wall, bus=bus,
+        )
+        self.gateway = self.orchestrator.gateway
+        self.metrics = ServeMetrics(self.orchestrator, {e.name for e in self.keys.entries()})
+        self.stopping = anyio.Event()
+        #: Forwarded requests per key (the key task's result when the server stops).
+        self.requests: dict[str, int] = {}
+        self._started: set[str] = set()
+        self._ready = anyio.Event()
+        self._failure: BaseException | None = None
+
+    def key_started(self, handle: TaskHandle) -> None:
+        self._started.add(handle.id)
+        if len(self._started) == len(self.keys):
+            self._ready.set()
+
+    def handle(self, entry: KeyEntry) -> TaskHandle | None:
+        """The running task of ``entry`` (None once the server is stopping)."""
+        handle = self.orchestrator.handles.get(entry.name)
+        if handle is None or handle.finished or self.stopping.is_set():
+            return None
+        return handle
+
+    async def _run(self) -> None:
+        try:
+            await self.orchestrator.run()
+        except BaseException as exc:
+            self._failure = exc
+            raise
+        finally:
+            self._ready.set()  # a run that failed to start must not leave running() waiting
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Served]:
+        """Run the orchestrator (its keys' tasks and services) while the block runs."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run)
+            await self._ready.wait()
+            if self._failure is not None or len(self._started) < len(self.keys):
+                raise VibeEngineError(f"serve could not start: {self._failure}")
+            _log.info("serve_started", keys=sorted(self._started),
+                      session_id=self.orchestrator.session_id)
+            try:
+                yield self
+            finally:
+                self.stopping.set()  # the keys' tasks complete; the run ends and closes

@@ -1,0 +1,61 @@
+"""Running the gateway over HTTP with uvicorn (#21)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+
+from scheduler.core import ConfigError
+from scheduler.serve._app import create_app
+from scheduler.serve._runtime import Served
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket (``port`` 0 picks a free one); refused with the field named."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit it: a response's header and body writes then never
+    # wait for the client's delayed ACK (40 ms)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError("serve.port", port,
+                          f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_forever(
+    served: Served, *, host: str | None = None, port: int | None = None,
+    ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None,
+    on_ready: Callable[[str], None] | None = None, sock: socket.socket | None = None,
+) -> None:
+    """Serve ``served`` until the process is interrupted (uvicorn handles SIGINT/SIGTERM),
+    then stop the run: the keys' tasks end and their usage is written.  ``sock`` is a
+    socket :func:`listen` already bound (else ``host``/``port``, default ``[serve]``)."""
+    cfg = served.config.serve
+    host = host or cfg.host
+    if sock is None:
+        sock = listen(host, cfg.port if port is None else port)
+    scheme = "https" if ssl_certfile else "http"
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(served), lifespan="off", log_level="warning", access_log=False,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, timeout_keep_alive=75,
+    )
+    server = uvicorn.Server(config)
+    async with served.running():
+        if on_ready is not None:
+            on_ready(f"{scheme}://{host}:{bound}")
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()

@@ -1,0 +1,254 @@
+"""The upstream Messages API as a :class:`~scheduler.core.Provider` (the gateway's call step).
+
+A call that carries a :class:`~scheduler.core.Passthrough` is forwarded as the client
+sent it: the body bytes unchanged (re-encoded only when the gateway routed it to
+another model), the client's ``anthropic-version``/``anthropic-beta`` headers and
+query string, and the server's own API key.  The answer goes back through the
+pass-through's sinks as it arrives — SSE events are relayed chunk by chunk, whatever
+their type — while only the usage (``message_start`` and ``message_delta``, cache
+tokens included) is read, for exact settlement.  Upstream errors keep their status,
+headers and body so the client gets them as the API sent them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import httpx2 as httpx
+
+from scheduler.core import (
+    Completion,
+    CompletionRequest,
+    OverloadedError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    Usage,
+)
+
+#: Response headers worth relaying to the client (rate limits, ids); hop-by-hop
+#: and length headers are the server's own business.
+_RELAYED = ("request-id", "anthropic-organization-id", "retry-after", "x-should-retry")
+_API_VERSION = "2023-06-01"
+
+
+class UpstreamError(ProviderError):
+    """The upstream answered with an error: its status, headers and body, to relay."""
+
+    def __init__(self, model: str, status: int, body: bytes,
+                 headers: Mapping[str, str] | None = None) -> None:
+        ProviderError.__init__(self, model, f"upstream answered {status}", status=status)
+        self.body = body
+        self.headers = dict(headers or {})
+
+
+class UpstreamOverloadedError(UpstreamError, OverloadedError):
+    """529 (or 503): degraded; routed requests fall back (R6.1)."""
+
+
+class UpstreamRateLimitedError(UpstreamError, RateLimitedError):
+    """429 from the upstream."""
+
+    def __init__(self, model: str, status: int, body: bytes,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(model, status, body, headers)
+        after = (headers or {}).get("retry-after")
+        try:
+            self.retry_after: float | None = float(after) if after else None
+        except ValueError:
+            self.retry_after = None
+
+
+class UpstreamTimeoutError(UpstreamError, ProviderTimeoutError):
+    """The upstream did not answer in time (relayed as a 504 ``timeout_error``)."""
+
+
+def error_body(kind: str, message: str) -> bytes:
+    """The Messages API's error shape."""
+    return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+
+
+def status_error(model: str, status: int, body: bytes,
+                 headers: Mapping[str, str]) -> UpstreamError:
+    relayed = {k: v for k, v in headers.items() if k.lower() in _RELAYED}
+    if status in (503, 529):
+        return UpstreamOverloadedError(model, status, body, relayed)
+    if status == 429:
+        return UpstreamRateLimitedError(model, status, body, relayed)
+    return UpstreamError(model, status, body, relayed)
+
+
+def usage_of(u: Mapping[str, Any] | None, base: Usage | None = None) -> Usage:
+    """A ``usage`` object of the API → :class:`Usage`; fields it lacks keep ``base``'s
+    (a ``message_delta`` repeats only what changed; its counts are cumulative)."""
+    cur = base or Usage()
+    if not isinstance(u, Mapping):
+        return cur
+
+    def num(name: str, default: int) -> int:
+        value = u.get(name)
+        return int(value) if isinstance(value, int | float) else default
+
+    split = u.get("cache_creation")
+    w1h = cur.cache_write_1h_tokens
+    written = num("cache_creation_input_tokens", cur.cache_write_tokens)
+    if isinstance(split, Mapping):
+        w1h = int(split.get("ephemeral_1h_input_tokens") or 0)
+    return Usage(
+        prompt_tokens=num("input_tokens", cur.prompt_tokens),
+        completion_tokens=num("output_tokens", cur.completion_tokens),
+        cache_read_tokens=num("cache_read_input_tokens", cur.cache_read_tokens),
+        # without a split every write is a 5-minute write, the API's default TTL
+        cache_write_5m_tokens=max(written - w1h, 0),
+        cache_write_1h_tokens=w1h,
+    )
+
+
+class SseUsage:
+    """Reads the usage and stop reason out of relayed SSE bytes, event by event."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.usage: Usage | None = None
+        self.stop_reason = "end_turn"
+        self.message_id = ""
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+        while True:
+            end = self._buf.find(b"\n\n")
+            if end < 0:
+                return
+            block, self._buf = self._buf[:end], self._buf[end + 2:]
+            self._event(block.replace(b"\r\n", b"\n"))
+
+    def _event(self, block: bytes) -> None:
+        kind, data = b"", b""
+        for line in block.split(b"\n"):
+            if line.startswith(b"event:"):
+                kind = line[6:].strip()
+            elif line.startswith(b"data:"):
+                data += line[5:].strip()
+        if kind not in (b"message_start", b"message_delta") or not data:
+            return  # every other event is only relayed
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        if kind == b"message_start":
+            message = event.get("message") or {}
+            self.message_id = str(message.get("id") or "")
+            self.usage = usage_of(message.get("usage"))
+        else:
+            self.usage = usage_of(event.get("usage"), self.usage)
+            reason = (event.get("delta") or {}).get("stop_reason")
+            if reason:
+                self.stop_reason = str(reason)
+
+
+class UpstreamProvider:
+    """Forwards governed calls to the upstream Messages API over one pooled HTTP client."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 600.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._key = api_key
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), transport=transport,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+
+    def __repr__(self) -> str:  # the key never shows, not even in a traceback's locals
+        return f"UpstreamProvider({str(self._client.base_url)!r})"
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pooled client (count_tokens and models go through it too)."""
+        return self._client
+
+    def auth_headers(self, client_headers: Mapping[str, str]) -> dict[str, str]:
+        """The headers an upstream request carries: the server's key, the client's
+        API version and beta flags."""
+        headers = {"x-api-key": self._key, "content-type": "application/json",
+                   "anthropic-version": client_headers.get("anthropic-version") or _API_VERSION}
+        beta = client_headers.get("anthropic-beta")
+        if beta:
+            headers["anthropic-beta"] = beta
+        return headers
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        pt = request.passthrough
+        client_headers: Mapping[str, str] = {}
+        if pt is None:  # the runtime's own calls (health-check pings)
+            body: Mapping[str, Any] = _body_of(request)
+            raw, query = json.dumps(body).encode(), ""
+        else:
+            body, raw, client_headers, query = pt.body, pt.raw, pt.headers, pt.query
+            if pt.model != request.model:  # routed, or fell back: the one field we change
+                body = {**body, "model": request.model_id}
+                raw = json.dumps(body).encode()
+        url = "/v1/messages" + (f"?{query}" if query else "")
+        http = self._client.build_request("POST", url, content=raw,
+                                          headers=self.auth_headers(client_headers))
+        if pt is not None and pt.on_send is not None:
+            pt.on_send()
+        try:
+            resp = await self._client.send(http, stream=True)
+        except httpx.TimeoutException:
+            raise UpstreamTimeoutError(request.model, 504, error_body(
+                "timeout_error", "the upstream API did not answer in time")) from None
+        except httpx.TransportError as exc:
+            raise UpstreamOverloadedError(request.model, 529, error_body(
+                "overloaded_error", f"upstream unreachable: {type(exc).__name__}")) from None
+        try:
+            return await self._answer(request, resp, bool(body.get("stream")))
+        finally:
+            await resp.aclose()
+
+    async def _answer(self, request: CompletionRequest, resp: httpx.Response,
+                      stream: bool) -> Completion:
+        pt = request.passthrough
+        if resp.status_code != 200:
+            raise status_error(request.model, resp.status_code, await resp.aread(),
+                               resp.headers)
+        if pt is not None and pt.on_status is not None:
+            pt.on_status(200, {k: v for k, v in resp.headers.items()
+                               if k.lower() in _RELAYED or k.lower().startswith("anthropic-")
+                               or k.lower() == "content-type"})
+        sink = pt.on_bytes if pt is not None else None
+        if not stream:
+            data = await resp.aread()
+            if sink is not None:
+                sink(data)
+            message = json.loads(data)
+            return Completion("", usage_of(message.get("usage")), request.model,
+                              stop_reason=str(message.get("stop_reason") or "end_turn"),
+                              id=str(message.get("id") or ""))
+        sse = SseUsage()
+        try:
+            async for chunk in resp.aiter_bytes():  # decoded: no content-encoding relayed
+                if sink is not None:
+                    sink(chunk)
+                sse.feed(chunk)
+        except httpx.HTTPError as exc:  # dropped mid-stream: what was started is paid
+            err = UpstreamOverloadedError(request.model, 529, error_body(
+                "overloaded_error", f"upstream stream dropped: {type(exc).__name__}"))
+            err.usage = sse.usage
+            raise err from None
+        return Completion("", sse.usage or Usage(), request.model, stop_reason=sse.stop_reason,
+                          id=sse.message_id)
+
+
+def _body_of(request: CompletionRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": request.model_id, "max_tokens": request.max_tokens,
+                            "messages": list(request.messages)}
+    if request.system:
+        body["system"] = request.system
+    if request.tools:
+        body["tools"] = list(request.tools)
+    return body

@@ -1,0 +1,46 @@
+"""``vibe-engine serve`` refuses bad input in one line, exit 2, nothing written (#21)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests._serve_helpers import BIN
+
+KEY = '[[serve.keys]]\nname = "a"\nkey_env = "VIBE_TEST_UNSET_KEY"\n'
+
+
+def _serve(tmp_path: Path, config: str, *args: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "serve.toml"
+    path.write_text('state_dir = "st"\n[serve]\nupstream_base_url = "http://127.0.0.1:9"\n'
+                    + config)
+    env = {k: v for k, v in os.environ.items() if k != "VIBE_TEST_UNSET_KEY"}
+    return subprocess.run([str(BIN), "serve", str(path), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.slow
+def test_21_serve_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path) -> None:
+    """#21: an unset key variable, no keys, a key with two sources, half a TLS pair and
+    a port in use each name the field in one line, exit 2, and write no state."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        cases = [
+            (KEY, ("--port", "0"), "serve.keys.0.key_env"),
+            ("", ("--port", "0"), "serve.keys"),
+            (KEY + 'key_sha256 = "' + "0" * 64 + '"\n', ("--port", "0"), "key_env"),
+            (KEY, ("--port", "0", "--ssl-certfile", "cert.pem"), "--ssl-certfile"),
+            (KEY, ("--port", port), "serve.port"),
+        ]
+        for config, args, field in cases:
+            out = _serve(tmp_path, config, *args)
+            lines = [line for line in out.stderr.splitlines() if line.strip()]
+            assert out.returncode == 2 and len(lines) == 1, (field, out.stderr)
+            assert field in lines[0], (field, lines[0])
+            assert not (tmp_path / "st").exists(), field
