@@ -60,7 +60,7 @@ def test_issue23_snippets_are_found_and_few_are_not_run() -> None:
     assert len(found["guide-agent-plugin.md"]) >= 3 and len(found["guide-policy.md"]) >= 2
     every = [b for bs in found.values() for b in bs]
     skipped = [code for code, runnable in every if not runnable]
-    assert len(every) >= 10 and len(skipped) <= 4, skipped
+    assert len(every) >= 10 and len(skipped) <= 5, skipped
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import anyio
@@ -20,6 +21,19 @@ __all__ = ["fake_api"]  # the fixture, imported for pytest
 
 EXAMPLE = ROOT / "docs" / "examples" / "serve.toml"
 FAKE_API_DEFAULT = "http://127.0.0.1:8765"  # `vibe-engine fake-api` without --port
+
+
+async def _status_after_settle(cwd: Path) -> dict[str, Any]:
+    """``status --json`` once the running serve's ``status.json`` (rewritten at most once a
+    second) shows the key's call; the last one read after 15 s otherwise."""
+    with anyio.move_on_after(15):
+        while True:
+            done = await anyio.run_process([str(BIN), "status", "--json"], cwd=cwd)
+            status: dict[str, Any] = json.loads(done.stdout)
+            if any(t["task_id"] == "my-agent" and t["calls"] for t in status["tasks"]):
+                return status
+            await anyio.sleep(0.2)
+    return status
 
 
 @pytest.mark.slow
@@ -40,8 +54,7 @@ async def test_21_example_config_serves_and_status_shows_the_key(
             reply = await client.messages.create(
                 model="claude-sonnet-4-6", max_tokens=64,
                 messages=[{"role": "user", "content": "Say hello."}])
-        done = await anyio.run_process([str(BIN), "status", "--json"], cwd=tmp_path)
-        status = json.loads(done.stdout)
+        status = await _status_after_settle(tmp_path)
     report = json.loads((await anyio.run_process([str(BIN), "report", "--json"],
                                                  cwd=tmp_path)).stdout)
     assert "serve:my-agent" in json.dumps(report)  # the per-agent table: per key

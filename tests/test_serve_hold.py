@@ -68,7 +68,7 @@ async def test_r3_4_held_request_completes_after_decide_from_another_process(
                 while "ping" not in events:  # noqa: ASYNC110
                     await anyio.sleep(0.05)
             status = json.loads(await _cli("status", "--json", "--state-dir", state))
-            assert next(r["paused"] for r in status["budgets"] if r["task_id"] == "alpha")
+            assert next(r["paused"] for r in status["task_budgets"] if r["task_id"] == "alpha")
             assert fake_api.requests == 1  # held before the upstream
             reply = await _cli("decide", "alpha", "add", "--tokens", "5000",
                                "--state-dir", state)
