@@ -160,7 +160,7 @@ class SqliteStore:
             except sqlite3.OperationalError as exc:
                 if not busy(exc):
                     return await self._one_by_one(entries, exc)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # a refused write (constraint, bad value …)
                 return await self._one_by_one(entries, exc)
         self.spool.extend(entries)
         _log.warning("sqlite_write_spooled", path=str(self.path), writes=len(entries),
@@ -168,11 +168,13 @@ class SqliteStore:
         return [True if isinstance(e, SpooledEvent) else None for e in entries]
 
     async def _one_by_one(self, entries: list[Entry],
-                          exc: sqlite3.Error) -> list[bool | Exception | None]:
+                          exc: Exception) -> list[bool | Exception | None]:
         """A batch failed (not on a lock): commit its writes one transaction each, so
         only the write at fault fails, and only its own caller."""
         if len(entries) == 1:
-            return [StoreError(f"SQLite store {self.path}: {exc}")]
+            if isinstance(exc, sqlite3.Error):
+                return [StoreError(f"SQLite store {self.path}: {exc}")]
+            return [exc]
         out: list[bool | Exception | None] = []
         for entry in entries:
             out.extend(await self._commit([entry]))
@@ -249,6 +251,7 @@ class SqliteStore:
     # -- state -------------------------------------------------------------------------
 
     async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        json.dumps(value, sort_keys=True)  # a value JSON cannot hold fails its caller only
         await self.group.submit(SpooledState(kind, key, value))
 
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
