@@ -201,3 +201,33 @@ async def test_r2_6_a_write_cancelled_while_queued_is_neither_written_nor_acknow
     assert sorted(e.event_id for e in await store.events()) == ["e1", "e3"]
     assert (await store.totals(f"day:{DAY}")).calls == 2
     await store.aclose()
+
+
+@pytest.mark.real_asyncio  # the store's worker thread and a real SQLite file
+async def test_r2_6_closing_the_store_waits_for_the_commit_under_way(tmp_path: Path) -> None:
+    """#22, R2.6: ``aclose`` while concurrent charges are being committed waits for the
+    commit in the worker thread; every charge acknowledged is in the ledger, and a charge
+    queued after the close is refused with StoreError, never lost silently."""
+    db = tmp_path / "vibe.db"
+    store = SqliteStore(db)
+    await store.open()
+    acked: list[str] = []
+    refused: list[str] = []
+
+    async def charge(n: int) -> None:
+        try:
+            await store.record(_event(n, f"t{n % 5}"))
+            acked.append(f"e{n}")
+        except StoreError:
+            refused.append(f"e{n}")
+
+    async with anyio.create_task_group() as tg:
+        for n in range(40):
+            tg.start_soon(charge, n)
+        await anyio.sleep(0)  # every charge queued, the first commit in its thread
+        await store.aclose()
+    assert acked and len(acked) + len(refused) == 40
+    check = SqliteStore(db)
+    await check.open()
+    assert sorted(e.event_id for e in await check.events()) == sorted(acked)
+    await check.aclose()

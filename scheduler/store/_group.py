@@ -53,6 +53,7 @@ class GroupCommit(Generic[E, R]):
         self._max_batch = max_batch
         self._queue: list[_Pending[E, R]] = []
         self._leading = False
+        self._idle: anyio.Event | None = None  # set when the last commit under way ends
         #: Batches committed and writes in them so far (how much commits were shared).
         self.batches = 0
         self.writes = 0
@@ -79,6 +80,13 @@ class GroupCommit(Generic[E, R]):
             with anyio.CancelScope(shield=True):
                 await self._lead()
         return op.outcome()
+
+    async def wait_idle(self) -> None:
+        """Return once no commit is under way (before closing the connection)."""
+        while self._leading:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
 
     async def _lead(self) -> None:
         batch = self._queue[: self._max_batch]
@@ -111,6 +119,9 @@ class GroupCommit(Generic[E, R]):
                     nxt.woken.set()
             else:
                 self._leading = False
+                if self._idle is not None:
+                    self._idle.set()
+                    self._idle = None
             for op in batch:
                 if op.woken is not None:
                     op.woken.set()

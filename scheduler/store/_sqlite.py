@@ -61,6 +61,7 @@ T = TypeVar("T")
 Entry = SpooledEvent | SpooledState
 _REPLAY_BATCH = 256  # spooled writes replayed per transaction
 
+
 class SqliteStore:
     """WAL-mode SQLite :class:`~scheduler.store.Store` in ``path``.
 
@@ -114,6 +115,7 @@ class SqliteStore:
             return
         try:
             with anyio.CancelScope(shield=True):  # a last replay, even while cancelled
+                await self.group.wait_idle()  # never close under a commit in its thread
                 await self._drain(wait=True)
             if len(self.spool):  # replayed at the next open
                 _log.warning("sqlite_spool_pending", path=str(self.spool.path),
