@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from scheduler import TaskSpec, Usage, UsageEvent
@@ -224,7 +225,7 @@ async def test_r2_6_closing_the_store_waits_for_the_commit_under_way(tmp_path: P
     async with anyio.create_task_group() as tg:
         for n in range(40):
             tg.start_soon(charge, n)
-        await anyio.sleep(0)  # every charge queued, the first commit in its thread
+        await anyio.lowlevel.checkpoint()  # every charge queued, the first commit runs
         await store.aclose()
     assert acked and len(acked) + len(refused) == 40
     check = SqliteStore(db)
