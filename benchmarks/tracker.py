@@ -121,11 +121,12 @@ def _round(root: Path, n: int, tag: int) -> dict[str, float]:
     """One repetition of every charge figure, back to back, so the ratios compare runs
     made under the same load (the machines are shared)."""
     shared: list[float] = []
+    # the baseline runs between the two figures compared with it
     out = {
-        "memory": anyio.run(_charge_rate, MemoryStore(), n, AGENTS, []),
         "sqlite": anyio.run(_charge_rate, SqliteStore(root / f"g{tag}.db"), n, AGENTS, shared),
-        "sequential": anyio.run(_charge_rate, SqliteStore(root / f"s{tag}.db"), n, 1, []),
         "raw": _raw_sqlite_rate(root / f"raw{tag}.db", n),
+        "sequential": anyio.run(_charge_rate, SqliteStore(root / f"s{tag}.db"), n, 1, []),
+        "memory": anyio.run(_charge_rate, MemoryStore(), n, AGENTS, []),
         "raw_batch": _raw_sqlite_rate(root / f"rawb{tag}.db", n, AGENTS),
     }
     out["per_commit"] = shared[0]
