@@ -40,7 +40,7 @@ import structlog
 from benchmarks._common import emit, parse_args, progress
 from benchmarks._routing_sim import TEMPLATES, run_arm, workload
 from policies.complexity import ComplexityParams, ScoredComplexity
-from scheduler import ModelSpec, VibeConfig
+from scheduler import VibeConfig
 
 
 def _quiet_logs() -> None:
@@ -51,8 +51,9 @@ def _quiet_logs() -> None:
     )
 
 
-OLD_OPUS = ModelSpec(model_id="claude-opus-4-1", input_usd_per_mtok=15.0,
-                     output_usd_per_mtok=75.0)
+# the earlier opus price; ``rank`` kept, or opus would drop out of the tier order
+OLD_OPUS = {"model_id": "claude-opus-4-1", "input_usd_per_mtok": 15.0,
+            "output_usd_per_mtok": 75.0}
 
 
 def _reduction(seed: int, tasks: Any, config: VibeConfig, single_call: bool = False,
@@ -67,7 +68,8 @@ def one_seed(seed: int, n: int, config: VibeConfig) -> dict[str, Any]:
     routed = run_arm(seed, tasks, config, routed=True)
     base = run_arm(seed, tasks, config, routed=False)
     no_learning = ScoredComplexity(ComplexityParams(correction_points=0))
-    old_prices = config.model_copy(update={"models": {**config.models, "opus": OLD_OPUS}})
+    old_opus = config.models["opus"].model_copy(update=OLD_OPUS)
+    old_prices = config.model_copy(update={"models": {**config.models, "opus": old_opus}})
     return {
         "cost_reduction_pct": 100 * (1 - routed.cost_usd / base.cost_usd),
         "success_rate": routed.success_rate,

@@ -10,6 +10,7 @@ from scheduler.core import InvalidArgumentError, Totals, UsageEvent
 _USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens",
                  "cache_write_5m_tokens", "cache_write_1h_tokens")
 _EVENT_FIELDS = ("cost_usd", "file_edits", "shell_commands", "dangerous_commands")
+_PLAIN = (int, float)
 
 
 def scopes_of(event: UsageEvent) -> tuple[str, str, str]:
@@ -20,7 +21,16 @@ def scopes_of(event: UsageEvent) -> tuple[str, str, str]:
 def check_event(event: UsageEvent) -> None:
     """Refuse usage that would corrupt the ledger: a negative or non-finite amount would
     credit the budget (or poison every total after it), so no backend records one."""
-    amounts = [(f"usage.{f}", getattr(event.usage, f)) for f in _USAGE_FIELDS]
+    u = event.usage
+    values = (u.prompt_tokens, u.completion_tokens, u.cache_read_tokens,
+              u.cache_write_5m_tokens, u.cache_write_1h_tokens, event.cost_usd,
+              event.file_edits, event.shell_commands, event.dangerous_commands)
+    # every charge passes here: plain ints and floats, none negative, and a finite sum
+    # (a NaN or an infinity anywhere makes the sum non-finite) need no closer look
+    if all(type(v) in _PLAIN for v in values) and min(values) >= 0 and math.isfinite(
+            sum(values)):
+        return
+    amounts = [(f"usage.{f}", getattr(u, f)) for f in _USAGE_FIELDS]
     amounts += [(f, getattr(event, f)) for f in _EVENT_FIELDS]
     for name, value in amounts:
         if isinstance(value, bool) or not isinstance(value, int | float):

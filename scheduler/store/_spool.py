@@ -66,15 +66,19 @@ class Spool:
         return self._count
 
     def append(self, entry: Entry) -> None:
+        self.extend([entry])
+
+    def extend(self, entries: list[Entry]) -> None:
+        """Append ``entries`` in order, fsync-ed once for all of them before returning."""
         try:
             private_dir(self.path.parent)
             with open_private(self.path, append=True) as f:
-                f.write(_encode(entry) + "\n")
+                f.write("".join(_encode(e) + "\n" for e in entries))
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
             raise StoreError(f"cannot spool a write to {self.path}: {exc}") from exc
-        self._count = len(self) + 1
+        self._count = len(self) + len(entries)
 
     def read(self) -> list[Entry]:
         try:

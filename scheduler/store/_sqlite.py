@@ -1,9 +1,18 @@
 """The embedded default store: one SQLite file in WAL mode.
 
-Every ``record`` is one transaction: the event row (``INSERT OR IGNORE`` on the
-idempotency key) and the per-scope totals it adds to.  With WAL and
-``synchronous=NORMAL`` a committed transaction survives the process being
-killed (SIGKILL); only a power loss can drop the last few commits.
+Durability promise: ``record``, ``put_state`` and ``delete_state`` return only
+once their write is committed (or fsync-ed to the spool, below).  With WAL and
+``synchronous=NORMAL`` a commit is a ``write()`` into the WAL file, so an
+acknowledged write survives the process being killed (SIGKILL, OOM kill, a
+crash); a power loss or OS crash may drop the last commits before a checkpoint.
+
+Group commit: writes made while another write is being committed wait and are
+then committed together, in order, in one transaction (``_group.GroupCommit``)
+— one commit for many concurrent charges, each caller still woken only once its
+own write is committed.  An event row (``INSERT OR IGNORE`` on the idempotency
+key) and the per-scope totals it adds to are always in the same transaction.  A
+write that fails (not a lock) fails only its own caller: the batch is rolled
+back and its writes are retried one transaction each.
 
 The event loop never waits for the database:
 
@@ -12,8 +21,8 @@ The event loop never waits for the database:
   (trio, which the tests run on virtual time, where a thread in flight would let
   the mock clock jump) it runs on the loop thread — it never blocks there either:
 * ``busy_timeout`` is 0, so a database locked by another connection answers
-  "busy" at once; the statement is retried with ``anyio.sleep`` backoff for up to
-  ``retry_s``, and a write still refused then is appended to a local fsync-ed
+  "busy" at once; the batch is retried with ``anyio.sleep`` backoff for up to
+  ``retry_s``, and writes still refused then are appended to a local fsync-ed
   spool (``<db>-spool.jsonl``, as the Redis store spools) and replayed in order,
   idempotently, before the next write, at close or at the next open — no event
   is lost, and reads see spooled state records and usage at once.
@@ -33,94 +42,23 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from scheduler.core import (
-    StoreError,
-    Totals,
-    Usage,
-    UsageEvent,
-    get_logger,
-    private_dir,
-    private_file,
-)
+from scheduler.core import StoreError, Totals, UsageEvent, get_logger, private_dir, private_file
 from scheduler.store._base import check_event, scopes_of
+from scheduler.store._group import GroupCommit
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
+from scheduler.store._sqlite_sql import (
+    EVENT_COLUMNS,
+    apply,
+    busy,
+    init_schema,
+    row_to_event,
+    totals_of,
+)
 
 _log = get_logger("vibe_engine.store.sqlite")
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    event_id TEXT PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    day TEXT NOT NULL,
-    at REAL NOT NULL,
-    agent TEXT NOT NULL,
-    model TEXT NOT NULL,
-    task_type TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    cache_read_tokens INTEGER NOT NULL,
-    cache_write_5m_tokens INTEGER NOT NULL,
-    cache_write_1h_tokens INTEGER NOT NULL,
-    cost_usd REAL NOT NULL,
-    file_edits INTEGER NOT NULL,
-    shell_commands INTEGER NOT NULL,
-    dangerous_commands INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_task ON events(task_id);
-CREATE INDEX IF NOT EXISTS events_day ON events(day);
-CREATE TABLE IF NOT EXISTS totals (
-    scope TEXT PRIMARY KEY,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
-    cost_usd REAL NOT NULL DEFAULT 0,
-    file_edits INTEGER NOT NULL DEFAULT 0,
-    shell_commands INTEGER NOT NULL DEFAULT 0,
-    dangerous_commands INTEGER NOT NULL DEFAULT 0,
-    calls INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS model_totals (
-    scope TEXT NOT NULL,
-    model TEXT NOT NULL,
-    tokens INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (scope, model)
-);
-CREATE TABLE IF NOT EXISTS state (
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (kind, key)
-);
-"""
-
-_INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-_ADD_TOTALS = """
-INSERT INTO totals VALUES (?,?,?,?,?,?,?,?,?,?), (?,?,?,?,?,?,?,?,?,?), (?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(scope) DO UPDATE SET
-    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-    completion_tokens = completion_tokens + excluded.completion_tokens,
-    cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
-    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
-    cost_usd = cost_usd + excluded.cost_usd,
-    file_edits = file_edits + excluded.file_edits,
-    shell_commands = shell_commands + excluded.shell_commands,
-    dangerous_commands = dangerous_commands + excluded.dangerous_commands,
-    calls = calls + excluded.calls
-"""
-_ADD_MODEL = """
-INSERT INTO model_totals VALUES (?,?,?), (?,?,?), (?,?,?)
-ON CONFLICT(scope, model) DO UPDATE SET tokens = tokens + excluded.tokens
-"""
-_EVENT_COLUMNS = (
-    "event_id, task_id, session_id, day, at, agent, model, task_type, prompt_tokens, "
-    "completion_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, "
-    "cost_usd, file_edits, shell_commands, dangerous_commands"
-)
+Entry = SpooledEvent | SpooledState
+_REPLAY_BATCH = 256  # spooled writes replayed per transaction
 
 
 class SqliteStore:
@@ -139,6 +77,9 @@ class SqliteStore:
                            else self.path.with_name(self.path.name + "-spool.jsonl"))
         self._db: sqlite3.Connection | None = None
         self._guard = threading.Lock()  # one statement at a time on the one connection
+        self._draining = False  # one replay of the spool at a time
+        #: Commits shared by concurrent writes (``batches``/``writes``: how much).
+        self.group: GroupCommit[Entry, bool | None] = GroupCommit(self._commit)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -155,7 +96,7 @@ class SqliteStore:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout=0")  # never wait for a lock: we retry, async
             self._db = db
-            await self._run(_init_schema)
+            await self._run(init_schema)
             # SQLite gives new -wal/-shm files the db's mode; older ones kept theirs
             for extra in ("-wal", "-shm"):
                 side = self.path.with_name(self.path.name + extra)
@@ -173,6 +114,7 @@ class SqliteStore:
             return
         try:
             with anyio.CancelScope(shield=True):  # a last replay, even while cancelled
+                await self.group.wait_idle()  # never close under a commit in its thread
                 await self._drain(wait=True)
             if len(self.spool):  # replayed at the next open
                 _log.warning("sqlite_spool_pending", path=str(self.spool.path),
@@ -203,45 +145,61 @@ class SqliteStore:
             try:
                 return await self._call(fn)
             except sqlite3.OperationalError as exc:
-                if not _busy(exc) or anyio.current_time() + delay > deadline:
+                if not busy(exc) or anyio.current_time() + delay > deadline:
                     raise
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.25)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], entry: SpooledEvent |
-                     SpooledState, spooled: T) -> T:
-        """A write, in order after any spooled ones; spooled while the database stays locked."""
+    async def _commit(self, entries: list[Entry]) -> list[bool | Exception | None]:
+        """Commit one batch of writes, in order after any spooled ones; spool the batch
+        while the database stays locked.  One outcome per write."""
         if len(self.spool):
             await self._drain(wait=False)
         if not len(self.spool):
             try:
-                return await self._run(fn)
+                return list(await self._run(functools.partial(apply, entries=entries)))
             except sqlite3.OperationalError as exc:
-                if not _busy(exc):
-                    raise StoreError(f"SQLite store {self.path}: {exc}") from exc
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite store {self.path}: {exc}") from exc
-        self.spool.append(entry)
-        _log.warning("sqlite_write_spooled", path=str(self.path), pending=len(self.spool))
-        return spooled
+                if not busy(exc):
+                    return await self._one_by_one(entries, exc)
+            except Exception as exc:  # a refused write (constraint, bad value …)
+                return await self._one_by_one(entries, exc)
+        self.spool.extend(entries)
+        _log.warning("sqlite_write_spooled", path=str(self.path), writes=len(entries),
+                     pending=len(self.spool))
+        return [True if isinstance(e, SpooledEvent) else None for e in entries]
+
+    async def _one_by_one(self, entries: list[Entry],
+                          exc: Exception) -> list[bool | Exception | None]:
+        """A batch failed (not on a lock): commit its writes one transaction each, so
+        only the write at fault fails, and only its own caller."""
+        if len(entries) == 1:
+            if isinstance(exc, sqlite3.Error):
+                return [StoreError(f"SQLite store {self.path}: {exc}")]
+            return [exc]
+        out: list[bool | Exception | None] = []
+        for entry in entries:
+            out.extend(await self._commit([entry]))
+        return out
 
     async def _drain(self, *, wait: bool) -> None:
         """Replay spooled writes in order until the spool is empty or the database is busy."""
-        if not len(self.spool):
+        if not len(self.spool) or self._draining:
             return
+        self._draining = True
         done = 0
         try:
-            for entry in self.spool.read():
-                if isinstance(entry, SpooledEvent):
-                    await self._run(functools.partial(_record, event=entry.event), wait=wait)
-                else:
-                    await self._run(functools.partial(
-                        _put, kind=entry.kind, key=entry.key, value=entry.value), wait=wait)
-                done += 1
+            entries = self.spool.read()
+            for i in range(0, len(entries), _REPLAY_BATCH):
+                chunk = entries[i:i + _REPLAY_BATCH]
+                await self._run(functools.partial(apply, entries=chunk), wait=wait)
+                done += len(chunk)
         except sqlite3.OperationalError as exc:
-            if not _busy(exc):
+            if not busy(exc):
                 raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
         finally:
+            self._draining = False
             if done:
                 self.spool.drop_first(done)
                 _log.info("sqlite_spool_replayed", path=str(self.path), writes=done,
@@ -259,10 +217,10 @@ class SqliteStore:
 
     async def record(self, event: UsageEvent) -> bool:
         check_event(event)
-        return await self._write(lambda db: _record(db, event), SpooledEvent(event), True)
+        return bool(await self.group.submit(SpooledEvent(event)))
 
     async def totals(self, scope: str) -> Totals:
-        totals = await self._read(lambda db: _totals(db, scope))
+        totals = await self._read(lambda db: totals_of(db, scope))
         for entry in self.spool.read() if len(self.spool) else ():
             if isinstance(entry, SpooledEvent) and scope in scopes_of(entry.event):
                 totals.add(entry.event)  # recorded once the database answers again
@@ -287,15 +245,15 @@ class SqliteStore:
             clauses.append("day <= ?")
             args.append(day_to)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY at, rowid"
+        sql = f"SELECT {EVENT_COLUMNS} FROM events{where} ORDER BY at, rowid"
         rows = await self._read(lambda db: db.execute(sql, args).fetchall())
-        return [_row_to_event(r) for r in rows]
+        return [row_to_event(r) for r in rows]
 
     # -- state -------------------------------------------------------------------------
 
     async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
-        await self._write(lambda db: _put(db, kind, key, value),
-                          SpooledState(kind, key, value), None)
+        json.dumps(value, sort_keys=True)  # a value JSON cannot hold fails its caller only
+        await self.group.submit(SpooledState(kind, key, value))
 
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
         spooled = self._spooled_state(kind)
@@ -318,8 +276,7 @@ class SqliteStore:
         return dict(sorted(out.items()))
 
     async def delete_state(self, kind: str, key: str) -> None:
-        await self._write(lambda db: _put(db, kind, key, None),
-                          SpooledState(kind, key, None), None)
+        await self.group.submit(SpooledState(kind, key, None))
 
     def _spooled_state(self, kind: str) -> dict[str, Any]:
         """State writes still in the spool, last write per key (None: deleted)."""
@@ -336,85 +293,3 @@ def _on_asyncio() -> bool:
         return False
     return True
 
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-def _init_schema(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(_SCHEMA)
-
-
-def _record(db: sqlite3.Connection, event: UsageEvent) -> bool:
-    """One transaction: the event row and the totals of its scopes (``False``: a duplicate)."""
-    u = event.usage
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        cur = db.execute(
-            _INSERT_EVENT,
-            (
-                event.event_id, event.task_id, event.session_id, event.day, event.at,
-                event.agent, event.model, event.task_type, u.prompt_tokens,
-                u.completion_tokens, u.cache_read_tokens, u.cache_write_5m_tokens,
-                u.cache_write_1h_tokens, event.cost_usd, event.file_edits,
-                event.shell_commands, event.dangerous_commands,
-            ),
-        )
-        if cur.rowcount == 0:
-            db.execute("ROLLBACK")
-            return False
-        calls = 1 if event.model else 0
-        scopes = scopes_of(event)
-        amounts = (
-            u.prompt_tokens, u.completion_tokens, u.cache_read_tokens,
-            u.cache_write_tokens, event.cost_usd, event.file_edits,
-            event.shell_commands, event.dangerous_commands, calls,
-        )
-        db.execute(_ADD_TOTALS, [v for scope in scopes for v in (scope, *amounts)])
-        if event.model:
-            total = u.total_tokens
-            db.execute(_ADD_MODEL, [v for sc in scopes for v in (sc, event.model, total)])
-        db.execute("COMMIT")
-    except sqlite3.Error:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return True
-
-
-def _totals(db: sqlite3.Connection, scope: str) -> Totals:
-    row = db.execute(
-        "SELECT prompt_tokens, completion_tokens, cache_read_tokens, cache_write_tokens, "
-        "cost_usd, file_edits, shell_commands, dangerous_commands, calls "
-        "FROM totals WHERE scope = ?",
-        (scope,),
-    ).fetchone()
-    if row is None:
-        return Totals()
-    by_model = dict(db.execute("SELECT model, tokens FROM model_totals WHERE scope = ?",
-                               (scope,)))
-    (p, c, cr, cw, cost, fe, sh, dg, calls) = row
-    return Totals(p, c, cr, cw, cost, fe, sh, dg, calls, by_model)
-
-
-def _put(db: sqlite3.Connection, kind: str, key: str, value: dict[str, Any] | None) -> None:
-    if value is None:
-        db.execute("DELETE FROM state WHERE kind = ? AND key = ?", (kind, key))
-    else:
-        db.execute(
-            "INSERT INTO state VALUES (?,?,?) ON CONFLICT(kind, key) DO UPDATE SET "
-            "value = excluded.value",
-            (kind, key, json.dumps(value, sort_keys=True)),
-        )
-
-
-def _row_to_event(r: tuple[Any, ...]) -> UsageEvent:
-    return UsageEvent(
-        event_id=r[0], task_id=r[1], session_id=r[2], day=r[3], at=r[4], agent=r[5],
-        model=r[6], task_type=r[7],
-        usage=Usage(r[8], r[9], r[10], r[11], r[12]),
-        cost_usd=r[13], file_edits=r[14], shell_commands=r[15], dangerous_commands=r[16],
-    )

@@ -1,0 +1,233 @@
+"""The SQLite ledger's schema and statements (run on the store's one connection).
+
+Each function takes the connection and runs on whatever thread the store runs
+statements on; none of them waits for a lock (``busy_timeout`` is 0), so a
+locked database surfaces as ``sqlite3.OperationalError`` for the store to retry.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from scheduler.core import Totals, Usage, UsageEvent
+from scheduler.store._base import scopes_of
+from scheduler.store._spool import SpooledEvent, SpooledState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    at REAL NOT NULL,
+    agent TEXT NOT NULL,
+    model TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cache_write_5m_tokens INTEGER NOT NULL,
+    cache_write_1h_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    file_edits INTEGER NOT NULL,
+    shell_commands INTEGER NOT NULL,
+    dangerous_commands INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_task ON events(task_id);
+CREATE INDEX IF NOT EXISTS events_day ON events(day);
+CREATE TABLE IF NOT EXISTS totals (
+    scope TEXT PRIMARY KEY,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    file_edits INTEGER NOT NULL DEFAULT 0,
+    shell_commands INTEGER NOT NULL DEFAULT 0,
+    dangerous_commands INTEGER NOT NULL DEFAULT 0,
+    calls INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS model_totals (
+    scope TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope, model)
+);
+CREATE TABLE IF NOT EXISTS state (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+"""
+
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_TOTAL_COLUMNS = (
+    "prompt_tokens, completion_tokens, cache_read_tokens, cache_write_tokens, cost_usd, "
+    "file_edits, shell_commands, dangerous_commands, calls"
+)
+_SET_TOTALS = f"""
+INSERT INTO totals (scope, {_TOTAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT(scope) DO UPDATE SET
+    ({_TOTAL_COLUMNS}) = (excluded.prompt_tokens, excluded.completion_tokens,
+    excluded.cache_read_tokens, excluded.cache_write_tokens, excluded.cost_usd,
+    excluded.file_edits, excluded.shell_commands, excluded.dangerous_commands, excluded.calls)
+"""
+_ADD_TOTALS = f"""
+INSERT INTO totals (scope, {_TOTAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT(scope) DO UPDATE SET
+    ({_TOTAL_COLUMNS}) = (prompt_tokens + excluded.prompt_tokens,
+    completion_tokens + excluded.completion_tokens,
+    cache_read_tokens + excluded.cache_read_tokens,
+    cache_write_tokens + excluded.cache_write_tokens, cost_usd + excluded.cost_usd,
+    file_edits + excluded.file_edits, shell_commands + excluded.shell_commands,
+    dangerous_commands + excluded.dangerous_commands, calls + excluded.calls)
+"""
+_SCOPES_PER_SELECT = 500  # well under SQLite's limit on bound parameters
+_ADD_MODEL = """
+INSERT INTO model_totals VALUES (?,?,?)
+ON CONFLICT(scope, model) DO UPDATE SET tokens = tokens + excluded.tokens
+"""
+EVENT_COLUMNS = (
+    "event_id, task_id, session_id, day, at, agent, model, task_type, prompt_tokens, "
+    "completion_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, "
+    "cost_usd, file_edits, shell_commands, dangerous_commands"
+)
+
+
+def busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` says another connection holds the lock (worth retrying)."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def init_schema(db: sqlite3.Connection) -> None:
+    # WAL + synchronous=NORMAL: a commit is a write() to the WAL file, so a committed
+    # transaction survives the process being killed; only a power loss or OS crash
+    # can drop the last commits (FULL would fsync every commit to survive that too).
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+
+
+def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) -> list[bool | None]:
+    """Write ``entries`` in order in ONE transaction: all of them or (on error) none.
+
+    An event answers ``True`` when recorded, ``False`` when its ``event_id`` was
+    already there (it is then not added to any total again); a state write ``None``.
+    """
+    out: list[bool | None] = []
+    fresh: list[UsageEvent] = []
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for entry in entries:
+            if isinstance(entry, SpooledState):
+                put(db, entry.kind, entry.key, entry.value)
+                out.append(None)
+                continue
+            added = db.execute(_INSERT_EVENT, _event_row(entry.event)).rowcount == 1
+            if added:
+                fresh.append(entry.event)
+            out.append(added)
+        if fresh:
+            _add_totals(db, fresh)
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return out
+
+
+def _event_row(event: UsageEvent) -> tuple[Any, ...]:
+    u = event.usage
+    return (
+        event.event_id, event.task_id, event.session_id, event.day, event.at,
+        event.agent, event.model, event.task_type, u.prompt_tokens,
+        u.completion_tokens, u.cache_read_tokens, u.cache_write_5m_tokens,
+        u.cache_write_1h_tokens, event.cost_usd, event.file_edits,
+        event.shell_commands, event.dangerous_commands,
+    )
+
+
+def _add_totals(db: sqlite3.Connection, fresh: list[UsageEvent]) -> None:
+    """Add ``fresh`` events to their scopes' totals, one row write per scope and per
+    (scope, model) for the whole batch.  A scope several events add to is read once
+    and summed here in event order, one addition at a time, as a commit per event
+    would: the same floats to the bit."""
+    per_scope: dict[str, list[tuple[Any, ...]]] = {}
+    models: dict[tuple[str, str], int] = {}
+    for event in fresh:
+        u = event.usage
+        amounts = (
+            u.prompt_tokens, u.completion_tokens, u.cache_read_tokens,
+            u.cache_write_tokens, event.cost_usd, event.file_edits,
+            event.shell_commands, event.dangerous_commands, 1 if event.model else 0,
+        )
+        for scope in scopes_of(event):
+            per_scope.setdefault(scope, []).append(amounts)
+            if event.model:
+                key = (scope, event.model)
+                models[key] = models.get(key, 0) + u.total_tokens
+    once = [(scope, *adds[0]) for scope, adds in per_scope.items() if len(adds) == 1]
+    if once:  # the database adds a single amount itself: no read needed
+        db.executemany(_ADD_TOTALS, once)
+    shared = [scope for scope, adds in per_scope.items() if len(adds) > 1]
+    if shared:
+        sums = _current_totals(db, shared)
+        for scope in shared:
+            row = sums[scope]
+            for amounts in per_scope[scope]:
+                for i, amount in enumerate(amounts):
+                    row[i] += amount
+        db.executemany(_SET_TOTALS, [(scope, *row) for scope, row in sums.items()])
+    if models:
+        db.executemany(_ADD_MODEL, [(s, m, tokens) for (s, m), tokens in models.items()])
+
+
+def _current_totals(db: sqlite3.Connection, scopes: list[str]) -> dict[str, list[Any]]:
+    sums: dict[str, list[Any]] = {s: [0, 0, 0, 0, 0.0, 0, 0, 0, 0] for s in scopes}
+    for i in range(0, len(scopes), _SCOPES_PER_SELECT):
+        chunk = scopes[i:i + _SCOPES_PER_SELECT]
+        marks = ",".join("?" * len(chunk))
+        for scope, *row in db.execute(
+                f"SELECT scope, {_TOTAL_COLUMNS} FROM totals WHERE scope IN ({marks})", chunk):
+            sums[scope] = row
+    return sums
+
+
+def totals_of(db: sqlite3.Connection, scope: str) -> Totals:
+    row = db.execute(
+        f"SELECT {_TOTAL_COLUMNS} FROM totals WHERE scope = ?",
+        (scope,),
+    ).fetchone()
+    if row is None:
+        return Totals()
+    by_model = dict(db.execute("SELECT model, tokens FROM model_totals WHERE scope = ?",
+                               (scope,)))
+    (p, c, cr, cw, cost, fe, sh, dg, calls) = row
+    return Totals(p, c, cr, cw, cost, fe, sh, dg, calls, by_model)
+
+
+def put(db: sqlite3.Connection, kind: str, key: str, value: dict[str, Any] | None) -> None:
+    if value is None:
+        db.execute("DELETE FROM state WHERE kind = ? AND key = ?", (kind, key))
+    else:
+        db.execute(
+            "INSERT INTO state VALUES (?,?,?) ON CONFLICT(kind, key) DO UPDATE SET "
+            "value = excluded.value",
+            (kind, key, json.dumps(value, sort_keys=True)),
+        )
+
+
+def row_to_event(r: tuple[Any, ...]) -> UsageEvent:
+    return UsageEvent(
+        event_id=r[0], task_id=r[1], session_id=r[2], day=r[3], at=r[4], agent=r[5],
+        model=r[6], task_type=r[7],
+        usage=Usage(r[8], r[9], r[10], r[11], r[12]),
+        cost_usd=r[13], file_edits=r[14], shell_commands=r[15], dangerous_commands=r[16],
+    )
