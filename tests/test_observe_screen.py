@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
+from scheduler.control import answer_command
 from scheduler.observe import (
     BudgetBar,
     EventView,
@@ -35,7 +36,6 @@ from scheduler.observe import (
     render_snapshot,
 )
 from scheduler.observe._screen import SECTIONS
-from scheduler.observe._snapshot import answer_command
 from scheduler.observe._text import clip, count, money
 from tests._observe_helpers import demo_orchestrator, terminal_console
 

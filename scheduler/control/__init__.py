@@ -7,6 +7,8 @@ May import ``core``, ``config``, ``store``, ``budget`` and ``policies``.
 from scheduler.control._alerts import AlertFlags as AlertFlags
 from scheduler.control._alerts import AlertRuntime as AlertRuntime
 from scheduler.control._alerts import AlertStatistics as AlertStatistics
+from scheduler.control._answer import answer_command as answer_command
+from scheduler.control._answer import decide_commands as decide_commands
 from scheduler.control._decision import Decision as Decision
 from scheduler.control._overdraft import OverdraftLedger as OverdraftLedger
 from scheduler.control._overdraft import OverdraftStatistics as OverdraftStatistics
@@ -30,6 +32,8 @@ __all__ = [
     "PauseInfo",
     "PauseStatistics",
     "Webhooks",
+    "answer_command",
+    "decide_commands",
 ]
 
 from scheduler.core._public import publish as _publish

@@ -338,6 +338,7 @@ class PauseController:
         self.events.emit(
             "task_paused", f"task {task_id} paused: {info.reason}", task_id=task_id,
             level="warning", usage=usage, choices=["add_budget", "finish", "review"],
+            dimension=info.dimension, used=info.used, limit=info.limit,
         )
 
     async def _wait_critical_done(self, task_id: str, info: PauseInfo) -> bool:

@@ -30,6 +30,7 @@ import anyio
 import httpx2
 
 from scheduler.config import AlertsConfig
+from scheduler.control._answer import decide_commands
 from scheduler.core import ConfigError, Event, get_logger
 
 __all__ = ["Notification", "WebhookSender", "Webhooks", "notification_of"]
@@ -37,8 +38,6 @@ __all__ = ["Notification", "WebhookSender", "Webhooks", "notification_of"]
 _log = get_logger("vibe_engine.webhooks")
 
 DEFAULT_STATE_DIR = Path(".vibe-engine")
-#: The suggested amount in a paused task's "add budget" command (R3.4's example).
-SUGGESTED_TOKENS = 50_000
 MAX_BACKOFF_S = 60.0
 _RETRY_STATUS = frozenset({408, 425, 429})
 
@@ -83,14 +82,6 @@ class Notification:
         return self.to_slack() if fmt == "slack" else self.to_json()
 
 
-def decide_commands(task_id: str, state_dir: Path) -> tuple[str, ...]:
-    """The three R3.4 answers as ``vibe-engine decide`` command lines."""
-    where = "" if Path(state_dir) == DEFAULT_STATE_DIR else f" --state-dir {state_dir}"
-    return (f"vibe-engine decide {task_id} add --tokens {SUGGESTED_TOKENS}{where}",
-            f"vibe-engine decide {task_id} finish{where}",
-            f"vibe-engine decide {task_id} review{where}")
-
-
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
@@ -116,7 +107,9 @@ def notification_of(event: Event, *, session_id: str = "",
             event.name, task, "exceeded", event.message, session_id,
             tokens_used=_int(usage.get("tokens")),
             cost_used_usd=_num(usage.get("cost_usd")),
-            decide=decide_commands(task, state_dir))
+            decide=decide_commands(task, str(d.get("dimension") or "tokens"),
+                                   _num(d.get("used")) or 0.0, _num(d.get("limit")) or 0.0,
+                                   state_dir))
     return None
 
 

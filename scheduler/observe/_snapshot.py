@@ -8,13 +8,12 @@ shows exactly what the live view shows.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from scheduler.config import AlertsConfig
+from scheduler.control import answer_command
 from scheduler.observe._schema import (
     BudgetDoc,
     EventDoc,
@@ -175,38 +174,6 @@ class Snapshot:
 def _rows(items: tuple[Any, ...], kind: type) -> list[dict[str, Any]]:
     names = [f.name for f in fields(kind)]
     return [{n: getattr(item, n) for n in names} for item in items]
-
-
-#: ``vibe-engine decide`` options that add to a dimension; other token dimensions add tokens.
-_ADD_OPTION = {"cost_usd": "--cost", "cost_warning_usd": "--cost", "time_s": "--time-s",
-               "call_time_s": "--time-s", "file_edits": "--file-edits",
-               "shell_commands": "--shell-commands", "dangerous_commands": "--shell-commands"}
-_DEFAULT_STATE_DIR = Path(".vibe-engine")
-
-
-def _round_up(x: float) -> float:
-    """``x`` rounded up to one significant digit and a half (5,000; 20,000; 0.5; 150)."""
-    if x <= 0:
-        return 1.0
-    step = 10 ** math.floor(math.log10(x))
-    for m in (1, 1.5, 2, 3, 5, 10):
-        if m * step >= x:
-            return float(m * step)
-    return float(10 * step)  # pragma: no cover - the loop always returns
-
-
-def answer_command(task_id: str, dimension: str = "tokens", used: float = 0.0,
-                   limit: float = 0.0, state_dir: Path | str = _DEFAULT_STATE_DIR) -> str:
-    """The ``vibe-engine decide`` line that answers a pause (R3.4), ready to copy.
-
-    The amount offered doubles the limit (at least what is over it), so the task
-    can go on after its reservation; ``--state-dir`` is named unless it is the default.
-    """
-    option = _ADD_OPTION.get(dimension, "--tokens")
-    need = _round_up(max(limit, used - limit))
-    figure = f"{need:g}" if option == "--cost" else f"{math.ceil(need)}"
-    where = "" if Path(state_dir) == _DEFAULT_STATE_DIR else f" --state-dir {state_dir}"
-    return f"vibe-engine decide{where} {task_id} add {option} {figure} | finish | review"
 
 
 def alert_level(fraction: float, alerts: AlertsConfig) -> str:
