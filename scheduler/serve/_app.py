@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -218,7 +218,8 @@ class ServeApp:
             return error_response("authentication_error", "invalid x-api-key")
         return entry
 
-    async def messages(self, request: Request) -> Response:
+    async def _parsed(self, request: Request) -> _Parsed | Response:
+        """The key, the body (raw and parsed) and the routed model, or the error answer."""
         entry = self._key(request)
         if isinstance(entry, Response):
             return entry
@@ -232,6 +233,13 @@ class ServeApp:
         routed = self.models.resolve(entry.config, body.get("model"))
         if isinstance(routed, Response):
             return routed
+        return _Parsed(entry, raw, body, routed)
+
+    async def messages(self, request: Request) -> Response:
+        parsed = await self._parsed(request)
+        if isinstance(parsed, Response):
+            return parsed
+        entry, raw, body, routed = parsed
         handle = self.served.handle(entry)
         if handle is None:
             return error_response("overloaded_error", "vibe-engine serve is stopping",
@@ -247,19 +255,10 @@ class ServeApp:
 
     async def count_tokens(self, request: Request) -> Response:
         """Forwarded as is (the alias counts on the cheapest tier); not charged."""
-        entry = self._key(request)
-        if isinstance(entry, Response):
-            return entry
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return error_response("invalid_request_error", "body: not a JSON object")
-        if not isinstance(body, dict):
-            return error_response("invalid_request_error", "body: not a JSON object")
-        routed = self.models.resolve(entry.config, body.get("model"))
-        if isinstance(routed, Response):
-            return routed
+        parsed = await self._parsed(request)
+        if isinstance(parsed, Response):
+            return parsed
+        _, raw, body, routed = parsed
         if routed is None:
             raw = json.dumps({**body, "model": self.models.cheapest_id}).encode()
         provider = self.served.provider
@@ -280,6 +279,13 @@ class ServeApp:
             return entry
         return Response(json.dumps(self.models.page(entry.config)),
                         media_type="application/json")
+
+
+class _Parsed(NamedTuple):
+    entry: KeyEntry
+    raw: bytes
+    body: dict[str, Any]
+    routed: str | None
 
 
 def _call_args(body: Mapping[str, Any], model: str | None) -> dict[str, Any]:
