@@ -143,20 +143,35 @@ class ComplexityPolicy(Protocol):
     def confirm(self, task: TaskInfo, model: str) -> None: ...
 
 
+#: How many tasks' features :class:`ScoredComplexity` keeps (about the tasks calling at
+#: once; the cache starts over when full).
+_FEATURES_CACHED = 4096
+
+
 class ScoredComplexity:
     """The default :class:`ComplexityPolicy` (see the module docstring)."""
 
     def __init__(self, params: ComplexityParams | None = None) -> None:
         self.params = params or ComplexityParams()
         self._learned: dict[str, deque[_Learned]] = {}
+        #: Features by task: a routed call asks for them up to three times (assess,
+        #: confirm, learn) and a task's prompt does not change between its calls.
+        self._features: dict[TaskInfo, Features] = {}
 
     # -- features ----------------------------------------------------------------------
     def features(self, task: TaskInfo) -> Features:
+        found = self._features.get(task)
+        if found is not None:
+            return found
         text = task.prompt.lower()
-        return Features(
+        f = Features(
             task.task_type, self._output_level(task), self._depth(task, text),
             self._kind(task, text), frozenset(_WORD.findall(text)),
         )
+        if len(self._features) >= _FEATURES_CACHED:
+            self._features.clear()  # bounded: tasks that ended are not asked again
+        self._features[task] = f
+        return f
 
     def _output_level(self, task: TaskInfo) -> Level:
         n = task.expected_output_tokens

@@ -228,7 +228,7 @@ class TokenCounter:
         error = abs(estimate.calibrated - actual) / actual if actual else 0.0
         logged = error > DISCREPANCY_THRESHOLD
         if logged:
-            _log.info(
+            _log.debug(  # per call: debug only (a run at info logs no per-call line)
                 "token_estimate_discrepancy",
                 model=estimate.model,
                 estimated=estimate.calibrated,

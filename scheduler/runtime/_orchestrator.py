@@ -267,7 +267,8 @@ class Orchestrator:
         try:
             await self._wait_dependencies(handle)
             await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent)
-            await self.controller.restore_task(spec.id)
+            if self._session.continued:  # a new session has no budget added to restore
+                await self.controller.restore_task(spec.id)
             await self._attempts(handle)
         except VibeEngineError as exc:
             handle.status, handle.reason = TaskStatus.FAILED, str(exc)
@@ -410,8 +411,8 @@ class Orchestrator:
             handle.status = TaskStatus.INTERRUPTED
             handle.reason = handle.reason or "interrupted"
         if handle.spec.id in self.tracker.tasks():
-            try:
-                self.tracker.finish_task(handle.id, handle.status)
+            try:  # off the event loop, and current before the task counts as ended
+                await self.tracker.end_task(handle.id, handle.status)
             except LocalFileError as exc:  # the usage itself is in the store already
                 handle.status, handle.reason = TaskStatus.FAILED, str(exc)
         if handle.status in (TaskStatus.COMPLETED, TaskStatus.FINISHED):
@@ -419,7 +420,7 @@ class Orchestrator:
         result = None
         if handle.status is TaskStatus.COMPLETED:
             result = encode_result(handle.id, handle.result)
-            self._session.write_result(handle.id, result)
+            await self._session.write_result_off_loop(handle.id, result)
         await self._session.save_task(handle, result)
         self.bus.emit(
             f"task_{handle.status}",
