@@ -75,7 +75,7 @@ class IdleAgent(CallingAgent):
     calls = 0
 
 
-def bench_config(state_dir: Path, n: int, **extra: Any) -> VibeConfig:
+def bench_config(state_dir: Path, n: int, *, pool: int = POOL, **extra: Any) -> VibeConfig:
     """Defaults except the pool (50 concurrent calls, no rate limits: the provider is
     free), budgets the run cannot reach (a pause would wait for a person) and a state
     directory per run; the store is the default SQLite file."""
@@ -85,7 +85,7 @@ def bench_config(state_dir: Path, n: int, **extra: Any) -> VibeConfig:
                     "day": {"cost_usd": None}, "weekend_day_cost_usd": None,
                     "task": {"cost_usd": None, "cost_warning_usd": None}},
         "allocator": {"pools": {"anthropic": {
-            "tokens_per_minute": None, "requests_per_minute": None, "concurrent": POOL}}},
+            "tokens_per_minute": None, "requests_per_minute": None, "concurrent": pool}}},
         "tasks": [{"id": f"t{i}", "agent": "bench", "prompt": "x"} for i in range(n)],
         **extra,
     })
@@ -195,7 +195,7 @@ def main() -> None:
     emit("gateway", {"agents": sizes, "calls_per_agent": CALLS, "pool": POOL,
                      "repeat": repeat, "store": "sqlite", "loop": "asyncio",
                      "memory": "tracemalloc peak above baseline"},
-         results, ("anyio", "anthropic", "httpx", "uvicorn", "starlette", "tiktoken",
+         results, ("anyio", "anthropic", "httpx2", "uvicorn", "starlette", "tiktoken",
                    "pydantic", "structlog"), args.json)
 
 

@@ -140,7 +140,9 @@ class ComplexityPolicy(Protocol):
 
     def learn(self, task: TaskInfo, upgraded_to: str) -> None: ...
 
-    def confirm(self, task: TaskInfo, model: str) -> None: ...
+    def confirm(self, task: TaskInfo, model: str) -> bool | None:
+        """A similar task succeeded on ``model``; ``False`` when nothing learned changed
+        (``None`` counts as changed: what was learned is saved again)."""
 
 
 #: How many tasks' features :class:`ScoredComplexity` keeps (about the tasks calling at
@@ -240,13 +242,20 @@ class ScoredComplexity:
         else:
             entry.pressure += 1.0
 
-    def confirm(self, task: TaskInfo, model: str) -> None:
-        """A similar task succeeded on ``model``: learned raises fade a little."""
+    def confirm(self, task: TaskInfo, model: str) -> bool:
+        """A similar task succeeded on ``model``: learned raises fade a little (``True``
+        when one did)."""
+        learned = self._learned.get(task.task_type)
+        if not learned:
+            return False
         f = self.features(task)
         step = 1.0 / self.params.forget_after_successes
-        for e in self._learned.get(task.task_type, ()):
+        changed = False
+        for e in learned:
             if e.pressure > 0 and self.similar(f, e.features):
                 e.pressure = max(0.0, e.pressure - step)
+                changed = True
+        return changed
 
 
     # -- persistence (R4.3: what was learned survives a restart) -------------------------
