@@ -39,7 +39,7 @@ from scheduler.core import (
 from scheduler.routing import task_info
 from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._context import AgentContext
-from scheduler.runtime._deadline import run_within_time_budget
+from scheduler.runtime._deadline import Deadlines
 from scheduler.runtime._gateway import BreakDownRequested
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
 from scheduler.store import Store
@@ -136,6 +136,8 @@ class Orchestrator:
         self._session = SessionLog(self.store, config, session_id=self.session_id,
                                    wall=self.wall)
         self._prior: dict[str, dict[str, Any]] = {}  # task records of a continued session
+        self._deadlines = Deadlines(tracker=self.tracker, controller=self.controller,
+                                    bus=self.bus)  # R1.1: every attempt's wall-time budget
 
     def add_service(self, service: Service) -> None:
         """Run ``service`` beside the tasks for the whole run (the live view, a drill)."""
@@ -359,9 +361,7 @@ class Orchestrator:
         tg = self._task_group
         if tg is None:
             return await run()
-        return await run_within_time_budget(handle.id, run, tracker=self.tracker,
-                                            controller=self.controller, bus=self.bus,
-                                            spawn=tg.start_soon)
+        return await self._deadlines.run_within(handle.id, run, tg.start_soon)
 
     def _report_failure(self, handle: TaskHandle) -> None:
         """R4.3: a task that failed after its model finished is a signal of a wrong choice.
