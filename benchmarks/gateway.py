@@ -13,6 +13,9 @@ SQLite store in a temporary state directory (the default store), on asyncio:
 * ``bare_us_per_call`` — the baseline, same run: a bare asyncio loop doing the
   same number of calls (N tasks, an ``asyncio.Semaphore(50)``, the same provider);
   ``ratio_to_bare`` = ``us_per_call`` ÷ ``bare_us_per_call``;
+* ``cpu_us_per_call`` / ``cpu_us_per_task`` — the same with the process's CPU time
+  (every thread) instead of the wall time: on a shared, loaded machine the wall time
+  also counts the waits for a core;
 * ``kib_per_agent`` — tracemalloc's peak of Python allocations during a 2-call run
   above the baseline taken just before it (imports, tiktoken's tables and one
   warm-up run are in the baseline), per agent; ``bare_kib_per_agent`` the same for
@@ -32,6 +35,7 @@ import asyncio
 import gc
 import statistics
 import tempfile
+import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -91,14 +95,20 @@ def bench_config(state_dir: Path, n: int, *, pool: int = POOL, **extra: Any) -> 
     })
 
 
+#: Process CPU seconds of the last :func:`_orchestrated` run (all threads): on a shared
+#: machine less sensitive to other jobs than the wall time.
+LAST_CPU_S = [0.0]
+
+
 async def _orchestrated(n: int, agent: type[CallingAgent]) -> float:
     """Seconds for ``Orchestrator.run`` of n tasks (building and cleanup excluded)."""
     with tempfile.TemporaryDirectory(prefix="vibe-bench-") as tmp:
         orch = Orchestrator(bench_config(Path(tmp), n), provider=ZeroLatencyProvider(),
                             agents={"bench": agent})
-        start = default_timer()
+        cpu, start = time.process_time(), default_timer()
         report = await orch.run()
         elapsed = default_timer() - start
+        LAST_CPU_S[0] = time.process_time() - cpu
         bad = [o for o in report.outcomes.values() if o.status != "completed"]
         if bad:
             raise RuntimeError(f"{len(bad)} tasks did not complete: {bad[0].reason}")
@@ -145,13 +155,16 @@ def _peak_kib(fn: Callable[[], Awaitable[float]]) -> float:
 
 def size(n: int, repeat: int) -> dict[str, float]:
     """The orchestrator-path figures of one size (medians of ``repeat`` runs)."""
-    calls, idle, bare = [], [], []
+    calls, idle, bare, cpu_calls, cpu_idle = [], [], [], [], []
     for i in range(repeat):
         progress(f"agents_{n}: run {i + 1}/{repeat}")
         idle.append(_run(lambda: _orchestrated(n, IdleAgent)))
+        cpu_idle.append(LAST_CPU_S[0])
         calls.append(_run(lambda: _orchestrated(n, CallingAgent)))
+        cpu_calls.append(LAST_CPU_S[0])
         bare.append(_run(lambda: _bare(n, CALLS)))
     t_calls, t_idle, t_bare = (statistics.median(x) for x in (calls, idle, bare))
+    c_calls, c_idle = statistics.median(cpu_calls), statistics.median(cpu_idle)
     per_call = max(t_calls - t_idle, 0.0) / (CALLS * n) * 1e6
     bare_per_call = t_bare / (CALLS * n) * 1e6
     progress(f"agents_{n}: memory")
@@ -162,6 +175,8 @@ def size(n: int, repeat: int) -> dict[str, float]:
         "bare_us_per_call": round(bare_per_call, 2),
         "ratio_to_bare": round(per_call / bare_per_call, 1) if bare_per_call else 0.0,
         "us_per_task": round(t_idle / n * 1e6, 1),
+        "cpu_us_per_call": round(max(c_calls - c_idle, 0.0) / (CALLS * n) * 1e6, 1),
+        "cpu_us_per_task": round(c_idle / n * 1e6, 1),
         "us_per_call_with_task": round(t_calls / (CALLS * n) * 1e6, 1),
         "calls_per_s": round(CALLS * n / t_calls),
         "kib_per_agent": round(kib, 2),
