@@ -84,11 +84,13 @@ class TaskEntry:
     scope: ScopeState
     actions: int = 0
     status: str = "running"
-    #: Loop time of the last ``usage.json`` write, or of the task's start (throttles
+    #: Loop time of the last ``usage.json`` write, or of the first charge (throttles
     #: rewrites while it runs).
     usage_written_at: float = float("-inf")
     #: Charged since ``usage.json`` was last written (or never written).
     usage_dirty: bool = True
+    #: Charged at least once (the rewrite interval counts from the first charge).
+    usage_charged: bool = False
 
 
 class Scopes:
@@ -153,8 +155,7 @@ class Scopes:
         if self._continued:
             scope.totals = await session_task_totals(self._store, self._session_id, task_id)
         self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
-        self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls,
-                                        usage_written_at=scope.started_at)
+        self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls)
         await self.ensure_day(self.today())
 
     def task(self, task_id: str) -> ScopeState:

@@ -3,8 +3,8 @@
 Written atomically (a temporary file, then a rename) when a task pauses or
 finishes and when the run ends — so what offline ``status`` and ``decide`` read
 is current then — and while it runs at most once per interval (counted from the
-task's start, so a short task's file is written once, at its end), or at once
-when a charge crossed a threshold.  At the run's end only files older than
+task's first charge, so a short task's file is written once, at its end), or at
+once when a charge crossed a threshold.  At the run's end only files older than
 their task's last charge are rewritten.  On asyncio the write at a task's end
 runs in a worker thread (a rename on a busy disk takes milliseconds the event
 loop would otherwise wait), and it is done before the task counts as ended.
@@ -88,7 +88,15 @@ class UsageFiles:
         entry.usage_dirty = True
         if self._state_dir is None:
             return
-        if crossed or self._clock() - entry.usage_written_at >= self._interval_s:
+        now = self._clock()
+        if not crossed and not entry.usage_charged:
+            # the interval counts from the first charge, not from the start: a task that
+            # waited in the queue longer than the interval does not write on the event
+            # loop at its first call (at 10,000 waiting agents, nearly every one would)
+            entry.usage_charged, entry.usage_written_at = True, now
+            return
+        entry.usage_charged = True
+        if crossed or now - entry.usage_written_at >= self._interval_s:
             self.try_write(task_id, entry)
 
     def try_write(self, task_id: str, entry: TaskEntry) -> None:
