@@ -140,7 +140,14 @@ class ComplexityPolicy(Protocol):
 
     def learn(self, task: TaskInfo, upgraded_to: str) -> None: ...
 
-    def confirm(self, task: TaskInfo, model: str) -> None: ...
+    def confirm(self, task: TaskInfo, model: str) -> bool | None:
+        """A similar task succeeded on ``model``; ``False`` when nothing learned changed
+        (``None`` counts as changed: what was learned is saved again)."""
+
+
+#: How many tasks' features :class:`ScoredComplexity` keeps (about the tasks calling at
+#: once; the cache starts over when full).
+_FEATURES_CACHED = 4096
 
 
 class ScoredComplexity:
@@ -149,14 +156,24 @@ class ScoredComplexity:
     def __init__(self, params: ComplexityParams | None = None) -> None:
         self.params = params or ComplexityParams()
         self._learned: dict[str, deque[_Learned]] = {}
+        #: Features by task: a routed call asks for them up to three times (assess,
+        #: confirm, learn) and a task's prompt does not change between its calls.
+        self._features: dict[TaskInfo, Features] = {}
 
     # -- features ----------------------------------------------------------------------
     def features(self, task: TaskInfo) -> Features:
+        found = self._features.get(task)
+        if found is not None:
+            return found
         text = task.prompt.lower()
-        return Features(
+        f = Features(
             task.task_type, self._output_level(task), self._depth(task, text),
             self._kind(task, text), frozenset(_WORD.findall(text)),
         )
+        if len(self._features) >= _FEATURES_CACHED:
+            self._features.clear()  # bounded: tasks that ended are not asked again
+        self._features[task] = f
+        return f
 
     def _output_level(self, task: TaskInfo) -> Level:
         n = task.expected_output_tokens
@@ -225,13 +242,20 @@ class ScoredComplexity:
         else:
             entry.pressure += 1.0
 
-    def confirm(self, task: TaskInfo, model: str) -> None:
-        """A similar task succeeded on ``model``: learned raises fade a little."""
+    def confirm(self, task: TaskInfo, model: str) -> bool:
+        """A similar task succeeded on ``model``: learned raises fade a little (``True``
+        when one did)."""
+        learned = self._learned.get(task.task_type)
+        if not learned:
+            return False
         f = self.features(task)
         step = 1.0 / self.params.forget_after_successes
-        for e in self._learned.get(task.task_type, ()):
+        changed = False
+        for e in learned:
             if e.pressure > 0 and self.similar(f, e.features):
                 e.pressure = max(0.0, e.pressure - step)
+                changed = True
+        return changed
 
 
     # -- persistence (R4.3: what was learned survives a restart) -------------------------

@@ -302,7 +302,9 @@ def test_r1_2_r5_3_three_orchestrators_share_budget_and_pool(
         reported_calls += doc["usage"]["calls"]
         assert int(stored.get(b"calls", 0)) >= doc["usage"]["calls"]
         assert int(stored.get(b"tokens", 0)) >= doc["usage"]["tokens"]
-    assert reported_calls > 20
+    # rewritten at most once a second per task, counted from its first charge (#22): a
+    # killed run's files hold what its tasks' last rewrites held -- not nothing
+    assert reported_calls > 0
     o3_events = [e for e in map(json.loads, client.hvals(f"vibe:{{{ns}}}:events"))
                  if e["task_id"].startswith("o3-")]
     assert len(o3_events) >= reported_calls

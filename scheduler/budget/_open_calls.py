@@ -71,9 +71,11 @@ class OpenCalls:
         self._store = store
         self._run = run
         self._wall = wall
+        self._host = socket.gethostname()  # a system call: once, not per call
+        self._pid = os.getpid()
 
     def describe(self, **fields: Any) -> OpenCall:
-        return OpenCall(host=socket.gethostname(), pid=os.getpid(), run=self._run, **fields)
+        return OpenCall(host=self._host, pid=self._pid, run=self._run, **fields)
 
     async def open(self, call: OpenCall) -> None:
         await self._store.put_state(OPEN, call.event_id, call.to_dict())

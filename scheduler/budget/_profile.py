@@ -87,8 +87,35 @@ def resolve_task(spec: TaskSpec, config: VibeConfig) -> TaskProfile:
     table = config.task_types
     task_type = spec.task_type or detect_task_type(spec.prompt, table)
     complexity = spec.complexity or detect_complexity(spec.prompt, task_type, table)
+    limits = _base_limits(config, task_type, complexity)
+    limits = _with_override(limits, spec.budget)
+    return TaskProfile(task_type, complexity, limits, spec.task_type is None,
+                       spec.complexity is None)
+
+
+#: The configs whose base limits are kept (each with its table, the config held so its
+#: ``id`` is not reused while cached), newest last.
+_BASE_CACHE: list[tuple[VibeConfig, dict[tuple[str, str], Limits]]] = []
+
+
+def _base_limits(config: VibeConfig, task_type: TaskType, complexity: Complexity) -> Limits:
+    """The limits of a task of this type and complexity before its own override: one
+    shared (frozen) model per combination, not a copy per task."""
+    table = next((t for c, t in _BASE_CACHE if c is config), None)
+    if table is None:
+        table = {}
+        _BASE_CACHE.append((config, table))
+        del _BASE_CACHE[:-4]
+    key = (task_type, complexity)
+    found = table.get(key)
+    if found is None:
+        found = table[key] = _resolve_base(config, task_type, complexity)
+    return found
+
+
+def _resolve_base(config: VibeConfig, task_type: TaskType, complexity: Complexity) -> Limits:
     limits = config.budgets.task
-    row = table.get(task_type)
+    row = config.task_types.get(task_type)
     if row is not None:
         limits = limits.merged(
             Limits(tokens=row.tokens, time_s=row.time_s, cost_usd=row.cost_usd,
@@ -100,9 +127,7 @@ def resolve_task(spec: TaskSpec, config: VibeConfig) -> TaskProfile:
             Limits(tokens=b.task_tokens_by_complexity[complexity],
                    time_s=b.task_time_s_by_complexity[complexity])
         )
-    limits = _with_override(limits, spec.budget)
-    return TaskProfile(task_type, complexity, limits, spec.task_type is None,
-                       spec.complexity is None)
+    return limits
 
 
 def _with_override(limits: Limits, override: Limits | None) -> Limits:

@@ -87,8 +87,13 @@ class TaskEntry:
     scope: ScopeState
     actions: int = 0
     status: str = "running"
-    #: Loop time of the last ``usage.json`` write (throttles rewrites while it runs).
+    #: Loop time of the last ``usage.json`` write, or of the first charge (throttles
+    #: rewrites while it runs).
     usage_written_at: float = float("-inf")
+    #: Charged since ``usage.json`` was last written (or never written).
+    usage_dirty: bool = True
+    #: Charged at least once (the rewrite interval counts from the first charge).
+    usage_charged: bool = False
 
 
 class Scopes:
@@ -102,6 +107,9 @@ class Scopes:
         self._config = config
         self._session_id = session_id
         self._wall = wall
+        #: The wall clock's date; ``today()`` when it has one (cheaper than ``now()``).
+        self.today: Callable[[], date] = getattr(wall, "today", None) or (
+            lambda: wall.now().date())
         self._clock = clock
         self.session = ScopeState(f"session:{session_id}", config.budgets.session)
         self.days: dict[str, ScopeState] = {}
@@ -120,9 +128,6 @@ class Scopes:
         self._continued = self.session.totals != Totals()
         self.crossings(self.session)  # thresholds passed before a restart fired then (R3.1)
         await self.ensure_day(self.today())
-
-    def today(self) -> date:
-        return self._wall.now().date()
 
     async def ensure_day(self, day: date) -> ScopeState:
         """The scope of ``day`` with the totals every run recorded for it (R1.5): a day

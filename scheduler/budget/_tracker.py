@@ -102,13 +102,22 @@ class Tracker:
             entry.status = status
             self._files.write(task_id, entry)
 
+    async def end_task(self, task_id: str, status: str = "completed") -> None:
+        """:meth:`finish_task` with the file written off the event loop (on asyncio);
+        ``usage.json`` is current when this returns (raises LocalFileError)."""
+        entry = self._scopes.tasks.get(task_id)
+        if entry is not None:
+            entry.status = status
+            await self._files.write_off_loop(task_id, entry)
+
     def write_usage(self, task_id: str | None = None) -> None:
-        """Bring ``usage.json`` up to date now, for one task or every task (a task pauses,
-        the run ends); a file that cannot be written is logged and retried later."""
+        """Bring ``usage.json`` up to date now, for one task (it pauses) or every task
+        whose file is older than its last charge (the run ends); a file that cannot be
+        written is logged and retried later."""
         ids = list(self._scopes.tasks) if task_id is None else [task_id]
         for tid in ids:
             entry = self._scopes.tasks.get(tid)
-            if entry is not None:
+            if entry is not None and (task_id is not None or entry.usage_dirty):
                 self._files.try_write(tid, entry)
 
     def task_scope(self, task_id: str) -> ScopeState:
@@ -177,7 +186,7 @@ class Tracker:
         entry = self._scopes.tasks.get(reservation.task_id)
         await self._open_calls.open(self._open_calls.describe(
             event_id=reservation.event_id, task_id=reservation.task_id,
-            session_id=self.session_id, day=self.wall.now().date().isoformat(),
+            session_id=self.session_id, day=self._scopes.today().isoformat(),
             agent=entry.agent if entry else "",
             task_type=entry.profile.task_type if entry else "", model=reservation.model,
             prompt_tokens=prompt_tokens, output_tokens=output_tokens,

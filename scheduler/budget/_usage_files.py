@@ -2,8 +2,13 @@
 
 Written atomically (a temporary file, then a rename) when a task pauses or
 finishes and when the run ends — so what offline ``status`` and ``decide`` read
-is current then — and while it runs at most once per interval, or at once when
-a charge crossed a threshold.  Without a state directory nothing is written.
+is current then — and while it runs at most once per interval (counted from the
+task's first charge, so a short task's file is written once, at its end), or at
+once when a charge crossed a threshold.  At the run's end only files older than
+their task's last charge are rewritten.  On asyncio the write at a task's end
+runs in a worker thread (a rename on a busy disk takes milliseconds the event
+loop would otherwise wait), and it is done before the task counts as ended.
+Without a state directory nothing is written.
 A file that cannot be written (disk full, a task id too long for a file name)
 while the task runs is retried at its next charge (a warning is logged); at the
 task's end it raises :class:`~scheduler.core.LocalFileError`, which fails that
@@ -12,10 +17,13 @@ task alone.  The usage itself is in the store already and stays there.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import anyio.to_thread
 
 from scheduler.budget._scopes import TaskEntry
 from scheduler.core import LocalFileError, WallClock, get_logger, private_dir, write_private
@@ -53,21 +61,40 @@ class UsageFiles:
         """Write ``<state_dir>/tasks/<task_id>/usage.json`` atomically."""
         if self._state_dir is None:
             return None
-        folder = self._state_dir / "tasks" / task_id
-        path = folder / "usage.json"
-        try:
-            private_dir(folder)
-            write_private(path, json.dumps(self.document(task_id, entry), indent=2))
-        except OSError as exc:
-            raise LocalFileError(path, exc.strerror or str(exc)) from exc
-        entry.usage_written_at = self._clock()
+        path = _write(self._state_dir / "tasks" / task_id, self.document(task_id, entry))
+        entry.usage_written_at, entry.usage_dirty = self._clock(), False
         return path
 
+    async def write_off_loop(self, task_id: str, entry: TaskEntry) -> Path | None:
+        """:meth:`write`, the file system's part in a worker thread on asyncio (on other
+        loops -- trio on virtual time in tests -- in line, as the SQLite store does)."""
+        if self._state_dir is None:
+            return None
+        doc = self.document(task_id, entry)  # as of now: charges meanwhile mark it dirty
+        entry.usage_written_at, entry.usage_dirty = self._clock(), False
+        folder = self._state_dir / "tasks" / task_id
+        try:
+            if _on_asyncio():
+                return await anyio.to_thread.run_sync(_write, folder, doc)
+            return _write(folder, doc)
+        except BaseException:
+            entry.usage_dirty = True
+            raise
+
     def after_charge(self, task_id: str, entry: TaskEntry, *, crossed: bool) -> None:
-        """Rewrite the file when the interval has passed since the last write, or ``crossed``."""
+        """Rewrite the file when the interval has passed since the last write (or since the
+        task started), or ``crossed``."""
+        entry.usage_dirty = True
         if self._state_dir is None:
             return
         now = self._clock()
+        if not crossed and not entry.usage_charged:
+            # the interval counts from the first charge, not from the start: a task that
+            # waited in the queue longer than the interval does not write on the event
+            # loop at its first call (at 10,000 waiting agents, nearly every one would)
+            entry.usage_charged, entry.usage_written_at = True, now
+            return
+        entry.usage_charged = True
         if crossed or now - entry.usage_written_at >= self._interval_s:
             self.try_write(task_id, entry)
 
@@ -77,3 +104,21 @@ class UsageFiles:
             self.write(task_id, entry)
         except LocalFileError as exc:
             _log.warning("usage_file_unwritten", task_id=task_id, error=str(exc))
+
+
+def _write(folder: Path, doc: dict[str, Any]) -> Path:
+    path = folder / "usage.json"
+    try:
+        private_dir(folder)
+        write_private(path, json.dumps(doc, indent=2))
+    except OSError as exc:
+        raise LocalFileError(path, exc.strerror or str(exc)) from exc
+    return path
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

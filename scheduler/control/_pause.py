@@ -118,6 +118,9 @@ class PauseController:
         self._applied = 0
         self._last: dict[str, Decision] = {}
         self._announced: set[str] = set()
+        #: Tasks that may have pause or decision records in the store: paused by this
+        #: controller or loaded at open (a decision is stored only for a paused task).
+        self._recorded: set[str] = set()
         self._serial = 0
         self.decision_timeout_s = decision_timeout_s
         #: Called with each applied decision (the alert runtime clears its flags).
@@ -130,9 +133,11 @@ class PauseController:
             if session == self.tracker.session_id:
                 self._serial += 1
                 self._pauses[task_id] = PauseInfo(**{**value, "serial": self._serial})
+                self._recorded.add(task_id)
         for key, value in (await self.store.list_state("decision")).items():
             session, task_id = task_of_key(key)
             if session == self.tracker.session_id:
+                self._recorded.add(task_id)
                 decision = await self._stored(task_id, value)
                 if decision is not None:
                     self._decisions[task_id] = decision
@@ -256,6 +261,7 @@ class PauseController:
             info.scope, info.dimension = error.scope, error.dimension
             info.used, info.limit = float(error.used), float(error.limit)
         self._pauses[task_id] = info
+        self._recorded.add(task_id)
         await self.store.put_state("pause", self._key(task_id), info.to_dict())
         self.events.emit("pause_requested", info.reason, task_id=task_id, level="warning",
                          scope=info.scope, dimension=info.dimension)
@@ -266,9 +272,13 @@ class PauseController:
         self._pauses.pop(task_id, None)
         self._decisions.pop(task_id, None)
         self._announced.discard(task_id)
-        await self.store.delete_state("pause", self._key(task_id))
-        await self.store.delete_state("decision", self._key(task_id))
-        self._ctl(task_id).notify()
+        if task_id in self._recorded:  # most tasks never paused: no store round trips
+            self._recorded.discard(task_id)
+            await self.store.delete_state("pause", self._key(task_id))
+            await self.store.delete_state("decision", self._key(task_id))
+        ctl = self._tasks.get(task_id)  # not created for a task that never paused
+        if ctl is not None:
+            ctl.notify()
 
     async def wait_if_paused(
         self, task_id: str, *, release: Callable[[], Awaitable[None]] | None = None,

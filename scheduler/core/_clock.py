@@ -21,6 +21,11 @@ class SystemWallClock:
     def now(self) -> datetime:
         return datetime.now().astimezone()
 
+    def today(self) -> date:
+        """The local date, as ``now().date()`` -- without the time-zone lookup that makes
+        ``astimezone()`` the costly part of :meth:`now` (asked several times per call)."""
+        return date.today()
+
 
 class FixedWallClock:
     """A settable wall clock for tests and replays."""
@@ -32,3 +37,6 @@ class FixedWallClock:
 
     def now(self) -> datetime:
         return self.at
+
+    def today(self) -> date:
+        return self.at.date()

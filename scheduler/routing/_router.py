@@ -157,9 +157,8 @@ class Router:
             if n >= params.haiku_failures_before_upgrade:
                 reason = f"{model} failed {n} times" + ("" if complete else " (incomplete output)")
         if not reason:
-            if not failed:
-                self.complexity.confirm(task, model)
-                self._learned_changed = True
+            if not failed and self.complexity.confirm(task, model) is not False:
+                self._learned_changed = True  # saved when the task ends
             return None
         return self._upgrade(task, model, reason)
 

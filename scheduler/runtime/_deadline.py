@@ -2,8 +2,8 @@
 
 The gateway checks the time budget before every governed call, but an agent that
 computes, sleeps or waits without calling would never reach that check.  The
-orchestrator therefore runs each attempt under :func:`run_within_time_budget`: a
-watchdog beside the agent ends the attempt once the task's time budget is spent.
+orchestrator therefore runs each attempt under :meth:`Deadlines.run_within`: one
+watchdog for every attempt ends an attempt once its task's time budget is spent.
 
 The deadline is read again from the tracker each time, so time a person adds to a
 paused task (``add_budget time_s=…``) moves it; while the task is paused for a
@@ -13,6 +13,7 @@ cancelling.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
@@ -30,48 +31,90 @@ Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 _RECHECK_S = 0.5
 
 
-async def _wait_deadline(task_id: str, tracker: Tracker, controller: PauseController) -> None:
-    """Return once ``task_id`` has no time left and is neither paused nor in a critical
-    operation."""
-    while True:
-        left = tracker.remaining(task_id).time_s
-        if left is None:
-            await anyio.sleep_forever()
-            continue
-        if left > 0:
-            await anyio.sleep(left)
-            continue
-        if controller.is_paused(task_id) or controller.current_critical(task_id) is not None:
-            await anyio.sleep(_RECHECK_S)
-            continue
-        return
+class Deadlines:
+    """One watchdog for the wall-time budgets of every running attempt.
 
-
-async def run_within_time_budget(
-    task_id: str, run: Callable[[], Awaitable[T]], *, tracker: Tracker,
-    controller: PauseController, bus: EventBus, spawn: Spawn,
-) -> T:
-    """Await ``run()``; raise :class:`BudgetExceededError` (``time_s``) when the task's
-    wall-time budget runs out first (the agent's work is cancelled).
-
-    The watchdog runs in the run's task group (``spawn``), not in a group of its own, so
-    the agent's exceptions reach the orchestrator unwrapped.
+    Each attempt registers its cancel scope; a single service (started in the run's task
+    group while any attempt is registered, ended when none is) sleeps until the earliest
+    deadline, reads the task's time left again and either reschedules it (time was
+    added, or the task is paused or in a critical operation) or cancels the attempt.
+    One service instead of a watchdog task per task: an agent waiting for its turn holds
+    no task, cancel scope and event of its own for its deadline.
     """
-    body, watch = anyio.CancelScope(), anyio.CancelScope()
 
-    async def watchdog() -> None:
-        with watch:
-            await _wait_deadline(task_id, tracker, controller)
+    def __init__(self, *, tracker: Tracker, controller: PauseController, bus: EventBus) -> None:
+        self._tracker = tracker
+        self._controller = controller
+        self._bus = bus
+        #: (loop time due, attempt number, task id), earliest first.
+        self._due: list[tuple[float, int, str]] = []
+        #: The running attempts: their body scope and attempt number.
+        self._bodies: dict[str, tuple[anyio.CancelScope, int]] = {}
+        self._serial = 0
+        self._serving = False
+        self._wake: anyio.Event | None = None
+
+    async def run_within(self, task_id: str, run: Callable[[], Awaitable[T]],
+                         spawn: Spawn) -> T:
+        """Await ``run()``; raise :class:`BudgetExceededError` (``time_s``) when the task's
+        wall-time budget runs out first (the agent's work is cancelled)."""
+        body = anyio.CancelScope()
+        self._serial += 1
+        serial = self._serial
+        self._bodies[task_id] = (body, serial)
+        self._schedule(task_id, serial, anyio.current_time())
+        if not self._serving:
+            self._serving = True
+            spawn(self._serve)
+        try:
+            with body:
+                return await run()
+        finally:
+            if self._bodies.get(task_id, (None, 0))[1] == serial:
+                del self._bodies[task_id]
+            if not self._bodies and self._wake is not None:
+                self._wake.set()  # the last attempt ended: the service ends too
+        # only this watcher cancels ``body``: an outer cancellation passes through it
+        _raise_expired(task_id, self._tracker, self._bus)
+
+    def _schedule(self, task_id: str, serial: int, now: float) -> None:
+        left = self._tracker.remaining(task_id).time_s
+        if left is None:
+            return  # no time budget
+        due = now + max(left, 0.0)
+        if self._due and due >= self._due[0][0]:
+            heapq.heappush(self._due, (due, serial, task_id))
+            return
+        heapq.heappush(self._due, (due, serial, task_id))
+        if self._wake is not None:  # a new earliest deadline: the service sleeps less
+            self._wake.set()
+
+    async def _serve(self) -> None:
+        while self._bodies:
+            now = anyio.current_time()
+            if self._due and self._due[0][0] <= now:
+                self._check(*heapq.heappop(self._due)[1:], now)
+                continue
+            self._wake = anyio.Event()
+            with anyio.move_on_after(self._due[0][0] - now if self._due else float("inf")):
+                await self._wake.wait()
+            self._wake = None
+        self._serving = False  # no attempt left: the run's task group may end
+
+    def _check(self, serial: int, task_id: str, now: float) -> None:
+        body, current = self._bodies.get(task_id, (None, 0))
+        if body is None or current != serial:
+            return  # that attempt ended
+        left = self._tracker.remaining(task_id).time_s
+        if left is None:
+            return
+        if left > 0:
+            self._schedule(task_id, serial, now)
+        elif self._controller.is_paused(task_id) or (
+                self._controller.current_critical(task_id) is not None):
+            heapq.heappush(self._due, (now + _RECHECK_S, serial, task_id))
+        else:
             body.cancel()
-
-    spawn(watchdog)
-    try:
-        with body:
-            return await run()
-    finally:
-        watch.cancel()
-    # only the watchdog cancels ``body``: an outer cancellation passes through it
-    _raise_expired(task_id, tracker, bus)
 
 
 def _raise_expired(task_id: str, tracker: Tracker, bus: EventBus) -> NoReturn:

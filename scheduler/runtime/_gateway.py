@@ -344,23 +344,24 @@ class Gateway:
         """R4.2/R6.1 through the router: complexity, budget pressure, health, capability floor."""
         if requested:
             return Route(requested, "requested by agent")
+        over = self.over_budget(task, need_tokens)  # once per call: the router and R3.2/3
         decision = self.router.choose(
             task_info(task, hints), self.tracker.fraction_used(task.id), task.priority,
-            over_budget=self.over_budget(task, need_tokens),
+            over_budget=over,
         )
         model, reason = decision.model, decision.reason
-        cheaper = self._cheaper(task, model, need_tokens, decision.downgraded)
+        cheaper = self._cheaper(task, model, over, decision.downgraded)
         if cheaper is not None:
             model, reason = cheaper
             reason = f"{decision.reason} {reason}"
         return Route(model, reason, decision.fallback)
 
     def _cheaper(
-        self, task: TaskHandle, model: str, need: int, downgraded: bool
+        self, task: TaskHandle, model: str, over: frozenset[str], downgraded: bool
     ) -> tuple[str, str] | None:
-        """R3.2/R3.3: one tier down after a warning; the cheapest tier when aggressive."""
+        """R3.2/R3.3: one tier down after a warning; the cheapest tier when aggressive
+        (``over``: the tiers whose per-model budget cannot take the call)."""
         tiers = list(self.router.catalog.tiers)
-        usable = self.health.usable(task.priority) - self.over_budget(task, need)
         floor = 1 if task.spec.requires_high_capability else 0
         idx = tiers.index(model) if model in tiers else 0
         if task.signals.aggressive:
@@ -369,6 +370,7 @@ class Gateway:
             target, why = max(idx - 1, floor), "(one tier down after a budget warning, R3.2)"
         else:
             return None
+        usable = self.health.usable(task.priority) - over
         for i in range(target, idx):
             if tiers[i] in usable:
                 return tiers[i], why
@@ -383,10 +385,14 @@ class Gateway:
     def over_budget(self, task: TaskHandle, tokens: int) -> frozenset[str]:
         """Tiers whose per-model token budget (any scope of the task) cannot take ``tokens``."""
         out = set()
-        for tier in self.router.catalog.tiers:
-            for scope in self.tracker.scopes(task.id):
-                cap = scope.limits.tokens_by_model.get(tier)  # type: ignore[call-overload]
-                held = scope.used(f"tokens:{tier}") + scope.reserved_by_model.get(tier, 0)
+        for scope in self.tracker.scopes(task.id):
+            caps = scope.limits.tokens_by_model
+            if not caps:
+                continue
+            for tier in self.router.catalog.tiers:
+                cap = caps.get(tier)  # type: ignore[call-overload]
+                held = scope.totals.tokens_by_model.get(tier, 0) + scope.reserved_by_model.get(
+                    tier, 0)
                 if cap is not None and held + tokens > cap:
                     out.add(tier)
         return frozenset(out)

@@ -39,7 +39,7 @@ from scheduler.core import (
 from scheduler.routing import task_info
 from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._context import AgentContext
-from scheduler.runtime._deadline import run_within_time_budget
+from scheduler.runtime._deadline import Deadlines
 from scheduler.runtime._gateway import BreakDownRequested
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
 from scheduler.store import Store
@@ -136,6 +136,8 @@ class Orchestrator:
         self._session = SessionLog(self.store, config, session_id=self.session_id,
                                    wall=self.wall)
         self._prior: dict[str, dict[str, Any]] = {}  # task records of a continued session
+        self._deadlines = Deadlines(tracker=self.tracker, controller=self.controller,
+                                    bus=self.bus)  # R1.1: every attempt's wall-time budget
 
     def add_service(self, service: Service) -> None:
         """Run ``service`` beside the tasks for the whole run (the live view, a drill)."""
@@ -268,7 +270,8 @@ class Orchestrator:
             await self._wait_dependencies(handle)
             await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent,
                                           span=spec.budget_span)
-            await self.controller.restore_task(spec.id)
+            if self._session.continued:  # a new session has no budget added to restore
+                await self.controller.restore_task(spec.id)
             await self._attempts(handle)
         except VibeEngineError as exc:
             handle.status, handle.reason = TaskStatus.FAILED, str(exc)
@@ -359,9 +362,7 @@ class Orchestrator:
         tg = self._task_group
         if tg is None:
             return await run()
-        return await run_within_time_budget(handle.id, run, tracker=self.tracker,
-                                            controller=self.controller, bus=self.bus,
-                                            spawn=tg.start_soon)
+        return await self._deadlines.run_within(handle.id, run, tg.start_soon)
 
     def _report_failure(self, handle: TaskHandle) -> None:
         """R4.3: a task that failed after its model finished is a signal of a wrong choice.
@@ -411,8 +412,8 @@ class Orchestrator:
             handle.status = TaskStatus.INTERRUPTED
             handle.reason = handle.reason or "interrupted"
         if handle.spec.id in self.tracker.tasks():
-            try:
-                self.tracker.finish_task(handle.id, handle.status)
+            try:  # off the event loop, and current before the task counts as ended
+                await self.tracker.end_task(handle.id, handle.status)
             except LocalFileError as exc:  # the usage itself is in the store already
                 handle.status, handle.reason = TaskStatus.FAILED, str(exc)
         if handle.status in (TaskStatus.COMPLETED, TaskStatus.FINISHED):
@@ -420,7 +421,7 @@ class Orchestrator:
         result = None
         if handle.status is TaskStatus.COMPLETED:
             result = encode_result(handle.id, handle.result)
-            self._session.write_result(handle.id, result)
+            await self._session.write_result_off_loop(handle.id, result)
         await self._session.save_task(handle, result)
         self.bus.emit(
             f"task_{handle.status}",

@@ -11,12 +11,15 @@ are described in :mod:`scheduler.store._records`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+import anyio.to_thread
 
 from scheduler.config import VibeConfig
 from scheduler.core import (
@@ -95,6 +98,14 @@ class StateDirLock:
             os.close(fd)  # closing drops the flock
 
 
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _read_pid(fd: int) -> int | None:
     try:
         return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
@@ -113,6 +124,8 @@ class SessionLog:
         self.wall = wall
         self.state_dir = os.path.realpath(config.state_dir)
         self.record = SessionRecord(session_id)
+        #: The store knew the session (``begin`` found its record): a continued session.
+        self.continued = True
 
     async def begin(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Mark the session running; return its earlier task records (empty when new)."""
@@ -125,6 +138,7 @@ class SessionLog:
         record.config = self.config.model_dump(mode="json")
         self.record = record
         await self.store.put_state("session", self.session_id, record.to_dict())
+        self.continued = stored is not None
         if stored is None:
             return {}
         return {task_of_key(k)[1]: v for k, v in (await self.store.list_state("task")).items()
@@ -165,6 +179,14 @@ class SessionLog:
             write_private(folder / "result.json", json.dumps(doc, indent=2))
         except OSError as exc:  # the result is in the store; the file is a convenience
             _log.warning("result_file_failed", task_id=task_id, error=str(exc))
+
+    async def write_result_off_loop(self, task_id: str, result: Any) -> None:
+        """:meth:`write_result` in a worker thread on asyncio (a rename on a busy disk
+        takes milliseconds); in line on other loops (trio on virtual time in tests)."""
+        if _on_asyncio():
+            await anyio.to_thread.run_sync(self.write_result, task_id, result)
+        else:
+            self.write_result(task_id, result)
 
 
 #: Ends a continued session keeps; a failed task runs again (from its checkpoint).

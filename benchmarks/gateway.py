@@ -1,0 +1,218 @@
+"""The governed call path end to end: what the orchestrator adds to a model call.
+
+``python -m benchmarks.gateway --json [--quick] [--repeat N] [--no-http]``
+
+Per size N (``agents_1000``, ``agents_10000``): N tasks, each run by a trivial
+agent making 2 calls through ``ctx.llm.complete``, on the whole orchestrator path
+(task start → route → estimate → admit → lease → call → settle → signal → finish)
+with a provider that answers at once, a pool of 50 concurrent calls and the real
+SQLite store in a temporary state directory (the default store), on asyncio:
+
+* ``us_per_task`` — a run whose agents make no call, per task;
+* ``us_per_call`` — (the 2-call run − the 0-call run) ÷ 2N: a governed call;
+* ``bare_us_per_call`` — the baseline, same run: a bare asyncio loop doing the
+  same number of calls (N tasks, an ``asyncio.Semaphore(50)``, the same provider);
+  ``ratio_to_bare`` = ``us_per_call`` ÷ ``bare_us_per_call``;
+* ``cpu_us_per_call`` / ``cpu_us_per_task`` — the same with the process's CPU time
+  (every thread) instead of the wall time: on a shared, loaded machine the wall time
+  also counts the waits for a core;
+* ``kib_per_agent`` — tracemalloc's peak of Python allocations during a 2-call run
+  above the baseline taken just before it (imports, tiktoken's tables and one
+  warm-up run are in the baseline), per agent; ``bare_kib_per_agent`` the same for
+  the bare loop.  tracemalloc counts Python allocations only (not SQLite's cache).
+
+``http`` (see :mod:`benchmarks._gateway_http`): the same path over real HTTP with
+the real ``anthropic`` SDK against the fake Anthropic API in a subprocess, beside
+the SDK calling that server directly.
+
+Timings are medians of ``--repeat`` runs (3; ``--quick``: 1 at N = 200 and 1,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from timeit import default_timer
+from typing import Any
+
+import anyio
+
+from benchmarks._common import emit, progress
+from scheduler import VibeConfig
+from scheduler.core import Completion, CompletionRequest, Usage
+from scheduler.observe import configure_logging
+from scheduler.runtime import Orchestrator
+
+POOL = 50
+CALLS = 2
+MESSAGES = [{"role": "user", "content": "Rename the helper and update its callers."}]
+
+
+class ZeroLatencyProvider:
+    """Answers every request at once (no await): the cost measured is the runtime's."""
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        return Completion("ok", Usage(120, 40), request.model)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class CallingAgent:
+    """The trivial agent: ``calls`` model calls, nothing else."""
+
+    calls = CALLS
+
+    async def run(self, ctx: Any) -> None:
+        for _ in range(self.calls):
+            await ctx.llm.complete(MESSAGES, max_tokens=256)
+
+
+class IdleAgent(CallingAgent):
+    calls = 0
+
+
+def bench_config(state_dir: Path, n: int, *, pool: int = POOL, **extra: Any) -> VibeConfig:
+    """Defaults except the pool (50 concurrent calls, no rate limits: the provider is
+    free), budgets the run cannot reach (a pause would wait for a person) and a state
+    directory per run; the store is the default SQLite file."""
+    return VibeConfig.model_validate({
+        "state_dir": str(state_dir),
+        "budgets": {"session": {"tokens": None, "tokens_by_model": {}},
+                    "day": {"cost_usd": None}, "weekend_day_cost_usd": None,
+                    "task": {"cost_usd": None, "cost_warning_usd": None}},
+        "allocator": {"pools": {"anthropic": {
+            "tokens_per_minute": None, "requests_per_minute": None, "concurrent": pool}}},
+        "tasks": [{"id": f"t{i}", "agent": "bench", "prompt": "x"} for i in range(n)],
+        **extra,
+    })
+
+
+#: Process CPU seconds of the last :func:`_orchestrated` run (all threads): on a shared
+#: machine less sensitive to other jobs than the wall time.
+LAST_CPU_S = [0.0]
+
+
+async def _orchestrated(n: int, agent: type[CallingAgent]) -> float:
+    """Seconds for ``Orchestrator.run`` of n tasks (building and cleanup excluded)."""
+    with tempfile.TemporaryDirectory(prefix="vibe-bench-") as tmp:
+        orch = Orchestrator(bench_config(Path(tmp), n), provider=ZeroLatencyProvider(),
+                            agents={"bench": agent})
+        cpu, start = time.process_time(), default_timer()
+        report = await orch.run()
+        elapsed = default_timer() - start
+        LAST_CPU_S[0] = time.process_time() - cpu
+        bad = [o for o in report.outcomes.values() if o.status != "completed"]
+        if bad:
+            raise RuntimeError(f"{len(bad)} tasks did not complete: {bad[0].reason}")
+        return elapsed
+
+
+async def _bare(n: int, calls: int) -> float:
+    """The same calls on bare asyncio: n tasks, a semaphore of the pool's size."""
+    provider = ZeroLatencyProvider()
+    sem = asyncio.Semaphore(POOL)
+    request = CompletionRequest(model="sonnet", model_id="claude-sonnet-4-6",
+                                messages=MESSAGES, max_tokens=256)
+
+    async def agent() -> None:
+        for _ in range(calls):
+            async with sem:
+                await provider.complete(request)
+
+    start = default_timer()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(n):
+            tg.create_task(agent())
+    return default_timer() - start
+
+
+def _run(fn: Callable[[], Awaitable[float]]) -> float:
+    gc.collect()
+    return anyio.run(fn, backend="asyncio")
+
+
+def _peak_kib(fn: Callable[[], Awaitable[float]]) -> float:
+    """Peak KiB of Python allocations during ``fn`` above the memory before it."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        anyio.run(fn, backend="asyncio")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return (peak - base) / 1024
+
+
+def size(n: int, repeat: int) -> dict[str, float]:
+    """The orchestrator-path figures of one size (medians of ``repeat`` runs)."""
+    calls, idle, bare, cpu_calls, cpu_idle = [], [], [], [], []
+    for i in range(repeat):
+        progress(f"agents_{n}: run {i + 1}/{repeat}")
+        idle.append(_run(lambda: _orchestrated(n, IdleAgent)))
+        cpu_idle.append(LAST_CPU_S[0])
+        calls.append(_run(lambda: _orchestrated(n, CallingAgent)))
+        cpu_calls.append(LAST_CPU_S[0])
+        bare.append(_run(lambda: _bare(n, CALLS)))
+    t_calls, t_idle, t_bare = (statistics.median(x) for x in (calls, idle, bare))
+    c_calls, c_idle = statistics.median(cpu_calls), statistics.median(cpu_idle)
+    per_call = max(t_calls - t_idle, 0.0) / (CALLS * n) * 1e6
+    bare_per_call = t_bare / (CALLS * n) * 1e6
+    progress(f"agents_{n}: memory")
+    kib = _peak_kib(lambda: _orchestrated(n, CallingAgent)) / n
+    bare_kib = _peak_kib(lambda: _bare(n, CALLS)) / n
+    return {
+        "us_per_call": round(per_call, 1),
+        "bare_us_per_call": round(bare_per_call, 2),
+        "ratio_to_bare": round(per_call / bare_per_call, 1) if bare_per_call else 0.0,
+        "us_per_task": round(t_idle / n * 1e6, 1),
+        "cpu_us_per_call": round(max(c_calls - c_idle, 0.0) / (CALLS * n) * 1e6, 1),
+        "cpu_us_per_task": round(c_idle / n * 1e6, 1),
+        "us_per_call_with_task": round(t_calls / (CALLS * n) * 1e6, 1),
+        "calls_per_s": round(CALLS * n / t_calls),
+        "kib_per_agent": round(kib, 2),
+        "bare_kib_per_agent": round(bare_kib, 2),
+    }
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="the governed call path vs a bare loop")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, under 60 s")
+    parser.add_argument("--repeat", type=int, default=None, help="repetitions per figure")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP figures")
+    parser.add_argument("--only", choices=["1000", "10000"], help="one size only")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _args()
+    configure_logging(level="info", json_logs=True)  # what `vibe-engine run` logs
+    sizes = {"agents_1000": 200, "agents_10000": 1000} if args.quick else {
+        "agents_1000": 1000, "agents_10000": 10_000}
+    repeat = args.repeat or (1 if args.quick else 3)
+    progress("warm-up run (imports, tiktoken tables)")
+    _run(lambda: _orchestrated(50, CallingAgent))
+    results: dict[str, Any] = {key: size(n, repeat) for key, n in sizes.items()
+                               if args.only is None or key == f"agents_{args.only}"}
+    if not args.no_http:
+        from benchmarks._gateway_http import http_results
+        results["http"] = http_results(quick=args.quick, repeat=repeat)
+    emit("gateway", {"agents": sizes, "calls_per_agent": CALLS, "pool": POOL,
+                     "repeat": repeat, "store": "sqlite", "loop": "asyncio",
+                     "memory": "tracemalloc peak above baseline"},
+         results, ("anyio", "anthropic", "httpx2", "uvicorn", "starlette", "tiktoken",
+                   "pydantic", "structlog"), args.json)
+
+
+if __name__ == "__main__":
+    main()
