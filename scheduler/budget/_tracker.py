@@ -245,8 +245,11 @@ class Tracker:
             return []
         crossings = await self._scopes.add(event)
         entry = self._scopes.tasks.get(event.task_id)
-        if entry is not None:
-            self._files.after_charge(event.task_id, entry, crossed=bool(crossings))
+        if entry is not None and self._files.after_charge(event.task_id, entry,
+                                                          crossed=bool(crossings)):
+            # off the loop: with thousands of queued agents, most second calls come more
+            # than the interval after the first, and a write on the loop stalls them all
+            await self._files.try_write_off_loop(event.task_id, entry)
         return crossings
 
     # -- questions -----------------------------------------------------------------

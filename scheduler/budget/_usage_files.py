@@ -81,22 +81,27 @@ class UsageFiles:
             entry.usage_dirty = True
             raise
 
-    def after_charge(self, task_id: str, entry: TaskEntry, *, crossed: bool) -> None:
-        """Rewrite the file when the interval has passed since the last write (or since the
-        task started), or ``crossed``."""
+    def after_charge(self, task_id: str, entry: TaskEntry, *, crossed: bool) -> bool:
+        """Whether the file is due for a rewrite: the interval has passed since the last
+        write (or since the task's first charge), or ``crossed``."""
         entry.usage_dirty = True
         if self._state_dir is None:
-            return
+            return False
         now = self._clock()
         if not crossed and not entry.usage_charged:
             # the interval counts from the first charge, not from the start: a task that
-            # waited in the queue longer than the interval does not write on the event
-            # loop at its first call (at 10,000 waiting agents, nearly every one would)
+            # waited in the queue longer than the interval does not rewrite at its first call
             entry.usage_charged, entry.usage_written_at = True, now
-            return
+            return False
         entry.usage_charged = True
-        if crossed or now - entry.usage_written_at >= self._interval_s:
-            self.try_write(task_id, entry)
+        return crossed or now - entry.usage_written_at >= self._interval_s
+
+    async def try_write_off_loop(self, task_id: str, entry: TaskEntry) -> None:
+        """:meth:`write_off_loop`, or a warning when it fails (retried at the next charge)."""
+        try:
+            await self.write_off_loop(task_id, entry)
+        except LocalFileError as exc:
+            _log.warning("usage_file_unwritten", task_id=task_id, error=str(exc))
 
     def try_write(self, task_id: str, entry: TaskEntry) -> None:
         """:meth:`write`, or a warning when it fails (retried at the next charge)."""

@@ -10,6 +10,7 @@ file keeps its mode, so an existing one is narrowed too).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import IO
 
@@ -54,7 +55,8 @@ def open_private(path: Path, *, append: bool = False) -> IO[str]:
 
 def write_private(path: Path, text: str) -> Path:
     """Replace ``path`` atomically with ``text``, ``0600`` (a reader never sees half)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # one temporary name per thread: two writers of one file (worker threads) never share it
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open_private(tmp) as f:
         f.write(text)
     os.replace(tmp, path)
