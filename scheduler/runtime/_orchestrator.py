@@ -130,6 +130,8 @@ class Orchestrator:
         self.view, self.observers = parts.view, parts.observers
         self.services: list[Service] = parts.services
         self._task_group: anyio.abc.TaskGroup | None = None
+        #: Tasks added by :meth:`spawn` whose budget a parent task encloses.
+        self._parents: dict[str, str] = {}
         self._context_factory = context_factory
         self._opened = False
         self._lock = StateDirLock(config.state_dir)
@@ -245,6 +247,20 @@ class Orchestrator:
             out.append(handle)
         return out
 
+    async def spawn(self, spec: TaskSpec, *, parent: str | None = None) -> TaskHandle:
+        """Add a task to the running session and start it (a ``serve`` client's grouped
+        task); a ``parent`` task's budget encloses its budget (R1.2)."""
+        if self._task_group is None:
+            raise VibeEngineError(f"cannot start task {spec.id!r}: the run is not running")
+        if parent is not None and parent not in self.handles:
+            raise VibeEngineError(f"unknown parent task {parent!r}")
+        (handle,) = self.add_tasks([spec])
+        if parent is not None:
+            self._parents[spec.id] = parent
+        await self._session.save_task(handle)
+        self._task_group.start_soon(self._run_task, handle)
+        return handle
+
     # -- one task ----------------------------------------------------------------------
 
     async def wait_for(self, waiter: str, target: str) -> Any:
@@ -267,7 +283,8 @@ class Orchestrator:
         try:
             await self._wait_dependencies(handle)
             await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent,
-                                          span=spec.budget_span)
+                                          span=spec.budget_span,
+                                          parent=self._parents.get(spec.id))
             await self.controller.restore_task(spec.id)
             await self._attempts(handle)
         except VibeEngineError as exc:
