@@ -20,6 +20,7 @@ import pytest
 
 from agents.fake_api import FakeAnthropicServer
 from tests._anthropic_helpers import fake_api
+from tests._redis_helpers import REDIS_URL
 from tests._serve_helpers import BIN, CLIENT_KEYS, serve_config, serving
 
 __all__ = ["fake_api"]  # the fixture, imported for pytest
@@ -28,6 +29,9 @@ pytestmark = pytest.mark.real_asyncio  # real sockets: uvicorn, the SDK, the fak
 
 MODEL = "claude-haiku-4-5"
 USER: Any = [{"role": "user", "content": "One word, please."}]
+#: A key budget one call (about 27 tokens) fits in, leaving less than any estimate
+#: (each holds at least max_tokens = 16), so the key is then at its limit everywhere.
+KEY_TOKENS = 40
 
 
 def _keys(**key: Any) -> list[dict[str, Any]]:
@@ -111,7 +115,7 @@ async def test_21_r1_2_the_key_budget_at_its_limit_refuses_all_its_tasks(
 ) -> None:
     """#21, R1.2: grouped use counts toward the key's budget; once the key is at its limit
     both of its grouped tasks (and its own calls) are refused, naming the key's budget."""
-    keys = _keys(budget={"tokens": 80})
+    keys = _keys(budget={"tokens": KEY_TOKENS})
     async with (serving(_data(tmp_path, fake_api.base_url, keys)) as run,
                 AsyncExitStack() as stack):
         aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
@@ -125,6 +129,32 @@ async def test_21_r1_2_the_key_budget_at_its_limit_refuses_all_its_tasks(
                 await _ask(aio, task)
             assert "task:alpha" in str(refused.value.body)
         assert run.served.orchestrator.tracker.task_scope("alpha/two").totals.calls == 0
+
+
+@pytest.mark.redis
+async def test_21_r1_2_on_redis_grouped_use_counts_toward_the_key_in_every_replica(
+    fake_api: FakeAnthropicServer, tmp_path: Path, redis_ns: str
+) -> None:
+    """#21, R1.2 across replicas: two serve runs on one Redis namespace; grouped calls on
+    replica A use up the key's budget (Redis charges ``alpha/x`` to ``task:alpha`` too),
+    so replica B refuses the key's other grouped task and its own calls."""
+    keys = _keys(budget={"tokens": KEY_TOKENS})
+    store = f"{REDIS_URL}?namespace={redis_ns}"
+    a_data = {**serve_config(tmp_path / "a", fake_api.base_url, keys), "store": store}
+    b_data = {**serve_config(tmp_path / "b", fake_api.base_url, keys), "store": store}
+    async with (serving(a_data) as a, serving(b_data) as b, AsyncExitStack() as stack):
+        aio_a, aio_b = [await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=r.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+            for r in (a, b)]
+        with pytest.raises(anthropic.BadRequestError):
+            for _ in range(20):
+                await _ask(aio_a, "x")
+        for task in ("y", None):
+            with pytest.raises(anthropic.BadRequestError) as refused:
+                await _ask(aio_b, task)
+            assert "task:alpha " in str(refused.value.body)
+        shared = await b.served.orchestrator.store.totals("task:alpha")
+        assert shared.tokens == a.totals("alpha/x").tokens > 0
 
 
 @pytest.mark.parametrize("bad", ["has space", "a/b", "..", "x" * 129, "ünï"])
@@ -142,3 +172,49 @@ async def test_21_a_bad_task_header_gets_a_400_naming_it(
         assert "x-vibe-task" in str(refused.value.body)
         assert not fake_api.reported
         assert list(run.served.orchestrator.handles) == ["alpha"]
+
+
+async def test_21_r3_4_a_held_grouped_task_is_decided_by_its_own_id(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, R1.2/R3.4: a ``hold`` key's grouped task at its ``task_budget`` waits as task
+    ``alpha/job``: ``status --json`` shows that task paused (not the key), and
+    ``vibe-engine decide alpha/job add …`` from another process lets the call complete."""
+    keys = _keys(on_limit="hold", task_budget={"tokens": 40})
+    state = tmp_path / "state"
+    async with (serving(_data(tmp_path, fake_api.base_url, keys)) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        await _ask(aio, "job")  # spends the task's 40 tokens (or nearly)
+        controller = run.served.orchestrator.controller
+        answers: list[anthropic.types.Message] = []
+
+        async def held() -> None:
+            for _ in range(5):  # the call that crosses the limit is held
+                answers.append(await _ask(aio, "job"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(held)
+            with anyio.fail_after(20):
+                # polled: the pause is observed, not signalled to tests
+                while getattr(controller.pause_info("alpha/job"), "state", "") != "paused":  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            rows = await anyio.to_thread.run_sync(_status_budgets, state)
+            assert rows["alpha/job"] and not rows.get("alpha", False)
+            done = await anyio.run_process([str(BIN), "decide", "alpha/job", "add", "--tokens",
+                                            "5000", "--state-dir", str(state)], check=False)
+            assert done.returncode == 0, done.stderr.decode()
+        assert len(answers) == 5
+        assert run.totals("alpha/job").calls == 6
+
+
+def _status_budgets(state: Path) -> dict[str, bool]:
+    """``status --json``'s task budget rows: paused or not, by task."""
+    out = subprocess.run([str(BIN), "status", "--json", "--state-dir", str(state)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    paused: dict[str, bool] = {}
+    for row in json.loads(out.stdout)["task_budgets"]:
+        paused[row["task_id"]] = paused.get(row["task_id"], False) or bool(row["paused"])
+    return paused

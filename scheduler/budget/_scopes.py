@@ -154,10 +154,11 @@ class Scopes:
         """Register a task; a task this session ran before (a resumed session) continues
         from what it used in this session -- never from an earlier session's use.  With
         ``span="store"`` its budget counts every session's use of the id, and a shared
-        store holds it across processes.  A ``parent`` (a started task) encloses the
-        task: task ⊂ parent ⊂ session ⊂ day; the use the task brings with it is added
-        to the parent's totals, since the store charges events to the task alone."""
-        enclosing = self.task(parent) if parent is not None else None
+        store holds it across processes.  A ``parent`` (a started task whose id is the
+        task id's part before ``/``, so the stores charge it too) encloses the task:
+        task ⊂ parent ⊂ session ⊂ day."""
+        if parent is not None:
+            self.task(parent)  # started first: its totals already hold this task's use
         scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock(),
                            shared=span == "store")
         if scope.shared:
@@ -167,9 +168,6 @@ class Scopes:
         self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
         self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls,
                                         parent=parent)
-        if enclosing is not None and scope.totals != Totals():
-            enclosing.totals.merge(scope.totals)
-            self.crossings(enclosing)
         await self.ensure_day(self.today())
 
     def task(self, task_id: str) -> ScopeState:

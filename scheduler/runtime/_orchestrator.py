@@ -247,15 +247,17 @@ class Orchestrator:
             out.append(handle)
         return out
 
-    async def spawn(self, spec: TaskSpec, *, parent: str | None = None) -> TaskHandle:
+    async def spawn(self, spec: TaskSpec) -> TaskHandle:
         """Add a task to the running session and start it (a ``serve`` client's grouped
-        task); a ``parent`` task's budget encloses its budget (R1.2)."""
+        task).  An id ``PARENT/NAME`` puts it inside task ``PARENT``: the parent's budget
+        encloses its budget and the stores charge its use to both (R1.2)."""
         if self._task_group is None:
             raise VibeEngineError(f"cannot start task {spec.id!r}: the run is not running")
-        if parent is not None and parent not in self.handles:
-            raise VibeEngineError(f"unknown parent task {parent!r}")
+        parent = spec.id.rpartition("/")[0]
+        if parent and parent not in self.handles:
+            raise VibeEngineError(f"task {spec.id!r}: unknown parent task {parent!r}")
         (handle,) = self.add_tasks([spec])
-        if parent is not None:
+        if parent:
             self._parents[spec.id] = parent
         await self._session.save_task(handle)
         self._task_group.start_soon(self._run_task, handle)

@@ -136,7 +136,7 @@ class Served:
         started = self._grouped.get(spec.id)
         if started is None:
             started = self._grouped[spec.id] = anyio.Event()
-            await self.orchestrator.spawn(spec, parent=key.id)
+            await self.orchestrator.spawn(spec)
         await started.wait()
         handle = self.orchestrator.handles.get(spec.id)
         if handle is None or handle.finished or self.stopping.is_set():

@@ -99,8 +99,9 @@ CREATE TABLE IF NOT EXISTS state (
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+#: ``{rows}``: one ``(?,…)`` per scope of the event (see :func:`scopes_of`).
 _ADD_TOTALS = """
-INSERT INTO totals VALUES (?,?,?,?,?,?,?,?,?,?), (?,?,?,?,?,?,?,?,?,?), (?,?,?,?,?,?,?,?,?,?)
+INSERT INTO totals VALUES {rows}
 ON CONFLICT(scope) DO UPDATE SET
     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
     completion_tokens = completion_tokens + excluded.completion_tokens,
@@ -113,7 +114,7 @@ ON CONFLICT(scope) DO UPDATE SET
     calls = calls + excluded.calls
 """
 _ADD_MODEL = """
-INSERT INTO model_totals VALUES (?,?,?), (?,?,?), (?,?,?)
+INSERT INTO model_totals VALUES {rows}
 ON CONFLICT(scope, model) DO UPDATE SET tokens = tokens + excluded.tokens
 """
 _EVENT_COLUMNS = (
@@ -373,10 +374,12 @@ def _record(db: sqlite3.Connection, event: UsageEvent) -> bool:
             u.cache_write_tokens, event.cost_usd, event.file_edits,
             event.shell_commands, event.dangerous_commands, calls,
         )
-        db.execute(_ADD_TOTALS, [v for scope in scopes for v in (scope, *amounts)])
+        db.execute(_ADD_TOTALS.format(rows=", ".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(scopes))),
+                   [v for scope in scopes for v in (scope, *amounts)])
         if event.model:
             total = u.total_tokens
-            db.execute(_ADD_MODEL, [v for sc in scopes for v in (sc, event.model, total)])
+            db.execute(_ADD_MODEL.format(rows=", ".join(["(?,?,?)"] * len(scopes))),
+                       [v for sc in scopes for v in (sc, event.model, total)])
         db.execute("COMMIT")
     except sqlite3.Error:
         if db.in_transaction:
