@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from agents.fake_api import FakeAnthropicServer
+from scheduler.observe import snapshot_of
 from tests._anthropic_helpers import fake_api
 from tests._redis_helpers import REDIS_URL
 from tests._serve_helpers import BIN, CLIENT_KEYS, serve_config, serving
@@ -77,6 +78,11 @@ async def test_21_r1_2_grouped_tasks_report_their_own_use_and_the_key_their_sum(
         assert handle.spec.agent == "serve:alpha"
         reported = sum(r.input_tokens + r.output_tokens for r in fake_api.reported)
         assert run.totals("alpha").tokens == reported
+        orch = run.served.orchestrator
+        live = {t.task_id: t for t in snapshot_of(orch.view, now=0.0).tasks}
+        assert (live["alpha"].calls, live["alpha"].tokens) == (4, reported)
+        assert (live["alpha/fix-bug"].calls, live["alpha/fix-bug"].tokens) == (
+            2, sum(_tokens(m) for m in a))
     rows = await anyio.to_thread.run_sync(_status_rows, tmp_path / "state")
     assert rows["alpha/fix-bug"]["calls"] == 2
     assert rows["alpha/fix-bug"]["tokens"] == sum(_tokens(m) for m in a)
