@@ -136,10 +136,22 @@ class Served:
         started = self._grouped.get(spec.id)
         if started is None:
             started = self._grouped[spec.id] = anyio.Event()
-            await self.orchestrator.spawn(spec)
-        await started.wait()
+            try:
+                await self.orchestrator.spawn(spec)
+            except VibeEngineError:  # the run is ending
+                started.set()
+                return None
         handle = self.orchestrator.handles.get(spec.id)
-        if handle is None or handle.finished or self.stopping.is_set():
+        if handle is None:
+            return None
+        async with anyio.create_task_group() as tg:
+            # a task that fails before its agent runs (the store is down) ends instead
+            async def first(event: anyio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+            tg.start_soon(first, started)
+            tg.start_soon(first, handle.done)
+        if handle.finished or self.stopping.is_set():
             return None
         return handle
 
