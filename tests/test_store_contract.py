@@ -48,6 +48,22 @@ async def test_r1_2_one_event_charged_to_every_nested_scope(store: Store) -> Non
     assert (await store.totals("day:2026-11-28")).tokens == 0
 
 
+async def test_r1_2_a_grouped_task_is_charged_to_its_parent_task_too(store: Store) -> None:
+    """R1.2 (#21): a task id ``PARENT/NAME`` (a serve key's grouped task) is nested in
+    task ``PARENT``: task ⊂ parent ⊂ session ⊂ day all receive its events."""
+    assert scopes_of(event(1, task="k/a")) == (
+        "task:k/a", "task:k", "session:s1", "day:2026-11-27")
+    await store.record(event(1, task="k/a", session="s1"))
+    await store.record(event(2, task="k/b", session="s1"))
+    await store.record(event(3, task="k", session="s1"))
+    assert (await store.totals("task:k/a")).tokens == 150
+    assert (await store.totals("task:k")).tokens == 450
+    assert (await store.totals("task:k")).calls == 3
+    assert (await store.totals("task:k")).tokens_by_model == {"sonnet": 450}
+    assert (await store.totals("session:s1")).tokens == 450
+    assert (await store.totals("day:2026-11-27")).tokens == 450
+
+
 async def test_r1_1_operation_counts_and_cost_totals(store: Store) -> None:
     """R1.1: file edits, shell commands and dangerous commands are counted with cost."""
     await store.record(event(1, model="", prompt=0, completion=0, cost=0.0, file_edits=1))

@@ -19,6 +19,7 @@ from tests.test_store_contract import (  # noqa: F401 - collected again with the
     test_cache_write_split_survives,
     test_events_filter_by_task_and_day_range,
     test_r1_1_operation_counts_and_cost_totals,
+    test_r1_2_a_grouped_task_is_charged_to_its_parent_task_too,
     test_r1_2_one_event_charged_to_every_nested_scope,
     test_r2_1_record_keeps_every_token_kind,
     test_r2_1_store_refuses_negative_or_non_finite_usage,

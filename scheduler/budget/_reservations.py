@@ -100,7 +100,8 @@ class Reservations:
         """:meth:`reserve`, and across processes when the store is a :class:`BudgetLedger`.
 
         With a shared store (Redis) the same amounts are also held atomically
-        against the session and day scopes (and a task scope spanning the store)
+        against the session and day scopes (and the task scopes spanning the store: the
+        task's own, and its parent's)
         of *every* orchestrator sharing them ("charge if within budget"), and the
         local totals are refreshed from the shared ones.  Raises :class:`BudgetExceededError`,
         or :class:`StoreUnavailableError` while the ledger is unreachable and
@@ -110,10 +111,8 @@ class Reservations:
         reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
         if not isinstance(self._store, BudgetLedger):
             return reservation
-        own = self._scopes.task(task_id)
-        shared: tuple[ScopeState, ...] = (self._scopes.session, self._scopes.day())
-        if own.shared:
-            shared = (own, *shared)
+        shared = tuple(s for s in self._scopes.of_task(task_id) if s.shared)
+        shared += (self._scopes.session, self._scopes.day())
         limits = tuple(
             ScopeLimit(s.name, s.limits.tokens, s.limits.tokens_by_model.get(model),  # type: ignore[call-overload]
                        s.limits.cost_usd)

@@ -94,6 +94,9 @@ class TaskEntry:
     usage_dirty: bool = True
     #: Charged at least once (the rewrite interval counts from the first charge).
     usage_charged: bool = False
+    #: The task whose scope encloses this one (a ``serve`` key of its grouped tasks):
+    #: charged with this task's use and checked before its calls (R1.2).
+    parent: str | None = None
 
 
 class Scopes:
@@ -152,11 +155,15 @@ class Scopes:
         return state
 
     async def start_task(self, task_id: str, profile: TaskProfile, agent: str,
-                         span: str = "session") -> None:
+                         span: str = "session", parent: str | None = None) -> None:
         """Register a task; a task this session ran before (a resumed session) continues
         from what it used in this session -- never from an earlier session's use.  With
         ``span="store"`` its budget counts every session's use of the id, and a shared
-        store holds it across processes."""
+        store holds it across processes.  A ``parent`` (a started task whose id is the
+        task id's part before ``/``, so the stores charge it too) encloses the task:
+        task ⊂ parent ⊂ session ⊂ day."""
+        if parent is not None:
+            self.task(parent)  # started first: its totals already hold this task's use
         scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock(),
                            shared=span == "store")
         if scope.shared:
@@ -164,7 +171,8 @@ class Scopes:
         elif self._continued:
             scope.totals = await session_task_totals(self._store, self._session_id, task_id)
         self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
-        self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls)
+        self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls,
+                                        parent=parent)
         await self.ensure_day(self.today())
 
     def task(self, task_id: str) -> ScopeState:
@@ -173,14 +181,20 @@ class Scopes:
         except KeyError:
             raise VibeEngineError(f"unknown task {task_id!r}: call start_task first") from None
 
-    def of_task(self, task_id: str) -> tuple[ScopeState, ScopeState, ScopeState]:
-        """The task's own scope, the session and today, innermost first."""
-        return (self.task(task_id), self.session, self.day())
+    def of_task(self, task_id: str) -> tuple[ScopeState, ...]:
+        """The task's own scope, its parent's (if any), the session and today, innermost
+        first."""
+        parent = self.tasks[task_id].parent if task_id in self.tasks else None
+        if parent is None:
+            return (self.task(task_id), self.session, self.day())
+        return (self.task(task_id), self.task(parent), self.session, self.day())
 
     def named(self, task_id: str, name: str) -> ScopeState:
         """The scope ``name`` of ``task_id`` (one of the names a reservation holds)."""
-        if name.startswith("task:"):
+        if name == f"task:{task_id}":
             return self.task(task_id)
+        if name.startswith("task:"):  # the task's parent
+            return self.task(name[5:])
         if name.startswith("session:"):
             return self.session
         return self.days[name[4:]]
@@ -196,6 +210,12 @@ class Scopes:
             if event.model:
                 entry.actions += 1
             touched.append(entry.scope)
+            parent = self.tasks.get(entry.parent) if entry.parent is not None else None
+            if parent is not None:
+                parent.scope.totals.add(event)
+                if event.model:
+                    parent.actions += 1
+                touched.append(parent.scope)
         if event.session_id == self._session_id:
             self.session.totals.add(event)
             touched.append(self.session)

@@ -90,10 +90,11 @@ class Tracker:
         return self._scopes.day(day)
 
     async def start_task(self, task_id: str, profile: TaskProfile, *, agent: str = "",
-                         span: str = "session") -> None:
+                         span: str = "session", parent: str | None = None) -> None:
         """Register a task; a task this session ran before continues from its totals
-        (``span="store"``: from every session's, see :meth:`Scopes.start_task`)."""
-        await self._scopes.start_task(task_id, profile, agent, span)
+        (``span="store"``: from every session's, see :meth:`Scopes.start_task`); a
+        ``parent`` task's scope encloses it."""
+        await self._scopes.start_task(task_id, profile, agent, span, parent)
 
     def finish_task(self, task_id: str, status: str = "completed") -> None:
         """Record how the task ended and write its ``usage.json`` (raises LocalFileError)."""
@@ -123,7 +124,7 @@ class Tracker:
     def task_scope(self, task_id: str) -> ScopeState:
         return self._scopes.task(task_id)
 
-    def scopes(self, task_id: str) -> tuple[ScopeState, ScopeState, ScopeState]:
+    def scopes(self, task_id: str) -> tuple[ScopeState, ...]:
         return self._scopes.of_task(task_id)
 
     def tasks(self) -> list[str]:

@@ -121,7 +121,11 @@ async def stored_status_rows(
     tasks_dir = anyio.Path(state_dir) / "tasks"
     if not await tasks_dir.is_dir():
         return rows
-    docs = sorted([p async for p in tasks_dir.glob("*/usage.json")])
+    # a serve key's grouped task KEY/NAME keeps its file one folder down
+    found: list[anyio.Path] = []
+    for pattern in ("*/usage.json", "*/*/usage.json"):
+        found += [p async for p in tasks_dir.glob(pattern)]
+    docs = sorted(found)
     for path in docs:
         try:
             doc = json.loads(await path.read_text(encoding="utf-8"))

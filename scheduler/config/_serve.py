@@ -27,6 +27,9 @@ class ServeKey(FrozenModel):
     key_env: str | None = Field(default=None, min_length=1)
     key_sha256: str | None = None
     budget: Limits = Field(default_factory=Limits)
+    #: The budget of each task a client groups its calls into with the ``x-vibe-task``
+    #: header (task ``NAME/TASK``), inside the key's ``budget``; unset = only the key's.
+    task_budget: Limits | None = None
     priority: PriorityClass = "normal"
     #: Model ids (or catalog names) this key may ask for; empty = every catalog model.
     allowed_models: tuple[str, ...] = ()

@@ -177,6 +177,19 @@ async def _last_session(store: Store, state_dir: Path) -> str:
     return str(history[-1]["session_id"]) if history else ""
 
 
+def _with_grouped(used: dict[str, Totals]) -> dict[str, Totals]:
+    """Each task's totals, a parent's including its grouped tasks' (``KEY/NAME`` of a
+    ``serve`` key ``KEY``): the store charges a grouped call to its own task only, while
+    the parent's budget encloses it (R1.2), as the running view shows."""
+    out = {tid: Totals() for tid in used}
+    for tid, totals in used.items():
+        out[tid].merge(totals)
+        parent = tid.rpartition("/")[0]
+        if parent in out:
+            out[parent].merge(totals)
+    return out
+
+
 async def snapshot_from_store(
     store: Store, state_dir: Path, *, today: date, config: VibeConfig | None = None,
     events: int = 20, session: str | None = None,
@@ -185,11 +198,11 @@ async def snapshot_from_store(
     from what the store recorded: every task of the session with its state and result."""
     config = config or VibeConfig()
     session = session if session is not None else await _last_session(store, state_dir)
-    tasks = []
-    for rec in await _session_tasks(store, session, state_dir):
-        tid = str(rec["task_id"])
-        totals = await session_task_totals(store, session, tid)
-        tasks.append(_task_view(rec, totals, _task_limits(state_dir, tid)))
+    recs = await _session_tasks(store, session, state_dir)
+    used = _with_grouped({str(rec["task_id"]): await session_task_totals(
+        store, session, str(rec["task_id"])) for rec in recs})
+    tasks = [_task_view(rec, used[str(rec["task_id"])],
+                        _task_limits(state_dir, str(rec["task_id"]))) for rec in recs]
     history = sorted((await store.list_state("history")).values(),
                      key=lambda r: (float(r.get("wall", 0.0)), int(r.get("seq", 0))))
     budgets, totals = await _budgets(store, session, today, config, _status_file(state_dir))

@@ -78,7 +78,8 @@ def _models(view: RunView) -> tuple[ModelView, ...]:
 
 
 def _task_view(
-    view: RunView, h: TaskHandle, wait: WaiterStatistics | None, tracked: set[str]
+    view: RunView, h: TaskHandle, wait: WaiterStatistics | None, tracked: set[str],
+    grouped_calls: int = 0,
 ) -> TaskView:
     status, reason, answer = str(h.status), h.reason, ""
     if h.status is TaskStatus.RUNNING and view.controller.is_paused(h.id):
@@ -97,8 +98,8 @@ def _task_view(
     return TaskView(
         task_id=h.id, agent=h.spec.agent, status=status, priority=h.spec.priority,
         task_type=h.profile.task_type, complexity=h.profile.complexity, model=h.model,
-        attempt=h.attempt, calls=h.calls, tokens=tokens, cost_usd=cost, budget_fraction=frac,
-        reason=reason,
+        attempt=h.attempt, calls=h.calls + grouped_calls, tokens=tokens, cost_usd=cost,
+        budget_fraction=frac, reason=reason,
         queue_position=None if wait is None else int(wait.position),
         estimated_wait_s=None if wait is None else float(wait.estimated_wait_s),
         pool=None if wait is None else str(wait.pool), answer=answer,
@@ -111,7 +112,14 @@ def snapshot_of(view: RunView, *, now: float, events: int = 50,
     waits, pools = _waits(view)
     tracker, alerts = view.tracker, view.config.alerts
     tracked = set(tracker.tasks())
-    tasks = tuple(_task_view(view, h, waits.get(h.id), tracked) for h in view.tasks.values())
+    # a parent's row counts its grouped tasks' calls (``KEY/NAME``), as its scope does use
+    grouped: dict[str, int] = {}
+    for h in view.tasks.values():
+        parent = h.id.rpartition("/")[0]
+        if parent:
+            grouped[parent] = grouped.get(parent, 0) + h.calls
+    tasks = tuple(_task_view(view, h, waits.get(h.id), tracked, grouped.get(h.id, 0))
+                  for h in view.tasks.values())
     budgets = [*budget_bars(tracker.session, alerts), *budget_bars(tracker.day_scope(), alerts)]
     for h in view.tasks.values():  # task scopes: only the hot dimensions of live tasks
         if h.id in tracked and not h.finished:

@@ -130,6 +130,8 @@ class Orchestrator:
         self.view, self.observers = parts.view, parts.observers
         self.services: list[Service] = parts.services
         self._task_group: anyio.abc.TaskGroup | None = None
+        #: Tasks added by :meth:`spawn` whose budget a parent task encloses.
+        self._parents: dict[str, str] = {}
         self._context_factory = context_factory
         self._opened = False
         self._lock = StateDirLock(config.state_dir)
@@ -247,6 +249,22 @@ class Orchestrator:
             out.append(handle)
         return out
 
+    async def spawn(self, spec: TaskSpec) -> TaskHandle:
+        """Add a task to the running session and start it (a ``serve`` client's grouped
+        task).  An id ``PARENT/NAME`` puts it inside task ``PARENT``: the parent's budget
+        encloses its budget and the stores charge its use to both (R1.2)."""
+        if self._task_group is None:
+            raise VibeEngineError(f"cannot start task {spec.id!r}: the run is not running")
+        parent = spec.id.rpartition("/")[0]
+        if parent and parent not in self.handles:
+            raise VibeEngineError(f"task {spec.id!r}: unknown parent task {parent!r}")
+        (handle,) = self.add_tasks([spec])
+        if parent:
+            self._parents[spec.id] = parent
+        await self._session.save_task(handle)
+        self._task_group.start_soon(self._run_task, handle)
+        return handle
+
     # -- one task ----------------------------------------------------------------------
 
     async def wait_for(self, waiter: str, target: str) -> Any:
@@ -269,7 +287,8 @@ class Orchestrator:
         try:
             await self._wait_dependencies(handle)
             await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent,
-                                          span=spec.budget_span)
+                                          span=spec.budget_span,
+                                          parent=self._parents.get(spec.id))
             if self._session.continued:  # a new session has no budget added to restore
                 await self.controller.restore_task(spec.id)
             await self._attempts(handle)

@@ -41,7 +41,7 @@ from scheduler.serve._errors import (
     error_response,
     finish_refusal,
 )
-from scheduler.serve._keys import KeyEntry, presented_key
+from scheduler.serve._keys import TASK_HEADER, KeyEntry, presented_key, task_name_problem
 from scheduler.serve._models import ModelMap
 from scheduler.serve._runtime import Served
 from scheduler.serve._upstream import UpstreamError
@@ -240,7 +240,13 @@ class ServeApp:
         if isinstance(parsed, Response):
             return parsed
         entry, raw, body, routed = parsed
-        handle = self.served.handle(entry)
+        group = request.headers.get(TASK_HEADER)
+        problem = None if group is None else task_name_problem(group)
+        if problem is not None:
+            return error_response("invalid_request_error", f"{TASK_HEADER} header: {problem}",
+                                  headers=NO_RETRY)
+        handle = (self.served.handle(entry) if group is None
+                  else await self.served.group(entry, group))
         if handle is None:
             return error_response("overloaded_error", "vibe-engine serve is stopping",
                                   status=503)

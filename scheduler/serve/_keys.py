@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -105,6 +106,33 @@ def key_limits(budget: Limits) -> Limits:
     data = {name: None for name in Limits.model_fields if name != "tokens_by_model"}
     data.update({name: getattr(budget, name) for name in budget.model_fields_set})
     return Limits(**data)
+
+
+#: The request header naming the task a client's call belongs to.
+TASK_HEADER = "x-vibe-task"
+_TASK_NAME = re.compile(r"[A-Za-z0-9_.\-]+")  # a task id's characters (TaskSpec.id)
+MAX_TASK_ID = 128  # a task id's length limit (TaskSpec.id)
+
+
+def task_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a grouped task (the task id rules), or None."""
+    if len(name) > MAX_TASK_ID:
+        return f"at most {MAX_TASK_ID} characters"
+    if not _TASK_NAME.fullmatch(name) or not name.strip("."):
+        return "letters, digits, '_', '.', '-' only (not only dots)"
+    return None
+
+
+def group_spec(key: ServeKey, name: str) -> TaskSpec:
+    """The task ``KEY/NAME`` a client's calls run as when they carry ``x-vibe-task: NAME``:
+    the key's agent, priority, routing and on_limit, the key's ``task_budget``.  ``name``
+    passed :func:`task_name_problem`, so the id is two path-safe parts."""
+    spec = task_spec(key).model_copy(update={
+        "prompt": f"requests of serve key {key.name}, task {name}",
+        "budget": key_limits(key.task_budget or Limits()),
+    })
+    # the id joins two validated parts with '/', which the task id pattern does not allow
+    return spec.model_copy(update={"id": f"{key.name}/{name}"})
 
 
 def task_spec(key: ServeKey) -> TaskSpec:

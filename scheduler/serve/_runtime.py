@@ -21,7 +21,7 @@ import anyio
 from scheduler.config import VibeConfig
 from scheduler.core import ConfigError, EventBus, VibeEngineError, WallClock, get_logger
 from scheduler.runtime import AgentContext, Orchestrator
-from scheduler.serve._keys import KeyEntry, KeyRing, agent_name, task_spec
+from scheduler.serve._keys import KeyEntry, KeyRing, agent_name, group_spec, task_spec
 from scheduler.serve._metrics import ServeMetrics
 from scheduler.serve._upstream import UpstreamProvider
 from scheduler.store import Store
@@ -106,8 +106,14 @@ class Served:
         self._started: set[str] = set()
         self._ready = anyio.Event()
         self._failure: BaseException | None = None
+        #: Grouped tasks (``KEY/NAME``) by id, set once the task runs.
+        self._grouped: dict[str, anyio.Event] = {}
 
     def key_started(self, handle: TaskHandle) -> None:
+        grouped = self._grouped.get(handle.id)
+        if grouped is not None:  # a grouped task: its budget scope is registered now
+            grouped.set()
+            return
         self._started.add(handle.id)
         if len(self._started) == len(self.keys):
             self._ready.set()
@@ -116,6 +122,36 @@ class Served:
         """The running task of ``entry`` (None once the server is stopping)."""
         handle = self.orchestrator.handles.get(entry.name)
         if handle is None or handle.finished or self.stopping.is_set():
+            return None
+        return handle
+
+    async def group(self, entry: KeyEntry, name: str) -> TaskHandle | None:
+        """The running task ``KEY/NAME`` of ``entry``'s calls grouped under ``name``,
+        started in the run on first use with the key's task as its parent (R1.2); None
+        once the server is stopping."""
+        key = self.handle(entry)
+        if key is None:
+            return None
+        spec = group_spec(entry.config, name)
+        started = self._grouped.get(spec.id)
+        if started is None:
+            started = self._grouped[spec.id] = anyio.Event()
+            try:
+                await self.orchestrator.spawn(spec)
+            except VibeEngineError:  # the run is ending
+                started.set()
+                return None
+        handle = self.orchestrator.handles.get(spec.id)
+        if handle is None:
+            return None
+        async with anyio.create_task_group() as tg:
+            # a task that fails before its agent runs (the store is down) ends instead
+            async def first(event: anyio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+            tg.start_soon(first, started)
+            tg.start_soon(first, handle.done)
+        if handle.finished or self.stopping.is_set():
             return None
         return handle
 

@@ -13,9 +13,13 @@ _EVENT_FIELDS = ("cost_usd", "file_edits", "shell_commands", "dangerous_commands
 _PLAIN = (int, float)
 
 
-def scopes_of(event: UsageEvent) -> tuple[str, str, str]:
-    """The nested scopes one event is charged to (R1.2): task ⊂ session ⊂ day."""
-    return (f"task:{event.task_id}", f"session:{event.session_id}", f"day:{event.day}")
+def scopes_of(event: UsageEvent) -> tuple[str, ...]:
+    """The nested scopes one event is charged to (R1.2): task ⊂ session ⊂ day.  A task id
+    ``PARENT/NAME`` (a ``serve`` key's grouped task; configured ids hold no ``/``) is
+    inside task ``PARENT`` too: task ⊂ parent ⊂ session ⊂ day."""
+    parent = event.task_id.rpartition("/")[0]
+    own = (f"task:{event.task_id}", *((f"task:{parent}",) if parent else ()))
+    return (*own, f"session:{event.session_id}", f"day:{event.day}")
 
 
 def check_event(event: UsageEvent) -> None:

@@ -27,15 +27,20 @@ __all__ = [
 SessionState = Literal["running", "completed", "interrupted"]
 
 
+#: A ``/`` in a task id (a serve key's grouped task ``KEY/NAME``) as its record key holds
+#: it: configured task ids hold neither, so the key's last ``/`` still ends the session.
+_SLASH = "%2F"
+
+
 def task_key(session_id: str, task_id: str) -> str:
-    """The key of ``task_id``'s state records in ``session_id`` (task ids never hold ``/``)."""
-    return f"{session_id}/{task_id}"
+    """The key of ``task_id``'s state records in ``session_id``."""
+    return f"{session_id}/{task_id.replace('/', _SLASH)}"
 
 
 def task_of_key(key: str) -> tuple[str, str]:
     """``(session_id, task_id)`` of a key made by :func:`task_key`."""
     session, _, task = key.rpartition("/")
-    return session, task
+    return session, task.replace(_SLASH, "/")
 
 
 async def session_task_totals(store: Store, session_id: str, task_id: str) -> Totals:

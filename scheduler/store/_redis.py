@@ -175,7 +175,7 @@ class RedisStore:
             event.event_id, json.dumps(event.to_dict(), sort_keys=True), event.model,
             u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_write_tokens,
             repr(event.cost_usd), event.file_edits, event.shell_commands,
-            event.dangerous_commands, hold_id,
+            event.dangerous_commands, hold_id, len(scopes_of(event)),
         )
         fresh = await self._link.script("record", self._record_keys(event, scopes), args)
         return bool(fresh)

@@ -37,10 +37,11 @@ end
 """
 
 #: Record one usage event (idempotent on its id) and optionally settle a hold.
-#: KEYS: events, all, seq, task index, day index, 3 totals, then (holds, amts) pairs.
+#: KEYS: events, all, seq, task index, day index, N totals, then (holds, amts) pairs.
 #: ARGV: id, json, model, prompt, completion, cache_read, cache_write, cost,
-#:       file_edits, shell, dangerous, hold id ('' for none).
+#:       file_edits, shell, dangerous, hold id ('' for none), N (the event's scopes).
 RECORD = _RELEASE_HOLD + """
+local last = 5 + tonumber(ARGV[13])
 local fresh = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 if fresh == 1 then
   local seq = redis.call('INCR', KEYS[3])
@@ -52,7 +53,7 @@ if fresh == 1 then
   local total = 0
   for i = 1, 4 do total = total + tonumber(ARGV[3 + i]) end
   local ops = {'file_edits', 'shell_commands', 'dangerous_commands'}
-  for k = 6, 8 do
+  for k = 6, last do
     for i = 1, 4 do
       local v = tonumber(ARGV[3 + i])
       if v ~= 0 then redis.call('HINCRBY', KEYS[k], names[i], v) end
@@ -70,7 +71,7 @@ if fresh == 1 then
   end
 end
 if ARGV[12] ~= '' then
-  for i = 9, #KEYS, 2 do release_hold(KEYS[i], KEYS[i + 1], ARGV[12]) end
+  for i = last + 1, #KEYS, 2 do release_hold(KEYS[i], KEYS[i + 1], ARGV[12]) end
 end
 return fresh
 """

@@ -1,0 +1,226 @@
+"""#21 grouping a serve client's calls into tasks with the ``x-vibe-task`` header.
+
+Calls carrying ``x-vibe-task: NAME`` run as the task ``KEY/NAME`` of the serve run,
+nested inside the key's budget (R1.2 nested budgets: task ⊂ key ⊂ session ⊂ day),
+with the key's ``task_budget`` of its own.  The real SDK over real HTTP to ``serve``,
+which forwards to the project's fake API; ``status --json`` runs through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import anyio
+import pytest
+
+from agents.fake_api import FakeAnthropicServer
+from scheduler.observe import snapshot_of
+from tests._anthropic_helpers import fake_api
+from tests._redis_helpers import REDIS_URL
+from tests._serve_helpers import BIN, CLIENT_KEYS, serve_config, serving
+
+__all__ = ["fake_api"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.real_asyncio  # real sockets: uvicorn, the SDK, the fake API
+
+MODEL = "claude-haiku-4-5"
+USER: Any = [{"role": "user", "content": "One word, please."}]
+#: A key budget one call (about 27 tokens) fits in, leaving less than any estimate
+#: (each holds at least max_tokens = 16), so the key is then at its limit everywhere.
+KEY_TOKENS = 40
+
+
+def _keys(**key: Any) -> list[dict[str, Any]]:
+    return [{"name": "alpha", "key_env": "VIBE_KEY_A", **key}]
+
+
+def _data(tmp_path: Path, upstream: str, keys: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**serve_config(tmp_path, upstream, keys), "store": "sqlite"}
+
+
+async def _ask(aio: anthropic.AsyncAnthropic, task: str | None) -> anthropic.types.Message:
+    headers = {"x-vibe-task": task} if task is not None else {}
+    return await aio.messages.create(model=MODEL, max_tokens=16, messages=USER,
+                                     extra_headers=headers)
+
+
+def _status_rows(state: Path) -> dict[str, dict[str, Any]]:
+    out = subprocess.run([str(BIN), "status", "--json", "--state-dir", str(state)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {t["task_id"]: t for t in json.loads(out.stdout)["tasks"]}
+
+
+def _tokens(msg: anthropic.types.Message) -> int:
+    return msg.usage.input_tokens + msg.usage.output_tokens
+
+
+async def test_21_r1_2_grouped_tasks_report_their_own_use_and_the_key_their_sum(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, R1.2: two tasks under one key via ``x-vibe-task``; ``status --json`` shows each
+    task's calls and exactly the tokens the upstream reported for them, the key's row
+    their sum (with its own ungrouped call), and the running key scope holds the same."""
+    async with (serving(_data(tmp_path, fake_api.base_url, _keys())) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        a = [await _ask(aio, "fix-bug"), await _ask(aio, "fix-bug")]
+        b = [await _ask(aio, "write-docs")]
+        own = await _ask(aio, None)
+        await run.settled("alpha", 4)
+        handle = run.served.orchestrator.handles["alpha/fix-bug"]
+        assert handle.spec.agent == "serve:alpha"
+        reported = sum(r.input_tokens + r.output_tokens for r in fake_api.reported)
+        assert run.totals("alpha").tokens == reported
+        orch = run.served.orchestrator
+        live = {t.task_id: t for t in snapshot_of(orch.view, now=0.0).tasks}
+        assert (live["alpha"].calls, live["alpha"].tokens) == (4, reported)
+        assert (live["alpha/fix-bug"].calls, live["alpha/fix-bug"].tokens) == (
+            2, sum(_tokens(m) for m in a))
+    rows = await anyio.to_thread.run_sync(_status_rows, tmp_path / "state")
+    assert rows["alpha/fix-bug"]["calls"] == 2
+    assert rows["alpha/fix-bug"]["tokens"] == sum(_tokens(m) for m in a)
+    assert rows["alpha/write-docs"]["calls"] == 1
+    assert rows["alpha/write-docs"]["tokens"] == _tokens(b[0])
+    assert rows["alpha"]["calls"] == 4
+    assert rows["alpha"]["tokens"] == sum(_tokens(m) for m in [*a, *b, own]) == reported
+    usage = json.loads((tmp_path / "state" / "tasks" / "alpha" / "fix-bug" / "usage.json")
+                       .read_text("utf-8"))
+    assert usage["task_id"] == "alpha/fix-bug"
+
+
+async def test_21_r1_2_a_task_budget_at_its_limit_refuses_that_task_only(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, R1.2: with ``task_budget`` (a reject key), a grouped task past its own budget
+    is refused with the API's 400 naming its budget, while the key's other task and the
+    key's own calls go on."""
+    keys = _keys(task_budget={"tokens": 60})
+    async with (serving(_data(tmp_path, fake_api.base_url, keys)) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            for _ in range(20):  # each call spends some of the 60 tokens
+                await _ask(aio, "small")
+        assert "task:alpha/small" in str(refused.value.body)
+        spent = run.served.orchestrator.tracker.task_scope("alpha/small").totals.tokens
+        assert 0 < spent <= 60 + 40  # refused at the limit, not long after
+        assert (await _ask(aio, "other")).usage.output_tokens > 0
+        assert (await _ask(aio, None)).usage.output_tokens > 0
+
+
+async def test_21_r1_2_the_key_budget_at_its_limit_refuses_all_its_tasks(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, R1.2: grouped use counts toward the key's budget; once the key is at its limit
+    both of its grouped tasks (and its own calls) are refused, naming the key's budget."""
+    keys = _keys(budget={"tokens": KEY_TOKENS})
+    async with (serving(_data(tmp_path, fake_api.base_url, keys)) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        with pytest.raises(anthropic.BadRequestError):
+            for _ in range(20):
+                await _ask(aio, "one")
+        assert run.totals("alpha").tokens > 0  # the key holds what "one" spent
+        for task in ("one", "two", None):
+            with pytest.raises(anthropic.BadRequestError) as refused:
+                await _ask(aio, task)
+            assert "task:alpha" in str(refused.value.body)
+        assert run.served.orchestrator.tracker.task_scope("alpha/two").totals.calls == 0
+
+
+@pytest.mark.redis
+async def test_21_r1_2_on_redis_grouped_use_counts_toward_the_key_in_every_replica(
+    fake_api: FakeAnthropicServer, tmp_path: Path, redis_ns: str
+) -> None:
+    """#21, R1.2 across replicas: two serve runs on one Redis namespace; grouped calls on
+    replica A use up the key's budget (Redis charges ``alpha/x`` to ``task:alpha`` too),
+    so replica B refuses the key's other grouped task and its own calls."""
+    keys = _keys(budget={"tokens": KEY_TOKENS})
+    store = f"{REDIS_URL}?namespace={redis_ns}"
+    a_data = {**serve_config(tmp_path / "a", fake_api.base_url, keys), "store": store}
+    b_data = {**serve_config(tmp_path / "b", fake_api.base_url, keys), "store": store}
+    async with (serving(a_data) as a, serving(b_data) as b, AsyncExitStack() as stack):
+        aio_a, aio_b = [await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=r.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+            for r in (a, b)]
+        with pytest.raises(anthropic.BadRequestError):
+            for _ in range(20):
+                await _ask(aio_a, "x")
+        for task in ("y", None):
+            with pytest.raises(anthropic.BadRequestError) as refused:
+                await _ask(aio_b, task)
+            assert "task:alpha " in str(refused.value.body)
+        shared = await b.served.orchestrator.store.totals("task:alpha")
+        assert shared.tokens == a.totals("alpha/x").tokens > 0
+
+
+@pytest.mark.parametrize("bad", ["has space", "a/b", "..", "x" * 129, "ünï"])
+async def test_21_a_bad_task_header_gets_a_400_naming_it(
+    fake_api: FakeAnthropicServer, tmp_path: Path, bad: str
+) -> None:
+    """#21: an ``x-vibe-task`` that is not a valid task name is an invalid request naming
+    the header; nothing is forwarded and no task is started."""
+    async with (serving(_data(tmp_path, fake_api.base_url, _keys())) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await _ask(aio, bad)
+        assert "x-vibe-task" in str(refused.value.body)
+        assert not fake_api.reported
+        assert list(run.served.orchestrator.handles) == ["alpha"]
+
+
+async def test_21_r3_4_a_held_grouped_task_is_decided_by_its_own_id(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, R1.2/R3.4: a ``hold`` key's grouped task at its ``task_budget`` waits as task
+    ``alpha/job``: ``status --json`` shows that task paused (not the key), and
+    ``vibe-engine decide alpha/job add …`` from another process lets the call complete."""
+    keys = _keys(on_limit="hold", task_budget={"tokens": 40})
+    state = tmp_path / "state"
+    async with (serving(_data(tmp_path, fake_api.base_url, keys)) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        await _ask(aio, "job")  # spends the task's 40 tokens (or nearly)
+        controller = run.served.orchestrator.controller
+        answers: list[anthropic.types.Message] = []
+
+        async def held() -> None:
+            for _ in range(5):  # the call that crosses the limit is held
+                answers.append(await _ask(aio, "job"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(held)
+            with anyio.fail_after(20):
+                # polled: the pause is observed, not signalled to tests
+                while getattr(controller.pause_info("alpha/job"), "state", "") != "paused":  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            rows = await anyio.to_thread.run_sync(_status_budgets, state)
+            assert rows["alpha/job"] and not rows.get("alpha", False)
+            done = await anyio.run_process([str(BIN), "decide", "alpha/job", "add", "--tokens",
+                                            "5000", "--state-dir", str(state)], check=False)
+            assert done.returncode == 0, done.stderr.decode()
+        assert len(answers) == 5
+        assert run.totals("alpha/job").calls == 6
+
+
+def _status_budgets(state: Path) -> dict[str, bool]:
+    """``status --json``'s task budget rows: paused or not, by task."""
+    out = subprocess.run([str(BIN), "status", "--json", "--state-dir", str(state)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    paused: dict[str, bool] = {}
+    for row in json.loads(out.stdout)["task_budgets"]:
+        paused[row["task_id"]] = paused.get(row["task_id"], False) or bool(row["paused"])
+    return paused
