@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import anyio
-
+from scheduler.core import off_loop
 from scheduler.runtime import AgentContext, FileOps, PathEscapeError, ShellOps, Tool, ToolError
 
 #: Directories never listed: tooling and caches, not the project's files.
@@ -94,7 +93,7 @@ class CodingTools:
 
         if not base.is_dir():
             raise ToolError(f"{args.get('path')} is not a directory")
-        return "\n".join(await anyio.to_thread.run_sync(walk)) or "(no files)"
+        return "\n".join(await off_loop(walk)) or "(no files)"
 
     async def read_file(self, args: Mapping[str, Any]) -> str:
         return _clip(await self.files.read(self._path(args.get("path"))))

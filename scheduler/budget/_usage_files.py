@@ -17,16 +17,20 @@ task alone.  The usage itself is in the store already and stays there.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
-
 from scheduler.budget._scopes import TaskEntry
-from scheduler.core import LocalFileError, WallClock, get_logger, private_dir, write_private
+from scheduler.core import (
+    LocalFileError,
+    WallClock,
+    get_logger,
+    off_loop,
+    private_dir,
+    write_private,
+)
 
 _log = get_logger("vibe_engine.budget")
 
@@ -74,9 +78,7 @@ class UsageFiles:
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         folder = self._state_dir / "tasks" / task_id
         try:
-            if _on_asyncio():
-                return await anyio.to_thread.run_sync(_write, folder, doc)
-            return _write(folder, doc)
+            return await off_loop(_write, folder, doc)
         except BaseException:
             entry.usage_dirty = True
             raise
@@ -119,11 +121,3 @@ def _write(folder: Path, doc: dict[str, Any]) -> Path:
     except OSError as exc:
         raise LocalFileError(path, exc.strerror or str(exc)) from exc
     return path
-
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

@@ -55,6 +55,8 @@ from scheduler.core._provider import TextSink as TextSink
 from scheduler.core._provider import check_options as check_options
 from scheduler.core._provider import thinking_budget as thinking_budget
 from scheduler.core._resolve import resolve_object as resolve_object
+from scheduler.core._threads import off_loop as off_loop
+from scheduler.core._threads import on_asyncio as on_asyncio
 from scheduler.core._usage import Totals as Totals
 from scheduler.core._usage import Usage as Usage
 from scheduler.core._usage import UsageEvent as UsageEvent
@@ -109,6 +111,8 @@ __all__ = [
     "check_options",
     "cost_usd",
     "get_logger",
+    "off_loop",
+    "on_asyncio",
     "open_private",
     "private_dir",
     "private_file",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from scheduler.core import (
     TextSink,
     VibeEngineError,
     get_logger,
+    off_loop,
 )
 from scheduler.deadlock import LockManager, TaskLocks
 from scheduler.routing import task_info
@@ -101,7 +103,7 @@ class FileOps:
         return full
 
     async def read(self, path: str | Path) -> str:
-        return await anyio.Path(self._resolve(path)).read_text(encoding="utf-8")
+        return await off_loop(partial(self._resolve(path).read_text, encoding="utf-8"))
 
     async def write(self, path: str | Path, content: str) -> Path:
         full = self._resolve(path)
@@ -109,8 +111,7 @@ class FileOps:
         await ctx.gateway.admit_ops(ctx.handle, file_edits=1)  # pauses at the limit (R3.4)
         async with ctx.open_resource(f"file:{full}"), ctx.critical("file_write"):
             try:
-                await anyio.Path(full.parent).mkdir(parents=True, exist_ok=True)
-                await anyio.Path(full).write_text(content, encoding="utf-8")
+                await off_loop(_write_text, full, content)
             except OSError as exc:  # disk full, a name too long: this task's error only
                 raise LocalFileError(full, exc.strerror or str(exc)) from exc
         await ctx.charge_ops(file_edits=1)
@@ -134,7 +135,7 @@ class ShellOps:
         dangerous = is_dangerous(command, self.cwd)
         await ctx.gateway.admit_ops(ctx.handle, shell_commands=1,
                                     dangerous_commands=int(dangerous))
-        await anyio.Path(self.cwd).mkdir(parents=True, exist_ok=True)
+        await off_loop(partial(self.cwd.mkdir, parents=True, exist_ok=True))
         name = "git_commit" if command.lstrip().startswith("git commit") else "shell"
         async with ctx.critical(name):
             with anyio.fail_after(timeout_s):
@@ -287,3 +288,8 @@ class AgentContext:
                         **settings: Any) -> ToolLoopResult:
         """Run the tool loop to the model's end of turn, continuing a checkpointed one."""
         return await self.tool_loop(tools, **settings).run(messages)
+
+
+def _write_text(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content, encoding="utf-8")

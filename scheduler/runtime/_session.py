@@ -11,7 +11,6 @@ are described in :mod:`scheduler.store._records`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -19,14 +18,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
-
 from scheduler.config import VibeConfig
 from scheduler.core import (
     ResultError,
     SessionError,
     WallClock,
     get_logger,
+    off_loop,
     private_dir,
     private_file,
     write_private,
@@ -96,14 +94,6 @@ class StateDirLock:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             os.close(fd)  # closing drops the flock
-
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _read_pid(fd: int) -> int | None:
@@ -183,10 +173,7 @@ class SessionLog:
     async def write_result_off_loop(self, task_id: str, result: Any) -> None:
         """:meth:`write_result` in a worker thread on asyncio (a rename on a busy disk
         takes milliseconds); in line on other loops (trio on virtual time in tests)."""
-        if _on_asyncio():
-            await anyio.to_thread.run_sync(self.write_result, task_id, result)
-        else:
-            self.write_result(task_id, result)
+        await off_loop(self.write_result, task_id, result)
 
 
 #: Ends a continued session keeps; a failed task runs again (from its checkpoint).

@@ -30,7 +30,6 @@ The event loop never waits for the database:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sqlite3
@@ -42,7 +41,15 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from scheduler.core import StoreError, Totals, UsageEvent, get_logger, private_dir, private_file
+from scheduler.core import (
+    StoreError,
+    Totals,
+    UsageEvent,
+    get_logger,
+    off_loop,
+    private_dir,
+    private_file,
+)
 from scheduler.store._base import check_event, scopes_of
 from scheduler.store._group import GroupCommit
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
@@ -132,9 +139,7 @@ class SqliteStore:
             with self._guard:
                 return fn(db)
 
-        if _on_asyncio():
-            return await anyio.to_thread.run_sync(guarded)
-        return guarded()
+        return await off_loop(guarded)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, wait: bool = True) -> T:
         """Run ``fn`` on the connection, retrying with backoff while the database is
@@ -284,12 +289,4 @@ class SqliteStore:
             return {}
         return {e.key: e.value for e in self.spool.read()
                 if isinstance(e, SpooledState) and e.kind == kind}
-
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
