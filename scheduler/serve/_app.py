@@ -267,17 +267,14 @@ class ServeApp:
         _, raw, body, routed = parsed
         if routed is None:
             raw = json.dumps({**body, "model": self.models.cheapest_id}).encode()
-        provider = self.served.provider
         headers = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
         url = "/v1/messages/count_tokens" + (f"?{request.url.query}" if request.url.query else "")
         try:
-            resp = await provider.client.post(url, content=raw,
-                                              headers=provider.auth_headers(headers))
+            status, answer = await self.served.provider.post(url, raw, headers)
         except Exception as exc:  # an unreachable upstream is answered, not raised
             return error_response("api_error", f"vibe-engine: upstream failed: "
                                   f"{type(exc).__name__}", status=502)
-        return Response(resp.content, status_code=resp.status_code,
-                        media_type="application/json")
+        return Response(answer, status_code=status, media_type="application/json")
 
     async def models_list(self, request: Request) -> Response:
         entry = self._key(request)

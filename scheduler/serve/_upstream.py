@@ -13,10 +13,8 @@ headers and body so the client gets them as the API sent them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
-
-import httpx2 as httpx
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from scheduler.core import (
     Completion,
@@ -27,6 +25,8 @@ from scheduler.core import (
     RateLimitedError,
     Usage,
 )
+from scheduler.serve._http import HttpClient, HttpError, HttpTimeout
+from scheduler.serve._proxied import ProxiedClient, proxied
 
 #: Response headers worth relaying to the client (rate limits, ids); hop-by-hop
 #: and length headers are the server's own business.
@@ -148,38 +148,58 @@ class SseUsage:
                 self.stop_reason = str(reason)
 
 
-class UpstreamProvider:
-    """Forwards governed calls to the upstream Messages API over one pooled HTTP client."""
+class _Answer(Protocol):
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
-    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 600.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._key = api_key
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), transport=transport,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        )
+    def chunks(self) -> AsyncIterator[bytes]: ...
+    async def read(self) -> bytes: ...
+    async def aclose(self) -> None: ...
+
+
+class _Http(Protocol):
+    async def send(self, method: str, target: str, headers: Sequence[tuple[str, str]],
+                   body: bytes) -> _Answer: ...
+    async def aclose(self) -> None: ...
+
+
+class UpstreamProvider:
+    """Forwards governed calls to the upstream Messages API over kept-alive connections
+    (:mod:`._http`; through httpx when the environment names a proxy for it)."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 600.0) -> None:
+        self._key, self._url = api_key, base_url.rstrip("/")
+        connect_s = min(timeout_s, 10.0)
+        self._http: _Http = (ProxiedClient if proxied(self._url) else HttpClient)(
+            self._url, timeout_s=timeout_s, connect_s=connect_s)
 
     def __repr__(self) -> str:  # the key never shows, not even in a traceback's locals
-        return f"UpstreamProvider({str(self._client.base_url)!r})"
+        return f"UpstreamProvider({self._url!r})"
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        """The pooled client (count_tokens and models go through it too)."""
-        return self._client
-
-    def auth_headers(self, client_headers: Mapping[str, str]) -> dict[str, str]:
+    def auth_headers(self, client_headers: Mapping[str, str]) -> list[tuple[str, str]]:
         """The headers an upstream request carries: the server's key, the client's
         API version and beta flags."""
-        headers = {"x-api-key": self._key, "content-type": "application/json",
-                   "anthropic-version": client_headers.get("anthropic-version") or _API_VERSION}
+        headers = [("x-api-key", self._key), ("content-type", "application/json"),
+                   ("anthropic-version", client_headers.get("anthropic-version") or _API_VERSION),
+                   ("accept-encoding", "identity"), ("user-agent", "vibe-engine-serve")]
         beta = client_headers.get("anthropic-beta")
         if beta:
-            headers["anthropic-beta"] = beta
+            headers.append(("anthropic-beta", beta))
         return headers
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
+
+    async def post(self, path: str, raw: bytes, client_headers: Mapping[str, str]
+                   ) -> tuple[int, bytes]:
+        """A plain POST (count_tokens): the upstream's status and body."""
+        resp = await self._http.send("POST", path, self.auth_headers(client_headers), raw)
+        try:
+            return resp.status, await resp.read()
+        finally:
+            await resp.aclose()
 
     async def complete(self, request: CompletionRequest) -> Completion:
         pt = request.passthrough
@@ -192,37 +212,38 @@ class UpstreamProvider:
             if pt.model != request.model:  # routed, or fell back: the one field we change
                 body = {**body, "model": request.model_id}
                 raw = json.dumps(body).encode()
-        url = "/v1/messages" + (f"?{query}" if query else "")
-        http = self._client.build_request("POST", url, content=raw,
-                                          headers=self.auth_headers(client_headers))
+        target = "/v1/messages" + (f"?{query}" if query else "")
         if pt is not None and pt.on_send is not None:
             pt.on_send()
         try:
-            resp = await self._client.send(http, stream=True)
-        except httpx.TimeoutException:
+            resp = await self._http.send("POST", target, self.auth_headers(client_headers), raw)
+        except ValueError as exc:
+            raise UpstreamError(request.model, 400, error_body(
+                "invalid_request_error", str(exc))) from None
+        except HttpTimeout:
             raise UpstreamTimeoutError(request.model, 504, error_body(
                 "timeout_error", "the upstream API did not answer in time")) from None
-        except httpx.TransportError as exc:
+        except HttpError as exc:
             raise UpstreamOverloadedError(request.model, 529, error_body(
-                "overloaded_error", f"upstream unreachable: {type(exc).__name__}")) from None
+                "overloaded_error", f"upstream unreachable: {exc}")) from None
         try:
             return await self._answer(request, resp, bool(body.get("stream")))
         finally:
             await resp.aclose()
 
-    async def _answer(self, request: CompletionRequest, resp: httpx.Response,
+    async def _answer(self, request: CompletionRequest, resp: _Answer,
                       stream: bool) -> Completion:
         pt = request.passthrough
-        if resp.status_code != 200:
-            raise status_error(request.model, resp.status_code, await resp.aread(),
+        if resp.status != 200:
+            raise status_error(request.model, resp.status, await self._body(request, resp),
                                resp.headers)
         if pt is not None and pt.on_status is not None:
             pt.on_status(200, {k: v for k, v in resp.headers.items()
-                               if k.lower() in _RELAYED or k.lower().startswith("anthropic-")
-                               or k.lower() == "content-type"})
+                               if k in _RELAYED or k.startswith("anthropic-")
+                               or k == "content-type"})
         sink = pt.on_bytes if pt is not None else None
         if not stream:
-            data = await resp.aread()
+            data = await self._body(request, resp)
             if sink is not None:
                 sink(data)
             message = json.loads(data)
@@ -231,17 +252,25 @@ class UpstreamProvider:
                               id=str(message.get("id") or ""))
         sse = SseUsage()
         try:
-            async for chunk in resp.aiter_bytes():  # decoded: no content-encoding relayed
+            async for chunk in resp.chunks():
                 if sink is not None:
                     sink(chunk)
                 sse.feed(chunk)
-        except httpx.HTTPError as exc:  # dropped mid-stream: what was started is paid
+        except HttpError as exc:  # dropped mid-stream: what was started is paid
             err = UpstreamOverloadedError(request.model, 529, error_body(
-                "overloaded_error", f"upstream stream dropped: {type(exc).__name__}"))
+                "overloaded_error", f"upstream stream dropped: {exc}"))
             err.usage = sse.usage
             raise err from None
         return Completion("", sse.usage or Usage(), request.model, stop_reason=sse.stop_reason,
                           id=sse.message_id)
+
+    @staticmethod
+    async def _body(request: CompletionRequest, resp: _Answer) -> bytes:
+        try:
+            return await resp.read()
+        except HttpError as exc:
+            raise UpstreamOverloadedError(request.model, 529, error_body(
+                "overloaded_error", f"upstream answer cut short: {exc}")) from None
 
 
 def _body_of(request: CompletionRequest) -> dict[str, Any]:
