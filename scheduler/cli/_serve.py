@@ -6,6 +6,7 @@ them, builds the serve run and runs it until interrupted.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -31,6 +32,12 @@ def _first_error(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+def _loop_options() -> dict[str, bool]:
+    """uvloop where it is installed (not on Windows): serve's CPU per call is mostly
+    event-loop work, and uvloop does it in C."""
+    return {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
 
 
 def run_serve(config_path: Path, *, host: str | None, port: int | None,
@@ -60,7 +67,7 @@ def run_serve(config_path: Path, *, host: str | None, port: int | None,
                             ssl_keyfile=ssl_keyfile, on_ready=ready, sock=sock)
 
     try:
-        anyio.run(main)
+        anyio.run(main, backend_options=_loop_options())
     except BaseExceptionGroup as group:
         inner = _first_error(group)
         if isinstance(inner, VibeEngineError):

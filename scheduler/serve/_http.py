@@ -86,7 +86,7 @@ class _Parsed:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
-        self.head = self.done = self.extra = False
+        self.head = self.done = self.extra = self.keep_alive = False
 
     def on_message_begin(self) -> None:
         if self.done:  # bytes after the answer: the connection is not reusable
@@ -97,6 +97,8 @@ class _Parsed:
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        # llhttp knows it only while the head is current (not once the message ended)
+        self.keep_alive = self.parser.should_keep_alive()
         self.head = not 100 <= self.status < 200  # an interim answer: the real one follows
         if not self.head:
             self.headers = []
@@ -155,7 +157,7 @@ class Response:
     async def aclose(self) -> None:
         """The connection goes back to the pool only after a whole, reusable answer."""
         p, conn = self._p, self._conn
-        if p.done and not p.extra and p.parser.should_keep_alive():
+        if p.done and not p.extra and p.keep_alive:
             await self._client.release(conn)
         else:
             await conn.close()
