@@ -113,7 +113,8 @@ async def test_21_bad_requests_get_api_errors_and_the_server_keeps_serving(
     tmp_path: Path
 ) -> None:
     """#21: not JSON, no messages, a bad max_tokens, no model: each a 400
-    invalid_request_error naming the field; then a good request still succeeds."""
+    invalid_request_error naming the field; an unknown path a 404 not_found_error and a
+    wrong method a 405, in the API's error shape; then a good request still succeeds."""
     async with upstream() as (url, up):
         keys = [{"name": "alpha", "key_env": "VIBE_KEY_A"}]
         async with serving(serve_config(tmp_path, url, keys)) as run, \
@@ -129,5 +130,11 @@ async def test_21_bad_requests_get_api_errors_and_the_server_keeps_serving(
                 assert resp.status_code == 400, body
                 error = resp.json()["error"]
                 assert error["type"] == "invalid_request_error" and field in error["message"]
-            assert (await http.post("/v1/messages", json=good, headers=KEY)).status_code == 200
+            for resp, status, kind in (
+                    (await http.post("/v1/nothing", json=good, headers=KEY), 404,
+                     "not_found_error"),
+                    (await http.get("/v1/messages", headers=KEY), 405, "invalid_request_error")):
+                assert (resp.status_code, resp.json()["error"]["type"]) == (status, kind)
+            assert (await http.post("/v1/messages/?beta=true", json=good,
+                                    headers=KEY)).status_code == 200
         assert len(up.received) == 1

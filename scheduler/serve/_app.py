@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scheduler.core import (
     BudgetExceededError,
@@ -256,7 +254,7 @@ class ServeApp:
             return error_response("invalid_request_error", str(exc), headers=NO_RETRY)
         headers = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
         pt = Passthrough(body=body, raw=raw, model=routed or "", headers=headers,
-                         query=request.url.query)
+                         query=_query(request))
         return _Governed(self.served, entry, handle, call, pt, bool(body.get("stream")))
 
     async def count_tokens(self, request: Request) -> Response:
@@ -268,7 +266,8 @@ class ServeApp:
         if routed is None:
             raw = json.dumps({**body, "model": self.models.cheapest_id}).encode()
         headers = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
-        url = "/v1/messages/count_tokens" + (f"?{request.url.query}" if request.url.query else "")
+        query = _query(request)
+        url = "/v1/messages/count_tokens" + (f"?{query}" if query else "")
         try:
             status, answer = await self.served.provider.post(url, raw, headers)
         except Exception as exc:  # an unreachable upstream is answered, not raised
@@ -305,11 +304,43 @@ def _call_args(body: Mapping[str, Any], model: str | None) -> dict[str, Any]:
             "max_tokens": max_tokens, "model": model, "stream": bool(body.get("stream"))}
 
 
-def create_app(served: Served) -> Starlette:
+def _query(request: Request) -> str:
+    return bytes(request.scope.get("query_string") or b"").decode("latin-1")
+
+
+_Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _Router:
+    """Three exact routes: a dict lookup, and no per-request URL or middleware objects."""
+
+    def __init__(self, app: ServeApp) -> None:
+        self._routes: dict[tuple[str, str], _Handler] = {
+            ("POST", "/v1/messages"): app.messages,
+            ("POST", "/v1/messages/count_tokens"): app.count_tokens,
+            ("GET", "/v1/models"): app.models_list,
+        }
+        self._paths = {path for _, path in self._routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = str(scope["path"]).rstrip("/") or "/"
+        handler = self._routes.get((scope["method"], path))
+        if handler is None:
+            response = (error_response("invalid_request_error",
+                                       f"{scope['method']} is not allowed on {path}", status=405)
+                        if path in self._paths else
+                        error_response("not_found_error", f"no such endpoint: {path}"))
+        else:
+            try:
+                response = await handler(Request(scope, receive))
+            except Exception as exc:  # fails this request only; the server keeps serving
+                _log.exception("serve_request_failed", path=path)
+                response = error_response("api_error", f"vibe-engine: {type(exc).__name__}")
+        await response(scope, receive, send)
+
+
+def create_app(served: Served) -> ASGIApp:
     """The ASGI app over a running :class:`Served` (uvicorn, or ``httpx.ASGITransport``)."""
-    app = ServeApp(served)
-    return Starlette(routes=[
-        Route("/v1/messages", app.messages, methods=["POST"]),
-        Route("/v1/messages/count_tokens", app.count_tokens, methods=["POST"]),
-        Route("/v1/models", app.models_list, methods=["GET"]),
-    ])
+    return _Router(ServeApp(served))

@@ -49,7 +49,7 @@ async def serve_forever(
     config = uvicorn.Config(
         # httptools: uvicorn's C parser; h11 costs serve more CPU per call than its own work
         create_app(served), http="httptools", lifespan="off", log_level="warning",
-        access_log=False,
+        access_log=False, proxy_headers=False,  # nothing here reads the client's address
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, timeout_keep_alive=75,
     )
