@@ -123,3 +123,24 @@ async def test_r3_4_a_client_leaving_while_held_takes_its_request_with_it(
         await controller.decide("alpha", "add_budget", tokens=5000)
         await anyio.sleep(0.3)  # a request still waiting would go upstream now
         assert fake_api.requests == 0 and run.totals("alpha").calls == 0
+
+
+@pytest.mark.real_asyncio  # real sockets
+async def test_r3_4_a_json_client_leaving_while_held_takes_its_request_with_it(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21: the same for a non-streamed request (no pings to see: the client gives up
+    after a while); after the decision nothing goes upstream and nothing is charged."""
+    keys = [{"name": "alpha", "key_env": "VIBE_KEY_A", "on_limit": "hold",
+             "budget": {"tokens": 100}}]
+    async with serving(serve_config(tmp_path, fake_api.base_url, keys)) as run:
+        async with httpx2.AsyncClient(base_url=run.url) as http:
+            with pytest.raises(httpx2.ReadTimeout):
+                await http.post("/v1/messages", json={**BODY, "stream": False},
+                                headers={"x-api-key": KEY}, timeout=1.0)
+        with anyio.fail_after(10):
+            while run.served.requests.get("alpha", 0) == 0:  # noqa: ASYNC110 - observed
+                await anyio.sleep(0.05)
+        await run.served.orchestrator.controller.decide("alpha", "add_budget", tokens=5000)
+        await anyio.sleep(0.3)  # a request still waiting would go upstream now
+        assert fake_api.requests == 0 and run.totals("alpha").calls == 0

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -70,7 +70,6 @@ class _Governed(Response):
         self._call, self._pt, self._stream = call, pt, stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        tx, rx = anyio.create_memory_object_stream[_Item](math.inf)
         sent = False
 
         def on_send() -> None:
@@ -78,15 +77,33 @@ class _Governed(Response):
             sent = True
 
         self._pt.on_send = on_send
+        relay = _Relay(send, self._stream, self._served.config.serve.ping_interval_s)
+        if not self._stream:
+            await self._whole(relay, receive, lambda: sent)
+            return
+        tx, rx = anyio.create_memory_object_stream[_Item](math.inf)
         self._pt.on_status = lambda status, headers: tx.send_nowait(("status", headers))
         self._pt.on_bytes = lambda chunk: tx.send_nowait(("bytes", chunk))
         with tx, rx:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._governed, tx)
+                tg.start_soon(self._governed, tx.send_nowait)
                 tg.start_soon(self._left, receive, lambda: sent, tg.cancel_scope)
-                await _Relay(send, self._stream,
-                             self._served.config.serve.ping_interval_s).run(rx)
+                await relay.run(rx)
                 tg.cancel_scope.cancel()  # answered: stop watching for the client leaving
+
+    async def _whole(self, relay: _Relay, receive: Receive, sent: Callable[[], bool]) -> None:
+        """A JSON answer goes out whole once the call ended, so the call runs in this
+        task; only the watch for the client leaving runs beside it."""
+        items: list[_Item] = []
+        self._pt.on_status = lambda status, headers: items.append(("status", headers))
+        self._pt.on_bytes = lambda chunk: items.append(("bytes", chunk))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._left, receive, sent, tg.cancel_scope)
+            await self._governed(items.append)
+            tg.cancel_scope.cancel()
+        for item in items:  # nothing is answered to a client that left
+            if await relay.handle(item):
+                return
 
     async def _left(self, receive: Receive, sent: Callable[[], bool],
                     scope: anyio.CancelScope) -> None:
@@ -99,7 +116,7 @@ class _Governed(Response):
             _log.info("serve_client_left", key=self._entry.name)
             scope.cancel()
 
-    async def _governed(self, tx: MemoryObjectSendStream[_Item]) -> None:
+    async def _governed(self, put: Callable[[_Item], None]) -> None:
         name, outcome = self._entry.name, "ok"
         try:
             await self._served.gateway.complete(self._handle, passthrough=self._pt, **self._call)
@@ -109,9 +126,9 @@ class _Governed(Response):
         except Exception as exc:  # every failure is answered; none takes the server down
             refusal = self._refusal(exc)
             outcome = "refused" if refusal[1] is NO_RETRY else "error"
-            tx.send_nowait(("error", refusal))
+            put(("error", refusal))
         else:
-            tx.send_nowait(("done", None))
+            put(("done", None))
         finally:
             self._served.requests[name] = self._served.requests.get(name, 0) + 1
             self._served.metrics.request(name, outcome)
@@ -155,25 +172,30 @@ class _Relay:
             if item is None:  # waiting (lease queue, held): keep the client's stream alive
                 await self._start(200, _SSE_HEADERS)
                 await self._write(_PING)
-                continue
-            kind, value = item
-            if kind == "status":
-                self._headers = value
-                if self._stream:
-                    await self._start(200, value)
-            elif kind == "bytes":
-                if self._stream:
-                    await self._write(value)
-                else:
-                    self._body.append(value)
-            elif kind == "done":
-                body = b"".join(self._body)
-                await self._start(200, {**self._headers, "content-length": str(len(body))})
-                await self._write(body, more=False)
+            elif await self.handle(item):
                 return
+
+    async def handle(self, item: _Item) -> bool:
+        """Relays one item; True once the response is complete."""
+        kind, value = item
+        if kind == "status":
+            self._headers = value
+            if self._stream:
+                await self._start(200, value)
+        elif kind == "bytes":
+            if self._stream:
+                await self._write(value)
             else:
-                await self._fail(*value)
-                return
+                self._body.append(value)
+        elif kind == "done":
+            body = b"".join(self._body)
+            await self._start(200, {**self._headers, "content-length": str(len(body))})
+            await self._write(body, more=False)
+            return True
+        else:
+            await self._fail(*value)
+            return True
+        return False
 
     async def _fail(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         if self._started:  # mid-stream: the API's own error event
