@@ -89,6 +89,7 @@ async def _get(client: HttpClient, target: str = "/v1/x") -> tuple[int, bytes]:
         await resp.aclose()
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # the drop-in client may run on trio
 async def test_r21_keep_alive_reuses_one_connection_for_sequential_calls() -> None:
     async with upstream(_ok) as up:
         client = HttpClient(up.url, timeout_s=5, connect_s=5)
