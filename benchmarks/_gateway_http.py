@@ -13,7 +13,12 @@ the real ``anthropic`` SDK over real sockets, in the same run:
 ``concurrency_1``: one agent making calls one after another; each call's latency as
 the agent sees it.  ``added_median_ms`` / ``added_p99_ms`` are governed − direct.
 ``concurrency_64``: 64 agents (64 coroutines directly) calling at once;
-``throughput_ratio`` = governed calls/s ÷ direct calls/s.
+``throughput_ratio`` = governed calls/s ÷ direct calls/s, both counted from the first
+call's start to the last call's end: the direct side's client is built before its clock
+starts, so the governed side's one-off start and finish (opening the store, writing the
+usage files at exit) are left out too; ``run_throughput_ratio`` counts the whole
+``Orchestrator.run`` instead.  ``cpu_ms_per_call``: this process's CPU time (all
+threads) over the same window ÷ calls, less disturbed by other jobs than the wall time.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from timeit import default_timer
 from typing import Any
@@ -74,22 +81,52 @@ class FastApiProcess:
             self._proc.wait(timeout=10)
 
 
+@dataclass
+class Run:
+    """One side's run: each call's latency and the window in which calls ran."""
+
+    latencies: list[float]
+    elapsed_s: float = 0.0  # the whole run (the task group, or ``Orchestrator.run``)
+    first: tuple[float, float] | None = None  # (wall, CPU) at the first call's start
+    last: tuple[float, float] = (0.0, 0.0)  # (wall, CPU) at the latest call's end
+
+    def started(self) -> float:
+        now = default_timer()
+        if self.first is None:
+            self.first = (now, time.process_time())
+        return now
+
+    def ended(self, start: float) -> None:
+        self.last = (default_timer(), time.process_time())
+        self.latencies.append(self.last[0] - start)
+
+    @property
+    def window_s(self) -> float:
+        assert self.first is not None
+        return self.last[0] - self.first[0]
+
+    @property
+    def cpu_ms_per_call(self) -> float:
+        assert self.first is not None
+        return (self.last[1] - self.first[1]) / len(self.latencies) * 1e3
+
+
 class _Timed:
-    """An agent making ``calls`` calls, recording each one's latency (seconds)."""
+    """An agent making ``calls`` calls, timing each one in ``run_``."""
 
     calls = 0
-    latencies: list[float] = []
+    run_: Run
 
     async def run(self, ctx: Any) -> None:
         for _ in range(self.calls):
-            start = default_timer()
+            start = self.run_.started()
             await ctx.llm.complete(MESSAGES, max_tokens=64, model="haiku")
-            type(self).latencies.append(default_timer() - start)
+            self.run_.ended(start)
 
 
-async def _governed(url: str, agents: int, calls: int) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    timed = type("Timed", (_Timed,), {"calls": calls, "latencies": latencies})
+async def _governed(url: str, agents: int, calls: int) -> Run:
+    run = Run([])
+    timed = type("Timed", (_Timed,), {"calls": calls, "run_": run})
     with tempfile.TemporaryDirectory(prefix="vibe-bench-http-") as tmp:
         config = bench_config(
             Path(tmp), agents, pool=agents,
@@ -98,67 +135,81 @@ async def _governed(url: str, agents: int, calls: int) -> tuple[list[float], flo
         orch = Orchestrator(config, provider=make_provider(config), agents={"bench": timed})
         start = default_timer()
         report = await orch.run()
-        elapsed = default_timer() - start
+        run.elapsed_s = default_timer() - start
     bad = [o for o in report.outcomes.values() if o.status != "completed"]
     if bad:
         raise RuntimeError(f"{len(bad)} tasks did not complete: {bad[0].reason}")
-    return latencies, elapsed
+    return run
 
 
-async def _direct(url: str, agents: int, calls: int) -> tuple[list[float], float]:
+async def _direct(url: str, agents: int, calls: int) -> Run:
     client = anthropic.AsyncAnthropic(api_key="bench", base_url=url, max_retries=0)
-    latencies: list[float] = []
+    run = Run([])
 
     async def agent() -> None:
         for _ in range(calls):
-            t = default_timer()
+            start = run.started()
             await client.messages.create(model=MODEL_ID, max_tokens=64,
                                          messages=MESSAGES)  # type: ignore[arg-type]
-            latencies.append(default_timer() - t)
+            run.ended(start)
 
     start = default_timer()
     async with anyio.create_task_group() as tg:
         for _ in range(agents):
             tg.start_soon(agent)
-    elapsed = default_timer() - start
+    run.elapsed_s = default_timer() - start
     await client.close()
-    return latencies, elapsed
+    return run
 
 
 def _p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
 
+def _median_ms(values: list[float]) -> float:
+    return round(statistics.median(values) * 1e3, 3)
+
+
 def http_results(*, quick: bool, repeat: int) -> dict[str, Any]:
     """The ``http`` figures: added latency at concurrency 1, throughput ratio at 64."""
     os.environ.setdefault(KEY_ENV, "bench-key")
     serial, parallel = (100, 10) if quick else (400, 30)
-    c1: dict[str, list[float]] = {"median": [], "p99": [], "direct_median": []}
-    ratio: list[float] = []
+    c1: dict[str, list[float]] = {k: [] for k in ("median", "p99", "direct", "cpu_d", "cpu_g")}
+    c64: dict[str, list[float]] = {k: [] for k in ("window", "run", "cpu_d", "cpu_g")}
     with FastApiProcess() as server:
         anyio.run(_direct, server.url, 1, 20, backend="asyncio")  # warm-up
         anyio.run(_governed, server.url, 1, 20, backend="asyncio")
         for i in range(repeat):
             progress(f"http: run {i + 1}/{repeat}")
-            direct, _ = anyio.run(_direct, server.url, 1, serial, backend="asyncio")
-            governed, _ = anyio.run(_governed, server.url, 1, serial, backend="asyncio")
-            c1["median"].append(statistics.median(governed) - statistics.median(direct))
-            c1["p99"].append(_p99(governed) - _p99(direct))
-            c1["direct_median"].append(statistics.median(direct))
-            _, t_direct = anyio.run(_direct, server.url, 64, parallel, backend="asyncio")
-            _, t_governed = anyio.run(_governed, server.url, 64, parallel, backend="asyncio")
-            ratio.append(t_direct / t_governed)
-    calls = 64 * parallel
+            direct = anyio.run(_direct, server.url, 1, serial, backend="asyncio")
+            governed = anyio.run(_governed, server.url, 1, serial, backend="asyncio")
+            d, g = direct.latencies, governed.latencies
+            c1["median"].append(statistics.median(g) - statistics.median(d))
+            c1["p99"].append(_p99(g) - _p99(d))
+            c1["direct"].append(statistics.median(d))
+            c1["cpu_d"].append(direct.cpu_ms_per_call / 1e3)
+            c1["cpu_g"].append(governed.cpu_ms_per_call / 1e3)
+            direct = anyio.run(_direct, server.url, 64, parallel, backend="asyncio")
+            governed = anyio.run(_governed, server.url, 64, parallel, backend="asyncio")
+            c64["window"].append(direct.window_s / governed.window_s)
+            c64["run"].append(direct.elapsed_s / governed.elapsed_s)
+            c64["cpu_d"].append(direct.cpu_ms_per_call / 1e3)
+            c64["cpu_g"].append(governed.cpu_ms_per_call / 1e3)
     return {
         "server": "benchmarks._fast_api (starlette + uvicorn) in a subprocess",
         "concurrency_1": {
-            "added_median_ms": round(statistics.median(c1["median"]) * 1e3, 3),
-            "added_p99_ms": round(statistics.median(c1["p99"]) * 1e3, 3),
-            "direct_median_ms": round(statistics.median(c1["direct_median"]) * 1e3, 3),
+            "added_median_ms": _median_ms(c1["median"]),
+            "added_p99_ms": _median_ms(c1["p99"]),
+            "direct_median_ms": _median_ms(c1["direct"]),
+            "cpu_ms_per_call": {"direct": _median_ms(c1["cpu_d"]),
+                                "governed": _median_ms(c1["cpu_g"])},
             "calls": serial,
         },
         "concurrency_64": {
-            "throughput_ratio": round(statistics.median(ratio), 3),
-            "calls": calls,
+            "throughput_ratio": round(statistics.median(c64["window"]), 3),
+            "run_throughput_ratio": round(statistics.median(c64["run"]), 3),
+            "cpu_ms_per_call": {"direct": _median_ms(c64["cpu_d"]),
+                                "governed": _median_ms(c64["cpu_g"])},
+            "calls": 64 * parallel,
         },
     }

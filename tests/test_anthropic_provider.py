@@ -11,11 +11,14 @@ import anthropic
 import pytest
 
 from agents.fake_api import FakeAnthropicServer, Fault
-from agents.providers import input_pool_tokens
+from agents.providers import AnthropicProvider, input_pool_tokens
+from agents.providers._anthropic_wire import limit_headers, rate_limits_from_headers
 from scheduler import ProviderError, Usage
 from scheduler.budget import TokenCounter
+from scheduler.config import ProviderConfig
 from scheduler.core import OverloadedError, ProviderTimeoutError, RateLimitedError, SpendLimitError
 from tests._anthropic_helpers import (
+    SECRET_KEY,
     Recorder,
     as_usage,
     fake_api,
@@ -300,3 +303,46 @@ async def test_overloaded_error_event_mid_stream(fake_api: FakeAnthropicServer) 
     partial, _ = fake_api.reported
     assert not partial.complete
     assert c.usage == reported_sum(fake_api)
+
+
+async def test_r5_3_no_rate_limit_headers_reports_no_limits_and_reads_no_wall_clock(
+    fake_api: FakeAnthropicServer,
+) -> None:
+    """R5.3 quota from headers: behind a proxy that strips ``anthropic-ratelimit-*`` the
+    call succeeds and no limit is reported (the wall clock, needed only for their reset
+    times, is not read); once the headers come back they reach the hook again."""
+    fake_api.configure(send_rate_limits=False)
+    rec, walls = Recorder(), []
+
+    def wall() -> float:
+        walls.append(1)
+        return 0.0
+
+    provider = AnthropicProvider(
+        ProviderConfig(kind="anthropic", base_url=fake_api.base_url), api_key=SECRET_KEY,
+        on_rate_limits=rec.on_rate_limits, wall=wall)
+    try:
+        bare = await provider.complete(request())
+        assert bare.usage == as_usage(fake_api.reported[0]) and bare.rate_limits is None
+        assert rec.limits == [] and walls == []
+        assert provider.statistics().last_rate_limits is None
+        fake_api.configure(send_rate_limits=True)
+        limited = await provider.complete(request())
+    finally:
+        await provider.aclose()
+    assert walls == [1] and len(rec.limits) == 1
+    assert limited.rate_limits == rec.limits[0][1] and limited.rate_limits.requests_limit == 4000
+
+
+def test_r5_3_rate_limit_headers_read_in_any_case() -> None:
+    """R5.3: header names are case-insensitive, in a plain mapping as in the SDK's."""
+    info = rate_limits_from_headers(
+        {"Anthropic-RateLimit-Requests-Limit": "50", "anthropic-ratelimit-requests-remaining": "49",
+         "Anthropic-Ratelimit-Tokens-Reset": "1970-01-01T00:00:30Z", "Retry-After": "40",
+         "Content-Type": "application/json"}, now=10.0)
+    assert info is not None
+    assert (info.requests_limit, info.requests_remaining) == (50, 49)
+    assert info.reset_s == 20.0 and info.tokens_limit is None
+    assert limit_headers({"Content-Type": "application/json", "Retry-After-Ms": "5"}) == {
+        "retry-after-ms": "5"}
+    assert rate_limits_from_headers({"content-type": "application/json"}, now=0.0) is None

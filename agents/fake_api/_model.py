@@ -85,7 +85,8 @@ class FakeApiConfig:
     ``input_ratio``: the server's input count is ``round(tiktoken_raw × ratio)``
     (Claude's tokenizer counts more than ``cl100k_base``); ``output_tokens``:
     output per answer (capped by ``max_tokens``); limits are per minute and
-    appear in the ``anthropic-ratelimit-*`` headers.
+    appear in the ``anthropic-ratelimit-*`` headers unless ``send_rate_limits`` is off
+    (as behind a proxy that strips them).
     """
 
     input_ratio: float = 1.2
@@ -95,6 +96,7 @@ class FakeApiConfig:
     input_tokens_limit: int = 2_000_000
     output_tokens_limit: int = 400_000
     api_key: str | None = None
+    send_rate_limits: bool = True
     #: Model ids served; any other gets the API's 404 ``not_found_error`` (None: any id).
     models: tuple[str, ...] | None = SERVED_MODELS
 
@@ -221,6 +223,8 @@ class FakeState:
     def rate_limit_headers(self, now: datetime) -> dict[str, str]:
         """``anthropic-ratelimit-*`` headers; the window resets every minute."""
         c = self.config
+        if not c.send_rate_limits:
+            return {}
         reset = (now.replace(second=0, microsecond=0) + timedelta(minutes=1)).isoformat()
         reset = reset.replace("+00:00", "Z")
         with self.lock:

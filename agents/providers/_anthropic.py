@@ -36,6 +36,7 @@ from agents.providers._anthropic_wire import (
     StreamAssembler,
     StreamUsage,
     classify,
+    limit_headers,
     rate_limits_from_headers,
     usage_from_api,
 )
@@ -128,27 +129,29 @@ class AnthropicProvider:
     async def complete(self, request: CompletionRequest) -> Completion:
         """One call with our own retries; usage summed over every attempt that consumed any."""
         self._calls += 1
-        spent = Usage()
-        started = self._clock()
+        spent: Usage | None = None  # what failed attempts consumed
+        started = t0 = self._clock()
         attempts = self.config.max_retries + 1
         for n in range(1, attempts + 1):
-            t0 = self._clock()
             try:
                 got = await self._attempt(request)
             except Exception as exc:
                 failed = self._failed(request, exc, self._clock() - t0)
-                spent += failed.error.usage or Usage()
+                if failed.error.usage is not None:
+                    spent = failed.error.usage if spent is None else spent + failed.error.usage
                 if not failed.retryable or n == attempts:
-                    failed.error.usage = spent if spent.total_tokens else None
+                    failed.error.usage = spent if spent is not None and spent.total_tokens else None
                     raise failed.error from exc
                 await self._wait_before_retry(request.model, n, failed)
+                t0 = self._clock()
                 continue
-            self._succeeded(request, got, self._clock() - t0)
-            usage = spent + (got.usage or Usage())
+            ended = self._clock()
+            self._succeeded(request, got, ended - t0)
+            usage = got.usage or Usage()
             return Completion.from_blocks(
-                got.content, usage, request.model, stop_reason=got.stop_reason,
-                latency_s=self._clock() - started, rate_limits=self._last_limits, attempts=n,
-                id=got.message_id,
+                got.content, usage if spent is None else spent + usage, request.model,
+                stop_reason=got.stop_reason, latency_s=ended - started,
+                rate_limits=self._last_limits, attempts=n, id=got.message_id,
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -206,12 +209,14 @@ class AnthropicProvider:
         if request.stream:
             return await self._attempt_stream(request)
         raw = await self._client.messages.with_raw_response.create(**self._params(request))
-        message = await raw.parse()
-        # the blocks as the API sent them: types the SDK does not know pass through intact
+        # the body read once, as the API sent it: block types the SDK does not know pass
+        # through intact, and the SDK's typed Message would only parse the same JSON again
         body = raw.http_response.json()
+        if not isinstance(body, dict):
+            raise ValueError("the response body is not a message object")
         content = [dict(b) for b in body.get("content") or ()]
-        return _Attempt(content, message.stop_reason or "end_turn", usage_from_api(message.usage),
-                        raw.headers, message.id)
+        return _Attempt(content, body.get("stop_reason") or "end_turn",
+                        usage_from_api(body.get("usage")), raw.headers, str(body.get("id") or ""))
 
     async def _attempt_stream(self, request: CompletionRequest) -> _Attempt:
         raw = await self._client.messages.with_raw_response.create(
@@ -249,7 +254,10 @@ class AnthropicProvider:
                       retry_after: float | None = None) -> None:
         if headers is None:
             return
-        info = rate_limits_from_headers(headers, now=self._wall(), retry_after=retry_after)
+        limits = limit_headers(headers)
+        if not limits and retry_after is None:
+            return
+        info = rate_limits_from_headers(limits, now=self._wall(), retry_after=retry_after)
         if info is None:
             return
         self._last_limits = info

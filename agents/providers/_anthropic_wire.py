@@ -40,18 +40,24 @@ RETRYABLE: frozenset[str] = frozenset(
 _DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
 
 
+def _field(obj: Any, name: str) -> Any:
+    """``obj[name]`` of a JSON object, ``obj.name`` of an SDK model (None when absent)."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
 def usage_from_api(u: Any) -> Usage:
-    """A message's ``usage`` (SDK model) → :class:`Usage`; the cache write split kept."""
-    written = int(getattr(u, "cache_creation_input_tokens", None) or 0)
-    split = getattr(u, "cache_creation", None)
-    w1h = int(getattr(split, "ephemeral_1h_input_tokens", 0) or 0) if split else 0
-    w5m = int(getattr(split, "ephemeral_5m_input_tokens", 0) or 0) if split else 0
+    """A message's ``usage`` (its JSON object or the SDK model) → :class:`Usage`; the
+    cache write split kept."""
+    written = int(_field(u, "cache_creation_input_tokens") or 0)
+    split = _field(u, "cache_creation")
+    w1h = int(_field(split, "ephemeral_1h_input_tokens") or 0) if split else 0
+    w5m = int(_field(split, "ephemeral_5m_input_tokens") or 0) if split else 0
     # without a split (older API versions) every write is a 5-minute write, the default TTL
     w5m += max(written - w5m - w1h, 0)
     return Usage(
-        prompt_tokens=int(getattr(u, "input_tokens", 0) or 0),
-        completion_tokens=int(getattr(u, "output_tokens", 0) or 0),
-        cache_read_tokens=int(getattr(u, "cache_read_input_tokens", None) or 0),
+        prompt_tokens=int(_field(u, "input_tokens") or 0),
+        completion_tokens=int(_field(u, "output_tokens") or 0),
+        cache_read_tokens=int(_field(u, "cache_read_input_tokens") or 0),
         cache_write_5m_tokens=w5m,
         cache_write_1h_tokens=w1h,
     )
@@ -127,6 +133,20 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+_LIMIT_PREFIXES = ("anthropic-ratelimit-", "retry-after")
+
+
+def limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A response's rate-limit headers, names lower-cased, in one pass (an ``httpx``
+    ``Headers`` scans every header on each lookup by name)."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        name = name.lower()
+        if name.startswith(_LIMIT_PREFIXES):
+            out[name] = value
+    return out
+
+
 def rate_limits_from_headers(
     headers: Mapping[str, str], *, now: float, retry_after: float | None = None
 ) -> RateLimitInfo | None:
@@ -135,6 +155,7 @@ def rate_limits_from_headers(
     ``reset_s`` is the soonest reset among the dimensions, in seconds from
     ``now`` (wall clock, seconds since the epoch); a ``retry-after`` lengthens it.
     """
+    headers = limit_headers(headers)
     values: dict[str, int | None] = {}
     resets: list[float] = []
     for dim in _DIMENSIONS:
