@@ -65,9 +65,25 @@ class HistoryRecorder:
         self._changes.set()
 
     async def flush(self) -> int:
+        """Write the buffered events, concurrently: the store commits writes that wait
+        together in one transaction, so a burst of events costs a few commits."""
         pending, self._pending = self._pending, []
-        for key, record in pending:
-            await self.view.store.put_state("history", key, record)
+        errors: list[Exception] = []
+
+        async def put(key: str, record: dict[str, Any]) -> None:
+            try:
+                await self.view.store.put_state("history", key, record)
+            except Exception as exc:  # raised below as itself, not in a group
+                errors.append(exc)
+
+        if len(pending) == 1:
+            await put(*pending[0])
+        elif pending:
+            async with anyio.create_task_group() as tg:
+                for key, record in pending:
+                    tg.start_soon(put, key, record)
+        if errors:
+            raise errors[0]
         return len(pending)
 
     async def run(self) -> None:

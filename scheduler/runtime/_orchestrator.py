@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 
 from policies.replan import BreakDown
-from scheduler.budget import TokenCounter, resolve_task
+from scheduler.budget import ScopeState, TokenCounter, resolve_task
 from scheduler.config import TaskSpec, VibeConfig
 from scheduler.core import (
     ConfigError,
@@ -228,8 +228,8 @@ class Orchestrator:
                 self.allocator.unregister(handle.id)
                 handle.done.set()
             else:
-                await self._session.save_task(handle)
                 to_run.append(handle)
+        await self._session.save_tasks(to_run)
         for handle in to_run:
             tg.start_soon(self._run_task, handle)
 
@@ -453,9 +453,12 @@ class Orchestrator:
     async def _report(self) -> RunReport:
         outcomes: dict[str, TaskOutcome] = {}
         by_model: dict[str, Totals] = {}
+        tracked = set(self.tracker.tasks())
         for handle in self.handles.values():
             usage = Totals()  # this session's use only: a task id may recur across sessions
-            for event in await self.store.events(task_id=handle.id):
+            # a task this run tracked with nothing charged has no event in the store
+            used = handle.id not in tracked or _charged(self.tracker.task_scope(handle.id))
+            for event in await self.store.events(task_id=handle.id) if used else ():
                 if event.session_id == self.session_id:
                     usage.add(event)
                     if event.model:
@@ -468,3 +471,11 @@ class Orchestrator:
                 result,
             )
         return RunReport(self.session_id, outcomes, by_model)
+
+
+def _charged(scope: ScopeState) -> bool:
+    """Whether anything was charged to ``scope`` (its totals hold every event of its task
+    recorded since the task started, and what the store held for it then)."""
+    t = scope.totals
+    return bool(t.calls or t.tokens or t.cost_usd or t.file_edits or t.shell_commands
+                or t.dangerous_commands)
