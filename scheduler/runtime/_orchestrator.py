@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -226,7 +227,7 @@ class Orchestrator:
             prior = self._prior.get(handle.id)
             if prior is not None and restore(handle, prior):
                 self.allocator.unregister(handle.id)
-                handle.done.set()
+                handle.set_done()
             else:
                 to_run.append(handle)
         await self._session.save_tasks(to_run)
@@ -368,20 +369,18 @@ class Orchestrator:
         """The agent's run under the task's time budget; when its model degrades mid-task
         and replanning breaks the task down (R6.2), the parts run in its place."""
         ctx = self._context_factory(self, handle)
+        tg = self._task_group
         try:
-            return await self._within_time_budget(handle, lambda: agent.run(ctx))
+            if tg is None:
+                return await agent.run(ctx)
+            # R1.1: the task's wall-time budget ends the attempt even without a model call
+            return await self._deadlines.run_within(handle.id, partial(agent.run, ctx),
+                                                    tg.start_soon)
         except BreakDownRequested as exc:
             split = await self.gateway.replanner.before_call(  # now knowing the agent's hook
                 handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
                 allow_break_down=True)
             return await self._run_parts(handle, split or exc.decision, agent)
-
-    async def _within_time_budget(self, handle: TaskHandle, run: Callable[[], Any]) -> Any:
-        """R1.1: the task's wall-time budget ends the attempt even without a model call."""
-        tg = self._task_group
-        if tg is None:
-            return await run()
-        return await self._deadlines.run_within(handle.id, run, tg.start_soon)
 
     def _report_failure(self, handle: TaskHandle) -> None:
         """R4.3: a task that failed after its model finished is a signal of a wrong choice.
@@ -448,7 +447,7 @@ class Orchestrator:
             task_id=handle.id, agent=handle.spec.agent,
             level="info" if handle.status is TaskStatus.COMPLETED else "warning",
         )
-        handle.done.set()
+        handle.set_done()
 
     async def _report(self) -> RunReport:
         outcomes: dict[str, TaskOutcome] = {}

@@ -120,6 +120,7 @@ class SessionLog:
         self.record = SessionRecord(session_id)
         #: The store knew the session (``begin`` found its record): a continued session.
         self.continued = True
+        self._config_text = ""
         # results of tasks ending together are written in one worker-thread hop
         self._results: GroupCommit[tuple[str, Any], None] = GroupCommit(self._write_results)
 
@@ -134,6 +135,8 @@ class SessionLog:
         record.config = self.config.model_dump(mode="json")
         self.record = record
         await self.store.put_state("session", self.session_id, _record_dict(record))
+        # held as text until end() writes the record again: a third of the dicts' memory
+        self._config_text, record.config = json.dumps(record.config), {}
         self.continued = stored is not None
         if stored is None:
             return {}
@@ -143,7 +146,9 @@ class SessionLog:
     async def end(self, *, interrupted: bool) -> None:
         self.record.state = "interrupted" if interrupted else "completed"
         self.record.ended = self.wall.now().isoformat()
-        await self.store.put_state("session", self.session_id, _record_dict(self.record))
+        config = json.loads(self._config_text) if self._config_text else self.record.config
+        await self.store.put_state("session", self.session_id,
+                                   _record_dict(self.record, config))
 
     async def save_task(self, handle: TaskHandle, result: Any = None) -> None:
         await self.store.put_state("task", task_key(self.session_id, handle.id),
@@ -199,11 +204,14 @@ class SessionLog:
         return await off_loop(write_all)
 
 
-def _record_dict(record: SessionRecord) -> dict[str, Any]:
-    """``record.to_dict()`` without ``asdict``'s deep copy of the config (a run of N
-    tasks copies N task specs twice): only the task list changes after ``begin``."""
+def _record_dict(record: SessionRecord, config: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """``record.to_dict()`` (with ``config`` in place of its own) without ``asdict``'s
+    deep copy of the config: a run of N tasks would copy N task specs each time."""
     out = {f.name: getattr(record, f.name) for f in fields(record)}
     out["tasks"] = list(record.tasks)
+    if config is not None:
+        out["config"] = config
     return out
 
 
