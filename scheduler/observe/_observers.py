@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,11 +27,13 @@ import anyio
 
 from scheduler.core import Event, VibeEngineError, get_logger, private_dir, write_private
 from scheduler.observe._view import Changes, RunView, snapshot_of, watch_changes
+from scheduler.store import Store
 
 if TYPE_CHECKING:
     from scheduler.observe._metrics import Metrics
 
-__all__ = ["HistoryRecorder", "Observers", "StatusWriter", "build_observers", "status_path"]
+__all__ = ["HistoryRecorder", "Observers", "StatusWriter", "build_observers", "put_states",
+           "status_path"]
 
 _log = get_logger("vibe_engine.observe")
 STATUS_FILE = "status.json"
@@ -43,6 +45,36 @@ def status_path(state_dir: Path) -> Path:
 
 def _jsonable(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
+
+
+#: Writes in flight at once in :func:`put_states`: enough to fill a group commit, few
+#: enough that a burst of 10,000 records does not hold a task each.
+PUT_WIDTH = 64
+
+
+async def put_states(store: Store, kind: str, records: Sequence[tuple[str, dict[str, Any]]],
+                     *, width: int = PUT_WIDTH) -> None:
+    """``store.put_state(kind, key, value)`` for each record, ``width`` at a time: the
+    store commits writes that wait together in one transaction, so a burst of records
+    costs a few commits.  The first failure is raised (as itself) once all were tried."""
+    if len(records) == 1:
+        await store.put_state(kind, *records[0])
+        return
+    todo = iter(records)
+    errors: list[Exception] = []
+
+    async def writer() -> None:
+        for key, value in todo:  # one iterator shared by the writers
+            try:
+                await store.put_state(kind, key, value)
+            except Exception as exc:  # raised below as itself, not in a group
+                errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(width, len(records))):
+            tg.start_soon(writer)
+    if errors:
+        raise errors[0]
 
 
 class HistoryRecorder:
@@ -65,25 +97,8 @@ class HistoryRecorder:
         self._changes.set()
 
     async def flush(self) -> int:
-        """Write the buffered events, concurrently: the store commits writes that wait
-        together in one transaction, so a burst of events costs a few commits."""
         pending, self._pending = self._pending, []
-        errors: list[Exception] = []
-
-        async def put(key: str, record: dict[str, Any]) -> None:
-            try:
-                await self.view.store.put_state("history", key, record)
-            except Exception as exc:  # raised below as itself, not in a group
-                errors.append(exc)
-
-        if len(pending) == 1:
-            await put(*pending[0])
-        elif pending:
-            async with anyio.create_task_group() as tg:
-                for key, record in pending:
-                    tg.start_soon(put, key, record)
-        if errors:
-            raise errors[0]
+        await put_states(self.view.store, "history", pending)
         return len(pending)
 
     async def run(self) -> None:

@@ -19,8 +19,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from scheduler.config import VibeConfig
 from scheduler.core import (
     ResultError,
@@ -32,6 +30,7 @@ from scheduler.core import (
     private_file,
     write_private,
 )
+from scheduler.observe import put_states
 from scheduler.store import SessionRecord, Store, task_key, task_of_key
 from scheduler.store._group import GroupCommit
 from scheduler.tasks import TaskHandle, TaskStatus
@@ -155,11 +154,9 @@ class SessionLog:
                                    self.task_record(handle, result))
 
     async def save_tasks(self, handles: list[TaskHandle]) -> None:
-        """:meth:`save_task` of every handle, concurrently: the store commits writes that
-        wait together in one transaction (a run of 10,000 tasks in a few commits)."""
-        async with anyio.create_task_group() as tg:
-            for handle in handles:
-                tg.start_soon(self.save_task, handle)
+        """:meth:`save_task` of every handle, a few commits for them all."""
+        await put_states(self.store, "task", [
+            (task_key(self.session_id, h.id), self.task_record(h, None)) for h in handles])
 
     def task_record(self, handle: TaskHandle, result: Any) -> dict[str, Any]:
         return {
