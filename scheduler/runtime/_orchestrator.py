@@ -429,7 +429,7 @@ class Orchestrator:
             # stays pending): resumable
             handle.status = TaskStatus.INTERRUPTED
             handle.reason = handle.reason or "interrupted"
-        if handle.spec.id in self.tracker.tasks():
+        if self._tracked(handle.id):
             try:  # off the event loop, and current before the task counts as ended
                 await self.tracker.end_task(handle.id, handle.status)
             except LocalFileError as exc:  # the usage itself is in the store already
@@ -448,6 +448,14 @@ class Orchestrator:
             level="info" if handle.status is TaskStatus.COMPLETED else "warning",
         )
         handle.set_done()
+
+    def _tracked(self, task_id: str) -> bool:
+        """Whether the tracker registered the task (O(1): ``tracker.tasks()`` lists all)."""
+        try:
+            self.tracker.task_scope(task_id)
+        except VibeEngineError:
+            return False
+        return True
 
     async def _report(self) -> RunReport:
         outcomes: dict[str, TaskOutcome] = {}
