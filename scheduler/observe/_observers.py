@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from scheduler.core import Event, VibeEngineError, get_logger, private_dir, write_private
+from scheduler.core import Event, VibeEngineError, get_logger, open_private, private_dir
 from scheduler.observe._view import Changes, RunView, snapshot_of, watch_changes
 from scheduler.store import Store
 
@@ -125,9 +126,13 @@ class StatusWriter:
         self._changes = watch_changes(view)
 
     def write(self, *, running: bool = True) -> Path:
+        """Replace ``status.json`` atomically (a temporary file, then a rename)."""
         snap = snapshot_of(self.view, now=anyio.current_time(), running=running)
         private_dir(self.path.parent)
-        write_private(self.path, json.dumps(snap.to_dict(), default=str))
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open_private(tmp) as out:
+            snap.write_json(out)
+        os.replace(tmp, self.path)
         self.writes += 1
         return self.path
 
