@@ -16,6 +16,10 @@ SQLite store in a temporary state directory (the default store), on asyncio:
 * ``cpu_us_per_call`` / ``cpu_us_per_task`` — the same with the process's CPU time
   (every thread) instead of the wall time: on a shared, loaded machine the wall time
   also counts the waits for a core;
+* ``fs_us_per_task`` / ``cpu_fs_us_per_task`` — the file system's part of a task's cost,
+  same run: a task's folder and two small files written atomically (what a task's end
+  writes: ``usage.json``, ``result.json``), N times in a fresh temporary directory, in
+  line, per task — on a slow or busy disk most of ``us_per_task``;
 * ``kib_per_agent`` — tracemalloc's peak of Python allocations during a 2-call run
   above the baseline taken just before it (imports, tiktoken's tables and one
   warm-up run are in the baseline), per agent; ``bare_kib_per_agent`` the same for
@@ -46,7 +50,7 @@ import anyio
 
 from benchmarks._common import emit, progress
 from scheduler import VibeConfig
-from scheduler.core import Completion, CompletionRequest, Usage
+from scheduler.core import Completion, CompletionRequest, Usage, private_dir, write_private
 from scheduler.observe import configure_logging
 from scheduler.runtime import Orchestrator
 
@@ -134,6 +138,17 @@ async def _bare(n: int, calls: int) -> float:
     return default_timer() - start
 
 
+def _files(n: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of n tasks' end-of-task files, written in line: the disk's part."""
+    with tempfile.TemporaryDirectory(prefix="vibe-bench-") as tmp:
+        cpu, start = time.process_time(), default_timer()
+        for i in range(n):
+            folder = private_dir(Path(tmp) / "tasks" / f"t{i}")
+            write_private(folder / "usage.json", '{"usage": {}}')
+            write_private(folder / "result.json", '{"result": null}')
+        return default_timer() - start, time.process_time() - cpu
+
+
 def _run(fn: Callable[[], Awaitable[float]]) -> float:
     gc.collect()
     return anyio.run(fn, backend="asyncio")
@@ -155,11 +170,12 @@ def _peak_kib(fn: Callable[[], Awaitable[float]]) -> float:
 
 def size(n: int, repeat: int) -> dict[str, float]:
     """The orchestrator-path figures of one size (medians of ``repeat`` runs)."""
-    calls, idle, bare, cpu_calls, cpu_idle = [], [], [], [], []
+    calls, idle, bare, cpu_calls, cpu_idle, files = [], [], [], [], [], []
     for i in range(repeat):
         progress(f"agents_{n}: run {i + 1}/{repeat}")
         idle.append(_run(lambda: _orchestrated(n, IdleAgent)))
         cpu_idle.append(LAST_CPU_S[0])
+        files.append(_files(n))
         calls.append(_run(lambda: _orchestrated(n, CallingAgent)))
         cpu_calls.append(LAST_CPU_S[0])
         bare.append(_run(lambda: _bare(n, CALLS)))
@@ -177,6 +193,8 @@ def size(n: int, repeat: int) -> dict[str, float]:
         "us_per_task": round(t_idle / n * 1e6, 1),
         "cpu_us_per_call": round(max(c_calls - c_idle, 0.0) / (CALLS * n) * 1e6, 1),
         "cpu_us_per_task": round(c_idle / n * 1e6, 1),
+        "fs_us_per_task": round(statistics.median(f[0] for f in files) / n * 1e6, 1),
+        "cpu_fs_us_per_task": round(statistics.median(f[1] for f in files) / n * 1e6, 1),
         "us_per_call_with_task": round(t_calls / (CALLS * n) * 1e6, 1),
         "calls_per_s": round(CALLS * n / t_calls),
         "kib_per_agent": round(kib, 2),

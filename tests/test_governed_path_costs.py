@@ -10,13 +10,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import structlog
 
 from scheduler import TaskSpec, VibeConfig
 from scheduler.core import SystemWallClock
 from scheduler.runtime import AgentContext
-from scheduler.store import MemoryStore, task_key
+from scheduler.store import MemoryStore, session_task_totals, task_key
 from scheduler.testing import ScriptedProvider
 from tests._helpers import OrchestratorFactory
 
@@ -131,3 +132,74 @@ async def test_r3_4_a_pause_that_never_took_effect_is_removed_when_the_task_ends
     assert report.outcomes["t1"].status == "completed"
     assert ("pause", task_key("s1", "t1")) in store.deleted
     assert await store.get_state("pause", task_key("s1", "t1")) is None
+
+
+class Idle:
+    async def run(self, ctx: AgentContext) -> None:
+        return None
+
+
+class CountingEvents(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.queried: list[str | None] = []
+
+    async def events(self, *, task_id: str | None = None, day_from: str | None = None,
+                     day_to: str | None = None) -> list[Any]:
+        self.queried.append(task_id)
+        return await super().events(task_id=task_id, day_from=day_from, day_to=day_to)
+
+
+async def test_r2_6_the_report_reads_the_events_of_tasks_that_charged_only(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.6: the run's report sums each task's events from the store; a task that charged
+    nothing costs no read (its tracked totals are empty), and the usage reported for the
+    others is still what the store holds."""
+    store = CountingEvents()
+    orch = make_orchestrator({"idle": Idle, "a": TwoCalls}, store=store)
+    report = await orch.run([TaskSpec(id="i1", agent="idle", prompt="x"),
+                             TaskSpec(id="i2", agent="idle", prompt="x"),
+                             TaskSpec(id="c1", agent="a", prompt="x")])
+    assert {o.status for o in report.outcomes.values()} == {"completed"}
+    assert [t for t in store.queried if t in ("i1", "i2")] == []
+    assert report.outcomes["i1"].usage.calls == 0
+    assert report.outcomes["c1"].usage.calls == 2
+    assert report.outcomes["c1"].usage.to_dict() == (
+        await session_task_totals(store, "s1", "c1")).to_dict()
+
+
+# the SQLite store's group commit and the files' worker-thread hops exist on asyncio only
+@pytest.mark.real_asyncio
+async def test_r2_6_tasks_ending_together_share_commits_and_file_writes(
+    tmp_path: Path, make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.6: 40 tasks that end together write their records (at start and at the end) in
+    far fewer SQLite commits than writes, and every task still has its
+    ``usage.json`` and ``result.json``, and its record, when the run returns."""
+    config = VibeConfig.model_validate({"state_dir": tmp_path, "store": "sqlite",
+                                        "session_id": "s1"})
+    orch = make_orchestrator({"idle": Idle}, config=config)
+    ids = [f"t{i}" for i in range(40)]
+    report = await orch.run([TaskSpec(id=t, agent="idle", prompt="x") for t in ids])
+    assert {o.status for o in report.outcomes.values()} == {"completed"}
+    group = orch.store.group  # type: ignore[attr-defined]  # the SqliteStore's
+    assert group.writes >= 2 * len(ids)  # each task's record at its start and at its end
+    assert group.batches <= group.writes / 4, (group.batches, group.writes)
+    for t in ids:
+        folder = tmp_path / "tasks" / t
+        assert json.loads((folder / "usage.json").read_text())["status"] == "completed"
+        assert json.loads((folder / "result.json").read_text())["result"] is None
+
+
+async def test_r7_1_waiting_for_a_task_that_already_ended_returns_at_once(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R7.1: a task's ``done`` event is made only when someone waits; waiting after the
+    task ended (a dependency that finished long ago) still returns at once."""
+    orch = make_orchestrator({"idle": Idle})
+    await orch.run([TaskSpec(id="t1", agent="idle", prompt="x")])
+    handle = orch.handles["t1"]
+    with anyio.fail_after(1):
+        await handle.done.wait()
+    assert handle.done.is_set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -431,3 +432,16 @@ async def test_r3_1_hot_task_budgets_appear_in_the_snapshot(tmp_path: Path) -> N
         ("task:hot", "tokens", "warning")]
     assert {t.task_id: round(t.budget_fraction, 2) for t in snap.tasks} == {
         "hot": 0.8, "done": 0.8}
+
+
+def test_r7_2_status_json_written_row_by_row_is_the_snapshot() -> None:
+    """R7.2: ``status.json`` is written a task row at a time (a huge run holds no full
+    document); parsed back it is exactly :meth:`Snapshot.to_dict`, even when a task id or
+    an event's message holds the text that marks where the rows go."""
+    snap = crafted_snapshot()
+    odd = dataclasses.replace(snap.tasks[0], task_id='x"tasks": []', reason='"tasks": []')
+    snap = dataclasses.replace(snap, tasks=(*snap.tasks, odd))
+    out = io.StringIO()
+    snap.write_json(out)
+    assert json.loads(out.getvalue()) == json.loads(json.dumps(snap.to_dict(), default=str))
+    assert Snapshot.from_dict(json.loads(out.getvalue())) == snap

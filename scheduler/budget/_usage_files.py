@@ -7,7 +7,8 @@ task's first charge, so a short task's file is written once, at its end), or at
 once when a charge crossed a threshold.  At the run's end only files older than
 their task's last charge are rewritten.  On asyncio the write at a task's end
 runs in a worker thread (a rename on a busy disk takes milliseconds the event
-loop would otherwise wait), and it is done before the task counts as ended.
+loop would otherwise wait; the files of tasks ending meanwhile share the hop), and
+it is done before the task counts as ended.
 Without a state directory nothing is written.
 A file that cannot be written (disk full, a task id too long for a file name)
 while the task runs is retried at its next charge (a warning is logged); at the
@@ -31,6 +32,7 @@ from scheduler.core import (
     private_dir,
     write_private,
 )
+from scheduler.store._group import GroupCommit
 
 _log = get_logger("vibe_engine.budget")
 
@@ -47,6 +49,8 @@ class UsageFiles:
         self._wall = wall
         self._clock = clock
         self._interval_s = interval_s
+        # files of tasks ending together are written in one worker-thread hop
+        self._batch: GroupCommit[tuple[Path, dict[str, Any]], Path] = GroupCommit(_write_all)
 
     def document(self, task_id: str, entry: TaskEntry) -> dict[str, Any]:
         return {
@@ -78,7 +82,7 @@ class UsageFiles:
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         folder = self._state_dir / "tasks" / task_id
         try:
-            return await off_loop(_write, folder, doc)
+            return await self._batch.submit((folder, doc))
         except BaseException:
             entry.usage_dirty = True
             raise
@@ -111,6 +115,20 @@ class UsageFiles:
             self.write(task_id, entry)
         except LocalFileError as exc:
             _log.warning("usage_file_unwritten", task_id=task_id, error=str(exc))
+
+
+async def _write_all(batch: list[tuple[Path, dict[str, Any]]]) -> list[Path | Exception]:
+    """Each file of ``batch`` (one worker-thread hop); a failure fails its own write only."""
+    def write_all() -> list[Path | Exception]:
+        out: list[Path | Exception] = []
+        for folder, doc in batch:
+            try:
+                out.append(_write(folder, doc))
+            except LocalFileError as exc:
+                out.append(exc)
+        return out
+
+    return await off_loop(write_all)
 
 
 def _write(folder: Path, doc: dict[str, Any]) -> Path:

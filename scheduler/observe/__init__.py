@@ -9,6 +9,7 @@ from scheduler.observe._live import render_snapshot as render_snapshot
 from scheduler.observe._logging import configure_logging as configure_logging
 from scheduler.observe._metrics import Metrics as Metrics
 from scheduler.observe._observers import Observers as Observers
+from scheduler.observe._observers import put_states as put_states
 from scheduler.observe._snapshot import BudgetBar as BudgetBar
 from scheduler.observe._snapshot import EventView as EventView
 from scheduler.observe._snapshot import ModelView as ModelView
@@ -36,6 +37,7 @@ __all__ = [
     "Tracing",
     "build_tracing",
     "configure_logging",
+    "put_states",
     "render_snapshot",
     "snapshot_of",
 ]

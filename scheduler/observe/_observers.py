@@ -18,20 +18,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
+import os
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from scheduler.core import Event, VibeEngineError, get_logger, private_dir, write_private
+from scheduler.core import Event, VibeEngineError, get_logger, open_private, private_dir
 from scheduler.observe._view import Changes, RunView, snapshot_of, watch_changes
+from scheduler.store import Store
 
 if TYPE_CHECKING:
     from scheduler.observe._metrics import Metrics
 
-__all__ = ["HistoryRecorder", "Observers", "StatusWriter", "build_observers", "status_path"]
+__all__ = ["HistoryRecorder", "Observers", "StatusWriter", "build_observers", "put_states",
+           "status_path"]
 
 _log = get_logger("vibe_engine.observe")
 STATUS_FILE = "status.json"
@@ -43,6 +46,36 @@ def status_path(state_dir: Path) -> Path:
 
 def _jsonable(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
+
+
+#: Writes in flight at once in :func:`put_states`: enough to fill a group commit, few
+#: enough that a burst of 10,000 records does not hold a task each.
+PUT_WIDTH = 64
+
+
+async def put_states(store: Store, kind: str, records: Sequence[tuple[str, dict[str, Any]]],
+                     *, width: int = PUT_WIDTH) -> None:
+    """``store.put_state(kind, key, value)`` for each record, ``width`` at a time: the
+    store commits writes that wait together in one transaction, so a burst of records
+    costs a few commits.  The first failure is raised (as itself) once all were tried."""
+    if len(records) == 1:
+        await store.put_state(kind, *records[0])
+        return
+    todo = iter(records)
+    errors: list[Exception] = []
+
+    async def writer() -> None:
+        for key, value in todo:  # one iterator shared by the writers
+            try:
+                await store.put_state(kind, key, value)
+            except Exception as exc:  # raised below as itself, not in a group
+                errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(width, len(records))):
+            tg.start_soon(writer)
+    if errors:
+        raise errors[0]
 
 
 class HistoryRecorder:
@@ -66,8 +99,7 @@ class HistoryRecorder:
 
     async def flush(self) -> int:
         pending, self._pending = self._pending, []
-        for key, record in pending:
-            await self.view.store.put_state("history", key, record)
+        await put_states(self.view.store, "history", pending)
         return len(pending)
 
     async def run(self) -> None:
@@ -94,9 +126,13 @@ class StatusWriter:
         self._changes = watch_changes(view)
 
     def write(self, *, running: bool = True) -> Path:
+        """Replace ``status.json`` atomically (a temporary file, then a rename)."""
         snap = snapshot_of(self.view, now=anyio.current_time(), running=running)
         private_dir(self.path.parent)
-        write_private(self.path, json.dumps(snap.to_dict(), default=str))
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open_private(tmp) as out:
+            snap.write_json(out)
+        os.replace(tmp, self.path)
         self.writes += 1
         return self.path
 

@@ -22,6 +22,7 @@ from scheduler.budget import Tracker
 from scheduler.config import TaskSpec
 from scheduler.core import (
     Completion,
+    LibraryLogger,
     LocalFileError,
     Message,
     TextSink,
@@ -174,17 +175,56 @@ class AgentContext:
         self.gateway = gateway
         self.tracker: Tracker = gateway.tracker
         self.store = store
-        self.log = get_logger("vibe_engine.agent").bind(
-            task_id=task.id, agent=task.spec.agent, attempt=task.attempt
-        )
         self._pause = gateway.admission.controller
         self._checkpoint_source: Callable[[], Mapping[str, Any]] | None = None
         self.llm = LlmClient(gateway, task, self)
         self.workspace = workspace
-        self.files = FileOps(self, workspace)
-        self.shell = ShellOps(self, workspace)
         self._wait_for = wait_for
-        self.locks = TaskLocks(locks if locks is not None else LockManager(), task.id)
+        # made on first use: most agents never log, edit files or lock, and a run of
+        # 10,000 waiting agents would hold them all
+        self._lock_manager = locks
+        self._log: LibraryLogger | None = None
+        self._files: FileOps | None = None
+        self._shell: ShellOps | None = None
+        self._locks: TaskLocks | None = None
+
+    @property
+    def log(self) -> LibraryLogger:
+        """The agent's logger, bound to its task, agent and attempt."""
+        if self._log is None:
+            self._log = get_logger("vibe_engine.agent").bind(
+                task_id=self.task.id, agent=self.task.agent, attempt=self.attempt)
+        return self._log
+
+    @property
+    def files(self) -> FileOps:
+        """File operations inside the task's workspace, counted as file edits."""
+        if self._files is None:
+            self._files = FileOps(self, self.workspace)
+        return self._files
+
+    @files.setter
+    def files(self, ops: FileOps) -> None:
+        self._files = ops
+
+    @property
+    def shell(self) -> ShellOps:
+        """Shell commands in the task's workspace, counted (dangerous ones apart)."""
+        if self._shell is None:
+            self._shell = ShellOps(self, self.workspace)
+        return self._shell
+
+    @shell.setter
+    def shell(self, ops: ShellOps) -> None:
+        self._shell = ops
+
+    @property
+    def locks(self) -> TaskLocks:
+        """The task's named locks (deadlock-checked, R5.6)."""
+        if self._locks is None:
+            manager = self._lock_manager if self._lock_manager is not None else LockManager()
+            self._locks = TaskLocks(manager, self.task.id)
+        return self._locks
 
     @property
     def simplify(self) -> bool:

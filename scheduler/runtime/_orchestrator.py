@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
 import anyio.abc
 
 from policies.replan import BreakDown
-from scheduler.budget import TokenCounter, resolve_task
+from scheduler.budget import ScopeState, TokenCounter, resolve_task
 from scheduler.config import TaskSpec, VibeConfig
 from scheduler.core import (
     ConfigError,
@@ -226,10 +227,10 @@ class Orchestrator:
             prior = self._prior.get(handle.id)
             if prior is not None and restore(handle, prior):
                 self.allocator.unregister(handle.id)
-                handle.done.set()
+                handle.set_done()
             else:
-                await self._session.save_task(handle)
                 to_run.append(handle)
+        await self._session.save_tasks(to_run)
         for handle in to_run:
             tg.start_soon(self._run_task, handle)
 
@@ -368,20 +369,18 @@ class Orchestrator:
         """The agent's run under the task's time budget; when its model degrades mid-task
         and replanning breaks the task down (R6.2), the parts run in its place."""
         ctx = self._context_factory(self, handle)
+        tg = self._task_group
         try:
-            return await self._within_time_budget(handle, lambda: agent.run(ctx))
+            if tg is None:
+                return await agent.run(ctx)
+            # R1.1: the task's wall-time budget ends the attempt even without a model call
+            return await self._deadlines.run_within(handle.id, partial(agent.run, ctx),
+                                                    tg.start_soon)
         except BreakDownRequested as exc:
             split = await self.gateway.replanner.before_call(  # now knowing the agent's hook
                 handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
                 allow_break_down=True)
             return await self._run_parts(handle, split or exc.decision, agent)
-
-    async def _within_time_budget(self, handle: TaskHandle, run: Callable[[], Any]) -> Any:
-        """R1.1: the task's wall-time budget ends the attempt even without a model call."""
-        tg = self._task_group
-        if tg is None:
-            return await run()
-        return await self._deadlines.run_within(handle.id, run, tg.start_soon)
 
     def _report_failure(self, handle: TaskHandle) -> None:
         """R4.3: a task that failed after its model finished is a signal of a wrong choice.
@@ -430,7 +429,7 @@ class Orchestrator:
             # stays pending): resumable
             handle.status = TaskStatus.INTERRUPTED
             handle.reason = handle.reason or "interrupted"
-        if handle.spec.id in self.tracker.tasks():
+        if self._tracked(handle.id):
             try:  # off the event loop, and current before the task counts as ended
                 await self.tracker.end_task(handle.id, handle.status)
             except LocalFileError as exc:  # the usage itself is in the store already
@@ -448,14 +447,25 @@ class Orchestrator:
             task_id=handle.id, agent=handle.spec.agent,
             level="info" if handle.status is TaskStatus.COMPLETED else "warning",
         )
-        handle.done.set()
+        handle.set_done()
+
+    def _tracked(self, task_id: str) -> bool:
+        """Whether the tracker registered the task (O(1): ``tracker.tasks()`` lists all)."""
+        try:
+            self.tracker.task_scope(task_id)
+        except VibeEngineError:
+            return False
+        return True
 
     async def _report(self) -> RunReport:
         outcomes: dict[str, TaskOutcome] = {}
         by_model: dict[str, Totals] = {}
+        tracked = set(self.tracker.tasks())
         for handle in self.handles.values():
             usage = Totals()  # this session's use only: a task id may recur across sessions
-            for event in await self.store.events(task_id=handle.id):
+            # a task this run tracked with nothing charged has no event in the store
+            used = handle.id not in tracked or _charged(self.tracker.task_scope(handle.id))
+            for event in await self.store.events(task_id=handle.id) if used else ():
                 if event.session_id == self.session_id:
                     usage.add(event)
                     if event.model:
@@ -468,3 +478,11 @@ class Orchestrator:
                 result,
             )
         return RunReport(self.session_id, outcomes, by_model)
+
+
+def _charged(scope: ScopeState) -> bool:
+    """Whether anything was charged to ``scope`` (its totals hold every event of its task
+    recorded since the task started, and what the store held for it then)."""
+    t = scope.totals
+    return bool(t.calls or t.tokens or t.cost_usd or t.file_edits or t.shell_commands
+                or t.dangerous_commands)

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ from scheduler.core import (
     private_file,
     write_private,
 )
+from scheduler.observe import put_states
 from scheduler.store import SessionRecord, Store, task_key, task_of_key
+from scheduler.store._group import GroupCommit
 from scheduler.tasks import TaskHandle, TaskStatus
 
 _log = get_logger("vibe_engine.session")
@@ -116,6 +119,9 @@ class SessionLog:
         self.record = SessionRecord(session_id)
         #: The store knew the session (``begin`` found its record): a continued session.
         self.continued = True
+        self._config_text = ""
+        # results of tasks ending together are written in one worker-thread hop
+        self._results: GroupCommit[tuple[str, Any], None] = GroupCommit(self._write_results)
 
     async def begin(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Mark the session running; return its earlier task records (empty when new)."""
@@ -127,7 +133,9 @@ class SessionLog:
         record.tasks = list(dict.fromkeys([*record.tasks, *task_ids]))
         record.config = self.config.model_dump(mode="json")
         self.record = record
-        await self.store.put_state("session", self.session_id, record.to_dict())
+        await self.store.put_state("session", self.session_id, _record_dict(record))
+        # held as text until end() writes the record again: a third of the dicts' memory
+        self._config_text, record.config = json.dumps(record.config), {}
         self.continued = stored is not None
         if stored is None:
             return {}
@@ -137,11 +145,18 @@ class SessionLog:
     async def end(self, *, interrupted: bool) -> None:
         self.record.state = "interrupted" if interrupted else "completed"
         self.record.ended = self.wall.now().isoformat()
-        await self.store.put_state("session", self.session_id, self.record.to_dict())
+        config = json.loads(self._config_text) if self._config_text else self.record.config
+        await self.store.put_state("session", self.session_id,
+                                   _record_dict(self.record, config))
 
     async def save_task(self, handle: TaskHandle, result: Any = None) -> None:
         await self.store.put_state("task", task_key(self.session_id, handle.id),
                                    self.task_record(handle, result))
+
+    async def save_tasks(self, handles: list[TaskHandle]) -> None:
+        """:meth:`save_task` of every handle, a few commits for them all."""
+        await put_states(self.store, "task", [
+            (task_key(self.session_id, h.id), self.task_record(h, None)) for h in handles])
 
     def task_record(self, handle: TaskHandle, result: Any) -> dict[str, Any]:
         return {
@@ -172,8 +187,29 @@ class SessionLog:
 
     async def write_result_off_loop(self, task_id: str, result: Any) -> None:
         """:meth:`write_result` in a worker thread on asyncio (a rename on a busy disk
-        takes milliseconds); in line on other loops (trio on virtual time in tests)."""
-        await off_loop(self.write_result, task_id, result)
+        takes milliseconds); in line on other loops (trio on virtual time in tests).
+        Results of tasks ending meanwhile share the thread hop; each returns once its
+        own file is written."""
+        await self._results.submit((task_id, result))
+
+    async def _write_results(self, batch: list[tuple[str, Any]]) -> list[Exception | None]:
+        def write_all() -> list[Exception | None]:
+            for task_id, result in batch:
+                self.write_result(task_id, result)  # logs its own failure
+            return [None] * len(batch)
+
+        return await off_loop(write_all)
+
+
+def _record_dict(record: SessionRecord, config: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """``record.to_dict()`` (with ``config`` in place of its own) without ``asdict``'s
+    deep copy of the config: a run of N tasks would copy N task specs each time."""
+    out = {f.name: getattr(record, f.name) for f in fields(record)}
+    out["tasks"] = list(record.tasks)
+    if config is not None:
+        out["config"] = config
+    return out
 
 
 #: Ends a continued session keeps; a failed task runs again (from its checkpoint).

@@ -77,7 +77,25 @@ class TaskHandle:
     retry: str = ""  # why the next attempt runs (R4.3 upgrade after a failure)
     split_from: str = ""  # the task this one is a part of (R6.2): parts are not split again
     cancel_scope: anyio.CancelScope | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
+    #: Set once the task ended for this run; the event exists only once someone waits
+    #: (a run of 10,000 tasks holds no event per task that nobody waits for).
+    _done: anyio.Event | None = field(default=None, init=False, repr=False)
+    _ended: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def done(self) -> anyio.Event:
+        """An event set when the task ends for this run (see :meth:`set_done`)."""
+        if self._done is None:
+            self._done = anyio.Event()
+            if self._ended:
+                self._done.set()
+        return self._done
+
+    def set_done(self) -> None:
+        """The task ended for this run: wake whoever waits for it, now or later."""
+        self._ended = True
+        if self._done is not None:
+            self._done.set()
 
     @property
     def id(self) -> str:
