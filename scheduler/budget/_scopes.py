@@ -56,6 +56,13 @@ class ScopeState:
     #: Held atomically across processes on a shared store, like the session and the day
     #: (a task whose budget spans the store: a ``serve`` key).
     shared: bool = False
+    # what ``limits`` says per dimension, worked out once per Limits (a frozen model: a
+    # new object whenever a limit changes) -- every call asks several times
+    _caps_of: Limits | None = field(default=None, init=False, repr=False, compare=False)
+    _caps: dict[str, float | None] = field(default_factory=dict, init=False, repr=False,
+                                           compare=False)
+    _limited: tuple[tuple[str, float], ...] = field(default=(), init=False, repr=False,
+                                                   compare=False)
 
     def used(self, dimension: str) -> float:
         if dimension.startswith("tokens:"):
@@ -64,18 +71,26 @@ class ScopeState:
         return value
 
     def limit(self, dimension: str) -> float | None:
-        if dimension.startswith("tokens:"):
-            cap: int | None = self.limits.tokens_by_model.get(dimension[7:])  # type: ignore[call-overload]
-            return cap
-        value: float | None = getattr(self.limits, dimension)
-        return value
+        return self._limits_now().get(dimension)
 
     def dimensions(self) -> Iterator[str]:
-        for d in COUNTED:
-            if getattr(self.limits, d) is not None:
-                yield d
-        for m in self.limits.tokens_by_model:
-            yield f"tokens:{m}"
+        """The dimensions the limits name (a limit of 0 too), per-model ones last."""
+        return iter(self._limits_now())
+
+    def limited(self) -> tuple[tuple[str, float], ...]:
+        """``(dimension, limit)`` of every dimension with a limit above 0."""
+        self._limits_now()
+        return self._limited
+
+    def _limits_now(self) -> dict[str, float | None]:
+        if self._caps_of is not self.limits:
+            lim = self.limits
+            caps: dict[str, float | None] = {
+                d: v for d in COUNTED if (v := getattr(lim, d)) is not None}
+            caps.update((f"tokens:{m}", v) for m, v in lim.tokens_by_model.items())
+            self._caps, self._caps_of = caps, lim
+            self._limited = tuple((d, v) for d, v in caps.items() if v)
+        return self._caps
 
 
 @dataclass(slots=True)
@@ -240,10 +255,8 @@ class Scopes:
     def crossings(self, scope: ScopeState) -> list[Crossing]:
         """Thresholds ``scope`` has passed and not reported yet (marks them reported)."""
         out: list[Crossing] = []
-        for dim in scope.dimensions():
-            lim = scope.limit(dim)
-            if lim:
-                out += self._fire(scope, dim, scope.used(dim), lim)
+        for dim, lim in scope.limited():
+            out += self._fire(scope, dim, scope.used(dim), lim)
         return out
 
     def time_crossings(self, task_id: str) -> list[Crossing]:
