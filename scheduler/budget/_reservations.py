@@ -78,9 +78,13 @@ class Reservations:
         }
         call = bool(prompt_tokens or completion_tokens)
         for scope in self._scopes.of_task(task_id):
+            caps = scope.caps()
+            if not caps:
+                continue  # an unlimited scope (often the session and the day)
             for dim, amount in wanted.items():
-                if amount:
-                    _check_dimension(scope, dim, amount)
+                lim = caps.get(dim)
+                if amount and lim is not None:
+                    _check_dimension(scope, dim, amount, lim)
             if call:
                 _check_cache(scope)
             if model and tokens:
@@ -199,10 +203,7 @@ class Reservations:
             s.reserved_by_model[reservation.model] -= reservation.tokens
 
 
-def _check_dimension(scope: ScopeState, dim: str, amount: float) -> None:
-    lim = scope.limit(dim)
-    if lim is None:
-        return
+def _check_dimension(scope: ScopeState, dim: str, amount: float, lim: float) -> None:
     held = (
         scope.reserved_tokens if dim == "tokens"
         else scope.reserved_cost if dim == "cost_usd" else 0

@@ -8,7 +8,7 @@ to them and reports each threshold crossing once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
@@ -73,6 +73,10 @@ class ScopeState:
     def limit(self, dimension: str) -> float | None:
         return self._limits_now().get(dimension)
 
+    def caps(self) -> Mapping[str, float | None]:
+        """The limit of every dimension the limits name (read only)."""
+        return self._limits_now()
+
     def dimensions(self) -> Iterator[str]:
         """The dimensions the limits name (a limit of 0 too), per-model ones last."""
         return iter(self._limits_now())
@@ -131,6 +135,8 @@ class Scopes:
         self._clock = clock
         self.session = ScopeState(f"session:{session_id}", config.budgets.session)
         self.days: dict[str, ScopeState] = {}
+        self._last_day: date | None = None  # the day :meth:`day` answered last, and its scope
+        self._last_day_state = self.session
         #: Days whose totals were read from the store (a day in ``days`` but not here is a
         #: placeholder: midnight passed and nothing async has loaded it yet).
         self._loaded: set[str] = set()
@@ -162,11 +168,15 @@ class Scopes:
     def day(self, day: date | None = None) -> ScopeState:
         """The scope of ``day`` (default today); one not loaded yet is a placeholder that
         :meth:`ensure_day` fills in before the next reservation or charge."""
-        key = (day or self.today()).isoformat()
+        when = day or self.today()
+        if when == self._last_day:  # asked several times per call: same answer all day
+            return self._last_day_state
+        key = when.isoformat()
         state = self.days.get(key)
         if state is None:
-            state = ScopeState(f"day:{key}", day_limits(self._config, day or self.today()))
+            state = ScopeState(f"day:{key}", day_limits(self._config, when))
             self.days[key] = state
+        self._last_day, self._last_day_state = when, state
         return state
 
     async def start_task(self, task_id: str, profile: TaskProfile, agent: str,

@@ -278,8 +278,9 @@ class SqliteStore:
     # -- state -------------------------------------------------------------------------
 
     async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
-        json.dumps(value, sort_keys=True)  # a value JSON cannot hold fails its caller only
-        await self.group.submit((SpooledState(kind, key, value),))
+        # encoded here: a value JSON cannot hold fails its caller only (and once is enough)
+        text = json.dumps(value, sort_keys=True)
+        await self.group.submit((SpooledState(kind, key, value, text),))
 
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
         spooled = self._spooled_state(kind)
