@@ -17,9 +17,11 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from scheduler import Usage, UsageEvent
@@ -34,6 +36,15 @@ DAY = "2026-11-27"
 def _event(n: int, task: str = "t") -> UsageEvent:
     return UsageEvent(event_id=f"e{n}", task_id=task, session_id="s", day=DAY, at=float(n),
                       model="sonnet", usage=Usage(100, 10), cost_usd=0.001)
+
+
+def _wait_until(done: Callable[[], bool]) -> None:
+    pause = threading.Event()
+    for _ in range(1000):  # 10 s at most
+        if done():
+            return
+        pause.wait(0.01)
+    raise AssertionError("the checkpointer did not run")
 
 
 def _wal_frames(db: Path) -> int:
@@ -67,9 +78,8 @@ async def test_r2_6_checkpoints_run_off_the_loop_and_the_wal_starts_over(tmp_pat
     async with anyio.create_task_group() as tg:
         for k in range(40):
             tg.start_soon(writer, k)
-    with anyio.fail_after(10):
-        while store.checkpoints.runs < 3:  # the thread catches up with the last requests
-            await anyio.sleep(0.01)
+    # the thread catches up with the last requests (waited for in a thread: it is one)
+    await anyio.to_thread.run_sync(_wait_until, lambda: store.checkpoints.runs >= 3)
     assert threading.get_ident() not in store.checkpoints.thread_ids
     assert store.group.batches >= 3 * store.checkpoints.every
     # ~7 pages a commit: without restarts the WAL would hold every commit's frames
