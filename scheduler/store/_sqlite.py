@@ -157,7 +157,7 @@ class SqliteStore:
         """Run ``fn`` on the connection, retrying with backoff while the database is
         locked (for ``retry_s``; once without ``wait``)."""
         deadline = anyio.current_time() + (self.retry_s if wait else 0.0)
-        delay = 0.001  # the checkpointer holds the lock for one small write at most
+        delay = 0.001  # a checkpoint holds the lock for milliseconds
         while True:
             try:
                 return await self._call(fn)
@@ -165,7 +165,7 @@ class SqliteStore:
                 if not busy(exc) or anyio.current_time() + delay > deadline:
                     raise
             await anyio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+            delay = min(delay * 2, 0.05)  # a lock held for a checkpoint ends in ms
 
     async def _commit(self, writes: list[Write]) -> list[bool | Exception | None]:
         """Commit one batch of writes, in order after any spooled ones; spool the batch
