@@ -83,6 +83,11 @@ class OpenCalls:
     async def close(self, event_id: str) -> None:
         await self._store.delete_state(OPEN, event_id)
 
+    @staticmethod
+    def key(event_id: str) -> tuple[str, str]:
+        """The (kind, key) of the record of the call whose event is ``event_id``."""
+        return OPEN, event_id
+
     async def recover(self) -> list[UsageEvent]:
         """Charge, at its estimate, every call a process that is gone left open."""
         charged: list[UsageEvent] = []

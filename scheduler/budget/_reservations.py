@@ -16,7 +16,7 @@ import anyio
 
 from scheduler.budget._scopes import Scopes, ScopeState
 from scheduler.core import BudgetExceededError, StoreUnavailableError, UsageEvent
-from scheduler.store import Store
+from scheduler.store import Store, record_and_delete_state
 from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit
 
 
@@ -47,6 +47,8 @@ class Reservations:
     ) -> None:
         self._scopes = scopes
         self._store = store
+        # once: isinstance against a runtime-checkable protocol inspects every member
+        self._ledger: BudgetLedger | None = store if isinstance(store, BudgetLedger) else None
         self._unavailable_wait_s = unavailable_wait_s
         self._clock = clock
         self._hold_id = hold_id
@@ -76,9 +78,13 @@ class Reservations:
         }
         call = bool(prompt_tokens or completion_tokens)
         for scope in self._scopes.of_task(task_id):
+            caps = scope.caps()
+            if not caps:
+                continue  # an unlimited scope (often the session and the day)
             for dim, amount in wanted.items():
-                if amount:
-                    _check_dimension(scope, dim, amount)
+                lim = caps.get(dim)
+                if amount and lim is not None:
+                    _check_dimension(scope, dim, amount, lim)
             if call:
                 _check_cache(scope)
             if model and tokens:
@@ -109,7 +115,7 @@ class Reservations:
         """
         await self._scopes.ensure_day(self._scopes.today())  # midnight may have passed
         reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
-        if not isinstance(self._store, BudgetLedger):
+        if self._ledger is None:
             return reservation
         shared = tuple(s for s in self._scopes.of_task(task_id) if s.shared)
         shared += (self._scopes.session, self._scopes.day())
@@ -120,7 +126,7 @@ class Reservations:
         )
         try:
             hold = await self._hold_shared(
-                self._store, self._hold_id(task_id), limits, model, tokens, cost_usd
+                self._ledger, self._hold_id(task_id), limits, model, tokens, cost_usd
             )
         except BaseException:
             self.cancel(reservation)
@@ -159,23 +165,32 @@ class Reservations:
             return True
         return bool(await renew(hold))
 
-    async def settle(self, event: UsageEvent, reservation: Reservation | None) -> bool:
+    async def settle(self, event: UsageEvent, reservation: Reservation | None, *,
+                     close: tuple[str, str] | None = None) -> bool:
         """Record ``event`` durably, ending ``reservation`` (its shared hold is released
-        in the same atomic step); ``False`` when the event was already recorded."""
+        in the same atomic step); ``False`` when the event was already recorded.  The
+        state record ``close`` (kind, key) is deleted after the event is recorded, in the
+        same transaction when the store can."""
         hold = None
         if reservation is not None:
             self.cancel(reservation)
             hold, reservation.hold = reservation.hold, None
-        if hold is not None and isinstance(self._store, BudgetLedger):
-            return await self._store.settle(event, hold)
-        return await self._store.record(event)
+        if hold is not None and self._ledger is not None:
+            added = await self._ledger.settle(event, hold)
+        elif close is not None:
+            return await record_and_delete_state(self._store, event, *close)
+        else:
+            return await self._store.record(event)
+        if close is not None:
+            await self._store.delete_state(*close)
+        return added
 
     async def release(self, reservation: Reservation) -> None:
         """:meth:`cancel`, also releasing the shared hold (a dropped hold expires anyway)."""
         self.cancel(reservation)
         hold, reservation.hold = reservation.hold, None
-        if hold is not None and isinstance(self._store, BudgetLedger):
-            await self._store.release(hold)
+        if hold is not None and self._ledger is not None:
+            await self._ledger.release(hold)
 
     def cancel(self, reservation: Reservation) -> None:
         """Return a reservation that will not be charged (call failed before usage)."""
@@ -188,10 +203,7 @@ class Reservations:
             s.reserved_by_model[reservation.model] -= reservation.tokens
 
 
-def _check_dimension(scope: ScopeState, dim: str, amount: float) -> None:
-    lim = scope.limit(dim)
-    if lim is None:
-        return
+def _check_dimension(scope: ScopeState, dim: str, amount: float, lim: float) -> None:
     held = (
         scope.reserved_tokens if dim == "tokens"
         else scope.reserved_cost if dim == "cost_usd" else 0

@@ -8,7 +8,7 @@ to them and reports each threshold crossing once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
@@ -56,6 +56,13 @@ class ScopeState:
     #: Held atomically across processes on a shared store, like the session and the day
     #: (a task whose budget spans the store: a ``serve`` key).
     shared: bool = False
+    # what ``limits`` says per dimension, worked out once per Limits (a frozen model: a
+    # new object whenever a limit changes) -- every call asks several times
+    _caps_of: Limits | None = field(default=None, init=False, repr=False, compare=False)
+    _caps: dict[str, float | None] = field(default_factory=dict, init=False, repr=False,
+                                           compare=False)
+    _limited: tuple[tuple[str, float], ...] = field(default=(), init=False, repr=False,
+                                                   compare=False)
 
     def used(self, dimension: str) -> float:
         if dimension.startswith("tokens:"):
@@ -64,18 +71,30 @@ class ScopeState:
         return value
 
     def limit(self, dimension: str) -> float | None:
-        if dimension.startswith("tokens:"):
-            cap: int | None = self.limits.tokens_by_model.get(dimension[7:])  # type: ignore[call-overload]
-            return cap
-        value: float | None = getattr(self.limits, dimension)
-        return value
+        return self._limits_now().get(dimension)
+
+    def caps(self) -> Mapping[str, float | None]:
+        """The limit of every dimension the limits name (read only)."""
+        return self._limits_now()
 
     def dimensions(self) -> Iterator[str]:
-        for d in COUNTED:
-            if getattr(self.limits, d) is not None:
-                yield d
-        for m in self.limits.tokens_by_model:
-            yield f"tokens:{m}"
+        """The dimensions the limits name (a limit of 0 too), per-model ones last."""
+        return iter(self._limits_now())
+
+    def limited(self) -> tuple[tuple[str, float], ...]:
+        """``(dimension, limit)`` of every dimension with a limit above 0."""
+        self._limits_now()
+        return self._limited
+
+    def _limits_now(self) -> dict[str, float | None]:
+        if self._caps_of is not self.limits:
+            lim = self.limits
+            caps: dict[str, float | None] = {
+                d: v for d in COUNTED if (v := getattr(lim, d)) is not None}
+            caps.update((f"tokens:{m}", v) for m, v in lim.tokens_by_model.items())
+            self._caps, self._caps_of = caps, lim
+            self._limited = tuple((d, v) for d, v in caps.items() if v)
+        return self._caps
 
 
 @dataclass(slots=True)
@@ -116,6 +135,8 @@ class Scopes:
         self._clock = clock
         self.session = ScopeState(f"session:{session_id}", config.budgets.session)
         self.days: dict[str, ScopeState] = {}
+        self._last_day: date | None = None  # the day :meth:`day` answered last, and its scope
+        self._last_day_state = self.session
         #: Days whose totals were read from the store (a day in ``days`` but not here is a
         #: placeholder: midnight passed and nothing async has loaded it yet).
         self._loaded: set[str] = set()
@@ -147,11 +168,15 @@ class Scopes:
     def day(self, day: date | None = None) -> ScopeState:
         """The scope of ``day`` (default today); one not loaded yet is a placeholder that
         :meth:`ensure_day` fills in before the next reservation or charge."""
-        key = (day or self.today()).isoformat()
+        when = day or self.today()
+        if when == self._last_day:  # asked several times per call: same answer all day
+            return self._last_day_state
+        key = when.isoformat()
         state = self.days.get(key)
         if state is None:
-            state = ScopeState(f"day:{key}", day_limits(self._config, day or self.today()))
+            state = ScopeState(f"day:{key}", day_limits(self._config, when))
             self.days[key] = state
+        self._last_day, self._last_day_state = when, state
         return state
 
     async def start_task(self, task_id: str, profile: TaskProfile, agent: str,
@@ -240,10 +265,8 @@ class Scopes:
     def crossings(self, scope: ScopeState) -> list[Crossing]:
         """Thresholds ``scope`` has passed and not reported yet (marks them reported)."""
         out: list[Crossing] = []
-        for dim in scope.dimensions():
-            lim = scope.limit(dim)
-            if lim:
-                out += self._fire(scope, dim, scope.used(dim), lim)
+        for dim, lim in scope.limited():
+            out += self._fire(scope, dim, scope.used(dim), lim)
         return out
 
     def time_crossings(self, task_id: str) -> list[Crossing]:

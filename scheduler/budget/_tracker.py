@@ -240,8 +240,14 @@ class Tracker:
         self, event: UsageEvent, reservation: Reservation | None = None
     ) -> list[Crossing]:
         """Record ``event`` durably, add it to every scope, return new threshold crossings."""
-        fresh = await self._reservations.settle(event, reservation)
-        await self._close(reservation)  # after the event: a crash between keeps it charged
+        # the call's open_call record goes with its event, in one transaction where the
+        # store can (else after it: a crash between keeps the call charged)
+        close = None
+        if reservation is not None and reservation.durable:
+            close = OpenCalls.key(reservation.event_id)
+        fresh = await self._reservations.settle(event, reservation, close=close)
+        if reservation is not None and close is not None:
+            reservation.durable = False
         if not fresh:
             return []
         crossings = await self._scopes.add(event)
@@ -259,10 +265,8 @@ class Tracker:
         """The largest used/limit ratio over every dimension of the task's scopes."""
         worst = 0.0
         for scope in self.scopes(task_id):
-            for dim in scope.dimensions():
-                lim = scope.limit(dim)
-                if lim:
-                    worst = max(worst, scope.used(dim) / lim)
+            for dim, lim in scope.limited():
+                worst = max(worst, scope.used(dim) / lim)
         return worst
 
     def token_fraction(self, task_id: str) -> float:

@@ -121,6 +121,8 @@ class HealthMonitor:
         self._waiters: list[anyio.Event] = []
         self._transitions = 0
         self._checks = 0
+        #: :meth:`usable` per "low priority", until the next state change.
+        self._usable: dict[bool, frozenset[str]] = {}
 
     # -- inspection --------------------------------------------------------------------
     def state(self, model: str) -> ModelState:
@@ -129,10 +131,13 @@ class HealthMonitor:
     def usable(self, priority: int) -> frozenset[str]:
         """Models a task of ``priority`` may be routed to now (R6.5: probation is low-priority)."""
         low = priority <= self.params.probe_max_priority
-        return frozenset(
-            t for t, r in self._records.items()
-            if r.state == "available" or (r.state == "recovering" and low)
-        )
+        out = self._usable.get(low)
+        if out is None:  # asked several times per call; changes only at a transition
+            out = self._usable[low] = frozenset(
+                t for t, r in self._records.items()
+                if r.state == "available" or (r.state == "recovering" and low)
+            )
+        return out
 
     def is_usable(self, model: str, priority: int) -> bool:
         return model in self.usable(priority)
@@ -255,6 +260,7 @@ class HealthMonitor:
     def _transition(self, name: str, message: str, model: str, level: str = "info",
                     **data: Any) -> None:
         self._transitions += 1
+        self._usable.clear()
         self.bus.emit(name, message, level=level, model=model, **data)
         waiters, self._waiters = self._waiters, []
         for ev in waiters:
@@ -318,4 +324,5 @@ class HealthMonitor:
             # a model outside the tiers, named by an agent: watched from its first call
             self.catalog.entry(model)  # raises ConfigError for an unknown model
             rec = self._records[model] = _Record(self.params.window)
+            self._usable.clear()
         return rec

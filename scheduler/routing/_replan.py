@@ -57,7 +57,7 @@ class Replanner:
         deferred_s: float = 0.0,
     ) -> ReplanDecision:
         info = task_info(handle)
-        wanted = self.router.min_tier(info.task_id) or self.router.complexity.assess(info).tier
+        wanted = self.router.min_tier(info.task_id) or self.router.assess(info).tier
         parts = tuple(str(p) for p in handle.spec.params.get("parts", ()))
         data = ReplanInput(
             task=info, wanted=wanted, tiers=self.router.catalog.tiers,

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from policies.complexity import ComplexityPolicy, TaskInfo
+from policies.complexity import Assessment, ComplexityPolicy, TaskInfo
 from policies.routing import RouteDecision, RoutingInput, RoutingPolicy
 from scheduler.config import PRIORITY_VALUES, VibeConfig, load_policies
 from scheduler.core import EventBus
@@ -30,6 +30,8 @@ from scheduler.routing._catalog import ModelCatalog
 from scheduler.routing._health import HealthMonitor
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle
+
+_ASSESSED_KEPT = 4096  # assessments remembered at most (one per task and hints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,10 @@ class Router:
         self._decisions = self._downgrades = self._substitutions = self._upgrades = 0
         #: Something was learned or confirmed since the last :meth:`save_learned`.
         self._learned_changed = False
+        # each tier's substitutes per task type: the catalog's, fixed by the config
+        self._substitutes: dict[str, Mapping[str, list[str]]] = {}
+        # assessments until the policy learns (replanning and routing both ask, per call)
+        self._assessed: dict[TaskInfo, Assessment] = {}
 
     # -- choosing (R4.1, R4.2, R6.1) ---------------------------------------------------
     def choose(
@@ -113,13 +119,11 @@ class Router:
             usable -= over_budget
         data = RoutingInput(
             task=task,
-            assessment=self.complexity.assess(task),
+            assessment=self.assess(task),
             budget_fraction=budget_fraction,
             tiers=self.catalog.tiers,
             usable=usable,
-            substitutes={
-                t: self.catalog.substitutes(t, task.task_type) for t in self.catalog.tiers
-            },
+            substitutes=self._substitutes_for(task.task_type),
             min_tier=self._min_tier.get(task.task_id),
             over_budget=over_budget,
         )
@@ -129,6 +133,23 @@ class Router:
         self._downgrades += decision.downgraded
         self._substitutions += decision.substituted
         return decision
+
+    def assess(self, task: TaskInfo) -> Assessment:
+        """The complexity policy's assessment of ``task``, worked out once until the policy
+        learns something (a correction, a confirmation that changed it, a restore)."""
+        found = self._assessed.get(task)
+        if found is None:
+            if len(self._assessed) >= _ASSESSED_KEPT:
+                self._assessed.clear()
+            found = self._assessed[task] = self.complexity.assess(task)
+        return found
+
+    def _substitutes_for(self, task_type: str) -> Mapping[str, list[str]]:
+        subs = self._substitutes.get(task_type)
+        if subs is None:
+            subs = self._substitutes[task_type] = {
+                t: self.catalog.substitutes(t, task_type) for t in self.catalog.tiers}
+        return subs
 
     def min_tier(self, task_id: str) -> str | None:
         """The tier a correction raised ``task_id`` to, if any."""
@@ -159,6 +180,7 @@ class Router:
         if not reason:
             if not failed and self.complexity.confirm(task, model) is not False:
                 self._learned_changed = True  # saved when the task ends
+                self._assessed.clear()
             return None
         return self._upgrade(task, model, reason)
 
@@ -175,6 +197,7 @@ class Router:
         self._upgrades += 1
         self.complexity.learn(task, target)
         self._learned_changed = True
+        self._assessed.clear()
         self.bus.emit(
             "routing_upgrade", f"upgrading from {model} to {target} due to quality issues",
             task_id=task.task_id, level="warning", from_model=model, to_model=target,
@@ -191,6 +214,7 @@ class Router:
         data = await store.get_state("routing", "complexity")
         if data and isinstance(data.get("learned"), dict):
             restore(data["learned"])
+            self._assessed.clear()
 
     async def save_learned(self, store: Store) -> None:
         """Save what the complexity policy learned (after corrections or confirmations)."""

@@ -77,3 +77,15 @@ class Store(Protocol):
     async def list_state(self, kind: str) -> dict[str, dict[str, Any]]: ...
 
     async def delete_state(self, kind: str, key: str) -> None: ...
+
+
+async def record_and_delete_state(store: Store, event: UsageEvent, kind: str, key: str) -> bool:
+    """``store.record(event)``, then ``store.delete_state(kind, key)``: in one transaction
+    on a store that can (``SqliteStore``: the two writes are both made or neither), else
+    one after the other (a crash between keeps the state record, never loses the event)."""
+    both = getattr(store, "record_and_delete_state", None)
+    if both is not None:
+        return bool(await both(event, kind, key))
+    added = await store.record(event)
+    await store.delete_state(kind, key)
+    return added

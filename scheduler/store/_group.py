@@ -6,7 +6,10 @@ its own first), hands the batch to ``commit`` — one transaction — and then w
 every caller of the batch with its own outcome.  Writes queued meanwhile form
 the next batch, led by the first of them.  So a lone writer pays one commit per
 write, and N concurrent writers share roughly one commit between them, with no
-background task to start or stop.
+background task to start or stop.  With ``gather`` the leader first lets the
+event loop finish its turn, so the writes other tasks make in that same turn
+join its batch: a ``commit`` that never yields (a store committing on the loop's
+thread) would otherwise find no write queued behind it, ever.
 
 ``commit`` returns one outcome per write, in order: a value, or the exception
 that write alone failed with; an exception raised by ``commit`` itself fails
@@ -21,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 E = TypeVar("E")
 R = TypeVar("R")
@@ -47,10 +51,11 @@ class GroupCommit(Generic[E, R]):
 
     def __init__(
         self, commit: Callable[[list[E]], Awaitable[list[R | Exception]]], *,
-        max_batch: int = 256,
+        max_batch: int = 256, gather: bool = False,
     ) -> None:
         self._commit = commit
         self._max_batch = max_batch
+        self._gather = gather
         self._queue: list[_Pending[E, R]] = []
         self._leading = False
         self._idle: anyio.Event | None = None  # set when the last commit under way ends
@@ -89,6 +94,8 @@ class GroupCommit(Generic[E, R]):
             await self._idle.wait()
 
     async def _lead(self) -> None:
+        if self._gather:
+            await anyio.lowlevel.checkpoint()  # shielded by the caller: never cancelled
         batch = self._queue[: self._max_batch]
         del self._queue[: self._max_batch]
         try:
@@ -110,8 +117,8 @@ class GroupCommit(Generic[E, R]):
         finally:
             self.batches += 1
             self.writes += len(batch)
-            # the next leader first: its commit runs (in the store's thread) while
-            # this batch's callers resume on the loop
+            # the next leader first: it gathers and commits while this batch's callers
+            # resume on the loop
             if self._queue:
                 nxt = self._queue[0]
                 nxt.lead = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ class SpooledState:
     kind: str
     key: str
     value: dict[str, Any] | None  # None: delete
+    #: ``value`` as the store writes it (sorted JSON), when the writer encoded it already.
+    text: str = field(default="", compare=False)
 
 
 Entry = SpooledEvent | SpooledState

@@ -6,26 +6,32 @@ once their write is committed (or fsync-ed to the spool, below).  With WAL and
 acknowledged write survives the process being killed (SIGKILL, OOM kill, a
 crash); a power loss or OS crash may drop the last commits before a checkpoint.
 
-Group commit: writes made while another write is being committed wait and are
-then committed together, in order, in one transaction (``_group.GroupCommit``)
-— one commit for many concurrent charges, each caller still woken only once its
-own write is committed.  An event row (``INSERT OR IGNORE`` on the idempotency
-key) and the per-scope totals it adds to are always in the same transaction.  A
-write that fails (not a lock) fails only its own caller: the batch is rolled
-back and its writes are retried one transaction each.
+Group commit: writes made in the same turn of the event loop, or while another
+write is being committed, wait and are then committed together, in order, in one
+transaction (``_group.GroupCommit``) — one commit for many concurrent charges,
+each caller still woken only once its own write is committed.  An event row
+(``INSERT OR IGNORE`` on the idempotency key) and the per-scope totals it adds to
+are always in the same transaction.  A write that fails (not a lock) fails only
+its own caller: the batch is rolled back and its writes are retried one
+transaction each.
 
-The event loop never waits for the database:
+Threads: statements run on the event loop's thread, on the store's one
+connection.  A thread hop per statement costs more than the statement: a commit
+into the WAL is tens of microseconds, a hop to a worker thread and back a
+hundred or more.  The loop never waits for the database all the same:
 
-* on asyncio (the production backend) every statement runs in a worker thread
-  (``anyio.to_thread``), one at a time on the one connection; on other backends
-  (trio, which the tests run on virtual time, where a thread in flight would let
-  the mock clock jump) it runs on the loop thread — it never blocks there either:
+* the connection never checkpoints (``wal_autocheckpoint=0``): checkpoints, and
+  the fsyncs they take, run in a thread of their own on a connection of its own
+  (``_sqlite_checkpoint``), so no commit on the loop waits for the disk;
 * ``busy_timeout`` is 0, so a database locked by another connection answers
   "busy" at once; the batch is retried with ``anyio.sleep`` backoff for up to
   ``retry_s``, and writes still refused then are appended to a local fsync-ed
-  spool (``<db>-spool.jsonl``, as the Redis store spools) and replayed in order,
-  idempotently, before the next write, at close or at the next open — no event
-  is lost, and reads see spooled state records and usage at once.
+  spool (``<db>-spool.jsonl``, as the Redis store spools; the append runs off
+  the loop) and replayed in order, idempotently, before the next write, at close
+  or at the next open — no event is lost, and reads see spooled state records
+  and usage at once;
+* opening (WAL recovery of a large file) and closing (the last connection's
+  final checkpoint) run off the loop.
 """
 
 from __future__ import annotations
@@ -33,13 +39,11 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-import anyio.to_thread
 
 from scheduler.core import (
     StoreError,
@@ -53,6 +57,7 @@ from scheduler.core import (
 from scheduler.store._base import check_event, scopes_of
 from scheduler.store._group import GroupCommit
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
+from scheduler.store._sqlite_checkpoint import Checkpointer
 from scheduler.store._sqlite_sql import (
     EVENT_COLUMNS,
     apply,
@@ -65,6 +70,8 @@ from scheduler.store._sqlite_sql import (
 _log = get_logger("vibe_engine.store.sqlite")
 T = TypeVar("T")
 Entry = SpooledEvent | SpooledState
+#: One caller's write: its entries are committed in one transaction, all or none.
+Write = tuple[Entry, ...]
 _REPLAY_BATCH = 256  # spooled writes replayed per transaction
 
 
@@ -83,10 +90,12 @@ class SqliteStore:
         self.spool = Spool(Path(spool_path) if spool_path is not None
                            else self.path.with_name(self.path.name + "-spool.jsonl"))
         self._db: sqlite3.Connection | None = None
-        self._guard = threading.Lock()  # one statement at a time on the one connection
         self._draining = False  # one replay of the spool at a time
-        #: Commits shared by concurrent writes (``batches``/``writes``: how much).
-        self.group: GroupCommit[Entry, bool | None] = GroupCommit(self._commit)
+        #: Commits shared by concurrent writes (``batches``/``writes``: how much); a
+        #: batch also takes the writes made in the loop turn its first write was made in.
+        self.group: GroupCommit[Write, bool | None] = GroupCommit(self._commit, gather=True)
+        #: The WAL's checkpoints, off the loop (``runs``: how many so far).
+        self.checkpoints = Checkpointer(self.path)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -102,8 +111,9 @@ class SqliteStore:
             private_file(self.path)  # before SQLite creates it with the umask's mode
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout=0")  # never wait for a lock: we retry, async
+            db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
             self._db = db
-            await self._run(init_schema)
+            await off_loop(init_schema, db)  # may recover a large WAL a killed run left
             # SQLite gives new -wal/-shm files the db's mode; older ones kept theirs
             for extra in ("-wal", "-shm"):
                 side = self.path.with_name(self.path.name + extra)
@@ -121,31 +131,33 @@ class SqliteStore:
             return
         try:
             with anyio.CancelScope(shield=True):  # a last replay, even while cancelled
-                await self.group.wait_idle()  # never close under a commit in its thread
+                await self.group.wait_idle()  # never close under a batch gathering or retrying
                 await self._drain(wait=True)
             if len(self.spool):  # replayed at the next open
                 _log.warning("sqlite_spool_pending", path=str(self.spool.path),
                              pending=len(self.spool))
         finally:
-            self._db.close()
-            self._db = None
+            db, self._db = self._db, None
+            # the last connection's close checkpoints the WAL (fsyncs): off the loop
+            with anyio.CancelScope(shield=True):
+                await off_loop(self._close_connections, db)
+
+    def _close_connections(self, db: sqlite3.Connection) -> None:
+        self.checkpoints.stop()
+        db.close()
 
     # -- running statements ------------------------------------------------------------
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._conn
-
-        def guarded() -> T:
-            with self._guard:
-                return fn(db)
-
-        return await off_loop(guarded)
+        # on the loop's thread: a statement never waits for a lock (busy_timeout=0) nor
+        # for the disk (no checkpoint on this connection), see the module docstring
+        return fn(self._conn)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, wait: bool = True) -> T:
         """Run ``fn`` on the connection, retrying with backoff while the database is
         locked (for ``retry_s``; once without ``wait``)."""
         deadline = anyio.current_time() + (self.retry_s if wait else 0.0)
-        delay = 0.01
+        delay = 0.001  # a checkpoint holds the lock for milliseconds
         while True:
             try:
                 return await self._call(fn)
@@ -153,37 +165,41 @@ class SqliteStore:
                 if not busy(exc) or anyio.current_time() + delay > deadline:
                     raise
             await anyio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+            delay = min(delay * 2, 0.05)  # a lock held for a checkpoint ends in ms
 
-    async def _commit(self, entries: list[Entry]) -> list[bool | Exception | None]:
+    async def _commit(self, writes: list[Write]) -> list[bool | Exception | None]:
         """Commit one batch of writes, in order after any spooled ones; spool the batch
-        while the database stays locked.  One outcome per write."""
+        while the database stays locked.  One outcome per write: its first entry's."""
+        entries = [e for w in writes for e in w]
         if len(self.spool):
             await self._drain(wait=False)
         if not len(self.spool):
             try:
-                return list(await self._run(functools.partial(apply, entries=entries)))
+                done = await self._run(functools.partial(apply, entries=entries))
             except sqlite3.OperationalError as exc:
                 if not busy(exc):
-                    return await self._one_by_one(entries, exc)
+                    return await self._one_by_one(writes, exc)
             except Exception as exc:  # a refused write (constraint, bad value …)
-                return await self._one_by_one(entries, exc)
-        self.spool.extend(entries)
+                return await self._one_by_one(writes, exc)
+            else:
+                self.checkpoints.committed()
+                return _firsts(writes, done)
+        await off_loop(self.spool.extend, entries)  # fsync-ed: off the loop
         _log.warning("sqlite_write_spooled", path=str(self.path), writes=len(entries),
                      pending=len(self.spool))
-        return [True if isinstance(e, SpooledEvent) else None for e in entries]
+        return [True if isinstance(w[0], SpooledEvent) else None for w in writes]
 
-    async def _one_by_one(self, entries: list[Entry],
+    async def _one_by_one(self, writes: list[Write],
                           exc: Exception) -> list[bool | Exception | None]:
         """A batch failed (not on a lock): commit its writes one transaction each, so
         only the write at fault fails, and only its own caller."""
-        if len(entries) == 1:
+        if len(writes) == 1:
             if isinstance(exc, sqlite3.Error):
                 return [StoreError(f"SQLite store {self.path}: {exc}")]
             return [exc]
         out: list[bool | Exception | None] = []
-        for entry in entries:
-            out.extend(await self._commit([entry]))
+        for write in writes:
+            out.extend(await self._commit([write]))
         return out
 
     async def _drain(self, *, wait: bool) -> None:
@@ -222,7 +238,12 @@ class SqliteStore:
 
     async def record(self, event: UsageEvent) -> bool:
         check_event(event)
-        return bool(await self.group.submit(SpooledEvent(event)))
+        return bool(await self.group.submit((SpooledEvent(event),)))
+
+    async def record_and_delete_state(self, event: UsageEvent, kind: str, key: str) -> bool:
+        """:meth:`record` and :meth:`delete_state` in one transaction: both or neither."""
+        check_event(event)
+        return bool(await self.group.submit((SpooledEvent(event), SpooledState(kind, key, None))))
 
     async def totals(self, scope: str) -> Totals:
         totals = await self._read(lambda db: totals_of(db, scope))
@@ -257,8 +278,9 @@ class SqliteStore:
     # -- state -------------------------------------------------------------------------
 
     async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
-        json.dumps(value, sort_keys=True)  # a value JSON cannot hold fails its caller only
-        await self.group.submit(SpooledState(kind, key, value))
+        # encoded here: a value JSON cannot hold fails its caller only (and once is enough)
+        text = json.dumps(value, sort_keys=True)
+        await self.group.submit((SpooledState(kind, key, value, text),))
 
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
         spooled = self._spooled_state(kind)
@@ -281,7 +303,7 @@ class SqliteStore:
         return dict(sorted(out.items()))
 
     async def delete_state(self, kind: str, key: str) -> None:
-        await self.group.submit(SpooledState(kind, key, None))
+        await self.group.submit((SpooledState(kind, key, None),))
 
     def _spooled_state(self, kind: str) -> dict[str, Any]:
         """State writes still in the spool, last write per key (None: deleted)."""
@@ -290,3 +312,15 @@ class SqliteStore:
         return {e.key: e.value for e in self.spool.read()
                 if isinstance(e, SpooledState) and e.kind == kind}
 
+
+
+def _firsts(writes: list[Write], done: list[bool | None]) -> list[bool | Exception | None]:
+    """Each write's outcome from ``apply``'s one per entry: its first entry's."""
+    if len(done) == len(writes):
+        return list(done)
+    out: list[bool | Exception | None] = []
+    i = 0
+    for w in writes:
+        out.append(done[i])
+        i += len(w)
+    return out

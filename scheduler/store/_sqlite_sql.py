@@ -126,7 +126,7 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
         db.execute("BEGIN IMMEDIATE")
         for entry in entries:
             if isinstance(entry, SpooledState):
-                put(db, entry.kind, entry.key, entry.value)
+                put(db, entry.kind, entry.key, entry.value, entry.text)
                 out.append(None)
                 continue
             added = db.execute(_INSERT_EVENT, _event_row(entry.event)).rowcount == 1
@@ -213,14 +213,15 @@ def totals_of(db: sqlite3.Connection, scope: str) -> Totals:
     return Totals(p, c, cr, cw, cost, fe, sh, dg, calls, by_model)
 
 
-def put(db: sqlite3.Connection, kind: str, key: str, value: dict[str, Any] | None) -> None:
+def put(db: sqlite3.Connection, kind: str, key: str, value: dict[str, Any] | None,
+        text: str = "") -> None:
     if value is None:
         db.execute("DELETE FROM state WHERE kind = ? AND key = ?", (kind, key))
     else:
         db.execute(
             "INSERT INTO state VALUES (?,?,?) ON CONFLICT(kind, key) DO UPDATE SET "
             "value = excluded.value",
-            (kind, key, json.dumps(value, sort_keys=True)),
+            (kind, key, text or json.dumps(value, sort_keys=True)),
         )
 
 

@@ -1,0 +1,160 @@
+"""The SQLite ledger commits on the event loop and checkpoints in a thread (#22; R2.1
+recording usage, R2.6 persistence, R1.5 calls in flight).
+
+Commits run on the loop's thread without an automatic checkpoint; the WAL is copied
+back and started over by a thread of its own.  What this must not change: an
+acknowledged charge survives SIGKILL, totals equal the events recorded, and a settled
+call's event and the deletion of its ``open_call`` record are one write (a killed
+process leaves either both undone or both done).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from scheduler import Usage, UsageEvent
+from scheduler.store import SqliteStore
+from scheduler.store._sqlite_checkpoint import Checkpointer
+from scheduler.testing import run_real
+
+pytestmark = pytest.mark.anyio
+DAY = "2026-11-27"
+
+
+def _event(n: int, task: str = "t") -> UsageEvent:
+    return UsageEvent(event_id=f"e{n}", task_id=task, session_id="s", day=DAY, at=float(n),
+                      model="sonnet", usage=Usage(100, 10), cost_usd=0.001)
+
+
+def _wait_until(done: Callable[[], bool]) -> None:
+    pause = threading.Event()
+    for _ in range(1000):  # 10 s at most
+        if done():
+            return
+        pause.wait(0.01)
+    raise AssertionError("the checkpointer did not run")
+
+
+def _wal_frames(db: Path) -> int:
+    """Frames in the WAL now (a passive checkpoint from another connection reports them)."""
+    other = sqlite3.connect(db)
+    try:
+        frames: int = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        return frames
+    finally:
+        other.close()
+
+
+@pytest.mark.real_asyncio  # the checkpointer's thread and a real SQLite file
+async def test_r2_6_checkpoints_run_off_the_loop_and_the_wal_starts_over(tmp_path: Path) -> None:
+    """#22, R2.6: the store's own connection never checkpoints; checkpoints run in another
+    thread while 40 writers charge, and the WAL is started over instead of growing with
+    every commit; every charge is recorded once and counted in the totals."""
+    db = tmp_path / "vibe.db"
+    store = SqliteStore(db)
+    store.checkpoints = Checkpointer(db, every=8, restart_frames=64)
+    await store.open()
+    assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    n = 0
+
+    async def writer(k: int) -> None:
+        nonlocal n
+        for i in range(40):
+            assert await store.record(_event(k * 1000 + i, f"t{k % 7}"))
+            n += 1
+
+    async with anyio.create_task_group() as tg:
+        for k in range(40):
+            tg.start_soon(writer, k)
+    # the thread catches up with the last requests (waited for in a thread: it is one)
+    await anyio.to_thread.run_sync(_wait_until, lambda: store.checkpoints.runs >= 3)
+    assert threading.get_ident() not in store.checkpoints.thread_ids
+    assert store.group.batches >= 3 * store.checkpoints.every
+    # ~7 pages a commit: without restarts the WAL would hold every commit's frames
+    assert _wal_frames(db) < 7 * store.group.batches
+    assert (await store.totals(f"day:{DAY}")).calls == n == 1600
+    await store.aclose()
+    assert not db.with_name("vibe.db-wal").exists()  # the close checkpointed it
+
+
+WRITERS = textwrap.dedent(
+    """
+    import sys, anyio
+    from scheduler import Usage, UsageEvent
+    from scheduler.store import SqliteStore
+    from scheduler.store._sqlite_checkpoint import Checkpointer
+
+    async def writer(store, k):
+        n = 0
+        while True:
+            n += 1
+            key = f"w{k}-{n}"
+            await store.put_state("open_call", key, {"task_id": f"t{k}", "tokens": 110})
+            print("open", key, flush=True)
+            ev = UsageEvent(event_id=key, task_id=f"t{k}", session_id="killed",
+                            day="2026-11-27", at=float(n), model="sonnet",
+                            usage=Usage(100, 10), cost_usd=0.001)
+            await store.record_and_delete_state(ev, "open_call", key)
+            print("settled", key, flush=True)
+
+    async def main(path):
+        store = SqliteStore(path)
+        store.checkpoints = Checkpointer(store.path, every=4, restart_frames=32)
+        await store.open()
+        async with anyio.create_task_group() as tg:
+            for k in range(10):
+                tg.start_soon(writer, store, k)
+
+    anyio.run(main, sys.argv[1])
+    """
+)
+
+
+def test_r1_5_sigkill_while_checkpointing_keeps_every_acknowledged_call(tmp_path: Path) -> None:
+    """#22, R1.5/R2.6: 10 writers open calls and settle them (event + record deletion in
+    one write) while checkpoints run every few commits; after SIGKILL every settled call's
+    event is there and its ``open_call`` record gone, every call opened and not settled
+    still has its record or its event, never both, and the totals equal the events."""
+    db = tmp_path / "vibe.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITERS, str(db)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert proc.stdout is not None
+    opened: set[str] = set()
+    settled: set[str] = set()
+    for line in proc.stdout:
+        what, key = line.split()
+        (settled if what == "settled" else opened).add(key)
+        if len(settled) >= 800:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    run_real(_check_after_kill, db, opened, settled)
+
+
+async def _check_after_kill(db: Path, opened: set[str], settled: set[str]) -> None:
+    store = SqliteStore(db)
+    await store.open()
+    events = {e.event_id for e in await store.events()}
+    records = set(await store.list_state("open_call"))
+    assert settled <= events
+    assert not (settled & records)
+    assert not (events & records)  # the event and the deletion: both or neither
+    assert opened <= events | records  # an acknowledged open is never lost
+    assert (await store.totals(f"day:{DAY}")).tokens == 110 * len(events)
+    await store.aclose()
