@@ -25,6 +25,7 @@ from typing import Any
 
 from scheduler.budget._scopes import TaskEntry
 from scheduler.core import (
+    GroupCommit,
     LocalFileError,
     WallClock,
     get_logger,
@@ -32,7 +33,6 @@ from scheduler.core import (
     private_dir,
     write_private,
 )
-from scheduler.store._group import GroupCommit
 
 _log = get_logger("vibe_engine.budget")
 

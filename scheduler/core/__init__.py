@@ -38,6 +38,7 @@ from scheduler.core._files import open_private as open_private
 from scheduler.core._files import private_dir as private_dir
 from scheduler.core._files import private_file as private_file
 from scheduler.core._files import write_private as write_private
+from scheduler.core._group import GroupCommit as GroupCommit
 from scheduler.core._hooks import AsyncHook as AsyncHook
 from scheduler.core._hooks import Hook as Hook
 from scheduler.core._log import LibraryLogger as LibraryLogger
@@ -77,6 +78,7 @@ __all__ = [
     "EventBus",
     "FinishRequestedError",
     "FixedWallClock",
+    "GroupCommit",
     "Hook",
     "InvalidArgumentError",
     "LeaseError",

@@ -21,6 +21,7 @@ from typing import Any
 
 from scheduler.config import VibeConfig
 from scheduler.core import (
+    GroupCommit,
     ResultError,
     SessionError,
     WallClock,
@@ -32,7 +33,6 @@ from scheduler.core import (
 )
 from scheduler.observe import put_states
 from scheduler.store import SessionRecord, Store, task_key, task_of_key
-from scheduler.store._group import GroupCommit
 from scheduler.tasks import TaskHandle, TaskStatus
 
 _log = get_logger("vibe_engine.session")

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 import anyio
 
 from scheduler.core import (
+    GroupCommit,
     StoreError,
     Totals,
     UsageEvent,
@@ -55,7 +56,6 @@ from scheduler.core import (
     private_file,
 )
 from scheduler.store._base import check_event, scopes_of
-from scheduler.store._group import GroupCommit
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 from scheduler.store._sqlite_checkpoint import Checkpointer
 from scheduler.store._sqlite_sql import (
