@@ -17,7 +17,7 @@ import anyio
 import uvicorn
 
 from scheduler.config import config_from_dict
-from scheduler.core import Totals
+from scheduler.core import Totals, WallClock
 from scheduler.serve import Served, create_app, listen
 from tests._anthropic_helpers import SECRET_KEY
 
@@ -54,9 +54,10 @@ def serve_config(tmp_path: Path, upstream: str, keys: list[dict[str, Any]],
 
 
 @asynccontextmanager
-async def serving(data: dict[str, Any]) -> AsyncIterator[Running]:
+async def serving(data: dict[str, Any], wall: WallClock | None = None) -> AsyncIterator[Running]:
     """``vibe-engine serve`` in this event loop on a free port, until the block ends."""
-    served = Served(config_from_dict(data), env={"UPSTREAM_KEY": SECRET_KEY, **CLIENT_KEYS})
+    served = Served(config_from_dict(data), env={"UPSTREAM_KEY": SECRET_KEY, **CLIENT_KEYS},
+                    wall=wall)
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(served), lifespan="off",
                                            log_level="warning"))

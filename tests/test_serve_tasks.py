@@ -224,3 +224,34 @@ def _status_budgets(state: Path) -> dict[str, bool]:
     for row in json.loads(out.stdout)["task_budgets"]:
         paused[row["task_id"]] = paused.get(row["task_id"], False) or bool(row["paused"])
     return paused
+
+
+async def test_21_r3_4_a_grouped_task_held_at_its_keys_budget_adds_to_the_key(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, R1.2/R3.4: a grouped task held because its *key* is at its budget is paused
+    on the key's scope; ``decide alpha/job add`` raises the key's budget (the exceeded
+    scope), not the grouped task's own, and the held call completes."""
+    keys = _keys(on_limit="hold", budget={"tokens": KEY_TOKENS})
+    async with (serving(_data(tmp_path, fake_api.base_url, keys)) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        await _ask(aio, "job")  # the key's budget is now too small for any estimate
+        controller = run.served.orchestrator.controller
+        answers: list[anthropic.types.Message] = []
+
+        async def held() -> None:
+            answers.append(await _ask(aio, "job"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(held)
+            with anyio.fail_after(20):
+                while getattr(controller.pause_info("alpha/job"), "state", "") != "paused":  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            assert controller.pause_info("alpha/job").scope == "task:alpha"  # type: ignore[union-attr]
+            await controller.decide("alpha/job", "add_budget", tokens=5000)
+            tg.cancel_scope.deadline = anyio.current_time() + 20  # answered, or fail
+        assert len(answers) == 1
+        tracker = run.served.orchestrator.tracker
+        assert tracker.task_scope("alpha").limits.tokens == KEY_TOKENS + 5000

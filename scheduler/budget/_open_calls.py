@@ -47,20 +47,23 @@ class OpenCall:
     host: str
     pid: int
     run: str
+    #: The task whose per-day budget the call counts toward ("" for none).
+    day_scope: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OpenCall:
-        return cls(**{f: d[f] for f in cls.__dataclass_fields__})
+        # a field added later (``day_scope``) has a default: records written before it read
+        return cls(**{f: d[f] for f in cls.__dataclass_fields__ if f in d})
 
     def estimate_event(self, at: float) -> UsageEvent:
         return UsageEvent(
             event_id=f"{self.event_id}:estimate", task_id=self.task_id,
             session_id=self.session_id, day=self.day, at=at, agent=self.agent,
             model=self.model, usage=Usage(self.prompt_tokens, self.output_tokens),
-            cost_usd=self.cost_usd, task_type=self.task_type,
+            cost_usd=self.cost_usd, task_type=self.task_type, day_scope=self.day_scope,
         )
 
 

@@ -50,6 +50,8 @@ class TaskProfile:
     limits: Limits
     type_detected: bool
     complexity_detected: bool
+    #: The task's per-day limits (``day_budget``), or None.
+    day_limits: Limits | None = None
 
 
 def detect_task_type(text: str, table: dict[TaskType, TaskTypeSpec]) -> TaskType:
@@ -90,7 +92,7 @@ def resolve_task(spec: TaskSpec, config: VibeConfig) -> TaskProfile:
     limits = _base_limits(config, task_type, complexity)
     limits = _with_override(limits, spec.budget)
     return TaskProfile(task_type, complexity, limits, spec.task_type is None,
-                       spec.complexity is None)
+                       spec.complexity is None, spec.day_budget)
 
 
 #: The configs whose base limits are kept (each with its table, the config held so its

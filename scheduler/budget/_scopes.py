@@ -1,5 +1,8 @@
 """The nested scopes usage is charged to: task ⊂ session ⊂ day (R1.2, R1.5, R3.1).
 
+A task with a ``day_budget`` (a ``serve`` key) also has a scope per calendar day,
+between it and the session: task ⊂ parent ⊂ the (parent) task's day ⊂ session ⊂ day.
+
 A :class:`ScopeState` holds one scope's limits, totals, in-flight reservations
 and the alert thresholds it has already passed; :class:`Scopes` holds every
 scope of one session, loads their totals from the store, adds charged events
@@ -16,7 +19,7 @@ from typing import Literal
 from scheduler.budget._profile import TaskProfile, day_limits
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import Totals, UsageEvent, VibeEngineError, WallClock
-from scheduler.store import Store, session_task_totals
+from scheduler.store import Store, session_task_totals, task_day_scope
 
 Level = Literal["warning", "critical", "exceeded"]
 #: Dimensions read from :class:`Totals` by attribute name.
@@ -116,6 +119,11 @@ class TaskEntry:
     #: The task whose scope encloses this one (a ``serve`` key of its grouped tasks):
     #: charged with this task's use and checked before its calls (R1.2).
     parent: str | None = None
+    #: The task whose per-day budget this task's use counts toward: itself with a
+    #: ``day_budget``, else its parent's; None for none.
+    day_root: str | None = None
+    #: Today's per-day scope when this task is its own ``day_root`` (its file shows it).
+    day_scope: ScopeState | None = None
 
 
 class Scopes:
@@ -141,6 +149,9 @@ class Scopes:
         #: placeholder: midnight passed and nothing async has loaded it yet).
         self._loaded: set[str] = set()
         self.tasks: dict[str, TaskEntry] = {}
+        #: Per-day scopes of tasks with a ``day_budget``, by scope name; like ``days``, a
+        #: name not in ``_loaded`` is a placeholder whose totals are not read yet.
+        self.task_days: dict[str, ScopeState] = {}
         self._continued = True  # until open() finds the session new
 
     # -- loading -------------------------------------------------------------------
@@ -179,6 +190,35 @@ class Scopes:
         self._last_day, self._last_day_state = when, state
         return state
 
+    def task_day(self, task_id: str, day: date | None = None) -> ScopeState | None:
+        """The per-day scope of ``day`` (default today) that ``task_id``'s use counts
+        toward, or None; one not loaded yet is a placeholder (see :meth:`ensure_task_day`)."""
+        entry = self.tasks.get(task_id)
+        root = entry.day_root if entry is not None else None
+        if root is None:
+            return None
+        name = task_day_scope(root, (day or self.today()).isoformat())
+        state = self.task_days.get(name)
+        if state is None:
+            owner = self.tasks[root]
+            limits = owner.profile.day_limits
+            assert limits is not None  # a day_root has a day_budget
+            state = ScopeState(name, limits, shared=owner.scope.shared)
+            self.task_days[name] = state
+        if day is None:
+            self.tasks[root].day_scope = state
+        return state
+
+    async def ensure_task_day(self, task_id: str, day: date | None = None) -> None:
+        """Load the totals of the task's per-day scope of ``day`` once (every run's use
+        of it that day, R1.5): a day that began while this process ran starts from what
+        others already spent."""
+        state = self.task_day(task_id, day)
+        if state is not None and state.name not in self._loaded:
+            state.totals = await self._store.totals(state.name)
+            self._loaded.add(state.name)
+            self.crossings(state)  # already passed: fired by an earlier process
+
     async def start_task(self, task_id: str, profile: TaskProfile, agent: str,
                          span: str = "session", parent: str | None = None) -> None:
         """Register a task; a task this session ran before (a resumed session) continues
@@ -196,9 +236,12 @@ class Scopes:
         elif self._continued:
             scope.totals = await session_task_totals(self._store, self._session_id, task_id)
         self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
+        day_root = task_id if profile.day_limits is not None else (
+            self.tasks[parent].day_root if parent is not None else None)
         self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls,
-                                        parent=parent)
+                                        parent=parent, day_root=day_root)
         await self.ensure_day(self.today())
+        await self.ensure_task_day(task_id)
 
     def task(self, task_id: str) -> ScopeState:
         try:
@@ -207,17 +250,26 @@ class Scopes:
             raise VibeEngineError(f"unknown task {task_id!r}: call start_task first") from None
 
     def of_task(self, task_id: str) -> tuple[ScopeState, ...]:
-        """The task's own scope, its parent's (if any), the session and today, innermost
-        first."""
-        parent = self.tasks[task_id].parent if task_id in self.tasks else None
-        if parent is None:
-            return (self.task(task_id), self.session, self.day())
-        return (self.task(task_id), self.task(parent), self.session, self.day())
+        """The task's own scope, its parent's (if any), its per-day scope today (if any),
+        the session and today, innermost first."""
+        entry = self.tasks.get(task_id)
+        if entry is None:
+            return (self.task(task_id), self.session, self.day())  # raises: not started
+        own: tuple[ScopeState, ...] = (entry.scope,)
+        if entry.parent is not None:
+            own = (entry.scope, self.task(entry.parent))
+        if entry.day_root is not None:
+            day = self.task_day(task_id)
+            assert day is not None
+            own = (*own, day)
+        return (*own, self.session, self.day())
 
     def named(self, task_id: str, name: str) -> ScopeState:
         """The scope ``name`` of ``task_id`` (one of the names a reservation holds)."""
         if name == f"task:{task_id}":
             return self.task(task_id)
+        if name in self.task_days:
+            return self.task_days[name]
         if name.startswith("task:"):  # the task's parent
             return self.task(name[5:])
         if name.startswith("session:"):
@@ -241,6 +293,8 @@ class Scopes:
                 if event.model:
                     parent.actions += 1
                 touched.append(parent.scope)
+            if event.day_scope:
+                touched.append(await self._add_to_task_day(event))
         if event.session_id == self._session_id:
             self.session.totals.add(event)
             touched.append(self.session)
@@ -251,6 +305,16 @@ class Scopes:
             day = await self.ensure_day(date.fromisoformat(event.day))
         touched.append(day)
         return [c for s in touched for c in self.crossings(s)]
+
+    async def _add_to_task_day(self, event: UsageEvent) -> ScopeState:
+        name = task_day_scope(event.day_scope, event.day)
+        if name in self._loaded:
+            state = self.task_days[name]
+            state.totals.add(event)
+            return state
+        # the first event of a new day: the totals loaded now include it (recorded)
+        await self.ensure_task_day(event.day_scope, date.fromisoformat(event.day))
+        return self.task_days[name]
 
     # -- thresholds (R3.1) ---------------------------------------------------------
 

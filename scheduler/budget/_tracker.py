@@ -130,6 +130,32 @@ class Tracker:
     def tasks(self) -> list[str]:
         return list(self._scopes.tasks)
 
+    def own_day_scope(self, task_id: str) -> ScopeState | None:
+        """Today's per-day scope of a task with a ``day_budget`` (not of a task whose use
+        only counts toward its parent's day), else None."""
+        entry = self._scopes.tasks.get(task_id)
+        if entry is None or entry.day_root != task_id:
+            return None
+        return self._scopes.task_day(task_id)
+
+    def has_task(self, task_id: str) -> bool:
+        return task_id in self._scopes.tasks
+
+    def scope_named(self, task_id: str, name: str) -> ScopeState | None:
+        """The scope ``name`` if it is one of ``task_id``'s (its own, its parent's, its
+        per-day one, the session, a day), else None (e.g. a task not started)."""
+        if name.startswith("day:"):
+            return self._scopes.day(date.fromisoformat(name[4:]))
+        if name.startswith("session:"):
+            return self._scopes.session
+        entry = self._scopes.tasks.get(task_id)
+        if entry is None:
+            return None
+        if name.startswith("task:"):
+            owner = name[5:]
+            return self._scopes.task(owner) if owner in (task_id, entry.parent) else None
+        return self._scopes.task_days.get(name)
+
     def raise_limits(self, scope: ScopeState, extra: Limits) -> None:
         """Add to a scope's limits (a person added budget) and re-arm passed thresholds."""
         self._scopes.raise_limits(scope, extra)
@@ -190,6 +216,7 @@ class Tracker:
             session_id=self.session_id, day=self._scopes.today().isoformat(),
             agent=entry.agent if entry else "",
             task_type=entry.profile.task_type if entry else "", model=reservation.model,
+            day_scope=(entry.day_root or "") if entry else "",
             prompt_tokens=prompt_tokens, output_tokens=output_tokens,
             cost_usd=reservation.cost_usd,
         ))
@@ -221,6 +248,7 @@ class Tracker:
         if usage is not None:
             kwargs["usage"] = usage
         return UsageEvent(
+            day_scope=(entry.day_root or "") if entry else "",
             event_id=event_id or self.next_event_id(task_id),
             task_id=task_id,
             session_id=self.session_id,

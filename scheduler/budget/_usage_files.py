@@ -63,6 +63,7 @@ class UsageFiles:
             "usage": entry.scope.totals.to_dict(),
             "budget": entry.scope.limits.model_dump(mode="json", exclude_none=True),
             "timestamp": self._wall.now().isoformat(),
+            **_day_budget(task_id, entry),
         }
 
     def write(self, task_id: str, entry: TaskEntry) -> Path | None:
@@ -139,3 +140,12 @@ def _write(folder: Path, doc: dict[str, Any]) -> Path:
     except OSError as exc:
         raise LocalFileError(path, exc.strerror or str(exc)) from exc
     return path
+
+
+def _day_budget(task_id: str, entry: TaskEntry) -> dict[str, Any]:
+    """The task's per-day budget as of its file's day (budget people added included)."""
+    day = entry.day_scope
+    if entry.day_root != task_id or day is None:
+        return {}
+    return {"day_budget": {"scope": day.name,
+                           "budget": day.limits.model_dump(mode="json", exclude_none=True)}}

@@ -138,7 +138,23 @@ async def stored_status_rows(
                            totals=await session_task_totals(store, session, task_id))
         rows.extend(scope_rows(scope, task_id, thresholds,
                                paused=task_key(session, task_id) in paused))
+        rows.extend(await _day_rows(store, doc, task_id, thresholds))
     return rows
+
+
+async def _day_rows(store: Store, doc: dict[str, Any], task_id: str,
+                    thresholds: AlertsConfig) -> list[StatusRow]:
+    """Rows of the per-day budget a task's file names (a serve key's ``day_budget``)."""
+    day: Any = doc.get("day_budget")
+    if not isinstance(day, dict):
+        return []
+    try:
+        name = str(day["scope"])
+        limits = Limits.model_validate(day["budget"])
+    except (TypeError, KeyError, ValueError):
+        return []  # none, or unreadable: the task's own rows stand
+    scope = ScopeState(name, limits, totals=await store.totals(name))
+    return scope_rows(scope, task_id, thresholds)
 
 
 def format_status_row(row: StatusRow) -> str:

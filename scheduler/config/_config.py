@@ -93,6 +93,10 @@ class TaskSpec(FrozenModel):
     #: What the task's own budget counts: this ``session``'s use of the task id, or every
     #: session's in the ``store`` (held atomically across processes on a shared store).
     budget_span: Literal["session", "store"] = "session"
+    #: Limits of what the task spends per calendar day (the day ``budgets.day`` counts),
+    #: on top of ``budget``; a new day starts from nothing.  With ``budget_span = "store"``
+    #: the day counts every session's use of the id, across processes on a shared store.
+    day_budget: Limits | None = None
 
     @field_validator("id")
     @classmethod

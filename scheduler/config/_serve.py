@@ -20,7 +20,8 @@ class ServeKey(FrozenModel):
     The key itself comes from the environment variable ``key_env`` or is stored as its
     SHA-256 hex digest in ``key_sha256`` (``printf %s "$KEY" | sha256sum``); exactly
     one of the two is given.  ``budget`` limits everything the key spends, in every
-    ``serve`` process sharing the store (tokens, cost, ``tokens_by_model`` …).
+    ``serve`` process sharing the store (tokens, cost, ``tokens_by_model`` …), and
+    ``day_budget`` what it spends per calendar day.
     """
 
     name: str = Field(min_length=1, max_length=100, pattern=_KEY_NAME)
@@ -30,6 +31,10 @@ class ServeKey(FrozenModel):
     #: The budget of each task a client groups its calls into with the ``x-vibe-task``
     #: header (task ``NAME/TASK``), inside the key's ``budget``; unset = only the key's.
     task_budget: Limits | None = None
+    #: Limits of what the key spends per calendar day (local midnight, as ``budgets.day``),
+    #: grouped tasks included, in every ``serve`` process sharing the store; on top of
+    #: ``budget``, which counts every day.  Unset = no per-day limit of the key's own.
+    day_budget: Limits | None = None
     priority: PriorityClass = "normal"
     #: Model ids (or catalog names) this key may ask for; empty = every catalog model.
     allowed_models: tuple[str, ...] = ()

@@ -127,7 +127,10 @@ class AlertRuntime:
         out = self._flags.get(f"task:{task_id}", AlertFlags())
         out = AlertFlags(out.prefer_cheaper, out.aggressive, out.checkpoint_requested,
                          out.indicator, list(out.messages))
-        for name in (self.tracker.session.name, self.tracker.day_scope().name):
+        names = [self.tracker.session.name, self.tracker.day_scope().name]
+        if self.tracker.has_task(task_id):  # a key's per-day scope, a grouped task's key
+            names += [s.name for s in self.tracker.scopes(task_id)[1:-2]]
+        for name in names:
             shared = self._flags.get(name)
             if shared is not None:
                 out = out.merged(shared)
@@ -163,12 +166,7 @@ class AlertRuntime:
                           tokens_left, cost_left, self._clock())
 
     def _scope_state(self, task_id: str, scope: str) -> ScopeState | None:
-        if scope.startswith("task:") and task_id in self.tracker.tasks():
-            return self.tracker.task_scope(task_id)
-        if scope == self.tracker.session.name:
-            return self.tracker.session
-        day = self.tracker.day_scope()
-        return day if scope == day.name else None
+        return self.tracker.scope_named(task_id, scope)
 
     async def apply(self, task_id: str, crossings: Iterable[Crossing]) -> list[AlertAction]:
         """Apply the policy's actions for each crossing of ``task_id``'s charge."""

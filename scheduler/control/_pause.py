@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
-from datetime import date
 from typing import Any, Literal, cast
 
 import anyio
@@ -479,10 +478,4 @@ class PauseController:
         return extra
 
     def _scope(self, task_id: str, scope_name: str) -> ScopeState | None:
-        if scope_name.startswith("task:"):
-            return self.tracker.task_scope(task_id) if task_id in self.tracker.tasks() else None
-        if scope_name.startswith("session:"):
-            return self.tracker.session
-        if scope_name.startswith("day:"):
-            return self.tracker.day_scope(date.fromisoformat(scope_name[4:]))
-        return None
+        return self.tracker.scope_named(task_id, scope_name)

@@ -99,9 +99,13 @@ class UsageEvent:
     shell_commands: int = 0
     dangerous_commands: int = 0
     task_type: str = ""
+    #: The task whose per-day budget this event also counts toward (a ``serve`` key with a
+    #: ``day_budget``, for its own calls and its grouped tasks'); "" for none.  The stores
+    #: keep that scope's totals (``task-day:TASK:DAY``), not this field in the event log.
+    day_scope: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "event_id": self.event_id,
             "task_id": self.task_id,
             "session_id": self.session_id,
@@ -120,6 +124,9 @@ class UsageEvent:
             "dangerous_commands": self.dangerous_commands,
             "task_type": self.task_type,
         }
+        if self.day_scope:
+            d["day_scope"] = self.day_scope
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UsageEvent:
@@ -143,6 +150,7 @@ class UsageEvent:
             shell_commands=int(d.get("shell_commands", 0)),
             dangerous_commands=int(d.get("dangerous_commands", 0)),
             task_type=str(d.get("task_type", "")),
+            day_scope=str(d.get("day_scope", "")),
         )
 
 

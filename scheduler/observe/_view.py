@@ -125,6 +125,9 @@ def snapshot_of(view: RunView, *, now: float, events: int = 50,
         if h.id in tracked and not h.finished:
             budgets.extend(b for b in budget_bars(tracker.task_scope(h.id), alerts)
                            if b.level != "ok")
+            day = tracker.own_day_scope(h.id)  # a serve key's day_budget
+            if day is not None:
+                budgets.extend(b for b in budget_bars(day, alerts) if b.level != "ok")
     return Snapshot(
         session_id=view.session_id, at=now, running=running, pid=os.getpid(),
         written_at=view.wall.now().isoformat(), source="orchestrator", tasks=tasks,

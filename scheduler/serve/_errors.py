@@ -43,6 +43,13 @@ def _how_to_raise(key: str, exc: BudgetExceededError, hold: bool) -> str:
             return (f"decide with `vibe-engine decide {key} add --tokens N` (or --cost USD), "
                     f"or {where}")
         return f"{where} and restart serve, or set on_limit = \"hold\" to decide at the limit"
+    if scope.startswith(f"task-day:{key}:"):
+        where = (f"raise serve.keys[name={key!r}].day_budget.{field} in the serve config "
+                 f"(it starts over at midnight)")
+        if hold:
+            return (f"decide with `vibe-engine decide {key} add --tokens N` (or --cost USD) "
+                    f"for today, or {where}")
+        return f"{where} and restart serve, or set on_limit = \"hold\" to decide at the limit"
     section = "session" if scope.startswith("session:") else "day"
     return f"raise budgets.{section}.{field} in the serve config and restart serve"
 

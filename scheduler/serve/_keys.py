@@ -130,6 +130,7 @@ def group_spec(key: ServeKey, name: str) -> TaskSpec:
     spec = task_spec(key).model_copy(update={
         "prompt": f"requests of serve key {key.name}, task {name}",
         "budget": key_limits(key.task_budget or Limits()),
+        "day_budget": None,  # its use counts toward the key's day (the parent's)
     })
     # the id joins two validated parts with '/', which the task id pattern does not allow
     return spec.model_copy(update={"id": f"{key.name}/{name}"})
@@ -141,5 +142,5 @@ def task_spec(key: ServeKey) -> TaskSpec:
         id=key.name, agent=agent_name(key.name), prompt=f"requests of serve key {key.name}",
         task_type=key.task_type, complexity=key.complexity, priority=key.priority,
         budget=key_limits(key.budget), on_limit="pause" if key.on_limit == "hold" else "reject",
-        budget_span="store",
+        budget_span="store", day_budget=key.day_budget,
     )

@@ -8,6 +8,7 @@ from scheduler.store._base import Store as Store
 from scheduler.store._base import check_event as check_event
 from scheduler.store._base import record_and_delete_state as record_and_delete_state
 from scheduler.store._base import scopes_of as scopes_of
+from scheduler.store._base import task_day_scope as task_day_scope
 from scheduler.store._memory import MemoryStore as MemoryStore
 from scheduler.store._open import open_store as open_store
 from scheduler.store._records import SessionRecord as SessionRecord
@@ -21,5 +22,5 @@ from scheduler.store._sqlite import SqliteStore as SqliteStore
 __all__ = [
     "MemoryStore", "SessionRecord", "SqliteStore", "Store", "check_event", "latest_session",
     "list_sessions", "open_store", "record_and_delete_state", "scopes_of",
-    "session_task_totals", "task_key", "task_of_key",
+    "session_task_totals", "task_day_scope", "task_key", "task_of_key",
 ]

@@ -13,12 +13,21 @@ _EVENT_FIELDS = ("cost_usd", "file_edits", "shell_commands", "dangerous_commands
 _PLAIN = (int, float)
 
 
+def task_day_scope(task_id: str, day: str) -> str:
+    """The scope of what ``task_id`` (and the tasks it encloses) spent on ``day``: where
+    a per-day budget (``day_budget``) is counted."""
+    return f"task-day:{task_id}:{day}"
+
+
 def scopes_of(event: UsageEvent) -> tuple[str, ...]:
     """The nested scopes one event is charged to (R1.2): task ⊂ session ⊂ day.  A task id
     ``PARENT/NAME`` (a ``serve`` key's grouped task; configured ids hold no ``/``) is
-    inside task ``PARENT`` too: task ⊂ parent ⊂ session ⊂ day."""
+    inside task ``PARENT`` too: task ⊂ parent ⊂ session ⊂ day.  An event with a
+    ``day_scope`` also counts toward that task's day: task ⊂ parent ⊂ its day ⊂ …"""
     parent = event.task_id.rpartition("/")[0]
     own = (f"task:{event.task_id}", *((f"task:{parent}",) if parent else ()))
+    if event.day_scope:
+        own = (*own, task_day_scope(event.day_scope, event.day))
     return (*own, f"session:{event.session_id}", f"day:{event.day}")
 
 
