@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from agents.providers._anthropic_wire import (
     rate_limits_from_headers,
     usage_from_api,
 )
+from agents.providers._transport import KeepAliveTransport
 from scheduler import Completion, CompletionRequest, ConfigError, ProviderError, Usage
 from scheduler.config import ProviderConfig
 from scheduler.core import Hook, RateLimitInfo, get_logger
@@ -59,6 +61,16 @@ _SDK_ARGS = frozenset(inspect.signature(anthropic.resources.AsyncMessages.create
 
 def _wall_now() -> float:
     return datetime.now(tz=UTC).timestamp()
+
+
+def _http_client() -> Any:
+    """The SDK's httpx client on :class:`KeepAliveTransport` (httpcore's pool probes every
+    idle connection on each request), or ``None`` — the SDK's default client — when the
+    environment names a proxy, which httpx honours only on its own transport."""
+    proxies = urllib.request.getproxies()
+    if any(proxies.get(scheme) for scheme in ("http", "https", "all")):
+        return None
+    return anthropic.DefaultAsyncHttpxClient(transport=KeepAliveTransport())
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +116,7 @@ class AnthropicProvider:
                               "no API key: the environment variable is not set")
         self._client = anthropic.AsyncAnthropic(
             api_key=key, base_url=self.config.base_url, max_retries=0,
-            timeout=self.config.timeout_s,
+            timeout=self.config.timeout_s, http_client=_http_client(),
         )
         #: One call per HTTP attempt, and the limits learned from each response.
         self.on_attempt: Hook[[str, bool, float, str | None]] = Hook()
