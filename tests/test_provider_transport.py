@@ -1,0 +1,240 @@
+"""The provider's keep-alive transport under the real SDK (R7.5: the anthropic SDK over
+real HTTP), against scripted servers on real sockets: connection reuse, a connection
+the server closed while idle, bodies of every framing, dropped answers, timeouts,
+the connection limit, and the SDK's default client whenever a proxy is configured.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import httpx2
+import pytest
+from anyio.abc import SocketStream
+
+from agents.providers import AnthropicProvider
+from agents.providers._anthropic import _http_client
+from agents.providers._transport import KeepAliveTransport
+from scheduler import ProviderError
+from scheduler.config import ProviderConfig
+from scheduler.core import ProviderTimeoutError
+from tests._anthropic_helpers import SECRET_KEY, Recorder, request
+
+# scripted servers on real sockets: they need real time
+pytestmark = [pytest.mark.anyio, pytest.mark.real_asyncio]
+
+_MESSAGE = json.dumps({
+    "id": "msg_t", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+    "content": [{"type": "text", "text": "ok from the server"}], "stop_reason": "end_turn",
+    "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 3},
+}).encode()
+#: How one answer is framed on the wire.
+Answer = Callable[[bytes], list[bytes]]
+
+
+def sized(body: bytes) -> list[bytes]:
+    return [b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body) + body]
+
+
+def chunked(body: bytes) -> list[bytes]:
+    half = len(body) // 2
+    parts = [b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:half], body[half:])]
+    return [b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n", *parts, b"0\r\n\r\n"]
+
+
+def until_close(body: bytes) -> list[bytes]:
+    return [b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\n\r\n" + body]
+
+
+def cut_short(body: bytes) -> list[bytes]:
+    return [b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body) + body[:10]]
+
+
+@dataclass
+class Scripted:
+    """A Messages endpoint on 127.0.0.1: each answer framed by ``answer``; after each
+    one the connection is closed when ``close_after`` says so (as a keep-alive timeout
+    would, without telling the client)."""
+
+    answer: Answer = sized
+    close_after: bool = False
+    silent: bool = False  # reads requests, never answers
+    connections: int = 0
+    open_now: int = 0
+    most_open: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, stream: SocketStream) -> None:
+        self.connections += 1
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        try:
+            async with stream:
+                buffer = b""
+                while True:
+                    while b"\r\n\r\n" not in buffer:
+                        buffer += await stream.receive()
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    while len(buffer) < length:
+                        buffer += await stream.receive()
+                    self.requests.append(head)
+                    buffer = buffer[length:]
+                    if self.silent:
+                        await anyio.sleep_forever()
+                    await anyio.sleep(0.02)  # keeps concurrent requests in flight together
+                    for part in self.answer(_MESSAGE):
+                        await stream.send(part)
+                    if self.close_after or self.answer in (until_close, cut_short):
+                        return
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+        finally:
+            self.open_now -= 1
+
+
+@asynccontextmanager
+async def serving(server: Scripted) -> AsyncIterator[Scripted]:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    server.url = f"http://127.0.0.1:{port}"
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, server.handle)
+        try:
+            yield server
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def provider_at(server: Scripted, rec: Recorder | None = None,
+                **config: object) -> AnthropicProvider:
+    cfg = ProviderConfig.model_validate({"kind": "anthropic", "base_url": server.url,
+                                         "max_retries": 0, **config})
+    rec = rec or Recorder()
+    return AnthropicProvider(cfg, api_key=SECRET_KEY, on_attempt=rec.on_attempt,
+                             sleep=rec.sleep)
+
+
+async def calls(provider: AnthropicProvider, n: int) -> list[str]:
+    try:
+        return [(await provider.complete(request())).text for _ in range(n)]
+    finally:
+        await provider.aclose()
+
+
+async def test_r7_5_calls_reuse_one_keep_alive_connection() -> None:
+    """R7.5: the SDK's client runs on the keep-alive transport; calls one after another
+    share one connection, each sent whole with the SDK's own headers."""
+    async with serving(Scripted()) as server:
+        provider = provider_at(server)
+        assert isinstance(provider._client._client._transport, KeepAliveTransport)
+        texts = await calls(provider, 3)
+    assert texts == ["ok from the server"] * 3
+    assert server.connections == 1 and len(server.requests) == 3
+    head = server.requests[0].lower()
+    assert head.startswith(b"post /v1/messages http/1.1\r\n")
+    assert SECRET_KEY.lower().encode() in head  # the SDK's auth header, whichever it is
+    assert f"host: {server.url.removeprefix('http://')}".encode() in head
+
+
+@pytest.mark.parametrize("proxy_env", ["HTTPS_PROXY", "http_proxy", "ALL_PROXY"])
+def test_r7_5_a_configured_proxy_keeps_the_sdks_default_client(
+        monkeypatch: pytest.MonkeyPatch, proxy_env: str) -> None:
+    """R7.5: httpx honours proxy variables only on its own transport, so with one set
+    the provider leaves the SDK its default client."""
+    assert _http_client() is not None
+    monkeypatch.setenv(proxy_env, "http://127.0.0.1:9")
+    assert _http_client() is None
+
+
+async def test_r7_5_a_connection_the_server_closed_while_idle_is_replaced() -> None:
+    """R7.5: a server that drops each connection after answering (its keep-alive
+    timeout) costs a new connection per call, never a failed call."""
+    async with serving(Scripted(close_after=True)) as server:
+        rec = Recorder()
+        texts = await calls(provider_at(server, rec), 3)
+    assert texts == ["ok from the server"] * 3
+    assert server.connections == 3 and rec.kinds == [None] * 3
+
+
+@pytest.mark.parametrize("answer", [chunked, until_close], ids=["chunked", "until-close"])
+async def test_r7_5_bodies_chunked_or_ended_by_close_arrive_whole(answer: Answer) -> None:
+    """R7.5: a chunked body, and one that ends when the server closes, are read whole;
+    a connection whose body ended by closing is not used again."""
+    async with serving(Scripted(answer=answer)) as server:
+        texts = await calls(provider_at(server), 2)
+    assert texts == ["ok from the server"] * 2
+    assert server.connections == (1 if answer is chunked else 2)
+
+
+async def test_r7_5_an_answer_cut_short_is_a_connection_failure() -> None:
+    """R7.5: a body shorter than its content-length fails as a dropped connection."""
+    async with serving(Scripted(answer=cut_short)) as server:
+        rec = Recorder()
+        with pytest.raises(ProviderError, match="connection failed"):
+            await calls(provider_at(server, rec), 1)
+    assert rec.kinds == ["connection"]
+
+
+async def test_r7_5_a_silent_server_times_out() -> None:
+    """R7.5: the read timeout (``provider.timeout_s``) ends a call nobody answers."""
+    async with serving(Scripted(silent=True)) as server:
+        rec = Recorder()
+        with pytest.raises(ProviderTimeoutError):
+            await calls(provider_at(server, rec, timeout_s=0.2), 1)
+    assert rec.kinds == ["timeout"]
+
+
+async def test_r7_5_a_refused_connection_is_a_connection_failure() -> None:
+    """R7.5: nothing listening is a connection failure, classified as such."""
+    async with serving(Scripted()) as server:
+        url = server.url
+    rec = Recorder()
+    provider = AnthropicProvider(
+        ProviderConfig(kind="anthropic", base_url=url, max_retries=0), api_key=SECRET_KEY,
+        on_attempt=rec.on_attempt, sleep=rec.sleep)
+    with pytest.raises(ProviderError, match="connection failed"):
+        await calls(provider, 1)
+    assert rec.kinds == ["connection"]
+
+
+async def test_r7_5_requests_beyond_the_connection_limit_wait_for_a_slot() -> None:
+    """R7.5: with ``max_connections`` 2, six concurrent requests all succeed on at most
+    two connections; a request that cannot get a slot within the pool timeout fails."""
+    limited = KeepAliveTransport(max_connections=2)
+    async with serving(Scripted()) as server, httpx2.AsyncClient(transport=limited) as client:
+        url = f"{server.url}/v1/messages"
+        statuses: list[int] = []
+
+        async def post() -> None:
+            r = await client.post(url, content=b"{}")
+            statuses.append(r.status_code)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(post)
+        assert statuses == [200] * 6 and server.most_open <= 2
+
+        async with client.stream("POST", url, content=b"{}"), \
+                client.stream("POST", url, content=b"{}"):
+            with pytest.raises(httpx2.PoolTimeout):
+                await client.post(url, content=b"{}", timeout=httpx2.Timeout(5.0, pool=0.05))
+
+
+async def test_r7_5_a_header_holding_a_line_break_is_never_sent() -> None:
+    """R7.5: a header value with CR/LF would smuggle a header: refused before sending."""
+    async with serving(Scripted()) as server, \
+            httpx2.AsyncClient(transport=KeepAliveTransport()) as client:
+        with pytest.raises(httpx2.LocalProtocolError):
+            await client.post(f"{server.url}/v1/messages", content=b"{}",
+                              headers={"x-note": "a\r\nx-api-key: stolen"})
+    assert server.requests == []
