@@ -62,7 +62,12 @@ class _Conn:
         fd = -1 if self.sock is None else self.sock.fileno()
         if fd < 0:
             return True
-        return bool(select.select([fd], [], [], 0)[0])
+        if not hasattr(select, "poll"):  # Windows; select() there takes any socket
+            return bool(select.select([fd], [], [], 0)[0])
+        # poll, not select: select() fails on descriptors above FD_SETSIZE (1024)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
 
     async def close(self) -> None:
         # a broken connection closes as well as it can; a cancelled caller still closes it
