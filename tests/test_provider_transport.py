@@ -1,7 +1,8 @@
-"""The provider's keep-alive transport under the real SDK (R7.5: the anthropic SDK over
-real HTTP), against scripted servers on real sockets: connection reuse, a connection
-the server closed while idle, bodies of every framing, dropped answers, timeouts,
-the connection limit, and the SDK's default client whenever a proxy is configured.
+"""The provider's HTTP stack under the real SDK (R7.5: the anthropic SDK over real HTTP),
+against scripted servers on real sockets: the keep-alive transport (connection reuse, a
+connection the server closed while idle, bodies of every framing, dropped answers,
+timeouts, the connection limit, the SDK's default client whenever a proxy is
+configured) and when the SDK's own OpenTelemetry spans stay on (#23).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import httpx2
 import pytest
 from anyio.abc import SocketStream
 
+from agents import make_provider
 from agents.providers import AnthropicProvider
+from agents.providers import _anthropic as anthropic_module
 from agents.providers._anthropic import _http_client
 from agents.providers._transport import KeepAliveTransport
-from scheduler import ProviderError
+from scheduler import ProviderError, VibeConfig
 from scheduler.config import ProviderConfig
 from scheduler.core import ProviderTimeoutError
 from tests._anthropic_helpers import SECRET_KEY, Recorder, request
@@ -238,3 +241,52 @@ async def test_r7_5_a_header_holding_a_line_break_is_never_sent() -> None:
             await client.post(f"{server.url}/v1/messages", content=b"{}",
                               headers={"x-note": "a\r\nx-api-key: stolen"})
     assert server.requests == []
+
+
+def _sdk_spans_on(provider: AnthropicProvider) -> bool:
+    return bool(provider._client._open_telemetry["traces"]["enabled"])
+
+
+def test_r7_5_the_sdks_spans_are_off_only_when_nothing_could_record_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """R7.5, #23: with no tracer provider installed and tracing off the SDK's per-call
+    span work is skipped; the run's tracing (config or ``OTEL_TRACES_EXPORTER``) or an
+    application's tracer provider keeps it."""
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    monkeypatch.setattr(anthropic_module, "_tracer_provider_installed", lambda: False)
+    cfg = ProviderConfig(kind="anthropic", base_url="http://127.0.0.1:9")
+    assert not _sdk_spans_on(AnthropicProvider(cfg, api_key=SECRET_KEY))
+    assert _sdk_spans_on(AnthropicProvider(cfg, api_key=SECRET_KEY, sdk_spans=True))
+    monkeypatch.setenv("VIBE_TEST_KEY", SECRET_KEY)
+    provider = {"kind": "anthropic", "base_url": "http://127.0.0.1:9",
+                "api_key_env": "VIBE_TEST_KEY"}
+    for tracing, expected in ((False, False), (True, True)):
+        config = VibeConfig.model_validate({"provider": provider,
+                                            "tracing": {"enabled": tracing}})
+        made = make_provider(config)
+        assert isinstance(made, AnthropicProvider) and _sdk_spans_on(made) is expected
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    assert _sdk_spans_on(AnthropicProvider(cfg, api_key=SECRET_KEY))
+    monkeypatch.setattr(anthropic_module, "_tracer_provider_installed", lambda: True)
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    assert _sdk_spans_on(AnthropicProvider(cfg, api_key=SECRET_KEY))
+
+
+async def test_r7_5_an_applications_tracer_provider_records_the_sdks_spans() -> None:
+    """R7.5, #23: an application that installed an SDK tracer provider still gets the
+    anthropic SDK's own span for each call, as before."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())  # OTel allows one per process
+    installed = trace.get_tracer_provider()
+    assert isinstance(installed, TracerProvider)
+    memory = InMemorySpanExporter()
+    installed.add_span_processor(SimpleSpanProcessor(memory))
+    async with serving(Scripted()) as server:
+        await calls(provider_at(server), 1)
+    models = [(s.attributes or {}).get("gen_ai.request.model") for s in memory.get_finished_spans()]
+    assert "claude-sonnet-4-6" in models

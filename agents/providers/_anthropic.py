@@ -13,6 +13,9 @@
 * Errors are classified as the provider means them (see
   :func:`agents.providers._anthropic_wire.classify`): 429 waits
   ``retry-after``; a spend limit is never retried.
+* The SDK sends over :class:`~agents.providers._transport.KeepAliveTransport` (its
+  default client when a proxy is configured), and its own OpenTelemetry spans are
+  skipped while nothing could record them (no tracing, no tracer provider installed).
 * The API key comes from ``api_key`` or the environment variable named by
   ``ProviderConfig.api_key_env``; it lives only inside the SDK client and is
   never logged or shown in ``repr``.
@@ -45,6 +48,7 @@ from agents.providers._transport import KeepAliveTransport
 from scheduler import Completion, CompletionRequest, ConfigError, ProviderError, Usage
 from scheduler.config import ProviderConfig
 from scheduler.core import Hook, RateLimitInfo, get_logger
+from scheduler.observe import tracing_wanted
 
 _log = get_logger("vibe_engine.providers.anthropic")
 
@@ -71,6 +75,25 @@ def _http_client() -> Any:
     if any(proxies.get(scheme) for scheme in ("http", "https", "all")):
         return None
     return anthropic.DefaultAsyncHttpxClient(transport=KeepAliveTransport())
+
+
+def _sdk_telemetry(spans: bool | None) -> Any:
+    """The SDK's ``open_telemetry`` option: its default (``None``) while its spans could be
+    recorded or carry a trace context — the run traces (``spans``; unset: whether
+    ``OTEL_TRACES_EXPORTER`` asks for traces) or the application installed a tracer
+    provider — else ``False``: the SDK builds each call's span attributes before it
+    learns that nothing records them, about 0.15 ms of CPU per call."""
+    wanted = tracing_wanted(False) if spans is None else spans
+    return None if wanted or _tracer_provider_installed() else False
+
+
+def _tracer_provider_installed() -> bool:
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return False
+    installed = trace.get_tracer_provider()
+    return not isinstance(installed, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +131,7 @@ class AnthropicProvider:
         sleep: Sleep = anyio.sleep,
         clock: Callable[[], float] = anyio.current_time,
         wall: Callable[[], float] = _wall_now,
+        sdk_spans: bool | None = None,
     ) -> None:
         self.config = config or ProviderConfig(kind="anthropic")
         key = api_key if api_key is not None else os.environ.get(self.config.api_key_env)
@@ -117,6 +141,7 @@ class AnthropicProvider:
         self._client = anthropic.AsyncAnthropic(
             api_key=key, base_url=self.config.base_url, max_retries=0,
             timeout=self.config.timeout_s, http_client=_http_client(),
+            open_telemetry=_sdk_telemetry(sdk_spans),
         )
         #: One call per HTTP attempt, and the limits learned from each response.
         self.on_attempt: Hook[[str, bool, float, str | None]] = Hook()
