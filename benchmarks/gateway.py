@@ -26,8 +26,8 @@ SQLite store in a temporary state directory (the default store), on asyncio:
   the bare loop.  tracemalloc counts Python allocations only (not SQLite's cache).
 
 ``http`` (see :mod:`benchmarks._gateway_http`): the same path over real HTTP with
-the real ``anthropic`` SDK against the fake Anthropic API in a subprocess, beside
-the SDK calling that server directly.
+the real ``anthropic`` SDK against a minimal Messages server in a subprocess
+(:mod:`benchmarks._fast_api`), beside the SDK calling that server directly.
 
 Timings are medians of ``--repeat`` runs (3; ``--quick``: 1 at N = 200 and 1,000).
 """
