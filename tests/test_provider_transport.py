@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anyio
 import httpx2
@@ -54,6 +54,28 @@ def chunked(body: bytes) -> list[bytes]:
 def until_close(body: bytes) -> list[bytes]:
     return [b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
             b"connection: close\r\n\r\n" + body]
+
+
+def streamed(body: bytes) -> list[bytes]:
+    """A streamed message (server-sent events, chunked), whatever ``body`` is."""
+    events = [
+        ("message_start", {"type": "message_start", "message": {
+            "id": "msg_s", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "ok"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 3},
+                           "delta": {"stop_reason": "end_turn", "stop_sequence": None}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    parts = [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
+    return [b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n",
+            *(b"%x\r\n%s\r\n" % (len(p), p) for p in parts), b"0\r\n\r\n"]
 
 
 def cut_short(body: bytes) -> list[bytes]:
@@ -147,6 +169,28 @@ async def test_r7_5_calls_reuse_one_keep_alive_connection() -> None:
     assert head.startswith(b"post /v1/messages http/1.1\r\n")
     assert SECRET_KEY.lower().encode() in head  # the SDK's auth header, whichever it is
     assert f"host: {server.url.removeprefix('http://')}".encode() in head
+
+
+async def test_r7_5_a_stream_abandoned_mid_way_gives_its_connection_back() -> None:
+    """R7.5: when the caller's text sink fails mid-stream the response is closed at
+    once, its connection slot free again (not when the garbage collector gets to it)."""
+
+    def sink(text: str) -> None:
+        raise RuntimeError("the sink broke")
+
+    async with serving(Scripted(answer=streamed)) as server:
+        provider = provider_at(server)
+        transport = provider._client._client._transport
+        assert isinstance(transport, KeepAliveTransport)
+        slots = transport._slots.value
+        try:
+            assert (await provider.complete(request(stream=True))).text == "ok"
+            broken = replace(request(stream=True), on_text=sink)
+            with pytest.raises(ProviderError):
+                await provider.complete(broken)
+            assert transport._slots.value == slots
+        finally:
+            await provider.aclose()
 
 
 @pytest.mark.parametrize("proxy_env", ["HTTPS_PROXY", "http_proxy", "ALL_PROXY"])

@@ -263,8 +263,8 @@ class AnthropicProvider:
         acc = StreamUsage()
         blocks = StreamAssembler(on_text=request.on_text)
         finished = False
+        stream = await raw.parse()
         try:
-            stream = await raw.parse()
             async for event in stream:
                 # as sent: a block type this SDK does not know is kept whole, unwarned
                 blocks.event(event.model_dump(mode="json", by_alias=True, exclude_unset=True,
@@ -278,6 +278,10 @@ class AnthropicProvider:
         except Exception as exc:
             _PartialUsage.attach(exc, acc.usage)
             raise
+        finally:
+            # an abandoned stream would hold its connection until the garbage collector
+            # finalized the SDK's generator
+            await stream.close()
         if not finished:
             exc2 = ProviderError(request.model, "stream ended before message_stop")
             _PartialUsage.attach(exc2, acc.usage)
