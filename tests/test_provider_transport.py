@@ -109,7 +109,8 @@ class Scripted:
                     while b"\r\n\r\n" not in buffer:
                         buffer += await stream.receive()
                     head, _, buffer = buffer.partition(b"\r\n\r\n")
-                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    named = head.lower().partition(b"content-length: ")[2]
+                    length = int(named.split(b"\r\n")[0] or 0)
                     while len(buffer) < length:
                         buffer += await stream.receive()
                     self.requests.append(head)
@@ -275,6 +276,15 @@ async def test_r7_5_requests_beyond_the_connection_limit_wait_for_a_slot() -> No
                 client.stream("POST", url, content=b"{}"):
             with pytest.raises(httpx2.PoolTimeout):
                 await client.post(url, content=b"{}", timeout=httpx2.Timeout(5.0, pool=0.05))
+
+
+async def test_r7_5_a_head_request_ends_at_its_head() -> None:
+    """R7.5: an answer to HEAD has no body, though its content-length names one."""
+    async with serving(Scripted()) as server, \
+            httpx2.AsyncClient(transport=KeepAliveTransport()) as client:
+        with anyio.fail_after(5):
+            r = await client.head(f"{server.url}/v1/models")
+    assert r.status_code == 200 and r.content == b""
 
 
 async def test_r7_5_a_header_holding_a_line_break_is_never_sent() -> None:

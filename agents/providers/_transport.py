@@ -157,7 +157,7 @@ class _Body(httpx.AsyncByteStream):
             return
         self._closed = True
         p = self._p
-        reusable = p.done and not p.extra and p.keep_alive and p.request.method != "HEAD"
+        reusable = p.done and not p.extra and p.keep_alive
         await self._transport.finished(self._origin, self._conn, reusable)
 
 
@@ -217,6 +217,10 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                     raise httpx.RemoteProtocolError(
                         "the server closed the connection without an answer", request=request)
                 parsed.feed(chunk)
+            if request.method == "HEAD":
+                # no body follows, whatever the head announces; the parser would wait for
+                # one (or took what followed for it), so the connection is not reused
+                parsed.body, parsed.done, parsed.extra = [], True, True
         except BaseException:
             await conn.close()
             raise
