@@ -326,7 +326,8 @@ def test_r7_5_the_sdks_spans_are_off_only_when_nothing_could_record_them(
     assert _sdk_spans_on(AnthropicProvider(cfg, api_key=SECRET_KEY))
 
 
-async def test_r7_5_an_applications_tracer_provider_records_the_sdks_spans() -> None:
+async def test_r7_5_an_applications_tracer_provider_records_the_sdks_spans(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """R7.5, #23: an application that installed an SDK tracer provider still gets the
     anthropic SDK's own span for each call, as before."""
     from opentelemetry import trace
@@ -334,12 +335,12 @@ async def test_r7_5_an_applications_tracer_provider_records_the_sdks_spans() -> 
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())  # OTel allows one per process
-    installed = trace.get_tracer_provider()
-    assert isinstance(installed, TracerProvider)
     memory = InMemorySpanExporter()
+    installed = TracerProvider()
     installed.add_span_processor(SimpleSpanProcessor(memory))
+    # installed for this test only: OTel allows one global provider per process, and
+    # other test files install theirs
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", installed)
     async with serving(Scripted()) as server:
         await calls(provider_at(server), 1)
     models = [(s.attributes or {}).get("gen_ai.request.model") for s in memory.get_finished_spans()]
