@@ -29,10 +29,11 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import anthropic
 import anyio
+import httpx2
 from anthropic import omit
 
 from agents.providers._anthropic_wire import (
@@ -67,7 +68,7 @@ def _wall_now() -> float:
     return datetime.now(tz=UTC).timestamp()
 
 
-def _http_client() -> Any:
+def _http_client() -> httpx2.AsyncClient | None:
     """The SDK's httpx client on :class:`KeepAliveTransport` (httpcore's pool probes every
     idle connection on each request), or ``None`` — the SDK's default client — when the
     environment names a proxy, which httpx honours only on its own transport."""
@@ -77,7 +78,7 @@ def _http_client() -> Any:
     return anthropic.DefaultAsyncHttpxClient(transport=KeepAliveTransport())
 
 
-def _sdk_telemetry(spans: bool | None) -> Any:
+def _sdk_telemetry(spans: bool | None) -> Literal[False] | None:
     """The SDK's ``open_telemetry`` option: its default (``None``) while its spans could be
     recorded or carry a trace context — the run traces (``spans``; unset: whether
     ``OTEL_TRACES_EXPORTER`` asks for traces) or the application installed a tracer
