@@ -230,7 +230,7 @@ def main() -> None:
     emit("gateway", {"agents": sizes, "calls_per_agent": CALLS, "pool": POOL,
                      "repeat": repeat, "store": "sqlite", "loop": "asyncio",
                      "memory": "tracemalloc peak above baseline"},
-         results, ("anyio", "anthropic", "httpx2", "uvicorn", "starlette", "tiktoken",
+         results, ("anyio", "anthropic", "httpx2", "httptools", "uvicorn", "starlette", "tiktoken",
                    "pydantic", "structlog"), args.json)
 
 
