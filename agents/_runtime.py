@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agents.providers import AnthropicProvider, SimulatedProvider
 from scheduler import ConfigError, Provider, VibeConfig
+from scheduler.observe import tracing_wanted
 
 
 def make_provider(config: VibeConfig) -> Provider:
@@ -17,5 +18,7 @@ def make_provider(config: VibeConfig) -> Provider:
     if kind == "simulated":
         return SimulatedProvider(config.provider.simulated)
     if kind == "anthropic":
-        return AnthropicProvider(config.provider)
+        # the SDK's own spans stay on when the run traces (see AnthropicProvider)
+        return AnthropicProvider(config.provider,
+                                 sdk_spans=tracing_wanted(config.tracing.enabled))
     raise ConfigError("provider.kind", kind, "provider not available in this build")

@@ -6,9 +6,11 @@ interpreter lock.  (The project's fake API counts tokens and sends rate-limit he
 that would throttle the governed side once its per-minute request count ran out.)  Both sides use
 the real ``anthropic`` SDK over real sockets, in the same run:
 
-* ``direct`` — ``AsyncAnthropic.messages.create`` called straight;
+* ``direct`` — ``AsyncAnthropic.messages.create`` called straight, on the SDK's default
+  HTTP client (httpx over httpcore's connection pool);
 * ``governed`` — an orchestrator (``provider.kind = "anthropic"``, the SQLite store,
-  default settings otherwise) whose agents call ``ctx.llm.complete``.
+  default settings otherwise) whose agents call ``ctx.llm.complete``: the provider runs
+  the same SDK on its own keep-alive transport (``agents.providers._transport``).
 
 ``concurrency_1``: one agent making calls one after another; each call's latency as
 the agent sees it.  ``added_median_ms`` / ``added_p99_ms`` are governed − direct.

@@ -1,6 +1,6 @@
 """The governed call path end to end: what the orchestrator adds to a model call.
 
-``python -m benchmarks.gateway --json [--quick] [--repeat N] [--no-http]``
+``python -m benchmarks.gateway --json [--quick] [--repeat N] [--no-http] [--only PART]``
 
 Per size N (``agents_1000``, ``agents_10000``): N tasks, each run by a trivial
 agent making 2 calls through ``ctx.llm.complete``, on the whole orchestrator path
@@ -26,8 +26,8 @@ SQLite store in a temporary state directory (the default store), on asyncio:
   the bare loop.  tracemalloc counts Python allocations only (not SQLite's cache).
 
 ``http`` (see :mod:`benchmarks._gateway_http`): the same path over real HTTP with
-the real ``anthropic`` SDK against the fake Anthropic API in a subprocess, beside
-the SDK calling that server directly.
+the real ``anthropic`` SDK against a minimal Messages server in a subprocess
+(:mod:`benchmarks._fast_api`), beside the SDK calling that server directly.
 
 Timings are medians of ``--repeat`` runs (3; ``--quick``: 1 at N = 200 and 1,000).
 """
@@ -208,7 +208,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under 60 s")
     parser.add_argument("--repeat", type=int, default=None, help="repetitions per figure")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP figures")
-    parser.add_argument("--only", choices=["1000", "10000"], help="one size only")
+    parser.add_argument("--only", choices=["1000", "10000", "http"], help="one part only")
     return parser.parse_args()
 
 
@@ -222,13 +222,15 @@ def main() -> None:
     _run(lambda: _orchestrated(50, CallingAgent))
     results: dict[str, Any] = {key: size(n, repeat) for key, n in sizes.items()
                                if args.only is None or key == f"agents_{args.only}"}
+    if args.only not in (None, "http"):
+        args.no_http = True
     if not args.no_http:
         from benchmarks._gateway_http import http_results
         results["http"] = http_results(quick=args.quick, repeat=repeat)
     emit("gateway", {"agents": sizes, "calls_per_agent": CALLS, "pool": POOL,
                      "repeat": repeat, "store": "sqlite", "loop": "asyncio",
                      "memory": "tracemalloc peak above baseline"},
-         results, ("anyio", "anthropic", "httpx2", "uvicorn", "starlette", "tiktoken",
+         results, ("anyio", "anthropic", "httpx2", "httptools", "uvicorn", "starlette", "tiktoken",
                    "pydantic", "structlog"), args.json)
 
 

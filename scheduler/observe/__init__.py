@@ -19,6 +19,7 @@ from scheduler.observe._snapshot import TaskView as TaskView
 from scheduler.observe._tracing import TracedProvider as TracedProvider
 from scheduler.observe._tracing import Tracing as Tracing
 from scheduler.observe._tracing import build_tracing as build_tracing
+from scheduler.observe._tracing import tracing_wanted as tracing_wanted
 from scheduler.observe._view import RunView as RunView
 from scheduler.observe._view import snapshot_of as snapshot_of
 
@@ -40,6 +41,7 @@ __all__ = [
     "put_states",
     "render_snapshot",
     "snapshot_of",
+    "tracing_wanted",
 ]
 
 from scheduler.core._public import publish as _publish
