@@ -175,13 +175,17 @@ class SessionLog:
             "result": result,
         }
 
+    def result_document(self, task_id: str, result: Any) -> dict[str, Any]:
+        """What ``result.json`` holds."""
+        return {"task_id": task_id, "session_id": self.session_id, "result": result}
+
     def write_result(self, task_id: str, result: Any) -> None:
         """``<state_dir>/tasks/<id>/result.json`` beside ``usage.json`` (atomically)."""
         folder = Path(self.config.state_dir) / "tasks" / task_id
-        doc = {"task_id": task_id, "session_id": self.session_id, "result": result}
         try:
             private_dir(folder)
-            write_private(folder / "result.json", json.dumps(doc, indent=2))
+            write_private(folder / "result.json",
+                          json.dumps(self.result_document(task_id, result), indent=2))
         except OSError as exc:  # the result is in the store; the file is a convenience
             _log.warning("result_file_failed", task_id=task_id, error=str(exc))
 
