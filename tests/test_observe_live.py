@@ -445,3 +445,16 @@ def test_r7_2_status_json_written_row_by_row_is_the_snapshot() -> None:
     snap.write_json(out)
     assert json.loads(out.getvalue()) == json.loads(json.dumps(snap.to_dict(), default=str))
     assert Snapshot.from_dict(json.loads(out.getvalue())) == snap
+
+
+def test_r7_2_status_json_of_a_run_larger_than_one_write_is_the_snapshot() -> None:
+    """R7.2: rows are encoded a few hundred at a time; a run of 0, 1 and several such
+    writes' worth of tasks (the edges between them too) still parses back to exactly
+    :meth:`Snapshot.to_dict`."""
+    snap = crafted_snapshot()
+    for n in (0, 1, 255, 256, 257, 700):
+        rows = tuple(dataclasses.replace(snap.tasks[0], task_id=f"t{i}") for i in range(n))
+        big = dataclasses.replace(snap, tasks=rows)
+        out = io.StringIO()
+        big.write_json(out)
+        assert json.loads(out.getvalue()) == json.loads(json.dumps(big.to_dict(), default=str))
