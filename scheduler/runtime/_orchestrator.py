@@ -301,6 +301,8 @@ class Orchestrator:
 
     async def _wait_dependencies(self, handle: TaskHandle) -> None:
         """Wait for ``depends_on``; a deadlock victim here fails (a cycle would recur)."""
+        if not handle.spec.depends_on:
+            return  # nothing to wait for, nothing to abort: no cancel scope to make
         with anyio.CancelScope() as scope:
             handle.cancel_scope = scope
             for dep in handle.spec.depends_on:
