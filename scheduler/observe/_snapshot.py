@@ -190,8 +190,9 @@ class Snapshot:
 
 
 #: Task rows encoded at once by :meth:`Snapshot.write_json`: one encoder call per row
-#: costs more than the row, all rows at once hold them all as dicts and text.
-_ROWS_PER_WRITE = 256
+#: costs more than the row; many rows at once would hold them all as dicts and text (at
+#: the run's peak memory, when every agent waits).
+_ROWS_PER_WRITE = 32
 
 #: The task rows' place in :meth:`Snapshot.write_json`'s head: a key's quotes are never
 #: inside a JSON string (they are escaped there), so only the top-level key matches.
