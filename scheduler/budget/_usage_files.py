@@ -31,6 +31,7 @@ from scheduler.core import (
     get_logger,
     off_loop,
     private_dir,
+    remove_file,
     write_private,
 )
 
@@ -79,7 +80,8 @@ class UsageFiles:
         loops -- trio on virtual time in tests -- in line, as the SQLite store does).
         ``beside``: other documents of the task's folder by file name (its
         ``result.json`` at its end), written after ``usage.json`` in the same hop, and
-        only if it was; a failure to write one of them is logged, not raised."""
+        only if it was (``None``: the file is removed); a failure to write one of them
+        is logged, not raised."""
         if self._state_dir is None:
             return None
         doc = self.document(task_id, entry)  # as of now: charges meanwhile mark it dirty
@@ -154,6 +156,9 @@ def _write(folder: Path, doc: dict[str, Any]) -> Path:
 
 def _write_beside(path: Path, doc: Any) -> None:
     try:
-        write_private(path, json.dumps(doc, indent=2))
+        if doc is None:
+            remove_file(path)
+        else:
+            write_private(path, json.dumps(doc, indent=2))
     except OSError as exc:  # what it holds is in the store; the file is a convenience
         _log.warning("task_file_failed", path=str(path), error=str(exc))

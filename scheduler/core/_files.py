@@ -9,6 +9,7 @@ file keeps its mode, so an existing one is narrowed too).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -81,3 +82,9 @@ def write_private(path: Path, text: str) -> Path:
         os.close(fd)
     os.replace(tmp, path)
     return path
+
+
+def remove_file(path: Path) -> None:
+    """Remove ``path`` if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
