@@ -17,9 +17,10 @@ SQLite store in a temporary state directory (the default store), on asyncio:
   (every thread) instead of the wall time: on a shared, loaded machine the wall time
   also counts the waits for a core;
 * ``fs_us_per_task`` / ``cpu_fs_us_per_task`` — the file system's part of a task's cost,
-  same run: a task's folder and two small files written atomically (what a task's end
-  writes: ``usage.json``, ``result.json``), N times in a fresh temporary directory, in
-  line, per task — on a slow or busy disk most of ``us_per_task``;
+  same run: a task's folder and two small files written atomically (what the end of a
+  task whose agent returned something writes: ``usage.json``, ``result.json``; the
+  measured agents return nothing and write ``usage.json`` only), N times in a fresh
+  temporary directory, in line, per task — the yardstick of the disk's speed in that run;
 * ``kib_per_agent`` — tracemalloc's peak of Python allocations during a 2-call run
   above the baseline taken just before it (imports, tiktoken's tables and one
   warm-up run are in the baseline), per agent; ``bare_kib_per_agent`` the same for

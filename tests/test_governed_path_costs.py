@@ -176,7 +176,8 @@ async def test_r2_6_tasks_ending_together_share_commits_and_file_writes(
 ) -> None:
     """R2.6: 40 tasks that end together write their records (at start and at the end) in
     far fewer SQLite commits than writes, and every task still has its
-    ``usage.json`` and ``result.json``, and its record, when the run returns."""
+    ``usage.json`` and its record when the run returns (its agent returned nothing: no
+    ``result.json``)."""
     config = VibeConfig.model_validate({"state_dir": tmp_path, "store": "sqlite",
                                         "session_id": "s1"})
     orch = make_orchestrator({"idle": Idle}, config=config)
@@ -189,7 +190,7 @@ async def test_r2_6_tasks_ending_together_share_commits_and_file_writes(
     for t in ids:
         folder = tmp_path / "tasks" / t
         assert json.loads((folder / "usage.json").read_text())["status"] == "completed"
-        assert json.loads((folder / "result.json").read_text())["result"] is None
+        assert not (folder / "result.json").exists()
 
 
 async def test_r7_1_waiting_for_a_task_that_already_ended_returns_at_once(
@@ -203,3 +204,38 @@ async def test_r7_1_waiting_for_a_task_that_already_ended_returns_at_once(
     with anyio.fail_after(1):
         await handle.done.wait()
     assert handle.done.is_set()
+
+
+class Returns:
+    """Returns what the task's ``params.value`` holds (``None`` when it holds nothing)."""
+
+    async def run(self, ctx: AgentContext) -> Any:
+        return ctx.task.params.get("value")
+
+
+# the end-of-task file writes run in a worker thread on asyncio
+@pytest.mark.real_asyncio
+async def test_r2_6_result_json_holds_what_the_agent_returned_and_is_not_left_stale(
+    tmp_path: Path, make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.6: a completed task's ``result.json`` (written with its ``usage.json``) holds
+    what its agent returned; an agent that returned nothing leaves no file, and a file an
+    earlier session's run of the task left is removed (``report`` would link it)."""
+    folder = tmp_path / "tasks" / "t1"
+
+    async def run(session: str, value: Any) -> None:
+        config = VibeConfig.model_validate({"state_dir": tmp_path, "store": "sqlite",
+                                            "session_id": session})
+        orch = make_orchestrator({"r": Returns}, config=config)
+        spec = TaskSpec(id="t1", agent="r", prompt="x", params={"value": value})
+        report = await orch.run([spec])
+        assert report.outcomes["t1"].status == "completed"
+        assert json.loads((folder / "usage.json").read_text())["session_id"] == session
+
+    await run("s1", {"files": 2})
+    assert json.loads((folder / "result.json").read_text()) == {
+        "task_id": "t1", "session_id": "s1", "result": {"files": 2}}
+    await run("s2", None)
+    assert not (folder / "result.json").exists()
+    await run("s3", None)  # nothing to remove
+    assert not (folder / "result.json").exists()

@@ -445,3 +445,39 @@ def test_r7_2_status_json_written_row_by_row_is_the_snapshot() -> None:
     snap.write_json(out)
     assert json.loads(out.getvalue()) == json.loads(json.dumps(snap.to_dict(), default=str))
     assert Snapshot.from_dict(json.loads(out.getvalue())) == snap
+
+
+def test_r7_2_status_json_of_a_run_larger_than_one_write_is_the_snapshot() -> None:
+    """R7.2: rows are encoded a few hundred at a time; a run of 0, 1 and several such
+    writes' worth of tasks (the edges between them too) still parses back to exactly
+    :meth:`Snapshot.to_dict`."""
+    snap = crafted_snapshot()
+    for n in (0, 1, 31, 32, 33, 700):
+        rows = tuple(dataclasses.replace(snap.tasks[0], task_id=f"t{i}") for i in range(n))
+        big = dataclasses.replace(snap, tasks=rows)
+        out = io.StringIO()
+        big.write_json(out)
+        assert json.loads(out.getvalue()) == json.loads(json.dumps(big.to_dict(), default=str))
+
+
+def test_r7_2_history_records_hold_events_as_json_gives_them_back(tmp_path: Path) -> None:
+    """R7.2: a ``history`` record holds an event as JSON gives it back: plain values as
+    they are (no encoding round trip for them), others (a path, a tuple) as JSON
+    encodes them, whichever way the record was made."""
+    orch = demo_orchestrator(tmp_path, tasks=1, time_scale=0.01)
+
+    async def records() -> dict[str, dict[str, Any]]:
+        await orch.open()
+        try:
+            orch.bus.emit("plain_event", "m", task_id="t", n=1, x=0.5, ok=True, none=None)
+            orch.bus.emit("odd_event", "m", where=Path("/a/b"), pair=(1, 2))
+            assert orch.observers.history is not None
+            await orch.observers.history.flush()
+            return await orch.store.list_state("history")
+        finally:
+            await orch.aclose()
+
+    by_name = {r["name"]: r for r in run_virtual(records).values()}
+    assert by_name["plain_event"]["data"] == {"n": 1, "x": 0.5, "ok": True, "none": None}
+    assert by_name["plain_event"]["task_id"] == "t"
+    assert by_name["odd_event"]["data"] == {"where": "/a/b", "pair": [1, 2]}

@@ -12,7 +12,7 @@ what the day has already spent.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -103,13 +103,18 @@ class Tracker:
             entry.status = status
             self._files.write(task_id, entry)
 
-    async def end_task(self, task_id: str, status: str = "completed") -> None:
+    async def end_task(self, task_id: str, status: str = "completed", *,
+                       beside: Mapping[str, Any] | None = None) -> bool:
         """:meth:`finish_task` with the file written off the event loop (on asyncio);
-        ``usage.json`` is current when this returns (raises LocalFileError)."""
+        ``usage.json`` is current when this returns (raises LocalFileError).  ``beside``:
+        other documents of the task's folder by file name, written in the same hop (see
+        :meth:`UsageFiles.write_off_loop`).  False when no file was written (no state
+        directory, or a task this tracker does not know)."""
         entry = self._scopes.tasks.get(task_id)
-        if entry is not None:
-            entry.status = status
-            await self._files.write_off_loop(task_id, entry)
+        if entry is None:
+            return False
+        entry.status = status
+        return await self._files.write_off_loop(task_id, entry, beside) is not None
 
     def write_usage(self, task_id: str | None = None) -> None:
         """Bring ``usage.json`` up to date now, for one task (it pauses) or every task

@@ -19,7 +19,7 @@ task alone.  The usage itself is in the store already and stays there.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from scheduler.core import (
     get_logger,
     off_loop,
     private_dir,
+    remove_file,
     write_private,
 )
 
@@ -50,7 +51,7 @@ class UsageFiles:
         self._clock = clock
         self._interval_s = interval_s
         # files of tasks ending together are written in one worker-thread hop
-        self._batch: GroupCommit[tuple[Path, dict[str, Any]], Path] = GroupCommit(_write_all)
+        self._batch: GroupCommit[_Entry, Path] = GroupCommit(_write_all)
 
     def document(self, task_id: str, entry: TaskEntry) -> dict[str, Any]:
         return {
@@ -74,16 +75,21 @@ class UsageFiles:
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         return path
 
-    async def write_off_loop(self, task_id: str, entry: TaskEntry) -> Path | None:
+    async def write_off_loop(self, task_id: str, entry: TaskEntry,
+                             beside: Mapping[str, Any] | None = None) -> Path | None:
         """:meth:`write`, the file system's part in a worker thread on asyncio (on other
-        loops -- trio on virtual time in tests -- in line, as the SQLite store does)."""
+        loops -- trio on virtual time in tests -- in line, as the SQLite store does).
+        ``beside``: other documents of the task's folder by file name (its
+        ``result.json`` at its end), written after ``usage.json`` in the same hop, and
+        only if it was (``None``: the file is removed); a failure to write one of them
+        is logged, not raised."""
         if self._state_dir is None:
             return None
         doc = self.document(task_id, entry)  # as of now: charges meanwhile mark it dirty
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         folder = self._state_dir / "tasks" / task_id
         try:
-            return await self._batch.submit((folder, doc))
+            return await self._batch.submit((folder, doc, beside))
         except BaseException:
             entry.usage_dirty = True
             raise
@@ -118,15 +124,22 @@ class UsageFiles:
             _log.warning("usage_file_unwritten", task_id=task_id, error=str(exc))
 
 
-async def _write_all(batch: list[tuple[Path, dict[str, Any]]]) -> list[Path | Exception]:
+#: A task's folder, its ``usage.json`` document and the documents to write beside it.
+_Entry = tuple[Path, dict[str, Any], Mapping[str, Any] | None]
+
+
+async def _write_all(batch: list[_Entry]) -> list[Path | Exception]:
     """Each file of ``batch`` (one worker-thread hop); a failure fails its own write only."""
     def write_all() -> list[Path | Exception]:
         out: list[Path | Exception] = []
-        for folder, doc in batch:
+        for folder, doc, beside in batch:
             try:
                 out.append(_write(folder, doc))
             except LocalFileError as exc:
                 out.append(exc)
+                continue
+            for name, other in (beside or {}).items():
+                _write_beside(folder / name, other)
         return out
 
     return await off_loop(write_all)
@@ -149,3 +162,13 @@ def _day_budget(task_id: str, entry: TaskEntry) -> dict[str, Any]:
         return {}
     return {"day_budget": {"scope": day.name,
                            "budget": day.limits.model_dump(mode="json", exclude_none=True)}}
+
+
+def _write_beside(path: Path, doc: Any) -> None:
+    try:
+        if doc is None:
+            remove_file(path)
+        else:
+            write_private(path, json.dumps(doc, indent=2))
+    except OSError as exc:  # what it holds is in the store; the file is a convenience
+        _log.warning("task_file_failed", path=str(path), error=str(exc))

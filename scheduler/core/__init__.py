@@ -37,6 +37,7 @@ from scheduler.core._events import EventBus as EventBus
 from scheduler.core._files import open_private as open_private
 from scheduler.core._files import private_dir as private_dir
 from scheduler.core._files import private_file as private_file
+from scheduler.core._files import remove_file as remove_file
 from scheduler.core._files import write_private as write_private
 from scheduler.core._group import GroupCommit as GroupCommit
 from scheduler.core._hooks import AsyncHook as AsyncHook
@@ -118,6 +119,7 @@ __all__ = [
     "open_private",
     "private_dir",
     "private_file",
+    "remove_file",
     "resolve_object",
     "thinking_budget",
     "write_private",

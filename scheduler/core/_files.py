@@ -9,6 +9,7 @@ file keeps its mode, so an existing one is narrowed too).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -20,14 +21,25 @@ PRIVATE_DIR = 0o700
 
 def private_dir(path: Path) -> Path:
     """``mkdir -p path``; the folders it creates are ``0700`` (existing ones are kept)."""
-    missing: list[Path] = []
-    p = path
-    while not p.exists() and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    path.mkdir(parents=True, exist_ok=True)
-    for d in missing:
-        os.chmod(d, PRIVATE_DIR)
+    # mkdir first, look later: a task's end creates thousands of folders, and each
+    # system call here is one more wait for the GIL in the worker thread that writes them
+    try:
+        os.mkdir(path, PRIVATE_DIR)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return path
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        private_dir(path.parent)
+        try:
+            os.mkdir(path, PRIVATE_DIR)
+        except FileExistsError:  # made meanwhile by another writer
+            if not os.path.isdir(path):
+                raise
+            return path
+    os.chmod(path, PRIVATE_DIR)  # the umask may have taken bits away
     return path
 
 
@@ -57,7 +69,22 @@ def write_private(path: Path, text: str) -> Path:
     """Replace ``path`` atomically with ``text``, ``0600`` (a reader never sees half)."""
     # one temporary name per thread: two writers of one file (worker threads) never share it
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open_private(tmp) as f:
-        f.write(text)
+    data = text.encode("utf-8")
+    # a bare descriptor, not a text file object: that one adds an fstat, an lseek and an
+    # isatty per file, for a single write
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     return path
+
+
+def remove_file(path: Path) -> None:
+    """Remove ``path`` if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

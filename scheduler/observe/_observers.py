@@ -44,8 +44,19 @@ def status_path(state_dir: Path) -> Path:
     return Path(state_dir) / STATUS_FILE
 
 
-def _jsonable(data: Any) -> Any:
-    return json.loads(json.dumps(data, default=str))
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a fresh dict) as JSON holds it, what the store gives back; most events
+    carry plain values only and need no encoding round trip (a task's end emits one)."""
+    extra = data.get("data")
+    if all(isinstance(v, _PLAIN) for k, v in data.items() if k != "data") and (
+            isinstance(extra, dict) and all(
+                isinstance(k, str) and isinstance(v, _PLAIN) for k, v in extra.items())):
+        return data
+    out: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return out
 
 
 #: Writes in flight at once in :func:`put_states`: enough to fill a group commit, few

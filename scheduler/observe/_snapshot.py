@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from scheduler.config import AlertsConfig
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STATES", "BudgetBar", "EventView", "ModelView", "PoolView", "Snapshot", "TaskView",
-    "alert_level", "answer_command", "budget_bars", "event_views",
+    "alert_level", "answer_command", "budget_bars", "event_views", "max_fraction",
 ]
 
 #: Task states the views know, in display order.
@@ -150,9 +151,11 @@ class Snapshot:
         head, tail = json.dumps(self._doc([]), default=str).split(_NO_TASKS, 1)
         out.write(head + '"tasks": [')
         names = [f.name for f in fields(TaskView)]
-        for i, task in enumerate(self.tasks):
-            out.write(("," if i else "")
-                      + json.dumps({n: getattr(task, n) for n in names}, default=str))
+        row = attrgetter(*names)
+        for start in range(0, len(self.tasks), _ROWS_PER_WRITE):
+            chunk = [dict(zip(names, row(t), strict=True))
+                     for t in self.tasks[start:start + _ROWS_PER_WRITE]]
+            out.write(("," if start else "") + json.dumps(chunk, default=str)[1:-1])
         out.write("]" + tail)
 
     def _doc(self, tasks: list[TaskDoc]) -> SnapshotDoc:
@@ -186,6 +189,11 @@ class Snapshot:
         )
 
 
+#: Task rows encoded at once by :meth:`Snapshot.write_json`: one encoder call per row
+#: costs more than the row; many rows at once would hold them all as dicts and text (at
+#: the run's peak memory, when every agent waits).
+_ROWS_PER_WRITE = 32
+
 #: The task rows' place in :meth:`Snapshot.write_json`'s head: a key's quotes are never
 #: inside a JSON string (they are escaped there), so only the top-level key matches.
 _NO_TASKS = '"tasks": []'
@@ -218,6 +226,15 @@ def budget_bars(scope: ScopeState, alerts: AlertsConfig) -> list[BudgetBar]:
         frac = used / limit
         bars.append(BudgetBar(scope.name, dim, used, float(limit), frac, alert_level(frac, alerts)))
     return bars
+
+
+def max_fraction(scope: ScopeState) -> float:
+    """The largest used fraction of ``scope``'s limited dimensions (0 when none is):
+    :func:`budget_bars`' largest ``fraction``, without making the bars."""
+    frac = 0.0
+    for dim, limit in scope.limited():
+        frac = max(frac, float(scope.used(dim)) / limit)
+    return frac
 
 
 def event_views(events: Iterable[Any], limit: int) -> tuple[EventView, ...]:

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from scheduler.allocator import Allocator, WaiterStatistics
-from scheduler.budget import Tracker
+from scheduler.budget import ScopeState, Tracker
 from scheduler.config import VibeConfig
 from scheduler.control import PauseController
 from scheduler.core import EventBus, Hook, UsageEvent, WallClock
@@ -26,6 +26,7 @@ from scheduler.observe._snapshot import (
     answer_command,
     budget_bars,
     event_views,
+    max_fraction,
 )
 from scheduler.routing import HealthMonitor
 from scheduler.store import Store
@@ -78,7 +79,7 @@ def _models(view: RunView) -> tuple[ModelView, ...]:
 
 
 def _task_view(
-    view: RunView, h: TaskHandle, wait: WaiterStatistics | None, tracked: set[str],
+    view: RunView, h: TaskHandle, wait: WaiterStatistics | None, scope: ScopeState | None,
     grouped_calls: int = 0,
 ) -> TaskView:
     status, reason, answer = str(h.status), h.reason, ""
@@ -91,10 +92,9 @@ def _task_view(
     elif h.status is TaskStatus.RUNNING and wait is not None:
         status = "waiting"
     tokens, cost, frac = 0, 0.0, 0.0
-    if h.id in tracked:
-        scope = view.tracker.task_scope(h.id)
+    if scope is not None:
         tokens, cost = scope.totals.tokens, scope.totals.cost_usd
-        frac = max((b.fraction for b in budget_bars(scope, view.config.alerts)), default=0.0)
+        frac = max_fraction(scope)
     return TaskView(
         task_id=h.id, agent=h.spec.agent, status=status, priority=h.spec.priority,
         task_type=h.profile.task_type, complexity=h.profile.complexity, model=h.model,
@@ -118,19 +118,24 @@ def snapshot_of(view: RunView, *, now: float, events: int = 50,
         parent = h.id.rpartition("/")[0]
         if parent:
             grouped[parent] = grouped.get(parent, 0) + h.calls
-    tasks = tuple(_task_view(view, h, waits.get(h.id), tracked, grouped.get(h.id, 0))
-                  for h in view.tasks.values())
+    tasks: list[TaskView] = []
     budgets = [*budget_bars(tracker.session, alerts), *budget_bars(tracker.day_scope(), alerts)]
-    for h in view.tasks.values():  # task scopes: only the hot dimensions of live tasks
-        if h.id in tracked and not h.finished:
-            budgets.extend(b for b in budget_bars(tracker.task_scope(h.id), alerts)
-                           if b.level != "ok")
-            day = tracker.own_day_scope(h.id)  # a serve key's day_budget
-            if day is not None:
-                budgets.extend(b for b in budget_bars(day, alerts) if b.level != "ok")
+    for h in view.tasks.values():
+        tid = h.id
+        scope = tracker.task_scope(tid) if tid in tracked else None
+        row = _task_view(view, h, waits.get(tid), scope, grouped.get(tid, 0) if grouped else 0)
+        tasks.append(row)
+        # task scopes: only the hot dimensions of live tasks (none below the warning mark)
+        if scope is None or h.finished:
+            continue
+        if row.budget_fraction >= alerts.warning:
+            budgets.extend(b for b in budget_bars(scope, alerts) if b.level != "ok")
+        day = tracker.own_day_scope(tid)  # a serve key's day_budget
+        if day is not None:
+            budgets.extend(b for b in budget_bars(day, alerts) if b.level != "ok")
     return Snapshot(
         session_id=view.session_id, at=now, running=running, pid=os.getpid(),
-        written_at=view.wall.now().isoformat(), source="orchestrator", tasks=tasks,
+        written_at=view.wall.now().isoformat(), source="orchestrator", tasks=tuple(tasks),
         budgets=tuple(budgets), pools=pools, models=_models(view),
         events=event_views(view.bus.history, events),
         totals=tracker.session.totals.to_dict(),

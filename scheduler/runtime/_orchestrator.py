@@ -301,6 +301,8 @@ class Orchestrator:
 
     async def _wait_dependencies(self, handle: TaskHandle) -> None:
         """Wait for ``depends_on``; a deadlock victim here fails (a cycle would recur)."""
+        if not handle.spec.depends_on:
+            return  # nothing to wait for, nothing to abort: no cancel scope to make
         with anyio.CancelScope() as scope:
             handle.cancel_scope = scope
             for dep in handle.spec.depends_on:
@@ -352,7 +354,8 @@ class Orchestrator:
                 handle.result = await self._run_parts(handle, split, agent)
             else:
                 handle.result = await self._run_agent(handle, agent)
-            encode_result(handle.id, handle.result)  # kept with the task, or the task fails
+            # kept with the task, or the task fails
+            handle.stored_result = encode_result(handle.id, handle.result)
             handle.status = TaskStatus.COMPLETED
         except FinishRequestedError as exc:
             handle.status = TaskStatus.FINISHED
@@ -429,16 +432,21 @@ class Orchestrator:
             # stays pending): resumable
             handle.status = TaskStatus.INTERRUPTED
             handle.reason = handle.reason or "interrupted"
+        result = self._stored_result(handle)
+        # result.json goes with usage.json: one folder, one worker-thread hop
+        beside = ({"result.json": self._session.result_document(handle.id, result)}
+                  if handle.status is TaskStatus.COMPLETED else None)
+        written = False
         if self._tracked(handle.id):
             try:  # off the event loop, and current before the task counts as ended
-                await self.tracker.end_task(handle.id, handle.status)
+                written = await self.tracker.end_task(handle.id, handle.status,
+                                                      beside=beside)
             except LocalFileError as exc:  # the usage itself is in the store already
                 handle.status, handle.reason = TaskStatus.FAILED, str(exc)
+                result = None
         if handle.status in (TaskStatus.COMPLETED, TaskStatus.FINISHED):
             await self.controller.discard(handle.id)  # a pause that never took effect
-        result = None
-        if handle.status is TaskStatus.COMPLETED:
-            result = encode_result(handle.id, handle.result)
+        if handle.status is TaskStatus.COMPLETED and not written:
             await self._session.write_result_off_loop(handle.id, result)
         await self._session.save_task(handle, result)
         self.bus.emit(
@@ -448,6 +456,16 @@ class Orchestrator:
             level="info" if handle.status is TaskStatus.COMPLETED else "warning",
         )
         handle.set_done()
+
+    @staticmethod
+    def _stored_result(handle: TaskHandle) -> Any:
+        """What a completed task's agent returned, as kept with the task (JSON)."""
+        if handle.status is not TaskStatus.COMPLETED:
+            return None
+        if handle.stored_result is None and handle.result is not None:
+            # a task a continued session completed: restored as stored already
+            handle.stored_result = encode_result(handle.id, handle.result)
+        return handle.stored_result
 
     def _tracked(self, task_id: str) -> bool:
         """Whether the tracker registered the task (O(1): ``tracker.tasks()`` lists all)."""
@@ -470,8 +488,7 @@ class Orchestrator:
                     usage.add(event)
                     if event.model:
                         by_model.setdefault(event.model, Totals()).add(event)
-            result = (encode_result(handle.id, handle.result)
-                      if handle.status is TaskStatus.COMPLETED else None)
+            result = self._stored_result(handle)
             outcomes[handle.id] = TaskOutcome(
                 handle.id, handle.spec.agent, handle.status, handle.reason, handle.attempt,
                 handle.profile.task_type, handle.profile.complexity, handle.model, usage,

@@ -29,6 +29,7 @@ from scheduler.core import (
     off_loop,
     private_dir,
     private_file,
+    remove_file,
     write_private,
 )
 from scheduler.observe import put_states
@@ -175,11 +176,22 @@ class SessionLog:
             "result": result,
         }
 
+    def result_document(self, task_id: str, result: Any) -> dict[str, Any] | None:
+        """What ``result.json`` holds; ``None`` (no file) when the agent returned nothing:
+        nothing reads a file of ``null``, and it would cost a task one more file."""
+        if result is None:
+            return None
+        return {"task_id": task_id, "session_id": self.session_id, "result": result}
+
     def write_result(self, task_id: str, result: Any) -> None:
-        """``<state_dir>/tasks/<id>/result.json`` beside ``usage.json`` (atomically)."""
+        """``<state_dir>/tasks/<id>/result.json`` beside ``usage.json`` (atomically); a
+        result of ``None`` removes the file an earlier session's run of the task left."""
         folder = Path(self.config.state_dir) / "tasks" / task_id
-        doc = {"task_id": task_id, "session_id": self.session_id, "result": result}
+        doc = self.result_document(task_id, result)
         try:
+            if doc is None:
+                remove_file(folder / "result.json")
+                return
             private_dir(folder)
             write_private(folder / "result.json", json.dumps(doc, indent=2))
         except OSError as exc:  # the result is in the store; the file is a convenience

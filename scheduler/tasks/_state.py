@@ -68,6 +68,8 @@ class TaskHandle:
     status: TaskStatus = TaskStatus.PENDING
     reason: str = ""
     result: Any = None
+    #: ``result`` as kept with the task (JSON, see ``encode_result``), once it completed.
+    stored_result: Any = None
     model: str = ""
     calls: int = 0
     started_at: float = 0.0
