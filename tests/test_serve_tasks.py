@@ -202,10 +202,7 @@ async def test_21_r3_4_a_held_grouped_task_is_decided_by_its_own_id(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(held)
-            with anyio.fail_after(20):
-                # polled: the pause is observed, not signalled to tests
-                while getattr(controller.pause_info("alpha/job"), "state", "") != "paused":  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
+            await _paused(controller, "alpha/job")
             rows = await anyio.to_thread.run_sync(_status_budgets, state)
             assert rows["alpha/job"] and not rows.get("alpha", False)
             done = await anyio.run_process([str(BIN), "decide", "alpha/job", "add", "--tokens",
@@ -213,6 +210,13 @@ async def test_21_r3_4_a_held_grouped_task_is_decided_by_its_own_id(
             assert done.returncode == 0, done.stderr.decode()
         assert len(answers) == 5
         assert run.totals("alpha/job").calls == 6
+
+
+async def _paused(controller: Any, task_id: str) -> None:
+    """Until ``task_id`` is paused (polled: the pause is observed, not signalled to tests)."""
+    with anyio.fail_after(20):
+        while getattr(controller.pause_info(task_id), "state", "") != "paused":  # noqa: ASYNC110
+            await anyio.sleep(0.05)
 
 
 def _status_budgets(state: Path) -> dict[str, bool]:
@@ -246,9 +250,7 @@ async def test_21_r3_4_a_grouped_task_held_at_its_keys_budget_adds_to_the_key(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(held)
-            with anyio.fail_after(20):
-                while getattr(controller.pause_info("alpha/job"), "state", "") != "paused":  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
+            await _paused(controller, "alpha/job")
             assert controller.pause_info("alpha/job").scope == "task:alpha"  # type: ignore[union-attr]
             await controller.decide("alpha/job", "add_budget", tokens=5000)
             tg.cancel_scope.deadline = anyio.current_time() + 20  # answered, or fail
