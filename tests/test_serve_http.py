@@ -125,6 +125,30 @@ async def test_r21_chunked_body_is_handed_over_as_it_arrives() -> None:
     assert up.connections == 1
 
 
+async def test_r21_a_large_answer_read_slowly_arrives_whole_on_a_reusable_connection(
+) -> None:
+    """#21: the client reads ahead only so far (reading pauses, then resumes as the
+    answer is consumed), and nothing of a 2 MiB answer is lost on the way."""
+    big = bytes(range(256)) * 8192
+
+    async def large(stream: ByteStream, n: int) -> bool:
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big) + big)
+        return True
+
+    async with upstream(large) as up:
+        client = HttpClient(up.url, timeout_s=5, connect_s=5)
+        resp = await client.send("POST", "/v1/x", [], b"")
+        await anyio.sleep(0.2)  # the upstream sends it all meanwhile
+        got = b""
+        async for chunk in resp.chunks():
+            got += chunk
+        await resp.aclose()
+        assert got == big
+        assert await _get(client) == (200, big)
+        await client.aclose()
+    assert up.connections == 1
+
+
 async def test_r21_idle_connection_closed_by_the_upstream_is_not_used_again() -> None:
     async def once(stream: ByteStream, n: int) -> bool:
         await stream.send(JSON_OK)

@@ -26,6 +26,9 @@ import httpx2 as httpx
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSStream
 
+from scheduler.serve._http_asyncio import AsyncioStream, on_asyncio
+from scheduler.serve._http_asyncio import connect as asyncio_connect
+
 #: Idle connections are dropped after this long: below the 5 s keep-alive of common
 #: servers (uvicorn, many proxies), so a request rarely meets one the server is closing.
 IDLE_EXPIRY_S = 4.0
@@ -55,14 +58,18 @@ class _Conn:
 
     __slots__ = ("idle_since", "sock", "stream")
 
-    def __init__(self, stream: ByteStream) -> None:
+    def __init__(self, stream: ByteStream | AsyncioStream) -> None:
         self.stream = stream
-        self.sock: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
+        self.sock: socket.socket | None = (
+            None if isinstance(stream, AsyncioStream)
+            else stream.extra(SocketAttribute.raw_socket, None))
         self.idle_since = 0.0
 
     def readable(self) -> bool:
         """An idle connection with something to read was closed by the server (or sent
         what nobody asked for): either way it cannot carry a request."""
+        if isinstance(self.stream, AsyncioStream):
+            return self.stream.stale()
         fd = -1 if self.sock is None else self.sock.fileno()
         if fd < 0:
             return True
@@ -260,6 +267,8 @@ class HttpClient:
     async def _connect(self) -> _Conn:
         try:
             with anyio.fail_after(self._connect_s):
+                if on_asyncio():
+                    return _Conn(await asyncio_connect(self._host, self._port, self._ssl))
                 stream: ByteStream = await anyio.connect_tcp(self._host, self._port)
                 if self._ssl is not None:
                     stream = await _tls(stream, self._host, self._ssl)
@@ -279,7 +288,6 @@ class HttpClient:
                 or "\0" in head or target.count(" "):
             raise ValueError("a header or the request target holds a line break, NUL or space")
         return head.encode("latin-1") + body
-
 
 
 async def _tls(stream: ByteStream, host: str, context: ssl.SSLContext) -> ByteStream:
