@@ -89,7 +89,8 @@ async def _get(client: HttpClient, target: str = "/v1/x") -> tuple[int, bytes]:
         await resp.aclose()
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # the drop-in client may run on trio
+# the drop-in client may run on trio; serve runs on uvloop where it is installed
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio", ("asyncio", {"use_uvloop": True})])
 async def test_r21_keep_alive_reuses_one_connection_for_sequential_calls() -> None:
     async with upstream(_ok) as up:
         client = HttpClient(up.url, timeout_s=5, connect_s=5)

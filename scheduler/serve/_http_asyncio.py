@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from typing import cast
 
 import anyio
 
@@ -33,8 +34,8 @@ class _Protocol(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio's, but have the same methods
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer.append(data)
@@ -129,5 +130,4 @@ async def connect(host: str, port: int, context: ssl.SSLContext | None) -> Async
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_connection(
         _Protocol, host, port, ssl=context, server_hostname=host if context else None)
-    assert isinstance(transport, asyncio.Transport)
-    return AsyncioStream(transport, protocol)
+    return AsyncioStream(cast(asyncio.Transport, transport), protocol)
