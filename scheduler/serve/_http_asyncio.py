@@ -130,4 +130,4 @@ async def connect(host: str, port: int, context: ssl.SSLContext | None) -> Async
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_connection(
         _Protocol, host, port, ssl=context, server_hostname=host if context else None)
-    return AsyncioStream(cast(asyncio.Transport, transport), protocol)
+    return AsyncioStream(transport, protocol)
