@@ -5,9 +5,10 @@ request and walks the pool again when a response closes; with a few hundred
 keep-alive connections that was most of serve's CPU per call.  This client keeps a
 LIFO list of idle connections and checks only the one it takes (one ``poll``), writes
 a request in one send, and parses answers with httptools (llhttp, in C): Content-Length,
-chunked and read-until-close bodies, handed over as they arrive.  It runs on anyio
-streams, so on asyncio and trio alike; ``https`` upstreams get httpx's default TLS
-context (same trust store and ``SSL_CERT_FILE`` handling as before).
+chunked and read-until-close bodies, handed over as they arrive.  On asyncio a
+connection is :mod:`._http_asyncio`'s stream over the loop's own transport, on trio
+anyio's; ``https`` upstreams get httpx's default TLS context (same trust store and
+``SSL_CERT_FILE`` handling as httpx).
 """
 
 from __future__ import annotations
