@@ -128,8 +128,9 @@ async def test_r21_chunked_body_is_handed_over_as_it_arrives() -> None:
 
 async def test_r21_a_large_answer_read_slowly_arrives_whole_on_a_reusable_connection(
 ) -> None:
-    """#21: the client reads ahead only so far (reading pauses, then resumes as the
-    answer is consumed), and nothing of a 2 MiB answer is lost on the way."""
+    """#21: a 2 MiB request goes out whole, and the client
+    reads ahead only so far (reading pauses, then resumes as the answer is consumed):
+    nothing of a 2 MiB answer is lost on the way."""
     big = bytes(range(256)) * 8192
 
     async def large(stream: ByteStream, n: int) -> bool:
@@ -138,7 +139,8 @@ async def test_r21_a_large_answer_read_slowly_arrives_whole_on_a_reusable_connec
 
     async with upstream(large) as up:
         client = HttpClient(up.url, timeout_s=5, connect_s=5)
-        resp = await client.send("POST", "/v1/x", [], b"")
+        resp = await client.send("POST", "/v1/x", [], big)
+        assert up.requests[0].endswith(b"\r\n\r\n" + big)
         await anyio.sleep(0.2)  # the upstream sends it all meanwhile
         got = b""
         async for chunk in resp.chunks():

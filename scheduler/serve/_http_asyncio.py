@@ -57,7 +57,7 @@ class _Protocol(asyncio.Protocol):
         self.resume_writing()
 
     def pause_writing(self) -> None:
-        if self.drained is None:
+        if self.drained is None or self.drained.done():  # a cancelled sender's is done
             self.drained = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
@@ -85,8 +85,9 @@ class AsyncioStream:
         if self._p.eof or self._transport.is_closing():
             raise anyio.BrokenResourceError
         self._transport.write(data)
-        if self._p.drained is not None:  # the kernel's buffer is full: wait for room
-            await self._p.drained
+        drained = self._p.drained
+        if drained is not None and not drained.done():  # the kernel's buffer is full
+            await drained
             if self._p.eof:
                 raise anyio.BrokenResourceError
 
