@@ -99,30 +99,19 @@ class _Governed:
                 await relay.run(rx)
 
     async def _whole(self, relay: _Relay, receive: Receive) -> None:
-        """A JSON answer goes out as soon as the upstream's body is whole, while the call
-        settles (as a stream's events go out before it settles): the client does not
-        wait for the bookkeeping.  A kill meanwhile loses nothing: the call's open
-        record, written before it went upstream, is charged at its estimate at recovery."""
+        """A JSON answer goes out whole once the call ended, so the call runs in this
+        task; only the watch for the client leaving runs beside it."""
         head: list[Mapping[str, str]] = []
-        answered = False
+        body: list[bytes] = []
+        self._pt.on_status = lambda status, headers: head.append(headers)
+        self._pt.on_bytes = body.append
         async with anyio.create_task_group() as tg:
-
-            def answer(body: bytes) -> None:  # a JSON body comes in one piece
-                nonlocal answered
-                answered = True
-                tg.start_soon(relay.whole, head[-1] if head else {}, body)
-
-            self._pt.on_status = lambda status, headers: head.append(headers)
-            self._pt.on_bytes = answer
             tg.start_soon(self._left, receive, relay, tg.cancel_scope)
             refusal = await self._governed()
-            if refusal is None:
-                return
-            if not answered:
+            if refusal is not None:
                 await relay.fail(*refusal)
-            else:  # the client has its answer; what failed after it is only logged
-                _log.warning("serve_failed_after_answer", key=self._entry.name,
-                             status=refusal[0], error=refusal[2].decode(errors="replace"))
+            else:
+                await relay.whole(head[-1] if head else {}, b"".join(body))
 
     async def _left(self, receive: Receive, relay: _Relay, scope: anyio.CancelScope) -> None:
         """A client that leaves while its request waits (a lease queue, a hold) takes the
