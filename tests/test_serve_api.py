@@ -12,6 +12,7 @@ import anthropic
 import anyio
 import pytest
 from prometheus_client import generate_latest
+from structlog.testing import capture_logs
 
 from agents.fake_api import FakeAnthropicServer
 from scheduler.core import Totals
@@ -172,6 +173,7 @@ async def test_r1_1_reject_at_the_key_budget_is_not_retried_and_names_the_budget
             "metrics": {"enabled": True, "port": 0}}
     async with (serving(data) as run,
                 AsyncExitStack() as stack):
+        logs = stack.enter_context(capture_logs())
         aio = await _client(stack, run.url, api_key=KEY_A, max_retries=3)
         await aio.messages.create(model="claude-haiku-4-5", max_tokens=64,
                                   messages=USER)  # type: ignore[arg-type]
@@ -193,4 +195,6 @@ async def test_r1_1_reject_at_the_key_budget_is_not_retried_and_names_the_budget
         text = generate_latest(metrics.registry).decode()  # per-key metrics (#21)
         assert 'vibe_serve_requests_total{key="alpha",outcome="refused"} 1.0' in text
         assert 'vibe_serve_requests_total{key="alpha",outcome="ok"} 2.0' in text
+        # a client that got its refusal did not leave while waiting
+        assert not [e for e in logs if e["event"] == "serve_client_left"]
         assert 'vibe_serve_tokens_total{key="alpha",kind="completion"}' in text

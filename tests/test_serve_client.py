@@ -282,6 +282,29 @@ def test_21_docs_example_governs_its_calls(api: FakeAnthropicServer, tmp_path: P
     assert row["tokens"] == _reported_tokens(api)
 
 
+async def test_21_in_process_transport_says_disconnect_once_the_app_answered() -> None:
+    """#21: as ASGI has it, ``receive()`` after the app sent its whole response says
+    ``http.disconnect`` (serve's watch for a client leaving ends by that, uncancelled)."""
+    seen: list[str] = []
+    told = anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((await receive())["type"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+        seen.append((await receive())["type"])
+        told.set()
+
+    async with anyio.create_task_group() as tg:
+        transport = AppTransport(app, tg)
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as c, \
+                c.stream("POST", "/v1/messages", content=b"{}") as resp:
+            with anyio.fail_after(5):  # before the caller read or closed the body
+                await told.wait()
+            assert await resp.aread() == b"{}"
+    assert seen == ["http.request", "http.disconnect"]
+
+
 async def test_21_in_process_transport_tells_the_app_a_caller_gave_up() -> None:
     """#21: a call cancelled while the app has not answered (a held or queued request)
     shows the app ``http.disconnect``, as a client closing its connection does to serve

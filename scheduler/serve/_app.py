@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -50,73 +49,82 @@ _PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 _SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
 #: Client headers forwarded upstream (the key is replaced by the server's own).
 _FORWARDED = ("anthropic-version", "anthropic-beta")
+#: Response headers the server sets itself (framing), never relayed from the upstream.
+_OWN_HEADERS = frozenset(("transfer-encoding", "connection", "content-length"))
 
 _Item = tuple[str, Any]
 
 
-class _Governed(Response):
+class _Governed:
     """Runs one governed call and relays its answer as it arrives.
 
     A streaming request gets SSE ``ping`` events while it waits (a lease queue, a
     hold at a budget limit), then the upstream's events; an error once the stream
     started is sent as the API's ``error`` event.  A JSON request gets the upstream's
     body, or the error with its status.
+
+    Beside the call, a watcher awaits the client's ``http.disconnect``.  It is never
+    cancelled on the way out: ASGI's ``receive`` says ``http.disconnect`` once the
+    response was sent, so it ends by itself (a cancel costs anyio a task ``repr``).
     """
 
     def __init__(self, served: Served, entry: KeyEntry, handle: TaskHandle,
                  call: dict[str, Any], pt: Passthrough, stream: bool) -> None:
-        super().__init__()
+        # Response.__init__ is skipped: nothing of its header or body set-up is used
         self._served, self._entry, self._handle = served, entry, handle
         self._call, self._pt, self._stream = call, pt, stream
+        self._sent = False
+
+    def _on_send(self) -> None:
+        self._sent = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sent = False
-
-        def on_send() -> None:
-            nonlocal sent
-            sent = True
-
-        self._pt.on_send = on_send
+        self._pt.on_send = self._on_send
         relay = _Relay(send, self._stream, self._served.config.serve.ping_interval_s)
         if not self._stream:
-            await self._whole(relay, receive, lambda: sent)
+            await self._whole(relay, receive)
             return
         tx, rx = anyio.create_memory_object_stream[_Item](math.inf)
         self._pt.on_status = lambda status, headers: tx.send_nowait(("status", headers))
         self._pt.on_bytes = lambda chunk: tx.send_nowait(("bytes", chunk))
+
+        async def governed() -> None:
+            refusal = await self._governed()
+            tx.send_nowait(("done", None) if refusal is None else ("error", refusal))
+
         with tx, rx:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._governed, tx.send_nowait)
-                tg.start_soon(self._left, receive, lambda: sent, tg.cancel_scope)
+                tg.start_soon(governed)
+                tg.start_soon(self._left, receive, relay, tg.cancel_scope)
                 await relay.run(rx)
-                tg.cancel_scope.cancel()  # answered: stop watching for the client leaving
 
-    async def _whole(self, relay: _Relay, receive: Receive, sent: Callable[[], bool]) -> None:
+    async def _whole(self, relay: _Relay, receive: Receive) -> None:
         """A JSON answer goes out whole once the call ended, so the call runs in this
         task; only the watch for the client leaving runs beside it."""
-        items: list[_Item] = []
-        self._pt.on_status = lambda status, headers: items.append(("status", headers))
-        self._pt.on_bytes = lambda chunk: items.append(("bytes", chunk))
+        head: list[Mapping[str, str]] = []
+        body: list[bytes] = []
+        self._pt.on_status = lambda status, headers: head.append(headers)
+        self._pt.on_bytes = body.append
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._left, receive, sent, tg.cancel_scope)
-            await self._governed(items.append)
-            tg.cancel_scope.cancel()
-        for item in items:  # nothing is answered to a client that left
-            if await relay.handle(item):
-                return
+            tg.start_soon(self._left, receive, relay, tg.cancel_scope)
+            refusal = await self._governed()
+            if refusal is not None:
+                await relay.fail(*refusal)
+            else:
+                await relay.whole(head[-1] if head else {}, b"".join(body))
 
-    async def _left(self, receive: Receive, sent: Callable[[], bool],
-                    scope: anyio.CancelScope) -> None:
+    async def _left(self, receive: Receive, relay: _Relay, scope: anyio.CancelScope) -> None:
         """A client that leaves while its request waits (a lease queue, a hold) takes the
         request with it; once the request went upstream it is paid for, so it runs on
         and settles."""
         while (await receive())["type"] != "http.disconnect":
             pass
-        if not sent():
+        if not self._sent and not relay.finished:
             _log.info("serve_client_left", key=self._entry.name)
             scope.cancel()
 
-    async def _governed(self, put: Callable[[_Item], None]) -> None:
+    async def _governed(self) -> tuple[int, Mapping[str, str], bytes] | None:
+        """The call; the refusal to answer when it failed, None when it was answered."""
         name, outcome = self._entry.name, "ok"
         try:
             await self._served.gateway.complete(self._handle, passthrough=self._pt, **self._call)
@@ -126,12 +134,11 @@ class _Governed(Response):
         except Exception as exc:  # every failure is answered; none takes the server down
             refusal = self._refusal(exc)
             outcome = "refused" if refusal[1] is NO_RETRY else "error"
-            put(("error", refusal))
-        else:
-            put(("done", None))
+            return refusal
         finally:
             self._served.requests[name] = self._served.requests.get(name, 0) + 1
             self._served.metrics.request(name, outcome)
+        return None
 
     def _refusal(self, exc: Exception) -> tuple[int, Mapping[str, str], bytes]:
         name, hold = self._entry.name, self._entry.config.on_limit == "hold"
@@ -155,65 +162,67 @@ class _Governed(Response):
 
 
 class _Relay:
-    """Writes one response from the governed call's items (status, bytes, done, error)."""
+    """Writes one response: a stream from the governed call's items (status, bytes,
+    done, error), or a JSON answer whole."""
 
     def __init__(self, send: Send, stream: bool, ping_s: float) -> None:
         self._send, self._stream, self._ping_s = send, stream, ping_s
         self._started = False
         self._gone = False  # the client left: the call still settles, nothing is sent
-        self._headers: Mapping[str, str] = {}
-        self._body: list[bytes] = []
+        #: The response's last message went out (the client's leaving no longer matters).
+        self.finished = False
 
     async def run(self, rx: MemoryObjectReceiveStream[_Item]) -> None:
         while True:
             item: _Item | None = None
-            with anyio.move_on_after(self._ping_s if self._stream else math.inf):
+            with anyio.move_on_after(self._ping_s):
                 item = await rx.receive()
             if item is None:  # waiting (lease queue, held): keep the client's stream alive
                 await self._start(200, _SSE_HEADERS)
                 await self._write(_PING)
-            elif await self.handle(item):
+            elif await self._handle(item):
                 return
 
-    async def handle(self, item: _Item) -> bool:
-        """Relays one item; True once the response is complete."""
+    async def _handle(self, item: _Item) -> bool:
+        """Relays one item of a stream; True once the response is complete."""
         kind, value = item
         if kind == "status":
-            self._headers = value
-            if self._stream:
-                await self._start(200, value)
+            await self._start(200, value)
         elif kind == "bytes":
-            if self._stream:
-                await self._write(value)
-            else:
-                self._body.append(value)
+            await self._write(value)
         elif kind == "done":
-            body = b"".join(self._body)
-            await self._start(200, {**self._headers, "content-length": str(len(body))})
-            await self._write(body, more=False)
+            await self._start(200, _SSE_HEADERS)  # an answer without events
+            await self._write(b"", more=False)
             return True
         else:
-            await self._fail(*value)
+            await self.fail(*value)
             return True
         return False
 
-    async def _fail(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+    async def whole(self, headers: Mapping[str, str], body: bytes) -> None:
+        await self._start(200, headers, len(body))
+        await self._write(body, more=False)
+
+    async def fail(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         if self._started:  # mid-stream: the API's own error event
             await self._write(b"event: error\ndata: " + body + b"\n\n", more=False)
             return
-        await self._start(status, {**headers, "content-type": "application/json",
-                                   "content-length": str(len(body))})
+        await self._start(status, {**headers, "content-type": "application/json"}, len(body))
         await self._write(body, more=False)
 
-    async def _start(self, status: int, headers: Mapping[str, str]) -> None:
+    async def _start(self, status: int, headers: Mapping[str, str],
+                     length: int | None = None) -> None:
         if self._started:
             return
         self._started = True
-        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()
-               if k.lower() not in ("transfer-encoding", "connection")]
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+               if k.lower() not in _OWN_HEADERS]
+        if length is not None:
+            raw.append((b"content-length", str(length).encode()))
         await self._emit({"type": "http.response.start", "status": status, "headers": raw})
 
     async def _write(self, body: bytes, *, more: bool = True) -> None:
+        self.finished = not more
         await self._emit({"type": "http.response.body", "body": body, "more_body": more})
 
     async def _emit(self, message: dict[str, Any]) -> None:
@@ -225,6 +234,45 @@ class _Relay:
             self._gone = True
 
 
+class _Incoming:
+    """What the handlers read of a request, taken from the ASGI scope in one pass: the
+    few headers governance and forwarding need (first value of each), the query string,
+    and the body on demand."""
+
+    __slots__ = ("headers", "query", "receive")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:  # ASGI header names are lower case
+            wanted = _READ.get(name)
+            if wanted is not None and wanted not in headers:
+                headers[wanted] = value.decode("latin-1")
+        self.headers = headers
+        self.query = bytes(scope.get("query_string") or b"").decode("latin-1")
+        self.receive = receive
+
+    async def body(self) -> bytes | None:
+        """The request body, or None when the client left before sending all of it."""
+        parts: list[bytes] = []
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                return None
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def forwarded(self) -> dict[str, str]:
+        return {h: self.headers[h] for h in _FORWARDED if h in self.headers}
+
+
+#: The request headers read, by their ASGI (lower-case, bytes) name.
+_READ = {name.encode("latin-1"): name
+         for name in ("x-api-key", "authorization", TASK_HEADER, *_FORWARDED)}
+
+_Answer = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
 class ServeApp:
     """The handlers; one per :class:`Served`."""
 
@@ -232,18 +280,21 @@ class ServeApp:
         self.served = served
         self.models = ModelMap(served.config)
 
-    def _key(self, request: Request) -> KeyEntry | Response:
+    def _key(self, request: _Incoming) -> KeyEntry | Response:
         entry = self.served.keys.find(presented_key(request.headers))
         if entry is None:
             return error_response("authentication_error", "invalid x-api-key")
         return entry
 
-    async def _parsed(self, request: Request) -> _Parsed | Response:
-        """The key, the body (raw and parsed) and the routed model, or the error answer."""
+    async def _parsed(self, request: _Incoming) -> _Parsed | Response | None:
+        """The key, the body (raw and parsed) and the routed model, or the error answer
+        (None: the client left)."""
         entry = self._key(request)
         if isinstance(entry, Response):
             return entry
         raw = await request.body()
+        if raw is None:
+            return None
         try:
             body = json.loads(raw)
         except ValueError:
@@ -255,9 +306,9 @@ class ServeApp:
             return routed
         return _Parsed(entry, raw, body, routed)
 
-    async def messages(self, request: Request) -> Response:
+    async def messages(self, request: _Incoming) -> _Answer | None:
         parsed = await self._parsed(request)
-        if isinstance(parsed, Response):
+        if not isinstance(parsed, _Parsed):
             return parsed
         entry, raw, body, routed = parsed
         group = request.headers.get(TASK_HEADER)
@@ -274,30 +325,28 @@ class ServeApp:
             call = _call_args(body, routed)
         except InvalidArgumentError as exc:
             return error_response("invalid_request_error", str(exc), headers=NO_RETRY)
-        headers = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
-        pt = Passthrough(body=body, raw=raw, model=routed or "", headers=headers,
-                         query=_query(request))
-        return _Governed(self.served, entry, handle, call, pt, bool(body.get("stream")))
+        pt = Passthrough(body=body, raw=raw, model=routed or "", headers=request.forwarded(),
+                         query=request.query)
+        return _Governed(self.served, entry, handle, call, pt, call["stream"])
 
-    async def count_tokens(self, request: Request) -> Response:
+    async def count_tokens(self, request: _Incoming) -> _Answer | None:
         """Forwarded as is (the alias counts on the cheapest tier); not charged."""
         parsed = await self._parsed(request)
-        if isinstance(parsed, Response):
+        if not isinstance(parsed, _Parsed):
             return parsed
         _, raw, body, routed = parsed
         if routed is None:
             raw = json.dumps({**body, "model": self.models.cheapest_id}).encode()
-        headers = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
-        query = _query(request)
+        query = request.query
         url = "/v1/messages/count_tokens" + (f"?{query}" if query else "")
         try:
-            status, answer = await self.served.provider.post(url, raw, headers)
+            status, answer = await self.served.provider.post(url, raw, request.forwarded())
         except Exception as exc:  # an unreachable upstream is answered, not raised
             return error_response("api_error", f"vibe-engine: upstream failed: "
                                   f"{type(exc).__name__}", status=502)
         return Response(answer, status_code=status, media_type="application/json")
 
-    async def models_list(self, request: Request) -> Response:
+    async def models_list(self, request: _Incoming) -> _Answer | None:
         entry = self._key(request)
         if isinstance(entry, Response):
             return entry
@@ -326,11 +375,7 @@ def _call_args(body: Mapping[str, Any], model: str | None) -> dict[str, Any]:
             "max_tokens": max_tokens, "model": model, "stream": bool(body.get("stream"))}
 
 
-def _query(request: Request) -> str:
-    return bytes(request.scope.get("query_string") or b"").decode("latin-1")
-
-
-_Handler = Callable[[Request], Awaitable[Response]]
+_Handler = Callable[[_Incoming], Awaitable["_Answer | None"]]
 
 
 class _Router:
@@ -349,6 +394,7 @@ class _Router:
             return
         path = str(scope["path"]).rstrip("/") or "/"
         handler = self._routes.get((scope["method"], path))
+        response: _Answer | None
         if handler is None:
             response = (error_response("invalid_request_error",
                                        f"{scope['method']} is not allowed on {path}", status=405)
@@ -356,11 +402,12 @@ class _Router:
                         error_response("not_found_error", f"no such endpoint: {path}"))
         else:
             try:
-                response = await handler(Request(scope, receive))
+                response = await handler(_Incoming(scope, receive))
             except Exception as exc:  # fails this request only; the server keeps serving
                 _log.exception("serve_request_failed", path=path)
                 response = error_response("api_error", f"vibe-engine: {type(exc).__name__}")
-        await response(scope, receive, send)
+        if response is not None:  # None: the client left before its request was whole
+            await response(scope, receive, send)
 
 
 def create_app(served: Served) -> ASGIApp:

@@ -5,9 +5,10 @@ request and walks the pool again when a response closes; with a few hundred
 keep-alive connections that was most of serve's CPU per call.  This client keeps a
 LIFO list of idle connections and checks only the one it takes (one ``poll``), writes
 a request in one send, and parses answers with httptools (llhttp, in C): Content-Length,
-chunked and read-until-close bodies, handed over as they arrive.  It runs on anyio
-streams, so on asyncio and trio alike; ``https`` upstreams get httpx's default TLS
-context (same trust store and ``SSL_CERT_FILE`` handling as before).
+chunked and read-until-close bodies, handed over as they arrive.  On asyncio a
+connection is :mod:`._http_asyncio`'s stream over the loop's own transport, on trio
+anyio's; ``https`` upstreams get httpx's default TLS context (same trust store and
+``SSL_CERT_FILE`` handling as httpx).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import httptools
 import httpx2 as httpx
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSStream
+
+from scheduler.serve._http_asyncio import AsyncioStream, on_asyncio
+from scheduler.serve._http_asyncio import connect as asyncio_connect
 
 #: Idle connections are dropped after this long: below the 5 s keep-alive of common
 #: servers (uvicorn, many proxies), so a request rarely meets one the server is closing.
@@ -55,14 +59,18 @@ class _Conn:
 
     __slots__ = ("idle_since", "sock", "stream")
 
-    def __init__(self, stream: ByteStream) -> None:
+    def __init__(self, stream: ByteStream | AsyncioStream) -> None:
         self.stream = stream
-        self.sock: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
+        self.sock: socket.socket | None = (
+            None if isinstance(stream, AsyncioStream)
+            else stream.extra(SocketAttribute.raw_socket, None))
         self.idle_since = 0.0
 
     def readable(self) -> bool:
         """An idle connection with something to read was closed by the server (or sent
         what nobody asked for): either way it cannot carry a request."""
+        if isinstance(self.stream, AsyncioStream):
+            return self.stream.stale()
         fd = -1 if self.sock is None else self.sock.fileno()
         if fd < 0:
             return True
@@ -260,6 +268,8 @@ class HttpClient:
     async def _connect(self) -> _Conn:
         try:
             with anyio.fail_after(self._connect_s):
+                if on_asyncio():
+                    return _Conn(await asyncio_connect(self._host, self._port, self._ssl))
                 stream: ByteStream = await anyio.connect_tcp(self._host, self._port)
                 if self._ssl is not None:
                     stream = await _tls(stream, self._host, self._ssl)
@@ -279,7 +289,6 @@ class HttpClient:
                 or "\0" in head or target.count(" "):
             raise ValueError("a header or the request target holds a line break, NUL or space")
         return head.encode("latin-1") + body
-
 
 
 async def _tls(stream: ByteStream, host: str, context: ssl.SSLContext) -> ByteStream:

@@ -98,6 +98,8 @@ class AppTransport(httpx.AsyncBaseTransport):
             return {"type": "http.disconnect"}
 
         async def send(message: _Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                gone.set()  # as ASGI has it: receive() says http.disconnect once answered
             # a closed response drops the rest: the call goes on and settles
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 tx.send_nowait(message)
