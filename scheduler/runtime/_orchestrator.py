@@ -16,11 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import anyio
-import anyio.abc
 
 from policies.replan import BreakDown
 from scheduler.budget import ScopeState, TokenCounter, resolve_task
@@ -43,6 +41,7 @@ from scheduler.runtime._context import AgentContext
 from scheduler.runtime._deadline import Deadlines
 from scheduler.runtime._gateway import BreakDownRequested
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
+from scheduler.runtime._spawn import Spawner, task_group
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
@@ -130,7 +129,7 @@ class Orchestrator:
         self.handles: TaskTable = parts.tasks
         self.view, self.observers = parts.view, parts.observers
         self.services: list[Service] = parts.services
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._task_group: Spawner | None = None
         #: Tasks added by :meth:`spawn` whose budget a parent task encloses.
         self._parents: dict[str, str] = {}
         self._context_factory = context_factory
@@ -212,13 +211,13 @@ class Orchestrator:
                 await tg.start(self.quota.run)
             for service in self.services:
                 tg.start_soon(service)
-            async with anyio.create_task_group() as tasks_tg:
+            async with task_group() as tasks_tg:  # lean agent tasks on asyncio
                 self._task_group = tasks_tg
                 await self._start(self.handles.values(), tasks_tg)
             self._task_group = None
             tg.cancel_scope.cancel()
 
-    async def _start(self, handles: Iterable[TaskHandle], tg: anyio.abc.TaskGroup) -> None:
+    async def _start(self, handles: Iterable[TaskHandle], tg: Spawner) -> None:
         """Run the pending ``handles``, except those a continued session ended (they keep
         what it recorded); every task is recorded before any starts, so offline status
         lists them all and the tasks start together."""
@@ -369,13 +368,13 @@ class Orchestrator:
         """The agent's run under the task's time budget; when its model degrades mid-task
         and replanning breaks the task down (R6.2), the parts run in its place."""
         ctx = self._context_factory(self, handle)
-        tg = self._task_group
+        tg, scope = self._task_group, handle.cancel_scope
         try:
-            if tg is None:
+            if tg is None or scope is None:
                 return await agent.run(ctx)
             # R1.1: the task's wall-time budget ends the attempt even without a model call
-            return await self._deadlines.run_within(handle.id, partial(agent.run, ctx),
-                                                    tg.start_soon)
+            with self._deadlines.watch(handle.id, scope, tg.start_soon):
+                return await agent.run(ctx)
         except BreakDownRequested as exc:
             split = await self.gateway.replanner.before_call(  # now knowing the agent's hook
                 handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,

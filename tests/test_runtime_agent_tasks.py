@@ -1,0 +1,102 @@
+"""The run's agent tasks on asyncio (R7.1): plain asyncio tasks in the orchestrator's own
+task group, cancelled through anyio cancel scopes so shielded clean-up still runs; the
+task's wall-time budget is a deadline on the attempt's own cancel scope (R1.1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from scheduler import Limits, TaskSpec
+from scheduler.runtime import AgentContext
+from scheduler.runtime._spawn import task_group
+from scheduler.tasks import TaskStatus
+from tests._helpers import OrchestratorFactory
+
+pytestmark = pytest.mark.real_asyncio  # asyncio's own tasks are what is tested
+
+
+class Sleeper:
+    """Waits without ever calling a model."""
+
+    async def run(self, ctx: AgentContext) -> str:
+        await anyio.sleep_forever()
+        return ""
+
+
+async def test_r1_1_a_task_past_its_wall_time_fails_on_asyncio(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R1.1: on asyncio too, the time budget ends an attempt that never calls a model:
+    the task fails naming ``time_s`` and the run goes on to end."""
+    orch = make_orchestrator({"sleeper": Sleeper})
+    report = await orch.run([TaskSpec(id="t", agent="sleeper", budget=Limits(time_s=0.2))])
+    outcome = report.outcomes["t"]
+    assert outcome.status == "failed" and "time_s" in outcome.reason
+    assert [e.name for e in orch.bus.history if e.name == "task_time_exceeded"]
+
+
+async def test_r7_1_a_cancelled_run_ends_every_waiting_agent_with_its_clean_up(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R7.1: cancelling a run while its agents wait cancels every agent task, and each
+    task's shielded end still runs in full: recorded as interrupted, its waits gone."""
+    orch = make_orchestrator({"sleeper": Sleeper})
+    specs = [TaskSpec(id=f"t{i}", agent="sleeper") for i in range(20)]
+    with anyio.move_on_after(0.3):
+        await orch.run(specs)
+    handles = [orch.handles[s.id] for s in specs]
+    assert {h.status for h in handles} == {TaskStatus.INTERRUPTED}
+    assert all(h.done.is_set() for h in handles)  # _finish ran to its last line
+
+
+async def test_r7_1_an_error_in_a_task_cancels_the_others_after_their_clean_up() -> None:
+    """R7.1: the task group raises a task's error once every other task has been
+    cancelled and has run its shielded clean-up, as an anyio task group does."""
+    cleaned: list[int] = []
+    started = anyio.Event()
+
+    async def waits(i: int) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.01)  # a clean-up that awaits
+                cleaned.append(i)
+
+    async def fails() -> None:
+        await started.wait()
+        raise ValueError("boom")
+
+    with pytest.raises(ExceptionGroup) as raised:
+        async with task_group() as tg:
+            for i in range(3):
+                tg.start_soon(waits, i)
+            tg.start_soon(fails)
+            started.set()
+    assert [type(e) for e in raised.value.exceptions] == [ValueError]
+    assert sorted(cleaned) == [0, 1, 2]
+
+
+async def test_r7_1_cancelling_the_group_cancels_its_tasks_and_later_ones() -> None:
+    """R7.1: a task group cancelled from outside cancels its tasks (their shields hold) and
+    waits for them; tasks they start meanwhile are cancelled too."""
+    log: list[Any] = []
+
+    async def child(depth: int) -> None:
+        try:
+            if depth:
+                tg.start_soon(child, depth - 1)
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.01)
+                log.append(depth)
+
+    with anyio.move_on_after(0.1) as scope:
+        async with task_group() as tg:
+            tg.start_soon(child, 2)
+    assert scope.cancelled_caught
+    assert sorted(log) == [0, 1, 2]
