@@ -100,3 +100,14 @@ async def test_r7_1_cancelling_the_group_cancels_its_tasks_and_later_ones() -> N
             tg.start_soon(child, 2)
     assert scope.cancelled_caught
     assert sorted(log) == [0, 1, 2]
+
+
+def test_r7_1_task_specs_share_the_set_of_fields_they_were_given() -> None:
+    """R7.1: many tasks given the same fields share one set of those names (a run of
+    thousands holds a handful); a copy with changes gets its own, the others keep theirs."""
+    a, b = (TaskSpec(id=i, agent="x", prompt="p") for i in "ab")
+    assert a.model_fields_set is b.model_fields_set
+    c = a.model_copy(update={"priority": "background"})
+    assert c.model_fields_set == {"id", "agent", "prompt", "priority"}
+    assert a.model_fields_set == b.model_fields_set == {"id", "agent", "prompt"}
+    assert TaskSpec(id="d", agent="x").model_fields_set == {"id", "agent"}
