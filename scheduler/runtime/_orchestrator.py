@@ -86,8 +86,8 @@ class RunReport:
 
 def _default_context_factory(orch: Orchestrator, handle: TaskHandle) -> AgentContext:
     return AgentContext(
-        task=handle, gateway=orch.gateway, store=orch.store,
-        workspace=orch.workspace / handle.id, wait_for=orch.wait_for, locks=orch.locks,
+        task=handle, gateway=orch.gateway, store=orch.store, wait_for=orch.wait_for,
+        locks=orch.locks,  # the workspace path made on first use (most agents never ask)
     )
 
 
@@ -120,7 +120,7 @@ class Orchestrator:
         self.store, self.wall, self.bus, self.counter = (
             parts.store, parts.wall, parts.bus, parts.counter)
         self.session_id = parts.session_id
-        self.workspace = config.state_dir / "workspace"
+        self.workspace = config.state_dir / "workspace"  # AgentContext.workspace's parent
         self.tracker, self.allocator, self.capacity, self.quota = (
             parts.tracker, parts.allocator, parts.capacity, parts.quota)
         self.overdraft, self.controller, self.alerts, self.gateway = (

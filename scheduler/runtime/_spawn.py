@@ -63,16 +63,16 @@ class _LeanGroup:
         scope = anyio.CancelScope()
         if self._cancelled:
             scope.cancel()  # as in a cancelled anyio group: cancelled at its first await
-        task = asyncio.get_running_loop().create_task(self._run(scope, func, args))
+        # the coroutine made here: the running task holds neither ``func`` nor ``args``
+        task = asyncio.get_running_loop().create_task(self._run(scope, func(*args)))
         self._children[task] = scope
         task.add_done_callback(self._on_done)
         return task
 
-    async def _run(self, scope: anyio.CancelScope, func: Callable[..., Awaitable[Any]],
-                   args: tuple[Any, ...]) -> None:
+    async def _run(self, scope: anyio.CancelScope, coro: Awaitable[Any]) -> None:
         try:
             with scope:
-                await func(*args)
+                await coro
         except Exception as exc:
             self._errors.append(exc)
             self.cancel()
