@@ -13,8 +13,8 @@ cancelled or aborted attempt's leases and locks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -341,45 +341,52 @@ class Orchestrator:
                           task_id=handle.id, attempt=handle.attempt)
 
     async def _attempt(self, handle: TaskHandle, factory: AgentFactory) -> None:
+        """One attempt: the agent's run under the task's time budget -- or, when replanning
+        breaks the task down before or during it (R6.2), its parts in its place.  In one
+        frame: thousands of agents wait for their turn inside it."""
         try:
             agent = factory()
-            split = await self.gateway.replanner.before_call(  # R6.2/R6.7
-                handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
-                allow_break_down=not handle.split_from,  # parts are not split again
-            )
+            split = await self._replan(handle, agent, not handle.split_from)  # parts: not again
+            if split is None:
+                ctx = self._context_factory(self, handle)
+                try:
+                    with self._deadline(handle):
+                        handle.result = await agent.run(ctx)
+                except BreakDownRequested as exc:  # its model degraded mid-task
+                    split = await self._replan(handle, agent, True) or exc.decision
             if split is not None:
                 handle.result = await self._run_parts(handle, split, agent)
-            else:
-                handle.result = await self._run_agent(handle, agent)
             encode_result(handle.id, handle.result)  # kept with the task, or the task fails
             handle.status = TaskStatus.COMPLETED
-        except FinishRequestedError as exc:
+        except Exception as exc:
+            self._attempt_failed(handle, exc)
+
+    def _replan(self, handle: TaskHandle, agent: Any,
+                allow_break_down: bool) -> Awaitable[BreakDown | None]:
+        """R6.2/R6.7: whether to break the task down, simplify it or wait for its model."""
+        return self.gateway.replanner.before_call(
+            handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
+            allow_break_down=allow_break_down)
+
+    def _deadline(self, handle: TaskHandle) -> AbstractContextManager[None]:
+        """R1.1: the task's wall-time budget ends the attempt even without a model call."""
+        tg, scope = self._task_group, handle.cancel_scope
+        if tg is None or scope is None:
+            return nullcontext()
+        return self._deadlines.watch(handle.id, scope, tg.start_soon)
+
+    def _attempt_failed(self, handle: TaskHandle, exc: Exception) -> None:
+        """How an attempt that raised ``exc`` ended."""
+        if isinstance(exc, FinishRequestedError):
             handle.status = TaskStatus.FINISHED
             handle.reason = f"saved and finished ({exc.source})"
-        except VibeEngineError as exc:  # the runtime's own stops are not the model's fault
+        elif isinstance(exc, VibeEngineError):  # the runtime's own stops: not the model's fault
             handle.status, handle.reason = TaskStatus.FAILED, str(exc)
-        except Exception as exc:
+        else:
             _log.exception("agent_crashed", task_id=handle.id, agent=handle.spec.agent)
             handle.status = TaskStatus.FAILED
             handle.reason = f"agent crashed: {type(exc).__name__}: {exc}"
             self._report_failure(handle)
-
-    async def _run_agent(self, handle: TaskHandle, agent: Any) -> Any:
-        """The agent's run under the task's time budget; when its model degrades mid-task
-        and replanning breaks the task down (R6.2), the parts run in its place."""
-        ctx = self._context_factory(self, handle)
-        tg, scope = self._task_group, handle.cancel_scope
-        try:
-            if tg is None or scope is None:
-                return await agent.run(ctx)
-            # R1.1: the task's wall-time budget ends the attempt even without a model call
-            with self._deadlines.watch(handle.id, scope, tg.start_soon):
-                return await agent.run(ctx)
-        except BreakDownRequested as exc:
-            split = await self.gateway.replanner.before_call(  # now knowing the agent's hook
-                handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
-                allow_break_down=True)
-            return await self._run_parts(handle, split or exc.decision, agent)
 
     def _report_failure(self, handle: TaskHandle) -> None:
         """R4.3: a task that failed after its model finished is a signal of a wrong choice.
