@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -65,6 +66,8 @@ class Route:
     fallback: str | None = None
 
 
+#: The hints of a call given none: one read-only mapping, not an empty dict per call.
+_NO_HINTS: Mapping[str, Any] = MappingProxyType({})
 #: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
 AttemptFn = Callable[..., Awaitable[Completion]]
 #: The lease step, ``(task, tokens, reservation) -> Lease``.
@@ -208,8 +211,8 @@ class Gateway:
         need = out + self.estimate(
             self.router.catalog.strongest, messages, system, context, tools
         ).calibrated
-        call = _Call(max_tokens, out, stream, dict(hints or {}), opts, on_text, passthrough,
-                     task, messages, system, context, tools)
+        call = _Call(max_tokens, out, stream, dict(hints) if hints else _NO_HINTS, opts, on_text,
+                     passthrough, task, messages, system, context, tools)
         explicit = model is not None
         may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
             (hints or {}).get("allow_fallback"))
