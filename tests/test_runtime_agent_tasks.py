@@ -4,15 +4,18 @@ task's wall-time budget is a deadline on the attempt's own cancel scope (R1.1)."
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from typing import Any
 
 import anyio
 import pytest
 
-from scheduler import Limits, TaskSpec
+from scheduler import Completion, CompletionRequest, Limits, TaskSpec, Usage, VibeConfig
 from scheduler.runtime import AgentContext
 from scheduler.runtime._spawn import task_group
 from scheduler.tasks import TaskStatus
+from scheduler.testing import build_orchestrator
 from tests._helpers import OrchestratorFactory
 
 pytestmark = pytest.mark.real_asyncio  # asyncio's own tasks are what is tested
@@ -111,3 +114,45 @@ def test_r7_1_task_specs_share_the_set_of_fields_they_were_given() -> None:
     assert c.model_fields_set == {"id", "agent", "prompt", "priority"}
     assert a.model_fields_set == b.model_fields_set == {"id", "agent", "prompt"}
     assert TaskSpec(id="d", agent="x").model_fields_set == {"id", "agent"}
+
+
+class Instant:
+    """Answers at once and keeps nothing (a scripted provider records every call)."""
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        return Completion("ok", Usage(20, 5), request.model)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class TwoCalls:
+    async def run(self, ctx: AgentContext) -> None:
+        for _ in range(2):
+            await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=16)
+
+
+async def test_r7_1_agents_waiting_for_a_lease_hold_little_memory(tmp_path: Any) -> None:
+    """R7.1: hundreds of agents waiting for their turn (a pool of 2 calls) hold under
+    13 KiB of Python memory each at the run's peak, their task specs included
+    (tracemalloc's peak above the memory before the config is built; not a timing)."""
+    n = 400
+    warm = build_orchestrator({"a": TwoCalls}, state_dir=tmp_path / "warm", provider=Instant())
+    await warm.run([TaskSpec(id="t", agent="a")])  # imports, the tokenizer's tables
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        config = VibeConfig.model_validate({
+            "state_dir": str(tmp_path / "run"), "session_id": "s1",  # the default store: SQLite
+            "allocator": {"pools": {"anthropic": {"concurrent": 2}}},
+            "tasks": [{"id": f"t{i}", "agent": "a", "prompt": "x"} for i in range(n)]})
+        orch = build_orchestrator({"a": TwoCalls}, config=config, provider=Instant())
+        report = await orch.run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert {o.status for o in report.outcomes.values()} == {"completed"}
+    # 12.4 KiB when written; anyio's task group for the agents would make it 13.9
+    assert (peak - base) / n < 13 * 1024
