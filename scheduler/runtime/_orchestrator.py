@@ -283,20 +283,37 @@ class Orchestrator:
         return self.handles.abort(task_id, reason, requeue=requeue)
 
     async def _run_task(self, handle: TaskHandle) -> None:
-        spec = handle.spec
+        """Run the task's attempts until one ends it; its end is recorded whatever happens.
+        The attempts loop in this frame: thousands of agents wait inside an attempt."""
         try:
-            await self._wait_dependencies(handle)
-            await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent,
-                                          span=spec.budget_span,
-                                          parent=self._parents.get(spec.id))
-            if self._session.continued:  # a new session has no budget added to restore
-                await self.controller.restore_task(spec.id)
-            await self._attempts(handle)
+            await self._begin(handle)
+            factory = self.agents[handle.spec.agent]
+            again = True
+            while again:
+                handle.status = TaskStatus.RUNNING
+                handle.started_at = anyio.current_time()
+                handle.abort = None
+                with anyio.CancelScope() as scope:
+                    handle.cancel_scope = scope
+                    await self._attempt(handle, factory)
+                handle.cancel_scope = None
+                with anyio.CancelScope(shield=True):
+                    await self.parts.on_release(handle)
+                again = self._again(handle, scope.cancelled_caught)
         except VibeEngineError as exc:
             handle.status, handle.reason = TaskStatus.FAILED, str(exc)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish(handle)
+
+    async def _begin(self, handle: TaskHandle) -> None:
+        """Wait for the task's dependencies, then start counting its budget."""
+        spec = handle.spec
+        await self._wait_dependencies(handle)
+        await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent,
+                                      span=spec.budget_span, parent=self._parents.get(spec.id))
+        if self._session.continued:  # a new session has no budget added to restore
+            await self.controller.restore_task(spec.id)
 
     async def _wait_dependencies(self, handle: TaskHandle) -> None:
         """Wait for ``depends_on``; a deadlock victim here fails (a cycle would recur)."""
@@ -309,36 +326,28 @@ class Orchestrator:
         if scope.cancelled_caught and abort is not None:
             raise TaskAbortedError(handle.id, f"{abort.reason} while waiting for its dependencies")
 
-    async def _attempts(self, handle: TaskHandle) -> None:
-        factory = self.agents[handle.spec.agent]
-        while True:
-            handle.status = TaskStatus.RUNNING
-            handle.started_at = anyio.current_time()
-            handle.abort = None
-            with anyio.CancelScope() as scope:
-                handle.cancel_scope = scope
-                await self._attempt(handle, factory)
-            handle.cancel_scope = None
-            with anyio.CancelScope(shield=True):
-                await self.parts.on_release(handle)
-            abort, handle.abort = handle.abort, None
-            retry, handle.retry = handle.retry, ""
-            if retry and abort is None:
-                handle.attempt += 1
-                handle.status, handle.reason = TaskStatus.REQUEUED, ""
-                self.bus.emit("task_retried", f"task {handle.id} retried: {retry}",
-                              task_id=handle.id, attempt=handle.attempt, level="warning")
-                continue
-            if not scope.cancelled_caught or abort is None:
-                return
-            if not abort.requeue or handle.attempt > self.config.deadlock.max_requeues:
-                handle.status = TaskStatus.FAILED
-                handle.reason = f"{abort.reason} (attempt {handle.attempt}; no requeue left)"
-                return
+    def _again(self, handle: TaskHandle, cancelled: bool) -> bool:
+        """After an attempt (``cancelled``: its scope caught a cancellation): whether another
+        runs -- a retry after a failure (R4.3) or a requeued deadlock victim (R5.7)."""
+        abort, handle.abort = handle.abort, None
+        retry, handle.retry = handle.retry, ""
+        if retry and abort is None:
             handle.attempt += 1
-            handle.status = TaskStatus.REQUEUED
-            self.bus.emit("task_requeued", f"task {handle.id} requeued: {abort.reason}",
-                          task_id=handle.id, attempt=handle.attempt)
+            handle.status, handle.reason = TaskStatus.REQUEUED, ""
+            self.bus.emit("task_retried", f"task {handle.id} retried: {retry}",
+                          task_id=handle.id, attempt=handle.attempt, level="warning")
+            return True
+        if not cancelled or abort is None:
+            return False
+        if not abort.requeue or handle.attempt > self.config.deadlock.max_requeues:
+            handle.status = TaskStatus.FAILED
+            handle.reason = f"{abort.reason} (attempt {handle.attempt}; no requeue left)"
+            return False
+        handle.attempt += 1
+        handle.status = TaskStatus.REQUEUED
+        self.bus.emit("task_requeued", f"task {handle.id} requeued: {abort.reason}",
+                      task_id=handle.id, attempt=handle.attempt)
+        return True
 
     async def _attempt(self, handle: TaskHandle, factory: AgentFactory) -> None:
         """One attempt: the agent's run under the task's time budget -- or, when replanning
