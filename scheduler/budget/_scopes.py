@@ -51,7 +51,9 @@ class ScopeState:
     reserved_tokens: int = 0
     reserved_cost: float = 0.0
     reserved_by_model: dict[str, int] = field(default_factory=dict)
-    fired: set[tuple[str, Level]] = field(default_factory=set)
+    #: The thresholds passed, ``(dimension, level)``; made when one is (most tasks of a
+    #: large run never pass one, and an empty set is 216 bytes per task).
+    fired: set[tuple[str, Level]] | None = None
     started_at: float = 0.0
     #: Held atomically across processes on a shared store, like the session and the day
     #: (a task whose budget spans the store: a ``serve`` key).
@@ -280,7 +282,9 @@ class Scopes:
     def _fire(self, scope: ScopeState, dim: str, used: float, lim: float) -> list[Crossing]:
         out: list[Crossing] = []
         for level, frac in self._thresholds(scope, dim).items():
-            if used >= lim * frac and (dim, level) not in scope.fired:
+            if used >= lim * frac and (scope.fired is None or (dim, level) not in scope.fired):
+                if scope.fired is None:
+                    scope.fired = set()
                 scope.fired.add((dim, level))
                 out.append(Crossing(scope.name, dim, level, used, lim))
         return out
@@ -301,8 +305,9 @@ class Scopes:
         if warn and cost and data["cost_usd"] and "cost_warning_usd" not in extra.model_fields_set:
             data["cost_warning_usd"] = round(data["cost_usd"] * warn / cost, 6)  # same fraction
         scope.limits = Limits.model_validate(data)
-        for dim, level in list(scope.fired):
+        fired = scope.fired or set()
+        for dim, level in list(fired):
             lim = scope.limit(dim) if dim != "time_s" else scope.limits.time_s
             used = scope.used(dim) if dim != "time_s" else self._clock() - scope.started_at
             if lim and used < lim * self._thresholds(scope, dim)[level]:
-                scope.fired.discard((dim, level))
+                fired.discard((dim, level))
