@@ -61,8 +61,8 @@ class ScopeState:
     # what ``limits`` says per dimension, worked out once per Limits (a frozen model: a
     # new object whenever a limit changes) -- every call asks several times
     _caps_of: Limits | None = field(default=None, init=False, repr=False, compare=False)
-    _caps: dict[str, float | None] = field(default_factory=dict, init=False, repr=False,
-                                           compare=False)
+    _caps: dict[str, float | None] = field(default_factory=lambda: _NO_CAPS, init=False,
+                                           repr=False, compare=False)
     _limited: tuple[tuple[str, float], ...] = field(default=(), init=False, repr=False,
                                                    compare=False)
 
@@ -91,12 +91,31 @@ class ScopeState:
     def _limits_now(self) -> dict[str, float | None]:
         if self._caps_of is not self.limits:
             lim = self.limits
-            caps: dict[str, float | None] = {
-                d: v for d in COUNTED if (v := getattr(lim, d)) is not None}
-            caps.update((f"tokens:{m}", v) for m, v in lim.tokens_by_model.items())
-            self._caps, self._caps_of = caps, lim
-            self._limited = tuple((d, v) for d, v in caps.items() if v)
+            self._caps, self._limited = _caps_of(lim)
+            self._caps_of = lim
         return self._caps
+
+
+#: What each ``Limits`` says per dimension, and its dimensions limited above 0, by the
+#: object's id (tasks of one type and complexity share their limits: their scopes share
+#: these too, read only); the object is kept with them so its id is not reused.
+_CAPS: dict[int, tuple[Limits, dict[str, float | None], tuple[tuple[str, float], ...]]] = {}
+_CAPS_KEPT = 1024
+_NO_CAPS: dict[str, float | None] = {}  # a scope's, until it first reads its limits
+
+
+def _caps_of(lim: Limits) -> tuple[dict[str, float | None], tuple[tuple[str, float], ...]]:
+    found = _CAPS.get(id(lim))
+    if found is not None and found[0] is lim:
+        return found[1], found[2]
+    caps: dict[str, float | None] = {
+        d: v for d in COUNTED if (v := getattr(lim, d)) is not None}
+    caps.update((f"tokens:{m}", v) for m, v in lim.tokens_by_model.items())
+    limited = tuple((d, v) for d, v in caps.items() if v)
+    if len(_CAPS) >= _CAPS_KEPT:
+        _CAPS.clear()  # bounded: limits raised for single tasks are new objects each time
+    _CAPS[id(lim)] = (lim, caps, limited)
+    return caps, limited
 
 
 @dataclass(slots=True)
