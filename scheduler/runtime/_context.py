@@ -56,6 +56,8 @@ class ShellResult:
 class LlmClient:
     """``ctx.llm``: model calls through the gateway."""
 
+    __slots__ = ("_ctx", "_gateway", "_task")  # one per waiting agent
+
     def __init__(self, gateway: Gateway, task: TaskHandle,
                  ctx: AgentContext | None = None) -> None:
         self._gateway = gateway
