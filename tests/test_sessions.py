@@ -158,3 +158,18 @@ async def test_one_orchestrator_per_state_directory(tmp_path: Path) -> None:
     assert reports[0].outcomes["fix"].status == "completed"
     # once the first has ended the directory is free again
     assert (await second.run([_coder("other")])).outcomes["other"].status == "completed"
+
+
+async def test_r7_1_the_ended_session_record_holds_the_whole_config(tmp_path: Path) -> None:
+    """R7.1: the session record written when the run ends holds the run's config with
+    every task, as at its start (the run keeps it compressed meanwhile, not as dicts)."""
+    store = MemoryStore()
+    specs = [_coder(f"t{i}", steps=1).model_dump() for i in range(3)]
+    orch = build_orchestrator({"coder": _Stepper}, state_dir=tmp_path, store=store,
+                              session_id="s1", tasks=specs,
+                              provider=ScriptedProvider(latency_s=1))
+    await orch.run()
+    record: Any = await store.get_state("session", "s1")
+    assert record["state"] == "completed"
+    assert record["config"] == json.loads(json.dumps(orch.config.model_dump(mode="json")))
+    assert [t["id"] for t in record["config"]["tasks"]] == ["t0", "t1", "t2"]

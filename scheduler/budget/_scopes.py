@@ -54,7 +54,9 @@ class ScopeState:
     reserved_tokens: int = 0
     reserved_cost: float = 0.0
     reserved_by_model: dict[str, int] = field(default_factory=dict)
-    fired: set[tuple[str, Level]] = field(default_factory=set)
+    #: The thresholds passed, ``(dimension, level)``; made when one is (most tasks of a
+    #: large run never pass one, and an empty set is 216 bytes per task).
+    fired: set[tuple[str, Level]] | None = None
     started_at: float = 0.0
     #: Held atomically across processes on a shared store, like the session and the day
     #: (a task whose budget spans the store: a ``serve`` key).
@@ -62,8 +64,8 @@ class ScopeState:
     # what ``limits`` says per dimension, worked out once per Limits (a frozen model: a
     # new object whenever a limit changes) -- every call asks several times
     _caps_of: Limits | None = field(default=None, init=False, repr=False, compare=False)
-    _caps: dict[str, float | None] = field(default_factory=dict, init=False, repr=False,
-                                           compare=False)
+    _caps: dict[str, float | None] = field(default_factory=lambda: _NO_CAPS, init=False,
+                                           repr=False, compare=False)
     _limited: tuple[tuple[str, float], ...] = field(default=(), init=False, repr=False,
                                                    compare=False)
 
@@ -92,12 +94,31 @@ class ScopeState:
     def _limits_now(self) -> dict[str, float | None]:
         if self._caps_of is not self.limits:
             lim = self.limits
-            caps: dict[str, float | None] = {
-                d: v for d in COUNTED if (v := getattr(lim, d)) is not None}
-            caps.update((f"tokens:{m}", v) for m, v in lim.tokens_by_model.items())
-            self._caps, self._caps_of = caps, lim
-            self._limited = tuple((d, v) for d, v in caps.items() if v)
+            self._caps, self._limited = _caps_of(lim)
+            self._caps_of = lim
         return self._caps
+
+
+#: What each ``Limits`` says per dimension, and its dimensions limited above 0, by the
+#: object's id (tasks of one type and complexity share their limits: their scopes share
+#: these too, read only); the object is kept with them so its id is not reused.
+_CAPS: dict[int, tuple[Limits, dict[str, float | None], tuple[tuple[str, float], ...]]] = {}
+_CAPS_KEPT = 1024
+_NO_CAPS: dict[str, float | None] = {}  # a scope's, until it first reads its limits
+
+
+def _caps_of(lim: Limits) -> tuple[dict[str, float | None], tuple[tuple[str, float], ...]]:
+    found = _CAPS.get(id(lim))
+    if found is not None and found[0] is lim:
+        return found[1], found[2]
+    caps: dict[str, float | None] = {
+        d: v for d in COUNTED if (v := getattr(lim, d)) is not None}
+    caps.update((f"tokens:{m}", v) for m, v in lim.tokens_by_model.items())
+    limited = tuple((d, v) for d, v in caps.items() if v)
+    if len(_CAPS) >= _CAPS_KEPT:
+        _CAPS.clear()  # bounded: limits raised for single tasks are new objects each time
+    _CAPS[id(lim)] = (lim, caps, limited)
+    return caps, limited
 
 
 @dataclass(slots=True)
@@ -344,7 +365,9 @@ class Scopes:
     def _fire(self, scope: ScopeState, dim: str, used: float, lim: float) -> list[Crossing]:
         out: list[Crossing] = []
         for level, frac in self._thresholds(scope, dim).items():
-            if used >= lim * frac and (dim, level) not in scope.fired:
+            if used >= lim * frac and (scope.fired is None or (dim, level) not in scope.fired):
+                if scope.fired is None:
+                    scope.fired = set()
                 scope.fired.add((dim, level))
                 out.append(Crossing(scope.name, dim, level, used, lim))
         return out
@@ -365,8 +388,9 @@ class Scopes:
         if warn and cost and data["cost_usd"] and "cost_warning_usd" not in extra.model_fields_set:
             data["cost_warning_usd"] = round(data["cost_usd"] * warn / cost, 6)  # same fraction
         scope.limits = Limits.model_validate(data)
-        for dim, level in list(scope.fired):
+        fired = scope.fired or set()
+        for dim, level in list(fired):
             lim = scope.limit(dim) if dim != "time_s" else scope.limits.time_s
             used = scope.used(dim) if dim != "time_s" else self._clock() - scope.started_at
             if lim and used < lim * self._thresholds(scope, dim)[level]:
-                scope.fired.discard((dim, level))
+                fired.discard((dim, level))

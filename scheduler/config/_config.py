@@ -72,6 +72,9 @@ __all__ = [
 #: A task id names the task's folder (``tasks/<id>/``, ``workspace/<id>/``): it must be a
 #: file name (255 bytes on common file systems) with room for suffixes.
 MAX_TASK_ID = 128
+#: The sets of field names specs were given, one object per distinct set (see
+#: ``TaskSpec.model_post_init``); at most one per combination of TaskSpec's fields.
+_FIELDS_SET: dict[frozenset[str], set[str]] = {}
 
 
 class TaskSpec(FrozenModel):
@@ -97,6 +100,14 @@ class TaskSpec(FrozenModel):
     #: on top of ``budget``; a new day starts from nothing.  With ``budget_span = "store"``
     #: the day counts every session's use of the id, across processes on a shared store.
     day_budget: Limits | None = None
+
+    def model_post_init(self, context: Any, /) -> None:
+        # A run of 10,000 tasks would hold 10,000 equal sets of the names its specs set
+        # (216 bytes each): they share one.  Pydantic only reads the set, and copies it
+        # before ``model_copy`` adds to it (the model is frozen: nothing else writes it).
+        names = self.__pydantic_fields_set__
+        object.__setattr__(self, "__pydantic_fields_set__",
+                           _FIELDS_SET.setdefault(frozenset(names), names))
 
     @field_validator("id")
     @classmethod

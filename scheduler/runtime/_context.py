@@ -56,6 +56,8 @@ class ShellResult:
 class LlmClient:
     """``ctx.llm``: model calls through the gateway."""
 
+    __slots__ = ("_ctx", "_gateway", "_task")  # one per waiting agent
+
     def __init__(self, gateway: Gateway, task: TaskHandle,
                  ctx: AgentContext | None = None) -> None:
         self._gateway = gateway
@@ -164,8 +166,8 @@ class AgentContext:
         task: TaskHandle,
         gateway: Gateway,
         store: Store,
-        workspace: Path,
         wait_for: Callable[[str, str], Awaitable[Any]],
+        workspace: Path | None = None,
         locks: LockManager | None = None,
     ) -> None:
         self.handle = task
@@ -178,15 +180,23 @@ class AgentContext:
         self._pause = gateway.admission.controller
         self._checkpoint_source: Callable[[], Mapping[str, Any]] | None = None
         self.llm = LlmClient(gateway, task, self)
-        self.workspace = workspace
         self._wait_for = wait_for
-        # made on first use: most agents never log, edit files or lock, and a run of
-        # 10,000 waiting agents would hold them all
+        # made on first use: most agents never log, edit files or lock (or look at their
+        # workspace), and a run of 10,000 waiting agents would hold them all
+        self._workspace = workspace
         self._lock_manager = locks
         self._log: LibraryLogger | None = None
         self._files: FileOps | None = None
         self._shell: ShellOps | None = None
         self._locks: TaskLocks | None = None
+
+    @property
+    def workspace(self) -> Path:
+        """The task's folder for its files and commands (default: its id under the state
+        directory's ``workspace``)."""
+        if self._workspace is None:
+            self._workspace = self.gateway.config.state_dir / "workspace" / self.task.id
+        return self._workspace
 
     @property
     def log(self) -> LibraryLogger:

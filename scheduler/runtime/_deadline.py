@@ -14,8 +14,8 @@ cancelling.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
 
 import anyio
 
@@ -23,7 +23,6 @@ from scheduler.budget import Tracker
 from scheduler.control import PauseController
 from scheduler.core import BudgetExceededError, EventBus
 
-T = TypeVar("T")
 #: Starts a background task in the run's task group (``TaskGroup.start_soon``).
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 
@@ -48,34 +47,35 @@ class Deadlines:
         self._bus = bus
         #: (loop time due, attempt number, task id), earliest first.
         self._due: list[tuple[float, int, str]] = []
-        #: The running attempts: their body scope and attempt number.
+        #: The running attempts: their cancel scope and attempt number.
         self._bodies: dict[str, tuple[anyio.CancelScope, int]] = {}
+        #: The attempts (by serial) the watchdog cancelled, until their ``with`` ends.
+        self._expired: dict[int, bool] = {}
         self._serial = 0
         self._serving = False
         self._wake: anyio.Event | None = None
 
-    async def run_within(self, task_id: str, run: Callable[[], Awaitable[T]],
-                         spawn: Spawn) -> T:
-        """Await ``run()``; raise :class:`BudgetExceededError` (``time_s``) when the task's
-        wall-time budget runs out first (the agent's work is cancelled)."""
-        body = anyio.CancelScope()
+    def watch(self, task_id: str, scope: anyio.CancelScope, spawn: Spawn) -> Watch:
+        """Watch the attempt that ``scope`` (its cancel scope) runs: leaving the ``with``
+        raises :class:`BudgetExceededError` (``time_s``) when the task's wall-time budget
+        ran out first and the watchdog cancelled ``scope``.  The attempt's own scope, not
+        one more per attempt: an agent waiting for its turn holds no scope for its deadline."""
         self._serial += 1
         serial = self._serial
-        self._bodies[task_id] = (body, serial)
+        self._bodies[task_id] = (scope, serial)
         self._schedule(task_id, serial, anyio.current_time())
         if not self._serving:
             self._serving = True
             spawn(self._serve)
-        try:
-            with body:
-                return await run()
-        finally:
-            if self._bodies.get(task_id, (None, 0))[1] == serial:
-                del self._bodies[task_id]
-            if not self._bodies and self._wake is not None:
-                self._wake.set()  # the last attempt ended: the service ends too
-        # only this watcher cancels ``body``: an outer cancellation passes through it
-        _raise_expired(task_id, self._tracker, self._bus)
+        return Watch(self, task_id, serial)
+
+    def _unwatch(self, task_id: str, serial: int) -> bool:
+        """Stop watching an attempt; whether the watchdog cancelled it."""
+        if self._bodies.get(task_id, (None, 0))[1] == serial:
+            del self._bodies[task_id]
+        if not self._bodies and self._wake is not None:
+            self._wake.set()  # the last attempt ended: the service ends too
+        return self._expired.pop(serial, False)
 
     def _schedule(self, task_id: str, serial: int, now: float) -> None:
         left = self._tracker.remaining(task_id).time_s
@@ -114,7 +114,27 @@ class Deadlines:
                 self._controller.current_critical(task_id) is not None):
             heapq.heappush(self._due, (now + _RECHECK_S, serial, task_id))
         else:
+            self._expired[serial] = True
             body.cancel()
+
+
+class Watch:
+    """The ``with`` of one watched attempt (see :meth:`Deadlines.watch`)."""
+
+    __slots__ = ("_deadlines", "_serial", "_task_id")
+
+    def __init__(self, deadlines: Deadlines, task_id: str, serial: int) -> None:
+        self._deadlines, self._task_id, self._serial = deadlines, task_id, serial
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        deadlines = self._deadlines
+        if deadlines._unwatch(self._task_id, self._serial):
+            # only the watchdog cancels for the deadline: the attempt's cancellation
+            # becomes the budget error its task fails with
+            _raise_expired(self._task_id, deadlines._tracker, deadlines._bus)
 
 
 def _raise_expired(task_id: str, tracker: Tracker, bus: EventBus) -> NoReturn:

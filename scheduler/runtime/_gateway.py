@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -65,7 +66,8 @@ class Route:
     fallback: str | None = None
 
 
-_CallOn = Callable[[Route], Awaitable[Completion]]
+#: The hints of a call given none: one read-only mapping, not an empty dict per call.
+_NO_HINTS: Mapping[str, Any] = MappingProxyType({})
 #: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
 AttemptFn = Callable[..., Awaitable[Completion]]
 #: The lease step, ``(task, tokens, reservation) -> Lease``.
@@ -96,7 +98,14 @@ class _Call:
     hints: Mapping[str, Any]
     options: Mapping[str, Any]
     on_text: TextSink | None
-    passthrough: Passthrough | None = None
+    passthrough: Passthrough | None
+    # the request itself: held here rather than in a closure, whose cells, function and
+    # coroutine frame every call waiting for a lease would hold as well
+    task: TaskHandle
+    messages: Sequence[Message]
+    system: str
+    context: str
+    tools: Sequence[Mapping[str, Any]]
 
 
 class _NoScorer:
@@ -202,54 +211,61 @@ class Gateway:
         need = out + self.estimate(
             self.router.catalog.strongest, messages, system, context, tools
         ).calibrated
-        call = _Call(max_tokens, out, stream, dict(hints or {}), opts, on_text, passthrough)
-
-        async def on(route: Route) -> Completion:
-            return await self._attempt(task, route, messages, system, context, tools, call)
-
+        call = _Call(max_tokens, out, stream, dict(hints) if hints else _NO_HINTS, opts, on_text,
+                     passthrough, task, messages, system, context, tools)
         explicit = model is not None
         may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
             (hints or {}).get("allow_fallback"))
-        route, completion = await self._with_fallbacks(
-            task, self.route(task, model, hints, need), need, on, may_fall_back
-        )
+        route = self.route(task, model, hints, need)
+        try:  # the first try in line: a call waiting for its lease holds no fallback frame
+            completion = await self._on(route, call)
+        except (OverloadedError, ProviderTimeoutError) as exc:
+            if not may_fall_back:
+                raise
+            route, completion = await self._with_fallbacks(call, route, need, exc)
         if model is None and passthrough is None:  # R4.3 corrections apply to routed
             # calls only, and not to forwarded ones: their answer reached the client already
-            completion = await self._corrected(task, route, messages, completion, hints, need, on)
+            completion = await self._corrected(call, route, completion, hints, need)
         return completion
 
+    def _on(self, route: Route, call: _Call) -> Awaitable[Completion]:
+        """One attempt of ``call`` on ``route`` (the awaitable itself: no frame of its own)."""
+        return self._attempt(call.task, route, call.messages, call.system, call.context,
+                             call.tools, call)
+
     async def _with_fallbacks(
-        self, task: TaskHandle, route: Route, need: int, on: _CallOn, may_fall_back: bool,
+        self, call: _Call, route: Route, need: int, exc: OverloadedError | ProviderTimeoutError,
     ) -> tuple[Route, Completion]:
-        """R6.1: a 529 or timeout moves the call to the next usable, in-budget substitute
-        (a call that named its model only when ``may_fall_back``).  Each try's reservation
-        and lease are given back before the next is admitted (``_complete_on``)."""
+        """R6.1: a 529 or timeout (``exc``, on ``route``) moves a call that may fall back to
+        the next usable, in-budget substitute.  Each try's reservation and lease are given
+        back before the next is admitted (``_complete_on``)."""
+        task = call.task
         tried: list[str] = []
         while True:
+            tried.append(route.model)
+            skip = [*tried, *self.over_budget(task, need)]
+            nxt = route.fallback if route.fallback not in skip else None
+            nxt = nxt or self._next_fallback(task, route.model, skip)
+            if nxt is None:
+                raise exc
+            self.bus.emit(
+                "model_fallback",
+                f"{route.model} failed ({type(exc).__name__}); retrying on {nxt}",
+                task_id=task.id, level="warning", model=route.model, fallback=nxt,
+            )
+            route = Route(nxt, f"fallback after {type(exc).__name__}",
+                          self._next_fallback(task, nxt, [*skip, nxt]))
             try:
-                return route, await on(route)
-            except (OverloadedError, ProviderTimeoutError) as exc:
-                if not may_fall_back:
-                    raise
-                tried.append(route.model)
-                skip = [*tried, *self.over_budget(task, need)]
-                nxt = route.fallback if route.fallback not in skip else None
-                nxt = nxt or self._next_fallback(task, route.model, skip)
-                if nxt is None:
-                    raise
-                self.bus.emit(
-                    "model_fallback",
-                    f"{route.model} failed ({type(exc).__name__}); retrying on {nxt}",
-                    task_id=task.id, level="warning", model=route.model, fallback=nxt,
-                )
-                route = Route(nxt, f"fallback after {type(exc).__name__}",
-                              self._next_fallback(task, nxt, [*skip, nxt]))
+                return route, await self._on(route, call)
+            except (OverloadedError, ProviderTimeoutError) as again:
+                exc = again
 
     async def _corrected(
-        self, task: TaskHandle, route: Route, messages: Sequence[Message],
-        completion: Completion, hints: Mapping[str, Any] | None, need: int, on: _CallOn,
+        self, call: _Call, route: Route, completion: Completion,
+        hints: Mapping[str, Any] | None, need: int,
     ) -> Completion:
         """R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier."""
+        task, messages = call.task, call.messages
         completion = await self._scored(task, messages, completion)
         for _ in range(len(self.router.catalog.tiers) - 1):
             upgrade = self.router.report_outcome(
@@ -262,7 +278,7 @@ class Gateway:
             if retry.model == route.model:
                 break
             try:
-                completion = await self._scored(task, messages, await on(retry))
+                completion = await self._scored(task, messages, await self._on(retry, call))
             except (OverloadedError, ProviderTimeoutError) as exc:
                 # the answer we have stands; the failure is recorded in model health
                 self.bus.emit(

@@ -13,14 +13,12 @@ cancelled or aborted attempt's leases and locks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import anyio
-import anyio.abc
 
 from policies.replan import BreakDown
 from scheduler.budget import ScopeState, TokenCounter, resolve_task
@@ -43,6 +41,7 @@ from scheduler.runtime._context import AgentContext
 from scheduler.runtime._deadline import Deadlines
 from scheduler.runtime._gateway import BreakDownRequested
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
+from scheduler.runtime._spawn import Spawner, task_group
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
@@ -87,8 +86,8 @@ class RunReport:
 
 def _default_context_factory(orch: Orchestrator, handle: TaskHandle) -> AgentContext:
     return AgentContext(
-        task=handle, gateway=orch.gateway, store=orch.store,
-        workspace=orch.workspace / handle.id, wait_for=orch.wait_for, locks=orch.locks,
+        task=handle, gateway=orch.gateway, store=orch.store, wait_for=orch.wait_for,
+        locks=orch.locks,  # the workspace path made on first use (most agents never ask)
     )
 
 
@@ -121,7 +120,7 @@ class Orchestrator:
         self.store, self.wall, self.bus, self.counter = (
             parts.store, parts.wall, parts.bus, parts.counter)
         self.session_id = parts.session_id
-        self.workspace = config.state_dir / "workspace"
+        self.workspace = config.state_dir / "workspace"  # AgentContext.workspace's parent
         self.tracker, self.allocator, self.capacity, self.quota = (
             parts.tracker, parts.allocator, parts.capacity, parts.quota)
         self.overdraft, self.controller, self.alerts, self.gateway = (
@@ -130,7 +129,7 @@ class Orchestrator:
         self.handles: TaskTable = parts.tasks
         self.view, self.observers = parts.view, parts.observers
         self.services: list[Service] = parts.services
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._task_group: Spawner | None = None
         #: Tasks added by :meth:`spawn` whose budget a parent task encloses.
         self._parents: dict[str, str] = {}
         self._context_factory = context_factory
@@ -212,13 +211,13 @@ class Orchestrator:
                 await tg.start(self.quota.run)
             for service in self.services:
                 tg.start_soon(service)
-            async with anyio.create_task_group() as tasks_tg:
+            async with task_group() as tasks_tg:  # lean agent tasks on asyncio
                 self._task_group = tasks_tg
                 await self._start(self.handles.values(), tasks_tg)
             self._task_group = None
             tg.cancel_scope.cancel()
 
-    async def _start(self, handles: Iterable[TaskHandle], tg: anyio.abc.TaskGroup) -> None:
+    async def _start(self, handles: Iterable[TaskHandle], tg: Spawner) -> None:
         """Run the pending ``handles``, except those a continued session ended (they keep
         what it recorded); every task is recorded before any starts, so offline status
         lists them all and the tasks start together."""
@@ -284,20 +283,37 @@ class Orchestrator:
         return self.handles.abort(task_id, reason, requeue=requeue)
 
     async def _run_task(self, handle: TaskHandle) -> None:
-        spec = handle.spec
+        """Run the task's attempts until one ends it; its end is recorded whatever happens.
+        The attempts loop in this frame: thousands of agents wait inside an attempt."""
         try:
-            await self._wait_dependencies(handle)
-            await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent,
-                                          span=spec.budget_span,
-                                          parent=self._parents.get(spec.id))
-            if self._session.continued:  # a new session has no budget added to restore
-                await self.controller.restore_task(spec.id)
-            await self._attempts(handle)
+            await self._begin(handle)
+            factory = self.agents[handle.spec.agent]
+            again = True
+            while again:
+                handle.status = TaskStatus.RUNNING
+                handle.started_at = anyio.current_time()
+                handle.abort = None
+                with anyio.CancelScope() as scope:
+                    handle.cancel_scope = scope
+                    await self._attempt(handle, factory)
+                handle.cancel_scope = None
+                with anyio.CancelScope(shield=True):
+                    await self.parts.on_release(handle)
+                again = self._again(handle, scope.cancelled_caught)
         except VibeEngineError as exc:
             handle.status, handle.reason = TaskStatus.FAILED, str(exc)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish(handle)
+
+    async def _begin(self, handle: TaskHandle) -> None:
+        """Wait for the task's dependencies, then start counting its budget."""
+        spec = handle.spec
+        await self._wait_dependencies(handle)
+        await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent,
+                                      span=spec.budget_span, parent=self._parents.get(spec.id))
+        if self._session.continued:  # a new session has no budget added to restore
+            await self.controller.restore_task(spec.id)
 
     async def _wait_dependencies(self, handle: TaskHandle) -> None:
         """Wait for ``depends_on``; a deadlock victim here fails (a cycle would recur)."""
@@ -312,78 +328,77 @@ class Orchestrator:
         if scope.cancelled_caught and abort is not None:
             raise TaskAbortedError(handle.id, f"{abort.reason} while waiting for its dependencies")
 
-    async def _attempts(self, handle: TaskHandle) -> None:
-        factory = self.agents[handle.spec.agent]
-        while True:
-            handle.status = TaskStatus.RUNNING
-            handle.started_at = anyio.current_time()
-            handle.abort = None
-            with anyio.CancelScope() as scope:
-                handle.cancel_scope = scope
-                await self._attempt(handle, factory)
-            handle.cancel_scope = None
-            with anyio.CancelScope(shield=True):
-                await self.parts.on_release(handle)
-            abort, handle.abort = handle.abort, None
-            retry, handle.retry = handle.retry, ""
-            if retry and abort is None:
-                handle.attempt += 1
-                handle.status, handle.reason = TaskStatus.REQUEUED, ""
-                self.bus.emit("task_retried", f"task {handle.id} retried: {retry}",
-                              task_id=handle.id, attempt=handle.attempt, level="warning")
-                continue
-            if not scope.cancelled_caught or abort is None:
-                return
-            if not abort.requeue or handle.attempt > self.config.deadlock.max_requeues:
-                handle.status = TaskStatus.FAILED
-                handle.reason = f"{abort.reason} (attempt {handle.attempt}; no requeue left)"
-                return
+    def _again(self, handle: TaskHandle, cancelled: bool) -> bool:
+        """After an attempt (``cancelled``: its scope caught a cancellation): whether another
+        runs -- a retry after a failure (R4.3) or a requeued deadlock victim (R5.7)."""
+        abort, handle.abort = handle.abort, None
+        retry, handle.retry = handle.retry, ""
+        if retry and abort is None:
             handle.attempt += 1
-            handle.status = TaskStatus.REQUEUED
-            self.bus.emit("task_requeued", f"task {handle.id} requeued: {abort.reason}",
-                          task_id=handle.id, attempt=handle.attempt)
+            handle.status, handle.reason = TaskStatus.REQUEUED, ""
+            self.bus.emit("task_retried", f"task {handle.id} retried: {retry}",
+                          task_id=handle.id, attempt=handle.attempt, level="warning")
+            return True
+        if not cancelled or abort is None:
+            return False
+        if not abort.requeue or handle.attempt > self.config.deadlock.max_requeues:
+            handle.status = TaskStatus.FAILED
+            handle.reason = f"{abort.reason} (attempt {handle.attempt}; no requeue left)"
+            return False
+        handle.attempt += 1
+        handle.status = TaskStatus.REQUEUED
+        self.bus.emit("task_requeued", f"task {handle.id} requeued: {abort.reason}",
+                      task_id=handle.id, attempt=handle.attempt)
+        return True
 
     async def _attempt(self, handle: TaskHandle, factory: AgentFactory) -> None:
+        """One attempt: the agent's run under the task's time budget -- or, when replanning
+        breaks the task down before or during it (R6.2), its parts in its place.  In one
+        frame: thousands of agents wait for their turn inside it."""
         try:
             agent = factory()
-            split = await self.gateway.replanner.before_call(  # R6.2/R6.7
-                handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
-                allow_break_down=not handle.split_from,  # parts are not split again
-            )
+            split = await self._replan(handle, agent, not handle.split_from)  # parts: not again
+            if split is None:
+                ctx = self._context_factory(self, handle)
+                try:
+                    with self._deadline(handle):
+                        handle.result = await agent.run(ctx)
+                except BreakDownRequested as exc:  # its model degraded mid-task
+                    split = await self._replan(handle, agent, True) or exc.decision
             if split is not None:
                 handle.result = await self._run_parts(handle, split, agent)
-            else:
-                handle.result = await self._run_agent(handle, agent)
             # kept with the task, or the task fails
             handle.stored_result = encode_result(handle.id, handle.result)
             handle.status = TaskStatus.COMPLETED
-        except FinishRequestedError as exc:
+        except Exception as exc:
+            self._attempt_failed(handle, exc)
+
+    def _replan(self, handle: TaskHandle, agent: Any,
+                allow_break_down: bool) -> Awaitable[BreakDown | None]:
+        """R6.2/R6.7: whether to break the task down, simplify it or wait for its model."""
+        return self.gateway.replanner.before_call(
+            handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
+            allow_break_down=allow_break_down)
+
+    def _deadline(self, handle: TaskHandle) -> AbstractContextManager[None]:
+        """R1.1: the task's wall-time budget ends the attempt even without a model call."""
+        tg, scope = self._task_group, handle.cancel_scope
+        if tg is None or scope is None:
+            return nullcontext()
+        return self._deadlines.watch(handle.id, scope, tg.start_soon)
+
+    def _attempt_failed(self, handle: TaskHandle, exc: Exception) -> None:
+        """How an attempt that raised ``exc`` ended."""
+        if isinstance(exc, FinishRequestedError):
             handle.status = TaskStatus.FINISHED
             handle.reason = f"saved and finished ({exc.source})"
-        except VibeEngineError as exc:  # the runtime's own stops are not the model's fault
+        elif isinstance(exc, VibeEngineError):  # the runtime's own stops: not the model's fault
             handle.status, handle.reason = TaskStatus.FAILED, str(exc)
-        except Exception as exc:
+        else:
             _log.exception("agent_crashed", task_id=handle.id, agent=handle.spec.agent)
             handle.status = TaskStatus.FAILED
             handle.reason = f"agent crashed: {type(exc).__name__}: {exc}"
             self._report_failure(handle)
-
-    async def _run_agent(self, handle: TaskHandle, agent: Any) -> Any:
-        """The agent's run under the task's time budget; when its model degrades mid-task
-        and replanning breaks the task down (R6.2), the parts run in its place."""
-        ctx = self._context_factory(self, handle)
-        tg = self._task_group
-        try:
-            if tg is None:
-                return await agent.run(ctx)
-            # R1.1: the task's wall-time budget ends the attempt even without a model call
-            return await self._deadlines.run_within(handle.id, partial(agent.run, ctx),
-                                                    tg.start_soon)
-        except BreakDownRequested as exc:
-            split = await self.gateway.replanner.before_call(  # now knowing the agent's hook
-                handle, lambda: self.tracker.fraction_used(handle.id), agent=agent,
-                allow_break_down=True)
-            return await self._run_parts(handle, split or exc.decision, agent)
 
     def _report_failure(self, handle: TaskHandle) -> None:
         """R4.3: a task that failed after its model finished is a signal of a wrong choice.

@@ -1,0 +1,109 @@
+"""The task group the run's tasks start in: a lean task per agent on asyncio (R7.1).
+
+anyio (4.14 and later) gives every task a task group starts a handle with a cancel scope
+and an event of its own: about 2 KiB beside the asyncio task, held by each of the
+thousands of agents a run keeps waiting for a lease.  On asyncio the run's tasks are
+therefore plain asyncio tasks, each inside one anyio cancel scope that the group cancels
+them through, so shields hold as in an anyio task group (a cancelled task's shielded
+clean-up returns its leases and records how it ended).  On any other backend (trio on
+virtual time in tests) it is anyio's own task group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import anyio
+
+from scheduler.core import on_asyncio
+
+
+class Spawner(Protocol):
+    """What the orchestrator needs of a task group: start a task (``TaskGroup.start_soon``)."""
+
+    def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> object: ...
+
+
+@asynccontextmanager
+async def task_group() -> AsyncIterator[Spawner]:
+    """A task group: on exit it waits for its tasks; an exception of one cancels the
+    others and is raised in an exception group, as anyio's task group does."""
+    if not on_asyncio():
+        async with anyio.create_task_group() as tg:
+            yield tg
+        return
+    group = _LeanGroup()
+    try:
+        yield group
+    except BaseException:
+        group.cancel()
+        with anyio.CancelScope(shield=True):
+            await group.join()
+        raise
+    await group.join()
+
+
+class _LeanGroup:
+    """Plain asyncio tasks, each run inside a cancel scope of its own (see the module)."""
+
+    __slots__ = ("_cancelled", "_children", "_errors", "_on_done", "_wake")
+
+    def __init__(self) -> None:
+        #: The running tasks (the event loop holds only weak references) and their scopes.
+        self._children: dict[asyncio.Task[None], anyio.CancelScope] = {}
+        self._errors: list[Exception] = []
+        self._cancelled = False
+        self._wake: anyio.Event | None = None
+        self._on_done = self._done  # one bound method for every task's done callback
+
+    def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> object:
+        scope = anyio.CancelScope()
+        if self._cancelled:
+            scope.cancel()  # as in a cancelled anyio group: cancelled at its first await
+        # the coroutine made here: the running task holds neither ``func`` nor ``args``
+        task = asyncio.get_running_loop().create_task(self._run(scope, func(*args)))
+        self._children[task] = scope
+        task.add_done_callback(self._on_done)
+        return task
+
+    async def _run(self, scope: anyio.CancelScope, coro: Awaitable[Any]) -> None:
+        try:
+            with scope:
+                await coro
+        except Exception as exc:
+            self._errors.append(exc)
+            self.cancel()
+        except BaseException:
+            self.cancel()
+            raise
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        del self._children[task]
+        if not self._children and self._wake is not None:
+            self._wake.set()
+
+    def cancel(self) -> None:
+        """Cancel every task of the group, and those it starts from now on."""
+        self._cancelled = True
+        for scope in self._children.values():
+            scope.cancel()
+
+    async def join(self) -> None:
+        """Wait until no task is left; a cancellation meanwhile cancels them first."""
+        try:
+            while self._children:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+        except anyio.get_cancelled_exc_class():
+            self.cancel()
+            with anyio.CancelScope(shield=True):
+                await self.join()
+            raise
+        finally:
+            self._wake = None
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise BaseExceptionGroup("unhandled errors in a task group", errors)
