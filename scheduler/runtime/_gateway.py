@@ -46,6 +46,7 @@ from scheduler.core import (
     VibeEngineError,
     check_options,
     cost_usd,
+    loop_time,
     thinking_budget,
 )
 from scheduler.routing import Replanner, Router, task_info
@@ -123,7 +124,7 @@ class Gateway:
         replanner: Replanner,
         controller: PauseController,
         alerts: AlertRuntime,
-        clock: Callable[[], float] = anyio.current_time,
+        clock: Callable[[], float] = loop_time,
     ) -> None:
         self.config = config
         self.tracker = tracker
@@ -311,7 +312,7 @@ class Gateway:
             started = self._clock()
             try:
                 with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
-                    completion = await self.call(task, request)
+                    completion = await self.call(task, request, started)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))
@@ -432,15 +433,21 @@ class Gateway:
         await self.admission.pause_point(task)
 
     # 5 call --------------------------------------------------------------------------
-    async def call(self, task: TaskHandle, request: CompletionRequest) -> Completion:
+    async def call(self, task: TaskHandle, request: CompletionRequest,
+                   started: float | None = None) -> Completion:
+        """``request`` on the provider, within the task's per-call limit (R1.3) counted
+        from ``started`` (loop time; default now)."""
         limit = task.profile.limits.call_time_s
+        if not limit:
+            return await self.provider.complete(request)
+        start = self._clock() if started is None else started
         try:
-            with anyio.fail_after(limit if limit else float("inf")):
+            with anyio.CancelScope(deadline=start + limit):  # ends the call at the limit
                 return await self.provider.complete(request)
         except TimeoutError:
-            raise ProviderTimeoutError(
-                request.model, f"call exceeded the per-call limit of {limit:g} s"
-            ) from None
+            pass  # the provider's own timeout: the same answer
+        raise ProviderTimeoutError(
+            request.model, f"call exceeded the per-call limit of {limit:g} s") from None
 
     # 6 settle ------------------------------------------------------------------------
     async def settle(
