@@ -68,6 +68,41 @@ async def test_r2_6_usage_json_is_written_when_the_task_ends_and_current_then(
     assert result["result"] == "done"
 
 
+class CallsThenWaits:
+    """A call, a 2.5 s wait, a call, a 2.5 s wait: notes ``usage.json`` after each step."""
+
+    seen: list[dict[str, Any] | None] = []
+
+    async def run(self, ctx: AgentContext) -> str:
+        path = ctx.workspace.parent.parent / "tasks" / ctx.task.id / "usage.json"
+        for _ in range(2):
+            await ctx.llm.complete(HI, max_tokens=64)
+            type(self).seen.append(json.loads(path.read_text()) if path.exists() else None)
+            await anyio.sleep(2.5)
+            type(self).seen.append(json.loads(path.read_text()))
+        return "done"
+
+
+async def test_r2_6_a_running_tasks_usage_json_is_at_most_one_interval_behind(
+    tmp_path: Path, make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.6: while a task runs, a periodic flush (every second) rewrites its ``usage.json``
+    once it was charged -- the charge itself writes nothing -- so the file is at most one
+    interval behind the store."""
+    CallsThenWaits.seen = []
+    config = VibeConfig.model_validate({"state_dir": tmp_path, "session_id": "s1"})
+    orch = make_orchestrator({"a": CallsThenWaits}, config=config,
+                             provider=ScriptedProvider(latency_s=0.0))
+    report = await orch.run([TaskSpec(id="t1", agent="a", prompt="x")])
+    assert report.outcomes["t1"].status == "completed"
+    first_call, first_wait, second_call, second_wait = CallsThenWaits.seen
+    assert first_call is None  # not written by the charge
+    assert first_wait is not None and first_wait["usage"]["calls"] == 1
+    assert first_wait["status"] == "running"
+    assert second_call is not None and second_call["usage"]["calls"] == 1  # one behind
+    assert second_wait["usage"]["calls"] == 2
+
+
 async def test_r2_3_the_estimate_discrepancy_is_logged_at_debug_only(
     make_orchestrator: OrchestratorFactory,
 ) -> None:

@@ -106,12 +106,11 @@ class TaskEntry:
     scope: ScopeState
     actions: int = 0
     status: str = "running"
-    #: Loop time of the last ``usage.json`` write, or of the first charge (throttles
-    #: rewrites while it runs).
+    #: Loop time of the last ``usage.json`` write.
     usage_written_at: float = float("-inf")
     #: Charged since ``usage.json`` was last written (or never written).
     usage_dirty: bool = True
-    #: Charged at least once (the rewrite interval counts from the first charge).
+    #: Charged at least once (only then does a periodic flush write its file).
     usage_charged: bool = False
     #: The task whose scope encloses this one (a ``serve`` key of its grouped tasks):
     #: charged with this task's use and checked before its calls (R1.2).
