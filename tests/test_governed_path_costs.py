@@ -100,7 +100,7 @@ async def test_r2_6_a_running_tasks_usage_json_is_at_most_one_interval_behind(
     assert first_wait is not None and first_wait["usage"]["calls"] == 1
     assert first_wait["status"] == "running"
     assert second_call is not None and second_call["usage"]["calls"] == 1  # one behind
-    assert second_wait["usage"]["calls"] == 2
+    assert second_wait is not None and second_wait["usage"]["calls"] == 2
 
 
 async def test_r2_3_the_estimate_discrepancy_is_logged_at_debug_only(
