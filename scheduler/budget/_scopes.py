@@ -277,6 +277,12 @@ class Scopes:
         return self._fire(scope, "time_s", self._clock() - scope.started_at, lim)
 
     def _fire(self, scope: ScopeState, dim: str, used: float, lim: float) -> list[Crossing]:
+        a, limits = self._config.alerts, scope.limits
+        low = min(a.warning, a.critical, a.exceeded)
+        if dim == "cost_usd" and limits.cost_warning_usd and limits.cost_usd:
+            low = min(low, limits.cost_warning_usd / limits.cost_usd)
+        if used < lim * low:
+            return []  # below every threshold: the usual answer (each charge, each scope)
         out: list[Crossing] = []
         for level, frac in self._thresholds(scope, dim).items():
             if used >= lim * frac and (dim, level) not in scope.fired:
