@@ -98,6 +98,8 @@ class _Call:
     options: Mapping[str, Any]
     on_text: TextSink | None
     passthrough: Passthrough | None = None
+    #: the prompt's raw token count (counted once; each attempt calibrates it per model)
+    raw_tokens: int = 0
 
 
 class _NoScorer:
@@ -200,10 +202,10 @@ class Gateway:
             max_tokens = min(max_tokens, int(part_limit))
         # the output reservation covers max_tokens, or a thinking budget above it
         out = max(max_tokens, thinking_budget(opts))
-        need = out + self.estimate(
-            self.router.catalog.strongest, messages, system, context, tools
-        ).calibrated
-        call = _Call(max_tokens, out, stream, dict(hints or {}), opts, on_text, passthrough)
+        raw = self.counter.count_prompt(messages, system=system, context=context, tools=tools)
+        need = out + self.counter.calibrated(self.router.catalog.strongest, raw).calibrated
+        call = _Call(max_tokens, out, stream, dict(hints or {}), opts, on_text, passthrough,
+                     raw)
 
         async def on(route: Route) -> Completion:
             return await self._attempt(task, route, messages, system, context, tools, call)
@@ -297,9 +299,7 @@ class Gateway:
             hints=call.hints, options=call.options, on_text=call.on_text,
             passthrough=call.passthrough,
         )
-        est = await self.count_api(
-            request, self.estimate(route.model, messages, system, context, tools)
-        )
+        est = await self.count_api(request, self.counter.calibrated(route.model, call.raw_tokens))
         cost = self.estimated_cost(route.model, est.calibrated, call.out)
         reservation = await self.admission.admit(
             task, route.model, est.calibrated + call.out, cost,
