@@ -88,7 +88,7 @@ async def test_r2_6_a_running_tasks_usage_json_is_at_most_one_interval_behind(
 ) -> None:
     """R2.6: while a task runs, a periodic flush (every second) rewrites its ``usage.json``
     once it was charged -- the charge itself writes nothing -- so the file is at most one
-    interval behind the store."""
+    interval behind the store; the file stays readable, one top-level key per line."""
     CallsThenWaits.seen = []
     config = VibeConfig.model_validate({"state_dir": tmp_path, "session_id": "s1"})
     orch = make_orchestrator({"a": CallsThenWaits}, config=config,
@@ -101,6 +101,8 @@ async def test_r2_6_a_running_tasks_usage_json_is_at_most_one_interval_behind(
     assert first_wait["status"] == "running"
     assert second_call is not None and second_call["usage"]["calls"] == 1  # one behind
     assert second_wait is not None and second_wait["usage"]["calls"] == 2
+    lines = (tmp_path / "tasks" / "t1" / "usage.json").read_text().splitlines()
+    assert lines[1].startswith('  "task_id": ') and len(lines) == len(second_wait) + 2
 
 
 async def test_r2_3_the_estimate_discrepancy_is_logged_at_debug_only(

@@ -181,7 +181,15 @@ def _write(folder: Path, doc: dict[str, Any]) -> Path:
     path = folder / "usage.json"
     try:
         private_dir(folder)
-        write_private(path, json.dumps(doc, indent=2))
+        write_private(path, _readable(doc))
     except OSError as exc:
         raise LocalFileError(path, exc.strerror or str(exc)) from exc
     return path
+
+
+def _readable(doc: dict[str, Any]) -> str:
+    """``doc`` as JSON, one top-level key per line (nested objects on their line): the
+    C encoder does each value.  ``json.dumps(indent=...)`` takes the pure-Python encoder,
+    about five times slower, run holding the GIL the event loop needs."""
+    lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items())
+    return "{\n" + lines + "\n}\n"
