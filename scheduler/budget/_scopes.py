@@ -106,7 +106,8 @@ class TaskEntry:
     scope: ScopeState
     actions: int = 0
     status: str = "running"
-    #: Loop time of the last ``usage.json`` write.
+    #: Loop time of the last ``usage.json`` write, or of the first charge (a flush
+    #: rewrites the file an interval after either).
     usage_written_at: float = float("-inf")
     #: Charged since ``usage.json`` was last written (or never written).
     usage_dirty: bool = True

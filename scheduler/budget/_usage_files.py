@@ -5,9 +5,11 @@ finishes and when the run ends -- so what offline ``status`` and ``decide`` read
 is current then -- at once when a charge crossed a threshold, and while tasks
 run by one periodic job (:meth:`UsageFiles.flush_dirty`, the tracker's
 ``flush_usage`` service): every interval, the files of the running tasks charged
-since their last write, all in one worker-thread hop.  A charge itself only
-marks its task's file dirty: with thousands of agents a rewrite per charge (a
-JSON document, a rename) cost more than the call it recorded.  At the run's end
+since their last write and written (or first charged) an interval ago or more, all
+in one worker-thread hop -- so a task shorter than the interval writes its file
+once, when it ends.  A charge itself only marks its task's file dirty: with
+thousands of agents a rewrite per charge (a JSON document, a rename) cost more
+than the call it recorded.  At the run's end
 only files older than their task's last charge are rewritten.  On asyncio the
 writes run in a worker thread (a rename on a busy disk takes milliseconds the
 event loop would otherwise wait), one batch at a time and in the order asked
@@ -104,20 +106,28 @@ class UsageFiles:
     def after_charge(self, task_id: str, entry: TaskEntry, *, crossed: bool) -> bool:
         """Mark the file dirty (the next flush rewrites it); whether it is due at once:
         the charge ``crossed`` a threshold."""
-        entry.usage_dirty = entry.usage_charged = True
+        if not entry.usage_charged:
+            # the interval counts from the first charge: a task shorter than it writes its
+            # file once, when it ends (a flush would add a write per task to short runs)
+            entry.usage_charged, entry.usage_written_at = True, self._clock()
+        entry.usage_dirty = True
         return crossed and self._state_dir is not None
 
     async def flush_dirty(self, entries: Mapping[str, TaskEntry]) -> int:
-        """Rewrite the files of the running tasks charged since their last write, in one
-        worker-thread hop; returns how many were written.  A file that cannot be written
-        stays dirty (a warning is logged): the next flush tries again."""
+        """Rewrite the files of the running tasks charged since their last write and
+        written (or first charged) at least an interval ago, in one worker-thread hop;
+        returns how many were written.  A file that cannot be written stays dirty (a
+        warning is logged): the next flush tries again."""
         if self._state_dir is None:
             return 0
+        now = self._clock()
+        since = now - self._interval_s
         due = [(tid, e) for tid, e in entries.items()
-               if e.usage_dirty and e.usage_charged and e.status == "running"]
+               if e.usage_dirty and e.usage_charged and e.status == "running"
+               and e.usage_written_at <= since]
         if not due:
             return 0
-        now, tasks = self._clock(), self._state_dir / "tasks"
+        tasks = self._state_dir / "tasks"
         files: _Files = []
         for tid, entry in due:
             files.append((tasks / tid, self.document(tid, entry)))
