@@ -31,12 +31,12 @@ R = TypeVar("R")
 
 
 class _Pending(Generic[E, R]):
-    __slots__ = ("done", "entry", "error", "lead", "result")
+    __slots__ = ("entry", "error", "lead", "result", "woken")
 
     def __init__(self, entry: E) -> None:
         self.entry = entry
+        self.woken: anyio.Event | None = None  # only a write that waits needs one
         self.lead = False
-        self.done = False  # its batch is committed (or failed): the outcome is set
         self.result: R | None = None
         self.error: BaseException | None = None
 
@@ -58,9 +58,6 @@ class GroupCommit(Generic[E, R]):
         self._gather = gather
         self._queue: list[_Pending[E, R]] = []
         self._leading = False
-        # set when a batch ends: its callers and the next leader wake (one event per
-        # batch, not one per waiting write: a write's own event cost more than its row)
-        self._ended: anyio.Event | None = None
         self._idle: anyio.Event | None = None  # set when the last commit under way ends
         #: Batches committed and writes in them so far (how much commits were shared).
         self.batches = 0
@@ -74,11 +71,9 @@ class GroupCommit(Generic[E, R]):
             self._leading = True
             op.lead = True
         else:
+            op.woken = anyio.Event()
             try:
-                while not (op.done or op.lead):  # a later batch's write waits again
-                    if self._ended is None:
-                        self._ended = anyio.Event()
-                    await self._ended.wait()
+                await op.woken.wait()
             except BaseException:
                 if op in self._queue and not op.lead:
                     self._queue.remove(op)  # never written, never acknowledged
@@ -122,17 +117,18 @@ class GroupCommit(Generic[E, R]):
         finally:
             self.batches += 1
             self.writes += len(batch)
-            for op in batch:
-                op.done = True
             # the next leader first: it gathers and commits while this batch's callers
             # resume on the loop
             if self._queue:
-                self._queue[0].lead = True
+                nxt = self._queue[0]
+                nxt.lead = True
+                if nxt.woken is not None:
+                    nxt.woken.set()
             else:
                 self._leading = False
                 if self._idle is not None:
                     self._idle.set()
                     self._idle = None
-            ended, self._ended = self._ended, None
-            if ended is not None:
-                ended.set()
+            for op in batch:
+                if op.woken is not None:
+                    op.woken.set()
