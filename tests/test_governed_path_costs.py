@@ -68,6 +68,52 @@ async def test_r2_6_usage_json_is_written_when_the_task_ends_and_current_then(
     assert result["result"] == "done"
 
 
+class CallsThenWaits:
+    """At 0.9 s a call, then waits; at 2.5 s a call, then waits: notes ``usage.json``
+    (``None`` while there is none) after each call and each wait."""
+
+    seen: list[dict[str, Any] | None] = []
+
+    async def run(self, ctx: AgentContext) -> str:
+        path = ctx.workspace.parent.parent / "tasks" / ctx.task.id / "usage.json"
+
+        def note() -> None:
+            type(self).seen.append(json.loads(path.read_text()) if path.exists() else None)
+
+        await anyio.sleep(0.9)
+        for waits in ((0.6, 1.0), (2.5,)):
+            await ctx.llm.complete(HI, max_tokens=64)
+            note()
+            for wait in waits:
+                await anyio.sleep(wait)
+                note()
+        return "done"
+
+
+async def test_r2_6_a_running_tasks_usage_json_is_at_most_one_interval_behind(
+    tmp_path: Path, make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R2.6: while a task runs, a flush every second rewrites its ``usage.json`` once it
+    was charged and its last write (or first charge) is a second old -- the charge itself
+    writes nothing -- so the file is about one interval behind the store; the file stays
+    readable, one top-level key per line."""
+    CallsThenWaits.seen = []
+    config = VibeConfig.model_validate({"state_dir": tmp_path, "session_id": "s1"})
+    orch = make_orchestrator({"a": CallsThenWaits}, config=config,
+                             provider=ScriptedProvider(latency_s=0.0))
+    report = await orch.run([TaskSpec(id="t1", agent="a", prompt="x")])
+    assert report.outcomes["t1"].status == "completed"
+    first_call, at_1_5, at_2_5, second_call, at_5 = CallsThenWaits.seen
+    assert first_call is None  # not written by the charge
+    assert at_1_5 is None  # the flush at 1 s came 0.1 s after the first charge
+    assert at_2_5 is not None and at_2_5["usage"]["calls"] == 1  # the flush at 2 s
+    assert at_2_5["status"] == "running"
+    assert second_call is not None and second_call["usage"]["calls"] == 1  # one behind
+    assert at_5 is not None and at_5["usage"]["calls"] == 2  # the flush at 3 s
+    lines = (tmp_path / "tasks" / "t1" / "usage.json").read_text().splitlines()
+    assert lines[1].startswith('  "task_id": ') and len(lines) == len(at_5) + 2
+
+
 async def test_r2_3_the_estimate_discrepancy_is_logged_at_debug_only(
     make_orchestrator: OrchestratorFactory,
 ) -> None:

@@ -232,3 +232,43 @@ async def test_r2_6_closing_the_store_waits_for_the_commit_under_way(tmp_path: P
     await check.open()
     assert sorted(e.event_id for e in await check.events()) == sorted(acked)
     await check.aclose()
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_r2_6_writes_cancelled_at_random_never_stall_the_queue(seed: int) -> None:
+    """R2.6: 100 writers, a fifth of them cancelled at random moments, small and large
+    batches, commits that yield or not: every writer returns, and each acknowledged write
+    was committed exactly once."""
+    import random
+
+    from scheduler.core import GroupCommit
+
+    rnd = random.Random(seed)
+    committed: list[int] = []
+
+    async def commit(batch: list[int]) -> list[int | Exception]:
+        if rnd.random() < 0.5:
+            await anyio.sleep(rnd.random() * 0.01)
+        committed.extend(batch)
+        return list(batch)
+
+    group: GroupCommit[int, int] = GroupCommit(
+        commit, max_batch=rnd.choice([1, 2, 3, 256]), gather=rnd.random() < 0.5)
+    acked: list[int] = []
+
+    async def writer(i: int, tg: anyio.abc.TaskGroup) -> None:
+        await anyio.sleep(rnd.random() * 0.02)
+        with anyio.CancelScope() as scope:
+            if rnd.random() < 0.2:
+                async def cancel_soon() -> None:
+                    await anyio.sleep(rnd.random() * 0.005)
+                    scope.cancel()
+                tg.start_soon(cancel_soon)
+            acked.append(await group.submit(i))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(writer, i, tg)
+        await group.wait_idle()
+    assert set(acked) <= set(committed) and len(set(committed)) == len(committed)

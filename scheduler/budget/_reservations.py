@@ -10,7 +10,7 @@ A reservation ends settled (the call's usage is recorded), or released.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -36,6 +36,9 @@ class Reservation:
     event_id: str = ""
     #: True while an ``open_call`` record of it is in the store (see ``_open_calls``).
     durable: bool = False
+    #: The scopes named by ``scopes`` themselves, when the reserving code has them
+    #: (the scopes the amounts were added to; no lookup by name when they go back).
+    held: tuple[ScopeState, ...] = field(default=(), repr=False, compare=False)
 
 
 class Reservations:
@@ -71,19 +74,20 @@ class Reservations:
             elapsed = self._clock() - task.started_at
             if elapsed >= limit:
                 raise BudgetExceededError(task.name, "time_s", elapsed, limit)
-        wanted = {
-            "tokens": tokens, "cost_usd": cost_usd, "file_edits": file_edits,
-            "shell_commands": shell_commands, "dangerous_commands": dangerous_commands,
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-        }
+        # only what this request asks for (often two of the seven) is checked
+        wanted = tuple((dim, amount) for dim, amount in (
+            ("tokens", tokens), ("cost_usd", cost_usd), ("file_edits", file_edits),
+            ("shell_commands", shell_commands), ("dangerous_commands", dangerous_commands),
+            ("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens),
+        ) if amount)
         call = bool(prompt_tokens or completion_tokens)
         for scope in self._scopes.of_task(task_id):
             caps = scope.caps()
             if not caps:
                 continue  # an unlimited scope (often the session and the day)
-            for dim, amount in wanted.items():
+            for dim, amount in wanted:
                 lim = caps.get(dim)
-                if amount and lim is not None:
+                if lim is not None:
                     _check_dimension(scope, dim, amount, lim)
             if call:
                 _check_cache(scope)
@@ -98,7 +102,8 @@ class Reservations:
             s.reserved_tokens += tokens
             s.reserved_cost += cost_usd
             s.reserved_by_model[model] = s.reserved_by_model.get(model, 0) + tokens
-        return Reservation(task_id, model, tokens, cost_usd, tuple(s.name for s in scopes))
+        return Reservation(task_id, model, tokens, cost_usd, tuple(s.name for s in scopes),
+                           held=scopes)
 
     async def reserve_shared(
         self, task_id: str, *, model: str, tokens: int, cost_usd: float
@@ -197,7 +202,8 @@ class Reservations:
         if not reservation.active:
             return
         reservation.active = False
-        for s in [self._scopes.named(reservation.task_id, n) for n in reservation.scopes]:
+        for s in reservation.held or [
+                self._scopes.named(reservation.task_id, n) for n in reservation.scopes]:
             s.reserved_tokens -= reservation.tokens
             s.reserved_cost -= reservation.cost_usd
             s.reserved_by_model[reservation.model] -= reservation.tokens

@@ -130,12 +130,12 @@ class TaskEntry:
     scope: ScopeState
     actions: int = 0
     status: str = "running"
-    #: Loop time of the last ``usage.json`` write, or of the first charge (throttles
-    #: rewrites while it runs).
+    #: Loop time of the last ``usage.json`` write, or of the first charge (a flush
+    #: rewrites the file an interval after either).
     usage_written_at: float = float("-inf")
     #: Charged since ``usage.json`` was last written (or never written).
     usage_dirty: bool = True
-    #: Charged at least once (the rewrite interval counts from the first charge).
+    #: Charged at least once (only then does a periodic flush write its file).
     usage_charged: bool = False
     #: The task whose scope encloses this one (a ``serve`` key of its grouped tasks):
     #: charged with this task's use and checked before its calls (R1.2).
@@ -363,6 +363,12 @@ class Scopes:
         return self._fire(scope, "time_s", self._clock() - scope.started_at, lim)
 
     def _fire(self, scope: ScopeState, dim: str, used: float, lim: float) -> list[Crossing]:
+        a, limits = self._config.alerts, scope.limits
+        low = min(a.warning, a.critical, a.exceeded)
+        if dim == "cost_usd" and limits.cost_warning_usd and limits.cost_usd:
+            low = min(low, limits.cost_warning_usd / limits.cost_usd)
+        if used < lim * low:
+            return []  # below every threshold: the usual answer (each charge, each scope)
         out: list[Crossing] = []
         for level, frac in self._thresholds(scope, dim).items():
             if used >= lim * frac and (scope.fired is None or (dim, level) not in scope.fired):

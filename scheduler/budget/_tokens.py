@@ -219,6 +219,11 @@ class TokenCounter:
         tools: Sequence[Mapping[str, Any]] = (),
     ) -> Estimate:
         raw = self.count_prompt(messages, system=system, context=context, tools=tools)
+        return self.calibrated(model, raw)
+
+    def calibrated(self, model: str, raw: int) -> Estimate:
+        """The estimate for ``model`` of a prompt whose raw count is ``raw`` (a call
+        counts its prompt once, then estimates it for each model it may go to)."""
         return Estimate(raw, round(raw * self.factor(model)), model)
 
     def reconcile(self, estimate: Estimate, actual_input_tokens: int) -> Reconciliation:

@@ -26,7 +26,7 @@ from scheduler.budget._reservations import Reservation, Reservations
 from scheduler.budget._scopes import Crossing, Scopes, ScopeState
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
-from scheduler.core import SystemWallClock, UsageEvent, WallClock
+from scheduler.core import SystemWallClock, UsageEvent, WallClock, loop_time
 from scheduler.store import Store
 
 
@@ -51,7 +51,7 @@ class Tracker:
         *,
         session_id: str,
         wall: WallClock | None = None,
-        clock: Callable[[], float] = anyio.current_time,
+        clock: Callable[[], float] = loop_time,
         state_dir: Path | None = None,
         usage_json_interval_s: float = 1.0,
     ) -> None:
@@ -287,10 +287,22 @@ class Tracker:
         entry = self._scopes.tasks.get(event.task_id)
         if entry is not None and self._files.after_charge(event.task_id, entry,
                                                           crossed=bool(crossings)):
-            # off the loop: with thousands of queued agents, most second calls come more
-            # than the interval after the first, and a write on the loop stalls them all
+            # a threshold crossed: the file says so at once (else the next flush writes it)
             await self._files.try_write_off_loop(event.task_id, entry)
         return crossings
+
+    async def flush_usage(self) -> None:
+        """The service that keeps running tasks' ``usage.json`` at most one interval
+        behind their charges: every ``usage_json_interval_s``, the dirty files in one
+        worker-thread hop (see ``_usage_files``).  Runs until cancelled."""
+        while True:
+            await anyio.sleep(self._files.interval_s)
+            await self.flush_dirty_usage()
+
+    async def flush_dirty_usage(self) -> int:
+        """Rewrite now every running task's ``usage.json`` older than its last charge;
+        returns how many were written."""
+        return await self._files.flush_dirty(self._scopes.tasks)
 
     # -- questions -----------------------------------------------------------------
 

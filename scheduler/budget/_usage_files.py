@@ -1,17 +1,23 @@
 """The readable per-task usage file, ``<state_dir>/tasks/<id>/usage.json`` (R2.6).
 
 Written atomically (a temporary file, then a rename) when a task pauses or
-finishes and when the run ends — so what offline ``status`` and ``decide`` read
-is current then — and while it runs at most once per interval (counted from the
-task's first charge, so a short task's file is written once, at its end), or at
-once when a charge crossed a threshold.  At the run's end only files older than
-their task's last charge are rewritten.  On asyncio the write at a task's end
-runs in a worker thread (a rename on a busy disk takes milliseconds the event
-loop would otherwise wait; the files of tasks ending meanwhile share the hop), and
-it is done before the task counts as ended.
+finishes and when the run ends -- so what offline ``status`` and ``decide`` read
+is current then -- at once when a charge crossed a threshold, and while tasks
+run by one periodic job (:meth:`UsageFiles.flush_dirty`, the tracker's
+``flush_usage`` service): every interval, the files of the running tasks charged
+since their last write and written (or first charged) an interval ago or more, all
+in one worker-thread hop -- so a task shorter than the interval writes its file
+once, when it ends.  A charge itself only marks its task's file dirty: with
+thousands of agents a rewrite per charge (a JSON document, a rename) cost more
+than the call it recorded.  At the run's end
+only files older than their task's last charge are rewritten.  On asyncio the
+writes run in a worker thread (a rename on a busy disk takes milliseconds the
+event loop would otherwise wait), one batch at a time and in the order asked
+(a task's final file is never overtaken by an older one), and the write at a
+task's end is done before the task counts as ended.
 Without a state directory nothing is written.
 A file that cannot be written (disk full, a task id too long for a file name)
-while the task runs is retried at its next charge (a warning is logged); at the
+while the task runs is retried at the next flush (a warning is logged); at the
 task's end it raises :class:`~scheduler.core.LocalFileError`, which fails that
 task alone.  The usage itself is in the store already and stays there.
 """
@@ -50,8 +56,14 @@ class UsageFiles:
         self._wall = wall
         self._clock = clock
         self._interval_s = interval_s
-        # files of tasks ending together are written in one worker-thread hop
-        self._batch: GroupCommit[_Entry, Path] = GroupCommit(_write_all)
+        # files of tasks ending together (and each flush's files) share a worker-thread
+        # hop; one hop at a time, in the order asked
+        self._batch: GroupCommit[_Files, list[Path | Exception]] = GroupCommit(_write_all)
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds between two flushes of the running tasks' dirty files."""
+        return self._interval_s
 
     def document(self, task_id: str, entry: TaskEntry) -> dict[str, Any]:
         return {
@@ -89,57 +101,98 @@ class UsageFiles:
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         folder = self._state_dir / "tasks" / task_id
         try:
-            return await self._batch.submit((folder, doc, beside))
+            (out,) = await self._batch.submit([(folder, doc, beside)])
         except BaseException:
             entry.usage_dirty = True
             raise
+        if isinstance(out, Exception):
+            entry.usage_dirty = True
+            raise out
+        return out
 
     def after_charge(self, task_id: str, entry: TaskEntry, *, crossed: bool) -> bool:
-        """Whether the file is due for a rewrite: the interval has passed since the last
-        write (or since the task's first charge), or ``crossed``."""
+        """Mark the file dirty (the next flush rewrites it); whether it is due at once:
+        the charge ``crossed`` a threshold."""
+        if not entry.usage_charged:
+            # the interval counts from the first charge: a task shorter than it writes its
+            # file once, when it ends (a flush would add a write per task to short runs)
+            entry.usage_charged, entry.usage_written_at = True, self._clock()
         entry.usage_dirty = True
+        return crossed and self._state_dir is not None
+
+    async def flush_dirty(self, entries: Mapping[str, TaskEntry]) -> int:
+        """Rewrite the files of the running tasks charged since their last write and
+        written (or first charged) at least an interval ago, in one worker-thread hop;
+        returns how many were written.  A file that cannot be written stays dirty (a
+        warning is logged): the next flush tries again."""
         if self._state_dir is None:
-            return False
+            return 0
         now = self._clock()
-        if not crossed and not entry.usage_charged:
-            # the interval counts from the first charge, not from the start: a task that
-            # waited in the queue longer than the interval does not rewrite at its first call
-            entry.usage_charged, entry.usage_written_at = True, now
-            return False
-        entry.usage_charged = True
-        return crossed or now - entry.usage_written_at >= self._interval_s
+        since = now - self._interval_s
+        due = [(tid, e) for tid, e in entries.items()
+               if e.usage_dirty and e.usage_charged and e.status == "running"
+               and e.usage_written_at <= since]
+        if not due:
+            return 0
+        tasks = self._state_dir / "tasks"
+        files: _Files = []
+        for tid, entry in due:
+            files.append((tasks / tid, self.document(tid, entry), None))
+            entry.usage_written_at, entry.usage_dirty = now, False
+        try:
+            outcomes = await self._batch.submit(files)
+        except BaseException:
+            for _, entry in due:
+                entry.usage_dirty = True
+            raise
+        written = 0
+        for (tid, entry), out in zip(due, outcomes, strict=True):
+            if entry.usage_written_at > now:
+                # written in line meanwhile (a pause): this thread's older document may
+                # have landed last, so the next flush writes it again
+                entry.usage_dirty = True
+            if isinstance(out, Exception):
+                entry.usage_dirty = True
+                _log.warning("usage_file_unwritten", task_id=tid, error=str(out))
+            else:
+                written += 1
+        return written
 
     async def try_write_off_loop(self, task_id: str, entry: TaskEntry) -> None:
-        """:meth:`write_off_loop`, or a warning when it fails (retried at the next charge)."""
+        """:meth:`write_off_loop`, or a warning when it fails (the next flush retries it)."""
         try:
             await self.write_off_loop(task_id, entry)
         except LocalFileError as exc:
             _log.warning("usage_file_unwritten", task_id=task_id, error=str(exc))
 
     def try_write(self, task_id: str, entry: TaskEntry) -> None:
-        """:meth:`write`, or a warning when it fails (retried at the next charge)."""
+        """:meth:`write`, or a warning when it fails (the next flush retries it)."""
         try:
             self.write(task_id, entry)
         except LocalFileError as exc:
             _log.warning("usage_file_unwritten", task_id=task_id, error=str(exc))
 
 
-#: A task's folder, its ``usage.json`` document and the documents to write beside it.
-_Entry = tuple[Path, dict[str, Any], Mapping[str, Any] | None]
+#: One write of the batch: files, each a task folder, its ``usage.json`` document and the
+#: documents to write beside it.
+_Files = list[tuple[Path, dict[str, Any], Mapping[str, Any] | None]]
 
 
-async def _write_all(batch: list[_Entry]) -> list[Path | Exception]:
-    """Each file of ``batch`` (one worker-thread hop); a failure fails its own write only."""
-    def write_all() -> list[Path | Exception]:
-        out: list[Path | Exception] = []
-        for folder, doc, beside in batch:
-            try:
-                out.append(_write(folder, doc))
-            except LocalFileError as exc:
-                out.append(exc)
-                continue
-            for name, other in (beside or {}).items():
-                _write_beside(folder / name, other)
+async def _write_all(batch: list[_Files]) -> list[list[Path | Exception] | Exception]:
+    """Each file of ``batch`` (one worker-thread hop); a failure fails its own file only."""
+    def write_all() -> list[list[Path | Exception] | Exception]:
+        out: list[list[Path | Exception] | Exception] = []
+        for files in batch:
+            done: list[Path | Exception] = []
+            for folder, doc, beside in files:
+                try:
+                    done.append(_write(folder, doc))
+                except LocalFileError as exc:
+                    done.append(exc)
+                    continue
+                for name, other in (beside or {}).items():
+                    _write_beside(folder / name, other)
+            out.append(done)
         return out
 
     return await off_loop(write_all)
@@ -149,10 +202,18 @@ def _write(folder: Path, doc: dict[str, Any]) -> Path:
     path = folder / "usage.json"
     try:
         private_dir(folder)
-        write_private(path, json.dumps(doc, indent=2))
+        write_private(path, _readable(doc))
     except OSError as exc:
         raise LocalFileError(path, exc.strerror or str(exc)) from exc
     return path
+
+
+def _readable(doc: dict[str, Any]) -> str:
+    """``doc`` as JSON, one top-level key per line (nested objects on their line): the
+    C encoder does each value.  ``json.dumps(indent=...)`` takes the pure-Python encoder,
+    about five times slower, run holding the GIL the event loop needs."""
+    lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items())
+    return "{\n" + lines + "\n}\n"
 
 
 def _day_budget(task_id: str, entry: TaskEntry) -> dict[str, Any]:

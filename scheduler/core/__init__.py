@@ -8,6 +8,7 @@ usage records and cost, the provider protocol and name resolution.  May import n
 from scheduler.core._clock import FixedWallClock as FixedWallClock
 from scheduler.core._clock import SystemWallClock as SystemWallClock
 from scheduler.core._clock import WallClock as WallClock
+from scheduler.core._clock import loop_time as loop_time
 from scheduler.core._errors import AllocationError as AllocationError
 from scheduler.core._errors import BudgetError as BudgetError
 from scheduler.core._errors import BudgetExceededError as BudgetExceededError
@@ -114,6 +115,7 @@ __all__ = [
     "check_options",
     "cost_usd",
     "get_logger",
+    "loop_time",
     "off_loop",
     "on_asyncio",
     "open_private",

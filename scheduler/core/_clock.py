@@ -1,14 +1,32 @@
-"""Wall-clock dates for day budgets, injected so tests can pick the day.
+"""The event loop's clock, and wall-clock dates for day budgets (injected so tests can
+pick the day).
 
-Elapsed time and deadlines always come from the event loop
-(``anyio.current_time``); only the calendar day a charge belongs to needs
-the wall clock, and it is read through a :class:`WallClock`.
+Elapsed time and deadlines always come from the event loop (``anyio.current_time``,
+or :func:`loop_time`, the same reading without its lookup); only the calendar day a
+charge belongs to needs the wall clock, and it is read through a :class:`WallClock`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 from typing import Protocol
+
+import anyio
+
+
+def loop_time() -> float:
+    """``anyio.current_time()``, a microsecond or more cheaper on asyncio.
+
+    anyio asks sniffio which library runs, per reading; a governed call reads the clock
+    a dozen times.  On asyncio the answer is the running loop's ``time()`` (what anyio
+    returns there); with no asyncio loop running (trio on virtual time in tests) it is
+    anyio's own reading.
+    """
+    loop = asyncio._get_running_loop()  # None, not an exception, off asyncio
+    if loop is None:
+        return anyio.current_time()
+    return loop.time()
 
 
 class WallClock(Protocol):

@@ -47,6 +47,7 @@ from scheduler.core import (
     VibeEngineError,
     check_options,
     cost_usd,
+    loop_time,
     thinking_budget,
 )
 from scheduler.routing import Replanner, Router, task_info
@@ -106,6 +107,8 @@ class _Call:
     system: str
     context: str
     tools: Sequence[Mapping[str, Any]]
+    #: the prompt's raw token count (counted once; each attempt calibrates it per model)
+    raw_tokens: int
 
 
 class _NoScorer:
@@ -132,7 +135,7 @@ class Gateway:
         replanner: Replanner,
         controller: PauseController,
         alerts: AlertRuntime,
-        clock: Callable[[], float] = anyio.current_time,
+        clock: Callable[[], float] = loop_time,
     ) -> None:
         self.config = config
         self.tracker = tracker
@@ -208,11 +211,10 @@ class Gateway:
             max_tokens = min(max_tokens, int(part_limit))
         # the output reservation covers max_tokens, or a thinking budget above it
         out = max(max_tokens, thinking_budget(opts))
-        need = out + self.estimate(
-            self.router.catalog.strongest, messages, system, context, tools
-        ).calibrated
+        raw = self.counter.count_prompt(messages, system=system, context=context, tools=tools)
+        need = out + self.counter.calibrated(self.router.catalog.strongest, raw).calibrated
         call = _Call(max_tokens, out, stream, dict(hints) if hints else _NO_HINTS, opts, on_text,
-                     passthrough, task, messages, system, context, tools)
+                     passthrough, task, messages, system, context, tools, raw)
         explicit = model is not None
         may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
             (hints or {}).get("allow_fallback"))
@@ -312,9 +314,7 @@ class Gateway:
             hints=call.hints, options=call.options, on_text=call.on_text,
             passthrough=call.passthrough,
         )
-        est = await self.count_api(
-            request, self.estimate(route.model, messages, system, context, tools)
-        )
+        est = await self.count_api(request, self.counter.calibrated(route.model, call.raw_tokens))
         cost = self.estimated_cost(route.model, est.calibrated, call.out)
         reservation = await self.admission.admit(
             task, route.model, est.calibrated + call.out, cost,
@@ -327,7 +327,7 @@ class Gateway:
             started = self._clock()
             try:
                 with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
-                    completion = await self.call(task, request)
+                    completion = await self.call(task, request, started)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))
@@ -448,15 +448,21 @@ class Gateway:
         await self.admission.pause_point(task)
 
     # 5 call --------------------------------------------------------------------------
-    async def call(self, task: TaskHandle, request: CompletionRequest) -> Completion:
+    async def call(self, task: TaskHandle, request: CompletionRequest,
+                   started: float | None = None) -> Completion:
+        """``request`` on the provider, within the task's per-call limit (R1.3) counted
+        from ``started`` (loop time; default now)."""
         limit = task.profile.limits.call_time_s
+        if not limit:
+            return await self.provider.complete(request)
+        start = self._clock() if started is None else started
         try:
-            with anyio.fail_after(limit if limit else float("inf")):
+            with anyio.CancelScope(deadline=start + limit):  # ends the call at the limit
                 return await self.provider.complete(request)
         except TimeoutError:
-            raise ProviderTimeoutError(
-                request.model, f"call exceeded the per-call limit of {limit:g} s"
-            ) from None
+            pass  # the provider's own timeout: the same answer
+        raise ProviderTimeoutError(
+            request.model, f"call exceeded the per-call limit of {limit:g} s") from None
 
     # 6 settle ------------------------------------------------------------------------
     async def settle(

@@ -51,6 +51,7 @@ from scheduler.core import (
     Totals,
     UsageEvent,
     get_logger,
+    loop_time,
     off_loop,
     private_dir,
     private_file,
@@ -156,13 +157,13 @@ class SqliteStore:
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, wait: bool = True) -> T:
         """Run ``fn`` on the connection, retrying with backoff while the database is
         locked (for ``retry_s``; once without ``wait``)."""
-        deadline = anyio.current_time() + (self.retry_s if wait else 0.0)
+        deadline = loop_time() + (self.retry_s if wait else 0.0)
         delay = 0.001  # a checkpoint holds the lock for milliseconds
         while True:
             try:
                 return await self._call(fn)
             except sqlite3.OperationalError as exc:
-                if not busy(exc) or anyio.current_time() + delay > deadline:
+                if not busy(exc) or loop_time() + delay > deadline:
                     raise
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)  # a lock held for a checkpoint ends in ms
