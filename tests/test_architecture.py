@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("policies",),
     ("scheduler.core",),
+    ("scheduler.net",),  # the keep-alive HTTP/1.1 client layer under serve and the provider
     ("scheduler.config",),
     ("scheduler.store",),
     ("scheduler.budget",),
