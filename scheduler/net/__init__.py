@@ -4,7 +4,7 @@ httpx transport are both built on it.
 Owns connecting (TLS with httpx's default context; on asyncio a Protocol over the loop's
 own transport, on trio anyio's streams), the idle pool with its liveness check, request
 heads with the header-injection check, httptools response parsing and the error classes.
-May import nothing from ``scheduler`` but ``core`` (it needs none of it today).
+May import ``core`` only (a sibling of ``config``).
 """
 
 from scheduler.net._conn import Conn as Conn

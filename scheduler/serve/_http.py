@@ -14,7 +14,6 @@ import anyio
 
 from scheduler.net import (
     Conn,
-    Disconnected,
     HttpTimeout,
     IdlePool,
     Parsed,
@@ -24,10 +23,6 @@ from scheduler.net import (
     encode_head,
     read_head,
 )
-from scheduler.net import ConnectFailed as ConnectFailed
-from scheduler.net import HttpError as HttpError
-
-__all__ = ["ConnectFailed", "Disconnected", "HttpClient", "HttpError", "HttpTimeout", "Response"]
 
 _MAX_IDLE = 256
 _ORIGIN = None  # the pool's one key: this client has one origin
