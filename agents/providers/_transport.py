@@ -173,4 +173,4 @@ def _serialize(request: httpx.Request, body: bytes) -> bytes:
                  if name.lower() not in (b"content-length", b"transfer-encoding"))
     if body or request.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
         lines.append(b"Content-Length: %d" % len(body))
-    return net.encode_head(lines) + body
+    return net.end_head(b"\r\n".join(lines), len(lines)) + body

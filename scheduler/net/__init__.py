@@ -24,7 +24,7 @@ from scheduler.net._pool import IDLE_EXPIRY_S as IDLE_EXPIRY_S
 from scheduler.net._pool import IdlePool as IdlePool
 from scheduler.net._wire import Parsed as Parsed
 from scheduler.net._wire import body_chunks as body_chunks
-from scheduler.net._wire import encode_head as encode_head
+from scheduler.net._wire import end_head as end_head
 from scheduler.net._wire import read_head as read_head
 
 __all__ = [
@@ -45,7 +45,7 @@ __all__ = [
     "body_chunks",
     "connect",
     "default_ssl_context",
-    "encode_head",
+    "end_head",
     "read_head",
 ]
 

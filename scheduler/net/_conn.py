@@ -72,17 +72,23 @@ class Conn:
         return bool(poller.poll(0))
 
     async def send(self, data: bytes, timeout_s: float | None = None) -> bool:
-        """Whether ``data`` went out whole (False: the connection was closed)."""
+        """Whether ``data`` went out whole (False: the server had closed the connection).
+        A connection that did not take the whole request is closed."""
         try:
             if timeout_s is None:
                 await self.stream.send(data)
             else:
                 with anyio.fail_after(timeout_s):
                     await self.stream.send(data)
-        except TimeoutError:
-            raise WriteTimedOut("the request could not be sent in time") from None
         except STREAM_ERRORS:
+            await self.close()
             return False
+        except TimeoutError:
+            await self.close()
+            raise WriteTimedOut("the request could not be sent in time") from None
+        except BaseException:
+            await self.close()
+            raise
         return True
 
     async def receive(self, timeout_s: float | None = None) -> bytes:

@@ -71,23 +71,12 @@ class IdlePool(Generic[K]):
         reused = conn is not None
         if conn is None:
             conn = await connect()
-        if await _send(conn, data, timeout_s):
+        if await conn.send(data, timeout_s):
             return conn
         if reused:
             # the server closed this idle connection before it could take the whole
             # request, so it cannot have acted on it: sent once more, on a new one
             conn = await connect()
-            if await _send(conn, data, timeout_s):
+            if await conn.send(data, timeout_s):
                 return conn
         raise WriteFailed("the server closed the connection")
-
-
-async def _send(conn: Conn, data: bytes, timeout_s: float | None) -> bool:
-    try:
-        if await conn.send(data, timeout_s):
-            return True
-    except BaseException:
-        await conn.close()
-        raise
-    await conn.close()
-    return False

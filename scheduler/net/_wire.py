@@ -4,7 +4,7 @@ in C) with Content-Length, chunked and read-until-close bodies handed over as th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import httptools
 
@@ -12,13 +12,12 @@ from scheduler.net._conn import Conn
 from scheduler.net._errors import Disconnected, UnsafeHead
 
 
-def encode_head(lines: Sequence[bytes]) -> bytes:
-    """The request line and header lines as one head, ending in its blank line."""
-    head = b"\r\n".join(lines)
+def end_head(head: bytes, lines: int) -> bytes:
+    """``head`` (the request line and ``lines - 1`` header lines joined by CRLF) ended
+    by its blank line, once it is known to hold no other line break."""
     # a line break in a relayed header or the target would smuggle a header or a request
-    breaks = len(lines) - 1
-    if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\0" in head \
-            or lines[0].count(b" ") != 2:
+    if head.count(b"\n") != lines - 1 or head.count(b"\r") != lines - 1 or b"\0" in head \
+            or head.partition(b"\r\n")[0].count(b" ") != 2:
         raise UnsafeHead("a header or the request target holds a line break, NUL or space")
     return head + b"\r\n\r\n"
 

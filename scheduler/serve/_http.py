@@ -20,7 +20,7 @@ from scheduler.net import (
     body_chunks,
     connect,
     default_ssl_context,
-    encode_head,
+    end_head,
     read_head,
 )
 
@@ -103,4 +103,4 @@ class HttpClient:
                  body: bytes) -> bytes:
         lines = [f"{method} {self._prefix}{target} HTTP/1.1", self._host_line,
                  *(f"{k}: {v}" for k, v in headers), f"content-length: {len(body)}"]
-        return encode_head([line.encode("latin-1") for line in lines]) + body
+        return end_head("\r\n".join(lines).encode("latin-1"), len(lines)) + body
