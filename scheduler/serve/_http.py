@@ -2,7 +2,9 @@
 
 httpx's pool probes every pooled connection on each request; this client takes the most
 recent idle connection (checking only it), writes a request in one send and parses the
-answer with httptools.  ``https`` upstreams get httpx's default TLS context.
+answer with httptools.  On asyncio its connections ride the loop's own transport
+(``loop_transport``: the cheaper path per call); ``https`` upstreams get httpx's default
+TLS context.
 """
 
 from __future__ import annotations
