@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("policies",),
     ("scheduler.core",),
-    ("scheduler.config",),
+    # config, and the keep-alive HTTP/1.1 client layer under serve and the provider
+    ("scheduler.config", "scheduler.net"),
     ("scheduler.store",),
     ("scheduler.budget",),
     ("scheduler.tasks",),

@@ -36,8 +36,8 @@ PUBLIC_TOP = {
     "TaskSpec", "TaskStatus", "Totals", "Usage", "UsageEvent", "VibeConfig", "VibeEngineError",
     "config_from_dict", "load_config",
 }
-SUBPACKAGES = ("allocator", "budget", "cli", "config", "control", "core", "deadlock", "observe",
-               "routing", "runtime", "serve", "store", "tasks", "testing")
+SUBPACKAGES = ("allocator", "budget", "cli", "config", "control", "core", "deadlock", "net",
+               "observe", "routing", "runtime", "serve", "store", "tasks", "testing")
 
 
 def test_public_api_is_exactly_what_we_export() -> None:

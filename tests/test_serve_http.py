@@ -20,7 +20,8 @@ import pytest
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSListener
 
-from scheduler.serve._http import ConnectFailed, Disconnected, HttpClient, HttpTimeout
+from scheduler.net import ConnectFailed, Disconnected, HttpTimeout
+from scheduler.serve._http import HttpClient
 from scheduler.serve._upstream import UpstreamProvider
 from tests._serve_helpers import CLIENT_KEYS, serve_config, serving
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
-from scheduler.serve._http import ConnectFailed, Disconnected, HttpTimeout
+from scheduler.net import ConnectFailed, Disconnected, HttpTimeout
 
 
 def proxied(base_url: str) -> bool:

@@ -25,7 +25,8 @@ from scheduler.core import (
     RateLimitedError,
     Usage,
 )
-from scheduler.serve._http import HttpClient, HttpError, HttpTimeout
+from scheduler.net import HttpError, HttpTimeout
+from scheduler.serve._http import HttpClient
 from scheduler.serve._proxied import ProxiedClient, proxied
 
 #: Response headers worth relaying to the client (rate limits, ids); hop-by-hop

@@ -1,8 +1,8 @@
-"""The upstream connection on asyncio's own transport, for :mod:`._http` (#21).
+"""A client connection on asyncio's own transport, for :mod:`._conn`.
 
 anyio's socket stream turns reading on and off around every ``receive`` (two
 ``epoll_ctl`` calls on uvloop) and passes a checkpoint on every ``send``; on serve's
-hop that was a good part of the client's CPU per call.  Here the protocol reads all
+upstream hop that was a good part of the client's CPU per call.  Here the protocol reads all
 the time into a small buffer (reading pauses above 256 KiB until the consumer takes
 it), ``send`` writes at once, and whether an idle connection is still good is known
 without a ``poll``: the server closing it, or sending anything, shows in the buffer.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import cast
+from typing import Any, cast
 
 import anyio
 
@@ -72,7 +72,7 @@ class _Protocol(asyncio.Protocol):
 
 
 class AsyncioStream:
-    """A connected socket (TLS or not) as the byte stream :mod:`._http` reads and writes."""
+    """A connected socket (TLS or not) as the byte stream :mod:`._conn` reads and writes."""
 
     def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
         self._transport, self._p = transport, protocol
@@ -80,6 +80,10 @@ class AsyncioStream:
     def stale(self) -> bool:
         """An idle connection that was closed, or got bytes nobody asked for."""
         return bool(self._p.buffer) or self._p.eof or self._transport.is_closing()
+
+    def socket(self) -> Any:
+        """The socket underneath (asyncio's or uvloop's stand-in), for socket options."""
+        return self._transport.get_extra_info("socket")
 
     async def send(self, data: bytes) -> None:
         if self._p.eof or self._transport.is_closing():
@@ -115,15 +119,6 @@ class AsyncioStream:
 
     async def aclose(self) -> None:
         self._transport.close()
-
-
-def on_asyncio() -> bool:
-    """Whether the running event loop is asyncio's (not trio's)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 async def connect(host: str, port: int, context: ssl.SSLContext | None) -> AsyncioStream:
