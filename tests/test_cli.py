@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -72,3 +73,22 @@ def test_plugins_command_lists_agents(tmp_path: Path) -> None:
     out = _run("plugins", cwd=tmp_path)
     assert out.returncode == 0
     assert "coder" in out.stdout and "vibe-engine" in out.stdout
+
+
+def test_r7_2_run_keeps_its_start_up_heap_out_of_the_collectors_way(tmp_path: Path) -> None:
+    """R7.2: ``vibe-engine run`` freezes what start-up built (modules, config, catalog,
+    the orchestrator's parts) into the collector's permanent generation before its loop
+    starts, so full collections during the run do not scan it again."""
+    from scheduler import VibeConfig
+    from scheduler.cli._app import _run
+
+    config = VibeConfig.model_validate({
+        "state_dir": str(tmp_path / "state"),
+        "tasks": [{"id": "t1", "agent": "qa", "prompt": "What does the allocator do?"}]})
+    gc.unfreeze()
+    try:
+        report = _run(config, live=False)
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()  # this test process goes on collecting as before
+    assert report.outcomes["t1"].status == "completed"
