@@ -19,6 +19,7 @@ import uvicorn
 from scheduler.config import config_from_dict
 from scheduler.core import Totals, WallClock
 from scheduler.serve import Served, create_app, listen
+from scheduler.store import Store
 from tests._anthropic_helpers import SECRET_KEY
 
 #: Client keys, by the environment variable the config names.
@@ -54,10 +55,11 @@ def serve_config(tmp_path: Path, upstream: str, keys: list[dict[str, Any]],
 
 
 @asynccontextmanager
-async def serving(data: dict[str, Any], wall: WallClock | None = None) -> AsyncIterator[Running]:
+async def serving(data: dict[str, Any], wall: WallClock | None = None,
+                  store: Store | None = None) -> AsyncIterator[Running]:
     """``vibe-engine serve`` in this event loop on a free port, until the block ends."""
     served = Served(config_from_dict(data), env={"UPSTREAM_KEY": SECRET_KEY, **CLIENT_KEYS},
-                    wall=wall)
+                    wall=wall, store=store)
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(served), lifespan="off",
                                            log_level="warning"))

@@ -19,7 +19,9 @@ import anyio
 import pytest
 
 from agents.fake_api import FakeAnthropicServer
+from scheduler.core import StoreUnavailableError, Totals
 from scheduler.observe import snapshot_of
+from scheduler.store import MemoryStore
 from tests._anthropic_helpers import fake_api
 from tests._redis_helpers import REDIS_URL
 from tests._serve_helpers import BIN, CLIENT_KEYS, serve_config, serving
@@ -257,3 +259,37 @@ async def test_21_r3_4_a_grouped_task_held_at_its_keys_budget_adds_to_the_key(
         assert len(answers) == 1
         tracker = run.served.orchestrator.tracker
         assert tracker.task_scope("alpha").limits.tokens == KEY_TOKENS + 5000
+
+
+class _StoreDownFor(MemoryStore):
+    """A memory store that cannot read one scope's totals (as a Redis store that is down)."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__()
+        self.scope = scope
+
+    async def totals(self, scope: str) -> Totals:
+        if scope == self.scope:
+            raise StoreUnavailableError("redis: connection refused")
+        return await super().totals(scope)
+
+
+async def test_21_a_grouped_task_that_cannot_start_gets_a_503_naming_why(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21: a grouped task whose start fails (its budget's totals cannot be read) answers
+    its calls with a 503 that names the task and the reason -- not "serve is stopping" --
+    and the key's other calls go on being served."""
+    store = _StoreDownFor("task:alpha/doomed")
+    async with (serving(serve_config(tmp_path, fake_api.base_url, _keys()), store=store) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        for _ in range(2):  # the first call starts the task; the next finds it ended
+            with pytest.raises(anthropic.InternalServerError) as refused:
+                await _ask(aio, "doomed")
+            assert refused.value.status_code == 503
+            message = str(refused.value)
+            assert "alpha/doomed could not start" in message and "stopping" not in message
+        assert (await _ask(aio, "fine")).content and (await _ask(aio, None)).content
+        assert fake_api.requests == 2

@@ -40,7 +40,7 @@ from scheduler.serve._errors import (
 )
 from scheduler.serve._keys import TASK_HEADER, KeyEntry, presented_key, task_name_problem
 from scheduler.serve._models import ModelMap
-from scheduler.serve._runtime import Served
+from scheduler.serve._runtime import GroupUnavailableError, Served
 from scheduler.serve._upstream import UpstreamError
 from scheduler.tasks import TaskHandle
 
@@ -316,8 +316,11 @@ class ServeApp:
         if problem is not None:
             return error_response("invalid_request_error", f"{TASK_HEADER} header: {problem}",
                                   headers=NO_RETRY)
-        handle = (self.served.handle(entry) if group is None
-                  else await self.served.group(entry, group))
+        try:
+            handle = (self.served.handle(entry) if group is None
+                      else await self.served.group(entry, group))
+        except GroupUnavailableError as exc:
+            return error_response("api_error", f"vibe-engine: {exc}", status=503)
         if handle is None:
             return error_response("overloaded_error", "vibe-engine serve is stopping",
                                   status=503)

@@ -70,6 +70,15 @@ class _KeyAgent:
         return {"requests": self._served.requests.get(ctx.handle.id, 0)}
 
 
+class GroupUnavailableError(VibeEngineError):
+    """A grouped task (``KEY/NAME``) ended without serving: its calls cannot run."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        self.task_id, self.reason = task_id, reason
+        super().__init__(f"task {task_id} could not start: {reason}; calls grouped under "
+                         f"it fail until serve restarts")
+
+
 class Served:
     """The orchestrator, keys and upstream of one ``vibe-engine serve`` process.
 
@@ -128,7 +137,8 @@ class Served:
     async def group(self, entry: KeyEntry, name: str) -> TaskHandle | None:
         """The running task ``KEY/NAME`` of ``entry``'s calls grouped under ``name``,
         started in the run on first use with the key's task as its parent (R1.2); None
-        once the server is stopping."""
+        once the server is stopping.  Raises :class:`GroupUnavailableError` when the
+        task ended without serving (it could not start: the store was unreachable)."""
         key = self.handle(entry)
         if key is None:
             return None
@@ -151,8 +161,10 @@ class Served:
                 tg.cancel_scope.cancel()
             tg.start_soon(first, started)
             tg.start_soon(first, handle.done)
-        if handle.finished or self.stopping.is_set():
+        if self.stopping.is_set():
             return None
+        if handle.finished:
+            raise GroupUnavailableError(spec.id, handle.reason or str(handle.status))
         return handle
 
     async def _run(self) -> None:
