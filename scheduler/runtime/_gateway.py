@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from types import MappingProxyType
+from dataclasses import replace
 from typing import Any
 
 import anyio
 
-from policies.replan import BreakDown
 from scheduler.allocator import Allocator, Lease
 from scheduler.budget import Crossing, Estimate, Reservation, TokenCounter, Tracker
 from scheduler.config import VibeConfig
@@ -44,7 +42,6 @@ from scheduler.core import (
     TextSink,
     Usage,
     UsageEvent,
-    VibeEngineError,
     check_options,
     cost_usd,
     loop_time,
@@ -53,62 +50,15 @@ from scheduler.core import (
 from scheduler.routing import Replanner, Router, task_info
 from scheduler.routing._health import error_kind_of
 from scheduler.runtime._admission import Admission
+from scheduler.runtime._call import NO_HINTS, BreakDownRequested, Call, Route
 from scheduler.runtime._quality import QualityScorer
 from scheduler.runtime._requests import check_request
 from scheduler.tasks import TaskHandle
 
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a call goes and why."""
-
-    model: str
-    reason: str
-    fallback: str | None = None
-
-
-#: The hints of a call given none: one read-only mapping, not an empty dict per call.
-_NO_HINTS: Mapping[str, Any] = MappingProxyType({})
 #: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
 AttemptFn = Callable[..., Awaitable[Completion]]
 #: The lease step, ``(task, tokens, reservation) -> Lease``.
 LeaseFn = Callable[..., Awaitable[Lease]]
-
-
-class BreakDownRequested(VibeEngineError):
-    """R6.2 mid-task: the task's model degraded and replanning says break it down.
-
-    Raised by a routed call instead of running it on a tier too weak for the task; the
-    orchestrator ends the attempt and runs the smaller parts in its place.
-    """
-
-    def __init__(self, task_id: str, decision: BreakDown) -> None:
-        self.task_id = task_id
-        self.decision = decision
-        super().__init__(f"task {task_id} broken down mid-task: {decision.reason}")
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """What every attempt of one call shares: output limits, streaming, hints, options."""
-
-    max_tokens: int
-    #: tokens reserved for the output: ``max_tokens``, or a larger thinking budget
-    out: int
-    stream: bool
-    hints: Mapping[str, Any]
-    options: Mapping[str, Any]
-    on_text: TextSink | None
-    passthrough: Passthrough | None
-    # the request itself: held here rather than in a closure, whose cells, function and
-    # coroutine frame every call waiting for a lease would hold as well
-    task: TaskHandle
-    messages: Sequence[Message]
-    system: str
-    context: str
-    tools: Sequence[Mapping[str, Any]]
-    #: the prompt's raw token count (counted once; each attempt calibrates it per model)
-    raw_tokens: int
 
 
 class _NoScorer:
@@ -213,7 +163,7 @@ class Gateway:
         out = max(max_tokens, thinking_budget(opts))
         raw = self.counter.count_prompt(messages, system=system, context=context, tools=tools)
         need = out + self.counter.calibrated(self.router.catalog.strongest, raw).calibrated
-        call = _Call(max_tokens, out, stream, dict(hints) if hints else _NO_HINTS, opts, on_text,
+        call = Call(max_tokens, out, stream, dict(hints) if hints else NO_HINTS, opts, on_text,
                      passthrough, task, messages, system, context, tools, raw)
         explicit = model is not None
         may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
@@ -230,13 +180,13 @@ class Gateway:
             completion = await self._corrected(call, route, completion, hints, need)
         return completion
 
-    def _on(self, route: Route, call: _Call) -> Awaitable[Completion]:
+    def _on(self, route: Route, call: Call) -> Awaitable[Completion]:
         """One attempt of ``call`` on ``route`` (the awaitable itself: no frame of its own)."""
         return self._attempt(call.task, route, call.messages, call.system, call.context,
                              call.tools, call)
 
     async def _with_fallbacks(
-        self, call: _Call, route: Route, need: int, exc: OverloadedError | ProviderTimeoutError,
+        self, call: Call, route: Route, need: int, exc: OverloadedError | ProviderTimeoutError,
     ) -> tuple[Route, Completion]:
         """R6.1: a 529 or timeout (``exc``, on ``route``) moves a call that may fall back to
         the next usable, in-budget substitute.  Each try's reservation and lease are given
@@ -263,7 +213,7 @@ class Gateway:
                 exc = again
 
     async def _corrected(
-        self, call: _Call, route: Route, completion: Completion,
+        self, call: Call, route: Route, completion: Completion,
         hints: Mapping[str, Any] | None, need: int,
     ) -> Completion:
         """R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier."""
@@ -304,7 +254,7 @@ class Gateway:
 
     async def _complete_on(
         self, task: TaskHandle, route: Route, messages: Sequence[Message], system: str,
-        context: str, tools: Sequence[Mapping[str, Any]], call: _Call,
+        context: str, tools: Sequence[Mapping[str, Any]], call: Call,
     ) -> Completion:
         """One attempt on ``route``: estimate → admit → lease → call → settle → signal."""
         request = CompletionRequest(

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
 from policies.replan import BreakDown
-from scheduler.budget import ScopeState, TokenCounter, resolve_task
+from scheduler.budget import TokenCounter, resolve_task
 from scheduler.config import TaskSpec, VibeConfig
 from scheduler.core import (
     ConfigError,
@@ -30,16 +29,16 @@ from scheduler.core import (
     LocalFileError,
     Provider,
     TaskAbortedError,
-    Totals,
     VibeEngineError,
     WallClock,
     get_logger,
 )
 from scheduler.routing import task_info
 from scheduler.runtime._build import Service, build_parts
+from scheduler.runtime._call import BreakDownRequested
 from scheduler.runtime._context import AgentContext
 from scheduler.runtime._deadline import Deadlines
-from scheduler.runtime._gateway import BreakDownRequested
+from scheduler.runtime._report import RunReport, build_report, stored_result
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
 from scheduler.runtime._spawn import Spawner, task_group
 from scheduler.store import Store
@@ -49,39 +48,6 @@ _log = get_logger("vibe_engine.orchestrator")
 
 AgentFactory = Callable[[], Any]
 ContextFactory = Callable[["Orchestrator", TaskHandle], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskOutcome:
-    """How one task ended."""
-
-    task_id: str
-    agent: str
-    status: str
-    reason: str
-    attempts: int
-    task_type: str
-    complexity: str
-    model: str
-    usage: Totals
-    #: What the agent's ``run()`` returned, as stored (JSON); ``None`` unless completed.
-    result: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunReport:
-    """Outcomes of a run, plus per-model totals of the run's usage."""
-
-    session_id: str
-    outcomes: dict[str, TaskOutcome]
-    by_model: dict[str, Totals] = field(default_factory=dict)
-
-    @property
-    def total(self) -> Totals:
-        t = Totals()
-        for o in self.outcomes.values():
-            t.merge(o.usage)
-        return t
 
 
 def _default_context_factory(orch: Orchestrator, handle: TaskHandle) -> AgentContext:
@@ -447,7 +413,7 @@ class Orchestrator:
             # stays pending): resumable
             handle.status = TaskStatus.INTERRUPTED
             handle.reason = handle.reason or "interrupted"
-        result = self._stored_result(handle)
+        result = stored_result(handle)
         # result.json goes with usage.json: one folder, one worker-thread hop
         beside = ({"result.json": self._session.result_document(handle.id, result)}
                   if handle.status is TaskStatus.COMPLETED else None)
@@ -472,15 +438,9 @@ class Orchestrator:
         )
         handle.set_done()
 
-    @staticmethod
-    def _stored_result(handle: TaskHandle) -> Any:
-        """What a completed task's agent returned, as kept with the task (JSON)."""
-        if handle.status is not TaskStatus.COMPLETED:
-            return None
-        if handle.stored_result is None and handle.result is not None:
-            # a task a continued session completed: restored as stored already
-            handle.stored_result = encode_result(handle.id, handle.result)
-        return handle.stored_result
+    async def _report(self) -> RunReport:
+        return await build_report(self.session_id, self.handles.values(), self.tracker,
+                                  self.store)
 
     def _tracked(self, task_id: str) -> bool:
         """Whether the tracker registered the task (O(1): ``tracker.tasks()`` lists all)."""
@@ -490,31 +450,4 @@ class Orchestrator:
             return False
         return True
 
-    async def _report(self) -> RunReport:
-        outcomes: dict[str, TaskOutcome] = {}
-        by_model: dict[str, Totals] = {}
-        tracked = set(self.tracker.tasks())
-        for handle in self.handles.values():
-            usage = Totals()  # this session's use only: a task id may recur across sessions
-            # a task this run tracked with nothing charged has no event in the store
-            used = handle.id not in tracked or _charged(self.tracker.task_scope(handle.id))
-            for event in await self.store.events(task_id=handle.id) if used else ():
-                if event.session_id == self.session_id:
-                    usage.add(event)
-                    if event.model:
-                        by_model.setdefault(event.model, Totals()).add(event)
-            result = self._stored_result(handle)
-            outcomes[handle.id] = TaskOutcome(
-                handle.id, handle.spec.agent, handle.status, handle.reason, handle.attempt,
-                handle.profile.task_type, handle.profile.complexity, handle.model, usage,
-                result,
-            )
-        return RunReport(self.session_id, outcomes, by_model)
 
-
-def _charged(scope: ScopeState) -> bool:
-    """Whether anything was charged to ``scope`` (its totals hold every event of its task
-    recorded since the task started, and what the store held for it then)."""
-    t = scope.totals
-    return bool(t.calls or t.tokens or t.cost_usd or t.file_edits or t.shell_commands
-                or t.dangerous_commands)
