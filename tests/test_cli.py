@@ -78,17 +78,22 @@ def test_plugins_command_lists_agents(tmp_path: Path) -> None:
 def test_r7_2_run_keeps_its_start_up_heap_out_of_the_collectors_way(tmp_path: Path) -> None:
     """R7.2: ``vibe-engine run`` freezes what start-up built (modules, config, catalog,
     the orchestrator's parts) into the collector's permanent generation before its loop
-    starts, so full collections during the run do not scan it again."""
+    starts, so full collections during the run do not scan it again, and collects less
+    often than a script would."""
     from scheduler import VibeConfig
     from scheduler.cli._app import _run
+    from scheduler.cli._heap import THRESHOLDS
 
     config = VibeConfig.model_validate({
         "state_dir": str(tmp_path / "state"),
         "tasks": [{"id": "t1", "agent": "qa", "prompt": "What does the allocator do?"}]})
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     try:
         report = _run(config, live=False)
         assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == THRESHOLDS
     finally:
         gc.unfreeze()  # this test process goes on collecting as before
+        gc.set_threshold(*thresholds)
     assert report.outcomes["t1"].status == "completed"

@@ -32,7 +32,7 @@ from scheduler.cli._checks import (
 from scheduler.cli._decide import decide as decide_paused
 from scheduler.cli._decide import format_review
 from scheduler.cli._demo import demo_config
-from scheduler.cli._heap import freeze_startup_heap
+from scheduler.cli._heap import tune_collector
 from scheduler.cli._options import (
     ConfigFile,
     FoundStateDir,
@@ -106,7 +106,7 @@ def _run(config: VibeConfig, live: bool = True) -> RunReport:
     async def main() -> RunReport:
         return await orch.run()
 
-    freeze_startup_heap()  # built: the orchestrator and what it loaded live as long as the run
+    tune_collector()  # built: the orchestrator and what it loaded live as long as the run
     return anyio.run(main)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 
 from scheduler.cli._checks import free_ports
-from scheduler.cli._heap import freeze_startup_heap
+from scheduler.cli._heap import tune_collector
 from scheduler.config import load_config
 from scheduler.core import ConfigError, VibeEngineError
 from scheduler.serve import Served, listen, serve_forever
@@ -49,7 +49,7 @@ def run_serve(config_path: Path, *, host: str | None, port: int | None,
     free_ports(config)
 
     def ready(url: str) -> None:
-        freeze_startup_heap()  # started: what is alive now lives as long as serve
+        tune_collector()  # started: what is alive now lives as long as serve
         names = ", ".join(k.name for k in config.serve.keys)
         sys.stderr.write(f"vibe-engine serve on {url} (keys: {names}) — set "
                          f"ANTHROPIC_BASE_URL={url}; Ctrl-C stops\n")
