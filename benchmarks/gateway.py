@@ -51,23 +51,14 @@ import anyio
 
 from benchmarks._common import emit, progress
 from scheduler import VibeConfig
-from scheduler.core import Completion, CompletionRequest, Usage, private_dir, write_private
+from scheduler.core import CompletionRequest, private_dir, write_private
 from scheduler.observe import configure_logging
 from scheduler.runtime import Orchestrator
+from scheduler.testing import InstantProvider
 
 POOL = 50
 CALLS = 2
 MESSAGES = [{"role": "user", "content": "Rename the helper and update its callers."}]
-
-
-class ZeroLatencyProvider:
-    """Answers every request at once (no await): the cost measured is the runtime's."""
-
-    async def complete(self, request: CompletionRequest) -> Completion:
-        return Completion("ok", Usage(120, 40), request.model)
-
-    async def aclose(self) -> None:
-        return None
 
 
 class CallingAgent:
@@ -108,7 +99,7 @@ LAST_CPU_S = [0.0]
 async def _orchestrated(n: int, agent: type[CallingAgent]) -> float:
     """Seconds for ``Orchestrator.run`` of n tasks (building and cleanup excluded)."""
     with tempfile.TemporaryDirectory(prefix="vibe-bench-") as tmp:
-        orch = Orchestrator(bench_config(Path(tmp), n), provider=ZeroLatencyProvider(),
+        orch = Orchestrator(bench_config(Path(tmp), n), provider=InstantProvider(),
                             agents={"bench": agent})
         cpu, start = time.process_time(), default_timer()
         report = await orch.run()
@@ -122,7 +113,7 @@ async def _orchestrated(n: int, agent: type[CallingAgent]) -> float:
 
 async def _bare(n: int, calls: int) -> float:
     """The same calls on bare asyncio: n tasks, a semaphore of the pool's size."""
-    provider = ZeroLatencyProvider()
+    provider = InstantProvider()
     sem = asyncio.Semaphore(POOL)
     request = CompletionRequest(model="sonnet", model_id="claude-sonnet-4-6",
                                 messages=MESSAGES, max_tokens=256)

@@ -11,11 +11,11 @@ from typing import Any
 import anyio
 import pytest
 
-from scheduler import Completion, CompletionRequest, Limits, TaskSpec, Usage, VibeConfig
+from scheduler import Limits, TaskSpec, Usage, VibeConfig
 from scheduler.runtime import AgentContext
 from scheduler.runtime._spawn import task_group
 from scheduler.tasks import TaskStatus
-from scheduler.testing import build_orchestrator
+from scheduler.testing import InstantProvider, build_orchestrator
 from tests._helpers import OrchestratorFactory
 
 pytestmark = pytest.mark.real_asyncio  # asyncio's own tasks are what is tested
@@ -116,16 +116,6 @@ def test_r7_1_task_specs_share_the_set_of_fields_they_were_given() -> None:
     assert TaskSpec(id="d", agent="x").model_fields_set == {"id", "agent"}
 
 
-class Instant:
-    """Answers at once and keeps nothing (a scripted provider records every call)."""
-
-    async def complete(self, request: CompletionRequest) -> Completion:
-        return Completion("ok", Usage(20, 5), request.model)
-
-    async def aclose(self) -> None:
-        return None
-
-
 class TwoCalls:
     async def run(self, ctx: AgentContext) -> None:
         for _ in range(2):
@@ -137,7 +127,8 @@ async def test_r7_1_agents_waiting_for_a_lease_hold_little_memory(tmp_path: Any)
     12.3 KiB of Python memory each at the run's peak, their task specs included
     (tracemalloc's peak above the memory before the config is built; not a timing)."""
     n = 400
-    warm = build_orchestrator({"a": TwoCalls}, state_dir=tmp_path / "warm", provider=Instant())
+    warm = build_orchestrator({"a": TwoCalls}, state_dir=tmp_path / "warm",
+                              provider=InstantProvider(Usage(20, 5)))
     await warm.run([TaskSpec(id="t", agent="a")])  # imports, the tokenizer's tables
     gc.collect()
     tracemalloc.start()
@@ -148,7 +139,8 @@ async def test_r7_1_agents_waiting_for_a_lease_hold_little_memory(tmp_path: Any)
             "state_dir": str(tmp_path / "run"), "session_id": "s1",  # the default store: SQLite
             "allocator": {"pools": {"anthropic": {"concurrent": 2}}},
             "tasks": [{"id": f"t{i}", "agent": "a", "prompt": "x"} for i in range(n)]})
-        orch = build_orchestrator({"a": TwoCalls}, config=config, provider=Instant())
+        orch = build_orchestrator({"a": TwoCalls}, config=config,
+                                  provider=InstantProvider(Usage(20, 5)))
         report = await orch.run()
         _, peak = tracemalloc.get_traced_memory()
     finally:

@@ -38,3 +38,18 @@ class ScriptedProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+class InstantProvider:
+    """Answers every request at once with the same usage and keeps nothing (a
+    :class:`ScriptedProvider` records every call): what is measured is the runtime's own
+    cost and memory, not the provider's."""
+
+    def __init__(self, usage: Usage | None = None) -> None:
+        self.usage = usage or Usage(120, 40)
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        return Completion("ok", self.usage, request.model)
+
+    async def aclose(self) -> None:
+        return None
