@@ -69,17 +69,23 @@ async def test_r2_6_checkpoints_run_off_the_loop_and_the_wal_starts_over(tmp_pat
     assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     n = 0
 
-    async def writer(k: int) -> None:
+    async def writer(k: int, phase: int) -> None:
         nonlocal n
-        for i in range(40):
+        for i in range(phase * 10, phase * 10 + 10):
             assert await store.record(_event(k * 1000 + i, f"t{k % 7}"))
             n += 1
 
-    async with anyio.create_task_group() as tg:
-        for k in range(40):
-            tg.start_soon(writer, k)
-    # the thread catches up with the last requests (waited for in a thread: it is one)
-    await anyio.to_thread.run_sync(_wait_until, lambda: store.checkpoints.runs >= 3)
+    # four phases of 40 concurrent writers: each phase's 400 charges take at least 10
+    # group commits (a batch holds one write per writer), so each asks for a checkpoint;
+    # requests made before the thread wakes are one run, so each phase waits for its own
+    for phase in range(4):
+        before = store.checkpoints.runs
+        async with anyio.create_task_group() as tg:
+            for k in range(40):
+                tg.start_soon(writer, k, phase)
+        # waited for in a thread: the checkpointer is one
+        await anyio.to_thread.run_sync(_wait_until, lambda b=before: store.checkpoints.runs > b)
+    assert store.checkpoints.runs >= 3
     assert threading.get_ident() not in store.checkpoints.thread_ids
     assert store.group.batches >= 3 * store.checkpoints.every
     # ~7 pages a commit: without restarts the WAL would hold every commit's frames
