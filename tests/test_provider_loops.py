@@ -1,0 +1,39 @@
+"""One provider used from one event loop after another (R7.1: one anyio loop per run; a
+script or a test may run several in turn with the same provider).
+
+A keep-alive connection belongs to the event loop that opened it: after that loop is
+gone, the transport must not hand it to a request made on another loop.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.fake_api import FakeAnthropicServer
+from agents.providers import AnthropicProvider
+from scheduler import Completion
+from scheduler.testing import run_real
+from tests._anthropic_helpers import fake_api, provider_for, request
+
+__all__ = ["fake_api"]  # the fixture, imported for pytest
+
+
+def _complete(provider: AnthropicProvider, model: str) -> Completion:
+    async def main() -> Completion:
+        return await provider.complete(request(model=model))
+
+    return run_real(main)  # a new event loop each time
+
+
+@pytest.mark.parametrize("model", ["sonnet", "haiku"])
+def test_r7_1_one_provider_serves_two_event_loops_in_turn(
+    fake_api: FakeAnthropicServer, model: str
+) -> None:
+    """R7.1: a provider whose first loop left an idle keep-alive connection answers on a
+    second loop (a new connection there), and on a third; the fake API saw every call
+    once (none failed and was retried), and each loop closed its idle connection as it
+    ended (an unclosed transport's ResourceWarning fails the test)."""
+    provider = provider_for(fake_api)
+    answers = [_complete(provider, model) for _ in range(3)]
+    assert all(a.text for a in answers)
+    assert fake_api.requests == 3
