@@ -7,11 +7,14 @@ gone, the transport must not hand it to a request made on another loop.
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from agents.fake_api import FakeAnthropicServer
 from agents.providers import AnthropicProvider
 from scheduler import Completion
+from scheduler.net import Conn, IdlePool
 from scheduler.testing import run_real
 from tests._anthropic_helpers import fake_api, provider_for, request
 
@@ -37,3 +40,36 @@ def test_r7_1_one_provider_serves_two_event_loops_in_turn(
     answers = [_complete(provider, model) for _ in range(3)]
     assert all(a.text for a in answers)
     assert fake_api.requests == 3
+
+
+class _Conn:
+    """An idle connection as the pool sees it, recording its close."""
+
+    def __init__(self, closed: list[object]) -> None:
+        self.idle_since, self._closed = 0.0, closed
+
+    def readable(self) -> bool:
+        return False
+
+    async def close(self) -> None:
+        self._closed.append(self)
+
+
+def test_r7_1_a_pool_keeps_its_loops_connections_and_closes_them_as_the_loop_ends() -> None:
+    """R7.1: a connection put back (even before any was taken) serves the next request
+    of its loop; when the loop ends it is closed, so the next loop opens its own."""
+    pool: IdlePool[str] = IdlePool(4)
+    closed: list[object] = []
+    conn = cast(Conn, _Conn(closed))
+
+    async def first() -> None:
+        await pool.put("origin", conn)
+        assert await pool.take("origin") is conn
+        await pool.put("origin", conn)
+
+    async def second() -> Conn | None:
+        return await pool.take("origin")
+
+    run_real(first)
+    assert closed == [conn]
+    assert run_real(second) is None

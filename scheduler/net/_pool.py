@@ -40,8 +40,8 @@ class IdlePool(Generic[K]):
         self._watch: object | None = None  # the task that closes them when it ends
 
     async def take(self, key: K) -> Conn | None:
-        """The most recently used idle connection that is still good, or ``None``.  (Only
-        here is the loop checked: a connection is put back on the loop that took it.)"""
+        """The most recently used idle connection that is still good, or ``None``.  (The
+        loop is checked here: a connection is put back on the loop that took it.)"""
         if running_loop() is not self._loop:
             await self._adopt_loop()
         idle = self._idle.get(key)
@@ -57,6 +57,8 @@ class IdlePool(Generic[K]):
 
     async def put(self, key: K, conn: Conn) -> None:
         """Keeps ``conn`` for the next request to ``key`` (closes it when the pool is full)."""
+        if self._loop is None and running_loop() is not None:
+            await self._adopt_loop()  # put before any take: watch this loop from now on
         if self._count >= self._max_idle:
             await conn.close()
             return
