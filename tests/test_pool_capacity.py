@@ -3,11 +3,14 @@ and provider-reported limits, combined as the smaller of the two."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import trio
+import trio.testing
 from structlog.testing import capture_logs
 
 from agents.builtin import QuestionAnswerAgent
@@ -176,4 +179,40 @@ async def test_closed_pool_holds_requests_at_full_size_until_a_slice_arrives() -
         cap.on_slice("anthropic", 60_000)
         await anyio.sleep(3)  # the bucket refills at 1,000 tokens/s from empty
         assert granted == [2_400]
+        tg.cancel_scope.cancel()
+
+
+async def test_r5_3_status_json_shows_a_new_slice_within_an_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R5.3 across processes: a new quota slice is in ``status.json`` at the next status
+    interval (or 4× a write's time when writes are slow), not after the 20× back-off of an
+    ordinary change (the file showed a slice that had long changed)."""
+    cfg = _config(tmp_path, distributed=GLOBAL,
+                  observe={"status_interval_s": 0.5, "history": False})
+    orch = _orch(cfg, SlicedMemoryStore(share=60_000), ScriptedProvider())
+    writer = orch.observers.status
+    assert writer is not None
+    write = writer.write
+
+    def slow_write(*, running: bool = True) -> Path:  # a huge run's status: 0.2 s a write
+        path = write(running=running)
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock)
+        clock.jump(0.2)
+        return path
+
+    monkeypatch.setattr(writer, "write", slow_write)
+
+    def shown() -> int:
+        doc = json.loads(writer.path.read_text("utf-8"))
+        return int(doc["pools"][0]["tokens_per_minute"])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        await anyio.sleep(0.5)  # the first write (a closed pool), then a 4 s back-off
+        assert shown() == CLOSED_TOKENS_PER_MINUTE and writer.writes == 1
+        orch.capacity.on_slice("anthropic", 300_000)
+        await anyio.sleep(1.5)  # shown 0.8 s (4 × 0.2 s) after the first write
+        assert shown() == 300_000 and writer.writes == 2
         tg.cancel_scope.cancel()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import json
+from typing import Any
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -47,6 +51,37 @@ def test_r2_2_repeated_content_is_counted_once() -> None:
         assert cached.count_prompt(msgs, system=system, tools=TOOLS) == uncached.count_prompt(
             msgs, system=system, tools=TOOLS
         )
+
+
+def test_r2_2_equal_tool_lists_are_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """R2.2: tool lists equal in content but distinct objects (a server parses the tools
+    anew for every request) are encoded to JSON and counted once; a changed list, or
+    one that cannot be keyed, is counted for itself."""
+    dumps = json.dumps
+    encoded: list[Any] = []
+
+    def counting(obj: Any, **kw: Any) -> str:
+        if isinstance(obj, list):
+            encoded.append(obj)
+        return dumps(obj, **kw)
+
+    monkeypatch.setattr(json, "dumps", counting)
+    tc = TokenCounter()
+    first = tc.count_tools(copy.deepcopy(TOOLS))
+    assert tc.count_tools(copy.deepcopy(TOOLS)) == first and len(encoded) == 1
+    changed = [*copy.deepcopy(TOOLS), {"name": "extra", "input_schema": {}}]
+    assert tc.count_tools(changed) > first and len(encoded) == 2
+    assert tc.count_tools(copy.deepcopy(TOOLS)) == first and len(encoded) == 2
+    schema: dict[str, Any] = TOOLS[0]["input_schema"]  # type: ignore[assignment]
+    unkeyed = [{**TOOLS[0], "input_schema": _Schema(schema)}]
+    assert tc.count_tools(unkeyed) == tc.count_tools([TOOLS[0]]) and len(encoded) == 4
+
+
+class _Schema(dict[str, Any]):
+    """A dict pickle cannot take (as a local class), that JSON encodes as its items."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("not picklable")
 
 
 def test_r2_3_discrepancy_logged_and_calibration_converges() -> None:

@@ -42,7 +42,7 @@ import socket
 from scheduler.allocator._allocator import Allocator
 from scheduler.allocator._quota import GlobalQuota
 from scheduler.config import VibeConfig
-from scheduler.core import RateLimitInfo, get_logger
+from scheduler.core import Hook, RateLimitInfo, get_logger
 from scheduler.store import Store
 from scheduler.store._ledger import SliceBackend
 
@@ -88,6 +88,9 @@ class PoolCapacity:
         self._learned_rpm: dict[str, int] = {}
         self._applied: dict[str, tuple[int | None, int | None]] = {}
         self.quota: GlobalQuota | None = None
+        #: Called with the pool's name when the allocator got a new capacity for it (a new
+        #: slice, a learned limit): ``status.json`` shows it without waiting out a back-off.
+        self.on_change: Hook[[str]] = Hook()
 
     # -- wiring -----------------------------------------------------------------------------
     def global_quota(self, store: Store, *, holder: str | None = None) -> GlobalQuota | None:
@@ -194,6 +197,7 @@ class PoolCapacity:
             return
         self._applied[pool] = (tpm, rpm)
         self.allocator.set_capacity(pool, tokens_per_minute=tpm, requests_per_minute=rpm)
+        self.on_change(pool)
         _log.info("pool_capacity_changed", pool=pool, tokens_per_minute=tpm,
                   requests_per_minute=rpm, slice=self._slices.get(pool),
                   learned_tokens_per_minute=self._learned_tpm.get(pool))

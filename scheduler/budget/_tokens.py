@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import pickle
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -40,6 +42,9 @@ IMAGE_TOKENS = 1_600
 #: A PDF page: its extracted text plus its image, about 1,500–3,000 tokens; the high end.
 PDF_PAGE_TOKENS = 3_000
 _PDF_PAGE = re.compile(rb"/Type\s*/Page\b")
+#: Tool lists whose counts are kept by content: a server parses an equal list anew for
+#: every request, and an agent may alternate a few.
+TOOLS_CACHE_SIZE = 32
 
 
 @cache
@@ -73,20 +78,36 @@ class Reconciliation:
     factor: float
 
 
+def _tools_json(tools: Sequence[Mapping[str, Any]]) -> str:
+    """The tool definitions as counted: canonical JSON (sorted keys, no spaces)."""
+    return json.dumps(list(tools), sort_keys=True, separators=(",", ":"))
+
+
+def _tools_key(tools: Sequence[Mapping[str, Any]]) -> bytes | None:
+    """A digest of the tools' content, or None for values pickle cannot take.  Pickling
+    costs about a fifth of the canonical JSON; equal lists built in another key order
+    only miss the cache.  (The bytes are hashed, never unpickled.)"""
+    try:
+        data = pickle.dumps(tools if isinstance(tools, list) else list(tools), protocol=5)
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
+        return None
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 class _Lru:
     __slots__ = ("_data", "_max")
 
     def __init__(self, maxsize: int) -> None:
-        self._data: OrderedDict[str, int] = OrderedDict()
+        self._data: OrderedDict[Hashable, int] = OrderedDict()
         self._max = maxsize
 
-    def get(self, key: str) -> int | None:
+    def get(self, key: Hashable) -> int | None:
         value = self._data.get(key)
         if value is not None:
             self._data.move_to_end(key)
         return value
 
-    def put(self, key: str, value: int) -> None:
+    def put(self, key: Hashable, value: int) -> None:
         self._data[key] = value
         if len(self._data) > self._max:
             self._data.popitem(last=False)
@@ -108,9 +129,10 @@ class TokenCounter:
         self._use_cache = use_cache
         self._smoothing = smoothing
         self._factors: dict[str, float] = {}
-        # identity cache for the tool list an agent passes on every call
+        # the tool list an agent passes on every call, by identity; other lists by content
         self._tools_obj: object | None = None
         self._tools_count = 0
+        self._tools = _Lru(TOOLS_CACHE_SIZE)
 
     def count_text(self, text: str) -> int:
         """Tokens in ``text``, cached by content."""
@@ -129,11 +151,17 @@ class TokenCounter:
         """Tokens of the tool definitions (cached by identity, then by content)."""
         if not tools:
             return 0
-        if self._use_cache and tools is self._tools_obj:
+        if not self._use_cache:
+            return self.count_text(_tools_json(tools))
+        if tools is self._tools_obj:
             return self._tools_count
-        n = self.count_text(json.dumps(list(tools), sort_keys=True, separators=(",", ":")))
-        if self._use_cache:
-            self._tools_obj, self._tools_count = tools, n
+        key = _tools_key(tools)
+        n = None if key is None else self._tools.get(key)
+        if n is None:
+            n = self.count_text(_tools_json(tools))
+            if key is not None:
+                self._tools.put(key, n)
+        self._tools_obj, self._tools_count = tools, n
         return n
 
     def _count_content(self, content: Any) -> int:

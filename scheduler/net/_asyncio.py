@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import anyio
@@ -119,6 +120,29 @@ class AsyncioStream:
 
     async def aclose(self) -> None:
         self._transport.close()
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop; None on trio, whose sockets serve any later run."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def at_loop_end(loop: asyncio.AbstractEventLoop,
+                cleanup: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    """Await ``cleanup()`` when ``loop`` shuts down: ``asyncio.run`` (and so ``anyio.run``)
+    cancels the tasks still pending, and this one's ``finally`` runs while the loop can
+    still close its transports (a closed loop cannot)."""
+
+    async def wait() -> None:
+        try:
+            await loop.create_future()
+        finally:
+            await cleanup()
+
+    return loop.create_task(wait())
 
 
 async def connect(host: str, port: int, context: ssl.SSLContext | None) -> AsyncioStream:

@@ -5,6 +5,11 @@ httpx's pool (httpcore) polls every pooled connection for readability on each re
 and walks the pool again when a response closes; with a few hundred keep-alive
 connections that walk cost more CPU than the rest of a call.  Here each key (an origin)
 has a LIFO list of idle connections and only the one taken is checked.
+
+On asyncio a connection belongs to the event loop that opened it.  The pool holds the
+connections of one loop: when it is used from another (a provider kept from one
+``anyio.run`` to the next) it drops those it holds, and a loop that shuts down closes
+its idle connections first, while it still can.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from scheduler.net._asyncio import at_loop_end, running_loop
 from scheduler.net._conn import Conn
 from scheduler.net._errors import WriteFailed
 
@@ -30,9 +36,14 @@ class IdlePool(Generic[K]):
         self._max_idle = max_idle
         self._idle: dict[K, list[Conn]] = {}
         self._count = 0
+        self._loop: object | None = None  # the asyncio loop of the idle connections
+        self._watch: object | None = None  # the task that closes them when it ends
 
     async def take(self, key: K) -> Conn | None:
-        """The most recently used idle connection that is still good, or ``None``."""
+        """The most recently used idle connection that is still good, or ``None``.  (The
+        loop is checked here: a connection is put back on the loop that took it.)"""
+        if running_loop() is not self._loop:
+            await self._adopt_loop()
         idle = self._idle.get(key)
         if idle:
             now = anyio.current_time()
@@ -46,6 +57,8 @@ class IdlePool(Generic[K]):
 
     async def put(self, key: K, conn: Conn) -> None:
         """Keeps ``conn`` for the next request to ``key`` (closes it when the pool is full)."""
+        if self._loop is None and running_loop() is not None:
+            await self._adopt_loop()  # put before any take: watch this loop from now on
         if self._count >= self._max_idle:
             await conn.close()
             return
@@ -58,6 +71,20 @@ class IdlePool(Generic[K]):
         for conns in idle.values():
             for conn in conns:
                 await conn.close()
+
+    async def _adopt_loop(self) -> None:
+        """Serve the running loop: the idle connections of another cannot carry its
+        requests (their loop may be closed: closing them is best effort)."""
+        loop = running_loop()
+        self._loop = loop
+        await self.aclose()
+        if loop is not None:
+            self._watch = at_loop_end(loop, lambda: self._loop_ended(loop))
+
+    async def _loop_ended(self, loop: object) -> None:
+        if self._loop is loop:
+            self._loop = self._watch = None
+            await self.aclose()
 
     async def send(self, key: K, connect: Callable[[], Awaitable[Conn]], data: bytes,
                    timeout_s: float | None = None) -> Conn:

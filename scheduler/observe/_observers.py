@@ -126,6 +126,12 @@ class HistoryRecorder:
                     _log.warning("history_flush_failed", error=str(exc))
 
 
+#: After a write, ``status.json`` waits this many times the write's own time before the
+#: next (≤ 5 % of the loop on huge runs) -- or this other factor when a pool's capacity
+#: changed (≤ 20 %): a new quota slice is shown at the next interval, not seconds late.
+_BACK_OFF, _CAPACITY_BACK_OFF = 20, 4
+
+
 class StatusWriter:
     """Rewrites ``status.json`` when something changed, at most once per interval."""
 
@@ -135,6 +141,12 @@ class StatusWriter:
         self.path = status_path(view.config.state_dir)
         self.writes = 0
         self._changes = watch_changes(view)
+        self._capacity = Changes(pending=False)
+        view.on_capacity.connect(self._capacity_changed)
+
+    def _capacity_changed(self, _pool: str) -> None:
+        self._changes.set()
+        self._capacity.set()
 
     def write(self, *, running: bool = True) -> Path:
         """Replace ``status.json`` atomically (a temporary file, then a rename)."""
@@ -151,10 +163,14 @@ class StatusWriter:
         try:
             while True:
                 await self._changes.wait()
+                self._capacity.pending = False  # this write shows the capacities
                 start = anyio.current_time()
                 self.write()
-                # never spend more than ~5 % of the loop on status.json (huge runs)
-                await anyio.sleep(max(self.interval_s, 20 * (anyio.current_time() - start)))
+                written = anyio.current_time()
+                spent = written - start
+                await anyio.sleep(max(self.interval_s, _CAPACITY_BACK_OFF * spent))
+                with anyio.move_on_after(written + _BACK_OFF * spent - anyio.current_time()):
+                    await self._capacity.wait()
         finally:
             try:
                 self.write(running=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -51,6 +51,8 @@ class RunView:
     controller: PauseController
     #: Called after every settled model call (the gateway's ``on_settle``).
     on_settle: Hook[[TaskHandle, UsageEvent]]
+    #: Called when a pool's capacity changed (``PoolCapacity.on_change``: a quota slice).
+    on_capacity: Hook[[str]] = field(default_factory=Hook)
 
 
 def _waits(view: RunView) -> tuple[dict[str, WaiterStatistics], tuple[PoolView, ...]]:
@@ -150,8 +152,8 @@ class Changes:
     change instead leaves virtual time to the workload.
     """
 
-    def __init__(self) -> None:
-        self.pending = True
+    def __init__(self, *, pending: bool = True) -> None:
+        self.pending = pending
         self._event: anyio.Event | None = None
 
     def set(self, *_: Any) -> None:

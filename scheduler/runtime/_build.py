@@ -241,7 +241,8 @@ def build_parts(
     locks = LockManager(waits)
     view = RunView(config=config, session_id=session_id, wall=wall, bus=bus, store=store,
                    tracker=tracker, tasks=tasks, allocator=allocator, health=gateway.health,
-                   controller=controller, on_settle=gateway.on_settle)
+                   controller=controller, on_settle=gateway.on_settle,
+                   on_capacity=capacity.on_change)
     parts = Parts(
         config=config, policies=policies, session_id=session_id, store=store, wall=wall,
         bus=bus, counter=counter,

@@ -218,12 +218,17 @@ class Orchestrator:
     async def spawn(self, spec: TaskSpec) -> TaskHandle:
         """Add a task to the running session and start it (a ``serve`` client's grouped
         task).  An id ``PARENT/NAME`` puts it inside task ``PARENT``: the parent's budget
-        encloses its budget and the stores charge its use to both (R1.2)."""
+        encloses its budget and the stores charge its use to both (R1.2).  A task whose
+        start failed before its budget was counted (the store was unreachable) starts
+        again under its id."""
         if self._task_group is None:
             raise VibeEngineError(f"cannot start task {spec.id!r}: the run is not running")
         parent = spec.id.rpartition("/")[0]
         if parent and parent not in self.handles:
             raise VibeEngineError(f"task {spec.id!r}: unknown parent task {parent!r}")
+        earlier = self.handles.get(spec.id)
+        if earlier is not None and earlier.done.is_set() and not self._tracked(spec.id):
+            del self.handles[spec.id]  # nothing was charged to it: nothing to keep
         (handle,) = self.add_tasks([spec])
         if parent:
             self._parents[spec.id] = parent

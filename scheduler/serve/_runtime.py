@@ -75,8 +75,8 @@ class GroupUnavailableError(VibeEngineError):
 
     def __init__(self, task_id: str, reason: str) -> None:
         self.task_id, self.reason = task_id, reason
-        super().__init__(f"task {task_id} could not start: {reason}; calls grouped under "
-                         f"it fail until serve restarts")
+        super().__init__(f"task {task_id} could not start: {reason}; the next call grouped "
+                         f"under it starts it again")
 
 
 class Served:
@@ -138,7 +138,10 @@ class Served:
         """The running task ``KEY/NAME`` of ``entry``'s calls grouped under ``name``,
         started in the run on first use with the key's task as its parent (R1.2); None
         once the server is stopping.  Raises :class:`GroupUnavailableError` when the
-        task ended without serving (it could not start: the store was unreachable)."""
+        task ended without serving (it could not start: the store was unreachable).
+
+        Calls that arrive while the task starts wait for that one start; a start that
+        failed is forgotten once its waiters know, so the next call starts it again."""
         key = self.handle(entry)
         if key is None:
             return None
@@ -164,6 +167,8 @@ class Served:
         if self.stopping.is_set():
             return None
         if handle.finished:
+            if not started.is_set() and self._grouped.get(spec.id) is started:
+                del self._grouped[spec.id]  # it never ran: the next call starts it again
             raise GroupUnavailableError(spec.id, handle.reason or str(handle.status))
         return handle
 
