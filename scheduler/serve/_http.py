@@ -12,11 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit
 
-import anyio
-
 from scheduler.net import (
     Conn,
-    HttpTimeout,
     IdlePool,
     Parsed,
     body_chunks,
@@ -80,14 +77,9 @@ class HttpClient:
         """Sends one request and returns once the answer's head arrived."""
         data = self._request(method, target, headers, body)
         conn: Conn | None = None
-        try:
-            with anyio.fail_after(self.timeout_s):
-                conn = await self.pool.send(_ORIGIN, self._connect, data)
-                parsed = await read_head(conn)
-        except TimeoutError:
-            if conn is not None:
-                await conn.close()
-            raise HttpTimeout("the upstream did not answer in time") from None
+        try:  # the timeout bounds the sending and each read of the head
+            conn = await self.pool.send(_ORIGIN, self._connect, data, self.timeout_s)
+            parsed = await read_head(conn, self.timeout_s)
         except BaseException:
             if conn is not None:
                 await conn.close()
