@@ -31,6 +31,7 @@ from scheduler.core import (
     StoreUnavailableError,
     get_logger,
 )
+from scheduler.serve._asyncio_watch import watch_later
 from scheduler.serve._errors import (
     NO_RETRY,
     budget_refusal,
@@ -53,6 +54,9 @@ _FORWARDED = ("anthropic-version", "anthropic-beta")
 _OWN_HEADERS = frozenset(("transfer-encoding", "connection", "content-length"))
 
 _Item = tuple[str, Any]
+#: A JSON request still running this long (waiting for its lease, held) is watched for
+#: its client leaving; one answered sooner never is.
+_WATCH_AFTER_S = 0.05
 
 
 class _Governed:
@@ -100,18 +104,32 @@ class _Governed:
 
     async def _whole(self, relay: _Relay, receive: Receive) -> None:
         """A JSON answer goes out whole once the call ended, so the call runs in this
-        task; only the watch for the client leaving runs beside it."""
+        task; the watch for the client leaving starts only if it waits (on asyncio,
+        see :mod:`._asyncio_watch`), else runs beside it."""
         head: list[Mapping[str, str]] = []
         body: list[bytes] = []
         self._pt.on_status = lambda status, headers: head.append(headers)
         self._pt.on_bytes = body.append
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._left, receive, relay, tg.cancel_scope)
-            refusal = await self._governed()
-            if refusal is not None:
-                await relay.fail(*refusal)
-            else:
-                await relay.whole(head[-1] if head else {}, b"".join(body))
+        cancel = anyio.CancelScope()
+        stop = watch_later(_WATCH_AFTER_S, receive, lambda: self._leave(relay, cancel))
+        if stop is None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._left, receive, relay, tg.cancel_scope)
+                await self._answer_whole(relay, head, body)
+            return
+        with cancel:
+            try:
+                await self._answer_whole(relay, head, body)
+            finally:
+                stop()
+
+    async def _answer_whole(self, relay: _Relay, head: list[Mapping[str, str]],
+                            body: list[bytes]) -> None:
+        refusal = await self._governed()
+        if refusal is not None:
+            await relay.fail(*refusal)
+        else:
+            await relay.whole(head[-1] if head else {}, b"".join(body))
 
     async def _left(self, receive: Receive, relay: _Relay, scope: anyio.CancelScope) -> None:
         """A client that leaves while its request waits (a lease queue, a hold) takes the
@@ -119,6 +137,9 @@ class _Governed:
         and settles."""
         while (await receive())["type"] != "http.disconnect":
             pass
+        self._leave(relay, scope)
+
+    def _leave(self, relay: _Relay, scope: anyio.CancelScope) -> None:
         if not self._sent and not relay.finished:
             _log.info("serve_client_left", key=self._entry.name)
             scope.cancel()
