@@ -44,6 +44,10 @@ class Response:
         return body_chunks(self._conn, self._p, self._client.timeout_s)
 
     async def read(self) -> bytes:
+        p = self._p
+        if p.done:  # the whole answer came with its head (a small JSON answer)
+            parts, p.body = p.body, []
+            return b"".join(parts)
         return b"".join([part async for part in self.chunks()])
 
     async def aclose(self) -> None:
@@ -95,6 +99,7 @@ class HttpClient:
 
     def _request(self, method: str, target: str, headers: Sequence[tuple[str, str]],
                  body: bytes) -> bytes:
-        lines = [f"{method} {self._prefix}{target} HTTP/1.1", self._host_line,
-                 *(f"{k}: {v}" for k, v in headers), f"content-length: {len(body)}"]
+        lines = [f"{method} {self._prefix}{target} HTTP/1.1", self._host_line]
+        lines += [f"{k}: {v}" for k, v in headers]
+        lines.append(f"content-length: {len(body)}")
         return end_head("\r\n".join(lines).encode("latin-1"), len(lines)) + body
