@@ -67,9 +67,11 @@ class _Governed:
     started is sent as the API's ``error`` event.  A JSON request gets the upstream's
     body, or the error with its status.
 
-    Beside the call, a watcher awaits the client's ``http.disconnect``.  It is never
-    cancelled on the way out: ASGI's ``receive`` says ``http.disconnect`` once the
-    response was sent, so it ends by itself (a cancel costs anyio a task ``repr``).
+    Beside the call, a watcher awaits the client's ``http.disconnect`` -- on asyncio
+    only once the request has waited :data:`_WATCH_AFTER_S` (:mod:`._asyncio_watch`).
+    It is never cancelled on the way out: ASGI's ``receive`` says ``http.disconnect``
+    once the response was sent, so it ends by itself (a cancel costs anyio a task
+    ``repr``).
     """
 
     def __init__(self, served: Served, entry: KeyEntry, handle: TaskHandle,
@@ -99,13 +101,20 @@ class _Governed:
         with tx, rx:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(governed)
-                tg.start_soon(self._left, receive, relay, tg.cancel_scope)
-                await relay.run(rx)
+                cancel = tg.cancel_scope
+                stop = watch_later(_WATCH_AFTER_S, receive, lambda: self._leave(relay, cancel))
+                if stop is None:
+                    tg.start_soon(self._left, receive, relay, cancel)
+                try:
+                    await relay.run(rx)
+                finally:
+                    if stop is not None:
+                        stop()
 
     async def _whole(self, relay: _Relay, receive: Receive) -> None:
         """A JSON answer goes out whole once the call ended, so the call runs in this
         task; the watch for the client leaving starts only if it waits (on asyncio,
-        see :mod:`._asyncio_watch`), else runs beside it."""
+        see :mod:`._asyncio_watch`), else runs beside it from the start."""
         head: list[Mapping[str, str]] = []
         body: list[bytes] = []
         self._pt.on_status = lambda status, headers: head.append(headers)
@@ -196,8 +205,11 @@ class _Relay:
     async def run(self, rx: MemoryObjectReceiveStream[_Item]) -> None:
         while True:
             item: _Item | None = None
-            with anyio.move_on_after(self._ping_s):
-                item = await rx.receive()
+            try:  # what already arrived needs no timeout (a cancel scope per item)
+                item = rx.receive_nowait()
+            except anyio.WouldBlock:
+                with anyio.move_on_after(self._ping_s):
+                    item = await rx.receive()
             if item is None:  # waiting (lease queue, held): keep the client's stream alive
                 await self._start(200, _SSE_HEADERS)
                 await self._write(_PING)
