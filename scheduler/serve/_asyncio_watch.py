@@ -3,10 +3,10 @@
 A client that leaves while its request waits (a lease queue, a hold at a budget limit)
 takes the request with it, which takes a watch of ASGI's ``receive`` beside the call.
 Started with every request, that watch (an anyio task group, a task, and the server's
-``receive`` waiting on its event) was a good part of serve's own CPU per call, while an
-uncontended request reaches the upstream within a millisecond -- after which the
-client's leaving no longer matters.  So on asyncio the watch is a plain task started by
-a timer only if the request is still running ``delay_s`` later; elsewhere (trio, the
+``receive`` waiting on its event) would be a good part of serve's own CPU per call,
+while an uncontended request reaches the upstream within a millisecond -- after which
+the client's leaving no longer matters.  So on asyncio the watch is a plain task started
+by a timer only if the request is still running ``delay_s`` later; elsewhere (trio, the
 in-process transport's tests) the caller keeps its task group.
 """
 
