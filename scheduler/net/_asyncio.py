@@ -86,28 +86,39 @@ class AsyncioStream:
         """The socket underneath (asyncio's or uvloop's stand-in), for socket options."""
         return self._transport.get_extra_info("socket")
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, timeout_s: float | None = None) -> None:
+        """Writes ``data``; waits (at most ``timeout_s``: ``TimeoutError``) only while
+        the kernel's buffer is full."""
         if self._p.eof or self._transport.is_closing():
             raise anyio.BrokenResourceError
         self._transport.write(data)
         drained = self._p.drained
         if drained is not None and not drained.done():  # the kernel's buffer is full
-            await drained
+            with anyio.fail_after(timeout_s):
+                await drained
             if self._p.eof:
                 raise anyio.BrokenResourceError
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
+    async def receive(self, max_bytes: int = 65536, timeout_s: float | None = None) -> bytes:
+        """The next bytes; ``TimeoutError`` when none came within ``timeout_s``.  The
+        timeout is a loop timer armed only while waiting, so bytes already read cost
+        nothing for it (anyio's ``fail_after`` around each read would cost a cancel
+        scope's entry and exit, a good part of the hop's CPU)."""
         p = self._p
         while not p.buffer:
             if p.eof:
                 if p.error is not None:
                     raise anyio.BrokenResourceError from p.error
                 raise anyio.EndOfStream
-            p.waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            p.waiter = waiter = loop.create_future()
+            timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, waiter)
             try:
-                await p.waiter
+                await waiter
             finally:
                 p.waiter = None
+                if timer is not None:
+                    timer.cancel()
         chunk = p.buffer.popleft()
         if len(chunk) > max_bytes:
             chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
@@ -143,6 +154,11 @@ def at_loop_end(loop: asyncio.AbstractEventLoop,
             await cleanup()
 
     return loop.create_task(wait())
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 async def connect(host: str, port: int, context: ssl.SSLContext | None) -> AsyncioStream:

@@ -74,12 +74,15 @@ class Conn:
     async def send(self, data: bytes, timeout_s: float | None = None) -> bool:
         """Whether ``data`` went out whole (False: the server had closed the connection).
         A connection that did not take the whole request is closed."""
+        stream = self.stream
         try:
-            if timeout_s is None:
-                await self.stream.send(data)
+            if isinstance(stream, AsyncioStream):  # times itself, only when it waits
+                await stream.send(data, timeout_s)
+            elif timeout_s is None:
+                await stream.send(data)
             else:
                 with anyio.fail_after(timeout_s):
-                    await self.stream.send(data)
+                    await stream.send(data)
         except STREAM_ERRORS:
             await self.close()
             return False
@@ -93,11 +96,14 @@ class Conn:
 
     async def receive(self, timeout_s: float | None = None) -> bytes:
         """The next bytes of an answer (``b""`` at the end of the connection)."""
+        stream = self.stream
         try:
+            if isinstance(stream, AsyncioStream):  # times itself, only when it waits
+                return await stream.receive(CHUNK, timeout_s)
             if timeout_s is None:
-                return await self.stream.receive(CHUNK)
+                return await stream.receive(CHUNK)
             with anyio.fail_after(timeout_s):
-                return await self.stream.receive(CHUNK)
+                return await stream.receive(CHUNK)
         except anyio.EndOfStream:
             return b""
         except TimeoutError:

@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-import anyio
-
+from scheduler.core import loop_time
 from scheduler.net._asyncio import at_loop_end, running_loop
 from scheduler.net._conn import Conn
 from scheduler.net._errors import WriteFailed
@@ -46,7 +45,7 @@ class IdlePool(Generic[K]):
             await self._adopt_loop()
         idle = self._idle.get(key)
         if idle:
-            now = anyio.current_time()
+            now = loop_time()
             while idle:
                 conn = idle.pop()
                 self._count -= 1
@@ -62,7 +61,7 @@ class IdlePool(Generic[K]):
         if self._count >= self._max_idle:
             await conn.close()
             return
-        conn.idle_since = anyio.current_time()
+        conn.idle_since = loop_time()
         self._idle.setdefault(key, []).append(conn)
         self._count += 1
 

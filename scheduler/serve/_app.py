@@ -31,6 +31,7 @@ from scheduler.core import (
     StoreUnavailableError,
     get_logger,
 )
+from scheduler.serve._asyncio_watch import watch_later
 from scheduler.serve._errors import (
     NO_RETRY,
     budget_refusal,
@@ -53,6 +54,9 @@ _FORWARDED = ("anthropic-version", "anthropic-beta")
 _OWN_HEADERS = frozenset(("transfer-encoding", "connection", "content-length"))
 
 _Item = tuple[str, Any]
+#: A JSON request still running this long (waiting for its lease, held) is watched for
+#: its client leaving; one answered sooner never is.
+_WATCH_AFTER_S = 0.05
 
 
 class _Governed:
@@ -63,9 +67,11 @@ class _Governed:
     started is sent as the API's ``error`` event.  A JSON request gets the upstream's
     body, or the error with its status.
 
-    Beside the call, a watcher awaits the client's ``http.disconnect``.  It is never
-    cancelled on the way out: ASGI's ``receive`` says ``http.disconnect`` once the
-    response was sent, so it ends by itself (a cancel costs anyio a task ``repr``).
+    Beside the call, a watcher awaits the client's ``http.disconnect`` -- on asyncio
+    only once the request has waited :data:`_WATCH_AFTER_S` (:mod:`._asyncio_watch`).
+    It is never cancelled on the way out: ASGI's ``receive`` says ``http.disconnect``
+    once the response was sent, so it ends by itself (a cancel costs anyio a task
+    ``repr``).
     """
 
     def __init__(self, served: Served, entry: KeyEntry, handle: TaskHandle,
@@ -95,23 +101,44 @@ class _Governed:
         with tx, rx:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(governed)
-                tg.start_soon(self._left, receive, relay, tg.cancel_scope)
-                await relay.run(rx)
+                cancel = tg.cancel_scope
+                stop = watch_later(_WATCH_AFTER_S, receive, lambda: self._leave(relay, cancel))
+                if stop is None:
+                    tg.start_soon(self._left, receive, relay, cancel)
+                try:
+                    await relay.run(rx)
+                finally:
+                    if stop is not None:
+                        stop()
 
     async def _whole(self, relay: _Relay, receive: Receive) -> None:
         """A JSON answer goes out whole once the call ended, so the call runs in this
-        task; only the watch for the client leaving runs beside it."""
+        task; the watch for the client leaving starts only if it waits (on asyncio,
+        see :mod:`._asyncio_watch`), else runs beside it from the start."""
         head: list[Mapping[str, str]] = []
         body: list[bytes] = []
         self._pt.on_status = lambda status, headers: head.append(headers)
         self._pt.on_bytes = body.append
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._left, receive, relay, tg.cancel_scope)
-            refusal = await self._governed()
-            if refusal is not None:
-                await relay.fail(*refusal)
-            else:
-                await relay.whole(head[-1] if head else {}, b"".join(body))
+        cancel = anyio.CancelScope()
+        stop = watch_later(_WATCH_AFTER_S, receive, lambda: self._leave(relay, cancel))
+        if stop is None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._left, receive, relay, tg.cancel_scope)
+                await self._answer_whole(relay, head, body)
+            return
+        with cancel:
+            try:
+                await self._answer_whole(relay, head, body)
+            finally:
+                stop()
+
+    async def _answer_whole(self, relay: _Relay, head: list[Mapping[str, str]],
+                            body: list[bytes]) -> None:
+        refusal = await self._governed()
+        if refusal is not None:
+            await relay.fail(*refusal)
+        else:
+            await relay.whole(head[-1] if head else {}, b"".join(body))
 
     async def _left(self, receive: Receive, relay: _Relay, scope: anyio.CancelScope) -> None:
         """A client that leaves while its request waits (a lease queue, a hold) takes the
@@ -119,6 +146,9 @@ class _Governed:
         and settles."""
         while (await receive())["type"] != "http.disconnect":
             pass
+        self._leave(relay, scope)
+
+    def _leave(self, relay: _Relay, scope: anyio.CancelScope) -> None:
         if not self._sent and not relay.finished:
             _log.info("serve_client_left", key=self._entry.name)
             scope.cancel()
@@ -175,8 +205,11 @@ class _Relay:
     async def run(self, rx: MemoryObjectReceiveStream[_Item]) -> None:
         while True:
             item: _Item | None = None
-            with anyio.move_on_after(self._ping_s):
-                item = await rx.receive()
+            try:  # what already arrived needs no timeout (a cancel scope per item)
+                item = rx.receive_nowait()
+            except anyio.WouldBlock:
+                with anyio.move_on_after(self._ping_s):
+                    item = await rx.receive()
             if item is None:  # waiting (lease queue, held): keep the client's stream alive
                 await self._start(200, _SSE_HEADERS)
                 await self._write(_PING)

@@ -50,6 +50,7 @@ async def serve_forever(
         # httptools: uvicorn's C parser; h11 costs serve more CPU per call than its own work
         create_app(served), http="httptools", lifespan="off", log_level="warning",
         access_log=False, proxy_headers=False,  # nothing here reads the client's address
+        server_header=False,  # one header fewer to encode on every response
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, timeout_keep_alive=75,
     )

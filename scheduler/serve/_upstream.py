@@ -87,24 +87,25 @@ def usage_of(u: Mapping[str, Any] | None, base: Usage | None = None) -> Usage:
     cur = base or Usage()
     if not isinstance(u, Mapping):
         return cur
-
-    def num(name: str, default: int) -> int:
+    counts = [cur.prompt_tokens, cur.completion_tokens, cur.cache_read_tokens,
+              cur.cache_write_tokens]
+    for i, name in enumerate(_COUNTS):  # a loop, not a helper call per field
         value = u.get(name)
-        return int(value) if isinstance(value, int | float) else default
-
+        if isinstance(value, int | float):
+            counts[i] = int(value)
     split = u.get("cache_creation")
     w1h = cur.cache_write_1h_tokens
-    written = num("cache_creation_input_tokens", cur.cache_write_tokens)
     if isinstance(split, Mapping):
         w1h = int(split.get("ephemeral_1h_input_tokens") or 0)
-    return Usage(
-        prompt_tokens=num("input_tokens", cur.prompt_tokens),
-        completion_tokens=num("output_tokens", cur.completion_tokens),
-        cache_read_tokens=num("cache_read_input_tokens", cur.cache_read_tokens),
-        # without a split every write is a 5-minute write, the API's default TTL
-        cache_write_5m_tokens=max(written - w1h, 0),
-        cache_write_1h_tokens=w1h,
-    )
+    # without a split every write is a 5-minute write, the API's default TTL
+    return Usage(prompt_tokens=counts[0], completion_tokens=counts[1],
+                 cache_read_tokens=counts[2], cache_write_5m_tokens=max(counts[3] - w1h, 0),
+                 cache_write_1h_tokens=w1h)
+
+
+#: The ``usage`` fields read, in :func:`usage_of`'s order.
+_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
+           "cache_creation_input_tokens")
 
 
 class SseUsage:
