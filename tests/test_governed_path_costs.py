@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import structlog
 
-from scheduler import TaskSpec, VibeConfig
+from scheduler import TaskSpec, Usage, VibeConfig
+from scheduler.budget import Tracker, resolve_task
 from scheduler.core import SystemWallClock
 from scheduler.runtime import AgentContext
 from scheduler.store import MemoryStore, session_task_totals, task_key
@@ -285,3 +287,33 @@ async def test_r2_6_result_json_holds_what_the_agent_returned_and_is_not_left_st
     assert not (folder / "result.json").exists()
     await run("s3", None)  # nothing to remove
     assert not (folder / "result.json").exists()
+
+
+# the files' worker-thread hop exists on asyncio only: the flush must be under way
+@pytest.mark.real_asyncio
+async def test_r2_6_a_file_written_behind_a_flush_is_not_written_again_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """R2.6: a task ending while a flush's hop is under way writes its final file in the
+    next hop (never overtaken by the flush's older document), so the run's end does not
+    write it again; a file written in line meanwhile (a pause) is written again."""
+    config = VibeConfig.model_validate({"state_dir": tmp_path, "session_id": "s1"})
+    tr = Tracker(MemoryStore(), config, session_id="s1", wall=SystemWallClock(),
+                 state_dir=tmp_path, usage_json_interval_s=1e-9)
+    await tr.open()
+    for tid in ("t1", "t2"):
+        await tr.start_task(tid, resolve_task(TaskSpec(id=tid, agent="a", prompt="x"), config))
+        await tr.charge(tr.make_event(tid, model="sonnet", usage=Usage(10, 5)))
+    await anyio.sleep(0.01)  # both files due at the next flush
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tr.flush_dirty_usage)
+        await anyio.lowlevel.checkpoint()  # the flush's hop is under way
+        tg.start_soon(tr.end_task, "t1")  # queued behind it
+        tr.write_usage("t2")  # in line: the flush's document may land after it
+    files = {tid: tmp_path / "tasks" / tid / "usage.json" for tid in ("t1", "t2")}
+    assert json.loads(files["t1"].read_text())["status"] == "completed"
+    for path in files.values():
+        path.unlink()
+    tr.write_usage()  # the run's end: only files that may be stale
+    assert not files["t1"].exists()
+    assert files["t2"].exists()
