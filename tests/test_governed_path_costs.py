@@ -138,6 +138,43 @@ def test_r1_2_the_local_date_is_read_without_a_time_zone_lookup() -> None:
     assert today in (before, datetime.now().astimezone().date())
 
 
+class _Now:
+    """A stand-in for ``datetime`` in the clock module: ``now()`` at a set time, counted."""
+
+    at = datetime(2026, 11, 27, 12, 0)
+    reads = 0
+
+    @classmethod
+    def now(cls) -> datetime:
+        cls.reads += 1
+        return cls.at
+
+
+# the reuse is measured on the asyncio loop's clock (elsewhere each read is fresh)
+@pytest.mark.real_asyncio
+async def test_r1_2_the_local_date_is_reused_briefly_and_never_past_midnight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """R1.2: a governed call asks for the local date a dozen times: it is read once and
+    reused for up to ``DAY_REUSE_S`` of loop time, and in the last second before midnight
+    read every time, so a charge after midnight counts toward the new day."""
+    import scheduler.core._clock as clock_module
+
+    monkeypatch.setattr(clock_module, "datetime", _Now)
+    _Now.at, _Now.reads = datetime(2026, 11, 27, 12, 0), 0
+    wall = SystemWallClock()
+    wall.DAY_REUSE_S = 0.01
+    assert [wall.today() for _ in range(12)] == [_Now.at.date()] * 12
+    assert _Now.reads == 1
+    await anyio.sleep(0.02)
+    _Now.at = datetime(2026, 11, 27, 23, 59, 59, 500_000)
+    wall.today()
+    wall.today()
+    assert _Now.reads == 3  # half a second before midnight: no reuse
+    _Now.at = datetime(2026, 11, 28, 0, 0, 0, 1)
+    assert wall.today() == _Now.at.date()
+
+
 class CountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
