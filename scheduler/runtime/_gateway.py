@@ -150,9 +150,15 @@ class Gateway:
                       max_tokens=max_tokens, model=model, hints=hints,
                       models=list(self.config.models))
         opts = check_options(options or {})
+        used: list[float] = []  # the budget fraction as the replanner last read it
+
+        def fraction() -> float:
+            used.append(self.tracker.fraction_used(task.id))
+            return used[-1]
+
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
             split = await self.replanner.before_call(  # R6.2: parts are not split again,
-                task, lambda: self.tracker.fraction_used(task.id),  # nor forwarded calls
+                task, fraction,  # nor forwarded calls
                 allow_break_down=not task.split_from and passthrough is None)
             if split is not None:
                 raise BreakDownRequested(task.id, split)
@@ -168,7 +174,8 @@ class Gateway:
         explicit = model is not None
         may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
             (hints or {}).get("allow_fallback"))
-        route = self.route(task, model, hints, need)
+        # nothing was charged since the replanner's last reading (no wait in between)
+        route = self.route(task, model, hints, need, used[-1] if used else None)
         try:  # the first try in line: a call waiting for its lease holds no fallback frame
             completion = await self._on(route, call)
         except (OverloadedError, ProviderTimeoutError) as exc:
@@ -306,15 +313,17 @@ class Gateway:
     def route(
         self, task: TaskHandle, requested: str | None = None,
         hints: Mapping[str, Any] | None = None, need_tokens: int = 0,
+        fraction: float | None = None,
     ) -> Route:
-        """R4.2/R6.1 through the router: complexity, budget pressure, health, capability floor."""
+        """R4.2/R6.1 through the router: complexity, budget pressure (``fraction`` of the
+        budget used, when the caller read it already), health, capability floor."""
         if requested:
             return Route(requested, "requested by agent")
         over = self.over_budget(task, need_tokens)  # once per call: the router and R3.2/3
-        decision = self.router.choose(
-            task_info(task, hints), self.tracker.fraction_used(task.id), task.priority,
-            over_budget=over,
-        )
+        if fraction is None:
+            fraction = self.tracker.fraction_used(task.id)
+        decision = self.router.choose(task_info(task, hints), fraction, task.priority,
+                                      over_budget=over)
         model, reason = decision.model, decision.reason
         cheaper = self._cheaper(task, model, over, decision.downgraded)
         if cheaper is not None:
