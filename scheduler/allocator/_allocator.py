@@ -433,8 +433,11 @@ class Allocator:
         for p in self._pools.values():
             if p.n_queued or p.n_parked:
                 for a in p.accounts.values():
-                    for w in a.waiters:
-                        oldest = min(oldest, w.enqueued_at)
+                    if a.waiter is None:
+                        continue
+                    for w in (a.waiter, *(a.more or ())):
+                        if w.enqueued_at < oldest:
+                            oldest = w.enqueued_at
         return now - oldest
 
     def demand(self, pool: str | None = None) -> PoolDemand:
