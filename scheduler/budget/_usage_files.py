@@ -6,8 +6,9 @@ is current then -- at once when a charge crossed a threshold, and while tasks
 run by one periodic job (:meth:`UsageFiles.flush_dirty`, the tracker's
 ``flush_usage`` service): every interval, the files of the running tasks charged
 since their last write and written (or first charged) an interval ago or more, all
-in one worker-thread hop -- so a task shorter than the interval writes its file
-once, when it ends.  A charge itself only marks its task's file dirty: with
+in one worker-thread hop (after a slow flush the job waits 20 times as long as it
+took: see ``Tracker.flush_usage``) -- so a task shorter than the interval writes its
+file once, when it ends.  A charge itself only marks its task's file dirty: with
 thousands of agents a rewrite per charge (a JSON document, a rename) cost more
 than the call it recorded.  At the run's end
 only files older than their task's last charge are rewritten.  On asyncio the
