@@ -138,6 +138,14 @@ def test_r1_2_the_local_date_is_read_without_a_time_zone_lookup() -> None:
     assert today in (before, datetime.now().astimezone().date())
 
 
+def test_r2_1_an_events_wall_time_is_read_without_a_time_zone_lookup() -> None:
+    """R2.1: the wall-clock time an event records is ``now().timestamp()``."""
+    wall = SystemWallClock()
+    before = datetime.now().astimezone().timestamp()
+    at = wall.timestamp()
+    assert before <= at <= datetime.now().astimezone().timestamp()
+
+
 class _Now:
     """A stand-in for ``datetime`` in the clock module: ``now()`` at a set time, counted."""
 

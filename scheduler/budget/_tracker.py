@@ -71,6 +71,9 @@ class Tracker:
         )
         self._files = UsageFiles(state_dir, session_id=session_id, wall=self.wall, clock=clock,
                                  interval_s=usage_json_interval_s)
+        # the wall clock's reading for an event: without the time-zone lookup when it can
+        self._timestamp: Callable[[], float] = getattr(self.wall, "timestamp", None) or (
+            lambda: self.wall.now().timestamp())
         self._seq = 0
         # a restarted orchestrator reusing a session id must not collide with the ids it
         # recorded before (they would be dropped as duplicates): ids carry a per-run nonce
@@ -251,7 +254,6 @@ class Tracker:
         file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0,
         event_id: str | None = None,
     ) -> UsageEvent:
-        now = self.wall.now()
         entry = self._scopes.tasks.get(task_id)
         kwargs: dict[str, Any] = {}
         if usage is not None:
@@ -261,8 +263,8 @@ class Tracker:
             event_id=event_id or self.next_event_id(task_id),
             task_id=task_id,
             session_id=self.session_id,
-            day=now.date().isoformat(),
-            at=now.timestamp(),
+            day=self._scopes.today().isoformat(),
+            at=self._timestamp(),
             agent=entry.agent if entry else "",
             model=model,
             cost_usd=cost_usd,

@@ -47,6 +47,10 @@ class SystemWallClock:
     def now(self) -> datetime:
         return datetime.now().astimezone()
 
+    def timestamp(self) -> float:
+        """``now().timestamp()`` without the time-zone lookup (seconds since the epoch)."""
+        return datetime.now(UTC).timestamp()
+
     def today(self) -> date:
         """The local date, as ``now().date()`` -- without the time-zone lookup that makes
         ``astimezone()`` the costly part of :meth:`now`.  A governed call asks a dozen
@@ -76,6 +80,9 @@ class FixedWallClock:
 
     def now(self) -> datetime:
         return self.at
+
+    def timestamp(self) -> float:
+        return self.at.timestamp()
 
     def today(self) -> date:
         return self.at.date()
