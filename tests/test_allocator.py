@@ -10,7 +10,7 @@ import anyio.lowlevel
 import pytest
 
 from policies.fairness import Fifo, PriorityWithFairness
-from scheduler.allocator import Allocator, Lease, open_allocator
+from scheduler.allocator import Allocator, AllocatorStatistics, Lease, open_allocator
 from scheduler.allocator._leases import new_lease_id
 from scheduler.config import VibeConfig, load_policies
 from scheduler.core import (
@@ -399,3 +399,39 @@ def test_refill_short_by_a_rounding_error_waits_a_little_not_zero() -> None:
     p.tpm.level, p.tpm.last = 1011 - 1e-13, 2.021
     at = p.refill_time(1011, 1, 2.021)
     assert at is not None and at > 2.021
+
+
+class _CountingAllocator(Allocator):
+    """Notes when the whole queue is ordered (``statistics``)."""
+
+    asked: list[float] = []
+
+    def statistics(self) -> AllocatorStatistics:
+        self.asked.append(anyio.current_time())
+        return super().statistics()
+
+
+async def test_r5_5_long_waits_are_found_without_ordering_the_queue() -> None:
+    """R5.5: ``longest_wait_s`` is the longest wait of any queued request; the long-wait
+    reporter asks it every 5 s and orders the whole queue (``statistics``) only once a
+    request has waited 30 s, then logs ``lease_wait_long`` for it once."""
+    from scheduler.runtime._waits import long_wait_reporter
+
+    bus = EventBus(anyio.current_time)
+    alloc = _CountingAllocator(pool_config(concurrent=1))
+    alloc.asked = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(alloc.run)
+        assert alloc.longest_wait_s() == 0.0
+        lease = await alloc.acquire("hog")
+        tg.start_soon(long_wait_reporter(alloc, bus))
+        tg.start_soon(_acquire_and_settle, alloc, "w")
+        await anyio.sleep(12)
+        assert alloc.longest_wait_s() == pytest.approx(12)
+        assert alloc.asked == []  # the checks at 5 and 10 s ordered nothing
+        await anyio.sleep(24)  # the checks at 30 and 35 s order the queue; one log
+        alloc.settle(lease.id, 0)
+        await anyio.sleep(10)
+        tg.cancel_scope.cancel()
+    assert len(alloc.asked) == 2  # none once the wait ended
+    assert [e.task_id for e in bus.history if e.name == "lease_wait_long"] == ["w"]

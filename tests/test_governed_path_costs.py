@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import structlog
 
-from scheduler import TaskSpec, VibeConfig
+from scheduler import TaskSpec, Usage, VibeConfig
+from scheduler.budget import Tracker, resolve_task
 from scheduler.core import SystemWallClock
 from scheduler.runtime import AgentContext
 from scheduler.store import MemoryStore, session_task_totals, task_key
@@ -134,6 +136,51 @@ def test_r1_2_the_local_date_is_read_without_a_time_zone_lookup() -> None:
     before = datetime.now().astimezone().date()
     today = wall.today()
     assert today in (before, datetime.now().astimezone().date())
+
+
+def test_r2_1_an_events_wall_time_is_read_without_a_time_zone_lookup() -> None:
+    """R2.1: the wall-clock time an event records is ``now().timestamp()``."""
+    wall = SystemWallClock()
+    before = datetime.now().astimezone().timestamp()
+    at = wall.timestamp()
+    assert before <= at <= datetime.now().astimezone().timestamp()
+
+
+class _Now:
+    """A stand-in for ``datetime`` in the clock module: ``now()`` at a set time, counted."""
+
+    at = datetime(2026, 11, 27, 12, 0)
+    reads = 0
+
+    @classmethod
+    def now(cls) -> datetime:
+        cls.reads += 1
+        return cls.at
+
+
+# the reuse is measured on the asyncio loop's clock (elsewhere each read is fresh)
+@pytest.mark.real_asyncio
+async def test_r1_2_the_local_date_is_reused_briefly_and_never_past_midnight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """R1.2: a governed call asks for the local date a dozen times: it is read once and
+    reused for up to ``DAY_REUSE_S`` of loop time, and in the last second before midnight
+    read every time, so a charge after midnight counts toward the new day."""
+    import scheduler.core._clock as clock_module
+
+    monkeypatch.setattr(clock_module, "datetime", _Now)
+    _Now.at, _Now.reads = datetime(2026, 11, 27, 12, 0), 0
+    wall = SystemWallClock()
+    wall.DAY_REUSE_S = 0.01
+    assert [wall.today() for _ in range(12)] == [_Now.at.date()] * 12
+    assert _Now.reads == 1
+    await anyio.sleep(0.02)
+    _Now.at = datetime(2026, 11, 27, 23, 59, 59, 500_000)
+    wall.today()
+    wall.today()
+    assert _Now.reads == 3  # half a second before midnight: no reuse
+    _Now.at = datetime(2026, 11, 28, 0, 0, 0, 1)
+    assert wall.today() == _Now.at.date()
 
 
 class CountingStore(MemoryStore):
@@ -285,3 +332,57 @@ async def test_r2_6_result_json_holds_what_the_agent_returned_and_is_not_left_st
     assert not (folder / "result.json").exists()
     await run("s3", None)  # nothing to remove
     assert not (folder / "result.json").exists()
+
+
+# the files' worker-thread hop exists on asyncio only: the flush must be under way
+@pytest.mark.real_asyncio
+async def test_r2_6_a_file_written_behind_a_flush_is_not_written_again_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """R2.6: a task ending while a flush's hop is under way writes its final file in the
+    next hop (never overtaken by the flush's older document), so the run's end does not
+    write it again; a file written in line meanwhile (a pause) is written again."""
+    config = VibeConfig.model_validate({"state_dir": tmp_path, "session_id": "s1"})
+    tr = Tracker(MemoryStore(), config, session_id="s1", wall=SystemWallClock(),
+                 state_dir=tmp_path, usage_json_interval_s=1e-9)
+    await tr.open()
+    for tid in ("t1", "t2"):
+        await tr.start_task(tid, resolve_task(TaskSpec(id=tid, agent="a", prompt="x"), config))
+        await tr.charge(tr.make_event(tid, model="sonnet", usage=Usage(10, 5)))
+    await anyio.sleep(0.01)  # both files due at the next flush
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tr.flush_dirty_usage)
+        await anyio.lowlevel.checkpoint()  # the flush's hop is under way
+        tg.start_soon(tr.end_task, "t1")  # queued behind it
+        tr.write_usage("t2")  # in line: the flush's document may land after it
+    files = {tid: tmp_path / "tasks" / tid / "usage.json" for tid in ("t1", "t2")}
+    assert json.loads(files["t1"].read_text())["status"] == "completed"
+    for path in files.values():
+        path.unlink()
+    tr.write_usage()  # the run's end: only files that may be stale
+    assert not files["t1"].exists()
+    assert files["t2"].exists()
+
+
+class SlowFlushes(Tracker):
+    """A tracker whose flushes of the running tasks' files take 0.2 s each."""
+
+    started: list[float] = []
+
+    async def flush_dirty_usage(self) -> int:
+        self.started.append(anyio.current_time())
+        await anyio.sleep(0.2)
+        return 0
+
+
+async def test_r2_6_slow_flushes_of_usage_json_take_about_a_twentieth_of_the_time() -> None:
+    """R2.6: the periodic flush of running tasks' ``usage.json`` comes every interval
+    while it is quick; one that took 0.2 s (thousands of files, a slow disk) is followed
+    by a wait of 20 times that, so rewriting the files takes about 5 % of the time."""
+    config = VibeConfig.model_validate({"session_id": "s1"})
+    tr = SlowFlushes(MemoryStore(), config, session_id="s1", usage_json_interval_s=1.0)
+    tr.started = []
+    start = anyio.current_time()
+    with anyio.move_on_after(10):
+        await tr.flush_usage()
+    assert [round(t - start, 1) for t in tr.started] == [1.0, 5.2, 9.4]

@@ -272,3 +272,12 @@ async def test_r2_6_writes_cancelled_at_random_never_stall_the_queue(seed: int) 
                 tg.start_soon(writer, i, tg)
         await group.wait_idle()
     assert set(acked) <= set(committed) and len(set(committed)) == len(committed)
+
+
+@pytest.mark.real_asyncio  # there a waiting write parks on a future of the loop
+@pytest.mark.parametrize("seed", range(10))
+async def test_r2_6_writes_cancelled_at_random_never_stall_the_queue_on_asyncio(
+    seed: int,
+) -> None:
+    """R2.6: the same on asyncio, where waiting writes park on loop futures."""
+    await test_r2_6_writes_cancelled_at_random_never_stall_the_queue(seed)

@@ -424,6 +424,22 @@ class Allocator:
             holders=len(self._holders),
         )
 
+    def longest_wait_s(self) -> float:
+        """How long the request waiting longest has waited (0 when none waits): one pass
+        over the waiting requests, without the ordering :meth:`statistics` does, so a
+        periodic check asks this first."""
+        now = self._clock()
+        oldest = now
+        for p in self._pools.values():
+            if p.n_queued or p.n_parked:
+                for a in p.accounts.values():
+                    if a.waiter is None:
+                        continue
+                    for w in (a.waiter, *(a.more or ())):
+                        if w.enqueued_at < oldest:
+                            oldest = w.enqueued_at
+        return now - oldest
+
     def demand(self, pool: str | None = None) -> PoolDemand:
         """What ``pool`` is asked for now: tokens held in leases and requested by waiters.
 

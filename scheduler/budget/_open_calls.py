@@ -77,11 +77,16 @@ class OpenCalls:
         self._host = socket.gethostname()  # a system call: once, not per call
         self._pid = os.getpid()
 
-    def describe(self, **fields: Any) -> OpenCall:
-        return OpenCall(host=self._host, pid=self._pid, run=self._run, **fields)
+    def describe(self, **fields: Any) -> dict[str, Any]:
+        """The record of a call about to go out: ``fields`` (the :class:`OpenCall` fields
+        but the process's) and this process's.  A plain dict, what the store keeps: a
+        frozen record made and taken apart again per call cost more than the rest of
+        writing it."""
+        fields.update(host=self._host, pid=self._pid, run=self._run)
+        return fields
 
-    async def open(self, call: OpenCall) -> None:
-        await self._store.put_state(OPEN, call.event_id, call.to_dict())
+    async def open(self, record: dict[str, Any]) -> None:
+        await self._store.put_state(OPEN, record["event_id"], record)
 
     async def close(self, event_id: str) -> None:
         await self._store.delete_state(OPEN, event_id)

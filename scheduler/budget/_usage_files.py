@@ -6,8 +6,9 @@ is current then -- at once when a charge crossed a threshold, and while tasks
 run by one periodic job (:meth:`UsageFiles.flush_dirty`, the tracker's
 ``flush_usage`` service): every interval, the files of the running tasks charged
 since their last write and written (or first charged) an interval ago or more, all
-in one worker-thread hop -- so a task shorter than the interval writes its file
-once, when it ends.  A charge itself only marks its task's file dirty: with
+in one worker-thread hop (after a slow flush the job waits 20 times as long as it
+took: see ``Tracker.flush_usage``) -- so a task shorter than the interval writes its
+file once, when it ends.  A charge itself only marks its task's file dirty: with
 thousands of agents a rewrite per charge (a JSON document, a rename) cost more
 than the call it recorded.  At the run's end
 only files older than their task's last charge are rewritten.  On asyncio the
@@ -59,6 +60,11 @@ class UsageFiles:
         # files of tasks ending together (and each flush's files) share a worker-thread
         # hop; one hop at a time, in the order asked
         self._batch: GroupCommit[_Files, list[Path | Exception]] = GroupCommit(_write_all)
+        # tasks whose file was written in line while a flush's hop was under way: that
+        # hop's older document may land after it.  A write through the batch cannot be
+        # overtaken (hops run in the order asked), so only these need the next flush.
+        self._flushing = 0
+        self._inline_during_flush: set[str] = set()
 
     @property
     def interval_s(self) -> float:
@@ -85,6 +91,8 @@ class UsageFiles:
             return None
         path = _write(self._state_dir / "tasks" / task_id, self.document(task_id, entry))
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
+        if self._flushing:
+            self._inline_during_flush.add(task_id)
         return path
 
     async def write_off_loop(self, task_id: str, entry: TaskEntry,
@@ -139,16 +147,22 @@ class UsageFiles:
         for tid, entry in due:
             files.append((tasks / tid, self.document(tid, entry), None))
             entry.usage_written_at, entry.usage_dirty = now, False
+        self._flushing += 1
         try:
             outcomes = await self._batch.submit(files)
         except BaseException:
             for _, entry in due:
                 entry.usage_dirty = True
             raise
+        finally:
+            self._flushing -= 1
+            inline = self._inline_during_flush
+            if not self._flushing:
+                self._inline_during_flush = set()
         written = 0
         for (tid, entry), out in zip(due, outcomes, strict=True):
-            if entry.usage_written_at > now:
-                # written in line meanwhile (a pause): this thread's older document may
+            if tid in inline:
+                # written in line meanwhile (a pause): this hop's older document may
                 # have landed last, so the next flush writes it again
                 entry.usage_dirty = True
             if isinstance(out, Exception):

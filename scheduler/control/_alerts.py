@@ -124,6 +124,8 @@ class AlertRuntime:
 
     def flags(self, task_id: str) -> AlertFlags:
         """The task's own flags merged with those of its session and day."""
+        if not self._flags:  # no scope has flags (the usual case): nothing to merge
+            return AlertFlags()
         out = self._flags.get(f"task:{task_id}", AlertFlags())
         out = AlertFlags(out.prefer_cheaper, out.aggressive, out.checkpoint_requested,
                          out.indicator, list(out.messages))
@@ -138,6 +140,8 @@ class AlertRuntime:
 
     def consume_checkpoint_request(self, task_id: str) -> bool:
         """True once after a critical alert asked for a checkpoint (the context takes it)."""
+        if not self._flags:
+            return False
         flags = self._flags.get(f"task:{task_id}")
         if flags is None or not flags.checkpoint_requested:
             return False

@@ -20,8 +20,9 @@ the write out of the queue — it is then neither written nor acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -35,7 +36,7 @@ class _Pending(Generic[E, R]):
 
     def __init__(self, entry: E) -> None:
         self.entry = entry
-        self.woken: anyio.Event | None = None  # only a write that waits needs one
+        self.woken: Any = None  # only a write that waits needs one (see _wakeup)
         self.lead = False
         self.result: R | None = None
         self.error: BaseException | None = None
@@ -71,9 +72,9 @@ class GroupCommit(Generic[E, R]):
             self._leading = True
             op.lead = True
         else:
-            op.woken = anyio.Event()
+            op.woken = woken = _wakeup()
             try:
-                await op.woken.wait()
+                await _wait(woken)
             except BaseException:
                 if op in self._queue and not op.lead:
                     self._queue.remove(op)  # never written, never acknowledged
@@ -123,7 +124,7 @@ class GroupCommit(Generic[E, R]):
                 nxt = self._queue[0]
                 nxt.lead = True
                 if nxt.woken is not None:
-                    nxt.woken.set()
+                    _wake(nxt.woken)
             else:
                 self._leading = False
                 if self._idle is not None:
@@ -131,4 +132,23 @@ class GroupCommit(Generic[E, R]):
                     self._idle = None
             for op in batch:
                 if op.woken is not None:
-                    op.woken.set()
+                    _wake(op.woken)
+
+
+def _wakeup() -> Any:
+    """What a waiting write parks on: a future of the running asyncio loop (one object,
+    no backend lookup -- ``anyio.Event()`` asks sniffio which library runs, per write),
+    else an :class:`anyio.Event`."""
+    loop = asyncio._get_running_loop()  # None, not an exception, off asyncio
+    return anyio.Event() if loop is None else loop.create_future()
+
+
+def _wait(woken: Any) -> Awaitable[Any]:
+    return woken.wait() if isinstance(woken, anyio.Event) else woken
+
+
+def _wake(woken: Any) -> None:
+    if isinstance(woken, anyio.Event):
+        woken.set()
+    elif not woken.done():  # a future its waiter's cancellation already ended
+        woken.set_result(None)

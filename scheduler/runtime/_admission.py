@@ -103,6 +103,8 @@ class Admission:
     async def pause_point(self, task: TaskHandle) -> None:
         """A safe point: a pending pause takes effect here, after the task's leases are given
         back (no-op inside a critical section of the task, R3.6)."""
+        if not self.controller.is_paused(task.id):
+            return  # none pending (every call asks)
 
         async def release() -> None:
             await self.on_pause(task)

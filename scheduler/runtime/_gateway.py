@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 
+from policies.complexity import TaskInfo
 from scheduler.allocator import Allocator, Lease
 from scheduler.budget import Crossing, Estimate, Reservation, TokenCounter, Tracker
 from scheduler.config import VibeConfig
@@ -150,9 +151,15 @@ class Gateway:
                       max_tokens=max_tokens, model=model, hints=hints,
                       models=list(self.config.models))
         opts = check_options(options or {})
+        used: list[float] = []  # the budget fraction as the replanner last read it
+
+        def fraction() -> float:
+            used.append(self.tracker.fraction_used(task.id))
+            return used[-1]
+
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
             split = await self.replanner.before_call(  # R6.2: parts are not split again,
-                task, lambda: self.tracker.fraction_used(task.id),  # nor forwarded calls
+                task, fraction,  # nor forwarded calls
                 allow_break_down=not task.split_from and passthrough is None)
             if split is not None:
                 raise BreakDownRequested(task.id, split)
@@ -168,7 +175,10 @@ class Gateway:
         explicit = model is not None
         may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
             (hints or {}).get("allow_fallback"))
-        route = self.route(task, model, hints, need)
+        # nothing was charged since the replanner's last reading (no wait in between), and
+        # what routing knows of the task stays as it is for the whole call
+        info = task_info(task, hints) if model is None else None
+        route = self.route(task, model, hints, need, used[-1] if used else None, info)
         try:  # the first try in line: a call waiting for its lease holds no fallback frame
             completion = await self._on(route, call)
         except (OverloadedError, ProviderTimeoutError) as exc:
@@ -177,7 +187,7 @@ class Gateway:
             route, completion = await self._with_fallbacks(call, route, need, exc)
         if model is None and passthrough is None:  # R4.3 corrections apply to routed
             # calls only, and not to forwarded ones: their answer reached the client already
-            completion = await self._corrected(call, route, completion, hints, need)
+            completion = await self._corrected(call, route, completion, hints, need, info)
         return completion
 
     def _on(self, route: Route, call: Call) -> Awaitable[Completion]:
@@ -214,19 +224,21 @@ class Gateway:
 
     async def _corrected(
         self, call: Call, route: Route, completion: Completion,
-        hints: Mapping[str, Any] | None, need: int,
+        hints: Mapping[str, Any] | None, need: int, info: TaskInfo | None = None,
     ) -> Completion:
         """R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier."""
         task, messages = call.task, call.messages
+        info = info or task_info(task, hints)
         completion = await self._scored(task, messages, completion)
         for _ in range(len(self.router.catalog.tiers) - 1):
             upgrade = self.router.report_outcome(
-                task_info(task, hints), route.model, success=True, quality=completion.quality,
+                info, route.model, success=True, quality=completion.quality,
                 complete=completion.stop_reason != "max_tokens",
             )
             if upgrade is None:
                 break
-            retry = self.route(task, None, hints, need)  # at least the upgraded tier, if usable
+            retry = self.route(task, None, hints, need, info=info)  # at least the upgraded
+            # tier, if usable
             if retry.model == route.model:
                 break
             try:
@@ -306,15 +318,18 @@ class Gateway:
     def route(
         self, task: TaskHandle, requested: str | None = None,
         hints: Mapping[str, Any] | None = None, need_tokens: int = 0,
+        fraction: float | None = None, info: TaskInfo | None = None,
     ) -> Route:
-        """R4.2/R6.1 through the router: complexity, budget pressure, health, capability floor."""
+        """R4.2/R6.1 through the router: complexity, budget pressure (``fraction`` of the
+        budget used, when the caller read it already), health, capability floor
+        (``info``: routing's view of the task, when the caller made it already)."""
         if requested:
             return Route(requested, "requested by agent")
         over = self.over_budget(task, need_tokens)  # once per call: the router and R3.2/3
-        decision = self.router.choose(
-            task_info(task, hints), self.tracker.fraction_used(task.id), task.priority,
-            over_budget=over,
-        )
+        if fraction is None:
+            fraction = self.tracker.fraction_used(task.id)
+        decision = self.router.choose(info or task_info(task, hints), fraction, task.priority,
+                                      over_budget=over)
         model, reason = decision.model, decision.reason
         cheaper = self._cheaper(task, model, over, decision.downgraded)
         if cheaper is not None:

@@ -35,6 +35,9 @@ def long_wait_reporter(
         told: set[tuple[str, str, float]] = set()
         while True:
             await anyio.sleep(every_s)
+            if allocator.longest_wait_s() < long_s:
+                told.clear()  # every request told about has been granted or withdrawn
+                continue  # (the queue's full statistics cost a sort of every waiter)
             now = anyio.current_time()
             waiting = set()
             for w in allocator.statistics().waiters:
