@@ -6,7 +6,7 @@ and no store round trips for pauses a task never had (R3.4)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,41 +146,38 @@ def test_r2_1_an_events_wall_time_is_read_without_a_time_zone_lookup() -> None:
     assert before <= at <= datetime.now().astimezone().timestamp()
 
 
-class _Now:
-    """A stand-in for ``datetime`` in the clock module: ``now()`` at a set time, counted."""
-
-    at = datetime(2026, 11, 27, 12, 0)
-    reads = 0
-
-    @classmethod
-    def now(cls) -> datetime:
-        cls.reads += 1
-        return cls.at
-
-
-# the reuse is measured on the asyncio loop's clock (elsewhere each read is fresh)
-@pytest.mark.real_asyncio
-async def test_r1_2_the_local_date_is_reused_briefly_and_never_past_midnight(
+def test_r1_2_the_local_date_is_reused_within_its_day_and_never_across_midnight(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """R1.2: a governed call asks for the local date a dozen times: it is read once and
-    reused for up to ``DAY_REUSE_S`` of loop time, and in the last second before midnight
-    read every time, so a charge after midnight counts toward the new day."""
+    """R1.2: a governed call asks for the local date a dozen times: the time-zone lookup
+    is made once per local day, yet every call compares the wall clock with that day's
+    bounds, so a charge a microsecond after midnight counts toward the new day, and a
+    wall clock set back (or forward by days) is seen at once."""
     import scheduler.core._clock as clock_module
 
-    monkeypatch.setattr(clock_module, "datetime", _Now)
-    _Now.at, _Now.reads = datetime(2026, 11, 27, 12, 0), 0
+    at = [datetime(2026, 11, 27, 12, 0).timestamp()]
+    monkeypatch.setattr(clock_module, "_epoch", lambda: at[0])
+    looked_up: list[float] = []
+
+    class Counting(datetime):
+        @classmethod
+        def fromtimestamp(cls, t: float, tz: Any = None) -> Any:
+            looked_up.append(t)
+            return datetime.fromtimestamp(t, tz)
+
+    monkeypatch.setattr(clock_module, "datetime", Counting)
     wall = SystemWallClock()
-    wall.DAY_REUSE_S = 0.01
-    assert [wall.today() for _ in range(12)] == [_Now.at.date()] * 12
-    assert _Now.reads == 1
-    await anyio.sleep(0.02)
-    _Now.at = datetime(2026, 11, 27, 23, 59, 59, 500_000)
-    wall.today()
-    wall.today()
-    assert _Now.reads == 3  # half a second before midnight: no reuse
-    _Now.at = datetime(2026, 11, 28, 0, 0, 0, 1)
-    assert wall.today() == _Now.at.date()
+    assert {wall.today() for _ in range(12)} == {date(2026, 11, 27)}
+    assert len(looked_up) == 1
+    at[0] = datetime(2026, 11, 27, 23, 59, 59, 999_000).timestamp()
+    assert wall.today() == date(2026, 11, 27) and len(looked_up) == 1
+    at[0] = datetime(2026, 11, 28, 0, 0, 0, 1).timestamp()
+    assert wall.today() == date(2026, 11, 28)
+    at[0] = datetime(2026, 11, 26, 18, 0).timestamp()  # the clock set back a day
+    assert wall.today() == date(2026, 11, 26)
+    at[0] = datetime(2026, 12, 25, 9, 0).timestamp()
+    assert wall.today() == date(2026, 12, 25)
+    assert len(looked_up) == 4
 
 
 class CountingStore(MemoryStore):

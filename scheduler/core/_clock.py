@@ -9,7 +9,8 @@ charge belongs to needs the wall clock, and it is read through a :class:`WallClo
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from time import time as _epoch  # noqa: TID251 -- the wall clock's own reading
 from typing import Protocol
 
 import anyio
@@ -36,13 +37,12 @@ class WallClock(Protocol):
 class SystemWallClock:
     """The machine's local time (a user's "day" is their local day)."""
 
-    #: Longest a date read is reused for, in seconds of the event loop's clock: the wall
-    #: clock may jump (a suspend, a manual change) while the loop's does not.
-    DAY_REUSE_S = 1.0
-
     def __init__(self) -> None:
-        self._day: date | None = None
-        self._day_until = 0.0  # loop time up to which ``_day`` is still today
+        self._day = date.min
+        # the epoch seconds of the local day's start and end: while the wall clock reads
+        # inside them, the date is the one read last.  The window is checked on every
+        # call, so a jump of the wall clock (a suspend, a manual change) is seen at once.
+        self._day_from = self._day_to = 0.0
 
     def now(self) -> datetime:
         return datetime.now().astimezone()
@@ -52,22 +52,19 @@ class SystemWallClock:
         return datetime.now(UTC).timestamp()
 
     def today(self) -> date:
-        """The local date, as ``now().date()`` -- without the time-zone lookup that makes
-        ``astimezone()`` the costly part of :meth:`now`.  A governed call asks a dozen
-        times: on asyncio a reading is reused for up to :attr:`DAY_REUSE_S` of loop time,
-        never past the local midnight (the last second before it reads every time)."""
-        loop = asyncio._get_running_loop()
-        if loop is None:
-            return date.today()
-        at = loop.time()
-        if at < self._day_until and self._day is not None:
+        """The local date, as ``now().date()``: a governed call asks a dozen times, so the
+        time-zone lookup is made once per local day and each call only compares the
+        epoch seconds with that day's bounds."""
+        now = _epoch()
+        if self._day_from <= now < self._day_to:
             return self._day
-        now = datetime.now()
-        left = 86_400.0 - (now.hour * 3600 + now.minute * 60 + now.second
-                           + now.microsecond / 1e6)
-        self._day = now.date()
-        self._day_until = at + min(self.DAY_REUSE_S, left - 1.0)
-        return self._day
+        day = datetime.fromtimestamp(now).date()
+        midnight = datetime(day.year, day.month, day.day)
+        self._day = day
+        # a naive datetime's astimezone() takes it as local time: the bounds follow DST
+        self._day_from = min(midnight.astimezone().timestamp(), now)
+        self._day_to = max((midnight + timedelta(days=1)).astimezone().timestamp(), now)
+        return day
 
 
 class FixedWallClock:
