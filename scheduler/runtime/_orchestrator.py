@@ -261,40 +261,35 @@ class Orchestrator:
         try:
             if not begun:
                 await self._begin(handle)
-            requeued = await self._attempts(scope, handle)
+            factory = self.agents[handle.spec.agent]
+            again = True
+            while again:
+                handle.status = TaskStatus.RUNNING
+                handle.started_at = anyio.current_time()
+                handle.abort = None
+                handle.cancel_scope = scope
+                try:
+                    await self._attempt(handle, factory)
+                    cancelled = False
+                except anyio.get_cancelled_exc_class():
+                    if handle.abort is None:
+                        raise  # the run itself is cancelled
+                    cancelled = True  # aborted (R5.7): only shielded awaits from here on
+                finally:
+                    handle.cancel_scope = None
+                with anyio.CancelScope(shield=True):
+                    await self.parts.on_release(handle)
+                again = self._again(handle, cancelled)
+                if again and scope.cancel_called:
+                    self._spawner().start_scoped(self._run_task, handle, True)
+                    requeued = True  # the new task ends it
+                    return
         except VibeEngineError as exc:
             handle.status, handle.reason = TaskStatus.FAILED, str(exc)
         finally:
             if not requeued:
                 with anyio.CancelScope(shield=True):
                     await self._finish(handle)
-
-    async def _attempts(self, scope: anyio.CancelScope, handle: TaskHandle) -> bool:
-        """The task's attempts in ``scope``; True when an aborted one was requeued (it runs
-        in a new task), False when the task ended."""
-        factory = self.agents[handle.spec.agent]
-        again = True
-        while again:
-            handle.status = TaskStatus.RUNNING
-            handle.started_at = anyio.current_time()
-            handle.abort = None
-            handle.cancel_scope = scope
-            try:
-                await self._attempt(handle, factory)
-                cancelled = False
-            except anyio.get_cancelled_exc_class():
-                if handle.abort is None:
-                    raise  # the run itself is cancelled
-                cancelled = True  # aborted (R5.7): only shielded awaits from here on
-            finally:
-                handle.cancel_scope = None
-            with anyio.CancelScope(shield=True):
-                await self.parts.on_release(handle)
-            again = self._again(handle, cancelled)
-            if again and scope.cancel_called:
-                self._spawner().start_scoped(self._run_task, handle, True)
-                return True
-        return False
 
     def _spawner(self) -> Spawner:
         tg = self._task_group
