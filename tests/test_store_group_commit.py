@@ -272,3 +272,14 @@ async def test_r2_6_writes_cancelled_at_random_never_stall_the_queue(seed: int) 
                 tg.start_soon(writer, i, tg)
         await group.wait_idle()
     assert set(acked) <= set(committed) and len(set(committed)) == len(committed)
+
+
+@pytest.mark.real_asyncio  # queued writers wait on bare loop futures there
+@pytest.mark.parametrize("seed", range(10))
+async def test_r2_6_writes_cancelled_at_random_never_stall_the_queue_on_asyncio(
+    seed: int,
+) -> None:
+    """R2.6: the same on asyncio, where a queued writer waits on a loop future instead of
+    an event: cancelled waiters are skipped, every writer returns, each acknowledged
+    write committed exactly once."""
+    await test_r2_6_writes_cancelled_at_random_never_stall_the_queue(seed)

@@ -20,8 +20,9 @@ the write out of the queue — it is then neither written nor acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -35,7 +36,7 @@ class _Pending(Generic[E, R]):
 
     def __init__(self, entry: E) -> None:
         self.entry = entry
-        self.woken: anyio.Event | None = None  # only a write that waits needs one
+        self.woken: Any = None  # only a write that waits needs one (see :func:`_new_wake`)
         self.lead = False
         self.result: R | None = None
         self.error: BaseException | None = None
@@ -71,9 +72,9 @@ class GroupCommit(Generic[E, R]):
             self._leading = True
             op.lead = True
         else:
-            op.woken = anyio.Event()
+            woken = op.woken = _new_wake()
             try:
-                await op.woken.wait()
+                await (woken if isinstance(woken, asyncio.Future) else woken.wait())
             except BaseException:
                 if op in self._queue and not op.lead:
                     self._queue.remove(op)  # never written, never acknowledged
@@ -122,13 +123,32 @@ class GroupCommit(Generic[E, R]):
             if self._queue:
                 nxt = self._queue[0]
                 nxt.lead = True
-                if nxt.woken is not None:
-                    nxt.woken.set()
+                _wake(nxt.woken)
             else:
                 self._leading = False
                 if self._idle is not None:
                     self._idle.set()
                     self._idle = None
             for op in batch:
-                if op.woken is not None:
-                    op.woken.set()
+                _wake(op.woken)
+
+
+def _new_wake() -> Any:
+    """What a queued write waits on: on asyncio a bare loop future -- one object, where an
+    anyio Event is an asyncio Event with its deque and then a future (about 1 KiB), held by
+    each of the thousands of tasks that end together and wait for their files -- else an
+    anyio Event."""
+    try:
+        return asyncio.get_running_loop().create_future()
+    except RuntimeError:
+        return anyio.Event()
+
+
+def _wake(woken: Any) -> None:
+    if woken is None:
+        return
+    if isinstance(woken, asyncio.Future):
+        if not woken.done():  # a cancelled waiter's future is done already
+            woken.set_result(None)
+    else:
+        woken.set()
