@@ -253,43 +253,44 @@ class Orchestrator:
         """Run the task's attempts until one ends it; its end is recorded whatever happens.
         The attempts loop in this frame: thousands of agents wait inside an attempt.
 
-        ``scope`` is the task's one cancel scope (the run cancels the task through it, an
-        abort or the time budget end the attempt through it): a cancelled scope stays
-        cancelled, so an aborted attempt that goes back in the queue runs again in a task
-        of its own (``begun``: its dependencies and budget were seen to)."""
-        requeued = False
-        try:
-            if not begun:
-                await self._begin(handle)
-            factory = self.agents[handle.spec.agent]
-            again = True
-            while again:
-                handle.status = TaskStatus.RUNNING
-                handle.started_at = anyio.current_time()
-                handle.abort = None
-                handle.cancel_scope = scope
-                try:
-                    await self._attempt(handle, factory)
-                    cancelled = False
-                except anyio.get_cancelled_exc_class():
-                    if handle.abort is None:
-                        raise  # the run itself is cancelled
-                    cancelled = True  # aborted (R5.7): only shielded awaits from here on
-                finally:
-                    handle.cancel_scope = None
-                with anyio.CancelScope(shield=True):
-                    await self.parts.on_release(handle)
-                again = self._again(handle, cancelled)
-                if again and scope.cancel_called:
-                    self._spawner().start_scoped(self._run_task, handle, True)
-                    requeued = True  # the new task ends it
-                    return
-        except VibeEngineError as exc:
-            handle.status, handle.reason = TaskStatus.FAILED, str(exc)
-        finally:
-            if not requeued:
-                with anyio.CancelScope(shield=True):
-                    await self._finish(handle)
+        ``scope`` is the task's one cancel scope, entered here (the run cancels the task
+        through it, an abort or the time budget end the attempt through it): a cancelled
+        scope stays cancelled, so an aborted attempt that goes back in the queue runs again
+        in a task of its own (``begun``: its dependencies and budget were seen to)."""
+        with scope:  # entered here: no wrapping coroutine per waiting agent
+            requeued = False
+            try:
+                if not begun:
+                    await self._begin(handle)
+                factory = self.agents[handle.spec.agent]
+                again = True
+                while again:
+                    handle.status = TaskStatus.RUNNING
+                    handle.started_at = anyio.current_time()
+                    handle.abort = None
+                    handle.cancel_scope = scope
+                    try:
+                        await self._attempt(handle, factory)
+                        cancelled = False
+                    except anyio.get_cancelled_exc_class():
+                        if handle.abort is None:
+                            raise  # the run itself is cancelled
+                        cancelled = True  # aborted (R5.7): only shielded awaits from here on
+                    finally:
+                        handle.cancel_scope = None
+                    with anyio.CancelScope(shield=True):
+                        await self.parts.on_release(handle)
+                    again = self._again(handle, cancelled)
+                    if again and scope.cancel_called:
+                        self._spawner().start_scoped(self._run_task, handle, True)
+                        requeued = True  # the new task ends it
+                        return
+            except VibeEngineError as exc:
+                handle.status, handle.reason = TaskStatus.FAILED, str(exc)
+            finally:
+                if not requeued:
+                    with anyio.CancelScope(shield=True):
+                        await self._finish(handle)
 
     def _spawner(self) -> Spawner:
         tg = self._task_group

@@ -33,8 +33,9 @@ class Spawner(Protocol):
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> object: ...
 
     def start_scoped(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> object:
-        """Start ``func(scope, *args)`` inside ``scope``, the task's own cancel scope (the
-        group cancels the task through it; the task may cancel it too)."""
+        """Start ``func(scope, *args)``: ``scope`` is the task's own cancel scope, which
+        ``func`` enters around all it does (the group cancels the task through it; the task
+        may cancel it too)."""
         ...
 
 
@@ -73,33 +74,34 @@ class _LeanGroup:
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> object:
         scope = anyio.CancelScope()
         # the coroutine made here: the running task holds neither ``func`` nor ``args``
-        return self._start(scope, func(*args))
+        return self._start(scope, self._run(scope, func(*args)))
 
     def start_scoped(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> object:
+        # no wrapping coroutine: ``func`` enters the scope, ``_done`` sees how it ended
         scope = anyio.CancelScope()
         return self._start(scope, func(scope, *args))
 
     def _start(self, scope: anyio.CancelScope, coro: Coroutine[Any, Any, Any]) -> object:
         if self._cancelled:
             scope.cancel()  # as in a cancelled anyio group: cancelled at its first await
-        task = asyncio.get_running_loop().create_task(self._run(scope, coro))
+        task = asyncio.get_running_loop().create_task(coro)
         self._children[task] = scope
         task.add_done_callback(self._on_done)
         return task
 
-    async def _run(self, scope: anyio.CancelScope, coro: Awaitable[Any]) -> None:
-        try:
-            with scope:
-                await coro
-        except Exception as exc:
-            self._errors.append(exc)
-            self.cancel()
-        except BaseException:
-            self.cancel()
-            raise
+    @staticmethod
+    async def _run(scope: anyio.CancelScope, coro: Awaitable[Any]) -> None:
+        with scope:
+            await coro
 
     def _done(self, task: asyncio.Task[None]) -> None:
         del self._children[task]
+        if task.cancelled():
+            self.cancel()
+        elif (exc := task.exception()) is not None:
+            if isinstance(exc, Exception):
+                self._errors.append(exc)
+            self.cancel()
         if not self._children and self._wake is not None:
             self._wake.set()
 
@@ -139,9 +141,4 @@ class _ScopedGroup:
         return self._tg.start_soon(func, *args)
 
     def start_scoped(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> object:
-        return self._tg.start_soon(_in_scope, func, args)
-
-
-async def _in_scope(func: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
-    with anyio.CancelScope() as scope:
-        await func(scope, *args)
+        return self._tg.start_soon(func, anyio.CancelScope(), *args)
