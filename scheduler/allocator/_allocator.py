@@ -424,6 +424,18 @@ class Allocator:
             holders=len(self._holders),
         )
 
+    def longest_wait_s(self) -> float:
+        """How long the longest-waiting request has waited (0 when none waits): a look
+        without a snapshot, for a service that acts on long waits only."""
+        now = self._clock()
+        oldest = now
+        for p in self._pools.values():
+            if p.n_queued or p.n_parked:
+                for a in p.accounts.values():
+                    for w in a.waiters:
+                        oldest = min(oldest, w.enqueued_at)
+        return now - oldest
+
     def demand(self, pool: str | None = None) -> PoolDemand:
         """What ``pool`` is asked for now: tokens held in leases and requested by waiters.
 

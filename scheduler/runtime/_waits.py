@@ -35,12 +35,18 @@ def long_wait_reporter(
         told: set[tuple[str, str, float]] = set()
         while True:
             await anyio.sleep(every_s)
+            if allocator.longest_wait_s() < long_s:
+                # no snapshot of every waiter (about 1 KiB each) while none waits long
+                told.clear()
+                continue
             now = anyio.current_time()
             waiting = set()
             for w in allocator.statistics().waiters:
+                if w.waited_s < long_s:
+                    continue  # still short next time: not told, nothing to forget
                 key = (w.holder, w.pool, round(now - w.waited_s, 3))  # one request
                 waiting.add(key)
-                if w.waited_s >= long_s and key not in told:
+                if key not in told:
                     told.add(key)
                     bus.emit(
                         "lease_wait_long",
