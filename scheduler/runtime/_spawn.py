@@ -6,12 +6,13 @@ thousands of agents a run keeps waiting for a lease.  On asyncio the run's tasks
 therefore plain asyncio tasks, each inside one anyio cancel scope that the group cancels
 them through, so shields hold as in an anyio task group (a cancelled task's shielded
 clean-up returns its leases and records how it ended).  On any other backend (trio on
-virtual time in tests) it is anyio's own task group, each task of
-:meth:`Spawner.start_scoped` in a cancel scope of its own.
+virtual time in tests) it is anyio's own task group.
 
-:meth:`Spawner.start_scoped` hands the task its scope: an agent's task ends its attempt
-through the same scope (an abort, its time budget), so a waiting agent holds one scope,
-not two (a scope with its two sets is about 0.6 KiB).
+:meth:`Spawner.start_scoped` hands the task its scope, to enter itself around all it
+does: an agent's task ends its attempt through the same scope (an abort, its time
+budget), so a waiting agent holds one scope, not two (a scope with its two sets is about
+0.6 KiB), and no wrapping coroutine.  The group learns how such a task ended from the
+task's done callback.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ async def task_group() -> AsyncIterator[Spawner]:
 
 
 class _LeanGroup:
-    """Plain asyncio tasks, each run inside a cancel scope of its own (see the module)."""
+    """Plain asyncio tasks, each inside a cancel scope of its own (see the module)."""
 
     __slots__ = ("_cancelled", "_children", "_errors", "_on_done", "_wake")
 
