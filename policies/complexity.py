@@ -156,13 +156,17 @@ class ScoredComplexity:
     def __init__(self, params: ComplexityParams | None = None) -> None:
         self.params = params or ComplexityParams()
         self._learned: dict[str, deque[_Learned]] = {}
-        #: Features by task: a routed call asks for them up to three times (assess,
-        #: confirm, learn) and a task's prompt does not change between its calls.
-        self._features: dict[TaskInfo, Features] = {}
+        #: Features by what they are worked out from (:func:`_content`): a routed call asks
+        #: for them up to three times (assess, confirm, learn), a task's prompt does not
+        #: change between its calls, and tasks alike share one (not one per task id).
+        self._features: dict[_Content, Features] = {}
+        #: Assessments by the same key, until something is learned.
+        self._assessed: dict[_Content, Assessment] = {}
 
     # -- features ----------------------------------------------------------------------
     def features(self, task: TaskInfo) -> Features:
-        found = self._features.get(task)
+        key = _content(task)
+        found = self._features.get(key)
         if found is not None:
             return found
         text = task.prompt.lower()
@@ -172,7 +176,7 @@ class ScoredComplexity:
         )
         if len(self._features) >= _FEATURES_CACHED:
             self._features.clear()  # bounded: tasks that ended are not asked again
-        self._features[task] = f
+        self._features[key] = f
         return f
 
     def _output_level(self, task: TaskInfo) -> Level:
@@ -205,11 +209,18 @@ class ScoredComplexity:
         return next((tier for tier, low in floors if score >= low), "haiku")
 
     def assess(self, task: TaskInfo) -> Assessment:
+        key = _content(task)
+        found = self._assessed.get(key)
+        if found is not None:
+            return found
         f = self.features(task)
         pts = self.params.points
         raw = sum(pts[level] for level in f.levels)
         score = max(raw, self._learned_score(f, raw))
-        return Assessment(score, self.tier_of(score), f, raw, score > raw)
+        if len(self._assessed) >= _FEATURES_CACHED:
+            self._assessed.clear()
+        found = self._assessed[key] = Assessment(score, self.tier_of(score), f, raw, score > raw)
+        return found
 
     # -- learning (R4.3) ---------------------------------------------------------------
     def similar(self, a: Features, b: Features) -> bool:
@@ -234,6 +245,7 @@ class ScoredComplexity:
     def learn(self, task: TaskInfo, upgraded_to: str) -> None:
         """Raise the score of tasks similar to ``task`` (at most to ``upgraded_to``'s band)."""
         f = self.features(task)
+        self._assessed.clear()  # scores of similar tasks rise
         low = self.params.tier_floors.get(upgraded_to, 0)
         bucket = self._learned.setdefault(task.task_type, deque(maxlen=self.params.memory))
         entry = next((e for e in bucket if e.cap == low and self.similar(f, e.features)), None)
@@ -255,6 +267,8 @@ class ScoredComplexity:
             if e.pressure > 0 and self.similar(f, e.features):
                 e.pressure = max(0.0, e.pressure - step)
                 changed = True
+        if changed:
+            self._assessed.clear()
         return changed
 
 
@@ -287,6 +301,17 @@ class ScoredComplexity:
                     continue
             learned[task_type] = bucket
         self._learned = learned
+        self._assessed.clear()
+
+
+#: What a task's features are worked out from: its type, complexity, prompt, expected
+#: output tokens and reasoning depth (not its id, priority or capability needs).
+_Content = tuple[str, str, str, int | None, str | None]
+
+
+def _content(task: TaskInfo) -> _Content:
+    return (task.task_type, task.complexity, task.prompt, task.expected_output_tokens,
+            task.reasoning_depth)
 
 
 @dataclass(slots=True)

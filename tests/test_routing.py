@@ -110,6 +110,20 @@ def test_r4_1_band_edges() -> None:
         "haiku", "haiku", "sonnet", "sonnet", "opus", "opus"]
 
 
+def test_r4_1_tasks_alike_share_one_assessment_until_something_is_learned() -> None:
+    """R4.1: tasks that differ only in id share their features and assessment (a run of
+    thousands of alike tasks holds one); what is learned (R4.3) gives a new one."""
+    p = ScoredComplexity()
+    a, b = (info(task_id=t, prompt="fix the bug", **SIMPLE) for t in ("a", "b"))
+    assert p.features(a) is p.features(b)
+    first = p.assess(a)
+    assert p.assess(b) is first
+    assert p.assess(info(task_id="c", prompt="fix the other bug", **SIMPLE)) is not first
+    p.learn(a, "sonnet")
+    raised = p.assess(b)
+    assert raised is not first and raised.score > first.score
+
+
 # -- R4.2 selection --------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ release-leases hook-up, and the deadlock resolver's own lease release.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import anyio
 import pytest
 
 from scheduler import Completion, CompletionRequest, Limits, TaskSpec, Usage
+from scheduler.allocator import Allocator
 from scheduler.runtime import AgentContext, Orchestrator
 from scheduler.testing import ScriptedProvider
 from tests._deadlock_helpers import LockingAgent, make_orch, spec
@@ -211,3 +213,27 @@ async def test_r5_5_a_waiting_agent_reads_its_queue_position_and_wait(
     long = [e for e in orch.bus.history if e.name == "lease_wait_long"]
     assert [e.task_id for e in long] == ["patient"]
     assert long[0].data["position"] == 1 and long[0].data["waited_s"] >= 30
+
+
+async def test_r5_5_short_waits_cost_the_long_wait_reporter_no_snapshot(
+    make_orchestrator: OrchestratorFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """R5.5: while no request has waited 30 s the reporter looks at the longest wait only:
+    no snapshot of every waiter's position (about 1 KiB each, every 5 s), nothing logged."""
+    provider = PerTaskProvider({"hog": 20})
+    orch = make_orchestrator({"s": Script}, provider=provider, allocator=ONE_SLOT)
+    snapshots: list[object] = []
+    statistics = Allocator.statistics
+
+    def counted(self: Allocator) -> Any:
+        if sys._getframe(1).f_code.co_name == "report_long_waits":  # not status.json's
+            snapshots.append(None)
+        return statistics(self)
+
+    monkeypatch.setattr(Allocator, "statistics", counted)
+    report = await orch.run([TaskSpec(id="hog", agent="s", params={"calls": 1}),
+                             TaskSpec(id="next", agent="s", params={"calls": 1})])
+    assert {o.status for o in report.outcomes.values()} == {"completed"}
+    assert orch.allocator.longest_wait_s() == 0
+    assert snapshots == []
+    assert not [e for e in orch.bus.history if e.name == "lease_wait_long"]

@@ -17,6 +17,7 @@ import anyio
 import pytest
 from rich.console import Console
 
+from scheduler import TaskSpec
 from scheduler.cli._status import gather_status, print_status
 from scheduler.observe import BudgetBar, EventView, ModelView, PoolView, TaskView
 from scheduler.observe._observers import status_path
@@ -31,6 +32,7 @@ from scheduler.observe._schema import (
 )
 from scheduler.observe._snapshot import Snapshot
 from scheduler.testing import FRIDAY, run_virtual
+from tests._helpers import OrchestratorFactory
 from tests._observe_helpers import demo_orchestrator
 
 CLI = str(Path(sys.executable).parent / "vibe-engine")
@@ -121,3 +123,45 @@ def test_r3_4_status_from_the_store_shows_the_pause_and_its_answer(tmp_path: Pat
     assert paused[0]["answer"].split(" | ")[0].split()[-1] in text  # the amount, whole
     assert "↳ vibe-engine decide" in text
     assert all(len(line) <= 80 for line in text.splitlines() if "│" not in line)
+
+
+class _Quick:
+    async def run(self, ctx: Any) -> str:
+        return "ok"
+
+
+async def test_r2_6_status_json_rows_are_made_as_they_are_written(
+    make_orchestrator: OrchestratorFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """R2.6: ``status.json`` holds what the run's snapshot holds, and its task rows are
+    made a few at a time as they are written: a run of thousands of waiting agents does
+    not hold a row object for each at once."""
+    import scheduler.observe._view as view_mod
+
+    orch = make_orchestrator({"q": _Quick})
+    await orch.run([TaskSpec(id=f"t{i}", agent="q") for i in range(100)])
+    made: list[str] = []
+    task_view = view_mod._task_view
+
+    def counted(*args: Any) -> TaskView:
+        made.append(args[1].id)
+        return task_view(*args)
+
+    monkeypatch.setattr(view_mod, "_task_view", counted)
+
+    class Out(StringIO):
+        rows_made_at_writes: list[int] = []
+
+        def write(self, s: str) -> int:
+            self.rows_made_at_writes.append(len(made))
+            return super().write(s)
+
+    out = Out()
+    view_mod.write_status(orch.view, out, now=1.0, running=False)
+    assert max(b - a for a, b in zip(Out.rows_made_at_writes, Out.rows_made_at_writes[1:],
+                                     strict=False)) <= 32
+    written = json.loads(out.getvalue())
+    expected = json.loads(json.dumps(
+        view_mod.snapshot_of(orch.view, now=1.0, running=False).to_dict(), default=str))
+    assert {**written, "written_at": ""} == {**expected, "written_at": ""}
+    assert written["counts"] == {"completed": 100} and len(written["tasks"]) == 100

@@ -89,7 +89,8 @@ class UsageFiles:
         """Write ``<state_dir>/tasks/<task_id>/usage.json`` atomically."""
         if self._state_dir is None:
             return None
-        path = _write(self._state_dir / "tasks" / task_id, self.document(task_id, entry))
+        path = _write(self._state_dir / "tasks" / task_id,
+                      _readable(self.document(task_id, entry)))
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         if self._flushing:
             self._inline_during_flush.add(task_id)
@@ -105,7 +106,9 @@ class UsageFiles:
         is logged, not raised."""
         if self._state_dir is None:
             return None
-        doc = self.document(task_id, entry)  # as of now: charges meanwhile mark it dirty
+        # as of now (charges meanwhile mark it dirty), and as text: tasks ending together
+        # wait for one hop, each holding its file's text instead of the document's dicts
+        doc = _readable(self.document(task_id, entry))
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         folder = self._state_dir / "tasks" / task_id
         try:
@@ -145,7 +148,7 @@ class UsageFiles:
         tasks = self._state_dir / "tasks"
         files: _Files = []
         for tid, entry in due:
-            files.append((tasks / tid, self.document(tid, entry), None))
+            files.append((tasks / tid, _readable(self.document(tid, entry)), None))
             entry.usage_written_at, entry.usage_dirty = now, False
         self._flushing += 1
         try:
@@ -187,9 +190,9 @@ class UsageFiles:
             _log.warning("usage_file_unwritten", task_id=task_id, error=str(exc))
 
 
-#: One write of the batch: files, each a task folder, its ``usage.json`` document and the
+#: One write of the batch: files, each a task folder, its ``usage.json`` text and the
 #: documents to write beside it.
-_Files = list[tuple[Path, dict[str, Any], Mapping[str, Any] | None]]
+_Files = list[tuple[Path, str, Mapping[str, Any] | None]]
 
 
 async def _write_all(batch: list[_Files]) -> list[list[Path | Exception] | Exception]:
@@ -212,11 +215,11 @@ async def _write_all(batch: list[_Files]) -> list[list[Path | Exception] | Excep
     return await off_loop(write_all)
 
 
-def _write(folder: Path, doc: dict[str, Any]) -> Path:
+def _write(folder: Path, text: str) -> Path:
     path = folder / "usage.json"
     try:
         private_dir(folder)
-        write_private(path, _readable(doc))
+        write_private(path, text)
     except OSError as exc:
         raise LocalFileError(path, exc.strerror or str(exc)) from exc
     return path

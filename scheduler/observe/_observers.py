@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from scheduler.core import Event, VibeEngineError, get_logger, open_private, private_dir
-from scheduler.observe._view import Changes, RunView, snapshot_of, watch_changes
+from scheduler.observe._view import Changes, RunView, watch_changes, write_status
 from scheduler.store import Store
 
 if TYPE_CHECKING:
@@ -150,11 +150,10 @@ class StatusWriter:
 
     def write(self, *, running: bool = True) -> Path:
         """Replace ``status.json`` atomically (a temporary file, then a rename)."""
-        snap = snapshot_of(self.view, now=anyio.current_time(), running=running)
         private_dir(self.path.parent)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         with open_private(tmp) as out:
-            snap.write_json(out)
+            write_status(self.view, out, now=anyio.current_time(), running=running)
         os.replace(tmp, self.path)
         self.writes += 1
         return self.path

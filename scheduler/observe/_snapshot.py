@@ -145,18 +145,29 @@ class Snapshot:
         """Plain JSON-ready data (faster than :func:`dataclasses.asdict` for big runs)."""
         return self._doc(cast("list[TaskDoc]", _rows(self.tasks, TaskView)))
 
-    def write_json(self, out: IO[str]) -> None:
+    def write_json(self, out: IO[str], rows: Iterable[TaskView] | None = None) -> None:
         """:meth:`to_dict` as JSON into ``out``, a task row at a time: a run of 10,000
-        tasks never holds every row as a dict and as text at once (``status.json``)."""
-        head, tail = json.dumps(self._doc([]), default=str).split(_NO_TASKS, 1)
-        out.write(head + '"tasks": [')
+        tasks never holds every row as a dict and as text at once (``status.json``).
+        ``rows``: the task rows in place of :attr:`tasks`, made as they are written (the
+        counts are theirs), so not even every row's object is held at once."""
+        doc = self._doc([])
+        out.write(json.dumps(doc, default=str).split(_NO_TASKS, 1)[0] + '"tasks": [')
         names = [f.name for f in fields(TaskView)]
         row = attrgetter(*names)
-        for start in range(0, len(self.tasks), _ROWS_PER_WRITE):
-            chunk = [dict(zip(names, row(t), strict=True))
-                     for t in self.tasks[start:start + _ROWS_PER_WRITE]]
-            out.write(("," if start else "") + json.dumps(chunk, default=str)[1:-1])
-        out.write("]" + tail)
+        counts: dict[str, int] = {}
+        chunk: list[dict[str, Any]] = []
+        sep = ""
+        for t in self.tasks if rows is None else rows:
+            counts[t.status] = counts.get(t.status, 0) + 1
+            chunk.append(dict(zip(names, row(t), strict=True)))
+            if len(chunk) == _ROWS_PER_WRITE:
+                out.write(sep + json.dumps(chunk, default=str)[1:-1])
+                chunk.clear()
+                sep = ","
+        if chunk:
+            out.write(sep + json.dumps(chunk, default=str)[1:-1])
+        doc["counts"] = counts
+        out.write("]" + json.dumps(doc, default=str).split(_NO_TASKS, 1)[1])
 
     def _doc(self, tasks: list[TaskDoc]) -> SnapshotDoc:
         return {

@@ -7,9 +7,9 @@ never the orchestrator — so observing cannot drive the run.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import IO, Any
 
 import anyio
 
@@ -32,7 +32,7 @@ from scheduler.routing import HealthMonitor
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus
 
-__all__ = ["Changes", "RunView", "snapshot_of", "watch_changes"]
+__all__ = ["Changes", "RunView", "snapshot_of", "watch_changes", "write_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,47 @@ def snapshot_of(view: RunView, *, now: float, events: int = 50,
                 running: bool = True) -> Snapshot:
     """Read ``view`` into a :class:`Snapshot` (pure reads; never awaits)."""
     waits, pools = _waits(view)
+    frame = _frame(view, now=now, events=events, running=running, pools=pools)
+    return replace(frame, tasks=tuple(_task_rows(view, waits)))
+
+
+def write_status(view: RunView, out: IO[str], *, now: float, running: bool = True) -> None:
+    """:func:`snapshot_of` as JSON into ``out`` (``status.json``), each task's row made as
+    it is written: a run of thousands of waiting agents holds a few rows, not one each."""
+    waits, pools = _waits(view)
+    frame = _frame(view, now=now, events=50, running=running, pools=pools)
+    frame.write_json(out, rows=_task_rows(view, waits))
+
+
+def _frame(view: RunView, *, now: float, events: int, running: bool,
+           pools: tuple[PoolView, ...]) -> Snapshot:
+    """The snapshot without its task rows: budgets, pools, models, events and totals."""
     tracker, alerts = view.tracker, view.config.alerts
+    budgets = [*budget_bars(tracker.session, alerts), *budget_bars(tracker.day_scope(), alerts)]
+    tracked = set(tracker.tasks())
+    for h in view.tasks.values():
+        tid = h.id
+        # task scopes: only the hot dimensions of live tasks (none below the warning mark)
+        if tid not in tracked or h.finished:
+            continue
+        scope = tracker.task_scope(tid)
+        if max_fraction(scope) >= alerts.warning:
+            budgets.extend(b for b in budget_bars(scope, alerts) if b.level != "ok")
+        day = tracker.own_day_scope(tid)  # a serve key's day_budget
+        if day is not None:
+            budgets.extend(b for b in budget_bars(day, alerts) if b.level != "ok")
+    return Snapshot(
+        session_id=view.session_id, at=now, running=running, pid=os.getpid(),
+        written_at=view.wall.now().isoformat(), source="orchestrator",
+        budgets=tuple(budgets), pools=pools, models=_models(view),
+        events=event_views(view.bus.history, events),
+        totals=tracker.session.totals.to_dict(),
+    )
+
+
+def _task_rows(view: RunView, waits: Mapping[str, WaiterStatistics]) -> Iterator[TaskView]:
+    """Each task's row, in the run's order."""
+    tracker = view.tracker
     tracked = set(tracker.tasks())
     # a parent's row counts its grouped tasks' calls (``KEY/NAME``), as its scope does use
     grouped: dict[str, int] = {}
@@ -120,28 +160,10 @@ def snapshot_of(view: RunView, *, now: float, events: int = 50,
         parent = h.id.rpartition("/")[0]
         if parent:
             grouped[parent] = grouped.get(parent, 0) + h.calls
-    tasks: list[TaskView] = []
-    budgets = [*budget_bars(tracker.session, alerts), *budget_bars(tracker.day_scope(), alerts)]
     for h in view.tasks.values():
         tid = h.id
         scope = tracker.task_scope(tid) if tid in tracked else None
-        row = _task_view(view, h, waits.get(tid), scope, grouped.get(tid, 0) if grouped else 0)
-        tasks.append(row)
-        # task scopes: only the hot dimensions of live tasks (none below the warning mark)
-        if scope is None or h.finished:
-            continue
-        if row.budget_fraction >= alerts.warning:
-            budgets.extend(b for b in budget_bars(scope, alerts) if b.level != "ok")
-        day = tracker.own_day_scope(tid)  # a serve key's day_budget
-        if day is not None:
-            budgets.extend(b for b in budget_bars(day, alerts) if b.level != "ok")
-    return Snapshot(
-        session_id=view.session_id, at=now, running=running, pid=os.getpid(),
-        written_at=view.wall.now().isoformat(), source="orchestrator", tasks=tuple(tasks),
-        budgets=tuple(budgets), pools=pools, models=_models(view),
-        events=event_views(view.bus.history, events),
-        totals=tracker.session.totals.to_dict(),
-    )
+        yield _task_view(view, h, waits.get(tid), scope, grouped.get(tid, 0) if grouped else 0)
 
 
 class Changes:

@@ -31,8 +31,6 @@ from scheduler.routing._health import HealthMonitor
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle
 
-_ASSESSED_KEPT = 4096  # assessments remembered at most (one per task and hints)
-
 
 @dataclass(frozen=True, slots=True)
 class Upgrade:
@@ -100,8 +98,6 @@ class Router:
         self._learned_changed = False
         # each tier's substitutes per task type: the catalog's, fixed by the config
         self._substitutes: dict[str, Mapping[str, list[str]]] = {}
-        # assessments until the policy learns (replanning and routing both ask, per call)
-        self._assessed: dict[TaskInfo, Assessment] = {}
 
     # -- choosing (R4.1, R4.2, R6.1) ---------------------------------------------------
     def choose(
@@ -135,14 +131,9 @@ class Router:
         return decision
 
     def assess(self, task: TaskInfo) -> Assessment:
-        """The complexity policy's assessment of ``task``, worked out once until the policy
-        learns something (a correction, a confirmation that changed it, a restore)."""
-        found = self._assessed.get(task)
-        if found is None:
-            if len(self._assessed) >= _ASSESSED_KEPT:
-                self._assessed.clear()
-            found = self._assessed[task] = self.complexity.assess(task)
-        return found
+        """The complexity policy's assessment of ``task`` (the policy keeps what it works out:
+        the default one shares it between tasks alike until it learns something)."""
+        return self.complexity.assess(task)
 
     def _substitutes_for(self, task_type: str) -> Mapping[str, list[str]]:
         subs = self._substitutes.get(task_type)
@@ -180,7 +171,6 @@ class Router:
         if not reason:
             if not failed and self.complexity.confirm(task, model) is not False:
                 self._learned_changed = True  # saved when the task ends
-                self._assessed.clear()
             return None
         return self._upgrade(task, model, reason)
 
@@ -197,7 +187,6 @@ class Router:
         self._upgrades += 1
         self.complexity.learn(task, target)
         self._learned_changed = True
-        self._assessed.clear()
         self.bus.emit(
             "routing_upgrade", f"upgrading from {model} to {target} due to quality issues",
             task_id=task.task_id, level="warning", from_model=model, to_model=target,
@@ -214,7 +203,6 @@ class Router:
         data = await store.get_state("routing", "complexity")
         if data and isinstance(data.get("learned"), dict):
             restore(data["learned"])
-            self._assessed.clear()
 
     async def save_learned(self, store: Store) -> None:
         """Save what the complexity policy learned (after corrections or confirmations)."""

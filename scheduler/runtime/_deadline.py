@@ -47,8 +47,8 @@ class Deadlines:
         self._bus = bus
         #: (loop time due, attempt number, task id), earliest first.
         self._due: list[tuple[float, int, str]] = []
-        #: The running attempts: their cancel scope and attempt number.
-        self._bodies: dict[str, tuple[anyio.CancelScope, int]] = {}
+        #: The running attempts by task: their ``with`` (its scope and attempt number).
+        self._bodies: dict[str, Watch] = {}
         #: The attempts (by serial) the watchdog cancelled, until their ``with`` ends.
         self._expired: dict[int, bool] = {}
         self._serial = 0
@@ -62,16 +62,17 @@ class Deadlines:
         one more per attempt: an agent waiting for its turn holds no scope for its deadline."""
         self._serial += 1
         serial = self._serial
-        self._bodies[task_id] = (scope, serial)
+        watch = self._bodies[task_id] = Watch(self, task_id, serial, scope)
         self._schedule(task_id, serial, anyio.current_time())
         if not self._serving:
             self._serving = True
             spawn(self._serve)
-        return Watch(self, task_id, serial)
+        return watch
 
     def _unwatch(self, task_id: str, serial: int) -> bool:
         """Stop watching an attempt; whether the watchdog cancelled it."""
-        if self._bodies.get(task_id, (None, 0))[1] == serial:
+        watch = self._bodies.get(task_id)
+        if watch is not None and watch._serial == serial:
             del self._bodies[task_id]
         if not self._bodies and self._wake is not None:
             self._wake.set()  # the last attempt ended: the service ends too
@@ -102,8 +103,8 @@ class Deadlines:
         self._serving = False  # no attempt left: the run's task group may end
 
     def _check(self, serial: int, task_id: str, now: float) -> None:
-        body, current = self._bodies.get(task_id, (None, 0))
-        if body is None or current != serial:
+        watch = self._bodies.get(task_id)
+        if watch is None or watch._serial != serial:
             return  # that attempt ended
         left = self._tracker.remaining(task_id).time_s
         if left is None:
@@ -115,16 +116,18 @@ class Deadlines:
             heapq.heappush(self._due, (now + _RECHECK_S, serial, task_id))
         else:
             self._expired[serial] = True
-            body.cancel()
+            watch._scope.cancel()
 
 
 class Watch:
     """The ``with`` of one watched attempt (see :meth:`Deadlines.watch`)."""
 
-    __slots__ = ("_deadlines", "_serial", "_task_id")
+    __slots__ = ("_deadlines", "_scope", "_serial", "_task_id")
 
-    def __init__(self, deadlines: Deadlines, task_id: str, serial: int) -> None:
+    def __init__(self, deadlines: Deadlines, task_id: str, serial: int,
+                 scope: anyio.CancelScope) -> None:
         self._deadlines, self._task_id, self._serial = deadlines, task_id, serial
+        self._scope = scope
 
     def __enter__(self) -> None:
         return None

@@ -197,7 +197,7 @@ class Orchestrator:
                 to_run.append(handle)
         await self._session.save_tasks(to_run)
         for handle in to_run:
-            tg.start_soon(self._run_task, handle)
+            tg.start_scoped(self._run_task, handle)
 
     def add_tasks(self, specs: Sequence[TaskSpec]) -> list[TaskHandle]:
         out = []
@@ -233,7 +233,7 @@ class Orchestrator:
         if parent:
             self._parents[spec.id] = parent
         await self._session.save_task(handle)
-        self._task_group.start_soon(self._run_task, handle)
+        self._task_group.start_scoped(self._run_task, handle)
         return handle
 
     # -- one task ----------------------------------------------------------------------
@@ -253,29 +253,55 @@ class Orchestrator:
         """Cancel a running task's attempt; requeue it (keeping its attempt count) or fail it."""
         return self.handles.abort(task_id, reason, requeue=requeue)
 
-    async def _run_task(self, handle: TaskHandle) -> None:
+    async def _run_task(self, scope: anyio.CancelScope, handle: TaskHandle,
+                        begun: bool = False) -> None:
         """Run the task's attempts until one ends it; its end is recorded whatever happens.
-        The attempts loop in this frame: thousands of agents wait inside an attempt."""
-        try:
-            await self._begin(handle)
-            factory = self.agents[handle.spec.agent]
-            again = True
-            while again:
-                handle.status = TaskStatus.RUNNING
-                handle.started_at = anyio.current_time()
-                handle.abort = None
-                with anyio.CancelScope() as scope:
+        The attempts loop in this frame: thousands of agents wait inside an attempt.
+
+        ``scope`` is the task's one cancel scope, entered here (the run cancels the task
+        through it, an abort or the time budget end the attempt through it): a cancelled
+        scope stays cancelled, so an aborted attempt that goes back in the queue runs again
+        in a task of its own (``begun``: its dependencies and budget were seen to)."""
+        with scope:  # entered here: no wrapping coroutine per waiting agent
+            requeued = False
+            try:
+                if not begun:
+                    await self._begin(handle)
+                factory = self.agents[handle.spec.agent]
+                again = True
+                while again:
+                    handle.status = TaskStatus.RUNNING
+                    handle.started_at = anyio.current_time()
+                    handle.abort = None
                     handle.cancel_scope = scope
-                    await self._attempt(handle, factory)
-                handle.cancel_scope = None
-                with anyio.CancelScope(shield=True):
-                    await self.parts.on_release(handle)
-                again = self._again(handle, scope.cancelled_caught)
-        except VibeEngineError as exc:
-            handle.status, handle.reason = TaskStatus.FAILED, str(exc)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._finish(handle)
+                    try:
+                        await self._attempt(handle, factory)
+                        cancelled = False
+                    except anyio.get_cancelled_exc_class():
+                        if handle.abort is None:
+                            raise  # the run itself is cancelled
+                        cancelled = True  # aborted (R5.7): only shielded awaits from here on
+                    finally:
+                        handle.cancel_scope = None
+                    with anyio.CancelScope(shield=True):
+                        await self.parts.on_release(handle)
+                    again = self._again(handle, cancelled)
+                    if again and scope.cancel_called:
+                        self._spawner().start_scoped(self._run_task, handle, True)
+                        requeued = True  # the new task ends it
+                        return
+            except VibeEngineError as exc:
+                handle.status, handle.reason = TaskStatus.FAILED, str(exc)
+            finally:
+                if not requeued:
+                    with anyio.CancelScope(shield=True):
+                        await self._finish(handle)
+
+    def _spawner(self) -> Spawner:
+        tg = self._task_group
+        if tg is None:
+            raise VibeEngineError("tasks run only inside Orchestrator.run")
+        return tg
 
     async def _begin(self, handle: TaskHandle) -> None:
         """Wait for the task's dependencies, then start counting its budget."""

@@ -41,9 +41,11 @@ def long_wait_reporter(
             now = anyio.current_time()
             waiting = set()
             for w in allocator.statistics().waiters:
+                if w.waited_s < long_s:
+                    continue  # still short next time: not told, nothing to forget
                 key = (w.holder, w.pool, round(now - w.waited_s, 3))  # one request
                 waiting.add(key)
-                if w.waited_s >= long_s and key not in told:
+                if key not in told:
                     told.add(key)
                     bus.emit(
                         "lease_wait_long",
