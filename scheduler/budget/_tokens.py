@@ -9,7 +9,9 @@ content; a call pays only for text it has not sent before.
 After the call, :meth:`TokenCounter.reconcile` compares the estimate with the
 provider's count.  An error above 10 % is logged, and a per-model calibration
 factor (an exponential moving average of actual ÷ raw estimate) moves later
-estimates for that model toward the provider's counts.
+estimates for that model toward the provider's counts.  A model not yet
+calibrated borrows the largest factor learned so far (the tiers share a
+tokenizer), so its first calls do not hold less than they will use.
 """
 
 from __future__ import annotations
@@ -234,8 +236,13 @@ class TokenCounter:
         return n
 
     def factor(self, model: str) -> float:
-        """The calibration factor for ``model`` (1.0 until calibrated)."""
-        return self._factors.get(model, 1.0)
+        """The calibration factor for ``model``; until it is calibrated, the largest of the
+        other models' (1.0 before any): a call on a tier first used late (a budget
+        downgrade) would otherwise hold tiktoken's low count and overrun its reservation."""
+        f = self._factors.get(model)
+        if f is not None:
+            return f
+        return max(self._factors.values(), default=1.0)
 
     def estimate(
         self,
