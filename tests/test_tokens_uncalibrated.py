@@ -16,6 +16,7 @@ import pytest
 
 from scheduler import BudgetExceededError, Limits, TaskSpec, Usage, VibeConfig
 from scheduler.budget import Reservation, TokenCounter, Tracker, resolve_task
+from scheduler.budget._tokens import BORROWED_FACTOR_MAX
 from scheduler.core import FixedWallClock
 from scheduler.store._redis import RedisStore
 from tests._redis_helpers import REDIS_URL
@@ -26,7 +27,7 @@ LIMIT, OUT, RATIO = 100_000, 1_000, 1.3  # the provider counts 30 % more than ti
 
 def test_r2_3_an_uncalibrated_model_borrows_the_largest_factor() -> None:
     """R2.3: until a model has answered, its estimate uses the largest factor learned for
-    another model (1.0 before any); then its own."""
+    another model (1.0 before any, at most BORROWED_FACTOR_MAX); then its own."""
     tc = TokenCounter()
     assert tc.factor("haiku") == 1.0
     est = tc.estimate("sonnet", MSGS)
@@ -37,6 +38,18 @@ def test_r2_3_an_uncalibrated_model_borrows_the_largest_factor() -> None:
     tc.reconcile(tc.estimate("haiku", MSGS), round(est.raw * 1.2))
     assert tc.factor("haiku") < RATIO  # its own now
     assert tc.factor("opus") < tc.factor("sonnet")
+
+
+def test_r2_3_a_borrowed_factor_is_kept_within_bounds() -> None:
+    """R2.3: a factor far from the tokenizers' difference (a provider counting what the
+    prompt does not hold) is lent at most BORROWED_FACTOR_MAX; one below 1.0 as 1.0."""
+    tc = TokenCounter()
+    est = tc.estimate("sonnet", MSGS)
+    tc.reconcile(est, est.raw * 40)
+    assert tc.factor("haiku") == BORROWED_FACTOR_MAX
+    low = TokenCounter()
+    low.reconcile(low.estimate("sonnet", MSGS), est.raw // 2)
+    assert low.factor("haiku") == 1.0
 
 
 async def _tracker(ns: str, tmp: Path, name: str) -> tuple[RedisStore, Tracker]:
