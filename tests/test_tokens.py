@@ -97,7 +97,7 @@ def test_r2_3_discrepancy_logged_and_calibration_converges() -> None:
     assert errors[0] > 0.10 and errors[-1] < 0.10
     assert [e for e in logs if e["event"] == "token_estimate_discrepancy"]
     assert tc.factor("sonnet") == pytest.approx(1.3, rel=0.02)
-    assert tc.factor("haiku") == 1.0  # per model
+    assert tc.factor("haiku") == tc.factor("sonnet")  # borrowed until haiku answers
 
 
 def test_r2_3_small_discrepancy_not_logged() -> None:

@@ -9,7 +9,10 @@ content; a call pays only for text it has not sent before.
 After the call, :meth:`TokenCounter.reconcile` compares the estimate with the
 provider's count.  An error above 10 % is logged, and a per-model calibration
 factor (an exponential moving average of actual ÷ raw estimate) moves later
-estimates for that model toward the provider's counts.
+estimates for that model toward the provider's counts.  A model not yet
+calibrated borrows the largest factor learned so far (the tiers share a
+tokenizer; at most ``BORROWED_FACTOR_MAX``), so its first calls do not hold
+less than they will use.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ _log = get_logger("vibe_engine.tokens")
 #: Tokens of framing per message (role markers), as chat formats add.
 PER_MESSAGE_OVERHEAD = 4
 DISCREPANCY_THRESHOLD = 0.10
+#: The most a model not yet calibrated borrows of another's factor (see ``factor``).
+BORROWED_FACTOR_MAX = 1.5
 #: Framing of a tool_result block (its id and markers).
 BLOCK_OVERHEAD = 8
 #: The most an image costs: the API scales images above ~1.15 megapixels down to it.
@@ -234,8 +239,16 @@ class TokenCounter:
         return n
 
     def factor(self, model: str) -> float:
-        """The calibration factor for ``model`` (1.0 until calibrated)."""
-        return self._factors.get(model, 1.0)
+        """The calibration factor for ``model``; until it is calibrated, the largest of the
+        other models', kept within [1.0, BORROWED_FACTOR_MAX]: a call on a tier first used
+        late (a budget downgrade) would otherwise hold tiktoken's low count and overrun
+        its reservation.  Tiers of one family differ from tiktoken alike; a factor far
+        above that says more about that model's prompts than about the tokenizer."""
+        f = self._factors.get(model)
+        if f is not None:
+            return f
+        borrowed = max(self._factors.values(), default=1.0)
+        return min(max(borrowed, 1.0), BORROWED_FACTOR_MAX)
 
     def estimate(
         self,
