@@ -163,11 +163,7 @@ class Gateway:
                 allow_break_down=not task.split_from and passthrough is None)
             if split is not None:
                 raise BreakDownRequested(task.id, split)
-        part_limit = task.spec.params.get("max_output_tokens")
-        if part_limit:  # R6.2: a broken-down part's limited scope
-            max_tokens = min(max_tokens, int(part_limit))
-        # the output reservation covers max_tokens, or a thinking budget above it
-        out = max(max_tokens, thinking_budget(opts))
+        max_tokens, out = _output_limits(task, max_tokens, opts)
         raw = self.counter.count_prompt(messages, system=system, context=context, tools=tools)
         need = out + self.counter.calibrated(self.router.catalog.strongest, raw).calibrated
         call = Call(max_tokens, out, stream, dict(hints) if hints else NO_HINTS, opts, on_text,
@@ -478,3 +474,14 @@ class Gateway:
             model=model, model_id=self.config.model_spec(model).model_id,
             messages=[{"role": "user", "content": "ping"}], max_tokens=1, task_id="health-check",
         ))
+
+
+def _output_limits(task: TaskHandle, max_tokens: int, opts: Mapping[str, Any]) -> (
+    tuple[int, int]
+):
+    """The call's ``max_tokens`` (a broken-down part's limited scope, R6.2) and its output
+    reservation: ``max_tokens``, or a thinking budget above it."""
+    part_limit = task.spec.params.get("max_output_tokens")
+    if part_limit:
+        max_tokens = min(max_tokens, int(part_limit))
+    return max_tokens, max(max_tokens, thinking_budget(opts))
