@@ -4,7 +4,9 @@ The start reads the task's totals from the store; when that read fails (the stor
 briefly unavailable) the calls waiting for the start get a 503 naming the task, and a
 later call under the same name starts it again instead of the name staying broken
 until serve restarts.  Calls that arrive while a start is in flight wait for it: one
-start per group at a time.
+start per group at a time.  A grouped task that ran and has ended (its wall-time budget
+ran out) is not started again: its budget is spent, so its calls are refused (400,
+not retried).
 """
 
 from __future__ import annotations
@@ -110,3 +112,32 @@ async def test_r1_2_calls_that_wait_for_one_start_share_it(
         assert refused == ["task alpha/job"] * 3 and store.reads == 1
         handle = await served.group(entry, "job")
         assert handle is not None and not handle.finished and store.reads == 2
+
+
+@pytest.mark.parametrize("on_limit", ["reject", "hold"])
+async def test_r1_2_a_grouped_task_that_ran_and_ended_refuses_its_calls(
+    fake_api: FakeAnthropicServer, tmp_path: Path, on_limit: str
+) -> None:
+    """R1.2 / R1.1 / #21: ``alpha/job`` serves a call, then its ``task_budget.time_s`` runs
+    out and the task ends.  Its next call gets a 400 the SDK does not retry, naming the
+    task and the spent budget, and nothing reaches the upstream; a call under another
+    name is served."""
+    keys = [{"name": "alpha", "key_env": "VIBE_KEY_A", "on_limit": on_limit,
+             "task_budget": {"time_s": 0.2}}]
+    config = serve_config(tmp_path, fake_api.base_url, keys)
+    async with (serving(config) as run, AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=2))
+        assert (await _ask(aio, "job")).content
+        handle = run.served.orchestrator.handles["alpha/job"]
+        with anyio.fail_after(10):
+            await handle.done.wait()
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await _ask(aio, "job")
+        message = str(refused.value)
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        assert "task alpha/job has ended" in message and "time_s" in message
+        assert "another x-vibe-task name" in message and "task_budget" in message
+        assert fake_api.requests == 1  # refused before the upstream, and not retried
+        assert (await _ask(aio, "other")).content
+        assert fake_api.requests == 2

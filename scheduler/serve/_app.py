@@ -41,7 +41,7 @@ from scheduler.serve._errors import (
 )
 from scheduler.serve._keys import TASK_HEADER, KeyEntry, presented_key, task_name_problem
 from scheduler.serve._models import ModelMap
-from scheduler.serve._runtime import GroupUnavailableError, Served
+from scheduler.serve._runtime import GroupEndedError, GroupUnavailableError, Served
 from scheduler.serve._upstream import UpstreamError
 from scheduler.tasks import TaskHandle
 
@@ -354,6 +354,9 @@ class ServeApp:
                       else await self.served.group(entry, group))
         except GroupUnavailableError as exc:
             return error_response("api_error", f"vibe-engine: {exc}", status=503)
+        except GroupEndedError as exc:  # its budget is spent: retrying cannot help
+            return error_response("invalid_request_error", f"vibe-engine: {exc}",
+                                  headers=NO_RETRY)
         if handle is None:
             return error_response("overloaded_error", "vibe-engine serve is stopping",
                                   status=503)

@@ -79,6 +79,18 @@ class GroupUnavailableError(VibeEngineError):
                          f"under it starts it again")
 
 
+class GroupEndedError(VibeEngineError):
+    """A grouped task (``KEY/NAME``) ran and has ended (its wall-time budget ran out,
+    say): its budget is spent, so calls grouped under it are refused, not started again."""
+
+    def __init__(self, task_id: str, status: str, reason: str) -> None:
+        self.task_id, self.status, self.reason = task_id, status, reason
+        key = task_id.partition("/")[0]
+        super().__init__(f"task {task_id} has ended ({status}: {reason}); calls grouped "
+                         f"under it cannot run: send them with another x-vibe-task name, or "
+                         f"raise serve.keys[name={key!r}].task_budget in the serve config")
+
+
 class Served:
     """The orchestrator, keys and upstream of one ``vibe-engine serve`` process.
 
@@ -138,7 +150,8 @@ class Served:
         """The running task ``KEY/NAME`` of ``entry``'s calls grouped under ``name``,
         started in the run on first use with the key's task as its parent (R1.2); None
         once the server is stopping.  Raises :class:`GroupUnavailableError` when the
-        task ended without serving (it could not start: the store was unreachable).
+        task ended without serving (it could not start: the store was unreachable), and
+        :class:`GroupEndedError` when it ran and has ended.
 
         Calls that arrive while the task starts wait for that one start; a start that
         failed is forgotten once its waiters know, so the next call starts it again."""
@@ -167,9 +180,12 @@ class Served:
         if self.stopping.is_set():
             return None
         if handle.finished:
-            if not started.is_set() and self._grouped.get(spec.id) is started:
+            reason = handle.reason or str(handle.status)
+            if started.is_set():  # it ran: starting it again would renew a spent budget
+                raise GroupEndedError(spec.id, str(handle.status), reason)
+            if self._grouped.get(spec.id) is started:
                 del self._grouped[spec.id]  # it never ran: the next call starts it again
-            raise GroupUnavailableError(spec.id, handle.reason or str(handle.status))
+            raise GroupUnavailableError(spec.id, reason)
         return handle
 
     async def _run(self) -> None:
