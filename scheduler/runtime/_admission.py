@@ -50,6 +50,8 @@ class Admission:
         self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
         #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`).
         self._in_call: dict[str, Lease] = {}
+        #: The reservations with a shared budget hold whose call is in flight, by lease id.
+        self._holds_in_call: dict[str, Reservation] = {}
 
     async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float, *,
                     prompt_tokens: int = 0, completion_tokens: int = 0) -> Reservation:
@@ -127,13 +129,19 @@ class Admission:
         return lease
 
     @contextmanager
-    def in_call(self, lease: Lease) -> Iterator[None]:
-        """Mark ``lease`` as held by a call in flight: :meth:`keep_leases` renews it."""
+    def in_call(self, lease: Lease, reservation: Reservation) -> Iterator[None]:
+        """Mark ``lease`` as held by a call in flight: :meth:`keep_leases` renews it, and
+        :meth:`keep_holds` the reservation's shared budget hold if it has one (Redis)."""
         self._in_call[lease.id] = lease
+        held = reservation.hold is not None
+        if held:
+            self._holds_in_call[lease.id] = reservation
         try:
             yield
         finally:
             self._in_call.pop(lease.id, None)
+            if held:
+                self._holds_in_call.pop(lease.id, None)
 
     async def keep_leases(self) -> None:
         """The service that renews every lease whose call is still running, every third of
@@ -148,13 +156,28 @@ class Admission:
                     with contextlib.suppress(LeaseError):
                         self.allocator.renew(lease.id)
 
+    async def keep_holds(self) -> None:
+        """The service that renews, every third of ``distributed.hold_ttl_s``, the shared
+        budget hold of every call in flight: a streamed answer can run longer than the
+        hold's TTL, and a lapsed hold would let other replicas spend what this call
+        will be charged (the hold is renewed the same way while the call waits for a
+        lease)."""
+        every = self.config.distributed.hold_ttl_s / 3
+        while True:
+            await anyio.sleep(every)
+            for reservation in list(self._holds_in_call.values()):
+                await self._renew_hold(reservation)
+
+    async def _renew_hold(self, reservation: Reservation) -> None:
+        if not await self.tracker.renew_hold(reservation):
+            _log.warning("budget_hold_lapsed", task_id=reservation.task_id,
+                         tokens=reservation.tokens)
+
     async def _keep_hold(self, reservation: Reservation) -> None:
         every = self.config.distributed.hold_ttl_s / 3
         while True:
             await anyio.sleep(every)
-            if not await self.tracker.renew_hold(reservation):
-                _log.warning("budget_hold_lapsed", task_id=reservation.task_id,
-                             tokens=reservation.tokens)
+            await self._renew_hold(reservation)
 
 
 def _decided(task: TaskHandle, decision: Decision | None) -> None:

@@ -186,6 +186,7 @@ def _connect(parts: Parts, provider: Provider) -> None:
         parts.services.append(parts.webhooks.run)
     parts.services.extend([
         allocator.run, parts.gateway.admission.keep_leases,  # R5.4: calls keep leases
+        parts.gateway.admission.keep_holds,  # and their shared budget holds (Redis)
         parts.tracker.flush_usage,  # R2.6: running tasks' usage.json, one interval behind
         _control_service(parts.controller, parts.config),
         parts.gateway.health.run,  # R6.4: 60 s health checks

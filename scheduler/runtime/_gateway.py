@@ -284,7 +284,7 @@ class Gateway:
                                          output_tokens=call.out)  # durable before the call
             started = self._clock()
             try:
-                with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
+                with self.admission.in_call(lease, reservation):  # renewed (R5.4)
                     completion = await self.call(task, request, started)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
