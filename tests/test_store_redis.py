@@ -13,18 +13,17 @@ from pathlib import Path
 import anyio
 import pytest
 
-from scheduler import BudgetExceededError, Limits, TaskSpec, Usage, UsageEvent, VibeConfig
-from scheduler.budget import Tracker, resolve_task
+from scheduler import BudgetExceededError, TaskSpec, Usage, UsageEvent, VibeConfig
 from scheduler.config import DistributedConfig
-from scheduler.core import FixedWallClock, StoreUnavailableError
+from scheduler.core import FixedWallClock
 from scheduler.store import MemoryStore, SqliteStore, Store, open_store
-from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit, SliceBackend
+from scheduler.store._ledger import BudgetLedger, ScopeLimit, SliceBackend
 from scheduler.store._redis import RedisStore, split_namespace
 from scheduler.testing import run_real
-from tests._redis_helpers import REDIS_URL, TcpProxy, redis_or_skip
+from tests._redis_helpers import REDIS_URL, redis_or_skip
+from tests._store_cases import DAY, ev, open_tracker, session_config, session_limits
 
 KINDS = ["memory", "sqlite", "redis"]
-DAY = "2026-11-27"
 
 
 
@@ -41,17 +40,6 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
         return lambda: SqliteStore(tmp_path / "vibe.db")
     ns: str = request.getfixturevalue("redis_ns")
     return lambda: RedisStore(REDIS_URL, namespace=ns, spool_path=tmp_path / "spool.jsonl")
-
-
-def ev(n: int, *, task: str = "t1", session: str = "s1", day: str = DAY, model: str = "sonnet",
-       prompt: int = 100, completion: int = 50, cost: float = 0.01, file_edits: int = 0,
-       shell_commands: int = 0, dangerous_commands: int = 0) -> UsageEvent:
-    return UsageEvent(
-        event_id=f"e{n}", task_id=task, session_id=session, day=day, at=1_700_000_000.0 + n,
-        agent="coder", model=model, usage=Usage(prompt, completion, 7, 3, 2), cost_usd=cost,
-        file_edits=file_edits, shell_commands=shell_commands,
-        dangerous_commands=dangerous_commands,
-    )
 
 
 def with_store(make: StoreFactory, body: Callable[[Store], Awaitable[None]]) -> None:
@@ -153,11 +141,6 @@ def test_open_store_routes_redis_urls_with_namespace(tmp_path: Path) -> None:
 # -- atomic shared holds -----------------------------------------------------------------
 
 
-def _session(limit: int, *, model_limit: int | None = None) -> tuple[ScopeLimit, ...]:
-    return (ScopeLimit("session:s1", tokens=limit, model_tokens=model_limit),
-            ScopeLimit(f"day:{DAY}", cost_usd=1.0))
-
-
 @pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
 async def test_r1_2_shared_hold_is_all_or_nothing_and_settles(
     redis_ns: str, tmp_path: Path,
@@ -166,26 +149,26 @@ async def test_r1_2_shared_hold_is_all_or_nothing_and_settles(
     s = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "sp")
     await s.open()
     await s.record(ev(1))  # 162 tokens, $0.01
-    h1 = await s.try_reserve("h1", _session(500), model="sonnet", tokens=300, cost_usd=0.5)
+    h1 = await s.try_reserve("h1", session_limits(500), model="sonnet", tokens=300, cost_usd=0.5)
     assert h1.totals["session:s1"].tokens == 162
     assert h1.held["session:s1"][0] == 300
     assert h1.held["session:s1"][1] == pytest.approx(0.5)
     with pytest.raises(BudgetExceededError) as err:
-        await s.try_reserve("h2", _session(500), model="sonnet", tokens=100, cost_usd=0.0)
+        await s.try_reserve("h2", session_limits(500), model="sonnet", tokens=100, cost_usd=0.0)
     assert (err.value.scope, err.value.dimension) == ("session:s1", "tokens")
     assert err.value.used == 462 and err.value.limit == 500
     with pytest.raises(BudgetExceededError) as err:  # day cost: 0.01 + 0.5 + 0.6 > 1.0
-        await s.try_reserve("h3", _session(10_000), model="haiku", tokens=1, cost_usd=0.6)
+        await s.try_reserve("h3", session_limits(10_000), model="haiku", tokens=1, cost_usd=0.6)
     assert err.value.dimension == "cost_usd" and err.value.scope == f"day:{DAY}"
     # nothing of the refused holds was kept: settling h1 frees its 300 tokens
     assert await s.settle(ev(2, prompt=10, completion=10), h1) is True
-    h4 = await s.try_reserve("h4", _session(500), model="sonnet", tokens=300, cost_usd=0.0)
+    h4 = await s.try_reserve("h4", session_limits(500), model="sonnet", tokens=300, cost_usd=0.0)
     assert h4.totals["session:s1"].tokens == 162 + 32
     await s.release(h4)
-    h5 = await s.try_reserve("h5", _session(500, model_limit=250), model="sonnet",
+    h5 = await s.try_reserve("h5", session_limits(500, model_limit=250), model="sonnet",
                              tokens=40, cost_usd=0.0)
     with pytest.raises(BudgetExceededError) as err:
-        await s.try_reserve("h6", _session(500, model_limit=250), model="sonnet",
+        await s.try_reserve("h6", session_limits(500, model_limit=250), model="sonnet",
                             tokens=20, cost_usd=0.0)
     assert err.value.dimension == "tokens:sonnet"
     assert h5.tokens == 40
@@ -203,15 +186,15 @@ async def test_hold_of_a_dead_process_expires(redis_ns: str, tmp_path: Path) -> 
     s = RedisStore(REDIS_URL, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp",
                    now_ms=lambda: now[0])
     await s.open()
-    dead = await s.try_reserve("dead", _session(100), model="sonnet", tokens=100,
+    dead = await s.try_reserve("dead", session_limits(100), model="sonnet", tokens=100,
                                cost_usd=0.0)
     for _ in range(3):  # 12 s, renewed every 4 s: still held
         now[0] += 4_000
         assert await s.renew(dead)
     with pytest.raises(BudgetExceededError):
-        await s.try_reserve("h", _session(100), model="sonnet", tokens=1, cost_usd=0.0)
+        await s.try_reserve("h", session_limits(100), model="sonnet", tokens=1, cost_usd=0.0)
     now[0] += 5_001  # the renewals stopped: expired a TTL after the last one
-    h = await s.try_reserve("h", _session(100), model="sonnet", tokens=100, cost_usd=0.0)
+    h = await s.try_reserve("h", session_limits(100), model="sonnet", tokens=100, cost_usd=0.0)
     assert h.held["session:s1"][0] == 100
     assert not await s.renew(dead)
     await s.aclose()
@@ -230,7 +213,7 @@ async def test_r1_2_concurrent_holds_from_three_clients_never_overspend(
 
     async def one(i: int) -> None:
         try:
-            h = await stores[i % 3].try_reserve(f"h{i}", _session(10_000), model="sonnet",
+            h = await stores[i % 3].try_reserve(f"h{i}", session_limits(10_000), model="sonnet",
                                                 tokens=1_000, cost_usd=0.0)
         except BudgetExceededError:
             return
@@ -260,30 +243,16 @@ async def test_scripts_reload_after_script_flush(redis_ns: str, tmp_path: Path) 
 # -- tracker integration -----------------------------------------------------------------
 
 
-def _config(session_tokens: int) -> VibeConfig:
-    return VibeConfig.model_validate({
-        "budgets": {"session": Limits(tokens=session_tokens).model_dump(), "day": {}},
-    })
-
-
-async def _tracker(store: Store, cfg: VibeConfig, task: str) -> Tracker:
-    tr = Tracker(store, cfg, session_id="shared", wall=FixedWallClock(date(2026, 11, 27)))
-    await tr.open()
-    spec = TaskSpec(id=task, agent="coder", prompt="Fix the bug in parser")
-    await tr.start_task(task, resolve_task(spec, cfg), agent="coder")
-    return tr
-
-
 @pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
 async def test_r1_2_two_trackers_share_one_session_budget(redis_ns: str, tmp_path: Path) -> None:
     """Two orchestrators' trackers on one Redis cannot both pass the same session check."""
-    cfg = _config(3_000)
+    cfg = session_config(3_000)
 
     a = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "a")
     b = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "b")
     await a.open()
     await b.open()
-    ta, tb = await _tracker(a, cfg, "ta"), await _tracker(b, cfg, "tb")
+    ta, tb = await open_tracker(a, cfg, "ta"), await open_tracker(b, cfg, "tb")
     ra = await ta.reserve_shared("ta", model="sonnet", tokens=2_000, cost_usd=0.0)
     assert ra.hold is not None
     with pytest.raises(BudgetExceededError):  # locally tb sees nothing spent
@@ -302,103 +271,13 @@ async def test_r1_2_two_trackers_share_one_session_budget(redis_ns: str, tmp_pat
 @pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
 async def test_reserve_shared_is_plain_reserve_on_local_stores() -> None:
     """MemoryStore: reserve_shared behaves exactly like reserve (no hold)."""
-    tr = await _tracker(MemoryStore(), _config(3_000), "t")
+    tr = await open_tracker(MemoryStore(), session_config(3_000), "t")
     r = await tr.reserve_shared("t", model="sonnet", tokens=2_000, cost_usd=0.0)
     assert r.hold is None and tr.session.reserved_tokens == 2_000
     with pytest.raises(BudgetExceededError):
         await tr.reserve_shared("t", model="sonnet", tokens=2_000, cost_usd=0.0)
     await tr.release(r)
     assert tr.session.reserved_tokens == 0
-
-
-# -- connection loss ---------------------------------------------------------------------
-
-
-@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
-async def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) -> None:
-    """Redis down (connection cut): no new holds; usage of calls in flight is spooled
-    to disk and reaches Redis after reconnection; nothing is lost or double-charged."""
-    proxy = TcpProxy()
-    cfg = DistributedConfig(socket_timeout_s=0.5)
-
-    async def main() -> None:
-        s = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp")
-        await s.open()
-        h = await s.try_reserve("h1", _session(1_000), model="sonnet", tokens=300, cost_usd=0.0)
-        assert await s.record(ev(1)) is True
-        proxy.cut()
-        with pytest.raises(StoreUnavailableError):
-            await s.try_reserve("h2", _session(1_000), model="sonnet", tokens=1, cost_usd=0.0)
-        assert await s.settle(ev(2), h) is True  # the call in flight completes
-        assert await s.record(ev(3)) is True
-        assert s.statistics().spooled_writes == 2 and not s.statistics().connected
-        # a second process (or a restarted one) replays the same spool: still no loss
-        proxy.restore()
-        assert await s.flush() == 0
-        assert s.statistics().replayed_writes == 2 and s.statistics().connected
-        direct = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "d")
-        await direct.open()
-        assert [e.event_id for e in await direct.events()] == ["e1", "e2", "e3"]
-        assert (await direct.totals("session:s1")).tokens == 3 * 162
-        h3 = await direct.try_reserve("h3", _session(1_000), model="sonnet", tokens=514,
-                                      cost_usd=0.0)  # h1 was released by the replayed settle
-        assert h3.held["session:s1"][0] == 514
-        await direct.aclose()
-        await s.aclose()
-    try:
-        await main()
-    finally:
-        proxy.close()
-
-
-@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
-async def test_fail_open_grants_only_the_local_allowance(redis_ns: str, tmp_path: Path) -> None:
-    proxy = TcpProxy()
-    cfg = DistributedConfig(failure_mode="open", fail_open_tokens=1_000, socket_timeout_s=0.5)
-
-    async def main() -> None:
-        s = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp")
-        await s.open()
-        proxy.cut()
-        h = await s.try_reserve("h1", _session(10), model="sonnet", tokens=600, cost_usd=0.0)
-        assert h.local
-        with pytest.raises(StoreUnavailableError, match="allowance"):
-            await s.try_reserve("h2", _session(10), model="sonnet", tokens=600, cost_usd=0.0)
-        assert await s.settle(ev(1), h)
-        proxy.restore()
-        assert await s.flush() == 0
-        assert (await s.totals("session:s1")).tokens == 162
-        assert s.statistics().fail_open_tokens_used == 0  # reset once Redis is back
-        await s.aclose()
-    try:
-        await main()
-    finally:
-        proxy.close()
-
-
-@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
-async def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
-    """Usage spooled by a process that then died is replayed by the next one's open()."""
-    proxy = TcpProxy()
-    spool = tmp_path / "sp"
-
-    async def main() -> None:
-        s = RedisStore(proxy.url, namespace=redis_ns, spool_path=spool,
-                       config=DistributedConfig(socket_timeout_s=0.5))
-        await s.open()
-        proxy.cut()
-        await s.record(ev(1))
-        await s.aclose()  # "dies" with one event spooled
-        assert spool.read_text().count("\n") == 1
-        s2 = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=spool)
-        await s2.open()
-        assert [e.event_id for e in await s2.events()] == ["e1"]
-        assert spool.read_text() == ""
-        await s2.aclose()
-    try:
-        await main()
-    finally:
-        proxy.close()
 
 
 # -- the real orchestrator ---------------------------------------------------------------
@@ -455,84 +334,3 @@ async def test_r1_2_two_orchestrators_on_redis_share_one_session_budget(
     completed = statuses.count("completed")
     assert len(statuses) == 80 and completed > 0
     assert completed * 150 <= spent
-
-
-@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
-async def test_state_writes_during_an_outage_are_replayed_in_order(
-    redis_ns: str, tmp_path: Path
-) -> None:
-    """A task finishing while Redis is down still records its state; writes are replayed
-    in their original order (the delete after the put wins)."""
-    proxy = TcpProxy()
-
-    async def main() -> None:
-        s = RedisStore(proxy.url, namespace=redis_ns, spool_path=tmp_path / "sp",
-                       config=DistributedConfig(socket_timeout_s=0.5))
-        await s.open()
-        proxy.cut()
-        await s.put_state("task", "t1", {"status": "completed"})
-        await s.record(ev(1))
-        await s.put_state("task", "t2", {"status": "running"})
-        await s.delete_state("task", "t2")
-        assert s.statistics().spooled_writes == 4
-        proxy.restore()
-        assert await s.flush() == 0
-        assert await s.list_state("task") == {"t1": {"status": "completed"}}
-        assert (await s.totals("task:t1")).tokens == 162
-        await s.aclose()
-    try:
-        await main()
-    finally:
-        proxy.close()
-
-
-class FlakyLedger(MemoryStore):
-    """A MemoryStore that is also a BudgetLedger, unreachable for the first ``down`` tries."""
-
-    def __init__(self, down: int) -> None:
-        super().__init__()
-        self.down = down
-        self.tries = 0
-
-    async def try_reserve(
-        self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
-        cost_usd: float,
-    ) -> Hold:
-        self.tries += 1
-        if self.tries <= self.down:
-            raise StoreUnavailableError("down")
-        return Hold(hold_id, tuple(lim.scope for lim in limits), model, tokens, cost_usd, {}, {})
-
-    async def settle(self, event: UsageEvent, hold: Hold) -> bool:
-        return await self.record(event)
-
-    async def release(self, hold: Hold) -> None:
-        return None
-
-
-@pytest.mark.parametrize(("down", "granted"), [(4, True), (100, False)])
-async def test_fail_closed_new_calls_wait_for_the_ledger_then_fail(
-    down: int, granted: bool,
-) -> None:
-    """Fail-closed: reserve_shared waits (backing off) for the ledger up to
-    unavailable_wait_s, then raises StoreUnavailableError and undoes its local hold."""
-    cfg = _config(10_000).model_copy(
-        update={"distributed": DistributedConfig(unavailable_wait_s=10.0)}
-    )
-
-    ledger = FlakyLedger(down)
-    tr = await _tracker(ledger, cfg, "t")
-    t0 = anyio.current_time()
-    if granted:
-        r = await tr.reserve_shared("t", model="sonnet", tokens=100, cost_usd=0.0)
-        assert r.hold is not None
-    else:
-        with pytest.raises(StoreUnavailableError):
-            await tr.reserve_shared("t", model="sonnet", tokens=100, cost_usd=0.0)
-        assert tr.session.reserved_tokens == 0
-    waited = anyio.current_time() - t0
-    if granted:
-        assert waited == pytest.approx(0.05 + 0.1 + 0.2 + 0.4)
-    else:
-        assert 9.0 <= waited <= 10.0
-
