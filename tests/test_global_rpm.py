@@ -1,5 +1,6 @@
 """A global requests-per-minute quota shared by several orchestrators
-(``distributed.global_pools.<pool>.requests_per_minute``).
+(``distributed.global_pools.<pool>.requests_per_minute``, or on a shared store the pool's own
+``requests_per_minute``, shared by default).
 
 Three orchestrators run in one process on the virtual clock; their stores share a
 slice backend that cuts the quota max-min fairly the way the Redis script does
@@ -96,25 +97,41 @@ class Busy:
         return "ok"
 
 
+#: Two ways to say "10 requests a minute for the account": a global pool, or (on a
+#: shared store, by default) the pool's own figure.
+QUOTAS = {
+    "global_pools": {"distributed": {"global_pools": {"anthropic": {"requests_per_minute": 10}}}},
+    "pool_default": {"allocator": {"pools": {"anthropic": {
+        "requests_per_minute": 10, "tokens_per_minute": None}}}},
+}
+
+
 def _orchestrator(tmp_path: Path, name: str, shared: SharedSlices,
-                  starts: list[float]) -> Orchestrator:
+                  starts: list[float], quota: str = "global_pools") -> Orchestrator:
+    extra = QUOTAS[quota]
     config = VibeConfig.model_validate({
         "state_dir": tmp_path / name, "store": "memory", "session_id": name,
         "observe": {"status_interval_s": None, "history": False},
-        "distributed": {"global_pools": {"anthropic": {"requests_per_minute": 10}},
+        **extra,
+        "distributed": {**extra.get("distributed", {}),
                         "orchestrator_id": name, "renew_s": 1.0, "slice_ttl_s": 3.0},
     })
     return build_orchestrator({"busy": Busy}, config=config, provider=Clocked(starts),
                               store=SlicingStore(shared))
 
 
-async def test_global_requests_per_minute_bound_three_orchestrators(tmp_path: Path) -> None:
-    """Three orchestrators under a global 10 requests/minute make at most 10 calls per
-    minute in total since they started (each runs 3 busy tasks of 20 calls), and each one
-    gets calls."""
+@pytest.mark.parametrize("quota", sorted(QUOTAS))
+async def test_global_requests_per_minute_bound_three_orchestrators(
+    tmp_path: Path, quota: str
+) -> None:
+    """R5.4 across processes, #21 scale-out: three orchestrators under a global 10
+    requests/minute make at most 10 calls per minute in total since they started (each
+    runs 3 busy tasks of 20 calls), and each one gets calls -- whether the quota is a
+    ``distributed.global_pools`` entry or only the pool's own ``requests_per_minute``
+    (shared by default on a shared store: no replica multiplies the account's quota)."""
     shared = SharedSlices()
     starts: list[float] = []
-    orchs = [_orchestrator(tmp_path, f"o{i}", shared, starts) for i in range(3)]
+    orchs = [_orchestrator(tmp_path, f"o{i}", shared, starts, quota) for i in range(3)]
     specs = [TaskSpec(id=f"t{j}", agent="busy", prompt="What is it?",
                       budget=Limits(time_s=3600)) for j in range(3)]
     with anyio.move_on_after(300):
@@ -141,3 +158,17 @@ def test_global_pool_needs_a_quota() -> None:
 
     with pytest.raises(ConfigError, match=r"distributed\.global_pools"):
         config_from_dict({"distributed": {"global_pools": {"anthropic": {}}}})
+
+
+async def test_share_pool_quotas_false_keeps_the_pool_per_process(tmp_path: Path) -> None:
+    """R5.4: with ``distributed.share_pool_quotas = false`` a shared store leaves a pool
+    that ``global_pools`` does not name per process (no quota, the configured figure)."""
+    config = VibeConfig.model_validate({
+        "state_dir": tmp_path, "store": "memory", "session_id": "s",
+        **QUOTAS["pool_default"],
+        "distributed": {"share_pool_quotas": False},
+    })
+    orch = build_orchestrator({"busy": Busy}, config=config, provider=ScriptedProvider(),
+                              store=SlicingStore(SharedSlices()))
+    assert orch.quota is None
+    assert orch.allocator.statistics().pools["anthropic"].requests_per_minute == 10

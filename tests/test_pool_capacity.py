@@ -103,8 +103,9 @@ async def test_learned_limits_replace_local_and_cap_the_global_slice(tmp_path: P
     """Limits from response headers lower (never raise) a local pool's configured
     per-minute capacities; for a global pool the allocator gets min(slice, learned), a slice of 0
     closes the pool, and a learned limit below the global capacity lowers the capacity
-    the slices are cut from."""
-    cfg = _config(tmp_path, distributed=GLOBAL, allocator=AllocatorConfig(pools={
+    the slices are cut from.  (``local`` stays per process: ``share_pool_quotas`` off.)"""
+    cfg = _config(tmp_path, distributed={**GLOBAL, "share_pool_quotas": False},
+                  allocator=AllocatorConfig(pools={
         "anthropic": PoolConfig(), "local": PoolConfig(tokens_per_minute=50_000)}))
     alloc = Allocator(cfg.allocator)
     cap = PoolCapacity(alloc, cfg)

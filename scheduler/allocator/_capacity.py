@@ -8,7 +8,9 @@ Up to three things bound a pool's tokens per minute:
   provider enforces them), never raise them — the configured figure is the
   user's cap, and an account allowing 2M tokens a minute does not make a
   configured 50k one 2M;
-* for a *global* pool (``distributed.global_pools`` with a ``redis://`` store),
+* for a *global* pool (on a ``redis://`` store: one named in ``distributed.global_pools``,
+  or, with ``distributed.share_pool_quotas`` (the default), any pool with a rate limit,
+  its own figures then being the global ones),
   this orchestrator's slice of the shared quota, leased through
   :class:`~scheduler.allocator._quota.GlobalQuota`.  The slice replaces the configured
   tokens per minute; with ``requests_per_minute`` set there, requests per minute are
@@ -41,7 +43,7 @@ import socket
 
 from scheduler.allocator._allocator import Allocator
 from scheduler.allocator._quota import GlobalQuota
-from scheduler.config import VibeConfig
+from scheduler.config import GlobalPoolConfig, VibeConfig
 from scheduler.core import Hook, RateLimitInfo, get_logger
 from scheduler.store import Store
 from scheduler.store._ledger import SliceBackend
@@ -73,6 +75,21 @@ def default_orchestrator_id() -> str:
     return f"{host or 'host'}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+def shared_pools(config: VibeConfig) -> dict[str, GlobalPoolConfig]:
+    """The pools whose quotas all orchestrators on a shared store split between them:
+    those ``distributed.global_pools`` names, and with ``share_pool_quotas`` every other
+    pool with a rate limit, at its own figures (concurrency stays per process)."""
+    dist = config.distributed
+    shared: dict[str, GlobalPoolConfig] = {}
+    if dist.share_pool_quotas:
+        for name, pool in config.allocator.pools.items():
+            if pool.tokens_per_minute is not None or pool.requests_per_minute is not None:
+                shared[name] = GlobalPoolConfig(tokens_per_minute=pool.tokens_per_minute,
+                                                requests_per_minute=pool.requests_per_minute)
+    shared.update(dist.global_pools)
+    return shared
+
+
 class PoolCapacity:
     """Keeps the allocator's pool capacities at min(configured/learned, global slice)."""
 
@@ -88,6 +105,8 @@ class PoolCapacity:
         self._learned_rpm: dict[str, int] = {}
         self._applied: dict[str, tuple[int | None, int | None]] = {}
         self.quota: GlobalQuota | None = None
+        #: The pools shared by all orchestrators, once :meth:`global_quota` found a shared store.
+        self._global: dict[str, GlobalPoolConfig] = {}
         #: Called with the pool's name when the allocator got a new capacity for it (a new
         #: slice, a learned limit): ``status.json`` shows it without waiting out a back-off.
         self.on_change: Hook[[str]] = Hook()
@@ -100,15 +119,17 @@ class PoolCapacity:
         (``await task_group.start(quota.run)``) before any task asks for a lease.
         """
         dist = self.config.distributed
-        if not dist.global_pools:
-            return None
         if not isinstance(store, SliceBackend):
-            _log.warning("global_pools_ignored", store=self.config.store,
-                         pools=sorted(dist.global_pools),
-                         reason="global pools need a shared store (store = 'redis://...')")
+            if dist.global_pools:
+                _log.warning("global_pools_ignored", store=self.config.store,
+                             pools=sorted(dist.global_pools),
+                             reason="global pools need a shared store (store = 'redis://...')")
+            return None
+        self._global = shared_pools(self.config)
+        if not self._global:
             return None
         capacities: dict[str, int] = {}
-        for pool, glob in dist.global_pools.items():
+        for pool, glob in self._global.items():
             if glob.tokens_per_minute is not None:
                 self._slices[pool] = 0
                 capacities[pool] = glob.tokens_per_minute
@@ -140,12 +161,12 @@ class PoolCapacity:
             return
         if info.tokens_limit is not None and info.tokens_limit > 0:
             self._learned_tpm[pool] = info.tokens_limit
-            glob = self.config.distributed.global_pools.get(pool)
+            glob = self._global.get(pool)
             if self.quota is not None and glob is not None and glob.tokens_per_minute:
                 self.quota.set_capacity(pool, min(glob.tokens_per_minute, info.tokens_limit))
         if info.requests_limit is not None and info.requests_limit > 0:
             self._learned_rpm[pool] = info.requests_limit
-            glob = self.config.distributed.global_pools.get(pool)
+            glob = self._global.get(pool)
             if self.quota is not None and glob is not None and glob.requests_per_minute:
                 self.quota.set_capacity(rpm_slice(pool),
                                         min(glob.requests_per_minute, info.requests_limit))

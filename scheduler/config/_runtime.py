@@ -137,6 +137,12 @@ class DistributedConfig(FrozenModel):
     #: (ignored unless the store is ``redis://…``; the pool's own ``tokens_per_minute``
     #: is then replaced by the slice).
     global_pools: dict[str, GlobalPoolConfig] = Field(default_factory=dict)
+    #: On a ``redis://`` store, every allocator pool with a ``tokens_per_minute`` or
+    #: ``requests_per_minute`` that ``global_pools`` does not name is shared too, with the
+    #: pool's own figures as the global ones: the provider's quota belongs to the account,
+    #: so N orchestrators must not get N times it.  ``false``: those pools' quotas are
+    #: per process again.
+    share_pool_quotas: bool = True
     #: This orchestrator's name as a slice holder (default ``<host>-<pid>-<random>``);
     #: unique among the orchestrators sharing the namespace.
     orchestrator_id: str | None = Field(default=None, min_length=1,
