@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -99,7 +100,7 @@ class Busy:
 
 #: Two ways to say "10 requests a minute for the account": a global pool, or (on a
 #: shared store, by default) the pool's own figure.
-QUOTAS = {
+QUOTAS: dict[str, dict[str, Any]] = {
     "global_pools": {"distributed": {"global_pools": {"anthropic": {"requests_per_minute": 10}}}},
     "pool_default": {"allocator": {"pools": {"anthropic": {
         "requests_per_minute": 10, "tokens_per_minute": None}}}},
