@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
@@ -235,9 +236,16 @@ def _write(folder: Path, text: str, *, fix_mode: bool = True) -> bool:
 def _readable(doc: dict[str, Any]) -> str:
     """``doc`` as JSON, one top-level key per line (nested objects on their line): the
     C encoder does each value.  ``json.dumps(indent=...)`` takes the pure-Python encoder,
-    about five times slower, run holding the GIL the event loop needs."""
-    lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items())
-    return "{\n" + lines + "\n}\n"
+    about five times slower, run holding the GIL the event loop needs; and a
+    ``json.dumps`` call per key and value costs three times this, on the loop, per task."""
+    return "{\n" + ",\n".join([
+        f"  {_string(k)}: {_string(v) if type(v) is str else _value(v)}"
+        for k, v in doc.items()]) + "\n}\n"
+
+
+#: What ``json.dumps`` does with its default options, without its per-call checks.
+_string = encode_basestring_ascii
+_value = json.JSONEncoder().encode
 
 
 def _day_budget(task_id: str, entry: TaskEntry) -> dict[str, Any]:
