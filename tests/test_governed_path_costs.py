@@ -17,9 +17,11 @@ import structlog
 
 from scheduler import TaskSpec, Usage, VibeConfig
 from scheduler.budget import Tracker, resolve_task
+from scheduler.budget._usage_files import _readable
 from scheduler.core import SystemWallClock
+from scheduler.observe import put_states
 from scheduler.runtime import AgentContext
-from scheduler.store import MemoryStore, session_task_totals, task_key
+from scheduler.store import MemoryStore, SqliteStore, session_task_totals, task_key
 from scheduler.testing import ScriptedProvider
 from tests._helpers import OrchestratorFactory
 
@@ -275,8 +277,14 @@ async def test_r2_6_tasks_ending_together_share_commits_and_file_writes(
     report = await orch.run([TaskSpec(id=t, agent="idle", prompt="x") for t in ids])
     assert {o.status for o in report.outcomes.values()} == {"completed"}
     group = orch.store.group  # type: ignore[attr-defined]  # the SqliteStore's
-    assert group.writes >= 2 * len(ids)  # each task's record at its start and at its end
+    # each task's record at its end is a write of its own; the records of the run's start
+    # (and the history of tasks ending together) are one write each burst
+    assert len(ids) <= group.writes <= 2 * len(ids), group.writes
     assert group.batches <= group.writes / 4, (group.batches, group.writes)
+    await orch.store.open()  # closed by the run: open again to read it
+    records = await orch.store.list_state("task")
+    await orch.store.aclose()
+    assert {r["status"] for r in records.values()} == {"completed"} and len(records) == 40
     for t in ids:
         folder = tmp_path / "tasks" / t
         assert json.loads((folder / "usage.json").read_text())["status"] == "completed"
@@ -383,3 +391,36 @@ async def test_r2_6_slow_flushes_of_usage_json_take_about_a_twentieth_of_the_tim
     with anyio.move_on_after(10):
         await tr.flush_usage()
     assert [round(t - start, 1) for t in tr.started] == [1.0, 5.2, 9.4]
+
+
+@pytest.mark.real_asyncio  # the SQLite store's group commit
+async def test_r2_6_a_burst_of_state_records_is_one_write_and_a_bad_one_fails_alone(
+    tmp_path: Path,
+) -> None:
+    """R2.6: ``put_states`` hands the SQLite store a burst of records at once -- one write
+    of its group commit, one transaction -- and a record JSON cannot hold fails alone,
+    raised after the others were written."""
+    store = SqliteStore(tmp_path / "vibe.db")
+    await store.open()
+    try:
+        records = [(f"k{i}", {"i": i}) for i in range(100)]
+        await put_states(store, "history", records)
+        assert (store.group.batches, store.group.writes) == (1, 1)
+        with pytest.raises(TypeError):
+            await put_states(store, "history", [("bad", {"x": object()}), ("ok", {"i": 1})])
+        stored = await store.list_state("history")
+        assert stored["k99"] == {"i": 99} and stored["ok"] == {"i": 1} and "bad" not in stored
+    finally:
+        await store.aclose()
+
+
+def test_r2_6_usage_json_text_is_json_one_top_level_key_per_line() -> None:
+    """R2.6: ``usage.json`` is readable -- one top-level key per line, nested objects on
+    their key's line -- and is the JSON of its document (strings escaped as ``json``
+    does, floats as ``repr``)."""
+    doc = {"task_id": "t\u00e9/\"1\"", "usage": {"input_tokens": 3, "cost_usd": 0.1},
+           "budget": {}, "note": None, "ok": True, "timestamp": "2026-12-03T13:30:00+00:00"}
+    text = _readable(doc)
+    assert json.loads(text) == doc
+    assert text == "{\n" + ",\n".join(
+        f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items()) + "\n}\n"

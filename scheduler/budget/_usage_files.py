@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,10 @@ from scheduler.core import (
     LocalFileError,
     WallClock,
     get_logger,
+    make_private_dir,
     off_loop,
-    private_dir,
     remove_file,
+    umask_keeps_owner,
     write_private,
 )
 
@@ -89,12 +91,12 @@ class UsageFiles:
         """Write ``<state_dir>/tasks/<task_id>/usage.json`` atomically."""
         if self._state_dir is None:
             return None
-        path = _write(self._state_dir / "tasks" / task_id,
-                      _readable(self.document(task_id, entry)))
+        folder = self._state_dir / "tasks" / task_id
+        _write(folder, _readable(self.document(task_id, entry)))
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         if self._flushing:
             self._inline_during_flush.add(task_id)
-        return path
+        return folder / "usage.json"
 
     async def write_off_loop(self, task_id: str, entry: TaskEntry,
                              beside: Mapping[str, Any] | None = None) -> Path | None:
@@ -198,39 +200,52 @@ _Files = list[tuple[Path, str, Mapping[str, Any] | None]]
 async def _write_all(batch: list[_Files]) -> list[list[Path | Exception] | Exception]:
     """Each file of ``batch`` (one worker-thread hop); a failure fails its own file only."""
     def write_all() -> list[list[Path | Exception] | Exception]:
+        # once per hop: with the umask keeping the owner's bits, the modes given at
+        # creation are the files' modes, and a task's end takes no chmod nor fchmod
+        fix_mode = not umask_keeps_owner()
         out: list[list[Path | Exception] | Exception] = []
         for files in batch:
             done: list[Path | Exception] = []
             for folder, doc, beside in files:
                 try:
-                    done.append(_write(folder, doc))
+                    new = _write(folder, doc, fix_mode=fix_mode)
                 except LocalFileError as exc:
                     done.append(exc)
                     continue
+                done.append(folder / "usage.json")
                 for name, other in (beside or {}).items():
-                    _write_beside(folder / name, other)
+                    if other is not None or not new:  # a new folder has nothing to remove
+                        _write_beside(folder / name, other, fix_mode=fix_mode)
             out.append(done)
         return out
 
     return await off_loop(write_all)
 
 
-def _write(folder: Path, text: str) -> Path:
+def _write(folder: Path, text: str, *, fix_mode: bool = True) -> bool:
+    """Write the folder's ``usage.json``; True when the folder was made for it."""
     path = folder / "usage.json"
     try:
-        private_dir(folder)
-        write_private(path, text)
+        new = make_private_dir(folder, fix_mode=fix_mode)
+        write_private(path, text, fix_mode=fix_mode)
     except OSError as exc:
         raise LocalFileError(path, exc.strerror or str(exc)) from exc
-    return path
+    return new
 
 
 def _readable(doc: dict[str, Any]) -> str:
     """``doc`` as JSON, one top-level key per line (nested objects on their line): the
     C encoder does each value.  ``json.dumps(indent=...)`` takes the pure-Python encoder,
-    about five times slower, run holding the GIL the event loop needs."""
-    lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items())
-    return "{\n" + lines + "\n}\n"
+    about five times slower, run holding the GIL the event loop needs; and a
+    ``json.dumps`` call per key and value costs three times this, on the loop, per task."""
+    return "{\n" + ",\n".join([
+        f"  {_string(k)}: {_string(v) if type(v) is str else _value(v)}"
+        for k, v in doc.items()]) + "\n}\n"
+
+
+#: What ``json.dumps`` does with its default options, without its per-call checks.
+_string = encode_basestring_ascii
+_value = json.JSONEncoder().encode
 
 
 def _day_budget(task_id: str, entry: TaskEntry) -> dict[str, Any]:
@@ -242,11 +257,11 @@ def _day_budget(task_id: str, entry: TaskEntry) -> dict[str, Any]:
                            "budget": day.limits.model_dump(mode="json", exclude_none=True)}}
 
 
-def _write_beside(path: Path, doc: Any) -> None:
+def _write_beside(path: Path, doc: Any, *, fix_mode: bool = True) -> None:
     try:
         if doc is None:
             remove_file(path)
         else:
-            write_private(path, json.dumps(doc, indent=2))
+            write_private(path, json.dumps(doc, indent=2), fix_mode=fix_mode)
     except OSError as exc:  # what it holds is in the store; the file is a convenience
         _log.warning("task_file_failed", path=str(path), error=str(exc))

@@ -35,10 +35,12 @@ from scheduler.core._errors import VibeEngineError as VibeEngineError
 from scheduler.core._errors import WouldBlockError as WouldBlockError
 from scheduler.core._events import Event as Event
 from scheduler.core._events import EventBus as EventBus
+from scheduler.core._files import make_private_dir as make_private_dir
 from scheduler.core._files import open_private as open_private
 from scheduler.core._files import private_dir as private_dir
 from scheduler.core._files import private_file as private_file
 from scheduler.core._files import remove_file as remove_file
+from scheduler.core._files import umask_keeps_owner as umask_keeps_owner
 from scheduler.core._files import write_private as write_private
 from scheduler.core._group import GroupCommit as GroupCommit
 from scheduler.core._hooks import AsyncHook as AsyncHook
@@ -116,6 +118,7 @@ __all__ = [
     "cost_usd",
     "get_logger",
     "loop_time",
+    "make_private_dir",
     "off_loop",
     "on_asyncio",
     "open_private",
@@ -124,6 +127,7 @@ __all__ = [
     "remove_file",
     "resolve_object",
     "thinking_budget",
+    "umask_keeps_owner",
     "write_private",
 ]
 

@@ -19,8 +19,31 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 
-def private_dir(path: Path) -> Path:
-    """``mkdir -p path``; the folders it creates are ``0700`` (existing ones are kept)."""
+def umask_keeps_owner() -> bool:
+    """Whether the process's umask leaves the owner's bits alone, so that a file created
+    ``0600`` (a folder ``0700``) gets exactly that mode and needs no ``chmod``.  Read from
+    ``/proc/self/status`` (``os.umask`` can only be read by setting it, which would race
+    with other threads creating files); ``False`` where it cannot be read."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8) & PRIVATE_DIR == 0
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def private_dir(path: Path, *, fix_mode: bool = True) -> Path:
+    """``mkdir -p path``; the folders it creates are ``0700`` (existing ones are kept).
+    ``fix_mode=False``: the caller knows the umask keeps the owner's bits
+    (:func:`umask_keeps_owner`), so the mode given to ``mkdir`` is the folder's."""
+    make_private_dir(path, fix_mode=fix_mode)
+    return path
+
+
+def make_private_dir(path: Path, *, fix_mode: bool = True) -> bool:
+    """:func:`private_dir`; True when ``path`` itself was created (it holds nothing yet)."""
     # mkdir first, look later: a task's end creates thousands of folders, and each
     # system call here is one more wait for the GIL in the worker thread that writes them
     try:
@@ -28,19 +51,20 @@ def private_dir(path: Path) -> Path:
     except FileExistsError:
         if not os.path.isdir(path):
             raise
-        return path
+        return False
     except FileNotFoundError:
         if path.parent == path:
             raise
-        private_dir(path.parent)
+        make_private_dir(path.parent, fix_mode=fix_mode)
         try:
             os.mkdir(path, PRIVATE_DIR)
         except FileExistsError:  # made meanwhile by another writer
             if not os.path.isdir(path):
                 raise
-            return path
-    os.chmod(path, PRIVATE_DIR)  # the umask may have taken bits away
-    return path
+            return False
+    if fix_mode:
+        os.chmod(path, PRIVATE_DIR)  # the umask may have taken bits away
+    return True
 
 
 def private_file(path: Path) -> Path:
@@ -65,16 +89,24 @@ def open_private(path: Path, *, append: bool = False) -> IO[str]:
         raise
 
 
-def write_private(path: Path, text: str) -> Path:
-    """Replace ``path`` atomically with ``text``, ``0600`` (a reader never sees half)."""
+def write_private(path: Path, text: str, *, fix_mode: bool = True) -> Path:
+    """Replace ``path`` atomically with ``text``, ``0600`` (a reader never sees half).
+    ``fix_mode=False``: as for :func:`private_dir`, no ``fchmod``."""
     # one temporary name per thread: two writers of one file (worker threads) never share it
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     data = text.encode("utf-8")
     # a bare descriptor, not a text file object: that one adds an fstat, an lseek and an
-    # isatty per file, for a single write
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    # isatty per file, for a single write.  O_EXCL: a file made now has the mode asked
+    # for (less the umask), never the mode of a temporary file a killed process left
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
-        os.fchmod(fd, PRIVATE_FILE)
+        fd = os.open(tmp, flags, PRIVATE_FILE)
+    except FileExistsError:
+        remove_file(tmp)
+        fd = os.open(tmp, flags, PRIVATE_FILE)
+    try:
+        if fix_mode:
+            os.fchmod(fd, PRIVATE_FILE)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]

@@ -68,9 +68,15 @@ async def put_states(store: Store, kind: str, records: Sequence[tuple[str, dict[
                      *, width: int = PUT_WIDTH) -> None:
     """``store.put_state(kind, key, value)`` for each record, ``width`` at a time: the
     store commits writes that wait together in one transaction, so a burst of records
-    costs a few commits.  The first failure is raised (as itself) once all were tried."""
+    costs a few commits.  The first failure is raised (as itself) once all were tried.
+    A store with a ``put_states(kind, records)`` of its own (the SQLite store) is handed
+    them all at once."""
     if len(records) == 1:
         await store.put_state(kind, *records[0])
+        return
+    bulk = getattr(store, "put_states", None)  # a store that writes them all at once
+    if bulk is not None:
+        await bulk(kind, records)
         return
     todo = iter(records)
     errors: list[Exception] = []

@@ -47,6 +47,8 @@ LOCK_NAME = "orchestrator.lock"
 def encode_result(task_id: str, result: Any) -> Any:
     """``result`` as the JSON value stored with the task; :class:`ResultError` when it is
     not JSON-serialisable or larger than :data:`MAX_RESULT_BYTES`."""
+    if result is None:  # most agents return nothing: no encoding round trip per task
+        return None
     try:
         text = json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -282,6 +282,24 @@ class SqliteStore:
         # encoded here: a value JSON cannot hold fails its caller only (and once is enough)
         text = json.dumps(value, sort_keys=True)
         await self.group.submit((SpooledState(kind, key, value, text),))
+
+    async def put_states(self, kind: str, records: Sequence[tuple[str, dict[str, Any]]]
+                         ) -> None:
+        """:meth:`put_state` of each record, in one write of the group commit (one
+        transaction: all or none): a burst of records -- a run's tasks at its start, the
+        events of tasks ending together -- without a waiting caller per record.  A value
+        JSON cannot hold fails alone, raised once the others are written."""
+        entries: list[Entry] = []
+        error: Exception | None = None
+        for key, value in records:
+            try:
+                entries.append(SpooledState(kind, key, value, json.dumps(value, sort_keys=True)))
+            except (TypeError, ValueError) as exc:
+                error = error or exc
+        if entries:
+            await self.group.submit(tuple(entries))
+        if error is not None:
+            raise error
 
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
         spooled = self._spooled_state(kind)
