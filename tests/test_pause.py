@@ -11,6 +11,7 @@ import pytest
 from scheduler.control import Decision, PauseController
 from scheduler.control._decision import submit_to_store
 from scheduler.core import DecisionError
+from scheduler.store import MemoryStore
 from scheduler.testing import run_virtual
 from tests._alerts_helpers import Harness, open_harness, profile, sqlite_store
 
@@ -349,3 +350,41 @@ async def test_r3_4_controller_without_store_records_is_empty() -> None:
         return len(c2.paused_tasks())
 
     assert await main() == 0
+
+
+class _SlowDecisionWrites(MemoryStore):
+    """A store whose write of a decision is visible at once but returns only after
+    ``delay_s`` (a group commit under load): a waiter's poll can read it first."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        await super().put_state(kind, key, value)
+        if kind == "decision":
+            await anyio.sleep(self.delay_s)
+
+
+async def test_r3_4_a_decision_a_waiter_applied_from_the_store_is_accepted() -> None:
+    """R3.4: ``decide`` stores its decision; the waiting task's store poll reads and applies
+    it before that write returns.  The decision is accepted (not refused as already
+    applied) and applied once, with its budget added."""
+    store = _SlowDecisionWrites(delay_s=5.0)
+    h = await open_harness(store=store, tasks={"t": profile(tokens=1000)}, poll_s=1.0)
+    await _exceed(h)
+    answers: list[dict[str, Any]] = []
+
+    async def person() -> None:
+        await anyio.sleep(0.5)
+        answers.append(await h.controller.decide("t", "add_budget", tokens=3000, source="cli"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(person)
+        with anyio.fail_after(30):
+            decision = await h.controller.wait_decision("t")
+    assert decision.action == "add_budget" and decision.source == "cli"
+    assert answers == [{"accepted": True, "action": "add_budget"}]
+    assert h.controller.statistics().decisions_applied == 1
+    assert not h.controller.is_paused("t")
+    assert await store.get_state("decision", h.controller._key("t")) is None

@@ -417,6 +417,8 @@ class PauseController:
         finally:
             del self._claims[task_id]
         if pause is not None and self._pauses.get(task_id) is not pause:
+            if self._last.get(task_id) == decision:
+                return  # a waiter's store poll read this decision and applied it
             # the pause ended while the decision was stored (the decision timeout)
             await self.store.delete_state("decision", self._key(task_id))
             raise already_decided(task_id, self._last[task_id], applied=True)
