@@ -42,14 +42,18 @@ the real ``anthropic`` SDK against a minimal Messages server in a subprocess
 
 Timings are medians of ``--repeat`` runs (3; ``--quick``: 1 at N = 200 and 1,000);
 the tuned collector's pairs of runs follow the default's, and the collector is set
-back (unfrozen, default thresholds) before the next size.
+back (unfrozen, default thresholds) before the next size.  Each run's state directory
+is kept until the benchmark ends (see ``_run_dir``): deleting one run's task folders
+made the file system slower for the next run on this project's VMs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import gc
+import shutil
 import statistics
 import tempfile
 import time
@@ -113,20 +117,33 @@ LAST_CPU_S = [0.0]
 LAST_LOOP_CPU_S = [0.0]
 
 
+_SCRATCH: list[Path] = []
+
+
+def _run_dir() -> Path:
+    """A fresh directory for one run, removed when the benchmark ends, not when the run
+    does: on an ext4 without a journal (this project's VMs), creating files soon after
+    many were deleted makes the kernel step over every recently freed inode, so deleting
+    one run's thousands of task folders would be charged to the next run's tasks."""
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="vibe-bench-")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return Path(tempfile.mkdtemp(dir=_SCRATCH[0]))
+
+
 async def _orchestrated(n: int, agent: type[CallingAgent]) -> float:
     """Seconds for ``Orchestrator.run`` of n tasks (building and cleanup excluded)."""
-    with tempfile.TemporaryDirectory(prefix="vibe-bench-") as tmp:
-        orch = Orchestrator(bench_config(Path(tmp), n), provider=InstantProvider(),
-                            agents={"bench": agent})
-        cpu, loop_cpu, start = time.process_time(), time.thread_time(), default_timer()
-        report = await orch.run()
-        elapsed = default_timer() - start
-        LAST_CPU_S[0] = time.process_time() - cpu
-        LAST_LOOP_CPU_S[0] = time.thread_time() - loop_cpu
-        bad = [o for o in report.outcomes.values() if o.status != "completed"]
-        if bad:
-            raise RuntimeError(f"{len(bad)} tasks did not complete: {bad[0].reason}")
-        return elapsed
+    orch = Orchestrator(bench_config(_run_dir(), n), provider=InstantProvider(),
+                        agents={"bench": agent})
+    cpu, loop_cpu, start = time.process_time(), time.thread_time(), default_timer()
+    report = await orch.run()
+    elapsed = default_timer() - start
+    LAST_CPU_S[0] = time.process_time() - cpu
+    LAST_LOOP_CPU_S[0] = time.thread_time() - loop_cpu
+    bad = [o for o in report.outcomes.values() if o.status != "completed"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} tasks did not complete: {bad[0].reason}")
+    return elapsed
 
 
 async def _bare(n: int, calls: int) -> float:
@@ -150,13 +167,13 @@ async def _bare(n: int, calls: int) -> float:
 
 def _files(n: int) -> tuple[float, float]:
     """(wall, CPU) seconds of n tasks' end-of-task files, written in line: the disk's part."""
-    with tempfile.TemporaryDirectory(prefix="vibe-bench-") as tmp:
-        cpu, start = time.process_time(), default_timer()
-        for i in range(n):
-            folder = private_dir(Path(tmp) / "tasks" / f"t{i}")
-            write_private(folder / "usage.json", '{"usage": {}}')
-            write_private(folder / "result.json", '{"result": null}')
-        return default_timer() - start, time.process_time() - cpu
+    tmp = _run_dir()
+    cpu, start = time.process_time(), default_timer()
+    for i in range(n):
+        folder = private_dir(tmp / "tasks" / f"t{i}")
+        write_private(folder / "usage.json", '{"usage": {}}')
+        write_private(folder / "result.json", '{"result": null}')
+    return default_timer() - start, time.process_time() - cpu
 
 
 def _run(fn: Callable[[], Awaitable[float]]) -> float:
