@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from policies.replan import BreakDown
+from scheduler.config import VibeConfig
 from scheduler.core import (
     CompletionRequest,
     Message,
@@ -79,18 +80,23 @@ def output_limits(task: TaskHandle, max_tokens: int, opts: Mapping[str, Any]) ->
 
 
 def attempt_request(
-    model_id: str, task: TaskHandle, route: Route, messages: Sequence[Message], system: str,
-    context: str, tools: Sequence[Mapping[str, Any]], call: Call,
+    config: VibeConfig, task: TaskHandle, route: Route, messages: Sequence[Message],
+    system: str, context: str, tools: Sequence[Mapping[str, Any]], call: Call,
 ) -> CompletionRequest:
-    """The provider request of one attempt of ``call`` on ``route`` (``model_id``: its
-    model's API id)."""
+    """The provider request of one attempt of ``call`` on ``route``."""
     return CompletionRequest(
-        model=route.model, model_id=model_id,
+        model=route.model, model_id=config.model_spec(route.model).model_id,
         messages=messages, system=(system + ("\n\n" + context if context else "")),
         tools=tools, max_tokens=call.max_tokens, stream=call.stream, task_id=task.id,
         hints=call.hints, options=call.options, on_text=call.on_text,
         passthrough=call.passthrough,
     )
+
+
+class Checkpoints(Protocol):
+    """What saves a checkpoint its task was asked for (an agent's context)."""
+
+    async def checkpoint_if_requested(self) -> bool: ...
 
 
 class SharedTexts:

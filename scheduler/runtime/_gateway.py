@@ -54,6 +54,7 @@ from scheduler.runtime._call import (
     NO_HINTS,
     BreakDownRequested,
     Call,
+    Checkpoints,
     Route,
     SharedTexts,
     attempt_request,
@@ -151,13 +152,14 @@ class Gateway:
         options: Mapping[str, Any] | None = None,
         on_text: TextSink | None = None,
         passthrough: Passthrough | None = None,
+        checkpoint: Checkpoints | None = None,
     ) -> Completion:
         """One model call; ``options`` are Messages API options passed through
         (``temperature``, ``tool_choice``, ``thinking`` …, see ``REQUEST_OPTIONS``);
         ``on_text`` receives a streamed answer's text as it arrives; ``passthrough``
-        forwards a client's request as it is (``serve``), governed like any call."""
-        # steps 1-2 in a frame of their own, gone before the call waits for its lease
-        call, route, need, info = await self._prepare(
+        forwards a client's request as it is (``serve``), governed like any call;
+        ``checkpoint`` (an agent's context) saves a checkpoint asked for, after the answer."""
+        call, route, need, info = await self._prepare(  # a frame gone before the lease wait
             task, messages, system, context, tools, max_tokens, model, stream, hints,
             options, on_text, passthrough)
         try:  # the first try in line: a call waiting for its lease holds no fallback frame
@@ -170,6 +172,8 @@ class Gateway:
         if model is None and passthrough is None:  # R4.3 corrections apply to routed
             # calls only, and not to forwarded ones: their answer reached the client already
             completion = await self._corrected(call, route, completion, hints, need, info)
+        if checkpoint is not None:
+            await checkpoint.checkpoint_if_requested()
         return completion
 
     async def _prepare(
@@ -288,9 +292,8 @@ class Gateway:
         """One attempt on ``route``: estimate → admit → lease → call → settle → signal."""
         est = self.counter.calibrated(route.model, call.raw_tokens)
         if self.config.provider.count_tokens == "api":
-            model_id = self.config.model_spec(route.model).model_id
             est = await self.count_api(attempt_request(
-                model_id, task, route, messages, system, context, tools, call), est)
+                self.config, task, route, messages, system, context, tools, call), est)
         cost = self.estimated_cost(route.model, est.calibrated, call.out)
         reservation = await self.admission.admit(
             task, route.model, est.calibrated + call.out, cost,
@@ -301,8 +304,8 @@ class Gateway:
             await self.tracker.open_call(reservation, prompt_tokens=est.calibrated,
                                          output_tokens=call.out)  # durable before the call
             # made once leased: a call waiting for its turn holds no request
-            request = attempt_request(self.config.model_spec(route.model).model_id, task, route,
-                                      messages, system, context, tools, call)
+            request = attempt_request(self.config, task, route, messages, system, context, tools,
+                                      call)
             started = self._clock()
             try:
                 with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
