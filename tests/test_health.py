@@ -45,6 +45,21 @@ class Pinger:
 # -- R6.3 monitoring -------------------------------------------------------------------
 
 
+def test_r6_3_a_long_run_keeps_the_calls_of_the_last_interval_in_order() -> None:
+    """R6.3: over many calls the statistics read the latest ``window`` calls and the error
+    rate the calls of the last ``interval_s`` (60 s), the older ones dropped in order."""
+    clock = ManualClock()
+    h, _ = monitor(clock)
+    for i in range(1000):
+        clock.now = float(i)
+        h.record_call("sonnet", i % 4 != 0, i / 100, None if i % 4 else "error")
+    s = h.statistics().models["sonnet"]
+    assert (s.calls, s.errors) == (1000, 250)
+    assert s.success_rate == pytest.approx(15 / 20)  # calls 980-999: 5 failed
+    assert s.mean_latency_s == pytest.approx(sum(range(980, 1000)) / 100 / 20)
+    assert h.recent_error_rate("sonnet") == pytest.approx(15 / 61)  # t >= 939: 61 calls
+
+
 def test_r6_3_per_model_success_retry_latency_error_satisfaction() -> None:
     """R6.3: success rate, retry rate, latency, error rate and satisfaction per model."""
     h, _ = monitor(ManualClock())

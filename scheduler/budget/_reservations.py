@@ -102,7 +102,7 @@ class Reservations:
             s.reserved_tokens += tokens
             s.reserved_cost += cost_usd
             s.reserved_by_model[model] = s.reserved_by_model.get(model, 0) + tokens
-        return Reservation(task_id, model, tokens, cost_usd, tuple(s.name for s in scopes),
+        return Reservation(task_id, model, tokens, cost_usd, self._scopes.names(task_id, scopes),
                            held=scopes)
 
     async def reserve_shared(

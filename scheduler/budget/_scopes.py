@@ -145,6 +145,11 @@ class TaskEntry:
     day_root: str | None = None
     #: Today's per-day scope when this task is its own ``day_root`` (its file shows it).
     day_scope: ScopeState | None = None
+    #: A task with neither parent nor per-day scope: its scopes as of ``held[-1]``'s day,
+    #: and their names -- one pair per task, not per call (every call waiting for a
+    #: lease holds its reservation's).
+    held: tuple[ScopeState, ...] | None = field(default=None, repr=False)
+    held_names: tuple[str, ...] = field(default=(), repr=False)
 
 
 class Scopes:
@@ -276,6 +281,12 @@ class Scopes:
         entry = self.tasks.get(task_id)
         if entry is None:
             return (self.task(task_id), self.session, self.day())  # raises: not started
+        if entry.parent is None and entry.day_root is None:
+            today, held = self.day(), entry.held
+            if held is None or held[-1] is not today:
+                held = entry.held = (entry.scope, self.session, today)
+                entry.held_names = tuple(s.name for s in held)
+            return held
         own: tuple[ScopeState, ...] = (entry.scope,)
         if entry.parent is not None:
             own = (entry.scope, self.task(entry.parent))
@@ -284,6 +295,13 @@ class Scopes:
             assert day is not None
             own = (*own, day)
         return (*own, self.session, self.day())
+
+    def names(self, task_id: str, scopes: tuple[ScopeState, ...]) -> tuple[str, ...]:
+        """The names of ``scopes`` (what :meth:`of_task` returned for ``task_id``)."""
+        entry = self.tasks.get(task_id)
+        if entry is not None and entry.held is scopes:
+            return entry.held_names
+        return tuple(s.name for s in scopes)
 
     def named(self, task_id: str, name: str) -> ScopeState:
         """The scope ``name`` of ``task_id`` (one of the names a reservation holds)."""

@@ -113,11 +113,19 @@ class Admission:
 
         _decided(task, await self.controller.wait_if_paused(task.id, release=release))
 
-    async def lease(self, task: TaskHandle, tokens: int, reservation: Reservation) -> Lease:
+    def lease(self, task: TaskHandle, tokens: int, reservation: Reservation) -> Awaitable[Lease]:
         """The provider lease; a shared budget hold (Redis) is kept alive while it waits, so
-        a long queue cannot let the hold lapse and the budget be spent twice."""
+        a long queue cannot let the hold lapse and the budget be spent twice.
+
+        Without a shared hold, the allocator's wait itself: a call waiting for its turn
+        holds no frame of this step (thousands of them may wait)."""
         if reservation.hold is None or reservation.hold.local:
-            return await self.allocator.acquire(task.id, tokens=tokens)
+            return self.allocator.acquire(task.id, tokens=tokens)
+        return self._lease_holding(task, tokens, reservation)
+
+    async def _lease_holding(self, task: TaskHandle, tokens: int,
+                             reservation: Reservation) -> Lease:
+        """The lease of a call whose shared budget hold is renewed while it waits."""
         try:
             return self.allocator.acquire_nowait(task.id, tokens=tokens)
         except WouldBlockError:

@@ -6,10 +6,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from policies.replan import BreakDown
-from scheduler.core import Message, Passthrough, TextSink, VibeEngineError
+from scheduler.config import VibeConfig
+from scheduler.core import (
+    CompletionRequest,
+    Message,
+    Passthrough,
+    TextSink,
+    VibeEngineError,
+    thinking_budget,
+)
 from scheduler.tasks import TaskHandle
 
 
@@ -58,3 +66,58 @@ class Call:
     tools: Sequence[Mapping[str, Any]]
     #: the prompt's raw token count (counted once; each attempt calibrates it per model)
     raw_tokens: int
+
+
+def output_limits(task: TaskHandle, max_tokens: int, opts: Mapping[str, Any]) -> (
+    tuple[int, int]
+):
+    """The call's ``max_tokens`` (a broken-down part's limited scope, R6.2) and its output
+    reservation: ``max_tokens``, or a thinking budget above it."""
+    part_limit = task.spec.params.get("max_output_tokens")
+    if part_limit:
+        max_tokens = min(max_tokens, int(part_limit))
+    return max_tokens, max(max_tokens, thinking_budget(opts))
+
+
+def attempt_request(
+    config: VibeConfig, task: TaskHandle, route: Route, messages: Sequence[Message],
+    system: str, context: str, tools: Sequence[Mapping[str, Any]], call: Call,
+) -> CompletionRequest:
+    """The provider request of one attempt of ``call`` on ``route``."""
+    return CompletionRequest(
+        model=route.model, model_id=config.model_spec(route.model).model_id,
+        messages=messages, system=(system + ("\n\n" + context if context else "")),
+        tools=tools, max_tokens=call.max_tokens, stream=call.stream, task_id=task.id,
+        hints=call.hints, options=call.options, on_text=call.on_text,
+        passthrough=call.passthrough,
+    )
+
+
+class Checkpoints(Protocol):
+    """What saves a checkpoint its task was asked for (an agent's context)."""
+
+    async def checkpoint_if_requested(self) -> bool: ...
+
+
+class SharedTexts:
+    """One copy of each text (a routing reason): the calls routed alike, most of a run's,
+    share it rather than each waiting call holding its own (~200 B).  Bounded: when the
+    texts keep differing (learned scores), the table starts again."""
+
+    __slots__ = ("_texts",)
+
+    #: How many distinct texts are kept.
+    KEPT = 256
+
+    def __init__(self) -> None:
+        self._texts: dict[str, str] = {}
+
+    def shared(self, text: str) -> str:
+        """The kept copy of ``text`` (``text`` itself, kept, the first time)."""
+        texts = self._texts
+        kept = texts.get(text)
+        if kept is None:
+            if len(texts) >= self.KEPT:
+                texts.clear()
+            kept = texts[text] = text
+        return kept

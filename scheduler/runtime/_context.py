@@ -8,7 +8,7 @@ result; ``ctx.checkpoint`` saves progress durably.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -64,7 +64,7 @@ class LlmClient:
         self._task = task
         self._ctx = ctx
 
-    async def complete(
+    def complete(
         self,
         messages: Sequence[Message],
         *,
@@ -77,19 +77,19 @@ class LlmClient:
         hints: Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
         on_text: TextSink | None = None,
-    ) -> Completion:
-        """A model call through the gateway.  ``messages`` may hold any content blocks;
-        ``options`` pass Messages API options through (``temperature``, ``tool_choice``,
-        ``thinking`` …; an unknown one is an error); with ``stream=True``, ``on_text``
-        receives the answer's text as it arrives."""
-        reply = await self._gateway.complete(
+    ) -> Coroutine[Any, Any, Completion]:
+        """A model call through the gateway (await it).  ``messages`` may hold any content
+        blocks; ``options`` pass Messages API options through (``temperature``,
+        ``tool_choice``, ``thinking`` …; an unknown one is an error); with ``stream=True``,
+        ``on_text`` receives the answer's text as it arrives.  After the answer, a
+        checkpoint the task was asked for is saved (R3).
+
+        The gateway's own coroutine: an agent waiting for its turn holds no frame here."""
+        return self._gateway.complete(
             self._task, messages, system=system, context=context, tools=tools,
             max_tokens=max_tokens, model=model, stream=stream, hints=hints,
-            options=options, on_text=on_text,
+            options=options, on_text=on_text, checkpoint=self._ctx,
         )
-        if self._ctx is not None:
-            await self._ctx.checkpoint_if_requested()
-        return reply
 
 
 class FileOps:

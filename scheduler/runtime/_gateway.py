@@ -46,12 +46,20 @@ from scheduler.core import (
     check_options,
     cost_usd,
     loop_time,
-    thinking_budget,
 )
 from scheduler.routing import Replanner, Router, task_info
 from scheduler.routing._health import error_kind_of
 from scheduler.runtime._admission import Admission
-from scheduler.runtime._call import NO_HINTS, BreakDownRequested, Call, Route
+from scheduler.runtime._call import (
+    NO_HINTS,
+    BreakDownRequested,
+    Call,
+    Checkpoints,
+    Route,
+    SharedTexts,
+    attempt_request,
+    output_limits,
+)
 from scheduler.runtime._quality import QualityScorer
 from scheduler.runtime._requests import check_request
 from scheduler.tasks import TaskHandle
@@ -106,6 +114,8 @@ class Gateway:
         #: Called with every settled model call's usage event (observers, metrics).
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
         self._clock = clock
+        #: One copy of each routing reason text, for the calls routed alike.
+        self._reasons = SharedTexts()
         #: The attempt and lease steps as called; :meth:`instrument` wraps them.
         self._attempt: AttemptFn = self._complete_on
         self._lease: LeaseFn = self.admission.lease
@@ -142,11 +152,38 @@ class Gateway:
         options: Mapping[str, Any] | None = None,
         on_text: TextSink | None = None,
         passthrough: Passthrough | None = None,
+        checkpoint: Checkpoints | None = None,
     ) -> Completion:
         """One model call; ``options`` are Messages API options passed through
         (``temperature``, ``tool_choice``, ``thinking`` …, see ``REQUEST_OPTIONS``);
         ``on_text`` receives a streamed answer's text as it arrives; ``passthrough``
-        forwards a client's request as it is (``serve``), governed like any call."""
+        forwards a client's request as it is (``serve``), governed like any call;
+        ``checkpoint`` (an agent's context) saves a checkpoint asked for, after the answer."""
+        call, route, need, info = await self._prepare(  # a frame gone before the lease wait
+            task, messages, system, context, tools, max_tokens, model, stream, hints,
+            options, on_text, passthrough)
+        try:  # the first try in line: a call waiting for its lease holds no fallback frame
+            completion = await self._on(route, call)
+        except (OverloadedError, ProviderTimeoutError) as exc:
+            if not (model is None or self.config.routing.explicit_model_fallback
+                    or call.hints.get("allow_fallback")):
+                raise
+            route, completion = await self._with_fallbacks(call, route, need, exc)
+        if model is None and passthrough is None:  # R4.3 corrections apply to routed
+            # calls only, and not to forwarded ones: their answer reached the client already
+            completion = await self._corrected(call, route, completion, hints, need, info)
+        if checkpoint is not None:
+            await checkpoint.checkpoint_if_requested()
+        return completion
+
+    async def _prepare(
+        self, task: TaskHandle, messages: Sequence[Message], system: str, context: str,
+        tools: Sequence[Mapping[str, Any]], max_tokens: int, model: str | None, stream: bool,
+        hints: Mapping[str, Any] | None, options: Mapping[str, Any] | None,
+        on_text: TextSink | None, passthrough: Passthrough | None,
+    ) -> tuple[Call, Route, int, TaskInfo | None]:
+        """Check the request, replan (R6.2/R6.7), estimate and route: the call, its route,
+        the tokens it needs on the strongest tier and routing's view of the task."""
         check_request(messages, system=system, context=context, tools=tools,
                       max_tokens=max_tokens, model=model, hints=hints,
                       models=list(self.config.models))
@@ -163,28 +200,16 @@ class Gateway:
                 allow_break_down=not task.split_from and passthrough is None)
             if split is not None:
                 raise BreakDownRequested(task.id, split)
-        max_tokens, out = _output_limits(task, max_tokens, opts)
+        max_tokens, out = output_limits(task, max_tokens, opts)
         raw = self.counter.count_prompt(messages, system=system, context=context, tools=tools)
         need = out + self.counter.calibrated(self.router.catalog.strongest, raw).calibrated
         call = Call(max_tokens, out, stream, dict(hints) if hints else NO_HINTS, opts, on_text,
-                     passthrough, task, messages, system, context, tools, raw)
-        explicit = model is not None
-        may_fall_back = not explicit or self.config.routing.explicit_model_fallback or bool(
-            (hints or {}).get("allow_fallback"))
+                    passthrough, task, messages, system, context, tools, raw)
         # nothing was charged since the replanner's last reading (no wait in between), and
         # what routing knows of the task stays as it is for the whole call
         info = task_info(task, hints) if model is None else None
         route = self.route(task, model, hints, need, used[-1] if used else None, info)
-        try:  # the first try in line: a call waiting for its lease holds no fallback frame
-            completion = await self._on(route, call)
-        except (OverloadedError, ProviderTimeoutError) as exc:
-            if not may_fall_back:
-                raise
-            route, completion = await self._with_fallbacks(call, route, need, exc)
-        if model is None and passthrough is None:  # R4.3 corrections apply to routed
-            # calls only, and not to forwarded ones: their answer reached the client already
-            completion = await self._corrected(call, route, completion, hints, need, info)
-        return completion
+        return call, route, need, info
 
     def _on(self, route: Route, call: Call) -> Awaitable[Completion]:
         """One attempt of ``call`` on ``route`` (the awaitable itself: no frame of its own)."""
@@ -265,14 +290,10 @@ class Gateway:
         context: str, tools: Sequence[Mapping[str, Any]], call: Call,
     ) -> Completion:
         """One attempt on ``route``: estimate → admit → lease → call → settle → signal."""
-        request = CompletionRequest(
-            model=route.model, model_id=self.config.model_spec(route.model).model_id,
-            messages=messages, system=(system + ("\n\n" + context if context else "")),
-            tools=tools, max_tokens=call.max_tokens, stream=call.stream, task_id=task.id,
-            hints=call.hints, options=call.options, on_text=call.on_text,
-            passthrough=call.passthrough,
-        )
-        est = await self.count_api(request, self.counter.calibrated(route.model, call.raw_tokens))
+        est = self.counter.calibrated(route.model, call.raw_tokens)
+        if self.config.provider.count_tokens == "api":
+            est = await self.count_api(attempt_request(
+                self.config, task, route, messages, system, context, tools, call), est)
         cost = self.estimated_cost(route.model, est.calibrated, call.out)
         reservation = await self.admission.admit(
             task, route.model, est.calibrated + call.out, cost,
@@ -282,6 +303,9 @@ class Gateway:
             lease = await self._lease(task, est.calibrated + call.out, reservation)
             await self.tracker.open_call(reservation, prompt_tokens=est.calibrated,
                                          output_tokens=call.out)  # durable before the call
+            # made once leased: a call waiting for its turn holds no request
+            request = attempt_request(self.config, task, route, messages, system, context, tools,
+                                      call)
             started = self._clock()
             try:
                 with self.admission.in_call(lease, reservation):  # renewed (R5.4)
@@ -331,7 +355,7 @@ class Gateway:
         if cheaper is not None:
             model, reason = cheaper
             reason = f"{decision.reason} {reason}"
-        return Route(model, reason, decision.fallback)
+        return Route(model, self._reasons.shared(reason), decision.fallback)
 
     def _cheaper(
         self, task: TaskHandle, model: str, over: frozenset[str], downgraded: bool
@@ -474,14 +498,3 @@ class Gateway:
             model=model, model_id=self.config.model_spec(model).model_id,
             messages=[{"role": "user", "content": "ping"}], max_tokens=1, task_id="health-check",
         ))
-
-
-def _output_limits(task: TaskHandle, max_tokens: int, opts: Mapping[str, Any]) -> (
-    tuple[int, int]
-):
-    """The call's ``max_tokens`` (a broken-down part's limited scope, R6.2) and its output
-    reservation: ``max_tokens``, or a thinking budget above it."""
-    part_limit = task.spec.params.get("max_output_tokens")
-    if part_limit:
-        max_tokens = min(max_tokens, int(part_limit))
-    return max_tokens, max(max_tokens, thinking_budget(opts))
