@@ -127,13 +127,15 @@ class SseUsage:
         self.message_id = ""
 
     def feed(self, chunk: bytes) -> None:
-        self._buf += chunk
-        while True:
-            end = self._buf.find(b"\n\n")
-            if end < 0:
-                return
-            block, self._buf = self._buf[:end], self._buf[end + 2:]
-            self._event(block.replace(b"\r\n", b"\n"))
+        buf = self._buf + chunk if self._buf else chunk
+        start = 0  # the events are found in place; only what is left over is copied
+        while (end := buf.find(b"\n\n", start)) >= 0:
+            # only message_start and message_delta carry usage: the many other events (a
+            # content_block_delta per few tokens) are only relayed, never split into lines
+            if buf.find(b"message_", start, end) >= 0:
+                self._event(buf[start:end].replace(b"\r\n", b"\n"))
+            start = end + 2
+        self._buf = buf[start:]
 
     def _event(self, block: bytes) -> None:
         kind, data = b"", b""
