@@ -198,3 +198,33 @@ async def test_r1_1_reject_at_the_key_budget_is_not_retried_and_names_the_budget
         # a client that got its refusal did not leave while waiting
         assert not [e for e in logs if e["event"] == "serve_client_left"]
         assert 'vibe_serve_tokens_total{key="alpha",kind="completion"}' in text
+
+
+async def test_21_hostile_bodies_get_one_400_each_and_the_server_goes_on(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, bad input: a body that is not JSON, JSON nested 100,000 deep (the parser's
+    recursion limit), not an object, or with a model that is not a string each get a
+    400 invalid_request_error naming the problem; none reaches the upstream, and the
+    next good call is served."""
+    import httpx2
+
+    deep = b'{"model": "claude-haiku-4-5", "max_tokens": 5, "messages": ' + \
+        b"[" * 100_000 + b"]" * 100_000 + b"}"
+    cases = {
+        b"{bad": "not a JSON object",
+        deep: "nested too deeply",
+        b"[1, 2]": "not a JSON object",
+        b'{"model": 5, "max_tokens": 5, "messages": []}': "model: Input should be a valid",
+    }
+    async with (serving(serve_config(tmp_path, fake_api.base_url, _keys())) as run,
+                httpx2.AsyncClient(base_url=run.url) as http):
+        for body, problem in cases.items():
+            answer = await http.post("/v1/messages", content=body,
+                                     headers={"x-api-key": KEY_A})
+            assert answer.status_code == 400, (body[:20], answer.text)
+            error = answer.json()["error"]
+            assert error["type"] == "invalid_request_error" and problem in error["message"]
+        ok = await http.post("/v1/messages", headers={"x-api-key": KEY_A}, json={
+            "model": "claude-haiku-4-5", "max_tokens": 8, "messages": USER})
+        assert ok.status_code == 200 and fake_api.requests == 1

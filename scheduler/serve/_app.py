@@ -42,7 +42,7 @@ from scheduler.serve._errors import (
 from scheduler.serve._keys import TASK_HEADER, KeyEntry, presented_key, task_name_problem
 from scheduler.serve._models import ModelMap
 from scheduler.serve._runtime import GroupEndedError, GroupUnavailableError, Served
-from scheduler.serve._upstream import UpstreamError
+from scheduler.serve._upstream import UpstreamError, loads
 from scheduler.tasks import TaskHandle
 
 _log = get_logger("vibe_engine.serve")
@@ -166,6 +166,9 @@ class _Governed:
             outcome = "refused" if refusal[1] is NO_RETRY else "error"
             return refusal
         finally:
+            # pt → this → pt would leave the request's objects (its parsed body too) to
+            # the cycle collector instead of freeing them here
+            self._pt.on_send = None
             self._served.requests[name] = self._served.requests.get(name, 0) + 1
             self._served.metrics.request(name, outcome)
         return None
@@ -277,9 +280,10 @@ class _Incoming:
     def __init__(self, scope: Scope, receive: Receive) -> None:
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:  # ASGI header names are lower case
-            wanted = _READ.get(name)
-            if wanted is not None and wanted not in headers:
-                headers[wanted] = value.decode("latin-1")
+            if name in _READ:  # an operator, not a call, for each of the client's headers
+                wanted = _READ[name]
+                if wanted not in headers:
+                    headers[wanted] = value.decode("latin-1")
         self.headers = headers
         self.query = bytes(scope.get("query_string") or b"").decode("latin-1")
         self.receive = receive
@@ -329,9 +333,11 @@ class ServeApp:
         if raw is None:
             return None
         try:
-            body = json.loads(raw)
+            body = loads(raw)
         except ValueError:
             body = None
+        except RecursionError:  # arrays or objects nested thousands deep
+            return error_response("invalid_request_error", "body: JSON nested too deeply")
         if not isinstance(body, dict):
             return error_response("invalid_request_error", "body: not a JSON object")
         routed = self.models.resolve(entry.config, body.get("model"))

@@ -34,11 +34,10 @@ class Response:
     def __init__(self, client: HttpClient, conn: Conn, parsed: Parsed) -> None:
         self._client, self._conn, self._p = client, conn, parsed
         self.status = parsed.status
-        self.headers: dict[str, str] = {}
-        for name, value in parsed.headers:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+        raw = parsed.headers
+        self.headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in raw}
+        if len(self.headers) < len(raw):  # a repeated name: its values joined, in order
+            self.headers = _joined(raw)
 
     def chunks(self) -> AsyncIterator[bytes]:
         return body_chunks(self._conn, self._p, self._client.timeout_s)
@@ -56,6 +55,14 @@ class Response:
             await self._client.pool.put(_ORIGIN, self._conn)
         else:
             await self._conn.close()
+
+
+def _joined(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
 
 
 class HttpClient:

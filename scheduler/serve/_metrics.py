@@ -6,6 +6,8 @@ endpoint serves them: requests by key and outcome, and tokens and cost by key.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter
 
 from scheduler.core import UsageEvent
@@ -20,6 +22,8 @@ class ServeMetrics:
         metrics = orchestrator.observers.metrics
         self._keys = keys
         self.enabled = metrics is not None
+        self._outcomes: dict[tuple[str, str], Any] = {}
+        self._by_key: dict[str, tuple[tuple[Any, ...], Any]] = {}
         if metrics is None:
             return
         r = metrics.registry
@@ -35,14 +39,29 @@ class ServeMetrics:
         if task.id not in self._keys:
             return
         u = event.usage
-        for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens),
-                        ("cache_read", u.cache_read_tokens),
-                        ("cache_write", u.cache_write_tokens)):
-            self.tokens.labels(task.id, kind).inc(n)
-        self.cost.labels(task.id).inc(event.cost_usd)
+        tokens, cost = self._series(task.id)
+        for child, n in zip(tokens, (u.prompt_tokens, u.completion_tokens, u.cache_read_tokens,
+                                     u.cache_write_tokens), strict=True):
+            child.inc(n)
+        cost.inc(event.cost_usd)
 
     def request(self, key: str, outcome: str) -> None:
         """One request: ``ok``, ``refused`` (budget, hold, bad request), ``error``, or
         ``left`` (the client disconnected while it waited)."""
         if self.enabled:
-            self.requests.labels(key, outcome).inc()
+            child = self._outcomes.get((key, outcome))
+            if child is None:
+                child = self._outcomes[key, outcome] = self.requests.labels(key, outcome)
+            child.inc()
+
+    def _series(self, key: str) -> tuple[tuple[Any, ...], Any]:
+        """A key's token series (in :data:`_KINDS`' order) and cost series, looked up
+        once: ``labels()`` takes a lock and builds its key on every call."""
+        found = self._by_key.get(key)
+        if found is None:
+            found = self._by_key[key] = (
+                tuple(self.tokens.labels(key, kind) for kind in _KINDS), self.cost.labels(key))
+        return found
+
+
+_KINDS = ("prompt", "completion", "cache_read", "cache_write")

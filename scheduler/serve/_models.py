@@ -45,9 +45,12 @@ class ModelMap:
 
     def resolve(self, key: ServeKey, model: Any) -> str | Response | None:
         """The catalog name to call (None: routed), or the API's error response."""
-        if not isinstance(model, str) or not model:
+        if model is None or model == "":
             return error_response("invalid_request_error", "model: Field required",
                                   headers=NO_RETRY)
+        if not isinstance(model, str):
+            return error_response("invalid_request_error", "model: Input should be a valid "
+                                  "string", headers=NO_RETRY)
         if model == self.alias or key.routing == "routed":
             return None
         name = self.name_of(model)

@@ -84,28 +84,37 @@ def status_error(model: str, status: int, body: bytes,
 def usage_of(u: Mapping[str, Any] | None, base: Usage | None = None) -> Usage:
     """A ``usage`` object of the API → :class:`Usage`; fields it lacks keep ``base``'s
     (a ``message_delta`` repeats only what changed; its counts are cumulative)."""
-    cur = base or Usage()
+    cur = base or _NO_USAGE
     if not isinstance(u, Mapping):
         return cur
-    counts = [cur.prompt_tokens, cur.completion_tokens, cur.cache_read_tokens,
-              cur.cache_write_tokens]
-    for i, name in enumerate(_COUNTS):  # a loop, not a helper call per field
-        value = u.get(name)
-        if isinstance(value, int | float):
-            counts[i] = int(value)
+    # each field read once, without a loop or a call per field: every answer passes here
+    prompt, completion = u.get("input_tokens"), u.get("output_tokens")
+    read, written = u.get("cache_read_input_tokens"), u.get("cache_creation_input_tokens")
     split = u.get("cache_creation")
-    w1h = cur.cache_write_1h_tokens
-    if isinstance(split, Mapping):
-        w1h = int(split.get("ephemeral_1h_input_tokens") or 0)
+    w1h = (int(split.get("ephemeral_1h_input_tokens") or 0) if isinstance(split, Mapping)
+           else cur.cache_write_1h_tokens)
+    writes = int(written) if isinstance(written, int | float) else cur.cache_write_tokens
     # without a split every write is a 5-minute write, the API's default TTL
-    return Usage(prompt_tokens=counts[0], completion_tokens=counts[1],
-                 cache_read_tokens=counts[2], cache_write_5m_tokens=max(counts[3] - w1h, 0),
-                 cache_write_1h_tokens=w1h)
+    return Usage(int(prompt) if isinstance(prompt, int | float) else cur.prompt_tokens,
+                 int(completion) if isinstance(completion, int | float)
+                 else cur.completion_tokens,
+                 int(read) if isinstance(read, int | float) else cur.cache_read_tokens,
+                 max(writes - w1h, 0), w1h)
 
 
-#: The ``usage`` fields read, in :func:`usage_of`'s order.
-_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
-           "cache_creation_input_tokens")
+_NO_USAGE = Usage()
+
+
+def loads(raw: bytes) -> Any:
+    """JSON bytes → Python: UTF-8 (what the API sends and takes) decoded directly, the
+    other encodings ``json.loads`` detects (UTF-16/32, a BOM) through it."""
+    try:
+        return _decode(raw.decode())
+    except ValueError:  # not UTF-8, or a BOM: json.loads decides (and raises ValueError)
+        return json.loads(raw)
+
+
+_decode = json.JSONDecoder().decode
 
 
 class SseUsage:
@@ -118,13 +127,15 @@ class SseUsage:
         self.message_id = ""
 
     def feed(self, chunk: bytes) -> None:
-        self._buf += chunk
-        while True:
-            end = self._buf.find(b"\n\n")
-            if end < 0:
-                return
-            block, self._buf = self._buf[:end], self._buf[end + 2:]
-            self._event(block.replace(b"\r\n", b"\n"))
+        buf = self._buf + chunk if self._buf else chunk
+        start = 0  # the events are found in place; only what is left over is copied
+        while (end := buf.find(b"\n\n", start)) >= 0:
+            # only message_start and message_delta carry usage: the many other events (a
+            # content_block_delta per few tokens) are only relayed, never split into lines
+            if buf.find(b"message_", start, end) >= 0:
+                self._event(buf[start:end].replace(b"\r\n", b"\n"))
+            start = end + 2
+        self._buf = buf[start:]
 
     def _event(self, block: bytes) -> None:
         kind, data = b"", b""
@@ -136,7 +147,7 @@ class SseUsage:
         if kind not in (b"message_start", b"message_delta") or not data:
             return  # every other event is only relayed
         try:
-            event = json.loads(data)
+            event = loads(data)
         except ValueError:
             return
         if kind == b"message_start":
@@ -172,7 +183,10 @@ class UpstreamProvider:
     (:mod:`._http`; through httpx when the environment names a proxy for it)."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 600.0) -> None:
-        self._key, self._url = api_key, base_url.rstrip("/")
+        self._url = base_url.rstrip("/")
+        #: the headers every upstream request carries, before the client's own
+        self._fixed = (("x-api-key", api_key), ("content-type", "application/json"),
+                       ("accept-encoding", "identity"), ("user-agent", "vibe-engine-serve"))
         connect_s = min(timeout_s, 10.0)
         self._http: _Http = (ProxiedClient if proxied(self._url) else HttpClient)(
             self._url, timeout_s=timeout_s, connect_s=connect_s)
@@ -183,13 +197,11 @@ class UpstreamProvider:
     def auth_headers(self, client_headers: Mapping[str, str]) -> list[tuple[str, str]]:
         """The headers an upstream request carries: the server's key, the client's
         API version and beta flags."""
-        headers = [("x-api-key", self._key), ("content-type", "application/json"),
-                   ("anthropic-version", client_headers.get("anthropic-version") or _API_VERSION),
-                   ("accept-encoding", "identity"), ("user-agent", "vibe-engine-serve")]
+        version = client_headers.get("anthropic-version") or _API_VERSION
         beta = client_headers.get("anthropic-beta")
         if beta:
-            headers.append(("anthropic-beta", beta))
-        return headers
+            return [*self._fixed, ("anthropic-version", version), ("anthropic-beta", beta)]
+        return [*self._fixed, ("anthropic-version", version)]
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -248,7 +260,7 @@ class UpstreamProvider:
             data = await self._body(request, resp)
             if sink is not None:
                 sink(data)
-            message = json.loads(data)
+            message = loads(data)
             return Completion("", usage_of(message.get("usage")), request.model,
                               stop_reason=str(message.get("stop_reason") or "end_turn"),
                               id=str(message.get("id") or ""))
