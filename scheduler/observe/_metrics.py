@@ -62,8 +62,9 @@ PAUSE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0)
 
 
 class MeteredProvider:
-    """Wraps a provider to time every call and count failed ones by error class
-    (successes count at settle, where their usage is known)."""
+    """Wraps a provider to time every call and count failed ones by error class, and
+    cancelled ones (a deadline, a deadlock victim) as ``cancelled``: every timed call is
+    counted once (successes count at settle, where their usage is known)."""
 
     def __init__(self, inner: Provider, on_failure: CallOutcome,
                  on_duration: CallDuration | None = None) -> None:
@@ -76,6 +77,7 @@ class MeteredProvider:
         try:
             return await self.inner.complete(request)
         except anyio.get_cancelled_exc_class():
+            self._on_failure(request.model, "cancelled")
             raise
         except Exception as exc:
             self._on_failure(request.model, type(exc).__name__)
