@@ -224,19 +224,24 @@ def test_a_second_orchestrator_on_the_same_state_directory_refuses_to_start(
     tmp_path: Path,
 ) -> None:
     """Issue #18: one orchestrator per state directory; the second exits 2 with one line
-    naming the directory and the running process, and the first runs to its end."""
+    naming the directory and the running process, and the first runs to its end.  The
+    first is held open by a task paused at its budget (no decision timeout), whatever
+    the machine's speed, and is let go by ``decide`` once the second has been refused."""
     state = tmp_path / "st"
     config = tmp_path / "kill.toml"
-    config.write_text(KILL_CONFIG.format(state=state).replace("tokens = 500", "tokens = 90000")
-                      .replace("steps = 10", "steps = 30"), encoding="utf-8")  # runs 12 s
+    config.write_text(KILL_CONFIG.format(state=state), encoding="utf-8")
+    db = state / "vibe.db"
     first = subprocess.Popen([BIN, "run", str(config), "--no-live", "--log-level", "warning"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env=ENV)
     try:
-        _wait("the first run's session", lambda: (state / "vibe.db").exists()
-              and bool(_state(state / "vibe.db", "task")), first)
+        _wait("the first run's pause", lambda: db.exists() and any(
+            v.get("state") == "paused" for v in _state(db, "pause").values()), first)
         second = _cli("run", str(config), "--no-live")
-        assert first.poll() is None
+        assert first.poll() is None  # still paused: nobody decided
+        decided = _cli("decide", "tight", "add", "--tokens", "200000",
+                       "--state-dir", str(state))
+        assert decided.returncode == 0, decided.stderr
         _, err = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
