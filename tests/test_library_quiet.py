@@ -87,3 +87,39 @@ def test_issue23_modules_log_through_the_quiet_logger() -> None:
         and str(path.relative_to(root)) not in allowed
     ]
     assert offenders == []
+
+
+def test_issue23_a_level_the_configured_logger_drops_builds_no_logger(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """#22/#23: with structlog filtering at info (what ``vibe-engine run`` sets), a debug
+    line (one per model call: ``token_estimate_discrepancy``) is dropped before the lazy
+    proxy builds a logger; lines at the level still arrive, and a wrapper class that is
+    not a filtering one gets every line as before."""
+    import logging
+
+    import structlog
+
+    from scheduler.core import get_logger
+
+    built: list[str] = []
+    factory = structlog.PrintLoggerFactory(file=sys.stdout)
+
+    def counting_factory(*args: object) -> structlog.PrintLogger:
+        built.append("logger")
+        return factory(*args)
+
+    structlog.configure(
+        processors=[structlog.processors.KeyValueRenderer(key_order=["event"])],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=counting_factory, cache_logger_on_first_use=False)  # (conftest resets)
+    log = get_logger("vibe_engine.test")
+    log.debug("dropped_line", a=1)
+    assert built == []
+    log.info("kept_line", a=1)
+    assert built == ["logger"]
+    structlog.configure(wrapper_class=structlog.BoundLogger)
+    log.debug("unfiltered_line")
+    assert len(built) == 2
+    out = capsys.readouterr().out
+    assert "kept_line" in out and "unfiltered_line" in out and "dropped_line" not in out

@@ -9,7 +9,7 @@ A reservation ends settled (the call's usage is recorded), or released.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -75,11 +75,11 @@ class Reservations:
             if elapsed >= limit:
                 raise BudgetExceededError(task.name, "time_s", elapsed, limit)
         # only what this request asks for (often two of the seven) is checked
-        wanted = tuple((dim, amount) for dim, amount in (
+        wanted = [(dim, amount) for dim, amount in (
             ("tokens", tokens), ("cost_usd", cost_usd), ("file_edits", file_edits),
             ("shell_commands", shell_commands), ("dangerous_commands", dangerous_commands),
             ("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens),
-        ) if amount)
+        ) if amount]  # a list comprehension: one frame, not a generator resumed per item
         call = bool(prompt_tokens or completion_tokens)
         for scope in self._scopes.of_task(task_id):
             caps = scope.caps()
@@ -90,7 +90,7 @@ class Reservations:
                 if lim is not None:
                     _check_dimension(scope, dim, amount, lim)
             if call:
-                _check_cache(scope)
+                _check_cache(scope, caps)
             if model and tokens:
                 _check_model(scope, model, tokens)
 
@@ -219,9 +219,9 @@ def _check_dimension(scope: ScopeState, dim: str, amount: float, lim: float) -> 
         raise BudgetExceededError(scope.name, dim, used, lim, amount)
 
 
-def _check_cache(scope: ScopeState) -> None:
+def _check_cache(scope: ScopeState, caps: Mapping[str, float | None]) -> None:
     for dim in ("cache_read_tokens", "cache_write_tokens"):
-        lim = scope.limit(dim)
+        lim = caps.get(dim)
         if lim is not None and scope.used(dim) >= lim:
             raise BudgetExceededError(scope.name, dim, scope.used(dim), lim)
 

@@ -80,6 +80,8 @@ class ScopeState:
 
     def caps(self) -> Mapping[str, float | None]:
         """The limit of every dimension the limits name (read only)."""
+        if self._caps_of is self.limits:  # the usual answer, without a frame more
+            return self._caps
         return self._limits_now()
 
     def dimensions(self) -> Iterator[str]:
@@ -88,7 +90,8 @@ class ScopeState:
 
     def limited(self) -> tuple[tuple[str, float], ...]:
         """``(dimension, limit)`` of every dimension with a limit above 0."""
-        self._limits_now()
+        if self._caps_of is not self.limits:
+            self._limits_now()
         return self._limited
 
     def _limits_now(self) -> dict[str, float | None]:

@@ -30,6 +30,11 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "critical": logging.CRITICAL, "fatal": logging.CRITICAL}
 
 
+#: What a structlog filtering bound logger has for a level below its own (the same
+#: function for every level and class); a wrapper class of another kind never has it.
+_DROPPED = structlog.make_filtering_bound_logger(logging.CRITICAL).debug
+
+
 class LibraryLogger:
     """A structlog-style logger (``bind``, ``info(event, **fields)`` …) that routes each
     line to structlog when structlog is configured, else to :mod:`logging`."""
@@ -60,7 +65,10 @@ class LibraryLogger:
 
     def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
         if structlog.is_configured():
-            getattr(self._proxy, method)(event, **fields)
+            # a level the configured filtering logger drops builds no logger (the lazy
+            # proxy makes one per line): a debug line per model call costs nothing
+            if getattr(structlog.get_config()["wrapper_class"], method, None) is not _DROPPED:
+                getattr(self._proxy, method)(event, **fields)
             return
         level = _LEVELS[method]
         if not self._stdlib.isEnabledFor(level):

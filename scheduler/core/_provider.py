@@ -32,6 +32,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     ``temprature`` would otherwise change nothing and say nothing.  Options the
     runtime does not know yet go in ``extra`` (sent as the SDK's ``extra_body``).
     """
+    if not options:  # most calls pass none
+        return {}
     unknown = sorted(set(options) - REQUEST_OPTIONS - {"extra"})
     if unknown:
         raise ConfigError("options", unknown[0],
@@ -43,6 +45,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
 def thinking_budget(options: Mapping[str, Any]) -> int:
     """The extended-thinking budget an ``options['thinking']`` asks for (0 when off)."""
     thinking = options.get("thinking")
+    if thinking is None:  # most calls: no ABC check of None against Mapping
+        return 0
     if isinstance(thinking, Mapping) and thinking.get("type") == "enabled":
         return int(thinking.get("budget_tokens") or 0)
     return 0

@@ -179,20 +179,24 @@ class Totals:
         )
 
     def add(self, event: UsageEvent) -> None:
+        # the usage's fields read once each (no property frames): every charge adds to
+        # each of its scopes' totals
         u = event.usage
-        self.prompt_tokens += u.prompt_tokens
-        self.completion_tokens += u.completion_tokens
-        self.cache_read_tokens += u.cache_read_tokens
-        self.cache_write_tokens += u.cache_write_tokens
+        prompt, out, read = u.prompt_tokens, u.completion_tokens, u.cache_read_tokens
+        write = u.cache_write_5m_tokens + u.cache_write_1h_tokens
+        self.prompt_tokens += prompt
+        self.completion_tokens += out
+        self.cache_read_tokens += read
+        self.cache_write_tokens += write
         self.cost_usd += event.cost_usd
         self.file_edits += event.file_edits
         self.shell_commands += event.shell_commands
         self.dangerous_commands += event.dangerous_commands
-        if event.model:
+        model = event.model
+        if model:
             self.calls += 1
-            self.tokens_by_model[event.model] = (
-                self.tokens_by_model.get(event.model, 0) + u.total_tokens
-            )
+            by_model = self.tokens_by_model
+            by_model[model] = by_model.get(model, 0) + prompt + out + read + write
 
     def merge(self, other: Totals) -> None:
         """Add another scope's totals to these."""

@@ -15,7 +15,6 @@ Read top-down in request order::
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -466,11 +465,12 @@ class Gateway:
             event_id=reservation.event_id or None,  # the id its open_call record names
         )
         crossings = await self.tracker.charge(event, reservation)
-        if lease is not None and lease.active:
-            # a lease that ended meanwhile gave its tokens back to the pool already
-            with contextlib.suppress(LeaseError):
+        if lease is not None and lease.active:  # an ended one gave its tokens back already
+            try:  # noqa: SIM105 -- contextlib.suppress is three calls more per model call
                 self.allocator.settle(lease.id, usage.prompt_tokens + usage.completion_tokens,
                                       output_tokens=usage.completion_tokens)
+            except LeaseError:
+                pass
         # R5.2: demotion above 50 % of the task's tokens
         self.allocator.set_token_fraction(task.id, self.tracker.token_fraction(task.id))
         actual_input = usage.prompt_tokens + usage.cache_read_tokens + usage.cache_write_tokens

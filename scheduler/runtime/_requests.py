@@ -13,6 +13,8 @@ from typing import Any
 
 from scheduler.core import InvalidArgumentError
 
+_PLAIN_SEQUENCES = (list, tuple)
+
 
 def check_request(
     messages: Any, *, system: Any, context: Any, tools: Any, max_tokens: Any, model: Any,
@@ -37,6 +39,9 @@ def check_request(
 
 
 def _check_dicts(name: str, value: Any) -> None:
+    # a list or tuple of plain dicts, what nearly every call passes, needs no ABC checks
+    if type(value) in _PLAIN_SEQUENCES and all(type(item) is dict for item in value):
+        return
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
         raise InvalidArgumentError(name, value, "must be a list of dicts")
     for i, item in enumerate(value):

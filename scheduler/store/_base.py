@@ -10,7 +10,7 @@ from scheduler.core import InvalidArgumentError, Totals, UsageEvent
 _USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens",
                  "cache_write_5m_tokens", "cache_write_1h_tokens")
 _EVENT_FIELDS = ("cost_usd", "file_edits", "shell_commands", "dangerous_commands")
-_PLAIN = (int, float)
+_PLAIN = frozenset((int, float))  # exact types: a bool is checked closely
 
 
 def task_day_scope(task_id: str, day: str) -> str:
@@ -40,7 +40,7 @@ def check_event(event: UsageEvent) -> None:
               event.file_edits, event.shell_commands, event.dangerous_commands)
     # every charge passes here: plain ints and floats, none negative, and a finite sum
     # (a NaN or an infinity anywhere makes the sum non-finite) need no closer look
-    if all(type(v) in _PLAIN for v in values) and min(values) >= 0 and math.isfinite(
+    if _PLAIN.issuperset(map(type, values)) and min(values) >= 0 and math.isfinite(
             sum(values)):
         return
     amounts = [(f"usage.{f}", getattr(u, f)) for f in _USAGE_FIELDS]

@@ -74,6 +74,9 @@ Entry = SpooledEvent | SpooledState
 #: One caller's write: its entries are committed in one transaction, all or none.
 Write = tuple[Entry, ...]
 _REPLAY_BATCH = 256  # spooled writes replayed per transaction
+#: ``json.dumps(value, sort_keys=True)`` without making an encoder per call (every model
+#: call writes an open-call record).
+_encode_sorted = json.JSONEncoder(sort_keys=True).encode
 
 
 class SqliteStore:
@@ -280,7 +283,7 @@ class SqliteStore:
 
     async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
         # encoded here: a value JSON cannot hold fails its caller only (and once is enough)
-        text = json.dumps(value, sort_keys=True)
+        text = _encode_sorted(value)
         await self.group.submit((SpooledState(kind, key, value, text),))
 
     async def put_states(self, kind: str, records: Sequence[tuple[str, dict[str, Any]]]
