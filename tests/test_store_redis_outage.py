@@ -7,6 +7,7 @@ they skip when it is unreachable unless VIBE_REQUIRE_REDIS=1 (then they fail).
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -28,10 +29,8 @@ from tests._store_cases import ev, open_tracker, session_config, session_limits
 async def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: Path) -> None:
     """Redis down (connection cut): no new holds; usage of calls in flight is spooled
     to disk and reaches Redis after reconnection; nothing is lost or double-charged."""
-    proxy = TcpProxy()
     cfg = DistributedConfig(socket_timeout_s=0.5)
-
-    async def main() -> None:
+    with closing(TcpProxy()) as proxy:
         s = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp")
         await s.open()
         h = await s.try_reserve("h1", session_limits(1_000), model="sonnet", tokens=300,
@@ -56,18 +55,12 @@ async def test_fail_closed_spools_usage_and_replays_it(redis_ns: str, tmp_path: 
         assert h3.held["session:s1"][0] == 514
         await direct.aclose()
         await s.aclose()
-    try:
-        await main()
-    finally:
-        proxy.close()
 
 
 @pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
 async def test_fail_open_grants_only_the_local_allowance(redis_ns: str, tmp_path: Path) -> None:
-    proxy = TcpProxy()
     cfg = DistributedConfig(failure_mode="open", fail_open_tokens=1_000, socket_timeout_s=0.5)
-
-    async def main() -> None:
+    with closing(TcpProxy()) as proxy:
         s = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp")
         await s.open()
         proxy.cut()
@@ -81,19 +74,13 @@ async def test_fail_open_grants_only_the_local_allowance(redis_ns: str, tmp_path
         assert (await s.totals("session:s1")).tokens == 162
         assert s.statistics().fail_open_tokens_used == 0  # reset once Redis is back
         await s.aclose()
-    try:
-        await main()
-    finally:
-        proxy.close()
 
 
 @pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
 async def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> None:
     """Usage spooled by a process that then died is replayed by the next one's open()."""
-    proxy = TcpProxy()
     spool = tmp_path / "sp"
-
-    async def main() -> None:
+    with closing(TcpProxy()) as proxy:
         s = RedisStore(proxy.url, namespace=redis_ns, spool_path=spool,
                        config=DistributedConfig(socket_timeout_s=0.5))
         await s.open()
@@ -106,10 +93,6 @@ async def test_spool_survives_a_new_process(redis_ns: str, tmp_path: Path) -> No
         assert [e.event_id for e in await s2.events()] == ["e1"]
         assert spool.read_text() == ""
         await s2.aclose()
-    try:
-        await main()
-    finally:
-        proxy.close()
 
 
 
@@ -120,9 +103,7 @@ async def test_state_writes_during_an_outage_are_replayed_in_order(
 ) -> None:
     """A task finishing while Redis is down still records its state; writes are replayed
     in their original order (the delete after the put wins)."""
-    proxy = TcpProxy()
-
-    async def main() -> None:
+    with closing(TcpProxy()) as proxy:
         s = RedisStore(proxy.url, namespace=redis_ns, spool_path=tmp_path / "sp",
                        config=DistributedConfig(socket_timeout_s=0.5))
         await s.open()
@@ -137,10 +118,6 @@ async def test_state_writes_during_an_outage_are_replayed_in_order(
         assert await s.list_state("task") == {"t1": {"status": "completed"}}
         assert (await s.totals("task:t1")).tokens == 162
         await s.aclose()
-    try:
-        await main()
-    finally:
-        proxy.close()
 
 
 class FlakyLedger(MemoryStore):
