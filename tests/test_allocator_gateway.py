@@ -107,3 +107,4 @@ async def test_r1_2_budget_hold_is_kept_alive_while_its_call_waits_and_runs(
         assert max(gaps) <= 10.0 + 1e-6, (hold, times)  # a third of the hold's TTL
     spans = sorted(settled - taken for taken, settled in store.life.values())
     assert spans[0] >= 100.0 and spans[1] >= 200.0  # the second waited for the first
+    assert not orch.gateway.admission._holds  # an ended call's hold is renewed no more

@@ -25,7 +25,6 @@ from scheduler.core import (
     FinishRequestedError,
     LeaseError,
     OverdraftDeniedError,
-    WouldBlockError,
     get_logger,
 )
 from scheduler.tasks import TaskHandle
@@ -50,8 +49,9 @@ class Admission:
         self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
         #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`).
         self._in_call: dict[str, Lease] = {}
-        #: The reservations with a shared budget hold whose call is in flight, by lease id.
-        self._holds_in_call: dict[str, Reservation] = {}
+        #: Admitted reservations with a shared budget hold (Redis), until their call ends:
+        #: :meth:`keep_holds` renews them while the call waits for its lease and runs.
+        self._holds: dict[int, Reservation] = {}
 
     async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float, *,
                     prompt_tokens: int = 0, completion_tokens: int = 0) -> Reservation:
@@ -71,7 +71,11 @@ class Admission:
             try:
                 self.tracker.check(task.id, prompt_tokens=prompt_tokens,
                                    completion_tokens=completion_tokens)
-                return await ctl.reserve(task.id, model=model, tokens=tokens, cost_usd=cost)
+                reservation = await ctl.reserve(task.id, model=model, tokens=tokens,
+                                                cost_usd=cost)
+                if reservation.hold is not None and not reservation.hold.local:
+                    self._holds[id(reservation)] = reservation  # until :meth:`ended`
+                return reservation
             except BudgetExceededError as exc:
                 if reject:  # the caller answers it (serve keys)
                     raise
@@ -114,42 +118,24 @@ class Admission:
         _decided(task, await self.controller.wait_if_paused(task.id, release=release))
 
     def lease(self, task: TaskHandle, tokens: int, reservation: Reservation) -> Awaitable[Lease]:
-        """The provider lease; a shared budget hold (Redis) is kept alive while it waits, so
-        a long queue cannot let the hold lapse and the budget be spent twice.
+        """The provider lease: the allocator's wait itself, so a call waiting for its turn
+        holds no frame of this step (thousands may wait); ``reservation``'s shared budget
+        hold is renewed meanwhile by :meth:`keep_holds`."""
+        return self.allocator.acquire(task.id, tokens=tokens)
 
-        Without a shared hold, the allocator's wait itself: a call waiting for its turn
-        holds no frame of this step (thousands of them may wait)."""
-        if reservation.hold is None or reservation.hold.local:
-            return self.allocator.acquire(task.id, tokens=tokens)
-        return self._lease_holding(task, tokens, reservation)
-
-    async def _lease_holding(self, task: TaskHandle, tokens: int,
-                             reservation: Reservation) -> Lease:
-        """The lease of a call whose shared budget hold is renewed while it waits."""
-        try:
-            return self.allocator.acquire_nowait(task.id, tokens=tokens)
-        except WouldBlockError:
-            pass
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_hold, reservation)
-            lease = await self.allocator.acquire(task.id, tokens=tokens)
-            tg.cancel_scope.cancel()
-        return lease
+    def ended(self, reservation: Reservation) -> None:
+        """The call of ``reservation`` ended (settled, failed or cancelled): its shared
+        hold, if any, is no longer renewed."""
+        self._holds.pop(id(reservation), None)
 
     @contextmanager
-    def in_call(self, lease: Lease, reservation: Reservation) -> Iterator[None]:
-        """Mark ``lease`` as held by a call in flight: :meth:`keep_leases` renews it, and
-        :meth:`keep_holds` the reservation's shared budget hold if it has one (Redis)."""
+    def in_call(self, lease: Lease) -> Iterator[None]:
+        """Mark ``lease`` as held by a call in flight: :meth:`keep_leases` renews it."""
         self._in_call[lease.id] = lease
-        held = reservation.hold is not None
-        if held:
-            self._holds_in_call[lease.id] = reservation
         try:
             yield
         finally:
             self._in_call.pop(lease.id, None)
-            if held:
-                self._holds_in_call.pop(lease.id, None)
 
     async def keep_leases(self) -> None:
         """The service that renews every lease whose call is still running, every third of
@@ -166,26 +152,16 @@ class Admission:
 
     async def keep_holds(self) -> None:
         """The service that renews, every third of ``distributed.hold_ttl_s``, the shared
-        budget hold of every call in flight: a streamed answer can run longer than the
-        hold's TTL, and a lapsed hold would let other replicas spend what this call
-        will be charged (the hold is renewed the same way while the call waits for a
-        lease)."""
+        budget hold of every admitted call until it ends: a long queue for the provider
+        lease or a long streamed answer must not let the hold lapse, or other replicas
+        could spend what this call will be charged."""
         every = self.config.distributed.hold_ttl_s / 3
         while True:
             await anyio.sleep(every)
-            for reservation in list(self._holds_in_call.values()):
-                await self._renew_hold(reservation)
-
-    async def _renew_hold(self, reservation: Reservation) -> None:
-        if not await self.tracker.renew_hold(reservation):
-            _log.warning("budget_hold_lapsed", task_id=reservation.task_id,
-                         tokens=reservation.tokens)
-
-    async def _keep_hold(self, reservation: Reservation) -> None:
-        every = self.config.distributed.hold_ttl_s / 3
-        while True:
-            await anyio.sleep(every)
-            await self._renew_hold(reservation)
+            for reservation in list(self._holds.values()):
+                if not await self.tracker.renew_hold(reservation):
+                    _log.warning("budget_hold_lapsed", task_id=reservation.task_id,
+                                 tokens=reservation.tokens)
 
 
 def _decided(task: TaskHandle, decision: Decision | None) -> None:

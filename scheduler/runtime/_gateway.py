@@ -302,12 +302,11 @@ class Gateway:
             lease = await self._lease(task, est.calibrated + call.out, reservation)
             await self.tracker.open_call(reservation, prompt_tokens=est.calibrated,
                                          output_tokens=call.out)  # durable before the call
-            # made once leased: a call waiting for its turn holds no request
-            request = attempt_request(self.config, task, route, messages, system, context, tools,
-                                      call)
+            request = attempt_request(  # made once leased: a waiting call holds none
+                self.config, task, route, messages, system, context, tools, call)
             started = self._clock()
             try:
-                with self.admission.in_call(lease, reservation):  # renewed (R5.4)
+                with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
                     completion = await self.call(task, request, started)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
@@ -325,6 +324,7 @@ class Gateway:
                 crossings = await self.settle(task, route.model, completion, est, reservation,
                                               lease)
         finally:
+            self.admission.ended(reservation)
             if lease is not None and lease.active:
                 self.allocator.release(lease.id)  # the call failed or was cancelled
             if reservation.active:
