@@ -228,3 +228,32 @@ async def test_21_hostile_bodies_get_one_400_each_and_the_server_goes_on(
         ok = await http.post("/v1/messages", headers={"x-api-key": KEY_A}, json={
             "model": "claude-haiku-4-5", "max_tokens": 8, "messages": USER})
         assert ok.status_code == 200 and fake_api.requests == 1
+
+
+async def test_21_a_body_over_the_limit_gets_413_unread_and_the_server_goes_on(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, bad input: a body over ``serve.max_request_bytes`` gets the API's 413
+    ``request_too_large`` naming the limit, whether its size is declared up front or it
+    arrives in chunks with no length; it never reaches the upstream, and the next good
+    call is served."""
+    import httpx2
+
+    big = b'{"model": "claude-haiku-4-5", "max_tokens": 5, "pad": "' + b"x" * 20_000 + b'"}'
+
+    async def chunks() -> Any:
+        for i in range(0, len(big), 1000):
+            yield big[i:i + 1000]
+
+    config = serve_config(tmp_path, fake_api.base_url, _keys(), max_request_bytes=8_000)
+    async with serving(config) as run, httpx2.AsyncClient(base_url=run.url) as http:
+        for content in (big, chunks()):
+            answer = await http.post("/v1/messages", content=content,
+                                     headers={"x-api-key": KEY_A})
+            assert answer.status_code == 413, answer.text
+            error = answer.json()["error"]
+            assert error["type"] == "request_too_large" and "8,000 bytes" in error["message"]
+            assert answer.headers["x-should-retry"] == "false"
+        ok = await http.post("/v1/messages", headers={"x-api-key": KEY_A}, json={
+            "model": "claude-haiku-4-5", "max_tokens": 8, "messages": USER})
+        assert ok.status_code == 200 and fake_api.requests == 1

@@ -83,6 +83,9 @@ class ServeConfig(FrozenModel):
     max_hold_s: float = Field(default=600.0, gt=0)
     #: Seconds between SSE ``ping`` events a held streaming request receives.
     ping_interval_s: float = Field(default=10.0, gt=0)
+    #: The largest request body accepted, in bytes (the Messages API's own limit is
+    #: 32 MB); a larger one gets 413 ``request_too_large`` without being read whole.
+    max_request_bytes: int = Field(default=32_000_000, gt=0)
     keys: tuple[ServeKey, ...] = ()
 
     @model_validator(mode="after")

@@ -288,14 +288,24 @@ class _Incoming:
         self.query = bytes(scope.get("query_string") or b"").decode("latin-1")
         self.receive = receive
 
-    async def body(self) -> bytes | None:
-        """The request body, or None when the client left before sending all of it."""
+    async def body(self, limit: int) -> bytes | None:
+        """The request body, or None when the client left before sending all of it;
+        :class:`_TooLarge` as soon as it is known to be over ``limit`` bytes, so a
+        hostile client cannot make the server hold gigabytes."""
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _TooLarge
         parts: list[bytes] = []
+        size = 0
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 return None
-            parts.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            parts.append(chunk)
             if not message.get("more_body", False):
                 return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -303,9 +313,13 @@ class _Incoming:
         return {h: self.headers[h] for h in _FORWARDED if h in self.headers}
 
 
+class _TooLarge(Exception):
+    """A request body over ``serve.max_request_bytes``."""
+
+
 #: The request headers read, by their ASGI (lower-case, bytes) name.
 _READ = {name.encode("latin-1"): name
-         for name in ("x-api-key", "authorization", TASK_HEADER, *_FORWARDED)}
+         for name in ("x-api-key", "authorization", "content-length", TASK_HEADER, *_FORWARDED)}
 
 _Answer = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -329,7 +343,13 @@ class ServeApp:
         entry = self._key(request)
         if isinstance(entry, Response):
             return entry
-        raw = await request.body()
+        limit = self.served.config.serve.max_request_bytes
+        try:
+            raw = await request.body(limit)
+        except _TooLarge:
+            return error_response("request_too_large",
+                                  f"body: over serve.max_request_bytes = {limit:,} bytes",
+                                  headers=NO_RETRY)
         if raw is None:
             return None
         try:

@@ -16,7 +16,8 @@ from scheduler.core import BudgetExceededError, FinishRequestedError
 
 #: Status of each error type, as the Messages API sends them.
 STATUS = {"invalid_request_error": 400, "authentication_error": 401,
-          "permission_error": 403, "not_found_error": 404, "rate_limit_error": 429,
+          "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+          "rate_limit_error": 429,
           "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
 
 
