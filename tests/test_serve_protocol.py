@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from scheduler.serve import listen
-from scheduler.serve._protocol import GatheredWritesProtocol
+from scheduler.serve._protocol import GatheredWritesProtocol, _Gathered
 
 pytestmark = pytest.mark.real_asyncio  # real sockets and uvicorn, which needs asyncio
 
@@ -132,6 +132,62 @@ async def test_21_streamed_parts_arrive_as_they_are_written() -> None:
         assert len(parts) == 2  # each part was sent when written, not held to the end
         plain = await http.get("/json")  # the same connection serves the next request
         assert plain.content == BODY
-    # the stream's head waited for its first part; the end waited for nothing after it
+    # the stream's head went out with its first part, the rest each as written
     assert len(WRITES) == 4 and WRITES[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert WRITES[0].endswith(b"event: a\n\n\r\n") and WRITES[2] == b"0\r\n\r\n"
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def writelines(self, parts: Any) -> None:
+        self.sent.append(b"".join(parts))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.soon: list[Any] = []
+
+    def call_soon(self, fn: Any) -> None:
+        self.soon.append(fn)
+
+    def turn_ends(self) -> None:
+        soon, self.soon = self.soon, []
+        for fn in soon:
+            fn()
+
+
+def test_21_only_a_head_waits_and_never_past_the_turn_or_a_close() -> None:
+    transport, loop = _Transport(), _Loop()
+    gathered: Any = _Gathered(transport, loop)  # type: ignore[arg-type]
+    gathered.write(b"before")  # not a head: out at once
+    assert transport.sent == [b"before"]
+    gathered.hold_next()
+    gathered.write(b"head")
+    assert transport.sent == [b"before"]  # held
+    gathered.write(b"body")
+    gathered.write(b"more")  # a stream's later parts: out as written
+    assert transport.sent == [b"before", b"headbody", b"more"]
+    loop.turn_ends()  # the flush finds nothing held
+    assert transport.sent == [b"before", b"headbody", b"more"]
+    gathered.hold_next()
+    gathered.write(b"lone head")
+    loop.turn_ends()  # nothing followed it this turn: it goes out alone
+    assert transport.sent[-1] == b"lone head"
+    gathered.hold_next()
+    gathered.write(b"last head")
+    gathered.close()  # written before the connection closes
+    assert transport.sent[-1] == b"last head" and transport.closed
+    loop.turn_ends()
+    assert transport.sent.count(b"last head") == 1

@@ -4,8 +4,8 @@ uvicorn writes a response's head when the app sends ``http.response.start`` and 
 body when the app sends ``http.response.body``: two ``write`` system calls (and two TCP
 segments, the client woken for each) for every JSON answer.  On loopback such a write
 is among the dearest things serve does per call, since the kernel runs the receiver's
-side of TCP in the writer's time.  Here a write waits for the one that follows it in
-the same turn of the event loop, so a JSON answer is one write.
+side of TCP in the writer's time.  Here a response's head waits for the write that
+follows it in the same turn of the event loop, so a JSON answer is one write.
 """
 
 from __future__ import annotations
@@ -17,30 +17,38 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class _Gathered:
-    """A transport whose write waits for the next one, or for the end of the loop turn,
-    whichever comes first, and then goes out with it in one system call.
+    """A transport that holds a response's head until the response's next write, or the
+    end of the loop turn, whichever comes first, and sends them in one system call.
 
-    A JSON answer's body (written right after its head) so sends both at once, without
-    waiting for the turn to end; a write that nothing follows (a stream's head or part
-    while the call waits) goes out at the end of the turn.  Everything but writing and
-    closing is the transport's own (``__getattr__``): uvicorn reads addresses, pauses
-    and resumes reading, and checks ``is_closing`` through it.
+    A JSON answer's body (written right after its head) so goes out with it at once; a
+    stream's head goes out with its first event, or alone at the end of the turn while
+    the call waits.  Every other write goes out as it comes: a stream's events are never
+    held.  Everything but writing and closing is the transport's own (``__getattr__``):
+    uvicorn reads addresses and pauses and resumes reading through it.
     """
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_hold", "_loop", "_pending", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport, self._loop = transport, loop
         self._pending: bytes | None = None
+        self._hold = False
+
+    def hold_next(self) -> None:
+        """The next write is a response's head: hold it."""
+        self._hold = True
 
     def write(self, data: bytes) -> None:
         pending = self._pending
-        if pending is None:
+        if pending is not None:
+            self._pending = None
+            self._transport.writelines((pending, data))  # one writev, nothing copied
+        elif self._hold:
+            self._hold = False
             self._pending = data
             self._loop.call_soon(self._flush)
         else:
-            self._pending = None
-            self._transport.writelines((pending, data))  # one writev, nothing copied
+            self._transport.write(data)
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
@@ -67,5 +75,12 @@ class GatheredWritesProtocol(HttpToolsProtocol):
     """uvicorn's ``httptools`` protocol over :class:`_Gathered` writes."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        gathered: Any = _Gathered(transport, self.loop)
+        self._gathered = _Gathered(transport, self.loop)
+        gathered: Any = self._gathered  # a transport by its methods
         super().connection_made(gathered)
+
+    def on_message_begin(self) -> None:
+        # a request begins: the first write after it is its response's head (a
+        # pipelined request's may come later; holding another write only delays it)
+        super().on_message_begin()
+        self._gathered.hold_next()
