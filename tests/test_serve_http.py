@@ -216,6 +216,23 @@ async def test_r21_read_timeouts_before_and_during_the_answer() -> None:
         await client.aclose()
 
 
+async def test_r21_a_request_head_built_once_carries_each_body_with_its_own_length() -> None:
+    """Requests with the same method, target and headers share their head; each still
+    says its own body's length, and other headers make another head."""
+    async with upstream(_ok) as up:
+        client = HttpClient(up.url, timeout_s=5, connect_s=5)
+        beta = (("anthropic-beta", "b1"),)
+        for headers, body in ((beta, b"{}"), (beta, b'{"a": 12345}'), ((), b"[]")):
+            resp = await client.send("POST", "/v1/x", headers, body)
+            await resp.read()
+            await resp.aclose()
+        await client.aclose()
+    first, second, third = up.requests
+    assert first.endswith(b"anthropic-beta: b1\r\ncontent-length: 2\r\n\r\n{}")
+    assert second.endswith(b"anthropic-beta: b1\r\ncontent-length: 12\r\n\r\n{\"a\": 12345}")
+    assert b"anthropic-beta" not in third and third.endswith(b"content-length: 2\r\n\r\n[]")
+
+
 async def test_r21_refused_connection_and_header_injection() -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(SocketAttribute.local_port)
@@ -224,8 +241,10 @@ async def test_r21_refused_connection_and_header_injection() -> None:
         await _get(HttpClient(f"http://127.0.0.1:{port}", timeout_s=5, connect_s=5))
     async with upstream(_ok) as up:
         client = HttpClient(up.url, timeout_s=5, connect_s=5)
-        with pytest.raises(ValueError, match="line break"):
-            await client.send("POST", "/v1/x", [("anthropic-beta", "a\r\nx-api-key: b")], b"")
+        for _ in range(2):  # refused each time: a refused head is never kept
+            with pytest.raises(ValueError, match="line break"):
+                await client.send("POST", "/v1/x", [("anthropic-beta", "a\r\nx-api-key: b")],
+                                  b"")
         with pytest.raises(ValueError, match="line break"):
             await client.send("POST", "/v1/x?q=1 HTTP/1.1", [], b"")
         await client.aclose()

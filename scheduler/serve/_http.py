@@ -25,6 +25,8 @@ from scheduler.net import (
 
 _MAX_IDLE = 256
 _ORIGIN = None  # the pool's one key: this client has one origin
+#: Request heads kept, by method, target and headers (a client sends few distinct ones).
+_MAX_HEADS = 256
 
 
 class Response:
@@ -82,6 +84,9 @@ class HttpClient:
         self._ssl = default_ssl_context() if tls else None
         self.timeout_s, self._connect_s = timeout_s, connect_s
         self.pool: IdlePool[None] = IdlePool(_MAX_IDLE)
+        #: A request's head up to its length, checked once: built and checked per
+        #: request, it cost more than the rest of sending it.
+        self._heads: dict[tuple[str, str, Sequence[tuple[str, str]]], bytes] = {}
 
     async def send(self, method: str, target: str, headers: Sequence[tuple[str, str]],
                    body: bytes) -> Response:
@@ -106,7 +111,18 @@ class HttpClient:
 
     def _request(self, method: str, target: str, headers: Sequence[tuple[str, str]],
                  body: bytes) -> bytes:
+        key = (method, target, headers if isinstance(headers, tuple) else tuple(headers))
+        head = self._heads.get(key)
+        if head is None:
+            head = self._head(method, target, headers)
+            if len(self._heads) >= _MAX_HEADS:
+                self._heads.clear()
+            self._heads[key] = head
+        return b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body)
+
+    def _head(self, method: str, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
+        """The request line and headers, each line ended, checked for smuggled lines."""
         lines = [f"{method} {self._prefix}{target} HTTP/1.1", self._host_line]
         lines += [f"{k}: {v}" for k, v in headers]
-        lines.append(f"content-length: {len(body)}")
-        return end_head("\r\n".join(lines).encode("latin-1"), len(lines)) + body
+        checked = end_head("\r\n".join(lines).encode("latin-1"), len(lines))
+        return checked[:-2]  # the blank line comes after the length

@@ -33,6 +33,8 @@ from scheduler.serve._proxied import ProxiedClient, proxied
 #: and length headers are the server's own business.
 _RELAYED = ("request-id", "anthropic-organization-id", "retry-after", "x-should-retry")
 _API_VERSION = "2023-06-01"
+#: Distinct (version, beta) header pairs kept (clients send few).
+_MAX_AUTH = 64
 
 
 class UpstreamError(ProviderError):
@@ -187,6 +189,7 @@ class UpstreamProvider:
         #: the headers every upstream request carries, before the client's own
         self._fixed = (("x-api-key", api_key), ("content-type", "application/json"),
                        ("accept-encoding", "identity"), ("user-agent", "vibe-engine-serve"))
+        self._auth: dict[tuple[str, str | None], tuple[tuple[str, str], ...]] = {}
         connect_s = min(timeout_s, 10.0)
         self._http: _Http = (ProxiedClient if proxied(self._url) else HttpClient)(
             self._url, timeout_s=timeout_s, connect_s=connect_s)
@@ -194,14 +197,21 @@ class UpstreamProvider:
     def __repr__(self) -> str:  # the key never shows, not even in a traceback's locals
         return f"UpstreamProvider({self._url!r})"
 
-    def auth_headers(self, client_headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    def auth_headers(self, client_headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         """The headers an upstream request carries: the server's key, the client's
-        API version and beta flags."""
+        API version and beta flags (the same tuple for the same two, so the client
+        finds the request head it already built)."""
         version = client_headers.get("anthropic-version") or _API_VERSION
         beta = client_headers.get("anthropic-beta")
-        if beta:
-            return [*self._fixed, ("anthropic-version", version), ("anthropic-beta", beta)]
-        return [*self._fixed, ("anthropic-version", version)]
+        found = self._auth.get((version, beta))
+        if found is None:
+            extra = (("anthropic-version", version),) + ((("anthropic-beta", beta),) if beta
+                                                         else ())
+            found = (*self._fixed, *extra)
+            if len(self._auth) >= _MAX_AUTH:
+                self._auth.clear()
+            self._auth[version, beta] = found
+        return found
 
     async def aclose(self) -> None:
         await self._http.aclose()
