@@ -177,6 +177,7 @@ class Scopes:
         #: Days whose totals were read from the store (a day in ``days`` but not here is a
         #: placeholder: midnight passed and nothing async has loaded it yet).
         self._loaded: set[str] = set()
+        self._ready_day: date | None = None  # a day in ``_loaded``: the one asked last
         self.tasks: dict[str, TaskEntry] = {}
         #: Per-day scopes of tasks with a ``day_budget``, by scope name; like ``days``, a
         #: name not in ``_loaded`` is a placeholder whose totals are not read yet.
@@ -204,6 +205,16 @@ class Scopes:
             self._loaded.add(key)
             self.crossings(state)  # already passed: fired by an earlier process
         return state
+
+    def loaded(self, day: date) -> bool:
+        """Whether the totals of ``day`` were read from the store (see :meth:`ensure_day`)."""
+        return day == self._ready_day or self._is_loaded(day)
+
+    def _is_loaded(self, day: date) -> bool:
+        if day.isoformat() not in self._loaded:
+            return False
+        self._ready_day = day
+        return True
 
     def day(self, day: date | None = None) -> ScopeState:
         """The scope of ``day`` (default today); one not loaded yet is a placeholder that

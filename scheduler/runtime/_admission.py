@@ -39,12 +39,15 @@ class Admission:
     """Budget admission and leases of one run's model calls and operations."""
 
     def __init__(self, *, config: VibeConfig, tracker: Tracker, allocator: Allocator,
-                 controller: PauseController, signal: Signal) -> None:
+                 controller: PauseController, signal: Signal,
+                 mirror: Callable[[TaskHandle], None] | None = None) -> None:
         self.config = config
         self.tracker = tracker
         self.allocator = allocator
         self.controller = controller
         self._signal = signal
+        #: ``signal`` without crossings (sync: most calls cross no threshold).
+        self._mirror = mirror
         #: Awaited before a paused task waits for a decision: it gives back its leases (R3.4).
         self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
         #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`).
@@ -64,15 +67,19 @@ class Admission:
         ctl = self.controller
         reject = task.spec.on_limit == "reject"
         while True:
-            await self._signal(task, self.tracker.time_crossings(task.id))
+            crossings = self.tracker.time_crossings(task.id)
+            if crossings or self._mirror is None:
+                await self._signal(task, crossings)
+            else:
+                self._mirror(task)
             if reject and ctl.is_paused(task.id):
                 await ctl.discard(task.id)  # the alerts' 100 % pause: refused below instead
             await self.pause_point(task)
             try:
-                self.tracker.check(task.id, prompt_tokens=prompt_tokens,
-                                   completion_tokens=completion_tokens)
+                checked = _checked(self.tracker, task.id, model, tokens, cost, prompt_tokens,
+                                   completion_tokens)
                 reservation = await ctl.reserve(task.id, model=model, tokens=tokens,
-                                                cost_usd=cost)
+                                                cost_usd=cost, checked=checked)
                 if reservation.hold is not None and not reservation.hold.local:
                     self._holds[id(reservation)] = reservation  # until :meth:`ended`
                 return reservation
@@ -162,6 +169,26 @@ class Admission:
                 if not await self.tracker.renew_hold(reservation):
                     _log.warning("budget_hold_lapsed", task_id=reservation.task_id,
                                  tokens=reservation.tokens)
+
+
+#: What a reservation holds: over one of these limits, the overdraft grace may still
+#: cover the call inside a critical section (see ``PauseController.reserve``).
+_RESERVED = frozenset({"tokens", "cost_usd"})
+
+
+def _checked(tracker: Tracker, task_id: str, model: str, tokens: int, cost: float,
+             prompt_tokens: int, completion_tokens: int) -> bool:
+    """One pass over the budgets for a call: True when every limit takes it.  A call over
+    its prompt, completion or cache limits (or the time budget) raises; one over what a
+    reservation holds answers False, and reserving raises or covers it (overdraft)."""
+    try:
+        tracker.check(task_id, model=model, tokens=tokens, cost_usd=cost,
+                      prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    except BudgetExceededError as exc:
+        if exc.dimension in _RESERVED or exc.dimension.startswith("tokens:"):
+            return False
+        raise
+    return True
 
 
 def _decided(task: TaskHandle, decision: Decision | None) -> None:

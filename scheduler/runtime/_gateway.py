@@ -107,7 +107,8 @@ class Gateway:
         self.replanner = replanner
         self.alerts = alerts
         self.admission = Admission(config=config, tracker=tracker, allocator=allocator,
-                                   controller=controller, signal=self.signal)
+                                   controller=controller, signal=self.signal,
+                                   mirror=self.mirror)
         #: R4.3: scores answers the provider did not score (``routing.quality_scorer``).
         self.scorer: QualityScorer = _NoScorer()
         #: Called with every settled model call's usage event (observers, metrics).
@@ -188,15 +189,21 @@ class Gateway:
                       models=list(self.config.models))
         opts = check_options(options or {})
         used: list[float] = []  # the budget fraction as the replanner last read it
-
-        def fraction() -> float:
-            used.append(self.tracker.fraction_used(task.id))
-            return used[-1]
-
+        info: TaskInfo | None = None
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
+            tracker, task_id = self.tracker, task.id
+
+            def fraction() -> float:
+                used.append(tracker.fraction_used(task_id))
+                return used[-1]
+
+            # what routing knows of the task stays as it is for the whole call; the
+            # replanner's view is the same but for the call's hints
+            plain = task_info(task)
+            info = task_info(task, hints) if hints else plain
             split = await self.replanner.before_call(  # R6.2: parts are not split again,
                 task, fraction,  # nor forwarded calls
-                allow_break_down=not task.split_from and passthrough is None)
+                allow_break_down=not task.split_from and passthrough is None, info=plain)
             if split is not None:
                 raise BreakDownRequested(task.id, split)
         max_tokens, out = output_limits(task, max_tokens, opts)
@@ -204,9 +211,7 @@ class Gateway:
         need = out + self.counter.calibrated(self.router.catalog.strongest, raw).calibrated
         call = Call(max_tokens, out, stream, dict(hints) if hints else NO_HINTS, opts, on_text,
                     passthrough, task, messages, system, context, tools, raw)
-        # nothing was charged since the replanner's last reading (no wait in between), and
-        # what routing knows of the task stays as it is for the whole call
-        info = task_info(task, hints) if model is None else None
+        # nothing was charged since the replanner's last reading (no wait in between)
         route = self.route(task, model, hints, need, used[-1] if used else None, info)
         return call, route, need, info
 
@@ -330,7 +335,10 @@ class Gateway:
             if reservation.active:
                 with anyio.CancelScope(shield=True):
                     await self.tracker.release(reservation)
-        await self.signal(task, crossings)
+        if crossings:
+            await self.signal(task, crossings)
+        else:  # the usual case: no coroutine to make and await
+            self.mirror(task)
         return completion
 
     # 1 route -------------------------------------------------------------------------
@@ -485,6 +493,11 @@ class Gateway:
         """Apply the alert policy (R3) and mirror its flags onto the task handle."""
         if crossings:
             await self.alerts.apply(task.id, crossings)
+        self.mirror(task)
+
+    def mirror(self, task: TaskHandle) -> None:
+        """Mirror the alert flags onto the task handle: :meth:`signal` without crossings
+        (most calls cross no threshold: no coroutine to make and await)."""
         flags, signals = self.alerts.flags(task.id), task.signals
         signals.prefer_cheaper = flags.prefer_cheaper
         signals.aggressive = flags.aggressive
