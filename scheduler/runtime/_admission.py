@@ -10,8 +10,7 @@ overdraft grace may cover the call (R3.5).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
@@ -135,14 +134,13 @@ class Admission:
         hold, if any, is no longer renewed."""
         self._holds.pop(id(reservation), None)
 
-    @contextmanager
-    def in_call(self, lease: Lease) -> Iterator[None]:
-        """Mark ``lease`` as held by a call in flight: :meth:`keep_leases` renews it."""
+    def call_started(self, lease: Lease) -> None:
+        """Mark ``lease`` as held by a call in flight, until :meth:`call_ended`:
+        :meth:`keep_leases` renews it."""
         self._in_call[lease.id] = lease
-        try:
-            yield
-        finally:
-            self._in_call.pop(lease.id, None)
+
+    def call_ended(self, lease: Lease) -> None:
+        self._in_call.pop(lease.id, None)
 
     async def keep_leases(self) -> None:
         """The service that renews every lease whose call is still running, every third of

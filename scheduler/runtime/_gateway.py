@@ -186,7 +186,7 @@ class Gateway:
         the tokens it needs on the strongest tier and routing's view of the task."""
         check_request(messages, system=system, context=context, tools=tools,
                       max_tokens=max_tokens, model=model, hints=hints,
-                      models=list(self.config.models))
+                      models=self.config.models)
         opts = check_options(options or {})
         used: list[float] = []  # the budget fraction as the replanner last read it
         info: TaskInfo | None = None
@@ -310,9 +310,12 @@ class Gateway:
             request = attempt_request(  # made once leased: a waiting call holds none
                 self.config, task, route, messages, system, context, tools, call)
             started = self._clock()
+            self.admission.call_started(lease)  # renewed while the call runs (R5.4)
             try:
-                with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
+                try:
                     completion = await self.call(task, request, started)
+                finally:
+                    self.admission.call_ended(lease)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))

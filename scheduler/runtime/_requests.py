@@ -8,7 +8,7 @@ A bad argument would otherwise surface deep in the path as a ``TypeError``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from scheduler.core import InvalidArgumentError
@@ -18,7 +18,7 @@ _PLAIN_SEQUENCES = (list, tuple)
 
 def check_request(
     messages: Any, *, system: Any, context: Any, tools: Any, max_tokens: Any, model: Any,
-    hints: Any, models: Sequence[str],
+    hints: Any, models: Collection[str],
 ) -> None:
     """Raise :class:`InvalidArgumentError` for the first invalid argument of a call."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
