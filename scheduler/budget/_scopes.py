@@ -183,6 +183,8 @@ class Scopes:
         #: name not in ``_loaded`` is a placeholder whose totals are not read yet.
         self.task_days: dict[str, ScopeState] = {}
         self._continued = True  # until open() finds the session new
+        alerts = config.alerts  # frozen: the lowest threshold, once
+        self._lowest = min(alerts.warning, alerts.critical, alerts.exceeded)
 
     # -- loading -------------------------------------------------------------------
 
@@ -382,8 +384,11 @@ class Scopes:
     def crossings(self, scope: ScopeState) -> list[Crossing]:
         """Thresholds ``scope`` has passed and not reported yet (marks them reported)."""
         out: list[Crossing] = []
+        low = self._lowest  # below it, no threshold is passed (but a cost warning's own)
         for dim, lim in scope.limited():
-            out += self._fire(scope, dim, scope.used(dim), lim)
+            used = scope.used(dim)
+            if used >= lim * low or dim == "cost_usd":  # else the usual answer: none
+                out += self._fire(scope, dim, used, lim)
         return out
 
     def time_crossings(self, task_id: str) -> list[Crossing]:
@@ -395,8 +400,7 @@ class Scopes:
         return self._fire(scope, "time_s", self._clock() - scope.started_at, lim)
 
     def _fire(self, scope: ScopeState, dim: str, used: float, lim: float) -> list[Crossing]:
-        a, limits = self._config.alerts, scope.limits
-        low = min(a.warning, a.critical, a.exceeded)
+        limits, low = scope.limits, self._lowest
         if dim == "cost_usd" and limits.cost_warning_usd and limits.cost_usd:
             low = min(low, limits.cost_warning_usd / limits.cost_usd)
         if used < lim * low:

@@ -469,13 +469,13 @@ class Gateway:
         The usage is charged whatever became of the lease (a pause or an expiry may have
         ended it while the call ran): a paid token is never lost.
         """
-        usage = completion.usage
-        event = self.tracker.make_event(
-            task.id, model=model, usage=usage,
+        usage, task_id, tracker = completion.usage, task.id, self.tracker
+        event = tracker.make_event(
+            task_id, model=model, usage=usage,
             cost_usd=cost_usd(usage, self.config.model_spec(model)),
             event_id=reservation.event_id or None,  # the id its open_call record names
         )
-        crossings = await self.tracker.charge(event, reservation)
+        crossings = await tracker.charge(event, reservation)
         if lease is not None and lease.active:  # an ended one gave its tokens back already
             try:  # noqa: SIM105 -- contextlib.suppress is three calls more per model call
                 self.allocator.settle(lease.id, usage.prompt_tokens + usage.completion_tokens,
@@ -483,7 +483,7 @@ class Gateway:
             except LeaseError:
                 pass
         # R5.2: demotion above 50 % of the task's tokens
-        self.allocator.set_token_fraction(task.id, self.tracker.token_fraction(task.id))
+        self.allocator.set_token_fraction(task_id, tracker.token_fraction(task_id))
         actual_input = usage.prompt_tokens + usage.cache_read_tokens + usage.cache_write_tokens
         self.counter.reconcile(estimate, actual_input)
         task.calls += 1
@@ -501,11 +501,12 @@ class Gateway:
     def mirror(self, task: TaskHandle) -> None:
         """Mirror the alert flags onto the task handle: :meth:`signal` without crossings
         (most calls cross no threshold: no coroutine to make and await)."""
-        flags, signals = self.alerts.flags(task.id), task.signals
+        alerts, task_id, signals = self.alerts, task.id, task.signals
+        flags = alerts.flags(task_id)
         signals.prefer_cheaper = flags.prefer_cheaper
         signals.aggressive = flags.aggressive
         signals.alert_level = flags.indicator
-        if self.alerts.consume_checkpoint_request(task.id):
+        if alerts.consume_checkpoint_request(task_id):
             signals.checkpoint_requested = True
 
     async def ping(self, model: str) -> Completion:
