@@ -61,6 +61,7 @@ from scheduler.runtime._call import (
 )
 from scheduler.runtime._quality import QualityScorer
 from scheduler.runtime._requests import check_request
+from scheduler.runtime._tiers import cheaper, next_fallback, over_budget
 from scheduler.tasks import TaskHandle
 
 #: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
@@ -114,6 +115,7 @@ class Gateway:
         #: Called with every settled model call's usage event (observers, metrics).
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
         self._clock = clock
+        self._count_api = config.provider.count_tokens == "api"  # the config is frozen
         #: One copy of each routing reason text, for the calls routed alike.
         self._reasons = SharedTexts()
         #: The attempt and lease steps as called; :meth:`instrument` wraps them.
@@ -295,7 +297,7 @@ class Gateway:
     ) -> Completion:
         """One attempt on ``route``: estimate → admit → lease → call → settle → signal."""
         est = self.counter.calibrated(route.model, call.raw_tokens)
-        if self.config.provider.count_tokens == "api":
+        if self._count_api:
             est = await self.count_api(attempt_request(
                 self.config, task, route, messages, system, context, tools, call), est)
         cost = self.estimated_cost(route.model, est.calibrated, call.out)
@@ -361,52 +363,21 @@ class Gateway:
         decision = self.router.choose(info or task_info(task, hints), fraction, task.priority,
                                       over_budget=over)
         model, reason = decision.model, decision.reason
-        cheaper = self._cheaper(task, model, over, decision.downgraded)
-        if cheaper is not None:
-            model, reason = cheaper
+        down = cheaper(task, self.router.catalog.tiers, self.health.usable, over, model,
+                       decision.downgraded)
+        if down is not None:
+            model, reason = down
             reason = f"{decision.reason} {reason}"
         return Route(model, self._reasons.shared(reason), decision.fallback)
 
-    def _cheaper(
-        self, task: TaskHandle, model: str, over: frozenset[str], downgraded: bool
-    ) -> tuple[str, str] | None:
-        """R3.2/R3.3: one tier down after a warning; the cheapest tier when aggressive
-        (``over``: the tiers whose per-model budget cannot take the call)."""
-        tiers = list(self.router.catalog.tiers)
-        floor = 1 if task.spec.requires_high_capability else 0
-        idx = tiers.index(model) if model in tiers else 0
-        if task.signals.aggressive:
-            target, why = floor, "(cheapest tier: aggressive cost reduction, R3.3)"
-        elif task.signals.prefer_cheaper and not downgraded:
-            target, why = max(idx - 1, floor), "(one tier down after a budget warning, R3.2)"
-        else:
-            return None
-        usable = self.health.usable(task.priority) - over
-        for i in range(target, idx):
-            if tiers[i] in usable:
-                return tiers[i], why
-        return None
-
     def _next_fallback(self, task: TaskHandle, model: str, skip: list[str]) -> str | None:
         """R6.1: where a failed call goes next — a usable substitute not skipped."""
-        usable = self.health.usable(task.priority)
         subs = self.router.catalog.substitutes(model, task.profile.task_type)
-        return next((t for t in subs if t in usable and t not in skip and t != model), None)
+        return next_fallback(subs, self.health.usable(task.priority), model, skip)
 
     def over_budget(self, task: TaskHandle, tokens: int) -> frozenset[str]:
         """Tiers whose per-model token budget (any scope of the task) cannot take ``tokens``."""
-        out = set()
-        for scope in self.tracker.scopes(task.id):
-            caps = scope.limits.tokens_by_model
-            if not caps:
-                continue
-            for tier in self.router.catalog.tiers:
-                cap = caps.get(tier)  # type: ignore[call-overload]
-                held = scope.totals.tokens_by_model.get(tier, 0) + scope.reserved_by_model.get(
-                    tier, 0)
-                if cap is not None and held + tokens > cap:
-                    out.add(tier)
-        return frozenset(out)
+        return over_budget(self.tracker.scopes(task.id), self.router.catalog.tiers, tokens)
 
     # 2 estimate ----------------------------------------------------------------------
     def estimate(
