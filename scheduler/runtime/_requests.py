@@ -40,7 +40,8 @@ def check_request(
 
 def _check_dicts(name: str, value: Any) -> None:
     # a list or tuple of plain dicts, what nearly every call passes, needs no ABC checks
-    if type(value) in _PLAIN_SEQUENCES and all(type(item) is dict for item in value):
+    if type(value) in _PLAIN_SEQUENCES and (
+            not value or all(type(item) is dict for item in value)):
         return
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
         raise InvalidArgumentError(name, value, "must be a list of dicts")
