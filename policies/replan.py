@@ -112,15 +112,21 @@ class DefaultReplanPolicy:
 
     def __init__(self, params: ReplanParams | None = None) -> None:
         self.params = params or ReplanParams()
+        # the usual decision, one per tier (frozen, so shared): every routed call asks
+        self._available: dict[str, Proceed] = {}
 
     def plan(self, data: ReplanInput) -> ReplanDecision:
         p = self.params
-        tiers = list(data.tiers)
         if p.simplify_at <= data.budget_fraction < 1.0:  # at 100 % the task pauses (R3.4)
             return Simplify(p.simplify_instruction,
                             f"budget critical: {data.budget_fraction:.0%} used")
         if data.wanted in data.usable:
-            return Proceed(data.wanted, f"{data.wanted} is available")
+            found = self._available.get(data.wanted)
+            if found is None:
+                found = self._available[data.wanted] = Proceed(
+                    data.wanted, f"{data.wanted} is available")
+            return found
+        tiers = list(data.tiers)
         strongest = tiers[-1]
         if (data.wanted == strongest and data.task.complexity == "complex"
                 and data.task.priority <= p.defer_max_priority

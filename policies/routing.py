@@ -77,17 +77,41 @@ class RoutingPolicy(Protocol):
 class CheapestCapableRouting:
     """The default :class:`RoutingPolicy` (see the module docstring)."""
 
+    #: How many decisions :meth:`select` keeps.
+    KEPT = 256
+
     def __init__(self, params: RoutingParams | None = None, floor: str = "sonnet") -> None:
         self.params = params or RoutingParams()
         self.floor = floor
+        # decisions by what they depend on (see :meth:`select`), with the objects named
+        # by id in the key: calls routed alike, most of a run's, share one decision
+        self._decided: dict[tuple[object, ...], tuple[object, object, object,
+                                                      RouteDecision]] = {}
 
     def select(self, data: RoutingInput) -> RouteDecision:
+        """The decision for ``data``: the budget fraction counts only through its whole
+        percent (the reason shows it) and whether it passed ``downgrade_above``."""
+        a, subs, tiers = data.assessment, data.substitutes, data.tiers
+        used = f"{data.budget_fraction:.0%}"
+        key = (id(a), id(subs), id(tiers), used,
+               data.budget_fraction > self.params.downgrade_above, data.usable,
+               data.min_tier, data.over_budget, data.task.requires_high_capability)
+        found = self._decided.get(key)
+        if found is not None and found[0] is a and found[1] is subs and found[2] is tiers:
+            return found[3]
+        decision = self._select(data, used)
+        if len(self._decided) >= self.KEPT:
+            self._decided.clear()
+        self._decided[key] = (a, subs, tiers, decision)
+        return decision
+
+    def _select(self, data: RoutingInput, used: str) -> RouteDecision:
         tiers = list(data.tiers)
         a = data.assessment
         model = a.tier
         notes = [f"complexity: {a.features.output}/{a.features.depth}/{a.features.kind} "
                  f"score {a.score}{' (learned)' if a.learned else ''} → {model}",
-                 f"budget: {data.budget_fraction:.0%}"]
+                 f"budget: {used}"]
         downgraded = substituted = floor_unmet = False
         low = tiers.index(data.min_tier) if data.min_tier in tiers else 0
         if data.budget_fraction > self.params.downgrade_above and tiers.index(model) > low:

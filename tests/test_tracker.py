@@ -51,6 +51,24 @@ async def test_r1_1_every_dimension_is_enforced(
     assert info.value.scope == "task:t1"
 
 
+async def test_r1_1_a_call_is_refused_for_its_own_limits_before_the_reserved_ones(
+    store: Store,
+) -> None:
+    """R1.1: one check of a model call: over both the task's token limit and the
+    session's prompt limit, the call is refused for its prompt (the pause names it; a
+    critical section's overdraft covers only what a reservation holds); over the token
+    limit alone, for its tokens."""
+    cfg = config_from_dict({"budgets": {"session": {"prompt_tokens": 50}}})
+    tr = await tracker_with_task(store, cfg, task=_spec(Limits(tokens=100)))
+    with pytest.raises(BudgetExceededError) as info:
+        tr.check("t1", model="sonnet", tokens=300, prompt_tokens=240, completion_tokens=60)
+    assert (info.value.scope, info.value.dimension) == ("session:s1", "prompt_tokens")
+    with pytest.raises(BudgetExceededError) as info:
+        tr.check("t1", model="sonnet", tokens=300, prompt_tokens=40, completion_tokens=60)
+    assert (info.value.scope, info.value.dimension) == ("task:t1", "tokens")
+    tr.check("t1", model="sonnet", tokens=100, prompt_tokens=40, completion_tokens=60)
+
+
 async def test_r1_1_token_kinds_limited_separately(store: Store) -> None:
     """R1.1: prompt / completion / cache tokens are dimensions of their own."""
     tr = await tracker_with_task(store, task=_spec(Limits(cache_read_tokens=100)))

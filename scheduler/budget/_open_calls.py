@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +86,9 @@ class OpenCalls:
         fields.update(host=self._host, pid=self._pid, run=self._run)
         return fields
 
-    async def open(self, record: dict[str, Any]) -> None:
-        await self._store.put_state(OPEN, record["event_id"], record)
+    def open(self, record: dict[str, Any]) -> Awaitable[None]:
+        """Write ``record`` (the store's write itself: no coroutine of its own per call)."""
+        return self._store.put_state(OPEN, record["event_id"], record)
 
     async def close(self, event_id: str) -> None:
         await self._store.delete_state(OPEN, event_id)

@@ -66,7 +66,9 @@ class Reservations:
         A model call (``prompt_tokens`` or ``completion_tokens`` given) is also checked
         against the prompt and completion limits, and refused once a cache-read or
         cache-write limit is reached: how much of a prompt the cache serves is known only
-        afterwards, so those limits stop the next call rather than this one (R1.1).
+        afterwards, so those limits stop the next call rather than this one (R1.1).  Those
+        are checked in every scope before the other amounts asked for: a call over both
+        kinds of limit is refused for its own (see ``Admission.admit``).
         """
         task = self._scopes.task(task_id)
         limit = task.limits.time_s
@@ -74,29 +76,45 @@ class Reservations:
             elapsed = self._clock() - task.started_at
             if elapsed >= limit:
                 raise BudgetExceededError(task.name, "time_s", elapsed, limit)
-        # only what this request asks for (often two of the seven) is checked
+        call = bool(prompt_tokens or completion_tokens)
+        # only what this request asks for (often two of the five) is checked
         wanted = [(dim, amount) for dim, amount in (
             ("tokens", tokens), ("cost_usd", cost_usd), ("file_edits", file_edits),
             ("shell_commands", shell_commands), ("dangerous_commands", dangerous_commands),
-            ("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens),
         ) if amount]  # a list comprehension: one frame, not a generator resumed per item
-        call = bool(prompt_tokens or completion_tokens)
+        by_model = bool(model and tokens)
+        # one pass over the scopes: a model call's own limits (prompt, completion, cache)
+        # are checked in every scope before the other amounts, so an error over those is
+        # raised only once every scope took the call's own (see ``Admission.admit``)
+        over: BudgetExceededError | None = None
         for scope in self._scopes.of_task(task_id):
             caps = scope.caps()
             if not caps:
                 continue  # an unlimited scope (often the session and the day)
-            for dim, amount in wanted:
-                lim = caps.get(dim)
-                if lim is not None:
-                    _check_dimension(scope, dim, amount, lim)
             if call:
-                _check_cache(scope, caps)
-            if model and tokens:
-                _check_model(scope, model, tokens)
+                _check_call(scope, caps, prompt_tokens, completion_tokens)
+            if over is not None:
+                continue
+            try:
+                for dim, amount in wanted:
+                    lim = caps.get(dim)
+                    if lim is not None:
+                        _check_dimension(scope, dim, amount, lim)
+                if by_model:
+                    _check_model(scope, model, tokens)
+            except BudgetExceededError as exc:
+                if not call:
+                    raise
+                over = exc
+        if over is not None:
+            raise over
 
-    def reserve(self, task_id: str, *, model: str, tokens: int, cost_usd: float) -> Reservation:
-        """Check, then hold ``tokens``/``cost_usd`` against every scope until charged."""
-        self.check(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
+    def reserve(self, task_id: str, *, model: str, tokens: int, cost_usd: float,
+                checked: bool = False) -> Reservation:
+        """Check (unless the caller ``checked`` these amounts just now, with no wait
+        since), then hold ``tokens``/``cost_usd`` against every scope until charged."""
+        if not checked:
+            self.check(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
         scopes = self._scopes.of_task(task_id)
         for s in scopes:
             s.reserved_tokens += tokens
@@ -106,7 +124,7 @@ class Reservations:
                            held=scopes)
 
     async def reserve_shared(
-        self, task_id: str, *, model: str, tokens: int, cost_usd: float
+        self, task_id: str, *, model: str, tokens: int, cost_usd: float, checked: bool = False,
     ) -> Reservation:
         """:meth:`reserve`, and across processes when the store is a :class:`BudgetLedger`.
 
@@ -116,10 +134,16 @@ class Reservations:
         of *every* orchestrator sharing them ("charge if within budget"), and the
         local totals are refreshed from the shared ones.  Raises :class:`BudgetExceededError`,
         or :class:`StoreUnavailableError` while the ledger is unreachable and
-        fail-closed.  With any other store this is exactly :meth:`reserve`.
+        fail-closed.  With any other store this is exactly :meth:`reserve`.  ``checked``:
+        the caller checked these amounts just now (they are checked again if midnight
+        passed, once the new day's totals are loaded).
         """
-        await self._scopes.ensure_day(self._scopes.today())  # midnight may have passed
-        reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
+        today = self._scopes.today()
+        if not self._scopes.loaded(today):  # midnight passed: load the new day's totals
+            await self._scopes.ensure_day(today)
+            checked = False
+        reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd,
+                                   checked=checked)
         if self._ledger is None:
             return reservation
         shared = tuple(s for s in self._scopes.of_task(task_id) if s.shared)
@@ -217,6 +241,16 @@ def _check_dimension(scope: ScopeState, dim: str, amount: float, lim: float) -> 
     used = scope.used(dim) + held
     if used + amount > lim:
         raise BudgetExceededError(scope.name, dim, used, lim, amount)
+
+
+def _check_call(scope: ScopeState, caps: Mapping[str, float | None], prompt_tokens: int,
+                completion_tokens: int) -> None:
+    """A model call's prompt and completion estimates, and the cache limits (R1.1)."""
+    if prompt_tokens and (lim := caps.get("prompt_tokens")) is not None:
+        _check_dimension(scope, "prompt_tokens", prompt_tokens, lim)
+    if completion_tokens and (lim := caps.get("completion_tokens")) is not None:
+        _check_dimension(scope, "completion_tokens", completion_tokens, lim)
+    _check_cache(scope, caps)
 
 
 def _check_cache(scope: ScopeState, caps: Mapping[str, float | None]) -> None:

@@ -177,11 +177,14 @@ class Scopes:
         #: Days whose totals were read from the store (a day in ``days`` but not here is a
         #: placeholder: midnight passed and nothing async has loaded it yet).
         self._loaded: set[str] = set()
+        self._ready_day: date | None = None  # a day in ``_loaded``: the one asked last
         self.tasks: dict[str, TaskEntry] = {}
         #: Per-day scopes of tasks with a ``day_budget``, by scope name; like ``days``, a
         #: name not in ``_loaded`` is a placeholder whose totals are not read yet.
         self.task_days: dict[str, ScopeState] = {}
         self._continued = True  # until open() finds the session new
+        alerts = config.alerts  # frozen: the lowest threshold, once
+        self._lowest = min(alerts.warning, alerts.critical, alerts.exceeded)
 
     # -- loading -------------------------------------------------------------------
 
@@ -204,6 +207,16 @@ class Scopes:
             self._loaded.add(key)
             self.crossings(state)  # already passed: fired by an earlier process
         return state
+
+    def loaded(self, day: date) -> bool:
+        """Whether the totals of ``day`` were read from the store (see :meth:`ensure_day`)."""
+        return day == self._ready_day or self._is_loaded(day)
+
+    def _is_loaded(self, day: date) -> bool:
+        if day.isoformat() not in self._loaded:
+            return False
+        self._ready_day = day
+        return True
 
     def day(self, day: date | None = None) -> ScopeState:
         """The scope of ``day`` (default today); one not loaded yet is a placeholder that
@@ -371,8 +384,11 @@ class Scopes:
     def crossings(self, scope: ScopeState) -> list[Crossing]:
         """Thresholds ``scope`` has passed and not reported yet (marks them reported)."""
         out: list[Crossing] = []
+        low = self._lowest  # below it, no threshold is passed (but a cost warning's own)
         for dim, lim in scope.limited():
-            out += self._fire(scope, dim, scope.used(dim), lim)
+            used = scope.used(dim)
+            if used >= lim * low or dim == "cost_usd":  # else the usual answer: none
+                out += self._fire(scope, dim, used, lim)
         return out
 
     def time_crossings(self, task_id: str) -> list[Crossing]:
@@ -384,8 +400,7 @@ class Scopes:
         return self._fire(scope, "time_s", self._clock() - scope.started_at, lim)
 
     def _fire(self, scope: ScopeState, dim: str, used: float, lim: float) -> list[Crossing]:
-        a, limits = self._config.alerts, scope.limits
-        low = min(a.warning, a.critical, a.exceeded)
+        limits, low = scope.limits, self._lowest
         if dim == "cost_usd" and limits.cost_warning_usd and limits.cost_usd:
             low = min(low, limits.cost_warning_usd / limits.cost_usd)
         if used < lim * low:

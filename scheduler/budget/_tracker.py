@@ -12,7 +12,7 @@ what the day has already spent.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -26,7 +26,7 @@ from scheduler.budget._reservations import Reservation, Reservations
 from scheduler.budget._scopes import Crossing, Scopes, ScopeState
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
-from scheduler.core import SystemWallClock, UsageEvent, WallClock, loop_time
+from scheduler.core import SystemWallClock, Usage, UsageEvent, WallClock, loop_time
 from scheduler.store import Store
 
 #: A flush of the running tasks' files waits at least this many times as long as the
@@ -195,14 +195,14 @@ class Tracker:
         """Check, then hold ``tokens``/``cost_usd`` against every scope until charged."""
         return self._reservations.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
 
-    async def reserve_shared(
-        self, task_id: str, *, model: str, tokens: int, cost_usd: float
-    ) -> Reservation:
+    def reserve_shared(
+        self, task_id: str, *, model: str, tokens: int, cost_usd: float, checked: bool = False,
+    ) -> Awaitable[Reservation]:
         """:meth:`reserve`, and across processes when the store is a ``BudgetLedger``
-        (see :meth:`Reservations.reserve_shared`)."""
-        return await self._reservations.reserve_shared(
-            task_id, model=model, tokens=tokens, cost_usd=cost_usd
-        )
+        (see :meth:`Reservations.reserve_shared`; ``checked``: the caller checked these
+        amounts just now)."""
+        return self._reservations.reserve_shared(
+            task_id, model=model, tokens=tokens, cost_usd=cost_usd, checked=checked)
 
     async def renew_hold(self, reservation: Reservation) -> bool:
         """Keep the reservation's shared hold alive while its call waits (``True`` without
@@ -255,24 +255,17 @@ class Tracker:
         event_id: str | None = None,
     ) -> UsageEvent:
         entry = self._scopes.tasks.get(task_id)
-        kwargs: dict[str, Any] = {}
-        if usage is not None:
-            kwargs["usage"] = usage
+        if entry is None:
+            agent = task_type = day_scope = ""
+        else:
+            agent, task_type = entry.agent, entry.profile.task_type
+            day_scope = entry.day_root or ""
+        # positional: every charge makes one, and keywords cost more to match
         return UsageEvent(
-            day_scope=(entry.day_root or "") if entry else "",
-            event_id=event_id or self.next_event_id(task_id),
-            task_id=task_id,
-            session_id=self.session_id,
-            day=self._scopes.today().isoformat(),
-            at=self._timestamp(),
-            agent=entry.agent if entry else "",
-            model=model,
-            cost_usd=cost_usd,
-            file_edits=file_edits,
-            shell_commands=shell_commands,
-            dangerous_commands=dangerous_commands,
-            task_type=entry.profile.task_type if entry else "",
-            **kwargs,
+            event_id or self.next_event_id(task_id), task_id, self.session_id,
+            self._scopes.today().isoformat(), self._timestamp(), agent, model,
+            Usage() if usage is None else usage, cost_usd, file_edits, shell_commands,
+            dangerous_commands, task_type, day_scope,
         )
 
     async def charge(

@@ -222,19 +222,19 @@ class PauseController:
             _log.debug("critical_section_left", task_id=task_id, name=name)
 
     async def reserve(
-        self, task_id: str, *, model: str, tokens: int, cost_usd: float
+        self, task_id: str, *, model: str, tokens: int, cost_usd: float, checked: bool = False,
     ) -> Reservation:
         """:meth:`Tracker.reserve`, using the overdraft grace inside a critical section.
 
         Outside a critical section (or without an overdraft ledger) a request
         over the limit raises :class:`BudgetExceededError` (the caller pauses);
         inside one it is granted within the grace or raises
-        :class:`OverdraftDeniedError`.
+        :class:`OverdraftDeniedError`.  ``checked``: the caller found the amounts
+        within every limit just now.
         """
         try:
             return await self.tracker.reserve_shared(
-                task_id, model=model, tokens=tokens, cost_usd=cost_usd
-            )
+                task_id, model=model, tokens=tokens, cost_usd=cost_usd, checked=checked)
         except BudgetExceededError as exc:
             operation = self.in_progress_operation(task_id)
             if operation is None or self.overdraft is None:

@@ -73,8 +73,8 @@ class GroupCommit(Generic[E, R]):
             op.lead = True
         else:
             op.woken = woken = _wakeup()
-            try:
-                await _wait(woken)
+            try:  # a future (asyncio), awaited as it is: every follower of a batch waits
+                await (woken.wait() if isinstance(woken, anyio.Event) else woken)
             except BaseException:
                 if op in self._queue and not op.lead:
                     self._queue.remove(op)  # never written, never acknowledged
@@ -141,10 +141,6 @@ def _wakeup() -> Any:
     else an :class:`anyio.Event`."""
     loop = asyncio._get_running_loop()  # None, not an exception, off asyncio
     return anyio.Event() if loop is None else loop.create_future()
-
-
-def _wait(woken: Any) -> Awaitable[Any]:
-    return woken.wait() if isinstance(woken, anyio.Event) else woken
 
 
 def _wake(woken: Any) -> None:

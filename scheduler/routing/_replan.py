@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import anyio
 
+from policies.complexity import TaskInfo
 from policies.replan import (
     BreakDown,
     Defer,
@@ -54,11 +55,13 @@ class Replanner:
 
     def plan(
         self, handle: TaskHandle, *, budget_fraction: float, agent: object | None = None,
-        deferred_s: float = 0.0,
+        deferred_s: float = 0.0, info: TaskInfo | None = None,
     ) -> ReplanDecision:
-        info = task_info(handle)
+        """The policy's decision; ``info``: ``task_info(handle)`` when the caller made it."""
+        info = info or task_info(handle)
         wanted = self.router.min_tier(info.task_id) or self.router.assess(info).tier
-        parts = tuple(str(p) for p in handle.spec.params.get("parts", ()))
+        parts = handle.spec.params.get("parts")
+        parts = tuple(map(str, parts)) if parts else ()
         data = ReplanInput(
             task=info, wanted=wanted, tiers=self.router.catalog.tiers,
             usable=self.router.health.usable(info.priority), budget_fraction=budget_fraction,
@@ -69,6 +72,7 @@ class Replanner:
     async def before_call(
         self, handle: TaskHandle, budget_fraction: Callable[[], float], *,
         agent: object | None = None, allow_break_down: bool = False,
+        info: TaskInfo | None = None,
     ) -> BreakDown | None:
         """Apply the policy before a routed call (or an attempt): simplify, defer or proceed.
 
@@ -76,11 +80,12 @@ class Replanner:
         policy's ``max_defer_s`` is used up, then is planned again.  A break-down is only
         returned when ``allow_break_down`` (at the start of an attempt, where the
         orchestrator can split the task); mid-task the gateway's fallbacks cover it.
+        ``info``: ``task_info(handle)`` when the caller made it already.
         """
         deferred_s = 0.0
         while True:
             decision = self.plan(handle, budget_fraction=budget_fraction(), agent=agent,
-                                 deferred_s=deferred_s)
+                                 deferred_s=deferred_s, info=info)
             if isinstance(decision, Simplify):
                 self.simplify(handle, decision)
                 return None

@@ -111,7 +111,7 @@ class Router:
         """
         prio = task.priority if priority is None else priority
         usable = self.health.usable(prio)
-        if usable - over_budget:
+        if over_budget and usable - over_budget:
             usable -= over_budget
         data = RoutingInput(
             task=task,

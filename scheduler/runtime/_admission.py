@@ -10,8 +10,7 @@ overdraft grace may cover the call (R3.5).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
@@ -39,12 +38,15 @@ class Admission:
     """Budget admission and leases of one run's model calls and operations."""
 
     def __init__(self, *, config: VibeConfig, tracker: Tracker, allocator: Allocator,
-                 controller: PauseController, signal: Signal) -> None:
+                 controller: PauseController, signal: Signal,
+                 mirror: Callable[[TaskHandle], None] | None = None) -> None:
         self.config = config
         self.tracker = tracker
         self.allocator = allocator
         self.controller = controller
         self._signal = signal
+        #: ``signal`` without crossings (sync: most calls cross no threshold).
+        self._mirror = mirror
         #: Awaited before a paused task waits for a decision: it gives back its leases (R3.4).
         self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
         #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`).
@@ -64,15 +66,19 @@ class Admission:
         ctl = self.controller
         reject = task.spec.on_limit == "reject"
         while True:
-            await self._signal(task, self.tracker.time_crossings(task.id))
+            crossings = self.tracker.time_crossings(task.id)
+            if crossings or self._mirror is None:
+                await self._signal(task, crossings)
+            else:
+                self._mirror(task)
             if reject and ctl.is_paused(task.id):
                 await ctl.discard(task.id)  # the alerts' 100 % pause: refused below instead
             await self.pause_point(task)
             try:
-                self.tracker.check(task.id, prompt_tokens=prompt_tokens,
-                                   completion_tokens=completion_tokens)
+                checked = _checked(self.tracker, task.id, model, tokens, cost, prompt_tokens,
+                                   completion_tokens)
                 reservation = await ctl.reserve(task.id, model=model, tokens=tokens,
-                                                cost_usd=cost)
+                                                cost_usd=cost, checked=checked)
                 if reservation.hold is not None and not reservation.hold.local:
                     self._holds[id(reservation)] = reservation  # until :meth:`ended`
                 return reservation
@@ -128,14 +134,13 @@ class Admission:
         hold, if any, is no longer renewed."""
         self._holds.pop(id(reservation), None)
 
-    @contextmanager
-    def in_call(self, lease: Lease) -> Iterator[None]:
-        """Mark ``lease`` as held by a call in flight: :meth:`keep_leases` renews it."""
+    def call_started(self, lease: Lease) -> None:
+        """Mark ``lease`` as held by a call in flight, until :meth:`call_ended`:
+        :meth:`keep_leases` renews it."""
         self._in_call[lease.id] = lease
-        try:
-            yield
-        finally:
-            self._in_call.pop(lease.id, None)
+
+    def call_ended(self, lease: Lease) -> None:
+        self._in_call.pop(lease.id, None)
 
     async def keep_leases(self) -> None:
         """The service that renews every lease whose call is still running, every third of
@@ -162,6 +167,26 @@ class Admission:
                 if not await self.tracker.renew_hold(reservation):
                     _log.warning("budget_hold_lapsed", task_id=reservation.task_id,
                                  tokens=reservation.tokens)
+
+
+#: What a reservation holds: over one of these limits, the overdraft grace may still
+#: cover the call inside a critical section (see ``PauseController.reserve``).
+_RESERVED = frozenset({"tokens", "cost_usd"})
+
+
+def _checked(tracker: Tracker, task_id: str, model: str, tokens: int, cost: float,
+             prompt_tokens: int, completion_tokens: int) -> bool:
+    """One pass over the budgets for a call: True when every limit takes it.  A call over
+    its prompt, completion or cache limits (or the time budget) raises; one over what a
+    reservation holds answers False, and reserving raises or covers it (overdraft)."""
+    try:
+        tracker.check(task_id, model=model, tokens=tokens, cost_usd=cost,
+                      prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    except BudgetExceededError as exc:
+        if exc.dimension in _RESERVED or exc.dimension.startswith("tokens:"):
+            return False
+        raise
+    return True
 
 
 def _decided(task: TaskHandle, decision: Decision | None) -> None:

@@ -61,6 +61,7 @@ from scheduler.runtime._call import (
 )
 from scheduler.runtime._quality import QualityScorer
 from scheduler.runtime._requests import check_request
+from scheduler.runtime._tiers import cheaper, next_fallback, over_budget
 from scheduler.tasks import TaskHandle
 
 #: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
@@ -107,12 +108,14 @@ class Gateway:
         self.replanner = replanner
         self.alerts = alerts
         self.admission = Admission(config=config, tracker=tracker, allocator=allocator,
-                                   controller=controller, signal=self.signal)
+                                   controller=controller, signal=self.signal,
+                                   mirror=self.mirror)
         #: R4.3: scores answers the provider did not score (``routing.quality_scorer``).
         self.scorer: QualityScorer = _NoScorer()
         #: Called with every settled model call's usage event (observers, metrics).
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
         self._clock = clock
+        self._count_api = config.provider.count_tokens == "api"  # the config is frozen
         #: One copy of each routing reason text, for the calls routed alike.
         self._reasons = SharedTexts()
         #: The attempt and lease steps as called; :meth:`instrument` wraps them.
@@ -185,18 +188,24 @@ class Gateway:
         the tokens it needs on the strongest tier and routing's view of the task."""
         check_request(messages, system=system, context=context, tools=tools,
                       max_tokens=max_tokens, model=model, hints=hints,
-                      models=list(self.config.models))
+                      models=self.config.models)
         opts = check_options(options or {})
         used: list[float] = []  # the budget fraction as the replanner last read it
-
-        def fraction() -> float:
-            used.append(self.tracker.fraction_used(task.id))
-            return used[-1]
-
+        info: TaskInfo | None = None
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
+            tracker, task_id = self.tracker, task.id
+
+            def fraction() -> float:
+                used.append(tracker.fraction_used(task_id))
+                return used[-1]
+
+            # what routing knows of the task stays as it is for the whole call; the
+            # replanner's view is the same but for the call's hints
+            plain = task_info(task)
+            info = task_info(task, hints) if hints else plain
             split = await self.replanner.before_call(  # R6.2: parts are not split again,
                 task, fraction,  # nor forwarded calls
-                allow_break_down=not task.split_from and passthrough is None)
+                allow_break_down=not task.split_from and passthrough is None, info=plain)
             if split is not None:
                 raise BreakDownRequested(task.id, split)
         max_tokens, out = output_limits(task, max_tokens, opts)
@@ -204,9 +213,7 @@ class Gateway:
         need = out + self.counter.calibrated(self.router.catalog.strongest, raw).calibrated
         call = Call(max_tokens, out, stream, dict(hints) if hints else NO_HINTS, opts, on_text,
                     passthrough, task, messages, system, context, tools, raw)
-        # nothing was charged since the replanner's last reading (no wait in between), and
-        # what routing knows of the task stays as it is for the whole call
-        info = task_info(task, hints) if model is None else None
+        # nothing was charged since the replanner's last reading (no wait in between)
         route = self.route(task, model, hints, need, used[-1] if used else None, info)
         return call, route, need, info
 
@@ -290,7 +297,7 @@ class Gateway:
     ) -> Completion:
         """One attempt on ``route``: estimate → admit → lease → call → settle → signal."""
         est = self.counter.calibrated(route.model, call.raw_tokens)
-        if self.config.provider.count_tokens == "api":
+        if self._count_api:
             est = await self.count_api(attempt_request(
                 self.config, task, route, messages, system, context, tools, call), est)
         cost = self.estimated_cost(route.model, est.calibrated, call.out)
@@ -305,9 +312,12 @@ class Gateway:
             request = attempt_request(  # made once leased: a waiting call holds none
                 self.config, task, route, messages, system, context, tools, call)
             started = self._clock()
+            self.admission.call_started(lease)  # renewed while the call runs (R5.4)
             try:
-                with self.admission.in_call(lease):  # renewed while the call runs (R5.4)
+                try:
                     completion = await self.call(task, request, started)
+                finally:
+                    self.admission.call_ended(lease)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))
@@ -330,7 +340,10 @@ class Gateway:
             if reservation.active:
                 with anyio.CancelScope(shield=True):
                     await self.tracker.release(reservation)
-        await self.signal(task, crossings)
+        if crossings:
+            await self.signal(task, crossings)
+        else:  # the usual case: no coroutine to make and await
+            self.mirror(task)
         return completion
 
     # 1 route -------------------------------------------------------------------------
@@ -350,52 +363,21 @@ class Gateway:
         decision = self.router.choose(info or task_info(task, hints), fraction, task.priority,
                                       over_budget=over)
         model, reason = decision.model, decision.reason
-        cheaper = self._cheaper(task, model, over, decision.downgraded)
-        if cheaper is not None:
-            model, reason = cheaper
+        down = cheaper(task, self.router.catalog.tiers, self.health.usable, over, model,
+                       decision.downgraded)
+        if down is not None:
+            model, reason = down
             reason = f"{decision.reason} {reason}"
         return Route(model, self._reasons.shared(reason), decision.fallback)
 
-    def _cheaper(
-        self, task: TaskHandle, model: str, over: frozenset[str], downgraded: bool
-    ) -> tuple[str, str] | None:
-        """R3.2/R3.3: one tier down after a warning; the cheapest tier when aggressive
-        (``over``: the tiers whose per-model budget cannot take the call)."""
-        tiers = list(self.router.catalog.tiers)
-        floor = 1 if task.spec.requires_high_capability else 0
-        idx = tiers.index(model) if model in tiers else 0
-        if task.signals.aggressive:
-            target, why = floor, "(cheapest tier: aggressive cost reduction, R3.3)"
-        elif task.signals.prefer_cheaper and not downgraded:
-            target, why = max(idx - 1, floor), "(one tier down after a budget warning, R3.2)"
-        else:
-            return None
-        usable = self.health.usable(task.priority) - over
-        for i in range(target, idx):
-            if tiers[i] in usable:
-                return tiers[i], why
-        return None
-
     def _next_fallback(self, task: TaskHandle, model: str, skip: list[str]) -> str | None:
         """R6.1: where a failed call goes next — a usable substitute not skipped."""
-        usable = self.health.usable(task.priority)
         subs = self.router.catalog.substitutes(model, task.profile.task_type)
-        return next((t for t in subs if t in usable and t not in skip and t != model), None)
+        return next_fallback(subs, self.health.usable(task.priority), model, skip)
 
     def over_budget(self, task: TaskHandle, tokens: int) -> frozenset[str]:
         """Tiers whose per-model token budget (any scope of the task) cannot take ``tokens``."""
-        out = set()
-        for scope in self.tracker.scopes(task.id):
-            caps = scope.limits.tokens_by_model
-            if not caps:
-                continue
-            for tier in self.router.catalog.tiers:
-                cap = caps.get(tier)  # type: ignore[call-overload]
-                held = scope.totals.tokens_by_model.get(tier, 0) + scope.reserved_by_model.get(
-                    tier, 0)
-                if cap is not None and held + tokens > cap:
-                    out.add(tier)
-        return frozenset(out)
+        return over_budget(self.tracker.scopes(task.id), self.router.catalog.tiers, tokens)
 
     # 2 estimate ----------------------------------------------------------------------
     def estimate(
@@ -458,13 +440,13 @@ class Gateway:
         The usage is charged whatever became of the lease (a pause or an expiry may have
         ended it while the call ran): a paid token is never lost.
         """
-        usage = completion.usage
-        event = self.tracker.make_event(
-            task.id, model=model, usage=usage,
+        usage, task_id, tracker = completion.usage, task.id, self.tracker
+        event = tracker.make_event(
+            task_id, model=model, usage=usage,
             cost_usd=cost_usd(usage, self.config.model_spec(model)),
             event_id=reservation.event_id or None,  # the id its open_call record names
         )
-        crossings = await self.tracker.charge(event, reservation)
+        crossings = await tracker.charge(event, reservation)
         if lease is not None and lease.active:  # an ended one gave its tokens back already
             try:  # noqa: SIM105 -- contextlib.suppress is three calls more per model call
                 self.allocator.settle(lease.id, usage.prompt_tokens + usage.completion_tokens,
@@ -472,7 +454,7 @@ class Gateway:
             except LeaseError:
                 pass
         # R5.2: demotion above 50 % of the task's tokens
-        self.allocator.set_token_fraction(task.id, self.tracker.token_fraction(task.id))
+        self.allocator.set_token_fraction(task_id, tracker.token_fraction(task_id))
         actual_input = usage.prompt_tokens + usage.cache_read_tokens + usage.cache_write_tokens
         self.counter.reconcile(estimate, actual_input)
         task.calls += 1
@@ -485,11 +467,17 @@ class Gateway:
         """Apply the alert policy (R3) and mirror its flags onto the task handle."""
         if crossings:
             await self.alerts.apply(task.id, crossings)
-        flags, signals = self.alerts.flags(task.id), task.signals
+        self.mirror(task)
+
+    def mirror(self, task: TaskHandle) -> None:
+        """Mirror the alert flags onto the task handle: :meth:`signal` without crossings
+        (most calls cross no threshold: no coroutine to make and await)."""
+        alerts, task_id, signals = self.alerts, task.id, task.signals
+        flags = alerts.flags(task_id)
         signals.prefer_cheaper = flags.prefer_cheaper
         signals.aggressive = flags.aggressive
         signals.alert_level = flags.indicator
-        if self.alerts.consume_checkpoint_request(task.id):
+        if alerts.consume_checkpoint_request(task_id):
             signals.checkpoint_requested = True
 
     async def ping(self, model: str) -> Completion:

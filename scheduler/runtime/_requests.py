@@ -8,7 +8,7 @@ A bad argument would otherwise surface deep in the path as a ``TypeError``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from scheduler.core import InvalidArgumentError
@@ -18,7 +18,7 @@ _PLAIN_SEQUENCES = (list, tuple)
 
 def check_request(
     messages: Any, *, system: Any, context: Any, tools: Any, max_tokens: Any, model: Any,
-    hints: Any, models: Sequence[str],
+    hints: Any, models: Collection[str],
 ) -> None:
     """Raise :class:`InvalidArgumentError` for the first invalid argument of a call."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
@@ -40,7 +40,8 @@ def check_request(
 
 def _check_dicts(name: str, value: Any) -> None:
     # a list or tuple of plain dicts, what nearly every call passes, needs no ABC checks
-    if type(value) in _PLAIN_SEQUENCES and all(type(item) is dict for item in value):
+    if type(value) in _PLAIN_SEQUENCES and (
+            not value or all(type(item) is dict for item in value)):
         return
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
         raise InvalidArgumentError(name, value, "must be a list of dicts")

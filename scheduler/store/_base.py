@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Awaitable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from scheduler.core import InvalidArgumentError, Totals, UsageEvent
 
@@ -88,13 +89,19 @@ class Store(Protocol):
     async def delete_state(self, kind: str, key: str) -> None: ...
 
 
-async def record_and_delete_state(store: Store, event: UsageEvent, kind: str, key: str) -> bool:
+def record_and_delete_state(store: Store, event: UsageEvent, kind: str,
+                            key: str) -> Awaitable[bool]:
     """``store.record(event)``, then ``store.delete_state(kind, key)``: in one transaction
-    on a store that can (``SqliteStore``: the two writes are both made or neither), else
-    one after the other (a crash between keeps the state record, never loses the event)."""
+    on a store that can (``SqliteStore``: the two writes are both made or neither; its
+    write itself is returned, no coroutine more per charge), else one after the other
+    (a crash between keeps the state record, never loses the event)."""
     both = getattr(store, "record_and_delete_state", None)
     if both is not None:
-        return bool(await both(event, kind, key))
+        return cast("Awaitable[bool]", both(event, kind, key))
+    return _record_then_delete(store, event, kind, key)
+
+
+async def _record_then_delete(store: Store, event: UsageEvent, kind: str, key: str) -> bool:
     added = await store.record(event)
     await store.delete_state(kind, key)
     return added
