@@ -23,8 +23,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from scheduler.tasks import TaskHandle
 
 #: Tasks recording their end at once: enough for the file writes and store commits of
-#: tasks ending together to share hops, few enough to keep their frames and texts small.
-ENDING_AT_ONCE = 32
+#: tasks ending together to share hops (each hop costs the event loop CPU: fewer ends per
+#: hop, more hops), few enough to keep their frames and texts small.
+ENDING_AT_ONCE = 64
 
 
 class Endings:
