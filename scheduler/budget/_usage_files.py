@@ -5,8 +5,8 @@ finishes and when the run ends -- so what offline ``status`` and ``decide`` read
 is current then -- at once when a charge crossed a threshold, and while tasks
 run by one periodic job (:meth:`UsageFiles.flush_dirty`, the tracker's
 ``flush_usage`` service): every interval, the files of the running tasks charged
-since their last write and written (or first charged) an interval ago or more, all
-in one worker-thread hop (after a slow flush the job waits 20 times as long as it
+since their last write and written (or first charged) an interval ago or more, in
+hops of a bounded number of files (after a slow flush the job waits 20 times as long as it
 took: see ``Tracker.flush_usage``) -- so a task shorter than the interval writes its
 file once, when it ends.  A charge itself only marks its task's file dirty: with
 thousands of agents a rewrite per charge (a JSON document, a rename) cost more
@@ -45,6 +45,10 @@ from scheduler.core import (
 )
 
 _log = get_logger("vibe_engine.budget")
+
+#: Files per worker-thread hop of a flush: their texts are made as the hop is asked
+#: for, so a flush of 10,000 running tasks' files holds this many at once, not all.
+FLUSH_CHUNK = 128
 
 
 class UsageFiles:
@@ -135,23 +139,39 @@ class UsageFiles:
 
     async def flush_dirty(self, entries: Mapping[str, TaskEntry]) -> int:
         """Rewrite the files of the running tasks charged since their last write and
-        written (or first charged) at least an interval ago, in one worker-thread hop;
-        returns how many were written.  A file that cannot be written stays dirty (a
-        warning is logged): the next flush tries again."""
+        written (or first charged) at least an interval ago, :data:`FLUSH_CHUNK` files per
+        worker-thread hop, each file's text made as its hop is asked for (thousands of
+        texts at once would be the run's peak of memory); returns how many were written.
+        A file that cannot be written stays dirty (a warning is logged): the next flush
+        tries again."""
         if self._state_dir is None:
             return 0
-        now = self._clock()
-        since = now - self._interval_s
-        due = [(tid, e) for tid, e in entries.items()
+        since = self._clock() - self._interval_s
+        due = [tid for tid, e in entries.items()
                if e.usage_dirty and e.usage_charged and e.status == "running"
                and e.usage_written_at <= since]
-        if not due:
-            return 0
         tasks = self._state_dir / "tasks"
+        written = 0
+        for start in range(0, len(due), FLUSH_CHUNK):
+            written += await self._flush(tasks, entries, due[start:start + FLUSH_CHUNK])
+        return written
+
+    async def _flush(self, tasks: Path, entries: Mapping[str, TaskEntry],
+                     ids: list[str]) -> int:
+        """One hop of :meth:`flush_dirty`: the files of ``ids`` still due (a task that
+        ended meanwhile had its file written at its end)."""
+        now = self._clock()
+        due: list[tuple[str, TaskEntry]] = []
         files: _Files = []
-        for tid, entry in due:
+        for tid in ids:
+            entry = entries.get(tid)
+            if entry is None or not entry.usage_dirty or entry.status != "running":
+                continue
+            due.append((tid, entry))
             files.append((tasks / tid, _readable(self.document(tid, entry)), None))
             entry.usage_written_at, entry.usage_dirty = now, False
+        if not files:
+            return 0
         self._flushing += 1
         try:
             outcomes = await self._batch.submit(files)

@@ -77,6 +77,21 @@ MAX_TASK_ID = 128
 _FIELDS_SET: dict[frozenset[str], set[str]] = {}
 
 
+class _SpecFields:
+    """Lends its instances' ``__dict__``: CPython keeps the keys of a class's instance
+    dicts once, shared, when they are set in the same order (every spec's field names)."""
+
+
+def _key_sharing(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` as a dict that shares its keys with every other spec's: pydantic's own
+    dict holds a key table per spec, about 270 of a spec's 670 bytes (R7.1: a run holds
+    every spec of its config).  An ordinary dict for every other purpose."""
+    lender = _SpecFields()
+    for name, value in fields.items():
+        setattr(lender, name, value)
+    return lender.__dict__
+
+
 class TaskSpec(FrozenModel):
     """A task to run: which agent, what to do, and optional overrides."""
 
@@ -108,6 +123,7 @@ class TaskSpec(FrozenModel):
         names = self.__pydantic_fields_set__
         object.__setattr__(self, "__pydantic_fields_set__",
                            _FIELDS_SET.setdefault(frozenset(names), names))
+        object.__setattr__(self, "__dict__", _key_sharing(self.__dict__))
 
     @field_validator("id")
     @classmethod

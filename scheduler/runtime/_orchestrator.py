@@ -38,6 +38,7 @@ from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._call import BreakDownRequested
 from scheduler.runtime._context import AgentContext
 from scheduler.runtime._deadline import Deadlines
+from scheduler.runtime._ending import Endings
 from scheduler.runtime._report import RunReport, build_report, stored_result
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
 from scheduler.runtime._spawn import Spawner, task_group
@@ -106,6 +107,7 @@ class Orchestrator:
         self._prior: dict[str, dict[str, Any]] = {}  # task records of a continued session
         self._deadlines = Deadlines(tracker=self.tracker, controller=self.controller,
                                     bus=self.bus)  # R1.1: every attempt's wall-time budget
+        self._endings = Endings(self._finish)
 
     def add_service(self, service: Service) -> None:
         """Run ``service`` beside the tasks for the whole run (the live view, a drill)."""
@@ -294,8 +296,9 @@ class Orchestrator:
                 handle.status, handle.reason = TaskStatus.FAILED, str(exc)
             finally:
                 if not requeued:
+                    self._ended(handle)
                     with anyio.CancelScope(shield=True):
-                        await self._finish(handle)
+                        await self._endings.record(handle)  # maybe by another task
 
     def _spawner(self) -> Spawner:
         tg = self._task_group
@@ -434,10 +437,14 @@ class Orchestrator:
             return await self.wait_for(handle.id, ids[-1])  # it depends on every part
         return [await self.wait_for(handle.id, t) for t in ids]
 
-    async def _finish(self, handle: TaskHandle) -> None:
+    def _ended(self, handle: TaskHandle) -> None:
+        """What a task's end changes at once, before its end is recorded."""
         handle.finished_at = anyio.current_time()
         self.allocator.unregister(handle.id)  # its leases and waits go back to the pool
         self.gateway.router.forget(handle.id)
+
+    async def _finish(self, handle: TaskHandle) -> None:
+        """Record how the task ended (through :attr:`_endings`, a bounded number at once)."""
         await self.gateway.router.save_learned(self.store)  # R4.3 across restarts
         if not handle.finished and handle.status is not TaskStatus.PENDING:
             # the run itself was cancelled (a task still waiting for its dependencies
