@@ -9,7 +9,11 @@ with a provider that answers at once, a pool of 50 concurrent calls and the real
 SQLite store in a temporary state directory (the default store), on asyncio:
 
 * ``us_per_task`` — a run whose agents make no call, per task;
-* ``us_per_call`` — (the 2-call run − the 0-call run) ÷ 2N: a governed call, with
+* ``us_per_call`` — (the 2-call run's calling phase − the 0-call run's) ÷ 2N: a
+  governed call.  A timed run's *calling phase* lasts from its start until every agent
+  has made its calls; the agents wait for that moment before they return, so every
+  task's end (its files, whose cost moves with the disk from run to run by more than
+  all the calls cost) falls after it, and the difference is the calls'.  Measured with
   the garbage collector set up as ``vibe-engine run`` sets it
   (:func:`scheduler.cli._heap.tune_collector`: what is alive after the warm-up is
   frozen, and collections are rarer) -- the runs are ``Orchestrator.run()`` called
@@ -23,18 +27,19 @@ SQLite store in a temporary state directory (the default store), on asyncio:
 * ``cpu_us_per_call`` / ``cpu_us_per_task`` — the same with the process's CPU time
   (every thread) instead of the wall time: on a shared, loaded machine the wall time
   also counts the waits for a core;
-* ``loop_cpu_us_per_call`` — the same with the event loop thread's CPU time only: the
-  files a task's end writes are written by worker threads, so this figure does not move
-  with the disk, whose latency varies from run to run far more than the call path does;
+* ``loop_cpu_us_per_call`` — the same with the event loop thread's CPU time only;
+* ``us_per_call_with_task`` / ``calls_per_s`` — the whole 2-call run (task starts and
+  ends included) per call, and its calls per second;
 * ``fs_us_per_task`` / ``cpu_fs_us_per_task`` — the file system's part of a task's cost,
   same run: a task's folder and two small files written atomically (what the end of a
   task whose agent returned something writes: ``usage.json``, ``result.json``; the
   measured agents return nothing and write ``usage.json`` only), N times in a fresh
   temporary directory, in line, per task — the yardstick of the disk's speed in that run;
 * ``kib_per_agent`` — tracemalloc's peak of Python allocations during a 2-call run
-  above the baseline taken just before it (imports, tiktoken's tables and one
-  warm-up run are in the baseline), per agent; ``bare_kib_per_agent`` the same for
-  the bare loop.  tracemalloc counts Python allocations only (not SQLite's cache).
+  (untimed: each task ends as soon as its agent made its calls) above the baseline
+  taken just before it (imports, tiktoken's tables and one warm-up run are in the
+  baseline), per agent; ``bare_kib_per_agent`` the same for the bare loop.
+  tracemalloc counts Python allocations only (not SQLite's cache).
 
 ``http`` (see :mod:`benchmarks._gateway_http`): the same path over real HTTP with
 the real ``anthropic`` SDK against a minimal Messages server in a subprocess
@@ -79,6 +84,28 @@ CALLS = 2
 MESSAGES = [{"role": "user", "content": "Rename the helper and update its callers."}]
 
 
+class _Phase:
+    """The calling phase of a timed run: it ends when the last agent has made its calls,
+    and the agents wait for that end before they return, so no task's end (its files,
+    whose cost moves with the disk from run to run) falls inside it."""
+
+    def __init__(self, n: int) -> None:
+        self.left, self.over = n, asyncio.Event()
+        self.wall = self.cpu = self.loop_cpu = 0.0
+
+    async def through(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.wall, self.cpu = default_timer(), time.process_time()
+            self.loop_cpu = time.thread_time()  # agents run on the event loop's thread
+            self.over.set()
+        await self.over.wait()
+
+
+#: The phase of the timed run in progress (None: an untimed run, e.g. for memory).
+_PHASE: list[_Phase | None] = [None]
+
+
 class CallingAgent:
     """The trivial agent: ``calls`` model calls, nothing else."""
 
@@ -87,6 +114,9 @@ class CallingAgent:
     async def run(self, ctx: Any) -> None:
         for _ in range(self.calls):
             await ctx.llm.complete(MESSAGES, max_tokens=256)
+        phase = _PHASE[0]
+        if phase is not None:
+            await phase.through()
 
 
 class IdleAgent(CallingAgent):
@@ -115,6 +145,9 @@ LAST_CPU_S = [0.0]
 #: The event loop's thread alone, same run: the files a task's end writes are written by
 #: worker threads, so this part does not move with the disk's latency.
 LAST_LOOP_CPU_S = [0.0]
+#: (wall, CPU, loop thread's CPU) seconds of the last timed run's calling phase (from
+#: the run's start until every agent made its calls: see :class:`_Phase`).
+LAST_PHASE_S = [(0.0, 0.0, 0.0)]
 
 
 _SCRATCH: list[Path] = []
@@ -131,15 +164,23 @@ def _run_dir() -> Path:
     return Path(tempfile.mkdtemp(dir=_SCRATCH[0]))
 
 
-async def _orchestrated(n: int, agent: type[CallingAgent]) -> float:
-    """Seconds for ``Orchestrator.run`` of n tasks (building and cleanup excluded)."""
+async def _orchestrated(n: int, agent: type[CallingAgent], *, timed: bool = True) -> float:
+    """Seconds for ``Orchestrator.run`` of n tasks (building and cleanup excluded).  A
+    timed run also records its calling phase (:data:`LAST_PHASE_S`); an untimed one lets
+    each task end as soon as its agent made its calls (the memory runs)."""
     orch = Orchestrator(bench_config(_run_dir(), n), provider=InstantProvider(),
                         agents={"bench": agent})
+    phase = _PHASE[0] = _Phase(n) if timed else None
     cpu, loop_cpu, start = time.process_time(), time.thread_time(), default_timer()
-    report = await orch.run()
+    try:
+        report = await orch.run()
+    finally:
+        _PHASE[0] = None
     elapsed = default_timer() - start
     LAST_CPU_S[0] = time.process_time() - cpu
     LAST_LOOP_CPU_S[0] = time.thread_time() - loop_cpu
+    if phase is not None:
+        LAST_PHASE_S[0] = (phase.wall - start, phase.cpu - cpu, phase.loop_cpu - loop_cpu)
     bad = [o for o in report.outcomes.values() if o.status != "completed"]
     if bad:
         raise RuntimeError(f"{len(bad)} tasks did not complete: {bad[0].reason}")
@@ -207,50 +248,66 @@ def _collector_as_run() -> Iterator[None]:
         gc.set_threshold(*old)
 
 
-def _tuned_pairs(n: int, repeat: int) -> tuple[float, float, float]:
-    """Median wall, CPU and loop-thread CPU seconds per call of ``repeat`` (0-call,
-    2-call) pairs of runs, with the collector as ``vibe-engine run`` sets it."""
-    walls, cpus, loop_cpus = [], [], []
+_PerCall = tuple[float, float, float]
+
+
+def _pair(n: int) -> tuple[_PerCall, float, float, float]:
+    """A 0-call and a 2-call run: the (wall, CPU, loop thread's CPU) seconds per call of
+    their calling phases' difference, the 0-call run's wall and CPU seconds, and the
+    2-call run's wall seconds."""
+    idle = _run(lambda: _orchestrated(n, IdleAgent))
+    idle_cpu, idle_phase = LAST_CPU_S[0], LAST_PHASE_S[0]
+    calls = _run(lambda: _orchestrated(n, CallingAgent))
+    c, i = LAST_PHASE_S[0], idle_phase
+    per_call = tuple(max(c[k] - i[k], 0.0) / (CALLS * n) for k in range(3))
+    return (per_call[0], per_call[1], per_call[2]), idle, idle_cpu, calls
+
+
+def _medians(per_calls: list[_PerCall]) -> _PerCall:
+    wall, cpu, loop_cpu = (statistics.median(p[k] for p in per_calls) for k in range(3))
+    return wall, cpu, loop_cpu
+
+
+def _tuned_pairs(n: int, repeat: int) -> _PerCall:
+    """Median wall, CPU and loop-thread CPU seconds per call of ``repeat`` pairs of runs,
+    with the collector as ``vibe-engine run`` sets it."""
     with _collector_as_run():
+        per_calls = []
         for i in range(repeat):
             progress(f"agents_{n}: run {i + 1}/{repeat}, collector as in vibe-engine run")
-            idle = _run(lambda: _orchestrated(n, IdleAgent))
-            cpu_idle, loop_idle = LAST_CPU_S[0], LAST_LOOP_CPU_S[0]
-            calls = _run(lambda: _orchestrated(n, CallingAgent))
-            walls.append(max(calls - idle, 0.0) / (CALLS * n))
-            cpus.append(max(LAST_CPU_S[0] - cpu_idle, 0.0) / (CALLS * n))
-            loop_cpus.append(max(LAST_LOOP_CPU_S[0] - loop_idle, 0.0) / (CALLS * n))
-    return statistics.median(walls), statistics.median(cpus), statistics.median(loop_cpus)
+            per_calls.append(_pair(n)[0])
+    return _medians(per_calls)
 
 
 def size(n: int, repeat: int) -> dict[str, float]:
     """The orchestrator-path figures of one size (medians of ``repeat`` runs)."""
-    calls, idle, bare, cpu_calls, cpu_idle, files = [], [], [], [], [], []
+    per_calls, calls, idle, cpu_idle, bare, files = [], [], [], [], [], []
     for i in range(repeat):
         progress(f"agents_{n}: run {i + 1}/{repeat}")
-        idle.append(_run(lambda: _orchestrated(n, IdleAgent)))
-        cpu_idle.append(LAST_CPU_S[0])
+        per_call, t_idle, c_idle, t_calls = _pair(n)
+        per_calls.append(per_call)
+        idle.append(t_idle)
+        cpu_idle.append(c_idle)
+        calls.append(t_calls)
         files.append(_files(n))
-        calls.append(_run(lambda: _orchestrated(n, CallingAgent)))
-        cpu_calls.append(LAST_CPU_S[0])
         bare.append(_run(lambda: _bare(n, CALLS)))
     t_calls, t_idle, t_bare = (statistics.median(x) for x in (calls, idle, bare))
-    c_calls, c_idle = statistics.median(cpu_calls), statistics.median(cpu_idle)
-    per_call = max(t_calls - t_idle, 0.0) / (CALLS * n) * 1e6
+    c_idle = statistics.median(cpu_idle)
+    per_call, cpu_per_call, _ = _medians(per_calls)
     bare_per_call = t_bare / (CALLS * n) * 1e6
     tuned, cpu_tuned, loop_cpu_tuned = _tuned_pairs(n, repeat)
     progress(f"agents_{n}: memory")
-    kib = _peak_kib(lambda: _orchestrated(n, CallingAgent)) / n
+    kib = _peak_kib(lambda: _orchestrated(n, CallingAgent, timed=False)) / n
     bare_kib = _peak_kib(lambda: _bare(n, CALLS)) / n
     return {
         "us_per_call": round(tuned * 1e6, 1),
-        "us_per_call_default_gc": round(per_call, 1),
+        "us_per_call_default_gc": round(per_call * 1e6, 1),
         "bare_us_per_call": round(bare_per_call, 2),
         "ratio_to_bare": round(tuned * 1e6 / bare_per_call, 1) if bare_per_call else 0.0,
         "us_per_task": round(t_idle / n * 1e6, 1),
         "cpu_us_per_call": round(cpu_tuned * 1e6, 1),
         "loop_cpu_us_per_call": round(loop_cpu_tuned * 1e6, 1),
-        "cpu_us_per_call_default_gc": round(max(c_calls - c_idle, 0.0) / (CALLS * n) * 1e6, 1),
+        "cpu_us_per_call_default_gc": round(cpu_per_call * 1e6, 1),
         "cpu_us_per_task": round(c_idle / n * 1e6, 1),
         "fs_us_per_task": round(statistics.median(f[0] for f in files) / n * 1e6, 1),
         "cpu_fs_us_per_task": round(statistics.median(f[1] for f in files) / n * 1e6, 1),
