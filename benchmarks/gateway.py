@@ -284,8 +284,8 @@ def size(n: int, repeat: int) -> dict[str, float]:
     per_calls, calls, idle, cpu_idle, bare, files = [], [], [], [], [], []
     for i in range(repeat):
         progress(f"agents_{n}: run {i + 1}/{repeat}")
-        per_call, t_idle, c_idle, t_calls = _pair(n)
-        per_calls.append(per_call)
+        phases, t_idle, c_idle, t_calls = _pair(n)
+        per_calls.append(phases)
         idle.append(t_idle)
         cpu_idle.append(c_idle)
         calls.append(t_calls)

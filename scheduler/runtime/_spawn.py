@@ -24,9 +24,13 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-from anyio._backends._asyncio import CancelScope as _AsyncioCancelScope
 
 from scheduler.core import on_asyncio
+
+try:  # anyio's asyncio scope is private: another anyio layout gets anyio's own scopes
+    from anyio._backends._asyncio import CancelScope as _AsyncioCancelScope
+except ImportError:  # pragma: no cover - depends on the installed anyio
+    _AsyncioCancelScope = anyio.CancelScope  # type: ignore[misc,assignment]
 
 
 class Spawner(Protocol):
