@@ -293,3 +293,25 @@ async def test_21_a_grouped_task_that_cannot_start_gets_a_503_naming_why(
             assert "alpha/doomed could not start" in message and "stopping" not in message
         assert (await _ask(aio, "fine")).content and (await _ask(aio, None)).content
         assert fake_api.requests == 2
+
+
+async def test_21_r1_2_grouped_tasks_of_a_key_share_their_budget_objects(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, R1.2: every grouped task of a key lives as long as serve, so its tasks share
+    one budget object (the key's ``task_budget``, and its merge over the defaults) rather
+    than holding copies; each still has its own id, prompt and limits' values."""
+    keys = _keys(task_budget={"tokens": 5_000})
+    async with (serving(_data(tmp_path, fake_api.base_url, keys)) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        for name in ("one", "two", "three"):
+            await _ask(aio, name)
+        handles = [run.served.orchestrator.handles[f"alpha/{n}"] for n in ("one", "two")]
+        first, second = handles
+        assert first.spec.budget is second.spec.budget
+        assert first.profile.limits is second.profile.limits
+        assert first.profile.limits.tokens == 5_000
+        assert (first.spec.prompt, second.spec.prompt) == (
+            "requests of serve key alpha, task one", "requests of serve key alpha, task two")

@@ -132,12 +132,32 @@ def _resolve_base(config: VibeConfig, task_type: TaskType, complexity: Complexit
     return limits
 
 
+#: Merges of (base, override) limits by their identity, both kept so the ids stay theirs:
+#: tasks that share their override (a serve key's grouped tasks share its task_budget)
+#: share one merged model instead of holding a copy each.  Cleared when full.
+_MERGED: dict[tuple[int, int], tuple[Limits, Limits, Limits]] = {}
+_MERGED_KEPT = 256
+
+
 def _with_override(limits: Limits, override: Limits | None) -> Limits:
-    """The task's own ``budget`` over ``limits``; a new cost limit without its own warning
-    moves the warning with it (same fraction of the limit, R3.1)."""
-    merged = limits.merged(override)
+    """The task's own ``budget`` over ``limits`` (see :func:`_merge`), shared by tasks whose
+    base and override are the same objects (both are frozen)."""
     if override is None:
-        return merged
+        return limits
+    found = _MERGED.get((id(limits), id(override)))
+    if found is not None and found[0] is limits and found[1] is override:
+        return found[2]
+    merged = _merge(limits, override)
+    if len(_MERGED) >= _MERGED_KEPT:
+        _MERGED.clear()
+    _MERGED[(id(limits), id(override))] = (limits, override, merged)
+    return merged
+
+
+def _merge(limits: Limits, override: Limits) -> Limits:
+    """``override`` over ``limits``; a new cost limit without its own warning moves the
+    warning with it (same fraction of the limit, R3.1)."""
+    merged = limits.merged(override)
     given = override.model_fields_set
     old, new, warn = limits.cost_usd, merged.cost_usd, limits.cost_warning_usd
     if "cost_usd" in given and "cost_warning_usd" not in given and warn is not None:

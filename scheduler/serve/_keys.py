@@ -123,17 +123,28 @@ def task_name_problem(name: str) -> str | None:
     return None
 
 
-def group_spec(key: ServeKey, name: str) -> TaskSpec:
-    """The task ``KEY/NAME`` a client's calls run as when they carry ``x-vibe-task: NAME``:
-    the key's agent, priority, routing and on_limit, the key's ``task_budget``.  ``name``
-    passed :func:`task_name_problem`, so the id is two path-safe parts."""
-    spec = task_spec(key).model_copy(update={
-        "prompt": f"requests of serve key {key.name}, task {name}",
+def group_template(key: ServeKey) -> TaskSpec:
+    """What every task ``KEY/NAME`` of ``key`` shares (see :func:`group_spec`): the key's
+    agent, priority, routing and on_limit, and the key's ``task_budget`` -- made once per
+    key, so its tasks share one budget object rather than holding a copy each."""
+    return task_spec(key).model_copy(update={
         "budget": key_limits(key.task_budget or Limits()),
         "day_budget": None,  # its use counts toward the key's day (the parent's)
     })
-    # the id joins two validated parts with '/', which the task id pattern does not allow
-    return spec.model_copy(update={"id": f"{key.name}/{name}"})
+
+
+def group_id(key: str, name: str) -> str:
+    """The id of key ``key``'s task grouped under ``name`` (checked by
+    :func:`task_name_problem`): two path-safe parts joined by '/', which the task id
+    pattern does not allow, so it names no configured task."""
+    return f"{key}/{name}"
+
+
+def group_spec(template: TaskSpec, key: str, name: str) -> TaskSpec:
+    """The task ``KEY/NAME`` a client's calls run as when they carry ``x-vibe-task: NAME``:
+    ``template`` (:func:`group_template` of the key) under its own id and prompt."""
+    return template.model_copy(update={
+        "id": group_id(key, name), "prompt": f"requests of serve key {key}, task {name}"})
 
 
 def task_spec(key: ServeKey) -> TaskSpec:

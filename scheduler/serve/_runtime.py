@@ -18,10 +18,18 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from scheduler.config import VibeConfig
+from scheduler.config import TaskSpec, VibeConfig
 from scheduler.core import ConfigError, EventBus, VibeEngineError, WallClock, get_logger
 from scheduler.runtime import AgentContext, Orchestrator
-from scheduler.serve._keys import KeyEntry, KeyRing, agent_name, group_spec, task_spec
+from scheduler.serve._keys import (
+    KeyEntry,
+    KeyRing,
+    agent_name,
+    group_id,
+    group_spec,
+    group_template,
+    task_spec,
+)
 from scheduler.serve._metrics import ServeMetrics
 from scheduler.serve._upstream import UpstreamProvider
 from scheduler.store import Store
@@ -127,13 +135,20 @@ class Served:
         self._started: set[str] = set()
         self._ready = anyio.Event()
         self._failure: BaseException | None = None
-        #: Grouped tasks (``KEY/NAME``) by id, set once the task runs.
+        #: Grouped tasks (``KEY/NAME``) by id, set once the task runs; then every one
+        #: is the same set event (:attr:`_running`), not an event each.
         self._grouped: dict[str, anyio.Event] = {}
+        self._running: anyio.Event | None = None
+        #: What every grouped task of a key shares, by key name (made on first use).
+        self._templates: dict[str, TaskSpec] = {}
 
     def key_started(self, handle: TaskHandle) -> None:
         grouped = self._grouped.get(handle.id)
         if grouped is not None:  # a grouped task: its budget scope is registered now
             grouped.set()
+            if self._running is None:
+                self._running = grouped
+            self._grouped[handle.id] = self._running  # its waiters hold their own
             return
         self._started.add(handle.id)
         if len(self._started) == len(self.keys):
@@ -158,16 +173,19 @@ class Served:
         key = self.handle(entry)
         if key is None:
             return None
-        spec = group_spec(entry.config, name)
-        started = self._grouped.get(spec.id)
+        task_id = group_id(entry.name, name)
+        started = self._grouped.get(task_id)
         if started is None:
-            started = self._grouped[spec.id] = anyio.Event()
+            started = self._grouped[task_id] = anyio.Event()
+            template = self._templates.get(entry.name)
+            if template is None:
+                template = self._templates[entry.name] = group_template(entry.config)
             try:
-                await self.orchestrator.spawn(spec)
+                await self.orchestrator.spawn(group_spec(template, entry.name, name))
             except VibeEngineError:  # the run is ending
                 started.set()
                 return None
-        handle = self.orchestrator.handles.get(spec.id)
+        handle = self.orchestrator.handles.get(task_id)
         if handle is None:
             return None
         async with anyio.create_task_group() as tg:
@@ -182,10 +200,10 @@ class Served:
         if handle.finished:
             reason = handle.reason or str(handle.status)
             if started.is_set():  # it ran: starting it again would renew a spent budget
-                raise GroupEndedError(spec.id, str(handle.status), reason)
-            if self._grouped.get(spec.id) is started:
-                del self._grouped[spec.id]  # it never ran: the next call starts it again
-            raise GroupUnavailableError(spec.id, reason)
+                raise GroupEndedError(task_id, str(handle.status), reason)
+            if self._grouped.get(task_id) is started:
+                del self._grouped[task_id]  # it never ran: the next call starts it again
+            raise GroupUnavailableError(task_id, reason)
         return handle
 
     async def _run(self) -> None:
