@@ -18,8 +18,8 @@ import uvicorn
 
 from scheduler.config import config_from_dict
 from scheduler.core import Totals, WallClock
-from scheduler.serve import Served, create_app, listen
-from scheduler.serve._protocol import GatheredWritesProtocol
+from scheduler.serve import Served, listen
+from scheduler.serve._server import uvicorn_config
 from scheduler.store import Store
 from tests._anthropic_helpers import SECRET_KEY
 
@@ -62,9 +62,7 @@ async def serving(data: dict[str, Any], wall: WallClock | None = None,
     served = Served(config_from_dict(data), env={"UPSTREAM_KEY": SECRET_KEY, **CLIENT_KEYS},
                     wall=wall, store=store)
     sock = listen("127.0.0.1", 0)
-    # the protocol `vibe-engine serve` runs uvicorn with
-    server = uvicorn.Server(uvicorn.Config(create_app(served), http=GatheredWritesProtocol,
-                                           lifespan="off", log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(served))  # as `vibe-engine serve` runs it
     async with served.running(), anyio.create_task_group() as tg:
         tg.start_soon(lambda: server.serve(sockets=[sock]))
         while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event

@@ -33,6 +33,20 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_config(served: Served, ssl_certfile: Path | None = None,
+                   ssl_keyfile: Path | None = None) -> uvicorn.Config:
+    """How ``vibe-engine serve`` runs uvicorn over the app of ``served``."""
+    return uvicorn.Config(
+        # httptools (uvicorn's C parser; h11 costs serve more CPU per call than its own
+        # work), with a response's head and body sent in one write
+        create_app(served), http=GatheredWritesProtocol, lifespan="off", log_level="warning",
+        access_log=False, proxy_headers=False,  # nothing here reads the client's address
+        server_header=False,  # one header fewer to encode on every response
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, timeout_keep_alive=75,
+    )
+
+
 async def serve_forever(
     served: Served, *, host: str | None = None, port: int | None = None,
     ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None,
@@ -47,16 +61,7 @@ async def serve_forever(
         sock = listen(host, cfg.port if port is None else port)
     scheme = "https" if ssl_certfile else "http"
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(
-        # httptools (uvicorn's C parser; h11 costs serve more CPU per call than its own
-        # work), with a response's head and body sent in one write
-        create_app(served), http=GatheredWritesProtocol, lifespan="off", log_level="warning",
-        access_log=False, proxy_headers=False,  # nothing here reads the client's address
-        server_header=False,  # one header fewer to encode on every response
-        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, timeout_keep_alive=75,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(served, ssl_certfile, ssl_keyfile))
     async with served.running():
         if on_ready is not None:
             on_ready(f"{scheme}://{host}:{bound}")
