@@ -5,7 +5,6 @@ its answer sends that answer first."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,9 +15,11 @@ import httpx2
 import pytest
 import uvicorn
 
-from scheduler.serve import listen
+from scheduler.config import config_from_dict
+from scheduler.serve import Served, listen
 from scheduler.serve._protocol import GatheredWritesProtocol, _Gathered
-from tests._serve_helpers import CLIENT_KEYS, serve_config, serving
+from scheduler.serve._server import uvicorn_config
+from tests._serve_helpers import CLIENT_KEYS, serve_config
 
 pytestmark = pytest.mark.real_asyncio  # real sockets and uvicorn, which needs asyncio
 
@@ -196,19 +197,14 @@ def test_21_only_a_head_waits_and_never_past_the_turn_or_a_close() -> None:
     assert transport.sent.count(b"last head") == 1
 
 
-async def test_21_serve_itself_answers_json_in_one_write(tmp_path: Path) -> None:
-    """``vibe-engine serve``'s own uvicorn set-up (the helper runs it) uses this protocol:
-    a JSON answer of the real app (the models list) arrives whole in the client's first
-    read, head and body."""
+async def test_21_serve_runs_uvicorn_with_this_protocol(tmp_path: Path) -> None:
+    """``vibe-engine serve``'s uvicorn set-up (which the tests' server uses too) loads
+    this protocol as its HTTP protocol: the behaviour above is what serve's clients get."""
     data = serve_config(tmp_path, "http://127.0.0.1:9", [{"name": "alpha",
                                                           "key_env": "VIBE_KEY_A"}])
-    async with serving(data) as run:
-        host, port = run.url.removeprefix("http://").split(":")
-        async with await anyio.connect_tcp(host, int(port)) as conn:
-            await conn.send(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-api-key: "
-                            + CLIENT_KEYS["VIBE_KEY_A"].encode() + b"\r\n\r\n")
-            first = await conn.receive()
-    head, _, body = first.partition(b"\r\n\r\n")
-    length = re.search(rb"(?i)content-length: (\d+)", head)
-    assert head.startswith(b"HTTP/1.1 200 OK") and length is not None
-    assert len(body) == int(length.group(1)) and b'"data"' in body
+    served = Served(config_from_dict(data), env=CLIENT_KEYS)
+    config = uvicorn_config(served)
+    config.load()
+    assert config.http_protocol_class is GatheredWritesProtocol
+    assert (config.access_log, config.server_header, config.proxy_headers) == (
+        False, False, False)
