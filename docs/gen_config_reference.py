@@ -168,6 +168,7 @@ NOTES = {
     "serve.max_hold_s": ("a held request is refused after this long without a decision "
                          "(replaces `alerts.decision_timeout_s` in serve)"),
     "serve.ping_interval_s": "SSE `ping` events to a streaming request while it waits",
+    "serve.max_request_bytes": "a larger request body gets `413 request_too_large`, unread",
     "serve.keys[].name": "the key's task id: `status`, `decide NAME`, reports",
     "serve.keys[].key_env": "environment variable holding the client key",
     "serve.keys[].key_sha256": "or the SHA-256 hex digest of the key (stored instead of it)",
