@@ -260,12 +260,15 @@ class Tracker:
         else:
             agent, task_type = entry.agent, entry.profile.task_type
             day_scope = entry.day_root or ""
-        # positional: every charge makes one, and keywords cost more to match
+        # by keyword: the ledger's record, whose many str fields a shifted position would
+        # swap without any error
         return UsageEvent(
-            event_id or self.next_event_id(task_id), task_id, self.session_id,
-            self._scopes.today().isoformat(), self._timestamp(), agent, model,
-            Usage() if usage is None else usage, cost_usd, file_edits, shell_commands,
-            dangerous_commands, task_type, day_scope,
+            event_id=event_id or self.next_event_id(task_id), task_id=task_id,
+            session_id=self.session_id, day=self._scopes.today().isoformat(),
+            at=self._timestamp(), agent=agent, model=model,
+            usage=Usage() if usage is None else usage, cost_usd=cost_usd,
+            file_edits=file_edits, shell_commands=shell_commands,
+            dangerous_commands=dangerous_commands, task_type=task_type, day_scope=day_scope,
         )
 
     async def charge(

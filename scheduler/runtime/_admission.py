@@ -39,7 +39,7 @@ class Admission:
 
     def __init__(self, *, config: VibeConfig, tracker: Tracker, allocator: Allocator,
                  controller: PauseController, signal: Signal,
-                 mirror: Callable[[TaskHandle], None] | None = None) -> None:
+                 mirror: Callable[[TaskHandle], None]) -> None:
         self.config = config
         self.tracker = tracker
         self.allocator = allocator
@@ -67,7 +67,7 @@ class Admission:
         reject = task.spec.on_limit == "reject"
         while True:
             crossings = self.tracker.time_crossings(task.id)
-            if crossings or self._mirror is None:
+            if crossings:
                 await self._signal(task, crossings)
             else:
                 self._mirror(task)
