@@ -96,6 +96,10 @@ class Tracker:
     def day_scope(self, day: date | None = None) -> ScopeState:
         return self._scopes.day(day)
 
+    def today(self) -> date:
+        """The wall clock's local date: the day a charge now counts toward."""
+        return self._scopes.today()
+
     async def start_task(self, task_id: str, profile: TaskProfile, *, agent: str = "",
                          span: str = "session", parent: str | None = None) -> None:
         """Register a task; a task this session ran before continues from its totals

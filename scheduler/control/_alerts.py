@@ -222,7 +222,8 @@ class AlertRuntime:
 
     def _after_decision(self, decision: Decision) -> None:
         """Budget was added: recompute flags of the task's scopes from current use."""
-        if decision.action != "add_budget" or decision.task_id not in self.tracker.tasks():
+        if decision.action not in ("add_budget", "resume") or (
+                decision.task_id not in self.tracker.tasks()):
             return
         for scope in self.tracker.scopes(decision.task_id):
             flags = self._flags.get(scope.name)

@@ -17,7 +17,10 @@ from scheduler.control._stored import paused_session, review_summary
 from scheduler.core import DecisionError
 from scheduler.store import Store, task_key
 
-DecisionAction = Literal["add_budget", "finish", "review"]
+#: ``resume`` is never a person's: a pause at a day budget lifts itself with it once that
+#: day is over (``scheduler.control._new_day``).
+DecisionAction = Literal["add_budget", "finish", "review", "resume"]
+#: What a person may decide.
 ACTIONS: tuple[DecisionAction, ...] = ("add_budget", "finish", "review")
 #: Dimensions a person may add to with ``add_budget``.
 ADDABLE = ("tokens", "cost_usd", "time_s", "file_edits", "shell_commands")

@@ -10,6 +10,8 @@ until a person decides one of
 * ``finish`` — save progress and finish;
 * ``review`` — get a summary of what was done and used; the task stays paused.
 
+A pause at a per-day budget lifts itself once that day is over (``_new_day``).
+
 Pending pauses and decisions are state records (kinds ``pause`` and
 ``decision``, keyed ``<session>/<task>``), so they survive an orchestrator
 restart and are picked up when the session is resumed -- never by a later
@@ -41,6 +43,7 @@ from scheduler.control._decision import (
     checked,
     from_store,
 )
+from scheduler.control._new_day import CHECK_S, day_is_over, scope_day
 from scheduler.control._overdraft import OverdraftLedger
 from scheduler.control._stored import review_summary
 from scheduler.core import BudgetExceededError, DecisionError, EventBus, get_logger
@@ -318,9 +321,14 @@ class PauseController:
 
     async def _wait_for_decision(self, task_id: str, info: PauseInfo) -> Decision:
         ctl = self._ctl(task_id)
+        wait = self.poll_s if self.poll_s is not None else float("inf")
+        if scope_day(info.scope) is not None:
+            wait = min(wait, CHECK_S)
         while True:
             if self._pauses.get(task_id) is not info:
                 return self._last[task_id]  # another waiter applied it
+            if day_is_over(info.scope, self.tracker.today()):
+                return await self._lift(info)
             decision = self._decisions.pop(task_id, None)
             if decision is None and self.poll_s is not None:
                 stored = await self.store.get_state("decision", self._key(task_id))
@@ -330,8 +338,17 @@ class PauseController:
             if decision is not None:
                 await self._apply(decision)
                 return decision
-            with anyio.move_on_after(self.poll_s if self.poll_s is not None else float("inf")):
+            with anyio.move_on_after(wait):
                 await ctl.changed().wait()
+
+    async def _lift(self, info: PauseInfo) -> Decision:
+        """End a pause whose day budget started over (module docstring)."""
+        self.events.emit("pause_lifted", f"task {info.task_id} resumes: {info.scope} is over "
+                         "and the new day's budget applies", task_id=info.task_id,
+                         scope=info.scope, dimension=info.dimension)
+        decision = Decision(info.task_id, "resume", source="new_day", at=self._now())
+        await self._apply(decision)
+        return decision
 
     async def _mark_paused(self, info: PauseInfo) -> None:
         """Persist that the pause is in effect and tell people (again after a restart)."""
