@@ -204,6 +204,20 @@ class Tracker:
         return self._reservations.reserve_shared(
             task_id, model=model, tokens=tokens, cost_usd=cost_usd, checked=checked)
 
+    def reserve_over(self, task_id: str, *, model: str, tokens: int,
+                     cost_usd: float) -> Reservation:
+        """Hold ``tokens``/``cost_usd`` against every scope without checking the limits:
+        an overdraft's reservation (R3.5), made in this process; :meth:`hold_over` holds
+        it across processes."""
+        return self._reservations.reserve(task_id, model=model, tokens=tokens,
+                                          cost_usd=cost_usd, checked=True)
+
+    def hold_over(self, reservation: Reservation,
+                  grace: Mapping[str, tuple[int, float]]) -> Awaitable[None]:
+        """Hold an overdraft's reservation in the shared scopes of a ``BudgetLedger``
+        within ``grace`` per scope (see :meth:`Reservations.hold_over`)."""
+        return self._reservations.hold_over(reservation, grace)
+
     async def renew_hold(self, reservation: Reservation) -> bool:
         """Keep the reservation's shared hold alive while its call waits (``True`` without
         one); ``False`` when the hold already expired."""
