@@ -93,6 +93,16 @@ class Tracker:
         await self._scopes.open()
         return charged
 
+    async def recover_open_calls(self) -> list[UsageEvent]:
+        """While running: charge at their estimate the calls that processes gone since
+        left open (a replica killed mid-call on a shared store), as :meth:`open` does at
+        start, and add them to this tracker's scopes that count every process's use.
+        Idempotent across processes: each such call is charged once."""
+        charged = await self._open_calls.recover()
+        for event in charged:
+            self._scopes.add_recovered(event)
+        return charged
+
     def day_scope(self, day: date | None = None) -> ScopeState:
         return self._scopes.day(day)
 
