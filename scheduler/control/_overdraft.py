@@ -200,7 +200,10 @@ class OverdraftLedger:
         the same grace; the grant is then claimed in the store, so no other process
         takes it either.
         """
-        await self._load()  # what other processes granted or repaid since
+        try:
+            await self._load()  # what other processes granted or repaid since
+        except StoreError as exc:  # unknown whether another process took the grace
+            await self._deny(task_id, operation, f"the grace cannot be checked: {exc}", error)
         overshoots = self._overshoots(task_id, model, tokens, cost_usd, error)
         for o in overshoots:
             reason = self.denial_reason(o.scope.name, o.tokens, o.cost_usd)
