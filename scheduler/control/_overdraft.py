@@ -263,9 +263,11 @@ class OverdraftLedger:
         grace = {rec.scope: (self.config.tokens, self.config.cost_usd) for rec in granted}
         try:
             await self.tracker.hold_over(reservation, grace)
-        except BudgetExceededError as exc:
-            for rec in granted:
+        except (BudgetExceededError, StoreError) as exc:
+            for rec in granted:  # not used after all: the grace stays free
                 await self.store.delete_state(KIND, rec.key)
+            if isinstance(exc, StoreError):
+                raise  # unreachable past the wait, as for any other call
             return f"{exc.scope} would pass its limit by more than the grace across processes"
         return None
 
