@@ -143,10 +143,11 @@ def test_r3_5_two_replicas_on_one_sqlite_file_take_one_day_grace(tmp_path: Path)
     assert int(day_total) == LIMIT - 100 + 600  # one overdraft charged, no more
 
 
-def test_r3_5_budget_added_on_one_replica_opens_one_next_period_for_all(
+def test_r3_5_budget_added_on_one_replica_repays_and_opens_one_next_period_for_all(
         tmp_path: Path) -> None:
-    """R3.5: a period ends when budget is added; after that every replica may take the
-    grace of the new period -- one of them, once."""
+    """R3.5: budget added on one replica repays the day's overdraft another took and
+    ends the period; after that every replica may take the grace of the new period --
+    one of them, once."""
     db = tmp_path / "vibe.db"
 
     async def main() -> list[str]:
@@ -157,7 +158,8 @@ def test_r3_5_budget_added_on_one_replica_opens_one_next_period_for_all(
         a, b = await _replica(SqliteStore(db), "a"), await _replica(SqliteStore(db), "b")
         try:
             out = [await _overdraw(a, 600)]  # the day's grace of the first period
-            await a.ledger.repay(DAY_SCOPE, 5_000, 0.0)  # a person added 5,000 on a …
+            # a person added 5,000 on b: it repays a's overdraft, the day's debt …
+            out.append(str(await b.ledger.repay(DAY_SCOPE, 5_000, 0.0)))
             for h in (a, b):  # … which both replicas' limits now have
                 h.tracker.raise_limits(h.tracker.day_scope(), Limits(tokens=5_000))
             out.append(await _overdraw(b, 5_500))  # b knew the day at 9,900: 400 over
@@ -167,8 +169,8 @@ def test_r3_5_budget_added_on_one_replica_opens_one_next_period_for_all(
             await b.store.aclose()
         return out
 
-    first, second, third = run_virtual(main)
-    assert (first, second) == ("granted", "granted")
+    first, repaid, second, third = run_virtual(main)
+    assert (first, repaid, second) == ("granted", "(500, 0.0)", "granted")  # 500 over
     assert "already used" in third and "session b" in third
 
 

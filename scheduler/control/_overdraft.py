@@ -338,6 +338,10 @@ class OverdraftLedger:
 
         Returns how many tokens and dollars went to repayment.
         """
+        try:
+            await self._load()  # the scope's debt may be another process's grant
+        except StoreError as exc:
+            _log.warning("overdraft_records_unreadable", scope=scope, error=str(exc))
         paid_t, paid_c = 0, 0.0
         for rec in sorted(self.records(scope), key=lambda r: r.key):
             if rec.paid:
