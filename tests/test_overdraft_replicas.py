@@ -14,12 +14,19 @@ from pathlib import Path
 import anyio
 import pytest
 
-from scheduler import BudgetExceededError, Limits, Usage
+from agents import AgentContext
+from scheduler import BudgetExceededError, Event, Limits, TaskSpec, Usage, UsageEvent
 from scheduler.config import VibeConfig, config_from_dict
 from scheduler.core import OverdraftDeniedError
 from scheduler.store import MemoryStore, SqliteStore, Store, put_state_if_absent
 from scheduler.store._redis import RedisStore
-from scheduler.testing import run_real, run_virtual
+from scheduler.testing import (
+    FRIDAY,
+    ScriptedProvider,
+    build_orchestrator,
+    run_real,
+    run_virtual,
+)
 from tests._alerts_helpers import DAY, Harness, open_harness, profile
 from tests._redis_helpers import REDIS_URL
 
@@ -242,3 +249,49 @@ def test_r3_5_an_overdrafts_reservation_is_held_where_other_replicas_see_it(
                 await s.aclose()
 
     run_real(main)
+
+
+# -- two orchestrators: the runtime path ---------------------------------------------
+
+
+class _Writer:
+    """Writes a file whose content a model call produces: the call crosses the day limit
+    inside the critical section, so it may use the grace."""
+
+    async def run(self, ctx: AgentContext) -> str:
+        async with ctx.critical("file_write"):
+            text = await ctx.llm.complete([{"role": "user", "content": "write it"}],
+                                          max_tokens=200)
+            await ctx.files.write("out.txt", str(text))
+        return "ok"
+
+
+def test_r3_5_two_orchestrators_on_one_sqlite_file_overdraw_the_day_once(
+        tmp_path: Path) -> None:
+    """R3.5: two orchestrators (own state directories, one store file) each cross the
+    shared day limit inside a file write at the same time: one overdraft is granted in
+    total; the other task is denied, naming who has the grace, and pauses."""
+    db = tmp_path / "shared.db"
+
+    async def main() -> list[Event]:
+        store = SqliteStore(db)
+        await store.open()
+        await store.record(UsageEvent(  # earlier runs spent 1,900 of the day's 2,000
+            event_id="earlier", task_id="e", session_id="earlier", day=FRIDAY.isoformat(),
+            at=0.0, model="sonnet", usage=Usage(prompt_tokens=1_900)))
+        await store.aclose()
+        orchs = [build_orchestrator({"w": _Writer}, config=VibeConfig(
+            state_dir=tmp_path / name, store=f"sqlite:///{db}", session_id=name,
+            budgets={"session": {}, "day": {"tokens": 2_000}, "weekend_day_cost_usd": None},
+            alerts={"decision_timeout_s": 5.0},
+        ), provider=ScriptedProvider(latency_s=0.1, prompt=900, completion=0))
+            for name in ("one", "two")]
+        async with anyio.create_task_group() as tg:
+            for i, orch in enumerate(orchs):
+                tg.start_soon(orch.run, [TaskSpec(id=f"w{i}", agent="w", prompt="x")])
+        return [e for o in orchs for e in o.bus.history if e.name.startswith("overdraft_")]
+
+    events = run_virtual(main)
+    assert sorted(e.name for e in events) == ["overdraft_denied", "overdraft_granted"]
+    denied = next(e for e in events if e.name == "overdraft_denied")
+    assert "already used" in denied.message
