@@ -19,11 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import structlog
 
 from scheduler import TaskSpec, VibeConfig
 from scheduler.budget import Tracker
-from scheduler.core import FixedWallClock
-from scheduler.runtime._recovery import RECOVER_EVERY_S
+from scheduler.core import EventBus, FixedWallClock
+from scheduler.runtime._recovery import RECOVER_EVERY_S, open_call_recovery
 from scheduler.store import SqliteStore, Store
 from scheduler.store._redis import RedisStore
 from scheduler.testing import FRIDAY, build_orchestrator, run_real, run_virtual
@@ -194,3 +195,22 @@ def test_r1_5_two_live_trackers_on_redis_charge_a_killed_replicas_call_once(
     assert before == [0, 0]
     assert sorted(charged) == [0, 0, 0, 1]
     assert len(estimates) == 1 and day == ESTIMATE
+
+
+def test_r1_5_recovery_outlives_a_store_that_cannot_answer(tmp_path: Path) -> None:
+    """R1.5: a round that cannot read the store (a Redis outage, a closed file) is logged
+    and the next round tries again; the run is never ended by it."""
+
+    async def main() -> list[str]:
+        store = SqliteStore(tmp_path / "vibe.db")
+        await store.open()
+        tracker = Tracker(store, VibeConfig(), session_id="live", wall=FixedWallClock(FRIDAY))
+        await tracker.open()
+        await store.aclose()  # every read now raises StoreError
+        bus = EventBus(anyio.current_time)
+        with structlog.testing.capture_logs() as logs:
+            with anyio.move_on_after(2.5 * RECOVER_EVERY_S):
+                await open_call_recovery(tracker, bus)()
+        return [str(log["event"]) for log in logs]
+
+    assert run_virtual(main).count("open_call_recovery_failed") == 2
