@@ -6,10 +6,12 @@ Before a model call goes out, its reservation is written to the store as an
 call records its usage and deletes the record; releasing it (the call failed
 unpaid, or was cancelled) deletes it too.
 
-A process killed mid-call leaves its records behind.  When a tracker opens,
-each record left by a process that is gone (same host, pid no longer running)
-is charged at its estimate — unless the call's own usage made it to the store
-before the kill — under the event id ``<id>:estimate``, and kept as an
+A process killed mid-call leaves its records behind.  When a tracker opens, and
+every minute while an orchestrator runs (``Tracker.recover_open_calls``: other
+replicas on the store keep running), each record left by a process that is gone
+(same host, pid no longer running) is charged at its estimate — unless the
+call's own usage made it to the store before the kill — under the event id
+``<id>:estimate``, and kept as an
 ``estimated_charge`` state record that ``status`` and ``report`` show.  So the
 budget never counts less than what may have been spent.  Event ids are
 idempotent, so two processes recovering at once charge a call once.

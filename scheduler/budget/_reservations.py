@@ -144,19 +144,33 @@ class Reservations:
             checked = False
         reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd,
                                    checked=checked)
-        if self._ledger is None:
-            return reservation
+        if self._ledger is not None:
+            await self._hold(self._ledger, reservation, {})
+        return reservation
+
+    async def hold_over(self, reservation: Reservation,
+                        grace: Mapping[str, tuple[int, float]]) -> None:
+        """Hold an overdraft's reservation (made past the limits, unchecked: the overdraft
+        ledger checked the overshoot against the grace) across processes on a
+        :class:`BudgetLedger`, like :meth:`reserve_shared` -- every other process then
+        sees it -- with the limits of the scopes named in ``grace`` raised by their grace
+        (tokens, dollars): all processes together never pass a limit by more than one
+        grace.  Raises :class:`BudgetExceededError` (the reservation cancelled) when they
+        would; does nothing on any other store."""
+        if self._ledger is not None:
+            await self._hold(self._ledger, reservation, grace)
+
+    async def _hold(self, ledger: BudgetLedger, reservation: Reservation,
+                    grace: Mapping[str, tuple[int, float]]) -> None:
+        """Hold ``reservation`` in the scopes that span the store (its task's when shared,
+        the session, the day) or cancel it and raise; ``grace``: extra room per scope."""
+        task_id, model = reservation.task_id, reservation.model
         shared = tuple(s for s in self._scopes.of_task(task_id) if s.shared)
         shared += (self._scopes.session, self._scopes.day())
-        limits = tuple(
-            ScopeLimit(s.name, s.limits.tokens, s.limits.tokens_by_model.get(model),  # type: ignore[call-overload]
-                       s.limits.cost_usd)
-            for s in shared
-        )
+        limits = tuple(_shared_limit(s, model, grace.get(s.name)) for s in shared)
         try:
-            hold = await self._hold_shared(
-                self._ledger, self._hold_id(task_id), limits, model, tokens, cost_usd
-            )
+            hold = await self._hold_shared(ledger, self._hold_id(task_id), limits, model,
+                                           reservation.tokens, reservation.cost_usd)
         except BaseException:
             self.cancel(reservation)
             raise
@@ -164,7 +178,6 @@ class Reservations:
         for s in shared:
             if s.name in hold.totals:
                 s.totals = hold.totals[s.name]
-        return reservation
 
     async def _hold_shared(
         self, ledger: BudgetLedger, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
@@ -231,6 +244,17 @@ class Reservations:
             s.reserved_tokens -= reservation.tokens
             s.reserved_cost -= reservation.cost_usd
             s.reserved_by_model[reservation.model] -= reservation.tokens
+
+
+def _shared_limit(scope: ScopeState, model: str, grace: tuple[int, float] | None) -> ScopeLimit:
+    lim = scope.limits
+    tokens, model_tokens, cost = (lim.tokens, lim.tokens_by_model.get(model),  # type: ignore[call-overload]
+                                  lim.cost_usd)
+    if grace is not None:
+        tokens = None if tokens is None else tokens + grace[0]
+        model_tokens = None if model_tokens is None else model_tokens + grace[0]
+        cost = None if cost is None else cost + grace[1]
+    return ScopeLimit(scope.name, tokens, model_tokens, cost)
 
 
 def _check_dimension(scope: ScopeState, dim: str, amount: float, lim: float) -> None:

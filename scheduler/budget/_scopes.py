@@ -19,7 +19,7 @@ from typing import Literal
 from scheduler.budget._profile import TaskProfile, day_limits
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import Totals, UsageEvent, VibeEngineError, WallClock
-from scheduler.store import Store, session_task_totals, task_day_scope
+from scheduler.store import Store, scopes_of, session_task_totals, task_day_scope
 
 Level = Literal["warning", "critical", "exceeded"]
 #: Dimensions read from :class:`Totals` by attribute name.
@@ -360,6 +360,28 @@ class Scopes:
             day = await self.ensure_day(date.fromisoformat(event.day))
         touched.append(day)
         return [c for s in touched for c in self.crossings(s)]
+
+    def add_recovered(self, event: UsageEvent) -> None:
+        """Add an estimate charged for a call another process left open to the scopes here
+        that count every process's use: the day, a task's day, the session (when it is
+        this one), a task spanning the store (or this session's).  Its crossings are
+        reported by the next charge of each scope."""
+        for name in scopes_of(event):
+            state = self._counting(name, event.session_id)
+            if state is not None:
+                state.totals.add(event)
+
+    def _counting(self, name: str, session_id: str) -> ScopeState | None:
+        if name.startswith("day:"):
+            return self.days.get(name[4:]) if name[4:] in self._loaded else None
+        if name.startswith("task-day:"):
+            return self.task_days.get(name) if name in self._loaded else None
+        if name.startswith("session:"):
+            return self.session if name == self.session.name else None
+        entry = self.tasks.get(name[5:])
+        if entry is None or not (entry.scope.shared or session_id == self._session_id):
+            return None  # another session's use of a task that counts per session
+        return entry.scope
 
     async def _add_to_task_day(self, event: UsageEvent) -> ScopeState:
         name = task_day_scope(event.day_scope, event.day)

@@ -93,6 +93,16 @@ class Tracker:
         await self._scopes.open()
         return charged
 
+    async def recover_open_calls(self) -> list[UsageEvent]:
+        """While running: charge at their estimate the calls that processes gone since
+        left open (a replica killed mid-call on a shared store), as :meth:`open` does at
+        start, and add them to this tracker's scopes that count every process's use.
+        Idempotent across processes: each such call is charged once."""
+        charged = await self._open_calls.recover()
+        for event in charged:
+            self._scopes.add_recovered(event)
+        return charged
+
     def day_scope(self, day: date | None = None) -> ScopeState:
         return self._scopes.day(day)
 
@@ -207,6 +217,20 @@ class Tracker:
         amounts just now)."""
         return self._reservations.reserve_shared(
             task_id, model=model, tokens=tokens, cost_usd=cost_usd, checked=checked)
+
+    def reserve_over(self, task_id: str, *, model: str, tokens: int,
+                     cost_usd: float) -> Reservation:
+        """Hold ``tokens``/``cost_usd`` against every scope without checking the limits:
+        an overdraft's reservation (R3.5), made in this process; :meth:`hold_over` holds
+        it across processes."""
+        return self._reservations.reserve(task_id, model=model, tokens=tokens,
+                                          cost_usd=cost_usd, checked=True)
+
+    def hold_over(self, reservation: Reservation,
+                  grace: Mapping[str, tuple[int, float]]) -> Awaitable[None]:
+        """Hold an overdraft's reservation in the shared scopes of a ``BudgetLedger``
+        within ``grace`` per scope (see :meth:`Reservations.hold_over`)."""
+        return self._reservations.hold_over(reservation, grace)
 
     async def renew_hold(self, reservation: Reservation) -> bool:
         """Keep the reservation's shared hold alive while its call waits (``True`` without

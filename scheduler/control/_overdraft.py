@@ -13,19 +13,39 @@ when an earlier overdraft is still unpaid (the budget added was smaller than
 it), when the overshoot is larger than the grace, or for a dimension that has
 no grace (time, counted operations).  Grants are recorded as state records of
 kind ``overdraft`` so they survive a restart.
+
+Several processes on one store (orchestrators, ``serve`` replicas) share the
+day scope, a shared session and a ``serve`` key's task scopes, so the grace
+is claimed in the store: a grant's record key names its scope and period (and
+the session, for a task scope that is per session), and is written with
+``put_state_if_absent`` -- of all the processes, one gets it; the others are
+denied ("already used by another process").  A period begun by adding budget
+is recorded too (kind ``overdraft_period``), so every process claims in it.
+The overdraft's reservation is held in the store like any other
+(``Tracker.hold_over``): on Redis other processes see it, and together they
+never pass a limit by more than one grace.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from scheduler.budget import Reservation, ScopeState, Tracker
 from scheduler.config import OverdraftConfig
-from scheduler.core import BudgetExceededError, EventBus, OverdraftDeniedError, get_logger
-from scheduler.store import Store
+from scheduler.core import (
+    BudgetExceededError,
+    EventBus,
+    OverdraftDeniedError,
+    StoreError,
+    get_logger,
+)
+from scheduler.store import Store, put_state_if_absent
 
 _log = get_logger("vibe_engine.overdraft")
 _EPS = 1e-12
+KIND = "overdraft"
+#: The period of a scope (budget was added to it), kept where every process sees it.
+PERIOD = "overdraft_period"
 
 
 @dataclass(slots=True)
@@ -43,6 +63,13 @@ class OverdraftRecord:
     repaid_cost_usd: float = 0.0
     #: The session that took it: a task scope's grace is per session, like its budget.
     session_id: str = ""
+    #: The scope spans the store (a ``serve`` key's task): its grace is every session's.
+    shared: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> OverdraftRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})  # type: ignore[arg-type]
 
     @property
     def outstanding_tokens(self) -> int:
@@ -88,21 +115,47 @@ class OverdraftLedger:
         self.events = events
         self._records: dict[str, OverdraftRecord] = {}
         self._period: dict[str, int] = {}
-        self._seq = 0
         self._granted = 0
         self._denied = 0
 
     async def open(self) -> None:
         """Load recorded overdrafts (a restart keeps used grace and unpaid debt; a task
         scope's only within its session)."""
-        for key, value in (await self.store.list_state("overdraft")).items():
-            rec = OverdraftRecord(**value)
-            self._seq = max(self._seq, int(key.rsplit(":", 1)[-1]))
-            if rec.scope.startswith("task:") and rec.session_id not in (
-                    "", self.tracker.session_id):
+        await self._load()
+
+    async def _load(self) -> None:
+        """Take in what every process on the store granted and repaid so far."""
+        for key, value in (await self.store.list_state(KIND)).items():
+            try:
+                rec = OverdraftRecord.from_dict(value)
+            except TypeError:
+                _log.warning("overdraft_record_unreadable", key=key)
                 continue
-            self._records[key] = rec
-            self._period[rec.scope] = max(self._period.get(rec.scope, 0), rec.period)
+            if self._grace_key(rec.scope, rec.shared, rec.session_id) != self._grace_key(
+                    rec.scope, rec.shared):
+                continue  # a task scope's grace in another session
+            known = self._records.setdefault(key, rec)
+            known.repaid_tokens = max(known.repaid_tokens, rec.repaid_tokens)
+            known.repaid_cost_usd = max(known.repaid_cost_usd, rec.repaid_cost_usd)
+            # repaid at all: budget was added since, which began the next period
+            self._bump(rec.scope, rec.period + (1 if rec.repaid_tokens or
+                                                rec.repaid_cost_usd > _EPS else 0))
+        for key, value in (await self.store.list_state(PERIOD)).items():
+            scope = str(value.get("scope", ""))
+            if key == self._grace_key(scope, bool(value.get("shared", False))):
+                self._bump(scope, int(value.get("period", 0)))
+
+    def _bump(self, scope: str, period: int) -> None:
+        if period > self._period.get(scope, 0):
+            self._period[scope] = period
+
+    def _grace_key(self, scope: str, shared: bool, session_id: str | None = None) -> str:
+        """Whose grace ``scope``'s is: a task scope's is its session's unless it spans the
+        store (a ``serve`` key), every other scope's is the store's."""
+        if scope.startswith("task:") and not shared:
+            session = self.tracker.session_id if session_id is None else session_id
+            return f"{scope}@{session or self.tracker.session_id}"
+        return scope
 
     # -- questions -----------------------------------------------------------------
 
@@ -116,7 +169,8 @@ class OverdraftLedger:
             if rec.period < period and not rec.paid:
                 return f"a previous overdraft on {scope} is unpaid"
             if rec.period == period:
-                return f"the grace of {scope} was already used"
+                return (f"the grace of {scope} was already used (task {rec.task_id}, "
+                        f"session {rec.session_id or '?'})")
         if tokens > self.config.tokens:
             return f"{tokens} tokens over {scope} exceeds the grace of {self.config.tokens}"
         if cost_usd > self.config.cost_usd + _EPS:
@@ -141,18 +195,36 @@ class OverdraftLedger:
         """Reserve past the limit within the grace, or raise :class:`OverdraftDeniedError`.
 
         ``error`` is what :meth:`Tracker.reserve` raised for the same request.
-        The check and the reservation happen without an ``await`` in between,
-        so concurrent agents cannot both take the same grace.
+        The check, the local reservation and the grant's record happen without an
+        ``await`` in between, so concurrent agents of this process cannot both take
+        the same grace; the grant is then claimed in the store, so no other process
+        takes it either.
         """
+        try:
+            await self._load()  # what other processes granted or repaid since
+        except StoreError as exc:  # unknown whether another process took the grace
+            await self._deny(task_id, operation, f"the grace cannot be checked: {exc}", error)
         overshoots = self._overshoots(task_id, model, tokens, cost_usd, error)
         for o in overshoots:
             reason = self.denial_reason(o.scope.name, o.tokens, o.cost_usd)
             if reason is not None:
                 await self._deny(task_id, operation, reason, error)
-        reservation = self._reserve_unchecked(task_id, model, tokens, cost_usd)
+        reservation = self.tracker.reserve_over(task_id, model=model, tokens=tokens,
+                                                cost_usd=cost_usd)
         granted = [self._grant(task_id, operation, o) for o in overshoots]
+        try:
+            reason = await self._claim(granted)
+            if reason is None:
+                reason = await self._hold(reservation, granted)
+        except BaseException:
+            self._undo(reservation, granted)
+            raise
+        if reason is not None:
+            self._undo(reservation, granted)
+            await self._deny(task_id, operation, reason, error)
+        self._granted += len(granted)
         for rec in granted:
-            await self.store.put_state("overdraft", rec.key, rec.to_dict())
+            _log.info("overdraft_recorded", **rec.to_dict())
             if self.events is not None:
                 self.events.emit(
                     "overdraft_granted",
@@ -162,6 +234,47 @@ class OverdraftLedger:
                     cost_usd=rec.cost_usd, operation=operation,
                 )
         return reservation
+
+    async def _claim(self, granted: list[OverdraftRecord]) -> str | None:
+        """Write each grant's record unless another process holds that scope's grace of
+        this period; why not (None: all claimed; a failure unclaims the others)."""
+        claimed: list[OverdraftRecord] = []
+        reason = None
+        for rec in granted:
+            try:
+                if await put_state_if_absent(self.store, KIND, rec.key, rec.to_dict()):
+                    claimed.append(rec)
+                    continue
+                other = await self.store.get_state(KIND, rec.key) or {}
+                reason = (f"the grace of {rec.scope} was already used by another process "
+                          f"(task {other.get('task_id', '?')}, session "
+                          f"{other.get('session_id', '?')})")
+            except StoreError as exc:
+                reason = f"the grace of {rec.scope} could not be claimed: {exc}"
+            break
+        if reason is not None:
+            for rec in claimed:
+                await self.store.delete_state(KIND, rec.key)
+        return reason
+
+    async def _hold(self, reservation: Reservation, granted: list[OverdraftRecord]
+                    ) -> str | None:
+        """Hold the reservation across processes within one grace; why not (None: held)."""
+        grace = {rec.scope: (self.config.tokens, self.config.cost_usd) for rec in granted}
+        try:
+            await self.tracker.hold_over(reservation, grace)
+        except (BudgetExceededError, StoreError) as exc:
+            for rec in granted:  # not used after all: the grace stays free
+                await self.store.delete_state(KIND, rec.key)
+            if isinstance(exc, StoreError):
+                raise  # unreachable past the wait, as for any other call
+            return f"{exc.scope} would pass its limit by more than the grace across processes"
+        return None
+
+    def _undo(self, reservation: Reservation, granted: list[OverdraftRecord]) -> None:
+        self.tracker.cancel(reservation)
+        for rec in granted:
+            self._records.pop(rec.key, None)
 
     async def _deny(
         self, task_id: str, operation: str, reason: str, error: BudgetExceededError
@@ -196,38 +309,39 @@ class OverdraftLedger:
             clim = scope.limits.cost_usd
             if clim is not None:
                 over_c = scope.totals.cost_usd + scope.reserved_cost + cost_usd - clim
+            if over_t <= 0 and over_c <= _EPS and scope.name == error.scope:
+                # over only as the store counts it (other processes' use and holds)
+                over = error.used + error.requested - error.limit
+                over_t, over_c = (0, over) if error.dimension == "cost_usd" else (
+                    int(over + 0.5), 0.0)
             if over_t > 0 or over_c > _EPS:
                 out.append(_Overshoot(scope, max(over_t, 0), max(over_c, 0.0)))
         return out
 
-    def _reserve_unchecked(
-        self, task_id: str, model: str, tokens: int, cost_usd: float
-    ) -> Reservation:
-        scopes = self.tracker.scopes(task_id)
-        for s in scopes:
-            s.reserved_tokens += tokens
-            s.reserved_cost += cost_usd
-            s.reserved_by_model[model] = s.reserved_by_model.get(model, 0) + tokens
-        return Reservation(task_id, model, tokens, cost_usd, tuple(s.name for s in scopes))
-
     def _grant(self, task_id: str, operation: str, o: _Overshoot) -> OverdraftRecord:
-        self._seq += 1
-        self._granted += 1
-        key = f"{o.scope.name}:{self._seq}"
-        rec = OverdraftRecord(key, o.scope.name, task_id, operation,
-                              self._period.get(o.scope.name, 0), o.tokens, round(o.cost_usd, 9),
-                              session_id=self.tracker.session_id)
+        name, shared = o.scope.name, o.scope.shared
+        period = self._period.get(name, 0)
+        # one key per grace and period: the claim every process makes for it
+        key = f"{self._grace_key(name, shared)}#{period}"
+        rec = OverdraftRecord(key, name, task_id, operation, period, o.tokens,
+                              round(o.cost_usd, 9), session_id=self.tracker.session_id,
+                              shared=shared)
         self._records[key] = rec
-        _log.info("overdraft_recorded", **rec.to_dict())
         return rec
 
     # -- repaying ------------------------------------------------------------------
 
-    async def repay(self, scope: str, tokens: int, cost_usd: float) -> tuple[int, float]:
-        """Budget was added to ``scope``: repay outstanding overdrafts first, open a new period.
+    async def repay(self, scope: str, tokens: int, cost_usd: float, *,
+                    shared: bool = False) -> tuple[int, float]:
+        """Budget was added to ``scope``: repay outstanding overdrafts first, open a new period
+        (for every process: ``shared``, the scope spans the store).
 
         Returns how many tokens and dollars went to repayment.
         """
+        try:
+            await self._load()  # the scope's debt may be another process's grant
+        except StoreError as exc:
+            _log.warning("overdraft_records_unreadable", scope=scope, error=str(exc))
         paid_t, paid_c = 0, 0.0
         for rec in sorted(self.records(scope), key=lambda r: r.key):
             if rec.paid:
@@ -238,8 +352,14 @@ class OverdraftLedger:
             rec.repaid_cost_usd += max(c, 0.0)
             paid_t += max(t, 0)
             paid_c += max(c, 0.0)
-            await self.store.put_state("overdraft", rec.key, rec.to_dict())
-        self._period[scope] = self._period.get(scope, 0) + 1
+            await self.store.put_state(KIND, rec.key, rec.to_dict())
+        period = self._period.get(scope, 0) + 1
+        self._period[scope] = period
+        key = self._grace_key(scope, shared)
+        stored = await self.store.get_state(PERIOD, key) or {}
+        if int(stored.get("period", 0)) < period:  # never back: a later one stays
+            await self.store.put_state(PERIOD, key, {"scope": scope, "period": period,
+                                                     "shared": shared})
         if paid_t or paid_c:
             _log.info("overdraft_repaid", scope=scope, tokens=paid_t, cost_usd=paid_c)
         return paid_t, paid_c

@@ -466,7 +466,7 @@ class PauseController:
         extra = self._extra_for(scope, decision, info.dimension if info else "")
         if self.overdraft is not None:
             await self.overdraft.repay(scope.name, int(decision.tokens or 0),
-                                       float(decision.cost_usd or 0.0))
+                                       float(decision.cost_usd or 0.0), shared=scope.shared)
         self.tracker.raise_limits(scope, Limits.model_validate(extra))
         stored = await self.store.get_state("budget", self._key(task_id)) or {"scopes": {}}
         cumulative = stored["scopes"].get(scope.name, {})

@@ -55,6 +55,7 @@ from scheduler.observe._observers import build_observers
 from scheduler.routing import Replanner, Router
 from scheduler.runtime._gateway import Gateway
 from scheduler.runtime._quality import make_quality_scorer
+from scheduler.runtime._recovery import open_call_recovery
 from scheduler.runtime._waits import long_wait_reporter
 from scheduler.store import Store, open_store
 from scheduler.tasks import TaskHandle, TaskTable
@@ -188,6 +189,8 @@ def _connect(parts: Parts, provider: Provider) -> None:
         allocator.run, parts.gateway.admission.keep_leases,  # R5.4: calls keep leases
         parts.gateway.admission.keep_holds,  # and their shared budget holds (Redis)
         parts.tracker.flush_usage,  # R2.6: running tasks' usage.json, one interval behind
+        # R1.5: calls a process killed since left open (a replica on a shared store)
+        open_call_recovery(parts.tracker, parts.bus),
         _control_service(parts.controller, parts.config),
         parts.gateway.health.run,  # R6.4: 60 s health checks
         parts.deadlocks.run,  # R5.6: the 10 s wait-for graph check

@@ -39,6 +39,7 @@ from scheduler.runtime._call import BreakDownRequested
 from scheduler.runtime._context import AgentContext
 from scheduler.runtime._deadline import Deadlines
 from scheduler.runtime._ending import Endings
+from scheduler.runtime._recovery import announce_charged
 from scheduler.runtime._report import RunReport, build_report, stored_result
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
 from scheduler.runtime._spawn import Spawner, task_group
@@ -129,13 +130,7 @@ class Orchestrator:
 
     async def _open_parts(self) -> None:
         await self.store.open()
-        for event in await self.tracker.open():  # calls a killed run left open
-            self.bus.emit(
-                "open_call_charged",
-                f"a call of task {event.task_id} left open by a killed run was charged "
-                f"at its estimate ({event.usage.total_tokens} tokens)",
-                task_id=event.task_id, level="warning", session_id=event.session_id,
-                tokens=event.usage.total_tokens, cost_usd=event.cost_usd)
+        announce_charged(self.bus, await self.tracker.open())  # calls a killed run left open
         await self.controller.open()
         await self.gateway.router.load_learned(self.store)  # R4.3 across restarts
 

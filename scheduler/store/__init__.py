@@ -6,6 +6,7 @@ protocols (budget holds, quota slices) and the spool.  May import ``core`` and `
 
 from scheduler.store._base import Store as Store
 from scheduler.store._base import check_event as check_event
+from scheduler.store._base import put_state_if_absent as put_state_if_absent
 from scheduler.store._base import record_and_delete_state as record_and_delete_state
 from scheduler.store._base import scopes_of as scopes_of
 from scheduler.store._base import task_day_scope as task_day_scope
@@ -21,6 +22,6 @@ from scheduler.store._sqlite import SqliteStore as SqliteStore
 
 __all__ = [
     "MemoryStore", "SessionRecord", "SqliteStore", "Store", "check_event", "latest_session",
-    "list_sessions", "open_store", "record_and_delete_state", "scopes_of",
+    "list_sessions", "open_store", "put_state_if_absent", "record_and_delete_state", "scopes_of",
     "session_task_totals", "task_day_scope", "task_key", "task_of_key",
 ]

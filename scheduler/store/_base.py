@@ -101,6 +101,27 @@ def record_and_delete_state(store: Store, event: UsageEvent, kind: str,
     return _record_then_delete(store, event, kind, key)
 
 
+def put_state_if_absent(store: Store, kind: str, key: str,
+                        value: dict[str, Any]) -> Awaitable[bool]:
+    """Write the state record ``kind``/``key`` unless one is there; ``True`` when this
+    call wrote it.  A claim: on the stores of this package the test and the write are one
+    atomic step in the store itself (SQLite ``INSERT OR IGNORE``, Redis ``HSETNX``), so of
+    several processes claiming one key at once exactly one gets ``True``.  Never spooled:
+    while the store cannot answer it raises :class:`StoreError` (who would win is not
+    known).  A store without it is read, then written (not atomic across processes)."""
+    claim = getattr(store, "put_state_if_absent", None)
+    if claim is not None:
+        return cast("Awaitable[bool]", claim(kind, key, value))
+    return _get_then_put(store, kind, key, value)
+
+
+async def _get_then_put(store: Store, kind: str, key: str, value: dict[str, Any]) -> bool:
+    if await store.get_state(kind, key) is not None:
+        return False
+    await store.put_state(kind, key, value)
+    return True
+
+
 async def _record_then_delete(store: Store, event: UsageEvent, kind: str, key: str) -> bool:
     added = await store.record(event)
     await store.delete_state(kind, key)

@@ -60,6 +60,13 @@ class MemoryStore:
     async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
         self._state.setdefault(kind, {})[key] = copy.deepcopy(value)
 
+    async def put_state_if_absent(self, kind: str, key: str, value: dict[str, Any]) -> bool:
+        records = self._state.setdefault(kind, {})
+        if key in records:
+            return False
+        records[key] = copy.deepcopy(value)
+        return True
+
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
         v = self._state.get(kind, {}).get(key)
         return copy.deepcopy(v) if v is not None else None

@@ -299,6 +299,22 @@ class RedisStore:
     async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
         await self._write_state(kind, key, value)
 
+    async def put_state_if_absent(self, kind: str, key: str, value: dict[str, Any]) -> bool:
+        """``HSETNX``: the record is written unless ``kind``/``key`` has one (``True`` when
+        written), atomically across every process.  Never spooled: raises
+        :class:`StoreUnavailableError` while Redis is down or writes wait in the spool."""
+        if len(self.spool) and not self._link.backing_off():
+            await self._drain()
+        if len(self.spool) or self._link.backing_off():
+            raise StoreUnavailableError(f"Redis unreachable; cannot claim {kind} {key}")
+        try:
+            added = await self._link.client.hsetnx(
+                self.key("state", kind), key, json.dumps(value, sort_keys=True))
+        except DOWN as exc:
+            raise self._link.unavailable("put_state_if_absent", exc) from exc
+        self._mark_up()
+        return bool(added)
+
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
         try:
             raw = await self._link.client.hget(self.key("state", kind), key)

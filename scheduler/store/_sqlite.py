@@ -304,6 +304,22 @@ class SqliteStore:
         if error is not None:
             raise error
 
+    async def put_state_if_absent(self, kind: str, key: str, value: dict[str, Any]) -> bool:
+        """Write the record unless ``kind``/``key`` has one: ``True`` when written.  One
+        ``INSERT OR IGNORE`` (a transaction of its own), so of several processes on the
+        file exactly one writes it.  Never spooled (see ``store.put_state_if_absent``):
+        raises :class:`StoreError` while the database stays locked."""
+        text = _encode_sorted(value)
+        if len(self.spool):
+            await self._drain(wait=True)  # spooled writes first, in order
+            if len(self.spool):
+                raise StoreError(f"SQLite store {self.path} is locked; cannot claim {key}")
+        added = await self._read(lambda db: db.execute(
+            "INSERT OR IGNORE INTO state VALUES (?,?,?)", (kind, key, text)).rowcount == 1)
+        if added:
+            self.checkpoints.committed()
+        return added
+
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
         spooled = self._spooled_state(kind)
         if key in spooled:
