@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.budget._scopes import TaskEntry
+from scheduler.config import Limits
 from scheduler.core import (
     GroupCommit,
     LocalFileError,
@@ -60,6 +61,7 @@ class UsageFiles:
     ) -> None:
         self._state_dir = state_dir
         self._session_id = session_id
+        self._session_json = _string(session_id)
         self._wall = wall
         self._clock = clock
         self._interval_s = interval_s
@@ -91,12 +93,28 @@ class UsageFiles:
             **_day_budget(task_id, entry),
         }
 
+    def text(self, task_id: str, entry: TaskEntry) -> str:
+        """``usage.json``'s text: :func:`_readable` of :meth:`document`, in one template
+        whose budget part is encoded once per limits object (most tasks share their type's
+        and complexity's), not as a pydantic dump, a dict and a line per key per file."""
+        profile, scope = entry.profile, entry.scope
+        return (
+            f'{{\n  "task_id": {_string(task_id)},\n  "session_id": {self._session_json},\n'
+            f'  "agent": {_string(entry.agent)},\n'
+            f'  "task_type": {_string(profile.task_type)},\n'
+            f'  "complexity": {_string(profile.complexity)},\n'
+            f'  "status": {_string(entry.status)},\n'
+            f'  "usage": {_value(scope.totals.to_dict())},\n'
+            f'  "budget": {_budget(scope.limits)},\n'
+            f'  "timestamp": {_string(self._wall.now().isoformat())}'
+            f'{_day_budget_text(task_id, entry)}\n}}\n')
+
     def write(self, task_id: str, entry: TaskEntry) -> Path | None:
         """Write ``<state_dir>/tasks/<task_id>/usage.json`` atomically."""
         if self._state_dir is None:
             return None
         folder = self._state_dir / "tasks" / task_id
-        _write(folder, _readable(self.document(task_id, entry)))
+        _write(folder, self.text(task_id, entry))
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         if self._flushing:
             self._inline_during_flush.add(task_id)
@@ -114,7 +132,7 @@ class UsageFiles:
             return None
         # as of now (charges meanwhile mark it dirty), and as text: tasks ending together
         # wait for one hop, each holding its file's text instead of the document's dicts
-        doc = _readable(self.document(task_id, entry))
+        doc = self.text(task_id, entry)
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         folder = self._state_dir / "tasks" / task_id
         try:
@@ -168,7 +186,7 @@ class UsageFiles:
             if entry is None or not entry.usage_dirty or entry.status != "running":
                 continue
             due.append((tid, entry))
-            files.append((tasks / tid, _readable(self.document(tid, entry)), None))
+            files.append((tasks / tid, self.text(tid, entry), None))
             entry.usage_written_at, entry.usage_dirty = now, False
         if not files:
             return 0
@@ -275,6 +293,34 @@ def _day_budget(task_id: str, entry: TaskEntry) -> dict[str, Any]:
         return {}
     return {"day_budget": {"scope": day.name,
                            "budget": day.limits.model_dump(mode="json", exclude_none=True)}}
+
+
+def _day_budget_text(task_id: str, entry: TaskEntry) -> str:
+    """:func:`_day_budget` as :func:`_readable` writes its line (with the comma before)."""
+    day = entry.day_scope
+    if entry.day_root != task_id or day is None:
+        return ""
+    return f',\n  "day_budget": {{"scope": {_string(day.name)}, "budget": {_budget(day.limits)}}}'
+
+
+#: Limits as JSON by ``id``, each with its object (so its id is not reused while cached):
+#: the shared base limits of a type and complexity are encoded once for all their tasks.
+#: Limits are frozen; added budget makes a new object (``Scopes.raise_limits``).
+_BUDGETS: dict[int, tuple[Limits, str]] = {}
+_BUDGETS_KEPT = 256
+
+
+def _budget(limits: Limits) -> str:
+    """``limits`` as ``usage.json``'s ``budget`` value (what :func:`_value` makes of its
+    JSON dump without the unset limits)."""
+    found = _BUDGETS.get(id(limits))
+    if found is not None and found[0] is limits:
+        return found[1]
+    text = _value(limits.model_dump(mode="json", exclude_none=True))
+    if len(_BUDGETS) >= _BUDGETS_KEPT:  # tasks with limits of their own: not kept forever
+        _BUDGETS.clear()
+    _BUDGETS[id(limits)] = (limits, text)
+    return text
 
 
 def _write_beside(path: Path, doc: Any, *, fix_mode: bool = True) -> None:
