@@ -63,7 +63,7 @@ def detect_task_type(text: str, table: dict[TaskType, TaskTypeSpec]) -> TaskType
         spec = table.get(name)
         if spec is None:
             continue
-        score = sum(lowered.count(k) for k in spec.keywords)
+        score = sum(map(lowered.count, spec.keywords))  # no generator frame per keyword
         if score > best_score:
             best, best_score = name, score
     return best
