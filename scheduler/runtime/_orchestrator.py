@@ -13,6 +13,7 @@ cancelled or aborted attempt's leases and locks.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from typing import Any
@@ -171,7 +172,14 @@ class Orchestrator:
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._session.end(interrupted=interrupted)
+                self._log_ended(interrupted)
             return await self._report()
+
+    def _log_ended(self, interrupted: bool) -> None:
+        """One line for the run's tasks (a completed task's own is at debug level)."""
+        counts = Counter(str(h.status) for h in self.handles.values())
+        _log.info("run_ended", session_id=self.session_id, interrupted=interrupted,
+                  tasks=len(self.handles), **dict(sorted(counts.items())))
 
     async def _run_all(self) -> None:
         async with anyio.create_task_group() as tg:
