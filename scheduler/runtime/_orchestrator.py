@@ -172,14 +172,14 @@ class Orchestrator:
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._session.end(interrupted=interrupted)
-                self._log_ended(interrupted)
             return await self._report()
 
-    def _log_ended(self, interrupted: bool) -> None:
-        """One line for the run's tasks (a completed task's own is at debug level)."""
+    def _log_ended(self) -> None:
+        """One line for the run's tasks (a completed task's own is at debug level), while
+        the services (the live view, which holds the log lines) still run."""
         counts = Counter(str(h.status) for h in self.handles.values())
-        _log.info("run_ended", session_id=self.session_id, interrupted=interrupted,
-                  tasks=len(self.handles), **dict(sorted(counts.items())))
+        _log.info("run_ended", session_id=self.session_id, tasks=len(self.handles),
+                  by_status=dict(sorted(counts.items())))
 
     async def _run_all(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -191,6 +191,7 @@ class Orchestrator:
                 self._task_group = tasks_tg
                 await self._start(self.handles.values(), tasks_tg)
             self._task_group = None
+            self._log_ended()
             tg.cancel_scope.cancel()
 
     async def _start(self, handles: Iterable[TaskHandle], tg: Spawner) -> None:
