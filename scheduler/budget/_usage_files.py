@@ -60,6 +60,7 @@ class UsageFiles:
         clock: Callable[[], float], interval_s: float,
     ) -> None:
         self._state_dir = state_dir
+        self._tasks_dir = Path(state_dir or ".") / "tasks"  # read only with a state_dir
         self._session_id = session_id
         self._session_json = _string(session_id)
         self._wall = wall
@@ -73,6 +74,9 @@ class UsageFiles:
         # overtaken (hops run in the order asked), so only these need the next flush.
         self._flushing = 0
         self._inline_during_flush: set[str] = set()
+
+    def _folder(self, task_id: str) -> Path:
+        return self._tasks_dir / task_id
 
     @property
     def interval_s(self) -> float:
@@ -113,12 +117,11 @@ class UsageFiles:
         """Write ``<state_dir>/tasks/<task_id>/usage.json`` atomically."""
         if self._state_dir is None:
             return None
-        folder = self._state_dir / "tasks" / task_id
-        _write(folder, self.text(task_id, entry))
+        path, _ = _write(self._folder(task_id), self.text(task_id, entry))
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         if self._flushing:
             self._inline_during_flush.add(task_id)
-        return folder / "usage.json"
+        return path
 
     async def write_off_loop(self, task_id: str, entry: TaskEntry,
                              beside: Mapping[str, Any] | None = None) -> Path | None:
@@ -134,9 +137,8 @@ class UsageFiles:
         # wait for one hop, each holding its file's text instead of the document's dicts
         doc = self.text(task_id, entry)
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
-        folder = self._state_dir / "tasks" / task_id
         try:
-            (out,) = await self._batch.submit([(folder, doc, beside)])
+            (out,) = await self._batch.submit([(self._folder(task_id), doc, beside)])
         except BaseException:
             entry.usage_dirty = True
             raise
@@ -168,10 +170,9 @@ class UsageFiles:
         due = [tid for tid, e in entries.items()
                if e.usage_dirty and e.usage_charged and e.status == "running"
                and e.usage_written_at <= since]
-        tasks = self._state_dir / "tasks"
         written = 0
         for start in range(0, len(due), FLUSH_CHUNK):
-            written += await self._flush(tasks, entries, due[start:start + FLUSH_CHUNK])
+            written += await self._flush(self._tasks_dir, entries, due[start:start + FLUSH_CHUNK])
         return written
 
     async def _flush(self, tasks: Path, entries: Mapping[str, TaskEntry],
@@ -246,11 +247,11 @@ async def _write_all(batch: list[_Files]) -> list[list[Path | Exception] | Excep
             done: list[Path | Exception] = []
             for folder, doc, beside in files:
                 try:
-                    new = _write(folder, doc, fix_mode=fix_mode)
+                    path, new = _write(folder, doc, fix_mode=fix_mode)
                 except LocalFileError as exc:
                     done.append(exc)
                     continue
-                done.append(folder / "usage.json")
+                done.append(path)
                 for name, other in (beside or {}).items():
                     if other is not None or not new:  # a new folder has nothing to remove
                         _write_beside(folder / name, other, fix_mode=fix_mode)
@@ -260,15 +261,16 @@ async def _write_all(batch: list[_Files]) -> list[list[Path | Exception] | Excep
     return await off_loop(write_all)
 
 
-def _write(folder: Path, text: str, *, fix_mode: bool = True) -> bool:
-    """Write the folder's ``usage.json``; True when the folder was made for it."""
+def _write(folder: Path, text: str, *, fix_mode: bool = True) -> tuple[Path, bool]:
+    """Write the folder's ``usage.json``; its path, and True when the folder was made
+    for it."""
     path = folder / "usage.json"
     try:
         new = make_private_dir(folder, fix_mode=fix_mode)
         write_private(path, text, fix_mode=fix_mode)
     except OSError as exc:
         raise LocalFileError(path, exc.strerror or str(exc)) from exc
-    return new
+    return path, new
 
 
 def _readable(doc: dict[str, Any]) -> str:
