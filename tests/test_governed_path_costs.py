@@ -490,3 +490,14 @@ async def test_r2_6_usage_json_text_is_its_document_as_budgets_change(tmp_path: 
     assert check("plain")["budget"]["tokens"] == docs["plain"]["budget"]["tokens"] + 1000
     assert check("same")["budget"] == docs["same"]["budget"]  # its type's, unchanged
     assert check("daily")["day_budget"]["budget"]["cost_usd"] == 3.0
+
+
+def test_r7_2_an_events_wall_time_and_day_are_one_reading_without_a_time_zone_lookup() -> None:
+    """R7.2 (#22): an event's history record notes ``now().timestamp()`` and the local date
+    of that same reading; the system clock gives both without a time-zone lookup."""
+    wall = SystemWallClock()
+    before = datetime.now().astimezone()
+    at, day = wall.stamp()
+    after = datetime.now().astimezone()
+    assert before.timestamp() <= at <= after.timestamp()
+    assert day == datetime.fromtimestamp(at).date() and day in (before.date(), after.date())
