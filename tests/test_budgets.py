@@ -141,3 +141,21 @@ def test_config_loads_from_toml_and_yaml(tmp_path: Path) -> None:
     yml.write_text("budgets:\n  session:\n    tokens: 1000\ntasks:\n  - {id: a, agent: qa}\n")
     assert load_config(toml) == load_config(yml)
     assert load_config(toml).budgets.session.tokens == 1000
+
+
+@pytest.mark.parametrize(("text", "task_type", "expected"), [
+    ("Fix a TYPO in one file", "code_modification", "simple"),
+    ("Add a docstring", "feature_implementation", "complex"),  # a complex type stays so
+    ("Redesign the whole thing, but only a typo", "question_answering", "complex"),
+    ("weigh the trade-off", "code_modification", "complex"),
+    ("what is it", "question_answering", "simple"),
+    ("word " * 121, "question_answering", "moderate"),  # a long question is not simple
+    ("word " * 121, "code_modification", "moderate"),
+    ("word " * 120, "question_answering", "simple"),
+])
+def test_r1_3_complexity_from_the_type_nudged_by_hints(text: str, task_type: str,
+                                                       expected: str) -> None:
+    """R1.3: a task's complexity is its type's, unless a complex hint makes it complex, a
+    simple one (in a type not complex) simple, or over 120 words a simple one moderate."""
+    spec = TaskSpec(id="t", agent="a", prompt=text, task_type=task_type)
+    assert resolve_task(spec, VibeConfig()).complexity == expected

@@ -15,7 +15,7 @@ import anyio.lowlevel
 import pytest
 import structlog
 
-from scheduler import TaskSpec, Usage, VibeConfig
+from scheduler import Limits, TaskSpec, Usage, VibeConfig
 from scheduler.budget import Tracker, resolve_task
 from scheduler.budget._usage_files import _readable
 from scheduler.core import SystemWallClock
@@ -424,3 +424,80 @@ def test_r2_6_usage_json_text_is_json_one_top_level_key_per_line() -> None:
     assert json.loads(text) == doc
     assert text == "{\n" + ",\n".join(
         f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items()) + "\n}\n"
+
+
+class Fails:
+    async def run(self, ctx: AgentContext) -> None:
+        raise RuntimeError("broken agent")
+
+
+async def test_issue22_a_completed_task_logs_at_debug_and_the_run_one_summary(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """#22: a run at info level logs no line per completed task, but one ``run_ended``
+    line with the count of each ending; an unsuccessful task still logs its warning and
+    every task's event still reaches the bus's subscribers."""
+    orch = make_orchestrator({"a": TwoCalls, "bad": Fails},
+                             provider=ScriptedProvider(latency_s=0.0))
+    seen: list[str] = []
+    orch.bus.subscribe(lambda e: seen.append(e.name))
+    specs = [TaskSpec(id=f"t{i}", agent="a", prompt="x") for i in range(3)]
+    with structlog.testing.capture_logs() as logs:
+        report = await orch.run([*specs, TaskSpec(id="b", agent="bad", prompt="x")])
+    assert [o.status for o in report.outcomes.values()] == ["completed"] * 3 + ["failed"]
+    assert seen.count("task_completed") == 3
+    completed = [e for e in logs if e["event"] == "task_completed"]
+    assert len(completed) == 3 and {e["log_level"] for e in completed} == {"debug"}
+    assert [e["log_level"] for e in logs if e["event"] == "task_failed"] == ["warning"]
+    (ended,) = [e for e in logs if e["event"] == "run_ended"]
+    assert ended["log_level"] == "info"
+    assert (ended["tasks"], ended["by_status"]) == (4, {"completed": 3, "failed": 1})
+
+
+async def test_r2_6_usage_json_text_is_its_document_as_budgets_change(tmp_path: Path) -> None:
+    """R2.6: the text ``usage.json`` gets is its document's, one key per line -- for a task
+    with the shared limits of its type, one with its own, one with a per-day budget, and
+    after a person added budget (the new limits, not the text of the old ones)."""
+    config = VibeConfig.model_validate({"state_dir": tmp_path, "session_id": "s1"})
+    tr = Tracker(MemoryStore(), config, session_id="s1", wall=SystemWallClock(),
+                 state_dir=tmp_path)
+    await tr.open()
+    specs = [TaskSpec(id="plain", agent="a", prompt="fix the bug"),
+             TaskSpec(id="same", agent="a", prompt="fix the crash"),
+             TaskSpec(id="own", agent="a", prompt="x", budget={"tokens": 1234}),
+             TaskSpec(id="daily", agent="a", prompt="x", day_budget={"cost_usd": 2.0})]
+    for spec in specs:
+        await tr.start_task(spec.id, resolve_task(spec, config), agent="a")
+    await tr.charge(tr.make_event("plain", model="sonnet", usage=Usage(10, 5)))
+    files, entries = tr._files, tr._scopes.tasks
+
+    def check(tid: str) -> dict[str, Any]:
+        entry = entries[tid]
+        doc = files.document(tid, entry)
+        text = files.text(tid, entry)
+        doc["timestamp"] = json.loads(text)["timestamp"]  # read a moment apart
+        assert text == _readable(doc)
+        return doc
+
+    docs = {spec.id: check(spec.id) for spec in specs}
+    assert docs["plain"]["usage"]["prompt_tokens"] == 10
+    assert docs["own"]["budget"]["tokens"] == 1234
+    assert docs["daily"]["day_budget"]["budget"] == {"cost_usd": 2.0, "tokens_by_model": {}}
+    tr.raise_limits(tr.task_scope("plain"), Limits(tokens=1000))
+    day = tr.own_day_scope("daily")
+    assert day is not None
+    tr.raise_limits(day, Limits(cost_usd=1.0))
+    assert check("plain")["budget"]["tokens"] == docs["plain"]["budget"]["tokens"] + 1000
+    assert check("same")["budget"] == docs["same"]["budget"]  # its type's, unchanged
+    assert check("daily")["day_budget"]["budget"]["cost_usd"] == 3.0
+
+
+def test_r7_2_an_events_wall_time_and_day_are_one_reading_without_a_time_zone_lookup() -> None:
+    """R7.2 (#22): an event's history record notes ``now().timestamp()`` and the local date
+    of that same reading; the system clock gives both without a time-zone lookup."""
+    wall = SystemWallClock()
+    before = datetime.now().astimezone()
+    at, day = wall.stamp()
+    after = datetime.now().astimezone()
+    assert before.timestamp() <= at <= after.timestamp()
+    assert day == datetime.fromtimestamp(at).date() and day in (before.date(), after.date())

@@ -60,7 +60,8 @@ def test_issue23_library_logs_reach_stdlib_logging_when_configured(tmp_path: Pat
     agent's own and the per-call debug chatter under ``vibe_engine.*`` loggers."""
     done = _run(tmp_path, "stdlib")
     assert done.returncode == 0, done.stderr
-    assert "INFO:vibe_engine.events:task_completed" in done.stderr
+    assert "INFO:vibe_engine.orchestrator:run_ended" in done.stderr
+    assert "DEBUG:vibe_engine.events:task_completed" in done.stderr  # #22: one per task
     assert "vibe_engine.agent:agent_line" in done.stderr
     assert done.stdout == ""
 

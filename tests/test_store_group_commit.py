@@ -281,3 +281,26 @@ async def test_r2_6_writes_cancelled_at_random_never_stall_the_queue_on_asyncio(
 ) -> None:
     """R2.6: the same on asyncio, where waiting writes park on loop futures."""
     await test_r2_6_writes_cancelled_at_random_never_stall_the_queue(seed)
+
+
+async def test_r2_6_state_writes_of_one_commit_land_in_order(tmp_path: Path) -> None:
+    """R2.6 (#22): a commit writes its neighbouring state records with one statement;
+    writes, deletions and charges of one batch still land in the order they were made --
+    the last write of a key wins, a deletion between two writes of it does not win."""
+    from scheduler.store._spool import Entry, SpooledEvent, SpooledState
+    from scheduler.store._sqlite_sql import apply
+
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        entries: list[Entry] = [
+            SpooledState("task", "a", {"v": 1}), SpooledState("task", "b", {"v": 1}),
+            SpooledState("task", "a", None), SpooledState("task", "c", {"v": 1}),
+            SpooledEvent(_event(1)), SpooledState("task", "c", {"v": 2}),
+            SpooledState("task", "b", None), SpooledState("task", "b", {"v": 3}),
+            SpooledState("task", "d", {"v": 1}), SpooledState("task", "d", None)]
+        assert apply(store._conn, entries) == [None] * 4 + [True] + [None] * 5
+        assert await store.list_state("task") == {"b": {"v": 3}, "c": {"v": 2}}
+        assert (await store.totals("task:t")).calls == 1
+    finally:
+        await store.aclose()

@@ -23,14 +23,14 @@ async def test_r2_6_a_flush_writes_every_due_file_a_chunk_per_hop(
 ) -> None:
     monkeypatch.setattr(_usage_files, "FLUSH_CHUNK", 4)
     texts: list[int] = []
-    readable = _usage_files._readable
+    text = _usage_files.UsageFiles.text
     hops: list[int] = []
 
-    def counted(doc: dict[str, object]) -> str:
+    def counted(files: _usage_files.UsageFiles, task_id: str, entry: Any) -> str:
         texts.append(len(hops))  # which hop's texts are being made
-        return readable(doc)
+        return text(files, task_id, entry)
 
-    monkeypatch.setattr(_usage_files, "_readable", counted)
+    monkeypatch.setattr(_usage_files.UsageFiles, "text", counted)
     config = VibeConfig.model_validate({"state_dir": tmp_path, "session_id": "s1"})
     tr = Tracker(MemoryStore(), config, session_id="s1", wall=SystemWallClock(),
                  state_dir=tmp_path, usage_json_interval_s=1e-9)

@@ -39,6 +39,9 @@ _COMPLEX_HINTS = (
     "security", "trade-off", "migrate",
 )
 _WORD = re.compile(r"[a-z0-9_\-?]+")
+#: Whether any hint is in the text (as ``any(h in text ...)``), in one pass per list.
+_SIMPLE, _COMPLEX = (re.compile("|".join(map(re.escape, h))) for h in (_SIMPLE_HINTS,
+                                                                        _COMPLEX_HINTS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,7 @@ def detect_task_type(text: str, table: dict[TaskType, TaskTypeSpec]) -> TaskType
         spec = table.get(name)
         if spec is None:
             continue
-        score = sum(lowered.count(k) for k in spec.keywords)
+        score = sum(map(lowered.count, spec.keywords))  # no generator frame per keyword
         if score > best_score:
             best, best_score = name, score
     return best
@@ -75,11 +78,11 @@ def detect_complexity(text: str, task_type: TaskType, table: dict[TaskType, Task
     """Complexity from the type's default, nudged by hints in the text."""
     lowered = text.lower()
     base: Complexity = table[task_type].complexity if task_type in table else "moderate"
-    if any(h in lowered for h in _COMPLEX_HINTS):
+    if _COMPLEX.search(lowered):
         return "complex"
-    if any(h in lowered for h in _SIMPLE_HINTS) and base != "complex":
+    if base != "complex" and _SIMPLE.search(lowered):
         return "simple"
-    if len(_WORD.findall(lowered)) > 120 and base == "simple":
+    if base == "simple" and len(_WORD.findall(lowered)) > 120:  # words counted only then
         return "moderate"
     return base
 

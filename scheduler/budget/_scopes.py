@@ -273,11 +273,10 @@ class Scopes:
             self.task(parent)  # started first: its totals already hold this task's use
         scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock(),
                            shared=span == "store")
-        if scope.shared:
-            scope.totals = await self._store.totals(scope.name)
-        elif self._continued:
-            scope.totals = await session_task_totals(self._store, self._session_id, task_id)
-        self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
+        if scope.shared or self._continued:  # else it starts from nothing: none passed
+            scope.totals = await (self._store.totals(scope.name) if scope.shared else
+                                  session_task_totals(self._store, self._session_id, task_id))
+            self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
         day_root = task_id if profile.day_limits is not None else (
             self.tasks[parent].day_root if parent is not None else None)
         self.tasks[task_id] = TaskEntry(profile, agent, scope, actions=scope.totals.calls,

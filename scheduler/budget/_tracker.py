@@ -373,8 +373,13 @@ class Tracker:
         actions_left = None if tokens_left is None else (
             int(tokens_left // avg) if avg else None
         )
-        time_left = None
-        if entry.scope.limits.time_s is not None:
-            time_left = max(entry.scope.limits.time_s - (self._clock() - entry.scope.started_at),
-                            0.0)
-        return Remaining(tokens_left, actions_left, cost_left, time_left, avg)
+        return Remaining(tokens_left, actions_left, cost_left, self.time_left(task_id), avg)
+
+    def time_left(self, task_id: str) -> float | None:
+        """Seconds left of the task's wall-time budget (``None`` = unlimited): what
+        :meth:`remaining` says of time, without its tokens, cost and actions."""
+        scope = self._scopes.tasks[task_id].scope
+        limit = scope.limits.time_s
+        if limit is None:
+            return None
+        return max(limit - (self._clock() - scope.started_at), 0.0)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.budget._scopes import TaskEntry
+from scheduler.config import Limits
 from scheduler.core import (
     GroupCommit,
     LocalFileError,
@@ -59,7 +60,9 @@ class UsageFiles:
         clock: Callable[[], float], interval_s: float,
     ) -> None:
         self._state_dir = state_dir
+        self._tasks_dir = Path(state_dir or ".") / "tasks"  # read only with a state_dir
         self._session_id = session_id
+        self._session_json = _string(session_id)
         self._wall = wall
         self._clock = clock
         self._interval_s = interval_s
@@ -71,6 +74,9 @@ class UsageFiles:
         # overtaken (hops run in the order asked), so only these need the next flush.
         self._flushing = 0
         self._inline_during_flush: set[str] = set()
+
+    def _folder(self, task_id: str) -> Path:
+        return self._tasks_dir / task_id
 
     @property
     def interval_s(self) -> float:
@@ -91,16 +97,31 @@ class UsageFiles:
             **_day_budget(task_id, entry),
         }
 
+    def text(self, task_id: str, entry: TaskEntry) -> str:
+        """``usage.json``'s text: :func:`_readable` of :meth:`document`, in one template
+        whose budget part is encoded once per limits object (most tasks share their type's
+        and complexity's), not as a pydantic dump, a dict and a line per key per file."""
+        profile, scope = entry.profile, entry.scope
+        return (
+            f'{{\n  "task_id": {_string(task_id)},\n  "session_id": {self._session_json},\n'
+            f'  "agent": {_string(entry.agent)},\n'
+            f'  "task_type": {_string(profile.task_type)},\n'
+            f'  "complexity": {_string(profile.complexity)},\n'
+            f'  "status": {_string(entry.status)},\n'
+            f'  "usage": {_value(scope.totals.to_dict())},\n'
+            f'  "budget": {_budget(scope.limits)},\n'
+            f'  "timestamp": {_string(self._wall.now().isoformat())}'
+            f'{_day_budget_text(task_id, entry)}\n}}\n')
+
     def write(self, task_id: str, entry: TaskEntry) -> Path | None:
         """Write ``<state_dir>/tasks/<task_id>/usage.json`` atomically."""
         if self._state_dir is None:
             return None
-        folder = self._state_dir / "tasks" / task_id
-        _write(folder, _readable(self.document(task_id, entry)))
+        path, _ = _write(self._folder(task_id), self.text(task_id, entry))
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
         if self._flushing:
             self._inline_during_flush.add(task_id)
-        return folder / "usage.json"
+        return path
 
     async def write_off_loop(self, task_id: str, entry: TaskEntry,
                              beside: Mapping[str, Any] | None = None) -> Path | None:
@@ -114,11 +135,10 @@ class UsageFiles:
             return None
         # as of now (charges meanwhile mark it dirty), and as text: tasks ending together
         # wait for one hop, each holding its file's text instead of the document's dicts
-        doc = _readable(self.document(task_id, entry))
+        doc = self.text(task_id, entry)
         entry.usage_written_at, entry.usage_dirty = self._clock(), False
-        folder = self._state_dir / "tasks" / task_id
         try:
-            (out,) = await self._batch.submit([(folder, doc, beside)])
+            (out,) = await self._batch.submit([(self._folder(task_id), doc, beside)])
         except BaseException:
             entry.usage_dirty = True
             raise
@@ -150,10 +170,9 @@ class UsageFiles:
         due = [tid for tid, e in entries.items()
                if e.usage_dirty and e.usage_charged and e.status == "running"
                and e.usage_written_at <= since]
-        tasks = self._state_dir / "tasks"
         written = 0
         for start in range(0, len(due), FLUSH_CHUNK):
-            written += await self._flush(tasks, entries, due[start:start + FLUSH_CHUNK])
+            written += await self._flush(self._tasks_dir, entries, due[start:start + FLUSH_CHUNK])
         return written
 
     async def _flush(self, tasks: Path, entries: Mapping[str, TaskEntry],
@@ -168,7 +187,7 @@ class UsageFiles:
             if entry is None or not entry.usage_dirty or entry.status != "running":
                 continue
             due.append((tid, entry))
-            files.append((tasks / tid, _readable(self.document(tid, entry)), None))
+            files.append((tasks / tid, self.text(tid, entry), None))
             entry.usage_written_at, entry.usage_dirty = now, False
         if not files:
             return 0
@@ -228,11 +247,11 @@ async def _write_all(batch: list[_Files]) -> list[list[Path | Exception] | Excep
             done: list[Path | Exception] = []
             for folder, doc, beside in files:
                 try:
-                    new = _write(folder, doc, fix_mode=fix_mode)
+                    path, new = _write(folder, doc, fix_mode=fix_mode)
                 except LocalFileError as exc:
                     done.append(exc)
                     continue
-                done.append(folder / "usage.json")
+                done.append(path)
                 for name, other in (beside or {}).items():
                     if other is not None or not new:  # a new folder has nothing to remove
                         _write_beside(folder / name, other, fix_mode=fix_mode)
@@ -242,15 +261,16 @@ async def _write_all(batch: list[_Files]) -> list[list[Path | Exception] | Excep
     return await off_loop(write_all)
 
 
-def _write(folder: Path, text: str, *, fix_mode: bool = True) -> bool:
-    """Write the folder's ``usage.json``; True when the folder was made for it."""
+def _write(folder: Path, text: str, *, fix_mode: bool = True) -> tuple[Path, bool]:
+    """Write the folder's ``usage.json``; its path, and True when the folder was made
+    for it."""
     path = folder / "usage.json"
     try:
         new = make_private_dir(folder, fix_mode=fix_mode)
         write_private(path, text, fix_mode=fix_mode)
     except OSError as exc:
         raise LocalFileError(path, exc.strerror or str(exc)) from exc
-    return new
+    return path, new
 
 
 def _readable(doc: dict[str, Any]) -> str:
@@ -275,6 +295,34 @@ def _day_budget(task_id: str, entry: TaskEntry) -> dict[str, Any]:
         return {}
     return {"day_budget": {"scope": day.name,
                            "budget": day.limits.model_dump(mode="json", exclude_none=True)}}
+
+
+def _day_budget_text(task_id: str, entry: TaskEntry) -> str:
+    """:func:`_day_budget` as :func:`_readable` writes its line (with the comma before)."""
+    day = entry.day_scope
+    if entry.day_root != task_id or day is None:
+        return ""
+    return f',\n  "day_budget": {{"scope": {_string(day.name)}, "budget": {_budget(day.limits)}}}'
+
+
+#: Limits as JSON by ``id``, each with its object (so its id is not reused while cached):
+#: the shared base limits of a type and complexity are encoded once for all their tasks.
+#: Limits are frozen; added budget makes a new object (``Scopes.raise_limits``).
+_BUDGETS: dict[int, tuple[Limits, str]] = {}
+_BUDGETS_KEPT = 256
+
+
+def _budget(limits: Limits) -> str:
+    """``limits`` as ``usage.json``'s ``budget`` value (what :func:`_value` makes of its
+    JSON dump without the unset limits)."""
+    found = _BUDGETS.get(id(limits))
+    if found is not None and found[0] is limits:
+        return found[1]
+    text = _value(limits.model_dump(mode="json", exclude_none=True))
+    if len(_BUDGETS) >= _BUDGETS_KEPT:  # tasks with limits of their own: not kept forever
+        _BUDGETS.clear()
+    _BUDGETS[id(limits)] = (limits, text)
+    return text
 
 
 def _write_beside(path: Path, doc: Any, *, fix_mode: bool = True) -> None:

@@ -55,7 +55,16 @@ class SystemWallClock:
         """The local date, as ``now().date()``: a governed call asks a dozen times, so the
         time-zone lookup is made once per local day and each call only compares the
         epoch seconds with that day's bounds."""
+        return self._day_of(_epoch())
+
+    def stamp(self) -> tuple[float, date]:
+        """``now().timestamp()`` and ``now().date()`` of one reading, without the time-zone
+        lookup (see :meth:`today`): what an event's record notes."""
         now = _epoch()
+        return now, self._day_of(now)
+
+    def _day_of(self, now: float) -> date:
+        """The local date at epoch seconds ``now`` (``now`` is the wall clock's reading)."""
         if self._day_from <= now < self._day_to:
             return self._day
         day = datetime.fromtimestamp(now).date()
@@ -83,3 +92,6 @@ class FixedWallClock:
 
     def today(self) -> date:
         return self.at.date()
+
+    def stamp(self) -> tuple[float, date]:
+        return self.at.timestamp(), self.at.date()

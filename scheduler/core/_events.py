@@ -44,6 +44,11 @@ class Event:
 
 Subscriber = Callable[[Event], None]
 
+#: Events every task makes once: logged at debug level, not info (a run of 10,000 tasks
+#: would log a line each, a tenth of a task's cost); the orchestrator logs their count
+#: once, when the run ends (``run_ended``).  Subscribers get them as any other event.
+ROUTINE_EVENTS = frozenset({"task_completed"})
+
 
 class EventBus:
     """Synchronous fan-out of :class:`Event` to subscribers, with a bounded history."""
@@ -75,7 +80,7 @@ class EventBus:
     ) -> Event:
         event = Event(name, self._clock(), message, task_id, agent, level, data)
         self.history.append(event)
-        log = getattr(_log, level, _log.info)
+        log = _log.debug if name in ROUTINE_EVENTS else getattr(_log, level, _log.info)
         log(name, message=message, task_id=task_id, agent=agent, **data)
         for fn in list(self._subscribers):
             fn(event)

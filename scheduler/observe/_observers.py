@@ -21,6 +21,7 @@ import json
 import os
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,10 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
         return data
     out: dict[str, Any] = json.loads(json.dumps(data, default=str))
     return out
+
+
+def _stamp_of(now: datetime) -> tuple[float, date]:
+    return now.timestamp(), now.date()
 
 
 #: Writes in flight at once in :func:`put_states`: enough to fill a group commit, few
@@ -103,14 +108,18 @@ class HistoryRecorder:
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._seq = 0
         self._changes = Changes()
+        # the wall time and local date of one reading, without the time-zone lookup of
+        # ``now()`` when the clock can (every task's end is an event)
+        self._stamp: Callable[[], tuple[float, date]] = getattr(
+            view.wall, "stamp", None) or (lambda: _stamp_of(view.wall.now()))
         view.bus.subscribe(self.on_event)
 
     def on_event(self, event: Event) -> None:
         self._seq += 1
-        wall = self.view.wall.now()
+        at, day = self._stamp()
         record = _jsonable(event.to_dict())
-        record.update(session_id=self.view.session_id, wall=wall.timestamp(),
-                      day=wall.date().isoformat(), seq=self._seq)
+        record.update(session_id=self.view.session_id, wall=at, day=day.isoformat(),
+                      seq=self._seq)
         self._pending.append((f"{self.view.session_id}:{self._seq:08d}", record))
         self._changes.set()
 

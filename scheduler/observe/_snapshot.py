@@ -145,21 +145,27 @@ class Snapshot:
         """Plain JSON-ready data (faster than :func:`dataclasses.asdict` for big runs)."""
         return self._doc(cast("list[TaskDoc]", _rows(self.tasks, TaskView)))
 
-    def write_json(self, out: IO[str], rows: Iterable[TaskView] | None = None) -> None:
+    def write_json(self, out: IO[str], rows: Iterable[TaskView] | None = None, *,
+                   docs: Iterable[dict[str, Any]] | None = None) -> None:
         """:meth:`to_dict` as JSON into ``out``, a task row at a time: a run of 10,000
         tasks never holds every row as a dict and as text at once (``status.json``).
         ``rows``: the task rows in place of :attr:`tasks`, made as they are written (the
-        counts are theirs), so not even every row's object is held at once."""
+        counts are theirs), so not even every row's object is held at once; ``docs``:
+        the same as their documents (each :class:`TaskView`'s fields in its order)."""
         doc = self._doc([])
         out.write(json.dumps(doc, default=str).split(_NO_TASKS, 1)[0] + '"tasks": [')
-        names = [f.name for f in fields(TaskView)]
-        row = attrgetter(*names)
+        if docs is None:
+            names = [f.name for f in fields(TaskView)]
+            row = attrgetter(*names)
+            docs = (dict(zip(names, row(t), strict=True))
+                    for t in (self.tasks if rows is None else rows))
         counts: dict[str, int] = {}
         chunk: list[dict[str, Any]] = []
         sep = ""
-        for t in self.tasks if rows is None else rows:
-            counts[t.status] = counts.get(t.status, 0) + 1
-            chunk.append(dict(zip(names, row(t), strict=True)))
+        for d in docs:
+            status = d["status"]
+            counts[status] = counts.get(status, 0) + 1
+            chunk.append(d)
             if len(chunk) == _ROWS_PER_WRITE:
                 out.write(sep + json.dumps(chunk, default=str)[1:-1])
                 chunk.clear()

@@ -80,10 +80,12 @@ def _models(view: RunView) -> tuple[ModelView, ...]:
     )
 
 
-def _task_view(
+def _task_doc(
     view: RunView, h: TaskHandle, wait: WaiterStatistics | None, scope: ScopeState | None,
     grouped_calls: int = 0,
-) -> TaskView:
+) -> dict[str, Any]:
+    """A task's row as ``status.json`` holds it: :class:`TaskView`'s fields in its order
+    (``status.json`` writes it as it is, no row object per task per write)."""
     status, reason, answer = str(h.status), h.reason, ""
     if h.status is TaskStatus.RUNNING and view.controller.is_paused(h.id):
         info = view.controller.pause_info(h.id)
@@ -97,15 +99,16 @@ def _task_view(
     if scope is not None:
         tokens, cost = scope.totals.tokens, scope.totals.cost_usd
         frac = max_fraction(scope)
-    return TaskView(
-        task_id=h.id, agent=h.spec.agent, status=status, priority=h.spec.priority,
-        task_type=h.profile.task_type, complexity=h.profile.complexity, model=h.model,
-        attempt=h.attempt, calls=h.calls + grouped_calls, tokens=tokens, cost_usd=cost,
-        budget_fraction=frac, reason=reason,
-        queue_position=None if wait is None else int(wait.position),
-        estimated_wait_s=None if wait is None else float(wait.estimated_wait_s),
-        pool=None if wait is None else str(wait.pool), answer=answer,
-    )
+    spec, profile = h.spec, h.profile
+    return {
+        "task_id": spec.id, "agent": spec.agent, "status": status, "priority": spec.priority,
+        "task_type": profile.task_type, "complexity": profile.complexity, "model": h.model,
+        "attempt": h.attempt, "calls": h.calls + grouped_calls, "tokens": tokens,
+        "cost_usd": cost, "budget_fraction": frac, "reason": reason,
+        "queue_position": None if wait is None else int(wait.position),
+        "estimated_wait_s": None if wait is None else float(wait.estimated_wait_s),
+        "pool": None if wait is None else str(wait.pool), "result": None, "answer": answer,
+    }
 
 
 def snapshot_of(view: RunView, *, now: float, events: int = 50,
@@ -113,7 +116,7 @@ def snapshot_of(view: RunView, *, now: float, events: int = 50,
     """Read ``view`` into a :class:`Snapshot` (pure reads; never awaits)."""
     waits, pools = _waits(view)
     frame = _frame(view, now=now, events=events, running=running, pools=pools)
-    return replace(frame, tasks=tuple(_task_rows(view, waits)))
+    return replace(frame, tasks=tuple(TaskView(**d) for d in _task_docs(view, waits)))
 
 
 def write_status(view: RunView, out: IO[str], *, now: float, running: bool = True) -> None:
@@ -121,7 +124,7 @@ def write_status(view: RunView, out: IO[str], *, now: float, running: bool = Tru
     it is written: a run of thousands of waiting agents holds a few rows, not one each."""
     waits, pools = _waits(view)
     frame = _frame(view, now=now, events=50, running=running, pools=pools)
-    frame.write_json(out, rows=_task_rows(view, waits))
+    frame.write_json(out, docs=_task_docs(view, waits))
 
 
 def _frame(view: RunView, *, now: float, events: int, running: bool,
@@ -150,8 +153,9 @@ def _frame(view: RunView, *, now: float, events: int, running: bool,
     )
 
 
-def _task_rows(view: RunView, waits: Mapping[str, WaiterStatistics]) -> Iterator[TaskView]:
-    """Each task's row, in the run's order."""
+def _task_docs(view: RunView, waits: Mapping[str, WaiterStatistics]
+               ) -> Iterator[dict[str, Any]]:
+    """Each task's row as its document (:func:`_task_doc`), in the run's order."""
     tracker = view.tracker
     tracked = set(tracker.tasks())
     # a parent's row counts its grouped tasks' calls (``KEY/NAME``), as its scope does use
@@ -163,7 +167,7 @@ def _task_rows(view: RunView, waits: Mapping[str, WaiterStatistics]) -> Iterator
     for h in view.tasks.values():
         tid = h.id
         scope = tracker.task_scope(tid) if tid in tracked else None
-        yield _task_view(view, h, waits.get(tid), scope, grouped.get(tid, 0) if grouped else 0)
+        yield _task_doc(view, h, waits.get(tid), scope, grouped.get(tid, 0) if grouped else 0)
 
 
 class Changes:

@@ -79,7 +79,7 @@ class Deadlines:
         return self._expired.pop(serial, False)
 
     def _schedule(self, task_id: str, serial: int, now: float) -> None:
-        left = self._tracker.remaining(task_id).time_s
+        left = self._tracker.time_left(task_id)
         if left is None:
             return  # no time budget
         due = now + max(left, 0.0)
@@ -106,7 +106,7 @@ class Deadlines:
         watch = self._bodies.get(task_id)
         if watch is None or watch._serial != serial:
             return  # that attempt ended
-        left = self._tracker.remaining(task_id).time_s
+        left = self._tracker.time_left(task_id)
         if left is None:
             return
         if left > 0:

@@ -13,6 +13,7 @@ cancelled or aborted attempt's leases and locks.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from typing import Any
@@ -168,6 +169,13 @@ class Orchestrator:
                     await self._session.end(interrupted=interrupted)
             return await self._report()
 
+    def _log_ended(self) -> None:
+        """One line for the run's tasks (a completed task's own is at debug level), while
+        the services (the live view, which holds the log lines) still run."""
+        counts = Counter(str(h.status) for h in self.handles.values())
+        _log.info("run_ended", session_id=self.session_id, tasks=len(self.handles),
+                  by_status=dict(sorted(counts.items())))
+
     async def _run_all(self) -> None:
         async with anyio.create_task_group() as tg:
             if self.quota is not None:  # the first slices before any task leases
@@ -178,6 +186,7 @@ class Orchestrator:
                 self._task_group = tasks_tg
                 await self._start(self.handles.values(), tasks_tg)
             self._task_group = None
+            self._log_ended()
             tg.cancel_scope.cancel()
 
     async def _start(self, handles: Iterable[TaskHandle], tg: Spawner) -> None:

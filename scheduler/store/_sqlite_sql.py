@@ -122,17 +122,27 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
     """
     out: list[bool | None] = []
     fresh: list[UsageEvent] = []
+    # state rows waiting to be written, in order, by one statement run for them all (a
+    # task's start and end and its events are rows of their own, thousands a run)
+    puts: list[tuple[str, str, str]] = []
     try:
         db.execute("BEGIN IMMEDIATE")
         for entry in entries:
             if isinstance(entry, SpooledState):
-                put(db, entry.kind, entry.key, entry.value, entry.text)
+                if entry.value is None:
+                    _put_all(db, puts)
+                    put(db, entry.kind, entry.key, None)
+                else:
+                    puts.append((entry.kind, entry.key,
+                                 entry.text or json.dumps(entry.value, sort_keys=True)))
                 out.append(None)
                 continue
+            _put_all(db, puts)
             added = db.execute(_INSERT_EVENT, _event_row(entry.event)).rowcount == 1
             if added:
                 fresh.append(entry.event)
             out.append(added)
+        _put_all(db, puts)
         if fresh:
             _add_totals(db, fresh)
         db.execute("COMMIT")
@@ -213,16 +223,23 @@ def totals_of(db: sqlite3.Connection, scope: str) -> Totals:
     return Totals(p, c, cr, cw, cost, fe, sh, dg, calls, by_model)
 
 
+_PUT = ("INSERT INTO state VALUES (?,?,?) ON CONFLICT(kind, key) DO UPDATE SET "
+        "value = excluded.value")
+
+
 def put(db: sqlite3.Connection, kind: str, key: str, value: dict[str, Any] | None,
         text: str = "") -> None:
     if value is None:
         db.execute("DELETE FROM state WHERE kind = ? AND key = ?", (kind, key))
     else:
-        db.execute(
-            "INSERT INTO state VALUES (?,?,?) ON CONFLICT(kind, key) DO UPDATE SET "
-            "value = excluded.value",
-            (kind, key, text or json.dumps(value, sort_keys=True)),
-        )
+        db.execute(_PUT, (kind, key, text or json.dumps(value, sort_keys=True)))
+
+
+def _put_all(db: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
+    """Write the ``(kind, key, text)`` state rows in order, then forget them."""
+    if rows:
+        db.executemany(_PUT, rows)
+        rows.clear()
 
 
 def row_to_event(r: tuple[Any, ...]) -> UsageEvent:
