@@ -149,6 +149,8 @@ async def _check_in_flight_after_kill(state: Path) -> None:
     await store.open()
     open_calls = await store.list_state("open_call")
     assert len(open_calls) == 2  # one per task, written before the call went out
+    rows = store._conn.execute("SELECT count(*) FROM open_calls").fetchone()[0]
+    assert rows == 2  # each a row of its own table (#22), not a JSON state record
     paid = await store.totals("day:2026-11-27")
     assert paid.tokens == 4 * 150  # the four answered calls
     estimate = sum(c["prompt_tokens"] + c["output_tokens"] for c in open_calls.values())

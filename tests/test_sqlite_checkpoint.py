@@ -10,6 +10,7 @@ process leaves either both undone or both done).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -19,12 +20,14 @@ import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
 
 from scheduler import Usage, UsageEvent
+from scheduler.budget._open_calls import OpenCall
 from scheduler.store import SqliteStore
 from scheduler.store._sqlite_checkpoint import Checkpointer
 from scheduler.testing import run_real
@@ -164,3 +167,49 @@ async def _check_after_kill(db: Path, opened: set[str], settled: set[str]) -> No
     assert opened <= events | records  # an acknowledged open is never lost
     assert (await store.totals(f"day:{DAY}")).tokens == 110 * len(events)
     await store.aclose()
+
+
+def _open_record(key: str) -> dict[str, Any]:
+    """An open call's record as ``OpenCalls`` writes it (every field of ``OpenCall``)."""
+    return {"event_id": key, "task_id": "t", "session_id": "s", "day": DAY, "agent": "a",
+            "task_type": "bug_fix", "model": "sonnet", "day_scope": "", "prompt_tokens": 100,
+            "output_tokens": 10, "cost_usd": 0.001, "host": "h", "pid": 1, "run": "r"}
+
+
+@pytest.mark.real_asyncio  # a real SQLite file, read beside the store
+async def test_r1_5_open_call_records_are_rows_of_their_own_table(tmp_path: Path) -> None:
+    """#22, R1.5: every model call writes an ``open_call`` record before it goes out and
+    deletes it with its event, so SQLite keeps such a record as a row of ``open_calls``
+    (bound values, no JSON), read back as it was written; a record of another shape, or
+    one an earlier version wrote as JSON, is still listed, read and deleted."""
+    assert set(_open_record("k")) == set(OpenCall.__dataclass_fields__)
+    db = tmp_path / "vibe.db"
+    store = SqliteStore(db)
+    await store.open()
+    await store.put_state("open_call", "e1", _open_record("e1"))
+    await store.put_state("open_call", "odd", {"task_id": "t", "tokens": 5})
+    raw = sqlite3.connect(db)
+    try:
+        rows = raw.execute("SELECT key, task_id, prompt_tokens, cost_usd FROM open_calls")
+        assert rows.fetchall() == [("e1", "t", 100, 0.001)]
+        json_keys = raw.execute("SELECT key FROM state WHERE kind = 'open_call'").fetchall()
+        assert json_keys == [("odd",)]
+        raw.execute("INSERT INTO state VALUES ('open_call', 'old', ?)",
+                    (json.dumps(_open_record("old")),))
+        raw.commit()
+        assert await store.get_state("open_call", "e1") == _open_record("e1")
+        assert await store.get_state("open_call", "old") == _open_record("old")
+        assert await store.list_state("open_call") == {
+            "e1": _open_record("e1"), "odd": {"task_id": "t", "tokens": 5},
+            "old": _open_record("old")}
+        event = UsageEvent(event_id="e1", task_id="t", session_id="s", day=DAY, at=1.0,
+                           model="sonnet", usage=Usage(100, 10), cost_usd=0.001)
+        assert await store.record_and_delete_state(event, "open_call", "e1")
+        for key in ("odd", "old"):
+            await store.delete_state("open_call", key)
+        assert await store.list_state("open_call") == {}
+        assert raw.execute("SELECT count(*) FROM open_calls").fetchone() == (0,)
+        assert raw.execute("SELECT count(*) FROM state").fetchone() == (0,)
+    finally:
+        raw.close()
+        await store.aclose()

@@ -228,3 +228,25 @@ async def test_r1_5_restart_with_the_same_session_id_keeps_charging(tmp_path: Pa
         totals.append(tr.session.totals.tokens)
         await store.aclose()
     assert totals == [100, 200]
+
+
+@pytest.mark.parametrize(
+    ("limits", "prompt", "cost", "expected"),
+    [
+        (Limits(tokens=1000, cost_usd=1.0), 100, 0.5, 0.5),  # cost is the worst
+        (Limits(tokens=1000, cost_usd=1.0), 800, 0.1, 0.8),  # tokens are
+        (Limits(tokens_by_model={"sonnet": 200}), 150, 0.0, 0.75),  # a per-model cap is
+        (Limits(tokens=None, cost_usd=None), 500, 0.3, 0.3 / 20),  # the day's $20 is
+    ],
+)
+async def test_r3_2_fraction_used_is_the_worst_limited_dimension(
+    store: Store, limits: Limits, prompt: int, cost: float, expected: float
+) -> None:
+    """R3.2/R4.2: the budget fraction routing reads before every call (#22: read from each
+    scope's totals in one pass) is the largest used ÷ limit over every limited dimension
+    of the task's scopes, per-model caps included."""
+    tr = await tracker_with_task(store, task=_spec(limits))
+    await _charge(tr, prompt=prompt, cost=cost)
+    assert tr.fraction_used("t1") == pytest.approx(expected)
+    worst = max(s.max_fraction() for s in tr.scopes("t1"))
+    assert worst == pytest.approx(expected)

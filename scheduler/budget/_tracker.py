@@ -346,8 +346,9 @@ class Tracker:
         """The largest used/limit ratio over every dimension of the task's scopes."""
         worst = 0.0
         for scope in self.scopes(task_id):
-            for dim, lim in scope.limited():
-                worst = max(worst, scope.used(dim) / lim)
+            frac = scope.max_fraction()
+            if frac > worst:
+                worst = frac
         return worst
 
     def token_fraction(self, task_id: str) -> float:

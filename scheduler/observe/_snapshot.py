@@ -248,10 +248,7 @@ def budget_bars(scope: ScopeState, alerts: AlertsConfig) -> list[BudgetBar]:
 def max_fraction(scope: ScopeState) -> float:
     """The largest used fraction of ``scope``'s limited dimensions (0 when none is):
     :func:`budget_bars`' largest ``fraction``, without making the bars."""
-    frac = 0.0
-    for dim, limit in scope.limited():
-        frac = max(frac, float(scope.used(dim)) / limit)
-    return frac
+    return float(scope.max_fraction())
 
 
 def event_views(events: Iterable[Any], limit: int) -> tuple[EventView, ...]:

@@ -61,9 +61,12 @@ from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 from scheduler.store._sqlite_checkpoint import Checkpointer
 from scheduler.store._sqlite_sql import (
     EVENT_COLUMNS,
+    OPEN_CALL,
     apply,
     busy,
     init_schema,
+    open_call_row,
+    open_calls_of,
     row_to_event,
     totals_of,
 )
@@ -282,9 +285,13 @@ class SqliteStore:
     # -- state -------------------------------------------------------------------------
 
     async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
-        # encoded here: a value JSON cannot hold fails its caller only (and once is enough)
-        text = _encode_sorted(value)
-        await self.group.submit((SpooledState(kind, key, value, text),))
+        # an open call's record is a row of its own table (see ``OPEN_CALL``); any other
+        # is encoded here: a value JSON cannot hold fails its caller only (once is enough)
+        row = open_call_row(key, value) if kind == OPEN_CALL else None
+        if row is not None:
+            await self.group.submit((SpooledState(kind, key, value, row=row),))
+        else:
+            await self.group.submit((SpooledState(kind, key, value, _encode_sorted(value)),))
 
     async def put_states(self, kind: str, records: Sequence[tuple[str, dict[str, Any]]]
                          ) -> None:
@@ -325,6 +332,10 @@ class SqliteStore:
         if key in spooled:
             value: dict[str, Any] | None = spooled[key]
             return value
+        if kind == OPEN_CALL:
+            found = await self._read(lambda db: open_calls_of(db, key))
+            if key in found:
+                return found[key]
         row = await self._read(lambda db: db.execute(
             "SELECT value FROM state WHERE kind = ? AND key = ?", (kind, key)).fetchone())
         return json.loads(row[0]) if row else None
@@ -333,6 +344,8 @@ class SqliteStore:
         rows = await self._read(lambda db: db.execute(
             "SELECT key, value FROM state WHERE kind = ? ORDER BY key", (kind,)).fetchall())
         out = {k: json.loads(v) for k, v in rows}
+        if kind == OPEN_CALL:
+            out.update(await self._read(open_calls_of))
         for key, value in self._spooled_state(kind).items():
             if value is None:
                 out.pop(key, None)

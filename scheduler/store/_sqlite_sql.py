@@ -61,7 +61,28 @@ CREATE TABLE IF NOT EXISTS state (
     value TEXT NOT NULL,
     PRIMARY KEY (kind, key)
 );
+CREATE TABLE IF NOT EXISTS open_calls (
+    key TEXT PRIMARY KEY,
+    event_id TEXT, task_id TEXT, session_id TEXT, day TEXT, agent TEXT, task_type TEXT,
+    model TEXT, prompt_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, host TEXT,
+    pid INTEGER, run TEXT, day_scope TEXT
+) WITHOUT ROWID;
 """
+
+#: The state kind of a model call in flight (``scheduler/budget/_open_calls.py``): every
+#: call writes one record before it goes out and deletes it when settled, so a record of
+#: these fields and types is a row of its own table (one B-tree, bound values, no JSON);
+#: a record of any other shape is kept as JSON like every other kind.
+OPEN_CALL = "open_call"
+OPEN_CALL_FIELDS = (
+    "event_id", "task_id", "session_id", "day", "agent", "task_type", "model",
+    "prompt_tokens", "output_tokens", "cost_usd", "host", "pid", "run", "day_scope",
+)
+# the key's type, then each field's: what round-trips through the columns unchanged
+_OPEN_CALL_TYPES = (str, str, str, str, str, str, str, str, int, int, float, str, int, str,
+                    str)
+_PUT_OPEN = (f"INSERT OR REPLACE INTO open_calls VALUES "
+             f"({','.join('?' * (len(OPEN_CALL_FIELDS) + 1))})")
 
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -129,9 +150,9 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
         db.execute("BEGIN IMMEDIATE")
         for entry in entries:
             if isinstance(entry, SpooledState):
-                if entry.value is None:
-                    _put_all(db, puts)
-                    put(db, entry.kind, entry.key, None)
+                if entry.value is None or entry.kind == OPEN_CALL:
+                    _put_all(db, puts)  # in order: an open call's row is not a state row
+                    put(db, entry.kind, entry.key, entry.value, entry.text, entry.row)
                 else:
                     puts.append((entry.kind, entry.key,
                                  entry.text or json.dumps(entry.value, sort_keys=True)))
@@ -227,8 +248,36 @@ _PUT = ("INSERT INTO state VALUES (?,?,?) ON CONFLICT(kind, key) DO UPDATE SET "
         "value = excluded.value")
 
 
+def open_call_row(key: str, value: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The ``open_calls`` row of an open call's record, or None for a record of another
+    shape (it is kept as JSON)."""
+    if len(value) != len(OPEN_CALL_FIELDS):
+        return None
+    try:
+        row = (key, *[value[f] for f in OPEN_CALL_FIELDS])
+    except KeyError:
+        return None
+    return row if tuple(map(type, row)) == _OPEN_CALL_TYPES else None
+
+
+def open_calls_of(db: sqlite3.Connection, key: str | None = None) -> dict[str, dict[str, Any]]:
+    """The records of the ``open_calls`` table (``key``'s only, if given), by key."""
+    sql = f"SELECT key, {', '.join(OPEN_CALL_FIELDS)} FROM open_calls"
+    rows = db.execute(sql + " WHERE key = ?", (key,)) if key is not None else db.execute(sql)
+    return {k: dict(zip(OPEN_CALL_FIELDS, rest, strict=True)) for k, *rest in rows}
+
+
 def put(db: sqlite3.Connection, kind: str, key: str, value: dict[str, Any] | None,
-        text: str = "") -> None:
+        text: str = "", row: tuple[Any, ...] | None = None) -> None:
+    """Write (``value``) or delete (None) one state record; ``text``: ``value`` encoded,
+    ``row``: its ``open_calls`` row, when the writer made them already."""
+    if kind == OPEN_CALL:
+        if value is None:
+            if db.execute("DELETE FROM open_calls WHERE key = ?", (key,)).rowcount:
+                return  # the usual case: no JSON record of the key to delete as well
+        elif row is not None or (row := open_call_row(key, value)) is not None:
+            db.execute(_PUT_OPEN, row)
+            return
     if value is None:
         db.execute("DELETE FROM state WHERE kind = ? AND key = ?", (kind, key))
     else:
