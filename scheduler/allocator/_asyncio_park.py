@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import anyio
@@ -46,10 +47,12 @@ def parking() -> Parking:
     create_future: Callable[[], Any] | None = getattr(loop, "create_future", None)
     if create_future is None:
         return Parking(event_cls, event_cls.set, event_cls.wait)
-    # The loop's own bound method: cheaper than ``partial(Future, loop=loop)``, whose
-    # keyword argument costs a dictionary per call.
-    from asyncio import InvalidStateError  # what asyncio and uvloop futures raise
+    from asyncio import Future, InvalidStateError  # what asyncio and uvloop futures raise
 
+    if getattr(type(loop).create_future, "__qualname__", "") == "BaseEventLoop.create_future":
+        # What asyncio's stock create_future makes (``Future(loop=self)``), without its
+        # Python frame: measured cheaper per wait, the keyword's dictionary included.
+        create_future = partial(Future, loop=loop)
     return Parking(create_future, _wake_future, _same, native=True,
                    invalid_state=InvalidStateError)
 

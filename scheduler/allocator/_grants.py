@@ -40,15 +40,15 @@ class Queueing(Protocol):
 class Grants:
     """Lends a pool's capacity as leases and takes it back."""
 
-    __slots__ = ("_alarm", "_by_id", "_cost", "_queueing", "_w_in", "_window", "ttl")
+    __slots__ = ("_alarm", "_cost", "_queueing", "_w_in", "by_id", "ttl", "window")
 
     def __init__(self, bound: BoundPolicy, leases: LeaseTable, alarm: Alarm, *,
                  ttl: float, window_s: float) -> None:
         #: The live leases by id, in deadline order (see LeaseTable): a grant appends.
-        self._by_id = leases.by_id
+        self.by_id = leases.by_id
         self._alarm = alarm
         self.ttl = ttl
-        self._window = window_s
+        self.window = window_s
         self._cost = bound.cost
         self._w_in = bound.w_in
         self._queueing: Queueing = _Unconnected()
@@ -60,7 +60,10 @@ class Grants:
     def grant(
         self, p: Pool, a: Account, tokens: int, calls: int, requested: int, now: float
     ) -> Lease:
-        """Take ``tokens`` and ``calls`` of ``p`` for the account's holder: a new lease."""
+        """Take ``tokens`` and ``calls`` of ``p`` for the account's holder: a new lease.
+
+        (The dispatch loop keeps an inline copy for a pool that only counts slots.)
+        """
         p.in_use += calls
         if not p.slots_only:
             if p.tpm is not None:
@@ -77,7 +80,7 @@ class Grants:
             if a.waiter is not None:
                 self._queueing.requeue(p, a, now)
         if now >= p.decay_at:
-            p.decay(now, self._window)
+            p.decay(now, self.window)
         weight = charge or 1.0  # charge >= 0; a grant without tokens counts as one
         p.recent_all += weight
         if a.background:
@@ -98,7 +101,7 @@ class Grants:
         lease.active = True
         lease._account = a
         lease._deadline = None
-        self._by_id[lease_id] = lease  # the latest deadline: at the end (see LeaseTable)
+        self.by_id[lease_id] = lease  # the latest deadline: at the end (see LeaseTable)
         grants = p.grants = p.grants + 1
         if not grants & 255:
             p.maybe_compact()  # now and then, purge what lazy deletion left (amortised O(1))
