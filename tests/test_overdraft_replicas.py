@@ -69,6 +69,16 @@ async def _spend_day(store: Store, tokens: int) -> None:
 # -- the claim itself ----------------------------------------------------------------
 
 
+async def _two_replicas_near_the_limit(db: Path) -> tuple[Harness, Harness]:
+    """Replicas a and b on the SQLite file ``db``, opened once the day was spent to 100
+    tokens under its limit."""
+    first = SqliteStore(db)
+    await first.open()
+    await _spend_day(first, LIMIT - 100)
+    await first.aclose()
+    return await _replica(SqliteStore(db), "a"), await _replica(SqliteStore(db), "b")
+
+
 async def _claims(stores: list[Store]) -> list[bool]:
     won: list[bool] = []
 
@@ -125,11 +135,7 @@ def test_r3_5_two_replicas_on_one_sqlite_file_take_one_day_grace(tmp_path: Path)
     db = tmp_path / "vibe.db"
 
     async def main() -> list[str]:
-        first = SqliteStore(db)
-        await first.open()
-        await _spend_day(first, LIMIT - 100)
-        await first.aclose()
-        a, b = await _replica(SqliteStore(db), "a"), await _replica(SqliteStore(db), "b")
+        a, b = await _two_replicas_near_the_limit(db)
         try:
             out = [await _overdraw(a, 600), await _overdraw(b, 600)]
         finally:
@@ -158,11 +164,7 @@ def test_r3_5_budget_added_on_one_replica_repays_and_opens_one_next_period_for_a
     db = tmp_path / "vibe.db"
 
     async def main() -> list[str]:
-        first = SqliteStore(db)
-        await first.open()
-        await _spend_day(first, LIMIT - 100)
-        await first.aclose()
-        a, b = await _replica(SqliteStore(db), "a"), await _replica(SqliteStore(db), "b")
+        a, b = await _two_replicas_near_the_limit(db)
         try:
             out = [await _overdraw(a, 600)]  # the day's grace of the first period
             # a person added 5,000 on b: it repays a's overdraft, the day's debt …
