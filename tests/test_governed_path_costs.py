@@ -17,7 +17,7 @@ import structlog
 
 from scheduler import Limits, TaskSpec, Usage, VibeConfig
 from scheduler.budget import Tracker, resolve_task
-from scheduler.budget._usage_files import _readable
+from scheduler.budget._scopes import TaskEntry
 from scheduler.core import SystemWallClock
 from scheduler.observe import put_states
 from scheduler.runtime import AgentContext
@@ -414,18 +414,6 @@ async def test_r2_6_a_burst_of_state_records_is_one_write_and_a_bad_one_fails_al
         await store.aclose()
 
 
-def test_r2_6_usage_json_text_is_json_one_top_level_key_per_line() -> None:
-    """R2.6: ``usage.json`` is readable -- one top-level key per line, nested objects on
-    their key's line -- and is the JSON of its document (strings escaped as ``json``
-    does, floats as ``repr``)."""
-    doc = {"task_id": "t\u00e9/\"1\"", "usage": {"input_tokens": 3, "cost_usd": 0.1},
-           "budget": {}, "note": None, "ok": True, "timestamp": "2026-12-03T13:30:00+00:00"}
-    text = _readable(doc)
-    assert json.loads(text) == doc
-    assert text == "{\n" + ",\n".join(
-        f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items()) + "\n}\n"
-
-
 class Fails:
     async def run(self, ctx: AgentContext) -> None:
         raise RuntimeError("broken agent")
@@ -454,6 +442,22 @@ async def test_issue22_a_completed_task_logs_at_debug_and_the_run_one_summary(
     assert (ended["tasks"], ended["by_status"]) == (4, {"completed": 3, "failed": 1})
 
 
+def _usage_document(task_id: str, entry: TaskEntry, timestamp: str) -> dict[str, Any]:
+    """What ``usage.json`` holds for ``entry`` (R2.6), built from the task's state."""
+    doc = {
+        "task_id": task_id, "session_id": "s1", "agent": entry.agent,
+        "task_type": entry.profile.task_type, "complexity": entry.profile.complexity,
+        "status": entry.status, "usage": entry.scope.totals.to_dict(),
+        "budget": entry.scope.limits.model_dump(mode="json", exclude_none=True),
+        "timestamp": timestamp,
+    }
+    day = entry.day_scope
+    if entry.day_root == task_id and day is not None:
+        doc["day_budget"] = {"scope": day.name,
+                             "budget": day.limits.model_dump(mode="json", exclude_none=True)}
+    return doc
+
+
 async def test_r2_6_usage_json_text_is_its_document_as_budgets_change(tmp_path: Path) -> None:
     """R2.6: the text ``usage.json`` gets is its document's, one key per line -- for a task
     with the shared limits of its type, one with its own, one with a per-day budget, and
@@ -466,17 +470,20 @@ async def test_r2_6_usage_json_text_is_its_document_as_budgets_change(tmp_path: 
              TaskSpec(id="same", agent="a", prompt="fix the crash"),
              TaskSpec(id="own", agent="a", prompt="x", budget={"tokens": 1234}),
              TaskSpec(id="daily", agent="a", prompt="x", day_budget={"cost_usd": 2.0})]
-    for spec in specs:
-        await tr.start_task(spec.id, resolve_task(spec, config), agent="a")
+    for spec in specs:  # an agent name JSON must escape
+        await tr.start_task(spec.id, resolve_task(spec, config), agent='agént "a"')
     await tr.charge(tr.make_event("plain", model="sonnet", usage=Usage(10, 5)))
     files, entries = tr._files, tr._scopes.tasks
 
     def check(tid: str) -> dict[str, Any]:
         entry = entries[tid]
-        doc = files.document(tid, entry)
         text = files.text(tid, entry)
-        doc["timestamp"] = json.loads(text)["timestamp"]  # read a moment apart
-        assert text == _readable(doc)
+        doc = _usage_document(tid, entry, json.loads(text)["timestamp"])
+        assert json.loads(text) == doc
+        # one top-level key per line, nested objects on their key's line, strings
+        # escaped and floats written as ``json.dumps`` does
+        assert text == "{\n" + ",\n".join(
+            f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items()) + "\n}\n"
         return doc
 
     docs = {spec.id: check(spec.id) for spec in specs}

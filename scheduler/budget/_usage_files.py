@@ -83,24 +83,12 @@ class UsageFiles:
         """Seconds between two flushes of the running tasks' dirty files."""
         return self._interval_s
 
-    def document(self, task_id: str, entry: TaskEntry) -> dict[str, Any]:
-        return {
-            "task_id": task_id,
-            "session_id": self._session_id,
-            "agent": entry.agent,
-            "task_type": entry.profile.task_type,
-            "complexity": entry.profile.complexity,
-            "status": entry.status,
-            "usage": entry.scope.totals.to_dict(),
-            "budget": entry.scope.limits.model_dump(mode="json", exclude_none=True),
-            "timestamp": self._wall.now().isoformat(),
-            **_day_budget(task_id, entry),
-        }
-
     def text(self, task_id: str, entry: TaskEntry) -> str:
-        """``usage.json``'s text: :func:`_readable` of :meth:`document`, in one template
-        whose budget part is encoded once per limits object (most tasks share their type's
-        and complexity's), not as a pydantic dump, a dict and a line per key per file."""
+        """``usage.json``'s text: JSON, one top-level key per line (nested objects on their
+        key's line), in one template whose budget part is encoded once per limits object
+        (most tasks share their type's and complexity's), not as a pydantic dump, a dict
+        and a line per key per file.  ``json.dumps(indent=...)`` would take the pure-Python
+        encoder, about five times slower, holding the GIL the event loop needs."""
         profile, scope = entry.profile, entry.scope
         return (
             f'{{\n  "task_id": {_string(task_id)},\n  "session_id": {self._session_json},\n'
@@ -273,32 +261,14 @@ def _write(folder: Path, text: str, *, fix_mode: bool = True) -> tuple[Path, boo
     return path, new
 
 
-def _readable(doc: dict[str, Any]) -> str:
-    """``doc`` as JSON, one top-level key per line (nested objects on their line): the
-    C encoder does each value.  ``json.dumps(indent=...)`` takes the pure-Python encoder,
-    about five times slower, run holding the GIL the event loop needs; and a
-    ``json.dumps`` call per key and value costs three times this, on the loop, per task."""
-    return "{\n" + ",\n".join([
-        f"  {_string(k)}: {_string(v) if type(v) is str else _value(v)}"
-        for k, v in doc.items()]) + "\n}\n"
-
-
 #: What ``json.dumps`` does with its default options, without its per-call checks.
 _string = encode_basestring_ascii
 _value = json.JSONEncoder().encode
 
 
-def _day_budget(task_id: str, entry: TaskEntry) -> dict[str, Any]:
-    """The task's per-day budget as of its file's day (budget people added included)."""
-    day = entry.day_scope
-    if entry.day_root != task_id or day is None:
-        return {}
-    return {"day_budget": {"scope": day.name,
-                           "budget": day.limits.model_dump(mode="json", exclude_none=True)}}
-
-
 def _day_budget_text(task_id: str, entry: TaskEntry) -> str:
-    """:func:`_day_budget` as :func:`_readable` writes its line (with the comma before)."""
+    """The task's per-day budget as of its file's day (budget people added included), as
+    its ``usage.json`` line with the comma before; "" for a task without one."""
     day = entry.day_scope
     if entry.day_root != task_id or day is None:
         return ""

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STATES", "BudgetBar", "EventView", "ModelView", "PoolView", "Snapshot", "TaskView",
-    "alert_level", "answer_command", "budget_bars", "event_views", "max_fraction",
+    "alert_level", "answer_command", "budget_bars", "event_views",
 ]
 
 #: Task states the views know, in display order.
@@ -243,12 +243,6 @@ def budget_bars(scope: ScopeState, alerts: AlertsConfig) -> list[BudgetBar]:
         frac = used / limit
         bars.append(BudgetBar(scope.name, dim, used, float(limit), frac, alert_level(frac, alerts)))
     return bars
-
-
-def max_fraction(scope: ScopeState) -> float:
-    """The largest used fraction of ``scope``'s limited dimensions (0 when none is):
-    :func:`budget_bars`' largest ``fraction``, without making the bars."""
-    return float(scope.max_fraction())
 
 
 def event_views(events: Iterable[Any], limit: int) -> tuple[EventView, ...]:

@@ -26,7 +26,6 @@ from scheduler.observe._snapshot import (
     answer_command,
     budget_bars,
     event_views,
-    max_fraction,
 )
 from scheduler.routing import HealthMonitor
 from scheduler.store import Store
@@ -98,7 +97,7 @@ def _task_doc(
     tokens, cost, frac = 0, 0.0, 0.0
     if scope is not None:
         tokens, cost = scope.totals.tokens, scope.totals.cost_usd
-        frac = max_fraction(scope)
+        frac = scope.max_fraction()
     spec, profile = h.spec, h.profile
     return {
         "task_id": spec.id, "agent": spec.agent, "status": status, "priority": spec.priority,
@@ -139,7 +138,7 @@ def _frame(view: RunView, *, now: float, events: int, running: bool,
         if tid not in tracked or h.finished:
             continue
         scope = tracker.task_scope(tid)
-        if max_fraction(scope) >= alerts.warning:
+        if scope.max_fraction() >= alerts.warning:
             budgets.extend(b for b in budget_bars(scope, alerts) if b.level != "ok")
         day = tracker.own_day_scope(tid)  # a serve key's day_budget
         if day is not None:
