@@ -34,7 +34,8 @@ ESTIMATE = 1_000 + 234  # prompt + output tokens of the killed call
 DAY_SCOPE = f"day:{FRIDAY.isoformat()}"
 
 #: A replica that opens one call (its record written, as before any model call) and
-#: hangs in it until killed.  argv: "sqlite" PATH, or "redis" NAMESPACE SPOOL.
+#: hangs in it until killed.  argv: "sqlite" PATH, or "redis" NAMESPACE SPOOL; then,
+#: optionally, the host name its records give.
 KILLED = textwrap.dedent(
     """
     import sys, anyio
@@ -59,6 +60,9 @@ KILLED = textwrap.dedent(
         print("open", flush=True)
         await anyio.sleep_forever()
 
+    if len(sys.argv) > 4:  # a replica on another host: its records name that host
+        import socket
+        socket.gethostname = lambda: sys.argv[4]
     anyio.run(main, sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "")
     """
 ) % (REDIS_URL, ESTIMATE)

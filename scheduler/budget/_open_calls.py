@@ -9,19 +9,28 @@ unpaid, or was cancelled) deletes it too.
 A process killed mid-call leaves its records behind.  When a tracker opens, and
 every minute while an orchestrator runs (``Tracker.recover_open_calls``: other
 replicas on the store keep running), each record left by a process that is gone
-(same host, pid no longer running) is charged at its estimate — unless the
-call's own usage made it to the store before the kill — under the event id
-``<id>:estimate``, and kept as an
+is charged at its estimate — unless the call's own usage made it to the store
+before the kill — under the event id ``<id>:estimate``, and kept as an
 ``estimated_charge`` state record that ``status`` and ``report`` show.  So the
 budget never counts less than what may have been spent.  Event ids are
 idempotent, so two processes recovering at once charge a call once.
+
+A process is gone when, on this host, its pid no longer runs (or it had this
+process's pid -- a restarted container's pid 1 -- in a run that is not alive here),
+or when its *beat* stopped: every tracker keeps a ``process`` state record whose
+counter it bumps each recovery round, and a tracker that sees a record's counter
+unchanged for :data:`BEAT_STALE_S` of its own clock takes that process for dead,
+wherever it ran -- a replica on another host or in another pod, whose pid says
+nothing here.  Only counters are compared, never two machines' clocks.  A record
+with no beat (a writer without beats, or one whose beat was lost) is left alone:
+charging a live call at its estimate would count it twice.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +40,14 @@ from scheduler.store import Store
 _log = get_logger("vibe_engine.budget")
 OPEN = "open_call"
 ESTIMATED = "estimated_charge"
+#: The state kind of a process's beat (see the module docstring).
+BEAT = "process"
+#: A beat unchanged for this long (the observer's clock) marks its process dead: three
+#: rounds of ``scheduler.runtime._recovery.RECOVER_EVERY_S`` missed.
+BEAT_STALE_S = 180.0
+#: The runs of the trackers alive in this process: a record of this pid from any other
+#: run was left by an earlier process that had the same pid.
+_LIVE_RUNS: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +90,48 @@ class OpenCall:
 class OpenCalls:
     """Writes, closes and recovers the ``open_call`` records of one tracker."""
 
-    def __init__(self, store: Store, *, run: str, wall: WallClock) -> None:
+    def __init__(self, store: Store, *, run: str, wall: WallClock,
+                 clock: Callable[[], float]) -> None:
         self._store = store
         self._run = run
         self._wall = wall
+        self._clock = clock
         self._host = socket.gethostname()  # a system call: once, not per call
         self._pid = os.getpid()
+        self._beats = 0
+        #: Other processes' beats as last read: key -> (counter, when first read so).
+        self._seen: dict[str, tuple[Any, float]] = {}
+        _LIVE_RUNS.add(run)
+
+    @property
+    def beat_key(self) -> str:
+        return _beat_key(self._host, self._pid, self._run)
+
+    async def beat(self) -> None:
+        """Bump this process's beat: it is alive (see the module docstring)."""
+        self._beats += 1
+        await self._store.put_state(BEAT, self.beat_key, {
+            "host": self._host, "pid": self._pid, "run": self._run, "beat": self._beats})
+
+    async def end(self) -> None:
+        """This tracker is closing: its beat goes (its calls were settled or released)."""
+        _LIVE_RUNS.discard(self._run)
+        await self._store.delete_state(BEAT, self.beat_key)
+
+    async def _stale(self) -> set[str]:
+        """The keys of the beats that stayed unchanged for :data:`BEAT_STALE_S`."""
+        now, stale, seen = self._clock(), set(), {}
+        for key, record in (await self._store.list_state(BEAT)).items():
+            if key == self.beat_key:
+                continue
+            count, since = self._seen.get(key, (None, now))
+            if count != record.get("beat"):
+                count, since = record.get("beat"), now
+            seen[key] = (count, since)
+            if now - since >= BEAT_STALE_S:
+                stale.add(key)
+        self._seen = seen
+        return stale
 
     def describe(self, **fields: Any) -> dict[str, Any]:
         """The record of a call about to go out: ``fields`` (the :class:`OpenCall` fields
@@ -101,7 +154,9 @@ class OpenCalls:
         return OPEN, event_id
 
     async def recover(self) -> list[UsageEvent]:
-        """Charge, at its estimate, every call a process that is gone left open."""
+        """Charge, at its estimate, every call a process that is gone left open; then
+        forget the beats of the processes found dead."""
+        stale = await self._stale()
         charged: list[UsageEvent] = []
         for key, record in (await self._store.list_state(OPEN)).items():
             try:
@@ -109,8 +164,8 @@ class OpenCalls:
             except (KeyError, TypeError):
                 _log.warning("open_call_unreadable", key=key)
                 continue
-            if not _gone(call):
-                continue  # still running (here or on another host): it settles itself
+            if not _gone(call, stale):
+                continue  # still running (here or elsewhere): it settles itself
             if not await _settled(self._store, call):
                 event = call.estimate_event(self._wall.now().timestamp())
                 if await self._store.record(event):
@@ -123,13 +178,26 @@ class OpenCalls:
                              session_id=call.session_id, tokens=event.usage.total_tokens,
                              cost_usd=round(call.cost_usd, 6))
             await self.close(key)
+        for key in stale:  # its calls were charged above
+            await self._store.delete_state(BEAT, key)
+            self._seen.pop(key, None)
         return charged
 
 
-def _gone(call: OpenCall) -> bool:
-    """True when the process that made ``call`` is known to have ended."""
-    if call.host != socket.gethostname() or call.pid == os.getpid():
-        return False  # another host, or this process (an orchestrator still running)
+def _beat_key(host: str, pid: int, run: str) -> str:
+    return f"{host}:{pid}:{run}"
+
+
+def _gone(call: OpenCall, stale: set[str]) -> bool:
+    """True when the process that made ``call`` is known to have ended: its beat
+    stopped, or (this host) its pid is not running or is this process's in a run not
+    alive here."""
+    if _beat_key(call.host, call.pid, call.run) in stale:
+        return True
+    if call.host != socket.gethostname():
+        return False  # another host: only its beat can tell
+    if call.pid == os.getpid():
+        return call.run not in _LIVE_RUNS  # an earlier process with this pid
     try:
         os.kill(call.pid, 0)
     except ProcessLookupError:

@@ -78,7 +78,7 @@ class Tracker:
         # a restarted orchestrator reusing a session id must not collide with the ids it
         # recorded before (they would be dropped as duplicates): ids carry a per-run nonce
         self._run = secrets.token_hex(4)
-        self._open_calls = OpenCalls(store, run=self._run, wall=self.wall)
+        self._open_calls = OpenCalls(store, run=self._run, wall=self.wall, clock=clock)
 
     # -- scopes --------------------------------------------------------------------
 
@@ -88,16 +88,24 @@ class Tracker:
 
     async def open(self) -> list[UsageEvent]:
         """Charge the calls a killed process left open at their estimate, then load the
-        session's and today's totals from the store (R1.5); returns those charges."""
+        session's and today's totals from the store (R1.5); returns those charges.
+        First this process's beat: the other processes on the store see it alive."""
+        await self._open_calls.beat()
         charged = await self._open_calls.recover()
         await self._scopes.open()
         return charged
+
+    async def close(self) -> None:
+        """The process is done with the store: its beat goes (see ``_open_calls``)."""
+        await self._open_calls.end()
 
     async def recover_open_calls(self) -> list[UsageEvent]:
         """While running: charge at their estimate the calls that processes gone since
         left open (a replica killed mid-call on a shared store), as :meth:`open` does at
         start, and add them to this tracker's scopes that count every process's use.
-        Idempotent across processes: each such call is charged once."""
+        Idempotent across processes: each such call is charged once.  Each round bumps
+        this process's beat, by which the others know it lives."""
+        await self._open_calls.beat()
         charged = await self._open_calls.recover()
         for event in charged:
             self._scopes.add_recovered(event)

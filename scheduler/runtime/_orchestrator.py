@@ -40,7 +40,7 @@ from scheduler.runtime._call import BreakDownRequested
 from scheduler.runtime._context import AgentContext
 from scheduler.runtime._deadline import Deadlines
 from scheduler.runtime._ending import Endings
-from scheduler.runtime._recovery import announce_charged
+from scheduler.runtime._recovery import announce_charged, leave
 from scheduler.runtime._report import RunReport, build_report, stored_result
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
 from scheduler.runtime._spawn import Spawner, task_group
@@ -145,6 +145,7 @@ class Orchestrator:
             try:
                 self.tracker.write_usage()  # usage.json is current when the run ends
                 await self.provider.aclose()
+                await leave(self.tracker)
                 await self.store.aclose()
             finally:
                 self._lock.release()

@@ -6,7 +6,8 @@ processes on one store (orchestrators, ``serve`` replicas) the others keep runni
 the killed one's calls -- which the provider may have charged -- would be missing from
 the shared day total until something restarts.  So a running orchestrator also looks
 every ``RECOVER_EVERY_S`` for records whose process is provably gone (same host, pid not
-running: never a live replica's call, which it charges itself at its real usage).
+running; any host, its beat stopped: never a live replica's call, which it charges
+itself at its real usage), and bumps its own beat.
 """
 
 from __future__ import annotations
@@ -50,3 +51,14 @@ def open_call_recovery(
                 _log.warning("open_call_recovery_failed", error=str(exc))
 
     return recover_open_calls
+
+
+async def leave(tracker: Tracker) -> None:
+    """At close: this process's beat goes, so no replica waits for it to go stale.  Never
+    cancelled half-way (the store closes next); a store that cannot answer only leaves
+    the beat to go stale."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await tracker.close()
+        except StoreError as exc:
+            _log.warning("process_beat_not_removed", error=str(exc))
