@@ -32,7 +32,7 @@ class SpooledState:
     #: ``value`` as the store writes it (sorted JSON), when the writer encoded it already.
     text: str = field(default="", compare=False)
     #: Its ``open_calls`` row (SQLite, an open call's record), when the writer made it.
-    row: tuple[Any, ...] | None = field(default=None, compare=False)
+    row: list[Any] | None = field(default=None, compare=False)
 
 
 Entry = SpooledEvent | SpooledState
