@@ -27,6 +27,7 @@ from scheduler.core import (
     ConfigError,
     EventBus,
     FinishRequestedError,
+    Hook,
     LocalFileError,
     Provider,
     TaskAbortedError,
@@ -110,6 +111,11 @@ class Orchestrator:
         self._deadlines = Deadlines(tracker=self.tracker, controller=self.controller,
                                     bus=self.bus)  # R1.1: every attempt's wall-time budget
         self._endings = Endings(self._finish)
+        #: Called once a task's end is recorded (its ``done`` is set): ``serve`` forgets
+        #: its grouped tasks then (:meth:`forget`).
+        self.on_ended: Hook[[TaskHandle]] = Hook()
+        #: Ended tasks the run forgot: the report reads theirs from the store.
+        self.forgotten = 0
 
     def add_service(self, service: Service) -> None:
         """Run ``service`` beside the tasks for the whole run (the live view, a drill)."""
@@ -316,7 +322,9 @@ class Orchestrator:
         await self._wait_dependencies(handle)
         await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent,
                                       span=spec.budget_span, parent=self._parents.get(spec.id))
-        if self._session.continued:  # a new session has no budget added to restore
+        if self._session.continued or spec.id in self._parents:
+            # a continued session, or a task spawned again after the run forgot it, has
+            # the budget people added to it to restore
             await self.controller.restore_task(spec.id)
 
     async def _wait_dependencies(self, handle: TaskHandle) -> None:
@@ -448,7 +456,15 @@ class Orchestrator:
         self.gateway.router.forget(handle.id)
 
     async def _finish(self, handle: TaskHandle) -> None:
-        """Record how the task ended (through :attr:`_endings`, a bounded number at once)."""
+        """Record how the task ended (through :attr:`_endings`, a bounded number at once);
+        its ``done`` is set (and :attr:`on_ended` called) even when recording failed."""
+        try:
+            await self._record_end(handle)
+        finally:
+            handle.set_done()
+            self.on_ended(handle)
+
+    async def _record_end(self, handle: TaskHandle) -> None:
         await self.gateway.router.save_learned(self.store)  # R4.3 across restarts
         if not handle.finished and handle.status is not TaskStatus.PENDING:
             # the run itself was cancelled (a task still waiting for its dependencies
@@ -478,7 +494,22 @@ class Orchestrator:
             task_id=handle.id, agent=handle.spec.agent,
             level="info" if handle.status is TaskStatus.COMPLETED else "warning",
         )
-        handle.set_done()
+
+    def forget(self, task_id: str) -> bool:
+        """Drop every part's in-memory state of an ended task (a long-running ``serve``
+        would otherwise hold each of its grouped tasks until it stops); its usage, its
+        record and its files stay in the store and the state directory, so a later
+        :meth:`spawn` of the id continues from them.  False when the task is unknown
+        or has not ended."""
+        handle = self.handles.get(task_id)
+        if handle is None or not handle.done.is_set():
+            return False
+        del self.handles[task_id]
+        self._parents.pop(task_id, None)
+        self._prior.pop(task_id, None)
+        self.parts.on_forget(task_id)
+        self.forgotten += 1
+        return True
 
     async def _report(self) -> RunReport:
         return await build_report(self.session_id, self.handles.values(), self.tracker,
