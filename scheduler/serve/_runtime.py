@@ -21,7 +21,7 @@ import anyio
 
 from scheduler.config import TaskSpec, VibeConfig
 from scheduler.core import ConfigError, EventBus, VibeEngineError, WallClock, get_logger
-from scheduler.runtime import AgentContext, Orchestrator
+from scheduler.runtime import AgentContext, Orchestrator, RunReport
 from scheduler.serve._keys import (
     KeyEntry,
     KeyRing,
@@ -155,6 +155,8 @@ class Served:
         #: Forwarded requests per key (the key task's result when the server stops).
         self.requests: dict[str, int] = {}
         self._started: set[str] = set()
+        #: The run's report, once the server stopped.
+        self.report: RunReport | None = None
         self._ready = anyio.Event()
         self._failure: BaseException | None = None
         #: Grouped tasks (``KEY/NAME``) of the run by id, while the run holds them.
@@ -244,8 +246,9 @@ class Served:
         return group
 
     async def _running(self, group: _Group, task_id: str) -> TaskHandle | None:
-        handle = group.handle
-        if handle is None:  # another call's start of it failed meanwhile
+        # the handle is in the run's table as soon as another call's spawn began
+        handle = group.handle or self.orchestrator.handles.get(task_id)
+        if handle is None:  # that start failed meanwhile (the run is ending)
             return None
         started = group.started
         if started is not None:
@@ -311,7 +314,7 @@ class Served:
         keeps its tasks for the run's report).  One that ran and ended other than idle
         leaves a tombstone, so its calls are still refused."""
         group = self._grouped.get(handle.id)
-        if group is None or group.handle is not handle:
+        if group is None or (group.handle is not None and group.handle is not handle):
             return
         if self.stopping.is_set():
             if group.closed is not None:
@@ -326,7 +329,7 @@ class Served:
 
     async def _run(self) -> None:
         try:
-            await self.orchestrator.run()
+            self.report = await self.orchestrator.run()
         except BaseException as exc:
             self._failure = exc
             raise
