@@ -23,6 +23,7 @@ from typing import Any
 import anthropic
 import anyio
 import pytest
+from prometheus_client import generate_latest
 
 from agents.fake_api import FakeAnthropicServer
 from scheduler.config import config_from_dict
@@ -230,6 +231,44 @@ async def test_r1_2_a_grouped_task_that_ran_out_of_time_is_refused_once_forgotte
         with pytest.raises(GroupEndedError, match="alpha/job has ended"):
             await _call(served, "job")
         await _call(served, "other")
+
+
+async def test_r3_4_budget_added_to_a_held_task_survives_its_idle_restart(
+    tmp_path: Path
+) -> None:
+    """#21, R3.4: ``alpha/job`` (a ``hold`` key, ``task_budget`` 200 tokens) is held at
+    its budget; a person adds 500 tokens and the call completes.  After the task idles
+    out and starts again, its limit is still 700: the next call is served, not held."""
+    async with _served(tmp_path, on_limit="hold", task_budget={"tokens": 200}) as served:
+        controller = served.orchestrator.controller
+        await _call(served, "job")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_call, served, "job")  # 150 spent: this one is held
+            while not controller.is_paused("alpha/job"):  # noqa: ASYNC110 - not signalled
+                await anyio.sleep(1)
+            await served.orchestrator.decide("alpha/job", "add_budget", tokens=500)
+        await anyio.sleep(IDLE_S + 1)
+        assert not _held(served, "alpha/job")
+        with anyio.fail_after(10):  # held until max_hold_s without the added budget
+            await _call(served, "job")
+        scope = served.orchestrator.tracker.task_scope("alpha/job")
+        assert (scope.limits.tokens, scope.totals.tokens) == (700, 450)
+
+
+async def test_r1_2_an_idle_task_leaves_the_metrics(tmp_path: Path) -> None:
+    """#21: the per-task series of a grouped task (``vibe_task_tokens_total{task}``…)
+    go when it idles out, so a long-running serve does not export one per name."""
+    served = Served(config_from_dict({**_data(tmp_path), "metrics": {
+                        "textfile": str(tmp_path / "serve.prom")}}),
+                    env={"KEY_A": "sk-a"}, provider=InstantProvider(Usage(100, 50)))
+    async with served.running():
+        metrics = served.orchestrator.observers.metrics
+        assert metrics is not None
+        await _call(served, "chat")
+        assert 'task="alpha/chat"' in generate_latest(metrics.registry).decode()
+        await anyio.sleep(IDLE_S + 1)
+        assert not _held(served, "alpha/chat")
+        assert 'task="alpha/chat"' not in generate_latest(metrics.registry).decode()
 
 
 async def test_r1_2_without_group_idle_s_grouped_tasks_stay(tmp_path: Path) -> None:
