@@ -42,6 +42,12 @@ IDLE_S = 60.0
 USER: Any = [{"role": "user", "content": "One word, please."}]
 
 
+def _provider() -> Any:
+    """Answers 150 tokens at once; in the place of serve's upstream client (its calls go
+    through the gateway, which needs only ``complete``)."""
+    return InstantProvider(Usage(100, 50))
+
+
 def _data(tmp_path: Path, idle_s: float | None = IDLE_S, **key: Any) -> dict[str, Any]:
     return {
         "state_dir": str(tmp_path / "state"), "session_id": "serve-idle",
@@ -58,7 +64,7 @@ async def _served(tmp_path: Path, idle_s: float | None = IDLE_S,
     the gateway → ``release``), a provider answering 150 tokens at once, and an event
     history too short to hold one event per task."""
     served = Served(config_from_dict(_data(tmp_path, idle_s, **key)), env={"KEY_A": "sk-a"},
-                    provider=InstantProvider(Usage(100, 50)),
+                    provider=_provider(),
                     bus=EventBus(loop_time, history=16))
     async with served.running():
         yield served
@@ -260,7 +266,7 @@ async def test_r1_2_an_idle_task_leaves_the_metrics(tmp_path: Path) -> None:
     go when it idles out, so a long-running serve does not export one per name."""
     served = Served(config_from_dict({**_data(tmp_path), "metrics": {
                         "textfile": str(tmp_path / "serve.prom")}}),
-                    env={"KEY_A": "sk-a"}, provider=InstantProvider(Usage(100, 50)))
+                    env={"KEY_A": "sk-a"}, provider=_provider())
     async with served.running():
         metrics = served.orchestrator.observers.metrics
         assert metrics is not None
