@@ -10,6 +10,8 @@ connection between parts is made here, through the parts' ``on_<event>`` hooks:
 * wait-for graph ``on_blocking`` → the allocator's boost of tasks others wait on (R5.2);
 * deadlock detector → resolver → the task table's abort and the lease release (R5.7);
 * gateway ``on_settle`` → observers (status, metrics, trace spans);
+* the run's ``on_forget`` (an ended task the run forgets: serve's idle grouped tasks) →
+  the tracker, allocator, pause controller, alerts, router and metrics drop it;
 * gateway ``instrument`` → lease-wait metrics, and call/lease spans when tracing is on;
 * event bus → webhooks (the ``notify`` alert action and paused tasks, R3.3/R3.4);
 * allocator statistics → the long-wait reporter (``lease_wait_long``, R5.5).
