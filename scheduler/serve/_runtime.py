@@ -5,6 +5,11 @@ agent only waits for the server to stop, while the HTTP handlers make the key's
 model calls through the run's gateway — the one governed path (route → estimate →
 admit → lease → call → settle → signal).  So status, the live view, metrics,
 reports, pauses and ``vibe-engine decide KEY …`` see keys like any task.
+
+Calls carrying ``x-vibe-task: NAME`` run as task ``KEY/NAME``, started on first use.
+One with no call in flight for ``serve.group_idle_s`` ends and the run forgets it
+(a client naming a task per conversation would otherwise grow the process without
+bound); the next call under the name starts it again from its totals in the store.
 """
 
 from __future__ import annotations
