@@ -2,7 +2,8 @@
 
 Each test fails when its hook-up line is removed (mutation-checked): the gateway's
 demotion input after a settle, the wait-for graph's blocking boost, the pause →
-release-leases hook-up, and the deadlock resolver's own lease release.
+release-leases hook-up, the deadlock resolver's own lease release, and the run's
+``on_forget`` reaching the parts that hold a task by id.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from scheduler import Completion, CompletionRequest, Limits, TaskSpec, Usage
 from scheduler.allocator import Allocator
+from scheduler.config import config_from_dict
 from scheduler.runtime import AgentContext, Orchestrator
 from scheduler.testing import ScriptedProvider
 from tests._deadlock_helpers import LockingAgent, make_orch, spec
@@ -237,3 +239,43 @@ async def test_r5_5_short_waits_cost_the_long_wait_reporter_no_snapshot(
     assert orch.allocator.longest_wait_s() == 0
     assert snapshots == []
     assert not [e for e in orch.bus.history if e.name == "lease_wait_long"]
+
+
+class _Spawner:
+    """Runs ``parent/x`` (one call) twice in the run, forgetting it in between."""
+
+    def __init__(self, orch: list[Orchestrator]) -> None:
+        self.orch = orch
+        self.held: list[dict[str, bool]] = []
+
+    async def run(self, ctx: AgentContext) -> str:
+        orch = self.orch[0]
+        # an id PARENT/NAME is serve's (copied past the id check, as group_spec does)
+        child = TaskSpec(id="x", agent="script", prompt="a child",
+                         budget_span="store").model_copy(update={"id": "parent/x"})
+        for _ in range(2):
+            handle = await orch.spawn(child)
+            await handle.done.wait()
+            assert orch.forget("parent/x")
+            self.held.append({
+                "handles": "parent/x" in orch.handles,
+                "tracker": orch.tracker.has_task("parent/x"),
+                "allocator": "parent/x" in orch.allocator._holders,
+            })
+        return "ok"
+
+
+async def test_r1_2_a_forgotten_task_leaves_every_part_and_runs_again(tmp_path: Path) -> None:
+    """#21, R1.2: the run's ``on_forget`` reaches the tracker and the allocator (the
+    parts that hold a task by id); a task forgotten once ended runs again under its id,
+    from its totals in the store, and the report lists it once with both runs' use."""
+    holder: list[Orchestrator] = []
+    spawner = _Spawner(holder)
+    orch = Orchestrator(
+        config_from_dict({"state_dir": str(tmp_path / "state")}),
+        provider=ScriptedProvider(), agents={"spawner": lambda: spawner, "script": Script})
+    holder.append(orch)
+    report = await orch.run([TaskSpec(id="parent", agent="spawner", prompt="spawns")])
+    assert spawner.held == [{"handles": False, "tracker": False, "allocator": False}] * 2
+    assert report.outcomes["parent/x"].usage.calls == 2
+    assert (orch.forgotten, list(orch.handles)) == (2, ["parent"])

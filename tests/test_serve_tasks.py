@@ -298,9 +298,9 @@ async def test_21_a_grouped_task_that_cannot_start_gets_a_503_naming_why(
 async def test_21_r1_2_grouped_tasks_of_a_key_share_their_budget_objects(
     fake_api: FakeAnthropicServer, tmp_path: Path
 ) -> None:
-    """#21, R1.2: every grouped task of a key lives as long as serve, so its tasks share
-    one budget object (the key's ``task_budget``, and its merge over the defaults) rather
-    than holding copies; each still has its own id, prompt and limits' values."""
+    """#21, R1.2: a key's grouped tasks share one budget object (the key's
+    ``task_budget``, and its merge over the defaults) and the key's prompt (the router
+    assesses them alike, once) rather than holding copies; each has its own id."""
     keys = _keys(task_budget={"tokens": 5_000})
     async with (serving(_data(tmp_path, fake_api.base_url, keys)) as run,
                 AsyncExitStack() as stack):
@@ -313,5 +313,6 @@ async def test_21_r1_2_grouped_tasks_of_a_key_share_their_budget_objects(
         assert first.spec.budget is second.spec.budget
         assert first.profile.limits is second.profile.limits
         assert first.profile.limits.tokens == 5_000
-        assert (first.spec.prompt, second.spec.prompt) == (
-            "requests of serve key alpha, task one", "requests of serve key alpha, task two")
+        assert first.spec.prompt is second.spec.prompt
+        assert first.spec.prompt == "requests of serve key alpha"
+        assert (first.id, second.id) == ("alpha/one", "alpha/two")

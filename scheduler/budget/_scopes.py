@@ -298,6 +298,16 @@ class Scopes:
         await self.ensure_day(self.today())
         await self.ensure_task_day(task_id)
 
+    def forget(self, task_id: str) -> None:
+        """Drop an ended task's entry and its own per-day scopes (their totals stay in
+        the store: a later :meth:`start_task` of the id reads them again)."""
+        if self.tasks.pop(task_id, None) is None:
+            return
+        own = task_day_scope(task_id, "")
+        for name in [n for n in self.task_days if n.startswith(own)]:
+            del self.task_days[name]
+            self._loaded.discard(name)
+
     def task(self, task_id: str) -> ScopeState:
         try:
             return self.tasks[task_id].scope

@@ -145,6 +145,11 @@ class Tracker:
         entry.status = status
         return await self._files.write_off_loop(task_id, entry, beside) is not None
 
+    def forget_task(self, task_id: str) -> None:
+        """Drop an ended task's scopes from memory (its ``usage.json`` was written at its
+        end; its totals stay in the store)."""
+        self._scopes.forget(task_id)
+
     def write_usage(self, task_id: str | None = None) -> None:
         """Bring ``usage.json`` up to date now, for one task (it pauses) or every task
         whose file is older than its last charge (the run ends); a file that cannot be

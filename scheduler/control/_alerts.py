@@ -138,6 +138,10 @@ class AlertRuntime:
                 out = out.merged(shared)
         return out
 
+    def forget(self, task_id: str) -> None:
+        """Drop an ended task's own flags (the run forgets the task)."""
+        self._flags.pop(f"task:{task_id}", None)
+
     def consume_checkpoint_request(self, task_id: str) -> bool:
         """True once after a critical alert asked for a checkpoint (the context takes it)."""
         if not self._flags:

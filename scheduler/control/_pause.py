@@ -156,6 +156,13 @@ class PauseController:
             if scope is not None:
                 self.tracker.raise_limits(scope, Limits.model_validate(extra))
 
+    def forget(self, task_id: str) -> None:
+        """Drop what is held of an ended task (the run forgets it); its pause and decision
+        records were discarded when it ended."""
+        self._tasks.pop(task_id, None)
+        self._last.pop(task_id, None)
+        self._claims.pop(task_id, None)
+
     def _ctl(self, task_id: str) -> _TaskControl:
         ctl = self._tasks.get(task_id)
         if ctl is None:

@@ -192,6 +192,14 @@ class Metrics:
                                               self.task_cost.labels(task_id))
         return found
 
+    def forget_task(self, task_id: str) -> None:
+        """Drop an ended task's series (the run forgets the task): a long-running serve
+        would otherwise export one per grouped task it ever ran."""
+        if self._by_task.pop(task_id, None) is not None:
+            self.task_tokens.remove(task_id)
+            self.task_cost.remove(task_id)
+        self._paused_at.pop(task_id, None)
+
     def on_failure(self, model: str, error: str) -> None:
         self.calls.labels(model, error).inc()
 

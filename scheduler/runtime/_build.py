@@ -10,6 +10,8 @@ connection between parts is made here, through the parts' ``on_<event>`` hooks:
 * wait-for graph ``on_blocking`` → the allocator's boost of tasks others wait on (R5.2);
 * deadlock detector → resolver → the task table's abort and the lease release (R5.7);
 * gateway ``on_settle`` → observers (status, metrics, trace spans);
+* the run's ``on_forget`` (an ended task the run forgets: serve's idle grouped tasks) →
+  the tracker, allocator, pause controller, alerts, router and metrics drop it;
 * gateway ``instrument`` → lease-wait metrics, and call/lease spans when tracing is on;
 * event bus → webhooks (the ``notify`` alert action and paused tasks, R3.3/R3.4);
 * allocator statistics → the long-wait reporter (``lease_wait_long``, R5.5).
@@ -38,6 +40,7 @@ from scheduler.control import (
 from scheduler.core import (
     AsyncHook,
     EventBus,
+    Hook,
     Provider,
     ReportsRateLimits,
     SystemWallClock,
@@ -91,6 +94,8 @@ class Parts:
     observers: Observers
     #: Awaited after every attempt, however it ended: the task's leases and locks go back.
     on_release: AsyncHook[[TaskHandle]] = field(default_factory=AsyncHook)
+    #: Called with the id of an ended task the run forgets: each part drops its state.
+    on_forget: Hook[[str]] = field(default_factory=Hook)
     #: Background loops run beside the tasks for the whole run.
     services: list[Service] = field(default_factory=list)
     #: Posts notifications to ``alerts.webhooks`` (``None`` when none is configured).
@@ -173,8 +178,13 @@ def _connect(parts: Parts, provider: Provider) -> None:
     parts.gateway.on_pause.connect(write_usage)
     parts.on_release.connect(release_leases)  # crashed, cancelled or aborted attempts
     parts.on_release.connect(release_locks)
+    # a forgotten task (an idle serve group): every part drops what it held of it
+    for forget in (parts.tracker.forget_task, allocator.unregister, parts.controller.forget,
+                   parts.alerts.forget, parts.gateway.router.forget):
+        parts.on_forget.connect(forget)
     metrics = parts.observers.metrics
     if metrics is not None:
+        parts.on_forget.connect(metrics.forget_task)
         parts.gateway.provider = MeteredProvider(provider, metrics.on_failure,
                                                  metrics.on_duration)
         parts.gateway.instrument(lease=metrics.wrap_lease)

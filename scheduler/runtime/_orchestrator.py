@@ -27,6 +27,7 @@ from scheduler.core import (
     ConfigError,
     EventBus,
     FinishRequestedError,
+    Hook,
     LocalFileError,
     Provider,
     TaskAbortedError,
@@ -34,14 +35,14 @@ from scheduler.core import (
     WallClock,
     get_logger,
 )
-from scheduler.routing import task_info
 from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._call import BreakDownRequested
 from scheduler.runtime._context import AgentContext
 from scheduler.runtime._deadline import Deadlines
 from scheduler.runtime._ending import Endings
 from scheduler.runtime._recovery import announce_charged, leave
-from scheduler.runtime._report import RunReport, build_report, stored_result
+from scheduler.runtime._report import RunReport, build_report, forgotten_outcomes, stored_result
+from scheduler.runtime._retry import next_attempt, retry_after_failure
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
 from scheduler.runtime._spawn import Spawner, task_group
 from scheduler.store import Store
@@ -110,6 +111,11 @@ class Orchestrator:
         self._deadlines = Deadlines(tracker=self.tracker, controller=self.controller,
                                     bus=self.bus)  # R1.1: every attempt's wall-time budget
         self._endings = Endings(self._finish)
+        #: Called once a task's end is recorded (its ``done`` is set): ``serve`` forgets
+        #: its grouped tasks then (:meth:`forget`).
+        self.on_ended: Hook[[TaskHandle]] = Hook()
+        #: Ended tasks the run forgot: the report reads theirs from the store.
+        self.forgotten = 0
 
     def add_service(self, service: Service) -> None:
         """Run ``service`` beside the tasks for the whole run (the live view, a drill)."""
@@ -292,7 +298,7 @@ class Orchestrator:
                         handle.cancel_scope = None
                     with anyio.CancelScope(shield=True):
                         await self.parts.on_release(handle)
-                    again = self._again(handle, cancelled)
+                    again = next_attempt(handle, cancelled, self.bus, self.config.deadlock)
                     if again and scope.cancel_called:
                         self._spawner().start_scoped(self._run_task, handle, True)
                         requeued = True  # the new task ends it
@@ -317,7 +323,9 @@ class Orchestrator:
         await self._wait_dependencies(handle)
         await self.tracker.start_task(spec.id, handle.profile, agent=spec.agent,
                                       span=spec.budget_span, parent=self._parents.get(spec.id))
-        if self._session.continued:  # a new session has no budget added to restore
+        if self._session.continued or spec.id in self._parents:
+            # a continued session, or a task spawned again after the run forgot it, has
+            # the budget people added to it to restore
             await self.controller.restore_task(spec.id)
 
     async def _wait_dependencies(self, handle: TaskHandle) -> None:
@@ -332,29 +340,6 @@ class Orchestrator:
         abort, handle.abort = handle.abort, None
         if scope.cancelled_caught and abort is not None:
             raise TaskAbortedError(handle.id, f"{abort.reason} while waiting for its dependencies")
-
-    def _again(self, handle: TaskHandle, cancelled: bool) -> bool:
-        """After an attempt (``cancelled``: its scope caught a cancellation): whether another
-        runs -- a retry after a failure (R4.3) or a requeued deadlock victim (R5.7)."""
-        abort, handle.abort = handle.abort, None
-        retry, handle.retry = handle.retry, ""
-        if retry and abort is None:
-            handle.attempt += 1
-            handle.status, handle.reason = TaskStatus.REQUEUED, ""
-            self.bus.emit("task_retried", f"task {handle.id} retried: {retry}",
-                          task_id=handle.id, attempt=handle.attempt, level="warning")
-            return True
-        if not cancelled or abort is None:
-            return False
-        if not abort.requeue or handle.attempt > self.config.deadlock.max_requeues:
-            handle.status = TaskStatus.FAILED
-            handle.reason = f"{abort.reason} (attempt {handle.attempt}; no requeue left)"
-            return False
-        handle.attempt += 1
-        handle.status = TaskStatus.REQUEUED
-        self.bus.emit("task_requeued", f"task {handle.id} requeued: {abort.reason}",
-                      task_id=handle.id, attempt=handle.attempt)
-        return True
 
     async def _attempt(self, handle: TaskHandle, factory: AgentFactory) -> None:
         """One attempt: the agent's run under the task's time budget -- or, when replanning
@@ -403,25 +388,7 @@ class Orchestrator:
             _log.exception("agent_crashed", task_id=handle.id, agent=handle.spec.agent)
             handle.status = TaskStatus.FAILED
             handle.reason = f"agent crashed: {type(exc).__name__}: {exc}"
-            self._report_failure(handle)
-
-    def _report_failure(self, handle: TaskHandle) -> None:
-        """R4.3: a task that failed after its model finished is a signal of a wrong choice.
-
-        With ``routing.retry_failed_attempts`` the attempt is retried while the failures are
-        on the cheapest tier, and once more after the router upgrades the task: haiku
-        failing twice moves the task (and similar later ones) to the next tier.
-        """
-        if not (handle.model and handle.calls):
-            return
-        router = self.gateway.router
-        upgrade = router.report_outcome(task_info(handle), handle.model, success=False)
-        params = self.config.routing
-        if params.retry_failed_attempts and handle.attempt < params.max_attempts and (
-            upgrade is not None or handle.model == router.catalog.cheapest
-        ):
-            handle.retry = (f"failed on {handle.model}: {handle.reason}"
-                            + (f"; next attempt on {upgrade.to_model}" if upgrade else ""))
+            retry_after_failure(handle, self.gateway.router, self.config.routing)
 
     async def _run_parts(self, handle: TaskHandle, split: BreakDown, agent: object) -> Any:
         """R6.2: run the smaller tasks (and the verification step) in place of ``handle``."""
@@ -449,7 +416,15 @@ class Orchestrator:
         self.gateway.router.forget(handle.id)
 
     async def _finish(self, handle: TaskHandle) -> None:
-        """Record how the task ended (through :attr:`_endings`, a bounded number at once)."""
+        """Record how the task ended (through :attr:`_endings`, a bounded number at once);
+        its ``done`` is set (and :attr:`on_ended` called) even when recording failed."""
+        try:
+            await self._record_end(handle)
+        finally:
+            handle.set_done()
+            self.on_ended(handle)
+
+    async def _record_end(self, handle: TaskHandle) -> None:
         await self.gateway.router.save_learned(self.store)  # R4.3 across restarts
         if not handle.finished and handle.status is not TaskStatus.PENDING:
             # the run itself was cancelled (a task still waiting for its dependencies
@@ -479,11 +454,30 @@ class Orchestrator:
             task_id=handle.id, agent=handle.spec.agent,
             level="info" if handle.status is TaskStatus.COMPLETED else "warning",
         )
-        handle.set_done()
+
+    def forget(self, task_id: str) -> bool:
+        """Drop every part's in-memory state of an ended task (a long-running ``serve``
+        would otherwise hold each of its grouped tasks until it stops); its usage, its
+        record and its files stay in the store and the state directory, so a later
+        :meth:`spawn` of the id continues from them.  False when the task is unknown
+        or has not ended."""
+        handle = self.handles.get(task_id)
+        if handle is None or not handle.done.is_set():
+            return False
+        del self.handles[task_id]
+        self._parents.pop(task_id, None)
+        self._prior.pop(task_id, None)
+        self.parts.on_forget(task_id)
+        self.forgotten += 1
+        return True
 
     async def _report(self) -> RunReport:
-        return await build_report(self.session_id, self.handles.values(), self.tracker,
-                                  self.store)
+        report = await build_report(self.session_id, self.handles.values(), self.tracker,
+                                    self.store)
+        if self.forgotten:  # tasks forgotten once ended are reported from the store
+            report.outcomes.update(await forgotten_outcomes(
+                self.session_id, self.handles, self.store))
+        return report
 
     def _tracked(self, task_id: str) -> bool:
         """Whether the tracker registered the task (O(1): ``tracker.tasks()`` lists all)."""

@@ -9,7 +9,7 @@ from typing import Any
 from scheduler.budget import ScopeState, Tracker
 from scheduler.core import Totals
 from scheduler.runtime._session import encode_result
-from scheduler.store import Store
+from scheduler.store import Store, task_of_key
 from scheduler.tasks import TaskHandle, TaskStatus
 
 
@@ -77,6 +77,29 @@ async def build_report(session_id: str, handles: Iterable[TaskHandle], tracker: 
             stored_result(handle),
         )
     return RunReport(session_id, outcomes, by_model)
+
+
+async def forgotten_outcomes(session_id: str, kept: Iterable[str], store: Store
+                             ) -> dict[str, TaskOutcome]:
+    """The outcomes of the session's tasks the run forgot once they ended (``serve``'s
+    idle grouped tasks), from their records and events in the store: each id once, as
+    its last run ended, with this session's use of it over all its runs."""
+    held = set(kept)
+    outcomes: dict[str, TaskOutcome] = {}
+    for key, record in (await store.list_state("task")).items():
+        session, task_id = task_of_key(key)
+        if session != session_id or task_id in held:
+            continue
+        usage = Totals()
+        for event in await store.events(task_id=task_id):
+            if event.session_id == session_id:
+                usage.add(event)
+        outcomes[task_id] = TaskOutcome(
+            task_id, str(record.get("agent", "")), str(record.get("status", "")),
+            str(record.get("reason", "")), int(record.get("attempts", 1)),
+            str(record.get("task_type", "")), str(record.get("complexity", "")),
+            str(record.get("model", "")), usage, record.get("result"))
+    return outcomes
 
 
 def _charged(scope: ScopeState) -> bool:

@@ -85,6 +85,12 @@ class _Governed:
         self._sent = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._answer(scope, receive, send)
+        finally:
+            self._served.release(self._handle)  # a grouped task's idle time starts
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._pt.on_send = self._on_send
         relay = _Relay(send, self._stream, self._served.config.serve.ping_interval_s)
         if not self._stream:
@@ -376,6 +382,10 @@ class ServeApp:
             return error_response("invalid_request_error", f"{TASK_HEADER} header: {problem}",
                                   headers=NO_RETRY)
         try:
+            call = _call_args(body, routed)
+        except InvalidArgumentError as exc:
+            return error_response("invalid_request_error", str(exc), headers=NO_RETRY)
+        try:
             handle = (self.served.handle(entry) if group is None
                       else await self.served.group(entry, group))
         except GroupUnavailableError as exc:
@@ -386,10 +396,6 @@ class ServeApp:
         if handle is None:
             return error_response("overloaded_error", "vibe-engine serve is stopping",
                                   status=503)
-        try:
-            call = _call_args(body, routed)
-        except InvalidArgumentError as exc:
-            return error_response("invalid_request_error", str(exc), headers=NO_RETRY)
         pt = Passthrough(body=body, raw=raw, model=routed or "", headers=request.forwarded(),
                          query=request.query)
         return _Governed(self.served, entry, handle, call, pt, call["stream"])

@@ -142,9 +142,10 @@ def group_id(key: str, name: str) -> str:
 
 def group_spec(template: TaskSpec, key: str, name: str) -> TaskSpec:
     """The task ``KEY/NAME`` a client's calls run as when they carry ``x-vibe-task: NAME``:
-    ``template`` (:func:`group_template` of the key) under its own id and prompt."""
-    return template.model_copy(update={
-        "id": group_id(key, name), "prompt": f"requests of serve key {key}, task {name}"})
+    ``template`` (:func:`group_template` of the key) under its own id.  Its prompt is the
+    key's: the router assesses every task of a key alike (a client's name for a task does
+    not pick its model), once for them all rather than once per name."""
+    return template.model_copy(update={"id": group_id(key, name)})
 
 
 def task_spec(key: ServeKey) -> TaskSpec:

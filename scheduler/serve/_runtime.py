@@ -5,11 +5,17 @@ agent only waits for the server to stop, while the HTTP handlers make the key's
 model calls through the run's gateway — the one governed path (route → estimate →
 admit → lease → call → settle → signal).  So status, the live view, metrics,
 reports, pauses and ``vibe-engine decide KEY …`` see keys like any task.
+
+Calls carrying ``x-vibe-task: NAME`` run as task ``KEY/NAME``, started on first use.
+One with no call in flight for ``serve.group_idle_s`` ends and the run forgets it
+(a client naming a task per conversation would otherwise grow the process without
+bound); the next call under the name starts it again from its totals in the store.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -20,7 +26,7 @@ import anyio
 
 from scheduler.config import TaskSpec, VibeConfig
 from scheduler.core import ConfigError, EventBus, VibeEngineError, WallClock, get_logger
-from scheduler.runtime import AgentContext, Orchestrator
+from scheduler.runtime import AgentContext, Orchestrator, RunReport
 from scheduler.serve._keys import (
     KeyEntry,
     KeyRing,
@@ -67,15 +73,36 @@ def upstream_provider(config: VibeConfig, env: Mapping[str, str] | None = None
 
 
 class _KeyAgent:
-    """A key's task: alive as long as the server, its calls made by the HTTP handlers."""
+    """A key's task: alive as long as the server, its calls made by the HTTP handlers.
+    A grouped task (``KEY/NAME``) also ends once it has had no call in flight for
+    ``serve.group_idle_s``."""
 
     def __init__(self, served: Served) -> None:
         self._served = served
 
     async def run(self, ctx: AgentContext) -> Any:
         self._served.key_started(ctx.handle)
-        await self._served.stopping.wait()
+        await self._served.wait_stopping_or_idle(ctx.handle.id)
         return {"requests": self._served.requests.get(ctx.handle.id, 0)}
+
+
+class _Group:
+    """A grouped task of the run: its start, its calls in flight and its idle watch."""
+
+    __slots__ = ("calls", "closed", "handle", "idle", "last", "started")
+
+    def __init__(self) -> None:
+        #: Set once the task runs (its budget scope is registered); None after that.
+        self.started: anyio.Event | None = anyio.Event()
+        self.handle: TaskHandle | None = None
+        #: Calls counted from :meth:`Served.group` until :meth:`Served.release`.
+        self.calls = 0
+        #: Loop time the last call ended (or the task started).
+        self.last = 0.0
+        #: The agent's wait, whose deadline is the idle end while no call is in flight.
+        self.idle: anyio.CancelScope | None = None
+        #: Set when the task idles out; the event is set once the run forgot it.
+        self.closed: anyio.Event | None = None
 
 
 class GroupUnavailableError(VibeEngineError):
@@ -133,22 +160,27 @@ class Served:
         #: Forwarded requests per key (the key task's result when the server stops).
         self.requests: dict[str, int] = {}
         self._started: set[str] = set()
+        #: The run's report, once the server stopped.
+        self.report: RunReport | None = None
         self._ready = anyio.Event()
         self._failure: BaseException | None = None
-        #: Grouped tasks (``KEY/NAME``) by id, set once the task runs; then every one
-        #: is the same set event (:attr:`_running`), not an event each.
-        self._grouped: dict[str, anyio.Event] = {}
-        self._running: anyio.Event | None = None
+        #: Grouped tasks (``KEY/NAME``) of the run by id, while the run holds them.
+        self._grouped: dict[str, _Group] = {}
+        #: Grouped tasks that ran and ended (not idle): their status and reason, so
+        #: their calls are still refused once the run forgot them.
+        self._ended: dict[str, tuple[str, str]] = {}
+        self._idle_s = serve.group_idle_s or 0.0
         #: What every grouped task of a key shares, by key name (made on first use).
         self._templates: dict[str, TaskSpec] = {}
+        self.orchestrator.on_ended.connect(self._group_ended)
 
     def key_started(self, handle: TaskHandle) -> None:
         grouped = self._grouped.get(handle.id)
         if grouped is not None:  # a grouped task: its budget scope is registered now
-            grouped.set()
-            if self._running is None:
-                self._running = grouped
-            self._grouped[handle.id] = self._running  # its waiters hold their own
+            if grouped.started is not None:
+                grouped.started.set()  # its waiters hold their own reference
+                grouped.started = None
+            grouped.last = anyio.current_time()
             return
         self._started.add(handle.id)
         if len(self._started) == len(self.keys):
@@ -168,47 +200,141 @@ class Served:
         task ended without serving (it could not start: the store was unreachable), and
         :class:`GroupEndedError` when it ran and has ended.
 
-        Calls that arrive while the task starts wait for that one start; a start that
-        failed is forgotten once its waiters know, so the next call starts it again."""
-        key = self.handle(entry)
-        if key is None:
+        The call is counted in flight until :meth:`release`: the task does not idle out
+        meanwhile.  Calls that arrive while the task starts wait for that one start; a
+        start that failed is forgotten once its waiters know, so the next call starts it
+        again; a call that arrives while the task idles out waits until the run forgot
+        it, then starts it again (from its totals in the store)."""
+        if self.handle(entry) is None:
             return None
         task_id = group_id(entry.name, name)
-        started = self._grouped.get(task_id)
-        if started is None:
-            started = self._grouped[task_id] = anyio.Event()
-            template = self._templates.get(entry.name)
-            if template is None:
-                template = self._templates[entry.name] = group_template(entry.config)
-            try:
-                await self.orchestrator.spawn(group_spec(template, entry.name, name))
-            except VibeEngineError:  # the run is ending
-                started.set()
+        while True:
+            group = self._grouped.get(task_id)
+            if group is None:
+                group = await self._start(entry, name, task_id)
+                if group is None:
+                    return None
+            if group.closed is None:
+                break
+            await group.closed.wait()  # idling out: started again once forgotten
+            if self.stopping.is_set():
                 return None
-        handle = self.orchestrator.handles.get(task_id)
+        self._count(group)  # before any await: the task cannot idle out from under it
+        try:
+            handle = await self._running(group, task_id)
+        except BaseException:
+            self._uncount(group)
+            raise
         if handle is None:
+            self._uncount(group)
+        return handle
+
+    async def _start(self, entry: KeyEntry, name: str, task_id: str) -> _Group | None:
+        """Start ``KEY/NAME`` (its group is registered before the first await, so calls
+        arriving meanwhile wait for this start); :class:`GroupEndedError` when it ended."""
+        ended = self._ended.get(task_id)
+        if ended is not None:  # it ran and was forgotten: its budget is spent
+            raise GroupEndedError(task_id, *ended)
+        group = self._grouped[task_id] = _Group()
+        template = self._templates.get(entry.name)
+        if template is None:
+            template = self._templates[entry.name] = group_template(entry.config)
+        try:
+            group.handle = await self.orchestrator.spawn(
+                group_spec(template, entry.name, name))
+        except VibeEngineError:  # the run is ending
+            if self._grouped.get(task_id) is group:
+                del self._grouped[task_id]
+            if group.started is not None:
+                group.started.set()
             return None
-        async with anyio.create_task_group() as tg:
-            # a task that fails before its agent runs (the store is down) ends instead
-            async def first(event: anyio.Event) -> None:
-                await event.wait()
-                tg.cancel_scope.cancel()
-            tg.start_soon(first, started)
-            tg.start_soon(first, handle.done)
+        return group
+
+    async def _running(self, group: _Group, task_id: str) -> TaskHandle | None:
+        # the handle is in the run's table as soon as another call's spawn began
+        handle = group.handle or self.orchestrator.handles.get(task_id)
+        if handle is None:  # that start failed meanwhile (the run is ending)
+            return None
+        started = group.started
+        if started is not None:
+            async with anyio.create_task_group() as tg:
+                # a task that fails before its agent runs (the store is down) ends instead
+                async def first(event: anyio.Event) -> None:
+                    await event.wait()
+                    tg.cancel_scope.cancel()
+                tg.start_soon(first, started)
+                tg.start_soon(first, handle.done)
         if self.stopping.is_set():
             return None
         if handle.finished:
             reason = handle.reason or str(handle.status)
-            if started.is_set():  # it ran: starting it again would renew a spent budget
+            if started is None or started.is_set():  # it ran: a spent budget stays spent
                 raise GroupEndedError(task_id, str(handle.status), reason)
-            if self._grouped.get(task_id) is started:
+            if self._grouped.get(task_id) is group:
                 del self._grouped[task_id]  # it never ran: the next call starts it again
             raise GroupUnavailableError(task_id, reason)
         return handle
 
+    def _count(self, group: _Group) -> None:
+        group.calls += 1
+        if group.idle is not None:
+            group.idle.deadline = math.inf
+
+    def _uncount(self, group: _Group) -> None:
+        group.calls -= 1
+        if group.calls == 0:
+            group.last = anyio.current_time()
+            if group.idle is not None:
+                group.idle.deadline = group.last + self._idle_s
+
+    def release(self, handle: TaskHandle) -> None:
+        """A call :meth:`group` gave ``handle`` for has ended (however): once none is
+        in flight, the task's idle time starts.  A key's own task is not counted."""
+        group = self._grouped.get(handle.id)
+        if group is not None and group.handle is handle:
+            self._uncount(group)
+
+    async def wait_stopping_or_idle(self, task_id: str) -> None:
+        """The agent of task ``task_id``: until the server stops, or -- a grouped task
+        with ``serve.group_idle_s`` -- until no call was in flight for that long."""
+        group = self._grouped.get(task_id)
+        if group is None or not self._idle_s:
+            await self.stopping.wait()
+            return
+        while not self.stopping.is_set():
+            with anyio.CancelScope() as scope:
+                group.idle = scope
+                if not group.calls:
+                    scope.deadline = group.last + self._idle_s
+                await self.stopping.wait()
+            group.idle = None
+            if not group.calls and anyio.current_time() >= group.last + self._idle_s:
+                # no await from the check to here: a call arriving now waits for `closed`
+                group.closed = anyio.Event()
+                _log.debug("serve_group_idle", task_id=task_id, idle_s=self._idle_s)
+                return
+
+    def _group_ended(self, handle: TaskHandle) -> None:
+        """A task's end is recorded: a grouped one is forgotten (the server stopping
+        keeps its tasks for the run's report).  One that ran and ended other than idle
+        leaves a tombstone, so its calls are still refused."""
+        group = self._grouped.get(handle.id)
+        if group is None or (group.handle is not None and group.handle is not handle):
+            return
+        if self.stopping.is_set():
+            if group.closed is not None:
+                group.closed.set()  # its waiters learn that the server is stopping
+            return
+        del self._grouped[handle.id]
+        if group.closed is None and group.started is None:  # ran, then ended: spent
+            self._ended[handle.id] = (str(handle.status), handle.reason or str(handle.status))
+        self.orchestrator.forget(handle.id)
+        if group.closed is not None:
+            group.closed.set()
+
     async def _run(self) -> None:
         try:
-            await self.orchestrator.run()
+            self.report = await self.orchestrator.run()
         except BaseException as exc:
             self._failure = exc
             raise
