@@ -209,6 +209,14 @@ class Tracker:
         """Check, then hold ``tokens``/``cost_usd`` against every scope until charged."""
         return self._reservations.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
 
+    def reserve_now(self, task_id: str, *, model: str, tokens: int, cost_usd: float,
+                    prompt_tokens: int, completion_tokens: int) -> Reservation | None:
+        """A model call's :meth:`check` and :meth:`reserve` in one pass, when no wait is
+        needed (see :meth:`Reservations.reserve_now`); None: use :meth:`reserve_shared`."""
+        return self._reservations.reserve_now(
+            task_id, model=model, tokens=tokens, cost_usd=cost_usd,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
     def reserve_shared(
         self, task_id: str, *, model: str, tokens: int, cost_usd: float, checked: bool = False,
     ) -> Awaitable[Reservation]:
