@@ -253,10 +253,13 @@ def open_call_row(key: str, value: dict[str, Any]) -> tuple[Any, ...] | None:
     shape (it is kept as JSON)."""
     if len(value) != len(OPEN_CALL_FIELDS):
         return None
-    try:
-        row = (key, *[value[f] for f in OPEN_CALL_FIELDS])
-    except KeyError:
-        return None
+    if tuple(value) == OPEN_CALL_FIELDS:  # keys in the columns' order (the tracker's)
+        row = (key, *value.values())
+    else:
+        try:
+            row = (key, *[value[f] for f in OPEN_CALL_FIELDS])
+        except KeyError:
+            return None
     return row if tuple(map(type, row)) == _OPEN_CALL_TYPES else None
 
 
