@@ -41,7 +41,10 @@ def test_r1_5_an_open_call_cancelled_while_its_record_commits_leaves_no_record(
                 follower.cancel()  # the second write waits in this very batch
                 return await commit(writes)
 
-            store.group._commit = cancelling  # type: ignore[method-assign]
+            store.group._commit = cancelling
+
+            async def call_in_flight() -> None:
+                await tracker.open_call(first, prompt_tokens=60, output_tokens=40)
 
             async def cancelled_call() -> None:
                 with follower:
@@ -50,10 +53,9 @@ def test_r1_5_an_open_call_cancelled_while_its_record_commits_leaves_no_record(
 
             async with anyio.create_task_group() as tg:
                 # the first write leads the batch and gathers the second in it
-                tg.start_soon(lambda: tracker.open_call(first, prompt_tokens=60,
-                                                        output_tokens=40))
+                tg.start_soon(call_in_flight)
                 tg.start_soon(cancelled_call)
-            store.group._commit = commit  # type: ignore[method-assign]
+            store.group._commit = commit
             assert follower.cancelled_caught
             return await store.list_state("open_call"), first.event_id, second.event_id
         finally:
