@@ -78,11 +78,16 @@ class Reservations:
             if elapsed >= limit:
                 raise BudgetExceededError(task.name, "time_s", elapsed, limit)
         call = bool(prompt_tokens or completion_tokens)
-        # only what this request asks for (often two of the five) is checked
-        wanted = [(dim, amount) for dim, amount in (
-            ("tokens", tokens), ("cost_usd", cost_usd), ("file_edits", file_edits),
-            ("shell_commands", shell_commands), ("dangerous_commands", dangerous_commands),
-        ) if amount]  # a list comprehension: one frame, not a generator resumed per item
+        # only what this request asks for (a model call's two of the five) is checked
+        wanted: list[tuple[str, float]] = []
+        if tokens:
+            wanted.append(("tokens", tokens))
+        if cost_usd:
+            wanted.append(("cost_usd", cost_usd))
+        if file_edits or shell_commands or dangerous_commands:  # an operation's
+            wanted += [(dim, amount) for dim, amount in (
+                ("file_edits", file_edits), ("shell_commands", shell_commands),
+                ("dangerous_commands", dangerous_commands)) if amount]
         by_model = bool(model and tokens)
         # one pass over the scopes: a model call's own limits (prompt, completion, cache)
         # are checked in every scope before the other amounts, so an error over those is
