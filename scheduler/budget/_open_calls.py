@@ -133,17 +133,21 @@ class OpenCalls:
         self._seen = seen
         return stale
 
-    def describe(self, **fields: Any) -> dict[str, Any]:
-        """The record of a call about to go out: ``fields`` (the :class:`OpenCall` fields
-        but the process's) and this process's.  A plain dict, what the store keeps: a
-        frozen record made and taken apart again per call cost more than the rest of
-        writing it."""
-        fields.update(host=self._host, pid=self._pid, run=self._run)
-        return fields
-
-    def open(self, record: dict[str, Any]) -> Awaitable[None]:
-        """Write ``record`` (the store's write itself: no coroutine of its own per call)."""
-        return self._store.put_state(OPEN, record["event_id"], record)
+    def open(self, event_id: str, task_id: str, session_id: str, day: str, agent: str,
+             task_type: str, model: str, prompt_tokens: int, output_tokens: int,
+             cost_usd: float, day_scope: str) -> Awaitable[None]:
+        """Write the record of a call about to go out (the :class:`OpenCall` fields, with
+        this process's): the store's write itself, no coroutine of its own per call.  A
+        plain dict, what the store keeps, its keys in the order of the fields (SQLite takes
+        its values as a row as they are): a frozen record made and taken apart again per
+        call cost more than the rest of writing it."""
+        return self._store.put_state(OPEN, event_id, {
+            "event_id": event_id, "task_id": task_id, "session_id": session_id, "day": day,
+            "agent": agent, "task_type": task_type, "model": model,
+            "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
+            "cost_usd": cost_usd, "host": self._host, "pid": self._pid,
+            "run": self._run, "day_scope": day_scope,
+        })
 
     async def close(self, event_id: str) -> None:
         await self._store.delete_state(OPEN, event_id)

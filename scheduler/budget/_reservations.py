@@ -60,8 +60,9 @@ class Reservations:
         self, task_id: str, *, model: str = "", tokens: int = 0, cost_usd: float = 0.0,
         file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0,
         prompt_tokens: int = 0, completion_tokens: int = 0,
-    ) -> None:
-        """Raise :class:`BudgetExceededError` if the request would cross any limit.
+    ) -> tuple[ScopeState, ...]:
+        """Raise :class:`BudgetExceededError` if the request would cross any limit; else
+        return the scopes checked (the task's, innermost first, as :meth:`Scopes.of_task`).
 
         A model call (``prompt_tokens`` or ``completion_tokens`` given) is also checked
         against the prompt and completion limits, and refused once a cache-read or
@@ -77,17 +78,23 @@ class Reservations:
             if elapsed >= limit:
                 raise BudgetExceededError(task.name, "time_s", elapsed, limit)
         call = bool(prompt_tokens or completion_tokens)
-        # only what this request asks for (often two of the five) is checked
-        wanted = [(dim, amount) for dim, amount in (
-            ("tokens", tokens), ("cost_usd", cost_usd), ("file_edits", file_edits),
-            ("shell_commands", shell_commands), ("dangerous_commands", dangerous_commands),
-        ) if amount]  # a list comprehension: one frame, not a generator resumed per item
+        # only what this request asks for (a model call's two of the five) is checked
+        wanted: list[tuple[str, float]] = []
+        if tokens:
+            wanted.append(("tokens", tokens))
+        if cost_usd:
+            wanted.append(("cost_usd", cost_usd))
+        if file_edits or shell_commands or dangerous_commands:  # an operation's
+            wanted += [(dim, amount) for dim, amount in (
+                ("file_edits", file_edits), ("shell_commands", shell_commands),
+                ("dangerous_commands", dangerous_commands)) if amount]
         by_model = bool(model and tokens)
         # one pass over the scopes: a model call's own limits (prompt, completion, cache)
         # are checked in every scope before the other amounts, so an error over those is
         # raised only once every scope took the call's own (see ``Admission.admit``)
         over: BudgetExceededError | None = None
-        for scope in self._scopes.of_task(task_id):
+        scopes = self._scopes.of_task(task_id)
+        for scope in scopes:
             caps = scope.caps()
             if not caps:
                 continue  # an unlimited scope (often the session and the day)
@@ -108,14 +115,34 @@ class Reservations:
                 over = exc
         if over is not None:
             raise over
+        return scopes
 
     def reserve(self, task_id: str, *, model: str, tokens: int, cost_usd: float,
                 checked: bool = False) -> Reservation:
         """Check (unless the caller ``checked`` these amounts just now, with no wait
         since), then hold ``tokens``/``cost_usd`` against every scope until charged."""
-        if not checked:
-            self.check(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
-        scopes = self._scopes.of_task(task_id)
+        if checked:
+            scopes = self._scopes.of_task(task_id)
+        else:
+            scopes = self.check(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
+        return self._held(task_id, model, tokens, cost_usd, scopes)
+
+    def reserve_now(self, task_id: str, *, model: str, tokens: int, cost_usd: float,
+                    prompt_tokens: int, completion_tokens: int) -> Reservation | None:
+        """A model call's :meth:`check` (with its prompt and completion estimates) and
+        :meth:`reserve` in one pass over the scopes, when this process alone decides and
+        nothing needs awaiting: None, checking nothing, with a shared ledger or while
+        today's totals are not loaded yet (midnight passed: :meth:`reserve_shared` loads
+        them).  Raises :class:`BudgetExceededError` over any limit."""
+        if self._ledger is not None or not self._scopes.loaded(self._scopes.today()):
+            return None
+        scopes = self.check(task_id, model=model, tokens=tokens, cost_usd=cost_usd,
+                            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return self._held(task_id, model, tokens, cost_usd, scopes)
+
+    def _held(self, task_id: str, model: str, tokens: int, cost_usd: float,
+              scopes: tuple[ScopeState, ...]) -> Reservation:
+        """Hold the amounts against ``scopes`` (the task's, as just checked)."""
         for s in scopes:
             s.reserved_tokens += tokens
             s.reserved_cost += cost_usd

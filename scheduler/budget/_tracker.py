@@ -222,6 +222,14 @@ class Tracker:
         """Check, then hold ``tokens``/``cost_usd`` against every scope until charged."""
         return self._reservations.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
 
+    def reserve_now(self, task_id: str, *, model: str, tokens: int, cost_usd: float,
+                    prompt_tokens: int, completion_tokens: int) -> Reservation | None:
+        """A model call's :meth:`check` and :meth:`reserve` in one pass, when no wait is
+        needed (see :meth:`Reservations.reserve_now`); None: use :meth:`reserve_shared`."""
+        return self._reservations.reserve_now(
+            task_id, model=model, tokens=tokens, cost_usd=cost_usd,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
     def reserve_shared(
         self, task_id: str, *, model: str, tokens: int, cost_usd: float, checked: bool = False,
     ) -> Awaitable[Reservation]:
@@ -256,24 +264,31 @@ class Tracker:
         await self._reservations.release(reservation)
         await self._close(reservation)
 
-    async def open_call(
+    def open_call(
         self, reservation: Reservation, *, prompt_tokens: int, output_tokens: int
-    ) -> None:
+    ) -> Awaitable[None]:
         """Record ``reservation`` durably before its call goes out: a crash then leaves a
-        record that the next start charges at this estimate (see ``_open_calls``)."""
-        if not reservation.event_id:
-            reservation.event_id = self.next_event_id(reservation.task_id)
-        entry = self._scopes.tasks.get(reservation.task_id)
-        await self._open_calls.open(self._open_calls.describe(
-            event_id=reservation.event_id, task_id=reservation.task_id,
-            session_id=self.session_id, day=self._scopes.today().isoformat(),
-            agent=entry.agent if entry else "",
-            task_type=entry.profile.task_type if entry else "", model=reservation.model,
-            day_scope=(entry.day_root or "") if entry else "",
-            prompt_tokens=prompt_tokens, output_tokens=output_tokens,
-            cost_usd=reservation.cost_usd,
-        ))
+        record that the next start charges at this estimate (see ``_open_calls``).
+
+        Returns the store's write itself (no coroutine of this method per call).  The
+        reservation counts as recorded from now on: a caller cancelled while its batch
+        commits has its record written all the same (a commit is never cancelled
+        half-way), so releasing the reservation must delete it."""
+        task_id = reservation.task_id
+        event_id = reservation.event_id
+        if not event_id:
+            event_id = reservation.event_id = self.next_event_id(task_id)
+        entry = self._scopes.tasks.get(task_id)
+        if entry is None:
+            agent = task_type = day_scope = ""
+        else:
+            agent, task_type = entry.agent, entry.profile.task_type
+            day_scope = entry.day_root or ""
         reservation.durable = True
+        return self._open_calls.open(
+            event_id, task_id, self.session_id, self._scopes.today().isoformat(), agent,
+            task_type, reservation.model, prompt_tokens, output_tokens,
+            reservation.cost_usd, day_scope)
 
     async def _close(self, reservation: Reservation | None) -> None:
         if reservation is not None and reservation.durable:

@@ -36,15 +36,10 @@ class _Pending(Generic[E, R]):
 
     def __init__(self, entry: E) -> None:
         self.entry = entry
-        self.woken: Any = None  # only a write that waits needs one (see _wakeup)
+        self.woken: Any = None  # only a write that waits needs one (see submit)
         self.lead = False
         self.result: R | None = None
         self.error: BaseException | None = None
-
-    def outcome(self) -> R:
-        if self.error is not None:
-            raise self.error
-        return self.result  # type: ignore[return-value]  # set by the leader's commit
 
 
 class GroupCommit(Generic[E, R]):
@@ -72,9 +67,14 @@ class GroupCommit(Generic[E, R]):
             self._leading = True
             op.lead = True
         else:
-            op.woken = woken = _wakeup()
+            # what the write parks on: a future of the running asyncio loop (one object,
+            # no backend lookup -- ``anyio.Event()`` asks sniffio which library runs, per
+            # write), else an :class:`anyio.Event`
+            loop = asyncio._get_running_loop()  # None, not an exception, off asyncio
+            woken: Any = anyio.Event() if loop is None else loop.create_future()
+            op.woken = woken
             try:  # a future (asyncio), awaited as it is: every follower of a batch waits
-                await (woken.wait() if isinstance(woken, anyio.Event) else woken)
+                await (woken.wait() if loop is None else woken)
             except BaseException:
                 if op in self._queue and not op.lead:
                     self._queue.remove(op)  # never written, never acknowledged
@@ -85,7 +85,9 @@ class GroupCommit(Generic[E, R]):
         if op.lead:
             with anyio.CancelScope(shield=True):
                 await self._lead()
-        return op.outcome()
+        if op.error is not None:
+            raise op.error
+        return op.result  # type: ignore[return-value]  # set by the leader's commit
 
     async def wait_idle(self) -> None:
         """Return once no commit is under way (before closing the connection)."""
@@ -131,16 +133,14 @@ class GroupCommit(Generic[E, R]):
                     self._idle.set()
                     self._idle = None
             for op in batch:
-                if op.woken is not None:
-                    _wake(op.woken)
-
-
-def _wakeup() -> Any:
-    """What a waiting write parks on: a future of the running asyncio loop (one object,
-    no backend lookup -- ``anyio.Event()`` asks sniffio which library runs, per write),
-    else an :class:`anyio.Event`."""
-    loop = asyncio._get_running_loop()  # None, not an exception, off asyncio
-    return anyio.Event() if loop is None else loop.create_future()
+                woken = op.woken
+                if woken is None:
+                    continue  # the leader's own write
+                if isinstance(woken, asyncio.Future):  # inline: once per write
+                    if not woken.done():  # a future its waiter's cancellation ended
+                        woken.set_result(None)
+                else:
+                    woken.set()
 
 
 def _wake(woken: Any) -> None:

@@ -63,37 +63,40 @@ class Admission:
         and cache limits before the call, like the total and the cost (R1.1).  A task
         whose spec says ``on_limit = "reject"`` gets the ``BudgetExceededError`` instead.
         """
-        ctl = self.controller
+        ctl, task_id = self.controller, task.id  # a property: read once
         reject = task.spec.on_limit == "reject"
         while True:
-            crossings = self.tracker.time_crossings(task.id)
+            crossings = self.tracker.time_crossings(task_id)
             if crossings:
                 await self._signal(task, crossings)
             else:
                 self._mirror(task)
-            if reject and ctl.is_paused(task.id):
-                await ctl.discard(task.id)  # the alerts' 100 % pause: refused below instead
-            await self.pause_point(task)
+            if ctl.is_paused(task_id):  # a safe point (:meth:`pause_point`); most calls
+                if reject:                # find no pause pending: no coroutine to await
+                    await ctl.discard(task_id)  # the alerts' 100 % pause: refused below
+                await self.pause_point(task)
             try:
-                checked = _checked(self.tracker, task.id, model, tokens, cost, prompt_tokens,
-                                   completion_tokens)
-                reservation = await ctl.reserve(task.id, model=model, tokens=tokens,
-                                                cost_usd=cost, checked=checked)
+                now = _reserved(self.tracker, task_id, model, tokens, cost, prompt_tokens,
+                                completion_tokens)
+                if isinstance(now, Reservation):  # the usual case: held, nothing awaited
+                    return now
+                reservation = await ctl.reserve(task_id, model=model, tokens=tokens,
+                                                cost_usd=cost, checked=now)
                 if reservation.hold is not None and not reservation.hold.local:
                     self._holds[id(reservation)] = reservation  # until :meth:`ended`
                 return reservation
             except BudgetExceededError as exc:
                 if reject:  # the caller answers it (serve keys)
                     raise
-                await ctl.request_pause(task.id, error=exc)
+                await ctl.request_pause(task_id, error=exc)
             except OverdraftDeniedError as exc:
                 cause = exc.__cause__
                 await ctl.request_pause(
-                    task.id, exc.reason,
+                    task_id, exc.reason,
                     error=cause if isinstance(cause, BudgetExceededError) else None,
                 )
             await self.on_pause(task)
-            _decided(task, await ctl.wait_decision(task.id))
+            _decided(task, await ctl.wait_decision(task_id))
 
     async def admit_ops(
         self, task: TaskHandle, *, file_edits: int = 0, shell_commands: int = 0,
@@ -174,12 +177,19 @@ class Admission:
 _RESERVED = frozenset({"tokens", "cost_usd"})
 
 
-def _checked(tracker: Tracker, task_id: str, model: str, tokens: int, cost: float,
-             prompt_tokens: int, completion_tokens: int) -> bool:
-    """One pass over the budgets for a call: True when every limit takes it.  A call over
-    its prompt, completion or cache limits (or the time budget) raises; one over what a
-    reservation holds answers False, and reserving raises or covers it (overdraft)."""
+def _reserved(tracker: Tracker, task_id: str, model: str, tokens: int, cost: float,
+              prompt_tokens: int, completion_tokens: int) -> Reservation | bool:
+    """One pass over the budgets for a call: its reservation when this process alone
+    decides (no shared ledger, today's totals loaded: nothing to await); else True when
+    every limit takes it, and the pause controller reserves it.  A call over its prompt,
+    completion or cache limits (or the time budget) raises; one over what a reservation
+    holds answers False, and reserving raises or covers it (overdraft)."""
     try:
+        now = tracker.reserve_now(task_id, model=model, tokens=tokens, cost_usd=cost,
+                                  prompt_tokens=prompt_tokens,
+                                  completion_tokens=completion_tokens)
+        if now is not None:
+            return now
         tracker.check(task_id, model=model, tokens=tokens, cost_usd=cost,
                       prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     except BudgetExceededError as exc:

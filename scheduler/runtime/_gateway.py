@@ -40,7 +40,6 @@ from scheduler.core import (
     ProviderError,
     ProviderTimeoutError,
     TextSink,
-    Usage,
     UsageEvent,
     check_options,
     cost_usd,
@@ -64,6 +63,7 @@ from scheduler.runtime._requests import check_request
 from scheduler.runtime._tiers import cheaper, next_fallback, over_budget
 from scheduler.tasks import TaskHandle
 
+_MTOK = 1_000_000.0  # per-million prices to per-token ones, as ``cost_usd`` divides them
 #: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
 AttemptFn = Callable[..., Awaitable[Completion]]
 #: The lease step, ``(task, tokens, reservation) -> Lease``.
@@ -116,6 +116,9 @@ class Gateway:
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
         self._clock = clock
         self._count_api = config.provider.count_tokens == "api"  # the config is frozen
+        #: Per model, its input and output price per token in ``_rates_of``.
+        self._rates: dict[str, tuple[float, float]] = {}
+        self._rates_of: VibeConfig | None = None
         #: One copy of each routing reason text, for the calls routed alike.
         self._reasons = SharedTexts()
         #: The attempt and lease steps as called; :meth:`instrument` wraps them.
@@ -399,7 +402,15 @@ class Gateway:
         return Estimate(est.raw, int(await count(request)), est.model)
 
     def estimated_cost(self, model: str, prompt_tokens: int, max_tokens: int) -> float:
-        return cost_usd(Usage(prompt_tokens, max_tokens), self.config.model_spec(model))
+        """``cost_usd`` of a call's estimate, from per-token prices read once per config."""
+        if self._rates_of is not self.config:  # the prices a config names never change
+            self._rates, self._rates_of = {}, self.config
+        rate = self._rates.get(model)
+        if rate is None:
+            spec = self.config.model_spec(model)
+            rate = self._rates[model] = (spec.input_usd_per_mtok / _MTOK,
+                                         spec.output_usd_per_mtok / _MTOK)
+        return prompt_tokens * rate[0] + max_tokens * rate[1]
 
     # 3 admit (operations) ------------------------------------------------------------
     async def admit_ops(self, task: TaskHandle, *, file_edits: int = 0,

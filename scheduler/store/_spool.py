@@ -24,7 +24,9 @@ class SpooledEvent:
     hold_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen, though never changed once made: a frozen dataclass sets each field through
+# ``object.__setattr__``, three times the cost, and every model call makes two of these
+@dataclass(slots=True)
 class SpooledState:
     kind: str
     key: str

@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -284,14 +284,15 @@ class SqliteStore:
 
     # -- state -------------------------------------------------------------------------
 
-    async def put_state(self, kind: str, key: str, value: dict[str, Any]) -> None:
+    def put_state(self, kind: str, key: str, value: dict[str, Any]) -> Coroutine[Any, Any, Any]:
+        """The group commit's write itself (no coroutine of this method: every model call
+        writes its open-call record here)."""
         # an open call's record is a row of its own table (see ``OPEN_CALL``); any other
         # is encoded here: a value JSON cannot hold fails its caller only (once is enough)
         row = open_call_row(key, value) if kind == OPEN_CALL else None
         if row is not None:
-            await self.group.submit((SpooledState(kind, key, value, row=row),))
-        else:
-            await self.group.submit((SpooledState(kind, key, value, _encode_sorted(value)),))
+            return self.group.submit((SpooledState(kind, key, value, row=row),))
+        return self.group.submit((SpooledState(kind, key, value, _encode_sorted(value)),))
 
     async def put_states(self, kind: str, records: Sequence[tuple[str, dict[str, Any]]]
                          ) -> None:

@@ -256,10 +256,13 @@ def open_call_row(key: str, value: dict[str, Any]) -> list[Any] | None:
     the rows of a burst of calls stayed allocated (0.16 KiB per agent of a run's peak)."""
     if len(value) != len(OPEN_CALL_FIELDS):
         return None
-    try:
-        row = [key, *[value[f] for f in OPEN_CALL_FIELDS]]
-    except KeyError:
-        return None
+    if tuple(value) == OPEN_CALL_FIELDS:  # keys in the columns' order (the tracker's)
+        row = [key, *value.values()]
+    else:
+        try:
+            row = [key, *[value[f] for f in OPEN_CALL_FIELDS]]
+        except KeyError:
+            return None
     return row if all(map(_is, map(type, row), _OPEN_CALL_TYPES)) else None
 
 
