@@ -472,7 +472,12 @@ class Gateway:
     def mirror(self, task: TaskHandle) -> None:
         """Mirror the alert flags onto the task handle: :meth:`signal` without crossings
         (most calls cross no threshold: no coroutine to make and await)."""
-        alerts, task_id, signals = self.alerts, task.id, task.signals
+        alerts, signals = self.alerts, task.signals
+        if not alerts.flagged:  # no scope has flags (the usual case): the defaults
+            signals.prefer_cheaper = signals.aggressive = False
+            signals.alert_level = "ok"
+            return
+        task_id = task.id
         flags = alerts.flags(task_id)
         signals.prefer_cheaper = flags.prefer_cheaper
         signals.aggressive = flags.aggressive
