@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from functools import reduce
+from operator import add
 from typing import Any
 
 from scheduler.core import Totals, Usage, UsageEvent
@@ -211,10 +213,11 @@ def _add_totals(db: sqlite3.Connection, fresh: list[UsageEvent]) -> None:
     if shared:
         sums = _current_totals(db, shared)
         for scope in shared:
-            row = sums[scope]
-            for amounts in per_scope[scope]:
-                for i, amount in enumerate(amounts):
-                    row[i] += amount
+            # per column, left to right from the stored total (reduce: a plain add per
+            # amount, never sum()'s compensated float addition)
+            columns = zip(*per_scope[scope], strict=True)
+            sums[scope] = [reduce(add, column, total)
+                           for total, column in zip(sums[scope], columns, strict=True)]
         db.executemany(_SET_TOTALS, [(scope, *row) for scope, row in sums.items()])
     if models:
         db.executemany(_ADD_MODEL, [(s, m, tokens) for (s, m), tokens in models.items()])
