@@ -445,8 +445,8 @@ class Scopes:
                 used: float = totals.tokens_by_model.get(dim[7:], 0)
             else:
                 used = getattr(totals, dim)
-            if used >= lim * low or dim == "cost_usd":  # else the usual answer: none
-                out += self._fire(scope, dim, used, lim)
+            if used >= lim * low or (dim == "cost_usd" and scope.limits.cost_warning_usd):
+                out += self._fire(scope, dim, used, lim)  # else the usual answer: none
         return out
 
     def time_crossings(self, task_id: str) -> list[Crossing]:

@@ -256,7 +256,10 @@ class Gateway:
         """R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier."""
         task, messages = call.task, call.messages
         info = info or task_info(task, hints)
-        completion = await self._scored(task, messages, completion)
+        if completion.quality is None:  # _scored, without a coroutine more per call
+            quality = await self.scorer.score(task, list(messages), completion)
+            if quality is not None:
+                completion = replace(completion, quality=quality)
         for _ in range(len(self.router.catalog.tiers) - 1):
             upgrade = self.router.report_outcome(
                 info, route.model, success=True, quality=completion.quality,
