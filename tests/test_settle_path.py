@@ -5,6 +5,8 @@ mirrors the alert flags without a lookup only while no scope has any."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,11 @@ from policies.fairness import PriorityWithFairness, WaiterView
 from scheduler import Completion, CompletionRequest, Limits, TaskSpec, Usage, VibeConfig
 from scheduler.allocator import Allocator, open_allocator
 from scheduler.budget import resolve_task
-from scheduler.core import FixedWallClock
+from scheduler.core import FixedWallClock, UsageEvent
 from scheduler.runtime import AgentContext
-from scheduler.store import Store, task_day_scope
+from scheduler.store import SqliteStore, Store, task_day_scope
+from scheduler.store._spool import SpooledEvent, SpooledState
+from scheduler.store._sqlite_sql import OPEN_CALL, apply, init_schema
 from scheduler.testing import FRIDAY, ScriptedProvider, build_orchestrator
 from tests._allocator_helpers import pool_config
 from tests._helpers import Tracker, event
@@ -178,3 +182,69 @@ async def test_r3_2_a_session_warning_reaches_the_next_call_of_every_task(
         seen.append(_CallsAndRecords.seen)
     assert seen[0] == {"big": (False, "ok"), "small": (False, "ok")}
     assert seen[1] == {"big": (True, "warning"), "small": (True, "warning")}
+
+
+async def _record_together(store: SqliteStore, writes: list[tuple[UsageEvent, str]]
+                           ) -> list[bool]:
+    """Record each event (closing its open-call key, if any) in one loop turn: one batch."""
+    batches = store.group.batches
+    out: dict[int, bool] = {}
+
+    async def one(i: int, ev: UsageEvent, key: str) -> None:
+        out[i] = await (store.record_and_delete_state(ev, OPEN_CALL, key) if key
+                        else store.record(ev))
+
+    async with anyio.create_task_group() as tg:
+        for i, (ev, key) in enumerate(writes):
+            tg.start_soon(one, i, ev, key)
+    assert store.group.batches == batches + 1  # one commit for them all
+    return [out[i] for i in range(len(writes))]
+
+
+async def test_r2_1_an_event_twice_in_one_batch_is_recorded_and_counted_once(
+    tmp_path: Path,
+) -> None:
+    """R2.1: the events of one commit are inserted together; one recorded before, or
+    twice in the batch, still answers False and adds to no total again."""
+    store = SqliteStore(tmp_path / "vibe.db")
+    await store.open()
+    await store.record(event(1))
+    fresh = await _record_together(store, [(event(1), ""), (event(2), ""), (event(2), ""),
+                                           (event(3), "")])
+    assert fresh[0] is False and fresh[3] is True
+    assert sorted(fresh[1:3]) == [False, True]  # the first of the two in the batch
+    assert (await store.totals("session:s1")).tokens == 3 * 150
+    assert (await store.totals("task:t1")).calls == 3
+    assert [e.event_id for e in await store.events()] == ["e1", "e2", "e3"]
+    await store.aclose()
+
+
+async def test_r2_1_open_calls_closed_in_one_batch_are_gone_whatever_their_form(
+    tmp_path: Path,
+) -> None:
+    """R2.1: the open-call records a batch's charges close are deleted together -- one
+    kept as JSON (a record of another shape) and a key already gone included."""
+    store = SqliteStore(tmp_path / "vibe.db")
+    await store.open()
+    await store.put_state(OPEN_CALL, "as-json", {"shape": "not a row"})
+    fresh = await _record_together(store, [(event(1), "as-json"), (event(2), "gone")])
+    assert fresh == [True, True]
+    assert await store.list_state(OPEN_CALL) == {}
+    await store.aclose()
+
+
+def test_r2_1_an_open_call_written_after_its_key_was_closed_in_the_batch_stays(
+    tmp_path: Path,
+) -> None:
+    """R2.1: the closes of a batch are deleted together, but before a later write of the
+    same key: the record written last stays (a transaction's writes keep their order)."""
+    db = sqlite3.connect(tmp_path / "vibe.db", isolation_level=None)
+    init_schema(db)
+    value = {"shape": "kept as JSON"}
+    apply(db, [SpooledState(OPEN_CALL, "k", value, json.dumps(value))])
+    apply(db, [SpooledEvent(event(1)), SpooledState(OPEN_CALL, "k", None),
+               SpooledState(OPEN_CALL, "k", value, json.dumps(value)),
+               SpooledEvent(event(2)), SpooledState(OPEN_CALL, "other", None)])
+    rows = db.execute("SELECT key, value FROM state WHERE kind = ?", (OPEN_CALL,)).fetchall()
+    assert rows == [("k", json.dumps(value))]
+    db.close()
