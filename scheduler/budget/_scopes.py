@@ -439,8 +439,11 @@ class Scopes:
         """Thresholds ``scope`` has passed and not reported yet (marks them reported)."""
         out: list[Crossing] = []
         low = self._lowest  # below it, no threshold is passed (but a cost warning's own)
-        totals = scope.totals  # read here, not through ``used`` per dimension: every
-        for dim, lim in scope.limited():  # charge asks this of each of its scopes
+        # every charge asks this of each of its scopes: the limits and totals are read
+        # here, not through ``limited`` and ``used`` per dimension
+        totals = scope.totals
+        limited = scope._limited if scope._caps_of is scope.limits else scope.limited()
+        for dim, lim in limited:
             if dim.startswith("tokens:"):
                 used: float = totals.tokens_by_model.get(dim[7:], 0)
             else:
