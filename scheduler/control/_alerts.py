@@ -110,8 +110,8 @@ class AlertRuntime:
         self.policy: AlertPolicy = policy or DefaultAlertPolicy()
         self.controller = controller
         self._flags: dict[str, AlertFlags] = {}
-        #: The flags by scope name, read only (empty until an alert sets a scope's flags:
-        #: then every task's flags are the defaults, without a lookup per call).
+        #: The flags by scope name, read only: while no alert has set any, every task's
+        #: flags are the defaults (the gateway mirrors them without a lookup per call).
         self.flagged: Mapping[str, AlertFlags] = self._flags
         self._fired: dict[str, int] = {}
         if controller is not None:
