@@ -173,10 +173,11 @@ class Allocator:
 
     def set_token_fraction(self, holder: str, fraction: float) -> None:
         """Feed the task's tokens used ÷ task budget (above ``demotion_at`` → −1, R5.2)."""
-        h = self._holder(holder)
+        h = self._holders.get(holder) or self._holder(holder)
         if h.token_fraction != fraction:
             h.token_fraction = fraction
-            self._reindex_holder(h)
+            if not self._dispatcher.fraction_changed(h):
+                self._reindex_holder(h)
 
     def set_blocking(self, holder: str, blocking: bool) -> None:
         """Mark whether other tasks wait on ``holder`` (→ priority at least 3, R5.2)."""

@@ -9,7 +9,7 @@ A reservation ends settled (the call's usage is recorded), or released.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -234,22 +234,27 @@ class Reservations:
             return True
         return bool(await renew(hold))
 
-    async def settle(self, event: UsageEvent, reservation: Reservation | None, *,
-                     close: tuple[str, str] | None = None) -> bool:
+    def settle(self, event: UsageEvent, reservation: Reservation | None, *,
+               close: tuple[str, str] | None = None) -> Awaitable[bool]:
         """Record ``event`` durably, ending ``reservation`` (its shared hold is released
         in the same atomic step); ``False`` when the event was already recorded.  The
         state record ``close`` (kind, key) is deleted after the event is recorded, in the
-        same transaction when the store can."""
+        same transaction when the store can.  The reservation ends now; the awaitable
+        returned is the store's write itself (no coroutine more per charge)."""
         hold = None
         if reservation is not None:
             self.cancel(reservation)
             hold, reservation.hold = reservation.hold, None
         if hold is not None and self._ledger is not None:
-            added = await self._ledger.settle(event, hold)
-        elif close is not None:
-            return await record_and_delete_state(self._store, event, *close)
-        else:
-            return await self._store.record(event)
+            return self._settle_shared(event, hold, close)
+        if close is not None:
+            return record_and_delete_state(self._store, event, *close)
+        return self._store.record(event)
+
+    async def _settle_shared(self, event: UsageEvent, hold: Hold,
+                             close: tuple[str, str] | None) -> bool:
+        assert self._ledger is not None
+        added = await self._ledger.settle(event, hold)
         if close is not None:
             await self._store.delete_state(*close)
         return added

@@ -358,31 +358,60 @@ class Scopes:
 
     async def add(self, event: UsageEvent) -> list[Crossing]:
         """Add a recorded event to each of its scopes; return the new threshold crossings."""
-        entry = self.tasks.get(event.task_id)
-        touched: list[ScopeState] = []
-        if entry is not None:
+        added = self.add_loaded(event)
+        if added is not None:
+            return added
+        # the first event of a new day: the totals loaded now include it (recorded)
+        when, entry = date.fromisoformat(event.day), self.tasks.get(event.task_id)
+        new_day = event.day not in self._loaded
+        if new_day:
+            await self.ensure_day(when)
+        name = task_day_scope(event.day_scope, event.day)
+        new_task_day = entry is not None and bool(event.day_scope) and name not in self._loaded
+        if new_task_day:
+            await self.ensure_task_day(event.day_scope, when)
+        added = self.add_loaded(event, loaded_day=new_day, loaded_task_day=new_task_day)
+        if added is None:  # its per-day scope's task is not (or no longer) started
+            raise VibeEngineError(f"unknown task {event.day_scope!r}: call start_task first")
+        return added
+
+    def add_loaded(self, event: UsageEvent, *, loaded_day: bool = False,
+                   loaded_task_day: bool = False) -> list[Crossing] | None:
+        """:meth:`add` without a wait, when the event's day scopes are loaded (every charge
+        but a day's first); None, adding nothing, when one is not.  ``loaded_*``: that
+        scope was loaded after the event was recorded (it holds the event already)."""
+        loaded, day, entry = self._loaded, event.day, self.tasks.get(event.task_id)
+        task_day: ScopeState | None = None
+        if entry is not None and event.day_scope:
+            task_day = self.task_days.get(task_day_scope(event.day_scope, day))
+            if task_day is None or task_day.name not in loaded:
+                return None
+        if day not in loaded:
+            return None
+        out: list[Crossing] = []
+        if entry is not None:  # the task's scope, its parent's
             entry.scope.totals.add(event)
+            out += self.crossings(entry.scope)
+            parent = self.tasks.get(entry.parent) if entry.parent is not None else None
             if event.model:
                 entry.actions += 1
-            touched.append(entry.scope)
-            parent = self.tasks.get(entry.parent) if entry.parent is not None else None
+                if parent is not None:
+                    parent.actions += 1
             if parent is not None:
                 parent.scope.totals.add(event)
-                if event.model:
-                    parent.actions += 1
-                touched.append(parent.scope)
-            if event.day_scope:
-                touched.append(await self._add_to_task_day(event))
+                out += self.crossings(parent.scope)
+        if task_day is not None:
+            if not loaded_task_day:
+                task_day.totals.add(event)
+            out += self.crossings(task_day)
         if event.session_id == self._session_id:
             self.session.totals.add(event)
-            touched.append(self.session)
-        if event.day in self._loaded:
-            day = self.days[event.day]
-            day.totals.add(event)
-        else:  # first event of a new day: the totals loaded now include it (recorded)
-            day = await self.ensure_day(date.fromisoformat(event.day))
-        touched.append(day)
-        return [c for s in touched for c in self.crossings(s)]
+            out += self.crossings(self.session)
+        state = self.days[day]
+        if not loaded_day:
+            state.totals.add(event)
+        out += self.crossings(state)
+        return out
 
     def add_recovered(self, event: UsageEvent) -> None:
         """Add an estimate charged for a call another process left open to the scopes here
@@ -406,16 +435,6 @@ class Scopes:
             return None  # another session's use of a task that counts per session
         return entry.scope
 
-    async def _add_to_task_day(self, event: UsageEvent) -> ScopeState:
-        name = task_day_scope(event.day_scope, event.day)
-        if name in self._loaded:
-            state = self.task_days[name]
-            state.totals.add(event)
-            return state
-        # the first event of a new day: the totals loaded now include it (recorded)
-        await self.ensure_task_day(event.day_scope, date.fromisoformat(event.day))
-        return self.task_days[name]
-
     # -- thresholds (R3.1) ---------------------------------------------------------
 
     def _thresholds(self, scope: ScopeState, dim: str) -> dict[Level, float]:
@@ -430,10 +449,17 @@ class Scopes:
         """Thresholds ``scope`` has passed and not reported yet (marks them reported)."""
         out: list[Crossing] = []
         low = self._lowest  # below it, no threshold is passed (but a cost warning's own)
-        for dim, lim in scope.limited():
-            used = scope.used(dim)
-            if used >= lim * low or dim == "cost_usd":  # else the usual answer: none
-                out += self._fire(scope, dim, used, lim)
+        # every charge asks this of each of its scopes: the limits and totals are read
+        # here, not through ``limited`` and ``used`` per dimension
+        totals = scope.totals
+        limited = scope._limited if scope._caps_of is scope.limits else scope.limited()
+        for dim, lim in limited:
+            if dim.startswith("tokens:"):
+                used: float = totals.tokens_by_model.get(dim[7:], 0)
+            else:
+                used = getattr(totals, dim)
+            if used >= lim * low or (dim == "cost_usd" and scope.limits.cost_warning_usd):
+                out += self._fire(scope, dim, used, lim)  # else the usual answer: none
         return out
 
     def time_crossings(self, task_id: str) -> list[Crossing]:

@@ -341,8 +341,11 @@ class Tracker:
             reservation.durable = False
         if not fresh:
             return []
-        crossings = await self._scopes.add(event)
-        entry = self._scopes.tasks.get(event.task_id)
+        scopes = self._scopes
+        crossings = scopes.add_loaded(event)  # no wait but on a day's first charge
+        if crossings is None:
+            crossings = await scopes.add(event)
+        entry = scopes.tasks.get(event.task_id)
         if entry is not None and self._files.after_charge(event.task_id, entry,
                                                           crossed=bool(crossings)):
             # a threshold crossed: the file says so at once (else the next flush writes it)
@@ -381,7 +384,8 @@ class Tracker:
 
     def token_fraction(self, task_id: str) -> float:
         """Task tokens used ÷ task token limit (0 when unlimited); R5.2 demotion input."""
-        scope = self.task_scope(task_id)
+        entry = self._scopes.tasks.get(task_id)  # asked after every charge
+        scope = entry.scope if entry is not None else self._scopes.task(task_id)
         lim = scope.limits.tokens
         return scope.totals.tokens / lim if lim else 0.0
 

@@ -19,7 +19,7 @@ that ``vibe-engine status`` renders.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -110,6 +110,9 @@ class AlertRuntime:
         self.policy: AlertPolicy = policy or DefaultAlertPolicy()
         self.controller = controller
         self._flags: dict[str, AlertFlags] = {}
+        #: The flags by scope name, read only: while no alert has set any, every task's
+        #: flags are the defaults (the gateway mirrors them without a lookup per call).
+        self.flagged: Mapping[str, AlertFlags] = self._flags
         self._fired: dict[str, int] = {}
         if controller is not None:
             controller.on_decision.append(self._after_decision)

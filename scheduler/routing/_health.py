@@ -39,6 +39,7 @@ from scheduler.core import (
     ProviderTimeoutError,
     RateLimitedError,
     get_logger,
+    loop_time,
 )
 from scheduler.routing._catalog import ModelCatalog
 
@@ -116,20 +117,23 @@ class _Recent:
         """The ``n`` latest calls, oldest first."""
         return list(self._from(max(self._start, len(self._at) - n)))
 
-    def oldest_at(self) -> float:
-        return self._at[self._start]
-
-    def append(self, at: float, ok: bool, latency_s: float) -> None:
-        self._at.append(at)
+    def push(self, at: float, ok: bool, latency_s: float, horizon: float, keep: int) -> None:
+        """Append a call, then drop the oldest calls before ``horizon`` (loop time) while
+        more than ``keep`` remain, and any beyond :data:`_MAX_RECENT`: one frame per call
+        (every model call records one), the trimming read from the arrays themselves."""
+        times = self._at
+        times.append(at)
         self._ok.append(ok)
         self._latency.append(latency_s)
-
-    def popleft(self) -> None:
-        self._start += 1
         start = self._start
-        if start >= 256 and 2 * start >= len(self._at):  # amortised: half the arrays dropped
-            del self._at[:start], self._ok[:start], self._latency[:start]
-            self._start = 0
+        end = len(times)
+        while end - start > keep and (times[start] < horizon or end - start > _MAX_RECENT):
+            start += 1
+        if start != self._start:
+            self._start = start
+            if start >= 256 and 2 * start >= end:  # amortised: half the arrays dropped
+                del times[:start], self._ok[:start], self._latency[:start]
+                self._start = 0
 
 
 @dataclass(slots=True)
@@ -155,7 +159,7 @@ class HealthMonitor:
         bus: EventBus,
         *,
         catalog: ModelCatalog | None = None,
-        clock: Callable[[], float] = anyio.current_time,
+        clock: Callable[[], float] = loop_time,
         ping: Ping | None = None,
     ) -> None:
         self.params = config.health
@@ -220,11 +224,12 @@ class HealthMonitor:
         *, retries: int = 0,
     ) -> None:
         """Record one finished call of ``model`` (R6.3) and apply outage/restoration rules."""
-        r = self._rec(model)
+        r = self._records.get(model) or self._rec(model)
         now = self._clock()
         r.calls += 1
         r.retries += retries
-        self._push(r, now, ok, latency_s)
+        params = self.params
+        r.recent.push(now, ok, latency_s, now - params.interval_s, params.window)
         if ok:
             r.consecutive_errors = 0
             if r.state == "recovering":
@@ -243,14 +248,6 @@ class HealthMonitor:
     def record_satisfaction(self, model: str, score: float) -> None:
         """A user-satisfaction or judge score in [0, 1] for ``model`` (R6.3)."""
         self._rec(model).satisfaction.append(max(0.0, min(1.0, score)))
-
-    def _push(self, r: _Record, now: float, ok: bool, latency_s: float) -> None:
-        r.recent.append(now, ok, latency_s)
-        horizon = now - self.params.interval_s
-        while len(r.recent) > self.params.window and (
-            r.recent.oldest_at() < horizon or len(r.recent) > _MAX_RECENT
-        ):
-            r.recent.popleft()
 
     def _after_error(self, model: str, r: _Record, kind: str | None) -> None:
         if r.state == "recovering":
@@ -324,6 +321,10 @@ class HealthMonitor:
                 results[model] = await self._check(model, r)
         return results
 
+    def _push(self, r: _Record, ok: bool, latency_s: float) -> None:
+        now = self._clock()
+        r.recent.push(now, ok, latency_s, now - self.params.interval_s, self.params.window)
+
     async def _check(self, model: str, r: _Record) -> bool:
         assert self.ping is not None
         start = self._clock()
@@ -331,13 +332,13 @@ class HealthMonitor:
             await self.ping(model)
         except Exception as exc:  # a failed ping is a failed check; cancellation passes
             latency = self._clock() - start
-            self._push(r, self._clock(), False, latency)
+            self._push(r, False, latency)
             _log.info("health_check_failed", model=model, error=type(exc).__name__)
             if r.state == "recovering":
                 self.mark_unavailable(model, f"health check failed ({type(exc).__name__})")
             return False
         latency = self._clock() - start
-        self._push(r, self._clock(), True, latency)
+        self._push(r, True, latency)
         passed = (latency < self.params.max_latency_s
                   and self.recent_error_rate(model) < self.params.max_error_rate)
         _log.info("health_check", model=model, latency_s=latency, passed=passed,

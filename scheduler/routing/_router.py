@@ -20,12 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-
 from policies.complexity import Assessment, ComplexityPolicy, TaskInfo
 from policies.routing import RouteDecision, RoutingInput, RoutingPolicy
 from scheduler.config import PRIORITY_VALUES, VibeConfig, load_policies
-from scheduler.core import EventBus
+from scheduler.core import EventBus, loop_time
 from scheduler.routing._catalog import ModelCatalog
 from scheduler.routing._health import HealthMonitor
 from scheduler.store import Store
@@ -79,7 +77,7 @@ class Router:
         catalog: ModelCatalog | None = None,
         complexity: ComplexityPolicy | None = None,
         policy: RoutingPolicy | None = None,
-        clock: Callable[[], float] = anyio.current_time,
+        clock: Callable[[], float] = loop_time,
     ) -> None:
         self.config = config
         self.bus = bus

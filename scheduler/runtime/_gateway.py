@@ -259,7 +259,10 @@ class Gateway:
         """R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier."""
         task, messages = call.task, call.messages
         info = info or task_info(task, hints)
-        completion = await self._scored(task, messages, completion)
+        if completion.quality is None:  # _scored, without a coroutine more per call
+            quality = await self.scorer.score(task, list(messages), completion)
+            if quality is not None:
+                completion = replace(completion, quality=quality)
         for _ in range(len(self.router.catalog.tiers) - 1):
             upgrade = self.router.report_outcome(
                 info, route.model, success=True, quality=completion.quality,
@@ -483,7 +486,12 @@ class Gateway:
     def mirror(self, task: TaskHandle) -> None:
         """Mirror the alert flags onto the task handle: :meth:`signal` without crossings
         (most calls cross no threshold: no coroutine to make and await)."""
-        alerts, task_id, signals = self.alerts, task.id, task.signals
+        alerts, signals = self.alerts, task.signals
+        if not alerts.flagged:  # no scope has flags (the usual case): the defaults
+            signals.prefer_cheaper = signals.aggressive = False
+            signals.alert_level = "ok"
+            return
+        task_id = task.id
         flags = alerts.flags(task_id)
         signals.prefer_cheaper = flags.prefer_cheaper
         signals.aggressive = flags.aggressive

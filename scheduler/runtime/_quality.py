@@ -122,17 +122,14 @@ class SignalScorer:
             return 0.0
         if not completion.text.strip() and completion.stop_reason != "tool_use":
             return 0.0
-        results = _tool_results(messages[-1]) if messages else []
-        if results and all(r.get("is_error") for r in results):
-            return 0.3
+        last = messages[-1] if messages else None
+        content = last.get("content") if last is not None and last.get("role") == "user" else None
+        if isinstance(content, list):  # else no tool result (most turns): no list to make
+            results = [b for b in content
+                       if isinstance(b, Mapping) and b.get("type") == "tool_result"]
+            if results and all(r.get("is_error") for r in results):
+                return 0.3
         return None
-
-
-def _tool_results(message: Message) -> list[Mapping[str, Any]]:
-    content = message.get("content") if message.get("role") == "user" else None
-    if not isinstance(content, list):
-        return []
-    return [b for b in content if isinstance(b, Mapping) and b.get("type") == "tool_result"]
 
 
 SCORERS: dict[str, Any] = {"llm_judge": LlmJudge, "signals": SignalScorer}

@@ -39,9 +39,9 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 
@@ -247,10 +247,14 @@ class SqliteStore:
         check_event(event)
         return bool(await self.group.submit((SpooledEvent(event),)))
 
-    async def record_and_delete_state(self, event: UsageEvent, kind: str, key: str) -> bool:
-        """:meth:`record` and :meth:`delete_state` in one transaction: both or neither."""
+    def record_and_delete_state(self, event: UsageEvent, kind: str,
+                                key: str) -> Awaitable[bool]:
+        """:meth:`record` and :meth:`delete_state` in one transaction: both or neither.
+        The group commit's write itself (every charge makes one: no coroutine more),
+        whose outcome is its event's, a bool (see ``apply`` and ``_commit``)."""
         check_event(event)
-        return bool(await self.group.submit((SpooledEvent(event), SpooledState(kind, key, None))))
+        write = self.group.submit((SpooledEvent(event), SpooledState(kind, key, None)))
+        return cast("Awaitable[bool]", write)
 
     async def totals(self, scope: str) -> Totals:
         totals = await self._read(lambda db: totals_of(db, scope))

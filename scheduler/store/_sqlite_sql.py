@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from functools import reduce
+from operator import add
 from operator import is_ as _is
 from typing import Any
 
@@ -85,6 +87,7 @@ _OPEN_CALL_TYPES = (str, str, str, str, str, str, str, str, int, int, float, str
 _PUT_OPEN = (f"INSERT OR REPLACE INTO open_calls VALUES "
              f"({','.join('?' * (len(OPEN_CALL_FIELDS) + 1))})")
 
+_DELETE_OPEN = "DELETE FROM open_calls WHERE key = ?"
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
@@ -143,28 +146,37 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
     already there (it is then not added to any total again); a state write ``None``.
     """
     out: list[bool | None] = []
-    fresh: list[UsageEvent] = []
+    # the events, and the open calls closed (each call's record, deleted with its
+    # event), written together after the loop: tables of their own, a statement run for
+    # all of them (an open call's record is written before its key's earlier deletes)
+    events: list[UsageEvent] = []
+    closes: list[str] = []
+    closing: set[str] = set()
     # state rows waiting to be written, in order, by one statement run for them all (a
     # task's start and end and its events are rows of their own, thousands a run)
     puts: list[tuple[str, str, str]] = []
     try:
         db.execute("BEGIN IMMEDIATE")
         for entry in entries:
-            if isinstance(entry, SpooledState):
-                if entry.value is None or entry.kind == OPEN_CALL:
-                    _put_all(db, puts)  # in order: an open call's row is not a state row
-                    put(db, entry.kind, entry.key, entry.value, entry.text, entry.row)
-                else:
-                    puts.append((entry.kind, entry.key,
-                                 entry.text or json.dumps(entry.value, sort_keys=True)))
-                out.append(None)
-                continue
-            _put_all(db, puts)
-            added = db.execute(_INSERT_EVENT, _event_row(entry.event)).rowcount == 1
-            if added:
-                fresh.append(entry.event)
-            out.append(added)
+            if isinstance(entry, SpooledEvent):
+                events.append(entry.event)
+            elif entry.kind == OPEN_CALL and entry.value is None:
+                closes.append(entry.key)
+                closing.add(entry.key)
+            elif entry.value is None or entry.kind == OPEN_CALL:
+                _put_all(db, puts)  # in order: an open call's row is not a state row
+                if entry.key in closing and entry.kind == OPEN_CALL:
+                    _close_all(db, closes, closing)
+                put(db, entry.kind, entry.key, entry.value, entry.text, entry.row)
+            else:
+                puts.append((entry.kind, entry.key,
+                             entry.text or json.dumps(entry.value, sort_keys=True)))
         _put_all(db, puts)
+        _close_all(db, closes, closing)
+        added = _insert_events(db, events)
+        answers = iter(added)
+        out = [next(answers) if isinstance(e, SpooledEvent) else None for e in entries]
+        fresh = [ev for ev, new in zip(events, added, strict=True) if new]
         if fresh:
             _add_totals(db, fresh)
         db.execute("COMMIT")
@@ -173,6 +185,35 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
             db.execute("ROLLBACK")
         raise
     return out
+
+
+def _insert_events(db: sqlite3.Connection, events: list[UsageEvent]) -> list[bool]:
+    """Insert ``events`` in order: whether each was new (its ``event_id`` not there yet).
+    All at once when all are (the usual case, seen from the count of rows inserted);
+    else again one by one, from a savepoint before them."""
+    if len(events) <= 1:
+        return [db.execute(_INSERT_EVENT, _event_row(e)).rowcount == 1 for e in events]
+    db.execute("SAVEPOINT events")
+    if db.executemany(_INSERT_EVENT, map(_event_row, events)).rowcount == len(events):
+        db.execute("RELEASE events")
+        return [True] * len(events)
+    db.execute("ROLLBACK TO events")
+    db.execute("RELEASE events")
+    return [db.execute(_INSERT_EVENT, _event_row(e)).rowcount == 1 for e in events]
+
+
+def _close_all(db: sqlite3.Connection, keys: list[str], pending: set[str]) -> None:
+    """Delete the open calls ``keys`` (then forget them): one statement for all their
+    rows; a key without a row of its own (a record kept as JSON) is deleted as
+    :func:`put` deletes it."""
+    if not keys:
+        return
+    deleted = db.executemany(_DELETE_OPEN, [(k,) for k in keys]).rowcount
+    if deleted != len(keys):  # some record is not a row (or the key came twice)
+        for k in keys:
+            put(db, OPEN_CALL, k, None)
+    keys.clear()
+    pending.clear()
 
 
 def _event_row(event: UsageEvent) -> tuple[Any, ...]:
@@ -212,10 +253,11 @@ def _add_totals(db: sqlite3.Connection, fresh: list[UsageEvent]) -> None:
     if shared:
         sums = _current_totals(db, shared)
         for scope in shared:
-            row = sums[scope]
-            for amounts in per_scope[scope]:
-                for i, amount in enumerate(amounts):
-                    row[i] += amount
+            # per column, left to right from the stored total (reduce: a plain add per
+            # amount, never sum()'s compensated float addition)
+            columns = zip(*per_scope[scope], strict=True)
+            sums[scope] = [reduce(add, column, total)
+                           for total, column in zip(sums[scope], columns, strict=True)]
         db.executemany(_SET_TOTALS, [(scope, *row) for scope, row in sums.items()])
     if models:
         db.executemany(_ADD_MODEL, [(s, m, tokens) for (s, m), tokens in models.items()])
@@ -279,7 +321,7 @@ def put(db: sqlite3.Connection, kind: str, key: str, value: dict[str, Any] | Non
     ``row``: its ``open_calls`` row, when the writer made them already."""
     if kind == OPEN_CALL:
         if value is None:
-            if db.execute("DELETE FROM open_calls WHERE key = ?", (key,)).rowcount:
+            if db.execute(_DELETE_OPEN, (key,)).rowcount:
                 return  # the usual case: no JSON record of the key to delete as well
         elif row is not None or (row := open_call_row(key, value)) is not None:
             db.execute(_PUT_OPEN, row)
