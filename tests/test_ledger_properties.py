@@ -249,7 +249,7 @@ def test_r2_1_store_total_is_reported_usage_plus_open_estimates_within_budget_an
     task or day exceeds its budget plus one grace."""
     with pytest.MonkeyPatch.context() as mp:
         # one orchestrator at a time here: whatever is open at a start was left by a crash
-        mp.setattr("scheduler.budget._open_calls._gone", lambda call: True)
+        mp.setattr("scheduler.budget._open_calls._gone", lambda call, stale: True)
         world, provider, limit = _scenario(n_tasks, limit, ttl, renew, latencies, drawn)
     _check(world, provider, limit)
 
