@@ -342,10 +342,12 @@ class Tracker:
 
     # -- questions -----------------------------------------------------------------
 
-    def fraction_used(self, task_id: str) -> float:
-        """The largest used/limit ratio over every dimension of the task's scopes."""
+    def fraction_used(self, task_id: str,
+                      scopes: tuple[ScopeState, ...] | None = None) -> float:
+        """The largest used/limit ratio over every dimension of the task's scopes
+        (``scopes``: ``scopes(task_id)``, when the caller read them already)."""
         worst = 0.0
-        for scope in self.scopes(task_id):
+        for scope in self.scopes(task_id) if scopes is None else scopes:
             frac = scope.max_fraction()
             if frac > worst:
                 worst = frac

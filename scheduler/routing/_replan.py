@@ -27,8 +27,19 @@ from policies.replan import (
 )
 from scheduler.config import TaskSpec, VibeConfig, load_policies
 from scheduler.core import EventBus
-from scheduler.routing._router import Router, task_info
+from scheduler.routing._router import Router
 from scheduler.tasks import TaskHandle, TaskStatus
+
+
+def _quick_answer(policy: ReplanPolicy) -> Callable[[float, str, frozenset[str]], bool] | None:
+    """``policy.proceeds`` when the class that decides its plans defines it as well (a
+    subclass overriding ``plan`` alone would otherwise be answered by its base's rule)."""
+    owner = {name: next((c for c in type(policy).__mro__ if name in vars(c)), None)
+             for name in ("plan", "proceeds")}
+    if owner["proceeds"] is None or owner["proceeds"] is not owner["plan"]:
+        return None
+    quick: Callable[[float, str, frozenset[str]], bool] = policy.proceeds  # type: ignore[attr-defined]
+    return quick
 
 
 def can_decompose(agent: object | None) -> bool:
@@ -52,13 +63,17 @@ class Replanner:
         self.bus = bus
         self.policy: ReplanPolicy = policy or load_policies(config).replan
         self._clock = clock
+        #: The policy's quick answer for the usual case (``proceeds(budget_fraction,
+        #: wanted, usable)``), when the class deciding its plans gives one.
+        self._proceeds: Callable[[float, str, frozenset[str]], bool] | None = (
+            _quick_answer(self.policy))
 
     def plan(
         self, handle: TaskHandle, *, budget_fraction: float, agent: object | None = None,
         deferred_s: float = 0.0, info: TaskInfo | None = None,
     ) -> ReplanDecision:
         """The policy's decision; ``info``: ``task_info(handle)`` when the caller made it."""
-        info = info or task_info(handle)
+        info = info or self.router.info(handle)
         wanted = self.router.min_tier(info.task_id) or self.router.assess(info).tier
         parts = handle.spec.params.get("parts")
         parts = tuple(map(str, parts)) if parts else ()
@@ -68,6 +83,18 @@ class Replanner:
             has_decompose=can_decompose(agent), parts=parts, deferred_s=deferred_s,
         )
         return self.policy.plan(data)
+
+    def proceeds(self, budget_fraction: float, info: TaskInfo) -> bool:
+        """True when the policy lets the task proceed with nothing to apply (the budget
+        fraction ``budget_fraction``, before any wait), told without building its whole
+        input; False when only :meth:`before_call` can tell.  ``info``: the task's
+        ``Router.info``."""
+        quick = self._proceeds
+        if quick is None:
+            return False
+        router = self.router
+        wanted = router.min_tier(info.task_id) or router.assess(info).tier
+        return quick(budget_fraction, wanted, router.health.usable(info.priority))
 
     async def before_call(
         self, handle: TaskHandle, budget_fraction: Callable[[], float], *,
@@ -82,9 +109,13 @@ class Replanner:
         orchestrator can split the task); mid-task the gateway's fallbacks cover it.
         ``info``: ``task_info(handle)`` when the caller made it already.
         """
+        info = info or self.router.info(handle)
+        used = budget_fraction()
+        if self.proceeds(used, info):
+            return None
         deferred_s = 0.0
         while True:
-            decision = self.plan(handle, budget_fraction=budget_fraction(), agent=agent,
+            decision = self.plan(handle, budget_fraction=used, agent=agent,
                                  deferred_s=deferred_s, info=info)
             if isinstance(decision, Simplify):
                 self.simplify(handle, decision)
@@ -93,6 +124,7 @@ class Replanner:
                 started = self._clock()
                 await self.wait_deferred(handle, decision)
                 deferred_s += max(self._clock() - started, 1e-9)
+                used = budget_fraction()
                 continue
             if isinstance(decision, BreakDown) and allow_break_down:
                 return decision

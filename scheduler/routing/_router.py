@@ -24,12 +24,16 @@ import anyio
 
 from policies.complexity import Assessment, ComplexityPolicy, TaskInfo
 from policies.routing import RouteDecision, RoutingInput, RoutingPolicy
-from scheduler.config import PRIORITY_VALUES, VibeConfig, load_policies
+from scheduler.budget import TaskProfile
+from scheduler.config import PRIORITY_VALUES, TaskSpec, VibeConfig, load_policies
 from scheduler.core import EventBus
 from scheduler.routing._catalog import ModelCatalog
 from scheduler.routing._health import HealthMonitor
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle
+
+#: How many tasks' :meth:`Router.info` is kept (about the tasks running at once).
+_INFOS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,22 @@ class Router:
         self._learned_changed = False
         # each tier's substitutes per task type: the catalog's, fixed by the config
         self._substitutes: dict[str, Mapping[str, list[str]]] = {}
+        #: Routing's view of each task (:meth:`info`) with the spec and profile it was
+        #: made from: every routed call asks for it, and neither changes during a task.
+        self._infos: dict[str, tuple[TaskSpec, TaskProfile, TaskInfo]] = {}
+
+    def info(self, handle: TaskHandle) -> TaskInfo:
+        """``task_info(handle)``, made once per task: a spec and a profile are frozen, so
+        the view is made again only when the handle holds another one."""
+        spec, profile = handle.spec, handle.profile
+        found = self._infos.get(spec.id)
+        if found is not None and found[0] is spec and found[1] is profile:
+            return found[2]
+        made = task_info(handle)
+        if len(self._infos) >= _INFOS_KEPT:
+            self._infos.clear()  # bounded: a router used without forget() (serve, tests)
+        self._infos[spec.id] = (spec, profile, made)
+        return made
 
     # -- choosing (R4.1, R4.2, R6.1) ---------------------------------------------------
     def choose(
@@ -216,6 +236,7 @@ class Router:
         """Drop per-task correction state (the task ended)."""
         self._failures.pop(task_id, None)
         self._min_tier.pop(task_id, None)
+        self._infos.pop(task_id, None)
 
     def statistics(self) -> RouterStatistics:
         return RouterStatistics(self._decisions, dict(self._by_model), self._downgrades,

@@ -23,7 +23,14 @@ import anyio
 
 from policies.complexity import TaskInfo
 from scheduler.allocator import Allocator, Lease
-from scheduler.budget import Crossing, Estimate, Reservation, TokenCounter, Tracker
+from scheduler.budget import (
+    Crossing,
+    Estimate,
+    Reservation,
+    ScopeState,
+    TokenCounter,
+    Tracker,
+)
 from scheduler.config import VibeConfig
 from scheduler.control import AlertRuntime, PauseController
 from scheduler.core import (
@@ -190,32 +197,45 @@ class Gateway:
                       max_tokens=max_tokens, model=model, hints=hints,
                       models=self.config.models)
         opts = check_options(options or {})
-        used: list[float] = []  # the budget fraction as the replanner last read it
         info: TaskInfo | None = None
+        fraction: float | None = None
+        scopes = None
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
-            tracker, task_id = self.tracker, task.id
-
-            def fraction() -> float:
-                used.append(tracker.fraction_used(task_id))
-                return used[-1]
-
             # what routing knows of the task stays as it is for the whole call; the
             # replanner's view is the same but for the call's hints
-            plain = task_info(task)
+            plain = self.router.info(task)
             info = task_info(task, hints) if hints else plain
-            split = await self.replanner.before_call(  # R6.2: parts are not split again,
-                task, fraction,  # nor forwarded calls
-                allow_break_down=not task.split_from and passthrough is None, info=plain)
-            if split is not None:
-                raise BreakDownRequested(task.id, split)
+            scopes = self.tracker.scopes(task.id)  # read once: the replanner and the route
+            fraction = self.tracker.fraction_used(task.id, scopes)
+            if not self.replanner.proceeds(fraction, plain):  # the usual call: proceed
+                fraction = await self._replan(task, plain, passthrough)
+                scopes = None  # a wait may have passed midnight
         max_tokens, out = output_limits(task, max_tokens, opts)
         raw = self.counter.count_prompt(messages, system=system, context=context, tools=tools)
         need = out + self.counter.calibrated(self.router.catalog.strongest, raw).calibrated
         call = Call(max_tokens, out, stream, dict(hints) if hints else NO_HINTS, opts, on_text,
                     passthrough, task, messages, system, context, tools, raw)
         # nothing was charged since the replanner's last reading (no wait in between)
-        route = self.route(task, model, hints, need, used[-1] if used else None, info)
+        route = self.route(task, model, hints, need, fraction, info, scopes)
         return call, route, need, info
+
+    async def _replan(self, task: TaskHandle, info: TaskInfo,
+                      passthrough: Passthrough | None) -> float:
+        """R6.2/R6.7 when the policy may do more than proceed: simplify the task, wait for
+        its model or break it down; the budget fraction as the replanner last read it."""
+        tracker, task_id = self.tracker, task.id
+        used: list[float] = []
+
+        def fraction() -> float:
+            used.append(tracker.fraction_used(task_id))
+            return used[-1]
+
+        split = await self.replanner.before_call(  # R6.2: parts are not split again,
+            task, fraction,  # nor forwarded calls
+            allow_break_down=not task.split_from and passthrough is None, info=info)
+        if split is not None:
+            raise BreakDownRequested(task.id, split)
+        return used[-1]
 
     def _on(self, route: Route, call: Call) -> Awaitable[Completion]:
         """One attempt of ``call`` on ``route`` (the awaitable itself: no frame of its own)."""
@@ -255,7 +275,7 @@ class Gateway:
     ) -> Completion:
         """R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier."""
         task, messages = call.task, call.messages
-        info = info or task_info(task, hints)
+        info = info or (task_info(task, hints) if hints else self.router.info(task))
         completion = await self._scored(task, messages, completion)
         for _ in range(len(self.router.catalog.tiers) - 1):
             upgrade = self.router.report_outcome(
@@ -351,17 +371,23 @@ class Gateway:
         self, task: TaskHandle, requested: str | None = None,
         hints: Mapping[str, Any] | None = None, need_tokens: int = 0,
         fraction: float | None = None, info: TaskInfo | None = None,
+        scopes: tuple[ScopeState, ...] | None = None,
     ) -> Route:
         """R4.2/R6.1 through the router: complexity, budget pressure (``fraction`` of the
         budget used, when the caller read it already), health, capability floor
-        (``info``: routing's view of the task, when the caller made it already)."""
+        (``info``: routing's view of the task, when the caller made it already;
+        ``scopes``: the task's, when the caller read them already)."""
         if requested:
             return Route(requested, "requested by agent")
-        over = self.over_budget(task, need_tokens)  # once per call: the router and R3.2/3
+        if scopes is None:
+            scopes = self.tracker.scopes(task.id)
+        # once per call: the router and R3.2/3
+        over = over_budget(scopes, self.router.catalog.tiers, need_tokens)
         if fraction is None:
-            fraction = self.tracker.fraction_used(task.id)
-        decision = self.router.choose(info or task_info(task, hints), fraction, task.priority,
-                                      over_budget=over)
+            fraction = self.tracker.fraction_used(task.id, scopes)
+        if info is None:
+            info = task_info(task, hints) if hints else self.router.info(task)
+        decision = self.router.choose(info, fraction, task.priority, over_budget=over)
         model, reason = decision.model, decision.reason
         down = cheaper(task, self.router.catalog.tiers, self.health.usable, over, model,
                        decision.downgraded)
