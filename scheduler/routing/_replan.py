@@ -27,19 +27,8 @@ from policies.replan import (
 )
 from scheduler.config import TaskSpec, VibeConfig, load_policies
 from scheduler.core import EventBus
-from scheduler.routing._router import Router
+from scheduler.routing._router import Router, companion
 from scheduler.tasks import TaskHandle, TaskStatus
-
-
-def _quick_answer(policy: ReplanPolicy) -> Callable[[float, str, frozenset[str]], bool] | None:
-    """``policy.proceeds`` when the class that decides its plans defines it as well (a
-    subclass overriding ``plan`` alone would otherwise be answered by its base's rule)."""
-    owner = {name: next((c for c in type(policy).__mro__ if name in vars(c)), None)
-             for name in ("plan", "proceeds")}
-    if owner["proceeds"] is None or owner["proceeds"] is not owner["plan"]:
-        return None
-    quick: Callable[[float, str, frozenset[str]], bool] = policy.proceeds  # type: ignore[attr-defined]
-    return quick
 
 
 def can_decompose(agent: object | None) -> bool:
@@ -66,7 +55,7 @@ class Replanner:
         #: The policy's quick answer for the usual case (``proceeds(budget_fraction,
         #: wanted, usable)``), when the class deciding its plans gives one.
         self._proceeds: Callable[[float, str, frozenset[str]], bool] | None = (
-            _quick_answer(self.policy))
+            companion(self.policy, "plan", "proceeds"))
 
     def plan(
         self, handle: TaskHandle, *, budget_fraction: float, agent: object | None = None,

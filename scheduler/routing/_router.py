@@ -71,6 +71,17 @@ def task_info(handle: TaskHandle, hints: Mapping[str, Any] | None = None) -> Tas
     )
 
 
+def companion(policy: object, method: str, name: str) -> Any:
+    """``policy``'s attribute ``name`` when the class defining its ``method`` defines
+    ``name`` too, else None: a subclass overriding ``method`` alone would otherwise be
+    answered by its base's shortcut."""
+    def owner(attr: str) -> type | None:
+        return next((c for c in type(policy).__mro__ if attr in vars(c)), None)
+
+    found = owner(name)
+    return getattr(policy, name) if found is not None and found is owner(method) else None
+
+
 class Router:
     """Model choice and correction for every call (see the module docstring)."""
 
@@ -94,6 +105,13 @@ class Router:
             complexity, policy = complexity or loaded.complexity, policy or loaded.routing
         self.complexity: ComplexityPolicy = complexity
         self.policy: RoutingPolicy = policy
+        #: What of the budget fraction the policy's decisions depend on, when the class
+        #: deciding them says (``budget_key``): then a task's last decision is reused
+        #: while its whole input is alike.
+        self._budget_key: Callable[[float], object] | None = companion(policy, "select",
+                                                                       "budget_key")
+        #: Each task's last decision and the input it was made from (see :meth:`choose`).
+        self._chosen: dict[str, tuple[tuple[object, ...], RouteDecision]] = {}
         self._failures: Counter[str] = Counter()
         self._min_tier: dict[str, str] = {}
         self._by_model: Counter[str] = Counter()
@@ -133,22 +151,37 @@ class Router:
         usable = self.health.usable(prio)
         if over_budget and usable - over_budget:
             usable -= over_budget
-        data = RoutingInput(
-            task=task,
-            assessment=self.assess(task),
-            budget_fraction=budget_fraction,
-            tiers=self.catalog.tiers,
-            usable=usable,
-            substitutes=self._substitutes_for(task.task_type),
-            min_tier=self._min_tier.get(task.task_id),
-            over_budget=over_budget,
-        )
-        decision = self.policy.select(data)
+        assessment, min_tier = self.complexity.assess(task), self._min_tier.get(task.task_id)
+        budget_key = self._budget_key
+        if budget_key is None:
+            decision = self._select(task, assessment, budget_fraction, usable, min_tier,
+                                    over_budget)
+        else:  # the usual call: the task's last input again, compared (no policy input)
+            key = (task, assessment, usable, over_budget, min_tier, budget_key(budget_fraction))
+            last = self._chosen.get(task.task_id)
+            if last is not None and last[0] == key:
+                decision = last[1]
+            else:
+                decision = self._select(task, assessment, budget_fraction, usable, min_tier,
+                                        over_budget)
+                if len(self._chosen) >= _INFOS_KEPT:
+                    self._chosen.clear()  # bounded, like :meth:`info`
+                self._chosen[task.task_id] = (key, decision)
         self._decisions += 1
         self._by_model[decision.model] += 1
         self._downgrades += decision.downgraded
         self._substitutions += decision.substituted
         return decision
+
+    def _select(self, task: TaskInfo, assessment: Assessment, budget_fraction: float,
+                usable: frozenset[str], min_tier: str | None,
+                over_budget: frozenset[str]) -> RouteDecision:
+        return self.policy.select(RoutingInput(
+            task=task, assessment=assessment, budget_fraction=budget_fraction,
+            tiers=self.catalog.tiers, usable=usable,
+            substitutes=self._substitutes_for(task.task_type), min_tier=min_tier,
+            over_budget=over_budget,
+        ))
 
     def assess(self, task: TaskInfo) -> Assessment:
         """The complexity policy's assessment of ``task`` (the policy keeps what it works out:
@@ -237,6 +270,7 @@ class Router:
         self._failures.pop(task_id, None)
         self._min_tier.pop(task_id, None)
         self._infos.pop(task_id, None)
+        self._chosen.pop(task_id, None)
 
     def statistics(self) -> RouterStatistics:
         return RouterStatistics(self._decisions, dict(self._by_model), self._downgrades,
