@@ -196,11 +196,13 @@ def test_r7_4_a_policy_overriding_its_decision_alone_is_asked_every_call(
     """R7.4: a routing or replan policy subclass that overrides ``select`` / ``plan`` but
     not the default's shortcut (``budget_key`` / ``proceeds``) is asked before every call."""
 
+    made: list[Orchestrator] = []
+
     def steps(orch: Orchestrator) -> list[Callable[[], None]]:
+        made.append(orch)
         return [lambda: None] * 3
 
-    made: list[Orchestrator] = []
-    models = run_calls(tmp_path, "Fix the crash", lambda orch: made.append(orch) or steps(orch),
+    models = run_calls(tmp_path, "Fix the crash", steps,
                        policies={"routing": f"{__name__}:EveryTimeRouting",
                                  "replan": f"{__name__}:EveryTimeReplan"})
     assert len(models) == 3
