@@ -265,7 +265,11 @@ class TokenCounter:
     def calibrated(self, model: str, raw: int) -> Estimate:
         """The estimate for ``model`` of a prompt whose raw count is ``raw`` (a call
         counts its prompt once, then estimates it for each model it may go to)."""
-        return Estimate(raw, round(raw * self.factor(model)), model)
+        return Estimate(raw, self.calibrated_tokens(model, raw), model)
+
+    def calibrated_tokens(self, model: str, raw: int) -> int:
+        """:meth:`calibrated`'s token count alone (no :class:`Estimate` made)."""
+        return round(raw * self.factor(model))
 
     def reconcile(self, estimate: Estimate, actual_input_tokens: int) -> Reconciliation:
         """Compare with the provider's input count; log > 10 % and update calibration."""

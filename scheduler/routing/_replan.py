@@ -119,6 +119,22 @@ class Replanner:
                 return decision
             return None
 
+    async def before_routed_call(
+        self, handle: TaskHandle, budget_fraction: Callable[[], float], *,
+        allow_break_down: bool, info: TaskInfo,
+    ) -> tuple[BreakDown | None, float]:
+        """:meth:`before_call` for a model call the router routes: the break-down, if any,
+        and the budget fraction as last read (the route's budget pressure)."""
+        used: list[float] = []
+
+        def reading() -> float:
+            used.append(budget_fraction())
+            return used[-1]
+
+        split = await self.before_call(handle, reading, allow_break_down=allow_break_down,
+                                       info=info)
+        return split, used[-1]
+
     # -- break down (R6.2) -------------------------------------------------------------
     def break_down(self, spec: TaskSpec, decision: BreakDown, agent: object | None = None) -> (
         list[TaskSpec]

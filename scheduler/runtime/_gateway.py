@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import anyio
@@ -62,7 +63,7 @@ from scheduler.runtime._call import (
     Call,
     Checkpoints,
     Route,
-    SharedTexts,
+    Routes,
     attempt_request,
     output_limits,
 )
@@ -123,8 +124,8 @@ class Gateway:
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
         self._clock = clock
         self._count_api = config.provider.count_tokens == "api"  # the config is frozen
-        #: One copy of each routing reason text, for the calls routed alike.
-        self._reasons = SharedTexts()
+        #: One route (and reason text) per routing decision, for the calls routed alike.
+        self._routes = Routes()
         #: The attempt and lease steps as called; :meth:`instrument` wraps them.
         self._attempt: AttemptFn = self._complete_on
         self._lease: LeaseFn = self.admission.lease
@@ -208,34 +209,21 @@ class Gateway:
             scopes = self.tracker.scopes(task.id)  # read once: the replanner and the route
             fraction = self.tracker.fraction_used(task.id, scopes)
             if not self.replanner.proceeds(fraction, plain):  # the usual call: proceed
-                fraction = await self._replan(task, plain, passthrough)
+                split, fraction = await self.replanner.before_routed_call(
+                    task, partial(self.tracker.fraction_used, task.id), info=plain,
+                    # R6.2: parts are not split again, nor forwarded calls
+                    allow_break_down=not task.split_from and passthrough is None)
+                if split is not None:
+                    raise BreakDownRequested(task.id, split)
                 scopes = None  # a wait may have passed midnight
         max_tokens, out = output_limits(task, max_tokens, opts)
         raw = self.counter.count_prompt(messages, system=system, context=context, tools=tools)
-        need = out + self.counter.calibrated(self.router.catalog.strongest, raw).calibrated
+        need = out + self.counter.calibrated_tokens(self.router.catalog.strongest, raw)
         call = Call(max_tokens, out, stream, dict(hints) if hints else NO_HINTS, opts, on_text,
                     passthrough, task, messages, system, context, tools, raw)
         # nothing was charged since the replanner's last reading (no wait in between)
         route = self.route(task, model, hints, need, fraction, info, scopes)
         return call, route, need, info
-
-    async def _replan(self, task: TaskHandle, info: TaskInfo,
-                      passthrough: Passthrough | None) -> float:
-        """R6.2/R6.7 when the policy may do more than proceed: simplify the task, wait for
-        its model or break it down; the budget fraction as the replanner last read it."""
-        tracker, task_id = self.tracker, task.id
-        used: list[float] = []
-
-        def fraction() -> float:
-            used.append(tracker.fraction_used(task_id))
-            return used[-1]
-
-        split = await self.replanner.before_call(  # R6.2: parts are not split again,
-            task, fraction,  # nor forwarded calls
-            allow_break_down=not task.split_from and passthrough is None, info=info)
-        if split is not None:
-            raise BreakDownRequested(task.id, split)
-        return used[-1]
 
     def _on(self, route: Route, call: Call) -> Awaitable[Completion]:
         """One attempt of ``call`` on ``route`` (the awaitable itself: no frame of its own)."""
@@ -388,13 +376,11 @@ class Gateway:
         if info is None:
             info = task_info(task, hints) if hints else self.router.info(task)
         decision = self.router.choose(info, fraction, task.priority, over_budget=over)
-        model, reason = decision.model, decision.reason
-        down = cheaper(task, self.router.catalog.tiers, self.health.usable, over, model,
-                       decision.downgraded)
+        down = cheaper(task, self.router.catalog.tiers, self.health.usable, over,
+                       decision.model, decision.downgraded)
         if down is not None:
-            model, reason = down
-            reason = f"{decision.reason} {reason}"
-        return Route(model, self._reasons.shared(reason), decision.fallback)
+            return self._routes.lowered(decision, *down)
+        return self._routes.of(decision)  # the usual call: the router's decision as it is
 
     def _next_fallback(self, task: TaskHandle, model: str, skip: list[str]) -> str | None:
         """R6.1: where a failed call goes next — a usable substitute not skipped."""
