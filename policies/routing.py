@@ -90,10 +90,13 @@ class CheapestCapableRouting:
 
     def budget_key(self, budget_fraction: float) -> tuple[str, bool]:
         """What of the budget fraction :meth:`select` depends on: its whole percent (the
-        reason shows it) and whether it passed ``downgrade_above``.  Calls alike in the
-        rest of their input and in this key get the same decision (the router so reuses
-        a task's last one).  A subclass overriding :meth:`select` is asked every time
-        unless it overrides this too."""
+        reason shows it) and whether it passed ``downgrade_above``.
+
+        Defining it also says what else a decision depends on: of the task only its type
+        and ``requires_high_capability``, then the assessment, the usable and over-budget
+        tiers and ``min_tier``.  Calls alike in these, of any task, get the same decision
+        (the router reuses it without building a :class:`RoutingInput`).  A subclass
+        overriding :meth:`select` is asked every time unless it overrides this too."""
         return f"{budget_fraction:.0%}", budget_fraction > self.params.downgrade_above
 
     def select(self, data: RoutingInput) -> RouteDecision:

@@ -1,6 +1,6 @@
 """What routing keeps between a task's calls notices every change that matters (R4.1,
-R4.2, R4.3, R6.1, R6.7): routing's view of a task (``Router.info``), a task's last route
-decision (reused while its whole input is alike) and the replanner's usual answer
+R4.2, R4.3, R6.1, R6.7): routing's view of a task (``Router.info``), route decisions
+(reused for the calls alike in all they depend on) and the replanner's usual answer
 (``proceeds``, given without building the policy's whole input)."""
 
 from __future__ import annotations
@@ -123,6 +123,28 @@ def test_r4_3_a_corrected_task_is_routed_up_on_its_next_call() -> None:
         router.report_outcome(task, "haiku", success=False)
     assert router.complexity.assess(task) is before  # only the task moved
     assert router.choose(task, 0.0).model == "sonnet"
+
+
+class OneAssessment(ScoredComplexity):
+    """Gives every task the same assessment object (a policy may share one)."""
+
+    def assess(self, task: TaskInfo) -> Assessment:
+        return super().assess(info("any", "bug_fix", prompt="fix the crash"))
+
+
+def test_r6_1_a_decision_is_shared_only_by_tasks_of_one_type() -> None:
+    """R6.1: tasks of another type get their own decision (their fallback), even when
+    their assessment is the very same object."""
+    config = VibeConfig()
+    clock = ManualClock()
+    bus = EventBus(clock)
+    catalog = ModelCatalog(config)
+    router = Router(config, bus=bus, catalog=catalog, complexity=OneAssessment(), clock=clock,
+                    health=HealthMonitor(config, bus, catalog=catalog, clock=clock))
+    bug = router.choose(info("a", "bug_fix", prompt="fix the crash"), 0.0)
+    edit = router.choose(info("b", "code_modification", prompt="fix the crash"), 0.0)
+    assert (bug.model, bug.fallback) == ("sonnet", "opus")
+    assert (edit.model, edit.fallback) == ("sonnet", "haiku")
 
 
 def test_r4_3_what_a_similar_task_taught_applies_to_a_tasks_next_call() -> None:

@@ -34,6 +34,8 @@ from scheduler.tasks import TaskHandle
 
 #: How many tasks' :meth:`Router.info` is kept (about the tasks running at once).
 _INFOS_KEPT = 4096
+#: How many decisions :meth:`Router.choose` keeps.
+_CHOSEN_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +108,13 @@ class Router:
         self.complexity: ComplexityPolicy = complexity
         self.policy: RoutingPolicy = policy
         #: What of the budget fraction the policy's decisions depend on, when the class
-        #: deciding them says (``budget_key``): then a task's last decision is reused
-        #: while its whole input is alike.
+        #: deciding them says (``budget_key``): then a decision is reused for every call
+        #: whose input is alike in what the decision depends on.
         self._budget_key: Callable[[float], object] | None = companion(policy, "select",
                                                                        "budget_key")
-        #: Each task's last decision and the input it was made from (see :meth:`choose`).
-        self._chosen: dict[str, tuple[tuple[object, ...], RouteDecision]] = {}
+        #: Decisions by what they depend on (see :meth:`choose`), with the assessment
+        #: named by id in the key.
+        self._chosen: dict[tuple[object, ...], tuple[Assessment, RouteDecision]] = {}
         self._failures: Counter[str] = Counter()
         self._min_tier: dict[str, str] = {}
         self._by_model: Counter[str] = Counter()
@@ -156,17 +159,18 @@ class Router:
         if budget_key is None:
             decision = self._select(task, assessment, budget_fraction, usable, min_tier,
                                     over_budget)
-        else:  # the usual call: the task's last input again, compared (no policy input)
-            key = (task, assessment, usable, over_budget, min_tier, budget_key(budget_fraction))
-            last = self._chosen.get(task.task_id)
-            if last is not None and last[0] == key:
-                decision = last[1]
+        else:  # the usual call: decided already for a call alike (of any task)
+            key = (task.task_type, task.requires_high_capability, id(assessment), usable,
+                   over_budget, min_tier, budget_key(budget_fraction))
+            found = self._chosen.get(key)
+            if found is not None and found[0] is assessment:
+                decision = found[1]
             else:
                 decision = self._select(task, assessment, budget_fraction, usable, min_tier,
                                         over_budget)
-                if len(self._chosen) >= _INFOS_KEPT:
-                    self._chosen.clear()  # bounded, like :meth:`info`
-                self._chosen[task.task_id] = (key, decision)
+                if len(self._chosen) >= _CHOSEN_KEPT:
+                    self._chosen.clear()  # bounded: learned scores keep making new inputs
+                self._chosen[key] = (assessment, decision)  # kept: its id is not reused
         self._decisions += 1
         self._by_model[decision.model] += 1
         self._downgrades += decision.downgraded
@@ -270,7 +274,6 @@ class Router:
         self._failures.pop(task_id, None)
         self._min_tier.pop(task_id, None)
         self._infos.pop(task_id, None)
-        self._chosen.pop(task_id, None)
 
     def statistics(self) -> RouterStatistics:
         return RouterStatistics(self._decisions, dict(self._by_model), self._downgrades,
