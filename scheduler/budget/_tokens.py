@@ -233,9 +233,17 @@ class TokenCounter:
         tools: Sequence[Mapping[str, Any]] = (),
     ) -> int:
         """Raw tiktoken count of everything sent: system, context, messages, tools."""
-        n = self.count_text(system) + self.count_text(context) + self.count_tools(tools)
+        n = 0  # asked before every call: only what the call has is counted, a call each
+        if system:
+            n += self.count_text(system)
+        if context:
+            n += self.count_text(context)
+        if tools:
+            n += self.count_tools(tools)
         for m in messages:
-            n += PER_MESSAGE_OVERHEAD + self._count_content(m.get("content", ""))
+            content = m.get("content", "")
+            n += PER_MESSAGE_OVERHEAD + (self.count_text(content) if type(content) is str
+                                         else self._count_content(content))
         return n
 
     def factor(self, model: str) -> float:

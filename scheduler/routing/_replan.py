@@ -82,7 +82,7 @@ class Replanner:
         if quick is None:
             return False
         router = self.router
-        wanted = router.min_tier(info.task_id) or router.assess(info).tier
+        wanted = router.min_tier(info.task_id) or router.complexity.assess(info).tier
         return quick(budget_fraction, wanted, router.health.usable(info.priority))
 
     async def before_call(

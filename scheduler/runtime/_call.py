@@ -82,7 +82,7 @@ def output_limits(task: TaskHandle, max_tokens: int, opts: Mapping[str, Any]) ->
     part_limit = task.spec.params.get("max_output_tokens")
     if part_limit:
         max_tokens = min(max_tokens, int(part_limit))
-    return max_tokens, max(max_tokens, thinking_budget(opts))
+    return max_tokens, max(max_tokens, thinking_budget(opts)) if opts else max_tokens
 
 
 def attempt_request(

@@ -197,7 +197,7 @@ class Gateway:
         check_request(messages, system=system, context=context, tools=tools,
                       max_tokens=max_tokens, model=model, hints=hints,
                       models=self.config.models)
-        opts = check_options(options or {})
+        opts = check_options(options) if options else {}
         info: TaskInfo | None = None
         fraction: float | None = None
         scopes = None
@@ -375,7 +375,7 @@ class Gateway:
             fraction = self.tracker.fraction_used(task.id, scopes)
         if info is None:
             info = task_info(task, hints) if hints else self.router.info(task)
-        decision = self.router.choose(info, fraction, task.priority, over_budget=over)
+        decision = self.router.choose(info, fraction, over_budget=over)  # info.priority
         down = cheaper(task, self.router.catalog.tiers, self.health.usable, over,
                        decision.model, decision.downgraded)
         if down is not None:
