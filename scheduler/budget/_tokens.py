@@ -62,9 +62,12 @@ def _encoding(name: str) -> Any:
         ) from exc
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Estimate:
-    """A pre-call estimate: ``raw`` tiktoken count and the ``calibrated`` one."""
+    """A pre-call estimate: ``raw`` tiktoken count and the ``calibrated`` one.
+
+    Not changed once made; not frozen, because a frozen dataclass sets each field through
+    ``object.__setattr__`` (three times the cost of making one, once per attempt)."""
 
     raw: int
     calibrated: int
