@@ -263,7 +263,7 @@ class Gateway:
     ) -> Completion:
         """R4.3: a wrong choice (low quality, haiku failing twice) retries on the next tier."""
         task, messages = call.task, call.messages
-        info = info or (task_info(task, hints) if hints else self.router.info(task))
+        info = info or task_info(task, hints)
         completion = await self._scored(task, messages, completion)
         for _ in range(len(self.router.catalog.tiers) - 1):
             upgrade = self.router.report_outcome(
