@@ -209,7 +209,9 @@ class ScoredComplexity:
         return next((tier for tier, low in floors if score >= low), "haiku")
 
     def assess(self, task: TaskInfo) -> Assessment:
-        key = _content(task)
+        # :func:`_content`, inline: asked twice before every routed call
+        key = (task.task_type, task.complexity, task.prompt, task.expected_output_tokens,
+               task.reasoning_depth)
         found = self._assessed.get(key)
         if found is not None:
             return found

@@ -115,6 +115,13 @@ class DefaultReplanPolicy:
         # the usual decision, one per tier (frozen, so shared): every routed call asks
         self._available: dict[str, Proceed] = {}
 
+    def proceeds(self, budget_fraction: float, wanted: str, usable: frozenset[str]) -> bool:
+        """Whether :meth:`plan` proceeds on ``wanted`` at once, told from these alone: the
+        usual case (budget below ``simplify_at``, the wanted tier usable), which the
+        replanner so answers without gathering the whole input.  A subclass overriding
+        :meth:`plan` is asked for its whole decision unless it overrides this too."""
+        return (not self.params.simplify_at <= budget_fraction < 1.0) and wanted in usable
+
     def plan(self, data: ReplanInput) -> ReplanDecision:
         p = self.params
         if p.simplify_at <= data.budget_fraction < 1.0:  # at 100 % the task pauses (R3.4)

@@ -88,9 +88,20 @@ class CheapestCapableRouting:
         self._decided: dict[tuple[object, ...], tuple[object, object, object,
                                                       RouteDecision]] = {}
 
+    def budget_key(self, budget_fraction: float) -> tuple[str, bool]:
+        """What of the budget fraction :meth:`select` depends on: its whole percent (the
+        reason shows it) and whether it passed ``downgrade_above``.
+
+        Defining it also says what else a decision depends on: of the task only its type
+        and ``requires_high_capability``, then the assessment, the usable and over-budget
+        tiers and ``min_tier``.  Calls alike in these, of any task, get the same decision
+        (the router reuses it without building a :class:`RoutingInput`).  A subclass
+        overriding :meth:`select` is asked every time unless it overrides this too."""
+        return f"{budget_fraction:.0%}", budget_fraction > self.params.downgrade_above
+
     def select(self, data: RoutingInput) -> RouteDecision:
-        """The decision for ``data``: the budget fraction counts only through its whole
-        percent (the reason shows it) and whether it passed ``downgrade_above``."""
+        """The decision for ``data``: the budget fraction counts only through
+        :meth:`budget_key`."""
         a, subs, tiers = data.assessment, data.substitutes, data.tiers
         used = f"{data.budget_fraction:.0%}"
         key = (id(a), id(subs), id(tiers), used,

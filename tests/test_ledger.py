@@ -123,6 +123,7 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
     ({"messages": []}, "messages"),
     ({"messages": ["hi"]}, "messages[0]"),
     ({"tools": [1]}, "tools[0]"),
+    ({"tools": None}, "tools"),
     ({"system": None}, "system"),
     ({"context": 3}, "context"),
     ({"model": "gpt-5"}, "model"),

@@ -158,7 +158,7 @@ async def test_r6_7_runtime_simplifies_when_the_budget_is_critical(tmp_path: Pat
     orch, _, events = make(tmp_path, {"d": Designer})
 
     handle = orch.add_tasks([TaskSpec(id="t1", agent="d", prompt="Fix the off-by-one bug")])[0]
-    orch.tracker.fraction_used = lambda task_id: 0.95  # type: ignore[method-assign]
+    orch.tracker.fraction_used = lambda task_id, scopes=None: 0.95  # type: ignore[method-assign]
     await orch.run([])
     assert handle.result == {"task": "t1", "simplify": True}
     assert [e.name for e in events].count("task_simplified") == 1

@@ -116,6 +116,24 @@ class ScopeState:
         return self._caps
 
 
+def worst_fraction(scopes: tuple[ScopeState, ...]) -> float:
+    """The largest :meth:`ScopeState.max_fraction` of ``scopes`` (asked before every
+    routed call: its loop here, not a call per scope)."""
+    worst = 0.0
+    for scope in scopes:
+        if scope._caps_of is not scope.limits:
+            scope._limits_now()
+        totals = scope.totals
+        for dim, lim in scope._limited:
+            if dim.startswith("tokens:"):
+                used: float = totals.tokens_by_model.get(dim[7:], 0)
+            else:
+                used = getattr(totals, dim)
+            if used > worst * lim:
+                worst = used / lim
+    return worst
+
+
 #: What each ``Limits`` says per dimension, and its dimensions limited above 0, by the
 #: object's id (tasks of one type and complexity share their limits: their scopes share
 #: these too, read only); the object is kept with them so its id is not reused.

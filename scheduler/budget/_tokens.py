@@ -62,9 +62,12 @@ def _encoding(name: str) -> Any:
         ) from exc
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Estimate:
-    """A pre-call estimate: ``raw`` tiktoken count and the ``calibrated`` one."""
+    """A pre-call estimate: ``raw`` tiktoken count and the ``calibrated`` one.
+
+    Not changed once made; not frozen, because a frozen dataclass sets each field through
+    ``object.__setattr__`` (three times the cost of making one, once per attempt)."""
 
     raw: int
     calibrated: int
@@ -233,9 +236,17 @@ class TokenCounter:
         tools: Sequence[Mapping[str, Any]] = (),
     ) -> int:
         """Raw tiktoken count of everything sent: system, context, messages, tools."""
-        n = self.count_text(system) + self.count_text(context) + self.count_tools(tools)
+        n = 0  # asked before every call: only what the call has is counted, a call each
+        if system:
+            n += self.count_text(system)
+        if context:
+            n += self.count_text(context)
+        if tools:
+            n += self.count_tools(tools)
         for m in messages:
-            n += PER_MESSAGE_OVERHEAD + self._count_content(m.get("content", ""))
+            content = m.get("content", "")
+            n += PER_MESSAGE_OVERHEAD + (self.count_text(content) if type(content) is str
+                                         else self._count_content(content))
         return n
 
     def factor(self, model: str) -> float:
@@ -265,7 +276,11 @@ class TokenCounter:
     def calibrated(self, model: str, raw: int) -> Estimate:
         """The estimate for ``model`` of a prompt whose raw count is ``raw`` (a call
         counts its prompt once, then estimates it for each model it may go to)."""
-        return Estimate(raw, round(raw * self.factor(model)), model)
+        return Estimate(raw, self.calibrated_tokens(model, raw), model)
+
+    def calibrated_tokens(self, model: str, raw: int) -> int:
+        """:meth:`calibrated`'s token count alone (no :class:`Estimate` made)."""
+        return round(raw * self.factor(model))
 
     def reconcile(self, estimate: Estimate, actual_input_tokens: int) -> Reconciliation:
         """Compare with the provider's input count; log > 10 % and update calibration."""

@@ -23,7 +23,7 @@ import anyio
 from scheduler.budget._open_calls import OpenCalls
 from scheduler.budget._profile import TaskProfile
 from scheduler.budget._reservations import Reservation, Reservations
-from scheduler.budget._scopes import Crossing, Scopes, ScopeState
+from scheduler.budget._scopes import Crossing, Scopes, ScopeState, worst_fraction
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import SystemWallClock, Usage, UsageEvent, WallClock, loop_time
@@ -373,14 +373,11 @@ class Tracker:
 
     # -- questions -----------------------------------------------------------------
 
-    def fraction_used(self, task_id: str) -> float:
-        """The largest used/limit ratio over every dimension of the task's scopes."""
-        worst = 0.0
-        for scope in self.scopes(task_id):
-            frac = scope.max_fraction()
-            if frac > worst:
-                worst = frac
-        return worst
+    def fraction_used(self, task_id: str,
+                      scopes: tuple[ScopeState, ...] | None = None) -> float:
+        """The largest used/limit ratio over every dimension of the task's scopes
+        (``scopes``: ``scopes(task_id)``, when the caller read them already)."""
+        return worst_fraction(self.scopes(task_id) if scopes is None else scopes)
 
     def token_fraction(self, task_id: str) -> float:
         """Task tokens used ÷ task token limit (0 when unlimited); R5.2 demotion input."""

@@ -27,7 +27,7 @@ from policies.replan import (
 )
 from scheduler.config import TaskSpec, VibeConfig, load_policies
 from scheduler.core import EventBus
-from scheduler.routing._router import Router, task_info
+from scheduler.routing._router import Router, companion
 from scheduler.tasks import TaskHandle, TaskStatus
 
 
@@ -52,13 +52,17 @@ class Replanner:
         self.bus = bus
         self.policy: ReplanPolicy = policy or load_policies(config).replan
         self._clock = clock
+        #: The policy's quick answer for the usual case (``proceeds(budget_fraction,
+        #: wanted, usable)``), when the class deciding its plans gives one.
+        self._proceeds: Callable[[float, str, frozenset[str]], bool] | None = (
+            companion(self.policy, "plan", "proceeds"))
 
     def plan(
         self, handle: TaskHandle, *, budget_fraction: float, agent: object | None = None,
         deferred_s: float = 0.0, info: TaskInfo | None = None,
     ) -> ReplanDecision:
         """The policy's decision; ``info``: ``task_info(handle)`` when the caller made it."""
-        info = info or task_info(handle)
+        info = info or self.router.info(handle)
         wanted = self.router.min_tier(info.task_id) or self.router.assess(info).tier
         parts = handle.spec.params.get("parts")
         parts = tuple(map(str, parts)) if parts else ()
@@ -68,6 +72,18 @@ class Replanner:
             has_decompose=can_decompose(agent), parts=parts, deferred_s=deferred_s,
         )
         return self.policy.plan(data)
+
+    def proceeds(self, budget_fraction: float, info: TaskInfo) -> bool:
+        """True when the policy lets the task proceed with nothing to apply (the budget
+        fraction ``budget_fraction``, before any wait), told without building its whole
+        input; False when only :meth:`before_call` can tell.  ``info``: the task's
+        ``Router.info``."""
+        quick = self._proceeds
+        if quick is None:
+            return False
+        router = self.router
+        wanted = router.min_tier(info.task_id) or router.complexity.assess(info).tier
+        return quick(budget_fraction, wanted, router.health.usable(info.priority))
 
     async def before_call(
         self, handle: TaskHandle, budget_fraction: Callable[[], float], *,
@@ -82,9 +98,13 @@ class Replanner:
         orchestrator can split the task); mid-task the gateway's fallbacks cover it.
         ``info``: ``task_info(handle)`` when the caller made it already.
         """
+        info = info or self.router.info(handle)
+        used = budget_fraction()
+        if self.proceeds(used, info):
+            return None
         deferred_s = 0.0
         while True:
-            decision = self.plan(handle, budget_fraction=budget_fraction(), agent=agent,
+            decision = self.plan(handle, budget_fraction=used, agent=agent,
                                  deferred_s=deferred_s, info=info)
             if isinstance(decision, Simplify):
                 self.simplify(handle, decision)
@@ -93,10 +113,27 @@ class Replanner:
                 started = self._clock()
                 await self.wait_deferred(handle, decision)
                 deferred_s += max(self._clock() - started, 1e-9)
+                used = budget_fraction()
                 continue
             if isinstance(decision, BreakDown) and allow_break_down:
                 return decision
             return None
+
+    async def before_routed_call(
+        self, handle: TaskHandle, budget_fraction: Callable[[], float], *,
+        allow_break_down: bool, info: TaskInfo,
+    ) -> tuple[BreakDown | None, float]:
+        """:meth:`before_call` for a model call the router routes: the break-down, if any,
+        and the budget fraction as last read (the route's budget pressure)."""
+        used: list[float] = []
+
+        def reading() -> float:
+            used.append(budget_fraction())
+            return used[-1]
+
+        split = await self.before_call(handle, reading, allow_break_down=allow_break_down,
+                                       info=info)
+        return split, used[-1]
 
     # -- break down (R6.2) -------------------------------------------------------------
     def break_down(self, spec: TaskSpec, decision: BreakDown, agent: object | None = None) -> (

@@ -22,12 +22,18 @@ from typing import Any
 
 from policies.complexity import Assessment, ComplexityPolicy, TaskInfo
 from policies.routing import RouteDecision, RoutingInput, RoutingPolicy
-from scheduler.config import PRIORITY_VALUES, VibeConfig, load_policies
+from scheduler.budget import TaskProfile
+from scheduler.config import PRIORITY_VALUES, TaskSpec, VibeConfig, load_policies
 from scheduler.core import EventBus, loop_time
 from scheduler.routing._catalog import ModelCatalog
 from scheduler.routing._health import HealthMonitor
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle
+
+#: How many tasks' :meth:`Router.info` is kept (about the tasks running at once).
+_INFOS_KEPT = 4096
+#: How many decisions :meth:`Router.choose` keeps.
+_CHOSEN_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,17 @@ def task_info(handle: TaskHandle, hints: Mapping[str, Any] | None = None) -> Tas
     )
 
 
+def companion(policy: object, method: str, name: str) -> Any:
+    """``policy``'s attribute ``name`` when the class defining its ``method`` defines
+    ``name`` too, else None: a subclass overriding ``method`` alone would otherwise be
+    answered by its base's shortcut."""
+    def owner(attr: str) -> type | None:
+        return next((c for c in type(policy).__mro__ if attr in vars(c)), None)
+
+    found = owner(name)
+    return getattr(policy, name) if found is not None and found is owner(method) else None
+
+
 class Router:
     """Model choice and correction for every call (see the module docstring)."""
 
@@ -88,6 +105,14 @@ class Router:
             complexity, policy = complexity or loaded.complexity, policy or loaded.routing
         self.complexity: ComplexityPolicy = complexity
         self.policy: RoutingPolicy = policy
+        #: What of the budget fraction the policy's decisions depend on, when the class
+        #: deciding them says (``budget_key``): then a decision is reused for every call
+        #: whose input is alike in what the decision depends on.
+        self._budget_key: Callable[[float], object] | None = companion(policy, "select",
+                                                                       "budget_key")
+        #: Decisions by what they depend on (see :meth:`choose`), with the assessment
+        #: named by id in the key.
+        self._chosen: dict[tuple[object, ...], tuple[Assessment, RouteDecision]] = {}
         self._failures: Counter[str] = Counter()
         self._min_tier: dict[str, str] = {}
         self._by_model: Counter[str] = Counter()
@@ -96,6 +121,22 @@ class Router:
         self._learned_changed = False
         # each tier's substitutes per task type: the catalog's, fixed by the config
         self._substitutes: dict[str, Mapping[str, list[str]]] = {}
+        #: Routing's view of each task (:meth:`info`) with the spec and profile it was
+        #: made from: every routed call asks for it, and neither changes during a task.
+        self._infos: dict[str, tuple[TaskSpec, TaskProfile, TaskInfo]] = {}
+
+    def info(self, handle: TaskHandle) -> TaskInfo:
+        """``task_info(handle)``, made once per task: a spec and a profile are frozen, so
+        the view is made again only when the handle holds another one."""
+        spec, profile = handle.spec, handle.profile
+        found = self._infos.get(spec.id)
+        if found is not None and found[0] is spec and found[1] is profile:
+            return found[2]
+        made = task_info(handle)
+        if len(self._infos) >= _INFOS_KEPT:
+            self._infos.clear()  # bounded: a router used without forget() (serve, tests)
+        self._infos[spec.id] = (spec, profile, made)
+        return made
 
     # -- choosing (R4.1, R4.2, R6.1) ---------------------------------------------------
     def choose(
@@ -111,22 +152,38 @@ class Router:
         usable = self.health.usable(prio)
         if over_budget and usable - over_budget:
             usable -= over_budget
-        data = RoutingInput(
-            task=task,
-            assessment=self.assess(task),
-            budget_fraction=budget_fraction,
-            tiers=self.catalog.tiers,
-            usable=usable,
-            substitutes=self._substitutes_for(task.task_type),
-            min_tier=self._min_tier.get(task.task_id),
-            over_budget=over_budget,
-        )
-        decision = self.policy.select(data)
+        assessment, min_tier = self.complexity.assess(task), self._min_tier.get(task.task_id)
+        budget_key = self._budget_key
+        if budget_key is None:
+            decision = self._select(task, assessment, budget_fraction, usable, min_tier,
+                                    over_budget)
+        else:  # the usual call: decided already for a call alike (of any task)
+            key = (task.task_type, task.requires_high_capability, id(assessment), usable,
+                   over_budget, min_tier, budget_key(budget_fraction))
+            found = self._chosen.get(key)
+            if found is not None and found[0] is assessment:
+                decision = found[1]
+            else:
+                decision = self._select(task, assessment, budget_fraction, usable, min_tier,
+                                        over_budget)
+                if len(self._chosen) >= _CHOSEN_KEPT:
+                    self._chosen.clear()  # bounded: learned scores keep making new inputs
+                self._chosen[key] = (assessment, decision)  # kept: its id is not reused
         self._decisions += 1
         self._by_model[decision.model] += 1
         self._downgrades += decision.downgraded
         self._substitutions += decision.substituted
         return decision
+
+    def _select(self, task: TaskInfo, assessment: Assessment, budget_fraction: float,
+                usable: frozenset[str], min_tier: str | None,
+                over_budget: frozenset[str]) -> RouteDecision:
+        return self.policy.select(RoutingInput(
+            task=task, assessment=assessment, budget_fraction=budget_fraction,
+            tiers=self.catalog.tiers, usable=usable,
+            substitutes=self._substitutes_for(task.task_type), min_tier=min_tier,
+            over_budget=over_budget,
+        ))
 
     def assess(self, task: TaskInfo) -> Assessment:
         """The complexity policy's assessment of ``task`` (the policy keeps what it works out:
@@ -214,6 +271,7 @@ class Router:
         """Drop per-task correction state (the task ended)."""
         self._failures.pop(task_id, None)
         self._min_tier.pop(task_id, None)
+        self._infos.pop(task_id, None)
 
     def statistics(self) -> RouterStatistics:
         return RouterStatistics(self._decisions, dict(self._by_model), self._downgrades,

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from policies.replan import BreakDown
+from policies.routing import RouteDecision
 from scheduler.config import VibeConfig
 from scheduler.core import (
     CompletionRequest,
@@ -32,6 +33,8 @@ class Route:
 
 #: The hints of a call given none: one read-only mapping, not an empty dict per call.
 NO_HINTS: Mapping[str, Any] = MappingProxyType({})
+
+
 class BreakDownRequested(VibeEngineError):
     """R6.2 mid-task: the task's model degraded and replanning says break it down.
 
@@ -45,9 +48,12 @@ class BreakDownRequested(VibeEngineError):
         super().__init__(f"task {task_id} broken down mid-task: {decision.reason}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
-    """What every attempt of one call shares: output limits, streaming, hints, options."""
+    """What every attempt of one call shares: output limits, streaming, hints, options.
+
+    Not changed once made; not frozen, because a frozen dataclass sets each field through
+    ``object.__setattr__``: four times the cost of making one, once per call."""
 
     max_tokens: int
     #: tokens reserved for the output: ``max_tokens``, or a larger thinking budget
@@ -76,7 +82,7 @@ def output_limits(task: TaskHandle, max_tokens: int, opts: Mapping[str, Any]) ->
     part_limit = task.spec.params.get("max_output_tokens")
     if part_limit:
         max_tokens = min(max_tokens, int(part_limit))
-    return max_tokens, max(max_tokens, thinking_budget(opts))
+    return max_tokens, max(max_tokens, thinking_budget(opts)) if opts else max_tokens
 
 
 def attempt_request(
@@ -121,3 +127,32 @@ class SharedTexts:
                 texts.clear()
             kept = texts[text] = text
         return kept
+
+
+class Routes:
+    """One :class:`Route` per router decision, with one copy of each reason text: the
+    router reuses a task's decision (and its policy one decision for calls routed alike),
+    so most calls share a route rather than each making one and holding its reason.
+    Bounded like :class:`SharedTexts`."""
+
+    __slots__ = ("_routes", "_texts")
+
+    def __init__(self) -> None:
+        self._texts = SharedTexts()
+        #: by the decision's id, kept with the decision so that id is not reused
+        self._routes: dict[int, tuple[RouteDecision, Route]] = {}
+
+    def of(self, decision: RouteDecision) -> Route:
+        """The route of ``decision`` as it is."""
+        found = self._routes.get(id(decision))
+        if found is not None and found[0] is decision:
+            return found[1]
+        route = Route(decision.model, self._texts.shared(decision.reason), decision.fallback)
+        if len(self._routes) >= SharedTexts.KEPT:
+            self._routes.clear()
+        self._routes[id(decision)] = (decision, route)
+        return route
+
+    def lowered(self, decision: RouteDecision, model: str, why: str) -> Route:
+        """``decision`` moved to the cheaper ``model`` for ``why`` (a budget alert)."""
+        return Route(model, self._texts.shared(f"{decision.reason} {why}"), decision.fallback)

@@ -17,13 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import anyio
 
 from policies.complexity import TaskInfo
 from scheduler.allocator import Allocator, Lease
-from scheduler.budget import Crossing, Estimate, Reservation, TokenCounter, Tracker
+from scheduler.budget import (
+    Crossing,
+    Estimate,
+    Reservation,
+    ScopeState,
+    TokenCounter,
+    Tracker,
+)
 from scheduler.config import VibeConfig
 from scheduler.control import AlertRuntime, PauseController
 from scheduler.core import (
@@ -54,7 +62,7 @@ from scheduler.runtime._call import (
     Call,
     Checkpoints,
     Route,
-    SharedTexts,
+    Routes,
     attempt_request,
     output_limits,
 )
@@ -119,8 +127,8 @@ class Gateway:
         #: Per model, its input and output price per token in ``_rates_of``.
         self._rates: dict[str, tuple[float, float]] = {}
         self._rates_of: VibeConfig | None = None
-        #: One copy of each routing reason text, for the calls routed alike.
-        self._reasons = SharedTexts()
+        #: One route (and reason text) per routing decision, for the calls routed alike.
+        self._routes = Routes()
         #: The attempt and lease steps as called; :meth:`instrument` wraps them.
         self._attempt: AttemptFn = self._complete_on
         self._lease: LeaseFn = self.admission.lease
@@ -192,32 +200,32 @@ class Gateway:
         check_request(messages, system=system, context=context, tools=tools,
                       max_tokens=max_tokens, model=model, hints=hints,
                       models=self.config.models)
-        opts = check_options(options or {})
-        used: list[float] = []  # the budget fraction as the replanner last read it
+        opts = check_options(options) if options else {}
         info: TaskInfo | None = None
+        fraction: float | None = None
+        scopes = None
         if model is None:  # R6.7: a routed call may wait for its model or be simplified
-            tracker, task_id = self.tracker, task.id
-
-            def fraction() -> float:
-                used.append(tracker.fraction_used(task_id))
-                return used[-1]
-
             # what routing knows of the task stays as it is for the whole call; the
             # replanner's view is the same but for the call's hints
-            plain = task_info(task)
+            plain = self.router.info(task)
             info = task_info(task, hints) if hints else plain
-            split = await self.replanner.before_call(  # R6.2: parts are not split again,
-                task, fraction,  # nor forwarded calls
-                allow_break_down=not task.split_from and passthrough is None, info=plain)
-            if split is not None:
-                raise BreakDownRequested(task.id, split)
+            scopes = self.tracker.scopes(task.id)  # read once: the replanner and the route
+            fraction = self.tracker.fraction_used(task.id, scopes)
+            if not self.replanner.proceeds(fraction, plain):  # the usual call: proceed
+                split, fraction = await self.replanner.before_routed_call(
+                    task, partial(self.tracker.fraction_used, task.id), info=plain,
+                    # R6.2: parts are not split again, nor forwarded calls
+                    allow_break_down=not task.split_from and passthrough is None)
+                if split is not None:
+                    raise BreakDownRequested(task.id, split)
+                scopes = None  # a wait may have passed midnight
         max_tokens, out = output_limits(task, max_tokens, opts)
         raw = self.counter.count_prompt(messages, system=system, context=context, tools=tools)
-        need = out + self.counter.calibrated(self.router.catalog.strongest, raw).calibrated
+        need = out + self.counter.calibrated_tokens(self.router.catalog.strongest, raw)
         call = Call(max_tokens, out, stream, dict(hints) if hints else NO_HINTS, opts, on_text,
                     passthrough, task, messages, system, context, tools, raw)
         # nothing was charged since the replanner's last reading (no wait in between)
-        route = self.route(task, model, hints, need, used[-1] if used else None, info)
+        route = self.route(task, model, hints, need, fraction, info, scopes)
         return call, route, need, info
 
     def _on(self, route: Route, call: Call) -> Awaitable[Completion]:
@@ -357,24 +365,28 @@ class Gateway:
         self, task: TaskHandle, requested: str | None = None,
         hints: Mapping[str, Any] | None = None, need_tokens: int = 0,
         fraction: float | None = None, info: TaskInfo | None = None,
+        scopes: tuple[ScopeState, ...] | None = None,
     ) -> Route:
         """R4.2/R6.1 through the router: complexity, budget pressure (``fraction`` of the
         budget used, when the caller read it already), health, capability floor
-        (``info``: routing's view of the task, when the caller made it already)."""
+        (``info``: routing's view of the task, when the caller made it already;
+        ``scopes``: the task's, when the caller read them already)."""
         if requested:
             return Route(requested, "requested by agent")
-        over = self.over_budget(task, need_tokens)  # once per call: the router and R3.2/3
+        if scopes is None:
+            scopes = self.tracker.scopes(task.id)
+        # once per call: the router and R3.2/3
+        over = over_budget(scopes, self.router.catalog.tiers, need_tokens)
         if fraction is None:
-            fraction = self.tracker.fraction_used(task.id)
-        decision = self.router.choose(info or task_info(task, hints), fraction, task.priority,
-                                      over_budget=over)
-        model, reason = decision.model, decision.reason
-        down = cheaper(task, self.router.catalog.tiers, self.health.usable, over, model,
-                       decision.downgraded)
+            fraction = self.tracker.fraction_used(task.id, scopes)
+        if info is None:
+            info = task_info(task, hints) if hints else self.router.info(task)
+        decision = self.router.choose(info, fraction, over_budget=over)  # info.priority
+        down = cheaper(task, self.router.catalog.tiers, self.health.usable, over,
+                       decision.model, decision.downgraded)
         if down is not None:
-            model, reason = down
-            reason = f"{decision.reason} {reason}"
-        return Route(model, self._reasons.shared(reason), decision.fallback)
+            return self._routes.lowered(decision, *down)
+        return self._routes.of(decision)  # the usual call: the router's decision as it is
 
     def _next_fallback(self, task: TaskHandle, model: str, skip: list[str]) -> str | None:
         """R6.1: where a failed call goes next — a usable substitute not skipped."""

@@ -25,13 +25,22 @@ def check_request(
         raise InvalidArgumentError("max_tokens", max_tokens, "must be a positive int")
     if max_tokens <= 0:
         raise InvalidArgumentError("max_tokens", max_tokens, "must be > 0")
-    _check_dicts("messages", messages)
+    # a list of plain dicts and no tools, what nearly every call passes: no call more
+    plain = type(messages) in _PLAIN_SEQUENCES
+    for item in messages if plain else ():
+        if type(item) is not dict:
+            plain = False
+            break
+    if not plain:
+        _check_dicts("messages", messages)
     if not messages:
         raise InvalidArgumentError("messages", messages, "must hold at least one message")
-    _check_dicts("tools", tools)
-    for name, value in (("system", system), ("context", context)):
-        if not isinstance(value, str):
-            raise InvalidArgumentError(name, value, "must be a str")
+    if type(tools) is not tuple or tools:
+        _check_dicts("tools", tools)
+    if type(system) is not str or type(context) is not str:
+        for name, value in (("system", system), ("context", context)):
+            if not isinstance(value, str):
+                raise InvalidArgumentError(name, value, "must be a str")
     if model is not None and model not in models:
         raise InvalidArgumentError("model", model, f"unknown model; known: {', '.join(models)}")
     if hints is not None and not isinstance(hints, Mapping):

@@ -14,18 +14,24 @@ from scheduler.tasks import TaskHandle
 def over_budget(scopes: Iterable[ScopeState], tiers: Sequence[str],
                 tokens: int) -> frozenset[str]:
     """Tiers whose per-model token budget (any of ``scopes``) cannot take ``tokens``."""
-    out = set()
+    out: set[str] | None = None
     for scope in scopes:
         caps = scope.limits.tokens_by_model
-        if not caps:
+        if not caps:  # the usual scope: no per-model budget
             continue
+        if out is None:
+            out = set()
         for tier in tiers:
             cap = caps.get(tier)  # type: ignore[call-overload]
             held = scope.totals.tokens_by_model.get(tier, 0) + scope.reserved_by_model.get(
                 tier, 0)
             if cap is not None and held + tokens > cap:
                 out.add(tier)
-    return frozenset(out)
+    return _NONE if not out else frozenset(out)
+
+
+#: No tier over budget: one object for every call (most calls; no per-model budget).
+_NONE: frozenset[str] = frozenset()
 
 
 def cheaper(task: TaskHandle, tiers: Sequence[str], usable: Callable[[int], frozenset[str]],
