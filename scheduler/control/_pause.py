@@ -2,13 +2,9 @@
 
 A task whose budget is exceeded is *paused*: the gateway releases its leases,
 its checkpoint stays in the store, and it waits in :meth:`PauseController.wait_decision`
-until a person decides one of
-
-* ``add_budget`` — add tokens / dollars / seconds / operations to the exceeded
-  scope (through :meth:`Tracker.raise_limits`; outstanding overdraft is repaid
-  first) and continue;
-* ``finish`` — save progress and finish;
-* ``review`` — get a summary of what was done and used; the task stays paused.
+until a person decides: ``add_budget`` (to the exceeded scope, through
+:meth:`Tracker.raise_limits`; outstanding overdraft is repaid first) and continue,
+``finish`` (save progress and finish) or ``review`` (a summary; it stays paused).
 
 A pause at a per-day budget lifts itself once that day is over (``_new_day``).
 
@@ -19,9 +15,8 @@ session that reuses the task id -- and a decision written to the store by
 another process is picked up by polling.  Budget a person added is kept as kind
 ``budget`` and re-applied by :meth:`restore_task`.
 
-Critical sections (``open_critical(task_id, "git_commit")``) defer a pause:
-a pause requested while one is in flight takes effect when it completes, and
-a call made inside one may use the overdraft grace instead of pausing.
+Critical sections (``open_critical(task_id, "git_commit")``) defer a pause until
+they complete, and a call made inside one may use the overdraft grace instead.
 """
 
 from __future__ import annotations
@@ -157,11 +152,9 @@ class PauseController:
                 self.tracker.raise_limits(scope, Limits.model_validate(extra))
 
     def forget(self, task_id: str) -> None:
-        """Drop what is held of an ended task (the run forgets it); its pause and decision
-        records were discarded when it ended."""
-        self._tasks.pop(task_id, None)
-        self._last.pop(task_id, None)
-        self._claims.pop(task_id, None)
+        """Drop what is held of an ended task the run forgets (its records went at its end)."""
+        for held in (self._tasks, self._last, self._claims):
+            held.pop(task_id, None)
 
     def _ctl(self, task_id: str) -> _TaskControl:
         ctl = self._tasks.get(task_id)

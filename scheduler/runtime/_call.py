@@ -156,3 +156,28 @@ class Routes:
     def lowered(self, decision: RouteDecision, model: str, why: str) -> Route:
         """``decision`` moved to the cheaper ``model`` for ``why`` (a budget alert)."""
         return Route(model, self._texts.shared(f"{decision.reason} {why}"), decision.fallback)
+
+
+#: Per-million prices to per-token ones, as ``cost_usd`` divides them.
+_MTOK = 1_000_000.0
+
+
+class Prices:
+    """Per model, its input and output price per token, read once per config (the prices
+    a config names never change): a call's estimated cost without a ``Usage`` made and
+    the model's spec looked up per call."""
+
+    def __init__(self) -> None:
+        self._rates: dict[str, tuple[float, float]] = {}
+        self._of: VibeConfig | None = None
+
+    def cost(self, config: VibeConfig, model: str, prompt_tokens: int,
+             max_tokens: int) -> float:
+        if self._of is not config:
+            self._rates, self._of = {}, config
+        rate = self._rates.get(model)
+        if rate is None:
+            spec = config.model_spec(model)
+            rate = self._rates[model] = (spec.input_usd_per_mtok / _MTOK,
+                                         spec.output_usd_per_mtok / _MTOK)
+        return prompt_tokens * rate[0] + max_tokens * rate[1]

@@ -61,6 +61,7 @@ from scheduler.runtime._call import (
     BreakDownRequested,
     Call,
     Checkpoints,
+    Prices,
     Route,
     Routes,
     attempt_request,
@@ -71,7 +72,6 @@ from scheduler.runtime._requests import check_request
 from scheduler.runtime._tiers import cheaper, next_fallback, over_budget
 from scheduler.tasks import TaskHandle
 
-_MTOK = 1_000_000.0  # per-million prices to per-token ones, as ``cost_usd`` divides them
 #: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
 AttemptFn = Callable[..., Awaitable[Completion]]
 #: The lease step, ``(task, tokens, reservation) -> Lease``.
@@ -124,9 +124,7 @@ class Gateway:
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
         self._clock = clock
         self._count_api = config.provider.count_tokens == "api"  # the config is frozen
-        #: Per model, its input and output price per token in ``_rates_of``.
-        self._rates: dict[str, tuple[float, float]] = {}
-        self._rates_of: VibeConfig | None = None
+        self._prices = Prices()
         #: One route (and reason text) per routing decision, for the calls routed alike.
         self._routes = Routes()
         #: The attempt and lease steps as called; :meth:`instrument` wraps them.
@@ -398,16 +396,6 @@ class Gateway:
         return over_budget(self.tracker.scopes(task.id), self.router.catalog.tiers, tokens)
 
     # 2 estimate ----------------------------------------------------------------------
-    def estimate(
-        self,
-        model: str,
-        messages: Sequence[Message],
-        system: str,
-        context: str,
-        tools: Sequence[Mapping[str, Any]],
-    ) -> Estimate:
-        return self.counter.estimate(model, messages, system=system, context=context, tools=tools)
-
     async def count_api(self, request: CompletionRequest, est: Estimate) -> Estimate:
         """With ``provider.count_tokens = "api"``, the provider's own count replaces the
         calibrated tiktoken one (the raw count still feeds calibration)."""
@@ -418,14 +406,7 @@ class Gateway:
 
     def estimated_cost(self, model: str, prompt_tokens: int, max_tokens: int) -> float:
         """``cost_usd`` of a call's estimate, from per-token prices read once per config."""
-        if self._rates_of is not self.config:  # the prices a config names never change
-            self._rates, self._rates_of = {}, self.config
-        rate = self._rates.get(model)
-        if rate is None:
-            spec = self.config.model_spec(model)
-            rate = self._rates[model] = (spec.input_usd_per_mtok / _MTOK,
-                                         spec.output_usd_per_mtok / _MTOK)
-        return prompt_tokens * rate[0] + max_tokens * rate[1]
+        return self._prices.cost(self.config, model, prompt_tokens, max_tokens)
 
     # 3 admit (operations) ------------------------------------------------------------
     async def admit_ops(self, task: TaskHandle, *, file_edits: int = 0,
