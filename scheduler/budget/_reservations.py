@@ -2,14 +2,15 @@
 
 Calls in flight hold a *reservation* of their estimate against every scope of
 their task, so concurrent agents cannot all pass the same check and overspend
-together.  When the store is a shared :class:`BudgetLedger` (Redis) the
-session and day amounts are also held there, atomically across processes.
+together.  When the store is a shared :class:`BudgetLedger` (Redis, or a SQLite
+file several processes open) the session and day amounts are also held there,
+atomically across processes.
 A reservation ends settled (the call's usage is recorded), or released.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -52,6 +53,10 @@ class Reservations:
         self._store = store
         # once: isinstance against a runtime-checkable protocol inspects every member
         self._ledger: BudgetLedger | None = store if isinstance(store, BudgetLedger) else None
+        #: A ledger that settles a hold and deletes a state record in one transaction
+        #: (``SqliteStore``): a call's settle is then one write, its open_call record with it.
+        self._settle_and_delete: Callable[[UsageEvent, Hold, str, str], Awaitable[bool]] | None = (
+            getattr(store, "settle_and_delete_state", None) if self._ledger is not None else None)
         self._unavailable_wait_s = unavailable_wait_s
         self._clock = clock
         self._hold_id = hold_id
@@ -128,7 +133,7 @@ class Reservations:
     ) -> Reservation:
         """:meth:`reserve`, and across processes when the store is a :class:`BudgetLedger`.
 
-        With a shared store (Redis) the same amounts are also held atomically
+        With a shared store (Redis, SQLite) the same amounts are also held atomically
         against the session and day scopes (and the task scopes spanning the store: the
         task's own, and its parent's)
         of *every* orchestrator sharing them ("charge if within budget"), and the
@@ -218,6 +223,8 @@ class Reservations:
             self.cancel(reservation)
             hold, reservation.hold = reservation.hold, None
         if hold is not None and self._ledger is not None:
+            if close is not None and self._settle_and_delete is not None:
+                return await self._settle_and_delete(event, hold, *close)
             added = await self._ledger.settle(event, hold)
         elif close is not None:
             return await record_and_delete_state(self._store, event, *close)

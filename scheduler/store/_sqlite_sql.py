@@ -67,7 +67,21 @@ CREATE TABLE IF NOT EXISTS open_calls (
     model TEXT, prompt_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, host TEXT,
     pid INTEGER, run TEXT, day_scope TEXT
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS holds (
+    hold_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    PRIMARY KEY (hold_id, scope)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holds_scope ON holds(scope);
 """
+#: Ends a shared budget hold (``_sqlite_holds``) in every scope: its key's prefix.
+DELETE_HOLD = "DELETE FROM holds WHERE hold_id = ?"
 
 #: The state kind of a model call in flight (``scheduler/budget/_open_calls.py``): every
 #: call writes one record before it goes out and deletes it when settled, so a record of
@@ -140,6 +154,7 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
 
     An event answers ``True`` when recorded, ``False`` when its ``event_id`` was
     already there (it is then not added to any total again); a state write ``None``.
+    An event's ``hold_id`` (the shared budget hold of its call) is deleted with it.
     """
     out: list[bool | None] = []
     fresh: list[UsageEvent] = []
@@ -160,6 +175,8 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
                 continue
             _put_all(db, puts)
             added = db.execute(_INSERT_EVENT, _event_row(entry.event)).rowcount == 1
+            if entry.hold_id:  # the call's shared hold ends with its charge (even a repeat)
+                db.execute(DELETE_HOLD, (entry.hold_id,))
             if added:
                 fresh.append(entry.event)
             out.append(added)
