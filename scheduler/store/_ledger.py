@@ -1,8 +1,7 @@
 """Optional store extensions for several orchestrators sharing one budget and one quota.
 
-A store that is shared between processes (``RedisStore``) can offer two more
-capabilities, checked with ``isinstance`` because the protocols are
-``runtime_checkable``:
+A store that is shared between processes can offer two more capabilities, checked
+with ``isinstance`` because the protocols are ``runtime_checkable``:
 
 * :class:`BudgetLedger` — an atomic *charge if within budget*: a hold of a
   call's estimate is placed against every shared scope at once, or against
@@ -12,8 +11,11 @@ capabilities, checked with ``isinstance`` because the protocols are
 * :class:`SliceBackend` — leases on slices of a global pool (tokens per
   minute …) shared fairly between orchestrators; see :mod:`scheduler.allocator._quota`.
 
-``MemoryStore`` and ``SqliteStore`` offer neither: a single process's tracker
-reservations already prevent overspend there.
+``RedisStore`` offers both.  ``SqliteStore`` is a :class:`BudgetLedger` (several
+processes of one host may open one file; see :mod:`._sqlite_holds`) but no
+:class:`SliceBackend`: each process on a file keeps its own provider quota.
+``MemoryStore`` offers neither: it lives in one process, whose tracker reservations
+already prevent overspend.
 """
 
 from __future__ import annotations

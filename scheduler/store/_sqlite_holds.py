@@ -33,10 +33,14 @@ from scheduler.core import BudgetExceededError, Totals
 from scheduler.store._ledger import Hold, ScopeLimit
 from scheduler.store._sqlite_sql import DELETE_HOLD, totals_of
 
+#: What the live holds of a scope add up to: one row per model in ``hold_sums``, which
+#: triggers keep equal to the ``holds`` rows' sums (a call reads a few rows, not one per
+#: call in flight -- thousands while calls queue for their provider lease).
 _HELD = ("SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_usd), 0.0), "
          "COALESCE(SUM(CASE WHEN model = ? THEN tokens ELSE 0 END), 0) "
-         "FROM holds WHERE scope = ? AND expires_at > ?")
-_INSERT = "INSERT OR REPLACE INTO holds VALUES (?,?,?,?,?,?,?,?)"
+         "FROM hold_sums WHERE scope = ?")
+# never OR REPLACE: the replaced row's delete would not reach the ``hold_sums`` trigger
+_INSERT = "INSERT OR IGNORE INTO holds VALUES (?,?,?,?,?,?,?,?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +82,11 @@ def reserve_all(db: sqlite3.Connection, requests: list[HoldRequest],
         db.execute("DELETE FROM holds WHERE expires_at <= ?", (now,))
         pruned = False
         for req in requests:
-            result = _reserve_one(db, req, holder, now)
+            result = _reserve_one(db, req, holder, now + holder.ttl_s)
             if isinstance(result, BudgetExceededError) and not pruned:
                 pruned = True  # once per batch: a hold of a killed process may be in the way
                 if _prune_dead(db, holder):
-                    result = _reserve_one(db, req, holder, now)
+                    result = _reserve_one(db, req, holder, now + holder.ttl_s)
             out.append(result)
         db.execute("COMMIT")
     except sqlite3.Error:
@@ -93,19 +97,17 @@ def reserve_all(db: sqlite3.Connection, requests: list[HoldRequest],
 
 
 def _reserve_one(db: sqlite3.Connection, req: HoldRequest, holder: Holder,
-                 now: float) -> Hold | BudgetExceededError:
+                 expires: float) -> Hold | BudgetExceededError:
     totals: dict[str, Totals] = {}
     held: dict[str, tuple[int, float]] = {}
     for lim in req.limits:
         tot = totals_of(db, lim.scope)
-        tokens_held, cost_held, model_held = db.execute(
-            _HELD, (req.model, lim.scope, now)).fetchone()
+        tokens_held, cost_held, model_held = db.execute(_HELD, (req.model, lim.scope)).fetchone()
         over = _over(lim, req, tot, (tokens_held, cost_held, model_held))
         if over is not None:
             return over
         totals[lim.scope] = tot
         held[lim.scope] = (tokens_held + req.tokens, cost_held + req.cost_usd)
-    expires = now + holder.ttl_s
     db.executemany(_INSERT, [
         (req.hold_id, lim.scope, req.model, req.tokens, req.cost_usd, expires, holder.host,
          holder.pid) for lim in req.limits])

@@ -78,7 +78,25 @@ CREATE TABLE IF NOT EXISTS holds (
     pid INTEGER NOT NULL,
     PRIMARY KEY (hold_id, scope)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS holds_scope ON holds(scope);
+CREATE INDEX IF NOT EXISTS holds_expiry ON holds(expires_at);
+CREATE TABLE IF NOT EXISTS hold_sums (
+    scope TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (scope, model)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS hold_added AFTER INSERT ON holds BEGIN
+    INSERT INTO hold_sums VALUES (NEW.scope, NEW.model, NEW.tokens, NEW.cost_usd, 1)
+    ON CONFLICT(scope, model) DO UPDATE SET tokens = tokens + excluded.tokens,
+        cost_usd = cost_usd + excluded.cost_usd, n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS hold_ended AFTER DELETE ON holds BEGIN
+    UPDATE hold_sums SET tokens = tokens - OLD.tokens, cost_usd = cost_usd - OLD.cost_usd,
+        n = n - 1 WHERE scope = OLD.scope AND model = OLD.model;
+    DELETE FROM hold_sums WHERE scope = OLD.scope AND model = OLD.model AND n <= 0;
+END;
 """
 #: Ends a shared budget hold (``_sqlite_holds``) in every scope: its key's prefix.
 DELETE_HOLD = "DELETE FROM holds WHERE hold_id = ?"
