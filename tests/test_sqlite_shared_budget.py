@@ -123,6 +123,7 @@ def test_r1_2_concurrent_holds_from_two_stores_grant_exactly_what_fits(tmp_path:
     assert all(h.totals[DAY].tokens == 300 for h in granted)  # the shared committed total
     assert sorted(t for t, _ in held) == [100 * k for k in range(1, 8)]  # checked in order
     assert _rows(db, "SELECT COUNT(*), SUM(tokens) FROM holds") == [(7, 700)]
+    assert _rows(db, "SELECT scope, tokens, n FROM hold_sums") == [(DAY, 700, 7)]
 
 
 def test_r1_2_an_expired_hold_stops_counting_and_a_renewed_one_does_not(
@@ -156,6 +157,7 @@ def test_r1_2_an_expired_hold_stops_counting_and_a_renewed_one_does_not(
     seen = run_virtual(main)
     assert seen[:3] == [True, "tokens", False]
     assert isinstance(seen[3], Hold)
+    assert _rows(db, "SELECT scope, tokens, n FROM hold_sums") == [(DAY, 200, 1)]
 
 
 #: Takes a hold of 900 of 1,000 tokens, says so, and waits to be killed.
@@ -201,6 +203,7 @@ def test_r1_5_the_hold_of_a_killed_process_stops_counting_at_once(tmp_path: Path
         proc.wait()
         assert isinstance(run_virtual(attempt), Hold)
         assert _rows(db, "SELECT hold_id FROM holds") == [("h1",)]  # the dead one pruned
+        assert _rows(db, "SELECT scope, tokens, n FROM hold_sums") == [(DAY, 200, 1)]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -315,3 +318,28 @@ def test_r1_2_a_locked_file_refuses_new_holds(tmp_path: Path) -> None:
 
     run_virtual(main)
     assert _rows(db, "SELECT hold_id, tokens FROM holds") == [("h", 100)]
+
+
+def test_r1_5_a_settle_spooled_while_locked_ends_its_hold_when_replayed(
+        tmp_path: Path) -> None:
+    """R1.5: usage settled while the file stays locked is spooled, not lost; its hold
+    keeps counting until the spool is replayed, which ends it with the event."""
+    db = tmp_path / "v.db"
+    event = UsageEvent(event_id="e1", task_id="t", session_id="s", day=FRIDAY.isoformat(),
+                       at=0.0, model="sonnet", usage=Usage(prompt_tokens=80))
+
+    async def main() -> list[object]:
+        store = SqliteStore(db, retry_s=0.2)
+        await store.open()
+        held: list[Hold | str] = []
+        await _reserve(store, 0, 100, held)
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        assert isinstance(held[0], Hold) and await store.settle(event, held[0])
+        other.execute("ROLLBACK")
+        other.close()
+        seen: list[object] = [len(store.spool), _rows(db, "SELECT COUNT(*) FROM holds")]
+        await store.aclose()  # replays the spool
+        return [*seen, _rows(db, "SELECT COUNT(*) FROM holds"), _day_tokens(db)]
+
+    assert run_virtual(main) == [1, [(1,)], [(0,)], 80]

@@ -15,6 +15,13 @@ are always in the same transaction.  A write that fails (not a lock) fails only
 its own caller: the batch is rolled back and its writes are retried one
 transaction each.
 
+Shared budget holds: several processes of one host may open one file; the store is
+then their :class:`~scheduler.store._ledger.BudgetLedger` (``try_reserve``, ``settle``,
+``release``, ``renew``; see ``_sqlite_holds``): a call's estimate is held in the file,
+checked against every process's usage and holds in one ``BEGIN IMMEDIATE``
+transaction; concurrent holds share one, as writes do.  While the file stays locked
+past ``retry_s`` a new hold fails closed (``StoreUnavailableError``), never spooled.
+
 Threads: statements run on the event loop's thread, on the store's one
 connection.  A thread hop per statement costs more than the statement: a commit
 into the WAL is tens of microseconds, a hop to a worker thread and back a
@@ -431,11 +438,13 @@ class SqliteStore:
         if not hold.scopes:
             return True
         try:
-            return await self._run(functools.partial(holds.renew, hold_id=hold.hold_id,
-                                                     holder=self._holder))
+            alive = await self._run(functools.partial(holds.renew, hold_id=hold.hold_id,
+                                                      holder=self._holder))
         except sqlite3.Error as exc:
             _log.warning("sqlite_hold_not_renewed", path=str(self.path), error=str(exc))
             return False
+        self.checkpoints.committed()
+        return alive
 
     async def release(self, hold: Hold) -> None:
         if not hold.scopes:
@@ -444,6 +453,8 @@ class SqliteStore:
             await self._run(functools.partial(holds.release, hold_id=hold.hold_id))
         except sqlite3.Error as exc:  # it lapses on its own after hold_ttl_s
             _log.warning("sqlite_hold_not_released", path=str(self.path), error=str(exc))
+            return
+        self.checkpoints.committed()
 
 
 def _held(hold: Hold) -> str:

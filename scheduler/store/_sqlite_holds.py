@@ -13,7 +13,10 @@ for every limited scope, or nothing is held (:class:`BudgetExceededError`).  The
 write lock of ``BEGIN IMMEDIATE`` makes the check and the insert one step across
 processes; the holds of one batch are checked one after the other, each seeing the
 ones before it.  A hold ends in the transaction that records its call's event (the
-event's ``hold_id``; see ``_sqlite_sql.apply``), or is released.
+event's ``hold_id``; see ``_sqlite_sql.apply``), or is released.  What a scope's live
+holds add up to is kept per model in ``hold_sums`` by triggers on ``holds``: calls hold
+from their admission while they queue for a provider lease, thousands at once, and a
+check reads a few rows, not one per call in flight.
 
 A hold whose process died must not block the budget: it stops counting once its
 expiry (``hold_ttl_s`` after its grant or last renewal, epoch seconds from the wall
