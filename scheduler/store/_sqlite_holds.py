@@ -84,12 +84,14 @@ def reserve_all(db: sqlite3.Connection, requests: list[HoldRequest],
         db.execute("BEGIN IMMEDIATE")
         db.execute("DELETE FROM holds WHERE expires_at <= ?", (now,))
         pruned = False
+        # a batch writes holds only: each scope's committed totals are read once for it
+        committed: dict[str, Totals] = {}
         for req in requests:
-            result = _reserve_one(db, req, holder, now + holder.ttl_s)
+            result = _reserve_one(db, req, now + holder.ttl_s, holder, committed)
             if isinstance(result, BudgetExceededError) and not pruned:
                 pruned = True  # once per batch: a hold of a killed process may be in the way
                 if _prune_dead(db, holder):
-                    result = _reserve_one(db, req, holder, now + holder.ttl_s)
+                    result = _reserve_one(db, req, now + holder.ttl_s, holder, committed)
             out.append(result)
         db.execute("COMMIT")
     except sqlite3.Error:
@@ -99,17 +101,19 @@ def reserve_all(db: sqlite3.Connection, requests: list[HoldRequest],
     return out
 
 
-def _reserve_one(db: sqlite3.Connection, req: HoldRequest, holder: Holder,
-                 expires: float) -> Hold | BudgetExceededError:
+def _reserve_one(db: sqlite3.Connection, req: HoldRequest, expires: float, holder: Holder,
+                 committed: dict[str, Totals]) -> Hold | BudgetExceededError:
     totals: dict[str, Totals] = {}
     held: dict[str, tuple[int, float]] = {}
     for lim in req.limits:
-        tot = totals_of(db, lim.scope)
+        tot = committed.get(lim.scope)
+        if tot is None:
+            tot = committed[lim.scope] = totals_of(db, lim.scope)
         tokens_held, cost_held, model_held = db.execute(_HELD, (req.model, lim.scope)).fetchone()
         over = _over(lim, req, tot, (tokens_held, cost_held, model_held))
         if over is not None:
             return over
-        totals[lim.scope] = tot
+        totals[lim.scope] = tot.copy()  # each hold's own: its tracker adds to it
         held[lim.scope] = (tokens_held + req.tokens, cost_held + req.cost_usd)
     db.executemany(_INSERT, [
         (req.hold_id, lim.scope, req.model, req.tokens, req.cost_usd, expires, holder.host,
