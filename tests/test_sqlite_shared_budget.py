@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pytest
 from scheduler import BudgetExceededError, TaskSpec, Usage, UsageEvent
 from scheduler.budget import TaskProfile, Tracker
 from scheduler.config import Limits, VibeConfig
-from scheduler.core import FixedWallClock, StoreUnavailableError
+from scheduler.core import FixedWallClock, StoreUnavailableError, Totals
 from scheduler.store import SqliteStore
 from scheduler.store._ledger import Hold, ScopeLimit
 from scheduler.testing import FRIDAY, ScriptedProvider, build_orchestrator, run_virtual
@@ -343,3 +344,14 @@ def test_r1_5_a_settle_spooled_while_locked_ends_its_hold_when_replayed(
         return [*seen, _rows(db, "SELECT COUNT(*) FROM holds"), _day_tokens(db)]
 
     assert run_virtual(main) == [1, [(1,)], [(0,)], 80]
+
+
+def test_r2_1_a_copy_of_totals_has_every_field_and_its_own_model_table() -> None:
+    """R2.1: the totals a hold hands out are copies (each tracker adds to its own): every
+    field kept, the per-model table not shared."""
+    original = Totals(**{f.name: i + 1 for i, f in enumerate(fields(Totals))
+                         if f.name != "tokens_by_model"}, tokens_by_model={"sonnet": 7})
+    copy = original.copy()
+    assert copy == original and copy is not original
+    copy.tokens_by_model["sonnet"] += 1
+    assert original.tokens_by_model == {"sonnet": 7}
