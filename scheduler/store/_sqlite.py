@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+import scheduler.store._sqlite_holds as holds
 from scheduler.core import (
     GroupCommit,
     StoreError,
@@ -67,7 +68,6 @@ from scheduler.core import (
     private_dir,
     private_file,
 )
-from scheduler.store import _sqlite_holds as holds
 from scheduler.store._base import check_event, scopes_of
 from scheduler.store._ledger import Hold, ScopeLimit
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
