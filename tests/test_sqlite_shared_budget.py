@@ -355,3 +355,30 @@ def test_r2_1_a_copy_of_totals_has_every_field_and_its_own_model_table() -> None
     assert copy == original and copy is not original
     copy.tokens_by_model["sonnet"] += 1
     assert original.tokens_by_model == {"sonnet": 7}
+
+
+def test_r1_2_a_tracker_with_no_shared_limit_takes_no_hold(tmp_path: Path) -> None:
+    """R1.2: no limit on the session or the day: a call is not held in the file (no
+    write, no hold to settle); its charge is the one write it was before."""
+    db = tmp_path / "v.db"
+
+    async def main() -> list[object]:
+        store = SqliteStore(db)
+        await store.open()
+        tracker = Tracker(store, VibeConfig(budgets={"session": {}, "day": {},
+                                                     "weekend_day_cost_usd": None}),
+                          session_id="s", wall=FixedWallClock(FRIDAY))
+        await tracker.open()
+        profile = TaskProfile("code_modification", "moderate", Limits(), False, False)
+        await tracker.start_task("t", profile, agent="a")
+        call = await tracker.reserve_shared("t", model="sonnet", tokens=500, cost_usd=0.01)
+        held = call.hold
+        await tracker.open_call(call, prompt_tokens=400, output_tokens=100)
+        batches = store.group.batches
+        await tracker.charge(tracker.make_event("t", model="sonnet",
+                                                usage=Usage(prompt_tokens=450)), call)
+        seen = [held, store.hold_group.batches, store.group.batches - batches]
+        await store.aclose()
+        return [*seen, _day_tokens(db)]
+
+    assert run_virtual(main) == [None, 0, 1, 450]

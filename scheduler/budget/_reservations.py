@@ -55,6 +55,9 @@ class Reservations:
         self._ledger: BudgetLedger | None = store if isinstance(store, BudgetLedger) else None
         #: A ledger that settles a hold and deletes a state record in one transaction
         #: (``SqliteStore``): a call's settle is then one write, its open_call record with it.
+        #: False (``SqliteStore``): a call no shared scope limits is not held -- nothing to
+        #: check, so no write (Redis holds every call: its totals come back with the hold).
+        self._hold_unlimited = bool(getattr(store, "hold_unlimited", True))
         self._settle_and_delete: Callable[[UsageEvent, Hold, str, str], Awaitable[bool]] | None = (
             getattr(store, "settle_and_delete_state", None) if self._ledger is not None else None)
         self._unavailable_wait_s = unavailable_wait_s
@@ -172,6 +175,8 @@ class Reservations:
         task_id, model = reservation.task_id, reservation.model
         shared = tuple(s for s in self._scopes.of_task(task_id) if s.shared)
         shared += (self._scopes.session, self._scopes.day())
+        if not self._hold_unlimited and not any(_holds_against(s, model) for s in shared):
+            return  # no limit to hold against (a grace only raises limits that exist)
         limits = tuple(_shared_limit(s, model, grace.get(s.name)) for s in shared)
         try:
             hold = await self._hold_shared(ledger, self._hold_id(task_id), limits, model,
@@ -251,6 +256,13 @@ class Reservations:
             s.reserved_tokens -= reservation.tokens
             s.reserved_cost -= reservation.cost_usd
             s.reserved_by_model[reservation.model] -= reservation.tokens
+
+
+def _holds_against(scope: ScopeState, model: str) -> bool:
+    """Whether ``scope`` has a limit a shared hold of a ``model`` call is checked against."""
+    lim = scope.limits
+    return (lim.tokens is not None or lim.cost_usd is not None
+            or lim.tokens_by_model.get(model) is not None)  # type: ignore[call-overload]
 
 
 def _shared_limit(scope: ScopeState, model: str, grace: tuple[int, float] | None) -> ScopeLimit:

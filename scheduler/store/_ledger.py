@@ -71,7 +71,8 @@ class BudgetLedger(Protocol):
 
     A ledger whose holds expire may also offer ``async renew(hold) -> bool`` (keep it
     alive another TTL while its call waits; ``False`` if it had expired): the gateway
-    uses it when present.
+    uses it when present.  A ledger with ``hold_unlimited = False`` is not asked to hold
+    a call that no limit of its scopes applies to (there is nothing to check).
     """
 
     async def try_reserve(

@@ -106,6 +106,9 @@ class SqliteStore:
     system wall clock by default).
     """
 
+    #: A call no shared scope limits is not held (``Reservations``): nothing to check.
+    hold_unlimited = False
+
     def __init__(self, path: str | Path, *, retry_s: float = 2.0,
                  spool_path: str | Path | None = None, hold_ttl_s: float = 600.0,
                  now: Callable[[], float] | None = None) -> None:
