@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -178,16 +179,25 @@ class Reservations:
         if not self._hold_unlimited and not any(_holds_against(s, model) for s in shared):
             return  # no limit to hold against (a grace only raises limits that exist)
         limits = tuple(_shared_limit(s, model, grace.get(s.name)) for s in shared)
+        hold_id = self._hold_id(task_id)
         try:
-            hold = await self._hold_shared(ledger, self._hold_id(task_id), limits, model,
-                                           reservation.tokens, reservation.cost_usd)
+            try:  # in line first: the usual answer without a frame more per waiting call
+                hold = await ledger.try_reserve(hold_id, limits, model=model,
+                                                tokens=reservation.tokens,
+                                                cost_usd=reservation.cost_usd)
+            except StoreUnavailableError:
+                hold = await self._hold_shared(ledger, hold_id, limits, model,
+                                               reservation.tokens, reservation.cost_usd)
         except BaseException:
             self.cancel(reservation)
             raise
-        reservation.hold = hold
         for s in shared:
             if s.name in hold.totals:
-                s.totals = hold.totals[s.name]
+                s.totals = hold.totals[s.name].copy()  # the tracker adds to its own
+        # kept until settled without what the grant read (totals, amounts held): a call
+        # waiting for its provider lease keeps only what settling the hold needs
+        reservation.hold = Hold(hold.hold_id, hold.scopes, hold.model, hold.tokens,
+                                hold.cost_usd, _READ, _READ, hold.local) if hold.totals else hold
 
     async def _hold_shared(
         self, ledger: BudgetLedger, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
@@ -256,6 +266,10 @@ class Reservations:
             s.reserved_tokens -= reservation.tokens
             s.reserved_cost -= reservation.cost_usd
             s.reserved_by_model[reservation.model] -= reservation.tokens
+
+
+#: The (empty, never written) totals and amounts of a hold kept until its settle.
+_READ: dict[str, Any] = {}
 
 
 def _holds_against(scope: ScopeState, model: str) -> bool:

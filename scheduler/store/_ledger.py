@@ -45,7 +45,8 @@ class Hold:
     model: str
     tokens: int
     cost_usd: float
-    #: Shared totals of each scope as of the grant (every process's usage).
+    #: Shared totals of each scope as of the grant (every process's usage); read-only,
+    #: possibly shared with other holds of the same grant (copy before adding to them).
     totals: dict[str, Totals]
     #: Tokens and cost held in flight by every process, per scope, as of the grant.
     held: dict[str, tuple[int, float]]

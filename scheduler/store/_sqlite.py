@@ -48,7 +48,7 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -393,16 +393,17 @@ class SqliteStore:
 
     # -- BudgetLedger (every process on the file; see ``_sqlite_holds``) ----------------
 
-    async def try_reserve(
+    def try_reserve(
         self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
         cost_usd: float,
-    ) -> Hold:
+    ) -> Coroutine[Any, Any, Hold]:
         """Hold the amounts in every scope of ``limits`` or raise ``BudgetExceededError``;
-        ``StoreUnavailableError`` while the file stays locked (fail-closed)."""
+        ``StoreUnavailableError`` while the file stays locked (fail-closed).  The group
+        commit's own coroutine, no frame more: every waiting call has one at its start."""
         if not holds.limited(limits):  # no limit to check: nothing to hold, nor a write
-            return Hold(hold_id, (), model, tokens, cost_usd, {}, {})
-        return await self.hold_group.submit(
-            holds.HoldRequest(hold_id, limits, model, tokens, cost_usd))
+            return _unheld(Hold(hold_id, (), model, tokens, cost_usd, {}, {}))
+        return self.hold_group.submit(holds.HoldRequest(hold_id, limits, model, tokens,
+                                                        cost_usd))
 
     async def _commit_holds(self, requests: list[holds.HoldRequest]) -> list[Hold | Exception]:
         if len(self.spool):  # spooled usage first: the checks must see it
@@ -458,6 +459,10 @@ class SqliteStore:
             _log.warning("sqlite_hold_not_released", path=str(self.path), error=str(exc))
             return
         self.checkpoints.committed()
+
+
+async def _unheld(hold: Hold) -> Hold:
+    return hold
 
 
 def _held(hold: Hold) -> str:

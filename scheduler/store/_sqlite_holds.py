@@ -103,7 +103,6 @@ def reserve_all(db: sqlite3.Connection, requests: list[HoldRequest],
 
 def _reserve_one(db: sqlite3.Connection, req: HoldRequest, expires: float, holder: Holder,
                  committed: dict[str, Totals]) -> Hold | BudgetExceededError:
-    totals: dict[str, Totals] = {}
     held: dict[str, tuple[int, float]] = {}
     for lim in req.limits:
         tot = committed.get(lim.scope)
@@ -113,13 +112,14 @@ def _reserve_one(db: sqlite3.Connection, req: HoldRequest, expires: float, holde
         over = _over(lim, req, tot, (tokens_held, cost_held, model_held))
         if over is not None:
             return over
-        totals[lim.scope] = tot.copy()  # each hold's own: its tracker adds to it
         held[lim.scope] = (tokens_held + req.tokens, cost_held + req.cost_usd)
     db.executemany(_INSERT, [
         (req.hold_id, lim.scope, req.model, req.tokens, req.cost_usd, expires, holder.host,
          holder.pid) for lim in req.limits])
     scopes = tuple(lim.scope for lim in req.limits)
-    return Hold(req.hold_id, scopes, req.model, req.tokens, req.cost_usd, totals, held)
+    # the batch's totals, one object per scope for all its holds (read-only, see ``Hold``):
+    # a batch is hundreds of calls admitted at once, each waiting for its result
+    return Hold(req.hold_id, scopes, req.model, req.tokens, req.cost_usd, committed, held)
 
 
 def _over(lim: ScopeLimit, req: HoldRequest, tot: Totals,
