@@ -185,9 +185,9 @@ class Reservations:
                 hold = await ledger.try_reserve(hold_id, limits, model=model,
                                                 tokens=reservation.tokens,
                                                 cost_usd=reservation.cost_usd)
-            except StoreUnavailableError:
+            except StoreUnavailableError as down:
                 hold = await self._hold_shared(ledger, hold_id, limits, model,
-                                               reservation.tokens, reservation.cost_usd)
+                                               reservation.tokens, reservation.cost_usd, down)
         except BaseException:
             self.cancel(reservation)
             raise
@@ -201,22 +201,23 @@ class Reservations:
 
     async def _hold_shared(
         self, ledger: BudgetLedger, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
-        tokens: int, cost_usd: float,
+        tokens: int, cost_usd: float, down: StoreUnavailableError,
     ) -> Hold:
-        """Fail-closed: while the ledger is unreachable, wait (backing off) up to
+        """Fail-closed, once the ledger did not answer (``down``): wait (backing off) up to
         ``distributed.unavailable_wait_s`` for it to come back, then raise."""
         deadline = self._clock() + self._unavailable_wait_s
         delay = 0.05
         while True:
+            if self._clock() + delay > deadline:
+                raise down
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
             try:
                 return await ledger.try_reserve(
                     hold_id, limits, model=model, tokens=tokens, cost_usd=cost_usd
                 )
-            except StoreUnavailableError:
-                if self._clock() + delay > deadline:
-                    raise
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            except StoreUnavailableError as exc:
+                down = exc
 
     async def renew_hold(self, reservation: Reservation) -> bool:
         """Keep the reservation's shared hold alive while its call waits (``True`` without
