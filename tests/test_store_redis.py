@@ -118,11 +118,13 @@ def test_r1_5_day_totals_survive_reopening(make_store: StoreFactory) -> None:
     with_store(make_store, second)
 
 
-def test_only_redis_offers_the_shared_extensions(tmp_path: Path) -> None:
-    """MemoryStore and SqliteStore keep their behaviour: no shared ledger, no slices."""
-    for s in (MemoryStore(), SqliteStore(tmp_path / "x.db")):
-        assert not isinstance(s, BudgetLedger)
-        assert not isinstance(s, SliceBackend)
+def test_which_stores_offer_the_shared_extensions(tmp_path: Path) -> None:
+    """MemoryStore offers neither; a SQLite file (shared by the processes of one host)
+    is a shared budget ledger but shares no quota slices; Redis offers both."""
+    assert not isinstance(MemoryStore(), BudgetLedger)
+    assert not isinstance(MemoryStore(), SliceBackend)
+    assert isinstance(SqliteStore(tmp_path / "x.db"), BudgetLedger)
+    assert not isinstance(SqliteStore(tmp_path / "x.db"), SliceBackend)
     r = RedisStore(REDIS_URL)
     assert isinstance(r, BudgetLedger) and isinstance(r, SliceBackend) and isinstance(r, Store)
 

@@ -2,8 +2,9 @@
 
 Calls in flight hold a *reservation* of their estimate against every scope of
 their task, so concurrent agents cannot all pass the same check and overspend
-together.  When the store is a shared :class:`BudgetLedger` (Redis) the
-session and day amounts are also held there, atomically across processes.
+together.  When the store is a shared :class:`BudgetLedger` (Redis, or a SQLite
+file several processes open) the session and day amounts are also held there,
+atomically across processes.
 A reservation ends settled (the call's usage is recorded), or released.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -52,6 +54,13 @@ class Reservations:
         self._store = store
         # once: isinstance against a runtime-checkable protocol inspects every member
         self._ledger: BudgetLedger | None = store if isinstance(store, BudgetLedger) else None
+        #: A ledger that settles a hold and deletes a state record in one transaction
+        #: (``SqliteStore``): a call's settle is then one write, its open_call record with it.
+        #: False (``SqliteStore``): a call no shared scope limits is not held -- nothing to
+        #: check, so no write (Redis holds every call: its totals come back with the hold).
+        self._hold_unlimited = bool(getattr(store, "hold_unlimited", True))
+        self._settle_and_delete: Callable[[UsageEvent, Hold, str, str], Awaitable[bool]] | None = (
+            getattr(store, "settle_and_delete_state", None) if self._ledger is not None else None)
         self._unavailable_wait_s = unavailable_wait_s
         self._clock = clock
         self._hold_id = hold_id
@@ -155,7 +164,7 @@ class Reservations:
     ) -> Reservation:
         """:meth:`reserve`, and across processes when the store is a :class:`BudgetLedger`.
 
-        With a shared store (Redis) the same amounts are also held atomically
+        With a shared store (Redis, SQLite) the same amounts are also held atomically
         against the session and day scopes (and the task scopes spanning the store: the
         task's own, and its parent's)
         of *every* orchestrator sharing them ("charge if within budget"), and the
@@ -194,36 +203,48 @@ class Reservations:
         task_id, model = reservation.task_id, reservation.model
         shared = tuple(s for s in self._scopes.of_task(task_id) if s.shared)
         shared += (self._scopes.session, self._scopes.day())
+        if not self._hold_unlimited and not any(_holds_against(s, model) for s in shared):
+            return  # no limit to hold against (a grace only raises limits that exist)
         limits = tuple(_shared_limit(s, model, grace.get(s.name)) for s in shared)
+        hold_id = self._hold_id(task_id)
         try:
-            hold = await self._hold_shared(ledger, self._hold_id(task_id), limits, model,
-                                           reservation.tokens, reservation.cost_usd)
+            try:  # in line first: the usual answer without a frame more per waiting call
+                hold = await ledger.try_reserve(hold_id, limits, model=model,
+                                                tokens=reservation.tokens,
+                                                cost_usd=reservation.cost_usd)
+            except StoreUnavailableError as down:
+                hold = await self._hold_shared(ledger, hold_id, limits, model,
+                                               reservation.tokens, reservation.cost_usd, down)
         except BaseException:
             self.cancel(reservation)
             raise
-        reservation.hold = hold
         for s in shared:
             if s.name in hold.totals:
-                s.totals = hold.totals[s.name]
+                s.totals = hold.totals[s.name].copy()  # the tracker adds to its own
+        # kept until settled without what the grant read (totals, amounts held): a call
+        # waiting for its provider lease keeps only what settling the hold needs
+        reservation.hold = Hold(hold.hold_id, hold.scopes, hold.model, hold.tokens,
+                                hold.cost_usd, _READ, _READ, hold.local) if hold.totals else hold
 
     async def _hold_shared(
         self, ledger: BudgetLedger, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
-        tokens: int, cost_usd: float,
+        tokens: int, cost_usd: float, down: StoreUnavailableError,
     ) -> Hold:
-        """Fail-closed: while the ledger is unreachable, wait (backing off) up to
+        """Fail-closed, once the ledger did not answer (``down``): wait (backing off) up to
         ``distributed.unavailable_wait_s`` for it to come back, then raise."""
         deadline = self._clock() + self._unavailable_wait_s
         delay = 0.05
         while True:
+            if self._clock() + delay > deadline:
+                raise down
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
             try:
                 return await ledger.try_reserve(
                     hold_id, limits, model=model, tokens=tokens, cost_usd=cost_usd
                 )
-            except StoreUnavailableError:
-                if self._clock() + delay > deadline:
-                    raise
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            except StoreUnavailableError as exc:
+                down = exc
 
     async def renew_hold(self, reservation: Reservation) -> bool:
         """Keep the reservation's shared hold alive while its call waits (``True`` without
@@ -246,6 +267,8 @@ class Reservations:
             self.cancel(reservation)
             hold, reservation.hold = reservation.hold, None
         if hold is not None and self._ledger is not None:
+            if close is not None and self._settle_and_delete is not None:
+                return self._settle_and_delete(event, hold, *close)  # one write
             return self._settle_shared(event, hold, close)
         if close is not None:
             return record_and_delete_state(self._store, event, *close)
@@ -276,6 +299,17 @@ class Reservations:
             s.reserved_tokens -= reservation.tokens
             s.reserved_cost -= reservation.cost_usd
             s.reserved_by_model[reservation.model] -= reservation.tokens
+
+
+#: The (empty, never written) totals and amounts of a hold kept until its settle.
+_READ: dict[str, Any] = {}
+
+
+def _holds_against(scope: ScopeState, model: str) -> bool:
+    """Whether ``scope`` has a limit a shared hold of a ``model`` call is checked against."""
+    lim = scope.limits
+    return (lim.tokens is not None or lim.cost_usd is not None
+            or lim.tokens_by_model.get(model) is not None)  # type: ignore[call-overload]
 
 
 def _shared_limit(scope: ScopeState, model: str, grace: tuple[int, float] | None) -> ScopeLimit:

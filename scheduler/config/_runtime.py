@@ -117,7 +117,9 @@ class DistributedConfig(FrozenModel):
     fail_open_tokens: int = Field(default=20_000, ge=0)
     fail_open_cost_usd: float = Field(default=0.20, ge=0)
     fail_open_tokens_per_minute: int = Field(default=10_000, ge=0)
-    #: A shared hold whose process died is released after this long.
+    #: A shared budget hold (Redis, or a SQLite file several processes open) whose
+    #: process died is released after this long (on SQLite: at once when that process,
+    #: on the same host, is gone and a hold is refused).
     hold_ttl_s: float = Field(default=600.0, gt=0)
     #: A quota slice expires this long after its last renewal; renewed every ``renew_s``.
     slice_ttl_s: float = Field(default=15.0, gt=0)

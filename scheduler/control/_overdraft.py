@@ -22,7 +22,8 @@ the session, for a task scope that is per session), and is written with
 denied ("already used by another process").  A period begun by adding budget
 is recorded too (kind ``overdraft_period``), so every process claims in it.
 The overdraft's reservation is held in the store like any other
-(``Tracker.hold_over``): on Redis other processes see it, and together they
+(``Tracker.hold_over``): on Redis or a shared SQLite file other processes see it,
+and together they
 never pass a limit by more than one grace.
 """
 

@@ -1,8 +1,7 @@
 """Optional store extensions for several orchestrators sharing one budget and one quota.
 
-A store that is shared between processes (``RedisStore``) can offer two more
-capabilities, checked with ``isinstance`` because the protocols are
-``runtime_checkable``:
+A store that is shared between processes can offer two more capabilities, checked
+with ``isinstance`` because the protocols are ``runtime_checkable``:
 
 * :class:`BudgetLedger` — an atomic *charge if within budget*: a hold of a
   call's estimate is placed against every shared scope at once, or against
@@ -12,8 +11,11 @@ capabilities, checked with ``isinstance`` because the protocols are
 * :class:`SliceBackend` — leases on slices of a global pool (tokens per
   minute …) shared fairly between orchestrators; see :mod:`scheduler.allocator._quota`.
 
-``MemoryStore`` and ``SqliteStore`` offer neither: a single process's tracker
-reservations already prevent overspend there.
+``RedisStore`` offers both.  ``SqliteStore`` is a :class:`BudgetLedger` (several
+processes of one host may open one file; see :mod:`._sqlite_holds`) but no
+:class:`SliceBackend`: each process on a file keeps its own provider quota.
+``MemoryStore`` offers neither: it lives in one process, whose tracker reservations
+already prevent overspend.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class Hold:
     model: str
     tokens: int
     cost_usd: float
-    #: Shared totals of each scope as of the grant (every process's usage).
+    #: Shared totals of each scope as of the grant (every process's usage); read-only,
+    #: possibly shared with other holds of the same grant (copy before adding to them).
     totals: dict[str, Totals]
     #: Tokens and cost held in flight by every process, per scope, as of the grant.
     held: dict[str, tuple[int, float]]
@@ -69,7 +72,8 @@ class BudgetLedger(Protocol):
 
     A ledger whose holds expire may also offer ``async renew(hold) -> bool`` (keep it
     alive another TTL while its call waits; ``False`` if it had expired): the gateway
-    uses it when present.
+    uses it when present.  A ledger with ``hold_unlimited = False`` is not asked to hold
+    a call that no limit of its scopes applies to (there is nothing to check).
     """
 
     async def try_reserve(

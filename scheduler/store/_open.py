@@ -16,17 +16,20 @@ def open_store(
 ) -> Store:
     """Build (not yet open) the store named ``name``.
 
-    ``"sqlite"`` (default: ``<state_dir>/vibe.db``), ``"sqlite:///path.db"``,
+    ``"sqlite"`` (default: ``<state_dir>/vibe.db``), ``"sqlite:///path.db"`` (its
+    shared budget holds lapse after ``distributed.hold_ttl_s``),
     ``"memory"``, ``"redis://host:port/db[?namespace=name]"`` (configured by
     ``distributed``, spooling to ``<state_dir>/redis-spool.jsonl`` while Redis is
     down), or ``"module:Class"`` (called with no arguments).
     """
     if name == "memory":
         return MemoryStore()
+    # a SQLite file's budget holds lapse as Redis's do (several processes may share it)
+    hold_ttl_s = (distributed or DistributedConfig()).hold_ttl_s
     if name == "sqlite":
-        return SqliteStore(state_dir / "vibe.db")
+        return SqliteStore(state_dir / "vibe.db", hold_ttl_s=hold_ttl_s)
     if name.startswith("sqlite:///"):
-        return SqliteStore(Path(name.removeprefix("sqlite:///")))
+        return SqliteStore(Path(name.removeprefix("sqlite:///")), hold_ttl_s=hold_ttl_s)
     if name.startswith(("redis://", "rediss://", "unix://")):
         try:
             from scheduler.store._redis import RedisStore

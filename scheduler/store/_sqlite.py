@@ -15,6 +15,13 @@ are always in the same transaction.  A write that fails (not a lock) fails only
 its own caller: the batch is rolled back and its writes are retried one
 transaction each.
 
+Shared budget holds: several processes of one host may open one file; the store is
+then their :class:`~scheduler.store._ledger.BudgetLedger` (``try_reserve``, ``settle``,
+``release``, ``renew``; see ``_sqlite_holds``): a call's estimate is held in the file,
+checked against every process's usage and holds in one ``BEGIN IMMEDIATE``
+transaction; concurrent holds share one, as writes do.  While the file stays locked
+past ``retry_s`` a new hold fails closed (``StoreUnavailableError``), never spooled.
+
 Threads: statements run on the event loop's thread, on the store's one
 connection.  A thread hop per statement costs more than the statement: a commit
 into the WAL is tens of microseconds, a hop to a worker thread and back a
@@ -38,6 +45,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -45,9 +54,12 @@ from typing import Any, TypeVar, cast
 
 import anyio
 
+import scheduler.store._sqlite_holds as holds
 from scheduler.core import (
     GroupCommit,
     StoreError,
+    StoreUnavailableError,
+    SystemWallClock,
     Totals,
     UsageEvent,
     get_logger,
@@ -57,6 +69,7 @@ from scheduler.core import (
     private_file,
 )
 from scheduler.store._base import check_event, scopes_of
+from scheduler.store._ledger import Hold, ScopeLimit
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 from scheduler.store._sqlite_checkpoint import Checkpointer
 from scheduler.store._sqlite_sql import (
@@ -87,11 +100,18 @@ class SqliteStore:
 
     ``retry_s`` is how long a statement is retried while the database is locked
     before a write is spooled (or a read fails); ``spool_path`` defaults to
-    ``<path>-spool.jsonl``.
+    ``<path>-spool.jsonl``.  Also a :class:`~scheduler.store._ledger.BudgetLedger`
+    shared by every process on the file (see ``_sqlite_holds``): a hold lapses
+    ``hold_ttl_s`` after its grant or renewal, read on ``now`` (epoch seconds, the
+    system wall clock by default).
     """
 
+    #: A call no shared scope limits is not held (``Reservations``): nothing to check.
+    hold_unlimited = False
+
     def __init__(self, path: str | Path, *, retry_s: float = 2.0,
-                 spool_path: str | Path | None = None) -> None:
+                 spool_path: str | Path | None = None, hold_ttl_s: float = 600.0,
+                 now: Callable[[], float] | None = None) -> None:
         self.path = Path(path)
         self.retry_s = retry_s
         self.spool = Spool(Path(spool_path) if spool_path is not None
@@ -101,6 +121,11 @@ class SqliteStore:
         #: Commits shared by concurrent writes (``batches``/``writes``: how much); a
         #: batch also takes the writes made in the loop turn its first write was made in.
         self.group: GroupCommit[Write, bool | None] = GroupCommit(self._commit, gather=True)
+        #: Concurrent ``try_reserve`` calls share a transaction too (checked in order).
+        self.hold_group: GroupCommit[holds.HoldRequest, Hold] = GroupCommit(
+            self._commit_holds, gather=True)
+        self._holder = holds.Holder(socket.gethostname(), os.getpid(), hold_ttl_s,
+                              now or SystemWallClock().timestamp)
         #: The WAL's checkpoints, off the loop (``runs``: how many so far).
         self.checkpoints = Checkpointer(self.path)
 
@@ -139,6 +164,7 @@ class SqliteStore:
         try:
             with anyio.CancelScope(shield=True):  # a last replay, even while cancelled
                 await self.group.wait_idle()  # never close under a batch gathering or retrying
+                await self.hold_group.wait_idle()
                 await self._drain(wait=True)
             if len(self.spool):  # replayed at the next open
                 _log.warning("sqlite_spool_pending", path=str(self.spool.path),
@@ -368,6 +394,85 @@ class SqliteStore:
         return {e.key: e.value for e in self.spool.read()
                 if isinstance(e, SpooledState) and e.kind == kind}
 
+
+
+    # -- BudgetLedger (every process on the file; see ``_sqlite_holds``) ----------------
+
+    def try_reserve(
+        self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
+        cost_usd: float,
+    ) -> Coroutine[Any, Any, Hold]:
+        """Hold the amounts in every scope of ``limits`` or raise ``BudgetExceededError``;
+        ``StoreUnavailableError`` while the file stays locked (fail-closed).  The group
+        commit's own coroutine, no frame more: every waiting call has one at its start."""
+        if not holds.limited(limits):  # no limit to check: nothing to hold, nor a write
+            return _unheld(Hold(hold_id, (), model, tokens, cost_usd, {}, {}))
+        return self.hold_group.submit(holds.HoldRequest(hold_id, limits, model, tokens,
+                                                        cost_usd))
+
+    async def _commit_holds(self, requests: list[holds.HoldRequest]) -> list[Hold | Exception]:
+        if len(self.spool):  # spooled usage first: the checks must see it
+            await self._drain(wait=True)
+        if len(self.spool):
+            raise StoreUnavailableError(f"SQLite store {self.path} is locked; no new holds")
+        try:
+            out = await self._run(functools.partial(holds.reserve_all, requests=requests,
+                                                    holder=self._holder))
+        except sqlite3.OperationalError as exc:
+            if busy(exc):
+                raise StoreUnavailableError(
+                    f"SQLite store {self.path} is locked; no new holds: {exc}") from exc
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+        self.checkpoints.committed()
+        return out
+
+    async def settle(self, event: UsageEvent, hold: Hold) -> bool:
+        """Record ``event`` and end ``hold`` in one transaction (spooled with it while
+        the file is locked); ``False`` for a repeated event, whose hold ends all the same."""
+        check_event(event)
+        return bool(await self.group.submit((SpooledEvent(event, _held(hold)),)))
+
+    async def settle_and_delete_state(self, event: UsageEvent, hold: Hold, kind: str,
+                                      key: str) -> bool:
+        """:meth:`settle` and :meth:`delete_state` in one transaction: all or none."""
+        check_event(event)
+        return bool(await self.group.submit(
+            (SpooledEvent(event, _held(hold)), SpooledState(kind, key, None))))
+
+    async def renew(self, hold: Hold) -> bool:
+        """Push ``hold``'s expiry out by ``hold_ttl_s``; ``False`` once it had lapsed (or
+        the file stays locked: it then lapses on its own unless renewed later)."""
+        if not hold.scopes:
+            return True
+        try:
+            alive = await self._run(functools.partial(holds.renew, hold_id=hold.hold_id,
+                                                      holder=self._holder))
+        except sqlite3.Error as exc:
+            _log.warning("sqlite_hold_not_renewed", path=str(self.path), error=str(exc))
+            return False
+        self.checkpoints.committed()
+        return alive
+
+    async def release(self, hold: Hold) -> None:
+        if not hold.scopes:
+            return
+        try:
+            await self._run(functools.partial(holds.release, hold_id=hold.hold_id))
+        except sqlite3.Error as exc:  # it lapses on its own after hold_ttl_s
+            _log.warning("sqlite_hold_not_released", path=str(self.path), error=str(exc))
+            return
+        self.checkpoints.committed()
+
+
+async def _unheld(hold: Hold) -> Hold:
+    return hold
+
+
+def _held(hold: Hold) -> str:
+    """The hold id an event ends ("" for a hold that wrote nothing: no limit to check)."""
+    return hold.hold_id if hold.scopes else ""
 
 
 def _firsts(writes: list[Write], done: list[bool | None]) -> list[bool | Exception | None]:

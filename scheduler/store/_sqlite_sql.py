@@ -70,7 +70,39 @@ CREATE TABLE IF NOT EXISTS open_calls (
     model TEXT, prompt_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, host TEXT,
     pid INTEGER, run TEXT, day_scope TEXT
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS holds (
+    hold_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    PRIMARY KEY (hold_id, scope)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holds_expiry ON holds(expires_at);
+CREATE TABLE IF NOT EXISTS hold_sums (
+    scope TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (scope, model)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS hold_added AFTER INSERT ON holds BEGIN
+    INSERT INTO hold_sums VALUES (NEW.scope, NEW.model, NEW.tokens, NEW.cost_usd, 1)
+    ON CONFLICT(scope, model) DO UPDATE SET tokens = tokens + excluded.tokens,
+        cost_usd = cost_usd + excluded.cost_usd, n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS hold_ended AFTER DELETE ON holds BEGIN
+    UPDATE hold_sums SET tokens = tokens - OLD.tokens, cost_usd = cost_usd - OLD.cost_usd,
+        n = n - 1 WHERE scope = OLD.scope AND model = OLD.model;
+    DELETE FROM hold_sums WHERE scope = OLD.scope AND model = OLD.model AND n <= 0;
+END;
 """
+#: Ends a shared budget hold (``_sqlite_holds``) in every scope: its key's prefix.
+DELETE_HOLD = "DELETE FROM holds WHERE hold_id = ?"
 
 #: The state kind of a model call in flight (``scheduler/budget/_open_calls.py``): every
 #: call writes one record before it goes out and deletes it when settled, so a record of
@@ -144,12 +176,14 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
 
     An event answers ``True`` when recorded, ``False`` when its ``event_id`` was
     already there (it is then not added to any total again); a state write ``None``.
+    An event's ``hold_id`` (the shared budget hold of its call) is deleted with it.
     """
     out: list[bool | None] = []
     # the events, and the open calls closed (each call's record, deleted with its
     # event), written together after the loop: tables of their own, a statement run for
     # all of them (an open call's record is written before its key's earlier deletes)
     events: list[UsageEvent] = []
+    holds: list[tuple[str]] = []
     closes: list[str] = []
     closing: set[str] = set()
     # state rows waiting to be written, in order, by one statement run for them all (a
@@ -160,6 +194,8 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
         for entry in entries:
             if isinstance(entry, SpooledEvent):
                 events.append(entry.event)
+                if entry.hold_id:  # the call's shared hold ends with its charge (a repeat too)
+                    holds.append((entry.hold_id,))
             elif entry.kind == OPEN_CALL and entry.value is None:
                 closes.append(entry.key)
                 closing.add(entry.key)
@@ -174,6 +210,8 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
         _put_all(db, puts)
         _close_all(db, closes, closing)
         added = _insert_events(db, events)
+        if holds:
+            db.executemany(DELETE_HOLD, holds)
         answers = iter(added)
         out = [next(answers) if isinstance(e, SpooledEvent) else None for e in entries]
         fresh = [ev for ev, new in zip(events, added, strict=True) if new]
