@@ -121,7 +121,9 @@ def test_r1_2_concurrent_holds_from_two_stores_grant_exactly_what_fits(tmp_path:
     out, held = run_virtual(main)
     granted = [h for h in out if isinstance(h, Hold)]
     assert len(granted) == 7 and out.count("tokens") == 13
-    assert all(h.totals[DAY].tokens == 300 for h in granted)  # the shared committed total
+    # no totals to take over: the trackers' scopes follow their own charges (a snapshot
+    # would race with the charges committed before its caller resumes)
+    assert all(h.totals == {} for h in granted)
     assert sorted(t for t, _ in held) == [100 * k for k in range(1, 8)]  # checked in order
     assert _rows(db, "SELECT COUNT(*), SUM(tokens) FROM holds") == [(7, 700)]
     assert _rows(db, "SELECT scope, tokens, n FROM hold_sums") == [(DAY, 700, 7)]

@@ -168,7 +168,8 @@ class Reservations:
         against the session and day scopes (and the task scopes spanning the store: the
         task's own, and its parent's)
         of *every* orchestrator sharing them ("charge if within budget"), and the
-        local totals are refreshed from the shared ones.  Raises :class:`BudgetExceededError`,
+        local totals are refreshed from the shared ones when the ledger returns them
+        (Redis; SQLite does not).  Raises :class:`BudgetExceededError`,
         or :class:`StoreUnavailableError` while the ledger is unreachable and
         fail-closed.  With any other store this is exactly :meth:`reserve`.  ``checked``:
         the caller checked these amounts just now (they are checked again if midnight

@@ -101,6 +101,10 @@ def reserve_all(db: sqlite3.Connection, requests: list[HoldRequest],
     return out
 
 
+#: What a grant returns as the shared totals (see :func:`_reserve_one`): none.
+_NO_TOTALS: dict[str, Totals] = {}
+
+
 def _reserve_one(db: sqlite3.Connection, req: HoldRequest, expires: float, holder: Holder,
                  committed: dict[str, Totals]) -> Hold | BudgetExceededError:
     held: dict[str, tuple[int, float]] = {}
@@ -117,9 +121,10 @@ def _reserve_one(db: sqlite3.Connection, req: HoldRequest, expires: float, holde
         (req.hold_id, lim.scope, req.model, req.tokens, req.cost_usd, expires, holder.host,
          holder.pid) for lim in req.limits])
     scopes = tuple(lim.scope for lim in req.limits)
-    # the batch's totals, one object per scope for all its holds (read-only, see ``Hold``):
-    # a batch is hundreds of calls admitted at once, each waiting for its result
-    return Hold(req.hold_id, scopes, req.model, req.tokens, req.cost_usd, committed, held)
+    # no totals for the tracker to take over: its own charges, committed by this process
+    # between this read and the hold's caller resuming, would be lost from (or counted
+    # twice in) its scopes; the limits are enforced here, against every process's usage
+    return Hold(req.hold_id, scopes, req.model, req.tokens, req.cost_usd, _NO_TOTALS, held)
 
 
 def _over(lim: ScopeLimit, req: HoldRequest, tot: Totals,
