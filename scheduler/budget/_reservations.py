@@ -140,13 +140,16 @@ class Reservations:
                     prompt_tokens: int, completion_tokens: int) -> Reservation | None:
         """A model call's :meth:`check` (with its prompt and completion estimates) and
         :meth:`reserve` in one pass over the scopes, when this process alone decides and
-        nothing needs awaiting: None, checking nothing, with a shared ledger or while
-        today's totals are not loaded yet (midnight passed: :meth:`reserve_shared` loads
-        them).  Raises :class:`BudgetExceededError` over any limit."""
-        if self._ledger is not None or not self._scopes.loaded(self._scopes.today()):
+        nothing needs awaiting: None, checking nothing, when the shared ledger takes a
+        hold for the call or while today's totals are not loaded yet (midnight passed:
+        :meth:`reserve_shared` loads them).  Raises :class:`BudgetExceededError` over
+        any limit."""
+        if not self._scopes.loaded(self._scopes.today()):
             return None
         scopes = self.check(task_id, model=model, tokens=tokens, cost_usd=cost_usd,
                             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        if self._ledger is not None and self._takes_hold(scopes, model):
+            return None  # :meth:`reserve_shared` holds it (and checks it again)
         return self._held(task_id, model, tokens, cost_usd, scopes)
 
     def _held(self, task_id: str, model: str, tokens: int, cost_usd: float,
@@ -202,8 +205,7 @@ class Reservations:
         """Hold ``reservation`` in the scopes that span the store (its task's when shared,
         the session, the day) or cancel it and raise; ``grace``: extra room per scope."""
         task_id, model = reservation.task_id, reservation.model
-        shared = tuple(s for s in self._scopes.of_task(task_id) if s.shared)
-        shared += (self._scopes.session, self._scopes.day())
+        shared = self._shared(task_id)
         if not self._hold_unlimited and not any(_holds_against(s, model) for s in shared):
             return  # no limit to hold against (a grace only raises limits that exist)
         limits = tuple(_shared_limit(s, model, grace.get(s.name)) for s in shared)
@@ -226,6 +228,22 @@ class Reservations:
         # waiting for its provider lease keeps only what settling the hold needs
         reservation.hold = Hold(hold.hold_id, hold.scopes, hold.model, hold.tokens,
                                 hold.cost_usd, _READ, _READ, hold.local) if hold.totals else hold
+
+    def _shared(self, task_id: str) -> tuple[ScopeState, ...]:
+        """The scopes a shared hold of ``task_id``'s call is placed in: its task scopes
+        that span the store, the session and the day."""
+        shared = tuple(s for s in self._scopes.of_task(task_id) if s.shared)
+        return (*shared, self._scopes.session, self._scopes.day())
+
+    def _takes_hold(self, scopes: tuple[ScopeState, ...], model: str) -> bool:
+        """Whether :meth:`_hold` would place a hold for a call in ``scopes`` (the task's,
+        :meth:`Scopes.of_task`: the session and the day last): a limit to hold against in
+        one it holds in, or a ledger that holds every call."""
+        if self._hold_unlimited:
+            return True
+        last = len(scopes) - 2
+        return any((i >= last or s.shared) and _holds_against(s, model)
+                   for i, s in enumerate(scopes))
 
     async def _hold_shared(
         self, ledger: BudgetLedger, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
