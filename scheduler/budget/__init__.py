@@ -10,9 +10,9 @@ from scheduler.budget._profile import detect_complexity as detect_complexity
 from scheduler.budget._profile import detect_task_type as detect_task_type
 from scheduler.budget._profile import resolve_task as resolve_task
 from scheduler.budget._reservations import Reservation as Reservation
-from scheduler.budget._scopes import Crossing as Crossing
-from scheduler.budget._scopes import Level as Level
-from scheduler.budget._scopes import ScopeState as ScopeState
+from scheduler.budget._scope_state import Crossing as Crossing
+from scheduler.budget._scope_state import Level as Level
+from scheduler.budget._scope_state import ScopeState as ScopeState
 from scheduler.budget._tokens import IMAGE_TOKENS as IMAGE_TOKENS
 from scheduler.budget._tokens import PDF_PAGE_TOKENS as PDF_PAGE_TOKENS
 from scheduler.budget._tokens import Estimate as Estimate

@@ -16,7 +16,8 @@ from typing import Any
 
 import anyio
 
-from scheduler.budget._scopes import Scopes, ScopeState
+from scheduler.budget._scope_state import ScopeState
+from scheduler.budget._scopes import Scopes
 from scheduler.core import BudgetExceededError, StoreUnavailableError, UsageEvent
 from scheduler.store import Store, record_and_delete_state
 from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit

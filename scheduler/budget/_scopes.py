@@ -11,149 +11,15 @@ to them and reports each threshold crossing once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal
 
 from scheduler.budget._profile import TaskProfile, day_limits
+from scheduler.budget._scope_state import Crossing, Level, ScopeState
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import Totals, UsageEvent, VibeEngineError, WallClock
 from scheduler.store import Store, scopes_of, session_task_totals, task_day_scope
-
-Level = Literal["warning", "critical", "exceeded"]
-#: Dimensions read from :class:`Totals` by attribute name.
-COUNTED = (
-    "tokens", "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
-    "cost_usd", "file_edits", "shell_commands", "dangerous_commands",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Crossing:
-    """A threshold crossed by one dimension of one scope (fired once per crossing)."""
-
-    scope: str
-    dimension: str
-    level: Level
-    used: float
-    limit: float
-
-    @property
-    def fraction(self) -> float:
-        return self.used / self.limit if self.limit else float("inf")
-
-
-@dataclass(slots=True)
-class ScopeState:
-    """Limits, totals, reservations and fired alerts of one scope."""
-
-    name: str
-    limits: Limits
-    totals: Totals = field(default_factory=Totals)
-    reserved_tokens: int = 0
-    reserved_cost: float = 0.0
-    reserved_by_model: dict[str, int] = field(default_factory=dict)
-    #: The thresholds passed, ``(dimension, level)``; made when one is (most tasks of a
-    #: large run never pass one, and an empty set is 216 bytes per task).
-    fired: set[tuple[str, Level]] | None = None
-    started_at: float = 0.0
-    #: Held atomically across processes on a shared store, like the session and the day
-    #: (a task whose budget spans the store: a ``serve`` key).
-    shared: bool = False
-    # what ``limits`` says per dimension, worked out once per Limits (a frozen model: a
-    # new object whenever a limit changes) -- every call asks several times
-    _caps_of: Limits | None = field(default=None, init=False, repr=False, compare=False)
-    _caps: dict[str, float | None] = field(default_factory=lambda: _NO_CAPS, init=False,
-                                           repr=False, compare=False)
-    _limited: tuple[tuple[str, float], ...] = field(default=(), init=False, repr=False,
-                                                   compare=False)
-
-    def used(self, dimension: str) -> float:
-        if dimension.startswith("tokens:"):
-            return self.totals.tokens_by_model.get(dimension[7:], 0)
-        value: float = getattr(self.totals, dimension)
-        return value
-
-    def max_fraction(self) -> float:
-        """The largest used ÷ limit over the dimensions limited above 0 (0 when none is):
-        asked before every routed call and every status frame, so the totals are read
-        here, not through :meth:`used` per dimension."""
-        totals, worst = self.totals, 0.0
-        for dim, lim in self.limited():
-            if dim.startswith("tokens:"):
-                used: float = totals.tokens_by_model.get(dim[7:], 0)
-            else:
-                used = getattr(totals, dim)
-            if used > worst * lim:
-                worst = used / lim
-        return worst
-
-    def limit(self, dimension: str) -> float | None:
-        return self._limits_now().get(dimension)
-
-    def caps(self) -> Mapping[str, float | None]:
-        """The limit of every dimension the limits name (read only)."""
-        if self._caps_of is self.limits:  # the usual answer, without a frame more
-            return self._caps
-        return self._limits_now()
-
-    def dimensions(self) -> Iterator[str]:
-        """The dimensions the limits name (a limit of 0 too), per-model ones last."""
-        return iter(self._limits_now())
-
-    def limited(self) -> tuple[tuple[str, float], ...]:
-        """``(dimension, limit)`` of every dimension with a limit above 0."""
-        if self._caps_of is not self.limits:
-            self._limits_now()
-        return self._limited
-
-    def _limits_now(self) -> dict[str, float | None]:
-        if self._caps_of is not self.limits:
-            lim = self.limits
-            self._caps, self._limited = _caps_of(lim)
-            self._caps_of = lim
-        return self._caps
-
-
-def worst_fraction(scopes: tuple[ScopeState, ...]) -> float:
-    """The largest :meth:`ScopeState.max_fraction` of ``scopes`` (asked before every
-    routed call: its loop here, not a call per scope)."""
-    worst = 0.0
-    for scope in scopes:
-        if scope._caps_of is not scope.limits:
-            scope._limits_now()
-        totals = scope.totals
-        for dim, lim in scope._limited:
-            if dim.startswith("tokens:"):
-                used: float = totals.tokens_by_model.get(dim[7:], 0)
-            else:
-                used = getattr(totals, dim)
-            if used > worst * lim:
-                worst = used / lim
-    return worst
-
-
-#: What each ``Limits`` says per dimension, and its dimensions limited above 0, by the
-#: object's id (tasks of one type and complexity share their limits: their scopes share
-#: these too, read only); the object is kept with them so its id is not reused.
-_CAPS: dict[int, tuple[Limits, dict[str, float | None], tuple[tuple[str, float], ...]]] = {}
-_CAPS_KEPT = 1024
-_NO_CAPS: dict[str, float | None] = {}  # a scope's, until it first reads its limits
-
-
-def _caps_of(lim: Limits) -> tuple[dict[str, float | None], tuple[tuple[str, float], ...]]:
-    found = _CAPS.get(id(lim))
-    if found is not None and found[0] is lim:
-        return found[1], found[2]
-    caps: dict[str, float | None] = {
-        d: v for d in COUNTED if (v := getattr(lim, d)) is not None}
-    caps.update((f"tokens:{m}", v) for m, v in lim.tokens_by_model.items())
-    limited = tuple((d, v) for d, v in caps.items() if v)
-    if len(_CAPS) >= _CAPS_KEPT:
-        _CAPS.clear()  # bounded: limits raised for single tasks are new objects each time
-    _CAPS[id(lim)] = (lim, caps, limited)
-    return caps, limited
 
 
 @dataclass(slots=True)

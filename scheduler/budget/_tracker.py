@@ -23,7 +23,8 @@ import anyio
 from scheduler.budget._open_calls import OpenCalls
 from scheduler.budget._profile import TaskProfile
 from scheduler.budget._reservations import Reservation, Reservations
-from scheduler.budget._scopes import Crossing, Scopes, ScopeState, worst_fraction
+from scheduler.budget._scope_state import Crossing, ScopeState, worst_fraction
+from scheduler.budget._scopes import Scopes
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import SystemWallClock, Usage, UsageEvent, WallClock, loop_time
