@@ -72,15 +72,7 @@ class ScopeState:
         """The largest used ÷ limit over the dimensions limited above 0 (0 when none is):
         asked before every routed call and every status frame, so the totals are read
         here, not through :meth:`used` per dimension."""
-        totals, worst = self.totals, 0.0
-        for dim, lim in self.limited():
-            if dim.startswith("tokens:"):
-                used: float = totals.tokens_by_model.get(dim[7:], 0)
-            else:
-                used = getattr(totals, dim)
-            if used > worst * lim:
-                worst = used / lim
-        return worst
+        return worst_fraction((self,))
 
     def limit(self, dimension: str) -> float | None:
         return self._limits_now().get(dimension)

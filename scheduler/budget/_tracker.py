@@ -279,12 +279,7 @@ class Tracker:
         event_id = reservation.event_id
         if not event_id:
             event_id = reservation.event_id = self.next_event_id(task_id)
-        entry = self._scopes.tasks.get(task_id)
-        if entry is None:
-            agent = task_type = day_scope = ""
-        else:
-            agent, task_type = entry.agent, entry.profile.task_type
-            day_scope = entry.day_root or ""
+        agent, task_type, day_scope = self._recorded_as(task_id)
         reservation.durable = True
         return self._open_calls.open(
             event_id, task_id, self.session_id, self._scopes.today().isoformat(), agent,
@@ -306,17 +301,20 @@ class Tracker:
         self._seq += 1
         return f"{self.session_id}:{self._run}:{task_id}:{self._seq}"
 
+    def _recorded_as(self, task_id: str) -> tuple[str, str, str]:
+        """What a task's records name besides its id: (agent, task type, the task whose
+        per-day budget its use counts toward); empty for a task not started here."""
+        entry = self._scopes.tasks.get(task_id)
+        if entry is None:
+            return "", "", ""
+        return entry.agent, entry.profile.task_type, entry.day_root or ""
+
     def make_event(
         self, task_id: str, *, model: str = "", usage: Any = None, cost_usd: float = 0.0,
         file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0,
         event_id: str | None = None,
     ) -> UsageEvent:
-        entry = self._scopes.tasks.get(task_id)
-        if entry is None:
-            agent = task_type = day_scope = ""
-        else:
-            agent, task_type = entry.agent, entry.profile.task_type
-            day_scope = entry.day_root or ""
+        agent, task_type, day_scope = self._recorded_as(task_id)
         # by keyword: the ledger's record, whose many str fields a shifted position would
         # swap without any error
         return UsageEvent(
