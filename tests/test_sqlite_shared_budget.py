@@ -255,11 +255,16 @@ def test_r1_2_a_hold_is_released_when_its_call_fails_and_settled_with_its_event(
     assert seen == [[(DAY, 500), ("session:s", 500)], [(0,)], 1, [(0, 0, 1)]]
 
 
+def _event_e1() -> UsageEvent:
+    """A 100-token sonnet event of task t, session s, today."""
+    return UsageEvent(event_id="e1", task_id="t", session_id="s", day=FRIDAY.isoformat(),
+                      at=0.0, model="sonnet", usage=Usage(prompt_tokens=100))
+
+
 def test_r1_2_a_repeated_event_still_ends_its_hold(tmp_path: Path) -> None:
     """R1.2: settling with an event already recorded answers False; the hold ends."""
     db = tmp_path / "v.db"
-    event = UsageEvent(event_id="e1", task_id="t", session_id="s", day=FRIDAY.isoformat(),
-                       at=0.0, model="sonnet", usage=Usage(prompt_tokens=100))
+    event = _event_e1()
 
     async def main() -> list[object]:
         store = SqliteStore(db)
@@ -279,8 +284,7 @@ def test_r1_2_without_a_limit_nothing_is_held(tmp_path: Path) -> None:
     """R1.2: no limit on any shared scope: nothing to check, so no hold is written (a
     single process pays no write for it); the event is still recorded at settle."""
     db = tmp_path / "v.db"
-    event = UsageEvent(event_id="e1", task_id="t", session_id="s", day=FRIDAY.isoformat(),
-                       at=0.0, model="sonnet", usage=Usage(prompt_tokens=100))
+    event = _event_e1()
 
     async def main() -> list[object]:
         store = SqliteStore(db)

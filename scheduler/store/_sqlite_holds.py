@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from scheduler.core import BudgetExceededError, Totals
 from scheduler.store._ledger import Hold, ScopeLimit
-from scheduler.store._sqlite_sql import DELETE_HOLD, totals_of
+from scheduler.store._sqlite_sql import DELETE_HOLD, totals_of, write_transaction
 
 #: What the live holds of a scope add up to: one row per model in ``hold_sums``, which
 #: triggers keep equal to the ``holds`` rows' sums (a call reads a few rows, not one per
@@ -80,8 +80,7 @@ def reserve_all(db: sqlite3.Connection, requests: list[HoldRequest],
     :class:`Hold` or the :class:`BudgetExceededError` of each."""
     now = holder.now()
     out: list[Hold | Exception] = []
-    try:
-        db.execute("BEGIN IMMEDIATE")
+    with write_transaction(db):
         db.execute("DELETE FROM holds WHERE expires_at <= ?", (now,))
         pruned = False
         # a batch writes holds only: each scope's committed totals are read once for it
@@ -93,11 +92,6 @@ def reserve_all(db: sqlite3.Connection, requests: list[HoldRequest],
                 if _prune_dead(db, holder):
                     result = _reserve_one(db, req, now + holder.ttl_s, holder, committed)
             out.append(result)
-        db.execute("COMMIT")
-    except sqlite3.Error:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
     return out
 
 

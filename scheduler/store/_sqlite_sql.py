@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import reduce
 from operator import add
 from operator import is_ as _is
@@ -171,6 +173,21 @@ def init_schema(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
 
 
+@contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """The block as ONE write transaction (``BEGIN IMMEDIATE``: the write lock first):
+    committed when it ends, rolled back when anything in it fails (a Python error too: an
+    open transaction would refuse the next ``BEGIN``)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) -> list[bool | None]:
     """Write ``entries`` in order in ONE transaction: all of them or (on error) none.
 
@@ -189,8 +206,7 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
     # state rows waiting to be written, in order, by one statement run for them all (a
     # task's start and end and its events are rows of their own, thousands a run)
     puts: list[tuple[str, str, str]] = []
-    try:
-        db.execute("BEGIN IMMEDIATE")
+    with write_transaction(db):
         for entry in entries:
             if isinstance(entry, SpooledEvent):
                 events.append(entry.event)
@@ -217,11 +233,6 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
         fresh = [ev for ev, new in zip(events, added, strict=True) if new]
         if fresh:
             _add_totals(db, fresh)
-        db.execute("COMMIT")
-    except sqlite3.Error:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
     return out
 
 
