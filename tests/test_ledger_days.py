@@ -128,3 +128,56 @@ async def test_r1_5_new_day_loads_other_runs_spend_redis(tmp_path: Path, redis_n
     # 900 before; at most the one call reserved before midnight and charged after it
     assert (await check.totals(f"day:{SATURDAY}")).tokens in (900, 1_050)
     await check.aclose()
+
+
+class CallAcrossMidnightThenOneMore:
+    """A call admitted before midnight that ends after it, then a call on the new day."""
+
+    async def run(self, ctx: AgentContext) -> None:
+        for _ in range(2):
+            await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=100,
+                                   model="haiku")
+            await anyio.sleep(1)
+
+
+async def test_r1_2_calls_settling_after_midnight_count_once_toward_the_new_day(
+        tmp_path: Path) -> None:
+    """R1.2, R1.5 on SQLite: five calls admitted at 23:59:58 end together at 00:00:01, the
+    first charges of Saturday; each counts once in the day's totals, so the second round
+    (10 calls of 150 tokens in all, within Saturday's 2,000) runs with no pause -- a day
+    read from the store after some of those charges were recorded used to add them again
+    (1,350 tokens for 750 spent) and paused tasks at the day budget."""
+    config = VibeConfig(state_dir=tmp_path, store="sqlite", session_id="s1",
+                        budgets={"day": Limits(tokens=2_000)})
+    wall = LoopWallClock(datetime(2026, 11, 27, 23, 59, 58, tzinfo=UTC))
+    orch = build_orchestrator({"a": CallAcrossMidnightThenOneMore}, config=config, wall=wall,
+                              provider=ScriptedProvider(latency_s=3))
+    pauses: list[str] = []
+
+    def on_event(event: Event) -> None:
+        if event.name == "pause_requested":
+            pauses.append(str(event.data.get("scope")))
+
+    orch.bus.subscribe(on_event)
+
+    async def finish_paused() -> None:  # a wrong pause ends its task instead of hanging
+        while True:
+            await anyio.sleep(5)
+            for task_id in [t for t in (f"t{i}" for i in range(5))
+                            if orch.controller.is_paused(t)]:
+                await orch.decide(task_id, "finish")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(finish_paused)
+        report = await orch.run([TaskSpec(id=f"t{i}", agent="a", prompt="x")
+                                 for i in range(5)])
+        tg.cancel_scope.cancel()
+    assert pauses == []
+    assert {o.status for o in report.outcomes.values()} == {TaskStatus.COMPLETED}
+    check = SqliteStore(tmp_path / "vibe.db")
+    await check.open()
+    saturday = await check.totals(f"day:{SATURDAY}")
+    await check.aclose()
+    assert saturday.tokens == 10 * 150
+    in_memory = orch.tracker.day_scope(datetime(2026, 11, 28, tzinfo=UTC).date())
+    assert in_memory.totals.tokens == saturday.tokens

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
+import anyio
+
 from scheduler.budget._profile import TaskProfile, day_limits
 from scheduler.budget._scope_state import Crossing, Level, ScopeState
 from scheduler.config import Limits, VibeConfig
@@ -76,6 +78,8 @@ class Scopes:
         #: placeholder: midnight passed and nothing async has loaded it yet).
         self._loaded: set[str] = set()
         self._ready_day: date | None = None  # a day in ``_loaded``: the one asked last
+        #: Scopes whose totals are being read, by their ``_loaded`` key: set when read.
+        self._loading: dict[str, anyio.Event] = {}
         self.tasks: dict[str, TaskEntry] = {}
         #: Per-day scopes of tasks with a ``day_budget``, by scope name; like ``days``, a
         #: name not in ``_loaded`` is a placeholder whose totals are not read yet.
@@ -98,13 +102,42 @@ class Scopes:
         """The scope of ``day`` with the totals every run recorded for it (R1.5): a day
         that began while this process ran starts from what others already spent."""
         state = self.day(day)
-        key = day.isoformat()
-        if key not in self._loaded:
-            # its reservations (a placeholder's) stay; its totals come from the store
-            state.totals = await self._store.totals(state.name)
-            self._loaded.add(key)
-            self.crossings(state)  # already passed: fired by an earlier process
+        await self._load(day.isoformat(), state)
         return state
+
+    async def _load(self, key: str, state: ScopeState) -> None:
+        """Read ``state``'s totals from the store once (``key``: its entry in ``_loaded``);
+        its reservations (a placeholder's) stay.  One read per scope at a time: a second
+        read ending after a charge was recorded and added would hold that charge twice."""
+        while key not in self._loaded:
+            reading = self._loading.get(key)
+            if reading is not None:
+                await reading.wait()
+                continue
+            done = self._loading[key] = anyio.Event()
+            try:
+                state.totals = await self._store.totals(state.name)
+                self._loaded.add(key)
+            finally:
+                del self._loading[key]
+                done.set()
+            self.crossings(state)  # already passed: fired by an earlier process
+
+    def ready(self, event: UsageEvent) -> bool:
+        """Whether the per-day scopes ``event`` is charged to here have their totals."""
+        if event.day not in self._loaded:
+            return False
+        return not event.day_scope or event.task_id not in self.tasks or (
+            task_day_scope(event.day_scope, event.day) in self._loaded)
+
+    async def load_for(self, event: UsageEvent) -> None:
+        """Read the totals of ``event``'s per-day scopes before it is recorded (midnight
+        passed): a read made after would hold it, and a charge recorded meanwhile by
+        another call would then be added to totals that already hold it."""
+        when = date.fromisoformat(event.day)
+        await self.ensure_day(when)
+        if event.day_scope and event.task_id in self.tasks:
+            await self.ensure_task_day(event.day_scope, when)
 
     def loaded(self, day: date) -> bool:
         """Whether the totals of ``day`` were read from the store (see :meth:`ensure_day`)."""
@@ -154,10 +187,8 @@ class Scopes:
         of it that day, R1.5): a day that began while this process ran starts from what
         others already spent."""
         state = self.task_day(task_id, day)
-        if state is not None and state.name not in self._loaded:
-            state.totals = await self._store.totals(state.name)
-            self._loaded.add(state.name)
-            self.crossings(state)  # already passed: fired by an earlier process
+        if state is not None:
+            await self._load(state.name, state)
 
     async def start_task(self, task_id: str, profile: TaskProfile, agent: str,
                          span: str = "session", parent: str | None = None) -> None:

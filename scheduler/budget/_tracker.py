@@ -11,6 +11,7 @@ what the day has already spent.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from scheduler.budget._scope_state import Crossing, ScopeState, worst_fraction
 from scheduler.budget._scopes import Scopes
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
-from scheduler.core import SystemWallClock, Usage, UsageEvent, WallClock, loop_time
+from scheduler.core import (
+    StoreUnavailableError,
+    SystemWallClock,
+    Usage,
+    UsageEvent,
+    WallClock,
+    loop_time,
+)
 from scheduler.store import Store
 
 #: A flush of the running tasks' files waits at least this many times as long as the
@@ -335,12 +343,16 @@ class Tracker:
         close = None
         if reservation is not None and reservation.durable:
             close = OpenCalls.key(reservation.event_id)
+        scopes = self._scopes
+        if not scopes.ready(event):  # the day's first charge here: read its totals first
+            # unreachable store: recorded all the same (spooled); ``add`` reads them after
+            with contextlib.suppress(StoreUnavailableError):
+                await scopes.load_for(event)
         fresh = await self._reservations.settle(event, reservation, close=close)
         if reservation is not None and close is not None:
             reservation.durable = False
         if not fresh:
             return []
-        scopes = self._scopes
         crossings = scopes.add_loaded(event)  # no wait but on a day's first charge
         if crossings is None:
             crossings = await scopes.add(event)
