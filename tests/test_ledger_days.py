@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from scheduler import Event, Limits, TaskSpec, Usage, UsageEvent, VibeConfig
-from scheduler.runtime import AgentContext, Orchestrator
+from scheduler.runtime import AgentContext, Orchestrator, RunReport
 from scheduler.store import SqliteStore, Store
 from scheduler.tasks import TaskStatus
 from scheduler.testing import ScriptedProvider, build_orchestrator
@@ -125,59 +125,116 @@ async def test_r1_5_new_day_loads_other_runs_spend_redis(tmp_path: Path, redis_n
     assert scope == f"day:{SATURDAY}"
     check = store()
     await check.open()
-    # 900 before; at most the one call reserved before midnight and charged after it
-    assert (await check.totals(f"day:{SATURDAY}")).tokens in (900, 1_050)
+    # 900 before; a call reserved before midnight counts toward Friday, however late it ends
+    assert (await check.totals(f"day:{SATURDAY}")).tokens == 900
     await check.aclose()
 
 
-class CallAcrossMidnightThenOneMore:
-    """A call admitted before midnight that ends after it, then a call on the new day."""
+
+async def _finish_paused(orch: Orchestrator, tasks: list[str]) -> None:
+    """A wrong pause ends its task instead of hanging the run."""
+    while True:
+        await anyio.sleep(5)
+        for task_id in [t for t in tasks if orch.controller.is_paused(t)]:
+            await orch.decide(task_id, "finish")
+
+
+async def _run_all(orch: Orchestrator, agent: str, n: int, budget: Limits | None = None,
+                   ) -> tuple[list[str], RunReport]:
+    """Run tasks ``t0``..``t<n-1>`` of ``agent``; the scopes of the pauses requested."""
+    pauses: list[str] = []
+    orch.bus.subscribe(lambda e: pauses.append(str(e.data.get("scope")))
+                       if e.name == "pause_requested" else None)
+    tasks = [f"t{i}" for i in range(n)]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_finish_paused, orch, tasks)
+        report = await orch.run([TaskSpec(id=t, agent=agent, prompt="x", budget=budget)
+                                 for t in tasks])
+        tg.cancel_scope.cancel()
+    return pauses, report
+
+
+class TwoEditsAfterMidnight:
+    """At 00:00:01 a file edit (every task at once), a second later another."""
 
     async def run(self, ctx: AgentContext) -> None:
-        for _ in range(2):
-            await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=100,
-                                   model="haiku")
+        await anyio.sleep(3)
+        for n in range(2):
+            await ctx.files.write(f"out{n}.txt", "x")
             await anyio.sleep(1)
 
 
-async def test_r1_2_calls_settling_after_midnight_count_once_toward_the_new_day(
-        tmp_path: Path) -> None:
-    """R1.2, R1.5 on SQLite: five calls admitted at 23:59:58 end together at 00:00:01, the
-    first charges of Saturday; each counts once in the day's totals, so the second round
-    (10 calls of 150 tokens in all, within Saturday's 2,000) runs with no pause -- a day
-    read from the store after some of those charges were recorded used to add them again
-    (1,350 tokens for 750 spent) and paused tasks at the day budget."""
+async def test_r1_2_first_charges_of_a_day_count_once(tmp_path: Path) -> None:
+    """R1.2, R1.5 on SQLite: five file edits at 00:00:01, the first charges of Saturday,
+    each count once in the day's totals, so the second five fit Saturday's 10 with no
+    pause -- the day's totals read from the store after some of those edits were
+    recorded used to add them again (9 edits for 5) and paused tasks at the day budget."""
     config = VibeConfig(state_dir=tmp_path, store="sqlite", session_id="s1",
-                        budgets={"day": Limits(tokens=2_000)})
+                        budgets={"day": Limits(file_edits=10)})
     wall = LoopWallClock(datetime(2026, 11, 27, 23, 59, 58, tzinfo=UTC))
-    orch = build_orchestrator({"a": CallAcrossMidnightThenOneMore}, config=config, wall=wall,
-                              provider=ScriptedProvider(latency_s=3))
-    pauses: list[str] = []
-
-    def on_event(event: Event) -> None:
-        if event.name == "pause_requested":
-            pauses.append(str(event.data.get("scope")))
-
-    orch.bus.subscribe(on_event)
-
-    async def finish_paused() -> None:  # a wrong pause ends its task instead of hanging
-        while True:
-            await anyio.sleep(5)
-            for task_id in [t for t in (f"t{i}" for i in range(5))
-                            if orch.controller.is_paused(t)]:
-                await orch.decide(task_id, "finish")
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(finish_paused)
-        report = await orch.run([TaskSpec(id=f"t{i}", agent="a", prompt="x")
-                                 for i in range(5)])
-        tg.cancel_scope.cancel()
+    orch = build_orchestrator({"a": TwoEditsAfterMidnight}, config=config, wall=wall)
+    pauses, report = await _run_all(orch, "a", 5)
     assert pauses == []
     assert {o.status for o in report.outcomes.values()} == {TaskStatus.COMPLETED}
     check = SqliteStore(tmp_path / "vibe.db")
     await check.open()
     saturday = await check.totals(f"day:{SATURDAY}")
     await check.aclose()
-    assert saturday.tokens == 10 * 150
+    assert saturday.file_edits == 10
     in_memory = orch.tracker.day_scope(datetime(2026, 11, 28, tzinfo=UTC).date())
-    assert in_memory.totals.tokens == saturday.tokens
+    assert in_memory.totals.file_edits == 10
+
+
+class SonnetThenHaiku:
+    """A sonnet call of about $0.45 admitted at 23:59:50 that ends at 00:00:20, then a
+    haiku call of about $0.15."""
+
+    async def run(self, ctx: AgentContext) -> None:
+        await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=30_000,
+                               model="sonnet")
+        await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=100,
+                               model="haiku")
+
+
+async def test_r1_3_saturday_starts_from_nothing_after_fridays_calls_end(
+        tmp_path: Path) -> None:
+    """R1.2, R1.3: fifteen calls Friday's $20 admitted at 23:59:50 end at 00:00:20; they
+    count toward Friday, whose budget admitted them, and Saturday's $5 starts from
+    nothing: each task's next call fits in it.  Charged to the day they ended, they put
+    $6.75 on Saturday before Saturday's budget was ever asked, and every task paused."""
+    config = VibeConfig(state_dir=tmp_path, store="sqlite", session_id="s1",
+                        budgets={"session": Limits()})
+    wall = LoopWallClock(datetime(2026, 11, 27, 23, 59, 50, tzinfo=UTC))
+    provider = ScriptedProvider(latency_s=30, prompt=100, completion=30_000)
+    orch = build_orchestrator({"a": SonnetThenHaiku}, config=config,
+                              wall=wall, provider=provider)
+    pauses, report = await _run_all(orch, "a", 15, Limits(tokens=100_000, cost_usd=2.0))
+    assert pauses == []
+    assert {o.status for o in report.outcomes.values()} == {TaskStatus.COMPLETED}
+    check = SqliteStore(tmp_path / "vibe.db")
+    await check.open()
+    friday = await check.totals("day:2026-11-27")
+    saturday = await check.totals(f"day:{SATURDAY}")
+    await check.aclose()
+    assert (friday.calls, saturday.calls) == (15, 15)
+    assert friday.tokens_by_model == {"sonnet": 15 * 30_100}
+    assert saturday.tokens_by_model == {"haiku": 15 * 30_100}
+    assert saturday.cost_usd < 5.0 < friday.cost_usd < 20.0
+
+
+async def test_r3_4_a_day_exceeded_by_calls_ending_after_it_pauses_nobody(
+        tmp_path: Path) -> None:
+    """R3.1, R3.4: five calls Friday admitted at 23:59:50 use more than estimated and end
+    at 00:00:20 over Friday's 1,000 tokens: the crossing is told (``budget_exceeded`` of
+    Friday) but no task pauses for a day that is over -- Saturday's budget applies."""
+    config = VibeConfig(state_dir=tmp_path, store="sqlite", session_id="s1",
+                        budgets={"day": Limits(tokens=1_000)})
+    wall = LoopWallClock(datetime(2026, 11, 27, 23, 59, 50, tzinfo=UTC))
+    exceeded: list[str] = []
+    orch = build_orchestrator({"a": CallsWithGaps}, config=config, wall=wall,
+                              provider=ScriptedProvider(latency_s=30, completion=300))
+    orch.bus.subscribe(lambda e: exceeded.append(str(e.data.get("scope")))
+                       if e.name == "budget_exceeded" else None)
+    pauses, _ = await _run_all(orch, "a", 5)
+    assert "day:2026-11-27" in exceeded
+    assert "day:2026-11-27" not in pauses

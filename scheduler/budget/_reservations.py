@@ -43,6 +43,13 @@ class Reservation:
     #: (the scopes the amounts were added to; no lookup by name when they go back).
     held: tuple[ScopeState, ...] = field(default=(), repr=False, compare=False)
 
+    @property
+    def day(self) -> str:
+        """The calendar day whose budget admitted the call (ISO date): its charge counts
+        toward that day even when the call ends after midnight, so each day's budget pays
+        for what it admitted and a new day starts from nothing."""
+        return self.scopes[-1][4:]  # ``Scopes.of_task`` puts the day's scope last
+
 
 class Reservations:
     """Checks requests against the scopes and holds, settles and releases their estimates."""

@@ -320,14 +320,16 @@ class Tracker:
     def make_event(
         self, task_id: str, *, model: str = "", usage: Any = None, cost_usd: float = 0.0,
         file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0,
-        event_id: str | None = None,
+        event_id: str | None = None, day: str | None = None,
     ) -> UsageEvent:
+        """The usage event of ``task_id``, counted toward ``day`` (ISO date; default today:
+        a call's is the day its reservation was checked against, ``Reservation.day``)."""
         agent, task_type, day_scope = self._recorded_as(task_id)
         # by keyword: the ledger's record, whose many str fields a shifted position would
         # swap without any error
         return UsageEvent(
             event_id=event_id or self.next_event_id(task_id), task_id=task_id,
-            session_id=self.session_id, day=self._scopes.today().isoformat(),
+            session_id=self.session_id, day=day or self._scopes.today().isoformat(),
             at=self._timestamp(), agent=agent, model=model,
             usage=Usage() if usage is None else usage, cost_usd=cost_usd,
             file_edits=file_edits, shell_commands=shell_commands,

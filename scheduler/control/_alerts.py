@@ -29,6 +29,7 @@ from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, De
 from scheduler.budget import Crossing, ScopeState, Tracker
 from scheduler.config import AlertsConfig
 from scheduler.control._decision import Decision
+from scheduler.control._new_day import day_is_over
 from scheduler.control._pause import PauseController
 from scheduler.core import BudgetExceededError, EventBus, get_logger
 
@@ -222,7 +223,8 @@ class AlertRuntime:
             self.scope_flags(f"task:{task_id}").checkpoint_requested = True
             self.events.emit("checkpoint_requested", action.message, task_id=task_id,
                              scope=c.scope, dimension=c.dimension)
-        elif kind is ActionKind.PAUSE and self.controller is not None:
+        elif kind is ActionKind.PAUSE and self.controller is not None and not day_is_over(
+                c.scope, self.tracker.today()):  # a call that day admitted ended after it
             await self.controller.request_pause(
                 task_id, action.message, error=_as_error(c),
             )

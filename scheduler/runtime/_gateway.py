@@ -449,7 +449,7 @@ class Gateway:
         """
         usage, task_id, tracker = completion.usage, task.id, self.tracker
         event = tracker.make_event(
-            task_id, model=model, usage=usage,
+            task_id, model=model, usage=usage, day=reservation.day,  # the day that admitted it
             cost_usd=cost_usd(usage, self.config.model_spec(model)),
             event_id=reservation.event_id or None,  # the id its open_call record names
         )
