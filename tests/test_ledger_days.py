@@ -238,3 +238,32 @@ async def test_r3_4_a_day_exceeded_by_calls_ending_after_it_pauses_nobody(
     pauses, _ = await _run_all(orch, "a", 5)
     assert "day:2026-11-27" in exceeded
     assert "day:2026-11-27" not in pauses
+
+
+class ThreeEditsAfterMidnight:
+    async def run(self, ctx: AgentContext) -> None:
+        await anyio.sleep(3)
+        for n in range(3):
+            await ctx.files.write(f"out{n}.txt", "x")
+
+
+async def test_r1_5_a_new_days_first_file_edit_sees_other_runs_edits(tmp_path: Path) -> None:
+    """R1.5, R3.4: other runs already made Saturday's 10 file edits; a task of a run begun
+    on Friday pauses at its first edit after midnight, Saturday's total staying at 10 --
+    the first edit used to be checked against a new day not read from the store yet."""
+    store = SqliteStore(tmp_path / "vibe.db")
+    await store.open()
+    await store.record(UsageEvent(event_id="other-run:1", task_id="elsewhere",
+                                  session_id="other", day=SATURDAY, at=0.0, file_edits=10))
+    await store.aclose()
+    config = VibeConfig(state_dir=tmp_path, store="sqlite", session_id="s1",
+                        budgets={"day": Limits(file_edits=10)})
+    wall = LoopWallClock(datetime(2026, 11, 27, 23, 59, 58, tzinfo=UTC))
+    orch = build_orchestrator({"a": ThreeEditsAfterMidnight}, config=config, wall=wall)
+    pauses, report = await _run_all(orch, "a", 1)
+    assert pauses == [f"day:{SATURDAY}"]
+    assert report.outcomes["t0"].status is TaskStatus.FINISHED
+    check = SqliteStore(tmp_path / "vibe.db")
+    await check.open()
+    assert (await check.totals(f"day:{SATURDAY}")).file_edits == 10
+    await check.aclose()

@@ -105,8 +105,12 @@ class Admission:
         """R3.4 for operation budgets: at a file-edit or shell-command limit the task pauses
         for a decision (add budget, finish, review) instead of failing, then checks again."""
         ctl = self.controller
-        while True:  # a pending token/cost pause waits for the next model call: the agent
-            try:     # first saves what the last (paid) call produced
+        while True:
+            # against what the day spent, also when it began since the last check
+            await self.tracker.load_today(task.id)
+            # a pending token/cost pause waits for the next model call: the agent first
+            # saves what the last (paid) call produced
+            try:
                 self.tracker.check(task.id, file_edits=file_edits, shell_commands=shell_commands,
                                    dangerous_commands=dangerous_commands)
                 return
