@@ -14,7 +14,7 @@ import pytest
 
 from scheduler import Event, Limits, TaskSpec, Usage, UsageEvent, VibeConfig
 from scheduler.runtime import AgentContext, Orchestrator, RunReport
-from scheduler.store import SqliteStore, Store
+from scheduler.store import SqliteStore, Store, task_day_scope
 from scheduler.tasks import TaskStatus
 from scheduler.testing import ScriptedProvider, build_orchestrator
 
@@ -140,7 +140,7 @@ async def _finish_paused(orch: Orchestrator, tasks: list[str]) -> None:
 
 
 async def _run_all(orch: Orchestrator, agent: str, n: int, budget: Limits | None = None,
-                   ) -> tuple[list[str], RunReport]:
+                   day_budget: Limits | None = None) -> tuple[list[str], RunReport]:
     """Run tasks ``t0``..``t<n-1>`` of ``agent``; the scopes of the pauses requested."""
     pauses: list[str] = []
     orch.bus.subscribe(lambda e: pauses.append(str(e.data.get("scope")))
@@ -148,8 +148,8 @@ async def _run_all(orch: Orchestrator, agent: str, n: int, budget: Limits | None
     tasks = [f"t{i}" for i in range(n)]
     async with anyio.create_task_group() as tg:
         tg.start_soon(_finish_paused, orch, tasks)
-        report = await orch.run([TaskSpec(id=t, agent=agent, prompt="x", budget=budget)
-                                 for t in tasks])
+        report = await orch.run([TaskSpec(id=t, agent=agent, prompt="x", budget=budget,
+                                          day_budget=day_budget) for t in tasks])
         tg.cancel_scope.cancel()
     return pauses, report
 
@@ -266,4 +266,29 @@ async def test_r1_5_a_new_days_first_file_edit_sees_other_runs_edits(tmp_path: P
     check = SqliteStore(tmp_path / "vibe.db")
     await check.open()
     assert (await check.totals(f"day:{SATURDAY}")).file_edits == 10
+    await check.aclose()
+
+
+async def test_r1_5_a_tasks_new_day_budget_starts_from_other_runs_spend(
+        tmp_path: Path) -> None:
+    """R1.5: another run already spent 900 of task t0's 1,000 tokens for Saturday
+    (``day_budget``); a run begun on Friday pauses t0 at its first call after midnight,
+    on ``task-day:t0:SATURDAY``, which stays at 900 -- the call used to be checked against
+    the task's new day before it was read from the store, and took it to 1,050."""
+    store = SqliteStore(tmp_path / "vibe.db")
+    await store.open()
+    await store.record(UsageEvent(
+        event_id="other-run:1", task_id="t0", session_id="other", day=SATURDAY, at=0.0,
+        model="haiku", usage=Usage(800, 100), day_scope="t0"))
+    await store.aclose()
+    config = VibeConfig(state_dir=tmp_path, store="sqlite", session_id="s1")
+    wall = LoopWallClock(datetime(2026, 11, 27, 23, 59, 59, tzinfo=UTC))
+    orch = build_orchestrator({"a": CallsWithGaps}, config=config, wall=wall,
+                              provider=ScriptedProvider(latency_s=0.05))
+    pauses, report = await _run_all(orch, "a", 1, day_budget=Limits(tokens=1_000))
+    assert pauses == [task_day_scope("t0", SATURDAY)]
+    assert report.outcomes["t0"].status is TaskStatus.FINISHED
+    check = SqliteStore(tmp_path / "vibe.db")
+    await check.open()
+    assert (await check.totals(task_day_scope("t0", SATURDAY))).tokens == 900
     await check.aclose()

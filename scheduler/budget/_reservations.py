@@ -149,10 +149,10 @@ class Reservations:
         """A model call's :meth:`check` (with its prompt and completion estimates) and
         :meth:`reserve` in one pass over the scopes, when this process alone decides and
         nothing needs awaiting: None, checking nothing, when the shared ledger takes a
-        hold for the call or while today's totals are not loaded yet (midnight passed:
-        :meth:`reserve_shared` loads them).  Raises :class:`BudgetExceededError` over
-        any limit."""
-        if not self._scopes.loaded(self._scopes.today()):
+        hold for the call or while today's totals (the day's, the task's per-day scope's)
+        are not loaded yet (midnight passed: :meth:`reserve_shared` loads them).  Raises
+        :class:`BudgetExceededError` over any limit."""
+        if not self._scopes.ready_today(task_id):
             return None
         scopes = self.check(task_id, model=model, tokens=tokens, cost_usd=cost_usd,
                             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
@@ -186,9 +186,8 @@ class Reservations:
         the caller checked these amounts just now (they are checked again if midnight
         passed, once the new day's totals are loaded).
         """
-        today = self._scopes.today()
-        if not self._scopes.loaded(today):  # midnight passed: load the new day's totals
-            await self._scopes.ensure_day(today)
+        if not self._scopes.ready_today(task_id):  # midnight passed: read the new day's
+            await self._scopes.ensure_today(task_id)
             checked = False
         reservation = self.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd,
                                    checked=checked)

@@ -143,6 +143,21 @@ class Scopes:
         """Whether the totals of ``day`` were read from the store (see :meth:`ensure_day`)."""
         return day == self._ready_day or self._is_loaded(day)
 
+    def ready_today(self, task_id: str) -> bool:
+        """Whether today's totals were read for ``task_id``: the day's, and its per-day
+        scope's when it has one (after midnight, before anything is checked against them)."""
+        today = self.today()
+        if not self.loaded(today):
+            return False
+        entry = self.tasks.get(task_id)
+        root = entry.day_root if entry is not None else None
+        return root is None or task_day_scope(root, today.isoformat()) in self._loaded
+
+    async def ensure_today(self, task_id: str) -> None:
+        """Read today's totals for ``task_id`` if not read yet (see :meth:`ready_today`)."""
+        await self.ensure_day(self.today())
+        await self.ensure_task_day(task_id)
+
     def _is_loaded(self, day: date) -> bool:
         if day.isoformat() not in self._loaded:
             return False

@@ -130,11 +130,8 @@ class Tracker:
     async def load_today(self, task_id: str) -> None:
         """Read today's totals (the day's, the task's per-day scope's) if not read yet:
         after midnight, before anything is checked against the new day (R1.5)."""
-        scopes = self._scopes
-        today = scopes.today()
-        if not scopes.loaded(today):
-            await scopes.ensure_day(today)
-        await scopes.ensure_task_day(task_id)
+        if not self._scopes.ready_today(task_id):
+            await self._scopes.ensure_today(task_id)
 
     async def start_task(self, task_id: str, profile: TaskProfile, *, agent: str = "",
                          span: str = "session", parent: str | None = None) -> None:
