@@ -12,8 +12,13 @@ replicas on the store keep running), each record left by a process that is gone
 is charged at its estimate — unless the call's own usage made it to the store
 before the kill — under the event id ``<id>:estimate``, and kept as an
 ``estimated_charge`` state record that ``status`` and ``report`` show.  So the
-budget never counts less than what may have been spent.  Event ids are
-idempotent, so two processes recovering at once charge a call once.
+budget never counts less than what may have been spent.  That charge is one step in
+the store (``store.charge_open_call``: not if the record is gone, the call settled), so
+two processes recovering at once charge a call once.  A process taken for dead may
+only have been frozen (SIGSTOP, a paused VM, a long GC): when its call then settles,
+its record is gone, and the store records the actual usage *in place of* the estimate
+in the same step (``store.record_and_delete_state``: the estimate's event, amounts and
+``estimated_charge`` record go), so the call counts once, by what it cost.
 
 A process is gone when, on this host, its pid no longer runs (or it had this
 process's pid -- a restarted container's pid 1 -- in a run that is not alive here),
@@ -36,10 +41,11 @@ from typing import Any
 
 from scheduler.core import Usage, UsageEvent, WallClock, get_logger
 from scheduler.store import Store
+from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, charge_open_call
 
 _log = get_logger("vibe_engine.budget")
-OPEN = "open_call"
-ESTIMATED = "estimated_charge"
+OPEN = OPEN_CALL
+ESTIMATED = ESTIMATED_CHARGE
 #: The state kind of a process's beat (see the module docstring).
 BEAT = "process"
 #: A beat unchanged for this long (the observer's clock) marks its process dead: three
@@ -170,18 +176,15 @@ class OpenCalls:
                 continue
             if not _gone(call, stale):
                 continue  # still running (here or elsewhere): it settles itself
-            if not await _settled(self._store, call):
-                event = call.estimate_event(self._wall.now().timestamp())
-                if await self._store.record(event):
-                    charged.append(event)
-                await self._store.put_state(ESTIMATED, call.event_id, {
+            event = call.estimate_event(self._wall.now().timestamp())
+            # one step: not if the call settled meanwhile (its process was only frozen)
+            if await charge_open_call(self._store, event, key, {
                     **call.to_dict(), "tokens": event.usage.total_tokens,
-                    "charged_event_id": event.event_id,
-                })
+                    "charged_event_id": event.event_id}):
+                charged.append(event)
                 _log.warning("open_call_charged_at_estimate", task_id=call.task_id,
                              session_id=call.session_id, tokens=event.usage.total_tokens,
                              cost_usd=round(call.cost_usd, 6))
-            await self.close(key)
         for key in stale:  # its calls were charged above
             await self._store.delete_state(BEAT, key)
             self._seen.pop(key, None)
@@ -210,7 +213,3 @@ def _gone(call: OpenCall, stale: set[str]) -> bool:
         return False  # alive, another user's
     return False
 
-
-async def _settled(store: Store, call: OpenCall) -> bool:
-    """The call's own usage reached the store before the process died."""
-    return any(e.event_id == call.event_id for e in await store.events(task_id=call.task_id))

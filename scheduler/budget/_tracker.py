@@ -27,9 +27,18 @@ from scheduler.budget._scope_state import Crossing, ScopeState, worst_fraction
 from scheduler.budget._scopes import Scopes
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
-from scheduler.core import SystemWallClock, Usage, UsageEvent, WallClock, loop_time
+from scheduler.core import (
+    SystemWallClock,
+    Usage,
+    UsageEvent,
+    WallClock,
+    get_logger,
+    loop_time,
+)
 from scheduler.store import Store
+from scheduler.store._base import REPLACED
 
+_log = get_logger("vibe_engine.budget")
 #: A flush of the running tasks' files waits at least this many times as long as the
 #: last one took: the files never take more than about 1/20 of the time.
 FLUSH_SHARE = 20.0
@@ -340,6 +349,8 @@ class Tracker:
             reservation.durable = False
         if not fresh:
             return []
+        if fresh == REPLACED:
+            await self._replaced_estimate(event)
         scopes = self._scopes
         crossings = scopes.add_loaded(event)  # no wait but on a day's first charge
         if crossings is None:
@@ -350,6 +361,18 @@ class Tracker:
             # a threshold crossed: the file says so at once (else the next flush writes it)
             await self._files.try_write_off_loop(event.task_id, entry)
         return crossings
+
+    async def _replaced_estimate(self, event: UsageEvent) -> None:
+        """``event`` settled a call that another process, taking this one for dead (it was
+        frozen past ``BEAT_STALE_S``), had charged at its estimate: the store now counts
+        the call once, by ``event``.  Scopes here refreshed from the store's totals (a
+        ledger that returns them with each hold) may hold that estimate: they are read
+        again, less ``event``, which the charge then adds."""
+        _log.warning("open_call_estimate_replaced", task_id=event.task_id,
+                     event_id=event.event_id, tokens=event.usage.total_tokens)
+        for scope in self._reservations.refreshed_scopes(event):
+            scope.totals = await self.store.totals(scope.name)
+            scope.totals.remove(event)
 
     async def flush_usage(self) -> None:
         """The service that keeps running tasks' ``usage.json`` at most one interval

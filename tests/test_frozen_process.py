@@ -1,0 +1,138 @@
+"""R1.5: a process frozen mid-call (SIGSTOP, a paused VM, a long GC) is charged once.
+
+While it is frozen its beat stops; once the beat is ``BEAT_STALE_S`` old, another
+tracker on the store takes the process for dead and charges its open call at the
+estimate (``<id>:estimate``).  When the frozen process wakes and its call settles, the
+call must count once, by its actual usage: in the store's totals and events, in the
+``estimated_charge`` records ``status`` shows, and in the woken process's own view.
+The observers' clocks are injected (no wall-clock wait).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from scheduler import VibeConfig
+from scheduler.budget import TaskProfile, Tracker
+from scheduler.budget._open_calls import BEAT_STALE_S, ESTIMATED, OPEN
+from scheduler.config import Limits
+from scheduler.core import FixedWallClock, Usage
+from scheduler.runtime._recovery import RECOVER_EVERY_S
+from scheduler.store import MemoryStore, SqliteStore, Store
+from scheduler.store._redis import RedisStore
+from scheduler.testing import FRIDAY, run_real, run_virtual
+from tests._redis_helpers import REDIS_URL
+
+DAY = f"day:{FRIDAY.isoformat()}"
+ACTUAL = Usage(700, 150, 300)  # what the provider reported once the process woke
+ESTIMATE = 1_000 + 234
+
+
+class _Clock:
+    """An observer's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _tracker(store: Store, session: str, clock: _Clock) -> Tracker:
+    return Tracker(store, VibeConfig(), session_id=session, wall=FixedWallClock(FRIDAY),
+                   clock=clock)
+
+
+async def _frozen_then_settled(stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+                               ) -> dict[str, object]:
+    """``frozen`` (its records name another host: only its beat tells it is alive) opens
+    a call and freezes; ``live`` charges it at its estimate; ``frozen`` wakes, settles."""
+    clock = _Clock()
+    for s in stores:
+        await s.open()
+    with monkeypatch.context() as m:
+        m.setattr(socket, "gethostname", lambda: "frozen-host")
+        frozen = _tracker(stores[0], "frozen", clock)
+    live = _tracker(stores[1], "live", clock)
+    await frozen.open()
+    await live.open()
+    await frozen.start_task("t", TaskProfile("code_modification", "moderate", Limits(), False,
+                                             False), agent="a")
+    res = await frozen.reserve_shared("t", model="sonnet", tokens=ESTIMATE, cost_usd=0.01)
+    await frozen.open_call(res, prompt_tokens=1000, output_tokens=234)
+    rounds = []
+    while clock.now <= BEAT_STALE_S + RECOVER_EVERY_S:  # frozen: no beat of its own
+        clock.now += RECOVER_EVERY_S
+        rounds.append(len(await live.recover_open_calls()))
+    estimated = (await stores[1].totals(DAY)).tokens
+    # a moment awake before the call's answer is read: another call's hold brings the
+    # shared totals (on Redis) -- the estimate among them -- into its own view
+    other = await frozen.reserve_shared("t", model="sonnet", tokens=10, cost_usd=0.0)
+    await frozen.release(other)
+    # the process wakes; its call completes and settles with the provider's usage
+    event = frozen.make_event("t", model="sonnet", usage=ACTUAL, cost_usd=0.004,
+                              event_id=res.event_id)
+    await frozen.charge(event, res)
+    clock.now += RECOVER_EVERY_S
+    await frozen.recover_open_calls()  # its beat again
+    again = len(await live.recover_open_calls())
+    store = stores[1]
+    out: dict[str, object] = {
+        "rounds": rounds, "estimated": estimated, "again": again,
+        "events": [(e.event_id, e.usage.total_tokens) for e in await store.events()],
+        "store": {name: (t.tokens, t.calls, round(t.cost_usd, 9))
+                  for name in (DAY, "session:frozen", "task:t")
+                  for t in [await store.totals(name)]},
+        "marked": sorted(await store.list_state(ESTIMATED)),
+        "open": sorted(await store.list_state(OPEN)),
+        "frozen_view": (frozen.task_scope("t").totals.tokens, frozen.session.totals.tokens,
+                        frozen.day_scope().totals.tokens),
+    }
+    for s in stores:
+        await s.aclose()
+    return out
+
+
+def _check(out: dict[str, object], event_id_prefix: str = "frozen:") -> None:
+    rounds = out["rounds"]
+    assert isinstance(rounds, list) and sum(rounds) == 1  # charged at its estimate once
+    assert out["estimated"] == ESTIMATE
+    events = out["events"]
+    assert isinstance(events, list) and len(events) == 1
+    assert events[0][0].startswith(event_id_prefix) and events[0][1] == ACTUAL.total_tokens
+    assert not events[0][0].endswith(":estimate")
+    total = ACTUAL.total_tokens
+    assert out["store"] == {DAY: (total, 1, 0.004), "session:frozen": (total, 1, 0.004),
+                            "task:t": (total, 1, 0.004)}
+    assert out["marked"] == [] and out["open"] == []
+    assert out["again"] == 0
+    assert out["frozen_view"] == (total, total, total)
+
+
+def test_r1_5_a_frozen_process_call_counts_once_by_its_actual_usage_on_sqlite(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R1.5, SQLite: two processes' connections on one file; the frozen one's settle
+    replaces the estimate the other charged -- totals, events, marks all say the actual."""
+    db = tmp_path / "vibe.db"
+    out = run_virtual(_frozen_then_settled, (SqliteStore(db), SqliteStore(db)), monkeypatch)
+    _check(out)
+
+
+def test_r1_5_a_frozen_process_call_counts_once_by_its_actual_usage_on_redis(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_ns: str) -> None:
+    """R1.5, Redis: the same across two connections to one namespace."""
+    stores = tuple(RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / f"s{i}")
+                   for i in range(2))
+    out = run_real(_frozen_then_settled, stores, monkeypatch)
+    _check(out)
+
+
+def test_r1_5_a_frozen_tracker_call_counts_once_on_the_memory_store(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """R1.5, the memory store (two trackers of one process): the same answer."""
+    store = MemoryStore()
+    out = run_virtual(_frozen_then_settled, (store, store), monkeypatch)
+    _check(out)
