@@ -67,7 +67,7 @@ async def _frozen_then_settled(stores: tuple[Store, Store], monkeypatch: pytest.
     while clock.now <= BEAT_STALE_S + RECOVER_EVERY_S:  # frozen: no beat of its own
         clock.now += RECOVER_EVERY_S
         rounds.append(len(await live.recover_open_calls()))
-    estimated = (await stores[1].totals(DAY)).tokens
+    estimated = (await stores[1].totals(DAY)).tokens, live.day_scope().totals.tokens
     # a moment awake before the call's answer is read: another call's hold brings the
     # shared totals (on Redis) -- the estimate among them -- into its own view
     other = await frozen.reserve_shared("t", model="sonnet", tokens=10, cost_usd=0.0)
@@ -90,6 +90,7 @@ async def _frozen_then_settled(stores: tuple[Store, Store], monkeypatch: pytest.
         "open": sorted(await store.list_state(OPEN)),
         "frozen_view": (frozen.task_scope("t").totals.tokens, frozen.session.totals.tokens,
                         frozen.day_scope().totals.tokens),
+        "live_view": live.day_scope().totals.tokens,
     }
     for s in stores:
         await s.aclose()
@@ -99,7 +100,7 @@ async def _frozen_then_settled(stores: tuple[Store, Store], monkeypatch: pytest.
 def _check(out: dict[str, object], event_id_prefix: str = "frozen:") -> None:
     rounds = out["rounds"]
     assert isinstance(rounds, list) and sum(rounds) == 1  # charged at its estimate once
-    assert out["estimated"] == ESTIMATE
+    assert out["estimated"] == (ESTIMATE, ESTIMATE)  # the store's day, the live one's
     events = out["events"]
     assert isinstance(events, list) and len(events) == 1
     assert events[0][0].startswith(event_id_prefix) and events[0][1] == ACTUAL.total_tokens
@@ -110,6 +111,9 @@ def _check(out: dict[str, object], event_id_prefix: str = "frozen:") -> None:
     assert out["marked"] == [] and out["open"] == []
     assert out["again"] == 0
     assert out["frozen_view"] == (total, total, total)
+    # the live tracker's own day counted the estimate it charged, and no longer does (a
+    # live process's use is in the store's day, not in another process's view of it)
+    assert out["live_view"] == 0
 
 
 def test_r1_5_a_frozen_process_call_counts_once_by_its_actual_usage_on_sqlite(

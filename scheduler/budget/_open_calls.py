@@ -51,6 +51,8 @@ BEAT = "process"
 #: A beat unchanged for this long (the observer's clock) marks its process dead: three
 #: rounds of ``scheduler.runtime._recovery.RECOVER_EVERY_S`` missed.
 BEAT_STALE_S = 180.0
+#: How many of the estimates it charged a tracker remembers (see ``OpenCalls.replaced``).
+_CHARGED_KEPT = 4096
 #: The runs of the trackers alive in this process: a record of this pid from any other
 #: run was left by an earlier process that had the same pid.
 _LIVE_RUNS: set[str] = set()
@@ -107,6 +109,9 @@ class OpenCalls:
         self._beats = 0
         #: Other processes' beats as last read: key -> (counter, when first read so).
         self._seen: dict[str, tuple[Any, float]] = {}
+        #: The estimates this tracker charged, by call: a process only frozen may yet
+        #: settle the call and replace one (see :meth:`replaced`).
+        self._charged: dict[str, UsageEvent] = {}
         _LIVE_RUNS.add(run)
 
     @property
@@ -182,13 +187,24 @@ class OpenCalls:
                     **call.to_dict(), "tokens": event.usage.total_tokens,
                     "charged_event_id": event.event_id}):
                 charged.append(event)
+                self._charged[key] = event
                 _log.warning("open_call_charged_at_estimate", task_id=call.task_id,
                              session_id=call.session_id, tokens=event.usage.total_tokens,
                              cost_usd=round(call.cost_usd, 6))
         for key in stale:  # its calls were charged above
             await self._store.delete_state(BEAT, key)
             self._seen.pop(key, None)
+        while len(self._charged) > _CHARGED_KEPT:  # the oldest: their processes are gone
+            del self._charged[next(iter(self._charged))]
         return charged
+
+    async def replaced(self) -> list[UsageEvent]:
+        """The estimates this tracker charged whose call settled since, its process woken:
+        the settle replaced each (its ``estimated_charge`` record is gone)."""
+        if not self._charged:
+            return []
+        marks = await self._store.list_state(ESTIMATED)
+        return [self._charged.pop(key) for key in list(self._charged) if key not in marks]
 
 
 def _beat_key(host: str, pid: int, run: str) -> str:

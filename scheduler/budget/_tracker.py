@@ -113,12 +113,16 @@ class Tracker:
         """While running: charge at their estimate the calls that processes gone since
         left open (a replica killed mid-call on a shared store), as :meth:`open` does at
         start, and add them to this tracker's scopes that count every process's use.
-        Idempotent across processes: each such call is charged once.  Each round bumps
-        this process's beat, by which the others know it lives."""
+        Idempotent across processes: each such call is charged once.  An estimate charged
+        here whose call settled since (its process was only frozen: the settle replaced
+        it in the store) is taken back from those scopes.  Each round bumps this
+        process's beat, by which the others know it lives."""
         await self._open_calls.beat()
         charged = await self._open_calls.recover()
         for event in charged:
             self._scopes.add_recovered(event)
+        for event in await self._open_calls.replaced():  # its process was only frozen
+            self._scopes.add_recovered(event, sign=-1)
         return charged
 
     def day_scope(self, day: date | None = None) -> ScopeState:
