@@ -10,11 +10,19 @@ The observers' clocks are injected (no wall-clock wait).
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from agents.fake_api import open_fake_api
+from agents.fake_api._model import Fault
 from scheduler import VibeConfig
 from scheduler.budget import TaskProfile, Tracker
 from scheduler.budget._open_calls import BEAT_STALE_S, ESTIMATED, OPEN
@@ -24,7 +32,12 @@ from scheduler.runtime._recovery import RECOVER_EVERY_S
 from scheduler.store import MemoryStore, SqliteStore, Store
 from scheduler.store._redis import RedisStore
 from scheduler.testing import FRIDAY, run_real, run_virtual
+from tests._anthropic_helpers import SECRET_KEY
 from tests._redis_helpers import REDIS_URL
+
+BIN = Path(sys.executable).parent / "vibe-engine"
+ENV = {**{k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"},
+       "COLUMNS": "200", "VIBE_FROZEN_TEST_KEY": SECRET_KEY}
 
 DAY = f"day:{FRIDAY.isoformat()}"
 ACTUAL = Usage(700, 150, 300)  # what the provider reported once the process woke
@@ -140,3 +153,100 @@ def test_r1_5_a_frozen_tracker_call_counts_once_on_the_memory_store(
     store = MemoryStore()
     out = run_virtual(_frozen_then_settled, (store, store), monkeypatch)
     _check(out)
+
+
+# -- the runtime path: ``vibe-engine run`` frozen with calls in flight ------------------
+
+
+def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+
+
+def _freeze_with_calls_in_flight(proc: subprocess.Popen[str], db: Path) -> None:
+    """SIGSTOP ``proc`` once a call of it has been answered and another is in flight."""
+    for _ in range(3000):  # a bound on a hung run (the wait below is the pause)
+        if _rows(db, "SELECT 1 FROM events WHERE model != ''") and _rows(
+                db, "SELECT 1 FROM open_calls"):
+            os.kill(proc.pid, signal.SIGSTOP)
+            return
+        try:
+            proc.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            continue
+        break
+    raise AssertionError(f"no call in flight to freeze the run in ({proc.poll()})")
+
+
+async def _charge_as_a_replica(db: Path) -> int:
+    """Another process on the store: the frozen run's beat never moves, so once this
+    tracker's clock passed ``BEAT_STALE_S`` it charges the run's calls at their estimate."""
+    clock = _Clock()
+    store = SqliteStore(db)
+    await store.open()
+    tracker = _tracker(store, "replica", clock)
+    charged = len(await tracker.open())
+    while clock.now <= BEAT_STALE_S + RECOVER_EVERY_S:
+        clock.now += RECOVER_EVERY_S
+        charged += len(await tracker.recover_open_calls())
+    await tracker.close()
+    await store.aclose()
+    return charged
+
+
+@pytest.mark.slow
+def test_r1_5_a_frozen_vibe_engine_run_counts_each_call_once_by_what_the_api_reported(
+        tmp_path: Path) -> None:
+    """R1.5 as a user meets it: ``vibe-engine run`` is SIGSTOPped with calls in flight
+    (a paused VM); a replica on the store takes it for dead and charges those calls at
+    their estimate; SIGCONT: the run completes.  The store's events and totals, each
+    task's ``usage.json`` and ``vibe-engine report`` then count every call once, by the
+    usage the API reported -- no estimate left beside its actual usage."""
+    state = tmp_path / "st"
+    db = state / "vibe.db"
+    tasks = "".join(f'[[tasks]]\nid = "t{i}"\nagent = "steps"\nprompt = "step {i}"\n'
+                    'params = { steps = 3, max_tokens = 300 }\n' for i in range(3))
+    with open_fake_api(api_key=SECRET_KEY) as api:
+        api.inject(Fault("slow", delay_s=0.3), times=100)  # calls stay in flight a while
+        cfg = tmp_path / "vibe.toml"
+        cfg.write_text(f'state_dir = "{state}"\nstore = "sqlite"\n[provider]\n'
+                       f'kind = "anthropic"\nbase_url = "{api.base_url}"\n'
+                       f'api_key_env = "VIBE_FROZEN_TEST_KEY"\n{tasks}')
+        proc = subprocess.Popen([BIN, "run", str(cfg), "--no-live", "--log-level", "warning"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=ENV)
+        try:
+            _freeze_with_calls_in_flight(proc, db)
+            charged = run_real(_charge_as_a_replica, db)
+            os.kill(proc.pid, signal.SIGCONT)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.communicate()
+        reported = sum(r.total_tokens for r in api.reported)
+        answered = len(api.reported)
+    assert proc.returncode == 0, err
+    assert charged >= 1
+    tokens = ("prompt_tokens + completion_tokens + cache_read_tokens + cache_write_5m_tokens"
+              " + cache_write_1h_tokens")
+    calls = _rows(db, f"SELECT event_id, task_id, {tokens} FROM events WHERE model != ''")
+    assert not [c for c in calls if str(c[0]).endswith(":estimate")]
+    assert len(calls) == answered and sum(int(str(c[2])) for c in calls) == reported
+    assert _rows(db, "SELECT count(*) FROM state WHERE kind = 'estimated_charge'") == [(0,)]
+    day = _rows(db, "SELECT prompt_tokens + completion_tokens + cache_read_tokens"
+                    " + cache_write_tokens, calls FROM totals WHERE scope LIKE 'day:%'")
+    assert day == [(reported, answered)]
+    for i in range(3):
+        usage = json.loads((state / "tasks" / f"t{i}" / "usage.json").read_text())["usage"]
+        assert usage["tokens"] == sum(int(str(c[2])) for c in calls if c[1] == f"t{i}")
+    report = subprocess.run([BIN, "report", "--state-dir", str(state), "--json"],
+                            capture_output=True, text=True, timeout=120, env=ENV)
+    assert report.returncode == 0, report.stderr
+    total = json.loads(report.stdout)["total"]
+    assert (total["tokens"], total["calls"]) == (reported, answered)
+    assert err.count("open_call_estimate_replaced") == charged  # said, once per call
