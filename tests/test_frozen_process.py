@@ -25,12 +25,14 @@ from agents.fake_api import open_fake_api
 from agents.fake_api._model import Fault
 from scheduler import VibeConfig
 from scheduler.budget import TaskProfile, Tracker
-from scheduler.budget._open_calls import BEAT_STALE_S, ESTIMATED, OPEN
+from scheduler.budget._open_calls import BEAT, BEAT_STALE_S, ESTIMATED, OPEN
+from scheduler.budget._reservations import Reservation
 from scheduler.config import Limits
 from scheduler.core import FixedWallClock, Usage
 from scheduler.runtime._recovery import RECOVER_EVERY_S
 from scheduler.store import MemoryStore, SqliteStore, Store
 from scheduler.store._redis import RedisStore
+from scheduler.store._spool import SpooledEvent, SpooledState
 from scheduler.testing import FRIDAY, run_real, run_virtual
 from tests._anthropic_helpers import SECRET_KEY
 from tests._redis_helpers import REDIS_URL
@@ -59,11 +61,11 @@ def _tracker(store: Store, session: str, clock: _Clock) -> Tracker:
                    clock=clock)
 
 
-async def _frozen_then_settled(stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
-                               ) -> dict[str, object]:
+async def _open_and_charge(stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch,
+                           clock: _Clock) -> tuple[Tracker, Tracker, Reservation, list[int]]:
     """``frozen`` (its records name another host: only its beat tells it is alive) opens
-    a call and freezes; ``live`` charges it at its estimate; ``frozen`` wakes, settles."""
-    clock = _Clock()
+    a call and freezes; ``live``, its clock moved round after round, charges it at its
+    estimate."""
     for s in stores:
         await s.open()
     with monkeypatch.context() as m:
@@ -80,6 +82,15 @@ async def _frozen_then_settled(stores: tuple[Store, Store], monkeypatch: pytest.
     while clock.now <= BEAT_STALE_S + RECOVER_EVERY_S:  # frozen: no beat of its own
         clock.now += RECOVER_EVERY_S
         rounds.append(len(await live.recover_open_calls()))
+    return frozen, live, res, rounds
+
+
+async def _frozen_then_settled(stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+                               ) -> dict[str, object]:
+    """The call is charged at its estimate while ``frozen`` is frozen; ``frozen`` wakes and
+    its call settles."""
+    clock = _Clock()
+    frozen, live, res, rounds = await _open_and_charge(stores, monkeypatch, clock)
     estimated = (await stores[1].totals(DAY)).tokens, live.day_scope().totals.tokens
     # a moment awake before the call's answer is read: another call's hold brings the
     # shared totals (on Redis) -- the estimate among them -- into its own view
@@ -250,3 +261,96 @@ def test_r1_5_a_frozen_vibe_engine_run_counts_each_call_once_by_what_the_api_rep
     total = json.loads(report.stdout)["total"]
     assert (total["tokens"], total["calls"]) == (reported, answered)
     assert err.count("open_call_estimate_replaced") == charged  # said, once per call
+
+
+# -- the settle replayed late; the store locked ---------------------------------------
+
+
+async def _settle_spooled_after_the_estimate(tmp_path: Path, ns: str,
+                                             monkeypatch: pytest.MonkeyPatch
+                                             ) -> dict[str, object]:
+    """The frozen process woke with Redis out of its reach: its settle went to its spool
+    (the event, then its open call's delete), and it was killed.  Another replica had
+    charged the call at its estimate; the spool is replayed at the next start."""
+    spool = tmp_path / "frozen-spool"
+    stores = (RedisStore(REDIS_URL, namespace=ns, spool_path=spool),
+              RedisStore(REDIS_URL, namespace=ns, spool_path=tmp_path / "live-spool"))
+    frozen, _, res, rounds = await _open_and_charge(stores, monkeypatch, _Clock())
+    event = frozen.make_event("t", model="sonnet", usage=ACTUAL, cost_usd=0.004,
+                              event_id=res.event_id)
+    stores[0].spool.append(SpooledEvent(event))  # what ``settle`` spools while Redis is down
+    stores[0].spool.append(SpooledState(OPEN, res.event_id, None))
+    await stores[0].aclose()
+    restarted = RedisStore(REDIS_URL, namespace=ns, spool_path=spool)
+    await restarted.open()  # replays the spool
+    store = stores[1]
+    out: dict[str, object] = {
+        "rounds": rounds, "replayed": len(restarted.spool),
+        "events": [(e.event_id, e.usage.total_tokens) for e in await store.events()],
+        "day": (await store.totals(DAY)).tokens,
+        "marked": sorted(await store.list_state(ESTIMATED)),
+        "open": sorted(await store.list_state(OPEN)),
+    }
+    await restarted.aclose()
+    await store.aclose()
+    return out
+
+
+def test_r1_5_a_frozen_process_settle_replayed_from_its_spool_replaces_the_estimate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_ns: str) -> None:
+    """R1.5, Redis: a settle that waited in the spool is replayed as one step with its
+    open call's delete, so it too replaces the estimate charged meanwhile."""
+    out = run_real(_settle_spooled_after_the_estimate, tmp_path, redis_ns, monkeypatch)
+    assert sum(out["rounds"]) == 1 and out["replayed"] == 0  # type: ignore[arg-type]
+    events = out["events"]
+    assert isinstance(events, list) and len(events) == 1
+    assert events[0][1] == ACTUAL.total_tokens and not events[0][0].endswith(":estimate")
+    assert out["day"] == ACTUAL.total_tokens
+    assert out["marked"] == [] and out["open"] == []
+
+
+async def _recover_while_locked(db: Path, monkeypatch: pytest.MonkeyPatch
+                                ) -> tuple[list[int], list[str], int]:
+    """A round finds the store locked by another process past its ``retry_s``: the call is
+    left for the next round, its process's beat kept (else, on another host, nothing
+    would tell that process is dead any more)."""
+    clock = _Clock()
+    stores = (SqliteStore(db, retry_s=0.05), SqliteStore(db, retry_s=0.05))
+    for s in stores:
+        await s.open()
+    with monkeypatch.context() as m:
+        m.setattr(socket, "gethostname", lambda: "frozen-host")
+        frozen = _tracker(stores[0], "frozen", clock)
+    live = _tracker(stores[1], "live", clock)
+    await frozen.open()
+    await live.open()
+    await frozen.start_task("t", TaskProfile("code_modification", "moderate", Limits(), False,
+                                             False), agent="a")
+    res = await frozen.reserve_shared("t", model="sonnet", tokens=ESTIMATE, cost_usd=0.01)
+    await frozen.open_call(res, prompt_tokens=1000, output_tokens=234)
+    rounds = []
+    other = sqlite3.connect(db, isolation_level=None)
+    while clock.now < BEAT_STALE_S:  # the last of these rounds finds the beat stale
+        clock.now += RECOVER_EVERY_S
+        if clock.now >= BEAT_STALE_S:
+            other.execute("BEGIN IMMEDIATE")  # another process writes, for long
+        rounds.append(len(await live.recover_open_calls()))
+    beats = sorted(await stores[1].list_state(BEAT))
+    other.execute("COMMIT")
+    other.close()
+    clock.now += RECOVER_EVERY_S
+    rounds.append(len(await live.recover_open_calls()))
+    day = (await stores[1].totals(DAY)).tokens
+    for s in stores:
+        await s.aclose()
+    return rounds, beats, day
+
+
+def test_r1_5_a_round_that_finds_the_store_locked_charges_the_call_in_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R1.5: charging an open call is never spooled (it must see the store as it is);
+    a locked store fails the round for that call only, not the start or the run."""
+    rounds, beats, day = run_virtual(_recover_while_locked, tmp_path / "vibe.db", monkeypatch)
+    assert rounds[-2:] == [0, 1] and sum(rounds) == 1, rounds
+    assert any(b.startswith("frozen-host:") for b in beats)  # kept while not charged
+    assert day == ESTIMATE

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.core import Usage, UsageEvent, WallClock, get_logger
+from scheduler.core import StoreError, Usage, UsageEvent, WallClock, get_logger
 from scheduler.store import Store
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, charge_open_call
 
@@ -182,10 +182,15 @@ class OpenCalls:
             if not _gone(call, stale):
                 continue  # still running (here or elsewhere): it settles itself
             event = call.estimate_event(self._wall.now().timestamp())
-            # one step: not if the call settled meanwhile (its process was only frozen)
-            if await charge_open_call(self._store, event, key, {
+            try:  # one step: not if the call settled meanwhile (its process was only frozen)
+                added = await charge_open_call(self._store, event, key, {
                     **call.to_dict(), "tokens": event.usage.total_tokens,
-                    "charged_event_id": event.event_id}):
+                    "charged_event_id": event.event_id})
+            except StoreError as exc:  # locked or unreachable: the next round charges it
+                _log.warning("open_call_not_charged_yet", key=key, error=str(exc))
+                stale.discard(_beat_key(call.host, call.pid, call.run))  # its beat kept
+                continue
+            if added:
                 charged.append(event)
                 self._charged[key] = event
                 _log.warning("open_call_charged_at_estimate", task_id=call.task_id,
