@@ -258,9 +258,11 @@ def test_r1_5_a_frozen_vibe_engine_run_counts_each_call_once_by_what_the_api_rep
     report = subprocess.run([BIN, "report", "--state-dir", str(state), "--json"],
                             capture_output=True, text=True, timeout=120, env=ENV)
     assert report.returncode == 0, report.stderr
-    total = json.loads(report.stdout)["total"]
-    assert (total["tokens"], total["calls"]) == (reported, answered)
-    assert err.count("open_call_estimate_replaced") == charged  # said, once per call
+    doc = json.loads(report.stdout)
+    assert (doc["total"]["tokens"], doc["total"]["calls"]) == (reported, answered)
+    # said, once per call, in the report's alert history
+    alerts = [a["name"] for a in doc["alerts"]]
+    assert alerts.count("open_call_estimate_replaced") == charged
 
 
 # -- the settle replayed late; the store locked ---------------------------------------

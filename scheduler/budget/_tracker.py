@@ -89,6 +89,9 @@ class Tracker:
         # recorded before (they would be dropped as duplicates): ids carry a per-run nonce
         self._run = secrets.token_hex(4)
         self._open_calls = OpenCalls(store, run=self._run, wall=self.wall, clock=clock)
+        #: Called with the event of each call this process settled in place of the
+        #: estimate another process charged for it (see :meth:`_replaced_estimate`).
+        self.on_estimate_replaced: Callable[[UsageEvent], None] | None = None
 
     # -- scopes --------------------------------------------------------------------
 
@@ -374,6 +377,8 @@ class Tracker:
         again, less ``event``, which the charge then adds."""
         _log.warning("open_call_estimate_replaced", task_id=event.task_id,
                      event_id=event.event_id, tokens=event.usage.total_tokens)
+        if self.on_estimate_replaced is not None:
+            self.on_estimate_replaced(event)
         for scope in self._reservations.refreshed_scopes(event):
             scope.totals = await self.store.totals(scope.name)
             scope.totals.remove(event)
