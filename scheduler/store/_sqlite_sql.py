@@ -232,7 +232,7 @@ def apply_in(db: sqlite3.Connection,
                          entry.text or json.dumps(entry.value, sort_keys=True)))
     _put_all(db, puts)
     gone |= _close_all(db, closes, closing)
-    added: list[int] = list(_insert_events(db, events))
+    added = _insert_events(db, events)
     if holds:
         db.executemany(DELETE_HOLD, holds)
     fresh = [ev for ev, new in zip(events, added, strict=True) if new]
@@ -284,7 +284,7 @@ def take_back_estimate(db: sqlite3.Connection, key: str) -> bool:
     return True
 
 
-def _insert_events(db: sqlite3.Connection, events: list[UsageEvent]) -> list[bool]:
+def _insert_events(db: sqlite3.Connection, events: list[UsageEvent]) -> list[int]:
     """Insert ``events`` in order: whether each was new (its ``event_id`` not there yet).
     All at once when all are (the usual case, seen from the count of rows inserted);
     else again one by one, from a savepoint before them."""
