@@ -28,6 +28,7 @@ from scheduler.budget._scopes import Scopes
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import (
+    StoreError,
     SystemWallClock,
     Usage,
     UsageEvent,
@@ -380,8 +381,12 @@ class Tracker:
         if self.on_estimate_replaced is not None:
             self.on_estimate_replaced(event)
         for scope in self._reservations.refreshed_scopes(event):
-            scope.totals = await self.store.totals(scope.name)
-            scope.totals.remove(event)
+            try:
+                totals = await self.store.totals(scope.name)
+            except StoreError:  # out of reach: the next hold refreshes them anyway
+                continue
+            totals.remove(event)
+            scope.totals = totals
 
     async def flush_usage(self) -> None:
         """The service that keeps running tasks' ``usage.json`` at most one interval
