@@ -21,8 +21,9 @@ from scheduler.budget import resolve_task
 from scheduler.core import FixedWallClock, UsageEvent
 from scheduler.runtime import AgentContext
 from scheduler.store import SqliteStore, Store, task_day_scope
+from scheduler.store._base import OPEN_CALL
 from scheduler.store._spool import SpooledEvent, SpooledState
-from scheduler.store._sqlite_sql import OPEN_CALL, apply, init_schema
+from scheduler.store._sqlite_sql import apply, init_schema
 from scheduler.testing import FRIDAY, ScriptedProvider, build_orchestrator
 from tests._allocator_helpers import pool_config
 from tests._helpers import Tracker, event
@@ -191,8 +192,8 @@ async def _record_together(store: SqliteStore, writes: list[tuple[UsageEvent, st
     out: dict[int, bool] = {}
 
     async def one(i: int, ev: UsageEvent, key: str) -> None:
-        out[i] = await (store.record_and_delete_state(ev, OPEN_CALL, key) if key
-                        else store.record(ev))
+        out[i] = bool(await (store.record_and_delete_state(ev, OPEN_CALL, key) if key
+                             else store.record(ev)))
 
     async with anyio.create_task_group() as tg:
         for i, (ev, key) in enumerate(writes):

@@ -12,8 +12,13 @@ replicas on the store keep running), each record left by a process that is gone
 is charged at its estimate — unless the call's own usage made it to the store
 before the kill — under the event id ``<id>:estimate``, and kept as an
 ``estimated_charge`` state record that ``status`` and ``report`` show.  So the
-budget never counts less than what may have been spent.  Event ids are
-idempotent, so two processes recovering at once charge a call once.
+budget never counts less than what may have been spent.  That charge is one step in
+the store (``store.charge_open_call``: not if the record is gone, the call settled), so
+two processes recovering at once charge a call once.  A process taken for dead may
+only have been frozen (SIGSTOP, a paused VM, a long GC): when its call then settles,
+its record is gone, and the store records the actual usage *in place of* the estimate
+in the same step (``store.record_and_delete_state``: the estimate's event, amounts and
+``estimated_charge`` record go), so the call counts once, by what it cost.
 
 A process is gone when, on this host, its pid no longer runs (or it had this
 process's pid -- a restarted container's pid 1 -- in a run that is not alive here),
@@ -34,17 +39,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.core import Usage, UsageEvent, WallClock, get_logger
+from scheduler.core import StoreError, Usage, UsageEvent, WallClock, get_logger
 from scheduler.store import Store
+from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, charge_open_call
 
 _log = get_logger("vibe_engine.budget")
-OPEN = "open_call"
-ESTIMATED = "estimated_charge"
+OPEN = OPEN_CALL
+ESTIMATED = ESTIMATED_CHARGE
 #: The state kind of a process's beat (see the module docstring).
 BEAT = "process"
 #: A beat unchanged for this long (the observer's clock) marks its process dead: three
 #: rounds of ``scheduler.runtime._recovery.RECOVER_EVERY_S`` missed.
 BEAT_STALE_S = 180.0
+#: How many of the estimates it charged a tracker remembers (see ``OpenCalls.replaced``).
+_CHARGED_KEPT = 4096
 #: The runs of the trackers alive in this process: a record of this pid from any other
 #: run was left by an earlier process that had the same pid.
 _LIVE_RUNS: set[str] = set()
@@ -101,6 +109,9 @@ class OpenCalls:
         self._beats = 0
         #: Other processes' beats as last read: key -> (counter, when first read so).
         self._seen: dict[str, tuple[Any, float]] = {}
+        #: The estimates this tracker charged, by call: a process only frozen may yet
+        #: settle the call and replace one (see :meth:`replaced`).
+        self._charged: dict[str, UsageEvent] = {}
         _LIVE_RUNS.add(run)
 
     @property
@@ -170,22 +181,35 @@ class OpenCalls:
                 continue
             if not _gone(call, stale):
                 continue  # still running (here or elsewhere): it settles itself
-            if not await _settled(self._store, call):
-                event = call.estimate_event(self._wall.now().timestamp())
-                if await self._store.record(event):
-                    charged.append(event)
-                await self._store.put_state(ESTIMATED, call.event_id, {
+            event = call.estimate_event(self._wall.now().timestamp())
+            try:  # one step: not if the call settled meanwhile (its process was only frozen)
+                added = await charge_open_call(self._store, event, key, {
                     **call.to_dict(), "tokens": event.usage.total_tokens,
-                    "charged_event_id": event.event_id,
-                })
+                    "charged_event_id": event.event_id})
+            except StoreError as exc:  # locked or unreachable: the next round charges it
+                _log.warning("open_call_not_charged_yet", key=key, error=str(exc))
+                stale.discard(_beat_key(call.host, call.pid, call.run))  # its beat kept
+                continue
+            if added:
+                charged.append(event)
+                self._charged[key] = event
                 _log.warning("open_call_charged_at_estimate", task_id=call.task_id,
                              session_id=call.session_id, tokens=event.usage.total_tokens,
                              cost_usd=round(call.cost_usd, 6))
-            await self.close(key)
         for key in stale:  # its calls were charged above
             await self._store.delete_state(BEAT, key)
             self._seen.pop(key, None)
+        while len(self._charged) > _CHARGED_KEPT:  # the oldest: their processes are gone
+            del self._charged[next(iter(self._charged))]
         return charged
+
+    async def replaced(self) -> list[UsageEvent]:
+        """The estimates this tracker charged whose call settled since, its process woken:
+        the settle replaced each (its ``estimated_charge`` record is gone)."""
+        if not self._charged:
+            return []
+        marks = await self._store.list_state(ESTIMATED)
+        return [self._charged.pop(key) for key in list(self._charged) if key not in marks]
 
 
 def _beat_key(host: str, pid: int, run: str) -> str:
@@ -210,7 +234,3 @@ def _gone(call: OpenCall, stale: set[str]) -> bool:
         return False  # alive, another user's
     return False
 
-
-async def _settled(store: Store, call: OpenCall) -> bool:
-    """The call's own usage reached the store before the process died."""
-    return any(e.event_id == call.event_id for e in await store.events(task_id=call.task_id))

@@ -19,7 +19,7 @@ import anyio
 from scheduler.budget._scope_state import ScopeState
 from scheduler.budget._scopes import Scopes
 from scheduler.core import BudgetExceededError, StoreUnavailableError, UsageEvent
-from scheduler.store import Store, record_and_delete_state
+from scheduler.store import Store, record_and_delete_state, scopes_of
 from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit
 
 
@@ -63,11 +63,11 @@ class Reservations:
         # once: isinstance against a runtime-checkable protocol inspects every member
         self._ledger: BudgetLedger | None = store if isinstance(store, BudgetLedger) else None
         #: A ledger that settles a hold and deletes a state record in one transaction
-        #: (``SqliteStore``): a call's settle is then one write, its open_call record with it.
+        #: (SQLite, Redis): a call's settle is then one write, its open_call record with it.
         #: False (``SqliteStore``): a call no shared scope limits is not held -- nothing to
         #: check, so no write (Redis holds every call: its totals come back with the hold).
         self._hold_unlimited = bool(getattr(store, "hold_unlimited", True))
-        self._settle_and_delete: Callable[[UsageEvent, Hold, str, str], Awaitable[bool]] | None = (
+        self._settle_and_delete: Callable[[UsageEvent, Hold, str, str], Awaitable[int]] | None = (
             getattr(store, "settle_and_delete_state", None) if self._ledger is not None else None)
         self._unavailable_wait_s = unavailable_wait_s
         self._clock = clock
@@ -236,6 +236,15 @@ class Reservations:
         reservation.hold = Hold(hold.hold_id, hold.scopes, hold.model, hold.tokens,
                                 hold.cost_usd, _READ, _READ, hold.local) if hold.totals else hold
 
+    def refreshed_scopes(self, event: UsageEvent) -> tuple[ScopeState, ...]:
+        """The scopes of ``event`` whose totals the ledger's holds refresh from every
+        process's (Redis returns them with each hold; SQLite does not: none)."""
+        if self._ledger is None or not self._hold_unlimited or (
+                event.task_id not in self._scopes.tasks):
+            return ()
+        names = set(scopes_of(event))
+        return tuple(s for s in self._shared(event.task_id) if s.name in names)
+
     def _shared(self, task_id: str) -> tuple[ScopeState, ...]:
         """The scopes a shared hold of ``task_id``'s call is placed in: its task scopes
         that span the store, the session and the day."""
@@ -282,12 +291,14 @@ class Reservations:
         return bool(await renew(hold))
 
     def settle(self, event: UsageEvent, reservation: Reservation | None, *,
-               close: tuple[str, str] | None = None) -> Awaitable[bool]:
+               close: tuple[str, str] | None = None) -> Awaitable[int]:
         """Record ``event`` durably, ending ``reservation`` (its shared hold is released
-        in the same atomic step); ``False`` when the event was already recorded.  The
+        in the same atomic step); false (0) when the event was already recorded.  The
         state record ``close`` (kind, key) is deleted after the event is recorded, in the
-        same transaction when the store can.  The reservation ends now; the awaitable
-        returned is the store's write itself (no coroutine more per charge)."""
+        same transaction when the store can (``REPLACED`` when that record was an open
+        call charged at its estimate meanwhile, see ``store.record_and_delete_state``).
+        The reservation ends now; the awaitable returned is the store's write itself (no
+        coroutine more per charge)."""
         hold = None
         if reservation is not None:
             self.cancel(reservation)
@@ -301,7 +312,7 @@ class Reservations:
         return self._store.record(event)
 
     async def _settle_shared(self, event: UsageEvent, hold: Hold,
-                             close: tuple[str, str] | None) -> bool:
+                             close: tuple[str, str] | None) -> int:
         assert self._ledger is not None
         added = await self._ledger.settle(event, hold)
         if close is not None:

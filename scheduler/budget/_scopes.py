@@ -343,15 +343,19 @@ class Scopes:
         out += self.crossings(state)
         return out
 
-    def add_recovered(self, event: UsageEvent) -> None:
+    def add_recovered(self, event: UsageEvent, sign: int = 1) -> None:
         """Add an estimate charged for a call another process left open to the scopes here
         that count every process's use: the day, a task's day, the session (when it is
         this one), a task spanning the store (or this session's).  Its crossings are
-        reported by the next charge of each scope."""
+        reported by the next charge of each scope.  ``sign=-1``: take it back (the
+        call's own usage replaced it in the store)."""
         for name in scopes_of(event):
             state = self._counting(name, event.session_id)
             if state is not None:
-                state.totals.add(event)
+                if sign > 0:
+                    state.totals.add(event)
+                else:
+                    state.totals.remove(event)
 
     def _counting(self, name: str, session_id: str) -> ScopeState | None:
         if name.startswith("day:"):

@@ -29,15 +29,19 @@ from scheduler.budget._scopes import Scopes
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import (
+    StoreError,
     StoreUnavailableError,
     SystemWallClock,
     Usage,
     UsageEvent,
     WallClock,
+    get_logger,
     loop_time,
 )
 from scheduler.store import Store
+from scheduler.store._base import REPLACED
 
+_log = get_logger("vibe_engine.budget")
 #: A flush of the running tasks' files waits at least this many times as long as the
 #: last one took: the files never take more than about 1/20 of the time.
 FLUSH_SHARE = 20.0
@@ -88,6 +92,9 @@ class Tracker:
         # recorded before (they would be dropped as duplicates): ids carry a per-run nonce
         self._run = secrets.token_hex(4)
         self._open_calls = OpenCalls(store, run=self._run, wall=self.wall, clock=clock)
+        #: Called with the event of each call this process settled in place of the
+        #: estimate another process charged for it (see :meth:`_replaced_estimate`).
+        self.on_estimate_replaced: Callable[[UsageEvent], None] | None = None
 
     # -- scopes --------------------------------------------------------------------
 
@@ -112,12 +119,16 @@ class Tracker:
         """While running: charge at their estimate the calls that processes gone since
         left open (a replica killed mid-call on a shared store), as :meth:`open` does at
         start, and add them to this tracker's scopes that count every process's use.
-        Idempotent across processes: each such call is charged once.  Each round bumps
-        this process's beat, by which the others know it lives."""
+        Idempotent across processes: each such call is charged once.  An estimate charged
+        here whose call settled since (its process was only frozen: the settle replaced
+        it in the store) is taken back from those scopes.  Each round bumps this
+        process's beat, by which the others know it lives."""
         await self._open_calls.beat()
         charged = await self._open_calls.recover()
         for event in charged:
             self._scopes.add_recovered(event)
+        for event in await self._open_calls.replaced():  # its process was only frozen
+            self._scopes.add_recovered(event, sign=-1)
         return charged
 
     def day_scope(self, day: date | None = None) -> ScopeState:
@@ -361,6 +372,8 @@ class Tracker:
             reservation.durable = False
         if not fresh:
             return []
+        if fresh == REPLACED:
+            await self._replaced_estimate(event)
         crossings = scopes.add_loaded(event)  # no wait but on a day's first charge
         if crossings is None:
             crossings = await scopes.add(event)
@@ -370,6 +383,24 @@ class Tracker:
             # a threshold crossed: the file says so at once (else the next flush writes it)
             await self._files.try_write_off_loop(event.task_id, entry)
         return crossings
+
+    async def _replaced_estimate(self, event: UsageEvent) -> None:
+        """``event`` settled a call that another process, taking this one for dead (it was
+        frozen past ``BEAT_STALE_S``), had charged at its estimate: the store now counts
+        the call once, by ``event``.  Scopes here refreshed from the store's totals (a
+        ledger that returns them with each hold) may hold that estimate: they are read
+        again, less ``event``, which the charge then adds."""
+        _log.warning("open_call_estimate_replaced", task_id=event.task_id,
+                     event_id=event.event_id, tokens=event.usage.total_tokens)
+        if self.on_estimate_replaced is not None:
+            self.on_estimate_replaced(event)
+        for scope in self._reservations.refreshed_scopes(event):
+            try:
+                totals = await self.store.totals(scope.name)
+            except StoreError:  # out of reach: the next hold refreshes them anyway
+                continue
+            totals.remove(event)
+            scope.totals = totals
 
     async def flush_usage(self) -> None:
         """The service that keeps running tasks' ``usage.json`` at most one interval

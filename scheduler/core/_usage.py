@@ -198,6 +198,23 @@ class Totals:
             by_model = self.tokens_by_model
             by_model[model] = by_model.get(model, 0) + prompt + out + read + write
 
+    def remove(self, event: UsageEvent) -> None:
+        """Take back an event :meth:`add` added (an estimate its call's actual usage
+        replaced, see ``scheduler/budget/_open_calls.py``)."""
+        u = event.usage
+        self.prompt_tokens -= u.prompt_tokens
+        self.completion_tokens -= u.completion_tokens
+        self.cache_read_tokens -= u.cache_read_tokens
+        self.cache_write_tokens -= u.cache_write_tokens
+        self.cost_usd -= event.cost_usd
+        self.file_edits -= event.file_edits
+        self.shell_commands -= event.shell_commands
+        self.dangerous_commands -= event.dangerous_commands
+        if event.model:
+            self.calls -= 1
+            by_model = self.tokens_by_model
+            by_model[event.model] = by_model.get(event.model, 0) - u.total_tokens
+
     def merge(self, other: Totals) -> None:
         """Add another scope's totals to these."""
         self.prompt_tokens += other.prompt_tokens

@@ -25,6 +25,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from scheduler.allocator import Allocator, GlobalQuota, PoolCapacity
@@ -57,7 +58,7 @@ from scheduler.observe._observers import build_observers
 from scheduler.routing import Replanner, Router
 from scheduler.runtime._gateway import Gateway
 from scheduler.runtime._quality import make_quality_scorer
-from scheduler.runtime._recovery import open_call_recovery
+from scheduler.runtime._recovery import announce_replaced, open_call_recovery
 from scheduler.runtime._waits import long_wait_reporter
 from scheduler.store import Store, open_store
 from scheduler.tasks import TaskHandle, TaskTable
@@ -175,6 +176,7 @@ def _connect(parts: Parts, provider: Provider) -> None:
         parts.tracker.write_usage(handle.id)  # what offline status and decide read (R2.6)
 
     parts.gateway.on_pause.connect(release_leases)  # R3.4: a paused task holds no lease
+    parts.tracker.on_estimate_replaced = partial(announce_replaced, parts.bus)  # R1.5
     parts.gateway.on_pause.connect(write_usage)
     parts.on_release.connect(release_leases)  # crashed, cancelled or aborted attempts
     parts.on_release.connect(release_locks)

@@ -36,6 +36,18 @@ def announce_charged(bus: EventBus, charged: list[UsageEvent]) -> None:
             tokens=event.usage.total_tokens, cost_usd=event.cost_usd)
 
 
+def announce_replaced(bus: EventBus, event: UsageEvent) -> None:
+    """An ``open_call_estimate_replaced`` event: a call of this process, charged at its
+    estimate by another while this one was frozen, settled and replaced that estimate."""
+    bus.emit(
+        "open_call_estimate_replaced",
+        f"a call of task {event.task_id} charged at its estimate while this run seemed "
+        f"dead (frozen) completed: its usage ({event.usage.total_tokens} tokens) "
+        f"replaced the estimate", task_id=event.task_id, level="warning",
+        session_id=event.session_id, tokens=event.usage.total_tokens,
+        cost_usd=event.cost_usd)
+
+
 def open_call_recovery(
     tracker: Tracker, bus: EventBus, *, every_s: float = RECOVER_EVERY_S,
 ) -> Callable[[], Coroutine[Any, Any, None]]:

@@ -13,6 +13,16 @@ _USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens",
 _EVENT_FIELDS = ("cost_usd", "file_edits", "shell_commands", "dangerous_commands")
 _PLAIN = frozenset((int, float))  # exact types: a bool is checked closely
 
+#: The state kinds of a model call in flight and of one charged at its estimate because
+#: its process seemed gone (``scheduler/budget/_open_calls.py``).  The stores know them:
+#: settling such a call must count it once (see :func:`charge_open_call`).
+OPEN_CALL = "open_call"
+ESTIMATED_CHARGE = "estimated_charge"
+#: What a charge that closes its call's ``open_call`` record answers (true when recorded):
+#: the event was there already, it was recorded, or it was recorded *in place of* the
+#: estimate charged for its call meanwhile (the estimate's event and amounts taken back).
+REPEATED, RECORDED, REPLACED = 0, 1, 2
+
 
 def task_day_scope(task_id: str, day: str) -> str:
     """The scope of what ``task_id`` (and the tasks it encloses) spent on ``day``: where
@@ -90,15 +100,52 @@ class Store(Protocol):
 
 
 def record_and_delete_state(store: Store, event: UsageEvent, kind: str,
-                            key: str) -> Awaitable[bool]:
+                            key: str) -> Awaitable[int]:
     """``store.record(event)``, then ``store.delete_state(kind, key)``: in one transaction
-    on a store that can (``SqliteStore``: the two writes are both made or neither; its
-    write itself is returned, no coroutine more per charge), else one after the other
-    (a crash between keeps the state record, never loses the event)."""
+    on a store that can (the stores of this package: the two writes are both made or
+    neither; SQLite's write itself is returned, no coroutine more per charge), else one
+    after the other (a crash between keeps the state record, never loses the event).
+
+    Closing an ``open_call`` record (``kind`` :data:`OPEN_CALL`, ``key`` the event's id)
+    that is no longer there because :func:`charge_open_call` charged the call at its
+    estimate meanwhile, the stores of this package record the event in place of that
+    estimate, in the same step: the estimate's event, its amounts in the totals of its
+    scopes and its ``estimated_charge`` record go, and the answer is :data:`REPLACED`.
+    Else :data:`RECORDED`, or :data:`REPEATED` for an event already recorded."""
     both = getattr(store, "record_and_delete_state", None)
     if both is not None:
-        return cast("Awaitable[bool]", both(event, kind, key))
+        return cast("Awaitable[int]", both(event, kind, key))
     return _record_then_delete(store, event, kind, key)
+
+
+def charge_open_call(store: Store, estimate: UsageEvent, key: str,
+                     mark: dict[str, Any]) -> Awaitable[bool]:
+    """Charge the call whose ``open_call`` record is ``key`` at ``estimate`` (its process
+    is gone), in one step on the stores of this package: if that record is still there
+    and the call's own event (id ``key``) is not recorded, ``estimate`` is recorded and
+    ``mark`` written as its ``estimated_charge`` record (with the scopes it was added to,
+    for a settle that replaces it); the ``open_call`` record is deleted in any case.
+    ``True`` when the estimate was charged.  A call settled meanwhile is not charged; a
+    call charged here and settled after is counted once (:func:`record_and_delete_state`).
+    Raises :class:`StoreError` while the store cannot answer (the next round retries)."""
+    mark = {**mark, "scopes": list(scopes_of(estimate))}
+    charge = getattr(store, "charge_open_call", None)
+    if charge is not None:
+        return cast("Awaitable[bool]", charge(estimate, key, mark))
+    return _check_then_charge(store, estimate, key, mark)
+
+
+async def _check_then_charge(store: Store, estimate: UsageEvent, key: str,
+                             mark: dict[str, Any]) -> bool:
+    """:func:`charge_open_call` on a store without it (not atomic across processes)."""
+    if await store.get_state(OPEN_CALL, key) is None:
+        return False
+    settled = any(e.event_id == key for e in await store.events(task_id=estimate.task_id))
+    added = False if settled else await store.record(estimate)
+    if added:
+        await store.put_state(ESTIMATED_CHARGE, key, mark)
+    await store.delete_state(OPEN_CALL, key)
+    return added
 
 
 def put_state_if_absent(store: Store, kind: str, key: str,
@@ -122,7 +169,7 @@ async def _get_then_put(store: Store, kind: str, key: str, value: dict[str, Any]
     return True
 
 
-async def _record_then_delete(store: Store, event: UsageEvent, kind: str, key: str) -> bool:
+async def _record_then_delete(store: Store, event: UsageEvent, kind: str, key: str) -> int:
     added = await store.record(event)
     await store.delete_state(kind, key)
-    return added
+    return RECORDED if added else REPEATED

@@ -6,7 +6,15 @@ import copy
 from typing import Any
 
 from scheduler.core import Totals, UsageEvent
-from scheduler.store._base import check_event, scopes_of
+from scheduler.store._base import (
+    ESTIMATED_CHARGE,
+    OPEN_CALL,
+    RECORDED,
+    REPEATED,
+    REPLACED,
+    check_event,
+    scopes_of,
+)
 
 
 class MemoryStore:
@@ -37,6 +45,38 @@ class MemoryStore:
 
     async def record(self, event: UsageEvent) -> bool:
         return self.record_nowait(event)
+
+    async def record_and_delete_state(self, event: UsageEvent, kind: str, key: str) -> int:
+        """See ``store.record_and_delete_state`` (an estimate charged meanwhile replaced)."""
+        fresh = self.record_nowait(event)
+        gone = self._state.get(kind, {}).pop(key, None) is None
+        if not fresh:
+            return REPEATED
+        if kind == OPEN_CALL and gone and self._take_back_estimate(key):
+            return REPLACED
+        return RECORDED
+
+    async def charge_open_call(self, estimate: UsageEvent, key: str,
+                               mark: dict[str, Any]) -> bool:
+        """See ``store.charge_open_call``."""
+        if self._state.get(OPEN_CALL, {}).pop(key, None) is None or key in self._events:
+            return False
+        if not self.record_nowait(estimate):
+            return False
+        self._state.setdefault(ESTIMATED_CHARGE, {})[key] = copy.deepcopy(mark)
+        return True
+
+    def _take_back_estimate(self, key: str) -> bool:
+        mark = self._state.get(ESTIMATED_CHARGE, {}).pop(key, None)
+        if mark is None:
+            return False
+        estimate = self._events.pop(str(mark.get("charged_event_id", "")), None)
+        if estimate is None:
+            return False
+        for scope in mark.get("scopes") or scopes_of(estimate):
+            if scope in self._totals:
+                self._totals[scope].remove(estimate)
+        return True
 
     async def totals(self, scope: str) -> Totals:
         t = self._totals.get(scope)

@@ -47,9 +47,10 @@ from scheduler.core import (
     UsageEvent,
     get_logger,
 )
-from scheduler.store._base import check_event, scopes_of
+from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, RECORDED, check_event, scopes_of
 from scheduler.store._ledger import Hold, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection
+from scheduler.store._redis_lua import record_args
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
 _log = get_logger("vibe_engine.store.redis")
@@ -169,16 +170,14 @@ class RedisStore:
 
     # -- usage ---------------------------------------------------------------------
 
-    async def _record_now(self, event: UsageEvent, hold_id: str, scopes: Sequence[str]) -> bool:
-        u = event.usage
-        args = (
-            event.event_id, json.dumps(event.to_dict(), sort_keys=True), event.model,
-            u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_write_tokens,
-            repr(event.cost_usd), event.file_edits, event.shell_commands,
-            event.dangerous_commands, hold_id, len(scopes_of(event)),
-        )
-        fresh = await self._link.script("record", self._record_keys(event, scopes), args)
-        return bool(fresh)
+    async def _record_now(self, event: UsageEvent, hold_id: str, scopes: Sequence[str],
+                          close: str | None = None) -> int:
+        """Run ``record``, or ``settle_open`` closing the open call ``close`` with it."""
+        args, keys = record_args(event, hold_id), self._record_keys(event, scopes)
+        if close is None:
+            return int(await self._link.script("record", keys, args))
+        keys += [self.key("state", OPEN_CALL), self.key("state", ESTIMATED_CHARGE)]
+        return int(await self._link.script("settle_open", keys, (*args, close, self.prefix)))
 
     async def _drain(self) -> None:
         """Replay spooled writes in order until the spool is empty or Redis fails."""
@@ -187,10 +186,11 @@ class RedisStore:
         entries = self.spool.read()
         done = 0
         try:
-            for entry in entries:
+            for i, entry in enumerate(entries):
                 if isinstance(entry, SpooledEvent):
                     ev, hold_id = entry.event, entry.hold_id
-                    await self._record_now(ev, hold_id, scopes_of(ev) if hold_id else ())
+                    await self._record_now(ev, hold_id, scopes_of(ev) if hold_id else (),
+                                           _closed_with(ev, entries[i + 1:i + 2]))
                 else:
                     await self._write_state_now(entry.kind, entry.key, entry.value)
                 done += 1
@@ -206,26 +206,57 @@ class RedisStore:
             self._mark_up()
 
     async def _record_or_spool(self, event: UsageEvent, hold_id: str,
-                               scopes: Sequence[str]) -> bool:
+                               scopes: Sequence[str], close: str | None = None) -> int:
+        """Record ``event`` (settling ``hold_id``; closing the open call ``close`` with
+        it, see ``store.record_and_delete_state``), or spool it while Redis is down."""
         check_event(event)  # refused before it can reach the spool or the shared totals
         if len(self.spool) and not self._link.backing_off():
             await self._drain()
         if not len(self.spool) and not self._link.backing_off():
             try:
-                fresh = await self._record_now(event, hold_id, scopes)
+                fresh = await self._record_now(event, hold_id, scopes, close)
             except DOWN as exc:
                 self._link.mark_down(exc)
             else:
                 self._mark_up()
                 return fresh
-        # Redis unreachable (or older writes still queued): keep order, never lose usage
+        # Redis unreachable (or older writes still queued): keep order, never lose usage;
+        # the open call's delete right after its event: replayed as one step
         self.spool.append(SpooledEvent(event, hold_id))
+        if close is not None:
+            self.spool.append(SpooledState(OPEN_CALL, close, None))
         _log.warning("redis_usage_spooled", namespace=self.namespace, event_id=event.event_id,
                      pending=len(self.spool))
-        return True
+        return RECORDED
 
     async def record(self, event: UsageEvent) -> bool:
-        return await self._record_or_spool(event, "", ())
+        return bool(await self._record_or_spool(event, "", ()))
+
+    async def record_and_delete_state(self, event: UsageEvent, kind: str, key: str) -> int:
+        """One script for an open call's record (``store.record_and_delete_state``)."""
+        if kind == OPEN_CALL:
+            return await self._record_or_spool(event, "", (), key)
+        fresh = await self._record_or_spool(event, "", ())
+        await self.delete_state(kind, key)
+        return fresh
+
+    async def charge_open_call(self, estimate: UsageEvent, key: str,
+                               mark: dict[str, Any]) -> bool:
+        """See ``store.charge_open_call``: one script, never spooled."""
+        check_event(estimate)
+        if len(self.spool) and not self._link.backing_off():
+            await self._drain()  # a settle among the spooled writes goes first
+        if len(self.spool) or self._link.backing_off():
+            raise StoreUnavailableError(f"Redis unreachable; open call {key} not charged")
+        keys = [*self._record_keys(estimate, ()), self.key("state", OPEN_CALL),
+                self.key("state", ESTIMATED_CHARGE)]
+        args = (*record_args(estimate, ""), key, json.dumps(mark, sort_keys=True))
+        try:
+            added = await self._link.script("charge_open", keys, args)
+        except DOWN as exc:
+            raise self._link.unavailable("charge_open_call", exc) from exc
+        self._mark_up()
+        return bool(added)
 
     async def flush(self) -> int:
         """Replay the spool now; return how many events are still pending."""
@@ -394,7 +425,18 @@ class RedisStore:
     async def settle(self, event: UsageEvent, hold: Hold) -> bool:
         if hold.local:
             return await self.record(event)
-        return await self._record_or_spool(event, hold.hold_id, hold.scopes)
+        return bool(await self._record_or_spool(event, hold.hold_id, hold.scopes))
+
+    async def settle_and_delete_state(self, event: UsageEvent, hold: Hold, kind: str,
+                                      key: str) -> int:
+        """:meth:`settle` and :meth:`record_and_delete_state` in one script."""
+        if kind != OPEN_CALL:
+            fresh = int(await self.settle(event, hold))
+            await self.delete_state(kind, key)
+            return fresh
+        if hold.local:
+            return await self._record_or_spool(event, "", (), key)
+        return await self._record_or_spool(event, hold.hold_id, hold.scopes, key)
 
     async def renew(self, hold: Hold) -> bool:
         """Extend ``hold`` by ``hold_ttl_s`` from now; ``False`` when it had already expired
@@ -441,6 +483,15 @@ class RedisStore:
             await self._link.script("release_slice", self._pool_keys(pool), [holder])
         except DOWN as exc:
             raise self._link.unavailable("release_slice", exc) from exc
+
+
+def _closed_with(event: UsageEvent, after: Sequence[SpooledEvent | SpooledState]) -> str | None:
+    """The open call a spooled event closes: the delete of its record spooled right after."""
+    nxt = after[0] if after else None
+    if (isinstance(nxt, SpooledState) and nxt.kind == OPEN_CALL and nxt.value is None
+            and nxt.key == event.event_id):
+        return nxt.key
+    return None
 
 
 def _opt(v: float | None) -> str:

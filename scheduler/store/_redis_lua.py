@@ -7,11 +7,18 @@ connection pool (``SCRIPT LOAD``) and called by SHA (``EVALSHA``); a
 Times are milliseconds.  A script uses the Redis server's clock (``TIME``)
 unless the caller passes ``now_ms`` (tests with a virtual clock), so several
 machines with skewed clocks still agree on when a hold or a slice expires.
-Every key a script touches is passed in ``KEYS`` and carries the deployment's
-hash tag (``vibe:{namespace}:…``), so the scripts also work on a Redis Cluster.
+Every key a script touches carries the deployment's hash tag (``vibe:{namespace}:…``),
+so the scripts also work on a Redis Cluster; each is passed in ``KEYS`` but those of an
+estimate ``SETTLE_OPEN`` takes back (known only inside the script, same slot).
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
+
+from scheduler.core import UsageEvent
+from scheduler.store._base import scopes_of
 
 _NOW = """
 local function now_ms(arg)
@@ -36,43 +43,122 @@ local function release_hold(holds, amts, id)
 end
 """
 
-#: Record one usage event (idempotent on its id) and optionally settle a hold.
-#: KEYS: events, all, seq, task index, day index, N totals, then (holds, amts) pairs.
+#: Records one usage event (idempotent on its id): ``record_event(last)`` -> 1 if fresh.
+#: KEYS: events, all, seq, task index, day index, then the event's totals up to ``last``.
 #: ARGV: id, json, model, prompt, completion, cache_read, cache_write, cost,
-#:       file_edits, shell, dangerous, hold id ('' for none), N (the event's scopes).
-RECORD = _RELEASE_HOLD + """
-local last = 5 + tonumber(ARGV[13])
-local fresh = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-if fresh == 1 then
-  local seq = redis.call('INCR', KEYS[3])
-  redis.call('ZADD', KEYS[2], seq, ARGV[1])
-  redis.call('ZADD', KEYS[4], seq, ARGV[1])
-  redis.call('ZADD', KEYS[5], seq, ARGV[1])
-  local names = {'prompt_tokens', 'completion_tokens', 'cache_read_tokens',
-                 'cache_write_tokens'}
-  local total = 0
-  for i = 1, 4 do total = total + tonumber(ARGV[3 + i]) end
-  local ops = {'file_edits', 'shell_commands', 'dangerous_commands'}
-  for k = 6, last do
-    for i = 1, 4 do
-      local v = tonumber(ARGV[3 + i])
-      if v ~= 0 then redis.call('HINCRBY', KEYS[k], names[i], v) end
-    end
-    redis.call('HINCRBY', KEYS[k], 'tokens', total)
-    if tonumber(ARGV[8]) ~= 0 then redis.call('HINCRBYFLOAT', KEYS[k], 'cost_usd', ARGV[8]) end
-    for i = 1, 3 do
-      local v = tonumber(ARGV[8 + i])
-      if v ~= 0 then redis.call('HINCRBY', KEYS[k], ops[i], v) end
-    end
-    if ARGV[3] ~= '' then
-      redis.call('HINCRBY', KEYS[k], 'calls', 1)
-      redis.call('HINCRBY', KEYS[k], 'm:' .. ARGV[3], total)
+#:       file_edits, shell, dangerous.
+_RECORD_EVENT = """
+local function record_event(last)
+  local fresh = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+  if fresh == 1 then
+    local seq = redis.call('INCR', KEYS[3])
+    redis.call('ZADD', KEYS[2], seq, ARGV[1])
+    redis.call('ZADD', KEYS[4], seq, ARGV[1])
+    redis.call('ZADD', KEYS[5], seq, ARGV[1])
+    local names = {'prompt_tokens', 'completion_tokens', 'cache_read_tokens',
+                   'cache_write_tokens'}
+    local total = 0
+    for i = 1, 4 do total = total + tonumber(ARGV[3 + i]) end
+    local ops = {'file_edits', 'shell_commands', 'dangerous_commands'}
+    for k = 6, last do
+      for i = 1, 4 do
+        local v = tonumber(ARGV[3 + i])
+        if v ~= 0 then redis.call('HINCRBY', KEYS[k], names[i], v) end
+      end
+      redis.call('HINCRBY', KEYS[k], 'tokens', total)
+      if tonumber(ARGV[8]) ~= 0 then redis.call('HINCRBYFLOAT', KEYS[k], 'cost_usd', ARGV[8]) end
+      for i = 1, 3 do
+        local v = tonumber(ARGV[8 + i])
+        if v ~= 0 then redis.call('HINCRBY', KEYS[k], ops[i], v) end
+      end
+      if ARGV[3] ~= '' then
+        redis.call('HINCRBY', KEYS[k], 'calls', 1)
+        redis.call('HINCRBY', KEYS[k], 'm:' .. ARGV[3], total)
+      end
     end
   end
+  return fresh
 end
+"""
+
+#: Record one usage event and optionally settle a hold.
+#: KEYS: as ``record_event``, then (holds, amts) pairs.
+#: ARGV: as ``record_event``, then hold id ('' for none), N (the event's scopes).
+RECORD = _RELEASE_HOLD + _RECORD_EVENT + """
+local last = 5 + tonumber(ARGV[13])
+local fresh = record_event(last)
 if ARGV[12] ~= '' then
   for i = last + 1, #KEYS, 2 do release_hold(KEYS[i], KEYS[i + 1], ARGV[12]) end
 end
+return fresh
+"""
+
+#: Take back the estimate charged for open call ``key`` (its ``estimated_charge`` record
+#: in ``marks``): its event, its index entries and its amounts in the totals of the scopes
+#: the record names.  Those keys are derived here from ``prefix`` (the estimate is known
+#: only inside the script); they carry the hash tag of every key passed, one slot.
+_TAKE_BACK = """
+local function take_back(marks, key, prefix)
+  local raw = redis.call('HGET', marks, key)
+  if not raw then return 0 end
+  redis.call('HDEL', marks, key)
+  local mark = cjson.decode(raw)
+  local id = mark['charged_event_id'] or ''
+  local doc = redis.call('HGET', KEYS[1], id)
+  if not doc then return 0 end
+  redis.call('HDEL', KEYS[1], id)
+  local e = cjson.decode(doc)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', prefix .. 'ev:task:' .. e['task_id'], id)
+  redis.call('ZREM', prefix .. 'ev:day:' .. e['day'], id)
+  local amounts = {prompt_tokens = e['prompt_tokens'], completion_tokens =
+    e['completion_tokens'], cache_read_tokens = e['cache_read_tokens'],
+    cache_write_tokens = e['cache_write_5m_tokens'] + e['cache_write_1h_tokens'],
+    file_edits = e['file_edits'], shell_commands = e['shell_commands'],
+    dangerous_commands = e['dangerous_commands']}
+  local total = amounts.prompt_tokens + amounts.completion_tokens
+    + amounts.cache_read_tokens + amounts.cache_write_tokens
+  for _, scope in ipairs(mark['scopes'] or {}) do
+    local tot = prefix .. 'tot:' .. scope
+    for name, v in pairs(amounts) do
+      if v ~= 0 then redis.call('HINCRBY', tot, name, -v) end
+    end
+    redis.call('HINCRBY', tot, 'tokens', -total)
+    if e['cost_usd'] ~= 0 then redis.call('HINCRBYFLOAT', tot, 'cost_usd', -e['cost_usd']) end
+    if e['model'] ~= '' then
+      redis.call('HINCRBY', tot, 'calls', -1)
+      redis.call('HINCRBY', tot, 'm:' .. e['model'], -total)
+    end
+  end
+  return 1
+end
+"""
+
+#: Record a call's usage, settle its hold and delete its ``open_call`` record in one
+#: step; an estimate charged for it meanwhile (its record gone) is taken back: 2.
+#: KEYS: as ``RECORD``, then the open_call and estimated_charge state hashes.
+#: ARGV: as ``RECORD``, then the call's key, the key prefix.
+SETTLE_OPEN = _RELEASE_HOLD + _RECORD_EVENT + _TAKE_BACK + """
+local n = #KEYS
+local last = 5 + tonumber(ARGV[13])
+local fresh = record_event(last)
+if ARGV[12] ~= '' then
+  for i = last + 1, n - 2, 2 do release_hold(KEYS[i], KEYS[i + 1], ARGV[12]) end
+end
+local gone = redis.call('HDEL', KEYS[n - 1], ARGV[14]) == 0
+if fresh == 1 and gone and take_back(KEYS[n], ARGV[14], ARGV[15]) == 1 then return 2 end
+return fresh
+"""
+
+#: Charge an open call at its estimate, unless it settled meanwhile (``charge_open_call``).
+#: KEYS: as ``RECORD`` without holds, then the open_call and estimated_charge hashes.
+#: ARGV: as ``RECORD``, then the call's key, its estimated_charge record (JSON).
+CHARGE_OPEN = _RECORD_EVENT + """
+local n = #KEYS
+if redis.call('HDEL', KEYS[n - 1], ARGV[14]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], ARGV[14]) == 1 then return 0 end
+local fresh = record_event(5 + tonumber(ARGV[13]))
+if fresh == 1 then redis.call('HSET', KEYS[n], ARGV[14], ARGV[15]) end
 return fresh
 """
 
@@ -207,9 +293,20 @@ return n
 
 SCRIPTS: dict[str, str] = {
     "record": RECORD,
+    "settle_open": SETTLE_OPEN,
+    "charge_open": CHARGE_OPEN,
     "renew_hold": RENEW_HOLD,
     "try_reserve": TRY_RESERVE,
     "release": RELEASE,
     "lease_slice": LEASE_SLICE,
     "release_slice": RELEASE_SLICE,
 }
+
+
+def record_args(event: UsageEvent, hold_id: str) -> tuple[Any, ...]:
+    """The ARGV of :data:`RECORD` for ``event`` (settling ``hold_id``, "" for none)."""
+    u = event.usage
+    return (event.event_id, json.dumps(event.to_dict(), sort_keys=True), event.model,
+            u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_write_tokens,
+            repr(event.cost_usd), event.file_edits, event.shell_commands,
+            event.dangerous_commands, hold_id, len(scopes_of(event)))

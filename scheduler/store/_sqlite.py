@@ -68,15 +68,15 @@ from scheduler.core import (
     private_dir,
     private_file,
 )
-from scheduler.store._base import check_event, scopes_of
+from scheduler.store._base import OPEN_CALL, check_event, scopes_of
 from scheduler.store._ledger import Hold, ScopeLimit
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 from scheduler.store._sqlite_checkpoint import Checkpointer
 from scheduler.store._sqlite_sql import (
     EVENT_COLUMNS,
-    OPEN_CALL,
     apply,
     busy,
+    charge_open_call,
     init_schema,
     open_call_row,
     open_calls_of,
@@ -120,7 +120,7 @@ class SqliteStore:
         self._draining = False  # one replay of the spool at a time
         #: Commits shared by concurrent writes (``batches``/``writes``: how much); a
         #: batch also takes the writes made in the loop turn its first write was made in.
-        self.group: GroupCommit[Write, bool | None] = GroupCommit(self._commit, gather=True)
+        self.group: GroupCommit[Write, int | None] = GroupCommit(self._commit, gather=True)
         #: Concurrent ``try_reserve`` calls share a transaction too (checked in order).
         self.hold_group: GroupCommit[holds.HoldRequest, Hold] = GroupCommit(
             self._commit_holds, gather=True)
@@ -200,7 +200,7 @@ class SqliteStore:
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)  # a lock held for a checkpoint ends in ms
 
-    async def _commit(self, writes: list[Write]) -> list[bool | Exception | None]:
+    async def _commit(self, writes: list[Write]) -> list[int | Exception | None]:
         """Commit one batch of writes, in order after any spooled ones; spool the batch
         while the database stays locked.  One outcome per write: its first entry's."""
         entries = [e for w in writes for e in w]
@@ -223,14 +223,14 @@ class SqliteStore:
         return [True if isinstance(w[0], SpooledEvent) else None for w in writes]
 
     async def _one_by_one(self, writes: list[Write],
-                          exc: Exception) -> list[bool | Exception | None]:
+                          exc: Exception) -> list[int | Exception | None]:
         """A batch failed (not on a lock): commit its writes one transaction each, so
         only the write at fault fails, and only its own caller."""
         if len(writes) == 1:
             if isinstance(exc, sqlite3.Error):
                 return [StoreError(f"SQLite store {self.path}: {exc}")]
             return [exc]
-        out: list[bool | Exception | None] = []
+        out: list[int | Exception | None] = []
         for write in writes:
             out.extend(await self._commit([write]))
         return out
@@ -274,13 +274,26 @@ class SqliteStore:
         return bool(await self.group.submit((SpooledEvent(event),)))
 
     def record_and_delete_state(self, event: UsageEvent, kind: str,
-                                key: str) -> Awaitable[bool]:
-        """:meth:`record` and :meth:`delete_state` in one transaction: both or neither.
-        The group commit's write itself (every charge makes one: no coroutine more),
-        whose outcome is its event's, a bool (see ``apply`` and ``_commit``)."""
+                                key: str) -> Awaitable[int]:
+        """:meth:`record` and :meth:`delete_state` in one transaction: both or neither
+        (see ``store.record_and_delete_state``).  The group commit's write itself (every
+        charge makes one: no coroutine more), whose outcome is its event's (``apply``)."""
         check_event(event)
         write = self.group.submit((SpooledEvent(event), SpooledState(kind, key, None)))
-        return cast("Awaitable[bool]", write)
+        return cast("Awaitable[int]", write)
+
+    async def charge_open_call(self, estimate: UsageEvent, key: str,
+                               mark: dict[str, Any]) -> bool:
+        """See ``store.charge_open_call``: one transaction, never spooled."""
+        check_event(estimate)
+        if len(self.spool):
+            await self._drain(wait=True)  # spooled writes first: a settle among them
+            if len(self.spool):
+                raise StoreError(f"SQLite store {self.path} is locked; {key} not charged")
+        added = await self._read(functools.partial(charge_open_call, estimate=estimate,
+                                                   key=key, mark=mark))
+        self.checkpoints.committed()
+        return added
 
     async def totals(self, scope: str) -> Totals:
         totals = await self._read(lambda db: totals_of(db, scope))
@@ -394,8 +407,6 @@ class SqliteStore:
         return {e.key: e.value for e in self.spool.read()
                 if isinstance(e, SpooledState) and e.kind == kind}
 
-
-
     # -- BudgetLedger (every process on the file; see ``_sqlite_holds``) ----------------
 
     def try_reserve(
@@ -435,11 +446,12 @@ class SqliteStore:
         return bool(await self.group.submit((SpooledEvent(event, _held(hold)),)))
 
     async def settle_and_delete_state(self, event: UsageEvent, hold: Hold, kind: str,
-                                      key: str) -> bool:
-        """:meth:`settle` and :meth:`delete_state` in one transaction: all or none."""
+                                      key: str) -> int:
+        """:meth:`settle` and :meth:`delete_state` in one transaction: all or none (see
+        ``store.record_and_delete_state``)."""
         check_event(event)
-        return bool(await self.group.submit(
-            (SpooledEvent(event, _held(hold)), SpooledState(kind, key, None))))
+        return await self.group.submit(
+            (SpooledEvent(event, _held(hold)), SpooledState(kind, key, None))) or 0
 
     async def renew(self, hold: Hold) -> bool:
         """Push ``hold``'s expiry out by ``hold_ttl_s``; ``False`` once it had lapsed (or
@@ -475,11 +487,11 @@ def _held(hold: Hold) -> str:
     return hold.hold_id if hold.scopes else ""
 
 
-def _firsts(writes: list[Write], done: list[bool | None]) -> list[bool | Exception | None]:
+def _firsts(writes: list[Write], done: list[int | None]) -> list[int | Exception | None]:
     """Each write's outcome from ``apply``'s one per entry: its first entry's."""
     if len(done) == len(writes):
         return list(done)
-    out: list[bool | Exception | None] = []
+    out: list[int | Exception | None] = []
     i = 0
     for w in writes:
         out.append(done[i])

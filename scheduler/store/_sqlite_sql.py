@@ -17,7 +17,7 @@ from operator import is_ as _is
 from typing import Any
 
 from scheduler.core import Totals, Usage, UsageEvent
-from scheduler.store._base import scopes_of
+from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, REPLACED, scopes_of
 from scheduler.store._spool import SpooledEvent, SpooledState
 
 _SCHEMA = """
@@ -106,11 +106,10 @@ END;
 #: Ends a shared budget hold (``_sqlite_holds``) in every scope: its key's prefix.
 DELETE_HOLD = "DELETE FROM holds WHERE hold_id = ?"
 
-#: The state kind of a model call in flight (``scheduler/budget/_open_calls.py``): every
+#: ``OPEN_CALL``, the state kind of a model call in flight (``_base``): every
 #: call writes one record before it goes out and deletes it when settled, so a record of
 #: these fields and types is a row of its own table (one B-tree, bound values, no JSON);
 #: a record of any other shape is kept as JSON like every other kind.
-OPEN_CALL = "open_call"
 OPEN_CALL_FIELDS = (
     "event_id", "task_id", "session_id", "day", "agent", "task_type", "model",
     "prompt_tokens", "output_tokens", "cost_usd", "host", "pid", "run", "day_scope",
@@ -188,14 +187,22 @@ def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) -> list[bool | None]:
+def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) -> list[int | None]:
     """Write ``entries`` in order in ONE transaction: all of them or (on error) none.
 
-    An event answers ``True`` when recorded, ``False`` when its ``event_id`` was
-    already there (it is then not added to any total again); a state write ``None``.
-    An event's ``hold_id`` (the shared budget hold of its call) is deleted with it.
+    An event answers ``RECORDED`` when recorded, ``REPEATED`` (0) when its ``event_id``
+    was already there (it is then not added to any total again), ``REPLACED`` when it
+    closes an open call charged at its estimate meanwhile (see ``_base``); a state
+    write ``None``.  An event's ``hold_id`` (the shared budget hold of its call) is
+    deleted with it.
     """
-    out: list[bool | None] = []
+    with write_transaction(db):
+        return apply_in(db, entries)
+
+
+def apply_in(db: sqlite3.Connection,
+             entries: list[SpooledEvent | SpooledState]) -> list[int | None]:
+    """:func:`apply` inside a transaction the caller opened."""
     # the events, and the open calls closed (each call's record, deleted with its
     # event), written together after the loop: tables of their own, a statement run for
     # all of them (an open call's record is written before its key's earlier deletes)
@@ -203,40 +210,81 @@ def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) ->
     holds: list[tuple[str]] = []
     closes: list[str] = []
     closing: set[str] = set()
+    gone: set[str] = set()  # open calls closed whose record was not there
     # state rows waiting to be written, in order, by one statement run for them all (a
     # task's start and end and its events are rows of their own, thousands a run)
     puts: list[tuple[str, str, str]] = []
+    for entry in entries:
+        if isinstance(entry, SpooledEvent):
+            events.append(entry.event)
+            if entry.hold_id:  # the call's shared hold ends with its charge (a repeat too)
+                holds.append((entry.hold_id,))
+        elif entry.kind == OPEN_CALL and entry.value is None:
+            closes.append(entry.key)
+            closing.add(entry.key)
+        elif entry.value is None or entry.kind == OPEN_CALL:
+            _put_all(db, puts)  # in order: an open call's row is not a state row
+            if entry.key in closing and entry.kind == OPEN_CALL:
+                gone |= _close_all(db, closes, closing)
+            put(db, entry.kind, entry.key, entry.value, entry.text, entry.row)
+        else:
+            puts.append((entry.kind, entry.key,
+                         entry.text or json.dumps(entry.value, sort_keys=True)))
+    _put_all(db, puts)
+    gone |= _close_all(db, closes, closing)
+    added = _insert_events(db, events)
+    if holds:
+        db.executemany(DELETE_HOLD, holds)
+    fresh = [ev for ev, new in zip(events, added, strict=True) if new]
+    if fresh:
+        _add_totals(db, fresh)
+    if gone:  # rare: a call charged at its estimate while its process was frozen
+        added = [REPLACED if new and ev.event_id in gone and take_back_estimate(
+            db, ev.event_id) else new for ev, new in zip(events, added, strict=True)]
+    answers = iter(added)
+    return [next(answers) if isinstance(e, SpooledEvent) else None for e in entries]
+
+
+def charge_open_call(db: sqlite3.Connection, estimate: UsageEvent, key: str,
+                     mark: dict[str, Any]) -> bool:
+    """See ``store.charge_open_call``: one transaction."""
     with write_transaction(db):
-        for entry in entries:
-            if isinstance(entry, SpooledEvent):
-                events.append(entry.event)
-                if entry.hold_id:  # the call's shared hold ends with its charge (a repeat too)
-                    holds.append((entry.hold_id,))
-            elif entry.kind == OPEN_CALL and entry.value is None:
-                closes.append(entry.key)
-                closing.add(entry.key)
-            elif entry.value is None or entry.kind == OPEN_CALL:
-                _put_all(db, puts)  # in order: an open call's row is not a state row
-                if entry.key in closing and entry.kind == OPEN_CALL:
-                    _close_all(db, closes, closing)
-                put(db, entry.kind, entry.key, entry.value, entry.text, entry.row)
-            else:
-                puts.append((entry.kind, entry.key,
-                             entry.text or json.dumps(entry.value, sort_keys=True)))
-        _put_all(db, puts)
-        _close_all(db, closes, closing)
-        added = _insert_events(db, events)
-        if holds:
-            db.executemany(DELETE_HOLD, holds)
-        answers = iter(added)
-        out = [next(answers) if isinstance(e, SpooledEvent) else None for e in entries]
-        fresh = [ev for ev, new in zip(events, added, strict=True) if new]
-        if fresh:
-            _add_totals(db, fresh)
-    return out
+        if not _delete_open(db, key):
+            return False  # settled (or charged) meanwhile
+        if db.execute("SELECT 1 FROM events WHERE event_id = ?", (key,)).fetchone():
+            return False  # its usage was recorded before its process died
+        return bool(apply_in(db, [SpooledEvent(estimate),
+                                  SpooledState(ESTIMATED_CHARGE, key, mark)])[0])
 
 
-def _insert_events(db: sqlite3.Connection, events: list[UsageEvent]) -> list[bool]:
+def take_back_estimate(db: sqlite3.Connection, key: str) -> bool:
+    """Remove the estimate charged for the open call ``key`` (see ``_base``): its event,
+    its amounts from the totals of its scopes, its ``estimated_charge`` record."""
+    where = (ESTIMATED_CHARGE, key)
+    row = db.execute("SELECT value FROM state WHERE kind = ? AND key = ?", where).fetchone()
+    if row is None:
+        return False
+    db.execute("DELETE FROM state WHERE kind = ? AND key = ?", where)
+    mark = json.loads(row[0])
+    charged = str(mark.get("charged_event_id", ""))
+    found = db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?",
+                       (charged,)).fetchone()
+    if found is None:
+        return False
+    db.execute("DELETE FROM events WHERE event_id = ?", (charged,))
+    e = row_to_event(found)
+    u = e.usage
+    less = (-u.prompt_tokens, -u.completion_tokens, -u.cache_read_tokens,
+            -u.cache_write_tokens, -e.cost_usd, -e.file_edits, -e.shell_commands,
+            -e.dangerous_commands, -1 if e.model else 0)
+    scopes = mark.get("scopes") or scopes_of(e)
+    db.executemany(_ADD_TOTALS, [(scope, *less) for scope in scopes])
+    if e.model:
+        db.executemany(_ADD_MODEL, [(scope, e.model, -u.total_tokens) for scope in scopes])
+    return True
+
+
+def _insert_events(db: sqlite3.Connection, events: list[UsageEvent]) -> list[int]:
     """Insert ``events`` in order: whether each was new (its ``event_id`` not there yet).
     All at once when all are (the usual case, seen from the count of rows inserted);
     else again one by one, from a savepoint before them."""
@@ -251,18 +299,27 @@ def _insert_events(db: sqlite3.Connection, events: list[UsageEvent]) -> list[boo
     return [db.execute(_INSERT_EVENT, _event_row(e)).rowcount == 1 for e in events]
 
 
-def _close_all(db: sqlite3.Connection, keys: list[str], pending: set[str]) -> None:
+def _close_all(db: sqlite3.Connection, keys: list[str], pending: set[str]) -> set[str]:
     """Delete the open calls ``keys`` (then forget them): one statement for all their
     rows; a key without a row of its own (a record kept as JSON) is deleted as
-    :func:`put` deletes it."""
+    :func:`put` deletes it.  Returns the keys that had no record."""
     if not keys:
-        return
+        return set()
     deleted = db.executemany(_DELETE_OPEN, [(k,) for k in keys]).rowcount
+    gone = set()
     if deleted != len(keys):  # some record is not a row (or the key came twice)
-        for k in keys:
-            put(db, OPEN_CALL, k, None)
+        gone = {k for k in keys if not _delete_open(db, k)}
     keys.clear()
     pending.clear()
+    return gone
+
+
+def _delete_open(db: sqlite3.Connection, key: str) -> bool:
+    """Delete the open call ``key``'s record, a row or JSON; whether there was one."""
+    if db.execute(_DELETE_OPEN, (key,)).rowcount:
+        return True
+    return bool(db.execute("DELETE FROM state WHERE kind = ? AND key = ?",
+                           (OPEN_CALL, key)).rowcount)
 
 
 def _event_row(event: UsageEvent) -> tuple[Any, ...]:
