@@ -122,9 +122,19 @@ def test_policy_example_is_pure(examples_path: Path) -> None:
     assert alerts.ActionKind.CHECKPOINT not in [a.kind for a in policy.actions(cost)]
 
 
+def _shown_output(page: Path, section: str) -> list[str]:
+    """The table rows (``│ …``) and the ``session tokens`` bar line a page's section shows as
+    program output, stripped of trailing blanks."""
+    text = page.read_text(encoding="utf-8").split(section, 1)[1].split("\n## ", 1)[0]
+    return [line.rstrip() for line in text.splitlines()
+            if line.startswith("│ ") or line.startswith("session tokens")]
+
+
 @pytest.mark.slow
 def test_tutorial_config_runs_from_the_command_line(tmp_path: Path) -> None:
-    """docs/tutorial.md: `vibe-engine run docs/examples/tutorial.toml`, then status and report."""
+    """docs/tutorial.md: `vibe-engine run docs/examples/tutorial.toml`, then status and report;
+    the task rows and the budget bar the tutorial shows are what they print (the simulated
+    provider is deterministic), so its figures cannot go stale."""
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("ANTHROPIC_API_KEY", None)
     run = subprocess.run([str(BIN), "run", str(EXAMPLES / "tutorial.toml"), "--no-live",
@@ -132,7 +142,17 @@ def test_tutorial_config_runs_from_the_command_line(tmp_path: Path) -> None:
                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr
     assert "fix-pagination" in run.stdout and "docs-after-fix" in run.stdout
+    shown = _shown_output(DOCS / "tutorial.md", "## 5. Run it")
+    printed = {line.rstrip() for line in run.stdout.splitlines()}
+    rows = [line for line in shown if line.startswith("│ ")]
+    assert len(rows) == 3 and [r for r in rows if r not in printed] == [], run.stdout
     state = tmp_path / ".vibe-engine-tutorial"
+    bars = subprocess.run([str(BIN), "status", "--state-dir", str(state)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert bars.returncode == 0, bars.stderr
+    bar = [line for line in shown if line.startswith("session tokens")]
+    assert len(bar) == 1 and bar[0] in {line.rstrip() for line in bars.stdout.splitlines()}, (
+        bars.stdout)
     status = subprocess.run([str(BIN), "status", "--state-dir", str(state), "--json"],
                             capture_output=True, text=True, timeout=60, env=env)
     assert status.returncode == 0, status.stderr
