@@ -127,7 +127,7 @@ def _shown_output(page: Path, section: str) -> list[str]:
     program output, stripped of trailing blanks."""
     text = page.read_text(encoding="utf-8").split(section, 1)[1].split("\n## ", 1)[0]
     return [line.rstrip() for line in text.splitlines()
-            if line.startswith("│ ") or line.startswith("session tokens")]
+            if line.startswith(("│ ", "session tokens"))]
 
 
 @pytest.mark.slow
@@ -168,3 +168,32 @@ def test_configuration_reference_is_up_to_date() -> None:
     out = subprocess.run([sys.executable, str(DOCS / "gen_config_reference.py"), "--check"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr + out.stdout
+
+
+def _tree_modules(page: Path) -> dict[str, set[str]]:
+    """The private modules the page's ``scheduler/`` tree lists under each subpackage."""
+    tree = page.read_text(encoding="utf-8").split("```\nscheduler/", 1)[1].split("```", 1)[0]
+    listed: dict[str, set[str]] = {}
+    package = ""
+    for line in tree.splitlines()[1:]:
+        head, _, names = line.partition("/ ") if "── " in line else ("", "", line)
+        if head:
+            package = head.split("── ")[1]
+        if package:
+            listed.setdefault(package, set()).update(
+                n for n in names.split() if n.startswith("_"))
+    return listed
+
+
+def test_r7_6_architecture_tree_lists_every_module() -> None:
+    """R7.6 (docs/architecture.md): the tree names each subpackage's modules, no more and
+    no fewer, so a new or moved module shows up on the page a reader maps the code with."""
+    listed = _tree_modules(DOCS / "architecture.md")
+    actual = {p.name: {m.stem for m in p.glob("_*.py") if m.stem != "__init__"}
+              for p in (ROOT / "scheduler").iterdir()
+              if (p / "__init__.py").exists()}
+    wrong = {pkg: {"not listed": sorted(actual.get(pkg, set()) - listed.get(pkg, set())),
+                   "gone": sorted(listed.get(pkg, set()) - actual.get(pkg, set()))}
+             for pkg in sorted(set(listed) | set(actual))
+             if listed.get(pkg) != actual.get(pkg)}
+    assert wrong == {}, f"update the tree in docs/architecture.md: {wrong}"
