@@ -247,6 +247,18 @@ def test_r7_2_demo_live_view_at_80x24_on_a_pseudo_terminal(tmp_path: Path) -> No
     assert "saved and finished (timeout)" in log  # t26's end, logged while the view was on
 
 
+@pytest.mark.slow
+def test_r7_2_run_tables_at_80_columns_keep_every_status_whole(tmp_path: Path) -> None:
+    """#23, R7.2: the tables a run ends with, on an 80-column terminal, show each task's
+    status whole (``completed``, not ``comple…``), the staged pause's ``finished`` too."""
+    frames = _frames_of_demo(tmp_path, "--tasks", "2", "--state-dir", "st", "--time-scale",
+                             "0.05", "--decision-timeout", "1", "--no-live")
+    rows = {m["task"]: m["status"] for line in frames[-1]
+            if (m := re.match(r"(?P<task>t0\d) +\S+ +\S+ +(?P<status>\S+) +[\d,]+ ", line))}
+    assert rows == {"t01": "completed", "t02": "completed", "t03": "completed",
+                    "t04": "finished"}, "\n".join(frames[-1])
+
+
 async def test_r7_2_an_unwritable_log_file_leaves_the_run_and_view_going(tmp_path: Path) -> None:
     """#23: when the live log file cannot be created the view draws anyway (log lines stay
     on standard error) and says so once."""

@@ -114,16 +114,21 @@ def render_report(report: RunReport, console: Console) -> None:
     """Per-task and per-model usage tables.
 
     Below 120 columns the task table leaves out type and complexity (and the reason of
-    a status) and draws lighter borders, so every figure keeps its digits (#23)."""
+    a status) and draws lighter borders with less padding, so every figure and status
+    stays whole at 80 columns; a long task id or agent wraps instead (#23)."""
     narrow = console.width < 120
     box_ = rich_box.SIMPLE_HEAD if narrow else rich_box.HEAVY_HEAD
-    tasks = Table(title=f"Tasks — session {report.session_id}", box=box_)
+    tight: dict[str, Any] = (
+        {"show_edge": False, "pad_edge": False, "collapse_padding": True} if narrow else {})
+    tasks = Table(title=f"Tasks — session {report.session_id}", box=box_, **tight)
     wide_only = ("type", "complexity")
     for col in ("task", "agent", "type", "complexity", "model", "status", "tokens", "cost $",
                 "calls", "edits", "shell"):
         if not (narrow and col in wide_only):
             numeric = col in ("tokens", "cost $", "calls", "edits", "shell")
-            tasks.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
+            tasks.add_column(col, justify="right" if numeric else "left",
+                             no_wrap=numeric or (narrow and col == "status"),
+                             overflow="fold" if col in ("task", "agent") else "ellipsis")
     for o in sorted(report.outcomes.values(), key=lambda o: o.task_id):
         u = o.usage
         status = o.status if not o.reason or narrow else f"{o.status}: {o.reason[:40]}"
@@ -132,7 +137,7 @@ def render_report(report: RunReport, console: Console) -> None:
                       f"{u.tokens:,}", f"{u.cost_usd:.4f}", str(u.calls), str(u.file_edits),
                       str(u.shell_commands))
     console.print(tasks)
-    models = Table(title="Models", box=box_)
+    models = Table(title="Models", box=box_, **tight)
     for col in ("model", "calls", "prompt", "completion", "cache read", "cache write", "cost $"):
         models.add_column(col, justify="left" if col == "model" else "right",
                           no_wrap=col != "model")
