@@ -209,9 +209,12 @@ def resume(
 @app.command()
 def demo(
     state_dir: StateDir = Path(".vibe-engine"),
-    tasks: Annotated[int, typer.Option(min=0, max=10_000)] = 24,
-    seed: int = 0,
-    time_scale: Annotated[float, typer.Option(callback=number(maximum=1_000))] = 0.25,
+    tasks: Annotated[int, typer.Option(
+        min=0, max=10_000, help="Agents in the workload (the staged tasks come on top).")] = 24,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated outcomes.")] = 0,
+    time_scale: Annotated[float, typer.Option(
+        callback=number(maximum=1_000),
+        help="Multiplies the simulated model latencies (0.1: ten times faster).")] = 0.25,
     log_level: LogLevel = "warning",
     live: LiveOpt = True,
     staged: Annotated[bool, typer.Option(
@@ -271,7 +274,7 @@ def decide(
     config: ConfigFile = None,
     as_json: Json = False,
 ) -> None:
-    """Decide about a paused task: add budget and continue, save and finish, or review (R3.4).
+    """Decide about a paused task: add budget and continue, save and finish, or review.
 
     Talks to the running orchestrator over its owner-only socket; when none
     runs, the decision is stored and applied when the orchestrator restarts.
@@ -299,11 +302,12 @@ def decide(
 
 @app.command("fake-api")
 def fake_api(
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8765,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Listen port on 127.0.0.1.")] = 8765,
     input_ratio: Annotated[float, typer.Option(
         callback=number(minimum=0, inclusive=False, maximum=1_000),
         help="Server input count ÷ tiktoken's.")] = 1.2,
-    output_tokens: Annotated[int, typer.Option(min=0, max=1_000_000)] = 40,
+    output_tokens: Annotated[int, typer.Option(
+        min=0, max=1_000_000, help="Output tokens of each generated answer.")] = 40,
     script: Annotated[Path | None, typer.Option(
         help="JSON lines, one Messages API response body per line, served in order "
              "(streamed requests get the same bodies as events).")] = None,
@@ -342,7 +346,7 @@ def serve(
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     log_level: LogLevel = "warning",
 ) -> None:
-    """Serve the Anthropic Messages API, every call governed by the keys' budgets (#21):
+    """Serve the Anthropic Messages API, every call governed by the keys' budgets:
     point an agent's ANTHROPIC_BASE_URL here and give it a client key."""
     from scheduler.cli._serve import run_serve
 
