@@ -101,6 +101,24 @@ def test_r7_2_every_option_says_what_it_does(command: str) -> None:
     assert not re.search(r"#\d|\bR\d+\.\d", text), text
 
 
+def test_r3_4_decide_add_without_an_amount_names_the_options(tmp_path: Path) -> None:
+    """R3.4, R7.2: ``decide T add`` with no amount says which options give one (not the
+    decision's field names), in one line, before looking for a state directory."""
+    line = assert_one_line_exit_2(cli(["decide", "t1", "add"], tmp_path), "--tokens N",
+                                  "--cost USD")
+    assert "cost_usd" not in line
+    assert files_under(tmp_path) == set()
+
+
+def test_r7_2_report_from_after_to_is_refused(tmp_path: Path) -> None:
+    """R7.2: ``report --from`` a day after ``--to`` is a typo, refused in one line (an empty
+    report would read as nothing spent)."""
+    (tmp_path / "st").mkdir()
+    argv = ["report", "--state-dir", "st", "--store", "memory", "--from", "2026-12-05",
+            "--to", "2026-12-01"]
+    assert_one_line_exit_2(cli(argv, tmp_path), "--from", "after --to 2026-12-01")
+
+
 def test_r7_2_bad_store_and_config_one_line_when_piped(tmp_path: Path) -> None:
     """#23: errors stay one line through a pipe even 40 columns wide; nothing written."""
     long_dir = "a-state-directory-name-much-wider-than-forty-columns/" * 3

@@ -30,7 +30,7 @@ from scheduler.cli._checks import (
     run_cli,
 )
 from scheduler.cli._decide import decide as decide_paused
-from scheduler.cli._decide import format_review
+from scheduler.cli._decide import format_review, normalize_action
 from scheduler.cli._demo import demo_config
 from scheduler.cli._heap import tune_collector
 from scheduler.cli._options import (
@@ -279,6 +279,11 @@ def decide(
     Talks to the running orchestrator over its owner-only socket; when none
     runs, the decision is stored and applied when the orchestrator restarts.
     """
+    if normalize_action(action) == "add_budget" and all(
+            v is None for v in (tokens, cost, time_s, file_edits, shell_commands)):
+        raise _fail(VibeEngineError(
+            f"decide {task} {action} needs an amount: --tokens N, --cost USD, --time-s S, "
+            "--file-edits N or --shell-commands N"))
     try:
         where, backend = locate_state(config, state_dir, store)
         existing_state(where, None)  # the store is checked if no orchestrator runs
