@@ -335,8 +335,9 @@ def fake_api(
         raise fail(VibeEngineError(
             f"--port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror}")) from None
     scripted = f", replaying {len(bodies)} scripted responses" if bodies is not None else ""
+    # one line however wide, so a script reading the first line gets the whole URL
     _out.print(f"fake Anthropic API on {server.base_url}{scripted} — set provider.base_url "
-               "to it and ANTHROPIC_API_KEY to any value; Ctrl-C stops")
+               "to it and ANTHROPIC_API_KEY to any value; Ctrl-C stops", soft_wrap=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 
