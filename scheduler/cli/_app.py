@@ -26,6 +26,7 @@ from scheduler.cli._checks import (
     fail,
     free_ports,
     html_target,
+    known_dependencies,
     number,
     run_cli,
 )
@@ -51,6 +52,7 @@ from scheduler.cli._status import gather_status, print_status
 from scheduler.config import VibeConfig, load_config
 from scheduler.core import VibeEngineError
 from scheduler.observe import LiveView, configure_logging
+from scheduler.observe._text import clip
 from scheduler.runtime import Orchestrator, RunReport
 from scheduler.store import open_store
 
@@ -131,7 +133,7 @@ def render_report(report: RunReport, console: Console) -> None:
                              overflow="fold" if col in ("task", "agent") else "ellipsis")
     for o in sorted(report.outcomes.values(), key=lambda o: o.task_id):
         u = o.usage
-        status = o.status if not o.reason or narrow else f"{o.status}: {o.reason[:40]}"
+        status = o.status if not o.reason or narrow else f"{o.status}: {clip(o.reason, 60)}"
         kind = () if narrow else (o.task_type, o.complexity)
         tasks.add_row(o.task_id, o.agent, *kind, o.model or "-", status,
                       f"{u.tokens:,}", f"{u.cost_usd:.4f}", str(u.calls), str(u.file_edits),
@@ -171,6 +173,7 @@ def run(
         cfg = load_config(config)
         if state_dir is not None:
             cfg = cfg.model_copy(update={"state_dir": state_dir})
+        known_dependencies(cfg)
         free_ports(cfg)
         check_new_session(cfg)
         report = _run(cfg, live)
