@@ -3,6 +3,7 @@ and the generated configuration reference is up to date."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
@@ -197,3 +198,47 @@ def test_r7_6_architecture_tree_lists_every_module() -> None:
              for pkg in sorted(set(listed) | set(actual))
              if listed.get(pkg) != actual.get(pkg)}
     assert wrong == {}, f"update the tree in docs/architecture.md: {wrong}"
+
+
+@pytest.mark.slow
+def test_r3_4_alerts_three_terminals_show_what_the_commands_print(tmp_path: Path) -> None:
+    """R3.4 (docs/alerts.md, "Three terminals"): with the page's ``tasks.toml`` the task
+    pauses, and the ``status`` rows and the ``review`` the page shows are what the
+    commands print (the simulated provider is deterministic); ``finish`` then ends it."""
+    section = (DOCS / "alerts.md").read_text(encoding="utf-8").split("### Three terminals")[1]
+    config = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    shown = section.split("```console\n", 1)[1].split("```", 1)[0].splitlines()
+    (tmp_path / "tasks.toml").write_text(config, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    state = ["--state-dir", ".vibe-engine"]
+    proc = subprocess.Popen([str(BIN), "run", "tasks.toml", *state, "--no-live"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([str(BIN), *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, env=env)
+        return done.stdout if done.returncode == 0 else ""
+
+    try:
+        review = ""
+        for _ in range(300):  # the pause comes within seconds; each try waits 0.2 s
+            review = cli("decide", "fix-login", "review", *state)
+            if review:
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.2)
+            assert proc.poll() is None, "the run ended before fix-login paused"
+        status = cli("status", *state)
+        finish = cli("decide", "fix-login", "finish", *state)
+        assert proc.wait(timeout=60) == 1  # stopped on its budget
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rows = [line for line in shown if line.startswith("│ fix-login")]
+    printed = {line.rstrip() for line in status.splitlines()}
+    assert len(rows) == 2 and [r for r in rows if r not in printed] == [], status
+    start = next(i for i, line in enumerate(shown) if line.startswith("Task fix-login"))
+    answer = shown[start:start + 8]
+    assert review.splitlines()[1:8] == answer[1:], review  # the session id differs
+    assert finish.startswith("finish for fix-login: sent to the running orchestrator")
