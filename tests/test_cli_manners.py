@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -80,6 +81,42 @@ def test_r7_2_help_has_no_bool_placeholder_and_lists_choices(command: str) -> No
         flat = " ".join(text.split())
         for form in ("sqlite,", "sqlite:///PATH", "memory", "redis://HOST:PORT/DB"):
             assert form in flat, (form, text)
+
+
+@pytest.mark.parametrize("command", ["run", "resume", "demo", "status", "decide", "report",
+                                     "fake-api", "serve", "plugins"])
+def test_r7_2_every_option_says_what_it_does(command: str) -> None:
+    """R7.2: each option of each command has a help text, and the help names no issue or
+    spec id (``#21``, ``R3.4``): they mean nothing to someone reading ``--help``."""
+    import typer.core
+    import typer.main
+
+    from scheduler.cli._app import app
+
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    params = group.commands[command].params
+    assert [p.name for p in params if isinstance(p, typer.core.TyperOption) and not p.help] == []
+    text = cli([command, "--help"], Path.cwd()).stdout
+    assert not re.search(r"#\d|\bR\d+\.\d", text), text
+
+
+def test_r3_4_decide_add_without_an_amount_names_the_options(tmp_path: Path) -> None:
+    """R3.4, R7.2: ``decide T add`` with no amount says which options give one (not the
+    decision's field names), in one line, before looking for a state directory."""
+    line = assert_one_line_exit_2(cli(["decide", "t1", "add"], tmp_path), "--tokens N",
+                                  "--cost USD")
+    assert "cost_usd" not in line
+    assert files_under(tmp_path) == set()
+
+
+def test_r7_2_report_from_after_to_is_refused(tmp_path: Path) -> None:
+    """R7.2: ``report --from`` a day after ``--to`` is a typo, refused in one line (an empty
+    report would read as nothing spent)."""
+    (tmp_path / "st").mkdir()
+    argv = ["report", "--state-dir", "st", "--store", "memory", "--from", "2026-12-05",
+            "--to", "2026-12-01"]
+    assert_one_line_exit_2(cli(argv, tmp_path), "--from", "after --to 2026-12-01")
 
 
 def test_r7_2_bad_store_and_config_one_line_when_piped(tmp_path: Path) -> None:

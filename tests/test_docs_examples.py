@@ -3,6 +3,7 @@ and the generated configuration reference is up to date."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
@@ -122,9 +123,19 @@ def test_policy_example_is_pure(examples_path: Path) -> None:
     assert alerts.ActionKind.CHECKPOINT not in [a.kind for a in policy.actions(cost)]
 
 
+def _shown_output(page: Path, section: str) -> list[str]:
+    """The table rows (``│ …``) and the ``session tokens`` bar line a page's section shows as
+    program output, stripped of trailing blanks."""
+    text = page.read_text(encoding="utf-8").split(section, 1)[1].split("\n## ", 1)[0]
+    return [line.rstrip() for line in text.splitlines()
+            if line.startswith(("│ ", "session tokens"))]
+
+
 @pytest.mark.slow
 def test_tutorial_config_runs_from_the_command_line(tmp_path: Path) -> None:
-    """docs/tutorial.md: `vibe-engine run docs/examples/tutorial.toml`, then status and report."""
+    """docs/tutorial.md: `vibe-engine run docs/examples/tutorial.toml`, then status and report;
+    the task rows and the budget bar the tutorial shows are what they print (the simulated
+    provider is deterministic), so its figures cannot go stale."""
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("ANTHROPIC_API_KEY", None)
     run = subprocess.run([str(BIN), "run", str(EXAMPLES / "tutorial.toml"), "--no-live",
@@ -132,7 +143,17 @@ def test_tutorial_config_runs_from_the_command_line(tmp_path: Path) -> None:
                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr
     assert "fix-pagination" in run.stdout and "docs-after-fix" in run.stdout
+    shown = _shown_output(DOCS / "tutorial.md", "## 5. Run it")
+    printed = {line.rstrip() for line in run.stdout.splitlines()}
+    rows = [line for line in shown if line.startswith("│ ")]
+    assert len(rows) == 3 and [r for r in rows if r not in printed] == [], run.stdout
     state = tmp_path / ".vibe-engine-tutorial"
+    bars = subprocess.run([str(BIN), "status", "--state-dir", str(state)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert bars.returncode == 0, bars.stderr
+    bar = [line for line in shown if line.startswith("session tokens")]
+    assert len(bar) == 1 and bar[0] in {line.rstrip() for line in bars.stdout.splitlines()}, (
+        bars.stdout)
     status = subprocess.run([str(BIN), "status", "--state-dir", str(state), "--json"],
                             capture_output=True, text=True, timeout=60, env=env)
     assert status.returncode == 0, status.stderr
@@ -148,3 +169,76 @@ def test_configuration_reference_is_up_to_date() -> None:
     out = subprocess.run([sys.executable, str(DOCS / "gen_config_reference.py"), "--check"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr + out.stdout
+
+
+def _tree_modules(page: Path) -> dict[str, set[str]]:
+    """The private modules the page's ``scheduler/`` tree lists under each subpackage."""
+    tree = page.read_text(encoding="utf-8").split("```\nscheduler/", 1)[1].split("```", 1)[0]
+    listed: dict[str, set[str]] = {}
+    package = ""
+    for line in tree.splitlines()[1:]:
+        head, _, names = line.partition("/ ") if "── " in line else ("", "", line)
+        if head:
+            package = head.split("── ")[1]
+        if package:
+            listed.setdefault(package, set()).update(
+                n for n in names.split() if n.startswith("_"))
+    return listed
+
+
+def test_r7_6_architecture_tree_lists_every_module() -> None:
+    """R7.6 (docs/architecture.md): the tree names each subpackage's modules, no more and
+    no fewer, so a new or moved module shows up on the page a reader maps the code with."""
+    listed = _tree_modules(DOCS / "architecture.md")
+    actual = {p.name: {m.stem for m in p.glob("_*.py") if m.stem != "__init__"}
+              for p in (ROOT / "scheduler").iterdir()
+              if (p / "__init__.py").exists()}
+    wrong = {pkg: {"not listed": sorted(actual.get(pkg, set()) - listed.get(pkg, set())),
+                   "gone": sorted(listed.get(pkg, set()) - actual.get(pkg, set()))}
+             for pkg in sorted(set(listed) | set(actual))
+             if listed.get(pkg) != actual.get(pkg)}
+    assert wrong == {}, f"update the tree in docs/architecture.md: {wrong}"
+
+
+@pytest.mark.slow
+def test_r3_4_alerts_three_terminals_show_what_the_commands_print(tmp_path: Path) -> None:
+    """R3.4 (docs/alerts.md, "Three terminals"): with the page's ``tasks.toml`` the task
+    pauses, and the ``status`` rows and the ``review`` the page shows are what the
+    commands print (the simulated provider is deterministic); ``finish`` then ends it."""
+    section = (DOCS / "alerts.md").read_text(encoding="utf-8").split("### Three terminals")[1]
+    config = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    shown = section.split("```console\n", 1)[1].split("```", 1)[0].splitlines()
+    (tmp_path / "tasks.toml").write_text(config, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    state = ["--state-dir", ".vibe-engine"]
+    proc = subprocess.Popen([str(BIN), "run", "tasks.toml", *state, "--no-live"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([str(BIN), *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, env=env)
+        return done.stdout if done.returncode == 0 else ""
+
+    try:
+        review = ""
+        for _ in range(300):  # the pause comes within seconds; each try waits 0.2 s
+            review = cli("decide", "fix-login", "review", *state)
+            if review:
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.2)
+            assert proc.poll() is None, "the run ended before fix-login paused"
+        status = cli("status", *state)
+        finish = cli("decide", "fix-login", "finish", *state)
+        assert proc.wait(timeout=60) == 1  # stopped on its budget
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rows = [line for line in shown if line.startswith("│ fix-login")]
+    printed = {line.rstrip() for line in status.splitlines()}
+    assert len(rows) == 2 and [r for r in rows if r not in printed] == [], status
+    start = next(i for i, line in enumerate(shown) if line.startswith("Task fix-login"))
+    answer = shown[start:start + 8]
+    assert review.splitlines()[1:8] == answer[1:], review  # the session id differs
+    assert finish.startswith("finish for fix-login: sent to the running orchestrator")

@@ -206,6 +206,10 @@ CASES: dict[str, tuple[str, str | bytes, str]] = {
     "policy-exit": ("bad.toml", toml_with({"policies.alerts": "sys:exit"}), "policies.alerts"),
     "store-function": ("bad.toml", toml_with({"store": "os:getcwd"}), "store"),
     "markup-in-value": ("bad.toml", toml_with({"store": "[/bold]x"}), "[/bold]x"),
+    # a dependency no task of the file has: refused before the run, not failed during it
+    "unknown-dependency": ("bad.toml", toml_with({}) + f'[[tasks]]\nid = "t"\nagent = "qa"\n'
+                           f'prompt = "{SECRET}"\ndepends_on = ["tt"]\n',
+                           "tasks.0.depends_on='tt'"),
 }
 
 

@@ -118,6 +118,20 @@ def test_r7_2_figures_are_abbreviated_event_times_read_as_ago() -> None:
     assert "–" in opus and "%" not in opus.split("unavailable", 1)[1], opus
 
 
+def test_r3_4_each_event_line_says_whose_it_is() -> None:
+    """R3.4, #23: an event of a task whose message does not name it (a pause that timed
+    out, an alert) is shown with the task's id; one that names it is shown as it is."""
+    events = (EventView("task_finished", 1.0, "saved and finished (timeout)", "t26"),
+              EventView("budget_alert", 2.0, "budget at 70 %, consider wrapping up", "t14"),
+              EventView("task_deferred", 3.0, "task t04 deferred: opus unavailable", "t04"),
+              EventView("model_restored", 4.0, "model opus is back", None))
+    text = "\n".join(_screen(Snapshot("s", 5.0, events=events), 120, 40))
+    assert "t26: saved and finished (timeout)" in text
+    assert "t14: budget at 70 %, consider wrapping up" in text
+    assert "task t04 deferred" in text and "t04: task t04" not in text
+    assert re.search(r"model_restored +model opus is back", text), text
+
+
 @pytest.mark.parametrize(("width", "height"), [(80, 24), (80, 40), (100, 30), (160, 60)])
 @pytest.mark.parametrize("n_tasks", [0, 1, 26, 400])
 def test_r7_2_every_screen_size_fits(width: int, height: int, n_tasks: int) -> None:
@@ -245,6 +259,18 @@ def test_r7_2_demo_live_view_at_80x24_on_a_pseudo_terminal(tmp_path: Path) -> No
         assert not any(line.lstrip().startswith(("█", "░")) for line in frame), text
     log = (tmp_path / "st" / "logs" / "live.log").read_text()
     assert "saved and finished (timeout)" in log  # t26's end, logged while the view was on
+
+
+@pytest.mark.slow
+def test_r7_2_run_tables_at_80_columns_keep_every_status_whole(tmp_path: Path) -> None:
+    """#23, R7.2: the tables a run ends with, on an 80-column terminal, show each task's
+    status whole (``completed``, not ``comple…``), the staged pause's ``finished`` too."""
+    frames = _frames_of_demo(tmp_path, "--tasks", "2", "--state-dir", "st", "--time-scale",
+                             "0.05", "--decision-timeout", "1", "--no-live")
+    rows = {m["task"]: m["status"] for line in frames[-1]
+            if (m := re.match(r"(?P<task>t0\d) +\S+ +\S+ +(?P<status>\S+) +[\d,]+ ", line))}
+    assert rows == {"t01": "completed", "t02": "completed", "t03": "completed",
+                    "t04": "finished"}, "\n".join(frames[-1])
 
 
 async def test_r7_2_an_unwritable_log_file_leaves_the_run_and_view_going(tmp_path: Path) -> None:

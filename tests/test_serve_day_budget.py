@@ -4,6 +4,7 @@ midnight; on the key's own shared scope, so replicas on one store share it (R1.2
 
 from __future__ import annotations
 
+import os
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from scheduler.core import FixedWallClock
 from scheduler.store import task_day_scope
 from tests._anthropic_helpers import fake_api
 from tests._redis_helpers import REDIS_URL
-from tests._serve_helpers import CLIENT_KEYS, Running, serve_config, serving
+from tests._serve_helpers import BIN, CLIENT_KEYS, Running, serve_config, serving
 
 __all__ = ["fake_api"]  # the fixture, imported for pytest
 
@@ -174,3 +175,25 @@ async def test_r1_5_a_restarted_serve_continues_the_key_day(
         with pytest.raises(anthropic.BadRequestError, match="task-day:alpha:2026-12-02"):
             await _ask(await _client(stack, run.url), 600 - spent // 2 - 20)
     assert fake_api.requests == 1
+
+
+@pytest.mark.real_asyncio
+async def test_r1_5_status_shows_a_restarted_keys_whole_budget_and_its_day(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """R1.5 / R3.1: after serve restarted, ``vibe-engine status`` shows the key's budget row
+    as used by both runs (a key's budget counts every session's use) and labels its
+    day_budget's row with the day, so it cannot be read as the key's own ``tokens``."""
+    data = serve_config(tmp_path, fake_api.base_url, _key(budget={"tokens": 100000}))
+    async with serving(data, FixedWallClock(DAY_1)) as run, AsyncExitStack() as stack:
+        first = await _ask(await _client(stack, run.url), 64)
+    again = {**data, "session_id": "serve-test-2"}
+    async with serving(again, FixedWallClock(DAY_1)) as run, AsyncExitStack() as stack:
+        second = await _ask(await _client(stack, run.url), 64)
+    done = await anyio.run_process([str(BIN), "status", "--state-dir", str(tmp_path / "state")],
+                                   env={**os.environ, "COLUMNS": "200"})
+    cells = [[cell.strip() for cell in line.strip("│").split("│")]
+             for line in done.stdout.decode().splitlines() if line.startswith("│ alpha ")]
+    rows = [tuple(row[:3]) for row in cells if len(row) == 6]  # Task budgets' rows
+    assert rows == [("alpha", "tokens", f"{first + second:,}"),
+                    ("alpha", "tokens (day 2026-12-02)", f"{first + second:,}")]

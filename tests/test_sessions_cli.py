@@ -220,6 +220,53 @@ def test_kill_9_then_resume_continues_the_interrupted_session(tmp_path: Path) ->
     assert nothing_left.returncode == 2 and "no interrupted session" in nothing_left.stderr
 
 
+#: One question whose simulated call takes a minute: killed while it is in flight.
+SLOW_CALL_CONFIG = """
+state_dir = "{state}"
+
+[provider.simulated]
+latency_s = {{ haiku = 60.0, sonnet = 60.0, opus = 60.0 }}
+failure_rate = {{ haiku = 0.0, sonnet = 0.0, opus = 0.0 }}
+
+[[tasks]]
+id = "asking"
+agent = "qa"
+prompt = "Where is the config loaded?"
+"""
+
+
+def test_r1_5_status_calls_a_task_killed_during_its_first_call_interrupted(
+    tmp_path: Path,
+) -> None:
+    """R1.5, issue #18: a run SIGKILLed while a task's first call is in flight has charged
+    that task nothing yet; ``status`` still shows it ``interrupted`` (it ran, and
+    ``resume`` runs it again), not ``pending`` as if it never started."""
+    state = tmp_path / "st"
+    config = tmp_path / "slow.toml"
+    config.write_text(SLOW_CALL_CONFIG.format(state=state), encoding="utf-8")
+    db = state / "vibe.db"
+    proc = subprocess.Popen([BIN, "run", str(config), "--no-live", "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=ENV)
+
+    def in_flight() -> bool:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+                return bool(conn.execute("SELECT 1 FROM open_calls").fetchall())
+        except sqlite3.OperationalError:  # not created yet
+            return False
+
+    try:
+        _wait("the call in flight", in_flight, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    task = _tasks(_status(state))["asking"]
+    assert (task["status"], task["calls"]) == ("interrupted", 0)
+
+
 def test_a_second_orchestrator_on_the_same_state_directory_refuses_to_start(
     tmp_path: Path,
 ) -> None:

@@ -26,11 +26,12 @@ from scheduler.cli._checks import (
     fail,
     free_ports,
     html_target,
+    known_dependencies,
     number,
     run_cli,
 )
 from scheduler.cli._decide import decide as decide_paused
-from scheduler.cli._decide import format_review
+from scheduler.cli._decide import format_review, normalize_action
 from scheduler.cli._demo import demo_config
 from scheduler.cli._heap import tune_collector
 from scheduler.cli._options import (
@@ -51,6 +52,7 @@ from scheduler.cli._status import gather_status, print_status
 from scheduler.config import VibeConfig, load_config
 from scheduler.core import VibeEngineError
 from scheduler.observe import LiveView, configure_logging
+from scheduler.observe._text import clip
 from scheduler.runtime import Orchestrator, RunReport
 from scheduler.store import open_store
 
@@ -114,25 +116,30 @@ def render_report(report: RunReport, console: Console) -> None:
     """Per-task and per-model usage tables.
 
     Below 120 columns the task table leaves out type and complexity (and the reason of
-    a status) and draws lighter borders, so every figure keeps its digits (#23)."""
+    a status) and draws lighter borders with less padding, so every figure and status
+    stays whole at 80 columns; a long task id or agent wraps instead (#23)."""
     narrow = console.width < 120
     box_ = rich_box.SIMPLE_HEAD if narrow else rich_box.HEAVY_HEAD
-    tasks = Table(title=f"Tasks — session {report.session_id}", box=box_)
+    tight: dict[str, Any] = (
+        {"show_edge": False, "pad_edge": False, "collapse_padding": True} if narrow else {})
+    tasks = Table(title=f"Tasks — session {report.session_id}", box=box_, **tight)
     wide_only = ("type", "complexity")
     for col in ("task", "agent", "type", "complexity", "model", "status", "tokens", "cost $",
                 "calls", "edits", "shell"):
         if not (narrow and col in wide_only):
             numeric = col in ("tokens", "cost $", "calls", "edits", "shell")
-            tasks.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
+            tasks.add_column(col, justify="right" if numeric else "left",
+                             no_wrap=numeric or (narrow and col == "status"),
+                             overflow="fold" if col in ("task", "agent") else "ellipsis")
     for o in sorted(report.outcomes.values(), key=lambda o: o.task_id):
         u = o.usage
-        status = o.status if not o.reason or narrow else f"{o.status}: {o.reason[:40]}"
+        status = o.status if not o.reason or narrow else f"{o.status}: {clip(o.reason, 60)}"
         kind = () if narrow else (o.task_type, o.complexity)
         tasks.add_row(o.task_id, o.agent, *kind, o.model or "-", status,
                       f"{u.tokens:,}", f"{u.cost_usd:.4f}", str(u.calls), str(u.file_edits),
                       str(u.shell_commands))
     console.print(tasks)
-    models = Table(title="Models", box=box_)
+    models = Table(title="Models", box=box_, **tight)
     for col in ("model", "calls", "prompt", "completion", "cache read", "cache write", "cost $"):
         models.add_column(col, justify="left" if col == "model" else "right",
                           no_wrap=col != "model")
@@ -166,6 +173,7 @@ def run(
         cfg = load_config(config)
         if state_dir is not None:
             cfg = cfg.model_copy(update={"state_dir": state_dir})
+        known_dependencies(cfg)
         free_ports(cfg)
         check_new_session(cfg)
         report = _run(cfg, live)
@@ -204,9 +212,12 @@ def resume(
 @app.command()
 def demo(
     state_dir: StateDir = Path(".vibe-engine"),
-    tasks: Annotated[int, typer.Option(min=0, max=10_000)] = 24,
-    seed: int = 0,
-    time_scale: Annotated[float, typer.Option(callback=number(maximum=1_000))] = 0.25,
+    tasks: Annotated[int, typer.Option(
+        min=0, max=10_000, help="Agents in the workload (the staged tasks come on top).")] = 24,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated outcomes.")] = 0,
+    time_scale: Annotated[float, typer.Option(
+        callback=number(maximum=1_000),
+        help="Multiplies the simulated model latencies (0.1: ten times faster).")] = 0.25,
     log_level: LogLevel = "warning",
     live: LiveOpt = True,
     staged: Annotated[bool, typer.Option(
@@ -266,11 +277,16 @@ def decide(
     config: ConfigFile = None,
     as_json: Json = False,
 ) -> None:
-    """Decide about a paused task: add budget and continue, save and finish, or review (R3.4).
+    """Decide about a paused task: add budget and continue, save and finish, or review.
 
     Talks to the running orchestrator over its owner-only socket; when none
     runs, the decision is stored and applied when the orchestrator restarts.
     """
+    if normalize_action(action) == "add_budget" and all(
+            v is None for v in (tokens, cost, time_s, file_edits, shell_commands)):
+        raise _fail(VibeEngineError(
+            f"decide {task} {action} needs an amount: --tokens N, --cost USD, --time-s S, "
+            "--file-edits N or --shell-commands N"))
     try:
         where, backend = locate_state(config, state_dir, store)
         existing_state(where, None)  # the store is checked if no orchestrator runs
@@ -294,11 +310,12 @@ def decide(
 
 @app.command("fake-api")
 def fake_api(
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8765,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Listen port on 127.0.0.1.")] = 8765,
     input_ratio: Annotated[float, typer.Option(
         callback=number(minimum=0, inclusive=False, maximum=1_000),
         help="Server input count ÷ tiktoken's.")] = 1.2,
-    output_tokens: Annotated[int, typer.Option(min=0, max=1_000_000)] = 40,
+    output_tokens: Annotated[int, typer.Option(
+        min=0, max=1_000_000, help="Output tokens of each generated answer.")] = 40,
     script: Annotated[Path | None, typer.Option(
         help="JSON lines, one Messages API response body per line, served in order "
              "(streamed requests get the same bodies as events).")] = None,
@@ -321,8 +338,9 @@ def fake_api(
         raise fail(VibeEngineError(
             f"--port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror}")) from None
     scripted = f", replaying {len(bodies)} scripted responses" if bodies is not None else ""
+    # one line however wide, so a script reading the first line gets the whole URL
     _out.print(f"fake Anthropic API on {server.base_url}{scripted} — set provider.base_url "
-               "to it and ANTHROPIC_API_KEY to any value; Ctrl-C stops")
+               "to it and ANTHROPIC_API_KEY to any value; Ctrl-C stops", soft_wrap=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 
@@ -337,7 +355,7 @@ def serve(
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     log_level: LogLevel = "warning",
 ) -> None:
-    """Serve the Anthropic Messages API, every call governed by the keys' budgets (#21):
+    """Serve the Anthropic Messages API, every call governed by the keys' budgets:
     point an agent's ANTHROPIC_BASE_URL here and give it a client key."""
     from scheduler.cli._serve import run_serve
 

@@ -100,6 +100,18 @@ def existing_state(state_dir: Path, store: str | None) -> None:
                               "and --store)")
 
 
+def known_dependencies(config: VibeConfig) -> None:
+    """Refuse a task that depends on an id no task of the config has: the run would
+    start, write a session and only then fail the task (``waits for unknown task``)."""
+    ids = {task.id for task in config.tasks}
+    for i, task in enumerate(config.tasks):
+        for dep in task.depends_on:
+            if dep not in ids:
+                known = ", ".join(sorted(ids)[:8]) + (", …" if len(ids) > 8 else "")
+                raise ConfigError(f"tasks.{i}.depends_on", dep,
+                                  f"no task has this id (tasks: {known})")
+
+
 def free_ports(config: VibeConfig) -> None:
     """Refuse, before anything starts, a metrics port another process listens on
     (``vibe-engine run`` would otherwise run without the metrics it was asked for)."""

@@ -21,9 +21,12 @@ from scheduler.control import Decision
 from scheduler.control._alerts import StatusRow, scope_rows
 from scheduler.control._decision import DecisionAction, submit_to_store, validate_decision
 from scheduler.control._server import control_paths, send_request
-from scheduler.core import DecisionError, VibeEngineError
+from scheduler.core import DecisionError, Totals, VibeEngineError
 from scheduler.store import Store, open_store, session_task_totals, task_key
 
+#: The agent every serve key's task runs as starts so (``scheduler.serve``'s ``agent_name``;
+#: not imported, so ``status`` does not load the HTTP stack).
+SERVE_AGENT_PREFIX = "serve:"
 _ACTION_ALIASES = {"add": "add_budget", "add-budget": "add_budget", "continue": "add_budget",
                    "save": "finish", "stop": "finish"}
 
@@ -135,11 +138,21 @@ async def stored_status_rows(
         task_id = str(doc.get("task_id", path.parent.name))
         session = str(doc.get("session_id", ""))
         scope = ScopeState(f"task:{task_id}", limits,
-                           totals=await session_task_totals(store, session, task_id))
+                           totals=await _task_totals(store, doc, session, task_id))
         rows.extend(scope_rows(scope, task_id, thresholds,
                                paused=task_key(session, task_id) in paused))
         rows.extend(await _day_rows(store, doc, task_id, thresholds))
     return rows
+
+
+async def _task_totals(store: Store, doc: dict[str, Any], session: str,
+                       task_id: str) -> Totals:
+    """What the task's budget counts: a serve key's (and its grouped tasks') spans every
+    session on the store, so a restarted serve's row shows what the key has left; any
+    other task's counts its session."""
+    if str(doc.get("agent", "")).startswith(SERVE_AGENT_PREFIX):
+        return await store.totals(f"task:{task_id}")
+    return await session_task_totals(store, session, task_id)
 
 
 async def _day_rows(store: Store, doc: dict[str, Any], task_id: str,

@@ -210,6 +210,9 @@ async def gather_report(
     """Aggregate the store's usage and history between two days (inclusive)."""
     _check_day("--from", day_from)
     _check_day("--to", day_to)
+    if day_from is not None and day_to is not None and day_from > day_to:
+        # an empty report would read as "nothing was spent" rather than as a typo
+        raise ConfigError("--from", day_from, f"is after --to {day_to}")
     config = config or VibeConfig()
     events = await store.events(day_from=day_from, day_to=day_to)
     total = Totals()

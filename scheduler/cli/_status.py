@@ -53,9 +53,17 @@ def task_budget_table(rows: list[TaskBudgetDoc]) -> Table:
         if r["paused"]:
             level.append(" (paused)", style="magenta")
         dim = r["dimension"]
-        table.add_row(r["task_id"], dim, amount(r["used"], dim), amount(r["limit"], dim),
-                      percent(r["fraction"]), level)
+        table.add_row(r["task_id"], _dimension_label(r), amount(r["used"], dim),
+                      amount(r["limit"], dim), percent(r["fraction"]), level)
     return table
+
+
+def _dimension_label(row: TaskBudgetDoc) -> str:
+    """The dimension, with the day for a per-day budget's row (a serve key's
+    ``day_budget``): without it the key's own ``cost_usd`` row and its day's look alike."""
+    if row["scope"].startswith("task-day:"):
+        return f"{row['dimension']} (day {row['scope'].rsplit(':', 1)[1]})"
+    return row["dimension"]
 
 
 def print_status(doc: StatusDoc, console: Console) -> None:

@@ -13,6 +13,7 @@ so rich's live display never collapses a section to ``...``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -322,8 +323,16 @@ def _events(snap: Snapshot, width: int, n: int, clock_times: bool,
         room = width - tw - nw - 2
         out.append(_line((t.rjust(tw) + " ", "dim"),
                          (clip(e.name, nw).ljust(nw) + " ", EVENT_STYLE.get(e.level, "")),
-                         (clip(e.message, room), "")))
+                         (clip(_about(e.task_id, e.message), room), "")))
     return out
+
+
+def _about(task_id: str | None, message: str) -> str:
+    """An event's message, led by its task's id when it does not name it already
+    (``saved and finished (timeout)``, ``budget at 70 %…``), so each line says whose."""
+    if not task_id or re.search(rf"(?<![\w/-]){re.escape(task_id)}(?![\w/-])", message):
+        return message
+    return f"{task_id}: {message}"
 
 
 def _head(snap: Snapshot, width: int) -> Text:

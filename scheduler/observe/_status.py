@@ -136,12 +136,19 @@ def _pause_fields(task_id: str, pause: dict[str, Any], rec: dict[str, Any],
     return {"reason": str(pause.get("reason") or rec.get("reason", "")), "answer": answer}
 
 
+#: The state kind of a model call in flight (``scheduler/budget/_open_calls.py``).
+_OPEN_CALL = "open_call"
+
+
 async def _session_tasks(store: Store, session: str, state_dir: Path) -> list[dict[str, Any]]:
     """The session's task records, each with the state it is in now that no
     orchestrator runs: a task that had not ended is ``paused`` when a pause waits for
-    a decision, ``interrupted`` when it had started (it used something or saved a
-    checkpoint), else ``pending``."""
+    a decision, ``interrupted`` when it had started (it used something, saved a
+    checkpoint or has a call in flight), else ``pending``."""
     paused = await store.list_state("pause")
+    # a task killed during its first call has used nothing yet: only its open call says so
+    in_flight = {(str(r.get("session_id")), str(r.get("task_id")))
+                 for r in (await store.list_state(_OPEN_CALL)).values()}
     out = []
     for key, rec in sorted((await store.list_state("task")).items()):
         sid, tid = task_of_key(key)
@@ -153,7 +160,8 @@ async def _session_tasks(store: Store, session: str, state_dir: Path) -> list[di
             status = "paused"
             rec = {**rec, **_pause_fields(tid, pause, rec, state_dir)}
         elif status not in _ENDED:
-            started = status != "pending" or await _started(store, session, tid)
+            started = (status != "pending" or (session, tid) in in_flight
+                       or await _started(store, session, tid))
             status = "interrupted" if started else "pending"
         out.append({**rec, "task_id": tid, "status": status})
     return out
