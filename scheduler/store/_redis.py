@@ -17,7 +17,8 @@ Keys (all with the hash tag ``{namespace}`` so a Cluster keeps them together)::
     vibe:{ns}:events            hash   event_id -> event JSON (HSETNX: idempotent)
     vibe:{ns}:ev:seq            string insertion counter
     vibe:{ns}:ev:all|task:<id>|day:<d>   zsets of event ids by insertion order
-    vibe:{ns}:tot:<scope>       hash   running totals, ``tokens``, ``m:<model>``
+    vibe:{ns}:tot:<scope>       hash   running totals, ``tokens``, ``m:<model>``, and
+                                       ``version`` (how many events they hold)
     vibe:{ns}:holds:<scope>     zset   hold id -> expiry (ms)
     vibe:{ns}:amts:<scope>      hash   hold amounts and their sums (``__sum`` …)
     vibe:{ns}:state:<kind>      hash   key -> JSON
@@ -33,7 +34,7 @@ allowance (``"open"``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -48,7 +49,7 @@ from scheduler.core import (
     get_logger,
 )
 from scheduler.store._base import check_event, scopes_of
-from scheduler.store._ledger import Hold, ScopeLimit, SliceGrant
+from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
@@ -169,7 +170,8 @@ class RedisStore:
 
     # -- usage ---------------------------------------------------------------------
 
-    async def _record_now(self, event: UsageEvent, hold_id: str, scopes: Sequence[str]) -> bool:
+    async def _record_now(self, event: UsageEvent, hold_id: str,
+                          scopes: Sequence[str]) -> Recorded:
         u = event.usage
         args = (
             event.event_id, json.dumps(event.to_dict(), sort_keys=True), event.model,
@@ -177,8 +179,8 @@ class RedisStore:
             repr(event.cost_usd), event.file_edits, event.shell_commands,
             event.dangerous_commands, hold_id, len(scopes_of(event)),
         )
-        fresh = await self._link.script("record", self._record_keys(event, scopes), args)
-        return bool(fresh)
+        reply = await self._link.script("record", self._record_keys(event, scopes), args)
+        return tuple(reply[1:]) if int(reply[0]) else False
 
     async def _drain(self) -> None:
         """Replay spooled writes in order until the spool is empty or Redis fails."""
@@ -206,7 +208,7 @@ class RedisStore:
             self._mark_up()
 
     async def _record_or_spool(self, event: UsageEvent, hold_id: str,
-                               scopes: Sequence[str]) -> bool:
+                               scopes: Sequence[str]) -> Recorded:
         check_event(event)  # refused before it can reach the spool or the shared totals
         if len(self.spool) and not self._link.backing_off():
             await self._drain()
@@ -225,7 +227,16 @@ class RedisStore:
         return True
 
     async def record(self, event: UsageEvent) -> bool:
-        return await self._record_or_spool(event, "", ())
+        return await self._record_or_spool(event, "", ()) is not False
+
+    def commit(self, event: UsageEvent, hold: Hold | None = None) -> Awaitable[Recorded]:
+        """:meth:`settle` ``hold`` (None: :meth:`record`), answering the version each of
+        the event's scopes reached with it (see :data:`Recorded`): a tracker's scopes then
+        tell whether a snapshot of the shared totals already holds the event.  Returns the
+        write itself (no coroutine more per charge)."""
+        if hold is None or hold.local:
+            return self._record_or_spool(event, "", ())
+        return self._record_or_spool(event, hold.hold_id, hold.scopes)
 
     async def flush(self) -> int:
         """Replay the spool now; return how many events are still pending."""
@@ -365,10 +376,13 @@ class RedisStore:
             )
         totals: dict[str, Totals] = {}
         held_by: dict[str, tuple[int, float]] = {}
+        versions: dict[str, int] = {}
         for scope, (tot, s, c) in zip(scopes, json.loads(reply[2]), strict=True):
-            totals[scope] = totals_from_hash(tot if isinstance(tot, dict) else {})
+            tot = tot if isinstance(tot, dict) else {}  # cjson encodes an empty table as []
+            totals[scope] = totals_from_hash(tot)
+            versions[scope] = int(tot.get("version", 0))
             held_by[scope] = (int(s), float(c))
-        return Hold(hold_id, scopes, model, tokens, cost_usd, totals, held_by)
+        return Hold(hold_id, scopes, model, tokens, cost_usd, totals, held_by, versions=versions)
 
     def _reserve_locally(
         self, exc: BaseException, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
@@ -392,9 +406,7 @@ class RedisStore:
         return Hold(hold_id, scopes, model, tokens, cost_usd, {}, {}, local=True)
 
     async def settle(self, event: UsageEvent, hold: Hold) -> bool:
-        if hold.local:
-            return await self.record(event)
-        return await self._record_or_spool(event, hold.hold_id, hold.scopes)
+        return await self.commit(event, hold) is not False
 
     async def renew(self, hold: Hold) -> bool:
         """Extend ``hold`` by ``hold_ttl_s`` from now; ``False`` when it had already expired

@@ -40,9 +40,12 @@ end
 #: KEYS: events, all, seq, task index, day index, N totals, then (holds, amts) pairs.
 #: ARGV: id, json, model, prompt, completion, cache_read, cache_write, cost,
 #:       file_edits, shell, dangerous, hold id ('' for none), N (the event's scopes).
+#: Returns {0} for a duplicate, else {1, then the version each of the N totals reached}:
+#: every event applied to a totals hash bumps its ``version`` (see TRY_RESERVE).
 RECORD = _RELEASE_HOLD + """
 local last = 5 + tonumber(ARGV[13])
 local fresh = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+local out = {fresh}
 if fresh == 1 then
   local seq = redis.call('INCR', KEYS[3])
   redis.call('ZADD', KEYS[2], seq, ARGV[1])
@@ -68,12 +71,13 @@ if fresh == 1 then
       redis.call('HINCRBY', KEYS[k], 'calls', 1)
       redis.call('HINCRBY', KEYS[k], 'm:' .. ARGV[3], total)
     end
+    out[k - 4] = redis.call('HINCRBY', KEYS[k], 'version', 1)
   end
 end
 if ARGV[12] ~= '' then
   for i = last + 1, #KEYS, 2 do release_hold(KEYS[i], KEYS[i + 1], ARGV[12]) end
 end
-return fresh
+return out
 """
 
 #: Charge-if-within-budget: hold ``tokens``/``cost`` against every scope, or nothing.
@@ -81,7 +85,9 @@ return fresh
 #: ARGV: hold id, tokens, cost, model, ttl_ms, now_ms ('' = server time), then per
 #:       scope (limit tokens, limit model tokens, limit cost), '' = unlimited.
 #: Returns {1, now, JSON [[totals, held tokens, held cost], ...]} (one JSON string: cheap to
-#: parse) or {0, scope index, dimension, used, held, limit}.
+#: parse) or {0, scope index, dimension, used, held, limit}.  The totals carry their
+#: ``version`` (RECORD): how many events they hold, so a process can tell whether a
+#: snapshot already holds a charge of its own.
 TRY_RESERVE = _NOW + _RELEASE_HOLD + """
 local id, tokens, cost, model = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local ttl, now = tonumber(ARGV[5]), now_ms(ARGV[6])
