@@ -36,6 +36,7 @@ from typing import Any
 
 from scheduler.core import Usage, UsageEvent, WallClock, get_logger
 from scheduler.store import Store
+from scheduler.store._ledger import Recorded
 
 _log = get_logger("vibe_engine.budget")
 OPEN = "open_call"
@@ -157,11 +158,15 @@ class OpenCalls:
         """The (kind, key) of the record of the call whose event is ``event_id``."""
         return OPEN, event_id
 
-    async def recover(self) -> list[UsageEvent]:
+    async def recover(self) -> list[tuple[UsageEvent, tuple[int, ...]]]:
         """Charge, at its estimate, every call a process that is gone left open; then
-        forget the beats of the processes found dead."""
+        forget the beats of the processes found dead.  Returns each charge with the
+        versions its scopes reached, when the store tells them (see ``Recorded``)."""
         stale = await self._stale()
-        charged: list[UsageEvent] = []
+        # a store that versions its totals tells which of its snapshots hold a charge
+        commit: Callable[[UsageEvent], Awaitable[Recorded]] = getattr(
+            self._store, "commit", self._store.record)
+        charged: list[tuple[UsageEvent, tuple[int, ...]]] = []
         for key, record in (await self._store.list_state(OPEN)).items():
             try:
                 call = OpenCall.from_dict(record)
@@ -172,8 +177,10 @@ class OpenCalls:
                 continue  # still running (here or elsewhere): it settles itself
             if not await _settled(self._store, call):
                 event = call.estimate_event(self._wall.now().timestamp())
-                if await self._store.record(event):
-                    charged.append(event)
+                recorded = await commit(event)
+                if recorded:
+                    charged.append(
+                        (event, recorded if isinstance(recorded, tuple) else ()))
                 await self._store.put_state(ESTIMATED, call.event_id, {
                     **call.to_dict(), "tokens": event.usage.total_tokens,
                     "charged_event_id": event.event_id,

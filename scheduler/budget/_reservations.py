@@ -20,7 +20,7 @@ from scheduler.budget._scope_state import ScopeState
 from scheduler.budget._scopes import Scopes
 from scheduler.core import BudgetExceededError, StoreUnavailableError, UsageEvent
 from scheduler.store import Store, record_and_delete_state
-from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit
+from scheduler.store._ledger import BudgetLedger, Hold, Recorded, ScopeLimit
 
 
 @dataclass(slots=True)
@@ -62,6 +62,10 @@ class Reservations:
         self._hold_unlimited = bool(getattr(store, "hold_unlimited", True))
         self._settle_and_delete: Callable[[UsageEvent, Hold, str, str], Awaitable[bool]] | None = (
             getattr(store, "settle_and_delete_state", None) if self._ledger is not None else None)
+        #: A ledger that versions its totals (``RedisStore``): every event is recorded
+        #: through it, so the scopes know which snapshot of the totals holds it.
+        self._commit: Callable[[UsageEvent, Hold | None], Awaitable[Recorded]] | None = (
+            getattr(store, "commit", None) if self._ledger is not None else None)
         self._unavailable_wait_s = unavailable_wait_s
         self._clock = clock
         self._hold_id = hold_id
@@ -172,8 +176,9 @@ class Reservations:
         against the session and day scopes (and the task scopes spanning the store: the
         task's own, and its parent's)
         of *every* orchestrator sharing them ("charge if within budget"), and the
-        local totals are refreshed from the shared ones when the ledger returns them
-        (Redis; SQLite does not).  Raises :class:`BudgetExceededError`,
+        local totals are refreshed from the shared ones when the ledger returns them with
+        their version (Redis; SQLite does not; see :meth:`ScopeState.adopt`).
+        Raises :class:`BudgetExceededError`,
         or :class:`StoreUnavailableError` while the ledger is unreachable and
         fail-closed.  With any other store this is exactly :meth:`reserve`.  ``checked``:
         the caller checked these amounts just now (they are checked again if midnight
@@ -222,9 +227,11 @@ class Reservations:
         except BaseException:
             self.cancel(reservation)
             raise
-        for s in shared:
-            if s.name in hold.totals:
-                s.totals = hold.totals[s.name].copy()  # the tracker adds to its own
+        if hold.versions:
+            for s in shared:
+                got = hold.totals.get(s.name)
+                if got is not None:  # unless it would lose or double a charge of this process
+                    s.adopt(got, hold.versions.get(s.name, 0))
         # kept until settled without what the grant read (totals, amounts held): a call
         # waiting for its provider lease keeps only what settling the hold needs
         reservation.hold = Hold(hold.hold_id, hold.scopes, hold.model, hold.tokens,
@@ -276,9 +283,10 @@ class Reservations:
         return bool(await renew(hold))
 
     def settle(self, event: UsageEvent, reservation: Reservation | None, *,
-               close: tuple[str, str] | None = None) -> Awaitable[bool]:
+               close: tuple[str, str] | None = None) -> Awaitable[Recorded]:
         """Record ``event`` durably, ending ``reservation`` (its shared hold is released
-        in the same atomic step); ``False`` when the event was already recorded.  The
+        in the same atomic step); ``False`` when the event was already recorded, the
+        versions of its scopes when the store tells them (see :data:`Recorded`).  The
         state record ``close`` (kind, key) is deleted after the event is recorded, in the
         same transaction when the store can.  The reservation ends now; the awaitable
         returned is the store's write itself (no coroutine more per charge)."""
@@ -286,6 +294,10 @@ class Reservations:
         if reservation is not None:
             self.cancel(reservation)
             hold, reservation.hold = reservation.hold, None
+        if self._commit is not None:
+            if close is None:
+                return self._commit(event, hold)
+            return self._commit_then_close(event, hold, close)
         if hold is not None and self._ledger is not None:
             if close is not None and self._settle_and_delete is not None:
                 return self._settle_and_delete(event, hold, *close)  # one write
@@ -293,6 +305,13 @@ class Reservations:
         if close is not None:
             return record_and_delete_state(self._store, event, *close)
         return self._store.record(event)
+
+    async def _commit_then_close(self, event: UsageEvent, hold: Hold | None,
+                                 close: tuple[str, str]) -> Recorded:
+        assert self._commit is not None
+        recorded = await self._commit(event, hold)
+        await self._store.delete_state(*close)  # after: a crash between keeps it charged
+        return recorded
 
     async def _settle_shared(self, event: UsageEvent, hold: Hold,
                              close: tuple[str, str] | None) -> bool:

@@ -94,7 +94,7 @@ class Tracker:
         await self._open_calls.beat()
         charged = await self._open_calls.recover()
         await self._scopes.open()
-        return charged
+        return [event for event, _ in charged]
 
     async def close(self) -> None:
         """The process is done with the store: its beat goes (see ``_open_calls``)."""
@@ -108,9 +108,9 @@ class Tracker:
         this process's beat, by which the others know it lives."""
         await self._open_calls.beat()
         charged = await self._open_calls.recover()
-        for event in charged:
-            self._scopes.add_recovered(event)
-        return charged
+        for event, versions in charged:
+            self._scopes.add_recovered(event, versions)
+        return [event for event, _ in charged]
 
     def day_scope(self, day: date | None = None) -> ScopeState:
         return self._scopes.day(day)
@@ -335,15 +335,17 @@ class Tracker:
         close = None
         if reservation is not None and reservation.durable:
             close = OpenCalls.key(reservation.event_id)
-        fresh = await self._reservations.settle(event, reservation, close=close)
+        recorded = await self._reservations.settle(event, reservation, close=close)
         if reservation is not None and close is not None:
             reservation.durable = False
-        if not fresh:
+        if not recorded:
             return []
+        versions = recorded if isinstance(recorded, tuple) else ()
         scopes = self._scopes
-        crossings = scopes.add_loaded(event)  # no wait but on a day's first charge
+        # no wait but on a day's first charge
+        crossings = scopes.add_loaded(event, versions=versions)
         if crossings is None:
-            crossings = await scopes.add(event)
+            crossings = await scopes.add(event, versions)
         entry = scopes.tasks.get(event.task_id)
         if entry is not None and self._files.after_charge(event.task_id, entry,
                                                           crossed=bool(crossings)):

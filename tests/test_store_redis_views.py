@@ -1,0 +1,111 @@
+"""R1.2/R2.1 on Redis: each orchestrator's own view of its scopes counts every charge once.
+
+A Redis hold brings the store's latest totals of its scopes (every replica's spend) into
+the tracker's local scopes.  That snapshot is read inside the hold's script, so it raced
+with this process's own charges: a charge committed after the read but added locally
+before the hold's caller resumed was overwritten (lost), and a snapshot that already held
+a charge not yet added locally had it added a second time.  The local scopes feed the
+70/90/100 % alerts, routing's budget pressure, ``status`` and ``usage.json``.  Each run
+below made hundreds of calls at once: every run counted some charges twice.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import cast
+
+import anyio
+import pytest
+
+from agents.builtin import QuestionAnswerAgent
+from scheduler import TaskSpec, VibeConfig
+from scheduler.budget._scope_state import ScopeState
+from scheduler.core import FixedWallClock, Totals
+from scheduler.runtime import Orchestrator
+from scheduler.store._redis import totals_from_hash
+from scheduler.testing import ScriptedProvider
+from tests._redis_helpers import REDIS_URL, redis_or_skip
+
+pytestmark = [pytest.mark.redis, pytest.mark.real_asyncio]  # RedisStore runs on redis.asyncio
+CALL = 150  # tokens of each ScriptedProvider call (100 prompt + 50 completion)
+
+
+def _orchestrator(tmp_path: Path, ns: str, session: str) -> Orchestrator:
+    cfg = VibeConfig.model_validate({
+        "state_dir": str(tmp_path / session),
+        "store": f"{REDIS_URL}?namespace={ns}",
+        "session_id": session,
+        # limits far above what the runs spend: every call is held, none refused
+        "budgets": {"session": {"tokens": 10_000_000}, "day": {"tokens": 10_000_000},
+                    "weekend_day_cost_usd": None},
+        # no provider pacing: the calls (and their holds and charges) overlap
+        "allocator": {"pools": {"anthropic": {"tokens_per_minute": None,
+                                              "requests_per_minute": None,
+                                              "concurrent": 50}}},
+    })
+    return Orchestrator(cfg, provider=ScriptedProvider(latency_s=0.0),
+                        agents={"qa": QuestionAnswerAgent},
+                        wall=FixedWallClock(date(2026, 11, 27)))
+
+
+async def _run(orch: Orchestrator, session: str, tasks: int) -> None:
+    report = await orch.run([TaskSpec(id=f"{session}-q{j}", agent="qa", prompt="What is this?")
+                             for j in range(tasks)])
+    assert [o.status for o in report.outcomes.values()] == ["completed"] * tasks
+
+
+def _stored(ns: str, scope: str) -> Totals:
+    client = redis_or_skip()
+    try:
+        raw = cast(dict[bytes, bytes], client.hgetall(f"vibe:{{{ns}}}:tot:{scope}"))
+        return totals_from_hash({k.decode(): v.decode() for k, v in raw.items()})
+    finally:
+        client.close()
+
+
+def _counted(scope: ScopeState) -> tuple[int, int, dict[str, int], float]:
+    return _summary(scope.totals)
+
+
+def _counted_in_store(ns: str, scope: ScopeState) -> tuple[int, int, dict[str, int], float]:
+    return _summary(_stored(ns, scope.name))
+
+
+def _summary(t: Totals) -> tuple[int, int, dict[str, int], float]:
+    return t.tokens, t.calls, t.tokens_by_model, round(t.cost_usd, 9)
+
+
+async def test_r2_1_one_orchestrator_on_redis_counts_each_of_its_calls_once(
+        redis_ns: str, tmp_path: Path) -> None:
+    """R2.1: at quiescence the session and day scopes of an orchestrator on Redis hold
+    exactly what Redis holds -- none of its concurrent charges lost or counted twice."""
+    tasks = 150
+    orch = _orchestrator(tmp_path, redis_ns, "s0")
+    await _run(orch, "s0", tasks)
+    session, day = orch.tracker.session, orch.tracker.day_scope()
+    assert _counted_in_store(redis_ns, session)[:2] == (tasks * CALL, tasks)
+    assert _counted(session) == _counted_in_store(redis_ns, session)
+    assert _counted(day) == _counted_in_store(redis_ns, day)
+
+
+async def test_r1_2_replicas_on_redis_see_each_other_and_count_their_own_once(
+        redis_ns: str, tmp_path: Path) -> None:
+    """R1.2 across replicas: two orchestrators run at once on one namespace.  Each one's
+    session (its own calls only) equals what Redis holds; its day counts each of its own
+    calls once and as much of the other's as it has seen -- never more than the day."""
+    tasks = 120
+    orchs = {s: _orchestrator(tmp_path, redis_ns, s) for s in ("a", "b")}
+    async with anyio.create_task_group() as tg:
+        for s, orch in orchs.items():
+            tg.start_soon(_run, orch, s, tasks)
+    day_stored = _stored(redis_ns, orchs["a"].tracker.day_scope().name)
+    assert (day_stored.tokens, day_stored.calls) == (2 * tasks * CALL, 2 * tasks)
+    for orch in orchs.values():
+        session, day = orch.tracker.session, orch.tracker.day_scope()
+        assert _counted(session) == _counted_in_store(redis_ns, session)
+        assert session.totals.tokens <= day.totals.tokens <= day_stored.tokens
+        assert day.totals.tokens % CALL == 0 and day.totals.calls == day.totals.tokens // CALL
+    # the replicas ran at once: the holds brought the other's spend into each day's view
+    assert any(o.tracker.day_scope().totals.tokens > o.tracker.session.totals.tokens
+               for o in orchs.values())
