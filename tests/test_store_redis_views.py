@@ -19,11 +19,12 @@ import anyio
 import pytest
 
 from agents.builtin import QuestionAnswerAgent
-from scheduler import TaskSpec, VibeConfig
+from scheduler import Limits, TaskSpec, Usage, UsageEvent, VibeConfig
 from scheduler.budget._scope_state import ScopeState
 from scheduler.core import FixedWallClock, Totals
 from scheduler.runtime import Orchestrator
-from scheduler.store._redis import totals_from_hash
+from scheduler.store._ledger import ScopeLimit
+from scheduler.store._redis import RedisStore, totals_from_hash
 from scheduler.testing import ScriptedProvider
 from tests._redis_helpers import REDIS_URL, redis_or_skip
 
@@ -109,3 +110,44 @@ async def test_r1_2_replicas_on_redis_see_each_other_and_count_their_own_once(
     # the replicas ran at once: the holds brought the other's spend into each day's view
     assert any(o.tracker.day_scope().totals.tokens > o.tracker.session.totals.tokens
                for o in orchs.values())
+
+
+async def test_r2_1_a_hold_snapshot_loses_and_doubles_no_charge_in_either_order(
+        redis_ns: str, tmp_path: Path) -> None:
+    """R2.1, the two orders the race above takes, one by one on the real Redis: a charge
+    recorded after the hold read its snapshot but added first is kept; a charge the
+    snapshot already holds is not added again.  The other process's spend comes in."""
+    store = RedisStore(REDIS_URL, namespace=redis_ns, spool_path=tmp_path / "spool")
+    await store.open()
+    try:
+        day = ScopeState("day:2026-11-27", Limits())
+        limit = (ScopeLimit(day.name, tokens=1_000_000),)
+        other = await store.commit(_event("other-1", 1_000))  # another replica's call
+        assert other == (1, 1, 1)  # its task, session and day reached version 1
+
+        held = await store.try_reserve("h1", limit, model="", tokens=10, cost_usd=0.0)
+        mine = _event("mine-1")
+        recorded = await store.commit(mine)  # recorded after the hold's read ...
+        assert isinstance(recorded, tuple) and recorded[-1] == 2
+        day.charge(mine, recorded[-1])  # ... and added before the hold's caller resumed
+        assert held.versions is not None and held.versions[day.name] == 1
+        day.adopt(held.totals[day.name], held.versions[day.name])
+        assert day.totals.tokens == 150  # kept: the snapshot (the other's 1,050) is older
+
+        mine = _event("mine-2")
+        recorded = await store.commit(mine)
+        held = await store.try_reserve("h2", limit, model="", tokens=10, cost_usd=0.0)
+        assert held.versions is not None
+        day.adopt(held.totals[day.name], held.versions[day.name])  # holds mine-2 already
+        assert isinstance(recorded, tuple)
+        day.charge(mine, recorded[-1])
+        assert (day.totals.tokens, day.version) == (1_350, 3) == (
+            (await store.totals(day.name)).tokens, held.versions[day.name])
+    finally:
+        await store.aclose()
+
+
+def _event(event_id: str, prompt_tokens: int = 100) -> UsageEvent:
+    return UsageEvent(event_id=event_id, task_id=event_id, session_id=event_id[:5],
+                      day="2026-11-27", at=1_700_000_000.0, agent="qa", model="sonnet",
+                      usage=Usage(prompt_tokens, 50))

@@ -63,7 +63,7 @@ class Hold:
 #: (queued while the store is unreachable); else the version each of the event's scopes
 #: (:func:`~scheduler.store.scopes_of` order) reached with it.  A scope's version counts
 #: the events applied to its totals: a snapshot of the totals at version ``w`` holds
-#: exactly the scope's events of versions 1 to ``w``.
+#: every event that brought them to a version up to ``w``, and none after.
 Recorded = bool | tuple[int, ...]
 
 
