@@ -11,22 +11,29 @@ below made hundreds of calls at once: every run counted some charges twice.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import cast
 
+import anthropic
 import anyio
 import pytest
 
 from agents.builtin import QuestionAnswerAgent
+from agents.fake_api import FakeAnthropicServer
 from scheduler import Limits, TaskSpec, Usage, UsageEvent, VibeConfig
 from scheduler.budget._scope_state import ScopeState
 from scheduler.core import FixedWallClock, Totals
 from scheduler.runtime import Orchestrator
+from scheduler.store import task_day_scope
 from scheduler.store._ledger import ScopeLimit
 from scheduler.store._redis import RedisStore, totals_from_hash
 from scheduler.testing import ScriptedProvider
+from tests._anthropic_helpers import fake_api
 from tests._redis_helpers import REDIS_URL, redis_or_skip
+from tests._serve_helpers import CLIENT_KEYS, serve_config, serving
+
+__all__ = ["fake_api"]  # the fixture, imported for pytest
 
 pytestmark = [pytest.mark.redis, pytest.mark.real_asyncio]  # RedisStore runs on redis.asyncio
 CALL = 150  # tokens of each ScriptedProvider call (100 prompt + 50 completion)
@@ -151,3 +158,40 @@ def _event(event_id: str, prompt_tokens: int = 100) -> UsageEvent:
     return UsageEvent(event_id=event_id, task_id=event_id, session_id=event_id[:5],
                       day="2026-11-27", at=1_700_000_000.0, agent="qa", model="sonnet",
                       usage=Usage(prompt_tokens, 50))
+
+
+async def test_r1_2_serve_on_redis_counts_each_call_once_in_its_key_scopes(
+        fake_api: FakeAnthropicServer, redis_ns: str, tmp_path: Path) -> None:
+    """R1.2 through ``vibe-engine serve`` on Redis: concurrent calls of one key, grouped
+    into tasks (task ⊂ key ⊂ the key's day ⊂ session ⊂ day, every one held), are each
+    counted once in the key's scope, its day budget's, the session's and the day's."""
+    key = {"name": "alpha", "key_env": "VIBE_KEY_A", "on_limit": "reject",
+           "budget": {"tokens": 10_000_000}, "day_budget": {"tokens": 10_000_000}}
+    data = {**serve_config(tmp_path, fake_api.base_url, [key]),
+            "store": f"{REDIS_URL}?namespace={redis_ns}", "session_id": "replica-a",
+            "allocator": {"pools": {"anthropic": {"tokens_per_minute": None,
+                                                  "requests_per_minute": None,
+                                                  "concurrent": 50}}}}
+    calls = 120
+    async with serving(data, FixedWallClock(datetime(2026, 11, 27, 12, tzinfo=UTC))) as run:
+        async with anthropic.AsyncAnthropic(base_url=run.url, max_retries=0,
+                                            api_key=CLIENT_KEYS["VIBE_KEY_A"]) as client:
+
+            async def ask(i: int) -> None:
+                await client.messages.create(
+                    model="claude-haiku-4-5", max_tokens=50,
+                    messages=[{"role": "user", "content": "Explain the retry loop."}],
+                    extra_headers={"x-vibe-task": f"t{i % 4}"})
+
+            async with anyio.create_task_group() as tg:
+                for i in range(calls):
+                    tg.start_soon(ask, i)
+        tracker = run.served.orchestrator.tracker
+        await run.settled("alpha", calls)
+        scopes = [tracker.task_scope("alpha"), tracker.session, tracker.day_scope(),
+                  tracker.scope_named("alpha", task_day_scope("alpha", "2026-11-27"))]
+        assert fake_api.requests == calls
+        for scope in scopes:
+            assert scope is not None
+            assert _counted(scope) == _counted_in_store(redis_ns, scope), scope.name
+            assert scope.totals.calls == calls
