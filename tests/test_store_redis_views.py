@@ -5,8 +5,9 @@ the tracker's local scopes.  That snapshot is read inside the hold's script, so 
 with this process's own charges: a charge committed after the read but added locally
 before the hold's caller resumed was overwritten (lost), and a snapshot that already held
 a charge not yet added locally had it added a second time.  The local scopes feed the
-70/90/100 % alerts, routing's budget pressure, ``status`` and ``usage.json``.  Each run
-below made hundreds of calls at once: every run counted some charges twice.
+70/90/100 % alerts, routing's budget pressure, ``status`` and ``usage.json``.  The
+orchestrator and serve runs below make a hundred calls and more at once, which meets
+both orders; one test takes each order in turn, deterministically.
 """
 
 from __future__ import annotations
