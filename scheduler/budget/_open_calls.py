@@ -168,11 +168,12 @@ class OpenCalls:
         """The (kind, key) of the record of the call whose event is ``event_id``."""
         return OPEN, event_id
 
-    async def recover(self) -> list[UsageEvent]:
+    async def recover(self) -> list[tuple[UsageEvent, tuple[int, ...]]]:
         """Charge, at its estimate, every call a process that is gone left open; then
-        forget the beats of the processes found dead."""
+        forget the beats of the processes found dead.  Returns each charge with the
+        versions its scopes reached, when the store tells them (``store.Recorded``)."""
         stale = await self._stale()
-        charged: list[UsageEvent] = []
+        charged: list[tuple[UsageEvent, tuple[int, ...]]] = []
         for key, record in (await self._store.list_state(OPEN)).items():
             try:
                 call = OpenCall.from_dict(record)
@@ -191,7 +192,7 @@ class OpenCalls:
                 stale.discard(_beat_key(call.host, call.pid, call.run))  # its beat kept
                 continue
             if added:
-                charged.append(event)
+                charged.append((event, added if isinstance(added, tuple) else ()))
                 self._charged[key] = event
                 _log.warning("open_call_charged_at_estimate", task_id=call.task_id,
                              session_id=call.session_id, tokens=event.usage.total_tokens,

@@ -20,7 +20,8 @@ from scheduler.budget._scope_state import ScopeState
 from scheduler.budget._scopes import Scopes
 from scheduler.core import BudgetExceededError, StoreUnavailableError, UsageEvent
 from scheduler.store import Store, record_and_delete_state, scopes_of
-from scheduler.store._ledger import BudgetLedger, Hold, ScopeLimit
+from scheduler.store._base import OPEN_CALL
+from scheduler.store._ledger import BudgetLedger, Hold, Recorded, ScopeLimit
 
 
 @dataclass(slots=True)
@@ -69,6 +70,11 @@ class Reservations:
         self._hold_unlimited = bool(getattr(store, "hold_unlimited", True))
         self._settle_and_delete: Callable[[UsageEvent, Hold, str, str], Awaitable[int]] | None = (
             getattr(store, "settle_and_delete_state", None) if self._ledger is not None else None)
+        #: A ledger that versions its totals (``RedisStore``): every event is recorded
+        #: through it, so the scopes know which snapshot of the totals holds it.
+        self._commit: Callable[[UsageEvent, Hold | None, str | None],
+                               Awaitable[Recorded]] | None = (
+            getattr(store, "commit", None) if self._ledger is not None else None)
         self._unavailable_wait_s = unavailable_wait_s
         self._clock = clock
         self._hold_id = hold_id
@@ -179,8 +185,9 @@ class Reservations:
         against the session and day scopes (and the task scopes spanning the store: the
         task's own, and its parent's)
         of *every* orchestrator sharing them ("charge if within budget"), and the
-        local totals are refreshed from the shared ones when the ledger returns them
-        (Redis; SQLite does not).  Raises :class:`BudgetExceededError`,
+        local totals are refreshed from the shared ones when the ledger returns them with
+        their version (Redis; SQLite does not; see :meth:`ScopeState.adopt`).
+        Raises :class:`BudgetExceededError`,
         or :class:`StoreUnavailableError` while the ledger is unreachable and
         fail-closed.  With any other store this is exactly :meth:`reserve`.  ``checked``:
         the caller checked these amounts just now (they are checked again if midnight
@@ -228,19 +235,26 @@ class Reservations:
         except BaseException:
             self.cancel(reservation)
             raise
-        for s in shared:
-            if s.name in hold.totals:
-                s.totals = hold.totals[s.name].copy()  # the tracker adds to its own
+        if hold.versions:
+            for s in shared:
+                got = hold.totals.get(s.name)
+                if got is not None:  # unless it would lose or double a charge of this process
+                    s.adopt(got, hold.versions.get(s.name, 0))
         # kept until settled without what the grant read (totals, amounts held): a call
         # waiting for its provider lease keeps only what settling the hold needs
         reservation.hold = Hold(hold.hold_id, hold.scopes, hold.model, hold.tokens,
                                 hold.cost_usd, _READ, _READ, hold.local) if hold.totals else hold
 
+    @property
+    def versioned(self) -> bool:
+        """Whether the store versions its totals (see :data:`Recorded`): the scopes here
+        then take over its snapshots of every process's totals."""
+        return self._commit is not None
+
     def refreshed_scopes(self, event: UsageEvent) -> tuple[ScopeState, ...]:
         """The scopes of ``event`` whose totals the ledger's holds refresh from every
-        process's (Redis returns them with each hold; SQLite does not: none)."""
-        if self._ledger is None or not self._hold_unlimited or (
-                event.task_id not in self._scopes.tasks):
+        process's (a ledger that versions its totals, Redis; none on SQLite)."""
+        if not self.versioned or event.task_id not in self._scopes.tasks:
             return ()
         names = set(scopes_of(event))
         return tuple(s for s in self._shared(event.task_id) if s.name in names)
@@ -291,9 +305,11 @@ class Reservations:
         return bool(await renew(hold))
 
     def settle(self, event: UsageEvent, reservation: Reservation | None, *,
-               close: tuple[str, str] | None = None) -> Awaitable[int]:
+               close: tuple[str, str] | None = None) -> Awaitable[int | Recorded]:
         """Record ``event`` durably, ending ``reservation`` (its shared hold is released
-        in the same atomic step); false (0) when the event was already recorded.  The
+        in the same atomic step); false (0) when the event was already recorded; on a
+        store that versions its totals, the outcome with the versions of its scopes (see
+        :data:`Recorded`).  The
         state record ``close`` (kind, key) is deleted after the event is recorded, in the
         same transaction when the store can (``REPLACED`` when that record was an open
         call charged at its estimate meanwhile, see ``store.record_and_delete_state``).
@@ -303,6 +319,8 @@ class Reservations:
         if reservation is not None:
             self.cancel(reservation)
             hold, reservation.hold = reservation.hold, None
+        if self._commit is not None and (close is None or close[0] == OPEN_CALL):
+            return self._commit(event, hold, close[1] if close else None)  # one script
         if hold is not None and self._ledger is not None:
             if close is not None and self._settle_and_delete is not None:
                 return self._settle_and_delete(event, hold, *close)  # one write

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from scheduler.config import Limits
-from scheduler.core import Totals
+from scheduler.core import Totals, UsageEvent
 
 Level = Literal["warning", "critical", "exceeded"]
 #: Dimensions read from :class:`Totals` by attribute name.
@@ -54,6 +54,11 @@ class ScopeState:
     #: Held atomically across processes on a shared store, like the session and the day
     #: (a task whose budget spans the store: a ``serve`` key).
     shared: bool = False
+    #: On a store that versions its totals (Redis): the version of the shared totals
+    #: ``totals`` were last taken from (0: none), and the highest version any of this
+    #: process's own charges added to them since reached (see :meth:`charge`).
+    version: int = 0
+    charged_version: int = 0
     # what ``limits`` says per dimension, worked out once per Limits (a frozen model: a
     # new object whenever a limit changes) -- every call asks several times
     _caps_of: Limits | None = field(default=None, init=False, repr=False, compare=False)
@@ -61,6 +66,26 @@ class ScopeState:
                                            repr=False, compare=False)
     _limited: tuple[tuple[str, float], ...] = field(default=(), init=False, repr=False,
                                                    compare=False)
+
+    def charge(self, event: UsageEvent, version: int) -> None:
+        """Add this process's ``event`` to the totals; ``version``: the one the store's
+        totals of this scope reached with it (0: not known, the event is added)."""
+        if version:
+            if version <= self.version:
+                return  # the snapshot taken over (:meth:`adopt`) holds it already
+            if version > self.charged_version:
+                self.charged_version = version
+        self.totals.add(event)
+
+    def adopt(self, totals: Totals, version: int) -> None:
+        """Take over the store's ``totals`` of this scope as of ``version`` -- every
+        process's usage -- unless they are not newer than these, or older than one of
+        this process's own charges added since (they would lose it; the next snapshot
+        brings the other processes' usage).  A charge of this process that the snapshot
+        holds but that is not added yet is then not added again (:meth:`charge`)."""
+        if version > self.version and version >= self.charged_version:
+            self.totals = totals.copy()
+            self.version = version
 
     def used(self, dimension: str) -> float:
         if dimension.startswith("tokens:"):

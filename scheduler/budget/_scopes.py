@@ -286,9 +286,11 @@ class Scopes:
 
     # -- charging ------------------------------------------------------------------
 
-    async def add(self, event: UsageEvent) -> list[Crossing]:
-        """Add a recorded event to each of its scopes; return the new threshold crossings."""
-        added = self.add_loaded(event)
+    async def add(self, event: UsageEvent, versions: tuple[int, ...] = ()) -> list[Crossing]:
+        """Add a recorded event to each of its scopes; return the new threshold crossings.
+        ``versions``: what the store's totals of each of its scopes (``scopes_of`` order)
+        reached with it, when the store tells (see :meth:`ScopeState.charge`)."""
+        added = self.add_loaded(event, versions=versions)
         if added is not None:
             return added
         # the first event of a new day: the totals loaded now include it (recorded)
@@ -300,13 +302,15 @@ class Scopes:
         new_task_day = entry is not None and bool(event.day_scope) and name not in self._loaded
         if new_task_day:
             await self.ensure_task_day(event.day_scope, when)
-        added = self.add_loaded(event, loaded_day=new_day, loaded_task_day=new_task_day)
+        added = self.add_loaded(event, loaded_day=new_day, loaded_task_day=new_task_day,
+                                versions=versions)
         if added is None:  # its per-day scope's task is not (or no longer) started
             raise VibeEngineError(f"unknown task {event.day_scope!r}: call start_task first")
         return added
 
     def add_loaded(self, event: UsageEvent, *, loaded_day: bool = False,
-                   loaded_task_day: bool = False) -> list[Crossing] | None:
+                   loaded_task_day: bool = False,
+                   versions: tuple[int, ...] = ()) -> list[Crossing] | None:
         """:meth:`add` without a wait, when the event's day scopes are loaded (every charge
         but a day's first); None, adding nothing, when one is not.  ``loaded_*``: that
         scope was loaded after the event was recorded (it holds the event already)."""
@@ -318,9 +322,11 @@ class Scopes:
                 return None
         if day not in loaded:
             return None
+        # the version of each scope of the event, as ``scopes_of`` lists them (0: unknown)
+        v = versions or _UNKNOWN
         out: list[Crossing] = []
-        if entry is not None:  # the task's scope, its parent's
-            entry.scope.totals.add(event)
+        if entry is not None:  # the task's scope, its parent's (``scopes_of``: first, second)
+            entry.scope.charge(event, v[0])
             out += self.crossings(entry.scope)
             parent = self.tasks.get(entry.parent) if entry.parent is not None else None
             if event.model:
@@ -328,34 +334,43 @@ class Scopes:
                 if parent is not None:
                     parent.actions += 1
             if parent is not None:
-                parent.scope.totals.add(event)
+                parent.scope.charge(event, v[1])
                 out += self.crossings(parent.scope)
         if task_day is not None:
             if not loaded_task_day:
-                task_day.totals.add(event)
+                task_day.charge(event, v[-3])
             out += self.crossings(task_day)
         if event.session_id == self._session_id:
-            self.session.totals.add(event)
+            self.session.charge(event, v[-2])
             out += self.crossings(self.session)
         state = self.days[day]
         if not loaded_day:
-            state.totals.add(event)
+            state.charge(event, v[-1])
         out += self.crossings(state)
         return out
 
-    def add_recovered(self, event: UsageEvent, sign: int = 1) -> None:
+    def add_recovered(self, event: UsageEvent, versions: tuple[int, ...] = ()) -> None:
         """Add an estimate charged for a call another process left open to the scopes here
         that count every process's use: the day, a task's day, the session (when it is
         this one), a task spanning the store (or this session's).  Its crossings are
-        reported by the next charge of each scope.  ``sign=-1``: take it back (the
-        call's own usage replaced it in the store)."""
-        for name in scopes_of(event):
+        reported by the next charge of each scope.  ``versions``: as :meth:`add`'s."""
+        for name, version in zip(scopes_of(event), versions or _UNKNOWN, strict=False):
             state = self._counting(name, event.session_id)
             if state is not None:
-                if sign > 0:
-                    state.totals.add(event)
-                else:
-                    state.totals.remove(event)
+                state.charge(event, version)
+
+    def take_back_recovered(self, event: UsageEvent) -> None:
+        """Take back an estimate :meth:`add_recovered` added: the call's own usage replaced
+        it in the store (its process was only frozen).  Not on a store that versions its
+        totals (see :meth:`counting`)."""
+        for state in self.counting(event):
+            state.totals.remove(event)
+
+    def counting(self, event: UsageEvent) -> list[ScopeState]:
+        """The scopes here among ``event``'s that count every process's use (see
+        :meth:`add_recovered`)."""
+        found = (self._counting(name, event.session_id) for name in scopes_of(event))
+        return [state for state in found if state is not None]
 
     def _counting(self, name: str, session_id: str) -> ScopeState | None:
         if name.startswith("day:"):
@@ -441,3 +456,7 @@ class Scopes:
             used = scope.used(dim) if dim != "time_s" else self._clock() - scope.started_at
             if lim and used < lim * self._thresholds(scope, dim)[level]:
                 fired.discard((dim, level))
+
+
+#: The versions of an event's scopes when the store does not tell them (at most five).
+_UNKNOWN = (0, 0, 0, 0, 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -109,7 +109,7 @@ class Tracker:
         await self._open_calls.beat()
         charged = await self._open_calls.recover()
         await self._scopes.open()
-        return charged
+        return [event for event, _ in charged]
 
     async def close(self) -> None:
         """The process is done with the store: its beat goes (see ``_open_calls``)."""
@@ -125,11 +125,12 @@ class Tracker:
         process's beat, by which the others know it lives."""
         await self._open_calls.beat()
         charged = await self._open_calls.recover()
-        for event in charged:
-            self._scopes.add_recovered(event)
-        for event in await self._open_calls.replaced():  # its process was only frozen
-            self._scopes.add_recovered(event, sign=-1)
-        return charged
+        for event, versions in charged:
+            self._scopes.add_recovered(event, versions)
+        replaced = await self._open_calls.replaced()  # their processes were only frozen
+        if replaced:
+            await self._take_back(replaced)
+        return [event for event, _ in charged]
 
     def day_scope(self, day: date | None = None) -> ScopeState:
         return self._scopes.day(day)
@@ -367,16 +368,18 @@ class Tracker:
             # unreachable store: recorded all the same (spooled); ``add`` reads them after
             with contextlib.suppress(StoreUnavailableError):
                 await scopes.load_for(event)
-        fresh = await self._reservations.settle(event, reservation, close=close)
+        outcome = await self._reservations.settle(event, reservation, close=close)
         if reservation is not None and close is not None:
             reservation.durable = False
+        fresh, versions = outcome if isinstance(outcome, tuple) else (outcome, ())
         if not fresh:
             return []
         if fresh == REPLACED:
             await self._replaced_estimate(event)
-        crossings = scopes.add_loaded(event)  # no wait but on a day's first charge
+        crossings = scopes.add_loaded(event, versions=versions)  # no wait but on a day's
+        # first charge
         if crossings is None:
-            crossings = await scopes.add(event)
+            crossings = await scopes.add(event, versions)
         entry = scopes.tasks.get(event.task_id)
         if entry is not None and self._files.after_charge(event.task_id, entry,
                                                           crossed=bool(crossings)):
@@ -387,20 +390,39 @@ class Tracker:
     async def _replaced_estimate(self, event: UsageEvent) -> None:
         """``event`` settled a call that another process, taking this one for dead (it was
         frozen past ``BEAT_STALE_S``), had charged at its estimate: the store now counts
-        the call once, by ``event``.  Scopes here refreshed from the store's totals (a
-        ledger that returns them with each hold) may hold that estimate: they are read
-        again, less ``event``, which the charge then adds."""
+        the call once, by ``event``.  Scopes here that take over the store's snapshots
+        (a store that versions its totals) may hold that estimate: they take over the
+        totals as they are now, which hold ``event`` (its charge then adds nothing)."""
         _log.warning("open_call_estimate_replaced", task_id=event.task_id,
                      event_id=event.event_id, tokens=event.usage.total_tokens)
         if self.on_estimate_replaced is not None:
             self.on_estimate_replaced(event)
-        for scope in self._reservations.refreshed_scopes(event):
+        await self._refresh(self._reservations.refreshed_scopes(event))
+
+    async def _take_back(self, replaced: list[UsageEvent]) -> None:
+        """Estimates this tracker charged and added that a woken process's settle replaced
+        since: taken back from the scopes here that count them -- on a store that versions
+        its totals by taking over the totals as they are now (the estimate's removal and
+        the call's usage both in them), else by removing each estimate."""
+        if not self._reservations.versioned:
+            for event in replaced:
+                self._scopes.take_back_recovered(event)
+            return
+        await self._refresh(tuple({id(s): s for e in replaced
+                                   for s in self._scopes.counting(e)}.values()))
+
+    async def _refresh(self, scopes: Sequence[ScopeState]) -> None:
+        """Take over the store's current, versioned totals of ``scopes``
+        (``ScopeState.adopt``: a charge of this process they hold is not added again)."""
+        read = getattr(self.store, "totals_with_version", None)
+        if read is None:
+            return
+        for scope in scopes:
             try:
-                totals = await self.store.totals(scope.name)
+                totals, version = await read(scope.name)
             except StoreError:  # out of reach: the next hold refreshes them anyway
                 continue
-            totals.remove(event)
-            scope.totals = totals
+            scope.adopt(totals, version)
 
     async def flush_usage(self) -> None:
         """The service that keeps running tasks' ``usage.json`` at most one interval

@@ -119,19 +119,20 @@ def record_and_delete_state(store: Store, event: UsageEvent, kind: str,
 
 
 def charge_open_call(store: Store, estimate: UsageEvent, key: str,
-                     mark: dict[str, Any]) -> Awaitable[bool]:
+                     mark: dict[str, Any]) -> Awaitable[bool | tuple[int, ...]]:
     """Charge the call whose ``open_call`` record is ``key`` at ``estimate`` (its process
     is gone), in one step on the stores of this package: if that record is still there
     and the call's own event (id ``key``) is not recorded, ``estimate`` is recorded and
     ``mark`` written as its ``estimated_charge`` record (with the scopes it was added to,
     for a settle that replaces it); the ``open_call`` record is deleted in any case.
-    ``True`` when the estimate was charged.  A call settled meanwhile is not charged; a
-    call charged here and settled after is counted once (:func:`record_and_delete_state`).
+    True when the estimate was charged (Redis: the versions its scopes reached).  A call
+    settled meanwhile is not charged; a call charged here and settled after is counted
+    once (:func:`record_and_delete_state`).
     Raises :class:`StoreError` while the store cannot answer (the next round retries)."""
     mark = {**mark, "scopes": list(scopes_of(estimate))}
     charge = getattr(store, "charge_open_call", None)
     if charge is not None:
-        return cast("Awaitable[bool]", charge(estimate, key, mark))
+        return cast("Awaitable[bool | tuple[int, ...]]", charge(estimate, key, mark))
     return _check_then_charge(store, estimate, key, mark)
 
 

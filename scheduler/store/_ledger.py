@@ -20,6 +20,7 @@ already prevent overspend.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -52,6 +53,19 @@ class Hold:
     held: dict[str, tuple[int, float]]
     #: True when granted from the local fail-open allowance while the store was down.
     local: bool = False
+    #: The version of each scope's ``totals`` (see :data:`Recorded`): the tracker takes
+    #: over a scope's totals only with their version (0 or missing: it does not).
+    versions: Mapping[str, int] | None = None
+
+
+#: What recording one event answers on a store that versions its totals (Redis): its
+#: outcome (``store.record_and_delete_state``'s: 0 a duplicate, not charged again; 1
+#: recorded; 2 recorded in place of its call's estimate) and the version each of the
+#: event's scopes (:func:`~scheduler.store.scopes_of` order) reached with it -- empty
+#: when not known (queued while the store is unreachable).  A scope's version counts the
+#: events applied to its totals: a snapshot of the totals at version ``w`` holds every
+#: event that brought them to a version up to ``w``, and none after.
+Recorded = tuple[int, tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ Keys (all with the hash tag ``{namespace}`` so a Cluster keeps them together)::
     vibe:{ns}:events            hash   event_id -> event JSON (HSETNX: idempotent)
     vibe:{ns}:ev:seq            string insertion counter
     vibe:{ns}:ev:all|task:<id>|day:<d>   zsets of event ids by insertion order
-    vibe:{ns}:tot:<scope>       hash   running totals, ``tokens``, ``m:<model>``
+    vibe:{ns}:tot:<scope>       hash   running totals, ``tokens``, ``m:<model>``, and
+                                       ``version`` (bumped by every event applied)
     vibe:{ns}:holds:<scope>     zset   hold id -> expiry (ms)
     vibe:{ns}:amts:<scope>      hash   hold amounts and their sums (``__sum`` …)
     vibe:{ns}:state:<kind>      hash   key -> JSON
@@ -33,7 +34,7 @@ allowance (``"open"``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -48,7 +49,7 @@ from scheduler.core import (
     get_logger,
 )
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, RECORDED, check_event, scopes_of
-from scheduler.store._ledger import Hold, ScopeLimit, SliceGrant
+from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection
 from scheduler.store._redis_lua import record_args
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
@@ -171,13 +172,14 @@ class RedisStore:
     # -- usage ---------------------------------------------------------------------
 
     async def _record_now(self, event: UsageEvent, hold_id: str, scopes: Sequence[str],
-                          close: str | None = None) -> int:
+                          close: str | None = None) -> Recorded:
         """Run ``record``, or ``settle_open`` closing the open call ``close`` with it."""
         args, keys = record_args(event, hold_id), self._record_keys(event, scopes)
         if close is None:
-            return int(await self._link.script("record", keys, args))
+            return _recorded(await self._link.script("record", keys, args))
         keys += [self.key("state", OPEN_CALL), self.key("state", ESTIMATED_CHARGE)]
-        return int(await self._link.script("settle_open", keys, (*args, close, self.prefix)))
+        return _recorded(
+            await self._link.script("settle_open", keys, (*args, close, self.prefix)))
 
     async def _drain(self) -> None:
         """Replay spooled writes in order until the spool is empty or Redis fails."""
@@ -206,7 +208,7 @@ class RedisStore:
             self._mark_up()
 
     async def _record_or_spool(self, event: UsageEvent, hold_id: str,
-                               scopes: Sequence[str], close: str | None = None) -> int:
+                               scopes: Sequence[str], close: str | None = None) -> Recorded:
         """Record ``event`` (settling ``hold_id``; closing the open call ``close`` with
         it, see ``store.record_and_delete_state``), or spool it while Redis is down."""
         check_event(event)  # refused before it can reach the spool or the shared totals
@@ -227,22 +229,34 @@ class RedisStore:
             self.spool.append(SpooledState(OPEN_CALL, close, None))
         _log.warning("redis_usage_spooled", namespace=self.namespace, event_id=event.event_id,
                      pending=len(self.spool))
-        return RECORDED
+        return RECORDED, ()  # the versions are known once replayed
 
     async def record(self, event: UsageEvent) -> bool:
-        return bool(await self._record_or_spool(event, "", ()))
+        return bool((await self._record_or_spool(event, "", ()))[0])
+
+    def commit(self, event: UsageEvent, hold: Hold | None = None,
+               close: str | None = None) -> Awaitable[Recorded]:
+        """Record ``event``, settling ``hold`` (None: none) and closing the open call
+        ``close`` (its key; None: none) in one script, answering the outcome and the
+        version each of the event's scopes reached with it (see :data:`Recorded`): a
+        tracker's scopes then tell whether a snapshot of the shared totals already holds
+        the event.  Returns the write itself (no coroutine more per charge)."""
+        if hold is None or hold.local:
+            return self._record_or_spool(event, "", (), close)
+        return self._record_or_spool(event, hold.hold_id, hold.scopes, close)
 
     async def record_and_delete_state(self, event: UsageEvent, kind: str, key: str) -> int:
         """One script for an open call's record (``store.record_and_delete_state``)."""
         if kind == OPEN_CALL:
-            return await self._record_or_spool(event, "", (), key)
-        fresh = await self._record_or_spool(event, "", ())
+            return (await self._record_or_spool(event, "", (), key))[0]
+        fresh = await self.record(event)
         await self.delete_state(kind, key)
-        return fresh
+        return int(fresh)
 
     async def charge_open_call(self, estimate: UsageEvent, key: str,
-                               mark: dict[str, Any]) -> bool:
-        """See ``store.charge_open_call``: one script, never spooled."""
+                               mark: dict[str, Any]) -> bool | tuple[int, ...]:
+        """See ``store.charge_open_call``: one script, never spooled; when charged, the
+        version each of the estimate's scopes reached (see :meth:`commit`)."""
         check_event(estimate)
         if len(self.spool) and not self._link.backing_off():
             await self._drain()  # a settle among the spooled writes goes first
@@ -252,23 +266,27 @@ class RedisStore:
                 self.key("state", ESTIMATED_CHARGE)]
         args = (*record_args(estimate, ""), key, json.dumps(mark, sort_keys=True))
         try:
-            added = await self._link.script("charge_open", keys, args)
+            fresh, versions = _recorded(await self._link.script("charge_open", keys, args))
         except DOWN as exc:
             raise self._link.unavailable("charge_open_call", exc) from exc
         self._mark_up()
-        return bool(added)
+        return versions if fresh else False
 
     async def flush(self) -> int:
         """Replay the spool now; return how many events are still pending."""
         await self._drain()
         return len(self.spool)
 
-    async def totals(self, scope: str) -> Totals:
+    async def totals_with_version(self, scope: str) -> tuple[Totals, int]:
+        """:meth:`totals` and their version (see :meth:`commit`)."""
         try:
-            h = await self._link.client.hgetall(self.key("tot", scope))
+            h = cast(dict[str, str], await self._link.client.hgetall(self.key("tot", scope)))
         except DOWN as exc:
             raise self._link.unavailable("totals", exc) from exc
-        return totals_from_hash(cast(dict[str, str], h))
+        return totals_from_hash(h), int(h.get("version", 0))
+
+    async def totals(self, scope: str) -> Totals:
+        return (await self.totals_with_version(scope))[0]
 
     async def events(
         self,
@@ -396,10 +414,13 @@ class RedisStore:
             )
         totals: dict[str, Totals] = {}
         held_by: dict[str, tuple[int, float]] = {}
+        versions: dict[str, int] = {}
         for scope, (tot, s, c) in zip(scopes, json.loads(reply[2]), strict=True):
-            totals[scope] = totals_from_hash(tot if isinstance(tot, dict) else {})
+            tot = tot if isinstance(tot, dict) else {}  # cjson encodes an empty table as []
+            totals[scope] = totals_from_hash(tot)
+            versions[scope] = int(tot.get("version", 0))
             held_by[scope] = (int(s), float(c))
-        return Hold(hold_id, scopes, model, tokens, cost_usd, totals, held_by)
+        return Hold(hold_id, scopes, model, tokens, cost_usd, totals, held_by, versions=versions)
 
     def _reserve_locally(
         self, exc: BaseException, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
@@ -423,9 +444,7 @@ class RedisStore:
         return Hold(hold_id, scopes, model, tokens, cost_usd, {}, {}, local=True)
 
     async def settle(self, event: UsageEvent, hold: Hold) -> bool:
-        if hold.local:
-            return await self.record(event)
-        return bool(await self._record_or_spool(event, hold.hold_id, hold.scopes))
+        return bool((await self.commit(event, hold))[0])
 
     async def settle_and_delete_state(self, event: UsageEvent, hold: Hold, kind: str,
                                       key: str) -> int:
@@ -434,9 +453,7 @@ class RedisStore:
             fresh = int(await self.settle(event, hold))
             await self.delete_state(kind, key)
             return fresh
-        if hold.local:
-            return await self._record_or_spool(event, "", (), key)
-        return await self._record_or_spool(event, hold.hold_id, hold.scopes, key)
+        return (await self.commit(event, hold, key))[0]
 
     async def renew(self, hold: Hold) -> bool:
         """Extend ``hold`` by ``hold_ttl_s`` from now; ``False`` when it had already expired
@@ -492,6 +509,11 @@ def _closed_with(event: UsageEvent, after: Sequence[SpooledEvent | SpooledState]
             and nxt.key == event.event_id):
         return nxt.key
     return None
+
+
+def _recorded(reply: Sequence[Any]) -> Recorded:
+    """A record script's reply ``{outcome, versions...}`` as :data:`Recorded`."""
+    return int(reply[0]), tuple(int(v) for v in reply[1:])
 
 
 def _opt(v: float | None) -> str:

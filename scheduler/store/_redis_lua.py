@@ -47,7 +47,12 @@ end
 #: KEYS: events, all, seq, task index, day index, then the event's totals up to ``last``.
 #: ARGV: id, json, model, prompt, completion, cache_read, cache_write, cost,
 #:       file_edits, shell, dangerous.
+#: Every event applied to a totals hash bumps its ``version``: a snapshot of the totals at
+#: version ``w`` holds every event that brought them to a version up to ``w`` (a process
+#: tells by it whether a snapshot already holds a charge of its own); ``versions`` gets
+#: the version each of the event's totals reached.
 _RECORD_EVENT = """
+local versions = {}
 local function record_event(last)
   local fresh = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
   if fresh == 1 then
@@ -75,6 +80,7 @@ local function record_event(last)
         redis.call('HINCRBY', KEYS[k], 'calls', 1)
         redis.call('HINCRBY', KEYS[k], 'm:' .. ARGV[3], total)
       end
+      versions[k - 5] = redis.call('HINCRBY', KEYS[k], 'version', 1)
     end
   end
   return fresh
@@ -84,13 +90,14 @@ end
 #: Record one usage event and optionally settle a hold.
 #: KEYS: as ``record_event``, then (holds, amts) pairs.
 #: ARGV: as ``record_event``, then hold id ('' for none), N (the event's scopes).
+#: Returns {0} for a duplicate, else {1, then the version each of the N totals reached}.
 RECORD = _RELEASE_HOLD + _RECORD_EVENT + """
 local last = 5 + tonumber(ARGV[13])
 local fresh = record_event(last)
 if ARGV[12] ~= '' then
   for i = last + 1, #KEYS, 2 do release_hold(KEYS[i], KEYS[i + 1], ARGV[12]) end
 end
-return fresh
+return {fresh, unpack(versions)}
 """
 
 #: Take back the estimate charged for open call ``key`` (its ``estimated_charge`` record
@@ -129,13 +136,15 @@ local function take_back(marks, key, prefix)
       redis.call('HINCRBY', tot, 'calls', -1)
       redis.call('HINCRBY', tot, 'm:' .. e['model'], -total)
     end
+    redis.call('HINCRBY', tot, 'version', 1)  -- a snapshot before holds the estimate
   end
   return 1
 end
 """
 
 #: Record a call's usage, settle its hold and delete its ``open_call`` record in one
-#: step; an estimate charged for it meanwhile (its record gone) is taken back: 2.
+#: step; an estimate charged for it meanwhile (its record gone) is taken back.
+#: Returns as ``RECORD``, with 2 in place of 1 when an estimate was taken back.
 #: KEYS: as ``RECORD``, then the open_call and estimated_charge state hashes.
 #: ARGV: as ``RECORD``, then the call's key, the key prefix.
 SETTLE_OPEN = _RELEASE_HOLD + _RECORD_EVENT + _TAKE_BACK + """
@@ -146,8 +155,8 @@ if ARGV[12] ~= '' then
   for i = last + 1, n - 2, 2 do release_hold(KEYS[i], KEYS[i + 1], ARGV[12]) end
 end
 local gone = redis.call('HDEL', KEYS[n - 1], ARGV[14]) == 0
-if fresh == 1 and gone and take_back(KEYS[n], ARGV[14], ARGV[15]) == 1 then return 2 end
-return fresh
+if fresh == 1 and gone and take_back(KEYS[n], ARGV[14], ARGV[15]) == 1 then fresh = 2 end
+return {fresh, unpack(versions)}
 """
 
 #: Charge an open call at its estimate, unless it settled meanwhile (``charge_open_call``).
@@ -155,11 +164,11 @@ return fresh
 #: ARGV: as ``RECORD``, then the call's key, its estimated_charge record (JSON).
 CHARGE_OPEN = _RECORD_EVENT + """
 local n = #KEYS
-if redis.call('HDEL', KEYS[n - 1], ARGV[14]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[1], ARGV[14]) == 1 then return 0 end
+if redis.call('HDEL', KEYS[n - 1], ARGV[14]) == 0 then return {0} end
+if redis.call('HEXISTS', KEYS[1], ARGV[14]) == 1 then return {0} end
 local fresh = record_event(5 + tonumber(ARGV[13]))
 if fresh == 1 then redis.call('HSET', KEYS[n], ARGV[14], ARGV[15]) end
-return fresh
+return {fresh, unpack(versions)}
 """
 
 #: Charge-if-within-budget: hold ``tokens``/``cost`` against every scope, or nothing.
@@ -167,7 +176,8 @@ return fresh
 #: ARGV: hold id, tokens, cost, model, ttl_ms, now_ms ('' = server time), then per
 #:       scope (limit tokens, limit model tokens, limit cost), '' = unlimited.
 #: Returns {1, now, JSON [[totals, held tokens, held cost], ...]} (one JSON string: cheap to
-#: parse) or {0, scope index, dimension, used, held, limit}.
+#: parse) or {0, scope index, dimension, used, held, limit}.  The totals carry their
+#: ``version`` (``record_event``).
 TRY_RESERVE = _NOW + _RELEASE_HOLD + """
 local id, tokens, cost, model = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local ttl, now = tonumber(ARGV[5]), now_ms(ARGV[6])
