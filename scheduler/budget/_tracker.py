@@ -76,6 +76,9 @@ class Tracker:
         self._timestamp: Callable[[], float] = getattr(self.wall, "timestamp", None) or (
             lambda: self.wall.now().timestamp())
         self._seq = 0
+        #: Times a person raised a limit (:meth:`raise_limits`): a check that failed while
+        #: this moved may have read the limits from before.
+        self.limits_raised = 0
         # a restarted orchestrator reusing a session id must not collide with the ids it
         # recorded before (they would be dropped as duplicates): ids carry a per-run nonce
         self._run = secrets.token_hex(4)
@@ -199,6 +202,7 @@ class Tracker:
     def raise_limits(self, scope: ScopeState, extra: Limits) -> None:
         """Add to a scope's limits (a person added budget) and re-arm passed thresholds."""
         self._scopes.raise_limits(scope, extra)
+        self.limits_raised += 1
 
     def time_crossings(self, task_id: str) -> list[Crossing]:
         """Threshold crossings of the task's wall-time budget, as of now."""

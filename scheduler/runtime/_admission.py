@@ -75,6 +75,7 @@ class Admission:
                 if reject:                # find no pause pending: no coroutine to await
                     await ctl.discard(task_id)  # the alerts' 100 % pause: refused below
                 await self.pause_point(task)
+            raised = self.tracker.limits_raised
             try:
                 now = _reserved(self.tracker, task_id, model, tokens, cost, prompt_tokens,
                                 completion_tokens)
@@ -88,6 +89,8 @@ class Admission:
             except BudgetExceededError as exc:
                 if reject:  # the caller answers it (serve keys)
                     raise
+                if self.tracker.limits_raised != raised:
+                    continue  # the shared check read the limits from before budget was added
                 await ctl.request_pause(task_id, error=exc)
             except OverdraftDeniedError as exc:
                 cause = exc.__cause__
