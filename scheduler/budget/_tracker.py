@@ -223,6 +223,14 @@ class Tracker:
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         )
 
+    def hold_ops(self, task_id: str, *, file_edits: int = 0, shell_commands: int = 0,
+                 dangerous_commands: int = 0) -> Callable[[], None]:
+        """Check and hold an operation's counts; call the result to let them go (see
+        :meth:`Reservations.hold_ops`; :meth:`charge` does when given it)."""
+        return self._reservations.hold_ops(task_id, file_edits=file_edits,
+                                           shell_commands=shell_commands,
+                                           dangerous_commands=dangerous_commands)
+
     def reserve(self, task_id: str, *, model: str, tokens: int, cost_usd: float) -> Reservation:
         """Check, then hold ``tokens``/``cost_usd`` against every scope until charged."""
         return self._reservations.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
@@ -331,9 +339,11 @@ class Tracker:
         )
 
     async def charge(
-        self, event: UsageEvent, reservation: Reservation | None = None
+        self, event: UsageEvent, reservation: Reservation | None = None, *,
+        ops_held: Callable[[], None] | None = None,
     ) -> list[Crossing]:
-        """Record ``event`` durably, add it to every scope, return new threshold crossings."""
+        """Record ``event`` durably, add it to every scope, return new threshold crossings.
+        ``ops_held`` (from :meth:`hold_ops`) is let go as the counts are added."""
         # the call's open_call record goes with its event, in one transaction where the
         # store can (else after it: a crash between keeps the call charged)
         close = None
@@ -342,6 +352,8 @@ class Tracker:
         fresh = await self._reservations.settle(event, reservation, close=close)
         if reservation is not None and close is not None:
             reservation.durable = False
+        if ops_held is not None:
+            ops_held()
         if not fresh:
             return []
         scopes = self._scopes

@@ -104,15 +104,16 @@ class Admission:
     async def admit_ops(
         self, task: TaskHandle, *, file_edits: int = 0, shell_commands: int = 0,
         dangerous_commands: int = 0,
-    ) -> None:
+    ) -> Callable[[], None]:
         """R3.4 for operation budgets: at a file-edit or shell-command limit the task pauses
-        for a decision (add budget, finish, review) instead of failing, then checks again."""
+        for a decision (add budget, finish, review) instead of failing, then checks again.
+        The counts are held until the function returned is called (``Tracker.hold_ops``)."""
         ctl = self.controller
         while True:  # a pending token/cost pause waits for the next model call: the agent
             try:     # first saves what the last (paid) call produced
-                self.tracker.check(task.id, file_edits=file_edits, shell_commands=shell_commands,
-                                   dangerous_commands=dangerous_commands)
-                return
+                return self.tracker.hold_ops(task.id, file_edits=file_edits,
+                                             shell_commands=shell_commands,
+                                             dangerous_commands=dangerous_commands)
             except BudgetExceededError as exc:
                 await ctl.request_pause(task.id, error=exc)
             await self.on_pause(task)

@@ -1,11 +1,14 @@
-"""R1.2 under concurrency: the first calls of a process, all in flight at once, hold
-what they will use.
+"""R1.1, R1.2 under concurrency: what is under way at once is held before it is charged.
 
-tiktoken counts Claude's tokens low (the provider's count is about 1.2× its count);
+The first calls of a process, all in flight at once, hold what they will use: tiktoken counts Claude's tokens low (the provider's count is about 1.2× its count);
 each model's calibration corrects that once it has answered.  Before any model had
 answered, every call held tiktoken's raw count: a busy process's first wave -- hundreds
 of tasks at once, or a freshly started ``serve`` replica under load -- passed a budget by
 a fifth of its prompts (four replicas on one key of 100,000 tokens: 110,025 spent).
+
+File edits and shell commands under way are held like a call's tokens: each was only
+checked before it ran and counted after, so 120 tasks running a command at once under a
+session limit of 50 commands ran 120.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import anyio
 
 from agents import AgentContext
-from scheduler import TaskSpec
+from scheduler import TaskSpec, TaskStatus
 from scheduler.budget import TokenCounter
 from scheduler.core import Completion, CompletionRequest, Usage
 from scheduler.testing import build_orchestrator, run_virtual
@@ -80,3 +83,32 @@ def test_r1_2_r2_3_a_first_wave_of_calls_stays_within_the_session_budget(
     provider = run_virtual(main)
     assert provider.max_in_flight == provider.calls > 20  # one wave, none calibrated
     assert provider.spent <= LIMIT, (provider.spent, provider.calls)
+
+
+class _OneCommand:
+    async def run(self, ctx: AgentContext) -> str:
+        await ctx.shell.run("true")
+        return "ok"
+
+
+def test_r1_1_r1_2_commands_under_way_at_once_stay_within_the_session_limit(
+        tmp_path: Path) -> None:
+    """R1.1, R1.2: 60 tasks each run one shell command at once under a session limit of
+    20 commands: 20 run and are counted; the others pause at the limit (R3.4) and, with
+    no decision, finish without running theirs."""
+
+    async def main() -> tuple[int, list[TaskStatus]]:
+        orch = build_orchestrator(
+            {"cmd": _OneCommand}, state_dir=tmp_path,
+            budgets={"session": {"shell_commands": 20}, "day": {},
+                     "weekend_day_cost_usd": None},
+            alerts={"decision_timeout_s": 5.0},
+        )
+        report = await orch.run([TaskSpec(id=f"t{i}", agent="cmd", prompt="run it")
+                                 for i in range(60)])
+        return (orch.tracker.session.totals.shell_commands,
+                [o.status for o in report.outcomes.values()])
+
+    commands, statuses = run_virtual(main)
+    assert commands == 20
+    assert statuses.count(TaskStatus.COMPLETED) == 20
