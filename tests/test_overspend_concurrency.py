@@ -1,7 +1,8 @@
 """R1.1, R1.2 under concurrency: what is under way at once is held before it is charged.
 
-The first calls of a process, all in flight at once, hold what they will use: tiktoken counts Claude's tokens low (the provider's count is about 1.2× its count);
-each model's calibration corrects that once it has answered.  Before any model had
+The first calls of a process, all in flight at once, hold what they will use: tiktoken
+counts Claude's tokens low (the provider's count is about 1.2× its count); each model's
+calibration corrects that once it has answered.  Before any model had
 answered, every call held tiktoken's raw count: a busy process's first wave -- hundreds
 of tasks at once, or a freshly started ``serve`` replica under load -- passed a budget by
 a fifth of its prompts (four replicas on one key of 100,000 tokens: 110,025 spent).
@@ -18,7 +19,7 @@ from pathlib import Path
 import anyio
 
 from agents import AgentContext
-from scheduler import TaskSpec, TaskStatus
+from scheduler import TaskSpec
 from scheduler.budget import TokenCounter
 from scheduler.core import Completion, CompletionRequest, Usage
 from scheduler.testing import build_orchestrator, run_virtual
@@ -97,7 +98,7 @@ def test_r1_1_r1_2_commands_under_way_at_once_stay_within_the_session_limit(
     20 commands: 20 run and are counted; the others pause at the limit (R3.4) and, with
     no decision, finish without running theirs."""
 
-    async def main() -> tuple[int, list[TaskStatus]]:
+    async def main() -> tuple[int, list[str]]:
         orch = build_orchestrator(
             {"cmd": _OneCommand}, state_dir=tmp_path,
             budgets={"session": {"shell_commands": 20}, "day": {},
@@ -107,8 +108,8 @@ def test_r1_1_r1_2_commands_under_way_at_once_stay_within_the_session_limit(
         report = await orch.run([TaskSpec(id=f"t{i}", agent="cmd", prompt="run it")
                                  for i in range(60)])
         return (orch.tracker.session.totals.shell_commands,
-                [o.status for o in report.outcomes.values()])
+                [str(o.status) for o in report.outcomes.values()])
 
     commands, statuses = run_virtual(main)
     assert commands == 20
-    assert statuses.count(TaskStatus.COMPLETED) == 20
+    assert statuses.count("completed") == 20
