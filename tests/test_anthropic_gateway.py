@@ -44,8 +44,9 @@ async def test_r2_2_api_counting_replaces_the_tiktoken_estimate(
 ) -> None:
     """R2.2: with count_tokens = "api" the gateway asks messages.count_tokens first, so the
     estimate equals the provider's count and R2.3 logs no discrepancy; with tiktoken the
-    server's 1.4× count is a > 10 % discrepancy that is logged."""
-    fake_api.configure(input_ratio=1.4)
+    server's 1.8× count is a > 10 % discrepancy that is logged (the first call holds 1.5×
+    tiktoken's count, the uncalibrated factor)."""
+    fake_api.configure(input_ratio=1.8)
     events = await _run(fake_api, tmp_path / "api", "api")
     assert fake_api.state.count_requests == 1
     assert "token_estimate_discrepancy" not in events

@@ -388,3 +388,119 @@ async def test_r3_4_a_decision_a_waiter_applied_from_the_store_is_accepted() -> 
     assert h.controller.statistics().decisions_applied == 1
     assert not h.controller.is_paused("t")
     assert await store.get_state("decision", h.controller._key("t")) is None
+
+
+class _SlowFirstDecisionRead(MemoryStore):
+    """A store whose first read of a decision returns ``delay_s`` late with what is stored
+    by then (a poll caught behind a busy store): it sees a decision written meanwhile."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
+        if kind == "decision" and self.delay_s:
+            delay, self.delay_s = self.delay_s, 0.0
+            await anyio.sleep(delay)
+        return await super().get_state(kind, key)
+
+
+async def test_r3_4_budget_added_once_when_a_poll_and_decide_cross() -> None:
+    """R3.4: a waiter's store poll started before ``decide`` and read its decision after
+    it was handed over; the decision is applied once.  It used to stay queued and was
+    applied again at the next pause, so ``decide KEY add --tokens 3000`` on a busy
+    ``serve`` key raised its budget by 6,000 (3 replicas: 3,000 → 9,000)."""
+    h = await open_harness(store=_SlowFirstDecisionRead(delay_s=5.0),
+                           tasks={"t": profile(tokens=1000)}, poll_s=1.0)
+    await _exceed(h)
+
+    async def person() -> None:
+        await anyio.sleep(0.5)
+        await h.controller.decide("t", "add_budget", tokens=3000, source="cli")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(person)
+        with anyio.fail_after(30):
+            assert (await h.controller.wait_decision("t")).action == "add_budget"
+    await _exceed(h, tokens=3000)  # the added budget used up: a new pause
+    with anyio.move_on_after(60):
+        await h.controller.wait_decision("t")  # waits for a person: nobody decides
+    assert h.controller.statistics().decisions_applied == 1
+    assert h.tracker.task_scope("t").limits.tokens == 4000
+    assert h.controller.is_paused("t")
+
+
+class _SlowDecisionDelete(MemoryStore):
+    """A store whose deletion of a decision takes ``delay_s`` (a busy store)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def delete_state(self, kind: str, key: str) -> None:
+        if kind == "decision":
+            await anyio.sleep(self.delay_s)
+        await super().delete_state(kind, key)
+
+
+async def test_r3_4_a_pause_while_a_decision_is_applied_waits_for_its_own() -> None:
+    """R3.4: the budget a decision added is used up before its record is deleted from the
+    store; the new pause's store poll must not read that record as its own decision (the
+    budget would be added twice from one ``decide``)."""
+    h = await open_harness(store=_SlowDecisionDelete(delay_s=5.0),
+                           tasks={"t": profile(tokens=1000)}, poll_s=1.0)
+    await _exceed(h)
+
+    async def spender() -> None:
+        await anyio.sleep(1)  # the decision's record is being deleted
+        await _exceed(h, tokens=200)
+        with anyio.move_on_after(60):
+            await h.controller.wait_decision("t")  # nobody decides this one
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.controller.wait_decision, "t")
+        await anyio.sleep(0.5)
+        await h.controller.decide("t", "add_budget", tokens=100, source="cli")
+        tg.start_soon(spender)
+    assert h.tracker.task_scope("t").limits.tokens == 1100
+    assert h.controller.statistics().decisions_applied == 1
+    assert h.controller.is_paused("t")
+
+
+class _SlowRepayment(MemoryStore):
+    """A store whose reading of the overdraft period (budget added repays overdraft first)
+    takes ``delay_s``."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
+        if kind == "overdraft_period":
+            await anyio.sleep(self.delay_s)
+        return await super().get_state(kind, key)
+
+
+async def test_r3_4_a_check_while_budget_is_being_added_sees_it() -> None:
+    """R3.4: once a decision ends the pause, the budget it adds is already there: a check
+    made while the decision is still being stored passes instead of pausing the task anew
+    (with nobody asked to decide)."""
+    h = await open_harness(store=_SlowRepayment(delay_s=5.0),
+                           tasks={"t": profile(tokens=1000)}, poll_s=1.0)
+    await _exceed(h)
+    seen: list[tuple[bool, int | None]] = []
+
+    async def another_call() -> None:
+        with anyio.fail_after(30):
+            while h.controller.is_paused("t"):  # noqa: ASYNC110 - the end is not signalled
+                await anyio.sleep(0.1)
+        seen.append((h.controller.statistics().decisions_applied == 0,
+                     h.tracker.task_scope("t").limits.tokens))
+        h.tracker.check("t", tokens=100)  # raises BudgetExceededError at the old limit
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.controller.wait_decision, "t")
+        tg.start_soon(another_call)
+        await anyio.sleep(0.5)
+        await h.controller.decide("t", "add_budget", tokens=500, source="cli")
+    assert seen == [(True, 1500)]  # while the decision was still being applied

@@ -5,6 +5,7 @@ streaming request gets SSE pings, ``vibe-engine status`` shows the key paused, a
 from __future__ import annotations
 
 import json
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import httpx2
 import pytest
 
 from agents.fake_api import FakeAnthropicServer
+from scheduler.store import SqliteStore
+from scheduler.store._ledger import Hold, ScopeLimit
 from tests._anthropic_helpers import fake_api
 from tests._serve_helpers import BIN, CLIENT_KEYS, serve_config, serving
 
@@ -144,3 +147,71 @@ async def test_r3_4_a_json_client_leaving_while_held_takes_its_request_with_it(
         await run.served.orchestrator.controller.decide("alpha", "add_budget", tokens=5000)
         await anyio.sleep(0.3)  # a request still waiting would go upstream now
         assert fake_api.requests == 0 and run.totals("alpha").calls == 0
+
+
+class _FirstHoldWaits(SqliteStore):
+    """A shared store whose first budget check waits for ``gate`` (a check slowed by a busy
+    file): it is checked against the limits as they were when it was asked."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.waiting, self.gate = anyio.Event(), anyio.Event()
+
+    def try_reserve(self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str,
+                    tokens: int, cost_usd: float) -> Coroutine[Any, Any, Hold]:
+        first = not self.waiting.is_set()
+        self.waiting.set()
+        held = super().try_reserve(hold_id, limits, model=model, tokens=tokens,
+                                   cost_usd=cost_usd)
+        if not first:
+            return held
+
+        async def later() -> Hold:
+            await self.gate.wait()
+            return await held
+
+        return later()
+
+
+@pytest.mark.real_asyncio  # real sockets
+async def test_r3_4_a_check_crossing_the_decision_does_not_pause_the_key_again(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """R3.4 on a shared store: a request whose budget check was under way when
+    ``decide alpha add`` raised the key's budget, and came back refused by the old limit,
+    checks again instead of pausing the key anew (it used to wait for a second decision
+    that nobody was asked for, then be refused at ``max_hold_s``)."""
+    db = tmp_path / "shared.db"
+    keys = [{"name": "alpha", "key_env": "VIBE_KEY_A", "on_limit": "hold",
+             "budget": {"tokens": 1000}}]
+    data = serve_config(tmp_path, fake_api.base_url, keys, max_hold_s=3.0)
+    body = {**BODY, "stream": False, "max_tokens": 300}
+    store, other = _FirstHoldWaits(db), SqliteStore(db)
+    codes: list[int] = []
+    async with serving(data, store=store) as run, httpx2.AsyncClient(base_url=run.url) as http:
+
+        async def call() -> None:
+            resp = await http.post("/v1/messages", json=body, headers={"x-api-key": KEY},
+                                   timeout=30)
+            codes.append(resp.status_code)
+
+        controller = run.served.orchestrator.controller
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)  # its check waits at the gate, under the limit of 1,000
+            with anyio.fail_after(10):
+                await store.waiting.wait()
+            await other.open()  # another replica holds 900 of the key's 1,000
+            await other.try_reserve("replica-b:hold", (ScopeLimit("task:alpha", tokens=9000),),
+                                    model="", tokens=900, cost_usd=0.0)
+            tg.start_soon(call)  # refused by the shared check: the key pauses
+            with anyio.fail_after(10):
+                while getattr(controller.pause_info("alpha"), "state", "") != "paused":  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            await controller.decide("alpha", "add_budget", tokens=1000)
+            with anyio.fail_after(10):
+                while controller.statistics().decisions_applied < 1:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            store.gate.set()  # the first check comes back: over the limit it was asked with
+        await other.aclose()
+    assert codes == [200, 200], codes
+    assert fake_api.requests == 2 and controller.statistics().decisions_applied == 1

@@ -27,9 +27,9 @@ LIMIT, OUT, RATIO = 100_000, 1_000, 1.3  # the provider counts 30 % more than ti
 
 def test_r2_3_an_uncalibrated_model_borrows_the_largest_factor() -> None:
     """R2.3: until a model has answered, its estimate uses the largest factor learned for
-    another model (1.0 before any, at most BORROWED_FACTOR_MAX); then its own."""
+    another model (BORROWED_FACTOR_MAX before any, at most that); then its own."""
     tc = TokenCounter()
-    assert tc.factor("haiku") == 1.0
+    assert tc.factor("haiku") == BORROWED_FACTOR_MAX
     est = tc.estimate("sonnet", MSGS)
     tc.reconcile(est, round(est.raw * RATIO))
     tc.reconcile(tc.estimate("opus", MSGS), round(est.raw * 1.1))

@@ -140,6 +140,37 @@ class Reservations:
             raise over
         return scopes
 
+    def hold_ops(self, task_id: str, *, file_edits: int = 0, shell_commands: int = 0,
+                 dangerous_commands: int = 0) -> Callable[[], None]:
+        """Check an operation's counts, then hold them against every scope of the task
+        until the function returned is called (at its charge, or when it failed):
+        operations under way at once cannot all pass the same check."""
+        scopes = self.check(task_id, file_edits=file_edits, shell_commands=shell_commands,
+                            dangerous_commands=dangerous_commands)
+        amounts = [(dim, n) for dim, n in (("file_edits", file_edits),
+                   ("shell_commands", shell_commands),
+                   ("dangerous_commands", dangerous_commands)) if n]
+        limited = [s for s in scopes  # only where they are limited: nothing to check else
+                   if any(s.caps().get(dim) is not None for dim, _ in amounts)]
+        for s in limited:
+            held = s.reserved_ops if s.reserved_ops is not None else {}
+            for dim, n in amounts:
+                held[dim] = held.get(dim, 0) + n
+            s.reserved_ops = held
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            for s in limited:
+                if s.reserved_ops is not None:
+                    for dim, n in amounts:
+                        s.reserved_ops[dim] -= n
+
+        return release
+
     def reserve(self, task_id: str, *, model: str, tokens: int, cost_usd: float,
                 checked: bool = False) -> Reservation:
         """Check (unless the caller ``checked`` these amounts just now, with no wait
@@ -381,7 +412,8 @@ def _shared_limit(scope: ScopeState, model: str, grace: tuple[int, float] | None
 def _check_dimension(scope: ScopeState, dim: str, amount: float, lim: float) -> None:
     held = (
         scope.reserved_tokens if dim == "tokens"
-        else scope.reserved_cost if dim == "cost_usd" else 0
+        else scope.reserved_cost if dim == "cost_usd"
+        else scope.reserved_ops.get(dim, 0) if scope.reserved_ops else 0
     )
     used = scope.used(dim) + held
     if used + amount > lim:

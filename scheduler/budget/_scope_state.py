@@ -47,6 +47,9 @@ class ScopeState:
     reserved_tokens: int = 0
     reserved_cost: float = 0.0
     reserved_by_model: dict[str, int] = field(default_factory=dict)
+    #: File edits and shell commands of operations under way (made when one is: most
+    #: scopes never limit them).
+    reserved_ops: dict[str, int] | None = None
     #: The thresholds passed, ``(dimension, level)``; made when one is (most tasks of a
     #: large run never pass one, and an empty set is 216 bytes per task).
     fired: set[tuple[str, Level]] | None = None

@@ -12,7 +12,8 @@ factor (an exponential moving average of actual ÷ raw estimate) moves later
 estimates for that model toward the provider's counts.  A model not yet
 calibrated borrows the largest factor learned so far (the tiers share a
 tokenizer; at most ``BORROWED_FACTOR_MAX``), so its first calls do not hold
-less than they will use.
+less than they will use; before any model has answered (a process's first
+calls, however many run at once) that is ``BORROWED_FACTOR_MAX`` itself.
 """
 
 from __future__ import annotations
@@ -254,11 +255,14 @@ class TokenCounter:
         other models', kept within [1.0, BORROWED_FACTOR_MAX]: a call on a tier first used
         late (a budget downgrade) would otherwise hold tiktoken's low count and overrun
         its reservation.  Tiers of one family differ from tiktoken alike; a factor far
-        above that says more about that model's prompts than about the tokenizer."""
+        above that says more about that model's prompts than about the tokenizer.
+        Before any model has answered, BORROWED_FACTOR_MAX: the first calls of a process
+        -- hundreds at once on a busy gateway -- would otherwise all hold tiktoken's low
+        count and together pass a budget by a fifth of their prompts."""
         f = self._factors.get(model)
         if f is not None:
             return f
-        borrowed = max(self._factors.values(), default=1.0)
+        borrowed = max(self._factors.values(), default=BORROWED_FACTOR_MAX)
         return min(max(borrowed, 1.0), BORROWED_FACTOR_MAX)
 
     def estimate(

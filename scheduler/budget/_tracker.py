@@ -88,6 +88,9 @@ class Tracker:
         self._timestamp: Callable[[], float] = getattr(self.wall, "timestamp", None) or (
             lambda: self.wall.now().timestamp())
         self._seq = 0
+        #: Times a person raised a limit (:meth:`raise_limits`): a check that failed while
+        #: this moved may have read the limits from before.
+        self.limits_raised = 0
         # a restarted orchestrator reusing a session id must not collide with the ids it
         # recorded before (they would be dropped as duplicates): ids carry a per-run nonce
         self._run = secrets.token_hex(4)
@@ -225,6 +228,7 @@ class Tracker:
     def raise_limits(self, scope: ScopeState, extra: Limits) -> None:
         """Add to a scope's limits (a person added budget) and re-arm passed thresholds."""
         self._scopes.raise_limits(scope, extra)
+        self.limits_raised += 1
 
     def time_crossings(self, task_id: str) -> list[Crossing]:
         """Threshold crossings of the task's wall-time budget, as of now."""
@@ -244,6 +248,14 @@ class Tracker:
             shell_commands=shell_commands, dangerous_commands=dangerous_commands,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         )
+
+    def hold_ops(self, task_id: str, *, file_edits: int = 0, shell_commands: int = 0,
+                 dangerous_commands: int = 0) -> Callable[[], None]:
+        """Check and hold an operation's counts; call the result to let them go (see
+        :meth:`Reservations.hold_ops`; :meth:`charge` does when given it)."""
+        return self._reservations.hold_ops(task_id, file_edits=file_edits,
+                                           shell_commands=shell_commands,
+                                           dangerous_commands=dangerous_commands)
 
     def reserve(self, task_id: str, *, model: str, tokens: int, cost_usd: float) -> Reservation:
         """Check, then hold ``tokens``/``cost_usd`` against every scope until charged."""
@@ -355,9 +367,11 @@ class Tracker:
         )
 
     async def charge(
-        self, event: UsageEvent, reservation: Reservation | None = None
+        self, event: UsageEvent, reservation: Reservation | None = None, *,
+        ops_held: Callable[[], None] | None = None,
     ) -> list[Crossing]:
-        """Record ``event`` durably, add it to every scope, return new threshold crossings."""
+        """Record ``event`` durably, add it to every scope, return new threshold crossings.
+        ``ops_held`` (from :meth:`hold_ops`) is let go as the counts are added."""
         # the call's open_call record goes with its event, in one transaction where the
         # store can (else after it: a crash between keeps the call charged)
         close = None
@@ -371,6 +385,8 @@ class Tracker:
         outcome = await self._reservations.settle(event, reservation, close=close)
         if reservation is not None and close is not None:
             reservation.durable = False
+        if ops_held is not None:
+            ops_held()
         fresh, versions = outcome if isinstance(outcome, tuple) else (outcome, ())
         if not fresh:
             return []

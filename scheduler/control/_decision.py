@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from scheduler.budget import ScopeState
 from scheduler.control._stored import paused_session, review_summary
 from scheduler.core import DecisionError
 from scheduler.store import Store, task_key
@@ -125,3 +126,19 @@ def already_decided(task_id: str, first: Decision, *, applied: bool) -> Decision
     state = "was applied" if applied else "is waiting to be applied"
     return DecisionError(f"task {task_id!r} already has a decision: {first.action} from "
                          f"{first.source} {state}; this decision was not taken")
+
+
+def limits_added(scope: ScopeState, decision: Decision, dimension: str) -> dict[str, Any]:
+    """What ``add_budget`` adds to ``scope``, paused on ``dimension``: only dimensions the
+    scope limits (never cap an unlimited one)."""
+    extra: dict[str, Any] = {}
+    for name, amount in decision.amounts().items():
+        if getattr(scope.limits, name) is not None:
+            extra[name] = amount
+    if decision.tokens and dimension.startswith("tokens:"):
+        extra["tokens_by_model"] = {dimension[7:]: decision.tokens}
+    if (decision.shell_commands and dimension == "dangerous_commands"
+            and scope.limits.dangerous_commands is not None):
+        # paused on the dangerous-command limit: the shell commands granted may be dangerous
+        extra["dangerous_commands"] = decision.shell_commands
+    return extra

@@ -37,6 +37,7 @@ from scheduler.control._decision import (
     already_decided,
     checked,
     from_store,
+    limits_added,
 )
 from scheduler.control._new_day import CHECK_S, day_is_over, scope_day
 from scheduler.control._overdraft import OverdraftLedger
@@ -335,6 +336,8 @@ class PauseController:
                 if self._pauses.get(task_id) is not info:
                     continue
                 decision = await self._stored(task_id, stored)
+                if decision is not None and decision == self._last.get(task_id):
+                    decision = None  # applied to the last pause; its record is being deleted
             if decision is not None:
                 await self._apply(decision)
                 return decision
@@ -444,6 +447,7 @@ class PauseController:
     async def _apply(self, decision: Decision) -> None:
         task_id = decision.task_id
         info = self._pauses.pop(task_id, None)
+        self._decisions.pop(task_id, None)  # also queued when a store poll read it first
         self._announced.discard(task_id)
         self._last[task_id] = decision
         if decision.action == "add_budget":
@@ -463,11 +467,12 @@ class PauseController:
         scope = self._scope(task_id, scope_name)
         if scope is None:
             return
-        extra = self._extra_for(scope, decision, info.dimension if info else "")
+        extra = limits_added(scope, decision, info.dimension if info else "")
+        # before any await: the pause is gone, so a check failing meanwhile would pause anew
+        self.tracker.raise_limits(scope, Limits.model_validate(extra))
         if self.overdraft is not None:
             await self.overdraft.repay(scope.name, int(decision.tokens or 0),
                                        float(decision.cost_usd or 0.0), shared=scope.shared)
-        self.tracker.raise_limits(scope, Limits.model_validate(extra))
         stored = await self.store.get_state("budget", self._key(task_id)) or {"scopes": {}}
         cumulative = stored["scopes"].get(scope.name, {})
         for k, v in extra.items():
@@ -480,21 +485,6 @@ class PauseController:
                 cumulative[k] = cumulative.get(k, 0) + v
         stored["scopes"][scope.name] = cumulative
         await self.store.put_state("budget", self._key(task_id), stored)
-
-    @staticmethod
-    def _extra_for(scope: ScopeState, decision: Decision, dimension: str) -> dict[str, Any]:
-        """The limits to add: only dimensions the scope limits (never cap an unlimited one)."""
-        extra: dict[str, Any] = {}
-        for name, amount in decision.amounts().items():
-            if getattr(scope.limits, name) is not None:
-                extra[name] = amount
-        if decision.tokens and dimension.startswith("tokens:"):
-            extra["tokens_by_model"] = {dimension[7:]: decision.tokens}
-        if (decision.shell_commands and dimension == "dangerous_commands"
-                and scope.limits.dangerous_commands is not None):
-            # paused on the dangerous-command limit: the shell commands granted may be dangerous
-            extra["dangerous_commands"] = decision.shell_commands
-        return extra
 
     def _scope(self, task_id: str, scope_name: str) -> ScopeState | None:
         return self.tracker.scope_named(task_id, scope_name)

@@ -75,6 +75,7 @@ class Admission:
                 if reject:                # find no pause pending: no coroutine to await
                     await ctl.discard(task_id)  # the alerts' 100 % pause: refused below
                 await self.pause_point(task)
+            raised = self.tracker.limits_raised
             try:
                 now = _reserved(self.tracker, task_id, model, tokens, cost, prompt_tokens,
                                 completion_tokens)
@@ -88,6 +89,8 @@ class Admission:
             except BudgetExceededError as exc:
                 if reject:  # the caller answers it (serve keys)
                     raise
+                if self.tracker.limits_raised != raised:
+                    continue  # the shared check read the limits from before budget was added
                 await ctl.request_pause(task_id, error=exc)
             except OverdraftDeniedError as exc:
                 cause = exc.__cause__
@@ -101,9 +104,10 @@ class Admission:
     async def admit_ops(
         self, task: TaskHandle, *, file_edits: int = 0, shell_commands: int = 0,
         dangerous_commands: int = 0,
-    ) -> None:
+    ) -> Callable[[], None]:
         """R3.4 for operation budgets: at a file-edit or shell-command limit the task pauses
-        for a decision (add budget, finish, review) instead of failing, then checks again."""
+        for a decision (add budget, finish, review) instead of failing, then checks again.
+        The counts are held until the function returned is called (``Tracker.hold_ops``)."""
         ctl = self.controller
         while True:
             # against what the day spent, also when it began since the last check
@@ -111,9 +115,9 @@ class Admission:
             # a pending token/cost pause waits for the next model call: the agent first
             # saves what the last (paid) call produced
             try:
-                self.tracker.check(task.id, file_edits=file_edits, shell_commands=shell_commands,
-                                   dangerous_commands=dangerous_commands)
-                return
+                return self.tracker.hold_ops(task.id, file_edits=file_edits,
+                                             shell_commands=shell_commands,
+                                             dangerous_commands=dangerous_commands)
             except BudgetExceededError as exc:
                 await ctl.request_pause(task.id, error=exc)
             await self.on_pause(task)

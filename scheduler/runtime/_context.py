@@ -111,13 +111,16 @@ class FileOps:
     async def write(self, path: str | Path, content: str) -> Path:
         full = self._resolve(path)
         ctx = self._ctx
-        await ctx.gateway.admit_ops(ctx.handle, file_edits=1)  # pauses at the limit (R3.4)
-        async with ctx.open_resource(f"file:{full}"), ctx.critical("file_write"):
-            try:
-                await off_loop(_write_text, full, content)
-            except OSError as exc:  # disk full, a name too long: this task's error only
-                raise LocalFileError(full, exc.strerror or str(exc)) from exc
-        await ctx.charge_ops(file_edits=1)
+        held = await ctx.gateway.admit_ops(ctx.handle, file_edits=1)  # pauses at the limit
+        try:
+            async with ctx.open_resource(f"file:{full}"), ctx.critical("file_write"):
+                try:
+                    await off_loop(_write_text, full, content)
+                except OSError as exc:  # disk full, a name too long: this task's error only
+                    raise LocalFileError(full, exc.strerror or str(exc)) from exc
+            await ctx.charge_ops(file_edits=1, held=held)
+        finally:
+            held()  # not charged (failed, cancelled): the count is free again
         return full
 
 
@@ -136,15 +139,19 @@ class ShellOps:
     async def run(self, command: str, *, timeout_s: float = 60.0) -> ShellResult:
         ctx = self._ctx
         dangerous = is_dangerous(command, self.cwd)
-        await ctx.gateway.admit_ops(ctx.handle, shell_commands=1,
-                                    dangerous_commands=int(dangerous))
-        await off_loop(partial(self.cwd.mkdir, parents=True, exist_ok=True))
-        name = "git_commit" if command.lstrip().startswith("git commit") else "shell"
-        async with ctx.critical(name):
-            with anyio.fail_after(timeout_s):
-                proc = await anyio.run_process(command, cwd=self.cwd, check=False,
-                                               env=self._env())
-        await ctx.charge_ops(shell_commands=1, dangerous_commands=int(dangerous))
+        held = await ctx.gateway.admit_ops(ctx.handle, shell_commands=1,
+                                           dangerous_commands=int(dangerous))
+        try:
+            await off_loop(partial(self.cwd.mkdir, parents=True, exist_ok=True))
+            name = "git_commit" if command.lstrip().startswith("git commit") else "shell"
+            async with ctx.critical(name):
+                with anyio.fail_after(timeout_s):
+                    proc = await anyio.run_process(command, cwd=self.cwd, check=False,
+                                                   env=self._env())
+            await ctx.charge_ops(shell_commands=1, dangerous_commands=int(dangerous),
+                                 held=held)
+        finally:
+            held()  # not charged (failed, timed out, cancelled): the count is free again
         return ShellResult(
             command, proc.returncode, proc.stdout.decode(errors="replace"),
             proc.stderr.decode(errors="replace"), dangerous,
@@ -264,13 +271,15 @@ class AgentContext:
         return waits_of(self.gateway.allocator, self.task.id)
 
     async def charge_ops(
-        self, *, file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0
+        self, *, file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0,
+        held: Callable[[], None] | None = None,
     ) -> None:
+        """Charge operation counts; ``held`` (from ``admit_ops``) is let go as they are."""
         event = self.tracker.make_event(
             self.task.id, file_edits=file_edits, shell_commands=shell_commands,
             dangerous_commands=dangerous_commands,
         )
-        await self.tracker.charge(event)
+        await self.tracker.charge(event, ops_held=held)
 
     async def wait_for(self, task_id: str) -> Any:
         """Wait for another task's result (a wait-for edge while waiting)."""

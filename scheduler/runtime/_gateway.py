@@ -409,12 +409,12 @@ class Gateway:
         return self._prices.cost(self.config, model, prompt_tokens, max_tokens)
 
     # 3 admit (operations) ------------------------------------------------------------
-    async def admit_ops(self, task: TaskHandle, *, file_edits: int = 0,
-                        shell_commands: int = 0, dangerous_commands: int = 0) -> None:
+    def admit_ops(self, task: TaskHandle, *, file_edits: int = 0, shell_commands: int = 0,
+                  dangerous_commands: int = 0) -> Awaitable[Callable[[], None]]:
         """R3.4 for operation budgets (see :meth:`Admission.admit_ops`)."""
-        await self.admission.admit_ops(task, file_edits=file_edits,
-                                       shell_commands=shell_commands,
-                                       dangerous_commands=dangerous_commands)
+        return self.admission.admit_ops(task, file_edits=file_edits,
+                                        shell_commands=shell_commands,
+                                        dangerous_commands=dangerous_commands)
 
     async def pause_point(self, task: TaskHandle) -> None:
         """A safe point where a pending pause takes effect (R3.6)."""
