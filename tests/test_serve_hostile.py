@@ -1,0 +1,80 @@
+"""Hostile input to ``vibe-engine serve`` over real HTTP (#21): each bad request gets one
+Anthropic-shaped error with the right status, and leaves no lease, reservation or
+charge behind; the next good call is served and charged what the upstream reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from agents.fake_api import FakeAnthropicServer
+from tests._anthropic_helpers import fake_api, reported_sum
+from tests._serve_helpers import CLIENT_KEYS, Running, serve_config, serving
+
+__all__ = ["fake_api"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.real_asyncio  # real sockets: uvicorn, the SDK, the fake API
+
+KEY = CLIENT_KEYS["VIBE_KEY_A"]
+HAIKU = "claude-haiku-4-5"
+
+
+def _keys() -> list[dict[str, Any]]:
+    return [{"name": "alpha", "key_env": "VIBE_KEY_A"}]
+
+
+def _nothing_held(run: Running) -> None:
+    """No lease, no reservation: every refused request gave back what it took."""
+    assert run.served.orchestrator.allocator.statistics().leases == 0
+    scope = run.served.orchestrator.tracker.task_scope("alpha")
+    assert (scope.reserved_tokens, scope.reserved_cost) == (0, 0.0)
+
+
+@pytest.mark.parametrize("content", [5, True, 1.5, {"type": "text", "text": "hi"}])
+async def test_21_r2_1_a_message_content_of_the_wrong_type_gets_a_400_naming_it(
+    fake_api: FakeAnthropicServer, tmp_path: Path, content: Any
+) -> None:
+    """#21, R2.1: a message whose content is neither text nor a list of blocks gets a
+    400 ``invalid_request_error`` naming ``messages[1].content`` (it was a 500 from a
+    ``TypeError`` in the token count); nothing reaches the upstream or is charged, and
+    the same client's next call is served."""
+    messages: Any = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content}]
+    async with (serving(serve_config(tmp_path, fake_api.base_url, _keys())) as run,
+                anthropic.AsyncAnthropic(base_url=run.url, api_key=KEY, max_retries=0) as sdk):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await sdk.messages.create(model=HAIKU, max_tokens=8, messages=messages)
+        error = refused.value.body["error"]  # type: ignore[index]
+        assert error["type"] == "invalid_request_error"
+        assert "messages[1].content" in error["message"], error
+        assert fake_api.requests == 0 and run.totals("alpha").calls == 0
+        _nothing_held(run)
+        await sdk.messages.create(model=HAIKU, max_tokens=8,
+                                  messages=[{"role": "user", "content": "hi"}])
+        charged = run.totals("alpha")
+        assert (charged.calls, charged.prompt_tokens) == (1, reported_sum(fake_api).prompt_tokens)
+        _nothing_held(run)
+
+
+async def test_21_r2_1_odd_content_inside_blocks_is_forwarded_not_a_500(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, R2.1: what a block holds is the API's to judge: a tool result or document
+    whose content is a number is estimated from its text and forwarded (it was a 500
+    from the token count), and charged what the upstream reported."""
+    blocks = [{"type": "tool_result", "tool_use_id": "t1", "content": 12345},
+              {"type": "document", "source": {"type": "content", "content": 7.5}}]
+    messages: Any = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f",
+                                           "input": {}}]},
+        {"role": "user", "content": blocks}]
+    async with (serving(serve_config(tmp_path, fake_api.base_url, _keys())) as run,
+                anthropic.AsyncAnthropic(base_url=run.url, api_key=KEY, max_retries=0) as sdk):
+        reply = await sdk.messages.create(model=HAIKU, max_tokens=8, messages=messages)
+        assert reply.type == "message" and fake_api.requests == 1
+        charged = run.totals("alpha")
+        assert (charged.calls, charged.prompt_tokens) == (1, reported_sum(fake_api).prompt_tokens)
+        _nothing_held(run)
