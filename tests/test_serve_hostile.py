@@ -4,13 +4,15 @@ charge behind; the next good call is served and charged what the upstream report
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import anthropic
+import anyio
 import pytest
 
-from agents.fake_api import FakeAnthropicServer
+from agents.fake_api import FakeAnthropicServer, Fault
 from tests._anthropic_helpers import fake_api, reported_sum
 from tests._serve_helpers import CLIENT_KEYS, Running, serve_config, serving
 
@@ -77,4 +79,50 @@ async def test_21_r2_1_odd_content_inside_blocks_is_forwarded_not_a_500(
         assert reply.type == "message" and fake_api.requests == 1
         charged = run.totals("alpha")
         assert (charged.calls, charged.prompt_tokens) == (1, reported_sum(fake_api).prompt_tokens)
+        _nothing_held(run)
+
+
+async def _answer_to(url: str, sent: bytes) -> bytes:
+    """What the server sends on a connection given ``sent`` and then nothing more, until
+    it closes the connection (the bound only keeps a broken server from hanging CI)."""
+    host, port = url.removeprefix("http://").split(":")
+    received = b""
+    with anyio.fail_after(60):
+        async with await anyio.connect_tcp(host, int(port)) as sock:
+            if sent:
+                await sock.send(sent)
+            try:
+                while True:
+                    received += await sock.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return received
+
+
+async def test_21_a_request_that_never_arrives_whole_gets_a_408_and_its_socket_back(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """#21, slowloris: a head or body that stops short (declared length or chunks) gets
+    a 408 naming ``serve.request_timeout_s`` and the connection closes (uvicorn alone
+    held such sockets for good); a connection that sends nothing is closed silently.
+    None reaches the upstream or holds anything, while a call whose answer takes longer
+    than the timeout (a slow upstream) is still answered and charged."""
+    head = f"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n".encode()
+    stalled = [head, head + b"content-length: 100\r\n\r\n{\"mo",
+               head + b"transfer-encoding: chunked\r\n\r\n4\r\n{\"mo\r\n"]
+    config = serve_config(tmp_path, fake_api.base_url, _keys(), request_timeout_s=0.3)
+    async with (serving(config) as run,
+                anthropic.AsyncAnthropic(base_url=run.url, api_key=KEY, max_retries=0) as sdk):
+        for sent in stalled:
+            answer = await _answer_to(run.url, sent)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+            assert error["type"] == "invalid_request_error"
+            assert "serve.request_timeout_s = 0.3 s" in error["message"]
+        assert await _answer_to(run.url, b"") == b""
+        assert fake_api.requests == 0
+        _nothing_held(run)
+        fake_api.inject(Fault("slow", delay_s=1.0))
+        reply = await sdk.messages.create(model=HAIKU, max_tokens=8,
+                                          messages=[{"role": "user", "content": "hi"}])
+        assert reply.type == "message" and run.totals("alpha").calls == 1
         _nothing_held(run)
