@@ -26,6 +26,7 @@ from scheduler.cli._checks import (
     fail,
     free_ports,
     html_target,
+    known_agents,
     number,
     run_cli,
 )
@@ -96,7 +97,9 @@ class _CurrentStderr:
 def _run(config: VibeConfig, live: bool = True) -> RunReport:
     from agents import discover_agents, make_provider
 
-    orch = Orchestrator(config, provider=make_provider(config), agents=discover_agents())
+    agents = discover_agents()
+    known_agents(config, agents)  # before the store opens: a bad config writes nothing
+    orch = Orchestrator(config, provider=make_provider(config), agents=agents)
     if live:
         if _out.is_terminal:
             structlog.configure(logger_factory=structlog.PrintLoggerFactory(

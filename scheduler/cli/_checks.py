@@ -15,7 +15,7 @@ import logging
 import math
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,15 @@ def free_ports(config: VibeConfig) -> None:
         except OSError as exc:
             raise ConfigError("metrics.port", metrics.port,
                               f"cannot listen on {metrics.host}: {exc.strerror}") from None
+
+
+def known_agents(config: VibeConfig, agents: Collection[str]) -> None:
+    """Refuse a task naming no registered agent before anything is written (the
+    orchestrator would refuse it too, but only once its store was created)."""
+    for i, task in enumerate(config.tasks):
+        if task.agent not in agents:
+            raise ConfigError(f"tasks.{i}.agent", task.agent,
+                              f"unknown agent; available: {', '.join(sorted(agents))}")
 
 
 def status_store(state_dir: Path, store: str) -> str:
