@@ -126,3 +126,30 @@ async def test_21_a_request_that_never_arrives_whole_gets_a_408_and_its_socket_b
                                           messages=[{"role": "user", "content": "hi"}])
         assert reply.type == "message" and run.totals("alpha").calls == 1
         _nothing_held(run)
+
+
+@pytest.mark.parametrize("head", [
+    b"content-length: 5\r\ncontent-length: 3\r\n",  # two lengths: request smuggling
+    b"content-length: 5\r\ntransfer-encoding: chunked\r\n",
+    b"content-length: -5\r\n",
+    b"x-vibe-task: a\x01b\r\ncontent-length: 5\r\n",  # a control character
+])
+async def test_21_a_request_http_itself_refuses_gets_the_apis_error_shape(
+    fake_api: FakeAnthropicServer, tmp_path: Path, head: bytes
+) -> None:
+    """#21: a head HTTP/1.1 forbids gets a 400 ``invalid_request_error`` in the API's
+    JSON shape (uvicorn's was a text/plain line no SDK reads) and the connection
+    closes; nothing reaches the upstream and the server goes on."""
+    sent = b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: " + KEY.encode() + \
+        b"\r\n" + head + b"\r\n{}   "
+    async with (serving(serve_config(tmp_path, fake_api.base_url, _keys())) as run,
+                anthropic.AsyncAnthropic(base_url=run.url, api_key=KEY, max_retries=0) as sdk):
+        answer = await _answer_to(run.url, sent)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        assert b"content-type: application/json" in answer
+        error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+        assert error["type"] == "invalid_request_error" and "HTTP/1.1" in error["message"]
+        reply = await sdk.messages.create(model=HAIKU, max_tokens=8,
+                                          messages=[{"role": "user", "content": "hi"}])
+        assert reply.type == "message" and fake_api.requests == 1
+        _nothing_held(run)

@@ -117,6 +117,14 @@ class GatheredWritesProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        """A request HTTP itself refuses (a bad length, a control character in a header)
+        gets the API's error shape, as every other refusal does, then the close."""
+        self._disarm()
+        self.transport.write(_error_response(  # uvicorn's msg is always the same one
+            400, "Bad Request", "request: not valid HTTP/1.1 (its head, length or chunks)"))
+        self.transport.close()
+
     def _arm(self) -> None:
         self._disarm()
         self._timer = self.loop.call_later(self.request_timeout_s, self._too_slow)
@@ -135,17 +143,19 @@ class GatheredWritesProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._begun and (self.cycle is None or not self.cycle.response_started):
-            self.transport.write(_timeout_response(self.request_timeout_s))
+            self.transport.write(_error_response(
+                408, "Request Timeout", f"request: not received whole within "
+                f"serve.request_timeout_s = {self.request_timeout_s:g} s"))
         self.transport.close()
 
 
-def _timeout_response(timeout_s: float) -> bytes:
+def _error_response(status: int, reason: str, message: str) -> bytes:
+    """A whole ``invalid_request_error`` response that closes its connection."""
     body = json.dumps({"type": "error", "error": {
-        "type": "invalid_request_error",
-        "message": f"request: not received whole within serve.request_timeout_s = "
-                   f"{timeout_s:g} s"}}).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        "type": "invalid_request_error", "message": message}}).encode()
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, reason.encode(), len(body), body))
 
 
 def protocol_class(request_timeout_s: float) -> type[GatheredWritesProtocol]:
