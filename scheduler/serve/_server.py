@@ -26,6 +26,9 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
+        if isinstance(exc, socket.gaierror):  # the address, not the port, is wrong
+            raise ConfigError("serve.host", host,
+                              f"cannot listen on it: {exc.strerror}") from None
         raise ConfigError("serve.port", port,
                           f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
