@@ -10,6 +10,7 @@ from typing import Any
 
 import anthropic
 import anyio
+import httpx2
 import pytest
 
 from agents.fake_api import FakeAnthropicServer, Fault
@@ -152,4 +153,27 @@ async def test_21_a_request_http_itself_refuses_gets_the_apis_error_shape(
         reply = await sdk.messages.create(model=HAIKU, max_tokens=8,
                                           messages=[{"role": "user", "content": "hi"}])
         assert reply.type == "message" and fake_api.requests == 1
+        _nothing_held(run)
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b'{"model": "claude-haiku-4-5", "max_tokens": 5', "Expecting ',' delimiter"),
+    (b'{"max_tokens": ' + b"9" * 5000 + b"}", "integer string conversion"),
+    (b'{"model": "\xff"}', "can't decode byte 0xff"),
+])
+async def test_21_a_body_that_is_not_valid_json_gets_a_400_saying_where(
+    fake_api: FakeAnthropicServer, tmp_path: Path, raw: bytes, reason: str
+) -> None:
+    """#21: a body the JSON parser refuses -- cut short, an integer of 5,000 digits, a
+    byte that is not UTF-8 -- gets a 400 that says why (it said only "not a JSON
+    object", as for ``[1, 2]``), on /v1/messages and count_tokens alike."""
+    async with (serving(serve_config(tmp_path, fake_api.base_url, _keys())) as run,
+                httpx2.AsyncClient(base_url=run.url) as http):
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            answer = await http.post(path, content=raw, headers={"x-api-key": KEY})
+            assert answer.status_code == 400, answer.text
+            error = answer.json()["error"]
+            assert error["type"] == "invalid_request_error"
+            assert "not valid JSON" in error["message"] and reason in error["message"], error
+        assert fake_api.requests == 0
         _nothing_held(run)
