@@ -177,3 +177,22 @@ async def test_21_a_body_that_is_not_valid_json_gets_a_400_saying_where(
             assert "not valid JSON" in error["message"] and reason in error["message"], error
         assert fake_api.requests == 0
         _nothing_held(run)
+
+
+async def test_r1_1_a_max_tokens_past_every_budget_is_refused_saying_what_it_needs(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """R1.1, #21: ``max_tokens`` = 10**30 is refused at the key's budget without a retry,
+    and the refusal says what this request needs (it read as a budget "at its limit"
+    with 0 of 2,000,000 used); nothing is reserved, forwarded or charged."""
+    keys = [{"name": "alpha", "key_env": "VIBE_KEY_A", "budget": {"tokens": 2_000_000}}]
+    async with (serving(serve_config(tmp_path, fake_api.base_url, keys)) as run,
+                anthropic.AsyncAnthropic(base_url=run.url, api_key=KEY, max_retries=0) as sdk):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await sdk.messages.create(model=HAIKU, max_tokens=10**30, timeout=60,
+                                      messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        message = refused.value.body["error"]["message"]  # type: ignore[index]
+        assert "task:alpha tokens used 0 of 2,000,000, this request needs 1e+30" in message
+        assert fake_api.requests == 0 and run.totals("alpha").calls == 0
+        _nothing_held(run)
