@@ -169,6 +169,8 @@ NOTES = {
                          "(replaces `alerts.decision_timeout_s` in serve)"),
     "serve.ping_interval_s": "SSE `ping` events to a streaming request while it waits",
     "serve.max_request_bytes": "a larger request body gets `413 request_too_large`, unread",
+    "serve.request_timeout_s": "a request not received whole this long after its first "
+                               "byte gets `408` and its connection closes",
     "serve.keys[].name": "the key's task id: `status`, `decide NAME`, reports",
     "serve.keys[].key_env": "environment variable holding the client key",
     "serve.keys[].key_sha256": "or the SHA-256 hex digest of the key (stored instead of it)",

@@ -184,6 +184,12 @@ CASES: dict[str, tuple[str, str | bytes, str]] = {
         "tasks.1.id"),
     "missing-agent-secret": ("bad.toml", toml_with({}) + f'[[tasks]]\nid = "t"\n'
                              f'prompt = "{SECRET}"\n', "tasks.0.agent"),
+    # refused before the store is created (the run used to leave vibe.db and its lock)
+    "unknown-agent": ("bad.toml", toml_with({}) + '[[tasks]]\nid = "t"\nagent = "nope"\n',
+                      "tasks.0.agent='nope': unknown agent"),
+    # a wait for a task that never starts (it used to fail the task at run time, exit 1)
+    "unknown-dependency": ("bad.toml", toml_with({}) + '[[tasks]]\nid = "t"\nagent = "qa"\n'
+                           'depends_on = ["../x"]\n', "tasks.0.depends_on.0='../x'"),
     # entries lay over the default catalog; a new name needs its prices
     "models-incomplete": ("bad.toml", toml_with({"models.custom.model_id": "x"}),
                           "models.custom"),
@@ -206,10 +212,6 @@ CASES: dict[str, tuple[str, str | bytes, str]] = {
     "policy-exit": ("bad.toml", toml_with({"policies.alerts": "sys:exit"}), "policies.alerts"),
     "store-function": ("bad.toml", toml_with({"store": "os:getcwd"}), "store"),
     "markup-in-value": ("bad.toml", toml_with({"store": "[/bold]x"}), "[/bold]x"),
-    # a dependency no task of the file has: refused before the run, not failed during it
-    "unknown-dependency": ("bad.toml", toml_with({}) + f'[[tasks]]\nid = "t"\nagent = "qa"\n'
-                           f'prompt = "{SECRET}"\ndepends_on = ["tt"]\n',
-                           "tasks.0.depends_on='tt'"),
 }
 
 

@@ -25,8 +25,9 @@ def _serve(tmp_path: Path, config: str, *args: str) -> subprocess.CompletedProce
 
 @pytest.mark.slow
 def test_21_serve_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path) -> None:
-    """#21: an unset key variable, no keys, a key with two sources, half a TLS pair and
-    a port in use each name the field in one line, exit 2, and write no state."""
+    """#21: an unset key variable, no keys, a key with two sources, half a TLS pair, a
+    port in use and a host that is no address each name the field in one line, exit 2,
+    and write no state."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -37,6 +38,8 @@ def test_21_serve_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path) -
             (KEY + 'key_sha256 = "' + "0" * 64 + '"\n', ("--port", "0"), "key_env"),
             (KEY, ("--port", "0", "--ssl-certfile", "cert.pem"), "--ssl-certfile"),
             (KEY, ("--port", port), "serve.port"),
+            ('host = "no-such-host.invalid"\n' + KEY, ("--port", "0"),
+             "serve.host='no-such-host.invalid'"),
         ]
         for config, args, field in cases:
             out = _serve(tmp_path, config, *args)

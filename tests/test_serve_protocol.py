@@ -199,12 +199,15 @@ def test_21_only_a_head_waits_and_never_past_the_turn_or_a_close() -> None:
 
 async def test_21_serve_runs_uvicorn_with_this_protocol(tmp_path: Path) -> None:
     """``vibe-engine serve``'s uvicorn set-up (which the tests' server uses too) loads
-    this protocol as its HTTP protocol: the behaviour above is what serve's clients get."""
+    this protocol as its HTTP protocol, with the config's request timeout: the behaviour
+    above is what serve's clients get."""
     data = serve_config(tmp_path, "http://127.0.0.1:9", [{"name": "alpha",
                                                           "key_env": "VIBE_KEY_A"}])
     served = Served(config_from_dict(data), env=CLIENT_KEYS)
     config = uvicorn_config(served)
     config.load()
-    assert config.http_protocol_class is GatheredWritesProtocol
+    protocol = config.http_protocol_class
+    assert issubclass(protocol, GatheredWritesProtocol)
+    assert protocol.request_timeout_s == served.config.serve.request_timeout_s == 120.0
     assert (config.access_log, config.server_header, config.proxy_headers) == (
         False, False, False)

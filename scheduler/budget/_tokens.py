@@ -176,8 +176,10 @@ class TokenCounter:
     def _count_content(self, content: Any) -> int:
         if isinstance(content, str):
             return self.count_text(content)
+        if not isinstance(content, list | tuple):  # a client's number or object: its text
+            return self.count_text(str(content)) if content else 0
         total = 0
-        for block in content or ():
+        for block in content:
             if isinstance(block, Mapping):
                 total += self.count_block(block)
             else:

@@ -26,7 +26,7 @@ from scheduler.cli._checks import (
     fail,
     free_ports,
     html_target,
-    known_dependencies,
+    known_agents,
     number,
     run_cli,
 )
@@ -98,7 +98,9 @@ class _CurrentStderr:
 def _run(config: VibeConfig, live: bool = True) -> RunReport:
     from agents import discover_agents, make_provider
 
-    orch = Orchestrator(config, provider=make_provider(config), agents=discover_agents())
+    agents = discover_agents()
+    known_agents(config, agents)  # before the store opens: a bad config writes nothing
+    orch = Orchestrator(config, provider=make_provider(config), agents=agents)
     if live:
         if _out.is_terminal:
             structlog.configure(logger_factory=structlog.PrintLoggerFactory(
@@ -173,7 +175,6 @@ def run(
         cfg = load_config(config)
         if state_dir is not None:
             cfg = cfg.model_copy(update={"state_dir": state_dir})
-        known_dependencies(cfg)
         free_ports(cfg)
         check_new_session(cfg)
         report = _run(cfg, live)

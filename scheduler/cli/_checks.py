@@ -15,7 +15,7 @@ import logging
 import math
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -100,18 +100,6 @@ def existing_state(state_dir: Path, store: str | None) -> None:
                               "and --store)")
 
 
-def known_dependencies(config: VibeConfig) -> None:
-    """Refuse a task that depends on an id no task of the config has: the run would
-    start, write a session and only then fail the task (``waits for unknown task``)."""
-    ids = {task.id for task in config.tasks}
-    for i, task in enumerate(config.tasks):
-        for dep in task.depends_on:
-            if dep not in ids:
-                known = ", ".join(sorted(ids)[:8]) + (", …" if len(ids) > 8 else "")
-                raise ConfigError(f"tasks.{i}.depends_on", dep,
-                                  f"no task has this id (tasks: {known})")
-
-
 def free_ports(config: VibeConfig) -> None:
     """Refuse, before anything starts, a metrics port another process listens on
     (``vibe-engine run`` would otherwise run without the metrics it was asked for)."""
@@ -126,6 +114,15 @@ def free_ports(config: VibeConfig) -> None:
         except OSError as exc:
             raise ConfigError("metrics.port", metrics.port,
                               f"cannot listen on {metrics.host}: {exc.strerror}") from None
+
+
+def known_agents(config: VibeConfig, agents: Collection[str]) -> None:
+    """Refuse a task naming no registered agent before anything is written (the
+    orchestrator would refuse it too, but only once its store was created)."""
+    for i, task in enumerate(config.tasks):
+        if task.agent not in agents:
+            raise ConfigError(f"tasks.{i}.agent", task.agent,
+                              f"unknown agent; available: {', '.join(sorted(agents))}")
 
 
 def status_store(state_dir: Path, store: str) -> str:

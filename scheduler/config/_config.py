@@ -182,6 +182,11 @@ class VibeConfig(FrozenModel):
             if task.id in seen:
                 raise FieldProblem(f"tasks.{i}.id", task.id, "duplicate task id")
             seen.add(task.id)
+        for i, task in enumerate(self.tasks):  # a wait for a task never started: refused now
+            for j, dep in enumerate(task.depends_on):
+                if dep not in seen:
+                    raise FieldProblem(f"tasks.{i}.depends_on.{j}", dep,
+                                       "no task of the config has this id")
         unknown = sorted(set(self.distributed.global_pools) - set(self.allocator.pools))
         if unknown:
             raise FieldProblem(f"distributed.global_pools.{unknown[0]}", unknown[0],

@@ -86,6 +86,10 @@ class ServeConfig(FrozenModel):
     #: The largest request body accepted, in bytes (the Messages API's own limit is
     #: 32 MB); a larger one gets 413 ``request_too_large`` without being read whole.
     max_request_bytes: int = Field(default=32_000_000, gt=0)
+    #: Seconds a request may take to arrive whole, from its first byte to its last (a
+    #: connection's first from its opening); a slower one gets 408 and its connection
+    #: is closed, so clients that trickle or vanish mid-request hold no socket for good.
+    request_timeout_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     #: Seconds a task grouped with ``x-vibe-task`` may go without a call in flight before
     #: it ends and the server forgets it (its usage is kept in the store; the next call
     #: under the same name starts it again from its totals).  ``0`` or unset = never.

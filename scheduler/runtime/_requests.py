@@ -14,6 +14,9 @@ from typing import Any
 from scheduler.core import InvalidArgumentError
 
 _PLAIN_SEQUENCES = (list, tuple)
+#: A message's content: text or a list of blocks (None: left to the API to refuse); a
+#: number or a bool would otherwise fail deep in the token count as a TypeError.
+_CONTENT = (str, list, tuple, type(None))
 
 
 def check_request(
@@ -28,11 +31,12 @@ def check_request(
     # a list of plain dicts and no tools, what nearly every call passes: no call more
     plain = type(messages) in _PLAIN_SEQUENCES
     for item in messages if plain else ():
-        if type(item) is not dict:
+        if type(item) is not dict or type(item.get("content")) not in _CONTENT:
             plain = False
             break
     if not plain:
         _check_dicts("messages", messages)
+        _check_contents(messages)
     if not messages:
         raise InvalidArgumentError("messages", messages, "must hold at least one message")
     if type(tools) is not tuple or tools:
@@ -57,3 +61,11 @@ def _check_dicts(name: str, value: Any) -> None:
     for i, item in enumerate(value):
         if not isinstance(item, Mapping):
             raise InvalidArgumentError(f"{name}[{i}]", item, "must be a dict")
+
+
+def _check_contents(messages: Sequence[Mapping[str, Any]]) -> None:
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, _CONTENT):
+            raise InvalidArgumentError(f"messages[{i}].content", content,
+                                       "must be a str or a list of content blocks")

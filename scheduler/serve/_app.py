@@ -360,8 +360,9 @@ class ServeApp:
             return None
         try:
             body = loads(raw)
-        except ValueError:
-            body = None
+        except ValueError as exc:  # its reason: where the JSON breaks, a 5,000-digit int …
+            return error_response("invalid_request_error",
+                                  f"body: not a JSON object (not valid JSON: {exc})")
         except RecursionError:  # arrays or objects nested thousands deep
             return error_response("invalid_request_error", "body: JSON nested too deeply")
         if not isinstance(body, dict):

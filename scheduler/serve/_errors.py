@@ -58,11 +58,19 @@ def _how_to_raise(key: str, exc: BudgetExceededError, hold: bool) -> str:
 def budget_refusal(key: str, exc: BudgetExceededError, *, hold: bool = False) -> bytes:
     """The body of a refusal at a budget limit: which budget, and how to raise it."""
     dim = exc.dimension
-    used = f"{exc.used:.4f}" if dim == "cost_usd" else f"{exc.used:,.0f}"
-    limit = f"{exc.limit:.4f}" if dim == "cost_usd" else f"{exc.limit:,.0f}"
+
+    def shown(amount: float) -> str:
+        if amount >= 1e15:  # a float's digits past its precision say nothing
+            return f"{amount:.3g}"
+        return f"{amount:.4f}" if dim == "cost_usd" else f"{amount:,.0f}"
+
+    # what the request asks for: a max_tokens far over the budget is refused as such,
+    # not as a budget that looks nearly unused yet "at its limit"
+    needs = f", this request needs {shown(exc.requested)}" if exc.requested > 0 else ""
     return error_json("invalid_request_error",
                       f"vibe-engine: key {key!r} is at its budget limit: {exc.scope} {dim} "
-                      f"used {used} of {limit}; {_how_to_raise(key, exc, hold)}")
+                      f"used {shown(exc.used)} of {shown(exc.limit)}{needs}; "
+                      f"{_how_to_raise(key, exc, hold)}")
 
 
 def finish_refusal(key: str, exc: FinishRequestedError, max_hold_s: float) -> bytes:

@@ -10,7 +10,7 @@ import uvicorn
 
 from scheduler.core import ConfigError
 from scheduler.serve._app import create_app
-from scheduler.serve._protocol import GatheredWritesProtocol
+from scheduler.serve._protocol import protocol_class
 from scheduler.serve._runtime import Served
 
 
@@ -26,6 +26,9 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
+        if isinstance(exc, socket.gaierror):  # the address, not the port, is wrong
+            raise ConfigError("serve.host", host,
+                              f"cannot listen on it: {exc.strerror}") from None
         raise ConfigError("serve.port", port,
                           f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
@@ -39,7 +42,8 @@ def uvicorn_config(served: Served, ssl_certfile: Path | None = None,
     return uvicorn.Config(
         # httptools (uvicorn's C parser; h11 costs serve more CPU per call than its own
         # work), with a response's head and body sent in one write
-        create_app(served), http=GatheredWritesProtocol, lifespan="off", log_level="warning",
+        create_app(served), http=protocol_class(served.config.serve.request_timeout_s),
+        lifespan="off", log_level="warning",
         access_log=False, proxy_headers=False,  # nothing here reads the client's address
         server_header=False,  # one header fewer to encode on every response
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
