@@ -28,7 +28,8 @@ from scheduler.core import FixedWallClock, Totals
 from scheduler.runtime import Orchestrator
 from scheduler.store import task_day_scope
 from scheduler.store._ledger import ScopeLimit
-from scheduler.store._redis import RedisStore, totals_from_hash
+from scheduler.store._redis import RedisStore
+from scheduler.store._redis_lua import totals_from_hash
 from scheduler.testing import ScriptedProvider
 from tests._anthropic_helpers import fake_api
 from tests._redis_helpers import REDIS_URL, redis_or_skip

@@ -10,7 +10,7 @@ A reservation ends settled (the call's usage is recorded), or released.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ import anyio
 
 from scheduler.budget._scope_state import ScopeState
 from scheduler.budget._scopes import Scopes
-from scheduler.core import BudgetExceededError, StoreUnavailableError, UsageEvent
+from scheduler.core import BudgetExceededError, StoreError, StoreUnavailableError, UsageEvent
 from scheduler.store import Store, record_and_delete_state, scopes_of
 from scheduler.store._base import OPEN_CALL
 from scheduler.store._ledger import BudgetLedger, Hold, Recorded, ScopeLimit
@@ -281,6 +281,19 @@ class Reservations:
         """Whether the store versions its totals (see :data:`Recorded`): the scopes here
         then take over its snapshots of every process's totals."""
         return self._commit is not None
+
+    async def refresh(self, scopes: Sequence[ScopeState]) -> None:
+        """Take over the store's current, versioned totals of ``scopes``
+        (``ScopeState.adopt``: a charge of this process they hold is not added again)."""
+        read = getattr(self._store, "totals_with_version", None)
+        if read is None:
+            return
+        for scope in scopes:
+            try:
+                totals, version = await read(scope.name)
+            except StoreError:  # out of reach: the next hold refreshes them anyway
+                continue
+            scope.adopt(totals, version)
 
     def refreshed_scopes(self, event: UsageEvent) -> tuple[ScopeState, ...]:
         """The scopes of ``event`` whose totals the ledger's holds refresh from every

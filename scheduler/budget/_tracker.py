@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -29,7 +29,6 @@ from scheduler.budget._scopes import Scopes
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import (
-    StoreError,
     StoreUnavailableError,
     SystemWallClock,
     Usage,
@@ -413,7 +412,7 @@ class Tracker:
                      event_id=event.event_id, tokens=event.usage.total_tokens)
         if self.on_estimate_replaced is not None:
             self.on_estimate_replaced(event)
-        await self._refresh(self._reservations.refreshed_scopes(event))
+        await self._reservations.refresh(self._reservations.refreshed_scopes(event))
 
     async def _take_back(self, replaced: list[UsageEvent]) -> None:
         """Estimates this tracker charged and added that a woken process's settle replaced
@@ -424,21 +423,8 @@ class Tracker:
             for event in replaced:
                 self._scopes.take_back_recovered(event)
             return
-        await self._refresh(tuple({id(s): s for e in replaced
+        await self._reservations.refresh(tuple({id(s): s for e in replaced
                                    for s in self._scopes.counting(e)}.values()))
-
-    async def _refresh(self, scopes: Sequence[ScopeState]) -> None:
-        """Take over the store's current, versioned totals of ``scopes``
-        (``ScopeState.adopt``: a charge of this process they hold is not added again)."""
-        read = getattr(self.store, "totals_with_version", None)
-        if read is None:
-            return
-        for scope in scopes:
-            try:
-                totals, version = await read(scope.name)
-            except StoreError:  # out of reach: the next hold refreshes them anyway
-                continue
-            scope.adopt(totals, version)
 
     async def flush_usage(self) -> None:
         """The service that keeps running tasks' ``usage.json`` at most one interval

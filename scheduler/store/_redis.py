@@ -51,16 +51,10 @@ from scheduler.core import (
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, RECORDED, check_event, scopes_of
 from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection
-from scheduler.store._redis_lua import record_args
+from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
 _log = get_logger("vibe_engine.store.redis")
-_INT_FIELDS = (
-    "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
-    "file_edits", "shell_commands", "dangerous_commands", "calls",
-)
-
-
 @dataclass(frozen=True, slots=True)
 class RedisStoreStatistics:
     """What :meth:`RedisStore.statistics` reports."""
@@ -72,18 +66,6 @@ class RedisStoreStatistics:
     replayed_writes: int
     fail_open_tokens_used: int
     fail_open_cost_used: float
-
-
-def totals_from_hash(h: dict[str, str] | Sequence[str]) -> Totals:
-    """Parse a ``tot:<scope>`` hash (dict or flat HGETALL list) into :class:`Totals`."""
-    if not isinstance(h, dict):
-        h = dict(zip(h[::2], h[1::2], strict=True))
-    t = Totals()
-    for f in _INT_FIELDS:
-        setattr(t, f, int(h.get(f, 0)))
-    t.cost_usd = float(h.get("cost_usd", 0.0))
-    t.tokens_by_model = {k[2:]: int(v) for k, v in h.items() if k.startswith("m:")}
-    return t
 
 
 def split_namespace(url: str) -> tuple[str, str | None]:
@@ -176,9 +158,9 @@ class RedisStore:
         """Run ``record``, or ``settle_open`` closing the open call ``close`` with it."""
         args, keys = record_args(event, hold_id), self._record_keys(event, scopes)
         if close is None:
-            return _recorded(await self._link.script("record", keys, args))
+            return recorded_reply(await self._link.script("record", keys, args))
         keys += [self.key("state", OPEN_CALL), self.key("state", ESTIMATED_CHARGE)]
-        return _recorded(
+        return recorded_reply(
             await self._link.script("settle_open", keys, (*args, close, self.prefix)))
 
     async def _drain(self) -> None:
@@ -266,7 +248,7 @@ class RedisStore:
                 self.key("state", ESTIMATED_CHARGE)]
         args = (*record_args(estimate, ""), key, json.dumps(mark, sort_keys=True))
         try:
-            fresh, versions = _recorded(await self._link.script("charge_open", keys, args))
+            fresh, versions = recorded_reply(await self._link.script("charge_open", keys, args))
         except DOWN as exc:
             raise self._link.unavailable("charge_open_call", exc) from exc
         self._mark_up()
@@ -395,7 +377,7 @@ class RedisStore:
         for lim in limits:
             keys += [self.key("tot", lim.scope), self.key("holds", lim.scope),
                      self.key("amts", lim.scope)]
-            args += [_opt(lim.tokens), _opt(lim.model_tokens), _opt(lim.cost_usd)]
+            args += [limit_arg(lim.tokens), limit_arg(lim.model_tokens), limit_arg(lim.cost_usd)]
         if self._link.backing_off():
             down = StoreUnavailableError("Redis unreachable moments ago; retrying shortly")
             return self._reserve_locally(down, hold_id, limits, model, tokens, cost_usd)
@@ -509,12 +491,3 @@ def _closed_with(event: UsageEvent, after: Sequence[SpooledEvent | SpooledState]
             and nxt.key == event.event_id):
         return nxt.key
     return None
-
-
-def _recorded(reply: Sequence[Any]) -> Recorded:
-    """A record script's reply ``{outcome, versions...}`` as :data:`Recorded`."""
-    return int(reply[0]), tuple(int(v) for v in reply[1:])
-
-
-def _opt(v: float | None) -> str:
-    return "" if v is None else repr(v)

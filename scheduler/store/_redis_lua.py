@@ -15,10 +15,12 @@ estimate ``SETTLE_OPEN`` takes back (known only inside the script, same slot).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from scheduler.core import UsageEvent
+from scheduler.core import Totals, UsageEvent
 from scheduler.store._base import scopes_of
+from scheduler.store._ledger import Recorded
 
 _NOW = """
 local function now_ms(arg)
@@ -320,3 +322,31 @@ def record_args(event: UsageEvent, hold_id: str) -> tuple[Any, ...]:
             u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_write_tokens,
             repr(event.cost_usd), event.file_edits, event.shell_commands,
             event.dangerous_commands, hold_id, len(scopes_of(event)))
+
+
+_INT_FIELDS = (
+    "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
+    "file_edits", "shell_commands", "dangerous_commands", "calls",
+)
+
+
+def totals_from_hash(h: dict[str, str] | Sequence[str]) -> Totals:
+    """Parse a ``tot:<scope>`` hash (dict or flat HGETALL list) into :class:`Totals`."""
+    if not isinstance(h, dict):
+        h = dict(zip(h[::2], h[1::2], strict=True))
+    t = Totals()
+    for f in _INT_FIELDS:
+        setattr(t, f, int(h.get(f, 0)))
+    t.cost_usd = float(h.get("cost_usd", 0.0))
+    t.tokens_by_model = {k[2:]: int(v) for k, v in h.items() if k.startswith("m:")}
+    return t
+
+
+def recorded_reply(reply: Sequence[Any]) -> Recorded:
+    """A record script's reply ``{outcome, versions...}`` as :data:`Recorded`."""
+    return int(reply[0]), tuple(int(v) for v in reply[1:])
+
+
+def limit_arg(v: float | None) -> str:
+    """A limit as a script reads it: "" for none."""
+    return "" if v is None else repr(v)
