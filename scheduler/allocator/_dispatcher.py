@@ -291,49 +291,53 @@ class Dispatcher:
             first = p.bg.head()
             if first is not None:
                 return first
-        # The head of the highest non-empty level is the policy's choice; when the rank is
-        # the service counter, the smallest head counter is (within a band) the least-served
-        # waiter.  ``p.floor`` bounds every queued counter from below: while the top is
-        # within the slack of it, the top is within the slack of the least served too, and
-        # the other levels' heads need not be looked at.
-        top: Waiter | None = None
-        least: Waiter | None = None
-        slack = self._slack
+        # The head of the highest non-empty level is the policy's choice.
+        top = p.top()
+        if top is None:
+            return None
+        if p.track_fair:
+            least = p.fair.head()
+            if least is not None and top.counter - least.counter > self._slack:
+                return least
+            return top
+        if top.counter - p.floor <= self._slack:
+            return top  # within the slack of every queued counter
+        return self._least(p, top)
+
+    def _least(self, p: Pool, top: Waiter) -> Waiter:
+        """The choice when ``top``, the head of the highest level, may be more than the slack
+        ahead of the least served: then the least-served level head, else ``top``.
+
+        When the rank is the service counter the smallest head counter is (within a band)
+        the least-served waiter.  ``p.floor`` bounds every queued counter from below; the
+        scan sees every level, so it raises the floor to the lowest band edge it saw.
+        """
+        least = top
         edge = math.inf
         for lq in p.queues:
             d = lq.first
             if d is None:
                 continue  # an empty level
-            if d:
+            if d and not lq.first_late:
                 entry = d[0]
-                w: Waiter = entry.w
-            if not d or w.entry is not entry or lq.first_late:  # dead, or late ones first
-                head = lq.head()  # drops dead entries and empty bands in front
-                if head is None:
-                    continue
-                w = head
-            if top is None:
-                if p.track_fair:
-                    top = w
-                    break
-                if w.counter - p.floor <= slack:
-                    return w  # within the slack of every queued counter
-                top = least = w
-            elif w.counter < least.counter:  # type: ignore[union-attr] # set with top
+                w: Waiter | None = entry.w
+                if w.entry is not entry:  # type: ignore[union-attr] # an entry has its waiter
+                    w = lq.head()  # drops dead entries and empty bands in front
+            else:
+                w = lq.head()  # late ones first, or an empty band in front
+            if w is None:
+                continue
+            if w.counter < least.counter:
                 least = w
-            low = lq.low()  # the level's keys, its counters, are at least this
+            # the level's keys, its counters, are at least its lowest band's edge
+            # (BandQueue.low, inline: a live head means a band)
+            b = lq.order[0]
+            q = lq.quantum
+            low = b * q if q else b
             if low < edge:
                 edge = low
-        else:
-            if least is not None:
-                p.floor = edge  # the scan saw every level: the highest bound it can know
-        if top is None:
-            return None
-        if p.track_fair:
-            least = p.fair.head()
-        if least is not None and top.counter - least.counter > slack:
-            return least
-        return top
+        p.floor = edge
+        return least if top.counter - least.counter > self._slack else top
 
     def dispatch(self, p: Pool, now: float) -> None:
         """Grant waiters in order while the chosen one fits: the one scheduling loop.
@@ -359,8 +363,10 @@ class Dispatcher:
                         if d and not lq.first_late:
                             entry = d[0]
                             w = entry.w
-                            if w.entry is not entry or w.counter - p.floor > slack:
+                            if w.entry is not entry:
                                 w = None
+                            elif w.counter - p.floor > slack:
+                                w = self._least(p, w)  # the top, live, may be too far ahead
                         break
             if w is None:
                 w = self.select(p)
