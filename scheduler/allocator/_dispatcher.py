@@ -309,11 +309,11 @@ class Dispatcher:
         ahead of the least served: then the least-served level head, else ``top``.
 
         When the rank is the service counter the smallest head counter is (within a band)
-        the least-served waiter.  ``p.floor`` bounds every queued counter from below; the
-        scan sees every level, so it raises the floor to the lowest band edge it saw.
+        the least-served waiter.  The scan sees every level, so it raises ``p.floor``, a
+        lower bound of every queued counter, to the lowest band edge of any level: a
+        level's head is in its lowest band, so that is the edge of the least head's band.
         """
         least = top
-        edge = math.inf
         for lq in p.queues:
             d = lq.first
             if d is None:
@@ -325,18 +325,10 @@ class Dispatcher:
                     w = lq.head()  # drops dead entries and empty bands in front
             else:
                 w = lq.head()  # late ones first, or an empty band in front
-            if w is None:
-                continue
-            if w.counter < least.counter:
+            if w is not None and w.counter < least.counter:
                 least = w
-            # the level's keys, its counters, are at least its lowest band's edge
-            # (BandQueue.low, inline: a live head means a band)
-            b = lq.order[0]
-            q = lq.quantum
-            low = b * q if q else b
-            if low < edge:
-                edge = low
-        p.floor = edge
+        q = p.level_quantum  # > 0: ranks by counter need bands (see BoundPolicy)
+        p.floor = least.counter // q * q
         return least if top.counter - least.counter > self._slack else top
 
     def dispatch(self, p: Pool, now: float) -> None:
