@@ -1,13 +1,13 @@
 """The pools' scheduling: queueing requests, choosing who is served next, handing over grants.
 
 Each pool is a run queue (its :class:`~scheduler.allocator._waitqueue.WaitQueue`);
-the :class:`Dispatcher` is the scheduler that works on it, as an OS
-scheduler's enqueue / pick-next / dispatch work on a CPU's run queue:
+the :class:`Dispatcher` is the scheduler that works on it, as an OS scheduler's
+enqueue / pick-next / dispatch work on a CPU's run queue:
 
-* :meth:`Dispatcher.enqueue` queues a request that cannot be granted at once,
-  at the level and key its policy gives it;
-* :meth:`Dispatcher.select` picks the next waiter (the policy's choice unless
-  a share guard applies);
+* :meth:`Dispatcher.enqueue` queues a request that cannot be granted at once, at
+  the level and key its policy gives it;
+* :meth:`Dispatcher.select` picks the next waiter (the policy's choice unless a
+  share guard applies);
 * :meth:`Dispatcher.dispatch`, the one scheduling loop, grants waiters in that
   order while the chosen one fits and wakes their tasks.  It runs whenever
   capacity may have come free (a lease ends, a request is withdrawn, a
@@ -37,7 +37,7 @@ from scheduler.allocator._bound_policy import BoundPolicy
 from scheduler.allocator._grants import Grants
 from scheduler.allocator._leases import LEASE_IDS, Lease, new_lease_id
 from scheduler.allocator._pools import Pool
-from scheduler.allocator._records import GONE, GRANTED, QUEUED, Account, Holder, Waiter
+from scheduler.allocator._records import GONE, GRANTED, QUEUED, Account, Holder, Waiter, new_waiter
 from scheduler.allocator._servicer import Alarm
 
 __all__ = ["Dispatcher"]
@@ -124,7 +124,7 @@ class Dispatcher:
             p.floor = counter
         w = a.spare
         if w is None:
-            w = _new_waiter(p, a, seq, now, tokens, calls, requested)
+            w = new_waiter(a, seq, now, tokens, calls, requested)
         else:
             # Its holder fields are current (see reindex_holder); lease, error: see states.
             a.spare = None
@@ -305,13 +305,11 @@ class Dispatcher:
         return self._least(p, top)
 
     def _least(self, p: Pool, top: Waiter) -> Waiter:
-        """The choice when ``top``, the head of the highest level, may be more than the slack
-        ahead of the least served: then the least-served level head, else ``top``.
+        """``top`` (the highest level's head) may be more than the slack ahead: the least
+        served level head if it is, else ``top``.  (The rank is the service counter.)
 
-        When the rank is the service counter the smallest head counter is (within a band)
-        the least-served waiter.  The scan sees every level, so it raises ``p.floor``, a
-        lower bound of every queued counter, to the lowest band edge of any level: a
-        level's head is in its lowest band, so that is the edge of the least head's band.
+        The scan sees every level, so it raises ``p.floor`` to the lowest band edge of any
+        level: each level's head is in its lowest band, so the edge of the least head's.
         """
         least = top
         for lq in p.queues:
@@ -320,12 +318,18 @@ class Dispatcher:
                 continue  # an empty level
             if d and not lq.first_late:
                 entry = d[0]
-                w: Waiter | None = entry.w
-                if w.entry is not entry:  # type: ignore[union-attr] # an entry has its waiter
-                    w = lq.head()  # drops dead entries and empty bands in front
+                w: Waiter = entry.w
+                if w.entry is not entry:
+                    head = lq.head()  # drops dead entries and empty bands in front
+                    if head is None:
+                        continue
+                    w = head
             else:
-                w = lq.head()  # late ones first, or an empty band in front
-            if w is not None and w.counter < least.counter:
+                head = lq.head()  # late ones first, or an empty band in front
+                if head is None:
+                    continue
+                w = head
+            if w.counter < least.counter:
                 least = w
         q = p.level_quantum  # > 0: ranks by counter need bands (see BoundPolicy)
         p.floor = least.counter // q * q
@@ -343,9 +347,9 @@ class Dispatcher:
         cap = p.slot_cap
         slack = self._slack
         while p.n_queued and p.in_use < cap:
-            # select's usual answer, inline (one Python call less per grant): no share guard
-            # is due and the head of the highest non-empty level is live and within the
-            # slack of every queued counter.  Anything else asks select.
+            # select's usual answers, inline (fewer Python calls per grant): no share guard is
+            # due and the highest level's head is live (_least: unless it is within the slack
+            # of every queued counter).  Anything else asks select.
             w = None
             if not p.track_fair and not (
                     p.n_bg_queued and p.recent_bg < self._min_share * p.recent_all):
@@ -487,12 +491,3 @@ def _leave_bg(p: Pool, w: Waiter) -> bool:
     p.bg.head()
     return False
 
-
-def _new_waiter(
-    p: Pool, a: Account, seq: int, now: float, tokens: int, calls: int, requested: int
-) -> Waiter:
-    """A waiter record for the account's first wait (later waits reuse it)."""
-    h = a.holder
-    return Waiter(h.id, seq, now, h.base_priority, tokens, h.token_fraction, h.blocking,
-                  a.counter, account=a, calls=calls, requested=requested,
-                  background=h.background, pool=p.name)
