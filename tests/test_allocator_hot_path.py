@@ -113,3 +113,39 @@ async def test_r5_4_a_queued_grant_makes_the_same_lease_and_charges_as_an_immedi
                 x_d.counter, x_d.held_tokens, x_d.held_calls) == (700.0, 700, 1)
         assert queued.settle(lease.id, 700) == 0
         assert lease.id not in queued._leases
+
+
+@pytest.mark.real_asyncio
+async def test_r5_3_a_grant_under_the_fairness_guard_scans_the_level_heads_once() -> None:
+    """R5.3 (#22): when the highest level's head is more than the slack of service ahead,
+    a settle hands the slot to the least-served waiter of a lower level after one scan of
+    the level heads (``Dispatcher._least``): no ``select`` and no ``BandQueue.low``."""
+    async with open_allocator(pool_config(concurrent=1, fairness_slack_tokens=1000)) as alloc:
+        alloc.register("crit", "critical_path")
+        for _ in range(3):  # crit's service counter runs far ahead while nobody waits
+            lease = await alloc.acquire("crit", tokens=2000)
+            alloc.settle(lease.id, 2000)
+        blocker = await alloc.acquire("x", tokens=100)
+        got: dict[str, Lease] = {}
+
+        async def wait(holder: str) -> None:
+            got[holder] = await alloc.acquire(holder, tokens=500)
+
+        calls: Counter[str] = Counter()
+        async with anyio.create_task_group() as tg:
+            for holder in ("norm", "crit"):  # crit queues last, so it is not lifted
+                tg.start_soon(wait, holder)
+                await anyio.wait_all_tasks_blocked()
+            sys.setprofile(_python_calls(calls))
+            try:
+                alloc.settle(blocker.id, 100)  # to norm: crit is 6,000 ahead
+            finally:
+                sys.setprofile(None)
+            await anyio.wait_all_tasks_blocked()
+            assert list(got) == ["norm"]
+            alloc.settle(got["norm"].id, 500)  # to crit
+        assert list(got) == ["norm", "crit"]
+        assert calls["dispatch"] == calls["_least"] == 1
+        for helper in ("select", "low"):
+            assert calls[helper] == 0, helper
+        alloc.settle(got["crit"].id, 500)

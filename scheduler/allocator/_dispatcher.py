@@ -1,13 +1,13 @@
 """The pools' scheduling: queueing requests, choosing who is served next, handing over grants.
 
 Each pool is a run queue (its :class:`~scheduler.allocator._waitqueue.WaitQueue`);
-the :class:`Dispatcher` is the scheduler that works on it, as an OS
-scheduler's enqueue / pick-next / dispatch work on a CPU's run queue:
+the :class:`Dispatcher` is the scheduler that works on it, as an OS scheduler's
+enqueue / pick-next / dispatch work on a CPU's run queue:
 
-* :meth:`Dispatcher.enqueue` queues a request that cannot be granted at once,
-  at the level and key its policy gives it;
-* :meth:`Dispatcher.select` picks the next waiter (the policy's choice unless
-  a share guard applies);
+* :meth:`Dispatcher.enqueue` queues a request that cannot be granted at once, at
+  the level and key its policy gives it;
+* :meth:`Dispatcher.select` picks the next waiter (the policy's choice unless a
+  share guard applies);
 * :meth:`Dispatcher.dispatch`, the one scheduling loop, grants waiters in that
   order while the chosen one fits and wakes their tasks.  It runs whenever
   capacity may have come free (a lease ends, a request is withdrawn, a
@@ -37,7 +37,7 @@ from scheduler.allocator._bound_policy import BoundPolicy
 from scheduler.allocator._grants import Grants
 from scheduler.allocator._leases import LEASE_IDS, Lease, new_lease_id
 from scheduler.allocator._pools import Pool
-from scheduler.allocator._records import GONE, GRANTED, QUEUED, Account, Holder, Waiter
+from scheduler.allocator._records import GONE, GRANTED, QUEUED, Account, Holder, Waiter, new_waiter
 from scheduler.allocator._servicer import Alarm
 
 __all__ = ["Dispatcher"]
@@ -124,7 +124,7 @@ class Dispatcher:
             p.floor = counter
         w = a.spare
         if w is None:
-            w = _new_waiter(p, a, seq, now, tokens, calls, requested)
+            w = new_waiter(a, seq, now, tokens, calls, requested)
         else:
             # Its holder fields are current (see reindex_holder); lease, error: see states.
             a.spare = None
@@ -291,49 +291,49 @@ class Dispatcher:
             first = p.bg.head()
             if first is not None:
                 return first
-        # The head of the highest non-empty level is the policy's choice; when the rank is
-        # the service counter, the smallest head counter is (within a band) the least-served
-        # waiter.  ``p.floor`` bounds every queued counter from below: while the top is
-        # within the slack of it, the top is within the slack of the least served too, and
-        # the other levels' heads need not be looked at.
-        top: Waiter | None = None
-        least: Waiter | None = None
-        slack = self._slack
-        edge = math.inf
-        for lq in p.queues:
-            d = lq.first
-            if d is None:
-                continue  # an empty level
-            if d:
-                entry = d[0]
-                w: Waiter = entry.w
-            if not d or w.entry is not entry or lq.first_late:  # dead, or late ones first
-                head = lq.head()  # drops dead entries and empty bands in front
-                if head is None:
-                    continue
-                w = head
-            if top is None:
-                if p.track_fair:
-                    top = w
-                    break
-                if w.counter - p.floor <= slack:
-                    return w  # within the slack of every queued counter
-                top = least = w
-            elif w.counter < least.counter:  # type: ignore[union-attr] # set with top
-                least = w
-            low = lq.low()  # the level's keys, its counters, are at least this
-            if low < edge:
-                edge = low
-        else:
-            if least is not None:
-                p.floor = edge  # the scan saw every level: the highest bound it can know
+        # The head of the highest non-empty level is the policy's choice.
+        top = p.top()
         if top is None:
             return None
         if p.track_fair:
             least = p.fair.head()
-        if least is not None and top.counter - least.counter > slack:
-            return least
-        return top
+            if least is not None and top.counter - least.counter > self._slack:
+                return least
+            return top
+        if top.counter - p.floor <= self._slack:
+            return top  # within the slack of every queued counter
+        return self._least(p, top)
+
+    def _least(self, p: Pool, top: Waiter) -> Waiter:
+        """``top`` (the highest level's head) may be more than the slack ahead: the least
+        served level head if it is, else ``top``.  (The rank is the service counter.)
+
+        The scan sees every level, so it raises ``p.floor`` to the lowest band edge of any
+        level: each level's head is in its lowest band, so the edge of the least head's.
+        """
+        least = top
+        for lq in p.queues:
+            d = lq.first
+            if d is None:
+                continue  # an empty level
+            if d and not lq.first_late:
+                entry = d[0]
+                w: Waiter = entry.w
+                if w.entry is not entry:
+                    head = lq.head()  # drops dead entries and empty bands in front
+                    if head is None:
+                        continue
+                    w = head
+            else:
+                head = lq.head()  # late ones first, or an empty band in front
+                if head is None:
+                    continue
+                w = head
+            if w.counter < least.counter:
+                least = w
+        q = p.level_quantum  # > 0: ranks by counter need bands (see BoundPolicy)
+        p.floor = least.counter // q * q
+        return least if top.counter - least.counter > self._slack else top
 
     def dispatch(self, p: Pool, now: float) -> None:
         """Grant waiters in order while the chosen one fits: the one scheduling loop.
@@ -347,9 +347,9 @@ class Dispatcher:
         cap = p.slot_cap
         slack = self._slack
         while p.n_queued and p.in_use < cap:
-            # select's usual answer, inline (one Python call less per grant): no share guard
-            # is due and the head of the highest non-empty level is live and within the
-            # slack of every queued counter.  Anything else asks select.
+            # select's usual answers, inline (fewer Python calls per grant): no share guard is
+            # due and the highest level's head is live (_least: unless it is within the slack
+            # of every queued counter).  Anything else asks select.
             w = None
             if not p.track_fair and not (
                     p.n_bg_queued and p.recent_bg < self._min_share * p.recent_all):
@@ -359,8 +359,10 @@ class Dispatcher:
                         if d and not lq.first_late:
                             entry = d[0]
                             w = entry.w
-                            if w.entry is not entry or w.counter - p.floor > slack:
+                            if w.entry is not entry:
                                 w = None
+                            elif w.counter - p.floor > slack:
+                                w = self._least(p, w)  # the top, live, may be too far ahead
                         break
             if w is None:
                 w = self.select(p)
@@ -489,12 +491,3 @@ def _leave_bg(p: Pool, w: Waiter) -> bool:
     p.bg.head()
     return False
 
-
-def _new_waiter(
-    p: Pool, a: Account, seq: int, now: float, tokens: int, calls: int, requested: int
-) -> Waiter:
-    """A waiter record for the account's first wait (later waits reuse it)."""
-    h = a.holder
-    return Waiter(h.id, seq, now, h.base_priority, tokens, h.token_fraction, h.blocking,
-                  a.counter, account=a, calls=calls, requested=requested,
-                  background=h.background, pool=p.name)

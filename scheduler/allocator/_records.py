@@ -26,7 +26,7 @@ from typing import Any
 from policies.fairness import WaiterView
 from scheduler.allocator._leases import Lease
 
-__all__ = ["GONE", "GRANTED", "PARKED", "QUEUED", "Account", "Holder", "Waiter"]
+__all__ = ["GONE", "GRANTED", "PARKED", "QUEUED", "Account", "Holder", "Waiter", "new_waiter"]
 
 #: Waiter states.  ``GONE``: withdrawn or cancelled.
 QUEUED, PARKED, GRANTED, GONE = 0, 1, 2, 3
@@ -148,3 +148,13 @@ class Holder:
     def waiting(self) -> list[Waiter]:
         """Every queued or parked request of this holder, in all pools."""
         return [w for a in self.accounts.values() for w in a.waiters]
+
+
+def new_waiter(
+    a: Account, seq: int, now: float, tokens: int, calls: int, requested: int
+) -> Waiter:
+    """A waiter record for the account's first wait in its pool (later waits reuse it)."""
+    h = a.holder
+    return Waiter(h.id, seq, now, h.base_priority, tokens, h.token_fraction, h.blocking,
+                  a.counter, account=a, calls=calls, requested=requested,
+                  background=h.background, pool=a.pool.name)
