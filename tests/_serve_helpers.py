@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -79,14 +80,21 @@ def serve_process(config: Path, cwd: Path, env: dict[str, str]) -> Iterator[str]
     proc = subprocess.Popen(
         [str(BIN), "serve", str(config), "--port", "0"],
         cwd=cwd, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+    drain: threading.Thread | None = None
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
         found = re.search(r"serve on (http://[\d.:]+)", line)
         assert found, line + (proc.stderr.read() if proc.poll() is not None else "")
+        # read the rest of its log meanwhile: a replica that logs much would otherwise
+        # block on a full pipe and stall the test
+        drain = threading.Thread(target=proc.stderr.read, daemon=True)
+        drain.start()
         yield found[1]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if drain is not None:
+            drain.join(timeout=5)  # the pipe's end is closed: it reads to the end
         if proc.stderr is not None:
             proc.stderr.close()

@@ -26,8 +26,8 @@ def _serve(tmp_path: Path, config: str, *args: str) -> subprocess.CompletedProce
 @pytest.mark.slow
 def test_21_serve_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path) -> None:
     """#21: an unset key variable, no keys, a key with two sources, half a TLS pair, a
-    port in use and a host that is no address each name the field in one line, exit 2,
-    and write no state."""
+    port in use, a host that is no address and a ping interval too short for a held
+    stream each name the field in one line, exit 2, and write no state."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -40,6 +40,8 @@ def test_21_serve_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path) -
             (KEY, ("--port", port), "serve.port"),
             ('host = "no-such-host.invalid"\n' + KEY, ("--port", "0"),
              "serve.host='no-such-host.invalid'"),
+            # a held stream would spin sending pings
+            ("ping_interval_s = 1e-300\n" + KEY, ("--port", "0"), "serve.ping_interval_s"),
         ]
         for config, args, field in cases:
             out = _serve(tmp_path, config, *args)

@@ -81,8 +81,9 @@ class ServeConfig(FrozenModel):
     routing_alias: str = Field(default="vibe-auto", min_length=1)
     #: The longest a held request waits for a decision before it is refused.
     max_hold_s: float = Field(default=600.0, gt=0)
-    #: Seconds between SSE ``ping`` events a held streaming request receives.
-    ping_interval_s: float = Field(default=10.0, gt=0)
+    #: Seconds between SSE ``ping`` events a held streaming request receives (at least
+    #: 0.1: a held stream must not spin sending pings).
+    ping_interval_s: float = Field(default=10.0, ge=0.1, allow_inf_nan=False)
     #: The largest request body accepted, in bytes (the Messages API's own limit is
     #: 32 MB); a larger one gets 413 ``request_too_large`` without being read whole.
     max_request_bytes: int = Field(default=32_000_000, gt=0)
