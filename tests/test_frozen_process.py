@@ -61,11 +61,10 @@ def _tracker(store: Store, session: str, clock: _Clock) -> Tracker:
                    clock=clock)
 
 
-async def _open_and_charge(stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch,
-                           clock: _Clock) -> tuple[Tracker, Tracker, Reservation, list[int]]:
-    """``frozen`` (its records name another host: only its beat tells it is alive) opens
-    a call and freezes; ``live``, its clock moved round after round, charges it at its
-    estimate."""
+async def _open_frozen_call(stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch,
+                            clock: _Clock) -> tuple[Tracker, Tracker, Reservation]:
+    """Two trackers on ``stores``: ``frozen`` (its records name another host: only its
+    beat tells it is alive) with a call open, and ``live``."""
     for s in stores:
         await s.open()
     with monkeypatch.context() as m:
@@ -78,6 +77,15 @@ async def _open_and_charge(stores: tuple[Store, Store], monkeypatch: pytest.Monk
                                              False), agent="a")
     res = await frozen.reserve_shared("t", model="sonnet", tokens=ESTIMATE, cost_usd=0.01)
     await frozen.open_call(res, prompt_tokens=1000, output_tokens=234)
+    return frozen, live, res
+
+
+async def _open_and_charge(stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch,
+                           clock: _Clock) -> tuple[Tracker, Tracker, Reservation, list[int]]:
+    """``frozen`` (its records name another host: only its beat tells it is alive) opens
+    a call and freezes; ``live``, its clock moved round after round, charges it at its
+    estimate."""
+    frozen, live, res = await _open_frozen_call(stores, monkeypatch, clock)
     rounds = []
     while clock.now <= BEAT_STALE_S + RECOVER_EVERY_S:  # frozen: no beat of its own
         clock.now += RECOVER_EVERY_S
@@ -322,18 +330,7 @@ async def _recover_while_locked(db: Path, monkeypatch: pytest.MonkeyPatch
     would tell that process is dead any more)."""
     clock = _Clock()
     stores = (SqliteStore(db, retry_s=0.05), SqliteStore(db, retry_s=0.05))
-    for s in stores:
-        await s.open()
-    with monkeypatch.context() as m:
-        m.setattr(socket, "gethostname", lambda: "frozen-host")
-        frozen = _tracker(stores[0], "frozen", clock)
-    live = _tracker(stores[1], "live", clock)
-    await frozen.open()
-    await live.open()
-    await frozen.start_task("t", TaskProfile("code_modification", "moderate", Limits(), False,
-                                             False), agent="a")
-    res = await frozen.reserve_shared("t", model="sonnet", tokens=ESTIMATE, cost_usd=0.01)
-    await frozen.open_call(res, prompt_tokens=1000, output_tokens=234)
+    _, live, _ = await _open_frozen_call(stores, monkeypatch, clock)
     rounds = []
     other = sqlite3.connect(db, isolation_level=None)
     while clock.now < BEAT_STALE_S:  # the last of these rounds finds the beat stale
