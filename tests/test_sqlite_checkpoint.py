@@ -213,3 +213,38 @@ async def test_r1_5_open_call_records_are_rows_of_their_own_table(tmp_path: Path
     finally:
         raw.close()
         await store.aclose()
+
+
+_DMS_PROBE = textwrap.dedent("""
+    import fcntl, os, struct, sys
+    # F_GETLK on the byte of the -shm file that SQLite's unix VFS read-locks while a
+    # connection of a process has the database open (its "DMS" lock, byte 128): another
+    # process that finds it free takes the database for closed and rebuilds the -shm
+    # file under the open connection's mapping.
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    want = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 128, 1, 0)
+    got = fcntl.fcntl(fd, fcntl.F_GETLK, want)
+    print("held" if struct.unpack("hhqqi4x", got)[0] != fcntl.F_UNLCK else "free")
+""")
+
+
+async def test_r2_6_an_open_store_keeps_sqlite_locks_on_its_shared_memory(
+        tmp_path: Path) -> None:
+    """R2.6: while a store is open its connection keeps SQLite's read lock on the WAL
+    index (``vibe.db-shm``), so another process opening the file -- ``vibe-engine status``,
+    a replica -- sees it in use.  Making the side files private by opening them closed a
+    descriptor, and closing any descriptor of a file drops every POSIX lock this process
+    holds on it: the next process rebuilt the index under the open connection (SIGBUS in
+    the running orchestrator, or two processes on two indexes)."""
+    db = tmp_path / "st" / "vibe.db"
+    shm = str(db) + "-shm"
+    for i in range(2):  # a new file, then one whose -wal/-shm are already there
+        store = SqliteStore(db)
+        await store.open()
+        try:
+            await store.record(_event(i))
+            assert os.stat(shm).st_mode & 0o777 == 0o600
+            probe = await anyio.run_process([sys.executable, "-c", _DMS_PROBE, shm])
+            assert probe.stdout.decode().strip() == "held", probe.stdout + probe.stderr
+        finally:
+            await store.aclose()

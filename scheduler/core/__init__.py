@@ -39,6 +39,7 @@ from scheduler.core._files import make_private_dir as make_private_dir
 from scheduler.core._files import open_private as open_private
 from scheduler.core._files import private_dir as private_dir
 from scheduler.core._files import private_file as private_file
+from scheduler.core._files import private_mode as private_mode
 from scheduler.core._files import remove_file as remove_file
 from scheduler.core._files import umask_keeps_owner as umask_keeps_owner
 from scheduler.core._files import write_private as write_private
@@ -124,6 +125,7 @@ __all__ = [
     "open_private",
     "private_dir",
     "private_file",
+    "private_mode",
     "remove_file",
     "resolve_object",
     "thinking_budget",

@@ -77,6 +77,14 @@ def private_file(path: Path) -> Path:
     return path
 
 
+def private_mode(path: Path) -> Path:
+    """Make the existing file ``path`` ``0600`` without opening it: closing any
+    descriptor of a file drops every POSIX lock this process holds on it -- SQLite's on
+    a database it has open among them (see ``SqliteStore.open``)."""
+    os.chmod(path, PRIVATE_FILE)
+    return path
+
+
 def open_private(path: Path, *, append: bool = False) -> IO[str]:
     """Open ``path`` for writing text (truncate, or ``append``), ``0600``."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)

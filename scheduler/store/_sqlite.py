@@ -67,6 +67,7 @@ from scheduler.core import (
     off_loop,
     private_dir,
     private_file,
+    private_mode,
 )
 from scheduler.store._base import OPEN_CALL, check_event, scopes_of
 from scheduler.store._ledger import Hold, ScopeLimit
@@ -140,17 +141,25 @@ class SqliteStore:
             return
         try:
             private_dir(self.path.parent)
-            private_file(self.path)  # before SQLite creates it with the umask's mode
+            # before SQLite creates it with the umask's mode; an existing one by chmod (a
+            # descriptor closed would drop the locks of a connection of this process on it)
+            if self.path.exists():
+                private_mode(self.path)
+            else:
+                private_file(self.path)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout=0")  # never wait for a lock: we retry, async
             db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
             self._db = db
             await off_loop(init_schema, db)  # may recover a large WAL a killed run left
-            # SQLite gives new -wal/-shm files the db's mode; older ones kept theirs
+            # SQLite gives new -wal/-shm files the db's mode; older ones kept theirs.  By
+            # chmod, never by opening them: closing a descriptor of the -shm file would
+            # drop the connection's lock on it, and another process would then rebuild
+            # the WAL index under this one (SIGBUS, or two processes on two indexes)
             for extra in ("-wal", "-shm"):
                 side = self.path.with_name(self.path.name + extra)
                 if side.exists():
-                    private_file(side)
+                    private_mode(side)
         except (sqlite3.Error, OSError) as exc:
             if self._db is not None:
                 self._db.close()
