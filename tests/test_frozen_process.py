@@ -250,6 +250,8 @@ def test_r1_5_a_frozen_vibe_engine_run_counts_each_call_once_by_what_the_api_rep
                 os.kill(proc.pid, signal.SIGCONT)
                 proc.kill()
                 proc.communicate()
+            if proc.stderr is not None:  # a run that died early: its pipe is not left open
+                proc.stderr.close()
         reported = sum(r.total_tokens for r in api.reported)
         answered = len(api.reported)
     assert proc.returncode == 0, err
