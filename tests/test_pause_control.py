@@ -179,7 +179,7 @@ def test_r3_4_decide_without_an_orchestrator_writes_to_the_store(tmp_path: Path)
                      "session": "s1"}
     review = decide("t", "review", state_dir=state)
     assert review["summary"]["usage"]["tokens"] == 1000
-    with pytest.raises(DecisionError, match="not paused"):
+    with pytest.raises(DecisionError, match="not paused: the store has no task of that name"):
         decide("nobody", "finish", state_dir=state)
     with pytest.raises(DecisionError, match="unknown decision"):
         decide("t", "explode", state_dir=state)

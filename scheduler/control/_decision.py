@@ -109,7 +109,8 @@ async def submit_to_store(store: Store, decision: Decision) -> dict[str, Any]:
     decision = checked(decision)
     session = await paused_session(store, decision.task_id)
     if session is None:
-        raise DecisionError(f"task {decision.task_id!r} is not paused")
+        known = bool(await store.events(task_id=decision.task_id))
+        raise not_paused(decision.task_id, known, "the store has")
     if decision.action == "review":
         return {"accepted": True, "action": "review",
                 "summary": await review_summary(store, decision.task_id, session)}
@@ -119,6 +120,14 @@ async def submit_to_store(store: Store, decision: Decision) -> dict[str, Any]:
         raise already_decided(decision.task_id, earlier, applied=False)
     await store.put_state("decision", key, decision.to_dict())
     return {"accepted": True, "action": decision.action, "stored": True, "session": session}
+
+
+def not_paused(task_id: str, known: bool, where: str) -> DecisionError:
+    """The reply to a decision for a task with no pause; one ``where`` has no trace of
+    also says so (a mistyped id reads as such, not as a task that is running)."""
+    if known:
+        return DecisionError(f"task {task_id!r} is not paused")
+    return DecisionError(f"task {task_id!r} is not paused: {where} no task of that name")
 
 
 def already_decided(task_id: str, first: Decision, *, applied: bool) -> DecisionError:

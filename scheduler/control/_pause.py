@@ -38,11 +38,12 @@ from scheduler.control._decision import (
     checked,
     from_store,
     limits_added,
+    not_paused,
 )
 from scheduler.control._new_day import CHECK_S, day_is_over, scope_day
 from scheduler.control._overdraft import OverdraftLedger
 from scheduler.control._stored import review_summary
-from scheduler.core import BudgetExceededError, DecisionError, EventBus, get_logger
+from scheduler.core import BudgetExceededError, EventBus, get_logger
 from scheduler.store import Store, task_key, task_of_key
 
 _log = get_logger("vibe_engine.pause")
@@ -396,7 +397,7 @@ class PauseController:
             last = self._last.get(task_id)
             if last is not None and decision.action != "review":
                 raise already_decided(task_id, last, applied=True)
-            raise DecisionError(f"task {task_id!r} is not paused")
+            raise not_paused(task_id, self.tracker.has_task(task_id), "this run has")
         if decision.action == "review":
             summary = await review_summary(self.store, task_id, self.tracker.session_id)
             self.events.emit("task_review", f"review of paused task {task_id}",
