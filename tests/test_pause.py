@@ -154,7 +154,7 @@ async def test_r3_4_review_shows_work_and_keeps_the_task_paused() -> None:
 async def test_r3_4_invalid_decisions_are_refused() -> None:
     h = await open_harness(tasks={"t": profile(tokens=1000), "u": profile()})
     await _exceed(h)
-    with pytest.raises(DecisionError, match="'u' is not paused$"):  # a task of the run
+    with pytest.raises(DecisionError, match=r"'u' is not paused$"):  # a task of the run
         await h.controller.decide("u", "finish")
     with pytest.raises(DecisionError, match="not paused: this run has no task of that name"):
         await h.controller.decide("uu", "finish")  # a mistyped id says so
