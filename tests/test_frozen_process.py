@@ -188,13 +188,31 @@ def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
         return []
 
 
+def _writable(db: Path) -> bool:
+    """Whether another process can write ``db`` now (no one holds its write lock)."""
+    conn = sqlite3.connect(db, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+
+
 def _freeze_with_calls_in_flight(proc: subprocess.Popen[str], db: Path) -> None:
-    """SIGSTOP ``proc`` once a call of it has been answered and another is in flight."""
+    """SIGSTOP ``proc`` once a call of it has been answered and another is in flight --
+    not in the middle of a commit or a checkpoint: a process frozen holding the file's
+    write lock keeps every other process from writing (then nothing can be charged
+    until it wakes, the case of a store out of reach)."""
     for _ in range(3000):  # a bound on a hung run (the wait below is the pause)
         if _rows(db, "SELECT 1 FROM events WHERE model != ''") and _rows(
                 db, "SELECT 1 FROM open_calls"):
             os.kill(proc.pid, signal.SIGSTOP)
-            return
+            if _writable(db):
+                return
+            os.kill(proc.pid, signal.SIGCONT)  # stopped holding the lock: another moment
         try:
             proc.wait(timeout=0.02)
         except subprocess.TimeoutExpired:
