@@ -78,9 +78,12 @@ def private_file(path: Path) -> Path:
 
 
 def private_mode(path: Path) -> Path:
-    """Make the existing file ``path`` ``0600`` without opening it: closing any
-    descriptor of a file drops every POSIX lock this process holds on it -- SQLite's on
-    a database it has open among them (see ``SqliteStore.open``)."""
+    """:func:`private_file`, but an existing file is made ``0600`` without opening it:
+    closing any descriptor of a file drops every POSIX lock this process holds on it --
+    SQLite's on a database it has open among them, so another process would take the
+    database for closed and rebuild its WAL index under the open connection."""
+    if not path.exists():
+        return private_file(path)
     os.chmod(path, PRIVATE_FILE)
     return path
 

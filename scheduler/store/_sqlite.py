@@ -66,7 +66,6 @@ from scheduler.core import (
     loop_time,
     off_loop,
     private_dir,
-    private_file,
     private_mode,
 )
 from scheduler.store._base import OPEN_CALL, check_event, scopes_of
@@ -141,21 +140,14 @@ class SqliteStore:
             return
         try:
             private_dir(self.path.parent)
-            # before SQLite creates it with the umask's mode; an existing one by chmod (a
-            # descriptor closed would drop the locks of a connection of this process on it)
-            if self.path.exists():
-                private_mode(self.path)
-            else:
-                private_file(self.path)
+            private_mode(self.path)  # before SQLite creates it with the umask's mode
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout=0")  # never wait for a lock: we retry, async
             db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
             self._db = db
             await off_loop(init_schema, db)  # may recover a large WAL a killed run left
-            # SQLite gives new -wal/-shm files the db's mode; older ones kept theirs.  By
-            # chmod, never by opening them: closing a descriptor of the -shm file would
-            # drop the connection's lock on it, and another process would then rebuild
-            # the WAL index under this one (SIGBUS, or two processes on two indexes)
+            # SQLite gives new -wal/-shm files the db's mode; older ones kept theirs (by
+            # chmod: see private_mode, never by opening them)
             for extra in ("-wal", "-shm"):
                 side = self.path.with_name(self.path.name + extra)
                 if side.exists():
