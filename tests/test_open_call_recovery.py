@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -103,6 +104,24 @@ async def _estimates(store: Store) -> list[str]:
 # -- the runtime path: an orchestrator that keeps running -----------------------------
 
 
+@asynccontextmanager
+async def ran_one_task(state: Path, agent: Callable[[], Any]
+                       ) -> AsyncIterator[tuple[list[float], list[float], SqliteStore]]:
+    """An orchestrator (session ``live``, the SQLite store in ``state``) runs one task of
+    ``agent``; then the times it announced an open call charged, the times of all its
+    events, and its store opened again (closed after the block)."""
+    orch = build_orchestrator({"a": agent}, config=VibeConfig(
+        state_dir=state, store="sqlite", session_id="live"))
+    await orch.run([TaskSpec(id="w", agent="a", prompt="x")])
+    store = SqliteStore(state / "vibe.db")
+    await store.open()
+    try:
+        yield ([e.at for e in orch.bus.history if e.name == "open_call_charged"],
+               [e.at for e in orch.bus.history], store)
+    finally:
+        await store.aclose()
+
+
 class _Waits:
     """An agent that kills the other replica, then keeps running for three minutes."""
 
@@ -125,18 +144,9 @@ def test_r1_5_a_running_orchestrator_charges_a_killed_replicas_open_call_within_
     db = state / "vibe.db"
 
     async def main() -> tuple[list[float], list[str], int, float]:
-        config = VibeConfig(state_dir=state, store="sqlite", session_id="live")
-        orch = build_orchestrator({"a": _Waits}, config=config)
-        await orch.run([TaskSpec(id="w", agent="a", prompt="x")])
-        store = SqliteStore(db)
-        await store.open()
-        try:
-            charged = [e.at for e in orch.bus.history if e.name == "open_call_charged"]
-            ended = max(e.at for e in orch.bus.history)
+        async with ran_one_task(state, _Waits) as (charged, times, store):
             return (charged, await _estimates(store), (await store.totals(DAY_SCOPE)).tokens,
-                    ended)
-        finally:
-            await store.aclose()
+                    max(times))
 
     with killed_replica("sqlite", str(db)) as proc:
         _Waits.proc = proc

@@ -17,15 +17,21 @@ from pathlib import Path
 import anyio
 import pytest
 
-from scheduler import TaskSpec, VibeConfig
+from scheduler import VibeConfig
 from scheduler.budget import TaskProfile, Tracker
 from scheduler.budget._open_calls import BEAT, BEAT_STALE_S, OPEN
 from scheduler.config import Limits
 from scheduler.core import FixedWallClock
 from scheduler.runtime._recovery import RECOVER_EVERY_S
 from scheduler.store import SqliteStore, Store
-from scheduler.testing import FRIDAY, build_orchestrator, run_virtual
-from tests.test_open_call_recovery import ESTIMATE, _estimates, kill, killed_replica
+from scheduler.testing import FRIDAY, run_virtual
+from tests.test_open_call_recovery import (
+    ESTIMATE,
+    _estimates,
+    kill,
+    killed_replica,
+    ran_one_task,
+)
 
 OTHER_HOST = "pod-b-7f9c"
 
@@ -108,17 +114,9 @@ def test_r1_5_a_running_orchestrator_charges_a_replica_killed_on_another_host(
     db = state / "vibe.db"
 
     async def main() -> tuple[list[float], list[str], int, list[str]]:
-        config = VibeConfig(state_dir=state, store="sqlite", session_id="live")
-        orch = build_orchestrator({"a": _Waits}, config=config)
-        await orch.run([TaskSpec(id="w", agent="a", prompt="x")])
-        store = SqliteStore(db)
-        await store.open()
-        try:
-            charged = [e.at for e in orch.bus.history if e.name == "open_call_charged"]
+        async with ran_one_task(state, _Waits) as (charged, _, store):
             day = (await store.totals(f"day:{FRIDAY.isoformat()}")).tokens
             return charged, await _estimates(store), day, sorted(await store.list_state(BEAT))
-        finally:
-            await store.aclose()
 
     with killed_replica("sqlite", str(db), "", OTHER_HOST) as proc:
         _Waits.proc = proc
