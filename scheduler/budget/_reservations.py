@@ -78,6 +78,9 @@ class Reservations:
         self._unavailable_wait_s = unavailable_wait_s
         self._clock = clock
         self._hold_id = hold_id
+        #: Set (and replaced) when held amounts go back (see :meth:`wait_for_holds`); made
+        #: by the first waiter, so a run in which nothing waits sets nothing.
+        self._settled: anyio.Event | None = None
 
     def check(
         self, task_id: str, *, model: str = "", tokens: int = 0, cost_usd: float = 0.0,
@@ -168,6 +171,7 @@ class Reservations:
                 if s.reserved_ops is not None:
                     for dim, n in amounts:
                         s.reserved_ops[dim] -= n
+            self._wake()
 
         return release
 
@@ -357,11 +361,11 @@ class Reservations:
         state record ``close`` (kind, key) is deleted after the event is recorded, in the
         same transaction when the store can (``REPLACED`` when that record was an open
         call charged at its estimate meanwhile, see ``store.record_and_delete_state``).
-        The reservation ends now; the awaitable returned is the store's write itself (no
-        coroutine more per charge)."""
+        The awaitable returned is the store's write itself (no coroutine more per charge).
+        The reservation's amounts stay held here until the caller, having added the event
+        to the scopes, cancels it (:meth:`cancel`): a check in between would count neither."""
         hold = None
         if reservation is not None:
-            self.cancel(reservation)
             hold, reservation.hold = reservation.hold, None
         if self._commit is not None and (close is None or close[0] == OPEN_CALL):
             return self._commit(event, hold, close[1] if close else None)  # one script
@@ -381,6 +385,26 @@ class Reservations:
             await self._store.delete_state(*close)
         return added
 
+    async def wait_for_holds(self, exc: BudgetExceededError) -> bool:
+        """When this process's check refused a request (``exc``) only for what its calls
+        (or operations) under way hold -- once charged at what they hold (they may use
+        less), the request fits -- wait until held amounts go back here (at most
+        :data:`SETTLE_POLL_S`) and answer True: the caller checks again.  Else False at
+        once.  A refusal by a shared ledger (holds of other processes) says nothing
+        held: this process is not told when those end."""
+        if not (exc.held > 0 and exc.used - exc.held + exc.requested <= exc.limit):
+            return False
+        if self._settled is None:
+            self._settled = anyio.Event()
+        with anyio.move_on_after(SETTLE_POLL_S):
+            await self._settled.wait()
+        return True
+
+    def _wake(self) -> None:
+        settled, self._settled = self._settled, None
+        if settled is not None:
+            settled.set()
+
     async def release(self, reservation: Reservation) -> None:
         """:meth:`cancel`, also releasing the shared hold (a dropped hold expires anyway)."""
         self.cancel(reservation)
@@ -393,12 +417,18 @@ class Reservations:
         if not reservation.active:
             return
         reservation.active = False
+        if self._settled is not None:  # a call waits for held amounts (seldom)
+            self._wake()
         for s in reservation.held or [
                 self._scopes.named(reservation.task_id, n) for n in reservation.scopes]:
             s.reserved_tokens -= reservation.tokens
             s.reserved_cost -= reservation.cost_usd
             s.reserved_by_model[reservation.model] -= reservation.tokens
 
+
+#: How long a request refused only for what calls under way here hold waits at most
+#: before checking again (their charge or release wakes it at once).
+SETTLE_POLL_S = 1.0
 
 #: The (empty, never written) totals and amounts of a hold kept until its settle.
 _READ: dict[str, Any] = {}
@@ -423,14 +453,10 @@ def _shared_limit(scope: ScopeState, model: str, grace: tuple[int, float] | None
 
 
 def _check_dimension(scope: ScopeState, dim: str, amount: float, lim: float) -> None:
-    held = (
-        scope.reserved_tokens if dim == "tokens"
-        else scope.reserved_cost if dim == "cost_usd"
-        else scope.reserved_ops.get(dim, 0) if scope.reserved_ops else 0
-    )
+    held = scope.held(dim)
     used = scope.used(dim) + held
     if used + amount > lim:
-        raise BudgetExceededError(scope.name, dim, used, lim, amount)
+        raise BudgetExceededError(scope.name, dim, used, lim, amount, held=held)
 
 
 def _check_call(scope: ScopeState, caps: Mapping[str, float | None], prompt_tokens: int,
@@ -453,6 +479,8 @@ def _check_cache(scope: ScopeState, caps: Mapping[str, float | None]) -> None:
 def _check_model(scope: ScopeState, model: str, tokens: int) -> None:
     mlim = scope.limits.tokens_by_model.get(model)  # type: ignore[call-overload]
     if mlim is not None:
-        used = scope.used(f"tokens:{model}") + scope.reserved_by_model.get(model, 0)
+        held = scope.reserved_by_model.get(model, 0)
+        used = scope.used(f"tokens:{model}") + held
         if used + tokens > mlim:
-            raise BudgetExceededError(scope.name, f"tokens:{model}", used, mlim, tokens)
+            raise BudgetExceededError(scope.name, f"tokens:{model}", used, mlim, tokens,
+                                      held=held)

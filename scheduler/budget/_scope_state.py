@@ -96,6 +96,14 @@ class ScopeState:
         value: float = getattr(self.totals, dimension)
         return value
 
+    def held(self, dimension: str) -> float:
+        """What this process's calls and operations under way hold of ``dimension``."""
+        if dimension.startswith("tokens:"):
+            return self.reserved_by_model.get(dimension[7:], 0)
+        return (self.reserved_tokens if dimension == "tokens"
+                else self.reserved_cost if dimension == "cost_usd"
+                else self.reserved_ops.get(dimension, 0) if self.reserved_ops else 0)
+
     def max_fraction(self) -> float:
         """The largest used ÷ limit over the dimensions limited above 0 (0 when none is):
         asked before every routed call and every status frame, so the totals are read

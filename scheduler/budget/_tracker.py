@@ -29,6 +29,7 @@ from scheduler.budget._scopes import Scopes
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import (
+    BudgetExceededError,
     StoreUnavailableError,
     SystemWallClock,
     Usage,
@@ -332,6 +333,10 @@ class Tracker:
         """Return a reservation that will not be charged (call failed before usage)."""
         self._reservations.cancel(reservation)
 
+    async def wait_for_holds(self, exc: BudgetExceededError) -> bool:
+        """See :meth:`Reservations.wait_for_holds`."""
+        return await self._reservations.wait_for_holds(exc)
+
     # -- charging ------------------------------------------------------------------
 
     def next_event_id(self, task_id: str) -> str:
@@ -381,20 +386,23 @@ class Tracker:
             # unreachable store: recorded all the same (spooled); ``add`` reads them after
             with contextlib.suppress(StoreUnavailableError):
                 await scopes.load_for(event)
-        outcome = await self._reservations.settle(event, reservation, close=close)
-        if reservation is not None and close is not None:
-            reservation.durable = False
-        if ops_held is not None:
-            ops_held()
-        fresh, versions = outcome if isinstance(outcome, tuple) else (outcome, ())
-        if not fresh:
-            return []
-        if fresh == REPLACED:
-            await self._replaced_estimate(event)
-        crossings = scopes.add_loaded(event, versions=versions)  # no wait but on a day's
-        # first charge
-        if crossings is None:
-            crossings = await scopes.add(event, versions)
+        try:  # held until added (a check in between would count neither), then let go
+            outcome = await self._reservations.settle(event, reservation, close=close)
+            if reservation is not None and close is not None:
+                reservation.durable = False
+            fresh, versions = outcome if isinstance(outcome, tuple) else (outcome, ())
+            if not fresh:
+                return []
+            if fresh == REPLACED:
+                await self._replaced_estimate(event)
+            crossings = scopes.add_loaded(event, versions=versions)  # no wait but on a
+            if crossings is None:                                     # day's first charge
+                crossings = await scopes.add(event, versions)
+        finally:
+            if reservation is not None:
+                self._reservations.cancel(reservation)
+            if ops_held is not None:
+                ops_held()
         entry = scopes.tasks.get(event.task_id)
         if entry is not None and self._files.after_charge(event.task_id, entry,
                                                           crossed=bool(crossings)):

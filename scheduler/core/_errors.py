@@ -111,13 +111,17 @@ class BudgetExceededError(BudgetError):
     """A call would take a scope past the limit of one of its dimensions."""
 
     def __init__(
-        self, scope: str, dimension: str, used: float, limit: float, requested: float = 0
+        self, scope: str, dimension: str, used: float, limit: float, requested: float = 0,
+        *, held: float = 0,
     ) -> None:
         self.scope = scope
         self.dimension = dimension
+        #: Counts ``held``: what this process's calls (or operations) under way hold
+        #: until charged, when its own check refused (0 from a shared ledger's).
         self.used = used
         self.limit = limit
         self.requested = requested
+        self.held = held
         super().__init__(
             f"budget exceeded for {scope}: {dimension} used {used:g} + requested "
             f"{requested:g} > limit {limit:g}"

@@ -87,6 +87,8 @@ class Admission:
                     self._holds[id(reservation)] = reservation  # until :meth:`ended`
                 return reservation
             except BudgetExceededError as exc:
+                if await self.tracker.wait_for_holds(exc):  # not the limit yet
+                    continue
                 if reject:  # the caller answers it (serve keys)
                     raise
                 if self.tracker.limits_raised != raised:
@@ -94,10 +96,10 @@ class Admission:
                 await ctl.request_pause(task_id, error=exc)
             except OverdraftDeniedError as exc:
                 cause = exc.__cause__
-                await ctl.request_pause(
-                    task_id, exc.reason,
-                    error=cause if isinstance(cause, BudgetExceededError) else None,
-                )
+                error = cause if isinstance(cause, BudgetExceededError) else None
+                if error is not None and await self.tracker.wait_for_holds(error):
+                    continue
+                await ctl.request_pause(task_id, exc.reason, error=error)
             await self.on_pause(task)
             _decided(task, await ctl.wait_decision(task_id))
 
@@ -119,6 +121,8 @@ class Admission:
                                              shell_commands=shell_commands,
                                              dangerous_commands=dangerous_commands)
             except BudgetExceededError as exc:
+                if await self.tracker.wait_for_holds(exc):  # under way still
+                    continue
                 await ctl.request_pause(task.id, error=exc)
             await self.on_pause(task)
             _decided(task, await ctl.wait_decision(task.id))
