@@ -63,6 +63,9 @@ class Scopes:
         clock: Callable[[], float],
     ) -> None:
         self._store = store
+        #: The store's read of a scope's totals with their version (Redis; see
+        #: :meth:`ScopeState.load`), or None.
+        self._read_versioned = getattr(store, "totals_with_version", None)
         self._config = config
         self._session_id = session_id
         self._wall = wall
@@ -92,11 +95,18 @@ class Scopes:
 
     async def open(self) -> None:
         """Load the session's and today's totals from the store (R1.5)."""
-        self.session.totals = await self._store.totals(self.session.name)
+        self.session.load(*await self._read(self.session.name))
         # a session with no usage yet has none for any of its tasks: skip reading events
         self._continued = self.session.totals != Totals()
         self.crossings(self.session)  # thresholds passed before a restart fired then (R3.1)
         await self.ensure_day(self.today())
+
+    async def _read(self, name: str) -> tuple[Totals, int]:
+        """The store's totals of scope ``name`` and their version (0: not versioned)."""
+        if self._read_versioned is None:
+            return await self._store.totals(name), 0
+        totals, version = await self._read_versioned(name)
+        return totals, version
 
     async def ensure_day(self, day: date) -> ScopeState:
         """The scope of ``day`` with the totals every run recorded for it (R1.5): a day
@@ -108,7 +118,9 @@ class Scopes:
     async def _load(self, key: str, state: ScopeState) -> None:
         """Read ``state``'s totals from the store once (``key``: its entry in ``_loaded``);
         its reservations (a placeholder's) stay.  One read per scope at a time: a second
-        read ending after a charge was recorded and added would hold that charge twice."""
+        read ending after a charge was recorded and added would hold that charge twice.
+        A charge of this process recorded while the read is under way is counted once
+        where the store versions its totals (:meth:`ScopeState.load`)."""
         while key not in self._loaded:
             reading = self._loading.get(key)
             if reading is not None:
@@ -116,7 +128,7 @@ class Scopes:
                 continue
             done = self._loading[key] = anyio.Event()
             try:
-                state.totals = await self._store.totals(state.name)
+                state.load(*await self._read(state.name))
                 self._loaded.add(key)
             finally:
                 del self._loading[key]
@@ -217,9 +229,11 @@ class Scopes:
             self.task(parent)  # started first: its totals already hold this task's use
         scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock(),
                            shared=span == "store")
-        if scope.shared or self._continued:  # else it starts from nothing: none passed
-            scope.totals = await (self._store.totals(scope.name) if scope.shared else
-                                  session_task_totals(self._store, self._session_id, task_id))
+        if scope.shared:  # every session's use: the scope's totals, versioned
+            scope.load(*await self._read(scope.name))
+        elif self._continued:  # else it starts from nothing: none passed
+            scope.totals = await session_task_totals(self._store, self._session_id, task_id)
+        if scope.shared or self._continued:
             self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
         day_root = task_id if profile.day_limits is not None else (
             self.tasks[parent].day_root if parent is not None else None)
@@ -302,7 +316,10 @@ class Scopes:
         new_task_day = entry is not None and bool(event.day_scope) and name not in self._loaded
         if new_task_day:
             await self.ensure_task_day(event.day_scope, when)
-        added = self.add_loaded(event, loaded_day=new_day, loaded_task_day=new_task_day,
+        # loaded after the event was recorded, the scopes hold it -- unless the read was
+        # under way before (another charge's): the versions, when known, tell which
+        added = self.add_loaded(event, loaded_day=new_day and not versions,
+                                loaded_task_day=new_task_day and not versions,
                                 versions=versions)
         if added is None:  # its per-day scope's task is not (or no longer) started
             raise VibeEngineError(f"unknown task {event.day_scope!r}: call start_task first")

@@ -1,0 +1,182 @@
+"""R1.5/R2.1 on Redis: reading a scope's totals (a new day, a task's start) while this
+process charges it leaves the local view equal to the store's totals.
+
+The local scopes (what alerts, ``status``, ``usage.json`` and pauses read) are read
+from Redis once, when a day begins or a task starts, then added to per charge.  A
+charge recorded while such a read is under way is in the read or not depending on
+which reached Redis first: without the totals' version the view counted it twice or
+not at all.  A store that cannot answer for a moment (the first read of the day
+failed, the charges went on) or the open-call recovery of another process's call
+(charged at its estimate) meets both orders; each test below forces one order on the
+real Redis, holding one step of the store until another has happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from scheduler import TaskSpec, UsageEvent, VibeConfig
+from scheduler.budget import resolve_task
+from scheduler.core import FixedWallClock, StoreUnavailableError, Totals
+from scheduler.runtime import Orchestrator
+from scheduler.store._ledger import Hold, Recorded
+from scheduler.store._redis import RedisStore
+from scheduler.testing import ScriptedProvider
+from tests._redis_helpers import REDIS_URL
+
+pytestmark = [pytest.mark.redis, pytest.mark.real_asyncio]  # RedisStore runs on redis.asyncio
+DAY_1 = datetime(2026, 11, 26, 12, tzinfo=UTC)
+DAY_2 = "2026-11-27"
+Step = Callable[[], Awaitable[None]]
+
+
+class StepsHeld(RedisStore):
+    """The real RedisStore; a test holds some of its steps to force one order."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        #: Per scope, run before (after) its next totals read, once each.
+        self.before_read: dict[str, list[Step]] = {}
+        self.after_read: dict[str, list[Step]] = {}
+        #: Per event id, run before its record is sent to Redis (after: once it reached
+        #: Redis, before its caller resumes).
+        self.before_commit: dict[str, Step] = {}
+        self.after_commit: dict[str, Step] = {}
+        self.after_charge_open: Step | None = None
+
+    async def totals_with_version(self, scope: str) -> tuple[Totals, int]:
+        if self.before_read.get(scope):
+            await self.before_read[scope].pop(0)()
+        got = await super().totals_with_version(scope)
+        if self.after_read.get(scope):
+            await self.after_read[scope].pop(0)()
+        return got
+
+    def commit(self, event: UsageEvent, hold: Hold | None = None,
+               close: str | None = None) -> Awaitable[Recorded]:
+        return self._commit_then(event, hold, close)
+
+    async def _commit_then(self, event: UsageEvent, hold: Hold | None,
+                           close: str | None) -> Recorded:
+        step = self.before_commit.pop(event.event_id, None)
+        if step is not None:
+            await step()
+        got = await super().commit(event, hold, close)
+        step = self.after_commit.pop(event.event_id, None)
+        if step is not None:
+            await step()
+        return got
+
+    async def charge_open_call(self, estimate: UsageEvent, key: str,
+                               mark: dict[str, Any]) -> bool | tuple[int, ...]:
+        got = await super().charge_open_call(estimate, key, mark)
+        step, self.after_charge_open = self.after_charge_open, None
+        if step is not None:
+            await step()
+        return got
+
+
+async def _blip() -> None:
+    raise StoreUnavailableError("Redis did not answer this read")
+
+
+async def _turns(n: int = 20) -> None:
+    """Let every task that can run without the store take its next steps."""
+    for _ in range(n):
+        await anyio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def _opened(tmp_path: Path, ns: str) -> AsyncIterator[tuple[Orchestrator, StepsHeld]]:
+    """An orchestrator on Redis (a store whose steps the test can hold), opened on
+    DAY_1 with task ``t`` started; the wall clock then moved to DAY_2."""
+    cfg = VibeConfig.model_validate({
+        "state_dir": str(tmp_path / "run"), "store": f"{REDIS_URL}?namespace={ns}",
+        "session_id": "s0", "budgets": {"weekend_day_cost_usd": None}})
+    store = StepsHeld(REDIS_URL, namespace=ns, spool_path=tmp_path / "spool")
+    wall = FixedWallClock(DAY_1)
+    orch = Orchestrator(cfg, provider=ScriptedProvider(latency_s=0.0), agents={},
+                        store=store, wall=wall)
+    await orch.open()
+    try:
+        spec = TaskSpec(id="t", agent="qa", prompt="Fix the parser")
+        await orch.tracker.start_task("t", resolve_task(spec, cfg), agent="qa")
+        wall.at += timedelta(days=1)
+        yield orch, store
+    finally:
+        await orch.aclose()
+
+
+def _edits(orch: Orchestrator, n: int) -> UsageEvent:
+    """A charge of file edits by task ``t`` today (what an agent's file operation makes)."""
+    return orch.tracker.make_event("t", file_edits=n, event_id=f"edit-{n}")
+
+
+async def _view_and_store(orch: Orchestrator, store: RedisStore) -> tuple[int, int]:
+    day = orch.tracker.day_scope()
+    assert day.name == f"day:{DAY_2}"
+    return day.totals.file_edits, (await store.totals(day.name)).file_edits
+
+
+async def test_r1_5_a_charge_recorded_before_the_new_days_read_is_not_added_again(
+        redis_ns: str, tmp_path: Path) -> None:
+    """R1.5/R2.1: two charges meet a new day whose first reads failed (Redis did not
+    answer for a moment); the read that then succeeds holds both, and the one that
+    resumes after it is not added a second time (it was: 5 edits in view, 3 stored)."""
+    async with _opened(tmp_path, redis_ns) as (orch, store):
+        day = f"day:{DAY_2}"
+        second_recorded, read = anyio.Event(), anyio.Event()
+
+        async def read_after_the_second() -> None:
+            await second_recorded.wait()
+
+        async def resume_after_the_read() -> None:
+            second_recorded.set()
+            await read.wait()
+            await _turns()  # the read taken over by the day's scope
+
+        async def read_ends() -> None:
+            read.set()
+
+        store.before_read[day] = [_blip, _blip, read_after_the_second]
+        store.after_read[day] = [read_ends]
+        store.after_commit["edit-2"] = resume_after_the_read
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(orch.tracker.charge, _edits(orch, 1))
+            tg.start_soon(orch.tracker.charge, _edits(orch, 2))
+        assert await _view_and_store(orch, store) == (3, 3)
+
+
+async def test_r1_5_a_charge_recorded_after_the_new_days_read_began_is_kept(
+        redis_ns: str, tmp_path: Path) -> None:
+    """R1.5/R2.1: the other order -- the day's read reached Redis before a charge that
+    waited for it; that charge is added once the read ends (it was lost: 1 edit in
+    view, 3 stored)."""
+    async with _opened(tmp_path, redis_ns) as (orch, store):
+        day = f"day:{DAY_2}"
+        read, second_recorded = anyio.Event(), anyio.Event()
+
+        async def end_read_once_the_second_waits() -> None:
+            read.set()
+            await second_recorded.wait()
+            await _turns()
+
+        async def recorded() -> None:
+            second_recorded.set()
+
+        store.before_read[day] = [_blip, _blip]
+        store.after_read[day] = [end_read_once_the_second_waits]
+        store.before_commit["edit-2"] = read.wait  # recorded once the read reached Redis
+        store.after_commit["edit-2"] = recorded
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(orch.tracker.charge, _edits(orch, 1))
+            tg.start_soon(orch.tracker.charge, _edits(orch, 2))
+        assert await _view_and_store(orch, store) == (3, 3)
