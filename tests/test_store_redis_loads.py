@@ -25,6 +25,7 @@ import pytest
 
 from scheduler import TaskSpec, UsageEvent, VibeConfig
 from scheduler.budget import resolve_task
+from scheduler.budget._open_calls import OPEN
 from scheduler.core import FixedWallClock, StoreUnavailableError, Totals
 from scheduler.runtime import Orchestrator
 from scheduler.store._ledger import Hold, Recorded
@@ -180,3 +181,69 @@ async def test_r1_5_a_charge_recorded_after_the_new_days_read_began_is_kept(
             tg.start_soon(orch.tracker.charge, _edits(orch, 1))
             tg.start_soon(orch.tracker.charge, _edits(orch, 2))
         assert await _view_and_store(orch, store) == (3, 3)
+
+
+async def _dead_process_call(store: RedisStore) -> None:
+    """The record of a call another process left open today (DAY_2) before it died: an
+    earlier process of this pid, whose run is not alive here."""
+    import os
+    import socket
+    await store.put_state(OPEN, "gone:1", {
+        "event_id": "gone:1", "task_id": "elsewhere", "session_id": "gone", "day": DAY_2,
+        "agent": "qa", "task_type": "question", "model": "sonnet", "prompt_tokens": 1_000,
+        "output_tokens": 234, "cost_usd": 0.01, "host": socket.gethostname(),
+        "pid": os.getpid(), "run": "gone-run", "day_scope": ""})
+
+
+async def _recover_during_new_days_read(orch: Orchestrator, store: StepsHeld, *,
+                                        read_first: bool) -> tuple[int, int]:
+    """Recover the dead process's call while the new day's totals are read (a task's
+    first call of the day): the read before the estimate's record or after it."""
+    day = f"day:{DAY_2}"
+    charged, read_done = anyio.Event(), anyio.Event()
+
+    async def after_charge() -> None:
+        charged.set()
+        if not read_first:
+            await read_done.wait()
+            await _turns()  # the read taken over before the estimate is added
+
+    async def before_read() -> None:
+        if not read_first:
+            await charged.wait()
+
+    async def after_read() -> None:
+        if read_first:  # read before the estimate; ends once the estimate was added
+            await charged.wait()
+            await _turns()
+        read_done.set()
+
+    store.after_charge_open = after_charge
+    store.before_read[day] = [before_read]
+    store.after_read[day] = [after_read]
+    await _dead_process_call(store)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(orch.tracker.load_today, "t")
+        await _turns() if read_first else None
+        tg.start_soon(orch.tracker.recover_open_calls)
+    view = orch.tracker.day_scope().totals.tokens
+    return view, (await store.totals(day)).tokens
+
+
+async def test_r1_5_an_estimate_recovered_while_the_day_is_read_is_counted_once(
+        redis_ns: str, tmp_path: Path) -> None:
+    """R1.5: a stale process's call charged at its estimate while the new day's totals
+    are read, the read after the estimate's record: the view holds it once (it held it
+    twice: 2,468 tokens in view, 1,234 stored)."""
+    async with _opened(tmp_path, redis_ns) as (orch, store):
+        assert await _recover_during_new_days_read(orch, store, read_first=False) == (
+            1_234, 1_234)
+
+
+async def test_r1_5_an_estimate_recovered_after_the_days_read_began_is_kept(
+        redis_ns: str, tmp_path: Path) -> None:
+    """R1.5: the other order -- the day's read reached Redis before the estimate was
+    recorded: the estimate is added once the read ends (it was lost: 0 in view)."""
+    async with _opened(tmp_path, redis_ns) as (orch, store):
+        assert await _recover_during_new_days_read(orch, store, read_first=True) == (
+            1_234, 1_234)

@@ -366,11 +366,18 @@ class Scopes:
         out += self.crossings(state)
         return out
 
-    def add_recovered(self, event: UsageEvent, versions: tuple[int, ...] = ()) -> None:
+    async def add_recovered(self, event: UsageEvent, versions: tuple[int, ...] = ()) -> None:
         """Add an estimate charged for a call another process left open to the scopes here
         that count every process's use: the day, a task's day, the session (when it is
         this one), a task spanning the store (or this session's).  Its crossings are
-        reported by the next charge of each scope.  ``versions``: as :meth:`add`'s."""
+        reported by the next charge of each scope.  ``versions``: as :meth:`add`'s; with
+        them, a read of one of its per-day scopes under way (begun before the estimate was
+        recorded, or after) ends first, and the versions tell whether it holds it."""
+        if versions:
+            for key in (event.day, task_day_scope(event.day_scope, event.day)):
+                reading = self._loading.get(key)
+                if reading is not None:
+                    await reading.wait()
         for name, version in zip(scopes_of(event), versions or _UNKNOWN, strict=False):
             state = self._counting(name, event.session_id)
             if state is not None:

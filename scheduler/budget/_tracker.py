@@ -128,7 +128,7 @@ class Tracker:
         await self._open_calls.beat()
         charged = await self._open_calls.recover()
         for event, versions in charged:
-            self._scopes.add_recovered(event, versions)
+            await self._scopes.add_recovered(event, versions)
         replaced = await self._open_calls.replaced()  # their processes were only frozen
         if replaced:
             await self._take_back(replaced)
