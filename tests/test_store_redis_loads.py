@@ -14,7 +14,7 @@ real Redis, holding one step of the store until another has happened.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ from scheduler.core import FixedWallClock, StoreUnavailableError, Totals
 from scheduler.runtime import Orchestrator
 from scheduler.store._ledger import Hold, Recorded
 from scheduler.store._redis import RedisStore
+from scheduler.store._redis_conn import _RETRY_AFTER_S
 from scheduler.testing import ScriptedProvider
-from tests._redis_helpers import REDIS_URL
+from tests._redis_helpers import REDIS_URL, TcpProxy
 
 pytestmark = [pytest.mark.redis, pytest.mark.real_asyncio]  # RedisStore runs on redis.asyncio
 DAY_1 = datetime(2026, 11, 26, 12, tzinfo=UTC)
@@ -96,13 +97,16 @@ async def _turns(n: int = 20) -> None:
 
 
 @asynccontextmanager
-async def _opened(tmp_path: Path, ns: str) -> AsyncIterator[tuple[Orchestrator, StepsHeld]]:
-    """An orchestrator on Redis (a store whose steps the test can hold), opened on
-    DAY_1 with task ``t`` started; the wall clock then moved to DAY_2."""
+async def _opened(tmp_path: Path, ns: str, url: str = REDIS_URL,
+                  ) -> AsyncIterator[tuple[Orchestrator, StepsHeld]]:
+    """An orchestrator on Redis at ``url`` (a store whose steps the test can hold),
+    opened on DAY_1 with task ``t`` started; the wall clock then moved to DAY_2."""
     cfg = VibeConfig.model_validate({
-        "state_dir": str(tmp_path / "run"), "store": f"{REDIS_URL}?namespace={ns}",
-        "session_id": "s0", "budgets": {"weekend_day_cost_usd": None}})
-    store = StepsHeld(REDIS_URL, namespace=ns, spool_path=tmp_path / "spool")
+        "state_dir": str(tmp_path / "run"), "store": f"{url}?namespace={ns}",
+        "session_id": "s0", "budgets": {"weekend_day_cost_usd": None},
+        "distributed": {"socket_timeout_s": 0.5}})
+    store = StepsHeld(url, namespace=ns, config=cfg.distributed,
+                      spool_path=tmp_path / "spool")
     wall = FixedWallClock(DAY_1)
     orch = Orchestrator(cfg, provider=ScriptedProvider(latency_s=0.0), agents={},
                         store=store, wall=wall)
@@ -247,3 +251,29 @@ async def test_r1_5_an_estimate_recovered_after_the_days_read_began_is_kept(
     async with _opened(tmp_path, redis_ns) as (orch, store):
         assert await _recover_during_new_days_read(orch, store, read_first=True) == (
             1_234, 1_234)
+
+
+@pytest.mark.parametrize("replayed_first", [True, False], ids=["replayed", "still-spooled"])
+async def test_r1_5_usage_spooled_at_a_new_days_start_counts_once_when_replayed(
+        redis_ns: str, tmp_path: Path, replayed_first: bool) -> None:
+    """R1.5: the day's first charge made while Redis is unreachable is spooled (and the
+    charge does not fail: it is recorded).  Once Redis answers again the next charge
+    reads the new day's totals -- the spool replayed first, or, while the store still
+    waits to try Redis again, with the spooled usage added -- and the views of the day,
+    the session and the task hold both charges once, as Redis does after the replay
+    (the spooled one was lost: 2 edits in each view, 3 stored; the first charge failed)."""
+    with closing(TcpProxy()) as proxy:
+        async with _opened(tmp_path, redis_ns, proxy.url) as (orch, store):
+            proxy.cut()
+            await orch.tracker.charge(_edits(orch, 1))
+            assert len(store.spool) == 1
+            proxy.restore()
+            if replayed_first:
+                await anyio.sleep(2 * _RETRY_AFTER_S)  # the store tries Redis again
+            await orch.tracker.charge(_edits(orch, 2))
+            assert len(store.spool) == (0 if replayed_first else 2)
+            assert await store.flush() == 0
+            tracker = orch.tracker
+            for scope in (tracker.day_scope(), tracker.session, tracker.task_scope("t")):
+                stored = await store.totals(scope.name)
+                assert (scope.totals.file_edits, stored.file_edits) == (3, 3), scope.name

@@ -11,6 +11,7 @@ to them and reports each threshold crossing once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,7 +21,7 @@ import anyio
 from scheduler.budget._profile import TaskProfile, day_limits
 from scheduler.budget._scope_state import Crossing, Level, ScopeState
 from scheduler.config import Limits, VibeConfig
-from scheduler.core import Totals, UsageEvent, VibeEngineError, WallClock
+from scheduler.core import StoreUnavailableError, Totals, UsageEvent, VibeEngineError, WallClock
 from scheduler.store import Store, scopes_of, session_task_totals, task_day_scope
 
 
@@ -310,34 +311,44 @@ class Scopes:
         # the first event of a new day: the totals loaded now include it (recorded)
         when, entry = date.fromisoformat(event.day), self.tasks.get(event.task_id)
         new_day = event.day not in self._loaded
-        if new_day:
-            await self.ensure_day(when)
         name = task_day_scope(event.day_scope, event.day)
         new_task_day = entry is not None and bool(event.day_scope) and name not in self._loaded
-        if new_task_day:
-            await self.ensure_task_day(event.day_scope, when)
+        # out of reach, the store spooled the event: the scopes not read yet are left to
+        # their read once it answers (which holds it), the others count it now
+        with contextlib.suppress(StoreUnavailableError):
+            if new_day:
+                await self.ensure_day(when)
+            if new_task_day:
+                await self.ensure_task_day(event.day_scope, when)
         # loaded after the event was recorded, the scopes hold it -- unless the read was
         # under way before (another charge's): the versions, when known, tell which
         added = self.add_loaded(event, loaded_day=new_day and not versions,
                                 loaded_task_day=new_task_day and not versions,
-                                versions=versions)
+                                versions=versions, unread=True)
         if added is None:  # its per-day scope's task is not (or no longer) started
             raise VibeEngineError(f"unknown task {event.day_scope!r}: call start_task first")
         return added
 
     def add_loaded(self, event: UsageEvent, *, loaded_day: bool = False,
                    loaded_task_day: bool = False,
-                   versions: tuple[int, ...] = ()) -> list[Crossing] | None:
+                   versions: tuple[int, ...] = (), unread: bool = False,
+                   ) -> list[Crossing] | None:
         """:meth:`add` without a wait, when the event's day scopes are loaded (every charge
-        but a day's first); None, adding nothing, when one is not.  ``loaded_*``: that
-        scope was loaded after the event was recorded (it holds the event already)."""
+        but a day's first); None, adding nothing, when one is not (``unread``: they are
+        left out -- their read, when made, holds the event).  ``loaded_*``: that scope
+        was loaded after the event was recorded (it holds the event already)."""
         loaded, day, entry = self._loaded, event.day, self.tasks.get(event.task_id)
         task_day: ScopeState | None = None
         if entry is not None and event.day_scope:
             task_day = self.task_days.get(task_day_scope(event.day_scope, day))
-            if task_day is None or task_day.name not in loaded:
+            if task_day is None:
                 return None
-        if day not in loaded:
+            if task_day.name not in loaded:
+                if not unread:
+                    return None
+                task_day = None
+        day_state = self.days.get(day) if day in loaded else None
+        if day_state is None and not unread:
             return None
         # the version of each scope of the event, as ``scopes_of`` lists them (0: unknown)
         v = versions or _UNKNOWN
@@ -360,10 +371,10 @@ class Scopes:
         if event.session_id == self._session_id:
             self.session.charge(event, v[-2])
             out += self.crossings(self.session)
-        state = self.days[day]
-        if not loaded_day:
-            state.charge(event, v[-1])
-        out += self.crossings(state)
+        if day_state is not None:
+            if not loaded_day:
+                day_state.charge(event, v[-1])
+            out += self.crossings(day_state)
         return out
 
     async def add_recovered(self, event: UsageEvent, versions: tuple[int, ...] = ()) -> None:
