@@ -28,6 +28,7 @@ from scheduler.budget import resolve_task
 from scheduler.budget._open_calls import OPEN
 from scheduler.core import FixedWallClock, StoreUnavailableError, Totals
 from scheduler.runtime import Orchestrator
+from scheduler.store import task_day_scope
 from scheduler.store._ledger import Hold, Recorded
 from scheduler.store._redis import RedisStore
 from scheduler.store._redis_conn import _RETRY_AFTER_S
@@ -97,10 +98,11 @@ async def _turns(n: int = 20) -> None:
 
 
 @asynccontextmanager
-async def _opened(tmp_path: Path, ns: str, url: str = REDIS_URL,
+async def _opened(tmp_path: Path, ns: str, url: str = REDIS_URL, *, day_budget: bool = False,
                   ) -> AsyncIterator[tuple[Orchestrator, StepsHeld]]:
     """An orchestrator on Redis at ``url`` (a store whose steps the test can hold),
-    opened on DAY_1 with task ``t`` started; the wall clock then moved to DAY_2."""
+    opened on DAY_1 with task ``t`` started (with a per-day budget: ``day_budget``);
+    the wall clock then moved to DAY_2."""
     cfg = VibeConfig.model_validate({
         "state_dir": str(tmp_path / "run"), "store": f"{url}?namespace={ns}",
         "session_id": "s0", "budgets": {"weekend_day_cost_usd": None},
@@ -112,7 +114,8 @@ async def _opened(tmp_path: Path, ns: str, url: str = REDIS_URL,
                         store=store, wall=wall)
     await orch.open()
     try:
-        spec = TaskSpec(id="t", agent="qa", prompt="Fix the parser")
+        spec = TaskSpec(id="t", agent="qa", prompt="Fix the parser",
+                        day_budget={"file_edits": 1_000} if day_budget else None)
         await orch.tracker.start_task("t", resolve_task(spec, cfg), agent="qa")
         wall.at += timedelta(days=1)
         yield orch, store
@@ -260,10 +263,11 @@ async def test_r1_5_usage_spooled_at_a_new_days_start_counts_once_when_replayed(
     charge does not fail: it is recorded).  Once Redis answers again the next charge
     reads the new day's totals -- the spool replayed first, or, while the store still
     waits to try Redis again, with the spooled usage added -- and the views of the day,
-    the session and the task hold both charges once, as Redis does after the replay
+    the task's day (it has a per-day budget), the session and the task hold both
+    charges once, as Redis does after the replay
     (the spooled one was lost: 2 edits in each view, 3 stored; the first charge failed)."""
     with closing(TcpProxy()) as proxy:
-        async with _opened(tmp_path, redis_ns, proxy.url) as (orch, store):
+        async with _opened(tmp_path, redis_ns, proxy.url, day_budget=True) as (orch, store):
             proxy.cut()
             await orch.tracker.charge(_edits(orch, 1))
             assert len(store.spool) == 1
@@ -274,6 +278,9 @@ async def test_r1_5_usage_spooled_at_a_new_days_start_counts_once_when_replayed(
             assert len(store.spool) == (0 if replayed_first else 2)
             assert await store.flush() == 0
             tracker = orch.tracker
-            for scope in (tracker.day_scope(), tracker.session, tracker.task_scope("t")):
+            task_day = tracker.scope_named("t", task_day_scope("t", DAY_2))
+            assert task_day is not None
+            for scope in (tracker.day_scope(), tracker.session, tracker.task_scope("t"),
+                          task_day):
                 stored = await store.totals(scope.name)
                 assert (scope.totals.file_edits, stored.file_edits) == (3, 3), scope.name

@@ -315,10 +315,11 @@ class Scopes:
         new_task_day = entry is not None and bool(event.day_scope) and name not in self._loaded
         # out of reach, the store spooled the event: the scopes not read yet are left to
         # their read once it answers (which holds it), the others count it now
-        with contextlib.suppress(StoreUnavailableError):
-            if new_day:
+        if new_day:
+            with contextlib.suppress(StoreUnavailableError):
                 await self.ensure_day(when)
-            if new_task_day:
+        if new_task_day:  # its placeholder made, whether or not the read succeeds
+            with contextlib.suppress(StoreUnavailableError):
                 await self.ensure_task_day(event.day_scope, when)
         # loaded after the event was recorded, the scopes hold it -- unless the read was
         # under way before (another charge's): the versions, when known, tell which
