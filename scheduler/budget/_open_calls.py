@@ -53,6 +53,8 @@ BEAT = "process"
 BEAT_STALE_S = 180.0
 #: How many of the estimates it charged a tracker remembers (see ``OpenCalls.replaced``).
 _CHARGED_KEPT = 4096
+#: What is told of an estimate as soon as it is charged, with its scopes' versions.
+Charged = Callable[[UsageEvent, tuple[int, ...]], Awaitable[None]]
 #: The runs of the trackers alive in this process: a record of this pid from any other
 #: run was left by an earlier process that had the same pid.
 _LIVE_RUNS: set[str] = set()
@@ -168,10 +170,13 @@ class OpenCalls:
         """The (kind, key) of the record of the call whose event is ``event_id``."""
         return OPEN, event_id
 
-    async def recover(self) -> list[tuple[UsageEvent, tuple[int, ...]]]:
+    async def recover(self, charged_now: Charged | None = None,
+                      ) -> list[tuple[UsageEvent, tuple[int, ...]]]:
         """Charge, at its estimate, every call a process that is gone left open; then
         forget the beats of the processes found dead.  Returns each charge with the
-        versions its scopes reached, when the store tells them (``store.Recorded``)."""
+        versions its scopes reached, when the store tells them (``store.Recorded``).
+        ``charged_now`` is awaited with each as soon as it is charged: a read of the
+        totals made after the charge then holds it, one made before does not."""
         stale = await self._stale()
         charged: list[tuple[UsageEvent, tuple[int, ...]]] = []
         for key, record in (await self._store.list_state(OPEN)).items():
@@ -193,6 +198,8 @@ class OpenCalls:
                 continue
             if added:
                 charged.append((event, added if isinstance(added, tuple) else ()))
+                if charged_now is not None:
+                    await charged_now(*charged[-1])
                 self._charged[key] = event
                 _log.warning("open_call_charged_at_estimate", task_id=call.task_id,
                              session_id=call.session_id, tokens=event.usage.total_tokens,

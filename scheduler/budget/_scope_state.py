@@ -90,6 +90,15 @@ class ScopeState:
             self.totals = totals.copy()
             self.version = version
 
+    def load(self, totals: Totals, version: int) -> None:
+        """Take ``totals`` read from the store as of ``version`` as this scope's (its
+        first read: a task's start, a new day).  A store that versions them (0: one that
+        does not, the read taken as it is) tells which of this process's charges the read
+        holds: a charge added after it is not added again (:meth:`charge`)."""
+        if not version or (version >= self.version and version >= self.charged_version):
+            self.totals = totals
+            self.version = version
+
     def used(self, dimension: str) -> float:
         if dimension.startswith("tokens:"):
             return self.totals.tokens_by_model.get(dimension[7:], 0)

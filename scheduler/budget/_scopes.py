@@ -11,6 +11,7 @@ to them and reports each threshold crossing once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,7 +21,7 @@ import anyio
 from scheduler.budget._profile import TaskProfile, day_limits
 from scheduler.budget._scope_state import Crossing, Level, ScopeState
 from scheduler.config import Limits, VibeConfig
-from scheduler.core import Totals, UsageEvent, VibeEngineError, WallClock
+from scheduler.core import StoreUnavailableError, Totals, UsageEvent, VibeEngineError, WallClock
 from scheduler.store import Store, scopes_of, session_task_totals, task_day_scope
 
 
@@ -63,6 +64,9 @@ class Scopes:
         clock: Callable[[], float],
     ) -> None:
         self._store = store
+        #: The store's read of a scope's totals with their version (Redis; see
+        #: :meth:`ScopeState.load`), or None.
+        self._read_versioned = getattr(store, "totals_with_version", None)
         self._config = config
         self._session_id = session_id
         self._wall = wall
@@ -92,11 +96,18 @@ class Scopes:
 
     async def open(self) -> None:
         """Load the session's and today's totals from the store (R1.5)."""
-        self.session.totals = await self._store.totals(self.session.name)
+        self.session.load(*await self._read(self.session.name))
         # a session with no usage yet has none for any of its tasks: skip reading events
         self._continued = self.session.totals != Totals()
         self.crossings(self.session)  # thresholds passed before a restart fired then (R3.1)
         await self.ensure_day(self.today())
+
+    async def _read(self, name: str) -> tuple[Totals, int]:
+        """The store's totals of scope ``name`` and their version (0: not versioned)."""
+        if self._read_versioned is None:
+            return await self._store.totals(name), 0
+        totals, version = await self._read_versioned(name)
+        return totals, version
 
     async def ensure_day(self, day: date) -> ScopeState:
         """The scope of ``day`` with the totals every run recorded for it (R1.5): a day
@@ -108,7 +119,9 @@ class Scopes:
     async def _load(self, key: str, state: ScopeState) -> None:
         """Read ``state``'s totals from the store once (``key``: its entry in ``_loaded``);
         its reservations (a placeholder's) stay.  One read per scope at a time: a second
-        read ending after a charge was recorded and added would hold that charge twice."""
+        read ending after a charge was recorded and added would hold that charge twice.
+        A charge of this process recorded while the read is under way is counted once
+        where the store versions its totals (:meth:`ScopeState.load`)."""
         while key not in self._loaded:
             reading = self._loading.get(key)
             if reading is not None:
@@ -116,7 +129,7 @@ class Scopes:
                 continue
             done = self._loading[key] = anyio.Event()
             try:
-                state.totals = await self._store.totals(state.name)
+                state.load(*await self._read(state.name))
                 self._loaded.add(key)
             finally:
                 del self._loading[key]
@@ -217,9 +230,11 @@ class Scopes:
             self.task(parent)  # started first: its totals already hold this task's use
         scope = ScopeState(f"task:{task_id}", profile.limits, started_at=self._clock(),
                            shared=span == "store")
-        if scope.shared or self._continued:  # else it starts from nothing: none passed
-            scope.totals = await (self._store.totals(scope.name) if scope.shared else
-                                  session_task_totals(self._store, self._session_id, task_id))
+        if scope.shared:  # every session's use: the scope's totals, versioned
+            scope.load(*await self._read(scope.name))
+        elif self._continued:  # else it starts from nothing: none passed
+            scope.totals = await session_task_totals(self._store, self._session_id, task_id)
+        if scope.shared or self._continued:
             self.crossings(scope)  # a resumed task's passed thresholds fired in its earlier run
         day_root = task_id if profile.day_limits is not None else (
             self.tasks[parent].day_root if parent is not None else None)
@@ -296,31 +311,45 @@ class Scopes:
         # the first event of a new day: the totals loaded now include it (recorded)
         when, entry = date.fromisoformat(event.day), self.tasks.get(event.task_id)
         new_day = event.day not in self._loaded
-        if new_day:
-            await self.ensure_day(when)
         name = task_day_scope(event.day_scope, event.day)
         new_task_day = entry is not None and bool(event.day_scope) and name not in self._loaded
-        if new_task_day:
-            await self.ensure_task_day(event.day_scope, when)
-        added = self.add_loaded(event, loaded_day=new_day, loaded_task_day=new_task_day,
-                                versions=versions)
+        # out of reach, the store spooled the event: the scopes not read yet are left to
+        # their read once it answers (which holds it), the others count it now
+        if new_day:
+            with contextlib.suppress(StoreUnavailableError):
+                await self.ensure_day(when)
+        if new_task_day:  # its placeholder made, whether or not the read succeeds
+            with contextlib.suppress(StoreUnavailableError):
+                await self.ensure_task_day(event.day_scope, when)
+        # loaded after the event was recorded, the scopes hold it -- unless the read was
+        # under way before (another charge's): the versions, when known, tell which
+        added = self.add_loaded(event, loaded_day=new_day and not versions,
+                                loaded_task_day=new_task_day and not versions,
+                                versions=versions, unread=True)
         if added is None:  # its per-day scope's task is not (or no longer) started
             raise VibeEngineError(f"unknown task {event.day_scope!r}: call start_task first")
         return added
 
     def add_loaded(self, event: UsageEvent, *, loaded_day: bool = False,
                    loaded_task_day: bool = False,
-                   versions: tuple[int, ...] = ()) -> list[Crossing] | None:
+                   versions: tuple[int, ...] = (), unread: bool = False,
+                   ) -> list[Crossing] | None:
         """:meth:`add` without a wait, when the event's day scopes are loaded (every charge
-        but a day's first); None, adding nothing, when one is not.  ``loaded_*``: that
-        scope was loaded after the event was recorded (it holds the event already)."""
+        but a day's first); None, adding nothing, when one is not (``unread``: they are
+        left out -- their read, when made, holds the event).  ``loaded_*``: that scope
+        was loaded after the event was recorded (it holds the event already)."""
         loaded, day, entry = self._loaded, event.day, self.tasks.get(event.task_id)
         task_day: ScopeState | None = None
         if entry is not None and event.day_scope:
             task_day = self.task_days.get(task_day_scope(event.day_scope, day))
-            if task_day is None or task_day.name not in loaded:
+            if task_day is None:
                 return None
-        if day not in loaded:
+            if task_day.name not in loaded:
+                if not unread:
+                    return None
+                task_day = None
+        day_state = self.days.get(day) if day in loaded else None
+        if day_state is None and not unread:
             return None
         # the version of each scope of the event, as ``scopes_of`` lists them (0: unknown)
         v = versions or _UNKNOWN
@@ -343,17 +372,24 @@ class Scopes:
         if event.session_id == self._session_id:
             self.session.charge(event, v[-2])
             out += self.crossings(self.session)
-        state = self.days[day]
-        if not loaded_day:
-            state.charge(event, v[-1])
-        out += self.crossings(state)
+        if day_state is not None:
+            if not loaded_day:
+                day_state.charge(event, v[-1])
+            out += self.crossings(day_state)
         return out
 
-    def add_recovered(self, event: UsageEvent, versions: tuple[int, ...] = ()) -> None:
+    async def add_recovered(self, event: UsageEvent, versions: tuple[int, ...] = ()) -> None:
         """Add an estimate charged for a call another process left open to the scopes here
         that count every process's use: the day, a task's day, the session (when it is
         this one), a task spanning the store (or this session's).  Its crossings are
-        reported by the next charge of each scope.  ``versions``: as :meth:`add`'s."""
+        reported by the next charge of each scope.  ``versions``: as :meth:`add`'s; with
+        them, a read of one of its per-day scopes under way (begun before the estimate was
+        recorded, or after) ends first, and the versions tell whether it holds it."""
+        if versions:
+            for key in (event.day, task_day_scope(event.day_scope, event.day)):
+                reading = self._loading.get(key)
+                if reading is not None:
+                    await reading.wait()
         for name, version in zip(scopes_of(event), versions or _UNKNOWN, strict=False):
             state = self._counting(name, event.session_id)
             if state is not None:

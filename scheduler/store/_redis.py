@@ -260,12 +260,19 @@ class RedisStore:
         return len(self.spool)
 
     async def totals_with_version(self, scope: str) -> tuple[Totals, int]:
-        """:meth:`totals` and their version (see :meth:`commit`)."""
+        """:meth:`totals` and their version (see :meth:`commit`): the spooled usage
+        replayed first, or added while it cannot be (recorded, like SQLite's)."""
+        if len(self.spool) and not self._link.backing_off():
+            await self._drain()
         try:
             h = cast(dict[str, str], await self._link.client.hgetall(self.key("tot", scope)))
         except DOWN as exc:
             raise self._link.unavailable("totals", exc) from exc
-        return totals_from_hash(h), int(h.get("version", 0))
+        totals = totals_from_hash(h)
+        for entry in self.spool.read() if len(self.spool) else ():
+            if isinstance(entry, SpooledEvent) and scope in scopes_of(entry.event):
+                totals.add(entry.event)  # its version is known once replayed
+        return totals, int(h.get("version", 0))
 
     async def totals(self, scope: str) -> Totals:
         return (await self.totals_with_version(scope))[0]
