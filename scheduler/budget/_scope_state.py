@@ -62,6 +62,9 @@ class ScopeState:
     #: process's own charges added to them since reached (see :meth:`charge`).
     version: int = 0
     charged_version: int = 0
+    #: The records of budget people added for every process (``scheduler.control``'s
+    #: ``fleet_budget``) already in ``limits``; made when one is.
+    added: set[str] | None = None
     # what ``limits`` says per dimension, worked out once per Limits (a frozen model: a
     # new object whenever a limit changes) -- every call asks several times
     _caps_of: Limits | None = field(default=None, init=False, repr=False, compare=False)

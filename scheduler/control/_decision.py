@@ -151,3 +151,17 @@ def limits_added(scope: ScopeState, decision: Decision, dimension: str) -> dict[
         # paused on the dangerous-command limit: the shell commands granted may be dangerous
         extra["dangerous_commands"] = decision.shell_commands
     return extra
+
+
+def added_up(cumulative: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """What was added to a scope so far (``cumulative``) plus ``extra``."""
+    total = dict(cumulative)
+    for k, v in extra.items():
+        if k == "tokens_by_model":
+            merged = dict(total.get(k, {}))
+            for m, n in v.items():
+                merged[m] = merged.get(m, 0) + n
+            total[k] = merged
+        else:
+            total[k] = total.get(k, 0) + v
+    return total

@@ -13,7 +13,7 @@ Pending pauses and decisions are state records (kinds ``pause`` and
 restart and are picked up when the session is resumed -- never by a later
 session that reuses the task id -- and a decision written to the store by
 another process is picked up by polling.  Budget a person added is kept as kind
-``budget`` and re-applied by :meth:`restore_task`.
+``budget`` (and for every process, ``_fleet``) and re-applied by :meth:`restore_task`.
 
 Critical sections (``open_critical(task_id, "git_commit")``) defer a pause until
 they complete, and a call made inside one may use the overdraft grace instead.
@@ -29,17 +29,19 @@ from typing import Any, Literal, cast
 
 import anyio
 
-from scheduler.budget import Reservation, ScopeState, Tracker
+from scheduler.budget import Reservation, Tracker
 from scheduler.config import Limits
 from scheduler.control._decision import (
     Decision,
     DecisionAction,
+    added_up,
     already_decided,
     checked,
     from_store,
     limits_added,
     not_paused,
 )
+from scheduler.control._fleet import FleetBudget, counts_every_process
 from scheduler.control._new_day import CHECK_S, day_is_over, scope_day
 from scheduler.control._overdraft import OverdraftLedger
 from scheduler.control._stored import review_summary
@@ -124,6 +126,8 @@ class PauseController:
         self.decision_timeout_s = decision_timeout_s
         #: Called with each applied decision (the alert runtime clears its flags).
         self.on_decision: list[Callable[[Decision], None]] = []
+        #: Budget added to scopes every process on the store counts (``_fleet``).
+        self.fleet = FleetBudget(store, tracker)
 
     async def open(self) -> None:
         """Load this session's pending pauses and decisions (R3.4: they survive a restart)."""
@@ -144,13 +148,13 @@ class PauseController:
             await self.overdraft.open()
 
     async def restore_task(self, task_id: str) -> None:
-        """Re-apply budget people added before a restart (call after ``start_task``)."""
+        """Re-apply budget people added before a restart (call after ``start_task``): to
+        scopes every process counts, what any process's decisions added (``_fleet``)."""
+        await self.fleet.sync(task_id)
         added = await self.store.get_state("budget", self._key(task_id))
-        if not added:
-            return
-        for scope_name, extra in added.get("scopes", {}).items():
-            scope = self._scope(task_id, scope_name)
-            if scope is not None:
+        for scope_name, extra in (added or {}).get("scopes", {}).items():
+            scope = self.tracker.scope_named(task_id, scope_name)
+            if scope is not None and not counts_every_process(scope):
                 self.tracker.raise_limits(scope, Limits.model_validate(extra))
 
     def forget(self, task_id: str) -> None:
@@ -339,6 +343,9 @@ class PauseController:
                 decision = await self._stored(task_id, stored)
                 if decision is not None and decision == self._last.get(task_id):
                     decision = None  # applied to the last pause; its record is being deleted
+            if decision is None and self._fleet_wide(task_id, info) and await self.fleet.sync(
+                    task_id):  # another process's decision added to this budget: try again
+                decision = Decision(task_id, "resume", source="fleet", at=self._now())
             if decision is not None:
                 await self._apply(decision)
                 return decision
@@ -453,6 +460,10 @@ class PauseController:
         self._last[task_id] = decision
         if decision.action == "add_budget":
             await self._add_budget(decision, info)
+        elif decision.action == "finish" and self._fleet_wide(task_id) and (
+                not decision.source.startswith("fleet")):  # once, by the process it reached
+            await self.fleet.pass_on(task_id, {**decision.to_dict(),
+                                               "source": f"fleet ({decision.source})"})
         await self.store.delete_state("decision", self._key(task_id))
         await self.store.delete_state("pause", self._key(task_id))
         self._applied += 1
@@ -465,7 +476,7 @@ class PauseController:
     async def _add_budget(self, decision: Decision, info: PauseInfo | None) -> None:
         task_id = decision.task_id
         scope_name = info.scope if info and info.scope else f"task:{task_id}"
-        scope = self._scope(task_id, scope_name)
+        scope = self.tracker.scope_named(task_id, scope_name)
         if scope is None:
             return
         extra = limits_added(scope, decision, info.dimension if info else "")
@@ -475,17 +486,14 @@ class PauseController:
             await self.overdraft.repay(scope.name, int(decision.tokens or 0),
                                        float(decision.cost_usd or 0.0), shared=scope.shared)
         stored = await self.store.get_state("budget", self._key(task_id)) or {"scopes": {}}
-        cumulative = stored["scopes"].get(scope.name, {})
-        for k, v in extra.items():
-            if k == "tokens_by_model":
-                merged = dict(cumulative.get(k, {}))
-                for m, n in v.items():
-                    merged[m] = merged.get(m, 0) + n
-                cumulative[k] = merged
-            else:
-                cumulative[k] = cumulative.get(k, 0) + v
-        stored["scopes"][scope.name] = cumulative
+        stored["scopes"][scope.name] = added_up(stored["scopes"].get(scope.name, {}), extra)
         await self.store.put_state("budget", self._key(task_id), stored)
+        if counts_every_process(scope):
+            await self.fleet.record(scope, extra, task_id, decision.source)
 
-    def _scope(self, task_id: str, scope_name: str) -> ScopeState | None:
-        return self.tracker.scope_named(task_id, scope_name)
+    def _fleet_wide(self, task_id: str, info: PauseInfo | None = None) -> bool:
+        """Whether every process on the store counts ``task_id``'s budget (a serve key),
+        or the budget ``info`` paused it at (a day's)."""
+        if info is not None and info.scope.startswith(("day:", "task-day:")):
+            return True
+        return self.tracker.has_task(task_id) and self.tracker.task_scope(task_id).shared

@@ -89,10 +89,11 @@ class Admission:
             except BudgetExceededError as exc:
                 if await self.tracker.wait_for_holds(exc):  # not the limit yet
                     continue
+                if self.tracker.limits_raised != raised or await ctl.fleet.sync(task_id):
+                    continue  # checked against limits from before budget was added (here,
+                    # or by another process on the store)
                 if reject:  # the caller answers it (serve keys)
                     raise
-                if self.tracker.limits_raised != raised:
-                    continue  # the shared check read the limits from before budget was added
                 await ctl.request_pause(task_id, error=exc)
             except OverdraftDeniedError as exc:
                 cause = exc.__cause__
@@ -123,6 +124,8 @@ class Admission:
             except BudgetExceededError as exc:
                 if await self.tracker.wait_for_holds(exc):  # under way still
                     continue
+                if await ctl.fleet.sync(task.id):
+                    continue  # another process's decision added to the budget
                 await ctl.request_pause(task.id, error=exc)
             await self.on_pause(task)
             _decided(task, await ctl.wait_decision(task.id))

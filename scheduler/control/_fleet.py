@@ -1,0 +1,101 @@
+"""Budget a person added, for every process on the store (R3.4 across replicas).
+
+A scope that counts every process's use -- a ``serve`` key's task (``span = "store"``),
+its per-day scope, the day -- has one budget for all the processes on a shared store
+(``serve`` replicas, orchestrators on one SQLite file or Redis namespace).  A person's
+``add_budget`` to such a scope is applied by the one process that received it, and kept
+as a record of kind :data:`KIND`, one per decision, keyed by the scope and a nonce.
+Every process applies each record once to the scope (:meth:`FleetBudget.sync`; a task
+the run forgot and starts again gets it anew): when a task starts,
+when a check refuses a call (before refusing or pausing), and while a task waits paused.
+So the others raise their limits by the amount added, not by it times N, and a process
+started later starts from the raised budget.  A ``finish`` is passed on to the pauses
+the other processes have of the task (:meth:`FleetBudget.pass_on`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from scheduler.budget import ScopeState, Tracker
+from scheduler.config import Limits
+from scheduler.core import StoreError, get_logger
+from scheduler.store import Store, put_state_if_absent, task_key, task_of_key
+
+_log = get_logger("vibe_engine.pause")
+
+#: The state kind of one ``add_budget`` to a scope every process counts.
+KIND = "fleet_budget"
+
+
+def counts_every_process(scope: ScopeState) -> bool:
+    """Whether every process on the store counts ``scope``'s use (its budget is one)."""
+    return scope.shared or scope.name.startswith("day:")
+
+
+class FleetBudget:
+    """The budget people added to scopes every process counts, applied here once each."""
+
+    def __init__(self, store: Store, tracker: Tracker) -> None:
+        self._store = store
+        self._tracker = tracker
+
+    async def record(self, scope: ScopeState, extra: dict[str, Any], task_id: str,
+                     source: str) -> None:
+        """Keep ``extra``, just added here to ``scope``, for the other processes."""
+        key = f"{scope.name}#{secrets.token_hex(6)}"
+        _applied(scope).add(key)
+        await self._store.put_state(KIND, key, {
+            "scope": scope.name, "limits": extra, "task_id": task_id, "source": source,
+            "at": self._tracker.wall.now().timestamp()})
+
+    async def sync(self, task_id: str) -> bool:
+        """Apply the records of ``task_id``'s scopes that this process has not applied;
+        True when a limit was raised.  An unreachable store raises nothing: the limits
+        stay as they are until the next sync."""
+        try:
+            records = await self._store.list_state(KIND)
+        except StoreError as exc:
+            _log.warning("fleet_budget_unread", task_id=task_id, error=str(exc))
+            return False
+        today = self._tracker.today().isoformat()
+        raised = False
+        for key, value in records.items():
+            scope = self._scope(task_id, str(value.get("scope", "")), today)
+            if scope is None or (scope.added is not None and key in scope.added):
+                continue
+            _applied(scope).add(key)
+            try:
+                extra = Limits.model_validate(value.get("limits") or {})
+            except ValueError:
+                _log.warning("fleet_budget_invalid", key=key, stored=value)
+                continue
+            self._tracker.raise_limits(scope, extra)
+            raised = True
+        return raised
+
+    def _scope(self, task_id: str, name: str, today: str) -> ScopeState | None:
+        """The scope ``name`` of ``task_id`` if every process counts it; a day's or a
+        task's per-day scope only on that day (a past day's record is never applied)."""
+        if name.startswith(("day:", "task-day:")) and not name.endswith(today):
+            return None
+        scope = self._tracker.scope_named(task_id, name)
+        return scope if scope is not None and counts_every_process(scope) else None
+
+    async def pass_on(self, task_id: str, decision: dict[str, Any]) -> int:
+        """Store ``decision`` (a ``finish`` applied here) for the pauses other processes
+        have of ``task_id``, each unless it has a decision; how many were stored.  Those
+        processes apply it at their next poll, not after their decision timeout."""
+        own = task_key(self._tracker.session_id, task_id)
+        passed = 0
+        for key in await self._store.list_state("pause"):
+            if key != own and task_of_key(key)[1] == task_id:
+                passed += await put_state_if_absent(self._store, "decision", key, decision)
+        return passed
+
+
+def _applied(scope: ScopeState) -> set[str]:
+    if scope.added is None:
+        scope.added = set()
+    return scope.added
