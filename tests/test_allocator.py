@@ -435,3 +435,17 @@ async def test_r5_5_long_waits_are_found_without_ordering_the_queue() -> None:
         tg.cancel_scope.cancel()
     assert len(alloc.asked) == 2  # none once the wait ended
     assert [e.task_id for e in bus.history if e.name == "lease_wait_long"] == ["w"]
+
+
+async def test_r5_4_a_closed_pool_reopening_is_not_credited_the_time_it_was_closed() -> None:
+    """R5.4: a pool closed (a global slice of 0) for 30 s and reopened at 60,000 tokens a
+    minute starts from the level it had, not with 30 s of refill at the new rate (the
+    bucket is refilled to the change at its old rate first)."""
+    alloc = Allocator(pool_config(tpm=60_000))
+    lease = await alloc.acquire("a", tokens=60_000)  # the bucket is empty
+    alloc.settle(lease.id, 60_000)
+    alloc.set_capacity("p", tokens_per_minute=0)
+    await anyio.sleep(30)
+    alloc.set_capacity("p", tokens_per_minute=60_000)
+    available = alloc.statistics().pools["p"].tokens_available
+    assert available is not None and available < 1_000, available

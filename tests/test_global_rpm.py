@@ -69,7 +69,7 @@ class SlicingStore(MemoryStore):
         self.shared = shared
 
     async def lease_slice(self, pool: str, holder: str, *, demand: int, capacity: int,
-                          ttl_s: float) -> SliceGrant:
+                          ttl_s: float, level: float | None = None) -> SliceGrant:
         await anyio.lowlevel.checkpoint()
         return self.shared.lease(pool, holder, demand, capacity, ttl_s)
 

@@ -29,7 +29,8 @@ class FlakyBackend:
         self.released: list[str] = []
 
     async def lease_slice(
-        self, pool: str, holder: str, *, demand: int, capacity: int, ttl_s: float
+        self, pool: str, holder: str, *, demand: int, capacity: int, ttl_s: float,
+        level: float | None = None,
     ) -> SliceGrant:
         await anyio.lowlevel.checkpoint()
         if not self.up:

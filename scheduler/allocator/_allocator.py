@@ -203,20 +203,22 @@ class Allocator:
         tokens_per_minute: int | Unset | None = UNSET,
         requests_per_minute: int | Unset | None = UNSET,
         concurrent: int | Unset | None = UNSET,
+        credit: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         """Change a pool's capacities at run time (``None`` = unlimited); creates new pools.
 
-        ``tokens_per_minute=0`` closes the pool: requests that need tokens wait (at
-        their full size) until a later call gives it capacity again.
-        """
+        ``tokens_per_minute=0`` closes the pool: requests that need tokens wait (at their
+        full size) until a later call gives it capacity again.  ``credit``: (tokens, requests)
+        added to the buckets, up to capacity (the level a grown global slice brings)."""
         p = self._pools.get(pool)
         if p is None:
             p = self._pools[pool] = self._new_pool(pool, PoolConfig())
             if self._default_pool is None:
                 self._default_pool = pool
-        p.change_capacity(tokens_per_minute, requests_per_minute, concurrent)
-        if self._bound:
-            self._dispatcher.dispatch(p, self._clock())
+        now = self._clock() if self._bound else None
+        p.change_capacity(tokens_per_minute, requests_per_minute, concurrent, now, credit)
+        if now is not None:
+            self._dispatcher.dispatch(p, now)
 
     def update_from_rate_limits(self, pool: str, info: RateLimitInfo) -> None:
         """Adopt the per-minute limits a provider reported in its response headers."""

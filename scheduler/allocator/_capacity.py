@@ -141,6 +141,7 @@ class PoolCapacity:
             store, capacities,
             holder=holder or dist.orchestrator_id or default_orchestrator_id(),
             config=dist, on_slice=self.on_slice, demand=self.demand_per_minute,
+            level=self.bucket_level, on_credit=self.on_credit,
         )
         return self.quota
 
@@ -152,6 +153,20 @@ class PoolCapacity:
         slices = self._rpm_slices if name != pool else self._slices
         slices[pool] = max(int(per_minute), 0)
         self._apply(pool)
+
+    def on_credit(self, name: str, amount: int) -> None:
+        """A grown slice brings ``amount`` of the pool's unassigned level into our bucket."""
+        pool = pool_of_slice(name)
+        credit = (float(amount), 0.0) if name == pool else (0.0, float(amount))
+        self.allocator.set_capacity(pool, credit=credit)
+
+    def bucket_level(self, name: str) -> float | None:
+        """What the allocator's bucket of a slice (tokens, or ``<pool>:rpm``) holds now."""
+        pool = pool_of_slice(name)
+        stats = self.allocator.statistics().pools.get(pool)
+        if stats is None:
+            return None
+        return stats.tokens_available if name == pool else stats.requests_available
 
     def on_rate_limits(self, source: str, info: RateLimitInfo) -> None:
         """The provider reports limits from response headers (``source``: a pool or a model

@@ -128,10 +128,20 @@ class Pool(WaitQueue):
         self.slots_only = self.tpm is None and self.rpm is None
 
     def change_capacity(
-        self, tpm: int | Unset | None, rpm: int | Unset | None, concurrent: int | Unset | None
+        self, tpm: int | Unset | None, rpm: int | Unset | None, concurrent: int | Unset | None,
+        now: float | None = None, credit: tuple[float, float] = (0.0, 0.0),
     ) -> None:
-        """Validate and set new capacities (``UNSET``: keep), and cut waiting requests to the
-        new max share (a grant checks only holders that hold)."""
+        """Validate and set new capacities (``UNSET``: keep), add ``credit`` (tokens,
+        requests) to the buckets, and cut waiting requests to the new max share (a grant
+        checks only holders that hold).
+
+        The buckets are first refilled to ``now`` at their old rate: the time since their
+        last refill must not be credited at a new, higher one (a closed pool reopening
+        would otherwise start with the tokens of the whole time it was closed).
+        """
+        for bucket in (self.tpm, self.rpm):
+            if bucket is not None and now is not None:
+                bucket.refill(now)
         tokens = _pick(tpm, self.tpm.capacity if self.tpm else None)
         requests = _pick(rpm, self.rpm.capacity if self.rpm else None)
         conc = _pick(concurrent, self.concurrent)
@@ -143,6 +153,9 @@ class Pool(WaitQueue):
         if conc is not None and conc <= 0:
             raise AllocationError(f"pool {self.name!r}: capacities must be > 0, got {conc}")
         self.set_capacity(tokens, requests, conc)
+        for bucket, extra in zip((self.tpm, self.rpm), credit, strict=True):
+            if bucket is not None and extra > 0:
+                bucket.give(extra)
         for a in self.accounts.values():
             for w in a.waiters:
                 w.tokens, w.calls = self.clamp(w.tokens, w.calls)

@@ -12,6 +12,19 @@ allocator's ``set_capacity``), and asks ``demand(pool)`` before every renewal
 how much this orchestrator could use (the orchestrator wires both, see
 :mod:`scheduler.allocator._capacity`).
 
+The holders' token buckets together never hold more than one bucket of the pool's
+size: a slice that shrinks gives the level above its new size back to the pool
+(``level(pool)`` reports it with each renewal), and a slice that grows takes the
+unassigned capacity's level with it (``on_credit(pool, amount)``: add it to the
+bucket).  Capacity nobody held yet comes full, so a fleet starts with the provider's
+burst, not with empty buckets.
+
+A holder granted less than its fair share (a newcomer while the others hold
+everything, an idle orchestrator waking up) counts as a shortfall on the backend; every
+holder that holds a slice polls that count each ``starved_poll_s`` and renews at once
+when it grew, giving back what it holds above its own fair share -- instead of the
+newcomer waiting up to ``renew_s`` for the others' next renewal.
+
 A dead orchestrator stops renewing; its slice expires after ``slice_ttl_s``
 and the others receive it at their next renewal.
 
@@ -39,14 +52,16 @@ import anyio
 import anyio.abc
 
 from scheduler.config import DistributedConfig
-from scheduler.core import StoreUnavailableError, get_logger
-from scheduler.store._ledger import SliceBackend
+from scheduler.core import StoreError, StoreUnavailableError, get_logger
+from scheduler.store._ledger import SHORT_FRACTION, SliceBackend, SliceShortfalls
 
 _log = get_logger("vibe_engine.quota")
 
 SliceCallback = Callable[[str, int], None]
 #: ``demand(pool)``: tokens per minute this orchestrator could use of ``pool`` now.
 DemandSource = Callable[[str], int]
+#: ``level(pool)``: what this orchestrator's bucket of ``pool`` holds now (None: unknown).
+LevelSource = Callable[[str], float | None]
 
 
 @dataclass(slots=True)
@@ -60,6 +75,8 @@ class _PoolState:
     renewals: int = 0
     failures: int = 0
     degraded: bool = False
+    #: The backend's count of short leases of this pool, as of our last lease.
+    shortfalls: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +112,13 @@ class GlobalQuota:
         on_slice: SliceCallback | None = None,
         demand: DemandSource | None = None,
         clock: Callable[[], float] = anyio.current_time,
+        level: LevelSource | None = None,
+        on_credit: SliceCallback | None = None,
     ) -> None:
         self.backend = backend
+        self._shortfalls = backend if isinstance(backend, SliceShortfalls) else None
+        self._level = level
+        self._on_credit = on_credit
         self.holder = holder
         self.config = config or DistributedConfig()
         self._on_slice = on_slice
@@ -140,7 +162,7 @@ class GlobalQuota:
             try:
                 grant = await self.backend.lease_slice(
                     pool, self.holder, demand=state.demand, capacity=state.capacity,
-                    ttl_s=cfg.slice_ttl_s,
+                    ttl_s=cfg.slice_ttl_s, level=self._level(pool) if self._level else None,
                 )
             except StoreUnavailableError as exc:
                 self._degrade(pool, state, exc)
@@ -151,7 +173,10 @@ class GlobalQuota:
             state.renewals += 1
             state.valid_until = started + cfg.slice_ttl_s
             state.fair_share, state.holders = grant.fair_share, grant.holders
+            state.shortfalls = grant.shortfalls
             self._set(pool, state, grant.amount)
+            if grant.credit > 0 and self._on_credit is not None:
+                self._on_credit(pool, grant.credit)
 
     def _degrade(self, pool: str, state: _PoolState, exc: Exception) -> None:
         state.failures += 1
@@ -188,15 +213,29 @@ class GlobalQuota:
         poll = self.config.starved_poll_s
         while (now := self._clock()) < deadline:
             await anyio.sleep(min(deadline - now, poll) if self._demand else deadline - now)
-            if self._starved():
+            if self._starved() or await self._others_short():
                 return  # at most one early renewal per poll
 
     def _starved(self) -> bool:
+        """Has a pool with local work no slice, or one well short of its fair share?"""
         demand = self._demand
         return demand is not None and any(
-            state.amount == 0 and not state.degraded and demand(pool) > 0
+            not state.degraded and demand(pool) > 0
+            and (state.amount == 0 or state.amount < state.fair_share * SHORT_FRACTION)
             for pool, state in self._pools.items()
         )
+
+    async def _others_short(self) -> bool:
+        """Was another holder granted less than its fair share of a pool we hold a slice of,
+        since our last lease?  (Renewing then gives back what we hold above ours.)"""
+        held = [p for p, s in self._pools.items() if s.amount > 0 and not s.degraded]
+        if self._shortfalls is None or not held:
+            return False
+        try:
+            counts = await self._shortfalls.slice_shortfalls(held)
+        except StoreError:  # only a hint: the next renewal notices an outage and applies
+            return False  # the failure mode
+        return any(n > self._pools[p].shortfalls for p, n in zip(held, counts, strict=True))
 
     def _next_wait(self) -> float:
         wait = self.config.renew_s
@@ -224,10 +263,12 @@ async def open_global_quota(
     on_slice: SliceCallback | None = None,
     demand: DemandSource | None = None,
     clock: Callable[[], float] = anyio.current_time,
+    level: LevelSource | None = None,
+    on_credit: SliceCallback | None = None,
 ) -> AsyncIterator[GlobalQuota]:
     """Lease the slices once, keep renewing them in the background, release them on exit."""
     quota = GlobalQuota(backend, capacities, holder=holder, config=config, on_slice=on_slice,
-                        demand=demand, clock=clock)
+                        demand=demand, clock=clock, level=level, on_credit=on_credit)
     async with anyio.create_task_group() as tg:
         await tg.start(quota.run)
         try:

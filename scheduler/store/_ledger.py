@@ -20,7 +20,7 @@ already prevent overspend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -68,6 +68,12 @@ class Hold:
 Recorded = tuple[int, tuple[int, ...]]
 
 
+#: A slice granted under this fraction of its holder's fair share is *short*: counted as a
+#: shortfall, and asked for again at the next poll (rounding, and demands that moved since
+#: the other holders' renewals, leave grants a little under it: not worth a round).
+SHORT_FRACTION = 0.9
+
+
 @dataclass(frozen=True, slots=True)
 class SliceGrant:
     """One lease (grant or renewal) of a slice of a global pool."""
@@ -78,6 +84,11 @@ class SliceGrant:
     fair_share: int
     holders: int
     ttl_s: float
+    #: Bucket level that comes with a grown slice: the part of the unassigned capacity's
+    #: level it took (the holder adds it to its bucket; a new slice otherwise starts empty).
+    credit: int = 0
+    #: The pool's count of leases granted less than their fair share, after this one.
+    shortfalls: int = 0
 
 
 @runtime_checkable
@@ -115,7 +126,21 @@ class SliceBackend(Protocol):
     """Leases on slices of global pools, max-min fair between holders."""
 
     async def lease_slice(
-        self, pool: str, holder: str, *, demand: int, capacity: int, ttl_s: float
-    ) -> SliceGrant: ...
+        self, pool: str, holder: str, *, demand: int, capacity: int, ttl_s: float,
+        level: float | None = None,
+    ) -> SliceGrant:
+        """``level``: the holder's bucket level now (``None``: unknown), the part above a
+        shrunk grant going back to the pool."""
+        ...
 
     async def release_slice(self, pool: str, holder: str) -> None: ...
+
+
+@runtime_checkable
+class SliceShortfalls(Protocol):
+    """A slice backend that counts the leases granted less than their fair share, so a
+    holder can renew (and shrink to its share) as soon as another one goes short."""
+
+    async def slice_shortfalls(self, pools: Sequence[str]) -> list[int]:
+        """Each pool's count (:attr:`SliceGrant.shortfalls`), in ``pools`` order."""
+        ...

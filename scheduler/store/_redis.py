@@ -22,7 +22,7 @@ Keys (all with the hash tag ``{namespace}`` so a Cluster keeps them together)::
     vibe:{ns}:holds:<scope>     zset   hold id -> expiry (ms)
     vibe:{ns}:amts:<scope>      hash   hold amounts and their sums (``__sum`` …)
     vibe:{ns}:state:<kind>      hash   key -> JSON
-    vibe:{ns}:pool:<name>:grant|demand|exp   slice leases of a global pool
+    vibe:{ns}:pool:<name>:grant|demand|exp|meta   slice leases of a global pool
 
 Connection loss: a usage event that cannot reach Redis is appended to a local
 fsync-ed :class:`~._spool.Spool` and replayed (idempotently) as soon as Redis
@@ -52,6 +52,7 @@ from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, RECORDED, check_e
 from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection
 from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
+from scheduler.store._redis_slices import RedisSlices
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
 _log = get_logger("vibe_engine.store.redis")
@@ -105,6 +106,7 @@ class RedisStore:
             self.url, namespace=self.namespace, socket_timeout_s=self.config.socket_timeout_s,
             failure_mode=self.config.failure_mode, max_connections=self.config.max_connections,
         )
+        self._slices = RedisSlices(self._link, self.key, self._now_arg, self._mark_up)
         self._replayed = 0
         self._local_tokens = 0
         self._local_cost = 0.0
@@ -468,27 +470,19 @@ class RedisStore:
 
     # -- SliceBackend --------------------------------------------------------------
 
-    def _pool_keys(self, pool: str) -> list[str]:
-        return [self.key("pool", pool, "grant"), self.key("pool", pool, "demand"),
-                self.key("pool", pool, "exp")]
-
     async def lease_slice(
-        self, pool: str, holder: str, *, demand: int, capacity: int, ttl_s: float
+        self, pool: str, holder: str, *, demand: int, capacity: int, ttl_s: float,
+        level: float | None = None,
     ) -> SliceGrant:
         """Grant or renew ``holder``'s slice (raises StoreUnavailableError when down)."""
-        args = [holder, max(int(demand), 0), int(capacity), int(ttl_s * 1000), self._now_arg()]
-        try:
-            grant, fair, n, _ = await self._link.script("lease_slice", self._pool_keys(pool), args)
-        except DOWN as exc:
-            raise self._link.unavailable("lease_slice", exc) from exc
-        self._mark_up()
-        return SliceGrant(pool, holder, int(grant), int(fair), int(n), ttl_s)
+        return await self._slices.lease(pool, holder, demand=demand, capacity=capacity,
+                                        ttl_s=ttl_s, level=level)
 
     async def release_slice(self, pool: str, holder: str) -> None:
-        try:
-            await self._link.script("release_slice", self._pool_keys(pool), [holder])
-        except DOWN as exc:
-            raise self._link.unavailable("release_slice", exc) from exc
+        await self._slices.release(pool, holder)
+
+    async def slice_shortfalls(self, pools: Sequence[str]) -> list[int]:
+        return await self._slices.shortfalls(pools)
 
 
 def _closed_with(event: UsageEvent, after: Sequence[SpooledEvent | SpooledState]) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from scheduler.core import Totals, UsageEvent
 from scheduler.store._base import scopes_of
-from scheduler.store._ledger import Recorded
+from scheduler.store._ledger import SHORT_FRACTION, Recorded
 
 _NOW = """
 local function now_ms(arg)
@@ -243,14 +243,39 @@ for i = 1, #KEYS, 2 do n = n + release_hold(KEYS[i], KEYS[i + 1], ARGV[1]) end
 return n
 """
 
+#: The level of a pool's unassigned capacity (``free``, stamped ``at``) refilled to ``now``:
+#: that capacity refills like the provider's bucket, at its rate, up to its size; capacity
+#: nobody has held yet (no ``at``) is full.  KEYS[4] is the pool's ``meta`` hash.
+_FREE_LEVEL = """
+local function free_level(meta, unassigned, now)
+  local at = tonumber(redis.call('HGET', meta, 'at'))
+  if at == nil then return unassigned end
+  local free = tonumber(redis.call('HGET', meta, 'free')) or 0
+  return math.min(unassigned, free + math.max(now - at, 0) * unassigned / 60000)
+end
+local function sum_grants(grants)
+  local total, gs = 0, redis.call('HGETALL', grants)
+  for i = 1, #gs, 2 do total = total + tonumber(gs[i + 1]) end
+  return total
+end
+"""
+
 #: Lease (grant or renew) a slice of a global pool, max-min fair between holders.
-#: KEYS: grants hash, demands hash, expiries zset.
-#: ARGV: holder, demand, capacity, ttl_ms, now_ms ('' = server time).
-#: Returns {granted, fair share, live holders, expires_at_ms}.
-LEASE_SLICE = _NOW + """
-local grants, demands, exp = KEYS[1], KEYS[2], KEYS[3]
+#: KEYS: grants hash, demands hash, expiries zset, meta hash (``short``, ``free``, ``at``).
+#: ARGV: holder, demand, capacity, ttl_ms, now_ms ('' = server time), the holder's bucket
+#: level now ('' = unknown: 0).
+#: A holder that shrinks gives the level above its new grant back to the unassigned
+#: capacity; one that grows takes up to the unassigned capacity's level with it (so the
+#: holders' levels and the unassigned one never add up to more than the capacity: the
+#: fleet bursts no more than one bucket of the provider's size).  A holder granted less
+#: than its fair share bumps ``short``, which the others poll to renew at once.
+#: Returns {granted, fair share, live holders, expires_at_ms, level credit, short}.
+LEASE_SLICE = _NOW + _FREE_LEVEL + """
+local grants, demands, exp, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local holder, demand, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, now = tonumber(ARGV[4]), now_ms(ARGV[5])
+local level = tonumber(ARGV[6]) or 0
+local free = free_level(meta, math.max(cap - sum_grants(grants), 0), now)
 local dead = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
 for _, h in ipairs(dead) do
   redis.call('HDEL', grants, h)
@@ -263,26 +288,41 @@ local all = redis.call('HVALS', demands)
 local ds = {}
 for i, v in ipairs(all) do ds[i] = tonumber(v) end
 table.sort(ds)
-local left, level, n = cap, nil, #ds
+local left, lvl, n = cap, nil, #ds
 for i, d in ipairs(ds) do
   local share = left / (n - i + 1)
-  if d > share then level = share; break end
+  if d > share then lvl = share; break end
   left = left - d
 end
-if level == nil then level = demand end
-local fair = math.floor(math.min(demand, level))
-local others = 0
-local gs = redis.call('HGETALL', grants)
-for i = 1, #gs, 2 do
-  if gs[i] ~= holder then others = others + tonumber(gs[i + 1]) end
-end
+if lvl == nil then lvl = demand end
+local fair = math.floor(math.min(demand, lvl))
+local mine = tonumber(redis.call('HGET', grants, holder)) or 0
+local others = sum_grants(grants) - mine
 local grant = math.max(0, math.min(fair, cap - others))
 redis.call('HSET', grants, holder, grant)
-return {grant, fair, n, now + ttl}
+local credit = 0
+if grant > mine then
+  credit = math.floor(math.min(grant - mine, free))
+  free = free - credit
+else
+  free = free + math.max(math.min(level, mine) - grant, 0)
+end
+local short = tonumber(redis.call('HGET', meta, 'short')) or 0
+if grant < fair * """ + repr(SHORT_FRACTION) + """ then
+  short = redis.call('HINCRBY', meta, 'short', 1)
+end
+free = math.min(free, math.max(cap - others - grant, 0))
+redis.call('HSET', meta, 'free', tostring(free), 'at', now, 'cap', cap)
+return {grant, fair, n, now + ttl, credit, short}
 """
 
-#: Give a slice back. KEYS: grants, demands, expiries. ARGV: holder.
-RELEASE_SLICE = """
+#: Give a slice back (its level is not returned: the holder may have spent it).
+#: KEYS: grants, demands, expiries, meta. ARGV: holder, now_ms ('' = server time).
+RELEASE_SLICE = _NOW + _FREE_LEVEL + """
+local now = now_ms(ARGV[2])
+local cap = tonumber(redis.call('HGET', KEYS[4], 'cap')) or 0
+local unassigned = math.max(cap - sum_grants(KEYS[1]), 0)
+redis.call('HSET', KEYS[4], 'free', tostring(free_level(KEYS[4], unassigned, now)), 'at', now)
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 return redis.call('ZREM', KEYS[3], ARGV[1])
