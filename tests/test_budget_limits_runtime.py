@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
 from scheduler import Completion, CompletionRequest, Limits, TaskSpec, Usage
+from scheduler.config import load_config
 from scheduler.runtime import AgentContext
 from scheduler.testing import ScriptedProvider
 from tests._helpers import OrchestratorFactory
@@ -162,3 +164,26 @@ async def test_r3_1_cost_override_moves_the_warning_threshold(
                 if e.name == "budget_warning" and e.data.get("dimension") == "cost_usd"
                 and str(e.data.get("scope", "")).startswith("task:")]
     assert [round(e.data["used"]) for e in warnings] == [70]
+
+
+async def test_r1_3_a_negative_zero_limit_is_zero_and_never_printed_as_minus_zero(
+    make_orchestrator: OrchestratorFactory, tmp_path: Path,
+) -> None:
+    """R1.3: ``cost_usd = -0.0`` in a config file is a limit of zero (it passes ``>= 0``, as
+    0 does); the pause it causes says ``limit 0``, never ``limit -0``."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'state_dir = "{tmp_path}"\nstore = "memory"\nsession_id = "s1"\n'
+                   "[alerts]\ndecision_timeout_s = 5\n"
+                   "[budgets.day]\ncost_usd = -0.0\n"
+                   "[budgets.task_time_s_by_complexity]\nsimple = -0.0\n")
+    config = load_config(cfg)
+    assert str(config.budgets.day.cost_usd) == "0.0"
+    assert str(config.budgets.task_time_s_by_complexity["simple"]) == "0.0"
+    provider = ScriptedProvider()
+    orch = make_orchestrator({"one": OneCall}, provider=provider, config=config)
+    await orch.run([_spec("one", Limits())])
+    assert provider.calls == []
+    paused = [e for e in orch.bus.history if e.name == "pause_requested"]
+    assert paused and all("limit -0" not in e.message for e in paused), paused
+    assert "cost_usd used 0 + requested" in paused[0].message
+    assert paused[0].message.endswith("> limit 0"), paused[0].message

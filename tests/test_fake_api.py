@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import anthropic
 import pytest
 
 from agents.fake_api import FakeAnthropicServer, Fault, open_fake_api
@@ -123,3 +124,82 @@ def test_api_key_checked_when_configured() -> None:
         assert _post(s, "/v1/messages", BODY)[0] == 401
         assert _post(s, "/v1/messages", BODY, {"x-api-key": "k-1"})[0] == 200
         assert _post(s, "/v1/messages", BODY, {"authorization": "Bearer k-1"})[0] == 200
+
+
+_GOOD_MESSAGES = BODY["messages"]
+#: (what the body changes, the field the 400 names); ``None`` removes the field
+BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
+    ({"system": 5}, "system"),
+    ({"system": [5]}, "system.0"),
+    ({"system": [{"type": "text", "text": 5}]}, "system.0.text"),
+    ({"max_tokens": None}, "max_tokens"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": -5}, "max_tokens"),
+    ({"max_tokens": 1.5}, "max_tokens"),
+    ({"max_tokens": True}, "max_tokens"),
+    ({"max_tokens": "20"}, "max_tokens"),
+    ({"model": None}, "model"),
+    ({"model": 7}, "model"),
+    ({"messages": []}, "messages"),
+    ({"messages": None}, "messages"),
+    ({"messages": "hi"}, "messages"),
+    ({"messages": [5]}, "messages.0"),
+    ({"messages": [{"role": "system", "content": "hi"}]}, "messages.0.role"),
+    ({"messages": [{"role": "user"}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [5]}]}, "messages.0.content.0"),
+    ({"tools": {"name": "f"}}, "tools"),
+    ({"tools": [{"name": 5, "input_schema": {}}]}, "tools.0.name"),
+    ({"tools": [{"name": "f", "input_schema": 5}]}, "tools.0.input_schema"),
+    ({"stream": "yes"}, "stream"),
+    ({"temperature": 7}, "temperature"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD_REQUESTS)
+def test_r2_1_a_malformed_request_gets_the_apis_400_naming_the_field(
+    server: FakeAnthropicServer, change: dict[str, Any], field: str,
+) -> None:
+    """R2.1 test bed: a request the real API refuses for its shape (``"system": 5`` was a
+    plain-text 500 from a ``TypeError``) gets ``400 invalid_request_error`` naming the
+    field, as JSON; nothing is reported as used, and the next good request is served."""
+    body = {k: v for k, v in {**BODY, **change}.items() if v is not None}
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        if path.endswith("count_tokens") and field in ("max_tokens", "stream", "temperature"):
+            continue  # count_tokens takes neither
+        status, headers, raw = _post(server, path, body)
+        assert status == 400, (path, raw)
+        assert headers["content-type"] == "application/json"
+        error = json.loads(raw)
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert error["error"]["message"].startswith(f"{field}: "), error
+    assert server.reported == []
+    assert _post(server, "/v1/messages", BODY)[0] == 200
+
+
+@pytest.mark.parametrize("raw", [b'{"max_tokens": NaN}', b'{"max_tokens": 1e400}',
+                                 b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe{}"])
+def test_r2_1_odd_json_gets_a_400_not_a_500(server: FakeAnthropicServer, raw: bytes) -> None:
+    """R2.1 test bed: NaN, a number too large for a float, JSON nested 100,000 deep
+    (a ``RecursionError``) and bytes that are not UTF-8 each get a JSON 400."""
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        req = urllib.request.Request(server.base_url + path, data=raw, method="POST",
+                                     headers={"content-type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 400, path
+        assert json.loads(refused.value.read())["error"]["type"] == "invalid_request_error"
+
+
+def test_r2_1_the_sdk_sees_a_bad_request_error_for_a_bad_system(
+    server: FakeAnthropicServer,
+) -> None:
+    """R2.1 test bed: through the real SDK, ``system=5`` is a ``BadRequestError`` (no
+    retries: a 500 would have been retried twice)."""
+    client = anthropic.Anthropic(base_url=server.base_url, api_key="k")
+    bad: Any = 5
+    with pytest.raises(anthropic.BadRequestError, match="system: "):
+        client.messages.create(model=BODY["model"], max_tokens=8, messages=_GOOD_MESSAGES,
+                               system=bad)
+    assert server.requests == 1
+    client.close()

@@ -204,3 +204,23 @@ def test_report_command_line(two_days: Path, tmp_path: Path) -> None:
     bad = subprocess.run([str(BIN), "report", "--state-dir", str(two_days), "--from", "friday"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
+
+
+def test_r2_1_report_tables_end_with_a_total_row(two_days: Path) -> None:
+    """R2.1: ``vibe-engine report``'s tables per model, task type and agent each end with
+    a total row (the per-model table had none), equal to the store's totals."""
+    out = subprocess.run([str(BIN), "report", "--state-dir", str(two_days)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    _, total, _ = _report(two_days)
+    tables = out.stdout.split("Cost and tokens per ")[1:]
+    assert [t.split("\n", 1)[0].strip() for t in tables] == ["day", "model", "task type",
+                                                             "agent"]
+    for table in tables:
+        cells = [[c.strip() for c in line.strip("│").split("│")]
+                 for line in table.splitlines() if line.startswith("│ total ")]
+        assert len(cells) == 1, table
+        _, calls, tokens, *_rest, cost = cells[0]
+        assert (int(calls), int(tokens.replace(",", ""))) == (total.calls, total.tokens)
+        assert float(cost) == pytest.approx(total.cost_usd, abs=1e-5)

@@ -175,6 +175,9 @@ async def test_r3_status_budget_rows_from_the_store_and_cli(tmp_path: Path) -> N
     env = {**os.environ, "COLUMNS": "200"}
     out = (await anyio.run_process([CLI, "status", "--state-dir", str(state)], env=env)).stdout
     assert b"Budgets" in out and b"exceeded (paused)" in out
+    # said once, on the row that paused it (it was on every one of the task's rows)
+    assert out.count(b"(paused)") == 1, out.decode()
+    assert b"tokens" in next(line for line in out.splitlines() if b"(paused)" in line)
     decided = await anyio.run_process([CLI, "decide", "c1", "finish", "--state-dir", str(state)])
     assert b"stored; applied when the orchestrator starts" in decided.stdout
     refused = await anyio.run_process([CLI, "decide", "zz", "finish", "--state-dir", str(state)],

@@ -49,3 +49,28 @@ def test_21_serve_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path) -
             assert out.returncode == 2 and len(lines) == 1, (field, out.stderr)
             assert field in lines[0], (field, lines[0])
             assert not (tmp_path / "st").exists(), field
+
+
+@pytest.mark.parametrize(("variable", "field"), [
+    ("VIBE_TEST_UNSET_KEY", "serve.keys.0.key_env"),
+    ("VIBE_TEST_UPSTREAM_KEY", "serve.upstream_key_env"),
+])
+@pytest.mark.parametrize("value", ["sk-abc\n", "sk abc", "sk-\x01abc", "sk-é"])
+def test_21_a_key_no_http_header_can_carry_is_refused_at_start(
+    tmp_path: Path, variable: str, field: str, value: str,
+) -> None:
+    """#21: a client or upstream key holding a newline (read from a file), a space or a
+    control character started serve, and then every request failed (the upstream's as a
+    400 "a header … holds a line break", blaming the client): it is refused at start,
+    naming the field, in one line, exit 2, nothing written, the key never shown."""
+    path = tmp_path / "serve.toml"
+    path.write_text('state_dir = "st"\n[serve]\nupstream_base_url = "http://127.0.0.1:9"\n'
+                    'upstream_key_env = "VIBE_TEST_UPSTREAM_KEY"\n' + KEY)
+    env = {**os.environ, "VIBE_TEST_UNSET_KEY": "sk-good", "VIBE_TEST_UPSTREAM_KEY": "up",
+           variable: value}
+    out = subprocess.run([str(BIN), "serve", str(path), "--port", "0"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env=env)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert field in lines[0] and "abc" not in lines[0], lines[0]
+    assert not (tmp_path / "st").exists()

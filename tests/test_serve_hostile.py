@@ -196,3 +196,30 @@ async def test_r1_1_a_max_tokens_past_every_budget_is_refused_saying_what_it_nee
         assert "task:alpha tokens used 0 of 2,000,000, this request needs 1e+30" in message
         assert fake_api.requests == 0 and run.totals("alpha").calls == 0
         _nothing_held(run)
+
+
+async def test_r6_3_requests_the_upstream_refuses_as_malformed_are_not_model_failures(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """R6.3, #21: a request forwarded upstream and refused there for its shape
+    (``"system": 5``, a 400) is the client's fault, not the model's: a client sending
+    ten of them left the model at 0 % success in ``status`` and the metrics, and such
+    errors kept an unavailable model's error rate over ``max_error_rate`` so its
+    health check could not pass.  Nothing is charged or held; the next call counts."""
+    async with (serving(serve_config(tmp_path, fake_api.base_url, _keys())) as run,
+                anthropic.AsyncAnthropic(base_url=run.url, api_key=KEY, max_retries=0) as sdk):
+        bad: Any = 5
+        for _ in range(10):
+            with pytest.raises(anthropic.BadRequestError, match="system: "):
+                await sdk.messages.create(model=HAIKU, max_tokens=8, system=bad,
+                                          messages=[{"role": "user", "content": "hi"}])
+        assert fake_api.requests == 10 and run.totals("alpha").calls == 0
+        _nothing_held(run)
+        health = run.served.orchestrator.gateway.health
+        assert health.recent_error_rate("haiku") == 0.0
+        await sdk.messages.create(model=HAIKU, max_tokens=8,
+                                  messages=[{"role": "user", "content": "hi"}])
+        stats = health.statistics().models["haiku"]
+        assert (stats.calls, stats.errors, stats.success_rate) == (1, 0, 1.0)
+        charged = run.totals("alpha")
+        assert (charged.calls, charged.prompt_tokens) == (1, reported_sum(fake_api).prompt_tokens)

@@ -36,6 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from agents.fake_api._checks import request_problem
 from agents.fake_api._model import (
     FAULT_STATUS,
     FakeApiConfig,
@@ -143,7 +144,7 @@ class _Api:
     async def _body(self, request: Request) -> Any:
         try:
             return json.loads(await request.body() or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested thousands deep
             return None
 
     def _unknown_model(self, model: str) -> Response | None:
@@ -173,6 +174,9 @@ class _Api:
             self.state.last_body = body
             if self.state.scripted:
                 self.state.scripted_bodies.append(body)
+        problem = request_problem(body)
+        if problem is not None:
+            return _json(400, error_body("invalid_request_error", problem))
         model = str(body.get("model"))
         refused = self._unknown_model(model)
         if refused is not None:
@@ -254,8 +258,14 @@ class _Api:
                             error=error, on_cut=cut, on_done=done)
 
     async def count_tokens(self, request: Request) -> Response:
-        body = await self._body(request) or {}
-        refused = self._unauthorized(request) or self._unknown_model(str(body.get("model")))
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            return _json(400, error_body("invalid_request_error", "body is not a JSON object"))
+        refused = self._unauthorized(request)
+        problem = None if refused else request_problem(body, counting=True)
+        if problem is not None:
+            return _json(400, error_body("invalid_request_error", problem))
+        refused = refused or self._unknown_model(str(body.get("model")))
         if refused is not None:
             return refused
         state = self.state

@@ -249,6 +249,13 @@ def _usage_table(title: str, rows: tuple[Row, ...], total: Row | None = None) ->
     return table
 
 
+def _total_of(rows: tuple[Row, ...]) -> Row:
+    """The sum of a table's rows (per model it leaves out usage no model made)."""
+    return Row("total", *(sum(getattr(r, f) for r in rows) for f in (
+        "tokens", "prompt_tokens", "completion_tokens", "cache_read_tokens",
+        "cache_write_tokens", "cost_usd", "calls")))
+
+
 def _history_table(title: str, rows: tuple[HistoryRow, ...]) -> Table:
     table = Table(title=f"{title} ({len(rows)})")
     for col in ("day", "event", "task", "message"):
@@ -280,9 +287,10 @@ def render_report_tables(data: ReportData, console: Console) -> None:
     """The report as rich tables."""
     console.print(f"[bold]vibe-engine report[/bold] {escape(report_span(data))}")
     console.print(_usage_table("Cost and tokens per day", data.by_day, data.total))
-    console.print(_usage_table("Cost and tokens per model", data.by_model))
-    console.print(_usage_table("Cost and tokens per task type", data.by_task_type))
-    console.print(_usage_table("Cost and tokens per agent", data.by_agent))
+    for title, rows in (("Cost and tokens per model", data.by_model),
+                        ("Cost and tokens per task type", data.by_task_type),
+                        ("Cost and tokens per agent", data.by_agent)):
+        console.print(_usage_table(title, rows, _total_of(rows)))
     console.print(_history_table("Alert history", data.alerts))
     console.print(_history_table("Deadlock history", data.deadlocks))
     console.print(_history_table("Routing and health changes", data.routing))

@@ -48,9 +48,15 @@ def task_budget_table(rows: list[TaskBudgetDoc]) -> Table:
     for col in ("task", "dimension", "used", "limit", "%", "level"):
         table.add_column(col, justify="right" if col in ("used", "limit", "%") else "left",
                          no_wrap=col != "task")
-    for r in rows:
+    # a paused task is said to be paused once, on its fullest row (the likeliest cause)
+    noted: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        first = noted.get(r["task_id"])
+        if r["paused"] and (first is None or r["fraction"] > rows[first]["fraction"]):
+            noted[r["task_id"]] = i
+    for i, r in enumerate(rows):
         level = Text(r["level"], style=_LEVEL_STYLE.get(r["level"], ""))
-        if r["paused"]:
+        if noted.get(r["task_id"]) == i:
             level.append(" (paused)", style="magenta")
         dim = r["dimension"]
         table.add_row(r["task_id"], _dimension_label(r), amount(r["used"], dim),

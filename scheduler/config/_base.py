@@ -129,14 +129,31 @@ class FrozenModel(BaseModel):
             fields = _NUMBER_FIELDS[cls] = tuple(
                 (name, f.annotation, _number_kind(f.annotation))
                 for name, f in cls.model_fields.items() if _holds_number(f.annotation))
+        zeros: dict[str, Any] = {}
         for name, annotation, plain in fields:
             if name not in data:
                 continue
             value = data[name]
             if plain and (value is None or (type(value) in (int, float)
                                             and -MAX_NUMBER <= value <= MAX_NUMBER)):
+                if value == 0 and type(value) is float:
+                    zeros[name] = 0.0
                 continue  # the common case, without the general walk (NaN fails the range)
             reason = bad_number(annotation, value)
             if reason is not None:
                 raise FieldProblem(name, value, reason)
-        return data
+            zeros[name] = _positive_zero(value)
+        # -0.0 is zero, and passes ``ge=0``: it is kept as 0.0, so no limit, message or
+        # file ever reads "-0" (the caller's dict is left as it was)
+        return {**data, **zeros} if zeros else data
+
+
+def _positive_zero(value: Any) -> Any:
+    """``value`` with every float zero inside it as ``0.0`` (never ``-0.0``)."""
+    if type(value) is float:
+        return 0.0 if value == 0 else value
+    if isinstance(value, dict):
+        return {k: _positive_zero(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_positive_zero(v) for v in value)
+    return value

@@ -36,6 +36,7 @@ from scheduler.config import VibeConfig
 from scheduler.core import (
     EventBus,
     OverloadedError,
+    ProviderError,
     ProviderTimeoutError,
     RateLimitedError,
     get_logger,
@@ -52,8 +53,15 @@ OUTAGE_ERRORS = frozenset({"overloaded", "timeout"})
 _MAX_RECENT = 10_000
 
 
+#: Statuses with which the provider refuses a request for what it holds (a malformed
+#: body, one too large): the request's fault, which says nothing about the model.
+REQUEST_STATUSES = frozenset({400, 413})
+
+
 def error_kind_of(exc: BaseException) -> str:
-    """The health-relevant kind of a provider error."""
+    """The health-relevant kind of a provider error (``request``: not the model's)."""
+    if isinstance(exc, ProviderError) and exc.status in REQUEST_STATUSES:
+        return "request"
     if isinstance(exc, RateLimitedError):
         return "rate_limited"
     if isinstance(exc, OverloadedError):
@@ -223,7 +231,12 @@ class HealthMonitor:
         self, model: str, ok: bool, latency_s: float = 0.0, error_kind: str | None = None,
         *, retries: int = 0,
     ) -> None:
-        """Record one finished call of ``model`` (R6.3) and apply outage/restoration rules."""
+        """Record one finished call of ``model`` (R6.3) and apply outage/restoration rules.
+        A call refused for what its request holds is not recorded: a client sending
+        malformed requests must not lower a model's success rate, nor keep an unavailable
+        one from passing its health check."""
+        if error_kind == "request":
+            return
         r = self._records.get(model) or self._rec(model)
         now = self._clock()
         r.calls += 1

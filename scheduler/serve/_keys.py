@@ -53,10 +53,11 @@ class KeyRing:
         self._issued: list[KeyEntry] = []
         for i, key in enumerate(serve.keys):
             if key.key_env is not None:
-                value = env.get(key.key_env)
-                if not value:
-                    raise ConfigError(f"serve.keys.{i}.key_env", key.key_env,
-                                      "environment variable is not set (or empty)")
+                value = env.get(key.key_env, "")
+                problem = (key_problem(value) if value
+                           else "environment variable is not set (or empty)")
+                if problem is not None:
+                    raise ConfigError(f"serve.keys.{i}.key_env", key.key_env, problem)
                 self._entries.append(KeyEntry(key, digest(value)))
             else:
                 self._entries.append(KeyEntry(key, bytes.fromhex(key.key_sha256 or "")))
@@ -88,6 +89,15 @@ class KeyRing:
                 return token
         names = ", ".join(e.name for e in self._entries)
         raise ConfigError("key", name, f"no [[serve.keys]] entry has this name (keys: {names})")
+
+
+def key_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an API key, which travels in an HTTP header, or None: a
+    space, line break or control character (a key read from a file keeps its newline)
+    would make every request carrying it fail, so it is refused at start."""
+    if all("!" <= ch <= "~" for ch in value):
+        return None
+    return "its value holds a space, line break or other character no HTTP header carries"
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

@@ -34,6 +34,7 @@ from scheduler.serve._keys import (
     group_id,
     group_spec,
     group_template,
+    key_problem,
     task_spec,
 )
 from scheduler.serve._metrics import ServeMetrics
@@ -69,6 +70,9 @@ def upstream_provider(config: VibeConfig, env: Mapping[str, str] | None = None
     if not key and not _loopback(url):
         raise ConfigError("serve.upstream_key_env", name,
                           f"environment variable is not set; the upstream {url} needs a key")
+    problem = key_problem(key) if key else None
+    if problem is not None:
+        raise ConfigError("serve.upstream_key_env", name, problem)
     return UpstreamProvider(url, key, timeout_s=config.serve.upstream_timeout_s)
 
 
