@@ -22,6 +22,7 @@ from scheduler.budget._scope_state import Crossing, Level, ScopeState
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import Totals, UsageEvent, VibeEngineError, WallClock
 from scheduler.store import Store, scopes_of, session_task_totals, task_day_scope
+from scheduler.store._base import DAY_BEGUN
 
 
 @dataclass(slots=True)
@@ -67,8 +68,10 @@ class Scopes:
         self._session_id = session_id
         self._wall = wall
         #: The wall clock's date; ``today()`` when it has one (cheaper than ``now()``).
-        self.today: Callable[[], date] = getattr(wall, "today", None) or (
+        self._wall_today: Callable[[], date] = getattr(wall, "today", None) or (
             lambda: wall.now().date())
+        #: The latest day :meth:`today` answered, or the store says the fleet reached.
+        self._latest = date.min
         self._clock = clock
         self.session = ScopeState(f"session:{session_id}", config.budgets.session)
         self.days: dict[str, ScopeState] = {}
@@ -88,6 +91,25 @@ class Scopes:
         alerts = config.alerts  # frozen: the lowest threshold, once
         self._lowest = min(alerts.warning, alerts.critical, alerts.exceeded)
 
+    def today(self) -> date:
+        """The wall clock's date, never one before a day already answered: a wall clock set
+        back across midnight (an NTP correction) must not reopen a day that is over -- its
+        budget and pauses were settled when it ended (R1.2, R3.4)."""
+        day = self._wall_today()
+        if day < self._latest:
+            return self._latest
+        self._latest = day
+        return day
+
+    async def catch_up(self) -> date:
+        """Take the latest day any process on the store began as the earliest :meth:`today`
+        answers (and return today): a process restarted, or running on a clock behind the
+        fleet's, does not reopen a day the others have closed."""
+        begun = await self._store.list_state(DAY_BEGUN)
+        if begun:
+            self._latest = max(self._latest, date.fromisoformat(max(begun)))
+        return self.today()
+
     # -- loading -------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -96,13 +118,17 @@ class Scopes:
         # a session with no usage yet has none for any of its tasks: skip reading events
         self._continued = self.session.totals != Totals()
         self.crossings(self.session)  # thresholds passed before a restart fired then (R3.1)
+        await self.catch_up()
         await self.ensure_day(self.today())
 
     async def ensure_day(self, day: date) -> ScopeState:
         """The scope of ``day`` with the totals every run recorded for it (R1.5): a day
         that began while this process ran starts from what others already spent."""
-        state = self.day(day)
-        await self._load(day.isoformat(), state)
+        state, key = self.day(day), day.isoformat()
+        if key not in self._loaded:
+            await self._load(key, state)
+            if day >= self._latest:  # not a past day read to settle a call it admitted
+                await self._store.put_state(DAY_BEGUN, key, {"session": self._session_id})
         return state
 
     async def _load(self, key: str, state: ScopeState) -> None:
