@@ -110,6 +110,15 @@ class Scopes:
             self._latest = max(self._latest, date.fromisoformat(max(begun)))
         return self.today()
 
+    async def ensure_shown(self) -> None:
+        """Read today's totals if not read yet -- the day's and each started task's own
+        per-day scope's -- so a day that began while nothing was charged here shows what
+        every process spent on it, not an empty placeholder."""
+        await self.ensure_day(self.today())
+        for task_id, entry in list(self.tasks.items()):
+            if entry.day_root == task_id:
+                await self.ensure_task_day(task_id)
+
     # -- loading -------------------------------------------------------------------
 
     async def open(self) -> None:

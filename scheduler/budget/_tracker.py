@@ -142,6 +142,10 @@ class Tracker:
         another process on the store: the day a charge now counts toward."""
         return self._scopes.today()
 
+    async def load_shown_days(self) -> None:
+        """Read today's totals before they are shown (see :meth:`Scopes.ensure_shown`)."""
+        await self._scopes.ensure_shown()
+
     async def catch_up_day(self) -> date:
         """:meth:`today` once the latest day another process on the store began is read."""
         return await self._scopes.catch_up()
