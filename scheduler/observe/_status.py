@@ -248,12 +248,14 @@ async def _with_results(store: Store, snap: Snapshot) -> Snapshot:
                                      for t in snap.tasks))
 
 
-async def read_status(store: Store, state_dir: Path, *, today: date) -> Snapshot:
-    """The running orchestrator's snapshot when one runs, else the store's (see module doc)."""
+async def read_status(store: Store, state_dir: Path, *, today: date,
+                      config: VibeConfig | None = None) -> Snapshot:
+    """The running orchestrator's snapshot when one runs, else the store's (see module doc;
+    ``config``: as :func:`snapshot_from_store`'s)."""
     live = _status_file(Path(state_dir))
     if live is not None and live.running and pid_alive(live.pid):
         return await _with_results(store, await _with_store_days(store, live))
-    return await snapshot_from_store(store, Path(state_dir), today=today)
+    return await snapshot_from_store(store, Path(state_dir), today=today, config=config)
 
 
 def status_document(snap: Snapshot, task_budgets: Sequence[TaskBudgetDoc]) -> StatusDoc:
