@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -77,6 +78,19 @@ async def test_r3_4_clock_stepped_back_after_midnight_lifts_pause_once(tmp_path:
     await store.aclose()
     assert friday.tokens <= 1_000
     assert friday.calls + saturday.calls == 8
+    history = sorted((await _history(tmp_path / "vibe.db")).values(), key=lambda r: r["seq"])
+    names = [r["name"] for r in history]
+    after_lift = history[names.index("pause_lifted"):]
+    assert {r["day"] for r in after_lift} == {SATURDAY}  # report's history by day agrees
+
+
+async def _history(db: Path) -> dict[str, dict[str, Any]]:
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        return await store.list_state("history")
+    finally:
+        await store.aclose()
 
 
 class TwoCalls(CallsEverySecond):

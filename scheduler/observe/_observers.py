@@ -124,6 +124,7 @@ class HistoryRecorder:
     def on_event(self, event: Event) -> None:
         self._seq += 1
         at, day = self._stamp()
+        day = max(day, self.view.tracker.today())  # a wall clock set back keeps the day
         record = _jsonable(event.to_dict())
         record.update(session_id=self.view.session_id, wall=at, day=day.isoformat(),
                       seq=self._seq)
