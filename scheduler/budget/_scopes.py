@@ -11,6 +11,7 @@ to them and reports each threshold crossing once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,7 +21,7 @@ import anyio
 from scheduler.budget._profile import TaskProfile, day_limits
 from scheduler.budget._scope_state import Crossing, Level, ScopeState
 from scheduler.config import Limits, VibeConfig
-from scheduler.core import Totals, UsageEvent, VibeEngineError, WallClock
+from scheduler.core import StoreError, Totals, UsageEvent, VibeEngineError, WallClock
 from scheduler.store import Store, scopes_of, session_task_totals, task_day_scope
 from scheduler.store._base import DAY_BEGUN
 
@@ -105,9 +106,10 @@ class Scopes:
         """Take the latest day any process on the store began as the earliest :meth:`today`
         answers (and return today): a process restarted, or running on a clock behind the
         fleet's, does not reopen a day the others have closed."""
-        begun = await self._store.list_state(DAY_BEGUN)
-        if begun:
-            self._latest = max(self._latest, date.fromisoformat(max(begun)))
+        with contextlib.suppress(StoreError):  # unreadable: the day as this process has it
+            begun = await self._store.list_state(DAY_BEGUN)
+            if begun:
+                self._latest = max(self._latest, date.fromisoformat(max(begun)))
         return self.today()
 
     async def ensure_shown(self) -> None:
