@@ -12,7 +12,9 @@ import anyio
 import pytest
 
 from scheduler import Limits, TaskSpec, Usage, UsageEvent, VibeConfig
+from scheduler.cli._decide import stored_status_rows
 from scheduler.cli._status import gather_status
+from scheduler.control._alerts import StatusRow
 from scheduler.observe._observers import status_path
 from scheduler.runtime import AgentContext
 from scheduler.store import SqliteStore
@@ -96,3 +98,60 @@ async def test_r1_5_live_status_shows_the_new_days_spend_from_the_store(
     assert first["source"] == then["source"] == "orchestrator" and then["running"]
     assert _day_tokens(first["budgets"])["used"] == 900
     assert _day_tokens(then["budgets"])["used"] == 1_000  # the store's, read now
+
+
+class OneCallThenWaits(WaitsForTest):
+    async def run(self, ctx: AgentContext) -> None:
+        await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=100,
+                               model="haiku")
+        await super().run(ctx)
+
+
+async def _day_budget_row(state: Path, scope: str) -> StatusRow:
+    """``status``'s row of a task's per-day budget, once its ``usage.json`` names ``scope``."""
+    store = SqliteStore(state / "vibe.db")
+    await store.open()
+    try:
+        while True:
+            rows = [r for r in await stored_status_rows(store, state) if r.scope == scope]
+            if rows:
+                return rows[0]
+            await anyio.sleep(0.5)
+    finally:
+        await store.aclose()
+
+
+async def test_r1_5_day_budget_row_names_the_new_day_with_the_stores_figure(
+        tmp_path: Path) -> None:
+    """R1.5 (a ``serve`` key's ``day_budget`` row): t1, with a per-day budget, made its
+    call on Friday and waits; after midnight another process spends 900 of its Saturday
+    budget.  Once the run shows the new day, ``status`` has t1's row of Saturday at 900
+    tokens (its ``usage.json`` kept naming Friday's scope, 150 tokens)."""
+    config = VibeConfig(state_dir=tmp_path, store="sqlite", session_id="s1")
+    wall = LoopWallClock(datetime(2026, 11, 27, 23, 59, 55, tzinfo=UTC))
+    orch = build_orchestrator({"waits": WaitsForTest, "call": OneCallThenWaits},
+                              config=config, wall=wall)
+    spent = WaitsForTest.events["spent"] = anyio.Event()
+    release = WaitsForTest.events["end"] = anyio.Event()
+    rows: list[StatusRow] = []
+
+    async def other_process_then_status() -> None:
+        await anyio.sleep(12)  # seven seconds after midnight
+        other = SqliteStore(tmp_path / "vibe.db")
+        await other.open()
+        await other.record(UsageEvent(
+            event_id="other-run:1", task_id="t1", session_id="other", day=SATURDAY, at=0.0,
+            model="haiku", usage=Usage(800, 100), day_scope="t1"))
+        await other.aclose()
+        spent.set()
+        rows.append(await _day_budget_row(tmp_path, f"task-day:t1:{SATURDAY}"))
+        release.set()
+
+    with anyio.fail_after(600):  # virtual
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other_process_then_status)
+            await orch.run([
+                TaskSpec(id="t1", agent="call", prompt="end", day_budget=Limits(tokens=1_000)),
+                TaskSpec(id="t2", agent="waits", prompt="spent")])
+    (row,) = rows
+    assert row.dimension == "tokens" and row.used == 900 and row.level == "critical", row

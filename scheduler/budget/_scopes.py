@@ -222,16 +222,15 @@ class Scopes:
         root = entry.day_root if entry is not None else None
         if root is None:
             return None
-        name = task_day_scope(root, (day or self.today()).isoformat())
+        name, owner = task_day_scope(root, (day or self.today()).isoformat()), self.tasks[root]
         state = self.task_days.get(name)
         if state is None:
-            owner = self.tasks[root]
             limits = owner.profile.day_limits
             assert limits is not None  # a day_root has a day_budget
             state = ScopeState(name, limits, shared=owner.scope.shared)
             self.task_days[name] = state
-        if day is None:
-            self.tasks[root].day_scope = state
+        if day is None and owner.day_scope is not state:  # a new day: the file names it
+            owner.day_scope, owner.usage_dirty = state, True
         return state
 
     async def ensure_task_day(self, task_id: str, day: date | None = None) -> None:
