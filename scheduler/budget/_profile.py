@@ -175,10 +175,12 @@ def is_weekend(day: date) -> bool:
 
 def day_limits(config: VibeConfig, day: date) -> Limits:
     """R1.3: the day budget, lowered automatically on Saturday and Sunday (never raised: a
-    weekday limit below the weekend one stays)."""
+    weekday limit below the weekend one stays); a cost warning moves with a lowered limit
+    (same fraction of it, R3.1)."""
     limits = config.budgets.day
     weekend = config.budgets.weekend_day_cost_usd
     if weekend is not None and is_weekend(day):
-        lowered = weekend if limits.cost_usd is None else min(weekend, limits.cost_usd)
-        limits = limits.merged(Limits(cost_usd=lowered))
+        if limits.cost_usd is None:
+            return limits.merged(Limits(cost_usd=weekend))
+        return _merge(limits, Limits(cost_usd=min(weekend, limits.cost_usd)))
     return limits

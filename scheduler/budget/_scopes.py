@@ -21,8 +21,16 @@ import anyio
 from scheduler.budget._profile import TaskProfile, day_limits
 from scheduler.budget._scope_state import Crossing, Level, ScopeState
 from scheduler.config import Limits, VibeConfig
-from scheduler.core import StoreUnavailableError, Totals, UsageEvent, VibeEngineError, WallClock
+from scheduler.core import (
+    StoreError,
+    StoreUnavailableError,
+    Totals,
+    UsageEvent,
+    VibeEngineError,
+    WallClock,
+)
 from scheduler.store import Store, scopes_of, session_task_totals, task_day_scope
+from scheduler.store._base import DAY_BEGUN
 
 
 @dataclass(slots=True)
@@ -71,8 +79,10 @@ class Scopes:
         self._session_id = session_id
         self._wall = wall
         #: The wall clock's date; ``today()`` when it has one (cheaper than ``now()``).
-        self.today: Callable[[], date] = getattr(wall, "today", None) or (
+        self._wall_today: Callable[[], date] = getattr(wall, "today", None) or (
             lambda: wall.now().date())
+        #: The latest day :meth:`today` answered, or the store says the fleet reached.
+        self._latest = date.min
         self._clock = clock
         self.session = ScopeState(f"session:{session_id}", config.budgets.session)
         self.days: dict[str, ScopeState] = {}
@@ -92,6 +102,35 @@ class Scopes:
         alerts = config.alerts  # frozen: the lowest threshold, once
         self._lowest = min(alerts.warning, alerts.critical, alerts.exceeded)
 
+    def today(self) -> date:
+        """The wall clock's date, never one before a day already answered: a wall clock set
+        back across midnight (an NTP correction) must not reopen a day that is over -- its
+        budget and pauses were settled when it ended (R1.2, R3.4)."""
+        day = self._wall_today()
+        if day < self._latest:
+            return self._latest
+        self._latest = day
+        return day
+
+    async def catch_up(self) -> date:
+        """Take the latest day any process on the store began as the earliest :meth:`today`
+        answers (and return today): a process restarted, or running on a clock behind the
+        fleet's, does not reopen a day the others have closed."""
+        with contextlib.suppress(StoreError):  # unreadable: the day as this process has it
+            begun = await self._store.list_state(DAY_BEGUN)
+            if begun:
+                self._latest = max(self._latest, date.fromisoformat(max(begun)))
+        return self.today()
+
+    async def ensure_shown(self) -> None:
+        """Read today's totals if not read yet -- the day's and each started task's own
+        per-day scope's -- so a day that began while nothing was charged here shows what
+        every process spent on it, not an empty placeholder."""
+        await self.ensure_day(self.today())
+        for task_id, entry in list(self.tasks.items()):
+            if entry.day_root == task_id:
+                await self.ensure_task_day(task_id)
+
     # -- loading -------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -100,6 +139,7 @@ class Scopes:
         # a session with no usage yet has none for any of its tasks: skip reading events
         self._continued = self.session.totals != Totals()
         self.crossings(self.session)  # thresholds passed before a restart fired then (R3.1)
+        await self.catch_up()
         await self.ensure_day(self.today())
 
     async def _read(self, name: str) -> tuple[Totals, int]:
@@ -112,8 +152,11 @@ class Scopes:
     async def ensure_day(self, day: date) -> ScopeState:
         """The scope of ``day`` with the totals every run recorded for it (R1.5): a day
         that began while this process ran starts from what others already spent."""
-        state = self.day(day)
-        await self._load(day.isoformat(), state)
+        state, key = self.day(day), day.isoformat()
+        if key not in self._loaded:
+            await self._load(key, state)
+            if day >= self._latest:  # not a past day read to settle a call it admitted
+                await self._store.put_state(DAY_BEGUN, key, {"session": self._session_id})
         return state
 
     async def _load(self, key: str, state: ScopeState) -> None:
@@ -198,16 +241,15 @@ class Scopes:
         root = entry.day_root if entry is not None else None
         if root is None:
             return None
-        name = task_day_scope(root, (day or self.today()).isoformat())
+        name, owner = task_day_scope(root, (day or self.today()).isoformat()), self.tasks[root]
         state = self.task_days.get(name)
         if state is None:
-            owner = self.tasks[root]
             limits = owner.profile.day_limits
             assert limits is not None  # a day_root has a day_budget
             state = ScopeState(name, limits, shared=owner.scope.shared)
             self.task_days[name] = state
-        if day is None:
-            self.tasks[root].day_scope = state
+        if day is None and owner.day_scope is not state:  # a new day: the file names it
+            owner.day_scope, owner.usage_dirty = state, True
         return state
 
     async def ensure_task_day(self, task_id: str, day: date | None = None) -> None:

@@ -139,8 +139,17 @@ class Tracker:
         return self._scopes.day(day)
 
     def today(self) -> date:
-        """The wall clock's local date: the day a charge now counts toward."""
+        """The wall clock's local date, never before a day already begun here or by
+        another process on the store: the day a charge now counts toward."""
         return self._scopes.today()
+
+    async def load_shown_days(self) -> None:
+        """Read today's totals before they are shown (see :meth:`Scopes.ensure_shown`)."""
+        await self._scopes.ensure_shown()
+
+    async def catch_up_day(self) -> date:
+        """:meth:`today` once the latest day another process on the store began is read."""
+        return await self._scopes.catch_up()
 
     async def load_today(self, task_id: str) -> None:
         """Read today's totals (the day's, the task's per-day scope's) if not read yet:

@@ -251,8 +251,9 @@ def status(
     too), the session and day budget bars, each task's own budget rows and what each
     completed agent returned."""
     try:
-        data = anyio.run(partial(gather_status, *locate_state(config, state_dir, store),
-                                 today=date.today()))
+        cfg = load_config(config) if config is not None else None
+        data = anyio.run(partial(gather_status, *locate_state(cfg, state_dir, store),
+                                 today=date.today(), config=cfg))
     except VibeEngineError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -132,9 +132,15 @@ def classify_history(name: str, message: str = "") -> str | None:
     return None
 
 
-def _hour(at: float) -> str:
-    """The local hour of a wall-clock timestamp (days are local days, SystemWallClock)."""
-    return datetime.fromtimestamp(at).astimezone().strftime("%Y-%m-%d %H")
+def _hour(at: float, day: str) -> str:
+    """The local hour of a wall-clock timestamp (days are local days, SystemWallClock),
+    within ``day``, the day the event counts toward: a call admitted before midnight and
+    settled after is in its day's last hour, as the day's budget counts it (and one whose
+    day was kept though the wall clock was set back, in the day's first)."""
+    hour = datetime.fromtimestamp(at).astimezone().strftime("%Y-%m-%d %H")
+    if hour.startswith(day):
+        return hour
+    return f"{day} 23" if hour > day else f"{day} 00"
 
 
 def _in_range(day: str, day_from: str | None, day_to: str | None) -> bool:
@@ -223,7 +229,7 @@ async def gather_report(
         if e.model:
             models = cost_map.setdefault(e.day, {})
             models[e.model] = models.get(e.model, 0.0) + e.cost_usd
-            hour = hour_map.setdefault(_hour(e.at), {})
+            hour = hour_map.setdefault(_hour(e.at, e.day), {})
             hour[e.model] = hour.get(e.model, 0.0) + e.cost_usd
     history = await _history(store, day_from, day_to)
     return ReportData(

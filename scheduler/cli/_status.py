@@ -19,6 +19,7 @@ from rich.text import Text
 
 from scheduler.cli._checks import status_store
 from scheduler.cli._decide import stored_status_rows
+from scheduler.config import VibeConfig
 from scheduler.observe import Snapshot, render_snapshot
 from scheduler.observe._schema import StatusDoc, TaskBudgetDoc
 from scheduler.observe._status import read_status, status_document
@@ -30,12 +31,14 @@ __all__ = ["gather_status", "print_status", "task_budget_table"]
 _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", "exceeded": "bold red"}
 
 
-async def gather_status(state_dir: Path, store: str, *, today: date) -> StatusDoc:
-    """The running orchestrator's snapshot (else the store's) and every task's budget rows."""
+async def gather_status(state_dir: Path, store: str, *, today: date,
+                        config: VibeConfig | None = None) -> StatusDoc:
+    """The running orchestrator's snapshot (else the store's) and every task's budget rows;
+    ``config`` (the run's, ``-c``): today's day limits when the store's snapshot has none."""
     st = open_store(status_store(state_dir, store), state_dir)
     await st.open()
     try:
-        snap = await read_status(st, state_dir, today=today)
+        snap = await read_status(st, state_dir, today=today, config=config)
         rows = await stored_status_rows(st, state_dir)
         return status_document(snap, [cast(TaskBudgetDoc, r.to_dict()) for r in rows])
     finally:

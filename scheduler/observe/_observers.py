@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from scheduler.core import Event, VibeEngineError, get_logger, open_private, private_dir
+from scheduler.core import (
+    Event,
+    StoreError,
+    VibeEngineError,
+    get_logger,
+    open_private,
+    private_dir,
+)
 from scheduler.observe._view import Changes, RunView, watch_changes, write_status
 from scheduler.store import Store
 
@@ -117,6 +124,7 @@ class HistoryRecorder:
     def on_event(self, event: Event) -> None:
         self._seq += 1
         at, day = self._stamp()
+        day = max(day, self.view.tracker.today())  # a wall clock set back keeps the day
         record = _jsonable(event.to_dict())
         record.update(session_id=self.view.session_id, wall=at, day=day.isoformat(),
                       seq=self._seq)
@@ -173,12 +181,21 @@ class StatusWriter:
         self.writes += 1
         return self.path
 
+    async def _load_days(self) -> None:
+        """Today's totals read from the store before they are shown (see
+        :meth:`Tracker.load_shown_days`); while it cannot answer, what is held is shown."""
+        try:
+            await self.view.tracker.load_shown_days()
+        except StoreError as exc:
+            _log.warning("status_day_unread", error=str(exc))
+
     async def run(self) -> None:
         try:
             while True:
                 await self._changes.wait()
                 self._capacity.pending = False  # this write shows the capacities
                 start = anyio.current_time()
+                await self._load_days()
                 self.write()
                 written = anyio.current_time()
                 spent = written - start

@@ -63,7 +63,7 @@ def _status_file(state_dir: Path) -> Snapshot | None:
 
 def _rebar(bar: BudgetBar, totals: Totals, config: VibeConfig) -> BudgetBar:
     """``bar``'s limit (as the last run configured it) with the store's current use."""
-    used = float(ScopeState(bar.scope, Limits(), totals=totals).used(bar.dimension))
+    used = _used(bar, totals)
     frac = used / bar.limit if bar.limit else 0.0
     return BudgetBar(bar.scope, bar.dimension, used, bar.limit, frac,
                      alert_level(frac, config.alerts))
@@ -220,6 +220,23 @@ async def snapshot_from_store(
     )
 
 
+async def _with_store_days(store: Store, snap: Snapshot) -> Snapshot:
+    """The live snapshot with its per-day bars' use read from the store now: other
+    processes spend on the day too, and the file is only rewritten when this run changes."""
+    days = {b.scope for b in snap.budgets if b.scope.startswith(("day:", "task-day:"))}
+    if not days:
+        return snap
+    totals = {scope: await store.totals(scope) for scope in sorted(days)}
+    config = VibeConfig()  # alert levels: the run's own thresholds are not in the file
+    bars = tuple(b if b.scope not in totals or _used(b, totals[b.scope]) == b.used
+                 else _rebar(b, totals[b.scope], config) for b in snap.budgets)
+    return replace(snap, budgets=bars)
+
+
+def _used(bar: BudgetBar, totals: Totals) -> float:
+    return float(ScopeState(bar.scope, Limits(), totals=totals).used(bar.dimension))
+
+
 async def _with_results(store: Store, snap: Snapshot) -> Snapshot:
     """The live snapshot with the results its completed tasks stored."""
     done = [t for t in snap.tasks if t.status == "completed"]
@@ -231,12 +248,14 @@ async def _with_results(store: Store, snap: Snapshot) -> Snapshot:
                                      for t in snap.tasks))
 
 
-async def read_status(store: Store, state_dir: Path, *, today: date) -> Snapshot:
-    """The running orchestrator's snapshot when one runs, else the store's (see module doc)."""
+async def read_status(store: Store, state_dir: Path, *, today: date,
+                      config: VibeConfig | None = None) -> Snapshot:
+    """The running orchestrator's snapshot when one runs, else the store's (see module doc;
+    ``config``: as :func:`snapshot_from_store`'s)."""
     live = _status_file(Path(state_dir))
     if live is not None and live.running and pid_alive(live.pid):
-        return await _with_results(store, live)
-    return await snapshot_from_store(store, Path(state_dir), today=today)
+        return await _with_results(store, await _with_store_days(store, live))
+    return await snapshot_from_store(store, Path(state_dir), today=today, config=config)
 
 
 def status_document(snap: Snapshot, task_budgets: Sequence[TaskBudgetDoc]) -> StatusDoc:

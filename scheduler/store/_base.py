@@ -18,6 +18,9 @@ _PLAIN = frozenset((int, float))  # exact types: a bool is checked closely
 #: settling such a call must count it once (see :func:`charge_open_call`).
 OPEN_CALL = "open_call"
 ESTIMATED_CHARGE = "estimated_charge"
+#: The state kind noting each calendar day a process on the store began (keyed by the
+#: ISO date): the latest is the fleet's day, which no process's day goes back before.
+DAY_BEGUN = "day_begun"
 #: What a charge that closes its call's ``open_call`` record answers (true when recorded):
 #: the event was there already, it was recorded, or it was recorded *in place of* the
 #: estimate charged for its call meanwhile (the estimate's event and amounts taken back).
