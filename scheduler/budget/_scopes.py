@@ -19,8 +19,9 @@ from datetime import date
 import anyio
 
 from scheduler.budget._profile import TaskProfile, day_limits
-from scheduler.budget._scope_state import Crossing, Level, ScopeState
-from scheduler.config import Limits, VibeConfig
+from scheduler.budget._scope_state import Crossing, ScopeState
+from scheduler.budget._thresholds import Thresholds
+from scheduler.config import VibeConfig
 from scheduler.core import (
     StoreError,
     StoreUnavailableError,
@@ -99,8 +100,11 @@ class Scopes:
         #: name not in ``_loaded`` is a placeholder whose totals are not read yet.
         self.task_days: dict[str, ScopeState] = {}
         self._continued = True  # until open() finds the session new
-        alerts = config.alerts  # frozen: the lowest threshold, once
-        self._lowest = min(alerts.warning, alerts.critical, alerts.exceeded)
+        self._thresholds = Thresholds(config, clock)
+        #: Thresholds ``scope`` passed and not reported yet (marks them reported).
+        self.crossings = self._thresholds.crossings
+        #: Add to a scope's limits (a person added budget), re-arming passed thresholds.
+        self.raise_limits = self._thresholds.raise_limits
 
     def today(self) -> date:
         """The wall clock's date, never one before a day already answered: a wall clock set
@@ -462,78 +466,9 @@ class Scopes:
             return None  # another session's use of a task that counts per session
         return entry.scope
 
-    # -- thresholds (R3.1) ---------------------------------------------------------
-
-    def _thresholds(self, scope: ScopeState, dim: str) -> dict[Level, float]:
-        a = self._config.alerts
-        t: dict[Level, float] = {"warning": a.warning, "critical": a.critical,
-                                 "exceeded": a.exceeded}
-        if dim == "cost_usd" and scope.limits.cost_warning_usd and scope.limits.cost_usd:
-            t["warning"] = min(scope.limits.cost_warning_usd / scope.limits.cost_usd, a.critical)
-        return t
-
-    def crossings(self, scope: ScopeState) -> list[Crossing]:
-        """Thresholds ``scope`` has passed and not reported yet (marks them reported)."""
-        out: list[Crossing] = []
-        low = self._lowest  # below it, no threshold is passed (but a cost warning's own)
-        # every charge asks this of each of its scopes: the limits and totals are read
-        # here, not through ``limited`` and ``used`` per dimension
-        totals = scope.totals
-        limited = scope._limited if scope._caps_of is scope.limits else scope.limited()
-        for dim, lim in limited:
-            if dim.startswith("tokens:"):
-                used: float = totals.tokens_by_model.get(dim[7:], 0)
-            else:
-                used = getattr(totals, dim)
-            if used >= lim * low or (dim == "cost_usd" and scope.limits.cost_warning_usd):
-                out += self._fire(scope, dim, used, lim)  # else the usual answer: none
-        return out
-
     def time_crossings(self, task_id: str) -> list[Crossing]:
         """Threshold crossings of the task's wall-time budget, as of now."""
-        scope = self.task(task_id)
-        lim = scope.limits.time_s
-        if not lim:
-            return []
-        return self._fire(scope, "time_s", self._clock() - scope.started_at, lim)
-
-    def _fire(self, scope: ScopeState, dim: str, used: float, lim: float) -> list[Crossing]:
-        limits, low = scope.limits, self._lowest
-        if dim == "cost_usd" and limits.cost_warning_usd and limits.cost_usd:
-            low = min(low, limits.cost_warning_usd / limits.cost_usd)
-        if used < lim * low:
-            return []  # below every threshold: the usual answer (each charge, each scope)
-        out: list[Crossing] = []
-        for level, frac in self._thresholds(scope, dim).items():
-            if used >= lim * frac and (scope.fired is None or (dim, level) not in scope.fired):
-                if scope.fired is None:
-                    scope.fired = set()
-                scope.fired.add((dim, level))
-                out.append(Crossing(scope.name, dim, level, used, lim))
-        return out
-
-    def raise_limits(self, scope: ScopeState, extra: Limits) -> None:
-        """Add to a scope's limits (a person added budget) and re-arm passed thresholds."""
-        data = scope.limits.model_dump()
-        for name in extra.model_fields_set:
-            add = getattr(extra, name)
-            if name == "tokens_by_model":
-                merged = dict(data["tokens_by_model"])
-                for m, v in add.items():
-                    merged[m] = merged.get(m, 0) + v
-                data[name] = merged
-            elif add is not None:
-                data[name] = (data[name] or 0) + add
-        warn, cost = scope.limits.cost_warning_usd, scope.limits.cost_usd
-        if warn and cost and data["cost_usd"] and "cost_warning_usd" not in extra.model_fields_set:
-            data["cost_warning_usd"] = round(data["cost_usd"] * warn / cost, 6)  # same fraction
-        scope.limits = Limits.model_validate(data)
-        fired = scope.fired or set()
-        for dim, level in list(fired):
-            lim = scope.limit(dim) if dim != "time_s" else scope.limits.time_s
-            used = scope.used(dim) if dim != "time_s" else self._clock() - scope.started_at
-            if lim and used < lim * self._thresholds(scope, dim)[level]:
-                fired.discard((dim, level))
+        return self._thresholds.time_crossings(self.task(task_id))
 
 
 #: The versions of an event's scopes when the store does not tell them (at most five).

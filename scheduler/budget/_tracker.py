@@ -29,7 +29,6 @@ from scheduler.budget._scopes import Scopes
 from scheduler.budget._usage_files import UsageFiles
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import (
-    BudgetExceededError,
     StoreUnavailableError,
     SystemWallClock,
     Usage,
@@ -82,6 +81,12 @@ class Tracker:
             self._scopes, store, unavailable_wait_s=config.distributed.unavailable_wait_s,
             clock=clock, hold_id=lambda task_id: f"{self.next_event_id(task_id)}:hold",
         )
+        #: Read today's totals before they are shown (:meth:`Scopes.ensure_shown`).
+        self.load_shown_days = self._scopes.ensure_shown
+        #: :meth:`today` once the latest day another process on the store began is read.
+        self.catch_up_day = self._scopes.catch_up
+        #: Wait for this process's holds when they alone refused a request (and say so).
+        self.wait_for_holds = self._reservations.wait_for_holds
         self._files = UsageFiles(state_dir, session_id=session_id, wall=self.wall, clock=clock,
                                  interval_s=usage_json_interval_s)
         # the wall clock's reading for an event: without the time-zone lookup when it can
@@ -142,14 +147,6 @@ class Tracker:
         """The wall clock's local date, never before a day already begun here or by
         another process on the store: the day a charge now counts toward."""
         return self._scopes.today()
-
-    async def load_shown_days(self) -> None:
-        """Read today's totals before they are shown (see :meth:`Scopes.ensure_shown`)."""
-        await self._scopes.ensure_shown()
-
-    async def catch_up_day(self) -> date:
-        """:meth:`today` once the latest day another process on the store began is read."""
-        return await self._scopes.catch_up()
 
     async def load_today(self, task_id: str) -> None:
         """Read today's totals (the day's, the task's per-day scope's) if not read yet:
@@ -341,10 +338,6 @@ class Tracker:
     def cancel(self, reservation: Reservation) -> None:
         """Return a reservation that will not be charged (call failed before usage)."""
         self._reservations.cancel(reservation)
-
-    async def wait_for_holds(self, exc: BudgetExceededError) -> bool:
-        """See :meth:`Reservations.wait_for_holds`."""
-        return await self._reservations.wait_for_holds(exc)
 
     # -- charging ------------------------------------------------------------------
 

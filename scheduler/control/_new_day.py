@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import date
 
+from scheduler.budget import Tracker
+
 #: How often a pause at a day budget looks at the calendar when nothing else wakes it
 #: (loop seconds; a test's wall clock does not move with the loop's virtual time, so
 #: the end of the day is checked, not scheduled).
@@ -27,3 +29,12 @@ def day_is_over(scope: str, today: date) -> bool:
     """True when ``scope`` is a per-day scope of a day before ``today``."""
     day = scope_day(scope)
     return day is not None and day < today
+
+
+async def day_over(scope: str, tracker: Tracker) -> bool:
+    """Whether ``scope`` is a per-day scope of a day that is over, here or for another
+    process on the store (whose wall clock may be ahead of this one's)."""
+    if scope_day(scope) is None:
+        return False
+    return day_is_over(scope, tracker.today()) or day_is_over(
+        scope, await tracker.catch_up_day())

@@ -42,7 +42,7 @@ from scheduler.control._decision import (
     not_paused,
 )
 from scheduler.control._fleet import FleetBudget, counts_every_process
-from scheduler.control._new_day import CHECK_S, day_is_over, scope_day
+from scheduler.control._new_day import CHECK_S, day_over, scope_day
 from scheduler.control._overdraft import OverdraftLedger
 from scheduler.control._stored import review_summary
 from scheduler.core import BudgetExceededError, EventBus, get_logger
@@ -333,7 +333,7 @@ class PauseController:
         while True:
             if self._pauses.get(task_id) is not info:
                 return self._last[task_id]  # another waiter applied it
-            if await self._day_over(info.scope):
+            if await day_over(info.scope, self.tracker):
                 return await self._lift(info)
             decision = self._decisions.pop(task_id, None)
             if decision is None and self.poll_s is not None:
@@ -351,14 +351,6 @@ class PauseController:
                 return decision
             with anyio.move_on_after(wait):
                 await ctl.changed().wait()
-
-    async def _day_over(self, scope: str) -> bool:
-        """Whether ``scope`` is a per-day scope of a day that is over, here or for another
-        process on the store (whose wall clock may be ahead of this one's)."""
-        if scope_day(scope) is None:
-            return False
-        return day_is_over(scope, self.tracker.today()) or day_is_over(
-            scope, await self.tracker.catch_up_day())
 
     async def _lift(self, info: PauseInfo) -> Decision:
         """End a pause whose day budget started over (module docstring)."""
