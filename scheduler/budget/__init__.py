@@ -20,6 +20,7 @@ from scheduler.budget._tokens import Reconciliation as Reconciliation
 from scheduler.budget._tokens import TokenCounter as TokenCounter
 from scheduler.budget._tracker import Remaining as Remaining
 from scheduler.budget._tracker import Tracker as Tracker
+from scheduler.budget._usage_files import read_usage_file as read_usage_file
 
 __all__ = [
     "IMAGE_TOKENS",
@@ -37,5 +38,6 @@ __all__ = [
     "day_limits",
     "detect_complexity",
     "detect_task_type",
+    "read_usage_file",
     "resolve_task",
 ]

@@ -249,6 +249,18 @@ async def _write_all(batch: list[_Files]) -> list[list[Path | Exception] | Excep
     return await off_loop(write_all)
 
 
+def read_usage_file(path: Path) -> dict[str, Any] | None:
+    """A ``usage.json`` as its JSON object; ``None`` when it is missing or unreadable, or
+    holds anything but an object: the file is a copy of what the store holds, and a
+    damaged one (a crash of the machine before the disk had it, a hand edit) must not
+    stop ``status``, ``report`` or ``decide``, which then fall back to the config."""
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _write(folder: Path, text: str, *, fix_mode: bool = True) -> tuple[Path, bool]:
     """Write the folder's ``usage.json``; its path, and True when the folder was made
     for it."""

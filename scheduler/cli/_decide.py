@@ -133,7 +133,7 @@ async def stored_status_rows(
         try:
             doc = json.loads(await path.read_text(encoding="utf-8"))
             limits = Limits.model_validate(doc.get("budget", {}))
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # damaged: not even an object
             continue
         task_id = str(doc.get("task_id", path.parent.name))
         session = str(doc.get("session_id", ""))

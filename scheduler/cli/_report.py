@@ -12,7 +12,6 @@ charts (see :mod:`scheduler.cli._report_html`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -22,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from scheduler.budget import read_usage_file
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import ConfigError, Totals, UsageEvent
 from scheduler.store import Store
@@ -175,12 +175,13 @@ async def _history(store: Store, day_from: str | None,
 def _task_limits(state_dir: Path | None, task_id: str, task_type: str,
                  config: VibeConfig) -> tuple[int | None, float | None, str]:
     """The task's token and cost limits and its last status (from ``usage.json``)."""
-    if state_dir is not None:
+    doc = None if state_dir is None else read_usage_file(
+        state_dir / "tasks" / task_id / "usage.json")
+    if doc is not None:
         try:
-            doc = json.loads((state_dir / "tasks" / task_id / "usage.json").read_text("utf-8"))
             limits = Limits.model_validate(doc.get("budget", {}))
             return limits.tokens, limits.cost_usd, str(doc.get("status") or "")
-        except (OSError, ValueError):
+        except ValueError:
             pass
     row = config.task_types.get(task_type)  # type: ignore[call-overload]
     return (row.tokens, row.cost_usd, "") if row is not None else (None, None, "")

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from scheduler.budget import ScopeState, day_limits
+from scheduler.budget import ScopeState, day_limits, read_usage_file
 from scheduler.config import Limits, VibeConfig
 from scheduler.core import Totals
 from scheduler.observe._observers import status_path
@@ -98,10 +98,10 @@ def _task_view(rec: dict[str, Any], totals: Any, limits: Limits | None) -> TaskV
 
 
 def _task_limits(state_dir: Path, task_id: str) -> Limits | None:
+    doc = read_usage_file(state_dir / "tasks" / task_id / "usage.json")
     try:
-        doc = json.loads((state_dir / "tasks" / task_id / "usage.json").read_text("utf-8"))
-        return Limits.model_validate(doc.get("budget", {}))
-    except (OSError, ValueError):
+        return None if doc is None else Limits.model_validate(doc.get("budget", {}))
+    except ValueError:
         return None
 
 
