@@ -52,14 +52,15 @@ class OneCall:
 
 
 class CallThenOverBudget:
-    """A slow call in flight while a second call of the same task crosses the budget."""
+    """A slow call in flight while a second call of the same task crosses the budget on its
+    own (one refused only for what the first holds would wait for it instead)."""
 
     async def run(self, ctx: AgentContext) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: ctx.llm.complete(HI, max_tokens=400, model="sonnet"))
             await anyio.sleep(1)
             with pytest.raises(FinishRequestedError):  # paused over budget, then finished
-                await ctx.llm.complete(HI, max_tokens=400, model="sonnet")
+                await ctx.llm.complete(HI, max_tokens=600, model="sonnet")
 
 
 async def test_r2_1_call_in_flight_when_its_task_pauses_is_charged(
