@@ -9,8 +9,11 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from scheduler.core import Completion, CompletionRequest, Usage
+from scheduler.runtime import AgentContext
 from scheduler.store import MemoryStore
 from scheduler.store._ledger import SHORT_FRACTION, SliceGrant
+from scheduler.testing import ScriptedProvider
 
 
 class SlicedMemoryStore(MemoryStore):
@@ -120,3 +123,25 @@ class BucketSlicingStore(MemoryStore):
     async def slice_shortfalls(self, pools: Sequence[str]) -> list[int]:
         await anyio.lowlevel.checkpoint()
         return [self.shared.meta.get(p, [0, None, 0, 0])[3] for p in pools]
+
+
+class Clocked(ScriptedProvider):
+    """Records when each call starts (0.5 s each)."""
+
+    def __init__(self, starts: list[float]) -> None:
+        super().__init__(latency_s=0.5)
+        self.starts = starts
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        self.starts.append(anyio.current_time())
+        await anyio.sleep(self.latency_s)
+        return Completion("ok", Usage(10, 5), request.model)
+
+
+class Busy:
+    """Twenty one-token calls."""
+
+    async def run(self, ctx: AgentContext) -> str:
+        for _ in range(20):
+            await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=1)
+        return "ok"

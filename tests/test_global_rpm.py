@@ -17,11 +17,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from scheduler import Completion, CompletionRequest, Limits, TaskSpec, Usage, VibeConfig
-from scheduler.runtime import AgentContext, Orchestrator
+from scheduler import Limits, TaskSpec, VibeConfig
+from scheduler.runtime import Orchestrator
 from scheduler.store import MemoryStore
 from scheduler.store._ledger import SliceGrant
 from scheduler.testing import ScriptedProvider, build_orchestrator
+from tests._fakes import Busy, Clocked
 
 pytestmark = pytest.mark.anyio
 
@@ -78,24 +79,6 @@ class SlicingStore(MemoryStore):
         self.shared.release(pool, holder)
 
 
-class Clocked(ScriptedProvider):
-    """Records when each call starts."""
-
-    def __init__(self, starts: list[float]) -> None:
-        super().__init__(latency_s=0.5)
-        self.starts = starts
-
-    async def complete(self, request: CompletionRequest) -> Completion:
-        self.starts.append(anyio.current_time())
-        await anyio.sleep(self.latency_s)
-        return Completion("ok", Usage(10, 5), request.model)
-
-
-class Busy:
-    async def run(self, ctx: AgentContext) -> str:
-        for _ in range(20):
-            await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=1)
-        return "ok"
 
 
 #: Two ways to say "10 requests a minute for the account": a global pool, or (on a

@@ -16,25 +16,13 @@ from typing import Any
 import anyio
 import pytest
 
-from scheduler import Completion, CompletionRequest, Limits, TaskSpec, Usage, VibeConfig
+from scheduler import Limits, TaskSpec, VibeConfig
 from scheduler.runtime import AgentContext, Orchestrator
-from scheduler.testing import ScriptedProvider, build_orchestrator
-from tests._fakes import BucketSlices, BucketSlicingStore
+from scheduler.testing import build_orchestrator
+from tests._fakes import BucketSlices, BucketSlicingStore, Busy, Clocked
 
 pytestmark = pytest.mark.anyio
 
-
-class Clocked(ScriptedProvider):
-    """Records when each call starts (0.5 s each)."""
-
-    def __init__(self, starts: list[float]) -> None:
-        super().__init__(latency_s=0.5)
-        self.starts = starts
-
-    async def complete(self, request: CompletionRequest) -> Completion:
-        self.starts.append(anyio.current_time())
-        await anyio.sleep(self.latency_s)
-        return Completion("ok", Usage(10, 5), request.model)
 
 
 class Calls:
@@ -45,12 +33,6 @@ class Calls:
             await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=4096)
         return "ok"
 
-
-class Busy:
-    async def run(self, ctx: AgentContext) -> str:
-        for _ in range(20):
-            await ctx.llm.complete([{"role": "user", "content": "hi"}], max_tokens=1)
-        return "ok"
 
 
 def _fleet(tmp_path: Path, shared: BucketSlices, starts: list[float], agent: type,
