@@ -5,33 +5,17 @@ and settled after midnight is one of Friday's, in the report as in the budget.""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-
-import anyio
 
 from scheduler import TaskSpec, VibeConfig
 from scheduler.runtime import AgentContext
 from scheduler.store import SqliteStore
 from scheduler.testing import ScriptedProvider, build_orchestrator, run_virtual
 from tests._cli_helpers import cli
+from tests.test_ledger_days import LoopWallClock
 
 FRIDAY, SATURDAY = "2026-11-27", "2026-11-28"
-
-
-class LocalLoopWallClock:
-    """Local time from ``start`` (naive: the machine's zone), moving with the loop's clock:
-    the report's hours are local hours."""
-
-    def __init__(self, start: datetime) -> None:
-        self.start = start.astimezone()
-        self._t0: float | None = None
-
-    def now(self) -> datetime:
-        now = anyio.current_time()
-        if self._t0 is None:
-            self._t0 = now
-        return self.start + timedelta(seconds=now - self._t0)
 
 
 class TwoCalls:
@@ -47,7 +31,8 @@ def test_r1_2_report_hours_count_a_call_toward_the_day_that_admitted_it(
     later, on Saturday; the second is Saturday's.  The report's hourly buckets of each
     day add up to that day's row, and the first call is in Friday's 23:00 bucket."""
     config = VibeConfig(state_dir=tmp_path, store="sqlite", session_id="s1")
-    wall = LocalLoopWallClock(datetime(2026, 11, 27, 23, 59, 58))
+    # local time (the machine's zone): the report's hours are local hours
+    wall = LoopWallClock(datetime(2026, 11, 27, 23, 59, 58).astimezone())
     orch = build_orchestrator({"a": TwoCalls}, config=config, wall=wall,
                               provider=ScriptedProvider(latency_s=3.0))
     run_virtual(orch.run, [TaskSpec(id="t1", agent="a", prompt="x")])
