@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from scheduler.budget._scope_state import ScopeState
+from scheduler.budget._scope_state import Caps, ScopeState
 from scheduler.budget._scopes import Scopes
 from scheduler.core import BudgetExceededError, StoreError, StoreUnavailableError, UsageEvent
 from scheduler.store import Store, record_and_delete_state, scopes_of
@@ -97,44 +97,35 @@ class Reservations:
         are checked in every scope before the other amounts asked for: a call over both
         kinds of limit is refused for its own (see ``Admission.admit``).
         """
-        task = self._scopes.task(task_id)
+        scopes = self._scopes.of_task(task_id)  # raises for a task not started
+        task = scopes[0]
         limit = task.limits.time_s
         if limit is not None:
             elapsed = self._clock() - task.started_at
             if elapsed >= limit:
                 raise BudgetExceededError(task.name, "time_s", elapsed, limit)
         call = bool(prompt_tokens or completion_tokens)
-        # only what this request asks for (a model call's two of the five) is checked
-        wanted: list[tuple[str, float]] = []
-        if tokens:
-            wanted.append(("tokens", tokens))
-        if cost_usd:
-            wanted.append(("cost_usd", cost_usd))
-        if file_edits or shell_commands or dangerous_commands:  # an operation's
-            wanted += [(dim, amount) for dim, amount in (
-                ("file_edits", file_edits), ("shell_commands", shell_commands),
-                ("dangerous_commands", dangerous_commands)) if amount]
-        by_model = bool(model and tokens)
+        # an operation's counts (a model call asks for none of them)
+        ops = ((("file_edits", file_edits), ("shell_commands", shell_commands),
+                ("dangerous_commands", dangerous_commands))
+               if file_edits or shell_commands or dangerous_commands else ())
+        per_model = model if tokens else ""
         # one pass over the scopes: a model call's own limits (prompt, completion, cache)
         # are checked in every scope before the other amounts, so an error over those is
         # raised only once every scope took the call's own (see ``Admission.admit``)
         over: BudgetExceededError | None = None
-        scopes = self._scopes.of_task(task_id)
         for scope in scopes:
-            caps = scope.caps()
-            if not caps:
+            caps = scope._caps  # read here, not through ``caps()``: every call asks
+            if caps.limits is not scope.limits:
+                caps = scope.caps_now()
+            if not caps.of:
                 continue  # an unlimited scope (often the session and the day)
-            if call:
-                _check_call(scope, caps, prompt_tokens, completion_tokens)
+            if call and caps.call:
+                _check_call(scope, caps.of, prompt_tokens, completion_tokens)
             if over is not None:
                 continue
             try:
-                for dim, amount in wanted:
-                    lim = caps.get(dim)
-                    if lim is not None:
-                        _check_dimension(scope, dim, amount, lim)
-                if by_model:
-                    _check_model(scope, model, tokens)
+                _check_amounts(scope, caps, tokens, cost_usd, ops, per_model)
             except BudgetExceededError as exc:
                 if not call:
                     raise
@@ -207,7 +198,8 @@ class Reservations:
         for s in scopes:
             s.reserved_tokens += tokens
             s.reserved_cost += cost_usd
-            s.reserved_by_model[model] = s.reserved_by_model.get(model, 0) + tokens
+            by_model = s.reserved_by_model
+            by_model[model] = by_model[model] + tokens if model in by_model else tokens
         return Reservation(task_id, model, tokens, cost_usd, self._scopes.names(task_id, scopes),
                            held=scopes)
 
@@ -254,9 +246,9 @@ class Reservations:
         """Hold ``reservation`` in the scopes that span the store (its task's when shared,
         the session, the day) or cancel it and raise; ``grace``: extra room per scope."""
         task_id, model = reservation.task_id, reservation.model
-        shared = self._shared(task_id)
-        if not self._hold_unlimited and not any(_holds_against(s, model) for s in shared):
+        if not self._takes_hold(self._scopes.of_task(task_id), model):
             return  # no limit to hold against (a grace only raises limits that exist)
+        shared = self._shared(task_id)
         limits = tuple(_shared_limit(s, model, grace.get(s.name)) for s in shared)
         hold_id = self._hold_id(task_id)
         try:
@@ -320,8 +312,13 @@ class Reservations:
         if self._hold_unlimited:
             return True
         last = len(scopes) - 2
-        return any((i >= last or s.shared) and _holds_against(s, model)
-                   for i, s in enumerate(scopes))
+        for i, s in enumerate(scopes):
+            if i >= last or s.shared:  # a limit a shared hold of the call is checked against
+                lim = s.limits
+                if (lim.tokens is not None or lim.cost_usd is not None
+                        or model in lim.tokens_by_model):
+                    return True
+        return False
 
     async def _hold_shared(
         self, ledger: BudgetLedger, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
@@ -419,11 +416,12 @@ class Reservations:
         reservation.active = False
         if self._settled is not None:  # a call waits for held amounts (seldom)
             self._wake()
+        tokens, cost, model = reservation.tokens, reservation.cost_usd, reservation.model
         for s in reservation.held or [
                 self._scopes.named(reservation.task_id, n) for n in reservation.scopes]:
-            s.reserved_tokens -= reservation.tokens
-            s.reserved_cost -= reservation.cost_usd
-            s.reserved_by_model[reservation.model] -= reservation.tokens
+            s.reserved_tokens -= tokens
+            s.reserved_cost -= cost
+            s.reserved_by_model[model] -= tokens
 
 
 #: How long a request refused only for what calls under way here hold waits at most
@@ -432,13 +430,6 @@ SETTLE_POLL_S = 1.0
 
 #: The (empty, never written) totals and amounts of a hold kept until its settle.
 _READ: dict[str, Any] = {}
-
-
-def _holds_against(scope: ScopeState, model: str) -> bool:
-    """Whether ``scope`` has a limit a shared hold of a ``model`` call is checked against."""
-    lim = scope.limits
-    return (lim.tokens is not None or lim.cost_usd is not None
-            or lim.tokens_by_model.get(model) is not None)  # type: ignore[call-overload]
 
 
 def _shared_limit(scope: ScopeState, model: str, grace: tuple[int, float] | None) -> ScopeLimit:
@@ -450,6 +441,29 @@ def _shared_limit(scope: ScopeState, model: str, grace: tuple[int, float] | None
         model_tokens = None if model_tokens is None else model_tokens + grace[0]
         cost = None if cost is None else cost + grace[1]
     return ScopeLimit(scope.name, tokens, model_tokens, cost)
+
+
+def _check_amounts(scope: ScopeState, caps: Caps, tokens: int, cost_usd: float,
+                   ops: tuple[tuple[str, int], ...], model: str) -> None:
+    """The amounts a request asks for (but a model call's own: :func:`_check_call`) against
+    the limits of ``scope``, with what its calls and operations under way hold; the tokens
+    and dollars of a call read here, not through ``ScopeState.used`` and ``held``."""
+    limits = scope.limits  # ``caps.limits``
+    if tokens and (lim := limits.tokens) is not None:
+        held: float = scope.reserved_tokens
+        used = scope.totals.tokens + held
+        if used + tokens > lim:
+            raise BudgetExceededError(scope.name, "tokens", used, lim, tokens, held=held)
+    if cost_usd and (cost := limits.cost_usd) is not None:
+        held = scope.reserved_cost
+        used = scope.totals.cost_usd + held
+        if used + cost_usd > cost:
+            raise BudgetExceededError(scope.name, "cost_usd", used, cost, cost_usd, held=held)
+    for dim, amount in ops:
+        if amount and (cap := caps.of.get(dim)) is not None:
+            _check_dimension(scope, dim, amount, cap)
+    if model and caps.per_model:
+        _check_model(scope, model, tokens)
 
 
 def _check_dimension(scope: ScopeState, dim: str, amount: float, lim: float) -> None:
@@ -466,10 +480,6 @@ def _check_call(scope: ScopeState, caps: Mapping[str, float | None], prompt_toke
         _check_dimension(scope, "prompt_tokens", prompt_tokens, lim)
     if completion_tokens and (lim := caps.get("completion_tokens")) is not None:
         _check_dimension(scope, "completion_tokens", completion_tokens, lim)
-    _check_cache(scope, caps)
-
-
-def _check_cache(scope: ScopeState, caps: Mapping[str, float | None]) -> None:
     for dim in ("cache_read_tokens", "cache_write_tokens"):
         lim = caps.get(dim)
         if lim is not None and scope.used(dim) >= lim:

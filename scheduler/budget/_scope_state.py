@@ -37,6 +37,33 @@ class Crossing:
         return self.used / self.limit if self.limit else float("inf")
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Caps:
+    """What one :class:`Limits` says per dimension, read by every check, charge and
+    routed call; worked out once and shared, read only, by the scopes with those limits
+    (tasks of one type and complexity)."""
+
+    limits: Limits | None
+    #: The limit of every dimension the limits name (a limit of 0 too), per model last.
+    of: dict[str, float | None]
+    #: ``(dimension, limit)`` of those limited above 0 ...
+    limited: tuple[tuple[str, float], ...]
+    #: ... split into the :class:`Totals` attributes (``COUNTED`` order) and the per-model
+    #: ones, ``(dimension, model, limit)``: the loops read no dimension's name.
+    counted: tuple[tuple[str, float], ...]
+    models: tuple[tuple[str, str, float], ...]
+    #: A prompt, completion, cache-read or cache-write limit (checked at every model call).
+    call: bool
+    #: A per-model token limit (a limit of 0 too).
+    per_model: bool
+    #: ``cost_warning_usd`` ÷ ``cost_usd`` when both are set (above 0): the cost warning's
+    #: own threshold.
+    cost_warning: float | None
+
+
+_NO_CAPS = Caps(None, {}, (), (), (), False, False, None)  # a scope's, until it reads them
+
+
 @dataclass(slots=True)
 class ScopeState:
     """Limits, totals, reservations and fired alerts of one scope."""
@@ -65,13 +92,10 @@ class ScopeState:
     #: The records of budget people added for every process (``scheduler.control``'s
     #: ``fleet_budget``) already in ``limits``; made when one is.
     added: set[str] | None = None
-    # what ``limits`` says per dimension, worked out once per Limits (a frozen model: a
-    # new object whenever a limit changes) -- every call asks several times
-    _caps_of: Limits | None = field(default=None, init=False, repr=False, compare=False)
-    _caps: dict[str, float | None] = field(default_factory=lambda: _NO_CAPS, init=False,
-                                           repr=False, compare=False)
-    _limited: tuple[tuple[str, float], ...] = field(default=(), init=False, repr=False,
-                                                   compare=False)
+    #: What ``limits`` says per dimension (:class:`Caps`), worked out once per Limits (a
+    #: frozen model: a new object whenever a limit changes) -- every call asks several
+    #: times; current while ``_caps.limits is limits``.
+    _caps: Caps = field(default=_NO_CAPS, init=False, repr=False, compare=False)
 
     def charge(self, event: UsageEvent, version: int) -> None:
         """Add this process's ``event`` to the totals; ``version``: the one the store's
@@ -120,33 +144,40 @@ class ScopeState:
         """The largest used ÷ limit over the dimensions limited above 0 (0 when none is):
         asked before every routed call and every status frame, so the totals are read
         here, not through :meth:`used` per dimension."""
-        return worst_fraction((self,))
+        caps = self._caps if self._caps.limits is self.limits else self.caps_now()
+        worst, totals = 0.0, self.totals
+        for dim, lim in caps.counted:
+            used: float = getattr(totals, dim)
+            if used > worst * lim:
+                worst = used / lim
+        for _, model, lim in caps.models:
+            used = totals.tokens_by_model.get(model, 0)
+            if used > worst * lim:
+                worst = used / lim
+        return worst
 
     def limit(self, dimension: str) -> float | None:
-        return self._limits_now().get(dimension)
+        return self.caps_now().of.get(dimension)
 
     def caps(self) -> Mapping[str, float | None]:
         """The limit of every dimension the limits name (read only)."""
-        if self._caps_of is self.limits:  # the usual answer, without a frame more
-            return self._caps
-        return self._limits_now()
+        caps = self._caps
+        return caps.of if caps.limits is self.limits else self.caps_now().of
 
     def dimensions(self) -> Iterator[str]:
         """The dimensions the limits name (a limit of 0 too), per-model ones last."""
-        return iter(self._limits_now())
+        return iter(self.caps_now().of)
 
     def limited(self) -> tuple[tuple[str, float], ...]:
         """``(dimension, limit)`` of every dimension with a limit above 0."""
-        if self._caps_of is not self.limits:
-            self._limits_now()
-        return self._limited
+        return self.caps_now().limited
 
-    def _limits_now(self) -> dict[str, float | None]:
-        if self._caps_of is not self.limits:
-            lim = self.limits
-            self._caps, self._limited = _caps_of(lim)
-            self._caps_of = lim
-        return self._caps
+    def caps_now(self) -> Caps:
+        """What the current limits say (hot paths read ``_caps`` first, when current)."""
+        caps = self._caps
+        if caps.limits is not self.limits:
+            caps = self._caps = _caps_of(self.limits)
+        return caps
 
 
 def worst_fraction(scopes: tuple[ScopeState, ...]) -> float:
@@ -154,36 +185,42 @@ def worst_fraction(scopes: tuple[ScopeState, ...]) -> float:
     routed call: its loop here, not a call per scope)."""
     worst = 0.0
     for scope in scopes:
-        if scope._caps_of is not scope.limits:
-            scope._limits_now()
+        caps = scope._caps
+        if caps.limits is not scope.limits:
+            caps = scope.caps_now()
         totals = scope.totals
-        for dim, lim in scope._limited:
-            if dim.startswith("tokens:"):
-                used: float = totals.tokens_by_model.get(dim[7:], 0)
-            else:
-                used = getattr(totals, dim)
+        for dim, lim in caps.counted:
+            used: float = getattr(totals, dim)
+            if used > worst * lim:
+                worst = used / lim
+        for _, model, lim in caps.models:
+            used = totals.tokens_by_model.get(model, 0)
             if used > worst * lim:
                 worst = used / lim
     return worst
 
 
-#: What each ``Limits`` says per dimension, and its dimensions limited above 0, by the
-#: object's id (tasks of one type and complexity share their limits: their scopes share
-#: these too, read only); the object is kept with them so its id is not reused.
-_CAPS: dict[int, tuple[Limits, dict[str, float | None], tuple[tuple[str, float], ...]]] = {}
+#: The :class:`Caps` of each ``Limits`` by the object's id (the object is kept in them
+#: so its id is not reused).
+_CAPS: dict[int, Caps] = {}
 _CAPS_KEPT = 1024
-_NO_CAPS: dict[str, float | None] = {}  # a scope's, until it first reads its limits
+_CALL = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
-def _caps_of(lim: Limits) -> tuple[dict[str, float | None], tuple[tuple[str, float], ...]]:
+def _caps_of(lim: Limits) -> Caps:
     found = _CAPS.get(id(lim))
-    if found is not None and found[0] is lim:
-        return found[1], found[2]
+    if found is not None and found.limits is lim:
+        return found
     caps: dict[str, float | None] = {
         d: v for d in COUNTED if (v := getattr(lim, d)) is not None}
+    counted = tuple((d, v) for d, v in caps.items() if v)
+    models = tuple((f"tokens:{m}", m, v) for m, v in lim.tokens_by_model.items() if v)
     caps.update((f"tokens:{m}", v) for m, v in lim.tokens_by_model.items())
-    limited = tuple((d, v) for d, v in caps.items() if v)
+    warn = (lim.cost_warning_usd / lim.cost_usd
+            if lim.cost_warning_usd and lim.cost_usd else None)
+    found = Caps(lim, caps, counted + tuple((d, v) for d, _, v in models), counted, models,
+                 any(d in caps for d in _CALL), bool(lim.tokens_by_model), warn)
     if len(_CAPS) >= _CAPS_KEPT:
         _CAPS.clear()  # bounded: limits raised for single tasks are new objects each time
-    _CAPS[id(lim)] = (lim, caps, limited)
-    return caps, limited
+    _CAPS[id(lim)] = found
+    return found

@@ -28,19 +28,27 @@ class Thresholds:
 
     def crossings(self, scope: ScopeState) -> list[Crossing]:
         """Thresholds ``scope`` has passed and not reported yet (marks them reported)."""
-        out: list[Crossing] = []
-        low = self._lowest  # below it, no threshold is passed (but a cost warning's own)
         # every charge asks this of each of its scopes: the limits and totals are read
         # here, not through ``limited`` and ``used`` per dimension
+        caps = scope._caps
+        if caps.limits is not scope.limits:
+            caps = scope.caps_now()
+        out: list[Crossing] = []
+        if not caps.limited:
+            return out  # an unlimited scope (often the session and the day)
+        low = self._lowest  # below it, no threshold is passed (but a cost warning's own)
+        warn = caps.cost_warning
         totals = scope.totals
-        limited = scope._limited if scope._caps_of is scope.limits else scope.limited()
-        for dim, lim in limited:
-            if dim.startswith("tokens:"):
-                used: float = totals.tokens_by_model.get(dim[7:], 0)
-            else:
-                used = getattr(totals, dim)
-            if used >= lim * low or (dim == "cost_usd" and scope.limits.cost_warning_usd):
-                out += self._fire(scope, dim, used, lim)  # else the usual answer: none
+        for dim, lim in caps.counted:
+            used: float = getattr(totals, dim)
+            # else the usual answer: none (``_fire``'s own test, without its frame)
+            if used >= lim * low or (
+                    warn is not None and dim == "cost_usd" and used >= lim * warn):
+                out += self._fire(scope, dim, used, lim)
+        for dim, model, lim in caps.models:
+            used = totals.tokens_by_model.get(model, 0)
+            if used >= lim * low:
+                out += self._fire(scope, dim, used, lim)
         return out
 
     def time_crossings(self, scope: ScopeState) -> list[Crossing]:
@@ -48,7 +56,10 @@ class Thresholds:
         lim = scope.limits.time_s
         if not lim:
             return []
-        return self._fire(scope, "time_s", self._clock() - scope.started_at, lim)
+        used = self._clock() - scope.started_at
+        if used < lim * self._lowest:
+            return []  # the usual answer, without ``_fire``'s frame
+        return self._fire(scope, "time_s", used, lim)
 
     def _fire(self, scope: ScopeState, dim: str, used: float, lim: float) -> list[Crossing]:
         limits, low = scope.limits, self._lowest
