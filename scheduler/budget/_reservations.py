@@ -246,9 +246,9 @@ class Reservations:
         """Hold ``reservation`` in the scopes that span the store (its task's when shared,
         the session, the day) or cancel it and raise; ``grace``: extra room per scope."""
         task_id, model = reservation.task_id, reservation.model
-        if not self._takes_hold(self._scopes.of_task(task_id), model):
-            return  # no limit to hold against (a grace only raises limits that exist)
         shared = self._shared(task_id)
+        if not self._takes_hold(shared, model):
+            return  # no limit to hold against (a grace only raises limits that exist)
         limits = tuple(_shared_limit(s, model, grace.get(s.name)) for s in shared)
         hold_id = self._hold_id(task_id)
         try:
@@ -307,8 +307,8 @@ class Reservations:
 
     def _takes_hold(self, scopes: tuple[ScopeState, ...], model: str) -> bool:
         """Whether :meth:`_hold` would place a hold for a call in ``scopes`` (the task's,
-        :meth:`Scopes.of_task`: the session and the day last): a limit to hold against in
-        one it holds in, or a ledger that holds every call."""
+        :meth:`Scopes.of_task`, or those of :meth:`_shared`: the session and the day last):
+        a limit to hold against in one it holds in, or a ledger that holds every call."""
         if self._hold_unlimited:
             return True
         last = len(scopes) - 2
