@@ -311,9 +311,9 @@ class Reservations:
         a limit to hold against in one it holds in, or a ledger that holds every call."""
         if self._hold_unlimited:
             return True
-        last = len(scopes) - 2
-        for i, s in enumerate(scopes):
-            if i >= last or s.shared:  # a limit a shared hold of the call is checked against
+        session, day = scopes[-2], scopes[-1]
+        for s in scopes:
+            if s.shared or s is session or s is day:  # a limit a hold is checked against
                 lim = s.limits
                 if (lim.tokens is not None or lim.cost_usd is not None
                         or model in lim.tokens_by_model):
