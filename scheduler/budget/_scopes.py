@@ -30,6 +30,7 @@ from scheduler.core import (
     VibeEngineError,
     WallClock,
 )
+from scheduler.core._clock import wall_seconds
 from scheduler.store import Store, scopes_of, session_task_totals, task_day_scope
 from scheduler.store._base import DAY_BEGUN
 
@@ -82,8 +83,15 @@ class Scopes:
         #: The wall clock's date; ``today()`` when it has one (cheaper than ``now()``).
         self._wall_today: Callable[[], date] = getattr(wall, "today", None) or (
             lambda: wall.now().date())
+        #: The wall clock's date and the seconds it holds for (``SystemWallClock``), or None.
+        self._wall_window: Callable[[], tuple[date, float, float]] | None = getattr(
+            wall, "day_window", None)
         #: The latest day :meth:`today` answered, or the store says the fleet reached.
         self._latest = date.min
+        #: What :meth:`today` answered last, and the :data:`wall_seconds` it answers so
+        #: for (none but with a ``day_window``): asked several times per governed call.
+        self._today, self._today_key = date.min, ""
+        self._today_from = self._today_to = 0.0
         self._clock = clock
         self.session = ScopeState(f"session:{session_id}", config.budgets.session)
         self.days: dict[str, ScopeState] = {}
@@ -110,11 +118,24 @@ class Scopes:
         """The wall clock's date, never one before a day already answered: a wall clock set
         back across midnight (an NTP correction) must not reopen a day that is over -- its
         budget and pauses were settled when it ended (R1.2, R3.4)."""
-        day = self._wall_today()
+        if self._today_from <= wall_seconds() < self._today_to:
+            return self._today
+        if self._wall_window is not None:
+            day, self._today_from, self._today_to = self._wall_window()
+        else:
+            day = self._wall_today()
         if day < self._latest:
-            return self._latest
+            day = self._latest
         self._latest = day
+        if day != self._today:
+            self._today, self._today_key = day, day.isoformat()
         return day
+
+    def today_key(self) -> str:
+        """:meth:`today` as an ISO date (``YYYY-MM-DD``), what records name."""
+        if not self._today_from <= wall_seconds() < self._today_to:
+            self.today()
+        return self._today_key
 
     async def catch_up(self) -> date:
         """Take the latest day any process on the store began as the earliest :meth:`today`
@@ -124,6 +145,7 @@ class Scopes:
             begun = await self._store.list_state(DAY_BEGUN)
             if begun:
                 self._latest = max(self._latest, date.fromisoformat(max(begun)))
+                self._today_to = 0.0  # today() answers no day before it from now on
         return self.today()
 
     async def ensure_shown(self) -> None:
@@ -199,19 +221,16 @@ class Scopes:
         if event.day_scope and event.task_id in self.tasks:
             await self.ensure_task_day(event.day_scope, when)
 
-    def loaded(self, day: date) -> bool:
-        """Whether the totals of ``day`` were read from the store (see :meth:`ensure_day`)."""
-        return day == self._ready_day or self._is_loaded(day)
-
     def ready_today(self, task_id: str) -> bool:
         """Whether today's totals were read for ``task_id``: the day's, and its per-day
         scope's when it has one (after midnight, before anything is checked against them)."""
-        today = self.today()
-        if not self.loaded(today):
+        today = (self._today if self._today_from <= wall_seconds() < self._today_to
+                 else self.today())  # asked before every call: no frame in the usual case
+        if today != self._ready_day and not self._is_loaded(today):
             return False
         entry = self.tasks.get(task_id)
         root = entry.day_root if entry is not None else None
-        return root is None or task_day_scope(root, today.isoformat()) in self._loaded
+        return root is None or task_day_scope(root, self._today_key) in self._loaded
 
     async def ensure_today(self, task_id: str) -> None:
         """Read today's totals for ``task_id`` if not read yet (see :meth:`ready_today`)."""
@@ -311,8 +330,12 @@ class Scopes:
         entry = self.tasks.get(task_id)
         if entry is None:
             return (self.task(task_id), self.session, self.day())  # raises: not started
+        # today's scope as :meth:`day` answers it, without its frames (asked per call)
+        when = (self._today if self._today_from <= wall_seconds() < self._today_to
+                else self.today())
+        today = self._last_day_state if when == self._last_day else self.day(when)
         if entry.parent is None and entry.day_root is None:
-            today, held = self.day(), entry.held
+            held = entry.held
             if held is None or held[-1] is not today:
                 held = entry.held = (entry.scope, self.session, today)
                 entry.held_names = tuple(s.name for s in held)
@@ -324,7 +347,7 @@ class Scopes:
             day = self.task_day(task_id)
             assert day is not None
             own = (*own, day)
-        return (*own, self.session, self.day())
+        return (*own, self.session, today)
 
     def names(self, task_id: str, scopes: tuple[ScopeState, ...]) -> tuple[str, ...]:
         """The names of ``scopes`` (what :meth:`of_task` returned for ``task_id``)."""
@@ -468,7 +491,9 @@ class Scopes:
 
     def time_crossings(self, task_id: str) -> list[Crossing]:
         """Threshold crossings of the task's wall-time budget, as of now."""
-        return self._thresholds.time_crossings(self.task(task_id))
+        entry = self.tasks.get(task_id)  # asked per call
+        return self._thresholds.time_crossings(
+            entry.scope if entry is not None else self.task(task_id))
 
 
 #: The versions of an event's scopes when the store does not tell them (at most five).

@@ -138,6 +138,9 @@ class TokenCounter:
         self._use_cache = use_cache
         self._smoothing = smoothing
         self._factors: dict[str, float] = {}
+        #: What :meth:`factor` lends a model not calibrated yet (None: work it out again):
+        #: asked before every call for the strongest tier, often never called itself.
+        self._borrowed: float | None = BORROWED_FACTOR_MAX
         # the tool list an agent passes on every call, by identity; other lists by content
         self._tools_obj: object | None = None
         self._tools_count = 0
@@ -147,9 +150,11 @@ class TokenCounter:
         """Tokens in ``text``, cached by content."""
         if not text:
             return 0
-        if self._use_cache:
-            hit = self._cache.get(text)
+        if self._use_cache:  # ``_Lru.get``, without its frame: asked per call
+            data = self._cache._data
+            hit = data.get(text)
             if hit is not None:
+                data.move_to_end(text)
                 return hit
         n = len(self._enc.encode_ordinary(text))
         if self._use_cache:
@@ -264,8 +269,11 @@ class TokenCounter:
         f = self._factors.get(model)
         if f is not None:
             return f
-        borrowed = max(self._factors.values(), default=BORROWED_FACTOR_MAX)
-        return min(max(borrowed, 1.0), BORROWED_FACTOR_MAX)
+        borrowed = self._borrowed
+        if borrowed is None:
+            top = max(self._factors.values(), default=BORROWED_FACTOR_MAX)
+            borrowed = self._borrowed = min(max(top, 1.0), BORROWED_FACTOR_MAX)
+        return borrowed
 
     def estimate(
         self,
@@ -282,16 +290,25 @@ class TokenCounter:
     def calibrated(self, model: str, raw: int) -> Estimate:
         """The estimate for ``model`` of a prompt whose raw count is ``raw`` (a call
         counts its prompt once, then estimates it for each model it may go to)."""
-        return Estimate(raw, self.calibrated_tokens(model, raw), model)
+        f = self._factors.get(model)  # :meth:`calibrated_tokens`, without its frames
+        if f is None:
+            f = self._borrowed if self._borrowed is not None else self.factor(model)
+        return Estimate(raw, round(raw * f), model)
 
     def calibrated_tokens(self, model: str, raw: int) -> int:
         """:meth:`calibrated`'s token count alone (no :class:`Estimate` made)."""
-        return round(raw * self.factor(model))
+        # :meth:`factor`'s usual answers without its frame (asked for every call)
+        f = self._factors.get(model)
+        if f is None:
+            f = self._borrowed if self._borrowed is not None else self.factor(model)
+        return round(raw * f)
 
     def reconcile(self, estimate: Estimate, actual_input_tokens: int) -> Reconciliation:
         """Compare with the provider's input count; log > 10 % and update calibration."""
-        actual = max(actual_input_tokens, 0)
-        error = abs(estimate.calibrated - actual) / actual if actual else 0.0
+        # per call: comparisons, not ``max`` and ``abs``
+        actual = actual_input_tokens if actual_input_tokens > 0 else 0
+        off = estimate.calibrated - actual
+        error = (off if off >= 0 else -off) / actual if actual else 0.0
         logged = error > DISCREPANCY_THRESHOLD
         if logged:
             # per call, so at debug: the CLI's default level stays readable
@@ -302,11 +319,22 @@ class TokenCounter:
                 actual=actual,
                 error_pct=round(error * 100, 1),
             )
+        model = estimate.model
         if estimate.raw > 0 and actual > 0:
             ratio = actual / estimate.raw
-            old = self._factors.get(estimate.model)
-            new = ratio if old is None else old + self._smoothing * (ratio - old)
-            self._factors[estimate.model] = new
-        return Reconciliation(
-            estimate.model, estimate.calibrated, actual, error, logged, self.factor(estimate.model)
-        )
+            old = self._factors.get(model)
+            factor = ratio if old is None else old + self._smoothing * (ratio - old)
+            self._factors[model] = factor
+            # what ``factor`` lends kept in step: worked out again only when the largest
+            # factor may have gone down, or the first one came
+            lent = self._borrowed
+            if lent is not None:
+                if old is None and len(self._factors) == 1:
+                    self._borrowed = None  # the default lent until now goes
+                elif lent < factor and lent < BORROWED_FACTOR_MAX:
+                    self._borrowed = min(factor, BORROWED_FACTOR_MAX)
+                elif old is not None and old >= lent > factor:
+                    self._borrowed = None
+        else:
+            factor = self.factor(model)
+        return Reconciliation(model, estimate.calibrated, actual, error, logged, factor)

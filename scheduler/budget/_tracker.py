@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from scheduler.budget._open_calls import OpenCalls
+from scheduler.budget._open_calls import OPEN, OpenCalls
 from scheduler.budget._profile import TaskProfile
 from scheduler.budget._reservations import Reservation, Reservations
 from scheduler.budget._scope_state import Crossing, ScopeState, worst_fraction
@@ -87,6 +87,16 @@ class Tracker:
         self.catch_up_day = self._scopes.catch_up
         #: Wait for this process's holds when they alone refused a request (and say so).
         self.wait_for_holds = self._reservations.wait_for_holds
+        # asked on every governed call: attributes, not methods that pass them through
+        #: The task's scopes, innermost first (see :meth:`Scopes.of_task`).
+        self.scopes = self._scopes.of_task
+        #: The task's own scope (raises for a task not started).
+        self.task_scope = self._scopes.task
+        #: Threshold crossings of the task's wall-time budget, as of now.
+        self.time_crossings = self._scopes.time_crossings
+        #: A model call's :meth:`check` and :meth:`reserve` in one pass, when no wait is
+        #: needed (see :meth:`Reservations.reserve_now`); None: use :meth:`reserve_shared`.
+        self.reserve_now = self._reservations.reserve_now
         self._files = UsageFiles(state_dir, session_id=session_id, wall=self.wall, clock=clock,
                                  interval_s=usage_json_interval_s)
         # the wall clock's reading for an event: without the time-zone lookup when it can
@@ -196,12 +206,6 @@ class Tracker:
             if entry is not None and (task_id is not None or entry.usage_dirty):
                 self._files.try_write(tid, entry)
 
-    def task_scope(self, task_id: str) -> ScopeState:
-        return self._scopes.task(task_id)
-
-    def scopes(self, task_id: str) -> tuple[ScopeState, ...]:
-        return self._scopes.of_task(task_id)
-
     def tasks(self) -> list[str]:
         return list(self._scopes.tasks)
 
@@ -236,10 +240,6 @@ class Tracker:
         self._scopes.raise_limits(scope, extra)
         self.limits_raised += 1
 
-    def time_crossings(self, task_id: str) -> list[Crossing]:
-        """Threshold crossings of the task's wall-time budget, as of now."""
-        return self._scopes.time_crossings(task_id)
-
     # -- admission -----------------------------------------------------------------
 
     def check(
@@ -266,14 +266,6 @@ class Tracker:
     def reserve(self, task_id: str, *, model: str, tokens: int, cost_usd: float) -> Reservation:
         """Check, then hold ``tokens``/``cost_usd`` against every scope until charged."""
         return self._reservations.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
-
-    def reserve_now(self, task_id: str, *, model: str, tokens: int, cost_usd: float,
-                    prompt_tokens: int, completion_tokens: int) -> Reservation | None:
-        """A model call's :meth:`check` and :meth:`reserve` in one pass, when no wait is
-        needed (see :meth:`Reservations.reserve_now`); None: use :meth:`reserve_shared`."""
-        return self._reservations.reserve_now(
-            task_id, model=model, tokens=tokens, cost_usd=cost_usd,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
     def reserve_shared(
         self, task_id: str, *, model: str, tokens: int, cost_usd: float, checked: bool = False,
@@ -322,13 +314,19 @@ class Tracker:
         task_id = reservation.task_id
         event_id = reservation.event_id
         if not event_id:
-            event_id = reservation.event_id = self.next_event_id(task_id)
-        agent, task_type, day_scope = self._recorded_as(task_id)
+            self._seq += 1  # :meth:`next_event_id`, without its frame
+            event_id = f"{self.session_id}:{self._run}:{task_id}:{self._seq}"
+            reservation.event_id = event_id
+        # what its records name besides its id: agent, task type, the task whose per-day
+        # budget its use counts toward; empty for a task not started here
+        entry = self._scopes.tasks.get(task_id)
         reservation.durable = True
         return self._open_calls.open(
-            event_id, task_id, self.session_id, self._scopes.today().isoformat(), agent,
-            task_type, reservation.model, prompt_tokens, output_tokens,
-            reservation.cost_usd, day_scope)
+            event_id, task_id, self.session_id, self._scopes.today_key(),
+            "" if entry is None else entry.agent,
+            "" if entry is None else entry.profile.task_type, reservation.model,
+            prompt_tokens, output_tokens, reservation.cost_usd,
+            "" if entry is None else entry.day_root or "")
 
     async def _close(self, reservation: Reservation | None) -> None:
         if reservation is not None and reservation.durable:
@@ -345,14 +343,6 @@ class Tracker:
         self._seq += 1
         return f"{self.session_id}:{self._run}:{task_id}:{self._seq}"
 
-    def _recorded_as(self, task_id: str) -> tuple[str, str, str]:
-        """What a task's records name besides its id: (agent, task type, the task whose
-        per-day budget its use counts toward); empty for a task not started here."""
-        entry = self._scopes.tasks.get(task_id)
-        if entry is None:
-            return "", "", ""
-        return entry.agent, entry.profile.task_type, entry.day_root or ""
-
     def make_event(
         self, task_id: str, *, model: str = "", usage: Any = None, cost_usd: float = 0.0,
         file_edits: int = 0, shell_commands: int = 0, dangerous_commands: int = 0,
@@ -360,12 +350,14 @@ class Tracker:
     ) -> UsageEvent:
         """The usage event of ``task_id``, counted toward ``day`` (ISO date; default today:
         a call's is the day its reservation was checked against, ``Reservation.day``)."""
-        agent, task_type, day_scope = self._recorded_as(task_id)
+        entry = self._scopes.tasks.get(task_id)  # named as in :meth:`open_call`
+        agent, task_type, day_scope = ("", "", "") if entry is None else (
+            entry.agent, entry.profile.task_type, entry.day_root or "")
         # by keyword: the ledger's record, whose many str fields a shifted position would
         # swap without any error
         return UsageEvent(
             event_id=event_id or self.next_event_id(task_id), task_id=task_id,
-            session_id=self.session_id, day=day or self._scopes.today().isoformat(),
+            session_id=self.session_id, day=day or self._scopes.today_key(),
             at=self._timestamp(), agent=agent, model=model,
             usage=Usage() if usage is None else usage, cost_usd=cost_usd,
             file_edits=file_edits, shell_commands=shell_commands,
@@ -382,7 +374,7 @@ class Tracker:
         # store can (else after it: a crash between keeps the call charged)
         close = None
         if reservation is not None and reservation.durable:
-            close = OpenCalls.key(reservation.event_id)
+            close = (OPEN, reservation.event_id)  # ``OpenCalls.key``, without its frame
         scopes = self._scopes
         if not scopes.ready(event):  # the day's first charge here: read its totals first
             # unreachable store: recorded all the same (spooled); ``add`` reads them after
@@ -468,7 +460,11 @@ class Tracker:
         entry = self._scopes.tasks.get(task_id)  # asked after every charge
         scope = entry.scope if entry is not None else self._scopes.task(task_id)
         lim = scope.limits.tokens
-        return scope.totals.tokens / lim if lim else 0.0
+        if not lim:
+            return 0.0
+        t = scope.totals  # ``Totals.tokens``, without its frame
+        return (t.prompt_tokens + t.completion_tokens + t.cache_read_tokens
+                + t.cache_write_tokens) / lim
 
     def remaining(self, task_id: str) -> Remaining:
         """R2.5: tokens, further actions, cost and time left for a task."""

@@ -9,11 +9,20 @@ charge belongs to needs the wall clock, and it is read through a :class:`WallClo
 from __future__ import annotations
 
 import asyncio
+from asyncio import _get_running_loop
 from datetime import UTC, date, datetime, timedelta
+from time import monotonic as _monotonic  # noqa: TID251 -- asyncio's loop clock itself
 from time import time as _epoch  # noqa: TID251 -- the wall clock's own reading
+from time import time_ns as _epoch_ns  # the same reading, in nanoseconds
 from typing import Protocol
 
 import anyio
+
+#: The wall clock's reading in seconds since the epoch (``time.time``), for a caller that
+#: keeps a :meth:`SystemWallClock.day_window` and checks it without a call of its own.
+wall_seconds = _epoch
+#: ``time()`` of asyncio's own loops: ``time.monotonic()``, read here without its frame.
+_BASE_TIME = asyncio.BaseEventLoop.time
 
 
 def loop_time() -> float:
@@ -21,12 +30,15 @@ def loop_time() -> float:
 
     anyio asks sniffio which library runs, per reading; a governed call reads the clock
     a dozen times.  On asyncio the answer is the running loop's ``time()`` (what anyio
-    returns there); with no asyncio loop running (trio on virtual time in tests) it is
+    returns there) -- ``time.monotonic()`` itself on asyncio's own loops, whose ``time``
+    is only that; with no asyncio loop running (trio on virtual time in tests) it is
     anyio's own reading.
     """
-    loop = asyncio._get_running_loop()  # None, not an exception, off asyncio
+    loop = _get_running_loop()  # None, not an exception, off asyncio
     if loop is None:
         return anyio.current_time()
+    if type(loop).time is _BASE_TIME and "time" not in loop.__dict__:
+        return _monotonic()
     return loop.time()
 
 
@@ -48,14 +60,26 @@ class SystemWallClock:
         return datetime.now().astimezone()
 
     def timestamp(self) -> float:
-        """``now().timestamp()`` without the time-zone lookup (seconds since the epoch)."""
-        return datetime.now(UTC).timestamp()
+        """``now().timestamp()`` without the time-zone lookup (seconds since the epoch):
+        ``datetime.now`` reads the same clock to the microsecond below, and its
+        ``timestamp()`` divides those microseconds as here."""
+        return _epoch_ns() // 1000 / 1_000_000
 
     def today(self) -> date:
         """The local date, as ``now().date()``: a governed call asks a dozen times, so the
         time-zone lookup is made once per local day and each call only compares the
         epoch seconds with that day's bounds."""
-        return self._day_of(_epoch())
+        now = _epoch()
+        if self._day_from <= now < self._day_to:
+            return self._day
+        return self._day_of(now)
+
+    def day_window(self) -> tuple[date, float, float]:
+        """:meth:`today`, and the epoch seconds (as :data:`wall_seconds` reads them) from
+        which and until which it stays the date: a caller asking many times a day may
+        keep the answer while the wall clock reads inside the bounds."""
+        day = self.today()
+        return day, self._day_from, self._day_to
 
     def stamp(self) -> tuple[float, date]:
         """``now().timestamp()`` and ``now().date()`` of one reading, without the time-zone
