@@ -214,23 +214,36 @@ def apply_in(db: sqlite3.Connection,
     # state rows waiting to be written, in order, by one statement run for them all (a
     # task's start and end and its events are rows of their own, thousands a run)
     puts: list[tuple[str, str, str]] = []
+    # open calls' rows waiting to be written (a burst of calls going out: one statement
+    # run for them all), by key: a close of one of them writes them first
+    opens: dict[str, list[Any]] = {}
     for entry in entries:
         if isinstance(entry, SpooledEvent):
             events.append(entry.event)
             if entry.hold_id:  # the call's shared hold ends with its charge (a repeat too)
                 holds.append((entry.hold_id,))
+        elif entry.kind == OPEN_CALL and entry.row is not None:
+            if entry.key in closing:  # its earlier close first
+                gone |= _close_all(db, closes, closing)
+            opens.pop(entry.key, None)  # (the last write of a key is the one kept)
+            opens[entry.key] = entry.row
         elif entry.kind == OPEN_CALL and entry.value is None:
+            if entry.key in opens:
+                _open_all(db, opens)
             closes.append(entry.key)
             closing.add(entry.key)
         elif entry.value is None or entry.kind == OPEN_CALL:
             _put_all(db, puts)  # in order: an open call's row is not a state row
-            if entry.key in closing and entry.kind == OPEN_CALL:
-                gone |= _close_all(db, closes, closing)
+            if entry.kind == OPEN_CALL:
+                _open_all(db, opens)
+                if entry.key in closing:
+                    gone |= _close_all(db, closes, closing)
             put(db, entry.kind, entry.key, entry.value, entry.text, entry.row)
         else:
             puts.append((entry.kind, entry.key,
                          entry.text or json.dumps(entry.value, sort_keys=True)))
     _put_all(db, puts)
+    _open_all(db, opens)
     gone |= _close_all(db, closes, closing)
     added = _insert_events(db, events)
     if holds:
@@ -436,6 +449,13 @@ def put(db: sqlite3.Connection, kind: str, key: str, value: dict[str, Any] | Non
         db.execute("DELETE FROM state WHERE kind = ? AND key = ?", (kind, key))
     else:
         db.execute(_PUT, (kind, key, text or json.dumps(value, sort_keys=True)))
+
+
+def _open_all(db: sqlite3.Connection, rows: dict[str, list[Any]]) -> None:
+    """Write the open calls' ``rows`` (by key), then forget them."""
+    if rows:
+        db.executemany(_PUT_OPEN, rows.values())
+        rows.clear()
 
 
 def _put_all(db: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
