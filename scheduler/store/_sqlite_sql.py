@@ -254,8 +254,10 @@ def apply_in(db: sqlite3.Connection,
     if gone:  # rare: a call charged at its estimate while its process was frozen
         added = [REPLACED if new and ev.event_id in gone and take_back_estimate(
             db, ev.event_id) else new for ev, new in zip(events, added, strict=True)]
+    if not events:  # a batch of state writes (calls going out): no answer to place
+        return [None] * len(entries)
     answers = iter(added)
-    return [next(answers) if isinstance(e, SpooledEvent) else None for e in entries]
+    return [next(answers) if type(e) is SpooledEvent else None for e in entries]
 
 
 def charge_open_call(db: sqlite3.Connection, estimate: UsageEvent, key: str,
@@ -355,16 +357,22 @@ def _add_totals(db: sqlite3.Connection, fresh: list[UsageEvent]) -> None:
     models: dict[tuple[str, str], int] = {}
     for event in fresh:
         u = event.usage
+        model = event.model
         amounts = (
             u.prompt_tokens, u.completion_tokens, u.cache_read_tokens,
             u.cache_write_tokens, event.cost_usd, event.file_edits,
-            event.shell_commands, event.dangerous_commands, 1 if event.model else 0,
+            event.shell_commands, event.dangerous_commands, 1 if model else 0,
         )
+        tokens = u.total_tokens if model else 0  # once per event, not per scope
         for scope in scopes_of(event):
-            per_scope.setdefault(scope, []).append(amounts)
-            if event.model:
-                key = (scope, event.model)
-                models[key] = models.get(key, 0) + u.total_tokens
+            adds = per_scope.get(scope)
+            if adds is None:
+                per_scope[scope] = [amounts]
+            else:
+                adds.append(amounts)
+            if model:
+                key = (scope, model)
+                models[key] = models.get(key, 0) + tokens
     once = [(scope, *adds[0]) for scope, adds in per_scope.items() if len(adds) == 1]
     if once:  # the database adds a single amount itself: no read needed
         db.executemany(_ADD_TOTALS, once)
