@@ -49,6 +49,7 @@ import os
 import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from itertools import accumulate, chain
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -204,7 +205,7 @@ class SqliteStore:
     async def _commit(self, writes: list[Write]) -> list[int | Exception | None]:
         """Commit one batch of writes, in order after any spooled ones; spool the batch
         while the database stays locked.  One outcome per write: its first entry's."""
-        entries = [e for w in writes for e in w]
+        entries = list(chain.from_iterable(writes))
         if len(self.spool):
             await self._drain(wait=False)
         if not len(self.spool):
@@ -492,9 +493,5 @@ def _firsts(writes: list[Write], done: list[int | None]) -> list[int | Exception
     """Each write's outcome from ``apply``'s one per entry: its first entry's."""
     if len(done) == len(writes):
         return list(done)
-    out: list[int | Exception | None] = []
-    i = 0
-    for w in writes:
-        out.append(done[i])
-        i += len(w)
-    return out
+    # each write's first entry's index: the running sum of the writes' lengths
+    return list(map(done.__getitem__, accumulate(map(len, writes[:-1]), initial=0)))
