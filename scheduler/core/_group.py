@@ -185,9 +185,12 @@ class GroupCommit(Generic[E, R]):
                 self._idle.set()
                 self._idle = None
         for waiter, outcome in zip(waiters, outcomes, strict=True):
-            if waiter is None or waiter.done():  # the leader's own; a cancelled caller's
+            if waiter is None:  # the leader's own
                 continue
-            if isinstance(outcome, BaseException):
-                waiter.set_exception(outcome)
-            else:
-                waiter.set_result(outcome)
+            try:
+                if isinstance(outcome, BaseException):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
+            except asyncio.InvalidStateError:  # a future its caller's cancellation ended
+                pass
