@@ -53,9 +53,9 @@ def check_event(event: UsageEvent) -> None:
               u.cache_write_5m_tokens, u.cache_write_1h_tokens, event.cost_usd,
               event.file_edits, event.shell_commands, event.dangerous_commands)
     # every charge passes here: plain ints and floats, none negative, and a finite sum
-    # (a NaN or an infinity anywhere makes the sum non-finite) need no closer look
-    if _PLAIN.issuperset(map(type, values)) and min(values) >= 0 and math.isfinite(
-            sum(values)):
+    # (a NaN or an infinity anywhere makes the sum NaN or infinite: not below infinity)
+    # need no closer look
+    if _PLAIN.issuperset(map(type, values)) and min(values) >= 0 and sum(values) < math.inf:
         return
     amounts = [(f"usage.{f}", getattr(u, f)) for f in _USAGE_FIELDS]
     amounts += [(f, getattr(event, f)) for f in _EVENT_FIELDS]
