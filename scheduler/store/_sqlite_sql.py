@@ -225,8 +225,7 @@ def apply_in(db: sqlite3.Connection,
         elif entry.kind == OPEN_CALL and entry.row is not None:
             if entry.key in closing:  # its earlier close first
                 gone |= _close_all(db, closes, closing)
-            opens.pop(entry.key, None)  # (the last write of a key is the one kept)
-            opens[entry.key] = entry.row
+            opens[entry.key] = entry.row  # (a key's last write is the one kept)
         elif entry.kind == OPEN_CALL and entry.value is None:
             if entry.key in opens:
                 _open_all(db, opens)
