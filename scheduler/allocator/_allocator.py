@@ -143,15 +143,6 @@ class Allocator:
             self._dispatcher.holder_changed(h)
         return h
 
-    def _account(self, p: Pool, holder: str) -> Account:
-        a = p.accounts.get(holder)
-        if a is None:
-            h = self._holder(holder)
-            a = p.accounts[holder] = h.accounts[p.name] = Account(h)
-            a.pool = p
-            self._dispatcher.place(a)
-        return a
-
     def _reindex_holder(self, h: Holder) -> None:
         self._dispatcher.reindex_holder(h, self._clock() if h.accounts else 0.0)
 
@@ -296,7 +287,13 @@ class Allocator:
             raise AllocationError(f"unknown pool {name!r}; known: {sorted(self._pools)}")
         if tokens < 0 or calls < 1:
             raise AllocationError(f"need tokens >= 0 and calls >= 1, got {tokens}, {calls}")
-        return p, self._account(p, holder)
+        a = p.accounts.get(holder)
+        if a is None:  # the holder's first request in this pool
+            h = self._holder(holder)
+            a = p.accounts[holder] = h.accounts[p.name] = Account(h)
+            a.pool = p
+            self._dispatcher.place(a)
+        return p, a
 
     def _abandon(self, w: Waiter) -> None:
         """The waiting coroutine was cancelled: give back whatever it holds or waits for."""

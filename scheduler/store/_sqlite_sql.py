@@ -114,6 +114,7 @@ OPEN_CALL_FIELDS = (
     "event_id", "task_id", "session_id", "day", "agent", "task_type", "model",
     "prompt_tokens", "output_tokens", "cost_usd", "host", "pid", "run", "day_scope",
 )
+_N_OPEN_CALL_FIELDS = len(OPEN_CALL_FIELDS)
 # the key's type, then each field's: what round-trips through the columns unchanged
 _OPEN_CALL_TYPES = (str, str, str, str, str, str, str, str, int, int, float, str, int, str,
                     str)
@@ -422,7 +423,7 @@ def open_call_row(key: str, value: dict[str, Any]) -> list[Any] | None:
     shape (it is kept as JSON).  A list, not a tuple: CPython keeps up to 2,000 freed
     tuples of each length for reuse, and few other tuples have these rows' 15 fields, so
     the rows of a burst of calls stayed allocated (0.16 KiB per agent of a run's peak)."""
-    if len(value) != len(OPEN_CALL_FIELDS):
+    if len(value) != _N_OPEN_CALL_FIELDS:
         return None
     if tuple(value) == OPEN_CALL_FIELDS:  # keys in the columns' order (the tracker's)
         row = [key, *value.values()]
