@@ -188,7 +188,7 @@ class GroupCommit(Generic[E, R]):
             if waiter is None:  # the leader's own
                 continue
             try:
-                if isinstance(outcome, BaseException):
+                if isinstance(outcome, Exception):
                     waiter.set_exception(outcome)
                 else:
                     waiter.set_result(outcome)
