@@ -50,11 +50,9 @@ from scheduler.allocator._servicer import Alarm, Servicer
 from scheduler.allocator._stats import (
     AllocatorStatistics,
     PoolDemand,
-    PoolStatistics,
-    WaiterStatistics,
+    allocator_statistics,
+    oldest_wait,
     pool_demand,
-    pool_statistics,
-    waiter_statistics,
 )
 from scheduler.config import PRIORITY_VALUES, AllocatorConfig, PoolConfig, PriorityClass
 from scheduler.core import AllocationError, EventBus, LeaseError, RateLimitInfo, WouldBlockError
@@ -76,7 +74,7 @@ class Allocator:
     #: Slots: the hot path reads these attributes on every request.
     __slots__ = (
         "_bound", "_bound_policy", "_by_id", "_clock", "_clock_injected", "_cost",
-        "_default_pool", "_dispatcher", "_grants", "_holders",
+        "_default_pool", "_dispatcher", "_enqueue_priority", "_grants", "_holders",
         "_leases", "_native", "_pools", "_servicer", "_ttl", "_w_in", "_weights",
         "config", "policy",
     )
@@ -107,6 +105,7 @@ class Allocator:
         self._by_id = self._leases.by_id
         self._ttl = cfg.lease_ttl_s
         self._cost, self._weights, self._w_in = bound.cost, bound.weights, bound.w_in
+        self._enqueue_priority = bound.enqueue_priority
         self._bound_policy = bound
         self._pools.update((name, self._new_pool(name, pc)) for name, pc in cfg.pools.items())
         self._default_pool = next(iter(self._pools), None)
@@ -144,15 +143,6 @@ class Allocator:
             self._dispatcher.holder_changed(h)
         return h
 
-    def _account(self, p: Pool, holder: str) -> Account:
-        a = p.accounts.get(holder)
-        if a is None:
-            h = self._holder(holder)
-            a = p.accounts[holder] = h.accounts[p.name] = Account(h)
-            a.pool = p
-            self._dispatcher.place(a)
-        return a
-
     def _reindex_holder(self, h: Holder) -> None:
         self._dispatcher.reindex_holder(h, self._clock() if h.accounts else 0.0)
 
@@ -174,10 +164,21 @@ class Allocator:
     def set_token_fraction(self, holder: str, fraction: float) -> None:
         """Feed the task's tokens used ÷ task budget (above ``demotion_at`` → −1, R5.2)."""
         h = self._holders.get(holder) or self._holder(holder)
-        if h.token_fraction != fraction:
-            h.token_fraction = fraction
-            if not self._dispatcher.fraction_changed(h):
-                self._reindex_holder(h)
+        if h.token_fraction == fraction:
+            return
+        h.token_fraction = fraction
+        # every settled call comes here (a new fraction): nothing more to do
+        # when the holder waits nowhere and its starting level stays (spares copy it)
+        hint = self._enqueue_priority
+        if hint is not None and hint(h.base_priority, fraction, h.blocking) == h.level0:
+            for a in h.accounts.values():
+                if a.waiter is not None:
+                    break  # (reindex_holder sets every record's copy, spares too)
+                if a.spare is not None:
+                    a.spare.token_fraction = fraction
+            else:
+                return
+        self._reindex_holder(h)
 
     def set_blocking(self, holder: str, blocking: bool) -> None:
         """Mark whether other tasks wait on ``holder`` (→ priority at least 3, R5.2)."""
@@ -286,7 +287,13 @@ class Allocator:
             raise AllocationError(f"unknown pool {name!r}; known: {sorted(self._pools)}")
         if tokens < 0 or calls < 1:
             raise AllocationError(f"need tokens >= 0 and calls >= 1, got {tokens}, {calls}")
-        return p, self._account(p, holder)
+        a = p.accounts.get(holder)
+        if a is None:  # the holder's first request in this pool
+            h = self._holder(holder)
+            a = p.accounts[holder] = h.accounts[p.name] = Account(h)
+            a.pool = p
+            self._dispatcher.place(a)
+        return p, a
 
     def _abandon(self, w: Waiter) -> None:
         """The waiting coroutine was cancelled: give back whatever it holds or waits for."""
@@ -369,12 +376,14 @@ class Allocator:
             w_in = self._w_in
             cost = used * w_in if w_in is not None else self._cost(used, 0)
         delta = cost - lease.charged
-        if delta:
-            self._grants.charge(lease, delta, now)
+        a = lease._account
+        if delta:  # Grants.charge, inline (every settled call corrects its estimate)
+            a.counter += delta
+            if a.waiter is not None:
+                self._dispatcher.requeue(a.pool, a, now)
         back = lease.tokens - used
         # Grants.end, inline for a pool that only counts slots (one Python call less per
         # settled call); a pool with buckets takes its tokens back there.
-        a = lease._account
         p = a.pool
         if not p.slots_only:
             self._grants.end(lease, now, back, False)
@@ -431,34 +440,16 @@ class Allocator:
 
     def statistics(self) -> AllocatorStatistics:
         """Pools, leases and every waiter's queue position and estimated wait (R5.5)."""
-        now = self._clock()
-        pools: dict[str, PoolStatistics] = {}
-        waiters: list[WaiterStatistics] = []
-        for p in self._pools.values():
-            queued = [w for a in p.accounts.values() for w in a.waiters]
-            first = self._dispatcher.select(p) if p.n_queued else None
-            waiters.extend(waiter_statistics(p, queued, first, self.policy, now, self._ttl))
-            pools[p.name] = pool_statistics(p, len(queued), now)
-        return AllocatorStatistics(
-            pools=pools, waiters=tuple(waiters), leases=len(self._leases),
-            holders=len(self._holders),
-        )
+        return allocator_statistics(self._pools.values(), self._dispatcher.select, self.policy,
+                                    self._clock(), self._ttl, len(self._leases),
+                                    len(self._holders))
 
     def longest_wait_s(self) -> float:
         """How long the request waiting longest has waited (0 when none waits): one pass
         over the waiting requests, without the ordering :meth:`statistics` does, so a
         periodic check asks this first."""
         now = self._clock()
-        oldest = now
-        for p in self._pools.values():
-            if p.n_queued or p.n_parked:
-                for a in p.accounts.values():
-                    if a.waiter is None:
-                        continue
-                    for w in (a.waiter, *(a.more or ())):
-                        if w.enqueued_at < oldest:
-                            oldest = w.enqueued_at
-        return now - oldest
+        return now - oldest_wait(self._pools.values(), now)
 
     def demand(self, pool: str | None = None) -> PoolDemand:
         """What ``pool`` is asked for now: tokens held in leases and requested by waiters.

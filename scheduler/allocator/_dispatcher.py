@@ -221,19 +221,6 @@ class Dispatcher:
                 w.counter = a.counter
                 self.index(p, w, now)
 
-    def fraction_changed(self, h: Holder) -> bool:
-        """A new token fraction (each settled call's): done, or :meth:`reindex_holder` due?
-        Done when the holder waits nowhere and its starting level stays (spares copy it)."""
-        hint = self._enqueue_priority
-        if hint is None or hint(h.base_priority, h.token_fraction, h.blocking) != h.level0:
-            return False
-        for a in h.accounts.values():
-            if a.waiter is not None:
-                return False  # (reindex_holder sets every record's copy, spares too)
-            if a.spare is not None:
-                a.spare.token_fraction = h.token_fraction
-        return True
-
     def reindex_holder(self, h: Holder, now: float) -> None:
         """The holder's class, demotion or blocking changed: move its queued requests."""
         self.holder_changed(h)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from policies.fairness import AllocationPolicy
@@ -78,6 +78,37 @@ class AllocatorStatistics:
     def waiting(self, holder: str) -> tuple[WaiterStatistics, ...]:
         """The waits of ``holder`` (its queue positions and estimated waits)."""
         return tuple(w for w in self.waiters if w.holder == holder)
+
+
+def allocator_statistics(
+    pools: Iterable[Pool], select: Callable[[Pool], Waiter | None], policy: AllocationPolicy,
+    now: float, ttl: float, leases: int, holders: int,
+) -> AllocatorStatistics:
+    """:meth:`Allocator.statistics`: each pool's, and each waiter's in ``select``'s order."""
+    by_name: dict[str, PoolStatistics] = {}
+    waiters: list[WaiterStatistics] = []
+    for p in pools:
+        queued = [w for a in p.accounts.values() for w in a.waiters]
+        first = select(p) if p.n_queued else None
+        waiters.extend(waiter_statistics(p, queued, first, policy, now, ttl))
+        by_name[p.name] = pool_statistics(p, len(queued), now)
+    return AllocatorStatistics(pools=by_name, waiters=tuple(waiters), leases=leases,
+                               holders=holders)
+
+
+def oldest_wait(pools: Iterable[Pool], now: float) -> float:
+    """When the request waiting longest in ``pools`` was queued (``now`` when none waits):
+    one pass over the waiting requests, without the ordering of :func:`waiter_statistics`."""
+    oldest = now
+    for p in pools:
+        if p.n_queued or p.n_parked:
+            for a in p.accounts.values():
+                if a.waiter is None:
+                    continue
+                for w in (a.waiter, *(a.more or ())):
+                    if w.enqueued_at < oldest:
+                        oldest = w.enqueued_at
+    return oldest
 
 
 def pool_demand(p: Pool) -> PoolDemand:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -30,16 +31,37 @@ import anyio.lowlevel
 E = TypeVar("E")
 R = TypeVar("R")
 
+#: What wakes a queued write's caller to lead the next batch (its future's result).
+_LEAD: Any = object()
 
-class _Pending(Generic[E, R]):
-    __slots__ = ("entry", "error", "lead", "result", "woken")
 
-    def __init__(self, entry: E) -> None:
-        self.entry = entry
-        self.woken: Any = None  # only a write that waits needs one (see submit)
-        self.lead = False
-        self.result: R | None = None
-        self.error: BaseException | None = None
+class _Parked:
+    """A waiting write's caller off asyncio: what a loop future is on asyncio (its
+    outcome, set once), parked on an :class:`anyio.Event`."""
+
+    __slots__ = ("_error", "_event", "_result")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, result: Any) -> None:
+        self._result = result
+        self._event.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 class GroupCommit(Generic[E, R]):
@@ -52,8 +74,15 @@ class GroupCommit(Generic[E, R]):
         self._commit = commit
         self._max_batch = max_batch
         self._gather = gather
-        self._queue: list[_Pending[E, R]] = []
+        # the queue: each write's entry and what its caller waits on (None: the leader's
+        # own write; a loop future on asyncio, its outcome its result; else a _Parked)
+        self._entries: list[E] = []
+        self._waiters: list[Any] = []
         self._leading = False
+        #: The waiter woken to lead the next batch: its caller leads even if cancelled.
+        self._promoted: Any = None
+        self._loop: Any = None
+        self._new_future: Callable[[], Any] = _Parked
         self._idle: anyio.Event | None = None  # set when the last commit under way ends
         #: Batches committed and writes in them so far (how much commits were shared).
         self.batches = 0
@@ -61,33 +90,52 @@ class GroupCommit(Generic[E, R]):
 
     async def submit(self, entry: E) -> R:
         """Write ``entry``; return its outcome once its batch is committed."""
-        op: _Pending[E, R] = _Pending(entry)
-        self._queue.append(op)
+        self._entries.append(entry)
         if not self._leading:
             self._leading = True
-            op.lead = True
-        else:
-            # what the write parks on: a future of the running asyncio loop (one object,
-            # no backend lookup -- ``anyio.Event()`` asks sniffio which library runs, per
-            # write), else an :class:`anyio.Event`
-            loop = asyncio._get_running_loop()  # None, not an exception, off asyncio
-            woken: Any = anyio.Event() if loop is None else loop.create_future()
-            op.woken = woken
-            try:  # a future (asyncio), awaited as it is: every follower of a batch waits
-                await (woken.wait() if loop is None else woken)
-            except BaseException:
-                if op in self._queue and not op.lead:
-                    self._queue.remove(op)  # never written, never acknowledged
-                elif op.lead:  # promoted as it was cancelled: the others wait on it
-                    with anyio.CancelScope(shield=True):
-                        await self._lead()
-                raise
-        if op.lead:
+            self._waiters.append(None)
             with anyio.CancelScope(shield=True):
-                await self._lead()
-        if op.error is not None:
-            raise op.error
-        return op.result  # type: ignore[return-value]  # set by the leader's commit
+                return await self._lead()  # type: ignore[no-any-return]
+        loop = asyncio._get_running_loop()  # None, not an exception, off asyncio
+        if loop is not None:
+            if loop is not self._loop:
+                self._bind(loop)
+            waiter = self._new_future()
+        else:
+            waiter = _Parked()
+        self._waiters.append(waiter)
+        try:  # a future (asyncio), awaited as it is: every follower of a batch waits
+            outcome = await (waiter if loop is not None else waiter.wait())
+        except BaseException:
+            if self._promoted is waiter:  # woken to lead as it was cancelled: others wait
+                self._promoted = None
+                with anyio.CancelScope(shield=True):
+                    await self._lead()
+            else:
+                self._withdraw(waiter)  # still queued: never written, never acknowledged
+                if loop is not None and waiter.done() and not waiter.cancelled():
+                    waiter.exception()  # an outcome never read: not logged as lost
+            raise
+        if outcome is _LEAD:
+            self._promoted = None
+            with anyio.CancelScope(shield=True):
+                return await self._lead()  # type: ignore[no-any-return]
+        return outcome  # type: ignore[no-any-return]
+
+    def _bind(self, loop: Any) -> None:
+        """Make the running loop's futures (asyncio's stock ones without the Python frame
+        of ``create_future``, as the allocator does)."""
+        self._loop = loop
+        stock = getattr(type(loop).create_future, "__qualname__", "")
+        self._new_future = (partial(asyncio.Future, loop=loop)
+                            if stock == "BaseEventLoop.create_future" else loop.create_future)
+
+    def _withdraw(self, waiter: Any) -> None:
+        """A caller cancelled while its write is still queued takes it out of the queue."""
+        for i, queued in enumerate(self._waiters):
+            if queued is waiter:
+                del self._waiters[i], self._entries[i]
+                return
 
     async def wait_idle(self) -> None:
         """Return once no commit is under way (before closing the connection)."""
@@ -96,55 +144,53 @@ class GroupCommit(Generic[E, R]):
                 self._idle = anyio.Event()
             await self._idle.wait()
 
-    async def _lead(self) -> None:
+    async def _lead(self) -> Any:
+        """Commit the batch at the front of the queue, the leader's own write first; its
+        outcome (or raise its error) once every other write's caller has its own."""
         if self._gather:
             await anyio.lowlevel.checkpoint()  # shielded by the caller: never cancelled
-        batch = self._queue[: self._max_batch]
-        del self._queue[: self._max_batch]
+        n = self._max_batch
+        entries, waiters = self._entries[:n], self._waiters[:n]
+        del self._entries[:n], self._waiters[:n]
+        outcomes: list[Any]
         try:
-            outcomes = await self._commit([op.entry for op in batch])
-            if len(outcomes) != len(batch):
-                raise RuntimeError(f"group commit: {len(outcomes)} outcomes for {len(batch)}")
-            for op, outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    op.error = outcome
-                else:
-                    op.result = outcome
+            outcomes = await self._commit(entries)
+            if len(outcomes) != len(entries):
+                raise RuntimeError(f"group commit: {len(outcomes)} outcomes for {len(entries)}")
         except Exception as exc:  # ``commit`` itself failed: so did every write of the batch
-            for op in batch:
-                op.error = exc
+            outcomes = [exc] * len(entries)
         except BaseException:
-            for op in batch:
-                op.error = RuntimeError("the group commit was interrupted")
+            self._end_batch(waiters, [RuntimeError("the group commit was interrupted")]
+                            * len(entries))
             raise
-        finally:
-            self.batches += 1
-            self.writes += len(batch)
-            # the next leader first: it gathers and commits while this batch's callers
-            # resume on the loop
-            if self._queue:
-                nxt = self._queue[0]
-                nxt.lead = True
-                if nxt.woken is not None:
-                    _wake(nxt.woken)
-            else:
-                self._leading = False
-                if self._idle is not None:
-                    self._idle.set()
-                    self._idle = None
-            for op in batch:
-                woken = op.woken
-                if woken is None:
-                    continue  # the leader's own write
-                if isinstance(woken, asyncio.Future):  # inline: once per write
-                    if not woken.done():  # a future its waiter's cancellation ended
-                        woken.set_result(None)
+        self._end_batch(waiters, outcomes)
+        own = outcomes[0]
+        if isinstance(own, Exception):
+            raise own
+        return own
+
+    def _end_batch(self, waiters: list[Any], outcomes: list[Any]) -> None:
+        """Count the batch, wake the next leader, then hand each caller its outcome."""
+        self.batches += 1
+        self.writes += len(waiters)
+        # the next leader first: it gathers and commits while this batch's callers
+        # resume on the loop
+        if self._waiters:
+            nxt = self._promoted = self._waiters[0]
+            if not nxt.done():  # a future its waiter's cancellation already ended
+                nxt.set_result(_LEAD)
+        else:
+            self._leading = False
+            if self._idle is not None:
+                self._idle.set()
+                self._idle = None
+        for waiter, outcome in zip(waiters, outcomes, strict=True):
+            if waiter is None:  # the leader's own
+                continue
+            try:
+                if isinstance(outcome, Exception):
+                    waiter.set_exception(outcome)
                 else:
-                    woken.set()
-
-
-def _wake(woken: Any) -> None:
-    if isinstance(woken, anyio.Event):
-        woken.set()
-    elif not woken.done():  # a future its waiter's cancellation already ended
-        woken.set_result(None)
+                    waiter.set_result(outcome)
+            except asyncio.InvalidStateError:  # a future its caller's cancellation ended
+                pass

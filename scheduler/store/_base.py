@@ -53,9 +53,9 @@ def check_event(event: UsageEvent) -> None:
               u.cache_write_5m_tokens, u.cache_write_1h_tokens, event.cost_usd,
               event.file_edits, event.shell_commands, event.dangerous_commands)
     # every charge passes here: plain ints and floats, none negative, and a finite sum
-    # (a NaN or an infinity anywhere makes the sum non-finite) need no closer look
-    if _PLAIN.issuperset(map(type, values)) and min(values) >= 0 and math.isfinite(
-            sum(values)):
+    # (a NaN or an infinity anywhere makes the sum NaN or infinite: not below infinity)
+    # need no closer look
+    if _PLAIN.issuperset(map(type, values)) and min(values) >= 0 and sum(values) < math.inf:
         return
     amounts = [(f"usage.{f}", getattr(u, f)) for f in _USAGE_FIELDS]
     amounts += [(f, getattr(event, f)) for f in _EVENT_FIELDS]
@@ -117,7 +117,8 @@ def record_and_delete_state(store: Store, event: UsageEvent, kind: str,
     Else :data:`RECORDED`, or :data:`REPEATED` for an event already recorded."""
     both = getattr(store, "record_and_delete_state", None)
     if both is not None:
-        return cast("Awaitable[int]", both(event, kind, key))
+        written: Awaitable[int] = both(event, kind, key)  # (every charge: no typing.cast)
+        return written
     return _record_then_delete(store, event, kind, key)
 
 

@@ -114,6 +114,7 @@ OPEN_CALL_FIELDS = (
     "event_id", "task_id", "session_id", "day", "agent", "task_type", "model",
     "prompt_tokens", "output_tokens", "cost_usd", "host", "pid", "run", "day_scope",
 )
+_N_OPEN_CALL_FIELDS = len(OPEN_CALL_FIELDS)
 # the key's type, then each field's: what round-trips through the columns unchanged
 _OPEN_CALL_TYPES = (str, str, str, str, str, str, str, str, int, int, float, str, int, str,
                     str)
@@ -214,23 +215,35 @@ def apply_in(db: sqlite3.Connection,
     # state rows waiting to be written, in order, by one statement run for them all (a
     # task's start and end and its events are rows of their own, thousands a run)
     puts: list[tuple[str, str, str]] = []
+    # open calls' rows waiting to be written (a burst of calls going out: one statement
+    # run for them all), by key: a close of one of them writes them first
+    opens: dict[str, list[Any]] = {}
     for entry in entries:
         if isinstance(entry, SpooledEvent):
             events.append(entry.event)
             if entry.hold_id:  # the call's shared hold ends with its charge (a repeat too)
                 holds.append((entry.hold_id,))
+        elif entry.kind == OPEN_CALL and entry.row is not None:
+            if entry.key in closing:  # its earlier close first
+                gone |= _close_all(db, closes, closing)
+            opens[entry.key] = entry.row  # (a key's last write is the one kept)
         elif entry.kind == OPEN_CALL and entry.value is None:
+            if entry.key in opens:
+                _open_all(db, opens)
             closes.append(entry.key)
             closing.add(entry.key)
         elif entry.value is None or entry.kind == OPEN_CALL:
             _put_all(db, puts)  # in order: an open call's row is not a state row
-            if entry.key in closing and entry.kind == OPEN_CALL:
-                gone |= _close_all(db, closes, closing)
+            if entry.kind == OPEN_CALL:
+                _open_all(db, opens)
+                if entry.key in closing:
+                    gone |= _close_all(db, closes, closing)
             put(db, entry.kind, entry.key, entry.value, entry.text, entry.row)
         else:
             puts.append((entry.kind, entry.key,
                          entry.text or json.dumps(entry.value, sort_keys=True)))
     _put_all(db, puts)
+    _open_all(db, opens)
     gone |= _close_all(db, closes, closing)
     added = _insert_events(db, events)
     if holds:
@@ -241,8 +254,10 @@ def apply_in(db: sqlite3.Connection,
     if gone:  # rare: a call charged at its estimate while its process was frozen
         added = [REPLACED if new and ev.event_id in gone and take_back_estimate(
             db, ev.event_id) else new for ev, new in zip(events, added, strict=True)]
+    if not events:  # a batch of state writes (calls going out): no answer to place
+        return [None] * len(entries)
     answers = iter(added)
-    return [next(answers) if isinstance(e, SpooledEvent) else None for e in entries]
+    return [next(answers) if type(e) is SpooledEvent else None for e in entries]
 
 
 def charge_open_call(db: sqlite3.Connection, estimate: UsageEvent, key: str,
@@ -342,16 +357,22 @@ def _add_totals(db: sqlite3.Connection, fresh: list[UsageEvent]) -> None:
     models: dict[tuple[str, str], int] = {}
     for event in fresh:
         u = event.usage
+        model = event.model
         amounts = (
             u.prompt_tokens, u.completion_tokens, u.cache_read_tokens,
             u.cache_write_tokens, event.cost_usd, event.file_edits,
-            event.shell_commands, event.dangerous_commands, 1 if event.model else 0,
+            event.shell_commands, event.dangerous_commands, 1 if model else 0,
         )
+        tokens = u.total_tokens if model else 0  # once per event, not per scope
         for scope in scopes_of(event):
-            per_scope.setdefault(scope, []).append(amounts)
-            if event.model:
-                key = (scope, event.model)
-                models[key] = models.get(key, 0) + u.total_tokens
+            adds = per_scope.get(scope)
+            if adds is None:
+                per_scope[scope] = [amounts]
+            else:
+                adds.append(amounts)
+            if model:
+                key = (scope, model)
+                models[key] = models.get(key, 0) + tokens
     once = [(scope, *adds[0]) for scope, adds in per_scope.items() if len(adds) == 1]
     if once:  # the database adds a single amount itself: no read needed
         db.executemany(_ADD_TOTALS, once)
@@ -402,7 +423,7 @@ def open_call_row(key: str, value: dict[str, Any]) -> list[Any] | None:
     shape (it is kept as JSON).  A list, not a tuple: CPython keeps up to 2,000 freed
     tuples of each length for reuse, and few other tuples have these rows' 15 fields, so
     the rows of a burst of calls stayed allocated (0.16 KiB per agent of a run's peak)."""
-    if len(value) != len(OPEN_CALL_FIELDS):
+    if len(value) != _N_OPEN_CALL_FIELDS:
         return None
     if tuple(value) == OPEN_CALL_FIELDS:  # keys in the columns' order (the tracker's)
         row = [key, *value.values()]
@@ -436,6 +457,13 @@ def put(db: sqlite3.Connection, kind: str, key: str, value: dict[str, Any] | Non
         db.execute("DELETE FROM state WHERE kind = ? AND key = ?", (kind, key))
     else:
         db.execute(_PUT, (kind, key, text or json.dumps(value, sort_keys=True)))
+
+
+def _open_all(db: sqlite3.Connection, rows: dict[str, list[Any]]) -> None:
+    """Write the open calls' ``rows`` (by key), then forget them."""
+    if rows:
+        db.executemany(_PUT_OPEN, rows.values())
+        rows.clear()
 
 
 def _put_all(db: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
