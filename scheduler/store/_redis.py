@@ -38,7 +38,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
 
 from scheduler.config import DistributedConfig
 from scheduler.core import (
@@ -51,6 +52,7 @@ from scheduler.core import (
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, RECORDED, check_event, scopes_of
 from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection
+from scheduler.store._redis_conn import split_namespace as split_namespace
 from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
 from scheduler.store._redis_slices import RedisSlices
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
@@ -67,15 +69,6 @@ class RedisStoreStatistics:
     replayed_writes: int
     fail_open_tokens_used: int
     fail_open_cost_used: float
-
-
-def split_namespace(url: str) -> tuple[str, str | None]:
-    """Remove a ``namespace=`` query parameter from a Redis URL."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    ns = next((v for k, v in query if k == "namespace"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "namespace"])
-    return urlunsplit(parts._replace(query=rest)), ns
 
 
 class RedisStore:
@@ -108,6 +101,7 @@ class RedisStore:
         )
         self._slices = RedisSlices(self._link, self.key, self._now_arg, self._mark_up)
         self._replayed = 0
+        self._draining = anyio.Lock()
         self._local_tokens = 0
         self._local_cost = 0.0
 
@@ -166,9 +160,19 @@ class RedisStore:
             await self._link.script("settle_open", keys, (*args, close, self.prefix)))
 
     async def _drain(self) -> None:
-        """Replay spooled writes in order until the spool is empty or Redis fails."""
+        """Replay spooled writes in order until the spool is empty or Redis fails.
+
+        Single-flight: two replays at once would both drop the entries they read, so
+        the second would drop writes spooled meanwhile (and replay state writes twice).
+        A caller that waited for another's replay skips Redis if it just failed."""
         if not len(self.spool):
             return
+        waited = self._draining.locked()
+        async with self._draining:
+            if len(self.spool) and not (waited and self._link.backing_off()):
+                await self._replay()
+
+    async def _replay(self) -> None:
         entries = self.spool.read()
         done = 0
         try:
@@ -183,7 +187,7 @@ class RedisStore:
         except DOWN as exc:
             self._link.mark_down(exc)
         finally:
-            if done:
+            if done:  # only the entries read: any spooled since stay, behind them
                 self.spool.drop_first(done)
                 self._replayed += done
                 _log.info("redis_spool_replayed", namespace=self.namespace, writes=done,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -145,3 +146,12 @@ class RedisConnection:
         """Mark Redis down and build the error to raise for the failed ``what``."""
         self.mark_down(exc)
         return StoreUnavailableError(f"Redis unreachable ({what}): {exc}")
+
+
+def split_namespace(url: str) -> tuple[str, str | None]:
+    """Remove a ``namespace=`` query parameter from a Redis URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    ns = next((v for k, v in query if k == "namespace"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "namespace"])
+    return urlunsplit(parts._replace(query=rest)), ns
