@@ -28,6 +28,7 @@ from scheduler.cli._checks import (
     html_target,
     known_agents,
     number,
+    provider_key,
     run_cli,
 )
 from scheduler.cli._decide import decide as decide_paused
@@ -176,6 +177,7 @@ def run(
         if state_dir is not None:
             cfg = cfg.model_copy(update={"state_dir": state_dir})
         free_ports(cfg)
+        provider_key(cfg)
         check_new_session(cfg)
         report = _run(cfg, live)
     except VibeEngineError as exc:
@@ -203,6 +205,7 @@ def resume(
         existing_state(state_dir, store)  # resume reads a session; it never creates one
         cfg = resumable_config(state_dir, store, session)
         free_ports(cfg)
+        provider_key(cfg)
         report = _run(cfg, live)
     except VibeEngineError as exc:
         raise _fail(exc) from None

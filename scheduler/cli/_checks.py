@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from scheduler.config import VibeConfig
+from scheduler.config import VibeConfig, api_key_problem, sqlite_file
 from scheduler.core import ConfigError, VibeEngineError
 
 #: Exit status for bad input (a usage error, a bad config, a refused decision).
@@ -90,11 +91,7 @@ def existing_state(state_dir: Path, store: str | None) -> None:
                               "there; check --state-dir)")
     if store is None:
         return
-    db: Path | None = None
-    if store == "sqlite":
-        db = state_dir / "vibe.db"
-    elif store.startswith("sqlite:///"):
-        db = Path(store.removeprefix("sqlite:///"))
+    db = state_dir / "vibe.db" if store == "sqlite" else sqlite_file(store)
     if db is not None and not db.is_file():
         raise VibeEngineError(f"no store at {db} (nothing has run there; check --state-dir "
                               "and --store)")
@@ -114,6 +111,18 @@ def free_ports(config: VibeConfig) -> None:
         except OSError as exc:
             raise ConfigError("metrics.port", metrics.port,
                               f"cannot listen on {metrics.host}: {exc.strerror}") from None
+
+
+def provider_key(config: VibeConfig, env: Mapping[str, str] | None = None) -> None:
+    """Refuse, before anything is written, a provider API key no HTTP header can carry
+    (a control character, a line break): every call of the run would fail with it."""
+    if config.provider.kind != "anthropic":
+        return
+    name = config.provider.api_key_env
+    key = (os.environ if env is None else env).get(name, "")
+    problem = api_key_problem(key) if key else None
+    if problem is not None:
+        raise ConfigError("provider.api_key_env", name, problem)
 
 
 def known_agents(config: VibeConfig, agents: Collection[str]) -> None:

@@ -15,21 +15,25 @@ from typing import Annotated
 import typer
 
 from scheduler.cli._checks import LOG_LEVELS, check_log_level
-from scheduler.config import VibeConfig, load_config
+from scheduler.config import VibeConfig, load_config, sqlite_file
+from scheduler.core import ConfigError
 
 DEFAULT_STATE_DIR = Path(".vibe-engine")
 DEFAULT_STORE = "sqlite"
 #: What ``--store`` accepts (see :func:`scheduler.store.open_store`).
 STORE_FORMS = ("sqlite", "sqlite:///PATH", "memory", "redis://HOST:PORT/DB", "module:Class")
 _STORE_HELP = (f"The store the run used, one of: {', '.join(STORE_FORMS)} "
-               "(sqlite is STATE_DIR/vibe.db).")
+               "(sqlite is STATE_DIR/vibe.db; the PATH after sqlite:// is absolute).")
 
 def check_store(value: str | None) -> str | None:
     """``--store`` has one of the forms of :data:`STORE_FORMS` (checked before any I/O)."""
     if value is None or value in ("sqlite", "memory"):
         return value
-    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
-        return value
+    try:
+        if sqlite_file(value) is not None:
+            return value
+    except ConfigError as exc:
+        raise typer.BadParameter(f"{value!r}: {exc.reason}") from None
     if value.startswith(("redis://", "rediss://", "unix://")):
         return value
     module, _, name = value.partition(":")

@@ -58,6 +58,7 @@ from scheduler.config._runtime import (
     TracingConfig,
 )
 from scheduler.config._serve import ServeConfig, ServeKey
+from scheduler.config._store import sqlite_file
 from scheduler.core import ConfigError
 
 __all__ = [
@@ -161,6 +162,15 @@ class VibeConfig(FrozenModel):
     shell: ShellConfig = Field(default_factory=ShellConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     tasks: tuple[TaskSpec, ...] = ()
+
+    @field_validator("store")
+    @classmethod
+    def _a_clear_store(cls, value: str) -> str:
+        try:
+            sqlite_file(value)
+        except ConfigError as exc:
+            raise ValueError(exc.reason) from None
+        return value
 
     @field_validator("models", mode="before")
     @classmethod

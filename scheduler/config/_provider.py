@@ -115,6 +115,15 @@ class SimulatedProviderConfig(FrozenModel):
         return self
 
 
+def api_key_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an API key, which travels in an HTTP header, or None: a
+    space, line break or control character (a key read from a file keeps its newline)
+    would make every request carrying it fail, so it is refused at start."""
+    if all("!" <= ch <= "~" for ch in value):
+        return None
+    return "its value holds a space, line break or other character no HTTP header carries"
+
+
 class ProviderConfig(FrozenModel):
     """Which provider serves model calls."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scheduler.config import DistributedConfig
+from scheduler.config import DistributedConfig, sqlite_file
 from scheduler.core import ConfigError, resolve_object
 from scheduler.store._base import Store
 from scheduler.store._memory import MemoryStore
@@ -16,7 +16,8 @@ def open_store(
 ) -> Store:
     """Build (not yet open) the store named ``name``.
 
-    ``"sqlite"`` (default: ``<state_dir>/vibe.db``), ``"sqlite:///path.db"`` (its
+    ``"sqlite"`` (default: ``<state_dir>/vibe.db``), ``"sqlite:///abs/path.db"`` (the
+    absolute path after ``sqlite://``, see :func:`scheduler.config.sqlite_file`; its
     shared budget holds lapse after ``distributed.hold_ttl_s``),
     ``"memory"``, ``"redis://host:port/db[?namespace=name]"`` (configured by
     ``distributed``, spooling to ``<state_dir>/redis-spool.jsonl`` while Redis is
@@ -28,8 +29,8 @@ def open_store(
     hold_ttl_s = (distributed or DistributedConfig()).hold_ttl_s
     if name == "sqlite":
         return SqliteStore(state_dir / "vibe.db", hold_ttl_s=hold_ttl_s)
-    if name.startswith("sqlite:///"):
-        return SqliteStore(Path(name.removeprefix("sqlite:///")), hold_ttl_s=hold_ttl_s)
+    if (db := sqlite_file(name)) is not None:
+        return SqliteStore(db, hold_ttl_s=hold_ttl_s)
     if name.startswith(("redis://", "rediss://", "unix://")):
         try:
             from scheduler.store._redis import RedisStore

@@ -1,0 +1,115 @@
+"""What ``vibe-engine run`` refuses before it writes anything: a SQLite store URL whose
+file is in doubt, a provider key no HTTP header can carry, a session id the store
+already ran (R2.6, R3.4, R7.2).  The rule for bad input: one line, exit 2, nothing
+written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scheduler import ConfigError
+from scheduler.config import config_from_dict, sqlite_file
+from scheduler.store import SqliteStore, open_store
+from tests._cli_helpers import assert_one_line_exit_2, cli, files_under
+
+SIMULATED = """
+[provider.simulated]
+time_scale = 0.01
+failure_rate = { haiku = 0.0, sonnet = 0.0, opus = 0.0 }
+"""
+TASK = """
+[[tasks]]
+id = "q"
+agent = "qa"
+prompt = "Where is the config loaded?"
+"""
+
+
+def _toml(text: str) -> str:
+    return text.replace("\\", "\\\\")
+
+
+# -- the SQLite store URL ---------------------------------------------------------------------
+
+
+def test_r2_6_sqlite_store_url_is_the_absolute_path_after_sqlite_slashes(tmp_path: Path) -> None:
+    """The documented form ``sqlite:///var/lib/vibe/shared.db`` names that absolute file (as
+    a ``file:`` URL does); SQLAlchemy's absolute form with four slashes names the same."""
+    assert sqlite_file("sqlite:///var/lib/vibe/shared.db") == Path("/var/lib/vibe/shared.db")
+    assert sqlite_file("sqlite:////var/lib/vibe/shared.db") == Path("/var/lib/vibe/shared.db")
+    assert sqlite_file("sqlite") is None and sqlite_file("redis://h:1/0") is None
+    store = open_store(f"sqlite://{tmp_path}/x.db", tmp_path / "st")
+    assert isinstance(store, SqliteStore) and store.path == tmp_path / "x.db"
+
+
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite:///x.db", "sqlite://x.db", "sqlite:x.db",
+                                 "sqlite:///tmp/", "sqlite:///tmp/a\x01.db"])
+def test_r2_6_malformed_or_ambiguous_sqlite_urls_are_config_errors(url: str) -> None:
+    """``sqlite:///x.db`` (``./x.db`` to SQLAlchemy, ``/x.db`` as a URL) and other
+    spellings are refused naming the ``store`` field, never guessed."""
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"store": url})
+    assert err.value.field == "store"
+
+
+def test_r2_6_run_with_sqlite_url_writes_the_absolute_file(tmp_path: Path) -> None:
+    """``store = "sqlite:///<abs>/x.db"`` puts the database at ``/<abs>/x.db``, not under the
+    working directory; an ambiguous URL stops the run in one line, nothing written."""
+    cwd, db = tmp_path / "cwd", tmp_path / "data" / "x.db"
+    cwd.mkdir()
+    (cwd / "c.toml").write_text(_toml(f'state_dir = "st"\nstore = "sqlite://{db}"\n')
+                                + SIMULATED + TASK)
+    result = cli(["run", "c.toml", "--no-live", "--log-level", "warning"], cwd)
+    assert result.code == 0, result
+    assert db.is_file() and not (cwd / db.relative_to("/")).exists()
+    (cwd / "bad.toml").write_text('state_dir = "st2"\nstore = "sqlite:///x.db"\n' + TASK)
+    before = files_under(cwd)
+    assert_one_line_exit_2(cli(["run", "bad.toml", "--no-live"], cwd), "store", "ambiguous")
+    assert files_under(cwd) == before
+    for argv in (["status", "--store", "sqlite:///x.db"], ["report", "--store", "sqlite:x"]):
+        assert_one_line_exit_2(cli([*argv, "--state-dir", "st"], cwd), "--store")
+
+
+# -- the provider key -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["sk-ant-abc\n", "sk-ant abc", "sk-ant-\x1b[31mabc", "sk-\x7f"])
+def test_r7_2_run_refuses_a_provider_key_no_header_can_carry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str,
+) -> None:
+    """A key with a control character, a space or a line break would fail every call of
+    the run: refused at start, naming the field and not the key; nothing written."""
+    monkeypatch.setenv("VIBE_TEST_PROVIDER_KEY", key)
+    (tmp_path / "c.toml").write_text(
+        'state_dir = "st"\n[provider]\nkind = "anthropic"\n'
+        'base_url = "http://127.0.0.1:9"\napi_key_env = "VIBE_TEST_PROVIDER_KEY"\n' + TASK)
+    line = assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path),
+                                  "provider.api_key_env", "VIBE_TEST_PROVIDER_KEY")
+    assert "abc" not in line
+    assert files_under(tmp_path) == {"c.toml"}
+
+
+# -- a session id that already ran -------------------------------------------------------------
+
+
+def test_r3_4_run_refuses_a_session_id_another_state_dir_ran_on_a_shared_store(
+    tmp_path: Path,
+) -> None:
+    """Two state directories on one SQLite file: ``run`` with a session id the store already
+    ran elsewhere is refused in one line (``resume`` continues it) instead of carrying on
+    that session; nothing is written, not even the new state directory."""
+    db = tmp_path / "shared.db"
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.toml").write_text(_toml(
+            f'state_dir = "st-{name}"\nstore = "sqlite://{db}"\nsession_id = "nightly"\n')
+            + SIMULATED + TASK)
+    first = cli(["run", "a.toml", "--no-live", "--log-level", "warning"], tmp_path)
+    assert first.code == 0, first
+    before = files_under(tmp_path)
+    size = db.stat().st_size
+    line = assert_one_line_exit_2(cli(["run", "b.toml", "--no-live"], tmp_path),
+                                  "nightly", "st-a", "vibe-engine resume nightly")
+    assert "--store" in line
+    assert files_under(tmp_path) == before and db.stat().st_size == size
