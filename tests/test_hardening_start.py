@@ -113,3 +113,39 @@ def test_r3_4_run_refuses_a_session_id_another_state_dir_ran_on_a_shared_store(
                                   "nightly", "st-a", "vibe-engine resume nightly")
     assert "--store" in line
     assert files_under(tmp_path) == before and db.stat().st_size == size
+
+
+@pytest.mark.parametrize(("state", "elsewhere", "refused"), [
+    ("running", True, False), ("completed", True, True), ("interrupted", True, True),
+    ("running", False, True), ("completed", False, True),
+])
+def test_r3_4_a_running_shared_session_may_be_joined_an_ended_one_not(
+    tmp_path: Path, state: str, elsewhere: bool, refused: bool,
+) -> None:
+    """Orchestrators sharing a session budget use one ``session_id`` from their own state
+    directories (docs/scale-out.md): a *running* session of another state directory is
+    joined; one that ended anywhere, or any one of this state directory, is refused."""
+    import anyio
+
+    from scheduler.cli._sessions import check_new_session
+    from scheduler.core import SessionError
+    from scheduler.store import SessionRecord
+
+    db = tmp_path / "shared.db"
+    ran_in = tmp_path / ("other" if elsewhere else "here")
+
+    async def record() -> None:
+        store = SqliteStore(db)
+        await store.open()
+        rec = SessionRecord("nightly", state=state, state_dir=str(ran_in))  # type: ignore[arg-type]
+        await store.put_state("session", "nightly", rec.to_dict())
+        await store.aclose()
+
+    anyio.run(record)
+    config = config_from_dict({"state_dir": str(tmp_path / "here"), "store": f"sqlite://{db}",
+                               "session_id": "nightly"})
+    if refused:
+        with pytest.raises(SessionError, match="vibe-engine resume nightly"):
+            check_new_session(config)
+    else:
+        check_new_session(config)

@@ -10,6 +10,7 @@ Exit codes of ``vibe-engine run`` and ``vibe-engine resume``:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anyio
@@ -51,10 +52,11 @@ async def _recorded(config: VibeConfig, sid: str) -> SessionRecord | None:
 
 
 def check_new_session(config: VibeConfig) -> None:
-    """``run`` starts a new session: a ``session_id`` set in the config that the store
-    already knows is refused, whichever state directory ran it (on a shared store the
+    """``run`` starts a new session: a ``session_id`` set in the config that this state
+    directory ran, or that has ended wherever it ran, is refused (on a shared store the
     run would otherwise carry on that session's usage and tasks); ``resume`` continues
-    it from its own state directory."""
+    it.  Orchestrators sharing one *running* session from their own state directories
+    (docs/scale-out.md) still join it."""
     sid = config.session_id
     if sid is None or config.store == "memory":
         return
@@ -64,7 +66,8 @@ def check_new_session(config: VibeConfig) -> None:
         if db is None or not db.exists():
             return  # nothing ran here yet (and checking must not create the file)
     record = anyio.run(_recorded, config, sid)
-    if record is None:
+    here = os.path.realpath(config.state_dir)
+    if record is None or (record.state == "running" and record.state_dir != here):
         return
     ran_in = record.state_dir or str(config.state_dir)
     # a Redis URL may hold a password: only a SQLite file's URL is repeated
