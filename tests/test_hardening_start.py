@@ -149,3 +149,21 @@ def test_r3_4_a_running_shared_session_may_be_joined_an_ended_one_not(
             check_new_session(config)
     else:
         check_new_session(config)
+
+
+@pytest.mark.parametrize("sid", ["", "a\nb", "a b", "\x1b[2Jx", "x" * 129, "a/b"])
+def test_r7_2_hostile_session_ids_one_line_exit_2_nothing_written(tmp_path: Path,
+                                                                  sid: str) -> None:
+    """A session id is shown by status, logs and the ``resume`` hint: an empty one (the
+    run silently got a generated id), a line break, an escape sequence or a slash is
+    refused naming ``session_id``, as a task id would be."""
+    (tmp_path / "c.toml").write_text(
+        f'state_dir = "st"\nsession_id = {_quoted(sid)}\n' + SIMULATED + TASK)
+    assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path), "session_id")
+    assert files_under(tmp_path) == {"c.toml"}
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a TOML basic string."""
+    return '"' + "".join(ch if ch.isalnum() or ch in " ./-[" else f"\\u{ord(ch):04x}"
+                         for ch in text) + '"'

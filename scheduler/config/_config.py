@@ -141,7 +141,9 @@ class VibeConfig(FrozenModel):
 
     state_dir: Path = Path(".vibe-engine")
     store: str = "sqlite"
-    session_id: str | None = None
+    #: A task id's characters: it is shown in status, logs and the ``resume`` line.
+    session_id: str | None = Field(default=None, min_length=1, max_length=MAX_TASK_ID,
+                                   pattern=r"^[A-Za-z0-9_.\-]+$")
     seed: int = 0
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     task_types: dict[TaskType, TaskTypeSpec] = Field(default_factory=default_task_types)
