@@ -64,3 +64,47 @@ async def test_r2_6_spool_replay_is_single_flight_and_keeps_writes_spooled_mid_d
         assert await s.get_state("k", "a") is None
         assert s.statistics().replayed_writes == 6  # each spooled write exactly once
         await s.aclose()
+
+
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_r2_6_totals_read_during_a_replay_count_each_spooled_event_once(
+    redis_ns: str, tmp_path: Path,
+) -> None:
+    """Totals read while a replay is half done (Redis flapping again, so the reader does
+    not replay itself) hold each spooled event once: not from Redis *and* the spool."""
+    cfg = DistributedConfig(socket_timeout_s=0.5)
+    with closing(TcpProxy()) as proxy:
+        s = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=tmp_path / "sp")
+        await s.open()
+        proxy.cut()
+        for n in (1, 2, 3):
+            await s.record(ev(n))
+        proxy.restore()
+        gate, second = anyio.Event(), anyio.Event()
+        script, calls = s._link.script, 0
+
+        async def held_script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # e1 is in Redis, not yet dropped from the spool
+                second.set()
+                await gate.wait()
+            return await script(name, keys, args)
+
+        s._link.script = held_script  # type: ignore[method-assign]
+        seen: list[int] = []
+
+        async def read() -> None:
+            seen.append((await s.totals("session:s1")).tokens)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(s.flush)
+            await second.wait()
+            s._link.mark_down(ConnectionError("flap"))
+            tg.start_soon(read)
+            await anyio.sleep(0.05)
+            gate.set()
+        s._link.script = script  # type: ignore[method-assign]
+        assert seen == [3 * 162]
+        assert await s.flush() == 0 and (await s.totals("session:s1")).tokens == 3 * 162
+        await s.aclose()

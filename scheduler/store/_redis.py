@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -52,23 +51,13 @@ from scheduler.core import (
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, RECORDED, check_event, scopes_of
 from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection
+from scheduler.store._redis_conn import RedisStoreStatistics as RedisStoreStatistics
 from scheduler.store._redis_conn import split_namespace as split_namespace
 from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
 from scheduler.store._redis_slices import RedisSlices
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
 _log = get_logger("vibe_engine.store.redis")
-@dataclass(frozen=True, slots=True)
-class RedisStoreStatistics:
-    """What :meth:`RedisStore.statistics` reports."""
-
-    namespace: str
-    connected: bool
-    failure_mode: str
-    spooled_writes: int
-    replayed_writes: int
-    fail_open_tokens_used: int
-    fail_open_cost_used: float
 
 
 class RedisStore:
@@ -268,14 +257,21 @@ class RedisStore:
     async def totals_with_version(self, scope: str) -> tuple[Totals, int]:
         """:meth:`totals` and their version (see :meth:`commit`): the spooled usage
         replayed first, or added while it cannot be (recorded, like SQLite's)."""
-        if len(self.spool) and not self._link.backing_off():
+        if not len(self.spool) and not self._draining.locked():
+            return await self._totals_now(scope, ())
+        if not self._link.backing_off():
             await self._drain()
+        async with self._draining:  # a replay drops its entries once they are in Redis
+            return await self._totals_now(scope, self.spool.read() if len(self.spool) else ())
+
+    async def _totals_now(self, scope: str, spooled: Sequence[SpooledEvent | SpooledState],
+                          ) -> tuple[Totals, int]:
         try:
             h = cast(dict[str, str], await self._link.client.hgetall(self.key("tot", scope)))
         except DOWN as exc:
             raise self._link.unavailable("totals", exc) from exc
         totals = totals_from_hash(h)
-        for entry in self.spool.read() if len(self.spool) else ():
+        for entry in spooled:
             if isinstance(entry, SpooledEvent) and scope in scopes_of(entry.event):
                 totals.add(entry.event)  # its version is known once replayed
         return totals, int(h.get("version", 0))

@@ -16,6 +16,7 @@ is unreachable" — the pool exhausted, credentials refused — are raised as
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -155,3 +156,16 @@ def split_namespace(url: str) -> tuple[str, str | None]:
     ns = next((v for k, v in query if k == "namespace"), None)
     rest = urlencode([(k, v) for k, v in query if k != "namespace"])
     return urlunsplit(parts._replace(query=rest)), ns
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStoreStatistics:
+    """What :meth:`RedisStore.statistics` reports."""
+
+    namespace: str
+    connected: bool
+    failure_mode: str
+    spooled_writes: int
+    replayed_writes: int
+    fail_open_tokens_used: int
+    fail_open_cost_used: float
