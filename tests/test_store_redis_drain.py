@@ -17,8 +17,10 @@ import anyio
 import pytest
 
 from scheduler.config import DistributedConfig
+from scheduler.store import open_store
 from scheduler.store._redis import RedisStore
-from tests._redis_helpers import TcpProxy
+from tests._cli_helpers import cli
+from tests._redis_helpers import REDIS_URL, TcpProxy
 from tests._store_cases import ev
 
 
@@ -108,3 +110,41 @@ async def test_r2_6_totals_read_during_a_replay_count_each_spooled_event_once(
         assert seen == [3 * 162]
         assert await s.flush() == 0 and (await s.totals("session:s1")).tokens == 3 * 162
         await s.aclose()
+
+
+def test_r2_6_status_and_report_leave_the_runs_redis_spool_to_the_run(
+    redis_ns: str, tmp_path: Path,
+) -> None:
+    """``status`` and ``report`` beside a running orchestrator count its spooled usage but
+    never replay its spool: two processes replaying one spool each drop what they
+    replayed, so the second would drop writes the run spooled meanwhile."""
+    state = tmp_path / "st"
+    spool = state / "redis-spool.jsonl"
+
+    async def spooled() -> None:
+        with closing(TcpProxy()) as proxy:
+            s = RedisStore(proxy.url, namespace=redis_ns, spool_path=spool,
+                           config=DistributedConfig(socket_timeout_s=0.5))
+            await s.open()
+            proxy.cut()
+            for n in (1, 2):
+                await s.record(ev(n))
+            await s.aclose()
+
+    anyio.run(spooled)
+    before = spool.read_bytes()
+    url = f"{REDIS_URL}?namespace={redis_ns}"
+    for argv in (["status", "--json"], ["report", "--json"]):
+        result = cli([*argv, "--state-dir", "st", "--store", url], tmp_path)
+        assert result.code == 0, result
+        assert spool.read_bytes() == before, argv
+
+    async def reader_totals() -> int:
+        r = open_store(url, state, replay_spool=False)
+        await r.open()
+        try:
+            return (await r.totals("session:s1")).tokens
+        finally:
+            await r.aclose()
+
+    assert anyio.run(reader_totals) == 2 * 162 and spool.read_bytes() == before

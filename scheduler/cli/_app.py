@@ -389,7 +389,7 @@ def report(
     async def main(cfg: VibeConfig | None) -> Any:
         where, backend = locate_state(cfg, state_dir, store)
         existing_state(where, backend)
-        st = open_store(backend, where)
+        st = open_store(backend, where, replay_spool=False)
         await st.open()
         try:
             return await gather_report(st, day_from=day_from, day_to=day_to,

@@ -12,7 +12,8 @@ from scheduler.store._sqlite import SqliteStore
 
 
 def open_store(
-    name: str, state_dir: Path, *, distributed: DistributedConfig | None = None
+    name: str, state_dir: Path, *, distributed: DistributedConfig | None = None,
+    replay_spool: bool = True,
 ) -> Store:
     """Build (not yet open) the store named ``name``.
 
@@ -21,7 +22,9 @@ def open_store(
     shared budget holds lapse after ``distributed.hold_ttl_s``),
     ``"memory"``, ``"redis://host:port/db[?namespace=name]"`` (configured by
     ``distributed``, spooling to ``<state_dir>/redis-spool.jsonl`` while Redis is
-    down), or ``"module:Class"`` (called with no arguments).
+    down), or ``"module:Class"`` (called with no arguments).  ``replay_spool=False``
+    for a reader beside a running orchestrator (``status``): the Redis spool in
+    ``state_dir`` is that orchestrator's to replay.
     """
     if name == "memory":
         return MemoryStore()
@@ -38,7 +41,7 @@ def open_store(
             raise ConfigError("store", name, f"Redis backend unavailable: {exc}") from exc
         cfg = distributed or DistributedConfig()
         spool = cfg.spool_path or state_dir / "redis-spool.jsonl"
-        store: Store = RedisStore(name, config=cfg, spool_path=spool)
+        store: Store = RedisStore(name, config=cfg, spool_path=spool, replay=replay_spool)
         return store
     factory = resolve_object(name, field="store", builtins={}, group="vibe_engine.stores")
     if not isinstance(factory, type):

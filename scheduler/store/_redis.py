@@ -66,6 +66,7 @@ class RedisStore:
     ``url`` is ``redis://host:port/db`` (optionally ``?namespace=name``);
     ``namespace`` overrides it, else ``config.namespace``.  ``now_ms`` replaces
     the Redis server's clock in the scripts (tests with a virtual clock).
+    ``replay=False``: never replay the spool, only count it in totals (a reader).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class RedisStore:
         config: DistributedConfig | None = None,
         spool_path: str | Path | None = None,
         now_ms: Callable[[], int] | None = None,
+        replay: bool = True,
     ) -> None:
         self.url, url_ns = split_namespace(url)
         self.config = config or DistributedConfig()
@@ -91,6 +93,9 @@ class RedisStore:
         self._slices = RedisSlices(self._link, self.key, self._now_arg, self._mark_up)
         self._replayed = 0
         self._draining = anyio.Lock()
+        #: False for a reader (``status``) beside the orchestrator owning the spool: two
+        #: processes replaying one spool would each drop what they replayed.
+        self._replays = replay
         self._local_tokens = 0
         self._local_cost = 0.0
 
@@ -154,7 +159,7 @@ class RedisStore:
         Single-flight: two replays at once would both drop the entries they read, so
         the second would drop writes spooled meanwhile (and replay state writes twice).
         A caller that waited for another's replay skips Redis if it just failed."""
-        if not len(self.spool):
+        if not len(self.spool) or not self._replays:
             return
         waited = self._draining.locked()
         async with self._draining:
