@@ -167,3 +167,43 @@ def _quoted(text: str) -> str:
     """``text`` as a TOML basic string."""
     return '"' + "".join(ch if ch.isalnum() or ch in " ./-[" else f"\\u{ord(ch):04x}"
                          for ch in text) + '"'
+
+
+# -- URLs and folders a run or a server could never use ----------------------------------------
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('[provider]\nkind = "anthropic"\nbase_url = "http://127.0.0.1:9/\\n"', "provider.base_url"),
+    ('[provider]\nkind = "anthropic"\nbase_url = "ftp://example.com"', "provider.base_url"),
+    ('[provider]\nkind = "anthropic"\nbase_url = "not a url"', "provider.base_url"),
+    ('[provider]\nkind = "anthropic"\nbase_url = "http://h:99999"', "provider.base_url"),
+    ('state_dir = ""', "state_dir"),
+    ('state_dir = "st\\n"', "state_dir"),
+])
+def test_r7_2_unusable_base_url_or_state_dir_one_line_exit_2_nothing_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, field: str,
+) -> None:
+    """A base URL with a line break (a traceback from the HTTP client), another scheme or
+    no host (every call failing once the run started), an empty state directory (the
+    working directory filled with state) or one with a control character: refused at
+    start naming the field."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    (tmp_path / "c.toml").write_text(text + "\n" + TASK)
+    assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path), field)
+    assert files_under(tmp_path) == {"c.toml"}
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com", "http://x\\ny", "file:///etc/passwd"])
+def test_r7_2_serve_refuses_an_unusable_upstream_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str,
+) -> None:
+    """``serve.upstream_base_url`` is checked like ``provider.base_url``: one line, exit 2,
+    nothing written (it served, or stopped with a traceback)."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    monkeypatch.setenv("VIBE_TEST_CLIENT_KEY", "client-key")
+    (tmp_path / "c.toml").write_text(
+        f'state_dir = "st"\n[serve]\nupstream_base_url = "{url}"\n'
+        '[[serve.keys]]\nname = "a"\nkey_env = "VIBE_TEST_CLIENT_KEY"\n')
+    assert_one_line_exit_2(cli(["serve", "c.toml", "--port", "0"], tmp_path),
+                           "serve.upstream_base_url")
+    assert files_under(tmp_path) == {"c.toml"}

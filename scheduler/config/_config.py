@@ -165,6 +165,19 @@ class VibeConfig(FrozenModel):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     tasks: tuple[TaskSpec, ...] = ()
 
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _a_plain_folder(cls, value: Any) -> Any:
+        # "" would be the working directory itself; a control character makes a folder
+        # no one can type and garbles every log line and message naming it
+        if isinstance(value, str | Path):
+            text = str(value)
+            if not text.strip():
+                raise ValueError("is empty (the working directory is \".\")")
+            if any(ord(c) < 32 or ord(c) == 127 for c in text):
+                raise ValueError("holds a control character")
+        return value
+
     @field_validator("store")
     @classmethod
     def _a_clear_store(cls, value: str) -> str:
