@@ -207,3 +207,14 @@ def test_r7_2_serve_refuses_an_unusable_upstream_url(
     assert_one_line_exit_2(cli(["serve", "c.toml", "--port", "0"], tmp_path),
                            "serve.upstream_base_url")
     assert files_under(tmp_path) == {"c.toml"}
+
+
+def test_r7_2_an_unreachable_redis_store_is_named_without_its_password(tmp_path: Path) -> None:
+    """``status --store redis://:PASSWORD@host`` on an unreachable Redis: one line naming
+    the server, never the password (the line ends up in terminals, logs and CI output)."""
+    (tmp_path / "st").mkdir()
+    for url in ("redis://:s3cret-pw@127.0.0.1:1/0", "redis://u:s3cret-pw@127.0.0.1:1/0",
+                "redis://127.0.0.1:1/0?password=s3cret-pw"):
+        line = assert_one_line_exit_2(
+            cli(["status", "--state-dir", "st", "--store", url], tmp_path), "127.0.0.1:1")
+        assert "s3cret" not in line and "***" in line, line

@@ -101,7 +101,8 @@ class RedisConnection:
             for name, src in SCRIPTS.items():
                 self._shas[name] = await self.client.script_load(src)
         except DOWN as exc:
-            raise StoreUnavailableError(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise StoreUnavailableError(
+                f"cannot reach Redis at {redacted(self.url)}: {exc}") from exc
         self._up = True
 
     async def aclose(self) -> None:
@@ -147,6 +148,19 @@ class RedisConnection:
         """Mark Redis down and build the error to raise for the failed ``what``."""
         self.mark_down(exc)
         return StoreUnavailableError(f"Redis unreachable ({what}): {exc}")
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (user part or ``?password=``), for a message."""
+    parts = urlsplit(url)
+    if parts.password is None and "password=" not in parts.query:
+        return url
+    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = f"{parts.username}:" if parts.username else ":"
+        netloc = f"{user}***@{netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
 
 
 def split_namespace(url: str) -> tuple[str, str | None]:
