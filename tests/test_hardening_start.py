@@ -218,3 +218,15 @@ def test_r7_2_an_unreachable_redis_store_is_named_without_its_password(tmp_path:
         line = assert_one_line_exit_2(
             cli(["status", "--state-dir", "st", "--store", url], tmp_path), "127.0.0.1:1")
         assert "s3cret" not in line and "***" in line, line
+
+
+@pytest.mark.parametrize("argv", [["run", "c.toml", "--no-live"], ["resume"], ["demo"],
+                                  ["status"], ["report"], ["decide", "t", "add"]])
+def test_r7_2_state_dir_option_with_a_control_character_one_line_exit_2(
+    tmp_path: Path, argv: list[str],
+) -> None:
+    """``--state-dir`` is held to the config's rule: ``run --state-dir $'st\\n2'`` made a
+    folder with a line break in its name (the option skipped the config's checks)."""
+    (tmp_path / "c.toml").write_text('state_dir = "st"\n' + SIMULATED + TASK)
+    assert_one_line_exit_2(cli([*argv, "--state-dir", "st\n2"], tmp_path), "--state-dir")
+    assert files_under(tmp_path) == {"c.toml"}

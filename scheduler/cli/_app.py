@@ -43,6 +43,7 @@ from scheduler.cli._options import (
     LogLevel,
     StateDir,
     Store,
+    check_state_dir,
     locate_state,
     version_text,
 )
@@ -161,7 +162,7 @@ def render_report(report: RunReport, console: Console) -> None:
 def run(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="TOML or YAML config file.")],
     state_dir: Annotated[Path | None, typer.Option(
-        "--state-dir", show_default=False,
+        "--state-dir", show_default=False, callback=check_state_dir,
         help="Where the store and task files live [default: the config's state_dir].")] = None,
     log_level: LogLevel = "info",
     live: LiveOpt = True,

@@ -42,11 +42,19 @@ def check_store(value: str | None) -> str | None:
     raise typer.BadParameter(f"{value!r} is not one of {', '.join(STORE_FORMS)}")
 
 
+def check_state_dir(value: Path | None) -> Path | None:
+    """``--state-dir`` holds no control character (a folder no one can type, and every
+    line naming it garbled), as ``state_dir`` in a config may not."""
+    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in str(value)):
+        raise typer.BadParameter(f"{str(value)!r} holds a control character")
+    return value
+
+
 StateDir = Annotated[Path, typer.Option(
-    "--state-dir", help="Where the store and task files live.")]
+    "--state-dir", callback=check_state_dir, help="Where the store and task files live.")]
 #: ``--state-dir`` of a command that can also learn it from ``--config``.
 FoundStateDir = Annotated[Path | None, typer.Option(
-    "--state-dir", show_default=False,
+    "--state-dir", show_default=False, callback=check_state_dir,
     help=f"Where the store and task files live.  [default: from --config, else "
          f"{DEFAULT_STATE_DIR}]")]
 Store = Annotated[str, typer.Option(
