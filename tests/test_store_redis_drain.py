@@ -148,3 +148,44 @@ def test_r2_6_status_and_report_leave_the_runs_redis_spool_to_the_run(
             await r.aclose()
 
     assert anyio.run(reader_totals) == 2 * 162 and spool.read_bytes() == before
+
+
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_r2_6_two_processes_on_one_spool_do_not_replay_it_at_once(
+    redis_ns: str, tmp_path: Path,
+) -> None:
+    """A spool two stores (two processes: a shared ``spool_path``, a crashed run's spool
+    opened twice) both replay: the second leaves it to the first instead of replaying the
+    same entries and then dropping as many again, the write spooled meanwhile with them."""
+    cfg = DistributedConfig(socket_timeout_s=0.5)
+    spool = tmp_path / "sp"
+    with closing(TcpProxy()) as proxy:
+        a = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=spool)
+        b = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=spool)
+        await a.open()
+        proxy.cut()
+        for n in (1, 2, 3):
+            await a.record(ev(n))
+        proxy.restore()
+        gate, started = anyio.Event(), anyio.Event()
+        script = a._link.script
+
+        async def held_script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            started.set()
+            await gate.wait()
+            return await script(name, keys, args)
+
+        a._link.script = held_script  # type: ignore[method-assign]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.flush)
+            await started.wait()  # a replays e1
+            await b.open()  # b starts, finds the spool being replayed: it leaves it to a
+            a._link.mark_down(ConnectionError("flap"))
+            await a.record(ev(4))  # spooled behind e1..e3
+            gate.set()
+        a._link.script = script  # type: ignore[method-assign]
+        assert await a.flush() == 0 and spool.read_text() == ""
+        assert [e.event_id for e in await b.events()] == ["e1", "e2", "e3", "e4"]
+        assert (await b.totals("session:s1")).tokens == 4 * 162
+        await a.aclose()
+        await b.aclose()

@@ -50,7 +50,7 @@ from scheduler.core import (
 )
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, RECORDED, check_event, scopes_of
 from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
-from scheduler.store._redis_conn import DOWN, RedisConnection
+from scheduler.store._redis_conn import DOWN, RedisConnection, replay_lock
 from scheduler.store._redis_conn import RedisStoreStatistics as RedisStoreStatistics
 from scheduler.store._redis_conn import split_namespace as split_namespace
 from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
@@ -93,8 +93,7 @@ class RedisStore:
         self._slices = RedisSlices(self._link, self.key, self._now_arg, self._mark_up)
         self._replayed = 0
         self._draining = anyio.Lock()
-        #: False for a reader (``status``) beside the orchestrator owning the spool: two
-        #: processes replaying one spool would each drop what they replayed.
+        #: False for a reader (``status``) beside the orchestrator that owns the spool.
         self._replays = replay
         self._local_tokens = 0
         self._local_cost = 0.0
@@ -156,15 +155,17 @@ class RedisStore:
     async def _drain(self) -> None:
         """Replay spooled writes in order until the spool is empty or Redis fails.
 
-        Single-flight: two replays at once would both drop the entries they read, so
-        the second would drop writes spooled meanwhile (and replay state writes twice).
-        A caller that waited for another's replay skips Redis if it just failed."""
+        Single-flight, here and across processes (:func:`replay_lock`): two replays would
+        each drop the entries they read, so the second would drop writes spooled meanwhile
+        (and replay state writes twice).  A waiter skips Redis if it just failed."""
         if not len(self.spool) or not self._replays:
             return
         waited = self._draining.locked()
         async with self._draining:
             if len(self.spool) and not (waited and self._link.backing_off()):
-                await self._replay()
+                with replay_lock(self.spool.path) as mine:
+                    if mine:
+                        await self._replay()
 
     async def _replay(self) -> None:
         entries = self.spool.read()

@@ -15,8 +15,12 @@ is unreachable" — the pool exhausted, credentials refused — are raised as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -183,3 +187,24 @@ class RedisStoreStatistics:
     replayed_writes: int
     fail_open_tokens_used: int
     fail_open_cost_used: float
+
+
+@contextlib.contextmanager
+def replay_lock(spool: Path) -> Iterator[bool]:
+    """Whether this process may replay ``spool`` now: ``False`` while another process
+    replays it (a ``spool_path`` shared by mistake, a crashed run's spool opened twice);
+    two replays would each drop the entries they replayed, losing what came after."""
+    try:
+        fd = os.open(spool.with_name(spool.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield True  # no lock to take where the spool lives: replay as before
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing drops the flock
