@@ -230,3 +230,20 @@ def test_r7_2_state_dir_option_with_a_control_character_one_line_exit_2(
     (tmp_path / "c.toml").write_text('state_dir = "st"\n' + SIMULATED + TASK)
     assert_one_line_exit_2(cli([*argv, "--state-dir", "st\n2"], tmp_path), "--state-dir")
     assert files_under(tmp_path) == {"c.toml"}
+
+
+def test_r2_6_sqlite_url_whose_folder_exists_only_relative_is_refused(tmp_path: Path) -> None:
+    """``sqlite:///data/x.db`` written for ``./data/x.db`` (SQLAlchemy's reading) while
+    ``/data`` does not exist: refused naming ``store`` and the absolute URL to write,
+    instead of silently making ``/data`` and an empty database there."""
+    import uuid
+
+    name = f"vibe-test-{uuid.uuid4().hex[:8]}"
+    assert not Path("/", name).exists()
+    (tmp_path / name).mkdir()
+    (tmp_path / "c.toml").write_text(
+        f'state_dir = "st"\nstore = "sqlite:///{name}/x.db"\n' + SIMULATED + TASK)
+    line = assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path),
+                                  "store", "ambiguous")
+    assert f"sqlite:///{tmp_path / name / 'x.db'}" in line
+    assert files_under(tmp_path) == {"c.toml", name} and not Path("/", name).exists()

@@ -30,6 +30,7 @@ from scheduler.cli._checks import (
     number,
     provider_key,
     run_cli,
+    store_location,
 )
 from scheduler.cli._decide import decide as decide_paused
 from scheduler.cli._decide import format_review, normalize_action
@@ -179,6 +180,7 @@ def run(
             cfg = cfg.model_copy(update={"state_dir": state_dir})
         free_ports(cfg)
         provider_key(cfg)
+        store_location(cfg)
         check_new_session(cfg)
         report = _run(cfg, live)
     except VibeEngineError as exc:

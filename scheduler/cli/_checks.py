@@ -97,6 +97,21 @@ def existing_state(state_dir: Path, store: str | None) -> None:
                               "and --store)")
 
 
+def store_location(config: VibeConfig) -> None:
+    """Refuse a ``sqlite:///dir/x.db`` whose folder exists only relative to the working
+    directory: written by someone reading three slashes as SQLAlchemy does (a relative
+    path), it would otherwise silently make ``/dir`` and a new, empty database there."""
+    db = sqlite_file(config.store)
+    if db is None or db.parent.is_dir():
+        return
+    relative = Path(str(db).lstrip("/"))
+    if relative.parent.is_dir():
+        raise ConfigError("store", config.store, (
+            f"ambiguous: the path after sqlite:// is absolute, and {db.parent} does not "
+            f"exist while ./{relative.parent} does; write sqlite:///{relative.resolve()} "
+            "for that one"))
+
+
 def free_ports(config: VibeConfig) -> None:
     """Refuse, before anything starts, a metrics port another process listens on
     (``vibe-engine run`` would otherwise run without the metrics it was asked for)."""
