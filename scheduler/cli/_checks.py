@@ -108,7 +108,7 @@ def store_location(config: VibeConfig) -> None:
     if relative.parent.is_dir():
         raise ConfigError("store", config.store, (
             f"ambiguous: the path after sqlite:// is absolute, and {db.parent} does not "
-            f"exist while ./{relative.parent} does; write sqlite:///{relative.resolve()} "
+            f"exist while ./{relative.parent} does; write sqlite://{relative.resolve()} "
             "for that one"))
 
 
