@@ -247,3 +247,26 @@ def test_r2_6_sqlite_url_whose_folder_exists_only_relative_is_refused(tmp_path: 
                                   "store", "ambiguous")
     assert f"sqlite://{tmp_path / name / 'x.db'} " in line
     assert files_under(tmp_path) == {"c.toml", name} and not Path("/", name).exists()
+
+
+@pytest.mark.parametrize(("env", "field"), [
+    ({"VIBE_TEST_HOOK_URL": "https://hooks.example.com/x\n"}, "alerts.webhooks[0].url_env"),
+    ({"VIBE_TEST_HOOK_URL": "hooks.example.com/x"}, "alerts.webhooks[0].url_env"),
+    ({"VIBE_TEST_HOOK_URL": "https://hooks.example.com/x", "VIBE_TEST_HOOK_AUTH": "Bearer\r\nX: 1"},
+     "alerts.webhooks[0].headers.Authorization"),
+])
+def test_r3_3_webhook_secrets_from_the_environment_checked_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], field: str,
+) -> None:
+    """A webhook URL or header value read from the environment that no request can carry
+    (a line break: header injection; no scheme) is refused at start like the provider's
+    key, naming the field and not the value; nothing written."""
+    monkeypatch.setenv("VIBE_TEST_HOOK_AUTH", "Bearer-token")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "c.toml").write_text(
+        'state_dir = "st"\n[[alerts.webhooks]]\nurl_env = "VIBE_TEST_HOOK_URL"\n'
+        'headers = { Authorization = "VIBE_TEST_HOOK_AUTH" }\n' + SIMULATED + TASK)
+    line = assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path), field)
+    assert "example.com" not in line and "Bearer" not in line
+    assert files_under(tmp_path) == {"c.toml"}

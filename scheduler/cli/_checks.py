@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from scheduler.config import VibeConfig, api_key_problem, sqlite_file
+from scheduler.config import VibeConfig, api_key_problem, base_url_problem, sqlite_file
 from scheduler.core import ConfigError, VibeEngineError
 
 #: Exit status for bad input (a usage error, a bad config, a refused decision).
@@ -129,15 +129,25 @@ def free_ports(config: VibeConfig) -> None:
 
 
 def provider_key(config: VibeConfig, env: Mapping[str, str] | None = None) -> None:
-    """Refuse, before anything is written, a provider API key no HTTP header can carry
-    (a control character, a line break): every call of the run would fail with it."""
-    if config.provider.kind != "anthropic":
-        return
-    name = config.provider.api_key_env
-    key = (os.environ if env is None else env).get(name, "")
-    problem = api_key_problem(key) if key else None
-    if problem is not None:
-        raise ConfigError("provider.api_key_env", name, problem)
+    """Refuse, before anything is written, a secret read from the environment that no
+    HTTP request can carry: the provider's API key or a webhook header value with a
+    space, a line break or a control character, or a webhook URL that is not one
+    (every call, or every notification, of the run would fail with it).  A variable
+    that is not set is left to the code that reads it."""
+    env = os.environ if env is None else env
+    wanted: list[tuple[str, str, Callable[[str], str | None]]] = []
+    if config.provider.kind == "anthropic":
+        wanted.append(("provider.api_key_env", config.provider.api_key_env, api_key_problem))
+    for i, hook in enumerate(config.alerts.webhooks):
+        where = f"alerts.webhooks[{i}]"
+        if hook.url_env:
+            wanted.append((f"{where}.url_env", hook.url_env, base_url_problem))
+        wanted += [(f"{where}.headers.{header}", var, api_key_problem)
+                   for header, var in hook.headers.items()]
+    for field, var, check in wanted:
+        problem = check(env[var]) if env.get(var) else None
+        if problem is not None:
+            raise ConfigError(field, var, problem)
 
 
 def known_agents(config: VibeConfig, agents: Collection[str]) -> None:

@@ -29,6 +29,7 @@ from scheduler.config._provider import OutageWindow as OutageWindow
 from scheduler.config._provider import ProviderConfig as ProviderConfig
 from scheduler.config._provider import SimulatedProviderConfig as SimulatedProviderConfig
 from scheduler.config._provider import api_key_problem as api_key_problem
+from scheduler.config._provider import base_url_problem as base_url_problem
 from scheduler.config._runtime import AllocatorConfig as AllocatorConfig
 from scheduler.config._runtime import DeadlockConfig as DeadlockConfig
 from scheduler.config._runtime import DistributedConfig as DistributedConfig
@@ -84,6 +85,7 @@ __all__ = [
     "VibeConfig",
     "WebhookConfig",
     "api_key_problem",
+    "base_url_problem",
     "config_from_dict",
     "load_config",
     "load_policies",
