@@ -259,7 +259,7 @@ def test_r3_3_webhook_secrets_from_the_environment_checked_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], field: str,
 ) -> None:
     """A webhook URL or header value read from the environment that no request can carry
-    (a line break: header injection; no scheme) is refused at start like the provider's
+    (a line break, no scheme: every notification fails) is refused at start like the provider's
     key, naming the field and not the value; nothing written."""
     monkeypatch.setenv("VIBE_TEST_HOOK_AUTH", "Bearer-token")
     for name, value in env.items():
