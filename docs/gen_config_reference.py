@@ -138,8 +138,14 @@ def _doc(model: type[BaseModel]) -> str:
 
 NOTES = {
     "state_dir": "where the SQLite store, `tasks/<id>/usage.json` and `status.json` live",
-    "store": "`sqlite`, `memory` or another registered store",
-    "session_id": "default: generated per run (`s-YYYYmmdd-HHMMSS-xxxxxx`)",
+    "store": ("`sqlite` (`<state_dir>/vibe.db`), `sqlite:///ABS/PATH.db` (the absolute path "
+              "after `sqlite://`; `sqlite:////ABS/PATH.db` is the same file; `sqlite:///x.db`, "
+              "a file at `/`, and a folder found only relative to the working directory are "
+              "refused as ambiguous), `memory`, `redis://HOST:PORT/DB` or another registered "
+              "store"),
+    "session_id": ("default: generated per run (`s-YYYYmmdd-HHMMSS-xxxxxx`); `run` refuses "
+                   "an id this state directory ran, or that ended in any other on the store "
+                   "(`resume` continues it); a running one is joined (docs/scale-out.md)"),
     "seed": "seeds tie-breaking randomness (reproducible dispatch)",
     "budgets.weekend_day_cost_usd": "day cost limit on Saturday and Sunday (R1.3)",
     "budgets.task.cost_warning_usd": "cost warning threshold in USD (R1.3: $0.70)",

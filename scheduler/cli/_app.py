@@ -28,7 +28,9 @@ from scheduler.cli._checks import (
     html_target,
     known_agents,
     number,
+    provider_key,
     run_cli,
+    store_location,
 )
 from scheduler.cli._decide import decide as decide_paused
 from scheduler.cli._decide import format_review, normalize_action
@@ -42,6 +44,7 @@ from scheduler.cli._options import (
     LogLevel,
     StateDir,
     Store,
+    check_state_dir,
     locate_state,
     version_text,
 )
@@ -160,7 +163,7 @@ def render_report(report: RunReport, console: Console) -> None:
 def run(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="TOML or YAML config file.")],
     state_dir: Annotated[Path | None, typer.Option(
-        "--state-dir", show_default=False,
+        "--state-dir", show_default=False, callback=check_state_dir,
         help="Where the store and task files live [default: the config's state_dir].")] = None,
     log_level: LogLevel = "info",
     live: LiveOpt = True,
@@ -176,6 +179,8 @@ def run(
         if state_dir is not None:
             cfg = cfg.model_copy(update={"state_dir": state_dir})
         free_ports(cfg)
+        provider_key(cfg)
+        store_location(cfg)
         check_new_session(cfg)
         report = _run(cfg, live)
     except VibeEngineError as exc:
@@ -203,6 +208,7 @@ def resume(
         existing_state(state_dir, store)  # resume reads a session; it never creates one
         cfg = resumable_config(state_dir, store, session)
         free_ports(cfg)
+        provider_key(cfg)
         report = _run(cfg, live)
     except VibeEngineError as exc:
         raise _fail(exc) from None
@@ -386,7 +392,7 @@ def report(
     async def main(cfg: VibeConfig | None) -> Any:
         where, backend = locate_state(cfg, state_dir, store)
         existing_state(where, backend)
-        st = open_store(backend, where)
+        st = open_store(backend, where, replay_spool=False)
         await st.open()
         try:
             return await gather_report(st, day_from=day_from, day_to=day_to,

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from scheduler.config import VibeConfig
+from scheduler.config import VibeConfig, api_key_problem, base_url_problem, sqlite_file
 from scheduler.core import ConfigError, VibeEngineError
 
 #: Exit status for bad input (a usage error, a bad config, a refused decision).
@@ -90,14 +91,25 @@ def existing_state(state_dir: Path, store: str | None) -> None:
                               "there; check --state-dir)")
     if store is None:
         return
-    db: Path | None = None
-    if store == "sqlite":
-        db = state_dir / "vibe.db"
-    elif store.startswith("sqlite:///"):
-        db = Path(store.removeprefix("sqlite:///"))
+    db = state_dir / "vibe.db" if store == "sqlite" else sqlite_file(store)
     if db is not None and not db.is_file():
         raise VibeEngineError(f"no store at {db} (nothing has run there; check --state-dir "
                               "and --store)")
+
+
+def store_location(config: VibeConfig) -> None:
+    """Refuse a ``sqlite:///dir/x.db`` whose folder exists only relative to the working
+    directory: written by someone reading three slashes as SQLAlchemy does (a relative
+    path), it would otherwise silently make ``/dir`` and a new, empty database there."""
+    db = sqlite_file(config.store)
+    if db is None or db.parent.is_dir():
+        return
+    relative = Path(str(db).lstrip("/"))
+    if relative.parent.is_dir():
+        raise ConfigError("store", config.store, (
+            f"ambiguous: the path after sqlite:// is absolute, and {db.parent} does not "
+            f"exist while ./{relative.parent} does; write sqlite://{relative.resolve()} "
+            "for that one"))
 
 
 def free_ports(config: VibeConfig) -> None:
@@ -114,6 +126,28 @@ def free_ports(config: VibeConfig) -> None:
         except OSError as exc:
             raise ConfigError("metrics.port", metrics.port,
                               f"cannot listen on {metrics.host}: {exc.strerror}") from None
+
+
+def provider_key(config: VibeConfig, env: Mapping[str, str] | None = None) -> None:
+    """Refuse, before anything is written, a secret read from the environment that no
+    HTTP request can carry: the provider's API key or a webhook header value with a
+    space, a line break or a control character, or a webhook URL that is not one
+    (every call, or every notification, of the run would fail with it).  A variable
+    that is not set is left to the code that reads it."""
+    env = os.environ if env is None else env
+    wanted: list[tuple[str, str, Callable[[str], str | None]]] = []
+    if config.provider.kind == "anthropic":
+        wanted.append(("provider.api_key_env", config.provider.api_key_env, api_key_problem))
+    for i, hook in enumerate(config.alerts.webhooks):
+        where = f"alerts.webhooks[{i}]"
+        if hook.url_env:
+            wanted.append((f"{where}.url_env", hook.url_env, base_url_problem))
+        wanted += [(f"{where}.headers.{header}", var, api_key_problem)
+                   for header, var in hook.headers.items()]
+    for field, var, check in wanted:
+        problem = check(env[var]) if env.get(var) else None
+        if problem is not None:
+            raise ConfigError(field, var, problem)
 
 
 def known_agents(config: VibeConfig, agents: Collection[str]) -> None:

@@ -15,21 +15,25 @@ from typing import Annotated
 import typer
 
 from scheduler.cli._checks import LOG_LEVELS, check_log_level
-from scheduler.config import VibeConfig, load_config
+from scheduler.config import VibeConfig, load_config, sqlite_file
+from scheduler.core import ConfigError
 
 DEFAULT_STATE_DIR = Path(".vibe-engine")
 DEFAULT_STORE = "sqlite"
 #: What ``--store`` accepts (see :func:`scheduler.store.open_store`).
 STORE_FORMS = ("sqlite", "sqlite:///PATH", "memory", "redis://HOST:PORT/DB", "module:Class")
 _STORE_HELP = (f"The store the run used, one of: {', '.join(STORE_FORMS)} "
-               "(sqlite is STATE_DIR/vibe.db).")
+               "(sqlite is STATE_DIR/vibe.db; the PATH after sqlite:// is absolute).")
 
 def check_store(value: str | None) -> str | None:
     """``--store`` has one of the forms of :data:`STORE_FORMS` (checked before any I/O)."""
     if value is None or value in ("sqlite", "memory"):
         return value
-    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
-        return value
+    try:
+        if sqlite_file(value) is not None:
+            return value
+    except ConfigError as exc:
+        raise typer.BadParameter(f"{value!r}: {exc.reason}") from None
     if value.startswith(("redis://", "rediss://", "unix://")):
         return value
     module, _, name = value.partition(":")
@@ -38,11 +42,19 @@ def check_store(value: str | None) -> str | None:
     raise typer.BadParameter(f"{value!r} is not one of {', '.join(STORE_FORMS)}")
 
 
+def check_state_dir(value: Path | None) -> Path | None:
+    """``--state-dir`` holds no control character (a folder no one can type, and every
+    line naming it garbled), as ``state_dir`` in a config may not."""
+    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in str(value)):
+        raise typer.BadParameter(f"{str(value)!r} holds a control character")
+    return value
+
+
 StateDir = Annotated[Path, typer.Option(
-    "--state-dir", help="Where the store and task files live.")]
+    "--state-dir", callback=check_state_dir, help="Where the store and task files live.")]
 #: ``--state-dir`` of a command that can also learn it from ``--config``.
 FoundStateDir = Annotated[Path | None, typer.Option(
-    "--state-dir", show_default=False,
+    "--state-dir", show_default=False, callback=check_state_dir,
     help=f"Where the store and task files live.  [default: from --config, else "
          f"{DEFAULT_STATE_DIR}]")]
 Store = Annotated[str, typer.Option(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from scheduler.cli._checks import free_ports
+from scheduler.cli._checks import free_ports, provider_key, store_location
 from scheduler.cli._heap import tune_collector
 from scheduler.config import load_config
 from scheduler.core import ConfigError, VibeEngineError
@@ -47,6 +47,8 @@ def run_serve(config_path: Path, *, host: str | None, port: int | None,
     _tls(ssl_certfile, ssl_keyfile)
     config = load_config(config_path)
     free_ports(config)
+    provider_key(config)
+    store_location(config)
 
     def ready(url: str) -> None:
         tune_collector()  # started: what is alive now lives as long as serve

@@ -10,11 +10,12 @@ Exit codes of ``vibe-engine run`` and ``vibe-engine resume``:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anyio
 
-from scheduler.config import DistributedConfig, VibeConfig
+from scheduler.config import DistributedConfig, VibeConfig, sqlite_file
 from scheduler.core import SessionError
 from scheduler.runtime import RunReport
 from scheduler.store import SessionRecord, list_sessions, open_store
@@ -39,23 +40,43 @@ async def _sessions(store_kind: str, state_dir: Path,
         await store.aclose()
 
 
+async def _recorded(config: VibeConfig, sid: str) -> SessionRecord | None:
+    """The store's record of session ``sid``, whichever state directory ran it."""
+    store = open_store(config.store, config.state_dir, distributed=config.distributed)
+    await store.open()
+    try:
+        found = await store.get_state("session", sid)
+    finally:
+        await store.aclose()
+    return SessionRecord.from_dict(found) if found else None
+
+
 def check_new_session(config: VibeConfig) -> None:
     """``run`` starts a new session: a ``session_id`` set in the config that this state
-    directory already ran is refused (``resume`` continues it)."""
+    directory ran, or that has ended wherever it ran, is refused (on a shared store the
+    run would otherwise carry on that session's usage and tasks); ``resume`` continues
+    it.  Orchestrators sharing one *running* session from their own state directories
+    (docs/scale-out.md) still join it."""
     sid = config.session_id
     if sid is None or config.store == "memory":
         return
     if config.store.startswith("sqlite"):
         db = (Path(config.state_dir) / "vibe.db" if config.store == "sqlite"
-              else Path(config.store.removeprefix("sqlite:///")))
-        if not db.exists():
+              else sqlite_file(config.store))
+        if db is None or not db.exists():
             return  # nothing ran here yet (and checking must not create the file)
-    ran = anyio.run(_sessions, config.store, config.state_dir, config.distributed)
-    if any(r.session_id == sid for r in ran):
-        raise SessionError(
-            f"session {sid} already ran in {config.state_dir}: `vibe-engine resume {sid}` "
-            "continues it; without session_id in the config, run starts a new session",
-            state_dir=str(config.state_dir))
+    record = anyio.run(_recorded, config, sid)
+    here = os.path.realpath(config.state_dir)
+    if record is None or (record.state == "running" and record.state_dir != here):
+        return
+    ran_in = record.state_dir or str(config.state_dir)
+    # a Redis URL may hold a password: only a SQLite file's URL is repeated
+    store = "" if config.store == "sqlite" else (
+        f" --store {config.store}" if sqlite_file(config.store) else " --store STORE")
+    raise SessionError(
+        f"session {sid} already ran in {ran_in}: `vibe-engine resume {sid} --state-dir "
+        f"{ran_in}{store}` continues it; without session_id in the config, run starts a "
+        "new session", state_dir=ran_in)
 
 
 def resumable_config(state_dir: Path, store: str, session_id: str | None) -> VibeConfig:

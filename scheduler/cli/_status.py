@@ -35,7 +35,7 @@ async def gather_status(state_dir: Path, store: str, *, today: date,
                         config: VibeConfig | None = None) -> StatusDoc:
     """The running orchestrator's snapshot (else the store's) and every task's budget rows;
     ``config`` (the run's, ``-c``): today's day limits when the store's snapshot has none."""
-    st = open_store(status_store(state_dir, store), state_dir)
+    st = open_store(status_store(state_dir, store), state_dir, replay_spool=False)
     await st.open()
     try:
         snap = await read_status(st, state_dir, today=today, config=config)

@@ -28,6 +28,8 @@ from scheduler.config._provider import ModelSpec as ModelSpec
 from scheduler.config._provider import OutageWindow as OutageWindow
 from scheduler.config._provider import ProviderConfig as ProviderConfig
 from scheduler.config._provider import SimulatedProviderConfig as SimulatedProviderConfig
+from scheduler.config._provider import api_key_problem as api_key_problem
+from scheduler.config._provider import base_url_problem as base_url_problem
 from scheduler.config._runtime import AllocatorConfig as AllocatorConfig
 from scheduler.config._runtime import DeadlockConfig as DeadlockConfig
 from scheduler.config._runtime import DistributedConfig as DistributedConfig
@@ -42,10 +44,13 @@ from scheduler.config._runtime import ShellConfig as ShellConfig
 from scheduler.config._runtime import TracingConfig as TracingConfig
 from scheduler.config._serve import ServeConfig as ServeConfig
 from scheduler.config._serve import ServeKey as ServeKey
+from scheduler.config._store import SQLITE_URL as SQLITE_URL
+from scheduler.config._store import sqlite_file as sqlite_file
 
 __all__ = [
     "BUILTIN_POLICIES",
     "PRIORITY_VALUES",
+    "SQLITE_URL",
     "TASK_TYPES",
     "TIERS",
     "AlertsConfig",
@@ -79,7 +84,10 @@ __all__ = [
     "TracingConfig",
     "VibeConfig",
     "WebhookConfig",
+    "api_key_problem",
+    "base_url_problem",
     "config_from_dict",
     "load_config",
     "load_policies",
+    "sqlite_file",
 ]

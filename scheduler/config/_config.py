@@ -58,6 +58,7 @@ from scheduler.config._runtime import (
     TracingConfig,
 )
 from scheduler.config._serve import ServeConfig, ServeKey
+from scheduler.config._store import sqlite_file
 from scheduler.core import ConfigError
 
 __all__ = [
@@ -140,7 +141,9 @@ class VibeConfig(FrozenModel):
 
     state_dir: Path = Path(".vibe-engine")
     store: str = "sqlite"
-    session_id: str | None = None
+    #: A task id's characters: it is shown in status, logs and the ``resume`` line.
+    session_id: str | None = Field(default=None, min_length=1, max_length=MAX_TASK_ID,
+                                   pattern=r"^[A-Za-z0-9_.\-]+$")
     seed: int = 0
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     task_types: dict[TaskType, TaskTypeSpec] = Field(default_factory=default_task_types)
@@ -161,6 +164,28 @@ class VibeConfig(FrozenModel):
     shell: ShellConfig = Field(default_factory=ShellConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     tasks: tuple[TaskSpec, ...] = ()
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _a_plain_folder(cls, value: Any) -> Any:
+        # "" would be the working directory itself; a control character makes a folder
+        # no one can type and garbles every log line and message naming it
+        if isinstance(value, str | Path):
+            text = str(value)
+            if not text.strip():
+                raise ValueError("is empty (the working directory is \".\")")
+            if any(ord(c) < 32 or ord(c) == 127 for c in text):
+                raise ValueError("holds a control character")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _a_clear_store(cls, value: str) -> str:
+        try:
+            sqlite_file(value)
+        except ConfigError as exc:
+            raise ValueError(exc.reason) from None
+        return value
 
     @field_validator("models", mode="before")
     @classmethod

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from scheduler.config._base import FieldProblem, FrozenModel, Tier, by_tier
 
@@ -115,6 +116,31 @@ class SimulatedProviderConfig(FrozenModel):
         return self
 
 
+def api_key_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an API key, which travels in an HTTP header, or None: a
+    space, line break or control character (a key read from a file keeps its newline)
+    would make every request carrying it fail, so it is refused at start."""
+    if all("!" <= ch <= "~" for ch in value):
+        return None
+    return "its value holds a space, line break or other character no HTTP header carries"
+
+
+def base_url_problem(value: str) -> str | None:
+    """Why ``value`` cannot be the base URL of a Messages API, or None: an ``http`` or
+    ``https`` URL with a host and no space or control character (every call would fail,
+    or an HTTP client refuse it with a traceback, only once the run has started)."""
+    if not all("!" <= ch <= "~" for ch in value):
+        return "holds a space, line break or other character no URL carries"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises for a port that is not a number in range
+    except ValueError as exc:
+        return f"not a URL: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    return None
+
+
 class ProviderConfig(FrozenModel):
     """Which provider serves model calls."""
 
@@ -131,3 +157,11 @@ class ProviderConfig(FrozenModel):
     cache_system_min_chars: int = Field(default=4096, ge=0)
     count_tokens: Literal["tiktoken", "api"] = "tiktoken"
     simulated: SimulatedProviderConfig = Field(default_factory=SimulatedProviderConfig)
+
+    @field_validator("base_url")
+    @classmethod
+    def _a_usable_url(cls, value: str | None) -> str | None:
+        problem = base_url_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from scheduler.config._base import Complexity, FieldProblem, FrozenModel, PriorityClass, TaskType
 from scheduler.config._budgets import Limits
+from scheduler.config._provider import base_url_problem
 
 #: A client key's name becomes its task id: the same characters, and not a folder name.
 _KEY_NAME = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$"
@@ -96,6 +97,14 @@ class ServeConfig(FrozenModel):
     #: under the same name starts it again from its totals).  ``0`` or unset = never.
     group_idle_s: float | None = Field(default=900.0, ge=0, allow_inf_nan=False)
     keys: tuple[ServeKey, ...] = ()
+
+    @field_validator("upstream_base_url")
+    @classmethod
+    def _a_usable_url(cls, value: str | None) -> str | None:
+        problem = base_url_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServeConfig:

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scheduler.config import Limits, ServeConfig, ServeKey, TaskSpec
+from scheduler.config import Limits, ServeConfig, ServeKey, TaskSpec, api_key_problem
 from scheduler.core import ConfigError
 
 
@@ -91,13 +91,8 @@ class KeyRing:
         raise ConfigError("key", name, f"no [[serve.keys]] entry has this name (keys: {names})")
 
 
-def key_problem(value: str) -> str | None:
-    """Why ``value`` cannot be an API key, which travels in an HTTP header, or None: a
-    space, line break or control character (a key read from a file keeps its newline)
-    would make every request carrying it fail, so it is refused at start."""
-    if all("!" <= ch <= "~" for ch in value):
-        return None
-    return "its value holds a space, line break or other character no HTTP header carries"
+#: Why a value cannot be an API key (the same check as ``run``'s provider key).
+key_problem = api_key_problem
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

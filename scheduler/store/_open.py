@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scheduler.config import DistributedConfig
+from scheduler.config import DistributedConfig, sqlite_file
 from scheduler.core import ConfigError, resolve_object
 from scheduler.store._base import Store
 from scheduler.store._memory import MemoryStore
@@ -12,15 +12,19 @@ from scheduler.store._sqlite import SqliteStore
 
 
 def open_store(
-    name: str, state_dir: Path, *, distributed: DistributedConfig | None = None
+    name: str, state_dir: Path, *, distributed: DistributedConfig | None = None,
+    replay_spool: bool = True,
 ) -> Store:
     """Build (not yet open) the store named ``name``.
 
-    ``"sqlite"`` (default: ``<state_dir>/vibe.db``), ``"sqlite:///path.db"`` (its
+    ``"sqlite"`` (default: ``<state_dir>/vibe.db``), ``"sqlite:///abs/path.db"`` (the
+    absolute path after ``sqlite://``, see :func:`scheduler.config.sqlite_file`; its
     shared budget holds lapse after ``distributed.hold_ttl_s``),
     ``"memory"``, ``"redis://host:port/db[?namespace=name]"`` (configured by
     ``distributed``, spooling to ``<state_dir>/redis-spool.jsonl`` while Redis is
-    down), or ``"module:Class"`` (called with no arguments).
+    down), or ``"module:Class"`` (called with no arguments).  ``replay_spool=False``
+    for a reader beside a running orchestrator (``status``): the Redis spool in
+    ``state_dir`` is that orchestrator's to replay.
     """
     if name == "memory":
         return MemoryStore()
@@ -28,8 +32,8 @@ def open_store(
     hold_ttl_s = (distributed or DistributedConfig()).hold_ttl_s
     if name == "sqlite":
         return SqliteStore(state_dir / "vibe.db", hold_ttl_s=hold_ttl_s)
-    if name.startswith("sqlite:///"):
-        return SqliteStore(Path(name.removeprefix("sqlite:///")), hold_ttl_s=hold_ttl_s)
+    if (db := sqlite_file(name)) is not None:
+        return SqliteStore(db, hold_ttl_s=hold_ttl_s)
     if name.startswith(("redis://", "rediss://", "unix://")):
         try:
             from scheduler.store._redis import RedisStore
@@ -37,7 +41,7 @@ def open_store(
             raise ConfigError("store", name, f"Redis backend unavailable: {exc}") from exc
         cfg = distributed or DistributedConfig()
         spool = cfg.spool_path or state_dir / "redis-spool.jsonl"
-        store: Store = RedisStore(name, config=cfg, spool_path=spool)
+        store: Store = RedisStore(name, config=cfg, spool_path=spool, replay=replay_spool)
         return store
     factory = resolve_object(name, field="store", builtins={}, group="vibe_engine.stores")
     if not isinstance(factory, type):

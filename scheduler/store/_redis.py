@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
 
 from scheduler.config import DistributedConfig
 from scheduler.core import (
@@ -50,32 +50,14 @@ from scheduler.core import (
 )
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, RECORDED, check_event, scopes_of
 from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
-from scheduler.store._redis_conn import DOWN, RedisConnection
+from scheduler.store._redis_conn import DOWN, RedisConnection, replay_lock
+from scheduler.store._redis_conn import RedisStoreStatistics as RedisStoreStatistics
+from scheduler.store._redis_conn import split_namespace as split_namespace
 from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
 from scheduler.store._redis_slices import RedisSlices
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
 _log = get_logger("vibe_engine.store.redis")
-@dataclass(frozen=True, slots=True)
-class RedisStoreStatistics:
-    """What :meth:`RedisStore.statistics` reports."""
-
-    namespace: str
-    connected: bool
-    failure_mode: str
-    spooled_writes: int
-    replayed_writes: int
-    fail_open_tokens_used: int
-    fail_open_cost_used: float
-
-
-def split_namespace(url: str) -> tuple[str, str | None]:
-    """Remove a ``namespace=`` query parameter from a Redis URL."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    ns = next((v for k, v in query if k == "namespace"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "namespace"])
-    return urlunsplit(parts._replace(query=rest)), ns
 
 
 class RedisStore:
@@ -84,6 +66,7 @@ class RedisStore:
     ``url`` is ``redis://host:port/db`` (optionally ``?namespace=name``);
     ``namespace`` overrides it, else ``config.namespace``.  ``now_ms`` replaces
     the Redis server's clock in the scripts (tests with a virtual clock).
+    ``replay=False``: never replay the spool, only count it in totals (a reader).
     """
 
     def __init__(
@@ -94,6 +77,7 @@ class RedisStore:
         config: DistributedConfig | None = None,
         spool_path: str | Path | None = None,
         now_ms: Callable[[], int] | None = None,
+        replay: bool = True,
     ) -> None:
         self.url, url_ns = split_namespace(url)
         self.config = config or DistributedConfig()
@@ -108,6 +92,9 @@ class RedisStore:
         )
         self._slices = RedisSlices(self._link, self.key, self._now_arg, self._mark_up)
         self._replayed = 0
+        self._draining = anyio.Lock()
+        #: False for a reader (``status``) beside the orchestrator that owns the spool.
+        self._replays = replay
         self._local_tokens = 0
         self._local_cost = 0.0
 
@@ -166,9 +153,21 @@ class RedisStore:
             await self._link.script("settle_open", keys, (*args, close, self.prefix)))
 
     async def _drain(self) -> None:
-        """Replay spooled writes in order until the spool is empty or Redis fails."""
-        if not len(self.spool):
+        """Replay spooled writes in order until the spool is empty or Redis fails.
+
+        Single-flight, here and across processes (:func:`replay_lock`): two replays would
+        each drop the entries they read, so the second would drop writes spooled meanwhile
+        (and replay state writes twice).  A waiter skips Redis if it just failed."""
+        if not len(self.spool) or not self._replays:
             return
+        waited = self._draining.locked()
+        async with self._draining:
+            if len(self.spool) and not (waited and self._link.backing_off()):
+                with replay_lock(self.spool.path) as mine:
+                    if mine:
+                        await self._replay()
+
+    async def _replay(self) -> None:
         entries = self.spool.read()
         done = 0
         try:
@@ -183,7 +182,7 @@ class RedisStore:
         except DOWN as exc:
             self._link.mark_down(exc)
         finally:
-            if done:
+            if done:  # only the entries read: any spooled since stay, behind them
                 self.spool.drop_first(done)
                 self._replayed += done
                 _log.info("redis_spool_replayed", namespace=self.namespace, writes=done,
@@ -264,14 +263,21 @@ class RedisStore:
     async def totals_with_version(self, scope: str) -> tuple[Totals, int]:
         """:meth:`totals` and their version (see :meth:`commit`): the spooled usage
         replayed first, or added while it cannot be (recorded, like SQLite's)."""
-        if len(self.spool) and not self._link.backing_off():
+        if not len(self.spool) and not self._draining.locked():
+            return await self._totals_now(scope, ())
+        if not self._link.backing_off():
             await self._drain()
+        async with self._draining:  # a replay drops its entries once they are in Redis
+            return await self._totals_now(scope, self.spool.read() if len(self.spool) else ())
+
+    async def _totals_now(self, scope: str, spooled: Sequence[SpooledEvent | SpooledState],
+                          ) -> tuple[Totals, int]:
         try:
             h = cast(dict[str, str], await self._link.client.hgetall(self.key("tot", scope)))
         except DOWN as exc:
             raise self._link.unavailable("totals", exc) from exc
         totals = totals_from_hash(h)
-        for entry in self.spool.read() if len(self.spool) else ():
+        for entry in spooled:
             if isinstance(entry, SpooledEvent) and scope in scopes_of(entry.event):
                 totals.add(entry.event)  # its version is known once replayed
         return totals, int(h.get("version", 0))

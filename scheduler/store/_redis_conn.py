@@ -15,8 +15,14 @@ is unreachable" — the pool exhausted, credentials refused — are raised as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -99,7 +105,8 @@ class RedisConnection:
             for name, src in SCRIPTS.items():
                 self._shas[name] = await self.client.script_load(src)
         except DOWN as exc:
-            raise StoreUnavailableError(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise StoreUnavailableError(
+                f"cannot reach Redis at {redacted(self.url)}: {exc}") from exc
         self._up = True
 
     async def aclose(self) -> None:
@@ -145,3 +152,59 @@ class RedisConnection:
         """Mark Redis down and build the error to raise for the failed ``what``."""
         self.mark_down(exc)
         return StoreUnavailableError(f"Redis unreachable ({what}): {exc}")
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (user part or ``?password=``), for a message."""
+    parts = urlsplit(url)
+    if parts.password is None and "password=" not in parts.query:
+        return url
+    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = f"{parts.username}:" if parts.username else ":"
+        netloc = f"{user}***@{netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+
+
+def split_namespace(url: str) -> tuple[str, str | None]:
+    """Remove a ``namespace=`` query parameter from a Redis URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    ns = next((v for k, v in query if k == "namespace"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "namespace"])
+    return urlunsplit(parts._replace(query=rest)), ns
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStoreStatistics:
+    """What :meth:`RedisStore.statistics` reports."""
+
+    namespace: str
+    connected: bool
+    failure_mode: str
+    spooled_writes: int
+    replayed_writes: int
+    fail_open_tokens_used: int
+    fail_open_cost_used: float
+
+
+@contextlib.contextmanager
+def replay_lock(spool: Path) -> Iterator[bool]:
+    """Whether this process may replay ``spool`` now: ``False`` while another process
+    replays it (a ``spool_path`` shared by mistake, a crashed run's spool opened twice);
+    two replays would each drop the entries they replayed, losing what came after."""
+    try:
+        fd = os.open(spool.with_name(spool.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield True  # no lock to take where the spool lives: replay as before
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing drops the flock
