@@ -348,9 +348,11 @@ class Gateway:
             if reservation.active:
                 with shield():
                     await self.tracker.release(reservation)
+        signals = task.signals
         if crossings:
             await self.signal(task, crossings)
-        else:  # the usual case: no coroutine to make and await
+        elif (self.alerts.flagged or signals.alert_level != "ok" or signals.prefer_cheaper
+              or signals.aggressive):  # else mirrored already (most calls): nothing to do
             self.mirror(task)
         return completion
 

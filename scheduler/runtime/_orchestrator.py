@@ -44,7 +44,7 @@ from scheduler.runtime._recovery import announce_charged, leave
 from scheduler.runtime._report import RunReport, build_report, forgotten_outcomes, stored_result
 from scheduler.runtime._retry import next_attempt, retry_after_failure
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
-from scheduler.runtime._spawn import Spawner, task_group
+from scheduler.runtime._spawn import Spawner, shield, task_group
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
@@ -320,7 +320,7 @@ class Orchestrator:
                         cancelled = True  # aborted (R5.7): only shielded awaits from here on
                     finally:
                         handle.cancel_scope = None
-                    with anyio.CancelScope(shield=True):
+                    with shield():
                         await self.parts.on_release(handle)
                     again = next_attempt(handle, cancelled, self.bus, self.config.deadlock)
                     if again and scope.cancel_called:
@@ -332,7 +332,7 @@ class Orchestrator:
             finally:
                 if not requeued:
                     self._ended(handle)
-                    with anyio.CancelScope(shield=True):
+                    with shield():
                         await self._endings.record(handle)  # maybe by another task
 
     def _spawner(self) -> Spawner:
