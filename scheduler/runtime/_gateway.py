@@ -316,15 +316,14 @@ class Gateway:
             request = attempt_request(  # made once leased: a waiting call holds none
                 self.config, task, route, messages, system, context, tools, call)
             started = self._clock()
-            in_call = self._in_call  # renewed while the call runs (R5.4, keep_leases)
-            in_call[lease.id] = lease
+            self._in_call[lease.id] = lease  # renewed while the call runs (R5.4)
             try:
                 try:  # :meth:`call`, whose frame only a per-call limit needs
                     completion = await (self.call(task, request, started)
                                         if task.profile.limits.call_time_s
                                         else self.provider.complete(request))
                 finally:
-                    in_call.pop(lease.id, None)
+                    self._in_call.pop(lease.id, None)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))
