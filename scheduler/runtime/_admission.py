@@ -49,7 +49,8 @@ class Admission:
         self._mirror = mirror
         #: Awaited before a paused task waits for a decision: it gives back its leases (R3.4).
         self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
-        #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`).
+        #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`); the
+        #: gateway's attempt adds and removes its lease here itself (see :meth:`call_started`).
         self._in_call: dict[str, Lease] = {}
         #: Admitted reservations with a shared budget hold (Redis), until their call ends:
         #: :meth:`keep_holds` renews them while the call waits for its lease and runs.

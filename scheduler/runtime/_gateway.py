@@ -24,14 +24,7 @@ import anyio
 
 from policies.complexity import TaskInfo
 from scheduler.allocator import Allocator, Lease
-from scheduler.budget import (
-    Crossing,
-    Estimate,
-    Reservation,
-    ScopeState,
-    TokenCounter,
-    Tracker,
-)
+from scheduler.budget import Crossing, Estimate, Reservation, ScopeState, TokenCounter, Tracker
 from scheduler.config import VibeConfig
 from scheduler.control import AlertRuntime, PauseController
 from scheduler.core import (
@@ -67,8 +60,9 @@ from scheduler.runtime._call import (
     attempt_request,
     output_limits,
 )
-from scheduler.runtime._quality import QualityScorer
+from scheduler.runtime._quality import NoScorer, QualityScorer
 from scheduler.runtime._requests import check_request
+from scheduler.runtime._spawn import shield
 from scheduler.runtime._tiers import cheaper, next_fallback, over_budget
 from scheduler.tasks import TaskHandle
 
@@ -76,14 +70,6 @@ from scheduler.tasks import TaskHandle
 AttemptFn = Callable[..., Awaitable[Completion]]
 #: The lease step, ``(task, tokens, reservation) -> Lease``.
 LeaseFn = Callable[..., Awaitable[Lease]]
-
-
-class _NoScorer:
-    """The null scorer (``routing.quality_scorer = "none"``): answers stay unscored."""
-
-    async def score(self, task: TaskHandle, messages: list[Message],
-                    completion: Completion) -> float | None:
-        return None
 
 
 class Gateway:
@@ -119,7 +105,7 @@ class Gateway:
                                    controller=controller, signal=self.signal,
                                    mirror=self.mirror)
         #: R4.3: scores answers the provider did not score (``routing.quality_scorer``).
-        self.scorer: QualityScorer = _NoScorer()
+        self.scorer: QualityScorer = NoScorer()
         #: Called with every settled model call's usage event (observers, metrics).
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
         self._clock = clock
@@ -130,6 +116,10 @@ class Gateway:
         #: The attempt and lease steps as called; :meth:`instrument` wraps them.
         self._attempt: AttemptFn = self._complete_on
         self._lease: LeaseFn = self.admission.lease
+        # the admission's records an attempt keeps itself, without a method call each
+        # (what Admission.call_started, call_ended and ended do)
+        self._in_call = self.admission._in_call
+        self._holds = self.admission._holds
 
     def instrument(self, *, attempt: Callable[[AttemptFn], AttemptFn] | None = None,
                    lease: Callable[[LeaseFn], LeaseFn] | None = None) -> None:
@@ -174,7 +164,8 @@ class Gateway:
             task, messages, system, context, tools, max_tokens, model, stream, hints,
             options, on_text, passthrough)
         try:  # the first try in line: a call waiting for its lease holds no fallback frame
-            completion = await self._on(route, call)
+            completion = await self._attempt(task, route, messages, system, context, tools,
+                                             call)  # :meth:`_on`, without its call
         except (OverloadedError, ProviderTimeoutError) as exc:
             if not (model is None or self.config.routing.explicit_model_fallback
                     or call.hints.get("allow_fallback")):
@@ -183,7 +174,7 @@ class Gateway:
         if model is None and passthrough is None:  # R4.3 corrections apply to routed
             # calls only, and not to forwarded ones: their answer reached the client already
             completion = await self._corrected(call, route, completion, hints, need, info)
-        if checkpoint is not None:
+        if checkpoint is not None and task.signals.checkpoint_requested:  # R3.3, seldom
             await checkpoint.checkpoint_if_requested()
         return completion
 
@@ -219,7 +210,7 @@ class Gateway:
                 scopes = None  # a wait may have passed midnight
         max_tokens, out = output_limits(task, max_tokens, opts)
         raw = self.counter.count_prompt(messages, system=system, context=context, tools=tools)
-        need = out + self.counter.calibrated_tokens(self.router.catalog.strongest, raw)
+        need = out + self.counter.calibrated_tokens(self.router.catalog.tiers[-1], raw)
         call = Call(max_tokens, out, stream, dict(hints) if hints else NO_HINTS, opts, on_text,
                     passthrough, task, messages, system, context, tools, raw)
         # nothing was charged since the replanner's last reading (no wait in between)
@@ -312,49 +303,55 @@ class Gateway:
         if self._count_api:
             est = await self.count_api(attempt_request(
                 self.config, task, route, messages, system, context, tools, call), est)
-        cost = self.estimated_cost(route.model, est.calibrated, call.out)
+        prompt, out = est.calibrated, call.out
         reservation = await self.admission.admit(
-            task, route.model, est.calibrated + call.out, cost,
-            prompt_tokens=est.calibrated, completion_tokens=call.out)
+            task, route.model, prompt + out,
+            self._prices.cost(self.config, route.model, prompt, out),  # estimated_cost
+            prompt_tokens=prompt, completion_tokens=out)
         lease: Lease | None = None
         try:
-            lease = await self._lease(task, est.calibrated + call.out, reservation)
-            await self.tracker.open_call(reservation, prompt_tokens=est.calibrated,
-                                         output_tokens=call.out)  # durable before the call
+            lease = await self._lease(task, prompt + out, reservation)
+            await self.tracker.open_call(reservation, prompt_tokens=prompt,
+                                         output_tokens=out)  # durable before the call
             request = attempt_request(  # made once leased: a waiting call holds none
                 self.config, task, route, messages, system, context, tools, call)
             started = self._clock()
-            self.admission.call_started(lease)  # renewed while the call runs (R5.4)
+            self._in_call[lease.id] = lease  # renewed while the call runs (R5.4)
             try:
-                try:
-                    completion = await self.call(task, request, started)
+                try:  # :meth:`call`, whose frame only a per-call limit needs
+                    completion = await (self.call(task, request, started)
+                                        if task.profile.limits.call_time_s
+                                        else self.provider.complete(request))
                 finally:
-                    self.admission.call_ended(lease)
+                    self._in_call.pop(lease.id, None)
             except ProviderError as exc:
                 self.health.record_call(route.model, False, self._clock() - started,
                                         error_kind_of(exc))
                 if exc.usage is not None:  # failed, but consumed tokens (a dropped stream)
                     partial = Completion("", exc.usage, route.model, stop_reason="error")
-                    with anyio.CancelScope(shield=True):  # paid: recorded even if cancelled
+                    with shield():  # paid: recorded even if cancelled
                         crossings = await self.settle(
                             task, route.model, partial, est, reservation, lease)
                     await self.signal(task, crossings)
                 raise
             self.health.record_call(route.model, True, self._clock() - started,
                                     retries=completion.attempts - 1)
-            with anyio.CancelScope(shield=True):  # the provider answered: the usage is paid
+            with shield():  # the provider answered: the usage is paid
                 crossings = await self.settle(task, route.model, completion, est, reservation,
                                               lease)
         finally:
-            self.admission.ended(reservation)
+            if self._holds:  # Admission.ended: only a shared budget hold is kept there
+                self._holds.pop(id(reservation), None)
             if lease is not None and lease.active:
                 self.allocator.release(lease.id)  # the call failed or was cancelled
             if reservation.active:
-                with anyio.CancelScope(shield=True):
+                with shield():
                     await self.tracker.release(reservation)
+        signals = task.signals
         if crossings:
             await self.signal(task, crossings)
-        else:  # the usual case: no coroutine to make and await
+        elif (self.alerts.flagged or signals.alert_level != "ok" or signals.prefer_cheaper
+              or signals.aggressive):  # else mirrored already (most calls): nothing to do
             self.mirror(task)
         return completion
 
@@ -380,10 +377,12 @@ class Gateway:
         if info is None:
             info = task_info(task, hints) if hints else self.router.info(task)
         decision = self.router.choose(info, fraction, over_budget=over)  # info.priority
-        down = cheaper(task, self.router.catalog.tiers, self.health.usable, over,
-                       decision.model, decision.downgraded)
-        if down is not None:
-            return self._routes.lowered(decision, *down)
+        signals = task.signals
+        if signals.aggressive or signals.prefer_cheaper:  # a budget alert: maybe cheaper
+            down = cheaper(task, self.router.catalog.tiers, self.health.usable, over,
+                           decision.model, decision.downgraded)
+            if down is not None:
+                return self._routes.lowered(decision, *down)
         return self._routes.of(decision)  # the usual call: the router's decision as it is
 
     def _next_fallback(self, task: TaskHandle, model: str, skip: list[str]) -> str | None:

@@ -44,7 +44,7 @@ from scheduler.runtime._recovery import announce_charged, leave
 from scheduler.runtime._report import RunReport, build_report, forgotten_outcomes, stored_result
 from scheduler.runtime._retry import next_attempt, retry_after_failure
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
-from scheduler.runtime._spawn import Spawner, task_group
+from scheduler.runtime._spawn import Spawner, shield, task_group
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
@@ -59,6 +59,14 @@ def _default_context_factory(orch: Orchestrator, handle: TaskHandle) -> AgentCon
         task=handle, gateway=orch.gateway, store=orch.store, wait_for=orch.wait_for,
         locks=orch.locks,  # the workspace path made on first use (most agents never ask)
     )
+
+
+def _running(handle: TaskHandle, scope: anyio.CancelScope) -> None:
+    """An attempt of ``handle`` begins, cancelled through ``scope``."""
+    handle.status = TaskStatus.RUNNING
+    handle.started_at = anyio.current_time()
+    handle.abort = None
+    handle.cancel_scope = scope
 
 
 class Orchestrator:
@@ -269,7 +277,10 @@ class Orchestrator:
     async def _run_task(self, scope: anyio.CancelScope, handle: TaskHandle,
                         begun: bool = False) -> None:
         """Run the task's attempts until one ends it; its end is recorded whatever happens.
-        The attempts loop in this frame: thousands of agents wait inside an attempt.
+        Each attempt -- the agent's run under the task's time budget or, when replanning
+        breaks the task down before or during it (R6.2), its parts in its place -- runs in
+        this frame: thousands of agents wait inside one, and every resumption of a waiting
+        call passes through each frame above it.
 
         ``scope`` is the task's one cancel scope, entered here (the run cancels the task
         through it, an abort or the time budget end the attempt through it): a cancelled
@@ -283,12 +294,25 @@ class Orchestrator:
                 factory = self.agents[handle.spec.agent]
                 again = True
                 while again:
-                    handle.status = TaskStatus.RUNNING
-                    handle.started_at = anyio.current_time()
-                    handle.abort = None
-                    handle.cancel_scope = scope
+                    _running(handle, scope)
                     try:
-                        await self._attempt(handle, factory)
+                        try:  # the attempt (parts are not split again)
+                            agent = factory()
+                            split = await self._replan(handle, agent, not handle.split_from)
+                            if split is None:
+                                ctx = self._context_factory(self, handle)
+                                try:
+                                    with self._deadline(handle):
+                                        handle.result = await agent.run(ctx)
+                                except BreakDownRequested as exc:  # its model degraded
+                                    split = await self._replan(handle, agent, True) or exc.decision
+                            if split is not None:
+                                handle.result = await self._run_parts(handle, split, agent)
+                            # kept with the task, or the task fails
+                            handle.stored_result = encode_result(handle.id, handle.result)
+                            handle.status = TaskStatus.COMPLETED
+                        except Exception as exc:
+                            self._attempt_failed(handle, exc)
                         cancelled = False
                     except anyio.get_cancelled_exc_class():
                         if handle.abort is None:
@@ -296,7 +320,7 @@ class Orchestrator:
                         cancelled = True  # aborted (R5.7): only shielded awaits from here on
                     finally:
                         handle.cancel_scope = None
-                    with anyio.CancelScope(shield=True):
+                    with shield():
                         await self.parts.on_release(handle)
                     again = next_attempt(handle, cancelled, self.bus, self.config.deadlock)
                     if again and scope.cancel_called:
@@ -308,7 +332,7 @@ class Orchestrator:
             finally:
                 if not requeued:
                     self._ended(handle)
-                    with anyio.CancelScope(shield=True):
+                    with shield():
                         await self._endings.record(handle)  # maybe by another task
 
     def _spawner(self) -> Spawner:
@@ -340,28 +364,6 @@ class Orchestrator:
         abort, handle.abort = handle.abort, None
         if scope.cancelled_caught and abort is not None:
             raise TaskAbortedError(handle.id, f"{abort.reason} while waiting for its dependencies")
-
-    async def _attempt(self, handle: TaskHandle, factory: AgentFactory) -> None:
-        """One attempt: the agent's run under the task's time budget -- or, when replanning
-        breaks the task down before or during it (R6.2), its parts in its place.  In one
-        frame: thousands of agents wait for their turn inside it."""
-        try:
-            agent = factory()
-            split = await self._replan(handle, agent, not handle.split_from)  # parts: not again
-            if split is None:
-                ctx = self._context_factory(self, handle)
-                try:
-                    with self._deadline(handle):
-                        handle.result = await agent.run(ctx)
-                except BreakDownRequested as exc:  # its model degraded mid-task
-                    split = await self._replan(handle, agent, True) or exc.decision
-            if split is not None:
-                handle.result = await self._run_parts(handle, split, agent)
-            # kept with the task, or the task fails
-            handle.stored_result = encode_result(handle.id, handle.result)
-            handle.status = TaskStatus.COMPLETED
-        except Exception as exc:
-            self._attempt_failed(handle, exc)
 
     def _replan(self, handle: TaskHandle, agent: Any,
                 allow_break_down: bool) -> Awaitable[BreakDown | None]:

@@ -54,6 +54,14 @@ class QualityScorer(Protocol):
     ) -> float | None: ...
 
 
+class NoScorer:
+    """The null scorer (``routing.quality_scorer = "none"``): answers stay unscored."""
+
+    async def score(self, task: TaskHandle, messages: list[Message],
+                    completion: Completion) -> float | None:
+        return None
+
+
 class Completer(Protocol):
     """What a judge calls through: the governed path (the gateway) and its router."""
 

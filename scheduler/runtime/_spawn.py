@@ -103,6 +103,15 @@ class _TaskScope(_AsyncioCancelScope):
 _MEMBER_SLOTS = {"_child_scopes", "_tasks"} <= set(getattr(_AsyncioCancelScope, "__slots__", ()))
 
 
+def shield() -> anyio.CancelScope:
+    """``anyio.CancelScope(shield=True)``: on asyncio made as anyio's asyncio backend makes
+    it, without anyio's look-up of the running backend (every settled model call enters
+    one)."""
+    if asyncio._get_running_loop() is not None:
+        return _AsyncioCancelScope(shield=True)
+    return anyio.CancelScope(shield=True)
+
+
 def _task_scope() -> anyio.CancelScope:
     return _TaskScope() if _MEMBER_SLOTS else anyio.CancelScope()
 

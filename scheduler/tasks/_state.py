@@ -83,6 +83,12 @@ class TaskHandle:
     #: (a run of 10,000 tasks holds no event per task that nobody waits for).
     _done: anyio.Event | None = field(default=None, init=False, repr=False)
     _ended: bool = field(default=False, init=False, repr=False)
+    #: ``spec.id``, an attribute: the path of every model call reads it several times,
+    #: and a task's id never changes (a spec replaced on the handle keeps its id).
+    id: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.id = self.spec.id
 
     @property
     def done(self) -> anyio.Event:
@@ -98,10 +104,6 @@ class TaskHandle:
         self._ended = True
         if self._done is not None:
             self._done.set()
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
 
     @property
     def priority(self) -> int:
