@@ -318,11 +318,13 @@ class Tracker:
             event_id = f"{self.session_id}:{self._run}:{task_id}:{self._seq}"
             reservation.event_id = event_id
         # what its records name besides its id: agent, task type, the task whose per-day
-        # budget its use counts toward; empty for a task not started here
+        # budget its use counts toward; empty for a task not started here.  Its day is
+        # the one that admitted it (its usage counts there): midnight may have passed
+        # while it waited for a lease
         entry = self._scopes.tasks.get(task_id)
         reservation.durable = True
         return self._open_calls.open(
-            event_id, task_id, self.session_id, self._scopes.today_key(),
+            event_id, task_id, self.session_id, reservation.scopes[-1][4:],  # ``.day``
             "" if entry is None else entry.agent,
             "" if entry is None else entry.profile.task_type, reservation.model,
             prompt_tokens, output_tokens, reservation.cost_usd,
