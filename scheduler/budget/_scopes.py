@@ -74,12 +74,10 @@ class Scopes:
         clock: Callable[[], float],
     ) -> None:
         self._store = store
-        #: The store's read of a scope's totals with their version (Redis; see
-        #: :meth:`ScopeState.load`), or None.
+        #: The store's read of a scope's totals with their version (Redis), or None.
         self._read_versioned = getattr(store, "totals_with_version", None)
         self._config = config
         self._session_id = session_id
-        self._wall = wall
         #: The wall clock's date; ``today()`` when it has one (cheaper than ``now()``).
         self._wall_today: Callable[[], date] = getattr(wall, "today", None) or (
             lambda: wall.now().date())
@@ -88,8 +86,7 @@ class Scopes:
             wall, "day_window", None)
         #: The latest day :meth:`today` answered, or the store says the fleet reached.
         self._latest = date.min
-        #: What :meth:`today` answered last, and the :data:`wall_seconds` it answers so
-        #: for (none but with a ``day_window``): asked several times per governed call.
+        #: What :meth:`today` answered last, and the :data:`wall_seconds` it holds for.
         self._today, self._today_key = date.min, ""
         self._today_from = self._today_to = 0.0
         self._clock = clock
@@ -220,6 +217,9 @@ class Scopes:
         await self.ensure_day(when)
         if event.day_scope and event.task_id in self.tasks:
             await self.ensure_task_day(event.day_scope, when)
+
+    def checked_day(self) -> str:  # the ISO date of a check just made (:meth:`of_task`)
+        return self._last_day_state.name[4:] if self._last_day else self.today_key()
 
     def ready_today(self, task_id: str) -> bool:
         """Whether today's totals were read for ``task_id``: the day's, and its per-day

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,18 @@ class Remaining:
     avg_tokens_per_action: float
 
 
+@dataclass(frozen=True, slots=True)
+class OpsHeld:
+    """Counts :meth:`Tracker.hold_ops` holds: call it to let them go.  ``day`` (ISO date):
+    the day whose budget admitted them, which their charge counts toward (R1.3)."""
+
+    release: Callable[[], None]
+    day: str
+
+    def __call__(self) -> None:
+        self.release()
+
+
 class Tracker:
     """Charges usage to task ⊂ session ⊂ day and answers budget questions."""
 
@@ -97,6 +109,13 @@ class Tracker:
         #: A model call's :meth:`check` and :meth:`reserve` in one pass, when no wait is
         #: needed (see :meth:`Reservations.reserve_now`); None: use :meth:`reserve_shared`.
         self.reserve_now = self._reservations.reserve_now
+        #: :meth:`reserve`, across processes too on a ``BudgetLedger`` (``Reservations``').
+        self.reserve_shared = self._reservations.reserve_shared
+        #: Hold an overdraft's reservation in the shared scopes of a ``BudgetLedger``
+        #: within ``grace`` per scope (see :meth:`Reservations.hold_over`).
+        self.hold_over = self._reservations.hold_over
+        #: Keep a reservation's shared hold alive while its call waits (False: expired).
+        self.renew_hold = self._reservations.renew_hold
         self._files = UsageFiles(state_dir, session_id=session_id, wall=self.wall, clock=clock,
                                  interval_s=usage_json_interval_s)
         # the wall clock's reading for an event: without the time-zone lookup when it can
@@ -256,25 +275,17 @@ class Tracker:
         )
 
     def hold_ops(self, task_id: str, *, file_edits: int = 0, shell_commands: int = 0,
-                 dangerous_commands: int = 0) -> Callable[[], None]:
+                 dangerous_commands: int = 0) -> OpsHeld:
         """Check and hold an operation's counts; call the result to let them go (see
         :meth:`Reservations.hold_ops`; :meth:`charge` does when given it)."""
-        return self._reservations.hold_ops(task_id, file_edits=file_edits,
-                                           shell_commands=shell_commands,
-                                           dangerous_commands=dangerous_commands)
+        release = self._reservations.hold_ops(task_id, file_edits=file_edits,
+                                              shell_commands=shell_commands,
+                                              dangerous_commands=dangerous_commands)
+        return OpsHeld(release, self._scopes.checked_day())
 
     def reserve(self, task_id: str, *, model: str, tokens: int, cost_usd: float) -> Reservation:
         """Check, then hold ``tokens``/``cost_usd`` against every scope until charged."""
         return self._reservations.reserve(task_id, model=model, tokens=tokens, cost_usd=cost_usd)
-
-    def reserve_shared(
-        self, task_id: str, *, model: str, tokens: int, cost_usd: float, checked: bool = False,
-    ) -> Awaitable[Reservation]:
-        """:meth:`reserve`, and across processes when the store is a ``BudgetLedger``
-        (see :meth:`Reservations.reserve_shared`; ``checked``: the caller checked these
-        amounts just now)."""
-        return self._reservations.reserve_shared(
-            task_id, model=model, tokens=tokens, cost_usd=cost_usd, checked=checked)
 
     def reserve_over(self, task_id: str, *, model: str, tokens: int,
                      cost_usd: float) -> Reservation:
@@ -283,17 +294,6 @@ class Tracker:
         it across processes."""
         return self._reservations.reserve(task_id, model=model, tokens=tokens,
                                           cost_usd=cost_usd, checked=True)
-
-    def hold_over(self, reservation: Reservation,
-                  grace: Mapping[str, tuple[int, float]]) -> Awaitable[None]:
-        """Hold an overdraft's reservation in the shared scopes of a ``BudgetLedger``
-        within ``grace`` per scope (see :meth:`Reservations.hold_over`)."""
-        return self._reservations.hold_over(reservation, grace)
-
-    async def renew_hold(self, reservation: Reservation) -> bool:
-        """Keep the reservation's shared hold alive while its call waits (``True`` without
-        one); ``False`` when the hold already expired."""
-        return await self._reservations.renew_hold(reservation)
 
     async def release(self, reservation: Reservation) -> None:
         """:meth:`cancel`, also releasing the shared hold (a dropped hold expires anyway)
@@ -318,11 +318,12 @@ class Tracker:
             event_id = f"{self.session_id}:{self._run}:{task_id}:{self._seq}"
             reservation.event_id = event_id
         # what its records name besides its id: agent, task type, the task whose per-day
-        # budget its use counts toward; empty for a task not started here
+        # budget its use counts toward (empty for a task not started here), and the day
+        # that admitted it, not today: midnight may have passed while it waited for a lease
         entry = self._scopes.tasks.get(task_id)
         reservation.durable = True
         return self._open_calls.open(
-            event_id, task_id, self.session_id, self._scopes.today_key(),
+            event_id, task_id, self.session_id, reservation.scopes[-1][4:],  # ``.day``
             "" if entry is None else entry.agent,
             "" if entry is None else entry.profile.task_type, reservation.model,
             prompt_tokens, output_tokens, reservation.cost_usd,
@@ -366,10 +367,13 @@ class Tracker:
 
     async def charge(
         self, event: UsageEvent, reservation: Reservation | None = None, *,
-        ops_held: Callable[[], None] | None = None,
+        ops_held: OpsHeld | Callable[[], None] | None = None,
     ) -> list[Crossing]:
         """Record ``event`` durably, add it to every scope, return new threshold crossings.
-        ``ops_held`` (from :meth:`hold_ops`) is let go as the counts are added."""
+        ``ops_held`` (from :meth:`hold_ops`) is let go as the counts are added, and the
+        event counts toward the day that admitted them (an operation may end after it)."""
+        if isinstance(ops_held, OpsHeld) and ops_held.day != event.day:
+            event = replace(event, day=ops_held.day)
         # the call's open_call record goes with its event, in one transaction where the
         # store can (else after it: a crash between keeps the call charged)
         close = None
@@ -431,10 +435,9 @@ class Tracker:
     async def flush_usage(self) -> None:
         """The service that keeps running tasks' ``usage.json`` at most one interval
         behind their charges: every ``usage_json_interval_s``, the dirty files in one
-        worker-thread hop (see ``_usage_files``) -- or, when a flush took longer than a
-        twentieth of that, twenty times as long as it took after it: with thousands of
-        tasks (or a slow disk) rewriting files never takes more than about 5 % of the
-        time.  Runs until cancelled."""
+        worker-thread hop (see ``_usage_files``) -- or, after a flush that took longer than
+        a twentieth of that, twenty times as long as it took (with thousands of tasks or a
+        slow disk, files take at most about 5 % of the time).  Runs until cancelled."""
         wait = self._files.interval_s
         while True:
             await anyio.sleep(wait)

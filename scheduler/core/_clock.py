@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from asyncio import _get_running_loop
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
+from math import floor
+from time import localtime
 from time import monotonic as _monotonic  # noqa: TID251 -- asyncio's loop clock itself
 from time import time as _epoch  # noqa: TID251 -- the wall clock's own reading
 from time import time_ns as _epoch_ns  # the same reading, in nanoseconds
@@ -91,13 +93,35 @@ class SystemWallClock:
         """The local date at epoch seconds ``now`` (``now`` is the wall clock's reading)."""
         if self._day_from <= now < self._day_to:
             return self._day
-        day = datetime.fromtimestamp(now).date()
-        midnight = datetime(day.year, day.month, day.day)
-        self._day = day
-        # a naive datetime's astimezone() takes it as local time: the bounds follow DST
-        self._day_from = min(midnight.astimezone().timestamp(), now)
-        self._day_to = max((midnight + timedelta(days=1)).astimezone().timestamp(), now)
+        second = floor(now)  # as ``datetime.now()``: the reading's microseconds cut, not rounded
+        local = localtime(second)
+        offset = local.tm_gmtoff
+        # the day's bounds at this UTC offset, cut where the offset changes: a local
+        # midnight a DST change skips (00:00 -> 01:00) or repeats (a fall back at 00:01)
+        # does not bound the day, nor the hour before it
+        start = second - (local.tm_hour * 3600 + local.tm_min * 60 + local.tm_sec)
+        end = start + 86400
+        if localtime(start).tm_gmtoff != offset:
+            start = _offset_change(start, second, offset)
+        if localtime(end - 1).tm_gmtoff != offset:
+            end = _offset_change(second, end - 1, offset)
+        self._day = day = date(local.tm_year, local.tm_mon, local.tm_mday)
+        self._day_from, self._day_to = float(start), float(end)
         return day
+
+
+def _offset_change(lo: int, hi: int, offset: int) -> int:
+    """The second between ``lo`` and ``hi`` where the local UTC offset turns from or to
+    ``offset`` (the one of the end that has it), by halving: a time-zone change is at a
+    whole second, at most one a day."""
+    at_lo = localtime(lo).tm_gmtoff == offset
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if (localtime(mid).tm_gmtoff == offset) == at_lo:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 class FixedWallClock:
