@@ -148,6 +148,24 @@ class Admission:
         hold is renewed meanwhile by :meth:`keep_holds`."""
         return self.allocator.acquire(task.id, tokens=tokens)
 
+    async def lease_again(self, task: TaskHandle, tokens: int, reservation: Reservation,
+                          error: LeaseError) -> Lease:
+        """The provider lease of a call whose wait :meth:`lease` ended in ``error``.
+
+        A pause of the task (another of its calls at a limit) gives back its leases and
+        withdraws its waits, this call's too: admitted before the pause, its budget held,
+        the call waits for the decision like the one that paused, then for its turn again
+        (``finish`` raises) -- it does not fail (R3.4).  ``error`` is raised again when the
+        task is not paused (a crash, a deadlock's victim).  Not in :meth:`lease`: a call
+        waiting for its turn holds no frame of this step (thousands may wait)."""
+        while self.controller.is_paused(task.id):
+            await self.pause_point(task)
+            try:
+                return await self.lease(task, tokens, reservation)
+            except LeaseError as again:
+                error = again
+        raise error
+
     def ended(self, reservation: Reservation) -> None:
         """The call of ``reservation`` ended (settled, failed or cancelled): its shared
         hold, if any, is no longer renewed."""
