@@ -31,8 +31,6 @@ class _Commands:
         return "ok"
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="AgentContext.charge_ops drops its crossings (runtime/_context.py)")
 @pytest.mark.parametrize(("dimension", "agent"), [("file_edits", _Edits),
                                                   ("shell_commands", _Commands)])
 def test_r3_1_operation_thresholds_fire_once_each(tmp_path: Path, dimension: str,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
-import pytest
 
 from agents import AgentContext
 from scheduler import TaskSpec
@@ -52,8 +51,6 @@ class _Gathered:
         return ",".join(sorted(outcomes))
 
 
-@pytest.mark.xfail(strict=True, reason="needs Gateway._complete_on to call "
-                   "Admission.lease_again on a LeaseError (runtime/_gateway.py)")
 def test_r3_4_a_pause_does_not_fail_the_tasks_calls_admitted_before_it(
         tmp_path: Path) -> None:
     async def main() -> str:

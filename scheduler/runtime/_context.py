@@ -279,7 +279,9 @@ class AgentContext:
             self.task.id, file_edits=file_edits, shell_commands=shell_commands,
             dangerous_commands=dangerous_commands,
         )
-        await self.tracker.charge(event, ops_held=held)
+        crossings = await self.tracker.charge(event, ops_held=held)
+        if crossings:  # R3.1: the operation budgets' alerts, as a call's
+            await self.gateway.signal(self.handle, crossings)
 
     async def wait_for(self, task_id: str) -> Any:
         """Wait for another task's result (a wait-for edge while waiting)."""

@@ -104,6 +104,10 @@ class Gateway:
         self.admission = Admission(config=config, tracker=tracker, allocator=allocator,
                                    controller=controller, signal=self.signal,
                                    mirror=self.mirror)
+        #: R3.4 for operation budgets (:meth:`Admission.admit_ops`); a safe point where a
+        #: pending pause takes effect (R3.6).
+        self.admit_ops = self.admission.admit_ops
+        self.pause_point = self.admission.pause_point
         #: R4.3: scores answers the provider did not score (``routing.quality_scorer``).
         self.scorer: QualityScorer = NoScorer()
         #: Called with every settled model call's usage event (observers, metrics).
@@ -310,7 +314,10 @@ class Gateway:
             prompt_tokens=prompt, completion_tokens=out)
         lease: Lease | None = None
         try:
-            lease = await self._lease(task, prompt + out, reservation)
+            try:
+                lease = await self._lease(task, prompt + out, reservation)
+            except LeaseError as exc:  # the task paused meanwhile: waits for the decision
+                lease = await self.admission.lease_again(task, prompt + out, reservation, exc)
             await self.tracker.open_call(reservation, prompt_tokens=prompt,
                                          output_tokens=out)  # durable before the call
             request = attempt_request(  # made once leased: a waiting call holds none
@@ -325,14 +332,7 @@ class Gateway:
                 finally:
                     self._in_call.pop(lease.id, None)
             except ProviderError as exc:
-                self.health.record_call(route.model, False, self._clock() - started,
-                                        error_kind_of(exc))
-                if exc.usage is not None:  # failed, but consumed tokens (a dropped stream)
-                    partial = Completion("", exc.usage, route.model, stop_reason="error")
-                    with shield():  # paid: recorded even if cancelled
-                        crossings = await self.settle(
-                            task, route.model, partial, est, reservation, lease)
-                    await self.signal(task, crossings)
+                await self._failed(task, route.model, exc, started, est, reservation, lease)
                 raise
             self.health.record_call(route.model, True, self._clock() - started,
                                     retries=completion.attempts - 1)
@@ -354,6 +354,16 @@ class Gateway:
               or signals.aggressive):  # else mirrored already (most calls): nothing to do
             self.mirror(task)
         return completion
+
+    async def _failed(self, task: TaskHandle, model: str, exc: ProviderError, started: float,
+                      est: Estimate, reservation: Reservation, lease: Lease) -> None:
+        """A failed attempt: model health, and the usage it consumed (a dropped stream)."""
+        self.health.record_call(model, False, self._clock() - started, error_kind_of(exc))
+        if exc.usage is not None:
+            partial = Completion("", exc.usage, model, stop_reason="error")
+            with shield():  # paid: recorded even if cancelled
+                crossings = await self.settle(task, model, partial, est, reservation, lease)
+            await self.signal(task, crossings)
 
     # 1 route -------------------------------------------------------------------------
     def route(
@@ -406,18 +416,6 @@ class Gateway:
     def estimated_cost(self, model: str, prompt_tokens: int, max_tokens: int) -> float:
         """``cost_usd`` of a call's estimate, from per-token prices read once per config."""
         return self._prices.cost(self.config, model, prompt_tokens, max_tokens)
-
-    # 3 admit (operations) ------------------------------------------------------------
-    def admit_ops(self, task: TaskHandle, *, file_edits: int = 0, shell_commands: int = 0,
-                  dangerous_commands: int = 0) -> Awaitable[Callable[[], None]]:
-        """R3.4 for operation budgets (see :meth:`Admission.admit_ops`)."""
-        return self.admission.admit_ops(task, file_edits=file_edits,
-                                        shell_commands=shell_commands,
-                                        dangerous_commands=dangerous_commands)
-
-    async def pause_point(self, task: TaskHandle) -> None:
-        """A safe point where a pending pause takes effect (R3.6)."""
-        await self.admission.pause_point(task)
 
     # 5 call --------------------------------------------------------------------------
     async def call(self, task: TaskHandle, request: CompletionRequest,
