@@ -189,3 +189,53 @@ async def test_r2_6_two_processes_on_one_spool_do_not_replay_it_at_once(
         assert (await b.totals("session:s1")).tokens == 4 * 162
         await a.aclose()
         await b.aclose()
+
+
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_r2_6_a_reader_beside_another_process_replaying_counts_each_event_once(
+    redis_ns: str, tmp_path: Path,
+) -> None:
+    """``status`` or ``report`` (a store that never replays) reading totals while the
+    run's process is half way through replaying the spool they share: e1 is in Redis and
+    still in the spool (a replay drops its entries at its end), so reading both counted
+    it twice.  The reader waits for the replay, then counts each spooled event once."""
+    cfg = DistributedConfig(socket_timeout_s=0.5)
+    spool = tmp_path / "sp"
+    with closing(TcpProxy()) as proxy:
+        a = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=spool)
+        await a.open()
+        proxy.cut()
+        for n in (1, 2, 3):
+            await a.record(ev(n))
+        proxy.restore()
+        reader = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=spool,
+                            replay=False)
+        await reader.open()
+        gate, second = anyio.Event(), anyio.Event()
+        script, calls = a._link.script, 0
+
+        async def held_script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # e1 is in Redis, not yet dropped from the spool
+                second.set()
+                await gate.wait()
+            return await script(name, keys, args)
+
+        a._link.script = held_script  # type: ignore[method-assign]
+        seen: list[int] = []
+
+        async def read() -> None:
+            seen.append((await reader.totals("session:s1")).tokens)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.flush)
+            await second.wait()
+            tg.start_soon(read)
+            await anyio.sleep(0.05)
+            gate.set()
+        a._link.script = script  # type: ignore[method-assign]
+        assert seen == [3 * 162]
+        assert spool.read_text() == "" and (await reader.totals("session:s1")).tokens == 3 * 162
+        await a.aclose()
+        await reader.aclose()
