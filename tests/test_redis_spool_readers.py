@@ -83,8 +83,8 @@ def test_r2_6_run_and_resume_read_sessions_leaving_the_redis_spool_alone(
     spool there (an orchestrator may be running in it, about to refuse the new run) would
     drop entries under that orchestrator, and a write it spooled meanwhile with them."""
     from scheduler.cli._sessions import check_new_session, resumable_config
-    from scheduler.core import SessionError
     from scheduler.config import config_from_dict
+    from scheduler.core import SessionError
     from tests._redis_helpers import REDIS_URL
 
     state = tmp_path / "st"
