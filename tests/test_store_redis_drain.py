@@ -189,3 +189,4 @@ async def test_r2_6_two_processes_on_one_spool_do_not_replay_it_at_once(
         assert (await b.totals("session:s1")).tokens == 4 * 162
         await a.aclose()
         await b.aclose()
+

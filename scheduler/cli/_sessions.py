@@ -31,7 +31,8 @@ def exit_code(report: RunReport) -> int:
 
 async def _sessions(store_kind: str, state_dir: Path,
                     distributed: DistributedConfig | None = None) -> list[SessionRecord]:
-    store = open_store(store_kind, state_dir, distributed=distributed)
+    # read as ``status`` reads (see :func:`_recorded`): the run resumed replays the spool
+    store = open_store(store_kind, state_dir, distributed=distributed, replay_spool=False)
     await store.open()
     try:
         here = str(await anyio.Path(state_dir).resolve())
@@ -41,8 +42,11 @@ async def _sessions(store_kind: str, state_dir: Path,
 
 
 async def _recorded(config: VibeConfig, sid: str) -> SessionRecord | None:
-    """The store's record of session ``sid``, whichever state directory ran it."""
-    store = open_store(config.store, config.state_dir, distributed=config.distributed)
+    """The store's record of session ``sid``, whichever state directory ran it: read as
+    ``status`` reads, leaving the Redis spool to the orchestrator whose state directory
+    it is (one may be running there; ``run`` refuses to start beside it later)."""
+    store = open_store(config.store, config.state_dir, distributed=config.distributed,
+                       replay_spool=False)
     await store.open()
     try:
         found = await store.get_state("session", sid)

@@ -50,7 +50,7 @@ from scheduler.core import (
 )
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, RECORDED, check_event, scopes_of
 from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
-from scheduler.store._redis_conn import DOWN, RedisConnection, replay_lock
+from scheduler.store._redis_conn import DOWN, RedisConnection, replay_lock, spool_read_lock
 from scheduler.store._redis_conn import RedisStoreStatistics as RedisStoreStatistics
 from scheduler.store._redis_conn import split_namespace as split_namespace
 from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
@@ -163,7 +163,7 @@ class RedisStore:
         waited = self._draining.locked()
         async with self._draining:
             if len(self.spool) and not (waited and self._link.backing_off()):
-                with replay_lock(self.spool.path) as mine:
+                async with replay_lock(self.spool.path) as mine:
                     if mine:
                         await self._replay()
 
@@ -267,7 +267,7 @@ class RedisStore:
             return await self._totals_now(scope, ())
         if not self._link.backing_off():
             await self._drain()
-        async with self._draining:  # a replay drops its entries once they are in Redis
+        async with self._draining, spool_read_lock(self.spool.path):  # no replay half done
             return await self._totals_now(scope, self.spool.read() if len(self.spool) else ())
 
     async def _totals_now(self, scope: str, spooled: Sequence[SpooledEvent | SpooledState],

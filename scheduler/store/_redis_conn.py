@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,22 +189,51 @@ class RedisStoreStatistics:
     fail_open_cost_used: float
 
 
-@contextlib.contextmanager
-def replay_lock(spool: Path) -> Iterator[bool]:
+#: How long a replay waits for a reader's look at the spool (a Redis read and a file read:
+#: milliseconds) before leaving the spool to whoever holds it, and how long a reader
+#: waits for a replay under way (then reads as it stands: a process stopped mid-replay).
+_LOCK_WAITS = (0.1, 30.0)
+
+
+@contextlib.asynccontextmanager
+async def replay_lock(spool: Path) -> AsyncIterator[bool]:
     """Whether this process may replay ``spool`` now: ``False`` while another process
     replays it (a ``spool_path`` shared by mistake, a crashed run's spool opened twice);
     two replays would each drop the entries they replayed, losing what came after."""
+    async with _spool_lock(spool, fcntl.LOCK_EX, _LOCK_WAITS[0]) as mine:
+        yield mine
+
+
+@contextlib.asynccontextmanager
+async def spool_read_lock(spool: Path) -> AsyncIterator[bool]:
+    """Held while Redis's totals and ``spool`` are read together: a replay in another
+    process (the run beside ``status``) has entries in Redis that it drops from the spool
+    only at its end, so a read in between would count them twice."""
+    async with _spool_lock(spool, fcntl.LOCK_SH, _LOCK_WAITS[1]) as held:
+        yield held
+
+
+@contextlib.asynccontextmanager
+async def _spool_lock(spool: Path, mode: int, wait_s: float) -> AsyncIterator[bool]:
+    """``flock`` ``mode`` on the file beside ``spool``, tried for ``wait_s`` (the event
+    loop runs meanwhile); whether it is held.  Where no lock file can be made: held."""
     try:
         fd = os.open(spool.with_name(spool.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
-        yield True  # no lock to take where the spool lives: replay as before
+        yield True  # no lock to take where the spool lives: as if none were needed
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
+        deadline = anyio.current_time() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except OSError:
+                if anyio.current_time() >= deadline:
+                    break
+                await anyio.sleep(0.01)
+                continue
+            yield True
             return
-        yield True
+        yield False
     finally:
         os.close(fd)  # closing drops the flock
