@@ -328,3 +328,40 @@ budget = {{ tokens = 500 }}
     again = _cli("run", str(config), "--no-live")
     assert again.returncode == 2
     assert again.stderr.count("\n") == 1 and "vibe-engine resume nightly" in again.stderr
+
+
+def test_r7_2_a_session_begun_before_ids_were_checked_still_resumes(tmp_path: Path) -> None:
+    """A session id a config may no longer name (``nightly run``: ids take a task id's
+    characters now) was valid when its session began: ``resume`` continues it under that
+    id rather than refusing the stored config."""
+    import tomllib
+
+    import anyio
+
+    from agents import discover_agents, make_provider
+    from scheduler import VibeConfig
+    from scheduler.runtime import Orchestrator
+
+    state = tmp_path / "st"
+    text = f"""
+state_dir = "{state}"
+alerts = {{ decision_timeout_s = 0.5 }}
+[provider.simulated]
+time_scale = 0.01
+failure_rate = {{ haiku = 0.0, sonnet = 0.0, opus = 0.0 }}
+[[tasks]]
+id = "tight"
+agent = "steps"
+prompt = "Fix the crash in the parser"
+budget = {{ tokens = 500 }}
+"""
+    with pytest.raises(ValueError, match="session_id"):
+        VibeConfig.model_validate({**tomllib.loads(text), "session_id": "nightly run"})
+    config = VibeConfig.model_validate({**tomllib.loads(text), "session_id": "nightly run"},
+                                       context={"resuming": True})
+    orch = Orchestrator(config, provider=make_provider(config), agents=discover_agents())
+    anyio.run(orch.run)
+    resumed = _cli("resume", "nightly run", "--state-dir", str(state), "--no-live",
+                   "--log-level", "warning")
+    assert resumed.returncode == 1, resumed.stderr  # tight stopped on its budget again
+    assert "session_id" not in resumed.stderr

@@ -100,5 +100,6 @@ def resumable_config(state_dir: Path, store: str, session_id: str | None) -> Vib
             raise SessionError(f"no interrupted session in {state_dir}; `vibe-engine run "
                                "CONFIG` starts a new one", state_dir=str(state_dir))
         record = open_[-1]
-    return VibeConfig.model_validate(
-        {**record.config, "session_id": record.session_id, "state_dir": str(state_dir)})
+    return VibeConfig.model_validate(  # an id from before ids were checked resumes too
+        {**record.config, "session_id": record.session_id, "state_dir": str(state_dir)},
+        context={"resuming": True})

@@ -11,10 +11,11 @@ assembles them into :class:`VibeConfig` and re-exports them, so both
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from scheduler.config._base import (
     PRIORITY_VALUES,
@@ -73,6 +74,7 @@ __all__ = [
 #: A task id names the task's folder (``tasks/<id>/``, ``workspace/<id>/``): it must be a
 #: file name (255 bytes on common file systems) with room for suffixes.
 MAX_TASK_ID = 128
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 #: The sets of field names specs were given, one object per distinct set (see
 #: ``TaskSpec.model_post_init``); at most one per combination of TaskSpec's fields.
 _FIELDS_SET: dict[frozenset[str], set[str]] = {}
@@ -142,8 +144,7 @@ class VibeConfig(FrozenModel):
     state_dir: Path = Path(".vibe-engine")
     store: str = "sqlite"
     #: A task id's characters: it is shown in status, logs and the ``resume`` line.
-    session_id: str | None = Field(default=None, min_length=1, max_length=MAX_TASK_ID,
-                                   pattern=r"^[A-Za-z0-9_.\-]+$")
+    session_id: str | None = Field(default=None, min_length=1, max_length=MAX_TASK_ID)
     seed: int = 0
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     task_types: dict[TaskType, TaskTypeSpec] = Field(default_factory=default_task_types)
@@ -164,6 +165,15 @@ class VibeConfig(FrozenModel):
     shell: ShellConfig = Field(default_factory=ShellConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     tasks: tuple[TaskSpec, ...] = ()
+
+    @field_validator("session_id")
+    @classmethod
+    def _session_id_chars(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # a session begun before ids were checked is resumed under the id it has
+        if value is None or _SESSION_ID.fullmatch(value) or (info.context or {}).get(
+                "resuming"):
+            return value
+        raise ValueError("use a task id's characters: letters, digits, '_', '.', '-'")
 
     @field_validator("state_dir", mode="before")
     @classmethod

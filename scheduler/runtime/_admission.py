@@ -49,8 +49,9 @@ class Admission:
         self._mirror = mirror
         #: Awaited before a paused task waits for a decision: it gives back its leases (R3.4).
         self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
-        #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`); the
-        #: gateway's attempt adds and removes its lease here itself (see :meth:`call_started`).
+        #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`): the
+        #: gateway's attempt adds and removes its lease here itself, so neither dict is
+        #: ever rebound.
         self._in_call: dict[str, Lease] = {}
         #: Admitted reservations with a shared budget hold (Redis), until their call ends:
         #: :meth:`keep_holds` renews them while the call waits for its lease and runs.
@@ -165,19 +166,6 @@ class Admission:
             except LeaseError as again:
                 error = again
         raise error
-
-    def ended(self, reservation: Reservation) -> None:
-        """The call of ``reservation`` ended (settled, failed or cancelled): its shared
-        hold, if any, is no longer renewed."""
-        self._holds.pop(id(reservation), None)
-
-    def call_started(self, lease: Lease) -> None:
-        """Mark ``lease`` as held by a call in flight, until :meth:`call_ended`:
-        :meth:`keep_leases` renews it."""
-        self._in_call[lease.id] = lease
-
-    def call_ended(self, lease: Lease) -> None:
-        self._in_call.pop(lease.id, None)
 
     async def keep_leases(self) -> None:
         """The service that renews every lease whose call is still running, every third of

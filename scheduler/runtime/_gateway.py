@@ -120,8 +120,8 @@ class Gateway:
         #: The attempt and lease steps as called; :meth:`instrument` wraps them.
         self._attempt: AttemptFn = self._complete_on
         self._lease: LeaseFn = self.admission.lease
-        # the admission's records an attempt keeps itself, without a method call each
-        # (what Admission.call_started, call_ended and ended do)
+        # the admission's records an attempt keeps itself, without a method call each:
+        # its lease while its call is in flight, its shared hold until it ends
         self._in_call = self.admission._in_call
         self._holds = self.admission._holds
 
