@@ -242,6 +242,14 @@ class SqliteStore:
         if not len(self.spool) or self._draining:
             return
         self._draining = True
+        try:
+            with self.spool.replaying() as mine:  # else another process on the file does
+                if mine:
+                    await self._replay(wait=wait)
+        finally:
+            self._draining = False
+
+    async def _replay(self, *, wait: bool) -> None:
         done = 0
         try:
             entries = self.spool.read()
@@ -255,14 +263,13 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.path}: {exc}") from exc
         finally:
-            self._draining = False
             if done:
                 self.spool.drop_first(done)
                 _log.info("sqlite_spool_replayed", path=str(self.path), writes=done,
                           pending=len(self.spool))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if len(self.spool):
+        if self.spool.pending():  # another process's spooled writes too
             await self._drain(wait=False)
         try:
             return await self._run(fn)
@@ -290,7 +297,7 @@ class SqliteStore:
                                mark: dict[str, Any]) -> bool:
         """See ``store.charge_open_call``: one transaction, never spooled."""
         check_event(estimate)
-        if len(self.spool):
+        if self.spool.pending():
             await self._drain(wait=True)  # spooled writes first: a settle among them
             if len(self.spool):
                 raise StoreError(f"SQLite store {self.path} is locked; {key} not charged")
@@ -365,7 +372,7 @@ class SqliteStore:
         file exactly one writes it.  Never spooled (see ``store.put_state_if_absent``):
         raises :class:`StoreError` while the database stays locked."""
         text = _encode_sorted(value)
-        if len(self.spool):
+        if self.spool.pending():
             await self._drain(wait=True)  # spooled writes first, in order
             if len(self.spool):
                 raise StoreError(f"SQLite store {self.path} is locked; cannot claim {key}")
@@ -421,12 +428,12 @@ class SqliteStore:
         ``StoreUnavailableError`` while the file stays locked (fail-closed).  The group
         commit's own coroutine, no frame more: every waiting call has one at its start."""
         if not holds.limited(limits):  # no limit to check: nothing to hold, nor a write
-            return _unheld(Hold(hold_id, (), model, tokens, cost_usd, {}, {}))
+            return holds.unheld(Hold(hold_id, (), model, tokens, cost_usd, {}, {}))
         return self.hold_group.submit(holds.HoldRequest(hold_id, limits, model, tokens,
                                                         cost_usd))
 
     async def _commit_holds(self, requests: list[holds.HoldRequest]) -> list[Hold | Exception]:
-        if len(self.spool):  # spooled usage first: the checks must see it
+        if self.spool.pending():  # spooled usage first (any process's): checks see it
             await self._drain(wait=True)
         if len(self.spool):
             raise StoreUnavailableError(f"SQLite store {self.path} is locked; no new holds")
@@ -447,7 +454,7 @@ class SqliteStore:
         """Record ``event`` and end ``hold`` in one transaction (spooled with it while
         the file is locked); ``False`` for a repeated event, whose hold ends all the same."""
         check_event(event)
-        return bool(await self.group.submit((SpooledEvent(event, _held(hold)),)))
+        return bool(await self.group.submit((SpooledEvent(event, holds.held_id(hold)),)))
 
     async def settle_and_delete_state(self, event: UsageEvent, hold: Hold, kind: str,
                                       key: str) -> int:
@@ -455,7 +462,7 @@ class SqliteStore:
         ``store.record_and_delete_state``)."""
         check_event(event)
         return await self.group.submit(
-            (SpooledEvent(event, _held(hold)), SpooledState(kind, key, None))) or 0
+            (SpooledEvent(event, holds.held_id(hold)), SpooledState(kind, key, None))) or 0
 
     async def renew(self, hold: Hold) -> bool:
         """Push ``hold``'s expiry out by ``hold_ttl_s``; ``False`` once it had lapsed (or
@@ -480,15 +487,6 @@ class SqliteStore:
             _log.warning("sqlite_hold_not_released", path=str(self.path), error=str(exc))
             return
         self.checkpoints.committed()
-
-
-async def _unheld(hold: Hold) -> Hold:
-    return hold
-
-
-def _held(hold: Hold) -> str:
-    """The hold id an event ends ("" for a hold that wrote nothing: no limit to check)."""
-    return hold.hold_id if hold.scopes else ""
 
 
 def _firsts(writes: list[Write], done: list[int | None]) -> list[int | Exception | None]:
