@@ -107,3 +107,35 @@ def test_r1_5_a_store_sees_usage_another_process_spooled(tmp_path: Path) -> None
         return seen
 
     assert run_virtual(main) == [0, 40]
+
+
+def test_r1_5_a_spool_that_cannot_be_rewritten_fails_no_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R1.5: once spooled writes are replayed, a failure to rewrite the spool (a disk
+    full, a state directory gone read-only) fails no caller's write: the entries stay in
+    the spool, replayed again (idempotently) later, and every event counts once."""
+    db = tmp_path / "v.db"
+    real_drop = Spool.drop_first
+    failures = [OSError(28, "No space left on device")]
+
+    def drop_first(self: Spool, n: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_drop(self, n)
+
+    async def main() -> list[object]:
+        store = SqliteStore(db, retry_s=0.05)
+        await store.open()
+        lock = sqlite3.connect(db, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        assert await store.record(_event(1))
+        lock.execute("ROLLBACK")
+        lock.close()
+        monkeypatch.setattr(Spool, "drop_first", drop_first)
+        added = await store.record(_event(2))  # replays e1, whose spool stays
+        added3 = await store.record(_event(3))  # replays e1 again, then drops it
+        totals = (await store.totals(DAY)).prompt_tokens
+        await store.aclose()
+        return [added, added3, totals, len(Spool(store.spool.path))]
+
+    assert run_virtual(main) == [True, True, 30, 0]

@@ -49,7 +49,7 @@ import os
 import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from itertools import accumulate, chain
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +78,7 @@ from scheduler.store._sqlite_sql import (
     apply,
     busy,
     charge_open_call,
+    firsts,
     init_schema,
     open_call_row,
     open_calls_of,
@@ -218,7 +219,7 @@ class SqliteStore:
                 return await self._one_by_one(writes, exc)
             else:
                 self.checkpoints.committed()
-                return _firsts(writes, done)
+                return firsts(writes, done)
         await off_loop(self.spool.extend, entries)  # fsync-ed: off the loop
         _log.warning("sqlite_write_spooled", path=str(self.path), writes=len(entries),
                      pending=len(self.spool))
@@ -264,9 +265,19 @@ class SqliteStore:
             raise StoreError(f"SQLite store {self.path}: {exc}") from exc
         finally:
             if done:
-                self.spool.drop_first(done)
-                _log.info("sqlite_spool_replayed", path=str(self.path), writes=done,
-                          pending=len(self.spool))
+                self._dropped(done)
+
+    def _dropped(self, done: int) -> None:
+        """Forget the ``done`` spooled writes replayed; kept if the spool cannot be
+        rewritten (a full disk): replayed again later, idempotently, and no write fails."""
+        try:
+            self.spool.drop_first(done)
+        except OSError as exc:
+            _log.warning("sqlite_spool_not_dropped", path=str(self.spool.path),
+                         writes=done, error=str(exc))
+            return
+        _log.info("sqlite_spool_replayed", path=str(self.path), writes=done,
+                  pending=len(self.spool))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self.spool.pending():  # another process's spooled writes too
@@ -487,11 +498,3 @@ class SqliteStore:
             _log.warning("sqlite_hold_not_released", path=str(self.path), error=str(exc))
             return
         self.checkpoints.committed()
-
-
-def _firsts(writes: list[Write], done: list[int | None]) -> list[int | Exception | None]:
-    """Each write's outcome from ``apply``'s one per entry: its first entry's."""
-    if len(done) == len(writes):
-        return list(done)
-    # each write's first entry's index: the running sum of the writes' lengths
-    return list(map(done.__getitem__, accumulate(map(len, writes[:-1]), initial=0)))
