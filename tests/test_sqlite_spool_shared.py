@@ -4,11 +4,13 @@ nothing and stops none of them once replayed."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 from scheduler import Usage, UsageEvent
@@ -139,3 +141,39 @@ def test_r1_5_a_spool_that_cannot_be_rewritten_fails_no_write(
         return [added, added3, totals, len(Spool(store.spool.path))]
 
     assert run_virtual(main) == [True, True, 30, 0]
+
+
+def test_r1_5_two_processes_replaying_one_spool_lose_nothing(tmp_path: Path) -> None:
+    """R1.5: two processes on one file both start replaying the shared spool while the
+    file is still locked; a write spooled meanwhile is not dropped by the second replay
+    (each used to drop as many entries as it had read), and every event counts once."""
+    db = tmp_path / "v.db"
+
+    async def main() -> list[object]:
+        a, b = SqliteStore(db, retry_s=5.0), SqliteStore(db, retry_s=0.05)
+        await b.open()
+        lock = sqlite3.connect(db, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        assert await b.record(_event(1)) and await b.record(_event(2))
+        b.retry_s = 5.0
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.open)  # replays the spool it finds at its open
+            tg.start_soon(functools.partial(b._drain, wait=True))
+            await anyio.sleep(0.5)  # both wait for the lock now
+            b.spool.append(SpooledEvent(_event(3)))  # spooled while they replay
+            await anyio.sleep(0.5)
+            lock.execute("ROLLBACK")
+            lock.close()
+        await a.aclose()  # replays what is left
+        await b.aclose()
+        return [_event_ids(db), len(Spool(a.spool.path))]
+
+    assert run_virtual(main) == [["e1", "e2", "e3"], 0]
+
+
+def _event_ids(db: Path) -> list[str]:
+    con = sqlite3.connect(db)
+    try:
+        return [r[0] for r in con.execute("SELECT event_id FROM events ORDER BY event_id")]
+    finally:
+        con.close()
