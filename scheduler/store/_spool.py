@@ -9,11 +9,14 @@ writes are replayed in their original order (last write wins).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from scheduler.core import StoreError, UsageEvent, open_private, private_dir
 
@@ -60,16 +63,35 @@ def _decode(line: str) -> Entry | None:
 
 
 class Spool:
-    """Append-only JSON-lines file of pending writes, replayed in order."""
+    """Append-only JSON-lines file of pending writes, replayed in order.
+
+    Several processes may share one (every process on a SQLite file spools beside it):
+    an append and the rewrite that drops replayed entries hold the file's ``flock`` in
+    turn, so no append lands in a file being replaced; one process replays at a time
+    (:meth:`replaying`); and the entry count is read again once the file changed."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._count: int | None = None
+        #: The file (inode, size) the count is of: another process's change shows.
+        self._seen: tuple[int, int] = (0, 0)
 
     def __len__(self) -> int:
+        """The entries pending, as of this process's last look (see :meth:`pending`)."""
         if self._count is None:
             self._count = len(self.read())
         return self._count
+
+    def pending(self) -> int:
+        """The entries pending now, another process's appends and replays included."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._count, self._seen = 0, (0, 0)
+            return 0
+        if self._count is None or (st.st_ino, st.st_size) != self._seen:
+            self.read()
+        return len(self)
 
     def append(self, entry: Entry) -> None:
         self.extend([entry])
@@ -78,29 +100,81 @@ class Spool:
         """Append ``entries`` in order, fsync-ed once for all of them before returning."""
         try:
             private_dir(self.path.parent)
-            with open_private(self.path, append=True) as f:
+            with self._locked(append=True) as f:
+                before = os.fstat(f.fileno())
                 f.write("".join(_encode(e) + "\n" for e in entries))
                 f.flush()
                 os.fsync(f.fileno())
+                after = os.fstat(f.fileno())
         except OSError as exc:
             raise StoreError(f"cannot spool a write to {self.path}: {exc}") from exc
-        self._count = len(self) + len(entries)
+        if self._count is not None and (before.st_ino, before.st_size) == self._seen:
+            self._count += len(entries)
+            self._seen = (after.st_ino, after.st_size)
+        else:  # the file changed since this process last looked: counted when asked
+            self._count = None
 
     def read(self) -> list[Entry]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with open(self.path, encoding="utf-8") as f:
+                text = f.read()
+                st = os.fstat(f.fileno())
         except FileNotFoundError:
+            self._count, self._seen = 0, (0, 0)
             return []
         entries = (_decode(line) for line in text.splitlines() if line.strip())
-        return [e for e in entries if e is not None]
+        out = [e for e in entries if e is not None]
+        self._count, self._seen = len(out), (st.st_ino, st.st_size)
+        return out
 
     def drop_first(self, n: int) -> None:
-        """Forget the first ``n`` entries (they reached the store); atomic rewrite."""
-        rest = self.read()[n:]
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open_private(tmp) as f:
-            f.writelines(_encode(e) + "\n" for e in rest)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        self._count = len(rest)
+        """Forget the first ``n`` entries (they reached the store); atomic rewrite, the
+        file locked from its re-read to its replace (another process's append waits)."""
+        with self._locked(append=True):
+            rest = self.read()[n:]
+            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+            with open_private(tmp) as f:
+                f.writelines(_encode(e) + "\n" for e in rest)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        self.read()
+
+    @contextmanager
+    def replaying(self) -> Iterator[bool]:
+        """Whether this process may replay the spool now: ``False`` while another does
+        (two replays would each drop the entries they read: the second, writes spooled
+        meanwhile).  The lock file beside the spool is the Redis store's too."""
+        try:
+            fd = os.open(self.path.with_name(self.path.name + ".lock"),
+                         os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            yield True  # no lock to take where the spool lives: replay as before
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    @contextmanager
+    def _locked(self, *, append: bool) -> Iterator[IO[str]]:
+        """The spool file open for appending, under its ``flock``: the file at the path
+        once locked (a replace while waiting leaves the old one, its entries copied)."""
+        while True:
+            f = open_private(self.path, append=append)
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    yield f
+                    return
+            finally:
+                f.close()  # closing drops the flock

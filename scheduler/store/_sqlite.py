@@ -49,7 +49,7 @@ import os
 import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from itertools import accumulate, chain
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +78,7 @@ from scheduler.store._sqlite_sql import (
     apply,
     busy,
     charge_open_call,
+    firsts,
     init_schema,
     open_call_row,
     open_calls_of,
@@ -218,7 +219,7 @@ class SqliteStore:
                 return await self._one_by_one(writes, exc)
             else:
                 self.checkpoints.committed()
-                return _firsts(writes, done)
+                return firsts(writes, done)
         await off_loop(self.spool.extend, entries)  # fsync-ed: off the loop
         _log.warning("sqlite_write_spooled", path=str(self.path), writes=len(entries),
                      pending=len(self.spool))
@@ -242,6 +243,14 @@ class SqliteStore:
         if not len(self.spool) or self._draining:
             return
         self._draining = True
+        try:
+            with self.spool.replaying() as mine:  # else another process on the file does
+                if mine:
+                    await self._replay(wait=wait)
+        finally:
+            self._draining = False
+
+    async def _replay(self, *, wait: bool) -> None:
         done = 0
         try:
             entries = self.spool.read()
@@ -255,14 +264,23 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.path}: {exc}") from exc
         finally:
-            self._draining = False
             if done:
-                self.spool.drop_first(done)
-                _log.info("sqlite_spool_replayed", path=str(self.path), writes=done,
-                          pending=len(self.spool))
+                self._dropped(done)
+
+    def _dropped(self, done: int) -> None:
+        """Forget the ``done`` spooled writes replayed; kept if the spool cannot be
+        rewritten (a full disk): replayed again later, idempotently, and no write fails."""
+        try:
+            self.spool.drop_first(done)
+        except OSError as exc:
+            _log.warning("sqlite_spool_not_dropped", path=str(self.spool.path),
+                         writes=done, error=str(exc))
+            return
+        _log.info("sqlite_spool_replayed", path=str(self.path), writes=done,
+                  pending=len(self.spool))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if len(self.spool):
+        if self.spool.pending():  # another process's spooled writes too
             await self._drain(wait=False)
         try:
             return await self._run(fn)
@@ -290,7 +308,7 @@ class SqliteStore:
                                mark: dict[str, Any]) -> bool:
         """See ``store.charge_open_call``: one transaction, never spooled."""
         check_event(estimate)
-        if len(self.spool):
+        if self.spool.pending():
             await self._drain(wait=True)  # spooled writes first: a settle among them
             if len(self.spool):
                 raise StoreError(f"SQLite store {self.path} is locked; {key} not charged")
@@ -365,7 +383,7 @@ class SqliteStore:
         file exactly one writes it.  Never spooled (see ``store.put_state_if_absent``):
         raises :class:`StoreError` while the database stays locked."""
         text = _encode_sorted(value)
-        if len(self.spool):
+        if self.spool.pending():
             await self._drain(wait=True)  # spooled writes first, in order
             if len(self.spool):
                 raise StoreError(f"SQLite store {self.path} is locked; cannot claim {key}")
@@ -421,12 +439,12 @@ class SqliteStore:
         ``StoreUnavailableError`` while the file stays locked (fail-closed).  The group
         commit's own coroutine, no frame more: every waiting call has one at its start."""
         if not holds.limited(limits):  # no limit to check: nothing to hold, nor a write
-            return _unheld(Hold(hold_id, (), model, tokens, cost_usd, {}, {}))
+            return holds.unheld(Hold(hold_id, (), model, tokens, cost_usd, {}, {}))
         return self.hold_group.submit(holds.HoldRequest(hold_id, limits, model, tokens,
                                                         cost_usd))
 
     async def _commit_holds(self, requests: list[holds.HoldRequest]) -> list[Hold | Exception]:
-        if len(self.spool):  # spooled usage first: the checks must see it
+        if self.spool.pending():  # spooled usage first (any process's): checks see it
             await self._drain(wait=True)
         if len(self.spool):
             raise StoreUnavailableError(f"SQLite store {self.path} is locked; no new holds")
@@ -447,7 +465,7 @@ class SqliteStore:
         """Record ``event`` and end ``hold`` in one transaction (spooled with it while
         the file is locked); ``False`` for a repeated event, whose hold ends all the same."""
         check_event(event)
-        return bool(await self.group.submit((SpooledEvent(event, _held(hold)),)))
+        return bool(await self.group.submit((SpooledEvent(event, holds.held_id(hold)),)))
 
     async def settle_and_delete_state(self, event: UsageEvent, hold: Hold, kind: str,
                                       key: str) -> int:
@@ -455,7 +473,7 @@ class SqliteStore:
         ``store.record_and_delete_state``)."""
         check_event(event)
         return await self.group.submit(
-            (SpooledEvent(event, _held(hold)), SpooledState(kind, key, None))) or 0
+            (SpooledEvent(event, holds.held_id(hold)), SpooledState(kind, key, None))) or 0
 
     async def renew(self, hold: Hold) -> bool:
         """Push ``hold``'s expiry out by ``hold_ttl_s``; ``False`` once it had lapsed (or
@@ -480,20 +498,3 @@ class SqliteStore:
             _log.warning("sqlite_hold_not_released", path=str(self.path), error=str(exc))
             return
         self.checkpoints.committed()
-
-
-async def _unheld(hold: Hold) -> Hold:
-    return hold
-
-
-def _held(hold: Hold) -> str:
-    """The hold id an event ends ("" for a hold that wrote nothing: no limit to check)."""
-    return hold.hold_id if hold.scopes else ""
-
-
-def _firsts(writes: list[Write], done: list[int | None]) -> list[int | Exception | None]:
-    """Each write's outcome from ``apply``'s one per entry: its first entry's."""
-    if len(done) == len(writes):
-        return list(done)
-    # each write's first entry's index: the running sum of the writes' lengths
-    return list(map(done.__getitem__, accumulate(map(len, writes[:-1]), initial=0)))

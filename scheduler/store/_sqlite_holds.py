@@ -68,6 +68,15 @@ class Holder:
     now: Callable[[], float]
 
 
+async def unheld(hold: Hold) -> Hold:
+    return hold
+
+
+def held_id(hold: Hold) -> str:
+    """The hold id an event ends ("" for a hold that wrote nothing: no limit to check)."""
+    return hold.hold_id if hold.scopes else ""
+
+
 def limited(limits: tuple[ScopeLimit, ...]) -> bool:
     """Whether any scope has a limit a hold is checked against (else nothing to hold)."""
     return any(lim.tokens is not None or lim.model_tokens is not None

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import reduce
+from itertools import accumulate
 from operator import add
 from operator import is_ as _is
 from typing import Any
@@ -480,3 +481,12 @@ def row_to_event(r: tuple[Any, ...]) -> UsageEvent:
         usage=Usage(r[8], r[9], r[10], r[11], r[12]),
         cost_usd=r[13], file_edits=r[14], shell_commands=r[15], dangerous_commands=r[16],
     )
+
+
+def firsts(writes: list[Any], done: list[int | None]) -> list[int | Exception | None]:
+    """Each write's outcome (a write: a sequence of entries) from ``apply``'s one per
+    entry: its first entry's."""
+    if len(done) == len(writes):
+        return list(done)
+    # each write's first entry's index: the running sum of the writes' lengths
+    return list(map(done.__getitem__, accumulate(map(len, writes[:-1]), initial=0)))
