@@ -159,15 +159,14 @@ def test_r1_2_the_local_date_is_reused_within_its_day_and_never_across_midnight(
 
     at = [datetime(2026, 11, 27, 12, 0).timestamp()]
     monkeypatch.setattr(clock_module, "_epoch", lambda: at[0])
-    looked_up: list[float] = []
+    looked_up: list[float] = []  # one entry per time-zone lookup of a day's bounds
+    day_of = SystemWallClock._day_of
 
-    class Counting(datetime):
-        @classmethod
-        def fromtimestamp(cls, t: float, tz: Any = None) -> Any:
-            looked_up.append(t)
-            return datetime.fromtimestamp(t, tz)
+    def counting(self: SystemWallClock, now: float) -> date:
+        looked_up.append(now)
+        return day_of(self, now)
 
-    monkeypatch.setattr(clock_module, "datetime", Counting)
+    monkeypatch.setattr(SystemWallClock, "_day_of", counting)
     wall = SystemWallClock()
     assert {wall.today() for _ in range(12)} == {date(2026, 11, 27)}
     assert len(looked_up) == 1

@@ -166,11 +166,12 @@ class TwoEditsAfterMidnight:
 
 async def test_r1_2_first_charges_of_a_day_count_once(tmp_path: Path) -> None:
     """R1.2, R1.5 on SQLite: five file edits at 00:00:01, the first charges of Saturday,
-    each count once in the day's totals, so the second five fit Saturday's 10 with no
-    pause -- the day's totals read from the store after some of those edits were
-    recorded used to add them again (9 edits for 5) and paused tasks at the day budget."""
+    each count once in the day's totals, so the second five fit Saturday's 11 with no
+    pause (10 of 11 is past the critical threshold, not the limit) -- the day's totals
+    read from the store after some of those edits were recorded used to add them again
+    (9 edits for 5) and paused tasks at the day budget."""
     config = VibeConfig(state_dir=tmp_path, store="sqlite", session_id="s1",
-                        budgets={"day": Limits(file_edits=10)})
+                        budgets={"day": Limits(file_edits=11)})
     wall = LoopWallClock(datetime(2026, 11, 27, 23, 59, 58, tzinfo=UTC))
     orch = build_orchestrator({"a": TwoEditsAfterMidnight}, config=config, wall=wall)
     pauses, report = await _run_all(orch, "a", 5)
