@@ -203,3 +203,26 @@ def test_r2_1_the_sdk_sees_a_bad_request_error_for_a_bad_system(
                                system=bad)
     assert server.requests == 1
     client.close()
+
+
+def test_r7_2_a_slow_fault_never_sleeps_a_negative_delay(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """R7.2 (the fake API the tests and probes rely on): a ``slow`` fault whose deadline
+    passes between the loop's check and the sleep it computes answered a plain-text 500
+    (``anyio.sleep`` refuses a negative delay), which ``serve`` then relayed to clients
+    under load."""
+    import threading
+
+    import anyio
+
+    from agents.fake_api._model import FakeApiConfig, FakeState
+    from agents.fake_api._server import _Api
+
+    readings = iter([0.0, 0.05, 0.2, 0.2])  # end = 0.1; checked at 0.05; computed at 0.2
+    api = _Api(FakeState(FakeApiConfig()), threading.Event())
+
+    async def main() -> bool:
+        monkeypatch.setattr(anyio, "current_time", lambda: next(readings))
+        return await api._wait(0.1)
+
+    assert anyio.run(main) is True

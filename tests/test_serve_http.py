@@ -315,3 +315,28 @@ async def test_r21_upstream_dying_mid_stream_errors_the_client_and_settles_what_
             await client.close()
     assert (totals.prompt_tokens, totals.completion_tokens) == (21, 1)
     assert len(up.requests) == 1
+
+
+async def test_r7_2_an_upstream_error_not_in_the_api_shape_reaches_the_client_as_json(
+        tmp_path: Path) -> None:
+    """R7.2: a plain-text 500 (a crashed upstream, a proxy's page) was relayed as it came
+    under ``content-type: application/json``; the client now gets the API's error shape,
+    the upstream's own text in its message."""
+    async def plain_500(stream: ByteStream, n: int) -> bool:
+        await stream.send(b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain"
+                          b"\r\ncontent-length: 21\r\n\r\nInternal Server Error")
+        return True
+
+    async with upstream(plain_500) as up:
+        data = serve_config(tmp_path, up.url, [{"name": "alpha", "key_env": "VIBE_KEY_A"}])
+        async with serving(data) as run:
+            client = anthropic.AsyncAnthropic(api_key=CLIENT_KEYS["VIBE_KEY_A"],
+                                              base_url=run.url, max_retries=0)
+            with pytest.raises(anthropic.InternalServerError) as caught:
+                await client.messages.create(
+                    model="claude-haiku-4-5", max_tokens=16,
+                    messages=[{"role": "user", "content": "hi"}])
+            await client.close()
+    body = caught.value.response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert "answered 500: Internal Server Error" in body["error"]["message"]

@@ -158,7 +158,8 @@ class _Api:
         while anyio.current_time() < end:
             if self.stop.is_set():
                 return False
-            await anyio.sleep(min(0.05, end - anyio.current_time()))
+            # the clock moved on since the check: never a negative delay (a 500)
+            await anyio.sleep(max(0.0, min(0.05, end - anyio.current_time())))
         return not self.stop.is_set()
 
     # the Messages API ------------------------------------------------------------------

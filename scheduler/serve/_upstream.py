@@ -73,9 +73,29 @@ def error_body(kind: str, message: str) -> bytes:
     return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
 
 
+#: The API's error type of a status, for an upstream error body not in the API's shape.
+_KIND_OF = {400: "invalid_request_error", 401: "authentication_error",
+            403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+            429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+
+
+def api_shaped(status: int, body: bytes) -> bytes:
+    """An upstream error body a client can parse: the API's own JSON as it came; anything
+    else (a proxy's HTML page, a plain-text 500) in the API's error shape, its text kept."""
+    try:
+        if isinstance(json.loads(body), dict):
+            return body
+    except ValueError:  # not JSON (nor UTF-8)
+        pass
+    text = " ".join(body.decode("utf-8", "replace").split())[:200]
+    return error_body(_KIND_OF.get(status, "api_error"),
+                      f"the upstream API answered {status}: {text or '(no body)'}")
+
+
 def status_error(model: str, status: int, body: bytes,
                  headers: Mapping[str, str]) -> UpstreamError:
     relayed = {k: v for k, v in headers.items() if k.lower() in _RELAYED}
+    body = api_shaped(status, body)
     if status in (503, 529):
         return UpstreamOverloadedError(model, status, body, relayed)
     if status == 429:
