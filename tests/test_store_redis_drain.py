@@ -190,3 +190,36 @@ async def test_r2_6_two_processes_on_one_spool_do_not_replay_it_at_once(
         await a.aclose()
         await b.aclose()
 
+
+
+@pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
+async def test_r2_6_a_redis_spool_that_cannot_be_rewritten_fails_no_write(
+    redis_ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """R2.6: once Redis is back and the spool replayed, a failure to rewrite the spool (a
+    full disk) failed the write whose call replayed it; the entries now stay, replayed
+    again (idempotently) later, and every event counts once."""
+    from scheduler.store._spool import Spool
+
+    real_drop = Spool.drop_first
+    failures = [OSError(28, "No space left on device")]
+
+    def drop_first(self: Spool, n: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_drop(self, n)
+
+    with closing(TcpProxy()) as proxy:
+        s = RedisStore(proxy.url, namespace=redis_ns, config=DistributedConfig(
+            socket_timeout_s=0.5), spool_path=tmp_path / "sp")
+        await s.open()
+        proxy.cut()
+        assert await s.record(ev(1)) is True  # spooled
+        proxy.restore()
+        monkeypatch.setattr(Spool, "drop_first", drop_first)
+        assert await s.flush() == 1  # replayed, but its spool could not be rewritten
+        assert await s.record(ev(2)) is True
+        assert await s.flush() == 0  # replayed again, then dropped
+        assert [e.event_id for e in await s.events()] == ["e1", "e2"]
+        assert (await s.totals("session:s1")).tokens == 2 * 162
+        await s.aclose()

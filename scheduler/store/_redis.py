@@ -182,8 +182,7 @@ class RedisStore:
         except DOWN as exc:
             self._link.mark_down(exc)
         finally:
-            if done:  # only the entries read: any spooled since stay, behind them
-                self.spool.drop_first(done)
+            if done and self.spool.drop_replayed(done):  # those read; later ones stay
                 self._replayed += done
                 _log.info("redis_spool_replayed", namespace=self.namespace, writes=done,
                           pending=len(self.spool))

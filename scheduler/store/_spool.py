@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from scheduler.core import StoreError, UsageEvent, open_private, private_dir
+from scheduler.core import StoreError, UsageEvent, get_logger, open_private, private_dir
+
+_log = get_logger("vibe_engine.store.spool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,17 @@ class Spool:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         self.read()
+
+    def drop_replayed(self, n: int) -> bool:
+        """:meth:`drop_first` after a replay; the entries are kept when the spool cannot be
+        rewritten (a full disk): replayed again later, idempotently, rather than failing
+        the write whose call replayed them.  Whether they were dropped."""
+        try:
+            self.drop_first(n)
+        except OSError as exc:
+            _log.warning("spool_not_dropped", path=str(self.path), writes=n, error=str(exc))
+            return False
+        return True
 
     @contextmanager
     def replaying(self) -> Iterator[bool]:

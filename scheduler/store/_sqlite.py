@@ -270,11 +270,7 @@ class SqliteStore:
     def _dropped(self, done: int) -> None:
         """Forget the ``done`` spooled writes replayed; kept if the spool cannot be
         rewritten (a full disk): replayed again later, idempotently, and no write fails."""
-        try:
-            self.spool.drop_first(done)
-        except OSError as exc:
-            _log.warning("sqlite_spool_not_dropped", path=str(self.spool.path),
-                         writes=done, error=str(exc))
+        if not self.spool.drop_replayed(done):
             return
         _log.info("sqlite_spool_replayed", path=str(self.path), writes=done,
                   pending=len(self.spool))
