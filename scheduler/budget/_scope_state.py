@@ -142,19 +142,8 @@ class ScopeState:
 
     def max_fraction(self) -> float:
         """The largest used ÷ limit over the dimensions limited above 0 (0 when none is):
-        asked before every routed call and every status frame, so the totals are read
-        here, not through :meth:`used` per dimension."""
-        caps = self._caps if self._caps.limits is self.limits else self.caps_now()
-        worst, totals = 0.0, self.totals
-        for dim, lim in caps.counted:
-            used: float = getattr(totals, dim)
-            if used > worst * lim:
-                worst = used / lim
-        for _, model, lim in caps.models:
-            used = totals.tokens_by_model.get(model, 0)
-            if used > worst * lim:
-                worst = used / lim
-        return worst
+        asked before every status frame (see :func:`worst_fraction`)."""
+        return worst_fraction((self,))
 
     def limit(self, dimension: str) -> float | None:
         return self.caps_now().of.get(dimension)

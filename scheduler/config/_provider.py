@@ -141,6 +141,14 @@ def base_url_problem(value: str) -> str | None:
     return None
 
 
+def usable_url(value: str | None) -> str | None:
+    """``value`` when it is unset or a usable base URL; else the problem, raised."""
+    problem = base_url_problem(value) if value is not None else None
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 class ProviderConfig(FrozenModel):
     """Which provider serves model calls."""
 
@@ -158,10 +166,4 @@ class ProviderConfig(FrozenModel):
     count_tokens: Literal["tiktoken", "api"] = "tiktoken"
     simulated: SimulatedProviderConfig = Field(default_factory=SimulatedProviderConfig)
 
-    @field_validator("base_url")
-    @classmethod
-    def _a_usable_url(cls, value: str | None) -> str | None:
-        problem = base_url_problem(value) if value is not None else None
-        if problem is not None:
-            raise ValueError(problem)
-        return value
+    _a_usable_url = field_validator("base_url")(usable_url)

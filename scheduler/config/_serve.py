@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from scheduler.config._base import Complexity, FieldProblem, FrozenModel, PriorityClass, TaskType
 from scheduler.config._budgets import Limits
-from scheduler.config._provider import base_url_problem
+from scheduler.config._provider import usable_url
 
 #: A client key's name becomes its task id: the same characters, and not a folder name.
 _KEY_NAME = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$"
@@ -98,13 +98,7 @@ class ServeConfig(FrozenModel):
     group_idle_s: float | None = Field(default=900.0, ge=0, allow_inf_nan=False)
     keys: tuple[ServeKey, ...] = ()
 
-    @field_validator("upstream_base_url")
-    @classmethod
-    def _a_usable_url(cls, value: str | None) -> str | None:
-        problem = base_url_problem(value) if value is not None else None
-        if problem is not None:
-            raise ValueError(problem)
-        return value
+    _a_usable_url = field_validator("upstream_base_url")(usable_url)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServeConfig:
