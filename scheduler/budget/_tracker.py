@@ -313,10 +313,8 @@ class Tracker:
         half-way), so releasing the reservation must delete it."""
         task_id = reservation.task_id
         event_id = reservation.event_id
-        if not event_id:
-            self._seq += 1  # :meth:`next_event_id`, without its frame
-            event_id = f"{self.session_id}:{self._run}:{task_id}:{self._seq}"
-            reservation.event_id = event_id
+        if not event_id:  # one format of event ids: its open-call key and event agree
+            event_id = reservation.event_id = self.next_event_id(task_id)
         # what its records name besides its id: agent, task type, the task whose per-day
         # budget its use counts toward (empty for a task not started here), and the day
         # that admitted it, not today: midnight may have passed while it waited for a lease
