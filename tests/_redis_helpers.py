@@ -13,6 +13,8 @@ import selectors
 import socket
 import threading
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import redis
@@ -133,3 +135,33 @@ class TcpProxy:
                         self._peers[sock].sendall(data)
                     except OSError:
                         self._drop(sock)
+
+
+class ScriptGate:
+    """Holds a :class:`RedisStore`'s ``at``-th Lua script (a replay half way: at 2, e1 is
+    in Redis and not yet dropped from the spool) until :meth:`open`; ``reached`` is set
+    when it is held.  A context manager: the store's own scripts run again after it."""
+
+    def __init__(self, store: Any, at: int = 1) -> None:
+        import anyio
+
+        self.store, self.at, self.calls = store, at, 0
+        self.reached, self._opened = anyio.Event(), anyio.Event()
+        self._script = store._link.script
+
+    async def _held(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        self.calls += 1
+        if self.calls == self.at:
+            self.reached.set()
+            await self._opened.wait()
+        return await self._script(name, keys, args)
+
+    def open(self) -> None:
+        self._opened.set()
+
+    def __enter__(self) -> ScriptGate:
+        self.store._link.script = self._held
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store._link.script = self._script

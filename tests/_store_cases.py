@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 from scheduler import Limits, TaskSpec, Usage, UsageEvent, VibeConfig
 from scheduler.budget import Tracker, resolve_task
@@ -43,3 +44,19 @@ async def open_tracker(store: Store, cfg: VibeConfig, task: str) -> Tracker:
     spec = TaskSpec(id=task, agent="coder", prompt="Fix the bug in parser")
     await tr.start_task(task, resolve_task(spec, cfg), agent="coder")
     return tr
+
+
+def disk_full_once(monkeypatch: Any) -> None:
+    """The next rewrite of a spool after its replay fails as on a full disk (then they
+    work again): what a store must survive without failing a write."""
+    from scheduler.store._spool import Spool
+
+    real_drop = Spool.drop_first
+    failures = [OSError(28, "No space left on device")]
+
+    def drop_first(self: Spool, n: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_drop(self, n)
+
+    monkeypatch.setattr(Spool, "drop_first", drop_first)

@@ -10,17 +10,15 @@ unless VIBE_REQUIRE_REDIS=1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
 from scheduler.config import DistributedConfig
 from scheduler.store._redis import RedisStore
-from tests._redis_helpers import TcpProxy
+from tests._redis_helpers import ScriptGate, TcpProxy
 from tests._store_cases import ev
 
 
@@ -44,30 +42,18 @@ async def test_r2_6_a_reader_beside_another_process_replaying_counts_each_event_
         reader = RedisStore(proxy.url, namespace=redis_ns, config=cfg, spool_path=spool,
                             replay=False)
         await reader.open()
-        gate, second = anyio.Event(), anyio.Event()
-        script, calls = a._link.script, 0
-
-        async def held_script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 2:  # e1 is in Redis, not yet dropped from the spool
-                second.set()
-                await gate.wait()
-            return await script(name, keys, args)
-
-        a._link.script = held_script  # type: ignore[method-assign]
         seen: list[int] = []
 
         async def read() -> None:
             seen.append((await reader.totals("session:s1")).tokens)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(a.flush)
-            await second.wait()
-            tg.start_soon(read)
-            await anyio.sleep(0.05)
-            gate.set()
-        a._link.script = script  # type: ignore[method-assign]
+        with ScriptGate(a, at=2) as gate:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.flush)
+                await gate.reached.wait()
+                tg.start_soon(read)
+                await anyio.sleep(0.05)
+                gate.open()
         assert seen == [3 * 162]
         assert spool.read_text() == "" and (await reader.totals("session:s1")).tokens == 3 * 162
         await a.aclose()

@@ -18,6 +18,7 @@ from scheduler.store import SqliteStore
 from scheduler.store._ledger import ScopeLimit
 from scheduler.store._spool import Spool, SpooledEvent
 from scheduler.testing import FRIDAY, run_virtual
+from tests._store_cases import disk_full_once
 
 DAY = f"day:{FRIDAY.isoformat()}"
 
@@ -117,13 +118,6 @@ def test_r1_5_a_spool_that_cannot_be_rewritten_fails_no_write(
     full, a state directory gone read-only) fails no caller's write: the entries stay in
     the spool, replayed again (idempotently) later, and every event counts once."""
     db = tmp_path / "v.db"
-    real_drop = Spool.drop_first
-    failures = [OSError(28, "No space left on device")]
-
-    def drop_first(self: Spool, n: int) -> None:
-        if failures:
-            raise failures.pop()
-        real_drop(self, n)
 
     async def main() -> list[object]:
         store = SqliteStore(db, retry_s=0.05)
@@ -133,7 +127,7 @@ def test_r1_5_a_spool_that_cannot_be_rewritten_fails_no_write(
         assert await store.record(_event(1))
         lock.execute("ROLLBACK")
         lock.close()
-        monkeypatch.setattr(Spool, "drop_first", drop_first)
+        disk_full_once(monkeypatch)
         added = await store.record(_event(2))  # replays e1, whose spool stays
         added3 = await store.record(_event(3))  # replays e1 again, then drops it
         totals = (await store.totals(DAY)).prompt_tokens

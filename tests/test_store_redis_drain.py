@@ -8,10 +8,8 @@ unless VIBE_REQUIRE_REDIS=1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -20,8 +18,8 @@ from scheduler.config import DistributedConfig
 from scheduler.store import open_store
 from scheduler.store._redis import RedisStore
 from tests._cli_helpers import cli
-from tests._redis_helpers import REDIS_URL, TcpProxy
-from tests._store_cases import ev
+from tests._redis_helpers import REDIS_URL, ScriptGate, TcpProxy
+from tests._store_cases import disk_full_once, ev
 
 
 @pytest.mark.real_asyncio  # RedisStore is built on redis.asyncio, which runs only on asyncio
@@ -40,25 +38,16 @@ async def test_r2_6_spool_replay_is_single_flight_and_keeps_writes_spooled_mid_d
         assert s.statistics().spooled_writes == 5
         proxy.restore()
 
-        gate, started = anyio.Event(), anyio.Event()
-        script = s._link.script
-
-        async def held_script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-            started.set()
-            await gate.wait()
-            return await script(name, keys, args)
-
-        s._link.script = held_script  # type: ignore[method-assign]
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(s.flush)
-            await started.wait()  # the first drain is replaying e1
-            tg.start_soon(s.flush)  # a second caller finds the spool non-empty
-            await anyio.sleep(0.01)
-            # Redis flaps: a write made now goes to the spool behind the pending ones
-            s._link.mark_down(ConnectionError("flap"))
-            assert await s.record(ev(4)) is True
-            gate.set()
-        s._link.script = script  # type: ignore[method-assign]
+        with ScriptGate(s) as gate:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(s.flush)
+                await gate.reached.wait()  # the first drain is replaying e1
+                tg.start_soon(s.flush)  # a second caller finds the spool non-empty
+                await anyio.sleep(0.01)
+                # Redis flaps: a write made now goes to the spool behind the pending ones
+                s._link.mark_down(ConnectionError("flap"))
+                assert await s.record(ev(4)) is True
+                gate.open()
 
         assert await s.flush() == 0
         assert [e.event_id for e in await s.events()] == ["e1", "e2", "e3", "e4"]
@@ -82,31 +71,19 @@ async def test_r2_6_totals_read_during_a_replay_count_each_spooled_event_once(
         for n in (1, 2, 3):
             await s.record(ev(n))
         proxy.restore()
-        gate, second = anyio.Event(), anyio.Event()
-        script, calls = s._link.script, 0
-
-        async def held_script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 2:  # e1 is in Redis, not yet dropped from the spool
-                second.set()
-                await gate.wait()
-            return await script(name, keys, args)
-
-        s._link.script = held_script  # type: ignore[method-assign]
         seen: list[int] = []
 
         async def read() -> None:
             seen.append((await s.totals("session:s1")).tokens)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(s.flush)
-            await second.wait()
-            s._link.mark_down(ConnectionError("flap"))
-            tg.start_soon(read)
-            await anyio.sleep(0.05)
-            gate.set()
-        s._link.script = script  # type: ignore[method-assign]
+        with ScriptGate(s, at=2) as gate:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(s.flush)
+                await gate.reached.wait()
+                s._link.mark_down(ConnectionError("flap"))
+                tg.start_soon(read)
+                await anyio.sleep(0.05)
+                gate.open()
         assert seen == [3 * 162]
         assert await s.flush() == 0 and (await s.totals("session:s1")).tokens == 3 * 162
         await s.aclose()
@@ -167,23 +144,14 @@ async def test_r2_6_two_processes_on_one_spool_do_not_replay_it_at_once(
         for n in (1, 2, 3):
             await a.record(ev(n))
         proxy.restore()
-        gate, started = anyio.Event(), anyio.Event()
-        script = a._link.script
-
-        async def held_script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-            started.set()
-            await gate.wait()
-            return await script(name, keys, args)
-
-        a._link.script = held_script  # type: ignore[method-assign]
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(a.flush)
-            await started.wait()  # a replays e1
-            await b.open()  # b starts, finds the spool being replayed: it leaves it to a
-            a._link.mark_down(ConnectionError("flap"))
-            await a.record(ev(4))  # spooled behind e1..e3
-            gate.set()
-        a._link.script = script  # type: ignore[method-assign]
+        with ScriptGate(a) as gate:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.flush)
+                await gate.reached.wait()  # a replays e1
+                await b.open()  # b starts, finds the spool being replayed: leaves it to a
+                a._link.mark_down(ConnectionError("flap"))
+                await a.record(ev(4))  # spooled behind e1..e3
+                gate.open()
         assert await a.flush() == 0 and spool.read_text() == ""
         assert [e.event_id for e in await b.events()] == ["e1", "e2", "e3", "e4"]
         assert (await b.totals("session:s1")).tokens == 4 * 162
@@ -199,16 +167,6 @@ async def test_r2_6_a_redis_spool_that_cannot_be_rewritten_fails_no_write(
     """R2.6: once Redis is back and the spool replayed, a failure to rewrite the spool (a
     full disk) failed the write whose call replayed it; the entries now stay, replayed
     again (idempotently) later, and every event counts once."""
-    from scheduler.store._spool import Spool
-
-    real_drop = Spool.drop_first
-    failures = [OSError(28, "No space left on device")]
-
-    def drop_first(self: Spool, n: int) -> None:
-        if failures:
-            raise failures.pop()
-        real_drop(self, n)
-
     with closing(TcpProxy()) as proxy:
         s = RedisStore(proxy.url, namespace=redis_ns, config=DistributedConfig(
             socket_timeout_s=0.5), spool_path=tmp_path / "sp")
@@ -216,7 +174,7 @@ async def test_r2_6_a_redis_spool_that_cannot_be_rewritten_fails_no_write(
         proxy.cut()
         assert await s.record(ev(1)) is True  # spooled
         proxy.restore()
-        monkeypatch.setattr(Spool, "drop_first", drop_first)
+        disk_full_once(monkeypatch)
         assert await s.flush() == 1  # replayed, but its spool could not be rewritten
         assert await s.record(ev(2)) is True
         assert await s.flush() == 0  # replayed again, then dropped
