@@ -95,3 +95,42 @@ async def test_r1_2_a_hold_snapshot_keeps_a_charge_spooled_while_it_was_read(
         assert tr.session.totals.tokens == 1_162 == (await s.totals("session:shared")).tokens
         await s.aclose()
         await other.aclose()
+
+
+@pytest.mark.real_asyncio
+async def test_r1_2_a_totals_read_holds_a_charge_spooled_while_it_was_read(
+    redis_ns: str, tmp_path: Path,
+) -> None:
+    """The same race on a plain read of the totals (a task's or a new day's first read,
+    a refresh after an estimate was replaced): a charge of this process spooled while
+    the read was on its way was in neither Redis's answer nor the spool read before it,
+    so the read missed it (0 tokens instead of 162); it is read again with the spool."""
+    with closing(TcpProxy()) as proxy:
+        s = RedisStore(proxy.url, namespace=redis_ns, config=_CFG, spool_path=tmp_path / "sp")
+        await s.open()
+        client = s._link.client
+        real, reached, opened = client.hgetall, anyio.Event(), anyio.Event()
+
+        async def held(name: str) -> object:
+            reached.set()
+            await opened.wait()
+            return await real(name)
+
+        client.hgetall = held  # type: ignore[method-assign]
+        got: list[int] = []
+
+        async def read() -> None:
+            got.append((await s.totals_with_version("session:s1"))[0].tokens)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            await reached.wait()
+            client.hgetall = real  # type: ignore[method-assign]
+            proxy.cut()
+            await s.record(ev(1))
+            assert len(s.spool) == 1
+            proxy.restore()
+            await anyio.sleep(0.3)  # past the back-off
+            opened.set()
+        assert got == [162]
+        await s.aclose()
