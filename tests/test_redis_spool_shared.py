@@ -116,7 +116,7 @@ async def test_r1_2_a_totals_read_holds_a_charge_spooled_while_it_was_read(
             await opened.wait()
             return await real(name)
 
-        client.hgetall = held  # type: ignore[method-assign]
+        client.hgetall = held  # type: ignore[method-assign, assignment]
         got: list[int] = []
 
         async def read() -> None:
