@@ -6,27 +6,39 @@ its per-day scope, the day -- has one budget for all the processes on a shared s
 ``add_budget`` to such a scope is applied by the one process that received it, and kept
 as a record of kind :data:`KIND`, one per decision, keyed by the scope and a nonce.
 Every process applies each record once to the scope (:meth:`FleetBudget.sync`; a task
-the run forgot and starts again gets it anew): when a task starts,
-when a check refuses a call (before refusing or pausing), and while a task waits paused.
+the run forgot and starts again gets it anew): when the process starts (the day's),
+when a task whose budget spans the store starts, when a check refuses a call (before
+refusing or pausing), and while a task waits paused.
 So the others raise their limits by the amount added, not by it times N, and a process
 started later starts from the raised budget.  A ``finish`` is passed on to the pauses
 the other processes have of the task (:meth:`FleetBudget.pass_on`).
+
+Records that can no longer matter are deleted (:meth:`FleetBudget.prune`): a record of
+a day before yesterday (a past day's is never applied; yesterday's is kept for a process
+whose clock is a little behind), and the ``day_begun`` records but the latest few (only
+the latest is read: the day no process goes back before).  A task's own records stay:
+its budget spans every session on the store, a resumed or later one too.
 """
 
 from __future__ import annotations
 
 import secrets
+from datetime import date, timedelta
 from typing import Any
 
 from scheduler.budget import ScopeState, Tracker
 from scheduler.config import Limits
+from scheduler.control._new_day import scope_day
 from scheduler.core import StoreError, get_logger
 from scheduler.store import Store, put_state_if_absent, task_key, task_of_key
+from scheduler.store._base import DAY_BEGUN
 
 _log = get_logger("vibe_engine.pause")
 
 #: The state kind of one ``add_budget`` to a scope every process counts.
 KIND = "fleet_budget"
+#: The ``day_begun`` records kept (the latest days): a week of margin over the one read.
+KEEP_DAYS_BEGUN = 7
 
 
 def counts_every_process(scope: ScopeState) -> bool:
@@ -61,6 +73,7 @@ class FleetBudget:
             return False
         today = self._tracker.today().isoformat()
         raised = False
+        await self._delete(_past(records, self._tracker.today()))
         for key, value in records.items():
             scope = self._scope(task_id, str(value.get("scope", "")), today)
             if scope is None or (scope.added is not None and key in scope.added):
@@ -74,6 +87,38 @@ class FleetBudget:
             self._tracker.raise_limits(scope, extra)
             raised = True
         return raised
+
+    async def open(self) -> None:
+        """At the process's start: apply what other processes added to the day before it
+        started (in its limits and its status from the start, not from its first
+        refusal), and delete the records that can no longer matter."""
+        await self.sync("")  # no task: the day's records only
+        await self.prune()
+
+    async def prune(self) -> int:
+        """Delete the records that can no longer matter (see the module's docstring):
+        past days' budget records and all but the latest ``day_begun`` records; how many.
+        An unreachable store raises nothing: the next process start prunes them."""
+        try:
+            records = await self._store.list_state(KIND)
+            begun = sorted(await self._store.list_state(DAY_BEGUN))
+        except StoreError as exc:
+            _log.warning("fleet_records_unread", error=str(exc))
+            return 0
+        old = _past(records, self._tracker.today())
+        return await self._delete(old) + await self._delete(
+            begun[:-KEEP_DAYS_BEGUN], DAY_BEGUN)
+
+    async def _delete(self, keys: list[str], kind: str = KIND) -> int:
+        try:
+            for key in keys:
+                await self._store.delete_state(kind, key)
+        except StoreError as exc:
+            _log.warning("fleet_records_not_pruned", kind=kind, error=str(exc))
+            return 0
+        if keys:
+            _log.info("fleet_records_pruned", kind=kind, records=len(keys))
+        return len(keys)
 
     def _scope(self, task_id: str, name: str, today: str) -> ScopeState | None:
         """The scope ``name`` of ``task_id`` if every process counts it; a day's or a
@@ -93,6 +138,17 @@ class FleetBudget:
             if key != own and task_of_key(key)[1] == task_id:
                 passed += await put_state_if_absent(self._store, "decision", key, decision)
         return passed
+
+
+def _past(records: dict[str, dict[str, Any]], today: date) -> list[str]:
+    """The keys of ``records`` for a day before yesterday (no process applies them)."""
+    before = today - timedelta(days=1)
+    out = []
+    for key, value in records.items():
+        day = scope_day(str(value.get("scope", "")))
+        if day is not None and day < before:
+            out.append(key)
+    return out
 
 
 def _applied(scope: ScopeState) -> set[str]:

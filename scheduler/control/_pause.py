@@ -146,6 +146,7 @@ class PauseController:
                     self._decisions[task_id] = decision
         if self.overdraft is not None:
             await self.overdraft.open()
+        await self.fleet.open()
 
     async def restore_task(self, task_id: str) -> None:
         """Re-apply budget people added before a restart (call after ``start_task``): to

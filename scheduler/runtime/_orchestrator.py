@@ -351,6 +351,8 @@ class Orchestrator:
             # a continued session, or a task spawned again after the run forgot it, has
             # the budget people added to it to restore
             await self.controller.restore_task(spec.id)
+        elif spec.budget_span == "store":  # budget added for every process before
+            await self.controller.fleet.sync(spec.id)
 
     async def _wait_dependencies(self, handle: TaskHandle) -> None:
         """Wait for ``depends_on``; a deadlock victim here fails (a cycle would recur)."""

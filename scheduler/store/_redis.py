@@ -54,6 +54,7 @@ from scheduler.store._redis_conn import DOWN, RedisConnection, replay_lock, spoo
 from scheduler.store._redis_conn import RedisStoreStatistics as RedisStoreStatistics
 from scheduler.store._redis_conn import split_namespace as split_namespace
 from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
+from scheduler.store._redis_reads import add_spooled, closed_with, read_events
 from scheduler.store._redis_slices import RedisSlices
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
@@ -97,6 +98,9 @@ class RedisStore:
         self._replays = replay
         self._local_tokens = 0
         self._local_cost = 0.0
+        #: Usage events this process spooled so far: a read of the totals made while one
+        #: was spooled does not hold it (see :meth:`try_reserve`).
+        self._spooled = 0
 
     # -- connection ----------------------------------------------------------------
 
@@ -175,7 +179,7 @@ class RedisStore:
                 if isinstance(entry, SpooledEvent):
                     ev, hold_id = entry.event, entry.hold_id
                     await self._record_now(ev, hold_id, scopes_of(ev) if hold_id else (),
-                                           _closed_with(ev, entries[i + 1:i + 2]))
+                                           closed_with(ev, entries[i + 1:i + 2]))
                 else:
                     await self._write_state_now(entry.kind, entry.key, entry.value)
                 done += 1
@@ -207,6 +211,7 @@ class RedisStore:
         # Redis unreachable (or older writes still queued): keep order, never lose usage;
         # the open call's delete right after its event: replayed as one step
         self.spool.append(SpooledEvent(event, hold_id))
+        self._spooled += 1
         if close is not None:
             self.spool.append(SpooledState(OPEN_CALL, close, None))
         _log.warning("redis_usage_spooled", namespace=self.namespace, event_id=event.event_id,
@@ -240,7 +245,7 @@ class RedisStore:
         """See ``store.charge_open_call``: one script, never spooled; when charged, the
         version each of the estimate's scopes reached (see :meth:`commit`)."""
         check_event(estimate)
-        if len(self.spool) and not self._link.backing_off():
+        if self.spool.pending() and not self._link.backing_off():
             await self._drain()  # a settle among the spooled writes goes first
         if len(self.spool) or self._link.backing_off():
             raise StoreUnavailableError(f"Redis unreachable; open call {key} not charged")
@@ -261,24 +266,28 @@ class RedisStore:
 
     async def totals_with_version(self, scope: str) -> tuple[Totals, int]:
         """:meth:`totals` and their version (see :meth:`commit`): the spooled usage
-        replayed first, or added while it cannot be (recorded, like SQLite's)."""
-        if not len(self.spool) and not self._draining.locked():
-            return await self._totals_now(scope, ())
+        replayed first, or added while it cannot be (recorded, like SQLite's).  The spool
+        is every process's that shares it (``serve`` replicas in one directory), as a
+        SQLite file's is."""
+        spooled = self._spooled
+        if not self.spool.pending() and not self._draining.locked():
+            read = await self._totals_now(scope, with_spool=False)
+            if self._spooled == spooled:
+                return read
+            # a charge of this process was spooled during the read: read with the spool
         if not self._link.backing_off():
             await self._drain()
         async with self._draining, spool_read_lock(self.spool.path):  # no replay half done
-            return await self._totals_now(scope, self.spool.read() if len(self.spool) else ())
+            return await self._totals_now(scope, with_spool=True)
 
-    async def _totals_now(self, scope: str, spooled: Sequence[SpooledEvent | SpooledState],
-                          ) -> tuple[Totals, int]:
+    async def _totals_now(self, scope: str, *, with_spool: bool) -> tuple[Totals, int]:
         try:
             h = cast(dict[str, str], await self._link.client.hgetall(self.key("tot", scope)))
         except DOWN as exc:
             raise self._link.unavailable("totals", exc) from exc
         totals = totals_from_hash(h)
-        for entry in spooled:
-            if isinstance(entry, SpooledEvent) and scope in scopes_of(entry.event):
-                totals.add(entry.event)  # its version is known once replayed
+        if with_spool and self.spool.pending():  # read after Redis: a write spooled meanwhile
+            add_spooled(totals, scope, self.spool.read())
         return totals, int(h.get("version", 0))
 
     async def totals(self, scope: str) -> Totals:
@@ -291,31 +300,7 @@ class RedisStore:
         day_from: str | None = None,
         day_to: str | None = None,
     ) -> list[UsageEvent]:
-        if task_id is not None:
-            index = self.key("ev", "task", task_id)
-        elif day_from is not None and day_from == day_to:
-            index = self.key("ev", "day", day_from)
-        else:
-            index = self.key("ev", "all")
-        try:
-            ids = cast(list[str], await self._link.client.zrange(index, 0, -1))
-            rows: list[str | None] = []
-            for i in range(0, len(ids), 1000):
-                rows += cast(list[str | None],
-                             await self._link.client.hmget(self.key("events"), ids[i:i + 1000]))
-        except DOWN as exc:
-            raise self._link.unavailable("events", exc) from exc
-        out: list[tuple[float, int, UsageEvent]] = []
-        for seq, row in enumerate(rows):
-            if row is None:
-                continue
-            e = UsageEvent.from_dict(json.loads(row))
-            if (task_id is None or e.task_id == task_id) and (
-                day_from is None or e.day >= day_from
-            ) and (day_to is None or e.day <= day_to):
-                out.append((e.at, seq, e))
-        out.sort(key=lambda t: (t[0], t[1]))
-        return [e for _, _, e in out]
+        return await read_events(self._link, self.key, task_id, day_from, day_to)
 
     # -- state ---------------------------------------------------------------------
 
@@ -348,7 +333,7 @@ class RedisStore:
         """``HSETNX``: the record is written unless ``kind``/``key`` has one (``True`` when
         written), atomically across every process.  Never spooled: raises
         :class:`StoreUnavailableError` while Redis is down or writes wait in the spool."""
-        if len(self.spool) and not self._link.backing_off():
+        if self.spool.pending() and not self._link.backing_off():
             await self._drain()
         if len(self.spool) or self._link.backing_off():
             raise StoreUnavailableError(f"Redis unreachable; cannot claim {kind} {key}")
@@ -383,8 +368,10 @@ class RedisStore:
         self, hold_id: str, limits: tuple[ScopeLimit, ...], *, model: str, tokens: int,
         cost_usd: float,
     ) -> Hold:
-        if len(self.spool) and not self._link.backing_off():
-            await self._drain()
+        if self.spool.pending() and not await self._replayed_all():
+            down = StoreUnavailableError("usage spooled while Redis was unreachable is not "
+                                         "replayed yet")
+            return self._reserve_locally(down, hold_id, limits, model, tokens, cost_usd)
         keys: list[str] = []
         args: list[Any] = [hold_id, tokens, repr(cost_usd), model,
                            int(self.config.hold_ttl_s * 1000), self._now_arg()]
@@ -395,6 +382,7 @@ class RedisStore:
         if self._link.backing_off():
             down = StoreUnavailableError("Redis unreachable moments ago; retrying shortly")
             return self._reserve_locally(down, hold_id, limits, model, tokens, cost_usd)
+        spooled = self._spooled
         try:
             reply = await self._link.script("try_reserve", keys, args)
         except DOWN as exc:
@@ -416,7 +404,22 @@ class RedisStore:
             totals[scope] = totals_from_hash(tot)
             versions[scope] = int(tot.get("version", 0))
             held_by[scope] = (int(s), float(c))
+        if self._spooled != spooled:  # a charge spooled meanwhile: not in this snapshot, whose
+            totals, versions = {}, {}  # versions cannot tell; this process keeps its own view
         return Hold(hold_id, scopes, model, tokens, cost_usd, totals, held_by, versions=versions)
+
+    async def _replayed_all(self) -> bool:
+        """Replay the spool -- every process's writes in it: a hold is checked against all
+        the usage, as on SQLite -- waiting for a replay another process has under way;
+        whether none is left (else the hold is not checked against Redis alone)."""
+        if not self._link.backing_off():
+            await self._drain()
+        if len(self.spool) and not self._link.backing_off():
+            async with spool_read_lock(self.spool.path):  # held once that replay ended
+                pass
+            if self.spool.pending():
+                await self._drain()
+        return not self.spool.pending()
 
     def _reserve_locally(
         self, exc: BaseException, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
@@ -489,11 +492,3 @@ class RedisStore:
     async def slice_shortfalls(self, pools: Sequence[str]) -> list[int]:
         return await self._slices.shortfalls(pools)
 
-
-def _closed_with(event: UsageEvent, after: Sequence[SpooledEvent | SpooledState]) -> str | None:
-    """The open call a spooled event closes: the delete of its record spooled right after."""
-    nxt = after[0] if after else None
-    if (isinstance(nxt, SpooledState) and nxt.kind == OPEN_CALL and nxt.value is None
-            and nxt.key == event.event_id):
-        return nxt.key
-    return None
