@@ -271,10 +271,8 @@ class Reservations:
                     s.fleet = got
                     if versions:  # unless it would lose or double a charge of this process
                         s.adopt(got, versions.get(s.name, 0))
-            # kept until settled without what the grant read (totals, amounts held): a
-            # call waiting for its provider lease keeps only what settling the hold needs
             hold = Hold(hold.hold_id, hold.scopes, hold.model, hold.tokens, hold.cost_usd,
-                        _READ, _READ, hold.local)
+                        _READ, _READ, hold.local)  # what settling needs (calls wait long)
         reservation.hold = hold
 
     @property
