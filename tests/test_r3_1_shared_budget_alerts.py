@@ -27,15 +27,21 @@ DAY = f"day:{FRIDAY.isoformat()}"
 
 
 class _Caller:
+    calls = CALLS
+
     async def run(self, ctx: Any) -> None:
-        for _ in range(CALLS):
+        for _ in range(self.calls):
             await ctx.llm.complete([{"role": "user", "content": "x"}], max_tokens=100)
 
 
+class _Further(_Caller):
+    calls = 46  # 4,646 tokens each: 93 % together
+
+
 def _fleet_alerts(tmp_path: Path, store: Callable[[str], str], latency_s: float,
-                  runner: Callable[..., Any]) -> list[Event]:
+                  runner: Callable[..., Any], agent: type[_Caller] = _Caller) -> list[Event]:
     async def main() -> list[Event]:
-        orchs = [build_orchestrator({"c": _Caller}, config=VibeConfig(
+        orchs = [build_orchestrator({"c": agent}, config=VibeConfig(
             state_dir=tmp_path / name, store=store(name), session_id=name,
             budgets={"session": {}, "day": {"tokens": LIMIT}, "weekend_day_cost_usd": None},
         ), provider=ScriptedProvider(latency_s=latency_s, prompt=1, completion=100))
@@ -71,3 +77,17 @@ def test_r3_1_two_orchestrators_on_redis_warn_at_70_percent_of_the_day(
     _check(_fleet_alerts(tmp_path, lambda _: f"{REDIS_URL}?namespace={redis_ns}", 0.002,
                          run_real))
 
+
+
+def test_r3_3_a_shared_days_critical_alert_is_posted_to_people_once_for_the_fleet(
+        tmp_path: Path) -> None:
+    """R3.3, R3.1: 2 orchestrators on one SQLite file pass 90 % of the day together: each
+    reports the crossing (its routing turns aggressive), and one of them -- the first to
+    claim it in the store -- carries the ``notify`` action that webhooks post (before:
+    both, a person was told twice)."""
+    db = tmp_path / "shared.db"
+    alerts = _fleet_alerts(tmp_path, lambda _: f"sqlite:///{db}", 0.5, run_virtual, _Further)
+    critical = [e for e in alerts if e.name == "budget_critical"]
+    assert len(critical) == 2, alerts  # one per process
+    assert sum("notify" in e.data["actions"] for e in critical) == 1, critical
+    assert all("aggressive" in e.data["actions"] for e in critical)
