@@ -13,7 +13,10 @@ from scheduler.budget._reservations import Reservation as Reservation
 from scheduler.budget._scope_state import Crossing as Crossing
 from scheduler.budget._scope_state import Level as Level
 from scheduler.budget._scope_state import ScopeState as ScopeState
+from scheduler.budget._tokens import CACHE_WRITE_1H as CACHE_WRITE_1H
+from scheduler.budget._tokens import CACHE_WRITE_5M as CACHE_WRITE_5M
 from scheduler.budget._tokens import IMAGE_TOKENS as IMAGE_TOKENS
+from scheduler.budget._tokens import NO_CACHE_WRITE as NO_CACHE_WRITE
 from scheduler.budget._tokens import PDF_PAGE_TOKENS as PDF_PAGE_TOKENS
 from scheduler.budget._tokens import Estimate as Estimate
 from scheduler.budget._tokens import Reconciliation as Reconciliation
@@ -23,7 +26,10 @@ from scheduler.budget._tracker import Tracker as Tracker
 from scheduler.budget._usage_files import read_usage_file as read_usage_file
 
 __all__ = [
+    "CACHE_WRITE_1H",
+    "CACHE_WRITE_5M",
     "IMAGE_TOKENS",
+    "NO_CACHE_WRITE",
     "PDF_PAGE_TOKENS",
     "Crossing",
     "Estimate",

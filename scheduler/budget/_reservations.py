@@ -262,15 +262,18 @@ class Reservations:
         except BaseException:
             self.cancel(reservation)
             raise
-        if hold.versions:
+        read = hold.totals or hold.fleet
+        if read:  # every process's totals: the alerts' floor (R3.1), taken over if versioned
+            versions = hold.versions
             for s in shared:
-                got = hold.totals.get(s.name)
-                if got is not None:  # unless it would lose or double a charge of this process
-                    s.adopt(got, hold.versions.get(s.name, 0))
-        # kept until settled without what the grant read (totals, amounts held): a call
-        # waiting for its provider lease keeps only what settling the hold needs
-        reservation.hold = Hold(hold.hold_id, hold.scopes, hold.model, hold.tokens,
-                                hold.cost_usd, _READ, _READ, hold.local) if hold.totals else hold
+                got = read.get(s.name)
+                if got is not None:
+                    s.fleet = got
+                    if versions:  # unless it would lose or double a charge of this process
+                        s.adopt(got, versions.get(s.name, 0))
+            hold = Hold(hold.hold_id, hold.scopes, hold.model, hold.tokens, hold.cost_usd,
+                        _READ, _READ, hold.local)  # what settling needs (calls wait long)
+        reservation.hold = hold
 
     @property
     def versioned(self) -> bool:

@@ -89,6 +89,10 @@ class ScopeState:
     #: process's own charges added to them since reached (see :meth:`charge`).
     version: int = 0
     charged_version: int = 0
+    #: Every process's totals of a scope they all count, as the shared ledger last read
+    #: them for a hold (read only; None: none read): the alerts count at least these
+    #: (:meth:`seen`), since ``totals`` may hold only this process's usage (SQLite).
+    fleet: Totals | None = None
     #: The records of budget people added for every process (``scheduler.control``'s
     #: ``fleet_budget``) already in ``limits``; made when one is.
     added: set[str] | None = None
@@ -131,6 +135,17 @@ class ScopeState:
             return self.totals.tokens_by_model.get(dimension[7:], 0)
         value: float = getattr(self.totals, dimension)
         return value
+
+    def seen(self, dimension: str) -> float:
+        """:meth:`used`, or what every process used, when the ledger's last read says more
+        (the threshold alerts' count, R3.1)."""
+        used = self.used(dimension)
+        fleet = self.fleet
+        if fleet is None:
+            return used
+        other: float = (fleet.tokens_by_model.get(dimension[7:], 0)
+                        if dimension.startswith("tokens:") else getattr(fleet, dimension))
+        return other if other > used else used
 
     def held(self, dimension: str) -> float:
         """What this process's calls and operations under way hold of ``dimension``."""

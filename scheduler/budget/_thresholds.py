@@ -38,15 +38,21 @@ class Thresholds:
             return out  # an unlimited scope (often the session and the day)
         low = self._lowest  # below it, no threshold is passed (but a cost warning's own)
         warn = caps.cost_warning
-        totals = scope.totals
+        totals, fleet = scope.totals, scope.fleet
         for dim, lim in caps.counted:
             used: float = getattr(totals, dim)
+            if fleet is not None:  # every process's use, as the shared ledger last read it
+                other: float = getattr(fleet, dim)
+                if other > used:
+                    used = other
             # else the usual answer: none (``_fire``'s own test, without its frame)
             if used >= lim * low or (
                     warn is not None and dim == "cost_usd" and used >= lim * warn):
                 out += self._fire(scope, dim, used, lim)
         for dim, model, lim in caps.models:
             used = totals.tokens_by_model.get(model, 0)
+            if fleet is not None:
+                used = max(used, fleet.tokens_by_model.get(model, 0))
             if used >= lim * low:
                 out += self._fire(scope, dim, used, lim)
         return out
@@ -95,6 +101,6 @@ class Thresholds:
         fired = scope.fired or set()
         for dim, level in list(fired):
             lim = scope.limit(dim) if dim != "time_s" else scope.limits.time_s
-            used = scope.used(dim) if dim != "time_s" else self._clock() - scope.started_at
+            used = scope.seen(dim) if dim != "time_s" else self._clock() - scope.started_at
             if lim and used < lim * self._thresholds(scope, dim)[level]:
                 fired.discard((dim, level))

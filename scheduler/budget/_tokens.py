@@ -48,6 +48,10 @@ IMAGE_TOKENS = 1_600
 #: A PDF page: its extracted text plus its image, about 1,500–3,000 tokens; the high end.
 PDF_PAGE_TOKENS = 3_000
 _PDF_PAGE = re.compile(rb"/Type\s*/Page\b")
+#: What :attr:`TokenCounter.cache_writes` says of the prompt last counted: no
+#: ``cache_control`` mark, or the longest time one asks to keep the cache (a write is
+#: billed 1.25 × the input price for 5 minutes, 2 × for an hour, R2.4).
+NO_CACHE_WRITE, CACHE_WRITE_5M, CACHE_WRITE_1H = 0, 1, 2
 #: Tool lists whose counts are kept by content: a server parses an equal list anew for
 #: every request, and an agent may alternate a few.
 TOOLS_CACHE_SIZE = 32
@@ -103,6 +107,23 @@ def _tools_key(tools: Sequence[Mapping[str, Any]]) -> bytes | None:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+def _mark(block: Mapping[str, Any]) -> int:
+    """What the ``cache_control`` of ``block`` asks: an hour's cache, or 5 minutes'."""
+    control = block["cache_control"]
+    if isinstance(control, Mapping) and control.get("ttl") == "1h":
+        return CACHE_WRITE_1H
+    return CACHE_WRITE_5M
+
+
+def _marks_of(tools: Sequence[Mapping[str, Any]]) -> int:
+    """The longest cache a tool definition marks (:data:`NO_CACHE_WRITE`: none)."""
+    found = NO_CACHE_WRITE
+    for tool in tools:
+        if isinstance(tool, Mapping) and "cache_control" in tool:
+            found = max(found, _mark(tool))
+    return found
+
+
 class _Lru:
     __slots__ = ("_data", "_max")
 
@@ -144,7 +165,11 @@ class TokenCounter:
         # the tool list an agent passes on every call, by identity; other lists by content
         self._tools_obj: object | None = None
         self._tools_count = 0
+        self._tools_cache = NO_CACHE_WRITE  # the marks of ``_tools_obj``
         self._tools = _Lru(TOOLS_CACHE_SIZE)
+        #: The ``cache_control`` marks of the prompt :meth:`count_prompt` last counted
+        #: (:data:`CACHE_WRITE_1H` …): noted as its blocks are counted, no walk more.
+        self.cache_writes = NO_CACHE_WRITE
 
     def count_text(self, text: str) -> int:
         """Tokens in ``text``, cached by content."""
@@ -176,6 +201,7 @@ class TokenCounter:
             if key is not None:
                 self._tools.put(key, n)
         self._tools_obj, self._tools_count = tools, n
+        self._tools_cache = _marks_of(tools)
         return n
 
     def _count_content(self, content: Any) -> int:
@@ -186,6 +212,8 @@ class TokenCounter:
         total = 0
         for block in content:
             if isinstance(block, Mapping):
+                if "cache_control" in block and self.cache_writes != CACHE_WRITE_1H:
+                    self.cache_writes = _mark(block)
                 total += self.count_block(block)
             else:
                 total += self.count_text(str(block))
@@ -245,12 +273,14 @@ class TokenCounter:
     ) -> int:
         """Raw tiktoken count of everything sent: system, context, messages, tools."""
         n = 0  # asked before every call: only what the call has is counted, a call each
+        self.cache_writes = NO_CACHE_WRITE
         if system:
             n += self.count_text(system)
         if context:
             n += self.count_text(context)
         if tools:
             n += self.count_tools(tools)
+            self.cache_writes = self._tools_cache if self._use_cache else _marks_of(tools)
         for m in messages:
             content = m.get("content", "")
             n += PER_MESSAGE_OVERHEAD + (self.count_text(content) if type(content) is str

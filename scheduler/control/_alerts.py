@@ -29,11 +29,17 @@ from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, De
 from scheduler.budget import Crossing, ScopeState, Tracker
 from scheduler.config import AlertsConfig
 from scheduler.control._decision import Decision
+from scheduler.control._fleet import counts_every_process
 from scheduler.control._new_day import day_is_over
 from scheduler.control._pause import PauseController
-from scheduler.core import BudgetExceededError, EventBus, get_logger
+from scheduler.core import BudgetExceededError, EventBus, StoreError, get_logger
+from scheduler.store import put_state_if_absent
 
 _log = get_logger("vibe_engine.alerts")
+
+#: The state kind of a crossing of a budget every process counts that people were told
+#: of (one record per scope, dimension, level and limit; see ``_first_to_notify``).
+NOTIFIED = "alert_notified"
 
 #: Alert levels from best to worst.
 LEVEL_ORDER: tuple[str, ...] = ("ok", "warning", "critical", "exceeded")
@@ -186,11 +192,29 @@ class AlertRuntime:
         for c in crossings:
             alert = self._input(task_id, c)
             actions = self.policy.actions(alert)
+            if any(a.kind is ActionKind.NOTIFY for a in actions) and not (
+                    await self._first_to_notify(task_id, c)):
+                actions = tuple(a for a in actions if a.kind is not ActionKind.NOTIFY)
             self._emit(task_id, c, alert, actions)
             for action in actions:
                 await self._apply_one(task_id, c, action)
             applied.extend(actions)
         return applied
+
+    async def _first_to_notify(self, task_id: str, c: Crossing) -> bool:
+        """Whether this process tells people of ``c`` (R3.3): of a budget every process on
+        the store counts (the day, a ``serve`` key's), only the first process to report
+        the crossing does -- claimed in the store, keyed by scope, dimension, level and
+        limit (a raised limit is told anew); each still applies the other actions."""
+        scope = self._scope_state(task_id, c.scope)
+        if scope is None or not counts_every_process(scope):
+            return True
+        try:
+            return await put_state_if_absent(
+                self.tracker.store, NOTIFIED, f"{c.scope}#{c.dimension}#{c.level}#{c.limit:g}",
+                {"task_id": task_id, "session_id": self.tracker.session_id, "used": c.used})
+        except StoreError:  # who else told them is not known: told once more, not never
+            return True
 
     def _emit(
         self, task_id: str, c: Crossing, alert: AlertInput, actions: tuple[AlertAction, ...]

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from policies.replan import BreakDown
 from policies.routing import RouteDecision
+from scheduler.budget import CACHE_WRITE_1H, CACHE_WRITE_5M
 from scheduler.config import VibeConfig
 from scheduler.core import (
     CompletionRequest,
@@ -72,6 +73,9 @@ class Call:
     tools: Sequence[Mapping[str, Any]]
     #: the prompt's raw token count (counted once; each attempt calibrates it per model)
     raw_tokens: int
+    #: the longest cache the request may write (``CACHE_WRITE_*``): its hold prices the
+    #: prompt as that write (R2.4)
+    cache: int
 
 
 def output_limits(task: TaskHandle, max_tokens: int, opts: Mapping[str, Any]) -> (
@@ -97,6 +101,35 @@ def attempt_request(
         hints=call.hints, options=call.options, on_text=call.on_text,
         passthrough=call.passthrough,
     )
+
+
+def cache_writes(counted: int, system_len: int, hints: Mapping[str, Any] | None,
+                 passthrough: Passthrough | None, system_chars: int) -> int:
+    """The longest cache a request may write: ``counted`` (the marks the token count
+    met in its messages and tools), or its system prompt's -- a forwarded request's
+    blocks or top-level ``cache_control`` (automatic caching), else what the provider
+    adds (a ``cache_ttl`` hint, or a system prompt, context included, of ``system_chars``
+    or more: 5 min)."""
+    if counted == CACHE_WRITE_1H or (
+            passthrough is None and not hints and system_len < system_chars):
+        return counted  # most calls: nothing more to look at
+    if passthrough is not None:
+        body = passthrough.body
+        marked = [body] if "cache_control" in body else []
+        blocks = body.get("system")
+        if isinstance(blocks, list):
+            marked += [b for b in blocks if isinstance(b, Mapping) and "cache_control" in b]
+        for block in marked:
+            control = block["cache_control"]
+            long = isinstance(control, Mapping) and control.get("ttl") == "1h"
+            counted = max(counted, CACHE_WRITE_1H if long else CACHE_WRITE_5M)
+        return counted
+    ttl = hints.get("cache_ttl") if hints else None
+    if ttl == "1h":
+        return CACHE_WRITE_1H
+    if ttl == "5m" or (ttl is None and system_len and system_len >= system_chars):
+        return CACHE_WRITE_5M
+    return counted
 
 
 class Checkpoints(Protocol):
@@ -163,21 +196,27 @@ _MTOK = 1_000_000.0
 
 
 class Prices:
-    """Per model, its input and output price per token, read once per config (the prices
-    a config names never change): a call's estimated cost without a ``Usage`` made and
-    the model's spec looked up per call."""
+    """Per model, its output price per token and the input one (plain, and as a 5 min or
+    1 h cache write), read once per config (the prices a config names never change): a
+    call's estimated cost without a ``Usage`` made and the model's spec looked up per
+    call."""
 
     def __init__(self) -> None:
-        self._rates: dict[str, tuple[float, float]] = {}
+        self._rates: dict[str, tuple[float, float, float, float]] = {}
         self._of: VibeConfig | None = None
 
     def cost(self, config: VibeConfig, model: str, prompt_tokens: int,
-             max_tokens: int) -> float:
+             max_tokens: int, cache: int = 0) -> float:
+        """The most ``prompt_tokens`` in and ``max_tokens`` out can be billed: with
+        ``cache`` (``CACHE_WRITE_*``), every prompt token as that cache write (R2.4)."""
         if self._of is not config:
             self._rates, self._of = {}, config
         rate = self._rates.get(model)
         if rate is None:
             spec = config.model_spec(model)
-            rate = self._rates[model] = (spec.input_usd_per_mtok / _MTOK,
-                                         spec.output_usd_per_mtok / _MTOK)
-        return prompt_tokens * rate[0] + max_tokens * rate[1]
+            inp = spec.input_usd_per_mtok / _MTOK
+            rate = self._rates[model] = (  # a write never held below the plain price
+                spec.output_usd_per_mtok / _MTOK, inp,
+                inp * max(spec.cache_write_5m_multiplier, 1.0),
+                inp * max(spec.cache_write_1h_multiplier, 1.0))
+        return prompt_tokens * rate[1 + cache] + max_tokens * rate[0]

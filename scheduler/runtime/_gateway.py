@@ -58,6 +58,7 @@ from scheduler.runtime._call import (
     Route,
     Routes,
     attempt_request,
+    cache_writes,
     output_limits,
 )
 from scheduler.runtime._quality import NoScorer, QualityScorer
@@ -215,8 +216,10 @@ class Gateway:
         max_tokens, out = output_limits(task, max_tokens, opts)
         raw = self.counter.count_prompt(messages, system=system, context=context, tools=tools)
         need = out + self.counter.calibrated_tokens(self.router.catalog.tiers[-1], raw)
+        cache = cache_writes(self.counter.cache_writes, len(system) + len(context), hints,
+                             passthrough, self.config.provider.cache_system_min_chars)
         call = Call(max_tokens, out, stream, dict(hints) if hints else NO_HINTS, opts, on_text,
-                    passthrough, task, messages, system, context, tools, raw)
+                    passthrough, task, messages, system, context, tools, raw, cache)
         # nothing was charged since the replanner's last reading (no wait in between)
         route = self.route(task, model, hints, need, fraction, info, scopes)
         return call, route, need, info
@@ -310,7 +313,7 @@ class Gateway:
         prompt, out = est.calibrated, call.out
         reservation = await self.admission.admit(
             task, route.model, prompt + out,
-            self._prices.cost(self.config, route.model, prompt, out),  # estimated_cost
+            self._prices.cost(self.config, route.model, prompt, out, call.cache),
             prompt_tokens=prompt, completion_tokens=out)
         lease: Lease | None = None
         try:

@@ -56,6 +56,10 @@ class Hold:
     #: The version of each scope's ``totals`` (see :data:`Recorded`): the tracker takes
     #: over a scope's totals only with their version (0 or missing: it does not).
     versions: Mapping[str, int] | None = None
+    #: Every process's committed totals of each scope as the check read them, when the
+    #: ledger does not return them as ``totals`` (SQLite): never taken over as a scope's
+    #: totals, only a floor under what its alerts count (R3.1 across processes).
+    fleet: Mapping[str, Totals] | None = None
 
 
 #: What recording one event answers on a store that versions its totals (Redis): its

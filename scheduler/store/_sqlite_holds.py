@@ -126,8 +126,10 @@ def _reserve_one(db: sqlite3.Connection, req: HoldRequest, expires: float, holde
     scopes = tuple(lim.scope for lim in req.limits)
     # no totals for the tracker to take over: its own charges, committed by this process
     # between this read and the hold's caller resuming, would be lost from (or counted
-    # twice in) its scopes; the limits are enforced here, against every process's usage
-    return Hold(req.hold_id, scopes, req.model, req.tokens, req.cost_usd, _NO_TOTALS, held)
+    # twice in) its scopes; the limits are enforced here, against every process's usage.
+    # What was read goes back as ``fleet``: a floor for the alerts, never added to.
+    return Hold(req.hold_id, scopes, req.model, req.tokens, req.cost_usd, _NO_TOTALS, held,
+                fleet=committed)
 
 
 def _over(lim: ScopeLimit, req: HoldRequest, tot: Totals,
