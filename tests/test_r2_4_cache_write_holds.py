@@ -26,7 +26,7 @@ from scheduler import BudgetExceededError, Orchestrator, TaskSpec, Usage
 from scheduler.budget import TokenCounter
 from scheduler.config import ProviderConfig, VibeConfig
 from scheduler.core import FixedWallClock, cost_usd
-from scheduler.store import SqliteStore, open_store
+from scheduler.store import open_store
 from scheduler.testing import FRIDAY
 from tests._anthropic_helpers import SECRET_KEY, fake_api
 from tests._redis_helpers import REDIS_URL
@@ -91,10 +91,7 @@ async def test_r2_4_r1_2_four_orchestrators_on_one_sqlite_file_stay_within_the_d
         fake_api: FakeAnthropicServer, tmp_path: Path) -> None:
     """R2.4, R1.2: 4 orchestrators on one SQLite file race for a $0.30 day with calls
     that write the cache for an hour: the day's cost stays within it."""
-    db = tmp_path / "shared.db"
-    made = SqliteStore(db)  # the file and its tables, before four processes open it
-    await made.open()
-    await made.aclose()
+    db = tmp_path / "shared.db"  # new: the four create it together (R1.5)
     _check(fake_api, await _race(fake_api, tmp_path, lambda _: f"sqlite:///{db}"))
 
 

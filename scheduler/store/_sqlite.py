@@ -144,10 +144,13 @@ class SqliteStore:
             private_dir(self.path.parent)
             private_mode(self.path)  # before SQLite creates it with the umask's mode
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout=0")  # never wait for a lock: we retry, async
             db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
             self._db = db
-            await off_loop(init_schema, db)  # may recover a large WAL a killed run left
+            # off the loop, waiting for the lock: processes started together on a new file
+            # all create its schema, and may recover a large WAL a killed run left
+            db.execute(f"PRAGMA busy_timeout={int(max(self.retry_s, 1.0) * 1000)}")
+            await off_loop(init_schema, db)
+            db.execute("PRAGMA busy_timeout=0")  # never wait for a lock: we retry, async
             # SQLite gives new -wal/-shm files the db's mode; older ones kept theirs (by
             # chmod: see private_mode, never by opening them)
             for extra in ("-wal", "-shm"):
