@@ -145,7 +145,8 @@ NOTES = {
               "store"),
     "session_id": ("default: generated per run (`s-YYYYmmdd-HHMMSS-xxxxxx`); `run` refuses "
                    "an id this state directory ran, or that ended in any other on the store "
-                   "(`resume` continues it); a running one is joined (docs/scale-out.md)"),
+                   "(`resume` continues it); a running one is joined unless its orchestrator "
+                   "was killed (docs/scale-out.md)"),
     "seed": "seeds tie-breaking randomness (reproducible dispatch)",
     "budgets.weekend_day_cost_usd": "day cost limit on Saturday and Sunday (R1.3)",
     "budgets.task.cost_warning_usd": "cost warning threshold in USD (R1.3: $0.70)",
