@@ -145,7 +145,8 @@ NOTES = {
               "store"),
     "session_id": ("default: generated per run (`s-YYYYmmdd-HHMMSS-xxxxxx`); `run` refuses "
                    "an id this state directory ran, or that ended in any other on the store "
-                   "(`resume` continues it); a running one is joined (docs/scale-out.md)"),
+                   "(`resume` continues it); a running one is joined unless its orchestrator "
+                   "was killed (docs/scale-out.md)"),
     "seed": "seeds tie-breaking randomness (reproducible dispatch)",
     "budgets.weekend_day_cost_usd": "day cost limit on Saturday and Sunday (R1.3)",
     "budgets.task.cost_warning_usd": "cost warning threshold in USD (R1.3: $0.70)",
@@ -177,6 +178,8 @@ NOTES = {
     "serve.max_request_bytes": "a larger request body gets `413 request_too_large`, unread",
     "serve.request_timeout_s": "a request not received whole this long after its first "
                                "byte gets `408` and its connection closes",
+    "serve.max_tasks_per_key": ("the most `x-vibe-task` tasks a key runs at once; a call "
+                                "naming one more gets `429 rate_limit_error`, not retried"),
     "serve.keys[].name": "the key's task id: `status`, `decide NAME`, reports",
     "serve.keys[].key_env": "environment variable holding the client key",
     "serve.keys[].key_sha256": "or the SHA-256 hex digest of the key (stored instead of it)",

@@ -47,7 +47,7 @@ from agents.providers._anthropic_wire import (
 )
 from agents.providers._transport import KeepAliveTransport
 from scheduler import Completion, CompletionRequest, ConfigError, ProviderError, Usage
-from scheduler.config import ProviderConfig
+from scheduler.config import ProviderConfig, api_key_problem, base_url_problem
 from scheduler.core import Hook, RateLimitInfo, get_logger
 from scheduler.observe import tracing_wanted
 
@@ -119,6 +119,21 @@ class _Attempt:
     message_id: str = ""
 
 
+def check_provider(config: ProviderConfig, key: str, given: bool) -> None:
+    """Refuse, as ``vibe-engine run`` does at start, a key no HTTP header carries and a
+    base URL that is not one: built from Python the provider would otherwise fail every
+    call of the run (the key itself is never repeated in the error)."""
+    problem = api_key_problem(key)
+    if problem is not None:
+        if given:
+            raise ConfigError("api_key", "<redacted>", problem)
+        raise ConfigError("provider.api_key_env", config.api_key_env, problem)
+    url = config.base_url
+    problem = base_url_problem(url) if url is not None else None
+    if problem is not None:
+        raise ConfigError("provider.base_url", url, problem)
+
+
 class AnthropicProvider:
     """:class:`scheduler.Provider` on :class:`anthropic.AsyncAnthropic`."""
 
@@ -139,6 +154,7 @@ class AnthropicProvider:
         if not key:
             raise ConfigError("provider.api_key_env", self.config.api_key_env,
                               "no API key: the environment variable is not set")
+        check_provider(self.config, key, api_key is not None)
         self._client = anthropic.AsyncAnthropic(
             api_key=key, base_url=self.config.base_url, max_retries=0,
             timeout=self.config.timeout_s, http_client=_http_client(),

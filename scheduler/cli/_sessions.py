@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 
 from scheduler.config import DistributedConfig, VibeConfig, sqlite_file
-from scheduler.core import SessionError
+from scheduler.core import SessionError, process_gone
 from scheduler.runtime import RunReport
 from scheduler.store import SessionRecord, list_sessions, open_store
 
@@ -60,7 +60,8 @@ def check_new_session(config: VibeConfig) -> None:
     directory ran, or that has ended wherever it ran, is refused (on a shared store the
     run would otherwise carry on that session's usage and tasks); ``resume`` continues
     it.  Orchestrators sharing one *running* session from their own state directories
-    (docs/scale-out.md) still join it."""
+    (docs/scale-out.md) still join it, unless the record's orchestrator is known to be
+    gone (killed on this host): that session is interrupted, and ``resume`` continues it."""
     sid = config.session_id
     if sid is None or config.store == "memory":
         return
@@ -71,14 +72,21 @@ def check_new_session(config: VibeConfig) -> None:
             return  # nothing ran here yet (and checking must not create the file)
     record = anyio.run(_recorded, config, sid)
     here = os.path.realpath(config.state_dir)
-    if record is None or (record.state == "running" and record.state_dir != here):
+    # a running session whose orchestrator was killed (its pid gone or reused on its
+    # host) is an interrupted one: joining it would carry on as if that run were alive
+    crashed = record is not None and record.state == "running" and process_gone(
+        record.host, record.pid, record.proc_start)
+    if record is None or (record.state == "running" and record.state_dir != here
+                          and not crashed):
         return
     ran_in = record.state_dir or str(config.state_dir)
     # a Redis URL may hold a password: only a SQLite file's URL is repeated
     store = "" if config.store == "sqlite" else (
         f" --store {config.store}" if sqlite_file(config.store) else " --store STORE")
+    what = (f"was running in {ran_in}, but its orchestrator (pid {record.pid} on "
+            f"{record.host}) is gone" if crashed else f"already ran in {ran_in}")
     raise SessionError(
-        f"session {sid} already ran in {ran_in}: `vibe-engine resume {sid} --state-dir "
+        f"session {sid} {what}: `vibe-engine resume {sid} --state-dir "
         f"{ran_in}{store}` continues it; without session_id in the config, run starts a "
         "new session", state_dir=ran_in)
 

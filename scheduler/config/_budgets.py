@@ -15,6 +15,7 @@ from scheduler.config._base import (
     Tier,
     by_complexity,
 )
+from scheduler.config._provider import base_url_problem
 
 
 class Limits(FrozenModel):
@@ -158,8 +159,9 @@ class WebhookConfig(FrozenModel):
     def _one_url(self) -> WebhookConfig:
         if (self.url is None) == (self.url_env is None):
             raise FieldProblem("url", self.url, "give exactly one of url and url_env")
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise FieldProblem("url", self.url, "expected an http:// or https:// URL")
+        problem = base_url_problem(self.url) if self.url is not None else None
+        if problem is not None:
+            raise FieldProblem("url", self.url, problem)
         for env in [self.url_env or "", *self.headers.values()]:
             if env and not _ENV_NAME.match(env):
                 raise FieldProblem("headers", env, "expected an environment variable name")

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 
-from scheduler.config import AlertsConfig
+from scheduler.config import AlertsConfig, api_key_problem, base_url_problem
 from scheduler.control._answer import decide_commands
 from scheduler.core import ConfigError, Event, get_logger
 
@@ -126,6 +126,11 @@ class WebhookSender:
 
     def __init__(self, url: str, fmt: str, headers: Mapping[str, str], config: AlertsConfig,
                  *, name: str = "") -> None:
+        # as `vibe-engine run` refuses at start: every notification would fail (a webhook
+        # URL and header values may be secrets: they are not repeated)
+        _check("url", "<redacted>", base_url_problem(url))
+        for header, value in headers.items():
+            _check(f"headers.{header}", "<redacted>", api_key_problem(value))
         self.url = url
         self.format = fmt
         self.headers = dict(headers)
@@ -196,6 +201,11 @@ class WebhookSender:
         return code >= 500 or code in _RETRY_STATUS, f"HTTP {code}"
 
 
+def _check(field_name: str, value: str, problem: str | None) -> None:
+    if problem is not None:
+        raise ConfigError(field_name, value, problem)
+
+
 def _from_env(env: Mapping[str, str], field_name: str, var: str) -> str:
     value = env.get(var)
     if not value:
@@ -223,8 +233,12 @@ class Webhooks:
         for i, hook in enumerate(config.webhooks):
             where = f"alerts.webhooks[{i}]"
             url = hook.url or _from_env(env, f"{where}.url_env", hook.url_env or "")
+            if hook.url is None:  # named as the CLI names it: the variable, not its value
+                _check(f"{where}.url_env", hook.url_env or "", base_url_problem(url))
             headers = {name: _from_env(env, f"{where}.headers.{name}", var)
                        for name, var in hook.headers.items()}
+            for name, var in hook.headers.items():
+                _check(f"{where}.headers.{name}", var, api_key_problem(headers[name]))
             senders.append(WebhookSender(url, hook.format, headers, config))
         return cls(senders, session_id=session_id, state_dir=state_dir)
 

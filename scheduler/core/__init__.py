@@ -48,6 +48,9 @@ from scheduler.core._hooks import AsyncHook as AsyncHook
 from scheduler.core._hooks import Hook as Hook
 from scheduler.core._log import LibraryLogger as LibraryLogger
 from scheduler.core._log import get_logger as get_logger
+from scheduler.core._process import process_gone as process_gone
+from scheduler.core._process import process_start as process_start
+from scheduler.core._process import this_host as this_host
 from scheduler.core._provider import REQUEST_OPTIONS as REQUEST_OPTIONS
 from scheduler.core._provider import Completion as Completion
 from scheduler.core._provider import CompletionRequest as CompletionRequest
@@ -126,9 +129,12 @@ __all__ = [
     "private_dir",
     "private_file",
     "private_mode",
+    "process_gone",
+    "process_start",
     "remove_file",
     "resolve_object",
     "thinking_budget",
+    "this_host",
     "umask_keeps_owner",
     "write_private",
 ]

@@ -34,6 +34,7 @@ from scheduler.observe._snapshot import (
     event_views,
 )
 from scheduler.store import Store, latest_session, session_task_totals, task_key, task_of_key
+from scheduler.store._base import DAY_BEGUN
 from scheduler.tasks import TaskStatus
 
 __all__ = ["pid_alive", "read_status", "snapshot_from_store", "status_document"]
@@ -248,14 +249,25 @@ async def _with_results(store: Store, snap: Snapshot) -> Snapshot:
                                      for t in snap.tasks))
 
 
+async def fleet_today(store: Store, today: date) -> date:
+    """The day a running orchestrator on ``store`` would answer for ``today`` (the local
+    date): never before the latest day any process on the store began (R1.2) -- one
+    whose clock or time zone is ahead, or a wall clock set back after midnight, must not
+    make ``status`` show a day the fleet has closed."""
+    begun = await store.list_state(DAY_BEGUN)
+    return max(today, date.fromisoformat(max(begun))) if begun else today
+
+
 async def read_status(store: Store, state_dir: Path, *, today: date,
                       config: VibeConfig | None = None) -> Snapshot:
     """The running orchestrator's snapshot when one runs, else the store's (see module doc;
-    ``config``: as :func:`snapshot_from_store`'s)."""
+    ``config``: as :func:`snapshot_from_store`'s; ``today``: the local date, as
+    :func:`fleet_today` takes it)."""
     live = _status_file(Path(state_dir))
     if live is not None and live.running and pid_alive(live.pid):
         return await _with_results(store, await _with_store_days(store, live))
-    return await snapshot_from_store(store, Path(state_dir), today=today, config=config)
+    return await snapshot_from_store(store, Path(state_dir),
+                                     today=await fleet_today(store, today), config=config)
 
 
 def status_document(snap: Snapshot, task_budgets: Sequence[TaskBudgetDoc]) -> StatusDoc:

@@ -30,7 +30,9 @@ from scheduler.core import (
     off_loop,
     private_dir,
     private_file,
+    process_start,
     remove_file,
+    this_host,
     write_private,
 )
 from scheduler.observe import put_states
@@ -133,6 +135,7 @@ class SessionLog:
         record = SessionRecord.from_dict(stored) if stored else SessionRecord(
             self.session_id, started=self.wall.now().isoformat())
         record.state, record.ended, record.pid = "running", "", os.getpid()
+        record.host, record.proc_start = this_host(), process_start(record.pid)
         record.state_dir = self.state_dir
         record.tasks = list(dict.fromkeys([*record.tasks, *task_ids]))
         record.config = self.config.model_dump(mode="json")

@@ -41,7 +41,12 @@ from scheduler.serve._errors import (
 )
 from scheduler.serve._keys import TASK_HEADER, KeyEntry, presented_key, task_name_problem
 from scheduler.serve._models import ModelMap
-from scheduler.serve._runtime import GroupEndedError, GroupUnavailableError, Served
+from scheduler.serve._runtime import (
+    GroupEndedError,
+    GroupLimitError,
+    GroupUnavailableError,
+    Served,
+)
 from scheduler.serve._upstream import UpstreamError, loads
 from scheduler.tasks import TaskHandle
 
@@ -391,6 +396,8 @@ class ServeApp:
                       else await self.served.group(entry, group))
         except GroupUnavailableError as exc:
             return error_response("api_error", f"vibe-engine: {exc}", status=503)
+        except GroupLimitError as exc:  # retrying at once cannot help: a task idles out
+            return error_response("rate_limit_error", f"vibe-engine: {exc}", headers=NO_RETRY)
         except GroupEndedError as exc:  # its budget is spent: retrying cannot help
             return error_response("invalid_request_error", f"vibe-engine: {exc}",
                                   headers=NO_RETRY)

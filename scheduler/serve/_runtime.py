@@ -118,6 +118,21 @@ class GroupUnavailableError(VibeEngineError):
                          f"under it starts it again")
 
 
+class GroupLimitError(VibeEngineError):
+    """Key ``key`` already has ``serve.max_tasks_per_key`` grouped tasks: a call naming a
+    new one is refused (a client naming a task per request would otherwise grow the
+    server's memory and store without bound)."""
+
+    def __init__(self, key: str, limit: int, idle_s: float) -> None:
+        self.key, self.limit = key, limit
+        frees = (f"one is freed once it has had no call for serve.group_idle_s = {idle_s:g} s"
+                 if idle_s else "serve.group_idle_s is unset, so none is freed while serve "
+                 "runs")
+        super().__init__(f"key {key!r} already has {limit:,} grouped tasks "
+                         f"(serve.max_tasks_per_key); send the call under a name in use, or "
+                         f"without x-vibe-task; {frees}")
+
+
 class GroupEndedError(VibeEngineError):
     """A grouped task (``KEY/NAME``) ran and has ended (its wall-time budget ran out,
     say): its budget is spent, so calls grouped under it are refused, not started again."""
@@ -170,6 +185,9 @@ class Served:
         self._failure: BaseException | None = None
         #: Grouped tasks (``KEY/NAME``) of the run by id, while the run holds them.
         self._grouped: dict[str, _Group] = {}
+        #: How many of ``_grouped`` each key has (capped by ``serve.max_tasks_per_key``).
+        self._live: dict[str, int] = {}
+        self._max_tasks = serve.max_tasks_per_key
         #: Grouped tasks that ran and ended (not idle): their status and reason, so
         #: their calls are still refused once the run forgot them.
         self._ended: dict[str, tuple[str, str]] = {}
@@ -239,6 +257,10 @@ class Served:
         ended = self._ended.get(task_id)
         if ended is not None:  # it ran and was forgotten: its budget is spent
             raise GroupEndedError(task_id, *ended)
+        live = self._live.get(entry.name, 0)
+        if live >= self._max_tasks:
+            raise GroupLimitError(entry.name, self._max_tasks, self._idle_s)
+        self._live[entry.name] = live + 1
         group = self._grouped[task_id] = _Group()
         template = self._templates.get(entry.name)
         if template is None:
@@ -247,8 +269,7 @@ class Served:
             group.handle = await self.orchestrator.spawn(
                 group_spec(template, entry.name, name))
         except VibeEngineError:  # the run is ending
-            if self._grouped.get(task_id) is group:
-                del self._grouped[task_id]
+            self._drop(task_id, group)
             if group.started is not None:
                 group.started.set()
             return None
@@ -274,10 +295,18 @@ class Served:
             reason = handle.reason or str(handle.status)
             if started is None or started.is_set():  # it ran: a spent budget stays spent
                 raise GroupEndedError(task_id, str(handle.status), reason)
-            if self._grouped.get(task_id) is group:
-                del self._grouped[task_id]  # it never ran: the next call starts it again
+            self._drop(task_id, group)  # it never ran: the next call starts it again
             raise GroupUnavailableError(task_id, reason)
         return handle
+
+    def _drop(self, task_id: str, group: _Group) -> None:
+        """Forget ``group`` (task ``task_id``) if the run still holds it."""
+        if self._grouped.get(task_id) is group:
+            del self._grouped[task_id]
+            key = task_id.partition("/")[0]
+            self._live[key] -= 1
+            if not self._live[key]:
+                del self._live[key]
 
     def _count(self, group: _Group) -> None:
         group.calls += 1
@@ -329,7 +358,7 @@ class Served:
             if group.closed is not None:
                 group.closed.set()  # its waiters learn that the server is stopping
             return
-        del self._grouped[handle.id]
+        self._drop(handle.id, group)
         if group.closed is None and group.started is None:  # ran, then ended: spent
             self._ended[handle.id] = (str(handle.status), handle.reason or str(handle.status))
         self.orchestrator.forget(handle.id)

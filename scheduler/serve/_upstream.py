@@ -16,9 +16,11 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
+from scheduler.config import api_key_problem, base_url_problem
 from scheduler.core import (
     Completion,
     CompletionRequest,
+    ConfigError,
     OverloadedError,
     ProviderError,
     ProviderTimeoutError,
@@ -205,6 +207,14 @@ class UpstreamProvider:
     (:mod:`._http`; through httpx when the environment names a proxy for it)."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 600.0) -> None:
+        # as `vibe-engine serve` checks at start: built from Python, a bad value would
+        # otherwise fail every forwarded call (the key is never repeated)
+        problem = base_url_problem(base_url)
+        if problem is not None:
+            raise ConfigError("serve.upstream_base_url", base_url, problem)
+        problem = api_key_problem(api_key) if api_key else None
+        if problem is not None:
+            raise ConfigError("api_key", "<redacted>", problem)
         self._url = base_url.rstrip("/")
         #: the headers every upstream request carries, before the client's own
         self._fixed = (("x-api-key", api_key), ("content-type", "application/json"),

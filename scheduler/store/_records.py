@@ -57,13 +57,17 @@ class SessionRecord:
     """One session: its tasks, its config, the process that runs it and how it ended.
 
     ``state`` is ``running`` while an orchestrator runs it; a ``running`` record
-    whose orchestrator is gone (killed) counts as interrupted.
+    whose orchestrator is gone (killed) counts as interrupted.  ``host``, ``pid`` and
+    ``proc_start`` name that orchestrator (``scheduler.core.process_gone``); records
+    written before they were kept load with them empty.
     """
 
     session_id: str
     state: SessionState = "running"
     state_dir: str = ""
     pid: int = 0
+    host: str = ""
+    proc_start: str = ""
     started: str = ""
     ended: str = ""
     tasks: list[str] = field(default_factory=list)
