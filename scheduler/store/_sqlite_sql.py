@@ -12,7 +12,6 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import accumulate
-from operator import is_ as _is
 from typing import Any
 
 from scheduler.core import Usage, UsageEvent
@@ -340,7 +339,8 @@ def open_call_row(key: str, value: dict[str, Any]) -> list[Any] | None:
             row = [key, *[value[f] for f in OPEN_CALL_FIELDS]]
         except KeyError:
             return None
-    return row if all(map(_is, map(type, row), _OPEN_CALL_TYPES)) else None
+    # exact types (a bool is no int here): a tuple of types compares them by identity
+    return row if tuple(map(type, row)) == _OPEN_CALL_TYPES else None
 
 
 def open_calls_of(db: sqlite3.Connection, key: str | None = None) -> dict[str, dict[str, Any]]:
