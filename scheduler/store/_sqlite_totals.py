@@ -54,7 +54,7 @@ def add_totals(db: sqlite3.Connection, fresh: list[UsageEvent]) -> None:
         write = u.cache_write_5m_tokens + u.cache_write_1h_tokens
         amounts = (prompt, out, read, write, event.cost_usd, event.file_edits,
                    event.shell_commands, event.dangerous_commands, 1 if model else 0)
-        scopes = _scopes(event)
+        scopes = scopes_of(event)
         for scope in scopes:
             if scope in per_scope:
                 per_scope[scope].append(amounts)
@@ -80,22 +80,6 @@ def add_totals(db: sqlite3.Connection, fresh: list[UsageEvent]) -> None:
         db.executemany(_SET_TOTALS, [(scope, *row) for scope, row in sums.items()])
     if models:
         db.executemany(ADD_MODEL, [(s, m, tokens) for (s, m), tokens in models.items()])
-
-
-#: ``scopes_of`` by what it reads of an event: a task charges many times, its scopes'
-#: names are made once (emptied when full: a long run has more tasks than it keeps).
-_SCOPES: dict[tuple[str, str, str, str], tuple[str, ...]] = {}
-_SCOPES_KEPT = 4096
-
-
-def _scopes(event: UsageEvent) -> tuple[str, ...]:
-    key = (event.task_id, event.session_id, event.day, event.day_scope)
-    scopes = _SCOPES.get(key)
-    if scopes is None:
-        if len(_SCOPES) >= _SCOPES_KEPT:
-            _SCOPES.clear()
-        scopes = _SCOPES[key] = scopes_of(event)
-    return scopes
 
 
 def _current_totals(db: sqlite3.Connection, scopes: list[str]) -> dict[str, list[Any]]:
