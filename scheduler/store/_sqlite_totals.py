@@ -72,10 +72,12 @@ def add_totals(db: sqlite3.Connection, fresh: list[UsageEvent]) -> None:
         shared = [scope for scope, adds in per_scope.items() if len(adds) > 1]
         sums = _current_totals(db, shared)
         for scope in shared:
-            # per column, left to right from the stored total (reduce: a plain add per
-            # amount, never sum()'s compensated float addition)
+            # per column, left to right from the stored total: sum() where it adds ints
+            # only (exact, in any order: an int result says no float was added), else
+            # reduce (a plain add per amount, never sum()'s compensated float addition)
             columns = zip(*per_scope[scope], strict=True)
-            sums[scope] = [reduce(add, column, total)
+            sums[scope] = [s if type(s := sum(column, total)) is int
+                           else reduce(add, column, total)
                            for total, column in zip(sums[scope], columns, strict=True)]
         db.executemany(_SET_TOTALS, [(scope, *row) for scope, row in sums.items()])
     if models:
