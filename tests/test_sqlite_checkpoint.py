@@ -248,3 +248,29 @@ async def test_r2_6_an_open_store_keeps_sqlite_locks_on_its_shared_memory(
             assert probe.stdout.decode().strip() == "held", probe.stdout + probe.stderr
         finally:
             await store.aclose()
+
+
+async def test_r2_6_a_new_ledger_has_small_pages_and_an_older_file_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    """#22, R2.6: a new file is made with 2 KiB pages (a commit writes each page it changed
+    whole into the WAL); a file an earlier version made with 4 KiB pages opens as it is,
+    keeps them, and records and totals charges as before."""
+    old = tmp_path / "old.db"
+    db = sqlite3.connect(old)
+    db.execute("PRAGMA page_size=4096")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE earlier (x)")  # a file with content: its page size is set
+    db.close()
+    for path, size in ((tmp_path / "new.db", 2048), (old, 4096)):
+        store = SqliteStore(path)
+        await store.open()
+        assert await store.record(_event(1)) and await store.record(_event(2))
+        assert not await store.record(_event(1))
+        assert (await store.totals("task:t")).calls == 2
+        await store.aclose()
+        check = sqlite3.connect(path)
+        assert check.execute("PRAGMA page_size").fetchone()[0] == size
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert check.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
+        check.close()

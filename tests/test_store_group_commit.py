@@ -171,6 +171,35 @@ async def test_r2_1_concurrent_agents_share_commits_and_every_call_is_charged(
     await check.aclose()
 
 
+async def test_r2_1_a_shared_commit_adds_each_amount_in_order_as_a_commit_each_would(
+    tmp_path: Path,
+) -> None:
+    """#22, R2.1: charges committed together add to the scopes they share one at a time,
+    in order, from the stored total: the floats a commit per charge would store, to the
+    bit (1e16 + 1.0 + 1.0 stays 1e16; an exact or compensated sum would store 1e16 + 2),
+    in the cost and in a token count holding a float alike; int counts stay ints."""
+    store = SqliteStore(tmp_path / "vibe.db")
+    await store.open()
+
+    def charge(n: int, amount: float) -> UsageEvent:
+        return UsageEvent(event_id=f"f{n}", task_id=f"t{n}", session_id="s", day=DAY,
+                          at=float(n), model="sonnet", usage=Usage(amount, 3),  # type: ignore[arg-type]
+                          cost_usd=amount)
+
+    await store.record(charge(0, 1e16))
+    async with anyio.create_task_group() as tg:  # one loop turn: one shared commit
+        for n in (1, 2):
+            tg.start_soon(store.record, charge(n, 1.0))
+    assert store.group.batches == 2
+    for scope in ("session:s", f"day:{DAY}"):
+        totals = await store.totals(scope)
+        assert totals.cost_usd.hex() == (1e16 + 1.0 + 1.0).hex() == (1e16).hex()
+        assert totals.prompt_tokens == 10**16  # (an integral float is an int in SQLite)
+        assert totals.completion_tokens == 9 and type(totals.completion_tokens) is int
+        assert totals.calls == 3
+    await store.aclose()
+
+
 async def test_r2_6_a_write_cancelled_while_queued_is_neither_written_nor_acknowledged(
     tmp_path: Path,
 ) -> None:

@@ -83,8 +83,8 @@ from scheduler.store._sqlite_sql import (
     open_call_row,
     open_calls_of,
     row_to_event,
-    totals_of,
 )
+from scheduler.store._sqlite_totals import totals_of
 
 _log = get_logger("vibe_engine.store.sqlite")
 T = TypeVar("T")

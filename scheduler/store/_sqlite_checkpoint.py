@@ -33,7 +33,7 @@ _log = get_logger("vibe_engine.store.sqlite")
 #: Commits between two checkpoints: a few pages each, so the WAL stays around a
 #: thousand pages, SQLite's own automatic checkpoint size.
 CHECKPOINT_EVERY = 256
-#: WAL frames (pages) above which the WAL is started over: 16 MiB of 4 KiB pages.
+#: WAL frames (pages) above which the WAL is started over: 8 MiB of 2 KiB pages.
 RESTART_FRAMES = 4096
 _WAIT_MS = 500  # how long a RESTART checkpoint waits for the lock, in this thread
 

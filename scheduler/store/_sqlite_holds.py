@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 from scheduler.core import BudgetExceededError, Totals
 from scheduler.store._ledger import Hold, ScopeLimit
-from scheduler.store._sqlite_sql import DELETE_HOLD, totals_of, write_transaction
+from scheduler.store._sqlite_sql import DELETE_HOLD, write_transaction
+from scheduler.store._sqlite_totals import totals_of
 
 #: What the live holds of a scope add up to: one row per model in ``hold_sums``, which
 #: triggers keep equal to the ``holds`` rows' sums (a call reads a few rows, not one per

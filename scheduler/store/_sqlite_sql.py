@@ -11,15 +11,13 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import reduce
 from itertools import accumulate
-from operator import add
-from operator import is_ as _is
 from typing import Any
 
-from scheduler.core import Totals, Usage, UsageEvent
+from scheduler.core import Usage, UsageEvent
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, REPLACED, scopes_of
 from scheduler.store._spool import SpooledEvent, SpooledState
+from scheduler.store._sqlite_totals import ADD_MODEL, ADD_TOTALS, add_totals
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -126,32 +124,6 @@ _DELETE_OPEN = "DELETE FROM open_calls WHERE key = ?"
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-_TOTAL_COLUMNS = (
-    "prompt_tokens, completion_tokens, cache_read_tokens, cache_write_tokens, cost_usd, "
-    "file_edits, shell_commands, dangerous_commands, calls"
-)
-_SET_TOTALS = f"""
-INSERT INTO totals (scope, {_TOTAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(scope) DO UPDATE SET
-    ({_TOTAL_COLUMNS}) = (excluded.prompt_tokens, excluded.completion_tokens,
-    excluded.cache_read_tokens, excluded.cache_write_tokens, excluded.cost_usd,
-    excluded.file_edits, excluded.shell_commands, excluded.dangerous_commands, excluded.calls)
-"""
-_ADD_TOTALS = f"""
-INSERT INTO totals (scope, {_TOTAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(scope) DO UPDATE SET
-    ({_TOTAL_COLUMNS}) = (prompt_tokens + excluded.prompt_tokens,
-    completion_tokens + excluded.completion_tokens,
-    cache_read_tokens + excluded.cache_read_tokens,
-    cache_write_tokens + excluded.cache_write_tokens, cost_usd + excluded.cost_usd,
-    file_edits + excluded.file_edits, shell_commands + excluded.shell_commands,
-    dangerous_commands + excluded.dangerous_commands, calls + excluded.calls)
-"""
-_SCOPES_PER_SELECT = 500  # well under SQLite's limit on bound parameters
-_ADD_MODEL = """
-INSERT INTO model_totals VALUES (?,?,?)
-ON CONFLICT(scope, model) DO UPDATE SET tokens = tokens + excluded.tokens
-"""
 EVENT_COLUMNS = (
     "event_id, task_id, session_id, day, at, agent, model, task_type, prompt_tokens, "
     "completion_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, "
@@ -169,6 +141,10 @@ def init_schema(db: sqlite3.Connection) -> None:
     # WAL + synchronous=NORMAL: a commit is a write() to the WAL file, so a committed
     # transaction survives the process being killed; only a power loss or OS crash
     # can drop the last commits (FULL would fsync every commit to survive that too).
+    # 2 KiB pages (a new file's; an existing one keeps its own): a commit writes each page
+    # it changed whole into the WAL, and the charges of many tasks committed together
+    # change a page per task in the indexes of ``events`` and ``totals``
+    db.execute("PRAGMA page_size=2048")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(_SCHEMA)
@@ -249,9 +225,9 @@ def apply_in(db: sqlite3.Connection,
     added = _insert_events(db, events)
     if holds:
         db.executemany(DELETE_HOLD, holds)
-    fresh = [ev for ev, new in zip(events, added, strict=True) if new]
+    fresh = events if all(added) else [ev for ev, new in zip(events, added, strict=True) if new]
     if fresh:
-        _add_totals(db, fresh)
+        add_totals(db, fresh)
     if gone:  # rare: a call charged at its estimate while its process was frozen
         added = [REPLACED if new and ev.event_id in gone and take_back_estimate(
             db, ev.event_id) else new for ev, new in zip(events, added, strict=True)]
@@ -294,9 +270,9 @@ def take_back_estimate(db: sqlite3.Connection, key: str) -> bool:
             -u.cache_write_tokens, -e.cost_usd, -e.file_edits, -e.shell_commands,
             -e.dangerous_commands, -1 if e.model else 0)
     scopes = mark.get("scopes") or scopes_of(e)
-    db.executemany(_ADD_TOTALS, [(scope, *less) for scope in scopes])
+    db.executemany(ADD_TOTALS, [(scope, *less) for scope in scopes])
     if e.model:
-        db.executemany(_ADD_MODEL, [(scope, e.model, -u.total_tokens) for scope in scopes])
+        db.executemany(ADD_MODEL, [(scope, e.model, -u.total_tokens) for scope in scopes])
     return True
 
 
@@ -349,72 +325,6 @@ def _event_row(event: UsageEvent) -> tuple[Any, ...]:
     )
 
 
-def _add_totals(db: sqlite3.Connection, fresh: list[UsageEvent]) -> None:
-    """Add ``fresh`` events to their scopes' totals, one row write per scope and per
-    (scope, model) for the whole batch.  A scope several events add to is read once
-    and summed here in event order, one addition at a time, as a commit per event
-    would: the same floats to the bit."""
-    per_scope: dict[str, list[tuple[Any, ...]]] = {}
-    models: dict[tuple[str, str], int] = {}
-    for event in fresh:
-        u = event.usage
-        model = event.model
-        amounts = (
-            u.prompt_tokens, u.completion_tokens, u.cache_read_tokens,
-            u.cache_write_tokens, event.cost_usd, event.file_edits,
-            event.shell_commands, event.dangerous_commands, 1 if model else 0,
-        )
-        tokens = u.total_tokens if model else 0  # once per event, not per scope
-        for scope in scopes_of(event):
-            adds = per_scope.get(scope)
-            if adds is None:
-                per_scope[scope] = [amounts]
-            else:
-                adds.append(amounts)
-            if model:
-                key = (scope, model)
-                models[key] = models.get(key, 0) + tokens
-    once = [(scope, *adds[0]) for scope, adds in per_scope.items() if len(adds) == 1]
-    if once:  # the database adds a single amount itself: no read needed
-        db.executemany(_ADD_TOTALS, once)
-    shared = [scope for scope, adds in per_scope.items() if len(adds) > 1]
-    if shared:
-        sums = _current_totals(db, shared)
-        for scope in shared:
-            # per column, left to right from the stored total (reduce: a plain add per
-            # amount, never sum()'s compensated float addition)
-            columns = zip(*per_scope[scope], strict=True)
-            sums[scope] = [reduce(add, column, total)
-                           for total, column in zip(sums[scope], columns, strict=True)]
-        db.executemany(_SET_TOTALS, [(scope, *row) for scope, row in sums.items()])
-    if models:
-        db.executemany(_ADD_MODEL, [(s, m, tokens) for (s, m), tokens in models.items()])
-
-
-def _current_totals(db: sqlite3.Connection, scopes: list[str]) -> dict[str, list[Any]]:
-    sums: dict[str, list[Any]] = {s: [0, 0, 0, 0, 0.0, 0, 0, 0, 0] for s in scopes}
-    for i in range(0, len(scopes), _SCOPES_PER_SELECT):
-        chunk = scopes[i:i + _SCOPES_PER_SELECT]
-        marks = ",".join("?" * len(chunk))
-        for scope, *row in db.execute(
-                f"SELECT scope, {_TOTAL_COLUMNS} FROM totals WHERE scope IN ({marks})", chunk):
-            sums[scope] = row
-    return sums
-
-
-def totals_of(db: sqlite3.Connection, scope: str) -> Totals:
-    row = db.execute(
-        f"SELECT {_TOTAL_COLUMNS} FROM totals WHERE scope = ?",
-        (scope,),
-    ).fetchone()
-    if row is None:
-        return Totals()
-    by_model = dict(db.execute("SELECT model, tokens FROM model_totals WHERE scope = ?",
-                               (scope,)))
-    (p, c, cr, cw, cost, fe, sh, dg, calls) = row
-    return Totals(p, c, cr, cw, cost, fe, sh, dg, calls, by_model)
-
-
 _PUT = ("INSERT INTO state VALUES (?,?,?) ON CONFLICT(kind, key) DO UPDATE SET "
         "value = excluded.value")
 
@@ -433,7 +343,8 @@ def open_call_row(key: str, value: dict[str, Any]) -> list[Any] | None:
             row = [key, *[value[f] for f in OPEN_CALL_FIELDS]]
         except KeyError:
             return None
-    return row if all(map(_is, map(type, row), _OPEN_CALL_TYPES)) else None
+    # exact types (a bool is no int here): a tuple of types compares them by identity
+    return row if tuple(map(type, row)) == _OPEN_CALL_TYPES else None
 
 
 def open_calls_of(db: sqlite3.Connection, key: str | None = None) -> dict[str, dict[str, Any]]:
