@@ -175,3 +175,37 @@ def test_r1_5_a_session_whose_last_joiner_was_killed_is_joined_while_another_run
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_r1_5_a_record_from_before_members_keeps_its_orchestrator_as_one(
+    tmp_path: Path,
+) -> None:
+    """R1.5: a running record written before records listed their members names one
+    orchestrator (a live process stands in for it).  B joins, then is killed: the session
+    still runs there, so it is joined; once that one is gone too, it is refused."""
+    _config(tmp_path, "b", time_scale=200)
+    db = tmp_path / "shared.db"
+    earlier = subprocess.Popen(["sleep", "120"])
+    joiner = None
+    try:
+        _record(tmp_path, host=this_host(), pid=earlier.pid,
+                proc_start=process_start(earlier.pid))
+        joiner = subprocess.Popen(
+            [str(BIN), "run", "b.toml", "--no-live", "--log-level", "error"],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        record = anyio.run(_running, db, joiner)
+        while record.pid != joiner.pid:  # B's begin is not yet written
+            record = anyio.run(_running, db, joiner)
+        joiner.kill()
+        joiner.wait()
+        _check(tmp_path)  # the earlier orchestrator still runs it: joined
+        earlier.kill()
+        earlier.wait()
+        with pytest.raises(SessionError, match="is gone"):
+            _check(tmp_path)
+    finally:
+        for proc in (earlier, joiner):
+            if proc is not None:
+                proc.kill()
+                proc.wait()

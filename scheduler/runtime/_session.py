@@ -135,9 +135,12 @@ class SessionLog:
         stored = await self.store.get_state("session", self.session_id)
         record = SessionRecord.from_dict(stored) if stored else SessionRecord(
             self.session_id, started=self.wall.now().isoformat())
-        # the orchestrators already running it stay members: it runs while one does
+        # the orchestrators already running it stay members: it runs while one does (a
+        # record written before members were kept names its one orchestrator)
         me = [this_host(), os.getpid(), process_start(os.getpid())]
-        record.members = [*(m for m in record.members if record.state == "running"
+        earlier = record.members or ([[record.host, record.pid, record.proc_start]]
+                                     if record.pid else [])
+        record.members = [*(m for m in earlier if record.state == "running"
                             and m != me and not member_gone(m)), me]
         record.state, record.ended = "running", ""
         record.host, record.pid, record.proc_start = me
