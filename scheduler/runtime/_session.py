@@ -137,13 +137,14 @@ class SessionLog:
             self.session_id, started=self.wall.now().isoformat())
         # the orchestrators already running it stay members: it runs while one does (a
         # record written before members were kept names its one orchestrator)
-        me = [this_host(), os.getpid(), process_start(os.getpid())]
+        host, pid = this_host(), os.getpid()
+        me: list[Any] = [host, pid, process_start(pid)]
         earlier = record.members or ([[record.host, record.pid, record.proc_start]]
                                      if record.pid else [])
         record.members = [*(m for m in earlier if record.state == "running"
                             and m != me and not member_gone(m)), me]
         record.state, record.ended = "running", ""
-        record.host, record.pid, record.proc_start = me
+        record.host, record.pid, record.proc_start = host, pid, me[2]
         record.state_dir = self.state_dir
         record.tasks = list(dict.fromkeys([*record.tasks, *task_ids]))
         record.config = self.config.model_dump(mode="json")
