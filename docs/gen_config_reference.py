@@ -178,8 +178,9 @@ NOTES = {
     "serve.max_request_bytes": "a larger request body gets `413 request_too_large`, unread",
     "serve.request_timeout_s": "a request not received whole this long after its first "
                                "byte gets `408` and its connection closes",
-    "serve.max_tasks_per_key": ("the most `x-vibe-task` tasks a key runs at once; a call "
-                                "naming one more gets `429 rate_limit_error`, not retried"),
+    "serve.max_tasks_per_key": ("the most `x-vibe-task` tasks a key runs at once on one "
+                                "`serve` process (N replicas: N times it); a call naming "
+                                "one more gets `429 rate_limit_error`, not retried"),
     "serve.keys[].name": "the key's task id: `status`, `decide NAME`, reports",
     "serve.keys[].key_env": "environment variable holding the client key",
     "serve.keys[].key_sha256": "or the SHA-256 hex digest of the key (stored instead of it)",

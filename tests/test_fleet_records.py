@@ -20,9 +20,12 @@ import anyio
 import pytest
 
 from agents.fake_api import FakeAnthropicServer
-from scheduler.control._fleet import KEEP_DAYS_BEGUN, KIND
+from scheduler import TaskSpec
+from scheduler.config import VibeConfig
+from scheduler.control._fleet import KEEP_DAYS_BEGUN, KIND, NOTIFIED
 from scheduler.store import open_store
 from scheduler.store._base import DAY_BEGUN
+from scheduler.testing import FRIDAY, build_orchestrator, run_virtual
 from tests._anthropic_helpers import SECRET_KEY, fake_api
 from tests._redis_helpers import REDIS_URL
 from tests._serve_helpers import BIN, CLIENT_KEYS, serve_process
@@ -159,3 +162,38 @@ async def test_r3_4_a_replica_starts_from_the_fleet_adds_and_prunes_records_gone
         store = f"{REDIS_URL}?namespace={request.getfixturevalue('redis_ns')}"
     _check(await _replica_started_after_the_adds(tmp_path, fake_api.base_url, store),
            date.today())
+
+
+def test_r3_3_past_days_alert_claims_are_pruned_at_a_process_start(tmp_path: Path) -> None:
+    """R3.3, R1.2: each crossing of a budget every process counts leaves a claim (kind
+    ``alert_notified``) so people are told once; a past day's is never told again.  An
+    orchestrator's start deletes those of days before yesterday (before: kept for ever,
+    a few records per key and day); today's, yesterday's and a task's own stay."""
+    db = tmp_path / "shared.db"
+    keys = [f"{scope}#cost_usd#critical#5" for scope in (
+        f"day:{FRIDAY - timedelta(days=30)}", f"day:{FRIDAY - timedelta(days=2)}",
+        f"task-day:alpha:{FRIDAY - timedelta(days=2)}", f"day:{FRIDAY - timedelta(days=1)}",
+        f"day:{FRIDAY}", "task:alpha")]
+
+    async def main() -> list[str]:
+        store = open_store(f"sqlite://{db}", tmp_path)
+        await store.open()
+        for key in keys:
+            await store.put_state(NOTIFIED, key, {"task_id": "t", "used": 1.0})
+        await store.aclose()
+
+        class Idle:
+            async def run(self, ctx: object) -> None:
+                return None
+
+        orch = build_orchestrator({"idle": Idle}, config=VibeConfig(
+            state_dir=tmp_path / "o", store=f"sqlite://{db}"))
+        await orch.run([TaskSpec(id="t", agent="idle", prompt="x")])
+        store = open_store(f"sqlite://{db}", tmp_path)
+        await store.open()
+        try:
+            return sorted(await store.list_state(NOTIFIED))
+        finally:
+            await store.aclose()
+
+    assert run_virtual(main) == sorted(keys[3:])

@@ -117,3 +117,21 @@ def test_r7_2_a_bad_max_tasks_per_key_names_the_field(tmp_path: Path, value: Any
         config_from_dict(serve_config(tmp_path, "http://127.0.0.1:9",
                                       [{"name": "a", "key_env": "K"}],
                                       max_tasks_per_key=value))
+
+
+async def test_r7_2_the_cap_is_per_replica_and_the_refusal_says_so(tmp_path: Path) -> None:
+    """Replicas on one store (virtual time): the cap bounds each server's memory, so each
+    of two replicas with a cap of 1 runs one task of the key (2 in all, as documented:
+    N replicas, N times it); the 429's message says the count is this server's."""
+    replicas = []
+    for name in ("r1", "r2"):
+        served = _served(tmp_path / name, cap=1)
+        replicas.append(Served(served.config.model_copy(update={
+            "store": f"sqlite://{tmp_path / 'shared.db'}"}), env={
+            "KEY_A": "sk-a", "KEY_B": "sk-b"}, provider=_provider()))
+    async with replicas[0].running(), replicas[1].running():
+        await _call(replicas[0], "alpha", "one")
+        await _call(replicas[1], "alpha", "two")
+        for served in replicas:
+            with pytest.raises(GroupLimitError, match="1 grouped tasks on this server"):
+                await _call(served, "alpha", "three")

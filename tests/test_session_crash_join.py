@@ -145,3 +145,67 @@ def test_r1_5_a_killed_process_not_yet_reaped_is_gone() -> None:
     finally:
         proc.wait()
     assert process_gone(this_host(), proc.pid, start)
+
+
+@pytest.mark.slow
+def test_r1_5_a_session_whose_last_joiner_was_killed_is_joined_while_another_runs(
+    tmp_path: Path,
+) -> None:
+    """R1.5: A and B run one session; B (the last to join, the one its record names) is
+    killed.  A still runs it, so it is not interrupted: a third orchestrator joins it."""
+    _config(tmp_path, "a", time_scale=200)  # runs on while B is killed and C joins
+    _config(tmp_path, "b", time_scale=200)
+    _config(tmp_path, "c", time_scale=0.01)
+    db = tmp_path / "shared.db"
+    procs = []
+    try:
+        for name in ("a", "b"):
+            procs.append(subprocess.Popen(
+                [str(BIN), "run", f"{name}.toml", "--no-live", "--log-level", "error"],
+                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            record = anyio.run(_running, db, procs[-1])
+            while record.pid != procs[-1].pid:  # B's begin is not yet written
+                record = anyio.run(_running, db, procs[-1])
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait()
+        joined = cli(["run", "c.toml", "--no-live", "--log-level", "error"], tmp_path)
+        assert joined.code == 0, joined
+        assert procs[0].poll() is None  # A ran throughout
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_r1_5_a_record_from_before_members_keeps_its_orchestrator_as_one(
+    tmp_path: Path,
+) -> None:
+    """R1.5: a running record written before records listed their members names one
+    orchestrator (a live process stands in for it).  B joins, then is killed: the session
+    still runs there, so it is joined; once that one is gone too, it is refused."""
+    _config(tmp_path, "b", time_scale=200)
+    db = tmp_path / "shared.db"
+    earlier = subprocess.Popen(["sleep", "120"])
+    joiner = None
+    try:
+        _record(tmp_path, host=this_host(), pid=earlier.pid,
+                proc_start=process_start(earlier.pid))
+        joiner = subprocess.Popen(
+            [str(BIN), "run", "b.toml", "--no-live", "--log-level", "error"],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        record = anyio.run(_running, db, joiner)
+        while record.pid != joiner.pid:  # B's begin is not yet written
+            record = anyio.run(_running, db, joiner)
+        joiner.kill()
+        joiner.wait()
+        _check(tmp_path)  # the earlier orchestrator still runs it: joined
+        earlier.kill()
+        earlier.wait()
+        with pytest.raises(SessionError, match="is gone"):
+            _check(tmp_path)
+    finally:
+        for proc in (earlier, joiner):
+            if proc is not None:
+                proc.kill()
+                proc.wait()

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 
 from scheduler.config import DistributedConfig, VibeConfig, sqlite_file
-from scheduler.core import SessionError, process_gone
+from scheduler.core import SessionError, member_gone
 from scheduler.runtime import RunReport
 from scheduler.store import SessionRecord, list_sessions, open_store
 
@@ -60,8 +60,8 @@ def check_new_session(config: VibeConfig) -> None:
     directory ran, or that has ended wherever it ran, is refused (on a shared store the
     run would otherwise carry on that session's usage and tasks); ``resume`` continues
     it.  Orchestrators sharing one *running* session from their own state directories
-    (docs/scale-out.md) still join it, unless the record's orchestrator is known to be
-    gone (killed on this host): that session is interrupted, and ``resume`` continues it."""
+    (docs/scale-out.md) still join it, unless every orchestrator running it is known to
+    be gone (killed on this host): that session is interrupted, ``resume`` continues it."""
     sid = config.session_id
     if sid is None or config.store == "memory":
         return
@@ -74,8 +74,9 @@ def check_new_session(config: VibeConfig) -> None:
     here = os.path.realpath(config.state_dir)
     # a running session whose orchestrator was killed (its pid gone or reused on its
     # host) is an interrupted one: joining it would carry on as if that run were alive
-    crashed = record is not None and record.state == "running" and process_gone(
-        record.host, record.pid, record.proc_start)
+    crashed = record is not None and record.state == "running" and all(
+        member_gone(m) for m in record.members or [
+            [record.host, record.pid, record.proc_start]])
     if record is None or (record.state == "running" and record.state_dir != here
                           and not crashed):
         return

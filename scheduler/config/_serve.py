@@ -96,10 +96,11 @@ class ServeConfig(FrozenModel):
     #: it ends and the server forgets it (its usage is kept in the store; the next call
     #: under the same name starts it again from its totals).  ``0`` or unset = never.
     group_idle_s: float | None = Field(default=900.0, ge=0, allow_inf_nan=False)
-    #: The most tasks one key may have grouped with ``x-vibe-task`` at a time (each holds
-    #: about 10 KiB, a status row and metrics series until it idles out); a call naming
-    #: a new task beyond it gets 429 ``rate_limit_error`` (not retried), the key's
-    #: running tasks are served as before.
+    #: The most tasks one key may have grouped with ``x-vibe-task`` at a time on this
+    #: process (each holds about 10 KiB, a status row and metrics series here until it
+    #: idles out: the bound is on one server's memory, so N replicas allow N times it);
+    #: a call naming a new task beyond it gets 429 ``rate_limit_error`` (not retried),
+    #: the key's running tasks are served as before.
     max_tasks_per_key: int = Field(default=1000, ge=1)
     keys: tuple[ServeKey, ...] = ()
 

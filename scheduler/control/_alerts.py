@@ -29,17 +29,13 @@ from policies.alerts import ActionKind, AlertAction, AlertInput, AlertPolicy, De
 from scheduler.budget import Crossing, ScopeState, Tracker
 from scheduler.config import AlertsConfig
 from scheduler.control._decision import Decision
-from scheduler.control._fleet import counts_every_process
+from scheduler.control._fleet import NOTIFIED, counts_every_process
 from scheduler.control._new_day import day_is_over
 from scheduler.control._pause import PauseController
 from scheduler.core import BudgetExceededError, EventBus, StoreError, get_logger
 from scheduler.store import put_state_if_absent
 
 _log = get_logger("vibe_engine.alerts")
-
-#: The state kind of a crossing of a budget every process counts that people were told
-#: of (one record per scope, dimension, level and limit; see ``_first_to_notify``).
-NOTIFIED = "alert_notified"
 
 #: Alert levels from best to worst.
 LEVEL_ORDER: tuple[str, ...] = ("ok", "warning", "critical", "exceeded")

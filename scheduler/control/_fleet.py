@@ -16,7 +16,8 @@ the other processes have of the task (:meth:`FleetBudget.pass_on`).
 Records that can no longer matter are deleted (:meth:`FleetBudget.prune`): a record of
 a day before yesterday (a past day's is never applied; yesterday's is kept for a process
 whose clock is a little behind), and the ``day_begun`` records but the latest few (only
-the latest is read: the day no process goes back before).  A task's own records stay:
+the latest is read: the day no process goes back before), and the claims of past days'
+alerts (:data:`NOTIFIED`).  A task's own records stay:
 its budget spans every session on the store, a resumed or later one too.
 """
 
@@ -39,6 +40,9 @@ _log = get_logger("vibe_engine.pause")
 KIND = "fleet_budget"
 #: The ``day_begun`` records kept (the latest days): a week of margin over the one read.
 KEEP_DAYS_BEGUN = 7
+#: The state kind of a crossing of a budget every process counts that people were told
+#: of (``scheduler.control._alerts``; keyed ``<scope>#<dimension>#<level>#<limit>``).
+NOTIFIED = "alert_notified"
 
 
 def counts_every_process(scope: ScopeState) -> bool:
@@ -97,17 +101,22 @@ class FleetBudget:
 
     async def prune(self) -> int:
         """Delete the records that can no longer matter (see the module's docstring):
-        past days' budget records and all but the latest ``day_begun`` records; how many.
+        past days' budget records and alert claims, and all but the latest ``day_begun``
+        records; how many.
         An unreachable store raises nothing: the next process start prunes them."""
         try:
             records = await self._store.list_state(KIND)
             begun = sorted(await self._store.list_state(DAY_BEGUN))
+            told = await self._store.list_state(NOTIFIED)
         except StoreError as exc:
             _log.warning("fleet_records_unread", error=str(exc))
             return 0
-        old = _past(records, self._tracker.today())
-        return await self._delete(old) + await self._delete(
-            begun[:-KEEP_DAYS_BEGUN], DAY_BEGUN)
+        today = self._tracker.today()
+        # a past day's crossing is never told again: its claim only grows the store
+        told_before = _past({k: {"scope": k.partition("#")[0]} for k in told}, today)
+        return (await self._delete(_past(records, today))
+                + await self._delete(begun[:-KEEP_DAYS_BEGUN], DAY_BEGUN)
+                + await self._delete(told_before, NOTIFIED))
 
     async def _delete(self, keys: list[str], kind: str = KIND) -> int:
         try:

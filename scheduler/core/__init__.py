@@ -48,6 +48,7 @@ from scheduler.core._hooks import AsyncHook as AsyncHook
 from scheduler.core._hooks import Hook as Hook
 from scheduler.core._log import LibraryLogger as LibraryLogger
 from scheduler.core._log import get_logger as get_logger
+from scheduler.core._process import member_gone as member_gone
 from scheduler.core._process import process_gone as process_gone
 from scheduler.core._process import process_start as process_start
 from scheduler.core._process import this_host as this_host
@@ -123,6 +124,7 @@ __all__ = [
     "get_logger",
     "loop_time",
     "make_private_dir",
+    "member_gone",
     "off_loop",
     "on_asyncio",
     "open_private",

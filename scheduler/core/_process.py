@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["process_gone", "process_start", "this_host"]
+__all__ = ["member_gone", "process_gone", "process_start", "this_host"]
 
 _PROC = Path("/proc")
 
@@ -73,3 +74,13 @@ def process_gone(host: str, pid: int, start: str) -> bool:
         return False
     now = process_start(pid)
     return bool(now) and now != start
+
+
+def member_gone(member: Sequence[object]) -> bool:
+    """:func:`process_gone` of a record's ``[host, pid, proc_start]``; an entry of
+    another shape (hand-edited) is not known to be gone."""
+    try:
+        host, pid, start = member
+        return process_gone(str(host), int(str(pid)), str(start))
+    except (TypeError, ValueError):
+        return False

@@ -27,6 +27,7 @@ from scheduler.core import (
     SessionError,
     WallClock,
     get_logger,
+    member_gone,
     off_loop,
     private_dir,
     private_file,
@@ -134,8 +135,16 @@ class SessionLog:
         stored = await self.store.get_state("session", self.session_id)
         record = SessionRecord.from_dict(stored) if stored else SessionRecord(
             self.session_id, started=self.wall.now().isoformat())
-        record.state, record.ended, record.pid = "running", "", os.getpid()
-        record.host, record.proc_start = this_host(), process_start(record.pid)
+        # the orchestrators already running it stay members: it runs while one does (a
+        # record written before members were kept names its one orchestrator)
+        host, pid = this_host(), os.getpid()
+        me: list[Any] = [host, pid, process_start(pid)]
+        earlier = record.members or ([[record.host, record.pid, record.proc_start]]
+                                     if record.pid else [])
+        record.members = [*(m for m in earlier if record.state == "running"
+                            and m != me and not member_gone(m)), me]
+        record.state, record.ended = "running", ""
+        record.host, record.pid, record.proc_start = host, pid, me[2]
         record.state_dir = self.state_dir
         record.tasks = list(dict.fromkeys([*record.tasks, *task_ids]))
         record.config = self.config.model_dump(mode="json")

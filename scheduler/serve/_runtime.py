@@ -128,7 +128,7 @@ class GroupLimitError(VibeEngineError):
         frees = (f"one is freed once it has had no call for serve.group_idle_s = {idle_s:g} s"
                  if idle_s else "serve.group_idle_s is unset, so none is freed while serve "
                  "runs")
-        super().__init__(f"key {key!r} already has {limit:,} grouped tasks "
+        super().__init__(f"key {key!r} already has {limit:,} grouped tasks on this server "
                          f"(serve.max_tasks_per_key); send the call under a name in use, or "
                          f"without x-vibe-task; {frees}")
 

@@ -59,7 +59,9 @@ class SessionRecord:
     ``state`` is ``running`` while an orchestrator runs it; a ``running`` record
     whose orchestrator is gone (killed) counts as interrupted.  ``host``, ``pid`` and
     ``proc_start`` name that orchestrator (``scheduler.core.process_gone``); records
-    written before they were kept load with them empty.
+    written before they were kept load with them empty.  ``members`` names, as
+    ``[host, pid, proc_start]``, every orchestrator running it (those that joined it
+    from other state directories too): it is interrupted only once all are gone.
     """
 
     session_id: str
@@ -71,6 +73,7 @@ class SessionRecord:
     started: str = ""
     ended: str = ""
     tasks: list[str] = field(default_factory=list)
+    members: list[list[Any]] = field(default_factory=list)
     #: The run's config as JSON (``VibeConfig.model_dump(mode="json")``), for ``resume``.
     config: dict[str, Any] = field(default_factory=dict)
 
