@@ -209,3 +209,28 @@ def test_r1_5_a_record_from_before_members_keeps_its_orchestrator_as_one(
             if proc is not None:
                 proc.kill()
                 proc.wait()
+
+
+def test_r1_5_an_orchestrator_ending_leaves_the_session_running_for_another(
+    tmp_path: Path,
+) -> None:
+    """R1.5: C joins a session another orchestrator (a live process stands in for it)
+    runs, and finishes first: the session still runs there, so C's end keeps it running,
+    with that member and every task, and D can join it.  Once that one is gone too, a
+    new ``run`` is refused (before: C's end marked it completed, refusing D)."""
+    for name in ("c", "d", "e"):
+        _config(tmp_path, name, time_scale=0.01)
+    other = subprocess.Popen(["sleep", "120"])
+    member = [this_host(), other.pid, process_start(other.pid)]
+    try:
+        _record(tmp_path, host=member[0], pid=other.pid, proc_start=member[2],
+                members=[member], tasks=["q-a"])
+        assert cli(["run", "c.toml", "--no-live", "--log-level", "error"], tmp_path).code == 0
+        record = anyio.run(_session, tmp_path / "shared.db")
+        assert record is not None and record.state == "running"
+        assert record.members == [member] and {"q-a", "q-c"} <= set(record.tasks)
+        assert cli(["run", "d.toml", "--no-live", "--log-level", "error"], tmp_path).code == 0
+    finally:
+        other.kill()
+        other.wait()
+    assert_one_line_exit_2(cli(["run", "e.toml", "--no-live"], tmp_path), "nightly", "is gone")

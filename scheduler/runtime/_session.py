@@ -162,6 +162,19 @@ class SessionLog:
                 if task_of_key(k)[0] == self.session_id}
 
     async def end(self, *, interrupted: bool) -> None:
+        """Mark the session ended -- unless another orchestrator still runs it: the record
+        is read again, so the members and tasks it gained since ``begin`` are kept."""
+        stored = await self.store.get_state("session", self.session_id)
+        if stored is not None:
+            now = SessionRecord.from_dict(stored)
+            me = [this_host(), os.getpid(), self.record.proc_start]
+            others = [m for m in now.members if m != me and not member_gone(m)]
+            self.record.tasks = list(dict.fromkeys([*now.tasks, *self.record.tasks]))
+            if others and now.state == "running":
+                now.members, now.tasks = others, self.record.tasks
+                await self.store.put_state("session", self.session_id, _record_dict(now))
+                return
+        self.record.members = []
         self.record.state = "interrupted" if interrupted else "completed"
         self.record.ended = self.wall.now().isoformat()
         config = (json.loads(zlib.decompress(self._config_text)) if self._config_text
