@@ -16,6 +16,7 @@ from scheduler.core import (
     Message,
     Passthrough,
     TextSink,
+    Usage,
     VibeEngineError,
     thinking_budget,
 )
@@ -168,16 +169,36 @@ class Prices:
     the model's spec looked up per call."""
 
     def __init__(self) -> None:
-        self._rates: dict[str, tuple[float, float]] = {}
+        self._rates: dict[str, tuple[float, float, float, float, float]] = {}
         self._of: VibeConfig | None = None
 
-    def cost(self, config: VibeConfig, model: str, prompt_tokens: int,
-             max_tokens: int) -> float:
+    def _rate(self, config: VibeConfig, model: str) -> tuple[float, float, float, float, float]:
         if self._of is not config:
             self._rates, self._of = {}, config
         rate = self._rates.get(model)
         if rate is None:
             spec = config.model_spec(model)
-            rate = self._rates[model] = (spec.input_usd_per_mtok / _MTOK,
-                                         spec.output_usd_per_mtok / _MTOK)
+            rate = self._rates[model] = (
+                spec.input_usd_per_mtok / _MTOK, spec.output_usd_per_mtok / _MTOK,
+                spec.cache_read_multiplier, spec.cache_write_5m_multiplier,
+                spec.cache_write_1h_multiplier)
+        return rate
+
+    def cost(self, config: VibeConfig, model: str, prompt_tokens: int,
+             max_tokens: int) -> float:
+        rate = self._rates.get(model) if self._of is config else None
+        if rate is None:
+            rate = self._rate(config, model)
         return prompt_tokens * rate[0] + max_tokens * rate[1]
+
+    def actual(self, config: VibeConfig, model: str, usage: Usage) -> float:
+        """``cost_usd(usage, config.model_spec(model))``, the same sum in the same order
+        (a charge's cost to the bit), from the prices read once."""
+        rate = self._rates.get(model) if self._of is config else None
+        if rate is None:
+            rate = self._rate(config, model)
+        inp = rate[0]
+        return (usage.prompt_tokens * inp + usage.completion_tokens * rate[1]
+                + usage.cache_read_tokens * inp * rate[2]
+                + usage.cache_write_5m_tokens * inp * rate[3]
+                + usage.cache_write_1h_tokens * inp * rate[4])

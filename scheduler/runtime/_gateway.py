@@ -43,7 +43,6 @@ from scheduler.core import (
     TextSink,
     UsageEvent,
     check_options,
-    cost_usd,
     loop_time,
 )
 from scheduler.routing import Replanner, Router, task_info
@@ -60,7 +59,7 @@ from scheduler.runtime._call import (
     attempt_request,
     output_limits,
 )
-from scheduler.runtime._quality import NoScorer, QualityScorer
+from scheduler.runtime._quality import NoScorer, QualityScorer, SignalScorer
 from scheduler.runtime._requests import check_request
 from scheduler.runtime._spawn import shield
 from scheduler.runtime._tiers import cheaper, next_fallback, over_budget
@@ -113,6 +112,7 @@ class Gateway:
         #: Called with every settled model call's usage event (observers, metrics).
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
         self._clock = clock
+        self._health_clock = getattr(self.health, "clock", None) is clock  # its end: read once
         self._count_api = config.provider.count_tokens == "api"  # the config is frozen
         self._prices = Prices()
         #: One route (and reason text) per routing decision, for the calls routed alike.
@@ -261,7 +261,9 @@ class Gateway:
         task, messages = call.task, call.messages
         info = info or task_info(task, hints)
         if completion.quality is None:  # _scored, without a coroutine more per call
-            quality = await self.scorer.score(task, list(messages), completion)
+            scorer = self.scorer  # the default one without its coroutine either
+            quality = (scorer.signals(messages, completion) if type(scorer) is SignalScorer
+                       else await scorer.score(task, list(messages), completion))
             if quality is not None:
                 completion = replace(completion, quality=quality)
         for _ in range(len(self.router.catalog.tiers) - 1):
@@ -334,8 +336,10 @@ class Gateway:
             except ProviderError as exc:
                 await self._failed(task, route.model, exc, started, est, reservation, lease)
                 raise
-            self.health.record_call(route.model, True, self._clock() - started,
-                                    retries=completion.attempts - 1)
+            done = self._clock()
+            self.health.record_call(route.model, True, done - started,
+                                    retries=completion.attempts - 1,
+                                    at=done if self._health_clock else None)
             with shield():  # the provider answered: the usage is paid
                 crossings = await self.settle(task, route.model, completion, est, reservation,
                                               lease)
@@ -447,7 +451,7 @@ class Gateway:
         usage, task_id, tracker = completion.usage, task.id, self.tracker
         event = tracker.make_event(
             task_id, model=model, usage=usage, day=reservation.day,  # the day that admitted it
-            cost_usd=cost_usd(usage, self.config.model_spec(model)),
+            cost_usd=self._prices.actual(self.config, model, usage),
             event_id=reservation.event_id or None,  # the id its open_call record names
         )
         crossings = await tracker.charge(event, reservation)
@@ -474,8 +478,7 @@ class Gateway:
         self.mirror(task)
 
     def mirror(self, task: TaskHandle) -> None:
-        """Mirror the alert flags onto the task handle: :meth:`signal` without crossings
-        (most calls cross no threshold: no coroutine to make and await)."""
+        """:meth:`signal` without crossings (most calls': no coroutine to make and await)."""
         alerts, signals = self.alerts, task.signals
         if not alerts.flagged:  # no scope has flags (the usual case): the defaults
             signals.prefer_cheaper = signals.aggressive = False
