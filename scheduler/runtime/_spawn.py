@@ -26,6 +26,9 @@ import anyio
 import anyio.abc
 
 from scheduler.core import on_asyncio
+from scheduler.runtime._shield import shield
+
+__all__ = ["Spawner", "shield", "task_group"]
 
 try:  # anyio's asyncio scope is private: another anyio layout gets anyio's own scopes
     from anyio._backends._asyncio import CancelScope as _AsyncioCancelScope
@@ -101,15 +104,6 @@ class _TaskScope(_AsyncioCancelScope):
 #: anyio's asyncio scope keeps its tasks and child scopes in these slots (4.x): any other
 #: layout gets anyio's own scope.
 _MEMBER_SLOTS = {"_child_scopes", "_tasks"} <= set(getattr(_AsyncioCancelScope, "__slots__", ()))
-
-
-def shield() -> anyio.CancelScope:
-    """``anyio.CancelScope(shield=True)``: on asyncio made as anyio's asyncio backend makes
-    it, without anyio's look-up of the running backend (every settled model call enters
-    one)."""
-    if asyncio._get_running_loop() is not None:
-        return _AsyncioCancelScope(shield=True)
-    return anyio.CancelScope(shield=True)
 
 
 def _task_scope() -> anyio.CancelScope:
