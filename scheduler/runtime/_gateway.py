@@ -102,7 +102,7 @@ class Gateway:
         self.alerts = alerts
         self.admission = Admission(config=config, tracker=tracker, allocator=allocator,
                                    controller=controller, signal=self.signal,
-                                   mirror=self.mirror)
+                                   mirror=self.mirror, flagged=alerts.flagged)
         #: R3.4 for operation budgets (:meth:`Admission.admit_ops`); a safe point where a
         #: pending pause takes effect (R3.6).
         self.admit_ops = self.admission.admit_ops
@@ -444,13 +444,12 @@ class Gateway:
         reservation: Reservation, lease: Lease | None = None,
     ) -> list[Crossing]:
         """Record what the provider reported first, then return the lease's unused tokens.
-
         The usage is charged whatever became of the lease (a pause or an expiry may have
-        ended it while the call ran): a paid token is never lost.
-        """
+        ended it while the call ran): a paid token is never lost."""
         usage, task_id, tracker = completion.usage, task.id, self.tracker
         event = tracker.make_event(
-            task_id, model=model, usage=usage, day=reservation.day,  # the day that admitted it
+            task_id, model=model, usage=usage,
+            day=reservation.scopes[-1][4:],  # ``.day``: the day that admitted it
             cost_usd=self._prices.actual(self.config, model, usage),
             event_id=reservation.event_id or None,  # the id its open_call record names
         )
@@ -463,11 +462,12 @@ class Gateway:
                 pass
         # R5.2: demotion above 50 % of the task's tokens
         self.allocator.set_token_fraction(task_id, tracker.token_fraction(task_id))
-        actual_input = usage.prompt_tokens + usage.cache_read_tokens + usage.cache_write_tokens
-        self.counter.reconcile(estimate, actual_input)
+        self.counter.learn(estimate, usage.prompt_tokens + usage.cache_read_tokens
+                           + usage.cache_write_5m_tokens + usage.cache_write_1h_tokens)
         task.calls += 1
         task.model = model
-        self.on_settle(task, event)
+        for listener in self.on_settle.listeners:  # the hook, without its frame
+            listener(task, event)
         return crossings
 
     # 7 signal ------------------------------------------------------------------------

@@ -62,8 +62,16 @@ class LeanShield(_AsyncioCancelScope):
         parent = self._parent_scope = state.cancel_scope
         state.cancel_scope = self
         if parent is not None:
-            parent._child_scopes.add(self)
-            parent._tasks.discard(host)
+            children, tasks = parent._child_scopes, parent._tasks
+            if isinstance(children, list) and isinstance(tasks, list):
+                # a task's own scope keeps them in lists (``_spawn._Members``): their set
+                # steps in C, the new scope not among its children yet
+                list.append(children, self)
+                if host in tasks:
+                    list.remove(tasks, host)
+            else:
+                children.add(self)
+                tasks.discard(host)
         self._active = True  # no deadline to arm
         self._cancelling_at_enter = host.cancelling()
         return self
@@ -81,8 +89,14 @@ class LeanShield(_AsyncioCancelScope):
         self._tasks.remove(host)
         parent = self._parent_scope
         if parent is not None:
-            parent._child_scopes.remove(self)
-            parent._tasks.add(host)
+            children, tasks = parent._child_scopes, parent._tasks
+            if isinstance(children, list) and isinstance(tasks, list):  # as on entering
+                list.remove(children, self)
+                if host not in tasks:
+                    list.append(tasks, host)
+            else:
+                children.remove(self)
+                tasks.add(host)
         state.cancel_scope = parent
         self._restart_cancellation_in_parent()
         self._host_task = None
