@@ -370,7 +370,7 @@ class Tracker:
         """Record ``event`` durably, add it to every scope, return new threshold crossings.
         ``ops_held`` (from :meth:`hold_ops`) is let go as the counts are added, and the
         event counts toward the day that admitted them (an operation may end after it)."""
-        if isinstance(ops_held, OpsHeld) and ops_held.day != event.day:
+        if ops_held is not None and isinstance(ops_held, OpsHeld) and ops_held.day != event.day:
             event = replace(event, day=ops_held.day)
         # the call's open_call record goes with its event, in one transaction where the
         # store can (else after it: a crash between keeps the call charged)
@@ -400,8 +400,11 @@ class Tracker:
             if ops_held is not None:
                 ops_held()
         entry = scopes.tasks.get(event.task_id)
-        if entry is not None and self._files.after_charge(event.task_id, entry,
-                                                          crossed=bool(crossings)):
+        if entry is None:
+            return crossings
+        if entry.usage_charged and not crossings:  # ``after_charge``'s usual case, inline
+            entry.usage_dirty = True
+        elif self._files.after_charge(event.task_id, entry, crossed=bool(crossings)):
             # a threshold crossed: the file says so at once (else the next flush writes it)
             await self._files.try_write_off_loop(event.task_id, entry)
         return crossings
