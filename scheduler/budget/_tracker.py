@@ -37,6 +37,7 @@ from scheduler.core import (
     get_logger,
     loop_time,
 )
+from scheduler.core._usage import make_usage_event
 from scheduler.store import Store
 from scheduler.store._base import REPLACED
 
@@ -352,16 +353,13 @@ class Tracker:
         entry = self._scopes.tasks.get(task_id)  # named as in :meth:`open_call`
         agent, task_type, day_scope = ("", "", "") if entry is None else (
             entry.agent, entry.profile.task_type, entry.day_root or "")
-        # by keyword: the ledger's record, whose many str fields a shifted position would
-        # swap without any error
-        return UsageEvent(
-            event_id=event_id or self.next_event_id(task_id), task_id=task_id,
-            session_id=self.session_id, day=day or self._scopes.today_key(),
-            at=self._timestamp(), agent=agent, model=model,
-            usage=Usage() if usage is None else usage, cost_usd=cost_usd,
-            file_edits=file_edits, shell_commands=shell_commands,
-            dangerous_commands=dangerous_commands, task_type=task_type, day_scope=day_scope,
-        )
+        # every field in ``UsageEvent``'s order (the ledger's record: a test sets each to
+        # a value of its own, so a shifted position fails it)
+        return make_usage_event(
+            event_id or self.next_event_id(task_id), task_id, self.session_id,
+            day or self._scopes.today_key(), self._timestamp(), agent, model,
+            Usage() if usage is None else usage, cost_usd, file_edits, shell_commands,
+            dangerous_commands, task_type, day_scope)
 
     async def charge(
         self, event: UsageEvent, reservation: Reservation | None = None, *,

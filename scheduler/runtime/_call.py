@@ -20,6 +20,7 @@ from scheduler.core import (
     VibeEngineError,
     thinking_budget,
 )
+from scheduler.core._provider import make_completion_request
 from scheduler.tasks import TaskHandle
 
 
@@ -91,13 +92,12 @@ def attempt_request(
     system: str, context: str, tools: Sequence[Mapping[str, Any]], call: Call,
 ) -> CompletionRequest:
     """The provider request of one attempt of ``call`` on ``route``."""
-    return CompletionRequest(
-        model=route.model, model_id=config.model_spec(route.model).model_id,
-        messages=messages, system=(system + ("\n\n" + context if context else "")),
-        tools=tools, max_tokens=call.max_tokens, stream=call.stream, task_id=task.id,
-        hints=call.hints, options=call.options, on_text=call.on_text,
-        passthrough=call.passthrough,
-    )
+    # every field in ``CompletionRequest``'s order: model, model_id, messages, system,
+    # tools, max_tokens, stream, task_id, hints, options, on_text, passthrough
+    return make_completion_request(
+        route.model, config.model_spec(route.model).model_id, messages,
+        system + ("\n\n" + context if context else ""), tools, call.max_tokens, call.stream,
+        task.id, call.hints, call.options, call.on_text, call.passthrough)
 
 
 class Checkpoints(Protocol):
