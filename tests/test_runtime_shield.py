@@ -91,7 +91,7 @@ async def test_r2_1_lean_shield_in_a_task_anyio_never_saw() -> None:
 
     async def plain() -> str:
         with shield() as shielded:
-            await asyncio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         return "settled" if shielded.shield and not shielded.cancel_called else "?"
 
     assert await asyncio.get_running_loop().create_task(plain()) == "settled"
