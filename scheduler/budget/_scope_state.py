@@ -184,6 +184,37 @@ class ScopeState:
         return caps
 
 
+def charge_each(event: UsageEvent, charged: list[tuple[ScopeState, int]]) -> None:
+    """:meth:`ScopeState.charge` of ``event`` on each ``(scope, version)`` (every charge
+    adds to three scopes or more: the event's fields are read once, in one frame).  A
+    version below 0 marks a scope that holds the event already: it is not charged."""
+    u = event.usage
+    prompt, out, read = u.prompt_tokens, u.completion_tokens, u.cache_read_tokens
+    write = u.cache_write_5m_tokens + u.cache_write_1h_tokens
+    cost, edits, shell = event.cost_usd, event.file_edits, event.shell_commands
+    dangerous, model, tokens = event.dangerous_commands, event.model, prompt + out + read + write
+    for scope, version in charged:
+        if version:
+            if version <= scope.version:
+                continue  # the snapshot taken over (:meth:`adopt`) holds it already
+                # (or the read that loaded the scope, a version below 0)
+            if version > scope.charged_version:
+                scope.charged_version = version
+        t = scope.totals  # ``Totals.add``, without its frame
+        t.prompt_tokens += prompt
+        t.completion_tokens += out
+        t.cache_read_tokens += read
+        t.cache_write_tokens += write
+        t.cost_usd += cost
+        t.file_edits += edits
+        t.shell_commands += shell
+        t.dangerous_commands += dangerous
+        if model:
+            t.calls += 1
+            by_model = t.tokens_by_model
+            by_model[model] = by_model.get(model, 0) + tokens
+
+
 def worst_fraction(scopes: tuple[ScopeState, ...]) -> float:
     """The largest :meth:`ScopeState.max_fraction` of ``scopes`` (asked before every
     routed call: its loop here, not a call per scope)."""

@@ -19,7 +19,7 @@ from datetime import date
 import anyio
 
 from scheduler.budget._profile import TaskProfile, day_limits
-from scheduler.budget._scope_state import Crossing, ScopeState
+from scheduler.budget._scope_state import Crossing, ScopeState, charge_each
 from scheduler.budget._thresholds import Thresholds
 from scheduler.config import VibeConfig
 from scheduler.core import (
@@ -420,31 +420,29 @@ class Scopes:
         day_state = self.days.get(day) if day in loaded else None
         if day_state is None and not unread:
             return None
-        # the version of each scope of the event, as ``scopes_of`` lists them (0: unknown)
-        v = versions or _UNKNOWN
-        out: list[Crossing] = []
+        v = versions or _UNKNOWN  # each scope's version, ``scopes_of`` order (0: unknown)
+        charged: list[tuple[ScopeState, int]] = []
         if entry is not None:  # the task's scope, its parent's (``scopes_of``: first, second)
-            entry.scope.charge(event, v[0])
-            out += self.crossings(entry.scope)
+            charged.append((entry.scope, v[0]))
             parent = self.tasks.get(entry.parent) if entry.parent is not None else None
             if event.model:
                 entry.actions += 1
                 if parent is not None:
                     parent.actions += 1
             if parent is not None:
-                parent.scope.charge(event, v[1])
-                out += self.crossings(parent.scope)
-        if task_day is not None:
-            if not loaded_task_day:
-                task_day.charge(event, v[-3])
-            out += self.crossings(task_day)
+                charged.append((parent.scope, v[1]))
+        if task_day is not None:  # ``_HELD``: loaded after the event was recorded
+            charged.append((task_day, _HELD if loaded_task_day else v[-3]))
         if event.session_id == self._session_id:
-            self.session.charge(event, v[-2])
-            out += self.crossings(self.session)
+            charged.append((self.session, v[-2]))
         if day_state is not None:
-            if not loaded_day:
-                day_state.charge(event, v[-1])
-            out += self.crossings(day_state)
+            charged.append((day_state, _HELD if loaded_day else v[-1]))
+        charge_each(event, charged)
+        out: list[Crossing] = []
+        for scope, _ in charged:  # an unlimited scope (often the session, the day): none
+            caps = scope._caps
+            if caps.limited or caps.limits is not scope.limits:
+                out += self.crossings(scope)
         return out
 
     async def add_recovered(self, event: UsageEvent, versions: tuple[int, ...] = ()) -> None:
@@ -498,3 +496,4 @@ class Scopes:
 
 #: The versions of an event's scopes when the store does not tell them (at most five).
 _UNKNOWN = (0, 0, 0, 0, 0)
+_HELD = -1  # the "version" of a scope that holds the event already: not charged

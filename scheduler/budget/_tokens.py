@@ -335,6 +335,12 @@ class TokenCounter:
 
     def reconcile(self, estimate: Estimate, actual_input_tokens: int) -> Reconciliation:
         """Compare with the provider's input count; log > 10 % and update calibration."""
+        actual, error, logged, factor = self.learn(estimate, actual_input_tokens)
+        return Reconciliation(estimate.model, estimate.calibrated, actual, error, logged, factor)
+
+    def learn(self, estimate: Estimate, actual_input_tokens: int) -> tuple[int, float, bool, float]:
+        """:meth:`reconcile` without its record (every settled call): the actual count, the
+        error, whether it was logged, and the model's factor now."""
         # per call: comparisons, not ``max`` and ``abs``
         actual = actual_input_tokens if actual_input_tokens > 0 else 0
         off = estimate.calibrated - actual
@@ -367,4 +373,4 @@ class TokenCounter:
                     self._borrowed = None
         else:
             factor = self.factor(model)
-        return Reconciliation(model, estimate.calibrated, actual, error, logged, factor)
+        return actual, error, logged, factor

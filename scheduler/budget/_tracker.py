@@ -37,6 +37,7 @@ from scheduler.core import (
     get_logger,
     loop_time,
 )
+from scheduler.core._usage import make_usage_event
 from scheduler.store import Store
 from scheduler.store._base import REPLACED
 
@@ -352,16 +353,13 @@ class Tracker:
         entry = self._scopes.tasks.get(task_id)  # named as in :meth:`open_call`
         agent, task_type, day_scope = ("", "", "") if entry is None else (
             entry.agent, entry.profile.task_type, entry.day_root or "")
-        # by keyword: the ledger's record, whose many str fields a shifted position would
-        # swap without any error
-        return UsageEvent(
-            event_id=event_id or self.next_event_id(task_id), task_id=task_id,
-            session_id=self.session_id, day=day or self._scopes.today_key(),
-            at=self._timestamp(), agent=agent, model=model,
-            usage=Usage() if usage is None else usage, cost_usd=cost_usd,
-            file_edits=file_edits, shell_commands=shell_commands,
-            dangerous_commands=dangerous_commands, task_type=task_type, day_scope=day_scope,
-        )
+        # every field in ``UsageEvent``'s order (the ledger's record: a test sets each to
+        # a value of its own, so a shifted position fails it)
+        return make_usage_event(
+            event_id or self.next_event_id(task_id), task_id, self.session_id,
+            day or self._scopes.today_key(), self._timestamp(), agent, model,
+            Usage() if usage is None else usage, cost_usd, file_edits, shell_commands,
+            dangerous_commands, task_type, day_scope)
 
     async def charge(
         self, event: UsageEvent, reservation: Reservation | None = None, *,
@@ -370,7 +368,7 @@ class Tracker:
         """Record ``event`` durably, add it to every scope, return new threshold crossings.
         ``ops_held`` (from :meth:`hold_ops`) is let go as the counts are added, and the
         event counts toward the day that admitted them (an operation may end after it)."""
-        if isinstance(ops_held, OpsHeld) and ops_held.day != event.day:
+        if ops_held is not None and isinstance(ops_held, OpsHeld) and ops_held.day != event.day:
             event = replace(event, day=ops_held.day)
         # the call's open_call record goes with its event, in one transaction where the
         # store can (else after it: a crash between keeps the call charged)
@@ -400,8 +398,11 @@ class Tracker:
             if ops_held is not None:
                 ops_held()
         entry = scopes.tasks.get(event.task_id)
-        if entry is not None and self._files.after_charge(event.task_id, entry,
-                                                          crossed=bool(crossings)):
+        if entry is None:
+            return crossings
+        if entry.usage_charged and not crossings:  # ``after_charge``'s usual case, inline
+            entry.usage_dirty = True
+        elif self._files.after_charge(event.task_id, entry, crossed=bool(crossings)):
             # a threshold crossed: the file says so at once (else the next flush writes it)
             await self._files.try_write_off_loop(event.task_id, entry)
         return crossings

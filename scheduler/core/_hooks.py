@@ -17,21 +17,23 @@ P = ParamSpec("P")
 class Hook(Generic[P]):
     """Synchronous listeners, called in the order they were connected."""
 
-    __slots__ = ("_listeners",)
+    __slots__ = ("listeners",)
 
     def __init__(self) -> None:
-        self._listeners: tuple[Callable[P, object], ...] = ()
+        #: The listeners, in order (read only): a hot path calls them without the hook's
+        #: own frame.
+        self.listeners: tuple[Callable[P, object], ...] = ()
 
     def connect(self, listener: Callable[P, object]) -> Callable[P, object]:
-        self._listeners = (*self._listeners, listener)
+        self.listeners = (*self.listeners, listener)
         return listener
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        for listener in self._listeners:
+        for listener in self.listeners:
             listener(*args, **kwargs)
 
     def __bool__(self) -> bool:
-        return bool(self._listeners)
+        return bool(self.listeners)
 
 
 class AsyncHook(Generic[P]):

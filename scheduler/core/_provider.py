@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from scheduler.core._errors import ConfigError
+from scheduler.core._frozen import maker
 from scheduler.core._hooks import Hook
 from scheduler.core._usage import Usage
 
@@ -96,6 +97,11 @@ class CompletionRequest:
     on_text: TextSink | None = None
     #: Set when the call forwards a client's request as it is (see :class:`Passthrough`).
     passthrough: Passthrough | None = None
+
+
+#: ``CompletionRequest(*every field in order)`` at about half the cost (see ``_frozen``):
+#: every attempt of a model call makes one.
+make_completion_request = maker(CompletionRequest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from scheduler.core._frozen import maker
+
 _MTOK = 1_000_000.0
 
 
@@ -152,6 +154,11 @@ class UsageEvent:
             task_type=str(d.get("task_type", "")),
             day_scope=str(d.get("day_scope", "")),
         )
+
+
+#: ``UsageEvent(*every field in order)`` at about half the cost (see ``_frozen``): every
+#: settled model call makes one.
+make_usage_event = maker(UsageEvent)
 
 
 @dataclass(slots=True)

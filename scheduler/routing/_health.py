@@ -174,6 +174,8 @@ class HealthMonitor:
         self.catalog = catalog or ModelCatalog(config)
         self.bus = bus
         self._clock = clock
+        #: The clock calls are recorded on (a caller that read it may pass the reading).
+        self.clock = clock
         self.ping = ping
         self._records = {t: _Record(self.params.window) for t in self.catalog.tiers}
         self._waiters: list[anyio.Event] = []
@@ -229,16 +231,17 @@ class HealthMonitor:
     # -- feeding (every call) ----------------------------------------------------------
     def record_call(
         self, model: str, ok: bool, latency_s: float = 0.0, error_kind: str | None = None,
-        *, retries: int = 0,
+        *, retries: int = 0, at: float | None = None,
     ) -> None:
         """Record one finished call of ``model`` (R6.3) and apply outage/restoration rules.
         A call refused for what its request holds is not recorded: a client sending
         malformed requests must not lower a model's success rate, nor keep an unavailable
-        one from passing its health check."""
+        one from passing its health check.  ``at``: the monitor's clock read just now
+        (the caller read it for ``latency_s``)."""
         if error_kind == "request":
             return
         r = self._records.get(model) or self._rec(model)
-        now = self._clock()
+        now = self._clock() if at is None else at
         r.calls += 1
         r.retries += retries
         params = self.params

@@ -10,7 +10,7 @@ overdraft grace may cover the call (R3.5).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 
@@ -39,14 +39,18 @@ class Admission:
 
     def __init__(self, *, config: VibeConfig, tracker: Tracker, allocator: Allocator,
                  controller: PauseController, signal: Signal,
-                 mirror: Callable[[TaskHandle], None]) -> None:
+                 mirror: Callable[[TaskHandle], None],
+                 flagged: Mapping[str, object] | None = None) -> None:
         self.config = config
         self.tracker = tracker
         self.allocator = allocator
         self.controller = controller
         self._signal = signal
-        #: ``signal`` without crossings (sync: most calls cross no threshold).
+        #: ``signal`` without crossings (sync: most calls cross no threshold) ...
         self._mirror = mirror
+        #: ... needed while an alert flags a scope (``AlertRuntime.flagged``, never rebound)
+        #: or the task's signals are not the defaults: mirroring would change nothing else.
+        self._flagged: Mapping[str, object] = {"?": None} if flagged is None else flagged
         #: Awaited before a paused task waits for a decision: it gives back its leases (R3.4).
         self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
         #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`): the
@@ -69,9 +73,11 @@ class Admission:
         reject = task.spec.on_limit == "reject"
         while True:
             crossings = self.tracker.time_crossings(task_id)
+            signals = task.signals
             if crossings:
                 await self._signal(task, crossings)
-            else:
+            elif (self._flagged or signals.alert_level != "ok" or signals.prefer_cheaper
+                  or signals.aggressive):
                 self._mirror(task)
             if ctl.is_paused(task_id):  # a safe point (:meth:`pause_point`); most calls
                 if reject:                # find no pause pending: no coroutine to await

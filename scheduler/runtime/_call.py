@@ -17,9 +17,11 @@ from scheduler.core import (
     Message,
     Passthrough,
     TextSink,
+    Usage,
     VibeEngineError,
     thinking_budget,
 )
+from scheduler.core._provider import make_completion_request
 from scheduler.tasks import TaskHandle
 
 
@@ -94,13 +96,12 @@ def attempt_request(
     system: str, context: str, tools: Sequence[Mapping[str, Any]], call: Call,
 ) -> CompletionRequest:
     """The provider request of one attempt of ``call`` on ``route``."""
-    return CompletionRequest(
-        model=route.model, model_id=config.model_spec(route.model).model_id,
-        messages=messages, system=(system + ("\n\n" + context if context else "")),
-        tools=tools, max_tokens=call.max_tokens, stream=call.stream, task_id=task.id,
-        hints=call.hints, options=call.options, on_text=call.on_text,
-        passthrough=call.passthrough,
-    )
+    # every field in ``CompletionRequest``'s order: model, model_id, messages, system,
+    # tools, max_tokens, stream, task_id, hints, options, on_text, passthrough
+    return make_completion_request(
+        route.model, config.model_spec(route.model).model_id, messages,
+        system + ("\n\n" + context if context else ""), tools, call.max_tokens, call.stream,
+        task.id, call.hints, call.options, call.on_text, call.passthrough)
 
 
 def cache_writes(counted: int, system_len: int, hints: Mapping[str, Any] | None,
@@ -202,21 +203,43 @@ class Prices:
     call."""
 
     def __init__(self) -> None:
-        self._rates: dict[str, tuple[float, float, float, float]] = {}
+        #: per model: output and input prices per token, the input one as a 5 min and a
+        #: 1 h cache write (never held below the plain price), and the cache multipliers
+        self._rates: dict[str, tuple[float, ...]] = {}
         self._of: VibeConfig | None = None
 
-    def cost(self, config: VibeConfig, model: str, prompt_tokens: int,
-             max_tokens: int, cache: int = 0) -> float:
-        """The most ``prompt_tokens`` in and ``max_tokens`` out can be billed: with
-        ``cache`` (``CACHE_WRITE_*``), every prompt token as that cache write (R2.4)."""
+    def _rate(self, config: VibeConfig, model: str) -> tuple[float, ...]:
         if self._of is not config:
             self._rates, self._of = {}, config
         rate = self._rates.get(model)
         if rate is None:
             spec = config.model_spec(model)
             inp = spec.input_usd_per_mtok / _MTOK
-            rate = self._rates[model] = (  # a write never held below the plain price
+            rate = self._rates[model] = (
                 spec.output_usd_per_mtok / _MTOK, inp,
                 inp * max(spec.cache_write_5m_multiplier, 1.0),
-                inp * max(spec.cache_write_1h_multiplier, 1.0))
+                inp * max(spec.cache_write_1h_multiplier, 1.0),
+                spec.cache_read_multiplier, spec.cache_write_5m_multiplier,
+                spec.cache_write_1h_multiplier)
+        return rate
+
+    def cost(self, config: VibeConfig, model: str, prompt_tokens: int,
+             max_tokens: int, cache: int = 0) -> float:
+        """The most ``prompt_tokens`` in and ``max_tokens`` out can be billed: with
+        ``cache`` (``CACHE_WRITE_*``), every prompt token as that cache write (R2.4)."""
+        rate = self._rates.get(model) if self._of is config else None
+        if rate is None:
+            rate = self._rate(config, model)
         return prompt_tokens * rate[1 + cache] + max_tokens * rate[0]
+
+    def actual(self, config: VibeConfig, model: str, usage: Usage) -> float:
+        """``cost_usd(usage, config.model_spec(model))``, the same sum in the same order
+        (a charge's cost to the bit), from the prices read once."""
+        rate = self._rates.get(model) if self._of is config else None
+        if rate is None:
+            rate = self._rate(config, model)
+        inp = rate[1]
+        return (usage.prompt_tokens * inp + usage.completion_tokens * rate[0]
+                + usage.cache_read_tokens * inp * rate[4]
+                + usage.cache_write_5m_tokens * inp * rate[5]
+                + usage.cache_write_1h_tokens * inp * rate[6])

@@ -43,7 +43,6 @@ from scheduler.core import (
     TextSink,
     UsageEvent,
     check_options,
-    cost_usd,
     loop_time,
 )
 from scheduler.routing import Replanner, Router, task_info
@@ -61,7 +60,7 @@ from scheduler.runtime._call import (
     cache_writes,
     output_limits,
 )
-from scheduler.runtime._quality import NoScorer, QualityScorer
+from scheduler.runtime._quality import NoScorer, QualityScorer, SignalScorer
 from scheduler.runtime._requests import check_request
 from scheduler.runtime._spawn import shield
 from scheduler.runtime._tiers import cheaper, next_fallback, over_budget
@@ -104,16 +103,16 @@ class Gateway:
         self.alerts = alerts
         self.admission = Admission(config=config, tracker=tracker, allocator=allocator,
                                    controller=controller, signal=self.signal,
-                                   mirror=self.mirror)
+                                   mirror=self.mirror, flagged=alerts.flagged)
         #: R3.4 for operation budgets (:meth:`Admission.admit_ops`); a safe point where a
         #: pending pause takes effect (R3.6).
-        self.admit_ops = self.admission.admit_ops
-        self.pause_point = self.admission.pause_point
+        self.admit_ops, self.pause_point = self.admission.admit_ops, self.admission.pause_point
         #: R4.3: scores answers the provider did not score (``routing.quality_scorer``).
         self.scorer: QualityScorer = NoScorer()
         #: Called with every settled model call's usage event (observers, metrics).
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
         self._clock = clock
+        self._health_clock = getattr(self.health, "clock", None) is clock  # its end: read once
         self._count_api = config.provider.count_tokens == "api"  # the config is frozen
         self._prices = Prices()
         #: One route (and reason text) per routing decision, for the calls routed alike.
@@ -123,8 +122,7 @@ class Gateway:
         self._lease: LeaseFn = self.admission.lease
         # the admission's records an attempt keeps itself, without a method call each:
         # its lease while its call is in flight, its shared hold until it ends
-        self._in_call = self.admission._in_call
-        self._holds = self.admission._holds
+        self._in_call, self._holds = self.admission._in_call, self.admission._holds
 
     def instrument(self, *, attempt: Callable[[AttemptFn], AttemptFn] | None = None,
                    lease: Callable[[LeaseFn], LeaseFn] | None = None) -> None:
@@ -264,7 +262,9 @@ class Gateway:
         task, messages = call.task, call.messages
         info = info or task_info(task, hints)
         if completion.quality is None:  # _scored, without a coroutine more per call
-            quality = await self.scorer.score(task, list(messages), completion)
+            scorer = self.scorer  # the default one without its coroutine either
+            quality = (scorer.signals(messages, completion) if type(scorer) is SignalScorer
+                       else await scorer.score(task, list(messages), completion))
             if quality is not None:
                 completion = replace(completion, quality=quality)
         for _ in range(len(self.router.catalog.tiers) - 1):
@@ -337,8 +337,10 @@ class Gateway:
             except ProviderError as exc:
                 await self._failed(task, route.model, exc, started, est, reservation, lease)
                 raise
-            self.health.record_call(route.model, True, self._clock() - started,
-                                    retries=completion.attempts - 1)
+            done = self._clock()
+            self.health.record_call(route.model, True, done - started,
+                                    retries=completion.attempts - 1,
+                                    at=done if self._health_clock else None)
             with shield():  # the provider answered: the usage is paid
                 crossings = await self.settle(task, route.model, completion, est, reservation,
                                               lease)
@@ -443,14 +445,12 @@ class Gateway:
         reservation: Reservation, lease: Lease | None = None,
     ) -> list[Crossing]:
         """Record what the provider reported first, then return the lease's unused tokens.
-
         The usage is charged whatever became of the lease (a pause or an expiry may have
-        ended it while the call ran): a paid token is never lost.
-        """
+        ended it while the call ran): a paid token is never lost."""
         usage, task_id, tracker = completion.usage, task.id, self.tracker
         event = tracker.make_event(
             task_id, model=model, usage=usage, day=reservation.day,  # the day that admitted it
-            cost_usd=cost_usd(usage, self.config.model_spec(model)),
+            cost_usd=self._prices.actual(self.config, model, usage),
             event_id=reservation.event_id or None,  # the id its open_call record names
         )
         crossings = await tracker.charge(event, reservation)
@@ -462,11 +462,12 @@ class Gateway:
                 pass
         # R5.2: demotion above 50 % of the task's tokens
         self.allocator.set_token_fraction(task_id, tracker.token_fraction(task_id))
-        actual_input = usage.prompt_tokens + usage.cache_read_tokens + usage.cache_write_tokens
-        self.counter.reconcile(estimate, actual_input)
+        self.counter.learn(estimate, usage.prompt_tokens + usage.cache_read_tokens
+                           + usage.cache_write_5m_tokens + usage.cache_write_1h_tokens)
         task.calls += 1
         task.model = model
-        self.on_settle(task, event)
+        for listener in self.on_settle.listeners:  # the hook, without its frame
+            listener(task, event)
         return crossings
 
     # 7 signal ------------------------------------------------------------------------
@@ -477,8 +478,7 @@ class Gateway:
         self.mirror(task)
 
     def mirror(self, task: TaskHandle) -> None:
-        """Mirror the alert flags onto the task handle: :meth:`signal` without crossings
-        (most calls cross no threshold: no coroutine to make and await)."""
+        """:meth:`signal` without crossings (most calls': no coroutine to make and await)."""
         alerts, signals = self.alerts, task.signals
         if not alerts.flagged:  # no scope has flags (the usual case): the defaults
             signals.prefer_cheaper = signals.aggressive = False

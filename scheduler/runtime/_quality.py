@@ -126,6 +126,12 @@ class SignalScorer:
     async def score(
         self, task: TaskHandle, messages: list[Message], completion: Completion
     ) -> float | None:
+        return self.signals(messages, completion)
+
+    @staticmethod
+    def signals(messages: Sequence[Message], completion: Completion) -> float | None:
+        """:meth:`score` itself, without a coroutine: the gateway asks this of the default
+        scorer after every routed call (the messages are only read)."""
         if completion.stop_reason in REFUSALS:
             return 0.0
         if not completion.text.strip() and completion.stop_reason != "tool_use":
