@@ -11,6 +11,7 @@ noted while the prompt is counted, no walk more); a call without one holds as be
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -26,6 +27,7 @@ from scheduler import BudgetExceededError, Orchestrator, TaskSpec, Usage
 from scheduler.budget import TokenCounter
 from scheduler.config import ProviderConfig, VibeConfig
 from scheduler.core import FixedWallClock, cost_usd
+from scheduler.runtime._call import Prices
 from scheduler.store import open_store
 from scheduler.testing import FRIDAY
 from tests._anthropic_helpers import SECRET_KEY, fake_api
@@ -152,3 +154,15 @@ async def test_r2_4_serve_holds_a_forwarded_hour_cache_write_at_its_price(
                 system=[{"type": "text", "text": text,
                          "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
     assert fake_api.requests == 0
+
+
+def test_r2_1_a_charges_cost_from_prices_read_once_is_cost_usd_to_the_bit() -> None:
+    """R2.1: the gateway prices a settled call from the prices it read once
+    (``Prices.actual``): the very float ``cost_usd`` gives, for every kind of token."""
+    config = VibeConfig()
+    prices = Prices()
+    rng = random.Random(7)
+    for _ in range(2_000):
+        model = rng.choice(["haiku", "sonnet", "opus"])
+        usage = Usage(*(rng.choice([0, 1, 7, rng.randrange(10**7)]) for _ in range(5)))
+        assert prices.actual(config, model, usage) == cost_usd(usage, config.model_spec(model))
