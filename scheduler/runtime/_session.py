@@ -164,23 +164,31 @@ class SessionLog:
     async def end(self, *, interrupted: bool) -> None:
         """Mark the session ended -- unless another orchestrator still runs it: the record
         is read again, so the members and tasks it gained since ``begin`` are kept."""
-        stored = await self.store.get_state("session", self.session_id)
-        if stored is not None:
-            now = SessionRecord.from_dict(stored)
-            me = [this_host(), os.getpid(), self.record.proc_start]
-            others = [m for m in now.members if m != me and not member_gone(m)]
-            self.record.tasks = list(dict.fromkeys([*now.tasks, *self.record.tasks]))
-            if others and now.state == "running":
-                now.members, now.tasks = others, self.record.tasks
-                await self.store.put_state("session", self.session_id, _record_dict(now))
-                return
-        self.record.members = []
-        self.record.state = "interrupted" if interrupted else "completed"
-        self.record.ended = self.wall.now().isoformat()
+        others, tasks, state_dir = await self._still_running()
+        record = self.record
+        record.tasks = list(dict.fromkeys([*tasks, *record.tasks]))
+        record.members = others
+        if others:  # the record names one of those still running it, and where it runs
+            record.host, record.pid, record.proc_start = others[-1]
+            record.state_dir = state_dir or record.state_dir
+        else:
+            record.state = "interrupted" if interrupted else "completed"
+            record.ended = self.wall.now().isoformat()
         config = (json.loads(zlib.decompress(self._config_text)) if self._config_text
-                  else self.record.config)
-        await self.store.put_state("session", self.session_id,
-                                   _record_dict(self.record, config))
+                  else record.config)
+        await self.store.put_state("session", self.session_id, _record_dict(record, config))
+
+    async def _still_running(self) -> tuple[list[list[Any]], list[str], str]:
+        """The other orchestrators running the session now, its tasks and its state
+        directory (the record read again, only these kept: its config lists every task
+        of a large run)."""
+        stored = await self.store.get_state("session", self.session_id)
+        if stored is None:
+            return [], [], ""
+        me = [this_host(), os.getpid(), self.record.proc_start]
+        members = (stored.get("members") or []) if stored.get("state") == "running" else []
+        return ([m for m in members if m != me and not member_gone(m)],
+                list(stored.get("tasks") or []), str(stored.get("state_dir") or ""))
 
     async def save_task(self, handle: TaskHandle, result: Any = None) -> None:
         await self.store.put_state("task", task_key(self.session_id, handle.id),
