@@ -49,6 +49,7 @@ from scheduler.core._hooks import Hook as Hook
 from scheduler.core._log import LibraryLogger as LibraryLogger
 from scheduler.core._log import get_logger as get_logger
 from scheduler.core._process import member_gone as member_gone
+from scheduler.core._process import pid_runs as pid_runs
 from scheduler.core._process import process_gone as process_gone
 from scheduler.core._process import process_start as process_start
 from scheduler.core._process import this_host as this_host
@@ -128,6 +129,7 @@ __all__ = [
     "off_loop",
     "on_asyncio",
     "open_private",
+    "pid_runs",
     "private_dir",
     "private_file",
     "private_mode",

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["member_gone", "process_gone", "process_start", "this_host"]
+__all__ = ["member_gone", "pid_runs", "process_gone", "process_start", "this_host"]
 
 _PROC = Path("/proc")
 
@@ -50,7 +50,8 @@ def process_start(pid: int) -> str:
     return f"{_boot_id()}/{fields[19]}"  # field 22 of stat: the start, in clock ticks
 
 
-def _pid_runs(pid: int) -> bool:
+def pid_runs(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (one killed but not yet reaped does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -68,7 +69,7 @@ def process_gone(host: str, pid: int, start: str) -> bool:
     pid (written before records did), is not known to be gone."""
     if not host or pid <= 0 or host != this_host():
         return False
-    if not _pid_runs(pid):
+    if not pid_runs(pid):
         return True
     if not start:
         return False

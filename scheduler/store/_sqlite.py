@@ -78,8 +78,8 @@ from scheduler.store._sqlite_sql import (
     apply,
     busy,
     charge_open_call,
+    create_schema,
     firsts,
-    init_schema,
     open_call_row,
     open_calls_of,
     row_to_event,
@@ -146,10 +146,7 @@ class SqliteStore:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
             self._db = db
-            # off the loop, waiting for the lock: processes started together on a new file
-            # all create its schema, and may recover a large WAL a killed run left
-            db.execute(f"PRAGMA busy_timeout={int(max(self.retry_s, 1.0) * 1000)}")
-            await off_loop(init_schema, db)
+            await create_schema(db, max(self.retry_s, 1.0))
             db.execute("PRAGMA busy_timeout=0")  # never wait for a lock: we retry, async
             # SQLite gives new -wal/-shm files the db's mode; older ones kept theirs (by
             # chmod: see private_mode, never by opening them)

@@ -27,12 +27,11 @@ call pays no system call for it.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scheduler.core import BudgetExceededError, Totals
+from scheduler.core import BudgetExceededError, Totals, pid_runs
 from scheduler.store._ledger import Hold, ScopeLimit
 from scheduler.store._sqlite_sql import DELETE_HOLD, write_transaction
 from scheduler.store._sqlite_totals import totals_of
@@ -159,20 +158,10 @@ def _prune_dead(db: sqlite3.Connection, holder: Holder) -> bool:
     pids = [pid for (pid,) in db.execute(
         "SELECT DISTINCT pid FROM holds WHERE host = ? AND pid != ?",
         (holder.host, holder.pid))]
-    dead = [(holder.host, pid) for pid in pids if not _alive(pid)]
+    dead = [(holder.host, pid) for pid in pids if not pid_runs(pid)]
     if dead:
         db.executemany("DELETE FROM holds WHERE host = ? AND pid = ?", dead)
     return bool(dead)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: running
-        return True
-    return True
 
 
 def renew(db: sqlite3.Connection, hold_id: str, holder: Holder) -> bool:

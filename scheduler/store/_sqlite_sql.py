@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from itertools import accumulate
 from typing import Any
 
-from scheduler.core import Usage, UsageEvent
+import anyio
+
+from scheduler.core import Usage, UsageEvent, loop_time, off_loop
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, REPLACED, scopes_of
 from scheduler.store._spool import SpooledEvent, SpooledState
 from scheduler.store._sqlite_totals import ADD_MODEL, ADD_TOTALS, add_totals
@@ -148,6 +150,25 @@ def init_schema(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(_SCHEMA)
+
+
+async def create_schema(db: sqlite3.Connection, wait_s: float) -> None:
+    """:func:`init_schema` off the loop (it may recover a large WAL a killed run left),
+    waiting up to ``wait_s`` for the lock: processes started together on a new file all
+    create it, and SQLite answers "locked" at once, without waiting, to one of two
+    connections that each read the file and then want to write it (the switch to WAL):
+    tried again then."""
+    db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
+    deadline = loop_time() + wait_s
+    delay = 0.005
+    while True:
+        try:
+            return await off_loop(init_schema, db)
+        except sqlite3.OperationalError as exc:
+            if not busy(exc) or loop_time() + delay > deadline:
+                raise
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 @contextmanager
