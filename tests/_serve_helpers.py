@@ -22,6 +22,7 @@ from scheduler.core import Totals, WallClock
 from scheduler.serve import Served, listen
 from scheduler.serve._server import uvicorn_config
 from scheduler.store import Store
+from scheduler.tasks import TaskHandle
 from tests._anthropic_helpers import SECRET_KEY
 
 #: Client keys, by the environment variable the config names.
@@ -98,3 +99,23 @@ def serve_process(config: Path, cwd: Path, env: dict[str, str]) -> Iterator[str]
             drain.join(timeout=5)  # the pipe's end is closed: it reads to the end
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+#: A grouped call's one message (:func:`grouped_call`).
+GROUPED_USER: Any = [{"role": "user", "content": "One word, please."}]
+
+
+async def grouped_call(served: Served, key: str | None, name: str) -> TaskHandle:
+    """One call of the key named ``key`` (None: the one key) grouped under ``name``, as
+    the messages handler makes it."""
+    if key is None:
+        (entry,) = served.keys.entries()
+    else:
+        entry = next(e for e in served.keys.entries() if e.name == key)
+    handle = await served.group(entry, name)
+    assert handle is not None
+    try:
+        await served.gateway.complete(handle, messages=GROUPED_USER, max_tokens=16)
+    finally:
+        served.release(handle)
+    return handle

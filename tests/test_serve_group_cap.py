@@ -21,11 +21,10 @@ from scheduler.serve import Served
 from scheduler.serve._runtime import GroupLimitError
 from scheduler.testing import InstantProvider
 from tests._anthropic_helpers import fake_api
-from tests._serve_helpers import CLIENT_KEYS, serve_config, serving
+from tests._serve_helpers import CLIENT_KEYS, GROUPED_USER, grouped_call, serve_config, serving
 
 __all__ = ["fake_api"]  # the fixture, imported for pytest
 
-USER: Any = [{"role": "user", "content": "One word, please."}]
 IDLE_S = 60.0
 
 
@@ -47,17 +46,6 @@ def _served(tmp_path: Path, cap: int) -> Served:
                   provider=_provider())
 
 
-async def _call(served: Served, key: str, name: str) -> None:
-    """One call grouped under ``name``, as the messages handler makes it."""
-    entry = next(e for e in served.keys.entries() if e.name == key)
-    handle = await served.group(entry, name)
-    assert handle is not None
-    try:
-        await served.gateway.complete(handle, messages=USER, max_tokens=16)
-    finally:
-        served.release(handle)
-
-
 async def test_r7_2_new_grouped_tasks_beyond_the_cap_are_refused_until_one_idles_out(
     tmp_path: Path,
 ) -> None:
@@ -67,20 +55,20 @@ async def test_r7_2_new_grouped_tasks_beyond_the_cap_are_refused_until_one_idles
     async with served.running():
         orch = served.orchestrator
         for name in ("a", "b", "c"):
-            await _call(served, "alpha", name)
+            await grouped_call(served, "alpha", name)
         for i in range(500):
             with pytest.raises(GroupLimitError, match=r"serve\.max_tasks_per_key"):
-                await _call(served, "alpha", f"flood-{i}")
+                await grouped_call(served, "alpha", f"flood-{i}")
         assert sorted(orch.handles) == ["alpha", "alpha/a", "alpha/b", "alpha/c", "beta"]
         for name in ("a", "b", "c"):  # the running ones are served as before
-            await _call(served, "alpha", name)
-        await _call(served, "beta", "x")  # a cap per key: beta has its own
+            await grouped_call(served, "alpha", name)
+        await grouped_call(served, "beta", "x")  # a cap per key: beta has its own
         assert orch.tracker.task_scope("alpha").totals.calls == 6  # nothing lost
         await anyio.sleep(IDLE_S * 2)
         for name in ("d", "e", "f"):  # freed once the others idled out
-            await _call(served, "alpha", name)
+            await grouped_call(served, "alpha", name)
         with pytest.raises(GroupLimitError):
-            await _call(served, "alpha", "g")
+            await grouped_call(served, "alpha", "g")
         assert orch.tracker.task_scope("alpha").totals.calls == 9
 
 
@@ -96,7 +84,7 @@ async def test_r7_2_over_http_the_cap_is_a_429_not_retried_and_charges_nothing(
 
         async def ask(name: str) -> None:
             await aio.messages.create(model="claude-haiku-4-5", max_tokens=16,
-                                      messages=USER, extra_headers={"x-vibe-task": name})
+                                      messages=GROUPED_USER, extra_headers={"x-vibe-task": name})
 
         await ask("one")
         await ask("two")
@@ -106,7 +94,7 @@ async def test_r7_2_over_http_the_cap_is_a_429_not_retried_and_charges_nothing(
         assert info.value.response.headers["x-should-retry"] == "false"
         assert "max_tasks_per_key" in str(info.value.message)
         await ask("one")
-        await aio.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=USER)
+        await aio.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=GROUPED_USER)
         totals = await run.settled("alpha", 4)
         assert fake_api.requests == 4 and totals.calls == 4
 
@@ -130,8 +118,8 @@ async def test_r7_2_the_cap_is_per_replica_and_the_refusal_says_so(tmp_path: Pat
             "store": f"sqlite://{tmp_path / 'shared.db'}"}), env={
             "KEY_A": "sk-a", "KEY_B": "sk-b"}, provider=_provider()))
     async with replicas[0].running(), replicas[1].running():
-        await _call(replicas[0], "alpha", "one")
-        await _call(replicas[1], "alpha", "two")
+        await grouped_call(replicas[0], "alpha", "one")
+        await grouped_call(replicas[1], "alpha", "two")
         for served in replicas:
             with pytest.raises(GroupLimitError, match="1 grouped tasks on this server"):
-                await _call(served, "alpha", "three")
+                await grouped_call(served, "alpha", "three")

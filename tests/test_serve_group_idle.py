@@ -34,12 +34,11 @@ from scheduler.serve._runtime import GroupEndedError
 from scheduler.tasks import TaskHandle
 from scheduler.testing import InstantProvider
 from tests._anthropic_helpers import fake_api
-from tests._serve_helpers import CLIENT_KEYS, serve_config, serving
+from tests._serve_helpers import CLIENT_KEYS, GROUPED_USER, grouped_call, serve_config, serving
 
 __all__ = ["fake_api"]  # the fixture, imported for pytest
 
 IDLE_S = 60.0
-USER: Any = [{"role": "user", "content": "One word, please."}]
 
 
 def _provider() -> Any:
@@ -70,22 +69,10 @@ async def _served(tmp_path: Path, idle_s: float | None = IDLE_S,
         yield served
 
 
-async def _call(served: Served, name: str) -> TaskHandle:
-    """One call grouped under ``name``, as the messages handler makes it."""
-    (entry,) = served.keys.entries()
-    handle = await served.group(entry, name)
-    assert handle is not None
-    try:
-        await served.gateway.complete(handle, messages=USER, max_tokens=16)
-    finally:
-        served.release(handle)
-    return handle
-
-
 async def _calls(served: Served, names: list[str]) -> None:
     async with anyio.create_task_group() as tg:
         for name in names:
-            tg.start_soon(_call, served, name)
+            tg.start_soon(grouped_call, served, None, name)
 
 
 def _held(served: Served, task_id: str) -> list[str]:
@@ -141,18 +128,18 @@ async def test_r2_6_an_idle_task_writes_its_usage_and_starts_again_from_its_tota
     ``task_budget`` of 400 tokens binds across the restarts: the third call is refused."""
     async with _served(tmp_path, task_budget={"tokens": 400}) as served:
         tracker = served.orchestrator.tracker
-        first = await _call(served, "job")
+        first = await grouped_call(served, None, "job")
         await anyio.sleep(IDLE_S + 1)
         assert not _held(served, "alpha/job")
         usage = json.loads((tmp_path / "state/tasks/alpha/job/usage.json").read_text())
         assert (usage["status"], usage["usage"]["tokens"]) == ("completed", 150)
-        second = await _call(served, "job")
+        second = await grouped_call(served, None, "job")
         assert second is not first and not second.finished
         assert tracker.task_scope("alpha/job").totals.tokens == 300
         await anyio.sleep(IDLE_S + 1)
         assert not _held(served, "alpha/job")
         with pytest.raises(BudgetExceededError, match="alpha/job"):
-            await _call(served, "job")
+            await grouped_call(served, None, "job")
         assert tracker.task_scope("alpha/job").totals.tokens == 300
         assert tracker.task_scope("alpha").totals.calls == 2
 
@@ -186,9 +173,9 @@ async def test_r1_2_a_call_arriving_as_its_task_idles_out_is_served_once(
         firsts = {}
 
         async def twice(name: str) -> None:
-            firsts[name] = await _call(served, name)
+            firsts[name] = await grouped_call(served, None, name)
             await anyio.sleep_until(anyio.current_time() + IDLE_S + offset)
-            again = await _call(served, name)
+            again = await grouped_call(served, None, name)
             assert again is firsts[name] or again.calls == 1  # the old task, or a new one
             scope = served.orchestrator.tracker.task_scope(f"alpha/{name}")
             assert (scope.totals.calls, scope.totals.tokens) == (2, 300)
@@ -207,12 +194,12 @@ async def test_r1_2_calls_waiting_for_an_idle_task_to_end_start_it_once(
     """#21: five calls arriving while ``alpha/job`` records its idle end wait for it to be
     forgotten, then share one new start of it."""
     async with _served(tmp_path) as served:
-        first = await _call(served, "job")
+        first = await grouped_call(served, None, "job")
         await anyio.sleep(IDLE_S)  # the deadline: the agent ends, its end is recorded
         handles: list[TaskHandle] = []
 
         async def call() -> None:
-            handles.append(await _call(served, "job"))
+            handles.append(await grouped_call(served, None, "job"))
 
         await _calls_of(call, 5)
         assert len({id(h) for h in handles}) == 1 and handles[0] is not first
@@ -231,12 +218,12 @@ async def test_r1_2_a_grouped_task_that_ran_out_of_time_is_refused_once_forgotte
     """#21, R1.1: ``alpha/job``'s ``task_budget.time_s`` runs out (not idle): the run
     forgets it all the same, and its calls are still refused (its budget is spent)."""
     async with _served(tmp_path, task_budget={"time_s": 30}) as served:
-        first = await _call(served, "job")
+        first = await grouped_call(served, None, "job")
         await anyio.sleep(31)
         assert first.finished and not _held(served, "alpha/job")
         with pytest.raises(GroupEndedError, match="alpha/job has ended"):
-            await _call(served, "job")
-        await _call(served, "other")
+            await grouped_call(served, None, "job")
+        await grouped_call(served, None, "other")
 
 
 async def test_r3_4_budget_added_to_a_held_task_survives_its_idle_restart(
@@ -247,16 +234,16 @@ async def test_r3_4_budget_added_to_a_held_task_survives_its_idle_restart(
     out and starts again, its limit is still 700: the next call is served, not held."""
     async with _served(tmp_path, on_limit="hold", task_budget={"tokens": 200}) as served:
         controller = served.orchestrator.controller
-        await _call(served, "job")
+        await grouped_call(served, None, "job")
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_call, served, "job")  # 150 spent: this one is held
+            tg.start_soon(grouped_call, served, None, "job")  # 150 spent: this one is held
             while not controller.is_paused("alpha/job"):  # noqa: ASYNC110 - not signalled
                 await anyio.sleep(1)
             await served.orchestrator.decide("alpha/job", "add_budget", tokens=500)
         await anyio.sleep(IDLE_S + 1)
         assert not _held(served, "alpha/job")
         with anyio.fail_after(10):  # held until max_hold_s without the added budget
-            await _call(served, "job")
+            await grouped_call(served, None, "job")
         scope = served.orchestrator.tracker.task_scope("alpha/job")
         assert (scope.limits.tokens, scope.totals.tokens) == (700, 450)
 
@@ -270,7 +257,7 @@ async def test_r1_2_an_idle_task_leaves_the_metrics(tmp_path: Path) -> None:
     async with served.running():
         metrics = served.orchestrator.observers.metrics
         assert metrics is not None
-        await _call(served, "chat")
+        await grouped_call(served, None, "chat")
         assert 'task="alpha/chat"' in generate_latest(metrics.registry).decode()
         await anyio.sleep(IDLE_S + 1)
         assert not _held(served, "alpha/chat")
@@ -280,7 +267,7 @@ async def test_r1_2_an_idle_task_leaves_the_metrics(tmp_path: Path) -> None:
 async def test_r1_2_without_group_idle_s_grouped_tasks_stay(tmp_path: Path) -> None:
     """#21: ``group_idle_s = 0`` keeps every grouped task until serve stops."""
     async with _served(tmp_path, idle_s=0) as served:
-        handle = await _call(served, "job")
+        handle = await grouped_call(served, None, "job")
         await anyio.sleep(10 * IDLE_S)
         assert not handle.finished and _held(served, "alpha/job")
 
@@ -311,7 +298,7 @@ async def test_r1_2_a_client_conversation_idles_out_and_resumes_over_http(
 
         async def ask() -> None:
             reply = await aio.messages.create(model="claude-haiku-4-5", max_tokens=16,
-                                              messages=USER,
+                                              messages=GROUPED_USER,
                                               extra_headers={"x-vibe-task": "chat"})
             assert reply.content
 
