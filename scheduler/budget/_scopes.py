@@ -32,7 +32,7 @@ from scheduler.core import (
 )
 from scheduler.core._clock import wall_seconds
 from scheduler.store import Store, scopes_of, session_task_totals, task_day_scope
-from scheduler.store._base import DAY_BEGUN
+from scheduler.store._base import DAY_BEGUN, latest_day_begun
 
 
 @dataclass(slots=True)
@@ -139,9 +139,9 @@ class Scopes:
         answers (and return today): a process restarted, or running on a clock behind the
         fleet's, does not reopen a day the others have closed."""
         with contextlib.suppress(StoreError):  # unreadable: the day as this process has it
-            begun = await self._store.list_state(DAY_BEGUN)
-            if begun:
-                self._latest = max(self._latest, date.fromisoformat(max(begun)))
+            begun = await latest_day_begun(self._store)
+            if begun is not None:
+                self._latest = max(self._latest, begun)
                 self._today_to = 0.0  # today() answers no day before it from now on
         return self.today()
 

@@ -13,7 +13,8 @@ So the others raise their limits by the amount added, not by it times N, and a p
 started later starts from the raised budget.  A ``finish`` is passed on to the pauses
 the other processes have of the task (:meth:`FleetBudget.pass_on`).
 
-Records that can no longer matter are deleted (:meth:`FleetBudget.prune`): a record of
+Records that can no longer matter are deleted at a process's start
+(:meth:`FleetBudget.prune`): a record of
 a day before yesterday (a past day's is never applied; yesterday's is kept for a process
 whose clock is a little behind), and the ``day_begun`` records but the latest few (only
 the latest is read: the day no process goes back before), and the claims of past days'
@@ -77,7 +78,6 @@ class FleetBudget:
             return False
         today = self._tracker.today().isoformat()
         raised = False
-        await self._delete(_past(records, self._tracker.today()))
         for key, value in records.items():
             scope = self._scope(task_id, str(value.get("scope", "")), today)
             if scope is None or (scope.added is not None and key in scope.added):

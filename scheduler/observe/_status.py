@@ -33,8 +33,14 @@ from scheduler.observe._snapshot import (
     answer_command,
     event_views,
 )
-from scheduler.store import Store, latest_session, session_task_totals, task_key, task_of_key
-from scheduler.store._base import DAY_BEGUN
+from scheduler.store import (
+    Store,
+    latest_day_begun,
+    latest_session,
+    session_task_totals,
+    task_key,
+    task_of_key,
+)
 from scheduler.tasks import TaskStatus
 
 __all__ = ["pid_alive", "read_status", "snapshot_from_store", "status_document"]
@@ -254,8 +260,8 @@ async def fleet_today(store: Store, today: date) -> date:
     date): never before the latest day any process on the store began (R1.2) -- one
     whose clock or time zone is ahead, or a wall clock set back after midnight, must not
     make ``status`` show a day the fleet has closed."""
-    begun = await store.list_state(DAY_BEGUN)
-    return max(today, date.fromisoformat(max(begun))) if begun else today
+    begun = await latest_day_begun(store)
+    return today if begun is None else max(today, begun)
 
 
 async def read_status(store: Store, state_dir: Path, *, today: date,

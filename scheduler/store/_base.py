@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable
+from datetime import date
 from typing import Any, Protocol, cast, runtime_checkable
 
 from scheduler.core import InvalidArgumentError, Totals, UsageEvent
@@ -178,3 +179,10 @@ async def _record_then_delete(store: Store, event: UsageEvent, kind: str, key: s
     added = await store.record(event)
     await store.delete_state(kind, key)
     return RECORDED if added else REPEATED
+
+
+async def latest_day_begun(store: Store) -> date | None:
+    """The latest day any process on ``store`` began (its :data:`DAY_BEGUN` records): the
+    fleet's day, which no process's day goes back before; None before any began."""
+    begun = await store.list_state(DAY_BEGUN)
+    return date.fromisoformat(max(begun)) if begun else None
