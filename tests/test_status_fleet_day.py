@@ -47,7 +47,8 @@ def test_r1_2_status_offline_shows_the_fleets_day_not_the_local_date(tmp_path: P
     state = _run(tmp_path, ahead)
     bars = _day_bars(state, tmp_path)
     # the run's own bars (its status.json) for the day it used, with the store's figures
-    assert set(bars) == {f"day:{ahead} tokens", f"day:{ahead} cost_usd"}, bars
+    # a cost bar too only on a weekend day: a [budgets.day] of tokens alone has no weekday cap
+    assert {k.split()[0] for k in bars} == {f"day:{ahead}"} and f"day:{ahead} tokens" in bars
     assert bars[f"day:{ahead} tokens"] > 0
 
 

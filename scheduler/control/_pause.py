@@ -44,8 +44,10 @@ from scheduler.control._decision import (
 from scheduler.control._fleet import FleetBudget, counts_every_process
 from scheduler.control._new_day import CHECK_S, day_over, scope_day
 from scheduler.control._overdraft import OverdraftLedger
+from scheduler.control._pause_state import PauseStatistics as PauseStatistics
+from scheduler.control._pause_state import TaskControl
 from scheduler.control._stored import review_summary
-from scheduler.core import BudgetExceededError, EventBus, get_logger
+from scheduler.core import BudgetExceededError, EventBus, StoreUnavailableError, get_logger
 from scheduler.store import Store, task_key, task_of_key
 
 _log = get_logger("vibe_engine.pause")
@@ -73,31 +75,6 @@ class PauseInfo:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
-class PauseStatistics:
-    paused: tuple[str, ...]
-    requested: tuple[str, ...]
-    in_critical: dict[str, int]
-    decisions_applied: int
-
-
-@dataclass(slots=True)
-class _TaskControl:
-    critical: int = 0
-    _changed: anyio.Event | None = None
-
-    def changed(self) -> anyio.Event:
-        """An event set at the next change (created lazily: needs a running loop)."""
-        if self._changed is None:
-            self._changed = anyio.Event()
-        return self._changed
-
-    def notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-
-
 class PauseController:
     """Pauses tasks, collects decisions, guards critical sections (module docstring)."""
 
@@ -115,7 +92,7 @@ class PauseController:
         self._decisions: dict[str, Decision] = {}
         #: decisions being stored: taken, not yet visible to waiters (first one wins).
         self._claims: dict[str, Decision] = {}
-        self._tasks: dict[str, _TaskControl] = {}
+        self._tasks: dict[str, TaskControl] = {}
         self._applied = 0
         self._last: dict[str, Decision] = {}
         self._announced: set[str] = set()
@@ -163,10 +140,10 @@ class PauseController:
         for held in (self._tasks, self._last, self._claims):
             held.pop(task_id, None)
 
-    def _ctl(self, task_id: str) -> _TaskControl:
+    def _ctl(self, task_id: str) -> TaskControl:
         ctl = self._tasks.get(task_id)
         if ctl is None:
-            ctl = self._tasks[task_id] = _TaskControl()
+            ctl = self._tasks[task_id] = TaskControl()
         return ctl
 
     def _key(self, task_id: str) -> str:
@@ -334,24 +311,34 @@ class PauseController:
         while True:
             if self._pauses.get(task_id) is not info:
                 return self._last[task_id]  # another waiter applied it
-            if await day_over(info.scope, self.tracker):
-                return await self._lift(info)
-            decision = self._decisions.pop(task_id, None)
-            if decision is None and self.poll_s is not None:
-                stored = await self.store.get_state("decision", self._key(task_id))
-                if self._pauses.get(task_id) is not info:
-                    continue
-                decision = await self._stored(task_id, stored)
-                if decision is not None and decision == self._last.get(task_id):
-                    decision = None  # applied to the last pause; its record is being deleted
-            if decision is None and self._fleet_wide(task_id, info) and await self.fleet.sync(
-                    task_id):  # another process's decision added to this budget: try again
-                decision = Decision(task_id, "resume", source="fleet", at=self._now())
+            try:
+                if await day_over(info.scope, self.tracker):
+                    return await self._lift(info)
+                decision = await self._next_decision(task_id, info)
+            except StoreUnavailableError as exc:  # the store is away: still paused, asked again
+                _log.warning("pause_decision_unreadable", task_id=task_id, error=str(exc))
+                decision = None
             if decision is not None:
                 await self._apply(decision)
                 return decision
-            with anyio.move_on_after(wait):
-                await ctl.changed().wait()
+            if self._pauses.get(task_id) is info:
+                with anyio.move_on_after(wait):
+                    await ctl.changed().wait()
+
+    async def _next_decision(self, task_id: str, info: PauseInfo) -> Decision | None:
+        """The decision made for this pause since the last look, if any."""
+        decision = self._decisions.pop(task_id, None)
+        if decision is None and self.poll_s is not None:
+            stored = await self.store.get_state("decision", self._key(task_id))
+            if self._pauses.get(task_id) is not info:
+                return None
+            decision = await self._stored(task_id, stored)
+            if decision is not None and decision == self._last.get(task_id):
+                decision = None  # applied to the last pause; its record is being deleted
+        if decision is None and self._fleet_wide(task_id, info) and await self.fleet.sync(
+                task_id):  # another process's decision added to this budget: try again
+            decision = Decision(task_id, "resume", source="fleet", at=self._now())
+        return decision
 
     async def _lift(self, info: PauseInfo) -> Decision:
         """End a pause whose day budget started over (module docstring)."""

@@ -53,6 +53,7 @@ from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection, replay_lock, spool_read_lock
 from scheduler.store._redis_conn import RedisStoreStatistics as RedisStoreStatistics
 from scheduler.store._redis_conn import split_namespace as split_namespace
+from scheduler.store._redis_holds import holder, prune_dead_holds
 from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
 from scheduler.store._redis_reads import add_spooled, closed_with, read_events
 from scheduler.store._redis_slices import RedisSlices
@@ -379,17 +380,19 @@ class RedisStore:
             keys += [self.key("tot", lim.scope), self.key("holds", lim.scope),
                      self.key("amts", lim.scope)]
             args += [limit_arg(lim.tokens), limit_arg(lim.model_tokens), limit_arg(lim.cost_usd)]
+        args.append(holder())
         if self._link.backing_off():
             down = StoreUnavailableError("Redis unreachable moments ago; retrying shortly")
             return self._reserve_locally(down, hold_id, limits, model, tokens, cost_usd)
-        spooled = self._spooled
+        spooled, scopes = self._spooled, tuple(lim.scope for lim in limits)
         try:
             reply = await self._link.script("try_reserve", keys, args)
+            if int(reply[0]) == 0 and await prune_dead_holds(self._link, self.key, scopes):
+                reply = await self._link.script("try_reserve", keys, args)  # room freed
         except DOWN as exc:
             self._link.mark_down(exc)
             return self._reserve_locally(exc, hold_id, limits, model, tokens, cost_usd)
         self._mark_up()
-        scopes = tuple(lim.scope for lim in limits)
         if int(reply[0]) == 0:
             _, j, dim, used, held, limit = reply
             raise BudgetExceededError(

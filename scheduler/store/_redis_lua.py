@@ -36,7 +36,7 @@ local function release_hold(holds, amts, id)
   if not tok then return 0 end
   local cost = redis.call('HGET', amts, id .. '|c') or '0'
   local model = redis.call('HGET', amts, id .. '|m') or ''
-  redis.call('HDEL', amts, id, id .. '|c', id .. '|m')
+  redis.call('HDEL', amts, id, id .. '|c', id .. '|m', id .. '|p')
   redis.call('ZREM', holds, id)
   redis.call('HINCRBY', amts, '__sum', -tonumber(tok))
   redis.call('HINCRBYFLOAT', amts, '__cost', -tonumber(cost))
@@ -176,7 +176,8 @@ return {fresh, unpack(versions)}
 #: Charge-if-within-budget: hold ``tokens``/``cost`` against every scope, or nothing.
 #: KEYS: per scope (totals, holds, amts).
 #: ARGV: hold id, tokens, cost, model, ttl_ms, now_ms ('' = server time), then per
-#:       scope (limit tokens, limit model tokens, limit cost), '' = unlimited.
+#:       scope (limit tokens, limit model tokens, limit cost), '' = unlimited, then the
+#:       holding process (``_redis_holds.holder``: its holds are freed once it is gone).
 #: Returns {1, now, JSON [[totals, held tokens, held cost], ...]} (one JSON string: cheap to
 #: parse) or {0, scope index, dimension, used, held, limit}.  The totals carry their
 #: ``version`` (``record_event``).
@@ -219,7 +220,8 @@ if fresh then
   for j = 0, n - 1 do
     local holds, amts = KEYS[3 * j + 2], KEYS[3 * j + 3]
     redis.call('ZADD', holds, now + ttl, id)
-    redis.call('HSET', amts, id, tokens, id .. '|c', ARGV[3], id .. '|m', model)
+    redis.call('HSET', amts, id, tokens, id .. '|c', ARGV[3], id .. '|m', model,
+               id .. '|p', ARGV[7 + 3 * n] or '')
     redis.call('HINCRBY', amts, '__sum', tokens)
     redis.call('HINCRBYFLOAT', amts, '__cost', ARGV[3])
     if model ~= '' then redis.call('HINCRBY', amts, '__m:' .. model, tokens) end
