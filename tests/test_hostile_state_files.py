@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests._cli_helpers import cli
+from tests._cli_helpers import assert_one_line_exit_2, cli, files_under
 
 CONFIG = """\
 state_dir = "state"
@@ -58,3 +58,15 @@ def test_r3_4_a_garbled_control_token_is_replaced_and_the_run_goes_on(tmp_path: 
         text = token.read_text(encoding="ascii")
         assert len(text) == 64 and int(text, 16) >= 0, text
         assert token.stat().st_mode & 0o077 == 0
+
+
+def test_r2_6_status_refuses_a_named_sqlite_store_that_is_not_there(tmp_path: Path) -> None:
+    """R2.6: ``status --store sqlite:///PATH`` with a PATH that holds no store (a typo) next
+    to a state directory a run left was shown as an empty store, exit 0; it is one line,
+    exit 2, naming the path, and creates nothing."""
+    _run(tmp_path)
+    before = files_under(tmp_path)
+    typo = tmp_path / "state" / "vibe-typo.db"
+    result = cli(["status", "--state-dir", "state", "--store", f"sqlite://{typo}"], tmp_path)
+    assert_one_line_exit_2(result, str(typo))
+    assert files_under(tmp_path) == before
