@@ -96,3 +96,15 @@ def test_r7_2_a_second_serve_on_a_state_directory_in_use_is_one_line_exit_2(
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
     assert "state directory st is in use" in lines[0] and "4242" in lines[0], lines
     assert {p.name for p in state.iterdir()} == {"orchestrator.lock"}
+
+
+def test_21_two_keys_with_one_secret_are_refused_at_start(tmp_path: Path) -> None:
+    """#21: two ``[[serve.keys]]`` entries reading one secret (a copied entry) were served:
+    every request was charged to the last of them and the first one's budget silently
+    never used.  One line names the second entry and the first, exit 2, nothing written."""
+    second = KEY.replace('name = "a"', 'name = "b"')
+    out = _serve(tmp_path, KEY + second, "--port", "0", env={"VIBE_TEST_UNSET_KEY": "sk-x"})
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert "serve.keys.1.key_env" in lines[0] and "serve.keys.0 ('a')" in lines[0], lines
+    assert not (tmp_path / "st").exists()
