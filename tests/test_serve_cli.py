@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -14,11 +15,12 @@ from tests._serve_helpers import BIN
 KEY = '[[serve.keys]]\nname = "a"\nkey_env = "VIBE_TEST_UNSET_KEY"\n'
 
 
-def _serve(tmp_path: Path, config: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _serve(tmp_path: Path, config: str, *args: str,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "serve.toml"
     path.write_text('state_dir = "st"\n[serve]\nupstream_base_url = "http://127.0.0.1:9"\n'
                     + config)
-    env = {k: v for k, v in os.environ.items() if k != "VIBE_TEST_UNSET_KEY"}
+    env = {**{k: v for k, v in os.environ.items() if k != "VIBE_TEST_UNSET_KEY"}, **(env or {})}
     return subprocess.run([str(BIN), "serve", str(path), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env=env)
 
@@ -73,4 +75,36 @@ def test_21_a_key_no_http_header_can_carry_is_refused_at_start(
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     assert field in lines[0] and "abc" not in lines[0], lines[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_r7_2_a_second_serve_on_a_state_directory_in_use_is_one_line_exit_2(
+    tmp_path: Path,
+) -> None:
+    """R7.2: ``serve`` on a state directory another orchestrator holds (``serve`` started
+    twice) failed with a 200-line traceback of a task group holding two errors; it is one
+    line naming the directory and the holder's pid, exit 2, and the holder's files stay."""
+    state = tmp_path / "st"
+    state.mkdir(mode=0o700)
+    lock = state / "orchestrator.lock"
+    lock.write_text("4242\n")
+    lock.chmod(0o600)
+    with lock.open("r+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running orchestrator does
+        out = _serve(tmp_path, KEY, "--port", "0", env={"VIBE_TEST_UNSET_KEY": "sk-test"})
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert "state directory st is in use" in lines[0] and "4242" in lines[0], lines
+    assert {p.name for p in state.iterdir()} == {"orchestrator.lock"}
+
+
+def test_21_two_keys_with_one_secret_are_refused_at_start(tmp_path: Path) -> None:
+    """#21: two ``[[serve.keys]]`` entries reading one secret (a copied entry) were served:
+    every request was charged to the last of them and the first one's budget silently
+    never used.  One line names the second entry and the first, exit 2, nothing written."""
+    second = KEY.replace('name = "a"', 'name = "b"')
+    out = _serve(tmp_path, KEY + second, "--port", "0", env={"VIBE_TEST_UNSET_KEY": "sk-x"})
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert "serve.keys.1.key_env" in lines[0] and "serve.keys.0 ('a')" in lines[0], lines
     assert not (tmp_path / "st").exists()

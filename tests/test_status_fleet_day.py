@@ -22,7 +22,9 @@ def _run(tmp_path: Path, day: date) -> Path:
     state = tmp_path / "st"
     config = config_from_dict({
         "state_dir": str(state), "store": "sqlite",
-        "budgets": {"day": {"tokens": 1_000_000}},
+        # both limits named: a budgets section given replaces its defaults (no $20 on a
+        # weekday), so the cost bar would otherwise show only when the day is a weekend
+        "budgets": {"day": {"tokens": 1_000_000, "cost_usd": 20.0}},
         "provider": {"simulated": {"time_scale": 0.01,
                                    "failure_rate": {"haiku": 0, "sonnet": 0, "opus": 0}}},
         "tasks": [{"id": "q", "agent": "qa", "prompt": "Where is the config loaded?"}],

@@ -161,11 +161,13 @@ def known_agents(config: VibeConfig, agents: Collection[str]) -> None:
 
 def status_store(state_dir: Path, store: str) -> str:
     """The store ``status`` opens: ``store`` if it exists; an empty memory store when only a
-    running orchestrator's ``status.json`` is there (a run on a memory store); else refused."""
+    running orchestrator's ``status.json`` is there (a run on a memory store, found with
+    the default ``sqlite``); else refused -- a ``sqlite:///PATH`` named that holds no store
+    (a typo) is not shown as an empty one."""
     try:
         existing_state(state_dir, store)
     except VibeEngineError:
-        if not (state_dir / "status.json").is_file():
+        if store != "sqlite" or not (state_dir / "status.json").is_file():
             raise
         return "memory"
     return store

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -29,10 +30,23 @@ def _tls(certfile: Path | None, keyfile: Path | None) -> None:
 
 
 def _first_error(exc: BaseException) -> BaseException:
-    """The error inside task-group wrappers (one line names it, not the group)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    """The error inside task-group wrappers (one line names it, not the group): the first
+    of ours among them -- a run that could not start fails twice, in the run and in the
+    server waiting for it (a second ``serve`` on a state directory in use) -- else the
+    only one."""
+    leaves = list(_leaves(exc))
+    ours = [e for e in leaves if isinstance(e, VibeEngineError)]
+    if ours:
+        return ours[0]
+    return leaves[0] if len(leaves) == 1 else exc
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 def _loop_options() -> dict[str, bool]:

@@ -222,6 +222,7 @@ class VibeConfig(FrozenModel):
                 if dep not in seen:
                     raise FieldProblem(f"tasks.{i}.depends_on.{j}", dep,
                                        "no task of the config has this id")
+        _refuse_dependency_cycle(self.tasks)
         unknown = sorted(set(self.distributed.global_pools) - set(self.allocator.pools))
         if unknown:
             raise FieldProblem(f"distributed.global_pools.{unknown[0]}", unknown[0],
@@ -236,3 +237,34 @@ class VibeConfig(FrozenModel):
         except KeyError:
             known = list(self.models)
             raise ConfigError("models", tier, f"unknown model; known: {known}") from None
+
+
+def _refuse_dependency_cycle(tasks: tuple[TaskSpec, ...]) -> None:
+    """``depends_on`` edges that close a cycle (a task on itself, a → b → a): the tasks
+    would wait for each other until the deadlock detector fails them, so the config is
+    refused, naming the edge that closes the cycle."""
+    deps = {t.id: t.depends_on for t in tasks}
+    index = {t.id: i for i, t in enumerate(tasks)}
+    done: set[str] = set()
+    for root in deps:
+        if root in done:
+            continue
+        path, on_path = [root], {root}
+        stack = [(root, iter(deps[root]))]
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+            elif child in on_path:
+                cycle = " → ".join([*path[path.index(child):], child])
+                raise FieldProblem(
+                    f"tasks.{index[node]}.depends_on.{deps[node].index(child)}", child,
+                    f"dependency cycle {cycle}: these tasks would wait for each other")
+            elif child not in done:
+                stack.append((child, iter(deps[child])))
+                on_path.add(child)
+                path.append(child)

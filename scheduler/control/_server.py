@@ -36,7 +36,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from scheduler.control._pause import PauseController
-from scheduler.core import DecisionError, EventBus, VibeEngineError, get_logger
+from scheduler.core import DecisionError, EventBus, VibeEngineError, get_logger, write_private
 
 _log = get_logger("vibe_engine.control")
 _MAX_REQUEST = 64 * 1024
@@ -67,19 +67,34 @@ def ensure_token(state_dir: Path) -> str:
     try:
         fd = os.open(paths.token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return read_token(state_dir)
+        try:
+            return read_token(state_dir)
+        except _CorruptToken:
+            # no client can send what an empty or garbled file holds: a new secret
+            # (one orchestrator per state directory, so nobody holds the old one)
+            write_private(paths.token, secrets.token_hex(32))
+            return read_token(state_dir)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(secrets.token_hex(32))
     return read_token(state_dir)
 
 
+class _CorruptToken(VibeEngineError):
+    """The token file holds no hex secret (a crash or a full disk mid-write, an edit)."""
+
+
 def read_token(state_dir: Path) -> str:
-    """The control token; refuses a token file others can read or that someone else owns."""
+    """The control token; refuses a token file others can read or that someone else owns,
+    or one that holds no hex secret."""
     path = control_paths(state_dir).token
     st = path.stat()
     if st.st_uid != os.getuid() or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise VibeEngineError(f"control token {path} must be owned by you with mode 0600")
-    return path.read_text(encoding="ascii").strip()
+    token = path.read_bytes().strip()
+    if not token or token.strip(b"0123456789abcdef"):
+        raise _CorruptToken(f"control token {path} is not a hex secret; the next run "
+                            "writes a new one")
+    return token.decode("ascii")
 
 
 def peer_uid(sock: socket.socket) -> int | None:

@@ -12,15 +12,18 @@ def configure_logging(*, level: str = "info", json_logs: bool | None = None) -> 
     """structlog to stderr: console lines on a TTY, JSON lines otherwise."""
     if json_logs is None:
         json_logs = not sys.stderr.isatty()
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+    # JSON lines carry an exception's traceback as text (``_log.exception`` in a server
+    # that must not stop); the console renderer formats it itself
+    renderers: list[structlog.typing.Processor] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        if json_logs else [structlog.dev.ConsoleRenderer()]
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]

@@ -163,6 +163,7 @@ class StatusWriter:
         self.interval_s = interval_s
         self.path = status_path(view.config.state_dir)
         self.writes = 0
+        self._failing = False
         self._changes = watch_changes(view)
         self._capacity = Changes(pending=False)
         view.on_capacity.connect(self._capacity_changed)
@@ -175,11 +176,30 @@ class StatusWriter:
         """Replace ``status.json`` atomically (a temporary file, then a rename)."""
         private_dir(self.path.parent)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open_private(tmp) as out:
-            write_status(self.view, out, now=anyio.current_time(), running=running)
-        os.replace(tmp, self.path)
+        try:
+            with open_private(tmp) as out:
+                write_status(self.view, out, now=anyio.current_time(), running=running)
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk keeps no half-written file
+            raise
         self.writes += 1
         return self.path
+
+    def _write_running(self) -> None:
+        """One periodic write; a failed one (a full disk, ``status.json`` made a folder)
+        is logged when it starts failing and when it recovers, and never ends the run:
+        ``status.json`` only shows the run, the store keeps what it spent."""
+        try:
+            self.write()
+        except OSError as exc:
+            if not self._failing:
+                _log.warning("status_write_failed", error=str(exc))
+            self._failing = True
+            return
+        if self._failing:
+            _log.info("status_write_recovered", path=str(self.path))
+        self._failing = False
 
     async def _load_days(self) -> None:
         """Today's totals read from the store before they are shown (see
@@ -196,7 +216,7 @@ class StatusWriter:
                 self._capacity.pending = False  # this write shows the capacities
                 start = anyio.current_time()
                 await self._load_days()
-                self.write()
+                self._write_running()
                 written = anyio.current_time()
                 spent = written - start
                 await anyio.sleep(max(self.interval_s, _CAPACITY_BACK_OFF * spent))

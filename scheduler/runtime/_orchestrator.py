@@ -311,7 +311,7 @@ class Orchestrator:
                             # kept with the task, or the task fails
                             handle.stored_result = encode_result(handle.id, handle.result)
                             handle.status = TaskStatus.COMPLETED
-                        except Exception as exc:
+                        except (Exception, SystemExit) as exc:
                             self._attempt_failed(handle, exc)
                         cancelled = False
                     except anyio.get_cancelled_exc_class():
@@ -381,8 +381,9 @@ class Orchestrator:
             return nullcontext()
         return self._deadlines.watch(handle.id, scope, tg.start_soon)
 
-    def _attempt_failed(self, handle: TaskHandle, exc: Exception) -> None:
-        """How an attempt that raised ``exc`` ended."""
+    def _attempt_failed(self, handle: TaskHandle, exc: Exception | SystemExit) -> None:
+        """How an attempt that raised ``exc`` ended: ``sys.exit()`` in a plugin (a wrapped
+        command-line tool's ``main``) ends its task, not the run and every task with it."""
         if isinstance(exc, FinishRequestedError):
             handle.status = TaskStatus.FINISHED
             handle.reason = f"saved and finished ({exc.source})"

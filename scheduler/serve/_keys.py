@@ -58,9 +58,22 @@ class KeyRing:
                            else "environment variable is not set (or empty)")
                 if problem is not None:
                     raise ConfigError(f"serve.keys.{i}.key_env", key.key_env, problem)
-                self._entries.append(KeyEntry(key, digest(value)))
+                entry = KeyEntry(key, digest(value))
             else:
-                self._entries.append(KeyEntry(key, bytes.fromhex(key.key_sha256 or "")))
+                entry = KeyEntry(key, bytes.fromhex(key.key_sha256 or ""))
+            self._refuse_twice(i, entry)
+            self._entries.append(entry)
+
+    def _refuse_twice(self, i: int, entry: KeyEntry) -> None:
+        """Two entries with one secret (a copied entry's ``key_env``): a request could not
+        tell them apart, and one entry's budget would silently never be used."""
+        for j, earlier in enumerate(self._entries):
+            if hmac.compare_digest(earlier.digest, entry.digest):
+                field = "key_env" if entry.config.key_env is not None else "key_sha256"
+                raise ConfigError(f"serve.keys.{i}.{field}",
+                                  getattr(entry.config, field),
+                                  f"the same client key as serve.keys.{j} "
+                                  f"({earlier.name!r}); give each key its own")
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -111,19 +111,30 @@ def usage_of(u: Mapping[str, Any] | None, base: Usage | None = None) -> Usage:
     cur = base or _NO_USAGE
     if not isinstance(u, Mapping):
         return cur
-    # each field read once, without a loop or a call per field: every answer passes here
+    # each field read once, without a loop: every answer passes here.  A count that is
+    # no count (NaN, infinite, negative: an upstream that is not the API) is absent
     prompt, completion = u.get("input_tokens"), u.get("output_tokens")
     read, written = u.get("cache_read_input_tokens"), u.get("cache_creation_input_tokens")
     split = u.get("cache_creation")
-    w1h = (int(split.get("ephemeral_1h_input_tokens") or 0) if isinstance(split, Mapping)
+    w1h = (_count(split.get("ephemeral_1h_input_tokens"), 0) if isinstance(split, Mapping)
            else cur.cache_write_1h_tokens)
-    writes = int(written) if isinstance(written, int | float) else cur.cache_write_tokens
+    writes = _count(written, cur.cache_write_tokens)
     # without a split every write is a 5-minute write, the API's default TTL
-    return Usage(int(prompt) if isinstance(prompt, int | float) else cur.prompt_tokens,
-                 int(completion) if isinstance(completion, int | float)
-                 else cur.completion_tokens,
-                 int(read) if isinstance(read, int | float) else cur.cache_read_tokens,
-                 max(writes - w1h, 0), w1h)
+    return Usage(_count(prompt, cur.prompt_tokens), _count(completion, cur.completion_tokens),
+                 _count(read, cur.cache_read_tokens), max(writes - w1h, 0), w1h)
+
+
+def _count(value: object, absent: int) -> int:
+    """A token count of the API's usage, or ``absent`` when ``value`` is none."""
+    if type(value) is int and 0 <= value <= _MAX_COUNT:
+        return value
+    if isinstance(value, float) and 0 <= value <= _MAX_COUNT:  # NaN fails both tests
+        return int(value)
+    return absent
+
+
+#: More tokens than one answer can hold (2^53: past it a float loses whole tokens).
+_MAX_COUNT = 2**53
 
 
 _NO_USAGE = Usage()
@@ -172,15 +183,19 @@ class SseUsage:
             return  # every other event is only relayed
         try:
             event = loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
+        if not isinstance(event, dict):
+            return  # relayed as it came; only the API's own events are read
         if kind == b"message_start":
-            message = event.get("message") or {}
-            self.message_id = str(message.get("id") or "")
-            self.usage = usage_of(message.get("usage"))
+            message = event.get("message")
+            if isinstance(message, dict):
+                self.message_id = str(message.get("id") or "")
+                self.usage = usage_of(message.get("usage"))
         else:
             self.usage = usage_of(event.get("usage"), self.usage)
-            reason = (event.get("delta") or {}).get("stop_reason")
+            delta = event.get("delta")
+            reason = delta.get("stop_reason") if isinstance(delta, dict) else None
             if reason:
                 self.stop_reason = str(reason)
 
@@ -298,9 +313,9 @@ class UpstreamProvider:
         sink = pt.on_bytes if pt is not None else None
         if not stream:
             data = await self._body(request, resp)
+            message = _message(request.model, data)
             if sink is not None:
                 sink(data)
-            message = loads(data)
             return Completion("", usage_of(message.get("usage")), request.model,
                               stop_reason=str(message.get("stop_reason") or "end_turn"),
                               id=str(message.get("id") or ""))
@@ -325,6 +340,20 @@ class UpstreamProvider:
         except HttpError as exc:
             raise UpstreamOverloadedError(request.model, 529, error_body(
                 "overloaded_error", f"upstream answer cut short: {exc}")) from None
+
+
+def _message(model: str, data: bytes) -> dict[str, Any]:
+    """The JSON message of a 200 answer; a body that is none (a proxy's page, bytes cut
+    or garbled) is the upstream's failure, answered 502 in the API's error shape."""
+    try:
+        message = loads(data)
+    except (ValueError, RecursionError):
+        message = None
+    if not isinstance(message, dict):
+        text = " ".join(data[:200].decode("utf-8", "replace").split())
+        raise UpstreamError(model, 502, error_body(
+            "api_error", f"the upstream API answered 200 with no JSON message: {text!r}"))
+    return message
 
 
 def _body_of(request: CompletionRequest) -> dict[str, Any]:
