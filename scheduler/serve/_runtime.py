@@ -276,11 +276,11 @@ class Served:
             raise GroupLimitError(entry.name, self._max_tasks, self._idle_s)
         self._live[entry.name] = live + 1
         group = self._grouped[task_id] = _Group()
+        template = self._templates.get(entry.name)
+        if template is None:
+            template = self._templates[entry.name] = group_template(entry.config)
         try:
             await self._vet(task_id, group)
-            template = self._templates.get(entry.name)
-            if template is None:
-                template = self._templates[entry.name] = group_template(entry.config)
             group.handle = await self.orchestrator.spawn(
                 group_spec(template, entry.name, name))
         except VibeEngineError as exc:  # ended earlier, unreadable, or the run is ending
