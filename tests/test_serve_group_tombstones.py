@@ -29,22 +29,23 @@ from tests._serve_helpers import grouped_call
 CAP = 3
 
 
-def _data(tmp_path: Path, session: str) -> dict[str, Any]:
+def _data(tmp_path: Path, session: str, time_s: float) -> dict[str, Any]:
     return {
         "state_dir": str(tmp_path / "state"), "session_id": session,
         "serve": {"upstream_base_url": "http://127.0.0.1:9", "upstream_key_env": "UP",
                   "max_tasks_per_key": CAP,
                   "keys": [{"name": "alpha", "key_env": "KEY_A",
-                            "task_budget": {"time_s": 30}}]},
+                            "task_budget": {"time_s": time_s}}]},
     }
 
 
 @asynccontextmanager
-async def _served(tmp_path: Path, session: str = "serve-1") -> AsyncIterator[Served]:
+async def _served(tmp_path: Path, session: str = "serve-1",
+                  time_s: float = 30) -> AsyncIterator[Served]:
     # answers 150 tokens at once in the place of the upstream client (the gateway's calls
     # need only ``complete``)
     provider: Any = InstantProvider(Usage(100, 50))
-    served = Served(config_from_dict(_data(tmp_path, session)), env={"KEY_A": "sk-a"},
+    served = Served(config_from_dict(_data(tmp_path, session, time_s)), env={"KEY_A": "sk-a"},
                     provider=provider)
     async with served.running():
         yield served
@@ -87,7 +88,8 @@ async def test_r1_1_a_task_that_ended_on_its_budget_stays_refused_after_a_restar
     (a new session, as a restart with another session id, or a replica beside it).
     Before, the new process started ``alpha/job`` again with a fresh 30 s: its calls
     ran.  Now they are refused, two arriving at once both (neither is taken for the
-    server stopping), and another name runs."""
+    server stopping), and another name runs.  Once the key's ``task_budget`` is raised
+    (as the refusal suggests), the task runs again under it."""
     async with _served(tmp_path, "serve-1") as first:
         await _end_on_their_time_budget(first, ["job"])
     async with _served(tmp_path, "serve-2") as second:
@@ -105,3 +107,5 @@ async def test_r1_1_a_task_that_ended_on_its_budget_stays_refused_after_a_restar
         assert len(refused) == 2
         assert "alpha/job" not in second.orchestrator.handles
         assert not (await grouped_call(second, None, "other")).finished
+    async with _served(tmp_path, "serve-3", time_s=60) as third:
+        assert not (await grouped_call(third, None, "job")).finished

@@ -280,7 +280,7 @@ class Served:
         if template is None:
             template = self._templates[entry.name] = group_template(entry.config)
         try:
-            await self._vet(task_id, group)
+            await self._vet(task_id, group, _budget(template))
             group.handle = await self.orchestrator.spawn(
                 group_spec(template, entry.name, name))
         except VibeEngineError as exc:  # ended earlier, unreadable, or the run is ending
@@ -296,11 +296,11 @@ class Served:
                 group.vetted = None
         return group
 
-    async def _vet(self, task_id: str, group: _Group) -> None:
-        """Refuse ``task_id`` if the store records it ended (another replica's, an
-        earlier run's, or one this run no longer holds in memory)."""
+    async def _vet(self, task_id: str, group: _Group, budget: dict[str, Any]) -> None:
+        """Refuse ``task_id`` if the store records it ended under ``budget`` (another
+        replica's, an earlier run's, or one this run no longer holds in memory)."""
         try:
-            ended = await self.ended.stored(task_id)
+            ended = await self.ended.stored(task_id, budget)
         except StoreError as exc:
             group.refusal = GroupUnavailableError(task_id, f"its record cannot be read: {exc}")
             raise group.refusal from exc
@@ -398,7 +398,8 @@ class Served:
             return
         self._drop(handle.id, group)
         if group.closed is None and group.started is None:  # ran, then ended: spent
-            self.ended.add(handle.id, str(handle.status), handle.reason or str(handle.status))
+            self.ended.add(handle.id, str(handle.status), handle.reason or str(handle.status),
+                           _budget(handle.spec))
         self.orchestrator.forget(handle.id)
         if group.closed is not None:
             group.closed.set()
@@ -426,3 +427,8 @@ class Served:
                 yield self
             finally:
                 self.stopping.set()  # the keys' tasks complete; the run ends and closes
+
+
+def _budget(spec: TaskSpec) -> dict[str, Any]:
+    """The limits a grouped task runs under, as its ended record keeps them."""
+    return spec.budget.model_dump(mode="json") if spec.budget is not None else {}
