@@ -21,8 +21,9 @@ import pytest
 from scheduler.config import config_from_dict
 from scheduler.core import Usage
 from scheduler.serve import Served
-from scheduler.serve._runtime import GroupEndedError
+from scheduler.serve._runtime import GroupEndedError, GroupUnavailableError
 from scheduler.serve._tombstones import ENDED_KIND
+from scheduler.store import MemoryStore
 from scheduler.testing import InstantProvider
 from tests._serve_helpers import grouped_call
 
@@ -109,3 +110,57 @@ async def test_r1_1_a_task_that_ended_on_its_budget_stays_refused_after_a_restar
         assert not (await grouped_call(second, None, "other")).finished
     async with _served(tmp_path, "serve-3", time_s=60) as third:
         assert not (await grouped_call(third, None, "job")).finished
+
+
+class _SlowReads(MemoryStore):
+    """A store whose reads of ended tasks wait for ``gate`` (a slow or distant store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = anyio.Event()
+        self.asked = anyio.Event()
+
+    async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
+        if kind == ENDED_KIND:
+            self.asked.set()
+            await self.gate.wait()
+        return await super().get_state(kind, key)
+
+
+async def test_r1_2_a_first_call_cancelled_while_the_store_is_asked_leaves_no_dead_task(
+    tmp_path: Path,
+) -> None:
+    """The first call naming ``job`` is cancelled (its client went away) while the store
+    is asked whether ``job`` ended earlier; a second call waiting for that start learns
+    it could not start (503, not "serve is stopping"), and the next call starts it."""
+    store = _SlowReads()
+    provider: Any = InstantProvider(Usage(100, 50))
+    served = Served(config_from_dict(_data(tmp_path, "serve-1", 30)), env={"KEY_A": "sk-a"},
+                    provider=provider, store=store)
+    async with served.running():
+        (entry,) = served.keys.entries()
+        waited: list[BaseException] = []
+
+        async def second() -> None:
+            try:
+                await served.group(entry, "job")
+            except GroupUnavailableError as exc:
+                waited.append(exc)
+
+        first = anyio.CancelScope()
+
+        async def call_first() -> None:
+            with first:
+                await served.group(entry, "job")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call_first)
+            await store.asked.wait()
+            tg.start_soon(second)
+            await anyio.sleep(1)
+            first.cancel()
+        assert [str(e) for e in waited] == [
+            "task alpha/job could not start: the call starting it ended; the next call "
+            "grouped under it starts it again"]
+        store.gate.set()
+        assert not (await grouped_call(served, None, "job")).finished

@@ -290,6 +290,13 @@ class Served:
             if group.refusal is exc:
                 raise
             return None
+        except BaseException:  # this call was cancelled before the task was added
+            if group.handle is None and task_id not in self.orchestrator.handles:
+                self._drop(task_id, group)  # the next call starts it
+                group.refusal = GroupUnavailableError(task_id, "the call starting it ended")
+                if group.started is not None:
+                    group.started.set()
+            raise
         finally:
             if group.vetted is not None:
                 group.vetted.set()  # its waiters hold their own reference
