@@ -180,7 +180,9 @@ NOTES = {
                                "byte gets `408` and its connection closes",
     "serve.max_tasks_per_key": ("the most `x-vibe-task` tasks a key runs at once on one "
                                 "`serve` process (N replicas: N times it); a call naming "
-                                "one more gets `429 rate_limit_error`, not retried"),
+                                "one more gets `429 rate_limit_error`, not retried; "
+                                "also the most of a key's budget-ended tasks held in "
+                                "memory (the rest stay refused from the store)"),
     "serve.keys[].name": "the key's task id: `status`, `decide NAME`, reports",
     "serve.keys[].key_env": "environment variable holding the client key",
     "serve.keys[].key_sha256": "or the SHA-256 hex digest of the key (stored instead of it)",

@@ -316,3 +316,30 @@ async def test_21_r1_2_grouped_tasks_of_a_key_share_their_budget_objects(
         assert first.spec.prompt is second.spec.prompt
         assert first.spec.prompt == "requests of serve key alpha"
         assert (first.id, second.id) == ("alpha/one", "alpha/two")
+
+
+async def test_21_r1_1_on_redis_a_task_ended_on_its_budget_is_refused_by_every_replica(
+    fake_api: FakeAnthropicServer, tmp_path: Path, redis_ns: str
+) -> None:
+    """#21, R1.1 across replicas: ``alpha/job`` runs out of its 1 s ``task_budget`` on
+    replica A; the same name sent to replica B on the same Redis namespace gets the 400
+    naming why it ended (B reads A's ``serve_ended`` record).  Before, B started the task
+    afresh and its call ran: each replica renewed the spent budget."""
+    keys = _keys(task_budget={"time_s": 1})
+    store = f"{REDIS_URL}?namespace={redis_ns}"
+    a_data = {**serve_config(tmp_path / "a", fake_api.base_url, keys), "store": store}
+    b_data = {**serve_config(tmp_path / "b", fake_api.base_url, keys), "store": store}
+    async with (serving(a_data) as a, serving(b_data) as b, AsyncExitStack() as stack):
+        aio_a, aio_b = [await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=r.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+            for r in (a, b)]
+        await _ask(aio_a, "job")
+        with anyio.fail_after(10):  # its 1 s runs out, then A records how it ended
+            while not await b.served.orchestrator.store.get_state(  # noqa: ASYNC110
+                    "serve_ended", "alpha/job"):  # another process writes it: no event here
+                await anyio.sleep(0.05)
+        for aio in (aio_a, aio_b):
+            with pytest.raises(anthropic.BadRequestError) as refused:
+                await _ask(aio, "job")
+            assert "alpha/job has ended" in str(refused.value.body)
+        await _ask(aio_b, "other")

@@ -100,7 +100,9 @@ class ServeConfig(FrozenModel):
     #: process (each holds about 10 KiB, a status row and metrics series here until it
     #: idles out: the bound is on one server's memory, so N replicas allow N times it);
     #: a call naming a new task beyond it gets 429 ``rate_limit_error`` (not retried),
-    #: the key's running tasks are served as before.
+    #: the key's running tasks are served as before.  Also the most of a key's tasks
+    #: that ended on their budget held in memory (the rest are read from the store:
+    #: an ended task stays refused).
     max_tasks_per_key: int = Field(default=1000, ge=1)
     keys: tuple[ServeKey, ...] = ()
 

@@ -53,6 +53,7 @@ from scheduler.core._process import pid_runs as pid_runs
 from scheduler.core._process import process_gone as process_gone
 from scheduler.core._process import process_start as process_start
 from scheduler.core._process import this_host as this_host
+from scheduler.core._process import this_process as this_process
 from scheduler.core._provider import REQUEST_OPTIONS as REQUEST_OPTIONS
 from scheduler.core._provider import Completion as Completion
 from scheduler.core._provider import CompletionRequest as CompletionRequest
@@ -139,6 +140,7 @@ __all__ = [
     "resolve_object",
     "thinking_budget",
     "this_host",
+    "this_process",
     "umask_keeps_owner",
     "write_private",
 ]

@@ -10,12 +10,14 @@ a process that is gone.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["member_gone", "pid_runs", "process_gone", "process_start", "this_host"]
+__all__ = ["member_gone", "pid_runs", "process_gone", "process_start", "this_host",
+           "this_process"]
 
 _PROC = Path("/proc")
 
@@ -48,6 +50,16 @@ def process_start(pid: int) -> str:
     if fields is None or len(fields) < 20:
         return ""
     return f"{_boot_id()}/{fields[19]}"  # field 22 of stat: the start, in clock ticks
+
+
+def this_process() -> tuple[str, int, str]:
+    """This process's ``(host, pid, start)``, as its records name it."""
+    return _identity(os.getpid())  # a forked child has its own pid, so its own entry
+
+
+@functools.lru_cache(maxsize=2)
+def _identity(pid: int) -> tuple[str, int, str]:
+    return this_host(), pid, process_start(pid)
 
 
 def pid_runs(pid: int) -> bool:

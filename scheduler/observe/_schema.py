@@ -81,6 +81,8 @@ class SnapshotDoc(TypedDict):
     at: float
     running: bool
     pid: int
+    host: str
+    proc_start: str
     written_at: str
     source: str
     tasks: list[TaskDoc]

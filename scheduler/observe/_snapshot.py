@@ -125,6 +125,10 @@ class Snapshot:
     at: float
     running: bool = True
     pid: int = 0
+    #: The writer's host and start (``core.process_start``): with ``pid``, which process
+    #: it is, so a reader tells it from another given its pid later.
+    host: str = ""
+    proc_start: str = ""
     written_at: str = ""
     source: str = "orchestrator"
     tasks: tuple[TaskView, ...] = ()
@@ -178,7 +182,8 @@ class Snapshot:
     def _doc(self, tasks: list[TaskDoc]) -> SnapshotDoc:
         return {
             "session_id": self.session_id, "at": self.at, "running": self.running,
-            "pid": self.pid, "written_at": self.written_at, "source": self.source,
+            "pid": self.pid, "host": self.host, "proc_start": self.proc_start,
+            "written_at": self.written_at, "source": self.source,
             "tasks": tasks,
             "budgets": cast("list[BudgetDoc]", _rows(self.budgets, BudgetBar)),
             "pools": cast("list[PoolDoc]", _rows(self.pools, PoolView)),
@@ -195,6 +200,8 @@ class Snapshot:
             at=float(d.get("at", 0.0)),
             running=bool(d.get("running", False)),
             pid=int(d.get("pid", 0)),
+            host=str(d.get("host", "")),
+            proc_start=str(d.get("proc_start", "")),
             written_at=str(d.get("written_at", "")),
             source=str(d.get("source", "orchestrator")),
             tasks=tuple(TaskView(**t) for t in d.get("tasks", ())),

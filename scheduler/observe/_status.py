@@ -11,7 +11,6 @@ session's budget use, and the last events of the ``history`` records.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date
@@ -22,7 +21,7 @@ import anyio
 
 from scheduler.budget import ScopeState, day_limits, read_usage_file
 from scheduler.config import Limits, VibeConfig
-from scheduler.core import Totals
+from scheduler.core import Totals, pid_runs, process_gone
 from scheduler.observe._observers import status_path
 from scheduler.observe._schema import StatusDoc, TaskBudgetDoc
 from scheduler.observe._snapshot import (
@@ -43,22 +42,23 @@ from scheduler.store import (
 )
 from scheduler.tasks import TaskStatus
 
-__all__ = ["pid_alive", "read_status", "snapshot_from_store", "status_document"]
+__all__ = ["orchestrator_runs", "read_status", "snapshot_from_store", "status_document"]
 
 #: Task states that do not change once recorded.
 _ENDED = frozenset(s.value for s in TaskStatus if s.ended)
 
 
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
+def orchestrator_runs(snap: Snapshot) -> bool:
+    """Whether the process that wrote ``snap`` (a ``status.json`` saying ``running``)
+    still runs: the process of its host, pid and start -- a pid the kernel gave to
+    another process since is not it.  One on another host (a state directory on a shared
+    disk) is not judged by this host's pids: not known to be gone, it runs.  A file that
+    names no host (an older release's) is judged by its pid on this host."""
+    if snap.pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    if not snap.host:
+        return pid_runs(snap.pid)
+    return not process_gone(snap.host, snap.pid, snap.proc_start)
 
 
 def _status_file(state_dir: Path) -> Snapshot | None:
@@ -270,7 +270,7 @@ async def read_status(store: Store, state_dir: Path, *, today: date,
     ``config``: as :func:`snapshot_from_store`'s; ``today``: the local date, as
     :func:`fleet_today` takes it)."""
     live = _status_file(Path(state_dir))
-    if live is not None and live.running and pid_alive(live.pid):
+    if live is not None and live.running and orchestrator_runs(live):
         return await _with_results(store, await _with_store_days(store, live))
     return await snapshot_from_store(store, Path(state_dir),
                                      today=await fleet_today(store, today), config=config)

@@ -6,7 +6,6 @@ never the orchestrator — so observing cannot drive the run.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
@@ -17,7 +16,7 @@ from scheduler.allocator import Allocator, WaiterStatistics
 from scheduler.budget import ScopeState, Tracker
 from scheduler.config import VibeConfig
 from scheduler.control import PauseController
-from scheduler.core import EventBus, Hook, UsageEvent, WallClock
+from scheduler.core import EventBus, Hook, UsageEvent, WallClock, this_process
 from scheduler.observe._snapshot import (
     ModelView,
     PoolView,
@@ -143,8 +142,10 @@ def _frame(view: RunView, *, now: float, events: int, running: bool,
         day = tracker.own_day_scope(tid)  # a serve key's day_budget
         if day is not None:
             budgets.extend(b for b in budget_bars(day, alerts) if b.level != "ok")
+    host, pid, start = this_process()
     return Snapshot(
-        session_id=view.session_id, at=now, running=running, pid=os.getpid(),
+        session_id=view.session_id, at=now, running=running, pid=pid, host=host,
+        proc_start=start,
         written_at=view.wall.now().isoformat(), source="orchestrator",
         budgets=tuple(budgets), pools=pools, models=_models(view),
         events=event_views(view.bus.history, events),

@@ -25,7 +25,14 @@ from urllib.parse import urlsplit
 import anyio
 
 from scheduler.config import TaskSpec, VibeConfig
-from scheduler.core import ConfigError, EventBus, VibeEngineError, WallClock, get_logger
+from scheduler.core import (
+    ConfigError,
+    EventBus,
+    StoreError,
+    VibeEngineError,
+    WallClock,
+    get_logger,
+)
 from scheduler.runtime import AgentContext, Orchestrator, RunReport
 from scheduler.serve._keys import (
     KeyEntry,
@@ -38,6 +45,7 @@ from scheduler.serve._keys import (
     task_spec,
 )
 from scheduler.serve._metrics import ServeMetrics
+from scheduler.serve._tombstones import Tombstones
 from scheduler.serve._upstream import UpstreamProvider
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle
@@ -93,7 +101,7 @@ class _KeyAgent:
 class _Group:
     """A grouped task of the run: its start, its calls in flight and its idle watch."""
 
-    __slots__ = ("calls", "closed", "handle", "idle", "last", "started")
+    __slots__ = ("calls", "closed", "handle", "idle", "last", "refusal", "started", "vetted")
 
     def __init__(self) -> None:
         #: Set once the task runs (its budget scope is registered); None after that.
@@ -107,6 +115,11 @@ class _Group:
         self.idle: anyio.CancelScope | None = None
         #: Set when the task idles out; the event is set once the run forgot it.
         self.closed: anyio.Event | None = None
+        #: Set once the store said whether the task ended earlier and its spawn began
+        #: (calls arriving meanwhile wait for it); None after that.
+        self.vetted: anyio.Event | None = anyio.Event()
+        #: Why the task was refused before it started (it ended earlier): its waiters'.
+        self.refusal: VibeEngineError | None = None
 
 
 class GroupUnavailableError(VibeEngineError):
@@ -189,8 +202,9 @@ class Served:
         self._live: dict[str, int] = {}
         self._max_tasks = serve.max_tasks_per_key
         #: Grouped tasks that ran and ended (not idle): their status and reason, so
-        #: their calls are still refused once the run forgot them.
-        self._ended: dict[str, tuple[str, str]] = {}
+        #: their calls are still refused once the run forgot them (see ``_tombstones``).
+        self.ended = Tombstones(self.orchestrator.store, serve.max_tasks_per_key)
+        self.orchestrator.add_service(self.ended.keep)
         self._idle_s = serve.group_idle_s or 0.0
         #: What every grouped task of a key shares, by key name (made on first use).
         self._templates: dict[str, TaskSpec] = {}
@@ -254,7 +268,7 @@ class Served:
     async def _start(self, entry: KeyEntry, name: str, task_id: str) -> _Group | None:
         """Start ``KEY/NAME`` (its group is registered before the first await, so calls
         arriving meanwhile wait for this start); :class:`GroupEndedError` when it ended."""
-        ended = self._ended.get(task_id)
+        ended = self.ended.held(task_id)
         if ended is not None:  # it ran and was forgotten: its budget is spent
             raise GroupEndedError(task_id, *ended)
         live = self._live.get(entry.name, 0)
@@ -266,19 +280,50 @@ class Served:
         if template is None:
             template = self._templates[entry.name] = group_template(entry.config)
         try:
+            await self._vet(task_id, group, _budget(template))
             group.handle = await self.orchestrator.spawn(
                 group_spec(template, entry.name, name))
-        except VibeEngineError:  # the run is ending
+        except VibeEngineError as exc:  # ended earlier, unreadable, or the run is ending
             self._drop(task_id, group)
             if group.started is not None:
                 group.started.set()
+            if group.refusal is exc:
+                raise
             return None
+        except BaseException:  # this call was cancelled before the task was added
+            if group.handle is None and task_id not in self.orchestrator.handles:
+                self._drop(task_id, group)  # the next call starts it
+                group.refusal = GroupUnavailableError(task_id, "the call starting it ended")
+                if group.started is not None:
+                    group.started.set()
+            raise
+        finally:
+            if group.vetted is not None:
+                group.vetted.set()  # its waiters hold their own reference
+                group.vetted = None
         return group
 
+    async def _vet(self, task_id: str, group: _Group, budget: dict[str, Any]) -> None:
+        """Refuse ``task_id`` if the store records it ended under ``budget`` (another
+        replica's, an earlier run's, or one this run no longer holds in memory)."""
+        try:
+            ended = await self.ended.stored(task_id, budget)
+        except StoreError as exc:
+            group.refusal = GroupUnavailableError(task_id, f"its record cannot be read: {exc}")
+            raise group.refusal from exc
+        if ended is not None:
+            group.refusal = GroupEndedError(task_id, *ended)
+            raise group.refusal
+
     async def _running(self, group: _Group, task_id: str) -> TaskHandle | None:
+        vetted = group.vetted
+        if vetted is not None:  # another call's start asks the store first
+            await vetted.wait()
         # the handle is in the run's table as soon as another call's spawn began
         handle = group.handle or self.orchestrator.handles.get(task_id)
-        if handle is None:  # that start failed meanwhile (the run is ending)
+        if handle is None:  # that start was refused, or failed (the run is ending)
+            if group.refusal is not None:
+                raise group.refusal
             return None
         started = group.started
         if started is not None:
@@ -360,7 +405,8 @@ class Served:
             return
         self._drop(handle.id, group)
         if group.closed is None and group.started is None:  # ran, then ended: spent
-            self._ended[handle.id] = (str(handle.status), handle.reason or str(handle.status))
+            self.ended.add(handle.id, str(handle.status), handle.reason or str(handle.status),
+                           _budget(handle.spec))
         self.orchestrator.forget(handle.id)
         if group.closed is not None:
             group.closed.set()
@@ -388,3 +434,8 @@ class Served:
                 yield self
             finally:
                 self.stopping.set()  # the keys' tasks complete; the run ends and closes
+
+
+def _budget(spec: TaskSpec) -> dict[str, Any]:
+    """The limits a grouped task runs under, as its ended record keeps them."""
+    return spec.budget.model_dump(mode="json") if spec.budget is not None else {}

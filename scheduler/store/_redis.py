@@ -55,7 +55,14 @@ from scheduler.store._redis_conn import RedisStoreStatistics as RedisStoreStatis
 from scheduler.store._redis_conn import split_namespace as split_namespace
 from scheduler.store._redis_holds import holder, prune_dead_holds
 from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
-from scheduler.store._redis_reads import add_spooled, closed_with, read_events
+from scheduler.store._redis_reads import (
+    FailOpenAllowance,
+    add_spooled,
+    closed_with,
+    read_events,
+    spooled_state,
+    with_spooled,
+)
 from scheduler.store._redis_slices import RedisSlices
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 
@@ -97,8 +104,7 @@ class RedisStore:
         self._draining = anyio.Lock()
         #: False for a reader (``status``) beside the orchestrator that owns the spool.
         self._replays = replay
-        self._local_tokens = 0
-        self._local_cost = 0.0
+        self._allowance = FailOpenAllowance(self.config, self.namespace)
         #: Usage events this process spooled so far: a read of the totals made while one
         #: was spooled does not hold it (see :meth:`try_reserve`).
         self._spooled = 0
@@ -115,7 +121,7 @@ class RedisStore:
 
     def _mark_up(self) -> None:
         if self._link.mark_up():
-            self._local_tokens, self._local_cost = 0, 0.0  # the outage allowance starts over
+            self._allowance.reset()  # the outage allowance starts over
 
     def _now_arg(self) -> str:
         return str(self._now_ms()) if self._now_ms is not None else ""
@@ -123,7 +129,7 @@ class RedisStore:
     def statistics(self) -> RedisStoreStatistics:
         return RedisStoreStatistics(
             self.namespace, self._link.up, self.config.failure_mode, len(self.spool),
-            self._replayed, self._local_tokens, self._local_cost,
+            self._replayed, self._allowance.tokens, self._allowance.cost_usd,
         )
 
     # -- keys ----------------------------------------------------------------------
@@ -347,18 +353,35 @@ class RedisStore:
         return bool(added)
 
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
-        try:
-            raw = await self._link.client.hget(self.key("state", kind), key)
-        except DOWN as exc:
-            raise self._link.unavailable("get_state", exc) from exc
+        raw, spooled = await self._state_read(
+            kind, lambda c: c.hget(self.key("state", kind), key))
+        if key in spooled:  # written while Redis was unreachable, not replayed yet
+            return spooled[key]
         return json.loads(raw) if raw is not None else None
 
     async def list_state(self, kind: str) -> dict[str, dict[str, Any]]:
+        h, spooled = await self._state_read(kind, lambda c: c.hgetall(self.key("state", kind)))
+        return with_spooled({k: json.loads(v) for k, v in h.items()}, spooled)
+
+    async def _state_read(self, kind: str, read: Callable[[Any], Awaitable[Any]]
+                          ) -> tuple[Any, dict[str, dict[str, Any] | None]]:
+        """``read``'s answer from Redis and the state writes of ``kind`` still in the spool
+        (any process's; the last per key, None a delete): they are newer than Redis's,
+        and are replayed over it.  Redis is read first, under the spool's read lock as
+        :meth:`totals_with_version` reads: a replay half done has a write in both."""
+        if not self.spool.pending() and not self._draining.locked():
+            return await self._read_state_now(read), {}
+        if not self._link.backing_off():
+            await self._drain()
+        async with self._draining, spool_read_lock(self.spool.path):
+            raw = await self._read_state_now(read)
+            return raw, spooled_state(self.spool.read(), kind) if self.spool.pending() else {}
+
+    async def _read_state_now(self, read: Callable[[Any], Awaitable[Any]]) -> Any:
         try:
-            h = cast(dict[str, str], await self._link.client.hgetall(self.key("state", kind)))
+            return await read(self._link.client)
         except DOWN as exc:
-            raise self._link.unavailable("list_state", exc) from exc
-        return {k: json.loads(h[k]) for k in sorted(h)}
+            raise self._link.unavailable("state", exc) from exc
 
     async def delete_state(self, kind: str, key: str) -> None:
         await self._write_state(kind, key, None)
@@ -372,7 +395,7 @@ class RedisStore:
         if self.spool.pending() and not await self._replayed_all():
             down = StoreUnavailableError("usage spooled while Redis was unreachable is not "
                                          "replayed yet")
-            return self._reserve_locally(down, hold_id, limits, model, tokens, cost_usd)
+            return self._allowance.take(down, hold_id, limits, model, tokens, cost_usd)
         keys: list[str] = []
         args: list[Any] = [hold_id, tokens, repr(cost_usd), model,
                            int(self.config.hold_ttl_s * 1000), self._now_arg()]
@@ -383,7 +406,7 @@ class RedisStore:
         args.append(holder())
         if self._link.backing_off():
             down = StoreUnavailableError("Redis unreachable moments ago; retrying shortly")
-            return self._reserve_locally(down, hold_id, limits, model, tokens, cost_usd)
+            return self._allowance.take(down, hold_id, limits, model, tokens, cost_usd)
         spooled, scopes = self._spooled, tuple(lim.scope for lim in limits)
         try:
             reply = await self._link.script("try_reserve", keys, args)
@@ -391,7 +414,7 @@ class RedisStore:
                 reply = await self._link.script("try_reserve", keys, args)  # room freed
         except DOWN as exc:
             self._link.mark_down(exc)
-            return self._reserve_locally(exc, hold_id, limits, model, tokens, cost_usd)
+            return self._allowance.take(exc, hold_id, limits, model, tokens, cost_usd)
         self._mark_up()
         if int(reply[0]) == 0:
             _, j, dim, used, held, limit = reply
@@ -423,27 +446,6 @@ class RedisStore:
             if self.spool.pending():
                 await self._drain()
         return not self.spool.pending()
-
-    def _reserve_locally(
-        self, exc: BaseException, hold_id: str, limits: tuple[ScopeLimit, ...], model: str,
-        tokens: int, cost_usd: float,
-    ) -> Hold:
-        cfg = self.config
-        if cfg.failure_mode == "closed":
-            raise StoreUnavailableError(
-                f"Redis unreachable, no new holds while fail-closed: {exc}"
-            ) from exc
-        if (self._local_tokens + tokens > cfg.fail_open_tokens
-                or self._local_cost + cost_usd > cfg.fail_open_cost_usd):
-            raise StoreUnavailableError(
-                f"Redis unreachable and the fail-open allowance is used up: {exc}"
-            ) from exc
-        self._local_tokens += tokens
-        self._local_cost += cost_usd
-        _log.warning("redis_fail_open_hold", namespace=self.namespace, tokens=tokens,
-                     allowance_used=self._local_tokens)
-        scopes = tuple(lim.scope for lim in limits)
-        return Hold(hold_id, scopes, model, tokens, cost_usd, {}, {}, local=True)
 
     async def settle(self, event: UsageEvent, hold: Hold) -> bool:
         return bool((await self.commit(event, hold))[0])

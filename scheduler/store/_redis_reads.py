@@ -1,16 +1,21 @@
-"""Reads and spool helpers of :class:`~scheduler.store._redis.RedisStore` kept apart
-from it: the usage log read back, and what the spool holds of a scope's usage."""
+"""Helpers of :class:`~scheduler.store._redis.RedisStore` kept apart from it: the usage
+log read back, what the spool holds of a scope's usage and of the state records, and the
+fail-open allowance of holds granted while Redis is unreachable."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
-from scheduler.core import Totals, UsageEvent
+from scheduler.config import DistributedConfig
+from scheduler.core import StoreUnavailableError, Totals, UsageEvent, get_logger
 from scheduler.store._base import OPEN_CALL, scopes_of
+from scheduler.store._ledger import Hold, ScopeLimit
 from scheduler.store._redis_conn import DOWN, RedisConnection
 from scheduler.store._spool import SpooledEvent, SpooledState
+
+_log = get_logger("vibe_engine.store.redis")
 
 
 async def read_events(link: RedisConnection, key: Callable[..., str], task_id: str | None,
@@ -58,3 +63,52 @@ def closed_with(event: UsageEvent, after: Sequence[SpooledEvent | SpooledState])
             and nxt.key == event.event_id):
         return nxt.key
     return None
+
+
+def spooled_state(spooled: Sequence[SpooledEvent | SpooledState], kind: str
+                  ) -> dict[str, dict[str, Any] | None]:
+    """The state writes of ``kind`` waiting in the spool: the last per key (None: a
+    delete), as their replay leaves them."""
+    return {e.key: e.value for e in spooled if isinstance(e, SpooledState) and e.kind == kind}
+
+
+def with_spooled(stored: dict[str, dict[str, Any]],
+                 spooled: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+    """``stored`` (a kind's records in Redis) as the ``spooled`` writes leave it, by key."""
+    for key, value in spooled.items():
+        if value is None:
+            stored.pop(key, None)
+        else:
+            stored[key] = value
+    return dict(sorted(stored.items()))
+
+
+class FailOpenAllowance:
+    """What holds granted locally while Redis is unreachable may add up to (``"open"``
+    failure mode; none while ``"closed"``), until Redis answers again."""
+
+    def __init__(self, config: DistributedConfig, namespace: str) -> None:
+        self.config, self.namespace = config, namespace
+        self.tokens, self.cost_usd = 0, 0.0
+
+    def reset(self) -> None:
+        self.tokens, self.cost_usd = 0, 0.0
+
+    def take(self, exc: BaseException, hold_id: str, limits: tuple[ScopeLimit, ...],
+             model: str, tokens: int, cost_usd: float) -> Hold:
+        """A local hold of ``tokens`` / ``cost_usd``, or :class:`StoreUnavailableError`
+        (from ``exc``, why Redis could not grant it) when fail-closed or used up."""
+        cfg = self.config
+        if cfg.failure_mode == "closed":
+            raise StoreUnavailableError(
+                f"Redis unreachable, no new holds while fail-closed: {exc}") from exc
+        if (self.tokens + tokens > cfg.fail_open_tokens
+                or self.cost_usd + cost_usd > cfg.fail_open_cost_usd):
+            raise StoreUnavailableError(
+                f"Redis unreachable and the fail-open allowance is used up: {exc}") from exc
+        self.tokens += tokens
+        self.cost_usd += cost_usd
+        _log.warning("redis_fail_open_hold", namespace=self.namespace, tokens=tokens,
+                     allowance_used=self.tokens)
+        scopes = tuple(lim.scope for lim in limits)
+        return Hold(hold_id, scopes, model, tokens, cost_usd, {}, {}, local=True)
