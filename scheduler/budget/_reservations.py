@@ -417,7 +417,7 @@ class Reservations:
         :data:`SETTLE_POLL_S`) and answer True: the caller checks again.  Else False at
         once.  A refusal by a shared ledger (holds of other processes) says nothing
         held: this process is not told when those end."""
-        if not (exc.held > 0 and exc.used - exc.held + exc.requested <= exc.limit):
+        if exc.shared or not (exc.held > 0 and exc.used - exc.held + exc.requested <= exc.limit):
             return False
         if self._settled is None:
             self._settled = anyio.Event()

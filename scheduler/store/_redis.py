@@ -396,8 +396,7 @@ class RedisStore:
             _, j, dim, used, held, limit = reply
             raise BudgetExceededError(
                 scopes[int(j)], str(dim), float(used) + float(held), float(limit),
-                cost_usd if dim == "cost_usd" else tokens,
-            )
+                cost_usd if dim == "cost_usd" else tokens, held=float(held), shared=True)
         totals: dict[str, Totals] = {}
         held_by: dict[str, tuple[int, float]] = {}
         versions: dict[str, int] = {}
