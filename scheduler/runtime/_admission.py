@@ -64,12 +64,15 @@ class Admission:
         self._holds: dict[int, Reservation] = {}
 
     async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float, *,
-                    prompt_tokens: int = 0, completion_tokens: int = 0) -> Reservation:
+                    prompt_tokens: int = 0, completion_tokens: int = 0,
+                    lease: Lease | None = None) -> Reservation:
         """Reserve the estimate; at the limit pause for a decision (R3.4) and try again.
 
         The prompt estimate and ``max_tokens`` are checked against the prompt, completion
         and cache limits before the call, like the total and the cost (R1.1).  A task
         whose spec says ``on_limit = "reject"`` gets the ``BudgetExceededError`` instead.
+        A refused call gives its provider ``lease`` back before it waits: a call waiting for
+        held amounts to go back must not keep the turn of a call that holds them.
         """
         ctl, task_id = self.controller, task.id  # a property: read once
         reject = task.spec.on_limit == "reject"
@@ -97,6 +100,8 @@ class Admission:
                     self._holds[id(reservation)] = reservation  # until :meth:`ended`
                 return reservation
             except BudgetExceededError as exc:
+                if lease is not None and lease.active:
+                    self.allocator.release(lease.id)
                 if await self.tracker.wait_for_holds(exc):  # not the limit yet
                     continue
                 if self.tracker.limits_raised != raised or await ctl.fleet.sync(task_id):
@@ -106,6 +111,8 @@ class Admission:
                     raise
                 await ctl.request_pause(task_id, error=exc)
             except OverdraftDeniedError as exc:
+                if lease is not None and lease.active:
+                    self.allocator.release(lease.id)
                 cause = exc.__cause__
                 error = cause if isinstance(cause, BudgetExceededError) else None
                 if error is not None and await self.tracker.wait_for_holds(error):
@@ -140,7 +147,8 @@ class Admission:
         that does not :meth:`fit` is admitted before it queues."""
         try:
             reservation = await self.admit(task, model, prompt + out, cost,
-                                           prompt_tokens=prompt, completion_tokens=out)
+                                           prompt_tokens=prompt, completion_tokens=out,
+                                           lease=lease)
         except BaseException:
             if lease is not None and lease.active:
                 self.allocator.release(lease.id)
