@@ -104,7 +104,7 @@ def _instrumented_call(orch: Orchestrator, variant: str) -> Any:
     request = CompletionRequest("haiku", "claude-haiku", [{"role": "user", "content": "x"}])
     provider: Any = _NoopProvider(completion)
 
-    async def lease(task: Any, tokens: int, reservation: Any) -> None:
+    async def lease(task: Any, tokens: int, model: str) -> None:
         return None
 
     def settle(task: Any, ev: Any) -> None:
@@ -123,7 +123,7 @@ def _instrumented_call(orch: Orchestrator, variant: str) -> Any:
         provider = TracedProvider(provider, t)
 
     async def attempt(task: Any, route: Any) -> Completion:
-        await lease_fn(task, 150, event)
+        await lease_fn(task, 150, "haiku")
         got: Completion = await provider.complete(request)
         settle_fn(task, event)
         return got

@@ -85,8 +85,9 @@ async def test_r1_2_budget_hold_is_kept_alive_while_its_call_waits_and_runs(
 ) -> None:
     """R1.2 across processes, R5.4: a call that holds shared budget (Redis) renews its hold
     at least every hold_ttl_s / 3 from the moment it takes it until the call settles --
-    while it queues for the single provider slot and while its 100 s call runs (a long
-    streamed answer) -- so the hold never lapses while other replicas could spend it."""
+    while its 100 s call runs (a long streamed answer) -- so the hold never lapses while
+    other replicas could spend it.  The hold is taken once the call has the single
+    provider slot: the second call holds nothing while it queues for it."""
     store = _LedgerStore()
     orch = make_orchestrator(
         {"qa": QuestionAnswerAgent}, provider=ScriptedProvider(latency_s=100.0), store=store,
@@ -106,5 +107,6 @@ async def test_r1_2_budget_hold_is_kept_alive_while_its_call_waits_and_runs(
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert max(gaps) <= 10.0 + 1e-6, (hold, times)  # a third of the hold's TTL
     spans = sorted(settled - taken for taken, settled in store.life.values())
-    assert spans[0] >= 100.0 and spans[1] >= 200.0  # the second waited for the first
+    assert 100.0 <= spans[0] <= spans[1] < 101.0, spans  # not held while it queued
+    assert max(taken for taken, _ in store.life.values()) >= 100.0  # its turn came then
     assert not orch.gateway.admission._holds  # an ended call's hold is renewed no more

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from scheduler import Event, TaskSpec
 from scheduler.config import VibeConfig
@@ -91,3 +92,70 @@ def test_r3_3_a_shared_days_critical_alert_is_posted_to_people_once_for_the_flee
     assert len(critical) == 2, alerts  # one per process
     assert sum("notify" in e.data["actions"] for e in critical) == 1, critical
     assert all("aggressive" in e.data["actions"] for e in critical)
+
+
+class _OneCall:
+    async def run(self, ctx: Any) -> None:
+        await ctx.llm.complete([{"role": "user", "content": "x"}], max_tokens=100)
+
+
+def _burst_alerts(tmp_path: Path, store: Callable[[str], str], runner: Callable[..., Any],
+                  tasks: int) -> list[Event]:
+    """4 orchestrators on one store, each running ``tasks`` tasks of one call at once:
+    every call takes its hold (reading the day's total) before any call is charged."""
+    async def main() -> list[Event]:
+        orchs = [build_orchestrator({"c": _OneCall}, config=VibeConfig(
+            state_dir=tmp_path / name, store=store(name), session_id=name,
+            budgets={"session": {}, "day": {"tokens": LIMIT}, "weekend_day_cost_usd": None},
+        ), provider=ScriptedProvider(latency_s=0.5, prompt=1, completion=100))
+            for name in ("a", "b", "c", "d")]
+        async with anyio.create_task_group() as tg:
+            for orch in orchs:
+                tg.start_soon(orch.run, [TaskSpec(id=f"t{i}", agent="c", prompt="x")
+                                         for i in range(tasks)])
+        return [e for o in orchs for e in o.bus.history
+                if e.name.startswith("budget_") and e.data.get("scope") == DAY]
+
+    return list(runner(main))
+
+
+def _check_burst(alerts: list[Event], *, critical: bool) -> None:
+    levels = [e.name for e in alerts]
+    assert 1 <= levels.count("budget_warning") <= 4, levels  # once per process at most
+    if not critical:  # 85 % of the day
+        assert set(levels) == {"budget_warning"}, levels
+        return
+    told = [e for e in alerts if e.name == "budget_critical"]  # 93 % of the day
+    assert 1 <= len(told) <= 4 and set(levels) == {"budget_warning", "budget_critical"}
+    assert sum("notify" in e.data["actions"] for e in told) == 1, told  # once for the fleet
+    assert all(e.data["used"] >= 0.9 * LIMIT for e in told), told
+
+
+def test_r3_1_a_burst_of_four_orchestrators_on_sqlite_warns_at_70_percent_of_the_day(
+        tmp_path: Path) -> None:
+    """R3.1, R1.2: 4 orchestrators on one SQLite file each start 21 one-call tasks at once:
+    all 84 calls hold their estimate (each hold reading the day's total: nothing spent
+    yet), then all are charged -- 8,484 tokens, 85 % of the day.  The charge's commit
+    brings back the day's shared total, and the 70 % warning fires (before: in no
+    process, each having seen only its own 21 %)."""
+    db = tmp_path / "shared.db"
+    _check_burst(_burst_alerts(tmp_path, lambda _: f"sqlite:///{db}", run_virtual, 21),
+                 critical=False)
+
+
+def test_r3_1_r3_3_a_burst_past_90_percent_on_sqlite_is_told_to_people_once(
+        tmp_path: Path) -> None:
+    """R3.1, R3.3: as above with 23 tasks each (93 % of the day): the 90 % crossing is
+    reported, and posted to people by one process only (before: no alert at all)."""
+    db = tmp_path / "shared.db"
+    _check_burst(_burst_alerts(tmp_path, lambda _: f"sqlite:///{db}", run_virtual, 23),
+                 critical=True)
+
+
+@pytest.mark.parametrize(("tasks", "critical"), [(21, False), (23, True)])
+def test_r3_1_r3_3_a_burst_of_four_orchestrators_on_redis_warns_and_tells_once(
+        tmp_path: Path, redis_ns: str, tasks: int, critical: bool) -> None:
+    """R3.1, R3.3: the bursts above with the orchestrators on one Redis namespace: the
+    charge's script answers with the day's totals (before: no alert at 85 % nor 93 %)."""
+    url = f"{REDIS_URL}?namespace={redis_ns}"
+    _check_burst(_burst_alerts(tmp_path, lambda _: url, run_real, tasks), critical=critical)

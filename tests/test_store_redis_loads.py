@@ -29,7 +29,7 @@ from scheduler.budget._open_calls import OPEN
 from scheduler.core import FixedWallClock, StoreUnavailableError, Totals
 from scheduler.runtime import Orchestrator
 from scheduler.store import task_day_scope
-from scheduler.store._ledger import Hold, Recorded
+from scheduler.store._ledger import Hold, Recorded, Settled
 from scheduler.store._redis import RedisStore
 from scheduler.store._redis_conn import _RETRY_AFTER_S
 from scheduler.store._spool import SpooledEvent
@@ -65,11 +65,11 @@ class StepsHeld(RedisStore):
         return got
 
     def commit(self, event: UsageEvent, hold: Hold | None = None,
-               close: str | None = None) -> Awaitable[Recorded]:
+               close: str | None = None) -> Awaitable[Recorded | Settled]:
         return self._commit_then(event, hold, close)
 
     async def _commit_then(self, event: UsageEvent, hold: Hold | None,
-                           close: str | None) -> Recorded:
+                           close: str | None) -> Recorded | Settled:
         step = self.before_commit.pop(event.event_id, None)
         if step is not None:
             await step()

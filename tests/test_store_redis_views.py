@@ -136,7 +136,7 @@ async def test_r2_1_a_hold_snapshot_loses_and_doubles_no_charge_in_either_order(
 
         held = await store.try_reserve("h1", limit, model="", tokens=10, cost_usd=0.0)
         mine = _event("mine-1")
-        fresh, versions = await store.commit(mine)  # recorded after the hold's read ...
+        fresh, versions = (await store.commit(mine))[:2]  # recorded after the hold's read ...
         assert fresh == 1 and versions[-1] == 2
         day.charge(mine, versions[-1])  # ... and added before the hold's caller resumed
         assert held.versions is not None and held.versions[day.name] == 1
@@ -144,7 +144,7 @@ async def test_r2_1_a_hold_snapshot_loses_and_doubles_no_charge_in_either_order(
         assert day.totals.tokens == 150  # kept: the snapshot (the other's 1,050) is older
 
         mine = _event("mine-2")
-        _, versions = await store.commit(mine)
+        _, versions = (await store.commit(mine))[:2]
         held = await store.try_reserve("h2", limit, model="", tokens=10, cost_usd=0.0)
         assert held.versions is not None
         day.adopt(held.totals[day.name], held.versions[day.name])  # holds mine-2 already

@@ -16,12 +16,18 @@ from typing import Any
 
 import anyio
 
-from scheduler.budget._scope_state import Caps, ScopeState
+from scheduler.budget._checks import check_amounts, check_call
+from scheduler.budget._scope_state import ScopeState
 from scheduler.budget._scopes import Scopes
-from scheduler.core import BudgetExceededError, StoreError, StoreUnavailableError, UsageEvent
+from scheduler.core import (
+    BudgetExceededError,
+    StoreError,
+    StoreUnavailableError,
+    UsageEvent,
+)
 from scheduler.store import Store, record_and_delete_state, scopes_of
 from scheduler.store._base import OPEN_CALL
-from scheduler.store._ledger import BudgetLedger, Hold, Recorded, ScopeLimit
+from scheduler.store._ledger import BudgetLedger, Hold, Recorded, ScopeLimit, Settled
 
 
 @dataclass(slots=True)
@@ -73,7 +79,7 @@ class Reservations:
         #: A ledger that versions its totals (``RedisStore``): every event is recorded
         #: through it, so the scopes know which snapshot of the totals holds it.
         self._commit: Callable[[UsageEvent, Hold | None, str | None],
-                               Awaitable[Recorded]] | None = (
+                               Awaitable[Recorded | Settled]] | None = (
             getattr(store, "commit", None) if self._ledger is not None else None)
         self._unavailable_wait_s = unavailable_wait_s
         self._clock = clock
@@ -121,11 +127,11 @@ class Reservations:
             if not caps.of:
                 continue  # an unlimited scope (often the session and the day)
             if call and caps.call:
-                _check_call(scope, caps.of, prompt_tokens, completion_tokens)
+                check_call(scope, caps.of, prompt_tokens, completion_tokens)
             if over is not None:
                 continue
             try:
-                _check_amounts(scope, caps, tokens, cost_usd, ops, per_model)
+                check_amounts(scope, caps, tokens, cost_usd, ops, per_model)
             except BudgetExceededError as exc:
                 if not call:
                     raise
@@ -353,11 +359,12 @@ class Reservations:
         return bool(await renew(hold))
 
     def settle(self, event: UsageEvent, reservation: Reservation | None, *,
-               close: tuple[str, str] | None = None) -> Awaitable[int | Recorded]:
+               close: tuple[str, str] | None = None) -> Awaitable[int | Recorded | Settled]:
         """Record ``event`` durably, ending ``reservation`` (its shared hold is released
         in the same atomic step); false (0) when the event was already recorded; on a
         store that versions its totals, the outcome with the versions of its scopes (see
-        :data:`Recorded`).  The
+        :data:`Recorded`); settling a shared hold, with every process's totals of its
+        scopes too (:data:`Settled`, see :meth:`saw_fleet`).  The
         state record ``close`` (kind, key) is deleted after the event is recorded, in the
         same transaction when the store can (``REPLACED`` when that record was an open
         call charged at its estimate meanwhile, see ``store.record_and_delete_state``).
@@ -377,6 +384,24 @@ class Reservations:
             return record_and_delete_state(self._store, event, *close)
         return self._store.record(event)
 
+    @staticmethod
+    def settled(outcome: Recorded | Settled,
+                reservation: Reservation | None) -> tuple[int, tuple[int, ...]]:
+        """A store's answer to :meth:`settle` (a tuple) as :data:`Recorded`; the totals a
+        :data:`Settled` brings (every process's, the event in them) become the floor of the
+        alerts of ``reservation``'s shared scopes (``ScopeState.fleet``, R3.1): the holds of
+        calls admitted together all read the totals from before any was charged, and the
+        fleet's spend would otherwise reach no process before its next hold."""
+        if len(outcome) == 2:
+            return outcome
+        fresh, versions, fleet = outcome
+        if fresh and reservation is not None:
+            for s in reservation.held:
+                got = fleet.get(s.name)
+                if got is not None:
+                    s.fleet = got
+        return fresh, versions
+
     async def _settle_shared(self, event: UsageEvent, hold: Hold,
                              close: tuple[str, str] | None) -> int:
         assert self._ledger is not None
@@ -392,7 +417,7 @@ class Reservations:
         :data:`SETTLE_POLL_S`) and answer True: the caller checks again.  Else False at
         once.  A refusal by a shared ledger (holds of other processes) says nothing
         held: this process is not told when those end."""
-        if not (exc.held > 0 and exc.used - exc.held + exc.requested <= exc.limit):
+        if exc.shared or not (exc.held > 0 and exc.used - exc.held + exc.requested <= exc.limit):
             return False
         if self._settled is None:
             self._settled = anyio.Event()
@@ -444,56 +469,3 @@ def _shared_limit(scope: ScopeState, model: str, grace: tuple[int, float] | None
         model_tokens = None if model_tokens is None else model_tokens + grace[0]
         cost = None if cost is None else cost + grace[1]
     return ScopeLimit(scope.name, tokens, model_tokens, cost)
-
-
-def _check_amounts(scope: ScopeState, caps: Caps, tokens: int, cost_usd: float,
-                   ops: tuple[tuple[str, int], ...], model: str) -> None:
-    """The amounts a request asks for (but a model call's own: :func:`_check_call`) against
-    the limits of ``scope``, with what its calls and operations under way hold; the tokens
-    and dollars of a call read here, not through ``ScopeState.used`` and ``held``."""
-    limits = scope.limits  # ``caps.limits``
-    if tokens and (lim := limits.tokens) is not None:
-        held: float = scope.reserved_tokens
-        used = scope.totals.tokens + held
-        if used + tokens > lim:
-            raise BudgetExceededError(scope.name, "tokens", used, lim, tokens, held=held)
-    if cost_usd and (cost := limits.cost_usd) is not None:
-        held = scope.reserved_cost
-        used = scope.totals.cost_usd + held
-        if used + cost_usd > cost:
-            raise BudgetExceededError(scope.name, "cost_usd", used, cost, cost_usd, held=held)
-    for dim, amount in ops:
-        if amount and (cap := caps.of.get(dim)) is not None:
-            _check_dimension(scope, dim, amount, cap)
-    if model and caps.per_model:
-        _check_model(scope, model, tokens)
-
-
-def _check_dimension(scope: ScopeState, dim: str, amount: float, lim: float) -> None:
-    held = scope.held(dim)
-    used = scope.used(dim) + held
-    if used + amount > lim:
-        raise BudgetExceededError(scope.name, dim, used, lim, amount, held=held)
-
-
-def _check_call(scope: ScopeState, caps: Mapping[str, float | None], prompt_tokens: int,
-                completion_tokens: int) -> None:
-    """A model call's prompt and completion estimates, and the cache limits (R1.1)."""
-    if prompt_tokens and (lim := caps.get("prompt_tokens")) is not None:
-        _check_dimension(scope, "prompt_tokens", prompt_tokens, lim)
-    if completion_tokens and (lim := caps.get("completion_tokens")) is not None:
-        _check_dimension(scope, "completion_tokens", completion_tokens, lim)
-    for dim in ("cache_read_tokens", "cache_write_tokens"):
-        lim = caps.get(dim)
-        if lim is not None and scope.used(dim) >= lim:
-            raise BudgetExceededError(scope.name, dim, scope.used(dim), lim)
-
-
-def _check_model(scope: ScopeState, model: str, tokens: int) -> None:
-    mlim = scope.limits.tokens_by_model.get(model)  # type: ignore[call-overload]
-    if mlim is not None:
-        held = scope.reserved_by_model.get(model, 0)
-        used = scope.used(f"tokens:{model}") + held
-        if used + tokens > mlim:
-            raise BudgetExceededError(scope.name, f"tokens:{model}", used, mlim, tokens,
-                                      held=held)

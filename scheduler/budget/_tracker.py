@@ -384,7 +384,8 @@ class Tracker:
             outcome = await self._reservations.settle(event, reservation, close=close)
             if reservation is not None and close is not None:
                 reservation.durable = False
-            fresh, versions = outcome if isinstance(outcome, tuple) else (outcome, ())
+            fresh, versions = (self._reservations.settled(outcome, reservation)
+                               if isinstance(outcome, tuple) else (outcome, ()))
             if not fresh:
                 return []
             if fresh == REPLACED:

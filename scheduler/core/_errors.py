@@ -112,18 +112,24 @@ class BudgetExceededError(BudgetError):
 
     def __init__(
         self, scope: str, dimension: str, used: float, limit: float, requested: float = 0,
-        *, held: float = 0,
+        *, held: float = 0, shared: bool = False,
     ) -> None:
         self.scope = scope
         self.dimension = dimension
-        #: Counts ``held``: what this process's calls (or operations) under way hold
-        #: until charged, when its own check refused (0 from a shared ledger's).
+        #: Counts ``held``: what calls (or operations) under way hold until charged --
+        #: this process's when its own check refused, every process's when a shared
+        #: ledger did (``shared``).  ``used - held`` was spent.
         self.used = used
         self.limit = limit
         self.requested = requested
         self.held = held
+        self.shared = shared
+        # what was spent and what is held stated apart: a refusal while little is spent
+        # says so, not that the budget is used
+        amount = (f"used {used:g}" if not held
+                  else f"spent {used - held:g} + held by calls under way {held:g}")
         super().__init__(
-            f"budget exceeded for {scope}: {dimension} used {used:g} + requested "
+            f"budget exceeded for {scope}: {dimension} {amount} + requested "
             f"{requested:g} > limit {limit:g}"
         )
 

@@ -51,7 +51,7 @@ _log = get_logger("vibe_engine.metrics")
 
 CallOutcome = Callable[[str, str], None]
 CallDuration = Callable[[str, float], None]
-#: The gateway's lease step: ``(task, tokens, reservation) -> lease``.
+#: The gateway's lease step: ``(task, tokens, model) -> lease``.
 LeaseFn = Callable[..., Awaitable[Any]]
 
 #: Bucket bounds (seconds): model calls take 0.1 s to minutes; lease waits are ~0 unless
@@ -209,12 +209,12 @@ class Metrics:
     def wrap_lease(self, lease: LeaseFn) -> LeaseFn:
         """The gateway's lease step, timed into ``vibe_lease_wait_seconds``."""
 
-        async def timed(task: TaskHandle, tokens: int, reservation: Any) -> Any:
+        async def timed(task: TaskHandle, tokens: int, model: str) -> Any:
             started = anyio.current_time()
             try:
-                return await lease(task, tokens, reservation)
+                return await lease(task, tokens, model)
             finally:
-                self.lease_seconds.labels(reservation.model).observe(
+                self.lease_seconds.labels(model).observe(
                     anyio.current_time() - started)
 
         return timed

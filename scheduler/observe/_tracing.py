@@ -203,13 +203,13 @@ class Tracing:
         call's span as ``vibe.lease.wait_s``."""
         from opentelemetry import trace
 
-        async def traced(task: TaskHandle, tokens: int, reservation: Any) -> Any:
+        async def traced(task: TaskHandle, tokens: int, model: str) -> Any:
             call_span = trace.get_current_span()
             started = anyio.current_time()
             with self.tracer.start_as_current_span(
                     "vibe.lease_wait", attributes={"vibe.lease.tokens": tokens}) as span:
                 try:
-                    return await lease(task, tokens, reservation)
+                    return await lease(task, tokens, model)
                 finally:
                     waited = anyio.current_time() - started
                     span.set_attribute("vibe.lease.wait_s", waited)

@@ -1,6 +1,8 @@
-"""Step 3 and 4 of the governed path: admit against the budgets, then lease (R1, R3, R5).
+"""Step 3 and 4 of the governed path: the lease, then admission against the budgets
+(R1, R3, R5).
 
-:class:`Admission` reserves a call's estimate in every budget scope of its task; at a
+:class:`Admission` reserves a call's estimate in every budget scope of its task once the
+call has its provider lease (a call queued for its turn holds no budget); at a
 limit it pauses the task for a person's decision (R3.4) — after giving back the task's
 leases through ``on_pause`` — and tries again when budget was added.  A pending pause
 takes effect at these safe points, outside critical sections (R3.6); inside one, the
@@ -58,16 +60,19 @@ class Admission:
         #: ever rebound.
         self._in_call: dict[str, Lease] = {}
         #: Admitted reservations with a shared budget hold (Redis), until their call ends:
-        #: :meth:`keep_holds` renews them while the call waits for its lease and runs.
+        #: :meth:`keep_holds` renews them while the call runs.
         self._holds: dict[int, Reservation] = {}
 
     async def admit(self, task: TaskHandle, model: str, tokens: int, cost: float, *,
-                    prompt_tokens: int = 0, completion_tokens: int = 0) -> Reservation:
+                    prompt_tokens: int = 0, completion_tokens: int = 0,
+                    lease: Lease | None = None) -> Reservation:
         """Reserve the estimate; at the limit pause for a decision (R3.4) and try again.
 
         The prompt estimate and ``max_tokens`` are checked against the prompt, completion
         and cache limits before the call, like the total and the cost (R1.1).  A task
         whose spec says ``on_limit = "reject"`` gets the ``BudgetExceededError`` instead.
+        A refused call gives its provider ``lease`` back before it waits: a call waiting for
+        held amounts to go back must not keep the turn of a call that holds them.
         """
         ctl, task_id = self.controller, task.id  # a property: read once
         reject = task.spec.on_limit == "reject"
@@ -95,6 +100,8 @@ class Admission:
                     self._holds[id(reservation)] = reservation  # until :meth:`ended`
                 return reservation
             except BudgetExceededError as exc:
+                if lease is not None and lease.active:
+                    self.allocator.release(lease.id)
                 if await self.tracker.wait_for_holds(exc):  # not the limit yet
                     continue
                 if self.tracker.limits_raised != raised or await ctl.fleet.sync(task_id):
@@ -104,6 +111,8 @@ class Admission:
                     raise
                 await ctl.request_pause(task_id, error=exc)
             except OverdraftDeniedError as exc:
+                if lease is not None and lease.active:
+                    self.allocator.release(lease.id)
                 cause = exc.__cause__
                 error = cause if isinstance(cause, BudgetExceededError) else None
                 if error is not None and await self.tracker.wait_for_holds(error):
@@ -111,6 +120,44 @@ class Admission:
                 await ctl.request_pause(task_id, exc.reason, error=error)
             await self.on_pause(task)
             _decided(task, await ctl.wait_decision(task_id))
+
+    def fit(self, task: TaskHandle, model: str, cost: float, prompt: int, out: int) -> bool:
+        """Whether a model call goes to wait for its provider lease before it is admitted
+        (the usual case): True unless the task has a pause pending or the budgets refuse
+        the call now for more than what calls under way hold -- :meth:`admit` first then:
+        the task pauses at once (R3.4), giving back its leases, not once the call's turn
+        came; a grace inside a critical section (R3.5) is granted once."""
+        if self.controller.is_paused(task.id):
+            return False
+        try:
+            self.tracker.check(task.id, model=model, tokens=prompt + out, cost_usd=cost,
+                               prompt_tokens=prompt, completion_tokens=out)
+        except BudgetExceededError as exc:  # fits once the calls under way are charged?
+            return exc.held > 0 and exc.used - exc.held + exc.requested <= exc.limit
+        return True
+
+    async def leased(self, task: TaskHandle, lease: Lease | None, model: str, cost: float,
+                     prompt: int, out: int) -> Reservation | None:
+        """:meth:`admit` a model call whose provider ``lease`` was just granted: budget is
+        held only by calls with their turn, never by calls queued for one -- a process with
+        many queued calls would hold a shared budget away from the other processes while
+        nothing is spent.  None, holding nothing, when a pause of the task gave the lease
+        back meanwhile (it waits in the queue again); the lease is given back when
+        admitting raises (a refusal, ``finish``, a cancellation).  Without a lease: a call
+        that does not :meth:`fit` is admitted before it queues."""
+        try:
+            reservation = await self.admit(task, model, prompt + out, cost,
+                                           prompt_tokens=prompt, completion_tokens=out,
+                                           lease=lease)
+        except BaseException:
+            if lease is not None and lease.active:
+                self.allocator.release(lease.id)
+            raise
+        if lease is None or lease.active:
+            return reservation
+        self._holds.pop(id(reservation), None)
+        await self.tracker.release(reservation)
+        return None
 
     async def admit_ops(
         self, task: TaskHandle, *, file_edits: int = 0, shell_commands: int = 0,
@@ -149,26 +196,26 @@ class Admission:
 
         _decided(task, await self.controller.wait_if_paused(task.id, release=release))
 
-    def lease(self, task: TaskHandle, tokens: int, reservation: Reservation) -> Awaitable[Lease]:
-        """The provider lease: the allocator's wait itself, so a call waiting for its turn
-        holds no frame of this step (thousands may wait); ``reservation``'s shared budget
-        hold is renewed meanwhile by :meth:`keep_holds`."""
+    def lease(self, task: TaskHandle, tokens: int, model: str) -> Awaitable[Lease]:
+        """The provider lease of a call to ``model``, before its budget is held
+        (:meth:`admit_leased`): the allocator's wait itself, so a call waiting for its turn
+        holds no frame of this step (thousands may wait)."""
         return self.allocator.acquire(task.id, tokens=tokens)
 
-    async def lease_again(self, task: TaskHandle, tokens: int, reservation: Reservation,
+    async def lease_again(self, task: TaskHandle, tokens: int, model: str,
                           error: LeaseError) -> Lease:
         """The provider lease of a call whose wait :meth:`lease` ended in ``error``.
 
         A pause of the task (another of its calls at a limit) gives back its leases and
-        withdraws its waits, this call's too: admitted before the pause, its budget held,
-        the call waits for the decision like the one that paused, then for its turn again
-        (``finish`` raises) -- it does not fail (R3.4).  ``error`` is raised again when the
-        task is not paused (a crash, a deadlock's victim).  Not in :meth:`lease`: a call
-        waiting for its turn holds no frame of this step (thousands may wait)."""
+        withdraws its waits, this call's too: the call waits for the decision like the one
+        that paused, then for its turn again (``finish`` raises) -- it does not fail
+        (R3.4).  ``error`` is raised again when the task is not paused (a crash, a
+        deadlock's victim).  Not in :meth:`lease`: a call waiting for its turn holds no
+        frame of this step (thousands may wait)."""
         while self.controller.is_paused(task.id):
             await self.pause_point(task)
             try:
-                return await self.lease(task, tokens, reservation)
+                return await self.lease(task, tokens, model)
             except LeaseError as again:
                 error = again
         raise error
@@ -188,9 +235,9 @@ class Admission:
 
     async def keep_holds(self) -> None:
         """The service that renews, every third of ``distributed.hold_ttl_s``, the shared
-        budget hold of every admitted call until it ends: a long queue for the provider
-        lease or a long streamed answer must not let the hold lapse, or other replicas
-        could spend what this call will be charged."""
+        budget hold of every admitted call until it ends: a long streamed answer (or a
+        long wait for a decision) must not let the hold lapse, or other replicas could
+        spend what this call will be charged."""
         every = self.config.distributed.hold_ttl_s / 3
         while True:
             await anyio.sleep(every)

@@ -5,8 +5,8 @@ Read top-down in request order::
     complete     the public entry: routed calls may wait, fall back, be corrected
     1 route      → model tier, reason, fallback                  R4, R6
     2 estimate   → TokenCounter (tiktoken, calibrated per model)   R2.2
-    3 admit      → budgets reserve the estimate; may pause        R1, R3  (_admission)
-    4 lease      → Allocator.acquire                              R5.3–5.5 (_admission)
+    3 lease      → Allocator.acquire: the call's turn             R5.3–5.5 (_admission)
+    4 admit      → budgets reserve the estimate; may pause        R1, R3  (_admission)
     5 call       → Provider.complete, bounded by call_time_s       R1.3
     6 settle     → actual usage → store and tracker, the lease,
                    calibration, health, demotion, ``on_settle``    R2.1–2.4, R5.2, R5.4
@@ -68,7 +68,7 @@ from scheduler.tasks import TaskHandle
 
 #: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
 AttemptFn = Callable[..., Awaitable[Completion]]
-#: The lease step, ``(task, tokens, reservation) -> Lease``.
+#: The lease step, ``(task, tokens, model) -> Lease``.
 LeaseFn = Callable[..., Awaitable[Lease]]
 
 
@@ -104,8 +104,7 @@ class Gateway:
         self.admission = Admission(config=config, tracker=tracker, allocator=allocator,
                                    controller=controller, signal=self.signal,
                                    mirror=self.mirror, flagged=alerts.flagged)
-        #: R3.4 for operation budgets (:meth:`Admission.admit_ops`); a safe point where a
-        #: pending pause takes effect (R3.6).
+        #: R3.4 for operation budgets (``Admission.admit_ops``); a safe point (R3.6).
         self.admit_ops, self.pause_point = self.admission.admit_ops, self.admission.pause_point
         #: R4.3: scores answers the provider did not score (``routing.quality_scorer``).
         self.scorer: QualityScorer = NoScorer()
@@ -127,7 +126,6 @@ class Gateway:
     def instrument(self, *, attempt: Callable[[AttemptFn], AttemptFn] | None = None,
                    lease: Callable[[LeaseFn], LeaseFn] | None = None) -> None:
         """Wrap each attempt (tracing spans) and its lease step (lease-wait metrics, spans).
-
         The composition root calls this only for what the config turns on, so a run
         without tracing or metrics does no per-call work for them."""
         if attempt is not None:
@@ -305,22 +303,25 @@ class Gateway:
         self, task: TaskHandle, route: Route, messages: Sequence[Message], system: str,
         context: str, tools: Sequence[Mapping[str, Any]], call: Call,
     ) -> Completion:
-        """One attempt on ``route``: estimate → admit → lease → call → settle → signal."""
+        """One attempt on ``route``: estimate → lease → admit → call → settle → signal."""
         est = self.counter.calibrated(route.model, call.raw_tokens)
         if self._count_api:
             est = await self.count_api(attempt_request(
                 self.config, task, route, messages, system, context, tools, call), est)
-        prompt, out = est.calibrated, call.out
-        reservation = await self.admission.admit(
-            task, route.model, prompt + out,
-            self._prices.cost(self.config, route.model, prompt, out, call.cache),
-            prompt_tokens=prompt, completion_tokens=out)
+        prompt, out, model = est.calibrated, call.out, route.model
+        cost = self._prices.cost(self.config, model, prompt, out, call.cache)
+        # the lease first: a call waiting for its turn holds no budget (R1.2), but at a limit
+        reservation = None if self.admission.fit(task, model, cost, prompt, out) else (
+            await self.admission.leased(task, None, model, cost, prompt, out))  # R3.4
         lease: Lease | None = None
         try:
-            try:
-                lease = await self._lease(task, prompt + out, reservation)
-            except LeaseError as exc:  # the task paused meanwhile: waits for the decision
-                lease = await self.admission.lease_again(task, prompt + out, reservation, exc)
+            while reservation is None or lease is None:
+                try:
+                    lease = await self._lease(task, prompt + out, model)
+                except LeaseError as exc:  # the task paused meanwhile: waits for the decision
+                    lease = await self.admission.lease_again(task, prompt + out, model, exc)
+                if reservation is None:  # None again when a pause gave the lease back
+                    reservation = await self.admission.leased(task, lease, model, cost, prompt, out)
             await self.tracker.open_call(reservation, prompt_tokens=prompt,
                                          output_tokens=out)  # durable before the call
             request = attempt_request(  # made once leased: a waiting call holds none
@@ -335,21 +336,20 @@ class Gateway:
                 finally:
                     self._in_call.pop(lease.id, None)
             except ProviderError as exc:
-                await self._failed(task, route.model, exc, started, est, reservation, lease)
+                await self._failed(task, model, exc, started, est, reservation, lease)
                 raise
             done = self._clock()
-            self.health.record_call(route.model, True, done - started,
+            self.health.record_call(model, True, done - started,
                                     retries=completion.attempts - 1,
                                     at=done if self._health_clock else None)
             with shield():  # the provider answered: the usage is paid
-                crossings = await self.settle(task, route.model, completion, est, reservation,
-                                              lease)
+                crossings = await self.settle(task, model, completion, est, reservation, lease)
         finally:
             if self._holds:  # Admission.ended: only a shared budget hold is kept there
                 self._holds.pop(id(reservation), None)
             if lease is not None and lease.active:
                 self.allocator.release(lease.id)  # the call failed or was cancelled
-            if reservation.active:
+            if reservation is not None and reservation.active:
                 with shield():
                     await self.tracker.release(reservation)
         signals = task.signals

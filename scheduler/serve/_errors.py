@@ -67,10 +67,12 @@ def budget_refusal(key: str, exc: BudgetExceededError, *, hold: bool = False) ->
     # what the request asks for: a max_tokens far over the budget is refused as such,
     # not as a budget that looks nearly unused yet "at its limit"
     needs = f", this request needs {shown(exc.requested)}" if exc.requested > 0 else ""
+    # what was spent and what calls under way hold, apart: not "used" when little is spent
+    used = (f"used {shown(exc.used)}" if not exc.held else
+            f"spent {shown(exc.used - exc.held)} + held by calls under way {shown(exc.held)}")
     return error_json("invalid_request_error",
                       f"vibe-engine: key {key!r} is at its budget limit: {exc.scope} {dim} "
-                      f"used {shown(exc.used)} of {shown(exc.limit)}{needs}; "
-                      f"{_how_to_raise(key, exc, hold)}")
+                      f"{used} of {shown(exc.limit)}{needs}; {_how_to_raise(key, exc, hold)}")
 
 
 def finish_refusal(key: str, exc: FinishRequestedError, max_hold_s: float) -> bytes:

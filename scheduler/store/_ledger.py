@@ -71,6 +71,14 @@ class Hold:
 #: event that brought them to a version up to ``w``, and none after.
 Recorded = tuple[int, tuple[int, ...]]
 
+#: What settling a held call answers on a shared ledger: :data:`Recorded` (its versions
+#: empty on a store that does not version its totals) and every process's totals of the
+#: hold's scopes as the commit left them, this event in them -- read in the same step (no
+#: read more), the floor of the scopes' alerts (R3.1: calls that all took their holds
+#: before any was charged learn the fleet's spend from their charges).  Read only,
+#: shared by the calls of one commit; by scope name, possibly naming more scopes.
+Settled = tuple[int, tuple[int, ...], Mapping[str, Totals]]
+
 
 #: A slice granted under this fraction of its holder's fair share is *short*: counted as a
 #: shortfall, and asked for again at the next poll (rounding, and demands that moved since

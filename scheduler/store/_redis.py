@@ -49,12 +49,13 @@ from scheduler.core import (
     get_logger,
 )
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, RECORDED, check_event, scopes_of
-from scheduler.store._ledger import Hold, Recorded, ScopeLimit, SliceGrant
+from scheduler.store._ledger import Hold, Recorded, ScopeLimit, Settled, SliceGrant
 from scheduler.store._redis_conn import DOWN, RedisConnection, replay_lock, spool_read_lock
 from scheduler.store._redis_conn import RedisStoreStatistics as RedisStoreStatistics
 from scheduler.store._redis_conn import split_namespace as split_namespace
 from scheduler.store._redis_holds import holder, prune_dead_holds
-from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, totals_from_hash
+from scheduler.store._redis_lua import limit_arg, record_args, recorded_reply, settled_reply
+from scheduler.store._redis_lua import totals_from_hash as totals_from_hash
 from scheduler.store._redis_reads import (
     FailOpenAllowance,
     add_spooled,
@@ -154,14 +155,14 @@ class RedisStore:
     # -- usage ---------------------------------------------------------------------
 
     async def _record_now(self, event: UsageEvent, hold_id: str, scopes: Sequence[str],
-                          close: str | None = None) -> Recorded:
+                          close: str | None = None) -> Recorded | Settled:
         """Run ``record``, or ``settle_open`` closing the open call ``close`` with it."""
         args, keys = record_args(event, hold_id), self._record_keys(event, scopes)
-        if close is None:
-            return recorded_reply(await self._link.script("record", keys, args))
-        keys += [self.key("state", OPEN_CALL), self.key("state", ESTIMATED_CHARGE)]
-        return recorded_reply(
-            await self._link.script("settle_open", keys, (*args, close, self.prefix)))
+        if close is not None:
+            keys += [self.key("state", OPEN_CALL), self.key("state", ESTIMATED_CHARGE)]
+            args = (*args, close, self.prefix)
+        reply = await self._link.script("record" if close is None else "settle_open", keys, args)
+        return settled_reply(reply, scopes_of(event), scopes)  # a hold's: with its totals
 
     async def _drain(self) -> None:
         """Replay spooled writes in order until the spool is empty or Redis fails.
@@ -200,8 +201,8 @@ class RedisStore:
         if done == len(entries):
             self._mark_up()
 
-    async def _record_or_spool(self, event: UsageEvent, hold_id: str,
-                               scopes: Sequence[str], close: str | None = None) -> Recorded:
+    async def _record_or_spool(self, event: UsageEvent, hold_id: str, scopes: Sequence[str],
+                               close: str | None = None) -> Recorded | Settled:
         """Record ``event`` (settling ``hold_id``; closing the open call ``close`` with
         it, see ``store.record_and_delete_state``), or spool it while Redis is down."""
         check_event(event)  # refused before it can reach the spool or the shared totals
@@ -229,12 +230,13 @@ class RedisStore:
         return bool((await self._record_or_spool(event, "", ()))[0])
 
     def commit(self, event: UsageEvent, hold: Hold | None = None,
-               close: str | None = None) -> Awaitable[Recorded]:
+               close: str | None = None) -> Awaitable[Recorded | Settled]:
         """Record ``event``, settling ``hold`` (None: none) and closing the open call
         ``close`` (its key; None: none) in one script, answering the outcome and the
         version each of the event's scopes reached with it (see :data:`Recorded`): a
         tracker's scopes then tell whether a snapshot of the shared totals already holds
-        the event.  Returns the write itself (no coroutine more per charge)."""
+        the event; settling ``hold``, with its scopes' totals too (:data:`Settled`).
+        Returns the write itself (no coroutine more per charge)."""
         if hold is None or hold.local:
             return self._record_or_spool(event, "", (), close)
         return self._record_or_spool(event, hold.hold_id, hold.scopes, close)
@@ -420,8 +422,7 @@ class RedisStore:
             _, j, dim, used, held, limit = reply
             raise BudgetExceededError(
                 scopes[int(j)], str(dim), float(used) + float(held), float(limit),
-                cost_usd if dim == "cost_usd" else tokens,
-            )
+                cost_usd if dim == "cost_usd" else tokens, held=float(held), shared=True)
         totals: dict[str, Totals] = {}
         held_by: dict[str, tuple[int, float]] = {}
         versions: dict[str, int] = {}

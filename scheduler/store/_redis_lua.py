@@ -20,7 +20,7 @@ from typing import Any
 
 from scheduler.core import Totals, UsageEvent
 from scheduler.store._base import scopes_of
-from scheduler.store._ledger import SHORT_FRACTION, Recorded
+from scheduler.store._ledger import SHORT_FRACTION, Recorded, Settled
 
 _NOW = """
 local function now_ms(arg)
@@ -89,17 +89,34 @@ local function record_event(last)
 end
 """
 
+#: The reply of a record script: {fresh, the versions...}, and when it settled a hold and
+#: recorded the event, the N totals as it left them (JSON, HGETALL lists) last: every
+#: process's spend, which the charge's alerts count (R3.1), in the same step.
+_REPLY = """
+local function reply(fresh, last, hold)
+  local out = {fresh}
+  for i = 1, #versions do out[i + 1] = versions[i] end
+  if fresh ~= 0 and hold ~= '' then
+    local seen = {}
+    for k = 6, last do seen[k - 5] = redis.call('HGETALL', KEYS[k]) end
+    out[#out + 1] = cjson.encode(seen)
+  end
+  return out
+end
+"""
+
 #: Record one usage event and optionally settle a hold.
 #: KEYS: as ``record_event``, then (holds, amts) pairs.
 #: ARGV: as ``record_event``, then hold id ('' for none), N (the event's scopes).
-#: Returns {0} for a duplicate, else {1, then the version each of the N totals reached}.
-RECORD = _RELEASE_HOLD + _RECORD_EVENT + """
+#: Returns {0} for a duplicate, else {1, then the version each of the N totals reached}
+#: (see ``_REPLY``).
+RECORD = _RELEASE_HOLD + _RECORD_EVENT + _REPLY + """
 local last = 5 + tonumber(ARGV[13])
 local fresh = record_event(last)
 if ARGV[12] ~= '' then
   for i = last + 1, #KEYS, 2 do release_hold(KEYS[i], KEYS[i + 1], ARGV[12]) end
 end
-return {fresh, unpack(versions)}
+return reply(fresh, last, ARGV[12])
 """
 
 #: Take back the estimate charged for open call ``key`` (its ``estimated_charge`` record
@@ -149,7 +166,7 @@ end
 #: Returns as ``RECORD``, with 2 in place of 1 when an estimate was taken back.
 #: KEYS: as ``RECORD``, then the open_call and estimated_charge state hashes.
 #: ARGV: as ``RECORD``, then the call's key, the key prefix.
-SETTLE_OPEN = _RELEASE_HOLD + _RECORD_EVENT + _TAKE_BACK + """
+SETTLE_OPEN = _RELEASE_HOLD + _RECORD_EVENT + _TAKE_BACK + _REPLY + """
 local n = #KEYS
 local last = 5 + tonumber(ARGV[13])
 local fresh = record_event(last)
@@ -158,7 +175,7 @@ if ARGV[12] ~= '' then
 end
 local gone = redis.call('HDEL', KEYS[n - 1], ARGV[14]) == 0
 if fresh == 1 and gone and take_back(KEYS[n], ARGV[14], ARGV[15]) == 1 then fresh = 2 end
-return {fresh, unpack(versions)}
+return reply(fresh, last, ARGV[12])
 """
 
 #: Charge an open call at its estimate, unless it settled meanwhile (``charge_open_call``).
@@ -387,6 +404,20 @@ def totals_from_hash(h: dict[str, str] | Sequence[str]) -> Totals:
 def recorded_reply(reply: Sequence[Any]) -> Recorded:
     """A record script's reply ``{outcome, versions...}`` as :data:`Recorded`."""
     return int(reply[0]), tuple(int(v) for v in reply[1:])
+
+
+def settled_reply(reply: Sequence[Any], scopes: Sequence[str],
+                  held: Sequence[str]) -> Recorded | Settled:
+    """A record script's reply (``_REPLY``) for an event of ``scopes`` (``scopes_of``):
+    :data:`Settled` when it brings the totals (of the ``held`` scopes only: a task's
+    scope of this session may share its name with another session's), else
+    :data:`Recorded`."""
+    last = reply[-1] if len(reply) > 1 else 0
+    if not isinstance(last, (str, bytes)):  # versions are integers, the totals a string
+        return recorded_reply(reply)
+    read = {scope: totals_from_hash(h) for scope, h in zip(scopes, json.loads(last),
+                                                            strict=False) if scope in held}
+    return int(reply[0]), tuple(int(v) for v in reply[1:-1]), read
 
 
 def limit_arg(v: float | None) -> str:

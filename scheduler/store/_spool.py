@@ -27,6 +27,9 @@ _log = get_logger("vibe_engine.store.spool")
 class SpooledEvent:
     event: UsageEvent
     hold_id: str = ""
+    #: The scopes of that hold, whose totals (every process's) the commit answers with
+    #: (``store.Settled``); not spooled: a replayed settle answers no one.
+    fleet: tuple[str, ...] = field(default=(), compare=False)
 
 
 # not frozen, though never changed once made: a frozen dataclass sets each field through

@@ -70,7 +70,7 @@ from scheduler.core import (
     private_mode,
 )
 from scheduler.store._base import OPEN_CALL, check_event, scopes_of
-from scheduler.store._ledger import Hold, ScopeLimit
+from scheduler.store._ledger import Hold, ScopeLimit, Settled
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
 from scheduler.store._sqlite_checkpoint import Checkpointer
 from scheduler.store._sqlite_sql import (
@@ -91,6 +91,8 @@ T = TypeVar("T")
 Entry = SpooledEvent | SpooledState
 #: One caller's write: its entries are committed in one transaction, all or none.
 Write = tuple[Entry, ...]
+#: What a write answers: its first entry's (``_sqlite_sql.apply``).
+Answer = int | Settled | None
 _REPLAY_BATCH = 256  # spooled writes replayed per transaction
 #: ``json.dumps(value, sort_keys=True)`` without making an encoder per call (every model
 #: call writes an open-call record).
@@ -122,7 +124,7 @@ class SqliteStore:
         self._draining = False  # one replay of the spool at a time
         #: Commits shared by concurrent writes (``batches``/``writes``: how much); a
         #: batch also takes the writes made in the loop turn its first write was made in.
-        self.group: GroupCommit[Write, int | None] = GroupCommit(self._commit, gather=True)
+        self.group: GroupCommit[Write, Answer] = GroupCommit(self._commit, gather=True)
         #: Concurrent ``try_reserve`` calls share a transaction too (checked in order).
         self.hold_group: GroupCommit[holds.HoldRequest, Hold] = GroupCommit(
             self._commit_holds, gather=True)
@@ -203,7 +205,7 @@ class SqliteStore:
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)  # a lock held for a checkpoint ends in ms
 
-    async def _commit(self, writes: list[Write]) -> list[int | Exception | None]:
+    async def _commit(self, writes: list[Write]) -> list[Answer | Exception]:
         """Commit one batch of writes, in order after any spooled ones; spool the batch
         while the database stays locked.  One outcome per write: its first entry's."""
         entries = list(chain.from_iterable(writes))
@@ -226,14 +228,14 @@ class SqliteStore:
         return [True if isinstance(w[0], SpooledEvent) else None for w in writes]
 
     async def _one_by_one(self, writes: list[Write],
-                          exc: Exception) -> list[int | Exception | None]:
+                          exc: Exception) -> list[Answer | Exception]:
         """A batch failed (not on a lock): commit its writes one transaction each, so
         only the write at fault fails, and only its own caller."""
         if len(writes) == 1:
             if isinstance(exc, sqlite3.Error):
                 return [StoreError(f"SQLite store {self.path}: {exc}")]
             return [exc]
-        out: list[int | Exception | None] = []
+        out: list[Answer | Exception] = []
         for write in writes:
             out.extend(await self._commit([write]))
         return out
@@ -464,12 +466,14 @@ class SqliteStore:
         return bool(await self.group.submit((SpooledEvent(event, holds.held_id(hold)),)))
 
     async def settle_and_delete_state(self, event: UsageEvent, hold: Hold, kind: str,
-                                      key: str) -> int:
+                                      key: str) -> int | Settled:
         """:meth:`settle` and :meth:`delete_state` in one transaction: all or none (see
-        ``store.record_and_delete_state``)."""
+        ``store.record_and_delete_state``).  Recorded, the outcome comes with every
+        process's totals of the hold's scopes as the commit left them (``Settled``)."""
         check_event(event)
         return await self.group.submit(
-            (SpooledEvent(event, holds.held_id(hold)), SpooledState(kind, key, None))) or 0
+            (SpooledEvent(event, holds.held_id(hold), hold.scopes),
+             SpooledState(kind, key, None))) or 0
 
     async def renew(self, hold: Hold) -> bool:
         """Push ``hold``'s expiry out by ``hold_ttl_s``; ``False`` once it had lapsed (or

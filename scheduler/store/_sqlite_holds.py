@@ -139,17 +139,19 @@ def _over(lim: ScopeLimit, req: HoldRequest, tot: Totals,
     if lim.tokens is not None and req.tokens > 0:
         used = tot.tokens + tokens_held
         if used + req.tokens > lim.tokens:
-            return BudgetExceededError(lim.scope, "tokens", used, lim.tokens, req.tokens)
+            return BudgetExceededError(lim.scope, "tokens", used, lim.tokens, req.tokens,
+                                       held=tokens_held, shared=True)
     if lim.model_tokens is not None and req.model and req.tokens > 0:
         used = tot.tokens_by_model.get(req.model, 0) + model_held
         if used + req.tokens > lim.model_tokens:
             return BudgetExceededError(lim.scope, f"tokens:{req.model}", used,
-                                       lim.model_tokens, req.tokens)
+                                       lim.model_tokens, req.tokens, held=model_held,
+                                       shared=True)
     if lim.cost_usd is not None and req.cost_usd > 0:
         cost = tot.cost_usd + cost_held
         if cost + req.cost_usd > lim.cost_usd:
             return BudgetExceededError(lim.scope, "cost_usd", cost, lim.cost_usd,
-                                       req.cost_usd)
+                                       req.cost_usd, held=cost_held, shared=True)
     return None
 
 

@@ -19,7 +19,7 @@ import anyio
 from scheduler.core import Usage, UsageEvent, loop_time, off_loop
 from scheduler.store._base import ESTIMATED_CHARGE, OPEN_CALL, REPLACED, scopes_of
 from scheduler.store._spool import SpooledEvent, SpooledState
-from scheduler.store._sqlite_totals import ADD_MODEL, ADD_TOTALS, add_totals
+from scheduler.store._sqlite_totals import ADD_MODEL, ADD_TOTALS, add_totals, totals_of
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -186,27 +186,29 @@ def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) -> list[int | None]:
+def apply(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState]) -> list[Any]:
     """Write ``entries`` in order in ONE transaction: all of them or (on error) none.
 
     An event answers ``RECORDED`` when recorded, ``REPEATED`` (0) when its ``event_id``
     was already there (it is then not added to any total again), ``REPLACED`` when it
     closes an open call charged at its estimate meanwhile (see ``_base``); a state
     write ``None``.  An event's ``hold_id`` (the shared budget hold of its call) is
-    deleted with it.
+    deleted with it; a recorded event naming that hold's scopes (``fleet``) answers
+    ``store.Settled``, with every process's totals of those scopes after the batch.
     """
     with write_transaction(db):
         return apply_in(db, entries)
 
 
 def apply_in(db: sqlite3.Connection,
-             entries: list[SpooledEvent | SpooledState]) -> list[int | None]:
+             entries: list[SpooledEvent | SpooledState]) -> list[Any]:
     """:func:`apply` inside a transaction the caller opened."""
     # the events, and the open calls closed (each call's record, deleted with its
     # event), written together after the loop: tables of their own, a statement run for
     # all of them (an open call's record is written before its key's earlier deletes)
     events: list[UsageEvent] = []
     holds: list[tuple[str]] = []
+    fleet: set[str] = set()  # the scopes of those holds (their totals answer the settles)
     closes: list[str] = []
     closing: set[str] = set()
     gone: set[str] = set()  # open calls closed whose record was not there
@@ -221,6 +223,7 @@ def apply_in(db: sqlite3.Connection,
             events.append(entry.event)
             if entry.hold_id:  # the call's shared hold ends with its charge (a repeat too)
                 holds.append((entry.hold_id,))
+                fleet.update(entry.fleet)
         elif entry.kind == OPEN_CALL and entry.row is not None:
             if entry.key in closing:  # its earlier close first
                 gone |= _close_all(db, closes, closing)
@@ -255,7 +258,18 @@ def apply_in(db: sqlite3.Connection,
     if not events:  # a batch of state writes (calls going out): no answer to place
         return [None] * len(entries)
     answers = iter(added)
-    return [next(answers) if type(e) is SpooledEvent else None for e in entries]
+    out = [next(answers) if type(e) is SpooledEvent else None for e in entries]
+    return out if not fleet else settled(db, entries, out, fleet)
+
+
+def settled(db: sqlite3.Connection, entries: list[SpooledEvent | SpooledState],
+            out: list[Any], scopes: set[str]) -> list[Any]:
+    """``out`` with the answer of each held event recorded as ``store.Settled``: every
+    process's totals of its hold's scopes, read once per scope for the batch, after it
+    (what its charge's alerts count, R3.1)."""
+    read = {scope: totals_of(db, scope) for scope in scopes}
+    return [(answer, (), read) if answer and type(e) is SpooledEvent and e.fleet else answer
+            for e, answer in zip(entries, out, strict=True)]
 
 
 def charge_open_call(db: sqlite3.Connection, estimate: UsageEvent, key: str,
@@ -415,7 +429,7 @@ def row_to_event(r: tuple[Any, ...]) -> UsageEvent:
     )
 
 
-def firsts(writes: list[Any], done: list[int | None]) -> list[int | Exception | None]:
+def firsts(writes: list[Any], done: list[Any]) -> list[Any]:
     """Each write's outcome (a write: a sequence of entries) from ``apply``'s one per
     entry: its first entry's."""
     if len(done) == len(writes):
