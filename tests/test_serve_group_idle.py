@@ -89,6 +89,15 @@ def _held(served: Served, task_id: str) -> list[str]:
     return [name for name, held in places.items() if held]
 
 
+def _growth(diffs: list[tracemalloc.StatisticDiff], n: int) -> int:
+    """Bytes grown, leaving out a table of the interpreter's that resized in between: a
+    few blocks of megabytes (a long-lived test process's table of interned strings, grown
+    by every earlier test, resized by one ``sys.intern`` of pathlib's: +3.7 MB), the old
+    table's release included.  What ``n`` idle tasks would leave behind is many blocks."""
+    return sum(d.size_diff for d in diffs
+               if not (abs(d.size_diff) > 256 * 1024 and abs(d.count_diff) < n // 20))
+
+
 async def test_r1_2_idle_grouped_tasks_are_forgotten_and_leave_no_memory(
     tmp_path: Path
 ) -> None:
@@ -111,7 +120,7 @@ async def test_r1_2_idle_grouped_tasks_are_forgotten_and_leave_no_memory(
             after = tracemalloc.take_snapshot()
         finally:
             tracemalloc.stop()
-        growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+        growth = _growth(after.compare_to(before, "lineno"), n)
         assert growth / n < 1024, f"{growth / n:.0f} bytes left per idle task"
         assert list(served.orchestrator.handles) == ["alpha"]
         assert served.orchestrator.tracker.tasks() == ["alpha"]
