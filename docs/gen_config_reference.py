@@ -51,6 +51,15 @@ What counts as a bad value, besides the limits in the tables below:
   levels, and a YAML file's aliases may expand to at most 1,000,000 values
   (an alias bomb is refused before it is expanded).
 
+Budget sections are laid over their defaults key by key: `[budgets.day]
+tokens = 100000` adds a day token cap and keeps the $20 day cost cap (a key
+not given keeps the default shown below; `tokens_by_model` likewise tier by
+tier, and `*_by_complexity` complexity by complexity). To turn one default
+off, give it as `"unlimited"` (TOML has no null; YAML/JSON `null` is the same),
+e.g. `cost_usd = "unlimited"`, `tokens_by_model = { opus = "unlimited" }` or
+`weekend_day_cost_usd = "unlimited"`; any other word is refused. A task's
+`budget` and a serve key's budgets take `"unlimited"` too.
+
 Errors about a whole table name the field they are about
 (`tasks.1.id: duplicate task id`) and show a table only by its size, so a
 task's prompt is never echoed.
@@ -149,7 +158,10 @@ NOTES = {
                    "was killed (docs/scale-out.md)"),
     "seed": "seeds tie-breaking randomness (reproducible dispatch)",
     "budgets.weekend_day_cost_usd": "day cost limit on Saturday and Sunday (R1.3)",
-    "budgets.task.cost_warning_usd": "cost warning threshold in USD (R1.3: $0.70)",
+    "budgets.task.cost_warning_usd": ("cost warning threshold in USD (R1.3: $0.70); a "
+                                      "`cost_usd` given without it moves it along (70 %)"),
+    "budgets.session.tokens_by_model": ("per tier; a table given keeps the tiers it does "
+                                        "not name (`opus = \"unlimited\"` drops one)"),
     "budgets.task.call_time_s": "per single agent call (R1.3: 5 min)",
     "allocator.lease_ttl_s": "R5.4: a lease expires unless renewed",
     "allocator.aging_after_s": "R5.2: +1 priority after waiting this long",

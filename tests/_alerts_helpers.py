@@ -11,7 +11,7 @@ import anyio
 
 from scheduler import Event, Limits, Usage
 from scheduler.budget import Crossing, Reservation, TaskProfile, Tracker
-from scheduler.config import VibeConfig, config_from_dict
+from scheduler.config import TIERS, VibeConfig, config_from_dict
 from scheduler.control import AlertRuntime, OverdraftLedger, PauseController
 from scheduler.core import EventBus, FixedWallClock
 from scheduler.store import MemoryStore, SqliteStore, Store
@@ -21,8 +21,15 @@ DAY = date(2026, 11, 25)  # a Wednesday: weekday day budget
 
 def make_config(session: dict[str, Any] | None = None, **extra: Any) -> VibeConfig:
     """A config whose session/day budgets are off unless given."""
+    # a section is laid over its defaults: every key (and tier) not given is turned off
+    tiers = {tier: "unlimited" for tier in TIERS}
+    off: dict[str, Any] = {**{name: None for name in Limits.model_fields},
+                           "tokens_by_model": tiers}
+    given = dict(session or {})
+    given["tokens_by_model"] = {**tiers, **given.get("tokens_by_model", {})}
     data: dict[str, Any] = {
-        "budgets": {"session": session or {}, "day": {}, "weekend_day_cost_usd": None},
+        "budgets": {"session": {**off, **given}, "day": off,
+                    "weekend_day_cost_usd": None},
         **extra,
     }
     return config_from_dict(data)

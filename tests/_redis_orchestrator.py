@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import anyio
 
-from scheduler import BudgetExceededError, TaskSpec, Usage, VibeConfig
+from scheduler import BudgetExceededError, Limits, TaskSpec, Usage, VibeConfig
 from scheduler.allocator._quota import open_global_quota
 from scheduler.budget import Tracker, resolve_task
 from scheduler.core import StoreUnavailableError
@@ -65,7 +65,7 @@ class Run:
         self.args = args
         self.log = log
         self.cfg = VibeConfig.model_validate({
-            "budgets": {"session": {"tokens": args.budget}, "day": {},
+            "budgets": {"session": Limits(tokens=args.budget), "day": Limits(),
                         "weekend_day_cost_usd": None},
             "distributed": {
                 "namespace": args.namespace, "slice_ttl_s": args.ttl, "renew_s": args.renew,

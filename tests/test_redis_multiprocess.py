@@ -119,7 +119,8 @@ def orchestrator_config(tmp: Path, name: str, ns: str) -> Path:
     that keep calling until the shared session budget stops them; short slice TTLs."""
     cfg = {
         "state_dir": str(tmp / name), "store": REDIS_URL, "session_id": "shared",
-        "budgets": {"session": {"tokens": BUDGET}, "day": {"cost_usd": 1000.0},
+        "budgets": {"session": {"tokens": BUDGET, "tokens_by_model": "unlimited"},
+                    "day": {"cost_usd": 1000.0},
                     "weekend_day_cost_usd": None},
         "alerts": {"decision_timeout_s": 0.5},  # unattended: a paused task saves and finishes
         "allocator": {"pools": {"anthropic": {"tokens_per_minute": CAPACITY,

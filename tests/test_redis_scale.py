@@ -49,7 +49,7 @@ async def test_r1_2_ten_thousand_concurrent_tasks_share_one_redis_store(
     exactly the sum of what the tasks spent."""
     tasks = 10_000
     cfg = VibeConfig.model_validate({
-        "budgets": {"session": {"tokens": 10 * tasks * 100}, "day": {},
+        "budgets": {"session": Limits(tokens=10 * tasks * 100), "day": Limits(),
                     "weekend_day_cost_usd": None},
         # 10,000 runnable tasks keep one event loop busy for seconds: an answer is read
         # late, and a 2-second socket timeout would call a busy loop an outage
@@ -95,7 +95,7 @@ async def test_r1_2_ten_thousand_tasks_of_one_orchestrator_on_redis(
     tasks = 10_000
     cfg = VibeConfig.model_validate({
         "state_dir": str(tmp_path), "store": f"{REDIS_URL}?namespace={redis_ns}",
-        "session_id": "scale", "budgets": {"session": {}, "day": {},
+        "session_id": "scale", "budgets": {"session": Limits(), "day": Limits(),
                                            "weekend_day_cost_usd": None},
         "allocator": {"pools": {"anthropic": {"tokens_per_minute": None,
                                               "requests_per_minute": None,

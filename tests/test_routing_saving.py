@@ -113,7 +113,7 @@ def _arm(tmp_path: Path, tasks: list[SimTask], always: str | None) -> tuple[floa
     unlimited = Limits(tokens=None, cost_usd=None, time_s=None, call_time_s=None)
     config = VibeConfig.model_validate({
         "state_dir": tmp_path, "store": "memory", "session_id": "s1",
-        "budgets": {"session": {}, "day": {}, "task": {}},
+        "budgets": {"session": Limits(), "day": Limits(), "task": Limits()},  # all off
         "allocator": {"pools": {"anthropic": {"tokens_per_minute": None,
                                               "requests_per_minute": None,
                                               "concurrent": None}}},

@@ -371,7 +371,7 @@ def test_r1_2_a_tracker_with_no_shared_limit_takes_no_hold(tmp_path: Path) -> No
     async def main() -> list[object]:
         store = SqliteStore(db)
         await store.open()
-        tracker = Tracker(store, VibeConfig(budgets={"session": {}, "day": {},
+        tracker = Tracker(store, VibeConfig(budgets={"session": Limits(), "day": Limits(),
                                                      "weekend_day_cost_usd": None}),
                           session_id="s", wall=FixedWallClock(FRIDAY))
         await tracker.open()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from scheduler.config._base import (
+    TIERS,
     Complexity,
     FieldProblem,
     FrozenModel,
@@ -17,9 +19,29 @@ from scheduler.config._base import (
 )
 from scheduler.config._provider import base_url_problem
 
+#: The word a config gives for "no limit" (TOML has no null; YAML/JSON ``null`` is the same).
+#: Only this one: "none" could be read as "zero allowed", the opposite.
+UNLIMITED = "unlimited"
+_NOT_A_LIMIT = f'expected a number, or "{UNLIMITED}"'
+
+
+def _is_unlimited(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == UNLIMITED
+
+
+def _unlimited_as_none(name: str, value: Any) -> Any:
+    """``value`` of the limit ``name``, with ``"unlimited"`` read as ``None``; any other
+    string is refused here, so the error names the field and says what it takes."""
+    if not isinstance(value, str):
+        return value
+    if _is_unlimited(value):
+        return None
+    raise FieldProblem(name, value, _NOT_A_LIMIT)
+
 
 class Limits(FrozenModel):
-    """A budget bundle: any subset of the R1.1 dimensions (``None`` = unlimited)."""
+    """A budget bundle: any subset of the R1.1 dimensions (``None`` or ``"unlimited"`` =
+    unlimited)."""
 
     tokens: int | None = Field(default=None, ge=0)
     prompt_tokens: int | None = Field(default=None, ge=0)
@@ -34,6 +56,30 @@ class Limits(FrozenModel):
     file_edits: int | None = Field(default=None, ge=0)
     shell_commands: int | None = Field(default=None, ge=0)
     dangerous_commands: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unlimited_words(cls, data: Any) -> Any:
+        # a tier whose cap is "unlimited" (or null) has no cap: it is left out of the table
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] | None = None
+        for name, value in data.items():
+            if name == "tokens_by_model" and (value is None or _is_unlimited(value)):
+                value = {}  # no tier has a cap
+            elif name == "tokens_by_model" and isinstance(value, dict):
+                if all(isinstance(v, int) for v in value.values()):
+                    continue
+                value = {tier: cap for tier, cap in value.items()  # an unknown tier is refused
+                         if tier not in TIERS
+                         or _unlimited_as_none(f"{name}.{tier}", cap) is not None}
+            elif isinstance(value, str) and name in cls.model_fields:
+                value = _unlimited_as_none(name, value)
+            else:
+                continue
+            out = out if out is not None else dict(data)
+            out[name] = value
+        return data if out is None else out
 
     @model_validator(mode="after")
     def _non_negative_model_caps(self) -> Limits:
@@ -52,8 +98,46 @@ class Limits(FrozenModel):
         return Limits.model_validate(data)
 
 
+_SCOPES = ("task", "session", "day")
+_TABLES = ("task_tokens_by_complexity", "task_time_s_by_complexity")
+
+
+def _moved_warning(default: Limits, cost: Any) -> Any:
+    """The default cost warning moved with a new cost limit (same fraction of it, R3.1)."""
+    old, warn = default.cost_usd, default.cost_warning_usd
+    if cost is None or _is_unlimited(cost):
+        return None
+    if type(cost) not in (int, float) or not math.isfinite(cost) or not old:
+        return warn  # a bad cost limit is refused by its own field
+    return round(cost * warn / old, 6) if cost and warn is not None else None
+
+
+def laid_over(default: Limits, given: Any) -> Any:
+    """A scope's section as given in a config, laid key by key over its R1.3 default:
+    a key not given keeps its default; ``tokens_by_model`` is laid over tier by tier
+    (a tier given as ``"unlimited"`` loses its cap); a new ``cost_usd`` without its own
+    ``cost_warning_usd`` moves the default warning with it (same fraction).  A ``Limits``
+    object (the Python API) is a whole bundle, its unset fields unlimited: taken as is."""
+    if not isinstance(given, dict):
+        return given  # a Limits object, or not a table (its own error names the section)
+    data: dict[str, Any] = {**default.model_dump(), **given}
+    tiers = given.get("tokens_by_model")
+    if isinstance(tiers, dict):
+        data["tokens_by_model"] = {**default.tokens_by_model, **tiers}
+    if ("cost_usd" in given and "cost_warning_usd" not in given
+            and default.cost_warning_usd is not None):
+        data["cost_warning_usd"] = _moved_warning(default, given["cost_usd"])
+    return data
+
+
 class BudgetsConfig(FrozenModel):
-    """R1.3 defaults for every scope."""
+    """R1.3 defaults for every scope; a section given is laid over them key by key (keys
+    not given keep their defaults; ``"unlimited"`` turns one off).
+
+    This holds for the scope sections (``[budgets.day]`` …, ``tokens_by_model`` tier by
+    tier) and the ``*_by_complexity`` tables given as tables; YAML/JSON ``null`` is
+    ``"unlimited"``.  A ``Limits`` object given in Python is the whole section.
+    """
 
     task_tokens_by_complexity: dict[Complexity, int] = Field(
         default_factory=lambda: by_complexity(20_000, 50_000, 150_000)
@@ -80,6 +164,28 @@ class BudgetsConfig(FrozenModel):
     )
     day: Limits = Field(default_factory=lambda: Limits(cost_usd=20.00))
     weekend_day_cost_usd: float | None = Field(default=5.00, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        # a stored run's config (``resume``) is the whole of what it ran with, every key
+        # and tier in it: it is taken as it is, so the run resumes with the same limits
+        if not isinstance(data, dict) or (info.context or {}).get("resuming"):
+            return data
+        out = dict(data)
+        fields = cls.model_fields
+        for name in _SCOPES:
+            if name in data:
+                out[name] = laid_over(fields[name].get_default(call_default_factory=True),
+                                      data[name])
+        for name in _TABLES:
+            if isinstance(data.get(name), dict):
+                out[name] = {**fields[name].get_default(call_default_factory=True),
+                             **data[name]}
+        if "weekend_day_cost_usd" in data:
+            out["weekend_day_cost_usd"] = _unlimited_as_none(
+                "weekend_day_cost_usd", data["weekend_day_cost_usd"])
+        return out
 
     @model_validator(mode="after")
     def _non_negative_tables(self) -> BudgetsConfig:
