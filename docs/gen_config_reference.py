@@ -161,7 +161,8 @@ NOTES = {
     "budgets.task.cost_warning_usd": ("cost warning threshold in USD (R1.3: $0.70); a "
                                       "`cost_usd` given without it moves it along (70 %)"),
     "budgets.session.tokens_by_model": ("per tier; a table given keeps the tiers it does "
-                                        "not name (`opus = \"unlimited\"` drops one)"),
+                                        "not name (`opus = \"unlimited\"` drops one); an "
+                                        "empty table `{}` leaves no tier a cap"),
     "budgets.task.call_time_s": "per single agent call (R1.3: 5 min)",
     "allocator.lease_ttl_s": "R5.4: a lease expires unless renewed",
     "allocator.aging_after_s": "R5.2: +1 priority after waiting this long",

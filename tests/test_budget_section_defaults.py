@@ -143,3 +143,15 @@ def test_r1_3_a_new_task_cost_cap_moves_its_warning_and_stored_configs_resume_as
     assert resumed.budgets.session.tokens_by_model == {"haiku": 7}
     assert VibeConfig.model_validate(resumed.model_dump(mode="json"),
                                      context={"resuming": True}) == resumed
+
+
+def test_r1_3_per_model_caps_merge_by_tier_and_an_empty_table_means_none() -> None:
+    """R1.3: ``tokens_by_model`` naming one tier keeps the others' caps; an empty table
+    (how configs written before sections kept their defaults turn them off, e.g. the
+    benchmarks') leaves no tier a cap -- not every default cap."""
+    one = config_from_dict({"budgets": {"session": {"tokens_by_model": {"opus": 7}}}})
+    assert one.budgets.session.tokens_by_model == {"opus": 7, "sonnet": 200_000,
+                                                   "haiku": 500_000}
+    none = config_from_dict({"budgets": {"session": {"tokens_by_model": {}}}})
+    assert none.budgets.session.tokens_by_model == {}
+    assert none.budgets.session.tokens == 500_000  # the section's other keys keep theirs
