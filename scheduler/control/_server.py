@@ -36,7 +36,14 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from scheduler.control._pause import PauseController
-from scheduler.core import DecisionError, EventBus, VibeEngineError, get_logger, write_private
+from scheduler.core import (
+    DecisionError,
+    EventBus,
+    VibeEngineError,
+    get_logger,
+    off_loop,
+    write_private,
+)
 
 _log = get_logger("vibe_engine.control")
 _MAX_REQUEST = 64 * 1024
@@ -246,13 +253,23 @@ async def _read_line(stream: SocketStream) -> str:
 
 
 async def _remove_stale(path: Path) -> None:
-    """Remove a socket left by a dead orchestrator; refuse to steal a live one."""
-    apath = anyio.Path(path)
-    if not await apath.exists():
-        return
-    if _is_listening(path):
+    """Remove a socket left by a dead orchestrator; refuse to steal a live one.
+
+    Through :func:`off_loop` (in line on virtual time): a worker thread cannot be
+    cancelled, so a run ending meanwhile waits for it, and trio's ``MockClock`` jumps
+    while it runs -- to the caller's deadline once the run cancelled all else."""
+    if not await off_loop(_removed_unless_live, path):
         raise VibeEngineError(f"another orchestrator is listening on {path}")
-    await apath.unlink(missing_ok=True)
+
+
+def _removed_unless_live(path: Path) -> bool:
+    """Remove ``path`` unless an orchestrator listens on it (then False)."""
+    if not path.exists():
+        return True
+    if _is_listening(path):
+        return False
+    path.unlink(missing_ok=True)
+    return True
 
 
 def _is_listening(path: Path) -> bool:
