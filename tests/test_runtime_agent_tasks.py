@@ -182,3 +182,48 @@ def test_r7_1_agents_waiting_for_a_lease_hold_little_memory(tmp_path: Any) -> No
     # gateway's two and the allocator's; its request made once leased); 10.8-11.0 with
     # the frames of ctx.llm, the lease step and the gateway's routing kept while it waited
     assert float(probe.stdout) < 10.5 * 1024
+
+
+class Returns:
+    async def run(self, ctx: AgentContext) -> int:
+        await anyio.sleep(1)
+        return 1
+
+
+class CleanUpRaises:
+    """Aborted, it ends in a group of the abort's cancellation and an error of its own, as
+    an agent's task group (a nursery, ``except*``) does when one of its tasks got a
+    ``finish`` decision, or raised in its clean-up, while the abort cancelled another."""
+
+    running: anyio.Event
+
+    async def run(self, ctx: AgentContext) -> int:
+        if ctx.attempt == 1:
+            CleanUpRaises.running.set()
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class() as cancel:
+                raise BaseExceptionGroup("the agent's tasks",
+                                         [RuntimeError("clean-up failed"), cancel]) from None
+        return ctx.attempt
+
+
+@pytest.mark.parametrize("requeue", [True, False])
+async def test_r5_7_an_abort_whose_agent_tasks_raise_beside_the_cancel_ends_only_that_attempt(
+    make_orchestrator: OrchestratorFactory, requeue: bool,
+) -> None:
+    """R5.7: an aborted agent whose own task group ends in a group of the abort's
+    cancellation and another error is an aborted attempt (requeued, or failed), and the
+    run goes on; before, the group (not a cancellation, not an Exception) ended the run."""
+    CleanUpRaises.running = anyio.Event()
+    orch = make_orchestrator({"a": CleanUpRaises, "b": Returns})
+
+    async def abort_soon() -> None:
+        await CleanUpRaises.running.wait()
+        assert orch.abort("v", "victim", requeue=requeue)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(abort_soon)
+        report = await orch.run([TaskSpec(id="v", agent="a"), TaskSpec(id="w", agent="b")])
+    assert report.outcomes["v"].status == ("completed" if requeue else "failed")
+    assert report.outcomes["w"].status == "completed"

@@ -116,9 +116,10 @@ def laid_over(default: Limits, given: Any) -> Any:
     """A scope's section as given in a config, laid key by key over its R1.3 default:
     a key not given keeps its default; ``tokens_by_model`` is laid over tier by tier
     (a tier given as ``"unlimited"`` loses its cap; an empty table, as configs written
-    before sections kept their defaults say it, leaves no tier a cap); a new ``cost_usd`` without its own
-    ``cost_warning_usd`` moves the default warning with it (same fraction).  A ``Limits``
-    object (the Python API) is a whole bundle, its unset fields unlimited: taken as is."""
+    before sections kept their defaults say it, leaves no tier a cap); a new
+    ``cost_usd`` without its own ``cost_warning_usd`` moves the default warning with it
+    (same fraction).  A ``Limits`` object (the Python API) is a whole bundle, its unset
+    fields unlimited: taken as is."""
     if not isinstance(given, dict):
         return given  # a Limits object, or not a table (its own error names the section)
     data: dict[str, Any] = {**default.model_dump(), **given}

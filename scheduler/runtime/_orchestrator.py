@@ -44,7 +44,7 @@ from scheduler.runtime._recovery import announce_charged, leave
 from scheduler.runtime._report import RunReport, build_report, forgotten_outcomes, stored_result
 from scheduler.runtime._retry import next_attempt, retry_after_failure
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
-from scheduler.runtime._spawn import Spawner, shield, task_group
+from scheduler.runtime._spawn import Spawner, is_cancellation, shield, task_group
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
@@ -314,8 +314,8 @@ class Orchestrator:
                         except (Exception, SystemExit) as exc:
                             self._attempt_failed(handle, exc)
                         cancelled = False
-                    except anyio.get_cancelled_exc_class():
-                        if handle.abort is None:
+                    except (anyio.get_cancelled_exc_class(), BaseExceptionGroup) as exc:
+                        if handle.abort is None or not is_cancellation(exc):
                             raise  # the run itself is cancelled
                         cancelled = True  # aborted (R5.7): only shielded awaits from here on
                     finally:
@@ -491,5 +491,4 @@ class Orchestrator:
         except VibeEngineError:
             return False
         return True
-
 

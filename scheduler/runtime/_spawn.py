@@ -200,3 +200,13 @@ class _ScopedGroup:
 
     def start_scoped(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> object:
         return self._tg.start_soon(func, anyio.CancelScope(), *args)
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the backend's cancellation, or a group holding one (an agent's
+    task group: one task's clean-up raised, or one got a ``finish`` decision, while the
+    abort cancelled the others) -- which an unhandled group would take the run down with."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(cancelled)[0] is not None
+    return isinstance(exc, cancelled)
