@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,21 @@ from scheduler.store import MemoryStore
 from tests._anthropic_helpers import fake_api
 from tests._redis_helpers import REDIS_URL
 from tests._serve_helpers import BIN, CLIENT_KEYS, serve_config, serving
+
+
+@asynccontextmanager
+async def _two_replicas(tmp_path: Path, fake_api: FakeAnthropicServer, keys: Any,
+                        redis_ns: str) -> AsyncIterator[tuple[Any, Any, Any, Any]]:
+    """Two serve replicas on one Redis namespace with ``keys``, and an SDK client of each:
+    ``(a, b, client_a, client_b)``."""
+    store = f"{REDIS_URL}?namespace={redis_ns}"
+    a_data = {**serve_config(tmp_path / "a", fake_api.base_url, keys), "store": store}
+    b_data = {**serve_config(tmp_path / "b", fake_api.base_url, keys), "store": store}
+    async with (serving(a_data) as a, serving(b_data) as b, AsyncExitStack() as stack):
+        aio_a, aio_b = [await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=r.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+            for r in (a, b)]
+        yield a, b, aio_a, aio_b
 
 __all__ = ["fake_api"]  # the fixture, imported for pytest
 
@@ -147,13 +163,7 @@ async def test_21_r1_2_on_redis_grouped_use_counts_toward_the_key_in_every_repli
     replica A use up the key's budget (Redis charges ``alpha/x`` to ``task:alpha`` too),
     so replica B refuses the key's other grouped task and its own calls."""
     keys = _keys(budget={"tokens": KEY_TOKENS})
-    store = f"{REDIS_URL}?namespace={redis_ns}"
-    a_data = {**serve_config(tmp_path / "a", fake_api.base_url, keys), "store": store}
-    b_data = {**serve_config(tmp_path / "b", fake_api.base_url, keys), "store": store}
-    async with (serving(a_data) as a, serving(b_data) as b, AsyncExitStack() as stack):
-        aio_a, aio_b = [await stack.enter_async_context(anthropic.AsyncAnthropic(
-            base_url=r.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
-            for r in (a, b)]
+    async with _two_replicas(tmp_path, fake_api, keys, redis_ns) as (a, b, aio_a, aio_b):
         with pytest.raises(anthropic.BadRequestError):
             for _ in range(20):
                 await _ask(aio_a, "x")
@@ -326,13 +336,7 @@ async def test_21_r1_1_on_redis_a_task_ended_on_its_budget_is_refused_by_every_r
     naming why it ended (B reads A's ``serve_ended`` record).  Before, B started the task
     afresh and its call ran: each replica renewed the spent budget."""
     keys = _keys(task_budget={"time_s": 1})
-    store = f"{REDIS_URL}?namespace={redis_ns}"
-    a_data = {**serve_config(tmp_path / "a", fake_api.base_url, keys), "store": store}
-    b_data = {**serve_config(tmp_path / "b", fake_api.base_url, keys), "store": store}
-    async with (serving(a_data) as a, serving(b_data) as b, AsyncExitStack() as stack):
-        aio_a, aio_b = [await stack.enter_async_context(anthropic.AsyncAnthropic(
-            base_url=r.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
-            for r in (a, b)]
+    async with _two_replicas(tmp_path, fake_api, keys, redis_ns) as (_a, b, aio_a, aio_b):
         await _ask(aio_a, "job")
         with anyio.fail_after(10):  # its 1 s runs out, then A records how it ended
             while not await b.served.orchestrator.store.get_state(  # noqa: ASYNC110
