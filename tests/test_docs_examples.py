@@ -8,6 +8,7 @@ import importlib
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,34 @@ def test_tutorial_config_runs_from_the_command_line(tmp_path: Path) -> None:
     report = subprocess.run([str(BIN), "report", "--state-dir", str(state)],
                             capture_output=True, text=True, timeout=60, env=env)
     assert report.returncode == 0 and "per agent" in report.stdout
+
+
+def _toml_blocks(page: Path) -> list[str]:
+    text = page.read_text(encoding="utf-8")
+    return [part.split("```", 1)[0] for part in text.split("```toml\n")[1:]]
+
+
+_PAGES = sorted([ROOT / "README.md", *DOCS.glob("*.md")])
+
+
+@pytest.mark.parametrize("page", _PAGES, ids=lambda p: p.name)
+def test_docs_toml_blocks_are_configs_the_loader_takes(page: Path) -> None:
+    """Every ```toml block of the README and docs/ parses, and is a config (or a part of
+    one) the configuration model takes, so a renamed field or a bad default in a page
+    fails here; a pyproject.toml fragment (``[project.entry-points…]``) is left out."""
+    for block in _toml_blocks(page):
+        data = tomllib.loads(block)
+        if "project" not in data:
+            VibeConfig.model_validate(data)
+
+
+def test_tutorial_block_is_the_example_file() -> None:
+    """docs/tutorial.md says its config "is examples/tutorial.toml", which the test suite
+    runs: the two hold the same settings."""
+    shown = _toml_blocks(DOCS / "tutorial.md")
+    assert len(shown) == 1
+    example = (EXAMPLES / "tutorial.toml").read_text(encoding="utf-8")
+    assert tomllib.loads(shown[0]) == tomllib.loads(example)
 
 
 def test_configuration_reference_is_up_to_date() -> None:

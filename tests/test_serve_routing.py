@@ -88,3 +88,22 @@ async def test_r3_2_a_key_past_70_percent_gets_routed_one_tier_down(
         explicit = await aio.messages.create(model="claude-sonnet-4-6", max_tokens=20,
                                              messages=USER)  # type: ignore[arg-type]
         assert explicit.model == "claude-sonnet-4-6"
+
+
+async def test_r4_2_a_catalog_name_reaches_the_upstream_as_its_model_id(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """R4.2 through serve (#21, docs/guide-govern-existing-agent.md): an explicit key may
+    name a model by its catalog name (``sonnet``); the upstream, which knows provider ids
+    only, is sent ``claude-sonnet-4-6``, for a call and for count_tokens alike."""
+    async with (serving(serve_config(tmp_path, fake_api.base_url, KEYS)) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        named = await aio.messages.create(model="sonnet", max_tokens=16,
+                                          messages=USER)  # type: ignore[arg-type]
+        assert named.model == "claude-sonnet-4-6"
+        counted = await aio.messages.count_tokens(model="sonnet",
+                                                  messages=USER)  # type: ignore[arg-type]
+        assert counted.input_tokens > 0
+        assert (await run.settled("alpha", 1)).tokens_by_model.keys() == {"sonnet"}

@@ -375,6 +375,10 @@ class ServeApp:
         routed = self.models.resolve(entry.config, body.get("model"))
         if isinstance(routed, Response):
             return routed
+        sent = None if routed is None else self.models.upstream_id(body["model"], routed)
+        if sent is not None:
+            body = {**body, "model": sent}
+            raw = json.dumps(body).encode()
         return _Parsed(entry, raw, body, routed)
 
     async def messages(self, request: _Incoming) -> _Answer | None:

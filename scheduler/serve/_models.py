@@ -39,6 +39,12 @@ class ModelMap:
             found = self._by_id.get(dated["base"]) if dated else None
         return found
 
+    def upstream_id(self, model: str, name: str) -> str | None:
+        """The provider id to send when the client named the model by its catalog name
+        (the API knows ids, not our names); None when it sent an id or a dated one."""
+        wanted = self._ids[name]
+        return wanted if model == name != wanted else None
+
     def allowed(self, key: ServeKey, name: str) -> bool:
         allowed = key.allowed_models
         return not allowed or name in allowed or self._ids[name] in allowed
