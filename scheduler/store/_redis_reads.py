@@ -48,6 +48,33 @@ async def read_events(link: RedisConnection, key: Callable[..., str], task_id: s
     return [e for _, _, e in out]
 
 
+def with_spooled_events(recorded: list[UsageEvent],
+                        spooled: Sequence[SpooledEvent | SpooledState], task_id: str | None,
+                        day_from: str | None, day_to: str | None) -> list[UsageEvent]:
+    """``recorded`` (Redis's events, in order) with the matching events still in the spool
+    as their replay leaves the log: one not recorded yet added (a replay half done has it
+    in both), and the estimate charged for a call whose spooled event closes it taken out
+    (that event replaces it, see ``store.record_and_delete_state``)."""
+    if not spooled:
+        return recorded
+    ids = {e.event_id for e in recorded}
+    added, replaced = [], set()
+    for i, entry in enumerate(spooled):
+        if not isinstance(entry, SpooledEvent) or entry.event.event_id in ids:
+            continue
+        e = entry.event
+        if closed_with(e, spooled[i + 1:i + 2]) is not None:
+            replaced.add(f"{e.event_id}:estimate")
+        if (task_id is None or e.task_id == task_id) and (
+                day_from is None or e.day >= day_from) and (day_to is None or e.day <= day_to):
+            ids.add(e.event_id)
+            added.append(e)
+    if not added:
+        return recorded
+    out = [e for e in recorded if e.event_id not in replaced] + added
+    return sorted(out, key=lambda e: e.at)  # stable: Redis's order among equal times
+
+
 def add_spooled(totals: Totals, scope: str,
                 spooled: Sequence[SpooledEvent | SpooledState]) -> None:
     """Add the usage of ``scope`` that waits in the spool (any process's) to ``totals``."""
@@ -73,8 +100,10 @@ def spooled_state(spooled: Sequence[SpooledEvent | SpooledState], kind: str
 
 
 def with_spooled(stored: dict[str, dict[str, Any]],
-                 spooled: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
-    """``stored`` (a kind's records in Redis) as the ``spooled`` writes leave it, by key."""
+                 entries: Sequence[SpooledEvent | SpooledState], kind: str,
+                 ) -> dict[str, dict[str, Any]]:
+    """``stored`` (``kind``'s records in Redis) as the spooled writes leave it, by key."""
+    spooled = spooled_state(entries, kind)
     for key, value in spooled.items():
         if value is None:
             stored.pop(key, None)
