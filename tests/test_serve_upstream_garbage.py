@@ -75,8 +75,9 @@ async def test_r6_3_an_upstream_answer_that_is_no_message_is_a_502_and_serve_goe
     tmp_path: Path
 ) -> None:
     """R6.3: garbled bytes and a JSON list in a 200 get ``502 api_error`` (the API's error
-    shape); NaN, infinite and negative counts are not charged; nothing stays held and the
-    next good answer is charged what it reported."""
+    shape); NaN, infinite and negative counts are not charged as counts: the answer was
+    billed all the same, so it is charged its estimate, marked so (R2.1); nothing stays
+    held and the next good answer is charged what it reported."""
     answers = [b"\x00\xffnot json", b"[1, 2]",
                b'{"id": "m", "type": "message", "role": "assistant", "model": "' + HAIKU.encode()
                + b'", "content": [], "stop_reason": "end_turn", "usage": '
@@ -93,13 +94,17 @@ async def test_r6_3_an_upstream_answer_that_is_no_message_is_a_502_and_serve_goe
             error = failed.value.body["error"]  # type: ignore[index]
             assert error["type"] == "api_error", error
             assert "no JSON message" in error["message"], error
-        for _ in range(2):  # relayed as the upstream sent them; no token counted
+        for _ in range(2):  # relayed as the upstream sent them; charged at the estimate
             await sdk.messages.create(model=HAIKU, max_tokens=8, messages=hi)
-        assert run.totals("alpha").tokens == 0
+        estimated = run.totals("alpha").copy()
+        assert estimated.completion_tokens == 2 * 8  # all the output each could have made
+        events = await run.served.orchestrator.store.events(task_id="alpha")
+        assert [e.event_id.endswith(":estimate") for e in events] == [True, True]
         reply = await sdk.messages.create(model=HAIKU, max_tokens=8, messages=hi)
         assert reply.usage.output_tokens == 7
         charged = run.totals("alpha")
-        assert (charged.prompt_tokens, charged.completion_tokens) == (10, 7)
+        assert (charged.prompt_tokens - estimated.prompt_tokens,
+                charged.completion_tokens - estimated.completion_tokens) == (10, 7)
         assert run.served.orchestrator.allocator.statistics().leases == 0
         scope = run.served.orchestrator.tracker.task_scope("alpha")
         assert (scope.reserved_tokens, scope.reserved_cost) == (0, 0.0)

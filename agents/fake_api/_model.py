@@ -19,7 +19,7 @@ from scheduler.budget import TokenCounter
 
 FaultKind = Literal[
     "rate_limit", "overloaded", "server_error", "slow", "drop_stream", "stream_error",
-    "spend_limit",
+    "spend_limit", "no_usage",
 ]
 
 #: The Anthropic error ``type`` and HTTP status of each status fault.
@@ -44,7 +44,11 @@ class Fault:
       ``after_events`` events (non-streamed requests: closed before any byte);
     * ``stream_error``: a streamed answer that sends an ``error`` event
       (``overloaded_error``) after ``after_events`` events, as the API does when
-      a model is overloaded mid-answer (non-streamed requests: a 529).
+      a model is overloaded mid-answer (non-streamed requests: a 529);
+    * ``no_usage``: the answer comes whole but without ``usage`` (a body without it; a
+      stream whose ``message_start`` and ``message_delta`` carry none), as a proxy or a
+      compatible server that is not the API may send it; it is billed all the same
+      (``reported`` has its usage).
     """
 
     kind: FaultKind

@@ -57,6 +57,17 @@ class _Dropped(Exception):
     """Raised inside a response to close the connection mid-body (a dropped stream)."""
 
 
+def _without_usage(events: Iterable[Event]) -> Iterator[Event]:
+    """``events`` with no ``usage`` in ``message_start`` nor ``message_delta``."""
+    for name, data in events:
+        if name == "message_start":
+            data = {**data, "message": {k: v for k, v in data["message"].items()
+                                        if k != "usage"}}
+        elif name == "message_delta":
+            data = {k: v for k, v in data.items() if k != "usage"}
+        yield name, data
+
+
 def _json(status: int, body: bytes | Any, headers: Mapping[str, str] | None = None) -> Response:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return Response(raw, status, {"request-id": f"req_{uuid.uuid4().hex[:16]}", **(headers or {})},
@@ -195,15 +206,18 @@ class _Api:
         self.state.admit(plan, plan.max_tokens, now_utc())
         message = self._message(model, plan, scripted)
         cut = fault.kind if fault and fault.kind in ("drop_stream", "stream_error") else None
+        bare = fault is not None and fault.kind == "no_usage"
         if body.get("stream"):
             return self._stream(message, plan, fault.after_events if fault and cut else None,
-                                error=cut == "stream_error")
+                                error=cut == "stream_error", bare=bare)
         if cut == "stream_error":
             return self._fault_status(Fault("overloaded"))
         if cut == "drop_stream":
             return _Dropping()
         rec = _reported(message["id"], model, False, message["usage"])
         self.state.record(rec, plan.max_tokens)
+        if bare:  # billed (recorded above), not reported
+            message = {k: v for k, v in message.items() if k != "usage"}
         return _json(200, message, self.state.rate_limit_headers(now_utc()))
 
     def _message(self, model: str, plan: Plan, scripted: Mapping[str, Any] | None) -> Any:
@@ -242,7 +256,7 @@ class _Api:
         return _json(status, body, headers)
 
     def _stream(self, message: Mapping[str, Any], plan: Plan, drop_after: int | None,
-                *, error: bool) -> Response:
+                *, error: bool, bare: bool = False) -> Response:
         state, usage = self.state, message["usage"]
         rid, model = str(message["id"]), str(message["model"])
 
@@ -255,8 +269,9 @@ class _Api:
 
         headers = {"request-id": f"req_{uuid.uuid4().hex[:16]}",
                    **state.rate_limit_headers(now_utc())}
-        return _EventStream(stream_events(message), headers, drop_after=drop_after,
-                            error=error, on_cut=cut, on_done=done)
+        events = stream_events(message)
+        return _EventStream(_without_usage(events) if bare else events, headers,
+                            drop_after=drop_after, error=error, on_cut=cut, on_done=done)
 
     async def count_tokens(self, request: Request) -> Response:
         body = await self._body(request)

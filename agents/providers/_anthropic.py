@@ -44,6 +44,7 @@ from agents.providers._anthropic_wire import (
     limit_headers,
     rate_limits_from_headers,
     usage_from_api,
+    usage_reported,
 )
 from agents.providers._transport import KeepAliveTransport
 from scheduler import Completion, CompletionRequest, ConfigError, ProviderError, Usage
@@ -201,11 +202,12 @@ class AnthropicProvider:
                 continue
             ended = self._clock()
             self._succeeded(request, got, ended - t0)
-            usage = got.usage or Usage()
+            usage = got.usage or Usage()  # none reported: the gateway charges the estimate
             return Completion.from_blocks(
                 got.content, usage if spent is None else spent + usage, request.model,
                 stop_reason=got.stop_reason, latency_s=ended - started,
                 rate_limits=self._last_limits, attempts=n, id=got.message_id,
+                usage_missing=got.usage is None,
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -269,8 +271,10 @@ class AnthropicProvider:
         if not isinstance(body, dict):
             raise ValueError("the response body is not a message object")
         content = [dict(b) for b in body.get("content") or ()]
-        return _Attempt(content, body.get("stop_reason") or "end_turn",
-                        usage_from_api(body.get("usage")), raw.headers, str(body.get("id") or ""))
+        u = body.get("usage")
+        usage = usage_from_api(u) if usage_reported(u, "input_tokens", "output_tokens") else None
+        return _Attempt(content, body.get("stop_reason") or "end_turn", usage, raw.headers,
+                        str(body.get("id") or ""))
 
     async def _attempt_stream(self, request: CompletionRequest) -> _Attempt:
         raw = await self._client.messages.with_raw_response.create(
@@ -286,14 +290,15 @@ class AnthropicProvider:
                 # as sent: a block type this SDK does not know is kept whole, unwarned
                 blocks.event(event.model_dump(mode="json", by_alias=True, exclude_unset=True,
                                               warnings=False))
+                # an answer without usage (not the API's) is read, not failed
                 if event.type == "message_start":
-                    acc.start(event.message.usage)
+                    acc.start(getattr(event.message, "usage", None))
                 elif event.type == "message_delta":
-                    acc.delta(event.usage)
+                    acc.delta(getattr(event, "usage", None))
                 elif event.type == "message_stop":
                     finished = True
         except Exception as exc:
-            _PartialUsage.attach(exc, acc.usage)
+            _PartialUsage.attach(exc, acc.seen)
             raise
         finally:
             # an abandoned stream would hold its connection until the garbage collector
@@ -301,9 +306,9 @@ class AnthropicProvider:
             await stream.close()
         if not finished:
             exc2 = ProviderError(request.model, "stream ended before message_stop")
-            _PartialUsage.attach(exc2, acc.usage)
+            _PartialUsage.attach(exc2, acc.seen)
             raise exc2
-        got.content, got.usage = blocks.blocks, acc.usage or Usage()
+        got.content, got.usage = blocks.blocks, acc.usage
         got.stop_reason, got.message_id = blocks.stop_reason or "end_turn", blocks.message_id
         return got
 

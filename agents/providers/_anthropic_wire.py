@@ -45,41 +45,91 @@ def _field(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
+#: More tokens than one answer can hold (2^53: past it a float loses whole tokens).
+_MAX_COUNT = 2**53
+
+
+def _count(value: Any) -> int | None:
+    """A token count as the API sends one (a whole number, 0 to 2^53), else None: an
+    upstream that is not the API may send nonsense (negative, NaN, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= _MAX_COUNT or value != int(value):  # NaN fails the first test
+        return None
+    return int(value)
+
+
+def _tokens(u: Any, name: str) -> int:
+    return _count(_field(u, name)) or 0
+
+
 def usage_from_api(u: Any) -> Usage:
     """A message's ``usage`` (its JSON object or the SDK model) → :class:`Usage`; the
-    cache write split kept."""
-    written = int(_field(u, "cache_creation_input_tokens") or 0)
+    cache write split kept; a count that is none counts 0 (see :func:`usage_reported`)."""
+    written = _tokens(u, "cache_creation_input_tokens")
     split = _field(u, "cache_creation")
-    w1h = int(_field(split, "ephemeral_1h_input_tokens") or 0) if split else 0
-    w5m = int(_field(split, "ephemeral_5m_input_tokens") or 0) if split else 0
+    w1h = _tokens(split, "ephemeral_1h_input_tokens") if split else 0
+    w5m = _tokens(split, "ephemeral_5m_input_tokens") if split else 0
     # without a split (older API versions) every write is a 5-minute write, the default TTL
     w5m += max(written - w5m - w1h, 0)
     return Usage(
-        prompt_tokens=int(_field(u, "input_tokens") or 0),
-        completion_tokens=int(_field(u, "output_tokens") or 0),
-        cache_read_tokens=int(_field(u, "cache_read_input_tokens") or 0),
+        prompt_tokens=_tokens(u, "input_tokens"),
+        completion_tokens=_tokens(u, "output_tokens"),
+        cache_read_tokens=_tokens(u, "cache_read_input_tokens"),
         cache_write_5m_tokens=w5m,
         cache_write_1h_tokens=w1h,
     )
 
 
+_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
+           "cache_creation_input_tokens")
+
+
+def usage_reported(u: Any, *needed: str) -> bool:
+    """Whether ``u`` is a usage to charge by: the ``needed`` counts given, and every count
+    it gives one (a body without ``usage``, or with nonsense in it, is charged at the
+    call's estimate instead: the provider billed it all the same)."""
+    if u is None:
+        return False
+    if any(_count(_field(u, name)) is None for name in needed):
+        return False
+    return all(v is None or _count(v) is not None for v in (_field(u, n) for n in _COUNTS))
+
+
 @dataclass(slots=True)
 class StreamUsage:
-    """Usage of a streamed message: ``message_start`` then cumulative ``message_delta``s."""
+    """Usage of a streamed message: ``message_start`` then cumulative ``message_delta``s.
+    ``usage`` is None until a ``message_delta`` reported the output's count (and the
+    input's was reported): a stream without one is charged at the call's estimate."""
 
-    usage: Usage | None = None
+    started: Usage | None = None
+    final: Usage | None = None
+    _input: bool = False
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.final if self._input else None
+
+    @property
+    def seen(self) -> Usage | None:
+        """What was reported so far (a dropped stream's partial usage)."""
+        return self.final or self.started
 
     def start(self, u: Any) -> None:
-        self.usage = usage_from_api(u)
+        if usage_reported(u, "input_tokens"):
+            self.started, self._input = usage_from_api(u), True
 
     def delta(self, d: Any) -> None:
         """Apply a ``message_delta`` usage (its counts are cumulative, None = unchanged)."""
-        cur = self.usage or Usage()
-        written = getattr(d, "cache_creation_input_tokens", None)
+        if not usage_reported(d, "output_tokens"):
+            return
+        cur = self.final or self.started or Usage()
+        written = _count(getattr(d, "cache_creation_input_tokens", None))
         w5m = cur.cache_write_5m_tokens
         if written is not None:
-            w5m = max(int(written) - cur.cache_write_1h_tokens, 0)
-        self.usage = Usage(
+            w5m = max(written - cur.cache_write_1h_tokens, 0)
+        self._input = self._input or _count(getattr(d, "input_tokens", None)) is not None
+        self.final = Usage(
             prompt_tokens=_or(getattr(d, "input_tokens", None), cur.prompt_tokens),
             completion_tokens=_or(getattr(d, "output_tokens", None), cur.completion_tokens),
             cache_read_tokens=_or(getattr(d, "cache_read_input_tokens", None),
@@ -90,7 +140,8 @@ class StreamUsage:
 
 
 def _or(value: Any, default: int) -> int:
-    return default if value is None else int(value)
+    count = _count(value)
+    return default if count is None else count
 
 
 def input_pool_tokens(usage: Usage) -> int:

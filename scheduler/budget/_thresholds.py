@@ -83,17 +83,21 @@ class Thresholds:
         return out
 
     def raise_limits(self, scope: ScopeState, extra: Limits) -> None:
-        """Add to a scope's limits (a person added budget) and re-arm passed thresholds."""
+        """Add to a scope's limits (a person added budget) and re-arm passed thresholds.
+        A dimension the scope does not limit stays unlimited: added budget never makes a
+        limit of its amount (a record added under a config that limited it, re-applied
+        at a restart or by another process on the store, would cap it below nothing)."""
         data = scope.limits.model_dump()
         for name in extra.model_fields_set:
             add = getattr(extra, name)
             if name == "tokens_by_model":
                 merged = dict(data["tokens_by_model"])
                 for m, v in add.items():
-                    merged[m] = merged.get(m, 0) + v
+                    if m in merged:  # a tier without a cap keeps none
+                        merged[m] += v
                 data[name] = merged
-            elif add is not None:
-                data[name] = (data[name] or 0) + add
+            elif add is not None and data[name] is not None:
+                data[name] += add
         warn, cost = scope.limits.cost_warning_usd, scope.limits.cost_usd
         if warn and cost and data["cost_usd"] and "cost_warning_usd" not in extra.model_fields_set:
             data["cost_warning_usd"] = round(data["cost_usd"] * warn / cost, 6)  # same fraction

@@ -124,7 +124,7 @@ def classify_history(name: str, message: str = "") -> str | None:
         return "deadlocks"
     if name.startswith(("budget_", "alert", "overdraft", "pause", "decision")) or name in (
         "task_paused", "checkpoint_requested", "task_review", "open_call_charged",
-        "open_call_estimate_replaced"):
+        "open_call_estimate_replaced", "usage_estimated"):
         return "alerts"
     if name.startswith(("model_", "routing", "health")) or name in (
         "task_deferred", "task_resumed", "task_simplified", "task_decomposed"):

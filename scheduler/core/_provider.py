@@ -142,6 +142,10 @@ class Completion:
     attempts: int = 1
     content: tuple[ContentBlock, ...] = ()
     id: str = ""
+    #: The answer reported no usage (a body without ``usage``, a stream whose
+    #: ``message_delta`` carried none): ``usage`` then holds only what was reported (of
+    #: failed attempts before it), and the gateway charges the call's estimate on top.
+    usage_missing: bool = False
 
     def __post_init__(self) -> None:
         if not self.content and self.text:

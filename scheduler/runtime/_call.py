@@ -10,10 +10,11 @@ from typing import Any, Protocol
 
 from policies.replan import BreakDown
 from policies.routing import RouteDecision
-from scheduler.budget import CACHE_WRITE_1H, CACHE_WRITE_5M
+from scheduler.budget import CACHE_WRITE_1H, CACHE_WRITE_5M, Estimate, Reservation
 from scheduler.config import VibeConfig
 from scheduler.core import (
     CompletionRequest,
+    EventBus,
     Message,
     Passthrough,
     TextSink,
@@ -102,6 +103,13 @@ def attempt_request(
         route.model, config.model_spec(route.model).model_id, messages,
         system + ("\n\n" + context if context else ""), tools, call.max_tokens, call.stream,
         task.id, call.hints, call.options, call.on_text, call.passthrough)
+
+
+def ping_request(config: VibeConfig, model: str) -> CompletionRequest:
+    """R6.4: the cheap health-check request on ``model`` (not charged to any task)."""
+    return CompletionRequest(
+        model=model, model_id=config.model_spec(model).model_id,
+        messages=[{"role": "user", "content": "ping"}], max_tokens=1, task_id="health-check")
 
 
 def cache_writes(counted: int, system_len: int, hints: Mapping[str, Any] | None,
@@ -243,3 +251,23 @@ class Prices:
                 + usage.cache_read_tokens * inp * rate[4]
                 + usage.cache_write_5m_tokens * inp * rate[5]
                 + usage.cache_write_1h_tokens * inp * rate[6])
+
+
+#: The bus event of a call charged at its estimate because its answer reported no usage.
+USAGE_ESTIMATED = "usage_estimated"
+
+
+def unreported(bus: EventBus, model: str, reported: Usage, cost: float, estimate: Estimate,
+               reservation: Reservation) -> tuple[Usage, float, str]:
+    """What a call whose answer reported no usage is charged, its cost and event id: the
+    provider billed it all the same, so what it was admitted for -- the calibrated prompt
+    estimate and all the output it could have produced, at the cost held for them -- on
+    top of ``reported`` (at ``cost``; failed attempts before it).  Marked as an open call
+    charged after a crash is (``<event id>:estimate``, see ``budget._open_calls``)."""
+    prompt, task_id = estimate.calibrated, reservation.task_id
+    usage = Usage(prompt, max(reservation.tokens - prompt, 0)) + reported
+    bus.emit(USAGE_ESTIMATED, f"the answer to a call of task {task_id} on {model} reported "
+             f"no usage: charged at its estimate ({usage.total_tokens} tokens)",
+             task_id=task_id, level="warning", model=model, tokens=usage.total_tokens,
+             cost_usd=reservation.cost_usd + cost)
+    return usage, reservation.cost_usd + cost, f"{reservation.event_id}:estimate"

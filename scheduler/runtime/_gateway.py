@@ -59,6 +59,8 @@ from scheduler.runtime._call import (
     attempt_request,
     cache_writes,
     output_limits,
+    ping_request,
+    unreported,
 )
 from scheduler.runtime._quality import NoScorer, QualityScorer, SignalScorer
 from scheduler.runtime._requests import check_request
@@ -440,19 +442,19 @@ class Gateway:
             request.model, f"call exceeded the per-call limit of {limit:g} s") from None
 
     # 6 settle ------------------------------------------------------------------------
-    async def settle(
-        self, task: TaskHandle, model: str, completion: Completion, estimate: Estimate,
-        reservation: Reservation, lease: Lease | None = None,
-    ) -> list[Crossing]:
+    async def settle(self, task: TaskHandle, model: str, completion: Completion,
+                     estimate: Estimate, reservation: Reservation,
+                     lease: Lease | None = None) -> list[Crossing]:
         """Record what the provider reported first, then return the lease's unused tokens.
         The usage is charged whatever became of the lease (a pause or an expiry may have
         ended it while the call ran): a paid token is never lost."""
         usage, task_id, tracker = completion.usage, task.id, self.tracker
-        event = tracker.make_event(
-            task_id, model=model, usage=usage, day=reservation.day,  # the day that admitted it
-            cost_usd=self._prices.actual(self.config, model, usage),
-            event_id=reservation.event_id or None,  # the id its open_call record names
-        )
+        cost, event_id = self._prices.actual(self.config, model, usage), reservation.event_id
+        if completion.usage_missing:  # billed all the same: charged at its estimate
+            usage, cost, event_id = unreported(self.bus, model, usage, cost, estimate, reservation)
+        event = tracker.make_event(  # the day that admitted it, the id its open_call names
+            task_id, model=model, usage=usage, day=reservation.day, cost_usd=cost,
+            event_id=event_id or None)
         crossings = await tracker.charge(event, reservation)
         if lease is not None and lease.active:  # an ended one gave its tokens back already
             try:  # noqa: SIM105 -- contextlib.suppress is three calls more per model call
@@ -462,8 +464,9 @@ class Gateway:
                 pass
         # R5.2: demotion above 50 % of the task's tokens
         self.allocator.set_token_fraction(task_id, tracker.token_fraction(task_id))
-        self.counter.learn(estimate, usage.prompt_tokens + usage.cache_read_tokens
-                           + usage.cache_write_5m_tokens + usage.cache_write_1h_tokens)
+        if not completion.usage_missing:  # an estimate says nothing of the estimates
+            self.counter.learn(estimate, usage.prompt_tokens + usage.cache_read_tokens
+                               + usage.cache_write_5m_tokens + usage.cache_write_1h_tokens)
         task.calls += 1
         task.model = model
         for listener in self.on_settle.listeners:  # the hook, without its frame
@@ -494,7 +497,4 @@ class Gateway:
 
     async def ping(self, model: str) -> Completion:
         """R6.4: the cheap health-check completion (not charged to any task)."""
-        return await self.provider.complete(CompletionRequest(
-            model=model, model_id=self.config.model_spec(model).model_id,
-            messages=[{"role": "user", "content": "ping"}], max_tokens=1, task_id="health-check",
-        ))
+        return await self.provider.complete(ping_request(self.config, model))

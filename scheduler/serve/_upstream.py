@@ -152,14 +152,36 @@ def loads(raw: bytes) -> Any:
 _decode = json.JSONDecoder().decode
 
 
+def usage_reported(u: object, *needed: str) -> bool:
+    """Whether ``u`` is a usage to charge by: the ``needed`` counts given as counts (an
+    answer without one, or with nonsense there, is charged at the call's estimate)."""
+    return isinstance(u, Mapping) and all(_count(u.get(n), -1) >= 0 for n in needed) and all(
+        u.get(n) is None or _count(u.get(n), -1) >= 0 for n in _COUNTS)
+
+
+_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
+           "cache_creation_input_tokens")
+
+
+#: How an ``error`` event of a stream starts.
+_ERROR = (b"event: error", b"event:error")
+
+
 class SseUsage:
-    """Reads the usage and stop reason out of relayed SSE bytes, event by event."""
+    """Reads the usage and stop reason out of relayed SSE bytes, event by event.
+    ``reported``: a ``message_delta`` gave the output's count and the input's was given,
+    or an ``error`` event ended the answer (what was reported before it is what it used)."""
 
     def __init__(self) -> None:
         self._buf = b""
         self.usage: Usage | None = None
         self.stop_reason = "end_turn"
         self.message_id = ""
+        self._input = self._output = self._failed = False
+
+    @property
+    def reported(self) -> bool:
+        return self._failed or (self._input and self._output)
 
     def feed(self, chunk: bytes) -> None:
         buf = self._buf + chunk if self._buf else chunk
@@ -167,7 +189,7 @@ class SseUsage:
         while (end := buf.find(b"\n\n", start)) >= 0:
             # only message_start and message_delta carry usage: the many other events (a
             # content_block_delta per few tokens) are only relayed, never split into lines
-            if buf.find(b"message_", start, end) >= 0:
+            if buf.find(b"message_", start, end) >= 0 or buf.startswith(_ERROR, start):
                 self._event(buf[start:end].replace(b"\r\n", b"\n"))
             start = end + 2
         self._buf = buf[start:]
@@ -179,6 +201,8 @@ class SseUsage:
                 kind = line[6:].strip()
             elif line.startswith(b"data:"):
                 data += line[5:].strip()
+        if kind == b"error":
+            self._failed = True
         if kind not in (b"message_start", b"message_delta") or not data:
             return  # every other event is only relayed
         try:
@@ -192,8 +216,12 @@ class SseUsage:
             if isinstance(message, dict):
                 self.message_id = str(message.get("id") or "")
                 self.usage = usage_of(message.get("usage"))
+                self._input = usage_reported(message.get("usage"), "input_tokens")
         else:
-            self.usage = usage_of(event.get("usage"), self.usage)
+            u = event.get("usage")
+            self.usage = usage_of(u, self.usage)
+            self._input = self._input or usage_reported(u, "input_tokens")
+            self._output = self._output or usage_reported(u, "output_tokens")
             delta = event.get("delta")
             reason = delta.get("stop_reason") if isinstance(delta, dict) else None
             if reason:
@@ -316,9 +344,11 @@ class UpstreamProvider:
             message = _message(request.model, data)
             if sink is not None:
                 sink(data)
-            return Completion("", usage_of(message.get("usage")), request.model,
+            u = message.get("usage")
+            missing = not usage_reported(u, "input_tokens", "output_tokens")
+            return Completion("", _NO_USAGE if missing else usage_of(u), request.model,
                               stop_reason=str(message.get("stop_reason") or "end_turn"),
-                              id=str(message.get("id") or ""))
+                              id=str(message.get("id") or ""), usage_missing=missing)
         sse = SseUsage()
         try:
             async for chunk in resp.chunks():
@@ -330,8 +360,9 @@ class UpstreamProvider:
                 "overloaded_error", f"upstream stream dropped: {exc}"))
             err.usage = sse.usage
             raise err from None
-        return Completion("", sse.usage or Usage(), request.model, stop_reason=sse.stop_reason,
-                          id=sse.message_id)
+        missing = not sse.reported  # none reported: the gateway charges the estimate
+        return Completion("", _NO_USAGE if missing else sse.usage or _NO_USAGE, request.model,
+                          stop_reason=sse.stop_reason, id=sse.message_id, usage_missing=missing)
 
     @staticmethod
     async def _body(request: CompletionRequest, resp: _Answer) -> bytes:

@@ -63,6 +63,7 @@ from scheduler.store._redis_reads import (
     read_events,
     spooled_state,
     with_spooled,
+    with_spooled_events,
 )
 from scheduler.store._redis_slices import RedisSlices
 from scheduler.store._spool import Spool, SpooledEvent, SpooledState
@@ -302,14 +303,12 @@ class RedisStore:
     async def totals(self, scope: str) -> Totals:
         return (await self.totals_with_version(scope))[0]
 
-    async def events(
-        self,
-        *,
-        task_id: str | None = None,
-        day_from: str | None = None,
-        day_to: str | None = None,
-    ) -> list[UsageEvent]:
-        return await read_events(self._link, self.key, task_id, day_from, day_to)
+    async def events(self, *, task_id: str | None = None, day_from: str | None = None,
+                     day_to: str | None = None) -> list[UsageEvent]:
+        # what any process spooled while Redis was unreachable counts, as in the totals
+        got, spooled = await self._read_with_spool(
+            lambda _: read_events(self._link, self.key, task_id, day_from, day_to))
+        return with_spooled_events(got, spooled, task_id, day_from, day_to)
 
     # -- state ---------------------------------------------------------------------
 
@@ -355,29 +354,29 @@ class RedisStore:
         return bool(added)
 
     async def get_state(self, kind: str, key: str) -> dict[str, Any] | None:
-        raw, spooled = await self._state_read(
-            kind, lambda c: c.hget(self.key("state", kind), key))
+        raw, entries = await self._read_with_spool(
+            lambda c: c.hget(self.key("state", kind), key))
+        spooled = spooled_state(entries, kind)
         if key in spooled:  # written while Redis was unreachable, not replayed yet
             return spooled[key]
         return json.loads(raw) if raw is not None else None
 
     async def list_state(self, kind: str) -> dict[str, dict[str, Any]]:
-        h, spooled = await self._state_read(kind, lambda c: c.hgetall(self.key("state", kind)))
-        return with_spooled({k: json.loads(v) for k, v in h.items()}, spooled)
+        h, entries = await self._read_with_spool(lambda c: c.hgetall(self.key("state", kind)))
+        return with_spooled({k: json.loads(v) for k, v in h.items()}, entries, kind)
 
-    async def _state_read(self, kind: str, read: Callable[[Any], Awaitable[Any]]
-                          ) -> tuple[Any, dict[str, dict[str, Any] | None]]:
-        """``read``'s answer from Redis and the state writes of ``kind`` still in the spool
-        (any process's; the last per key, None a delete): they are newer than Redis's,
-        and are replayed over it.  Redis is read first, under the spool's read lock as
+    async def _read_with_spool(self, read: Callable[[Any], Awaitable[Any]]
+                               ) -> tuple[Any, list[SpooledEvent | SpooledState]]:
+        """``read``'s answer from Redis and the writes still in the spool (any process's),
+        newer than Redis's.  Redis is read first, under the spool's read lock as
         :meth:`totals_with_version` reads: a replay half done has a write in both."""
         if not self.spool.pending() and not self._draining.locked():
-            return await self._read_state_now(read), {}
+            return await self._read_state_now(read), []
         if not self._link.backing_off():
             await self._drain()
         async with self._draining, spool_read_lock(self.spool.path):
             raw = await self._read_state_now(read)
-            return raw, spooled_state(self.spool.read(), kind) if self.spool.pending() else {}
+            return raw, self.spool.read() if self.spool.pending() else []
 
     async def _read_state_now(self, read: Callable[[Any], Awaitable[Any]]) -> Any:
         try:

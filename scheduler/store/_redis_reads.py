@@ -10,10 +10,12 @@ from typing import Any, cast
 
 from scheduler.config import DistributedConfig
 from scheduler.core import StoreUnavailableError, Totals, UsageEvent, get_logger
-from scheduler.store._base import OPEN_CALL, scopes_of
+from scheduler.store._base import scopes_of
 from scheduler.store._ledger import Hold, ScopeLimit
 from scheduler.store._redis_conn import DOWN, RedisConnection
 from scheduler.store._spool import SpooledEvent, SpooledState
+from scheduler.store._spool import closed_with as closed_with
+from scheduler.store._spool import with_spooled_events as with_spooled_events
 
 _log = get_logger("vibe_engine.store.redis")
 
@@ -56,15 +58,6 @@ def add_spooled(totals: Totals, scope: str,
             totals.add(entry.event)  # its version is known once replayed
 
 
-def closed_with(event: UsageEvent, after: Sequence[SpooledEvent | SpooledState]) -> str | None:
-    """The open call a spooled event closes: the delete of its record spooled right after."""
-    nxt = after[0] if after else None
-    if (isinstance(nxt, SpooledState) and nxt.kind == OPEN_CALL and nxt.value is None
-            and nxt.key == event.event_id):
-        return nxt.key
-    return None
-
-
 def spooled_state(spooled: Sequence[SpooledEvent | SpooledState], kind: str
                   ) -> dict[str, dict[str, Any] | None]:
     """The state writes of ``kind`` waiting in the spool: the last per key (None: a
@@ -73,8 +66,10 @@ def spooled_state(spooled: Sequence[SpooledEvent | SpooledState], kind: str
 
 
 def with_spooled(stored: dict[str, dict[str, Any]],
-                 spooled: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
-    """``stored`` (a kind's records in Redis) as the ``spooled`` writes leave it, by key."""
+                 entries: Sequence[SpooledEvent | SpooledState], kind: str,
+                 ) -> dict[str, dict[str, Any]]:
+    """``stored`` (``kind``'s records in Redis) as the spooled writes leave it, by key."""
+    spooled = spooled_state(entries, kind)
     for key, value in spooled.items():
         if value is None:
             stored.pop(key, None)

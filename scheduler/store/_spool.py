@@ -12,13 +12,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from scheduler.core import StoreError, UsageEvent, get_logger, open_private, private_dir
+from scheduler.store._base import OPEN_CALL
 
 _log = get_logger("vibe_engine.store.spool")
 
@@ -194,3 +195,39 @@ class Spool:
                     return
             finally:
                 f.close()  # closing drops the flock
+
+
+def closed_with(event: UsageEvent, after: Sequence[SpooledEvent | SpooledState]) -> str | None:
+    """The open call a spooled event closes: the delete of its record spooled right after."""
+    nxt = after[0] if after else None
+    if (isinstance(nxt, SpooledState) and nxt.kind == OPEN_CALL and nxt.value is None
+            and nxt.key == event.event_id):
+        return nxt.key
+    return None
+
+
+def with_spooled_events(recorded: list[UsageEvent],
+                        spooled: Sequence[SpooledEvent | SpooledState], task_id: str | None,
+                        day_from: str | None, day_to: str | None) -> list[UsageEvent]:
+    """``recorded`` (Redis's events, in order) with the matching events still in the spool
+    as their replay leaves the log: one not recorded yet added (a replay half done has it
+    in both), and the estimate charged for a call whose spooled event closes it taken out
+    (that event replaces it, see ``store.record_and_delete_state``)."""
+    if not spooled:
+        return recorded
+    ids = {e.event_id for e in recorded}
+    added, replaced = [], set()
+    for i, entry in enumerate(spooled):
+        if not isinstance(entry, SpooledEvent) or entry.event.event_id in ids:
+            continue
+        e = entry.event
+        if closed_with(e, spooled[i + 1:i + 2]) is not None:
+            replaced.add(f"{e.event_id}:estimate")
+        if (task_id is None or e.task_id == task_id) and (
+                day_from is None or e.day >= day_from) and (day_to is None or e.day <= day_to):
+            ids.add(e.event_id)
+            added.append(e)
+    if not added:
+        return recorded
+    out = [e for e in recorded if e.event_id not in replaced] + added
+    return sorted(out, key=lambda e: e.at)  # stable: Redis's order among equal times

@@ -71,7 +71,7 @@ from scheduler.core import (
 )
 from scheduler.store._base import OPEN_CALL, check_event, scopes_of
 from scheduler.store._ledger import Hold, ScopeLimit, Settled
-from scheduler.store._spool import Spool, SpooledEvent, SpooledState
+from scheduler.store._spool import Spool, SpooledEvent, SpooledState, with_spooled_events
 from scheduler.store._sqlite_checkpoint import Checkpointer
 from scheduler.store._sqlite_sql import (
     EVENT_COLUMNS,
@@ -322,13 +322,8 @@ class SqliteStore:
                 totals.add(entry.event)  # recorded once the database answers again
         return totals
 
-    async def events(
-        self,
-        *,
-        task_id: str | None = None,
-        day_from: str | None = None,
-        day_to: str | None = None,
-    ) -> list[UsageEvent]:
+    async def events(self, *, task_id: str | None = None, day_from: str | None = None,
+                     day_to: str | None = None) -> list[UsageEvent]:
         clauses: list[str] = []
         args: list[Any] = []
         if task_id is not None:
@@ -343,7 +338,9 @@ class SqliteStore:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT {EVENT_COLUMNS} FROM events{where} ORDER BY at, rowid"
         rows = await self._read(lambda db: db.execute(sql, args).fetchall())
-        return [row_to_event(r) for r in rows]
+        # what waits in the spool (the file was locked) counts, as in the totals
+        return with_spooled_events([row_to_event(r) for r in rows], self.spool.read() if len(
+            self.spool) else (), task_id, day_from, day_to)
 
     # -- state -------------------------------------------------------------------------
 
