@@ -1,0 +1,135 @@
+"""R1.3 config files as users hand them over: a byte-order mark, a FIFO or a device named as
+the config, a key given twice, a model name outside the catalog.  Each either loads or is
+refused in one line naming the field, exit 2, nothing written (R7.2)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from scheduler.config import load_config
+from tests._cli_helpers import assert_one_line_exit_2, cli, files_under
+
+BOM = b"\xef\xbb\xbf"
+TASK_TOML = ('state_dir = "st"\n[provider.simulated]\ntime_scale = 0\n'
+             '[[tasks]]\nid = "t"\nagent = "qa"\nprompt = "What is x?"\n')
+TASK_YAML = ("state_dir: st\nprovider:\n  simulated:\n    time_scale: 0\n"
+             "tasks:\n  - {id: t, agent: qa, prompt: \"What is x?\"}\n")
+TASK_JSON = ('{"state_dir": "st", "provider": {"simulated": {"time_scale": 0}},\n'
+             ' "tasks": [{"id": "t", "agent": "qa", "prompt": "What is x?"}]}\n')
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("c.toml", TASK_TOML), ("c.yaml", TASK_YAML), ("c.json", TASK_JSON)])
+def test_r1_3_a_config_starting_with_a_utf8_bom_runs(tmp_path: Path, name: str,
+                                                     text: str) -> None:
+    """A UTF-8 byte-order mark (Windows editors write one) is skipped: the TOML file was
+    refused as 'malformed TOML: Invalid statement (at line 1, column 1)'; JSON files are
+    read as JSON (they were read as TOML)."""
+    (tmp_path / name).write_bytes(BOM + text.encode())
+    result = cli(["run", name, "--no-live", "--log-level", "error"], tmp_path)
+    assert result.code == 0, result
+    assert (tmp_path / "st").is_dir()
+
+
+def _fifo_writer(fifo: Path) -> threading.Thread:
+    """Feeds the FIFO once a reader opens it (a reader that waited for a writer, as the
+    config loader did, gets a malformed file rather than hanging the test)."""
+
+    def write() -> None:
+        try:
+            with fifo.open("wb") as w:
+                w.write(b"a = [\n")
+        except OSError:  # the reader closed it unread
+            pass
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device", "huge"])
+def test_r1_3_a_config_that_is_no_regular_file_is_refused_at_once(tmp_path: Path,
+                                                                  kind: str) -> None:
+    """A FIFO named as the config blocked ``run`` until something wrote to it; a
+    directory gave 'cannot read: Is a directory'; a device was read until 16 MiB had
+    come; a sparse 3 GiB file likewise.  Each is refused before it is read."""
+    target, expected, writer = "c.toml", "not a regular file", None
+    if kind == "fifo":
+        os.mkfifo(tmp_path / target)
+        writer = _fifo_writer(tmp_path / target)
+    elif kind == "directory":
+        (tmp_path / target).mkdir()
+    elif kind == "device":
+        target = "/dev/zero"
+    else:
+        with (tmp_path / target).open("wb") as f:
+            f.truncate(3 * 1024**3)
+        expected = "larger than 16 MiB"
+    before = files_under(tmp_path)
+    result = cli(["run", target, "--no-live"], tmp_path)
+    if writer is not None:  # let a writer still waiting for a reader go
+        fd = os.open(tmp_path / target, os.O_RDONLY | os.O_NONBLOCK)
+        writer.join()
+        os.close(fd)
+    line = assert_one_line_exit_2(result, "config file", expected)
+    assert kind != "fifo" or "(a FIFO)" in line, line
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize(("name", "text", "field", "where"), [
+    ("c.yaml", "state_dir: st\nseed: 1\nseed: 2\n", "seed='seed'", "at line 3 (first given "
+     "at line 2)"),
+    ("c.yaml", "state_dir: st\nbudgets:\n  session: {tokens: 10, tokens: 20}\n",
+     "budgets.session.tokens", "at line 3"),
+    ("c.yaml", "state_dir: st\ntasks:\n  - id: t\n    agent: qa\n    agent: coder\n",
+     "tasks.0.agent", "at line 5 (first given at line 4)"),
+    ("c.json", '{"state_dir": "st",\n "seed": 1,\n "seed": 2}\n', "seed='seed'",
+     "at line 3 (first given at line 2)"),
+    # tabs: not YAML, so no line, but the key
+    ("c.json", '{"state_dir": "st", "budgets": {\n\t"session": {}, "session": {}}}\n',
+     "'session'", "given twice"),
+])
+def test_r1_3_a_key_given_twice_is_refused_naming_it(tmp_path: Path, name: str, text: str,
+                                                     field: str, where: str) -> None:
+    """YAML and JSON loaders keep the last of two equal keys silently (``seed: 1`` then
+    ``seed: 2`` ran with seed 2); TOML already refused it."""
+    (tmp_path / name).write_text(text)
+    result = cli(["run", name, "--no-live"], tmp_path)
+    assert_one_line_exit_2(result, field, where)
+    assert files_under(tmp_path) == {name}
+
+
+SERVE_KEY = ('[[serve.keys]]\nname = "a"\nkey_env = "VIBE_TEST_KEY"\n'
+             'allowed_models = ["sonnet", "claude-haiku-4-5", "sonet"]\n')
+
+
+@pytest.mark.parametrize(("command", "text", "field"), [
+    (["serve", "c.toml", "--port", "0"], SERVE_KEY, "serve.keys.0.allowed_models.2='sonet'"),
+    (["run", "c.toml", "--no-live"], '[[tasks]]\nid = "t"\nagent = "coder"\n'
+     'params = {model = "opsu"}\n', "tasks.0.params.model='opsu'"),
+    (["run", "c.toml", "--no-live"], '[[tasks]]\nid = "t"\nagent = "coder"\n'
+     'params = {model = 3}\n', "tasks.0.params.model=3"),
+    (["status", "--config", "c.toml"], SERVE_KEY, "serve.keys.0.allowed_models.2"),
+])
+def test_r1_3_a_model_outside_the_catalog_is_refused_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], text: str,
+    field: str,
+) -> None:
+    """A typo in a serve key's ``allowed_models`` was accepted and only ever refused the
+    key's calls of that model (403); a task's ``params.model`` typo started the run and
+    failed the task (exit 1, state written)."""
+    monkeypatch.setenv("VIBE_TEST_KEY", "k")
+    (tmp_path / "c.toml").write_text('state_dir = "st"\n' + text)
+    line = assert_one_line_exit_2(cli(command, tmp_path), field, "unknown model; known: haiku")
+    assert "sonnet" in line
+    assert files_under(tmp_path) == {"c.toml"}
+
+
+def test_r1_3_allowed_models_take_catalog_names_and_model_ids(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('state_dir = "st"\n' + SERVE_KEY.replace(', "sonet"', ""))
+    config = load_config(tmp_path / "c.toml")
+    assert config.serve.keys[0].allowed_models == ("sonnet", "claude-haiku-4-5")
