@@ -133,3 +133,67 @@ def test_r1_3_allowed_models_take_catalog_names_and_model_ids(tmp_path: Path) ->
     (tmp_path / "c.toml").write_text('state_dir = "st"\n' + SERVE_KEY.replace(', "sonet"', ""))
     config = load_config(tmp_path / "c.toml")
     assert config.serve.keys[0].allowed_models == ("sonnet", "claude-haiku-4-5")
+
+
+SERVE = ('serve.upstream_base_url = "http://127.0.0.1:9"\n'
+         '[[serve.keys]]\nname = "a"\nkey_env = "VIBE_TEST_KEY"\n')
+
+
+@pytest.mark.parametrize(("setting", "field"), [
+    ('serve.host = ""', "serve.host=''"),  # bound every interface, announced http://:PORT
+    ('serve.host = "a\\u0000b"', "serve.host"),  # a traceback (TypeError), exit 1
+    ('serve.upstream_key_env = "A\\u0000B"', "serve.upstream_key_env"),  # never set: served
+    ('serve.routing_alias = " "', "serve.routing_alias"),
+    # a client naming sonnet was routed to whatever the router picked
+    ('serve.routing_alias = "sonnet"', "serve.routing_alias='sonnet'"),
+    ('serve.routing_alias = "claude-sonnet-4-6"', "serve.routing_alias"),
+    ('models.haiku.model_id = ""', "models.haiku.model_id"),
+    ('models.haiku.model_id = "claude-haiku-4-5\\n"', "models.haiku.model_id"),
+    ('provider.api_key_env = "A=B"', "provider.api_key_env"),
+])
+def test_r1_3_hosts_model_ids_aliases_and_variable_names_must_be_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str, field: str
+) -> None:
+    """An empty host, model id or alias, or one holding a space or a control character,
+    and a variable name no environment can hold were accepted; ``serve`` then listened
+    on every interface (host ""), crashed with a traceback (a NUL in the host) or served
+    without its upstream key."""
+    monkeypatch.setenv("VIBE_TEST_KEY", "k")
+    (tmp_path / "c.toml").write_text(f'state_dir = "st"\n{setting}\n{SERVE}')
+    result = cli(["serve", "c.toml", "--port", "0"], tmp_path)
+    assert_one_line_exit_2(result, field)
+    assert files_under(tmp_path) == {"c.toml"}
+
+
+def test_r1_3_serve_host_option_a_control_character_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--host`` with a NUL (possible from Python, not from a shell) gave a traceback."""
+    monkeypatch.setenv("VIBE_TEST_KEY", "k")
+    (tmp_path / "c.toml").write_text(f'state_dir = "st"\n{SERVE}')
+    result = cli(["serve", "c.toml", "--port", "0", "--host", "a\x00b"], tmp_path)
+    assert_one_line_exit_2(result, "serve.host")
+    assert files_under(tmp_path) == {"c.toml"}
+
+
+@pytest.mark.parametrize(("agent", "params", "field"), [
+    ("steps", '{steps = "x"}', "tasks.0.params.steps='x'"),  # int("x"): a traceback, exit 1
+    ("steps", "{steps = nan}", "tasks.0.params.steps"),
+    ("steps", "{steps = inf}", "tasks.0.params.steps"),
+    ("steps", "{steps = [1]}", "tasks.0.params.steps"),
+    ("steps", "{steps = -1}", "tasks.0.params.steps=-1"),
+    ("qa", "{max_tokens = 0}", "tasks.0.params.max_tokens=0"),
+    ("qa", '{difficulty = "hard"}', "tasks.0.params.difficulty='hard'"),
+    ("coder", '{max_turns = "many"}', "tasks.0.params.max_turns"),
+    ("refactor", "{files = [1, 2]}", "tasks.0.params.files.0=1"),
+])
+def test_r1_3_built_in_agents_params_are_checked_at_load(tmp_path: Path, agent: str,
+                                                         params: str, field: str) -> None:
+    """A built-in agent's ``params`` of the wrong type or range started the run and the
+    agent crashed on ``int()``/``float()`` at run time (a traceback in the log, exit 1,
+    state written); they are refused before anything is written."""
+    (tmp_path / "c.toml").write_text(
+        f'state_dir = "st"\n[[tasks]]\nid = "t"\nagent = "{agent}"\nparams = {params}\n')
+    result = cli(["run", "c.toml", "--no-live"], tmp_path)
+    assert_one_line_exit_2(result, field)
+    assert files_under(tmp_path) == {"c.toml"}

@@ -16,15 +16,17 @@ import math
 import os
 import socket
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from scheduler.config import VibeConfig, api_key_problem, base_url_problem, sqlite_file
+from scheduler.config._load import shown
 from scheduler.core import ConfigError, VibeEngineError
 
 #: Exit status for bad input (a usage error, a bad config, a refused decision).
@@ -150,13 +152,24 @@ def provider_key(config: VibeConfig, env: Mapping[str, str] | None = None) -> No
             raise ConfigError(field, var, problem)
 
 
-def known_agents(config: VibeConfig, agents: Collection[str]) -> None:
-    """Refuse a task naming no registered agent before anything is written (the
-    orchestrator would refuse it too, but only once its store was created)."""
+def known_agents(config: VibeConfig, agents: Mapping[str, Any]) -> None:
+    """Refuse a task naming no registered agent, or ``params`` its agent's
+    ``params_model`` refuses, before anything is written (the orchestrator would refuse
+    an unknown agent too, but only once its store was created; bad params crashed the
+    agent at run time)."""
     for i, task in enumerate(config.tasks):
         if task.agent not in agents:
             raise ConfigError(f"tasks.{i}.agent", task.agent,
                               f"unknown agent; available: {', '.join(sorted(agents))}")
+        schema = getattr(agents[task.agent], "params_model", None)
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            try:
+                schema.model_validate(task.params)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise ConfigError(f"tasks.{i}.params.{where}", shown(err.get("input")),
+                                  err["msg"]) from None
 
 
 def status_store(state_dir: Path, store: str) -> str:

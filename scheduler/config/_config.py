@@ -253,6 +253,9 @@ def _refuse_unknown_models(config: VibeConfig) -> None:
                 raise FieldProblem(f"serve.keys.{i}.allowed_models.{j}", model,
                                    f"unknown model; known: {', '.join(names)} (or their "
                                    "model_id)")
+    if config.serve.routing_alias in names or config.serve.routing_alias in ids:
+        raise FieldProblem("serve.routing_alias", config.serve.routing_alias,
+                           "names a catalog model: calls naming that model would be routed")
     for i, task in enumerate(config.tasks):
         asked = task.params.get("model")
         if asked is not None and (not isinstance(asked, str) or asked not in names):
