@@ -197,3 +197,20 @@ def test_r1_3_built_in_agents_params_are_checked_at_load(tmp_path: Path, agent: 
     result = cli(["run", "c.toml", "--no-live"], tmp_path)
     assert_one_line_exit_2(result, field)
     assert files_under(tmp_path) == {"c.toml"}
+
+
+@pytest.mark.parametrize("target", ["st/vibe.db", "c.toml", "notes.txt"])
+def test_r7_2_report_html_never_replaces_a_file_that_is_no_report(tmp_path: Path,
+                                                                  target: str) -> None:
+    """``report --html st/vibe.db`` replaced the run's store with the HTML page (and
+    ``--html c.toml`` the config): every recorded session lost, exit 0."""
+    (tmp_path / "c.toml").write_text(TASK_TOML)
+    assert cli(["run", "c.toml", "--no-live", "--log-level", "error"], tmp_path).code == 0
+    (tmp_path / "notes.txt").write_text("mine\n")
+    before = (tmp_path / target).read_bytes()
+    result = cli(["report", "-c", "c.toml", "--html", target], tmp_path)
+    assert_one_line_exit_2(result, "--html", "not an HTML page")
+    assert (tmp_path / target).read_bytes() == before
+    again = cli(["report", "-c", "c.toml", "--html", "r.html"], tmp_path)
+    assert again.code == 0 and (tmp_path / "r.html").read_bytes().startswith(b"<!DOCTYPE")
+    assert cli(["report", "-c", "c.toml", "--html", "r.html"], tmp_path).code == 0

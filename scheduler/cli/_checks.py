@@ -81,7 +81,24 @@ def html_target(value: Path | None) -> Path | None:
         raise typer.BadParameter(f"{value} is a folder; give a file name")
     if not value.parent.is_dir():
         raise typer.BadParameter(f"folder {value.parent} does not exist")
+    if value.exists() and not _an_html_page(value):
+        # a slip of the tab key (--html st/vibe.db, --html team.toml) replaced the store
+        # or the config with the report
+        raise typer.BadParameter(f"{value} exists and is not an HTML page; give a new name")
     return value
+
+
+def _an_html_page(path: Path) -> bool:
+    """Whether ``path`` may be replaced by a report: an earlier report (a file starting
+    like an HTML page), an empty file, or no regular file (``/dev/stdout``)."""
+    if not path.is_file():
+        return True
+    try:
+        with path.open("rb") as f:
+            head = f.read(64).lstrip().lower()
+    except OSError:
+        return False
+    return head.startswith((b"<!doctype html", b"<html")) or not head
 
 
 def existing_state(state_dir: Path, store: str | None) -> None:
