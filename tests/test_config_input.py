@@ -214,3 +214,26 @@ def test_r7_2_report_html_never_replaces_a_file_that_is_no_report(tmp_path: Path
     again = cli(["report", "-c", "c.toml", "--html", "r.html"], tmp_path)
     assert again.code == 0 and (tmp_path / "r.html").read_bytes().startswith(b"<!DOCTYPE")
     assert cli(["report", "-c", "c.toml", "--html", "r.html"], tmp_path).code == 0
+
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize(("name", "text", "field"), [
+    ("c.toml", f"seed = {HUGE}\n", "an integer too long to read"),  # a ValueError traceback
+    ("c.yaml", f"seed: {HUGE}\n", "an integer too long to read"),
+    ("c.json", f'{{"seed": {HUGE}}}', "an integer too long to read"),
+    # mkdir raised UnicodeEncodeError: a traceback
+    ("c.yaml", 'state_dir: "st\\ud800"\n', "state_dir='st\\ud800'"),
+    ("c.json", '{"state_dir": "st", "tasks": [{"id": "t", "agent": "qa", '
+     '"prompt": "a \\udfff"}]}', "tasks.0.prompt"),
+    ("c.json", '{"state_dir": "st", "\\ud800": 1}', "\\ud800"),
+])
+def test_r1_3_numbers_too_long_and_lone_surrogates_are_one_line(
+    tmp_path: Path, name: str, text: str, field: str
+) -> None:
+    """An integer of more than 4,300 digits (any format) and a string with a lone
+    surrogate (a JSON or YAML escape) ended ``run`` with a traceback."""
+    (tmp_path / name).write_text(text)
+    assert_one_line_exit_2(cli(["run", name, "--no-live"], tmp_path), field)
+    assert files_under(tmp_path) == {name}

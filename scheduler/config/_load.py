@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -35,6 +36,8 @@ MAX_DEPTH = 32
 #: A YAML document whose aliases expand to more nodes than this is refused.
 MAX_NODES = 1_000_000
 _SHOWN_CHARS = 60
+_FORMATS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Shown:
@@ -108,6 +111,9 @@ def load_config(path: str | Path) -> VibeConfig:
         raise _file_error(p, f"malformed JSON: {exc}") from None
     except RecursionError:
         raise _file_error(p, f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # Python reads no integer of more than 4,300 digits
+        reason = "an integer too long to read" if "digits" in str(exc) else str(exc)
+        raise _file_error(p, f"malformed {_FORMATS.get(p.suffix, 'TOML')}: {reason}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -252,15 +258,29 @@ def _unique_keys(node: yaml.MappingNode, path: tuple[str, ...]) -> None:
 
 
 def _check_depth(data: Any) -> None:
-    """Refuse tables nested deeper than :data:`MAX_DEPTH`, naming the key where it happens
-    (iteratively: no recursion)."""
+    """Refuse tables nested deeper than :data:`MAX_DEPTH`, and strings holding a lone
+    surrogate (JSON and YAML escapes can write ``\\ud800``; it is no text a file name, a
+    store or a request can carry), naming the key where it happens (iteratively: no
+    recursion)."""
     stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
         if len(path) > MAX_DEPTH:
             raise ConfigError(".".join(path[:4]) + ".…", _Shown("<nested value>"),
                               f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, str) and _SURROGATE.search(value):
+            raise ConfigError(".".join(path) or "config", shown(value),
+                              "holds a lone surrogate (an escape such as \\ud800), not text")
         if isinstance(value, dict):
-            stack.extend((v, (*path, str(k))) for k, v in value.items())
+            for k, v in value.items():
+                key = str(k)
+                if _SURROGATE.search(key):
+                    raise ConfigError(".".join((*path, _escaped(key))), shown(key),
+                                      "a key holding a lone surrogate, not text")
+                stack.append((v, (*path, key)))
         elif isinstance(value, list | tuple):
             stack.extend((v, (*path, str(i))) for i, v in enumerate(value))
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
