@@ -237,3 +237,16 @@ def test_r1_3_numbers_too_long_and_lone_surrogates_are_one_line(
     (tmp_path / name).write_text(text)
     assert_one_line_exit_2(cli(["run", name, "--no-live"], tmp_path), field)
     assert files_under(tmp_path) == {name}
+
+
+@pytest.mark.redis
+def test_r7_2_a_redis_database_out_of_range_is_one_line(tmp_path: Path) -> None:
+    """``store = "redis://…/99"`` on a server with 16 databases ended ``run`` with a
+    ``ResponseError: DB index is out of range`` traceback."""
+    from tests._redis_helpers import REDIS_URL, redis_or_skip
+
+    redis_or_skip().close()
+    url = REDIS_URL.rsplit("/", 1)[0] + "/99999"
+    (tmp_path / "c.toml").write_text(f'state_dir = "st"\nstore = "{url}"\n')
+    result = cli(["run", "c.toml", "--no-live", "--log-level", "error"], tmp_path)
+    assert_one_line_exit_2(result, "Redis refused the connection", "DB index")

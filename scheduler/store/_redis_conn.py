@@ -55,7 +55,7 @@ class _Pool(aioredis.BlockingConnectionPool):
         try:
             # redis-py leaves this method untyped
             return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except _NOT_DOWN as exc:
+        except (*_NOT_DOWN, _exc.ResponseError) as exc:  # a database index out of range
             raise StoreError(f"Redis refused the connection ({type(exc).__name__}): {exc}"
                              ) from exc
 #: After a failed attempt, writes go straight to the spool for this long (no reconnect storm).
