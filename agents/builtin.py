@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents._coding_tools import CodingTools
 from scheduler import ConfigError, TaskSpec
@@ -27,8 +28,42 @@ SYSTEM_PROMPT = (
 ) * 40
 
 
+#: Counts beyond this are no count a task means (and lose precision as floats).
+_MOST = 2**53
+
+
+class QuestionAnswerParams(BaseModel):
+    """The ``params`` the built-in agents read, checked when the config is loaded (a
+    ``steps = "x"`` or ``nan`` crashed the agent with a traceback at run time); other keys
+    are the runtime's or the router's (``max_output_tokens``, ``parts`` …) and pass."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    # checked only: each agent reads its params itself, with its own defaults
+
+    max_tokens: int = Field(default=800, gt=0, le=_MOST)
+    difficulty: float = Field(default=0.2, ge=0, le=1)
+
+
+class StepsParams(QuestionAnswerParams):
+    steps: int = Field(default=3, ge=0, le=_MOST)
+
+
+class RefactorParams(StepsParams):
+    files: list[str] = Field(default_factory=list)
+
+
+class CoderParams(StepsParams):
+    repo: str | None = None
+    max_turns: int = Field(default=30, gt=0, le=_MOST)
+    model: str | None = None
+    stream: bool = False
+
+
 class QuestionAnswerAgent:
     """Answers a question with one model call."""
+
+    params_model = QuestionAnswerParams
 
     async def run(self, ctx: AgentContext) -> str:
         reply = await ctx.llm.complete(
@@ -55,6 +90,8 @@ class CoderAgent:
     ``max_turns`` (30), ``max_tokens`` per turn (4096), ``model`` (a tier; routed when
     absent), ``stream`` (false).  The result is a JSON-serialisable summary.
     """
+
+    params_model = CoderParams
 
     async def run(self, ctx: AgentContext) -> dict[str, Any]:
         p = ctx.task.params
@@ -88,6 +125,8 @@ class CoderAgent:
 class StepsAgent:
     """Works in steps: ask the model, write a file, check the workspace; checkpoints each step."""
 
+    params_model = StepsParams
+
     async def run(self, ctx: AgentContext) -> dict[str, Any]:
         steps = int(ctx.task.params.get("steps", 3))
         difficulty = float(ctx.task.params.get("difficulty", 0.4))
@@ -117,6 +156,8 @@ class StepsAgent:
 
 class RefactorAgent(StepsAgent):
     """A coder that can split a multi-file task into one task per file (R6.2)."""
+
+    params_model = RefactorParams
 
     def decompose(self, task: TaskSpec) -> list[TaskSpec]:
         files = [str(f) for f in task.params.get("files", [])] or ["part1", "part2"]

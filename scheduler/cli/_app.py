@@ -161,7 +161,8 @@ def render_report(report: RunReport, console: Console) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="TOML or YAML config file.")],
+    config: Annotated[Path, typer.Argument(
+        metavar="CONFIG", help="TOML, YAML or JSON config file.")],
     state_dir: Annotated[Path | None, typer.Option(
         "--state-dir", show_default=False, callback=check_state_dir,
         help="Where the store and task files live [default: the config's state_dir].")] = None,
@@ -355,7 +356,8 @@ def fake_api(
 
 @app.command()
 def serve(
-    config: Annotated[Path, typer.Argument(help="TOML or YAML config with a [serve] section.")],
+    config: Annotated[Path, typer.Argument(
+        help="TOML, YAML or JSON config with a [serve] section.")],
     host: Annotated[str | None, typer.Option(help="Listen address (default serve.host).")] = None,
     port: Annotated[int | None, typer.Option(
         min=0, max=65535, help="Listen port (default serve.port; 0 picks a free one).")] = None,

@@ -16,15 +16,17 @@ import math
 import os
 import socket
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from scheduler.config import VibeConfig, api_key_problem, base_url_problem, sqlite_file
+from scheduler.config._load import shown
 from scheduler.core import ConfigError, VibeEngineError
 
 #: Exit status for bad input (a usage error, a bad config, a refused decision).
@@ -79,7 +81,24 @@ def html_target(value: Path | None) -> Path | None:
         raise typer.BadParameter(f"{value} is a folder; give a file name")
     if not value.parent.is_dir():
         raise typer.BadParameter(f"folder {value.parent} does not exist")
+    if value.exists() and not _an_html_page(value):
+        # a slip of the tab key (--html st/vibe.db, --html team.toml) replaced the store
+        # or the config with the report
+        raise typer.BadParameter(f"{value} exists and is not an HTML page; give a new name")
     return value
+
+
+def _an_html_page(path: Path) -> bool:
+    """Whether ``path`` may be replaced by a report: an earlier report (a file starting
+    like an HTML page), an empty file, or no regular file (``/dev/stdout``)."""
+    if not path.is_file():
+        return True
+    try:
+        with path.open("rb") as f:
+            head = f.read(64).lstrip().lower()
+    except OSError:
+        return False
+    return head.startswith((b"<!doctype html", b"<html")) or not head
 
 
 def existing_state(state_dir: Path, store: str | None) -> None:
@@ -150,13 +169,24 @@ def provider_key(config: VibeConfig, env: Mapping[str, str] | None = None) -> No
             raise ConfigError(field, var, problem)
 
 
-def known_agents(config: VibeConfig, agents: Collection[str]) -> None:
-    """Refuse a task naming no registered agent before anything is written (the
-    orchestrator would refuse it too, but only once its store was created)."""
+def known_agents(config: VibeConfig, agents: Mapping[str, Any]) -> None:
+    """Refuse a task naming no registered agent, or ``params`` its agent's
+    ``params_model`` refuses, before anything is written (the orchestrator would refuse
+    an unknown agent too, but only once its store was created; bad params crashed the
+    agent at run time)."""
     for i, task in enumerate(config.tasks):
         if task.agent not in agents:
             raise ConfigError(f"tasks.{i}.agent", task.agent,
                               f"unknown agent; available: {', '.join(sorted(agents))}")
+        schema = getattr(agents[task.agent], "params_model", None)
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            try:
+                schema.model_validate(task.params)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise ConfigError(f"tasks.{i}.params.{where}", shown(err.get("input")),
+                                  err["msg"]) from None
 
 
 def status_store(state_dir: Path, store: str) -> str:

@@ -64,7 +64,7 @@ FoundStore = Annotated[str | None, typer.Option(
     help=f"{_STORE_HELP}  [default: from --config, else {DEFAULT_STORE}]")]
 ConfigFile = Annotated[Path | None, typer.Option(
     "--config", "-c", metavar="CONFIG",
-    help="The run's TOML or YAML config: its state_dir and store are read from it.")]
+    help="The run's TOML, YAML or JSON config: its state_dir and store are read from it.")]
 LogLevel = Annotated[str, typer.Option(
     "--log-level", metavar=f"[{'|'.join(LOG_LEVELS)}]", callback=check_log_level,
     help="Least severe log lines shown.")]

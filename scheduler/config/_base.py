@@ -10,7 +10,7 @@ import math
 import types
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
 _T = TypeVar("_T")
 Tier = Literal["haiku", "sonnet", "opus"]
@@ -38,6 +38,28 @@ PRIORITY_VALUES: dict[str, int] = {
     "normal": 2,
     "background": 1,
 }
+
+
+def _a_word(value: str) -> str:
+    # a host, model id or name with a space, line break or control character in it is a
+    # typo or a pasted line end: it would fail every request, or bind every interface ("")
+    if not value or not all("!" <= ch <= "~" for ch in value):
+        raise ValueError("must be a non-empty word of visible ASCII characters (no space, "
+                         "line break or control character)")
+    return value
+
+
+def _an_env_name(value: str) -> str:
+    _a_word(value)
+    if "=" in value:
+        raise ValueError("an environment variable name cannot hold '='")
+    return value
+
+
+#: A host, model id or alias: visible ASCII, no space or control character.
+Word = Annotated[str, AfterValidator(_a_word)]
+#: The name of an environment variable (one that can be set: no '=', no NUL).
+EnvName = Annotated[str, AfterValidator(_an_env_name)]
 
 
 def by_complexity(simple: _T, moderate: _T, complex_: _T) -> dict[Complexity, _T]:

@@ -203,7 +203,7 @@ class VibeConfig(FrozenModel):
         return merge_models(value)
 
     @model_validator(mode="after")
-    def _complete_catalog(self) -> VibeConfig:
+    def _complete_catalog(self, info: ValidationInfo) -> VibeConfig:
         missing = [t for t in TIERS if t not in self.models]
         if missing:
             raise FieldProblem("models", sorted(self.models),
@@ -223,6 +223,8 @@ class VibeConfig(FrozenModel):
                     raise FieldProblem(f"tasks.{i}.depends_on.{j}", dep,
                                        "no task of the config has this id")
         _refuse_dependency_cycle(self.tasks)
+        if not (info.context or {}).get("resuming"):  # its typo fails only its own task
+            _refuse_unknown_models(self)
         unknown = sorted(set(self.distributed.global_pools) - set(self.allocator.pools))
         if unknown:
             raise FieldProblem(f"distributed.global_pools.{unknown[0]}", unknown[0],
@@ -237,6 +239,28 @@ class VibeConfig(FrozenModel):
         except KeyError:
             known = list(self.models)
             raise ConfigError("models", tier, f"unknown model; known: {known}") from None
+
+
+def _refuse_unknown_models(config: VibeConfig) -> None:
+    """Model names given outside the catalog must name one of it: a typo in a serve key's
+    ``allowed_models`` only ever refused the key's calls, and a task's ``params.model``
+    (the model the built-in agents ask for) failed the task at run time."""
+    names = list(config.models)
+    ids = {spec.model_id for spec in config.models.values()}
+    for i, key in enumerate(config.serve.keys):
+        for j, model in enumerate(key.allowed_models):
+            if model not in names and model not in ids:
+                raise FieldProblem(f"serve.keys.{i}.allowed_models.{j}", model,
+                                   f"unknown model; known: {', '.join(names)} (or their "
+                                   "model_id)")
+    if config.serve.routing_alias in names or config.serve.routing_alias in ids:
+        raise FieldProblem("serve.routing_alias", config.serve.routing_alias,
+                           "names a catalog model: calls naming that model would be routed")
+    for i, task in enumerate(config.tasks):
+        asked = task.params.get("model")
+        if asked is not None and (not isinstance(asked, str) or asked not in names):
+            raise FieldProblem(f"tasks.{i}.params.model", asked,
+                               f"unknown model; known: {', '.join(names)}")
 
 
 def _refuse_dependency_cycle(tasks: tuple[TaskSpec, ...]) -> None:

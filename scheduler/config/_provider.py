@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from scheduler.config._base import FieldProblem, FrozenModel, Tier, by_tier
+from scheduler.config._base import EnvName, FieldProblem, FrozenModel, Tier, Word, by_tier
 
 
 class ModelSpec(FrozenModel):
@@ -21,7 +21,7 @@ class ModelSpec(FrozenModel):
     used only when an agent asks for it by name.
     """
 
-    model_id: str
+    model_id: Word
     input_usd_per_mtok: float = Field(ge=0)
     output_usd_per_mtok: float = Field(ge=0)
     context_window: int = Field(default=200_000, gt=0)
@@ -154,7 +154,7 @@ class ProviderConfig(FrozenModel):
 
     kind: Literal["simulated", "anthropic"] = "simulated"
     base_url: str | None = None
-    api_key_env: str = "ANTHROPIC_API_KEY"
+    api_key_env: EnvName = "ANTHROPIC_API_KEY"
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
     #: Backoff before retrying a 529/500/timeout/dropped connection: base × 2^(n-1), capped.

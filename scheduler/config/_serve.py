@@ -7,7 +7,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from scheduler.config._base import Complexity, FieldProblem, FrozenModel, PriorityClass, TaskType
+from scheduler.config._base import (
+    Complexity,
+    EnvName,
+    FieldProblem,
+    FrozenModel,
+    PriorityClass,
+    TaskType,
+    Word,
+)
 from scheduler.config._budgets import Limits
 from scheduler.config._provider import usable_url
 
@@ -26,7 +34,7 @@ class ServeKey(FrozenModel):
     """
 
     name: str = Field(min_length=1, max_length=100, pattern=_KEY_NAME)
-    key_env: str | None = Field(default=None, min_length=1)
+    key_env: EnvName | None = None
     key_sha256: str | None = None
     budget: Limits = Field(default_factory=Limits)
     #: The budget of each task a client groups its calls into with the ``x-vibe-task``
@@ -68,18 +76,18 @@ class ServeKey(FrozenModel):
 class ServeConfig(FrozenModel):
     """``vibe-engine serve``: where it listens, where it forwards, and its client keys."""
 
-    host: str = "127.0.0.1"
+    host: Word = "127.0.0.1"
     port: int = Field(default=8787, ge=0, le=65535)
     #: The Messages API the gateway forwards to (default ``provider.base_url``, else
     #: https://api.anthropic.com).
     upstream_base_url: str | None = None
     #: The environment variable holding the upstream API key (the server sends it;
     #: clients never see it).
-    upstream_key_env: str = "ANTHROPIC_API_KEY"
+    upstream_key_env: EnvName = "ANTHROPIC_API_KEY"
     #: Seconds an upstream call may take before it counts as a timeout (fallback, R6.1).
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     #: The model name that asks the router for the cheapest capable model (R4).
-    routing_alias: str = Field(default="vibe-auto", min_length=1)
+    routing_alias: Word = "vibe-auto"
     #: The longest a held request waits for a decision before it is refused.
     max_hold_s: float = Field(default=600.0, gt=0)
     #: Seconds between SSE ``ping`` events a held streaming request receives (at least

@@ -24,6 +24,9 @@ def listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
+    except (TypeError, ValueError) as exc:  # a NUL, or a label idna cannot encode
+        sock.close()
+        raise ConfigError("serve.host", host, f"cannot listen on it: {exc}") from None
     except OSError as exc:
         sock.close()
         if isinstance(exc, socket.gaierror):  # the address, not the port, is wrong

@@ -42,6 +42,9 @@ DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _NOT_DOWN: tuple[type[BaseException], ...] = tuple(
     c for c in (AuthenticationError, getattr(_exc, "AuthorizationError", None),
                 getattr(_exc, "MaxConnectionsError", None)) if isinstance(c, type))
+#: What taking a connection may raise that is no outage: those, and a refused set-up
+#: command (``SELECT 99``: "DB index is out of range").
+_REFUSED: tuple[type[BaseException], ...] = (*_NOT_DOWN, _exc.ResponseError)
 
 
 class _Pool(aioredis.BlockingConnectionPool):
@@ -55,7 +58,7 @@ class _Pool(aioredis.BlockingConnectionPool):
         try:
             # redis-py leaves this method untyped
             return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except _NOT_DOWN as exc:
+        except _REFUSED as exc:
             raise StoreError(f"Redis refused the connection ({type(exc).__name__}): {exc}"
                              ) from exc
 #: After a failed attempt, writes go straight to the spool for this long (no reconnect storm).
