@@ -137,9 +137,10 @@ class Scopes:
     async def catch_up(self) -> date:
         """Take the latest day any process on the store began as the earliest :meth:`today`
         answers (and return today): a process restarted, or running on a clock behind the
-        fleet's, does not reopen a day the others have closed."""
+        fleet's, does not reopen a day the others have closed -- but a day a clock far
+        ahead began is not followed (``MAX_DAYS_AHEAD``)."""
         with contextlib.suppress(StoreError):  # unreadable: the day as this process has it
-            begun = await latest_day_begun(self._store)
+            begun = await latest_day_begun(self._store, self._wall_today())
             if begun is not None:
                 self._latest = max(self._latest, begun)
                 self._today_to = 0.0  # today() answers no day before it from now on
