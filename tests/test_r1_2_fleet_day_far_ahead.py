@@ -3,8 +3,9 @@
 Processes on one store never answer a day before the latest day any of them began (a
 process whose clock or time zone is a little ahead passed midnight first: the others
 follow it, none reopens a day it closed).  A replica whose wall clock is far ahead
-(days, a wrong clock) does not set the day for everyone: a day begun more than one day
-after a process's own date is not followed by it (its record is logged and ignored).
+(days, a wrong clock) does not set the day for everyone: a day begun more than two days
+after a process's own date (more than any two time zones' dates differ) is not
+followed by it.
 """
 
 from __future__ import annotations

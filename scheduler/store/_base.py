@@ -182,10 +182,11 @@ async def _record_then_delete(store: Store, event: UsageEvent, kind: str, key: s
 
 
 #: How many days after a process's own date the fleet's day may be: a process whose
-#: clock or time zone is ahead passed midnight first.  A day begun further ahead is a
-#: wrong clock's (days, years ahead): followed, it would move every process's use to a
-#: day budget of its own and close today's for all.
-MAX_DAYS_AHEAD = 1
+#: clock or time zone is ahead passed midnight first (no two time zones are more than
+#: 26 hours apart: their dates, at most two days).  A day begun further ahead is a wrong
+#: clock's (days, years ahead): followed, it would move every process's use to a day
+#: budget of its own and close today's for all.
+MAX_DAYS_AHEAD = 2
 
 
 async def latest_day_begun(store: Store, own: date | None = None) -> date | None:
