@@ -12,6 +12,7 @@ to them and reports each threshold crossing once.
 from __future__ import annotations
 
 import contextlib
+import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -89,6 +90,9 @@ class Scopes:
         #: What :meth:`today` answered last, and the :data:`wall_seconds` it holds for.
         self._today, self._today_key = date.min, ""
         self._today_from = self._today_to = 0.0
+        #: The local time zone those seconds were read in: a ``time.tzset()`` replaces it
+        #: (and moves local midnight), so the day is read anew.
+        self._zone = _time.tzname
         self._clock = clock
         self.session = ScopeState(f"session:{session_id}", config.budgets.session)
         self.days: dict[str, ScopeState] = {}
@@ -115,9 +119,10 @@ class Scopes:
         """The wall clock's date, never one before a day already answered: a wall clock set
         back across midnight (an NTP correction) must not reopen a day that is over -- its
         budget and pauses were settled when it ended (R1.2, R3.4)."""
-        if self._today_from <= wall_seconds() < self._today_to:
+        if self._today_from <= wall_seconds() < self._today_to and _time.tzname is self._zone:
             return self._today
         if self._wall_window is not None:
+            self._zone = _time.tzname
             day, self._today_from, self._today_to = self._wall_window()
         else:
             day = self._wall_today()
@@ -130,7 +135,8 @@ class Scopes:
 
     def today_key(self) -> str:
         """:meth:`today` as an ISO date (``YYYY-MM-DD``), what records name."""
-        if not self._today_from <= wall_seconds() < self._today_to:
+        if not (self._today_from <= wall_seconds() < self._today_to
+                and _time.tzname is self._zone):
             self.today()
         return self._today_key
 
@@ -226,7 +232,7 @@ class Scopes:
         """Whether today's totals were read for ``task_id``: the day's, and its per-day
         scope's when it has one (after midnight, before anything is checked against them)."""
         today = (self._today if self._today_from <= wall_seconds() < self._today_to
-                 else self.today())  # asked before every call: no frame in the usual case
+                 and _time.tzname is self._zone else self.today())  # asked before every call: no frame in the usual case
         if today != self._ready_day and not self._is_loaded(today):
             return False
         entry = self.tasks.get(task_id)
@@ -333,7 +339,7 @@ class Scopes:
             return (self.task(task_id), self.session, self.day())  # raises: not started
         # today's scope as :meth:`day` answers it, without its frames (asked per call)
         when = (self._today if self._today_from <= wall_seconds() < self._today_to
-                else self.today())
+                and _time.tzname is self._zone else self.today())
         today = self._last_day_state if when == self._last_day else self.day(when)
         if entry.parent is None and entry.day_root is None:
             held = entry.held
