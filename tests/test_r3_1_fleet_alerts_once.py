@@ -155,8 +155,14 @@ def test_r3_4_budget_added_to_a_shared_day_is_warned_of_again_once(tmp_path: Pat
             for n in ("a", "b")]
 
         async def person() -> None:
-            while not orchs[0].controller.is_paused("t"):
-                await anyio.sleep(1)
+            paused = anyio.Event()
+
+            def on_event(event: Event) -> None:
+                if event.name == "task_paused":
+                    paused.set()
+
+            orchs[0].bus.subscribe(on_event)
+            await paused.wait()
             await orchs[0].decide("t", "add_budget", tokens=10_000)
 
         async with anyio.create_task_group() as tg:

@@ -224,8 +224,8 @@ class AlertRuntime:
         message = next((a.message for a in actions if a.kind in (ActionKind.LOG,
                         ActionKind.NOTIFY)), actions[0].message if actions else "")
         self._fired[c.level] = self._fired.get(c.level, 0) + 1
-        fields = {"scope": c.scope, "dimension": c.dimension, "used": c.used,
-                  "limit": c.limit, "percent": alert.percent}
+        fields: dict[str, Any] = {"scope": c.scope, "dimension": c.dimension,
+                                  "used": c.used, "limit": c.limit, "percent": alert.percent}
         if not told:  # another process on the store told people (its event, its history)
             _log.debug(f"budget_{c.level}_told_elsewhere", message=message, task_id=task_id,
                        **fields)
