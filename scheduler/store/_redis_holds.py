@@ -44,7 +44,7 @@ def _host_pid(owner: str) -> tuple[str, str]:
     return host, rest.partition("\t")[0]
 
 
-def _open_call_processes(records: list[str]) -> set[tuple[str, str]]:
+def _open_call_processes(records: Sequence[bytes | str]) -> set[tuple[str, str]]:
     """The (host, pid) of the processes of the ``open_call`` records ``records``."""
     out: set[tuple[str, str]] = set()
     for raw in records:
