@@ -3,15 +3,16 @@
 A task with a ``day_budget`` (a ``serve`` key) also has a scope per calendar day,
 between it and the session: task ⊂ parent ⊂ the (parent) task's day ⊂ session ⊂ day.
 
-A :class:`ScopeState` holds one scope's limits, totals, in-flight reservations
-and the alert thresholds it has already passed; :class:`Scopes` holds every
-scope of one session, loads their totals from the store, adds charged events
-to them and reports each threshold crossing once.
+A :class:`ScopeState` holds one scope's limits, totals, in-flight reservations and the
+alert thresholds it has already passed; :class:`Scopes` holds every scope of one
+session, loads their totals from the store, adds charged events to them and reports
+each threshold crossing once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -89,6 +90,8 @@ class Scopes:
         #: What :meth:`today` answered last, and the :data:`wall_seconds` it holds for.
         self._today, self._today_key = date.min, ""
         self._today_from = self._today_to = 0.0
+        #: The zone they are local to: a ``time.tzset()`` replaces it (the day is read anew).
+        self._zone = _time.tzname
         self._clock = clock
         self.session = ScopeState(f"session:{session_id}", config.budgets.session)
         self.days: dict[str, ScopeState] = {}
@@ -115,9 +118,10 @@ class Scopes:
         """The wall clock's date, never one before a day already answered: a wall clock set
         back across midnight (an NTP correction) must not reopen a day that is over -- its
         budget and pauses were settled when it ended (R1.2, R3.4)."""
-        if self._today_from <= wall_seconds() < self._today_to:
+        if self._today_from <= wall_seconds() < self._today_to and _time.tzname is self._zone:
             return self._today
         if self._wall_window is not None:
+            self._zone = _time.tzname
             day, self._today_from, self._today_to = self._wall_window()
         else:
             day = self._wall_today()
@@ -130,25 +134,25 @@ class Scopes:
 
     def today_key(self) -> str:
         """:meth:`today` as an ISO date (``YYYY-MM-DD``), what records name."""
-        if not self._today_from <= wall_seconds() < self._today_to:
-            self.today()
+        if self._today_from <= wall_seconds() < self._today_to and _time.tzname is self._zone:
+            return self._today_key
+        self.today()
         return self._today_key
 
     async def catch_up(self) -> date:
         """Take the latest day any process on the store began as the earliest :meth:`today`
-        answers (and return today): a process restarted, or running on a clock behind the
-        fleet's, does not reopen a day the others have closed."""
+        answers (and return today): a process restarted, or on a clock behind the fleet's,
+        does not reopen a day the others closed (nor follows a clock far ahead)."""
         with contextlib.suppress(StoreError):  # unreadable: the day as this process has it
-            begun = await latest_day_begun(self._store)
+            begun = await latest_day_begun(self._store, self._wall_today())
             if begun is not None:
                 self._latest = max(self._latest, begun)
                 self._today_to = 0.0  # today() answers no day before it from now on
         return self.today()
 
     async def ensure_shown(self) -> None:
-        """Read today's totals if not read yet -- the day's and each started task's own
-        per-day scope's -- so a day that began while nothing was charged here shows what
-        every process spent on it, not an empty placeholder."""
+        """Read today's totals (the day's, each started task's per-day scope's) if not yet:
+        a day begun while nothing was charged here shows what every process spent on it."""
         await self.ensure_day(self.today())
         for task_id, entry in list(self.tasks.items()):
             if entry.day_root == task_id:
@@ -225,7 +229,7 @@ class Scopes:
         """Whether today's totals were read for ``task_id``: the day's, and its per-day
         scope's when it has one (after midnight, before anything is checked against them)."""
         today = (self._today if self._today_from <= wall_seconds() < self._today_to
-                 else self.today())  # asked before every call: no frame in the usual case
+                 and _time.tzname is self._zone else self.today())  # no frame, usually
         if today != self._ready_day and not self._is_loaded(today):
             return False
         entry = self.tasks.get(task_id)
@@ -332,7 +336,7 @@ class Scopes:
             return (self.task(task_id), self.session, self.day())  # raises: not started
         # today's scope as :meth:`day` answers it, without its frames (asked per call)
         when = (self._today if self._today_from <= wall_seconds() < self._today_to
-                else self.today())
+                and _time.tzname is self._zone else self.today())
         today = self._last_day_state if when == self._last_day else self.day(when)
         if entry.parent is None and entry.day_root is None:
             held = entry.held
@@ -447,11 +451,10 @@ class Scopes:
 
     async def add_recovered(self, event: UsageEvent, versions: tuple[int, ...] = ()) -> None:
         """Add an estimate charged for a call another process left open to the scopes here
-        that count every process's use: the day, a task's day, the session (when it is
-        this one), a task spanning the store (or this session's).  Its crossings are
-        reported by the next charge of each scope.  ``versions``: as :meth:`add`'s; with
-        them, a read of one of its per-day scopes under way (begun before the estimate was
-        recorded, or after) ends first, and the versions tell whether it holds it."""
+        that count every process's use (the day, a task's day, this session, a task
+        spanning the store or this session); the next charge of each reports crossings.
+        ``versions``: as :meth:`add`'s; with them, a read of a per-day scope under way
+        ends first, and the versions tell whether it holds the estimate."""
         if versions:
             for key in (event.day, task_day_scope(event.day_scope, event.day)):
                 reading = self._loading.get(key)
@@ -464,14 +467,12 @@ class Scopes:
 
     def take_back_recovered(self, event: UsageEvent) -> None:
         """Take back an estimate :meth:`add_recovered` added: the call's own usage replaced
-        it in the store (its process was only frozen).  Not on a store that versions its
-        totals (see :meth:`counting`)."""
+        it (its process was only frozen); not on a store that versions its totals."""
         for state in self.counting(event):
             state.totals.remove(event)
 
     def counting(self, event: UsageEvent) -> list[ScopeState]:
-        """The scopes here among ``event``'s that count every process's use (see
-        :meth:`add_recovered`)."""
+        """The scopes here among ``event``'s that count every process's use."""
         found = (self._counting(name, event.session_id) for name in scopes_of(event))
         return [state for state in found if state is not None]
 

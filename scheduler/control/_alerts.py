@@ -188,50 +188,63 @@ class AlertRuntime:
         for c in crossings:
             alert = self._input(task_id, c)
             actions = self.policy.actions(alert)
-            if any(a.kind is ActionKind.NOTIFY for a in actions) and not (
-                    await self._first_to_notify(task_id, c)):
+            told = await self._first_to_tell(task_id, c, actions)
+            if not told:
                 actions = tuple(a for a in actions if a.kind is not ActionKind.NOTIFY)
-            self._emit(task_id, c, alert, actions)
+            self._emit(task_id, c, alert, actions, told=told)
             for action in actions:
-                await self._apply_one(task_id, c, action)
+                await self._apply_one(task_id, c, action, told=told)
             applied.extend(actions)
         return applied
 
-    async def _first_to_notify(self, task_id: str, c: Crossing) -> bool:
-        """Whether this process tells people of ``c`` (R3.3): of a budget every process on
-        the store counts (the day, a ``serve`` key's), only the first process to report
-        the crossing does -- claimed in the store, keyed by scope, dimension, level and
-        limit (a raised limit is told anew); each still applies the other actions."""
+    async def _first_to_tell(self, task_id: str, c: Crossing,
+                             actions: tuple[AlertAction, ...]) -> bool:
+        """Whether this process tells people of ``c`` (R3.1-R3.3): of a budget every
+        process on the store counts (the day, a ``serve`` key's), only the first process
+        to report the warning or escalation does (or a crossing it notifies of) --
+        claimed in the store, keyed by scope (a day's names its day), dimension, level
+        and limit (a raised limit is told anew); each still applies the other actions.
+        An exceeded crossing pauses a task of this process: each process tells its own."""
+        if c.level == "exceeded" and not any(a.kind is ActionKind.NOTIFY for a in actions):
+            return True
         scope = self._scope_state(task_id, c.scope)
         if scope is None or not counts_every_process(scope):
             return True
         try:
             return await put_state_if_absent(
-                self.tracker.store, NOTIFIED, f"{c.scope}#{c.dimension}#{c.level}#{c.limit:g}",
+                self.tracker.store, NOTIFIED, f"{c.scope}#{c.dimension}#{c.level}#{c.limit:.12g}",
                 {"task_id": task_id, "session_id": self.tracker.session_id, "used": c.used})
         except StoreError:  # who else told them is not known: told once more, not never
             return True
 
     def _emit(
-        self, task_id: str, c: Crossing, alert: AlertInput, actions: tuple[AlertAction, ...]
+        self, task_id: str, c: Crossing, alert: AlertInput, actions: tuple[AlertAction, ...],
+        *, told: bool = True,
     ) -> None:
         message = next((a.message for a in actions if a.kind in (ActionKind.LOG,
                         ActionKind.NOTIFY)), actions[0].message if actions else "")
         self._fired[c.level] = self._fired.get(c.level, 0) + 1
+        fields: dict[str, Any] = {"scope": c.scope, "dimension": c.dimension,
+                                  "used": c.used, "limit": c.limit, "percent": alert.percent}
+        if not told:  # another process on the store told people (its event, its history)
+            _log.debug(f"budget_{c.level}_told_elsewhere", message=message, task_id=task_id,
+                       **fields)
+            return
         self.events.emit(
             f"budget_{c.level}", message, task_id=task_id,
-            level="error" if c.level == "exceeded" else "warning",
-            scope=c.scope, dimension=c.dimension, used=c.used, limit=c.limit,
-            percent=alert.percent, tokens_left=alert.tokens_left, cost_left=alert.cost_left,
+            level="error" if c.level == "exceeded" else "warning", **fields,
+            tokens_left=alert.tokens_left, cost_left=alert.cost_left,
             actions=[a.kind.value for a in actions],
         )
 
-    async def _apply_one(self, task_id: str, c: Crossing, action: AlertAction) -> None:
+    async def _apply_one(self, task_id: str, c: Crossing, action: AlertAction, *,
+                         told: bool = True) -> None:
         flags = self.scope_flags(c.scope)
         kind = action.kind
         if kind is ActionKind.LOG:
-            _log.warning("budget_alert", message=action.message, task_id=task_id,
-                         scope=c.scope, dimension=c.dimension)
+            (_log.warning if told else _log.debug)(
+                "budget_alert", message=action.message, task_id=task_id, scope=c.scope,
+                dimension=c.dimension)
         elif kind is ActionKind.INDICATOR:
             flags.indicator = worse(flags.indicator, action.level)
             flags.messages.append(action.message)

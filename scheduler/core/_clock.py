@@ -9,6 +9,7 @@ charge belongs to needs the wall clock, and it is read through a :class:`WallClo
 from __future__ import annotations
 
 import asyncio
+import time as _time
 from asyncio import _get_running_loop
 from datetime import UTC, date, datetime
 from math import floor
@@ -57,6 +58,9 @@ class SystemWallClock:
         # inside them, the date is the one read last.  The window is checked on every
         # call, so a jump of the wall clock (a suspend, a manual change) is seen at once.
         self._day_from = self._day_to = 0.0
+        #: The local time zone the bounds are in: a ``time.tzset()`` replaces it (and moves
+        #: local midnight), so the date is read anew.
+        self._zone = _time.tzname
 
     def now(self) -> datetime:
         return datetime.now().astimezone()
@@ -72,7 +76,7 @@ class SystemWallClock:
         time-zone lookup is made once per local day and each call only compares the
         epoch seconds with that day's bounds."""
         now = _epoch()
-        if self._day_from <= now < self._day_to:
+        if self._day_from <= now < self._day_to and _time.tzname is self._zone:
             return self._day
         return self._day_of(now)
 
@@ -91,8 +95,9 @@ class SystemWallClock:
 
     def _day_of(self, now: float) -> date:
         """The local date at epoch seconds ``now`` (``now`` is the wall clock's reading)."""
-        if self._day_from <= now < self._day_to:
+        if self._day_from <= now < self._day_to and _time.tzname is self._zone:
             return self._day
+        self._zone = _time.tzname
         second = floor(now)  # as ``datetime.now()``: the reading's microseconds cut, not rounded
         local = localtime(second)
         offset = local.tm_gmtoff

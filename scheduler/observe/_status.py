@@ -260,7 +260,7 @@ async def fleet_today(store: Store, today: date) -> date:
     date): never before the latest day any process on the store began (R1.2) -- one
     whose clock or time zone is ahead, or a wall clock set back after midnight, must not
     make ``status`` show a day the fleet has closed."""
-    begun = await latest_day_begun(store)
+    begun = await latest_day_begun(store, today)
     return today if begun is None else max(today, begun)
 
 

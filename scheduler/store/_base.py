@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Protocol, cast, runtime_checkable
 
 from scheduler.core import InvalidArgumentError, Totals, UsageEvent
@@ -181,8 +181,21 @@ async def _record_then_delete(store: Store, event: UsageEvent, kind: str, key: s
     return RECORDED if added else REPEATED
 
 
-async def latest_day_begun(store: Store) -> date | None:
+#: How many days after a process's own date the fleet's day may be: a process whose
+#: clock or time zone is ahead passed midnight first (no two time zones are more than
+#: 26 hours apart: their dates, at most two days).  A day begun further ahead is a wrong
+#: clock's (days, years ahead): followed, it would move every process's use to a day
+#: budget of its own and close today's for all.
+MAX_DAYS_AHEAD = 2
+
+
+async def latest_day_begun(store: Store, own: date | None = None) -> date | None:
     """The latest day any process on ``store`` began (its :data:`DAY_BEGUN` records): the
-    fleet's day, which no process's day goes back before; None before any began."""
+    fleet's day, which no process's day goes back before; None before any began.  With
+    ``own`` (the asking process's date), days more than :data:`MAX_DAYS_AHEAD` after it
+    are not counted (see there)."""
     begun = await store.list_state(DAY_BEGUN)
+    if own is not None:
+        last = (own + timedelta(days=MAX_DAYS_AHEAD)).isoformat()
+        begun = {k: v for k, v in begun.items() if k <= last}
     return date.fromisoformat(max(begun)) if begun else None

@@ -21,8 +21,9 @@ check reads a few rows, not one per call in flight.
 A hold whose process died must not block the budget: it stops counting once its
 expiry (``hold_ttl_s`` after its grant or last renewal, epoch seconds from the wall
 clock, which every process on the host shares) has passed, and at once when its
-process (same host) is gone -- checked only when a hold is refused, so the usual
-call pays no system call for it.
+process (same host) is gone and none of its calls is left open (charged at their
+estimate by a recovery round, ``scheduler.budget._open_calls``) -- checked only when a
+hold is refused, so the usual call pays no system call for it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from scheduler.store._sqlite_totals import totals_of
 _HELD = ("SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_usd), 0.0), "
          "COALESCE(SUM(CASE WHEN model = ? THEN tokens ELSE 0 END), 0) "
          "FROM hold_sums WHERE scope = ?")
+_OPEN_CALL_OF = "SELECT 1 FROM open_calls WHERE host = ? AND pid = ? LIMIT 1"
 # never OR REPLACE: the replaced row's delete would not reach the ``hold_sums`` trigger
 _INSERT = "INSERT OR IGNORE INTO holds VALUES (?,?,?,?,?,?,?,?)"
 
@@ -156,11 +158,15 @@ def _over(lim: ScopeLimit, req: HoldRequest, tot: Totals,
 
 
 def _prune_dead(db: sqlite3.Connection, holder: Holder) -> bool:
-    """Delete the holds of processes of this host that are gone; whether any were."""
+    """Delete the holds of processes of this host that are gone; whether any were.  Not
+    those of a process with calls left open: they may have been paid, and count until a
+    recovery round charges them at their estimate (deleting their records) -- freed
+    before, their budget would be spent again and the estimate put on top of it."""
     pids = [pid for (pid,) in db.execute(
         "SELECT DISTINCT pid FROM holds WHERE host = ? AND pid != ?",
         (holder.host, holder.pid))]
-    dead = [(holder.host, pid) for pid in pids if not pid_runs(pid)]
+    dead = [(holder.host, pid) for pid in pids if not pid_runs(pid) and db.execute(
+        _OPEN_CALL_OF, (holder.host, pid)).fetchone() is None]
     if dead:
         db.executemany("DELETE FROM holds WHERE host = ? AND pid = ?", dead)
     return bool(dead)
