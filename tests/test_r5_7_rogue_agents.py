@@ -96,7 +96,7 @@ async def test_r5_7_an_aborted_agent_that_ignores_it_is_given_up_after_the_grace
     (t0,) = aborted
     rogue = orch.handles["r"]
     assert rogue.status is TaskStatus.FAILED
-    assert "ignored the cancellation" in rogue.reason and "deadlock" in rogue.reason
+    assert "did not stop" in rogue.reason and "deadlock" in rogue.reason
     assert rogue.finished_at == t0 + GRACE_S  # before: never (the run waited for ever)
     assert orch.handles["w"].result == t0  # the lock came back with the abort
     assert _Rogue.refused == ["TaskAbortedError"]
@@ -128,3 +128,42 @@ async def test_r1_1_an_agent_past_its_time_budget_that_goes_on_is_given_up(
     events = [e.name for e in orch.bus.history if e.task_id == "r"]
     assert events.count("task_failed") == 1  # the agent's late return records nothing
     assert [e["task_id"] for e in logs if e["event"] == "agent_ignored_cancellation"] == ["r"]
+
+
+class _GoesOnAfterFinish:
+    """Calls until its budget pauses it; told to finish, it swallows that and waits."""
+
+    async def run(self, ctx: AgentContext) -> str:
+        try:
+            for _ in range(20):
+                await ctx.llm.complete([{"role": "user", "content": "go on"}], max_tokens=500)
+        except Exception:  # the FinishRequestedError that should unwind it
+            await anyio.sleep(_HOUR)
+        return "late"
+
+
+async def test_r3_4_an_agent_that_goes_on_after_a_finish_decision_is_given_up(
+    make_orchestrator: OrchestratorFactory,
+) -> None:
+    """R3.4: ``finish`` decided at t0 for a paused task whose agent swallows it: the task
+    ends finished at t0 + grace with one warning (before: completed an hour later)."""
+    orch = make_orchestrator({"a": _GoesOnAfterFinish})
+    decided: list[float] = []
+
+    async def finish_when_paused() -> None:
+        while not any(e.name == "task_paused" for e in orch.bus.history):  # noqa: ASYNC110
+            await anyio.sleep(1)  # the bus keeps a history, signals nothing here
+        decided.append(anyio.current_time())
+        await orch.decide("f", "finish")
+
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(finish_when_paused)
+            report = await orch.run([TaskSpec(id="f", agent="a", prompt="x",
+                                              budget={"tokens": 1500})])
+    (t0,) = decided
+    task = orch.handles["f"]
+    assert report.outcomes["f"].status == "finished", report.outcomes["f"]
+    assert "did not stop" in task.reason
+    assert task.finished_at == t0 + GRACE_S
+    assert [e["task_id"] for e in logs if e["event"] == "agent_ignored_cancellation"] == ["f"]

@@ -119,7 +119,7 @@ class Orchestrator:
         #: Attempts the runtime ended whose agent has not returned (R5.7: their leases and
         #: locks back at once; given up on after ``stragglers.grace_s``).
         self.stragglers = Stragglers(release=self._take_back, end=self._end,
-                                     group=self._spawner)
+                                     group=self._spawner, finish=self.gateway.admission.on_finish)
         self.handles.on_abort = self.stragglers.cancelled
         self._deadlines = Deadlines(  # R1.1: every attempt's wall-time budget
             tracker=self.tracker, controller=self.controller, bus=self.bus,

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 
-from scheduler.core import get_logger
+from scheduler.core import Hook, get_logger
 from scheduler.runtime._spawn import Spawner
 from scheduler.tasks import TaskHandle, TaskStatus
 
@@ -36,7 +36,7 @@ class Stragglers:
 
     def __init__(self, *, release: Callable[[TaskHandle], object],
                  end: Callable[[TaskHandle], Awaitable[None]], group: Callable[[], Spawner],
-                 grace_s: float = GRACE_S) -> None:
+                 finish: Hook[[TaskHandle]], grace_s: float = GRACE_S) -> None:
         self._release = release  # the task's leases and locks, back at once
         self._end = end  # what ends a task: its end recorded, ``done`` set
         self._group = group  # the run's task group
@@ -45,6 +45,7 @@ class Stragglers:
         self._ending: dict[str, anyio.Event] = {}
         #: Tasks given up on whose agent has not returned yet: how they ended.
         self._given_up: dict[str, tuple[TaskStatus, str]] = {}
+        finish.connect(self._finishing)
 
     def ended(self, handle: TaskHandle) -> bool:
         """The attempt of ``handle`` is over; True when the runtime gave up on it already:
@@ -63,14 +64,23 @@ class Stragglers:
     def cancelled(self, handle: TaskHandle, reason: str) -> None:
         """The runtime cancelled the running attempt of ``handle`` (``reason``): its leases
         and locks go back now, and its end is watched for."""
-        scope = handle.cancel_scope
         self._release(handle)
+        self._watch_for_end(handle, TaskStatus.FAILED, reason)
+
+    def _finishing(self, handle: TaskHandle) -> None:
+        """A ``finish`` decision unwinds the agent (R3.4): it keeps its locks while it saves
+        its work, and its end is watched for."""
+        self._watch_for_end(handle, TaskStatus.FINISHED, "saved and finished")
+
+    def _watch_for_end(self, handle: TaskHandle, status: TaskStatus, reason: str) -> None:
+        scope = handle.cancel_scope
         if scope is None or handle.id in self._ending:
             return
         self._ending[handle.id] = anyio.Event()
-        self._group().start_soon(self._watch, handle, scope, reason)
+        self._group().start_soon(self._watch, handle, scope, status, reason)
 
-    async def _watch(self, handle: TaskHandle, scope: anyio.CancelScope, reason: str) -> None:
+    async def _watch(self, handle: TaskHandle, scope: anyio.CancelScope, status: TaskStatus,
+                     reason: str) -> None:
         over = self._ending.get(handle.id)
         if over is None:
             return
@@ -79,7 +89,7 @@ class Stragglers:
         if over.is_set() or self._ending.get(handle.id) is not over:
             return
         del self._ending[handle.id]
-        await self._give_up(handle, scope, TaskStatus.FAILED, reason)
+        await self._give_up(handle, scope, status, reason)
 
     async def straggler(self, scope: anyio.CancelScope, handles: Iterable[TaskHandle]) -> None:
         """The run's task group let go of the task in ``scope`` (the run ended)."""
@@ -92,11 +102,11 @@ class Stragglers:
                        status: TaskStatus, reason: str) -> None:
         _log.warning("agent_ignored_cancellation", task_id=handle.id, agent=handle.spec.agent,
                      grace_s=self.grace_s, reason=reason,
-                     message=f"task {handle.id}: its agent ({handle.spec.agent}) ignored the "
-                             f"cancellation for {self.grace_s:g} s; the run stops waiting "
+                     message=f"task {handle.id} ({reason}): its agent ({handle.spec.agent}) "
+                             f"did not stop within {self.grace_s:g} s; the run stops waiting "
                              "for it")
         handle.status = status
-        handle.reason = f"{reason} (its agent ignored the cancellation)"
+        handle.reason = f"{reason} (its agent did not stop)"
         self._given_up[handle.id] = (status, handle.reason)
         handle.abort, handle.cancel_scope = None, None
         self._release(handle)
