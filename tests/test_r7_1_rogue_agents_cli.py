@@ -108,3 +108,23 @@ def test_r7_1_ctrl_c_ends_a_run_whose_agent_swallows_the_cancellation(tmp_path: 
     assert proc.returncode == 130, err
     (line,) = _warnings(err)
     assert '"task_id": "r"' in line and "interrupted" in line
+
+
+@pytest.mark.slow
+def test_r7_2_sigterm_ends_the_run_as_ctrl_c_does(tmp_path: Path) -> None:
+    """R7.2: SIGTERM (a service manager stopping the orchestrator) while the rogue runs:
+    the run is cancelled as by Ctrl-C -- the task recorded interrupted, one warning line
+    for the rogue -- and the process exits 143 with one line saying how to resume
+    (before: killed at once, nothing recorded)."""
+    proc = _start(tmp_path, None)
+    try:
+        anyio.run(_started, tmp_path / "started", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=HUNG_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    (line,) = _warnings(err)
+    assert '"task_id": "r"' in line and "interrupted" in line
+    assert "terminated (SIGTERM)" in err and "vibe-engine resume" in err
+    assert '"event": "task_interrupted"' in err

@@ -63,27 +63,30 @@ class Stragglers:
 
     def cancelled(self, handle: TaskHandle, reason: str) -> None:
         """The runtime cancelled the running attempt of ``handle`` (``reason``): its leases
-        and locks go back now, and its end is watched for."""
-        self._release(handle)
-        self._watch_for_end(handle, TaskStatus.FAILED, reason)
+        and locks go back at the next turn of the loop (after a deadlock resolver's own
+        release, which reports what it freed), and its end is watched for."""
+        self._watch_for_end(handle, TaskStatus.FAILED, reason, take_back=True)
 
     def _finishing(self, handle: TaskHandle) -> None:
         """A ``finish`` decision unwinds the agent (R3.4): it keeps its locks while it saves
         its work, and its end is watched for."""
-        self._watch_for_end(handle, TaskStatus.FINISHED, "saved and finished")
+        self._watch_for_end(handle, TaskStatus.FINISHED, "saved and finished", take_back=False)
 
-    def _watch_for_end(self, handle: TaskHandle, status: TaskStatus, reason: str) -> None:
+    def _watch_for_end(self, handle: TaskHandle, status: TaskStatus, reason: str, *,
+                       take_back: bool) -> None:
         scope = handle.cancel_scope
         if scope is None or handle.id in self._ending:
             return
         self._ending[handle.id] = anyio.Event()
-        self._group().start_soon(self._watch, handle, scope, status, reason)
+        self._group().start_soon(self._watch, handle, scope, status, reason, take_back)
 
     async def _watch(self, handle: TaskHandle, scope: anyio.CancelScope, status: TaskStatus,
-                     reason: str) -> None:
+                     reason: str, take_back: bool) -> None:
         over = self._ending.get(handle.id)
         if over is None:
             return
+        if take_back and not over.is_set():
+            self._release(handle)
         with anyio.move_on_after(self.grace_s):
             await over.wait()
         if over.is_set() or self._ending.get(handle.id) is not over:
