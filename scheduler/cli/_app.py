@@ -51,6 +51,7 @@ from scheduler.cli._options import (
 from scheduler.cli._report import gather_report, render_report_tables
 from scheduler.cli._report_html import write_html_report
 from scheduler.cli._sessions import check_new_session, exit_code, resumable_config
+from scheduler.cli._signals import EXIT_TERMINATED, until_sigterm
 from scheduler.cli._status import gather_status, print_status
 from scheduler.config import VibeConfig, load_config
 from scheduler.core import VibeEngineError
@@ -110,11 +111,16 @@ def _run(config: VibeConfig, live: bool = True) -> RunReport:
                 file=_CurrentStderr()))  # type: ignore[arg-type]
         orch.add_service(LiveView(orch.view, _out).run)
 
-    async def main() -> RunReport:
-        return await orch.run()
+    async def main() -> RunReport | None:
+        return await until_sigterm(orch.run)
 
     tune_collector()  # built: the orchestrator and what it loaded live as long as the run
-    return anyio.run(main)
+    report = anyio.run(main)
+    if report is None:  # SIGTERM: the run was cancelled, its tasks recorded interrupted
+        typer.echo("terminated (SIGTERM): interrupted tasks continue with `vibe-engine "
+                   "resume`", err=True)
+        raise typer.Exit(code=EXIT_TERMINATED)
+    return report
 
 
 def render_report(report: RunReport, console: Console) -> None:

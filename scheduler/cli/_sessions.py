@@ -5,7 +5,9 @@ Exit codes of ``vibe-engine run`` and ``vibe-engine resume``:
 * 0 -- every task completed;
 * 1 -- a task failed, was stopped on its budget (saved and finished), or did not end;
 * 2 -- the run could not start: bad config or arguments, no session to resume, or
-  another orchestrator is using the state directory.
+  another orchestrator is using the state directory;
+* 130 / 143 -- Ctrl-C / SIGTERM ended the run (its running tasks are recorded
+  interrupted: ``resume`` continues them).
 """
 
 from __future__ import annotations

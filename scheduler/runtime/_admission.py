@@ -24,6 +24,7 @@ from scheduler.core import (
     AsyncHook,
     BudgetExceededError,
     FinishRequestedError,
+    Hook,
     LeaseError,
     OverdraftDeniedError,
     get_logger,
@@ -55,6 +56,9 @@ class Admission:
         self._flagged: Mapping[str, object] = {"?": None} if flagged is None else flagged
         #: Awaited before a paused task waits for a decision: it gives back its leases (R3.4).
         self.on_pause: AsyncHook[[TaskHandle]] = AsyncHook()
+        #: Called as a ``finish`` decision unwinds the task's agent (R3.4): the runtime
+        #: gives an agent that goes on anyway a grace period, as after an abort.
+        self.on_finish: Hook[[TaskHandle]] = Hook()
         #: Leases whose call is in flight, by id (renewed by :meth:`keep_leases`): the
         #: gateway's attempt adds and removes its lease here itself, so neither dict is
         #: ever rebound.
@@ -119,7 +123,13 @@ class Admission:
                     continue
                 await ctl.request_pause(task_id, exc.reason, error=error)
             await self.on_pause(task)
-            _decided(task, await ctl.wait_decision(task_id))
+            self._decided(task, await ctl.wait_decision(task_id))
+
+    def _decided(self, task: TaskHandle, decision: Decision | None) -> None:
+        """Continue after ``add_budget``; unwind the agent after ``finish``."""
+        if decision is not None and decision.action == "finish":
+            self.on_finish(task)
+            raise FinishRequestedError(task.id, decision.source)
 
     def fit(self, task: TaskHandle, model: str, cost: float, prompt: int, out: int) -> bool:
         """Whether a model call goes to wait for its provider lease before it is admitted
@@ -183,7 +193,7 @@ class Admission:
                     continue  # another process's decision added to the budget
                 await ctl.request_pause(task.id, error=exc)
             await self.on_pause(task)
-            _decided(task, await ctl.wait_decision(task.id))
+            self._decided(task, await ctl.wait_decision(task.id))
 
     async def pause_point(self, task: TaskHandle) -> None:
         """A safe point: a pending pause takes effect here, after the task's leases are given
@@ -194,7 +204,7 @@ class Admission:
         async def release() -> None:
             await self.on_pause(task)
 
-        _decided(task, await self.controller.wait_if_paused(task.id, release=release))
+        self._decided(task, await self.controller.wait_if_paused(task.id, release=release))
 
     def lease(self, task: TaskHandle, tokens: int, model: str) -> Awaitable[Lease]:
         """The provider lease of a call to ``model``, before its budget is held
@@ -273,8 +283,3 @@ def _reserved(tracker: Tracker, task_id: str, model: str, tokens: int, cost: flo
         raise
     return True
 
-
-def _decided(task: TaskHandle, decision: Decision | None) -> None:
-    """Continue after ``add_budget``; unwind the agent after ``finish``."""
-    if decision is not None and decision.action == "finish":
-        raise FinishRequestedError(task.id, decision.source)

@@ -25,6 +25,7 @@ from scheduler.core import (
     LibraryLogger,
     LocalFileError,
     Message,
+    TaskAbortedError,
     TextSink,
     VibeEngineError,
     get_logger,
@@ -37,7 +38,7 @@ from scheduler.runtime._shell import is_dangerous, scrubbed_env
 from scheduler.runtime._tools import Tool, ToolLoop, ToolLoopResult
 from scheduler.runtime._waits import waits_of
 from scheduler.store import Store, task_key
-from scheduler.tasks import TaskHandle
+from scheduler.tasks import TaskHandle, TaskStatus
 
 
 class PathEscapeError(VibeEngineError):
@@ -51,6 +52,11 @@ class ShellResult:
     stdout: str
     stderr: str
     dangerous: bool
+
+
+#: A task in one of these has no attempt running: its agent's calls are refused.
+_OVER = frozenset({TaskStatus.COMPLETED, TaskStatus.FINISHED, TaskStatus.FAILED,
+                   TaskStatus.INTERRUPTED})
 
 
 class LlmClient:
@@ -84,7 +90,13 @@ class LlmClient:
         ``on_text`` receives the answer's text as it arrives.  After the answer, a
         checkpoint the task was asked for is saved (R3).
 
-        The gateway's own coroutine: an agent waiting for its turn holds no frame here."""
+        The gateway's own coroutine: an agent waiting for its turn holds no frame here.
+        Refused once the runtime ended the attempt (an abort, its time budget, the run's
+        end) or the task: an agent that goes on after its cancellation spends nothing."""
+        task = self._task
+        if task.status in _OVER or ((scope := task.cancel_scope) is not None
+                                    and scope.cancel_called):
+            raise TaskAbortedError(task.id, "its attempt was ended; no more model calls")
         return self._gateway.complete(
             self._task, messages, system=system, context=context, tools=tools,
             max_tokens=max_tokens, model=model, stream=stream, hints=hints,

@@ -41,8 +41,11 @@ class Deadlines:
     no task, cancel scope and event of its own for its deadline.
     """
 
-    def __init__(self, *, tracker: Tracker, controller: PauseController, bus: EventBus) -> None:
+    def __init__(self, *, tracker: Tracker, controller: PauseController, bus: EventBus,
+                 on_expired: Callable[[str], None] | None = None) -> None:
         self._tracker = tracker
+        #: Called with the task id once the watchdog cancelled its attempt.
+        self._on_expired = on_expired
         self._controller = controller
         self._bus = bus
         #: (loop time due, attempt number, task id), earliest first.
@@ -68,6 +71,13 @@ class Deadlines:
             self._serving = True
             spawn(self._serve)
         return watch
+
+    def drop(self, task_id: str) -> None:
+        """Stop watching the task's attempt: the run gave up on it (its ``with`` may never
+        end, and the service runs while any attempt is watched)."""
+        watch = self._bodies.get(task_id)
+        if watch is not None:
+            self._unwatch(task_id, watch._serial)
 
     def _unwatch(self, task_id: str, serial: int) -> bool:
         """Stop watching an attempt; whether the watchdog cancelled it."""
@@ -117,6 +127,8 @@ class Deadlines:
         else:
             self._expired[serial] = True
             watch._scope.cancel()
+            if self._on_expired is not None:
+                self._on_expired(task_id)
 
 
 class Watch:

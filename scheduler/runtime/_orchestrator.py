@@ -26,7 +26,6 @@ from scheduler.config import TaskSpec, VibeConfig
 from scheduler.core import (
     ConfigError,
     EventBus,
-    FinishRequestedError,
     Hook,
     LocalFileError,
     Provider,
@@ -42,9 +41,10 @@ from scheduler.runtime._deadline import Deadlines
 from scheduler.runtime._ending import Endings
 from scheduler.runtime._recovery import announce_charged, leave
 from scheduler.runtime._report import RunReport, build_report, forgotten_outcomes, stored_result
-from scheduler.runtime._retry import next_attempt, retry_after_failure
+from scheduler.runtime._retry import attempt_failed, next_attempt
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
 from scheduler.runtime._spawn import Spawner, is_cancellation, shield, task_group
+from scheduler.runtime._stragglers import Stragglers
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
 
@@ -116,8 +116,15 @@ class Orchestrator:
         self._session = SessionLog(self.store, config, session_id=self.session_id,
                                    wall=self.wall)
         self._prior: dict[str, dict[str, Any]] = {}  # task records of a continued session
-        self._deadlines = Deadlines(tracker=self.tracker, controller=self.controller,
-                                    bus=self.bus)  # R1.1: every attempt's wall-time budget
+        #: Attempts the runtime ended whose agent has not returned (R5.7: their leases and
+        #: locks back at once; given up on after ``stragglers.grace_s``).
+        self.stragglers = Stragglers(release=self._take_back, end=self._end,
+                                     group=self._spawner, finish=self.gateway.admission.on_finish)
+        self.handles.on_abort = self.stragglers.cancelled
+        self._deadlines = Deadlines(  # R1.1: every attempt's wall-time budget
+            tracker=self.tracker, controller=self.controller, bus=self.bus,
+            on_expired=lambda t: self.stragglers.cancelled(self.handles[t],
+                                                           "wall-time budget spent"))
         self._endings = Endings(self._finish)
         #: Called once a task's end is recorded (its ``done`` is set): ``serve`` forgets
         #: its grouped tasks then (:meth:`forget`).
@@ -197,7 +204,10 @@ class Orchestrator:
                 await tg.start(self.quota.run)
             for service in self.services:
                 tg.start_soon(service)
-            async with task_group() as tasks_tg:  # lean agent tasks on asyncio
+            async with task_group(  # lean agent tasks on asyncio
+                    self.stragglers.grace_s,
+                    lambda scope: self.stragglers.straggler(scope, self.handles.values()),
+            ) as tasks_tg:
                 self._task_group = tasks_tg
                 await self._start(self.handles.values(), tasks_tg)
             self._task_group = None
@@ -287,7 +297,7 @@ class Orchestrator:
         scope stays cancelled, so an aborted attempt that goes back in the queue runs again
         in a task of its own (``begun``: its dependencies and budget were seen to)."""
         with scope:  # entered here: no wrapping coroutine per waiting agent
-            requeued = False
+            elsewhere = False  # its end is recorded by its next attempt's task, or was
             try:
                 if not begun:
                     await self._begin(handle)
@@ -312,7 +322,7 @@ class Orchestrator:
                             handle.stored_result = encode_result(handle.id, handle.result)
                             handle.status = TaskStatus.COMPLETED
                         except (Exception, SystemExit) as exc:
-                            self._attempt_failed(handle, exc)
+                            attempt_failed(handle, exc, self.gateway.router, self.config.routing)
                         cancelled = False
                     except (anyio.get_cancelled_exc_class(), BaseExceptionGroup) as exc:
                         if handle.abort is None or not is_cancellation(exc):
@@ -320,20 +330,24 @@ class Orchestrator:
                         cancelled = True  # aborted (R5.7): only shielded awaits from here on
                     finally:
                         handle.cancel_scope = None
+                    if elsewhere := self.stragglers.ended(handle):  # given up on: recorded
+                        return
                     with shield():
                         await self.parts.on_release(handle)
                     again = next_attempt(handle, cancelled, self.bus, self.config.deadlock)
                     if again and scope.cancel_called:
                         self._spawner().start_scoped(self._run_task, handle, True)
-                        requeued = True  # the new task ends it
+                        elsewhere = True  # the new task ends it
                         return
             except VibeEngineError as exc:
                 handle.status, handle.reason = TaskStatus.FAILED, str(exc)
             finally:
-                if not requeued:
-                    self._ended(handle)
-                    with shield():
-                        await self._endings.record(handle)  # maybe by another task
+                if not (elsewhere or self.stragglers.ended(handle)):
+                    await self._end(handle)
+
+    def _take_back(self, handle: TaskHandle) -> None:
+        self.allocator.release_holder(handle.id)
+        self.locks.release_all(handle.id)
 
     def _spawner(self) -> Spawner:
         tg = self._task_group
@@ -381,20 +395,6 @@ class Orchestrator:
             return nullcontext()
         return self._deadlines.watch(handle.id, scope, tg.start_soon)
 
-    def _attempt_failed(self, handle: TaskHandle, exc: Exception | SystemExit) -> None:
-        """How an attempt that raised ``exc`` ended: ``sys.exit()`` in a plugin (a wrapped
-        command-line tool's ``main``) ends its task, not the run and every task with it."""
-        if isinstance(exc, FinishRequestedError):
-            handle.status = TaskStatus.FINISHED
-            handle.reason = f"saved and finished ({exc.source})"
-        elif isinstance(exc, VibeEngineError):  # the runtime's own stops: not the model's fault
-            handle.status, handle.reason = TaskStatus.FAILED, str(exc)
-        else:
-            _log.exception("agent_crashed", task_id=handle.id, agent=handle.spec.agent)
-            handle.status = TaskStatus.FAILED
-            handle.reason = f"agent crashed: {type(exc).__name__}: {exc}"
-            retry_after_failure(handle, self.gateway.router, self.config.routing)
-
     async def _run_parts(self, handle: TaskHandle, split: BreakDown, agent: object) -> Any:
         """R6.2: run the smaller tasks (and the verification step) in place of ``handle``."""
         specs = [s for s in self.gateway.replanner.break_down(handle.spec, split, agent)
@@ -414,11 +414,15 @@ class Orchestrator:
             return await self.wait_for(handle.id, ids[-1])  # it depends on every part
         return [await self.wait_for(handle.id, t) for t in ids]
 
-    def _ended(self, handle: TaskHandle) -> None:
-        """What a task's end changes at once, before its end is recorded."""
+    async def _end(self, handle: TaskHandle) -> None:
+        """What a task's end changes at once, then its end recorded (maybe by another task:
+        see :class:`Endings`)."""
         handle.finished_at = anyio.current_time()
         self.allocator.unregister(handle.id)  # its leases and waits go back to the pool
         self.gateway.router.forget(handle.id)
+        self._deadlines.drop(handle.id)  # an attempt given up on is watched no more
+        with shield():
+            await self._endings.record(handle)
 
     async def _finish(self, handle: TaskHandle) -> None:
         """Record how the task ended (through :attr:`_endings`, a bounded number at once);

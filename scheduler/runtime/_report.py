@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.budget import ScopeState, Tracker
-from scheduler.core import Totals
+from scheduler.core import StoreUnavailableError, Totals
 from scheduler.runtime._session import encode_result
 from scheduler.store import Store, task_of_key
 from scheduler.tasks import TaskHandle, TaskStatus
@@ -66,7 +66,16 @@ async def build_report(session_id: str, handles: Iterable[TaskHandle], tracker: 
         usage = Totals()  # this session's use only: a task id may recur across sessions
         # a task this run tracked with nothing charged has no event in the store
         used = handle.id not in tracked or _charged(tracker.task_scope(handle.id))
-        for event in await store.events(task_id=handle.id) if used else ():
+        try:
+            events = await store.events(task_id=handle.id) if used else ()
+        except StoreUnavailableError:
+            if handle.id not in tracked:
+                raise
+            # Redis down as the run ends: this process's totals of the task (its events
+            # wait in the spool; ``vibe-engine report`` reads them once they are applied)
+            usage = _copy(tracker.task_scope(handle.id).totals)
+            events = ()
+        for event in events:
             if event.session_id == session_id:
                 usage.add(event)
                 if event.model:
@@ -108,3 +117,9 @@ def _charged(scope: ScopeState) -> bool:
     t = scope.totals
     return bool(t.calls or t.tokens or t.cost_usd or t.file_edits or t.shell_commands
                 or t.dangerous_commands)
+
+
+def _copy(totals: Totals) -> Totals:
+    out = Totals()
+    out.merge(totals)
+    return out

@@ -4,9 +4,27 @@ the wrong choice (R4.3), or a deadlock victim going back in the queue (R5.7)."""
 from __future__ import annotations
 
 from scheduler.config import DeadlockConfig, RoutingConfig
-from scheduler.core import EventBus
+from scheduler.core import EventBus, FinishRequestedError, VibeEngineError, get_logger
 from scheduler.routing import Router, task_info
 from scheduler.tasks import TaskHandle, TaskStatus
+
+_log = get_logger("vibe_engine.orchestrator")
+
+
+def attempt_failed(handle: TaskHandle, exc: Exception | SystemExit, router: Router,
+                   params: RoutingConfig) -> None:
+    """How an attempt that raised ``exc`` ended: ``sys.exit()`` in a plugin (a wrapped
+    command-line tool's ``main``) ends its task, not the run and every task with it."""
+    if isinstance(exc, FinishRequestedError):
+        handle.status = TaskStatus.FINISHED
+        handle.reason = f"saved and finished ({exc.source})"
+    elif isinstance(exc, VibeEngineError):  # the runtime's own stops: not the model's fault
+        handle.status, handle.reason = TaskStatus.FAILED, str(exc)
+    else:
+        _log.exception("agent_crashed", task_id=handle.id, agent=handle.spec.agent)
+        handle.status = TaskStatus.FAILED
+        handle.reason = f"agent crashed: {type(exc).__name__}: {exc}"
+        retry_after_failure(handle, router, params)
 
 
 def next_attempt(handle: TaskHandle, cancelled: bool, bus: EventBus,

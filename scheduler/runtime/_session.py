@@ -25,6 +25,7 @@ from scheduler.core import (
     GroupCommit,
     ResultError,
     SessionError,
+    StoreUnavailableError,
     WallClock,
     get_logger,
     member_gone,
@@ -163,8 +164,14 @@ class SessionLog:
 
     async def end(self, *, interrupted: bool) -> None:
         """Mark the session ended -- unless another orchestrator still runs it: the record
-        is read again, so the members and tasks it gained since ``begin`` are kept."""
-        others, tasks, state_dir = await self._still_running()
+        is read again, so the members and tasks it gained since ``begin`` are kept.  A store
+        that cannot be read now (Redis down as the run ends) gets this process's own view:
+        its write waits in the spool with the tasks' records, applied at the next start."""
+        try:
+            others, tasks, state_dir = await self._still_running()
+        except StoreUnavailableError as exc:
+            _log.info("session_record_unread", session_id=self.session_id, error=str(exc))
+            others, tasks, state_dir = [], [], ""
         record = self.record
         record.tasks = list(dict.fromkeys([*tasks, *record.tasks]))
         record.members = others

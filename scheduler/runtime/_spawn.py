@@ -13,11 +13,19 @@ does: an agent's task ends its attempt through the same scope (an abort, its tim
 budget), so a waiting agent holds one scope, not two (a scope with its two sets is about
 0.6 KiB), and no wrapping coroutine.  The group learns how such a task ended from the
 task's done callback.
+
+A task the run cancelled (or aborted) that is still running ``grace_s`` later -- an agent
+that catches the cancellation and goes on -- is not waited for on asyncio: the group
+hands its scope to ``on_straggler`` (which records how its task ended) and lets it go
+(:meth:`_LeanGroup.abandon`): it leaves the loop's task registry, so neither the group
+nor ``asyncio.run``'s final clean-up waits for it.  anyio's task group (other backends)
+cannot let a task go: it still waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -44,16 +52,32 @@ class Spawner(Protocol):
         may cancel it too)."""
         ...
 
+    def abandon(self, scope: anyio.CancelScope) -> bool:
+        """Stop waiting for the task running in ``scope`` (see the module); False when
+        this group cannot (anyio's) or has no such task."""
+        ...
+
+
+#: Called with the scope of each task still running ``grace_s`` after the group
+#: cancelled it, once the group let it go.
+OnStraggler = Callable[[anyio.CancelScope], Awaitable[None]]
+
+
+async def _no_straggler(scope: anyio.CancelScope) -> None:
+    return None
+
 
 @asynccontextmanager
-async def task_group() -> AsyncIterator[Spawner]:
+async def task_group(grace_s: float = math.inf,
+                     on_straggler: OnStraggler = _no_straggler) -> AsyncIterator[Spawner]:
     """A task group: on exit it waits for its tasks; an exception of one cancels the
-    others and is raised in an exception group, as anyio's task group does."""
+    others and is raised in an exception group, as anyio's task group does.  Once
+    cancelled, it waits ``grace_s`` for its tasks (on asyncio; see the module)."""
     if not on_asyncio():
         async with anyio.create_task_group() as tg:
             yield _ScopedGroup(tg)
         return
-    group = _LeanGroup()
+    group = _LeanGroup(grace_s, on_straggler)
     try:
         yield group
     except BaseException:
@@ -119,15 +143,19 @@ def _task_scope() -> anyio.CancelScope:
 class _LeanGroup:
     """Plain asyncio tasks, each inside a cancel scope of its own (see the module)."""
 
-    __slots__ = ("_cancelled", "_children", "_errors", "_on_done", "_wake")
+    __slots__ = ("_cancelled", "_children", "_errors", "_grace_s", "_on_done",
+                 "_on_straggler", "_wake")
 
-    def __init__(self) -> None:
+    def __init__(self, grace_s: float = math.inf,
+                 on_straggler: OnStraggler = _no_straggler) -> None:
         #: The running tasks (the event loop holds only weak references) and their scopes.
         self._children: dict[asyncio.Task[None], anyio.CancelScope] = {}
         self._errors: list[Exception] = []
         self._cancelled = False
         self._wake: anyio.Event | None = None
         self._on_done = self._done  # one bound method for every task's done callback
+        self._grace_s = grace_s
+        self._on_straggler = on_straggler
 
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> object:
         scope = anyio.CancelScope()
@@ -168,23 +196,74 @@ class _LeanGroup:
         self._cancelled = True
         for scope in self._children.values():
             scope.cancel()
+        if self._wake is not None:  # join waits ``grace_s`` from now
+            self._wake.set()
+
+    def abandon(self, scope: anyio.CancelScope) -> bool:
+        task = next((t for t, s in self._children.items() if s is scope), None)
+        if task is None:
+            return False
+        del self._children[task]
+        task.remove_done_callback(self._on_done)
+        _let_go(task)
+        if not self._children and self._wake is not None:
+            self._wake.set()
+        return True
+
+    async def _wait(self, until_cancelled: bool = False) -> None:
+        while self._children and not (until_cancelled and self._cancelled):
+            self._wake = anyio.Event()
+            await self._wake.wait()
+
+    async def _settle(self) -> None:
+        """Once cancelled: wait ``grace_s`` for the tasks, then let go of those left."""
+        with anyio.move_on_after(self._grace_s):
+            await self._wait()
+        for scope in list(self._children.values()):
+            if self.abandon(scope):
+                await self._on_straggler(scope)
 
     async def join(self) -> None:
-        """Wait until no task is left; a cancellation meanwhile cancels them first."""
+        """Wait until no task is left; a cancellation meanwhile cancels them first.  Once
+        the group is cancelled, tasks still running ``grace_s`` later are let go."""
         try:
-            while self._children:
-                self._wake = anyio.Event()
-                await self._wake.wait()
+            await self._wait(until_cancelled=True)
         except anyio.get_cancelled_exc_class():
             self.cancel()
             with anyio.CancelScope(shield=True):
-                await self.join()
+                await self._settle()
             raise
         finally:
+            self._wake = None
+        if self._children:  # the group was cancelled (a task's error)
+            with anyio.CancelScope(shield=True):
+                await self._settle()
             self._wake = None
         if self._errors:
             errors, self._errors = self._errors, []
             raise BaseExceptionGroup("unhandled errors in a task group", errors)
+
+
+#: The tasks let go that have not ended: the loop holds its tasks weakly, and one whose
+#: coroutine were collected would be closed -- running the agent's ``except`` again.
+_LET_GO: set[asyncio.Task[Any]] = set()
+
+
+def _let_go(task: asyncio.Task[Any]) -> None:
+    """Out of the loop's registry (``asyncio.all_tasks``, which ``asyncio.run`` cancels
+    and waits for as it ends); its end, if it ever comes, is nobody's to report."""
+    unregister = getattr(asyncio.tasks, "_unregister_task", None)
+    if unregister is not None:
+        unregister(task)
+    _LET_GO.add(task)
+    task.add_done_callback(_gone)
+    task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+def _gone(task: asyncio.Task[Any]) -> None:
+    _LET_GO.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio logs no "exception never retrieved"
 
 
 class _ScopedGroup:
@@ -200,6 +279,9 @@ class _ScopedGroup:
 
     def start_scoped(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> object:
         return self._tg.start_soon(func, anyio.CancelScope(), *args)
+
+    def abandon(self, scope: anyio.CancelScope) -> bool:
+        return False  # anyio's task group waits for every task
 
 
 def is_cancellation(exc: BaseException) -> bool:

@@ -26,9 +26,9 @@ Keys (all with the hash tag ``{namespace}`` so a Cluster keeps them together)::
 
 Connection loss: a usage event that cannot reach Redis is appended to a local
 fsync-ed :class:`~._spool.Spool` and replayed (idempotently) as soon as Redis
-answers again, so no usage is lost.  New holds are refused while Redis is down
-(``failure_mode="closed"``, the default) or granted from a small local
-allowance (``"open"``).
+answers again (at the latest at the next start), so no usage is lost.  New holds
+are refused while Redis is down (``failure_mode="closed"``, the default) or
+granted from a small local allowance (``"open"``).
 """
 
 from __future__ import annotations
@@ -74,10 +74,9 @@ _log = get_logger("vibe_engine.store.redis")
 class RedisStore:
     """:class:`~scheduler.store.Store`, :class:`BudgetLedger` and :class:`SliceBackend` on Redis.
 
-    ``url`` is ``redis://host:port/db`` (optionally ``?namespace=name``);
-    ``namespace`` overrides it, else ``config.namespace``.  ``now_ms`` replaces
-    the Redis server's clock in the scripts (tests with a virtual clock).
-    ``replay=False``: never replay the spool, only count it in totals (a reader).
+    ``url`` is ``redis://host:port/db`` (optionally ``?namespace=name``); ``namespace``
+    overrides it, else ``config.namespace``.  ``now_ms``: the scripts' clock (virtual-time
+    tests).  ``replay=False``: never replay the spool, only count it in totals (a reader).
     """
 
     def __init__(
@@ -119,6 +118,8 @@ class RedisStore:
         await self._drain()
 
     async def aclose(self) -> None:
+        if self._replays:  # a reader leaves the spool to its owner
+            self.spool.warn_left("redis_spool_pending", namespace=self.namespace)
         await self._link.aclose()
 
     def _mark_up(self) -> None:
@@ -131,8 +132,7 @@ class RedisStore:
     def statistics(self) -> RedisStoreStatistics:
         return RedisStoreStatistics(
             self.namespace, self._link.up, self.config.failure_mode, len(self.spool),
-            self._replayed, self._allowance.tokens, self._allowance.cost_usd,
-        )
+            self._replayed, self._allowance.tokens, self._allowance.cost_usd)
 
     # -- keys ----------------------------------------------------------------------
 

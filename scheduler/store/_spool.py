@@ -88,6 +88,14 @@ class Spool:
             self._count = len(self.read())
         return self._count
 
+    def warn_left(self, event: str, **where: str) -> None:
+        """One warning line when writes are left in the spool as the store closes (its
+        backend still unreachable): how many, and that the next start applies them."""
+        if left := len(self):
+            _log.warning(event, pending=left, path=str(self.path), **where,
+                         message=f"{left} writes wait in the spool; they are applied at "
+                                 "the next start or `vibe-engine resume`")
+
     def pending(self) -> int:
         """The entries pending now, another process's appends and replays included."""
         try:

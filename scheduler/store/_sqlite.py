@@ -171,9 +171,7 @@ class SqliteStore:
                 await self.group.wait_idle()  # never close under a batch gathering or retrying
                 await self.hold_group.wait_idle()
                 await self._drain(wait=True)
-            if len(self.spool):  # replayed at the next open
-                _log.warning("sqlite_spool_pending", path=str(self.spool.path),
-                             pending=len(self.spool))
+            self.spool.warn_left("sqlite_spool_pending")  # replayed at the next open
         finally:
             db, self._db = self._db, None
             # the last connection's close checkpoints the WAL (fsyncs): off the loop
