@@ -38,6 +38,7 @@ from scheduler.core import (
     OverloadedError,
     Passthrough,
     Provider,
+    ProviderError,
     ProviderTimeoutError,
     TextSink,
     UsageEvent,
@@ -45,9 +46,9 @@ from scheduler.core import (
     loop_time,
 )
 from scheduler.routing import Replanner, Router, task_info
+from scheduler.routing._health import error_kind_of
 from scheduler.runtime._admission import Admission
 from scheduler.runtime._call import (
-    CUT_OFF,
     NO_HINTS,
     BreakDownRequested,
     Call,
@@ -65,7 +66,6 @@ from scheduler.runtime._quality import NoScorer, QualityScorer, SignalScorer
 from scheduler.runtime._requests import check_request
 from scheduler.runtime._spawn import shield
 from scheduler.runtime._tiers import cheaper, next_fallback, over_budget
-from scheduler.runtime._unanswered import unanswered
 from scheduler.tasks import TaskHandle
 
 #: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
@@ -112,7 +112,7 @@ class Gateway:
         self.scorer: QualityScorer = NoScorer()
         #: Called with every settled model call's usage event (observers, metrics).
         self.on_settle: Hook[[TaskHandle, UsageEvent]] = Hook()
-        self.clock = self._clock = clock  # (the clock :func:`unanswered` reads too)
+        self._clock = clock
         self._health_clock = getattr(self.health, "clock", None) is clock  # its end: read once
         self._count_api = config.provider.count_tokens == "api"  # the config is frozen
         self._prices = Prices()
@@ -330,16 +330,16 @@ class Gateway:
                 self.config, task, route, messages, system, context, tools, call)
             started = self._clock()
             self._in_call[lease.id] = lease  # renewed while the call runs (R5.4)
-            try:  # :meth:`call`, whose frame only a per-call limit needs
-                completion = await (self.call(task, request, started)
-                                    if task.profile.limits.call_time_s
-                                    else self.provider.complete(request))
-            except BaseException as exc:  # failed, or cut off once it went out (R2.1)
-                self._in_call.pop(lease.id, None)
-                with shield():
-                    await unanswered(self, task, exc, started, est, reservation, lease)
+            try:
+                try:  # :meth:`call`, whose frame only a per-call limit needs
+                    completion = await (self.call(task, request, started)
+                                        if task.profile.limits.call_time_s
+                                        else self.provider.complete(request))
+                finally:
+                    self._in_call.pop(lease.id, None)
+            except ProviderError as exc:
+                await self._failed(task, model, exc, started, est, reservation, lease)
                 raise
-            self._in_call.pop(lease.id, None)
             done = self._clock()
             self.health.record_call(model, True, done - started,
                                     retries=completion.attempts - 1,
@@ -361,6 +361,16 @@ class Gateway:
               or signals.aggressive):  # else mirrored already (most calls): nothing to do
             self.mirror(task)
         return completion
+
+    async def _failed(self, task: TaskHandle, model: str, exc: ProviderError, started: float,
+                      est: Estimate, reservation: Reservation, lease: Lease) -> None:
+        """A failed attempt: model health, and the usage it consumed (a dropped stream)."""
+        self.health.record_call(model, False, self._clock() - started, error_kind_of(exc))
+        if exc.usage is not None:
+            partial = Completion("", exc.usage, model, stop_reason="error")
+            with shield():  # paid: recorded even if cancelled
+                crossings = await self.settle(task, model, partial, est, reservation, lease)
+            await self.signal(task, crossings)
 
     # 1 route -------------------------------------------------------------------------
     def route(
@@ -428,10 +438,8 @@ class Gateway:
                 return await self.provider.complete(request)
         except TimeoutError:
             pass  # the provider's own timeout: the same answer
-        exc = ProviderTimeoutError(request.model,
-                                   f"call exceeded the per-call limit of {limit:g} s")
-        exc.cut_off = True
-        raise exc from None
+        raise ProviderTimeoutError(
+            request.model, f"call exceeded the per-call limit of {limit:g} s") from None
 
     # 6 settle ------------------------------------------------------------------------
     async def settle(self, task: TaskHandle, model: str, completion: Completion,
@@ -443,8 +451,7 @@ class Gateway:
         usage, task_id, tracker = completion.usage, task.id, self.tracker
         cost, event_id = self._prices.actual(self.config, model, usage), reservation.event_id
         if completion.usage_missing:  # billed all the same: charged at its estimate
-            usage, cost, event_id = unreported(self.bus, model, usage, cost, estimate, reservation,
-                                               completion.stop_reason == CUT_OFF)
+            usage, cost, event_id = unreported(self.bus, model, usage, cost, estimate, reservation)
         event = tracker.make_event(  # the day that admitted it, the id its open_call names
             task_id, model=model, usage=usage, day=reservation.day, cost_usd=cost,
             event_id=event_id or None)
