@@ -34,8 +34,14 @@ async def until_sigterm(run: Callable[[], Awaitable[T]]) -> T | None:
     """``run()``; None when SIGTERM cancelled it (its clean-up ran)."""
     got: list[int] = []
     result: T | None = None
+    error: Exception | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(_cancel_on_sigterm, tg.cancel_scope, got)
-        result = await run()
+        try:
+            result = await run()
+        except Exception as exc:  # raised as it is (a refusal is one line, exit 2), not
+            error = exc  # inside the task group's exception group
         tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
     return None if got else result
