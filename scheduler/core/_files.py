@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import IO
@@ -71,10 +72,18 @@ def private_file(path: Path) -> Path:
     """Create ``path`` if missing and make it ``0600``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE)
     try:
-        os.fchmod(fd, PRIVATE_FILE)
+        _fix_mode(fd)
     finally:
         os.close(fd)
     return path
+
+
+def _fix_mode(fd: int) -> None:
+    """``0600`` for a regular file only: a device or FIFO a user named as an output
+    (``/dev/null``, ``/dev/stdout``) is shared by the whole machine; running as root, a
+    chmod of ``/dev/null`` broke every other user's writes to it."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.fchmod(fd, PRIVATE_FILE)
 
 
 def private_mode(path: Path) -> Path:
@@ -82,9 +91,12 @@ def private_mode(path: Path) -> Path:
     closing any descriptor of a file drops every POSIX lock this process holds on it --
     SQLite's on a database it has open among them, so another process would take the
     database for closed and rebuild its WAL index under the open connection."""
-    if not path.exists():
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
         return private_file(path)
-    os.chmod(path, PRIVATE_FILE)
+    if stat.S_ISREG(mode):  # never a device's mode (see _fix_mode)
+        os.chmod(path, PRIVATE_FILE)
     return path
 
 
@@ -93,7 +105,7 @@ def open_private(path: Path, *, append: bool = False) -> IO[str]:
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
     fd = os.open(path, flags, PRIVATE_FILE)
     try:
-        os.fchmod(fd, PRIVATE_FILE)
+        _fix_mode(fd)
         return os.fdopen(fd, "a" if append else "w", encoding="utf-8")
     except BaseException:
         os.close(fd)
