@@ -11,6 +11,7 @@ loops in turn (a restart, hypothesis examples) use ``run_virtual`` / ``run_real`
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,15 @@ def redis_ns() -> Iterator[str]:
     finally:
         delete_namespace(client, ns)
         client.close()
+
+
+@pytest.fixture
+def zone() -> Iterator[None]:
+    """The process's time zone (``TZ``, ``time.tzset()``) as it was, after the test."""
+    before = os.environ.get("TZ")
+    yield
+    if before is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = before
+    time.tzset()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -30,17 +29,6 @@ _ZONES = [
     ("America/St_Johns", date(2010, 11, 7)),  # 00:01 -> 23:01 of the day before
     ("Pacific/Apia", date(2011, 12, 30)),  # the 30th never happened
 ]
-
-
-@pytest.fixture
-def zone() -> Iterator[None]:
-    before = os.environ.get("TZ")
-    yield
-    if before is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = before
-    time.tzset()
 
 
 def _instants(day: date) -> list[float]:

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from scheduler import TaskSpec
 from scheduler.config import VibeConfig
@@ -26,17 +23,6 @@ from scheduler.store import SqliteStore
 from scheduler.testing import ScriptedProvider, run_virtual
 
 WEST, EAST = "Etc/GMT+12", "Etc/GMT-14"  # POSIX signs: UTC-12 and UTC+14
-
-
-@pytest.fixture
-def zone() -> Iterator[None]:
-    before = os.environ.get("TZ")
-    yield
-    if before is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = before
-    time.tzset()
 
 
 def _set_zone(tz: str) -> None:
