@@ -10,7 +10,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from scheduler.runtime._spawn import shield, task_group
+from scheduler.core import shield
+from scheduler.runtime._spawn import task_group
 
 
 async def _cancelled_while_shielded(events: list[str]) -> None:

@@ -5,6 +5,9 @@ usage records and cost, the provider protocol and name resolution.  May import n
 ``scheduler`` (the lowest layer).
 """
 
+from scheduler.core._cancel import AsyncioCancelScope as AsyncioCancelScope
+from scheduler.core._cancel import shield as shield
+from scheduler.core._cancel import until as until
 from scheduler.core._clock import FixedWallClock as FixedWallClock
 from scheduler.core._clock import SystemWallClock as SystemWallClock
 from scheduler.core._clock import WallClock as WallClock
@@ -78,6 +81,7 @@ __all__ = [
     "REQUEST_OPTIONS",
     "AllocationError",
     "AsyncHook",
+    "AsyncioCancelScope",
     "BudgetError",
     "BudgetExceededError",
     "Completion",
@@ -138,10 +142,12 @@ __all__ = [
     "process_start",
     "remove_file",
     "resolve_object",
+    "shield",
     "thinking_budget",
     "this_host",
     "this_process",
     "umask_keeps_owner",
+    "until",
     "write_private",
 ]
 

@@ -28,6 +28,8 @@ from typing import Any, Generic, TypeVar
 import anyio
 import anyio.lowlevel
 
+from scheduler.core._cancel import shield
+
 E = TypeVar("E")
 R = TypeVar("R")
 
@@ -94,7 +96,7 @@ class GroupCommit(Generic[E, R]):
         if not self._leading:
             self._leading = True
             self._waiters.append(None)
-            with anyio.CancelScope(shield=True):
+            with shield():
                 return await self._lead()  # type: ignore[no-any-return]
         loop = asyncio._get_running_loop()  # None, not an exception, off asyncio
         if loop is not None:
@@ -109,7 +111,7 @@ class GroupCommit(Generic[E, R]):
         except BaseException:
             if self._promoted is waiter:  # woken to lead as it was cancelled: others wait
                 self._promoted = None
-                with anyio.CancelScope(shield=True):
+                with shield():
                     await self._lead()
             else:
                 self._withdraw(waiter)  # still queued: never written, never acknowledged
@@ -118,7 +120,7 @@ class GroupCommit(Generic[E, R]):
             raise
         if outcome is _LEAD:
             self._promoted = None
-            with anyio.CancelScope(shield=True):
+            with shield():
                 return await self._lead()  # type: ignore[no-any-return]
         return outcome  # type: ignore[no-any-return]
 

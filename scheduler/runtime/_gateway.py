@@ -7,7 +7,7 @@ Read top-down in request order::
     2 estimate   → TokenCounter (tiktoken, calibrated per model)   R2.2
     3 lease      → Allocator.acquire: the call's turn             R5.3–5.5 (_admission)
     4 admit      → budgets reserve the estimate; may pause        R1, R3  (_admission)
-    5 call       → Provider.complete, bounded by call_time_s       R1.3
+    5 call       → Provider.complete, bounded by call_time_s       R1.3 (_call_limits)
     6 settle     → actual usage → store and tracker, the lease,
                    calibration, health, demotion, ``on_settle``    R2.1–2.4, R5.2, R5.4
     7 signal     → alerts and the task's signals                  R3, R6.6
@@ -19,8 +19,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
-
-import anyio
 
 from policies.complexity import TaskInfo
 from scheduler.allocator import Allocator, Lease
@@ -44,6 +42,7 @@ from scheduler.core import (
     UsageEvent,
     check_options,
     loop_time,
+    shield,
 )
 from scheduler.routing import Replanner, Router, task_info
 from scheduler.routing._health import error_kind_of
@@ -62,9 +61,9 @@ from scheduler.runtime._call import (
     ping_request,
     unreported,
 )
+from scheduler.runtime._call_limits import CallLimits
 from scheduler.runtime._quality import NoScorer, QualityScorer, SignalScorer
 from scheduler.runtime._requests import check_request
-from scheduler.runtime._spawn import shield
 from scheduler.runtime._tiers import cheaper, next_fallback, over_budget
 from scheduler.tasks import TaskHandle
 
@@ -116,6 +115,7 @@ class Gateway:
         self._health_clock = getattr(self.health, "clock", None) is clock  # its end: read once
         self._count_api = config.provider.count_tokens == "api"  # the config is frozen
         self._prices = Prices()
+        self._call_limits = CallLimits()  # R1.3: every call's per-call limit
         #: One route (and reason text) per routing decision, for the calls routed alike.
         self._routes = Routes()
         #: The attempt and lease steps as called; :meth:`instrument` wraps them.
@@ -174,8 +174,8 @@ class Gateway:
                     or call.hints.get("allow_fallback")):
                 raise
             route, completion = await self._with_fallbacks(call, route, need, exc)
-        if model is None and passthrough is None:  # R4.3 corrections apply to routed
-            # calls only, and not to forwarded ones: their answer reached the client already
+        if model is None and passthrough is None:  # R4.3, routed calls only; a forwarded
+            # answer reached the client already
             completion = await self._corrected(call, route, completion, hints, need, info)
         if checkpoint is not None and task.signals.checkpoint_requested:  # R3.3, seldom
             await checkpoint.checkpoint_if_requested()
@@ -332,8 +332,8 @@ class Gateway:
             self._in_call[lease.id] = lease  # renewed while the call runs (R5.4)
             try:
                 try:  # :meth:`call`, whose frame only a per-call limit needs
-                    completion = await (self.call(task, request, started)
-                                        if task.profile.limits.call_time_s
+                    limit = task.profile.limits.call_time_s
+                    completion = await (self.call(request, started, limit) if limit
                                         else self.provider.complete(request))
                 finally:
                     self._in_call.pop(lease.id, None)
@@ -421,23 +421,21 @@ class Gateway:
         return Estimate(est.raw, int(await count(request)), est.model)
 
     def estimated_cost(self, model: str, prompt_tokens: int, max_tokens: int) -> float:
-        """``cost_usd`` of a call's estimate, from per-token prices read once per config."""
+        """``cost_usd`` of a call's estimate (per-token prices read once per config)."""
         return self._prices.cost(self.config, model, prompt_tokens, max_tokens)
 
     # 5 call --------------------------------------------------------------------------
-    async def call(self, task: TaskHandle, request: CompletionRequest,
-                   started: float | None = None) -> Completion:
-        """``request`` on the provider, within the task's per-call limit (R1.3) counted
-        from ``started`` (loop time; default now)."""
-        limit = task.profile.limits.call_time_s
-        if not limit:
-            return await self.provider.complete(request)
-        start = self._clock() if started is None else started
+    async def call(self, request: CompletionRequest, started: float, limit: float) -> Completion:
+        """``request`` on the provider within a task's per-call ``limit`` (R1.3, seconds)
+        counted from ``started`` (loop time)."""
+        scope = self._call_limits.scope(started + limit, limit)  # cancelled at the limit
         try:
-            with anyio.CancelScope(deadline=start + limit):  # ends the call at the limit
+            with scope:
                 return await self.provider.complete(request)
         except TimeoutError:
             pass  # the provider's own timeout: the same answer
+        finally:
+            self._call_limits.ended(scope, limit)
         raise ProviderTimeoutError(
             request.model, f"call exceeded the per-call limit of {limit:g} s") from None
 

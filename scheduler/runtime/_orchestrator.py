@@ -33,6 +33,7 @@ from scheduler.core import (
     VibeEngineError,
     WallClock,
     get_logger,
+    shield,
 )
 from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._call import BreakDownRequested
@@ -43,7 +44,7 @@ from scheduler.runtime._recovery import announce_charged, leave
 from scheduler.runtime._report import RunReport, build_report, forgotten_outcomes, stored_result
 from scheduler.runtime._retry import attempt_failed, next_attempt
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
-from scheduler.runtime._spawn import Spawner, is_cancellation, shield, task_group
+from scheduler.runtime._spawn import Spawner, is_cancellation, task_group
 from scheduler.runtime._stragglers import Stragglers
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable

@@ -33,12 +33,8 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
+from scheduler.core import AsyncioCancelScope as _AsyncioCancelScope
 from scheduler.core import on_asyncio
-
-try:  # anyio's asyncio scope is private: another anyio layout gets anyio's own scopes
-    from anyio._backends._asyncio import CancelScope as _AsyncioCancelScope
-except ImportError:  # pragma: no cover - depends on the installed anyio
-    _AsyncioCancelScope = anyio.CancelScope  # type: ignore[misc,assignment]
 
 
 class Spawner(Protocol):
@@ -126,14 +122,6 @@ class _TaskScope(_AsyncioCancelScope):
 #: layout gets anyio's own scope.
 _MEMBER_SLOTS = {"_child_scopes", "_tasks"} <= set(getattr(_AsyncioCancelScope, "__slots__", ()))
 
-
-def shield() -> anyio.CancelScope:
-    """``anyio.CancelScope(shield=True)``: on asyncio made as anyio's asyncio backend makes
-    it, without anyio's look-up of the running backend (every settled model call enters
-    one)."""
-    if asyncio._get_running_loop() is not None:
-        return _AsyncioCancelScope(shield=True)
-    return anyio.CancelScope(shield=True)
 
 
 def _task_scope() -> anyio.CancelScope:
