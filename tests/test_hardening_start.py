@@ -5,6 +5,7 @@ written."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,39 @@ def test_r7_2_serve_refuses_an_unusable_upstream_url(
     assert_one_line_exit_2(cli(["serve", "c.toml", "--port", "0"], tmp_path),
                            "serve.upstream_base_url")
     assert files_under(tmp_path) == {"c.toml"}
+
+
+def _unusable_textfile(root: Path, kind: str) -> str:
+    if kind == "folder":
+        (root / "m.prom").mkdir()
+        return "m.prom"
+    if kind == "fifo":
+        os.mkfifo(root / "m.prom")
+        return "m.prom"
+    (root / "file").write_text("")
+    return "file/m.prom"
+
+
+@pytest.mark.parametrize("kind", ["folder", "file-as-folder", "fifo"])
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_r7_2_metrics_textfile_that_cannot_be_written_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, command: str,
+) -> None:
+    """``metrics.textfile`` naming a folder, a path under a file, or a FIFO (which the
+    rename would replace) is refused at start naming the field, nothing written: it was
+    found only when the run ended, as a warning after exit 0 with no metrics."""
+    monkeypatch.setenv("VIBE_TEST_CLIENT_KEY", "client-key")
+    textfile = _unusable_textfile(tmp_path, kind)
+    before = files_under(tmp_path) | {"c.toml"}
+    body = (SIMULATED + TASK if command == "run" else
+            '[serve]\nupstream_base_url = "http://127.0.0.1:9"\n'
+            '[[serve.keys]]\nname = "a"\nkey_env = "VIBE_TEST_CLIENT_KEY"\n')
+    (tmp_path / "c.toml").write_text(
+        f'state_dir = "st"\n[metrics]\ntextfile = "{textfile}"\n' + body)
+    argv = ["run", "c.toml", "--no-live"] if command == "run" else ["serve", "c.toml",
+                                                                      "--port", "0"]
+    assert_one_line_exit_2(cli(argv, tmp_path), "metrics.textfile")
+    assert files_under(tmp_path) == before
 
 
 def test_r7_2_an_unreachable_redis_store_is_named_without_its_password(tmp_path: Path) -> None:
