@@ -243,6 +243,49 @@ def test_r7_2_metrics_textfile_that_cannot_be_written_refused_at_start(
     assert files_under(tmp_path) == before
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder", "link-to-fifo", "default-is-folder"])
+def test_r2_6_sqlite_store_that_is_no_regular_file_refused_nothing_written(
+    tmp_path: Path, kind: str,
+) -> None:
+    """A SQLite store path naming a FIFO, a folder or a device (``sqlite:////dev/null``)
+    is refused naming ``store``, and nothing is written: SQLite failed only once the
+    state directory and its lock were made (and wrote ``/dev/null-journal`` beside the
+    device)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    db = tmp_path / "x.db"
+    if kind in ("fifo", "link-to-fifo"):
+        os.mkfifo(tmp_path / "fifo")
+        db = tmp_path / "fifo" if kind == "fifo" else db
+        if kind == "link-to-fifo":
+            db.symlink_to(tmp_path / "fifo")
+        store = f"sqlite://{db}"
+    elif kind == "folder":
+        db.mkdir()
+        store = f"sqlite://{db}"
+    else:
+        (cwd / "st" / "vibe.db").mkdir(parents=True)
+        store = "sqlite"
+    (cwd / "c.toml").write_text(_toml(f'state_dir = "st"\nstore = "{store}"\n')
+                                + SIMULATED + TASK)
+    before = files_under(tmp_path)
+    assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], cwd), "store",
+                           "not a SQLite file")
+    assert files_under(tmp_path) == before
+
+
+def test_r7_2_a_store_that_cannot_be_opened_leaves_no_state_dir(tmp_path: Path) -> None:
+    """A store refused only when opened (a file that is not a database) ends the run in
+    one line, exit 2, and the state directory and lock file the run made are gone."""
+    (tmp_path / "junk.db").write_text("not a database\n")
+    (tmp_path / "c.toml").write_text(
+        _toml(f'state_dir = "st/inner"\nstore = "sqlite://{tmp_path}/junk.db"\n')
+        + SIMULATED + TASK)
+    before = files_under(tmp_path)
+    assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path), "junk.db")
+    assert files_under(tmp_path) == before
+
+
 def test_r7_2_an_unreachable_redis_store_is_named_without_its_password(tmp_path: Path) -> None:
     """``status --store redis://:PASSWORD@host`` on an unreachable Redis: one line naming
     the server, never the password (the line ends up in terminals, logs and CI output)."""
