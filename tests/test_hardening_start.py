@@ -347,3 +347,19 @@ def test_r3_3_webhook_secrets_from_the_environment_checked_at_start(
     line = assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path), field)
     assert "example.com" not in line and "Bearer" not in line
     assert files_under(tmp_path) == {"c.toml"}
+
+
+@pytest.mark.parametrize("ttl", [0.03, 0.5, 0.999])
+def test_r1_2_a_budget_hold_ttl_below_a_second_refused_nothing_written(
+    tmp_path: Path, ttl: float,
+) -> None:
+    """R1.2 across processes: ``distributed.hold_ttl_s`` below 1 s is refused naming the
+    field (with 0.03 s, holds of a 150-task run lapsed mid-call between their renewals,
+    every third of the TTL, so other processes could spend the same budget); 1 s is
+    taken."""
+    (tmp_path / "c.toml").write_text(
+        f'state_dir = "st"\n[distributed]\nhold_ttl_s = {ttl}\n' + SIMULATED + TASK)
+    assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path),
+                           "distributed.hold_ttl_s", "at least 1 s")
+    assert files_under(tmp_path) == {"c.toml"}
+    assert config_from_dict({"distributed": {"hold_ttl_s": 1.0}}).distributed.hold_ttl_s == 1.0
