@@ -226,3 +226,20 @@ def test_r7_2_a_slow_fault_never_sleeps_a_negative_delay(
         return await api._wait(0.1)
 
     assert anyio.run(main) is True
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5-20250929", "claude-3-5-haiku-20241022",
+                                   "claude-haiku-4-5-20251001", "claude-sonnet-4-5"])
+def test_r7_5_dated_snapshot_ids_are_served_as_the_real_api_does(
+    server: FakeAnthropicServer, model: str,
+) -> None:
+    """R7.5 test bed: a client pinned to a snapshot sends the dated id, which the real
+    API accepts; the fake served only the undated ids and answered those with a 404."""
+    client = anthropic.Anthropic(base_url=server.base_url, api_key="k", max_retries=0)
+    msg = client.messages.create(model=model, max_tokens=5,
+                                 messages=[{"role": "user", "content": "hi"}])
+    assert msg.usage.output_tokens > 0
+    for unknown in ("claude-sonnet-9-9-20250929", "claude-sonnet-4-5-2025", "gpt-4o"):
+        with pytest.raises(anthropic.NotFoundError):
+            client.messages.create(model=unknown, max_tokens=5,
+                                   messages=[{"role": "user", "content": "hi"}])

@@ -5,6 +5,7 @@ written."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,82 @@ def test_r7_2_serve_refuses_an_unusable_upstream_url(
     assert files_under(tmp_path) == {"c.toml"}
 
 
+def _unusable_textfile(root: Path, kind: str) -> str:
+    if kind == "folder":
+        (root / "m.prom").mkdir()
+        return "m.prom"
+    if kind == "fifo":
+        os.mkfifo(root / "m.prom")
+        return "m.prom"
+    (root / "file").write_text("")
+    return "file/m.prom"
+
+
+@pytest.mark.parametrize("kind", ["folder", "file-as-folder", "fifo"])
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_r7_2_metrics_textfile_that_cannot_be_written_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, command: str,
+) -> None:
+    """``metrics.textfile`` naming a folder, a path under a file, or a FIFO (which the
+    rename would replace) is refused at start naming the field, nothing written: it was
+    found only when the run ended, as a warning after exit 0 with no metrics."""
+    monkeypatch.setenv("VIBE_TEST_CLIENT_KEY", "client-key")
+    textfile = _unusable_textfile(tmp_path, kind)
+    before = files_under(tmp_path) | {"c.toml"}
+    body = (SIMULATED + TASK if command == "run" else
+            '[serve]\nupstream_base_url = "http://127.0.0.1:9"\n'
+            '[[serve.keys]]\nname = "a"\nkey_env = "VIBE_TEST_CLIENT_KEY"\n')
+    (tmp_path / "c.toml").write_text(
+        f'state_dir = "st"\n[metrics]\ntextfile = "{textfile}"\n' + body)
+    argv = ["run", "c.toml", "--no-live"] if command == "run" else ["serve", "c.toml",
+                                                                      "--port", "0"]
+    assert_one_line_exit_2(cli(argv, tmp_path), "metrics.textfile")
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "link-to-fifo", "default-is-folder"])
+def test_r2_6_sqlite_store_that_is_no_regular_file_refused_nothing_written(
+    tmp_path: Path, kind: str,
+) -> None:
+    """A SQLite store path naming a FIFO, a folder or a device (``sqlite:////dev/null``)
+    is refused naming ``store``, and nothing is written: SQLite failed only once the
+    state directory and its lock were made (and wrote ``/dev/null-journal`` beside the
+    device)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    db = tmp_path / "x.db"
+    if kind in ("fifo", "link-to-fifo"):
+        os.mkfifo(tmp_path / "fifo")
+        db = tmp_path / "fifo" if kind == "fifo" else db
+        if kind == "link-to-fifo":
+            db.symlink_to(tmp_path / "fifo")
+        store = f"sqlite://{db}"
+    elif kind == "folder":
+        db.mkdir()
+        store = f"sqlite://{db}"
+    else:
+        (cwd / "st" / "vibe.db").mkdir(parents=True)
+        store = "sqlite"
+    (cwd / "c.toml").write_text(_toml(f'state_dir = "st"\nstore = "{store}"\n')
+                                + SIMULATED + TASK)
+    before = files_under(tmp_path)
+    assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], cwd), "store",
+                           "not a SQLite file")
+    assert files_under(tmp_path) == before
+
+
+def test_r7_2_a_store_that_cannot_be_opened_leaves_no_state_dir(tmp_path: Path) -> None:
+    """A store refused only when opened (a file that is not a database) ends the run in
+    one line, exit 2, and the state directory and lock file the run made are gone."""
+    (tmp_path / "junk.db").write_text("not a database\n")
+    (tmp_path / "c.toml").write_text(
+        _toml(f'state_dir = "st/inner"\nstore = "sqlite://{tmp_path}/junk.db"\n')
+        + SIMULATED + TASK)
+    before = files_under(tmp_path)
+    assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path), "junk.db")
+    assert files_under(tmp_path) == before
+
+
 def test_r7_2_an_unreachable_redis_store_is_named_without_its_password(tmp_path: Path) -> None:
     """``status --store redis://:PASSWORD@host`` on an unreachable Redis: one line naming
     the server, never the password (the line ends up in terminals, logs and CI output)."""
@@ -270,3 +347,19 @@ def test_r3_3_webhook_secrets_from_the_environment_checked_at_start(
     line = assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path), field)
     assert "example.com" not in line and "Bearer" not in line
     assert files_under(tmp_path) == {"c.toml"}
+
+
+@pytest.mark.parametrize("ttl", [0.03, 0.5, 0.999])
+def test_r1_2_a_budget_hold_ttl_below_a_second_refused_nothing_written(
+    tmp_path: Path, ttl: float,
+) -> None:
+    """R1.2 across processes: ``distributed.hold_ttl_s`` below 1 s is refused naming the
+    field (with 0.03 s, holds of a 150-task run lapsed mid-call between their renewals,
+    every third of the TTL, so other processes could spend the same budget); 1 s is
+    taken."""
+    (tmp_path / "c.toml").write_text(
+        f'state_dir = "st"\n[distributed]\nhold_ttl_s = {ttl}\n' + SIMULATED + TASK)
+    assert_one_line_exit_2(cli(["run", "c.toml", "--no-live"], tmp_path),
+                           "distributed.hold_ttl_s", "at least 1 s")
+    assert files_under(tmp_path) == {"c.toml"}
+    assert config_from_dict({"distributed": {"hold_ttl_s": 1.0}}).distributed.hold_ttl_s == 1.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from agents.fake_api._script import SERVED_MODELS
+from agents.fake_api._script import SERVED_MODELS, served
 from scheduler.budget import TokenCounter
 
 FaultKind = Literal[
@@ -171,7 +171,7 @@ class FakeState:
             return self.script.pop(0)
 
     def serves(self, model: str) -> bool:
-        return self.config.models is None or model in self.config.models
+        return self.config.models is None or served(model, self.config.models)
 
     def take_fault(self, model: str) -> Fault | None:
         with self.lock:

@@ -19,11 +19,25 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-#: Models the fake API serves by default: the catalog's defaults and other current Claude ids.
+#: Models the fake API serves by default: the catalog's defaults and other current Claude
+#: ids; each also by its dated snapshot id (:func:`served`).
 SERVED_MODELS: tuple[str, ...] = (
     "claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-5",
     "claude-sonnet-4-5", "claude-opus-4-1", "claude-opus-4-0", "claude-sonnet-4-0",
+    "claude-3-7-sonnet", "claude-3-5-haiku",
 )
+
+#: A snapshot id: a served id and its release date (``claude-sonnet-4-5-20250929``).
+_DATED = re.compile(r"^(?P<base>.+)-\d{8}$")
+
+
+def served(model: str, models: tuple[str, ...]) -> bool:
+    """Whether ``models`` serve ``model``: one of them, or its dated snapshot id, as the
+    real API accepts both (and clients pinned to a snapshot send the dated one)."""
+    if model in models:
+        return True
+    dated = _DATED.match(model)
+    return dated is not None and dated["base"] in models
 
 Event = tuple[str, dict[str, Any]]
 

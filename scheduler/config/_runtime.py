@@ -105,6 +105,11 @@ class GlobalPoolConfig(FrozenModel):
         return self
 
 
+#: The shortest ``distributed.hold_ttl_s``: 0.03 s holds lapsed mid-call in a run of 150
+#: tasks (the renewals of every hold, one after another, took longer than that).
+MIN_HOLD_TTL_S = 1.0
+
+
 class DistributedConfig(FrozenModel):
     """Several orchestrators on one Redis (``store = "redis://…"``): see docs/scale-out.md."""
 
@@ -119,7 +124,9 @@ class DistributedConfig(FrozenModel):
     fail_open_tokens_per_minute: int = Field(default=10_000, ge=0)
     #: A shared budget hold (Redis, or a SQLite file several processes open) whose
     #: process died is released after this long (on SQLite: at once when that process,
-    #: on the same host, is gone and a hold is refused).
+    #: on the same host, is gone and a hold is refused).  At least 1 s: a live call's
+    #: hold is renewed every third of this, and shorter holds lapsed mid-call between
+    #: renewals (other processes could then spend what the call will be charged).
     hold_ttl_s: float = Field(default=600.0, gt=0)
     #: A quota slice expires this long after its last renewal; renewed every ``renew_s``.
     slice_ttl_s: float = Field(default=15.0, gt=0)
@@ -155,6 +162,11 @@ class DistributedConfig(FrozenModel):
         if self.renew_s >= self.slice_ttl_s:
             raise FieldProblem("renew_s", self.renew_s,
                                f"must be shorter than slice_ttl_s ({self.slice_ttl_s})")
+        if self.hold_ttl_s < MIN_HOLD_TTL_S:
+            raise FieldProblem("hold_ttl_s", self.hold_ttl_s, (
+                f"must be at least {MIN_HOLD_TTL_S:g} s: a running call's budget hold is "
+                "renewed every third of it and a shorter one lapses between renewals, "
+                "letting other processes spend the same budget"))
         return self
 
 

@@ -148,6 +148,20 @@ class FleetBudget:
                 passed += await put_state_if_absent(self._store, "decision", key, decision)
         return passed
 
+    async def first_to_tell_pause(self, task_id: str, scope: str, dimension: str,
+                                  limit: float) -> bool:
+        """Whether this process tells people that ``task_id`` paused at a budget every
+        process counts: only the first pause at that scope, dimension and limit does, on
+        any process (a raised limit is told anew) -- each replica holding the key's
+        requests, again after each ``max_hold_s``, told the same pause.  Claimed in the
+        store as the fleet's warnings are (:data:`NOTIFIED`)."""
+        try:
+            return await put_state_if_absent(
+                self._store, NOTIFIED, f"{scope or f'task:{task_id}'}#{dimension}#paused#"
+                f"{limit:.12g}", {"task_id": task_id, "session_id": self._tracker.session_id})
+        except StoreError:  # who else told them is not known: told once more, not never
+            return True
+
 
 def _past(records: dict[str, dict[str, Any]], today: date) -> list[str]:
     """The keys of ``records`` for a day before yesterday (no process applies them)."""

@@ -360,9 +360,13 @@ class PauseController:
             await self.store.put_state("pause", self._key(task_id), info.to_dict())
         usage = (self.tracker.task_scope(task_id).totals.to_dict()
                  if task_id in self.tracker.tasks() else {})
+        # told elsewhere (or before): still an event here, for status and metrics
+        told = not self._fleet_wide(task_id, info) or await self.fleet.first_to_tell_pause(
+            task_id, info.scope, info.dimension, info.limit)
         self.events.emit(
             "task_paused", f"task {task_id} paused: {info.reason}", task_id=task_id,
-            level="warning", usage=usage, choices=["add_budget", "finish", "review"],
+            level="warning" if told else "info", usage=usage, told=told,
+            choices=["add_budget", "finish", "review"],
             dimension=info.dimension, used=info.used, limit=info.limit,
         )
 

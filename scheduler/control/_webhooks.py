@@ -101,7 +101,7 @@ def notification_of(event: Event, *, session_id: str = "",
             str(d.get("scope", "")), str(d.get("dimension", "")), _num(d.get("used")),
             _num(d.get("limit")), _int(d.get("percent")), _int(left),
             _num(d.get("cost_left")))
-    if event.name == "task_paused":
+    if event.name == "task_paused" and d.get("told", True):
         usage = d.get("usage") or {}
         return Notification(
             event.name, task, "exceeded", event.message, session_id,

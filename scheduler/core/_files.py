@@ -10,6 +10,7 @@ file keeps its mode, so an existing one is narrowed too).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -114,10 +115,15 @@ def open_private(path: Path, *, append: bool = False) -> IO[str]:
 
 def write_private(path: Path, text: str, *, fix_mode: bool = True) -> Path:
     """Replace ``path`` atomically with ``text``, ``0600`` (a reader never sees half).
-    ``fix_mode=False``: as for :func:`private_dir`, no ``fchmod``."""
+    ``fix_mode=False``: as for :func:`private_dir`, no ``fchmod``.  A FIFO or device at
+    ``path`` (or a link to one) is written into, never replaced: the rename would put a
+    regular file in place of someone's pipe, or, as root, of ``/dev/stdout``."""
+    data = text.encode("utf-8")
+    if _special(path):
+        _write_into(path, data)
+        return path
     # one temporary name per thread: two writers of one file (worker threads) never share it
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    data = text.encode("utf-8")
     # a bare descriptor, not a text file object: that one adds an fstat, an lseek and an
     # isatty per file, for a single write.  O_EXCL: a file made now has the mode asked
     # for (less the umask), never the mode of a temporary file a killed process left
@@ -137,6 +143,33 @@ def write_private(path: Path, text: str, *, fix_mode: bool = True) -> Path:
         os.close(fd)
     os.replace(tmp, path)
     return path
+
+
+def _special(path: Path) -> bool:
+    """Whether ``path`` (followed) is a FIFO, device or socket, not a file to replace."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _write_into(path: Path, data: bytes) -> None:
+    """Write ``data`` into the FIFO or device at ``path``; its mode is kept.  Opened without
+    waiting: a FIFO no one reads raises (ENXIO) instead of stopping the writer."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OSError(exc.errno, "a FIFO no process reads", str(path)) from None
+        raise
+    try:
+        os.set_blocking(fd, True)  # a reader slower than the write: wait for it
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def remove_file(path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from scheduler.core import (
+    ConfigError,
     Event,
     StoreError,
     VibeEngineError,
@@ -249,8 +250,30 @@ def build_observers(view: RunView) -> Observers:
         out.history = HistoryRecorder(view)
     if cfg.status_interval_s:
         out.status = StatusWriter(view, interval_s=cfg.status_interval_s)
-    if view.config.metrics.enabled or view.config.metrics.textfile is not None:
+    textfile = view.config.metrics.textfile
+    if textfile is not None and (problem := textfile_problem(textfile)) is not None:
+        raise ConfigError("metrics.textfile", str(textfile), problem)
+    if view.config.metrics.enabled or textfile is not None:
         from scheduler.observe._metrics import Metrics
 
         out.metrics = Metrics(view)
     return out
+
+
+def textfile_problem(path: Path) -> str | None:
+    """Why the final metrics could not be left at ``path``, found when the run is built:
+    written only when the run ends, a folder there (or one that cannot be made) would
+    cost the whole run's figures for a warning.  A missing folder is made then; a FIFO
+    or device is refused, as the file is replaced by a rename."""
+    if path.is_dir():
+        return "is a folder; give a file name ending in .prom"
+    if path.exists() and not path.is_file():
+        return "exists and is not a regular file (the metrics replace it by a rename)"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder, so the file's folder cannot be made"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder {folder} is not writable"
+    return None

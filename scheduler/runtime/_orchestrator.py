@@ -147,7 +147,7 @@ class Orchestrator:
             try:
                 await self._open_parts()
             except BaseException:
-                self._lock.release()
+                self._lock.release(undo=True)
                 raise
             self._opened = True
 

@@ -74,11 +74,15 @@ class StateDirLock:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / LOCK_NAME
         self._fd: int | None = None
+        #: The folders (state directory first) and the lock file that taking the lock
+        #: made: a run that then cannot start removes them (a refusal writes nothing).
+        self._made: list[Path] = []
 
     def acquire_nowait(self) -> None:
         """Take the lock, or raise :class:`SessionError` naming the running process."""
         if self._fd is not None:
             return
+        made = _missing(self.path)
         try:
             private_dir(self.path.parent)
             fd = os.open(private_file(self.path), os.O_RDWR)
@@ -87,6 +91,8 @@ class StateDirLock:
                                state_dir=str(self.path.parent)) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _still_named(fd, self.path):  # a refused start removed it meanwhile
+                raise BlockingIOError
         except BlockingIOError:
             pid = _read_pid(fd)
             os.close(fd)
@@ -97,14 +103,38 @@ class StateDirLock:
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        self._fd, self._made = fd, made
 
-    def release(self) -> None:
+    def release(self, *, undo: bool = False) -> None:
+        """Drop the lock; ``undo``: the run could not start, so also remove the lock file
+        and the folders taking it made, while they hold nothing else."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
+                if undo:  # unlinked while locked: see _still_named
+                    for path in self._made:
+                        path.unlink() if path == self.path else path.rmdir()
             os.close(fd)  # closing drops the flock
+
+
+def _missing(lock: Path) -> list[Path]:
+    """``lock`` and its folders that do not exist yet, innermost first."""
+    out: list[Path] = []
+    path = lock
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file ``fd`` locked: another process may have
+    opened the lock file just before a refused start removed it."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _read_pid(fd: int) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from scheduler.config import DistributedConfig, sqlite_file
@@ -30,9 +31,10 @@ def open_store(
         return MemoryStore()
     # a SQLite file's budget holds lapse as Redis's do (several processes may share it)
     hold_ttl_s = (distributed or DistributedConfig()).hold_ttl_s
-    if name == "sqlite":
-        return SqliteStore(state_dir / "vibe.db", hold_ttl_s=hold_ttl_s)
-    if (db := sqlite_file(name)) is not None:
+    db = state_dir / "vibe.db" if name == "sqlite" else sqlite_file(name)
+    if db is not None:
+        if db.exists() and not db.is_file():
+            raise ConfigError("store", name, f"{db} is {_kind(db)}, not a SQLite file")
         return SqliteStore(db, hold_ttl_s=hold_ttl_s)
     if name.startswith(("redis://", "rediss://", "unix://")):
         try:
@@ -53,3 +55,14 @@ def open_store(
     if not isinstance(obj, Store):
         raise ConfigError("store", name, "does not implement the Store protocol")
     return obj
+
+
+def _kind(path: Path) -> str:
+    """What a path that is no regular file is: SQLite would write its journal beside a
+    device (``/dev/null-journal``) and fail only then, on a folder or a FIFO too."""
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "no regular file"
