@@ -205,13 +205,17 @@ class ProviderError(VibeEngineError):
     """A model provider call failed.
 
     ``usage`` is what the provider billed for the failed call's attempts (a
-    stream dropped after ``message_start`` still consumed its input), or None.
+    stream dropped after ``message_start`` still consumed its input), or None;
+    ``cut_off``: the runtime itself ended the call after it went out (its per-call limit),
+    so the provider may have billed what it never reported.
     """
 
-    def __init__(self, model: str, message: str, *, status: int | None = None) -> None:
+    def __init__(self, model: str, message: str, *, status: int | None = None,
+                 cut_off: bool = False) -> None:
         self.model = model
         self.status = status
         self.usage: Usage | None = None
+        self.cut_off = cut_off
         super().__init__(f"{model}: {message}")
 
 
