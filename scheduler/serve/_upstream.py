@@ -340,7 +340,7 @@ class UpstreamProvider:
                                or k == "content-type"})
         sink = pt.on_bytes if pt is not None else None
         if not stream:
-            data = await self._body(request, resp)
+            data = await self._body(request, resp, answered=True)
             message = _message(request.model, data)
             if sink is not None:
                 sink(data)
@@ -365,12 +365,16 @@ class UpstreamProvider:
                           stop_reason=sse.stop_reason, id=sse.message_id, usage_missing=missing)
 
     @staticmethod
-    async def _body(request: CompletionRequest, resp: _Answer) -> bytes:
+    async def _body(request: CompletionRequest, resp: _Answer, answered: bool = False) -> bytes:
+        """The body; cut short, a 529 -- ``answered`` (a 200's): the upstream made the answer
+        and may have billed it, so the gateway charges the call's estimate (R2.1)."""
         try:
             return await resp.read()
         except HttpError as exc:
-            raise UpstreamOverloadedError(request.model, 529, error_body(
-                "overloaded_error", f"upstream answer cut short: {exc}")) from None
+            err = UpstreamOverloadedError(request.model, 529, error_body(
+                "overloaded_error", f"upstream answer cut short: {exc}"))
+            err.cut_off = answered
+            raise err from None
 
 
 def _message(model: str, data: bytes) -> dict[str, Any]:
