@@ -61,3 +61,28 @@ async def test_r2_1_serve_charges_the_estimate_once_for_a_body_cut_after_200(
         assert [e.event_id.endswith(":estimate") for e in events] == [True, False]
         whole = fake_api.reported[1]
         assert after.tokens == cut + whole.input_tokens + whole.output_tokens
+
+
+async def test_r2_1_serve_charges_the_estimate_for_a_stream_dropped_mid_output(
+    fake_api: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """A streamed answer whose upstream connection drops after 20 deltas: the fake API
+    billed its input and the output it sent; the key was charged message_start's usage
+    alone (1 output token), now its input as counted and all the output it could make."""
+    fake_api.configure(output_tokens=40)
+    async with (serving(serve_config(tmp_path, fake_api.base_url, KEYS)) as run,
+                AsyncExitStack() as stack):
+        aio = await stack.enter_async_context(anthropic.AsyncAnthropic(
+            base_url=run.url, api_key=CLIENT_KEYS["VIBE_KEY_A"], max_retries=0))
+        fake_api.inject(Fault("drop_stream", after_events=3 + 20))
+        with pytest.raises(anthropic.APIError):
+            async with aio.messages.stream(model="claude-haiku-4-5", max_tokens=MAX_TOKENS,
+                                           messages=USER) as s:  # type: ignore[arg-type]
+                await s.get_final_message()
+        (billed,) = fake_api.reported
+        assert not billed.complete and billed.output_tokens >= 20
+        charged = (await run.settled("alpha", 1)).tokens
+        (event,) = await run.served.orchestrator.store.events()
+        assert (event.usage.prompt_tokens, event.usage.completion_tokens) == (
+            billed.input_tokens, MAX_TOKENS)
+        assert charged == event.usage.total_tokens >= billed.input_tokens + billed.output_tokens

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from scheduler.config import api_key_problem, base_url_problem
@@ -355,10 +356,15 @@ class UpstreamProvider:
                 if sink is not None:
                     sink(chunk)
                 sse.feed(chunk)
-        except HttpError as exc:  # dropped mid-stream: what was started is paid
+        except HttpError as exc:  # dropped mid-stream: paid all the same
             err = UpstreamOverloadedError(request.model, 529, error_body(
                 "overloaded_error", f"upstream stream dropped: {exc}"))
-            err.usage = sse.usage
+            if sse.reported or sse.usage is None:  # its last count came (or an error)
+                err.usage = sse.usage
+                err.cut_off = sse.usage is None  # cut before message_start: the estimate
+            else:  # input counted; output may have streamed, uncounted here: all it could be
+                err.usage = replace(sse.usage, completion_tokens=max(
+                    sse.usage.completion_tokens, request.max_tokens))
             raise err from None
         missing = not sse.reported  # none reported: the gateway charges the estimate
         return Completion("", _NO_USAGE if missing else sse.usage or _NO_USAGE, request.model,
