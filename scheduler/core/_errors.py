@@ -206,8 +206,9 @@ class ProviderError(VibeEngineError):
 
     ``usage`` is what the provider billed for the failed call's attempts (a
     stream dropped after ``message_start`` still consumed its input), or None;
-    ``cut_off``: the runtime itself ended the call after it went out (its per-call limit),
-    so the provider may have billed what it never reported.
+    ``cut_off``: the call ended after it went out with no usage known (the runtime's
+    per-call limit ended it; an upstream's answer was cut short), so the provider may
+    have billed what it never reported: the gateway charges the call's estimate.
     """
 
     def __init__(self, model: str, message: str, *, status: int | None = None,
