@@ -10,7 +10,9 @@ orchestrator on the same store recovers the calls it left open.
 Whatever the interleaving, at the end:
 
 * the store charges exactly the usage the provider reported for every settled
-  call, plus each call left open by a crash at its reserved estimate (once);
+  call, plus each call left open by a crash at its reserved estimate (once), plus
+  each call the runtime cut off mid-call (an abort, a "finish" ending its sibling
+  stream) at its estimate, once: it went out, so it may have been billed;
 * a usage the provider reported is missing only for a call that was in flight at
   a crash (then its estimate stands in for it);
 * the stored totals equal the sum of the stored events;
@@ -50,11 +52,19 @@ class UniqueUsageProvider:
         self.latencies = latencies
         self.n = 0
         self.reported: list[Usage] = []
+        #: Calls cancelled mid-call while their process lived (not by a crash).
+        self.cut_off = 0
+        #: Whether the calling process is gone (set per segment).
+        self.dead: Any = lambda: False
 
     async def complete(self, request: CompletionRequest) -> Completion:
         self.n += 1
         n = self.n
-        await anyio.sleep(self.latencies[n % len(self.latencies)])
+        try:
+            await anyio.sleep(self.latencies[n % len(self.latencies)])
+        except anyio.get_cancelled_exc_class():
+            self.cut_off += 0 if self.dead() else 1
+            raise
         usage = Usage(0, request.max_tokens - n)
         self.reported.append(usage)
         return Completion("ok", usage, request.model)
@@ -205,6 +215,7 @@ def _scenario(n_tasks: int, limit: int, ttl: float, renew: bool, latencies: list
             config = _config(Path(tmp), limit, ttl)
 
             def make(store: CrashableStore) -> Orchestrator:
+                provider.dead = lambda: store.dead  # this process's calls, from now on
                 orch = build_orchestrator({"a": TwoStreams}, config=config, provider=provider,
                                           store=store)
                 if not renew:  # leases of long calls then expire mid-call
@@ -240,6 +251,8 @@ def _scenario(n_tasks: int, limit: int, ttl: float, renew: bool, latencies: list
 )
 @example(n_tasks=1, limit=3_000, ttl=1.0, renew=False, latencies=[1.0, 2.0],
          drawn=[Action(at=1.0, kind="finish", task=0), Action(at=1.0, kind="finish", task=0)])
+@example(n_tasks=1, limit=3_000, ttl=1.0, renew=False, latencies=[1.5],  # a call cut off
+         drawn=[Action(at=1.0, kind="abort", task=0)])
 def test_r2_1_store_total_is_reported_usage_plus_open_estimates_within_budget_and_grace(
     n_tasks: int, limit: int, ttl: float, renew: bool, latencies: list[float],
     drawn: list[Action],
@@ -262,10 +275,14 @@ def _check(world: World, provider: UniqueUsageProvider, limit: int) -> None:
                 {t: await world.inner.totals(f"task:{t}") for t in tasks})
 
     events, day, tasks = run_virtual(read)
-    estimates = [e for e in events if e.event_id.endswith(":estimate")]
+    estimates = Counter(e.usage.total_tokens for e in events if e.event_id.endswith(":estimate"))
     real = [e for e in events if e.model and not e.event_id.endswith(":estimate")]
-    # each call left open by a crash is charged once, at its estimate
-    assert sorted(e.usage.total_tokens for e in estimates) == sorted(world.open_at_crash)
+    # each call left open by a crash is charged once, at its estimate; each call cut off
+    # mid-call once, at its estimate: its prompt's and all the output it could make
+    crashed = Counter(world.open_at_crash)
+    assert crashed <= estimates
+    cut = list((estimates - crashed).elements())
+    assert len(cut) == provider.cut_off and all(t >= MAX_TOKENS for t in cut)
     # every charged usage is one the provider reported; a reported one is missing only
     # for a call in flight at a crash
     charged, reported = Counter(e.usage for e in real), Counter(provider.reported)
@@ -274,7 +291,7 @@ def _check(world: World, provider: UniqueUsageProvider, limit: int) -> None:
     # the totals are the sum of the events
     assert day.tokens == sum(e.usage.total_tokens for e in events)
     assert day.tokens == (sum(e.usage.total_tokens for e in real)
-                          + sum(world.open_at_crash))
+                          + sum(world.open_at_crash) + sum(cut))
     grace = VibeConfig().overdraft.tokens
     assert day.tokens <= 8 * limit + grace
     assert all(t.tokens <= limit + grace for t in tasks.values())

@@ -15,7 +15,9 @@ async def test_r1_1_a_call_cut_by_the_task_deadline_counts_as_cancelled(
 ) -> None:
     """The provider takes 100 s; one task may run 10 s, another 600 s.  The first call is
     cancelled at the deadline (outcome ``cancelled``), the second answers (``ok``); the
-    duration histogram holds both calls."""
+    duration histogram holds both calls.  The cut-off call went out, so it is charged at
+    its estimate (R2.1), and like every charged call it counts at settle too: ``ok``
+    counts the calls the store charged (2), ``cancelled`` how the first one ended."""
     orch = make_orchestrator(
         {"qa": QuestionAnswerAgent}, provider=ScriptedProvider(latency_s=100.0),
         metrics={"enabled": True, "port": 0},
@@ -34,4 +36,5 @@ async def test_r1_1_a_call_cut_by_the_task_deadline_counts_as_cancelled(
              for m in ("haiku", "sonnet", "opus"))
     durations = sum(value("vibe_call_duration_seconds_count", {"model": m}) or 0
                     for m in ("haiku", "sonnet", "opus"))
-    assert (cancelled, ok, durations) == (1, 1, 2)
+    assert (cancelled, ok, durations) == (1, 2, 2)
+    assert report.outcomes["short"].usage.calls == 1

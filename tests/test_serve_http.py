@@ -313,7 +313,9 @@ async def test_r21_upstream_dying_mid_stream_errors_the_client_and_settles_what_
                     await stream.get_final_message()
             totals = await run.settled("alpha", 1)
             await client.close()
-    assert (totals.prompt_tokens, totals.completion_tokens) == (21, 1)
+    # its input as message_start counted it; its output, never counted, all it could be:
+    # 16, not message_start's 1 (R2.1)
+    assert (totals.prompt_tokens, totals.completion_tokens) == (21, 16)
     assert len(up.requests) == 1
 
 

@@ -134,7 +134,11 @@ async def test_a_known_session_id_continues_the_interrupted_session(tmp_path: Pa
     quick, long = report.outcomes["quick"], report.outcomes["long"]
     assert quick.status == "completed" and quick.result == {"step": 1}
     assert quick.usage.calls == 1
-    assert long.status == "completed" and long.usage.calls == 5  # the session's whole use
+    # the session's whole use: steps 1-5 answered, and the step-3 call the interrupt cut
+    # off once it went out, charged at its estimate (R2.1)
+    assert long.status == "completed" and long.usage.calls == 6
+    cut = [e for e in await store.events(task_id="long") if e.event_id.endswith(":estimate")]
+    assert len(cut) == 1
     assert (await store.get_state("session", "s1"))["state"] == "completed"  # type: ignore[index]
 
 

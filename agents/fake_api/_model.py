@@ -19,7 +19,7 @@ from scheduler.budget import TokenCounter
 
 FaultKind = Literal[
     "rate_limit", "overloaded", "server_error", "slow", "drop_stream", "stream_error",
-    "spend_limit", "no_usage",
+    "spend_limit", "no_usage", "drop_body",
 ]
 
 #: The Anthropic error ``type`` and HTTP status of each status fault.
@@ -41,7 +41,13 @@ class Fault:
     * ``overloaded``: 529 ``overloaded_error``; ``server_error``: 500 ``api_error``;
     * ``slow``: wait ``delay_s`` before answering (then answer normally);
     * ``drop_stream``: a streamed answer whose connection closes after
-      ``after_events`` events (non-streamed requests: closed before any byte);
+      ``after_events`` events (``message_start``, ``content_block_start`` and ``ping``
+      come before the first delta), billed all the same: ``reported`` has its input and
+      the output streamed (the deltas' text counted, at least 1); non-streamed
+      requests: closed after the headers, before any byte of the body, not billed;
+    * ``drop_body``: a plain answer cut mid-body: 200, its headers and half the body,
+      then the connection closes; billed all the same (``reported`` has all its usage;
+      streamed requests: answered whole);
     * ``stream_error``: a streamed answer that sends an ``error`` event
       (``overloaded_error``) after ``after_events`` events, as the API does when
       a model is overloaded mid-answer (non-streamed requests: a 529);

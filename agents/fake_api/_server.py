@@ -78,7 +78,7 @@ class _EventStream(Response):
     """An SSE body sent event by event; ``drop_after`` cuts it (closed, or an error event)."""
 
     def __init__(self, events: Iterable[Event], headers: Mapping[str, str], *,
-                 drop_after: int | None, error: bool, on_cut: Callable[[], None],
+                 drop_after: int | None, error: bool, on_cut: Callable[[str], None],
                  on_done: Callable[[], None]) -> None:
         super().__init__(None, 200, {"content-type": "text/event-stream",
                                      "cache-control": "no-cache", **headers})
@@ -89,9 +89,10 @@ class _EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        sent: list[str] = []  # the output streamed so far: billed if the stream is cut
         for i, (name, data) in enumerate(self._events):
             if self._drop_after is not None and i >= self._drop_after:
-                self._on_cut()
+                self._on_cut("".join(sent))
                 if not self._error:
                     raise _Dropped
                 err = error_body("overloaded_error", "Overloaded").decode()
@@ -100,18 +101,30 @@ class _EventStream(Response):
                 break
             await send({"type": "http.response.body", "more_body": True,
                         "body": f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()})
+            if name == "content_block_delta":
+                delta = data["delta"]
+                sent.append(str(delta.get("text") or delta.get("thinking")
+                                or delta.get("partial_json") or ""))
         else:
             self._on_done()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class _Dropping(Response):
-    """A plain answer whose connection closes after the headers (a dropped connection)."""
+    """A plain answer whose connection closes after the headers and the first half of
+    ``body`` (a connection dropped mid-body; no body: right after the headers)."""
+
+    def __init__(self, body: bytes = b"") -> None:
+        super().__init__(None, 200)
+        self._whole = body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", b"1024")]})
+                                (b"content-length", str(len(self._whole) or 1024).encode())]})
+        if self._whole:
+            half = self._whole[:len(self._whole) // 2]
+            await send({"type": "http.response.body", "body": half, "more_body": True})
         raise _Dropped
 
 
@@ -214,8 +227,11 @@ class _Api:
             return self._fault_status(Fault("overloaded"))
         if cut == "drop_stream":
             return _Dropping()
-        rec = _reported(message["id"], model, False, message["usage"])
-        self.state.record(rec, plan.max_tokens)
+        cut_body = fault is not None and fault.kind == "drop_body"
+        rec = _reported(message["id"], model, False, message["usage"], not cut_body)
+        self.state.record(rec, plan.max_tokens)  # billed: a body cut short was made all the same
+        if cut_body:
+            return _Dropping(json.dumps(message).encode())
         if bare:  # billed (recorded above), not reported
             message = {k: v for k, v in message.items() if k != "usage"}
         return _json(200, message, self.state.rate_limit_headers(now_utc()))
@@ -260,8 +276,9 @@ class _Api:
         state, usage = self.state, message["usage"]
         rid, model = str(message["id"]), str(message["model"])
 
-        def cut() -> None:  # what the client saw: message_start's usage (1 output token)
-            seen = _reported(rid, model, True, {**usage, "output_tokens": 1}, complete=False)
+        def cut(streamed: str) -> None:  # billed: the input, and the output streamed so far
+            out = max(state.counter.count_text(streamed), 1)  # message_start's 1 at least
+            seen = _reported(rid, model, True, {**usage, "output_tokens": out}, complete=False)
             state.record(seen, plan.max_tokens)
 
         def done() -> None:

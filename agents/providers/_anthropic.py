@@ -41,6 +41,7 @@ from agents.providers._anthropic_wire import (
     StreamAssembler,
     StreamUsage,
     classify,
+    dropped_usage,
     limit_headers,
     rate_limits_from_headers,
     usage_from_api,
@@ -298,7 +299,7 @@ class AnthropicProvider:
                 elif event.type == "message_stop":
                     finished = True
         except Exception as exc:
-            _PartialUsage.attach(exc, acc.seen)
+            _PartialUsage.attach(exc, dropped_usage(acc.seen, blocks))
             raise
         finally:
             # an abandoned stream would hold its connection until the garbage collector
@@ -306,7 +307,7 @@ class AnthropicProvider:
             await stream.close()
         if not finished:
             exc2 = ProviderError(request.model, "stream ended before message_stop")
-            _PartialUsage.attach(exc2, acc.seen)
+            _PartialUsage.attach(exc2, dropped_usage(acc.seen, blocks))
             raise exc2
         got.content, got.usage = blocks.blocks, acc.usage
         got.stop_reason, got.message_id = blocks.stop_reason or "end_turn", blocks.message_id

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ import anthropic
 import httpx2
 
 from scheduler import ProviderError, Usage
+from scheduler.budget import TokenCounter
 from scheduler.core import (
     OverloadedError,
     ProviderTimeoutError,
@@ -318,6 +319,17 @@ class StreamAssembler:
         elif kind == "citations_delta" and block.get("type") == "text":
             block["citations"] = [*(block.get("citations") or ()), delta.get("citation")]
 
+    def streamed(self) -> str:
+        """The output streamed so far, as text: a dropped stream's billed output."""
+        parts = [*self._json.values()]
+        for block in self.blocks:
+            kind = block.get("type")
+            if kind == "text" or kind == "thinking":
+                parts.append(str(block.get(kind, "")))
+            elif kind in _TOOL_INPUT_TYPES and block.get("input"):
+                parts.append(json.dumps(block["input"]))
+        return "".join(parts)
+
     def block_stop(self, index: int) -> None:
         raw = self._json.pop(index, "")
         if raw:
@@ -339,3 +351,23 @@ class StreamAssembler:
             self.block_stop(int(event["index"]))
         elif kind == "message_delta":
             self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
+
+
+_COUNTER: list[TokenCounter] = []  # made at the first dropped stream: tiktoken loads slowly
+
+
+def dropped_usage(seen: Usage | None, blocks: StreamAssembler) -> Usage | None:
+    """What a stream cut before its last ``message_delta`` consumed: what it reported
+    (``message_start``'s input, and the 1 output token counted there), its output at
+    least the tokens that streamed -- the provider billed them though the count that
+    would have said so never came.  None when not even the input was reported (the
+    gateway then charges nothing more than the attempts before)."""
+    if seen is None:
+        return None
+    text = blocks.streamed()
+    if not text:
+        return seen
+    if not _COUNTER:
+        _COUNTER.append(TokenCounter(use_cache=False))
+    out = _COUNTER[0].count_text(text)
+    return seen if out <= seen.completion_tokens else replace(seen, completion_tokens=out)

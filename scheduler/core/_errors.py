@@ -205,13 +205,18 @@ class ProviderError(VibeEngineError):
     """A model provider call failed.
 
     ``usage`` is what the provider billed for the failed call's attempts (a
-    stream dropped after ``message_start`` still consumed its input), or None.
+    stream dropped after ``message_start`` still consumed its input), or None;
+    ``cut_off``: the call ended after it went out with no usage known (the runtime's
+    per-call limit ended it; an upstream's answer was cut short), so the provider may
+    have billed what it never reported: the gateway charges the call's estimate.
     """
 
-    def __init__(self, model: str, message: str, *, status: int | None = None) -> None:
+    def __init__(self, model: str, message: str, *, status: int | None = None,
+                 cut_off: bool = False) -> None:
         self.model = model
         self.status = status
         self.usage: Usage | None = None
+        self.cut_off = cut_off
         super().__init__(f"{model}: {message}")
 
 

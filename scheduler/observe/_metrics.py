@@ -63,8 +63,9 @@ PAUSE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0)
 
 class MeteredProvider:
     """Wraps a provider to time every call and count failed ones by error class, and
-    cancelled ones (a deadline, a deadlock victim) as ``cancelled``: every timed call is
-    counted once (successes count at settle, where their usage is known)."""
+    cancelled ones (a deadline, a deadlock victim) as ``cancelled`` (successes count at
+    settle, where their usage is known: ``ok`` counts every charged call, so a failed
+    or cut-off call that was charged counts there too)."""
 
     def __init__(self, inner: Provider, on_failure: CallOutcome,
                  on_duration: CallDuration | None = None) -> None:

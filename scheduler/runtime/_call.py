@@ -257,17 +257,23 @@ class Prices:
 USAGE_ESTIMATED = "usage_estimated"
 
 
+#: The ``stop_reason`` of a call cut off after it went out (an abort, the per-call limit).
+CUT_OFF = "cut_off"
+
+
 def unreported(bus: EventBus, model: str, reported: Usage, cost: float, estimate: Estimate,
-               reservation: Reservation) -> tuple[Usage, float, str]:
+               reservation: Reservation, stop_reason: str = "") -> tuple[Usage, float, str]:
     """What a call whose answer reported no usage is charged, its cost and event id: the
     provider billed it all the same, so what it was admitted for -- the calibrated prompt
     estimate and all the output it could have produced, at the cost held for them -- on
     top of ``reported`` (at ``cost``; failed attempts before it).  Marked as an open call
-    charged after a crash is (``<event id>:estimate``, see ``budget._open_calls``)."""
+    charged after a crash is (``<event id>:estimate``, see ``budget._open_calls``);
+    ``stop_reason`` :data:`CUT_OFF`: the call was cut off after it went out, so no answer came."""
     prompt, task_id = estimate.calibrated, reservation.task_id
     usage = Usage(prompt, max(reservation.tokens - prompt, 0)) + reported
-    bus.emit(USAGE_ESTIMATED, f"the answer to a call of task {task_id} on {model} reported "
-             f"no usage: charged at its estimate ({usage.total_tokens} tokens)",
+    what = "was cut off after it went out" if stop_reason == CUT_OFF else "reported no usage"
+    bus.emit(USAGE_ESTIMATED, f"a call of task {task_id} on {model} {what}: charged at its "
+             f"estimate ({usage.total_tokens} tokens)",
              task_id=task_id, level="warning", model=model, tokens=usage.total_tokens,
              cost_usd=reservation.cost_usd + cost)
     return usage, reservation.cost_usd + cost, f"{reservation.event_id}:estimate"

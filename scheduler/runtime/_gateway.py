@@ -36,7 +36,6 @@ from scheduler.core import (
     OverloadedError,
     Passthrough,
     Provider,
-    ProviderError,
     ProviderTimeoutError,
     TextSink,
     UsageEvent,
@@ -45,7 +44,6 @@ from scheduler.core import (
     shield,
 )
 from scheduler.routing import Replanner, Router, task_info
-from scheduler.routing._health import error_kind_of
 from scheduler.runtime._admission import Admission
 from scheduler.runtime._call import (
     NO_HINTS,
@@ -65,6 +63,7 @@ from scheduler.runtime._call_limits import CallLimits
 from scheduler.runtime._quality import NoScorer, QualityScorer, SignalScorer
 from scheduler.runtime._requests import check_request
 from scheduler.runtime._tiers import cheaper, next_fallback, over_budget
+from scheduler.runtime._unanswered import unanswered
 from scheduler.tasks import TaskHandle
 
 #: One attempt of a call, ``(task, route, messages, system, context, tools, call)``.
@@ -337,7 +336,7 @@ class Gateway:
                                         else self.provider.complete(request))
                 finally:
                     self._in_call.pop(lease.id, None)
-            except ProviderError as exc:
+            except BaseException as exc:  # failed, or cut off once it went out (R2.1)
                 await self._failed(task, model, exc, started, est, reservation, lease)
                 raise
             done = self._clock()
@@ -362,15 +361,12 @@ class Gateway:
             self.mirror(task)
         return completion
 
-    async def _failed(self, task: TaskHandle, model: str, exc: ProviderError, started: float,
+    async def _failed(self, task: TaskHandle, model: str, exc: BaseException, started: float,
                       est: Estimate, reservation: Reservation, lease: Lease) -> None:
-        """A failed attempt: model health, and the usage it consumed (a dropped stream)."""
-        self.health.record_call(model, False, self._clock() - started, error_kind_of(exc))
-        if exc.usage is not None:
-            partial = Completion("", exc.usage, model, stop_reason="error")
-            with shield():  # paid: recorded even if cancelled
-                crossings = await self.settle(task, model, partial, est, reservation, lease)
-            await self.signal(task, crossings)
+        """A failed or cut-off attempt: model health, and what it is charged (R2.1)."""
+        with shield():  # paid: recorded even if cancelled
+            await unanswered(self, model, task, exc, self._clock() - started, est,
+                             reservation, lease)
 
     # 1 route -------------------------------------------------------------------------
     def route(
@@ -436,8 +432,9 @@ class Gateway:
             pass  # the provider's own timeout: the same answer
         finally:
             self._call_limits.ended(scope, limit)
-        raise ProviderTimeoutError(
-            request.model, f"call exceeded the per-call limit of {limit:g} s") from None
+        raise ProviderTimeoutError(  # cut off once it went out: maybe billed (R2.1)
+            request.model, f"call exceeded the per-call limit of {limit:g} s",
+            cut_off=True) from None
 
     # 6 settle ------------------------------------------------------------------------
     async def settle(self, task: TaskHandle, model: str, completion: Completion,
@@ -449,7 +446,8 @@ class Gateway:
         usage, task_id, tracker = completion.usage, task.id, self.tracker
         cost, event_id = self._prices.actual(self.config, model, usage), reservation.event_id
         if completion.usage_missing:  # billed all the same: charged at its estimate
-            usage, cost, event_id = unreported(self.bus, model, usage, cost, estimate, reservation)
+            usage, cost, event_id = unreported(self.bus, model, usage, cost, estimate, reservation,
+                                               completion.stop_reason)
         event = tracker.make_event(  # the day that admitted it, the id its open_call names
             task_id, model=model, usage=usage, day=reservation.day, cost_usd=cost,
             event_id=event_id or None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from scheduler.config import api_key_problem, base_url_problem
@@ -340,7 +341,7 @@ class UpstreamProvider:
                                or k == "content-type"})
         sink = pt.on_bytes if pt is not None else None
         if not stream:
-            data = await self._body(request, resp)
+            data = await self._body(request, resp, answered=True)
             message = _message(request.model, data)
             if sink is not None:
                 sink(data)
@@ -355,22 +356,31 @@ class UpstreamProvider:
                 if sink is not None:
                     sink(chunk)
                 sse.feed(chunk)
-        except HttpError as exc:  # dropped mid-stream: what was started is paid
+        except HttpError as exc:  # dropped mid-stream: paid all the same
             err = UpstreamOverloadedError(request.model, 529, error_body(
                 "overloaded_error", f"upstream stream dropped: {exc}"))
-            err.usage = sse.usage
+            if sse.reported or sse.usage is None:  # its last count came (or an error)
+                err.usage = sse.usage
+                err.cut_off = sse.usage is None  # cut before message_start: the estimate
+            else:  # input counted; output may have streamed, uncounted here: all it could be
+                err.usage = replace(sse.usage, completion_tokens=max(
+                    sse.usage.completion_tokens, request.max_tokens))
             raise err from None
         missing = not sse.reported  # none reported: the gateway charges the estimate
         return Completion("", _NO_USAGE if missing else sse.usage or _NO_USAGE, request.model,
                           stop_reason=sse.stop_reason, id=sse.message_id, usage_missing=missing)
 
     @staticmethod
-    async def _body(request: CompletionRequest, resp: _Answer) -> bytes:
+    async def _body(request: CompletionRequest, resp: _Answer, answered: bool = False) -> bytes:
+        """The body; cut short, a 529 -- ``answered`` (a 200's): the upstream made the answer
+        and may have billed it, so the gateway charges the call's estimate (R2.1)."""
         try:
             return await resp.read()
         except HttpError as exc:
-            raise UpstreamOverloadedError(request.model, 529, error_body(
-                "overloaded_error", f"upstream answer cut short: {exc}")) from None
+            err = UpstreamOverloadedError(request.model, 529, error_body(
+                "overloaded_error", f"upstream answer cut short: {exc}"))
+            err.cut_off = answered
+            raise err from None
 
 
 def _message(model: str, data: bytes) -> dict[str, Any]:
