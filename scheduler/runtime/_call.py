@@ -17,6 +17,7 @@ from scheduler.core import (
     EventBus,
     Message,
     Passthrough,
+    Provider,
     TextSink,
     Usage,
     VibeEngineError,
@@ -103,6 +104,17 @@ def attempt_request(
         route.model, config.model_spec(route.model).model_id, messages,
         system + ("\n\n" + context if context else ""), tools, call.max_tokens, call.stream,
         task.id, call.hints, call.options, call.on_text, call.passthrough)
+
+
+async def counted_by_api(provider: Provider, est: Estimate,
+                         request: CompletionRequest) -> Estimate:
+    """With ``provider.count_tokens = "api"`` (the caller checks): the provider's own count
+    of ``request`` replaces the calibrated tiktoken one (the raw count still feeds
+    calibration), when the provider can count."""
+    count = getattr(provider, "count_tokens", None)
+    if count is None:
+        return est
+    return Estimate(est.raw, int(await count(request)), est.model)
 
 
 def ping_request(config: VibeConfig, model: str) -> CompletionRequest:

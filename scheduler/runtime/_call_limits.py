@@ -33,25 +33,31 @@ class CallLimits:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = math.inf
 
-    def scope(self, deadline: float, limit: float) -> anyio.CancelScope:
-        """The scope to run a call in, cancelled at ``deadline`` (loop time, ``limit``
-        seconds after its start); :meth:`ended` once it ends."""
+    def scope(self, started: float, limit: float | None) -> anyio.CancelScope:
+        """The scope to run a call in, cancelled ``limit`` seconds after ``started`` (loop
+        time; never without a limit); :meth:`ended` once the call ended."""
         loop = asyncio._get_running_loop()
         if loop is None:
-            return until(deadline)
+            return until(started + limit) if limit else anyio.CancelScope()
         scope = AsyncioCancelScope()
+        if not limit:
+            return scope
         calls = self._limits.get(limit)
         if calls is None:
             calls = self._limits[limit] = {}
-        calls[scope] = deadline
+        deadline = calls[scope] = started + limit
         if deadline < self._due or loop is not self._loop:
             self._arm(loop, deadline)
         return scope
 
-    def ended(self, scope: anyio.CancelScope, limit: float) -> None:
+    def ended(self, scope: anyio.CancelScope, limit: float | None) -> None:
+        """The call of ``scope`` ended: its limit no longer applies (the scope stays, e.g.
+        to shield the call's settle)."""
+        if not limit:
+            return
         calls = self._limits.get(limit)
-        if calls is not None:
-            calls.pop(scope, None)
+        if calls is None or calls.pop(scope, None) is None:
+            scope.deadline = math.inf  # a deadline scope of its own (not on asyncio)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
         if self._timer is not None:

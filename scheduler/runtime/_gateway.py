@@ -55,6 +55,7 @@ from scheduler.runtime._call import (
     Routes,
     attempt_request,
     cache_writes,
+    counted_by_api,
     output_limits,
     ping_request,
     unreported,
@@ -307,8 +308,8 @@ class Gateway:
         """One attempt on ``route``: estimate → lease → admit → call → settle → signal."""
         est = self.counter.calibrated(route.model, call.raw_tokens)
         if self._count_api:
-            est = await self.count_api(attempt_request(
-                self.config, task, route, messages, system, context, tools, call), est)
+            est = await counted_by_api(self.provider, est, attempt_request(
+                self.config, task, route, messages, system, context, tools, call))
         prompt, out, model = est.calibrated, call.out, route.model
         cost = self._prices.cost(self.config, model, prompt, out, call.cache)
         # the lease first: a call waiting for its turn holds no budget (R1.2), but at a limit
@@ -327,24 +328,7 @@ class Gateway:
                                          output_tokens=out)  # durable before the call
             request = attempt_request(  # made once leased: a waiting call holds none
                 self.config, task, route, messages, system, context, tools, call)
-            started = self._clock()
-            self._in_call[lease.id] = lease  # renewed while the call runs (R5.4)
-            try:
-                try:  # :meth:`call`, whose frame only a per-call limit needs
-                    limit = task.profile.limits.call_time_s
-                    completion = await (self.call(request, started, limit) if limit
-                                        else self.provider.complete(request))
-                finally:
-                    self._in_call.pop(lease.id, None)
-            except BaseException as exc:  # failed, or cut off once it went out (R2.1)
-                await self._failed(task, model, exc, started, est, reservation, lease)
-                raise
-            done = self._clock()
-            self.health.record_call(model, True, done - started,
-                                    retries=completion.attempts - 1,
-                                    at=done if self._health_clock else None)
-            with shield():  # the provider answered: the usage is paid
-                crossings = await self.settle(task, model, completion, est, reservation, lease)
+            completion, crossings = await self.call(task, model, request, est, reservation, lease)
         finally:
             if self._holds:  # Admission.ended: only a shared budget hold is kept there
                 self._holds.pop(id(reservation), None)
@@ -408,33 +392,49 @@ class Gateway:
         return over_budget(self.tracker.scopes(task.id), self.router.catalog.tiers, tokens)
 
     # 2 estimate ----------------------------------------------------------------------
-    async def count_api(self, request: CompletionRequest, est: Estimate) -> Estimate:
-        """With ``provider.count_tokens = "api"``, the provider's own count replaces the
-        calibrated tiktoken one (the raw count still feeds calibration)."""
-        count = getattr(self.provider, "count_tokens", None)
-        if self.config.provider.count_tokens != "api" or count is None:
-            return est
-        return Estimate(est.raw, int(await count(request)), est.model)
-
     def estimated_cost(self, model: str, prompt_tokens: int, max_tokens: int) -> float:
         """``cost_usd`` of a call's estimate (per-token prices read once per config)."""
         return self._prices.cost(self.config, model, prompt_tokens, max_tokens)
 
     # 5 call --------------------------------------------------------------------------
-    async def call(self, request: CompletionRequest, started: float, limit: float) -> Completion:
-        """``request`` on the provider within a task's per-call ``limit`` (R1.3, seconds)
-        counted from ``started`` (loop time)."""
-        scope = self._call_limits.scope(started + limit, limit)  # cancelled at the limit
-        try:
-            with scope:
-                return await self.provider.complete(request)
-        except TimeoutError:
-            pass  # the provider's own timeout: the same answer
-        finally:
-            self._call_limits.ended(scope, limit)
-        raise ProviderTimeoutError(  # cut off once it went out: maybe billed (R2.1)
-            request.model, f"call exceeded the per-call limit of {limit:g} s",
-            cut_off=True) from None
+    async def call(self, task: TaskHandle, model: str, request: CompletionRequest,
+                   est: Estimate, reservation: Reservation, lease: Lease,
+                   ) -> tuple[Completion, list[Crossing]]:
+        """``request`` on the provider and its settle, in one scope: cancelled at the task's
+        per-call limit (R1.3) while the provider has the call, shielded once it answered
+        (the usage is paid).  One scope, not one for each."""
+        started = self._clock()
+        limit = task.profile.limits.call_time_s
+        scope = self._call_limits.scope(started, limit)
+        timeout: ProviderTimeoutError | None = None
+        self._in_call[lease.id] = lease  # renewed while the call runs (R5.4)
+        with scope:
+            try:
+                try:
+                    completion = await self.provider.complete(request)
+                finally:
+                    self._in_call.pop(lease.id, None)
+                    self._call_limits.ended(scope, limit)
+            except BaseException as exc:  # failed, or cut off once it went out (R2.1)
+                if limit and (isinstance(exc, TimeoutError) or scope.cancel_called):
+                    timeout = ProviderTimeoutError(  # the limit (or the provider's own)
+                        request.model, f"call exceeded the per-call limit of {limit:g} s",
+                        cut_off=True)
+                await self._failed(task, model, timeout or exc, started, est, reservation, lease)
+                if timeout is None or not isinstance(exc, TimeoutError):
+                    raise  # the limit's own cancellation ends here, at the scope
+            else:
+                done = self._clock()
+                self.health.record_call(model, True, done - started,
+                                        retries=completion.attempts - 1,
+                                        at=done if self._health_clock else None)
+                settle = self.settle(task, model, completion, est, reservation, lease)
+                if not scope.cancel_called:  # (else the limit came as the answer did)
+                    scope.shield = True
+                    return completion, await settle
+                with shield():
+                    return completion, await settle
+        raise timeout from None  # type: ignore[misc]  # set: only the limit ends up here
 
     # 6 settle ------------------------------------------------------------------------
     async def settle(self, task: TaskHandle, model: str, completion: Completion,
