@@ -28,8 +28,8 @@ def _serve(tmp_path: Path, config: str, *args: str,
 @pytest.mark.slow
 def test_21_serve_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path) -> None:
     """#21: an unset key variable, no keys, a key with two sources, half a TLS pair, a
-    port in use, a host that is no address and a ping interval too short for a held
-    stream each name the field in one line, exit 2, and write no state."""
+    port in use, a host that is no address, an empty ``--host`` and a ping interval too
+    short for a held stream each name the field in one line, exit 2, and write no state."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -44,6 +44,9 @@ def test_21_serve_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path) -
              "serve.host='no-such-host.invalid'"),
             # a held stream would spin sending pings
             ("ping_interval_s = 1e-300\n" + KEY, ("--port", "0"), "serve.ping_interval_s"),
+            # an empty --host was taken as no --host: serve.host, silently
+            (KEY, ("--port", "0", "--host", ""), "--host"),
+            (KEY, ("--port", "0", "--host", " "), "--host"),
         ]
         for config, args, field in cases:
             out = _serve(tmp_path, config, *args)

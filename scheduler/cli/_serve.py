@@ -58,6 +58,8 @@ def _loop_options() -> dict[str, bool]:
 def run_serve(config_path: Path, *, host: str | None, port: int | None,
               ssl_certfile: Path | None, ssl_keyfile: Path | None) -> None:
     """Check everything, then serve until SIGINT/SIGTERM (raises VibeEngineError first)."""
+    if host is not None and not host.strip():  # not "no --host": serve.host, unasked
+        raise ConfigError("--host", host, "give an address to listen on")
     _tls(ssl_certfile, ssl_keyfile)
     config = load_config(config_path)
     free_ports(config)

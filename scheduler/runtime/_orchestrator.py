@@ -33,7 +33,6 @@ from scheduler.core import (
     VibeEngineError,
     WallClock,
     get_logger,
-    shield,
 )
 from scheduler.runtime._build import Service, build_parts
 from scheduler.runtime._call import BreakDownRequested
@@ -44,7 +43,7 @@ from scheduler.runtime._recovery import announce_charged, leave
 from scheduler.runtime._report import RunReport, build_report, forgotten_outcomes, stored_result
 from scheduler.runtime._retry import attempt_failed, next_attempt
 from scheduler.runtime._session import SessionLog, StateDirLock, encode_result, restore
-from scheduler.runtime._spawn import Spawner, is_cancellation, task_group
+from scheduler.runtime._spawn import Spawner, is_cancellation, shield, task_group
 from scheduler.runtime._stragglers import Stragglers
 from scheduler.store import Store
 from scheduler.tasks import TaskHandle, TaskStatus, TaskTable
@@ -117,6 +116,8 @@ class Orchestrator:
         self._session = SessionLog(self.store, config, session_id=self.session_id,
                                    wall=self.wall)
         self._prior: dict[str, dict[str, Any]] = {}  # task records of a continued session
+        #: Tasks run again though a continued session ended them (serve's keys: services).
+        self.rerun: set[str] = set()
         #: Attempts the runtime ended whose agent has not returned (R5.7: their leases and
         #: locks back at once; given up on after ``stragglers.grace_s``).
         self.stragglers = Stragglers(release=self._take_back, end=self._end,
@@ -222,7 +223,7 @@ class Orchestrator:
         to_run = []
         for handle in [h for h in handles if h.status is TaskStatus.PENDING]:
             prior = self._prior.get(handle.id)
-            if prior is not None and restore(handle, prior):
+            if prior is not None and handle.id not in self.rerun and restore(handle, prior):
                 self.allocator.unregister(handle.id)
                 handle.set_done()
             else:

@@ -35,6 +35,7 @@ import anyio.abc
 
 from scheduler.core import AsyncioCancelScope as _AsyncioCancelScope
 from scheduler.core import on_asyncio
+from scheduler.core import shield as shield  # the orchestrator's, with the group's
 
 
 class Spawner(Protocol):

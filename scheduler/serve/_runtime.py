@@ -186,6 +186,9 @@ class Served:
             agents={agent_name(e.name): lambda: _KeyAgent(self) for e in self.keys.entries()},
             store=store, wall=wall, bus=bus,
         )
+        # a key's task ends when the server stops; a serve continuing its session (a pinned
+        # session_id, restarted) serves the key again rather than keeping it ended
+        self.orchestrator.rerun = {e.name for e in self.keys.entries()}
         self.gateway = self.orchestrator.gateway
         self.metrics = ServeMetrics(self.orchestrator, {e.name for e in self.keys.entries()})
         self.stopping = anyio.Event()
@@ -427,7 +430,9 @@ class Served:
             tg.start_soon(self._run)
             await self._ready.wait()
             if self._failure is not None or len(self._started) < len(self.keys):
-                raise VibeEngineError(f"serve could not start: {self._failure}")
+                missing = sorted({e.name for e in self.keys.entries()} - self._started)
+                why = self._failure or f"the run ended before key(s) {missing} started"
+                raise VibeEngineError(f"serve could not start: {why}")
             _log.info("serve_started", keys=sorted(self._started),
                       session_id=self.orchestrator.session_id)
             try:
