@@ -65,9 +65,12 @@ async def _written_after_t1(state: Path) -> dict[str, Any]:
 async def test_r1_5_live_status_shows_the_new_days_spend_from_the_store(
         tmp_path: Path) -> None:
     """R1.5: a run started at 23:59:50 charges nothing after midnight; another process
-    spends 900 of Saturday's 1,000 tokens, then t1 ends.  The status the run writes shows
-    Saturday at 900 tokens, 90 %; after 100 more, with nothing rewritten, ``vibe-engine
-    status`` on the running orchestrator shows 1,000 (read from the store)."""
+    (its clock ahead) has spent 900 of Saturday's 1,000 tokens, and t1 ends after
+    midnight.  The status the run writes shows Saturday at 900 tokens, 90 %; after 100
+    more, with nothing rewritten, ``vibe-engine status`` on the running orchestrator
+    shows 1,000 (read from the store).  The 900 are in the store before the run reads
+    Saturday at all: a run reads a new day's totals once, when it first needs them, and
+    on virtual time the other process's steps could otherwise land after that read."""
     config = VibeConfig(state_dir=tmp_path, store="sqlite", session_id="s1",
                         budgets={"day": Limits(tokens=1_000)})
     wall = LoopWallClock(datetime(2026, 11, 27, 23, 59, 50, tzinfo=UTC))
@@ -78,8 +81,8 @@ async def test_r1_5_live_status_shows_the_new_days_spend_from_the_store(
     docs: list[Any] = []
 
     async def other_process_then_status() -> None:
-        await anyio.sleep(12)  # two seconds after midnight
         await _spend_saturday(tmp_path / "vibe.db", "other-run:1", Usage(800, 100))
+        await anyio.sleep(12)  # two seconds after midnight
         spent.set()
         docs.append(await _written_after_t1(tmp_path))
         docs.append(await gather_status(tmp_path, "sqlite", today=saturday))
