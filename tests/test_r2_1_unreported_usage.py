@@ -55,6 +55,22 @@ def _check_estimated(event: UsageEvent, max_tokens: int, billed: int) -> None:
     assert event.cost_usd > 0
 
 
+def _run(fake_api: FakeAnthropicServer, tmp_path: Path, more_tasks: str = "") -> dict[str, str]:
+    """``vibe-engine run`` (provider.kind = "anthropic", SQLite) of task q1 (qa) and
+    ``more_tasks`` (TOML) against the fake API; the environment it ran with."""
+    cfg = tmp_path / "vibe.toml"
+    cfg.write_text(
+        'state_dir = "st"\nstore = "sqlite"\n'
+        f'[provider]\nkind = "anthropic"\nbase_url = "{fake_api.base_url}"\n'
+        'api_key_env = "VIBE_TEST_KEY"\nmax_retries = 0\n'
+        '[[tasks]]\nid = "q1"\nagent = "qa"\nprompt = "What does a lease do?"\n' + more_tasks)
+    env = {**os.environ, "COLUMNS": "200", "VIBE_TEST_KEY": SECRET_KEY}
+    out = subprocess.run([str(BIN), "run", str(cfg)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    return env
+
+
 @pytest.mark.slow
 def test_r2_1_run_charges_an_answer_without_usage_at_its_estimate(
     fake_api: FakeAnthropicServer, tmp_path: Path,
@@ -64,19 +80,9 @@ def test_r2_1_run_charges_an_answer_without_usage_at_its_estimate(
     each is charged its estimate (800 and 64 output tokens, at least what the fake
     API billed), marked ``:estimate``, and ``report`` lists one warning per call."""
     fake_api.inject(Fault("no_usage"), times=2)
-    cfg = tmp_path / "vibe.toml"
-    cfg.write_text(
-        'state_dir = "st"\nstore = "sqlite"\n'
-        f'[provider]\nkind = "anthropic"\nbase_url = "{fake_api.base_url}"\n'
-        'api_key_env = "VIBE_TEST_KEY"\nmax_retries = 0\n'
-        '[[tasks]]\nid = "q1"\nagent = "qa"\nprompt = "What does a lease do?"\n'
-        '[[tasks]]\nid = "c1"\nagent = "coder"\nprompt = "Say hello."\ndepends_on = ["q1"]\n'
-        'params = {stream = true, max_turns = 1, max_tokens = 64}\n'
-    )
-    env = {**os.environ, "COLUMNS": "200", "VIBE_TEST_KEY": SECRET_KEY}
-    out = subprocess.run([str(BIN), "run", str(cfg)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stderr
+    env = _run(fake_api, tmp_path,
+               '[[tasks]]\nid = "c1"\nagent = "coder"\nprompt = "Say hello."\n'
+               'depends_on = ["q1"]\nparams = {stream = true, max_turns = 1, max_tokens = 64}\n')
     billed = [as_usage(r).total_tokens for r in fake_api.reported]
     assert [r.stream for r in fake_api.reported] == [False, True]
     events = {e.task_id: e for e in _events(tmp_path / "st" / "vibe.db")}
@@ -137,16 +143,6 @@ def test_r2_1_run_charges_an_answer_with_nonsense_usage_at_its_estimate(
     paid call was lost and its task failed.  It is charged its estimate, and completes."""
     fake_api.load_script([{"content": [{"type": "text", "text": "A lease is a turn."}],
                            "usage": {"input_tokens": -5, "output_tokens": 7}}])
-    cfg = tmp_path / "vibe.toml"
-    cfg.write_text(
-        'state_dir = "st"\nstore = "sqlite"\n'
-        f'[provider]\nkind = "anthropic"\nbase_url = "{fake_api.base_url}"\n'
-        'api_key_env = "VIBE_TEST_KEY"\nmax_retries = 0\n'
-        '[[tasks]]\nid = "q1"\nagent = "qa"\nprompt = "What does a lease do?"\n'
-    )
-    env = {**os.environ, "COLUMNS": "200", "VIBE_TEST_KEY": SECRET_KEY}
-    out = subprocess.run([str(BIN), "run", str(cfg)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stderr
+    _run(fake_api, tmp_path)
     (event,) = _events(tmp_path / "st" / "vibe.db")
     _check_estimated(event, 800, 7)
